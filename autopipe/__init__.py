@@ -1,0 +1,27 @@
+"""autopipe: automatic, provably optimal pipeline-parallel partitioning for PyTorch."""
+
+from autopipe._version import __version__
+from autopipe.errors import (
+    AutopipeError,
+    InfeasiblePlanError,
+    PlanMismatchError,
+    ProfileError,
+    SpecError,
+    TraceError,
+)
+from autopipe.spec import ModelSpec, load_spec
+from autopipe.trace import Graph, trace
+
+__all__ = [
+    "AutopipeError",
+    "Graph",
+    "InfeasiblePlanError",
+    "ModelSpec",
+    "PlanMismatchError",
+    "ProfileError",
+    "SpecError",
+    "TraceError",
+    "__version__",
+    "load_spec",
+    "trace",
+]

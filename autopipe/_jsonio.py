@@ -1,0 +1,69 @@
+"""Atomic JSON writing and schema-checked reading, shared by every file format."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from autopipe.errors import AutopipeError
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` via a temp file and ``os.replace``.
+
+    A crash mid-write leaves the old file (or none), never a half-written one.
+    The output is deterministic: sorted keys are not used (field order is part
+    of the format), but the same data always gives the same bytes.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(
+    path: str | os.PathLike[str], schema: str, error: type[AutopipeError]
+) -> dict[str, Any]:
+    """Read a JSON file and check its ``"schema"`` field.
+
+    Raises:
+        error: the file is missing, not JSON, not an object, or of another schema.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: no such file", hint="check the path") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})", hint="check the path") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(
+            f"{path}: not valid JSON ({e.msg} at line {e.lineno})",
+            hint="the file is corrupt or truncated; regenerate it",
+        ) from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, found {type(data).__name__}",
+                    hint="regenerate the file")
+    found = data.get("schema")
+    if found != schema:
+        raise error(
+            f"{path}: schema is {found!r}, expected {schema!r}",
+            hint=f"pass a file written by autopipe with schema {schema}",
+        )
+    return data

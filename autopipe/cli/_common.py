@@ -1,0 +1,20 @@
+"""Argument helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from autopipe.spec import ModelSpec, load_spec, parse_spec_args
+
+
+def add_spec_args(p: argparse.ArgumentParser) -> None:
+    """``SPEC`` plus repeatable ``--spec-arg key=value`` knobs for the build function."""
+    p.add_argument("spec", metavar="SPEC",
+                   help="path/to/file.py:function or package.module:function returning a ModelSpec")
+    p.add_argument("--spec-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword argument for the build function (repeatable), e.g. n_layer=8")
+
+
+def spec_from_args(args: argparse.Namespace) -> ModelSpec:
+    """Load the ModelSpec that ``add_spec_args`` described."""
+    return load_spec(args.spec, **parse_spec_args(args.spec_arg))

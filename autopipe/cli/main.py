@@ -1,0 +1,54 @@
+"""The ``autopipe`` command: argparse subcommands and the one error handler."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from autopipe._version import __version__
+from autopipe.errors import AutopipeError
+
+# subcommand name → module under autopipe.cli that defines add_parser() and run()
+SUBCOMMANDS = {
+    "profile": "autopipe.cli.profile_cmd",
+    "plan": "autopipe.cli.plan_cmd",
+    "show": "autopipe.cli.show_cmd",
+    "train": "autopipe.cli.train_cmd",
+    "check": "autopipe.cli.check_cmd",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, one subparser per subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="autopipe",
+        description="Automatic pipeline-parallel partitioning and planning for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"autopipe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for _name, module in SUBCOMMANDS.items():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 a check failed, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except AutopipeError as e:
+        print(f"autopipe {args.command}: error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"  hint: {e.hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autopipe: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

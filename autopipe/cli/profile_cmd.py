@@ -1,0 +1,19 @@
+"""`autopipe profile`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from autopipe.errors import AutopipeError
+
+
+def add_parser(sub: Any) -> None:
+    """Register the subcommand."""
+    p: argparse.ArgumentParser = sub.add_parser("profile", help="(being built)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the subcommand."""
+    raise AutopipeError("`autopipe profile` is not available in this build", hint="see the README")

@@ -1,0 +1,213 @@
+"""Plan: the partition of a model into pipeline stages, with predictions, as versioned JSON.
+
+(The module is not called ``plan.py`` so that it does not shadow ``autopipe.plan()``.)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from autopipe._jsonio import read_json, write_json_atomic
+from autopipe.errors import PlanError
+
+SCHEMA = "autopipe.plan/1"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Device:
+    """One pipeline device."""
+
+    name: str
+    """A label (``cuda:0``, ``gpu-a``)."""
+    memory: int
+    """Memory limit in bytes."""
+    speed: float = 1.0
+    """Compute speed relative to the profiled device (2.0 = twice as fast)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageMemory:
+    """Predicted peak memory of one stage, bytes."""
+
+    params: int
+    grads: int
+    optimizer: int
+    activations: int
+    """Saved activations × micro-batches in flight under the schedule."""
+    buffers: int
+    """Send/receive buffers at the stage's boundaries."""
+    total: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Send:
+    """A tensor that leaves a stage."""
+
+    tensor: str
+    """Name of the node that produces it."""
+    bytes: int
+    to_stage: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stage:
+    """One pipeline stage."""
+
+    index: int
+    device: str
+    nodes: tuple[str, ...]
+    """fx node names, in topological order."""
+    modules: tuple[str, ...]
+    """Module paths whose nodes all lie in this stage (for humans and SplitPoint)."""
+    forward_s: float
+    backward_s: float
+    """Backward time (input + weight gradients)."""
+    memory: StageMemory
+    sends: tuple[Send, ...] = ()
+    rank: int | None = None
+    """Rank that runs the stage (differs from ``index`` only for virtual stages)."""
+    backward_weight_s: float = 0.0
+    """The weight-gradient part of ``backward_s`` (zero-bubble schedules split it off)."""
+    comm_s: float = 0.0
+    """Time to send and receive this stage's boundary tensors, per micro-batch."""
+
+    @property
+    def time_s(self) -> float:
+        """Per-micro-batch time: forward + backward + communication."""
+        return self.forward_s + self.backward_s + self.comm_s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Predicted:
+    """What the simulator predicts for one optimizer step."""
+
+    iteration_s: float
+    bubble_fraction: float
+    peak_memory: tuple[int, ...] = ()
+    """Per-stage peak memory over the step, bytes."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SolverInfo:
+    """How the partition was found and how good it provably is."""
+
+    method: str
+    """``ilp``, ``dp``, ``uniform`` or ``params``."""
+    status: str
+    """``optimal``, ``feasible`` (gap > tolerance, time limit) or ``heuristic``."""
+    objective_s: float
+    lower_bound_s: float
+    gap: float
+    """(objective − lower bound) / objective."""
+    seconds: float
+    """Solve time (not written for byte-identical plans when ``deterministic``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Baseline:
+    """What another partitioning method would give on the same profile."""
+
+    iteration_s: float | None
+    """Predicted step time; None if that method's split does not fit in memory."""
+    bottleneck_stage: int | None = None
+    max_memory: int | None = None
+    stage_nodes: tuple[int, ...] = ()
+    """Number of graph nodes per stage."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """A pipeline-parallel plan for one model, micro-batch shape and device set."""
+
+    graph_fingerprint: str
+    schedule: str
+    microbatches: int
+    devices: tuple[Device, ...]
+    stages: tuple[Stage, ...]
+    predicted: Predicted
+    solver: SolverInfo
+    baselines: dict[str, Baseline] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    """Planner options that shaped the plan: dtype, optimizer, link bandwidth, profile device."""
+
+    def __post_init__(self) -> None:
+        if self.microbatches < 1:
+            raise PlanError(f"plan has {self.microbatches} micro-batches", hint="use at least 1")
+        if not self.stages:
+            raise PlanError("plan has no stages", hint="regenerate the plan")
+        seen: set[str] = set()
+        for i, s in enumerate(self.stages):
+            if s.index != i:
+                raise PlanError(f"stage {i} has index {s.index}", hint="regenerate the plan")
+            dup = seen.intersection(s.nodes)
+            if dup:
+                raise PlanError(f"node {sorted(dup)[0]} is in two stages", hint="regenerate the plan")
+            seen.update(s.nodes)
+
+    @property
+    def num_stages(self) -> int:
+        """Number of pipeline stages."""
+        return len(self.stages)
+
+    @property
+    def stage_of(self) -> dict[str, int]:
+        """Node name → stage index."""
+        return {n: s.index for s in self.stages for n in s.nodes}
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``autopipe.plan/1`` JSON object."""
+        return {
+            "schema": SCHEMA,
+            "graph_fingerprint": self.graph_fingerprint,
+            "schedule": self.schedule,
+            "microbatches": self.microbatches,
+            "devices": [asdict(d) for d in self.devices],
+            "stages": [asdict(s) for s in self.stages],
+            "predicted": asdict(self.predicted),
+            "solver": asdict(self.solver),
+            "baselines": {k: asdict(v) for k, v in self.baselines.items()},
+            "options": self.options,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "<plan>") -> Plan:
+        """Build from a JSON object; ``source`` names the file in errors."""
+        try:
+            stages = tuple(
+                Stage(**{**s, "nodes": tuple(s["nodes"]), "modules": tuple(s["modules"]),
+                         "memory": StageMemory(**s["memory"]),
+                         "sends": tuple(Send(**x) for x in s.get("sends", ()))})
+                for s in data["stages"])
+            return cls(
+                graph_fingerprint=str(data["graph_fingerprint"]),
+                schedule=str(data["schedule"]),
+                microbatches=int(data["microbatches"]),
+                devices=tuple(Device(**d) for d in data["devices"]),
+                stages=stages,
+                predicted=Predicted(**{**data["predicted"],
+                                       "peak_memory": tuple(data["predicted"].get("peak_memory", ()))}),
+                solver=SolverInfo(**data["solver"]),
+                baselines={k: Baseline(**{**v, "stage_nodes": tuple(v.get("stage_nodes", ()))})
+                           for k, v in data.get("baselines", {}).items()},
+                options=dict(data.get("options", {})),
+            )
+        except PlanError as e:
+            raise PlanError(f"{source}: {e.message}", hint=e.hint) from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise PlanError(f"{source}: malformed plan ({type(e).__name__}: {e})",
+                            hint="regenerate it with `autopipe plan`") from None
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically as JSON."""
+        write_json_atomic(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Plan:
+        """Read a plan file.
+
+        Raises:
+            PlanError: missing, corrupt or wrong-schema file (the message names it).
+        """
+        return cls.from_json(read_json(path, SCHEMA, PlanError), source=str(path))

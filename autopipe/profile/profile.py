@@ -1,0 +1,194 @@
+"""Profile: per-node forward/backward time and memory of a traced model, with its JSON form."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from autopipe._jsonio import read_json, write_json_atomic
+from autopipe.errors import ProfileError
+from autopipe.trace.graph import Graph
+
+SCHEMA = "autopipe.profile/1"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeProfile:
+    """Cost of one graph node for one micro-batch."""
+
+    name: str
+    """fx node name."""
+    op: str
+    """fx op."""
+    target: str
+    """Readable target."""
+    module: str
+    """Owning module path; ``""`` is top level."""
+    forward_s: float
+    """Forward time, seconds."""
+    backward_input_s: float
+    """Backward time for gradients w.r.t. the node's inputs, seconds."""
+    backward_weight_s: float
+    """Backward time for gradients w.r.t. the node's parameters, seconds (0 without parameters)."""
+    activation_bytes: int
+    """Bytes the node saves for backward (parameters excluded, storages counted once)."""
+    output_bytes: int
+    """Bytes of the node's output: what a cut right after it sends."""
+    param_bytes: int
+    """Bytes of the parameters the node owns."""
+    params: tuple[str, ...] = ()
+    """Names of the parameters the node owns."""
+    shared_params: tuple[str, ...] = ()
+    """Parameters the node reads but another node owns (tied weights)."""
+    is_tensor: bool = True
+    """Whether the output is a single tensor (only those may cross a cut)."""
+
+    def __post_init__(self) -> None:
+        for f in ("forward_s", "backward_input_s", "backward_weight_s"):
+            v = getattr(self, f)
+            if not v >= 0:  # also catches NaN
+                raise ProfileError(f"node {self.name}: {f} = {v} is not a non-negative time",
+                                   hint="re-profile the model")
+        for f in ("activation_bytes", "output_bytes", "param_bytes"):
+            if getattr(self, f) < 0:
+                raise ProfileError(f"node {self.name}: {f} is negative", hint="re-profile the model")
+
+    @property
+    def backward_s(self) -> float:
+        """Total backward time (input + weight gradients)."""
+        return self.backward_input_s + self.backward_weight_s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Profile:
+    """Costs of every node of a traced model on one device, for one micro-batch."""
+
+    device: str
+    """Where the numbers come from: ``cpu``, ``cuda:NVIDIA H100 80GB HBM3``, ``estimate:h100``."""
+    dtype: str
+    """Compute dtype: ``float32``, ``bfloat16``."""
+    microbatch_shape: list[list[int]]
+    """Shapes of the flat example inputs (one micro-batch)."""
+    nodes: tuple[NodeProfile, ...]
+    """Per-node costs, in topological order."""
+    edges: tuple[tuple[str, str, int], ...]
+    """``(src, dst, bytes)`` data dependencies."""
+    graph_fingerprint: str = ""
+    """Graph.fingerprint of the traced model."""
+    method: str = "measure"
+    """``measure`` or ``estimate``."""
+    params: dict[str, int] = field(default_factory=dict)
+    """Every distinct parameter → bytes."""
+    tied: tuple[tuple[str, ...], ...] = ()
+    """Groups of names for one shared Parameter, canonical first."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Free-form provenance: torch version, repeats, threads, device spec."""
+
+    def __post_init__(self) -> None:
+        names = [n.name for n in self.nodes]
+        if len(set(names)) != len(names):
+            raise ProfileError("profile has duplicate node names", hint="re-profile the model")
+        known = set(names)
+        for src, dst, _ in self.edges:
+            if src not in known or dst not in known:
+                raise ProfileError(f"edge {src}→{dst} names an unknown node", hint="re-profile the model")
+
+    @property
+    def by_name(self) -> dict[str, NodeProfile]:
+        """Node name → NodeProfile."""
+        return {n.name: n for n in self.nodes}
+
+    @property
+    def forward_s(self) -> float:
+        """Sum of forward times."""
+        return sum(n.forward_s for n in self.nodes)
+
+    @property
+    def backward_s(self) -> float:
+        """Sum of backward times."""
+        return sum(n.backward_s for n in self.nodes)
+
+    @property
+    def activation_bytes(self) -> int:
+        """Sum of saved-for-backward bytes."""
+        return sum(n.activation_bytes for n in self.nodes)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``autopipe.profile/1`` JSON object."""
+        return {
+            "schema": SCHEMA,
+            "device": self.device,
+            "dtype": self.dtype,
+            "method": self.method,
+            "graph_fingerprint": self.graph_fingerprint,
+            "microbatch_shape": self.microbatch_shape,
+            "params": self.params,
+            "tied": [list(t) for t in self.tied],
+            "meta": self.meta,
+            "nodes": [{**asdict(n), "params": list(n.params), "shared_params": list(n.shared_params)}
+                      for n in self.nodes],
+            "edges": [list(e) for e in self.edges],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "<profile>") -> Profile:
+        """Build from a JSON object; ``source`` names the file in errors."""
+        try:
+            nodes = tuple(
+                NodeProfile(**{**n, "params": tuple(n.get("params", ())),
+                               "shared_params": tuple(n.get("shared_params", ()))})
+                for n in data["nodes"])
+            return cls(
+                device=str(data["device"]), dtype=str(data["dtype"]),
+                microbatch_shape=[list(s) for s in data["microbatch_shape"]],
+                nodes=nodes,
+                edges=tuple((str(s), str(d), int(b)) for s, d, b in data["edges"]),
+                graph_fingerprint=str(data.get("graph_fingerprint", "")),
+                method=str(data.get("method", "measure")),
+                params={str(k): int(v) for k, v in data.get("params", {}).items()},
+                tied=tuple(tuple(t) for t in data.get("tied", ())),
+                meta=dict(data.get("meta", {})),
+            )
+        except ProfileError as e:
+            raise ProfileError(f"{source}: {e.message}", hint=e.hint) from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProfileError(f"{source}: malformed profile ({type(e).__name__}: {e})",
+                               hint="regenerate it with `autopipe profile`") from None
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically as JSON."""
+        write_json_atomic(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Profile:
+        """Read a profile file.
+
+        Raises:
+            ProfileError: missing, corrupt or wrong-schema file (the message names it).
+        """
+        return cls.from_json(read_json(path, SCHEMA, ProfileError), source=str(path))
+
+
+def skeleton(graph: Graph) -> dict[str, Any]:
+    """The structural fields of a Profile that come from the Graph alone (no costs)."""
+    return {
+        "graph_fingerprint": graph.fingerprint,
+        "params": dict(graph.param_bytes),
+        "tied": tuple(graph.tied),
+        "edges": tuple((s, d, int(b)) for s, d, b in graph.dag.edges(data="bytes")),
+    }
+
+
+def node_profile(graph: Graph, name: str, *, forward_s: float, backward_input_s: float,
+                 backward_weight_s: float, activation_bytes: int) -> NodeProfile:
+    """A NodeProfile whose structural fields come from ``graph``."""
+    info = graph.by_name[name]
+    return NodeProfile(
+        name=name, op=info.op, target=info.target, module=info.module,
+        forward_s=forward_s, backward_input_s=backward_input_s,
+        backward_weight_s=backward_weight_s, activation_bytes=int(activation_bytes),
+        output_bytes=info.output_bytes,
+        param_bytes=sum(graph.param_bytes[p] for p in info.params),
+        params=info.params, shared_params=info.shared_params, is_tensor=info.is_tensor,
+    )

@@ -1,0 +1,170 @@
+"""ModelSpec (a model plus how to feed and train it) and ``load_spec("file.py:fn")``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autopipe.errors import SpecError
+
+LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+BatchFn = Callable[..., tuple[tuple[Any, ...], torch.Tensor]]
+
+
+@dataclass(kw_only=True)
+class ModelSpec:
+    """A model together with one example micro-batch and its training recipe."""
+
+    model: nn.Module
+    """The model to partition (may live on the meta device)."""
+    example_inputs: tuple[Any, ...]
+    """Positional arguments of one micro-batch."""
+    example_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of one micro-batch."""
+    loss_fn: LossFn
+    """``loss_fn(output, target) -> scalar``; ``output`` is what the model returns."""
+    batch: BatchFn
+    """``batch(n, step=0) -> (inputs, target)``: ``n`` micro-batches stacked on dim 0,
+    the same for the same ``(n, step)`` (so every rank draws identical data)."""
+    name: str = "model"
+    """A short name for reports."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise SpecError(
+                f"ModelSpec.model must be a torch.nn.Module, got {type(self.model).__name__}",
+                hint="return ModelSpec(model=MyModel(...), ...)",
+            )
+        if not isinstance(self.example_inputs, tuple):
+            raise SpecError(
+                f"ModelSpec.example_inputs must be a tuple, got {type(self.example_inputs).__name__}",
+                hint="wrap a single tensor as (x,)",
+            )
+        if not isinstance(self.example_kwargs, dict):
+            raise SpecError(
+                f"ModelSpec.example_kwargs must be a dict, got {type(self.example_kwargs).__name__}",
+                hint="pass keyword inputs as a dict, or leave it out",
+            )
+        for what in ("loss_fn", "batch"):
+            if not callable(getattr(self, what)):
+                raise SpecError(f"ModelSpec.{what} must be callable", hint=f"pass a function as {what}=")
+
+
+def _import_file(path: Path) -> Any:
+    name = f"_autopipe_spec_{abs(hash(str(path.resolve())))}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise SpecError(f"cannot import {path}", hint="point at a .py file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise SpecError(f"importing {path} failed: {type(e).__name__}: {e}",
+                        hint="fix the error in that file") from e
+    return module
+
+
+def load_spec(spec: str, **kwargs: Any) -> ModelSpec:
+    """Load a ModelSpec from ``"path/to/file.py:function"`` or ``"package.module:function"``.
+
+    Args:
+        spec: where the build function lives.
+        **kwargs: passed to the build function (model size knobs, ``device="meta"``).
+
+    Raises:
+        SpecError: the string points nowhere or the function returns no ModelSpec.
+    """
+    where, sep, fn_name = spec.rpartition(":")
+    if not sep or not where or not fn_name:
+        raise SpecError(
+            f"spec {spec!r} has no ':function' part",
+            hint="write path/to/file.py:build or package.module:build",
+        )
+    if where.endswith(".py") or "/" in where:
+        path = Path(where)
+        if not path.is_file():
+            raise SpecError(f"spec file {where} does not exist", hint="check the path before ':'")
+        module = _import_file(path)
+    else:
+        if "" not in sys.path and str(Path.cwd()) not in sys.path:
+            sys.path.append(str(Path.cwd()))  # like `python -m`, find modules under the cwd
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise SpecError(f"cannot import module {where!r}: {e}",
+                            hint="check the module name, or use path/to/file.py:build") from e
+    fn = getattr(module, fn_name, None)
+    if fn is None or not callable(fn):
+        found = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_"))
+        raise SpecError(f"{where} has no function {fn_name!r}",
+                        hint=f"functions there: {', '.join(found) or 'none'}")
+    try:
+        result = fn(**kwargs)
+    except SpecError:
+        raise
+    except TypeError as e:
+        raise SpecError(f"{spec}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: {e}",
+                        hint="check the knobs the build function accepts") from e
+    if not isinstance(result, ModelSpec):
+        raise SpecError(
+            f"{spec} returned {type(result).__name__}, expected autopipe.ModelSpec",
+            hint="return ModelSpec(model=..., example_inputs=(...,), loss_fn=..., batch=...)",
+        )
+    if not result.name or result.name == "model":
+        result.name = Path(where).stem if where.endswith(".py") else where.rsplit(".", 1)[-1]
+    return result
+
+
+def parse_spec_args(items: list[str] | None) -> dict[str, Any]:
+    """Parse CLI ``--spec-arg key=value`` items; values are read as Python literals when possible."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.isidentifier():
+            raise SpecError(f"--spec-arg {item!r} is not key=value", hint="write e.g. --spec-arg n_layer=4")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits tensor of a model output: a tensor, a Hugging Face ModelOutput, a dict or a tuple."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict) or hasattr(output, "keys"):
+        if "logits" in output:
+            return output["logits"]  # type: ignore[no-any-return]
+        output = tuple(output.values())
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise SpecError(f"cannot find logits in a {type(output).__name__}",
+                    hint="make loss_fn take the model's output type apart itself")
+
+
+def cross_entropy(output: Any, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits_of(output)`` against integer targets (-100 ignored)."""
+    logits = logits_of(output)
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100)
+
+
+def generator(n: int, step: int, seed: int = 0) -> torch.Generator:
+    """A CPU generator seeded by ``(n, step, seed)``: every rank draws the same batch."""
+    return torch.Generator().manual_seed(1_000_003 * seed + 10_007 * step + n)

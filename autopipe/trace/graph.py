@@ -1,0 +1,171 @@
+"""Graph: a traced model as a networkx DAG of fx nodes with sizes, modules and parameters."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeInfo:
+    """What the planner needs to know about one fx node."""
+
+    name: str
+    """The fx node name (unique in the graph)."""
+    op: str
+    """fx op: placeholder, call_function, call_method, call_module or output."""
+    target: str
+    """Readable target: ``aten.linear.default``, ``torch.relu``, a module path, a method name."""
+    module: str
+    """Path of the innermost module the node runs in; ``""`` means top level."""
+    shape: tuple[int, ...] | None
+    """Output shape when the output is one tensor, else None."""
+    dtype: str | None
+    """Output dtype (``"float32"``) when the output is one tensor, else None."""
+    output_bytes: int
+    """Bytes of every tensor in the output (what a cut after this node sends)."""
+    is_tensor: bool
+    """True when the output is exactly one tensor; only such values may cross a stage cut."""
+    params: tuple[str, ...]
+    """Parameters this node owns (canonical names); each parameter is owned by exactly one node."""
+    shared_params: tuple[str, ...]
+    """Parameters this node reads that another node owns (tied or reused weights)."""
+    buffers: tuple[str, ...]
+    """Buffers and constant tensors this node reads."""
+    inputs: tuple[str, ...]
+    """Names of the graph nodes whose outputs this node consumes, in argument order."""
+
+    @property
+    def top_level(self) -> bool:
+        """True when the node belongs to no submodule (inputs, outputs, glue code)."""
+        return self.module == ""
+
+
+class Graph:
+    """A traced model.
+
+    Attributes:
+        gm: the GraphModule, with flat inputs (``flat_inputs``) and a flat tuple output.
+        dag: networkx DiGraph over node names; node attribute ``info`` (NodeInfo), edge
+            attribute ``bytes`` (size of the value carried on that edge).
+        nodes: NodeInfo of every node except ``get_attr`` (folded into their readers),
+            in the fx (topological) order.
+        param_bytes: canonical parameter name → bytes.
+        param_owner: canonical parameter name → name of the node that owns it.
+        tied: groups of names that refer to one Parameter, canonical name first.
+        frontend: ``"fx"`` (symbolic_trace) or ``"export"`` (torch.export).
+        fingerprint: hex digest of op structure and shapes, stable across builds.
+    """
+
+    def __init__(
+        self,
+        *,
+        gm: fx.GraphModule,
+        nodes: Sequence[NodeInfo],
+        param_bytes: dict[str, int],
+        tied: Sequence[tuple[str, ...]],
+        frontend: str,
+        input_names: Sequence[str],
+        in_spec: pytree.TreeSpec | None,
+        out_spec: pytree.TreeSpec,
+        signature: inspect.Signature | None = None,
+    ) -> None:
+        self.gm = gm
+        self.nodes = list(nodes)
+        self.param_bytes = dict(param_bytes)
+        self.tied = [tuple(t) for t in tied]
+        self.frontend = frontend
+        self.input_names = list(input_names)
+        self.in_spec = in_spec
+        self.out_spec = out_spec
+        self.signature = signature
+        self.by_name = {n.name: n for n in self.nodes}
+        self.param_owner = {p: n.name for n in self.nodes for p in n.params}
+        self.dag: nx.DiGraph = nx.DiGraph()
+        for n in self.nodes:
+            self.dag.add_node(n.name, info=n)
+        for n in self.nodes:
+            for src in n.inputs:
+                self.dag.add_edge(src, n.name, bytes=self.by_name[src].output_bytes)
+        self.fingerprint = _fingerprint(self)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __repr__(self) -> str:
+        return (f"Graph({len(self.nodes)} nodes, {len(self.param_bytes)} parameters, "
+                f"frontend={self.frontend!r}, fingerprint={self.fingerprint[:12]})")
+
+    def flat_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> list[Any]:
+        """Arrange a micro-batch's ``(args, kwargs)`` as the GraphModule's flat inputs."""
+        kwargs = kwargs or {}
+        if self.in_spec is not None:
+            leaves, spec = pytree.tree_flatten((args, kwargs))
+            if spec != self.in_spec:
+                from autopipe.errors import ExampleInputError
+
+                raise ExampleInputError(
+                    "inputs have another structure than the example the model was traced with",
+                    hint="pass the same arguments (and keyword arguments) as the example micro-batch",
+                )
+            return list(leaves)
+        assert self.signature is not None, "fx graphs carry the forward signature"
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as e:
+            from autopipe.errors import ExampleInputError
+
+            raise ExampleInputError(f"inputs do not match forward{self.signature}: {e}",
+                                    hint="pass the arguments the model's forward takes") from None
+        bound.apply_defaults()
+        return [bound.arguments[name] for name in self.input_names]
+
+    def unflatten_output(self, flat: Sequence[Any]) -> Any:
+        """Rebuild the model's own output structure from the GraphModule's flat outputs."""
+        return pytree.tree_unflatten(list(flat), self.out_spec)
+
+    @property
+    def total_param_bytes(self) -> int:
+        """Bytes of all distinct parameters."""
+        return sum(self.param_bytes.values())
+
+
+def target_name(node: fx.Node) -> str:
+    """A readable, build-independent name for a node's target."""
+    t = node.target
+    if isinstance(t, str):
+        return t
+    if isinstance(t, torch._ops.OpOverload | torch._ops.OpOverloadPacket):
+        return str(t)
+    mod = getattr(t, "__module__", None) or ""
+    name = getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or repr(t)
+    if mod in ("builtins", "_operator", "operator"):
+        return f"operator.{name}" if mod != "builtins" else name
+    if mod.startswith("torch"):
+        mod = "torch"
+    return f"{mod}.{name}" if mod else name
+
+
+def _fingerprint(graph: Graph) -> str:
+    """Hash op structure, shapes and parameter shapes; independent of node and module names."""
+    index = {n.name: i for i, n in enumerate(graph.nodes)}
+    modules = dict(graph.gm.named_modules())
+    h = hashlib.sha256()
+    for n in graph.nodes:
+        target = n.target
+        if n.op == "call_module":
+            target = type(modules[n.target]).__qualname__ if n.target in modules else n.target
+        elif n.op == "placeholder":
+            target = ""
+        params = [(tuple(graph.gm.get_parameter(p).shape)) for p in n.params + n.shared_params]
+        line = f"{n.op}|{target}|{n.shape}|{n.dtype}|{[index[i] for i in n.inputs]}|{params}|{n.is_tensor}\n"
+        h.update(line.encode())
+    return h.hexdigest()

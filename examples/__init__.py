@@ -1,0 +1,1 @@
+"""Example models for autopipe; each module's ``build()`` returns a ModelSpec."""

@@ -1,0 +1,29 @@
+"""GPT-2 (Hugging Face GPT2LMHeadModel, random init) with tied input and output embeddings."""
+
+from __future__ import annotations
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from autopipe import ModelSpec
+from autopipe.spec import cross_entropy, generator
+
+
+def build(*, n_layer: int = 4, n_embd: int = 128, n_head: int = 4, vocab_size: int = 8192,
+          seq_len: int = 64, batch_size: int = 4, device: str = "cpu", seed: int = 0) -> ModelSpec:
+    """A small GPT-2 whose vocabulary head is the heaviest layer (as in real LMs)."""
+    cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size,
+                     n_positions=max(seq_len, 64), bos_token_id=0, eos_token_id=0,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     use_cache=False, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = GPT2LMHeadModel(cfg)
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        g = generator(n, step, seed)
+        tokens = torch.randint(0, vocab_size, (n * batch_size, seq_len + 1), generator=g)
+        return (tokens[:, :-1].to(device),), tokens[:, 1:].to(device)
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy,
+                     batch=batch, name="gpt2")

@@ -1,0 +1,42 @@
+"""Shared fixtures: the example specs, traced once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import autopipe
+from autopipe import ModelSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ["mlp", "gpt2", "llama", "resnet", "unet", "bert"]
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(1)
+
+
+def example_spec(name: str, **kwargs: object) -> ModelSpec:
+    """Load ``examples/<name>.py:build``."""
+    return autopipe.load_spec(str(ROOT / "examples" / f"{name}.py") + ":build", **kwargs)
+
+
+@pytest.fixture(scope="session")
+def traced() -> dict[str, tuple[ModelSpec, autopipe.Graph]]:
+    """Every example's spec and Graph, built once."""
+    out = {}
+    for name in EXAMPLES:
+        spec = example_spec(name)
+        out[name] = (spec, autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs))
+    return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,140 @@
+"""Tests for autopipe/trace/: both front ends, graph invariants, ties, fingerprints, errors."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import autopipe
+from autopipe import Graph, ModelSpec
+from autopipe.errors import ExampleInputError, TraceError
+
+from .conftest import EXAMPLES, example_spec
+from .models import DataDependent, NeedsExport, TiedMLP
+
+
+def _check_graph(spec: ModelSpec, g: Graph) -> None:
+    assert len(g.nodes) > 0
+    # every distinct parameter is owned by exactly one node
+    owners: dict[str, int] = {}
+    for n in g.nodes:
+        for p in n.params:
+            owners[p] = owners.get(p, 0) + 1
+    distinct = dict(spec.model.named_parameters())  # remove_duplicate=True: ties once
+    assert set(owners) == set(distinct)
+    assert all(c == 1 for c in owners.values())
+    assert g.total_param_bytes == sum(p.numel() * p.element_size() for p in distinct.values())
+    # every module path names a real module, or the node is top level
+    modules = dict(spec.model.named_modules())
+    for n in g.nodes:
+        assert n.top_level or n.module in modules, (n.name, n.module)
+        if n.op in ("call_function", "call_module", "call_method") and n.is_tensor:
+            assert n.shape is not None and n.output_bytes >= 0
+    assert {n.op for n in g.nodes} >= {"placeholder", "output"}
+    assert nx_is_dag(g)
+
+
+def nx_is_dag(g: Graph) -> bool:
+    import networkx as nx
+
+    return bool(nx.is_directed_acyclic_graph(g.dag)) and g.dag.number_of_nodes() == len(g.nodes)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_examples_trace(name: str, traced: dict[str, tuple[ModelSpec, Graph]]) -> None:
+    spec, g = traced[name]
+    _check_graph(spec, g)
+    expected = "fx" if name in ("mlp", "resnet", "unet") else "export"
+    assert g.frontend == expected
+    # the traced module computes what the model computes
+    spec.model.eval()
+    with torch.no_grad():
+        ref = spec.model(*spec.example_inputs, **spec.example_kwargs)
+        out = g.unflatten_output(g.gm(*g.flat_inputs(spec.example_inputs, spec.example_kwargs)))
+    spec.model.train()
+    torch.testing.assert_close(autopipe.spec.logits_of(out), autopipe.spec.logits_of(ref))
+
+
+def test_tied_weights_recorded_once(traced: dict[str, tuple[ModelSpec, Graph]]) -> None:
+    _spec, g = traced["gpt2"]
+    assert ("transformer.wte.weight", "lm_head.weight") in g.tied
+    readers = [n for n in g.nodes if "transformer.wte.weight" in n.params + n.shared_params]
+    assert len(readers) == 2  # the embedding lookup and the vocabulary head
+    assert sum("transformer.wte.weight" in n.params for n in readers) == 1
+
+
+def test_tied_weights_fx() -> None:
+    m = TiedMLP()
+    g = autopipe.trace(m, (torch.randint(0, 50, (2, 3)),))
+    assert g.frontend == "fx"
+    assert g.tied == [("emb.weight", "head.weight")]
+    assert [n.name for n in g.nodes if n.shared_params] == ["head"]
+    assert g.param_owner["emb.weight"] == "emb"
+
+
+def test_fingerprint_stable_and_sensitive() -> None:
+    a = example_spec("gpt2", n_layer=2)
+    b = example_spec("gpt2", n_layer=2, seed=7)
+    c = example_spec("gpt2", n_layer=3)
+    fa, fb, fc = (autopipe.trace(s.model, s.example_inputs).fingerprint for s in (a, b, c))
+    assert fa == fb
+    assert fa != fc
+    m1, m2 = example_spec("mlp", layers=4), example_spec("mlp", layers=5)
+    assert (autopipe.trace(m1.model, m1.example_inputs).fingerprint
+            != autopipe.trace(m2.model, m2.example_inputs).fingerprint)
+    # another micro-batch shape is another graph
+    m3 = example_spec("mlp", layers=4, batch_size=3)
+    assert (autopipe.trace(m1.model, m1.example_inputs).fingerprint
+            != autopipe.trace(m3.model, m3.example_inputs).fingerprint)
+
+
+def test_falls_back_to_export() -> None:
+    g = autopipe.trace(NeedsExport(), (torch.randn(3, 8),))
+    assert g.frontend == "export"
+    with pytest.raises(TraceError, match="symbolic_trace"):
+        autopipe.trace(NeedsExport(), (torch.randn(3, 8),), frontend="fx")
+
+
+def test_untraceable_model_quotes_both_reasons() -> None:
+    with pytest.raises(TraceError) as info:
+        autopipe.trace(DataDependent(), (torch.randn(2, 4),))
+    msg = str(info.value)
+    assert "torch.fx.symbolic_trace" in msg and "torch.export" in msg
+    assert info.value.hint
+    assert not isinstance(info.value, ExampleInputError)
+
+
+@pytest.mark.parametrize("inputs, fragment", [
+    ((torch.randn(4, 7),), "does not accept"),       # wrong feature size
+    ((torch.randn(4, 64), torch.randn(1)), "do not match"),  # extra argument
+])
+def test_wrong_example_inputs(inputs: tuple[torch.Tensor, ...], fragment: str) -> None:
+    spec = example_spec("mlp", layers=2)
+    with pytest.raises(ExampleInputError, match=fragment) as info:
+        autopipe.trace(spec.model, inputs)
+    assert info.value.hint
+
+
+def test_wrong_inputs_for_hf_model() -> None:
+    spec = example_spec("gpt2", n_layer=1)
+    with pytest.raises(ExampleInputError):
+        autopipe.trace(spec.model, (torch.randn(2, 8),))  # floats where token ids belong
+
+
+def test_example_inputs_must_be_tuple() -> None:
+    with pytest.raises(ExampleInputError, match="tuple"):
+        autopipe.trace(torch.nn.Linear(2, 2), torch.zeros(2))  # type: ignore[arg-type]
+
+
+def test_meta_llama_7b_traces_fast() -> None:
+    t0 = time.perf_counter()
+    spec = example_spec("llama", num_hidden_layers=32, hidden_size=4096, intermediate_size=11008,
+                        num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+                        seq_len=128, batch_size=1, device="meta")
+    g = autopipe.trace(spec.model, spec.example_inputs)
+    elapsed = time.perf_counter() - t0
+    assert g.total_param_bytes / 4 == pytest.approx(6.74e9, rel=0.01)
+    assert sum(1 for n in g.nodes if n.target == "aten.linear.default") == 32 * 7 + 1
+    assert elapsed < 60, f"tracing took {elapsed:.1f} s"
