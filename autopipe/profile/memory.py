@@ -1,0 +1,52 @@
+"""Memory of parameters, gradients and optimizer states, per optimizer and dtype."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autopipe.errors import AutopipeError
+
+# fp32 optimizer states kept per parameter (torch.optim implementations)
+_STATES = {
+    "adam": 2,          # exp_avg, exp_avg_sq
+    "adamw": 2,
+    "sgd": 0,           # plain SGD keeps nothing
+    "sgd-momentum": 1,  # momentum_buffer
+    "none": 0,          # inference-style accounting: no optimizer
+}
+OPTIMIZERS = tuple(_STATES)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParamMemory:
+    """Bytes that a set of parameters costs during training."""
+
+    params: int
+    grads: int
+    optimizer: int
+
+    @property
+    def total(self) -> int:
+        """params + grads + optimizer."""
+        return self.params + self.grads + self.optimizer
+
+
+def param_memory(param_bytes: int, *, element_size: int = 4, optimizer: str = "adam") -> ParamMemory:
+    """Training memory of parameters that take ``param_bytes`` in a dtype of ``element_size`` bytes.
+
+    Gradients have the parameters' dtype. Optimizer states are fp32; under mixed
+    precision (``element_size < 4``) an fp32 master copy of the weights is kept too
+    (what Megatron and DeepSpeed do), unless the optimizer is ``none``.
+
+    Raises:
+        AutopipeError: unknown optimizer.
+    """
+    if optimizer not in _STATES:
+        raise AutopipeError(f"unknown optimizer {optimizer!r}",
+                            hint=f"choose one of {', '.join(OPTIMIZERS)}")
+    numel = param_bytes // element_size
+    states = _STATES[optimizer] * 4 * numel
+    if element_size < 4 and optimizer != "none":
+        states += 4 * numel  # fp32 master weights
+    grads = 0 if optimizer == "none" else param_bytes
+    return ParamMemory(params=param_bytes, grads=grads, optimizer=states)

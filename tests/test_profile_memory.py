@@ -1,0 +1,29 @@
+"""Tests for autopipe/profile/memory.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from autopipe.errors import AutopipeError
+from autopipe.profile.memory import param_memory
+
+
+def test_adam_fp32() -> None:
+    m = param_memory(400, element_size=4, optimizer="adam")
+    assert (m.params, m.grads, m.optimizer, m.total) == (400, 400, 800, 1600)
+
+
+def test_adam_bf16_keeps_master_weights() -> None:
+    m = param_memory(200, element_size=2, optimizer="adam")  # 100 parameters
+    assert (m.params, m.grads, m.optimizer) == (200, 200, 100 * 12)
+
+
+def test_sgd_variants() -> None:
+    assert param_memory(400, optimizer="sgd").optimizer == 0
+    assert param_memory(400, optimizer="sgd-momentum").optimizer == 400
+    assert param_memory(400, optimizer="none").total == 400
+
+
+def test_unknown_optimizer() -> None:
+    with pytest.raises(AutopipeError, match="unknown optimizer 'lion'"):
+        param_memory(4, optimizer="lion")
