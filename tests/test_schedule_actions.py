@@ -1,0 +1,113 @@
+"""Tests for autopipe/schedule/actions.py: the per-rank programs of each schedule."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from autopipe.errors import PlanError
+from autopipe.schedule.actions import (
+    SCHEDULES,
+    Action,
+    autopipe_order,
+    check_runnable,
+    order_problems,
+    schedule_order,
+)
+
+
+def _programs(schedule: str, p: int, m: int, v: int = 1) -> list[str]:
+    order = schedule_order(schedule, p, m, v)
+    return [" ".join(f"{a.kind}{a.microbatch}" for a in rank) for rank in order.ranks]
+
+
+def test_1f1b_program_matches_the_docstring_picture() -> None:
+    assert _programs("1f1b", 4, 6) == [
+        "F0 F1 F2 F3 B0 F4 B1 F5 B2 B3 B4 B5",
+        "F0 F1 F2 B0 F3 B1 F4 B2 F5 B3 B4 B5",
+        "F0 F1 B0 F2 B1 F3 B2 F4 B3 F5 B4 B5",
+        "F0 B0 F1 B1 F2 B2 F3 B3 F4 B4 F5 B5",
+    ]
+
+
+def test_gpipe_runs_all_forwards_then_all_backwards() -> None:
+    assert _programs("gpipe", 2, 3) == ["F0 F1 F2 B0 B1 B2"] * 2
+
+
+def test_1f1b_with_fewer_microbatches_than_ranks_degenerates_to_fill_drain() -> None:
+    assert _programs("1f1b", 4, 2)[0] == "F0 F1 B0 B1"
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_every_order_is_valid(schedule: str) -> None:
+    for p, m, v in itertools.product(range(1, 6), range(1, 13), (1, 2, 3)):
+        if schedule in ("gpipe", "1f1b") and v > 1:
+            continue
+        try:
+            order = schedule_order(schedule, p, m, v)
+        except PlanError:
+            assert schedule in ("interleaved-1f1b", "zb-h1")
+            continue
+        assert order_problems(order) == [], (schedule, p, m, v)
+
+
+@pytest.mark.parametrize("schedule", ["interleaved-1f1b", "zb-h1"])
+def test_runtime_schedules_come_from_torch_and_match_our_mirror(schedule: str) -> None:
+    for p, m, v in itertools.product(range(1, 6), range(1, 13), (1, 2, 3)):
+        try:
+            ours = autopipe_order(schedule, p, m, v)
+        except PlanError:
+            continue
+        theirs = schedule_order(schedule, p, m, v)
+        assert theirs.source == "torch"
+        assert theirs.ranks == ours.ranks, (schedule, p, m, v)
+        assert theirs.split_backward == ours.split_backward == (schedule == "zb-h1")
+
+
+def test_zb_h1_delays_weight_gradients_by_rank() -> None:
+    order = schedule_order("zb-h1", 4, 8)
+    for r, program in enumerate(order.ranks):
+        first_w = next(i for i, a in enumerate(program) if a.kind == "W")
+        backwards_before = sum(1 for a in program[:first_w] if a.kind == "B")
+        assert backwards_before == r + 1
+
+
+def test_interleaved_places_stage_s_on_rank_s_mod_p() -> None:
+    order = schedule_order("interleaved-1f1b", 2, 4, 2)
+    assert {a.stage for a in order.ranks[0]} == {0, 2}
+    assert {a.stage for a in order.ranks[1]} == {1, 3}
+
+
+def test_order_problems_reports_a_backward_before_its_forward() -> None:
+    good = schedule_order("gpipe", 1, 2)
+    swapped = (Action(0, "B", 0), Action(0, "F", 0), Action(0, "F", 1), Action(0, "B", 1))
+    from dataclasses import replace
+    bad = replace(good, ranks=(swapped,))
+    assert any("before F0" in line for line in order_problems(bad))
+    missing = replace(good, ranks=(good.ranks[0][:-1],))
+    assert any("missing" in line for line in order_problems(missing))
+
+
+def test_unknown_schedule_names_the_known_ones() -> None:
+    with pytest.raises(PlanError, match="unknown schedule 'pipedream'") as e:
+        schedule_order("pipedream", 2, 4)
+    assert e.value.hint is not None and "zb-h1" in e.value.hint
+
+
+def test_virtual_stages_need_an_interleaved_schedule() -> None:
+    with pytest.raises(PlanError, match="runs one stage per rank"):
+        schedule_order("1f1b", 2, 4, 2)
+
+
+def test_interleaved_microbatches_must_divide_into_rounds() -> None:
+    with pytest.raises(PlanError, match="multiple of its 2 rounds, got 5") as e:
+        schedule_order("interleaved-1f1b", 2, 5, 2)
+    assert e.value.hint == "use 4 or 6 micro-batches"
+
+
+def test_check_runnable_refuses_1f1b_with_fewer_microbatches_than_stages() -> None:
+    check_runnable("1f1b", 4, 4)
+    check_runnable("gpipe", 4, 2)
+    with pytest.raises(PlanError, match=r"\(2 micro-batches, 4 stages\)"):
+        check_runnable("1f1b", 4, 2)
