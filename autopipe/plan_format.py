@@ -115,6 +115,8 @@ class Baseline:
     max_memory: int | None = None
     stage_nodes: tuple[int, ...] = ()
     """Number of graph nodes per stage."""
+    bottleneck_s: float | None = None
+    """Per-micro-batch time (forward + backward + communication) of its bottleneck stage."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
