@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from autopipe.errors import PlanError
 from autopipe.plan_format import Device, Plan, Predicted, SolverInfo, Stage, StageMemory
 from autopipe.schedule import SCHEDULES, SimResult, StageCost, simulate, simulate_plan
+from autopipe.schedule.simulate import boundary_send_s
 
 UNIT = StageCost(forward_s=1.0, backward_input_s=0.5, backward_weight_s=0.5)
 """F = B = 1 (B split evenly into input and weight gradients)."""
@@ -174,7 +176,8 @@ def _stage(i: int, *, fwd: float, bwd: float, w: float = 0.0, comm: float = 0.0,
 def hand_plan(schedule: str = "1f1b", m: int = 8) -> Plan:
     """A 4-stage plan built by hand; stage 2 is the bottleneck."""
     times = [(1.0, 2.0), (1.0, 2.0), (2.0, 4.0), (1.0, 2.0)]
-    stages = tuple(_stage(i, fwd=f, bwd=b, w=b / 2, comm=0.1, act=1000 * (4 - i))
+    stages = tuple(_stage(i, fwd=f, bwd=b, w=b / 2, comm=0.1 if i in (0, 3) else 0.2,
+                          act=1000 * (4 - i))
                    for i, (f, b) in enumerate(times))
     return Plan(graph_fingerprint="x", schedule=schedule, microbatches=m,
                 devices=tuple(Device(name=f"cpu:{i}", memory=10_000) for i in range(4)),
@@ -186,14 +189,23 @@ def hand_plan(schedule: str = "1f1b", m: int = 8) -> Plan:
 def test_simulate_plan_uses_the_plans_stage_times_and_schedule() -> None:
     plan = hand_plan()
     r = simulate_plan(plan)
+    # every boundary carries 0.05 s each way: comm_s = 2 × (in + out) = 0.1 at the ends, 0.2 inside
     direct = simulate([StageCost(forward_s=s.forward_s, backward_input_s=s.backward_s - s.backward_weight_s,
-                                 backward_weight_s=s.backward_weight_s, send_s=s.comm_s)
+                                 backward_weight_s=s.backward_weight_s, send_s=0.05)
                        for s in plan.stages], schedule="1f1b", microbatches=8)
     assert r.iteration_s == pytest.approx(direct.iteration_s)
     # 1F1B holds 4 - s micro-batches; the plan's activations are 1000 × (4 - s) in total
     assert r.peak_activation_bytes == (4000, 3000, 2000, 1000)
     zb = simulate_plan(hand_plan("zb-h1"))
     assert zb.iteration_s < r.iteration_s
+
+
+def test_boundary_send_times_unroll_the_stages_comm_s() -> None:
+    plan = hand_plan()
+    assert boundary_send_s(plan) == pytest.approx([0.05, 0.05, 0.05])
+    uneven = [0.2, 0.2 + 0.6, 0.6 + 0.0, 0.0]  # boundaries carry 0.1, 0.3 and 0 s each way
+    stages = tuple(dataclasses.replace(s, comm_s=c) for s, c in zip(plan.stages, uneven))
+    assert boundary_send_s(dataclasses.replace(plan, stages=stages)) == pytest.approx([0.1, 0.3, 0.0])
 
 
 def test_simulate_plan_rejects_a_weight_time_above_backward_time() -> None:

@@ -243,12 +243,24 @@ def _summarise(order: ScheduleOrder, stages: Sequence[StageCost], events: list[l
     )
 
 
+def boundary_send_s(plan: Plan) -> list[float]:
+    """One-way send time of each boundary ``b`` (stage ``b`` → ``b + 1``) from the stages' ``comm_s``.
+
+    A stage's ``comm_s`` covers both directions of both its boundaries:
+    ``comm_s[s] = 2 (c[s−1] + c[s])``, so the chain unrolls from stage 0.
+    """
+    out: list[float] = []
+    previous = 0.0
+    for s in plan.stages[:-1]:
+        previous = max(0.0, s.comm_s / 2 - previous)
+        out.append(previous)
+    return out
+
+
 def plan_costs(plan: Plan) -> tuple[list[StageCost], int]:
     """Per-stage costs of a plan and its virtual stages per rank.
 
-    The plan records each stage's saved activations for all micro-batches in
-    flight (``memory.activations``); the per-micro-batch size is recovered by
-    dividing by the in-flight count the schedule gives that stage.
+    Activation bytes are left at zero (see ``simulate_plan``).
 
     Raises:
         PlanError: a stage's weight-gradient time exceeds its backward time,
@@ -259,6 +271,7 @@ def plan_costs(plan: Plan) -> tuple[list[StageCost], int]:
         raise PlanError(f"{len(plan.stages)} stages on {len(ranks)} ranks are not the same number per rank",
                         hint="regenerate the plan")
     virtual = len(plan.stages) // len(ranks)
+    sends = [*boundary_send_s(plan), 0.0]
     costs = []
     for s in plan.stages:
         if s.backward_weight_s > s.backward_s + 1e-12:
@@ -266,15 +279,17 @@ def plan_costs(plan: Plan) -> tuple[list[StageCost], int]:
                             f"backward_s {s.backward_s}", hint="regenerate the plan")
         costs.append(StageCost(forward_s=s.forward_s,
                                backward_input_s=max(0.0, s.backward_s - s.backward_weight_s),
-                               backward_weight_s=s.backward_weight_s, send_s=s.comm_s))
+                               backward_weight_s=s.backward_weight_s, send_s=sends[s.index]))
     return costs, virtual
 
 
 def simulate_plan(plan: Plan) -> SimResult:
     """Simulate a plan's step with its schedule, micro-batches and stage times.
 
-    ``comm_s`` of stage ``s`` is taken as the time of its outgoing boundary
-    (the send to stage ``s + 1`` and the gradient coming back).
+    Boundary send times come from ``boundary_send_s``. The plan records each
+    stage's saved activations for all its micro-batches in flight
+    (``memory.activations``); the per-micro-batch size is that divided by the
+    in-flight count the simulated schedule gives the stage.
 
     Raises:
         PlanError: see ``simulate`` and ``plan_costs``.
