@@ -1,19 +1,96 @@
-"""`autopipe profile`."""
+"""`autopipe profile`: measure (cpu, cuda) or estimate (meta) per-node costs and write a Profile JSON."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from autopipe.errors import AutopipeError
+from autopipe._units import format_seconds, format_size
+from autopipe.cli._common import add_spec_args
+from autopipe.errors import SpecError
+from autopipe.profile._dtypes import DTYPES
+from autopipe.profile.profile import Profile
+from autopipe.spec import ModelSpec, load_spec, parse_spec_args
 
 
 def add_parser(sub: Any) -> None:
     """Register the subcommand."""
-    p: argparse.ArgumentParser = sub.add_parser("profile", help="(being built)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "profile", help="measure or estimate per-node time and memory of a model",
+        description="Trace SPEC on its example micro-batch and write per-node forward, "
+                    "input-gradient and weight-gradient times and saved-activation bytes. "
+                    "--device cpu/cuda measures on real tensors; --device meta estimates from "
+                    "FLOPs and bytes on a --device-spec roofline without allocating the model.")
+    add_spec_args(p)
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="cpu, cuda, cuda:N (measure) or meta (estimate); default cpu")
+    p.add_argument("--device-spec", default="h100", metavar="NAME|FILE.json",
+                   help="with --device meta: a shipped spec (a100, h100, h200) or your own JSON "
+                        "file; default h100")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="compute dtype; default: the model's")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per piece (default 2)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per piece; median kept (default 5)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads while measuring (default 1, for stable numbers; 0 = torch's default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    p.add_argument("-o", "--output", required=True, metavar="PROFILE.json", help="where to write the profile")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
-    raise AutopipeError("`autopipe profile` is not available in this build", hint="see the README")
+    import autopipe
+    from autopipe.profile import estimate, measure
+
+    meta = args.device == "meta"
+    spec = _load(args.spec, parse_spec_args(args.spec_arg), meta)
+    graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
+    progress = False if args.no_progress else None
+    if meta:
+        profile = estimate(graph, spec.example_inputs, spec.example_kwargs,
+                           device_spec=args.device_spec, dtype=args.dtype, progress=progress)
+    else:
+        profile = measure(graph, spec.example_inputs, spec.example_kwargs, device=args.device,
+                          dtype=args.dtype, warmup=args.warmup, repeats=args.repeats,
+                          threads=args.threads or None, progress=progress)
+    profile.save(args.output)
+    print(summary(profile, spec.name))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _load(where: str, kwargs: dict[str, Any], meta: bool) -> ModelSpec:
+    """Load the spec; for ``--device meta`` build it on the meta device when it takes ``device=``."""
+    if not meta or "device" in kwargs:
+        return load_spec(where, **kwargs)
+    try:
+        return load_spec(where, **kwargs, device="meta")
+    except SpecError as e:
+        if "unexpected keyword argument 'device'" not in e.message:
+            raise
+    print("note: the build function takes no device=; building it on its own device first",
+          file=sys.stderr)
+    return load_spec(where, **kwargs)
+
+
+def summary(p: Profile, name: str) -> str:
+    """A few lines about a profile: totals and, for measurements, the whole-model check."""
+    lines = [
+        f"{name}: {len(p.nodes)} nodes on {p.device} ({p.dtype}, {p.method})",
+        f"  forward {format_seconds(p.forward_s)}, backward {format_seconds(p.backward_s)} "
+        f"(input {format_seconds(sum(n.backward_input_s for n in p.nodes))}, "
+        f"weight {format_seconds(sum(n.backward_weight_s for n in p.nodes))})",
+        f"  parameters {format_size(sum(p.params.values()))}, "
+        f"saved activations {format_size(p.activation_bytes)} per micro-batch",
+    ]
+    whole = p.meta.get("whole_model")
+    if isinstance(whole, dict) and whole.get("forward_backward_s"):
+        ratio = (p.forward_s + p.backward_s) / whole["forward_backward_s"]
+        lines.append(f"  whole-model forward+backward {format_seconds(whole['forward_backward_s'])}; "
+                     f"sum of nodes / whole = {ratio:.3f}")
+    flops = p.meta.get("flops")
+    if isinstance(flops, dict):
+        lines.append(f"  {sum(flops.values()) / 1e12:.3f} TFLOP forward+backward")
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""DeviceSpec: what the estimator and the planner know about an accelerator, and its JSON files."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autopipe._jsonio import read_json, write_json_atomic
+from autopipe._units import parse_size
+from autopipe.errors import AutopipeError, DeviceSpecError
+
+SCHEMA = "autopipe.device/1"
+BUILTIN_DIR = Path(__file__).resolve().parent / "devices"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceSpec:
+    """Peak rates and sizes of one accelerator, for a roofline time model."""
+
+    name: str
+    """Short name: ``h100``."""
+    peak_flops: dict[str, float]
+    """dtype name (``float32``, ``bfloat16``, ``float16``, ``tf32``, ``float64``) → FLOP/s."""
+    memory_bandwidth: float
+    """Device memory bandwidth, bytes/s."""
+    memory: int
+    """Device memory, bytes."""
+    link_bandwidth: float
+    """Bandwidth between neighbouring pipeline stages, bytes/s, one direction."""
+    kernel_overhead_s: float = 0.0
+    """Fixed cost added once per kernel (launch and dispatch), seconds."""
+    source: str = ""
+    """Where the numbers come from (datasheet, measurement)."""
+    description: str = ""
+    """A longer human-readable name."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Unknown JSON keys, kept so that a round trip loses nothing."""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise DeviceSpecError("device spec has an empty name", hint='set "name", e.g. "h100"')
+        if not self.peak_flops:
+            raise DeviceSpecError(f"device spec {self.name}: peak_flops is empty",
+                                  hint='give at least {"float32": FLOP/s}')
+        for dtype, rate in self.peak_flops.items():
+            _positive(self.name, f"peak_flops[{dtype!r}]", rate)
+        _positive(self.name, "memory_bandwidth", self.memory_bandwidth)
+        _positive(self.name, "memory", self.memory)
+        _positive(self.name, "link_bandwidth", self.link_bandwidth)
+        if not (math.isfinite(self.kernel_overhead_s) and self.kernel_overhead_s >= 0):
+            raise DeviceSpecError(
+                f"device spec {self.name}: kernel_overhead_s = {self.kernel_overhead_s} is not a "
+                "non-negative time", hint="use seconds, e.g. 5e-6, or 0")
+
+    def flops_for(self, dtype: str) -> float:
+        """Peak FLOP/s for ``dtype`` (``torch.bfloat16`` or ``bfloat16``).
+
+        Raises:
+            DeviceSpecError: the spec lists no rate for that dtype.
+        """
+        key = dtype.removeprefix("torch.")
+        if key in self.peak_flops:
+            return self.peak_flops[key]
+        raise DeviceSpecError(
+            f"device spec {self.name} has no peak_flops for {key} (it has {', '.join(sorted(self.peak_flops))})",
+            hint=f'add "{key}": FLOP/s to its peak_flops, or profile with another --dtype')
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``autopipe.device/1`` JSON object."""
+        return {
+            "schema": SCHEMA, "name": self.name, "description": self.description,
+            "peak_flops": dict(self.peak_flops), "memory_bandwidth": self.memory_bandwidth,
+            "memory": self.memory, "link_bandwidth": self.link_bandwidth,
+            "kernel_overhead_s": self.kernel_overhead_s, "source": self.source, **self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "<device spec>") -> DeviceSpec:
+        """Build from a JSON object; ``source`` names the file in errors.
+
+        ``memory`` may be bytes or a size string (``"80GB"``).
+
+        Raises:
+            DeviceSpecError: a field is missing or has a wrong value.
+        """
+        known = {"schema", "name", "description", "peak_flops", "memory_bandwidth", "memory",
+                 "link_bandwidth", "kernel_overhead_s", "source"}
+        missing = [k for k in ("name", "peak_flops", "memory_bandwidth", "memory", "link_bandwidth")
+                   if k not in data]
+        if missing:
+            raise DeviceSpecError(f"{source}: missing {', '.join(missing)}",
+                                  hint="see autopipe/profile/devices/h100.json for a complete spec")
+        try:
+            flops = data["peak_flops"]
+            if not isinstance(flops, dict):
+                raise TypeError(f"peak_flops is a {type(flops).__name__}, not an object")
+            return cls(
+                name=str(data["name"]), description=str(data.get("description", "")),
+                peak_flops={str(k): float(v) for k, v in flops.items()},
+                memory_bandwidth=float(data["memory_bandwidth"]),
+                memory=parse_size(data["memory"]),
+                link_bandwidth=float(data["link_bandwidth"]),
+                kernel_overhead_s=float(data.get("kernel_overhead_s", 0.0)),
+                source=str(data.get("source", "")),
+                extra={k: v for k, v in data.items() if k not in known},
+            )
+        except DeviceSpecError as e:
+            raise DeviceSpecError(f"{source}: {e.message}", hint=e.hint) from None
+        except AutopipeError as e:  # a size that does not parse
+            raise DeviceSpecError(f"{source}: memory: {e.message}", hint=e.hint) from None
+        except (TypeError, ValueError) as e:
+            raise DeviceSpecError(f"{source}: malformed device spec ({e})",
+                                  hint="numbers in FLOP/s, bytes/s and bytes") from None
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically as JSON."""
+        write_json_atomic(path, self.to_json())
+
+
+def _positive(name: str, what: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise DeviceSpecError(f"device spec {name}: {what} = {value!r} is not a positive number",
+                              hint="use FLOP/s, bytes/s and bytes, e.g. 3.35e12")
+
+
+def builtin_device_specs() -> list[str]:
+    """Names of the device specs shipped with autopipe."""
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.json"))
+
+
+def load_device_spec(name_or_path: str | os.PathLike[str]) -> DeviceSpec:
+    """Load a shipped spec by name (``"h100"``) or a JSON file by path.
+
+    Raises:
+        DeviceSpecError: no such spec, or the file is corrupt.
+    """
+    text = str(name_or_path)
+    path = Path(text)
+    if not path.suffix and os.sep not in text and "/" not in text:
+        path = BUILTIN_DIR / f"{text.lower()}.json"
+        if not path.is_file():
+            raise DeviceSpecError(
+                f"unknown device spec {text!r}",
+                hint=f"use one of {', '.join(builtin_device_specs())}, or the path to your own JSON file")
+    return DeviceSpec.from_json(read_json(path, SCHEMA, DeviceSpecError), source=str(path))

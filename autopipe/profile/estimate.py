@@ -1,0 +1,119 @@
+"""``estimate``: per-node costs from FLOPs and bytes on meta tensors, priced on a DeviceSpec roofline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from autopipe._version import __version__
+from autopipe.profile._assemble import assemble
+from autopipe.profile._attention import fused_sdpa, is_sdpa
+from autopipe.profile._copy import module_tensors
+from autopipe.profile._cost import CostMode
+from autopipe.profile._node import NodeCall, Op
+from autopipe.profile._progress import Progress
+from autopipe.profile._saved import SavedBytes
+from autopipe.profile._setup import setup
+from autopipe.profile._walk import NodeCost, NodeWalker
+from autopipe.profile.devices import DeviceSpec, load_device_spec
+from autopipe.profile.profile import Profile
+from autopipe.trace.graph import Graph
+
+_PHASES = ("forward", "backward_input", "backward_weight")
+
+
+def estimate(
+    graph: Graph,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None = None,
+    *,
+    device_spec: str | DeviceSpec = "h100",
+    dtype: str | None = None,
+    progress: bool | None = None,
+) -> Profile:
+    """Estimate every node's costs without running anything real.
+
+    The graph runs on meta tensors (a meta copy when the model has real weights).
+    Each node's forward, input-gradient and weight-gradient kernels are priced on the
+    roofline of ``device_spec`` ([Note: the roofline] in ``_cost.py``); attention is
+    priced as the fused GPU kernel ([Note: attention on meta tensors]). Activation
+    bytes are counted with the same saved-tensor hooks as ``measure``. The input- and
+    weight-gradient halves are priced as separate passes (as zero-bubble schedules run
+    them). Total FLOPs, bytes and kernels per phase go to ``profile.meta``.
+
+    Args:
+        graph: the traced model (its parameters may live on the meta device).
+        args: positional inputs of one micro-batch (meta or real tensors).
+        kwargs: keyword inputs of one micro-batch.
+        device_spec: a DeviceSpec, a shipped spec name (``h100``, ``a100``, ``h200``) or a JSON path.
+        dtype: compute dtype (``fp32``, ``bf16``, ``fp16``); None keeps the model's.
+        progress: a progress line on stderr; None shows it when stderr is a terminal.
+
+    Raises:
+        DeviceSpecError: unknown spec, or it has no peak rate for the dtype.
+        ProfileError: bad dtype or inputs, or a node that cannot run on meta tensors.
+    """
+    spec = device_spec if isinstance(device_spec, DeviceSpec) else load_device_spec(device_spec)
+    meta_dev = torch.device("meta")
+    s = setup(graph, args, kwargs, meta_dev, dtype)
+    computing = sum(1 for n in s.gm.graph.nodes if n.op.startswith("call_"))
+    bar = Progress(computing, f"estimating {len(graph)} nodes on {spec.name}", enabled=progress)
+    walker = _Estimator(s.gm, device=meta_dev, progress=bar, spec=spec)
+    with torch.enable_grad():
+        try:
+            walker.run(*s.flat)
+        finally:
+            bar.close()
+            walker.saved.release()
+    meta = {
+        "autopipe": __version__, "torch": torch.__version__, "device_spec": spec.to_json(),
+        "flops": dict(walker.flops), "bytes_moved": dict(walker.moved), "kernels": dict(walker.kernels),
+    }
+    return assemble(graph, s.gm, walker.costs, walker.output_bytes, device=f"estimate:{spec.name}",
+                    dtype=s.dtype, method="estimate", flat_inputs=s.flat, meta=meta)
+
+
+class _Estimator(NodeWalker):
+    def __init__(self, gm: fx.GraphModule, *, device: torch.device, progress: Progress,
+                 spec: DeviceSpec) -> None:
+        super().__init__(gm, device=device, progress=progress)
+        self.spec = spec
+        self.saved = SavedBytes(exclude=module_tensors(gm))
+        self.flops = dict.fromkeys(_PHASES, 0)
+        self.moved = dict.fromkeys(_PHASES, 0)
+        self.kernels = dict.fromkeys(_PHASES, 0)
+
+    def op_for(self, n: fx.Node) -> Op:
+        if is_sdpa(n):
+            return lambda a, k: fused_sdpa(*a, **k)
+        return super().op_for(n)
+
+    def _price(self, phase: str, fn: Any) -> CostMode:
+        mode = CostMode(self.spec)
+        if fn is not None:
+            with mode:
+                fn()
+        self.flops[phase] += mode.flops
+        self.moved[phase] += mode.bytes
+        self.kernels[phase] += mode.kernels
+        return mode
+
+    def cost(self, call: NodeCall) -> tuple[Any, NodeCost]:
+        before = self.saved.total
+        box: list[Any] = []
+        with self.saved.count():
+            fwd = self._price("forward", lambda: box.append(call.forward()))
+        out = box[0]
+        activation = self.saved.total - before
+        bi, bw = self._backward(call, out)
+        return out, NodeCost(forward_s=fwd.seconds, backward_input_s=bi, backward_weight_s=bw,
+                             activation_bytes=activation)
+
+    def _backward(self, call: NodeCall, out: Any) -> tuple[float, float]:
+        if call.backward(out, "all") is None:
+            return 0.0, 0.0
+        inp = self._price("backward_input", call.backward(out, "input"))
+        wgt = self._price("backward_weight", call.backward(out, "weight"))
+        return inp.seconds, wgt.seconds

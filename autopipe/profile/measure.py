@@ -1,0 +1,135 @@
+"""``measure``: per-node forward, input-gradient and weight-gradient times and saved bytes, on real tensors."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from autopipe._version import __version__
+from autopipe.errors import ProfileError
+from autopipe.profile._assemble import assemble
+from autopipe.profile._copy import buffers_restored, module_tensors
+from autopipe.profile._node import NodeCall
+from autopipe.profile._progress import Progress
+from autopipe.profile._saved import SavedBytes
+from autopipe.profile._setup import cpu_threads, resolve_device, setup
+from autopipe.profile._timer import Timer
+from autopipe.profile._walk import NodeCost, NodeWalker
+from autopipe.profile.profile import Profile
+from autopipe.profile.whole import run_whole
+from autopipe.trace.graph import Graph
+
+
+def measure(
+    graph: Graph,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None = None,
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+    warmup: int = 2,
+    repeats: int = 5,
+    threads: int | None = 1,
+    progress: bool | None = None,
+) -> Profile:
+    """Measure every node of ``graph`` on one micro-batch ``(args, kwargs)``.
+
+    Each node runs alone on the real outputs of the nodes before it (see
+    [Note: per-node autograd] in ``_node.py``): ``warmup`` untimed and ``repeats``
+    timed runs of its forward, of the gradient w.r.t. its inputs and of the gradient
+    w.r.t. its parameters; medians are kept. The backward time is the median of the
+    joint backward, split between inputs and weights in proportion to the two
+    separately timed halves. ``activation_bytes`` counts what autograd saves, per
+    [Note: attributing saved tensors to nodes] in ``_saved.py``. A whole-model
+    forward+backward of the same micro-batch is timed too and stored in
+    ``profile.meta["whole_model"]`` (with ``peak_bytes`` from
+    ``torch.cuda.max_memory_allocated`` on CUDA), so that the per-node sum can be
+    checked against it.
+
+    The user's model is not changed: another device or dtype runs on a copy, batch-norm
+    statistics are restored, and gradients are returned, never accumulated in ``.grad``.
+
+    Args:
+        graph: the traced model.
+        args: positional inputs of one micro-batch.
+        kwargs: keyword inputs of one micro-batch.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: compute dtype (``fp32``, ``bf16``, ``fp16``); None keeps the model's.
+        warmup: untimed runs before timing each piece.
+        repeats: timed runs of each piece; the median is reported.
+        threads: CPU intra-op threads while profiling (1 gives stable numbers); None
+            leaves torch's setting.
+        progress: a progress line on stderr; None shows it when stderr is a terminal.
+
+    Raises:
+        ProfileError: bad device, dtype, counts or inputs, or a node that fails to run.
+    """
+    if device == "meta" or str(device).startswith("meta"):
+        raise ProfileError("measure cannot time meta tensors",
+                           hint="use autopipe.profile.estimate (CLI: --device meta --device-spec h100)")
+    if warmup < 0 or repeats < 1:
+        raise ProfileError(f"warmup = {warmup}, repeats = {repeats}",
+                           hint="use warmup >= 0 and repeats >= 1")
+    dev = resolve_device(device)
+    s = setup(graph, args, kwargs, dev, dtype)
+    timer = Timer(dev, warmup=warmup, repeats=repeats)
+    computing = sum(1 for n in s.gm.graph.nodes if n.op.startswith("call_"))
+    bar = Progress(computing, f"measuring {len(graph)} nodes on {dev}", enabled=progress)
+    with cpu_threads(threads, dev), buffers_restored(s.gm), torch.enable_grad():
+        walker = _Measurer(s.gm, device=dev, progress=bar, timer=timer)
+        try:
+            walker.run(*s.flat)
+        finally:
+            bar.close()
+            walker.saved.release()
+        whole = run_whole(s.gm, s.flat, timer)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+    meta = {
+        "autopipe": __version__, "torch": torch.__version__, "device_name": name,
+        "warmup": warmup, "repeats": repeats,
+        "threads": torch.get_num_threads() if threads is None else threads,
+        "whole_model": whole.to_json(),
+    }
+    label = f"cuda:{name}" if dev.type == "cuda" else "cpu"
+    return assemble(graph, s.gm, walker.costs, walker.output_bytes, device=label, dtype=s.dtype,
+                    method="measure", flat_inputs=s.flat, meta=meta)
+
+
+class _Measurer(NodeWalker):
+    def __init__(self, gm: fx.GraphModule, *, device: torch.device, progress: Progress,
+                 timer: Timer) -> None:
+        super().__init__(gm, device=device, progress=progress)
+        self.timer = timer
+        self.saved = SavedBytes(exclude=module_tensors(gm))
+
+    def cost(self, call: NodeCall) -> tuple[Any, NodeCost]:
+        forward_s = self.timer.median(call.forward)
+        before = self.saved.total
+        with self.saved.count():
+            out = call.forward()
+        activation = self.saved.total - before
+        bi, bw = self._backward(call, out)
+        self.timer.sync()
+        return out, NodeCost(forward_s=forward_s, backward_input_s=bi, backward_weight_s=bw,
+                             activation_bytes=activation)
+
+    def _backward(self, call: NodeCall, out: Any) -> tuple[float, float]:
+        both = call.backward(out, "all")
+        if both is None:
+            return 0.0, 0.0
+        total = self.timer.median(both)
+        if not call.params:
+            return total, 0.0
+        if not call.inputs:
+            return 0.0, total
+        inp = call.backward(out, "input")
+        wgt = call.backward(out, "weight")
+        assert inp is not None and wgt is not None
+        ti = self.timer.median(inp)
+        tw = self.timer.median(wgt)
+        if ti + tw <= 0:
+            return total / 2, total / 2
+        return total * ti / (ti + tw), total * tw / (ti + tw)

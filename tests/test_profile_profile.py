@@ -1,0 +1,78 @@
+"""Tests for autopipe/profile/profile.py: Profile JSON round trip and bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import autopipe
+from autopipe import ModelSpec
+from autopipe.errors import ProfileError
+from autopipe.profile import Profile, estimate, measure
+
+Traced = dict[str, tuple[ModelSpec, autopipe.Graph]]
+
+
+@pytest.fixture(scope="module")
+def profiles(traced: Traced) -> list[Profile]:
+    spec, graph = traced["gpt2"]  # tied weights, non-tensor outputs, export graph
+    return [measure(graph, spec.example_inputs, warmup=0, repeats=1),
+            estimate(graph, spec.example_inputs, dtype="bf16")]
+
+
+def test_round_trip_unchanged(profiles: list[Profile], tmp_path: Path) -> None:
+    for i, p in enumerate(profiles):
+        path = tmp_path / f"p{i}.json"
+        p.save(path)
+        q = Profile.load(path)
+        assert q == p
+        q.save(tmp_path / "again.json")
+        assert (tmp_path / "again.json").read_bytes() == path.read_bytes()
+        assert json.loads(path.read_text())["schema"] == "autopipe.profile/1"
+
+
+def test_json_has_the_documented_fields(profiles: list[Profile]) -> None:
+    data = profiles[0].to_json()
+    assert {"schema", "device", "dtype", "microbatch_shape", "nodes", "edges"} <= set(data)
+    node = data["nodes"][5]
+    assert {"name", "op", "target", "module", "forward_s", "backward_input_s", "backward_weight_s",
+            "activation_bytes", "output_bytes", "param_bytes", "params"} <= set(node)
+    assert all(len(e) == 3 for e in data["edges"])
+
+
+def test_corrupt_file_names_the_file(profiles: list[Profile], tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    profiles[0].save(path)
+    path.write_text(path.read_text()[: 500])  # truncated
+    with pytest.raises(ProfileError, match=r"p\.json: not valid JSON"):
+        Profile.load(path)
+
+
+def test_wrong_schema(tmp_path: Path) -> None:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"schema": "autopipe.plan/1", "stages": []}))
+    with pytest.raises(ProfileError, match=r"plan\.json: schema is 'autopipe.plan/1', expected 'autopipe.profile/1'"):
+        Profile.load(path)
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda d: d.pop("nodes"), "malformed profile .*KeyError: 'nodes'"),
+    (lambda d: d["nodes"][3].update(forward_s=-1.0), "forward_s = -1.0 is not a non-negative time"),
+    (lambda d: d["nodes"][3].update(colour="red"), "malformed profile .*colour"),
+    (lambda d: d["edges"].append(["nope", "x", 4]), "edge nope→x names an unknown node"),
+])
+def test_bad_contents(profiles: list[Profile], tmp_path: Path, edit: object, match: str) -> None:
+    data = profiles[0].to_json()
+    edit(data)  # type: ignore[operator]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ProfileError, match=match) as info:
+        Profile.load(path)
+    assert str(path) in info.value.message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError, match="no such file"):
+        Profile.load(tmp_path / "none.json")
