@@ -13,6 +13,7 @@ import torch.fx as fx
 from autopipe.errors import ProfileError
 from autopipe.profile._copy import cast_input, copy_to, float_dtype, module_tensors
 from autopipe.profile._dtypes import parse_dtype
+from autopipe.profile._timer import CLOCKS
 from autopipe.trace.graph import Graph
 
 
@@ -67,6 +68,19 @@ def setup(graph: Graph, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
     gm = graph.gm if on_device and cast is None else copy_to(graph.gm, device, cast)
     flat = [cast_input(x, device, cast) for x in flat]
     return Setup(gm=gm, flat=flat, device=device, dtype=cast or traced)
+
+
+def check_counts(warmup: int, repeats: int, clock: str) -> None:
+    """Check the timing options of ``measure``.
+
+    Raises:
+        ProfileError: negative warm-up, no repeats, unknown clock.
+    """
+    if warmup < 0 or repeats < 1:
+        raise ProfileError(f"warmup = {warmup}, repeats = {repeats}",
+                           hint="use warmup >= 0 and repeats >= 1")
+    if clock not in CLOCKS:
+        raise ProfileError(f"unknown clock {clock!r}", hint=f"use one of {', '.join(CLOCKS)}")
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Median wall time of a callable: perf_counter on CPU, CUDA events with synchronisation on GPUs."""
+"""Median time of a callable: CUDA events on GPUs; on CPU the compute thread's CPU time or perf_counter."""
 
 from __future__ import annotations
 
@@ -9,27 +9,48 @@ from typing import Any
 
 import torch
 
+CLOCKS = ("auto", "wall", "thread")
+
 
 class Timer:
     """Times callables on one device.
+
+    [Note: CPU clocks]
+    With one intra-op thread every CPU kernel, forward and backward, runs on the
+    calling thread (autograd runs CPU work on the thread that calls it), so that
+    thread's CPU time (``time.thread_time``) equals the wall time on an idle machine
+    and, unlike ``time.perf_counter``, does not grow when other processes take the
+    core away. ``auto`` uses it when torch runs one thread and ``perf_counter``
+    otherwise (several threads' work does not add up to wall time).
 
     Args:
         device: a torch device; CUDA devices are timed with events.
         warmup: untimed runs before the timed ones.
         repeats: timed runs; the median is reported.
+        clock: CPU clock: ``auto``, ``wall`` (perf_counter) or ``thread`` (thread CPU time).
     """
 
-    def __init__(self, device: torch.device, *, warmup: int, repeats: int) -> None:
+    def __init__(self, device: torch.device, *, warmup: int, repeats: int, clock: str = "auto") -> None:
         self.device = device
         self.warmup = warmup
         self.repeats = repeats
         self.cuda = device.type == "cuda"
+        if clock == "auto":
+            clock = "thread" if torch.get_num_threads() == 1 else "wall"
+        self.clock = "cuda-events" if self.cuda else clock
+        self._now = time.thread_time if clock == "thread" else time.perf_counter
+        self.overhead = 0.0
+        """Median time of timing an empty call, subtracted from every median."""
+        self.overhead = self.median(lambda: None, warmup=10, repeats=101)
 
-    def median(self, fn: Callable[[], Any]) -> float:
-        """Median seconds of ``fn()`` over ``repeats`` runs, after ``warmup`` runs."""
-        for _ in range(self.warmup):
+    def median(self, fn: Callable[[], Any], *, warmup: int | None = None,
+               repeats: int | None = None) -> float:
+        """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs, less the
+        timer's own overhead (never below zero)."""
+        for _ in range(self.warmup if warmup is None else warmup):
             fn()
-        return statistics.median(self.sample(fn) for _ in range(self.repeats))
+        samples = [self.sample(fn) for _ in range(self.repeats if repeats is None else repeats)]
+        return max(statistics.median(samples) - self.overhead, 0.0)
 
     def sample(self, fn: Callable[[], Any]) -> float:
         """Seconds of one run of ``fn()``."""
@@ -42,9 +63,9 @@ class Timer:
             end.record()
             end.synchronize()
             return float(start.elapsed_time(end)) / 1e3
-        t0 = time.perf_counter()
+        t0 = self._now()
         fn()
-        return time.perf_counter() - t0
+        return self._now() - t0
 
     def sync(self) -> None:
         """Wait for the device (a no-op on CPU)."""

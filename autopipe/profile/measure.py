@@ -15,7 +15,7 @@ from autopipe.profile._copy import buffers_restored, module_tensors
 from autopipe.profile._node import NodeCall
 from autopipe.profile._progress import Progress
 from autopipe.profile._saved import SavedBytes
-from autopipe.profile._setup import cpu_threads, resolve_device, setup
+from autopipe.profile._setup import check_counts, cpu_threads, resolve_device, setup
 from autopipe.profile._timer import Timer
 from autopipe.profile._walk import NodeCost, NodeWalker
 from autopipe.profile.profile import Profile
@@ -34,6 +34,7 @@ def measure(
     repeats: int = 5,
     threads: int | None = 1,
     progress: bool | None = None,
+    clock: str = "auto",
 ) -> Profile:
     """Measure every node of ``graph`` on one micro-batch ``(args, kwargs)``.
 
@@ -63,6 +64,9 @@ def measure(
         threads: CPU intra-op threads while profiling (1 gives stable numbers); None
             leaves torch's setting.
         progress: a progress line on stderr; None shows it when stderr is a terminal.
+        clock: CPU clock ([Note: CPU clocks] in ``_timer.py``): ``auto`` (the compute
+            thread's CPU time with one thread, else ``time.perf_counter``), ``wall``
+            or ``thread``. CUDA always uses events.
 
     Raises:
         ProfileError: bad device, dtype, counts or inputs, or a node that fails to run.
@@ -70,15 +74,13 @@ def measure(
     if device == "meta" or str(device).startswith("meta"):
         raise ProfileError("measure cannot time meta tensors",
                            hint="use autopipe.profile.estimate (CLI: --device meta --device-spec h100)")
-    if warmup < 0 or repeats < 1:
-        raise ProfileError(f"warmup = {warmup}, repeats = {repeats}",
-                           hint="use warmup >= 0 and repeats >= 1")
+    check_counts(warmup, repeats, clock)
     dev = resolve_device(device)
     s = setup(graph, args, kwargs, dev, dtype)
-    timer = Timer(dev, warmup=warmup, repeats=repeats)
     computing = sum(1 for n in s.gm.graph.nodes if n.op.startswith("call_"))
     bar = Progress(computing, f"measuring {len(graph)} nodes on {dev}", enabled=progress)
     with cpu_threads(threads, dev), buffers_restored(s.gm), torch.enable_grad():
+        timer = Timer(dev, warmup=warmup, repeats=repeats, clock=clock)
         walker = _Measurer(s.gm, device=dev, progress=bar, timer=timer)
         try:
             walker.run(*s.flat)
@@ -89,8 +91,9 @@ def measure(
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     meta = {
         "autopipe": __version__, "torch": torch.__version__, "device_name": name,
-        "warmup": warmup, "repeats": repeats,
+        "warmup": warmup, "repeats": repeats, "clock": timer.clock,
         "threads": torch.get_num_threads() if threads is None else threads,
+        "timer_overhead_s": timer.overhead, "grad_call_overhead_s": walker.grad_overhead,
         "whole_model": whole.to_json(),
     }
     label = f"cuda:{name}" if dev.type == "cuda" else "cpu"
@@ -104,6 +107,7 @@ class _Measurer(NodeWalker):
         super().__init__(gm, device=device, progress=progress)
         self.timer = timer
         self.saved = SavedBytes(exclude=module_tensors(gm))
+        self.grad_overhead = _grad_call_overhead(timer)
 
     def cost(self, call: NodeCall) -> tuple[Any, NodeCost]:
         forward_s = self.timer.median(call.forward)
@@ -116,11 +120,14 @@ class _Measurer(NodeWalker):
         return out, NodeCost(forward_s=forward_s, backward_input_s=bi, backward_weight_s=bw,
                              activation_bytes=activation)
 
+    def _time_grad(self, fn: Any) -> float:
+        return max(self.timer.median(fn) - self.grad_overhead, 0.0)
+
     def _backward(self, call: NodeCall, out: Any) -> tuple[float, float]:
         both = call.backward(out, "all")
         if both is None:
             return 0.0, 0.0
-        total = self.timer.median(both)
+        total = self._time_grad(both)
         if not call.params:
             return total, 0.0
         if not call.inputs:
@@ -128,8 +135,24 @@ class _Measurer(NodeWalker):
         inp = call.backward(out, "input")
         wgt = call.backward(out, "weight")
         assert inp is not None and wgt is not None
-        ti = self.timer.median(inp)
-        tw = self.timer.median(wgt)
+        ti = self._time_grad(inp)
+        tw = self._time_grad(wgt)
         if ti + tw <= 0:
             return total / 2, total / 2
         return total * ti / (ti + tw), total * tw / (ti + tw)
+
+
+def _grad_call_overhead(timer: Timer) -> float:
+    """Seconds one ``torch.autograd.grad`` call costs on a graph that does nothing.
+
+    [Note: per-call overhead]
+    A whole-model backward starts the autograd engine once; profiling node by node
+    starts it once per node and per half. That fixed cost (~15 µs on CPU) is timed
+    here on a one-element view and taken off every per-node backward time, as a
+    timer's own overhead is, so that small nodes are not charged for the profiler.
+    """
+    x = torch.zeros(1, device=timer.device, requires_grad=True)
+    y = x.view_as(x)
+    g = torch.ones_like(y)
+    return timer.median(lambda: torch.autograd.grad([y], [x], [g], retain_graph=True),
+                        warmup=10, repeats=101)

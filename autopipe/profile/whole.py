@@ -11,7 +11,7 @@ import torch.fx as fx
 
 from autopipe.profile._copy import buffers_restored, module_tensors
 from autopipe.profile._saved import SavedBytes
-from autopipe.profile._setup import cpu_threads, resolve_device, setup
+from autopipe.profile._setup import check_counts, cpu_threads, resolve_device, setup
 from autopipe.profile._timer import Timer
 from autopipe.trace.graph import Graph
 
@@ -38,16 +38,17 @@ class WholeModel:
 
 def measure_whole(graph: Graph, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None, *,
                   device: str = "cpu", dtype: str | None = None, warmup: int = 2, repeats: int = 5,
-                  threads: int | None = 1) -> WholeModel:
+                  threads: int | None = 1, clock: str = "auto") -> WholeModel:
     """Time a whole-model forward+backward and count its saved bytes, as ``measure`` would.
 
     Raises:
         ProfileError: bad device, dtype or inputs.
     """
+    check_counts(warmup, repeats, clock)
     dev = resolve_device(device)
     s = setup(graph, args, kwargs, dev, dtype)
     with cpu_threads(threads, dev), buffers_restored(s.gm), torch.enable_grad():
-        return run_whole(s.gm, s.flat, Timer(dev, warmup=warmup, repeats=repeats))
+        return run_whole(s.gm, s.flat, Timer(dev, warmup=warmup, repeats=repeats, clock=clock))
 
 
 def run_whole(gm: fx.GraphModule, flat: list[Any], timer: Timer) -> WholeModel:

@@ -1,0 +1,106 @@
+"""How honest are the profiles? Per-node sums against whole-model runs, and the 7B estimate.
+
+Prints, for every example on CPU, the sum of per-node forward+backward times over a
+timed whole-model forward+backward of the same micro-batch (target: within 25%) and
+the sum of per-node saved bytes over the whole model's (target: within 5%); then the
+FLOPs that ``estimate`` counts for one forward+backward of a Llama-2-7B-shaped model
+on meta tensors against 6 × parameters × tokens (target: within 10%) and its wall time.
+
+    python -m benchmarks.bench_profile [--repeats 5] [--rounds 3] [--only gpt2,llama] [--skip-7b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import autopipe
+from autopipe.profile import Profile, estimate, measure
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ["mlp", "gpt2", "llama", "resnet", "unet", "bert"]
+
+
+def _spec(name: str, **kwargs: object) -> autopipe.ModelSpec:
+    return autopipe.load_spec(f"{ROOT / 'examples' / name}.py:build", **kwargs)
+
+
+def bench_examples(names: list[str], warmup: int, repeats: int, rounds: int) -> bool:
+    """Measure each example ``rounds`` times; print the median ratios; True when all are on target."""
+    print(f"per-node sums vs whole model on CPU, 1 thread; warmup {warmup}, median of {repeats} "
+          f"per piece; median ratio of {rounds} profiling rounds [min–max]")
+    print(f"{'model':8s} {'nodes':>5s} {'sum F+B':>10s} {'whole F+B':>10s} {'time ratio':>22s} "
+          f"{'saved (nodes)':>14s} {'saved (whole)':>14s} {'ratio':>7s} {'took':>6s}")
+    ok = True
+    for name in names:
+        spec = _spec(name)
+        graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
+        t0 = time.perf_counter()
+        runs = [measure(graph, spec.example_inputs, spec.example_kwargs, warmup=warmup,
+                        repeats=repeats, progress=False) for _ in range(rounds)]
+        took = (time.perf_counter() - t0) / rounds
+        ranked = sorted(runs, key=_time_ratio)
+        ratios = [_time_ratio(r) for r in ranked]
+        t_ratio = statistics.median(ratios)
+        p = ranked[len(ranked) // 2]  # the median round, shown in full
+        whole = p.meta["whole_model"]
+        m_ratio = p.activation_bytes / whole["activation_bytes"]
+        ok &= abs(t_ratio - 1) <= 0.25 and abs(m_ratio - 1) <= 0.05
+        spread = f"{t_ratio:.3f} [{ratios[0]:.3f}–{ratios[-1]:.3f}]"
+        print(f"{name:8s} {len(graph):5d} {(p.forward_s + p.backward_s) * 1e3:8.2f}ms "
+              f"{whole['forward_backward_s'] * 1e3:8.2f}ms {spread:>22s} {p.activation_bytes:14d} "
+              f"{whole['activation_bytes']:14d} {m_ratio:7.4f} {took:5.1f}s")
+    return ok
+
+
+def _time_ratio(p: Profile) -> float:
+    return (p.forward_s + p.backward_s) / float(p.meta["whole_model"]["forward_backward_s"])
+
+
+def bench_7b(batch_size: int, seq_len: int) -> bool:
+    """Estimate a meta Llama-2-7B; print FLOPs vs 6·N·T and the wall time."""
+    t0 = time.perf_counter()
+    spec = _spec("llama", preset="7b", device="meta", batch_size=batch_size, seq_len=seq_len)
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    t1 = time.perf_counter()
+    p = estimate(graph, spec.example_inputs, device_spec="h100", dtype="bf16", progress=False)
+    t2 = time.perf_counter()
+    params = sum(q.numel() for q in spec.model.parameters())
+    tokens = batch_size * seq_len
+    flops = sum(p.meta["flops"].values())
+    ratio = flops / (6 * params * tokens)
+    print(f"\nLlama-2-7B shape on meta, micro-batch {batch_size}×{seq_len} = {tokens} tokens, bf16, h100")
+    print(f"  parameters {params / 1e9:.3f} B, {len(graph)} nodes")
+    print(f"  FLOPs forward+backward {flops:.4g} vs 6·N·T {6 * params * tokens:.4g}: ratio {ratio:.4f}")
+    print(f"  estimated forward {p.forward_s * 1e3:.2f} ms, backward {p.backward_s * 1e3:.2f} ms, "
+          f"saved activations {p.activation_bytes / 2**30:.2f} GiB")
+    print(f"  wall time: trace {t1 - t0:.1f} s, estimate {t2 - t1:.1f} s")
+    return abs(ratio - 1) <= 0.10 and t2 - t0 < 60
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; exit 1 when a figure is off target."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="profiling rounds per example")
+    ap.add_argument("--only", default=",".join(EXAMPLES), help="comma-separated examples")
+    ap.add_argument("--skip-7b", action="store_true")
+    ap.add_argument("--batch-size", type=int, default=4, help="7B micro-batch size")
+    ap.add_argument("--seq-len", type=int, default=512, help="7B sequence length")
+    args = ap.parse_args(argv)
+    ok = bench_examples([n for n in args.only.split(",") if n], args.warmup, args.repeats, args.rounds)
+    if not args.skip_7b:
+        ok &= bench_7b(args.batch_size, args.seq_len)
+    print("\nall on target" if ok else "\nOFF TARGET")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
