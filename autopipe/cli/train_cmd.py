@@ -1,19 +1,88 @@
-"""`autopipe train`."""
+"""`autopipe train`: one rank of pipeline training (run under torchrun), or all local ranks with --launch."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from autopipe.errors import AutopipeError
+from autopipe.cli._common import add_spec_args
+from autopipe.errors import AutopipeError, SpecError
+from autopipe.plan_format import Plan
+from autopipe.runtime.optim import DEVICES, OPTIMIZERS, TrainConfig
+from autopipe.spec import ModelSpec, load_spec, parse_spec_args
 
 
 def add_parser(sub: Any) -> None:
     """Register the subcommand."""
-    p: argparse.ArgumentParser = sub.add_parser("train", help="(being built)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "train", help="train with a plan on torch.distributed.pipelining (one rank; run under torchrun)",
+        description="Train SPEC with PLAN.json. Each process is one rank: start them with "
+                    "`torchrun --nproc-per-node P -m autopipe train ...`, or pass --launch P to "
+                    "start P local ranks. The last stage prints the loss and time of every step.")
+    add_spec_args(p)
+    p.add_argument("--plan", required=True, metavar="PLAN.json", help="plan made by `autopipe plan`")
+    p.add_argument("--steps", type=int, required=True, help="optimizer steps")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="default adam")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="samples per step; the spec's batch_size knob becomes B / micro-batches "
+                        "(the plan must have been made for that micro-batch)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto: the plan's devices (default); cpu; cuda (GPU LOCAL_RANK of this node)")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="a rank waiting this long on a peer stops with an error (default 300)")
+    p.add_argument("--launch", type=int, default=None, metavar="P",
+                   help="start P ranks on this machine (instead of torchrun) and wait for them")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
-    raise AutopipeError("`autopipe train` is not available in this build", hint="see the README")
+    from autopipe.runtime.train import train
+
+    plan = Plan.load(args.plan)
+    config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, device=args.device,
+                         timeout_s=args.timeout)
+    spec = _spec(args, plan)
+    if args.launch is not None:
+        return _launch(args, spec, plan)
+    train(spec, plan, config, log=lambda line: print(line, flush=True))
+    return 0
+
+
+def _spec(args: argparse.Namespace, plan: Plan) -> ModelSpec:
+    knobs = parse_spec_args(args.spec_arg)
+    if args.batch_size is not None:
+        m = plan.microbatches
+        if args.batch_size < 1 or args.batch_size % m:
+            raise SpecError(f"--batch-size {args.batch_size} is not a positive multiple of the plan's "
+                            f"{m} micro-batches", hint=f"use a multiple of {m}, e.g. {m * 4}")
+        if "batch_size" in knobs and knobs["batch_size"] != args.batch_size // m:
+            raise SpecError(f"--batch-size {args.batch_size} asks for micro-batches of "
+                            f"{args.batch_size // m} but --spec-arg batch_size={knobs['batch_size']}",
+                            hint="pass one of the two")
+        knobs["batch_size"] = args.batch_size // m
+    return load_spec(args.spec, **knobs)
+
+
+def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan) -> int:
+    from autopipe.runtime.launch import launch
+    from autopipe.runtime.train import prepare
+
+    if args.launch < 1:
+        raise AutopipeError(f"--launch {args.launch}", hint="start at least one rank")
+    prepare(spec, plan, args.launch)  # a wrong plan stops here, before any rank starts
+    cmd = [sys.executable, "-m", "autopipe", "train", args.spec, "--plan", args.plan,
+           "--steps", str(args.steps), "--lr", repr(args.lr), "--optimizer", args.optimizer,
+           "--device", args.device, "--timeout", repr(args.timeout)]
+    for item in args.spec_arg:
+        cmd += ["--spec-arg", item]
+    if args.batch_size is not None:
+        cmd += ["--batch-size", str(args.batch_size)]
+    result = launch(cmd, args.launch, grace_s=min(30.0, args.timeout))
+    if result.code:
+        failed = result.first_failed if result.first_failed is not None else "?"
+        print(f"autopipe train: error: rank {failed} failed (exit codes {list(result.codes)}); "
+              f"the ranks' messages above say why", file=sys.stderr)
+    return result.code

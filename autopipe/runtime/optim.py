@@ -1,0 +1,57 @@
+"""Training options shared by the pipeline trainer and the single-process reference."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from autopipe.errors import AutopipeError
+
+OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainConfig:
+    """How to train: steps, optimizer, device choice, failure timeout."""
+
+    steps: int
+    """Optimizer steps to run."""
+    lr: float = 1e-3
+    """Learning rate."""
+    optimizer: str = "adam"
+    """``sgd``, ``sgd-momentum`` (0.9), ``adam`` or ``adamw`` (torch.optim defaults otherwise)."""
+    device: str = "auto"
+    """``auto`` (the plan's device: CUDA for ``cuda*`` stages, CPU for ``cpu``), ``cpu`` or ``cuda``."""
+    timeout_s: float = 300.0
+    """A rank waiting this long on a peer (rendezvous, send, receive) gives up with an error."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise AutopipeError(f"--steps is {self.steps}", hint="train at least 1 step")
+        if not self.lr > 0:
+            raise AutopipeError(f"--lr is {self.lr}", hint="use a positive learning rate, e.g. 1e-3")
+        if self.optimizer not in OPTIMIZERS:
+            raise AutopipeError(f"unknown optimizer {self.optimizer!r}",
+                                hint=f"use one of {', '.join(OPTIMIZERS)}")
+        if self.device not in DEVICES:
+            raise AutopipeError(f"unknown device {self.device!r}", hint=f"use one of {', '.join(DEVICES)}")
+        if not self.timeout_s > 0:
+            raise AutopipeError(f"--timeout is {self.timeout_s}", hint="use a positive number of seconds")
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter],
+                   config: TrainConfig) -> torch.optim.Optimizer | None:
+    """The optimizer ``config`` names over ``params`` (duplicates removed, order kept); None if none."""
+    unique = list({id(p): p for p in params if p.requires_grad}.values())
+    if not unique:
+        return None
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(unique, lr=config.lr)
+    if config.optimizer == "sgd-momentum":
+        return torch.optim.SGD(unique, lr=config.lr, momentum=0.9)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(unique, lr=config.lr)
+    return torch.optim.Adam(unique, lr=config.lr)

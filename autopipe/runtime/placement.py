@@ -1,0 +1,140 @@
+"""Which rank runs which stage, and which torch schedule runs a plan; checked before any rank starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autopipe._torch_pipelining import schedule_class
+from autopipe.errors import PlanError, PlanMismatchError
+from autopipe.plan_format import Plan
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleKind:
+    """A schedule autopipe can run and how it places stages on ranks."""
+
+    name: str
+    """autopipe's name (what plans say)."""
+    torch_class: str
+    """Class name in ``torch.distributed.pipelining``."""
+    placement: str
+    """``single`` (one stage per rank), ``loop`` (stage s on rank s % p) or ``v``
+    (rank r holds stages r and 2p-1-r)."""
+    splits_backward: bool = False
+    """Backward runs as separate input- and weight-gradient passes (zero bubble)."""
+
+
+SCHEDULES: dict[str, ScheduleKind] = {k.name: k for k in (
+    ScheduleKind("1f1b", "Schedule1F1B", "single"),
+    ScheduleKind("gpipe", "ScheduleGPipe", "single"),
+    ScheduleKind("interleaved-1f1b", "ScheduleInterleaved1F1B", "loop"),
+    ScheduleKind("looped-bfs", "ScheduleLoopedBFS", "loop"),
+    ScheduleKind("zb-h1", "ScheduleInterleavedZeroBubble", "loop", splits_backward=True),
+    ScheduleKind("zbv", "ScheduleZBVZeroBubble", "v", splits_backward=True),
+    ScheduleKind("dualpipev", "ScheduleDualPipeV", "v", splits_backward=True),
+)}
+_ALIASES = {
+    "interleaved1f1b": "interleaved-1f1b",
+    "loopedbfs": "looped-bfs",
+    "zero-bubble": "zb-h1",
+    "interleaved-zero-bubble": "zb-h1",
+    "interleavedzerobubble": "zb-h1",
+    "zbvzerobubble": "zbv",
+    "zbv-zero-bubble": "zbv",
+    "dualpipe-v": "dualpipev",
+}
+
+
+def schedule_kind(name: str) -> ScheduleKind:
+    """The runnable schedule a plan's ``schedule`` names (case and ``_``/``-`` ignored).
+
+    Raises:
+        PlanError: unknown, or this torch has no such schedule class.
+    """
+    key = name.strip().lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
+    kind = SCHEDULES.get(key)
+    if kind is None:
+        raise PlanError(f"unknown schedule {name!r}", hint=f"use one of {', '.join(SCHEDULES)}")
+    if schedule_class(kind.torch_class) is None:
+        import torch
+
+        raise PlanError(f"schedule {kind.name} needs torch.distributed.pipelining.{kind.torch_class}, "
+                        f"which torch {torch.__version__} does not have",
+                        hint="upgrade torch, or plan with --schedule 1f1b")
+    return kind
+
+
+def rank_of_stages(plan: Plan) -> list[int]:
+    """The rank that runs each stage, from the plan's ``stage.rank`` or the schedule's placement.
+
+    Raises:
+        PlanError: the ranks do not fit the schedule's placement.
+    """
+    kind = schedule_kind(plan.schedule)
+    n = plan.num_stages
+    given = [s.rank for s in plan.stages]
+    if all(r is not None for r in given):
+        ranks = [int(r) for r in given if r is not None]
+        p = len(set(ranks))
+    elif kind.placement == "single":
+        p = n
+    else:
+        p = len(plan.devices)
+        if not 0 < p < n:
+            raise PlanError(f"schedule {kind.name} runs several stages per rank, but the plan gives "
+                            f"no stage ranks and {p} devices for {n} stages",
+                            hint="regenerate the plan; it must say which rank runs each stage")
+    expected = [_placed(kind, s, p) for s in range(n)]
+    if any(r is not None for r in given) and given != expected:
+        raise PlanError(f"schedule {kind.name} places stages on ranks {expected}, the plan says {given}",
+                        hint="regenerate the plan for this schedule")
+    if kind.placement != "single" and n % p:
+        raise PlanError(f"schedule {kind.name} needs the same number of stages on every rank "
+                        f"({n} stages, {p} ranks)", hint=f"use a multiple of {p} stages")
+    if kind.placement == "v" and n != 2 * p:
+        raise PlanError(f"schedule {kind.name} needs exactly two stages per rank ({n} stages, {p} ranks)",
+                        hint=f"plan {2 * p} stages")
+    return expected
+
+
+def _placed(kind: ScheduleKind, stage: int, ranks: int) -> int:
+    if kind.placement == "single":
+        return stage
+    if kind.placement == "loop":
+        return stage % ranks
+    return stage if stage < ranks else 2 * ranks - 1 - stage
+
+
+def num_ranks(plan: Plan) -> int:
+    """How many processes (ranks) run the plan."""
+    return len(set(rank_of_stages(plan)))
+
+
+def check_world_size(plan: Plan, world_size: int) -> None:
+    """Raise unless ``world_size`` processes is what the plan needs.
+
+    Raises:
+        PlanMismatchError: another number of processes.
+    """
+    need = num_ranks(plan)
+    if world_size != need:
+        raise PlanMismatchError(
+            f"the plan runs on {need} ranks ({plan.num_stages} stages, schedule {plan.schedule}) "
+            f"but the world size is {world_size}",
+            hint=f"start {need} processes: torchrun --nproc-per-node {need} -m autopipe train ... "
+                 f"or autopipe train ... --launch {need}")
+
+
+def check_fingerprint(plan: Plan, fingerprint: str) -> None:
+    """Raise unless the plan was made for the graph with this fingerprint.
+
+    Raises:
+        PlanMismatchError: the plan was made for another model or micro-batch shape.
+    """
+    if plan.graph_fingerprint != fingerprint:
+        raise PlanMismatchError(
+            f"the plan was made for another model or micro-batch shape (plan graph "
+            f"{plan.graph_fingerprint[:12]}, this model {fingerprint[:12]})",
+            hint="pass the same SPEC, --spec-arg knobs and --batch-size the plan was made with, "
+                 "or make a new plan with `autopipe plan`")

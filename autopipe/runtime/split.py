@@ -1,0 +1,282 @@
+"""Cut a traced GraphModule into one GraphModule per plan stage, passing skip values through."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from autopipe.errors import PlanError, PlanMismatchError
+from autopipe.plan_format import Plan
+from autopipe.runtime.placement import schedule_kind
+from autopipe.trace.graph import Graph
+
+# [Note: pass-through of skip values]
+#
+# A value produced in stage a and read in stage b > a+1 must reach b. torch's
+# pipelining only sends stage s's outputs to stage s+1, and it cannot run the
+# backward of a tensor sent past a neighbour (pytorch issue 127964). So every
+# stage between a and b takes the value as an input and returns it unchanged:
+#
+#     stage 0          stage 1              stage 2
+#     x ─► enc ─► h ─► (h) ─► mid ─► m ─►   (h), m ─► cat ─► out
+#                 └──────── h ──────────►──────┘
+#
+# Stage 1's output tuple holds h itself. In backward, torch.autograd.backward
+# adds the gradient stage 2 sends for h to the recv buffer of h in stage 1
+# (together with any gradient from stage 1's own uses of h), and stage 1 sends
+# the sum back to stage 0: forward and backward both cross every boundary, so
+# the pipeline engine only ever talks to neighbours.
+#
+# [Note: contiguous gradients]
+#
+# Gradients are sent as raw memory, so they must be contiguous. A full backward
+# accumulates them into the receive buffer's .grad, which autograd keeps dense,
+# but the zero-bubble schedules take input gradients from torch.autograd.grad,
+# which may hand back a strided view (e.g. the slice of a cat's gradient). Each
+# received floating-point value therefore enters its stage through
+# contiguous_grad: the identity forward, a .contiguous() on the way back.
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+def contiguous_grad(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself, whose gradient is made contiguous (see [Note: contiguous gradients])."""
+    if not x.requires_grad:
+        return x
+    out: torch.Tensor = _ContiguousGrad.apply(x)  # type: ignore[no-untyped-call]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class StageModule:
+    """One stage of a split model: a GraphModule and what flows in and out of it."""
+
+    index: int
+    """Stage index in the plan."""
+    module: fx.GraphModule
+    """Runs the stage: positional tensor inputs in, a tuple of tensors out."""
+    inputs: tuple[str, ...]
+    """Names of the graph values the stage receives (stage 0: the model's tensor inputs)."""
+    outputs: tuple[str, ...]
+    """Names of the graph values the stage returns (last stage: the model's flat outputs)."""
+    passthrough: tuple[str, ...]
+    """Inputs that the stage only forwards to the next stage (skip values crossing it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """A model cut into stages by a plan."""
+
+    stages: tuple[StageModule, ...]
+    output_template: tuple[Any, ...]
+    """The model's flat outputs: ``None`` where the last stage returns the value (in order),
+    else the constant that the traced graph returns at that position."""
+
+    def rebuild_outputs(self, last_stage_out: Sequence[Any]) -> list[Any]:
+        """The model's flat outputs from what the last stage returned (constants re-inserted)."""
+        produced = iter(last_stage_out)
+        return [next(produced) if t is None else t for t in self.output_template]
+
+
+def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = None) -> Split:
+    """Cut ``graph.gm`` into the plan's stages.
+
+    Every model input enters at stage 0 (the schedule feeds only the first stage).
+    ``get_attr`` nodes are copied into each stage that reads them, so parameters read in
+    several stages (tied weights) appear in each of those stages' modules.
+
+    Args:
+        graph: the traced model.
+        plan: a plan for that graph (``plan.stages[i].nodes`` are fx node names).
+        constants: values for the model inputs that are not tensors (``None`` defaults,
+            flags); they are baked into the stages instead of being sent.
+
+    Raises:
+        PlanMismatchError: the plan names nodes the graph does not have, or misses some.
+        PlanError: a stage reads a value from a later stage, a non-tensor value crosses a
+            cut, or the graph's output is not in the last stage.
+    """
+    constants = dict(constants or {})
+    stage_of = _stage_of(graph, plan)
+    fx_nodes = [n for n in graph.gm.graph.nodes if n.op != "get_attr"]
+    order = {n.name: i for i, n in enumerate(fx_nodes)}
+    num = plan.num_stages
+    last = num - 1
+    out_node = next(n for n in fx_nodes if n.op == "output")
+    if stage_of[out_node.name] != last:
+        raise PlanError(f"the model's output node is in stage {stage_of[out_node.name]}, not in the "
+                        f"last stage {last}", hint="regenerate the plan")
+
+    # where each value is made (inputs enter at stage 0) and the last stage that reads it
+    made = {n.name: 0 if n.op == "placeholder" else stage_of[n.name] for n in fx_nodes}
+    needed_until: dict[str, int] = {}
+    for n in fx_nodes:
+        for a in n.all_input_nodes:
+            if a.op == "get_attr":
+                continue
+            if made[a.name] > stage_of[n.name]:
+                raise PlanError(
+                    f"node {n.name!r} in stage {stage_of[n.name]} reads {a.name!r} from the later "
+                    f"stage {made[a.name]}", hint="stages must follow the data flow; regenerate the plan")
+            needed_until[a.name] = max(needed_until.get(a.name, 0), stage_of[n.name])
+
+    infos = graph.by_name
+    placeholders = [n for n in fx_nodes if n.op == "placeholder"]
+    tensor_inputs = [n.name for n in placeholders if n.name not in constants]
+    for name in tensor_inputs:
+        if not infos[name].is_tensor:
+            raise PlanError(f"model input {name!r} is not a tensor and has no constant value",
+                            hint="pass it in constants=, or make it a tensor")
+
+    # live[b]: values that cross the cut after stage b, in graph order
+    live: list[list[str]] = []
+    for b in range(last):
+        crossing = [v for v in needed_until if made[v] <= b < needed_until[v] and v not in constants]
+        crossing.sort(key=order.__getitem__)
+        for v in crossing:
+            if not infos[v].is_tensor:
+                raise PlanError(
+                    f"value {v!r} ({infos[v].target}) is not a single tensor but crosses the cut "
+                    f"between stages {b} and {b + 1}",
+                    hint=f"keep {v!r} in one stage with all its users; only tensors can be sent")
+        if not crossing:
+            raise PlanError(f"stage {b + 1} receives nothing from stage {b}",
+                            hint="every stage must depend on the one before it; regenerate the plan")
+        live.append(crossing)
+
+    flat_out = list(out_node.args[0]) if isinstance(out_node.args[0], (tuple, list)) else [out_node.args[0]]
+    template = tuple(None if isinstance(v, fx.Node) else v for v in flat_out)
+    for v in flat_out:
+        if isinstance(v, fx.Node) and v.op != "placeholder" and not infos[v.name].is_tensor:
+            raise PlanError(f"model output {v.name!r} is not a tensor",
+                            hint="pipeline training needs a model whose outputs are tensors")
+
+    copy = schedule_kind(plan.schedule).splits_backward
+    stages = []
+    for s in range(num):
+        ins = tensor_inputs if s == 0 else live[s - 1]
+        outs = [v.name for v in flat_out if isinstance(v, fx.Node)] if s == last else live[s]
+        body = [n for n in fx_nodes if stage_of[n.name] == s and n.op not in ("placeholder", "output")]
+        floats = {v for v in ins if s > 0 and _is_float(infos[v].dtype)}
+        gm = _stage_graph_module(graph.gm, s, ins, body, outs, constants if s == 0 else {},
+                                 sends=s != last, copy=copy, grad_inputs=floats)
+        made_here = {n.name for n in body}
+        passthrough = tuple(v for v in outs if v in ins and v not in made_here)
+        stages.append(StageModule(index=s, module=gm, inputs=tuple(ins), outputs=tuple(outs),
+                                  passthrough=passthrough))
+    return Split(stages=tuple(stages), output_template=template)
+
+
+def _is_float(dtype: str | None) -> bool:
+    return dtype is not None and getattr(torch, dtype, None) in (
+        torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _stage_of(graph: Graph, plan: Plan) -> dict[str, int]:
+    """Node name → stage, checked to cover exactly the graph's nodes."""
+    stage_of = plan.stage_of
+    names = {n.name for n in graph.nodes}
+    missing = [n.name for n in graph.nodes if n.name not in stage_of]
+    extra = sorted(set(stage_of) - names)
+    if missing or extra:
+        what = []
+        if missing:
+            what.append(f"{len(missing)} model nodes are in no stage (e.g. {missing[0]!r})")
+        if extra:
+            what.append(f"{len(extra)} plan nodes are not in the model (e.g. {extra[0]!r})")
+        raise PlanMismatchError("the plan does not match the model: " + "; ".join(what),
+                                hint="make the plan for this model with `autopipe plan`")
+    return stage_of
+
+
+def _stage_graph_module(
+    root: fx.GraphModule,
+    index: int,
+    inputs: Sequence[str],
+    body: Sequence[fx.Node],
+    outputs: Sequence[str],
+    constants: Mapping[str, Any],
+    *,
+    sends: bool,
+    copy: bool,
+    grad_inputs: set[str],
+) -> fx.GraphModule:
+    """A GraphModule that takes ``inputs``, runs ``body`` and returns ``outputs`` as a tuple.
+
+    ``sends``: the outputs go to another stage (made sendable; pass-through inputs are
+    returned as received unless ``copy``); ``copy``: every sent output is a fresh tensor.
+    """
+    g = fx.Graph()
+    env: dict[str, Any] = dict(constants)
+    received: dict[str, fx.Node] = {}
+    for name in inputs:
+        received[name] = env[name] = g.placeholder(name)
+    for name in inputs:
+        if name in grad_inputs:
+            env[name] = g.call_function(contiguous_grad, (env[name],))
+
+    def value(n: fx.Node) -> Any:
+        if n.op == "get_attr" and n.name not in env:
+            env[n.name] = g.get_attr(str(n.target))
+        return env[n.name]
+
+    for n in body:
+        env[n.name] = g.node_copy(n, value)
+    results: list[Any] = []
+    for name in outputs:
+        if not sends:
+            results.append(env[name])
+        elif name in received and index > 0 and not copy:
+            results.append(received[name])  # a receive buffer: dense already
+        else:
+            results.append(g.call_function(sendable, (env[name], copy)))
+    g.output(tuple(results))
+    gm = fx.GraphModule(root, g, class_name=f"Stage{index}")
+    gm.graph.lint()
+    return gm
+
+
+def sendable(x: torch.Tensor, copy: bool) -> torch.Tensor:
+    """``x`` as a stage output: contiguous (sends copy raw memory), and a fresh tensor if ``copy``.
+
+    The zero-bubble schedules detach every stage output in place once the input
+    gradients are computed, while the weight-gradient pass may still need the same
+    tensor object (saved by an op of the stage that also read it, or the base of a
+    view); an output of its own keeps that tensor intact. The other schedules need
+    no copy.
+    """
+    if copy:
+        return x.clone(memory_format=torch.contiguous_format)
+    return x.contiguous()
+
+
+def retarget_devices(gm: fx.GraphModule, device: torch.device) -> None:
+    """Point device arguments baked into ``gm`` by tracing (``arange(..., device='cpu')``) at ``device``."""
+    changed = False
+
+    def swap(v: Any) -> Any:
+        nonlocal changed
+        if isinstance(v, torch.device) and v != device:
+            changed = True
+            return device
+        if isinstance(v, (list, tuple)):
+            return type(v)(swap(x) for x in v)
+        return v
+
+    for n in gm.graph.nodes:
+        n.args = tuple(swap(a) for a in n.args)
+        n.kwargs = {k: swap(v) for k, v in n.kwargs.items()}
+    if changed:
+        gm.recompile()

@@ -1,0 +1,92 @@
+"""This rank's ``PipelineStage``s and the torch schedule that drives them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.distributed.pipelining import PipelineStage
+
+from autopipe._torch_pipelining import schedule_class
+from autopipe.errors import PlanError
+from autopipe.plan_format import Plan
+from autopipe.runtime.meta import StageMeta
+from autopipe.runtime.placement import rank_of_stages, schedule_kind
+from autopipe.runtime.split import Split, retarget_devices
+
+
+@dataclass
+class Pipeline:
+    """What one rank runs: its stages, and the schedule over all of them."""
+
+    stages: list[PipelineStage]
+    """This rank's stages, in stage order."""
+    schedule: Any
+    """A ``torch.distributed.pipelining`` schedule (single- or multi-stage)."""
+    has_first: bool
+    """This rank runs stage 0 (feeds the inputs)."""
+    has_last: bool
+    """This rank runs the last stage (computes the loss)."""
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        """Stage indices on this rank."""
+        return tuple(s.stage_index for s in self.stages)
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The stage modules (the trainable parts) of this rank."""
+        return [s.submod for s in self.stages]
+
+
+def build_pipeline(
+    split: Split,
+    metas: Sequence[StageMeta],
+    plan: Plan,
+    rank: int,
+    device: torch.device,
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
+) -> Pipeline:
+    """Build the PipelineStages of ``rank`` on ``device`` and the plan's schedule over them.
+
+    The stages get their input and output shapes from ``metas`` (torch's static mode),
+    so no shape-inference pass runs. Gradients are not scaled by the schedule: the
+    trainer divides them once by the micro-batch count (a parameter that two stages of
+    one rank share would otherwise be divided twice).
+
+    Args:
+        split: the model's stages.
+        metas: each stage's input/output tensors for one micro-batch.
+        plan: the plan (schedule, micro-batches, placement).
+        rank: this process's rank.
+        device: where this rank computes.
+        loss_fn: ``loss(last_stage_output_tuple, target)``.
+
+    Raises:
+        PlanError: torch refuses the schedule for this plan (e.g. too few micro-batches).
+    """
+    kind = schedule_kind(plan.schedule)
+    ranks = rank_of_stages(plan)
+    n = plan.num_stages
+    stages = []
+    for s in (i for i in range(n) if ranks[i] == rank):
+        module = split.stages[s].module.to(device)
+        retarget_devices(module, device)
+        stages.append(PipelineStage(module, s, n, device,
+                                    input_args=metas[s].inputs, output_args=metas[s].outputs))
+    if not stages:
+        raise PlanError(f"rank {rank} runs no stage of the plan (stage ranks {ranks})",
+                        hint="run as many processes as the plan has ranks")
+    cls = schedule_class(kind.torch_class)
+    assert cls is not None, "schedule_kind checked the class exists"
+    try:
+        if kind.placement == "single":
+            schedule = cls(stages[0], plan.microbatches, loss_fn=loss_fn, scale_grads=False)
+        else:
+            schedule = cls(stages, plan.microbatches, loss_fn=loss_fn, scale_grads=False)
+    except (ValueError, RuntimeError) as e:
+        raise PlanError(f"torch's {kind.torch_class} refuses this plan: {e}",
+                        hint="change --microbatches or --schedule and regenerate the plan") from e
+    return Pipeline(stages=stages, schedule=schedule, has_first=ranks[0] == rank,
+                    has_last=ranks[-1] == rank)

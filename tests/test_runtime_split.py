@@ -1,0 +1,121 @@
+"""Tests for autopipe/runtime/split.py: per-stage modules compute the model, skips pass through."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import autopipe
+from autopipe.errors import PlanError, PlanMismatchError
+from autopipe.runtime.split import split_graph
+
+from .runtime_cases import TINY, Case
+from .runtime_plans import hand_plan, plan_from_cuts
+
+
+def _chain(split: autopipe.runtime.split.Split, flat: list[torch.Tensor]) -> list[torch.Tensor]:
+    values = tuple(flat)
+    for st in split.stages:
+        values = st.module(*values)
+    return split.rebuild_outputs(values)
+
+
+@pytest.mark.parametrize("stages", [2, 4])
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_stages_compute_the_model(name: str, stages: int) -> None:
+    """Running the stages one after another gives the model's loss and every gradient."""
+    spec, graph, plan = Case(name, stages).build()
+    split = split_graph(graph, plan)
+    assert len(split.stages) == stages
+    (inputs,), target = spec.batch(1, 0)[0], spec.batch(1, 0)[1]
+    flat = graph.flat_inputs((inputs,))
+    gm = graph.gm
+
+    loss_ref = spec.loss_fn(graph.unflatten_output(gm(*flat)), target)
+    grads_ref = torch.autograd.grad(loss_ref, list(gm.parameters()), allow_unused=True)
+    loss = spec.loss_fn(graph.unflatten_output(_chain(split, flat)), target)
+    grads = torch.autograd.grad(loss, list(gm.parameters()), allow_unused=True)
+    torch.testing.assert_close(loss, loss_ref)
+    for (pname, _), g, r in zip(gm.named_parameters(), grads, grads_ref):
+        if r is None:
+            assert g is None, pname
+        else:
+            torch.testing.assert_close(g, r, msg=pname)
+
+
+def test_unet_skips_pass_through_several_stages() -> None:
+    _spec, graph, plan = Case("unet", 4).build()
+    split = split_graph(graph, plan)
+    crossings: dict[str, int] = {}
+    for st in split.stages[1:]:
+        for v in st.inputs:
+            crossings[v] = crossings.get(v, 0) + 1
+    assert max(crossings.values()) >= 3, crossings  # a skip crosses three cuts
+    assert any(st.passthrough for st in split.stages)
+    for st in split.stages:
+        assert set(st.passthrough) <= set(st.inputs) & set(st.outputs)
+
+
+def test_tied_weight_in_first_and_last_stage() -> None:
+    _spec, graph, plan = Case("gpt2", 2).build()
+    split = split_graph(graph, plan)
+    first = {id(p) for p in split.stages[0].module.parameters()}
+    last = {id(p) for p in split.stages[-1].module.parameters()}
+    wte = graph.gm.get_parameter("transformer.wte.weight")
+    assert id(wte) in first and id(wte) in last
+
+
+def test_plan_for_other_nodes_is_a_mismatch() -> None:
+    _spec, graph, plan = Case("mlp", 2).build()
+    renamed = dataclasses.replace(plan, stages=(
+        dataclasses.replace(plan.stages[0], nodes=("nope", *plan.stages[0].nodes[1:])),
+        *plan.stages[1:]))
+    with pytest.raises(PlanMismatchError, match="'nope'"):
+        split_graph(graph, renamed)
+
+
+def test_backwards_edge_is_refused() -> None:
+    """A stage that reads a value made in a later stage is not a pipeline."""
+    _spec, graph, plan = Case("mlp", 2).build()
+    a, b = plan.stages
+    # move the next-to-last node of stage 0 into stage 1; its user stays in stage 0
+    assert a.nodes[-2] in graph.by_name[a.nodes[-1]].inputs
+    swapped = dataclasses.replace(plan, stages=(
+        dataclasses.replace(a, nodes=(*a.nodes[:-2], a.nodes[-1])),
+        dataclasses.replace(b, nodes=(a.nodes[-2], *b.nodes))))
+    with pytest.raises(PlanError, match="later stage"):
+        split_graph(graph, swapped)
+
+
+def test_non_tensor_crossing_a_cut_is_refused() -> None:
+    spec = Case("gpt2", 2).spec()
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    split_node = next(i for i, n in enumerate(graph.nodes) if n.target == "aten.split.Tensor")
+    plan = plan_from_cuts(graph, [split_node])
+    with pytest.raises(PlanError, match="not a single tensor"):
+        split_graph(graph, plan)
+
+
+def test_output_must_be_in_last_stage() -> None:
+    _spec, graph, plan = Case("mlp", 2).build()
+    a, b = plan.stages
+    bad = dataclasses.replace(plan, stages=(
+        dataclasses.replace(a, nodes=(*a.nodes, b.nodes[-1])),
+        dataclasses.replace(b, nodes=b.nodes[:-1])))
+    with pytest.raises(PlanError, match="output"):
+        split_graph(graph, bad)
+
+
+def test_devices_are_retargeted() -> None:
+    from autopipe.runtime.split import retarget_devices
+
+    spec = Case("gpt2", 2).spec()
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    split = split_graph(graph, hand_plan(graph, 2))
+    gm = split.stages[0].module
+    meta = torch.device("meta")
+    retarget_devices(gm, meta)
+    found = [v for n in gm.graph.nodes for v in (*n.args, *n.kwargs.values()) if isinstance(v, torch.device)]
+    assert found and all(d == meta for d in found)

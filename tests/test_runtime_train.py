@@ -1,0 +1,189 @@
+"""Tests for autopipe/runtime/train.py: pipeline training on gloo ranks equals one process.
+
+Each job starts its ranks once (tests/runtime_worker.py) and trains every case in it;
+the tests then compare each case with ``reference_train`` on a fresh copy of the model.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from autopipe.runtime.launch import launch
+from autopipe.runtime.optim import TrainConfig
+from autopipe.runtime.reference import reference_train
+from autopipe.runtime.tied import canonical_names
+from autopipe.runtime.train import free_port
+
+from .conftest import ROOT
+from .runtime_cases import CASES, TINY, Case
+
+pytestmark = pytest.mark.distributed
+
+JOBS = {
+    2: [c for c in CASES.values() if len(set(c.ranks or range(c.stages))) == 2],
+    4: [c for c in CASES.values() if len(set(c.ranks or range(c.stages))) == 4],
+}
+ENV = {"PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
+
+
+def _run_job(out: Path, ranks: int, cases: list[Case], env: dict[str, str] | None = None) -> None:
+    log = out / "log.txt"
+    with open(log, "w") as f:
+        result = launch([sys.executable, "-m", "tests.runtime_worker", str(out), *(c.name for c in cases)],
+                        ranks, env={**ENV, **(env or {})}, timeout_s=400, grace_s=20,
+                        stdout=f, stderr=subprocess.STDOUT, log=f)
+    assert result.code == 0, log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def job_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Run every job once; case results land in one folder per world size."""
+    dirs = {}
+    for ranks, cases in JOBS.items():
+        dirs[ranks] = tmp_path_factory.mktemp(f"ranks{ranks}")
+        _run_job(dirs[ranks], ranks, cases)
+    return dirs
+
+
+def _compare(case: Case, out: Path) -> None:
+    spec, graph, _plan = case.build()
+    config = TrainConfig(steps=case.steps, lr=case.lr, optimizer=case.optimizer)
+    initial = {k: v.detach().clone() for k, v in graph.gm.named_parameters()}
+    ref_losses = reference_train(spec, graph, case.microbatches, config)
+    results = [torch.load(f) for f in sorted(out.glob(f"{case.name}.rank*.pt"))]
+    assert len(results) == len({*(case.ranks or range(case.stages))})
+    losses = [r["losses"] for r in results if r["losses"]]
+    assert len(losses) == 1, "exactly one rank (the last stage's) reports losses"
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(ref_losses), rtol=1e-6, atol=1e-6)
+
+    canonical = canonical_names(graph)
+    expected = {canonical.get(k, k): v for k, v in
+                [*graph.gm.named_parameters(remove_duplicate=False), *graph.gm.named_buffers()]}
+    seen: set[str] = set()
+    for r in results:
+        for name, value in r["state"].items():
+            torch.testing.assert_close(value, expected[name].detach(), rtol=1e-5, atol=1e-6,
+                                       msg=lambda m, name=name: f"{case.name}: {name}: {m}")
+            seen.add(name)
+    assert set(initial) <= seen, f"parameters no rank trained: {sorted(set(initial) - seen)}"
+    moved = sum(not torch.equal(initial[k], expected[k]) for k in initial)
+    assert moved >= len(initial) // 2, "training changed too few parameters to test anything"
+
+
+@pytest.mark.parametrize("case", JOBS[2], ids=lambda c: c.name)
+def test_two_ranks_equal_one_process(case: Case, job_dirs: dict[int, Path]) -> None:
+    _compare(case, job_dirs[2])
+
+
+@pytest.mark.parametrize("case", JOBS[4], ids=lambda c: c.name)
+def test_four_ranks_equal_one_process(case: Case, job_dirs: dict[int, Path]) -> None:
+    _compare(case, job_dirs[4])
+
+
+def test_untied_copies_would_drift(tmp_path: Path) -> None:
+    """Negative control: without the tied-gradient all-reduce, GPT-2's embedding copies differ."""
+    case = CASES["gpt2-2-1f1b"]
+    _run_job(tmp_path, 2, [case], env={"AUTOPIPE_TEST_NO_TIED_SYNC": "1"})
+    copies = [torch.load(f)["state"]["transformer.wte.weight"] for f in sorted(tmp_path.glob("*.pt"))]
+    assert len(copies) == 2 and not torch.allclose(copies[0], copies[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(AssertionError):
+        _compare(case, tmp_path)
+
+
+# --- the command line, and failures -------------------------------------------------------------
+
+MLP = [f"--spec-arg={k}={v}" for k, v in TINY["mlp"].items() if k != "batch_size"]
+
+
+@pytest.fixture(scope="module")
+def mlp_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("plan") / "mlp.json"
+    Case("mlp", 2).build()[2].save(path)
+    return path
+
+
+def _autopipe(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "autopipe", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **ENV, **(env or {})})
+
+
+def test_cli_launch_trains_and_reports(mlp_plan: Path) -> None:
+    out = _autopipe("train", "examples/mlp.py:build", *MLP, "--plan", str(mlp_plan), "--steps", "3",
+                    "--batch-size", "16", "--optimizer", "sgd-momentum", "--lr", "0.05", "--launch", "2")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    steps = [ln for ln in lines if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in steps] == ["1/3", "2/3", "3/3"]
+    assert any(ln.startswith("done: 3 steps") and "steps/s" in ln for ln in lines)
+    case = CASES["mlp-2-1f1b"]
+    spec, graph, _ = case.build()
+    ref = reference_train(spec, graph, 4, TrainConfig(steps=3, lr=0.05, optimizer="sgd-momentum"))
+    printed = [float(ln.split()[3]) for ln in steps]
+    torch.testing.assert_close(torch.tensor(printed), torch.tensor(ref), rtol=0, atol=2e-6)
+
+
+def test_mismatched_plan_stops_before_any_rank_starts(mlp_plan: Path) -> None:
+    # another micro-batch shape: batch_size 8 instead of 4
+    t = time.monotonic()
+    out = _autopipe("train", "examples/mlp.py:build", *MLP, "--plan", str(mlp_plan), "--steps", "3",
+                    "--batch-size", "32", "--launch", "2")
+    assert out.returncode == 2
+    assert "another model or micro-batch shape" in out.stderr and "hint:" in out.stderr
+    assert "step" not in out.stdout and "Traceback" not in out.stderr
+    # under torchrun each rank checks before the rendezvous: a lone rank 0 of 2 does not wait
+    lone = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port())}
+    out = _autopipe("train", "examples/mlp.py:build", "--plan", str(mlp_plan), "--steps", "3",
+                    "--timeout", "60", env=lone)
+    assert out.returncode == 2 and "another model or micro-batch shape" in out.stderr
+    assert time.monotonic() - t < 50
+
+
+def test_wrong_world_size(mlp_plan: Path) -> None:
+    out = _autopipe("train", "examples/mlp.py:build", *MLP, "--plan", str(mlp_plan), "--steps", "3",
+                    "--batch-size", "16", "--launch", "3")
+    assert out.returncode == 2
+    assert "the plan runs on 2 ranks (2 stages, schedule 1f1b) but the world size is 3" in out.stderr
+    assert "--nproc-per-node 2" in out.stderr and "Traceback" not in out.stderr
+
+
+def _start_ranks(plan: Path, timeout_s: float) -> list[subprocess.Popen[str]]:
+    port = str(free_port())
+    cmd = [sys.executable, "-m", "autopipe", "train", "examples/mlp.py:build", *MLP, "--plan", str(plan),
+           "--batch-size", "16", "--steps", "100000", "--timeout", str(timeout_s)]
+    return [subprocess.Popen(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env={**os.environ, **ENV, "RANK": str(r), "LOCAL_RANK": str(r),
+                                  "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+            for r in range(2)]
+
+
+@pytest.mark.parametrize(("sig", "limit"), [(signal.SIGKILL, 30.0), (signal.SIGSTOP, 40.0)],
+                         ids=["killed", "hung"])
+def test_a_dead_or_hung_rank_stops_the_others(mlp_plan: Path, sig: int, limit: float) -> None:
+    """Rank 0 is killed (or frozen) mid-training; rank 1 exits with an error in bounded time."""
+    procs = _start_ranks(mlp_plan, timeout_s=8)
+    try:
+        assert procs[1].stdout is not None
+        for line in procs[1].stdout:  # wait until training runs
+            if line.startswith("step 3/"):
+                break
+        os.kill(procs[0].pid, sig)
+        t = time.monotonic()
+        procs[1].wait(timeout=limit)
+        assert time.monotonic() - t < limit
+        err = procs[1].stderr.read() if procs[1].stderr else ""
+        assert procs[1].returncode == 2, err
+        assert "rank 1 (stage 1) lost a peer rank" in err and "hint:" in err
+        assert "Traceback" not in err
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
