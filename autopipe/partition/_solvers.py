@@ -1,0 +1,161 @@
+"""Run a PuLP model on HiGHS (warm-started, with its proven bound) or on PuLP's bundled CBC."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pulp
+
+from autopipe.errors import PlanError
+
+SOLVERS = ("highs", "cbc")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RawResult:
+    """What a MIP solver said."""
+
+    status: str
+    """``optimal`` (gap within tolerance), ``feasible`` (stopped early with a solution),
+    ``infeasible`` (proven), or ``unsolved`` (stopped without a solution)."""
+    values: dict[str, float]
+    """Variable name → value (empty without a solution)."""
+    bound: float
+    """Proven lower bound on the objective (``-inf`` when none)."""
+    objective: float
+    """The model's objective at ``values`` (``inf`` without a solution)."""
+    seconds: float
+
+
+def highs_available() -> bool:
+    """Whether highspy is importable."""
+    return bool(pulp.HiGHS().available())
+
+
+@contextlib.contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Point file descriptor 1 at /dev/null (HiGHS prints a banner from C++ on first use)."""
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+@functools.cache
+def _quiet_highs() -> None:
+    import highspy
+
+    with _stdout_silenced():
+        highspy.Highs()  # type: ignore[no-untyped-call]
+
+
+class _WarmHiGHS(pulp.HiGHS):  # type: ignore[misc]
+    """pulp.HiGHS that hands HiGHS a starting solution before it runs."""
+
+    def __init__(self, warm: dict[str, float] | None, offset: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.warm = warm
+        self.offset = offset
+
+    def callSolver(self, lp: pulp.LpProblem) -> None:  # PuLP's name
+        # PuLP drops the objective's constant; HiGHS needs it for a true relative gap
+        lp.solverModel.changeObjectiveOffset(self.offset)
+        if self.warm:
+            import highspy
+
+            variables = lp.variables()
+            col = [0.0] * len(variables)
+            for v in variables:
+                col[v.index] = float(self.warm.get(v.name, 0.0))
+            sol = highspy.HighsSolution()
+            sol.col_value = col
+            sol.value_valid = True
+            lp.solverModel.setSolution(sol)
+        lp.solverModel.run()
+
+
+def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
+          time_limit: float, gap: float) -> RawResult:
+    """Solve ``prob`` (a minimisation); the bound includes the objective's constant.
+
+    Raises:
+        PlanError: unknown solver, or HiGHS asked for but highspy missing.
+    """
+    if solver not in SOLVERS:
+        raise PlanError(f"unknown MIP solver {solver!r}", hint=f"choose one of {', '.join(SOLVERS)}")
+    start = time.perf_counter()
+    if solver == "highs":
+        if not highs_available():
+            raise PlanError("the HiGHS solver is not installed", hint="pip install highspy, or use solver='cbc'")
+        _quiet_highs()
+        import highspy
+
+        offset = float(prob.objective.constant)
+        prob.solve(_WarmHiGHS(warm, offset, msg=False, timeLimit=time_limit, gapRel=gap, gapAbs=0.0))
+        h = prob.solverModel
+        status = h.getModelStatus()
+        info = h.getInfo()
+        has_sol = info.primal_solution_status == 2  # kSolutionStatusFeasible
+        bound = float(info.mip_dual_bound)
+        if status == highspy.HighsModelStatus.kOptimal:
+            kind = "optimal"
+        elif status in (highspy.HighsModelStatus.kInfeasible,
+                        highspy.HighsModelStatus.kUnboundedOrInfeasible):
+            kind = "infeasible"
+        else:
+            kind = "feasible" if has_sol else "unsolved"
+        if kind == "optimal" and (not prob.isMIP() or not math.isfinite(bound)):
+            bound = float(info.objective_function_value)  # an LP: its optimum is the bound
+        if not math.isfinite(bound):
+            bound = -math.inf
+    else:
+        bound = _lp_bound(prob)
+        for v in prob.variables():
+            if warm is not None and v.name in warm:
+                v.setInitialValue(warm[v.name])
+        prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap,
+                                     warmStart=warm is not None))
+        if prob.status == pulp.LpStatusInfeasible:
+            kind = "infeasible"
+        elif prob.sol_status == pulp.LpSolutionOptimal:
+            kind = "optimal"
+        elif prob.sol_status == pulp.LpSolutionIntegerFeasible:
+            kind = "feasible"
+        else:
+            kind = "unsolved"
+    values: dict[str, float] = {}
+    objective = math.inf
+    if kind in ("optimal", "feasible"):
+        values = {v.name: float(v.varValue or 0.0) for v in prob.variables()}
+        objective = _value(prob)
+    return RawResult(status=kind, values=values, bound=bound, objective=objective,
+                     seconds=time.perf_counter() - start)
+
+
+def _lp_bound(prob: pulp.LpProblem) -> float:
+    """The LP relaxation's optimum (a lower bound on the MIP).
+
+    PuLP does not expose CBC's own MIP bound; the LP bound is weaker but proven.
+    """
+    prob.solve(pulp.PULP_CBC_CMD(msg=False, mip=False))
+    if prob.status != pulp.LpStatusOptimal:
+        return -math.inf
+    return _value(prob)
+
+
+def _value(prob: pulp.LpProblem) -> float:
+    """The objective at the current variable values (PuLP gives None for a constant one)."""
+    value = pulp.value(prob.objective)
+    return float(prob.objective.constant if value is None else value)

@@ -1,0 +1,83 @@
+"""Turn a block → stage assignment into Plan stages: nodes, modules, costs, memory, sends."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from autopipe.partition.costs import Evaluation
+from autopipe.partition.problem import Problem
+from autopipe.plan_format import Baseline, Send, Stage, StageMemory
+
+
+def node_stages(problem: Problem, stage_of: Sequence[int]) -> dict[str, int]:
+    """Node name → stage."""
+    return {n: stage_of[i] for i, b in enumerate(problem.blocks) for n in b.nodes}
+
+
+def owned_modules(problem: Problem, node_stage: dict[str, int]) -> list[list[str]]:
+    """Per stage, the outermost module paths whose nodes all lie in it, in graph order."""
+    stages_of: dict[str, set[int]] = {}
+    order: dict[str, int] = {}
+    for name in problem.node_order:
+        module = problem.node_module.get(name, "")
+        if not module:
+            continue
+        parts = module.split(".")
+        for k in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:k])
+            stages_of.setdefault(prefix, set()).add(node_stage[name])
+            order.setdefault(prefix, len(order))
+    out: list[list[str]] = [[] for _ in range(problem.config.num_stages)]
+    for module in sorted(stages_of, key=order.__getitem__):
+        if len(stages_of[module]) != 1:
+            continue
+        parent = module.rpartition(".")[0]
+        if parent and len(stages_of.get(parent, ())) == 1:
+            continue  # the parent is listed instead
+        out[next(iter(stages_of[module]))].append(module)
+    return out
+
+
+def sends(problem: Problem, stage_of: Sequence[int]) -> list[list[Send]]:
+    """Per stage s, the tensors crossing boundary s to stage s+1 (passed-through ones too)."""
+    order = {n: i for i, n in enumerate(problem.node_order)}
+    out: list[list[Send]] = [[] for _ in range(problem.config.num_stages)]
+    for v in sorted(problem.values, key=lambda v: order.get(v.node, 0)):
+        if v.bytes == 0 and not v.is_tensor:
+            continue
+        last = max(stage_of[d] for d in v.dsts)
+        for s in range(stage_of[v.src], last):
+            out[s].append(Send(tensor=v.node, bytes=v.bytes, to_stage=s + 1))
+    return out
+
+
+def stages(problem: Problem, stage_of: Sequence[int], ev: Evaluation) -> tuple[Stage, ...]:
+    """The Plan's stages for an evaluated assignment."""
+    node_stage = node_stages(problem, stage_of)
+    members: list[list[str]] = [[] for _ in range(problem.config.num_stages)]
+    for name in problem.node_order:
+        members[node_stage[name]].append(name)
+    modules = owned_modules(problem, node_stage)
+    out_sends = sends(problem, stage_of)
+    result = []
+    for s, cost in enumerate(ev.stages):
+        result.append(Stage(
+            index=s, device=problem.config.devices[s].name, nodes=tuple(members[s]),
+            modules=tuple(modules[s]), forward_s=cost.forward_s, backward_s=cost.backward_s,
+            memory=StageMemory(params=cost.params, grads=cost.grads, optimizer=cost.optimizer,
+                               activations=cost.activations, buffers=cost.buffers, total=cost.memory),
+            sends=tuple(out_sends[s]), backward_weight_s=cost.backward_weight_s, comm_s=cost.comm_s))
+    return tuple(result)
+
+
+def baseline(problem: Problem, stage_of: Sequence[int] | None, ev: Evaluation | None,
+             iteration_s: float | None) -> Baseline:
+    """What a baseline method gives (iteration time None when it does not fit or exists)."""
+    if stage_of is None or ev is None:
+        return Baseline(iteration_s=None)
+    counts = [0] * problem.config.num_stages
+    for i, b in enumerate(problem.blocks):
+        counts[stage_of[i]] += len(b.nodes)
+    return Baseline(iteration_s=iteration_s if ev.fits else None, bottleneck_stage=ev.bottleneck,
+                    max_memory=ev.max_memory, stage_nodes=tuple(counts),
+                    bottleneck_s=ev.stages[ev.bottleneck].time_s)

@@ -1,0 +1,118 @@
+"""The topological chain of blocks, with prefix sums that price any segment [j, i) in O(1).
+
+Partitions that cut the block order into contiguous segments (the DP, the baselines,
+the memory diagnosis) are scored here with numpy vectors over the segment start ``j``,
+using the same formulas as ``costs.evaluate`` (see [Note: the cost model]).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from autopipe.partition.problem import Problem
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+class Chain:
+    """Segment costs of ``problem``'s blocks in their (topological) order."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        cfg = problem.config
+        n = problem.size
+        self.n = n
+        blocks = problem.blocks
+        self.work = np.concatenate([[0.0], np.cumsum([b.work_s for b in blocks])])
+        self.fwd = np.concatenate([[0.0], np.cumsum([b.forward_s for b in blocks])])
+        self.act = np.concatenate([[0.0], np.cumsum([float(b.activation_bytes) for b in blocks])])
+        self.real = np.concatenate([[0], np.cumsum([b.real for b in blocks])])
+        readers = problem.readers()
+        single = np.zeros(n)
+        self.shared: list[tuple[float, tuple[int, ...]]] = []
+        for q, r in sorted(readers.items()):
+            total = float(problem.param_mem[q].total)
+            if len(r) == 1:
+                single[r[0]] += total
+            else:
+                self.shared.append((total, r))
+        self.pmem = np.concatenate([[0.0], np.cumsum(single)])
+        # X[i]: bytes crossing the cut in front of block i (and whether a non-tensor does)
+        diff = np.zeros(n + 1)
+        bad = np.zeros(n + 1, dtype=np.int64)
+        for v in problem.values:
+            last = max(v.dsts)
+            diff[v.src + 1] += v.bytes
+            diff[last + 1] -= v.bytes
+            if not v.is_tensor:
+                bad[v.src + 1] += 1
+                bad[last + 1] -= 1
+        self.cross = np.cumsum(diff)
+        self.cut_ok: BoolArray = np.cumsum(bad) == 0
+        firsts = [i for i, b in enumerate(blocks) if b.pin == "first"]
+        lasts = [i for i, b in enumerate(blocks) if b.pin == "last"]
+        self.after_first = max(firsts) + 1 if firsts else 0
+        """Segments of stages > 0 must start at or after this cut."""
+        self.before_last = min(lasts) if lasts else n
+        """Segments of stages < p−1 must end at or before this cut."""
+        self.speed = [d.speed for d in cfg.devices]
+        self.limit = [float(d.memory) if d.memory > 0 else np.inf for d in cfg.devices]
+        self.bw = cfg.link_bandwidth
+
+    def starts(self, s: int, i: int) -> range:
+        """Candidate segment starts j for stage ``s`` ending at cut ``i``."""
+        p = self.problem.config.num_stages
+        if s == 0:
+            return range(0, 1)
+        lo = max(s, self.after_first)
+        hi = i - 1 if s < p - 1 or i == self.n else -1
+        return range(lo, hi + 1)
+
+    def valid(self, s: int, i: int, j: range) -> BoolArray:
+        """Which segments [j, i) may be stage ``s`` (pins, non-empty, sendable cuts)."""
+        p = self.problem.config.num_stages
+        js = np.arange(j.start, j.stop)
+        ok: BoolArray = (self.real[i] - self.real[js]) >= 1
+        ok &= self.cut_ok[js]
+        if not self.cut_ok[i] or (s < p - 1 and i > self.before_last):
+            ok[:] = False
+        return ok
+
+    def comm(self, i: int, j: range) -> FloatArray:
+        """Bytes in and out of segments [j, i)."""
+        out: FloatArray = self.cross[j.start:j.stop] + self.cross[i]
+        return out
+
+    def time(self, s: int, i: int, j: range) -> FloatArray:
+        """T_s of segments [j, i) on stage ``s``."""
+        work: FloatArray = (self.work[i] - self.work[j.start:j.stop]) / self.speed[s]
+        if not np.isinf(self.bw):
+            work = work + 2.0 * self.comm(i, j) / self.bw
+        return work
+
+    def memory(self, s: int, i: int, j: range) -> FloatArray:
+        """Peak memory of segments [j, i) on stage ``s``."""
+        js = slice(j.start, j.stop)
+        cfg = self.problem.config
+        mem: FloatArray = self.pmem[i] - self.pmem[js] + cfg.inflight(s) * (self.act[i] - self.act[js])
+        mem = mem + 2.0 * self.comm(i, j)
+        for total, readers in self.shared:
+            # held when some reader r has j <= r < i: j at or below the last reader before i
+            last = -1
+            for r in readers:
+                if r < i:
+                    last = r
+            if last >= j.start:
+                mem[: last - j.start + 1] += total
+        return mem
+
+    def stage_of(self, cuts: list[int]) -> list[int]:
+        """Block → stage for segment ends ``cuts`` (one per stage, the last is ``n``)."""
+        out = []
+        start = 0
+        for s, end in enumerate(cuts):
+            out += [s] * (end - start)
+            start = end
+        return out

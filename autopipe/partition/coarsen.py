@@ -1,0 +1,179 @@
+"""Coarsening: merge nodes into blocks, losslessly where the rules force it, then to a size target.
+
+Two steps, both giving a Problem whose blocks are convex in the DAG:
+
+1. ``merge_forced`` (lossless): a value that is not a single tensor cannot be sent,
+   so its producer shares a stage with every reader — and, by convexity, with every
+   node on a path between them. Union the producer with its readers, then merge the
+   strongly connected components of the block graph (a path that leaves a block and
+   comes back into it is such a cycle).
+2. ``coarsen`` (lossy, only above ``max_blocks``): cut the topological chain of blocks
+   into runs that share a module (``transformer.h.3``) at the coarsest module depth
+   that still gives at least ``max_blocks`` runs, then merge the lightest neighbouring
+   runs (ties: across the highest-traffic boundary first) until the target is met. A
+   run of consecutive blocks in a topological order is convex, so the result is too.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+import networkx as nx
+
+from autopipe.errors import PlanError
+from autopipe.partition.problem import Block, Problem, Value, merge_blocks
+
+
+def regroup(problem: Problem, groups: Sequence[Sequence[int]]) -> Problem:
+    """The Problem whose blocks are ``groups`` of ``problem``'s blocks.
+
+    ``groups`` must partition the blocks, each group convex, and be listed in a
+    topological order of the groups.
+    """
+    group_of = [-1] * problem.size
+    for g, members in enumerate(groups):
+        for i in members:
+            group_of[i] = g
+    assert min(group_of) >= 0, "groups must cover every block"
+    blocks: list[Block] = []
+    for members in groups:
+        merged = merge_blocks([problem.blocks[i] for i in sorted(members)])
+        if merged.pin == "first" and any(problem.blocks[i].pin == "last" for i in members) \
+                and problem.config.num_stages > 1:
+            raise PlanError(
+                "the model's output reaches its inputs only through non-tensor values, so "
+                "the model cannot be cut", hint="use one stage, or make the values tensors")
+        blocks.append(merged)
+    values: list[Value] = []
+    for v in problem.values:
+        src = group_of[v.src]
+        dsts = tuple(sorted({group_of[d] for d in v.dsts} - {src}))
+        if dsts:
+            values.append(Value(node=v.node, src=src, dsts=dsts, bytes=v.bytes, is_tensor=v.is_tensor))
+    return Problem(blocks=tuple(blocks), values=tuple(values), param_bytes=problem.param_bytes,
+                   param_mem=problem.param_mem, config=problem.config,
+                   node_module=problem.node_module, node_order=problem.node_order)
+
+
+def merge_forced(problem: Problem) -> Problem:
+    """Merge every non-tensor value's producer with its readers and make the blocks convex.
+
+    Lossless: every valid partition of ``problem`` is a valid partition of the result.
+    """
+    parent = list(range(problem.size))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    merged_any = False
+    for v in problem.values:
+        if v.is_tensor:
+            continue
+        for d in v.dsts:
+            a, b = find(v.src), find(d)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+                merged_any = True
+    if not merged_any:
+        return problem
+    quotient = nx.DiGraph()
+    quotient.add_nodes_from({find(i) for i in range(problem.size)})
+    for a, b in problem.edges():
+        if find(a) != find(b):
+            quotient.add_edge(find(a), find(b))
+    cond = nx.condensation(quotient)
+    members: dict[int, list[int]] = {}
+    for i in range(problem.size):
+        members.setdefault(cond.graph["mapping"][find(i)], []).append(i)
+    order = list(nx.lexicographical_topological_sort(cond, key=lambda c: min(members[c])))
+    return regroup(problem, [sorted(members[c]) for c in order])
+
+
+def _key(problem: Problem, block: Block, depth: int) -> str:
+    for n in block.nodes:
+        module = problem.node_module.get(n, "")
+        if module:
+            return ".".join(module.split(".")[:depth])
+    return ""
+
+
+def _runs(problem: Problem, depth: int) -> list[list[int]]:
+    """Maximal runs of neighbouring blocks that share the module prefix of ``depth`` parts."""
+    runs: list[list[int]] = []
+    last = None
+    for i, b in enumerate(problem.blocks):
+        key = None if b.pin else _key(problem, b, depth)
+        if runs and key is not None and key == last:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+        last = key
+    return runs
+
+
+def coarsen(problem: Problem, max_blocks: int) -> Problem:
+    """At most ``max_blocks`` blocks (more only where pinned blocks need their own).
+
+    Lossy: the partitioners then only cut between the returned blocks.
+    """
+    if problem.size <= max_blocks:
+        return problem
+    depth_max = max((len(m.split(".")) for m in problem.node_module.values() if m), default=0)
+    # the coarsest module depth that still leaves at least max_blocks runs (else single blocks)
+    best = [[i] for i in range(problem.size)]
+    for depth in range(depth_max + 1):
+        runs = _runs(problem, depth)
+        if max_blocks <= len(runs) < len(best):
+            best = runs
+    runs = _merge_lightest(problem, best, max_blocks)
+    return regroup(problem, runs)
+
+
+def _merge_lightest(problem: Problem, runs: list[list[int]], target: int) -> list[list[int]]:
+    """Merge the pair of neighbouring runs with the least work until ``target`` runs remain."""
+    if len(runs) <= target:
+        return runs
+    work = [sum(problem.blocks[i].work_s for i in r) for r in runs]
+    pinned = [any(problem.blocks[i].pin for i in r) for r in runs]
+    first_of = {}
+    for k, r in enumerate(runs):
+        for i in r:
+            first_of[i] = k
+    # traffic across the boundary in front of run k (between run k-1 and run k)
+    traffic = [0] * (len(runs) + 1)
+    for v in problem.values:
+        lo, hi = first_of[v.src], max(first_of[d] for d in v.dsts)
+        for k in range(lo + 1, hi + 1):
+            traffic[k] += v.bytes
+    nxt = list(range(1, len(runs) + 1))
+    prv = list(range(-1, len(runs) - 1))
+    alive = [True] * len(runs)
+    heap: list[tuple[float, int, int, int]] = []
+
+    def push(k: int) -> None:
+        j = nxt[k]
+        if j < len(runs) and not pinned[k] and not pinned[j]:
+            heapq.heappush(heap, (work[k] + work[j], -traffic[j], k, j))
+
+    for k in range(len(runs)):
+        push(k)
+    count = len(runs)
+    while count > target and heap:
+        w, _, k, j = heapq.heappop(heap)
+        if not (alive[k] and alive[j] and nxt[k] == j and w == work[k] + work[j]):
+            continue
+        runs[k] = runs[k] + runs[j]
+        work[k] = w
+        alive[j] = False
+        nxt[k] = nxt[j]
+        if nxt[j] < len(runs):
+            prv[nxt[j]] = k
+        count -= 1
+        push(k)
+        if prv[k] >= 0:
+            push(prv[k])
+    return [r for k, r in enumerate(runs) if alive[k]]

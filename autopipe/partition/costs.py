@@ -1,0 +1,204 @@
+"""The one cost model: stage times, memory and iteration time of a block → stage assignment.
+
+Every partitioner (ILP, DP, baselines, brute force) and every check scores a
+partition with ``evaluate``; the ILP encodes exactly these formulas, so its
+objective equals ``evaluate(...).objective_s`` for the partition it returns.
+
+[Note: the cost model]
+
+    boundary b (between stages b and b+1) carries X_b bytes: every value made in a
+    stage ≤ b and read in a stage > b (a skip value pays at each boundary it passes).
+
+    stage s:  F_s = Σ forward / speed_s           B_s = Σ (backward input + weight) / speed_s
+              C_s = (X_{s-1} + X_s) / bandwidth   (activations one way, gradients the other)
+              T_s = F_s + B_s + 2·C_s
+              memory_s = Σ_{params read} (param + grad + optimizer states)
+                       + activation bytes × in-flight micro-batches (1F1B: min(m, p−s); GPipe: m)
+                       + 2·(X_{s-1} + X_s)           (send/receive buffers, activation and gradient)
+
+    1F1B:   iteration = Σ_s T_s + (m−1)·max_s T_s
+    GPipe:  iteration = Σ_s (F_s+C_s) + (m−1)·max_s (F_s+C_s) + Σ_s (B_s+C_s) + (m−1)·max_s (B_s+C_s)
+    both:   + Σ_{tied params} (k−1)·bytes / bandwidth   for a parameter held by k stages
+            (its gradients are reduced once per step; exact for k = 2, where ring
+            all-reduce also moves ``bytes`` per link, and an upper bound for k > 2)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from autopipe.partition.problem import Problem
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageCost:
+    """Predicted per-micro-batch time and peak memory of one stage."""
+
+    forward_s: float
+    backward_s: float
+    """Input + weight gradients."""
+    backward_weight_s: float
+    comm_s: float
+    """2·C_s: activations and gradients in and out, per micro-batch."""
+    recv_bytes: int
+    """X_{s-1}: bytes arriving from the previous stage per micro-batch."""
+    send_bytes: int
+    """X_s: bytes leaving for the next stage per micro-batch."""
+    params: int
+    grads: int
+    optimizer: int
+    activations: int
+    buffers: int
+    limit: float
+    """The device's memory, bytes (``inf`` when unlimited)."""
+
+    @property
+    def time_s(self) -> float:
+        """T_s = forward + backward + communication."""
+        return self.forward_s + self.backward_s + self.comm_s
+
+    @property
+    def memory(self) -> int:
+        """Total predicted peak bytes."""
+        return self.params + self.grads + self.optimizer + self.activations + self.buffers
+
+    @property
+    def fits(self) -> bool:
+        """Whether the stage fits its device."""
+        return self.memory <= self.limit
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evaluation:
+    """Every figure of one partition."""
+
+    stages: tuple[StageCost, ...]
+    objective_s: float
+    """The schedule's iteration time (what the ILP minimises)."""
+    tied_sync_s: float
+    """Per-step time to reduce gradients of parameters held by several stages."""
+
+    @property
+    def fits(self) -> bool:
+        """Every stage fits its device."""
+        return all(s.fits for s in self.stages)
+
+    @property
+    def bottleneck(self) -> int:
+        """Index of the slowest stage (first on ties)."""
+        times = [s.time_s for s in self.stages]
+        return times.index(max(times))
+
+    @property
+    def max_memory(self) -> int:
+        """Largest stage memory."""
+        return max(s.memory for s in self.stages)
+
+    @property
+    def overflow(self) -> tuple[int, ...]:
+        """Stages that do not fit."""
+        return tuple(i for i, s in enumerate(self.stages) if not s.fits)
+
+
+def boundary_bytes(problem: Problem, stage_of: Sequence[int]) -> list[int]:
+    """X_b for b = 0 … p−2: bytes crossing the boundary after stage b."""
+    p = problem.config.num_stages
+    x = [0] * max(p - 1, 0)
+    for v in problem.values:
+        first = stage_of[v.src]
+        last = max(stage_of[d] for d in v.dsts)
+        for b in range(first, last):
+            x[b] += v.bytes
+    return x
+
+
+def held_params(problem: Problem, stage_of: Sequence[int]) -> list[set[str]]:
+    """Parameters each stage holds (reads)."""
+    held: list[set[str]] = [set() for _ in range(problem.config.num_stages)]
+    for i, b in enumerate(problem.blocks):
+        held[stage_of[i]].update(b.params)
+    return held
+
+
+def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
+    """Score a partition (``stage_of[i]`` = stage of block ``i``); see [Note: the cost model].
+
+    The partition is not checked for validity here; use ``violations`` for that.
+    """
+    cfg = problem.config
+    p = cfg.num_stages
+    fwd = [0.0] * p
+    bwd = [0.0] * p
+    bw_w = [0.0] * p
+    act = [0] * p
+    for i, b in enumerate(problem.blocks):
+        s = stage_of[i]
+        fwd[s] += b.forward_s
+        bwd[s] += b.backward_input_s + b.backward_weight_s
+        bw_w[s] += b.backward_weight_s
+        act[s] += b.activation_bytes
+    x = boundary_bytes(problem, stage_of)
+    held = held_params(problem, stage_of)
+    stages = []
+    for s in range(p):
+        dev = cfg.devices[s]
+        recv = x[s - 1] if s > 0 else 0
+        send = x[s] if s < p - 1 else 0
+        mem = [problem.param_mem[q] for q in sorted(held[s])]
+        stages.append(StageCost(
+            forward_s=fwd[s] / dev.speed, backward_s=bwd[s] / dev.speed,
+            backward_weight_s=bw_w[s] / dev.speed, comm_s=2 * cfg.comm_s(recv + send),
+            recv_bytes=recv, send_bytes=send,
+            params=sum(m.params for m in mem), grads=sum(m.grads for m in mem),
+            optimizer=sum(m.optimizer for m in mem),
+            activations=act[s] * cfg.inflight(s), buffers=2 * (recv + send),
+            limit=float(dev.memory) if dev.memory > 0 else math.inf))
+    tied = 0.0
+    for q, readers in problem.readers().items():
+        k = len({stage_of[r] for r in readers})
+        if k > 1:
+            tied += (k - 1) * cfg.comm_s(problem.param_bytes[q])
+    return Evaluation(stages=tuple(stages), objective_s=iteration_time(problem, stages) + tied,
+                      tied_sync_s=tied)
+
+
+def iteration_time(problem: Problem, stages: Sequence[StageCost]) -> float:
+    """The schedule's closed-form step time (without tied-gradient sync)."""
+    m = problem.config.microbatches
+    if problem.config.schedule == "gpipe":
+        f = [s.forward_s + s.comm_s / 2 for s in stages]
+        b = [s.backward_s + s.comm_s / 2 for s in stages]
+        return math.fsum(f) + (m - 1) * max(f) + math.fsum(b) + (m - 1) * max(b)
+    t = [s.time_s for s in stages]
+    return math.fsum(t) + (m - 1) * max(t)
+
+
+def violations(problem: Problem, stage_of: Sequence[int]) -> list[str]:
+    """Why a partition is not valid (empty when it is): stage range, convexity, empty
+    stages, pinned blocks, non-tensor values crossing a cut. Memory is not checked."""
+    p = problem.config.num_stages
+    out: list[str] = []
+    if len(stage_of) != problem.size:
+        return [f"{len(stage_of)} stages given for {problem.size} blocks"]
+    for i, s in enumerate(stage_of):
+        if not 0 <= s < p:
+            out.append(f"block {i} in stage {s}, outside 0…{p - 1}")
+    if out:
+        return out
+    for v in problem.values:
+        for d in v.dsts:
+            if stage_of[d] < stage_of[v.src]:
+                out.append(f"{v.node} (stage {stage_of[v.src]}) is read in earlier stage {stage_of[d]}")
+            elif stage_of[d] > stage_of[v.src] and not v.is_tensor:
+                out.append(f"non-tensor {v.node} crosses from stage {stage_of[v.src]} to {stage_of[d]}")
+    real = [0] * p
+    for i, b in enumerate(problem.blocks):
+        real[stage_of[i]] += b.real
+        if b.pin == "first" and stage_of[i] != 0:
+            out.append(f"input block {i} is in stage {stage_of[i]}, not 0")
+        if b.pin == "last" and stage_of[i] != p - 1:
+            out.append(f"output block {i} is in stage {stage_of[i]}, not {p - 1}")
+    out += [f"stage {s} is empty" for s in range(p) if real[s] == 0]
+    return out

@@ -1,0 +1,94 @@
+"""Exact dynamic programs over the topological chain of blocks.
+
+The chain DP only cuts the block order into contiguous segments (a subset of the
+convex partitions the ILP searches):
+
+    blocks  b0 b1 b2 | b3 b4 | b5 b6 b7 b8 | b9
+    stage       0       1          2        3
+
+``min_bottleneck`` is exact for the slowest stage time (min–max) under the memory
+limits; among partitions with that bottleneck it then minimises the sum of stage
+times. ``min_memory`` is exact for the largest memory-to-limit ratio (used to
+explain infeasible problems). Both run in O(p·n²) numpy work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from autopipe.partition.chain import Chain, FloatArray
+
+Score = Callable[[int, int, range], FloatArray]
+
+
+def _minmax(chain: Chain, score: Score, *, cap: float | None = None,
+            fits: bool = True) -> tuple[float, list[int]] | None:
+    """Min over chain partitions of max_s score (or, with ``cap``, min Σ score s.t. each ≤ cap).
+
+    Returns the value and the segment ends, or None when no partition is valid.
+    """
+    p = chain.problem.config.num_stages
+    n = chain.n
+    inf = np.inf
+    best = np.full((p, n + 1), inf)
+    arg = np.full((p, n + 1), -1, dtype=np.int64)
+    for s in range(p):
+        ends = [n] if s == p - 1 else range(1, n + 1)
+        for i in ends:
+            j = chain.starts(s, i)
+            if len(j) == 0:
+                continue
+            ok = chain.valid(s, i, j)
+            if fits:
+                ok &= chain.memory(s, i, j) <= np.asarray(chain.limit[s])
+            if not ok.any():
+                continue
+            t = score(s, i, j)
+            prev = np.zeros(len(j)) if s == 0 else best[s - 1, j.start:j.stop]
+            if cap is None:
+                total = np.maximum(prev, t)
+            else:
+                total = prev + t
+                ok &= t <= cap
+            total = np.where(ok, total, inf)
+            k = int(np.argmin(total))
+            if total[k] < inf:
+                best[s, i] = total[k]
+                arg[s, i] = j.start + k
+    if not np.isfinite(best[p - 1, n]):
+        return None
+    cuts = [n]
+    for s in range(p - 1, 0, -1):
+        cuts.append(int(arg[s, cuts[-1]]))
+    return float(best[p - 1, n]), cuts[::-1]
+
+
+def min_bottleneck(chain: Chain) -> list[int] | None:
+    """Block → stage of the chain partition with the smallest slowest-stage time that fits
+    in memory (ties: the smallest sum of stage times), or None if none fits."""
+    found = _minmax(chain, chain.time)
+    if found is None:
+        return None
+    cap = found[0] * (1 + 1e-12)
+    refined = _minmax(chain, chain.time, cap=cap)
+    cuts = refined[1] if refined is not None else found[1]
+    return chain.stage_of(cuts)
+
+
+def min_memory(chain: Chain) -> tuple[float, list[int]] | None:
+    """The chain partition with the smallest max_s memory_s / limit_s, ignoring the limits.
+
+    Returns (that ratio, block → stage), or None when the chain has no valid partition
+    (fewer blocks than stages, or pins and non-tensor values leave no cut).
+    """
+    limits = [lim if np.isfinite(lim) else 1.0 for lim in chain.limit]
+
+    def ratio(s: int, i: int, j: range) -> FloatArray:
+        return chain.memory(s, i, j) / limits[s]
+
+    found = _minmax(chain, ratio, fits=False)
+    if found is None:
+        return None
+    return found[0], chain.stage_of(found[1])

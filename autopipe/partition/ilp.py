@@ -1,0 +1,382 @@
+"""The integer program: convex stages, the schedule's iteration time, per-device memory.
+
+[Note: the ILP]
+
+Binary y[b,s] = "block b is in a stage ≤ s" for s = 0 … p−2 (y[b,−1] = 0, y[b,p−1] = 1):
+
+    y[b,s] ≤ y[b,s+1]                      monotone in s
+    y[v,s] ≤ y[u,s]      for each edge u→v  convex: stage(u) ≤ stage(v)
+    x[b,s] = y[b,s] − y[b,s−1]             block b is in stage s (not a variable)
+
+A value made in block u and last read in blocks D crosses boundary s when
+y[u,s] = 1 and y[d,s] = 0 for some d ∈ D; with one latest reader d that is exactly
+y[u,s] − y[d,s], else a variable c ≥ y[u,s] − y[d,s] for each d. X_s sums the bytes.
+A parameter read by several blocks gets z[q,s] ≥ x[b,s] for each reader b (it is held
+by stage s). Then, with the formulas of [Note: the cost model]:
+
+    T_s = Σ_b work_b/speed_s · x[b,s] + 2·(X_{s−1} + X_s)/bandwidth     ≤ M
+    memory_s ≤ limit_s,     Σ_b real_b · x[b,s] ≥ 1 (no empty stage)
+    minimise Σ_s T_s + (m−1)·M + Σ_q bytes_q/bandwidth · (Σ_s z[q,s] − 1)
+
+(GPipe: forward and backward parts with their own maxima). The monotone y form has a
+much tighter LP relaxation than one-hot x[b,s] variables; stage windows (see
+[Note: stage windows]) fix most y before the solver starts, and the best chain
+partition (DP or a baseline) is handed to HiGHS as the starting solution.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import numpy as np
+import pulp
+
+from autopipe.partition import _solvers
+from autopipe.partition.costs import evaluate, violations
+from autopipe.partition.problem import Problem
+from autopipe.partition.windows import BoolMatrix, ancestors, fits_windows, windows
+
+# memory rows keep this relative headroom so that solver tolerances never overflow a device
+_MEMORY_HEADROOM = 1e-6
+
+Term: TypeAlias = Any
+"""A ``pulp.LpVariable`` or one of the constants 0 and 1 (PuLP has no type hints)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IlpResult:
+    """The ILP's answer."""
+
+    stage_of: tuple[int, ...] | None
+    """Block → stage, None without a solution."""
+    status: str
+    """``optimal``, ``feasible``, ``infeasible`` or ``unsolved``."""
+    objective_s: float
+    """Iteration time of ``stage_of`` (``inf`` without a solution)."""
+    lower_bound_s: float
+    """Proven: no partition of these blocks is faster."""
+    model_objective_s: float
+    """The MIP's own objective value for its solution (equals ``objective_s`` when the
+    model is right; NaN when the incumbent was kept)."""
+    seconds: float
+    solver: str
+    binaries: int
+    """Binary variables left after stage windows fixed the others."""
+
+
+class _Lin:
+    """A linear expression under construction: variable → coefficient, plus a constant."""
+
+    __slots__ = ("coef", "const")
+
+    def __init__(self) -> None:
+        self.coef: dict[pulp.LpVariable, float] = {}
+        self.const = 0.0
+
+    def add(self, term: Term | _Lin, k: float) -> None:
+        if k == 0:
+            return
+        if isinstance(term, _Lin):
+            for v, c in term.coef.items():
+                self.coef[v] = self.coef.get(v, 0.0) + k * c
+            self.const += k * term.const
+        elif isinstance(term, int):
+            self.const += k * term
+        else:
+            self.coef[term] = self.coef.get(term, 0.0) + k
+
+    def expr(self) -> pulp.LpAffineExpression:
+        return pulp.LpAffineExpression([(v, c) for v, c in self.coef.items() if c != 0],
+                                       constant=self.const)
+
+    def value(self, values: dict[str, float]) -> float:
+        return self.const + sum(c * values[v.name] for v, c in self.coef.items())
+
+    def is_const(self) -> bool:
+        return not any(self.coef.values())
+
+
+class _Model:
+    """The PuLP model of [Note: the ILP] for one Problem and its stage windows."""
+
+    def __init__(self, problem: Problem, anc: BoolMatrix, lo: list[int], hi: list[int]) -> None:
+        self.problem = problem
+        cfg = problem.config
+        p = cfg.num_stages
+        self.p = p
+        self.lo, self.hi = lo, hi
+        self.prob = pulp.LpProblem("autopipe", pulp.LpMinimize)
+        self.rows: dict[str, _Lin] = {}
+        """Every constraint's left-hand side, by name (for tests and diagnosis)."""
+        total = sum(b.work_s for b in problem.blocks)
+        self.tau = total / p if total > 0 else 1.0  # time unit: keeps coefficients near 1
+        self.y: list[list[Term]] = []
+        self.binaries = 0
+        for b in range(problem.size):
+            row: list[Term] = []
+            for s in range(p - 1):
+                if s < lo[b]:
+                    row.append(0)
+                elif s >= hi[b]:
+                    row.append(1)
+                else:
+                    row.append(self._var(f"y_{b}_{s}", cat=pulp.LpBinary))
+                    self.binaries += 1
+            self.y.append(row)
+        self.crossing_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
+        self.holder_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
+        self._order(anc)
+        x_bytes = self._crossings(anc)
+        held = self._holders()
+        self._objective(x_bytes, held)
+
+    def _var(self, name: str, *, upBound: float | None = None,
+             cat: str = pulp.LpContinuous) -> Term:
+        # PuLP 3.1+ attaches variables to the model; older ones construct them directly
+        if hasattr(self.prob, "add_variable"):
+            return self.prob.add_variable(name, lowBound=0, upBound=upBound, cat=cat)
+        return pulp.LpVariable(name, lowBound=0, upBound=upBound, cat=cat)
+
+    def Y(self, b: int, s: int) -> Term:  # the y[b,s] of the note
+        if s < 0:
+            return 0
+        if s >= self.p - 1:
+            return 1
+        return self.y[b][s]
+
+    def x(self, b: int, s: int) -> _Lin:
+        lin = _Lin()
+        lin.add(self.Y(b, s), 1.0)
+        lin.add(self.Y(b, s - 1), -1.0)
+        return lin
+
+    def _add(self, lin: _Lin, sense: str, rhs: float, name: str) -> None:
+        self.rows[name] = lin
+        e = lin.expr()
+        if sense == "<=":
+            self.prob += (e <= rhs, name)
+        else:
+            self.prob += (e >= rhs, name)
+
+    def _order(self, anc: BoolMatrix) -> None:
+        for b, row in enumerate(self.y):
+            for s in range(self.lo[b], self.hi[b] - 1):
+                self.prob += (row[s] <= row[s + 1], f"mono_{b}_{s}")
+        succ: dict[int, list[int]] = {}
+        for u, v in self.problem.edges():
+            succ.setdefault(u, []).append(v)
+        for u, vs in succ.items():
+            arr = np.array(vs)
+            for v in vs:
+                # u→v is implied when another successor w of u reaches v
+                if len(vs) > 1 and bool(np.any(anc[v, arr[arr != v]])):
+                    continue
+                for s in range(self.lo[v], self.hi[u]):
+                    self.prob += (self.y[v][s] <= self.y[u][s], f"prec_{u}_{v}_{s}")
+
+    def _crossings(self, anc: BoolMatrix) -> list[_Lin]:
+        """X_s (bytes over boundary s) as expressions; groups values by (producer, latest readers)."""
+        groups: dict[tuple[int, tuple[int, ...]], int] = {}
+        for v in self.problem.values:
+            if v.bytes == 0:
+                continue
+            ds = v.dsts
+            latest = tuple(d for d in ds if not any(e != d and anc[e, d] for e in ds))
+            groups[(v.src, latest)] = groups.get((v.src, latest), 0) + v.bytes
+        x_bytes = [_Lin() for _ in range(self.p - 1)]
+        for k, ((src, latest), nbytes) in enumerate(sorted(groups.items())):
+            for s in range(self.lo[src], min(max(self.hi[d] for d in latest), self.p - 1)):
+                ysrc = self.Y(src, s)
+                ys = [self.Y(d, s) for d in latest]
+                ys = [t for t in ys if not (isinstance(t, int) and t == 1)]
+                if not ys:
+                    continue
+                crossing = _Lin()
+                if any(isinstance(t, int) for t in ys):   # a reader is surely later
+                    crossing.add(ysrc, 1.0)
+                elif len(ys) == 1:
+                    crossing.add(ysrc, 1.0)
+                    crossing.add(ys[0], -1.0)
+                else:
+                    c = self._var(f"c_{k}_{s}", upBound=1)
+                    terms = []
+                    for i, t in enumerate(ys):
+                        diff = _Lin()
+                        diff.add(ysrc, 1.0)
+                        diff.add(t, -1.0)
+                        terms.append(diff)
+                        row = _Lin()
+                        row.add(c, 1.0)
+                        row.add(diff, -1.0)
+                        self._add(row, ">=", 0.0, f"cross_{k}_{s}_{i}")
+                    self.crossing_vars.append((c, terms))
+                    crossing.add(c, 1.0)
+                x_bytes[s].add(crossing, float(nbytes))
+        return x_bytes
+
+    def _holders(self) -> dict[str, list[_Lin]]:
+        """For each parameter read by several blocks, 'held by stage s' per stage."""
+        out: dict[str, list[_Lin]] = {}
+        for k, (q, readers) in enumerate(sorted(self.problem.readers().items())):
+            if len(readers) < 2:
+                continue
+            per_stage = []
+            for s in range(self.p):
+                xs = [self.x(r, s) for r in readers if self.lo[r] <= s <= self.hi[r]]
+                held = _Lin()
+                if any(x.is_const() and x.const >= 1 for x in xs):
+                    held.const = 1.0
+                elif xs:
+                    z = self._var(f"z_{k}_{s}", upBound=1)
+                    for i, x in enumerate(xs):
+                        row = _Lin()
+                        row.add(z, 1.0)
+                        row.add(x, -1.0)
+                        self._add(row, ">=", 0.0, f"hold_{k}_{s}_{i}")
+                    self.holder_vars.append((z, xs))
+                    held.add(z, 1.0)
+                per_stage.append(held)
+            out[q] = per_stage
+        return out
+
+    def _objective(self, x_bytes: list[_Lin], held: dict[str, list[_Lin]]) -> None:
+        problem, p, tau = self.problem, self.p, self.tau
+        cfg = problem.config
+        readers = problem.readers()
+        single_mem = [0.0] * problem.size
+        for q, r in readers.items():
+            if len(r) == 1:
+                single_mem[r[0]] += problem.param_mem[q].total
+        inv_bw = 0.0 if math.isinf(cfg.link_bandwidth) else 1.0 / cfg.link_bandwidth
+        gpipe = cfg.schedule == "gpipe"
+        self.maxes = [self._var("M_f")] + ([self._var("M_b")] if gpipe else [])
+        self.parts: list[list[_Lin]] = [[] for _ in self.maxes]
+        objective = _Lin()
+        for s in range(p):
+            dev = cfg.devices[s]
+            boundary = _Lin()
+            if s > 0:
+                boundary.add(x_bytes[s - 1], 1.0)
+            if s < p - 1:
+                boundary.add(x_bytes[s], 1.0)
+            fwd, bwd, mem, real = _Lin(), _Lin(), _Lin(), _Lin()
+            limit = float(dev.memory) if dev.memory > 0 else math.inf
+            for b, blk in enumerate(problem.blocks):
+                if not self.lo[b] <= s <= self.hi[b]:
+                    continue
+                x = self.x(b, s)
+                if gpipe:
+                    fwd.add(x, blk.forward_s / dev.speed / tau)
+                    bwd.add(x, (blk.backward_input_s + blk.backward_weight_s) / dev.speed / tau)
+                else:
+                    fwd.add(x, blk.work_s / dev.speed / tau)
+                if math.isfinite(limit):
+                    mem.add(x, (single_mem[b] + cfg.inflight(s) * blk.activation_bytes) / limit)
+                real.add(x, float(blk.real))
+            comm = inv_bw / tau
+            parts = [fwd, bwd] if gpipe else [fwd]
+            for part in parts:
+                part.add(boundary, comm if gpipe else 2 * comm)
+            for i, part in enumerate(parts):
+                objective.add(part, 1.0)
+                row = _Lin()
+                row.add(part, 1.0)
+                row.add(self.maxes[i], -1.0)
+                self.parts[i].append(part)
+                self._add(row, "<=", 0.0, f"max{i}_{s}")
+            if math.isfinite(limit):
+                for q, per_stage in held.items():
+                    mem.add(per_stage[s], problem.param_mem[q].total / limit)
+                mem.add(boundary, 2.0 / limit)
+                self._add(mem, "<=", 1.0 - _MEMORY_HEADROOM, f"mem_{s}")
+            if not real.is_const():
+                self._add(real, ">=", 1.0, f"nonempty_{s}")
+        for mx in self.maxes:
+            objective.add(mx, float(cfg.microbatches - 1))
+        for q, per_stage in held.items():
+            for h in per_stage:
+                objective.add(h, problem.param_bytes[q] * inv_bw / tau)
+            objective.const -= problem.param_bytes[q] * inv_bw / tau
+        self.objective = objective
+        self.prob += objective.expr()
+
+    def warm(self, stage_of: Sequence[int]) -> dict[str, float]:
+        """Every variable's value for a given partition (a starting solution)."""
+        values: dict[str, float] = {}
+        for b, row in enumerate(self.y):
+            for s, t in enumerate(row):
+                if not isinstance(t, int):
+                    values[t.name] = 1.0 if stage_of[b] <= s else 0.0
+        for var, terms in self.crossing_vars + self.holder_vars:
+            values[var.name] = max(0.0, max(t.value(values) for t in terms))
+        for mx, parts in zip(self.maxes, self.parts):
+            values[mx.name] = max(part.value(values) for part in parts)
+        return values
+
+    def stage_of(self, values: dict[str, float]) -> tuple[int, ...]:
+        out = []
+        for row in self.y:
+            out.append(sum(1 for t in row if (t if isinstance(t, int) else values[t.name]) < 0.5))
+        return tuple(out)
+
+
+def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_limit: float = 60.0,
+              gap: float = 1e-4, solver: str = "highs") -> IlpResult:
+    """Find the fastest convex partition of ``problem``'s blocks that fits in memory.
+
+    Args:
+        problem: blocks, values and pipeline.
+        incumbent: a valid partition that fits (the DP's); it starts the solver and sets
+            the stage windows. Without one the model is bigger but still exact.
+        time_limit: seconds for the MIP solver.
+        gap: relative gap at which the solver stops and calls the answer optimal.
+        solver: ``highs`` or ``cbc``.
+    """
+    if incumbent is not None:
+        assert not violations(problem, incumbent), "the incumbent must be a valid partition"
+        inc_eval = evaluate(problem, incumbent)
+        assert inc_eval.fits, "the incumbent must fit in memory"
+        inc_obj: float | None = inc_eval.objective_s
+    else:
+        inc_obj = None
+    anc = ancestors(problem)
+    lo, hi = windows(problem, anc, inc_obj)
+    if incumbent is not None:
+        assert fits_windows(lo, hi, list(incumbent)), "stage windows must contain the incumbent"
+    if any(a > b for a, b in zip(lo, hi)):
+        return IlpResult(stage_of=None, status="infeasible", objective_s=math.inf,
+                         lower_bound_s=math.inf, model_objective_s=math.nan, seconds=0.0,
+                         solver=solver, binaries=0)
+    model = _Model(problem, anc, lo, hi)
+    warm = model.warm(incumbent) if incumbent is not None else None
+    raw = _solvers.solve(model.prob, solver=solver, warm=warm, time_limit=time_limit, gap=gap)
+    bound = raw.bound * model.tau if math.isfinite(raw.bound) else 0.0
+    found: tuple[int, ...] | None = model.stage_of(raw.values) if raw.values else None
+    objective = math.inf
+    if found is not None:
+        problems = violations(problem, found)
+        found_eval = evaluate(problem, found)
+        if problems or not found_eval.fits:  # solver tolerance trouble: never return it
+            found = None
+        else:
+            objective = found_eval.objective_s
+    status = raw.status
+    model_objective = raw.objective * model.tau if found is not None else math.nan
+    if incumbent is not None and (found is None or (inc_obj is not None and inc_obj < objective)):
+        found, objective = tuple(incumbent), float(inc_obj or 0.0)
+        model_objective = math.nan
+        if status in ("unsolved", "infeasible"):
+            status = "feasible"
+    if raw.status == "infeasible" and found is None:
+        return IlpResult(stage_of=None, status="infeasible", objective_s=math.inf,
+                         lower_bound_s=math.inf, model_objective_s=math.nan, seconds=raw.seconds,
+                         solver=solver, binaries=model.binaries)
+    if status == "optimal" and solver == "cbc":
+        bound = max(bound, objective * (1 - gap))
+    bound = max(0.0, min(bound, objective))
+    return IlpResult(stage_of=found, status=status if found is not None else "unsolved",
+                     objective_s=objective, lower_bound_s=bound, model_objective_s=model_objective,
+                     seconds=raw.seconds, solver=solver, binaries=model.binaries)

@@ -1,0 +1,68 @@
+"""Explain a problem that fits in no partition: who overflows, by how much, and what would fit."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from autopipe._units import format_size
+from autopipe.errors import InfeasiblePlanError
+from autopipe.partition.chain import Chain
+from autopipe.partition.costs import evaluate
+from autopipe.partition.dp import min_memory
+from autopipe.partition.problem import Config, Problem
+from autopipe.plan_format import Device
+
+_SEARCH_SECONDS = 20.0
+
+
+def _fits(problem: Problem, config: Config) -> bool:
+    found = min_memory(Chain(problem.with_config(config)))
+    return found is not None and found[0] <= 1.0
+
+
+def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
+    """The error to raise when ``problem`` has no partition that fits.
+
+    It names the stage and device that overflow in the most memory-balanced chain
+    split, lists what that split needs per stage, and searches for the smallest stage
+    count (devices like the smallest one given) and the largest micro-batch count that
+    would fit.
+    """
+    cfg = problem.config
+    p, m = cfg.num_stages, cfg.microbatches
+    found = min_memory(Chain(problem))
+    assert found is not None, "a problem with at least p computing blocks has a chain partition"
+    _, stage_of = found
+    ev = evaluate(problem, stage_of)
+    ratios = [s.memory / s.limit for s in ev.stages]
+    worst = ratios.index(max(ratios))
+    dev = cfg.devices[worst]
+    needs = ", ".join(format_size(s.memory) for s in ev.stages)
+    what = "a chain split" if method != "ilp" else "any partition"
+    message = (f"no partition into {p} stages fits in memory ({what} searched): the most "
+               f"memory-balanced split needs [{needs}]; stage {worst} needs "
+               f"{format_size(ev.stages[worst].memory)} but {dev.name} has {format_size(dev.memory)}")
+    hints: list[str] = []
+    deadline = time.monotonic() + _SEARCH_SECONDS
+    smallest = min(cfg.devices, key=lambda d: d.memory)
+    for p2 in range(p + 1, min(problem.num_real, 4 * p + 8) + 1):
+        if time.monotonic() > deadline:
+            break
+        devices = tuple(Device(name=f"{smallest.name}+{i}", memory=smallest.memory, speed=smallest.speed)
+                        for i in range(p2))
+        if _fits(problem, replace(cfg, num_stages=p2, devices=devices)):
+            hints.append(f"--stages {p2}")
+            break
+    for m2 in range(m - 1, 0, -1):
+        if time.monotonic() > deadline:
+            break
+        if cfg.schedule == "1f1b" and m2 >= p:
+            continue  # in-flight micro-batches are min(m, p−s): no change above p
+        if _fits(problem, replace(cfg, microbatches=m2)):
+            hints.append(f"--microbatches {m2}")
+            break
+    fix = " or ".join(hints) if hints else "a smaller micro-batch"
+    return InfeasiblePlanError(
+        message,
+        hint=f"try {fix}; or devices with more memory, or a lighter optimizer (e.g. sgd)")

@@ -1,0 +1,275 @@
+"""``plan_profile``: from a Profile and pipeline options to a Plan, by any partitioning method.
+
+    Profile ─► Problem (one block per node) ─► merge_forced ─► coarsen (above max_blocks)
+           ─► DP + uniform + params (each scored by costs.evaluate)
+           ─► ILP warm-started from the best of them that fits  (method "ilp")
+           ─► Plan: stages, predictions, solver block, what the baselines would give
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from autopipe.errors import InfeasiblePlanError, PlanError
+from autopipe.partition import baselines
+from autopipe.partition.assemble import baseline, stages
+from autopipe.partition.chain import Chain
+from autopipe.partition.coarsen import coarsen, merge_forced
+from autopipe.partition.costs import Evaluation, evaluate, violations
+from autopipe.partition.devices import DevicesArg, resolve_devices
+from autopipe.partition.dp import min_bottleneck
+from autopipe.partition.ilp import solve_ilp
+from autopipe.partition.infeasible import explain
+from autopipe.partition.problem import SCHEDULES, Config, Problem, from_profile
+from autopipe.plan_format import Plan, Predicted, SolverInfo
+from autopipe.profile.profile import Profile
+from autopipe.schedule.simulate import StageCost as SimCost
+from autopipe.schedule.simulate import simulate
+
+METHODS = ("ilp", "dp", "uniform", "params")
+DEFAULT_LINK_BANDWIDTH = 25e9
+"""Bytes/s between stages when neither the caller nor the profile's device spec says
+(a PCIe 4.0 x16 link, one direction)."""
+DEFAULT_MAX_BLOCKS = 400
+AUTO_BUBBLE = 0.2
+"""``microbatches="auto"`` takes the fewest micro-batches whose bubble is at most this."""
+
+
+def link_bandwidth_for(profile: Profile, link_bandwidth: float | str | None) -> float:
+    """The link bandwidth to plan with: given, else the profile's device spec's, else the default."""
+    if link_bandwidth is not None:
+        from autopipe._units import parse_size
+
+        try:
+            bw = float(parse_size(link_bandwidth)) if isinstance(link_bandwidth, str) else float(link_bandwidth)
+        except Exception as e:
+            raise PlanError(f"link bandwidth {link_bandwidth!r} is not a number of bytes/s",
+                            hint="write e.g. 25e9 or 25GB (per second)") from e
+        if not bw > 0:
+            raise PlanError(f"link bandwidth {link_bandwidth!r} is not positive",
+                            hint="write e.g. 25e9 or 25GB (per second); inf makes sends free")
+        return bw
+    spec = profile.meta.get("device_spec")
+    if isinstance(spec, dict) and isinstance(spec.get("link_bandwidth"), (int, float)):
+        return float(spec["link_bandwidth"])
+    if isinstance(profile.meta.get("link_bandwidth"), (int, float)):
+        return float(profile.meta["link_bandwidth"])
+    return DEFAULT_LINK_BANDWIDTH
+
+
+def simple_bound(problem: Problem) -> float:
+    """A lower bound on any partition's iteration time: all work spread perfectly.
+
+    Σ_s T_s ≥ W / (fastest speed) and max_s T_s ≥ W / Σ speeds (likewise for GPipe's
+    forward and backward parts).
+    """
+    cfg = problem.config
+    speeds = [d.speed for d in cfg.devices]
+    m = cfg.microbatches
+    work = math.fsum(b.work_s for b in problem.blocks)
+    return work / max(speeds) + (m - 1) * work / sum(speeds)
+
+
+def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str) -> None:
+    if schedule not in SCHEDULES:
+        raise PlanError(f"unknown schedule {schedule!r}",
+                        hint=f"the planner models {', '.join(SCHEDULES)}")
+    if method not in METHODS:
+        raise PlanError(f"unknown method {method!r}", hint=f"choose one of {', '.join(METHODS)}")
+    if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 1:
+        raise PlanError(f"num_stages = {num_stages!r}", hint="use a positive number of stages")
+    if microbatches is not None and microbatches != "auto" and (
+            isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1):
+        raise PlanError(f"microbatches = {microbatches!r}",
+                        hint="use a positive number, or 'auto' to let the planner choose")
+
+
+def plan_profile(
+    profile: Profile,
+    *,
+    num_stages: int,
+    memory_limit: str | int | None = None,
+    devices: DevicesArg | None = None,
+    microbatches: int | str | None = None,
+    schedule: str = "1f1b",
+    optimizer: str = "adam",
+    method: str = "ilp",
+    link_bandwidth: float | str | None = None,
+    max_blocks: int = DEFAULT_MAX_BLOCKS,
+    time_limit: float = 60.0,
+    mip_gap: float = 1e-3,
+    solver: str = "highs",
+    deterministic: bool = True,
+    dtype: str | None = None,
+) -> Plan:
+    """Partition a profiled model into pipeline stages.
+
+    Args:
+        profile: per-node costs of one micro-batch.
+        num_stages: pipeline stages ``p``.
+        memory_limit: one memory limit for every stage (``"80GiB"``, bytes); None = unlimited.
+        devices: per-stage devices (a devices.json path or a list); excludes ``memory_limit``.
+        microbatches: micro-batches per step; None = 2·p; ``"auto"`` = the fewest of p, 2p,
+            4p, 8p whose predicted bubble is at most 20% (and that fit).
+        schedule: ``1f1b`` or ``gpipe``.
+        optimizer: for optimizer-state memory: ``adam``, ``adamw``, ``sgd``, ``sgd-momentum``, ``none``.
+        method: ``ilp`` (optimal convex cuts), ``dp`` (optimal chain cuts for the slowest
+            stage), ``uniform`` (equal layers), ``params`` (balanced parameters).
+        link_bandwidth: bytes/s between stages; default the device spec's or 25 GB/s.
+        max_blocks: coarsen graphs with more nodes to this many blocks (at least 8·p).
+        time_limit: seconds for the MIP solver.
+        mip_gap: relative gap at which the MIP counts as solved.
+        solver: ``highs`` (default) or ``cbc``.
+        deterministic: record 0 solve seconds, so equal inputs give byte-identical plans.
+        dtype: parameter dtype; default the profile's.
+
+    Raises:
+        PlanError: bad options, more stages than blocks, nothing found in the time limit.
+        InfeasiblePlanError: no partition fits in memory.
+        DeviceSpecError: a bad devices list or file.
+    """
+    check_options(num_stages, microbatches, schedule, method)
+    start = time.perf_counter()
+    devs = resolve_devices(num_stages, memory_limit=memory_limit, devices=devices, profile=profile)
+    bw = link_bandwidth_for(profile, link_bandwidth)
+    m = 2 * num_stages if microbatches is None or microbatches == "auto" else int(microbatches)
+    cfg = Config(num_stages=num_stages, microbatches=m, schedule=schedule, devices=devs,
+                 link_bandwidth=bw)
+    forced = merge_forced(from_profile(profile, cfg, optimizer=optimizer, dtype=dtype))
+    if forced.num_real < num_stages:
+        raise PlanError(
+            f"cannot cut the model into {num_stages} stages: it has only {forced.num_real} "
+            f"blocks that can be separated ({len(profile.nodes)} nodes)",
+            hint=f"use at most {forced.num_real} stages")
+    problem = coarsen(forced, max(max_blocks, 8 * num_stages))
+    options = _Options(method=method, time_limit=time_limit, mip_gap=mip_gap, solver=solver)
+    plan = _auto(problem, profile, options) if microbatches == "auto" else _plan(problem, profile, options)
+    seconds = 0.0 if deterministic else time.perf_counter() - start
+    extra = {"optimizer": optimizer, "dtype": dtype or profile.dtype,
+             "link_bandwidth": None if math.isinf(bw) else bw,
+             "profile_device": profile.device, "profile_method": profile.method,
+             "nodes": len(profile.nodes), "blocks": problem.size,
+             "coarsened": problem.size < forced.size, "max_blocks": max_blocks,
+             "mip_gap": mip_gap, "time_limit": time_limit, "solver": solver,
+             "deterministic": deterministic}
+    return replace(plan, solver=replace(plan.solver, seconds=seconds),
+                   options={**extra, **plan.options})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Options:
+    method: str
+    time_limit: float
+    mip_gap: float
+    solver: str
+
+
+def _auto(problem: Problem, profile: Profile, options: _Options) -> Plan:
+    p = problem.config.num_stages
+    best: Plan | None = None
+    last_error: InfeasiblePlanError | None = None
+    for m in (p, 2 * p, 4 * p, 8 * p):
+        cfg = Config(num_stages=p, microbatches=m, schedule=problem.config.schedule,
+                     devices=problem.config.devices, link_bandwidth=problem.config.link_bandwidth)
+        try:
+            plan = _plan(problem.with_config(cfg), profile, options)
+        except InfeasiblePlanError as e:
+            last_error = e
+            continue
+        if best is None or plan.predicted.bubble_fraction < best.predicted.bubble_fraction:
+            best = plan
+        if plan.predicted.bubble_fraction <= AUTO_BUBBLE:
+            return plan
+    if best is None:
+        assert last_error is not None
+        raise last_error
+    return best
+
+
+def predict(problem: Problem, ev: Evaluation) -> Predicted:
+    """Iteration time, bubble and per-stage peak memory of a partition, simulated.
+
+    The simulator (``autopipe.schedule.simulate``) plays the schedule's actions with
+    sends overlapped on the links, so its step time is at most the ILP's closed form,
+    which charges every send to both stages' busy time.
+    """
+    cfg = problem.config
+    costs = [SimCost(forward_s=s.forward_s,
+                     backward_input_s=max(0.0, s.backward_s - s.backward_weight_s),
+                     backward_weight_s=s.backward_weight_s, send_s=cfg.comm_s(s.send_bytes),
+                     activation_bytes=s.activations // cfg.inflight(i))
+             for i, s in enumerate(ev.stages)]
+    sim = simulate(costs, schedule=cfg.schedule, microbatches=cfg.microbatches)
+    peak = tuple(s.params + s.grads + s.optimizer + s.buffers + sim.peak_activation_bytes[i]
+                 for i, s in enumerate(ev.stages))
+    return Predicted(iteration_s=sim.iteration_s, bubble_fraction=sim.bubble_fraction,
+                     peak_memory=peak)
+
+
+def _plan(problem: Problem, profile: Profile, options: _Options) -> Plan:
+    method = options.method
+    cands: dict[str, list[int] | None] = {
+        "dp": min_bottleneck(Chain(problem)),
+        "uniform": baselines.uniform(problem),
+        "params": baselines.params(problem),
+    }
+    evals = {k: evaluate(problem, v) for k, v in cands.items() if v is not None}
+    for k, v in cands.items():
+        assert v is None or not violations(problem, v), f"{k} made an invalid partition"
+    lower = simple_bound(problem)
+    binaries = 0
+    if method == "ilp":
+        fitting = sorted((evals[k].objective_s, k) for k in evals if evals[k].fits)
+        incumbent = cands[fitting[0][1]] if fitting else None
+        res = solve_ilp(problem, incumbent=incumbent, time_limit=options.time_limit,
+                        gap=options.mip_gap, solver=options.solver)
+        binaries = res.binaries
+        if res.stage_of is None:
+            if res.status == "infeasible":
+                raise explain(problem, "ilp")
+            raise PlanError(f"the MIP solver found no partition in {options.time_limit:g} s",
+                            hint="raise the time limit (--time-limit), or lower --max-blocks")
+        stage_of = list(res.stage_of)
+        status = res.status
+        lower = max(lower, res.lower_bound_s)
+    else:
+        found = cands[method]
+        if found is None:
+            raise PlanError(f"method {method!r} has no split into {problem.config.num_stages} "
+                            f"stages for this model (too few layers)",
+                            hint="use fewer stages, or method ilp or dp")
+        if not evals[method].fits:
+            if method == "dp":
+                raise explain(problem, "dp")
+            over = evals[method].overflow[0]
+            cost = evals[method].stages[over]
+            from autopipe._units import format_size
+
+            raise InfeasiblePlanError(
+                f"the {method} split does not fit: stage {over} needs {format_size(cost.memory)} "
+                f"but {problem.config.devices[over].name} has {format_size(cost.limit)}",
+                hint="use method ilp, which respects memory limits")
+        stage_of = found
+        status = "heuristic"
+    ev = evaluate(problem, stage_of)
+    objective = ev.objective_s
+    lower = min(lower, objective)
+    predicted = predict(problem, ev)
+    others = {}
+    for k in ("dp", "uniform", "params"):
+        if k == method:
+            continue
+        kv, ke = cands[k], evals.get(k)
+        others[k] = baseline(problem, kv, ke,
+                             predict(problem, ke).iteration_s if ke is not None else None)
+    cfg = problem.config
+    return Plan(
+        graph_fingerprint=profile.graph_fingerprint, schedule=cfg.schedule,
+        microbatches=cfg.microbatches, devices=cfg.devices, stages=stages(problem, stage_of, ev),
+        predicted=predicted,
+        solver=SolverInfo(method=method, status=status, objective_s=objective, lower_bound_s=lower,
+                          gap=(objective - lower) / objective if objective > 0 else 0.0, seconds=0.0),
+        baselines=others, options={"ilp_binaries": binaries} if method == "ilp" else {})

@@ -1,0 +1,237 @@
+"""Problem: what the partitioners see — blocks of nodes, the values between them, the devices.
+
+A Problem is built from a Profile with one block per node (``from_profile``); coarsening
+(``autopipe.partition.coarsen``) merges nodes into bigger blocks and gives another Problem
+of the same type, so every partitioner works on either.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from autopipe.errors import PlanError
+from autopipe.plan_format import Device
+from autopipe.profile.memory import ParamMemory, param_memory
+from autopipe.profile.profile import Profile
+
+SCHEDULES = ("1f1b", "gpipe")
+"""Schedules whose iteration time and memory the planner models exactly."""
+
+_ELEMENT_SIZE = {"float64": 8, "float32": 4, "tf32": 4, "float16": 2, "bfloat16": 2,
+                 "float8_e4m3fn": 1, "float8_e5m2": 1}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The pipeline a partition is made for."""
+
+    num_stages: int
+    """Number of pipeline stages ``p``."""
+    microbatches: int
+    """Micro-batches per optimizer step ``m``."""
+    schedule: str
+    """``1f1b`` or ``gpipe``."""
+    devices: tuple[Device, ...]
+    """One device per stage (memory limit and speed)."""
+    link_bandwidth: float
+    """Bytes/s between neighbouring stages, one direction; ``math.inf`` makes sends free."""
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise PlanError(f"unknown schedule {self.schedule!r}",
+                            hint=f"choose one of {', '.join(SCHEDULES)}")
+        if self.num_stages < 1:
+            raise PlanError(f"num_stages = {self.num_stages}", hint="use at least 1 stage")
+        if self.microbatches < 1:
+            raise PlanError(f"microbatches = {self.microbatches}", hint="use at least 1 micro-batch")
+        if len(self.devices) != self.num_stages:
+            raise PlanError(f"{len(self.devices)} devices for {self.num_stages} stages",
+                            hint="give one device per stage")
+        if not self.link_bandwidth > 0:
+            raise PlanError(f"link bandwidth {self.link_bandwidth} is not positive",
+                            hint="give bytes/s, e.g. 25e9")
+
+    def inflight(self, stage: int) -> int:
+        """Micro-batches whose activations stage ``stage`` holds at its peak.
+
+        1F1B: stage s runs p−s forwards before its first backward, so it holds
+        min(m, p−s). GPipe runs all m forwards first.
+        """
+        if self.schedule == "gpipe":
+            return self.microbatches
+        return min(self.microbatches, self.num_stages - stage)
+
+    def comm_s(self, nbytes: float) -> float:
+        """Seconds to move ``nbytes`` over one link."""
+        return 0.0 if math.isinf(self.link_bandwidth) else nbytes / self.link_bandwidth
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Block:
+    """Nodes that always share a stage."""
+
+    nodes: tuple[str, ...]
+    """Node names, in topological order."""
+    forward_s: float
+    backward_input_s: float
+    backward_weight_s: float
+    activation_bytes: int
+    params: tuple[str, ...]
+    """Parameters any node of the block reads (owned or shared), sorted."""
+    real: int
+    """Number of nodes that compute something (not placeholders, not the output)."""
+    pin: str = ""
+    """``"first"``: must be in stage 0 (model inputs); ``"last"``: in the last stage (the output)."""
+
+    @property
+    def work_s(self) -> float:
+        """Forward + backward seconds on the profiled device."""
+        return self.forward_s + self.backward_input_s + self.backward_weight_s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Value:
+    """A node's output read by other blocks: it crosses every boundary between producer and last reader."""
+
+    node: str
+    """The producing node."""
+    src: int
+    """Producing block."""
+    dsts: tuple[int, ...]
+    """Reading blocks (other than ``src``), sorted."""
+    bytes: int
+    is_tensor: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Problem:
+    """A partition problem: blocks in topological order, the values between them, the pipeline."""
+
+    blocks: tuple[Block, ...]
+    values: tuple[Value, ...]
+    param_bytes: dict[str, int]
+    """Every parameter → bytes."""
+    param_mem: dict[str, ParamMemory]
+    """Every parameter → its parameter, gradient and optimizer-state bytes."""
+    config: Config
+    node_module: dict[str, str] = field(default_factory=dict)
+    """Node name → owning module path (for baselines and reports)."""
+    node_order: tuple[str, ...] = ()
+    """Every node name in the profile's topological order."""
+
+    def __post_init__(self) -> None:
+        for v in self.values:
+            assert all(d > v.src for d in v.dsts), f"value {v.node} goes backwards in block order"
+
+    @property
+    def size(self) -> int:
+        """Number of blocks."""
+        return len(self.blocks)
+
+    @property
+    def num_real(self) -> int:
+        """Number of blocks that hold a computing node (the most stages possible)."""
+        return sum(1 for b in self.blocks if b.real > 0)
+
+    def edges(self) -> list[tuple[int, int]]:
+        """Distinct block edges ``(u, v)``, ``u < v``."""
+        return sorted({(v.src, d) for v in self.values for d in v.dsts})
+
+    def readers(self) -> dict[str, tuple[int, ...]]:
+        """Parameter → blocks that read it (sorted)."""
+        out: dict[str, list[int]] = {}
+        for i, b in enumerate(self.blocks):
+            for p in b.params:
+                out.setdefault(p, []).append(i)
+        return {p: tuple(r) for p, r in out.items()}
+
+    def with_config(self, config: Config) -> Problem:
+        """The same graph for another pipeline."""
+        return Problem(blocks=self.blocks, values=self.values, param_bytes=self.param_bytes,
+                       param_mem=self.param_mem, config=config, node_module=self.node_module,
+                       node_order=self.node_order)
+
+
+def element_size(dtype: str) -> int:
+    """Bytes per element of a dtype name (parameters and gradients are kept in it).
+
+    Raises:
+        PlanError: an unknown dtype.
+    """
+    key = dtype.removeprefix("torch.")
+    if key not in _ELEMENT_SIZE:
+        raise PlanError(f"unknown parameter dtype {dtype!r}",
+                        hint=f"use one of {', '.join(_ELEMENT_SIZE)}")
+    return _ELEMENT_SIZE[key]
+
+
+def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
+                 dtype: str | None = None) -> Problem:
+    """One block per profiled node.
+
+    Model inputs (placeholders) are pinned to stage 0, because the pipeline feeds
+    inputs to the first stage only; a later reader receives them passed through.
+    The output node is pinned to the last stage.
+
+    Args:
+        profile: per-node costs.
+        config: the pipeline.
+        optimizer: for optimizer-state bytes (``adam``, ``sgd``, ...).
+        dtype: parameter dtype; default the profile's.
+
+    Raises:
+        PlanError: the profile has no nodes.
+    """
+    if not profile.nodes:
+        raise PlanError("the profile has no nodes", hint="profile the model again")
+    esize = element_size(dtype or profile.dtype)
+    index = {n.name: i for i, n in enumerate(profile.nodes)}
+    readers: dict[str, set[int]] = {}
+    for src, dst, _ in profile.edges:
+        if index[src] >= index[dst]:
+            raise PlanError(f"profile edge {src}→{dst} goes against the node order",
+                            hint="re-profile the model; nodes must be in topological order")
+        readers.setdefault(src, set()).add(index[dst])
+    param_bytes = dict(profile.params)
+    for n in profile.nodes:
+        for p in (*n.params, *n.shared_params):
+            if p not in param_bytes:
+                param_bytes[p] = n.param_bytes if p in n.params and len(n.params) == 1 else 0
+    blocks: list[Block] = []
+    values: list[Value] = []
+    for i, n in enumerate(profile.nodes):
+        pin = "first" if n.op == "placeholder" else "last" if n.op == "output" else ""
+        blocks.append(Block(
+            nodes=(n.name,), forward_s=n.forward_s, backward_input_s=n.backward_input_s,
+            backward_weight_s=n.backward_weight_s, activation_bytes=n.activation_bytes,
+            params=tuple(sorted(set(n.params) | set(n.shared_params))),
+            real=0 if n.op in ("placeholder", "output") else 1, pin=pin))
+        dsts = readers.get(n.name)
+        if dsts:
+            # a non-tensor model input is a constant baked into the stages: it costs nothing
+            free = n.op == "placeholder" and not n.is_tensor
+            values.append(Value(node=n.name, src=i, dsts=tuple(sorted(dsts)),
+                                bytes=0 if free else n.output_bytes,
+                                is_tensor=n.is_tensor or free))
+    mem = {p: param_memory(b, element_size=esize, optimizer=optimizer) for p, b in param_bytes.items()}
+    return Problem(blocks=tuple(blocks), values=tuple(values), param_bytes=param_bytes,
+                   param_mem=mem, config=config,
+                   node_module={n.name: n.module for n in profile.nodes},
+                   node_order=tuple(n.name for n in profile.nodes))
+
+
+def merge_blocks(blocks: Sequence[Block]) -> Block:
+    """One block holding all of ``blocks``' nodes (in the given order)."""
+    pins = {b.pin for b in blocks if b.pin}
+    return Block(
+        nodes=tuple(n for b in blocks for n in b.nodes),
+        forward_s=math.fsum(b.forward_s for b in blocks),
+        backward_input_s=math.fsum(b.backward_input_s for b in blocks),
+        backward_weight_s=math.fsum(b.backward_weight_s for b in blocks),
+        activation_bytes=sum(b.activation_bytes for b in blocks),
+        params=tuple(sorted({p for b in blocks for p in b.params})),
+        real=sum(b.real for b in blocks),
+        pin="first" if "first" in pins else "last" if pins else "",
+    )

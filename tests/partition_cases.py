@@ -1,0 +1,95 @@
+"""Random DAG profiles and pipelines for the partition tests (hypothesis strategies)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hypothesis import strategies as st
+
+from autopipe.partition.coarsen import merge_forced
+from autopipe.partition.problem import Config, Problem, from_profile
+from autopipe.plan_format import Device
+from autopipe.profile.memory import param_memory
+from autopipe.profile.profile import NodeProfile, Profile
+
+
+@dataclass(frozen=True)
+class Case:
+    """A random profile and the pipeline to plan it for."""
+
+    profile: Profile
+    config: Config
+    optimizer: str
+
+    def problem(self) -> Problem:
+        return merge_forced(from_profile(self.profile, self.config, optimizer=self.optimizer))
+
+
+@st.composite
+def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6) -> Profile:
+    """A placeholder ``x``, ``n`` computing nodes on a random DAG, and an output node."""
+    n = draw(st.integers(min_nodes, max_nodes))
+    names = ["x"] + [f"n{i}" for i in range(n)]
+    nodes = [NodeProfile(name="x", op="placeholder", target="x", module="", forward_s=0.0,
+                         backward_input_s=0.0, backward_weight_s=0.0, activation_bytes=0,
+                         output_bytes=draw(st.integers(0, 4096)), param_bytes=0)]
+    edges: list[tuple[str, str, int]] = []
+    params: dict[str, int] = {}
+    out_bytes = {"x": nodes[0].output_bytes}
+    read: set[str] = set()
+    for i in range(n):
+        name = names[i + 1]
+        earlier = names[: i + 1]
+        srcs = draw(st.lists(st.sampled_from(earlier), min_size=1, max_size=3, unique=True))
+        is_tensor = draw(st.booleans()) or draw(st.booleans()) or i == n - 1
+        out_bytes[name] = draw(st.integers(0, 4096)) if is_tensor else 0
+        own = draw(st.booleans())
+        pname = f"w{i}"
+        if own:
+            params[pname] = 4 * draw(st.integers(1, 512))
+        shared = ()
+        owned = [p for p in params if p != pname]
+        if owned and draw(st.integers(0, 4)) == 0:
+            shared = (draw(st.sampled_from(owned)),)
+        fwd = draw(st.floats(0.0, 1.0, allow_nan=False))
+        nodes.append(NodeProfile(
+            name=name, op="call_function", target="f", module=f"layers.{i // 2}",
+            forward_s=fwd, backward_input_s=draw(st.floats(0.0, 2.0)),
+            backward_weight_s=draw(st.floats(0.0, 1.0)) if own else 0.0,
+            activation_bytes=draw(st.integers(0, 4096)), output_bytes=out_bytes[name],
+            param_bytes=params.get(pname, 0) if own else 0, params=(pname,) if own else (),
+            shared_params=shared, is_tensor=is_tensor))
+        for s in srcs:
+            edges.append((s, name, out_bytes[s]))
+            read.add(s)
+    sinks = [nm for nm in names[1:] if nm not in read] or [names[-1]]
+    nodes.append(NodeProfile(name="output", op="output", target="output", module="", forward_s=0.0,
+                             backward_input_s=0.0, backward_weight_s=0.0, activation_bytes=0,
+                             output_bytes=0, param_bytes=0, is_tensor=False))
+    for s in sinks:
+        if draw(st.booleans()) or s == names[-1]:
+            edges.append((s, "output", out_bytes[s]))
+    return Profile(device="test", dtype="float32", microbatch_shape=[[1]], nodes=tuple(nodes),
+                   edges=tuple(edges), graph_fingerprint="random", method="synthetic", params=params)
+
+
+@st.composite
+def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3) -> Case:
+    """A random profile and a random pipeline for it (memory limits sometimes too small)."""
+    profile = draw(profiles(max_nodes=max_nodes))
+    p = draw(st.sampled_from([2, 3, 1][: max_stages] if max_stages < 3 else [2, 3, 1]))
+    optimizer = draw(st.sampled_from(["adam", "sgd"]))
+    total = sum(param_memory(b, optimizer=optimizer).total for b in profile.params.values())
+    total += sum(n.activation_bytes for n in profile.nodes) * 6 + 3 * 4096 * len(profile.nodes)
+    devices = []
+    for i in range(p):
+        kind = draw(st.integers(0, 3))
+        memory = 0 if kind == 0 else int(total * draw(st.floats(0.05, 1.0)))
+        speed = draw(st.sampled_from([1.0, 1.0, 0.5, 2.0]))
+        devices.append(Device(name=f"d{i}", memory=memory, speed=speed))
+    bw = draw(st.sampled_from([math.inf, 1e4, 1e5]))
+    config = Config(num_stages=p, microbatches=draw(st.integers(1, 6)),
+                    schedule=draw(st.sampled_from(["1f1b", "gpipe"])), devices=tuple(devices),
+                    link_bandwidth=bw)
+    return Case(profile=profile, config=config, optimizer=optimizer)

@@ -1,0 +1,151 @@
+"""Tests for autopipe/partition/ilp.py: exactness against brute force on random DAGs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from autopipe.partition import baselines, brute
+from autopipe.partition.chain import Chain
+from autopipe.partition.costs import evaluate, violations
+from autopipe.partition.dp import min_bottleneck
+from autopipe.partition.ilp import _Model, solve_ilp
+from autopipe.partition.problem import Config, from_profile
+from autopipe.partition.synthetic import synthetic_profile
+from autopipe.partition.windows import ancestors, pinned_windows
+from autopipe.plan_format import Device
+from tests.partition_cases import Case, cases
+
+EXACT = 1e-9
+
+
+def close(a: float, b: float, rel: float = 1e-6) -> bool:
+    return abs(a - b) <= rel * max(1.0, abs(a), abs(b))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_model_encodes_the_cost_model(case: Case) -> None:
+    """For every valid partition, the MIP's objective and rows equal costs.evaluate."""
+    problem = case.problem()
+    anc = ancestors(problem)
+    lo, hi = pinned_windows(problem)
+    for a, b in zip(lo, hi):
+        if a > b:
+            return
+    model = _Model(problem, anc, lo, hi)
+    for k, stage_of in enumerate(brute.partitions(problem)):
+        if k >= 30:
+            break
+        values = model.warm(stage_of)
+        ev = evaluate(problem, stage_of)
+        assert close(model.objective.value(values) * model.tau, ev.objective_s)
+        for name, row in model.rows.items():
+            if name.startswith("mem_"):  # rows are scaled by the limit
+                s = int(name.split("_")[1])
+                assert close(row.value(values), ev.stages[s].memory / ev.stages[s].limit, 1e-9)
+            elif name.startswith("nonempty_"):
+                assert row.value(values) >= 1 - 1e-9
+            else:  # every other row holds as ">= 0" or "<= 0" at the warm values
+                assert row.value(values) >= -1e-9 if name.startswith(("cross", "hold")) \
+                    else row.value(values) <= 1e-9
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(), st.booleans())
+def test_ilp_equals_brute_force(case: Case, warm: bool) -> None:
+    problem = case.problem()
+    if problem.num_real < problem.config.num_stages:
+        return
+    exact = brute.best(problem)
+    dp = min_bottleneck(Chain(problem))
+    res = solve_ilp(problem, incumbent=dp if warm else None, gap=EXACT)
+    if exact is None:
+        assert res.stage_of is None and res.status == "infeasible"
+        assert dp is None
+        return
+    assert res.stage_of is not None and res.status == "optimal"
+    assert not violations(problem, res.stage_of)
+    ev = evaluate(problem, res.stage_of)
+    assert ev.fits
+    assert close(ev.objective_s, exact[0])
+    assert res.lower_bound_s <= res.objective_s * (1 + 1e-9)
+    if not math.isnan(res.model_objective_s):
+        assert close(res.model_objective_s, res.objective_s)
+    for other in (dp, baselines.uniform(problem), baselines.params(problem)):
+        if other is not None and evaluate(problem, other).fits:
+            assert res.objective_s <= evaluate(problem, other).objective_s * (1 + 1e-9)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(max_nodes=5))
+def test_cbc_fallback_matches_highs(case: Case) -> None:
+    problem = case.problem()
+    if problem.num_real < problem.config.num_stages:
+        return
+    highs = solve_ilp(problem, gap=EXACT)
+    cbc = solve_ilp(problem, gap=EXACT, solver="cbc")
+    assert highs.status == cbc.status
+    if highs.stage_of is not None:
+        assert close(highs.objective_s, cbc.objective_s)
+        assert cbc.lower_bound_s <= cbc.objective_s * (1 + 1e-9)
+
+
+def _devices(p: int, memory: int = 0) -> tuple[Device, ...]:
+    return tuple(Device(name=f"d{i}", memory=memory) for i in range(p))
+
+
+def test_convex_cuts_beat_the_chain_on_branches() -> None:
+    """Two parallel towers: the ILP may put parts of both in a stage, the chain DP cannot."""
+    prof = synthetic_profile(80, seed=5, branches=2, skip_prob=0.05)
+    cfg = Config(num_stages=4, microbatches=8, schedule="1f1b", devices=_devices(4),
+                 link_bandwidth=25e9)
+    problem = from_profile(prof, cfg)
+    dp = min_bottleneck(Chain(problem))
+    assert dp is not None
+    res = solve_ilp(problem, incumbent=dp, gap=1e-6)
+    assert res.status == "optimal"
+    assert res.objective_s < evaluate(problem, dp).objective_s * (1 - 1e-3)
+
+
+def test_warm_start_windows_fix_most_variables() -> None:
+    prof = synthetic_profile(300, seed=2)
+    cfg = Config(num_stages=8, microbatches=16, schedule="1f1b", devices=_devices(8),
+                 link_bandwidth=25e9)
+    problem = from_profile(prof, cfg)
+    dp = min_bottleneck(Chain(problem))
+    warm = solve_ilp(problem, incumbent=dp, gap=1e-3)
+    assert warm.status == "optimal"
+    assert warm.binaries < 0.2 * problem.size * (cfg.num_stages - 1)
+    assert warm.lower_bound_s >= warm.objective_s * (1 - 1e-3) - 1e-12
+
+
+def test_infeasible_memory_is_proven() -> None:
+    prof = synthetic_profile(20, seed=1)
+    cfg = Config(num_stages=2, microbatches=4, schedule="1f1b", devices=_devices(2, memory=1 << 20),
+                 link_bandwidth=25e9)
+    res = solve_ilp(from_profile(prof, cfg))
+    assert res.status == "infeasible" and res.stage_of is None
+
+
+def test_one_stage() -> None:
+    prof = synthetic_profile(10, seed=1)
+    cfg = Config(num_stages=1, microbatches=3, schedule="1f1b", devices=_devices(1),
+                 link_bandwidth=25e9)
+    problem = from_profile(prof, cfg)
+    res = solve_ilp(problem)
+    assert res.stage_of == (0,) * problem.size
+    assert close(res.objective_s, 3 * sum(b.work_s for b in problem.blocks))
+
+
+def test_unknown_solver() -> None:
+    from autopipe.errors import PlanError
+
+    prof = synthetic_profile(10, seed=1)
+    cfg = Config(num_stages=2, microbatches=3, schedule="1f1b", devices=_devices(2),
+                 link_bandwidth=25e9)
+    with pytest.raises(PlanError, match="unknown MIP solver"):
+        solve_ilp(from_profile(prof, cfg), solver="gurobi")

@@ -1,0 +1,190 @@
+"""Tests for autopipe/partition/planner.py: plans on random DAGs, recomputed independently."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from autopipe.errors import InfeasiblePlanError, PlanError
+from autopipe.partition import brute
+from autopipe.partition.planner import plan_profile, simple_bound
+from autopipe.partition.synthetic import synthetic_profile
+from autopipe.plan_format import Plan
+from autopipe.profile.memory import param_memory
+from autopipe.profile.profile import Profile
+from tests.partition_cases import Case, cases
+
+
+def recompute_memory(profile: Profile, plan: Plan, optimizer: str) -> list[int]:
+    """Per-stage memory straight from the profile: the cost model re-derived, not imported."""
+    p, m = plan.num_stages, plan.microbatches
+    stage = plan.stage_of
+    by = profile.by_name
+    held: list[set[str]] = [set() for _ in range(p)]
+    act = [0] * p
+    for n in profile.nodes:
+        held[stage[n.name]].update(n.params + n.shared_params)
+        act[stage[n.name]] += n.activation_bytes
+    last: dict[str, int] = {}
+    for src, dst, _ in profile.edges:
+        last[src] = max(last.get(src, 0), stage[dst])
+    cross = [0] * p
+    for src, end in last.items():
+        node = by[src]
+        made = 0 if node.op == "placeholder" else stage[src]
+        size = 0 if node.op == "placeholder" and not node.is_tensor else node.output_bytes
+        for b in range(made, end):
+            cross[b] += size
+    out = []
+    for s in range(p):
+        inflight = m if plan.schedule == "gpipe" else min(m, p - s)
+        params = sum(param_memory(profile.params[q], optimizer=optimizer).total for q in held[s])
+        around = (cross[s - 1] if s else 0) + (cross[s] if s < p - 1 else 0)
+        out.append(params + act[s] * inflight + 2 * around)
+    return out
+
+
+def check_valid(profile: Profile, plan: Plan) -> None:
+    """Every node in one stage, stages convex, outputs last, only tensors cut, none empty."""
+    stage = plan.stage_of
+    assert sorted(stage) == sorted(n.name for n in profile.nodes)
+    by = profile.by_name
+    for src, dst, _ in profile.edges:
+        made = 0 if by[src].op == "placeholder" else stage[src]
+        assert made <= stage[dst], f"{src}→{dst} goes backwards"
+        if stage[dst] > made and by[src].op != "placeholder":
+            assert by[src].is_tensor, f"non-tensor {src} is cut"
+    assert stage["output"] == plan.num_stages - 1
+    for s in plan.stages:
+        assert any(by[n].op not in ("placeholder", "output") for n in s.nodes), "empty stage"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_plans_on_random_dags(case: Case) -> None:
+    cfg = case.config
+    problem = case.problem()
+    kwargs = dict(num_stages=cfg.num_stages, devices=list(cfg.devices),
+                  microbatches=cfg.microbatches, schedule=cfg.schedule, optimizer=case.optimizer,
+                  link_bandwidth=cfg.link_bandwidth, mip_gap=1e-9)
+    if problem.num_real < cfg.num_stages:
+        with pytest.raises(PlanError, match="cannot cut"):
+            plan_profile(case.profile, **kwargs)  # type: ignore[arg-type]
+        return
+    exact = brute.best(problem)
+    if exact is None:
+        with pytest.raises(InfeasiblePlanError):
+            plan_profile(case.profile, **kwargs)  # type: ignore[arg-type]
+        return
+    plan = plan_profile(case.profile, **kwargs)  # type: ignore[arg-type]
+    check_valid(case.profile, plan)
+    memory = recompute_memory(case.profile, plan, case.optimizer)
+    assert [s.memory.total for s in plan.stages] == memory
+    for d, used in zip(plan.devices, memory):
+        assert d.memory == 0 or used <= d.memory
+    sv = plan.solver
+    assert sv.status == "optimal"
+    assert math.isclose(sv.objective_s, exact[0], rel_tol=1e-6, abs_tol=1e-9)
+    assert sv.lower_bound_s <= sv.objective_s and 0 <= sv.gap <= 1
+    assert sv.lower_bound_s >= simple_bound(problem) - 1e-12
+    # the simulator overlaps sends, so it is never slower than the closed form
+    assert plan.predicted.iteration_s <= sv.objective_s * (1 + 1e-9) + 1e-12
+
+
+def test_byte_identical_plans(tmp_path: object) -> None:
+    prof = synthetic_profile(120, seed=4, branches=2, tied=True)
+    texts = []
+    for _ in range(2):
+        plan = plan_profile(prof, num_stages=4, memory_limit="2GiB")
+        texts.append(json.dumps(plan.to_json()))
+    assert texts[0] == texts[1]
+    assert '"seconds": 0.0' in texts[0]
+    timed = plan_profile(prof, num_stages=4, memory_limit="2GiB", deterministic=False)
+    assert timed.solver.seconds > 0
+
+
+def test_plan_json_round_trip(tmp_path: object) -> None:
+    from pathlib import Path
+
+    prof = synthetic_profile(50, seed=1, tied=True)
+    plan = plan_profile(prof, num_stages=3, microbatches=6)
+    path = Path(str(tmp_path)) / "plan.json"
+    plan.save(path)
+    assert Plan.load(path) == plan
+
+
+def test_sends_cover_every_boundary_crossing() -> None:
+    prof = synthetic_profile(60, seed=3, skip_prob=0.5, max_skip=30)
+    plan = plan_profile(prof, num_stages=4)
+    stage = plan.stage_of
+    by = prof.by_name
+    for s in plan.stages[:-1]:
+        sent = {x.tensor for x in s.sends}
+        assert all(x.to_stage == s.index + 1 for x in s.sends)
+        expect = {src for src, dst, _ in prof.edges
+                  if (0 if by[src].op == "placeholder" else stage[src]) <= s.index < stage[dst]}
+        assert sent == expect
+        assert sum(x.bytes for x in s.sends) == plan.stages[s.index + 1].memory.buffers // 2 - sum(
+            x.bytes for x in plan.stages[s.index + 1].sends)
+    assert plan.stages[-1].sends == ()
+
+
+def test_baselines_recorded_and_never_better() -> None:
+    prof = synthetic_profile(200, seed=7, branches=2, skip_prob=0.2)
+    plan = plan_profile(prof, num_stages=4, memory_limit="4GiB")
+    assert set(plan.baselines) == {"dp", "uniform", "params"}
+    for name, b in plan.baselines.items():
+        assert b.stage_nodes and sum(b.stage_nodes) == len(prof.nodes), name
+        if b.iteration_s is not None:
+            assert b.bottleneck_s is not None and b.bottleneck_s > 0
+
+
+@pytest.mark.parametrize("method", ["dp", "uniform", "params"])
+def test_other_methods(method: str) -> None:
+    prof = synthetic_profile(60, seed=2)
+    plan = plan_profile(prof, num_stages=3, method=method)
+    check_valid(prof, plan)
+    assert plan.solver.method == method and plan.solver.status == "heuristic"
+    assert method not in plan.baselines and "ilp" not in plan.baselines
+    assert plan.solver.lower_bound_s <= plan.solver.objective_s
+
+
+def test_auto_microbatches() -> None:
+    prof = synthetic_profile(60, seed=2)
+    plan = plan_profile(prof, num_stages=4, microbatches="auto")
+    assert plan.microbatches in (4, 8, 16, 32)
+    assert plan.predicted.bubble_fraction <= 0.2 or plan.microbatches == 32
+
+
+def test_gpipe_holds_every_microbatch() -> None:
+    prof = synthetic_profile(40, seed=2)
+    one = plan_profile(prof, num_stages=2, microbatches=6, schedule="gpipe", method="dp")
+    act = [s.memory.activations for s in one.stages]
+    per_mb = [sum(prof.by_name[n].activation_bytes for n in s.nodes) for s in one.stages]
+    assert act == [6 * a for a in per_mb]
+
+
+def test_coarsening_big_graphs_keeps_plans_valid() -> None:
+    prof = synthetic_profile(900, seed=3, layer_size=5)
+    plan = plan_profile(prof, num_stages=8, max_blocks=100)
+    check_valid(prof, plan)
+    assert plan.options["coarsened"] and plan.options["blocks"] <= 100 + 2
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(schedule="zigzag"), "unknown schedule"),
+    (dict(method="magic"), "unknown method"),
+    (dict(num_stages=0), "num_stages"),
+    (dict(microbatches=0), "microbatches"),
+    (dict(num_stages=500), "cannot cut"),
+    (dict(link_bandwidth=-1.0), "link bandwidth"),
+])
+def test_bad_options(bad: dict[str, object], match: str) -> None:
+    prof = synthetic_profile(30, seed=1)
+    kwargs: dict[str, object] = dict(num_stages=2, **bad) if "num_stages" not in bad else dict(bad)
+    with pytest.raises(PlanError, match=match) as info:
+        plan_profile(prof, **kwargs)  # type: ignore[arg-type]
+    assert info.value.hint
