@@ -20,8 +20,11 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import torch
+
 import autopipe
-from autopipe.profile import Profile, estimate, measure
+from autopipe.profile import DeviceSpec, Profile, estimate, measure
+from autopipe.profile._timer import Timer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ["mlp", "gpt2", "llama", "resnet", "unet", "bert"]
@@ -59,6 +62,40 @@ def bench_examples(names: list[str], warmup: int, repeats: int, rounds: int) -> 
     return ok
 
 
+def calibrate_cpu() -> DeviceSpec:
+    """A DeviceSpec for this CPU on one thread, measured: matmul FLOP/s, copy bandwidth, op overhead."""
+    torch.set_num_threads(1)
+    timer = Timer(torch.device("cpu"), warmup=2, repeats=7)
+    a = torch.randn(512, 512)
+    flops = 2 * 512**3 / timer.median(lambda: a @ a)
+    src, dst = torch.randn(2**23), torch.empty(2**23)  # 32 MiB each: past the caches
+    bandwidth = 2 * src.numel() * 4 / timer.median(lambda: dst.copy_(src))
+    tiny = torch.zeros(1, requires_grad=True)
+    overhead = timer.median(lambda: tiny + 1, repeats=101)
+    return DeviceSpec(name="this-cpu", peak_flops={"float32": flops}, memory_bandwidth=bandwidth,
+                      memory=2**34, link_bandwidth=1e9, kernel_overhead_s=overhead,
+                      source="measured by benchmarks/bench_profile.py on one thread")
+
+
+def bench_estimate_on_cpu(names: list[str], warmup: int, repeats: int) -> None:
+    """The estimator on a spec measured from this CPU, against measurements on it."""
+    cpu = calibrate_cpu()
+    print(f"\nestimate vs measurement on this CPU: spec measured here: "
+          f"{cpu.peak_flops['float32'] / 1e9:.1f} GFLOP/s fp32 matmul, "
+          f"{cpu.memory_bandwidth / 1e9:.1f} GB/s copy, {cpu.kernel_overhead_s * 1e6:.1f} µs per op")
+    print(f"{'model':8s} {'measured F+B':>13s} {'estimated':>10s} {'est/meas':>9s} "
+          f"{'F est/meas':>11s} {'B est/meas':>11s}")
+    for name in names:
+        spec = _spec(name)
+        graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
+        m = measure(graph, spec.example_inputs, spec.example_kwargs, warmup=warmup, repeats=repeats,
+                    progress=False)
+        e = estimate(graph, spec.example_inputs, spec.example_kwargs, device_spec=cpu, progress=False)
+        mt, et = m.forward_s + m.backward_s, e.forward_s + e.backward_s
+        print(f"{name:8s} {mt * 1e3:11.2f}ms {et * 1e3:8.2f}ms {et / mt:9.3f} "
+              f"{e.forward_s / m.forward_s:11.3f} {e.backward_s / m.backward_s:11.3f}")
+
+
 def _time_ratio(p: Profile) -> float:
     return (p.forward_s + p.backward_s) / float(p.meta["whole_model"]["forward_backward_s"])
 
@@ -92,10 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="profiling rounds per example")
     ap.add_argument("--only", default=",".join(EXAMPLES), help="comma-separated examples")
     ap.add_argument("--skip-7b", action="store_true")
+    ap.add_argument("--skip-cpu-estimate", action="store_true")
     ap.add_argument("--batch-size", type=int, default=4, help="7B micro-batch size")
     ap.add_argument("--seq-len", type=int, default=512, help="7B sequence length")
     args = ap.parse_args(argv)
     ok = bench_examples([n for n in args.only.split(",") if n], args.warmup, args.repeats, args.rounds)
+    if not args.skip_cpu_estimate:
+        bench_estimate_on_cpu([n for n in args.only.split(",") if n], args.warmup, args.repeats)
     if not args.skip_7b:
         ok &= bench_7b(args.batch_size, args.seq_len)
     print("\nall on target" if ok else "\nOFF TARGET")

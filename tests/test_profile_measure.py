@@ -48,6 +48,7 @@ def test_structure_follows_graph(traced: Traced, mlp_profile: Profile) -> None:
     assert mlp_profile.microbatch_shape == [[8, 64]]
     assert mlp_profile.device == "cpu" and mlp_profile.dtype == "float32"
     assert mlp_profile.method == "measure"
+    assert mlp_profile.meta["clock"] == "thread" and mlp_profile.meta["threads"] == 1
     for node in mlp_profile.nodes:
         if node.op in ("placeholder", "output"):
             assert node.forward_s == node.backward_s == node.activation_bytes == 0
@@ -79,8 +80,9 @@ def test_model_is_left_alone(traced: Traced) -> None:
 def test_threads_restored(traced: Traced) -> None:
     spec, graph = traced["mlp"]
     before = torch.get_num_threads()
-    measure(graph, spec.example_inputs, warmup=0, repeats=1, threads=2)
+    p = measure(graph, spec.example_inputs, warmup=0, repeats=1, threads=2)
     assert torch.get_num_threads() == before
+    assert p.meta["clock"] == "wall"  # two threads' CPU time is not wall time
 
 
 def test_bf16_halves_sizes(traced: Traced, mlp_profile: Profile) -> None:
@@ -124,6 +126,7 @@ def test_whole_model_alone(traced: Traced) -> None:
     ({"repeats": 0}, "repeats = 0"),
     ({"dtype": "int8"}, "unknown dtype 'int8'"),
     ({"threads": 0}, "threads = 0"),
+    ({"clock": "sundial"}, "unknown clock 'sundial'"),
 ])
 def test_bad_arguments(traced: Traced, kw: dict[str, object], match: str) -> None:
     spec, graph = traced["mlp"]

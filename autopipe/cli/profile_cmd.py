@@ -10,6 +10,8 @@ from autopipe._units import format_seconds, format_size
 from autopipe.cli._common import add_spec_args
 from autopipe.errors import SpecError
 from autopipe.profile._dtypes import DTYPES
+from autopipe.profile._timer import CLOCKS
+from autopipe.profile.memory import OPTIMIZERS, param_memory
 from autopipe.profile.profile import Profile
 from autopipe.spec import ModelSpec, load_spec, parse_spec_args
 
@@ -34,6 +36,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per piece; median kept (default 5)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads while measuring (default 1, for stable numbers; 0 = torch's default)")
+    p.add_argument("--clock", choices=CLOCKS, default="auto",
+                   help="CPU clock: thread CPU time (auto with one thread; robust on a busy machine) "
+                        "or wall time (perf_counter); CUDA always uses events")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                   help="optimizer for the training-memory line of the summary (default adam)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.add_argument("-o", "--output", required=True, metavar="PROFILE.json", help="where to write the profile")
     p.set_defaults(run=run)
@@ -54,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         profile = measure(graph, spec.example_inputs, spec.example_kwargs, device=args.device,
                           dtype=args.dtype, warmup=args.warmup, repeats=args.repeats,
-                          threads=args.threads or None, progress=progress)
+                          threads=args.threads or None, progress=progress, clock=args.clock)
     profile.save(args.output)
-    print(summary(profile, spec.name))
+    print(summary(profile, spec.name, optimizer=args.optimizer))
     print(f"wrote {args.output}")
     return 0
 
@@ -75,15 +82,20 @@ def _load(where: str, kwargs: dict[str, Any], meta: bool) -> ModelSpec:
     return load_spec(where, **kwargs)
 
 
-def summary(p: Profile, name: str) -> str:
-    """A few lines about a profile: totals and, for measurements, the whole-model check."""
+def summary(p: Profile, name: str, *, optimizer: str = "adam") -> str:
+    """A few lines about a profile: totals, training memory and, for measurements, the whole-model check."""
+    params = sum(p.params.values())
+    element = DTYPES[p.dtype].itemsize if p.dtype in DTYPES else 4
+    train = param_memory(params, element_size=element, optimizer=optimizer)
     lines = [
         f"{name}: {len(p.nodes)} nodes on {p.device} ({p.dtype}, {p.method})",
         f"  forward {format_seconds(p.forward_s)}, backward {format_seconds(p.backward_s)} "
         f"(input {format_seconds(sum(n.backward_input_s for n in p.nodes))}, "
         f"weight {format_seconds(sum(n.backward_weight_s for n in p.nodes))})",
-        f"  parameters {format_size(sum(p.params.values()))}, "
-        f"saved activations {format_size(p.activation_bytes)} per micro-batch",
+        f"  parameters {format_size(params)}, saved activations {format_size(p.activation_bytes)} "
+        f"per micro-batch",
+        f"  with {optimizer}: parameters + gradients + optimizer states = {format_size(train.total)} "
+        f"({format_size(train.optimizer)} of optimizer states)",
     ]
     whole = p.meta.get("whole_model")
     if isinstance(whole, dict) and whole.get("forward_backward_s"):
