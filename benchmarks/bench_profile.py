@@ -7,11 +7,13 @@ FLOPs that ``estimate`` counts for one forward+backward of a Llama-2-7B-shaped m
 on meta tensors against 6 × parameters × tokens (target: within 10%) and its wall time.
 
     python -m benchmarks.bench_profile [--repeats 5] [--rounds 3] [--only gpt2,llama] [--skip-7b]
+                                       [--pin-malloc]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import statistics
 import sys
@@ -60,6 +62,24 @@ def bench_examples(names: list[str], warmup: int, repeats: int, rounds: int) -> 
               f"{whole['forward_backward_s'] * 1e3:8.2f}ms {spread:>22s} {p.activation_bytes:14d} "
               f"{whole['activation_bytes']:14d} {m_ratio:7.4f} {took:5.1f}s")
     return ok
+
+
+def pin_malloc() -> bool:
+    """Stop glibc from returning freed memory to the OS and taking it back page by page.
+
+    By default glibc serves large blocks with mmap and trims the heap, so how many
+    page faults a whole-model backward pays (fresh gradient buffers) depends on the
+    allocator's history: the MLP's whole-model backward flips between ~0.8 and ~1.6 ms.
+    Per-node timing reuses warm buffers and never sees it. Pinning the thresholds (as
+    ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` would) makes the reference
+    stable; GPU caching allocators behave like this anyway. Returns whether it worked.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 2**30) and libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
 
 
 def calibrate_cpu() -> DeviceSpec:
@@ -130,9 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(EXAMPLES), help="comma-separated examples")
     ap.add_argument("--skip-7b", action="store_true")
     ap.add_argument("--skip-cpu-estimate", action="store_true")
+    ap.add_argument("--pin-malloc", action="store_true",
+                    help="pin glibc's mmap and trim thresholds (see pin_malloc)")
     ap.add_argument("--batch-size", type=int, default=4, help="7B micro-batch size")
     ap.add_argument("--seq-len", type=int, default=512, help="7B sequence length")
     args = ap.parse_args(argv)
+    if args.pin_malloc:
+        print(f"glibc malloc thresholds pinned: {pin_malloc()}")
     ok = bench_examples([n for n in args.only.split(",") if n], args.warmup, args.repeats, args.rounds)
     if not args.skip_cpu_estimate:
         bench_estimate_on_cpu([n for n in args.only.split(",") if n], args.warmup, args.repeats)
