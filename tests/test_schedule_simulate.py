@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from autopipe.errors import PlanError
 from autopipe.plan_format import Device, Plan, Predicted, SolverInfo, Stage, StageMemory
 from autopipe.schedule import SCHEDULES, SimResult, StageCost, simulate, simulate_plan
-from autopipe.schedule.simulate import boundary_send_s
+from autopipe.schedule.plan_costs import boundary_send_s
 
 UNIT = StageCost(forward_s=1.0, backward_input_s=0.5, backward_weight_s=0.5)
 """F = B = 1 (B split evenly into input and weight gradients)."""
@@ -121,7 +121,7 @@ costs = st.builds(
     StageCost,
     forward_s=st.floats(0.0, 5.0), backward_input_s=st.floats(0.0, 5.0),
     backward_weight_s=st.floats(0.0, 5.0), send_s=st.floats(0.0, 2.0),
-    activation_bytes=st.integers(0, 1000))
+    activation_bytes=st.integers(0, 1000), optimizer_s=st.sampled_from([0.0, 0.5]))
 
 
 @settings(max_examples=60, deadline=None)
@@ -136,7 +136,7 @@ def test_simulated_orders_are_valid_schedules(schedule: str, p: int, m: int, dat
         return
     _check_valid(r, p)
     kinds = 3 if schedule == "zb-h1" else 2
-    assert len(r.events) == kinds * m * p * v
+    assert len(r.events) == kinds * m * p * v + sum(c.optimizer_s > 0 for c in stages)
     assert 0.0 <= r.bubble_fraction <= 1.0
     # no schedule beats the busiest rank's compute
     assert r.iteration_s >= max(r.busy_s) - 1e-9

@@ -13,7 +13,7 @@ SCHEMA = "autopipe.trace/1"
 
 PIPELINE_PID = 0
 LINKS_PID = 1
-_CATEGORY = {"F": "forward", "B": "backward", "W": "weight-grad"}
+_CATEGORY = {"F": "forward", "B": "backward", "W": "weight-grad", "O": "optimizer"}
 
 
 def _us(seconds: float) -> float:
@@ -49,7 +49,8 @@ def chrome_trace(result: SimResult) -> dict[str, Any]:
         events.append(_meta(PIPELINE_PID, r, "thread_sort_index", r))
     for e in result.events:
         events.append({
-            "ph": "X", "pid": PIPELINE_PID, "tid": e.rank, "name": f"{e.kind}{e.microbatch}",
+            "ph": "X", "pid": PIPELINE_PID, "tid": e.rank,
+            "name": f"optimizer {e.stage}" if e.kind == "O" else f"{e.kind}{e.microbatch}",
             "cat": _CATEGORY[e.kind], "ts": _us(e.start), "dur": _us(e.end - e.start),
             "args": {"stage": e.stage, "microbatch": e.microbatch},
         })

@@ -27,7 +27,7 @@ from autopipe.schedule.simulate import SimResult, simulate_plan
 if TYPE_CHECKING:
     from autopipe.plan_format import Plan
 
-COLOURS = {"F": "#4c72b0", "B": "#dd8452", "W": "#8172b3", "comm": "#937860"}
+COLOURS = {"F": "#4c72b0", "B": "#dd8452", "W": "#8172b3", "O": "#55a868", "comm": "#937860"}
 MEMORY_PARTS = (("params", "#4c72b0"), ("grads", "#55a868"), ("optimizer", "#c44e52"),
                 ("activations", "#dd8452"), ("buffers", "#937860"))
 BASELINE_STYLES = ("--", ":", "-.")
@@ -139,7 +139,7 @@ def draw_timeline(ax: Any, result: SimResult, plan: Plan | None = None) -> None:
     """One row per rank, a block per forward/backward/weight action; gaps are bubbles."""
     scale, unit = _time_scale(max(result.iteration_s, 1e-12))
     label_blocks = len(result.events) <= 600
-    for kind, name in (("F", "forward"), ("B", "backward"), ("W", "weight grads")):
+    for kind, name in (("F", "forward"), ("B", "backward"), ("W", "weight grads"), ("O", "optimizer")):
         mine = [e for e in result.events if e.kind == kind]
         if not mine:
             continue
@@ -147,7 +147,7 @@ def draw_timeline(ax: Any, result: SimResult, plan: Plan | None = None) -> None:
             bars = [(e.start / scale, (e.end - e.start) / scale) for e in mine if e.rank == rank]
             ax.broken_barh(bars, (rank - 0.4, 0.8), facecolors=COLOURS[kind], edgecolor="white",
                            linewidth=0.5, label=name if rank == 0 else None)
-        if label_blocks:
+        if label_blocks and kind != "O":
             for e in mine:
                 if (e.end - e.start) / result.iteration_s > 0.012:
                     ax.text((e.start + e.end) / 2 / scale, e.rank, str(e.microbatch), ha="center",

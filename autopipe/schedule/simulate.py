@@ -11,7 +11,9 @@ starts when the rank is free *and* its input has arrived::
 Sends run on a link per boundary and direction, one at a time, overlapped
 with compute (torch posts them as asynchronous isend/irecv). Activations of
 micro-batch k on stage s are held from the start of F(s, k) to the end of its
-last backward action (B, or W when the schedule splits it off).
+last backward action (B, or W when the schedule splits it off). A rank's
+optimizer steps (``optimizer_s``) run after its last action; the step ends
+when every rank is done.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from autopipe.schedule.actions import ScheduleOrder, schedule_order
 
 if TYPE_CHECKING:
     from autopipe.plan_format import Plan
+    from autopipe.schedule.runtime_costs import ModelCosts, RuntimeCosts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,9 +45,11 @@ class StageCost:
     """Time to send this stage's output to the next stage (and, back, its gradient)."""
     activation_bytes: int = 0
     """Bytes saved for backward per micro-batch in flight."""
+    optimizer_s: float = 0.0
+    """Once per step: the optimizer step on this stage's parameters, after its last backward."""
 
     def __post_init__(self) -> None:
-        for name in ("forward_s", "backward_input_s", "backward_weight_s", "send_s"):
+        for name in ("forward_s", "backward_input_s", "backward_weight_s", "send_s", "optimizer_s"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise PlanError(f"stage cost {name} is {value}",
@@ -65,7 +70,8 @@ class Event:
 
     stage: int
     kind: str
-    """``F``, ``B`` (input gradients only in zero-bubble schedules) or ``W``."""
+    """``F``, ``B`` (input gradients only in zero-bubble schedules), ``W``, or ``O`` (the
+    optimizer step, once per stage, micro-batch 0; only where ``optimizer_s`` > 0)."""
     microbatch: int
     start: float
     end: float
@@ -199,6 +205,11 @@ def _run(order: ScheduleOrder, stages: Sequence[StageCost]) -> SimResult:
         if not progressed:
             stuck = {r: order.ranks[r][pointer[r]] for r in range(p) if pointer[r] < len(order.ranks[r])}
             raise AssertionError(f"schedule {order.schedule} deadlocks; ranks wait at {stuck}")
+    for s in range(n):
+        if stages[s].optimizer_s > 0:
+            r = order.rank_of(s)
+            events[r].append(Event(s, "O", 0, free[r], free[r] + stages[s].optimizer_s, r))
+            free[r] += stages[s].optimizer_s
     return _summarise(order, stages, events, transfers)
 
 
@@ -243,58 +254,23 @@ def _summarise(order: ScheduleOrder, stages: Sequence[StageCost], events: list[l
     )
 
 
-def boundary_send_s(plan: Plan) -> list[float]:
-    """One-way send time of each boundary ``b`` (stage ``b`` → ``b + 1``) from the stages' ``comm_s``.
-
-    A stage's ``comm_s`` covers both directions of both its boundaries:
-    ``comm_s[s] = 2 (c[s−1] + c[s])``, so the chain unrolls from stage 0.
-    """
-    out: list[float] = []
-    previous = 0.0
-    for s in plan.stages[:-1]:
-        previous = max(0.0, s.comm_s / 2 - previous)
-        out.append(previous)
-    return out
-
-
-def plan_costs(plan: Plan) -> tuple[list[StageCost], int]:
-    """Per-stage costs of a plan and its virtual stages per rank.
-
-    Activation bytes are left at zero (see ``simulate_plan``).
-
-    Raises:
-        PlanError: a stage's weight-gradient time exceeds its backward time,
-            or its ranks do not spread the stages evenly.
-    """
-    ranks = {s.rank if s.rank is not None else s.index for s in plan.stages}
-    if len(plan.stages) % len(ranks):
-        raise PlanError(f"{len(plan.stages)} stages on {len(ranks)} ranks are not the same number per rank",
-                        hint="regenerate the plan")
-    virtual = len(plan.stages) // len(ranks)
-    sends = [*boundary_send_s(plan), 0.0]
-    costs = []
-    for s in plan.stages:
-        if s.backward_weight_s > s.backward_s + 1e-12:
-            raise PlanError(f"stage {s.index}: backward_weight_s {s.backward_weight_s} exceeds "
-                            f"backward_s {s.backward_s}", hint="regenerate the plan")
-        costs.append(StageCost(forward_s=s.forward_s,
-                               backward_input_s=max(0.0, s.backward_s - s.backward_weight_s),
-                               backward_weight_s=s.backward_weight_s, send_s=sends[s.index]))
-    return costs, virtual
-
-
-def simulate_plan(plan: Plan) -> SimResult:
+def simulate_plan(plan: Plan, *, runtime: RuntimeCosts | None = None,
+                  model: ModelCosts | None = None) -> SimResult:
     """Simulate a plan's step with its schedule, micro-batches and stage times.
 
-    Boundary send times come from ``boundary_send_s``. The plan records each
-    stage's saved activations for all its micro-batches in flight
-    (``memory.activations``); the per-micro-batch size is that divided by the
-    in-flight count the simulated schedule gives the stage.
+    Stage costs come from ``autopipe.schedule.plan_costs.plan_costs``: the
+    profiled times, plus, where given, the runtime's overheads and the model's
+    loss and optimizer step. The plan records each stage's saved activations
+    for all its micro-batches in flight (``memory.activations``); the
+    per-micro-batch size is that divided by the in-flight count the simulated
+    schedule gives the stage.
 
     Raises:
         PlanError: see ``simulate`` and ``plan_costs``.
     """
-    costs, virtual = plan_costs(plan)
+    from autopipe.schedule.plan_costs import plan_costs  # it builds on this module
+
+    costs, virtual = plan_costs(plan, runtime=runtime, model=model)
     first = simulate(costs, schedule=plan.schedule, microbatches=plan.microbatches,
                      virtual_stages=virtual)
     per_mb = [s.memory.activations // max(1, first.stage_peak_inflight[s.index])

@@ -38,7 +38,7 @@ def timeline_rows(result: SimResult, width: int) -> list[str]:
             if row[first] != IDLE or e.end <= e.start:
                 continue
             last = first + 1
-        label = f"{e.kind}{e.microbatch}"
+        label = e.kind if e.kind == "O" else f"{e.kind}{e.microbatch}"
         for i in range(first, last):
             row[i] = label[i - first] if i - first < len(label) else e.kind.lower()
     return ["".join(r) for r in rows]
@@ -60,7 +60,8 @@ def text_timeline(result: SimResult, *, width: int = 96) -> str:
         f"(1 column = {format_seconds(result.iteration_s / width)})"]
     for label, row, idle in zip(labels, timeline_rows(result, width), result.stage_bubble):
         lines.append(f"{label:<{pad}} |{row}| {idle:5.1%} idle")
-    kinds = "F forward, B backward" + (" (input grads), W weight grads" if any(
-        e.kind == "W" for e in result.events) else "")
+    present = {e.kind for e in result.events}
+    kinds = "F forward, B backward" + (" (input grads), W weight grads" if "W" in present else "") \
+        + (", O optimizer step" if "O" in present else "")
     lines.append(f"{'':<{pad}}  {kinds}; digits: micro-batch; {IDLE} idle")
     return "\n".join(lines)

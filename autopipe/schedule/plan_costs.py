@@ -1,0 +1,102 @@
+"""A plan's stages as simulator costs, with the runtime's and the model's extras added where known."""
+
+from __future__ import annotations
+
+from autopipe.errors import PlanError
+from autopipe.plan_format import Plan
+from autopipe.schedule.runtime_costs import ModelCosts, RuntimeCosts
+from autopipe.schedule.simulate import StageCost
+
+_ELEMENT_BYTES = {"float64": 8, "float32": 4, "fp32": 4, "tf32": 4, "float16": 2, "fp16": 2,
+                  "bfloat16": 2, "bf16": 2}
+
+
+def boundary_send_s(plan: Plan) -> list[float]:
+    """One-way send time of each boundary ``b`` (stage ``b`` → ``b + 1``) from the stages' ``comm_s``.
+
+    A stage's ``comm_s`` covers both directions of both its boundaries:
+    ``comm_s[s] = 2 (c[s−1] + c[s])``, so the chain unrolls from stage 0.
+    """
+    out: list[float] = []
+    previous = 0.0
+    for s in plan.stages[:-1]:
+        previous = max(0.0, s.comm_s / 2 - previous)
+        out.append(previous)
+    return out
+
+
+def boundary_bytes(plan: Plan) -> list[int]:
+    """Bytes crossing each boundary ``b`` per micro-batch, from the stages' sends.
+
+    A send from stage ``a`` to stage ``t`` crosses boundaries ``a … t−1``.
+    """
+    out = [0] * (plan.num_stages - 1)
+    for stage in plan.stages:
+        for send in stage.sends:
+            for b in range(stage.index, min(send.to_stage, plan.num_stages - 1)):
+                out[b] += send.bytes
+    return out
+
+
+def _optimizer_s(plan: Plan, runtime: RuntimeCosts, model: ModelCosts | None) -> list[float]:
+    n = plan.num_stages
+    if model is not None and model.stage_param_elements:
+        tensors = model.stage_param_tensors or (0,) * n
+        elements = model.stage_param_elements
+    else:  # only the plan's parameter bytes: the per-element part of the cost
+        size = _ELEMENT_BYTES.get(str(plan.options.get("dtype", "float32")), 4)
+        tensors, elements = (0,) * n, tuple(s.memory.params // size for s in plan.stages)
+    tied = model.stage_tied_bytes if model is not None and model.stage_tied_bytes else (0,) * n
+    out = []
+    for s in range(n):
+        # the tied-gradient all-reduce between two holders: a round trip of the bytes
+        reduce = (2 * (runtime.send_s(tied[s]) or 0.0)) if tied[s] else 0.0
+        out.append(runtime.optimizer_s(tensors[s], elements[s]) + reduce)
+    return out
+
+
+def plan_costs(plan: Plan, *, runtime: RuntimeCosts | None = None,
+               model: ModelCosts | None = None) -> tuple[list[StageCost], int]:
+    """Per-stage simulator costs of a plan, and its virtual stages per rank.
+
+    Without ``runtime`` and ``model`` these are the plan's own figures. With
+    ``runtime``: forward and backward actions pay its per-action overheads,
+    sends its latency (and its bandwidth over the plan's boundary bytes when
+    it has one), and each stage an optimizer step. With ``model``: the last
+    stage also runs the loss, and the optimizer step counts the stage's real
+    parameter tensors. Activation bytes are left at zero (see ``simulate_plan``).
+
+    Raises:
+        PlanError: a stage's weight-gradient time exceeds its backward time,
+            its ranks do not spread the stages evenly, or ``model`` has
+            another number of stages.
+    """
+    n = plan.num_stages
+    ranks = {s.rank if s.rank is not None else s.index for s in plan.stages}
+    if n % len(ranks):
+        raise PlanError(f"{n} stages on {len(ranks)} ranks are not the same number per rank",
+                        hint="regenerate the plan")
+    if model is not None and model.stage_param_elements and len(model.stage_param_elements) != n:
+        raise PlanError(f"model costs are for {len(model.stage_param_elements)} stages, the plan has {n}",
+                        hint="measure the model costs for this plan")
+    sends = boundary_send_s(plan)
+    if runtime is not None:
+        measured = [runtime.send_s(x) for x in boundary_bytes(plan)]
+        sends = [runtime.send_latency_s + c if m is None else m for c, m in zip(sends, measured)]
+    sends.append(0.0)
+    optimizer = _optimizer_s(plan, runtime, model) if runtime is not None else [0.0] * n
+    fo = runtime.forward_overhead_s if runtime is not None else 0.0
+    bo = runtime.backward_overhead_s if runtime is not None else 0.0
+    costs = []
+    for s in plan.stages:
+        if s.backward_weight_s > s.backward_s + 1e-12:
+            raise PlanError(f"stage {s.index}: backward_weight_s {s.backward_weight_s} exceeds "
+                            f"backward_s {s.backward_s}", hint="regenerate the plan")
+        last = model is not None and s.index == n - 1
+        costs.append(StageCost(
+            forward_s=s.forward_s + fo + (model.loss_forward_s if last and model else 0.0),
+            backward_input_s=max(0.0, s.backward_s - s.backward_weight_s) + bo
+            + (model.loss_backward_s if last and model else 0.0),
+            backward_weight_s=s.backward_weight_s, send_s=sends[s.index],
+            optimizer_s=optimizer[s.index]))
+    return costs, n // len(ranks)

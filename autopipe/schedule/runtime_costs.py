@@ -1,0 +1,109 @@
+"""What running a plan costs beyond its stages' profiled compute: runtime overheads and model extras.
+
+A profile times the model's own nodes. Training a plan also pays, per
+micro-batch, the pipeline stage's bookkeeping around each module call and a
+send latency per boundary, and, per step, the loss on the last stage and the
+optimizer step. ``RuntimeCosts`` holds the machine's share (measured once by
+``autopipe.schedule.calibrate``), ``ModelCosts`` the model's share; both feed
+``simulate_plan``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from autopipe._jsonio import read_json, write_json_atomic
+from autopipe.errors import PlanError
+
+SCHEMA = "autopipe.runtime-costs/1"
+
+
+def _check_non_negative(obj: Any) -> None:
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
+            raise PlanError(f"{type(obj).__name__}.{f.name} is {value}",
+                            hint="times and rates must be finite and non-negative")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeCosts:
+    """The pipeline runtime's fixed costs on one machine (device, backend, thread count)."""
+
+    forward_overhead_s: float = 0.0
+    """Per forward action: the stage's work around the module call (argument handling, autograd setup)."""
+    backward_overhead_s: float = 0.0
+    """Per backward action, beyond the module's own backward."""
+    send_latency_s: float = 0.0
+    """Per send of one micro-batch's boundary tensors, beyond bytes / bandwidth."""
+    link_bandwidth: float = 0.0
+    """Bytes/s of one link in one direction; 0 keeps the plan's own send times."""
+    optimizer: str = "adam"
+    """The optimizer the two ``optimizer_*`` figures were measured with."""
+    optimizer_tensor_s: float = 0.0
+    """Optimizer step, with the gradient averaging before it, per parameter tensor."""
+    optimizer_element_s: float = 0.0
+    """The same, per parameter element."""
+    device: str = "cpu"
+    backend: str = "gloo"
+    threads: int = 1
+    """Compute threads per rank during the measurement."""
+
+    def __post_init__(self) -> None:
+        _check_non_negative(self)
+
+    def send_s(self, nbytes: float) -> float | None:
+        """Seconds to send ``nbytes`` over one link; None without a measured bandwidth."""
+        if self.link_bandwidth <= 0:
+            return None
+        return self.send_latency_s + nbytes / self.link_bandwidth
+
+    def optimizer_s(self, tensors: int, elements: int) -> float:
+        """Seconds of one optimizer step over ``tensors`` parameters of ``elements`` in all."""
+        return tensors * self.optimizer_tensor_s + elements * self.optimizer_element_s
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically as JSON."""
+        write_json_atomic(path, {"schema": SCHEMA, **asdict(self)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> RuntimeCosts:
+        """Read a file written by ``save``.
+
+        Raises:
+            PlanError: missing, corrupt, wrong-schema or malformed file.
+        """
+        data = read_json(path, SCHEMA, PlanError)
+        data.pop("schema")
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise PlanError(f"{path}: malformed runtime costs ({e})",
+                            hint="measure them again with `python -m autopipe.schedule.calibrate`") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelCosts:
+    """What one model adds to a plan's profiled stages when it trains."""
+
+    loss_forward_s: float = 0.0
+    """The loss function on one micro-batch's output (runs on the last stage after its forward)."""
+    loss_backward_s: float = 0.0
+    """The loss's backward (part of the last stage's backward)."""
+    stage_param_tensors: tuple[int, ...] = ()
+    """Per stage, parameter tensors its optimizer updates (tied ones in every holder)."""
+    stage_param_elements: tuple[int, ...] = ()
+    """Per stage, parameter elements."""
+    stage_tied_bytes: tuple[int, ...] = ()
+    """Per stage, bytes of gradients all-reduced with other stages holding the same weights."""
+
+    def __post_init__(self) -> None:
+        _check_non_negative(self)
+        lengths = {len(t) for t in (self.stage_param_tensors, self.stage_param_elements,
+                                    self.stage_tied_bytes) if t}
+        if len(lengths) > 1:
+            raise PlanError(f"ModelCosts has per-stage tuples of lengths {sorted(lengths)}",
+                            hint="give one entry per stage in each")

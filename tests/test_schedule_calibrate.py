@@ -1,0 +1,70 @@
+"""Tests for autopipe/schedule/calibrate.py: the runtime's fixed costs and a model's extras."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import autopipe
+from autopipe.plan_format import Device, Plan, Predicted, SolverInfo, Stage, StageMemory
+from autopipe.schedule.calibrate import measure_loss_s, measure_model_costs, measure_runtime_costs
+from autopipe.spec import ModelSpec
+from autopipe.trace import Graph
+from tests.conftest import example_spec
+from tests.models import TiedMLP
+
+
+def _split_plan(graph: Graph, cut: int) -> Plan:
+    """Two stages: graph nodes [0, cut) and [cut, end)."""
+    names = [n.name for n in graph.nodes]
+    mem = StageMemory(params=0, grads=0, optimizer=0, activations=0, buffers=0, total=0)
+    stages = tuple(Stage(index=i, device=f"cpu:{i}", nodes=tuple(part), modules=(), forward_s=1.0,
+                         backward_s=2.0, memory=mem)
+                   for i, part in enumerate((names[:cut], names[cut:])))
+    return Plan(graph_fingerprint=graph.fingerprint, schedule="1f1b", microbatches=2,
+                devices=(Device(name="cpu:0", memory=0), Device(name="cpu:1", memory=0)),
+                stages=stages, predicted=Predicted(iteration_s=0, bubble_fraction=0),
+                solver=SolverInfo(method="uniform", status="heuristic", objective_s=0,
+                                  lower_bound_s=0, gap=0, seconds=0))
+
+
+def test_model_costs_count_each_stages_parameters_and_time_the_loss() -> None:
+    spec = example_spec("mlp")
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    plan = _split_plan(graph, len(graph.nodes) // 2)
+    costs = measure_model_costs(spec, graph, plan)
+    params = list(spec.model.parameters())
+    assert sum(costs.stage_param_tensors) == len(params)
+    assert sum(costs.stage_param_elements) == sum(p.numel() for p in params)
+    assert all(t > 0 for t in costs.stage_param_tensors)
+    assert costs.stage_tied_bytes == (0, 0)
+    assert costs.loss_forward_s > 0 and costs.loss_backward_s > 0
+
+
+def test_a_weight_tied_across_the_cut_is_counted_in_both_stages() -> None:
+    model = TiedMLP()
+    x = torch.randint(0, 50, (4, 3))
+    spec = ModelSpec(model=model, example_inputs=(x,),
+                     loss_fn=lambda out, y: torch.nn.functional.cross_entropy(out.flatten(0, 1), y.flatten()),
+                     batch=lambda n, step=0: ((x.repeat(n, 1),), x.repeat(n, 1)))
+    graph = autopipe.trace(model, (x,))
+    head = next(i for i, n in enumerate(graph.nodes) if n.module == "head")
+    costs = measure_model_costs(spec, graph, _split_plan(graph, head))
+    weight_bytes = model.emb.weight.numel() * 4
+    assert costs.stage_tied_bytes == (weight_bytes, weight_bytes)
+    assert costs.stage_param_tensors == (3, 1)  # emb.weight, mid.weight, mid.bias | the tied head
+
+
+def test_loss_time_covers_a_big_vocabulary_head() -> None:
+    small, big = example_spec("gpt2", vocab_size=512), example_spec("gpt2", vocab_size=16384)
+    assert sum(measure_loss_s(big)) > sum(measure_loss_s(small))
+
+
+@pytest.mark.distributed
+def test_runtime_costs_are_measured_with_two_gloo_ranks() -> None:
+    costs = measure_runtime_costs("adam", timeout_s=120)
+    assert costs.device == "cpu" and costs.backend == "gloo" and costs.optimizer == "adam"
+    assert 0 < costs.forward_overhead_s < 0.05 and 0 < costs.backward_overhead_s < 0.05
+    assert 0 < costs.send_latency_s < 0.1
+    assert costs.link_bandwidth > 1e7
+    assert costs.optimizer_tensor_s > 0 and costs.optimizer_element_s > 0

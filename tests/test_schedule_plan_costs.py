@@ -1,0 +1,86 @@
+"""Tests for autopipe/schedule/plan_costs.py: a plan's stages as simulator costs, with extras."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from autopipe.errors import PlanError
+from autopipe.plan_format import Plan, Send
+from autopipe.schedule import simulate, simulate_plan
+from autopipe.schedule.plan_costs import boundary_bytes, plan_costs
+from autopipe.schedule.runtime_costs import ModelCosts, RuntimeCosts
+from tests.test_schedule_simulate import hand_plan
+
+RUNTIME = RuntimeCosts(forward_overhead_s=0.01, backward_overhead_s=0.02, send_latency_s=0.001,
+                       link_bandwidth=1e6, optimizer_tensor_s=0.5, optimizer_element_s=0.001)
+
+
+def _with_sends() -> Plan:
+    plan = hand_plan()
+    sends = [(Send(tensor="a", bytes=1000, to_stage=1), Send(tensor="skip", bytes=500, to_stage=3)),
+             (Send(tensor="b", bytes=2000, to_stage=2),), (Send(tensor="c", bytes=3000, to_stage=3),), ()]
+    stages = tuple(dataclasses.replace(s, sends=x) for s, x in zip(plan.stages, sends))
+    return dataclasses.replace(plan, stages=stages)
+
+
+def test_boundary_bytes_count_a_skip_on_every_boundary_it_crosses() -> None:
+    assert boundary_bytes(_with_sends()) == [1500, 2500, 3500]
+
+
+def test_without_extras_the_costs_are_the_plans_own() -> None:
+    plan = hand_plan()
+    costs, virtual = plan_costs(plan)
+    assert virtual == 1
+    assert [c.forward_s for c in costs] == [s.forward_s for s in plan.stages]
+    assert [c.backward_s for c in costs] == pytest.approx([s.backward_s for s in plan.stages])
+    assert all(c.optimizer_s == 0 for c in costs)
+
+
+def test_runtime_costs_add_overheads_latency_bandwidth_and_the_optimizer() -> None:
+    plan = _with_sends()
+    base, _ = plan_costs(plan)
+    costs, _ = plan_costs(plan, runtime=RUNTIME)
+    for b, c in zip(base, costs):
+        assert c.forward_s == pytest.approx(b.forward_s + 0.01)
+        assert c.backward_input_s == pytest.approx(b.backward_input_s + 0.02)
+        assert c.backward_weight_s == b.backward_weight_s
+    assert [c.send_s for c in costs] == pytest.approx([0.001 + 1.5e-3, 0.001 + 2.5e-3, 0.001 + 3.5e-3, 0.0])
+    # 10 bytes of float32 parameters per stage in the hand plan → 2 elements, no tensor count
+    assert [c.optimizer_s for c in costs] == pytest.approx([0.001 * 2] * 4)
+
+
+def test_model_costs_add_the_loss_to_the_last_stage_and_count_real_tensors() -> None:
+    plan = hand_plan()
+    model = ModelCosts(loss_forward_s=0.3, loss_backward_s=0.4, stage_param_tensors=(1, 2, 3, 4),
+                       stage_param_elements=(10, 20, 30, 40), stage_tied_bytes=(1000, 0, 0, 1000))
+    base, _ = plan_costs(plan, runtime=RUNTIME)
+    costs, _ = plan_costs(plan, runtime=RUNTIME, model=model)
+    assert costs[-1].forward_s == pytest.approx(base[-1].forward_s + 0.3)
+    assert costs[-1].backward_input_s == pytest.approx(base[-1].backward_input_s + 0.4)
+    assert costs[0].forward_s == base[0].forward_s
+    tied = 2 * (0.001 + 1000 / 1e6)
+    assert [c.optimizer_s for c in costs] == pytest.approx(
+        [0.5 + 0.01 + tied, 1.0 + 0.02, 1.5 + 0.03, 2.0 + 0.04 + tied])
+    with_extras = simulate_plan(plan, runtime=RUNTIME, model=model)
+    assert with_extras.iteration_s > simulate_plan(plan).iteration_s
+    assert {e.kind for e in with_extras.events} == {"F", "B", "O"}
+
+
+def test_the_optimizer_step_runs_after_the_ranks_last_backward() -> None:
+    costs, _ = plan_costs(hand_plan(), runtime=RUNTIME)
+    r = simulate(costs, schedule="1f1b", microbatches=4)
+    for rank in range(4):
+        mine = [e for e in r.events if e.rank == rank]
+        last_b = max(e.end for e in mine if e.kind == "B")
+        (opt,) = [e for e in mine if e.kind == "O"]
+        assert opt.start == pytest.approx(last_b)
+        assert opt.end - opt.start == pytest.approx(costs[rank].optimizer_s)
+    assert r.iteration_s == pytest.approx(max(e.end for e in r.events if e.kind == "O"))
+
+
+def test_model_costs_for_another_stage_count_are_a_plan_error() -> None:
+    with pytest.raises(PlanError, match="model costs are for 2 stages, the plan has 4"):
+        plan_costs(hand_plan(), runtime=RUNTIME,
+                   model=ModelCosts(stage_param_tensors=(1, 1), stage_param_elements=(5, 5)))

@@ -1,0 +1,39 @@
+"""Tests for autopipe/schedule/runtime_costs.py: the runtime's and a model's extra costs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autopipe.errors import PlanError
+from autopipe.schedule.runtime_costs import SCHEMA, ModelCosts, RuntimeCosts
+
+
+def test_runtime_costs_round_trip_through_json(tmp_path: Path) -> None:
+    costs = RuntimeCosts(forward_overhead_s=1e-4, send_latency_s=5e-5, link_bandwidth=2e9,
+                         optimizer_tensor_s=3e-5, optimizer_element_s=4e-9)
+    costs.save(tmp_path / "c.json")
+    assert json.loads((tmp_path / "c.json").read_text())["schema"] == SCHEMA
+    assert RuntimeCosts.load(tmp_path / "c.json") == costs
+
+
+def test_send_and_optimizer_times() -> None:
+    costs = RuntimeCosts(send_latency_s=0.5, link_bandwidth=100.0, optimizer_tensor_s=2.0,
+                         optimizer_element_s=0.25)
+    assert costs.send_s(50) == pytest.approx(1.0)
+    assert RuntimeCosts().send_s(50) is None
+    assert costs.optimizer_s(3, 8) == pytest.approx(8.0)
+
+
+def test_bad_files_and_values_are_plan_errors(tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text(json.dumps({"schema": SCHEMA, "speed": 3}))
+    with pytest.raises(PlanError, match="malformed runtime costs"):
+        RuntimeCosts.load(tmp_path / "x.json")
+    with pytest.raises(PlanError, match="no such file"):
+        RuntimeCosts.load(tmp_path / "missing.json")
+    with pytest.raises(PlanError, match="RuntimeCosts.send_latency_s is -1.0"):
+        RuntimeCosts(send_latency_s=-1.0)
+    with pytest.raises(PlanError, match="lengths \\[2, 3\\]"):
+        ModelCosts(stage_param_tensors=(1, 2), stage_param_elements=(1, 2, 3))
