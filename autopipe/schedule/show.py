@@ -1,0 +1,54 @@
+"""The schedule part of ``autopipe show``: the text timeline, ``--png`` and ``--trace``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from autopipe.errors import AutopipeError
+
+if TYPE_CHECKING:
+    from autopipe.plan_format import Plan
+
+DEFAULT_WIDTH = 96
+
+
+def add_show_args(p: argparse.ArgumentParser) -> None:
+    """``--png``, ``--trace``, ``--width`` and ``--no-timeline``."""
+    p.add_argument("--png", metavar="FILE.png",
+                   help="draw per-stage time and memory against the limits, and the timeline "
+                        "(needs matplotlib: pip install 'autopipe[plot]')")
+    p.add_argument("--trace", metavar="FILE.json",
+                   help="write the simulated timeline as a Chrome/Perfetto trace (one track per stage)")
+    p.add_argument("--width", type=int, default=DEFAULT_WIDTH, metavar="COLUMNS",
+                   help=f"columns of the text timeline (default {DEFAULT_WIDTH})")
+    p.add_argument("--no-timeline", action="store_true", help="do not print the text timeline")
+
+
+def show_schedule(plan: Plan, args: argparse.Namespace) -> None:
+    """Simulate ``plan``; print its timeline and write the files ``args`` asks for.
+
+    Raises:
+        AutopipeError: a bad ``--width``; PlanError: the plan cannot be simulated, or
+            ``--png`` without matplotlib.
+    """
+    from autopipe.schedule.simulate import simulate_plan
+
+    if args.width < 8:
+        raise AutopipeError(f"--width {args.width} is too narrow", hint="use at least 8 columns")
+    result = simulate_plan(plan)
+    if not args.no_timeline:
+        from autopipe.schedule.text import text_timeline
+
+        print()
+        print(text_timeline(result, width=args.width))
+    if args.png:
+        from autopipe.schedule.render import render_plan
+
+        render_plan(plan, args.png, result=result)
+        print(f"wrote {args.png}")
+    if args.trace:
+        from autopipe.schedule.chrome_trace import write_chrome_trace
+
+        write_chrome_trace(result, args.trace)
+        print(f"wrote {args.trace}")

@@ -1,0 +1,44 @@
+"""Tests for autopipe/schedule/show.py: the schedule part of `autopipe show`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from autopipe.errors import AutopipeError
+from autopipe.schedule.show import add_show_args, show_schedule
+from tests.test_schedule_simulate import hand_plan
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_show_args(p)
+    return p.parse_args(list(argv))
+
+
+def test_prints_the_timeline_and_writes_png_and_trace(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    png, trace = tmp_path / "p.png", tmp_path / "t.json"
+    show_schedule(hand_plan(), _args("--png", str(png), "--trace", str(trace), "--width", "40"))
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("stage ")]
+    assert len(rows) == 4 and all(len(r.split("|")[1]) == 40 for r in rows)
+    assert f"wrote {png}" in out and f"wrote {trace}" in out
+    with Image.open(png) as img:
+        assert img.format == "PNG"
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert {e["tid"] for e in events if e["ph"] == "X" and e["pid"] == 0} == {0, 1, 2, 3}
+
+
+def test_no_timeline_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    show_schedule(hand_plan(), _args("--no-timeline"))
+    assert capsys.readouterr().out == ""
+
+
+def test_a_too_narrow_timeline_is_refused() -> None:
+    with pytest.raises(AutopipeError, match="--width 3 is too narrow"):
+        show_schedule(hand_plan(), _args("--width", "3"))
