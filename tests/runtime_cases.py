@@ -1,4 +1,9 @@
-"""The runtime test cases: tiny example models, plans and training settings shared by tests and ranks."""
+"""The runtime test cases: tiny example models, plans and training settings shared by tests and ranks.
+
+Plans come from autopipe's planner (the ILP on an estimated profile, which is
+deterministic) where it models the schedule (1F1B, GPipe), and from contiguous hand
+cuts for the schedules with several stages per rank.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autopipe import Graph, ModelSpec, trace
+from autopipe.partition.planner import plan_profile
+from autopipe.partition.problem import SCHEDULES as PLANNER_SCHEDULES
 from autopipe.plan_format import Plan
+from autopipe.profile import estimate
 
 from .conftest import example_spec
 from .runtime_plans import hand_plan
@@ -36,22 +44,33 @@ class Case:
     steps: int = 3
     lr: float = 0.05
     knobs: dict[str, Any] = field(default_factory=dict)
+    tied_sync: bool = True
+    """False only for the negative control: tied copies are left to drift."""
 
     @property
     def name(self) -> str:
-        return f"{self.example}-{self.stages}-{self.schedule}"
+        return f"{self.example}-{self.stages}-{self.schedule}" + ("" if self.tied_sync else "-untied")
 
     def spec(self) -> ModelSpec:
         return example_spec(self.example, **{**TINY[self.example], **self.knobs})
 
-    def plan(self, graph: Graph) -> Plan:
+    @property
+    def planned(self) -> bool:
+        """Whether autopipe's planner makes this case's plan (else: hand cuts)."""
+        return self.schedule in PLANNER_SCHEDULES and self.ranks is None
+
+    def plan(self, spec: ModelSpec, graph: Graph, *, hand: bool = False) -> Plan:
+        if self.planned and not hand:
+            profile = estimate(graph, spec.example_inputs, spec.example_kwargs, progress=False)
+            return plan_profile(profile, num_stages=self.stages, microbatches=self.microbatches,
+                                schedule=self.schedule, method="ilp")
         return hand_plan(graph, self.stages, microbatches=self.microbatches, schedule=self.schedule,
                          ranks=self.ranks)
 
-    def build(self) -> tuple[ModelSpec, Graph, Plan]:
+    def build(self, *, hand: bool = False) -> tuple[ModelSpec, Graph, Plan]:
         spec = self.spec()
         graph = trace(spec.model, spec.example_inputs, spec.example_kwargs)
-        return spec, graph, self.plan(graph)
+        return spec, graph, self.plan(spec, graph, hand=hand)
 
 
 CASES = {c.name: c for c in [
@@ -63,4 +82,5 @@ CASES = {c.name: c for c in [
     Case("gpt2", 4, "zbv", ranks=(0, 1, 1, 0)),
     Case("llama", 4, "looped-bfs", ranks=(0, 1, 0, 1)),
     Case("bert", 4, "dualpipev", ranks=(0, 1, 1, 0)),
+    Case("gpt2", 2, tied_sync=False),
 ]}

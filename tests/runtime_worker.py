@@ -1,6 +1,7 @@
 """One rank of a runtime test job: train each named case and save its losses and stage state.
 
-Run by the tests as ``python -m tests.runtime_worker OUT_DIR CASE...`` under the launcher.
+Run by the tests as ``python -m tests.runtime_worker OUT_DIR CASE...`` under the launcher;
+each case's plan is ``OUT_DIR/CASE.plan.json`` (made once, by the test).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from autopipe import trace
+from autopipe.plan_format import Plan
 from autopipe.runtime.optim import TrainConfig
-from autopipe.runtime.tied import canonical_names
+from autopipe.runtime.tied import TiedParams, canonical_names
 from autopipe.runtime.train import prepare, train
 
 from .runtime_cases import CASES
@@ -22,18 +25,23 @@ from .runtime_cases import CASES
 def main(argv: list[str]) -> int:
     out = Path(argv[0])
     torch.set_num_threads(1)
-    if os.environ.get("AUTOPIPE_TEST_NO_TIED_SYNC"):  # the negative control: copies drift
-        from autopipe.runtime.tied import TiedParams
-
-        TiedParams.all_reduce_grads = lambda self: None  # type: ignore[method-assign]
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     for name in argv[1:]:
         case = CASES[name]
-        spec, graph, plan = case.build()
-        config = TrainConfig(steps=case.steps, lr=case.lr, optimizer=case.optimizer, timeout_s=60)
+        spec = case.spec()
+        graph = trace(spec.model, spec.example_inputs, spec.example_kwargs)
+        plan = Plan.load(out / f"{name}.plan.json")
+        config = TrainConfig(steps=case.steps, lr=case.lr, optimizer=case.optimizer, timeout_s=60,
+                             device="cpu")  # the plans are made for GPUs (estimated on an H100)
         prepared = prepare(spec, plan, dist.get_world_size(), graph)
-        result = train(spec, plan, config, prepared=prepared, log=lambda s: None)
+        sync = TiedParams.all_reduce_grads
+        if not case.tied_sync:  # the negative control: the copies of tied weights drift
+            TiedParams.all_reduce_grads = lambda self: None  # type: ignore[method-assign]
+        try:
+            result = train(spec, plan, config, prepared=prepared, log=lambda s: None)
+        finally:
+            TiedParams.all_reduce_grads = sync  # type: ignore[method-assign]
         canonical = canonical_names(graph)
         state = {}
         for module in result.modules.values():

@@ -22,11 +22,12 @@ def _chain(split: autopipe.runtime.split.Split, flat: list[torch.Tensor]) -> lis
     return split.rebuild_outputs(values)
 
 
+@pytest.mark.parametrize("hand", [False, True], ids=["planner", "hand"])
 @pytest.mark.parametrize("stages", [2, 4])
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_stages_compute_the_model(name: str, stages: int) -> None:
+def test_stages_compute_the_model(name: str, stages: int, hand: bool) -> None:
     """Running the stages one after another gives the model's loss and every gradient."""
-    spec, graph, plan = Case(name, stages).build()
+    spec, graph, plan = Case(name, stages).build(hand=hand)
     split = split_graph(graph, plan)
     assert len(split.stages) == stages
     (inputs,), target = spec.batch(1, 0)[0], spec.batch(1, 0)[1]
@@ -68,7 +69,7 @@ def test_tied_weight_in_first_and_last_stage() -> None:
 
 
 def test_plan_for_other_nodes_is_a_mismatch() -> None:
-    _spec, graph, plan = Case("mlp", 2).build()
+    _spec, graph, plan = Case("mlp", 2).build(hand=True)
     renamed = dataclasses.replace(plan, stages=(
         dataclasses.replace(plan.stages[0], nodes=("nope", *plan.stages[0].nodes[1:])),
         *plan.stages[1:]))
@@ -78,7 +79,7 @@ def test_plan_for_other_nodes_is_a_mismatch() -> None:
 
 def test_backwards_edge_is_refused() -> None:
     """A stage that reads a value made in a later stage is not a pipeline."""
-    _spec, graph, plan = Case("mlp", 2).build()
+    _spec, graph, plan = Case("mlp", 2).build(hand=True)
     a, b = plan.stages
     # move the next-to-last node of stage 0 into stage 1; its user stays in stage 0
     assert a.nodes[-2] in graph.by_name[a.nodes[-1]].inputs
@@ -99,7 +100,7 @@ def test_non_tensor_crossing_a_cut_is_refused() -> None:
 
 
 def test_output_must_be_in_last_stage() -> None:
-    _spec, graph, plan = Case("mlp", 2).build()
+    _spec, graph, plan = Case("mlp", 2).build(hand=True)
     a, b = plan.stages
     bad = dataclasses.replace(plan, stages=(
         dataclasses.replace(a, nodes=(*a.nodes, b.nodes[-1])),
