@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +114,18 @@ def test_check_runnable_refuses_1f1b_with_fewer_microbatches_than_stages() -> No
     check_runnable("gpipe", 4, 2)
     with pytest.raises(PlanError, match=r"\(2 micro-batches, 4 stages\)"):
         check_runnable("1f1b", 4, 2)
+
+
+@pytest.mark.distributed
+def test_torch_runs_exactly_the_simulated_orders(tmp_path: Path) -> None:
+    from autopipe.runtime.launch import launch
+    from tests.schedule_order_worker import MICROBATCHES, RUNS
+
+    result = launch([sys.executable, "-m", "tests.schedule_order_worker", str(tmp_path)], 2,
+                    env={"OMP_NUM_THREADS": "1"}, timeout_s=120)
+    assert result.code == 0
+    ran = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for name, (_, v) in RUNS.items():
+        order = schedule_order(name, 2, MICROBATCHES, v)
+        for r in range(2):
+            assert [Action(s, k, mb) for s, k, mb in ran[r][name]] == list(order.ranks[r]), (name, r)

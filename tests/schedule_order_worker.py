@@ -1,0 +1,80 @@
+"""One rank of the order test: run each torch schedule once on tiny stages and record what ran.
+
+Run by tests/test_schedule_actions.py as ``python -m tests.schedule_order_worker OUT_DIR`` under
+the launcher (2 ranks). Writes ``OUT_DIR/rank{r}.json``: schedule → [[stage, kind, microbatch], ...].
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.pipelining import (
+    PipelineStage,
+    Schedule1F1B,
+    ScheduleGPipe,
+    ScheduleInterleaved1F1B,
+    ScheduleInterleavedZeroBubble,
+)
+
+WIDTH, ROWS, MICROBATCHES = 8, 2, 4
+# name → (torch class, virtual stages per rank)
+RUNS = {"gpipe": (ScheduleGPipe, 1), "1f1b": (Schedule1F1B, 1),
+        "interleaved-1f1b": (ScheduleInterleaved1F1B, 2), "zb-h1": (ScheduleInterleavedZeroBubble, 1)}
+
+
+def _recording_stage(index: int, num_stages: int, log: list[list[Any]]) -> PipelineStage:
+    example = torch.randn(ROWS, WIDTH)
+    sent = example.clone().requires_grad_(True)
+    stage = PipelineStage(nn.Linear(WIDTH, WIDTH), index, num_stages, torch.device("cpu"),
+                          input_args=(example if index == 0 else sent,), output_args=(sent,))
+    forward, backward, weight = stage.forward_one_chunk, stage.backward_one_chunk, stage.backward_weight_one_chunk
+
+    def f(chunk: int, *args: Any, **kwargs: Any) -> Any:
+        log.append([index, "F", chunk])
+        return forward(chunk, *args, **kwargs)
+
+    def b(chunk: int, *args: Any, **kwargs: Any) -> Any:
+        log.append([index, "B", chunk])
+        return backward(chunk, *args, **kwargs)
+
+    def w(chunk: int, *args: Any, **kwargs: Any) -> Any:
+        log.append([index, "W", chunk])
+        return weight(chunk, *args, **kwargs)
+
+    stage.forward_one_chunk = f  # type: ignore[method-assign]
+    stage.backward_one_chunk = b  # type: ignore[method-assign]
+    stage.backward_weight_one_chunk = w  # type: ignore[method-assign]
+    return stage
+
+
+def main(out: Path) -> int:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ran: dict[str, list[list[Any]]] = {}
+    batch = torch.randn(ROWS * MICROBATCHES, WIDTH)
+    for name, (cls, v) in RUNS.items():
+        log: list[list[Any]] = []
+        n = world * v
+        stages = [_recording_stage(rank + i * world, n, log) for i in range(v)]
+        loss = lambda out, target: (out - target).square().mean()  # noqa: E731
+        schedule = cls(stages[0] if cls in (ScheduleGPipe, Schedule1F1B) else stages, MICROBATCHES,
+                       loss_fn=loss)
+        has_first = any(s.is_first for s in stages)
+        has_last = any(s.is_last for s in stages)
+        schedule.step(*((batch,) if has_first else ()), target=batch if has_last else None)
+        ran[name] = log
+        dist.barrier()
+    (out / f"rank{rank}.json").write_text(json.dumps(ran))
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1])))
