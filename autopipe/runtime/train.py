@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -130,6 +131,7 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, prep: Prepared, rank:
         return spec.loss_fn(graph.unflatten_output(flat), target)
 
     pipe = build_pipeline(split, prep.metas, plan, rank, device, loss_fn)
+    where = f"rank {rank} (stage{'s' if len(pipe.stages) > 1 else ''} {', '.join(map(str, pipe.indices))})"
     canonical = canonical_names(graph)
     ranks = rank_of_stages(plan)
     holders: dict[str, list[int]] = {}
@@ -139,15 +141,15 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, prep: Prepared, rank:
     mine: dict[str, nn.Parameter] = {}
     for module in pipe.modules():
         mine.update(stage_params(module, canonical))
-    tied = TiedParams(replicated(holders), mine)
-    tied.broadcast_values()
+    with _failures(where, "while syncing tied parameters", config.timeout_s):
+        tied = TiedParams(replicated(holders), mine)
+        tied.broadcast_values()
     optimizer = make_optimizer(mine.values(), config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     result = TrainResult(rank=rank, world_size=world, stages=pipe.indices, device=str(device),
                          modules={s.stage_index: s.submod for s in pipe.stages})
-    where = f"rank {rank} (stage{'s' if len(pipe.stages) > 1 else ''} {', '.join(map(str, pipe.indices))})"
     step_kwargs = {"return_outputs": False} if _accepts(pipe.schedule.step, "return_outputs") else {}
     m = plan.microbatches
     if pipe.has_last:
@@ -157,7 +159,7 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, prep: Prepared, rank:
         args, target = _step_data(spec, prep, m, step, device)
         t0 = time.perf_counter()
         losses: list[torch.Tensor] = []
-        try:
+        with _failures(where, f"in step {step + 1}", config.timeout_s):
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
             pipe.schedule.step(*(args if pipe.has_first else ()),
@@ -171,22 +173,29 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, prep: Prepared, rank:
                 optimizer.step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-        except AutopipeError:
-            raise
-        except Exception as e:
-            what = ("lost a peer rank (it died, or was silent for longer than --timeout "
-                    f"{config.timeout_s:g} s)" if _peer_lost(e) else "failed")
-            raise RuntimeStageError(
-                f"{where} {what} in step {step + 1}: {_short(e)}",
-                hint="the rank that failed first names the cause in its own output") from e
         dt = time.perf_counter() - t0
         result.step_s.append(dt)
         if pipe.has_last:
             loss = torch.stack([x.detach().float() for x in losses]).mean().item()
             result.losses.append(loss)
             log(f"step {step + 1}/{config.steps}  loss {loss:.6f}  time {dt * 1e3:.1f} ms")
-    _summary(plan, pipe, result, device, ranks, log)
+    with _failures(where, "while gathering the summary", config.timeout_s):
+        _summary(plan, pipe, result, device, ranks, log)
     return result
+
+
+@contextlib.contextmanager
+def _failures(where: str, when: str, timeout_s: float) -> Iterator[None]:
+    """Turn a failure of torch or a peer into a RuntimeStageError that says where and when."""
+    try:
+        yield
+    except AutopipeError:
+        raise
+    except Exception as e:
+        what = (f"lost a peer rank (it died, or was silent for longer than --timeout {timeout_s:g} s)"
+                if _peer_lost(e) else "failed")
+        raise RuntimeStageError(f"{where} {what} {when}: {_short(e)}",
+                                hint="the rank that failed first names the cause in its own output") from e
 
 
 def _summary(plan: Plan, pipe: Pipeline, result: TrainResult, device: torch.device,
