@@ -1,6 +1,7 @@
 """autopipe: automatic, provably optimal pipeline-parallel partitioning for PyTorch."""
 
 from autopipe._version import __version__
+from autopipe.api import plan
 from autopipe.errors import (
     AutopipeError,
     InfeasiblePlanError,
@@ -9,6 +10,7 @@ from autopipe.errors import (
     SpecError,
     TraceError,
 )
+from autopipe.plan_format import Plan
 from autopipe.spec import ModelSpec, load_spec
 from autopipe.trace import Graph, trace
 
@@ -17,11 +19,13 @@ __all__ = [
     "Graph",
     "InfeasiblePlanError",
     "ModelSpec",
+    "Plan",
     "PlanMismatchError",
     "ProfileError",
     "SpecError",
     "TraceError",
     "__version__",
     "load_spec",
+    "plan",
     "trace",
 ]

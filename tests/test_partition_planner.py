@@ -70,6 +70,10 @@ def test_plans_on_random_dags(case: Case) -> None:
     kwargs = dict(num_stages=cfg.num_stages, devices=list(cfg.devices),
                   microbatches=cfg.microbatches, schedule=cfg.schedule, optimizer=case.optimizer,
                   link_bandwidth=cfg.link_bandwidth, mip_gap=1e-9)
+    if cfg.schedule == "1f1b" and cfg.microbatches < cfg.num_stages:
+        with pytest.raises(PlanError, match="1F1B needs at least"):
+            plan_profile(case.profile, **kwargs)  # type: ignore[arg-type]
+        return
     if problem.num_real < cfg.num_stages:
         with pytest.raises(PlanError, match="cannot cut"):
             plan_profile(case.profile, **kwargs)  # type: ignore[arg-type]
@@ -90,8 +94,8 @@ def test_plans_on_random_dags(case: Case) -> None:
     assert math.isclose(sv.objective_s, exact[0], rel_tol=1e-6, abs_tol=1e-9)
     assert sv.lower_bound_s <= sv.objective_s and 0 <= sv.gap <= 1
     assert sv.lower_bound_s >= simple_bound(problem) - 1e-12
-    # the simulator overlaps sends, so it is never slower than the closed form
-    assert plan.predicted.iteration_s <= sv.objective_s * (1 + 1e-9) + 1e-12
+    # the objective is the simulated step (plus tied-gradient sync)
+    assert math.isclose(plan.predicted.iteration_s, sv.objective_s, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def test_byte_identical_plans(tmp_path: object) -> None:

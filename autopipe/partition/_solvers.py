@@ -54,7 +54,10 @@ def _stdout_silenced() -> Iterator[None]:
 
 
 @functools.cache
-def _quiet_highs() -> None:
+def quiet_highs() -> None:
+    """Create the process's first HiGHS object with stdout silenced (it prints a banner)."""
+    if not highs_available():
+        return
     import highspy
 
     with _stdout_silenced():
@@ -99,7 +102,7 @@ def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
     if solver == "highs":
         if not highs_available():
             raise PlanError("the HiGHS solver is not installed", hint="pip install highspy, or use solver='cbc'")
-        _quiet_highs()
+        quiet_highs()
         import highspy
 
         offset = float(prob.objective.constant)
@@ -125,8 +128,10 @@ def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
         for v in prob.variables():
             if warm is not None and v.name in warm:
                 v.setInitialValue(warm[v.name])
+        # CBC 2.10's preprocessing declares some feasible models infeasible
+        # ("Cut generators found to be infeasible"); the MIP is small enough without it
         prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap,
-                                     warmStart=warm is not None))
+                                     warmStart=warm is not None, options=["preprocess off"]))
         if prob.status == pulp.LpStatusInfeasible:
             kind = "infeasible"
         elif prob.sol_status == pulp.LpSolutionOptimal:

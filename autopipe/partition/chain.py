@@ -86,10 +86,11 @@ class Chain:
         return out
 
     def time(self, s: int, i: int, j: range) -> FloatArray:
-        """T_s of segments [j, i) on stage ``s``."""
+        """Per-micro-batch busy time of segments [j, i) on stage ``s``, or the link after
+        them when that is slower (both are pipeline resources)."""
         work: FloatArray = (self.work[i] - self.work[j.start:j.stop]) / self.speed[s]
-        if not np.isinf(self.bw):
-            work = work + 2.0 * self.comm(i, j) / self.bw
+        if i < self.n and not np.isinf(self.bw):
+            work = np.maximum(work, self.cross[i] / self.bw)
         return work
 
     def memory(self, s: int, i: int, j: range) -> FloatArray:

@@ -7,20 +7,20 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
 [Note: the cost model]
 
     boundary b (between stages b and b+1) carries X_b bytes: every value made in a
-    stage ≤ b and read in a stage > b (a skip value pays at each boundary it passes).
+    stage ≤ b and read in a stage > b (a skip value pays at each boundary it passes);
+    sending them takes c_b = X_b / bandwidth, on the link, each way.
 
     stage s:  F_s = Σ forward / speed_s           B_s = Σ (backward input + weight) / speed_s
-              C_s = (X_{s-1} + X_s) / bandwidth   (activations one way, gradients the other)
-              T_s = F_s + B_s + 2·C_s
               memory_s = Σ_{params read} (param + grad + optimizer states)
                        + activation bytes × in-flight micro-batches (1F1B: min(m, p−s); GPipe: m)
                        + 2·(X_{s-1} + X_s)           (send/receive buffers, activation and gradient)
 
-    1F1B:   iteration = Σ_s T_s + (m−1)·max_s T_s
-    GPipe:  iteration = Σ_s (F_s+C_s) + (m−1)·max_s (F_s+C_s) + Σ_s (B_s+C_s) + (m−1)·max_s (B_s+C_s)
-    both:   + Σ_{tied params} (k−1)·bytes / bandwidth   for a parameter held by k stages
-            (its gradients are reduced once per step; exact for k = 2, where ring
-            all-reduce also moves ``bytes`` per link, and an upper bound for k > 2)
+    iteration = the schedule's step time with these F_s, B_s and c_b — the longest path
+                of its task DAG ([Note: the step time is a longest path]), which is what
+                the simulator computes; for equal stages it is Σ_s T_s + (m−1)·max_s T_s
+              + Σ_{tied params} (k−1)·bytes / bandwidth   for a parameter held by k stages
+                (its gradients are reduced once per step; exact for k = 2, where ring
+                all-reduce also moves ``bytes`` per link, and an upper bound for k > 2)
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from autopipe.partition.problem import Problem
+from autopipe.partition.timeline import Count, longest_path
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,7 +42,10 @@ class StageCost:
     """Input + weight gradients."""
     backward_weight_s: float
     comm_s: float
-    """2·C_s: activations and gradients in and out, per micro-batch."""
+    """Sending and receiving activations and gradients at both boundaries, per micro-batch:
+    2·(c_{s-1} + c_s)."""
+    send_s: float
+    """c_s: one-way link time to the next stage, per micro-batch."""
     recv_bytes: int
     """X_{s-1}: bytes arriving from the previous stage per micro-batch."""
     send_bytes: int
@@ -55,9 +59,9 @@ class StageCost:
     """The device's memory, bytes (``inf`` when unlimited)."""
 
     @property
-    def time_s(self) -> float:
-        """T_s = forward + backward + communication."""
-        return self.forward_s + self.backward_s + self.comm_s
+    def busy_s(self) -> float:
+        """Compute time per micro-batch: forward + backward."""
+        return self.forward_s + self.backward_s
 
     @property
     def memory(self) -> int:
@@ -76,9 +80,13 @@ class Evaluation:
 
     stages: tuple[StageCost, ...]
     objective_s: float
-    """The schedule's iteration time (what the ILP minimises)."""
+    """The iteration time: step + tied-gradient sync (what the ILP minimises)."""
+    step_s: float
+    """The schedule's step time (the simulator's)."""
     tied_sync_s: float
     """Per-step time to reduce gradients of parameters held by several stages."""
+    critical: Count
+    """Task counts of a critical path of the step."""
 
     @property
     def fits(self) -> bool:
@@ -87,8 +95,8 @@ class Evaluation:
 
     @property
     def bottleneck(self) -> int:
-        """Index of the slowest stage (first on ties)."""
-        times = [s.time_s for s in self.stages]
+        """Index of the busiest stage (first on ties)."""
+        times = [s.busy_s for s in self.stages]
         return times.index(max(times))
 
     @property
@@ -150,7 +158,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
         stages.append(StageCost(
             forward_s=fwd[s] / dev.speed, backward_s=bwd[s] / dev.speed,
             backward_weight_s=bw_w[s] / dev.speed, comm_s=2 * cfg.comm_s(recv + send),
-            recv_bytes=recv, send_bytes=send,
+            send_s=cfg.comm_s(send), recv_bytes=recv, send_bytes=send,
             params=sum(m.params for m in mem), grads=sum(m.grads for m in mem),
             optimizer=sum(m.optimizer for m in mem),
             activations=act[s] * cfg.inflight(s), buffers=2 * (recv + send),
@@ -160,19 +168,11 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
         k = len({stage_of[r] for r in readers})
         if k > 1:
             tied += (k - 1) * cfg.comm_s(problem.param_bytes[q])
-    return Evaluation(stages=tuple(stages), objective_s=iteration_time(problem, stages) + tied,
-                      tied_sync_s=tied)
-
-
-def iteration_time(problem: Problem, stages: Sequence[StageCost]) -> float:
-    """The schedule's closed-form step time (without tied-gradient sync)."""
-    m = problem.config.microbatches
-    if problem.config.schedule == "gpipe":
-        f = [s.forward_s + s.comm_s / 2 for s in stages]
-        b = [s.backward_s + s.comm_s / 2 for s in stages]
-        return math.fsum(f) + (m - 1) * max(f) + math.fsum(b) + (m - 1) * max(b)
-    t = [s.time_s for s in stages]
-    return math.fsum(t) + (m - 1) * max(t)
+    step, critical = longest_path(cfg.schedule, [s.forward_s for s in stages],
+                                  [s.backward_s for s in stages],
+                                  [s.send_s for s in stages[:-1]], cfg.microbatches)
+    return Evaluation(stages=tuple(stages), objective_s=step + tied, step_s=step,
+                      tied_sync_s=tied, critical=critical)
 
 
 def violations(problem: Problem, stage_of: Sequence[int]) -> list[str]:

@@ -6,9 +6,10 @@ convex partitions the ILP searches):
     blocks  b0 b1 b2 | b3 b4 | b5 b6 b7 b8 | b9
     stage       0       1          2        3
 
-``min_bottleneck`` is exact for the slowest stage time (min–max) under the memory
-limits; among partitions with that bottleneck it then minimises the sum of stage
-times. ``min_memory`` is exact for the largest memory-to-limit ratio (used to
+``min_bottleneck`` is exact for the busiest resource — a stage's compute or a link's
+transfer per micro-batch (min–max) — under the memory limits; among partitions with
+that bottleneck it then minimises their sum. It is a fast heuristic for the step time
+(the ILP's objective), and the ILP's starting point. ``min_memory`` is exact for the largest memory-to-limit ratio (used to
 explain infeasible problems). Both run in O(p·n²) numpy work.
 """
 

@@ -1,4 +1,4 @@
-"""The integer program: convex stages, the schedule's iteration time, per-device memory.
+"""The integer program: convex stages, the schedule's step time, per-device memory.
 
 [Note: the ILP]
 
@@ -14,19 +14,23 @@ y[u,s] − y[d,s], else a variable c ≥ y[u,s] − y[d,s] for each d. X_s sums 
 A parameter read by several blocks gets z[q,s] ≥ x[b,s] for each reader b (it is held
 by stage s). Then, with the formulas of [Note: the cost model]:
 
-    T_s = Σ_b work_b/speed_s · x[b,s] + 2·(X_{s−1} + X_s)/bandwidth     ≤ M
+    F_s = Σ_b forward_b/speed_s · x[b,s],  B_s likewise,  c_b = X_b / bandwidth
     memory_s ≤ limit_s,     Σ_b real_b · x[b,s] ≥ 1 (no empty stage)
-    minimise Σ_s T_s + (m−1)·M + Σ_q bytes_q/bandwidth · (Σ_s z[q,s] − 1)
+    T ≥ Σ_s nF_s·F_s + nB_s·B_s + Σ_b nC_b·c_b      for each path cut (nF, nB, nC)
+    minimise T + Σ_q bytes_q/bandwidth · (Σ_s z[q,s] − 1)
 
-(GPipe: forward and backward parts with their own maxima). The monotone y form has a
-much tighter LP relaxation than one-hot x[b,s] variables; stage windows (see
-[Note: stage windows]) fix most y before the solver starts, and the best chain
+The step time is the longest path of the schedule's task DAG ([Note: the step time
+is a longest path]); every path is a valid cut, and the solver loop adds the critical
+path of each answer until the MIP's T is the answer's true step time. The monotone y
+form has a much tighter LP relaxation than one-hot x[b,s] variables; stage windows
+([Note: stage windows]) fix most y before the solver starts, and the best chain
 partition (DP or a baseline) is handed to HiGHS as the starting solution.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -35,8 +39,9 @@ import numpy as np
 import pulp
 
 from autopipe.partition import _solvers
-from autopipe.partition.costs import evaluate, violations
+from autopipe.partition.costs import Evaluation, evaluate, violations
 from autopipe.partition.problem import Problem
+from autopipe.partition.timeline import Count, nearby_paths, seed_paths
 from autopipe.partition.windows import BoolMatrix, ancestors, fits_windows, windows
 
 # memory rows keep this relative headroom so that solver tolerances never overflow a device
@@ -65,6 +70,8 @@ class IlpResult:
     solver: str
     binaries: int
     """Binary variables left after stage windows fixed the others."""
+    rounds: int
+    """MIP solves (each after adding a critical-path cut)."""
 
 
 class _Lin:
@@ -158,8 +165,24 @@ class _Model:
         e = lin.expr()
         if sense == "<=":
             self.prob += (e <= rhs, name)
+        elif sense == "==":
+            self.prob += (e == rhs, name)
         else:
             self.prob += (e >= rhs, name)
+
+    def _named(self, lin: _Lin, name: str) -> _Lin:
+        """A variable equal to ``lin`` (keeps the dense path cuts down to a few nonzeros)."""
+        if lin.is_const():
+            return lin
+        var = self._var(name)
+        row = _Lin()
+        row.add(lin, 1.0)
+        row.add(var, -1.0)
+        self._add(row, "==", 0.0, f"def_{name}")
+        self.defined.append((var, lin))
+        out = _Lin()
+        out.add(var, 1.0)
+        return out
 
     def _order(self, anc: BoolMatrix) -> None:
         for b, row in enumerate(self.y):
@@ -251,57 +274,66 @@ class _Model:
             if len(r) == 1:
                 single_mem[r[0]] += problem.param_mem[q].total
         inv_bw = 0.0 if math.isinf(cfg.link_bandwidth) else 1.0 / cfg.link_bandwidth
-        gpipe = cfg.schedule == "gpipe"
-        self.maxes = [self._var("M_f")] + ([self._var("M_b")] if gpipe else [])
-        self.parts: list[list[_Lin]] = [[] for _ in self.maxes]
-        objective = _Lin()
+        self.forward: list[_Lin] = []
+        self.backward: list[_Lin] = []
+        self.sends: list[_Lin] = []
+        self.defined: list[tuple[pulp.LpVariable, _Lin]] = []
+        for b in range(p - 1):
+            c = _Lin()
+            c.add(x_bytes[b], inv_bw / tau)
+            self.sends.append(self._named(c, f"C_{b}"))
         for s in range(p):
             dev = cfg.devices[s]
-            boundary = _Lin()
-            if s > 0:
-                boundary.add(x_bytes[s - 1], 1.0)
-            if s < p - 1:
-                boundary.add(x_bytes[s], 1.0)
             fwd, bwd, mem, real = _Lin(), _Lin(), _Lin(), _Lin()
             limit = float(dev.memory) if dev.memory > 0 else math.inf
             for b, blk in enumerate(problem.blocks):
                 if not self.lo[b] <= s <= self.hi[b]:
                     continue
                 x = self.x(b, s)
-                if gpipe:
-                    fwd.add(x, blk.forward_s / dev.speed / tau)
-                    bwd.add(x, (blk.backward_input_s + blk.backward_weight_s) / dev.speed / tau)
-                else:
-                    fwd.add(x, blk.work_s / dev.speed / tau)
+                fwd.add(x, blk.forward_s / dev.speed / tau)
+                bwd.add(x, (blk.backward_input_s + blk.backward_weight_s) / dev.speed / tau)
                 if math.isfinite(limit):
                     mem.add(x, (single_mem[b] + cfg.inflight(s) * blk.activation_bytes) / limit)
                 real.add(x, float(blk.real))
-            comm = inv_bw / tau
-            parts = [fwd, bwd] if gpipe else [fwd]
-            for part in parts:
-                part.add(boundary, comm if gpipe else 2 * comm)
-            for i, part in enumerate(parts):
-                objective.add(part, 1.0)
-                row = _Lin()
-                row.add(part, 1.0)
-                row.add(self.maxes[i], -1.0)
-                self.parts[i].append(part)
-                self._add(row, "<=", 0.0, f"max{i}_{s}")
+            self.forward.append(self._named(fwd, f"F_{s}"))
+            self.backward.append(self._named(bwd, f"B_{s}"))
             if math.isfinite(limit):
                 for q, per_stage in held.items():
                     mem.add(per_stage[s], problem.param_mem[q].total / limit)
-                mem.add(boundary, 2.0 / limit)
+                if s > 0:
+                    mem.add(x_bytes[s - 1], 2.0 / limit)
+                if s < p - 1:
+                    mem.add(x_bytes[s], 2.0 / limit)
                 self._add(mem, "<=", 1.0 - _MEMORY_HEADROOM, f"mem_{s}")
             if not real.is_const():
                 self._add(real, ">=", 1.0, f"nonempty_{s}")
-        for mx in self.maxes:
-            objective.add(mx, float(cfg.microbatches - 1))
+        self.step = self._var("T")
+        self.paths: list[_Lin] = []
+        self.counts: set[Count] = set()
+        objective = _Lin()
+        objective.add(self.step, 1.0)
         for q, per_stage in held.items():
             for h in per_stage:
                 objective.add(h, problem.param_bytes[q] * inv_bw / tau)
             objective.const -= problem.param_bytes[q] * inv_bw / tau
         self.objective = objective
         self.prob += objective.expr()
+
+    def add_path(self, count: Count) -> None:
+        """Cut: the step is at least this path's length (see [Note: the step time is a longest path])."""
+        nf, nb, nc = count
+        path = _Lin()
+        for s in range(self.p):
+            path.add(self.forward[s], float(nf[s]))
+            path.add(self.backward[s], float(nb[s]))
+        for b in range(self.p - 1):
+            path.add(self.sends[b], float(nc[b]))
+        self.paths.append(path)
+        self.counts.add(count)
+        row = _Lin()
+        row.add(path, 1.0)
+        row.add(self.step, -1.0)
+        self._add(row, "<=", 0.0, f"path_{len(self.paths) - 1}")
 
     def warm(self, stage_of: Sequence[int]) -> dict[str, float]:
         """Every variable's value for a given partition (a starting solution)."""
@@ -312,8 +344,9 @@ class _Model:
                     values[t.name] = 1.0 if stage_of[b] <= s else 0.0
         for var, terms in self.crossing_vars + self.holder_vars:
             values[var.name] = max(0.0, max(t.value(values) for t in terms))
-        for mx, parts in zip(self.maxes, self.parts):
-            values[mx.name] = max(part.value(values) for part in parts)
+        for var, lin in self.defined:
+            values[var.name] = lin.value(values)
+        values[self.step.name] = max([0.0, *(path.value(values) for path in self.paths)])
         return values
 
     def stage_of(self, values: dict[str, float]) -> tuple[int, ...]:
@@ -323,60 +356,103 @@ class _Model:
         return tuple(out)
 
 
+def _nearby(problem: Problem, ev: Evaluation) -> list[Count]:
+    cfg = problem.config
+    return nearby_paths(cfg.schedule, [s.forward_s for s in ev.stages],
+                        [s.backward_s for s in ev.stages], [s.send_s for s in ev.stages[:-1]],
+                        cfg.microbatches)
+
+
 def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_limit: float = 60.0,
-              gap: float = 1e-4, solver: str = "highs") -> IlpResult:
-    """Find the fastest convex partition of ``problem``'s blocks that fits in memory.
+              gap: float = 1e-4, solver: str = "highs", max_rounds: int = 60) -> IlpResult:
+    """Find the convex partition of ``problem``'s blocks with the shortest step that fits in memory.
+
+    The MIP starts with the critical paths of a few extreme cost patterns and of the
+    incumbent; each round solves it, simulates the answer, and adds the answer's
+    critical path as a cut, until the MIP's step equals the simulated one (or the best
+    simulated partition is within ``gap`` of the MIP's bound).
 
     Args:
         problem: blocks, values and pipeline.
         incumbent: a valid partition that fits (the DP's); it starts the solver and sets
             the stage windows. Without one the model is bigger but still exact.
-        time_limit: seconds for the MIP solver.
-        gap: relative gap at which the solver stops and calls the answer optimal.
+        time_limit: seconds for all MIP rounds together.
+        gap: relative gap at which the search stops and calls the answer optimal.
         solver: ``highs`` or ``cbc``.
+        max_rounds: most MIP solves (each adds one cut).
     """
+    start = time.perf_counter()
+    cfg = problem.config
+    best: tuple[float, tuple[int, ...]] | None = None
+    seeds = seed_paths(cfg.schedule, cfg.num_stages, cfg.microbatches)
     if incumbent is not None:
         assert not violations(problem, incumbent), "the incumbent must be a valid partition"
         inc_eval = evaluate(problem, incumbent)
         assert inc_eval.fits, "the incumbent must fit in memory"
-        inc_obj: float | None = inc_eval.objective_s
-    else:
-        inc_obj = None
+        best = (inc_eval.objective_s, tuple(incumbent))
+        seeds += _nearby(problem, inc_eval)
     anc = ancestors(problem)
-    lo, hi = windows(problem, anc, inc_obj)
-    if incumbent is not None:
-        assert fits_windows(lo, hi, list(incumbent)), "stage windows must contain the incumbent"
+    lo, hi = windows(problem, anc, best[0] if best else None, seeds)
+    if best is not None:
+        assert fits_windows(lo, hi, list(best[1])), "stage windows must contain the incumbent"
     if any(a > b for a, b in zip(lo, hi)):
         return IlpResult(stage_of=None, status="infeasible", objective_s=math.inf,
                          lower_bound_s=math.inf, model_objective_s=math.nan, seconds=0.0,
-                         solver=solver, binaries=0)
+                         solver=solver, binaries=0, rounds=0)
     model = _Model(problem, anc, lo, hi)
-    warm = model.warm(incumbent) if incumbent is not None else None
-    raw = _solvers.solve(model.prob, solver=solver, warm=warm, time_limit=time_limit, gap=gap)
-    bound = raw.bound * model.tau if math.isfinite(raw.bound) else 0.0
-    found: tuple[int, ...] | None = model.stage_of(raw.values) if raw.values else None
-    objective = math.inf
-    if found is not None:
-        problems = violations(problem, found)
-        found_eval = evaluate(problem, found)
-        if problems or not found_eval.fits:  # solver tolerance trouble: never return it
-            found = None
-        else:
-            objective = found_eval.objective_s
-    status = raw.status
-    model_objective = raw.objective * model.tau if found is not None else math.nan
-    if incumbent is not None and (found is None or (inc_obj is not None and inc_obj < objective)):
-        found, objective = tuple(incumbent), float(inc_obj or 0.0)
-        model_objective = math.nan
-        if status in ("unsolved", "infeasible"):
+    for count in sorted(set(seeds)):
+        model.add_path(count)
+    lower = 0.0
+    status = "unsolved"
+    model_objective = math.nan
+    rounds = 0
+    while rounds < max_rounds:
+        left = time_limit - (time.perf_counter() - start)
+        if left <= 0:
+            break
+        rounds += 1
+        warm = model.warm(best[1]) if best is not None else None
+        raw = _solvers.solve(model.prob, solver=solver, warm=warm, time_limit=left, gap=gap)
+        if raw.status == "infeasible":
+            if best is None:
+                status = "infeasible"
+            break
+        if math.isfinite(raw.bound):
+            lower = max(lower, raw.bound * model.tau)
+        if not raw.values:
+            break
+        found = model.stage_of(raw.values)
+        ev = evaluate(problem, found)
+        if violations(problem, found) or not ev.fits:  # solver tolerance trouble: never keep it
+            break
+        if best is None or ev.objective_s < best[0]:
+            best = (ev.objective_s, found)
+        model_objective = raw.objective * model.tau
+        # the MIP already holds this critical path: its T is the step, up to solver tolerance
+        exact = ev.critical in model.counts or ev.objective_s <= model_objective * (1 + 1e-9)
+        if raw.status == "optimal" and exact:
+            status = "optimal"  # the MIP's optimum is a true step time: within gap of the bound
+            break
+        if best[0] > 0 and (best[0] - lower) / best[0] <= gap:
+            status = "optimal"
+            break
+        if raw.status != "optimal":
             status = "feasible"
-    if raw.status == "infeasible" and found is None:
-        return IlpResult(stage_of=None, status="infeasible", objective_s=math.inf,
-                         lower_bound_s=math.inf, model_objective_s=math.nan, seconds=raw.seconds,
-                         solver=solver, binaries=model.binaries)
-    if status == "optimal" and solver == "cbc":
-        bound = max(bound, objective * (1 - gap))
-    bound = max(0.0, min(bound, objective))
-    return IlpResult(stage_of=found, status=status if found is not None else "unsolved",
-                     objective_s=objective, lower_bound_s=bound, model_objective_s=model_objective,
-                     seconds=raw.seconds, solver=solver, binaries=model.binaries)
+            break
+        for count in _nearby(problem, ev):
+            if count not in model.counts:
+                model.add_path(count)
+    seconds = time.perf_counter() - start
+    if best is None:
+        return IlpResult(stage_of=None, status=status if status == "infeasible" else "unsolved",
+                         objective_s=math.inf, lower_bound_s=math.inf if status == "infeasible" else 0.0,
+                         model_objective_s=math.nan, seconds=seconds, solver=solver,
+                         binaries=model.binaries, rounds=rounds)
+    if status != "optimal":
+        status = "feasible"
+    if solver == "cbc" and status == "optimal":
+        lower = max(lower, best[0] * (1 - gap))
+    lower = max(0.0, min(lower, best[0]))
+    return IlpResult(stage_of=best[1], status=status, objective_s=best[0], lower_bound_s=lower,
+                     model_objective_s=model_objective, seconds=seconds, solver=solver,
+                     binaries=model.binaries, rounds=rounds)

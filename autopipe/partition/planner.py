@@ -26,6 +26,7 @@ from autopipe.partition.infeasible import explain
 from autopipe.partition.problem import SCHEDULES, Config, Problem, from_profile
 from autopipe.plan_format import Plan, Predicted, SolverInfo
 from autopipe.profile.profile import Profile
+from autopipe.schedule.actions import check_runnable
 from autopipe.schedule.simulate import StageCost as SimCost
 from autopipe.schedule.simulate import simulate
 
@@ -61,16 +62,16 @@ def link_bandwidth_for(profile: Profile, link_bandwidth: float | str | None) -> 
 
 
 def simple_bound(problem: Problem) -> float:
-    """A lower bound on any partition's iteration time: all work spread perfectly.
+    """A lower bound on any partition's step: all work spread perfectly.
 
-    Σ_s T_s ≥ W / (fastest speed) and max_s T_s ≥ W / Σ speeds (likewise for GPipe's
-    forward and backward parts).
+    The first micro-batch's forward and backward path through every stage takes at
+    least W / (fastest speed), and the busiest stage runs m micro-batches of at least
+    W / Σ speeds each.
     """
     cfg = problem.config
     speeds = [d.speed for d in cfg.devices]
-    m = cfg.microbatches
     work = math.fsum(b.work_s for b in problem.blocks)
-    return work / max(speeds) + (m - 1) * work / sum(speeds)
+    return max(work / max(speeds), cfg.microbatches * work / sum(speeds))
 
 
 def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str) -> None:
@@ -85,6 +86,8 @@ def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str
             isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1):
         raise PlanError(f"microbatches = {microbatches!r}",
                         hint="use a positive number, or 'auto' to let the planner choose")
+    if isinstance(microbatches, int):
+        check_runnable(schedule, num_stages, microbatches)  # what torch refuses, e.g. 1F1B with m < p
 
 
 def plan_profile(
@@ -192,9 +195,8 @@ def _auto(problem: Problem, profile: Profile, options: _Options) -> Plan:
 def predict(problem: Problem, ev: Evaluation) -> Predicted:
     """Iteration time, bubble and per-stage peak memory of a partition, simulated.
 
-    The simulator (``autopipe.schedule.simulate``) plays the schedule's actions with
-    sends overlapped on the links, so its step time is at most the ILP's closed form,
-    which charges every send to both stages' busy time.
+    The step comes from the simulator (``autopipe.schedule.simulate``), whose rules
+    the ILP's objective encodes exactly, plus the tied-gradient sync.
     """
     cfg = problem.config
     costs = [SimCost(forward_s=s.forward_s,
@@ -205,8 +207,8 @@ def predict(problem: Problem, ev: Evaluation) -> Predicted:
     sim = simulate(costs, schedule=cfg.schedule, microbatches=cfg.microbatches)
     peak = tuple(s.params + s.grads + s.optimizer + s.buffers + sim.peak_activation_bytes[i]
                  for i, s in enumerate(ev.stages))
-    return Predicted(iteration_s=sim.iteration_s, bubble_fraction=sim.bubble_fraction,
-                     peak_memory=peak)
+    return Predicted(iteration_s=sim.iteration_s + ev.tied_sync_s,
+                     bubble_fraction=sim.bubble_fraction, peak_memory=peak)
 
 
 def _plan(problem: Problem, profile: Profile, options: _Options) -> Plan:

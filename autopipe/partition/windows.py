@@ -2,26 +2,33 @@
 
 [Note: stage windows]
 
-With an incumbent partition of iteration time Z, any better partition has
-Σ_s T_s + (m−1)·max_s T_s ≤ Z (GPipe's objective is at least that), and Σ_s T_s is at
-least the total work W over the fastest device, so every stage time is at most
+With an incumbent partition of iteration time Z, any better partition has a step of
+at most Z. Every path through the schedule's task DAG bounds the step from below
+([Note: the step time is a longest path]), and with W_j = F_j + B_j the busy time
+per micro-batch of stage j, a path with nF_j forwards and nB_j backwards of stage j
+gives Σ_j min(nF_j, nB_j)·W_j ≤ Z. All work is placed somewhere: Σ_j speed_j·W_j = W.
+Over these constraints a small LP finds, for each k, the most work stages 0 … k can
+hold (cap_k) and the most stages k … p−1 can hold (cap'_k).
 
-    Tcap = (Z − W / max speed) / (m − 1).
-
-Block b and all its ancestors (work A_b) sit in stages 0 … stage(b), which can do at
-most Tcap·Σ_{s ≤ stage(b)} speed_s of work, so stage(b) is at least the first k with
-Tcap·Σ_{s≤k} speed_s ≥ A_b; symmetrically for its descendants (work D_b) and the last
-stages. The windows are then made consistent along edges. On chain-like graphs they
-leave each block two or three candidate stages, which fixes most ILP variables before
-the solver starts, without cutting off any partition better than the incumbent.
+Block b and all its ancestors (work A_b) sit in stages 0 … stage(b), so stage(b) is
+at least the first k with cap_k ≥ A_b; symmetrically its descendants (work D_b) need
+cap'_{stage(b)} ≥ D_b. The windows are then made consistent along edges. They fix
+most ILP variables before the solver starts, without cutting off any partition better
+than the incumbent (the paths are the incumbent's critical ones and those of a few
+extreme cost patterns: any set of real paths gives valid windows).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
+import pulp
 
+from autopipe.partition._solvers import quiet_highs
 from autopipe.partition.problem import Problem
+from autopipe.partition.timeline import Count
 
 BoolMatrix = npt.NDArray[np.bool_]
 
@@ -48,30 +55,51 @@ def pinned_windows(problem: Problem) -> tuple[list[int], list[int]]:
     return lo, hi
 
 
-def windows(problem: Problem, anc: BoolMatrix, incumbent_s: float | None) -> tuple[list[int], list[int]]:
+def stage_caps(problem: Problem, paths: Sequence[Count], step_s: float) -> tuple[list[float], list[float]]:
+    """(cap_k, cap'_k): the most work stages ≤ k, and stages ≥ k, can hold in a step ≤ ``step_s``."""
+    cfg = problem.config
+    p = cfg.num_stages
+    speeds = [d.speed for d in cfg.devices]
+    total = float(sum(b.work_s for b in problem.blocks))
+    scale = total if total > 0 else 1.0
+    lp = pulp.LpProblem("caps", pulp.LpMaximize)
+    w = [lp.add_variable(f"w{j}", lowBound=0) if hasattr(lp, "add_variable")
+         else pulp.LpVariable(f"w{j}", lowBound=0) for j in range(p)]
+    lp += (pulp.lpSum(speeds[j] / scale * w[j] for j in range(p)) == total / scale, "work")
+    for i, (nf, nb, _) in enumerate(sorted(set(paths))):
+        lp += (pulp.lpSum(min(nf[j], nb[j]) / scale * w[j] for j in range(p)) <= step_s / scale,
+               f"path{i}")
+    quiet_highs()
+    caps: list[float] = []
+    for part in [list(range(k + 1)) for k in range(p)] + [list(range(k, p)) for k in range(p)]:
+        lp.setObjective(pulp.lpSum(speeds[j] / scale * w[j] for j in part))
+        lp.solve(pulp.HiGHS(msg=False) if pulp.HiGHS().available() else pulp.PULP_CBC_CMD(msg=False))
+        value = pulp.value(lp.objective)
+        caps.append(total if lp.status != pulp.LpStatusOptimal or value is None
+                    else float(value) * scale * (1 + 1e-7) + 1e-12)
+    return caps[:p], caps[p:]
+
+
+def windows(problem: Problem, anc: BoolMatrix, incumbent_s: float | None = None,
+            paths: Sequence[Count] = ()) -> tuple[list[int], list[int]]:
     """Per block, the lowest and highest stage of a partition no slower than ``incumbent_s``.
 
-    See [Note: stage windows]. Without an incumbent, or with one micro-batch, only pins
-    and edges narrow the windows.
+    See [Note: stage windows]. Without an incumbent (or paths) only pins and edges
+    narrow the windows.
     """
     cfg = problem.config
-    p, m = cfg.num_stages, cfg.microbatches
+    p = cfg.num_stages
     lo, hi = pinned_windows(problem)
-    if incumbent_s is not None and m > 1 and p > 1:
+    if incumbent_s is not None and p > 1 and paths:
         work = np.array([b.work_s for b in problem.blocks])
-        speeds = [d.speed for d in cfg.devices]
-        tcap = (incumbent_s * (1 + 1e-9) - work.sum() / max(speeds)) / (m - 1)
-        tcap = max(tcap, 0.0) * (1 + 1e-9) + 1e-300
         above = anc @ work          # A_b: work of b and its ancestors
         below = anc.T @ work        # D_b: work of b and its descendants
-        fill = np.cumsum(speeds) * tcap
-        drain = np.cumsum(speeds[::-1])[::-1] * tcap
-        slack = 1 - 1e-9
+        fill, drain = stage_caps(problem, paths, incumbent_s * (1 + 1e-9))
         for b in range(problem.size):
-            k_lo = int(np.searchsorted(fill, above[b] * slack, side="left"))
-            lo[b] = max(lo[b], min(k_lo, p - 1))
-            feasible = [k for k in range(p) if drain[k] >= below[b] * slack]
-            hi[b] = min(hi[b], feasible[-1] if feasible else 0)
+            k_lo = next((k for k in range(p) if fill[k] >= above[b]), p - 1)
+            lo[b] = max(lo[b], k_lo)
+            k_hi = next((k for k in range(p - 1, -1, -1) if drain[k] >= below[b]), 0)
+            hi[b] = min(hi[b], k_hi)
     edges = problem.edges()
     for u, v in edges:               # sorted by u: forward pass
         lo[v] = max(lo[v], lo[u])

@@ -1,0 +1,126 @@
+"""``autopipe.plan()``: trace, profile and partition a model in one call."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+from autopipe.errors import PlanError, PlanMismatchError, ProfileError
+from autopipe.partition.devices import DevicesArg
+from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, check_options, plan_profile
+from autopipe.plan_format import Plan
+from autopipe.profile.profile import Profile
+from autopipe.trace import Graph, trace
+
+PROFILE_MODES = ("measure", "estimate")
+
+
+def plan(
+    model: nn.Module,
+    example_inputs: tuple[Any, ...],
+    *,
+    example_kwargs: dict[str, Any] | None = None,
+    num_stages: int,
+    memory_limit: str | int | None = None,
+    devices: DevicesArg | None = None,
+    microbatches: int | str | None = None,
+    schedule: str = "1f1b",
+    profile: str | os.PathLike[str] | Profile = "measure",
+    optimizer: str = "adam",
+    method: str = "ilp",
+    device_spec: str = "h100",
+    dtype: str | None = None,
+    link_bandwidth: float | str | None = None,
+    max_blocks: int = DEFAULT_MAX_BLOCKS,
+    time_limit: float = 60.0,
+    mip_gap: float = 1e-3,
+    solver: str = "highs",
+    deterministic: bool = True,
+) -> Plan:
+    """Plan pipeline stages for ``model``.
+
+    Args:
+        model: the model (may live on the meta device with ``profile="estimate"``).
+        example_inputs: positional inputs of one micro-batch.
+        example_kwargs: keyword inputs of one micro-batch.
+        num_stages: pipeline stages.
+        memory_limit: one memory limit per stage (``"80GiB"`` or bytes); None = unlimited.
+        devices: per-stage devices: a devices.json path or a list (see
+            ``autopipe.partition.devices``); excludes ``memory_limit``.
+        microbatches: micro-batches per step; None = 2 × stages; ``"auto"`` chooses.
+        schedule: ``1f1b`` or ``gpipe``.
+        profile: ``"measure"`` (time the nodes here), ``"estimate"`` (FLOPs and bytes on
+            ``device_spec``), a Profile, or the path of a saved profile.
+        optimizer: for optimizer-state memory (``adam``, ``adamw``, ``sgd``, ``sgd-momentum``, ``none``).
+        method: ``ilp``, ``dp``, ``uniform`` or ``params``.
+        device_spec: the device to estimate for (with ``profile="estimate"``).
+        dtype: compute dtype to profile in (``bf16``…); None keeps the model's. Parameter
+            memory is counted in the profile's dtype.
+        link_bandwidth: bytes/s between stages; default the device spec's, else 25 GB/s.
+        max_blocks: graphs with more nodes are coarsened to this many blocks.
+        time_limit: seconds for the MIP solver.
+        mip_gap: relative gap at which the MIP counts as solved.
+        solver: ``highs`` or ``cbc``.
+        deterministic: leave solve seconds out (0), so equal inputs give byte-identical JSON.
+
+    Returns:
+        The plan; ``plan.save(path)`` writes it.
+
+    Raises:
+        PlanError: bad options; InfeasiblePlanError when nothing fits in memory.
+        PlanMismatchError: a given profile belongs to another model or input shape.
+        TraceError, ProfileError, DeviceSpecError: from tracing, profiling, the devices.
+    """
+    check_options(num_stages, microbatches, schedule, method)
+    graph = trace(model, example_inputs, example_kwargs)
+    prof = _profile(graph, profile, example_inputs, example_kwargs, device_spec=device_spec,
+                    dtype=dtype)
+    return plan_profile(prof, num_stages=num_stages, memory_limit=memory_limit, devices=devices,
+                        microbatches=microbatches, schedule=schedule, optimizer=optimizer,
+                        method=method, link_bandwidth=link_bandwidth, max_blocks=max_blocks,
+                        time_limit=time_limit, mip_gap=mip_gap, solver=solver,
+                        deterministic=deterministic)
+
+
+def _profile(graph: Graph, profile: str | os.PathLike[str] | Profile, args: tuple[Any, ...],
+             kwargs: dict[str, Any] | None, *, device_spec: str, dtype: str | None) -> Profile:
+    """The Profile to plan with, checked against the traced graph."""
+    if isinstance(profile, Profile):
+        prof = profile
+    elif profile == "measure":
+        from autopipe.profile import measure
+
+        return measure(graph, args, kwargs, dtype=dtype)
+    elif profile == "estimate":
+        from autopipe.profile import estimate
+
+        return estimate(graph, args, kwargs, device_spec=device_spec, dtype=dtype)
+    elif isinstance(profile, (str, os.PathLike)) and (
+            str(profile).endswith(".json") or os.path.exists(profile)):
+        prof = Profile.load(profile)
+    else:
+        raise PlanError(f"profile={profile!r} is neither a mode nor a file",
+                        hint=f"use {' or '.join(PROFILE_MODES)}, a Profile, or a profile .json path")
+    check_profile(graph, prof)
+    return prof
+
+
+def check_profile(graph: Graph, profile: Profile) -> None:
+    """Raise PlanMismatchError unless ``profile`` was made for ``graph``."""
+    if profile.graph_fingerprint and profile.graph_fingerprint != graph.fingerprint:
+        raise PlanMismatchError(
+            f"the profile is for another model or input shape (fingerprint "
+            f"{profile.graph_fingerprint[:12]}, this model {graph.fingerprint[:12]})",
+            hint="profile this model again (autopipe profile), or pass the matching SPEC")
+    names = {n.name for n in graph.nodes}
+    have = {n.name for n in profile.nodes}
+    if names != have:
+        missing = sorted(names - have)
+        raise PlanMismatchError(
+            f"the profile's nodes differ from the model's ({len(names - have)} missing, "
+            f"{len(have - names)} extra{', e.g. ' + missing[0] if missing else ''})",
+            hint="profile this model again")
+    if not profile.nodes:
+        raise ProfileError("the profile has no nodes", hint="profile the model again")

@@ -1,0 +1,165 @@
+"""A schedule's step as a longest path: the iteration time, and the critical path's counts.
+
+[Note: the step time is a longest path]
+
+Every rank runs a fixed program (``autopipe.schedule.schedule_order``); an action starts
+when the rank is free and its input has arrived, and each boundary's link carries
+sends one at a time in the order they are issued — exactly the simulator's rules
+(``autopipe.schedule.simulate``). None of these orders depends on the costs, so the
+step is a fixed DAG of tasks: compute tasks lasting F_s or B_s, and send tasks lasting
+c_b = X_b / bandwidth. The iteration time is the DAG's longest path, and any one path
+P gives a lower bound that is *linear* in the per-stage costs:
+
+    iteration ≥ Σ_s (nF_s(P)·F_s + nB_s(P)·B_s) + Σ_b nC_b(P)·c_b
+
+with nF, nB, nC the path's task counts. The ILP adds such cuts for critical paths
+until the longest path of its answer is one of them, so it optimises the simulated
+step time itself, not a closed-form stand-in.
+
+    rank 0  F0 F1 F2 F3 B0 F4 B1 ...      F(s,k) needs F(s-1,k) and its send;
+    rank 1     F0 F1 F2 B0 F3 B1 ...      B(s,k) needs B(s+1,k) and its send back.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from autopipe.schedule.actions import schedule_order
+
+Count = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+"""(nF per stage, nB per stage, nC per boundary)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Dag:
+    kinds: tuple[int, ...]
+    """Per task: 0 = forward, 1 = backward, 2 = send; tasks are in topological order."""
+    where: tuple[int, ...]
+    """Per task: its stage (compute) or boundary (send)."""
+    preds: tuple[tuple[int, ...], ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _dag(schedule: str, p: int, m: int) -> _Dag:
+    order = schedule_order(schedule, p, m, 1)
+    assert not order.split_backward, "the planner models schedules without a split backward"
+    index: dict[tuple[str, int, int], int] = {}
+    kinds: list[int] = []
+    where: list[int] = []
+    preds: list[tuple[int, ...]] = []
+    link_last: dict[tuple[str, int], int] = {}
+    pointer = [0] * p
+    remaining = sum(len(r) for r in order.ranks)
+
+    def add(key: tuple[str, int, int], kind: int, at: int, before: list[int]) -> int:
+        index[key] = len(kinds)
+        kinds.append(kind)
+        where.append(at)
+        preds.append(tuple(before))
+        return index[key]
+
+    # walk the programs like the simulator does, so tasks come out in a topological order
+    while remaining:
+        progressed = False
+        for r in range(p):
+            program = order.ranks[r]
+            while pointer[r] < len(program):
+                s, kind, k = program[pointer[r]]
+                before = [index[("c", r, pointer[r] - 1)]] if pointer[r] else []
+                if kind == "F":
+                    need = ("sf", s - 1, k) if s > 0 else None
+                else:
+                    need = ("sb", s, k) if s < p - 1 else ("F", s, k)
+                if need is not None and need not in index:
+                    break
+                if need is not None:
+                    before.append(index[need])
+                t = add(("c", r, pointer[r]), 0 if kind == "F" else 1, s, before)
+                index[(kind, s, k)] = t
+                if kind == "F" and s < p - 1:
+                    link = ("sf", s)
+                    prev = [link_last[link]] if link in link_last else []
+                    link_last[link] = add(("sf", s, k), 2, s, [t, *prev])
+                elif kind == "B" and s > 0:
+                    link = ("sb", s - 1)
+                    prev = [link_last[link]] if link in link_last else []
+                    link_last[link] = add(("sb", s - 1, k), 2, s - 1, [t, *prev])
+                pointer[r] += 1
+                remaining -= 1
+                progressed = True
+        assert progressed, f"schedule {schedule} deadlocks"
+    return _Dag(kinds=tuple(kinds), where=tuple(where), preds=tuple(preds))
+
+
+def longest_path(schedule: str, forward: Sequence[float], backward: Sequence[float],
+                 sends: Sequence[float], microbatches: int) -> tuple[float, Count]:
+    """The step time of ``schedule`` and the task counts of one critical path.
+
+    Args:
+        schedule: ``1f1b`` or ``gpipe``.
+        forward: F_s per stage (seconds per micro-batch).
+        backward: B_s per stage.
+        sends: c_b per boundary (one-way seconds per micro-batch), ``p − 1`` of them.
+        microbatches: m.
+    """
+    p = len(forward)
+    dag = _dag(schedule, p, microbatches)
+    dur = (forward, backward, sends)
+    end = [0.0] * len(dag.kinds)
+    via = [-1] * len(dag.kinds)
+    for t, (kind, at, before) in enumerate(zip(dag.kinds, dag.where, dag.preds)):
+        start, arg = 0.0, -1
+        for u in before:
+            if arg < 0 or end[u] > start:
+                start, arg = end[u], u
+        via[t] = arg
+        end[t] = start + dur[kind][at]
+    last = max(range(len(end)), key=end.__getitem__)
+    nf, nb, nc = [0] * p, [0] * p, [0] * max(p - 1, 0)
+    t = last
+    while t >= 0:
+        kind, at = dag.kinds[t], dag.where[t]
+        (nf if kind == 0 else nb if kind == 1 else nc)[at] += 1
+        t = via[t]
+    return end[last], (tuple(nf), tuple(nb), tuple(nc))
+
+
+def path_length(count: Count, forward: Sequence[float], backward: Sequence[float],
+                sends: Sequence[float]) -> float:
+    """The length of a path with these task counts under these costs."""
+    nf, nb, nc = count
+    return (sum(a * x for a, x in zip(nf, forward)) + sum(a * x for a, x in zip(nb, backward))
+            + sum(a * x for a, x in zip(nc, sends)))
+
+
+def seed_paths(schedule: str, p: int, m: int) -> list[Count]:
+    """Critical paths when one stage, or one link, dominates: good first cuts for the ILP."""
+    seeds: set[Count] = set()
+    for k in range(p):
+        heavy = [100.0 if s == k else 1.0 for s in range(p)]
+        seeds.add(longest_path(schedule, heavy, [2 * h for h in heavy], [0.01] * (p - 1), m)[1])
+    for b in range(p - 1):
+        links = [100.0 if i == b else 0.01 for i in range(p - 1)]
+        seeds.add(longest_path(schedule, [1.0] * p, [2.0] * p, links, m)[1])
+    seeds.add(longest_path(schedule, [1.0] * p, [2.0] * p, [0.0] * (p - 1), m)[1])
+    return sorted(seeds)
+
+
+def nearby_paths(schedule: str, forward: Sequence[float], backward: Sequence[float],
+                 sends: Sequence[float], microbatches: int, bump: float = 1.05) -> list[Count]:
+    """Critical paths of these costs and of each stage (and link) made ``bump`` times slower.
+
+    Near a balanced partition the critical path flips between such neighbours; adding
+    them all at once saves the ILP many rounds.
+    """
+    out = {longest_path(schedule, forward, backward, sends, microbatches)[1]}
+    for k in range(len(forward)):
+        f = [x * bump if i == k else x for i, x in enumerate(forward)]
+        b = [x * bump if i == k else x for i, x in enumerate(backward)]
+        out.add(longest_path(schedule, f, b, sends, microbatches)[1])
+    for k in range(len(sends)):
+        c = [x * bump if i == k else x for i, x in enumerate(sends)]
+        out.add(longest_path(schedule, forward, backward, c, microbatches)[1])
+    return sorted(out)

@@ -1,0 +1,86 @@
+"""A readable per-stage table of a Plan: nodes, modules, time, memory breakdown, sends."""
+
+from __future__ import annotations
+
+from autopipe._units import format_seconds, format_size
+from autopipe.plan_format import Plan, Stage
+
+_MODULES_SHOWN = 4
+
+
+def _modules(stage: Stage) -> str:
+    shown = list(stage.modules[:_MODULES_SHOWN])
+    more = len(stage.modules) - len(shown)
+    if more > 0:
+        shown.append(f"… (+{more})")
+    return ", ".join(shown) if shown else "(no whole module)"
+
+
+def _sends(stage: Stage) -> str:
+    if not stage.sends:
+        return "-"
+    total = sum(s.bytes for s in stage.sends)
+    return f"{len(stage.sends)} → {stage.sends[0].to_stage} ({format_size(total)})"
+
+
+def _limit(plan: Plan, stage: Stage) -> str:
+    limits = {d.name: d.memory for d in plan.devices}
+    limit = limits.get(stage.device, 0)
+    if not limit:
+        return "-"
+    return f"{format_size(limit)} ({stage.memory.total / limit:.0%})"
+
+
+def headline(plan: Plan) -> list[str]:
+    """The summary lines above the table."""
+    sv = plan.solver
+    lines = [
+        f"{plan.num_stages} stages, {plan.schedule}, {plan.microbatches} micro-batches",
+        f"predicted step {format_seconds(plan.predicted.iteration_s)}, "
+        f"bubble {plan.predicted.bubble_fraction:.1%}",
+        f"solver {sv.method}: {sv.status}, objective {format_seconds(sv.objective_s)}, "
+        f"lower bound {format_seconds(sv.lower_bound_s)}, gap {sv.gap:.2%}"
+        + (f", {sv.seconds:.2f} s" if sv.seconds else ""),
+    ]
+    if plan.baselines:
+        parts = []
+        for name, b in plan.baselines.items():
+            if b.iteration_s is None:
+                parts.append(f"{name} does not fit" if b.stage_nodes else f"{name} n/a")
+            else:
+                ratio = b.iteration_s / plan.predicted.iteration_s - 1 if plan.predicted.iteration_s else 0.0
+                parts.append(f"{name} {format_seconds(b.iteration_s)} ({ratio:+.1%})")
+        lines.append("baselines: " + ", ".join(parts))
+    return lines
+
+
+def stage_table(plan: Plan) -> list[str]:
+    """One row per stage, then its modules and sends."""
+    cols = ("stage", "device", "nodes", "forward", "backward", "comm", "per mb", "params",
+            "grads", "optim", "activ", "buffers", "total", "limit")
+    rows = []
+    for s in plan.stages:
+        m = s.memory
+        rows.append((str(s.index), s.device, str(len(s.nodes)), format_seconds(s.forward_s),
+                     format_seconds(s.backward_s), format_seconds(s.comm_s), format_seconds(s.time_s),
+                     format_size(m.params), format_size(m.grads), format_size(m.optimizer),
+                     format_size(m.activations), format_size(m.buffers), format_size(m.total),
+                     _limit(plan, s)))
+    width = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    left = {1}
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, width))).rstrip()
+
+    out = [line(cols)]
+    for s, r in zip(plan.stages, rows):
+        out.append(line(r))
+        out.append(f"{'':>{width[0]}}  modules: {_modules(s)}")
+        out.append(f"{'':>{width[0]}}  sends:   {_sends(s)}")
+    return out
+
+
+def format_plan(plan: Plan) -> str:
+    """The whole report: headline, then the stage table."""
+    return "\n".join([*headline(plan), "", *stage_table(plan)])

@@ -1,0 +1,90 @@
+"""Tests for autopipe/api.py: ``autopipe.plan()`` on the example models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import autopipe
+from autopipe import ModelSpec
+from autopipe.errors import InfeasiblePlanError, PlanError, PlanMismatchError
+from autopipe.profile import Profile, measure
+from autopipe.runtime.split import split_graph
+from tests.conftest import example_spec
+
+
+@pytest.fixture(scope="module")
+def profiled(traced: dict[str, tuple[ModelSpec, autopipe.Graph]]) -> dict[str, Profile]:
+    """A quick CPU measurement of every example (one repeat: the planner only needs numbers)."""
+    return {name: measure(g, spec.example_inputs, spec.example_kwargs, warmup=0, repeats=1,
+                          progress=False)
+            for name, (spec, g) in traced.items()}
+
+
+def _check(graph: autopipe.Graph, plan: autopipe.Plan) -> None:
+    assert plan.graph_fingerprint == graph.fingerprint
+    names = [n for s in plan.stages for n in s.nodes]
+    assert sorted(names) == sorted(n.name for n in graph.nodes)
+    split_graph(graph, plan)  # the runtime accepts the plan: convex, tensors only, output last
+
+
+@pytest.mark.parametrize("name", ["mlp", "gpt2", "llama", "resnet", "unet", "bert"])
+def test_examples_plan_and_split(name: str, traced: dict[str, tuple[ModelSpec, autopipe.Graph]],
+                                 profiled: dict[str, Profile]) -> None:
+    spec, graph = traced[name]
+    plan = autopipe.plan(spec.model, spec.example_inputs, example_kwargs=spec.example_kwargs,
+                         num_stages=4, profile=profiled[name])
+    _check(graph, plan)
+    assert plan.solver.status == "optimal" and plan.solver.gap <= 0.01
+    for b in ("uniform", "params"):
+        base = plan.baselines[b].iteration_s
+        assert base is None or plan.predicted.iteration_s <= base * (1 + 1e-9)
+
+
+def test_tied_weights_are_held_by_both_ends(traced: dict[str, tuple[ModelSpec, autopipe.Graph]],
+                                            profiled: dict[str, Profile]) -> None:
+    spec, graph = traced["gpt2"]
+    plan = autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile=profiled["gpt2"])
+    wte = graph.param_bytes["transformer.wte.weight"]
+    # the embedding reads it in stage 0, the tied head in stage 1: both hold a full copy
+    assert all(s.memory.params >= wte for s in plan.stages)
+
+
+def test_measure_path_and_saved_profile(tmp_path: Path) -> None:
+    spec = example_spec("mlp", layers=4)
+    plan = autopipe.plan(spec.model, spec.example_inputs, num_stages=2)
+    assert plan.options["profile_method"] == "measure"
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    prof = measure(graph, spec.example_inputs, warmup=0, repeats=1, progress=False)
+    path = tmp_path / "p.json"
+    prof.save(path)
+    again = autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile=str(path))
+    _check(graph, again)
+    assert again == autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile=path)
+
+
+def test_estimate_on_meta() -> None:
+    spec = example_spec("llama", device="meta")
+    plan = autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile="estimate",
+                         device_spec="a100")
+    assert plan.options["profile_device"] == "estimate:a100"
+    assert plan.options["link_bandwidth"] > 0
+
+
+def test_profile_of_another_model(profiled: dict[str, Profile]) -> None:
+    spec = example_spec("mlp", layers=3)
+    with pytest.raises(PlanMismatchError, match="another model"):
+        autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile=profiled["mlp"])
+
+
+def test_bad_arguments(profiled: dict[str, Profile]) -> None:
+    spec = example_spec("mlp")
+    with pytest.raises(PlanError, match="neither a mode nor a file"):
+        autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile="guess")
+    with pytest.raises(PlanError, match="unknown schedule") as info:
+        autopipe.plan(spec.model, spec.example_inputs, num_stages=2, schedule="zb-v")
+    assert "1f1b" in (info.value.hint or "")
+    with pytest.raises(InfeasiblePlanError, match="stage"):
+        autopipe.plan(spec.model, spec.example_inputs, num_stages=2, memory_limit="64KiB",
+                      profile=profiled["mlp"])
