@@ -1,19 +1,26 @@
-"""`autopipe show`."""
+"""`autopipe show`: print a plan as a readable per-stage table."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from autopipe.errors import AutopipeError
-
 
 def add_parser(sub: Any) -> None:
     """Register the subcommand."""
-    p: argparse.ArgumentParser = sub.add_parser("show", help="(being built)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "show", help="print a plan: per-stage nodes, modules, time, memory and sends",
+        description="Print PLAN.json as a table: one row per stage with its time and memory "
+                    "breakdown, the modules it owns and the tensors it sends.")
+    p.add_argument("plan", metavar="PLAN.json", help="a plan written by `autopipe plan`")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
-    raise AutopipeError("`autopipe show` is not available in this build", hint="see the README")
+    from autopipe.plan_format import Plan
+    from autopipe.report import format_plan
+
+    plan = Plan.load(args.plan)
+    print(format_plan(plan))
+    return 0

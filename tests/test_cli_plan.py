@@ -1,0 +1,138 @@
+"""Tests for autopipe/cli/plan_cmd.py and show_cmd.py: `autopipe plan` and `autopipe show`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import autopipe
+from autopipe.cli.main import main
+from autopipe.profile import measure
+from tests.conftest import ROOT, example_spec
+
+MLP = str(ROOT / "examples" / "mlp.py") + ":build"
+
+
+@pytest.fixture(scope="module")
+def mlp_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = example_spec("mlp")
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    path = tmp_path_factory.mktemp("profiles") / "mlp.json"
+    measure(graph, spec.example_inputs, warmup=0, repeats=1, progress=False).save(path)
+    return path
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_plan_then_show(tmp_path: Path, mlp_profile: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plan.json"
+    code, text, err = _run(["plan", MLP, "--stages", "3", "--memory", "64MiB", "--profile",
+                            str(mlp_profile), "-o", str(out)], capsys)
+    assert code == 0, err
+    plan = autopipe.Plan.load(out)
+    assert plan.num_stages == 3 and plan.solver.status == "optimal"
+    assert "solver ilp: optimal" in text and f"wrote {out}" in err
+    code, shown, _ = _run(["show", str(out)], capsys)
+    assert code == 0
+    for stage in plan.stages:
+        assert f"modules: {stage.modules[0]}" in shown
+    assert "baselines: dp" in shown and "limit" in shown
+
+
+def test_plans_are_byte_identical(tmp_path: Path, mlp_profile: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    texts = []
+    for i in range(2):
+        out = tmp_path / f"p{i}.json"
+        assert main(["plan", MLP, "--stages", "4", "--profile", str(mlp_profile), "-o", str(out)]) == 0
+        texts.append(out.read_bytes())
+    assert texts[0] == texts[1]
+    timed = tmp_path / "timed.json"
+    assert main(["plan", MLP, "--stages", "4", "--profile", str(mlp_profile), "--timing",
+                 "-o", str(timed)]) == 0
+    assert json.loads(timed.read_text())["solver"]["seconds"] > 0
+    capsys.readouterr()
+
+
+def test_methods_and_devices_file(tmp_path: Path, mlp_profile: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    devices = tmp_path / "devices.json"
+    devices.write_text(json.dumps([{"name": "big", "memory": "1GiB", "speed": 2.0},
+                                   {"name": "small", "memory": "512MiB", "count": 2}]))
+    for method in ("ilp", "dp", "uniform", "params"):
+        out = tmp_path / f"{method}.json"
+        code, _, err = _run(["plan", MLP, "--stages", "3", "--devices", str(devices), "--method",
+                             method, "--profile", str(mlp_profile), "-o", str(out)], capsys)
+        assert code == 0, err
+        plan = autopipe.Plan.load(out)
+        assert [d.name for d in plan.devices] == ["big", "small:0", "small:1"]
+        assert plan.solver.method == method
+
+
+def test_estimate_for_a_meta_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "llama.json"
+    code, _, err = _run(["plan", str(ROOT / "examples" / "llama.py") + ":build", "--spec-arg",
+                         "device=meta", "--stages", "2", "--microbatches", "auto", "-o", str(out)],
+                        capsys)
+    assert code == 0, err
+    plan = autopipe.Plan.load(out)
+    assert plan.options["profile_device"] == "estimate:h100"
+    assert plan.microbatches in (2, 4, 8, 16)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--memory", "16KiB"], "no partition into 2 stages fits"),
+    (["--stages", "999"], "cannot cut the model into 999 stages"),
+    (["--schedule", "zigzag"], "unknown schedule"),
+    (["--method", "magic"], "unknown method"),
+    (["--microbatches", "many"], "is not a number"),
+    (["--schedule", "1f1b", "--microbatches", "1"], "1F1B needs at least"),
+    (["--devices", "missing.json"], "no such devices file"),
+    (["--memory", "lots"], "cannot read size"),
+])
+def test_bad_input_exits_2(extra: list[str], message: str, tmp_path: Path, mlp_profile: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["plan", MLP, "--stages", "2", "--profile", str(mlp_profile), "-o", str(tmp_path / "x.json")]
+    code, _, err = _run(args + extra, capsys)
+    assert code == 2
+    assert message in err and "hint:" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_bad_devices_files(tmp_path: Path, mlp_profile: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cases = {
+        "not json": "not valid JSON",
+        json.dumps([{"name": "a", "memory": "1GiB"}]): "lists 1 devices but the plan has 2 stages",
+        json.dumps([{"name": "a"}, {"name": "b", "memory": 1}]): "no memory",
+        json.dumps([{"name": "a", "memory": 1, "speed": -1}, {"name": "b", "memory": 1}]): "speed",
+        json.dumps([{"name": "a", "memory": 1, "colour": "red"}, {"name": "b", "memory": 1}]): "unknown key",
+        json.dumps([{"name": "a", "memory": 1}, {"name": "a", "memory": 1}]): "more than once",
+        json.dumps([{"name": "a", "spec": "h100"}, {"name": "b", "spec": "h100"}]): "measured profile",
+    }
+    for text, message in cases.items():
+        path = tmp_path / "devices.json"
+        path.write_text(text)
+        code, _, err = _run(["plan", MLP, "--stages", "2", "--devices", str(path), "--profile",
+                             str(mlp_profile), "-o", str(tmp_path / "x.json")], capsys)
+        assert code == 2 and message in err and "hint:" in err, (text, err)
+
+
+def test_profile_of_another_model(tmp_path: Path, mlp_profile: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["plan", MLP, "--spec-arg", "layers=3", "--stages", "2", "--profile",
+                         str(mlp_profile), "-o", str(tmp_path / "x.json")], capsys)
+    assert code == 2 and "another model" in err
+
+
+def test_show_a_broken_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    code, _, err = _run(["show", str(bad)], capsys)
+    assert code == 2 and "not valid JSON" in err
