@@ -1,4 +1,4 @@
-"""`autopipe check`."""
+"""`autopipe check`: fail (exit 1) when a plan is worse than a baseline plan."""
 
 from __future__ import annotations
 
@@ -6,14 +6,86 @@ import argparse
 from typing import Any
 
 from autopipe.errors import AutopipeError
+from autopipe.plan_format import Plan
+from autopipe.quality.compare import compare_plans
+
+
+def _tolerance(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"tolerance {text} is not a non-negative fraction")
+    return value
 
 
 def add_parser(sub: Any) -> None:
     """Register the subcommand."""
-    p: argparse.ArgumentParser = sub.add_parser("check", help="(being built)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "check", help="CI gate: exit 1 when a plan is slower or needs more memory than a baseline",
+        description="Compare PLAN with a baseline plan (--baseline OLD.json), or re-plan a model "
+                    "with PLAN's options and compare the result with PLAN (--spec SPEC), or re-plan "
+                    "every case of a golden file of partition quality (--golden FILE). Exit 0 "
+                    "when not worse, 1 when worse (a diff is printed), 2 on bad input.")
+    p.add_argument("plan", metavar="PLAN.json", nargs="?",
+                   help="the plan under test (or the baseline with --spec)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--golden", metavar="GOLDEN.json",
+                       help="re-plan every case of this golden file (profiles/golden.json)")
+    group.add_argument("--baseline", metavar="OLD.json", help="the plan to compare against")
+    group.add_argument("--spec", metavar="SPEC",
+                       help="re-plan this model with PLAN's options and compare against PLAN")
+    p.add_argument("--spec-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword argument for the build function (with --spec)")
+    p.add_argument("--tolerance", type=_tolerance, default=None,
+                   help="allowed relative regression (default 0.01 = 1%%; with --golden, the file's)")
+    p.add_argument("-o", "--output", metavar="NEW.json", help="with --spec: write the new plan here")
+    p.add_argument("--refresh", action="store_true",
+                   help="with --golden: record today's results in the file (on purpose only)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
-    raise AutopipeError("`autopipe check` is not available in this build", hint="see the README")
+    if args.golden is not None:
+        return _golden(args)
+    if args.plan is None:
+        raise AutopipeError("no PLAN.json given", hint="autopipe check PLAN.json --baseline OLD.json")
+    if args.spec is not None:
+        old = Plan.load(args.plan)
+        new = _replan(args, old)
+        if args.output:
+            new.save(args.output)
+    else:
+        new, old = Plan.load(args.plan), Plan.load(args.baseline)
+    result = compare_plans(new, old, tolerance=0.01 if args.tolerance is None else args.tolerance)
+    print(result.report())
+    return 1 if result.worse else 0
+
+
+def _replan(args: argparse.Namespace, old: Plan) -> Plan:
+    """Plan the spec again with the options recorded in ``old``."""
+    from autopipe.quality.replan import replan
+    from autopipe.spec import load_spec, parse_spec_args
+
+    if args.spec_arg is None:  # pragma: no cover - argparse always sets it
+        raise AutopipeError("no spec arguments", hint="see autopipe check --help")
+    spec = load_spec(args.spec, **parse_spec_args(args.spec_arg))
+    return replan(spec, old)
+
+
+def _golden(args: argparse.Namespace) -> int:
+    from autopipe.quality.golden import check_golden, refresh_golden, table
+
+    if args.plan is not None:
+        raise AutopipeError("--golden takes no PLAN.json", hint="autopipe check --golden FILE")
+    if args.refresh:
+        print(table(refresh_golden(args.golden)))
+        print(f"recorded in {args.golden}")
+        return 0
+    results = check_golden(args.golden, tolerance=args.tolerance)
+    print(table([r.now for r in results]))
+    failures = [f for r in results for f in r.failures]
+    for f in failures:
+        print(f"WORSE: {f}")
+    print(f"{len(results) - sum(bool(r.failures) for r in results)} passed, "
+          f"{sum(bool(r.failures) for r in results)} failed")
+    return 1 if failures else 0

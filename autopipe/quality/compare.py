@@ -1,0 +1,97 @@
+"""Compare a new plan with a baseline plan: is it slower or closer to running out of memory?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from autopipe._units import format_seconds, format_size
+from autopipe.errors import PlanMismatchError
+from autopipe.plan_format import Plan
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Comparison:
+    """The verdict of ``compare_plans`` and the readable diff behind it."""
+
+    worse: bool
+    """True when the new plan regresses beyond the tolerance."""
+    reasons: tuple[str, ...]
+    """One line per regression found (empty when not worse)."""
+    lines: tuple[str, ...] = field(default=())
+    """The human-readable diff: summary, per-stage table, moved nodes."""
+
+    def report(self) -> str:
+        """The whole diff as text."""
+        return "\n".join(self.lines)
+
+
+def _peak(plan: Plan) -> int:
+    return max(s.memory.total for s in plan.stages)
+
+
+def _utilisation(plan: Plan) -> float:
+    """Highest stage memory / its device's limit (1.0 = exactly full)."""
+    limits = {d.name: d.memory for d in plan.devices}
+    return max(s.memory.total / limits[s.device] if limits.get(s.device) else 0.0 for s in plan.stages)
+
+
+def compare_plans(new: Plan, old: Plan, *, tolerance: float = 0.01) -> Comparison:
+    """Compare ``new`` against ``old`` (the baseline).
+
+    The new plan is worse when its predicted iteration time exceeds the old one by more
+    than ``tolerance`` (relative), when its largest stage needs more than ``tolerance``
+    more memory, or when a stage no longer fits its device.
+
+    Raises:
+        PlanMismatchError: the plans are for different models or micro-batch shapes.
+    """
+    if new.graph_fingerprint != old.graph_fingerprint:
+        raise PlanMismatchError(
+            f"the plans are for different models (fingerprint {new.graph_fingerprint[:12]} vs "
+            f"{old.graph_fingerprint[:12]})",
+            hint="compare plans of the same model and micro-batch shape, or refresh the baseline")
+    if tolerance < 0:
+        raise PlanMismatchError(f"tolerance {tolerance} is negative", hint="use e.g. 0.01 for 1%")
+    reasons: list[str] = []
+    t_new, t_old = new.predicted.iteration_s, old.predicted.iteration_s
+    if t_new > t_old * (1 + tolerance):
+        reasons.append(f"predicted iteration time {format_seconds(t_new)} is {t_new / t_old - 1:+.1%} "
+                       f"against the baseline {format_seconds(t_old)} (tolerance {tolerance:.1%})")
+    m_new, m_old = _peak(new), _peak(old)
+    if m_new > m_old * (1 + tolerance):
+        reasons.append(f"largest stage needs {format_size(m_new)}, {m_new / m_old - 1:+.1%} against "
+                       f"the baseline's {format_size(m_old)} (tolerance {tolerance:.1%})")
+    limits = {d.name: d.memory for d in new.devices}
+    for s in new.stages:
+        limit = limits.get(s.device)
+        if limit and s.memory.total > limit:
+            reasons.append(f"stage {s.index} needs {format_size(s.memory.total)} but {s.device} "
+                           f"has {format_size(limit)}")
+    lines = [
+        f"iteration time  {format_seconds(t_old):>12} -> {format_seconds(t_new):>12}  ({t_new / t_old - 1:+.1%})",
+        f"largest stage   {format_size(m_old):>12} -> {format_size(m_new):>12}  ({m_new / m_old - 1:+.1%})",
+        f"stages          {old.num_stages:>12} -> {new.num_stages:>12}",
+        "",
+        f"{'stage':>5}  {'time old':>12}  {'time new':>12}  {'memory old':>12}  {'memory new':>12}  nodes old->new",
+    ]
+    for i in range(max(old.num_stages, new.num_stages)):
+        o = old.stages[i] if i < old.num_stages else None
+        n = new.stages[i] if i < new.num_stages else None
+        lines.append(
+            f"{i:>5}  {format_seconds(o.time_s) if o else '-':>12}  {format_seconds(n.time_s) if n else '-':>12}  "
+            f"{format_size(o.memory.total) if o else '-':>12}  {format_size(n.memory.total) if n else '-':>12}  "
+            f"{len(o.nodes) if o else 0}->{len(n.nodes) if n else 0}")
+    moved = _moved(new, old)
+    if moved:
+        lines += ["", f"{len(moved)} node(s) moved:"]
+        lines += [f"  {name}: stage {a} -> {b}" for name, a, b in moved[:20]]
+        if len(moved) > 20:
+            lines.append(f"  ... and {len(moved) - 20} more")
+    verdict = "WORSE: " + "; ".join(reasons) if reasons else "OK: not worse than the baseline"
+    return Comparison(worse=bool(reasons), reasons=tuple(reasons), lines=(verdict, "", *lines))
+
+
+def _moved(new: Plan, old: Plan) -> list[tuple[str, int, int]]:
+    before, after = old.stage_of, new.stage_of
+    order = [n for s in new.stages for n in s.nodes]
+    return [(n, before[n], after[n]) for n in order if n in before and before[n] != after[n]]

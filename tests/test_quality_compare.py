@@ -1,0 +1,78 @@
+"""Tests for autopipe/quality/compare.py and `autopipe check --baseline`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from autopipe.cli.main import main
+from autopipe.errors import PlanMismatchError
+from autopipe.plan_format import Device, Plan, Predicted, SolverInfo, Stage, StageMemory
+from autopipe.quality.compare import compare_plans
+
+
+def _plan(times: list[float], mems: list[int], *, cut: int = 2, fingerprint: str = "abc") -> Plan:
+    nodes = [f"n{i}" for i in range(6)]
+    groups = [nodes[:cut], nodes[cut:]] if len(times) == 2 else [nodes]
+    stages = tuple(
+        Stage(index=i, device=f"d{i}", nodes=tuple(g), modules=(), forward_s=t / 3, backward_s=2 * t / 3,
+              memory=StageMemory(params=m, grads=0, optimizer=0, activations=0, buffers=0, total=m))
+        for i, (g, t, m) in enumerate(zip(groups, times, mems)))
+    m = 4
+    it = sum(times) + (m - 1) * max(times)
+    return Plan(graph_fingerprint=fingerprint, schedule="1f1b", microbatches=m,
+                devices=tuple(Device(name=f"d{i}", memory=1000) for i in range(len(times))),
+                stages=stages, predicted=Predicted(iteration_s=it, bubble_fraction=0.1),
+                solver=SolverInfo(method="ilp", status="optimal", objective_s=it,
+                                  lower_bound_s=it, gap=0.0, seconds=0.1))
+
+
+def test_better_or_equal_plan_passes() -> None:
+    old = _plan([1.0, 2.0], [100, 100], cut=2)
+    new = _plan([1.5, 1.5], [100, 100], cut=3)
+    result = compare_plans(new, old)
+    assert not result.worse
+    assert "n2: stage 1 -> 0" in result.report()
+    assert not compare_plans(old, old).worse
+
+
+def test_slower_plan_fails_with_diff() -> None:
+    old = _plan([1.5, 1.5], [100, 100], cut=3)
+    new = _plan([1.0, 2.0], [100, 100], cut=2)
+    result = compare_plans(new, old, tolerance=0.01)
+    assert result.worse
+    assert "iteration time" in result.reasons[0]
+    # within tolerance it passes
+    assert not compare_plans(new, old, tolerance=0.5).worse
+
+
+def test_more_memory_and_overflow_fail() -> None:
+    old = _plan([1.0, 1.0], [100, 100])
+    assert compare_plans(_plan([1.0, 1.0], [100, 200]), old).worse
+    result = compare_plans(_plan([1.0, 1.0], [100, 2000]), _plan([1.0, 1.0], [100, 1999]))
+    assert any("has 1000 B" in r for r in result.reasons)
+
+
+def test_different_models_refused() -> None:
+    with pytest.raises(PlanMismatchError, match="different models"):
+        compare_plans(_plan([1.0, 1.0], [1, 1], fingerprint="x"), _plan([1.0, 1.0], [1, 1]))
+
+
+def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = _plan([1.5, 1.5], [100, 100], cut=3), _plan([1.0, 2.0], [100, 100], cut=2)
+    other = dataclasses.replace(good, graph_fingerprint="zzz")
+    for name, p in (("good", good), ("bad", bad), ("other", other)):
+        p.save(tmp_path / f"{name}.json")
+    (tmp_path / "corrupt.json").write_text('{"schema": "autopipe.plan/1", "stages": [')
+    base = ["check", "--baseline", str(tmp_path / "good.json")]
+    assert main([*base[:1], str(tmp_path / "good.json"), *base[1:]]) == 0
+    assert main(["check", str(tmp_path / "bad.json"), "--baseline", str(tmp_path / "good.json")]) == 1
+    out = capsys.readouterr().out
+    assert "WORSE" in out and "stage" in out
+    assert main(["check", str(tmp_path / "other.json"), "--baseline", str(tmp_path / "good.json")]) == 2
+    assert "different models" in capsys.readouterr().err
+    assert main(["check", str(tmp_path / "corrupt.json"), "--baseline", str(tmp_path / "good.json")]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt.json" in err and "not valid JSON" in err
