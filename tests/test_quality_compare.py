@@ -76,3 +76,21 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["check", str(tmp_path / "corrupt.json"), "--baseline", str(tmp_path / "good.json")]) == 2
     err = capsys.readouterr().err
     assert "corrupt.json" in err and "not valid JSON" in err
+
+
+def test_check_spec_replans_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`autopipe check PLAN --spec SPEC` re-plans with PLAN's options (estimated: deterministic)."""
+    from .conftest import ROOT
+
+    spec = f"{ROOT}/examples/mlp.py:build"
+    plan = tmp_path / "plan.json"
+    assert main(["plan", spec, "--spec-arg", "layers=6", "--stages", "2", "--device-spec", "h100",
+                 "-o", str(plan)]) == 0
+    capsys.readouterr()
+    assert main(["check", str(plan), "--spec", spec, "--spec-arg", "layers=6",
+                 "-o", str(tmp_path / "new.json")]) == 0
+    assert "OK: not worse" in capsys.readouterr().out
+    assert Plan.load(tmp_path / "new.json").stage_of == Plan.load(plan).stage_of
+    # another model (one more layer) is refused, not compared
+    assert main(["check", str(plan), "--spec", spec, "--spec-arg", "layers=7"]) == 2
+    assert "different models" in capsys.readouterr().err
