@@ -1,9 +1,11 @@
-"""`autopipe show`: print a plan as a readable per-stage table."""
+"""`autopipe show`: print a plan as a readable per-stage table and its simulated timeline."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from autopipe.schedule.show import add_show_args, show_schedule
 
 
 def add_parser(sub: Any) -> None:
@@ -11,8 +13,10 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "show", help="print a plan: per-stage nodes, modules, time, memory and sends",
         description="Print PLAN.json as a table: one row per stage with its time and memory "
-                    "breakdown, the modules it owns and the tensors it sends.")
+                    "breakdown, the modules it owns and the tensors it sends; then the "
+                    "simulated timeline of one step (optionally as a PNG or a Chrome trace).")
     p.add_argument("plan", metavar="PLAN.json", help="a plan written by `autopipe plan`")
+    add_show_args(p)
     p.set_defaults(run=run)
 
 
@@ -23,4 +27,5 @@ def run(args: argparse.Namespace) -> int:
 
     plan = Plan.load(args.plan)
     print(format_plan(plan))
+    show_schedule(plan, args)
     return 0

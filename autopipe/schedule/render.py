@@ -31,6 +31,8 @@ COLOURS = {"F": "#4c72b0", "B": "#dd8452", "W": "#8172b3", "O": "#55a868", "comm
 MEMORY_PARTS = (("params", "#4c72b0"), ("grads", "#55a868"), ("optimizer", "#c44e52"),
                 ("activations", "#dd8452"), ("buffers", "#937860"))
 BASELINE_STYLES = ("--", ":", "-.")
+LIMIT_HEADROOM = 4.0
+"""A device limit more than this many times the largest bar is written, not drawn."""
 
 
 def _figure(width: float, height: float) -> Any:
@@ -112,18 +114,26 @@ def draw_stage_memory(ax: Any, plan: Plan) -> None:
                    for s in stages]
     totals = [s.memory.total for s in stages]
     marks = [b.max_memory for b in plan.baselines.values() if b.max_memory is not None]
-    scale, unit = _size_scale(max([*totals, *stage_limit, *marks, 1]))
+    used = max([*totals, *marks, 1])
+    # limits far above every bar would flatten the bars: then they are named, not drawn
+    drawn = [limit if 0 < limit <= LIMIT_HEADROOM * used else 0 for limit in stage_limit]
+    scale, unit = _size_scale(max([used, *drawn]))
     bottom = [0.0] * len(stages)
     for part, colour in MEMORY_PARTS:
         values = [getattr(s.memory, part) / scale for s in stages]
         ax.bar(x, values, bottom=bottom, color=colour, label=part, width=0.7)
         bottom = [b + v for b, v in zip(bottom, values)]
-    for i, limit in enumerate(stage_limit):
+    labelled = False
+    for i, limit in enumerate(drawn):
         if limit > 0:
             ax.hlines(limit / scale, i - 0.45, i + 0.45, color="black", linewidth=2.0,
-                      label="device limit" if i == 0 else None)
-            if totals[i] > limit:
-                ax.annotate("over", (i, totals[i] / scale), ha="center", va="bottom", color="#c44e52")
+                      label=None if labelled else "device limit")
+            labelled = True
+        if 0 < stage_limit[i] < totals[i]:
+            ax.annotate("over", (i, totals[i] / scale), ha="center", va="bottom", color="#c44e52")
+        elif stage_limit[i] > 0 and not limit:
+            ax.annotate(f"limit {format_size(stage_limit[i])}\n({totals[i] / stage_limit[i]:.0%} used)",
+                        (i, totals[i] / scale), ha="center", va="bottom", fontsize=7)
     for style, (name, base) in zip(BASELINE_STYLES * 4, sorted(plan.baselines.items())):
         if base.max_memory is not None:
             ax.axhline(base.max_memory / scale, color="#c44e52", linestyle=style, linewidth=1.2,
@@ -165,7 +175,7 @@ def draw_timeline(ax: Any, result: SimResult, plan: Plan | None = None) -> None:
     ax.set_xlabel(f"time ({unit})")
     ax.set_title(f"{result.schedule}, {result.microbatches} micro-batches: simulated step "
                  f"{format_seconds(result.iteration_s)}, bubble {result.bubble_fraction:.1%}")
-    ax.legend(fontsize=7, loc="upper right", ncols=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
 
 
 def render_plan(plan: Plan, path: str | os.PathLike[str], *, result: SimResult | None = None) -> None:
