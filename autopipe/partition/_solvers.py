@@ -106,7 +106,12 @@ def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
         import highspy
 
         offset = float(prob.objective.constant)
-        prob.solve(_WarmHiGHS(warm, offset, msg=False, timeLimit=time_limit, gapRel=gap, gapAbs=0.0))
+        try:
+            prob.solve(_WarmHiGHS(warm, offset, msg=False, timeLimit=time_limit, gapRel=gap,
+                                  gapAbs=0.0))
+        except (IndexError, pulp.PulpSolverError):
+            # HiGHS refused the model (PuLP then fails reading back its solution): use CBC
+            return solve(prob, solver="cbc", warm=warm, time_limit=time_limit, gap=gap)
         h = prob.solverModel
         status = h.getModelStatus()
         info = h.getInfo()
@@ -129,9 +134,14 @@ def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
             if warm is not None and v.name in warm:
                 v.setInitialValue(warm[v.name])
         # CBC 2.10's preprocessing declares some feasible models infeasible
-        # ("Cut generators found to be infeasible"); the MIP is small enough without it
-        prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap,
-                                     warmStart=warm is not None, options=["preprocess off"]))
+        # ("Cut generators found to be infeasible"); the MIP is small enough without it.
+        # Without it, CBC proves some infeasible models so early that it writes no
+        # solution file at all (PuLP raises): then ask again with preprocessing.
+        try:
+            prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap,
+                                         warmStart=warm is not None, options=["preprocess off"]))
+        except pulp.PulpSolverError:
+            prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap))
         if prob.status == pulp.LpStatusInfeasible:
             kind = "infeasible"
         elif prob.sol_status == pulp.LpSolutionOptimal:

@@ -7,11 +7,12 @@ Two steps, both giving a Problem whose blocks are convex in the DAG:
    node on a path between them. Union the producer with its readers, then merge the
    strongly connected components of the block graph (a path that leaves a block and
    comes back into it is such a cycle).
-2. ``coarsen`` (lossy, only above ``max_blocks``): cut the topological chain of blocks
-   into runs that share a module (``transformer.h.3``) at the coarsest module depth
-   that still gives at least ``max_blocks`` runs, then merge the lightest neighbouring
-   runs (ties: across the highest-traffic boundary first) until the target is met. A
-   run of consecutive blocks in a topological order is convex, so the result is too.
+2. ``coarsen`` (lossy, only above ``max_blocks``): merge neighbouring blocks of the
+   topological chain, the pair with the least work first (ties: across the
+   highest-traffic boundary), and inside one module (``transformer.h.3``, at the
+   deepest module level with at most ``max_blocks`` parts) before across modules,
+   until the target is met. A run of consecutive blocks in a topological order is
+   convex, so every merged block is too.
 """
 
 from __future__ import annotations
@@ -123,22 +124,26 @@ def coarsen(problem: Problem, max_blocks: int) -> Problem:
     if problem.size <= max_blocks:
         return problem
     depth_max = max((len(m.split(".")) for m in problem.node_module.values() if m), default=0)
-    # the coarsest module depth that still leaves at least max_blocks runs (else single blocks)
-    best = [[i] for i in range(problem.size)]
-    for depth in range(depth_max + 1):
-        runs = _runs(problem, depth)
-        if max_blocks <= len(runs) < len(best):
-            best = runs
-    runs = _merge_lightest(problem, best, max_blocks)
+    # the deepest module level whose runs still fit the target: its boundaries are kept longest
+    depth, most = 0, 0
+    for d in range(depth_max + 1):
+        count = len(_runs(problem, d))
+        if most < count <= max_blocks:
+            depth, most = d, count
+    keys = [f"#{i}" if b.pin else _key(problem, b, depth) for i, b in enumerate(problem.blocks)]
+    runs = _merge_lightest(problem, [[i] for i in range(problem.size)], keys, max_blocks)
     return regroup(problem, runs)
 
 
-def _merge_lightest(problem: Problem, runs: list[list[int]], target: int) -> list[list[int]]:
-    """Merge the pair of neighbouring runs with the least work until ``target`` runs remain."""
+def _merge_lightest(problem: Problem, runs: list[list[int]], keys: list[str],
+                    target: int) -> list[list[int]]:
+    """Merge neighbouring runs until ``target`` remain: first within one module (``keys``),
+    then across; the pair with the least work first, ties across the most traffic."""
     if len(runs) <= target:
         return runs
     work = [sum(problem.blocks[i].work_s for i in r) for r in runs]
     pinned = [any(problem.blocks[i].pin for i in r) for r in runs]
+    key = list(keys)
     first_of = {}
     for k, r in enumerate(runs):
         for i in r:
@@ -152,22 +157,25 @@ def _merge_lightest(problem: Problem, runs: list[list[int]], target: int) -> lis
     nxt = list(range(1, len(runs) + 1))
     prv = list(range(-1, len(runs) - 1))
     alive = [True] * len(runs)
-    heap: list[tuple[float, int, int, int]] = []
+    heap: list[tuple[bool, float, int, int, int]] = []
 
     def push(k: int) -> None:
         j = nxt[k]
         if j < len(runs) and not pinned[k] and not pinned[j]:
-            heapq.heappush(heap, (work[k] + work[j], -traffic[j], k, j))
+            heapq.heappush(heap, (key[k] != key[j], work[k] + work[j], -traffic[j], k, j))
 
     for k in range(len(runs)):
         push(k)
     count = len(runs)
     while count > target and heap:
-        w, _, k, j = heapq.heappop(heap)
-        if not (alive[k] and alive[j] and nxt[k] == j and w == work[k] + work[j]):
+        across, w, _, k, j = heapq.heappop(heap)
+        if not (alive[k] and alive[j] and nxt[k] == j and w == work[k] + work[j]
+                and across == (key[k] != key[j])):
             continue
         runs[k] = runs[k] + runs[j]
         work[k] = w
+        if across:
+            key[k] = f"{key[k]}+{key[j]}"
         alive[j] = False
         nxt[k] = nxt[j]
         if nxt[j] < len(runs):

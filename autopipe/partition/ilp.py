@@ -74,6 +74,11 @@ class IlpResult:
     """MIP solves (each after adding a critical-path cut)."""
 
 
+def _clean(x: float) -> float:
+    """``x``, or 0 when it is too small to matter (and might be subnormal)."""
+    return x if abs(x) > 1e-13 else 0.0
+
+
 class _Lin:
     """A linear expression under construction: variable → coefficient, plus a constant."""
 
@@ -96,8 +101,10 @@ class _Lin:
             self.coef[term] = self.coef.get(term, 0.0) + k
 
     def expr(self) -> pulp.LpAffineExpression:
-        return pulp.LpAffineExpression([(v, c) for v, c in self.coef.items() if c != 0],
-                                       constant=self.const)
+        # coefficients are in units near 1; dropping ones below 1e-13 changes nothing the
+        # evaluator would see, and keeps subnormal numbers out of the solvers (CBC fails on them)
+        return pulp.LpAffineExpression([(v, c) for v, c in self.coef.items() if abs(c) > 1e-13],
+                                       constant=_clean(self.const))
 
     def value(self, values: dict[str, float]) -> float:
         return self.const + sum(c * values[v.name] for v, c in self.coef.items())
@@ -119,7 +126,8 @@ class _Model:
         self.rows: dict[str, _Lin] = {}
         """Every constraint's left-hand side, by name (for tests and diagnosis)."""
         total = sum(b.work_s for b in problem.blocks)
-        self.tau = total / p if total > 0 else 1.0  # time unit: keeps coefficients near 1
+        # time unit: keeps coefficients near 1 (below a nanosecond nothing matters)
+        self.tau = max(total / p, 1e-9)
         self.y: list[list[Term]] = []
         self.binaries = 0
         for b in range(problem.size):
@@ -347,7 +355,7 @@ class _Model:
         for var, lin in self.defined:
             values[var.name] = lin.value(values)
         values[self.step.name] = max([0.0, *(path.value(values) for path in self.paths)])
-        return values
+        return {k: _clean(v) for k, v in values.items()}
 
     def stage_of(self, values: dict[str, float]) -> tuple[int, ...]:
         out = []

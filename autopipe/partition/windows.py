@@ -61,22 +61,27 @@ def stage_caps(problem: Problem, paths: Sequence[Count], step_s: float) -> tuple
     p = cfg.num_stages
     speeds = [d.speed for d in cfg.devices]
     total = float(sum(b.work_s for b in problem.blocks))
-    scale = total if total > 0 else 1.0
+    if not total > 1e-12 * step_s or not total > 0:
+        return [np.inf] * p, [np.inf] * p  # nothing to balance: every stage can hold it all
+    # u_j = W_j / total keeps every coefficient near 1
     lp = pulp.LpProblem("caps", pulp.LpMaximize)
-    w = [lp.add_variable(f"w{j}", lowBound=0) if hasattr(lp, "add_variable")
-         else pulp.LpVariable(f"w{j}", lowBound=0) for j in range(p)]
-    lp += (pulp.lpSum(speeds[j] / scale * w[j] for j in range(p)) == total / scale, "work")
+    u = [lp.add_variable(f"u{j}", lowBound=0) if hasattr(lp, "add_variable")
+         else pulp.LpVariable(f"u{j}", lowBound=0) for j in range(p)]
+    lp += (pulp.lpSum(speeds[j] * u[j] for j in range(p)) == 1.0, "work")
     for i, (nf, nb, _) in enumerate(sorted(set(paths))):
-        lp += (pulp.lpSum(min(nf[j], nb[j]) / scale * w[j] for j in range(p)) <= step_s / scale,
-               f"path{i}")
+        lp += (pulp.lpSum(min(nf[j], nb[j]) * u[j] for j in range(p)) <= step_s / total, f"path{i}")
     quiet_highs()
     caps: list[float] = []
     for part in [list(range(k + 1)) for k in range(p)] + [list(range(k, p)) for k in range(p)]:
-        lp.setObjective(pulp.lpSum(speeds[j] / scale * w[j] for j in part))
-        lp.solve(pulp.HiGHS(msg=False) if pulp.HiGHS().available() else pulp.PULP_CBC_CMD(msg=False))
-        value = pulp.value(lp.objective)
-        caps.append(total if lp.status != pulp.LpStatusOptimal or value is None
-                    else float(value) * scale * (1 + 1e-7) + 1e-12)
+        lp.setObjective(pulp.lpSum(speeds[j] * u[j] for j in part))
+        try:
+            lp.solve(pulp.HiGHS(msg=False) if pulp.HiGHS().available()
+                     else pulp.PULP_CBC_CMD(msg=False))
+            value = pulp.value(lp.objective)
+            ok = lp.status == pulp.LpStatusOptimal and value is not None
+        except (IndexError, pulp.PulpSolverError):  # a solver failure only loses the narrowing
+            ok = False
+        caps.append(float(value) * total * (1 + 1e-7) + 1e-12 if ok else np.inf)
     return caps[:p], caps[p:]
 
 

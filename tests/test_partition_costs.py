@@ -1,0 +1,82 @@
+"""Tests for autopipe/partition/costs.py: the cost model on hand-checked partitions."""
+
+from __future__ import annotations
+
+import math
+
+from autopipe.partition.costs import boundary_bytes, evaluate, violations
+from autopipe.partition.problem import Config, from_profile
+from autopipe.plan_format import Device
+from autopipe.profile.memory import param_memory
+from autopipe.profile.profile import NodeProfile, Profile
+
+
+def _node(name: str, op: str = "call_function", *, f: float = 0.0, b: float = 0.0, act: int = 0,
+          out: int = 0, params: tuple[str, ...] = (), shared: tuple[str, ...] = (),
+          tensor: bool = True) -> NodeProfile:
+    return NodeProfile(name=name, op=op, target="t", module="", forward_s=f, backward_input_s=b,
+                       backward_weight_s=0.0, activation_bytes=act, output_bytes=out,
+                       param_bytes=400 * len(params), params=params, shared_params=shared,
+                       is_tensor=tensor)
+
+
+def skip_profile() -> Profile:
+    """x → a → b → c → output, plus a skip a → c (a U-Net-like pass-through)."""
+    nodes = (_node("x", "placeholder", out=10), _node("a", f=1, b=2, act=100, out=1000, params=("w",)),
+             _node("b", f=1, b=2, act=100, out=50), _node("c", f=1, b=2, act=100, out=5, shared=("w",)),
+             _node("output", "output", tensor=False))
+    edges = (("x", "a", 10), ("a", "b", 1000), ("a", "c", 1000), ("b", "c", 50), ("c", "output", 5))
+    return Profile(device="t", dtype="float32", microbatch_shape=[[1]], nodes=nodes, edges=edges,
+                   params={"w": 400})
+
+
+def config(p: int = 3, m: int = 4, bw: float = 1000.0, schedule: str = "1f1b") -> Config:
+    return Config(num_stages=p, microbatches=m, schedule=schedule,
+                  devices=tuple(Device(name=f"d{i}", memory=10**6) for i in range(p)),
+                  link_bandwidth=bw)
+
+
+def test_pass_through_pays_every_boundary() -> None:
+    problem = from_profile(skip_profile(), config())
+    # blocks: x, a, b, c, output → stages 0, 0, 1, 2, 2
+    stage_of = [0, 0, 1, 2, 2]
+    # a is sent once to stage 1 (read by b there and by c later), then passed on with b's output
+    assert boundary_bytes(problem, stage_of) == [1000, 1000 + 50]
+    ev = evaluate(problem, stage_of)
+    s1 = ev.stages[1]
+    assert (s1.recv_bytes, s1.send_bytes) == (1000, 1050)
+    assert math.isclose(s1.comm_s, 2 * (1000 + 1050) / 1000)
+    assert math.isclose(s1.send_s, 1050 / 1000)
+    assert s1.buffers == 2 * (1000 + 1050)
+
+
+def test_memory_breakdown_and_tied_parameters() -> None:
+    problem = from_profile(skip_profile(), config(), optimizer="adam")
+    ev = evaluate(problem, [0, 0, 1, 2, 2])
+    w = param_memory(400, optimizer="adam")
+    # the tied w is read in stage 0 (a) and stage 2 (c): both hold a full copy
+    assert (ev.stages[0].params, ev.stages[0].grads, ev.stages[0].optimizer) == (400, 400, w.optimizer)
+    assert ev.stages[2].params == 400 and ev.stages[1].params == 0
+    # 1F1B: stage s holds min(m, p − s) micro-batches of activations
+    assert [s.activations for s in ev.stages] == [100 * 3, 100 * 2, 100 * 1]
+    assert math.isclose(ev.tied_sync_s, 400 / 1000)
+    gpipe = evaluate(from_profile(skip_profile(), config(schedule="gpipe")), [0, 0, 1, 2, 2])
+    assert [s.activations for s in gpipe.stages] == [400, 400, 400]
+
+
+def test_step_of_equal_stages_is_the_classic_formula() -> None:
+    problem = from_profile(skip_profile(), config(bw=math.inf))
+    ev = evaluate(problem, [0, 0, 1, 2, 2])
+    # equal stages of T = 3 s, free sends: Σ T + (m − 1)·max T
+    assert math.isclose(ev.step_s, 3 * 3 + 3 * 3)
+    assert math.isclose(ev.objective_s, ev.step_s)  # no sync without bandwidth cost
+
+
+def test_violations() -> None:
+    problem = from_profile(skip_profile(), config())
+    assert violations(problem, [0, 0, 1, 2, 2]) == []
+    assert any("earlier stage" in v for v in violations(problem, [0, 1, 0, 2, 2]))
+    assert any("empty" in v for v in violations(problem, [0, 0, 0, 2, 2]))
+    assert any("input block" in v for v in violations(problem, [1, 1, 1, 2, 2]))
+    assert any("output block" in v for v in violations(problem, [0, 0, 1, 2, 1]))
+    assert violations(problem, [0, 0, 1]) == ["3 stages given for 5 blocks"]
