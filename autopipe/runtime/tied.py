@@ -86,11 +86,14 @@ class TiedParams:
                 for p in bucket:
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
-                flat = torch.cat([p.grad.reshape(-1) for p in bucket if p.grad is not None])
+                grads = [p.grad for p in bucket if p.grad is not None]
+                if len(grads) == 1 and grads[0].is_contiguous():
+                    dist.all_reduce(grads[0], group=group)  # no copy for a lone tensor
+                    continue
+                flat = torch.cat([g.reshape(-1) for g in grads])
                 dist.all_reduce(flat, group=group)
-                for p, g in zip(bucket, _split(flat, bucket)):
-                    assert p.grad is not None
-                    p.grad.copy_(g)
+                for g, v in zip(grads, _split(flat, grads)):
+                    g.copy_(v)
 
 
 def _split(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:

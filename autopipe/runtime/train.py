@@ -55,6 +55,8 @@ class TrainResult:
     """Mean micro-batch loss per step (only on the rank that runs the last stage)."""
     step_s: list[float] = field(default_factory=list)
     """Wall time of each step on this rank."""
+    step_cpu_s: list[float] = field(default_factory=list)
+    """CPU time this process used in each step (all its threads)."""
     peak_memory: dict[int, int] = field(default_factory=dict)
     """Rank → peak CUDA memory allocated, bytes (CUDA only; gathered on the last stage's rank)."""
     modules: dict[int, nn.Module] = field(default_factory=dict)
@@ -157,7 +159,7 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, prep: Prepared, rank:
             f"{plan.schedule}, {m} micro-batches, {config.steps} steps, {config.optimizer} lr {config.lr:g}")
     for step in range(config.steps):
         args, target = _step_data(spec, prep, m, step, device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses: list[torch.Tensor] = []
         with _failures(where, f"in step {step + 1}", config.timeout_s):
             if optimizer is not None:
@@ -175,6 +177,7 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, prep: Prepared, rank:
                 torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
         result.step_s.append(dt)
+        result.step_cpu_s.append(time.process_time() - c0)
         if pipe.has_last:
             loss = torch.stack([x.detach().float() for x in losses]).mean().item()
             result.losses.append(loss)
