@@ -78,8 +78,14 @@ def prepare(spec: ModelSpec, plan: Plan, world_size: int, graph: Graph | None = 
     Raises:
         PlanMismatchError: the plan was made for another model, micro-batch shape or world size.
         PlanError: the plan cannot be run (a non-tensor crosses a cut, unknown schedule, ...).
+        SpecError: the spec has tensor keyword inputs (batches are positional).
     """
     check_world_size(plan, world_size)
+    tensor_kwargs = sorted(k for k, v in spec.example_kwargs.items() if isinstance(v, torch.Tensor))
+    if tensor_kwargs:
+        raise SpecError(f"example keyword input {tensor_kwargs[0]!r} is a tensor, but spec.batch() "
+                        f"gives positional inputs only",
+                        hint="make the model take its tensors positionally")
     if graph is None:
         graph = trace(spec.model, spec.example_inputs, spec.example_kwargs)
     check_fingerprint(plan, graph.fingerprint)
