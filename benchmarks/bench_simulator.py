@@ -154,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=12)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.2f}; other processes share the cores, so the measured "
+              f"steps will be slower than predicted (see 'cores used')")
     ok = bench_examples([n for n in args.only.split(",") if n], args.microbatches, args.steps)
     bench_speed()
     print(f"\nall within {TARGET:.0%}" if ok else f"\nOFF TARGET (more than {TARGET:.0%} off)")

@@ -42,3 +42,19 @@ def test_no_timeline_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_too_narrow_timeline_is_refused() -> None:
     with pytest.raises(AutopipeError, match="--width 3 is too narrow"):
         show_schedule(hand_plan(), _args("--width", "3"))
+
+
+def test_runtime_costs_slow_the_simulated_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autopipe.schedule.runtime_costs import RuntimeCosts
+
+    RuntimeCosts(forward_overhead_s=0.5, send_latency_s=0.1).save(tmp_path / "c.json")
+    show_schedule(hand_plan(), _args("--width", "40"))
+    plain = capsys.readouterr().out
+    show_schedule(hand_plan(), _args("--width", "40", "--runtime-costs", str(tmp_path / "c.json")))
+    costed = capsys.readouterr().out
+    assert "with the runtime costs of" in costed and "with the runtime costs" not in plain
+
+    def step(text: str) -> float:
+        return float(text.split("simulated step ")[1].split(" s,")[0])
+
+    assert step(costed) > step(plain)

@@ -14,7 +14,7 @@ DEFAULT_WIDTH = 96
 
 
 def add_show_args(p: argparse.ArgumentParser) -> None:
-    """``--png``, ``--trace``, ``--width`` and ``--no-timeline``."""
+    """``--png``, ``--trace``, ``--width``, ``--no-timeline`` and ``--runtime-costs``."""
     p.add_argument("--png", metavar="FILE.png",
                    help="draw per-stage time and memory against the limits, and the timeline "
                         "(needs matplotlib: pip install 'autopipe[plot]')")
@@ -23,6 +23,9 @@ def add_show_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=DEFAULT_WIDTH, metavar="COLUMNS",
                    help=f"columns of the text timeline (default {DEFAULT_WIDTH})")
     p.add_argument("--no-timeline", action="store_true", help="do not print the text timeline")
+    p.add_argument("--runtime-costs", metavar="COSTS.json",
+                   help="add the runtime's per-action, send and optimizer costs measured by "
+                        "`python -m autopipe.schedule.calibrate` to the simulation")
 
 
 def show_schedule(plan: Plan, args: argparse.Namespace) -> None:
@@ -36,11 +39,19 @@ def show_schedule(plan: Plan, args: argparse.Namespace) -> None:
 
     if args.width < 8:
         raise AutopipeError(f"--width {args.width} is too narrow", hint="use at least 8 columns")
-    result = simulate_plan(plan)
+    runtime = None
+    if getattr(args, "runtime_costs", None):
+        from autopipe.schedule.runtime_costs import RuntimeCosts
+
+        runtime = RuntimeCosts.load(args.runtime_costs)
+    result = simulate_plan(plan, runtime=runtime)
     if not args.no_timeline:
         from autopipe.schedule.text import text_timeline
 
         print()
+        if runtime is not None:
+            print(f"with the runtime costs of {args.runtime_costs} "
+                  f"(plan's own prediction: {plan.predicted.iteration_s:.6g} s)")
         print(text_timeline(result, width=args.width))
     if args.png:
         from autopipe.schedule.render import render_plan
