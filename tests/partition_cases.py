@@ -26,6 +26,11 @@ class Case:
         return merge_forced(from_profile(self.profile, self.config, optimizer=self.optimizer))
 
 
+def times(most: float) -> st.SearchStrategy[float]:
+    """Node times as profilers give them: zero, or a microsecond up to ``most`` seconds."""
+    return st.one_of(st.just(0.0), st.floats(1e-6, most))
+
+
 @st.composite
 def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6) -> Profile:
     """A placeholder ``x``, ``n`` computing nodes on a random DAG, and an output node."""
@@ -52,11 +57,11 @@ def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6) -> Profile
         owned = [p for p in params if p != pname]
         if owned and draw(st.integers(0, 4)) == 0:
             shared = (draw(st.sampled_from(owned)),)
-        fwd = draw(st.floats(0.0, 1.0, allow_nan=False))
+        fwd = draw(times(1.0))
         nodes.append(NodeProfile(
             name=name, op="call_function", target="f", module=f"layers.{i // 2}",
-            forward_s=fwd, backward_input_s=draw(st.floats(0.0, 2.0)),
-            backward_weight_s=draw(st.floats(0.0, 1.0)) if own else 0.0,
+            forward_s=fwd, backward_input_s=draw(times(2.0)),
+            backward_weight_s=draw(times(1.0)) if own else 0.0,
             activation_bytes=draw(st.integers(0, 4096)), output_bytes=out_bytes[name],
             param_bytes=params.get(pname, 0) if own else 0, params=(pname,) if own else (),
             shared_params=shared, is_tensor=is_tensor))

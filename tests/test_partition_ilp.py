@@ -79,7 +79,8 @@ def test_ilp_equals_brute_force(case: Case, warm: bool) -> None:
         assert close(res.model_objective_s, res.objective_s)
     for other in (dp, baselines.uniform(problem), baselines.params(problem)):
         if other is not None and evaluate(problem, other).fits:
-            assert res.objective_s <= evaluate(problem, other).objective_s * (1 + 1e-9)
+            # within the MIP solver's own tolerances (about 1e-6 relative)
+            assert res.objective_s <= evaluate(problem, other).objective_s * (1 + 1e-6) + 1e-9
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

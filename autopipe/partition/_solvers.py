@@ -114,6 +114,11 @@ def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
             return solve(prob, solver="cbc", warm=warm, time_limit=time_limit, gap=gap)
         h = prob.solverModel
         status = h.getModelStatus()
+        if status in (highspy.HighsModelStatus.kSolveError, highspy.HighsModelStatus.kModelError,
+                      highspy.HighsModelStatus.kPresolveError,
+                      highspy.HighsModelStatus.kPostsolveError):
+            # numerical trouble (seen with costs near the float range's ends): CBC instead
+            return solve(prob, solver="cbc", warm=warm, time_limit=time_limit, gap=gap)
         info = h.getInfo()
         has_sol = info.primal_solution_status == 2  # kSolutionStatusFeasible
         bound = float(info.mip_dual_bound)
@@ -133,15 +138,19 @@ def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
         for v in prob.variables():
             if warm is not None and v.name in warm:
                 v.setInitialValue(warm[v.name])
-        # CBC 2.10's preprocessing declares some feasible models infeasible
-        # ("Cut generators found to be infeasible"); the MIP is small enough without it.
-        # Without it, CBC proves some infeasible models so early that it writes no
-        # solution file at all (PuLP raises): then ask again with preprocessing.
-        try:
-            prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap,
-                                         warmStart=warm is not None, options=["preprocess off"]))
-        except pulp.PulpSolverError:
-            prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap))
+        # CBC 2.10's preprocessing declares some feasible models infeasible ("Cut
+        # generators found to be infeasible"), while without it CBC returns some models'
+        # non-optimal answers as optimal: so ask with it, and again without it only
+        # when it says infeasible (an answer without preprocessing is at least feasible)
+        cbc = dict(msg=False, timeLimit=time_limit, gapRel=gap, warmStart=warm is not None)
+        prob.solve(pulp.PULP_CBC_CMD(**cbc))
+        if prob.status == pulp.LpStatusInfeasible:
+            try:
+                prob.solve(pulp.PULP_CBC_CMD(**cbc, options=["preprocess off"]))
+            except pulp.PulpSolverError:  # proven so early that CBC writes no solution file
+                prob.solve(pulp.PULP_CBC_CMD(**cbc))
+            if prob.status != pulp.LpStatusInfeasible and prob.sol_status == pulp.LpSolutionOptimal:
+                prob.sol_status = pulp.LpSolutionIntegerFeasible  # found, not proven best
         if prob.status == pulp.LpStatusInfeasible:
             kind = "infeasible"
         elif prob.sol_status == pulp.LpSolutionOptimal:
@@ -155,6 +164,9 @@ def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
     if kind in ("optimal", "feasible"):
         values = {v.name: float(v.varValue or 0.0) for v in prob.variables()}
         objective = _value(prob)
+        if solver == "cbc" and kind == "optimal":
+            # CBC stopped within gapRel of its own bound, which PuLP does not report
+            bound = max(bound, objective - gap * abs(objective))
     return RawResult(status=kind, values=values, bound=bound, objective=objective,
                      seconds=time.perf_counter() - start)
 

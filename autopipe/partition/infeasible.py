@@ -26,8 +26,8 @@ def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
 
     It names the stage and device that overflow in the most memory-balanced chain
     split, lists what that split needs per stage, and searches for the smallest stage
-    count (devices like the smallest one given) and the largest micro-batch count that
-    would fit.
+    count (devices like the smallest one given) and, for GPipe, the largest micro-batch
+    count that would fit.
     """
     cfg = problem.config
     p, m = cfg.num_stages, cfg.microbatches
@@ -54,15 +54,13 @@ def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
         if _fits(problem, replace(cfg, num_stages=p2, devices=devices)):
             hints.append(f"--stages {p2}")
             break
-    for m2 in range(m - 1, 0, -1):
+    # 1F1B holds min(m, p−s) micro-batches and torch runs it only with m ≥ p: fewer
+    # micro-batches never help there; GPipe holds all m
+    for m2 in range(m - 1, 0, -1) if cfg.schedule == "gpipe" else ():
         if time.monotonic() > deadline:
             break
-        if cfg.schedule == "1f1b" and m2 >= p:
-            continue  # in-flight micro-batches are min(m, p−s): no change above p
         if _fits(problem, replace(cfg, microbatches=m2)):
             hints.append(f"--microbatches {m2}")
             break
     fix = " or ".join(hints) if hints else "a smaller micro-batch"
-    return InfeasiblePlanError(
-        message,
-        hint=f"try {fix}; or devices with more memory, or a lighter optimizer (e.g. sgd)")
+    return InfeasiblePlanError(message, hint=f"try {fix}; or devices with more memory")
