@@ -7,7 +7,13 @@ import torch
 
 import autopipe
 from autopipe.plan_format import Device, Plan, Predicted, SolverInfo, Stage, StageMemory
-from autopipe.schedule.calibrate import measure_loss_s, measure_model_costs, measure_runtime_costs
+from autopipe.profile import measure
+from autopipe.schedule.calibrate import (
+    compute_scale,
+    measure_loss_s,
+    measure_model_costs,
+    measure_runtime_costs,
+)
 from autopipe.spec import ModelSpec
 from autopipe.trace import Graph
 from tests.conftest import example_spec
@@ -39,6 +45,18 @@ def test_model_costs_count_each_stages_parameters_and_time_the_loss() -> None:
     assert all(t > 0 for t in costs.stage_param_tensors)
     assert costs.stage_tied_bytes == (0, 0)
     assert costs.loss_forward_s > 0 and costs.loss_backward_s > 0
+
+
+def test_compute_scale_is_the_profiles_whole_model_over_its_nodes() -> None:
+    spec = example_spec("mlp")
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    profile = measure(graph, spec.example_inputs, warmup=1, repeats=2, progress=False)
+    whole = profile.meta["whole_model"]["forward_backward_s"]
+    assert compute_scale(profile) == pytest.approx(whole / (profile.forward_s + profile.backward_s))
+    costs = measure_model_costs(spec, graph, _split_plan(graph, len(graph.nodes) // 2), profile)
+    assert costs.compute_scale == pytest.approx(compute_scale(profile))
+    profile.meta.pop("whole_model")
+    assert compute_scale(profile) == 1.0
 
 
 def test_a_weight_tied_across_the_cut_is_counted_in_both_stages() -> None:

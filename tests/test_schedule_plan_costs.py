@@ -84,3 +84,13 @@ def test_model_costs_for_another_stage_count_are_a_plan_error() -> None:
     with pytest.raises(PlanError, match="model costs are for 2 stages, the plan has 4"):
         plan_costs(hand_plan(), runtime=RUNTIME,
                    model=ModelCosts(stage_param_tensors=(1, 1), stage_param_elements=(5, 5)))
+
+
+def test_compute_scale_multiplies_the_profiled_times_only() -> None:
+    plan = hand_plan()
+    base, _ = plan_costs(plan, runtime=RUNTIME, model=ModelCosts(loss_forward_s=0.3))
+    scaled, _ = plan_costs(plan, runtime=RUNTIME, model=ModelCosts(loss_forward_s=0.3, compute_scale=1.5))
+    for s, b, c in zip(plan.stages, base, scaled):
+        assert c.forward_s - b.forward_s == pytest.approx(0.5 * s.forward_s)
+        assert c.backward_weight_s == pytest.approx(1.5 * s.backward_weight_s)
+        assert c.send_s == b.send_s and c.optimizer_s == b.optimizer_s

@@ -9,6 +9,9 @@
 * the optimizer step (with the gradient averaging before it) over many small
   and a few large tensors, solved for a per-tensor and a per-element cost.
 
+Each figure is the 10th percentile of its repeats: on a shared machine other
+processes only ever add time, so a low percentile is the undisturbed cost.
+
     python -m autopipe.schedule.calibrate -o runtime_costs.json [--optimizer adam]
 """
 
@@ -33,6 +36,7 @@ from autopipe.schedule.runtime_costs import ModelCosts, RuntimeCosts
 
 if TYPE_CHECKING:
     from autopipe.plan_format import Plan
+    from autopipe.profile.profile import Profile
     from autopipe.spec import ModelSpec
     from autopipe.trace import Graph
 
@@ -40,7 +44,14 @@ _WIDTH = 16
 _ROWS = 4
 
 
-def _median_time(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
+def _low(times: list[float]) -> float:
+    """The 10th percentile: other processes only ever add time, so this is the undisturbed cost."""
+    ordered = sorted(times)
+    return ordered[len(ordered) // 10]
+
+
+def _time(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
+    """``_low`` of ``repeats`` timed calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -48,7 +59,7 @@ def _median_time(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return _low(times)
 
 
 def _ping_pong(rank: int, tensor: torch.Tensor, repeats: int) -> float:
@@ -65,7 +76,7 @@ def _ping_pong(rank: int, tensor: torch.Tensor, repeats: int) -> float:
             dist.recv(tensor, peer)
             dist.send(tensor, peer)
 
-    return _median_time(once, repeats) / 2
+    return _time(once, repeats) / 2
 
 
 def _optimizer_step_s(optimizer: str, shapes: list[int], repeats: int) -> float:
@@ -84,7 +95,7 @@ def _optimizer_step_s(optimizer: str, shapes: list[int], repeats: int) -> float:
             p.grad.div_(2.0)
         opt.step()
 
-    return _median_time(step, repeats)
+    return _time(step, repeats)
 
 
 def _optimizer_costs(optimizer: str) -> tuple[float, float]:
@@ -132,10 +143,10 @@ def _stage_overheads(rank: int, microbatches: int, steps: int) -> tuple[float, f
         else:
             schedule.step(target=batch)
     x = example.clone().requires_grad_(True)
-    bare_f = _median_time(lambda: module(x), 50)
-    bare_fb = _median_time(lambda: module(x).sum().backward(), 50)
-    return (max(0.0, statistics.median(times["F"]) - bare_f),
-            max(0.0, statistics.median(times["B"]) - (bare_fb - bare_f)))
+    bare_f = _time(lambda: module(x), 50)
+    bare_fb = _time(lambda: module(x).sum().backward(), 50)
+    return (max(0.0, _low(times["F"]) - bare_f),
+            max(0.0, _low(times["B"]) - (bare_fb - bare_f)))
 
 
 def _worker(out: str, optimizer: str) -> int:
@@ -211,13 +222,27 @@ def measure_loss_s(spec: ModelSpec, repeats: int = 5) -> tuple[float, float]:
     def both() -> None:
         torch.autograd.backward(forward())
 
-    f = _median_time(forward, repeats, warmup=1)
-    fb = _median_time(both, repeats, warmup=1)
+    f = _time(forward, repeats, warmup=1)
+    fb = _time(both, repeats, warmup=1)
     return f, max(0.0, fb - f)
 
 
-def measure_model_costs(spec: ModelSpec, graph: Graph, plan: Plan) -> ModelCosts:
-    """The loss's time and each stage's parameters (tensors, elements, tied bytes) for ``plan``."""
+def compute_scale(profile: Profile) -> float:
+    """The profile's whole-model forward+backward over the sum of its nodes' (1.0 if not recorded)."""
+    whole = profile.meta.get("whole_model", {}).get("forward_backward_s")
+    nodes = profile.forward_s + profile.backward_s
+    if not isinstance(whole, (int, float)) or whole <= 0 or nodes <= 0:
+        return 1.0
+    return float(whole) / nodes
+
+
+def measure_model_costs(spec: ModelSpec, graph: Graph, plan: Plan,
+                        profile: Profile | None = None) -> ModelCosts:
+    """The loss's time and each stage's parameters (tensors, elements, tied bytes) for ``plan``.
+
+    With the ``profile`` the plan was made from, stage times are also scaled to its
+    whole-model measurement (``compute_scale``).
+    """
     owner: dict[str, set[int]] = {}
     stage_of = plan.stage_of
     for info in graph.nodes:
@@ -240,7 +265,8 @@ def measure_model_costs(spec: ModelSpec, graph: Graph, plan: Plan) -> ModelCosts
     loss_f, loss_b = measure_loss_s(spec)
     return ModelCosts(loss_forward_s=loss_f, loss_backward_s=loss_b,
                       stage_param_tensors=tuple(tensors), stage_param_elements=tuple(elements),
-                      stage_tied_bytes=tuple(tied))
+                      stage_tied_bytes=tuple(tied),
+                      compute_scale=compute_scale(profile) if profile is not None else 1.0)
 
 
 def main(argv: list[str] | None = None) -> int:

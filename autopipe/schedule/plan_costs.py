@@ -62,9 +62,9 @@ def plan_costs(plan: Plan, *, runtime: RuntimeCosts | None = None,
     Without ``runtime`` and ``model`` these are the plan's own figures. With
     ``runtime``: forward and backward actions pay its per-action overheads,
     sends its latency (and its bandwidth over the plan's boundary bytes when
-    it has one), and each stage an optimizer step. With ``model``: the last
-    stage also runs the loss, and the optimizer step counts the stage's real
-    parameter tensors. Activation bytes are left at zero (see ``simulate_plan``).
+    it has one), and each stage an optimizer step. With ``model``: stage times
+    are scaled by its ``compute_scale``, the last stage also runs the loss, and
+    the optimizer step counts the stage's real parameter tensors. Activation bytes are left at zero (see ``simulate_plan``).
 
     Raises:
         PlanError: a stage's weight-gradient time exceeds its backward time,
@@ -87,6 +87,7 @@ def plan_costs(plan: Plan, *, runtime: RuntimeCosts | None = None,
     optimizer = _optimizer_s(plan, runtime, model) if runtime is not None else [0.0] * n
     fo = runtime.forward_overhead_s if runtime is not None else 0.0
     bo = runtime.backward_overhead_s if runtime is not None else 0.0
+    k = model.compute_scale if model is not None else 1.0
     costs = []
     for s in plan.stages:
         if s.backward_weight_s > s.backward_s + 1e-12:
@@ -94,9 +95,9 @@ def plan_costs(plan: Plan, *, runtime: RuntimeCosts | None = None,
                             f"backward_s {s.backward_s}", hint="regenerate the plan")
         last = model is not None and s.index == n - 1
         costs.append(StageCost(
-            forward_s=s.forward_s + fo + (model.loss_forward_s if last and model else 0.0),
-            backward_input_s=max(0.0, s.backward_s - s.backward_weight_s) + bo
+            forward_s=k * s.forward_s + fo + (model.loss_forward_s if last and model else 0.0),
+            backward_input_s=k * max(0.0, s.backward_s - s.backward_weight_s) + bo
             + (model.loss_backward_s if last and model else 0.0),
-            backward_weight_s=s.backward_weight_s, send_s=sends[s.index],
+            backward_weight_s=k * s.backward_weight_s, send_s=sends[s.index],
             optimizer_s=optimizer[s.index]))
     return costs, n // len(ranks)

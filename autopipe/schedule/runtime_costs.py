@@ -99,6 +99,9 @@ class ModelCosts:
     """Per stage, parameter elements."""
     stage_tied_bytes: tuple[int, ...] = ()
     """Per stage, bytes of gradients all-reduced with other stages holding the same weights."""
+    compute_scale: float = 1.0
+    """Factor on the profiled stage times: the whole model's measured forward+backward over
+    the sum of its nodes' (a node timed alone runs with warm caches; the profile keeps both)."""
 
     def __post_init__(self) -> None:
         _check_non_negative(self)
