@@ -8,7 +8,7 @@ convex partitions the ILP searches):
 
 ``min_bottleneck`` is exact for the busiest resource — a stage's compute or a link's
 transfer per micro-batch (min–max) — under the memory limits; among partitions with
-that bottleneck it then minimises their sum. It is a fast heuristic for the step time
+that bottleneck it then takes the most even one (least sum of squares). It is a fast heuristic for the step time
 (the ILP's objective), and the ILP's starting point. ``min_memory`` is exact for the largest memory-to-limit ratio (used to
 explain infeasible problems). Both run in O(p·n²) numpy work.
 """
@@ -24,9 +24,10 @@ from autopipe.partition.chain import Chain, FloatArray
 Score = Callable[[int, int, range], FloatArray]
 
 
-def _minmax(chain: Chain, score: Score, *, cap: float | None = None,
-            fits: bool = True) -> tuple[float, list[int]] | None:
-    """Min over chain partitions of max_s score (or, with ``cap``, min Σ score s.t. each ≤ cap).
+def _minmax(chain: Chain, score: Score, *, cap: float | None = None, fits: bool = True,
+            weight: Score | None = None) -> tuple[float, list[int]] | None:
+    """Min over chain partitions of max_s score (or, with ``cap``, min Σ weight s.t. each
+    score ≤ cap; ``weight`` defaults to the score).
 
     Returns the value and the segment ends, or None when no partition is valid.
     """
@@ -51,7 +52,7 @@ def _minmax(chain: Chain, score: Score, *, cap: float | None = None,
             if cap is None:
                 total = np.maximum(prev, t)
             else:
-                total = prev + t
+                total = prev + (t if weight is None else weight(s, i, j))
                 ok &= t <= cap
             total = np.where(ok, total, inf)
             k = int(np.argmin(total))
@@ -68,12 +69,23 @@ def _minmax(chain: Chain, score: Score, *, cap: float | None = None,
 
 def min_bottleneck(chain: Chain) -> list[int] | None:
     """Block → stage of the chain partition with the smallest slowest-stage time that fits
-    in memory (ties: the smallest sum of stage times), or None if none fits."""
+    in memory, or None if none fits.
+
+    Among the partitions with that bottleneck it takes the one with the smallest sum of
+    squared stage times: the most even one (when one layer dominates, e.g. a vocabulary
+    head, the other stages would otherwise be split arbitrarily, some nearly empty).
+    """
     found = _minmax(chain, chain.time)
     if found is None:
         return None
     cap = found[0] * (1 + 1e-12)
-    refined = _minmax(chain, chain.time, cap=cap)
+
+    def squared(s: int, i: int, j: range) -> FloatArray:
+        t = chain.time(s, i, j)
+        out: FloatArray = t * t
+        return out
+
+    refined = _minmax(chain, chain.time, cap=cap, weight=squared)
     cuts = refined[1] if refined is not None else found[1]
     return chain.stage_of(cuts)
 
