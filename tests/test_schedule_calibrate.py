@@ -13,6 +13,7 @@ from autopipe.schedule.calibrate import (
     measure_loss_s,
     measure_model_costs,
     measure_runtime_costs,
+    measure_stage_compute,
 )
 from autopipe.spec import ModelSpec
 from autopipe.trace import Graph
@@ -45,6 +46,22 @@ def test_model_costs_count_each_stages_parameters_and_time_the_loss() -> None:
     assert all(t > 0 for t in costs.stage_param_tensors)
     assert costs.stage_tied_bytes == (0, 0)
     assert costs.loss_forward_s > 0 and costs.loss_backward_s > 0
+    assert len(costs.stage_forward_s) == len(costs.stage_backward_s) == 2
+    assert all(t > 0 for t in (*costs.stage_forward_s, *costs.stage_backward_s))
+
+
+def test_re_timed_stages_add_up_to_about_the_profiled_model() -> None:
+    spec = example_spec("resnet")
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    profile = measure(graph, spec.example_inputs, warmup=1, repeats=3, progress=False)
+    state = {k: v.clone() for k, v in spec.model.state_dict().items()}
+    forward, backward = measure_stage_compute(spec, graph, _split_plan(graph, len(graph.nodes) // 2),
+                                              repeats=3)
+    assert 0.5 < sum(forward) / profile.forward_s < 2.0
+    assert 0.5 < sum(backward) / profile.backward_s < 2.0
+    # copies ran: batch-norm statistics and gradients of the model are untouched
+    assert all(torch.equal(v, spec.model.state_dict()[k]) for k, v in state.items())
+    assert all(p.grad is None for p in spec.model.parameters())
 
 
 def test_compute_scale_is_the_profiles_whole_model_over_its_nodes() -> None:
@@ -53,8 +70,9 @@ def test_compute_scale_is_the_profiles_whole_model_over_its_nodes() -> None:
     profile = measure(graph, spec.example_inputs, warmup=1, repeats=2, progress=False)
     whole = profile.meta["whole_model"]["forward_backward_s"]
     assert compute_scale(profile) == pytest.approx(whole / (profile.forward_s + profile.backward_s))
+    assert compute_scale(profile, 2 * (profile.forward_s + profile.backward_s)) == pytest.approx(2.0)
     costs = measure_model_costs(spec, graph, _split_plan(graph, len(graph.nodes) // 2), profile)
-    assert costs.compute_scale == pytest.approx(compute_scale(profile))
+    assert 0.5 < costs.compute_scale < 2.0  # its own whole-model run: the same model, timed again
     profile.meta.pop("whole_model")
     assert compute_scale(profile) == 1.0
 

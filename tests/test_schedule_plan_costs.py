@@ -94,3 +94,13 @@ def test_compute_scale_multiplies_the_profiled_times_only() -> None:
         assert c.forward_s - b.forward_s == pytest.approx(0.5 * s.forward_s)
         assert c.backward_weight_s == pytest.approx(1.5 * s.backward_weight_s)
         assert c.send_s == b.send_s and c.optimizer_s == b.optimizer_s
+
+
+def test_re_timed_stages_replace_the_profiled_times_keeping_the_weight_share() -> None:
+    plan = hand_plan()  # backward_weight_s is half of backward_s in every stage
+    model = ModelCosts(stage_forward_s=(1.0, 2.0, 3.0, 4.0), stage_backward_s=(2.0, 4.0, 6.0, 8.0),
+                       compute_scale=10.0)
+    costs, _ = plan_costs(plan, model=model)
+    assert [c.forward_s for c in costs] == pytest.approx([1.0, 2.0, 3.0, 4.0])
+    assert [c.backward_weight_s for c in costs] == pytest.approx([1.0, 2.0, 3.0, 4.0])
+    assert [c.backward_s for c in costs] == pytest.approx([2.0, 4.0, 6.0, 8.0])

@@ -3,9 +3,10 @@
 ``measure_runtime_costs`` starts two gloo ranks (one thread each) that time:
 
 * a ping-pong of a 1-float tensor (latency) and of a 4 MiB one (bandwidth);
-* a two-stage ``PipelineStage`` + ``Schedule1F1B`` over a tiny ``Linear``:
-  the time of each ``forward_one_chunk``/``backward_one_chunk`` minus the
-  module's own forward/backward is the stage's per-action overhead;
+* a tiny two-layer model split in two and run by autopipe's runtime
+  (``PipelineStage`` + ``Schedule1F1B``): the time of each
+  ``forward_one_chunk``/``backward_one_chunk`` minus the stage module's own
+  forward/backward is the stage's per-action overhead;
 * the optimizer step (with the gradient averaging before it) over many small
   and a few large tensors, solved for a per-tensor and a per-element cost.
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 _WIDTH = 16
 _ROWS = 4
+WHOLE_REPEATS = 11
 
 
 def _low(times: list[float]) -> float:
@@ -110,17 +112,63 @@ def _optimizer_costs(optimizer: str) -> tuple[float, float]:
     return a, b
 
 
-def _stage_overheads(rank: int, microbatches: int, steps: int) -> tuple[float, float]:
-    """Per-action (forward, backward) overhead of a PipelineStage under Schedule1F1B."""
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B
+class _Tiny(nn.Module):
+    """Two small layers: compute is next to nothing, so a stage's time is its overhead."""
 
-    torch.manual_seed(rank)
-    module = nn.Linear(_WIDTH, _WIDTH)
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(_WIDTH, _WIDTH)
+        self.second = nn.Linear(_WIDTH, _WIDTH)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.second(torch.tanh(self.first(x)))
+        return out
+
+
+def _tiny_plan(graph: Graph, microbatches: int) -> Plan:
+    """Two stages, cut after the first layer's activation."""
+    from autopipe.plan_format import Device, Plan, Predicted, SolverInfo, Stage, StageMemory
+
+    names = [n.name for n in graph.nodes]
+    cut = names.index(next(n.name for n in graph.nodes if n.module == "second"))
+    memory = StageMemory(params=0, grads=0, optimizer=0, activations=0, buffers=0, total=0)
+    stages = tuple(Stage(index=i, device="cpu", nodes=tuple(part), modules=(), forward_s=0.0,
+                         backward_s=0.0, memory=memory)
+                   for i, part in enumerate((names[:cut], names[cut:])))
+    return Plan(graph_fingerprint=graph.fingerprint, schedule="1f1b", microbatches=microbatches,
+                devices=(Device(name="cpu", memory=0),) * 2, stages=stages,
+                predicted=Predicted(iteration_s=0.0, bubble_fraction=0.0),
+                solver=SolverInfo(method="uniform", status="heuristic", objective_s=0.0,
+                                  lower_bound_s=0.0, gap=0.0, seconds=0.0))
+
+
+def _stage_overheads(rank: int, microbatches: int, steps: int) -> tuple[float, float]:
+    """Per-action (forward, backward) overhead of autopipe's runtime stage under 1F1B.
+
+    The tiny model runs through the same split, ``PipelineStage`` construction and
+    schedule as ``autopipe train``; each ``forward_one_chunk``/``backward_one_chunk``
+    is timed and the stage module's own forward/backward (timed alone) taken off.
+    """
+    from autopipe.runtime.stage import build_pipeline
+    from autopipe.runtime.train import prepare
+    from autopipe.spec import ModelSpec
+    from autopipe.trace import trace
+
+    torch.manual_seed(0)
+    model = _Tiny()
     example = torch.randn(_ROWS, _WIDTH)
-    sent = example.clone().requires_grad_(True)  # what crosses the cut carries a gradient back
-    stage = PipelineStage(module, rank, 2, torch.device("cpu"),
-                          input_args=(example if rank == 0 else sent,), output_args=(sent,))
-    schedule = Schedule1F1B(stage, microbatches, loss_fn=lambda out, target: (out - target).square().mean())
+
+    def loss(out: Any, target: torch.Tensor) -> torch.Tensor:
+        value: torch.Tensor = (out[0] - target).square().mean()
+        return value
+
+    spec = ModelSpec(model=model, example_inputs=(example,), loss_fn=loss,
+                     batch=lambda n, step=0: ((torch.randn(_ROWS * n, _WIDTH),), torch.randn(_ROWS * n, _WIDTH)))
+    graph = trace(model, (example,))
+    plan = _tiny_plan(graph, microbatches)
+    prep = prepare(spec, plan, 2, graph)
+    pipe = build_pipeline(prep.split, prep.metas, plan, rank, torch.device("cpu"), loss)
+    stage = pipe.stages[0]
     times: dict[str, list[float]] = {"F": [], "B": []}
 
     def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
@@ -134,17 +182,18 @@ def _stage_overheads(rank: int, microbatches: int, steps: int) -> tuple[float, f
 
     stage.forward_one_chunk = timed(stage.forward_one_chunk, "F")  # type: ignore[method-assign]
     stage.backward_one_chunk = timed(stage.backward_one_chunk, "B")  # type: ignore[method-assign]
-    batch = torch.randn(_ROWS * microbatches, _WIDTH)
+    (batch,), target = spec.batch(microbatches)
     for step in range(steps):
         if step == 2:  # the first steps allocate buffers
             times = {"F": [], "B": []}
-        if rank == 0:
-            schedule.step(batch)
+        if pipe.has_first:
+            pipe.schedule.step(batch)
         else:
-            schedule.step(target=batch)
-    x = example.clone().requires_grad_(True)
+            pipe.schedule.step(target=target)
+    module = prep.split.stages[rank].module
+    x = torch.randn(prep.metas[rank].inputs[0].shape).requires_grad_(rank > 0)
     bare_f = _time(lambda: module(x), 50)
-    bare_fb = _time(lambda: module(x).sum().backward(), 50)
+    bare_fb = _time(lambda: torch.autograd.backward(module(x)[0].sum()), 50)
     return (max(0.0, _low(times["F"]) - bare_f),
             max(0.0, _low(times["B"]) - (bare_fb - bare_f)))
 
@@ -227,21 +276,76 @@ def measure_loss_s(spec: ModelSpec, repeats: int = 5) -> tuple[float, float]:
     return f, max(0.0, fb - f)
 
 
-def compute_scale(profile: Profile) -> float:
-    """The profile's whole-model forward+backward over the sum of its nodes' (1.0 if not recorded)."""
-    whole = profile.meta.get("whole_model", {}).get("forward_backward_s")
+def compute_scale(profile: Profile, whole_s: float | None = None) -> float:
+    """Whole-model forward+backward over the sum of the profile's nodes' (1.0 if unknown).
+
+    Args:
+        profile: the profile the plan was made from.
+        whole_s: a whole-model forward+backward time; default the one the profile recorded.
+    """
+    if whole_s is None:
+        recorded = profile.meta.get("whole_model", {}).get("forward_backward_s")
+        whole_s = float(recorded) if isinstance(recorded, (int, float)) else None
     nodes = profile.forward_s + profile.backward_s
-    if not isinstance(whole, (int, float)) or whole <= 0 or nodes <= 0:
+    if whole_s is None or whole_s <= 0 or nodes <= 0:
         return 1.0
-    return float(whole) / nodes
+    return whole_s / nodes
+
+
+def measure_stage_compute(spec: ModelSpec, graph: Graph, plan: Plan,
+                          repeats: int = WHOLE_REPEATS) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Each stage's forward and backward, timed as the one module the runtime runs.
+
+    The stages are the runtime's split of ``graph`` (``autopipe.runtime.split``), run
+    in order on one micro-batch, each on its predecessor's real outputs; a backward
+    is seeded with ones. Copies run, so the model's statistics and gradients are left
+    alone. Timed like the profiler: thread CPU time with one thread, else wall time;
+    medians of ``repeats`` after two warm-ups.
+
+    Returns:
+        (forward seconds per stage, backward seconds per stage).
+    """
+    import copy
+
+    from autopipe.runtime.placement import num_ranks
+    from autopipe.runtime.train import prepare
+
+    prep = prepare(spec, plan, num_ranks(plan), graph)
+    flat = graph.flat_inputs(spec.example_inputs, spec.example_kwargs)
+    values = [v for v in flat if isinstance(v, torch.Tensor)]
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+    forward_s: list[float] = []
+    backward_s: list[float] = []
+    for st in prep.split.stages:
+        module = copy.deepcopy(st.module)
+        inputs = [v.detach().requires_grad_(st.index > 0 and v.is_floating_point()) for v in values]
+        fwd, bwd = [], []
+        outs: tuple[Any, ...] = ()
+        for i in range(2 + repeats):
+            t0 = clock()
+            outs = tuple(module(*inputs))
+            t1 = clock()
+            grads = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
+            if grads:
+                torch.autograd.backward(grads, [torch.ones_like(o) for o in grads])
+            t2 = clock()
+            if i >= 2:
+                fwd.append(t1 - t0)
+                bwd.append(t2 - t1)
+        forward_s.append(statistics.median(fwd))
+        backward_s.append(statistics.median(bwd))
+        values = [o.detach() for o in outs if isinstance(o, torch.Tensor)]
+    return tuple(forward_s), tuple(backward_s)
 
 
 def measure_model_costs(spec: ModelSpec, graph: Graph, plan: Plan,
                         profile: Profile | None = None) -> ModelCosts:
-    """The loss's time and each stage's parameters (tensors, elements, tied bytes) for ``plan``.
+    """The loss's time, each stage's parameters (tensors, elements, tied bytes) and
+    each stage's compute re-timed as one module (``measure_stage_compute``) for ``plan``.
 
-    With the ``profile`` the plan was made from, stage times are also scaled to its
-    whole-model measurement (``compute_scale``).
+    With the ``profile`` the plan was made from, ``compute_scale`` is also set: a
+    whole-model measurement (median of ``WHOLE_REPEATS`` forward+backward runs
+    timed as the profiler times) over the sum of the profile's nodes.
     """
     owner: dict[str, set[int]] = {}
     stage_of = plan.stage_of
@@ -263,10 +367,17 @@ def measure_model_costs(spec: ModelSpec, graph: Graph, plan: Plan,
             if len(stages) > 1:
                 tied[s] += p.numel() * p.element_size()
     loss_f, loss_b = measure_loss_s(spec)
+    scale = 1.0
+    if profile is not None:
+        from autopipe.profile.whole import measure_whole
+
+        whole = measure_whole(graph, spec.example_inputs, spec.example_kwargs, repeats=WHOLE_REPEATS)
+        scale = compute_scale(profile, whole.forward_backward_s)
+    stage_f, stage_b = measure_stage_compute(spec, graph, plan)
     return ModelCosts(loss_forward_s=loss_f, loss_backward_s=loss_b,
                       stage_param_tensors=tuple(tensors), stage_param_elements=tuple(elements),
-                      stage_tied_bytes=tuple(tied),
-                      compute_scale=compute_scale(profile) if profile is not None else 1.0)
+                      stage_tied_bytes=tuple(tied), compute_scale=scale,
+                      stage_forward_s=stage_f, stage_backward_s=stage_b)
 
 
 def main(argv: list[str] | None = None) -> int:

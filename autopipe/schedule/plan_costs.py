@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from autopipe.errors import PlanError
-from autopipe.plan_format import Plan
+from autopipe.plan_format import Plan, Stage
 from autopipe.schedule.runtime_costs import ModelCosts, RuntimeCosts
 from autopipe.schedule.simulate import StageCost
 
@@ -55,6 +55,16 @@ def _optimizer_s(plan: Plan, runtime: RuntimeCosts, model: ModelCosts | None) ->
     return out
 
 
+def _compute(stage: Stage, model: ModelCosts | None) -> tuple[float, float, float]:
+    """(forward, backward, its weight part) of one stage: re-timed, scaled, or as planned."""
+    share = stage.backward_weight_s / stage.backward_s if stage.backward_s > 0 else 0.0
+    if model is not None and model.stage_forward_s and model.stage_backward_s:
+        backward = model.stage_backward_s[stage.index]
+        return model.stage_forward_s[stage.index], backward, share * backward
+    k = model.compute_scale if model is not None else 1.0
+    return k * stage.forward_s, k * stage.backward_s, k * stage.backward_weight_s
+
+
 def plan_costs(plan: Plan, *, runtime: RuntimeCosts | None = None,
                model: ModelCosts | None = None) -> tuple[list[StageCost], int]:
     """Per-stage simulator costs of a plan, and its virtual stages per rank.
@@ -63,8 +73,9 @@ def plan_costs(plan: Plan, *, runtime: RuntimeCosts | None = None,
     ``runtime``: forward and backward actions pay its per-action overheads,
     sends its latency (and its bandwidth over the plan's boundary bytes when
     it has one), and each stage an optimizer step. With ``model``: stage times
-    are scaled by its ``compute_scale``, the last stage also runs the loss, and
-    the optimizer step counts the stage's real parameter tensors. Activation bytes are left at zero (see ``simulate_plan``).
+    are its re-timed stage modules (else scaled by its ``compute_scale``), the
+    last stage also runs the loss, and the optimizer step counts the stage's
+    real parameter tensors. Activation bytes are left at zero (see ``simulate_plan``).
 
     Raises:
         PlanError: a stage's weight-gradient time exceeds its backward time,
@@ -87,17 +98,15 @@ def plan_costs(plan: Plan, *, runtime: RuntimeCosts | None = None,
     optimizer = _optimizer_s(plan, runtime, model) if runtime is not None else [0.0] * n
     fo = runtime.forward_overhead_s if runtime is not None else 0.0
     bo = runtime.backward_overhead_s if runtime is not None else 0.0
-    k = model.compute_scale if model is not None else 1.0
     costs = []
     for s in plan.stages:
         if s.backward_weight_s > s.backward_s + 1e-12:
             raise PlanError(f"stage {s.index}: backward_weight_s {s.backward_weight_s} exceeds "
                             f"backward_s {s.backward_s}", hint="regenerate the plan")
+        forward, backward, weight = _compute(s, model)
         last = model is not None and s.index == n - 1
         costs.append(StageCost(
-            forward_s=k * s.forward_s + fo + (model.loss_forward_s if last and model else 0.0),
-            backward_input_s=k * max(0.0, s.backward_s - s.backward_weight_s) + bo
-            + (model.loss_backward_s if last and model else 0.0),
-            backward_weight_s=k * s.backward_weight_s, send_s=sends[s.index],
-            optimizer_s=optimizer[s.index]))
+            forward_s=forward + fo + (model.loss_forward_s if last and model else 0.0),
+            backward_input_s=backward - weight + bo + (model.loss_backward_s if last and model else 0.0),
+            backward_weight_s=weight, send_s=sends[s.index], optimizer_s=optimizer[s.index]))
     return costs, n // len(ranks)

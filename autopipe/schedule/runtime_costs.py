@@ -102,11 +102,18 @@ class ModelCosts:
     compute_scale: float = 1.0
     """Factor on the profiled stage times: the whole model's measured forward+backward over
     the sum of its nodes' (a node timed alone runs with warm caches; the profile keeps both)."""
+    stage_forward_s: tuple[float, ...] = ()
+    """Per stage, its forward timed as one module (the runtime's split); replaces the
+    profiled sum and ``compute_scale`` when given."""
+    stage_backward_s: tuple[float, ...] = ()
+    """Per stage, its backward timed as one module (split into input and weight parts
+    in the plan's proportion)."""
 
     def __post_init__(self) -> None:
         _check_non_negative(self)
         lengths = {len(t) for t in (self.stage_param_tensors, self.stage_param_elements,
-                                    self.stage_tied_bytes) if t}
+                                    self.stage_tied_bytes, self.stage_forward_s,
+                                    self.stage_backward_s) if t}
         if len(lengths) > 1:
             raise PlanError(f"ModelCosts has per-stage tuples of lengths {sorted(lengths)}",
                             hint="give one entry per stage in each")
