@@ -19,6 +19,7 @@ processes only ever add time, so a low percentile is the undisturbed cost.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -214,6 +215,8 @@ def _worker(out: str, optimizer: str) -> int:
         per_tensor, per_element = _optimizer_costs(optimizer)
         gathered: list[Any] = [None, None]
         dist.all_gather_object(gathered, [forward, backward, per_tensor, per_element])
+        gc.collect()  # the pipeline's stages and pending work go before the group does
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     if rank == 0:
