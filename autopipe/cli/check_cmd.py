@@ -66,8 +66,6 @@ def _replan(args: argparse.Namespace, old: Plan) -> Plan:
     from autopipe.quality.replan import replan
     from autopipe.spec import load_spec, parse_spec_args
 
-    if args.spec_arg is None:  # pragma: no cover - argparse always sets it
-        raise AutopipeError("no spec arguments", hint="see autopipe check --help")
     spec = load_spec(args.spec, **parse_spec_args(args.spec_arg))
     return replan(spec, old)
 
@@ -83,9 +81,9 @@ def _golden(args: argparse.Namespace) -> int:
         return 0
     results = check_golden(args.golden, tolerance=args.tolerance)
     print(table([r.now for r in results]))
-    failures = [f for r in results for f in r.failures]
-    for f in failures:
-        print(f"WORSE: {f}")
-    print(f"{len(results) - sum(bool(r.failures) for r in results)} passed, "
-          f"{sum(bool(r.failures) for r in results)} failed")
-    return 1 if failures else 0
+    failed = [r for r in results if r.failures]
+    for r in failed:
+        for f in r.failures:
+            print(f"WORSE: {f}")
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0

@@ -20,7 +20,6 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from autopipe._jsonio import read_json, write_json_atomic
 from autopipe._units import format_seconds
@@ -160,7 +159,3 @@ def table(cases: list[GoldenCase]) -> str:
                     f"{cell(c.params_s, c.iteration_s)} | {c.gap:.2%} | {c.solve_s:.2f} s |")
     return "\n".join(rows)
 
-
-def summary(results: list[CaseResult]) -> dict[str, Any]:
-    """Counts for a one-line report."""
-    return {"cases": len(results), "failed": sum(bool(r.failures) for r in results)}

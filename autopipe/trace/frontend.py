@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -243,7 +244,7 @@ def _build(
     if unused:
         # parameters no node reads are owned by the output node so that totals stay true
         out = infos[-1]
-        infos[-1] = NodeInfo(**{**_fields(out), "params": out.params + tuple(unused)})
+        infos[-1] = replace(out, params=out.params + tuple(unused))
     return Graph(gm=gm, nodes=infos, param_bytes=param_bytes, tied=tied, frontend=frontend,
                  input_names=input_names, in_spec=in_spec, out_spec=out_spec, signature=signature)
 
@@ -251,8 +252,3 @@ def _build(
 def _nbytes(t: torch.Tensor) -> int:
     return int(t.numel() * t.element_size())
 
-
-def _fields(n: NodeInfo) -> dict[str, Any]:
-    from dataclasses import fields
-
-    return {f.name: getattr(n, f.name) for f in fields(n)}
