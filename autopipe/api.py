@@ -7,9 +7,15 @@ from typing import Any
 
 from torch import nn
 
+from autopipe.batching import resize_batch
 from autopipe.errors import PlanError, PlanMismatchError, ProfileError
 from autopipe.partition.devices import DevicesArg
-from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, check_options, plan_profile
+from autopipe.partition.planner import (
+    DEFAULT_MAX_BLOCKS,
+    ProfileSource,
+    check_options,
+    plan_profile,
+)
 from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
 from autopipe.trace import Graph, trace
@@ -26,6 +32,7 @@ def plan(
     memory_limit: str | int | None = None,
     devices: DevicesArg | None = None,
     microbatches: int | str | None = None,
+    batch_size: int | None = None,
     schedule: str = "1f1b",
     profile: str | os.PathLike[str] | Profile = "measure",
     optimizer: str = "adam",
@@ -49,8 +56,13 @@ def plan(
         memory_limit: one memory limit per stage (``"80GiB"`` or bytes); None = unlimited.
         devices: per-stage devices: a devices.json path or a list (see
             ``autopipe.partition.devices``); excludes ``memory_limit``.
-        microbatches: micro-batches per step; None = 2 × stages; ``"auto"`` chooses.
-        schedule: ``1f1b`` or ``gpipe``.
+        microbatches: micro-batches per step; None = 2 × stages (``"auto"`` with
+            ``batch_size``); ``"auto"``: every count that divides ``batch_size``, each
+            profiled at its own micro-batch size; the fastest predicted step wins.
+        batch_size: samples per optimizer step; ``example_inputs`` are one micro-batch
+            whose size is dim 0 of their first tensor (see ``autopipe.batching``), and
+            are cut or tiled along dim 0 to ``batch_size / microbatches`` samples.
+        schedule: ``1f1b``, ``gpipe``, ``zb-h1``, or ``auto`` (the fastest that fits).
         profile: ``"measure"`` (time the nodes here), ``"estimate"`` (FLOPs and bytes on
             ``device_spec``), a Profile, or the path of a saved profile.
         optimizer: for optimizer-state memory (``adam``, ``adamw``, ``sgd``, ``sgd-momentum``, ``none``).
@@ -73,12 +85,21 @@ def plan(
         PlanMismatchError: a given profile belongs to another model or input shape.
         TraceError, ProfileError, DeviceSpecError: from tracing, profiling, the devices.
     """
-    check_options(num_stages, microbatches, schedule, method)
-    graph = trace(model, example_inputs, example_kwargs)
-    prof = _profile(graph, profile, example_inputs, example_kwargs, device_spec=device_spec,
-                    dtype=dtype)
-    return plan_profile(prof, num_stages=num_stages, memory_limit=memory_limit, devices=devices,
-                        microbatches=microbatches, schedule=schedule, optimizer=optimizer,
+    check_options(num_stages, microbatches, schedule, method, batch_size)
+
+    def profile_at(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Profile:
+        return _profile(trace(model, args, kwargs), profile, args, kwargs,
+                        device_spec=device_spec, dtype=dtype)
+
+    source: ProfileSource
+    if batch_size is not None and isinstance(profile, str) and profile in PROFILE_MODES:
+        def source(size: int) -> Profile:
+            return profile_at(*resize_batch(example_inputs, example_kwargs, size))
+    else:
+        source = profile_at(example_inputs, example_kwargs)
+    return plan_profile(source, num_stages=num_stages, memory_limit=memory_limit, devices=devices,
+                        microbatches=microbatches, batch_size=batch_size, schedule=schedule,
+                        optimizer=optimizer,
                         method=method, link_bandwidth=link_bandwidth, max_blocks=max_blocks,
                         time_limit=time_limit, mip_gap=mip_gap, solver=solver,
                         deterministic=deterministic)

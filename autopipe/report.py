@@ -34,8 +34,10 @@ def _limit(plan: Plan, stage: Stage) -> str:
 def headline(plan: Plan) -> list[str]:
     """The summary lines above the table."""
     sv = plan.solver
+    size = plan.options.get("microbatch_size")
     lines = [
-        f"{plan.num_stages} stages, {plan.schedule}, {plan.microbatches} micro-batches",
+        f"{plan.num_stages} stages, {plan.schedule}, {plan.microbatches} micro-batches"
+        + (f" of {size} (batch {plan.options.get('batch_size')})" if size else ""),
         f"predicted step {format_seconds(plan.predicted.iteration_s)}, "
         f"bubble {plan.predicted.bubble_fraction:.1%}",
         f"solver {sv.method}: {sv.status}, objective {format_seconds(sv.objective_s)}, "
@@ -51,7 +53,25 @@ def headline(plan: Plan) -> list[str]:
                 ratio = b.iteration_s / plan.predicted.iteration_s - 1 if plan.predicted.iteration_s else 0.0
                 parts.append(f"{name} {format_seconds(b.iteration_s)} ({ratio:+.1%})")
         lines.append("baselines: " + ", ".join(parts))
-    return lines
+    return lines + search_lines(plan)
+
+
+def search_lines(plan: Plan) -> list[str]:
+    """What ``microbatches``/``schedule="auto"`` tried: one line per micro-batch count."""
+    tried = plan.options.get("search")
+    if not isinstance(tried, list) or not tried:
+        return []
+    out = ["searched (micro-batches: predicted step per schedule; - = does not fit or torch "
+           "cannot run it):"]
+    rows: dict[int, list[str]] = {}
+    for t in tried:
+        step = t.get("iteration_s")
+        mark = "*" if (t["microbatches"] == plan.microbatches and t["schedule"] == plan.schedule) else ""
+        cell = format_seconds(step) if isinstance(step, (int, float)) else "-"
+        rows.setdefault(int(t["microbatches"]), []).append(f"{t['schedule']} {cell}{mark}")
+    for m, cells in rows.items():
+        out.append(f"  {m:>4}: " + ", ".join(cells))
+    return out
 
 
 def stage_table(plan: Plan) -> list[str]:

@@ -88,3 +88,26 @@ def test_bad_arguments(profiled: dict[str, Profile]) -> None:
     with pytest.raises(InfeasiblePlanError, match="stage"):
         autopipe.plan(spec.model, spec.example_inputs, num_stages=2, memory_limit="64KiB",
                       profile=profiled["mlp"])
+
+
+def test_batch_size_profiles_each_micro_batch_size() -> None:
+    spec = example_spec("mlp", batch_size=8)
+    plan = autopipe.plan(spec.model, spec.example_inputs, num_stages=2, batch_size=16,
+                         profile="estimate", schedule="auto", method="dp")
+    size = plan.options["microbatch_size"]
+    assert plan.microbatches * size == 16
+    assert [t["microbatches"] for t in plan.options["search"] if t["schedule"] == "1f1b"] == [
+        1, 2, 4, 8, 16]
+    # the plan is for the spec built at that micro-batch size: the runtime will accept it
+    at = example_spec("mlp", batch_size=size)
+    assert plan.graph_fingerprint == autopipe.trace(at.model, at.example_inputs).fingerprint
+
+
+def test_batch_size_with_a_saved_profile(profiled: dict[str, Profile]) -> None:
+    spec = example_spec("mlp")
+    plan = autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile=profiled["mlp"],
+                         batch_size=32, microbatches=4)
+    assert plan.options["microbatch_size"] == 8
+    with pytest.raises(PlanError, match="only one profile was given"):
+        autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile=profiled["mlp"],
+                      batch_size=32, microbatches="auto")

@@ -77,13 +77,36 @@ def test_methods_and_devices_file(tmp_path: Path, mlp_profile: Path,
 
 def test_estimate_for_a_meta_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "llama.json"
-    code, _, err = _run(["plan", str(ROOT / "examples" / "llama.py") + ":build", "--spec-arg",
-                         "device=meta", "--stages", "2", "--microbatches", "auto", "-o", str(out)],
-                        capsys)
+    code, printed, err = _run(["plan", str(ROOT / "examples" / "llama.py") + ":build", "--spec-arg",
+                         "device=meta", "--stages", "2", "--batch-size", "8", "--microbatches",
+                         "auto", "--schedule", "auto", "-o", str(out)], capsys)
     assert code == 0, err
     plan = autopipe.Plan.load(out)
     assert plan.options["profile_device"] == "estimate:h100"
-    assert plan.microbatches in (2, 4, 8, 16)
+    assert plan.microbatches in (1, 2, 4, 8)
+    assert plan.microbatches * plan.options["microbatch_size"] == 8
+    assert "searched (micro-batches" in printed
+    # train and check build the spec at the plan's micro-batch size
+    from autopipe.cli._common import plan_knobs
+
+    assert plan_knobs({"device": "meta"}, plan) == {
+        "device": "meta", "batch_size": plan.options["microbatch_size"]}
+    assert plan_knobs({"batch_size": 3}, plan) == {"batch_size": 3}
+
+
+def test_batch_size_needs_the_knob(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "fixed.py"
+    spec.write_text(
+        "import torch\nfrom autopipe import ModelSpec\n"
+        "def build():\n"
+        "    m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))\n"
+        "    x = torch.randn(2, 4)\n"
+        "    return ModelSpec(model=m, example_inputs=(x,), loss_fn=lambda o, t: o.sum(),\n"
+        "                     batch=lambda n, step=0: ((x.repeat(n, 1),), x))\n")
+    code, _, err = _run(["plan", f"{spec}:build", "--stages", "2", "--batch-size", "8",
+                         "--device-spec", "h100", "-o", str(tmp_path / "p.json")], capsys)
+    assert code == 2 and "to take a batch_size knob" in err
+    assert not (tmp_path / "p.json").exists()
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -92,6 +115,9 @@ def test_estimate_for_a_meta_model(tmp_path: Path, capsys: pytest.CaptureFixture
     (["--schedule", "zigzag"], "unknown schedule"),
     (["--method", "magic"], "unknown method"),
     (["--microbatches", "many"], "is not a number"),
+    (["--microbatches", "auto"], "needs the batch size"),
+    (["--batch-size", "12", "--microbatches", "5"], "do not divide the batch of 12"),
+    (["--batch-size", "8", "--microbatches", "auto"], "only one profile was given"),
     (["--schedule", "1f1b", "--microbatches", "1"], "1F1B needs at least"),
     (["--devices", "missing.json"], "no such devices file"),
     (["--memory", "lots"], "cannot read size"),

@@ -156,13 +156,6 @@ def test_other_methods(method: str) -> None:
     assert plan.solver.lower_bound_s <= plan.solver.objective_s
 
 
-def test_auto_microbatches() -> None:
-    prof = synthetic_profile(60, seed=2)
-    plan = plan_profile(prof, num_stages=4, microbatches="auto")
-    assert plan.microbatches in (4, 8, 16, 32)
-    assert plan.predicted.bubble_fraction <= 0.2 or plan.microbatches == 32
-
-
 def test_gpipe_holds_every_microbatch() -> None:
     prof = synthetic_profile(40, seed=2)
     one = plan_profile(prof, num_stages=2, microbatches=6, schedule="gpipe", method="dp")

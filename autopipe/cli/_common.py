@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+from autopipe.plan_format import Plan
 from autopipe.spec import ModelSpec, load_spec, parse_spec_args
 
 
@@ -18,3 +20,15 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
 def spec_from_args(args: argparse.Namespace) -> ModelSpec:
     """Load the ModelSpec that ``add_spec_args`` described."""
     return load_spec(args.spec, **parse_spec_args(args.spec_arg))
+
+
+def plan_knobs(knobs: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """``knobs`` with ``batch_size`` set to the micro-batch size ``plan`` was made for.
+
+    A plan made with ``--batch-size`` records its micro-batch size; the spec must be
+    built for it (its ``batch_size`` knob), unless the knob is given explicitly.
+    """
+    size = plan.options.get("microbatch_size")
+    if isinstance(size, int) and "batch_size" not in knobs:
+        return {**knobs, "batch_size": size}
+    return knobs

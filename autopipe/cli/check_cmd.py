@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from autopipe.cli._common import plan_knobs
 from autopipe.errors import AutopipeError
 from autopipe.plan_format import Plan
 from autopipe.quality.compare import compare_plans
@@ -66,7 +67,7 @@ def _replan(args: argparse.Namespace, old: Plan) -> Plan:
     from autopipe.quality.replan import replan
     from autopipe.spec import load_spec, parse_spec_args
 
-    spec = load_spec(args.spec, **parse_spec_args(args.spec_arg))
+    spec = load_spec(args.spec, **plan_knobs(parse_spec_args(args.spec_arg), old))
     return replan(spec, old)
 
 

@@ -7,10 +7,12 @@ import sys
 import time
 from typing import Any
 
-from autopipe.cli._common import add_spec_args, spec_from_args
-from autopipe.errors import PlanError
-from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, METHODS, check_options
+from autopipe.cli._common import add_spec_args
+from autopipe.errors import PlanError, SpecError
+from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, METHODS, ProfileSource, check_options
 from autopipe.partition.problem import SCHEDULES
+from autopipe.profile.profile import Profile
+from autopipe.spec import ModelSpec, load_spec, parse_spec_args
 
 
 def add_parser(sub: Any) -> None:
@@ -26,9 +28,12 @@ def add_parser(sub: Any) -> None:
     mem.add_argument("--devices", metavar="FILE.json",
                      help='per-stage devices: [{"name", "memory", "speed" | "spec", "count"}, ...]')
     p.add_argument("--microbatches", default=None, metavar="M",
-                   help="micro-batches per step, or 'auto' (default: 2 x stages)")
+                   help="micro-batches per step, or 'auto': each divisor of --batch-size, "
+                        "profiled at its micro-batch size (default: 2 x stages; auto with --batch-size)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="samples per step; SPEC's batch_size knob becomes B / micro-batches")
     p.add_argument("--schedule", default="1f1b", metavar="NAME",
-                   help=f"pipeline schedule: {', '.join(SCHEDULES)} (default 1f1b)")
+                   help=f"pipeline schedule: {', '.join(SCHEDULES)}, or auto (default 1f1b)")
     p.add_argument("--method", default="ilp", metavar="NAME",
                    help=f"{', '.join(METHODS)} (default ilp)")
     p.add_argument("--profile", metavar="PROFILE.json", help="use this profile instead of profiling")
@@ -62,33 +67,63 @@ def _microbatches(text: str | None) -> int | str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
-    import autopipe
-    from autopipe.api import check_profile
     from autopipe.partition.planner import plan_profile
-    from autopipe.profile import Profile, estimate, measure
     from autopipe.report import format_plan
 
     start = time.perf_counter()
     microbatches = _microbatches(args.microbatches)
-    check_options(args.stages, microbatches, args.schedule, args.method)
-    spec = spec_from_args(args)
+    check_options(args.stages, microbatches, args.schedule, args.method, args.batch_size)
+    knobs = parse_spec_args(args.spec_arg)
+    source: ProfileSource
+    if args.batch_size is None or args.profile:
+        source = _profile(args, load_spec(args.spec, **knobs))
+    else:
+        if "batch_size" in knobs:
+            raise SpecError("--batch-size sets the spec's batch_size knob (the micro-batch size); "
+                            "it cannot be given with --spec-arg batch_size",
+                            hint="pass one of the two")
+
+        def source(size: int) -> Profile:
+            return _profile(args, _spec_at(args.spec, knobs, size))
+    plan = plan_profile(
+        source, num_stages=args.stages, memory_limit=args.memory, devices=args.devices,
+        microbatches=microbatches, batch_size=args.batch_size, schedule=args.schedule,
+        optimizer=args.optimizer, method=args.method, link_bandwidth=args.link_bandwidth,
+        max_blocks=args.max_blocks, time_limit=args.time_limit, mip_gap=args.gap,
+        solver=args.solver, deterministic=not args.timing)
+    plan.save(args.output)
+    print(format_plan(plan))
+    print(f"wrote {args.output} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def _spec_at(spec: str, knobs: dict[str, Any], size: int) -> ModelSpec:
+    """SPEC built for micro-batches of ``size`` samples (its ``batch_size`` knob)."""
+    try:
+        return load_spec(spec, **knobs, batch_size=size)
+    except SpecError as e:
+        if "batch_size" not in str(e):
+            raise
+        raise SpecError(f"--batch-size needs {spec} to take a batch_size knob (samples per "
+                        f"micro-batch): {e.message}",
+                        hint="add batch_size to the build function, or give --microbatches "
+                             "without --batch-size") from e
+
+
+def _profile(args: argparse.Namespace, spec: ModelSpec) -> Profile:
+    """Trace ``spec`` and profile it: --profile, an estimate (--device-spec or a meta
+    model), else measured here."""
+    import autopipe
+    from autopipe.api import check_profile
+    from autopipe.profile import estimate, measure
+
     graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
     on_meta = any(p.device.type == "meta" for p in spec.model.parameters())
     if args.profile:
         profile = Profile.load(args.profile)
         check_profile(graph, profile)
-    elif args.device_spec or on_meta:
-        profile = estimate(graph, spec.example_inputs, spec.example_kwargs,
-                           device_spec=args.device_spec or "h100", dtype=args.dtype)
-    else:
-        profile = measure(graph, spec.example_inputs, spec.example_kwargs, dtype=args.dtype)
-    plan = plan_profile(
-        profile, num_stages=args.stages, memory_limit=args.memory, devices=args.devices,
-        microbatches=microbatches, schedule=args.schedule, optimizer=args.optimizer,
-        method=args.method, link_bandwidth=args.link_bandwidth, max_blocks=args.max_blocks,
-        time_limit=args.time_limit, mip_gap=args.gap, solver=args.solver,
-        deterministic=not args.timing)
-    plan.save(args.output)
-    print(format_plan(plan))
-    print(f"wrote {args.output} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
-    return 0
+        return profile
+    if args.device_spec or on_meta:
+        return estimate(graph, spec.example_inputs, spec.example_kwargs,
+                        device_spec=args.device_spec or "h100", dtype=args.dtype)
+    return measure(graph, spec.example_inputs, spec.example_kwargs, dtype=args.dtype)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from autopipe.cli._common import add_spec_args
+from autopipe.cli._common import add_spec_args, plan_knobs
 from autopipe.errors import AutopipeError, SpecError
 from autopipe.plan_format import Plan
 from autopipe.runtime.optim import DEVICES, OPTIMIZERS, TrainConfig
@@ -63,7 +63,7 @@ def _spec(args: argparse.Namespace, plan: Plan) -> ModelSpec:
                             f"{args.batch_size // m} but --spec-arg batch_size={knobs['batch_size']}",
                             hint="pass one of the two")
         knobs["batch_size"] = args.batch_size // m
-    return load_spec(args.spec, **knobs)
+    return load_spec(args.spec, **plan_knobs(knobs, plan))
 
 
 def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan) -> int:

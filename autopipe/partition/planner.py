@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,8 +36,11 @@ DEFAULT_LINK_BANDWIDTH = 25e9
 """Bytes/s between stages when neither the caller nor the profile's device spec says
 (a PCIe 4.0 x16 link, one direction)."""
 DEFAULT_MAX_BLOCKS = 400
-AUTO_BUBBLE = 0.2
-"""``microbatches="auto"`` takes the fewest micro-batches whose bubble is at most this."""
+AUTO_SCHEDULES = ("1f1b", "zb-h1", "gpipe")
+"""``schedule="auto"`` tries these (those the planner models), preferring earlier ones on ties."""
+
+ProfileSource = Profile | Callable[[int], Profile]
+"""A Profile of one micro-batch, or ``b -> Profile`` for a micro-batch of ``b`` samples."""
 
 
 def link_bandwidth_for(profile: Profile, link_bandwidth: float | str | None) -> float:
@@ -74,10 +78,12 @@ def simple_bound(problem: Problem) -> float:
     return max(work / max(speeds), cfg.microbatches * work / sum(speeds))
 
 
-def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str) -> None:
-    if schedule not in SCHEDULES:
+def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str,
+                  batch_size: Any = None) -> None:
+    """Raise PlanError for options no plan can have (before anything is traced or profiled)."""
+    if schedule != "auto" and schedule not in SCHEDULES:
         raise PlanError(f"unknown schedule {schedule!r}",
-                        hint=f"the planner models {', '.join(SCHEDULES)}")
+                        hint=f"the planner models {', '.join(SCHEDULES)}; or auto to try each")
     if method not in METHODS:
         raise PlanError(f"unknown method {method!r}", hint=f"choose one of {', '.join(METHODS)}")
     if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 1:
@@ -86,17 +92,33 @@ def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str
             isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1):
         raise PlanError(f"microbatches = {microbatches!r}",
                         hint="use a positive number, or 'auto' to let the planner choose")
-    if isinstance(microbatches, int):
+    if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise PlanError(f"batch_size = {batch_size!r}", hint="give the samples per step, e.g. 32")
+    if microbatches == "auto" and batch_size is None:
+        raise PlanError("microbatches='auto' needs the batch size (samples per optimizer step): "
+                        "the planner tries each micro-batch count that divides it",
+                        hint="pass --batch-size B (autopipe.plan(..., batch_size=B))")
+    if isinstance(microbatches, int) and batch_size is not None and batch_size % microbatches:
+        raise PlanError(f"{microbatches} micro-batches do not divide the batch of {batch_size}",
+                        hint=f"use a divisor of {batch_size} "
+                             f"(e.g. {_divisor_near(batch_size, microbatches)}), or auto")
+    if isinstance(microbatches, int) and schedule != "auto":
         check_runnable(schedule, num_stages, microbatches)  # what torch refuses, e.g. 1F1B with m < p
 
 
+def _divisor_near(n: int, m: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - m), d))
+
+
 def plan_profile(
-    profile: Profile,
+    profile: ProfileSource,
     *,
     num_stages: int,
     memory_limit: str | int | None = None,
     devices: DevicesArg | None = None,
     microbatches: int | str | None = None,
+    batch_size: int | None = None,
     schedule: str = "1f1b",
     optimizer: str = "adam",
     method: str = "ilp",
@@ -111,19 +133,22 @@ def plan_profile(
     """Partition a profiled model into pipeline stages.
 
     Args:
-        profile: per-node costs of one micro-batch.
+        profile: per-node costs of one micro-batch; or ``b -> Profile``, the costs of a
+            micro-batch of ``b`` samples (needs ``batch_size``; called for ``b = batch_size / m``).
         num_stages: pipeline stages ``p``.
         memory_limit: one memory limit for every stage (``"80GiB"``, bytes); None = unlimited.
         devices: per-stage devices (a devices.json path or a list); excludes ``memory_limit``.
-        microbatches: micro-batches per step; None = 2·p; ``"auto"`` = the fewest of p, 2p,
-            4p, 8p whose predicted bubble is at most 20% (and that fit).
-        schedule: ``1f1b`` or ``gpipe``.
+        microbatches: micro-batches per step ``m``; None = 2·p, or ``"auto"`` when
+            ``batch_size`` is given; ``"auto"`` = every divisor of ``batch_size`` that the
+            schedule can run, each with its own profile: the fastest predicted step wins.
+        batch_size: samples per optimizer step (recorded with the micro-batch size).
+        schedule: ``1f1b``, ``gpipe``, ``zb-h1``, or ``auto`` (the fastest that fits).
         optimizer: for optimizer-state memory: ``adam``, ``adamw``, ``sgd``, ``sgd-momentum``, ``none``.
         method: ``ilp`` (optimal convex cuts), ``dp`` (optimal chain cuts for the slowest
             stage), ``uniform`` (equal layers), ``params`` (balanced parameters).
         link_bandwidth: bytes/s between stages; default the device spec's or 25 GB/s.
         max_blocks: coarsen graphs with more nodes to this many blocks (at least 8·p).
-        time_limit: seconds for the MIP solver.
+        time_limit: seconds for the MIP solver (per candidate when searching).
         mip_gap: relative gap at which the MIP counts as solved.
         solver: ``highs`` (default) or ``cbc``.
         deterministic: record 0 solve seconds, so equal inputs give byte-identical plans.
@@ -131,35 +156,51 @@ def plan_profile(
 
     Raises:
         PlanError: bad options, more stages than blocks, nothing found in the time limit.
-        InfeasiblePlanError: no partition fits in memory.
+        InfeasiblePlanError: no partition fits in memory (with any candidate, when searching).
         DeviceSpecError: a bad devices list or file.
     """
-    check_options(num_stages, microbatches, schedule, method)
+    if microbatches is None and batch_size is not None:
+        microbatches = "auto"
+    check_options(num_stages, microbatches, schedule, method, batch_size)
+    if microbatches == "auto" and isinstance(profile, Profile):
+        raise PlanError("microbatches='auto' profiles the model at each micro-batch size, "
+                        "but only one profile was given",
+                        hint="plan from the model (autopipe.plan, or autopipe plan SPEC without "
+                             "--profile), or give --microbatches")
+    if batch_size is not None and not isinstance(profile, Profile) and microbatches is None:
+        raise PlanError("a profile function needs the batch size", hint="pass batch_size")
     start = time.perf_counter()
-    devs = resolve_devices(num_stages, memory_limit=memory_limit, devices=devices, profile=profile)
-    bw = link_bandwidth_for(profile, link_bandwidth)
-    m = 2 * num_stages if microbatches is None or microbatches == "auto" else int(microbatches)
-    cfg = Config(num_stages=num_stages, microbatches=m, schedule=schedule, devices=devs,
-                 link_bandwidth=bw)
-    forced = merge_forced(from_profile(profile, cfg, optimizer=optimizer, dtype=dtype))
-    if forced.num_real < num_stages:
-        raise PlanError(
-            f"cannot cut the model into {num_stages} stages: it has only {forced.num_real} "
-            f"blocks that can be separated ({len(profile.nodes)} nodes)",
-            hint=f"use at most {forced.num_real} stages")
-    problem = coarsen(forced, max(max_blocks, 8 * num_stages))
-    options = _Options(method=method, time_limit=time_limit, mip_gap=mip_gap, solver=solver)
-    plan = _auto(problem, profile, options) if microbatches == "auto" else _plan(problem, profile, options)
+    options = _Options(method=method, time_limit=time_limit, mip_gap=mip_gap, solver=solver,
+                       deterministic=deterministic, optimizer=optimizer, dtype=dtype, max_blocks=max_blocks,
+                       link_bandwidth=link_bandwidth, memory_limit=memory_limit, devices=devices)
+    if isinstance(microbatches, int):
+        counts = [microbatches]
+    elif microbatches is None:
+        counts = [2 * num_stages]
+    else:
+        assert batch_size is not None
+        counts = [m for m in range(1, batch_size + 1) if batch_size % m == 0]
+    schedules = [s for s in AUTO_SCHEDULES if s in SCHEDULES] if schedule == "auto" else [schedule]
+    cache: dict[int, Profile] = {}
+
+    def profile_of(m: int) -> Profile:
+        if isinstance(profile, Profile):
+            return profile
+        assert batch_size is not None
+        b = batch_size // m
+        if b not in cache:
+            cache[b] = profile(b)
+        return cache[b]
+
+    if len(counts) * len(schedules) == 1:
+        plan = _plan_one(profile_of(counts[0]), num_stages, counts[0], schedules[0], options)
+    else:
+        plan = _search(profile_of, num_stages, counts, schedules, options, batch_size)
+    if batch_size is not None:
+        plan = replace(plan, options={**plan.options, "batch_size": batch_size,
+                                      "microbatch_size": batch_size // plan.microbatches})
     seconds = 0.0 if deterministic else time.perf_counter() - start
-    extra = {"optimizer": optimizer, "dtype": dtype or profile.dtype,
-             "link_bandwidth": None if math.isinf(bw) else bw,
-             "profile_device": profile.device, "profile_method": profile.method,
-             "nodes": len(profile.nodes), "blocks": problem.size,
-             "coarsened": problem.size < forced.size, "max_blocks": max_blocks,
-             "mip_gap": mip_gap, "time_limit": time_limit, "solver": solver,
-             "deterministic": deterministic}
-    return replace(plan, solver=replace(plan.solver, seconds=seconds),
-                   options={**extra, **plan.options})
+    return replace(plan, solver=replace(plan.solver, seconds=seconds))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,28 +209,80 @@ class _Options:
     time_limit: float
     mip_gap: float
     solver: str
+    deterministic: bool
+    optimizer: str
+    dtype: str | None
+    max_blocks: int
+    link_bandwidth: float | str | None
+    memory_limit: str | int | None
+    devices: DevicesArg | None
 
 
-def _auto(problem: Problem, profile: Profile, options: _Options) -> Plan:
-    p = problem.config.num_stages
+def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: str,
+              options: _Options) -> Plan:
+    """Plan one profile for one schedule and micro-batch count."""
+    bw = link_bandwidth_for(profile, options.link_bandwidth)
+    devs = resolve_devices(num_stages, memory_limit=options.memory_limit, devices=options.devices,
+                           profile=profile)
+    cfg = Config(num_stages=num_stages, microbatches=microbatches, schedule=schedule,
+                 devices=devs, link_bandwidth=bw)
+    forced = merge_forced(from_profile(profile, cfg, optimizer=options.optimizer, dtype=options.dtype))
+    if forced.num_real < num_stages:
+        raise PlanError(
+            f"cannot cut the model into {num_stages} stages: it has only {forced.num_real} "
+            f"blocks that can be separated ({len(profile.nodes)} nodes)",
+            hint=f"use at most {forced.num_real} stages")
+    problem = coarsen(forced, max(options.max_blocks, 8 * num_stages))
+    plan = _plan(problem, profile, options)
+    extra = {"optimizer": options.optimizer, "dtype": options.dtype or profile.dtype,
+             "link_bandwidth": None if math.isinf(bw) else bw,
+             "profile_device": profile.device, "profile_method": profile.method,
+             "nodes": len(profile.nodes), "blocks": problem.size,
+             "coarsened": problem.size < forced.size, "max_blocks": options.max_blocks,
+             "mip_gap": options.mip_gap, "time_limit": options.time_limit,
+             "solver": options.solver, "deterministic": options.deterministic}
+    return replace(plan, options={**extra, **plan.options})
+
+
+def _search(profile_of: Callable[[int], Profile], num_stages: int, counts: list[int],
+            schedules: list[str], options: _Options, batch_size: int | None) -> Plan:
+    """The fastest plan over micro-batch counts × schedules; every try is recorded.
+
+    ``options["search"]`` lists each candidate with its predicted step, or why it has none
+    (torch cannot run it, or nothing fits). Ties go to fewer micro-batches, then to the
+    earlier schedule in ``AUTO_SCHEDULES`` (1F1B holds fewer activations than GPipe).
+    """
+    tried: list[dict[str, Any]] = []
     best: Plan | None = None
-    last_error: InfeasiblePlanError | None = None
-    for m in (p, 2 * p, 4 * p, 8 * p):
-        cfg = Config(num_stages=p, microbatches=m, schedule=problem.config.schedule,
-                     devices=problem.config.devices, link_bandwidth=problem.config.link_bandwidth)
-        try:
-            plan = _plan(problem.with_config(cfg), profile, options)
-        except InfeasiblePlanError as e:
-            last_error = e
-            continue
-        if best is None or plan.predicted.bubble_fraction < best.predicted.bubble_fraction:
-            best = plan
-        if plan.predicted.bubble_fraction <= AUTO_BUBBLE:
-            return plan
+    first_error: PlanError | None = None
+    for m in counts:
+        for schedule in schedules:
+            row: dict[str, Any] = {"microbatches": m, "schedule": schedule}
+            if batch_size is not None:
+                row["microbatch_size"] = batch_size // m
+            try:
+                check_runnable(schedule, num_stages, m)
+            except PlanError as e:
+                tried.append({**row, "iteration_s": None, "why": e.message})
+                continue
+            try:
+                plan = _plan_one(profile_of(m), num_stages, m, schedule, options)
+            except InfeasiblePlanError as e:
+                first_error = first_error or e
+                tried.append({**row, "iteration_s": None, "why": e.message})
+                continue
+            tried.append({**row, "iteration_s": plan.predicted.iteration_s,
+                          "bubble_fraction": plan.predicted.bubble_fraction})
+            if best is None or plan.predicted.iteration_s < best.predicted.iteration_s:
+                best = plan
     if best is None:
-        assert last_error is not None
-        raise last_error
-    return best
+        if first_error is not None:
+            raise InfeasiblePlanError(
+                f"no candidate fits ({len(tried)} tried); with {tried[0]['microbatches']} "
+                f"micro-batches: {first_error.message}", hint=first_error.hint)
+        raise PlanError(f"torch runs none of the {len(tried)} candidates: {tried[0]['why']}",
+                        hint="use more micro-batches (a bigger batch), or fewer stages")
+    return replace(best, options={**best.options, "search": tried})
 
 
 def predict(problem: Problem, ev: Evaluation) -> Predicted:
@@ -239,6 +332,8 @@ def _plan(problem: Problem, profile: Profile, options: _Options) -> Plan:
         lower = max(lower, res.lower_bound_s)
     else:
         found = cands[method]
+        if found is None and method == "dp" and problem.num_real >= problem.config.num_stages:
+            raise explain(problem, "dp")  # the DP finds no chain split that fits in memory
         if found is None:
             raise PlanError(f"method {method!r} has no split into {problem.config.num_stages} "
                             f"stages for this model (too few layers)",

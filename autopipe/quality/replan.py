@@ -30,6 +30,7 @@ def replan(spec: ModelSpec, old: Plan) -> Plan:
     return plan(
         spec.model, spec.example_inputs, example_kwargs=spec.example_kwargs,
         num_stages=old.num_stages, devices=list(old.devices), microbatches=old.microbatches,
+        batch_size=opts["batch_size"] if isinstance(opts.get("batch_size"), int) else None,
         schedule=old.schedule, profile=method, optimizer=str(opts.get("optimizer", "adam")),
         method=old.solver.method, device_spec=device_spec,
         dtype=str(opts["dtype"]) if opts.get("dtype") else None,
