@@ -51,14 +51,20 @@ def sends(problem: Problem, stage_of: Sequence[int]) -> list[list[Send]]:
     return out
 
 
+_RANKS_INFERRED = ("1f1b", "gpipe")
+"""Schedules whose runtime places stage s on rank s without the plan saying so; the others
+(zb-h1 runs through torch's interleaved zero-bubble class) get ``rank`` written."""
+
+
 def stages(problem: Problem, stage_of: Sequence[int], ev: Evaluation) -> tuple[Stage, ...]:
-    """The Plan's stages for an evaluated assignment."""
+    """The Plan's stages for an evaluated assignment (one stage per rank)."""
     node_stage = node_stages(problem, stage_of)
     members: list[list[str]] = [[] for _ in range(problem.config.num_stages)]
     for name in problem.node_order:
         members[node_stage[name]].append(name)
     modules = owned_modules(problem, node_stage)
     out_sends = sends(problem, stage_of)
+    write_rank = problem.config.schedule not in _RANKS_INFERRED
     result = []
     for s, cost in enumerate(ev.stages):
         result.append(Stage(
@@ -66,7 +72,8 @@ def stages(problem: Problem, stage_of: Sequence[int], ev: Evaluation) -> tuple[S
             modules=tuple(modules[s]), forward_s=cost.forward_s, backward_s=cost.backward_s,
             memory=StageMemory(params=cost.params, grads=cost.grads, optimizer=cost.optimizer,
                                activations=cost.activations, buffers=cost.buffers, total=cost.memory),
-            sends=tuple(out_sends[s]), backward_weight_s=cost.backward_weight_s, comm_s=cost.comm_s))
+            sends=tuple(out_sends[s]), backward_weight_s=cost.backward_weight_s, comm_s=cost.comm_s,
+            rank=s if write_rank else None))
     return tuple(result)
 
 

@@ -11,13 +11,16 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
     sending them takes c_b = X_b / bandwidth, on the link, each way.
 
     stage s:  F_s = Σ forward / speed_s           B_s = Σ (backward input + weight) / speed_s
+                                                  W_s = Σ backward weight / speed_s (part of B_s)
               memory_s = Σ_{params read} (param + grad + optimizer states)
-                       + activation bytes × in-flight micro-batches (1F1B: min(m, p−s); GPipe: m)
+                       + activation bytes × in-flight micro-batches (``Config.inflight``,
+                         from the schedule's order: 1F1B min(m, p−s); GPipe m; zb-h1 min(m, p))
                        + 2·(X_{s-1} + X_s)           (send/receive buffers, activation and gradient)
 
-    iteration = the schedule's step time with these F_s, B_s and c_b — the longest path
-                of its task DAG ([Note: the step time is a longest path]), which is what
-                the simulator computes; for equal stages it is Σ_s T_s + (m−1)·max_s T_s
+    iteration = the schedule's step time with these F_s, B_s, W_s and c_b — the longest
+                path of its task DAG ([Note: the step time is a longest path]; only zb-h1
+                runs W_s as a task of its own), which is what the simulator computes; for
+                equal stages and 1F1B it is Σ_s T_s + (m−1)·max_s T_s
               + Σ_{tied params} (k−1)·bytes / bandwidth   for a parameter held by k stages
                 (its gradients are reduced once per step; exact for k = 2, where ring
                 all-reduce also moves ``bytes`` per link, and an upper bound for k > 2)
@@ -170,6 +173,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
             tied += (k - 1) * cfg.comm_s(problem.param_bytes[q])
     step, critical = longest_path(cfg.schedule, [s.forward_s for s in stages],
                                   [s.backward_s for s in stages],
+                                  [s.backward_weight_s for s in stages],
                                   [s.send_s for s in stages[:-1]], cfg.microbatches)
     return Evaluation(stages=tuple(stages), objective_s=step + tied, step_s=step,
                       tied_sync_s=tied, critical=critical)

@@ -14,9 +14,12 @@ y[u,s] − y[d,s], else a variable c ≥ y[u,s] − y[d,s] for each d. X_s sums 
 A parameter read by several blocks gets z[q,s] ≥ x[b,s] for each reader b (it is held
 by stage s). Then, with the formulas of [Note: the cost model]:
 
-    F_s = Σ_b forward_b/speed_s · x[b,s],  B_s likewise,  c_b = X_b / bandwidth
+    F_s = Σ_b forward_b/speed_s · x[b,s],  B_s, W_s likewise,  c_b = X_b / bandwidth
     memory_s ≤ limit_s,     Σ_b real_b · x[b,s] ≥ 1 (no empty stage)
-    T ≥ Σ_s nF_s·F_s + nB_s·B_s + Σ_b nC_b·c_b      for each path cut (nF, nB, nC)
+    T ≥ Σ_s nF_s·F_s + nB_s·B_s + nW_s·W_s + Σ_b nC_b·c_b   for each path cut (nF, nB, nW, nC)
+
+B_s is the B task's time: the whole backward, or only the input gradients where the
+schedule runs the weight gradients W_s as tasks of their own (zb-h1; elsewhere nW = 0).
     minimise T + Σ_q bytes_q/bandwidth · (Σ_s z[q,s] − 1)
 
 The step time is the longest path of the schedule's task DAG ([Note: the step time
@@ -41,7 +44,7 @@ import pulp
 from autopipe.partition import _solvers
 from autopipe.partition.costs import Evaluation, evaluate, violations
 from autopipe.partition.problem import Problem
-from autopipe.partition.timeline import Count, nearby_paths, seed_paths
+from autopipe.partition.timeline import Count, nearby_paths, seed_paths, splits_backward
 from autopipe.partition.windows import BoolMatrix, ancestors, fits_windows, windows
 
 # memory rows keep this relative headroom so that solver tolerances never overflow a device
@@ -291,8 +294,12 @@ class _Model:
             if len(r) == 1:
                 single_mem[r[0]] += problem.param_mem[q].total
         inv_bw = 0.0 if math.isinf(cfg.link_bandwidth) else 1.0 / cfg.link_bandwidth
+        split = splits_backward(cfg.schedule)
         self.forward: list[_Lin] = []
         self.backward: list[_Lin] = []
+        """The B task's time per stage (input gradients only when ``split``)."""
+        self.weight: list[_Lin] = []
+        """The W task's time per stage (zero without a split backward)."""
         self.sends: list[_Lin] = []
         self.defined: list[tuple[pulp.LpVariable, _Lin]] = []
         for b in range(p - 1):
@@ -301,19 +308,24 @@ class _Model:
             self.sends.append(self._named(c, f"C_{b}"))
         for s in range(p):
             dev = cfg.devices[s]
-            fwd, bwd, mem, real = _Lin(), _Lin(), _Lin(), _Lin()
+            fwd, bwd, wgt, mem, real = _Lin(), _Lin(), _Lin(), _Lin(), _Lin()
             limit = float(dev.memory) if dev.memory > 0 else math.inf
             for b, blk in enumerate(problem.blocks):
                 if not self.lo[b] <= s <= self.hi[b]:
                     continue
                 x = self.x(b, s)
                 fwd.add(x, blk.forward_s / dev.speed / tau)
-                bwd.add(x, (blk.backward_input_s + blk.backward_weight_s) / dev.speed / tau)
+                if split:
+                    bwd.add(x, blk.backward_input_s / dev.speed / tau)
+                    wgt.add(x, blk.backward_weight_s / dev.speed / tau)
+                else:
+                    bwd.add(x, (blk.backward_input_s + blk.backward_weight_s) / dev.speed / tau)
                 if math.isfinite(limit):
                     mem.add(x, (single_mem[b] + cfg.inflight(s) * blk.activation_bytes) / limit)
                 real.add(x, float(blk.real))
             self.forward.append(self._named(fwd, f"F_{s}"))
             self.backward.append(self._named(bwd, f"B_{s}"))
+            self.weight.append(self._named(wgt, f"W_{s}"))
             if math.isfinite(limit):
                 for q, per_stage in held.items():
                     mem.add(per_stage[s], problem.param_mem[q].total / limit)
@@ -337,11 +349,12 @@ class _Model:
 
     def add_path(self, count: Count) -> None:
         """Cut: the step is at least this path's length (see [Note: the step time is a longest path])."""
-        nf, nb, nc = count
+        nf, nb, nw, nc = count
         path = _Lin()
         for s in range(self.p):
             path.add(self.forward[s], float(nf[s]))
             path.add(self.backward[s], float(nb[s]))
+            path.add(self.weight[s], float(nw[s]))
         for b in range(self.p - 1):
             path.add(self.sends[b], float(nc[b]))
         self.paths.append(path)
@@ -381,8 +394,8 @@ def _within(objective: float, lower: float, gap: float) -> bool:
 def _nearby(problem: Problem, ev: Evaluation) -> list[Count]:
     cfg = problem.config
     return nearby_paths(cfg.schedule, [s.forward_s for s in ev.stages],
-                        [s.backward_s for s in ev.stages], [s.send_s for s in ev.stages[:-1]],
-                        cfg.microbatches)
+                        [s.backward_s for s in ev.stages], [s.backward_weight_s for s in ev.stages],
+                        [s.send_s for s in ev.stages[:-1]], cfg.microbatches)
 
 
 def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_limit: float = 60.0,

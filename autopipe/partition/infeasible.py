@@ -6,12 +6,13 @@ import time
 from dataclasses import replace
 
 from autopipe._units import format_size
-from autopipe.errors import InfeasiblePlanError
+from autopipe.errors import InfeasiblePlanError, PlanError
 from autopipe.partition.chain import Chain
 from autopipe.partition.costs import evaluate
 from autopipe.partition.dp import min_memory
 from autopipe.partition.problem import Config, Problem
 from autopipe.plan_format import Device
+from autopipe.schedule.actions import check_runnable, check_schedule
 
 _SEARCH_SECONDS = 20.0
 
@@ -26,8 +27,8 @@ def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
 
     It names the stage and device that overflow in the most memory-balanced chain
     split, lists what that split needs per stage, and searches for the smallest stage
-    count (devices like the smallest one given) and, for GPipe, the largest micro-batch
-    count that would fit.
+    count (devices like the smallest one given) and the largest smaller micro-batch count
+    that would fit, where fewer micro-batches hold fewer in flight (GPipe; zb-h1 below p).
     """
     cfg = problem.config
     p, m = cfg.num_stages, cfg.microbatches
@@ -49,17 +50,29 @@ def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
     for p2 in range(p + 1, min(problem.num_real, 4 * p + 8) + 1):
         if time.monotonic() > deadline:
             break
+        try:
+            check_schedule(cfg.schedule, p2, m, 1)  # zb-h1's rounds must divide m
+        except PlanError:
+            continue
         devices = tuple(Device(name=f"{smallest.name}+{i}", memory=smallest.memory, speed=smallest.speed)
                         for i in range(p2))
         if _fits(problem, replace(cfg, num_stages=p2, devices=devices)):
             hints.append(f"--stages {p2}")
             break
     # 1F1B holds min(m, p−s) micro-batches and torch runs it only with m ≥ p: fewer
-    # micro-batches never help there; GPipe holds all m
-    for m2 in range(m - 1, 0, -1) if cfg.schedule == "gpipe" else ():
+    # micro-batches never help there; GPipe holds all m, zb-h1 min(m, p)
+    held = [cfg.inflight(s) for s in range(p)]
+    for m2 in range(m - 1, 0, -1):
         if time.monotonic() > deadline:
             break
-        if _fits(problem, replace(cfg, microbatches=m2)):
+        try:
+            check_runnable(cfg.schedule, p, m2)
+        except PlanError:
+            continue
+        fewer = replace(cfg, microbatches=m2)
+        if all(fewer.inflight(s) >= held[s] for s in range(p)):
+            continue
+        if _fits(problem, fewer):
             hints.append(f"--microbatches {m2}")
             break
     fix = " or ".join(hints) if hints else "a smaller micro-batch"

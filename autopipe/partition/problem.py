@@ -7,6 +7,7 @@ of the same type, so every partitioner works on either.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,9 +16,10 @@ from autopipe.errors import PlanError
 from autopipe.plan_format import Device
 from autopipe.profile.memory import ParamMemory, param_memory
 from autopipe.profile.profile import Profile
+from autopipe.schedule.actions import check_schedule, schedule_order
 
-SCHEDULES = ("1f1b", "gpipe")
-"""Schedules whose iteration time and memory the planner models exactly."""
+SCHEDULES = ("1f1b", "gpipe", "zb-h1")
+"""Schedules whose iteration time and memory the planner models exactly (one stage per rank)."""
 
 _ELEMENT_SIZE = {"float64": 8, "float32": 4, "tf32": 4, "float16": 2, "bfloat16": 2,
                  "float8_e4m3fn": 1, "float8_e5m2": 1}
@@ -32,7 +34,7 @@ class Config:
     microbatches: int
     """Micro-batches per optimizer step ``m``."""
     schedule: str
-    """``1f1b`` or ``gpipe``."""
+    """``1f1b``, ``gpipe`` or ``zb-h1``."""
     devices: tuple[Device, ...]
     """One device per stage (memory limit and speed)."""
     link_bandwidth: float
@@ -52,16 +54,18 @@ class Config:
         if not self.link_bandwidth > 0:
             raise PlanError(f"link bandwidth {self.link_bandwidth} is not positive",
                             hint="give bytes/s, e.g. 25e9")
+        check_schedule(self.schedule, self.num_stages, self.microbatches, 1)  # zb-h1's rounds
 
     def inflight(self, stage: int) -> int:
         """Micro-batches whose activations stage ``stage`` holds at its peak.
 
-        1F1B: stage s runs p−s forwards before its first backward, so it holds
-        min(m, p−s). GPipe runs all m forwards first.
+        Counted along the stage's program (``autopipe.schedule.schedule_order``): a
+        micro-batch is held from its F to its last backward action (B, or W when the
+        schedule splits it off). 1F1B: stage s runs p−s forwards before its first
+        backward, so it holds min(m, p−s); GPipe runs all m forwards first; zb-h1 runs
+        p−1−s forwards first and delays each W by s backwards, so every stage holds min(m, p).
         """
-        if self.schedule == "gpipe":
-            return self.microbatches
-        return min(self.microbatches, self.num_stages - stage)
+        return _inflight(self.schedule, self.num_stages, self.microbatches)[stage]
 
     def comm_s(self, nbytes: float) -> float:
         """Seconds to move ``nbytes`` over one link."""
@@ -152,6 +156,21 @@ class Problem:
         return Problem(blocks=self.blocks, values=self.values, param_bytes=self.param_bytes,
                        param_mem=self.param_mem, config=config, node_module=self.node_module,
                        node_order=self.node_order)
+
+
+@functools.lru_cache(maxsize=256)
+def _inflight(schedule: str, p: int, m: int) -> tuple[int, ...]:
+    """Per stage, the most micro-batches held at once along its program. Actions run one
+    at a time on a rank, so the order alone decides it (the simulator finds the same peak)."""
+    order = schedule_order(schedule, p, m)
+    release = "W" if order.split_backward else "B"
+    peak = [0] * p
+    for program in order.ranks:
+        held = 0
+        for a in program:
+            held += 1 if a.kind == "F" else -1 if a.kind == release else 0
+            peak[a.stage] = max(peak[a.stage], held)
+    return tuple(peak)
 
 
 def element_size(dtype: str) -> int:

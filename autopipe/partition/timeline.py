@@ -6,18 +6,23 @@ Every rank runs a fixed program (``autopipe.schedule.schedule_order``); an actio
 when the rank is free and its input has arrived, and each boundary's link carries
 sends one at a time in the order they are issued — exactly the simulator's rules
 (``autopipe.schedule.simulate``). None of these orders depends on the costs, so the
-step is a fixed DAG of tasks: compute tasks lasting F_s or B_s, and send tasks lasting
-c_b = X_b / bandwidth. The iteration time is the DAG's longest path, and any one path
-P gives a lower bound that is *linear* in the per-stage costs:
+step is a fixed DAG of tasks: compute tasks F, B and W of each stage, and send tasks
+lasting c_b = X_b / bandwidth. Without a split backward (1F1B, GPipe) B lasts the whole
+backward B_s and there is no W; a zero-bubble schedule (zb-h1) splits it into B, the
+input gradients (B_s − W_s), and W, the weight gradients (W_s), which only needs its own
+B (its rank's program runs it later). The iteration time is the DAG's longest path, and
+any one path P gives a lower bound that is *linear* in the per-stage costs:
 
-    iteration ≥ Σ_s (nF_s(P)·F_s + nB_s(P)·B_s) + Σ_b nC_b(P)·c_b
+    iteration ≥ Σ_s (nF_s(P)·F_s + nB_s(P)·B'_s + nW_s(P)·W_s) + Σ_b nC_b(P)·c_b
 
-with nF, nB, nC the path's task counts. The ILP adds such cuts for critical paths
-until the longest path of its answer is one of them, so it optimises the simulated
-step time itself, not a closed-form stand-in.
+with nF, nB, nW, nC the path's task counts and B'_s the B task's time (B_s, or B_s − W_s
+when split). The ILP adds such cuts for critical paths until the longest path of its
+answer is one of them, so it optimises the simulated step time itself, not a closed-form
+stand-in.
 
     rank 0  F0 F1 F2 F3 B0 F4 B1 ...      F(s,k) needs F(s-1,k) and its send;
-    rank 1     F0 F1 F2 B0 F3 B1 ...      B(s,k) needs B(s+1,k) and its send back.
+    rank 1     F0 F1 F2 B0 F3 B1 ...      B(s,k) needs B(s+1,k) and its send back;
+                                          W(s,k) needs B(s,k), earlier on its rank.
 """
 
 from __future__ import annotations
@@ -28,23 +33,34 @@ from dataclasses import dataclass
 
 from autopipe.schedule.actions import schedule_order
 
-Count = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
-"""(nF per stage, nB per stage, nC per boundary)."""
+Count = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+"""(nF per stage, nB per stage, nW per stage, nC per boundary); nW is all 0 without a split
+backward."""
+
+_KINDS = {"F": 0, "B": 1, "W": 2}
+_SEND = 3
 
 
 @dataclass(frozen=True, slots=True)
 class _Dag:
     kinds: tuple[int, ...]
-    """Per task: 0 = forward, 1 = backward, 2 = send; tasks are in topological order."""
+    """Per task: 0 = forward, 1 = backward (input gradients when split), 2 = weight
+    gradients, 3 = send; tasks are in topological order."""
     where: tuple[int, ...]
     """Per task: its stage (compute) or boundary (send)."""
     preds: tuple[tuple[int, ...], ...]
+    split: bool
+    """Whether backward is split into B and W."""
+
+
+def splits_backward(schedule: str) -> bool:
+    """Whether ``schedule`` runs the weight gradients as separate W tasks (zero bubble)."""
+    return schedule_order(schedule, 1, 1).split_backward
 
 
 @functools.lru_cache(maxsize=64)
 def _dag(schedule: str, p: int, m: int) -> _Dag:
     order = schedule_order(schedule, p, m, 1)
-    assert not order.split_backward, "the planner models schedules without a split backward"
     index: dict[tuple[str, int, int], int] = {}
     kinds: list[int] = []
     where: list[int] = []
@@ -70,43 +86,56 @@ def _dag(schedule: str, p: int, m: int) -> _Dag:
                 before = [index[("c", r, pointer[r] - 1)]] if pointer[r] else []
                 if kind == "F":
                     need = ("sf", s - 1, k) if s > 0 else None
-                else:
+                elif kind == "B":
                     need = ("sb", s, k) if s < p - 1 else ("F", s, k)
+                else:
+                    need = None  # W needs its B: earlier in this program
                 if need is not None and need not in index:
                     break
                 if need is not None:
                     before.append(index[need])
-                t = add(("c", r, pointer[r]), 0 if kind == "F" else 1, s, before)
+                t = add(("c", r, pointer[r]), _KINDS[kind], s, before)
                 index[(kind, s, k)] = t
                 if kind == "F" and s < p - 1:
                     link = ("sf", s)
                     prev = [link_last[link]] if link in link_last else []
-                    link_last[link] = add(("sf", s, k), 2, s, [t, *prev])
+                    link_last[link] = add(("sf", s, k), _SEND, s, [t, *prev])
                 elif kind == "B" and s > 0:
                     link = ("sb", s - 1)
                     prev = [link_last[link]] if link in link_last else []
-                    link_last[link] = add(("sb", s - 1, k), 2, s - 1, [t, *prev])
+                    link_last[link] = add(("sb", s - 1, k), _SEND, s - 1, [t, *prev])
                 pointer[r] += 1
                 remaining -= 1
                 progressed = True
         assert progressed, f"schedule {schedule} deadlocks"
-    return _Dag(kinds=tuple(kinds), where=tuple(where), preds=tuple(preds))
+    return _Dag(kinds=tuple(kinds), where=tuple(where), preds=tuple(preds),
+                split=order.split_backward)
+
+
+def _b_task(split: bool, backward: Sequence[float], weight: Sequence[float]) -> Sequence[float]:
+    """The B task's time per stage: the whole backward, or its input-gradient part when split
+    (as ``autopipe.partition.planner.predict`` hands it to the simulator)."""
+    return [max(0.0, b - w) for b, w in zip(backward, weight)] if split else backward
 
 
 def longest_path(schedule: str, forward: Sequence[float], backward: Sequence[float],
-                 sends: Sequence[float], microbatches: int) -> tuple[float, Count]:
+                 weight: Sequence[float], sends: Sequence[float],
+                 microbatches: int) -> tuple[float, Count]:
     """The step time of ``schedule`` and the task counts of one critical path.
 
     Args:
-        schedule: ``1f1b`` or ``gpipe``.
+        schedule: one of ``autopipe.partition.problem.SCHEDULES`` (``1f1b``, ``gpipe``,
+            ``zb-h1``).
         forward: F_s per stage (seconds per micro-batch).
-        backward: B_s per stage.
+        backward: B_s per stage, the whole backward (input + weight gradients).
+        weight: W_s per stage, the weight-gradient part of B_s; a split schedule runs it as
+            a separate W task (and B_s − W_s as B), others ignore it.
         sends: c_b per boundary (one-way seconds per micro-batch), ``p − 1`` of them.
         microbatches: m.
     """
     p = len(forward)
     dag = _dag(schedule, p, microbatches)
-    dur = (forward, backward, sends)
+    dur = (forward, _b_task(dag.split, backward, weight), weight, sends)
     end = [0.0] * len(dag.kinds)
     via = [-1] * len(dag.kinds)
     for t, (kind, at, before) in enumerate(zip(dag.kinds, dag.where, dag.preds)):
@@ -117,49 +146,56 @@ def longest_path(schedule: str, forward: Sequence[float], backward: Sequence[flo
         via[t] = arg
         end[t] = start + dur[kind][at]
     last = max(range(len(end)), key=end.__getitem__)
-    nf, nb, nc = [0] * p, [0] * p, [0] * max(p - 1, 0)
+    counts = ([0] * p, [0] * p, [0] * p, [0] * max(p - 1, 0))
     t = last
     while t >= 0:
-        kind, at = dag.kinds[t], dag.where[t]
-        (nf if kind == 0 else nb if kind == 1 else nc)[at] += 1
+        counts[dag.kinds[t]][dag.where[t]] += 1
         t = via[t]
-    return end[last], (tuple(nf), tuple(nb), tuple(nc))
+    nf, nb, nw, nc = counts
+    return end[last], (tuple(nf), tuple(nb), tuple(nw), tuple(nc))
 
 
-def path_length(count: Count, forward: Sequence[float], backward: Sequence[float],
-                sends: Sequence[float]) -> float:
-    """The length of a path with these task counts under these costs."""
-    nf, nb, nc = count
-    return (sum(a * x for a, x in zip(nf, forward)) + sum(a * x for a, x in zip(nb, backward))
-            + sum(a * x for a, x in zip(nc, sends)))
+def path_length(schedule: str, count: Count, forward: Sequence[float], backward: Sequence[float],
+                weight: Sequence[float], sends: Sequence[float]) -> float:
+    """The length of a path of ``schedule`` with these task counts under these costs
+    (arguments as ``longest_path``)."""
+    nf, nb, nw, nc = count
+    b_task = _b_task(splits_backward(schedule), backward, weight)
+    return (sum(a * x for a, x in zip(nf, forward)) + sum(a * x for a, x in zip(nb, b_task))
+            + sum(a * x for a, x in zip(nw, weight)) + sum(a * x for a, x in zip(nc, sends)))
 
 
 def seed_paths(schedule: str, p: int, m: int) -> list[Count]:
     """Critical paths when one stage, or one link, dominates: good first cuts for the ILP."""
     seeds: set[Count] = set()
+
+    def add(forward: list[float], sends: list[float]) -> None:
+        # backward twice the forward, half of it weight gradients (B and W as long as F)
+        seeds.add(longest_path(schedule, forward, [2 * f for f in forward], forward, sends, m)[1])
+
     for k in range(p):
-        heavy = [100.0 if s == k else 1.0 for s in range(p)]
-        seeds.add(longest_path(schedule, heavy, [2 * h for h in heavy], [0.01] * (p - 1), m)[1])
+        add([100.0 if s == k else 1.0 for s in range(p)], [0.01] * (p - 1))
     for b in range(p - 1):
-        links = [100.0 if i == b else 0.01 for i in range(p - 1)]
-        seeds.add(longest_path(schedule, [1.0] * p, [2.0] * p, links, m)[1])
-    seeds.add(longest_path(schedule, [1.0] * p, [2.0] * p, [0.0] * (p - 1), m)[1])
+        add([1.0] * p, [100.0 if i == b else 0.01 for i in range(p - 1)])
+    add([1.0] * p, [0.0] * (p - 1))
     return sorted(seeds)
 
 
 def nearby_paths(schedule: str, forward: Sequence[float], backward: Sequence[float],
-                 sends: Sequence[float], microbatches: int, bump: float = 1.05) -> list[Count]:
+                 weight: Sequence[float], sends: Sequence[float], microbatches: int,
+                 bump: float = 1.05) -> list[Count]:
     """Critical paths of these costs and of each stage (and link) made ``bump`` times slower.
 
     Near a balanced partition the critical path flips between such neighbours; adding
     them all at once saves the ILP many rounds.
     """
-    out = {longest_path(schedule, forward, backward, sends, microbatches)[1]}
+    def slower(xs: Sequence[float], k: int) -> list[float]:
+        return [x * bump if i == k else x for i, x in enumerate(xs)]
+
+    out = {longest_path(schedule, forward, backward, weight, sends, microbatches)[1]}
     for k in range(len(forward)):
-        f = [x * bump if i == k else x for i, x in enumerate(forward)]
-        b = [x * bump if i == k else x for i, x in enumerate(backward)]
-        out.add(longest_path(schedule, f, b, sends, microbatches)[1])
+        out.add(longest_path(schedule, slower(forward, k), slower(backward, k), slower(weight, k),
+                             sends, microbatches)[1])
     for k in range(len(sends)):
-        c = [x * bump if i == k else x for i, x in enumerate(sends)]
-        out.add(longest_path(schedule, forward, backward, c, microbatches)[1])
+        out.add(longest_path(schedule, forward, backward, weight, slower(sends, k), microbatches)[1])
     return sorted(out)

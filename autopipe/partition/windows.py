@@ -6,7 +6,8 @@ With an incumbent partition of iteration time Z, any better partition has a step
 at most Z. Every path through the schedule's task DAG bounds the step from below
 ([Note: the step time is a longest path]), and with W_j = F_j + B_j the busy time
 per micro-batch of stage j, a path with nF_j forwards and nB_j backwards of stage j
-gives Σ_j min(nF_j, nB_j)·W_j ≤ Z. All work is placed somewhere: Σ_j speed_j·W_j = W.
+gives Σ_j min(nF_j, nB_j)·W_j ≤ Z (with a split backward min(nF_j, nB_j, nW_j), as B
+and W then each run part of the backward). All work is placed somewhere: Σ_j speed_j·W_j = W.
 Over these constraints a small LP finds, for each k, the most work stages 0 … k can
 hold (cap_k) and the most stages k … p−1 can hold (cap'_k).
 
@@ -28,7 +29,7 @@ import pulp
 
 from autopipe.partition._solvers import quiet_highs
 from autopipe.partition.problem import Problem
-from autopipe.partition.timeline import Count
+from autopipe.partition.timeline import Count, splits_backward
 
 BoolMatrix = npt.NDArray[np.bool_]
 
@@ -68,8 +69,10 @@ def stage_caps(problem: Problem, paths: Sequence[Count], step_s: float) -> tuple
     u = [lp.add_variable(f"u{j}", lowBound=0) if hasattr(lp, "add_variable")
          else pulp.LpVariable(f"u{j}", lowBound=0) for j in range(p)]
     lp += (pulp.lpSum(speeds[j] * u[j] for j in range(p)) == 1.0, "work")
-    for i, (nf, nb, _) in enumerate(sorted(set(paths))):
-        lp += (pulp.lpSum(min(nf[j], nb[j]) * u[j] for j in range(p)) <= step_s / total, f"path{i}")
+    split = splits_backward(cfg.schedule)
+    for i, (nf, nb, nw, _) in enumerate(sorted(set(paths))):
+        whole = [min(nf[j], nb[j], nw[j]) if split else min(nf[j], nb[j]) for j in range(p)]
+        lp += (pulp.lpSum(whole[j] * u[j] for j in range(p)) <= step_s / total, f"path{i}")
     quiet_highs()
     caps: list[float] = []
     for part in [list(range(k + 1)) for k in range(p)] + [list(range(k, p)) for k in range(p)]:
