@@ -80,8 +80,12 @@ def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6) -> Profile
 
 
 @st.composite
-def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3) -> Case:
-    """A random profile and a random pipeline for it (memory limits sometimes too small)."""
+def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
+          schedules: tuple[str, ...] = ("1f1b", "gpipe")) -> Case:
+    """A random profile and a random pipeline for it (memory limits sometimes too small).
+
+    A zb-h1 pipeline gets a micro-batch count its rounds divide (``check_schedule``).
+    """
     profile = draw(profiles(max_nodes=max_nodes))
     p = draw(st.sampled_from([2, 3, 1][: max_stages] if max_stages < 3 else [2, 3, 1]))
     optimizer = draw(st.sampled_from(["adam", "sgd"]))
@@ -94,7 +98,11 @@ def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3) -> Case:
         speed = draw(st.sampled_from([1.0, 1.0, 0.5, 2.0]))
         devices.append(Device(name=f"d{i}", memory=memory, speed=speed))
     bw = draw(st.sampled_from([math.inf, 1e4, 1e5]))
-    config = Config(num_stages=p, microbatches=draw(st.integers(1, 6)),
-                    schedule=draw(st.sampled_from(["1f1b", "gpipe"])), devices=tuple(devices),
+    m = draw(st.integers(1, 6))
+    schedule = draw(st.sampled_from(list(schedules)))
+    if schedule == "zb-h1":
+        rounds = max(1, m // p)
+        m -= m % rounds
+    config = Config(num_stages=p, microbatches=m, schedule=schedule, devices=tuple(devices),
                     link_bandwidth=bw)
     return Case(profile=profile, config=config, optimizer=optimizer)

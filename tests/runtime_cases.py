@@ -1,8 +1,8 @@
 """The runtime test cases: tiny example models, plans and training settings shared by tests and ranks.
 
 Plans come from autopipe's planner (the ILP on an estimated profile, which is
-deterministic) where it models the schedule (1F1B, GPipe), and from contiguous hand
-cuts for the schedules with several stages per rank.
+deterministic) where it models the schedule (1F1B, GPipe, zb-h1 with one stage per rank),
+and from contiguous hand cuts for the schedules with several stages per rank.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ CASES = {c.name: c for c in [
     *(Case(name, 2) for name in TINY),
     *(Case(name, 4) for name in TINY),
     Case("resnet", 2, "gpipe"),
+    Case("mlp", 2, "zb-h1"),
     Case("gpt2", 4, "interleaved-1f1b", ranks=(0, 1, 0, 1)),
     Case("unet", 4, "zb-h1", ranks=(0, 1, 0, 1)),
     Case("gpt2", 4, "zbv", ranks=(0, 1, 1, 0)),
