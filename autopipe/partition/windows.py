@@ -6,14 +6,19 @@ With an incumbent partition of iteration time Z, any better partition has a step
 at most Z. Every path through the schedule's task DAG bounds the step from below
 ([Note: the step time is a longest path]), and with W_j = F_j + B_j the busy time
 per micro-batch of stage j, a path with nF_j forwards and nB_j backwards of stage j
-gives Σ_j min(nF_j, nB_j)·W_j ≤ Z (with a split backward min(nF_j, nB_j, nW_j), as B
-and W then each run part of the backward). All work is placed somewhere: Σ_j speed_j·W_j = W.
+gives Σ_j min(nF_j, nB_j)·W_j ≤ Z. All work is placed somewhere: Σ_j speed_j·W_j = W.
 Over these constraints a small LP finds, for each k, the most work stages 0 … k can
 hold (cap_k) and the most stages k … p−1 can hold (cap'_k).
 
+With a split backward (zb-h1) a path's W tasks are few (they fill the bubble), so the
+LP also tracks V_j = F_j + B_j^input ≤ W_j, the part of the work that is not weight
+gradients: a path gives Σ_j min(nF_j, nB_j)·V_j + nW_j·(W_j − V_j) ≤ Z, each stage's
+V_j/W_j lies between the least and the most any block has, Σ_j speed_j·V_j = V, and
+the caps bound both W and V.
+
 Block b and all its ancestors (work A_b) sit in stages 0 … stage(b), so stage(b) is
 at least the first k with cap_k ≥ A_b; symmetrically its descendants (work D_b) need
-cap'_{stage(b)} ≥ D_b. The windows are then made consistent along edges. They fix
+cap'_{stage(b)} ≥ D_b (and likewise for V). The windows are then made consistent along edges. They fix
 most ILP variables before the solver starts, without cutting off any partition better
 than the incumbent (the paths are the incumbent's critical ones and those of a few
 extreme cost patterns: any set of real paths gives valid windows).
@@ -56,36 +61,68 @@ def pinned_windows(problem: Problem) -> tuple[list[int], list[int]]:
     return lo, hi
 
 
-def stage_caps(problem: Problem, paths: Sequence[Count], step_s: float) -> tuple[list[float], list[float]]:
-    """(cap_k, cap'_k): the most work stages ≤ k, and stages ≥ k, can hold in a step ≤ ``step_s``."""
+def _measures(problem: Problem) -> list[list[float]]:
+    """Per-block amounts the caps bound: the work, and with a split backward also the
+    work that is not weight gradients (see [Note: stage windows])."""
+    work = [b.work_s for b in problem.blocks]
+    if not splits_backward(problem.config.schedule):
+        return [work]
+    return [work, [b.forward_s + b.backward_input_s for b in problem.blocks]]
+
+
+def stage_caps(problem: Problem, paths: Sequence[Count],
+               step_s: float) -> list[tuple[list[float], list[float]]]:
+    """Per measure of ``_measures``, (cap_k, cap'_k): the most of it stages ≤ k, and
+    stages ≥ k, can hold in a step ≤ ``step_s``."""
     cfg = problem.config
     p = cfg.num_stages
     speeds = [d.speed for d in cfg.devices]
-    total = float(sum(b.work_s for b in problem.blocks))
+    measures = _measures(problem)
+    total = float(sum(measures[0]))
     if not total > 1e-12 * step_s or not total > 0:
-        return [np.inf] * p, [np.inf] * p  # nothing to balance: every stage can hold it all
-    # u_j = W_j / total keeps every coefficient near 1
+        # nothing to balance: every stage can hold it all
+        return [([np.inf] * p, [np.inf] * p) for _ in measures]
+    # u_j = W_j / total keeps every coefficient near 1 (v_j = V_j / total likewise)
     lp = pulp.LpProblem("caps", pulp.LpMaximize)
-    u = [lp.add_variable(f"u{j}", lowBound=0) if hasattr(lp, "add_variable")
-         else pulp.LpVariable(f"u{j}", lowBound=0) for j in range(p)]
+
+    def variable(name: str) -> pulp.LpVariable:
+        return (lp.add_variable(name, lowBound=0) if hasattr(lp, "add_variable")
+                else pulp.LpVariable(name, lowBound=0))
+
+    u = [variable(f"u{j}") for j in range(p)]
     lp += (pulp.lpSum(speeds[j] * u[j] for j in range(p)) == 1.0, "work")
-    split = splits_backward(cfg.schedule)
-    for i, (nf, nb, nw, _) in enumerate(sorted(set(paths))):
-        whole = [min(nf[j], nb[j], nw[j]) if split else min(nf[j], nb[j]) for j in range(p)]
-        lp += (pulp.lpSum(whole[j] * u[j] for j in range(p)) <= step_s / total, f"path{i}")
+    amounts = [u]
+    if len(measures) == 1:
+        for i, (nf, nb, _, _) in enumerate(sorted(set(paths))):
+            lp += (pulp.lpSum(min(nf[j], nb[j]) * u[j] for j in range(p)) <= step_s / total,
+                   f"path{i}")
+    else:
+        v = [variable(f"v{j}") for j in range(p)]
+        amounts.append(v)
+        lp += (pulp.lpSum(speeds[j] * v[j] for j in range(p)) == sum(measures[1]) / total, "rest")
+        ratios = [r / w for w, r in zip(*measures) if w > 0]
+        for j in range(p):
+            lp += (v[j] - min(ratios) * u[j] >= 0, f"least{j}")
+            lp += (v[j] - max(ratios) * u[j] <= 0, f"most{j}")
+        for i, (nf, nb, nw, _) in enumerate(sorted(set(paths))):
+            lp += (pulp.lpSum(nw[j] * u[j] + (min(nf[j], nb[j]) - nw[j]) * v[j] for j in range(p))
+                   <= step_s / total, f"path{i}")
     quiet_highs()
-    caps: list[float] = []
-    for part in [list(range(k + 1)) for k in range(p)] + [list(range(k, p)) for k in range(p)]:
-        lp.setObjective(pulp.lpSum(speeds[j] * u[j] for j in part))
-        try:
-            lp.solve(pulp.HiGHS(msg=False) if pulp.HiGHS().available()
-                     else pulp.PULP_CBC_CMD(msg=False))
-            value = pulp.value(lp.objective)
-            ok = lp.status == pulp.LpStatusOptimal and value is not None
-        except (IndexError, pulp.PulpSolverError):  # a solver failure only loses the narrowing
-            ok = False
-        caps.append(float(value) * total * (1 + 1e-7) + 1e-12 if ok else np.inf)
-    return caps[:p], caps[p:]
+    out: list[tuple[list[float], list[float]]] = []
+    for x in amounts:
+        caps: list[float] = []
+        for part in [list(range(k + 1)) for k in range(p)] + [list(range(k, p)) for k in range(p)]:
+            lp.setObjective(pulp.lpSum(speeds[j] * x[j] for j in part))
+            try:
+                lp.solve(pulp.HiGHS(msg=False) if pulp.HiGHS().available()
+                         else pulp.PULP_CBC_CMD(msg=False))
+                value = pulp.value(lp.objective)
+                ok = lp.status == pulp.LpStatusOptimal and value is not None
+            except (IndexError, pulp.PulpSolverError):  # a solver failure only loses the narrowing
+                ok = False
+            caps.append(float(value) * total * (1 + 1e-7) + 1e-12 if ok else np.inf)
+        out.append((caps[:p], caps[p:]))
+    return out
 
 
 def windows(problem: Problem, anc: BoolMatrix, incumbent_s: float | None = None,
@@ -99,15 +136,16 @@ def windows(problem: Problem, anc: BoolMatrix, incumbent_s: float | None = None,
     p = cfg.num_stages
     lo, hi = pinned_windows(problem)
     if incumbent_s is not None and p > 1 and paths:
-        work = np.array([b.work_s for b in problem.blocks])
-        above = anc @ work          # A_b: work of b and its ancestors
-        below = anc.T @ work        # D_b: work of b and its descendants
-        fill, drain = stage_caps(problem, paths, incumbent_s * (1 + 1e-9))
-        for b in range(problem.size):
-            k_lo = next((k for k in range(p) if fill[k] >= above[b]), p - 1)
-            lo[b] = max(lo[b], k_lo)
-            k_hi = next((k for k in range(p - 1, -1, -1) if drain[k] >= below[b]), 0)
-            hi[b] = min(hi[b], k_hi)
+        caps = stage_caps(problem, paths, incumbent_s * (1 + 1e-9))
+        for amount, (fill, drain) in zip(_measures(problem), caps):
+            work = np.array(amount)
+            above = anc @ work          # A_b: work of b and its ancestors
+            below = anc.T @ work        # D_b: work of b and its descendants
+            for b in range(problem.size):
+                k_lo = next((k for k in range(p) if fill[k] >= above[b]), p - 1)
+                lo[b] = max(lo[b], k_lo)
+                k_hi = next((k for k in range(p - 1, -1, -1) if drain[k] >= below[b]), 0)
+                hi[b] = min(hi[b], k_hi)
     edges = problem.edges()
     for u, v in edges:               # sorted by u: forward pass
         lo[v] = max(lo[v], lo[u])
