@@ -18,9 +18,9 @@ the caps bound both W and V.
 
 Block b and all its ancestors (work A_b) sit in stages 0 … stage(b), so stage(b) is
 at least the first k with cap_k ≥ A_b; symmetrically its descendants (work D_b) need
-cap'_{stage(b)} ≥ D_b (and likewise for V). The windows are then made consistent along edges. They fix
-most ILP variables before the solver starts, without cutting off any partition better
-than the incumbent (the paths are the incumbent's critical ones and those of a few
+cap'_{stage(b)} ≥ D_b (and likewise for V). The windows are then made consistent along
+edges. They fix most ILP variables before the solver starts, without cutting off any
+partition better than the incumbent (the paths are the incumbent's critical ones and those of a few
 extreme cost patterns: any set of real paths gives valid windows).
 """
 
