@@ -13,7 +13,6 @@ on meta tensors against 6 × parameters × tokens (target: within 10%) and its w
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import sys
@@ -70,16 +69,14 @@ def pin_malloc() -> bool:
     By default glibc serves large blocks with mmap and trims the heap, so how many
     page faults a whole-model backward pays (fresh gradient buffers) depends on the
     allocator's history: the MLP's whole-model backward flips between ~0.8 and ~1.6 ms.
-    Per-node timing reuses warm buffers and never sees it. Pinning the thresholds (as
-    ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` would) makes the reference
-    stable; GPU caching allocators behave like this anyway. Returns whether it worked.
+    Per-node timing reuses warm buffers and never sees it. Pinning the thresholds
+    makes the reference stable, and is what ``autopipe train`` does on CPU ranks
+    (``autopipe.runtime.malloc``); GPU caching allocators behave like this anyway.
+    Returns whether it worked.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 2**30) and libc.mallopt(m_trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False
+    from autopipe.runtime.malloc import pin_malloc as pin
+
+    return pin()
 
 
 def calibrate_cpu() -> DeviceSpec:

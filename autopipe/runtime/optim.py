@@ -27,6 +27,9 @@ class TrainConfig:
     """``auto`` (the plan's device: CUDA for ``cuda*`` stages, CPU for ``cpu``), ``cpu`` or ``cuda``."""
     timeout_s: float = 300.0
     """A rank waiting this long on a peer (rendezvous, send, receive) gives up with an error."""
+    pin_malloc: bool = True
+    """CPU ranks keep freed memory for reuse instead of faulting it back in every micro-batch
+    (``autopipe.runtime.malloc``; skipped where ``MALLOC_*_`` variables are set)."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -19,6 +19,7 @@ from torch import nn
 from autopipe._units import format_size
 from autopipe.errors import AutopipeError, PlanMismatchError, RuntimeStageError, SpecError
 from autopipe.plan_format import Plan
+from autopipe.runtime.malloc import pin_malloc
 from autopipe.runtime.meta import StageMeta, stage_metas
 from autopipe.runtime.optim import TrainConfig, make_optimizer
 from autopipe.runtime.placement import check_fingerprint, check_world_size, rank_of_stages
@@ -122,6 +123,8 @@ def train(
     rank, world, local_rank = _distributed_env()
     prepared = prepared or prepare(spec, plan, world)
     device = rank_device(plan, rank, local_rank, config.device)
+    if device.type == "cpu" and config.pin_malloc:
+        pin_malloc()  # [Note: pinned malloc on CPU ranks]
     created = _init_process_group(rank, world, device, config.timeout_s)
     try:
         return _run(spec, plan, config, prepared, rank, world, device, log)
