@@ -152,3 +152,27 @@ def test_unknown_solver() -> None:
                  link_bandwidth=25e9)
     with pytest.raises(PlanError, match="unknown MIP solver"):
         solve_ilp(from_profile(prof, cfg), solver="gurobi")
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
+def test_every_method_agrees_at_a_limit_filled_exactly(schedule: str) -> None:
+    """A partition that needs exactly the device's bytes: the ILP keeps a 1e-6 headroom for
+    its solver tolerances, and brute force, the DP and ``fits`` use the same rule."""
+    prof = synthetic_profile(7, seed=11)
+    free = Config(num_stages=2, microbatches=2, schedule=schedule, devices=_devices(2),
+                  link_bandwidth=25e9)
+    best = brute.best(from_profile(prof, free))
+    assert best is not None
+    need = max(s.memory for s in evaluate(from_profile(prof, free), best[1]).stages)
+    cfg = Config(num_stages=2, microbatches=2, schedule=schedule,
+                 devices=_devices(2, memory=int(need)), link_bandwidth=25e9)
+    problem = from_profile(prof, cfg)
+    assert not evaluate(problem, best[1]).fits
+    exact = brute.best(problem)
+    dp = min_bottleneck(Chain(problem))
+    res = solve_ilp(problem, incumbent=dp, gap=1e-9)
+    if exact is None:
+        assert res.status == "infeasible" and dp is None
+    else:
+        assert res.stage_of is not None and evaluate(problem, res.stage_of).fits
+        assert math.isclose(res.objective_s, exact[0], rel_tol=1e-9)

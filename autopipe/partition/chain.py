@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from autopipe.partition.costs import usable
 from autopipe.partition.problem import Problem
 
 FloatArray = npt.NDArray[np.float64]
@@ -58,7 +59,7 @@ class Chain:
         self.before_last = min(lasts) if lasts else n
         """Segments of stages < p−1 must end at or before this cut."""
         self.speed = [d.speed for d in cfg.devices]
-        self.limit = [float(d.memory) if d.memory > 0 else np.inf for d in cfg.devices]
+        self.limit = [usable(float(d.memory)) if d.memory > 0 else np.inf for d in cfg.devices]
         self.bw = cfg.link_bandwidth
 
     def starts(self, s: int, i: int) -> range:

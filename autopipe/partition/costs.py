@@ -35,6 +35,16 @@ from dataclasses import dataclass
 from autopipe.partition.problem import Problem
 from autopipe.partition.timeline import Count, longest_path
 
+MEMORY_HEADROOM = 1e-6
+"""Every method leaves this fraction of each device free: the MIP solver's feasibility
+tolerances (about 1e-6 relative) must never overflow a device, and the other methods
+use the same rule so that all of them agree on what fits."""
+
+
+def usable(limit: float) -> float:
+    """The bytes a stage may use on a device with ``limit`` bytes."""
+    return limit * (1.0 - MEMORY_HEADROOM)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StageCost:
@@ -74,7 +84,7 @@ class StageCost:
     @property
     def fits(self) -> bool:
         """Whether the stage fits its device."""
-        return self.memory <= self.limit
+        return self.memory <= usable(self.limit)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

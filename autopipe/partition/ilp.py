@@ -42,13 +42,10 @@ import numpy as np
 import pulp
 
 from autopipe.partition import _solvers
-from autopipe.partition.costs import Evaluation, evaluate, violations
+from autopipe.partition.costs import MEMORY_HEADROOM, Evaluation, evaluate, violations
 from autopipe.partition.problem import Problem
 from autopipe.partition.timeline import Count, nearby_paths, seed_paths, splits_backward
 from autopipe.partition.windows import BoolMatrix, ancestors, fits_windows, windows
-
-# memory rows keep this relative headroom so that solver tolerances never overflow a device
-_MEMORY_HEADROOM = 1e-6
 
 Term: TypeAlias = Any
 """A ``pulp.LpVariable`` or one of the constants 0 and 1 (PuLP has no type hints)."""
@@ -333,7 +330,7 @@ class _Model:
                     mem.add(x_bytes[s - 1], 2.0 / limit)
                 if s < p - 1:
                     mem.add(x_bytes[s], 2.0 / limit)
-                self._add(mem, "<=", 1.0 - _MEMORY_HEADROOM, f"mem_{s}")
+                self._add(mem, "<=", 1.0 - MEMORY_HEADROOM, f"mem_{s}")
             self._add(real, ">=", 1.0, f"nonempty_{s}")
         self.step = self._var("T")
         self.paths: list[_Lin] = []
