@@ -12,6 +12,7 @@ from autopipe.schedule.calibrate import (
     compute_scale,
     measure_loss_s,
     measure_model_costs,
+    measure_optimizer_s,
     measure_runtime_costs,
     measure_stage_compute,
 )
@@ -46,8 +47,8 @@ def test_model_costs_count_each_stages_parameters_and_time_the_loss() -> None:
     assert all(t > 0 for t in costs.stage_param_tensors)
     assert costs.stage_tied_bytes == (0, 0)
     assert costs.loss_forward_s > 0 and costs.loss_backward_s > 0
-    assert len(costs.stage_forward_s) == len(costs.stage_backward_s) == 2
-    assert all(t > 0 for t in (*costs.stage_forward_s, *costs.stage_backward_s))
+    assert len(costs.stage_forward_s) == len(costs.stage_backward_s) == len(costs.stage_optimizer_s) == 2
+    assert all(t > 0 for t in (*costs.stage_forward_s, *costs.stage_backward_s, *costs.stage_optimizer_s))
 
 
 def test_re_timed_stages_add_up_to_about_the_profiled_model() -> None:
@@ -60,6 +61,16 @@ def test_re_timed_stages_add_up_to_about_the_profiled_model() -> None:
     assert 0.5 < sum(forward) / profile.forward_s < 2.0
     assert 0.5 < sum(backward) / profile.backward_s < 2.0
     # copies ran: batch-norm statistics and gradients of the model are untouched
+    assert all(torch.equal(v, spec.model.state_dict()[k]) for k, v in state.items())
+    assert all(p.grad is None for p in spec.model.parameters())
+
+
+def test_optimizer_steps_run_on_copies() -> None:
+    spec = example_spec("mlp")
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    state = {k: v.clone() for k, v in spec.model.state_dict().items()}
+    steps = measure_optimizer_s(spec, graph, _split_plan(graph, len(graph.nodes) // 2), "sgd", repeats=2)
+    assert len(steps) == 2 and all(t > 0 for t in steps)
     assert all(torch.equal(v, spec.model.state_dict()[k]) for k, v in state.items())
     assert all(p.grad is None for p in spec.model.parameters())
 

@@ -68,6 +68,19 @@ def test_model_costs_add_the_loss_to_the_last_stage_and_count_real_tensors() -> 
     assert {e.kind for e in with_extras.events} == {"F", "B", "O"}
 
 
+def test_a_measured_optimizer_step_replaces_the_runtimes_estimate() -> None:
+    plan = hand_plan()
+    model = ModelCosts(stage_param_tensors=(1, 2, 3, 4), stage_param_elements=(10, 20, 30, 40),
+                       stage_tied_bytes=(1000, 0, 0, 1000), stage_optimizer_s=(0.1, 0.2, 0.3, 0.4))
+    costs, _ = plan_costs(plan, runtime=RUNTIME, model=model)
+    tied = 2 * (0.001 + 1000 / 1e6)
+    assert [c.optimizer_s for c in costs] == pytest.approx([0.1 + tied, 0.2, 0.3, 0.4 + tied])
+    alone, _ = plan_costs(plan, model=model)  # no runtime: no all-reduce time, the step still counts
+    assert [c.optimizer_s for c in alone] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    with pytest.raises(PlanError, match="model costs are for 3 stages, the plan has 4"):
+        plan_costs(plan, model=ModelCosts(stage_optimizer_s=(0.1, 0.2, 0.3)))
+
+
 def test_the_optimizer_step_runs_after_the_ranks_last_backward() -> None:
     costs, _ = plan_costs(hand_plan(), runtime=RUNTIME)
     r = simulate(costs, schedule="1f1b", microbatches=4)

@@ -37,3 +37,5 @@ def test_bad_files_and_values_are_plan_errors(tmp_path: Path) -> None:
         RuntimeCosts(send_latency_s=-1.0)
     with pytest.raises(PlanError, match="lengths \\[2, 3\\]"):
         ModelCosts(stage_param_tensors=(1, 2), stage_param_elements=(1, 2, 3))
+    with pytest.raises(PlanError, match="ModelCosts.stage_optimizer_s is \\(0.1, nan\\)"):
+        ModelCosts(stage_optimizer_s=(0.1, float("nan")))

@@ -4,14 +4,26 @@
 
 * a ping-pong of a 1-float tensor (latency) and of a 4 MiB one (bandwidth);
 * a tiny two-layer model split in two and run by autopipe's runtime
-  (``PipelineStage`` + ``Schedule1F1B``): the time of each
-  ``forward_one_chunk``/``backward_one_chunk`` minus the stage module's own
-  forward/backward is the stage's per-action overhead;
+  (``PipelineStage`` + ``Schedule1F1B``): the per-action overhead, see
+  [Note: per-action overhead];
 * the optimizer step (with the gradient averaging before it) over many small
-  and a few large tensors, solved for a per-tensor and a per-element cost.
+  and a few large tensors, solved for a per-tensor and a per-element cost
+  (``measure_model_costs`` measures the real step of a model's stages instead).
 
 Each figure is the 10th percentile of its repeats: on a shared machine other
 processes only ever add time, so a low percentile is the undisturbed cost.
+
+[Note: per-action overhead]
+A rank's thread spends CPU time on each action beyond its stage module: inside
+``forward_one_chunk``/``backward_one_chunk`` (argument handling, autograd
+setup, output bookkeeping) and around them in the schedule (building, posting
+and waiting on the sends and receives, the loss call). On this 2-core machine
+the part around the call measured 50–110 µs per action, as much as the part
+inside (40–90 µs), so timing the calls alone misses half of it. The tiny model's steps are timed
+whole in the thread's CPU time (a rank blocked on a peer uses none), the
+stage module's and the loss's own CPU time taken off, and the rest split
+evenly over the step's 2m actions; the part inside each call stays with its
+kind. Waiting for data is not overhead: the simulator adds the send latency.
 
     python -m autopipe.schedule.calibrate -o runtime_costs.json [--optimizer adam]
 """
@@ -53,15 +65,16 @@ def _low(times: list[float]) -> float:
     return ordered[len(ordered) // 10]
 
 
-def _time(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
+def _time(fn: Callable[[], Any], repeats: int, warmup: int = 3,
+          clock: Callable[[], float] = time.perf_counter) -> float:
     """``_low`` of ``repeats`` timed calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return _low(times)
 
 
@@ -144,11 +157,15 @@ def _tiny_plan(graph: Graph, microbatches: int) -> Plan:
 
 
 def _stage_overheads(rank: int, microbatches: int, steps: int) -> tuple[float, float]:
-    """Per-action (forward, backward) overhead of autopipe's runtime stage under 1F1B.
+    """Per-action (forward, backward) overhead of autopipe's runtime stage under 1F1B, in CPU seconds.
 
     The tiny model runs through the same split, ``PipelineStage`` construction and
-    schedule as ``autopipe train``; each ``forward_one_chunk``/``backward_one_chunk``
-    is timed and the stage module's own forward/backward (timed alone) taken off.
+    schedule as ``autopipe train``. An action's overhead is everything its rank's
+    thread computes for it besides the stage module: inside
+    ``forward_one_chunk``/``backward_one_chunk`` (argument handling, autograd
+    setup) and, around them, what the schedule does per action (building and
+    posting the sends and receives, waiting on them, the loss call). See
+    [Note: per-action overhead].
     """
     from autopipe.runtime.stage import build_pipeline
     from autopipe.runtime.train import prepare
@@ -170,39 +187,53 @@ def _stage_overheads(rank: int, microbatches: int, steps: int) -> tuple[float, f
     prep = prepare(spec, plan, 2, graph)
     pipe = build_pipeline(prep.split, prep.metas, plan, rank, torch.device("cpu"), loss)
     stage = pipe.stages[0]
-    times: dict[str, list[float]] = {"F": [], "B": []}
+    clock = time.thread_time
+    inner: dict[str, float] = {"F": 0.0, "B": 0.0}
 
     def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
+            t0 = clock()
             try:
                 return fn(*args, **kwargs)
             finally:
-                times[key].append(time.perf_counter() - t0)
+                inner[key] += clock() - t0
         return wrapper
 
     stage.forward_one_chunk = timed(stage.forward_one_chunk, "F")  # type: ignore[method-assign]
     stage.backward_one_chunk = timed(stage.backward_one_chunk, "B")  # type: ignore[method-assign]
     (batch,), target = spec.batch(microbatches)
+    per_step: list[tuple[float, float, float]] = []  # (whole step, inside F, inside B), CPU
     for step in range(steps):
-        if step == 2:  # the first steps allocate buffers
-            times = {"F": [], "B": []}
+        inner["F"] = inner["B"] = 0.0
+        t0 = clock()
         if pipe.has_first:
             pipe.schedule.step(batch)
         else:
             pipe.schedule.step(target=target)
+        if step >= 2:  # the first steps allocate buffers
+            per_step.append((clock() - t0, inner["F"], inner["B"]))
     module = prep.split.stages[rank].module
     x = torch.randn(prep.metas[rank].inputs[0].shape).requires_grad_(rank > 0)
-    bare_f = _time(lambda: module(x), 50)
-    bare_fb = _time(lambda: torch.autograd.backward(module(x)[0].sum()), 50)
-    return (max(0.0, _low(times["F"]) - bare_f),
-            max(0.0, _low(times["B"]) - (bare_fb - bare_f)))
+    bare_f = _time(lambda: module(x), 50, clock=clock)
+    bare_b = _time(lambda: torch.autograd.backward(module(x)[0].sum()), 50, clock=clock) - bare_f
+    loss_f = loss_b = 0.0
+    if pipe.has_last:  # the schedule calls the loss after each forward; its backward is in B's
+        out = (module(x)[0].detach().requires_grad_(),)
+        loss_f = _time(lambda: loss(out, target[:_ROWS]), 50, clock=clock)
+        loss_b = _time(lambda: torch.autograd.backward(loss(out, target[:_ROWS])), 50, clock=clock) - loss_f
+    m = microbatches
+    forward = [f / m - bare_f + (t - f - b - m * loss_f) / (2 * m) for t, f, b in per_step]
+    backward = [b / m - bare_b - loss_b + (t - f - b - m * loss_f) / (2 * m) for t, f, b in per_step]
+    return max(0.0, _low(forward)), max(0.0, _low(backward))
 
 
 def _worker(out: str, optimizer: str) -> int:
     """One rank of the calibration job (run under the launcher)."""
     import torch.distributed as dist
 
+    from autopipe.runtime.malloc import pin_malloc
+
+    pin_malloc()  # as ``autopipe train`` does on CPU
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -341,10 +372,57 @@ def measure_stage_compute(spec: ModelSpec, graph: Graph, plan: Plan,
     return tuple(forward_s), tuple(backward_s)
 
 
+def measure_optimizer_s(spec: ModelSpec, graph: Graph, plan: Plan, optimizer: str = "adam",
+                        repeats: int = WHOLE_REPEATS) -> tuple[float, ...]:
+    """Per stage, the step the runtime takes once per step on the stage's parameters.
+
+    That is ``zero_grad(set_to_none=True)``, each gradient divided by the
+    micro-batch count, and ``optimizer.step()``, on copies of the parameters the
+    stage's module holds (tied ones in every holder) with random gradients. Timed
+    like ``measure_stage_compute``; medians of ``repeats`` after two warm-ups (the
+    first step creates the optimizer's state).
+    """
+    from autopipe.runtime.optim import TrainConfig, make_optimizer
+    from autopipe.runtime.placement import num_ranks
+    from autopipe.runtime.tied import canonical_names, stage_params
+    from autopipe.runtime.train import prepare
+
+    prep = prepare(spec, plan, num_ranks(plan), graph)
+    canonical = canonical_names(graph)
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+    config = TrainConfig(steps=1, optimizer=optimizer)
+    out: list[float] = []
+    for st in prep.split.stages:
+        params = [nn.Parameter(p.detach().clone()) for p in stage_params(st.module, canonical).values()
+                  if p.requires_grad]
+        grads = [torch.randn_like(p) for p in params]
+        opt = make_optimizer(params, config)
+        if opt is None:
+            out.append(0.0)
+            continue
+        times = []
+        for i in range(2 + repeats):
+            t0 = clock()
+            opt.zero_grad(set_to_none=True)
+            t1 = clock()
+            for p, g in zip(params, grads):
+                p.grad = g  # what the backward leaves; not timed
+            t2 = clock()
+            for p in params:
+                assert p.grad is not None
+                p.grad.div_(plan.microbatches)
+            opt.step()
+            if i >= 2:
+                times.append((t1 - t0) + (clock() - t2))
+        out.append(statistics.median(times))
+    return tuple(out)
+
+
 def measure_model_costs(spec: ModelSpec, graph: Graph, plan: Plan,
-                        profile: Profile | None = None) -> ModelCosts:
-    """The loss's time, each stage's parameters (tensors, elements, tied bytes) and
-    each stage's compute re-timed as one module (``measure_stage_compute``) for ``plan``.
+                        profile: Profile | None = None, *, optimizer: str = "adam") -> ModelCosts:
+    """The loss's time, each stage's parameters (tensors, elements, tied bytes), each
+    stage's compute re-timed as one module (``measure_stage_compute``) and its
+    ``optimizer`` step (``measure_optimizer_s``) for ``plan``.
 
     With the ``profile`` the plan was made from, ``compute_scale`` is also set: a
     whole-model measurement (median of ``WHOLE_REPEATS`` forward+backward runs
@@ -380,7 +458,8 @@ def measure_model_costs(spec: ModelSpec, graph: Graph, plan: Plan,
     return ModelCosts(loss_forward_s=loss_f, loss_backward_s=loss_b,
                       stage_param_tensors=tuple(tensors), stage_param_elements=tuple(elements),
                       stage_tied_bytes=tuple(tied), compute_scale=scale,
-                      stage_forward_s=stage_f, stage_backward_s=stage_b)
+                      stage_forward_s=stage_f, stage_backward_s=stage_b,
+                      stage_optimizer_s=measure_optimizer_s(spec, graph, plan, optimizer))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,20 +38,31 @@ def boundary_bytes(plan: Plan) -> list[int]:
     return out
 
 
-def _optimizer_s(plan: Plan, runtime: RuntimeCosts, model: ModelCosts | None) -> list[float]:
+def _step_s(plan: Plan, runtime: RuntimeCosts | None, model: ModelCosts | None) -> tuple[float, ...]:
+    """Per stage, the optimizer step alone: measured for the model, else the runtime's estimate."""
     n = plan.num_stages
+    if model is not None and model.stage_optimizer_s:
+        return model.stage_optimizer_s
+    if runtime is None:
+        return (0.0,) * n
     if model is not None and model.stage_param_elements:
         tensors = model.stage_param_tensors or (0,) * n
         elements = model.stage_param_elements
     else:  # only the plan's parameter bytes: the per-element part of the cost
         size = _ELEMENT_BYTES.get(str(plan.options.get("dtype", "float32")), 4)
         tensors, elements = (0,) * n, tuple(s.memory.params // size for s in plan.stages)
+    return tuple(runtime.optimizer_s(t, e) for t, e in zip(tensors, elements))
+
+
+def _optimizer_s(plan: Plan, runtime: RuntimeCosts | None, model: ModelCosts | None) -> list[float]:
+    """Per stage, what runs once per step after its last backward: tied all-reduce and optimizer."""
+    n = plan.num_stages
     tied = model.stage_tied_bytes if model is not None and model.stage_tied_bytes else (0,) * n
     out = []
-    for s in range(n):
+    for s, step in enumerate(_step_s(plan, runtime, model)):
         # the tied-gradient all-reduce between two holders: a round trip of the bytes
-        reduce = (2 * (runtime.send_s(tied[s]) or 0.0)) if tied[s] else 0.0
-        out.append(runtime.optimizer_s(tensors[s], elements[s]) + reduce)
+        reduce = 2 * (runtime.send_s(tied[s]) or 0.0) if tied[s] and runtime is not None else 0.0
+        out.append(step + reduce)
     return out
 
 
@@ -74,8 +85,9 @@ def plan_costs(plan: Plan, *, runtime: RuntimeCosts | None = None,
     sends its latency (and its bandwidth over the plan's boundary bytes when
     it has one), and each stage an optimizer step. With ``model``: stage times
     are its re-timed stage modules (else scaled by its ``compute_scale``), the
-    last stage also runs the loss, and the optimizer step counts the stage's
-    real parameter tensors. Activation bytes are left at zero (see ``simulate_plan``).
+    last stage also runs the loss, and the optimizer step is the one measured on
+    the stage's parameters (else the runtime's estimate for the stage's real
+    parameter tensors). Activation bytes are left at zero (see ``simulate_plan``).
 
     Raises:
         PlanError: a stage's weight-gradient time exceeds its backward time,
@@ -87,15 +99,17 @@ def plan_costs(plan: Plan, *, runtime: RuntimeCosts | None = None,
     if n % len(ranks):
         raise PlanError(f"{n} stages on {len(ranks)} ranks are not the same number per rank",
                         hint="regenerate the plan")
-    if model is not None and model.stage_param_elements and len(model.stage_param_elements) != n:
-        raise PlanError(f"model costs are for {len(model.stage_param_elements)} stages, the plan has {n}",
+    counts = {len(t) for t in (model.stage_param_elements, model.stage_forward_s,
+                                model.stage_optimizer_s) if t} if model is not None else set()
+    if counts - {n}:
+        raise PlanError(f"model costs are for {max(counts - {n})} stages, the plan has {n}",
                         hint="measure the model costs for this plan")
     sends = boundary_send_s(plan)
     if runtime is not None:
         measured = [runtime.send_s(x) for x in boundary_bytes(plan)]
         sends = [runtime.send_latency_s + c if m is None else m for c, m in zip(sends, measured)]
     sends.append(0.0)
-    optimizer = _optimizer_s(plan, runtime, model) if runtime is not None else [0.0] * n
+    optimizer = _optimizer_s(plan, runtime, model)
     fo = runtime.forward_overhead_s if runtime is not None else 0.0
     bo = runtime.backward_overhead_s if runtime is not None else 0.0
     costs = []

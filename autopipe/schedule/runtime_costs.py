@@ -24,9 +24,10 @@ SCHEMA = "autopipe.runtime-costs/1"
 def _check_non_negative(obj: Any) -> None:
     for f in fields(obj):
         value = getattr(obj, f.name)
-        if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
-            raise PlanError(f"{type(obj).__name__}.{f.name} is {value}",
-                            hint="times and rates must be finite and non-negative")
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, (int, float)) and not (math.isfinite(v) and v >= 0):
+                raise PlanError(f"{type(obj).__name__}.{f.name} is {value}",
+                                hint="times, sizes and rates must be finite and non-negative")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,12 +109,15 @@ class ModelCosts:
     stage_backward_s: tuple[float, ...] = ()
     """Per stage, its backward timed as one module (split into input and weight parts
     in the plan's proportion)."""
+    stage_optimizer_s: tuple[float, ...] = ()
+    """Per stage, the once-per-step optimizer work on its parameters (zeroing, averaging
+    and stepping), measured; replaces the runtime's per-tensor/per-element estimate when given."""
 
     def __post_init__(self) -> None:
         _check_non_negative(self)
         lengths = {len(t) for t in (self.stage_param_tensors, self.stage_param_elements,
                                     self.stage_tied_bytes, self.stage_forward_s,
-                                    self.stage_backward_s) if t}
+                                    self.stage_backward_s, self.stage_optimizer_s) if t}
         if len(lengths) > 1:
             raise PlanError(f"ModelCosts has per-stage tuples of lengths {sorted(lengths)}",
                             hint="give one entry per stage in each")
