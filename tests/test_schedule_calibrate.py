@@ -65,12 +65,15 @@ def test_re_timed_stages_add_up_to_about_the_profiled_model() -> None:
     assert all(p.grad is None for p in spec.model.parameters())
 
 
-def test_optimizer_steps_run_on_copies() -> None:
+def test_optimizer_steps_run_on_copies_and_actions_can_follow_a_block() -> None:
     spec = example_spec("mlp")
     graph = autopipe.trace(spec.model, spec.example_inputs)
     state = {k: v.clone() for k, v in spec.model.state_dict().items()}
-    steps = measure_optimizer_s(spec, graph, _split_plan(graph, len(graph.nodes) // 2), "sgd", repeats=2)
+    plan = _split_plan(graph, len(graph.nodes) // 2)
+    steps = measure_optimizer_s(spec, graph, plan, "sgd", repeats=2, idle_s=1e-4)
     assert len(steps) == 2 and all(t > 0 for t in steps)
+    forward, backward = measure_stage_compute(spec, graph, plan, repeats=2, idle_s=1e-4)
+    assert all(t > 0 for t in (*forward, *backward))
     assert all(torch.equal(v, spec.model.state_dict()[k]) for k, v in state.items())
     assert all(p.grad is None for p in spec.model.parameters())
 

@@ -326,15 +326,34 @@ def compute_scale(profile: Profile, whole_s: float | None = None) -> float:
     return whole_s / nodes
 
 
-def measure_stage_compute(spec: ModelSpec, graph: Graph, plan: Plan,
-                          repeats: int = WHOLE_REPEATS) -> tuple[tuple[float, ...], tuple[float, ...]]:
+# [Note: compute after a wait]
+# A pipeline rank blocks on its peer before most actions (gloo's wait sleeps), and
+# on this 2-core VM the work right after a block runs slower than the same work
+# repeated back to back: its caches have gone cold. In thread CPU time, the MLP
+# example's first stage forward took 0.19-0.28 ms back to back, 0.33-0.36 ms after a
+# 0.2 ms sleep and 0.62 ms after a 1 ms one. Timing each stage action and optimizer
+# step after blocking 60 µs (the send latency) raised the MLP's simulated step from
+# 6.0-6.2 ms to 6.4-7.5 ms (three alternating measurements each); the U-Net's
+# stages, ten times longer, moved less than the noise. So ``measure_model_costs``
+# can time each action after blocking the calibrated send latency: the least a rank
+# waits for its peer.
+def _block(seconds: float) -> None:
+    """Block the thread (as a rank waiting on its peer does) for ``seconds``; 0: not at all."""
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+def measure_stage_compute(spec: ModelSpec, graph: Graph, plan: Plan, repeats: int = WHOLE_REPEATS,
+                          idle_s: float = 0.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Each stage's forward and backward, timed as the one module the runtime runs.
 
     The stages are the runtime's split of ``graph`` (``autopipe.runtime.split``), run
     in order on one micro-batch, each on its predecessor's real outputs; a backward
     is seeded with ones. Copies run, so the model's statistics and gradients are left
     alone. Timed like the profiler: thread CPU time with one thread, else wall time;
-    medians of ``repeats`` after two warm-ups.
+    medians of ``repeats`` after two warm-ups. With ``idle_s``, the thread blocks that
+    long before each forward and each backward, as a rank blocks on its peer: see
+    [Note: compute after a wait].
 
     Returns:
         (forward seconds per stage, backward seconds per stage).
@@ -356,16 +375,19 @@ def measure_stage_compute(spec: ModelSpec, graph: Graph, plan: Plan,
         fwd, bwd = [], []
         outs: tuple[Any, ...] = ()
         for i in range(2 + repeats):
+            _block(idle_s)
             t0 = clock()
             outs = tuple(module(*inputs))
             t1 = clock()
             grads = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
-            if grads:
-                torch.autograd.backward(grads, [torch.ones_like(o) for o in grads])
+            seeds = [torch.ones_like(o) for o in grads]
+            _block(idle_s)
             t2 = clock()
+            if grads:
+                torch.autograd.backward(grads, seeds)
             if i >= 2:
                 fwd.append(t1 - t0)
-                bwd.append(t2 - t1)
+                bwd.append(clock() - t2)
         forward_s.append(statistics.median(fwd))
         backward_s.append(statistics.median(bwd))
         values = [o.detach() for o in outs if isinstance(o, torch.Tensor)]
@@ -373,14 +395,14 @@ def measure_stage_compute(spec: ModelSpec, graph: Graph, plan: Plan,
 
 
 def measure_optimizer_s(spec: ModelSpec, graph: Graph, plan: Plan, optimizer: str = "adam",
-                        repeats: int = WHOLE_REPEATS) -> tuple[float, ...]:
+                        repeats: int = WHOLE_REPEATS, idle_s: float = 0.0) -> tuple[float, ...]:
     """Per stage, the step the runtime takes once per step on the stage's parameters.
 
     That is ``zero_grad(set_to_none=True)``, each gradient divided by the
     micro-batch count, and ``optimizer.step()``, on copies of the parameters the
     stage's module holds (tied ones in every holder) with random gradients. Timed
-    like ``measure_stage_compute``; medians of ``repeats`` after two warm-ups (the
-    first step creates the optimizer's state).
+    like ``measure_stage_compute`` (blocking ``idle_s`` before each step); medians of
+    ``repeats`` after two warm-ups (the first step creates the optimizer's state).
     """
     from autopipe.runtime.optim import TrainConfig, make_optimizer
     from autopipe.runtime.placement import num_ranks
@@ -402,6 +424,7 @@ def measure_optimizer_s(spec: ModelSpec, graph: Graph, plan: Plan, optimizer: st
             continue
         times = []
         for i in range(2 + repeats):
+            _block(idle_s)
             t0 = clock()
             opt.zero_grad(set_to_none=True)
             t1 = clock()
@@ -419,14 +442,17 @@ def measure_optimizer_s(spec: ModelSpec, graph: Graph, plan: Plan, optimizer: st
 
 
 def measure_model_costs(spec: ModelSpec, graph: Graph, plan: Plan,
-                        profile: Profile | None = None, *, optimizer: str = "adam") -> ModelCosts:
+                        profile: Profile | None = None, *, optimizer: str = "adam",
+                        idle_s: float = 0.0) -> ModelCosts:
     """The loss's time, each stage's parameters (tensors, elements, tied bytes), each
     stage's compute re-timed as one module (``measure_stage_compute``) and its
     ``optimizer`` step (``measure_optimizer_s``) for ``plan``.
 
     With the ``profile`` the plan was made from, ``compute_scale`` is also set: a
     whole-model measurement (median of ``WHOLE_REPEATS`` forward+backward runs
-    timed as the profiler times) over the sum of the profile's nodes.
+    timed as the profiler times) over the sum of the profile's nodes. ``idle_s``
+    (e.g. the calibrated ``RuntimeCosts.send_latency_s``) is how long the thread
+    blocks before each timed stage action and optimizer step ([Note: compute after a wait]).
     """
     owner: dict[str, set[int]] = {}
     stage_of = plan.stage_of
@@ -454,12 +480,12 @@ def measure_model_costs(spec: ModelSpec, graph: Graph, plan: Plan,
 
         whole = measure_whole(graph, spec.example_inputs, spec.example_kwargs, repeats=WHOLE_REPEATS)
         scale = compute_scale(profile, whole.forward_backward_s)
-    stage_f, stage_b = measure_stage_compute(spec, graph, plan)
+    stage_f, stage_b = measure_stage_compute(spec, graph, plan, idle_s=idle_s)
     return ModelCosts(loss_forward_s=loss_f, loss_backward_s=loss_b,
                       stage_param_tensors=tuple(tensors), stage_param_elements=tuple(elements),
                       stage_tied_bytes=tuple(tied), compute_scale=scale,
                       stage_forward_s=stage_f, stage_backward_s=stage_b,
-                      stage_optimizer_s=measure_optimizer_s(spec, graph, plan, optimizer))
+                      stage_optimizer_s=measure_optimizer_s(spec, graph, plan, optimizer, idle_s=idle_s))
 
 
 def main(argv: list[str] | None = None) -> int:
