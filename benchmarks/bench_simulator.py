@@ -138,7 +138,7 @@ def busy_cores(seconds: float = 1.0) -> float:
     return (b[0] - a[0]) / (b[1] - a[1]) * (os.cpu_count() or 1)
 
 
-def wait_for_quiet(max_wait_s: float, threshold: float = 0.1) -> float:
+def wait_for_quiet(max_wait_s: float, threshold: float = QUIET) -> float:
     """Wait until other processes use under ``threshold`` cores (at most ``max_wait_s``); the last figure."""
     deadline = time.monotonic() + max_wait_s
     busy = busy_cores()
@@ -172,7 +172,7 @@ def bench_example(name: str, microbatches: int, steps: int, tmp: Path, runtime: 
     runs = []
     for _ in range(attempts):
         runs.append(_train(name, cmd, out, quiet_wait_s))
-        if runs[-1].others < QUIET:
+        if not runs[-1].others >= QUIET:  # quiet, or no /proc/stat to tell
             break
     run = min(runs, key=lambda r: r.others)
     return Row(compute_only=compute_only, predicted=predicted, best=run.best, median=run.median,
@@ -182,6 +182,8 @@ def bench_example(name: str, microbatches: int, steps: int, tmp: Path, runtime: 
 
 @dataclass(frozen=True)
 class _Run:
+    """One training run: its best and median step, cores used, and what others used (see ``Row``)."""
+
     best: float
     median: float
     cores: float
