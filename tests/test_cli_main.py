@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from autopipe.cli.main import SUBCOMMANDS, main
+from tests.conftest import ROOT, example_spec
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -29,3 +31,23 @@ def test_python_dash_m() -> None:
     out = subprocess.run([sys.executable, "-m", "autopipe", "--version"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.startswith("autopipe ")
+
+
+@pytest.mark.parametrize("flag, pinned", [([], True), (["--no-pin-malloc"], False)])
+def test_train_passes_pin_malloc(flag: list[str], pinned: bool, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import autopipe
+
+    runtime_train = importlib.import_module("autopipe.runtime.train")
+
+    spec = example_spec("mlp")
+    plan = autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile="estimate",
+                         method="dp")
+    plan.save(tmp_path / "plan.json")
+    seen: list[object] = []
+    monkeypatch.setattr(runtime_train, "train", lambda spec, plan, config, log: seen.append(config))
+    assert main(["train", str(ROOT / "examples" / "mlp.py") + ":build", "--plan",
+                 str(tmp_path / "plan.json"), "--steps", "1", *flag]) == 0
+    assert [c.pin_malloc for c in seen] == [pinned]  # type: ignore[attr-defined]

@@ -32,6 +32,8 @@ def add_parser(sub: Any) -> None:
                    help="auto: the plan's devices (default); cpu; cuda (GPU LOCAL_RANK of this node)")
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                    help="a rank waiting this long on a peer stops with an error (default 300)")
+    p.add_argument("--no-pin-malloc", dest="pin_malloc", action="store_false",
+                   help="leave glibc's malloc thresholds as they are on CPU ranks (default: pinned)")
     p.add_argument("--launch", type=int, default=None, metavar="P",
                    help="start P ranks on this machine (instead of torchrun) and wait for them")
     p.set_defaults(run=run)
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     plan = Plan.load(args.plan)
     config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, device=args.device,
-                         timeout_s=args.timeout)
+                         timeout_s=args.timeout, pin_malloc=args.pin_malloc)
     spec = _spec(args, plan)
     if args.launch is not None:
         return _launch(args, spec, plan)
@@ -78,6 +80,8 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan) -> int:
            "--device", args.device, "--timeout", repr(args.timeout)]
     for item in args.spec_arg:
         cmd += ["--spec-arg", item]
+    if not args.pin_malloc:
+        cmd.append("--no-pin-malloc")
     if args.batch_size is not None:
         cmd += ["--batch-size", str(args.batch_size)]
     result = launch(cmd, args.launch, grace_s=min(30.0, args.timeout))
