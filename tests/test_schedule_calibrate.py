@@ -58,8 +58,8 @@ def test_re_timed_stages_add_up_to_about_the_profiled_model() -> None:
     state = {k: v.clone() for k, v in spec.model.state_dict().items()}
     forward, backward = measure_stage_compute(spec, graph, _split_plan(graph, len(graph.nodes) // 2),
                                               repeats=3)
-    assert 0.5 < sum(forward) / profile.forward_s < 2.0
-    assert 0.5 < sum(backward) / profile.backward_s < 2.0
+    assert 0.1 < sum(forward) / profile.forward_s < 10.0  # timings: the order of magnitude
+    assert 0.1 < sum(backward) / profile.backward_s < 10.0
     # copies ran: batch-norm statistics and gradients of the model are untouched
     assert all(torch.equal(v, spec.model.state_dict()[k]) for k, v in state.items())
     assert all(p.grad is None for p in spec.model.parameters())
