@@ -202,7 +202,7 @@ def test_infeasible_hints_fewer_microbatches_where_they_help() -> None:
         hint = explain(from_profile(prof, _config(p, m, memory=limit))).hint or ""
         assert "--microbatches 2" in hint, (m, hint)
     hint = explain(from_profile(prof, _config(p, 6, "1f1b", memory=limit))).hint or ""
-    assert "--microbatches" not in hint
+    assert "--microbatches 2" not in hint and "--batch-size B --microbatches auto" in hint
 
 
 def test_microbatches_must_fill_rounds() -> None:

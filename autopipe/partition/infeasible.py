@@ -75,5 +75,5 @@ def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
         if _fits(problem, fewer):
             hints.append(f"--microbatches {m2}")
             break
-    fix = " or ".join(hints) if hints else "a smaller micro-batch"
-    return InfeasiblePlanError(message, hint=f"try {fix}; or devices with more memory")
+    hints.append("smaller micro-batches (--batch-size B --microbatches auto tries each size)")
+    return InfeasiblePlanError(message, hint=f"try {' or '.join(hints)}; or devices with more memory")
