@@ -110,3 +110,8 @@ def test_bad_options(kwargs: dict[str, object], message: str) -> None:
 def test_auto_needs_a_profile_per_size() -> None:
     with pytest.raises(PlanError, match="only one profile was given"):
         plan_profile(BASE, num_stages=2, batch_size=8, microbatches="auto")
+
+
+def test_a_profile_function_needs_the_batch_size() -> None:
+    with pytest.raises(PlanError, match="needs the batch size"):
+        plan_profile(at_size, num_stages=2)

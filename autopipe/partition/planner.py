@@ -167,8 +167,9 @@ def plan_profile(
                         "but only one profile was given",
                         hint="plan from the model (autopipe.plan, or autopipe plan SPEC without "
                              "--profile), or give --microbatches")
-    if batch_size is not None and not isinstance(profile, Profile) and microbatches is None:
-        raise PlanError("a profile function needs the batch size", hint="pass batch_size")
+    if not isinstance(profile, Profile) and batch_size is None:
+        raise PlanError("a profile per micro-batch size needs the batch size",
+                        hint="pass batch_size, or a Profile")
     start = time.perf_counter()
     options = _Options(method=method, time_limit=time_limit, mip_gap=mip_gap, solver=solver,
                        deterministic=deterministic, optimizer=optimizer, dtype=dtype, max_blocks=max_blocks,
