@@ -25,6 +25,7 @@ from autopipe.partition.dp import min_bottleneck
 from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.infeasible import explain
 from autopipe.partition.problem import SCHEDULES, Config, Problem, from_profile
+from autopipe.partition.timeline import splits_backward
 from autopipe.plan_format import Plan, Predicted, SolverInfo
 from autopipe.profile.profile import Profile
 from autopipe.schedule.actions import check_runnable
@@ -69,13 +70,17 @@ def simple_bound(problem: Problem) -> float:
     """A lower bound on any partition's step: all work spread perfectly.
 
     The first micro-batch's forward and backward path through every stage takes at
-    least W / (fastest speed), and the busiest stage runs m micro-batches of at least
-    W / Σ speeds each.
+    least its work on the path / (fastest speed): all of W, except the weight
+    gradients where the schedule splits them off (zero bubble: they wait off the
+    path). The busiest stage runs m micro-batches of at least W / Σ speeds each.
     """
     cfg = problem.config
     speeds = [d.speed for d in cfg.devices]
     work = math.fsum(b.work_s for b in problem.blocks)
-    return max(work / max(speeds), cfg.microbatches * work / sum(speeds))
+    path = work
+    if splits_backward(cfg.schedule):
+        path -= math.fsum(b.backward_weight_s for b in problem.blocks)
+    return max(path / max(speeds), cfg.microbatches * work / sum(speeds))
 
 
 def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str,
