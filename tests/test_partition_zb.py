@@ -2,7 +2,8 @@
 from the schedule's order, the ILP against brute force, plans, memory and the command line.
 
 The timeline's longest path against the simulator, for zb-h1 too, is in
-tests/test_partition_timeline.py; a planned zb-h1 plan training on two gloo ranks is the
+tests/test_partition_timeline.py; plans on random DAGs for every schedule in
+tests/test_partition_planner.py; a planned zb-h1 plan training on two gloo ranks is the
 ``mlp-2-zb-h1`` case of tests/test_runtime_train.py.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,6 @@ from autopipe.plan_format import Device, Plan
 from autopipe.schedule.actions import check_runnable, check_schedule
 from autopipe.schedule.simulate import StageCost, simulate
 from tests.partition_cases import Case, cases
-from tests.test_partition_planner import check_valid, recompute_memory
 
 ZB = ("zb-h1",)
 
@@ -108,38 +107,6 @@ def test_ilp_equals_brute_force(case: Case) -> None:
     assert ev.fits
     assert math.isclose(ev.objective_s, exact[0], rel_tol=1e-6, abs_tol=1e-9)
     assert res.lower_bound_s <= res.objective_s * (1 + 1e-9)
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cases(schedules=ZB))
-def test_plans_on_random_dags(case: Case) -> None:
-    """Plans as brute force finds them, within memory at zb-h1's in-flight counts, with the
-    solver's objective equal to the simulated step."""
-    cfg = case.config
-    problem = case.problem()
-    kwargs = dict(num_stages=cfg.num_stages, devices=list(cfg.devices),
-                  microbatches=cfg.microbatches, schedule=cfg.schedule, optimizer=case.optimizer,
-                  link_bandwidth=cfg.link_bandwidth, mip_gap=1e-9)
-    if problem.num_real < cfg.num_stages:
-        return
-    exact = brute.best(problem)
-    if exact is None:
-        with pytest.raises(InfeasiblePlanError):
-            plan_profile(case.profile, **kwargs)  # type: ignore[arg-type]
-        return
-    plan = plan_profile(case.profile, **kwargs)  # type: ignore[arg-type]
-    check_valid(case.profile, plan)
-    p, m = plan.num_stages, plan.microbatches
-    # zb-h1 holds min(m, p) micro-batches on every stage: GPipe's count with min(m, p) of them
-    memory = recompute_memory(case.profile, replace(plan, schedule="gpipe", microbatches=min(m, p)),
-                              case.optimizer)
-    assert [s.memory.total for s in plan.stages] == memory
-    for d, used, peak in zip(plan.devices, memory, plan.predicted.peak_memory):
-        assert d.memory == 0 or (used <= d.memory and peak <= d.memory)
-    assert plan.solver.status == "optimal"
-    assert math.isclose(plan.solver.objective_s, exact[0], rel_tol=1e-6, abs_tol=1e-9)
-    assert math.isclose(plan.predicted.iteration_s, plan.solver.objective_s, rel_tol=1e-9, abs_tol=1e-12)
-    assert [s.rank for s in plan.stages] == list(range(p))
 
 
 @pytest.mark.parametrize(("blocks", "seed", "branches", "p", "m"), [
