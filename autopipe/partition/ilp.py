@@ -124,9 +124,9 @@ class _Model:
         self.lo, self.hi = lo, hi
         self.prob = pulp.LpProblem("autopipe", pulp.LpMinimize)
         self.rows: dict[str, _Lin] = {}
+        """Every constraint's left-hand side, by name (for tests and diagnosis)."""
         self.infeasible = False
         """A row that the windows alone decide is violated (e.g. a pinned block overflows)."""
-        """Every constraint's left-hand side, by name (for tests and diagnosis)."""
         total = sum(b.work_s for b in problem.blocks)
         # time unit: keeps coefficients near 1 (below a nanosecond nothing matters)
         self.tau = max(total / p, 1e-9)
