@@ -117,6 +117,7 @@ def test_runtime_costs_are_measured_with_two_gloo_ranks() -> None:
     costs = measure_runtime_costs("adam", timeout_s=120)
     assert costs.device == "cpu" and costs.backend == "gloo" and costs.optimizer == "adam"
     assert 0 < costs.forward_overhead_s < 0.05 and 0 < costs.backward_overhead_s < 0.05
+    assert 0 <= costs.step_overhead_s < 0.05
     assert 0 < costs.send_latency_s < 0.1
     assert costs.link_bandwidth > 1e7
     assert costs.optimizer_tensor_s > 0 and costs.optimizer_element_s > 0

@@ -93,6 +93,23 @@ def test_the_optimizer_step_runs_after_the_ranks_last_backward() -> None:
     assert r.iteration_s == pytest.approx(max(e.end for e in r.events if e.kind == "O"))
 
 
+def test_the_per_step_overhead_is_paid_once_per_rank_and_moves_the_whole_step() -> None:
+    per_step = dataclasses.replace(RUNTIME, step_overhead_s=0.25)
+    plan = hand_plan()
+    base, _ = plan_costs(plan, runtime=RUNTIME)
+    costs, _ = plan_costs(plan, runtime=per_step)
+    assert [c.optimizer_s for c in costs] == pytest.approx([b.optimizer_s + 0.25 for b in base])
+    before = simulate(base, schedule="1f1b", microbatches=8).iteration_s
+    assert simulate(costs, schedule="1f1b", microbatches=8).iteration_s == pytest.approx(before + 0.25)
+    # two stages per rank (interleaved): the rank's first stage carries it, once
+    looped = dataclasses.replace(plan, schedule="interleaved-1f1b",
+                                 stages=tuple(dataclasses.replace(st, rank=st.index % 2) for st in plan.stages))
+    base, _ = plan_costs(looped, runtime=RUNTIME)
+    costs, virtual = plan_costs(looped, runtime=per_step)
+    assert virtual == 2
+    assert [c.optimizer_s - b.optimizer_s for c, b in zip(costs, base)] == pytest.approx([0.25, 0.25, 0, 0])
+
+
 def test_model_costs_for_another_stage_count_are_a_plan_error() -> None:
     with pytest.raises(PlanError, match="model costs are for 2 stages, the plan has 4"):
         plan_costs(hand_plan(), runtime=RUNTIME,

@@ -4,8 +4,8 @@
 
 * a ping-pong of a 1-float tensor (latency) and of a 4 MiB one (bandwidth);
 * a tiny two-layer model split in two and run by autopipe's runtime
-  (``PipelineStage`` + ``Schedule1F1B``): the per-action overhead, see
-  [Note: per-action overhead];
+  (``PipelineStage`` + ``Schedule1F1B``): the per-action and per-step
+  overhead, see [Note: per-action overhead];
 * the optimizer step (with the gradient averaging before it) over many small
   and a few large tensors, solved for a per-tensor and a per-element cost
   (``measure_model_costs`` measures the real step of a model's stages instead).
@@ -20,10 +20,13 @@ setup, output bookkeeping) and around them in the schedule (building, posting
 and waiting on the sends and receives, the loss call). On this 2-core machine
 the part around the call measured 50–110 µs per action, as much as the part
 inside (40–90 µs), so timing the calls alone misses half of it. The tiny model's steps are timed
-whole in the thread's CPU time (a rank blocked on a peer uses none), the
-stage module's and the loss's own CPU time taken off, and the rest split
-evenly over the step's 2m actions; the part inside each call stays with its
-kind. Waiting for data is not overhead: the simulator adds the send latency.
+whole in the thread's CPU time (a rank blocked on a peer uses none), with 2
+and with 8 micro-batches. What the calls take beyond the stage module and the
+loss stays with its kind (forward or backward); the work around the calls is
+fitted as a constant per step (splitting the batch, clearing the stage's
+state: 60–80 µs here) plus a part per micro-batch, split evenly over its
+forward and backward. Waiting for data is not overhead: the simulator adds
+the send latency.
 
     python -m autopipe.schedule.calibrate -o runtime_costs.json [--optimizer adam]
 """
@@ -156,16 +159,20 @@ def _tiny_plan(graph: Graph, microbatches: int) -> Plan:
                                   lower_bound_s=0.0, gap=0.0, seconds=0.0))
 
 
-def _stage_overheads(rank: int, microbatches: int, steps: int) -> tuple[float, float]:
-    """Per-action (forward, backward) overhead of autopipe's runtime stage under 1F1B, in CPU seconds.
+def _stage_overheads(rank: int, microbatches: tuple[int, int] = (2, 8),
+                     steps: int = 20) -> tuple[float, float, float]:
+    """Per-action (forward, backward) and per-step overhead of autopipe's runtime under 1F1B, CPU seconds.
 
     The tiny model runs through the same split, ``PipelineStage`` construction and
     schedule as ``autopipe train``. An action's overhead is everything its rank's
     thread computes for it besides the stage module: inside
     ``forward_one_chunk``/``backward_one_chunk`` (argument handling, autograd
     setup) and, around them, what the schedule does per action (building and
-    posting the sends and receives, waiting on them, the loss call). See
-    [Note: per-action overhead].
+    posting the sends and receives, waiting on them, the loss call). The step's
+    own work (splitting the batch into micro-batches, clearing the stage's state)
+    is paid once per step whatever the micro-batch count: the steps run at two
+    counts, and the work around the calls is fitted as a per-step constant plus
+    a per-micro-batch part. See [Note: per-action overhead].
     """
     from autopipe.runtime.stage import build_pipeline
     from autopipe.runtime.train import prepare
@@ -183,11 +190,50 @@ def _stage_overheads(rank: int, microbatches: int, steps: int) -> tuple[float, f
     spec = ModelSpec(model=model, example_inputs=(example,), loss_fn=loss,
                      batch=lambda n, step=0: ((torch.randn(_ROWS * n, _WIDTH),), torch.randn(_ROWS * n, _WIDTH)))
     graph = trace(model, (example,))
-    plan = _tiny_plan(graph, microbatches)
-    prep = prepare(spec, plan, 2, graph)
-    pipe = build_pipeline(prep.split, prep.metas, plan, rank, torch.device("cpu"), loss)
-    stage = pipe.stages[0]
     clock = time.thread_time
+    module = None
+    # per count: each step's (work around the calls, inside F per micro-batch, inside B per micro-batch)
+    runs: list[list[tuple[float, float, float]]] = []
+    for m in microbatches:
+        plan = _tiny_plan(graph, m)
+        prep = prepare(spec, plan, 2, graph)
+        pipe = build_pipeline(prep.split, prep.metas, plan, rank, torch.device("cpu"), loss)
+        module = prep.split.stages[rank].module
+        inner = _time_calls(pipe.stages[0], clock)
+        (batch,), target = spec.batch(m)
+        timings = []
+        for step in range(steps):
+            inner["F"] = inner["B"] = 0.0
+            t0 = clock()
+            if pipe.has_first:
+                pipe.schedule.step(batch)
+            else:
+                pipe.schedule.step(target=target)
+            if step >= 2:  # the first steps allocate buffers
+                t, f, b = clock() - t0, inner["F"], inner["B"]
+                timings.append((t - f - b, f / m, b / m))
+        runs.append(timings)
+    assert module is not None
+    x = torch.randn(_ROWS, _WIDTH).requires_grad_(rank > 0)
+    bare_f = _time(lambda: module(x), 50, clock=clock)
+    bare_b = _time(lambda: torch.autograd.backward(module(x)[0].sum()), 50, clock=clock) - bare_f
+    loss_f = loss_b = 0.0
+    if rank == 1:  # the schedule calls the loss after each forward; its backward is in B's
+        out = (module(x)[0].detach().requires_grad_(),)
+        loss_f = _time(lambda: loss(out, target[:_ROWS]), 50, clock=clock)
+        loss_b = _time(lambda: torch.autograd.backward(loss(out, target[:_ROWS])), 50, clock=clock) - loss_f
+    (m1, m2), (few, many) = microbatches, runs
+    around1 = _low([r - m1 * loss_f for r, _, _ in few])
+    around2 = _low([r - m2 * loss_f for r, _, _ in many])
+    per_mb = max(0.0, (around2 - around1) / (m2 - m1))  # around one forward and one backward
+    per_step = max(0.0, around1 - m1 * per_mb)
+    inside_f = _low([f for _, f, _ in few + many]) - bare_f
+    inside_b = _low([b for _, _, b in few + many]) - bare_b - loss_b
+    return max(0.0, inside_f + per_mb / 2), max(0.0, inside_b + per_mb / 2), per_step
+
+
+def _time_calls(stage: Any, clock: Callable[[], float]) -> dict[str, float]:
+    """Wrap the stage's forward and backward calls to add their ``clock`` time to the returned totals."""
     inner: dict[str, float] = {"F": 0.0, "B": 0.0}
 
     def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
@@ -199,32 +245,9 @@ def _stage_overheads(rank: int, microbatches: int, steps: int) -> tuple[float, f
                 inner[key] += clock() - t0
         return wrapper
 
-    stage.forward_one_chunk = timed(stage.forward_one_chunk, "F")  # type: ignore[method-assign]
-    stage.backward_one_chunk = timed(stage.backward_one_chunk, "B")  # type: ignore[method-assign]
-    (batch,), target = spec.batch(microbatches)
-    per_step: list[tuple[float, float, float]] = []  # (whole step, inside F, inside B), CPU
-    for step in range(steps):
-        inner["F"] = inner["B"] = 0.0
-        t0 = clock()
-        if pipe.has_first:
-            pipe.schedule.step(batch)
-        else:
-            pipe.schedule.step(target=target)
-        if step >= 2:  # the first steps allocate buffers
-            per_step.append((clock() - t0, inner["F"], inner["B"]))
-    module = prep.split.stages[rank].module
-    x = torch.randn(prep.metas[rank].inputs[0].shape).requires_grad_(rank > 0)
-    bare_f = _time(lambda: module(x), 50, clock=clock)
-    bare_b = _time(lambda: torch.autograd.backward(module(x)[0].sum()), 50, clock=clock) - bare_f
-    loss_f = loss_b = 0.0
-    if pipe.has_last:  # the schedule calls the loss after each forward; its backward is in B's
-        out = (module(x)[0].detach().requires_grad_(),)
-        loss_f = _time(lambda: loss(out, target[:_ROWS]), 50, clock=clock)
-        loss_b = _time(lambda: torch.autograd.backward(loss(out, target[:_ROWS])), 50, clock=clock) - loss_f
-    m = microbatches
-    forward = [f / m - bare_f + (t - f - b - m * loss_f) / (2 * m) for t, f, b in per_step]
-    backward = [b / m - bare_b - loss_b + (t - f - b - m * loss_f) / (2 * m) for t, f, b in per_step]
-    return max(0.0, _low(forward)), max(0.0, _low(backward))
+    stage.forward_one_chunk = timed(stage.forward_one_chunk, "F")
+    stage.backward_one_chunk = timed(stage.backward_one_chunk, "B")
+    return inner
 
 
 def _worker(out: str, optimizer: str) -> int:
@@ -241,18 +264,18 @@ def _worker(out: str, optimizer: str) -> int:
         latency = _ping_pong(rank, torch.zeros(1), 200)
         big = torch.zeros(1 << 20)
         bandwidth = big.numel() * big.element_size() / max(_ping_pong(rank, big, 20) - latency, 1e-9)
-        forward, backward = _stage_overheads(rank, microbatches=8, steps=20)
+        forward, backward, per_step = _stage_overheads(rank)
         dist.barrier()
         per_tensor, per_element = _optimizer_costs(optimizer)
         gathered: list[Any] = [None, None]
-        dist.all_gather_object(gathered, [forward, backward, per_tensor, per_element])
+        dist.all_gather_object(gathered, [forward, backward, per_tensor, per_element, per_step])
         gc.collect()  # the pipeline's stages and pending work go before the group does
         dist.barrier()
     finally:
         dist.destroy_process_group()
     if rank == 0:
         mean = [statistics.fmean(v) for v in zip(*gathered)]
-        costs = RuntimeCosts(forward_overhead_s=mean[0], backward_overhead_s=mean[1],
+        costs = RuntimeCosts(forward_overhead_s=mean[0], backward_overhead_s=mean[1], step_overhead_s=mean[4],
                              send_latency_s=latency, link_bandwidth=bandwidth, optimizer=optimizer,
                              optimizer_tensor_s=mean[2], optimizer_element_s=mean[3],
                              device="cpu", backend="gloo", threads=1)

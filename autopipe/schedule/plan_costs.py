@@ -55,14 +55,25 @@ def _step_s(plan: Plan, runtime: RuntimeCosts | None, model: ModelCosts | None) 
 
 
 def _optimizer_s(plan: Plan, runtime: RuntimeCosts | None, model: ModelCosts | None) -> list[float]:
-    """Per stage, what runs once per step after its last backward: tied all-reduce and optimizer."""
+    """Per stage, what runs once per step after its last backward: tied all-reduce and
+    optimizer, and on each rank's first stage the runtime's per-step work.
+
+    The per-step work (splitting the batch, clearing state) really runs before the
+    rank's first action; every rank pays the same, so counting it at the end instead
+    moves the whole step by the same amount and leaves its time unchanged.
+    """
     n = plan.num_stages
     tied = model.stage_tied_bytes if model is not None and model.stage_tied_bytes else (0,) * n
+    ranks_seen: set[int] = set()
     out = []
     for s, step in enumerate(_step_s(plan, runtime, model)):
         # the tied-gradient all-reduce between two holders: a round trip of the bytes
         reduce = 2 * (runtime.send_s(tied[s]) or 0.0) if tied[s] and runtime is not None else 0.0
-        out.append(step + reduce)
+        rank = plan.stages[s].rank
+        rank = s if rank is None else rank
+        per_step = runtime.step_overhead_s if runtime is not None and rank not in ranks_seen else 0.0
+        ranks_seen.add(rank)
+        out.append(step + reduce + per_step)
     return out
 
 

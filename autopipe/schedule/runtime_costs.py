@@ -38,6 +38,9 @@ class RuntimeCosts:
     """Per forward action: the stage's work around the module call (argument handling, autograd setup)."""
     backward_overhead_s: float = 0.0
     """Per backward action, beyond the module's own backward."""
+    step_overhead_s: float = 0.0
+    """Per step and rank, whatever the micro-batch count: the schedule's own work (splitting
+    the batch into micro-batches, clearing the stage's state)."""
     send_latency_s: float = 0.0
     """Per send of one micro-batch's boundary tensors, beyond bytes / bandwidth."""
     link_bandwidth: float = 0.0
