@@ -10,14 +10,17 @@ plan's own prediction (profiled compute only), the full prediction, the measured
 and predicted / measured (target: within 15%), then how long one ``simulate()`` call
 takes at planner sizes.
 
-    python -m benchmarks.bench_simulator [--only mlp,gpt2] [--steps 16] [--microbatches 4]
-        [--rounds 3] [--no-pin-malloc] [--quiet-wait 120] [--attempts 3]
+    python -m benchmarks.bench_simulator [--only mlp,gpt2] [--steps 16] [--min-seconds 3]
+        [--microbatches 4] [--rounds 3] [--no-pin-malloc] [--quiet-wait 120] [--attempts 3]
 
 A measured step is the slowest rank's wall time of one step (zero_grad, the
 schedule, gradient averaging, the optimizer step). Both the fastest ("best")
 and the median of the steps after the first two are printed; the target is
 checked on the best step, because on a shared machine other processes only
-ever add time (the calibration likewise takes low percentiles). "cores" is
+ever add time (the calibration likewise takes low percentiles). A run trains
+at least ``--steps`` steps and at least ``--min-seconds`` of predicted steps
+(so the MLP's 6 ms steps get as many chances at an undisturbed step as the
+larger models' 50–100 ms ones); "steps" says how many. "cores" is
 the ranks' CPU time over wall time: near 2 × (1 − bubble) when the two ranks
 had the two cores to themselves. Everything, calibration included, runs
 ``--rounds`` times; the target is checked on each example's median ratio.
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -63,6 +67,7 @@ TARGET = 0.15
 QUIET = 0.1
 """Cores other processes may use during a training run for it to count as quiet."""
 SKIP_STEPS = 2
+MAX_STEPS = 1000
 
 
 def _spec_path(name: str) -> str:
@@ -115,6 +120,8 @@ class Row:
     """Cores other processes used while the ranks trained (all busy time but the ranks' own)."""
     attempts: int
     """Training runs it took to get a quiet one (or all that were allowed)."""
+    steps: int
+    """Steps each training run took (the first ``SKIP_STEPS`` not timed)."""
 
 
 def _cpu_ticks() -> tuple[float, float] | None:
@@ -148,9 +155,12 @@ def wait_for_quiet(max_wait_s: float, threshold: float = QUIET) -> float:
     return busy
 
 
-def bench_example(name: str, microbatches: int, steps: int, tmp: Path, runtime: RuntimeCosts,
-                  pin: bool, quiet_wait_s: float, attempts: int) -> Row:
+def bench_example(name: str, microbatches: int, steps: int, min_seconds: float, tmp: Path,
+                  runtime: RuntimeCosts, pin: bool, quiet_wait_s: float, attempts: int) -> Row:
     """Plan, simulate and train one example (the ranks pin malloc if ``pin``).
+
+    Training runs ``steps`` steps, or more where those would take under
+    ``min_seconds`` as predicted (at most ``MAX_STEPS``).
 
     Training runs up to ``attempts`` times, until other processes used under
     ``QUIET`` cores during a run; the quietest run counts.
@@ -164,6 +174,7 @@ def bench_example(name: str, microbatches: int, steps: int, tmp: Path, runtime: 
     # each action timed after blocking one send latency, as a rank waits for its peer
     model = measure_model_costs(spec, graph, plan, profile, optimizer="adam", idle_s=runtime.send_latency_s)
     predicted = simulate_plan(plan, runtime=runtime, model=model).iteration_s
+    steps = max(steps, min(MAX_STEPS, SKIP_STEPS + math.ceil(min_seconds / predicted)))
     out = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=tmp))
     plan_path = out / "plan.json"
     plan.save(plan_path)
@@ -177,7 +188,7 @@ def bench_example(name: str, microbatches: int, steps: int, tmp: Path, runtime: 
     run = min(runs, key=lambda r: r.others)
     return Row(compute_only=compute_only, predicted=predicted, best=run.best, median=run.median,
                cores=run.cores, scale=model.compute_scale, loss=model.loss_forward_s + model.loss_backward_s,
-               busy=run.busy, others=run.others, attempts=len(runs))
+               busy=run.busy, others=run.others, attempts=len(runs), steps=steps)
 
 
 @dataclass(frozen=True)
@@ -210,7 +221,7 @@ def _train(name: str, cmd: list[str], out: Path, quiet_wait_s: float) -> _Run:
                 cores=sum(r["cpu_s"] for r in per_rank) / sum(slowest), busy=busy, others=others)
 
 
-def bench_examples(names: list[str], microbatches: int, steps: int, rounds: int,
+def bench_examples(names: list[str], microbatches: int, steps: int, min_seconds: float, rounds: int,
                    pin: bool, quiet_wait_s: float, attempts: int) -> bool:
     """Print predicted vs measured per example and round, then the median ratio over rounds.
 
@@ -218,7 +229,8 @@ def bench_examples(names: list[str], microbatches: int, steps: int, rounds: int,
         Whether every example's median best-step ratio is within the target.
     """
     print(f"simulated vs measured step, 2 stages, 1f1b, {microbatches} micro-batches, 2 gloo ranks "
-          f"on CPU (1 thread each), {steps - SKIP_STEPS} timed steps, {rounds} round(s)")
+          f"on CPU (1 thread each), at least {steps} steps and {min_seconds:g} s of predicted steps "
+          f"(the first {SKIP_STEPS} not timed), {rounds} round(s)")
     ratios: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix="bench_simulator.") as d:
         for k in range(rounds):
@@ -226,20 +238,21 @@ def bench_examples(names: list[str], microbatches: int, steps: int, rounds: int,
             runtime = measure_runtime_costs("adam")
             print(f"\nround {k + 1}: runtime costs (measured in {time.perf_counter() - t0:.1f} s): "
                   f"per action forward {runtime.forward_overhead_s * 1e6:.0f} µs, backward "
-                  f"{runtime.backward_overhead_s * 1e6:.0f} µs; send latency "
+                  f"{runtime.backward_overhead_s * 1e6:.0f} µs, per step {runtime.step_overhead_s * 1e6:.0f} µs; send latency "
                   f"{runtime.send_latency_s * 1e6:.0f} µs, bandwidth {runtime.link_bandwidth / 1e9:.2f} GB/s; "
                   f"adam {runtime.optimizer_tensor_s * 1e6:.1f} µs/tensor + "
                   f"{runtime.optimizer_element_s * 1e9:.2f} ns/element")
             print(f"{'model':8s} {'scale':>5s} {'loss':>7s} {'compute only':>12s} {'predicted':>10s} "
                   f"{'best step':>10s} {'ratio':>6s} {'median step':>11s} {'ratio':>6s} {'cores':>5s} "
-                  f"{'busy':>5s} {'others':>6s} {'runs':>4s}")
+                  f"{'busy':>5s} {'others':>6s} {'runs':>4s} {'steps':>5s}")
             for name in names:
-                r = bench_example(name, microbatches, steps, Path(d), runtime, pin, quiet_wait_s, attempts)
+                r = bench_example(name, microbatches, steps, min_seconds, Path(d), runtime, pin,
+                                  quiet_wait_s, attempts)
                 ratios[name].append((r.predicted / r.best, r.predicted / r.median))
                 print(f"{name:8s} {r.scale:5.2f} {r.loss * 1e3:5.2f}ms {r.compute_only * 1e3:10.2f}ms "
                       f"{r.predicted * 1e3:8.2f}ms {r.best * 1e3:8.2f}ms {r.predicted / r.best:6.3f} "
                       f"{r.median * 1e3:9.2f}ms {r.predicted / r.median:6.3f} {r.cores:5.2f} "
-                      f"{r.busy:5.2f} {r.others:6.2f} {r.attempts:4d}", flush=True)
+                      f"{r.busy:5.2f} {r.others:6.2f} {r.attempts:4d} {r.steps:5d}", flush=True)
     print(f"\npredicted / measured, median over rounds [min–max]:\n{'model':8s} {'best step':>22s} "
           f"{'median step':>22s}")
     ok = True
@@ -275,7 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--only", default=",".join(EXAMPLES), help="comma-separated examples")
     ap.add_argument("--microbatches", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=16, help="least steps per training run (default 16)")
+    ap.add_argument("--min-seconds", type=float, default=3.0, metavar="SECONDS",
+                    help="train at least this long per run, in predicted steps (default 3; "
+                         f"at most {MAX_STEPS} steps)")
     ap.add_argument("--rounds", type=int, default=3, help="repeat everything, calibration included")
     ap.add_argument("--no-pin-malloc", action="store_true",
                     help="keep glibc's default mmap and trim thresholds here and in the ranks "
@@ -298,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: load average {load:.2f}; other processes share the cores, so the measured "
               f"steps will be slower than predicted (see 'cores' and 'busy')")
     ok = bench_examples([n for n in args.only.split(",") if n], args.microbatches, args.steps,
-                        args.rounds, pin, args.quiet_wait, args.attempts)
+                        args.min_seconds, args.rounds, pin, args.quiet_wait, args.attempts)
     bench_speed()
     print(f"\nall within {TARGET:.0%}" if ok else f"\nOFF TARGET (more than {TARGET:.0%} off)")
     return 0 if ok else 1
