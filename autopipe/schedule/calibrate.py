@@ -24,7 +24,7 @@ whole in the thread's CPU time (a rank blocked on a peer uses none), with 2
 and with 8 micro-batches. What the calls take beyond the stage module and the
 loss stays with its kind (forward or backward); the work around the calls is
 fitted as a constant per step (splitting the batch, clearing the stage's
-state: 60–80 µs here) plus a part per micro-batch, split evenly over its
+state: 60–150 µs here) plus a part per micro-batch, split evenly over its
 forward and backward. Waiting for data is not overhead: the simulator adds
 the send latency.
 
@@ -214,11 +214,11 @@ def _stage_overheads(rank: int, microbatches: tuple[int, int] = (2, 8),
                 timings.append((t - f - b, f / m, b / m))
         runs.append(timings)
     assert module is not None
-    x = torch.randn(_ROWS, _WIDTH).requires_grad_(rank > 0)
+    x = torch.randn(prep.metas[rank].inputs[0].shape).requires_grad_(rank > 0)
     bare_f = _time(lambda: module(x), 50, clock=clock)
     bare_b = _time(lambda: torch.autograd.backward(module(x)[0].sum()), 50, clock=clock) - bare_f
     loss_f = loss_b = 0.0
-    if rank == 1:  # the schedule calls the loss after each forward; its backward is in B's
+    if pipe.has_last:  # the schedule calls the loss after each forward; its backward is in B's
         out = (module(x)[0].detach().requires_grad_(),)
         loss_f = _time(lambda: loss(out, target[:_ROWS]), 50, clock=clock)
         loss_b = _time(lambda: torch.autograd.backward(loss(out, target[:_ROWS])), 50, clock=clock) - loss_f
