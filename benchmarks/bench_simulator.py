@@ -11,7 +11,8 @@ and predicted / measured (target: within 15%), then how long one ``simulate()`` 
 takes at planner sizes.
 
     python -m benchmarks.bench_simulator [--only mlp,gpt2] [--steps 16] [--min-seconds 3]
-        [--microbatches 4] [--rounds 3] [--no-pin-malloc] [--quiet-wait 120] [--attempts 3]
+        [--microbatches 4] [--rounds 3] [--no-pin-malloc] [--no-pin-cores] [--quiet-wait 120]
+        [--attempts 3]
 
 A measured step is the slowest rank's wall time of one step (zero_grad, the
 schedule, gradient averaging, the optimizer step). Both the fastest ("best")
@@ -28,6 +29,9 @@ had the two cores to themselves. Everything, calibration included, runs
 The ranks pin glibc's malloc thresholds, as ``autopipe train`` does on CPU
 (autopipe.runtime.malloc), and so does this process, where the profile and the
 model costs are measured; ``--no-pin-malloc`` runs both with glibc's defaults.
+The ranks also keep to a core each, as ``autopipe train`` does on CPU
+(autopipe.runtime.affinity); ``--no-pin-cores`` lets them share both (the
+calibration ranks stay pinned: their figures are CPU time).
 Before each training run the benchmark waits (up to ``--quiet-wait`` seconds)
 until other processes use less than a tenth of a core, and prints what they
 used ("busy", in cores, over the second before the ranks started) and, from
@@ -74,7 +78,7 @@ def _spec_path(name: str) -> str:
     return f"{ROOT / 'examples' / name}.py:build"
 
 
-def worker(spec_path: str, plan_path: str, out: str, steps: int, pin: bool) -> int:
+def worker(spec_path: str, plan_path: str, out: str, steps: int, pins: str) -> int:
     """One rank: train the plan and write its step times (run by ``bench_example`` under the launcher)."""
     import torch.distributed as dist
 
@@ -86,7 +90,10 @@ def worker(spec_path: str, plan_path: str, out: str, steps: int, pin: bool) -> i
     plan = Plan.load(plan_path)
     prepared = prepare(spec, plan, int(os.environ["WORLD_SIZE"]))
     t0, ticks0, cpu = time.perf_counter(), _cpu_ticks(), time.process_time()
-    result = train(spec, plan, TrainConfig(steps=steps, optimizer="adam", timeout_s=120, pin_malloc=pin),
+    pinned = pins.split("+")
+    config = TrainConfig(steps=steps, optimizer="adam", timeout_s=120, pin_malloc="malloc" in pinned,
+                         pin_cores="cores" in pinned)
+    result = train(spec, plan, config,
                    prepared=prepared, log=lambda _line: None)
     cpu, ticks1, wall = time.process_time() - cpu, _cpu_ticks(), time.perf_counter() - t0
     rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
@@ -156,8 +163,9 @@ def wait_for_quiet(max_wait_s: float, threshold: float = QUIET) -> float:
 
 
 def bench_example(name: str, microbatches: int, steps: int, min_seconds: float, tmp: Path,
-                  runtime: RuntimeCosts, pin: bool, quiet_wait_s: float, attempts: int) -> Row:
-    """Plan, simulate and train one example (the ranks pin malloc if ``pin``).
+                  runtime: RuntimeCosts, pins: str, quiet_wait_s: float, attempts: int) -> Row:
+    """Plan, simulate and train one example (``pins``: what the ranks pin, ``malloc+cores``,
+    either, or ``none``).
 
     Training runs ``steps`` steps, or more where those would take under
     ``min_seconds`` as predicted (at most ``MAX_STEPS``).
@@ -179,7 +187,7 @@ def bench_example(name: str, microbatches: int, steps: int, min_seconds: float, 
     plan_path = out / "plan.json"
     plan.save(plan_path)
     cmd = [sys.executable, "-m", "benchmarks.bench_simulator", "--worker", _spec_path(name),
-           str(plan_path), str(out), str(steps), "pin" if pin else "default"]
+           str(plan_path), str(out), str(steps), pins]
     runs = []
     for _ in range(attempts):
         runs.append(_train(name, cmd, out, quiet_wait_s))
@@ -222,7 +230,7 @@ def _train(name: str, cmd: list[str], out: Path, quiet_wait_s: float) -> _Run:
 
 
 def bench_examples(names: list[str], microbatches: int, steps: int, min_seconds: float, rounds: int,
-                   pin: bool, quiet_wait_s: float, attempts: int) -> bool:
+                   pins: str, quiet_wait_s: float, attempts: int) -> bool:
     """Print predicted vs measured per example and round, then the median ratio over rounds.
 
     Returns:
@@ -246,7 +254,7 @@ def bench_examples(names: list[str], microbatches: int, steps: int, min_seconds:
                   f"{'best step':>10s} {'ratio':>6s} {'median step':>11s} {'ratio':>6s} {'cores':>5s} "
                   f"{'busy':>5s} {'others':>6s} {'runs':>4s} {'steps':>5s}")
             for name in names:
-                r = bench_example(name, microbatches, steps, min_seconds, Path(d), runtime, pin,
+                r = bench_example(name, microbatches, steps, min_seconds, Path(d), runtime, pins,
                                   quiet_wait_s, attempts)
                 ratios[name].append((r.predicted / r.best, r.predicted / r.median))
                 print(f"{name:8s} {r.scale:5.2f} {r.loss * 1e3:5.2f}ms {r.compute_only * 1e3:10.2f}ms "
@@ -284,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit 1 when a ratio is off target."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
-        return worker(argv[1], argv[2], argv[3], int(argv[4]), argv[5] == "pin")
+        return worker(argv[1], argv[2], argv[3], int(argv[4]), argv[5])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--only", default=",".join(EXAMPLES), help="comma-separated examples")
     ap.add_argument("--microbatches", type=int, default=4)
@@ -296,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pin-malloc", action="store_true",
                     help="keep glibc's default mmap and trim thresholds here and in the ranks "
                          "(autopipe train pins them on CPU; see autopipe.runtime.malloc)")
+    ap.add_argument("--no-pin-cores", action="store_true",
+                    help="let the training ranks share the cores (autopipe train gives each "
+                         "its own on CPU; see autopipe.runtime.affinity)")
     ap.add_argument("--quiet-wait", type=float, default=120.0, metavar="SECONDS",
                     help="before each training run, wait up to this long for other processes "
                          "to leave the cores (default 120)")
@@ -305,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     pin = not args.no_pin_malloc
+    pins = "+".join(what for what, off in (("malloc", args.no_pin_malloc), ("cores", args.no_pin_cores))
+                    if not off) or "none"
     if pin:
         from autopipe.runtime.malloc import pin_malloc
 
@@ -314,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: load average {load:.2f}; other processes share the cores, so the measured "
               f"steps will be slower than predicted (see 'cores' and 'busy')")
     ok = bench_examples([n for n in args.only.split(",") if n], args.microbatches, args.steps,
-                        args.min_seconds, args.rounds, pin, args.quiet_wait, args.attempts)
+                        args.min_seconds, args.rounds, pins, args.quiet_wait, args.attempts)
     bench_speed()
     print(f"\nall within {TARGET:.0%}" if ok else f"\nOFF TARGET (more than {TARGET:.0%} off)")
     return 0 if ok else 1

@@ -33,9 +33,10 @@ def test_python_dash_m() -> None:
     assert out.stdout.startswith("autopipe ")
 
 
-@pytest.mark.parametrize("flag, pinned", [([], True), (["--no-pin-malloc"], False)])
-def test_train_passes_pin_malloc(flag: list[str], pinned: bool, tmp_path: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("flag, malloc, cores", [([], True, True), (["--no-pin-malloc"], False, True),
+                                                 (["--no-pin-cores"], True, False)])
+def test_train_passes_what_to_pin(flag: list[str], malloc: bool, cores: bool, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
     import autopipe
@@ -50,4 +51,4 @@ def test_train_passes_pin_malloc(flag: list[str], pinned: bool, tmp_path: Path,
     monkeypatch.setattr(runtime_train, "train", lambda spec, plan, config, log: seen.append(config))
     assert main(["train", str(ROOT / "examples" / "mlp.py") + ":build", "--plan",
                  str(tmp_path / "plan.json"), "--steps", "1", *flag]) == 0
-    assert [c.pin_malloc for c in seen] == [pinned]  # type: ignore[attr-defined]
+    assert [(c.pin_malloc, c.pin_cores) for c in seen] == [(malloc, cores)]  # type: ignore[attr-defined]

@@ -34,6 +34,9 @@ def add_parser(sub: Any) -> None:
                    help="a rank waiting this long on a peer stops with an error (default 300)")
     p.add_argument("--no-pin-malloc", dest="pin_malloc", action="store_false",
                    help="leave glibc's malloc thresholds as they are on CPU ranks (default: pinned)")
+    p.add_argument("--no-pin-cores", dest="pin_cores", action="store_false",
+                   help="let CPU ranks share all the cores (default: each local rank keeps to its "
+                        "own share, unless already bound with taskset or numactl)")
     p.add_argument("--launch", type=int, default=None, metavar="P",
                    help="start P ranks on this machine (instead of torchrun) and wait for them")
     p.set_defaults(run=run)
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     plan = Plan.load(args.plan)
     config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, device=args.device,
-                         timeout_s=args.timeout, pin_malloc=args.pin_malloc)
+                         timeout_s=args.timeout, pin_malloc=args.pin_malloc, pin_cores=args.pin_cores)
     spec = _spec(args, plan)
     if args.launch is not None:
         return _launch(args, spec, plan)
@@ -82,6 +85,8 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan) -> int:
         cmd += ["--spec-arg", item]
     if not args.pin_malloc:
         cmd.append("--no-pin-malloc")
+    if not args.pin_cores:
+        cmd.append("--no-pin-cores")
     if args.batch_size is not None:
         cmd += ["--batch-size", str(args.batch_size)]
     result = launch(cmd, args.launch, grace_s=min(30.0, args.timeout))

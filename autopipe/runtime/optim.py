@@ -30,6 +30,9 @@ class TrainConfig:
     pin_malloc: bool = True
     """CPU ranks keep freed memory for reuse instead of faulting it back in every micro-batch
     (``autopipe.runtime.malloc``; skipped where ``MALLOC_*_`` variables are set)."""
+    pin_cores: bool = True
+    """CPU ranks on one machine each keep to their own share of its cores
+    (``autopipe.runtime.affinity``; skipped where the process is already bound)."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -19,6 +19,7 @@ from torch import nn
 from autopipe._units import format_size
 from autopipe.errors import AutopipeError, PlanMismatchError, RuntimeStageError, SpecError
 from autopipe.plan_format import Plan
+from autopipe.runtime.affinity import pin_cores
 from autopipe.runtime.malloc import pin_malloc
 from autopipe.runtime.meta import StageMeta, stage_metas
 from autopipe.runtime.optim import TrainConfig, make_optimizer
@@ -125,6 +126,9 @@ def train(
     device = rank_device(plan, rank, local_rank, config.device)
     if device.type == "cpu" and config.pin_malloc:
         pin_malloc()  # [Note: pinned malloc on CPU ranks]
+    if device.type == "cpu" and config.pin_cores:
+        # before the process group, so that gloo's threads start on the rank's cores
+        pin_cores(local_rank, _local_world(world))  # [Note: pinned cores on CPU ranks]
     created = _init_process_group(rank, world, device, config.timeout_s)
     try:
         return _run(spec, plan, config, prepared, rank, world, device, log)
@@ -283,6 +287,14 @@ def rank_device(plan: Plan, rank: int, local_rank: int, choice: str = "auto") ->
         raise PlanMismatchError(f"rank {rank} should run on {kind} but torch sees no CUDA device",
                                 hint="pass --device cpu to train this plan on CPUs")
     return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def _local_world(world: int) -> int:
+    """Ranks on this machine: torchrun's ``LOCAL_WORLD_SIZE``, else 1 (unknown: pin nothing)."""
+    try:
+        return min(world, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def _distributed_env() -> tuple[int, int, int]:

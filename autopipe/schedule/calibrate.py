@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -254,9 +255,11 @@ def _worker(out: str, optimizer: str) -> int:
     """One rank of the calibration job (run under the launcher)."""
     import torch.distributed as dist
 
+    from autopipe.runtime.affinity import pin_cores
     from autopipe.runtime.malloc import pin_malloc
 
     pin_malloc()  # as ``autopipe train`` does on CPU
+    pin_cores(int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"]))  # likewise
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
