@@ -6,9 +6,9 @@ gloo's network thread) move between the cores. On this 2-core VM a woken
 thread often lands on the core where the other rank computes, and a rank's
 compute thread then waits, runnable, for milliseconds: in slow steps of the
 MLP example its sends and receives took 2–3 ms of wall time for 0.3–0.4 ms of
-CPU time. With each rank's threads held to their own cores, the median step
-of six 300-step runs of the same plan was shorter in five of the six
-interleaved pairs (mean 8.5 against 10.1 ms; ``README.md``, Training).
+CPU time. With each rank's threads held to their own cores, the MLP's median
+step in ``benchmarks.bench_simulator`` was 6.5–7.2 ms against 7.1–11.9 ms
+shared (six rounds each way, interleaved; ``README.md``, Training).
 
 ``pin_cores`` splits the CPUs this process may use into ``LOCAL_WORLD_SIZE``
 equal, contiguous shares and holds every thread of local rank ``r`` to share
