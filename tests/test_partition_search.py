@@ -74,7 +74,8 @@ def test_memory_limit_makes_micro_batches_smaller() -> None:
 
 
 def test_nothing_fits_names_the_candidates() -> None:
-    with pytest.raises(InfeasiblePlanError, match="no candidate fits"):
+    # 1 micro-batch is not runnable under 1F1B with 2 stages: the first that does not fit is 2
+    with pytest.raises(InfeasiblePlanError, match=r"no candidate fits \(3 tried\); with 2 micro-batches"):
         plan_profile(at_size, num_stages=2, batch_size=4, memory_limit=1024, method="dp")
 
 

@@ -21,12 +21,11 @@ from autopipe.partition import brute
 from autopipe.partition.chain import Chain
 from autopipe.partition.costs import evaluate, violations
 from autopipe.partition.dp import min_bottleneck, min_memory
-from autopipe.partition.ilp import _Model, solve_ilp
+from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.infeasible import explain
 from autopipe.partition.planner import plan_profile
 from autopipe.partition.problem import SCHEDULES, Config, from_profile
 from autopipe.partition.synthetic import synthetic_profile
-from autopipe.partition.windows import ancestors, pinned_windows
 from autopipe.plan_format import Device, Plan
 from autopipe.schedule.actions import check_runnable, check_schedule
 from autopipe.schedule.simulate import StageCost, simulate
@@ -65,26 +64,6 @@ def test_inflight_comes_from_the_order() -> None:
                          for _ in range(p)]
                 sim = simulate(costs, schedule=schedule, microbatches=m)
                 assert list(sim.stage_peak_inflight) == got, (schedule, p, m)
-
-
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cases(schedules=ZB))
-def test_model_encodes_the_cost_model(case: Case) -> None:
-    """The MIP's objective at a partition's values, with its critical path as the cut, is the
-    evaluated step: the B rows hold input gradients only and the W rows weight gradients."""
-    problem = case.problem()
-    lo, hi = pinned_windows(problem)
-    if any(a > b for a, b in zip(lo, hi)):
-        return
-    model = _Model(problem, ancestors(problem), lo, hi)
-    for k, stage_of in enumerate(brute.partitions(problem)):
-        if k >= 20:
-            break
-        ev = evaluate(problem, stage_of)
-        model.add_path(ev.critical)
-        values = model.warm(stage_of)
-        assert math.isclose(model.objective.value(values) * model.tau, ev.objective_s,
-                            rel_tol=1e-6, abs_tol=1e-9)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

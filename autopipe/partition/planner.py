@@ -260,7 +260,7 @@ def _search(profile_of: Callable[[int], Profile], num_stages: int, counts: list[
     """
     tried: list[dict[str, Any]] = []
     best: Plan | None = None
-    first_error: PlanError | None = None
+    first_error: tuple[int, InfeasiblePlanError] | None = None
     for m in counts:
         for schedule in schedules:
             row: dict[str, Any] = {"microbatches": m, "schedule": schedule}
@@ -274,7 +274,7 @@ def _search(profile_of: Callable[[int], Profile], num_stages: int, counts: list[
             try:
                 plan = _plan_one(profile_of(m), num_stages, m, schedule, options)
             except InfeasiblePlanError as e:
-                first_error = first_error or e
+                first_error = first_error or (m, e)
                 tried.append({**row, "iteration_s": None, "why": e.message})
                 continue
             tried.append({**row, "iteration_s": plan.predicted.iteration_s,
@@ -283,9 +283,10 @@ def _search(profile_of: Callable[[int], Profile], num_stages: int, counts: list[
                 best = plan
     if best is None:
         if first_error is not None:
+            count, error = first_error
             raise InfeasiblePlanError(
-                f"no candidate fits ({len(tried)} tried); with {tried[0]['microbatches']} "
-                f"micro-batches: {first_error.message}", hint=first_error.hint)
+                f"no candidate fits ({len(tried)} tried); with {count} micro-batches: "
+                f"{error.message}", hint=error.hint)
         raise PlanError(f"torch runs none of the {len(tried)} candidates: {tried[0]['why']}",
                         hint="use more micro-batches (a bigger batch), or fewer stages")
     return replace(best, options={**best.options, "search": tried})
