@@ -51,7 +51,7 @@ def run(steps: int, device: str, out: Path, ranks: int | None = None) -> tuple[i
            *[f"--spec-arg={k}={v}" for k, v in KNOBS.items()]]
     log = out / "ranks.txt"
     with open(log, "w") as f:
-        result = launch(cmd, ranks, env={"PYTHONPATH": str(ROOT)}, stdout=f, stderr=subprocess.STDOUT,
+        result = launch(cmd, ranks, env={"PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}, stdout=f, stderr=subprocess.STDOUT,
                         timeout_s=500, log=f)
     text = log.read_text()
     losses = [float(ln.split()[3]) for ln in text.splitlines() if ln.startswith("step ")]

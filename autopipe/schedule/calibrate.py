@@ -63,6 +63,25 @@ _ROWS = 4
 WHOLE_REPEATS = 11
 
 
+def _model_device(spec: ModelSpec) -> torch.device:
+    """Where the spec's model lives (its first parameter or buffer; the CPU if it has none)."""
+    for t in (*spec.model.parameters(), *spec.model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _clock(device: torch.device) -> Callable[[], float]:
+    """A clock for work on ``device``: on CUDA, wall time after waiting for the device (a
+    launch returns before its kernels run); on the CPU, the thread's CPU time with one
+    thread (see ``autopipe.profile._timer``), else wall time."""
+    if device.type == "cuda":
+        def now() -> float:
+            torch.cuda.synchronize(device)
+            return time.perf_counter()
+        return now
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
 def _low(times: list[float]) -> float:
     """The 10th percentile: other processes only ever add time, so this is the undisturbed cost."""
     ordered = sorted(times)
@@ -331,8 +350,9 @@ def measure_loss_s(spec: ModelSpec, repeats: int = 5) -> tuple[float, float]:
     def both() -> None:
         torch.autograd.backward(forward())
 
-    f = _time(forward, repeats, warmup=1)
-    fb = _time(both, repeats, warmup=1)
+    clock = _clock(_model_device(spec))
+    f = _time(forward, repeats, warmup=1, clock=clock)
+    fb = _time(both, repeats, warmup=1, clock=clock)
     return f, max(0.0, fb - f)
 
 
@@ -376,7 +396,8 @@ def measure_stage_compute(spec: ModelSpec, graph: Graph, plan: Plan, repeats: in
     The stages are the runtime's split of ``graph`` (``autopipe.runtime.split``), run
     in order on one micro-batch, each on its predecessor's real outputs; a backward
     is seeded with ones. Copies run, so the model's statistics and gradients are left
-    alone. Timed like the profiler: thread CPU time with one thread, else wall time;
+    alone. Timed like the profiler: thread CPU time with one thread, else wall time (on
+    CUDA, after waiting for the device);
     medians of ``repeats`` after two warm-ups. With ``idle_s``, the thread blocks that
     long before each forward and each backward, as a rank blocks on its peer: see
     [Note: compute after a wait].
@@ -392,7 +413,7 @@ def measure_stage_compute(spec: ModelSpec, graph: Graph, plan: Plan, repeats: in
     prep = prepare(spec, plan, num_ranks(plan), graph)
     flat = graph.flat_inputs(spec.example_inputs, spec.example_kwargs)
     values = [v for v in flat if isinstance(v, torch.Tensor)]
-    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+    clock = _clock(_model_device(spec))
     forward_s: list[float] = []
     backward_s: list[float] = []
     for st in prep.split.stages:
@@ -437,7 +458,7 @@ def measure_optimizer_s(spec: ModelSpec, graph: Graph, plan: Plan, optimizer: st
 
     prep = prepare(spec, plan, num_ranks(plan), graph)
     canonical = canonical_names(graph)
-    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+    clock = _clock(_model_device(spec))
     config = TrainConfig(steps=1, optimizer=optimizer)
     out: list[float] = []
     for st in prep.split.stages:
@@ -504,7 +525,9 @@ def measure_model_costs(spec: ModelSpec, graph: Graph, plan: Plan,
     if profile is not None:
         from autopipe.profile.whole import measure_whole
 
-        whole = measure_whole(graph, spec.example_inputs, spec.example_kwargs, repeats=WHOLE_REPEATS)
+        device = _model_device(spec)
+        whole = measure_whole(graph, spec.example_inputs, spec.example_kwargs, repeats=WHOLE_REPEATS,
+                              device=str(device))
         scale = compute_scale(profile, whole.forward_backward_s)
     stage_f, stage_b = measure_stage_compute(spec, graph, plan, idle_s=idle_s)
     return ModelCosts(loss_forward_s=loss_f, loss_backward_s=loss_b,

@@ -1,0 +1,407 @@
+"""One prepared command that measures autopipe on a GPU and writes what it found under ``--out``.
+
+For every example, at GPU-sized shapes (GPT-2 medium, BERT-large, a 1.1B Llama in
+bf16, a wide MLP, ResNet and U-Net at real image sizes):
+
+1. trace it on the GPU and profile it there (``measure``: CUDA events per node) in
+   fp32 and bf16, next to the whole-model forward+backward and its
+   ``max_memory_allocated``; each profile is saved (device named in it);
+2. estimate it for the GPU's device spec (``estimate``, meta tensors) and compare the
+   total forward+backward, and the per-stage times of the planned stages, with the
+   measured profile;
+3. plan it for 2 stages (1F1B, 4 micro-batches) and train that plan with one process
+   holding both stages on the one GPU (NCCL puts one rank on a GPU; the schedule is
+   the interleaved 1F1B order of one rank), next to the step predicted for that run:
+   the plan's own compute, and the full prediction with the loss, each stage re-timed
+   as one module and each stage's Adam step measured on the GPU
+   (``autopipe.schedule.calibrate.measure_model_costs``); and the peak CUDA memory
+   of training against the plan's predicted peak;
+4. ``pytest -m gpu``.
+
+Everything goes to ``--out`` (``$OUT`` on the device machine): ``summary.md`` (the
+tables), ``summary.json`` (every figure), ``pytest_gpu.txt`` and ``profiles.tar.gz``
+(the measured profiles and the plans). Rows are written as they finish, so a run cut
+short keeps what it measured; no case starts after ``--budget`` seconds. ``pytest -m gpu``
+runs last, within ``--pytest-timeout`` and ending by ``--deadline``.
+
+    python -m benchmarks.gpu_suite --out "$OUT" [--only gpt2,llama] [--budget 280] [--deadline 450]
+    python -m benchmarks.gpu_suite --dry-run --out /tmp/suite     # the same code on CPU, tiny shapes
+
+It checks its imports first (PuLP and highspy are carried as wheels to a machine
+without a registry: see the README's GPU section) and stops in seconds, naming what
+is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+ROOT = Path(__file__).resolve().parent.parent
+NEEDS = ("torch", "networkx", "pulp", "highspy", "transformers")
+STAGES = 2
+MICROBATCHES = 4
+WARMUP_STEPS = 2
+
+
+@dataclass(frozen=True)
+class Case:
+    """One example at the suite's shapes."""
+
+    name: str
+    gpu: dict[str, Any]
+    """Build knobs on the GPU."""
+    tiny: dict[str, Any] = field(default_factory=dict)
+    """Build knobs for ``--dry-run`` (CPU)."""
+    dtypes: tuple[str, ...] = ("fp32", "bf16")
+    """Profile dtypes; the model trains in the dtype it is built in (the first here)."""
+    steps: int = 10
+
+
+CASES = (
+    Case("gpt2", {"n_layer": 24, "n_embd": 1024, "n_head": 16, "vocab_size": 50257, "seq_len": 256,
+                  "batch_size": 4},
+         {"n_layer": 2, "n_embd": 64, "vocab_size": 512, "seq_len": 32, "batch_size": 2}),
+    Case("llama", {"num_hidden_layers": 22, "hidden_size": 2048, "intermediate_size": 5632,
+                   "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000,
+                   "seq_len": 512, "batch_size": 2, "dtype": "bfloat16"},
+         {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "vocab_size": 512,
+          "seq_len": 32, "batch_size": 2, "dtype": "bfloat16"},
+         dtypes=("bf16", "fp32")),
+    Case("bert", {"num_hidden_layers": 24, "hidden_size": 1024, "num_attention_heads": 16,
+                  "intermediate_size": 4096, "vocab_size": 30522, "seq_len": 256, "batch_size": 4},
+         {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "vocab_size": 512,
+          "seq_len": 32, "batch_size": 2}),
+    Case("resnet", {"width": 64, "image": 128, "batch_size": 32, "classes": 1000},
+         {"width": 8, "image": 16, "batch_size": 2}),
+    Case("unet", {"width": 32, "depth": 4, "image": 256, "batch_size": 8},
+         {"width": 4, "depth": 2, "image": 16, "batch_size": 2}),
+    Case("mlp", {"in_dim": 1024, "hidden": 4096, "layers": 8, "batch_size": 512},
+         {"hidden": 64, "layers": 4}),
+)
+
+
+def check_imports() -> list[str]:
+    """The packages of ``NEEDS`` that do not import here, with their errors."""
+    missing = []
+    for name in NEEDS:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # any failure to import is a missing package to the user
+            missing.append(f"{name} ({type(e).__name__}: {e})")
+    return missing
+
+
+def _fb(node: Any) -> float:
+    return float(node.forward_s + node.backward_input_s + node.backward_weight_s)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def profile_part(row: dict[str, Any], graph: Any, spec: Any, device: str, dtype: str,
+                 device_spec: str, folder: Path, warmup: int, repeats: int) -> tuple[Any, Any]:
+    """Measure and estimate one dtype; record totals and the whole-model check in ``row``."""
+    from autopipe.profile import estimate, measure
+
+    t0 = time.perf_counter()
+    p = measure(graph, spec.example_inputs, spec.example_kwargs, device=device, dtype=dtype,
+                warmup=warmup, repeats=repeats, progress=False)
+    took = time.perf_counter() - t0
+    e = estimate(graph, spec.example_inputs, spec.example_kwargs, device_spec=device_spec,
+                 dtype=dtype, progress=False)
+    p.save(folder / f"{row['model']}-{p.dtype}.json")
+    whole = p.meta["whole_model"]
+    params = sum(n.param_bytes for n in p.nodes)
+    row["profiles"][dtype] = {
+        "measure_s": took,
+        "nodes_fb_s": p.forward_s + p.backward_s,
+        "whole_fb_s": whole["forward_backward_s"],
+        "estimate_fb_s": e.forward_s + e.backward_s,
+        "activation_bytes": p.activation_bytes,
+        "whole_activation_bytes": whole["activation_bytes"],
+        "estimate_activation_bytes": e.activation_bytes,
+        "param_bytes": params,
+        "whole_peak_bytes": whole.get("peak_bytes"),
+        # one forward+backward holds the saved activations and, at its end, every gradient
+        "predicted_whole_peak_bytes": p.activation_bytes + params,
+    }
+    return p, e
+
+
+def step_part(row: dict[str, Any], spec: Any, graph: Any, p: Any, e: Any, device: str,
+              folder: Path, steps: int) -> None:
+    """Plan, predict the one-GPU step and its memory, train it, record both in ``row``."""
+    from autopipe.partition import plan_profile
+    from autopipe.runtime import TrainConfig, prepare, train
+    from autopipe.schedule import simulate, simulate_plan
+    from autopipe.schedule.calibrate import measure_model_costs
+    from autopipe.schedule.plan_costs import plan_costs
+    from autopipe.schedule.runtime_costs import RuntimeCosts
+
+    plan = plan_profile(p, num_stages=STAGES, microbatches=MICROBATCHES, schedule="1f1b")
+    plan.save(folder / f"{row['model']}-plan.json")
+    stage_of = plan.stage_of
+    meas = [0.0] * STAGES
+    est = [0.0] * STAGES
+    for n in p.nodes:
+        meas[stage_of[n.name]] += _fb(n)
+    for n in e.nodes:
+        est[stage_of[n.name]] += _fb(n)
+    row["stages"] = [{"nodes": len(s.nodes), "measured_fb_s": m, "estimate_fb_s": x}
+                     for s, m, x in zip(plan.stages, meas, est)]
+    row["plan_1f1b_s"] = plan.predicted.iteration_s
+    # the per-micro-batch activations under 1F1B's in-flight counts
+    first = simulate_plan(plan)
+    per_mb = [s.memory.activations // max(1, first.stage_peak_inflight[s.index]) for s in plan.stages]
+    one = dataclasses.replace(plan, schedule="interleaved-1f1b", stages=tuple(
+        dataclasses.replace(s, rank=0) for s in plan.stages))
+    # one process: the stages hand tensors over in memory, no link
+    local = RuntimeCosts(device=device, backend="local", link_bandwidth=1e18)
+    t0 = time.perf_counter()
+    model = measure_model_costs(spec, graph, one, p, optimizer="adam")
+    row["model_costs_s"] = time.perf_counter() - t0
+    row["loss_fb_s"] = model.loss_forward_s + model.loss_backward_s
+    row["optimizer_s"] = list(model.stage_optimizer_s)
+    row["stage_module_fb_s"] = [f + b for f, b in zip(model.stage_forward_s, model.stage_backward_s)]
+    row["compute_scale"] = model.compute_scale
+    predicted = {}
+    for label, extra in (("compute_only", None), ("full", model)):
+        costs, virtual = plan_costs(one, runtime=local, model=extra)
+        costs = [dataclasses.replace(c, activation_bytes=b) for c, b in zip(costs, per_mb)]
+        predicted[label] = simulate(costs, schedule=one.schedule, microbatches=one.microbatches,
+                                    virtual_stages=virtual)
+    row["predicted_compute_only_s"] = predicted["compute_only"].iteration_s
+    row["predicted_s"] = predicted["full"].iteration_s
+    static = sum(s.memory.total - s.memory.activations for s in plan.stages)
+    row["predicted_peak_bytes"] = static + predicted["full"].peak_activation_bytes[0]
+    row["predicted_memory"] = {k: sum(getattr(s.memory, k) for s in plan.stages)
+                               for k in ("params", "grads", "optimizer", "buffers")}
+    row["predicted_memory"]["activations_peak"] = predicted["full"].peak_activation_bytes[0]
+
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    prepared = prepare(spec, one, 1, graph)
+    lines: list[str] = []
+    result = train(spec, one, TrainConfig(steps=steps, optimizer="adam", lr=1e-4, device=kind,
+                                          timeout_s=120, pin_cores=False),
+                   prepared=prepared, log=lines.append)
+    timed = result.step_s[WARMUP_STEPS:] or result.step_s
+    row["steps"] = len(result.step_s)
+    row["measured_best_s"] = min(timed)
+    row["measured_median_s"] = statistics.median(timed)
+    row["losses"] = result.losses
+    row["train_peak_bytes"] = result.peak_memory.get(0)
+
+
+def run_case(case: Case, args: argparse.Namespace, device: str, device_spec: str,
+             folder: Path) -> dict[str, Any]:
+    """Every part for one example; a part that fails is recorded and the next one runs."""
+    import torch
+
+    import autopipe
+
+    knobs = dict(case.tiny if args.dry_run else case.gpu)
+    knobs["device"] = device
+    row: dict[str, Any] = {"model": case.name, "knobs": knobs, "profiles": {}, "errors": []}
+    t0 = time.perf_counter()
+    try:
+        spec = autopipe.load_spec(f"{ROOT / 'examples' / case.name}.py:build", **knobs)
+        graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
+    except Exception as err:
+        row["errors"].append(f"build/trace: {type(err).__name__}: {err}")
+        return row
+    row["nodes"] = len(graph.nodes)
+    row["params"] = sum(q.numel() for q in spec.model.parameters())
+    row["trace_s"] = time.perf_counter() - t0
+    train_dtype = next(spec.model.parameters()).dtype
+    profiles: dict[str, tuple[Any, Any]] = {}
+    for dtype in case.dtypes:
+        try:
+            profiles[dtype] = profile_part(row, graph, spec, device, dtype, device_spec, folder,
+                                           args.warmup, args.repeats)
+        except Exception as err:
+            row["errors"].append(f"profile {dtype}: {type(err).__name__}: {err}")
+            traceback.print_exc()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    trained = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    mine = next((d for d in case.dtypes if trained.get(d) == train_dtype and d in profiles), None)
+    if mine is None:
+        row["errors"].append(f"no profile in the model's own dtype {train_dtype}")
+        return row
+    row["train_dtype"] = mine
+    try:
+        step_part(row, spec, graph, *profiles[mine], device, folder, case.steps)
+    except Exception as err:
+        row["errors"].append(f"plan/train: {type(err).__name__}: {err}")
+        traceback.print_exc()
+    row["case_s"] = time.perf_counter() - t0
+    return row
+
+
+def _r(a: float | None, b: float | None) -> str:
+    return f"{a / b:.3f}" if a is not None and b else "—"
+
+
+def _ms(x: float | None) -> str:
+    return f"{x * 1e3:.2f}" if x is not None else "—"
+
+
+def _gib(x: float | None) -> str:
+    return f"{x / 2**30:.2f}" if x is not None else "—"
+
+
+def tables(rows: list[dict[str, Any]], header: str) -> str:
+    """The summary as markdown."""
+    out = [header, "", "### Profiles: per-node sum, whole model, estimator", "",
+           "| model | dtype | nodes | Σ nodes F+B ms | whole F+B ms | Σ/whole | estimate ms | estimate/Σ "
+           "| saved GiB | whole peak GiB | predicted GiB | peak/predicted |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for dt, q in r["profiles"].items():
+            out.append(f"| {r['model']} | {dt} | {r.get('nodes', '—')} | {_ms(q['nodes_fb_s'])} | "
+                       f"{_ms(q['whole_fb_s'])} | {_r(q['nodes_fb_s'], q['whole_fb_s'])} | "
+                       f"{_ms(q['estimate_fb_s'])} | {_r(q['estimate_fb_s'], q['nodes_fb_s'])} | "
+                       f"{_gib(q['activation_bytes'])} | {_gib(q['whole_peak_bytes'])} | "
+                       f"{_gib(q['predicted_whole_peak_bytes'])} | "
+                       f"{_r(q['whole_peak_bytes'], q['predicted_whole_peak_bytes'])} |")
+    out += ["", "### Planned stages: estimator against measured (F+B per micro-batch)", "",
+            "| model | dtype | stage | nodes | measured ms | estimate ms | estimate/measured |",
+            "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for i, s in enumerate(r.get("stages", [])):
+            out.append(f"| {r['model']} | {r['train_dtype']} | {i} | {s['nodes']} | "
+                       f"{_ms(s['measured_fb_s'])} | {_ms(s['estimate_fb_s'])} | "
+                       f"{_r(s['estimate_fb_s'], s['measured_fb_s'])} |")
+    out += ["", f"### Step: {STAGES} stages in one process on one GPU, {MICROBATCHES} micro-batches, Adam",
+            "", "| model | dtype | compute only ms | predicted ms | measured best ms | median ms "
+            "| predicted/best | predicted/median | compute only/median | loss ms | optimizer ms "
+            "| peak GiB | predicted GiB | peak/predicted |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "predicted_s" not in r:
+            continue
+        out.append(f"| {r['model']} | {r['train_dtype']} | {_ms(r['predicted_compute_only_s'])} | "
+                   f"{_ms(r['predicted_s'])} | {_ms(r.get('measured_best_s'))} | "
+                   f"{_ms(r.get('measured_median_s'))} | {_r(r['predicted_s'], r.get('measured_best_s'))} | "
+                   f"{_r(r['predicted_s'], r.get('measured_median_s'))} | "
+                   f"{_r(r['predicted_compute_only_s'], r.get('measured_median_s'))} | "
+                   f"{_ms(r['loss_fb_s'])} | {_ms(sum(r['optimizer_s']))} | "
+                   f"{_gib(r.get('train_peak_bytes'))} | {_gib(r['predicted_peak_bytes'])} | "
+                   f"{_r(r.get('train_peak_bytes'), r['predicted_peak_bytes'])} |")
+    errors = [f"- {r['model']}: {e}" for r in rows for e in r["errors"]]
+    if errors:
+        out += ["", "### Errors", "", *errors]
+    return "\n".join(out) + "\n"
+
+
+def run_pytest(out: Path, timeout_s: float, dry_run: bool) -> str:
+    """``pytest -m gpu`` (collection only on a dry run); its output goes to pytest_gpu.txt."""
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"]
+    if dry_run:
+        cmd.append("--collect-only")
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+        text = done.stdout + done.stderr
+        last = f"exit {done.returncode}: " + (text.strip().splitlines() or [""])[-1]
+    except subprocess.TimeoutExpired as e:
+        text = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        last = f"timed out after {timeout_s:g} s"
+    _write(out / "pytest_gpu.txt", f"$ {' '.join(cmd)}\n{text}\n{last}\n")
+    return last
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the suite; exit 2 when something it needs is missing, 1 when a case failed."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "out" / "gpu_suite"))
+    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: the same code paths")
+    ap.add_argument("--only", default=",".join(c.name for c in CASES))
+    ap.add_argument("--budget", type=float, default=280.0, metavar="SECONDS",
+                    help="start no case after this many seconds (default 280)")
+    ap.add_argument("--deadline", type=float, default=450.0, metavar="SECONDS",
+                    help="`pytest -m gpu` ends by then, or after 30 s at least (default 450)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--no-pytest", action="store_true")
+    ap.add_argument("--pytest-timeout", type=float, default=150.0, metavar="SECONDS",
+                    help="limit for `pytest -m gpu`, run after the cases (default 150)")
+    args = ap.parse_args(argv)
+    start = time.perf_counter()
+    missing = check_imports()
+    if missing:
+        print("gpu_suite: missing packages: " + "; ".join(missing), file=sys.stderr)
+        print("hint: carry them as wheels and install with pip --no-index --target "
+              "(README, 'On a GPU machine without a registry')", file=sys.stderr)
+        return 2
+    import torch
+
+    device = "cpu" if args.dry_run else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("gpu_suite: no CUDA device here; --dry-run runs the same code on the CPU", file=sys.stderr)
+        return 2
+    from autopipe.profile import builtin_device_specs
+
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    device_spec = next((s for s in builtin_device_specs() if s in gpu.lower()), "h200")
+    out = Path(args.out)
+    folder = out / "profiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    header = (f"## autopipe GPU suite: {gpu}; torch {torch.__version__}"
+              f"{' (CUDA ' + str(torch.version.cuda) + ')' if device == 'cuda' else ''}; "
+              f"estimates with device spec {device_spec}; {time.strftime('%Y-%m-%d')}")
+    print(header, flush=True)
+    if device == "cpu":
+        torch.set_num_threads(1)
+    pytest_line = "not run yet"
+    rows: list[dict[str, Any]] = []
+    wanted = [c for c in CASES if c.name in args.only.split(",")]
+    for k, case in enumerate(wanted):
+        elapsed = time.perf_counter() - start
+        if elapsed > args.budget:
+            skipped = ", ".join(c.name for c in wanted[k:])
+            print(f"budget of {args.budget:g} s spent after {elapsed:.0f} s: skipped {skipped}", flush=True)
+            rows.append({"model": skipped, "profiles": {}, "errors": ["skipped: out of budget"]})
+            break
+        row = run_case(case, args, device, device_spec, folder)
+        rows.append(row)
+        print(f"{case.name}: {row.get('case_s', 0):.1f} s; errors: {row['errors'] or 'none'}", flush=True)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        meta = {"device": gpu, "torch": torch.__version__, "device_spec": device_spec,
+                "pytest_gpu": pytest_line, "seconds": time.perf_counter() - start}
+        _write(out / "summary.json", json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+        _write(out / "summary.md", tables(rows, header) + f"\npytest -m gpu: {pytest_line}\n")
+    if not args.no_pytest:
+        left = args.deadline - (time.perf_counter() - start)
+        pytest_line = run_pytest(out, max(30.0, min(args.pytest_timeout, left)), args.dry_run)
+        print(f"pytest -m gpu: {pytest_line}", flush=True)
+        _write(out / "summary.md", tables(rows, header) + f"\npytest -m gpu: {pytest_line}\n")
+    with tarfile.open(out / "profiles.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="profiles")
+    text = (out / "summary.md").read_text() if rows else "no rows\n"
+    print("\n" + text, flush=True)
+    print(f"suite took {time.perf_counter() - start:.0f} s; files in {out}")
+    failed = any(r["errors"] for r in rows) or not pytest_line.startswith(("exit 0", "not run"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""benchmarks/gpu_suite.py: the dry run (the suite's code paths on CPU, tiny shapes) and its import check."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from benchmarks import gpu_suite
+
+
+@pytest.mark.slow
+def test_dry_run_measures_every_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = gpu_suite.main(["--dry-run", "--out", str(tmp_path), "--repeats", "2", "--warmup", "1"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = {r["model"]: r for r in summary["rows"]}
+    assert code == 0, [r["errors"] for r in rows.values()]
+    assert sorted(rows) == sorted(c.name for c in gpu_suite.CASES)
+    for r in rows.values():
+        assert set(r["profiles"]) == {"fp32", "bf16"}
+        assert all(q["estimate_fb_s"] > 0 and q["nodes_fb_s"] > 0 for q in r["profiles"].values())
+        assert len(r["stages"]) == gpu_suite.STAGES
+        assert r["predicted_s"] >= r["predicted_compute_only_s"] > 0
+        assert r["steps"] == 10 and r["measured_median_s"] > 0 and len(r["losses"]) == 10
+    assert rows["llama"]["train_dtype"] == "bf16"  # the model's own dtype
+    assert "pytest -m gpu: exit 0" in (tmp_path / "summary.md").read_text()
+    with tarfile.open(tmp_path / "profiles.tar.gz") as tar:
+        names = tar.getnames()
+    assert "profiles/gpt2-bfloat16.json" in names and "profiles/unet-plan.json" in names
+    assert "### Step" in capsys.readouterr().out
+
+
+def test_missing_package_stops_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(gpu_suite, "NEEDS", ("torch", "no_such_package_here"))
+    assert gpu_suite.main(["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_package_here" in err and "wheels" in err
+    assert not (tmp_path / "summary.json").exists()
