@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 import torch.distributed.pipelining as pipelining
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed.pipelining import PipelineStage
 
-__all__ = ["FakeTensorMode", "schedule_class", "torch_compute_order"]
+__all__ = ["FakeTensorMode", "pipeline_stage_class", "schedule_class", "torch_compute_order"]
 
 # [Note: which torch orders are real]
 #
@@ -72,3 +74,56 @@ def torch_compute_order(schedule: str, num_ranks: int, microbatches: int,
             actions.append((int(a.stage_index), str(a.computation_type.value), int(a.microbatch_index)))
         out.append(actions)
     return out
+
+
+# [Note: non-float tensors between stages on older torch]
+#
+# torch 2.11's PipelineStage (the manual, non-traced stage) marks every received
+# buffer ``requires_grad_(True)`` when the schedule has a backward, which fails for a
+# bool or integer tensor ("only Tensors of floating point dtype can require
+# gradients"): Hugging Face models pass their bool attention mask from stage to
+# stage. Its backward then sends a gradient for every received input and stops
+# when one is None (a non-float input, or a float input the stage does not
+# differentiate through), while the sending stage posts a receive for each of its
+# outputs. Newer torch (whose ``_prepare_forward_infra`` takes ``has_backward``)
+# marks only what needs a gradient and sends zeros for the rest, so there the
+# plain PipelineStage is used. On the older API ``_CompatStage`` does the same.
+
+
+class _CompatStage(PipelineStage):  # type: ignore[misc]
+    """PipelineStage of torch's older API that carries non-float tensors between stages."""
+
+    def _prepare_forward_infra(self, *args: Any, **kwargs: Any) -> Any:
+        backward = self.has_backward
+        self.has_backward = False  # torch would mark every buffer, integer ones too
+        try:
+            out = super()._prepare_forward_infra(*args, **kwargs)
+        finally:
+            self.has_backward = backward
+        if backward:
+            for infos in self.args_recv_info.values():
+                for info in infos:
+                    buffer = getattr(info, "buffer", None)
+                    if isinstance(buffer, torch.Tensor) and (buffer.is_floating_point() or buffer.is_complex()):
+                        buffer.requires_grad_(True)
+        return out
+
+    def get_bwd_send_ops(self, bwd_chunk_id: int) -> Any:
+        grads = self.bwd_cache.get(bwd_chunk_id)
+        infos = self.args_recv_info.get(bwd_chunk_id, ())
+        if grads is not None and not self.is_first:
+            # the previous stage waits for one gradient per tensor it sent: zeros where none
+            self.bwd_cache[bwd_chunk_id] = tuple(_zeros_for(g, info) for g, info in zip(grads, infos))
+        return super().get_bwd_send_ops(bwd_chunk_id)
+
+
+def _zeros_for(grad: Any, info: Any) -> Any:
+    """``grad``, or zeros shaped like the received buffer where there is none."""
+    buffer = getattr(info, "buffer", None)
+    return torch.zeros_like(buffer) if grad is None and isinstance(buffer, torch.Tensor) else grad
+
+
+def pipeline_stage_class() -> type[Any]:
+    """The PipelineStage class to build stages with on this torch (see the note above)."""
+    params = inspect.signature(PipelineStage._prepare_forward_infra).parameters
+    return PipelineStage if "has_backward" in params else _CompatStage

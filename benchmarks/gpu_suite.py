@@ -56,6 +56,7 @@ NEEDS = ("torch", "networkx", "pulp", "highspy", "transformers")
 STAGES = 2
 MICROBATCHES = 4
 WARMUP_STEPS = 2
+TRAIN_TIMEOUT_S = 240
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,6 @@ def step_part(row: dict[str, Any], spec: Any, graph: Any, p: Any, e: Any, device
               folder: Path, steps: int) -> None:
     """Plan, predict the one-GPU step and its memory, train it, record both in ``row``."""
     from autopipe.partition import plan_profile
-    from autopipe.runtime import TrainConfig, prepare, train
     from autopipe.schedule import simulate, simulate_plan
     from autopipe.schedule.calibrate import measure_model_costs
     from autopipe.schedule.plan_costs import plan_costs
@@ -196,18 +196,78 @@ def step_part(row: dict[str, Any], spec: Any, graph: Any, p: Any, e: Any, device
                                for k in ("params", "grads", "optimizer", "buffers")}
     row["predicted_memory"]["activations_peak"] = predicted["full"].peak_activation_bytes[0]
 
-    kind = "cuda" if device.startswith("cuda") else "cpu"
-    prepared = prepare(spec, one, 1, graph)
-    lines: list[str] = []
-    result = train(spec, one, TrainConfig(steps=steps, optimizer="adam", lr=1e-4, device=kind,
-                                          timeout_s=120, pin_cores=False),
-                   prepared=prepared, log=lines.append)
-    timed = result.step_s[WARMUP_STEPS:] or result.step_s
-    row["steps"] = len(result.step_s)
+    # training runs in a process of its own, so its peak memory is training's alone
+    one.save(folder / f"{row['model']}-plan-one-process.json")
+    job = {"model": row["model"], "knobs": row["knobs"], "steps": steps,
+           "plan": str(folder / f"{row['model']}-plan-one-process.json"),
+           "out": str(folder / f"{row['model']}-trained.json")}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", "--worker", json.dumps(job)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=TRAIN_TIMEOUT_S)
+    if done.returncode:
+        tail = (done.stdout + done.stderr).strip().splitlines()[-12:]
+        raise RuntimeError(f"training exited {done.returncode}: " + " | ".join(tail))
+    trained = json.loads(Path(job["out"]).read_text())
+    timed = trained["step_s"][WARMUP_STEPS:] or trained["step_s"]
+    row["steps"] = len(trained["step_s"])
     row["measured_best_s"] = min(timed)
     row["measured_median_s"] = statistics.median(timed)
-    row["losses"] = result.losses
-    row["train_peak_bytes"] = result.peak_memory.get(0)
+    row["losses"] = trained["losses"]
+    row["train_peak_bytes"] = trained["peak_bytes"]
+
+
+def worker(job_text: str) -> int:
+    """Train one plan in this process (``--worker JOB``) and write its steps, losses and peak memory."""
+    import torch
+
+    import autopipe
+    from autopipe.plan_format import Plan
+    from autopipe.runtime import TrainConfig, train
+
+    job = json.loads(job_text)
+    knobs = job["knobs"]
+    if knobs["device"] == "cpu":
+        torch.set_num_threads(1)
+    spec = autopipe.load_spec(f"{ROOT / 'examples' / job['model']}.py:build", **knobs)
+    result = train(spec, Plan.load(job["plan"]),
+                   TrainConfig(steps=job["steps"], optimizer="adam", lr=1e-4, device=knobs["device"],
+                               timeout_s=120, pin_cores=False), log=lambda _line: None)
+    _write(Path(job["out"]), json.dumps({"step_s": result.step_s, "losses": result.losses,
+                                         "peak_bytes": result.peak_memory.get(0)}))
+    return 0
+
+
+def dispatch_floor(device: str, ops: int = 400, repeats: int = 20) -> dict[str, float]:
+    """Seconds per op of a chain of tiny element-wise aten ops on ``device``, forward (with
+    autograd recording) and backward: the host's floor under any kernel, what a model
+    of many small ops runs at when the device waits for the host."""
+    import torch
+
+    aten = torch.ops.aten
+    x = torch.randn(256, device=device, requires_grad=True)
+
+    def chain() -> torch.Tensor:
+        y = x
+        for _ in range(ops // 2):
+            y = aten.mul.Tensor(aten.add.Tensor(y, 1e-3), 0.999)
+        return y
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    forward, backward = [], []
+    for _ in range(3 + repeats):
+        sync()
+        t0 = time.perf_counter()
+        y = chain()
+        sync()
+        t1 = time.perf_counter()
+        y.backward(torch.ones_like(y))
+        sync()
+        forward.append(t1 - t0)
+        backward.append(time.perf_counter() - t1)
+    return {"forward_op_s": statistics.median(forward[3:]) / ops,
+            "backward_op_s": statistics.median(backward[3:]) / ops}
 
 
 def run_case(case: Case, args: argparse.Namespace, device: str, device_spec: str,
@@ -218,7 +278,7 @@ def run_case(case: Case, args: argparse.Namespace, device: str, device_spec: str
     import autopipe
 
     knobs = dict(case.tiny if args.dry_run else case.gpu)
-    knobs["device"] = device
+    knobs["device"] = device  # the model is built where it runs
     row: dict[str, Any] = {"model": case.name, "knobs": knobs, "profiles": {}, "errors": []}
     t0 = time.perf_counter()
     try:
@@ -343,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pytest", action="store_true")
     ap.add_argument("--pytest-timeout", type=float, default=150.0, metavar="SECONDS",
                     help="limit for `pytest -m gpu`, run after the cases (default 150)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        return worker(argv[1])
     args = ap.parse_args(argv)
     start = time.perf_counter()
     missing = check_imports()
@@ -371,6 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cpu":
         torch.set_num_threads(1)
     pytest_line = "not run yet"
+    floor = dispatch_floor(device)
+    print(f"host dispatch floor: forward {floor['forward_op_s'] * 1e6:.1f} µs/op, "
+          f"backward {floor['backward_op_s'] * 1e6:.1f} µs/op", flush=True)
+    header += (f"\n\nHost dispatch floor (a chain of tiny aten ops): forward {floor['forward_op_s'] * 1e6:.1f} "
+               f"µs/op with autograd recording, backward {floor['backward_op_s'] * 1e6:.1f} µs/op.")
     rows: list[dict[str, Any]] = []
     wanted = [c for c in CASES if c.name in args.only.split(",")]
     for k, case in enumerate(wanted):
@@ -385,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{case.name}: {row.get('case_s', 0):.1f} s; errors: {row['errors'] or 'none'}", flush=True)
         if device == "cuda":
             torch.cuda.empty_cache()
-        meta = {"device": gpu, "torch": torch.__version__, "device_spec": device_spec,
+        meta = {"device": gpu, "torch": torch.__version__, "device_spec": device_spec, "dispatch": floor,
                 "pytest_gpu": pytest_line, "seconds": time.perf_counter() - start}
         _write(out / "summary.json", json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
         _write(out / "summary.md", tables(rows, header) + f"\npytest -m gpu: {pytest_line}\n")

@@ -65,10 +65,14 @@ def _retarget(gm: fx.GraphModule, device: torch.device, dtypes: dict[torch.dtype
             return dtypes.get(x, x)
         return x
 
-    for n in gm.graph.nodes:
-        n.args = fx.node.map_aggregate(n.args, fix)
-        n.kwargs = fx.node.map_aggregate(n.kwargs, fix)
-    gm.recompile()
+    # higher-order ops (torch.export's wrap_with_set_grad_enabled around a no_grad
+    # region, in torch 2.11) hold their body as a sub-GraphModule: retarget those too
+    for sub in gm.modules():
+        if isinstance(sub, fx.GraphModule):
+            for n in sub.graph.nodes:
+                n.args = fx.node.map_aggregate(n.args, fix)
+                n.kwargs = fx.node.map_aggregate(n.kwargs, fix)
+            sub.recompile()
 
 
 def cast_input(x: Any, device: torch.device, dtype: torch.dtype | None) -> Any:

@@ -275,8 +275,13 @@ def retarget_devices(gm: fx.GraphModule, device: torch.device) -> None:
             return type(v)(swap(x) for x in v)
         return v
 
-    for n in gm.graph.nodes:
-        n.args = tuple(swap(a) for a in n.args)
-        n.kwargs = {k: swap(v) for k, v in n.kwargs.items()}
-    if changed:
-        gm.recompile()
+    # the bodies of higher-order ops (wrap_with_set_grad_enabled) are sub-GraphModules
+    for sub in gm.modules():
+        if not isinstance(sub, fx.GraphModule):
+            continue
+        changed = False
+        for n in sub.graph.nodes:
+            n.args = tuple(swap(a) for a in n.args)
+            n.kwargs = {k: swap(v) for k, v in n.kwargs.items()}
+        if changed:
+            sub.recompile()

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.distributed.pipelining import PipelineStage
 
-from autopipe._torch_pipelining import schedule_class
+from autopipe._torch_pipelining import pipeline_stage_class, schedule_class
 from autopipe.errors import PlanError
 from autopipe.plan_format import Plan
 from autopipe.runtime.meta import StageMeta
@@ -70,10 +70,11 @@ def build_pipeline(
     ranks = rank_of_stages(plan)
     n = plan.num_stages
     stages = []
+    stage_class = pipeline_stage_class()
     for s in (i for i in range(n) if ranks[i] == rank):
         module = split.stages[s].module.to(device)
         retarget_devices(module, device)
-        stages.append(PipelineStage(module, s, n, device,
+        stages.append(stage_class(module, s, n, device,
                                     input_args=metas[s].inputs, output_args=metas[s].outputs))
     if not stages:
         raise PlanError(f"rank {rank} runs no stage of the plan (stage ranks {ranks})",
