@@ -87,7 +87,8 @@ def torch_compute_order(schedule: str, num_ranks: int, microbatches: int,
 # differentiate through), while the sending stage posts a receive for each of its
 # outputs. Newer torch (whose ``_prepare_forward_infra`` takes ``has_backward``)
 # marks only what needs a gradient and sends zeros for the rest, so there the
-# plain PipelineStage is used. On the older API ``_CompatStage`` does the same.
+# plain PipelineStage is used. On the older API ``_CompatStage`` does the same, also
+# where two stages of one rank hand tensors over in memory (``set_local_fwd_input``).
 
 
 class _CompatStage(PipelineStage):  # type: ignore[misc]
@@ -107,6 +108,23 @@ class _CompatStage(PipelineStage):  # type: ignore[misc]
                     if isinstance(buffer, torch.Tensor) and (buffer.is_floating_point() or buffer.is_complex()):
                         buffer.requires_grad_(True)
         return out
+
+    def _get_init_p2p_neighbors_ops(self) -> list[Any]:
+        # a first P2P with the neighbours sets up the communicators; a rank alone has
+        # none to set up (gloo cannot send to itself)
+        return [] if self.group_size == 1 else list(super()._get_init_p2p_neighbors_ops())
+
+    def set_local_fwd_input(self, prev_stage_outputs: Any, mb_index: int) -> None:
+        # the previous stage runs on this rank: its outputs are this stage's inputs
+        # (torch marks every one as requiring grad, integer ones too)
+        outputs = prev_stage_outputs if isinstance(prev_stage_outputs, (tuple, list)) else (prev_stage_outputs,)
+        for info, tensor in zip(self.args_recv_info[mb_index], outputs):
+            buffer = tensor.detach()
+            info.buffer = buffer.requires_grad_(True) if buffer.is_floating_point() else buffer
+
+    def get_local_bwd_output(self, mb_index: int) -> Any:
+        grads = super().get_local_bwd_output(mb_index)  # type: ignore[no-untyped-call]
+        return tuple(_zeros_for(g, info) for g, info in zip(grads, self.args_recv_info[mb_index]))
 
     def get_bwd_send_ops(self, bwd_chunk_id: int) -> Any:
         grads = self.bwd_cache.get(bwd_chunk_id)

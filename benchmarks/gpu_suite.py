@@ -213,6 +213,7 @@ def step_part(row: dict[str, Any], spec: Any, graph: Any, p: Any, e: Any, device
     row["measured_median_s"] = statistics.median(timed)
     row["losses"] = trained["losses"]
     row["train_peak_bytes"] = trained["peak_bytes"]
+    row["train_model_bytes"] = trained.get("model_bytes")
 
 
 def worker(job_text: str) -> int:
@@ -228,11 +229,14 @@ def worker(job_text: str) -> int:
     if knobs["device"] == "cpu":
         torch.set_num_threads(1)
     spec = autopipe.load_spec(f"{ROOT / 'examples' / job['model']}.py:build", **knobs)
+    cuda = knobs["device"].startswith("cuda")
+    before = torch.cuda.memory_allocated() if cuda else None  # the model, built on the GPU
     result = train(spec, Plan.load(job["plan"]),
                    TrainConfig(steps=job["steps"], optimizer="adam", lr=1e-4, device=knobs["device"],
                                timeout_s=120, pin_cores=False), log=lambda _line: None)
     _write(Path(job["out"]), json.dumps({"step_s": result.step_s, "losses": result.losses,
-                                         "peak_bytes": result.peak_memory.get(0)}))
+                                         "peak_bytes": result.peak_memory.get(0),
+                                         "model_bytes": before}))
     return 0
 
 

@@ -95,7 +95,8 @@ def prepare(spec: ModelSpec, plan: Plan, world_size: int, graph: Graph | None = 
     names = [n.name for n in graph.gm.graph.nodes if n.op == "placeholder"]
     constants = {n: v for n, v in zip(names, flat) if not isinstance(v, torch.Tensor)}
     split = split_graph(graph, plan, constants)
-    metas = stage_metas(split, [v for v in flat if isinstance(v, torch.Tensor)])
+    # the model's inputs go in contiguous (see _step_data): torch checks their strides
+    metas = stage_metas(split, [v.contiguous() for v in flat if isinstance(v, torch.Tensor)])
     return Prepared(graph=graph, split=split, metas=metas, constants=constants, input_names=names)
 
 
@@ -251,7 +252,9 @@ def _step_data(spec: ModelSpec, prep: Prepared, m: int, step: int,
                                 f"in the example micro-batch",
                                 hint="non-tensor inputs must stay the same in every batch")
             continue
-        tensors.append(v.to(device))
+        # contiguous wherever they come from: a copy to CUDA makes a sliced batch contiguous
+        # while it stays strided on the CPU, and torch 2.11 refuses a stride it did not expect
+        tensors.append(v.to(device).contiguous())
     return tensors, target.to(device)
 
 
