@@ -18,8 +18,36 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     A crash mid-write leaves the old file (or none), never a half-written one.
     The output is deterministic: sorted keys are not used (field order is part
     of the format), but the same data always gives the same bytes.
+
+    Raises:
+        AutopipeError: the file cannot be written there (a directory, no permission).
     """
     path = Path(path)
+    try:
+        _write(path, data)
+    except OSError as e:
+        raise AutopipeError(f"{path}: cannot write ({e.strerror or e})",
+                            hint="write to a file in a directory you can write to") from None
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Raise early (before minutes of work) when ``path`` can clearly not be written.
+
+    Raises:
+        AutopipeError: ``path`` is a directory, or a parent of it is a file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise AutopipeError(f"{path}: cannot write (is a directory)", hint="name a file to write")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise AutopipeError(f"{path}: cannot write ({parent} is a file)",
+                                    hint="write to a file in a directory")
+            return
+
+
+def _write(path: Path, data: Any) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)

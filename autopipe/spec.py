@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,15 @@ def load_spec(spec: str, **kwargs: Any) -> ModelSpec:
     except TypeError as e:
         raise SpecError(f"{spec}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: {e}",
                         hint="check the knobs the build function accepts") from e
+    except Exception as e:
+        frames = traceback.extract_tb(e.__traceback__)
+        own = inspect.getsourcefile(fn) if inspect.isfunction(fn) else None
+        where_raised = next((f for f in reversed(frames) if f.filename == own), frames[-1])
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise SpecError(
+            f"{spec}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: "
+            f"{type(e).__name__}: {first} (at {where_raised.filename}:{where_raised.lineno})",
+            hint="fix the build function or the --spec-arg knobs given to it") from e
     if not isinstance(result, ModelSpec):
         raise SpecError(
             f"{spec} returned {type(result).__name__}, expected autopipe.ModelSpec",

@@ -47,3 +47,52 @@ class NeedsExport(nn.Module):
         if x.shape[0] > 1:
             x = x * 2
         return self.lin(x)
+
+
+class InPlace(nn.Module):
+    """Writes its inputs in place, some of which later nodes read again by their old name.
+
+    ``pos`` is an index that ``add_`` moves by one, as T5's relative-position buckets do:
+    a profiler that runs the ``add_`` more than once indexes out of the table.
+    """
+
+    def __init__(self, dim: int = 8, table: int = 6) -> None:
+        super().__init__()
+        self.inp = nn.Linear(dim, dim)
+        self.act = nn.ReLU(inplace=True)
+        self.out = nn.Linear(dim, dim)
+        self.table = nn.Embedding(table, dim)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        h.mul_(2.0)  # h is read again below by this name, not through the mul_ node
+        h.add_(x)
+        h.masked_fill_(x > 0.5, 0.0)
+        g = self.act(h)  # h is g now
+        g = torch.nn.functional.relu(g - 0.1, inplace=True)
+        p = pos.clone()
+        p.add_(pos.max())  # index + (table - 1) / 2 stays in range only when added once
+        return self.out(h + g) + self.table(p)
+
+
+def in_place_inputs(batch: int = 4, dim: int = 8, table: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Example inputs of ``InPlace``: activations and an index into half its table."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(batch, dim, generator=g), torch.randint(0, table // 2, (batch,), generator=g)
+
+
+class T5Pair(nn.Module):
+    """A Hugging Face T5ForConditionalGeneration taking (encoder_ids, decoder_ids) positionally."""
+
+    def __init__(self, vocab: int = 64) -> None:
+        super().__init__()
+        from transformers import T5Config, T5ForConditionalGeneration
+
+        cfg = T5Config(vocab_size=vocab, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                       num_decoder_layers=1, num_heads=4, use_cache=False, dropout_rate=0.0,
+                       relative_attention_num_buckets=8, relative_attention_max_distance=16)
+        self.t5 = T5ForConditionalGeneration(cfg)
+
+    def forward(self, encoder_ids: torch.Tensor, decoder_ids: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.t5(input_ids=encoder_ids, decoder_input_ids=decoder_ids).logits
+        return out

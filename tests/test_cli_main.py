@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +54,23 @@ def test_train_passes_what_to_pin(flag: list[str], malloc: bool, cores: bool, tm
     assert main(["train", str(ROOT / "examples" / "mlp.py") + ":build", "--plan",
                  str(tmp_path / "plan.json"), "--steps", "1", *flag]) == 0
     assert [(c.pin_malloc, c.pin_cores) for c in seen] == [(malloc, cores)]  # type: ignore[attr-defined]
+
+
+def test_closed_pipe_ends_output_quietly(tmp_path: Path) -> None:
+    import autopipe
+
+    spec = example_spec("mlp")
+    plan = autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile="estimate",
+                         method="dp")
+    plan.save(tmp_path / "plan.json")
+    show = [sys.executable, "-m", "autopipe", "show", str(tmp_path / "plan.json")]
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: every write fails
+    try:
+        gone = subprocess.run(show, stdout=write, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    finally:
+        os.close(write)
+    assert gone.returncode == 141 and gone.stderr == "", gone.stderr  # as SIGPIPE: 128 + 13
+    head = subprocess.run(f"{shlex.join(show)} | head -1", shell=True, capture_output=True,
+                          text=True, cwd=ROOT)
+    assert len(head.stdout.splitlines()) == 1 and head.stderr == "", head.stderr

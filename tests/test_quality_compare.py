@@ -91,6 +91,6 @@ def test_check_spec_replans_the_model(tmp_path: Path, capsys: pytest.CaptureFixt
                  "-o", str(tmp_path / "new.json")]) == 0
     assert "OK: not worse" in capsys.readouterr().out
     assert Plan.load(tmp_path / "new.json").stage_of == Plan.load(plan).stage_of
-    # another model (one more layer) is refused, not compared
+    # another model (one more layer) is refused before re-planning, as train refuses it
     assert main(["check", str(plan), "--spec", spec, "--spec-arg", "layers=7"]) == 2
-    assert "different models" in capsys.readouterr().err
+    assert "the plan was made for another model" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from autopipe.errors import AutopipeError, PlanError
 from autopipe.plan_format import Plan
 from autopipe.spec import ModelSpec, load_spec, parse_spec_args
 
@@ -32,3 +33,32 @@ def plan_knobs(knobs: dict[str, Any], plan: Plan) -> dict[str, Any]:
     if isinstance(size, int) and "batch_size" not in knobs:
         return {**knobs, "batch_size": size}
     return knobs
+
+
+def load_plan(path: str) -> Plan:
+    """Read a plan file and check it as ``autopipe train`` does, as far as the file alone can
+    show (``autopipe.runtime.validate.validate_plan``); errors name the file."""
+    from autopipe.runtime.validate import validate_plan
+
+    plan = Plan.load(path)
+    try:
+        validate_plan(plan)
+    except PlanError as e:
+        raise type(e)(f"{path}: {e.message}", hint=e.hint) from None
+    return plan
+
+
+def reject_flag(given: bool, flag: str, applies: str, hint: str) -> None:
+    """Flags that do not apply to the chosen mode are an error, not silently ignored.
+
+    Args:
+        given: whether the user gave ``flag`` where it does not apply.
+        flag: the flag, as typed (``--device-spec``).
+        applies: when it does apply (``"with --device meta"``).
+        hint: the fix.
+
+    Raises:
+        AutopipeError: when ``given``.
+    """
+    if given:
+        raise AutopipeError(f"{flag} applies only {applies}", hint=hint)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from autopipe.cli._common import plan_knobs
-from autopipe.errors import AutopipeError
+from autopipe._jsonio import check_writable
+from autopipe.cli._common import load_plan, plan_knobs, reject_flag
+from autopipe.errors import AutopipeError, PlanError
 from autopipe.plan_format import Plan
 from autopipe.quality.compare import compare_plans
 
@@ -46,28 +47,51 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
+    _check_flags(args)
     if args.golden is not None:
         return _golden(args)
     if args.plan is None:
         raise AutopipeError("no PLAN.json given", hint="autopipe check PLAN.json --baseline OLD.json")
     if args.spec is not None:
-        old = Plan.load(args.plan)
+        if args.output:
+            check_writable(args.output)
+        old = load_plan(args.plan)
         new = _replan(args, old)
         if args.output:
             new.save(args.output)
     else:
-        new, old = Plan.load(args.plan), Plan.load(args.baseline)
+        new, old = load_plan(args.plan), load_plan(args.baseline)
     result = compare_plans(new, old, tolerance=0.01 if args.tolerance is None else args.tolerance)
     print(result.report())
     return 1 if result.worse else 0
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    reject_flag(bool(args.spec_arg) and args.spec is None, "--spec-arg",
+                "with --spec (knobs of the model to re-plan)", hint="drop --spec-arg, or add --spec SPEC")
+    reject_flag(args.output is not None and args.spec is None, "-o/--output",
+                "with --spec (where the re-planned plan goes)", hint="drop -o, or add --spec SPEC")
+    reject_flag(args.refresh and args.golden is None, "--refresh", "with --golden",
+                hint="autopipe check --golden FILE --refresh")
+    reject_flag(args.refresh and args.tolerance is not None, "--tolerance",
+                "when checking; --refresh records today's results without comparing",
+                hint="drop --tolerance, or drop --refresh")
+
+
 def _replan(args: argparse.Namespace, old: Plan) -> Plan:
-    """Plan the spec again with the options recorded in ``old``."""
+    """Plan the spec again with the options recorded in ``old``, once ``old`` is known to be
+    a plan for that model (as ``autopipe train`` would check it)."""
+    import autopipe
     from autopipe.quality.replan import replan
+    from autopipe.runtime.validate import model_constants, validate_plan
     from autopipe.spec import load_spec, parse_spec_args
 
     spec = load_spec(args.spec, **plan_knobs(parse_spec_args(args.spec_arg), old))
+    graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
+    try:
+        validate_plan(old, graph, constants=model_constants(graph, spec))
+    except PlanError as e:
+        raise type(e)(f"{args.plan}: {e.message}", hint=e.hint) from None
     return replan(spec, old)
 
 

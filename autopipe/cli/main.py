@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.run(args)
+        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+    except BrokenPipeError:
+        return _closed_pipe()
     except AutopipeError as e:
         print(f"autopipe {args.command}: error: {e.message}", file=sys.stderr)
         if e.hint:
@@ -48,6 +52,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("autopipe: interrupted", file=sys.stderr)
         return 130
     return code
+
+
+def _closed_pipe() -> int:
+    """``autopipe show plan.json | head -1``: the reader closed the pipe; stop quietly.
+
+    Python would flush what is left in stdout's buffer at exit and print the
+    BrokenPipeError then, so stdout is pointed at /dev/null first. The exit code is
+    the one a shell reports for a process that SIGPIPE ended (128 + 13).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-from autopipe.cli._common import add_spec_args
+from autopipe._jsonio import check_writable
+from autopipe.cli._common import add_spec_args, reject_flag
 from autopipe.errors import PlanError, SpecError
 from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, METHODS, ProfileSource, check_options
 from autopipe.partition.problem import SCHEDULES
@@ -45,15 +47,40 @@ def add_parser(sub: Any) -> None:
                    help="optimizer whose states count in memory: adam, adamw, sgd, sgd-momentum, none")
     p.add_argument("--link-bandwidth", metavar="BYTES_PER_S",
                    help="bandwidth between stages, e.g. 25e9 or 25GB (default: the device spec's, else 25 GB/s)")
-    p.add_argument("--time-limit", type=float, default=60.0, metavar="S", help="MIP solver seconds (default 60)")
-    p.add_argument("--gap", type=float, default=1e-3, help="relative MIP gap counted as solved (default 0.001)")
-    p.add_argument("--max-blocks", type=int, default=DEFAULT_MAX_BLOCKS,
+    p.add_argument("--time-limit", type=_positive(float), default=None, metavar="S",
+                   help="--method ilp: MIP solver seconds (default 60)")
+    p.add_argument("--gap", type=_gap, default=None,
+                   help="--method ilp: relative MIP gap counted as solved (default 0.001)")
+    p.add_argument("--max-blocks", type=_positive(int), default=DEFAULT_MAX_BLOCKS,
                    help=f"coarsen bigger graphs to this many blocks (default {DEFAULT_MAX_BLOCKS})")
-    p.add_argument("--solver", default="highs", help="MIP solver: highs (default) or cbc")
+    p.add_argument("--solver", default=None, help="--method ilp: MIP solver, highs (default) or cbc")
     p.add_argument("--timing", action="store_true",
                    help="record solve seconds in the plan (the file is then not byte-reproducible)")
     p.add_argument("-o", "--output", required=True, metavar="PLAN.json", help="where to write the plan")
     p.set_defaults(run=run)
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text} is not positive")
+        return value
+
+    return parse
+
+
+def _gap(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"gap {text} is not a fraction in [0, 1), e.g. 0.001")
+    return value
 
 
 def _microbatches(text: str | None) -> int | str | None:
@@ -73,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     microbatches = _microbatches(args.microbatches)
     check_options(args.stages, microbatches, args.schedule, args.method, args.batch_size)
+    _check_flags(args)
+    check_writable(args.output)
     knobs = parse_spec_args(args.spec_arg)
     source: ProfileSource
     if args.batch_size is None or args.profile:
@@ -89,12 +118,27 @@ def run(args: argparse.Namespace) -> int:
         source, num_stages=args.stages, memory_limit=args.memory, devices=args.devices,
         microbatches=microbatches, batch_size=args.batch_size, schedule=args.schedule,
         optimizer=args.optimizer, method=args.method, link_bandwidth=args.link_bandwidth,
-        max_blocks=args.max_blocks, time_limit=args.time_limit, mip_gap=args.gap,
-        solver=args.solver, deterministic=not args.timing)
+        max_blocks=args.max_blocks, time_limit=60.0 if args.time_limit is None else args.time_limit,
+        mip_gap=1e-3 if args.gap is None else args.gap, solver=args.solver or "highs",
+        deterministic=not args.timing)
     plan.save(args.output)
     print(format_plan(plan))
     print(f"wrote {args.output} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return 0
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Flags that a given --profile or a non-ILP --method would ignore are errors."""
+    for flag, value in (("--device-spec", args.device_spec), ("--dtype", args.dtype)):
+        reject_flag(value is not None and bool(args.profile), flag,
+                    "when autopipe profiles the model itself; --profile gives the costs",
+                    hint=f"drop {flag}, or drop --profile (or make the profile with "
+                         f"`autopipe profile ... {flag} {value}`)")
+    for flag, value in (("--time-limit", args.time_limit), ("--gap", args.gap),
+                        ("--solver", args.solver)):
+        reject_flag(value is not None and args.method != "ilp", flag,
+                    f"with --method ilp (the MIP solver); --method {args.method} does not use it",
+                    hint=f"drop {flag}, or use --method ilp")
 
 
 def _spec_at(spec: str, knobs: dict[str, Any], size: int) -> ModelSpec:

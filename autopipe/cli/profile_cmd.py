@@ -6,8 +6,9 @@ import argparse
 import sys
 from typing import Any
 
+from autopipe._jsonio import check_writable
 from autopipe._units import format_seconds, format_size
-from autopipe.cli._common import add_spec_args
+from autopipe.cli._common import add_spec_args, reject_flag
 from autopipe.errors import SpecError
 from autopipe.profile._dtypes import DTYPES
 from autopipe.profile._timer import CLOCKS
@@ -27,16 +28,19 @@ def add_parser(sub: Any) -> None:
     add_spec_args(p)
     p.add_argument("--device", default="cpu", metavar="DEVICE",
                    help="cpu, cuda, cuda:N (measure) or meta (estimate); default cpu")
-    p.add_argument("--device-spec", default="h100", metavar="NAME|FILE.json",
+    p.add_argument("--device-spec", default=None, metavar="NAME|FILE.json",
                    help="with --device meta: a shipped spec (a100, h100, h200) or your own JSON "
                         "file; default h100")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="compute dtype; default: the model's")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs per piece (default 2)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per piece; median kept (default 5)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads while measuring (default 1, for stable numbers; 0 = torch's default)")
-    p.add_argument("--clock", choices=CLOCKS, default="auto",
+    p.add_argument("--warmup", type=int, default=None,
+                   help="measuring: untimed runs per piece (default 2)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="measuring: timed runs per piece; median kept (default 5)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="--device cpu: threads while measuring (default 1, for stable numbers; "
+                        "0 = torch's default)")
+    p.add_argument("--clock", choices=CLOCKS, default=None,
                    help="CPU clock: thread CPU time (auto with one thread; robust on a busy machine) "
                         "or wall time (perf_counter); CUDA always uses events")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
@@ -52,20 +56,42 @@ def run(args: argparse.Namespace) -> int:
     from autopipe.profile import estimate, measure
 
     meta = args.device == "meta"
+    _check_flags(args, meta)
+    check_writable(args.output)
     spec = _load(args.spec, parse_spec_args(args.spec_arg), meta)
     graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
     progress = False if args.no_progress else None
     if meta:
         profile = estimate(graph, spec.example_inputs, spec.example_kwargs,
-                           device_spec=args.device_spec, dtype=args.dtype, progress=progress)
+                           device_spec=args.device_spec or "h100", dtype=args.dtype, progress=progress)
     else:
+        threads = 1 if args.threads is None else args.threads
         profile = measure(graph, spec.example_inputs, spec.example_kwargs, device=args.device,
-                          dtype=args.dtype, warmup=args.warmup, repeats=args.repeats,
-                          threads=args.threads or None, progress=progress, clock=args.clock)
+                          dtype=args.dtype, warmup=2 if args.warmup is None else args.warmup,
+                          repeats=5 if args.repeats is None else args.repeats,
+                          threads=threads or None, progress=progress, clock=args.clock or "auto")
     profile.save(args.output)
     print(summary(profile, spec.name, optimizer=args.optimizer))
     print(f"wrote {args.output}")
     return 0
+
+
+def _check_flags(args: argparse.Namespace, meta: bool) -> None:
+    """The estimate's flags only with --device meta, the measurement's only without."""
+    reject_flag(args.device_spec is not None and not meta, "--device-spec",
+                "with --device meta (it names the device an estimate is priced for; "
+                f"--device {args.device} measures here)",
+                hint=f"add --device meta to estimate for {args.device_spec}, or drop --device-spec "
+                     "to measure on this machine")
+    for flag, value in (("--warmup", args.warmup), ("--repeats", args.repeats),
+                        ("--threads", args.threads), ("--clock", args.clock)):
+        reject_flag(value is not None and meta, flag,
+                    "when measuring (--device cpu or cuda); --device meta estimates and runs nothing",
+                    hint=f"drop {flag}, or measure with --device cpu")
+    cuda = args.device.startswith("cuda")
+    for flag, value in (("--threads", args.threads), ("--clock", args.clock)):
+        reject_flag(value is not None and cuda, flag, "with --device cpu (CUDA is timed with events)",
+                    hint=f"drop {flag}")
 
 
 def _load(where: str, kwargs: dict[str, Any], meta: bool) -> ModelSpec:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from autopipe.cli._common import load_plan
 from autopipe.schedule.show import add_show_args, show_schedule
 
 
@@ -22,10 +23,9 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
-    from autopipe.plan_format import Plan
     from autopipe.report import format_plan
 
-    plan = Plan.load(args.plan)
+    plan = load_plan(args.plan)
     print(format_plan(plan))
     show_schedule(plan, args)
     return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from autopipe.cli._common import add_spec_args, plan_knobs
+from autopipe.cli._common import add_spec_args, load_plan, plan_knobs
 from autopipe.errors import AutopipeError, SpecError
 from autopipe.plan_format import Plan
 from autopipe.runtime.optim import DEVICES, OPTIMIZERS, TrainConfig
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
     from autopipe.runtime.train import train
 
-    plan = Plan.load(args.plan)
+    plan = load_plan(args.plan)  # and against the model in prepare(), before any rank starts
     config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, device=args.device,
                          timeout_s=args.timeout, pin_malloc=args.pin_malloc, pin_cores=args.pin_cores)
     spec = _spec(args, plan)

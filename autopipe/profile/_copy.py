@@ -85,6 +85,16 @@ def cast_input(x: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
     return x.detach().to(device=device, dtype=cast)
 
 
+def fresh_inputs(flat: list[Any]) -> list[Any]:
+    """Copies of the tensors of one micro-batch, for a run that may write its inputs in place.
+
+    The user's example tensors, and the inputs of the next run, keep their values
+    ([Note: in-place writes while profiling] in ``_mutation.py``).
+    """
+    return [x.detach().clone().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
+            for x in flat]
+
+
 @contextmanager
 def buffers_restored(gm: nn.Module) -> Iterator[None]:
     """Undo what training-mode forwards do to buffers (batch-norm running statistics)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,10 +10,11 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch import nn
 
+from autopipe.profile._mutation import written_inputs
+
 Op = Callable[[tuple[Any, ...], dict[str, Any]], Any]
 
 
-@dataclass(slots=True)
 class NodeCall:
     """One node, ready to run on its own autograd graph.
 
@@ -24,15 +24,82 @@ class NodeCall:
     graph w.r.t. the leaves is the input-gradient half of the node's backward, and
     w.r.t. the parameters it reads the weight-gradient half. Autograd formulas skip
     gradients nobody asked for (``output_mask``), so the halves are real work splits.
+
+    A profiler runs a node many times; per [Note: in-place writes while profiling] in
+    ``_mutation.py`` the inputs the node writes are copied afresh for every extra run
+    (``fresh`` then ``forward``) and written for real only by ``run``, once::
+
+        fresh(); forward()   x warm-up + repeats   on copies of the written inputs
+        run()                x 1                   output passed on to later nodes
+        backward(out, ...)   x any                 on run()'s graph
+        finish()                                   writes to leaves reach the real inputs
+
+    Attributes:
+        node: the fx node.
+        inputs: leaves standing for the node's inputs that require grad.
+        params: parameters the node reads that require grad.
+        written: ``id()`` of the argument values (leaves or plain tensors) the node writes.
     """
 
-    node: fx.Node
-    forward: Callable[[], Any]
-    """Runs the node on its prepared inputs (a new autograd graph each call)."""
-    inputs: list[torch.Tensor]
-    """Leaves standing for the node's inputs that require grad."""
-    params: list[torch.Tensor]
-    """Parameters the node reads that require grad."""
+    def __init__(self, node: fx.Node, op: Op, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                 inputs: list[torch.Tensor], params: list[torch.Tensor], written: set[int],
+                 sources: dict[int, torch.Tensor]) -> None:
+        self.node = node
+        self.inputs = inputs
+        self.params = params
+        self.written = written
+        self._op = op
+        self._tree = (args, kwargs)
+        self._sources = sources
+        self._current: tuple[tuple[Any, ...], dict[str, Any]] | None = None if written else self._tree
+        self._landing: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _copied(self, *, leaves_only: bool) -> tuple[tuple[Any, ...], dict[str, Any], dict[int, torch.Tensor]]:
+        """The arguments with written tensors replaced by copies (one per tensor), and the copies."""
+        leaves = {id(t) for t in self.inputs}
+        copies: dict[int, torch.Tensor] = {}
+
+        def copy(t: torch.Tensor) -> torch.Tensor:
+            if id(t) not in self.written or (leaves_only and id(t) not in leaves):
+                return t
+            if id(t) not in copies:
+                copies[id(t)] = t.clone()  # a leaf's clone is not a leaf: autograd allows the write
+            return copies[id(t)]
+
+        a, k = pytree.tree_map_only(torch.Tensor, copy, self._tree)
+        return a, k, copies
+
+    def fresh(self) -> None:
+        """New copies of the inputs the node writes, for the next ``forward`` (untimed)."""
+        if self.written:
+            a, k, _ = self._copied(leaves_only=False)
+            self._current = (a, k)
+
+    def forward(self) -> Any:
+        """Runs the node on the copies made by the last ``fresh`` (a new autograd graph each call)."""
+        if self._current is None:
+            self.fresh()
+            assert self._current is not None
+        return self._op(*self._current)
+
+    def run(self) -> Any:
+        """Runs the node once for real: what it writes lands in its inputs, as in the model.
+
+        A written leaf is run on a clone (autograd refuses writes to a leaf); ``finish``
+        copies the clone's new value into the input the leaf stands for.
+        """
+        if not self.written:
+            return self._op(*self._tree)
+        a, k, copies = self._copied(leaves_only=True)
+        self._landing = [(self._sources[i], c) for i, c in copies.items()]
+        return self._op(a, k)
+
+    def finish(self) -> None:
+        """After the node's backward: written leaves' values reach the inputs they stand for."""
+        with torch.no_grad():
+            for source, value in self._landing:
+                source.copy_(value)
+        self._landing = []
 
     def backward(self, out: Any, which: str) -> Callable[[], Any] | None:
         """A callable computing ``which`` (``all``, ``input``, ``weight``) gradients of ``out``.
@@ -59,7 +126,6 @@ def prepare(
     op: Op,
     param_ids: set[int],
     module: nn.Module | None,
-    clone_inputs: bool = False,
 ) -> NodeCall:
     """Make a NodeCall for ``node`` from its already-computed argument values.
 
@@ -70,10 +136,11 @@ def prepare(
         op: runs the node's target on ``(args, kwargs)``.
         param_ids: ``id()`` of every parameter of the model.
         module: the submodule of a ``call_module`` node (its parameters count as the node's).
-        clone_inputs: run on clones of the leaves (for ops that modify an input in place).
     """
     leaves: dict[int, torch.Tensor] = {}
+    sources: dict[int, torch.Tensor] = {}
     params: dict[int, torch.Tensor] = {}
+    plain: dict[int, torch.Tensor] = {}
 
     def detach(t: torch.Tensor) -> torch.Tensor:
         if id(t) in param_ids:
@@ -81,9 +148,12 @@ def prepare(
                 params[id(t)] = t
             return t
         if not t.requires_grad:
+            plain[id(t)] = t
             return t
         if id(t) not in leaves:
-            leaves[id(t)] = t.detach().requires_grad_()
+            leaf = t.detach().requires_grad_()
+            leaves[id(t)] = leaf
+            sources[id(leaf)] = t
         return leaves[id(t)]
 
     args, kwargs = pytree.tree_map_only(torch.Tensor, detach, (args, kwargs))
@@ -92,22 +162,6 @@ def prepare(
             if p.requires_grad:
                 params.setdefault(id(p), p)
     inputs = list(leaves.values())
-    if clone_inputs:
-        copies = {id(t) for t in inputs}
-
-        def forward() -> Any:
-            a, k = pytree.tree_map_only(torch.Tensor, lambda t: t.clone() if id(t) in copies else t,
-                                        (args, kwargs))
-            return op(a, k)
-    else:
-        def forward() -> Any:
-            return op(args, kwargs)
-
-    return NodeCall(node=node, forward=forward, inputs=inputs, params=list(params.values()))
-
-
-def modifies_input(e: BaseException) -> bool:
-    """Whether an exception is autograd refusing an in-place op on a leaf."""
-    text = str(e)
-    return isinstance(e, RuntimeError) and "in-place operation" in text and "leaf" in text
-
+    written = written_inputs(node, args, kwargs, op=op, candidates=[*inputs, *plain.values()])
+    return NodeCall(node, op, args, kwargs, inputs=inputs, params=list(params.values()),
+                    written=written, sources=sources)

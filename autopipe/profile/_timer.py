@@ -44,12 +44,19 @@ class Timer:
         self.overhead = self.median(lambda: None, warmup=10, repeats=101)
 
     def median(self, fn: Callable[[], Any], *, warmup: int | None = None,
-               repeats: int | None = None) -> float:
+               repeats: int | None = None, before: Callable[[], Any] | None = None) -> float:
         """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs, less the
-        timer's own overhead (never below zero)."""
-        for _ in range(self.warmup if warmup is None else warmup):
-            fn()
-        samples = [self.sample(fn) for _ in range(self.repeats if repeats is None else repeats)]
+        timer's own overhead (never below zero); ``before()``, untimed, precedes each run."""
+        warmup = self.warmup if warmup is None else warmup
+        repeats = self.repeats if repeats is None else repeats
+        samples: list[float] = []
+        for i in range(warmup + repeats):
+            if before is not None:
+                before()
+            if i < warmup:
+                fn()
+            else:
+                samples.append(self.sample(fn))
         return max(statistics.median(samples) - self.overhead, 0.0)
 
     def sample(self, fn: Callable[[], Any]) -> float:

@@ -11,7 +11,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from autopipe.errors import AutopipeError, ProfileError
-from autopipe.profile._node import NodeCall, Op, modifies_input, prepare
+from autopipe.profile._node import NodeCall, Op, prepare
 from autopipe.profile._progress import Progress
 from autopipe.trace.graph import target_name
 
@@ -36,8 +36,10 @@ class NodeWalker(fx.Interpreter):
     """Runs a GraphModule and calls ``cost(call)`` for every computing node.
 
     Placeholders, ``get_attr`` and the output node run as usual and cost nothing.
-    Subclasses implement ``cost``, which must run ``call.forward()`` and return its
-    output (fed to later nodes) together with the node's NodeCost.
+    Subclasses implement ``cost``, which must run ``call.run()`` once and return its
+    output (fed to later nodes) together with the node's NodeCost; any further runs
+    go through ``call.fresh()`` and ``call.forward()`` ([Note: in-place writes while
+    profiling] in ``_mutation.py``).
 
     Args:
         gm: the module to run (on the profiling device and dtype).
@@ -72,15 +74,9 @@ class NodeWalker(fx.Interpreter):
         module = self.fetch_attr(str(n.target)) if n.op == "call_module" else None
         op = self.op_for(n)
         try:
-            try:
-                call = prepare(n, args, kwargs, op=op, param_ids=self.param_ids, module=module)
-                out, cost = self.cost(call)
-            except RuntimeError as e:
-                if not modifies_input(e):
-                    raise
-                call = prepare(n, args, kwargs, op=op, param_ids=self.param_ids, module=module,
-                               clone_inputs=True)
-                out, cost = self.cost(call)
+            call = prepare(n, args, kwargs, op=op, param_ids=self.param_ids, module=module)
+            out, cost = self.cost(call)
+            call.finish()
         except AutopipeError:
             raise
         except torch.OutOfMemoryError as e:

@@ -104,7 +104,7 @@ class _Estimator(NodeWalker):
         before = self.saved.total
         box: list[Any] = []
         with self.saved.count():
-            fwd = self._price("forward", lambda: box.append(call.forward()))
+            fwd = self._price("forward", lambda: box.append(call.run()))
         out = box[0]
         activation = self.saved.total - before
         bi, bw = self._backward(call, out)

@@ -11,7 +11,7 @@ import torch.fx as fx
 from autopipe._version import __version__
 from autopipe.errors import ProfileError
 from autopipe.profile._assemble import assemble
-from autopipe.profile._copy import buffers_restored, module_tensors
+from autopipe.profile._copy import buffers_restored, fresh_inputs, module_tensors
 from autopipe.profile._node import NodeCall
 from autopipe.profile._progress import Progress
 from autopipe.profile._saved import SavedBytes
@@ -50,8 +50,12 @@ def measure(
     ``torch.cuda.max_memory_allocated`` on CUDA), so that the per-node sum can be
     checked against it.
 
-    The user's model is not changed: another device or dtype runs on a copy, batch-norm
-    statistics are restored, and gradients are returned, never accumulated in ``.grad``.
+    A node that writes an input in place gets fresh copies of it for every extra run and
+    writes the real value once, so later nodes see what one forward makes ([Note: in-place
+    writes while profiling] in ``_mutation.py``); the whole-model runs each get their own
+    copies of the inputs. The user's model and example are not changed: another device or
+    dtype runs on a copy, batch-norm statistics are restored, and gradients are returned,
+    never accumulated in ``.grad``.
 
     Args:
         graph: the traced model.
@@ -83,7 +87,7 @@ def measure(
         timer = Timer(dev, warmup=warmup, repeats=repeats, clock=clock)
         walker = _Measurer(s.gm, device=dev, progress=bar, timer=timer)
         try:
-            walker.run(*s.flat)
+            walker.run(*fresh_inputs(s.flat))
         finally:
             bar.close()
             walker.saved.release()
@@ -110,10 +114,10 @@ class _Measurer(NodeWalker):
         self.grad_overhead = _grad_call_overhead(timer)
 
     def cost(self, call: NodeCall) -> tuple[Any, NodeCost]:
-        forward_s = self.timer.median(call.forward)
+        forward_s = self.timer.median(call.forward, before=call.fresh)
         before = self.saved.total
         with self.saved.count():
-            out = call.forward()
+            out = call.run()
         activation = self.saved.total - before
         bi, bw = self._backward(call, out)
         self.timer.sync()

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from autopipe.profile._copy import buffers_restored, module_tensors
+from autopipe.profile._copy import buffers_restored, fresh_inputs, module_tensors
 from autopipe.profile._saved import SavedBytes
 from autopipe.profile._setup import check_counts, cpu_threads, resolve_device, setup
 from autopipe.profile._timer import Timer
@@ -55,8 +55,8 @@ def run_whole(gm: fx.GraphModule, flat: list[Any], timer: Timer) -> WholeModel:
     """``measure_whole`` on a module and inputs already on the timer's device."""
     params = [p for p in gm.parameters() if p.requires_grad]
 
-    def forward() -> list[torch.Tensor]:
-        outs = gm(*flat)
+    def forward(inputs: list[Any]) -> list[torch.Tensor]:
+        outs = gm(*inputs)
         return [t for t in outs if isinstance(t, torch.Tensor) and t.requires_grad]
 
     def backward(outs: list[torch.Tensor]) -> None:
@@ -64,13 +64,16 @@ def run_whole(gm: fx.GraphModule, flat: list[Any], timer: Timer) -> WholeModel:
             # autograd.grad, not .backward(): the user's .grad fields stay untouched
             torch.autograd.grad(outs, params, [torch.ones_like(t) for t in outs], allow_unused=True)
 
+    # every run on its own copies of the inputs, which the model may write in place
     for _ in range(timer.warmup):
-        backward(forward())
+        backward(forward(fresh_inputs(flat)))
     fwd: list[float] = []
     bwd: list[float] = []
     box: list[list[torch.Tensor]] = []
+    ready: list[list[Any]] = []
     for _ in range(timer.repeats):
-        fwd.append(timer.sample(lambda: box.append(forward())))
+        ready.append(fresh_inputs(flat))
+        fwd.append(timer.sample(lambda: box.append(forward(ready.pop()))))
         bwd.append(timer.sample(lambda: backward(box.pop())))
     saved = SavedBytes(exclude=module_tensors(gm))
     peak: int | None = None
@@ -78,8 +81,9 @@ def run_whole(gm: fx.GraphModule, flat: list[Any], timer: Timer) -> WholeModel:
         torch.cuda.synchronize(timer.device)
         torch.cuda.reset_peak_memory_stats(timer.device)
         base = torch.cuda.memory_allocated(timer.device)
+    inputs = fresh_inputs(flat)
     with saved.count():
-        outs = forward()
+        outs = forward(inputs)
     backward(outs)
     if timer.cuda:
         torch.cuda.synchronize(timer.device)

@@ -23,10 +23,11 @@ from autopipe.runtime.affinity import pin_cores
 from autopipe.runtime.malloc import pin_malloc
 from autopipe.runtime.meta import StageMeta, stage_metas
 from autopipe.runtime.optim import TrainConfig, make_optimizer
-from autopipe.runtime.placement import check_fingerprint, check_world_size, rank_of_stages
-from autopipe.runtime.split import Split, split_graph
+from autopipe.runtime.placement import check_world_size, rank_of_stages
+from autopipe.runtime.split import Split
 from autopipe.runtime.stage import Pipeline, build_pipeline
 from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage_params
+from autopipe.runtime.validate import model_constants, validate_plan
 from autopipe.spec import ModelSpec
 from autopipe.trace import Graph, trace
 
@@ -77,6 +78,8 @@ def prepare(spec: ModelSpec, plan: Plan, world_size: int, graph: Graph | None = 
     Runs before any process group exists, so a wrong plan stops every rank (or the
     launcher) with a clear error instead of failing mid-step.
 
+    The plan is checked with ``validate_plan``, as every command that reads a plan does.
+
     Raises:
         PlanMismatchError: the plan was made for another model, micro-batch shape or world size.
         PlanError: the plan cannot be run (a non-tensor crosses a cut, unknown schedule, ...).
@@ -90,11 +93,11 @@ def prepare(spec: ModelSpec, plan: Plan, world_size: int, graph: Graph | None = 
                         hint="make the model take its tensors positionally")
     if graph is None:
         graph = trace(spec.model, spec.example_inputs, spec.example_kwargs)
-    check_fingerprint(plan, graph.fingerprint)
+    constants = model_constants(graph, spec)
+    split = validate_plan(plan, graph, constants=constants)
+    assert split is not None
     flat = graph.flat_inputs(spec.example_inputs, spec.example_kwargs)
     names = [n.name for n in graph.gm.graph.nodes if n.op == "placeholder"]
-    constants = {n: v for n, v in zip(names, flat) if not isinstance(v, torch.Tensor)}
-    split = split_graph(graph, plan, constants)
     # the model's inputs go in contiguous (see _step_data): torch checks their strides
     metas = stage_metas(split, [v.contiguous() for v in flat if isinstance(v, torch.Tensor)])
     return Prepared(graph=graph, split=split, metas=metas, constants=constants, input_names=names)

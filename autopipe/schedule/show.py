@@ -20,7 +20,7 @@ def add_show_args(p: argparse.ArgumentParser) -> None:
                         "(needs matplotlib: pip install 'autopipe[plot]')")
     p.add_argument("--trace", metavar="FILE.json",
                    help="write the simulated timeline as a Chrome/Perfetto trace (one track per stage)")
-    p.add_argument("--width", type=int, default=DEFAULT_WIDTH, metavar="COLUMNS",
+    p.add_argument("--width", type=int, default=None, metavar="COLUMNS",
                    help=f"columns of the text timeline (default {DEFAULT_WIDTH})")
     p.add_argument("--no-timeline", action="store_true", help="do not print the text timeline")
     p.add_argument("--runtime-costs", metavar="COSTS.json",
@@ -32,13 +32,21 @@ def show_schedule(plan: Plan, args: argparse.Namespace) -> None:
     """Simulate ``plan``; print its timeline and write the files ``args`` asks for.
 
     Raises:
-        AutopipeError: a bad ``--width``; PlanError: the plan cannot be simulated, or
-            ``--png`` without matplotlib.
+        AutopipeError: a bad ``--width``, or one with ``--no-timeline``; PlanError: the plan
+            cannot be simulated, or ``--png`` without matplotlib.
     """
+    from autopipe._jsonio import check_writable
     from autopipe.schedule.simulate import simulate_plan
 
-    if args.width < 8:
-        raise AutopipeError(f"--width {args.width} is too narrow", hint="use at least 8 columns")
+    for out in (args.png, args.trace):
+        if out:
+            check_writable(out)
+    width = DEFAULT_WIDTH if args.width is None else args.width
+    if args.width is not None and args.no_timeline:
+        raise AutopipeError("--width applies only to the text timeline, which --no-timeline turns off",
+                            hint="drop --width or --no-timeline")
+    if width < 8:
+        raise AutopipeError(f"--width {width} is too narrow", hint="use at least 8 columns")
     runtime = None
     if getattr(args, "runtime_costs", None):
         from autopipe.schedule.runtime_costs import RuntimeCosts
@@ -52,7 +60,7 @@ def show_schedule(plan: Plan, args: argparse.Namespace) -> None:
         if runtime is not None:
             print(f"with the runtime costs of {args.runtime_costs} "
                   f"(plan's own prediction: {plan.predicted.iteration_s:.6g} s)")
-        print(text_timeline(result, width=args.width))
+        print(text_timeline(result, width=width))
     if args.png:
         from autopipe.schedule.render import render_plan
 

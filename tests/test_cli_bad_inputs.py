@@ -1,0 +1,211 @@
+"""Bad inputs across the CLI commands: each exits 2 with a one-line error naming the problem.
+
+One row per mistake a user can make: a flag that does not apply to the chosen mode,
+a missing or broken file, a plan that does not fit the model or cannot run. Every row
+must give exit code 2, the message fragment, a hint or argparse's usage, and no
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autopipe.cli.main import main
+from tests.conftest import ROOT
+
+MLP_FILE = str(ROOT / "examples" / "mlp.py")
+MLP = MLP_FILE + ":build"
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _edit(source: Path, target: Path, change: Any) -> str:
+    data = json.loads(source.read_text())
+    change(data)
+    target.write_text(json.dumps(data))
+    return str(target)
+
+
+def _empty_stage(d: dict[str, Any]) -> None:
+    d["stages"][0]["nodes"] = []
+
+
+def _node_twice(d: dict[str, Any]) -> None:
+    d["stages"][1]["nodes"].append(d["stages"][0]["nodes"][-1])
+
+
+def _node_dropped(d: dict[str, Any]) -> None:
+    d["stages"][1]["nodes"].pop(0)
+
+
+def _send_from_later(d: dict[str, Any]) -> None:
+    d["stages"][0]["sends"][0]["tensor"] = d["stages"][1]["nodes"][-1]
+
+
+def _output_first(d: dict[str, Any]) -> None:
+    d["stages"][1]["nodes"].remove("output")
+    d["stages"][0]["nodes"].append("output")
+
+
+def _negative_time(d: dict[str, Any]) -> None:
+    d["stages"][1]["forward_s"] = -1.0
+
+
+def _no_stages_key(d: dict[str, Any]) -> None:
+    del d["stages"]
+
+
+def _unknown_schedule(d: dict[str, Any]) -> None:
+    d["schedule"] = "zigzag"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One planned MLP (2 stages, estimated), its profile, and broken variants of both."""
+    tmp = tmp_path_factory.mktemp("bad_inputs")
+    plan, profile, other = tmp / "plan.json", tmp / "profile.json", tmp / "other.json"
+    assert main(["profile", MLP, "--device", "meta", "--no-progress", "-o", str(profile)]) == 0
+    assert main(["plan", MLP, "--stages", "2", "--profile", str(profile), "-o", str(plan)]) == 0
+    assert main(["plan", MLP, "--spec-arg", "layers=3", "--stages", "2", "--device-spec", "h100",
+                 "-o", str(other)]) == 0
+    (tmp / "broken.json").write_text('{"schema": "autopipe.plan/1", "stages": [')
+    (tmp / "spec_no_build.py").write_text("X = 1\n")
+    files = {"tmp": str(tmp), "plan": str(plan), "profile": str(profile), "other": str(other),
+             "broken": str(tmp / "broken.json"), "no_build": str(tmp / "spec_no_build.py")}
+    for name, change in [("empty_stage", _empty_stage), ("node_twice", _node_twice),
+                         ("node_dropped", _node_dropped), ("send_from_later", _send_from_later),
+                         ("output_first", _output_first), ("negative_time", _negative_time),
+                         ("no_stages_key", _no_stages_key), ("unknown_schedule", _unknown_schedule)]:
+        files[name] = _edit(plan, tmp / f"{name}.json", change)
+    return files
+
+
+OUT = ["-o", "{tmp}/out.json"]
+PLAN = ["plan", MLP, "--stages", "2", *OUT]
+PLAN_P = [*PLAN, "--profile", "{profile}"]
+
+# (id, argv with {file} placeholders, message fragment)
+CASES: list[tuple[str, list[str], str]] = [
+    # autopipe profile
+    ("profile: --device-spec without meta",
+     ["profile", MLP, "--device-spec", "nosuchgpu", *OUT], "--device-spec applies only with --device meta"),
+    ("profile: --device-spec with --device cpu",
+     ["profile", MLP, "--device", "cpu", "--device-spec", "h100", *OUT], "--device-spec applies only"),
+    ("profile: unknown device spec",
+     ["profile", MLP, "--device", "meta", "--device-spec", "nosuchgpu", *OUT],
+     "unknown device spec 'nosuchgpu'"),
+    ("profile: --repeats with meta",
+     ["profile", MLP, "--device", "meta", "--repeats", "3", *OUT], "--repeats applies only when measuring"),
+    ("profile: --threads on cuda",
+     ["profile", MLP, "--device", "cuda", "--threads", "2", *OUT], "--threads applies only with --device cpu"),
+    ("profile: repeats 0", ["profile", MLP, "--repeats", "0", *OUT], "repeats = 0"),
+    ("profile: unknown device", ["profile", MLP, "--device", "tpu", *OUT], "unknown device 'tpu'"),
+    ("profile: missing spec file", ["profile", "{tmp}/nosuch.py:build", *OUT], "does not exist"),
+    ("profile: spec function missing", ["profile", MLP_FILE + ":nosuch", *OUT], "no function 'nosuch'"),
+    ("profile: spec file without build", ["profile", "{no_build}:build", *OUT], "no function 'build'"),
+    ("profile: spec without function", ["profile", MLP_FILE, *OUT], "has no ':function' part"),
+    ("profile: --spec-arg without =", ["profile", MLP, "--spec-arg", "layers", *OUT], "is not key=value"),
+    ("profile: unknown knob", ["profile", MLP, "--spec-arg", "colour=red", *OUT], "colour"),
+    ("profile: output is a directory", ["profile", MLP, "--device", "meta", "-o", "{tmp}"],
+     "cannot write (is a directory)"),
+    # autopipe plan
+    ("plan: --stages 0", [*PLAN_P[:3], "0", *PLAN_P[4:]], "num_stages = 0"),
+    ("plan: --stages not a number", ["plan", MLP, "--stages", "two", *OUT], "invalid int value"),
+    ("plan: unknown schedule", [*PLAN_P, "--schedule", "zigzag"], "unknown schedule 'zigzag'"),
+    ("plan: bad size string", [*PLAN_P, "--memory", "12XB"], "12XB"),
+    ("plan: negative size", [*PLAN_P, "--memory=-1GiB"], "-1GiB"),
+    ("plan: output under a file", ["plan", MLP, "--stages", "2", "--profile", "{profile}",
+                                   "-o", "{plan}/new.json"], "plan.json is a file"),
+    ("plan: bad link bandwidth", [*PLAN_P, "--link-bandwidth", "fast"], "fast"),
+    ("plan: missing profile", [*PLAN, "--profile", "{tmp}/missing.json"], "missing.json: no such file"),
+    ("plan: malformed profile", [*PLAN, "--profile", "{broken}"], "not valid JSON"),
+    ("plan: a plan as the profile", [*PLAN, "--profile", "{plan}"], "expected 'autopipe.profile/1'"),
+    ("plan: profile of another model",
+     [*PLAN_P, "--spec-arg", "layers=3"], "another model"),
+    ("plan: --device-spec with --profile",
+     [*PLAN_P, "--device-spec", "h100"], "--device-spec applies only when autopipe profiles"),
+    ("plan: --time-limit with --method dp",
+     [*PLAN_P, "--method", "dp", "--time-limit", "5"], "--time-limit applies only with --method ilp"),
+    ("plan: negative --time-limit", [*PLAN_P, "--time-limit=-1"], "-1 is not positive"),
+    ("plan: --gap above 1", [*PLAN_P, "--gap", "5"], "gap 5 is not a fraction"),
+    ("plan: --max-blocks 0", [*PLAN_P, "--max-blocks", "0"], "0 is not positive"),
+    ("plan: build function fails on a knob", [*PLAN_P, "--spec-arg", "hidden=-3"],
+     "failed: RuntimeError: Trying to create tensor with negative dimension"),
+    ("plan: missing devices file", [*PLAN_P, "--devices", "{tmp}/devices.json"], "devices.json"),
+    # autopipe show
+    ("show: nonexistent plan path", ["show", "{tmp}/nosuch.json"], "nosuch.json: no such file"),
+    ("show: malformed JSON", ["show", "{broken}"], "not valid JSON"),
+    ("show: wrong schema", ["show", "{profile}"], "expected 'autopipe.plan/1'"),
+    ("show: plan without stages", ["show", "{no_stages_key}"], "malformed plan"),
+    ("show: empty stage", ["show", "{empty_stage}"], "stage 0 has no nodes"),
+    ("show: node in two stages", ["show", "{node_twice}"], "is in two stages"),
+    ("show: node in no stage", ["show", "{node_dropped}"], "the stages hold 20 nodes but the model has 21"),
+    ("show: send from a later stage", ["show", "{send_from_later}"], "which the later stage 1 makes"),
+    ("show: output not in the last stage", ["show", "{output_first}"], "not in the last stage"),
+    ("show: negative time", ["show", "{negative_time}"], "forward_s = -1.0"),
+    ("show: unknown schedule", ["show", "{unknown_schedule}"], "unknown schedule 'zigzag'"),
+    ("show: --width with --no-timeline",
+     ["show", "{plan}", "--no-timeline", "--width", "50"], "--width applies only to the text timeline"),
+    ("show: --png into a directory", ["show", "{plan}", "--png", "{tmp}"], "is a directory"),
+    ("show: missing runtime costs", ["show", "{plan}", "--runtime-costs", "{tmp}/c.json"], "c.json"),
+    # autopipe check
+    ("check: empty stage node list", ["check", "{empty_stage}", "--baseline", "{plan}"],
+     "stage 0 has no nodes"),
+    ("check: empty stage in the baseline", ["check", "{plan}", "--baseline", "{empty_stage}"],
+     "stage 0 has no nodes"),
+    ("check: missing baseline", ["check", "{plan}", "--baseline", "{tmp}/old.json"], "old.json: no such file"),
+    ("check: baseline of another model", ["check", "{plan}", "--baseline", "{other}"], "different models"),
+    ("check: plan/model mismatch", ["check", "{plan}", "--spec", MLP, "--spec-arg", "layers=3"],
+     "another model"),
+    ("check: invalid plan against the model", ["check", "{node_dropped}", "--spec", MLP],
+     "the stages hold 20 nodes"),
+    ("check: --spec-arg without --spec", ["check", "{plan}", "--baseline", "{plan}", "--spec-arg", "a=1"],
+     "--spec-arg applies only with --spec"),
+    ("check: -o without --spec", ["check", "{plan}", "--baseline", "{plan}", *OUT],
+     "-o/--output applies only with --spec"),
+    ("check: --refresh without --golden", ["check", "{plan}", "--baseline", "{plan}", "--refresh"],
+     "--refresh applies only with --golden"),
+    ("check: no plan", ["check", "--baseline", "{plan}"], "no PLAN.json given"),
+    ("check: negative tolerance", ["check", "{plan}", "--baseline", "{plan}", "--tolerance", "-1"],
+     "not a non-negative fraction"),
+    # autopipe train
+    ("train: missing plan", ["train", MLP, "--plan", "{tmp}/nosuch.json", "--steps", "1"], "no such file"),
+    ("train: empty stage", ["train", MLP, "--plan", "{empty_stage}", "--steps", "1"], "stage 0 has no nodes"),
+    ("train: plan/model mismatch",
+     ["train", MLP, "--spec-arg", "layers=3", "--plan", "{plan}", "--steps", "1", "--launch", "2"],
+     "another model"),
+    ("train: world size", ["train", MLP, "--plan", "{plan}", "--steps", "1"], "the world size is 1"),
+    ("train: --batch-size not a multiple",
+     ["train", MLP, "--plan", "{plan}", "--steps", "1", "--batch-size", "7"], "not a positive multiple"),
+    ("train: --launch 0", ["train", MLP, "--plan", "{plan}", "--steps", "1", "--launch", "0"], "--launch 0"),
+]
+
+
+def test_the_table_is_long_enough() -> None:
+    assert len(CASES) >= 25
+    assert len({c[0] for c in CASES}) == len(CASES)
+    assert {c[1][0] for c in CASES} == {"profile", "plan", "show", "check", "train"}
+
+
+@pytest.mark.parametrize(("argv", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(argv: list[str], message: str, files: dict[str, str],
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run([a.format(**files) for a in argv], capsys)
+    assert code == 2, err
+    assert message in err, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1, err  # one line saying what is wrong ...
+    assert "hint:" in err or err.startswith("usage:"), err  # ... and how to fix it
+    assert not Path(files["tmp"], "out.json").exists()
