@@ -70,18 +70,6 @@ def _model_device(spec: ModelSpec) -> torch.device:
     return torch.device("cpu")
 
 
-def _clock(device: torch.device) -> Callable[[], float]:
-    """A clock for work on ``device``: on CUDA, wall time after waiting for the device (a
-    launch returns before its kernels run); on the CPU, the thread's CPU time with one
-    thread (see ``autopipe.profile._timer``), else wall time."""
-    if device.type == "cuda":
-        def now() -> float:
-            torch.cuda.synchronize(device)
-            return time.perf_counter()
-        return now
-    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
-
-
 def _low(times: list[float]) -> float:
     """The 10th percentile: other processes only ever add time, so this is the undisturbed cost."""
     ordered = sorted(times)
@@ -350,7 +338,9 @@ def measure_loss_s(spec: ModelSpec, repeats: int = 5) -> tuple[float, float]:
     def both() -> None:
         torch.autograd.backward(forward())
 
-    clock = _clock(_model_device(spec))
+    from autopipe.runtime.timing import stage_clock
+
+    clock = stage_clock(_model_device(spec))
     f = _time(forward, repeats, warmup=1, clock=clock)
     fb = _time(both, repeats, warmup=1, clock=clock)
     return f, max(0.0, fb - f)
@@ -393,52 +383,21 @@ def measure_stage_compute(spec: ModelSpec, graph: Graph, plan: Plan, repeats: in
                           idle_s: float = 0.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Each stage's forward and backward, timed as the one module the runtime runs.
 
-    The stages are the runtime's split of ``graph`` (``autopipe.runtime.split``), run
-    in order on one micro-batch, each on its predecessor's real outputs; a backward
-    is seeded with ones. Copies run, so the model's statistics and gradients are left
-    alone. Timed like the profiler: thread CPU time with one thread, else wall time (on
-    CUDA, after waiting for the device);
-    medians of ``repeats`` after two warm-ups. With ``idle_s``, the thread blocks that
-    long before each forward and each backward, as a rank blocks on its peer: see
-    [Note: compute after a wait].
+    The stages are the runtime's split of ``graph``, timed by
+    ``autopipe.runtime.timing.time_stages`` on the spec's example micro-batch (see
+    there; ``idle_s`` as in [Note: compute after a wait]).
 
     Returns:
         (forward seconds per stage, backward seconds per stage).
     """
-    import copy
-
     from autopipe.runtime.placement import num_ranks
+    from autopipe.runtime.timing import time_stages
     from autopipe.runtime.train import prepare
 
     prep = prepare(spec, plan, num_ranks(plan), graph)
     flat = graph.flat_inputs(spec.example_inputs, spec.example_kwargs)
     values = [v for v in flat if isinstance(v, torch.Tensor)]
-    clock = _clock(_model_device(spec))
-    forward_s: list[float] = []
-    backward_s: list[float] = []
-    for st in prep.split.stages:
-        module = copy.deepcopy(st.module)
-        inputs = [v.detach().requires_grad_(st.index > 0 and v.is_floating_point()) for v in values]
-        fwd, bwd = [], []
-        outs: tuple[Any, ...] = ()
-        for i in range(2 + repeats):
-            _block(idle_s)
-            t0 = clock()
-            outs = tuple(module(*inputs))
-            t1 = clock()
-            grads = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
-            seeds = [torch.ones_like(o) for o in grads]
-            _block(idle_s)
-            t2 = clock()
-            if grads:
-                torch.autograd.backward(grads, seeds)
-            if i >= 2:
-                fwd.append(t1 - t0)
-                bwd.append(clock() - t2)
-        forward_s.append(statistics.median(fwd))
-        backward_s.append(statistics.median(bwd))
-        values = [o.detach() for o in outs if isinstance(o, torch.Tensor)]
-    return tuple(forward_s), tuple(backward_s)
+    return time_stages(prep.split, values, repeats=repeats, idle_s=idle_s)
 
 
 def measure_optimizer_s(spec: ModelSpec, graph: Graph, plan: Plan, optimizer: str = "adam",
@@ -454,11 +413,12 @@ def measure_optimizer_s(spec: ModelSpec, graph: Graph, plan: Plan, optimizer: st
     from autopipe.runtime.optim import TrainConfig, make_optimizer
     from autopipe.runtime.placement import num_ranks
     from autopipe.runtime.tied import canonical_names, stage_params
+    from autopipe.runtime.timing import stage_clock
     from autopipe.runtime.train import prepare
 
     prep = prepare(spec, plan, num_ranks(plan), graph)
     canonical = canonical_names(graph)
-    clock = _clock(_model_device(spec))
+    clock = stage_clock(_model_device(spec))
     config = TrainConfig(steps=1, optimizer=optimizer)
     out: list[float] = []
     for st in prep.split.stages:
