@@ -49,7 +49,8 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{self.example}-{self.stages}-{self.schedule}" + ("" if self.tied_sync else "-untied")
+        dtype = {"bfloat16": "-bf16"}.get(str(self.knobs.get("dtype")), "")
+        return f"{self.example}-{self.stages}-{self.schedule}{dtype}" + ("" if self.tied_sync else "-untied")
 
     def spec(self) -> ModelSpec:
         return example_spec(self.example, **{**TINY[self.example], **self.knobs})
@@ -84,4 +85,6 @@ CASES = {c.name: c for c in [
     Case("llama", 4, "looped-bfs", ranks=(0, 1, 0, 1)),
     Case("bert", 4, "dualpipev", ranks=(0, 1, 1, 0)),
     Case("gpt2", 2, tied_sync=False),
+    # bf16 weights: both sides train through fp32 master copies ([Note: master weights])
+    Case("llama", 2, optimizer="adam", lr=1e-2, knobs={"dtype": "bfloat16"}),
 ]}
