@@ -71,10 +71,10 @@ def pin_malloc() -> bool:
     allocator's history: the MLP's whole-model backward flips between ~0.8 and ~1.6 ms.
     Per-node timing reuses warm buffers and never sees it. Pinning the thresholds
     makes the reference stable, and is what ``autopipe train`` does on CPU ranks
-    (``autopipe.runtime.malloc``); GPU caching allocators behave like this anyway.
+    (``autopipe._malloc``); GPU caching allocators behave like this anyway.
     Returns whether it worked.
     """
-    from autopipe.runtime.malloc import pin_malloc as pin
+    from autopipe._malloc import pin_malloc as pin
 
     return pin()
 

@@ -27,7 +27,7 @@ had the two cores to themselves. Everything, calibration included, runs
 ``--rounds`` times; the target is checked on each example's median ratio.
 
 The ranks pin glibc's malloc thresholds, as ``autopipe train`` does on CPU
-(autopipe.runtime.malloc), and so does this process, where the profile and the
+(autopipe._malloc), and so does this process, where the profile and the
 model costs are measured; ``--no-pin-malloc`` runs both with glibc's defaults.
 The ranks also keep to a core each, as ``autopipe train`` does on CPU
 (autopipe.runtime.affinity); ``--no-pin-cores`` lets them share both (the
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="repeat everything, calibration included")
     ap.add_argument("--no-pin-malloc", action="store_true",
                     help="keep glibc's default mmap and trim thresholds here and in the ranks "
-                         "(autopipe train pins them on CPU; see autopipe.runtime.malloc)")
+                         "(autopipe train pins them on CPU; see autopipe._malloc)")
     ap.add_argument("--no-pin-cores", action="store_true",
                     help="let the training ranks share the cores (autopipe train gives each "
                          "its own on CPU; see autopipe.runtime.affinity)")
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     pins = "+".join(what for what, off in (("malloc", args.no_pin_malloc), ("cores", args.no_pin_cores))
                     if not off) or "none"
     if pin:
-        from autopipe.runtime.malloc import pin_malloc
+        from autopipe._malloc import pin_malloc
 
         print(f"glibc malloc thresholds pinned here: {pin_malloc()}")
     load = os.getloadavg()[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 
@@ -156,3 +158,16 @@ def test_wrong_inputs(traced: Traced) -> None:
     _, graph = traced["mlp"]
     with pytest.raises(autopipe.AutopipeError):
         measure(graph, (torch.randn(8, 64), torch.randn(1)))
+
+
+def test_cpu_profiles_pin_malloc_as_training_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
+                "GLIBC_TUNABLES"):
+        monkeypatch.delenv(var, raising=False)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    graph = autopipe.trace(model, (torch.randn(2, 4),))
+    pinned = measure(graph, (torch.randn(2, 4),), warmup=0, repeats=1, progress=False)
+    assert pinned.meta["malloc_pinned"] is (platform.libc_ver()[0] == "glibc")
+    assert pinned.meta["cpu_affinity"] >= 1
+    left = measure(graph, (torch.randn(2, 4),), warmup=0, repeats=1, progress=False, pin_malloc=False)
+    assert left.meta["malloc_pinned"] is False

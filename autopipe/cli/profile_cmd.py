@@ -43,6 +43,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--clock", choices=CLOCKS, default=None,
                    help="CPU clock: thread CPU time (auto with one thread; robust on a busy machine) "
                         "or wall time (perf_counter); CUDA always uses events")
+    p.add_argument("--no-pin-malloc", dest="pin_malloc", action="store_false",
+                   help="--device cpu: keep glibc's malloc defaults (autopipe train pins its thresholds "
+                        "on CPU ranks, and so does profiling by default)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
                    help="optimizer for the training-memory line of the summary (default adam)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -69,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         profile = measure(graph, spec.example_inputs, spec.example_kwargs, device=args.device,
                           dtype=args.dtype, warmup=2 if args.warmup is None else args.warmup,
                           repeats=5 if args.repeats is None else args.repeats,
-                          threads=threads or None, progress=progress, clock=args.clock or "auto")
+                          threads=threads or None, progress=progress, clock=args.clock or "auto",
+                          pin_malloc=args.pin_malloc)
     profile.save(args.output)
     print(summary(profile, spec.name, optimizer=args.optimizer))
     print(f"wrote {args.output}")
@@ -89,8 +93,10 @@ def _check_flags(args: argparse.Namespace, meta: bool) -> None:
                     "when measuring (--device cpu or cuda); --device meta estimates and runs nothing",
                     hint=f"drop {flag}, or measure with --device cpu")
     cuda = args.device.startswith("cuda")
-    for flag, value in (("--threads", args.threads), ("--clock", args.clock)):
-        reject_flag(value is not None and cuda, flag, "with --device cpu (CUDA is timed with events)",
+    for flag, value in (("--threads", args.threads), ("--clock", args.clock),
+                        ("--no-pin-malloc", None if args.pin_malloc else True)):
+        reject_flag(value is not None and (cuda or meta), flag,
+                    "with --device cpu (CUDA is timed with events; meta runs nothing)",
                     hint=f"drop {flag}")
 
 

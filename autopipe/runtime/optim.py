@@ -30,7 +30,7 @@ class TrainConfig:
     """A rank waiting this long on a peer (rendezvous, send, receive) gives up with an error."""
     pin_malloc: bool = True
     """CPU ranks keep freed memory for reuse instead of faulting it back in every micro-batch
-    (``autopipe.runtime.malloc``; skipped where ``MALLOC_*_`` variables are set)."""
+    (``autopipe._malloc``; skipped where ``MALLOC_*_`` variables are set)."""
     pin_cores: bool = True
     """CPU ranks on one machine each keep to their own share of its cores
     (``autopipe.runtime.affinity``; skipped where the process is already bound)."""

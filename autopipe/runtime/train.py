@@ -16,11 +16,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from autopipe._malloc import pin_malloc
 from autopipe._units import format_size
 from autopipe.errors import AutopipeError, PlanMismatchError, RuntimeStageError, SpecError
 from autopipe.plan_format import Plan
 from autopipe.runtime.affinity import pin_cores
-from autopipe.runtime.malloc import pin_malloc
 from autopipe.runtime.meta import StageMeta, stage_metas
 from autopipe.runtime.optim import TrainConfig, make_optimizer
 from autopipe.runtime.placement import check_world_size, rank_of_stages

@@ -262,8 +262,8 @@ def _worker(out: str, optimizer: str) -> int:
     """One rank of the calibration job (run under the launcher)."""
     import torch.distributed as dist
 
+    from autopipe._malloc import pin_malloc
     from autopipe.runtime.affinity import pin_cores
-    from autopipe.runtime.malloc import pin_malloc
 
     pin_malloc()  # as ``autopipe train`` does on CPU
     pin_cores(int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"]))  # likewise

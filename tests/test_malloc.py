@@ -1,4 +1,4 @@
-"""Tests for autopipe/runtime/malloc.py: pinned glibc malloc thresholds on CPU ranks."""
+"""Tests for autopipe/_malloc.py: pinned glibc malloc thresholds on CPU ranks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from autopipe.runtime.malloc import pin_malloc, user_malloc_settings
+from autopipe._malloc import pin_malloc, user_malloc_settings
 
 from .conftest import ROOT
 
@@ -17,7 +17,7 @@ from .conftest import ROOT
 # pages between two times), with glibc's defaults and then pinned.
 _FAULTS = """
 import resource, torch
-from autopipe.runtime.malloc import pin_malloc
+from autopipe._malloc import pin_malloc
 def faults():
     counts = []
     for _ in range(8):
