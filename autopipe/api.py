@@ -18,6 +18,8 @@ from autopipe.partition.planner import (
 )
 from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
+from autopipe.refine import can_refine
+from autopipe.refine import refine as refine_plan
 from autopipe.trace import Graph, trace
 
 PROFILE_MODES = ("measure", "estimate")
@@ -45,6 +47,7 @@ def plan(
     mip_gap: float = 1e-3,
     solver: str = "highs",
     deterministic: bool = True,
+    refine: bool = True,
 ) -> Plan:
     """Plan pipeline stages for ``model``.
 
@@ -76,6 +79,10 @@ def plan(
         mip_gap: relative gap at which the MIP counts as solved.
         solver: ``highs`` or ``cbc``.
         deterministic: leave solve seconds out (0), so equal inputs give byte-identical JSON.
+        refine: with ``profile="measure"``, re-time each planned stage as one module
+            where the model lives and re-solve until the cuts stay
+            (``autopipe.refine``; recorded in ``plan.options["refine"]``). Not with
+            ``batch_size`` (each micro-batch count has a profile of its own).
 
     Returns:
         The plan; ``plan.save(path)`` writes it.
@@ -91,18 +98,24 @@ def plan(
         return _profile(trace(model, args, kwargs), profile, args, kwargs,
                         device_spec=device_spec, dtype=dtype)
 
-    source: ProfileSource
+    def solve(source: ProfileSource) -> Plan:
+        return plan_profile(source, num_stages=num_stages, memory_limit=memory_limit, devices=devices,
+                            microbatches=microbatches, batch_size=batch_size, schedule=schedule,
+                            optimizer=optimizer,
+                            method=method, link_bandwidth=link_bandwidth, max_blocks=max_blocks,
+                            time_limit=time_limit, mip_gap=mip_gap, solver=solver,
+                            deterministic=deterministic)
+
     if batch_size is not None and isinstance(profile, str) and profile in PROFILE_MODES:
         def source(size: int) -> Profile:
             return profile_at(*resize_batch(example_inputs, example_kwargs, size))
-    else:
-        source = profile_at(example_inputs, example_kwargs)
-    return plan_profile(source, num_stages=num_stages, memory_limit=memory_limit, devices=devices,
-                        microbatches=microbatches, batch_size=batch_size, schedule=schedule,
-                        optimizer=optimizer,
-                        method=method, link_bandwidth=link_bandwidth, max_blocks=max_blocks,
-                        time_limit=time_limit, mip_gap=mip_gap, solver=solver,
-                        deterministic=deterministic)
+        return solve(source)
+    graph = trace(model, example_inputs, example_kwargs)
+    prof = _profile(graph, profile, example_inputs, example_kwargs, device_spec=device_spec, dtype=dtype)
+    plan = solve(prof)
+    if refine and profile == "measure" and can_refine(graph, prof) is None:
+        plan = refine_plan(plan, prof, graph, example_inputs, example_kwargs, solve)
+    return plan
 
 
 def _profile(graph: Graph, profile: str | os.PathLike[str] | Profile, args: tuple[Any, ...],

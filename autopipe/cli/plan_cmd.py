@@ -13,8 +13,10 @@ from autopipe.cli._common import add_spec_args, reject_flag
 from autopipe.errors import PlanError, SpecError
 from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, METHODS, ProfileSource, check_options
 from autopipe.partition.problem import SCHEDULES
+from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
 from autopipe.spec import ModelSpec, load_spec, parse_spec_args
+from autopipe.trace import Graph
 
 
 def add_parser(sub: Any) -> None:
@@ -56,6 +58,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--solver", default=None, help="--method ilp: MIP solver, highs (default) or cbc")
     p.add_argument("--timing", action="store_true",
                    help="record solve seconds in the plan (the file is then not byte-reproducible)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="plan on the per-node profile only: do not re-time the planned stages as "
+                        "whole modules and re-solve (done when autopipe measures the model here)")
     p.add_argument("-o", "--output", required=True, metavar="PLAN.json", help="where to write the plan")
     p.set_defaults(run=run)
 
@@ -104,8 +109,10 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.output)
     knobs = parse_spec_args(args.spec_arg)
     source: ProfileSource
+    graph = spec = None
     if args.batch_size is None or args.profile:
-        source = _profile(args, load_spec(args.spec, **knobs))
+        spec = load_spec(args.spec, **knobs)
+        graph, source = _profile(args, spec)
     else:
         if "batch_size" in knobs:
             raise SpecError("--batch-size sets the spec's batch_size knob (the micro-batch size); "
@@ -113,14 +120,21 @@ def run(args: argparse.Namespace) -> int:
                             hint="pass one of the two")
 
         def source(size: int) -> Profile:
-            return _profile(args, _spec_at(args.spec, knobs, size))
-    plan = plan_profile(
-        source, num_stages=args.stages, memory_limit=args.memory, devices=args.devices,
-        microbatches=microbatches, batch_size=args.batch_size, schedule=args.schedule,
-        optimizer=args.optimizer, method=args.method, link_bandwidth=args.link_bandwidth,
-        max_blocks=args.max_blocks, time_limit=60.0 if args.time_limit is None else args.time_limit,
-        mip_gap=1e-3 if args.gap is None else args.gap, solver=args.solver or "highs",
-        deterministic=not args.timing)
+            return _profile(args, _spec_at(args.spec, knobs, size))[1]
+
+    def solve(source: ProfileSource) -> Plan:
+        return plan_profile(
+            source, num_stages=args.stages, memory_limit=args.memory, devices=args.devices,
+            microbatches=microbatches, batch_size=args.batch_size, schedule=args.schedule,
+            optimizer=args.optimizer, method=args.method, link_bandwidth=args.link_bandwidth,
+            max_blocks=args.max_blocks, time_limit=60.0 if args.time_limit is None else args.time_limit,
+            mip_gap=1e-3 if args.gap is None else args.gap, solver=args.solver or "highs",
+            deterministic=not args.timing)
+
+    plan = solve(source)
+    if graph is not None and spec is not None and isinstance(source, Profile) and not (
+            args.no_refine or args.profile):
+        plan = _refined(plan, source, graph, spec, solve)
     plan.save(args.output)
     print(format_plan(plan))
     print(f"wrote {args.output} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
@@ -134,6 +148,9 @@ def _check_flags(args: argparse.Namespace) -> None:
                     "when autopipe profiles the model itself; --profile gives the costs",
                     hint=f"drop {flag}, or drop --profile (or make the profile with "
                          f"`autopipe profile ... {flag} {value}`)")
+    reject_flag(args.no_refine and bool(args.profile or args.device_spec), "--no-refine",
+                "when autopipe measures the model itself (only measured stages are re-timed)",
+                hint="drop --no-refine")
     for flag, value in (("--time-limit", args.time_limit), ("--gap", args.gap),
                         ("--solver", args.solver)):
         reject_flag(value is not None and args.method != "ilp", flag,
@@ -154,7 +171,24 @@ def _spec_at(spec: str, knobs: dict[str, Any], size: int) -> ModelSpec:
                              "without --batch-size") from e
 
 
-def _profile(args: argparse.Namespace, spec: ModelSpec) -> Profile:
+def _refined(plan: Plan, profile: Profile, graph: Graph, spec: ModelSpec,
+             solve: Callable[[Profile], Plan]) -> Plan:
+    """``plan`` refined on whole-stage times where the profile was measured here (autopipe.refine)."""
+    from autopipe.refine import can_refine, refine
+
+    if can_refine(graph, profile) is not None:
+        return plan
+    refined = refine(plan, profile, graph, spec.example_inputs, spec.example_kwargs, solve)
+    info = refined.options["refine"]
+    last = info["rounds"][-1]
+    ratios = ", ".join(f"{f:.2f}/{b:.2f}" for f, b in zip(last["forward_ratio"], last["backward_ratio"]))
+    print(f"refined on whole-stage times: {len(info['rounds'])} round(s)"
+          f"{'' if info['converged'] else ' (cuts still moving: the fastest measured round kept)'}; "
+          f"stage forward/backward measured / node sums {ratios}", file=sys.stderr)
+    return refined
+
+
+def _profile(args: argparse.Namespace, spec: ModelSpec) -> tuple[Graph, Profile]:
     """Trace ``spec`` and profile it: --profile, an estimate (--device-spec or a meta
     model), else measured here."""
     import autopipe
@@ -166,8 +200,8 @@ def _profile(args: argparse.Namespace, spec: ModelSpec) -> Profile:
     if args.profile:
         profile = Profile.load(args.profile)
         check_profile(graph, profile)
-        return profile
+        return graph, profile
     if args.device_spec or on_meta:
-        return estimate(graph, spec.example_inputs, spec.example_kwargs,
-                        device_spec=args.device_spec or "h100", dtype=args.dtype)
-    return measure(graph, spec.example_inputs, spec.example_kwargs, dtype=args.dtype)
+        return graph, estimate(graph, spec.example_inputs, spec.example_kwargs,
+                               device_spec=args.device_spec or "h100", dtype=args.dtype)
+    return graph, measure(graph, spec.example_inputs, spec.example_kwargs, dtype=args.dtype)

@@ -1,0 +1,182 @@
+"""Whole-stage refinement: re-time a plan's stages as the modules the runtime runs and re-solve.
+
+[Note: whole stages, not node sums]
+A profile times every node alone. The same nodes run as one stage module take
+another time: on the CPU 10–40% less (a node timed alone pays its own call and
+cold caches), on a GPU anywhere from 0.6× to 2× (a node timed alone between two
+synchronisations cannot hide its host work behind the previous kernels; see
+docs/gpu.md). The planner would be optimal for the wrong costs. So after a solve
+each stage is run as the runtime will run it (the split GraphModule, forward and
+backward: ``autopipe.runtime.timing``), every node takes the ratio measured /
+summed of the stage it was just measured in (forward and backward apart, within
+``1/MAX_FACTOR``..``MAX_FACTOR``), and the planner solves again on the original
+profile times those ratios. When the cuts stay, the scaled profile is exact for
+them and that plan is the answer. Cuts that keep moving (ratios of small stages
+swing with their fixed call overhead) stop after ``rounds``: the answer is then
+the measured round with the fastest step, its stages at their measured times.
+
+    round k:  profile × ratios(k−1) ──solve──▶ cuts_k ──time stages──▶ ratios(k)
+              cuts_k = cuts_(k−1): done
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from autopipe.plan_format import Plan
+from autopipe.profile.profile import Profile
+from autopipe.trace import Graph
+
+DEFAULT_ROUNDS = 3
+MAX_FACTOR = 4.0
+
+
+def _cuts(plan: Plan) -> tuple[tuple[str, ...], ...]:
+    return tuple(s.nodes for s in plan.stages)
+
+
+def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
+           kwargs: dict[str, Any] | None, replan: Callable[[Profile], Plan], *,
+           rounds: int = DEFAULT_ROUNDS, repeats: int = 5) -> Plan:
+    """Re-time ``plan``'s stages as whole modules and re-solve until the cuts stay.
+
+    See [Note: whole stages, not node sums]. The stages run where the model's
+    parameters are, in the model's dtype, on the example micro-batch ``(args, kwargs)``,
+    with the intra-op threads the profile was measured with.
+
+    Args:
+        plan: the plan solved from ``profile``.
+        profile: the measured profile ``plan`` was solved from.
+        graph: the traced model.
+        replan: solves again on a (scaled) profile, with the same options.
+        rounds: stage timings at most (each but a last converged one is followed by a solve).
+        repeats: timed runs of each stage (medians are kept).
+
+    Returns:
+        The refined plan, with ``options["refine"]``: per round the stages' measured /
+        summed ratios and whether the next solve moved the cuts, and ``converged``.
+    """
+    from autopipe.runtime.split import split_graph
+    from autopipe.runtime.timing import time_stages
+
+    flat = graph.flat_inputs(args, kwargs)
+    names = [n.name for n in graph.gm.graph.nodes if n.op == "placeholder"]
+    constants = {n: v for n, v in zip(names, flat) if not isinstance(v, torch.Tensor)}
+    tensors = [v for v in flat if isinstance(v, torch.Tensor)]
+    record: list[dict[str, Any]] = []
+    measured: list[Plan] = []
+    ratio: dict[str, tuple[float, float]] = {}
+    current = plan
+    for _ in range(max(1, rounds)):
+        split = split_graph(graph, current, constants)
+        with _threads_of(profile, tensors):
+            forward_s, backward_s = time_stages(split, tensors, repeats=repeats)
+        factors = stage_factors(profile, current, forward_s, backward_s)
+        for name, s in current.stage_of.items():
+            ratio[name] = factors[s]
+        measured.append(with_stage_times(current, forward_s, backward_s))
+        nxt = replan(scale_nodes(profile, ratio))
+        moved = _cuts(nxt) != _cuts(current)
+        record.append({"forward_ratio": [round(f, 4) for f, _ in factors],
+                       "backward_ratio": [round(b, 4) for _, b in factors],
+                       "measured_step_s": measured[-1].predicted.iteration_s, "cuts_moved": moved})
+        if not moved:
+            return _recorded(nxt, record, converged=True)
+        current = nxt
+    best = min(measured, key=lambda p: p.predicted.iteration_s)
+    return _recorded(best, record, converged=False)
+
+
+def _recorded(plan: Plan, record: list[dict[str, Any]], *, converged: bool) -> Plan:
+    return dataclasses.replace(plan, options={**plan.options,
+                                              "refine": {"rounds": record, "converged": converged}})
+
+
+def stage_factors(profile: Profile, plan: Plan, forward_s: Sequence[float],
+                  backward_s: Sequence[float]) -> list[tuple[float, float]]:
+    """Per stage of ``plan``, measured / summed forward and backward (1 where a sum is zero),
+    kept within ``1/MAX_FACTOR``..``MAX_FACTOR``."""
+    stage_of = plan.stage_of
+    fsum = [0.0] * plan.num_stages
+    bsum = [0.0] * plan.num_stages
+    for n in profile.nodes:
+        s = stage_of.get(n.name)
+        if s is not None:
+            fsum[s] += n.forward_s
+            bsum[s] += n.backward_s
+
+    def ratio(measured: float, summed: float) -> float:
+        return min(MAX_FACTOR, max(1 / MAX_FACTOR, measured / summed)) if summed > 0 else 1.0
+
+    return [(ratio(f, a), ratio(b, c)) for f, a, b, c in zip(forward_s, fsum, backward_s, bsum)]
+
+
+def scale_nodes(profile: Profile, ratio: dict[str, tuple[float, float]]) -> Profile:
+    """``profile`` with each named node's forward and backward times multiplied by its ratios."""
+    nodes = []
+    for n in profile.nodes:
+        ff, fb = ratio.get(n.name, (1.0, 1.0))
+        nodes.append(dataclasses.replace(n, forward_s=n.forward_s * ff,
+                                         backward_input_s=n.backward_input_s * fb,
+                                         backward_weight_s=n.backward_weight_s * fb))
+    return dataclasses.replace(profile, nodes=tuple(nodes), meta={**profile.meta, "scaled_to_stages": True})
+
+
+def with_stage_times(plan: Plan, forward_s: Sequence[float], backward_s: Sequence[float]) -> Plan:
+    """``plan`` with its stages at the given times (the weight-gradient share kept) and its
+    step simulated again (plus what the planner added beyond the simulation: tied sync)."""
+    from autopipe.schedule import simulate_plan
+
+    extra = plan.predicted.iteration_s - simulate_plan(plan).iteration_s
+    stages = tuple(dataclasses.replace(
+        s, forward_s=f, backward_s=b,
+        backward_weight_s=s.backward_weight_s * (b / s.backward_s) if s.backward_s > 0 else 0.0)
+        for s, f, b in zip(plan.stages, forward_s, backward_s))
+    timed = dataclasses.replace(plan, stages=stages)
+    sim = simulate_plan(timed)
+    predicted = dataclasses.replace(plan.predicted, iteration_s=sim.iteration_s + max(0.0, extra),
+                                    bubble_fraction=sim.bubble_fraction)
+    return dataclasses.replace(timed, predicted=predicted)
+
+
+@contextlib.contextmanager
+def _threads_of(profile: Profile, tensors: Sequence[torch.Tensor]) -> Iterator[None]:
+    """On the CPU, run with the intra-op threads the profile was measured with (one by
+    default): the stages are timed as the nodes were."""
+    threads = profile.meta.get("threads")
+    on_cpu = all(t.device.type == "cpu" for t in tensors)
+    if not on_cpu or not isinstance(threads, int) or threads < 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def can_refine(graph: Graph, profile: Profile) -> str | None:
+    """Why ``profile``'s plan cannot be refined on ``graph`` here; None when it can.
+
+    Refinement re-times the stages as they are: on the device the model lives on, in
+    its own dtype, which must be where and how the profile was measured.
+    """
+    if profile.method != "measure":
+        return f"the profile is {profile.method}d, not measured"
+    tensors = [*graph.gm.parameters(), *graph.gm.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    if device.type == "meta":
+        return "the model is on the meta device"
+    where = "cpu" if device.type == "cpu" else f"cuda:{torch.cuda.get_device_name(device)}"
+    if profile.device != where:
+        return f"the profile was measured on {profile.device}, the model is on {where}"
+    floats = {str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point()}
+    if floats and floats != {profile.dtype}:
+        return f"the profile is in {profile.dtype}, the model in {', '.join(sorted(floats))}"
+    return None

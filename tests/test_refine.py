@@ -1,0 +1,155 @@
+"""Tests for autopipe/refine.py: planned stages re-timed as whole modules, and the re-solve."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import autopipe
+import autopipe.runtime.timing as timing
+from autopipe.cli.main import main
+from autopipe.partition.planner import plan_profile
+from autopipe.plan_format import Plan
+from autopipe.profile import Profile, measure
+from autopipe.refine import (
+    MAX_FACTOR,
+    can_refine,
+    refine,
+    scale_nodes,
+    stage_factors,
+    with_stage_times,
+)
+from autopipe.runtime.split import Split
+from autopipe.schedule import simulate_plan
+
+from .conftest import ROOT, example_spec
+
+MLP = f"{ROOT / 'examples' / 'mlp.py'}:build"
+
+
+@pytest.fixture(scope="module")
+def mlp() -> tuple[Any, autopipe.Graph, Profile]:
+    spec = example_spec("mlp", layers=6)
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    return spec, graph, measure(graph, spec.example_inputs, warmup=1, repeats=2, progress=False)
+
+
+def _solve(profile: Profile) -> Plan:
+    return plan_profile(profile, num_stages=2, microbatches=4)
+
+
+def _sums(profile: Profile, plan: Plan) -> tuple[list[float], list[float]]:
+    f = [0.0] * plan.num_stages
+    b = [0.0] * plan.num_stages
+    for n in profile.nodes:
+        f[plan.stage_of[n.name]] += n.forward_s
+        b[plan.stage_of[n.name]] += n.backward_s
+    return f, b
+
+
+def test_factors_scale_each_stage_to_its_measured_time(mlp: tuple[Any, autopipe.Graph, Profile]) -> None:
+    _, _, profile = mlp
+    plan = _solve(profile)
+    f, b = _sums(profile, plan)
+    factors = stage_factors(profile, plan, [2 * f[0], 0.5 * f[1]], [3 * b[0], 100 * b[1]])
+    assert factors[0] == pytest.approx((2.0, 3.0))
+    assert factors[1] == pytest.approx((0.5, MAX_FACTOR))  # kept within bounds
+    scaled = scale_nodes(profile, {n: factors[s] for n, s in plan.stage_of.items()})
+    sf, sb = _sums(scaled, plan)
+    assert sf == pytest.approx([2 * f[0], 0.5 * f[1]])
+    assert sb == pytest.approx([3 * b[0], MAX_FACTOR * b[1]])
+    assert stage_factors(profile, plan, [0.0, 0.0], [0.0, 0.0])[0] == (1 / MAX_FACTOR, 1 / MAX_FACTOR)
+
+
+def test_with_stage_times_simulates_the_measured_stages(mlp: tuple[Any, autopipe.Graph, Profile]) -> None:
+    _, _, profile = mlp
+    plan = _solve(profile)
+    timed = with_stage_times(plan, [1e-3, 2e-3], [4e-3, 2e-3])
+    assert [s.forward_s for s in timed.stages] == [1e-3, 2e-3]
+    assert [s.backward_s for s in timed.stages] == [4e-3, 2e-3]
+    assert timed.predicted.iteration_s == pytest.approx(simulate_plan(timed).iteration_s)
+    assert timed.stages[0].nodes == plan.stages[0].nodes
+
+
+def _fake_timer(monkeypatch: pytest.MonkeyPatch, profile: Profile,
+                rule: Any) -> list[tuple[tuple[str, ...], ...]]:
+    """time_stages answers ``rule(stage nodes, node sums)``; returns the cuts it timed."""
+    seen: list[tuple[tuple[str, ...], ...]] = []
+    costs = profile.by_name
+
+    def fake(split: Split, inputs: Sequence[torch.Tensor], **_: Any) -> tuple[tuple[float, ...], ...]:
+        held = [[n.name for n in st.module.graph.nodes if n.name in costs and n.op != "placeholder"]
+                for st in split.stages]
+        seen.append(tuple(tuple(n for n in h if costs[n].op.startswith("call")) for h in held))
+        f = [sum(costs[n].forward_s for n in h) for h in held]
+        b = [sum(costs[n].backward_s for n in h) for h in held]
+        return rule(seen[-1], f, b)
+
+    monkeypatch.setattr(timing, "time_stages", fake)
+    return seen
+
+
+def test_refine_stops_when_the_cuts_stay(monkeypatch: pytest.MonkeyPatch,
+                                         mlp: tuple[Any, autopipe.Graph, Profile]) -> None:
+    spec, graph, profile = mlp
+    plan = _solve(profile)
+    # every stage runs as one module 1.5x slower than its nodes: the cuts stay
+    seen = _fake_timer(monkeypatch, profile, lambda cuts, f, b: (tuple(1.5 * x for x in f),
+                                                                 tuple(1.5 * x for x in b)))
+    refined = refine(plan, profile, graph, spec.example_inputs, {}, _solve)
+    info = refined.options["refine"]
+    assert info["converged"] and len(info["rounds"]) == 1 and len(seen) == 1
+    assert info["rounds"][0]["forward_ratio"] == pytest.approx([1.5, 1.5])
+    assert [s.nodes for s in refined.stages] == [s.nodes for s in plan.stages]
+    f, _ = _sums(profile, plan)
+    assert [s.forward_s for s in refined.stages] == pytest.approx([1.5 * x for x in f])
+    assert refined.predicted.iteration_s > plan.predicted.iteration_s
+
+
+def test_refine_keeps_the_fastest_measured_round_when_cuts_keep_moving(
+        monkeypatch: pytest.MonkeyPatch, mlp: tuple[Any, autopipe.Graph, Profile]) -> None:
+    spec, graph, profile = mlp
+    plan = _solve(profile)
+    # the stage that is slow alternates from round to round: the cuts keep moving
+    calls: list[int] = []
+
+    def rule(cuts: Any, f: list[float], b: list[float]) -> tuple[tuple[float, ...], ...]:
+        calls.append(1)
+        slow = len(calls) % 2
+        return (tuple(x * (4 if i == slow else 1) for i, x in enumerate(f)),
+                tuple(x * (4 if i == slow else 1) for i, x in enumerate(b)))
+
+    seen = _fake_timer(monkeypatch, profile, rule)
+    refined = refine(plan, profile, graph, spec.example_inputs, {}, _solve, rounds=3)
+    info = refined.options["refine"]
+    steps = [r["measured_step_s"] for r in info["rounds"]]
+    assert len(seen) == len(steps) == 3 and not info["converged"]
+    assert all(r["cuts_moved"] for r in info["rounds"])
+    assert refined.predicted.iteration_s == pytest.approx(min(steps))  # the fastest measured round
+    best = seen[steps.index(min(steps))]
+    calls = {n.name for n in profile.nodes if n.op.startswith("call")}
+    assert tuple(tuple(n for n in s.nodes if n in calls) for s in refined.stages) == best
+
+
+def test_only_a_profile_of_the_model_where_it_lives(mlp: tuple[Any, autopipe.Graph, Profile]) -> None:
+    _, graph, profile = mlp
+    assert can_refine(graph, profile) is None
+    import dataclasses
+
+    assert "estimate" in str(can_refine(graph, dataclasses.replace(profile, method="estimate")))
+    assert "bfloat16" in str(can_refine(graph, dataclasses.replace(profile, dtype="bfloat16")))
+    assert "cuda" in str(can_refine(graph, dataclasses.replace(profile, device="cuda:X")))
+
+
+def test_cli_refines_what_it_measures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plan.json"
+    assert main(["plan", MLP, "--stages", "2", "--microbatches", "4", "-o", str(out)]) == 0
+    assert "refined on whole-stage times" in capsys.readouterr().err
+    assert "refine" in Plan.load(out).options
+    assert main(["plan", MLP, "--stages", "2", "--microbatches", "4", "--no-refine", "-o", str(out)]) == 0
+    assert "refine" not in Plan.load(out).options
+    assert "refined" not in capsys.readouterr().err
