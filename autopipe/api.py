@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -48,6 +49,8 @@ def plan(
     solver: str = "highs",
     deterministic: bool = True,
     refine: bool = True,
+    loss_fn: Callable[[Any, Any], Any] | None = None,
+    target: Any = None,
 ) -> Plan:
     """Plan pipeline stages for ``model``.
 
@@ -83,6 +86,11 @@ def plan(
             where the model lives and re-solve until the cuts stay
             (``autopipe.refine``; recorded in ``plan.options["refine"]``). Not with
             ``batch_size`` (each micro-batch count has a profile of its own).
+        loss_fn: with ``target`` (one micro-batch's), the training loss: profiled on the
+            model's output and charged to the last stage (``spec.loss_fn`` and
+            ``autopipe.spec.example_target(spec)`` for a spec). Without it the plan leaves
+            the loss out.
+        target: the target of one micro-batch.
 
     Returns:
         The plan; ``plan.save(path)`` writes it.
@@ -94,9 +102,11 @@ def plan(
     """
     check_options(num_stages, microbatches, schedule, method, batch_size)
 
+    loss = {"loss_fn": loss_fn, "target": target} if loss_fn is not None and target is not None else {}
+
     def profile_at(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Profile:
         return _profile(trace(model, args, kwargs), profile, args, kwargs,
-                        device_spec=device_spec, dtype=dtype)
+                        device_spec=device_spec, dtype=dtype, loss=loss)
 
     def solve(source: ProfileSource) -> Plan:
         return plan_profile(source, num_stages=num_stages, memory_limit=memory_limit, devices=devices,
@@ -111,7 +121,8 @@ def plan(
             return profile_at(*resize_batch(example_inputs, example_kwargs, size))
         return solve(source)
     graph = trace(model, example_inputs, example_kwargs)
-    prof = _profile(graph, profile, example_inputs, example_kwargs, device_spec=device_spec, dtype=dtype)
+    prof = _profile(graph, profile, example_inputs, example_kwargs, device_spec=device_spec, dtype=dtype,
+                    loss=loss)
     plan = solve(prof)
     if refine and profile == "measure" and can_refine(graph, prof) is None:
         plan = refine_plan(plan, prof, graph, example_inputs, example_kwargs, solve)
@@ -119,18 +130,19 @@ def plan(
 
 
 def _profile(graph: Graph, profile: str | os.PathLike[str] | Profile, args: tuple[Any, ...],
-             kwargs: dict[str, Any] | None, *, device_spec: str, dtype: str | None) -> Profile:
+             kwargs: dict[str, Any] | None, *, device_spec: str, dtype: str | None,
+             loss: dict[str, Any]) -> Profile:
     """The Profile to plan with, checked against the traced graph."""
     if isinstance(profile, Profile):
         prof = profile
     elif profile == "measure":
         from autopipe.profile import measure
 
-        return measure(graph, args, kwargs, dtype=dtype)
+        return measure(graph, args, kwargs, dtype=dtype, **loss)
     elif profile == "estimate":
         from autopipe.profile import estimate
 
-        return estimate(graph, args, kwargs, device_spec=device_spec, dtype=dtype)
+        return estimate(graph, args, kwargs, device_spec=device_spec, dtype=dtype, **loss)
     elif isinstance(profile, (str, os.PathLike)) and (
             str(profile).endswith(".json") or os.path.exists(profile)):
         prof = Profile.load(profile)

@@ -79,7 +79,10 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
         factors = stage_factors(profile, current, forward_s, backward_s)
         for name, s in current.stage_of.items():
             ratio[name] = factors[s]
-        measured.append(with_stage_times(current, forward_s, backward_s))
+        # the last stage also runs the loss, which the stage module leaves to the schedule
+        loss_f, loss_b = (profile.loss.forward_s, profile.loss.backward_s) if profile.loss else (0.0, 0.0)
+        measured.append(with_stage_times(current, [*forward_s[:-1], forward_s[-1] + loss_f],
+                                         [*backward_s[:-1], backward_s[-1] + loss_b]))
         nxt = replan(scale_nodes(profile, ratio))
         moved = _cuts(nxt) != _cuts(current)
         record.append({"forward_ratio": [round(f, 4) for f, _ in factors],

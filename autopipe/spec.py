@@ -178,3 +178,17 @@ def cross_entropy(output: Any, target: torch.Tensor) -> torch.Tensor:
 def generator(n: int, step: int, seed: int = 0) -> torch.Generator:
     """A CPU generator seeded by ``(n, step, seed)``: every rank draws the same batch."""
     return torch.Generator().manual_seed(1_000_003 * seed + 10_007 * step + n)
+
+
+def example_target(spec: ModelSpec) -> Any:
+    """The target of one micro-batch (``spec.batch(1)``'s), for profiling the loss.
+
+    Raises:
+        SpecError: ``spec.batch`` fails or returns no ``(inputs, target)`` pair.
+    """
+    try:
+        _, target = spec.batch(1)
+    except Exception as e:
+        raise SpecError(f"spec.batch(1) failed: {type(e).__name__}: {e}",
+                        hint="batch(n, step=0) must return (inputs, target) for n micro-batches") from e
+    return target

@@ -1,4 +1,4 @@
-"""autopipe/runtime/optim.py: the optimizers, and fp32 master weights for 16-bit parameters."""
+"""autopipe/runtime/optim.py and autopipe/_optimizers.py: the optimizers, fp32 master weights for 16-bit parameters."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, METHODS, ProfileSourc
 from autopipe.partition.problem import SCHEDULES
 from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
-from autopipe.spec import ModelSpec, load_spec, parse_spec_args
+from autopipe.spec import ModelSpec, example_target, load_spec, parse_spec_args
 from autopipe.trace import Graph
 
 
@@ -201,7 +201,8 @@ def _profile(args: argparse.Namespace, spec: ModelSpec) -> tuple[Graph, Profile]
         profile = Profile.load(args.profile)
         check_profile(graph, profile)
         return graph, profile
+    loss = {"loss_fn": spec.loss_fn, "target": example_target(spec)}
     if args.device_spec or on_meta:
         return graph, estimate(graph, spec.example_inputs, spec.example_kwargs,
-                               device_spec=args.device_spec or "h100", dtype=args.dtype)
-    return graph, measure(graph, spec.example_inputs, spec.example_kwargs, dtype=args.dtype)
+                               device_spec=args.device_spec or "h100", dtype=args.dtype, **loss)
+    return graph, measure(graph, spec.example_inputs, spec.example_kwargs, dtype=args.dtype, **loss)

@@ -14,7 +14,7 @@ from autopipe.profile._dtypes import DTYPES
 from autopipe.profile._timer import CLOCKS
 from autopipe.profile.memory import OPTIMIZERS, param_memory
 from autopipe.profile.profile import Profile
-from autopipe.spec import ModelSpec, load_spec, parse_spec_args
+from autopipe.spec import ModelSpec, example_target, load_spec, parse_spec_args
 
 
 def add_parser(sub: Any) -> None:
@@ -64,16 +64,18 @@ def run(args: argparse.Namespace) -> int:
     spec = _load(args.spec, parse_spec_args(args.spec_arg), meta)
     graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
     progress = False if args.no_progress else None
+    target = example_target(spec)
     if meta:
         profile = estimate(graph, spec.example_inputs, spec.example_kwargs,
-                           device_spec=args.device_spec or "h100", dtype=args.dtype, progress=progress)
+                           device_spec=args.device_spec or "h100", dtype=args.dtype, progress=progress,
+                           loss_fn=spec.loss_fn, target=target)
     else:
         threads = 1 if args.threads is None else args.threads
         profile = measure(graph, spec.example_inputs, spec.example_kwargs, device=args.device,
                           dtype=args.dtype, warmup=2 if args.warmup is None else args.warmup,
                           repeats=5 if args.repeats is None else args.repeats,
                           threads=threads or None, progress=progress, clock=args.clock or "auto",
-                          pin_malloc=args.pin_malloc)
+                          pin_malloc=args.pin_malloc, loss_fn=spec.loss_fn, target=target)
     profile.save(args.output)
     print(summary(profile, spec.name, optimizer=args.optimizer))
     print(f"wrote {args.output}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,12 +19,12 @@ from autopipe.partition import baselines
 from autopipe.partition.assemble import baseline, stages
 from autopipe.partition.chain import Chain
 from autopipe.partition.coarsen import coarsen, merge_forced
-from autopipe.partition.costs import Evaluation, evaluate, violations
+from autopipe.partition.costs import Evaluation, evaluate, held_params, violations
 from autopipe.partition.devices import DevicesArg, resolve_devices
 from autopipe.partition.dp import min_bottleneck
 from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.infeasible import explain
-from autopipe.partition.problem import SCHEDULES, Config, Problem, from_profile
+from autopipe.partition.problem import SCHEDULES, Config, Problem, element_size, from_profile
 from autopipe.partition.timeline import splits_backward
 from autopipe.plan_format import Plan, Predicted, SolverInfo
 from autopipe.profile.profile import Profile
@@ -230,8 +230,10 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
     bw = link_bandwidth_for(profile, options.link_bandwidth)
     devs = resolve_devices(num_stages, memory_limit=options.memory_limit, devices=options.devices,
                            profile=profile)
+    per_tensor, per_element = profile.optimizer.get(options.optimizer, (0.0, 0.0))
+    per_byte = per_element / element_size(options.dtype or profile.dtype)
     cfg = Config(num_stages=num_stages, microbatches=microbatches, schedule=schedule,
-                 devices=devs, link_bandwidth=bw)
+                 devices=devs, link_bandwidth=bw, optimizer_step=(per_tensor, per_byte))
     forced = merge_forced(from_profile(profile, cfg, optimizer=options.optimizer, dtype=options.dtype))
     if forced.num_real < num_stages:
         raise PlanError(
@@ -292,17 +294,28 @@ def _search(profile_of: Callable[[int], Profile], num_stages: int, counts: list[
     return replace(best, options={**best.options, "search": tried})
 
 
-def predict(problem: Problem, ev: Evaluation) -> Predicted:
+def optimizer_s(problem: Problem, stage_of: Sequence[int]) -> list[float]:
+    """Per stage, its optimizer step over the parameters it holds (tied ones in every holder)
+    at the profile's rates ([Note: the optimizer step in the plan] in
+    ``autopipe.profile.optimizer``)."""
+    per_tensor, per_byte = problem.config.optimizer_step
+    return [len(held) * per_tensor + sum(problem.param_bytes.get(p, 0) for p in held) * per_byte
+            for held in held_params(problem, stage_of)]
+
+
+def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predicted:
     """Iteration time, bubble and per-stage peak memory of a partition, simulated.
 
     The step comes from the simulator (``autopipe.schedule.simulate``), whose rules
-    the ILP's objective encodes exactly, plus the tied-gradient sync.
+    the ILP's objective encodes exactly, plus each stage's optimizer step after its
+    last backward (which the ILP does not yet see) and the tied-gradient sync.
     """
     cfg = problem.config
+    steps = optimizer_s(problem, stage_of)
     costs = [SimCost(forward_s=s.forward_s,
                      backward_input_s=max(0.0, s.backward_s - s.backward_weight_s),
                      backward_weight_s=s.backward_weight_s, send_s=cfg.comm_s(s.send_bytes),
-                     activation_bytes=s.activations // cfg.inflight(i))
+                     activation_bytes=s.activations // cfg.inflight(i), optimizer_s=steps[i])
              for i, s in enumerate(ev.stages)]
     sim = simulate(costs, schedule=cfg.schedule, microbatches=cfg.microbatches)
     peak = tuple(s.params + s.grads + s.optimizer + s.buffers + sim.peak_activation_bytes[i]
@@ -361,14 +374,15 @@ def _plan(problem: Problem, profile: Profile, options: _Options) -> Plan:
     ev = evaluate(problem, stage_of)
     objective = ev.objective_s
     lower = min(lower, objective)
-    predicted = predict(problem, ev)
+    predicted = predict(problem, ev, stage_of)
     others = {}
     for k in ("dp", "uniform", "params"):
         if k == method:
             continue
         kv, ke = cands[k], evals.get(k)
         others[k] = baseline(problem, kv, ke,
-                             predict(problem, ke).iteration_s if ke is not None else None)
+                             predict(problem, ke, kv).iteration_s
+                             if ke is not None and kv is not None else None)
     cfg = problem.config
     return Plan(
         graph_fingerprint=profile.graph_fingerprint, schedule=cfg.schedule,

@@ -39,6 +39,9 @@ class Config:
     """One device per stage (memory limit and speed)."""
     link_bandwidth: float
     """Bytes/s between neighbouring stages, one direction; ``math.inf`` makes sends free."""
+    optimizer_step: tuple[float, float] = (0.0, 0.0)
+    """Seconds of one optimizer step per parameter tensor and per parameter byte (the
+    profile's rates for the plan's optimizer): each stage pays it once per step."""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -192,7 +195,8 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
 
     Model inputs (placeholders) are pinned to stage 0, because the pipeline feeds
     inputs to the first stage only; a later reader receives them passed through.
-    The output node is pinned to the last stage.
+    The output node is pinned to the last stage; it carries the loss where the profile
+    has one.
 
     Args:
         profile: per-node costs.
@@ -220,11 +224,17 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
                 param_bytes[p] = n.param_bytes if p in n.params and len(n.params) == 1 else 0
     blocks: list[Block] = []
     values: list[Value] = []
+    loss = profile.loss
     for i, n in enumerate(profile.nodes):
         pin = "first" if n.op == "placeholder" else "last" if n.op == "output" else ""
+        # the loss runs on the last stage, after its forward: charged to the output node
+        # ([Note: the loss is part of the last stage])
+        extra = loss if n.op == "output" and loss is not None else None
         blocks.append(Block(
-            nodes=(n.name,), forward_s=n.forward_s, backward_input_s=n.backward_input_s,
-            backward_weight_s=n.backward_weight_s, activation_bytes=n.activation_bytes,
+            nodes=(n.name,), forward_s=n.forward_s + (extra.forward_s if extra else 0.0),
+            backward_input_s=n.backward_input_s + (extra.backward_s if extra else 0.0),
+            backward_weight_s=n.backward_weight_s,
+            activation_bytes=n.activation_bytes + (extra.activation_bytes if extra else 0),
             params=tuple(sorted(set(n.params) | set(n.shared_params))),
             real=0 if n.op in ("placeholder", "output") else 1, pin=pin))
         dsts = readers.get(n.name)

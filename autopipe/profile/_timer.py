@@ -78,3 +78,15 @@ class Timer:
         """Wait for the device (a no-op on CPU)."""
         if self.cuda:
             torch.cuda.synchronize(self.device)
+
+
+def step_clock(device: torch.device) -> Callable[[], float]:
+    """A clock for timing a piece of work as a whole on ``device``: on CUDA, wall time after
+    waiting for the device (a launch returns before its kernels run); on the CPU, the
+    thread's CPU time with one thread ([Note: CPU clocks]), else wall time."""
+    if device.type == "cuda":
+        def now() -> float:
+            torch.cuda.synchronize(device)
+            return time.perf_counter()
+        return now
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter

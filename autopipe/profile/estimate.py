@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -18,6 +19,8 @@ from autopipe.profile._saved import SavedBytes
 from autopipe.profile._setup import setup
 from autopipe.profile._walk import NodeCost, NodeWalker
 from autopipe.profile.devices import DeviceSpec, load_device_spec
+from autopipe.profile.loss import LossFn, estimate_loss
+from autopipe.profile.optimizer import estimate_rates
 from autopipe.profile.profile import Profile
 from autopipe.trace.graph import Graph
 
@@ -32,6 +35,8 @@ def estimate(
     device_spec: str | DeviceSpec = "h100",
     dtype: str | None = None,
     progress: bool | None = None,
+    loss_fn: LossFn | None = None,
+    target: torch.Tensor | None = None,
 ) -> Profile:
     """Estimate every node's costs without running anything real.
 
@@ -50,6 +55,9 @@ def estimate(
         device_spec: a DeviceSpec, a shipped spec name (``h100``, ``a100``, ``h200``) or a JSON path.
         dtype: compute dtype (``fp32``, ``bf16``, ``fp16``); None keeps the model's.
         progress: a progress line on stderr; None shows it when stderr is a terminal.
+        loss_fn: with ``target``, the training loss, priced on the model's (meta) output and
+            kept as ``profile.loss``.
+        target: the target of one micro-batch (real or meta).
 
     Raises:
         DeviceSpecError: unknown spec, or it has no peak rate for the dtype.
@@ -67,12 +75,25 @@ def estimate(
         finally:
             bar.close()
             walker.saved.release()
+    loss = None
+    if loss_fn is not None and target is not None:
+        with torch.enable_grad():
+            loss = estimate_loss(graph, s.gm, s.flat, loss_fn, target, lambda fn: _seconds(spec, fn))
     meta = {
         "autopipe": __version__, "torch": torch.__version__, "device_spec": spec.to_json(),
         "flops": dict(walker.flops), "bytes_moved": dict(walker.moved), "kernels": dict(walker.kernels),
     }
-    return assemble(graph, s.gm, walker.costs, walker.output_bytes, device=f"estimate:{spec.name}",
-                    dtype=s.dtype, method="estimate", flat_inputs=s.flat, meta=meta)
+    profile = assemble(graph, s.gm, walker.costs, walker.output_bytes, device=f"estimate:{spec.name}",
+                       dtype=s.dtype, method="estimate", flat_inputs=s.flat, meta=meta)
+    return dataclasses.replace(profile, loss=loss, optimizer=estimate_rates(spec, s.dtype))
+
+
+def _seconds(spec: DeviceSpec, fn: Any) -> float:
+    """``fn()`` priced on ``spec``'s roofline."""
+    mode = CostMode(spec)
+    with mode:
+        fn()
+    return float(mode.seconds)
 
 
 class _Estimator(NodeWalker):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 from typing import Any
@@ -20,6 +21,8 @@ from autopipe.profile._saved import SavedBytes
 from autopipe.profile._setup import check_counts, cpu_threads, resolve_device, setup
 from autopipe.profile._timer import Timer
 from autopipe.profile._walk import NodeCost, NodeWalker
+from autopipe.profile.loss import LossFn, measure_loss
+from autopipe.profile.optimizer import measure_rates
 from autopipe.profile.profile import Profile
 from autopipe.profile.whole import run_whole
 from autopipe.trace.graph import Graph
@@ -38,6 +41,8 @@ def measure(
     progress: bool | None = None,
     clock: str = "auto",
     pin_malloc: bool = True,
+    loss_fn: LossFn | None = None,
+    target: torch.Tensor | None = None,
 ) -> Profile:
     """Measure every node of ``graph`` on one micro-batch ``(args, kwargs)``.
 
@@ -80,6 +85,10 @@ def measure(
             under (without it a node sum / whole-model ratio read 0.71 where pinned
             read 0.86). It stays pinned for the process. ``meta["malloc_pinned"]`` says
             whether it is.
+        loss_fn: with ``target``, the training loss ``loss_fn(output, target)``: timed on
+            the model's output for one micro-batch and kept as ``profile.loss`` (the
+            planner charges it to the last stage).
+        target: the target of one micro-batch.
 
     Raises:
         ProfileError: bad device, dtype, counts or inputs, or a node that fails to run.
@@ -102,6 +111,9 @@ def measure(
             bar.close()
             walker.saved.release()
         whole = run_whole(s.gm, s.flat, timer)
+        loss = None
+        if loss_fn is not None and target is not None:
+            loss = measure_loss(graph, s.gm, s.flat, loss_fn, target.to(dev), timer)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     meta = {
         "autopipe": __version__, "torch": torch.__version__, "device_name": name,
@@ -112,8 +124,11 @@ def measure(
         "whole_model": whole.to_json(),
     }
     label = f"cuda:{name}" if dev.type == "cuda" else "cpu"
-    return assemble(graph, s.gm, walker.costs, walker.output_bytes, device=label, dtype=s.dtype,
-                    method="measure", flat_inputs=s.flat, meta=meta)
+    profile = assemble(graph, s.gm, walker.costs, walker.output_bytes, device=label, dtype=s.dtype,
+                       method="measure", flat_inputs=s.flat, meta=meta)
+    with cpu_threads(threads, dev):
+        rates = measure_rates(dev, s.dtype)
+    return dataclasses.replace(profile, loss=loss, optimizer=rates)
 
 
 def _cpus() -> int | None:

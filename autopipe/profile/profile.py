@@ -8,6 +8,7 @@ from typing import Any
 
 from autopipe._jsonio import read_json, write_json_atomic
 from autopipe.errors import ProfileError
+from autopipe.profile.loss import LossCost
 from autopipe.trace.graph import Graph
 
 SCHEMA = "autopipe.profile/1"
@@ -84,6 +85,12 @@ class Profile:
     """Groups of names for one shared Parameter, canonical first."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Free-form provenance: torch version, repeats, threads, device spec."""
+    optimizer: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Optimizer name → (seconds per parameter tensor, per parameter element) of its step
+    on this device ([Note: the optimizer step in the plan] in ``optimizer.py``)."""
+    loss: LossCost | None = None
+    """The loss function on the model's output for one micro-batch, where the profile was
+    made with one ([Note: the loss is part of the last stage] in ``loss.py``)."""
 
     def __post_init__(self) -> None:
         names = [n.name for n in self.nodes]
@@ -129,6 +136,8 @@ class Profile:
             "nodes": [{**asdict(n), "params": list(n.params), "shared_params": list(n.shared_params)}
                       for n in self.nodes],
             "edges": [list(e) for e in self.edges],
+            **({"loss": self.loss.to_json()} if self.loss is not None else {}),
+            **({"optimizer": {k: list(v) for k, v in self.optimizer.items()}} if self.optimizer else {}),
         }
 
     @classmethod
@@ -149,6 +158,9 @@ class Profile:
                 params={str(k): int(v) for k, v in data.get("params", {}).items()},
                 tied=tuple(tuple(t) for t in data.get("tied", ())),
                 meta=dict(data.get("meta", {})),
+                loss=LossCost.from_json(data["loss"]) if data.get("loss") is not None else None,
+                optimizer={str(k): (float(v[0]), float(v[1]))
+                           for k, v in data.get("optimizer", {}).items()},
             )
         except ProfileError as e:
             raise ProfileError(f"{source}: {e.message}", hint=e.hint) from None

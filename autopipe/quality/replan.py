@@ -5,7 +5,7 @@ from __future__ import annotations
 from autopipe.errors import PlanError
 from autopipe.partition.planner import DEFAULT_MAX_BLOCKS
 from autopipe.plan_format import Plan
-from autopipe.spec import ModelSpec
+from autopipe.spec import ModelSpec, example_target
 
 
 def replan(spec: ModelSpec, old: Plan) -> Plan:
@@ -38,4 +38,5 @@ def replan(spec: ModelSpec, old: Plan) -> Plan:
         link_bandwidth=opts.get("link_bandwidth") or float("inf"),
         max_blocks=int(opts.get("max_blocks", DEFAULT_MAX_BLOCKS)),
         time_limit=float(opts.get("time_limit", 60.0)),
-        mip_gap=float(opts.get("mip_gap", 1e-3)), solver=str(opts.get("solver", "highs")))
+        mip_gap=float(opts.get("mip_gap", 1e-3)), solver=str(opts.get("solver", "highs")),
+        loss_fn=spec.loss_fn, target=example_target(spec))

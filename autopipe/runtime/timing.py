@@ -5,24 +5,16 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from autopipe.profile._timer import step_clock
 from autopipe.runtime.split import Split
 
-
-def stage_clock(device: torch.device) -> Callable[[], float]:
-    """A clock for work on ``device``: on CUDA, wall time after waiting for the device (a
-    launch returns before its kernels run); on the CPU, the thread's CPU time with one
-    thread (as the profiler's ``Timer`` does), else wall time."""
-    if device.type == "cuda":
-        def now() -> float:
-            torch.cuda.synchronize(device)
-            return time.perf_counter()
-        return now
-    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+stage_clock = step_clock
+"""The clock stages are timed with (``autopipe.profile._timer.step_clock``)."""
 
 
 def time_stages(split: Split, inputs: Sequence[torch.Tensor], *, repeats: int = 11, warmup: int = 2,

@@ -1,0 +1,107 @@
+"""The loss as a cost of its own: ``loss_fn`` on the model's output, forward, backward and saved bytes.
+
+[Note: the loss is part of the last stage]
+The runtime computes the loss on the last stage, once per micro-batch, after its
+forward; its backward starts that stage's backward. For a large vocabulary it is no
+small part of the step (a cross-entropy over 128 × 32,768 logits took 21 ms a
+micro-batch on this CPU, more than the head before it), so a profile carries it and
+the planner charges it to the stage that holds the model's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from autopipe.profile._saved import SavedBytes
+from autopipe.profile._timer import Timer
+from autopipe.trace.graph import Graph
+
+LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LossCost:
+    """The loss on one micro-batch's output."""
+
+    forward_s: float
+    """The loss function's forward, seconds."""
+    backward_s: float
+    """Its backward down to the model's output, seconds."""
+    activation_bytes: int
+    """Bytes it saves for its backward (the softmax of a cross-entropy, say)."""
+    input_bytes: int
+    """Bytes of the model output it reads."""
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LossCost:
+        """Inverse of ``to_json``."""
+        return cls(forward_s=float(data["forward_s"]), backward_s=float(data["backward_s"]),
+                   activation_bytes=int(data["activation_bytes"]), input_bytes=int(data["input_bytes"]))
+
+
+def _outputs(gm: fx.GraphModule, flat: list[Any]) -> list[Any]:
+    with torch.no_grad():
+        return list(gm(*flat))
+
+
+def _leaves(outs: list[Any]) -> list[Any]:
+    return [o.detach().requires_grad_(o.is_floating_point()) if isinstance(o, torch.Tensor) else o
+            for o in outs]
+
+
+def _input_bytes(outs: list[Any]) -> int:
+    return sum(o.numel() * o.element_size() for o in outs if isinstance(o, torch.Tensor))
+
+
+def measure_loss(graph: Graph, gm: fx.GraphModule, flat: list[Any], loss_fn: LossFn,
+                 target: torch.Tensor, timer: Timer) -> LossCost:
+    """Time ``loss_fn`` on the output of ``gm`` (the profiled copy) for ``target``.
+
+    Each run gets fresh leaves of the output, as the last stage's loss does.
+    """
+    outs = _outputs(gm, flat)
+
+    def forward() -> torch.Tensor:
+        loss: torch.Tensor = loss_fn(graph.unflatten_output(_leaves(outs)), target)
+        return loss
+
+    def both() -> None:
+        torch.autograd.backward(forward())
+
+    f = timer.median(forward)
+    fb = timer.median(both)
+    saved = SavedBytes()
+    with saved.count():
+        kept = forward()
+    del kept
+    saved.release()
+    return LossCost(forward_s=f, backward_s=max(0.0, fb - f), activation_bytes=saved.total,
+                    input_bytes=_input_bytes(outs))
+
+
+def estimate_loss(graph: Graph, gm: fx.GraphModule, flat: list[Any], loss_fn: LossFn,
+                  target: torch.Tensor, price: Callable[[Callable[[], Any]], float]) -> LossCost:
+    """Price ``loss_fn`` on the (meta) output of ``gm``: ``price(fn)`` runs ``fn`` and returns
+    its seconds on the device spec's roofline."""
+    outs = _outputs(gm, flat)
+    target = torch.empty_like(target, device="meta")
+    box: list[torch.Tensor] = []
+    saved = SavedBytes()
+
+    def forward() -> None:
+        with saved.count():
+            box.append(loss_fn(graph.unflatten_output(_leaves(outs)), target))
+
+    f = price(forward)
+    b = price(lambda: torch.autograd.backward(box.pop()))
+    saved.release()
+    return LossCost(forward_s=f, backward_s=b, activation_bytes=saved.total, input_bytes=_input_bytes(outs))

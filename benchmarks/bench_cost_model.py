@@ -1,0 +1,81 @@
+"""Is the plan's prediction what training measures? autopipe's plan and the uniform split, as planned by default.
+
+For every example and a tied LM with a 32,768-word head (``examples/tied_lm.py``):
+plan 2 stages with ``autopipe.plan`` at its defaults (the model measured here, the
+stages refined as whole modules), once with the ILP and once with ``method="uniform"``;
+train each plan with Adam on 2 gloo ranks (one thread and one core each, as
+``autopipe train`` runs) and print the plan's predicted step against the measured
+median and best steps, and autopipe's speedup over the uniform split, predicted and
+measured. No separate calibration runs: what the planner leaves out of a step shows
+as predicted / measured below 1.
+
+    python -m benchmarks.bench_cost_model [--only mlp,tied_lm] [--microbatches 4]
+        [--min-seconds 3] [--quiet-wait 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import autopipe
+from benchmarks.bench_simulator import EXAMPLES, MAX_STEPS, SKIP_STEPS, _spec_path, _train
+
+MODELS = [*EXAMPLES, "tied_lm"]
+METHODS = ("ilp", "uniform")
+
+
+def bench(name: str, microbatches: int, min_seconds: float, tmp: Path,
+          quiet_wait_s: float) -> dict[str, tuple[float, float, float]]:
+    """Per method: (predicted, measured median, measured best) seconds per step."""
+    spec = autopipe.load_spec(_spec_path(name))
+    out: dict[str, tuple[float, float, float]] = {}
+    for method in METHODS:
+        plan = autopipe.plan(spec.model, spec.example_inputs, example_kwargs=spec.example_kwargs,
+                             num_stages=2, microbatches=microbatches, method=method, profile="measure")
+        predicted = plan.predicted.iteration_s
+        steps = max(16, min(MAX_STEPS, SKIP_STEPS + math.ceil(min_seconds / predicted)))
+        folder = Path(tempfile.mkdtemp(prefix=f"{name}-{method}.", dir=tmp))
+        plan.save(folder / "plan.json")
+        cmd = [sys.executable, "-m", "benchmarks.bench_simulator", "--worker", _spec_path(name),
+               str(folder / "plan.json"), str(folder), str(steps), "malloc+cores"]
+        run = _train(f"{name} {method}", cmd, folder, quiet_wait_s)
+        out[method] = (predicted, run.median, run.best)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run it and print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--only", default=",".join(MODELS))
+    ap.add_argument("--microbatches", type=int, default=4)
+    ap.add_argument("--min-seconds", type=float, default=3.0)
+    ap.add_argument("--quiet-wait", type=float, default=30.0, metavar="SECONDS")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    print(f"2 stages, 1f1b, {args.microbatches} micro-batches, Adam, 2 gloo ranks on CPU; plans by "
+          f"autopipe.plan's defaults (measured here, stages refined); steps after the first {SKIP_STEPS}")
+    print(f"{'model':8s} {'plan':8s} {'predicted':>10s} {'median':>10s} {'best':>10s} {'pred/med':>8s}")
+    rows = {}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_cost_model.") as d:
+        for name in [n for n in args.only.split(",") if n]:
+            rows[name] = bench(name, args.microbatches, args.min_seconds, Path(d), args.quiet_wait)
+            for method, (pred, med, best) in rows[name].items():
+                print(f"{name:8s} {method:8s} {pred * 1e3:8.2f}ms {med * 1e3:8.2f}ms {best * 1e3:8.2f}ms "
+                      f"{pred / med:8.3f}", flush=True)
+    print(f"\nautopipe (ilp) over uniform, steps/s:\n{'model':8s} {'predicted':>9s} {'measured':>9s}")
+    for name, r in rows.items():
+        print(f"{name:8s} {r['uniform'][0] / r['ilp'][0]:9.3f} {r['uniform'][1] / r['ilp'][1]:9.3f}")
+    print(f"\n({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
