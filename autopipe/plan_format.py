@@ -72,6 +72,9 @@ class Stage:
     """The weight-gradient part of ``backward_s`` (zero-bubble schedules split it off)."""
     comm_s: float = 0.0
     """Time to send and receive this stage's boundary tensors, per micro-batch."""
+    optimizer_s: float = 0.0
+    """Once per step, after its last backward: the optimizer step over the parameters the
+    stage holds, at the profile's rates (0 in plans from profiles without them)."""
 
     @property
     def time_s(self) -> float:

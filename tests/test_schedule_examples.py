@@ -30,4 +30,7 @@ def test_example_plan_draws_a_png_and_a_trace(name: str, tmp_path: Path,
     events = json.loads(trace.read_text())["traceEvents"]
     tracks = {e["tid"] for e in events if e["ph"] == "X" and e["pid"] == 0}
     assert tracks == {0, 1, 2, 3}
-    assert sum(1 for e in events if e["ph"] == "X" and e["pid"] == 0) == 2 * 8 * 4
+    compute = [e for e in events if e["ph"] == "X" and e["pid"] == 0]
+    assert sum(1 for e in compute if e["cat"] != "optimizer") == 2 * 8 * 4
+    # each stage's optimizer step, after its last backward (the estimate's rates)
+    assert sorted(e["name"] for e in compute if e["cat"] == "optimizer") == [f"optimizer {s}" for s in range(4)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from autopipe.partition.costs import Evaluation
+from autopipe.partition.costs import Evaluation, optimizer_steps
 from autopipe.partition.problem import Problem
 from autopipe.plan_format import Baseline, Send, Stage, StageMemory
 
@@ -65,6 +65,7 @@ def stages(problem: Problem, stage_of: Sequence[int], ev: Evaluation) -> tuple[S
     modules = owned_modules(problem, node_stage)
     out_sends = sends(problem, stage_of)
     write_rank = problem.config.schedule not in _RANKS_INFERRED
+    steps = optimizer_steps(problem, stage_of)
     result = []
     for s, cost in enumerate(ev.stages):
         result.append(Stage(
@@ -73,7 +74,7 @@ def stages(problem: Problem, stage_of: Sequence[int], ev: Evaluation) -> tuple[S
             memory=StageMemory(params=cost.params, grads=cost.grads, optimizer=cost.optimizer,
                                activations=cost.activations, buffers=cost.buffers, total=cost.memory),
             sends=tuple(out_sends[s]), backward_weight_s=cost.backward_weight_s, comm_s=cost.comm_s,
-            rank=s if write_rank else None))
+            optimizer_s=steps[s], rank=s if write_rank else None))
     return tuple(result)
 
 

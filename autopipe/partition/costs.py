@@ -216,3 +216,12 @@ def violations(problem: Problem, stage_of: Sequence[int]) -> list[str]:
             out.append(f"output block {i} is in stage {stage_of[i]}, not {p - 1}")
     out += [f"stage {s} is empty" for s in range(p) if real[s] == 0]
     return out
+
+
+def optimizer_steps(problem: Problem, stage_of: Sequence[int]) -> list[float]:
+    """Per stage, its optimizer step over the parameters it holds (tied ones in every holder)
+    at the profile's rates ([Note: the optimizer step in the plan] in
+    ``autopipe.profile.optimizer``)."""
+    per_tensor, per_byte = problem.config.optimizer_step
+    return [len(held) * per_tensor + sum(problem.param_bytes.get(p, 0) for p in held) * per_byte
+            for held in held_params(problem, stage_of)]

@@ -19,7 +19,7 @@ from autopipe.partition import baselines
 from autopipe.partition.assemble import baseline, stages
 from autopipe.partition.chain import Chain
 from autopipe.partition.coarsen import coarsen, merge_forced
-from autopipe.partition.costs import Evaluation, evaluate, held_params, violations
+from autopipe.partition.costs import Evaluation, evaluate, optimizer_steps, violations
 from autopipe.partition.devices import DevicesArg, resolve_devices
 from autopipe.partition.dp import min_bottleneck
 from autopipe.partition.ilp import solve_ilp
@@ -294,15 +294,6 @@ def _search(profile_of: Callable[[int], Profile], num_stages: int, counts: list[
     return replace(best, options={**best.options, "search": tried})
 
 
-def optimizer_s(problem: Problem, stage_of: Sequence[int]) -> list[float]:
-    """Per stage, its optimizer step over the parameters it holds (tied ones in every holder)
-    at the profile's rates ([Note: the optimizer step in the plan] in
-    ``autopipe.profile.optimizer``)."""
-    per_tensor, per_byte = problem.config.optimizer_step
-    return [len(held) * per_tensor + sum(problem.param_bytes.get(p, 0) for p in held) * per_byte
-            for held in held_params(problem, stage_of)]
-
-
 def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predicted:
     """Iteration time, bubble and per-stage peak memory of a partition, simulated.
 
@@ -311,7 +302,7 @@ def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predic
     last backward (which the ILP does not yet see) and the tied-gradient sync.
     """
     cfg = problem.config
-    steps = optimizer_s(problem, stage_of)
+    steps = optimizer_steps(problem, stage_of)
     costs = [SimCost(forward_s=s.forward_s,
                      backward_input_s=max(0.0, s.backward_s - s.backward_weight_s),
                      backward_weight_s=s.backward_weight_s, send_s=cfg.comm_s(s.send_bytes),
