@@ -162,3 +162,14 @@ def test_show_a_broken_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     bad.write_text("{")
     code, _, err = _run(["show", str(bad)], capsys)
     assert code == 2 and "not valid JSON" in err
+
+
+def test_quick_start_stages_all_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's first command, as written (GPT-2 measured on this CPU): every stage does
+    at least a quarter of the bottleneck stage's work (ties go to even stages)."""
+    out = tmp_path / "plan.json"
+    code, _, err = _run(["plan", str(ROOT / "examples" / "gpt2.py") + ":build", "--stages", "4",
+                         "--microbatches", "8", "-o", str(out)], capsys)
+    assert code == 0, err
+    busy = [s.forward_s + s.backward_s for s in autopipe.Plan.load(out).stages]
+    assert min(busy) >= 0.25 * max(busy), busy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from autopipe.partition import baselines, brute
 from autopipe.partition.chain import Chain
-from autopipe.partition.costs import evaluate, violations
+from autopipe.partition.costs import evaluate, tie_key, violations
 from autopipe.partition.dp import min_bottleneck
 from autopipe.partition.ilp import _Model, solve_ilp
 from autopipe.partition.problem import Config, from_profile
@@ -82,6 +83,49 @@ def test_ilp_equals_brute_force(case: Case, warm: bool) -> None:
         if other is not None and evaluate(problem, other).fits:
             # within the MIP solver's own tolerances (about 1e-6 relative)
             assert res.objective_s <= evaluate(problem, other).objective_s * (1 + 1e-6) + 1e-9
+
+
+def _not_after(key: tuple[float, ...], other: tuple[float, ...], rel: float = 1e-6) -> bool:
+    """Whether ``key`` comes first, or ties, in the lexicographic order (up to ``rel``)."""
+    for a, b in zip(key, other):
+        if abs(a - b) > rel * max(abs(a), abs(b)) + 1e-15:
+            return a < b
+    return True
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(schedules=("1f1b", "gpipe", "zb-h1")))
+def test_ties_go_to_the_most_robust_partition(case: Case) -> None:
+    """Among the fastest partitions the ILP takes brute force's pick: the smallest bottleneck
+    stage, then the heaviest lightest stage, then the least memory (see [Note: ties])."""
+    problem = case.problem()
+    if problem.num_real < problem.config.num_stages:
+        return
+    exact = brute.best(problem)
+    if exact is None:
+        return
+    res = solve_ilp(problem, incumbent=min_bottleneck(Chain(problem)), gap=EXACT)
+    assert res.stage_of is not None and res.status == "optimal"
+    ev = evaluate(problem, res.stage_of)
+    assert close(ev.objective_s, exact[0])
+    assert _not_after(tie_key(problem, ev), tie_key(problem, evaluate(problem, exact[1])))
+
+
+def test_ties_spread_the_work_over_every_stage() -> None:
+    """One block far heavier than the rest (a vocabulary head): however the others are
+    split, the step is the same; no stage is left nearly empty."""
+    prof = synthetic_profile(40, seed=2)  # before ties were broken: [0.02, 0.02, 0.54, 0.58] s
+    heavy = prof.nodes[-2]  # the last computing node
+    total = sum(n.forward_s + n.backward_input_s + n.backward_weight_s for n in prof.nodes)
+    nodes = tuple(replace(n, forward_s=total / 2, backward_input_s=total / 2) if n is heavy else n
+                  for n in prof.nodes)
+    cfg = Config(num_stages=4, microbatches=8, schedule="1f1b", devices=_devices(4),
+                 link_bandwidth=math.inf)
+    problem = from_profile(replace(prof, nodes=nodes), cfg)
+    res = solve_ilp(problem, incumbent=min_bottleneck(Chain(problem)), gap=1e-3)
+    assert res.status == "optimal" and res.stage_of is not None
+    busy = [s.busy_s for s in evaluate(problem, res.stage_of).stages]
+    assert min(busy) >= 0.25 * max(busy), busy
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from autopipe.partition.costs import evaluate, violations
+from autopipe.partition.costs import evaluate, tie_key, violations
 from autopipe.partition.problem import Problem
 
 MAX_ASSIGNMENTS = 200_000
@@ -37,11 +37,19 @@ def partitions(problem: Problem) -> Iterator[list[int]]:
     yield from place(0)
 
 
-def best(problem: Problem) -> tuple[float, list[int]] | None:
-    """The fastest valid partition that fits in memory, or None (first found on ties)."""
-    found: tuple[float, list[int]] | None = None
+def best(problem: Problem, *, ties: float = 1e-9) -> tuple[float, list[int]] | None:
+    """The fastest valid partition that fits in memory, or None.
+
+    Partitions within ``ties`` (relative) of the fastest tie; among them the least
+    ``tie_key`` wins, as in the ILP ([Note: ties] in ``autopipe.partition.ilp``).
+    """
+    found: list[tuple[float, tuple[float, float, float], list[int]]] = []
     for stage_of in partitions(problem):
         ev = evaluate(problem, stage_of)
-        if ev.fits and (found is None or ev.objective_s < found[0]):
-            found = (ev.objective_s, stage_of)
-    return found
+        if ev.fits:
+            found.append((ev.objective_s, tie_key(problem, ev), stage_of))
+    if not found:
+        return None
+    fastest = min(f[0] for f in found)
+    step, _, stage_of = min((f for f in found if f[0] <= fastest * (1 + ties)), key=lambda f: f[1])
+    return step, stage_of

@@ -123,6 +123,30 @@ class Evaluation:
         return tuple(i for i, s in enumerate(self.stages) if not s.fits)
 
 
+def memory_scales(problem: Problem) -> list[float]:
+    """Per stage, the bytes that count as "full" when comparing peak memory: the device's
+    limit, else the largest limit of any stage, else the whole model's parameter and
+    optimizer bytes plus one micro-batch of activations (any positive yardstick will do)."""
+    limits = [float(d.memory) for d in problem.config.devices if d.memory > 0]
+    if limits:
+        default = max(limits)
+    else:
+        default = float(sum(m.total for m in problem.param_mem.values())
+                        + sum(b.activation_bytes for b in problem.blocks)) or 1.0
+    return [float(d.memory) if d.memory > 0 else default for d in problem.config.devices]
+
+
+def tie_key(problem: Problem, ev: Evaluation) -> tuple[float, float, float]:
+    """How partitions with the same step are ranked, smallest first (see [Note: ties]).
+
+    (the slowest stage's busy time, minus the lightest stage's, the largest share of its
+    device's memory that a stage needs).
+    """
+    busy = [s.busy_s for s in ev.stages]
+    share = max(s.memory / scale for s, scale in zip(ev.stages, memory_scales(problem)))
+    return max(busy), -min(busy), share
+
+
 def boundary_bytes(problem: Problem, stage_of: Sequence[int]) -> list[int]:
     """X_b for b = 0 … p−2: bytes crossing the boundary after stage b."""
     p = problem.config.num_stages

@@ -28,6 +28,28 @@ path of each answer until the MIP's T is the answer's true step time. The monoto
 form has a much tighter LP relaxation than one-hot x[b,s] variables; stage windows
 ([Note: stage windows]) fix most y before the solver starts, and the best chain
 partition (DP or a baseline) is handed to HiGHS as the starting solution.
+
+[Note: ties]
+
+Many partitions often share the optimal step: when one block dominates (a vocabulary
+head), the step is m·T_head + Σ (the other stages' work), the same however the other
+blocks are spread, as long as no stage outgrows the head. The MIP then returns any of
+them, e.g. a stage with two nodes next to one with half the model; that is optimal for
+the measured costs and fragile when they are off. So once the step is solved to within
+``gap`` of the bound, every partition whose step keeps that certificate (at most
+max(best, bound / (1 − gap))) counts as a tie, and further MIP solves on the same model,
+with the step capped there, pick among them by ``costs.tie_key``, one criterion at a time,
+each held (to solver tolerance) while the next is decided:
+
+    1. the smallest bottleneck: the slowest stage's busy time (forward + backward)
+    2. the heaviest lightest stage: no stage idles while others could share the work
+    3. the least memory: the largest share of its device a stage needs
+
+(2) is what spreads the GPT-2 quick start's body over three stages; with (1) and (3)
+alone the memory criterion would leave stage 0 the embedding only, since it holds the
+most micro-batches in flight. Each solve is warm-started from the current choice, which
+is feasible, so a criterion never gets worse; an answer whose simulated step exceeds the
+cap (its critical path was not yet a cut) adds its paths and is solved again.
 """
 
 from __future__ import annotations
@@ -42,7 +64,14 @@ import numpy as np
 import pulp
 
 from autopipe.partition import _solvers
-from autopipe.partition.costs import MEMORY_HEADROOM, Evaluation, evaluate, violations
+from autopipe.partition.costs import (
+    MEMORY_HEADROOM,
+    Evaluation,
+    evaluate,
+    memory_scales,
+    tie_key,
+    violations,
+)
 from autopipe.partition.problem import Problem
 from autopipe.partition.timeline import Count, nearby_paths, seed_paths, splits_backward
 from autopipe.partition.windows import BoolMatrix, ancestors, fits_windows, windows
@@ -303,10 +332,11 @@ class _Model:
             c = _Lin()
             c.add(x_bytes[b], inv_bw / tau)
             self.sends.append(self._named(c, f"C_{b}"))
-        for s in range(p):
+        self.memory: list[_Lin] = []
+        """Each stage's memory as a share of ``memory_scales`` (its device's limit, if any)."""
+        for s, scale in enumerate(memory_scales(problem)):
             dev = cfg.devices[s]
             fwd, bwd, wgt, mem, real = _Lin(), _Lin(), _Lin(), _Lin(), _Lin()
-            limit = float(dev.memory) if dev.memory > 0 else math.inf
             for b, blk in enumerate(problem.blocks):
                 if not self.lo[b] <= s <= self.hi[b]:
                     continue
@@ -317,19 +347,19 @@ class _Model:
                     wgt.add(x, blk.backward_weight_s / dev.speed / tau)
                 else:
                     bwd.add(x, (blk.backward_input_s + blk.backward_weight_s) / dev.speed / tau)
-                if math.isfinite(limit):
-                    mem.add(x, (single_mem[b] + cfg.inflight(s) * blk.activation_bytes) / limit)
+                mem.add(x, (single_mem[b] + cfg.inflight(s) * blk.activation_bytes) / scale)
                 real.add(x, float(blk.real))
             self.forward.append(self._named(fwd, f"F_{s}"))
             self.backward.append(self._named(bwd, f"B_{s}"))
             self.weight.append(self._named(wgt, f"W_{s}"))
-            if math.isfinite(limit):
-                for q, per_stage in held.items():
-                    mem.add(per_stage[s], problem.param_mem[q].total / limit)
-                if s > 0:
-                    mem.add(x_bytes[s - 1], 2.0 / limit)
-                if s < p - 1:
-                    mem.add(x_bytes[s], 2.0 / limit)
+            for q, per_stage in held.items():
+                mem.add(per_stage[s], problem.param_mem[q].total / scale)
+            if s > 0:
+                mem.add(x_bytes[s - 1], 2.0 / scale)
+            if s < p - 1:
+                mem.add(x_bytes[s], 2.0 / scale)
+            self.memory.append(mem)
+            if dev.memory > 0:  # the scale is the limit
                 self._add(mem, "<=", 1.0 - MEMORY_HEADROOM, f"mem_{s}")
             self._add(real, ">=", 1.0, f"nonempty_{s}")
         self.step = self._var("T")
@@ -393,6 +423,86 @@ def _nearby(problem: Problem, ev: Evaluation) -> list[Count]:
     return nearby_paths(cfg.schedule, [s.forward_s for s in ev.stages],
                         [s.backward_s for s in ev.stages], [s.backward_weight_s for s in ev.stages],
                         [s.send_s for s in ev.stages[:-1]], cfg.microbatches)
+
+
+TIE_GAP = 1e-4
+"""Relative gap of the tie-breaking solves (at most the step's gap)."""
+_TIE_SLACK = 1e-7
+"""Relative slack on a criterion once it is fixed (the solvers' feasibility tolerance)."""
+
+
+def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap: float, *,
+                solver: str, gap: float, deadline: float, rounds: int) -> tuple[tuple[int, ...], int]:
+    """The partition with the least ``tie_key`` among those with a step ≤ ``cap`` (the
+    incumbent is one); see [Note: ties]. Returns it and the MIP solves spent.
+
+    Changes ``model``: adds its rows and variables, and the critical paths of what it finds.
+    """
+    tau, p = model.tau, model.p
+    busy = []
+    for s in range(p):
+        lin = _Lin()
+        for part in (model.forward[s], model.backward[s], model.weight[s]):
+            lin.add(part, 1.0)
+        busy.append(lin)
+    row = _Lin()
+    row.add(model.objective, 1.0)
+    model._add(row, "<=", cap / tau, "tie_step")
+    most, least, share = model._var("tie_most"), model._var("tie_least"), model._var("tie_share")
+    for s in range(p):
+        for name, var, lin, sign in (("most", most, busy[s], 1.0), ("least", least, busy[s], -1.0),
+                                     ("share", share, model.memory[s], 1.0)):
+            row = _Lin()
+            row.add(var, sign)
+            row.add(lin, -sign)
+            model._add(row, ">=", 0.0, f"tie_{name}_{s}")
+
+    def warm(stage_of: Sequence[int]) -> dict[str, float]:
+        values = model.warm(stage_of)
+        values[most.name] = max(b.value(values) for b in busy)
+        values[least.name] = max(0.0, min(b.value(values) for b in busy))
+        values[share.name] = max(0.0, max(m.value(values) for m in model.memory))
+        return values
+
+    best = tuple(incumbent)
+    key = tie_key(problem, evaluate(problem, best))
+    spent = 0
+    # smallest bottleneck; then the lightest stage as heavy as it can be; then least memory
+    for i, (var, sign, lins) in enumerate(((most, 1.0, busy), (least, -1.0, busy),
+                                           (share, 1.0, model.memory))):
+        if all(lin.is_const() for lin in lins):
+            continue  # the same for every partition
+        goal = _Lin()
+        goal.add(var, sign)
+        if sign < 0:  # keep the objective positive: the slowest stage minus the lightest
+            goal.const = key[0] / tau * (1 + _TIE_SLACK)
+        model.prob.setObjective(goal.expr())
+        while spent < rounds and time.perf_counter() < deadline:
+            spent += 1
+            raw = _solvers.solve(model.prob, solver=solver, warm=warm(best), gap=gap,
+                                 time_limit=deadline - time.perf_counter())
+            if not raw.values:
+                break
+            found = model.stage_of(raw.values)
+            ev = evaluate(problem, found)
+            if violations(problem, found) or not ev.fits:
+                break
+            for count in _nearby(problem, ev):
+                if count not in model.counts:
+                    model.add_path(count)
+            if ev.objective_s > cap * (1 + _TIE_SLACK):
+                continue  # its step was under-estimated: the new cuts exclude it; again
+            k = tie_key(problem, ev)
+            if k[i] < key[i] - _TIE_SLACK * abs(key[i]):
+                best, key = found, k
+            break
+        # hold this criterion (to solver tolerance) while the next one is decided
+        fix = _Lin()
+        fix.add(var, 1.0)
+        bound = abs(key[i]) / tau if i < 2 else key[i]
+        model._add(fix, "<=" if sign > 0 else ">=",
+                   bound * (1 + sign * _TIE_SLACK) + sign * 1e-12, f"tie_fix_{i}")
+    return best, spent
 
 
 def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_limit: float = 60.0,
@@ -485,6 +595,16 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
         for count in _nearby(problem, ev):
             if count not in model.counts:
                 model.add_path(count)
+    if status == "optimal" and best is not None and model.p > 1:
+        # any partition up to cap is as proven as best: prefer the most robust of them
+        cap = max(best[0], lower / (1 - gap) if gap < 1 else math.inf)
+        chosen, spent = _break_ties(model, problem, best[1], cap, solver=solver,
+                                    gap=min(gap, TIE_GAP), deadline=start + time_limit,
+                                    rounds=max_rounds - rounds)
+        rounds += spent
+        if chosen != best[1]:
+            best = (evaluate(problem, chosen).objective_s, chosen)
+            model_objective = model.objective.value(model.warm(chosen)) * model.tau
     seconds = time.perf_counter() - start
     if best is None:
         return IlpResult(stage_of=None, status=status if status == "infeasible" else "unsolved",

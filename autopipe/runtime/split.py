@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,23 +40,95 @@ from autopipe.trace.graph import Graph
 # which may hand back a strided view (e.g. the slice of a cat's gradient). Each
 # received floating-point value therefore enters its stage through
 # contiguous_grad: the identity forward, a .contiguous() on the way back.
+#
+# [Note: received values written in place]
+#
+# A stage may write a value it receives in place (Mixtral's router divides its top-k
+# weights with div_, Falcon adds the attention output into the MLP's with add_). The
+# value that contiguous_grad hands on is a view made inside a custom Function, which
+# autograd forbids to modify in place (and without it, the receive buffer is a leaf
+# that requires grad: forbidden too). Such a value enters through contiguous_grad_copy,
+# which clones it; and a stage that passes it on sends the written copy, as a later
+# reader of the value in the whole graph would see it written.
+
+_VIEW_METHODS = frozenset({
+    "view", "view_as", "reshape", "reshape_as", "transpose", "permute", "t", "unsqueeze",
+    "squeeze", "expand", "expand_as", "narrow", "select", "flatten", "unflatten", "as_strided",
+    "chunk", "split", "unbind", "contiguous", "detach", "__getitem__", "movedim", "swapaxes",
+    "diagonal", "unfold", "split_with_sizes", "tensor_split", "real", "imag",
+})
+"""Methods whose result may share its storage with the tensor they are called on."""
 
 
 class _ContiguousGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
+    def forward(ctx: Any, x: torch.Tensor, copy: bool) -> torch.Tensor:
+        return x.clone() if copy else x.view_as(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous()
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad.contiguous(), None
 
 
 def contiguous_grad(x: torch.Tensor) -> torch.Tensor:
     """``x`` itself, whose gradient is made contiguous (see [Note: contiguous gradients])."""
     if not x.requires_grad:
         return x
-    out: torch.Tensor = _ContiguousGrad.apply(x)  # type: ignore[no-untyped-call]
+    out: torch.Tensor = _ContiguousGrad.apply(x, False)  # type: ignore[no-untyped-call]
+    return out
+
+
+def contiguous_grad_copy(x: torch.Tensor) -> torch.Tensor:
+    """A copy of ``x`` that the stage may write in place, whose gradient is made contiguous
+    (see [Note: received values written in place])."""
+    if not x.requires_grad:
+        return x
+    out: torch.Tensor = _ContiguousGrad.apply(x, True)  # type: ignore[no-untyped-call]
+    return out
+
+
+def _aliased_args(root: fx.GraphModule, n: fx.Node) -> tuple[list[fx.Node], list[fx.Node]]:
+    """(the arguments ``n`` writes in place, the arguments its output may be a view of)."""
+    target = n.target
+    if n.op == "call_function" and isinstance(target, torch._ops.OpOverload):
+        schema = target._schema
+        written: list[fx.Node] = []
+        viewed: list[fx.Node] = []
+        returns: set[str] = set()
+        for r in schema.returns:
+            if r.alias_info is not None:
+                returns |= set(r.alias_info.before_set)
+        for i, a in enumerate(schema.arguments):
+            if a.alias_info is None:
+                continue
+            value = n.args[i] if i < len(n.args) and not a.kwarg_only else n.kwargs.get(a.name)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            nodes = [v for v in values if isinstance(v, fx.Node)]
+            if a.alias_info.is_write:
+                written += nodes
+            if set(a.alias_info.before_set) & returns:
+                viewed += nodes
+        return written, viewed
+    first = [n.args[0]] if n.args and isinstance(n.args[0], fx.Node) else []
+    name = str(target) if n.op == "call_method" else getattr(target, "__name__", "")
+    in_place = (name.endswith("_") and not name.endswith("__")) or n.kwargs.get("inplace") is True \
+        or target is operator.setitem
+    if n.op == "call_module":
+        in_place = getattr(root.get_submodule(str(target)), "inplace", False) is True
+    viewed = first if in_place or name in _VIEW_METHODS or target is operator.getitem else []
+    return (first if in_place else []), viewed
+
+
+def written_in_place(root: fx.GraphModule, body: Sequence[fx.Node], names: Sequence[str]) -> set[str]:
+    """Which of the values ``names`` the nodes ``body`` write in place, directly or through views."""
+    alias: dict[str, str] = {name: name for name in names}
+    out: set[str] = set()
+    for n in body:
+        written, viewed = _aliased_args(root, n)
+        out.update(alias[a.name] for a in written if a.name in alias)
+        for a in viewed:
+            if a.name in alias:
+                alias[n.name] = alias[a.name]
     return out
 
 
@@ -223,9 +296,11 @@ def _stage_graph_module(
     received: dict[str, fx.Node] = {}
     for name in inputs:
         received[name] = env[name] = g.placeholder(name)
+    written = written_in_place(root, body, inputs) if index > 0 else set()
     for name in inputs:
         if name in grad_inputs:
-            env[name] = g.call_function(contiguous_grad, (env[name],))
+            enter = contiguous_grad_copy if name in written else contiguous_grad
+            env[name] = g.call_function(enter, (env[name],))
 
     def value(n: fx.Node) -> Any:
         if n.op == "get_attr" and n.name not in env:
@@ -238,7 +313,7 @@ def _stage_graph_module(
     for name in outputs:
         if not sends:
             results.append(env[name])
-        elif name in received and index > 0 and not copy:
+        elif name in received and index > 0 and not copy and name not in written:
             results.append(received[name])  # a receive buffer: dense already
         else:
             results.append(g.call_function(sendable, (env[name], copy)))
