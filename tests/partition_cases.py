@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -103,6 +104,10 @@ def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
     if schedule == "zb-h1":
         rounds = max(1, m // p)
         m -= m % rounds
+    # each stage's optimizer step: none, per tensor only, or per tensor and per byte
+    step = draw(st.sampled_from([(0.0, 0.0), (0.5, 0.0), (0.2, 1e-4)]))
     config = Config(num_stages=p, microbatches=m, schedule=schedule, devices=tuple(devices),
-                    link_bandwidth=bw)
+                    link_bandwidth=bw, optimizer_step=step)
+    # the profile's rates for the plan's optimizer give the same step (float32: 4 bytes an element)
+    profile = dataclasses.replace(profile, optimizer={optimizer: (step[0], step[1] * 4)})
     return Case(profile=profile, config=config, optimizer=optimizer)

@@ -100,6 +100,8 @@ class Evaluation:
     """Per-step time to reduce gradients of parameters held by several stages."""
     critical: Count
     """Task counts of a critical path of the step."""
+    optimizer_s: tuple[float, ...] = ()
+    """Per stage, its optimizer step (``optimizer_steps``), part of the step."""
 
     @property
     def fits(self) -> bool:
@@ -205,12 +207,13 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
         k = len({stage_of[r] for r in readers})
         if k > 1:
             tied += (k - 1) * cfg.comm_s(problem.param_bytes[q])
+    steps = optimizer_steps(problem, stage_of)
     step, critical = longest_path(cfg.schedule, [s.forward_s for s in stages],
                                   [s.backward_s for s in stages],
                                   [s.backward_weight_s for s in stages],
-                                  [s.send_s for s in stages[:-1]], cfg.microbatches)
+                                  [s.send_s for s in stages[:-1]], cfg.microbatches, steps)
     return Evaluation(stages=tuple(stages), objective_s=step + tied, step_s=step,
-                      tied_sync_s=tied, critical=critical)
+                      tied_sync_s=tied, critical=critical, optimizer_s=tuple(steps))
 
 
 def violations(problem: Problem, stage_of: Sequence[int]) -> list[str]:
@@ -245,7 +248,7 @@ def violations(problem: Problem, stage_of: Sequence[int]) -> list[str]:
 def optimizer_steps(problem: Problem, stage_of: Sequence[int]) -> list[float]:
     """Per stage, its optimizer step over the parameters it holds (tied ones in every holder)
     at the profile's rates ([Note: the optimizer step in the plan] in
-    ``autopipe.profile.optimizer``)."""
+    ``autopipe.profile.optimizer``), on the stage's device speed."""
     per_tensor, per_byte = problem.config.optimizer_step
-    return [len(held) * per_tensor + sum(problem.param_bytes.get(p, 0) for p in held) * per_byte
-            for held in held_params(problem, stage_of)]
+    return [(len(held) * per_tensor + sum(problem.param_bytes.get(p, 0) for p in held) * per_byte)
+            / dev.speed for held, dev in zip(held_params(problem, stage_of), problem.config.devices)]

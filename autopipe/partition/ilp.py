@@ -316,9 +316,13 @@ class _Model:
         cfg = problem.config
         readers = problem.readers()
         single_mem = [0.0] * problem.size
+        per_tensor, per_byte = cfg.optimizer_step
+        step_of = {q: per_tensor + per_byte * problem.param_bytes.get(q, 0) for q in readers}
+        single_step = [0.0] * problem.size
         for q, r in readers.items():
             if len(r) == 1:
                 single_mem[r[0]] += problem.param_mem[q].total
+                single_step[r[0]] += step_of[q]
         inv_bw = 0.0 if math.isinf(cfg.link_bandwidth) else 1.0 / cfg.link_bandwidth
         split = splits_backward(cfg.schedule)
         self.forward: list[_Lin] = []
@@ -326,6 +330,8 @@ class _Model:
         """The B task's time per stage (input gradients only when ``split``)."""
         self.weight: list[_Lin] = []
         """The W task's time per stage (zero without a split backward)."""
+        self.optimizer: list[_Lin] = []
+        """The optimizer step's time per stage (``autopipe.partition.costs.optimizer_steps``)."""
         self.sends: list[_Lin] = []
         self.defined: list[tuple[pulp.LpVariable, _Lin]] = []
         for b in range(p - 1):
@@ -336,7 +342,7 @@ class _Model:
         """Each stage's memory as a share of ``memory_scales`` (its device's limit, if any)."""
         for s, scale in enumerate(memory_scales(problem)):
             dev = cfg.devices[s]
-            fwd, bwd, wgt, mem, real = _Lin(), _Lin(), _Lin(), _Lin(), _Lin()
+            fwd, bwd, wgt, mem, real, opt = _Lin(), _Lin(), _Lin(), _Lin(), _Lin(), _Lin()
             for b, blk in enumerate(problem.blocks):
                 if not self.lo[b] <= s <= self.hi[b]:
                     continue
@@ -349,11 +355,16 @@ class _Model:
                     bwd.add(x, (blk.backward_input_s + blk.backward_weight_s) / dev.speed / tau)
                 mem.add(x, (single_mem[b] + cfg.inflight(s) * blk.activation_bytes) / scale)
                 real.add(x, float(blk.real))
+                if single_step[b]:
+                    opt.add(x, single_step[b] / dev.speed / tau)
+            for q, per_stage in held.items():
+                mem.add(per_stage[s], problem.param_mem[q].total / scale)
+                if step_of[q]:
+                    opt.add(per_stage[s], step_of[q] / dev.speed / tau)
             self.forward.append(self._named(fwd, f"F_{s}"))
             self.backward.append(self._named(bwd, f"B_{s}"))
             self.weight.append(self._named(wgt, f"W_{s}"))
-            for q, per_stage in held.items():
-                mem.add(per_stage[s], problem.param_mem[q].total / scale)
+            self.optimizer.append(self._named(opt, f"O_{s}"))
             if s > 0:
                 mem.add(x_bytes[s - 1], 2.0 / scale)
             if s < p - 1:
@@ -376,12 +387,13 @@ class _Model:
 
     def add_path(self, count: Count) -> None:
         """Cut: the step is at least this path's length (see [Note: the step time is a longest path])."""
-        nf, nb, nw, nc = count
+        nf, nb, nw, nc, no = count
         path = _Lin()
         for s in range(self.p):
             path.add(self.forward[s], float(nf[s]))
             path.add(self.backward[s], float(nb[s]))
             path.add(self.weight[s], float(nw[s]))
+            path.add(self.optimizer[s], float(no[s]))
         for b in range(self.p - 1):
             path.add(self.sends[b], float(nc[b]))
         self.paths.append(path)
@@ -422,7 +434,8 @@ def _nearby(problem: Problem, ev: Evaluation) -> list[Count]:
     cfg = problem.config
     return nearby_paths(cfg.schedule, [s.forward_s for s in ev.stages],
                         [s.backward_s for s in ev.stages], [s.backward_weight_s for s in ev.stages],
-                        [s.send_s for s in ev.stages[:-1]], cfg.microbatches)
+                        [s.send_s for s in ev.stages[:-1]], cfg.microbatches,
+                        optimizer=ev.optimizer_s)
 
 
 TIE_GAP = 1e-4

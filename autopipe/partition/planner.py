@@ -298,11 +298,11 @@ def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predic
     """Iteration time, bubble and per-stage peak memory of a partition, simulated.
 
     The step comes from the simulator (``autopipe.schedule.simulate``), whose rules
-    the ILP's objective encodes exactly, plus each stage's optimizer step after its
-    last backward (which the ILP does not yet see) and the tied-gradient sync.
+    the ILP's objective encodes exactly, each stage's optimizer step after its last
+    task included, plus the tied-gradient sync.
     """
     cfg = problem.config
-    steps = optimizer_steps(problem, stage_of)
+    steps = ev.optimizer_s or tuple(optimizer_steps(problem, stage_of))
     costs = [SimCost(forward_s=s.forward_s,
                      backward_input_s=max(0.0, s.backward_s - s.backward_weight_s),
                      backward_weight_s=s.backward_weight_s, send_s=cfg.comm_s(s.send_bytes),

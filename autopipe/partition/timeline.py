@@ -10,12 +10,14 @@ step is a fixed DAG of tasks: compute tasks F, B and W of each stage, and send t
 lasting c_b = X_b / bandwidth. Without a split backward (1F1B, GPipe) B lasts the whole
 backward B_s and there is no W; a zero-bubble schedule (zb-h1) splits it into B, the
 input gradients (B_s − W_s), and W, the weight gradients (W_s), which only needs its own
-B (its rank's program runs it later). The iteration time is the DAG's longest path, and
+B (its rank's program runs it later). Each rank ends with its stage's optimizer step O_s
+(once per step, linear in the parameters the stage holds). The iteration time is the DAG's
+longest path, and
 any one path P gives a lower bound that is *linear* in the per-stage costs:
 
-    iteration ≥ Σ_s (nF_s(P)·F_s + nB_s(P)·B'_s + nW_s(P)·W_s) + Σ_b nC_b(P)·c_b
+    iteration ≥ Σ_s (nF_s(P)·F_s + nB_s(P)·B'_s + nW_s(P)·W_s + nO_s(P)·O_s) + Σ_b nC_b(P)·c_b
 
-with nF, nB, nW, nC the path's task counts and B'_s the B task's time (B_s, or B_s − W_s
+with nF, nB, nW, nO, nC the path's task counts and B'_s the B task's time (B_s, or B_s − W_s
 when split). The ILP adds such cuts for critical paths until the longest path of its
 answer is one of them, so it optimises the simulated step time itself, not a closed-form
 stand-in.
@@ -33,19 +35,21 @@ from dataclasses import dataclass
 
 from autopipe.schedule.actions import schedule_order
 
-Count = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
-"""(nF per stage, nB per stage, nW per stage, nC per boundary); nW is all 0 without a split
-backward."""
+Count = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+"""(nF per stage, nB per stage, nW per stage, nC per boundary, nO per stage); nW is all 0
+without a split backward; nO marks the one optimizer step a path ends with, if any."""
 
 _KINDS = {"F": 0, "B": 1, "W": 2}
 _SEND = 3
+_OPTIMIZER = 4
 
 
 @dataclass(frozen=True, slots=True)
 class _Dag:
     kinds: tuple[int, ...]
     """Per task: 0 = forward, 1 = backward (input gradients when split), 2 = weight
-    gradients, 3 = send; tasks are in topological order."""
+    gradients, 3 = send, 4 = the stage's optimizer step (after its rank's last task);
+    tasks are in topological order."""
     where: tuple[int, ...]
     """Per task: its stage (compute) or boundary (send)."""
     preds: tuple[tuple[int, ...], ...]
@@ -108,6 +112,10 @@ def _dag(schedule: str, p: int, m: int) -> _Dag:
                 remaining -= 1
                 progressed = True
         assert progressed, f"schedule {schedule} deadlocks"
+    # each stage's optimizer step runs once its rank is done (one stage per rank here)
+    for r in range(p):
+        if pointer[r]:
+            add(("o", r, 0), _OPTIMIZER, r, [index[("c", r, pointer[r] - 1)]])
     return _Dag(kinds=tuple(kinds), where=tuple(where), preds=tuple(preds),
                 split=order.split_backward)
 
@@ -120,7 +128,7 @@ def _b_task(split: bool, backward: Sequence[float], weight: Sequence[float]) -> 
 
 def longest_path(schedule: str, forward: Sequence[float], backward: Sequence[float],
                  weight: Sequence[float], sends: Sequence[float],
-                 microbatches: int) -> tuple[float, Count]:
+                 microbatches: int, optimizer: Sequence[float] = ()) -> tuple[float, Count]:
     """The step time of ``schedule`` and the task counts of one critical path.
 
     Args:
@@ -132,10 +140,11 @@ def longest_path(schedule: str, forward: Sequence[float], backward: Sequence[flo
             a separate W task (and B_s − W_s as B), others ignore it.
         sends: c_b per boundary (one-way seconds per micro-batch), ``p − 1`` of them.
         microbatches: m.
+        optimizer: O_s per stage, once per step after the stage's last task (default 0).
     """
     p = len(forward)
     dag = _dag(schedule, p, microbatches)
-    dur = (forward, _b_task(dag.split, backward, weight), weight, sends)
+    dur = (forward, _b_task(dag.split, backward, weight), weight, sends, optimizer or [0.0] * p)
     end = [0.0] * len(dag.kinds)
     via = [-1] * len(dag.kinds)
     for t, (kind, at, before) in enumerate(zip(dag.kinds, dag.where, dag.preds)):
@@ -146,23 +155,25 @@ def longest_path(schedule: str, forward: Sequence[float], backward: Sequence[flo
         via[t] = arg
         end[t] = start + dur[kind][at]
     last = max(range(len(end)), key=end.__getitem__)
-    counts = ([0] * p, [0] * p, [0] * p, [0] * max(p - 1, 0))
+    counts = ([0] * p, [0] * p, [0] * p, [0] * max(p - 1, 0), [0] * p)
     t = last
     while t >= 0:
         counts[dag.kinds[t]][dag.where[t]] += 1
         t = via[t]
-    nf, nb, nw, nc = counts
-    return end[last], (tuple(nf), tuple(nb), tuple(nw), tuple(nc))
+    nf, nb, nw, nc, no = counts
+    return end[last], (tuple(nf), tuple(nb), tuple(nw), tuple(nc), tuple(no))
 
 
 def path_length(schedule: str, count: Count, forward: Sequence[float], backward: Sequence[float],
-                weight: Sequence[float], sends: Sequence[float]) -> float:
+                weight: Sequence[float], sends: Sequence[float],
+                optimizer: Sequence[float] = ()) -> float:
     """The length of a path of ``schedule`` with these task counts under these costs
     (arguments as ``longest_path``)."""
-    nf, nb, nw, nc = count
+    nf, nb, nw, nc, no = count
     b_task = _b_task(splits_backward(schedule), backward, weight)
     return (sum(a * x for a, x in zip(nf, forward)) + sum(a * x for a, x in zip(nb, b_task))
-            + sum(a * x for a, x in zip(nw, weight)) + sum(a * x for a, x in zip(nc, sends)))
+            + sum(a * x for a, x in zip(nw, weight)) + sum(a * x for a, x in zip(nc, sends))
+            + sum(a * x for a, x in zip(no, optimizer)))
 
 
 def seed_paths(schedule: str, p: int, m: int) -> list[Count]:
@@ -187,7 +198,8 @@ NEARBY_BUMPS = (1.02, 1.05, 1.1)
 
 def nearby_paths(schedule: str, forward: Sequence[float], backward: Sequence[float],
                  weight: Sequence[float], sends: Sequence[float], microbatches: int,
-                 bumps: Sequence[float] = NEARBY_BUMPS) -> list[Count]:
+                 bumps: Sequence[float] = NEARBY_BUMPS,
+                 optimizer: Sequence[float] = ()) -> list[Count]:
     """Critical paths of these costs and of each stage (and link) made each of ``bumps``
     times slower.
 
@@ -201,12 +213,13 @@ def nearby_paths(schedule: str, forward: Sequence[float], backward: Sequence[flo
     def slower(xs: Sequence[float], k: int, bump: float) -> list[float]:
         return [x * bump if i == k else x for i, x in enumerate(xs)]
 
-    out = {longest_path(schedule, forward, backward, weight, sends, microbatches)[1]}
+    out = {longest_path(schedule, forward, backward, weight, sends, microbatches, optimizer)[1]}
     for bump in bumps:
         for k in range(len(forward)):
             out.add(longest_path(schedule, slower(forward, k, bump), slower(backward, k, bump),
-                                 slower(weight, k, bump), sends, microbatches)[1])
+                                 slower(weight, k, bump), sends, microbatches,
+                                 slower(optimizer, k, bump) if optimizer else ())[1])
         for k in range(len(sends)):
             out.add(longest_path(schedule, forward, backward, weight, slower(sends, k, bump),
-                                 microbatches)[1])
+                                 microbatches, optimizer)[1])
     return sorted(out)

@@ -93,7 +93,7 @@ def stage_caps(problem: Problem, paths: Sequence[Count],
     lp += (pulp.lpSum(speeds[j] * u[j] for j in range(p)) == 1.0, "work")
     amounts = [u]
     if len(measures) == 1:
-        for i, (nf, nb, _, _) in enumerate(sorted(set(paths))):
+        for i, (nf, nb, *_) in enumerate(sorted(set(paths))):
             lp += (pulp.lpSum(min(nf[j], nb[j]) * u[j] for j in range(p)) <= step_s / total,
                    f"path{i}")
     else:
@@ -104,7 +104,7 @@ def stage_caps(problem: Problem, paths: Sequence[Count],
         for j in range(p):
             lp += (v[j] - min(ratios) * u[j] >= 0, f"least{j}")
             lp += (v[j] - max(ratios) * u[j] <= 0, f"most{j}")
-        for i, (nf, nb, nw, _) in enumerate(sorted(set(paths))):
+        for i, (nf, nb, nw, *_) in enumerate(sorted(set(paths))):
             lp += (pulp.lpSum(nw[j] * u[j] + (min(nf[j], nb[j]) - nw[j]) * v[j] for j in range(p))
                    <= step_s / total, f"path{i}")
     quiet_highs()

@@ -8,7 +8,10 @@ b·elements``. ``measure_rates`` times each optimizer autopipe trains with
 (``autopipe._optimizers``, fp32 masters for 16-bit parameters included) on many
 small and a few large tensors in the profile's dtype and solves for a and b;
 ``estimate_rates`` prices the bytes a step reads and writes on the device spec's
-bandwidth, plus one kernel overhead per tensor.
+bandwidth, plus one kernel overhead per tensor. The planner runs each stage's step
+as the last task of its rank's timeline ([Note: the step time is a longest path] in
+``autopipe.partition.timeline``), so the ILP's objective and the plan's prediction
+both include it.
 """
 
 from __future__ import annotations
