@@ -1,6 +1,6 @@
 """How good is the simulator? Predicted step time against measured pipeline training on CPU.
 
-First measure the runtime's fixed costs on this machine (autopipe.schedule.calibrate:
+First measure the runtime's fixed costs on this machine (autopipe.runtime.calibrate:
 per-action stage overhead, send latency and bandwidth, the optimizer step). Then, for
 every example: profile it here (1 thread), plan it for 2 stages, measure the loss,
 each stage re-timed as one module and each stage's optimizer step, simulate the
@@ -61,8 +61,8 @@ import torch
 import autopipe
 from autopipe.plan_format import Plan
 from autopipe.profile import measure
+from autopipe.runtime.calibrate import measure_model_costs, measure_runtime_costs
 from autopipe.schedule import SCHEDULES, StageCost, simulate, simulate_plan
-from autopipe.schedule.calibrate import measure_model_costs, measure_runtime_costs
 from autopipe.schedule.runtime_costs import RuntimeCosts
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ bf16, a wide MLP, ResNet and U-Net at real image sizes):
    the interleaved 1F1B order of one rank), next to the step predicted for that run:
    the plan's own compute, and the full prediction with the loss, each stage re-timed
    as one module and each stage's Adam step measured on the GPU
-   (``autopipe.schedule.calibrate.measure_model_costs``); and the peak CUDA memory
+   (``autopipe.runtime.calibrate.measure_model_costs``); and the peak CUDA memory
    of training against the plan's predicted peak;
 4. ``pytest -m gpu``.
 
@@ -151,8 +151,8 @@ def step_part(row: dict[str, Any], spec: Any, graph: Any, p: Any, e: Any, device
               folder: Path, steps: int) -> None:
     """Plan, predict the one-GPU step and its memory, train it, record both in ``row``."""
     from autopipe.partition import plan_profile
+    from autopipe.runtime.calibrate import measure_model_costs
     from autopipe.schedule import simulate, simulate_plan
-    from autopipe.schedule.calibrate import measure_model_costs
     from autopipe.schedule.plan_costs import plan_costs
     from autopipe.schedule.runtime_costs import RuntimeCosts
 

@@ -4,7 +4,7 @@ A profile times the model's own nodes. Training a plan also pays, per
 micro-batch, the pipeline stage's bookkeeping around each module call and a
 send latency per boundary, and, per step, the loss on the last stage and the
 optimizer step. ``RuntimeCosts`` holds the machine's share (measured once by
-``autopipe.schedule.calibrate``), ``ModelCosts`` the model's share; both feed
+``autopipe.runtime.calibrate``), ``ModelCosts`` the model's share; both feed
 ``simulate_plan``.
 """
 
@@ -86,7 +86,7 @@ class RuntimeCosts:
             return cls(**data)
         except TypeError as e:
             raise PlanError(f"{path}: malformed runtime costs ({e})",
-                            hint="measure them again with `python -m autopipe.schedule.calibrate`") from None
+                            hint="measure them again with `python -m autopipe.runtime.calibrate`") from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,7 +25,7 @@ def add_show_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-timeline", action="store_true", help="do not print the text timeline")
     p.add_argument("--runtime-costs", metavar="COSTS.json",
                    help="add the runtime's per-action, send and optimizer costs measured by "
-                        "`python -m autopipe.schedule.calibrate` to the simulation")
+                        "`python -m autopipe.runtime.calibrate` to the simulation")
 
 
 def show_schedule(plan: Plan, args: argparse.Namespace) -> None:

@@ -28,7 +28,7 @@ state: 60–150 µs here) plus a part per micro-batch, split evenly over its
 forward and backward. Waiting for data is not overhead: the simulator adds
 the send latency.
 
-    python -m autopipe.schedule.calibrate -o runtime_costs.json [--optimizer adam]
+    python -m autopipe.runtime.calibrate -o runtime_costs.json [--optimizer adam]
 """
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ def measure_runtime_costs(optimizer: str = "adam", timeout_s: float = 300.0) -> 
 
     with tempfile.TemporaryDirectory(prefix="autopipe-calibrate.") as d:
         out = Path(d, "costs.json")
-        cmd = [sys.executable, "-m", "autopipe.schedule.calibrate", "--worker", str(out), optimizer]
+        cmd = [sys.executable, "-m", "autopipe.runtime.calibrate", "--worker", str(out), optimizer]
         result = launch(cmd, 2, env={"OMP_NUM_THREADS": "1"}, timeout_s=timeout_s)
         if result.code or not out.exists():
             raise RuntimeStageError(f"runtime calibration failed (exit codes {list(result.codes)})",
@@ -498,11 +498,11 @@ def measure_model_costs(spec: ModelSpec, graph: Graph, plan: Plan,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m autopipe.schedule.calibrate -o FILE.json``: measure and save RuntimeCosts."""
+    """``python -m autopipe.runtime.calibrate -o FILE.json``: measure and save RuntimeCosts."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         return _worker(argv[1], argv[2])
-    ap = argparse.ArgumentParser(prog="python -m autopipe.schedule.calibrate",
+    ap = argparse.ArgumentParser(prog="python -m autopipe.runtime.calibrate",
                                  description="Measure the pipeline runtime's fixed costs on this machine.")
     ap.add_argument("-o", "--output", required=True, metavar="FILE.json")
     ap.add_argument("--optimizer", default="adam", help="adam (default), adamw, sgd, sgd-momentum")

@@ -1,4 +1,4 @@
-"""Tests for autopipe/schedule/calibrate.py: the runtime's fixed costs and a model's extras."""
+"""Tests for autopipe/runtime/calibrate.py: the runtime's fixed costs and a model's extras."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import autopipe
 from autopipe.plan_format import Device, Plan, Predicted, SolverInfo, Stage, StageMemory
 from autopipe.profile import measure
-from autopipe.schedule.calibrate import (
+from autopipe.runtime.calibrate import (
     compute_scale,
     measure_loss_s,
     measure_model_costs,
