@@ -51,6 +51,7 @@ def plan(
     refine: bool = True,
     loss_fn: Callable[[Any, Any], Any] | None = None,
     target: Any = None,
+    runtime_costs: bool = True,
 ) -> Plan:
     """Plan pipeline stages for ``model``.
 
@@ -91,6 +92,9 @@ def plan(
             ``autopipe.spec.example_target(spec)`` for a spec). Without it the plan leaves
             the loss out.
         target: the target of one micro-batch.
+        runtime_costs: with ``profile="measure"`` on the CPU, measure the runtime's fixed
+            costs here too (``autopipe.runtime.calibrate``, about 10 s: per action, per
+            send, per step) and plan with them.
 
     Returns:
         The plan; ``plan.save(path)`` writes it.
@@ -123,6 +127,10 @@ def plan(
     graph = trace(model, example_inputs, example_kwargs)
     prof = _profile(graph, profile, example_inputs, example_kwargs, device_spec=device_spec, dtype=dtype,
                     loss=loss)
+    if runtime_costs and profile == "measure":
+        from autopipe.runtime.calibrate import profile_runtime
+
+        prof = profile_runtime(prof, optimizer if optimizer != "none" else "sgd")
     plan = solve(prof)
     if refine and profile == "measure" and can_refine(graph, prof) is None:
         plan = refine_plan(plan, prof, graph, example_inputs, example_kwargs, solve)

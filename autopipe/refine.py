@@ -63,6 +63,7 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
     """
     from autopipe.runtime.split import split_graph
     from autopipe.runtime.timing import time_stages
+    from autopipe.schedule.plan_costs import plan_runtime
 
     flat = graph.flat_inputs(args, kwargs)
     names = [n.name for n in graph.gm.graph.nodes if n.op == "placeholder"]
@@ -79,10 +80,14 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
         factors = stage_factors(profile, current, forward_s, backward_s)
         for name, s in current.stage_of.items():
             ratio[name] = factors[s]
-        # the last stage also runs the loss, which the stage module leaves to the schedule
+        # the last stage also runs the loss, which the stage module leaves to the schedule,
+        # and every action pays the runtime's own work around the module (as planned)
         loss_f, loss_b = (profile.loss.forward_s, profile.loss.backward_s) if profile.loss else (0.0, 0.0)
-        measured.append(with_stage_times(current, [*forward_s[:-1], forward_s[-1] + loss_f],
-                                         [*backward_s[:-1], backward_s[-1] + loss_b]))
+        rt = plan_runtime(current)
+        fo, bo = rt.get("forward_overhead_s", 0.0), rt.get("backward_overhead_s", 0.0)
+        measured.append(with_stage_times(
+            current, [f + fo + (loss_f if i == len(forward_s) - 1 else 0.0) for i, f in enumerate(forward_s)],
+            [b + bo + (loss_b if i == len(backward_s) - 1 else 0.0) for i, b in enumerate(backward_s)]))
         nxt = replan(scale_nodes(profile, ratio))
         moved = _cuts(nxt) != _cuts(current)
         record.append({"forward_ratio": [round(f, 4) for f, _ in factors],

@@ -106,8 +106,15 @@ def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
         m -= m % rounds
     # each stage's optimizer step: none, per tensor only, or per tensor and per byte
     step = draw(st.sampled_from([(0.0, 0.0), (0.5, 0.0), (0.2, 1e-4)]))
+    # the runtime's per-action work, send latency and per-step work: none, or some
+    runtime = draw(st.sampled_from([{}, {"forward_overhead_s": 0.05, "backward_overhead_s": 0.08,
+                                         "send_latency_s": 0.03, "step_overhead_s": 0.2}]))
     config = Config(num_stages=p, microbatches=m, schedule=schedule, devices=tuple(devices),
-                    link_bandwidth=bw, optimizer_step=step)
+                    link_bandwidth=bw, optimizer_step=step,
+                    forward_overhead_s=runtime.get("forward_overhead_s", 0.0),
+                    backward_overhead_s=runtime.get("backward_overhead_s", 0.0),
+                    send_latency_s=runtime.get("send_latency_s", 0.0) if p > 1 else 0.0,
+                    step_overhead_s=runtime.get("step_overhead_s", 0.0))
     # the profile's rates for the plan's optimizer give the same step (float32: 4 bytes an element)
-    profile = dataclasses.replace(profile, optimizer={optimizer: (step[0], step[1] * 4)})
+    profile = dataclasses.replace(profile, optimizer={optimizer: (step[0], step[1] * 4)}, runtime=runtime)
     return Case(profile=profile, config=config, optimizer=optimizer)

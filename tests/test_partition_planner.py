@@ -11,12 +11,14 @@ from hypothesis import HealthCheck, given, settings
 
 from autopipe.errors import InfeasiblePlanError, PlanError
 from autopipe.partition import brute
+from autopipe.partition.costs import evaluate
 from autopipe.partition.planner import plan_profile, simple_bound
 from autopipe.partition.problem import SCHEDULES
 from autopipe.partition.synthetic import synthetic_profile
 from autopipe.plan_format import Plan
 from autopipe.profile.memory import param_memory
 from autopipe.profile.profile import Profile
+from autopipe.schedule import simulate_plan
 from tests.partition_cases import Case, cases
 
 
@@ -103,6 +105,12 @@ def test_plans_on_random_dags(case: Case) -> None:
     assert sv.lower_bound_s >= simple_bound(problem) - 1e-12
     # the objective is the simulated step (plus tied-gradient sync)
     assert math.isclose(plan.predicted.iteration_s, sv.objective_s, rel_tol=1e-9, abs_tol=1e-12)
+    # and the plan alone simulates to it (optimizer steps, latency and per-step work included),
+    # but for the tied-gradient sync, which the plan does not record apart
+    blocks = [plan.stage_of[b.nodes[0]] for b in problem.blocks]
+    tied = evaluate(problem, blocks).tied_sync_s
+    assert math.isclose(simulate_plan(plan).iteration_s + tied, plan.predicted.iteration_s,
+                        rel_tol=1e-9, abs_tol=1e-12)
 
 
 def test_byte_identical_plans(tmp_path: object) -> None:

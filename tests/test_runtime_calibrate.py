@@ -121,3 +121,32 @@ def test_runtime_costs_are_measured_with_two_gloo_ranks() -> None:
     assert 0 < costs.send_latency_s < 0.1
     assert costs.link_bandwidth > 1e7
     assert costs.optimizer_tensor_s > 0 and costs.optimizer_element_s > 0
+
+
+def test_profiles_measured_here_carry_the_runtime_costs() -> None:
+    import dataclasses
+
+    from autopipe.partition.planner import plan_profile
+    from autopipe.profile import estimate
+    from autopipe.runtime.calibrate import PLANNED, profile_runtime
+
+    spec = example_spec("mlp", layers=4)
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    measured = profile_runtime(measure(graph, spec.example_inputs, warmup=0, repeats=1, progress=False))
+    assert set(measured.runtime) == set(PLANNED) and all(v > 0 for v in measured.runtime.values())
+    estimated = estimate(graph, spec.example_inputs, progress=False)
+    assert profile_runtime(estimated) is estimated  # only what was measured on this CPU
+    # the planner prices every action, send and step with them
+    rt = {"forward_overhead_s": 1e-3, "backward_overhead_s": 2e-3, "send_latency_s": 5e-4,
+          "step_overhead_s": 7e-3, "link_bandwidth": 1e9}
+    bare = plan_profile(dataclasses.replace(estimated, optimizer={}), num_stages=2, microbatches=4,
+                        link_bandwidth=1e9)
+    priced = plan_profile(dataclasses.replace(estimated, optimizer={}, runtime=rt), num_stages=2,
+                          microbatches=4)
+    assert priced.options["runtime"] == rt
+    if priced.stage_of == bare.stage_of:
+        for a, b in zip(priced.stages, bare.stages):
+            assert a.forward_s == pytest.approx(b.forward_s + 1e-3)
+            assert a.backward_s == pytest.approx(b.backward_s + 2e-3)
+    # 4 micro-batches through 2 stages: at least one F and one B per micro-batch on the path
+    assert priced.predicted.iteration_s >= bare.predicted.iteration_s + 7e-3 + 4 * 3e-3

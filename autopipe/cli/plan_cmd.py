@@ -58,6 +58,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--solver", default=None, help="--method ilp: MIP solver, highs (default) or cbc")
     p.add_argument("--timing", action="store_true",
                    help="record solve seconds in the plan (the file is then not byte-reproducible)")
+    p.add_argument("--no-runtime-costs", action="store_true",
+                   help="do not measure the runtime's per-action, per-send and per-step costs "
+                        "(done when autopipe measures the model on the CPU, about 10 s)")
     p.add_argument("--no-refine", action="store_true",
                    help="plan on the per-node profile only: do not re-time the planned stages as "
                         "whole modules and re-solve (done when autopipe measures the model here)")
@@ -148,6 +151,8 @@ def _check_flags(args: argparse.Namespace) -> None:
                     "when autopipe profiles the model itself; --profile gives the costs",
                     hint=f"drop {flag}, or drop --profile (or make the profile with "
                          f"`autopipe profile ... {flag} {value}`)")
+    reject_flag(args.no_runtime_costs and bool(args.profile or args.device_spec), "--no-runtime-costs",
+                "when autopipe measures the model itself", hint="drop --no-runtime-costs")
     reject_flag(args.no_refine and bool(args.profile or args.device_spec), "--no-refine",
                 "when autopipe measures the model itself (only measured stages are re-timed)",
                 hint="drop --no-refine")
@@ -205,4 +210,9 @@ def _profile(args: argparse.Namespace, spec: ModelSpec) -> tuple[Graph, Profile]
     if args.device_spec or on_meta:
         return graph, estimate(graph, spec.example_inputs, spec.example_kwargs,
                                device_spec=args.device_spec or "h100", dtype=args.dtype, **loss)
-    return graph, measure(graph, spec.example_inputs, spec.example_kwargs, dtype=args.dtype, **loss)
+    profile = measure(graph, spec.example_inputs, spec.example_kwargs, dtype=args.dtype, **loss)
+    if not args.no_runtime_costs:
+        from autopipe.runtime.calibrate import profile_runtime
+
+        profile = profile_runtime(profile, args.optimizer if args.optimizer != "none" else "sgd")
+    return graph, profile

@@ -46,6 +46,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-pin-malloc", dest="pin_malloc", action="store_false",
                    help="--device cpu: keep glibc's malloc defaults (autopipe train pins its thresholds "
                         "on CPU ranks, and so does profiling by default)")
+    p.add_argument("--no-runtime-costs", action="store_true",
+                   help="--device cpu: do not measure the runtime's per-action, per-send and "
+                        "per-step costs (autopipe.runtime.calibrate, about 10 s) into the profile")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
                    help="optimizer for the training-memory line of the summary (default adam)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -76,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
                           repeats=5 if args.repeats is None else args.repeats,
                           threads=threads or None, progress=progress, clock=args.clock or "auto",
                           pin_malloc=args.pin_malloc, loss_fn=spec.loss_fn, target=target)
+        if not args.no_runtime_costs:
+            from autopipe.runtime.calibrate import profile_runtime
+
+            profile = profile_runtime(profile, args.optimizer if args.optimizer != "none" else "sgd")
     profile.save(args.output)
     print(summary(profile, spec.name, optimizer=args.optimizer))
     print(f"wrote {args.output}")
@@ -96,7 +103,8 @@ def _check_flags(args: argparse.Namespace, meta: bool) -> None:
                     hint=f"drop {flag}, or measure with --device cpu")
     cuda = args.device.startswith("cuda")
     for flag, value in (("--threads", args.threads), ("--clock", args.clock),
-                        ("--no-pin-malloc", None if args.pin_malloc else True)):
+                        ("--no-pin-malloc", None if args.pin_malloc else True),
+                        ("--no-runtime-costs", True if args.no_runtime_costs else None)):
         reject_flag(value is not None and (cuda or meta), flag,
                     "with --device cpu (CUDA is timed with events; meta runs nothing)",
                     hint=f"drop {flag}")

@@ -93,7 +93,8 @@ class Evaluation:
 
     stages: tuple[StageCost, ...]
     objective_s: float
-    """The iteration time: step + tied-gradient sync (what the ILP minimises)."""
+    """The iteration time: step + tied-gradient sync + the runtime's per-step work (what the
+    ILP minimises)."""
     step_s: float
     """The schedule's step time (the simulator's)."""
     tied_sync_s: float
@@ -195,9 +196,11 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
         send = x[s] if s < p - 1 else 0
         mem = [problem.param_mem[q] for q in sorted(held[s])]
         stages.append(StageCost(
-            forward_s=fwd[s] / dev.speed, backward_s=bwd[s] / dev.speed,
+            forward_s=fwd[s] / dev.speed + cfg.forward_overhead_s,
+            backward_s=bwd[s] / dev.speed + cfg.backward_overhead_s,
             backward_weight_s=bw_w[s] / dev.speed, comm_s=2 * cfg.comm_s(recv + send),
-            send_s=cfg.comm_s(send), recv_bytes=recv, send_bytes=send,
+            send_s=cfg.comm_s(send) + (cfg.send_latency_s if s < p - 1 else 0.0),
+            recv_bytes=recv, send_bytes=send,
             params=sum(m.params for m in mem), grads=sum(m.grads for m in mem),
             optimizer=sum(m.optimizer for m in mem),
             activations=act[s] * cfg.inflight(s), buffers=2 * (recv + send),
@@ -212,7 +215,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
                                   [s.backward_s for s in stages],
                                   [s.backward_weight_s for s in stages],
                                   [s.send_s for s in stages[:-1]], cfg.microbatches, steps)
-    return Evaluation(stages=tuple(stages), objective_s=step + tied, step_s=step,
+    return Evaluation(stages=tuple(stages), objective_s=step + tied + cfg.step_overhead_s, step_s=step,
                       tied_sync_s=tied, critical=critical, optimizer_s=tuple(steps))
 
 

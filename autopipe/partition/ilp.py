@@ -337,12 +337,16 @@ class _Model:
         for b in range(p - 1):
             c = _Lin()
             c.add(x_bytes[b], inv_bw / tau)
+            c.const += cfg.send_latency_s / tau
             self.sends.append(self._named(c, f"C_{b}"))
         self.memory: list[_Lin] = []
         """Each stage's memory as a share of ``memory_scales`` (its device's limit, if any)."""
         for s, scale in enumerate(memory_scales(problem)):
             dev = cfg.devices[s]
             fwd, bwd, wgt, mem, real, opt = _Lin(), _Lin(), _Lin(), _Lin(), _Lin(), _Lin()
+            # the runtime's work around each action: the B task carries it when split too
+            fwd.const += cfg.forward_overhead_s / tau
+            bwd.const += cfg.backward_overhead_s / tau
             for b, blk in enumerate(problem.blocks):
                 if not self.lo[b] <= s <= self.hi[b]:
                     continue
@@ -378,6 +382,7 @@ class _Model:
         self.counts: set[Count] = set()
         objective = _Lin()
         objective.add(self.step, 1.0)
+        objective.const += problem.config.step_overhead_s / tau
         for q, per_stage in held.items():
             for h in per_stage:
                 objective.add(h, problem.param_bytes[q] * inv_bw / tau)

@@ -63,6 +63,8 @@ def link_bandwidth_for(profile: Profile, link_bandwidth: float | str | None) -> 
         return float(spec["link_bandwidth"])
     if isinstance(profile.meta.get("link_bandwidth"), (int, float)):
         return float(profile.meta["link_bandwidth"])
+    if profile.runtime.get("link_bandwidth", 0.0) > 0:  # measured with the runtime's backend
+        return float(profile.runtime["link_bandwidth"])
     return DEFAULT_LINK_BANDWIDTH
 
 
@@ -232,8 +234,13 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
                            profile=profile)
     per_tensor, per_element = profile.optimizer.get(options.optimizer, (0.0, 0.0))
     per_byte = per_element / element_size(options.dtype or profile.dtype)
+    rt = profile.runtime
     cfg = Config(num_stages=num_stages, microbatches=microbatches, schedule=schedule,
-                 devices=devs, link_bandwidth=bw, optimizer_step=(per_tensor, per_byte))
+                 devices=devs, link_bandwidth=bw, optimizer_step=(per_tensor, per_byte),
+                 forward_overhead_s=rt.get("forward_overhead_s", 0.0),
+                 backward_overhead_s=rt.get("backward_overhead_s", 0.0),
+                 send_latency_s=rt.get("send_latency_s", 0.0) if num_stages > 1 else 0.0,
+                 step_overhead_s=rt.get("step_overhead_s", 0.0))
     forced = merge_forced(from_profile(profile, cfg, optimizer=options.optimizer, dtype=options.dtype))
     if forced.num_real < num_stages:
         raise PlanError(
@@ -248,7 +255,8 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
              "nodes": len(profile.nodes), "blocks": problem.size,
              "coarsened": problem.size < forced.size, "max_blocks": options.max_blocks,
              "mip_gap": options.mip_gap, "time_limit": options.time_limit,
-             "solver": options.solver, "deterministic": options.deterministic}
+             "solver": options.solver, "deterministic": options.deterministic,
+             **({"runtime": dict(profile.runtime)} if profile.runtime else {})}
     return replace(plan, options={**extra, **plan.options})
 
 
@@ -298,20 +306,21 @@ def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predic
     """Iteration time, bubble and per-stage peak memory of a partition, simulated.
 
     The step comes from the simulator (``autopipe.schedule.simulate``), whose rules
-    the ILP's objective encodes exactly, each stage's optimizer step after its last
-    task included, plus the tied-gradient sync.
+    the ILP's objective encodes exactly (each stage's optimizer step after its last task
+    and the runtime's per-action work and send latency included), plus the
+    tied-gradient sync and the runtime's per-step work.
     """
     cfg = problem.config
     steps = ev.optimizer_s or tuple(optimizer_steps(problem, stage_of))
     costs = [SimCost(forward_s=s.forward_s,
                      backward_input_s=max(0.0, s.backward_s - s.backward_weight_s),
-                     backward_weight_s=s.backward_weight_s, send_s=cfg.comm_s(s.send_bytes),
+                     backward_weight_s=s.backward_weight_s, send_s=s.send_s,
                      activation_bytes=s.activations // cfg.inflight(i), optimizer_s=steps[i])
              for i, s in enumerate(ev.stages)]
     sim = simulate(costs, schedule=cfg.schedule, microbatches=cfg.microbatches)
     peak = tuple(s.params + s.grads + s.optimizer + s.buffers + sim.peak_activation_bytes[i]
                  for i, s in enumerate(ev.stages))
-    return Predicted(iteration_s=sim.iteration_s + ev.tied_sync_s,
+    return Predicted(iteration_s=sim.iteration_s + ev.tied_sync_s + cfg.step_overhead_s,
                      bubble_fraction=sim.bubble_fraction, peak_memory=peak)
 
 

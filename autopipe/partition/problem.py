@@ -42,6 +42,14 @@ class Config:
     optimizer_step: tuple[float, float] = (0.0, 0.0)
     """Seconds of one optimizer step per parameter tensor and per parameter byte (the
     profile's rates for the plan's optimizer): each stage pays it once per step."""
+    forward_overhead_s: float = 0.0
+    """The runtime's own work around each forward action (the profile's ``runtime``)."""
+    backward_overhead_s: float = 0.0
+    """The same around each backward action."""
+    send_latency_s: float = 0.0
+    """Per send of one micro-batch's boundary tensors, beyond bytes / bandwidth."""
+    step_overhead_s: float = 0.0
+    """Per step and rank (splitting the batch, clearing state): every rank pays it once."""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:

@@ -88,6 +88,11 @@ class Profile:
     optimizer: dict[str, tuple[float, float]] = field(default_factory=dict)
     """Optimizer name → (seconds per parameter tensor, per parameter element) of its step
     on this device ([Note: the optimizer step in the plan] in ``optimizer.py``)."""
+    runtime: dict[str, float] = field(default_factory=dict)
+    """The pipeline runtime's fixed costs where the profile was made, in seconds (and
+    bytes/s): ``forward_overhead_s`` and ``backward_overhead_s`` per action,
+    ``send_latency_s`` per send, ``step_overhead_s`` per step and rank,
+    ``link_bandwidth`` (``autopipe.runtime.calibrate``); empty where not measured."""
     loss: LossCost | None = None
     """The loss function on the model's output for one micro-batch, where the profile was
     made with one ([Note: the loss is part of the last stage] in ``loss.py``)."""
@@ -138,6 +143,7 @@ class Profile:
             "edges": [list(e) for e in self.edges],
             **({"loss": self.loss.to_json()} if self.loss is not None else {}),
             **({"optimizer": {k: list(v) for k, v in self.optimizer.items()}} if self.optimizer else {}),
+            **({"runtime": dict(self.runtime)} if self.runtime else {}),
         }
 
     @classmethod
@@ -161,6 +167,7 @@ class Profile:
                 loss=LossCost.from_json(data["loss"]) if data.get("loss") is not None else None,
                 optimizer={str(k): (float(v[0]), float(v[1]))
                            for k, v in data.get("optimizer", {}).items()},
+                runtime={str(k): float(v) for k, v in data.get("runtime", {}).items()},
             )
         except ProfileError as e:
             raise ProfileError(f"{source}: {e.message}", hint=e.hint) from None

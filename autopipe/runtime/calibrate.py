@@ -311,6 +311,25 @@ def measure_runtime_costs(optimizer: str = "adam", timeout_s: float = 300.0) -> 
         return RuntimeCosts.load(out)
 
 
+PLANNED = ("forward_overhead_s", "backward_overhead_s", "send_latency_s", "step_overhead_s",
+           "link_bandwidth")
+"""The RuntimeCosts fields a profile carries for the planner (``Profile.runtime``)."""
+
+
+def profile_runtime(profile: Profile, optimizer: str = "adam") -> Profile:
+    """``profile`` with the runtime's fixed costs measured here (``measure_runtime_costs``),
+    where it was measured on this machine's CPU: the planner then prices every action,
+    send and step with them. Other profiles come back as they are (the calibration runs
+    CPU ranks over gloo).
+    """
+    import dataclasses
+
+    if profile.method != "measure" or profile.device != "cpu":
+        return profile
+    costs = measure_runtime_costs(optimizer)
+    return dataclasses.replace(profile, runtime={k: float(getattr(costs, k)) for k in PLANNED})
+
+
 def _as_leaves(value: Any) -> Any:
     """The same structure with every float tensor a fresh leaf that requires grad."""
     if isinstance(value, torch.Tensor):

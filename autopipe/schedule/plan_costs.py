@@ -11,6 +11,16 @@ _ELEMENT_BYTES = {"float64": 8, "float32": 4, "fp32": 4, "tf32": 4, "float16": 2
                   "bfloat16": 2, "bf16": 2}
 
 
+def plan_runtime(plan: Plan) -> dict[str, float]:
+    """The runtime costs the planner priced ``plan`` with (``options.runtime``; empty if none).
+
+    Such a plan's stage times already hold the per-action work; its sends pay the
+    latency and every rank the per-step work on top (as ``plan.predicted`` does).
+    """
+    rt = plan.options.get("runtime")
+    return {str(k): float(v) for k, v in rt.items()} if isinstance(rt, dict) else {}
+
+
 def boundary_send_s(plan: Plan) -> list[float]:
     """One-way send time of each boundary ``b`` (stage ``b`` → ``b + 1``) from the stages' ``comm_s``.
 
@@ -71,7 +81,8 @@ def _optimizer_s(plan: Plan, runtime: RuntimeCosts | None, model: ModelCosts | N
         reduce = 2 * (runtime.send_s(tied[s]) or 0.0) if tied[s] and runtime is not None else 0.0
         rank = plan.stages[s].rank
         rank = s if rank is None else rank
-        per_step = runtime.step_overhead_s if runtime is not None and rank not in ranks_seen else 0.0
+        once = runtime.step_overhead_s if runtime is not None else plan_runtime(plan).get("step_overhead_s", 0.0)
+        per_step = once if rank not in ranks_seen else 0.0
         ranks_seen.add(rank)
         out.append(step + reduce + per_step)
     return out
@@ -116,6 +127,9 @@ def plan_costs(plan: Plan, *, runtime: RuntimeCosts | None = None,
         raise PlanError(f"model costs are for {max(counts - {n})} stages, the plan has {n}",
                         hint="measure the model costs for this plan")
     sends = boundary_send_s(plan)
+    planned = plan_runtime(plan)
+    if runtime is None and planned:  # the plan's own runtime costs: its stage times hold the rest
+        sends = [c + planned.get("send_latency_s", 0.0) for c in sends]
     if runtime is not None:
         measured = [runtime.send_s(x) for x in boundary_bytes(plan)]
         sends = [runtime.send_latency_s + c if m is None else m for c, m in zip(sends, measured)]
