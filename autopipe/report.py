@@ -53,7 +53,32 @@ def headline(plan: Plan) -> list[str]:
                 ratio = b.iteration_s / plan.predicted.iteration_s - 1 if plan.predicted.iteration_s else 0.0
                 parts.append(f"{name} {format_seconds(b.iteration_s)} ({ratio:+.1%})")
         lines.append("baselines: " + ", ".join(parts))
-    return lines + search_lines(plan)
+    return lines + breakdown_lines(plan) + search_lines(plan)
+
+
+def breakdown_lines(plan: Plan) -> list[str]:
+    """What the predicted step counts beyond the stages' compute: the loss, each stage's
+    optimizer step, and the runtime's own work (where the plan was priced with them)."""
+    parts = []
+    loss = plan.options.get("loss")
+    if isinstance(loss, dict):
+        parts.append(f"loss {format_seconds(float(loss['forward_s']) + float(loss['backward_s']))} "
+                     f"per micro-batch (in the last stage's times)")
+    steps = [s.optimizer_s for s in plan.stages]
+    if any(steps):
+        parts.append("optimizer step " + " / ".join(format_seconds(x) for x in steps) + " per stage")
+    rt = plan.options.get("runtime")
+    if isinstance(rt, dict) and rt:
+        parts.append(f"runtime {format_seconds(float(rt.get('forward_overhead_s', 0)))} / "
+                     f"{format_seconds(float(rt.get('backward_overhead_s', 0)))} per forward / "
+                     f"backward action, {format_seconds(float(rt.get('send_latency_s', 0)))} per send, "
+                     f"{format_seconds(float(rt.get('step_overhead_s', 0)))} per step")
+    refine = plan.options.get("refine")
+    if isinstance(refine, dict):
+        parts.append(f"stage times re-measured as whole modules ({len(refine.get('rounds', []))} round(s))")
+    if not parts:
+        return ["the step counts the profiled compute only (no loss, optimizer or runtime costs)"]
+    return ["the step counts, besides compute: " + "; ".join(parts)]
 
 
 def search_lines(plan: Plan) -> list[str]:

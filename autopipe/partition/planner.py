@@ -256,7 +256,9 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
              "coarsened": problem.size < forced.size, "max_blocks": options.max_blocks,
              "mip_gap": options.mip_gap, "time_limit": options.time_limit,
              "solver": options.solver, "deterministic": options.deterministic,
-             **({"runtime": dict(profile.runtime)} if profile.runtime else {})}
+             **({"runtime": dict(profile.runtime)} if profile.runtime else {}),
+             **({"loss": {"forward_s": profile.loss.forward_s, "backward_s": profile.loss.backward_s}}
+                if profile.loss is not None else {})}
     return replace(plan, options={**extra, **plan.options})
 
 
