@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -152,21 +152,16 @@ def with_stage_times(plan: Plan, forward_s: Sequence[float], backward_s: Sequenc
     return dataclasses.replace(timed, predicted=predicted)
 
 
-@contextlib.contextmanager
-def _threads_of(profile: Profile, tensors: Sequence[torch.Tensor]) -> Iterator[None]:
-    """On the CPU, run with the intra-op threads the profile was measured with (one by
-    default): the stages are timed as the nodes were."""
+def _threads_of(profile: Profile, tensors: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager[None]:
+    """On the CPU, the intra-op threads the profile was measured with (one by default):
+    the stages are timed as the nodes were."""
+    from autopipe.profile._setup import cpu_threads
+
     threads = profile.meta.get("threads")
     on_cpu = all(t.device.type == "cpu" for t in tensors)
     if not on_cpu or not isinstance(threads, int) or threads < 1:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+        return contextlib.nullcontext()
+    return cpu_threads(threads, torch.device("cpu"))
 
 
 def can_refine(graph: Graph, profile: Profile) -> str | None:
