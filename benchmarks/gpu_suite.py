@@ -12,8 +12,9 @@ bf16, a wide MLP, ResNet and U-Net at real image sizes):
 3. plan it for 2 stages (1F1B, 4 micro-batches) and train that plan with one process
    holding both stages on the one GPU (NCCL puts one rank on a GPU; the schedule is
    the interleaved 1F1B order of one rank), next to the step predicted for that run:
-   the plan's own compute, and the full prediction with the loss, each stage re-timed
-   as one module and each stage's Adam step measured on the GPU
+   the plan's own prediction (the profile's nodes, its loss and its optimizer rates),
+   and the full prediction with each stage re-timed as one module, the loss and each
+   stage's Adam step measured on the GPU
    (``autopipe.runtime.calibrate.measure_model_costs``); and the peak CUDA memory
    of training against the plan's predicted peak;
 4. ``pytest -m gpu``.
@@ -121,13 +122,15 @@ def profile_part(row: dict[str, Any], graph: Any, spec: Any, device: str, dtype:
                  device_spec: str, folder: Path, warmup: int, repeats: int) -> tuple[Any, Any]:
     """Measure and estimate one dtype; record totals and the whole-model check in ``row``."""
     from autopipe.profile import estimate, measure
+    from autopipe.spec import example_target
 
     t0 = time.perf_counter()
+    target = example_target(spec)
     p = measure(graph, spec.example_inputs, spec.example_kwargs, device=device, dtype=dtype,
-                warmup=warmup, repeats=repeats, progress=False)
+                warmup=warmup, repeats=repeats, progress=False, loss_fn=spec.loss_fn, target=target)
     took = time.perf_counter() - t0
     e = estimate(graph, spec.example_inputs, spec.example_kwargs, device_spec=device_spec,
-                 dtype=dtype, progress=False)
+                 dtype=dtype, progress=False, loss_fn=spec.loss_fn, target=target)
     p.save(folder / f"{row['model']}-{p.dtype}.json")
     whole = p.meta["whole_model"]
     params = sum(n.param_bytes for n in p.nodes)
@@ -355,8 +358,8 @@ def tables(rows: list[dict[str, Any]], header: str) -> str:
                        f"{_ms(s['measured_fb_s'])} | {_ms(s['estimate_fb_s'])} | "
                        f"{_r(s['estimate_fb_s'], s['measured_fb_s'])} |")
     out += ["", f"### Step: {STAGES} stages in one process on one GPU, {MICROBATCHES} micro-batches, Adam",
-            "", "| model | dtype | compute only ms | predicted ms | measured best ms | median ms "
-            "| predicted/best | predicted/median | compute only/median | loss ms | optimizer ms "
+            "", "| model | dtype | plan's own ms | predicted ms | measured best ms | median ms "
+            "| predicted/best | predicted/median | own/median | loss ms | optimizer ms "
             "| peak GiB | predicted GiB | peak/predicted |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

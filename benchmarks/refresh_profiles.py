@@ -24,7 +24,8 @@ from autopipe.partition.planner import plan_profile
 from autopipe.profile import estimate, measure
 from autopipe.profile.profile import Profile
 from autopipe.quality.golden import GoldenCase, load_golden, refresh_golden, save_golden, table
-from autopipe.spec import load_spec
+from autopipe.runtime.calibrate import profile_runtime
+from autopipe.spec import example_target, load_spec
 from autopipe.trace import trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,16 +83,19 @@ REFERENCES = [
 
 
 def make_profile(ref: Reference) -> Profile:
-    """Profile one reference (measure on CPU, or estimate on meta)."""
+    """Profile one reference (measure on CPU, or estimate on meta), with the spec's loss and,
+    measured, the runtime's costs."""
     args = dict(ref.args)
     if ref.device_spec:
         args["device"] = "meta"
     spec = load_spec(str(ROOT / ref.spec), **args)
     graph = trace(spec.model, spec.example_inputs, spec.example_kwargs)
+    loss = {"loss_fn": spec.loss_fn, "target": example_target(spec)}  # as `autopipe profile` does
     if ref.device_spec:
         return estimate(graph, spec.example_inputs, spec.example_kwargs,
-                        device_spec=ref.device_spec, dtype=ref.dtype)
-    return measure(graph, spec.example_inputs, spec.example_kwargs, dtype=ref.dtype)
+                        device_spec=ref.device_spec, dtype=ref.dtype, **loss)
+    return profile_runtime(measure(graph, spec.example_inputs, spec.example_kwargs, dtype=ref.dtype,
+                                   **loss))
 
 
 def binding_limit(profile: Profile, stages: int, m: int) -> str | None:

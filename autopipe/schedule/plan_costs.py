@@ -53,7 +53,8 @@ def _step_s(plan: Plan, runtime: RuntimeCosts | None, model: ModelCosts | None) 
     n = plan.num_stages
     if model is not None and model.stage_optimizer_s:
         return model.stage_optimizer_s
-    if runtime is None:  # the plan's own figure, from the profile's optimizer rates
+    if runtime is None or not (runtime.optimizer_tensor_s or runtime.optimizer_element_s):
+        # the plan's own figure, from the profile's optimizer rates
         return tuple(s.optimizer_s for s in plan.stages)
     if model is not None and model.stage_param_elements:
         tensors = model.stage_param_tensors or (0,) * n
