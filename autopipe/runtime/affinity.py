@@ -8,7 +8,7 @@ compute thread then waits, runnable, for milliseconds: in slow steps of the
 MLP example its sends and receives took 2–3 ms of wall time for 0.3–0.4 ms of
 CPU time. With each rank's threads held to their own cores, the MLP's median
 step in ``benchmarks.bench_simulator`` was 6.5–7.2 ms against 7.1–11.9 ms
-shared (six rounds each way, interleaved; ``README.md``, Training).
+shared (six rounds each way, interleaved; ``docs/training.md``).
 
 ``pin_cores`` splits the CPUs this process may use into ``LOCAL_WORLD_SIZE``
 equal, contiguous shares and holds every thread of local rank ``r`` to share
