@@ -392,4 +392,5 @@ def _plan(problem: Problem, profile: Profile, options: _Options) -> Plan:
         predicted=predicted,
         solver=SolverInfo(method=method, status=status, objective_s=objective, lower_bound_s=lower,
                           gap=(objective - lower) / objective if objective > 0 else 0.0, seconds=0.0),
-        baselines=others, options={"ilp_binaries": binaries} if method == "ilp" else {})
+        baselines=others, options={**({"ilp_binaries": binaries} if method == "ilp" else {}),
+                                   **({"tied_sync_s": ev.tied_sync_s} if ev.tied_sync_s else {})})

@@ -82,7 +82,11 @@ def _optimizer_s(plan: Plan, runtime: RuntimeCosts | None, model: ModelCosts | N
         reduce = 2 * (runtime.send_s(tied[s]) or 0.0) if tied[s] and runtime is not None else 0.0
         rank = plan.stages[s].rank
         rank = s if rank is None else rank
-        once = runtime.step_overhead_s if runtime is not None else plan_runtime(plan).get("step_overhead_s", 0.0)
+        if runtime is not None:
+            once = runtime.step_overhead_s
+        else:  # the plan's own: its per-step work and the tied-gradient sync it was priced with
+            tied_sync = plan.options.get("tied_sync_s", 0.0) if model is None else 0.0
+            once = plan_runtime(plan).get("step_overhead_s", 0.0) + float(tied_sync or 0.0)
         per_step = once if rank not in ranks_seen else 0.0
         ranks_seen.add(rank)
         out.append(step + reduce + per_step)
