@@ -23,6 +23,7 @@ from autopipe.runtime.optim import TrainConfig
 from autopipe.runtime.reference import reference_train
 from autopipe.runtime.split import Split
 from autopipe.runtime.tied import canonical_names
+from autopipe.spec import example_target
 
 from .conftest import example_spec
 from .runtime_plans import hand_plan
@@ -57,7 +58,8 @@ class Case:
     zoo: bool = False
     """``example`` names a model of tests/zoo.py (else one of examples/)."""
     profile: str = "estimate"
-    """How the planner's profile is made: ``estimate`` (deterministic) or ``measure`` (on this CPU)."""
+    """How the planner's profile is made: ``estimate`` (deterministic) or ``measure`` (on this
+    CPU, the loss included)."""
 
     @property
     def name(self) -> str:
@@ -79,8 +81,11 @@ class Case:
 
     def plan(self, spec: ModelSpec, graph: Graph, *, hand: bool = False) -> Plan:
         if self.planned and not hand:
-            make = measure if self.profile == "measure" else estimate
-            profile = make(graph, spec.example_inputs, spec.example_kwargs, progress=False)
+            if self.profile == "measure":  # with the loss, as autopipe plan SPEC measures
+                profile = measure(graph, spec.example_inputs, spec.example_kwargs, progress=False,
+                                  loss_fn=spec.loss_fn, target=example_target(spec))
+            else:
+                profile = estimate(graph, spec.example_inputs, spec.example_kwargs, progress=False)
             return plan_profile(profile, num_stages=self.stages, microbatches=self.microbatches,
                                 schedule=self.schedule, method="ilp")
         return hand_plan(graph, self.stages, microbatches=self.microbatches, schedule=self.schedule,
