@@ -480,6 +480,11 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
     best = tuple(incumbent)
     key = tie_key(problem, evaluate(problem, best))
     spent = 0
+    # no stage is faster than its heaviest block, nor all of them than an even spread: a
+    # bottleneck at this floor is the least (a vocabulary head alone in its stage)
+    speeds = [d.speed for d in problem.config.devices]
+    floor = max(max((b.work_s for b in problem.blocks), default=0.0) / max(speeds),
+                sum(b.work_s for b in problem.blocks) / sum(speeds))
     # smallest bottleneck; then the lightest stage as heavy as it can be; then least memory
     for i, (var, sign, lins) in enumerate(((most, 1.0, busy), (least, -1.0, busy),
                                            (share, 1.0, model.memory))):
@@ -490,7 +495,8 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
         if sign < 0:  # keep the objective positive: the slowest stage minus the lightest
             goal.const = key[0] / tau * (1 + _TIE_SLACK)
         model.prob.setObjective(goal.expr())
-        while spent < rounds and time.perf_counter() < deadline:
+        least_already = i == 0 and key[0] <= floor * (1 + _TIE_SLACK)
+        while not least_already and spent < rounds and time.perf_counter() < deadline:
             spent += 1
             raw = _solvers.solve(model.prob, solver=solver, warm=warm(best), gap=gap,
                                  time_limit=deadline - time.perf_counter())
