@@ -448,7 +448,7 @@ TIE_GAP = 1e-4
 """Relative gap of the tie-breaking solves (at most the step's gap)."""
 TIE_NODES = 100
 """Most branch-and-bound nodes per tie-breaking solve."""
-TIE_TIME = (2.0, 2.0)
+TIE_TIME = (2.0, 1.0)
 """The tie-breaking solves together take at most the larger of (seconds, times as long as the
 step's solves took): a bound for huge models, where even a few nodes take seconds."""
 _TIE_SLACK = 1e-7
