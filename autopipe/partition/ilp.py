@@ -160,8 +160,11 @@ class _Model:
         """Every constraint's left-hand side, by name (for tests and diagnosis)."""
         self.infeasible = False
         """A row that the windows alone decide is violated (e.g. a pinned block overflows)."""
-        total = sum(b.work_s for b in problem.blocks)
-        # time unit: keeps coefficients near 1 (below a nanosecond nothing matters)
+        per_tensor, per_byte = problem.config.optimizer_step
+        total = sum(b.work_s for b in problem.blocks) + sum(
+            per_tensor + per_byte * problem.param_bytes.get(q, 0) for q in problem.readers())
+        # time unit: keeps coefficients near 1 (below a nanosecond nothing matters); the
+        # optimizer steps count, or a model of them alone has coefficients near 1e9
         self.tau = max(total / p, 1e-9)
         self.y: list[list[Term]] = []
         self.binaries = 0
