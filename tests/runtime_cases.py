@@ -7,14 +7,23 @@ and from contiguous hand cuts for the schedules with several stages per rank.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from autopipe import Graph, ModelSpec, trace
 from autopipe.partition.planner import plan_profile
 from autopipe.partition.problem import SCHEDULES as PLANNER_SCHEDULES
 from autopipe.plan_format import Plan
-from autopipe.profile import estimate
+from autopipe.profile import estimate, measure
+from autopipe.runtime.optim import TrainConfig
+from autopipe.runtime.reference import reference_train
+from autopipe.runtime.split import Split
+from autopipe.runtime.tied import canonical_names
+from autopipe.spec import example_target
 
 from .conftest import example_spec
 from .runtime_plans import hand_plan
@@ -46,13 +55,23 @@ class Case:
     knobs: dict[str, Any] = field(default_factory=dict)
     tied_sync: bool = True
     """False only for the negative control: tied copies are left to drift."""
+    zoo: bool = False
+    """``example`` names a model of tests/zoo.py (else one of examples/)."""
+    profile: str = "estimate"
+    """How the planner's profile is made: ``estimate`` (deterministic) or ``measure`` (on this
+    CPU, the loss included)."""
 
     @property
     def name(self) -> str:
         dtype = {"bfloat16": "-bf16"}.get(str(self.knobs.get("dtype")), "")
-        return f"{self.example}-{self.stages}-{self.schedule}{dtype}" + ("" if self.tied_sync else "-untied")
+        return (("zoo-" if self.zoo else "") + f"{self.example}-{self.stages}-{self.schedule}{dtype}"
+                + ("" if self.tied_sync else "-untied"))
 
     def spec(self) -> ModelSpec:
+        if self.zoo:
+            from .zoo import ZOO
+
+            return ZOO[self.example]()
         return example_spec(self.example, **{**TINY[self.example], **self.knobs})
 
     @property
@@ -62,7 +81,11 @@ class Case:
 
     def plan(self, spec: ModelSpec, graph: Graph, *, hand: bool = False) -> Plan:
         if self.planned and not hand:
-            profile = estimate(graph, spec.example_inputs, spec.example_kwargs, progress=False)
+            if self.profile == "measure":  # with the loss, as autopipe plan SPEC measures
+                profile = measure(graph, spec.example_inputs, spec.example_kwargs, progress=False,
+                                  loss_fn=spec.loss_fn, target=example_target(spec))
+            else:
+                profile = estimate(graph, spec.example_inputs, spec.example_kwargs, progress=False)
             return plan_profile(profile, num_stages=self.stages, microbatches=self.microbatches,
                                 schedule=self.schedule, method="ilp")
         return hand_plan(graph, self.stages, microbatches=self.microbatches, schedule=self.schedule,
@@ -88,3 +111,64 @@ CASES = {c.name: c for c in [
     # bf16 weights: both sides train through fp32 master copies ([Note: master weights])
     Case("llama", 2, optimizer="adam", lr=1e-2, knobs={"dtype": "bfloat16"}),
 ]}
+
+
+def compare_with_one_process(case: Case, out: Path) -> None:
+    """The losses and every parameter and buffer the ranks saved in ``out`` (by
+    tests/runtime_worker.py) equal ``reference_train`` of a fresh copy of the model."""
+    spec = case.spec()
+    graph = trace(spec.model, spec.example_inputs)
+    config = TrainConfig(steps=case.steps, lr=case.lr, optimizer=case.optimizer)
+    initial = {k: v.detach().clone() for k, v in graph.gm.named_parameters()}
+    ref_losses = reference_train(spec, graph, case.microbatches, config)
+    results = [torch.load(f) for f in sorted(out.glob(f"{case.name}.rank*.pt"))]
+    assert len(results) == len({*(case.ranks or range(case.stages))})
+    losses = [r["losses"] for r in results if r["losses"]]
+    assert len(losses) == 1, "exactly one rank (the last stage's) reports losses"
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(ref_losses), rtol=1e-6, atol=1e-6)
+
+    canonical = canonical_names(graph)
+    expected = {canonical.get(k, k): v for k, v in
+                [*graph.gm.named_parameters(remove_duplicate=False), *graph.gm.named_buffers()]}
+    seen: set[str] = set()
+    for r in results:
+        for name, value in r["state"].items():
+            if name not in expected:  # a tensor constant of the graph (export's lifted_tensor_0),
+                # which a stage's GraphModule holds as a buffer
+                expected[name] = _attr(graph.gm, name)
+            torch.testing.assert_close(value, expected[name].detach(), rtol=1e-5, atol=1e-6,
+                                       msg=lambda m, name=name: f"{case.name}: {name}: {m}")
+            seen.add(name)
+    assert set(initial) <= seen, f"parameters no rank trained: {sorted(set(initial) - seen)}"
+    moved = sum(not torch.equal(initial[k], expected[k]) for k in initial)
+    assert moved >= len(initial) // 2, "training changed too few parameters to test anything"
+
+
+def _attr(module: torch.nn.Module, dotted: str) -> torch.Tensor:
+    value: Any = module
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    assert isinstance(value, torch.Tensor), dotted
+    return value
+
+
+def pipeline_backward(split: Split, flat: list[torch.Tensor],
+                       loss_fn: Callable[[list[Any]], torch.Tensor]) -> torch.Tensor:
+    """Run the stages as the runtime does (each receives fresh leaves, backward is sent
+    back stage by stage); parameter gradients land in ``.grad``. ``loss_fn`` takes the
+    model's flat outputs. Returns the loss."""
+    values: tuple[torch.Tensor, ...] = tuple(flat)
+    runs = []
+    for k, st in enumerate(split.stages):
+        if k > 0:
+            values = tuple(v.detach().requires_grad_(v.requires_grad) for v in values)
+        outs = st.module(*values)
+        runs.append((values, outs))
+        values = outs
+    loss = loss_fn(split.rebuild_outputs(values))
+    loss.backward()
+    for k in range(len(runs) - 1, 0, -1):
+        received = runs[k][0]
+        sent = [(o, r.grad) for o, r in zip(runs[k - 1][1], received) if r.grad is not None]
+        torch.autograd.backward([o for o, _ in sent], [g for _, g in sent])
+    return loss

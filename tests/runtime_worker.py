@@ -1,5 +1,7 @@
 """One rank of a runtime test job: train each named case and save its losses and stage state.
 
+Cases are those of tests/runtime_cases.py and the model zoo's (tests/zoo.py).
+
 Run by the tests as ``python -m tests.runtime_worker OUT_DIR CASE...`` under the launcher;
 each case's plan is ``OUT_DIR/CASE.plan.json`` (made once, by the test).
 """
@@ -20,6 +22,7 @@ from autopipe.runtime.tied import TiedParams, canonical_names
 from autopipe.runtime.train import prepare, train
 
 from .runtime_cases import CASES
+from .zoo import ZOO_CASES
 
 
 def main(argv: list[str]) -> int:
@@ -28,7 +31,7 @@ def main(argv: list[str]) -> int:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     for name in argv[1:]:
-        case = CASES[name]
+        case = {**CASES, **ZOO_CASES}[name]
         spec = case.spec()
         graph = trace(spec.model, spec.example_inputs, spec.example_kwargs)
         plan = Plan.load(out / f"{name}.plan.json")

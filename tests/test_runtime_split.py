@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ import autopipe
 from autopipe.errors import PlanError, PlanMismatchError
 from autopipe.runtime.split import split_graph
 
-from .runtime_cases import TINY, Case
+from .runtime_cases import TINY, Case, pipeline_backward
 from .runtime_plans import hand_plan, plan_from_cuts
 
 
@@ -138,27 +137,6 @@ class _WritesReceived(torch.nn.Module):
         return self.l3(a) * torch.tanh(b)
 
 
-def _pipeline_backward(split: autopipe.runtime.split.Split, flat: list[torch.Tensor],
-                       loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Run the stages as the runtime does (each receives fresh leaves, backward is sent
-    back stage by stage); parameter gradients land in ``.grad``. Returns the loss."""
-    values: tuple[torch.Tensor, ...] = tuple(flat)
-    runs = []
-    for k, st in enumerate(split.stages):
-        if k > 0:
-            values = tuple(v.detach().requires_grad_(v.is_floating_point()) for v in values)
-        outs = st.module(*values)
-        runs.append((values, outs))
-        values = outs
-    loss = loss_fn(split.rebuild_outputs(values)[0])
-    loss.backward()
-    for k in range(len(runs) - 1, 0, -1):
-        received = runs[k][0]
-        sent = [(o, r.grad) for o, r in zip(runs[k - 1][1], received) if r.grad is not None]
-        torch.autograd.backward([o for o, _ in sent], [g for _, g in sent])
-    return loss
-
-
 @pytest.mark.parametrize("frontend", ["fx", "export"])
 @pytest.mark.parametrize("cuts", [("linear_1",), ("linear_1", "add_")], ids=["2", "3"])
 def test_received_values_written_in_place(frontend: str, cuts: tuple[str, ...]) -> None:
@@ -177,7 +155,7 @@ def test_received_values_written_in_place(frontend: str, cuts: tuple[str, ...]) 
     gm = graph.gm
     expected = gm(x.clone())
     grads_ref = torch.autograd.grad(expected[0].square().sum(), list(gm.parameters()))
-    loss = _pipeline_backward(split, [x.clone()], lambda out: out.square().sum())
+    loss = pipeline_backward(split, [x.clone()], lambda outs: outs[0].square().sum())
     torch.testing.assert_close(loss, expected[0].square().sum())
     for (pname, p), r in zip(gm.named_parameters(), grads_ref):
         torch.testing.assert_close(p.grad, r, msg=pname)

@@ -16,15 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from autopipe import trace
 from autopipe.runtime.launch import launch
 from autopipe.runtime.optim import TrainConfig
 from autopipe.runtime.reference import reference_train
-from autopipe.runtime.tied import canonical_names
 from autopipe.runtime.train import free_port
 
 from .conftest import ROOT
-from .runtime_cases import CASES, TINY, Case
+from .runtime_cases import CASES, TINY, Case, compare_with_one_process
 
 pytestmark = pytest.mark.distributed
 
@@ -57,40 +55,14 @@ def job_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     return dirs
 
 
-def _compare(case: Case, out: Path) -> None:
-    spec = case.spec()
-    graph = trace(spec.model, spec.example_inputs)
-    config = TrainConfig(steps=case.steps, lr=case.lr, optimizer=case.optimizer)
-    initial = {k: v.detach().clone() for k, v in graph.gm.named_parameters()}
-    ref_losses = reference_train(spec, graph, case.microbatches, config)
-    results = [torch.load(f) for f in sorted(out.glob(f"{case.name}.rank*.pt"))]
-    assert len(results) == len({*(case.ranks or range(case.stages))})
-    losses = [r["losses"] for r in results if r["losses"]]
-    assert len(losses) == 1, "exactly one rank (the last stage's) reports losses"
-    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(ref_losses), rtol=1e-6, atol=1e-6)
-
-    canonical = canonical_names(graph)
-    expected = {canonical.get(k, k): v for k, v in
-                [*graph.gm.named_parameters(remove_duplicate=False), *graph.gm.named_buffers()]}
-    seen: set[str] = set()
-    for r in results:
-        for name, value in r["state"].items():
-            torch.testing.assert_close(value, expected[name].detach(), rtol=1e-5, atol=1e-6,
-                                       msg=lambda m, name=name: f"{case.name}: {name}: {m}")
-            seen.add(name)
-    assert set(initial) <= seen, f"parameters no rank trained: {sorted(set(initial) - seen)}"
-    moved = sum(not torch.equal(initial[k], expected[k]) for k in initial)
-    assert moved >= len(initial) // 2, "training changed too few parameters to test anything"
-
-
 @pytest.mark.parametrize("case", [c for c in JOBS[2] if c.tied_sync], ids=lambda c: c.name)
 def test_two_ranks_equal_one_process(case: Case, job_dirs: dict[int, Path]) -> None:
-    _compare(case, job_dirs[2])
+    compare_with_one_process(case, job_dirs[2])
 
 
 @pytest.mark.parametrize("case", JOBS[4], ids=lambda c: c.name)
 def test_four_ranks_equal_one_process(case: Case, job_dirs: dict[int, Path]) -> None:
-    _compare(case, job_dirs[4])
+    compare_with_one_process(case, job_dirs[4])
 
 
 def test_untied_copies_would_drift(job_dirs: dict[int, Path]) -> None:
@@ -99,7 +71,7 @@ def test_untied_copies_would_drift(job_dirs: dict[int, Path]) -> None:
     copies = [torch.load(f)["state"]["transformer.wte.weight"] for f in files]
     assert len(copies) == 2 and not torch.allclose(copies[0], copies[1], rtol=1e-5, atol=1e-6)
     with pytest.raises(AssertionError):
-        _compare(UNTIED, job_dirs[2])
+        compare_with_one_process(UNTIED, job_dirs[2])
 
 
 # --- the command line, and failures -------------------------------------------------------------

@@ -88,10 +88,21 @@ class _WarmHiGHS(pulp.HiGHS):  # type: ignore[misc]
             lp.solverModel.setSolution(sol)
         lp.solverModel.run()
 
+    def findSolutionValues(self, lp: pulp.LpProblem) -> tuple[int, int]:  # PuLP's name
+        try:
+            return super().findSolutionValues(lp)  # type: ignore[no-any-return]
+        except KeyError:  # a node limit stops HiGHS with kSolutionLimit, which PuLP does not map
+            found = lp.solverModel.getInfo().primal_solution_status == 2
+            return ((pulp.LpStatusOptimal, pulp.LpSolutionIntegerFeasible) if found
+                    else (pulp.LpStatusNotSolved, pulp.LpSolutionNoSolutionFound))
+
 
 def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
-          time_limit: float, gap: float) -> RawResult:
+          time_limit: float, gap: float, max_nodes: int | None = None) -> RawResult:
     """Solve ``prob`` (a minimisation); the bound includes the objective's constant.
+
+    ``max_nodes`` caps the branch-and-bound nodes (a limit on work that, unlike time, gives
+    the same answer on any machine); the best solution found by then is returned.
 
     Raises:
         PlanError: unknown solver, or HiGHS asked for but highspy missing.
@@ -107,8 +118,9 @@ def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
 
         offset = float(prob.objective.constant)
         try:
+            limits = {} if max_nodes is None else {"mip_max_nodes": max_nodes}
             prob.solve(_WarmHiGHS(warm, offset, msg=False, timeLimit=time_limit, gapRel=gap,
-                                  gapAbs=0.0))
+                                  gapAbs=0.0, **limits))
         except (IndexError, pulp.PulpSolverError):
             # HiGHS refused the model (PuLP then fails reading back its solution): use CBC
             return solve(prob, solver="cbc", warm=warm, time_limit=time_limit, gap=gap)
@@ -142,7 +154,8 @@ def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
         # generators found to be infeasible"), while without it CBC returns some models'
         # non-optimal answers as optimal: so ask with it, and again without it only
         # when it says infeasible (an answer without preprocessing is at least feasible)
-        cbc = dict(msg=False, timeLimit=time_limit, gapRel=gap, warmStart=warm is not None)
+        cbc = dict(msg=False, timeLimit=time_limit, gapRel=gap, warmStart=warm is not None,
+                   maxNodes=max_nodes)
         prob.solve(pulp.PULP_CBC_CMD(**cbc))
         if prob.status == pulp.LpStatusInfeasible:
             try:

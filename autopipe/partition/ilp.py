@@ -35,13 +35,14 @@ Many partitions often share the optimal step: when one block dominates (a vocabu
 head), the step is m·T_head + Σ (the other stages' work), the same however the other
 blocks are spread, as long as no stage outgrows the head. The MIP then returns any of
 them, e.g. a stage with two nodes next to one with half the model; that is optimal for
-the measured costs and fragile when they are off. So once the step is solved to within
-``gap`` of the bound, every partition whose step keeps that certificate (at most
-max(best, bound / (1 − gap))) counts as a tie, and further MIP solves on the same model,
-with the step capped there, pick among them by ``costs.tie_key``, one criterion at a time,
-each held (to solver tolerance) while the next is decided:
+the measured costs and fragile when they are off. So once the step is solved, every
+partition whose step is within min(gap, TIE_WINDOW = 0.1%) of the proven bound counts as
+a tie (the answer keeps its certificate), and further MIP solves on the same model, with
+the step capped there, pick among them by ``costs.tie_key``, one criterion at a time, each
+held (to solver tolerance) while the next is decided:
 
-    1. the smallest bottleneck: the slowest stage's busy time (forward + backward)
+    1. the smallest bottleneck: the slowest stage's busy time (forward + backward);
+       skipped when the incumbent's is already the floor (a block alone in its stage)
     2. the heaviest lightest stage: no stage idles while others could share the work
     3. the least memory: the largest share of its device a stage needs
 
@@ -49,7 +50,10 @@ each held (to solver tolerance) while the next is decided:
 alone the memory criterion would leave stage 0 the embedding only, since it holds the
 most micro-batches in flight. Each solve is warm-started from the current choice, which
 is feasible, so a criterion never gets worse; an answer whose simulated step exceeds the
-cap (its critical path was not yet a cut) adds its paths and is solved again.
+cap (its critical path was not yet a cut) adds its paths and is solved again. Each solve
+stops after TIE_NODES branch-and-bound nodes (the same answer on any machine), and all of
+them within TIE_TIME (for huge models, where a hundred nodes take seconds): the choice is
+then the best found, never worse than the step's own answer.
 """
 
 from __future__ import annotations
@@ -156,8 +160,11 @@ class _Model:
         """Every constraint's left-hand side, by name (for tests and diagnosis)."""
         self.infeasible = False
         """A row that the windows alone decide is violated (e.g. a pinned block overflows)."""
-        total = sum(b.work_s for b in problem.blocks)
-        # time unit: keeps coefficients near 1 (below a nanosecond nothing matters)
+        per_tensor, per_byte = problem.config.optimizer_step
+        total = sum(b.work_s for b in problem.blocks) + sum(
+            per_tensor + per_byte * problem.param_bytes.get(q, 0) for q in problem.readers())
+        # time unit: keeps coefficients near 1 (below a nanosecond nothing matters); the
+        # optimizer steps count, or a model of them alone has coefficients near 1e9
         self.tau = max(total / p, 1e-9)
         self.y: list[list[Term]] = []
         self.binaries = 0
@@ -443,14 +450,22 @@ def _nearby(problem: Problem, ev: Evaluation) -> list[Count]:
                         optimizer=ev.optimizer_s)
 
 
+TIE_WINDOW = 1e-3
+"""Steps within this much of the bound (or the gap, if smaller) tie ([Note: ties])."""
 TIE_GAP = 1e-4
 """Relative gap of the tie-breaking solves (at most the step's gap)."""
+TIE_NODES = 100
+"""Most branch-and-bound nodes per tie-breaking solve."""
+TIE_TIME = (2.0, 1.0)
+"""The tie-breaking solves together take at most the larger of (seconds, times as long as the
+step's solves took): a bound for huge models, where even a few nodes take seconds."""
 _TIE_SLACK = 1e-7
 """Relative slack on a criterion once it is fixed (the solvers' feasibility tolerance)."""
 
 
 def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap: float, *,
-                solver: str, gap: float, deadline: float, rounds: int) -> tuple[tuple[int, ...], int]:
+                solver: str, gap: float, deadline: float, rounds: int,
+                max_nodes: int | None = TIE_NODES) -> tuple[tuple[int, ...], int]:
     """The partition with the least ``tie_key`` among those with a step ≤ ``cap`` (the
     incumbent is one); see [Note: ties]. Returns it and the MIP solves spent.
 
@@ -485,6 +500,11 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
     best = tuple(incumbent)
     key = tie_key(problem, evaluate(problem, best))
     spent = 0
+    # no stage is faster than its heaviest block, nor all of them than an even spread: a
+    # bottleneck at this floor is the least (a vocabulary head alone in its stage)
+    speeds = [d.speed for d in problem.config.devices]
+    floor = max(max((b.work_s for b in problem.blocks), default=0.0) / max(speeds),
+                sum(b.work_s for b in problem.blocks) / sum(speeds))
     # smallest bottleneck; then the lightest stage as heavy as it can be; then least memory
     for i, (var, sign, lins) in enumerate(((most, 1.0, busy), (least, -1.0, busy),
                                            (share, 1.0, model.memory))):
@@ -495,10 +515,11 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
         if sign < 0:  # keep the objective positive: the slowest stage minus the lightest
             goal.const = key[0] / tau * (1 + _TIE_SLACK)
         model.prob.setObjective(goal.expr())
-        while spent < rounds and time.perf_counter() < deadline:
+        least_already = i == 0 and key[0] <= floor * (1 + _TIE_SLACK)
+        while not least_already and spent < rounds and time.perf_counter() < deadline:
             spent += 1
             raw = _solvers.solve(model.prob, solver=solver, warm=warm(best), gap=gap,
-                                 time_limit=deadline - time.perf_counter())
+                                 time_limit=deadline - time.perf_counter(), max_nodes=max_nodes)
             if not raw.values:
                 break
             found = model.stage_of(raw.values)
@@ -615,10 +636,13 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
                 model.add_path(count)
     if status == "optimal" and best is not None and model.p > 1:
         # any partition up to cap is as proven as best: prefer the most robust of them
-        cap = max(best[0], lower / (1 - gap) if gap < 1 else math.inf)
+        cap = max(best[0], lower / (1 - min(gap, TIE_WINDOW)))
+        took = time.perf_counter() - start
         chosen, spent = _break_ties(model, problem, best[1], cap, solver=solver,
-                                    gap=min(gap, TIE_GAP), deadline=start + time_limit,
-                                    rounds=max_rounds - rounds)
+                                    gap=min(gap, TIE_GAP), rounds=max_rounds - rounds,
+                                    deadline=min(start + time_limit,
+                                                 time.perf_counter()
+                                                 + max(TIE_TIME[0], TIE_TIME[1] * took)))
         rounds += spent
         if chosen != best[1]:
             best = (evaluate(problem, chosen).objective_s, chosen)

@@ -1,0 +1,104 @@
+"""The model zoo (tests/zoo.py): every architecture traced, measured, planned and trained on 2 ranks.
+
+Each model is measured on this CPU and planned into 2 stages by the ILP here; one job of
+2 gloo ranks (tests/runtime_worker.py) then trains every model 2 steps with its plan, and
+each must equal one process training the traced model (losses and every parameter). A
+measured plan cuts where this machine's timings say, so each model is also split at a
+spread of other cuts, and just before every node that writes a value in place, and the
+stages run one after another as the runtime runs them must give the model's gradients.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from autopipe import Graph, trace
+from autopipe.plan_format import Plan
+from autopipe.runtime.launch import launch
+from autopipe.runtime.split import split_graph, written_in_place
+from autopipe.runtime.validate import model_constants
+
+from .conftest import ROOT
+from .runtime_cases import Case, compare_with_one_process, pipeline_backward
+from .runtime_plans import plan_from_cuts, valid_cuts
+from .zoo import ZOO, ZOO_CASES
+
+pytestmark = pytest.mark.slow
+
+ENV = {"PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
+
+@pytest.fixture(scope="module")
+def zoo_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Plan every zoo model and train them all in one 2-rank job; results land in one folder."""
+    out = tmp_path_factory.mktemp("zoo")
+    names = []
+    started = time.perf_counter()
+    for name, case in ZOO_CASES.items():
+        case.build()[2].save(out / f"{name}.plan.json")
+        names.append(name)
+    planned = time.perf_counter()
+    log = out / "log.txt"
+    with open(log, "w") as f:
+        result = launch([sys.executable, "-m", "tests.runtime_worker", str(out), *names], 2,
+                        env=ENV, timeout_s=400, grace_s=20, stdout=f, stderr=subprocess.STDOUT, log=f)
+    assert result.code == 0, log.read_text()[-3000:]
+    print(f"zoo: planned {len(names)} models in {planned - started:.1f} s, "
+          f"trained in {time.perf_counter() - planned:.1f} s")
+    return out
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("case", ZOO_CASES.values(), ids=lambda c: c.example)
+def test_zoo_model_trains_like_one_process(case: Case, zoo_job: Path) -> None:
+    plan = Plan.load(zoo_job / f"{case.name}.plan.json")
+    assert plan.num_stages == 2 and plan.solver.status == "optimal"
+    assert all(s.forward_s > 0 for s in plan.stages)
+    compare_with_one_process(case, zoo_job)
+
+
+def _cuts(graph: Graph, spread: int = 12) -> list[int]:
+    """``spread`` valid 2-stage cuts evenly over the graph, and the last valid cut before
+    each node that writes an input in place (its stage 1 receives the written value)."""
+    cuts = valid_cuts(graph)
+    chosen = set(cuts[:: max(1, len(cuts) // spread)])
+    index = {n.name: i for i, n in enumerate(graph.nodes)}
+    for n in graph.gm.graph.nodes:
+        if n.op != "get_attr" and written_in_place(graph.gm, [n], [a.name for a in n.all_input_nodes]):
+            before = [c for c in cuts if c < index[n.name]]
+            chosen.update(before[-1:])
+    return sorted(chosen)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_model_splits_anywhere(name: str) -> None:
+    spec = ZOO[name]()
+    graph = trace(spec.model, spec.example_inputs, spec.example_kwargs)
+    inputs, target = spec.batch(1, 0)
+    flat = graph.flat_inputs(tuple(inputs), spec.example_kwargs)
+    params = [p for p in graph.gm.parameters() if p.requires_grad]
+    expected = spec.loss_fn(graph.unflatten_output(graph.gm(*flat)), target)
+    grads = torch.autograd.grad(expected, params, allow_unused=True)
+    constants = model_constants(graph, spec)
+    tensors = [v for v in flat if isinstance(v, torch.Tensor)]
+    cuts = _cuts(graph)
+    assert len(cuts) >= 5
+    for cut in cuts:
+        where = f"{name} cut after {graph.nodes[cut].name}"
+        for p in params:
+            p.grad = None
+        split = split_graph(graph, plan_from_cuts(graph, [cut]), constants)
+        loss = pipeline_backward(split, tensors,
+                                 lambda outs: spec.loss_fn(graph.unflatten_output(outs), target))
+        torch.testing.assert_close(loss, expected, msg=lambda m, where=where: f"{where}: {m}")
+        for p, g in zip(params, grads):
+            if g is None:
+                assert p.grad is None or not p.grad.any(), where
+            else:
+                torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6,
+                                           msg=lambda m, where=where: f"{where}: {m}")

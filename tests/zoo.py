@@ -1,0 +1,232 @@
+"""A zoo of Hugging Face architectures beyond examples/: tiny configs, random init, no downloads.
+
+Each builder returns a ModelSpec (model, one example micro-batch, loss, ``batch(n, step)``)
+built from a config object, small enough that tracing, measuring, planning and training
+all of them takes about a minute on two cores: one or two layers (or blocks) per stack,
+hidden size 32, sequences of 8 tokens, 16x16 images, 400 audio samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import transformers as hf
+from torch import nn
+
+from autopipe import ModelSpec
+from autopipe.spec import cross_entropy, generator
+
+from .models import T5Pair
+from .runtime_cases import Case
+
+VOCAB, SEQ, BATCH = 96, 8, 2
+"""Token models: vocabulary, sequence length and samples per micro-batch."""
+
+
+def _tokens(model: nn.Module, name: str, *, seed: int = 0, shift: bool = True) -> ModelSpec:
+    """A model that maps token ids (batch, SEQ) to logits (batch, SEQ, VOCAB), trained on the
+    next token (``shift``) or, for an encoder, on the sequence reversed."""
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        g = generator(n, step, seed)
+        tokens = torch.randint(0, VOCAB, (n * BATCH, SEQ + 1), generator=g)
+        if shift:
+            return (tokens[:, :-1],), tokens[:, 1:]
+        return (tokens[:, :-1],), tokens[:, :-1].flip(1)
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch,
+                     name=name)
+
+
+def _classes(model: nn.Module, name: str, shape: tuple[int, ...], classes: int, *,
+             seed: int = 0) -> ModelSpec:
+    """A model that maps float inputs (batch, *shape) to class logits."""
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        g = generator(n, step, seed)
+        x = torch.randn(n * BATCH, *shape, generator=g)
+        return (x,), torch.randint(0, classes, (n * BATCH,), generator=g)
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch,
+                     name=name)
+
+
+def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    return build()
+
+
+# --- language models ---------------------------------------------------------------------------
+
+_DECODER = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                use_cache=False, tie_word_embeddings=False)
+
+
+def mistral() -> ModelSpec:
+    """Mistral: grouped-query attention, RoPE, SwiGLU, sliding-window attention mask."""
+    cfg = hf.MistralConfig(**_DECODER, sliding_window=4)
+    return _tokens(_seeded(lambda: hf.MistralForCausalLM(cfg)), "mistral")
+
+
+def qwen2() -> ModelSpec:
+    """Qwen2: a Llama with biases on the q, k, v projections; tied embeddings."""
+    cfg = hf.Qwen2Config(**{**_DECODER, "tie_word_embeddings": True})
+    return _tokens(_seeded(lambda: hf.Qwen2ForCausalLM(cfg)), "qwen2")
+
+
+def gpt_neox() -> ModelSpec:
+    """GPT-NeoX (Pythia): parallel attention and MLP residuals, partial rotary embeddings."""
+    cfg = hf.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4, rotary_pct=0.5,
+                           max_position_embeddings=64, use_cache=False, hidden_dropout=0.0,
+                           attention_dropout=0.0, use_parallel_residual=True)
+    return _tokens(_seeded(lambda: hf.GPTNeoXForCausalLM(cfg)), "gpt-neox")
+
+
+def falcon() -> ModelSpec:
+    """Falcon: multi-query attention, parallel attention and MLP, ALiBi off (rotary)."""
+    cfg = hf.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                          num_attention_heads=4, multi_query=True, parallel_attn=True,
+                          new_decoder_architecture=False, bias=False, alibi=False,
+                          hidden_dropout=0.0, attention_dropout=0.0, use_cache=False)
+    return _tokens(_seeded(lambda: hf.FalconForCausalLM(cfg)), "falcon")
+
+
+def distilbert() -> ModelSpec:
+    """DistilBERT masked LM: post-norm encoder, tied output projection, no token types."""
+    cfg = hf.DistilBertConfig(vocab_size=VOCAB, dim=32, hidden_dim=64, n_layers=2, n_heads=4,
+                              max_position_embeddings=64, dropout=0.0, attention_dropout=0.0)
+    return _tokens(_seeded(lambda: hf.DistilBertForMaskedLM(cfg)), "distilbert", shift=False)
+
+
+# --- mixture of experts -------------------------------------------------------------------------
+
+_MOE = dict(num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.0,
+            output_router_logits=False)
+
+
+def mixtral() -> ModelSpec:
+    """Mixtral: each token routed to 2 of 4 SwiGLU experts (data-dependent gather/scatter)."""
+    cfg = hf.MixtralConfig(**_DECODER, **_MOE)
+    return _tokens(_seeded(lambda: hf.MixtralForCausalLM(cfg)), "mixtral")
+
+
+def qwen2_moe() -> ModelSpec:
+    """Qwen2-MoE: routed experts plus a gated shared expert in every layer."""
+    cfg = hf.Qwen2MoeConfig(**_DECODER, num_experts=4, num_experts_per_tok=2,
+                            moe_intermediate_size=32, shared_expert_intermediate_size=64,
+                            decoder_sparse_step=1, router_aux_loss_coef=0.0,
+                            output_router_logits=False)
+    return _tokens(_seeded(lambda: hf.Qwen2MoeForCausalLM(cfg)), "qwen2-moe")
+
+
+# --- encoder-decoder ----------------------------------------------------------------------------
+
+def t5() -> ModelSpec:
+    """T5: encoder and decoder (cross-attention reads the encoder's output in every decoder
+    layer), relative position buckets, tied embeddings."""
+    model = _seeded(lambda: T5Pair(vocab=VOCAB))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        source = torch.randint(0, VOCAB, (n * BATCH, SEQ), generator=g)
+        target = source.flip(1)
+        decoder = torch.cat([torch.zeros_like(target[:, :1]), target[:, :-1]], dim=1)
+        return (source, decoder), target
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch,
+                     name="t5")
+
+
+# --- vision -------------------------------------------------------------------------------------
+
+def vit() -> ModelSpec:
+    """ViT: patch embedding (a strided conv), CLS token, pre-norm encoder, classifier on CLS."""
+    cfg = hf.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32,
+                       num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=5)
+    return _classes(_seeded(lambda: hf.ViTForImageClassification(cfg)), "vit", (3, 16, 16), 5)
+
+
+def convnext() -> ModelSpec:
+    """ConvNeXt: depthwise 7x7 convs, channels-last LayerNorm, layer scale, downsampling stages."""
+    cfg = hf.ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], patch_size=2,
+                            num_stages=2, drop_path_rate=0.0, num_labels=5)
+    return _classes(_seeded(lambda: hf.ConvNextForImageClassification(cfg)), "convnext",
+                    (3, 16, 16), 5)
+
+
+def resnet() -> ModelSpec:
+    """Hugging Face ResNet: bottleneck blocks with batch norm (running statistics are trained
+    state too), a max-pooled stem and strided shortcuts."""
+    cfg = hf.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                          layer_type="bottleneck", downsample_in_first_stage=False, num_labels=5)
+    return _classes(_seeded(lambda: hf.ResNetForImageClassification(cfg)), "resnet",
+                    (3, 16, 16), 5)
+
+
+# --- speech -------------------------------------------------------------------------------------
+
+def wav2vec2() -> ModelSpec:
+    """Wav2Vec2: a strided conv feature extractor on raw audio, a convolutional relative
+    position embedding, a transformer encoder, mean-pooled into an utterance classifier."""
+    cfg = hf.Wav2Vec2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=4, intermediate_size=64,
+                            conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+                            num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4,
+                            hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                            feat_proj_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0,
+                            classifier_proj_size=16, num_labels=5, do_stable_layer_norm=True,
+                            feat_extract_norm="layer", apply_spec_augment=False)
+    return _classes(_seeded(lambda: hf.Wav2Vec2ForSequenceClassification(cfg)), "wav2vec2",
+                    (400,), 5)
+
+
+class _WhisperPair(nn.Module):
+    """Whisper taking (log-mel features, decoder ids) positionally, returning the logits."""
+
+    def __init__(self, cfg: hf.WhisperConfig) -> None:
+        super().__init__()
+        self.whisper = hf.WhisperForConditionalGeneration(cfg)
+
+    def forward(self, features: torch.Tensor, decoder_ids: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.whisper(input_features=features, decoder_input_ids=decoder_ids).logits
+        return out
+
+
+def whisper() -> ModelSpec:
+    """Whisper: a conv front end on log-mel frames, an audio encoder, and a text decoder that
+    cross-attends to it (encoder-decoder speech recognition)."""
+    cfg = hf.WhisperConfig(vocab_size=VOCAB, num_mel_bins=8, d_model=32, encoder_layers=1,
+                           decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+                           encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=16,
+                           max_target_positions=16, dropout=0.0, attention_dropout=0.0,
+                           activation_dropout=0.0, use_cache=False, pad_token_id=0,
+                           bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+                           suppress_tokens=None, begin_suppress_tokens=None)
+    model = _seeded(lambda: _WhisperPair(cfg))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        features = torch.randn(n * BATCH, 8, 32, generator=g)  # 2 x max_source_positions frames
+        text = torch.randint(3, VOCAB, (n * BATCH, SEQ + 1), generator=g)
+        return (features, text[:, :-1]), text[:, 1:]
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch,
+                     name="whisper")
+
+
+ZOO: dict[str, Callable[[], ModelSpec]] = {
+    "t5": t5, "mixtral": mixtral, "qwen2-moe": qwen2_moe, "vit": vit, "convnext": convnext,
+    "resnet": resnet, "wav2vec2": wav2vec2, "whisper": whisper, "gpt-neox": gpt_neox, "mistral": mistral, "qwen2": qwen2,
+    "distilbert": distilbert, "falcon": falcon,
+}
+"""Every zoo model by name: a fresh, identically initialised copy per call."""
+
+
+ZOO_CASES = {c.name: c for c in (Case(name, 2, zoo=True, profile="measure", steps=2, microbatches=4)
+                                 for name in ZOO)}
+"""Each zoo model measured on this CPU, planned into 2 stages (1F1B, 4 micro-batches) and
+trained 2 steps (tests/runtime_worker.py runs them by name)."""
