@@ -80,7 +80,10 @@ def test_measure_passes_on_a_single_forwards_values(frontend: str, passed_on: di
         assert torch.equal(before, after)  # the user's example is not written
     assert all(n.forward_s >= 0 for n in p.nodes)
     written = "mul_" if frontend == "fx" else "relu_"
-    assert p.by_name[written].backward_input_s > 0  # a written leaf still has its gradient
+    # a written leaf still has its gradient: autograd saved for it and its backward was timed
+    # (a time, so only >= 0: a microsecond kernel can read 0 after the timer's own overhead)
+    node = p.by_name[written]
+    assert node.backward_input_s >= 0 and (node.backward_input_s > 0 or node.activation_bytes > 0)
 
 
 @pytest.mark.parametrize("frontend", ["fx", "export"])
