@@ -86,10 +86,13 @@ def test_ilp_equals_brute_force(case: Case, warm: bool) -> None:
 
 
 def _not_after(key: tuple[float, ...], other: tuple[float, ...], rel: float = 1e-6) -> bool:
-    """Whether ``key`` comes first, or ties, in the lexicographic order (up to ``rel``)."""
+    """Whether ``key`` comes first in the lexicographic order, ties, or trails in the first
+    criterion where the two differ by no more than the MIP solvers' tolerances (``rel``, as
+    ``close``): what comes after that was decided among other partitions."""
     for a, b in zip(key, other):
-        if abs(a - b) > rel * max(abs(a), abs(b)) + 1e-15:
-            return a < b
+        scale = max(1.0, abs(a), abs(b))
+        if abs(a - b) > 1e-12 * scale:
+            return a < b or a - b <= rel * scale
     return True
 
 

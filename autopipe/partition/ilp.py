@@ -461,17 +461,23 @@ TIE_TIME = (2.0, 1.0)
 step's solves took): a bound for huge models, where even a few nodes take seconds."""
 _TIE_SLACK = 1e-7
 """Relative slack on a criterion once it is fixed (the solvers' feasibility tolerance)."""
+_STEP_SLACK = 1e-6
+"""Relative excess over the step cap that still ties: the MIP solvers do not tell steps
+closer than their tolerances apart (``_within`` allows the same)."""
 
 
 def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap: float, *,
-                solver: str, gap: float, deadline: float, rounds: int,
+                solver: str, gap: float, deadline: float, rounds: int, accept: float | None = None,
                 max_nodes: int | None = TIE_NODES) -> tuple[tuple[int, ...], int]:
     """The partition with the least ``tie_key`` among those with a step ≤ ``cap`` (the
     incumbent is one); see [Note: ties]. Returns it and the MIP solves spent.
 
+    ``accept``: the largest step taken (default ``cap`` and the solvers' tolerance over it).
+
     Changes ``model``: adds its rows and variables, and the critical paths of what it finds.
     """
     tau, p = model.tau, model.p
+    accept = cap * (1 + _STEP_SLACK) if accept is None else accept
     busy = []
     for s in range(p):
         lin = _Lin()
@@ -526,10 +532,12 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
             ev = evaluate(problem, found)
             if violations(problem, found) or not ev.fits:
                 break
-            for count in _nearby(problem, ev):
-                if count not in model.counts:
-                    model.add_path(count)
-            if ev.objective_s > cap * (1 + _TIE_SLACK):
+            new = [count for count in _nearby(problem, ev) if count not in model.counts]
+            for count in new:
+                model.add_path(count)
+            if ev.objective_s > accept:
+                if not new:  # the MIP's T is its step: over the cap within tolerances
+                    break
                 continue  # its step was under-estimated: the new cuts exclude it; again
             k = tie_key(problem, ev)
             if k[i] < key[i] - _TIE_SLACK * abs(key[i]):
@@ -637,8 +645,10 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
     if status == "optimal" and best is not None and model.p > 1:
         # any partition up to cap is as proven as best: prefer the most robust of them
         cap = max(best[0], lower / (1 - min(gap, TIE_WINDOW)))
+        certified = (lower + 1e-12) / (1 - max(gap, 1e-6))  # the largest step _within the gap
         took = time.perf_counter() - start
         chosen, spent = _break_ties(model, problem, best[1], cap, solver=solver,
+                                    accept=max(best[0], min(cap * (1 + _STEP_SLACK), certified)),
                                     gap=min(gap, TIE_GAP), rounds=max_rounds - rounds,
                                     deadline=min(start + time_limit,
                                                  time.perf_counter()
