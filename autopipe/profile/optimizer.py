@@ -16,6 +16,8 @@ both include it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -54,11 +56,13 @@ def _step_s(name: str, shapes: list[int], device: torch.device, dtype: torch.dty
     return sorted(times)[len(times) // 2]
 
 
-def measure_rates(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> Rates:
-    """Per optimizer, (per tensor, per element) seconds of its step on ``device`` in ``dtype``."""
+def measure_rates(device: torch.device, dtype: torch.dtype, repeats: int = 5,
+                  names: Sequence[str] = OPTIMIZERS) -> Rates:
+    """Per optimizer of ``names``, (per tensor, per element) seconds of its step on ``device``
+    in ``dtype``."""
     out: Rates = {}
     n1, e1, n2, e2 = len(_SMALL), sum(_SMALL), len(_BIG), sum(_BIG)
-    for name in OPTIMIZERS:
+    for name in names:
         small = _step_s(name, _SMALL, device, dtype, repeats)
         big = _step_s(name, _BIG, device, dtype, repeats)
         per_element = max(0.0, (big * n1 - small * n2) / (e2 * n1 - e1 * n2))

@@ -106,37 +106,6 @@ def _ping_pong(rank: int, tensor: torch.Tensor, repeats: int) -> float:
     return _time(once, repeats) / 2
 
 
-def _optimizer_step_s(optimizer: str, shapes: list[int], repeats: int) -> float:
-    """Seconds of one gradient averaging + optimizer step over parameters of these sizes."""
-    from autopipe.runtime.optim import TrainConfig, make_optimizer
-
-    params = [nn.Parameter(torch.randn(n)) for n in shapes]
-    for p in params:
-        p.grad = torch.randn_like(p)
-    opt = make_optimizer(params, TrainConfig(steps=1, optimizer=optimizer))
-    assert opt is not None
-
-    def step() -> None:
-        for p in params:
-            assert p.grad is not None
-            p.grad.div_(2.0)
-        opt.step()
-
-    return _time(step, repeats)
-
-
-def _optimizer_costs(optimizer: str) -> tuple[float, float]:
-    """(per tensor, per element) seconds, from many small tensors and a few big ones."""
-    small, big = [256] * 256, [1 << 20] * 4
-    t_small = _optimizer_step_s(optimizer, small, 15)
-    t_big = _optimizer_step_s(optimizer, big, 7)
-    # t = a·tensors + b·elements, two equations
-    n1, e1, n2, e2 = len(small), sum(small), len(big), sum(big)
-    b = max(0.0, (t_big * n1 - t_small * n2) / (e2 * n1 - e1 * n2))
-    a = max(0.0, (t_small - b * e1) / n1)
-    return a, b
-
-
 class _Tiny(nn.Module):
     """Two small layers: compute is next to nothing, so a stage's time is its overhead."""
 
@@ -276,7 +245,9 @@ def _worker(out: str, optimizer: str) -> int:
         bandwidth = big.numel() * big.element_size() / max(_ping_pong(rank, big, 20) - latency, 1e-9)
         forward, backward, per_step = _stage_overheads(rank)
         dist.barrier()
-        per_tensor, per_element = _optimizer_costs(optimizer)
+        from autopipe.profile.optimizer import measure_rates
+
+        per_tensor, per_element = measure_rates(torch.device("cpu"), torch.float32, names=(optimizer,))[optimizer]
         gathered: list[Any] = [None, None]
         dist.all_gather_object(gathered, [forward, backward, per_tensor, per_element, per_step])
         gc.collect()  # the pipeline's stages and pending work go before the group does
