@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from autopipe.partition.costs import evaluate, tie_key, violations
+from autopipe.partition.costs import TIE_BANDS, evaluate, tie_key, violations
 from autopipe.partition.problem import Problem
 
 MAX_ASSIGNMENTS = 200_000
@@ -40,8 +40,10 @@ def partitions(problem: Problem) -> Iterator[list[int]]:
 def best(problem: Problem, *, ties: float = 1e-9) -> tuple[float, list[int]] | None:
     """The fastest valid partition that fits in memory, or None.
 
-    Partitions within ``ties`` (relative) of the fastest tie; among them the least
-    ``tie_key`` wins, as in the ILP ([Note: ties] in ``autopipe.partition.ilp``).
+    Partitions within ``ties`` (relative) of the fastest tie; among them, as in the ILP
+    ([Note: ties] in ``autopipe.partition.ilp``), each ``tie_key`` criterion in turn keeps
+    those within ``TIE_BANDS`` of its best, and the fastest of what is left wins (then the
+    least key).
     """
     found: list[tuple[float, tuple[float, float, float], list[int]]] = []
     for stage_of in partitions(problem):
@@ -51,5 +53,9 @@ def best(problem: Problem, *, ties: float = 1e-9) -> tuple[float, list[int]] | N
     if not found:
         return None
     fastest = min(f[0] for f in found)
-    step, _, stage_of = min((f for f in found if f[0] <= fastest * (1 + ties)), key=lambda f: f[1])
+    kept = [f for f in found if f[0] <= fastest * (1 + ties)]
+    for i in range(3):
+        least = min(f[1][i] for f in kept)
+        kept = [f for f in kept if f[1][i] <= least + TIE_BANDS[i] * abs(least) + 1e-12]
+    step, _, stage_of = min(kept, key=lambda f: (f[0], f[1]))
     return step, stage_of

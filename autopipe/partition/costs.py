@@ -139,8 +139,15 @@ def memory_scales(problem: Problem) -> list[float]:
     return [float(d.memory) if d.memory > 0 else default for d in problem.config.devices]
 
 
+TIE_BANDS = (0.05, 0.25, 0.05)
+"""Partitions whose steps tie are ranked by ``tie_key`` one criterion at a time, each held
+within this fraction of its best value (the lightest stage loosely: it only has to do real
+work); the fastest of what is left wins ([Note: ties])."""
+
+
 def tie_key(problem: Problem, ev: Evaluation) -> tuple[float, float, float]:
-    """How partitions with the same step are ranked, smallest first (see [Note: ties]).
+    """How partitions with the same step are ranked, smallest first, each criterion within
+    ``TIE_BANDS`` of its best (see [Note: ties] in ``autopipe.partition.ilp``).
 
     (the slowest stage's busy time, minus the lightest stage's, the largest share of its
     device's memory that a stage needs).

@@ -39,21 +39,26 @@ the measured costs and fragile when they are off. So once the step is solved, ev
 partition whose step is within min(gap, TIE_WINDOW = 0.1%) of the proven bound counts as
 a tie (the answer keeps its certificate), and further MIP solves on the same model, with
 the step capped there, pick among them by ``costs.tie_key``, one criterion at a time, each
-held (to solver tolerance) while the next is decided:
+then held within its band (``costs.TIE_BANDS``) of the best value while the next is decided:
 
-    1. the smallest bottleneck: the slowest stage's busy time (forward + backward);
-       skipped when the incumbent's is already the floor (a block alone in its stage)
-    2. the heaviest lightest stage: no stage idles while others could share the work
-    3. the least memory: the largest share of its device a stage needs
+    1. the smallest bottleneck: the slowest stage's busy time (forward + backward), within
+       5%; no solve when the incumbent's is already the floor (a block alone in its stage)
+    2. the heaviest lightest stage, within 25%: no stage idles while others could share
+       the work
+    3. the least memory: the largest share of its device a stage needs, within 5%
+    4. the fastest step among what is left
 
 (2) is what spreads the GPT-2 quick start's body over three stages; with (1) and (3)
 alone the memory criterion would leave stage 0 the embedding only, since it holds the
-most micro-batches in flight. Each solve is warm-started from the current choice, which
-is feasible, so a criterion never gets worse; an answer whose simulated step exceeds the
-cap (its critical path was not yet a cut) adds its paths and is solved again. Each solve
-stops after TIE_NODES branch-and-bound nodes (the same answer on any machine), and all of
-them within TIE_TIME (for huge models, where a hundred nodes take seconds): the choice is
-then the best found, never worse than the step's own answer.
+most micro-batches in flight. The bands and (4) keep the step from paying for differences
+that do not matter: exact lexicographic choices gave up to 0.1% of the step (the whole
+gap) for lightest stages a few percent heavier; with the bands the golden cases keep their
+steps. Each solve is warm-started from the current choice, which is feasible, so no
+criterion gets worse than the answer's; an answer whose simulated step exceeds the cap
+(its critical path was not yet a cut) adds its paths and is solved again. Each solve stops
+after TIE_NODES branch-and-bound nodes (the same answer on any machine), and all of them
+within TIE_TIME (for huge models, where a hundred nodes take seconds): the choice is then
+the best found.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ import pulp
 from autopipe.partition import _solvers
 from autopipe.partition.costs import (
     MEMORY_HEADROOM,
+    TIE_BANDS,
     Evaluation,
     evaluate,
     memory_scales,
@@ -163,9 +169,12 @@ class _Model:
         per_tensor, per_byte = problem.config.optimizer_step
         total = sum(b.work_s for b in problem.blocks) + sum(
             per_tensor + per_byte * problem.param_bytes.get(q, 0) for q in problem.readers())
+        bw = problem.config.link_bandwidth
+        sends = 0.0 if math.isinf(bw) else sum(v.bytes for v in problem.values) / bw
         # time unit: keeps coefficients near 1 (below a nanosecond nothing matters); the
-        # optimizer steps count, or a model of them alone has coefficients near 1e9
-        self.tau = max(total / p, 1e-9)
+        # optimizer steps and the sends count too, or a model of them alone has coefficients
+        # near 1e9 (HiGHS then calls feasible models infeasible)
+        self.tau = max(total / p, sends / p, 1e-9)
         self.y: list[list[Term]] = []
         self.binaries = 0
         for b in range(problem.size):
@@ -469,8 +478,9 @@ closer than their tolerances apart (``_within`` allows the same)."""
 def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap: float, *,
                 solver: str, gap: float, deadline: float, rounds: int, accept: float | None = None,
                 max_nodes: int | None = TIE_NODES) -> tuple[tuple[int, ...], int]:
-    """The partition with the least ``tie_key`` among those with a step ≤ ``cap`` (the
-    incumbent is one); see [Note: ties]. Returns it and the MIP solves spent.
+    """The most robust partition among those with a step ≤ ``cap`` (the incumbent is one),
+    by ``tie_key`` within ``TIE_BANDS``, then the fastest; see [Note: ties]. Returns it and
+    the MIP solves spent.
 
     ``accept``: the largest step taken (default ``cap`` and the solvers' tolerance over it).
 
@@ -504,8 +514,34 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
         return values
 
     best = tuple(incumbent)
-    key = tie_key(problem, evaluate(problem, best))
+    best_ev = evaluate(problem, best)
+    key = tie_key(problem, best_ev)
     spent = 0
+
+    def search(goal: _Lin) -> tuple[tuple[int, ...], Evaluation] | None:
+        """The MIP's answer for ``goal``, started from ``best``, if one within the cap."""
+        nonlocal spent
+        model.prob.setObjective(goal.expr())
+        while spent < rounds and time.perf_counter() < deadline:
+            spent += 1
+            raw = _solvers.solve(model.prob, solver=solver, warm=warm(best), gap=gap,
+                                 time_limit=deadline - time.perf_counter(), max_nodes=max_nodes)
+            if not raw.values:
+                return None
+            found = model.stage_of(raw.values)
+            ev = evaluate(problem, found)
+            if violations(problem, found) or not ev.fits:
+                return None
+            new = [count for count in _nearby(problem, ev) if count not in model.counts]
+            for count in new:
+                model.add_path(count)
+            if ev.objective_s <= accept:
+                return found, ev
+            if not new:  # the MIP's T is its step: over the cap within tolerances
+                return None
+            # its step was under-estimated: the new cuts exclude it; again
+        return None
+
     # no stage is faster than its heaviest block, nor all of them than an even spread: a
     # bottleneck at this floor is the least (a vocabulary head alone in its stage)
     speeds = [d.speed for d in problem.config.devices]
@@ -519,36 +555,22 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
         goal = _Lin()
         goal.add(var, sign)
         if sign < 0:  # keep the objective positive: the slowest stage minus the lightest
-            goal.const = key[0] / tau * (1 + _TIE_SLACK)
-        model.prob.setObjective(goal.expr())
-        least_already = i == 0 and key[0] <= floor * (1 + _TIE_SLACK)
-        while not least_already and spent < rounds and time.perf_counter() < deadline:
-            spent += 1
-            raw = _solvers.solve(model.prob, solver=solver, warm=warm(best), gap=gap,
-                                 time_limit=deadline - time.perf_counter(), max_nodes=max_nodes)
-            if not raw.values:
-                break
-            found = model.stage_of(raw.values)
-            ev = evaluate(problem, found)
-            if violations(problem, found) or not ev.fits:
-                break
-            new = [count for count in _nearby(problem, ev) if count not in model.counts]
-            for count in new:
-                model.add_path(count)
-            if ev.objective_s > accept:
-                if not new:  # the MIP's T is its step: over the cap within tolerances
-                    break
-                continue  # its step was under-estimated: the new cuts exclude it; again
-            k = tie_key(problem, ev)
+            goal.const = key[0] * (1 + TIE_BANDS[0]) / tau
+        got = None if i == 0 and key[0] <= floor * (1 + _TIE_SLACK) else search(goal)
+        if got is not None:
+            k = tie_key(problem, got[1])
             if k[i] < key[i] - _TIE_SLACK * abs(key[i]):
-                best, key = found, k
-            break
-        # hold this criterion (to solver tolerance) while the next one is decided
+                best, best_ev, key = got[0], got[1], k
+        # hold this criterion within the band while the next ones (and the step) are decided
         fix = _Lin()
         fix.add(var, 1.0)
-        bound = abs(key[i]) / tau if i < 2 else key[i]
-        model._add(fix, "<=" if sign > 0 else ">=",
-                   bound * (1 + sign * _TIE_SLACK) + sign * 1e-12, f"tie_fix_{i}")
+        held = key[i] + TIE_BANDS[i] * abs(key[i])  # for the lightest stage: key[1] = −least
+        bound = abs(held) / tau if i < 2 else held
+        model._add(fix, "<=" if sign > 0 else ">=", bound + sign * 1e-12, f"tie_hold_{i}")
+    # the fastest step within the bands
+    got = search(model.objective)
+    if got is not None and got[1].objective_s < best_ev.objective_s:
+        best = got[0]
     return best, spent
 
 
