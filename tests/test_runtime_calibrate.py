@@ -119,7 +119,7 @@ def test_runtime_costs_are_measured_with_two_gloo_ranks() -> None:
     assert 0 < costs.forward_overhead_s < 0.05 and 0 < costs.backward_overhead_s < 0.05
     assert 0 <= costs.step_overhead_s < 0.05
     assert 0 < costs.send_latency_s < 0.1
-    assert costs.link_bandwidth > 1e7
+    assert costs.link_bandwidth > 1e7 and costs.allreduce_bandwidth > 1e7
     assert costs.optimizer_tensor_s > 0 and costs.optimizer_element_s > 0
 
 
@@ -134,6 +134,10 @@ def test_profiles_measured_here_carry_the_runtime_costs() -> None:
     graph = autopipe.trace(spec.model, spec.example_inputs)
     measured = profile_runtime(measure(graph, spec.example_inputs, warmup=0, repeats=1, progress=False))
     assert set(measured.runtime) == set(PLANNED) and all(v > 0 for v in measured.runtime.values())
+    # the plan's optimizer is priced as the ranks step together; the others stay the profile's own
+    alone = measure(graph, spec.example_inputs, warmup=0, repeats=1, progress=False)
+    assert measured.optimizer["adam"] != alone.optimizer["adam"]
+    assert set(measured.optimizer) == set(alone.optimizer) and all(v[1] > 0 for v in measured.optimizer.values())
     estimated = estimate(graph, spec.example_inputs, progress=False)
     assert profile_runtime(estimated) is estimated  # only what was measured on this CPU
     # the planner prices every action, send and step with them

@@ -240,7 +240,8 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
                  forward_overhead_s=rt.get("forward_overhead_s", 0.0),
                  backward_overhead_s=rt.get("backward_overhead_s", 0.0),
                  send_latency_s=rt.get("send_latency_s", 0.0) if num_stages > 1 else 0.0,
-                 step_overhead_s=rt.get("step_overhead_s", 0.0))
+                 step_overhead_s=rt.get("step_overhead_s", 0.0),
+                 allreduce_bandwidth=rt.get("allreduce_bandwidth", 0.0))
     forced = merge_forced(from_profile(profile, cfg, optimizer=options.optimizer, dtype=options.dtype))
     if forced.num_real < num_stages:
         raise PlanError(

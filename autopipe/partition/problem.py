@@ -50,6 +50,10 @@ class Config:
     """Per send of one micro-batch's boundary tensors, beyond bytes / bandwidth."""
     step_overhead_s: float = 0.0
     """Per step and rank (splitting the batch, clearing state): every rank pays it once."""
+    allreduce_bandwidth: float = 0.0
+    """Bytes/s of an all-reduce between two ranks (seconds = bytes / this), as measured with
+    the runtime's backend (``autopipe.runtime.calibrate``); 0: ``link_bandwidth``, what a
+    ring all-reduce over the links would reach."""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -81,6 +85,14 @@ class Config:
     def comm_s(self, nbytes: float) -> float:
         """Seconds to move ``nbytes`` over one link."""
         return 0.0 if math.isinf(self.link_bandwidth) else nbytes / self.link_bandwidth
+
+    def allreduce_s(self, nbytes: float, ranks: int) -> float:
+        """Seconds to all-reduce ``nbytes`` over ``ranks`` ranks: a ring moves 2(k−1)/k of the
+        bytes through each rank (once, for two ranks), at ``allreduce_bandwidth``."""
+        if ranks < 2:
+            return 0.0
+        bw = self.allreduce_bandwidth if self.allreduce_bandwidth > 0 else self.link_bandwidth
+        return 0.0 if math.isinf(bw) else 2 * (ranks - 1) / ranks * nbytes / bw
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
