@@ -126,6 +126,43 @@ def stage_table(plan: Plan) -> list[str]:
     return out
 
 
+STEP_PARTS = ("compute", "loss", "runtime", "optimizer", "sync", "idle")
+
+
+def step_parts(plan: Plan) -> list[dict[str, float]]:
+    """Per stage, where its rank spends the predicted step (seconds; the parts add up to it):
+    its model's compute, the loss (last stage), the runtime's own work (per action and per
+    step), its optimizer step, the tied-gradient sync, and idle (the bubble: waiting on its
+    neighbours)."""
+    m = plan.microbatches
+    loss = plan.options.get("loss")
+    loss_mb = float(loss["forward_s"]) + float(loss["backward_s"]) if isinstance(loss, dict) else 0.0
+    rt = plan.options.get("runtime")
+    rt = rt if isinstance(rt, dict) else {}
+    per_action = float(rt.get("forward_overhead_s", 0.0)) + float(rt.get("backward_overhead_s", 0.0))
+    sync = float(plan.options.get("tied_sync_s", 0.0) or 0.0)
+    out = []
+    for s in plan.stages:
+        own_loss = m * loss_mb if s.index == plan.num_stages - 1 else 0.0
+        part = {"compute": max(0.0, m * (s.forward_s + s.backward_s - per_action) - own_loss),
+                "loss": own_loss, "runtime": m * per_action + float(rt.get("step_overhead_s", 0.0)),
+                "optimizer": s.optimizer_s, "sync": sync}
+        part["idle"] = max(0.0, plan.predicted.iteration_s - sum(part.values()))
+        out.append(part)
+    return out
+
+
+def step_table(plan: Plan) -> list[str]:
+    """``step_parts`` as a table, one row per stage."""
+    cols = ("per step", *STEP_PARTS, "step")
+    rows = [(f"stage {i}", *(format_seconds(x) if x else "-" for x in (
+        *(part[k] for k in STEP_PARTS), plan.predicted.iteration_s)))
+        for i, part in enumerate(step_parts(plan))]
+    width = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, width))).rstrip()
+            for r in (cols, *rows)]
+
+
 def format_plan(plan: Plan) -> str:
-    """The whole report: headline, then the stage table."""
-    return "\n".join([*headline(plan), "", *stage_table(plan)])
+    """The whole report: headline, the stage table, then where each rank's step goes."""
+    return "\n".join([*headline(plan), "", *stage_table(plan), "", *step_table(plan)])
