@@ -84,3 +84,17 @@ def test_bad_inputs_exit_2(argv: list[str], fragment: str, plans: dict[str, str]
     assert "Traceback" not in err
     assert "hint:" in err or "usage:" in err
     assert not (Path(plans["tmp"]) / "o.json").exists()
+
+
+def test_check_spec_replans_with_the_same_restriction(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`check --spec` re-plans with the plan's --cut-at: the same whole-block stages come back."""
+    plan = tmp_path / "plan.json"
+    again = tmp_path / "again.json"
+    assert main(["plan", MLP, "--stages", "3", "--device-spec", "h100", "--cut-at", r"blocks\.\d+",
+                 "-o", str(plan)]) == 0
+    code, _, err = _run(["check", str(plan), "--spec", MLP, "-o", str(again)], capsys)
+    assert code == 0, err
+    first, second = json.loads(plan.read_text()), json.loads(again.read_text())
+    assert second["options"]["granularity"]["pattern"] == r"blocks\.\d+"
+    assert second["options"]["granularity"]["stage_units"] == first["options"]["granularity"]["stage_units"]

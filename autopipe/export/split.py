@@ -103,17 +103,19 @@ def _enclosing(module: str, owner: dict[str, Any]) -> str | None:
 
 def _unrecorded(plan: Plan) -> str:
     """Why a plan without a layer record cannot be exported: the layer it cuts, if one shows."""
-    cut: dict[str, list[str]] = {}
+    cut: dict[str, dict[int, list[str]]] = {}
     for stage in plan.stages:
         for module in stage.modules:
             parts = module.split(".")
             digit = next((k for k, p in enumerate(parts) if p.isdigit()), None)
             if digit is not None and digit + 1 < len(parts):  # a part of layer X.i, not X.i
-                cut.setdefault(".".join(parts[:digit + 1]), []).append(f"{module} in stage {stage.index}")
+                layer = ".".join(parts[:digit + 1])
+                cut.setdefault(layer, {}).setdefault(stage.index, []).append(module)
     if cut:
-        layer = next(iter(cut))
-        held = ", ".join(cut[layer][:3]) + (", …" if len(cut[layer]) > 3 else "")
-        return (f"the plan cuts inside a layer: {layer} is split across stages ({held}); "
+        layer, held = next(iter(cut.items()))
+        where = "; ".join(f"stage {s}: {', '.join(m[:2])}{', …' if len(m) > 2 else ''}"
+                          for s, m in held.items())
+        return (f"the plan cuts inside a layer: {layer} is split across stages ({where}); "
                 f"torchtitan, DeepSpeed and Megatron-LM give each stage whole layers")
     return ("the plan records no layer boundaries (it was planned without --granularity "
             "layer); torchtitan, DeepSpeed and Megatron-LM give each stage whole layers")
