@@ -52,6 +52,8 @@ def plan(
     loss_fn: Callable[[Any, Any], Any] | None = None,
     target: Any = None,
     runtime_costs: bool = True,
+    granularity: str = "node",
+    cut_at: str | None = None,
 ) -> Plan:
     """Plan pipeline stages for ``model``.
 
@@ -95,6 +97,12 @@ def plan(
         runtime_costs: with ``profile="measure"`` on the CPU, measure the runtime's fixed
             costs here too (``autopipe.runtime.calibrate``, about 10 s: per action, per
             send, per step) and plan with them.
+        granularity: ``node`` (cut anywhere) or ``layer``: cut only between the model's
+            repeated blocks (its longest module list ``X.0, X.1, …`` by work), as torchtitan,
+            DeepSpeed and Megatron-LM do; ``plan.options["granularity"]`` records the
+            units, the unrestricted step and the ratio (``autopipe.partition.layers``).
+        cut_at: the blocks to cut between, a glob or regex over module paths
+            (``model.layers.*``); implies ``granularity="layer"``.
 
     Returns:
         The plan; ``plan.save(path)`` writes it.
@@ -104,7 +112,7 @@ def plan(
         PlanMismatchError: a given profile belongs to another model or input shape.
         TraceError, ProfileError, DeviceSpecError: from tracing, profiling, the devices.
     """
-    check_options(num_stages, microbatches, schedule, method, batch_size)
+    check_options(num_stages, microbatches, schedule, method, batch_size, granularity)
 
     loss = {"loss_fn": loss_fn, "target": target} if loss_fn is not None and target is not None else {}
 
@@ -118,7 +126,7 @@ def plan(
                             optimizer=optimizer,
                             method=method, link_bandwidth=link_bandwidth, max_blocks=max_blocks,
                             time_limit=time_limit, mip_gap=mip_gap, solver=solver,
-                            deterministic=deterministic)
+                            deterministic=deterministic, granularity=granularity, cut_at=cut_at)
 
     if batch_size is not None and isinstance(profile, str) and profile in PROFILE_MODES:
         def source(size: int) -> Profile:

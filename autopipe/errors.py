@@ -56,3 +56,7 @@ class PlanMismatchError(PlanError):
 
 class RuntimeStageError(AutopipeError, RuntimeError):
     """Pipeline training failed on some rank (peer died, timeout)."""
+
+
+class ExportError(AutopipeError, ValueError):
+    """A plan cannot be handed to another engine (it cuts inside a layer, an unknown format)."""

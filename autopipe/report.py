@@ -53,7 +53,19 @@ def headline(plan: Plan) -> list[str]:
                 ratio = b.iteration_s / plan.predicted.iteration_s - 1 if plan.predicted.iteration_s else 0.0
                 parts.append(f"{name} {format_seconds(b.iteration_s)} ({ratio:+.1%})")
         lines.append("baselines: " + ", ".join(parts))
-    return lines + breakdown_lines(plan) + search_lines(plan)
+    return lines + granularity_lines(plan) + breakdown_lines(plan) + search_lines(plan)
+
+
+def granularity_lines(plan: Plan) -> list[str]:
+    """For a layer-granular plan: the layers each stage holds and what the restriction costs."""
+    info = plan.options.get("granularity")
+    if not isinstance(info, dict):
+        return []
+    count = int(info["layers"])
+    per = [max(0, min(b, count + 1) - max(a, 1)) for a, b in info["stage_units"]]
+    return [f"cuts between whole layers ({info['pattern']}, {count} layers; per stage "
+            f"{' | '.join(map(str, per))}): {float(info['cost']) - 1:+.1%} against cutting anywhere "
+            f"({format_seconds(float(info['unrestricted_s']))})"]
 
 
 def breakdown_lines(plan: Plan) -> list[str]:

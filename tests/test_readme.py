@@ -31,6 +31,10 @@ RUN = (
     "autopipe show plan.json --png plan.png --trace trace.json",
     "autopipe plan examples/gpt2.py:build --stages 4 --microbatches 8 --device-spec h100 -o new-plan.json",
     "autopipe check new-plan.json --baseline plan-h100.json --tolerance 0.01",
+    "autopipe plan examples/gpt2.py:build --stages 4 --microbatches 8 --profile profiles/cpu/gpt2.json "
+    "--granularity layer -o plan-layers.json",
+    "autopipe export plan-layers.json --format torchtitan -o torchtitan.json",
+    "autopipe export plan-layers.json --format megatron",
 )
 
 # Commands not run here, keyed on how they start.

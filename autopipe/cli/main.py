@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "show": "autopipe.cli.show_cmd",
     "train": "autopipe.cli.train_cmd",
     "check": "autopipe.cli.check_cmd",
+    "export": "autopipe.cli.export_cmd",
 }
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from autopipe._jsonio import check_writable
 from autopipe.cli._common import add_spec_args, reject_flag
 from autopipe.errors import PlanError, SpecError
+from autopipe.partition.layers import GRANULARITIES, matcher
 from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, METHODS, ProfileSource, check_options
 from autopipe.partition.problem import SCHEDULES
 from autopipe.plan_format import Plan
@@ -40,6 +41,13 @@ def add_parser(sub: Any) -> None:
                    help=f"pipeline schedule: {', '.join(SCHEDULES)}, or auto (default 1f1b)")
     p.add_argument("--method", default="ilp", metavar="NAME",
                    help=f"{', '.join(METHODS)} (default ilp)")
+    p.add_argument("--granularity", default="node", choices=GRANULARITIES,
+                   help="node: cut anywhere (default); layer: only between the model's repeated "
+                        "blocks (its longest module list X.0, X.1, ...), as torchtitan, DeepSpeed "
+                        "and Megatron-LM do (for `autopipe export`)")
+    p.add_argument("--cut-at", metavar="PATTERN",
+                   help="cut only between the modules PATTERN matches: a glob over module paths "
+                        "(model.layers.*) or a regex; implies --granularity layer")
     p.add_argument("--profile", metavar="PROFILE.json", help="use this profile instead of profiling")
     p.add_argument("--device-spec", metavar="NAME|FILE.json",
                    help="estimate costs for this device (h100, a100, ...) instead of measuring here; "
@@ -109,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     microbatches = _microbatches(args.microbatches)
     check_options(args.stages, microbatches, args.schedule, args.method, args.batch_size)
     _check_flags(args)
+    if args.cut_at is not None:
+        matcher(args.cut_at)  # a bad regex fails before minutes of profiling
     check_writable(args.output)
     knobs = parse_spec_args(args.spec_arg)
     source: ProfileSource
@@ -132,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             optimizer=args.optimizer, method=args.method, link_bandwidth=args.link_bandwidth,
             max_blocks=args.max_blocks, time_limit=60.0 if args.time_limit is None else args.time_limit,
             mip_gap=1e-3 if args.gap is None else args.gap, solver=args.solver or "highs",
-            deterministic=not args.timing)
+            deterministic=not args.timing, granularity=args.granularity, cut_at=args.cut_at)
 
     plan = solve(source)
     if graph is not None and spec is not None and isinstance(source, Profile) and not (

@@ -24,6 +24,7 @@ from autopipe.partition.devices import DevicesArg, resolve_devices
 from autopipe.partition.dp import min_bottleneck
 from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.infeasible import explain
+from autopipe.partition.layers import GRANULARITIES, record, restrict
 from autopipe.partition.problem import SCHEDULES, Config, Problem, element_size, from_profile
 from autopipe.partition.timeline import splits_backward
 from autopipe.plan_format import Plan, Predicted, SolverInfo
@@ -86,8 +87,11 @@ def simple_bound(problem: Problem) -> float:
 
 
 def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str,
-                  batch_size: Any = None) -> None:
+                  batch_size: Any = None, granularity: str = "node") -> None:
     """Raise PlanError for options no plan can have (before anything is traced or profiled)."""
+    if granularity not in GRANULARITIES:
+        raise PlanError(f"unknown granularity {granularity!r}",
+                        hint=f"choose one of {', '.join(GRANULARITIES)}")
     if schedule != "auto" and schedule not in SCHEDULES:
         raise PlanError(f"unknown schedule {schedule!r}",
                         hint=f"the planner models {', '.join(SCHEDULES)}; or auto to try each")
@@ -136,6 +140,8 @@ def plan_profile(
     solver: str = "highs",
     deterministic: bool = True,
     dtype: str | None = None,
+    granularity: str = "node",
+    cut_at: str | None = None,
 ) -> Plan:
     """Partition a profiled model into pipeline stages.
 
@@ -160,15 +166,21 @@ def plan_profile(
         solver: ``highs`` (default) or ``cbc``.
         deterministic: record 0 solve seconds, so equal inputs give byte-identical plans.
         dtype: parameter dtype; default the profile's.
+        granularity: ``node`` (cut anywhere) or ``layer``: cut only between the model's
+            repeated blocks (``autopipe.partition.layers``), as torchtitan, DeepSpeed and
+            Megatron-LM do; the plan records the unrestricted step and the ratio.
+        cut_at: the blocks to cut between, a glob or regex over module paths
+            (``model.layers.*``); implies ``granularity="layer"``.
 
     Raises:
-        PlanError: bad options, more stages than blocks, nothing found in the time limit.
+        PlanError: bad options, more stages than blocks (or layers), nothing found in the
+            time limit, no repeated layers, a ``cut_at`` that matches no module.
         InfeasiblePlanError: no partition fits in memory (with any candidate, when searching).
         DeviceSpecError: a bad devices list or file.
     """
     if microbatches is None and batch_size is not None:
         microbatches = "auto"
-    check_options(num_stages, microbatches, schedule, method, batch_size)
+    check_options(num_stages, microbatches, schedule, method, batch_size, granularity)
     if microbatches == "auto" and isinstance(profile, Profile):
         raise PlanError("microbatches='auto' profiles the model at each micro-batch size, "
                         "but only one profile was given",
@@ -180,7 +192,8 @@ def plan_profile(
     start = time.perf_counter()
     options = _Options(method=method, time_limit=time_limit, mip_gap=mip_gap, solver=solver,
                        deterministic=deterministic, optimizer=optimizer, dtype=dtype, max_blocks=max_blocks,
-                       link_bandwidth=link_bandwidth, memory_limit=memory_limit, devices=devices)
+                       link_bandwidth=link_bandwidth, memory_limit=memory_limit, devices=devices,
+                       layered=granularity == "layer" or cut_at is not None, cut_at=cut_at)
     if isinstance(microbatches, int):
         counts = [microbatches]
     elif microbatches is None:
@@ -224,6 +237,8 @@ class _Options:
     link_bandwidth: float | str | None
     memory_limit: str | int | None
     devices: DevicesArg | None
+    layered: bool = False
+    cut_at: str | None = None
 
 
 def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: str,
@@ -242,14 +257,21 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
                  send_latency_s=rt.get("send_latency_s", 0.0) if num_stages > 1 else 0.0,
                  step_overhead_s=rt.get("step_overhead_s", 0.0),
                  allreduce_bandwidth=rt.get("allreduce_bandwidth", 0.0))
-    forced = merge_forced(from_profile(profile, cfg, optimizer=options.optimizer, dtype=options.dtype))
+    base = from_profile(profile, cfg, optimizer=options.optimizer, dtype=options.dtype)
+    forced = merge_forced(base)
     if forced.num_real < num_stages:
         raise PlanError(
             f"cannot cut the model into {num_stages} stages: it has only {forced.num_real} "
             f"blocks that can be separated ({len(profile.nodes)} nodes)",
             hint=f"use at most {forced.num_real} stages")
-    problem = coarsen(forced, max(options.max_blocks, 8 * num_stages))
+    limit = max(options.max_blocks, 8 * num_stages)
+    problem = free = coarsen(forced, limit)
+    if options.layered:
+        layered, layers = restrict(base, options.cut_at)
+        problem = coarsen(layered, limit)
     plan = _plan(problem, profile, options)
+    if options.layered:  # what the restriction costs: the same solve without it
+        plan = record(plan, layers, lambda: _plan(free, profile, options))
     extra = {"optimizer": options.optimizer, "dtype": options.dtype or profile.dtype,
              "link_bandwidth": None if math.isinf(bw) else bw,
              "profile_device": profile.device, "profile_method": profile.method,

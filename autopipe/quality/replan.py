@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from autopipe.errors import PlanError
 from autopipe.partition.planner import DEFAULT_MAX_BLOCKS
 from autopipe.plan_format import Plan
@@ -39,4 +41,12 @@ def replan(spec: ModelSpec, old: Plan) -> Plan:
         max_blocks=int(opts.get("max_blocks", DEFAULT_MAX_BLOCKS)),
         time_limit=float(opts.get("time_limit", 60.0)),
         mip_gap=float(opts.get("mip_gap", 1e-3)), solver=str(opts.get("solver", "highs")),
-        loss_fn=spec.loss_fn, target=example_target(spec))
+        loss_fn=spec.loss_fn, target=example_target(spec), **_granularity(opts))
+
+
+def _granularity(opts: dict[str, Any]) -> dict[str, Any]:
+    """The layer restriction a plan was made with (none for plans that cut anywhere)."""
+    info = opts.get("granularity")
+    if not isinstance(info, dict):
+        return {}
+    return {"granularity": "layer", "cut_at": None if info.get("auto") else str(info["pattern"])}
