@@ -56,3 +56,7 @@ class PlanMismatchError(PlanError):
 
 class RuntimeStageError(AutopipeError, RuntimeError):
     """Pipeline training failed on some rank (peer died, timeout)."""
+
+
+class CheckpointError(AutopipeError, ValueError):
+    """A checkpoint or state dict is missing, incomplete, or does not fit the model."""
