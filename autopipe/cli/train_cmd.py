@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                          save=args.save, save_every=args.save_every, resume=args.resume)
     spec = _spec(args, plan)
     if args.launch is not None:
-        return _launch(args, spec, plan)
+        return _launch(args, spec, plan, config)
     train(spec, plan, config, log=lambda line: print(line, flush=True))
     return 0
 
@@ -79,16 +79,16 @@ def _spec(args: argparse.Namespace, plan: Plan) -> ModelSpec:
     return load_spec(args.spec, **plan_knobs(knobs, plan))
 
 
-def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan) -> int:
-    from autopipe.runtime.checkpoint import find_checkpoint
+def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: TrainConfig) -> int:
     from autopipe.runtime.launch import launch
     from autopipe.runtime.prepare import prepare
+    from autopipe.runtime.train import check_resume
 
     if args.launch < 1:
         raise AutopipeError(f"--launch {args.launch}", hint="start at least one rank")
     prepare(spec, plan, args.launch)  # a wrong plan stops here, before any rank starts
-    if args.resume is not None:
-        find_checkpoint(args.resume)  # and so does a missing or unfinished checkpoint
+    if config.resume is not None:
+        check_resume(config)  # and so does a checkpoint that cannot continue
     cmd = [sys.executable, "-m", "autopipe", "train", args.spec, "--plan", args.plan,
            "--steps", str(args.steps), "--lr", repr(args.lr), "--optimizer", args.optimizer,
            "--device", args.device, "--timeout", repr(args.timeout)]

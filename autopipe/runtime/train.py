@@ -14,7 +14,13 @@ from torch import nn
 from autopipe._units import format_size
 from autopipe.errors import CheckpointError
 from autopipe.plan_format import Plan
-from autopipe.runtime.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from autopipe.runtime.checkpoint import (
+    CheckpointInfo,
+    find_checkpoint,
+    load_checkpoint,
+    read_info,
+    save_checkpoint,
+)
 from autopipe.runtime.group import distributed_env, failures, free_port, rank_device
 from autopipe.runtime.optim import Stepper, TrainConfig, make_optimizer
 from autopipe.runtime.pipe import Pipe, build
@@ -22,7 +28,7 @@ from autopipe.runtime.placement import rank_of_stages
 from autopipe.runtime.prepare import Prepared, prepare
 from autopipe.spec import ModelSpec
 
-__all__ = ["Prepared", "TrainResult", "free_port", "prepare", "rank_device", "train"]
+__all__ = ["Prepared", "TrainResult", "check_resume", "free_port", "prepare", "rank_device", "train"]
 
 
 @dataclass
@@ -80,7 +86,7 @@ def train(
     prepared = prepared or prepare(spec, plan, world)
     device = rank_device(plan, rank, local_rank, config.device)
     if config.resume is not None:
-        find_checkpoint(config.resume)  # missing or incomplete: stop before the rendezvous
+        check_resume(config)  # a wrong checkpoint stops every rank before the rendezvous
     with build(plan, spec, device=device, timeout_s=config.timeout_s, prepared=prepared,
                pin_malloc=config.pin_malloc, pin_cores=config.pin_cores) as pipe:
         return _run(spec, plan, config, pipe, log)
@@ -139,10 +145,15 @@ def _extra(config: TrainConfig, plan: Plan) -> dict[str, Any]:
             "data": {"microbatches": plan.microbatches, "next_batch": "spec.batch(microbatches, step)"}}
 
 
-def _resume(config: TrainConfig, pipe: Pipe, optimizer: Stepper | None, log: Callable[[str], None]) -> int:
-    """Load ``config.resume`` into the pipe and optimizer; the step to continue from."""
+def check_resume(config: TrainConfig) -> CheckpointInfo:
+    """The checkpoint ``config.resume`` continues from, checked as far as its files show.
+
+    Raises:
+        CheckpointError: no complete checkpoint; one trained with another optimizer; or
+            one that has done ``config.steps`` steps already.
+    """
     assert config.resume is not None
-    info = load_checkpoint(config.resume, pipe, optimizer)
+    info = read_info(find_checkpoint(config.resume))
     saved = info.extra.get("optimizer")
     if saved is not None and saved != config.optimizer:
         raise CheckpointError(f"checkpoint {info.path} was trained with --optimizer {saved}, not "
@@ -150,6 +161,14 @@ def _resume(config: TrainConfig, pipe: Pipe, optimizer: Stepper | None, log: Cal
     if info.step >= config.steps:
         raise CheckpointError(f"checkpoint {info.path} has done {info.step} steps already, --steps is "
                               f"{config.steps}", hint=f"--steps counts from the start: pass more than {info.step}")
+    return info
+
+
+def _resume(config: TrainConfig, pipe: Pipe, optimizer: Stepper | None, log: Callable[[str], None]) -> int:
+    """Load ``config.resume`` into the pipe and optimizer; the step to continue from."""
+    assert config.resume is not None
+    check_resume(config)
+    info = load_checkpoint(config.resume, pipe, optimizer)
     if pipe.has_last:
         log(f"resumed from {info.path} after step {info.step}")
     return info.step
