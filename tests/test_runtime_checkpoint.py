@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
+from autopipe._jsonio import write_json_atomic
 from autopipe.cli.main import main
 from autopipe.errors import CheckpointError
 from autopipe.runtime import consolidate, find_checkpoint, launch
@@ -122,7 +124,9 @@ def _entries(path: Path) -> dict[str, torch.Tensor]:
     saved = FileSystemReader(path).read_metadata().state_dict_metadata
     state = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in saved.items()
              if isinstance(m, TensorStorageMetadata)}
-    dcp_load(state, storage_reader=FileSystemReader(path), no_dist=True)
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp_load(state, storage_reader=FileSystemReader(path), no_dist=True)
     return state
 
 
@@ -206,6 +210,15 @@ def test_cli_bad_checkpoint_arguments(tmp_path: Path, capsys: pytest.CaptureFixt
          "no such checkpoint directory"),
         (["consolidate", str(tmp_path), "-o", str(tmp_path / "m.txt")], "unknown format .txt"),
     ]
+    for name, step, optimizer, message in (("done", 4, "adam", "has done 4 steps already, --steps is 2"),
+                                           ("sgd", 1, "sgd", "was trained with --optimizer sgd, not adam")):
+        folder = tmp_path / name / "step-000004"
+        folder.mkdir(parents=True)
+        (folder / ".metadata").write_bytes(b"")
+        write_json_atomic(folder / "autopipe.json", {
+            "schema": "autopipe.checkpoint/1", "step": step, "world_size": 2, "graph_fingerprint": "",
+            "state_keys": [], "tied": [], "extra": {"optimizer": optimizer}})
+        cases.append(([*train, "--resume", str(tmp_path / name)], message))
     for args, message in cases:
         code = main(args)
         out = capsys.readouterr()

@@ -167,5 +167,5 @@ def test_custom_loop_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
     assert max(expected["norm"]) > MAX_NORM, "clipping must act for the test to mean anything"
     assert expected["lr"][0] == LR and expected["lr"][-1] < LR / 10  # the cosine schedule runs
     for key in ("loss", "norm", "lr"):
-        torch.testing.assert_close(torch.tensor(got[key]), torch.tensor(expected[key]), rtol=1e-5, atol=1e-6,
-                                   msg=lambda m, k=key: f"{k}: {m}")
+        torch.testing.assert_close(torch.tensor(got[key]), torch.tensor(expected[key]),
+                                   msg=lambda m, k=key: f"{k}: {m}")  # measured: 9e-8 (loss), 3e-7 (norm)
