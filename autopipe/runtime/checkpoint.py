@@ -37,7 +37,8 @@ from autopipe._jsonio import atomic_output, read_json, write_json_atomic
 from autopipe.errors import CheckpointError
 from autopipe.runtime.group import failures
 from autopipe.runtime.optim_state import GROUP, MASTER, STATE, load_optimizer_state, optimizer_state
-from autopipe.runtime.pipe import Pipe, check_keys
+from autopipe.runtime.pipe import Pipe
+from autopipe.runtime.state_keys import match_state
 
 SCHEMA = "autopipe.checkpoint/1"
 META = "autopipe.json"
@@ -208,11 +209,9 @@ def load_checkpoint(directory: str | Path, pipe: Pipe, optimizer: Any = None) ->
     reader = FileSystemReader(path)
     saved = reader.read_metadata().state_dict_metadata
     model = pipe.state_dict()
-    tensors = {k: m for k, m in saved.items() if "/" not in k and isinstance(m, TensorStorageMetadata)}
-    wrong = [f"{k} (checkpoint {tuple(tensors[k].size)}, model {tuple(v.shape)})"
-             for k, v in model.items() if k in tensors and tuple(tensors[k].size) != tuple(v.shape)]
-    check_keys(sorted(k for k in model if k not in tensors), sorted(set(tensors) - pipe.model_keys()),
-               wrong, f"checkpoint {path}")
+    shapes = {k: tuple(m.size) for k, m in saved.items() if "/" not in k and isinstance(m, TensorStorageMetadata)}
+    match_state(model, shapes, tied=(), known=pipe.model_keys(), strict=True, what=f"checkpoint {path}",
+                source="checkpoint")
     state: dict[str, Any] = dict(model)
     mine = {name for name, _ in pipe.named_parameters()}
     wanted = [f"{_RNG}cpu/{pipe.rank}", f"{_RNG}cuda/{pipe.rank}"] if info.world_size == pipe.world_size else []

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from autopipe._malloc import pin_malloc as _pin_malloc
-from autopipe.errors import AutopipeError, CheckpointError
+from autopipe.errors import AutopipeError
 from autopipe.plan_format import Plan
 from autopipe.runtime.affinity import pin_cores as _pin_cores
 from autopipe.runtime.group import (
@@ -43,6 +43,7 @@ from autopipe.runtime.group import (
 from autopipe.runtime.placement import rank_of_stages
 from autopipe.runtime.prepare import Prepared, prepare
 from autopipe.runtime.stage import build_pipeline
+from autopipe.runtime.state_keys import match_state
 from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage_params
 from autopipe.spec import ModelSpec
 
@@ -320,22 +321,11 @@ class Pipe:
         Raises:
             CheckpointError: keys missing or unknown (strict), or shapes that differ (named).
         """
-        aliases = {name: group for group in self.tied for name in group}
-        unknown = sorted(set(state) - self.model_keys()) if strict else []
-        missing: list[str] = []
-        wrong: list[str] = []
-        pairs = []
-        for name, mine in self.state_dict().items():
-            given = next((state[a] for a in aliases.get(name, (name,)) if a in state), None)
-            if given is None:
-                missing.append(name)
-            elif tuple(given.shape) != tuple(mine.shape):
-                wrong.append(f"{name} (given {tuple(given.shape)}, model {tuple(mine.shape)})")
-            else:
-                pairs.append((mine, given))
-        check_keys(missing if strict else [], unknown, wrong, "the state dict")
-        for mine, given in pairs:
-            mine.copy_(given)
+        own = self.state_dict()
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        for name, key in match_state(own, shapes, tied=self.tied, known=self.model_keys(), strict=strict,
+                                     what="the state dict", source="given"):
+            own[name].copy_(state[key])
 
     # --- the process group ---------------------------------------------------------------------
 
@@ -351,29 +341,6 @@ class Pipe:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-
-def check_keys(missing: Sequence[str], unknown: Sequence[str], wrong: Sequence[str], what: str) -> None:
-    """Raise one CheckpointError naming the keys that do not fit, if any.
-
-    Raises:
-        CheckpointError: some key is missing, unknown to the model, or of another shape.
-    """
-    parts = []
-    if missing:
-        parts.append(f"missing {_names(missing)}")
-    if unknown:
-        parts.append(f"not in the model {_names(unknown)}")
-    if wrong:
-        parts.append(f"other shapes {_names(wrong)}")
-    if parts:
-        raise CheckpointError(f"{what} does not fit the model: " + "; ".join(parts),
-                              hint="load state saved from this model (same spec and --spec-arg knobs)")
-
-
-def _names(items: Sequence[str], most: int = 5) -> str:
-    shown = ", ".join(items[:most])
-    return f"{len(items)}: {shown}" + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
 def build(
