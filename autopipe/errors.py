@@ -60,3 +60,7 @@ class RuntimeStageError(AutopipeError, RuntimeError):
 
 class ExportError(AutopipeError, ValueError):
     """A plan cannot be handed to another engine (it cuts inside a layer, an unknown format)."""
+
+
+class CheckpointError(AutopipeError, ValueError):
+    """A checkpoint or state dict is missing, incomplete, or does not fit the model."""

@@ -49,6 +49,7 @@ SKIP = {
     "autopipe train ": "trains on 4 ranks (tests/test_runtime_train.py trains every example)",
     "torchrun ": "trains on 4 ranks (tests/test_runtime_train.py trains every example)",
     "python -m benchmarks.gpu_suite ": "needs a GPU",
+    "autopipe consolidate ": "needs a checkpoint of a training run (tests/test_runtime_checkpoint.py runs it)",
 }
 
 # Arguments naming a file the command writes; it must exist afterwards.

@@ -37,6 +37,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-pin-cores", dest="pin_cores", action="store_false",
                    help="let CPU ranks share all the cores (default: each local rank keeps to its "
                         "own share, unless already bound with taskset or numactl)")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="save a checkpoint (model, optimizer, step) into DIR at the end; DIR/latest names "
+                        "the newest complete one")
+    p.add_argument("--save-every", type=int, default=None, metavar="K",
+                   help="with --save: also save every K steps (the two newest checkpoints are kept)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue from the newest complete checkpoint in DIR (--steps counts from the start)")
     p.add_argument("--launch", type=int, default=None, metavar="P",
                    help="start P ranks on this machine (instead of torchrun) and wait for them")
     p.set_defaults(run=run)
@@ -48,10 +55,11 @@ def run(args: argparse.Namespace) -> int:
 
     plan = load_plan(args.plan)  # and against the model in prepare(), before any rank starts
     config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, device=args.device,
-                         timeout_s=args.timeout, pin_malloc=args.pin_malloc, pin_cores=args.pin_cores)
+                         timeout_s=args.timeout, pin_malloc=args.pin_malloc, pin_cores=args.pin_cores,
+                         save=args.save, save_every=args.save_every, resume=args.resume)
     spec = _spec(args, plan)
     if args.launch is not None:
-        return _launch(args, spec, plan)
+        return _launch(args, spec, plan, config)
     train(spec, plan, config, log=lambda line: print(line, flush=True))
     return 0
 
@@ -71,13 +79,16 @@ def _spec(args: argparse.Namespace, plan: Plan) -> ModelSpec:
     return load_spec(args.spec, **plan_knobs(knobs, plan))
 
 
-def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan) -> int:
+def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: TrainConfig) -> int:
     from autopipe.runtime.launch import launch
-    from autopipe.runtime.train import prepare
+    from autopipe.runtime.prepare import prepare
+    from autopipe.runtime.train import check_resume
 
     if args.launch < 1:
         raise AutopipeError(f"--launch {args.launch}", hint="start at least one rank")
     prepare(spec, plan, args.launch)  # a wrong plan stops here, before any rank starts
+    if config.resume is not None:
+        check_resume(config)  # and so does a checkpoint that cannot continue
     cmd = [sys.executable, "-m", "autopipe", "train", args.spec, "--plan", args.plan,
            "--steps", str(args.steps), "--lr", repr(args.lr), "--optimizer", args.optimizer,
            "--device", args.device, "--timeout", repr(args.timeout)]
@@ -89,6 +100,9 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan) -> int:
         cmd.append("--no-pin-cores")
     if args.batch_size is not None:
         cmd += ["--batch-size", str(args.batch_size)]
+    for flag, value in (("--save", args.save), ("--save-every", args.save_every), ("--resume", args.resume)):
+        if value is not None:
+            cmd += [flag, str(value)]
     result = launch(cmd, args.launch, grace_s=min(30.0, args.timeout))
     if result.code:
         failed = result.first_failed if result.first_failed is not None else "?"
