@@ -82,3 +82,16 @@ def test_api_plans_on_gpus() -> None:
         autopipe.plan(spec.model, spec.example_inputs, gpus=2)
     with pytest.raises(PlanError, match="gpus_per_node applies with gpus=N only"):
         autopipe.plan(spec.model, spec.example_inputs, num_stages=2, gpus_per_node=8)
+
+
+def test_check_spec_replans_a_data_parallel_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan, new = tmp_path / "plan.json", tmp_path / "new.json"
+    assert main(["plan", MLP, "--device-spec", "h100", "--gpus", "4", "--gpus-per-node", "2", "--stages", "2",
+                 "--batch-size", "32", "--microbatches", "2", "--schedule", "1f1b", "--method", "dp",
+                 "-o", str(plan)]) == 0
+    capsys.readouterr()
+    assert main(["check", str(plan), "--spec", MLP, "-o", str(new)]) == 0
+    assert "OK: not worse" in capsys.readouterr().out
+    old, again = autopipe.Plan.load(plan), autopipe.Plan.load(new)
+    assert again.stage_of == old.stage_of and again.data_parallel == old.data_parallel
+    assert again.predicted == old.predicted
