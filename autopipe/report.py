@@ -88,7 +88,7 @@ def breakdown_lines(plan: Plan) -> list[str]:
         parts.append("optimizer step " + " / ".join(format_seconds(x) for x in steps) + " per stage")
     if any(synced) and plan.data_parallel is not None:
         dp = plan.data_parallel
-        parts.append(f"gradient all-reduce over {dp.degree} replicas at {dp.allreduce_bandwidth / 1e9:g} GB/s "
+        parts.append(f"gradient all-reduce over {dp.degree} replicas at {dp.allreduce_bandwidth / 1e9:.3g} GB/s "
                      + " / ".join(format_seconds(x) for x in synced) + " per stage (before its optimizer step)")
     rt = plan.options.get("runtime")
     if isinstance(rt, dict) and rt:
@@ -154,8 +154,8 @@ def degree_lines(plan: Plan) -> list[str]:
     dp = plan.data_parallel
     limit = info.get("memory_limit")
     out = [f"searched {info['gpus']} GPUs ({info['gpus_per_node']} per node; "
-           f"{float(info['intra_node_bandwidth']) / 1e9:g} GB/s in a node, "
-           f"{float(info['inter_node_bandwidth']) / 1e9:g} GB/s between nodes), batch {info['batch_size']}, "
+           f"{float(info['intra_node_bandwidth']) / 1e9:.3g} GB/s in a node, "
+           f"{float(info['inter_node_bandwidth']) / 1e9:.3g} GB/s between nodes), batch {info['batch_size']}, "
            f"{format_size(limit) if limit else 'unlimited memory'} per GPU; every candidate planned "
            f"with {info['screen']}, the {info['finalists']} fastest again with {info['method']}:",
            "      pp x dp   placement     m x mb  sched         step   samples/s      peak memory  method"]

@@ -60,3 +60,13 @@ def test_bad_clusters_say_what_to_change() -> None:
         place(cluster(8, 8), 2, "rows")
     with pytest.raises(PlanError, match="inter-node bandwidth 0"):
         Cluster(gpus=8, gpus_per_node=8, intra_bandwidth=1.0, inter_bandwidth=0.0)
+
+
+def test_a_measured_all_reduce_prices_groups_inside_a_node() -> None:
+    measured = Cluster(gpus=8, gpus_per_node=8, intra_bandwidth=INTRA, inter_bandwidth=INTER,
+                       intra_allreduce_bandwidth=1e9)
+    pl = place(measured, 2, "pipelines")
+    assert (pl.cut_bandwidth, pl.group_bandwidth) == (INTRA, 1e9)
+    two = Cluster(gpus=16, gpus_per_node=8, intra_bandwidth=INTRA, inter_bandwidth=INTER,
+                  intra_allreduce_bandwidth=1e9)
+    assert place(two, 2, "pipelines").group_bandwidth == INTER  # across nodes: the NIC

@@ -40,7 +40,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="samples per step; SPEC's batch_size knob becomes B / micro-batches")
     p.add_argument("--schedule", default=None, metavar="NAME",
-                   help=f"pipeline schedule: {', '.join(SCHEDULES)}, or auto (default 1f1b; auto with --gpus)")
+                   help=f"pipeline schedule: {', '.join(SCHEDULES)}, or auto (default 1f1b); with --gpus "
+                        "also a list (1f1b,zb-h1), default auto")
     p.add_argument("--method", default="ilp", metavar="NAME",
                    help=f"{', '.join(METHODS)} (default ilp)")
     p.add_argument("--granularity", default="node", choices=GRANULARITIES,

@@ -110,7 +110,8 @@ def plan_degrees(
         batch_size: ``B``, samples per optimizer step over all replicas.
         gpus_per_node: ``G`` (default: all on one node).
         intra_node_bandwidth: bytes/s inside a node; default the profile's link (the device
-            spec's: NVLink), as ``plan_profile`` takes it.
+            spec's: NVLink), as ``plan_profile`` takes it, and for all-reduces the profile's
+            measured all-reduce bandwidth where it has one.
         inter_node_bandwidth: bytes/s per GPU between nodes; default 50 GB/s.
         stages: try only this ``p``.
         microbatches: micro-batches per replica; None or ``"auto"``: search the sizes.
@@ -152,7 +153,9 @@ def plan_degrees(
                         hint="use a batch size divisible by the GPU count")
     first = source(min(needed))
     cluster = Cluster(gpus=gpus, gpus_per_node=search.gpus_per_node, inter_bandwidth=search.inter,
-                      intra_bandwidth=search.intra or link_bandwidth_for(first, None))
+                      intra_bandwidth=search.intra or link_bandwidth_for(first, None),
+                      intra_allreduce_bandwidth=0.0 if search.intra else float(
+                          first.runtime.get("allreduce_bandwidth", 0.0)))
     memory = search.memory if search.memory is not None else _spec_memory(first)
     base = from_profile(first, _any_config(), optimizer=optimizer, dtype=plan_args.get("dtype"))
     separable = merge_forced(base).num_real
@@ -425,6 +428,8 @@ def _result(search: _Search, cluster: Cluster, memory: int | None, plan: Plan, r
         shard_optimizer=search.shard_optimizer)
     info = {"gpus": cluster.gpus, "gpus_per_node": cluster.gpus_per_node,
             "intra_node_bandwidth": cluster.intra_bandwidth,
+            "intra_node_allreduce_bandwidth": cluster.intra_allreduce_bandwidth or cluster.intra_bandwidth,
+            "intra_node_bandwidth_given": search.intra,
             "inter_node_bandwidth": cluster.inter_bandwidth, "memory_limit": memory,
             "batch_size": search.batch_size, "screen": search.screen, "method": search.method,
             "finalists": search.finalists, "placement": placement.describe()}

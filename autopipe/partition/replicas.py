@@ -130,6 +130,9 @@ class Cluster:
     """Bytes/s between two GPUs of a node, one direction (NVLink)."""
     inter_bandwidth: float
     """Bytes/s between GPUs of two nodes, per GPU, one direction (its NIC)."""
+    intra_allreduce_bandwidth: float = 0.0
+    """What a ring all-reduce inside a node reaches per link, where measured with the
+    runtime's backend (the profile's ``runtime.allreduce_bandwidth``); 0: ``intra_bandwidth``."""
 
     def __post_init__(self) -> None:
         check_nodes(self.gpus, self.gpus_per_node)
@@ -189,8 +192,9 @@ def place(cluster: Cluster, stages: int, name: str) -> Placement:
     cuts = [any(a // node != b // node for a, b in zip(ranks[s], ranks[s + 1])) for s in range(p - 1)]
     groups = [len({r // node for r in g}) > 1 for g in ranks]
 
-    def slowest(crossing: list[bool]) -> float:
-        return cluster.inter_bandwidth if any(crossing) else cluster.intra_bandwidth
-
-    return Placement(name=name, ranks=ranks, cut_bandwidth=slowest(cuts), cuts_across_nodes=sum(cuts),
-                     group_bandwidth=slowest(groups), groups_across_nodes=sum(groups))
+    inside = cluster.intra_allreduce_bandwidth or cluster.intra_bandwidth
+    return Placement(name=name, ranks=ranks,
+                     cut_bandwidth=cluster.inter_bandwidth if any(cuts) else cluster.intra_bandwidth,
+                     cuts_across_nodes=sum(cuts),
+                     group_bandwidth=cluster.inter_bandwidth if any(groups) else inside,
+                     groups_across_nodes=sum(groups))

@@ -61,7 +61,7 @@ def _replicas(old: Plan) -> dict[str, Any] | None:
     if dp is None or not isinstance(info, dict):
         return None
     return {"gpus": dp.world_size, "gpus_per_node": int(info["gpus_per_node"]),
-            "intra_node_bandwidth": float(info["intra_node_bandwidth"]),
+            "intra_node_bandwidth": info.get("intra_node_bandwidth_given"),  # None: the profile's
             "inter_node_bandwidth": float(info["inter_node_bandwidth"]),
             "memory_limit": info.get("memory_limit"), "batch_size": dp.batch_size,
             "shard_optimizer": dp.shard_optimizer}
