@@ -286,8 +286,9 @@ def _skip(base: Problem, p: int, dp: int, separable: int, memory: int | None, se
     shards = dp if search.shard_optimizer else 1
     states = sum(m.params + m.grads + -(-m.optimizer // shards) for m in base.param_mem.values())
     if states / p > usable(memory):
+        where = "its one GPU, over its" if p == 1 else f"each of {p} GPUs, over their"
         return (f"parameters, gradients and optimizer states take {format_size(states)}: at least "
-                f"{format_size(states / p)} on each of {p} GPUs, over their {format_size(memory)}")
+                f"{format_size(states / p)} on {where} {format_size(memory)}")
     return ""
 
 
