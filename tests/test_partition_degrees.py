@@ -127,6 +127,8 @@ def test_finalists_are_replanned_by_the_ilp() -> None:
 def test_batch_and_gpu_counts_that_do_not_divide() -> None:
     with pytest.raises(PlanError, match="6 GPUs do not fill nodes of 4"):
         plan_degrees(sized, gpus=6, gpus_per_node=4, batch_size=12)
+    with pytest.raises(PlanError, match="plan_degrees does not take 'link_bandwidth'"):
+        plan_degrees(sized, gpus=4, batch_size=8, link_bandwidth=1e9)
     with pytest.raises(PlanError, match="3 stages do not divide 4 GPUs") as e:
         plan_degrees(sized, gpus=4, batch_size=8, stages=3)
     assert e.value.hint == "use one of 1, 2, 4"

@@ -19,64 +19,38 @@ its stage's whole parameters, gradients and optimizer states (DDP), or with
 ``shard_optimizer`` 1/dp of the optimizer states (ZeRO-1; FSDP's sharding of parameters
 and gradients is not modelled). Schedule dominance saves solves: zb-h1 and GPipe hold at
 least as many micro-batches as 1F1B at every stage, and no placement changes memory, so
-what does not fit once is not tried again.
+what does not fit once is not tried again; with one stage every schedule runs the same
+actions, so only 1F1B is tried.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from autopipe._units import format_size, parse_size
+from autopipe._units import format_size
 from autopipe.errors import AutopipeError, InfeasiblePlanError, PlanError
 from autopipe.partition.coarsen import merge_forced
 from autopipe.partition.costs import usable
-from autopipe.partition.planner import (
-    AUTO_SCHEDULES,
-    METHODS,
-    ProfileSource,
-    link_bandwidth_for,
-    parse_bandwidth,
-    plan_profile,
+from autopipe.partition.degree_options import (
+    DEFAULT_INTER_NODE_BANDWIDTH,
+    Row,
+    Search,
+    divisors,
+    fixed_size,
+    search_options,
+    sizes_for,
 )
-from autopipe.partition.problem import SCHEDULES, Config, Problem, from_profile
-from autopipe.partition.replicas import PLACEMENTS, Cluster, GradSync, check_nodes, place
+from autopipe.partition.planner import ProfileSource, link_bandwidth_for, plan_profile
+from autopipe.partition.problem import Config, Problem, from_profile
+from autopipe.partition.replicas import PLACEMENTS, Cluster, GradSync, place
 from autopipe.plan_format import DataParallel, Device, Plan
 from autopipe.profile.profile import Profile
 from autopipe.schedule.actions import check_runnable
 
-DEFAULT_INTER_NODE_BANDWIDTH = 50e9
-"""Bytes/s per GPU between nodes when not given: one 400 Gb/s InfiniBand NIC per GPU (DGX H100)."""
-
-Row = dict[str, Any]
-"""One candidate of ``plan.options["degrees"]``: ``stages``, ``replicas`` and either
-``placement``, ``microbatches``, ``microbatch_size``, ``schedule``, ``method``,
-``iteration_s``, ``samples_per_s``, ``memory``, ``memory_limit``, or ``why`` it has none."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Search:
-    """The options every candidate shares."""
-
-    gpus: int
-    gpus_per_node: int
-    intra: float | None
-    inter: float
-    batch_size: int
-    stages: int | None
-    microbatches: int | None
-    sizes: tuple[int, ...] | None
-    schedules: tuple[str, ...]
-    placements: tuple[str, ...]
-    shard_optimizer: bool
-    memory: int | None
-    optimizer: str
-    screen: str
-    method: str
-    finalists: int
-    plan_args: dict[str, Any]
+__all__ = ["DEFAULT_INTER_NODE_BANDWIDTH", "Row", "plan_degrees"]
 
 
 def plan_degrees(
@@ -138,12 +112,12 @@ def plan_degrees(
             or a batch that splits over none of the replica counts.
         InfeasiblePlanError: no candidate fits (the message says why for each ``p``).
     """
-    search = _options(gpus, batch_size, gpus_per_node, intra_node_bandwidth, inter_node_bandwidth,
+    search = search_options(gpus, batch_size, gpus_per_node, intra_node_bandwidth, inter_node_bandwidth,
                       stages, microbatches, microbatch_sizes, schedule, placements, shard_optimizer,
                       memory_limit, optimizer, method, screen, finalists, plan_args)
-    fixed = _fixed_size(profile)
+    fixed = fixed_size(profile)
     source = _memo(profile)
-    layout = [(p, gpus // p, _sizes(search, p, fixed)) for p in _divisors(gpus)
+    layout = [(p, gpus // p, sizes_for(search, p, fixed)) for p in divisors(gpus)
               if search.stages in (None, p)]
     needed = [b for _, _, sizes in layout if isinstance(sizes, tuple) for b in sizes]
     if not needed:
@@ -174,95 +148,10 @@ def plan_degrees(
     return _result(search, cluster, memory, plans[best], rows[best], rows)
 
 
-def _options(gpus: int, batch_size: int, gpus_per_node: int | None, intra: float | str | None,
-             inter: float | str | None, stages: int | None, microbatches: int | str | None,
-             sizes: Sequence[int] | None, schedule: str | Sequence[str], placements: Sequence[str],
-             shard_optimizer: bool, memory_limit: str | int | None, optimizer: str, method: str,
-             screen: str | None, finalists: int, plan_args: dict[str, Any]) -> _Search:
-    """Every option, checked before anything is profiled."""
-    node = gpus if gpus_per_node is None else gpus_per_node
-    check_nodes(gpus, node)
-    counts = (("batch_size", batch_size), ("stages", stages), ("finalists", finalists),
-              ("microbatches", None if microbatches in (None, "auto") else microbatches))
-    for name, value in counts:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise PlanError(f"{name} = {value!r}", hint=f"give a positive number for {name}")
-    if stages is not None and gpus % stages:
-        raise PlanError(f"{stages} stages do not divide {gpus} GPUs",
-                        hint=f"use one of {', '.join(map(str, _divisors(gpus)))}")
-    names = tuple(AUTO_SCHEDULES) if schedule == "auto" else (
-        (schedule,) if isinstance(schedule, str) else tuple(schedule))
-    for name in names:
-        if name not in SCHEDULES:
-            raise PlanError(f"unknown schedule {name!r}",
-                            hint=f"the planner models {', '.join(SCHEDULES)}; or auto to try each")
-    for name in (method, screen or method):
-        if name not in METHODS:
-            raise PlanError(f"unknown method {name!r}", hint=f"choose one of {', '.join(METHODS)}")
-    for name in placements:
-        if name not in PLACEMENTS:
-            raise PlanError(f"unknown placement {name!r}", hint=f"choose from {', '.join(PLACEMENTS)}")
-    if sizes is not None and (not sizes or any(
-            isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes)):
-        raise PlanError(f"microbatch_sizes = {list(sizes)!r}", hint="give positive sample counts, e.g. 1,2,4")
-    try:
-        memory = parse_size(memory_limit) if memory_limit is not None else None
-    except AutopipeError as e:
-        raise PlanError(f"memory limit: {e.message}", hint=e.hint) from None
-    return _Search(
-        gpus=gpus, gpus_per_node=node,
-        intra=parse_bandwidth(intra, "intra-node bandwidth") if intra is not None else None,
-        inter=parse_bandwidth(inter, "inter-node bandwidth") if inter is not None
-        else DEFAULT_INTER_NODE_BANDWIDTH,
-        batch_size=batch_size, stages=stages,
-        microbatches=microbatches if isinstance(microbatches, int) else None,
-        sizes=tuple(sorted(set(sizes))) if sizes is not None else None, schedules=names,
-        placements=tuple(placements) or PLACEMENTS, shard_optimizer=shard_optimizer, memory=memory,
-        optimizer=optimizer, screen=screen or method, method=method, finalists=finalists,
-        plan_args=dict(plan_args))
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def _fixed_size(profile: ProfileSource) -> int | None:
-    """A single Profile's micro-batch size (dim 0 of its first input); None for ``b -> Profile``."""
-    if not isinstance(profile, Profile):
-        return None
-    shape = profile.microbatch_shape[0] if profile.microbatch_shape else []
-    if not shape:
-        raise PlanError("the profile's first input has no batch dimension, so its micro-batch "
-                        "size is unknown", hint="plan from the model (it is profiled per size)")
-    return int(shape[0])
-
-
 def _memo(profile: ProfileSource) -> Callable[[int], Profile]:
     if isinstance(profile, Profile):
         return lambda size: profile
     return functools.cache(profile)
-
-
-def _sizes(search: _Search, p: int, fixed: int | None) -> tuple[int, ...] | str:
-    """The micro-batch sizes to try with ``p`` stages, or why there are none."""
-    dp = search.gpus // p
-    if search.batch_size % dp:
-        return f"the batch of {search.batch_size} does not split over {dp} replicas"
-    share = search.batch_size // dp
-    if search.microbatches is not None:
-        if share % search.microbatches:
-            return f"{search.microbatches} micro-batches do not divide a replica's {share} samples"
-        sizes: list[int] = [share // search.microbatches]
-    else:
-        sizes = [b for b in _divisors(share) if search.sizes is None or b in search.sizes]
-    if fixed is not None:
-        sizes = [b for b in sizes if b == fixed]
-        if not sizes:
-            return (f"the profile's micro-batches of {fixed} do not divide a replica's {share} samples"
-                    + (f" into {search.microbatches}" if search.microbatches else ""))
-    if not sizes:
-        return f"none of the micro-batch sizes {list(search.sizes or ())} divides a replica's {share} samples"
-    return tuple(sizes)
 
 
 def _any_config() -> Config:
@@ -277,7 +166,7 @@ def _spec_memory(profile: Profile) -> int | None:
     return int(memory) if isinstance(memory, (int, float)) and memory > 0 else None
 
 
-def _skip(base: Problem, p: int, dp: int, separable: int, memory: int | None, search: _Search) -> str:
+def _skip(base: Problem, p: int, dp: int, separable: int, memory: int | None, search: Search) -> str:
     """Why no partition into ``p`` stages can exist, without solving; "" if one may."""
     if p > separable:
         return f"the model has only {separable} blocks that can be separated"
@@ -292,7 +181,7 @@ def _skip(base: Problem, p: int, dp: int, separable: int, memory: int | None, se
     return ""
 
 
-def _candidates(search: _Search, cluster: Cluster, memory: int | None, source: Callable[[int], Profile],
+def _candidates(search: Search, cluster: Cluster, memory: int | None, source: Callable[[int], Profile],
                 p: int, sizes: tuple[int, ...], rows: list[Row], plans: dict[int, Plan],
                 say: Callable[[Row], None]) -> None:
     """Plan every placement × micro-batch size × schedule with ``p`` stages (``search.screen``)."""
@@ -320,7 +209,7 @@ def _candidates(search: _Search, cluster: Cluster, memory: int | None, source: C
                 say(row)
 
 
-def _one(search: _Search, memory: int | None, source: Callable[[int], Profile], cut_bw: float,
+def _one(search: Search, memory: int | None, source: Callable[[int], Profile], cut_bw: float,
          group_bw: float, row: Row, unfit: dict[tuple[int, str], str], plans: dict[int, Plan],
          index: int) -> Row:
     """Plan one candidate with ``search.screen``: what its row records."""
@@ -345,7 +234,7 @@ def _one(search: _Search, memory: int | None, source: Callable[[int], Profile], 
     return _figures(search, memory, plan)
 
 
-def _plan(search: _Search, memory: int | None, source: Callable[[int], Profile], p: int, m: int,
+def _plan(search: Search, memory: int | None, source: Callable[[int], Profile], p: int, m: int,
           b: int, schedule: str, cut_bw: float, group_bw: float, method: str) -> Plan:
     dp = search.gpus // p
     return plan_profile(source, num_stages=p, microbatches=m, batch_size=m * b, schedule=schedule,
@@ -356,7 +245,7 @@ def _plan(search: _Search, memory: int | None, source: Callable[[int], Profile],
                         **search.plan_args)
 
 
-def _figures(search: _Search, memory: int | None, plan: Plan) -> Row:
+def _figures(search: Search, memory: int | None, plan: Plan) -> Row:
     step = plan.predicted.iteration_s
     peak = max(plan.predicted.peak_memory or [s.memory.total for s in plan.stages])
     return {"method": plan.solver.method, "iteration_s": step,
@@ -365,12 +254,12 @@ def _figures(search: _Search, memory: int | None, plan: Plan) -> Row:
             "gap": plan.solver.gap}
 
 
-def _key(search: _Search, row: Row) -> tuple[float, int, int, int, int]:
+def _key(search: Search, row: Row) -> tuple[float, int, int, int, int]:
     return (row["iteration_s"], row["stages"], search.placements.index(row["placement"]),
             row["microbatches"], search.schedules.index(row["schedule"]))
 
 
-def _finish(search: _Search, cluster: Cluster, memory: int | None, source: Callable[[int], Profile],
+def _finish(search: Search, cluster: Cluster, memory: int | None, source: Callable[[int], Profile],
             rows: list[Row], plans: dict[int, Plan], say: Callable[[Row], None]) -> int:
     """Re-plan the fastest candidates with ``search.method``; the index of the best row.
 
@@ -399,7 +288,7 @@ def _finish(search: _Search, cluster: Cluster, memory: int | None, source: Calla
     return min(plans, key=lambda i: _key(search, rows[i]))
 
 
-def _nothing_fits(search: _Search, rows: list[Row]) -> InfeasiblePlanError:
+def _nothing_fits(search: Search, rows: list[Row]) -> InfeasiblePlanError:
     """One error naming, per pipeline degree, why it has no plan."""
     why: dict[tuple[int, int], list[str]] = {}
     for row in rows:
@@ -415,7 +304,7 @@ def _nothing_fits(search: _Search, rows: list[Row]) -> InfeasiblePlanError:
                                hint=hint + ", or smaller micro-batches")
 
 
-def _result(search: _Search, cluster: Cluster, memory: int | None, plan: Plan, row: Row,
+def _result(search: Search, cluster: Cluster, memory: int | None, plan: Plan, row: Row,
             rows: list[Row]) -> Plan:
     """The chosen plan with its replicas and the whole search."""
     placement = place(cluster, plan.num_stages, row["placement"])
