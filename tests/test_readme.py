@@ -35,6 +35,8 @@ RUN = (
     "--granularity layer -o plan-layers.json",
     "autopipe export plan-layers.json --format torchtitan -o torchtitan.json",
     "autopipe export plan-layers.json --format megatron",
+    "autopipe plan examples/gpt2.py:build --gpus 4 --batch-size 32 --profile profiles/cpu/gpt2.json "
+    "-o plan-gpus.json",
 )
 
 # Commands not run here, keyed on how they start.
@@ -46,6 +48,7 @@ SKIP = {
     "export PYTHONPATH=": "sets up a GPU machine's carried wheels",
     "python -m pytest": "is the test suite itself",
     "autopipe plan examples/llama.py:build --spec-arg preset=70b ": "plans a 70B shape (30-80 s)",
+    "autopipe plan examples/llama.py:build --spec-arg preset=7b ": "searches a 7B shape on 16 GPUs (about a minute)",
     "autopipe train ": "trains on 4 ranks (tests/test_runtime_train.py trains every example)",
     "torchrun ": "trains on 4 ranks (tests/test_runtime_train.py trains every example)",
     "python -m benchmarks.gpu_suite ": "needs a GPU",

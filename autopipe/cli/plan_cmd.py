@@ -10,6 +10,7 @@ from typing import Any
 
 from autopipe._jsonio import check_writable
 from autopipe.cli._common import add_spec_args, reject_flag
+from autopipe.cli._degrees import add_degree_args, check_degree_flags, plan_on_gpus
 from autopipe.errors import PlanError, SpecError
 from autopipe.partition.layers import GRANULARITIES, matcher
 from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, METHODS, ProfileSource, check_options
@@ -27,7 +28,8 @@ def add_parser(sub: Any) -> None:
         description="Trace SPEC, profile it (or read --profile) and solve for the pipeline "
                     "stages that minimise the schedule's step time within each device's memory.")
     add_spec_args(p)
-    p.add_argument("--stages", type=int, required=True, metavar="N", help="number of pipeline stages")
+    p.add_argument("--stages", type=int, metavar="N",
+                   help="number of pipeline stages (with --gpus: try only this many)")
     mem = p.add_mutually_exclusive_group()
     mem.add_argument("--memory", metavar="SIZE", help="memory per stage, e.g. 80GiB (default: unlimited)")
     mem.add_argument("--devices", metavar="FILE.json",
@@ -37,8 +39,9 @@ def add_parser(sub: Any) -> None:
                         "profiled at its micro-batch size (default: 2 x stages; auto with --batch-size)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="samples per step; SPEC's batch_size knob becomes B / micro-batches")
-    p.add_argument("--schedule", default="1f1b", metavar="NAME",
-                   help=f"pipeline schedule: {', '.join(SCHEDULES)}, or auto (default 1f1b)")
+    p.add_argument("--schedule", default=None, metavar="NAME",
+                   help=f"pipeline schedule: {', '.join(SCHEDULES)}, or auto (default 1f1b); with --gpus "
+                        "also a list (1f1b,zb-h1), default auto")
     p.add_argument("--method", default="ilp", metavar="NAME",
                    help=f"{', '.join(METHODS)} (default ilp)")
     p.add_argument("--granularity", default="node", choices=GRANULARITIES,
@@ -73,6 +76,7 @@ def add_parser(sub: Any) -> None:
                    help="plan on the per-node profile only: do not re-time the planned stages as "
                         "whole modules and re-solve (done when autopipe measures the model here)")
     p.add_argument("-o", "--output", required=True, metavar="PLAN.json", help="where to write the plan")
+    add_degree_args(p)
     p.set_defaults(run=run)
 
 
@@ -115,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     microbatches = _microbatches(args.microbatches)
-    check_options(args.stages, microbatches, args.schedule, args.method, args.batch_size)
+    check_degree_flags(args)
+    if args.gpus is None:
+        check_options(args.stages, microbatches, args.schedule, args.method, args.batch_size)
     _check_flags(args)
     if args.cut_at is not None:
         matcher(args.cut_at)  # a bad regex fails before minutes of profiling
@@ -144,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             mip_gap=1e-3 if args.gap is None else args.gap, solver=args.solver or "highs",
             deterministic=not args.timing, granularity=args.granularity, cut_at=args.cut_at)
 
-    plan = solve(source)
+    plan = plan_on_gpus(args, source, microbatches) if args.gpus is not None else solve(source)
     if graph is not None and spec is not None and isinstance(source, Profile) and not (
             args.no_refine or args.profile):
         plan = _refined(plan, source, graph, spec, solve)

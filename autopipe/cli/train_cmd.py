@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from autopipe.cli._common import add_spec_args, load_plan, plan_knobs
-from autopipe.errors import AutopipeError, SpecError
+from autopipe.errors import AutopipeError, PlanError, SpecError
 from autopipe.plan_format import Plan
 from autopipe.runtime.optim import DEVICES, OPTIMIZERS, TrainConfig
 from autopipe.spec import ModelSpec, load_spec, parse_spec_args
@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     from autopipe.runtime.train import train
 
     plan = load_plan(args.plan)  # and against the model in prepare(), before any rank starts
+    if plan.replicas > 1:
+        raise PlanError(f"{args.plan} runs {plan.replicas} data-parallel replicas of its "
+                        f"{plan.num_stages}-stage pipeline, and autopipe train runs one pipeline so far",
+                        hint=f"plan with --stages {plan.num_stages} (one pipeline) to train it now")
     config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, device=args.device,
                          timeout_s=args.timeout, pin_malloc=args.pin_malloc, pin_cores=args.pin_cores,
                          save=args.save, save_every=args.save_every, resume=args.resume)

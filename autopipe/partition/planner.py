@@ -26,6 +26,7 @@ from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.infeasible import explain
 from autopipe.partition.layers import GRANULARITIES, record, restrict
 from autopipe.partition.problem import SCHEDULES, Config, Problem, element_size, from_profile
+from autopipe.partition.replicas import GradSync
 from autopipe.partition.timeline import splits_backward
 from autopipe.plan_format import Plan, Predicted, SolverInfo
 from autopipe.profile.profile import Profile
@@ -48,17 +49,7 @@ ProfileSource = Profile | Callable[[int], Profile]
 def link_bandwidth_for(profile: Profile, link_bandwidth: float | str | None) -> float:
     """The link bandwidth to plan with: given, else the profile's device spec's, else the default."""
     if link_bandwidth is not None:
-        from autopipe._units import parse_size
-
-        try:
-            bw = float(parse_size(link_bandwidth)) if isinstance(link_bandwidth, str) else float(link_bandwidth)
-        except Exception as e:
-            raise PlanError(f"link bandwidth {link_bandwidth!r} is not a number of bytes/s",
-                            hint="write e.g. 25e9 or 25GB (per second)") from e
-        if not bw > 0:
-            raise PlanError(f"link bandwidth {link_bandwidth!r} is not positive",
-                            hint="write e.g. 25e9 or 25GB (per second); inf makes sends free")
-        return bw
+        return parse_bandwidth(link_bandwidth)
     spec = profile.meta.get("device_spec")
     if isinstance(spec, dict) and isinstance(spec.get("link_bandwidth"), (int, float)):
         return float(spec["link_bandwidth"])
@@ -67,6 +58,25 @@ def link_bandwidth_for(profile: Profile, link_bandwidth: float | str | None) -> 
     if profile.runtime.get("link_bandwidth", 0.0) > 0:  # measured with the runtime's backend
         return float(profile.runtime["link_bandwidth"])
     return DEFAULT_LINK_BANDWIDTH
+
+
+def parse_bandwidth(value: float | str, what: str = "link bandwidth") -> float:
+    """Bytes/s from ``25e9``, ``"25GB"`` or ``inf``.
+
+    Raises:
+        PlanError: not a positive number of bytes/s.
+    """
+    from autopipe._units import parse_size
+
+    try:
+        bw = float(parse_size(value)) if isinstance(value, str) else float(value)
+    except Exception as e:
+        raise PlanError(f"{what} {value!r} is not a number of bytes/s",
+                        hint="write e.g. 25e9 or 25GB (per second)") from e
+    if not bw > 0:
+        raise PlanError(f"{what} {value!r} is not positive",
+                        hint="write e.g. 25e9 or 25GB (per second); inf makes sends free")
+    return bw
 
 
 def simple_bound(problem: Problem) -> float:
@@ -142,6 +152,7 @@ def plan_profile(
     dtype: str | None = None,
     granularity: str = "node",
     cut_at: str | None = None,
+    grad_sync: GradSync | None = None,
 ) -> Plan:
     """Partition a profiled model into pipeline stages.
 
@@ -171,6 +182,9 @@ def plan_profile(
             Megatron-LM do; the plan records the unrestricted step and the ratio.
         cut_at: the blocks to cut between, a glob or regex over module paths
             (``model.layers.*``); implies ``granularity="layer"``.
+        grad_sync: the pipeline is one of ``grad_sync.replicas`` data-parallel replicas:
+            each stage all-reduces its gradients over them before its optimizer step
+            (``autopipe.partition.replicas``; ``autopipe.partition.degrees`` chooses it).
 
     Raises:
         PlanError: bad options, more stages than blocks (or layers), nothing found in the
@@ -193,7 +207,8 @@ def plan_profile(
     options = _Options(method=method, time_limit=time_limit, mip_gap=mip_gap, solver=solver,
                        deterministic=deterministic, optimizer=optimizer, dtype=dtype, max_blocks=max_blocks,
                        link_bandwidth=link_bandwidth, memory_limit=memory_limit, devices=devices,
-                       layered=granularity == "layer" or cut_at is not None, cut_at=cut_at)
+                       layered=granularity == "layer" or cut_at is not None, cut_at=cut_at,
+                       grad_sync=grad_sync)
     if isinstance(microbatches, int):
         counts = [microbatches]
     elif microbatches is None:
@@ -239,6 +254,7 @@ class _Options:
     devices: DevicesArg | None
     layered: bool = False
     cut_at: str | None = None
+    grad_sync: GradSync | None = None
 
 
 def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: str,
@@ -249,6 +265,9 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
                            profile=profile)
     per_tensor, per_element = profile.optimizer.get(options.optimizer, (0.0, 0.0))
     per_byte = per_element / element_size(options.dtype or profile.dtype)
+    sync = options.grad_sync if options.optimizer != "none" else None  # no gradients, no sync
+    if sync is not None:
+        per_byte = sync.step_per_byte(per_byte, devs)
     rt = profile.runtime
     cfg = Config(num_stages=num_stages, microbatches=microbatches, schedule=schedule,
                  devices=devs, link_bandwidth=bw, optimizer_step=(per_tensor, per_byte),
@@ -258,6 +277,8 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
                  step_overhead_s=rt.get("step_overhead_s", 0.0),
                  allreduce_bandwidth=rt.get("allreduce_bandwidth", 0.0))
     base = from_profile(profile, cfg, optimizer=options.optimizer, dtype=options.dtype)
+    if sync is not None:
+        base = sync.shard(base)
     forced = merge_forced(base)
     if forced.num_real < num_stages:
         raise PlanError(
@@ -280,6 +301,7 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
              "mip_gap": options.mip_gap, "time_limit": options.time_limit,
              "solver": options.solver, "deterministic": options.deterministic,
              **({"runtime": dict(profile.runtime)} if profile.runtime else {}),
+             **({"grad_sync": sync.to_json()} if sync is not None else {}),
              **({"loss": {"forward_s": profile.loss.forward_s, "backward_s": profile.loss.backward_s}}
                 if profile.loss is not None else {})}
     return replace(plan, options={**extra, **plan.options})
