@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from autopipe._jsonio import check_writable
+from autopipe._phases import phase
 from autopipe.cli._common import add_spec_args, reject_flag
 from autopipe.errors import PlanError, SpecError
 from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, METHODS, ProfileSource, check_options
@@ -114,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     source: ProfileSource
     graph = spec = None
     if args.batch_size is None or args.profile:
-        spec = load_spec(args.spec, **knobs)
+        with phase("build"):
+            spec = load_spec(args.spec, **knobs)
         graph, source = _profile(args, spec)
     else:
         if "batch_size" in knobs:
@@ -138,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     if graph is not None and spec is not None and isinstance(source, Profile) and not (
             args.no_refine or args.profile):
         plan = _refined(plan, source, graph, spec, solve)
-    plan.save(args.output)
+    with phase("save"):
+        plan.save(args.output)
     print(format_plan(plan))
     print(f"wrote {args.output} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from autopipe._phases import phase
 from autopipe._version import __version__
 from autopipe.profile._assemble import assemble
 from autopipe.profile._attention import fused_sdpa, is_sdpa
@@ -69,7 +70,7 @@ def estimate(
     computing = sum(1 for n in s.gm.graph.nodes if n.op.startswith("call_"))
     bar = Progress(computing, f"estimating {len(graph)} nodes on {spec.name}", enabled=progress)
     walker = _Estimator(s.gm, device=meta_dev, progress=bar, spec=spec)
-    with torch.enable_grad():
+    with torch.enable_grad(), phase("estimate.nodes"):
         try:
             walker.run(*s.flat)
         finally:
@@ -77,7 +78,7 @@ def estimate(
             walker.saved.release()
     loss = None
     if loss_fn is not None and target is not None:
-        with torch.enable_grad():
+        with torch.enable_grad(), phase("estimate.loss"):
             loss = estimate_loss(graph, s.gm, s.flat, loss_fn, target, lambda fn: _seconds(spec, fn))
     meta = {
         "autopipe": __version__, "torch": torch.__version__, "device_spec": spec.to_json(),
