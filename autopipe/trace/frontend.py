@@ -15,6 +15,7 @@ from torch import nn
 
 from autopipe._phases import phase
 from autopipe.errors import ExampleInputError, TraceError
+from autopipe.trace._quick import quick_export
 from autopipe.trace.graph import Graph, NodeInfo, target_name
 
 _MAX_REASON = 300
@@ -139,7 +140,8 @@ def _trace_fx(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -
 def _trace_export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Graph:
     with warnings.catch_warnings(), phase("trace.export"):
         warnings.simplefilter("ignore")
-        ep = torch.export.export(model, args, kwargs, strict=False)
+        with quick_export():  # [Note: a quicker export]
+            ep = torch.export.export(model, args, kwargs, strict=False)
         gm = ep.module()
     assert isinstance(gm, fx.GraphModule)
     codegen = gm.graph._codegen
