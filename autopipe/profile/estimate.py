@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from autopipe.profile._copy import module_tensors
 from autopipe.profile._cost import CostMode
 from autopipe.profile._node import NodeCall, Op
 from autopipe.profile._progress import Progress
+from autopipe.profile._reuse import call_key
 from autopipe.profile._saved import SavedBytes
 from autopipe.profile._setup import setup
 from autopipe.profile._walk import NodeCost, NodeWalker
@@ -72,14 +74,14 @@ def estimate(
     walker = _Estimator(s.gm, device=meta_dev, progress=bar, spec=spec)
     with torch.enable_grad(), phase("estimate.nodes"):
         try:
-            walker.run(*s.flat)
+            outs = walker.run(*s.flat)
         finally:
             bar.close()
             walker.saved.release()
     loss = None
     if loss_fn is not None and target is not None:
         with torch.enable_grad(), phase("estimate.loss"):
-            loss = estimate_loss(graph, s.gm, s.flat, loss_fn, target, lambda fn: _seconds(spec, fn))
+            loss = estimate_loss(graph, list(outs), loss_fn, target, lambda fn: _seconds(spec, fn))
     meta = {
         "autopipe": __version__, "torch": torch.__version__, "device_spec": spec.to_json(),
         "flops": dict(walker.flops), "bytes_moved": dict(walker.moved), "kernels": dict(walker.kernels),
@@ -97,6 +99,16 @@ def _seconds(spec: DeviceSpec, fn: Any) -> float:
     return float(mode.seconds)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Priced:
+    """What a node's pricing found: seconds, FLOPs, bytes and kernels of one phase."""
+
+    seconds: float
+    flops: int
+    moved: int
+    kernels: int
+
+
 class _Estimator(NodeWalker):
     def __init__(self, gm: fx.GraphModule, *, device: torch.device, progress: Progress,
                  spec: DeviceSpec) -> None:
@@ -106,36 +118,54 @@ class _Estimator(NodeWalker):
         self.flops = dict.fromkeys(_PHASES, 0)
         self.moved = dict.fromkeys(_PHASES, 0)
         self.kernels = dict.fromkeys(_PHASES, 0)
+        self.seen: dict[Hashable, tuple[_Priced, _Priced, _Priced]] = {}
+        """[Note: reusing the costs of repeated nodes]: key → forward, input and weight prices."""
+        self.reused = 0
+        """Nodes whose backward prices came from an earlier node with the same key."""
 
     def op_for(self, n: fx.Node) -> Op:
         if is_sdpa(n):
             return lambda a, k: fused_sdpa(*a, **k)
         return super().op_for(n)
 
-    def _price(self, phase: str, fn: Any) -> CostMode:
+    def _price(self, fn: Any) -> _Priced:
         mode = CostMode(self.spec)
         if fn is not None:
             with mode:
                 fn()
-        self.flops[phase] += mode.flops
-        self.moved[phase] += mode.bytes
-        self.kernels[phase] += mode.kernels
-        return mode
+        return _Priced(mode.seconds, mode.flops, mode.bytes, mode.kernels)
+
+    def _count(self, phase: str, priced: _Priced) -> float:
+        self.flops[phase] += priced.flops
+        self.moved[phase] += priced.moved
+        self.kernels[phase] += priced.kernels
+        return priced.seconds
 
     def cost(self, call: NodeCall) -> tuple[Any, NodeCost]:
+        key = call_key(call.node, call)
         before = self.saved.total
         box: list[Any] = []
         with self.saved.count():
-            fwd = self._price("forward", lambda: box.append(call.run()))
+            fwd = self._price(lambda: box.append(call.run()))
         out = box[0]
         activation = self.saved.total - before
-        bi, bw = self._backward(call, out)
-        return out, NodeCost(forward_s=fwd.seconds, backward_input_s=bi, backward_weight_s=bw,
+        known = self.seen.get(key) if key is not None else None
+        if known is not None and known[0] == fwd:
+            self.reused += 1
+            _, inp, wgt = known
+        else:
+            inp, wgt = self._backward(call, out)
+            if key is not None:
+                self.seen[key] = (fwd, inp, wgt)
+        return out, NodeCost(forward_s=self._count("forward", fwd),
+                             backward_input_s=self._count("backward_input", inp),
+                             backward_weight_s=self._count("backward_weight", wgt),
                              activation_bytes=activation)
 
-    def _backward(self, call: NodeCall, out: Any) -> tuple[float, float]:
+    def _backward(self, call: NodeCall, out: Any) -> tuple[_Priced, _Priced]:
         if call.backward(out, "all") is None:
-            return 0.0, 0.0
-        inp = self._price("backward_input", call.backward(out, "input"))
-        wgt = self._price("backward_weight", call.backward(out, "weight"))
-        return inp.seconds, wgt.seconds
+            return _NOTHING, _NOTHING
+        return self._price(call.backward(out, "input")), self._price(call.backward(out, "weight"))
+
+
+_NOTHING = _Priced(0.0, 0, 0, 0)
