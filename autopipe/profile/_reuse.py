@@ -6,15 +6,17 @@ layer nodes plus a few more. On meta tensors a node's roofline price is a functi
 the operator, its non-tensor arguments, and the shape, strides, dtype and role of each
 tensor it reads (an input that needs a gradient, a parameter, a plain tensor; which of
 them are one tensor or share a storage); the values do not exist. ``call_key`` builds
-exactly that key, and ``estimate`` prices each node's backward halves once per key:
-a later node with the same key gets the same seconds, FLOPs, bytes and kernels. Its
-forward still runs and is priced (the output feeds later nodes, and the saved-tensor
-count depends on what earlier nodes saved: Llama's rotary tables are saved by layer 0
-only), and a reused entry is taken only where that forward priced exactly as the
-entry's did. Nodes whose key cannot be made safely (``call_module`` leaves, whose
+exactly that key, and ``estimate`` prices each node once per key: a later node with
+the same key gets the same seconds, FLOPs, bytes and kernels. It still runs, outside
+the pricing mode (its output feeds later nodes, and its saved bytes are counted on
+every run: they depend on what earlier nodes saved, e.g. Llama's rotary tables are
+saved by layer 0 only). That run executes the very kernels the priced one did, unless
+the pricing mode ran a kernel as its decomposition (``CostMode.decomposed``); for such
+keys the forward is priced on every run and the entry is reused only where it priced
+the same. Nodes whose key cannot be made safely (``call_module`` leaves, whose
 hyper-parameters are not in their shapes; nodes that write their inputs; arguments of
-unknown types) are priced every time. tests/test_profile_reuse.py checks that the
-reused costs equal the per-node ones.
+unknown types) are priced every time. tests/test_profile_reuse.py checks that reused
+costs equal per-node ones; Llama-2-70B's profile is byte-identical either way.
 """
 
 from __future__ import annotations

@@ -101,12 +101,24 @@ def _seconds(spec: DeviceSpec, fn: Any) -> float:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Priced:
-    """What a node's pricing found: seconds, FLOPs, bytes and kernels of one phase."""
+    """What pricing a run found: seconds, FLOPs, bytes and kernels."""
 
     seconds: float
     flops: int
     moved: int
     kernels: int
+    decomposed: int = 0
+    """Kernels the CostMode ran as their decomposition. With none, a run without the
+    mode runs the very same kernels (see [Note: reusing the costs of repeated nodes])."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Known:
+    """The prices of a node key ([Note: reusing the costs of repeated nodes])."""
+
+    forward: _Priced
+    backward_input: _Priced
+    backward_weight: _Priced
 
 
 class _Estimator(NodeWalker):
@@ -118,10 +130,8 @@ class _Estimator(NodeWalker):
         self.flops = dict.fromkeys(_PHASES, 0)
         self.moved = dict.fromkeys(_PHASES, 0)
         self.kernels = dict.fromkeys(_PHASES, 0)
-        self.seen: dict[Hashable, tuple[_Priced, _Priced, _Priced]] = {}
-        """[Note: reusing the costs of repeated nodes]: key → forward, input and weight prices."""
-        self.reused = 0
-        """Nodes whose backward prices came from an earlier node with the same key."""
+        self.known: dict[Hashable, _Known] = {}
+        """Prices by node key, for nodes that repeat."""
 
     def op_for(self, n: fx.Node) -> Op:
         if is_sdpa(n):
@@ -133,7 +143,7 @@ class _Estimator(NodeWalker):
         if fn is not None:
             with mode:
                 fn()
-        return _Priced(mode.seconds, mode.flops, mode.bytes, mode.kernels)
+        return _Priced(mode.seconds, mode.flops, mode.bytes, mode.kernels, mode.decomposed)
 
     def _count(self, phase: str, priced: _Priced) -> float:
         self.flops[phase] += priced.flops
@@ -143,23 +153,25 @@ class _Estimator(NodeWalker):
 
     def cost(self, call: NodeCall) -> tuple[Any, NodeCost]:
         key = call_key(call.node, call)
+        known = self.known.get(key) if key is not None else None
         before = self.saved.total
         box: list[Any] = []
-        with self.saved.count():
-            fwd = self._price(lambda: box.append(call.run()))
+        with self.saved.count():  # on every run: what a node saves depends on earlier nodes
+            if known is not None and known.forward.decomposed == 0:
+                box.append(call.run())  # the kernels of the priced run, so its price
+                fwd = known.forward
+            else:
+                fwd = self._price(lambda: box.append(call.run()))
         out = box[0]
         activation = self.saved.total - before
-        known = self.seen.get(key) if key is not None else None
-        if known is not None and known[0] == fwd:
-            self.reused += 1
-            _, inp, wgt = known
-        else:
+        if known is None or known.forward != fwd:
             inp, wgt = self._backward(call, out)
+            known = _Known(forward=fwd, backward_input=inp, backward_weight=wgt)
             if key is not None:
-                self.seen[key] = (fwd, inp, wgt)
+                self.known[key] = known
         return out, NodeCost(forward_s=self._count("forward", fwd),
-                             backward_input_s=self._count("backward_input", inp),
-                             backward_weight_s=self._count("backward_weight", wgt),
+                             backward_input_s=self._count("backward_input", known.backward_input),
+                             backward_weight_s=self._count("backward_weight", known.backward_weight),
                              activation_bytes=activation)
 
     def _backward(self, call: NodeCall, out: Any) -> tuple[_Priced, _Priced]:
