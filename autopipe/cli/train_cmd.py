@@ -6,10 +6,12 @@ import argparse
 import sys
 from typing import Any
 
+# not autopipe.runtime: importing it loads torch.distributed.pipelining, ~1.4 s of CPU
+# that every command (`autopipe plan` too) paid to build this parser
+from autopipe._optimizers import DEVICES, OPTIMIZERS
 from autopipe.cli._common import add_spec_args, load_plan, plan_knobs
 from autopipe.errors import AutopipeError, SpecError
 from autopipe.plan_format import Plan
-from autopipe.runtime.optim import DEVICES, OPTIMIZERS, TrainConfig
 from autopipe.spec import ModelSpec, load_spec, parse_spec_args
 
 
@@ -44,6 +46,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
+    from autopipe.runtime.optim import TrainConfig
     from autopipe.runtime.train import train
 
     plan = load_plan(args.plan)  # and against the model in prepare(), before any rank starts
