@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from autopipe._gc import collections_paused
 from autopipe._phases import phase
 from autopipe._version import __version__
 from autopipe.profile._assemble import assemble
@@ -30,6 +31,7 @@ from autopipe.trace.graph import Graph
 _PHASES = ("forward", "backward_input", "backward_weight")
 
 
+@collections_paused  # [Note: no collections while tracing]
 def estimate(
     graph: Graph,
     args: tuple[Any, ...],

@@ -13,6 +13,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch import nn
 
+from autopipe._gc import collections_paused
 from autopipe._phases import phase
 from autopipe.errors import ExampleInputError, TraceError
 from autopipe.trace._quick import quick_export
@@ -21,6 +22,7 @@ from autopipe.trace.graph import Graph, NodeInfo, target_name
 _MAX_REASON = 300
 
 
+@collections_paused  # [Note: no collections while tracing]
 def trace(
     model: nn.Module,
     example_inputs: tuple[Any, ...],
