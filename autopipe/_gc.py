@@ -8,7 +8,10 @@ measured here, 1.5 s of CPU in the trace of the 70B shape and a full collection 
 ~0.9 s in the planner afterwards, none of which freed anything that mattered. So
 ``trace`` and ``estimate`` run with automatic collection off (reference counting still
 frees every tensor and acyclic object at once) and leave it as they found it. What
-cyclic garbage they leave is collected by the next automatic collection.
+cyclic garbage they leave is collected by the next automatic collection. ``autopipe
+plan`` on an estimate then freezes (``gc.freeze``) what is alive: the model on meta and
+its graph live until the command ends anyway, and the planner's collections no longer
+walk them (0.8 s → 0.02 s). Peak memory of the 70B plan: 510 MB either way.
 """
 
 from __future__ import annotations

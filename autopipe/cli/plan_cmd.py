@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from collections.abc import Callable
@@ -118,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
         with phase("build"):
             spec = load_spec(args.spec, **knobs)
         graph, source = _profile(args, spec)
+        if source.method == "estimate":
+            # the graph and the model on meta live until the command ends: move them out of the
+            # collector's way (~0.8 s of full collections at 70B; [Note: no collections while tracing])
+            gc.freeze()
     else:
         if "batch_size" in knobs:
             raise SpecError("--batch-size sets the spec's batch_size knob (the micro-batch size); "
