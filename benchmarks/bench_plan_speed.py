@@ -16,7 +16,7 @@ CPU seconds, the total, the solver's status and gap, and the load average before
 after each run: this machine has 2 cores shared with other work, so wall times move
 with the load while CPU seconds move much less.
 
-Target (issue 17): the 70B plan in ≤ 30 s wall (median) with a gap ≤ 1%.
+Target (issue 17): the 70B plan in ≤ 30 s wall, the whole process (median), gap ≤ 1%.
 
     python -m benchmarks.bench_plan_speed [--runs 3] [--cases 70b,7b] [--target 30]
 """
@@ -78,13 +78,16 @@ def child(case: str) -> dict[str, Any]:
 def run_once(case: str) -> dict[str, Any]:
     """``child(case)`` in a fresh interpreter, with the load average around it."""
     before = os.getloadavg()
+    start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_plan_speed", "--child", case],
                           cwd=ROOT, capture_output=True, text=True, check=False)
+    took = time.perf_counter() - start
     after = os.getloadavg()
     if proc.returncode != 0:
         raise RuntimeError(f"{case} run failed:\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     result["load"] = (before[0], after[0])
+    result["process"] = took
     return result
 
 
@@ -95,7 +98,7 @@ def _cell(values: list[float]) -> str:
 
 
 def report(case: str, runs: list[dict[str, Any]]) -> float:
-    """Print the phase table of ``case``; return the median total wall seconds."""
+    """Print the phase table of ``case``; return the median wall seconds of the whole process."""
     preset, stages = CASES[case]
     first = runs[0]
     print(f"\n== Llama-2-{preset.upper()} shape on meta, fp32, Adam, 4,096 tokens, h100 estimate, "
@@ -112,11 +115,12 @@ def report(case: str, runs: list[dict[str, Any]]) -> float:
     print(f"{'other':16s} {_cell(other_w):>28s} {_cell(other_c):>24s}")
     totals = [r["wall"]["total"] for r in runs]
     print(f"{'total':16s} {_cell(totals):>28s} {_cell([r['cpu']['total'] for r in runs]):>24s}")
+    print(f"{'whole process':16s} {_cell([r['process'] for r in runs]):>28s}   (with Python's start and exit)")
     for i, r in enumerate(runs):
         sv = r["solver"]
-        print(f"run {i + 1}: {r['wall']['total']:.1f} s, solver {sv.get('status')}, gap {sv.get('gap', 0):.2%}, "
+        print(f"run {i + 1}: {r['process']:.1f} s, solver {sv.get('status')}, gap {sv.get('gap', 0):.2%}, "
               f"step {sv.get('objective_s', 0):.3f} s; load average {r['load'][0]:.2f} → {r['load'][1]:.2f}")
-    return statistics.median(totals)
+    return statistics.median(r["process"] for r in runs)
 
 
 def main() -> int:
@@ -138,7 +142,8 @@ def main() -> int:
             gaps = [r["solver"].get("gap", 1.0) for r in runs]
             met = median <= args.target and max(gaps) <= 0.01
             ok &= met
-            print(f"target (median ≤ {args.target:g} s, gap ≤ 1%): {'met' if met else 'MISSED'}")
+            print(f"target (whole process, median ≤ {args.target:g} s; gap ≤ 1%): "
+                  f"{'met' if met else 'MISSED'}")
     return 0 if ok else 1
 
 
