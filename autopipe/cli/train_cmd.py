@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-# not autopipe.runtime: importing it loads torch.distributed.pipelining, ~1.4 s of CPU
-# that every command (`autopipe plan` too) paid to build this parser
+# not autopipe.runtime: its package imports torch.distributed.pipelining (~1.6 s of CPU
+# here), which building this parser made every command pay
 from autopipe._optimizers import DEVICES, OPTIMIZERS
 from autopipe.cli._common import add_spec_args, load_plan, plan_knobs
 from autopipe.errors import AutopipeError, SpecError

@@ -16,7 +16,7 @@ from torch import nn
 from autopipe._gc import collections_paused
 from autopipe._phases import phase
 from autopipe.errors import ExampleInputError, TraceError
-from autopipe.trace._quick import quick_export
+from autopipe.trace._quick import quick_export, unguarded_module
 from autopipe.trace.graph import Graph, NodeInfo, target_name
 
 _MAX_REASON = 300
@@ -144,7 +144,7 @@ def _trace_export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
         warnings.simplefilter("ignore")
         with quick_export():  # [Note: a quicker export]
             ep = torch.export.export(model, args, kwargs, strict=False)
-        gm = ep.module()
+        gm = unguarded_module(ep)
     assert isinstance(gm, fx.GraphModule)
     codegen = gm.graph._codegen
     info = getattr(codegen, "pytree_info", None)
