@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+# not autopipe.runtime: its package imports torch.distributed.pipelining (~1.6 s of CPU
+# here), which building this parser made every command pay
+from autopipe._optimizers import DEVICES, OPTIMIZERS
 from autopipe.cli._common import add_spec_args, load_plan, plan_knobs
 from autopipe.errors import AutopipeError, PlanError, SpecError
 from autopipe.plan_format import Plan
-from autopipe.runtime.optim import DEVICES, OPTIMIZERS, TrainConfig
 from autopipe.spec import ModelSpec, load_spec, parse_spec_args
+
+if TYPE_CHECKING:
+    from autopipe.runtime.optim import TrainConfig
 
 
 def add_parser(sub: Any) -> None:
@@ -51,6 +56,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
+    from autopipe.runtime.optim import TrainConfig
     from autopipe.runtime.train import train
 
     plan = load_plan(args.plan)  # and against the model in prepare(), before any rank starts

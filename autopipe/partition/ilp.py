@@ -72,6 +72,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import pulp
 
+from autopipe._phases import phase
 from autopipe.partition import _solvers
 from autopipe.partition.costs import (
     MEMORY_HEADROOM,
@@ -669,12 +670,13 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
         cap = max(best[0], lower / (1 - min(gap, TIE_WINDOW)))
         certified = (lower + 1e-12) / (1 - max(gap, 1e-6))  # the largest step _within the gap
         took = time.perf_counter() - start
-        chosen, spent = _break_ties(model, problem, best[1], cap, solver=solver,
-                                    accept=max(best[0], min(cap * (1 + _STEP_SLACK), certified)),
-                                    gap=min(gap, TIE_GAP), rounds=max_rounds - rounds,
-                                    deadline=min(start + time_limit,
-                                                 time.perf_counter()
-                                                 + max(TIE_TIME[0], TIE_TIME[1] * took)))
+        with phase("plan.ties"):
+            chosen, spent = _break_ties(
+                model, problem, best[1], cap, solver=solver,
+                accept=max(best[0], min(cap * (1 + _STEP_SLACK), certified)),
+                gap=min(gap, TIE_GAP), rounds=max_rounds - rounds,
+                deadline=min(start + time_limit,
+                             time.perf_counter() + max(TIE_TIME[0], TIE_TIME[1] * took)))
         rounds += spent
         if chosen != best[1]:
             best = (evaluate(problem, chosen).objective_s, chosen)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from autopipe._phases import phase
 from autopipe.errors import InfeasiblePlanError, PlanError
 from autopipe.partition import baselines
 from autopipe.partition.assemble import baseline, stages
@@ -276,20 +277,22 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
                  send_latency_s=rt.get("send_latency_s", 0.0) if num_stages > 1 else 0.0,
                  step_overhead_s=rt.get("step_overhead_s", 0.0),
                  allreduce_bandwidth=rt.get("allreduce_bandwidth", 0.0))
-    base = from_profile(profile, cfg, optimizer=options.optimizer, dtype=options.dtype)
-    if sync is not None:
-        base = sync.shard(base)
-    forced = merge_forced(base)
+    with phase("plan.problem"):
+        base = from_profile(profile, cfg, optimizer=options.optimizer, dtype=options.dtype)
+        if sync is not None:
+            base = sync.shard(base)
+        forced = merge_forced(base)
     if forced.num_real < num_stages:
         raise PlanError(
             f"cannot cut the model into {num_stages} stages: it has only {forced.num_real} "
             f"blocks that can be separated ({len(profile.nodes)} nodes)",
             hint=f"use at most {forced.num_real} stages")
     limit = max(options.max_blocks, 8 * num_stages)
-    problem = free = coarsen(forced, limit)
-    if options.layered:
-        layered, layers = restrict(base, options.cut_at)
-        problem = coarsen(layered, limit)
+    with phase("plan.coarsen"):
+        problem = free = coarsen(forced, limit)
+        if options.layered:
+            layered, layers = restrict(base, options.cut_at)
+            problem = coarsen(layered, limit)
     plan = _plan(problem, profile, options)
     if options.layered:  # what the restriction costs: the same solve without it
         plan = record(plan, layers, lambda: _plan(free, profile, options))
@@ -373,12 +376,13 @@ def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predic
 
 def _plan(problem: Problem, profile: Profile, options: _Options) -> Plan:
     method = options.method
-    cands: dict[str, list[int] | None] = {
-        "dp": min_bottleneck(Chain(problem)),
-        "uniform": baselines.uniform(problem),
-        "params": baselines.params(problem),
-    }
-    evals = {k: evaluate(problem, v) for k, v in cands.items() if v is not None}
+    with phase("plan.baselines"):
+        cands: dict[str, list[int] | None] = {
+            "dp": min_bottleneck(Chain(problem)),
+            "uniform": baselines.uniform(problem),
+            "params": baselines.params(problem),
+        }
+        evals = {k: evaluate(problem, v) for k, v in cands.items() if v is not None}
     for k, v in cands.items():
         assert v is None or not violations(problem, v), f"{k} made an invalid partition"
     lower = simple_bound(problem)
@@ -386,8 +390,9 @@ def _plan(problem: Problem, profile: Profile, options: _Options) -> Plan:
     if method == "ilp":
         fitting = sorted((evals[k].objective_s, k) for k in evals if evals[k].fits)
         incumbent = cands[fitting[0][1]] if fitting else None
-        res = solve_ilp(problem, incumbent=incumbent, time_limit=options.time_limit,
-                        gap=options.mip_gap, solver=options.solver)
+        with phase("plan.solve"):
+            res = solve_ilp(problem, incumbent=incumbent, time_limit=options.time_limit,
+                            gap=options.mip_gap, solver=options.solver)
         binaries = res.binaries
         if res.stage_of is None:
             if res.status == "infeasible":
@@ -418,18 +423,19 @@ def _plan(problem: Problem, profile: Profile, options: _Options) -> Plan:
                 hint="use method ilp, which respects memory limits")
         stage_of = found
         status = "heuristic"
-    ev = evaluate(problem, stage_of)
-    objective = ev.objective_s
-    lower = min(lower, objective)
-    predicted = predict(problem, ev, stage_of)
-    others = {}
-    for k in ("dp", "uniform", "params"):
-        if k == method:
-            continue
-        kv, ke = cands[k], evals.get(k)
-        others[k] = baseline(problem, kv, ke,
-                             predict(problem, ke, kv).iteration_s
-                             if ke is not None and kv is not None else None)
+    with phase("plan.simulate"):
+        ev = evaluate(problem, stage_of)
+        objective = ev.objective_s
+        lower = min(lower, objective)
+        predicted = predict(problem, ev, stage_of)
+        others = {}
+        for k in ("dp", "uniform", "params"):
+            if k == method:
+                continue
+            kv, ke = cands[k], evals.get(k)
+            others[k] = baseline(problem, kv, ke,
+                                 predict(problem, ke, kv).iteration_s
+                                 if ke is not None and kv is not None else None)
     cfg = problem.config
     return Plan(
         graph_fingerprint=profile.graph_fingerprint, schedule=cfg.schedule,

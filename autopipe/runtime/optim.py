@@ -7,12 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from autopipe._optimizers import OPTIMIZERS, MasterWeights, Stepper, build_optimizer
+from autopipe._optimizers import DEVICES, OPTIMIZERS, MasterWeights, Stepper, build_optimizer
 from autopipe.errors import AutopipeError
 
 __all__ = ["DEVICES", "OPTIMIZERS", "MasterWeights", "Stepper", "TrainConfig", "make_optimizer"]
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
