@@ -30,19 +30,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from autopipe.errors import PlanError
-from autopipe.partition.problem import Problem
+from autopipe.partition.problem import Problem, ring_allreduce_per_byte
 from autopipe.plan_format import Device
 
 PLACEMENTS = ("pipelines", "replicas")
 """Rank orders tried; earlier wins ties (pipeline neighbours in a node, as the issue asks)."""
-
-
-def ring_allreduce_per_byte(ranks: int, bandwidth: float) -> float:
-    """Seconds per byte of a ring all-reduce over ``ranks`` ranks at ``bandwidth`` bytes/s:
-    2(k−1)/k of the bytes pass through each rank (0 for one rank)."""
-    if ranks < 2:
-        return 0.0
-    return 2 * (ranks - 1) / ranks / bandwidth
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
