@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +108,8 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
             f"{plan.schedule}, {m} micro-batches, {config.steps} steps, {config.optimizer} lr {config.lr:g}")
     if config.resume is not None:
         result.start_step = _resume(config, pipe, optimizer, log)
+    gc.collect()
+    gc.freeze()  # the model, its graph and the optimizer live all run: no collection walks them
     for step in range(result.start_step, config.steps):
         inputs, target = spec.batch(m, step)
         inputs = tuple(v.to(device) if isinstance(v, torch.Tensor) else v for v in inputs)
