@@ -417,15 +417,16 @@ class _Model:
         bw = cfg.allreduce_bandwidth if cfg.allreduce_bandwidth > 0 else cfg.link_bandwidth
         if math.isinf(bw):
             return
+        readers = self.problem.readers()
         for k, (q, per_stage) in enumerate(held.items()):
             nbytes = self.problem.param_bytes[q]
-            most = min(self.p, len(self.problem.readers()[q]))
+            most = min(self.p, len(readers[q]))
+            cat = pulp.LpContinuous if most == 2 else pulp.LpBinary
             count = _Lin()
             for h in per_stage:
                 count.add(h, 1.0)
             levels: list[Term] = []
             for j in range(2, most + 1):
-                cat = pulp.LpContinuous if most == 2 else pulp.LpBinary
                 a = self._var(f"a_{k}_{j}", upBound=1, cat=cat)
                 if cat == pulp.LpBinary:
                     self.binaries += 1

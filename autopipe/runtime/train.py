@@ -110,33 +110,36 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
         result.start_step = _resume(config, pipe, optimizer, log)
     gc.collect()
     gc.freeze()  # the model, its graph and the optimizer live all run: no collection walks them
-    for step in range(result.start_step, config.steps):
-        inputs, target = spec.batch(m, step)
-        inputs = tuple(v.to(device) if isinstance(v, torch.Tensor) else v for v in inputs)
-        target = target.to(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        with failures(pipe.where, f"in step {step + 1}", config.timeout_s):
-            pipe.zero_grad(set_to_none=True)
-            losses = pipe.step(inputs, target)
-            pipe.sync_tied_grads()
-            if optimizer is not None:
-                optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
-        result.step_s.append(dt)
-        result.step_cpu_s.append(time.process_time() - c0)
-        if pipe.has_last:
-            loss = torch.stack([x.float() for x in losses]).mean().item()
-            result.losses.append(loss)
-            log(f"step {step + 1}/{config.steps}  loss {loss:.6f}  time {dt * 1e3:.1f} ms")
-        done = step + 1
-        if config.save is not None and (done == config.steps or (config.save_every and done % config.save_every == 0)):
-            t0 = time.perf_counter()
-            path = save_checkpoint(config.save, pipe, optimizer, step=done, extra=_extra(config, plan))
+    try:
+        for step in range(result.start_step, config.steps):
+            inputs, target = spec.batch(m, step)
+            inputs = tuple(v.to(device) if isinstance(v, torch.Tensor) else v for v in inputs)
+            target = target.to(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            with failures(pipe.where, f"in step {step + 1}", config.timeout_s):
+                pipe.zero_grad(set_to_none=True)
+                losses = pipe.step(inputs, target)
+                pipe.sync_tied_grads()
+                if optimizer is not None:
+                    optimizer.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+            dt = time.perf_counter() - t0
+            result.step_s.append(dt)
+            result.step_cpu_s.append(time.process_time() - c0)
             if pipe.has_last:
-                size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-                log(f"saved checkpoint {path} ({format_size(size)}, {time.perf_counter() - t0:.2f} s)")
+                loss = torch.stack([x.float() for x in losses]).mean().item()
+                result.losses.append(loss)
+                log(f"step {step + 1}/{config.steps}  loss {loss:.6f}  time {dt * 1e3:.1f} ms")
+            done = step + 1
+            if config.save is not None and (done == config.steps or (config.save_every and done % config.save_every == 0)):
+                t0 = time.perf_counter()
+                path = save_checkpoint(config.save, pipe, optimizer, step=done, extra=_extra(config, plan))
+                if pipe.has_last:
+                    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+                    log(f"saved checkpoint {path} ({format_size(size)}, {time.perf_counter() - t0:.2f} s)")
+    finally:
+        gc.unfreeze()
     with failures(pipe.where, "while gathering the summary", config.timeout_s):
         _summary(plan, pipe.has_last, result, device, rank_of_stages(plan), log)
     return result
