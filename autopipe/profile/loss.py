@@ -89,9 +89,9 @@ def measure_loss(graph: Graph, gm: fx.GraphModule, flat: list[Any], loss_fn: Los
 
 
 def estimate_loss(graph: Graph, gm: fx.GraphModule, flat: list[Any], loss_fn: LossFn,
-                  target: torch.Tensor, price: Callable[[Callable[[], Any]], float]) -> LossCost:
-    """Price ``loss_fn`` on the (meta) output of ``gm``: ``price(fn)`` runs ``fn`` and returns
-    its seconds on the device spec's roofline."""
+                  target: torch.Tensor, price: Callable[[Callable[[], Any], str], float]) -> LossCost:
+    """Price ``loss_fn`` on the (meta) output of ``gm``: ``price(fn, phase)`` runs ``fn`` and
+    returns its seconds on the device spec, ``phase`` being ``forward`` or ``backward``."""
     outs = _outputs(gm, flat)
     target = torch.empty_like(target, device="meta")
     box: list[torch.Tensor] = []
@@ -101,7 +101,7 @@ def estimate_loss(graph: Graph, gm: fx.GraphModule, flat: list[Any], loss_fn: Lo
         with saved.count():
             box.append(loss_fn(graph.unflatten_output(_leaves(outs)), target))
 
-    f = price(forward)
-    b = price(lambda: torch.autograd.backward(box.pop()))
+    f = price(forward, "forward")
+    b = price(lambda: torch.autograd.backward(box.pop()), "backward")
     saved.release()
     return LossCost(forward_s=f, backward_s=b, activation_bytes=saved.total, input_bytes=_input_bytes(outs))
