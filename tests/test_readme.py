@@ -45,6 +45,7 @@ SKIP = {
     "autopipe train ": "trains on 4 ranks (tests/test_runtime_train.py trains every example)",
     "torchrun ": "trains on 4 ranks (tests/test_runtime_train.py trains every example)",
     "python -m benchmarks.gpu_suite ": "needs a GPU",
+    "python -m benchmarks.bench_estimator_h200": "a minute of estimates at GPU shapes (CI runs its tests)",
 }
 
 # Arguments naming a file the command writes; it must exist afterwards.
