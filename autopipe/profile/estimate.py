@@ -50,8 +50,9 @@ def estimate(
     queue] in ``_queue.py``). Attention is priced as the fused GPU kernel ([Note:
     attention on meta tensors]). Activation
     bytes are counted with the same saved-tensor hooks as ``measure``. The input- and
-    weight-gradient halves are priced as separate passes (as zero-bubble schedules run
-    them). Total FLOPs, bytes, kernels and aten calls per phase go to ``profile.meta``.
+    weight-gradient halves are split as the weight half priced alone says ([Note: one
+    backward, priced in halves]). Total FLOPs, bytes, kernels and aten calls per phase
+    go to ``profile.meta``.
 
     Args:
         graph: the traced model (its parameters may live on the meta device).
@@ -124,13 +125,15 @@ class _Estimator(NodeWalker):
 
     def _price(self, phase: str, fn: Any) -> CostMode:
         mode = CostMode(self.spec, self.spec.dispatch_s(phase))
-        if fn is not None:
-            with mode:
-                fn()
-        self.flops[phase] += mode.flops
-        self.moved[phase] += mode.bytes
-        self.kernels[phase] += mode.kernels
+        with mode:
+            fn()
+        self._count(phase, mode)
         return mode
+
+    def _count(self, phase: str, mode: CostMode, sign: int = 1) -> None:
+        self.flops[phase] += sign * mode.flops
+        self.moved[phase] += sign * mode.bytes
+        self.kernels[phase] += sign * mode.kernels
 
     def cost(self, call: NodeCall) -> tuple[Any, NodeCost]:
         before = self.saved.total
@@ -149,22 +152,30 @@ class _Estimator(NodeWalker):
         """The calls of the node's whole backward, and the input gradients' fraction of it.
 
         [Note: one backward, priced in halves]
-        The input- and weight-gradient halves are priced as passes of their own, but
-        the model's backward runs both in one pass, which dispatches 20–27% fewer aten
-        calls than the two halves together (views and shared work done once: GPT-2
+        Zero-bubble schedules run the input- and weight-gradient halves apart, but the
+        model's backward runs both in one pass, which dispatches 20–27% fewer aten
+        calls than the two halves priced apart (views and shared work done once: GPT-2
         medium 1,842 against 2,233). The whole pass is what goes through the launch
-        queue; its share is split between the halves as their own times are.
+        queue. The weight half is priced alone (as zero-bubble schedules run it), the
+        input half is the rest, and the node's share is split between them so; FLOPs,
+        bytes and kernels of the input half in ``profile.meta`` are the whole pass's
+        less the weight half's.
         """
         every = call.backward(out, "all")
         if every is None:
             return [], 0.0
-        inp = self._price("backward_input", call.backward(out, "input"))
-        wgt = self._price("backward_weight", call.backward(out, "weight"))
-        whole = CostMode(self.spec, self.spec.dispatch_backward_s)
-        with whole:
-            every()
-        halves = inp.seconds + wgt.seconds
-        return whole.calls, inp.seconds / halves if halves > 0 else 1.0
+        whole = self._price("backward_input", every)
+        if call.backward(out, "input") is None:  # weight gradients only
+            self._count("backward_input", whole, -1)
+            self._count("backward_weight", whole)
+            return whole.calls, 0.0
+        weights = call.backward(out, "weight")
+        if weights is None:
+            return whole.calls, 1.0
+        wgt = self._price("backward_weight", weights)
+        self._count("backward_input", wgt, -1)  # the input half: the whole pass less the weight half
+        total = whole.seconds
+        return whole.calls, min(1.0, max(0.0, 1.0 - wgt.seconds / total)) if total > 0 else 1.0
 
     def share_queue(self) -> None:
         """Give every node its share of the launch queue ([Note: a node's share of the queue]),
