@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -64,19 +65,23 @@ class CostMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
     Args:
         spec: the device spec to price on.
         host_s: host seconds per aten call (``spec.dispatch_forward_s`` or ``_backward_s``).
+        tf32: per kernel class, whether float32 runs on the TF32 units; None reads
+            ``tf32_flags()`` now.
     """
 
-    def __init__(self, spec: DeviceSpec, host_s: float = 0.0) -> None:
+    def __init__(self, spec: DeviceSpec, host_s: float = 0.0, tf32: Mapping[str, bool] | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.spec = spec
         self.host_s = host_s
-        self.tf32 = {"convolution": bool(torch.backends.cudnn.allow_tf32),
-                     "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
+        self.tf32 = dict(tf32_flags() if tf32 is None else tf32)
         self.flops = 0
         self.bytes = 0
         self.kernels = 0
         self.calls: list[Call] = []
         """(host seconds, device seconds or None) per aten call, in order."""
+        self.decomposed = 0
+        """Kernels run as their decomposition: only then does what runs differ from a run
+        without this mode (see [Note: reusing the costs of repeated nodes])."""
 
     @property
     def seconds(self) -> float:
@@ -91,6 +96,7 @@ class CostMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
             with self:
                 r = func.decompose(*args, **kwargs)
             if r is not NotImplemented:
+                self.decomposed += 1
                 return r
         out = func(*args, **kwargs)
         if func.is_view or func in _FREE or not _touches_tensors(func, out):
@@ -107,6 +113,12 @@ class CostMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         self.kernels += 1
         self.calls.append((self.host_s, t + self.spec.kernel_overhead_s + self.spec.overhead_for(kind)))
         return out
+
+
+def tf32_flags() -> dict[str, bool]:
+    """Per kernel class, whether torch's backends let float32 run on the TF32 units now."""
+    return {"convolution": bool(torch.backends.cudnn.allow_tf32),
+            "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
 
 
 def _kind(packet: Any) -> str:

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
+from collections.abc import Hashable
 from typing import Any
 
 import torch
 import torch.fx as fx
 
+from autopipe._gc import collections_paused
+from autopipe._phases import phase
 from autopipe._version import __version__
 from autopipe.profile._assemble import assemble
 from autopipe.profile._attention import fused_sdpa, is_sdpa
 from autopipe.profile._copy import module_tensors
-from autopipe.profile._cost import CostMode
+from autopipe.profile._cost import CostMode, tf32_flags
 from autopipe.profile._node import NodeCall, Op
 from autopipe.profile._progress import Progress
-from autopipe.profile._queue import Call, replay_training
+from autopipe.profile._queue import Call, queue_seconds, replay_training
+from autopipe.profile._reuse import call_key
 from autopipe.profile._saved import SavedBytes
 from autopipe.profile._setup import setup
 from autopipe.profile._walk import NodeCost, NodeWalker
@@ -29,6 +32,7 @@ from autopipe.trace.graph import Graph
 _PHASES = ("forward", "backward_input", "backward_weight")
 
 
+@collections_paused  # [Note: no collections while tracing]
 def estimate(
     graph: Graph,
     args: tuple[Any, ...],
@@ -75,17 +79,17 @@ def estimate(
     computing = sum(1 for n in s.gm.graph.nodes if n.op.startswith("call_"))
     bar = Progress(computing, f"estimating {len(graph)} nodes on {spec.name}", enabled=progress)
     walker = _Estimator(s.gm, device=meta_dev, progress=bar, spec=spec)
-    with torch.enable_grad():
+    with torch.enable_grad(), phase("estimate.nodes"):
         try:
-            walker.run(*s.flat)
+            outs = walker.run(*s.flat)
         finally:
             bar.close()
             walker.saved.release()
     walker.share_queue()
     loss = None
     if loss_fn is not None and target is not None:
-        with torch.enable_grad():
-            loss = estimate_loss(graph, s.gm, s.flat, loss_fn, target, partial(_seconds, spec))
+        with torch.enable_grad(), phase("estimate.loss"):
+            loss = estimate_loss(graph, list(outs), loss_fn, target, walker.seconds)
     meta = {
         "autopipe": __version__, "torch": torch.__version__, "device_spec": spec.to_json(),
         "flops": dict(walker.flops), "bytes_moved": dict(walker.moved), "kernels": dict(walker.kernels),
@@ -96,12 +100,46 @@ def estimate(
     return dataclasses.replace(profile, loss=loss, optimizer=estimate_rates(spec, s.dtype))
 
 
-def _seconds(spec: DeviceSpec, fn: Any, phase: str) -> float:
-    """``fn()`` priced on ``spec`` as one ``phase`` (``forward`` or ``backward``)."""
-    mode = CostMode(spec, spec.dispatch_s(phase))
-    with mode:
-        fn()
-    return float(mode.seconds)
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Priced:
+    """What pricing a run found: its aten calls, FLOPs, bytes and kernels."""
+
+    calls: tuple[Call, ...]
+    """(host seconds, device seconds or None) per aten call, in order."""
+    flops: int
+    moved: int
+    kernels: int
+    decomposed: int = 0
+    """Kernels the CostMode ran as their decomposition. With none, a run without the
+    mode runs the very same kernels (see [Note: reusing the costs of repeated nodes])."""
+
+    @property
+    def seconds(self) -> float:
+        """The calls' time through an idle launch queue."""
+        return queue_seconds(self.calls)
+
+    def less(self, other: _Priced) -> _Priced:
+        """These FLOPs, bytes and kernels less ``other``'s (no calls)."""
+        return _Priced((), self.flops - other.flops, self.moved - other.moved, self.kernels - other.kernels)
+
+
+_NOTHING = _Priced((), 0, 0, 0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Known:
+    """What a node costs, kept by its key ([Note: reusing the costs of repeated nodes]):
+    everything the launch queue and ``profile.meta`` take from it."""
+
+    forward: _Priced
+    backward: tuple[Call, ...]
+    """The aten calls of the whole backward pass."""
+    input_fraction: float
+    """The input gradients' share of the backward ([Note: one backward, priced in halves])."""
+    backward_input: _Priced
+    """FLOPs, bytes and kernels of the input half."""
+    backward_weight: _Priced
+    """FLOPs, bytes and kernels of the weight half."""
 
 
 class _Estimator(NodeWalker):
@@ -109,47 +147,66 @@ class _Estimator(NodeWalker):
                  spec: DeviceSpec) -> None:
         super().__init__(gm, device=device, progress=progress)
         self.spec = spec
+        self.tf32 = tf32_flags()
+        """Read once, so that every price of this estimate (and every reused one) uses the same."""
         self.saved = SavedBytes(exclude=module_tensors(gm))
         self.flops = dict.fromkeys(_PHASES, 0)
         self.moved = dict.fromkeys(_PHASES, 0)
         self.kernels = dict.fromkeys(_PHASES, 0)
         self.dispatched = {"forward": 0, "backward": 0}
-        self.calls: dict[str, tuple[list[Call], list[Call], float]] = {}
+        self.calls: dict[str, tuple[tuple[Call, ...], tuple[Call, ...], float]] = {}
         """Per node, the aten calls of its forward and backward, and the input gradients'
         fraction of the backward."""
+        self.known: dict[Hashable, _Known] = {}
+        """Prices by node key, for nodes that repeat."""
 
     def op_for(self, n: fx.Node) -> Op:
         if is_sdpa(n):
             return lambda a, k: fused_sdpa(*a, **k)
         return super().op_for(n)
 
-    def _price(self, phase: str, fn: Any) -> CostMode:
-        mode = CostMode(self.spec, self.spec.dispatch_s(phase))
+    def _price(self, phase: str, fn: Any) -> _Priced:
+        mode = CostMode(self.spec, self.spec.dispatch_s(phase), self.tf32)
         with mode:
             fn()
-        self._count(phase, mode)
-        return mode
+        return _Priced(tuple(mode.calls), mode.flops, mode.bytes, mode.kernels, mode.decomposed)
 
-    def _count(self, phase: str, mode: CostMode, sign: int = 1) -> None:
-        self.flops[phase] += sign * mode.flops
-        self.moved[phase] += sign * mode.bytes
-        self.kernels[phase] += sign * mode.kernels
+    def seconds(self, fn: Any, phase: str) -> float:
+        """``fn()`` priced as one ``phase`` (``forward`` or ``backward``) from an idle queue."""
+        return self._price(phase, fn).seconds
+
+    def _count(self, phase: str, priced: _Priced) -> None:
+        self.flops[phase] += priced.flops
+        self.moved[phase] += priced.moved
+        self.kernels[phase] += priced.kernels
 
     def cost(self, call: NodeCall) -> tuple[Any, NodeCost]:
+        key = call_key(call.node, call)
+        known = self.known.get(key) if key is not None else None
         before = self.saved.total
         box: list[Any] = []
-        with self.saved.count():
-            fwd = self._price("forward", lambda: box.append(call.run()))
+        with self.saved.count():  # on every run: what a node saves depends on earlier nodes
+            if known is not None and known.forward.decomposed == 0:
+                box.append(call.run())  # the kernels of the priced run, so its price
+                fwd = known.forward
+            else:
+                fwd = self._price("forward", lambda: box.append(call.run()))
         out = box[0]
         activation = self.saved.total - before
-        backward, fraction = self._backward(call, out)
-        self.calls[call.node.name] = (fwd.calls, backward, fraction)
-        self.dispatched["forward"] += len(fwd.calls)
-        self.dispatched["backward"] += len(backward)
+        if known is None or known.forward != fwd:
+            known = self._backward(call, out, fwd)
+            if key is not None:
+                self.known[key] = known
+        self.calls[call.node.name] = (known.forward.calls, known.backward, known.input_fraction)
+        self.dispatched["forward"] += len(known.forward.calls)
+        self.dispatched["backward"] += len(known.backward)
+        self._count("forward", known.forward)
+        self._count("backward_input", known.backward_input)
+        self._count("backward_weight", known.backward_weight)
         return out, NodeCost(activation_bytes=activation)  # times: share_queue
 
-    def _backward(self, call: NodeCall, out: Any) -> tuple[list[Call], float]:
-        """The calls of the node's whole backward, and the input gradients' fraction of it.
+    def _backward(self, call: NodeCall, out: Any, fwd: _Priced) -> _Known:
+        """The node's price with the calls of its whole backward and the input gradients' fraction of it.
 
         [Note: one backward, priced in halves]
         Zero-bubble schedules run the input- and weight-gradient halves apart, but the
@@ -163,19 +220,17 @@ class _Estimator(NodeWalker):
         """
         every = call.backward(out, "all")
         if every is None:
-            return [], 0.0
+            return _Known(fwd, (), 0.0, _NOTHING, _NOTHING)
         whole = self._price("backward_input", every)
         if call.backward(out, "input") is None:  # weight gradients only
-            self._count("backward_input", whole, -1)
-            self._count("backward_weight", whole)
-            return whole.calls, 0.0
+            return _Known(fwd, whole.calls, 0.0, _NOTHING, whole.less(_NOTHING))
         weights = call.backward(out, "weight")
         if weights is None:
-            return whole.calls, 1.0
+            return _Known(fwd, whole.calls, 1.0, whole.less(_NOTHING), _NOTHING)
         wgt = self._price("backward_weight", weights)
-        self._count("backward_input", wgt, -1)  # the input half: the whole pass less the weight half
         total = whole.seconds
-        return whole.calls, min(1.0, max(0.0, 1.0 - wgt.seconds / total)) if total > 0 else 1.0
+        fraction = min(1.0, max(0.0, 1.0 - wgt.seconds / total)) if total > 0 else 1.0
+        return _Known(fwd, whole.calls, fraction, whole.less(wgt), wgt.less(_NOTHING))
 
     def share_queue(self) -> None:
         """Give every node its share of the launch queue ([Note: a node's share of the queue]),
