@@ -39,6 +39,11 @@ class StageMemory:
     buffers: int
     """Send/receive buffers at the stage's boundaries."""
     total: int
+    """The peak: params + grads + optimizer + buffers + the larger of activations and
+    optimizer_step."""
+    optimizer_step: int = 0
+    """What the optimizer step allocates while it runs, when no activation is held
+    (Adam's multi-tensor temporaries; fp32 gradients for 16-bit masters)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

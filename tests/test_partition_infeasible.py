@@ -18,7 +18,7 @@ def test_names_the_overflow_and_a_stage_count_that_fits() -> None:
     with pytest.raises(InfeasiblePlanError) as info:
         plan_profile(prof, num_stages=2, microbatches=16, memory_limit=limit)
     err = info.value
-    assert re.search(r"stage \d needs [\d.]+ MiB but cuda:\d has [\d.]+ MiB", err.message)
+    assert re.search(r"stage \d needs [\d.]+ [KMG]iB but cuda:\d has [\d.]+ [KMG]iB", err.message)
     assert "the most memory-balanced split needs [" in err.message
     m = re.search(r"--stages (\d+)", err.hint or "")
     assert m is not None

@@ -47,8 +47,10 @@ def recompute_memory(profile: Profile, plan: Plan, optimizer: str) -> list[int]:
         # GPipe holds every micro-batch, zb-h1 min(m, p) on every stage (until each W), 1F1B min(m, p - s)
         inflight = {"gpipe": m, "zb-h1": min(m, p)}.get(plan.schedule, min(m, p - s))
         params = sum(param_memory(profile.params[q], optimizer=optimizer).total for q in held[s])
+        # the optimizer step's temporaries, held while no activation is (Adam: fp32 sqrt of v)
+        step = sum(4 * (profile.params[q] // 4) for q in held[s]) if optimizer in ("adam", "adamw") else 0
         around = (cross[s - 1] if s else 0) + (cross[s] if s < p - 1 else 0)
-        out.append(params + act[s] * inflight + 2 * around)
+        out.append(params + max(act[s] * inflight, step) + 2 * around)
     return out
 
 

@@ -52,6 +52,7 @@ SKIP = {
     "autopipe train ": "trains on 4 ranks (tests/test_runtime_train.py trains every example)",
     "torchrun ": "trains on 4 ranks (tests/test_runtime_train.py trains every example)",
     "python -m benchmarks.gpu_suite ": "needs a GPU",
+    "python -m benchmarks.bench_estimator_h200": "a minute of estimates at GPU shapes (CI runs its tests)",
     "autopipe consolidate ": "needs a checkpoint of a training run (tests/test_runtime_checkpoint.py runs it)",
 }
 

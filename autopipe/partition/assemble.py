@@ -77,7 +77,8 @@ def stages(problem: Problem, stage_of: Sequence[int], ev: Evaluation) -> tuple[S
             index=s, device=problem.config.devices[s].name, nodes=tuple(members[s]),
             modules=tuple(modules[s]), forward_s=cost.forward_s, backward_s=cost.backward_s,
             memory=StageMemory(params=cost.params, grads=cost.grads, optimizer=cost.optimizer,
-                               activations=cost.activations, buffers=cost.buffers, total=cost.memory),
+                               activations=cost.activations, buffers=cost.buffers, total=cost.memory,
+                               optimizer_step=cost.optimizer_step),
             sends=tuple(out_sends[s]), backward_weight_s=cost.backward_weight_s, comm_s=cost.comm_s,
             optimizer_s=steps[s], rank=s if write_rank else None))
     return tuple(result)

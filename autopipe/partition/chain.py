@@ -32,14 +32,20 @@ class Chain:
         self.real = np.concatenate([[0], np.cumsum([b.real for b in blocks])])
         readers = problem.readers()
         single = np.zeros(n)
+        step = np.zeros(n)
         self.shared: list[tuple[float, tuple[int, ...]]] = []
+        self.shared_step: list[tuple[float, tuple[int, ...]]] = []
         for q, r in sorted(readers.items()):
             total = float(problem.param_mem[q].total)
             if len(r) == 1:
                 single[r[0]] += total
+                step[r[0]] += problem.param_mem[q].step
             else:
                 self.shared.append((total, r))
+                self.shared_step.append((float(problem.param_mem[q].step), r))
         self.pmem = np.concatenate([[0.0], np.cumsum(single)])
+        self.pstep = np.concatenate([[0.0], np.cumsum(step)])
+        """The optimizer step's temporaries ([Note: the optimizer step's temporaries])."""
         # X[i]: bytes crossing the cut in front of block i (and whether a non-tensor does)
         diff = np.zeros(n + 1)
         bad = np.zeros(n + 1, dtype=np.int64)
@@ -98,16 +104,10 @@ class Chain:
         """Peak memory of segments [j, i) on stage ``s``."""
         js = slice(j.start, j.stop)
         cfg = self.problem.config
-        mem: FloatArray = self.pmem[i] - self.pmem[js] + cfg.inflight(s) * (self.act[i] - self.act[js])
-        mem = mem + 2.0 * self.comm(i, j)
-        for total, readers in self.shared:
-            # held when some reader r has j <= r < i: j at or below the last reader before i
-            last = -1
-            for r in readers:
-                if r < i:
-                    last = r
-            if last >= j.start:
-                mem[: last - j.start + 1] += total
+        held = self.pmem[i] - self.pmem[js] + 2.0 * self.comm(i, j) + _shared(self.shared, i, j)
+        act: FloatArray = cfg.inflight(s) * (self.act[i] - self.act[js])
+        step = self.pstep[i] - self.pstep[js] + _shared(self.shared_step, i, j)
+        mem: FloatArray = held + np.maximum(act, step)
         return mem
 
     def stage_of(self, cuts: list[int]) -> list[int]:
@@ -118,3 +118,17 @@ class Chain:
             out += [s] * (end - start)
             start = end
         return out
+
+
+def _shared(shared: list[tuple[float, tuple[int, ...]]], i: int, j: range) -> FloatArray:
+    """Bytes of parameters read by several blocks that segments [j, i) hold."""
+    out: FloatArray = np.zeros(len(j))
+    for total, readers in shared:
+        # held when some reader r has j <= r < i: j at or below the last reader before i
+        last = -1
+        for r in readers:
+            if r < i:
+                last = r
+        if last >= j.start:
+            out[: last - j.start + 1] += total
+    return out

@@ -13,9 +13,11 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
     stage s:  F_s = Σ forward / speed_s           B_s = Σ (backward input + weight) / speed_s
                                                   W_s = Σ backward weight / speed_s (part of B_s)
               memory_s = Σ_{params read} (param + grad + optimizer states)
-                       + activation bytes × in-flight micro-batches (``Config.inflight``,
-                         from the schedule's order: 1F1B min(m, p−s); GPipe m; zb-h1 min(m, p))
                        + 2·(X_{s-1} + X_s)           (send/receive buffers, activation and gradient)
+                       + max(activation bytes × in-flight micro-batches (``Config.inflight``,
+                               from the schedule's order: 1F1B min(m, p−s); GPipe m; zb-h1 min(m, p)),
+                             Σ_{params read} optimizer step's temporaries)   (the step runs when no
+                               activation is held: [Note: the optimizer step's temporaries])
 
     iteration = the schedule's step time with these F_s, B_s, W_s and c_b — the longest
                 path of its task DAG ([Note: the step time is a longest path]; only zb-h1
@@ -77,10 +79,14 @@ class StageCost:
         """Compute time per micro-batch: forward + backward."""
         return self.forward_s + self.backward_s
 
+    optimizer_step: int = 0
+    """Bytes the optimizer step allocates while it runs (held with no activations)."""
+
     @property
     def memory(self) -> int:
         """Total predicted peak bytes."""
-        return self.params + self.grads + self.optimizer + self.activations + self.buffers
+        return self.params + self.grads + self.optimizer + self.buffers + max(self.activations,
+                                                                                self.optimizer_step)
 
     @property
     def fits(self) -> bool:
@@ -212,7 +218,8 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
             params=sum(m.params for m in mem), grads=sum(m.grads for m in mem),
             optimizer=sum(m.optimizer for m in mem),
             activations=act[s] * cfg.inflight(s), buffers=2 * (recv + send),
-            limit=float(dev.memory) if dev.memory > 0 else math.inf))
+            limit=float(dev.memory) if dev.memory > 0 else math.inf,
+            optimizer_step=sum(m.step for m in mem)))
     tied = 0.0
     for q, readers in problem.readers().items():
         tied += cfg.allreduce_s(problem.param_bytes[q], len({stage_of[r] for r in readers}))

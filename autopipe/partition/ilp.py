@@ -333,12 +333,14 @@ class _Model:
         cfg = problem.config
         readers = problem.readers()
         single_mem = [0.0] * problem.size
+        single_temp = [0.0] * problem.size
         per_tensor, per_byte = cfg.optimizer_step
         step_of = {q: per_tensor + per_byte * problem.param_bytes.get(q, 0) for q in readers}
         single_step = [0.0] * problem.size
         for q, r in readers.items():
             if len(r) == 1:
                 single_mem[r[0]] += problem.param_mem[q].total
+                single_temp[r[0]] += problem.param_mem[q].step
                 single_step[r[0]] += step_of[q]
         inv_bw = 0.0 if math.isinf(cfg.link_bandwidth) else 1.0 / cfg.link_bandwidth
         split = splits_backward(cfg.schedule)
@@ -358,9 +360,13 @@ class _Model:
             self.sends.append(self._named(c, f"C_{b}"))
         self.memory: list[_Lin] = []
         """Each stage's memory as a share of ``memory_scales`` (its device's limit, if any)."""
+        self.step_memory: list[_Lin] = []
+        """The same during the optimizer step: no activations, the step's temporaries
+        ([Note: the optimizer step's temporaries]); the peak is the larger of the two."""
         for s, scale in enumerate(memory_scales(problem)):
             dev = cfg.devices[s]
             fwd, bwd, wgt, mem, real, opt = _Lin(), _Lin(), _Lin(), _Lin(), _Lin(), _Lin()
+            temp = _Lin()
             # the runtime's work around each action: the B task carries it when split too
             fwd.const += cfg.forward_overhead_s / tau
             bwd.const += cfg.backward_overhead_s / tau
@@ -375,24 +381,31 @@ class _Model:
                 else:
                     bwd.add(x, (blk.backward_input_s + blk.backward_weight_s) / dev.speed / tau)
                 mem.add(x, (single_mem[b] + cfg.inflight(s) * blk.activation_bytes) / scale)
+                temp.add(x, (single_mem[b] + single_temp[b]) / scale)
                 real.add(x, float(blk.real))
                 if single_step[b]:
                     opt.add(x, single_step[b] / dev.speed / tau)
             for q, per_stage in held.items():
                 mem.add(per_stage[s], problem.param_mem[q].total / scale)
+                temp.add(per_stage[s], (problem.param_mem[q].total + problem.param_mem[q].step) / scale)
                 if step_of[q]:
                     opt.add(per_stage[s], step_of[q] / dev.speed / tau)
             self.forward.append(self._named(fwd, f"F_{s}"))
             self.backward.append(self._named(bwd, f"B_{s}"))
             self.weight.append(self._named(wgt, f"W_{s}"))
             self.optimizer.append(self._named(opt, f"O_{s}"))
-            if s > 0:
-                mem.add(x_bytes[s - 1], 2.0 / scale)
-            if s < p - 1:
-                mem.add(x_bytes[s], 2.0 / scale)
+            for lin in (mem, temp):
+                if s > 0:
+                    lin.add(x_bytes[s - 1], 2.0 / scale)
+                if s < p - 1:
+                    lin.add(x_bytes[s], 2.0 / scale)
             self.memory.append(mem)
+            self.step_memory.append(temp)
             if dev.memory > 0:  # the scale is the limit
                 self._add(mem, "<=", 1.0 - MEMORY_HEADROOM, f"mem_{s}")
+                # twice the headroom: HiGHS accepts rows violated by its 1e-6 MIP tolerance,
+                # and a stage exactly at its limit must stay out as ``evaluate`` keeps it out
+                self._add(temp, "<=", 1.0 - 2 * MEMORY_HEADROOM, f"memstep_{s}")
             self._add(real, ">=", 1.0, f"nonempty_{s}")
         self.step = self._var("T")
         self.paths: list[_Lin] = []
@@ -544,7 +557,8 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
     most, least, share = model._var("tie_most"), model._var("tie_least"), model._var("tie_share")
     for s in range(p):
         for name, var, lin, sign in (("most", most, busy[s], 1.0), ("least", least, busy[s], -1.0),
-                                     ("share", share, model.memory[s], 1.0)):
+                                     ("share", share, model.memory[s], 1.0),
+                                     ("share_step", share, model.step_memory[s], 1.0)):
             row = _Lin()
             row.add(var, sign)
             row.add(lin, -sign)
@@ -554,7 +568,7 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
         values = model.warm(stage_of)
         values[most.name] = max(b.value(values) for b in busy)
         values[least.name] = max(0.0, min(b.value(values) for b in busy))
-        values[share.name] = max(0.0, max(m.value(values) for m in model.memory))
+        values[share.name] = max(0.0, max(m.value(values) for m in model.memory + model.step_memory))
         return values
 
     best = tuple(incumbent)

@@ -368,7 +368,7 @@ def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predic
                      activation_bytes=s.activations // cfg.inflight(i), optimizer_s=steps[i])
              for i, s in enumerate(ev.stages)]
     sim = simulate(costs, schedule=cfg.schedule, microbatches=cfg.microbatches)
-    peak = tuple(s.params + s.grads + s.optimizer + s.buffers + sim.peak_activation_bytes[i]
+    peak = tuple(s.params + s.grads + s.optimizer + s.buffers + max(sim.peak_activation_bytes[i], s.optimizer_step)
                  for i, s in enumerate(ev.stages))
     return Predicted(iteration_s=sim.iteration_s + ev.tied_sync_s + cfg.step_overhead_s,
                      bubble_fraction=sim.bubble_fraction, peak_memory=peak)
