@@ -37,6 +37,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-pin-cores", dest="pin_cores", action="store_false",
                    help="let CPU ranks share all the cores (default: each local rank keeps to its "
                         "own share, unless already bound with taskset or numactl)")
+    p.add_argument("--init", default=None, metavar="PATH",
+                   help="start from these weights of the unsplit model: a .safetensors file, a "
+                        "Hugging Face checkpoint folder or a torch .pt; each rank reads only its "
+                        "own stages' tensors (default: the spec's model as built)")
     p.add_argument("--launch", type=int, default=None, metavar="P",
                    help="start P ranks on this machine (instead of torchrun) and wait for them")
     p.set_defaults(run=run)
@@ -48,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     plan = load_plan(args.plan)  # and against the model in prepare(), before any rank starts
     config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, device=args.device,
-                         timeout_s=args.timeout, pin_malloc=args.pin_malloc, pin_cores=args.pin_cores)
+                         timeout_s=args.timeout, pin_malloc=args.pin_malloc, pin_cores=args.pin_cores,
+                         init=args.init)
     spec = _spec(args, plan)
     if args.launch is not None:
         return _launch(args, spec, plan)
@@ -73,11 +78,14 @@ def _spec(args: argparse.Namespace, plan: Plan) -> ModelSpec:
 
 def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan) -> int:
     from autopipe.runtime.launch import launch
+    from autopipe.runtime.materialize import check_init
     from autopipe.runtime.train import prepare
 
     if args.launch < 1:
         raise AutopipeError(f"--launch {args.launch}", hint="start at least one rank")
     prepare(spec, plan, args.launch)  # a wrong plan stops here, before any rank starts
+    if args.init is not None:
+        check_init(spec, args.init)  # and weights that do not fit the model
     cmd = [sys.executable, "-m", "autopipe", "train", args.spec, "--plan", args.plan,
            "--steps", str(args.steps), "--lr", repr(args.lr), "--optimizer", args.optimizer,
            "--device", args.device, "--timeout", repr(args.timeout)]
@@ -89,6 +97,8 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan) -> int:
         cmd.append("--no-pin-cores")
     if args.batch_size is not None:
         cmd += ["--batch-size", str(args.batch_size)]
+    if args.init is not None:
+        cmd += ["--init", args.init]
     result = launch(cmd, args.launch, grace_s=min(30.0, args.timeout))
     if result.code:
         failed = result.first_failed if result.first_failed is not None else "?"

@@ -35,6 +35,10 @@ class TrainConfig:
     pin_cores: bool = True
     """CPU ranks on one machine each keep to their own share of its cores
     (``autopipe.runtime.affinity``; skipped where the process is already bound)."""
+    init: str | None = None
+    """Weights of the unsplit model (``.safetensors``, a Hugging Face folder, a torch ``.pt``):
+    each rank reads its own stages' tensors (``autopipe.runtime.materialize``). None: the
+    model's own weights, or for a meta-built model the spec's initialiser."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -21,6 +21,7 @@ from autopipe._units import format_size
 from autopipe.errors import AutopipeError, PlanMismatchError, RuntimeStageError, SpecError
 from autopipe.plan_format import Plan
 from autopipe.runtime.affinity import pin_cores
+from autopipe.runtime.materialize import materialize_stages
 from autopipe.runtime.meta import StageMeta, stage_metas
 from autopipe.runtime.optim import TrainConfig, make_optimizer
 from autopipe.runtime.placement import check_world_size, rank_of_stages
@@ -133,6 +134,8 @@ def train(
     if device.type == "cpu" and config.pin_cores:
         # before the process group, so that gloo's threads start on the rank's cores
         pin_cores(local_rank, _local_world(world))  # [Note: pinned cores on CPU ranks]
+    materialize_stages([st.module for st in prepared.split.stages if rank_of_stages(plan)[st.index] == rank],
+                       spec, device, init=config.init)  # only this rank's tensors: meta-built models
     created = _init_process_group(rank, world, device, config.timeout_s)
     try:
         return _run(spec, plan, config, prepared, rank, world, device, log)
