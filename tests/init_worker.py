@@ -13,16 +13,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
-from autopipe import ModelSpec, trace
+from autopipe import ModelSpec
 from autopipe.plan_format import Plan
 from autopipe.runtime.optim import TrainConfig
-from autopipe.runtime.train import prepare, train
+from autopipe.runtime.train import TrainResult, prepare, train
 
 from .conftest import example_spec
 from .runtime_cases import TINY
+from .runtime_worker import run_cases
 
 
 @dataclass(frozen=True)
@@ -54,27 +54,15 @@ INIT_CASES = {c.name: c for c in [
 ]}
 
 
-def main(argv: list[str]) -> int:
-    out = Path(argv[0])
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    for name in argv[1:]:
-        case = INIT_CASES[name]
-        spec = case.spec()
-        graph = trace(spec.model, spec.example_inputs)
-        plan = Plan.load(out / f"{name}.plan.json")
-        prepared = prepare(spec, plan, dist.get_world_size(), graph)
-        result = train(spec, plan, case.config(out), prepared=prepared, log=lambda s: None)
-        state = {}
-        for module in result.modules.values():
-            for k, v in [*module.named_parameters(remove_duplicate=False), *module.named_buffers()]:
-                state[k] = v.detach().cpu().clone()
-        torch.save({"losses": result.losses, "state": state}, out / f"{name}.rank{rank}.pt")
-    dist.destroy_process_group()
-    return 0
+def _train_case(out: Path, name: str) -> tuple[TrainResult, dict[str, str]]:
+    case = INIT_CASES[name]
+    spec = case.spec()
+    plan = Plan.load(out / f"{name}.plan.json")
+    prepared = prepare(spec, plan, dist.get_world_size())
+    # the stage modules' own names: torch.export reads a tied weight under one of its names
+    return train(spec, plan, case.config(out), prepared=prepared, log=lambda s: None), {}
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_cases(sys.argv[1:], _train_case))

@@ -31,6 +31,7 @@ RUN = (
     "autopipe show plan.json --png plan.png --trace trace.json",
     "autopipe plan examples/gpt2.py:build --stages 4 --microbatches 8 --device-spec h100 -o new-plan.json",
     "autopipe check new-plan.json --baseline plan-h100.json --tolerance 0.01",
+    "autopipe plan examples/llama.py:build --spec-arg device=meta --stages 2 -o llama-plan.json",
 )
 
 # Commands not run here, keyed on how they start.
@@ -45,6 +46,7 @@ SKIP = {
     "autopipe train ": "trains on 4 ranks (tests/test_runtime_train.py trains every example)",
     "torchrun ": "trains on 4 ranks (tests/test_runtime_train.py trains every example)",
     "python -m benchmarks.gpu_suite ": "needs a GPU",
+    "python -m benchmarks.bench_init_memory": "trains a 1 GB Llama on 2 ranks (3-4 min)",
 }
 
 # Arguments naming a file the command writes; it must exist afterwards.
