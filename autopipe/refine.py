@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -72,11 +72,14 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
     record: list[dict[str, Any]] = []
     measured: list[Plan] = []
     ratio: dict[str, tuple[float, float]] = {}
+    idle_s = float(profile.runtime.get("send_latency_s", 0.0))
     current = plan
     for _ in range(max(1, rounds)):
         split = split_graph(graph, current, constants)
-        with _threads_of(profile, tensors):
-            forward_s, backward_s = time_stages(split, tensors, repeats=repeats)
+        with _conditions_of(profile, tensors):
+            # each action after blocking one send latency, as a rank waits for its peer
+            # ([Note: compute after a wait] in autopipe.runtime.calibrate)
+            forward_s, backward_s = time_stages(split, tensors, repeats=repeats, idle_s=idle_s)
         factors = stage_factors(profile, current, forward_s, backward_s)
         for name, s in current.stage_of.items():
             ratio[name] = factors[s]
@@ -152,16 +155,23 @@ def with_stage_times(plan: Plan, forward_s: Sequence[float], backward_s: Sequenc
     return dataclasses.replace(timed, predicted=predicted)
 
 
-def _threads_of(profile: Profile, tensors: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager[None]:
-    """On the CPU, the intra-op threads the profile was measured with (one by default):
-    the stages are timed as the nodes were."""
-    from autopipe.profile._setup import cpu_threads
+@contextlib.contextmanager
+def _conditions_of(profile: Profile, tensors: Sequence[torch.Tensor]) -> Iterator[None]:
+    """On the CPU, the conditions the profile was measured in: its intra-op threads (one by
+    default) and subnormals flushed where it flushed them; the stages are timed as the nodes were."""
+    from autopipe.profile._setup import cpu_threads, denormals_flushed
 
     threads = profile.meta.get("threads")
-    on_cpu = all(t.device.type == "cpu" for t in tensors)
-    if not on_cpu or not isinstance(threads, int) or threads < 1:
-        return contextlib.nullcontext()
-    return cpu_threads(threads, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    if not all(t.device.type == "cpu" for t in tensors):
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        if isinstance(threads, int) and threads >= 1:
+            stack.enter_context(cpu_threads(threads, cpu))
+        if profile.meta.get("flush_denormal"):
+            stack.enter_context(denormals_flushed(cpu))
+        yield
 
 
 def can_refine(graph: Graph, profile: Profile) -> str | None:

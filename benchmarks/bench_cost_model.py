@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import autopipe
+from autopipe.spec import example_target
 from benchmarks.bench_simulator import EXAMPLES, MAX_STEPS, SKIP_STEPS, _spec_path, _train
 
 MODELS = [*EXAMPLES, "tied_lm"]
@@ -37,8 +38,10 @@ def bench(name: str, microbatches: int, min_seconds: float, tmp: Path,
     spec = autopipe.load_spec(_spec_path(name))
     out: dict[str, tuple[float, float, float]] = {}
     for method in METHODS:
+        # as `autopipe plan` does: the spec's loss on one micro-batch's target is a cost
         plan = autopipe.plan(spec.model, spec.example_inputs, example_kwargs=spec.example_kwargs,
-                             num_stages=2, microbatches=microbatches, method=method, profile="measure")
+                             num_stages=2, microbatches=microbatches, method=method, profile="measure",
+                             loss_fn=spec.loss_fn, target=example_target(spec))
         predicted = plan.predicted.iteration_s
         steps = max(16, min(MAX_STEPS, SKIP_STEPS + math.ceil(min_seconds / predicted)))
         folder = Path(tempfile.mkdtemp(prefix=f"{name}-{method}.", dir=tmp))

@@ -19,6 +19,7 @@ from autopipe import ModelSpec
 from autopipe.plan_format import Plan
 from autopipe.runtime.optim import TrainConfig
 from autopipe.runtime.train import TrainResult, prepare, train
+from autopipe.trace import Graph
 
 from .conftest import example_spec
 from .runtime_cases import TINY
@@ -54,13 +55,12 @@ INIT_CASES = {c.name: c for c in [
 ]}
 
 
-def _train_case(out: Path, name: str) -> tuple[TrainResult, dict[str, str]]:
+def _train_case(out: Path, name: str) -> tuple[TrainResult, Graph]:
     case = INIT_CASES[name]
     spec = case.spec()
     plan = Plan.load(out / f"{name}.plan.json")
     prepared = prepare(spec, plan, dist.get_world_size())
-    # the stage modules' own names: torch.export reads a tied weight under one of its names
-    return train(spec, plan, case.config(out), prepared=prepared, log=lambda s: None), {}
+    return train(spec, plan, case.config(out), prepared=prepared, log=lambda s: None), prepared.graph
 
 
 if __name__ == "__main__":

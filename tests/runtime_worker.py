@@ -19,34 +19,32 @@ import torch.distributed as dist
 from autopipe import trace
 from autopipe.plan_format import Plan
 from autopipe.runtime.optim import TrainConfig
-from autopipe.runtime.tied import TiedParams, canonical_names
+from autopipe.runtime.tied import TiedParams
 from autopipe.runtime.train import TrainResult, prepare, train
+from autopipe.trace import Graph
 
-from .runtime_cases import CASES
+from .runtime_cases import CASES, trained_state
 from .zoo import ZOO_CASES
 
 
-def run_cases(argv: list[str], train_case: Callable[[Path, str], tuple[TrainResult, dict[str, str]]]) -> int:
+def run_cases(argv: list[str], train_case: Callable[[Path, str], tuple[TrainResult, Graph]]) -> int:
     """Join the gloo job, train each case of ``argv[1:]`` with ``train_case(out, name)`` (which
-    returns the rank's result and the canonical names of tied parameters) and save its losses
-    and stage state to ``OUT/CASE.rankR.pt``."""
+    returns the rank's result and the graph it was split from) and save its losses and stage
+    state to ``OUT/CASE.rankR.pt``."""
     out = Path(argv[0])
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     for name in argv[1:]:
-        result, canonical = train_case(out, name)
-        state = {}
-        for module in result.modules.values():
-            for k, v in [*module.named_parameters(remove_duplicate=False), *module.named_buffers()]:
-                state[canonical.get(k, k)] = v.detach().cpu().clone()
+        result, graph = train_case(out, name)
+        state = trained_state(result.modules.values(), graph)
         torch.save({"losses": result.losses, "state": state, "stages": result.stages},
                    out / f"{name}.rank{rank}.pt")
     dist.destroy_process_group()
     return 0
 
 
-def _train_case(out: Path, name: str) -> tuple[TrainResult, dict[str, str]]:
+def _train_case(out: Path, name: str) -> tuple[TrainResult, Graph]:
     case = {**CASES, **ZOO_CASES}[name]
     spec = case.spec()
     graph = trace(spec.model, spec.example_inputs, spec.example_kwargs)
@@ -61,7 +59,7 @@ def _train_case(out: Path, name: str) -> tuple[TrainResult, dict[str, str]]:
         result = train(spec, plan, config, prepared=prepared, log=lambda s: None)
     finally:
         TiedParams.all_reduce_grads = sync  # type: ignore[method-assign]
-    return result, canonical_names(graph)
+    return result, graph
 
 
 if __name__ == "__main__":

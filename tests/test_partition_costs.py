@@ -64,6 +64,22 @@ def test_memory_breakdown_and_tied_parameters() -> None:
     assert [s.activations for s in gpipe.stages] == [400, 400, 400]
 
 
+def test_tied_gradients_all_reduce_as_a_ring_at_the_all_reduce_bandwidth() -> None:
+    import dataclasses
+
+    base = config()
+    assert base.allreduce_s(400, 1) == 0.0
+    assert math.isclose(base.allreduce_s(400, 2), 400 / 1000)  # no all-reduce figure: the link's
+    assert math.isclose(base.allreduce_s(400, 4), 2 * 3 / 4 * 400 / 1000)  # 2(k−1)/k of the bytes
+    measured = dataclasses.replace(base, allreduce_bandwidth=250.0)
+    assert math.isclose(measured.allreduce_s(400, 2), 400 / 250)
+    ev = evaluate(from_profile(skip_profile(), measured), [0, 0, 1, 2, 2])
+    assert math.isclose(ev.tied_sync_s, 400 / 250)  # w is held by stages 0 and 2
+    plain = evaluate(from_profile(skip_profile(), base), [0, 0, 1, 2, 2])
+    assert math.isclose(ev.objective_s - plain.objective_s, 400 / 250 - 400 / 1000)
+    assert dataclasses.replace(base, link_bandwidth=math.inf).allreduce_s(400, 3) == 0.0
+
+
 def test_step_of_equal_stages_is_the_classic_formula() -> None:
     problem = from_profile(skip_profile(), config(bw=math.inf))
     ev = evaluate(problem, [0, 0, 1, 2, 2])

@@ -171,3 +171,14 @@ def test_cpu_profiles_pin_malloc_as_training_does(monkeypatch: pytest.MonkeyPatc
     assert pinned.meta["cpu_affinity"] >= 1
     left = measure(graph, (torch.randn(2, 4),), warmup=0, repeats=1, progress=False, pin_malloc=False)
     assert left.meta["malloc_pinned"] is False
+
+
+def test_cpu_profiles_time_with_subnormals_flushed(traced: Traced, mlp_profile: Profile) -> None:
+    from autopipe.profile._setup import denormals_flushed
+
+    tiny = torch.tensor([1e-39])  # a subnormal float32
+    with denormals_flushed(torch.device("cpu")) as flushed:
+        inside = (tiny * 0.5).item()
+    assert flushed and inside == 0.0  # [Note: subnormals at initialisation]
+    assert (tiny * 0.5).item() > 0  # restored: the model's arithmetic afterwards is torch's default
+    assert mlp_profile.meta["flush_denormal"] is True

@@ -153,3 +153,25 @@ def test_cli_refines_what_it_measures(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["plan", MLP, "--stages", "2", "--microbatches", "4", "--no-refine", "-o", str(out)]) == 0
     assert "refine" not in Plan.load(out).options
     assert "refined" not in capsys.readouterr().err
+
+
+def test_stages_are_timed_after_a_wait_and_as_the_nodes_were(monkeypatch: pytest.MonkeyPatch,
+                                                              mlp: tuple[Any, autopipe.Graph, Profile]) -> None:
+    import dataclasses
+
+    spec, graph, profile = mlp
+    seen: list[tuple[float, int, bool]] = []
+
+    def fake(split: Split, inputs: Sequence[torch.Tensor], **kw: Any) -> tuple[tuple[float, ...], ...]:
+        flushed = (torch.tensor([1e-39]) * 0.5).item() == 0.0
+        seen.append((kw.get("idle_s", 0.0), torch.get_num_threads(), flushed))
+        n = len(split.stages)
+        return (1e-3,) * n, (2e-3,) * n
+
+    monkeypatch.setattr(timing, "time_stages", fake)
+    waited = dataclasses.replace(profile, runtime={**profile.runtime, "send_latency_s": 7e-5})
+    refine(_solve(waited), waited, graph, spec.example_inputs, {}, _solve, rounds=1)
+    # a rank blocks on its peer (one send latency at least) before an action; the profile's
+    # one thread and flushed subnormals, as its nodes were timed
+    assert seen == [(7e-5, 1, True)]
+    assert (torch.tensor([1e-39]) * 0.5).item() > 0

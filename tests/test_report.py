@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from autopipe.partition import plan_profile
 from autopipe.partition.synthetic import synthetic_profile
 from autopipe.report import format_plan
@@ -19,7 +21,9 @@ def test_table_has_a_row_per_stage_and_the_headline() -> None:
         assert row.split()[0] == str(s.index) and s.device in row and "4.00 GiB" in row
         assert lines[header + 2 + 3 * s.index].strip().startswith("modules:")
         assert lines[header + 3 + 3 * s.index].strip().startswith("sends:")
-    assert lines[-1].strip() == "sends:   -"
+    assert lines[header + 3 * plan.num_stages].strip() == "sends:   -"
+    assert lines[-plan.num_stages - 1].split() == ["per", "step", "compute", "loss", "runtime", "optimizer",
+                                                   "sync", "idle", "step"]
 
 
 def test_headline_says_what_the_step_counts() -> None:
@@ -37,3 +41,28 @@ def test_headline_says_what_the_step_counts() -> None:
     line = breakdown_lines(priced)[0]
     assert "loss 3.000 ms per micro-batch" in line and "optimizer step 1.000 ms / 2.000 ms" in line
     assert "per send" in line and "per step" in line
+
+
+def test_each_ranks_step_adds_up_from_its_parts() -> None:
+    import dataclasses
+
+    from autopipe.report import step_parts
+
+    plan = plan_profile(synthetic_profile(60, seed=1), num_stages=3, memory_limit="4GiB")
+    stages = tuple(dataclasses.replace(s, optimizer_s=1e-3 * (i + 1), forward_s=s.forward_s + 1e-4,
+                                       backward_s=s.backward_s + 2e-4 + (4e-3 if i == 2 else 0.0))
+                   for i, s in enumerate(plan.stages))
+    step = plan.predicted.iteration_s + 0.05
+    priced = dataclasses.replace(plan, stages=stages, predicted=dataclasses.replace(plan.predicted, iteration_s=step),
+                                 options={**plan.options, "loss": {"forward_s": 1e-3, "backward_s": 3e-3},
+                                          "tied_sync_s": 2e-3,
+                                          "runtime": {"forward_overhead_s": 1e-4, "backward_overhead_s": 2e-4,
+                                                      "step_overhead_s": 5e-4}})
+    m = plan.microbatches
+    parts = step_parts(priced)
+    for i, (s, part) in enumerate(zip(plan.stages, parts)):
+        assert sum(part.values()) == pytest.approx(step)
+        assert part["compute"] == pytest.approx(m * (s.forward_s + s.backward_s))  # less the loss and overheads
+        assert part["runtime"] == pytest.approx(m * 3e-4 + 5e-4)
+        assert part["optimizer"] == pytest.approx(1e-3 * (i + 1)) and part["sync"] == 2e-3
+    assert [p["loss"] for p in parts] == [0.0, 0.0, pytest.approx(m * 4e-3)]

@@ -21,9 +21,10 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
                 path of its task DAG ([Note: the step time is a longest path]; only zb-h1
                 runs W_s as a task of its own), which is what the simulator computes; for
                 equal stages and 1F1B it is Σ_s T_s + (m−1)·max_s T_s
-              + Σ_{tied params} (k−1)·bytes / bandwidth   for a parameter held by k stages
-                (its gradients are reduced once per step; exact for k = 2, where ring
-                all-reduce also moves ``bytes`` per link, and an upper bound for k > 2)
+              + Σ_{tied params} 2(k−1)/k · bytes / all-reduce bandwidth   for a parameter held
+                by k stages (its gradients are all-reduced once per step, as a ring would;
+                the bandwidth measured with the runtime's backend, else the link's:
+                ``Config.allreduce_s``)
 """
 
 from __future__ import annotations
@@ -214,9 +215,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
             limit=float(dev.memory) if dev.memory > 0 else math.inf))
     tied = 0.0
     for q, readers in problem.readers().items():
-        k = len({stage_of[r] for r in readers})
-        if k > 1:
-            tied += (k - 1) * cfg.comm_s(problem.param_bytes[q])
+        tied += cfg.allreduce_s(problem.param_bytes[q], len({stage_of[r] for r in readers}))
     steps = optimizer_steps(problem, stage_of)
     step, critical = longest_path(cfg.schedule, [s.forward_s for s in stages],
                                   [s.backward_s for s in stages],

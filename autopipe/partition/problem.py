@@ -25,6 +25,14 @@ _ELEMENT_SIZE = {"float64": 8, "float32": 4, "tf32": 4, "float16": 2, "bfloat16"
                  "float8_e4m3fn": 1, "float8_e5m2": 1}
 
 
+def ring_allreduce_per_byte(ranks: int, bandwidth: float) -> float:
+    """Seconds per byte of a ring all-reduce over ``ranks`` ranks at ``bandwidth`` bytes/s:
+    2(k−1)/k of the bytes pass through each rank (0 for one rank or an infinite bandwidth)."""
+    if ranks < 2:
+        return 0.0
+    return 2 * (ranks - 1) / ranks / bandwidth
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The pipeline a partition is made for."""
@@ -50,6 +58,10 @@ class Config:
     """Per send of one micro-batch's boundary tensors, beyond bytes / bandwidth."""
     step_overhead_s: float = 0.0
     """Per step and rank (splitting the batch, clearing state): every rank pays it once."""
+    allreduce_bandwidth: float = 0.0
+    """Bytes/s of an all-reduce between two ranks (seconds = bytes / this), as measured with
+    the runtime's backend (``autopipe.runtime.calibrate``); 0: ``link_bandwidth``, what a
+    ring all-reduce over the links would reach."""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -81,6 +93,12 @@ class Config:
     def comm_s(self, nbytes: float) -> float:
         """Seconds to move ``nbytes`` over one link."""
         return 0.0 if math.isinf(self.link_bandwidth) else nbytes / self.link_bandwidth
+
+    def allreduce_s(self, nbytes: float, ranks: int) -> float:
+        """Seconds to all-reduce ``nbytes`` over ``ranks`` ranks: a ring moves 2(k−1)/k of the
+        bytes through each rank (once, for two ranks), at ``allreduce_bandwidth``."""
+        bw = self.allreduce_bandwidth if self.allreduce_bandwidth > 0 else self.link_bandwidth
+        return nbytes * ring_allreduce_per_byte(ranks, bw)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

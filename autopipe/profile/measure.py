@@ -18,7 +18,13 @@ from autopipe.profile._copy import buffers_restored, fresh_inputs, module_tensor
 from autopipe.profile._node import NodeCall
 from autopipe.profile._progress import Progress
 from autopipe.profile._saved import SavedBytes
-from autopipe.profile._setup import check_counts, cpu_threads, resolve_device, setup
+from autopipe.profile._setup import (
+    check_counts,
+    cpu_threads,
+    denormals_flushed,
+    resolve_device,
+    setup,
+)
 from autopipe.profile._timer import Timer
 from autopipe.profile._walk import NodeCost, NodeWalker
 from autopipe.profile.loss import LossFn, measure_loss
@@ -102,7 +108,8 @@ def measure(
     s = setup(graph, args, kwargs, dev, dtype)
     computing = sum(1 for n in s.gm.graph.nodes if n.op.startswith("call_"))
     bar = Progress(computing, f"measuring {len(graph)} nodes on {dev}", enabled=progress)
-    with cpu_threads(threads, dev), buffers_restored(s.gm), torch.enable_grad():
+    with cpu_threads(threads, dev), denormals_flushed(dev) as flushed, buffers_restored(s.gm), \
+            torch.enable_grad():
         timer = Timer(dev, warmup=warmup, repeats=repeats, clock=clock)
         walker = _Measurer(s.gm, device=dev, progress=bar, timer=timer)
         try:
@@ -120,13 +127,13 @@ def measure(
         "warmup": warmup, "repeats": repeats, "clock": timer.clock,
         "threads": torch.get_num_threads() if threads is None else threads,
         "timer_overhead_s": timer.overhead, "grad_call_overhead_s": walker.grad_overhead,
-        "malloc_pinned": pinned, "cpu_affinity": _cpus(),
+        "malloc_pinned": pinned, "flush_denormal": flushed, "cpu_affinity": _cpus(),
         "whole_model": whole.to_json(),
     }
     label = f"cuda:{name}" if dev.type == "cuda" else "cpu"
     profile = assemble(graph, s.gm, walker.costs, walker.output_bytes, device=label, dtype=s.dtype,
                        method="measure", flat_inputs=s.flat, meta=meta)
-    with cpu_threads(threads, dev):
+    with cpu_threads(threads, dev), denormals_flushed(dev):
         rates = measure_rates(dev, s.dtype)
     return dataclasses.replace(profile, loss=loss, optimizer=rates)
 

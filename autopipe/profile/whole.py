@@ -11,7 +11,13 @@ import torch.fx as fx
 
 from autopipe.profile._copy import buffers_restored, fresh_inputs, module_tensors
 from autopipe.profile._saved import SavedBytes
-from autopipe.profile._setup import check_counts, cpu_threads, resolve_device, setup
+from autopipe.profile._setup import (
+    check_counts,
+    cpu_threads,
+    denormals_flushed,
+    resolve_device,
+    setup,
+)
 from autopipe.profile._timer import Timer
 from autopipe.trace.graph import Graph
 
@@ -47,7 +53,7 @@ def measure_whole(graph: Graph, args: tuple[Any, ...], kwargs: dict[str, Any] | 
     check_counts(warmup, repeats, clock)
     dev = resolve_device(device)
     s = setup(graph, args, kwargs, dev, dtype)
-    with cpu_threads(threads, dev), buffers_restored(s.gm), torch.enable_grad():
+    with cpu_threads(threads, dev), denormals_flushed(dev), buffers_restored(s.gm), torch.enable_grad():
         return run_whole(s.gm, s.flat, Timer(dev, warmup=warmup, repeats=repeats, clock=clock))
 
 

@@ -2,7 +2,9 @@
 
 ``measure_runtime_costs`` starts two gloo ranks (one thread each) that time:
 
-* a ping-pong of a 1-float tensor (latency) and of a 4 MiB one (bandwidth);
+* a ping-pong of a 1-float tensor (latency) and of a 4 MiB one (bandwidth), and an
+  all-reduce of 16 MiB (tied and replicated gradients: it reduces as well as moves
+  the bytes, and both ranks send at once);
 * a tiny two-layer model split in two and run by autopipe's runtime
   (``PipelineStage`` + ``Schedule1F1B``): the per-action and per-step
   overhead, see [Note: per-action overhead];
@@ -60,6 +62,8 @@ if TYPE_CHECKING:
 
 _WIDTH = 16
 _ROWS = 4
+_ALLREDUCE_FLOATS = 1 << 22
+"""16 MiB: the all-reduce is timed at the size of a tied embedding's gradient (a 32k × 128 one)."""
 WHOLE_REPEATS = 11
 
 
@@ -151,8 +155,8 @@ def _stage_overheads(rank: int, microbatches: tuple[int, int] = (2, 8),
     counts, and the work around the calls is fitted as a per-step constant plus
     a per-micro-batch part. See [Note: per-action overhead].
     """
+    from autopipe.runtime.prepare import prepare
     from autopipe.runtime.stage import build_pipeline
-    from autopipe.runtime.train import prepare
     from autopipe.spec import ModelSpec
     from autopipe.trace import trace
 
@@ -243,6 +247,9 @@ def _worker(out: str, optimizer: str) -> int:
         latency = _ping_pong(rank, torch.zeros(1), 200)
         big = torch.zeros(1 << 20)
         bandwidth = big.numel() * big.element_size() / max(_ping_pong(rank, big, 20) - latency, 1e-9)
+        grads = torch.zeros(_ALLREDUCE_FLOATS)
+        allreduce_s = _time(lambda: dist.all_reduce(grads), 10)
+        allreduce_bw = grads.numel() * grads.element_size() / max(allreduce_s - latency, 1e-9)
         forward, backward, per_step = _stage_overheads(rank)
         dist.barrier()
         from autopipe.profile.optimizer import measure_rates
@@ -257,7 +264,8 @@ def _worker(out: str, optimizer: str) -> int:
     if rank == 0:
         mean = [statistics.fmean(v) for v in zip(*gathered)]
         costs = RuntimeCosts(forward_overhead_s=mean[0], backward_overhead_s=mean[1], step_overhead_s=mean[4],
-                             send_latency_s=latency, link_bandwidth=bandwidth, optimizer=optimizer,
+                             send_latency_s=latency, link_bandwidth=bandwidth,
+                             allreduce_bandwidth=allreduce_bw, optimizer=optimizer,
                              optimizer_tensor_s=mean[2], optimizer_element_s=mean[3],
                              device="cpu", backend="gloo", threads=1)
         costs.save(out)
@@ -283,7 +291,7 @@ def measure_runtime_costs(optimizer: str = "adam", timeout_s: float = 300.0) -> 
 
 
 PLANNED = ("forward_overhead_s", "backward_overhead_s", "send_latency_s", "step_overhead_s",
-           "link_bandwidth")
+           "link_bandwidth", "allreduce_bandwidth")
 """The RuntimeCosts fields a profile carries for the planner (``Profile.runtime``)."""
 
 
@@ -292,13 +300,22 @@ def profile_runtime(profile: Profile, optimizer: str = "adam") -> Profile:
     where it was measured on this machine's CPU: the planner then prices every action,
     send and step with them. Other profiles come back as they are (the calibration runs
     CPU ranks over gloo).
+
+    The ``optimizer``'s rates come from the calibration too, for fp32 profiles: its
+    ranks step at the same time, as training's ranks do at the end of a step, and
+    share the memory bandwidth an optimizer step is bound by (the profile's own rates
+    are of one process alone).
     """
     import dataclasses
 
     if profile.method != "measure" or profile.device != "cpu":
         return profile
     costs = measure_runtime_costs(optimizer)
-    return dataclasses.replace(profile, runtime={k: float(getattr(costs, k)) for k in PLANNED})
+    rates = dict(profile.optimizer)
+    if profile.dtype == "float32":
+        rates[optimizer] = (costs.optimizer_tensor_s, costs.optimizer_element_s)
+    return dataclasses.replace(profile, runtime={k: float(getattr(costs, k)) for k in PLANNED},
+                               optimizer=rates)
 
 
 def _as_leaves(value: Any) -> Any:
@@ -381,8 +398,8 @@ def measure_stage_compute(spec: ModelSpec, graph: Graph, plan: Plan, repeats: in
         (forward seconds per stage, backward seconds per stage).
     """
     from autopipe.runtime.placement import num_ranks
+    from autopipe.runtime.prepare import prepare
     from autopipe.runtime.timing import time_stages
-    from autopipe.runtime.train import prepare
 
     prep = prepare(spec, plan, num_ranks(plan), graph)
     flat = graph.flat_inputs(spec.example_inputs, spec.example_kwargs)
@@ -402,9 +419,9 @@ def measure_optimizer_s(spec: ModelSpec, graph: Graph, plan: Plan, optimizer: st
     """
     from autopipe.runtime.optim import TrainConfig, make_optimizer
     from autopipe.runtime.placement import num_ranks
+    from autopipe.runtime.prepare import prepare
     from autopipe.runtime.tied import canonical_names, stage_params
     from autopipe.runtime.timing import stage_clock
-    from autopipe.runtime.train import prepare
 
     prep = prepare(spec, plan, num_ranks(plan), graph)
     canonical = canonical_names(graph)

@@ -26,7 +26,6 @@ start as NaN and are checked afterwards.
 from __future__ import annotations
 
 import contextlib
-import os
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,7 +36,7 @@ import torch
 from torch import nn
 
 from autopipe.errors import SpecError
-from autopipe.runtime.weights import TensorInfo, check_fit, open_weights
+from autopipe.runtime.weights import TensorInfo, WeightsSource, check_fit, open_weights
 from autopipe.spec import ModelSpec
 
 
@@ -67,7 +66,7 @@ def materialize_stages(
     spec: ModelSpec,
     device: torch.device | str,
     *,
-    init: str | os.PathLike[str] | None = None,
+    init: WeightsSource | None = None,
     seed: int = 0,
 ) -> Materialized:
     """Put real tensors on ``device`` into ``modules`` (one rank's stage modules), in place.
@@ -86,7 +85,8 @@ def materialize_stages(
             ``spec.model`` (``Split.stages[i].module``; or ``graph.gm``: the whole model).
         spec: the spec whose model the modules were split from.
         device: where the tensors go.
-        init: a weights file or Hugging Face folder of the unsplit model, or None.
+        init: a weights file or Hugging Face folder of the unsplit model, its state dict
+            in memory, or None.
         seed: mixed into each module's initialisation seed.
 
     Returns:
@@ -123,7 +123,7 @@ def materialize_stages(
                         bytes=sum(v.numel() * v.element_size() for v in values.values()))
 
 
-def check_init(spec: ModelSpec, init: str | os.PathLike[str]) -> None:
+def check_init(spec: ModelSpec, init: WeightsSource) -> None:
     """Check that ``init`` holds exactly ``spec.model``'s state dict (names, shapes, dtypes).
 
     Reads only the file's headers (or a torch file's mapping), no tensor data: ``autopipe

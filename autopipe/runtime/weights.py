@@ -30,12 +30,20 @@ INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
+_GIVEN = Path("<the state dict given>")
+"""What messages call a state dict passed in memory (``build(..., init=state_dict)``)."""
+
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
     "U8": torch.uint8, "BOOL": torch.bool,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
+
+
+WeightsSource = str | os.PathLike[str] | Mapping[str, torch.Tensor]
+"""Where a model's weights come from: a file or folder (see the module's docstring), or a
+state dict in memory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +100,16 @@ class Weights:
         self.close()
 
 
-def open_weights(path: str | os.PathLike[str]) -> Weights:
-    """Open a ``.safetensors`` file, a Hugging Face checkpoint folder or a torch ``.pt`` file.
+def open_weights(path: WeightsSource) -> Weights:
+    """Open a ``.safetensors`` file, a Hugging Face checkpoint folder or a torch ``.pt`` file;
+    or take a state dict already in memory.
 
     Raises:
-        WeightsError: nothing there, an unknown format, or a damaged file or index.
+        WeightsError: nothing there, an unknown format, a damaged file or index, or a
+            mapping that holds something else than tensors under string keys.
     """
+    if isinstance(path, Mapping):
+        return _of_mapping(path)
     p = Path(path)
     if p.is_dir():
         return _open_folder(p)
@@ -189,6 +201,15 @@ def _open_torch(p: Path) -> Weights:
                            hint="save it with torch.save(model.state_dict(), path)")
     info = {str(k): TensorInfo(tuple(v.shape), v.dtype) for k, v in state.items()}
     return Weights(p, info, {p.name: state}, dict.fromkeys(info, p.name))
+
+
+def _of_mapping(state: Mapping[Any, Any]) -> Weights:
+    if not _all_tensors(state):
+        bad = next(k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor)))
+        raise WeightsError(f"the state dict given as init holds {type(state[bad]).__name__} under {bad!r}",
+                           hint="pass tensors keyed by the model's names, as model.state_dict() gives")
+    info = {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in state.items()}
+    return Weights(_GIVEN, info, {_GIVEN.name: dict(state)}, dict.fromkeys(info, _GIVEN.name))
 
 
 def _all_tensors(d: Mapping[Any, Any]) -> bool:

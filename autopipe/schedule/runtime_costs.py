@@ -45,6 +45,8 @@ class RuntimeCosts:
     """Per send of one micro-batch's boundary tensors, beyond bytes / bandwidth."""
     link_bandwidth: float = 0.0
     """Bytes/s of one link in one direction; 0 keeps the plan's own send times."""
+    allreduce_bandwidth: float = 0.0
+    """Bytes/s of an all-reduce between two ranks (seconds = latency + bytes / this); 0: not measured."""
     optimizer: str = "adam"
     """The optimizer the two ``optimizer_*`` figures were measured with."""
     optimizer_tensor_s: float = 0.0
