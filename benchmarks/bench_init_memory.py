@@ -3,9 +3,11 @@
 A Hugging Face Llama (``examples/llama.py``, random init) is built once on the CPU in a
 subprocess and saved as one ``.safetensors`` file; then, built on the meta device, it is
 planned into 2 stages (estimated profile) and trained for a few Adam steps on 2 gloo ranks
-from that file (``TrainConfig(init=...)``, what ``autopipe train --init`` passes). Each
-rank reports its peak resident memory (``ru_maxrss``) and what it held before its stages'
-tensors existed (the process: Python, torch, transformers, the meta model traced). Last, one
+from that file (``autopipe.runtime.build(plan, spec, init=PATH)`` and the calls ``autopipe
+train --init`` makes each step). Each rank reports its peak resident memory (``ru_maxrss``):
+at the end, before its stages' tensors existed (the process: Python, torch, transformers,
+the meta model traced), after materialising them, and after the first step's forward and
+backward and its optimizer step. Last, one
 process trains one step of the same model loaded from the same file, for its first loss and
 its own peak.
 
@@ -30,14 +32,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_model, save_model
 
 import autopipe
 from autopipe.errors import InfeasiblePlanError
 from autopipe.runtime.launch import launch
-from autopipe.runtime.optim import TrainConfig
+from autopipe.runtime.optim import TrainConfig, make_optimizer
+from autopipe.runtime.pipe import build
+from autopipe.runtime.prepare import prepare
 from autopipe.runtime.reference import reference_train
-from autopipe.runtime.train import prepare, train
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = f"{ROOT / 'examples' / 'llama.py'}:build"
@@ -68,21 +72,42 @@ def _save_weights(work: Path) -> None:
 
 
 def _rank(work: Path) -> None:
-    """One rank: the meta-built model from the file, trained as ``autopipe train --init`` does."""
+    """One rank: the meta-built model from the file, trained with the calls ``autopipe train --init``
+    makes (``build(init=...)``, then per step ``zero_grad``, ``step``, ``sync_tied_grads`` and the
+    optimizer's step), noting the peak after each phase of the first step."""
     config = json.loads((work / "config.json").read_text())
     spec = autopipe.load_spec(SPEC, **config["knobs"], device="meta")
     plan = autopipe.Plan.load(work / "plan.json")
     prepared = prepare(spec, plan, int(os.environ["WORLD_SIZE"]))
-    before = _peak_rss()
-    result = train(spec, plan, TrainConfig(steps=config["steps"], lr=config["lr"], optimizer="adam",
-                                           device="cpu", init=str(work / "weights.safetensors"),
-                                           pin_malloc=config["pin_malloc"]),
-                   prepared=prepared, log=lambda line: print(line, flush=True))
-    held = {id(p): p for m in result.modules.values() for p in m.parameters()}
-    report = {"rank": result.rank, "stages": list(result.stages), "peak": _peak_rss(), "before": before,
-              "params": sum(p.numel() * p.element_size() for p in held.values()),
-              "losses": result.losses, "step_s": result.step_s}
-    (work / f"rank{result.rank}.json").write_text(json.dumps(report))
+    train_config = TrainConfig(steps=config["steps"], lr=config["lr"], optimizer="adam", device="cpu",
+                               init=str(work / "weights.safetensors"), pin_malloc=config["pin_malloc"])
+    phases = {"before": _peak_rss()}
+    losses: list[float] = []
+    step_s: list[float] = []
+    with build(plan, spec, device="cpu", init=train_config.init, prepared=prepared,
+               pin_malloc=train_config.pin_malloc, pin_cores=train_config.pin_cores) as pipe:
+        phases["materialised"] = _peak_rss()
+        optimizer = make_optimizer(pipe.parameters(), train_config)
+        assert optimizer is not None
+        for step in range(train_config.steps):
+            inputs, target = spec.batch(plan.microbatches, step)
+            t = time.perf_counter()
+            pipe.zero_grad(set_to_none=True)
+            out = pipe.step(inputs, target)
+            phases.setdefault("forward_backward", _peak_rss())
+            pipe.sync_tied_grads()
+            optimizer.step()
+            phases.setdefault("optimizer_step", _peak_rss())
+            step_s.append(time.perf_counter() - t)
+            if out:
+                losses.append(torch.stack(out).mean().item())
+                print(f"step {step + 1}/{train_config.steps}  loss {losses[-1]:.6f}  time {step_s[-1]:.1f} s",
+                      flush=True)
+        report = {"rank": pipe.rank, "stages": list(pipe.stages), "peak": _peak_rss(),
+                  "before": phases["before"], "phases": phases,
+                  "params": sum(p.numel() * p.element_size() for p in pipe.parameters()),
+                  "losses": losses, "step_s": step_s}
+    (work / f"rank{report['rank']}.json").write_text(json.dumps(report))
 
 
 def _one_process(work: Path) -> None:
@@ -161,7 +186,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         worst = max(worst, share)
         print(f"  rank {r['rank']} (stage {', '.join(map(str, r['stages']))}): peak resident "
               f"{_gb(r['peak'])} = {share:.0%} of it; its parameters {_gb(r['params'])} "
-              f"(× 4 = {_gb(4 * r['params'])}), the process before materialising {_gb(r['before'])}")
+              f"(× 4 = {_gb(4 * r['params'])}); peak before materialising {_gb(r['before'])}, "
+              f"after it {_gb(r['phases']['materialised'])}, after step 1's forward and backward "
+              f"{_gb(r['phases']['forward_backward'])}, after its optimizer step "
+              f"{_gb(r['phases']['optimizer_step'])}")
     print(f"  one process, same weights, one step: peak resident {_gb(one['peak'])} "
           f"({one['peak'] / one_state:.0%})")
     print(f"target: every rank ≤ {TARGET:.0%}: {'met' if worst <= TARGET else 'missed'} "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 
 import autopipe
 from autopipe.runtime.launch import launch
@@ -86,24 +86,58 @@ def _autopipe(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=300, cwd=ROOT, env={**os.environ, **ENV})
 
 
+def _train_gpt2(job: Path, steps: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """``autopipe train`` of the meta-built GPT-2 case on 2 launched ranks."""
+    case = INIT_CASES["gpt2-init"]
+    knobs = [f"--spec-arg={k}={v}" for k, v in TINY["gpt2"].items() if k != "batch_size"]
+    return _autopipe("train", "examples/gpt2.py:build", *knobs, "--spec-arg=device=meta", "--device=cpu",
+                     "--plan", str(job / f"{case.name}.plan.json"), "--steps", str(steps),
+                     "--optimizer", case.optimizer, "--lr", str(case.lr),
+                     "--batch-size", str(TINY["gpt2"]["batch_size"] * case.microbatches), *args, "--launch", "2")
+
+
+def _printed_losses(run: subprocess.CompletedProcess[str]) -> dict[int, float]:
+    """Step number → the loss ``autopipe train`` printed for it."""
+    rows = [ln.split() for ln in run.stdout.splitlines() if ln.startswith("step ")]
+    return {int(r[1].split("/")[0]): float(r[3]) for r in rows}
+
+
 def test_cli_init_flag(job: Path) -> None:
     """``autopipe train --init`` prints the worker's losses; weights of another model stop it
     before any rank starts (exit 2, the missing names)."""
     case = INIT_CASES["gpt2-init"]
-    knobs = [f"--spec-arg={k}={v}" for k, v in TINY["gpt2"].items() if k != "batch_size"]
-    common = ["train", "examples/gpt2.py:build", *knobs, "--spec-arg=device=meta", "--device=cpu",
-              "--plan", str(job / f"{case.name}.plan.json"), "--steps", str(case.steps),
-              "--optimizer", case.optimizer, "--lr", str(case.lr),
-              "--batch-size", str(TINY["gpt2"]["batch_size"] * case.microbatches)]
-    run = _autopipe(*common, "--init", str(job / "gpt2.safetensors"), "--launch", "2")
+    run = _train_gpt2(job, case.steps, "--init", str(job / "gpt2.safetensors"))
     assert run.returncode == 0, run.stderr
-    printed = [float(ln.split()[3]) for ln in run.stdout.splitlines() if ln.startswith("step ")]
+    printed = list(_printed_losses(run).values())
     worker = next(r["losses"] for r in map(torch.load, sorted(job.glob("gpt2-init.rank*.pt"))) if r["losses"])
     torch.testing.assert_close(torch.tensor(printed), torch.tensor(worker), rtol=0, atol=1e-6)
 
     other = job / "llama.safetensors"
     save_model(example_spec("llama", **TINY["llama"]).model, str(other))
-    bad = _autopipe(*common, "--init", str(other), "--launch", "2")
+    bad = _train_gpt2(job, case.steps, "--init", str(other))
     assert bad.returncode == 2 and "step" not in bad.stdout and "Traceback" not in bad.stderr
     assert "do not fit the model: 27 missing (transformer.wpe.weight" in bad.stderr
     assert "20 unexpected (model.embed_tokens.weight" in bad.stderr
+
+
+def test_checkpoints_of_a_meta_built_model(job: Path, tmp_path: Path) -> None:
+    """Meta build + ``--init`` + ``--save``; a meta build ``--resume``d (its tensors first
+    initialised, then every one overwritten from the checkpoint) continues with the same
+    losses; ``consolidate`` of either run loads strictly into the CPU-built module, equal."""
+    straight = _train_gpt2(job, 4, "--init", str(job / "gpt2.safetensors"), "--save", str(tmp_path / "a"),
+                           "--save-every", "2")
+    assert straight.returncode == 0, straight.stderr
+    resumed = _train_gpt2(job, 4, "--resume", str(tmp_path / "a" / "step-000002"), "--save", str(tmp_path / "b"))
+    assert resumed.returncode == 0, resumed.stderr
+    first, again = _printed_losses(straight), _printed_losses(resumed)
+    assert sorted(first) == [1, 2, 3, 4] and sorted(again) == [3, 4]
+    assert [first[3], first[4]] == [again[3], again[4]]  # to the printed digit: the same training
+    model = example_spec("gpt2", **TINY["gpt2"]).model
+    for ckpt in ("a", "b"):
+        run = _autopipe("consolidate", str(tmp_path / ckpt), "-o", str(tmp_path / f"{ckpt}.safetensors"))
+        assert run.returncode == 0, run.stderr
+    a, b = (load_file(tmp_path / f"{c}.safetensors") for c in ("a", "b"))
+    model.load_state_dict(a, strict=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    start = load_file(job / "gpt2.safetensors")
+    assert not torch.equal(a["transformer.h.0.mlp.c_fc.weight"], start["transformer.h.0.mlp.c_fc.weight"])
