@@ -124,3 +124,12 @@ def test_index_problems(tmp_path: Path) -> None:
                                                              "b": "one.safetensors"}}))
     with pytest.raises(WeightsError, match="does not hold them: b"):
         open_weights(tmp_path)
+
+
+def test_a_state_dict_in_memory() -> None:
+    with open_weights(STATE) as w:
+        assert w.info == EXPECTED
+        assert all(torch.equal(w.read(k), v) for k, v in STATE.items())
+        assert check_fit(w, EXPECTED) == {k: k for k in STATE}
+    with pytest.raises(WeightsError, match="holds int under 'step'"):
+        open_weights({**STATE, "step": 3})  # type: ignore[dict-item]
