@@ -31,6 +31,7 @@ RUN = (
     "autopipe show plan.json --png plan.png --trace trace.json",
     "autopipe plan examples/gpt2.py:build --stages 4 --microbatches 8 --device-spec h100 -o new-plan.json",
     "autopipe check new-plan.json --baseline plan-h100.json --tolerance 0.01",
+    "autopipe plan examples/llama.py:build --spec-arg device=meta --stages 2 -o llama-plan.json",
     "autopipe plan examples/gpt2.py:build --stages 4 --microbatches 8 --profile profiles/cpu/gpt2.json "
     "--granularity layer -o plan-layers.json",
     "autopipe export plan-layers.json --format torchtitan -o torchtitan.json",
@@ -54,6 +55,7 @@ SKIP = {
     "python -m benchmarks.gpu_suite ": "needs a GPU",
     "python -m benchmarks.bench_estimator_h200": "a minute of estimates at GPU shapes (CI runs its tests)",
     "autopipe consolidate ": "needs a checkpoint of a training run (tests/test_runtime_checkpoint.py runs it)",
+    "python -m benchmarks.bench_init_memory": "trains a 1 GB Llama on 2 ranks (3-4 min)",
 }
 
 # Arguments naming a file the command writes; it must exist afterwards.

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from autopipe import ModelSpec, trace
-from autopipe.errors import CheckpointError
+from autopipe.errors import CheckpointError, WeightsError
 from autopipe.runtime import Pipe, build, launch, load_checkpoint, save_checkpoint
 
 from .conftest import ROOT, example_spec
@@ -113,6 +113,31 @@ def test_checkpoint_of_another_model_is_refused_by_name(tmp_path: Path) -> None:
         assert info.step == 1 and pipe.steps == 1 and info.extra == {"note": "mlp"}
         assert all(s["step"].item() == 1.0 for s in fresh.state.values())
         assert len(fresh.state) == len(list(pipe.parameters()))
+
+
+def test_build_materialises_a_meta_model_from_a_state_dict_or_its_initialiser() -> None:
+    """``build(init=...)`` on a meta-built spec: the rank's tensors become real, from the given
+    state dict (the tied head under either name) or, without one, from ``init_weights``."""
+    source = example_spec("gpt2", **GPT2, seed=3).model.state_dict()
+    state = {k: v.clone() for k, v in source.items() if k != "transformer.wte.weight"}  # the head's name only
+    meta = example_spec("gpt2", **GPT2, seed=3, device="meta")  # (the seed also draws the batches)
+    plan = plan_from_cuts(trace(meta.model, meta.example_inputs), [], microbatches=2)
+    with build(plan, meta, device="cpu", init=state) as pipe:
+        assert all(p.device.type == "cpu" for p in pipe.parameters())
+        assert all(p.device.type == "meta" for p in meta.model.parameters())  # the model stays meta
+        for k, v in pipe.state_dict().items():
+            assert torch.equal(v, source[k]), k
+        losses = pipe.step(*meta.batch(2, 0))
+    cpu = example_spec("gpt2", **GPT2, seed=3)
+    (tokens,), target = cpu.batch(2, 0)
+    with torch.no_grad():
+        expected = [cpu.loss_fn(cpu.model(x), t) for x, t in zip(tokens.chunk(2), target.chunk(2))]
+    torch.testing.assert_close(torch.stack(losses), torch.stack(expected))
+    with build(plan, example_spec("gpt2", **GPT2, device="meta"), device="cpu") as pipe:
+        assert all(torch.isfinite(v).all() for v in pipe.state_dict().values())  # init_weights filled all
+    bad = {k: v for k, v in state.items() if k != "transformer.wpe.weight"}
+    with pytest.raises(WeightsError, match=r"1 missing \(transformer\.wpe\.weight\)"):
+        build(plan, example_spec("gpt2", **GPT2, device="meta"), device="cpu", init=bad)
 
 
 # --- examples/custom_loop.py on two ranks ------------------------------------------------------

@@ -42,6 +42,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-pin-cores", dest="pin_cores", action="store_false",
                    help="let CPU ranks share all the cores (default: each local rank keeps to its "
                         "own share, unless already bound with taskset or numactl)")
+    p.add_argument("--init", default=None, metavar="PATH",
+                   help="start from these weights of the unsplit model: a .safetensors file, a "
+                        "Hugging Face checkpoint folder or a torch .pt; each rank reads only its "
+                        "own stages' tensors (default: the spec's model as built)")
     p.add_argument("--save", default=None, metavar="DIR",
                    help="save a checkpoint (model, optimizer, step) into DIR at the end; DIR/latest names "
                         "the newest complete one")
@@ -66,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
                         hint=f"plan with --stages {plan.num_stages} (one pipeline) to train it now")
     config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, device=args.device,
                          timeout_s=args.timeout, pin_malloc=args.pin_malloc, pin_cores=args.pin_cores,
-                         save=args.save, save_every=args.save_every, resume=args.resume)
+                         save=args.save, save_every=args.save_every, resume=args.resume,
+                         init=args.init)
     spec = _spec(args, plan)
     if args.launch is not None:
         return _launch(args, spec, plan, config)
@@ -91,12 +96,15 @@ def _spec(args: argparse.Namespace, plan: Plan) -> ModelSpec:
 
 def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: TrainConfig) -> int:
     from autopipe.runtime.launch import launch
+    from autopipe.runtime.materialize import check_init
     from autopipe.runtime.prepare import prepare
     from autopipe.runtime.train import check_resume
 
     if args.launch < 1:
         raise AutopipeError(f"--launch {args.launch}", hint="start at least one rank")
     prepare(spec, plan, args.launch)  # a wrong plan stops here, before any rank starts
+    if config.init is not None and config.resume is None:
+        check_init(spec, config.init)  # and weights that do not fit the model
     if config.resume is not None:
         check_resume(config)  # and so does a checkpoint that cannot continue
     cmd = [sys.executable, "-m", "autopipe", "train", args.spec, "--plan", args.plan,
@@ -110,7 +118,8 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
         cmd.append("--no-pin-cores")
     if args.batch_size is not None:
         cmd += ["--batch-size", str(args.batch_size)]
-    for flag, value in (("--save", args.save), ("--save-every", args.save_every), ("--resume", args.resume)):
+    for flag, value in (("--save", args.save), ("--save-every", args.save_every), ("--resume", args.resume),
+                        ("--init", args.init)):
         if value is not None:
             cmd += [flag, str(value)]
     result = launch(cmd, args.launch, grace_s=min(30.0, args.timeout))

@@ -40,11 +40,13 @@ from autopipe.runtime.group import (
     local_world,
     rank_device,
 )
+from autopipe.runtime.materialize import materialize_stages
 from autopipe.runtime.placement import rank_of_stages
 from autopipe.runtime.prepare import Prepared, prepare
 from autopipe.runtime.stage import build_pipeline
 from autopipe.runtime.state_keys import match_state
 from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage_params
+from autopipe.runtime.weights import WeightsSource
 from autopipe.spec import ModelSpec
 
 _NONE, _LOCAL, _SUMMED = "none", "local", "summed"
@@ -69,8 +71,7 @@ class Pipe:
     """
 
     def __init__(self, spec: ModelSpec, plan: Plan, prepared: Prepared, rank: int, world_size: int,
-                 device: torch.device, timeout_s: float, owns_group: bool,
-                 init: Mapping[str, torch.Tensor] | None = None) -> None:
+                 device: torch.device, timeout_s: float, owns_group: bool) -> None:
         self.spec = spec
         self.plan = plan
         self.prepared = prepared
@@ -111,8 +112,6 @@ class Pipe:
         self._tied_grads = _NONE
         self._step_kwargs = ({"return_outputs": False}
                              if _accepts(self._pipeline.schedule.step, "return_outputs") else {})
-        if init is not None:
-            self.load_state_dict(init)
         with failures(self.where, "while syncing tied parameters", timeout_s):
             self._tied = TiedParams(self._replicated, self._params)
             self._tied.broadcast_values()
@@ -349,7 +348,7 @@ def build(
     rank: int | None = None,
     device: torch.device | str | None = None,
     *,
-    init: Mapping[str, torch.Tensor] | None = None,
+    init: WeightsSource | None = None,
     timeout_s: float = 300.0,
     prepared: Prepared | None = None,
     pin_malloc: bool = False,
@@ -360,8 +359,11 @@ def build(
     Joins the default process group from the torchrun environment (``RANK``,
     ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) unless one exists
     already, after checking the plan against the model and the world size (so a wrong
-    plan stops every rank before the rendezvous). Copies of tied parameters start equal
-    (the lowest holder's value).
+    plan stops every rank before the rendezvous). Before it joins, the rank gives real
+    tensors to its own stages, on its device, and to nothing else: a spec may build its
+    model on the meta device, and each rank then holds only its stages' weights
+    (``autopipe.runtime.materialize``). Copies of tied parameters start equal (the lowest
+    holder's value).
 
     Args:
         plan: the plan (``autopipe.Plan.load``).
@@ -369,8 +371,12 @@ def build(
         rank: this process's rank; None: from the process group or ``RANK``.
         device: where this rank computes; None or ``"auto"``: the plan's device
             (``cuda`` stages on GPU ``LOCAL_RANK``), or ``"cpu"``, ``"cuda"``, a torch.device.
-        init: a state dict of the unsplit model to start from (keys as
-            ``model.state_dict()``; strict), loaded before the tied copies are synced.
+        init: the unsplit model's weights to start from, keys as ``model.state_dict()``
+            (strict; a tied parameter under any of its names): a ``.safetensors`` file, a
+            Hugging Face checkpoint folder, a torch ``.pt`` (each rank reads only its own
+            tensors), or a state dict in memory. None: the model as built, its meta
+            tensors filled by ``spec.init_weights`` (or ``reset_parameters``) under a seed
+            per module, the same whatever the plan.
         timeout_s: how long a rank waits on a silent peer before it fails.
         prepared: ``prepare(spec, plan, world)`` done already (skips tracing again).
         pin_malloc: keep freed CPU memory for reuse (``autopipe._malloc``; CPU ranks).
@@ -380,7 +386,8 @@ def build(
         PlanMismatchError: the plan was made for another model, micro-batch shape or world size.
         AutopipeError: a bad torchrun environment, or ``rank`` is not the process group's.
         RuntimeStageError: the rendezvous failed.
-        CheckpointError: ``init`` does not fit the model.
+        WeightsError: ``init`` cannot be read or does not fit the model (names, shapes, dtypes).
+        SpecError: a meta tensor of this rank's stages has no initialiser.
     """
     env_rank, world, local_rank = distributed_env()
     if rank is not None and rank != env_rank:
@@ -393,9 +400,12 @@ def build(
     if where.type == "cpu" and pin_cores:
         # before the process group, so that gloo's threads start on the rank's cores
         _pin_cores(local_rank, local_world(world))  # [Note: pinned cores on CPU ranks]
+    ranks = rank_of_stages(plan)
+    materialize_stages([st.module for st in prepared.split.stages if ranks[st.index] == env_rank],
+                       spec, where, init=init)
     created = init_process_group(env_rank, world, where, timeout_s)
     try:
-        return Pipe(spec, plan, prepared, env_rank, world, where, timeout_s, created, init)
+        return Pipe(spec, plan, prepared, env_rank, world, where, timeout_s, created)
     except BaseException:
         if created:
             dist.destroy_process_group()

@@ -88,7 +88,9 @@ def train(
     device = rank_device(plan, rank, local_rank, config.device)
     if config.resume is not None:
         check_resume(config)  # a wrong checkpoint stops every rank before the rendezvous
-    with build(plan, spec, device=device, timeout_s=config.timeout_s, prepared=prepared,
+    # a resumed run takes its weights from the checkpoint: --init is not read then
+    init = config.init if config.resume is None else None
+    with build(plan, spec, device=device, init=init, timeout_s=config.timeout_s, prepared=prepared,
                pin_malloc=config.pin_malloc, pin_cores=config.pin_cores) as pipe:
         return _run(spec, plan, config, pipe, log)
 
