@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from autopipe import Graph, ModelSpec, trace
+from autopipe.partition.degrees import plan_degrees
 from autopipe.partition.planner import plan_profile
 from autopipe.partition.problem import SCHEDULES as PLANNER_SCHEDULES
 from autopipe.plan_format import Plan
@@ -60,12 +61,23 @@ class Case:
     profile: str = "estimate"
     """How the planner's profile is made: ``estimate`` (deterministic) or ``measure`` (on this
     CPU, the loss included)."""
+    replicas: int = 1
+    """Data-parallel replicas (> 1: planned by ``plan_degrees`` on ``stages × replicas`` GPUs,
+    the global batch ``replicas × microbatches`` micro-batches)."""
+    placement: str = "pipelines"
+    """With replicas: the rank order (``autopipe.partition.replicas.PLACEMENTS``)."""
 
     @property
     def name(self) -> str:
         dtype = {"bfloat16": "-bf16"}.get(str(self.knobs.get("dtype")), "")
-        return (("zoo-" if self.zoo else "") + f"{self.example}-{self.stages}-{self.schedule}{dtype}"
+        dp = f"x{self.replicas}-{self.placement}" if self.replicas > 1 else ""
+        return (("zoo-" if self.zoo else "") + f"{self.example}-{self.stages}{dp}-{self.schedule}{dtype}"
                 + ("" if self.tied_sync else "-untied"))
+
+    @property
+    def world_size(self) -> int:
+        """Ranks the case runs on."""
+        return len(set(self.ranks or range(self.stages))) * self.replicas
 
     def spec(self) -> ModelSpec:
         if self.zoo:
@@ -86,6 +98,12 @@ class Case:
                                   loss_fn=spec.loss_fn, target=example_target(spec))
             else:
                 profile = estimate(graph, spec.example_inputs, spec.example_kwargs, progress=False)
+            if self.replicas > 1:
+                size = int(spec.example_inputs[0].shape[0])
+                return plan_degrees(profile, gpus=self.world_size, stages=self.stages,
+                                    batch_size=self.replicas * self.microbatches * size,
+                                    microbatches=self.microbatches, schedule=self.schedule,
+                                    placements=(self.placement,), method="ilp")
             return plan_profile(profile, num_stages=self.stages, microbatches=self.microbatches,
                                 schedule=self.schedule, method="ilp")
         return hand_plan(graph, self.stages, microbatches=self.microbatches, schedule=self.schedule,
@@ -110,6 +128,10 @@ CASES = {c.name: c for c in [
     Case("gpt2", 2, tied_sync=False),
     # bf16 weights: both sides train through fp32 master copies ([Note: master weights])
     Case("llama", 2, optimizer="adam", lr=1e-2, knobs={"dtype": "bfloat16"}),
+    # pipeline x data parallel (tests/test_runtime_data_parallel.py)
+    Case("gpt2", 2, replicas=2),
+    Case("llama", 2, replicas=2, placement="replicas"),
+    Case("gpt2", 1, replicas=2),
 ]}
 
 
@@ -120,9 +142,10 @@ def compare_with_one_process(case: Case, out: Path) -> None:
     graph = trace(spec.model, spec.example_inputs)
     config = TrainConfig(steps=case.steps, lr=case.lr, optimizer=case.optimizer)
     initial = {k: v.detach().clone() for k, v in graph.gm.named_parameters()}
-    ref_losses = reference_train(spec, graph, case.microbatches, config)
+    # one process trains on the whole global batch: every replica's micro-batches
+    ref_losses = reference_train(spec, graph, case.microbatches * case.replicas, config)
     results = [torch.load(f) for f in sorted(out.glob(f"{case.name}.rank*.pt"))]
-    assert len(results) == len({*(case.ranks or range(case.stages))})
+    assert len(results) == case.world_size
     losses = [r["losses"] for r in results if r["losses"]]
     assert len(losses) == 1, "exactly one rank (the last stage's) reports losses"
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(ref_losses), rtol=1e-6, atol=1e-6)

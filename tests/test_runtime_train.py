@@ -26,10 +26,8 @@ from .runtime_cases import CASES, TINY, Case, compare_with_one_process
 
 pytestmark = pytest.mark.distributed
 
-JOBS = {
-    2: [c for c in CASES.values() if len(set(c.ranks or range(c.stages))) == 2],
-    4: [c for c in CASES.values() if len(set(c.ranks or range(c.stages))) == 4],
-}
+# one pipeline each; the data-parallel cases run in tests/test_runtime_data_parallel.py
+JOBS = {n: [c for c in CASES.values() if c.replicas == 1 and c.world_size == n] for n in (2, 4)}
 UNTIED = CASES["gpt2-2-1f1b-untied"]
 ENV = {"PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
 
