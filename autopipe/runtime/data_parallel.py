@@ -92,19 +92,8 @@ class Replicas:
                 for name, ranks in holders.items()}
 
     def share(self, inputs: Sequence[Any], target: torch.Tensor) -> tuple[tuple[Any, ...], torch.Tensor]:
-        """This replica's share of a global batch: samples ``[r·B/dp, (r+1)·B/dp)`` of each
-        tensor (dim 0), non-tensor inputs as they are."""
-        if self.dp == 1:
-            return tuple(inputs), target
-        return (tuple(self._slice(v) for v in inputs), self._slice(target))
-
-    def _slice(self, value: Any) -> Any:
-        if not isinstance(value, torch.Tensor):
-            return value
-        if value.shape[0] % self.dp:
-            raise SpecError(f"a batch of {value.shape[0]} samples does not split over {self.dp} replicas",
-                            hint=f"draw spec.batch(microbatches x {self.dp}, step) for a global batch")
-        return torch.tensor_split(value, self.dp)[self.replica]
+        """This replica's share of a global batch (``replica_share``)."""
+        return replica_share(inputs, target, self.replica, self.dp)
 
     def mean_loss(self, losses: Sequence[torch.Tensor]) -> float:
         """The mean of the micro-batch losses over every replica (collective over the last
@@ -114,6 +103,25 @@ class Replicas:
             dist.all_reduce(local, group=self.dp_group)
             local = local / self.dp
         return float(local.item())
+
+
+def replica_share(inputs: Sequence[Any], target: torch.Tensor, replica: int,
+                  replicas: int) -> tuple[tuple[Any, ...], torch.Tensor]:
+    """Replica ``r``'s share of a global batch of ``B`` samples: samples ``[r·B/dp, (r+1)·B/dp)``
+    of the target and of each tensor input (dim 0); non-tensor inputs as they are.
+
+    Raises:
+        SpecError: a tensor's ``B`` does not split over the replicas.
+    """
+    def cut(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or replicas == 1:
+            return value
+        if value.shape[0] % replicas:
+            raise SpecError(f"a batch of {value.shape[0]} samples does not split over {replicas} replicas",
+                            hint=f"draw spec.batch(microbatches x {replicas}, step): the global batch")
+        return torch.tensor_split(value, replicas)[replica]
+
+    return tuple(cut(v) for v in inputs), cut(target)
 
 
 def _mesh(device_type: str, grid: list[list[int]]) -> DeviceMesh:

@@ -114,25 +114,17 @@ def rank_grid(plan: Plan) -> list[list[int]]:
     place every replica (``autopipe.partition.replicas``: ``pipelines`` or ``replicas``).
 
     Raises:
-        PlanError: two stages of one pipeline rank are placed on different global ranks, or a
-            replica's pipeline ranks are not in increasing global rank order (its process
-            group numbers them that way, as the stages must be).
+        PlanError: a replica's pipeline ranks are not in increasing global rank order (its
+            process group numbers them that way, as the stages must be).
     """
     positions = rank_of_stages(plan)
-    p = len(set(positions))
     dp = plan.data_parallel
     if dp is None:
-        return [[q] for q in range(p)]
-    grid: dict[int, list[int]] = {}
-    for s, q in enumerate(positions):
-        ranks = grid.setdefault(q, list(dp.ranks[s]))
-        if ranks != list(dp.ranks[s]):
-            raise PlanError(f"stages {positions.index(q)} and {s} share pipeline rank {q} but "
-                            f"data_parallel.ranks places them on {ranks} and {list(dp.ranks[s])}",
-                            hint="regenerate the plan")
-    out = [grid[q] for q in range(p)]
+        return [[q] for q in range(len(set(positions)))]
+    # data_parallel names every rank once (DataParallel checks it): one stage per pipeline rank
+    out = [list(dp.ranks[positions.index(q)]) for q in range(len(positions))]
     for r in range(dp.degree):
-        column = [out[q][r] for q in range(p)]
+        column = [row[r] for row in out]
         if column != sorted(column):
             raise PlanError(f"replica {r} runs its pipeline on ranks {column}, not in increasing order",
                             hint="regenerate the plan (placement pipelines or replicas)")
