@@ -7,6 +7,8 @@ and from contiguous hand cuts for the schedules with several stages per rank.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +22,14 @@ from autopipe.partition.planner import plan_profile
 from autopipe.partition.problem import SCHEDULES as PLANNER_SCHEDULES
 from autopipe.plan_format import Plan
 from autopipe.profile import estimate, measure
+from autopipe.runtime.launch import launch
 from autopipe.runtime.optim import TrainConfig
 from autopipe.runtime.reference import reference_train
 from autopipe.runtime.split import Split
 from autopipe.runtime.tied import canonical_names
 from autopipe.spec import example_target
 
-from .conftest import example_spec
+from .conftest import ROOT, example_spec
 from .runtime_plans import hand_plan
 
 TINY: dict[str, dict[str, Any]] = {
@@ -133,6 +136,23 @@ CASES = {c.name: c for c in [
     Case("llama", 2, replicas=2, placement="replicas"),
     Case("gpt2", 1, replicas=2),
 ]}
+
+
+WORKER_ENV = {"PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
+"""The environment of the ranks the tests start."""
+
+
+def run_job(out: Path, ranks: int, cases: list[Case]) -> None:
+    """Save each case's plan in ``out`` and train them all on ``ranks`` gloo ranks
+    (tests/runtime_worker.py); each rank's results land in ``out``."""
+    for case in cases:
+        case.build()[2].save(out / f"{case.name}.plan.json")
+    log = out / "log.txt"
+    with open(log, "w") as f:
+        result = launch([sys.executable, "-m", "tests.runtime_worker", str(out), *(c.name for c in cases)],
+                        ranks, env=WORKER_ENV, timeout_s=400, grace_s=20,
+                        stdout=f, stderr=subprocess.STDOUT, log=f)
+    assert result.code == 0, log.read_text()[-3000:]
 
 
 def compare_with_one_process(case: Case, out: Path) -> None:

@@ -16,34 +16,23 @@ import torch
 import autopipe
 from autopipe.errors import PlanError, PlanMismatchError, SpecError
 from autopipe.plan_format import DataParallel
-from autopipe.runtime import consolidate, launch
+from autopipe.runtime import consolidate
 from autopipe.runtime.data_parallel import replica_share
 from autopipe.runtime.optim import TrainConfig
 from autopipe.runtime.placement import check_world_size, grid_position, rank_grid
 from autopipe.runtime.reference import reference_train
 
 from .conftest import ROOT
-from .runtime_cases import CASES, TINY, Case, compare_with_one_process
+from .runtime_cases import CASES, TINY, WORKER_ENV, Case, compare_with_one_process, run_job
 
-ENV = {"PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
 JOBS = {n: [c for c in CASES.values() if c.replicas > 1 and c.world_size == n] for n in (2, 4)}
-
-
-def _run_job(out: Path, ranks: int, cases: list[Case]) -> None:
-    for case in cases:
-        case.build()[2].save(out / f"{case.name}.plan.json")
-    log = out / "log.txt"
-    with open(log, "w") as f:
-        result = launch([sys.executable, "-m", "tests.runtime_worker", str(out), *(c.name for c in cases)],
-                        ranks, env=ENV, timeout_s=400, grace_s=20, stdout=f, stderr=subprocess.STDOUT, log=f)
-    assert result.code == 0, log.read_text()[-3000:]
 
 
 @pytest.fixture(scope="module")
 def job_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
     ranks: int = request.param
     out = tmp_path_factory.mktemp(f"dp{ranks}")
-    _run_job(out, ranks, JOBS[ranks])
+    run_job(out, ranks, JOBS[ranks])
     return out
 
 
@@ -115,7 +104,7 @@ MLP = str(ROOT / "examples" / "mlp.py") + ":build"
 
 def _autopipe(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "autopipe", *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env={**os.environ, **ENV})
+                          timeout=300, cwd=ROOT, env={**os.environ, **WORKER_ENV})
 
 
 @pytest.mark.slow

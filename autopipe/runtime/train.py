@@ -107,7 +107,8 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
     reports = pipe.has_last and pipe.replicas.replica == 0  # the global loss, once
     if reports:
         replicas = f" x {dp} data-parallel replicas" if dp > 1 else ""
-        log(f"training {spec.name}: {plan.num_stages} stages{replicas} on {pipe.world_size} ranks, schedule "
+        stages = f"{plan.num_stages} stage{'s' if plan.num_stages > 1 else ''}"
+        log(f"training {spec.name}: {stages}{replicas} on {pipe.world_size} ranks, schedule "
             f"{plan.schedule}, {m} micro-batches, {config.steps} steps, {config.optimizer} lr {config.lr:g}")
     if config.resume is not None:
         result.start_step = _resume(config, pipe, optimizer, log)
