@@ -135,6 +135,7 @@ CASES = {c.name: c for c in [
     Case("gpt2", 2, replicas=2),
     Case("llama", 2, replicas=2, placement="replicas"),
     Case("gpt2", 1, replicas=2),
+    Case("mlp", 2, "zb-h1", replicas=2),  # split backward: weight gradients as separate actions
 ]}
 
 
