@@ -171,8 +171,13 @@ def _one_process(spec: ModelSpec, microbatches: int) -> dict[str, list[float]]:
 
 
 @pytest.mark.distributed
-def test_custom_loop_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
-    case = CASES["gpt2-2-1f1b"]  # the tied embedding is split across the two ranks
+@pytest.mark.parametrize("name", [
+    "gpt2-2-1f1b",  # the tied embedding is split across the two ranks
+    "gpt2-1x2-pipelines-1f1b",  # one stage, two data-parallel replicas: one norm, not two
+    pytest.param("gpt2-2x2-pipelines-1f1b", marks=pytest.mark.slow),  # tied copies in both replicas
+])
+def test_custom_loop_equals_one_process(tmp_path: Path, name: str) -> None:
+    case = CASES[name]
     spec, _, plan = case.build()
     plan.save(tmp_path / "plan.json")
     knobs = [f"--spec-arg={k}={v}" for k, v in GPT2.items()]
@@ -181,14 +186,14 @@ def test_custom_loop_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
            "--weight-decay", str(DECAY), "--max-norm", str(MAX_NORM), "--device", "cpu",
            "--out", str(tmp_path / "record.json")]
     with open(tmp_path / "log.txt", "w") as f:
-        result = launch(cmd, 2, env={"PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error",
+        result = launch(cmd, case.world_size, env={"PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error",
                                      "OMP_NUM_THREADS": "1"},
                         timeout_s=300, grace_s=20, stdout=f, stderr=subprocess.STDOUT, log=f)
     log = (tmp_path / "log.txt").read_text()
     assert result.code == 0, log[-3000:]
     assert "step 6/6  loss" in log and "grad norm" in log
     got = json.loads((tmp_path / "record.json").read_text())
-    expected = _one_process(spec, plan.microbatches)
+    expected = _one_process(spec, plan.microbatches * plan.replicas)  # the global batch
     assert max(expected["norm"]) > MAX_NORM, "clipping must act for the test to mean anything"
     assert expected["lr"][0] == LR and expected["lr"][-1] < LR / 10  # the cosine schedule runs
     for key in ("loss", "norm", "lr"):

@@ -5,9 +5,9 @@
     pipe = autopipe.runtime.build(plan, spec)          # under torchrun: one rank
     opt = torch.optim.AdamW(pipe.parameters(), lr=3e-4)
     for step in range(steps):
-        inputs, target = spec.batch(plan.microbatches, step)
+        inputs, target = pipe.replicas.share(*spec.batch(plan.microbatches * pipe.replicas.dp, step))
         losses = pipe.step(inputs, target)             # micro-batch losses (last stage's rank)
-        pipe.sync_tied_grads()                         # tied copies: sum their gradients
+        pipe.sync_tied_grads()                         # tied copies: sum; replicas: average
         pipe.clip_grad_norm_(1.0)                      # one norm over every stage
         opt.step()
         pipe.zero_grad()
@@ -33,6 +33,7 @@ from autopipe._malloc import pin_malloc as _pin_malloc
 from autopipe.errors import AutopipeError
 from autopipe.plan_format import Plan
 from autopipe.runtime.affinity import pin_cores as _pin_cores
+from autopipe.runtime.data_parallel import Replicas, ReplicaSync
 from autopipe.runtime.group import (
     distributed_env,
     failures,
@@ -88,9 +89,14 @@ class Pipe:
             flat = split.rebuild_outputs(out if isinstance(out, (tuple, list)) else (out,))
             return spec.loss_fn(graph.unflatten_output(flat), target)
 
-        self._pipeline = build_pipeline(split, prepared.metas, plan, rank, device, loss_fn)
+        with failures(f"rank {rank}", "while building the device mesh", timeout_s):
+            self.replicas = Replicas(plan, rank, device)
+            """This rank's pipeline rank and data-parallel replica, and their process groups."""
+        self._pipeline = build_pipeline(split, prepared.metas, plan, self.replicas.position, device, loss_fn,
+                                        self.replicas.pp_group)
         stages = self._pipeline.indices
-        self.where = f"rank {rank} (stage{'s' if len(stages) > 1 else ''} {', '.join(map(str, stages))})"
+        replica = f", replica {self.replicas.replica}" if self.replicas.dp > 1 else ""
+        self.where = f"rank {rank} (stage{'s' if len(stages) > 1 else ''} {', '.join(map(str, stages))}{replica})"
         canonical = canonical_names(graph)
         ranks = rank_of_stages(plan)
         holders: dict[str, list[int]] = {}
@@ -113,8 +119,9 @@ class Pipe:
         self._step_kwargs = ({"return_outputs": False}
                              if _accepts(self._pipeline.schedule.step, "return_outputs") else {})
         with failures(self.where, "while syncing tied parameters", timeout_s):
-            self._tied = TiedParams(self._replicated, self._params)
-            self._tied.broadcast_values()
+            self._tied = TiedParams(self.replicas.spread(self._replicated), self._params)
+            self._sync = ReplicaSync(self.replicas, self._tied, self._params, self._buffers)
+            self._sync.broadcast_values()
 
     # --- what this rank holds ------------------------------------------------------------------
 
@@ -166,7 +173,9 @@ class Pipe:
         the last stage ``target``). Gradients are the mean over the micro-batches, added to
         whatever ``.grad`` held before (call ``zero_grad`` between optimizer steps). A
         parameter held by several ranks (tied) still has only this rank's share of its
-        gradient: call ``sync_tied_grads`` before the optimizer step.
+        gradient: call ``sync_tied_grads`` before the optimizer step. With data-parallel
+        replicas, each replica passes its own share of the global batch
+        (``pipe.replicas.share``) and ``sync_tied_grads`` averages the gradients over them.
 
         Returns:
             Detached micro-batch losses on the last stage's rank; an empty list elsewhere.
@@ -189,7 +198,7 @@ class Pipe:
                 if p.grad is not None:
                     p.grad.div_(m)  # the mean over micro-batches, once per parameter
             if self._tied_grads == _SUMMED:
-                self._tied.all_reduce_grads()  # what was held is summed already: sum only this
+                self._sync.all_reduce_grads()  # what was held is summed already: sum only this
             else:
                 self._tied_grads = _LOCAL
             for name, p in self._params.items():
@@ -251,7 +260,9 @@ class Pipe:
         self._tied_grads = _NONE
 
     def sync_tied_grads(self) -> None:
-        """Sum the gradients of every tied parameter over the ranks holding a copy (collective).
+        """Sum the gradients of every tied parameter over the ranks holding a copy, and
+        average every gradient over the data-parallel replicas (collective;
+        [Note: the data-parallel gradient sync] in ``autopipe.runtime.data_parallel``).
 
         Call it once after the last ``step`` before the optimizer step, on every rank; a
         second call, or a call with nothing new to sum, does nothing (``step`` sums at once
@@ -260,7 +271,7 @@ class Pipe:
         if self._tied_grads != _LOCAL:
             return
         with failures(self.where, "while summing tied gradients", self.timeout_s):
-            self._tied.all_reduce_grads()
+            self._sync.all_reduce_grads()
         self._tied_grads = _SUMMED
 
     @torch.no_grad()
@@ -277,15 +288,17 @@ class Pipe:
         """
         self.sync_tied_grads()
         p_norm = float(norm_type)
+        mine = self.replicas.position  # replicas agree after the sync: one pipeline's norm
         counted = [p.grad for name, p in self._params.items() if p.grad is not None
-                   and min(self._replicated.get(name, (self.rank,))) == self.rank]
+                   and min(self._replicated.get(name, (mine,))) == mine]
         norms = [torch.linalg.vector_norm(g, p_norm, dtype=torch.float32) for g in counted]
         local = torch.zeros((), dtype=torch.float32, device=self.device)
         if norms:
             stacked = torch.stack(norms)
             local = stacked.max() if math.isinf(p_norm) else stacked.pow(p_norm).sum()
         with failures(self.where, "while taking the gradient norm", self.timeout_s):
-            dist.all_reduce(local, op=dist.ReduceOp.MAX if math.isinf(p_norm) else dist.ReduceOp.SUM)
+            dist.all_reduce(local, op=dist.ReduceOp.MAX if math.isinf(p_norm) else dist.ReduceOp.SUM,
+                            group=self.replicas.pp_group)
         total = local if math.isinf(p_norm) else local.pow(1.0 / p_norm)
         coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
         for p in self._params.values():
