@@ -66,6 +66,10 @@ def stages(problem: Problem, stage_of: Sequence[int], ev: Evaluation) -> tuple[S
     out_sends = sends(problem, stage_of)
     write_rank = problem.config.schedule not in _RANKS_INFERRED
     steps = optimizer_steps(problem, stage_of)
+    order = {n: i for i, n in enumerate(problem.node_order)}
+    regions: list[list[tuple[str, ...]]] = [[] for _ in range(problem.config.num_stages)]
+    for b in ev.recompute:  # one checkpointed region per block, in graph order
+        regions[stage_of[b]].append(tuple(sorted(problem.blocks[b].nodes, key=lambda n: order.get(n, 0))))
     result = []
     for s, cost in enumerate(ev.stages):
         result.append(Stage(
@@ -74,7 +78,9 @@ def stages(problem: Problem, stage_of: Sequence[int], ev: Evaluation) -> tuple[S
             memory=StageMemory(params=cost.params, grads=cost.grads, optimizer=cost.optimizer,
                                activations=cost.activations, buffers=cost.buffers, total=cost.memory),
             sends=tuple(out_sends[s]), backward_weight_s=cost.backward_weight_s, comm_s=cost.comm_s,
-            optimizer_s=steps[s], rank=s if write_rank else None))
+            optimizer_s=steps[s], rank=s if write_rank else None,
+            recompute=tuple(sorted(regions[s], key=lambda g: order.get(g[0], 0))),
+            recompute_s=cost.recompute_s))
     return tuple(result)
 
 

@@ -26,9 +26,22 @@ class Chain:
         n = problem.size
         self.n = n
         blocks = problem.blocks
-        self.work = np.concatenate([[0.0], np.cumsum([b.work_s for b in blocks])])
+        # recomputation ([Note: recomputation]): "full" pays its forwards again; "auto" is
+        # priced at its least memory (every candidate recomputed: the least any choice needs)
+        # and no extra time, a bound both ways
+        saving = np.zeros(n)
+        work = np.array([b.work_s for b in blocks], dtype=np.float64)
+        if cfg.recompute != "none":
+            savings = problem.recompute_savings()
+            for b in problem.recompute_candidates():
+                saving[b] = savings[b]
+                if cfg.recompute == "full":
+                    work[b] += blocks[b].forward_s
+        self.saving = saving
+        """Per block, the bytes recomputing it frees (zero when it is not recomputed)."""
+        self.work = np.concatenate([[0.0], np.cumsum(work)])
         self.fwd = np.concatenate([[0.0], np.cumsum([b.forward_s for b in blocks])])
-        self.act = np.concatenate([[0.0], np.cumsum([float(b.activation_bytes) for b in blocks])])
+        self.act = np.concatenate([[0.0], np.cumsum([float(b.activation_bytes) for b in blocks] - saving)])
         self.real = np.concatenate([[0], np.cumsum([b.real for b in blocks])])
         readers = problem.readers()
         single = np.zeros(n)
@@ -100,6 +113,10 @@ class Chain:
         cfg = self.problem.config
         mem: FloatArray = self.pmem[i] - self.pmem[js] + cfg.inflight(s) * (self.act[i] - self.act[js])
         mem = mem + 2.0 * self.comm(i, j)
+        if self.saving.any() and i > j.start:
+            # the largest recomputed block of [j, i) lives again during its backward
+            live = np.maximum.accumulate(self.saving[j.start:i][::-1])[::-1]
+            mem = mem + live[: len(mem)]
         for total, readers in self.shared:
             # held when some reader r has j <= r < i: j at or below the last reader before i
             last = -1

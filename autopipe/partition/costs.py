@@ -25,12 +25,32 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
                 by k stages (its gradients are all-reduced once per step, as a ring would;
                 the bandwidth measured with the runtime's backend, else the link's:
                 ``Config.allreduce_s``)
+
+[Note: recomputation]
+
+A recomputed block keeps only its inputs for backward (the bytes of the values it reads
+from other blocks, each once: ``Problem.input_bytes``) and runs its forward again at the
+start of its backward (``torch.utils.checkpoint``, one region per block). With R_s the
+blocks of stage s that are recomputed and S_b = activation_b − inputs_b > 0 what
+recomputing b frees per micro-batch:
+
+    B_s       += Σ_{b ∈ R_s} forward_b / speed_s      (in the B task: the input gradients
+                                                     need the recomputed activations)
+    memory_s  −= inflight_s · Σ_{b ∈ R_s} S_b
+              + max_{b ∈ R_s} S_b                     (one block's activations live again
+                                                     while its backward runs)
+
+Counting each block's inputs as its own errs high where two recomputed blocks read the
+same value or a kept block already saves it: the plan fits with room to spare there.
+Blocks that write a tensor in place, and the model's inputs and output (the loss), are
+never recomputed. ``config.recompute`` says which blocks may be: none, the ILP's choice
+(``auto``: R_s is a decision), or every one that can (``full``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from autopipe.partition.problem import Problem
@@ -71,6 +91,11 @@ class StageCost:
     buffers: int
     limit: float
     """The device's memory, bytes (``inf`` when unlimited)."""
+    recompute_s: float = 0.0
+    """The recomputed blocks' forward, per micro-batch: part of ``backward_s``."""
+    recompute_bytes: int = 0
+    """The largest recomputed block's freed bytes, alive again during its backward: part
+    of ``activations``."""
 
     @property
     def busy_s(self) -> float:
@@ -104,6 +129,8 @@ class Evaluation:
     """Task counts of a critical path of the step."""
     optimizer_s: tuple[float, ...] = ()
     """Per stage, its optimizer step (``optimizer_steps``), part of the step."""
+    recompute: tuple[int, ...] = ()
+    """The blocks recomputed ([Note: recomputation]), sorted."""
 
     @property
     def fits(self) -> bool:
@@ -178,10 +205,23 @@ def held_params(problem: Problem, stage_of: Sequence[int]) -> list[set[str]]:
     return held
 
 
-def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
+def recomputed(problem: Problem, recompute: Collection[int] | None) -> tuple[int, ...]:
+    """The blocks a partition recomputes: ``recompute`` if given (each must be a candidate
+    of ``problem``), else ``config.recompute``'s default (``full``: every candidate)."""
+    if recompute is None:
+        return problem.recompute_candidates() if problem.config.recompute == "full" else ()
+    out = tuple(sorted(set(recompute)))
+    assert set(out) <= set(problem.recompute_candidates()), "recomputed blocks must be candidates"
+    return out
+
+
+def evaluate(problem: Problem, stage_of: Sequence[int],
+             recompute: Collection[int] | None = None) -> Evaluation:
     """Score a partition (``stage_of[i]`` = stage of block ``i``); see [Note: the cost model].
 
-    The partition is not checked for validity here; use ``violations`` for that.
+    ``recompute``: the blocks recomputed ([Note: recomputation]); default
+    ``config.recompute``'s (every candidate for ``full``, else none). The partition is not
+    checked for validity here; use ``violations`` for that.
     """
     cfg = problem.config
     p = cfg.num_stages
@@ -195,6 +235,16 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
         bwd[s] += b.backward_input_s + b.backward_weight_s
         bw_w[s] += b.backward_weight_s
         act[s] += b.activation_bytes
+    chosen = recomputed(problem, recompute)
+    again = [0.0] * p
+    live = [0] * p
+    if chosen:
+        savings = problem.recompute_savings()
+        for i in chosen:
+            s = stage_of[i]
+            again[s] += problem.blocks[i].forward_s
+            act[s] -= savings[i]
+            live[s] = max(live[s], savings[i])
     x = boundary_bytes(problem, stage_of)
     held = held_params(problem, stage_of)
     stages = []
@@ -205,14 +255,15 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
         mem = [problem.param_mem[q] for q in sorted(held[s])]
         stages.append(StageCost(
             forward_s=fwd[s] / dev.speed + cfg.forward_overhead_s,
-            backward_s=bwd[s] / dev.speed + cfg.backward_overhead_s,
+            backward_s=(bwd[s] + again[s]) / dev.speed + cfg.backward_overhead_s,
             backward_weight_s=bw_w[s] / dev.speed, comm_s=2 * cfg.comm_s(recv + send),
             send_s=cfg.comm_s(send) + (cfg.send_latency_s if s < p - 1 else 0.0),
             recv_bytes=recv, send_bytes=send,
             params=sum(m.params for m in mem), grads=sum(m.grads for m in mem),
             optimizer=sum(m.optimizer for m in mem),
-            activations=act[s] * cfg.inflight(s), buffers=2 * (recv + send),
-            limit=float(dev.memory) if dev.memory > 0 else math.inf))
+            activations=act[s] * cfg.inflight(s) + live[s], buffers=2 * (recv + send),
+            limit=float(dev.memory) if dev.memory > 0 else math.inf,
+            recompute_s=again[s] / dev.speed, recompute_bytes=live[s]))
     tied = 0.0
     for q, readers in problem.readers().items():
         tied += cfg.allreduce_s(problem.param_bytes[q], len({stage_of[r] for r in readers}))
@@ -222,7 +273,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
                                   [s.backward_weight_s for s in stages],
                                   [s.send_s for s in stages[:-1]], cfg.microbatches, steps)
     return Evaluation(stages=tuple(stages), objective_s=step + tied + cfg.step_overhead_s, step_s=step,
-                      tied_sync_s=tied, critical=critical, optimizer_s=tuple(steps))
+                      tied_sync_s=tied, critical=critical, optimizer_s=tuple(steps), recompute=chosen)
 
 
 def violations(problem: Problem, stage_of: Sequence[int]) -> list[str]:

@@ -20,6 +20,10 @@ by stage s). Then, with the formulas of [Note: the cost model]:
 
 B_s is the B task's time: the whole backward, or only the input gradients where the
 schedule runs the weight gradients W_s as tasks of their own (zb-h1; elsewhere nW = 0).
+With recomputation ([Note: recomputation] in ``autopipe.partition.costs``) each candidate
+block has r[b,s] ≤ x[b,s], binary under ``auto`` and x[b,s] itself under ``full``: B_s
+gains forward_b · r[b,s], memory_s loses inflight_s · S_b · r[b,s] and gains L_s, a
+variable ≥ S_b · r[b,s] for each b (the one block alive again in its backward).
     minimise T + Σ_q bytes_q/bandwidth · (Σ_s z[q,s] − 1)
 
 The step time is the longest path of the schedule's task DAG ([Note: the step time
@@ -83,11 +87,14 @@ from autopipe.partition.costs import (
     violations,
 )
 from autopipe.partition.problem import Problem
+from autopipe.partition.recompute import prune
 from autopipe.partition.timeline import Count, nearby_paths, seed_paths, splits_backward
 from autopipe.partition.windows import BoolMatrix, ancestors, fits_windows, windows
 
 Term: TypeAlias = Any
 """A ``pulp.LpVariable`` or one of the constants 0 and 1 (PuLP has no type hints)."""
+Solution: TypeAlias = tuple[tuple[int, ...], tuple[int, ...]]
+"""A partition (block → stage) and the blocks it recomputes."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +118,8 @@ class IlpResult:
     """Binary variables left after stage windows fixed the others."""
     rounds: int
     """MIP solves (each after adding a critical-path cut)."""
+    recompute: tuple[int, ...] = ()
+    """Blocks recomputed in ``stage_of`` ([Note: recomputation] in ``autopipe.partition.costs``)."""
 
 
 def _clean(x: float) -> float:
@@ -190,6 +199,15 @@ class _Model:
             self.y.append(row)
         self.crossing_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
         self.holder_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
+        self.candidates = problem.recompute_candidates()
+        self.r: dict[tuple[int, int], Term] = {}
+        """r[b,s] = "block b is in stage s and recomputed" (``auto`` only; ≤ x[b,s])."""
+        if cfg.recompute == "auto":
+            for b in self.candidates:
+                for s in range(lo[b], hi[b] + 1):
+                    self.r[(b, s)] = self._var(f"r_{b}_{s}", cat=pulp.LpBinary)
+                    self.binaries += 1
+        self.live_vars: list[tuple[pulp.LpVariable, list[tuple[float, _Lin]]]] = []
         self._order(anc)
         x_bytes = self._crossings(anc)
         held = self._holders()
@@ -213,6 +231,14 @@ class _Model:
         lin = _Lin()
         lin.add(self.Y(b, s), 1.0)
         lin.add(self.Y(b, s - 1), -1.0)
+        return lin
+
+    def recomputes(self, b: int, s: int) -> _Lin:
+        """1 when candidate block b is in stage s and recomputed ([Note: recomputation])."""
+        if self.problem.config.recompute == "full":
+            return self.x(b, s)
+        lin = _Lin()
+        lin.add(self.r[(b, s)], 1.0)
         return lin
 
     def _add(self, lin: _Lin, sense: str, rhs: float, name: str) -> None:
@@ -357,9 +383,12 @@ class _Model:
             self.sends.append(self._named(c, f"C_{b}"))
         self.memory: list[_Lin] = []
         """Each stage's memory as a share of ``memory_scales`` (its device's limit, if any)."""
+        savings = problem.recompute_savings()
+        candidates = set(self.candidates)
         for s, scale in enumerate(memory_scales(problem)):
             dev = cfg.devices[s]
             fwd, bwd, wgt, mem, real, opt = _Lin(), _Lin(), _Lin(), _Lin(), _Lin(), _Lin()
+            live: list[tuple[float, _Lin]] = []
             # the runtime's work around each action: the B task carries it when split too
             fwd.const += cfg.forward_overhead_s / tau
             bwd.const += cfg.backward_overhead_s / tau
@@ -377,6 +406,25 @@ class _Model:
                 real.add(x, float(blk.real))
                 if single_step[b]:
                     opt.add(x, single_step[b] / dev.speed / tau)
+                if b in candidates:
+                    again = self.recomputes(b, s)
+                    if cfg.recompute == "auto":
+                        row = _Lin()
+                        row.add(again, 1.0)
+                        row.add(x, -1.0)
+                        self._add(row, "<=", 0.0, f"rec_{b}_{s}")
+                    bwd.add(again, blk.forward_s / dev.speed / tau)
+                    mem.add(again, -cfg.inflight(s) * savings[b] / scale)
+                    live.append((savings[b] / scale, again))
+            if live:  # the largest recomputed block's bytes, alive again in its backward
+                peak = self._var(f"L_{s}")
+                for b, (k, again) in enumerate(live):
+                    row = _Lin()
+                    row.add(again, k)
+                    row.add(peak, -1.0)
+                    self._add(row, "<=", 0.0, f"live_{s}_{b}")
+                self.live_vars.append((peak, live))
+                mem.add(peak, 1.0)
             for q, per_stage in held.items():
                 mem.add(per_stage[s], problem.param_mem[q].total / scale)
                 if step_of[q]:
@@ -424,15 +472,21 @@ class _Model:
         row.add(self.step, -1.0)
         self._add(row, "<=", 0.0, f"path_{len(self.paths) - 1}")
 
-    def warm(self, stage_of: Sequence[int]) -> dict[str, float]:
-        """Every variable's value for a given partition (a starting solution)."""
+    def warm(self, stage_of: Sequence[int], recompute: Sequence[int] = ()) -> dict[str, float]:
+        """Every variable's value for a given partition and its recomputed blocks (a
+        starting solution)."""
         values: dict[str, float] = {}
         for b, row in enumerate(self.y):
             for s, t in enumerate(row):
                 if not isinstance(t, int):
                     values[t.name] = 1.0 if stage_of[b] <= s else 0.0
+        chosen = set(recompute)
+        for (b, s), var in self.r.items():
+            values[var.name] = 1.0 if b in chosen and stage_of[b] == s else 0.0
         for var, terms in self.crossing_vars + self.holder_vars:
             values[var.name] = max(0.0, max(t.value(values) for t in terms))
+        for var, live in self.live_vars:
+            values[var.name] = max(0.0, max(k * again.value(values) for k, again in live))
         for var, lin in self.defined:
             values[var.name] = lin.value(values)
         values[self.step.name] = max([0.0, *(path.value(values) for path in self.paths)])
@@ -443,6 +497,14 @@ class _Model:
         for row in self.y:
             out.append(sum(1 for t in row if (t if isinstance(t, int) else values[t.name]) < 0.5))
         return tuple(out)
+
+    def solution(self, values: dict[str, float]) -> Solution:
+        """The partition of a solution and the blocks it recomputes (``full``: every candidate)."""
+        stage_of = self.stage_of(values)
+        if self.problem.config.recompute == "full":
+            return stage_of, self.candidates
+        return stage_of, tuple(sorted(b for (b, s), var in self.r.items()
+                                      if stage_of[b] == s and values[var.name] > 0.5))
 
 
 def _within(objective: float, lower: float, gap: float) -> bool:
@@ -475,9 +537,9 @@ _STEP_SLACK = 1e-6
 closer than their tolerances apart (``_within`` allows the same)."""
 
 
-def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap: float, *,
+def _break_ties(model: _Model, problem: Problem, incumbent: Solution, cap: float, *,
                 solver: str, gap: float, deadline: float, rounds: int, accept: float | None = None,
-                max_nodes: int | None = TIE_NODES) -> tuple[tuple[int, ...], int]:
+                max_nodes: int | None = TIE_NODES) -> tuple[Solution, int]:
     """The most robust partition among those with a step ≤ ``cap`` (the incumbent is one),
     by ``tie_key`` within ``TIE_BANDS``, then the fastest; see [Note: ties]. Returns it and
     the MIP solves spent.
@@ -506,19 +568,19 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
             row.add(lin, -sign)
             model._add(row, ">=", 0.0, f"tie_{name}_{s}")
 
-    def warm(stage_of: Sequence[int]) -> dict[str, float]:
-        values = model.warm(stage_of)
+    def warm(solution: Solution) -> dict[str, float]:
+        values = model.warm(*solution)
         values[most.name] = max(b.value(values) for b in busy)
         values[least.name] = max(0.0, min(b.value(values) for b in busy))
         values[share.name] = max(0.0, max(m.value(values) for m in model.memory))
         return values
 
-    best = tuple(incumbent)
-    best_ev = evaluate(problem, best)
+    best = incumbent
+    best_ev = evaluate(problem, *best)
     key = tie_key(problem, best_ev)
     spent = 0
 
-    def search(goal: _Lin) -> tuple[tuple[int, ...], Evaluation] | None:
+    def search(goal: _Lin) -> tuple[Solution, Evaluation] | None:
         """The MIP's answer for ``goal``, started from ``best``, if one within the cap."""
         nonlocal spent
         model.prob.setObjective(goal.expr())
@@ -528,9 +590,9 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
                                  time_limit=deadline - time.perf_counter(), max_nodes=max_nodes)
             if not raw.values:
                 return None
-            found = model.stage_of(raw.values)
-            ev = evaluate(problem, found)
-            if violations(problem, found) or not ev.fits:
+            found = model.solution(raw.values)
+            ev = evaluate(problem, *found)
+            if violations(problem, found[0]) or not ev.fits:
                 return None
             new = [count for count in _nearby(problem, ev) if count not in model.counts]
             for count in new:
@@ -574,8 +636,10 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
     return best, spent
 
 
-def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_limit: float = 60.0,
-              gap: float = 1e-4, solver: str = "highs", max_rounds: int = 60) -> IlpResult:
+def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None,
+              recompute: Sequence[int] | None = None, time_limit: float = 60.0,
+              gap: float = 1e-4, solver: str = "highs", max_rounds: int = 60,
+              break_ties: bool = True) -> IlpResult:
     """Find the convex partition of ``problem``'s blocks with the shortest step that fits in memory.
 
     The MIP starts with the critical paths of a few extreme cost patterns and of the
@@ -587,25 +651,27 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
         problem: blocks, values and pipeline.
         incumbent: a valid partition that fits (the DP's); it starts the solver and sets
             the stage windows. Without one the model is bigger but still exact.
+        recompute: the blocks the incumbent recomputes (default: ``config.recompute``'s).
         time_limit: seconds for all MIP rounds together.
         gap: relative gap at which the search stops and calls the answer optimal.
         solver: ``highs`` or ``cbc``.
         max_rounds: most MIP solves (each adds one cut).
+        break_ties: pick the most robust of the partitions that tie ([Note: ties]).
     """
     start = time.perf_counter()
     cfg = problem.config
-    best: tuple[float, tuple[int, ...]] | None = None
+    best: tuple[float, Solution] | None = None
     seeds = seed_paths(cfg.schedule, cfg.num_stages, cfg.microbatches)
     if incumbent is not None:
         assert not violations(problem, incumbent), "the incumbent must be a valid partition"
-        inc_eval = evaluate(problem, incumbent)
+        inc_eval = evaluate(problem, incumbent, recompute)
         assert inc_eval.fits, "the incumbent must fit in memory"
-        best = (inc_eval.objective_s, tuple(incumbent))
+        best = (inc_eval.objective_s, (tuple(incumbent), inc_eval.recompute))
         seeds += _nearby(problem, inc_eval)
     anc = ancestors(problem)
     lo, hi = windows(problem, anc, best[0] if best else None, seeds)
     if best is not None:
-        assert fits_windows(lo, hi, list(best[1])), "stage windows must contain the incumbent"
+        assert fits_windows(lo, hi, list(best[1][0])), "stage windows must contain the incumbent"
     if any(a > b for a, b in zip(lo, hi)):
         return IlpResult(stage_of=None, status="infeasible", objective_s=math.inf,
                          lower_bound_s=math.inf, model_objective_s=math.nan, seconds=0.0,
@@ -627,7 +693,7 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
         if left <= 0:
             break
         rounds += 1
-        warm = model.warm(best[1]) if best is not None and use_warm else None
+        warm = model.warm(*best[1]) if best is not None and use_warm else None
         raw = _solvers.solve(model.prob, solver=solver, warm=warm, time_limit=left, gap=gap)
         if raw.status == "infeasible":
             if best is None:
@@ -637,9 +703,9 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
             lower = max(lower, raw.bound * model.tau)
         if not raw.values:
             break
-        found = model.stage_of(raw.values)
-        ev = evaluate(problem, found)
-        if violations(problem, found) or not ev.fits:  # solver tolerance trouble: never keep it
+        found = model.solution(raw.values)
+        ev = evaluate(problem, *found)
+        if violations(problem, found[0]) or not ev.fits:  # solver tolerance trouble: never keep it
             break
         if best is None or ev.objective_s < best[0]:
             best = (ev.objective_s, found)
@@ -664,7 +730,7 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
         for count in _nearby(problem, ev):
             if count not in model.counts:
                 model.add_path(count)
-    if status == "optimal" and best is not None and model.p > 1:
+    if break_ties and status == "optimal" and best is not None and model.p > 1:
         # any partition up to cap is as proven as best: prefer the most robust of them
         cap = max(best[0], lower / (1 - min(gap, TIE_WINDOW)))
         certified = (lower + 1e-12) / (1 - max(gap, 1e-6))  # the largest step _within the gap
@@ -677,8 +743,14 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
                                                  + max(TIE_TIME[0], TIE_TIME[1] * took)))
         rounds += spent
         if chosen != best[1]:
-            best = (evaluate(problem, chosen).objective_s, chosen)
-            model_objective = model.objective.value(model.warm(chosen)) * model.tau
+            best = (evaluate(problem, *chosen).objective_s, chosen)
+            model_objective = model.objective.value(model.warm(*chosen)) * model.tau
+    if best is not None and best[1][1] and cfg.recompute == "auto":
+        # recomputation the answer does not need (free on a stage off the critical path)
+        kept = prune(problem, best[1][0], best[1][1])
+        if kept != best[1][1]:
+            best = (evaluate(problem, best[1][0], kept).objective_s, (best[1][0], kept))
+            model_objective = model.objective.value(model.warm(*best[1])) * model.tau
     seconds = time.perf_counter() - start
     if best is None:
         return IlpResult(stage_of=None, status=status if status == "infeasible" else "unsolved",
@@ -690,6 +762,6 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
     lower = max(0.0, min(lower, best[0]))
     if status == "optimal" and not _within(best[0], lower, gap * (1 + 1e-6)):
         status = "feasible"  # never call a partition optimal beyond the gap we can show
-    return IlpResult(stage_of=best[1], status=status, objective_s=best[0], lower_bound_s=lower,
+    return IlpResult(stage_of=best[1][0], status=status, objective_s=best[0], lower_bound_s=lower,
                      model_objective_s=model_objective, seconds=seconds, solver=solver,
-                     binaries=model.binaries, rounds=rounds)
+                     binaries=model.binaries, rounds=rounds, recompute=best[1][1])

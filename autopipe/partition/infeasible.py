@@ -41,10 +41,19 @@ def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
     dev = cfg.devices[worst]
     needs = ", ".join(format_size(s.memory) for s in ev.stages)
     what = "a chain split" if method != "ilp" else "any partition"
+    if cfg.recompute != "none":
+        what += ", recomputing every block that can be"
     message = (f"no partition into {p} stages fits in memory ({what} searched): the most "
                f"memory-balanced split needs [{needs}]; stage {worst} needs "
                f"{format_size(ev.stages[worst].memory)} but {dev.name} has {format_size(dev.memory)}")
     hints: list[str] = []
+    if cfg.recompute == "none":
+        # recomputation frees the most in the most memory-balanced split that recomputes all
+        full = problem.with_config(replace(cfg, recompute="full"))
+        again = min_memory(Chain(full))
+        if again is not None and again[0] <= 1.0:
+            sizes = ", ".join(format_size(s.memory) for s in evaluate(full, again[1]).stages)
+            hints.append(f"--recompute auto (recomputing activations, a split needs [{sizes}])")
     deadline = time.monotonic() + _SEARCH_SECONDS
     smallest = min(cfg.devices, key=lambda d: d.memory)
     for p2 in range(p + 1, min(problem.num_real, 4 * p + 8) + 1):
