@@ -52,6 +52,7 @@ def plan(
     loss_fn: Callable[[Any, Any], Any] | None = None,
     target: Any = None,
     runtime_costs: bool = True,
+    recompute: str = "auto",
 ) -> Plan:
     """Plan pipeline stages for ``model``.
 
@@ -95,6 +96,9 @@ def plan(
         runtime_costs: with ``profile="measure"`` on the CPU, measure the runtime's fixed
             costs here too (``autopipe.runtime.calibrate``, about 10 s: per action, per
             send, per step) and plan with them.
+        recompute: activation recomputation ([Note: recomputation] in
+            ``autopipe.partition.costs``): ``auto`` (only where memory binds: the blocks the
+            ILP chooses with the cuts), ``none``, or ``full`` (every block that can be).
 
     Returns:
         The plan; ``plan.save(path)`` writes it.
@@ -104,7 +108,7 @@ def plan(
         PlanMismatchError: a given profile belongs to another model or input shape.
         TraceError, ProfileError, DeviceSpecError: from tracing, profiling, the devices.
     """
-    check_options(num_stages, microbatches, schedule, method, batch_size)
+    check_options(num_stages, microbatches, schedule, method, batch_size, recompute)
 
     loss = {"loss_fn": loss_fn, "target": target} if loss_fn is not None and target is not None else {}
 
@@ -118,7 +122,7 @@ def plan(
                             optimizer=optimizer,
                             method=method, link_bandwidth=link_bandwidth, max_blocks=max_blocks,
                             time_limit=time_limit, mip_gap=mip_gap, solver=solver,
-                            deterministic=deterministic)
+                            deterministic=deterministic, recompute=recompute)
 
     if batch_size is not None and isinstance(profile, str) and profile in PROFILE_MODES:
         def source(size: int) -> Profile:

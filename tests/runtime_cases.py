@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from autopipe import Graph, ModelSpec, trace
-from autopipe.partition.planner import plan_profile
+from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, plan_profile
 from autopipe.partition.problem import SCHEDULES as PLANNER_SCHEDULES
 from autopipe.plan_format import Plan
 from autopipe.profile import estimate, measure
@@ -60,12 +60,18 @@ class Case:
     profile: str = "estimate"
     """How the planner's profile is made: ``estimate`` (deterministic) or ``measure`` (on this
     CPU, the loss included)."""
+    recompute: str = "none"
+    """The planner's recomputation (``full``: every block that can be runs under checkpointing)."""
+    max_blocks: int = DEFAULT_MAX_BLOCKS
+    """The planner's coarsening target (fewer: blocks of many nodes)."""
 
     @property
     def name(self) -> str:
         dtype = {"bfloat16": "-bf16"}.get(str(self.knobs.get("dtype")), "")
         return (("zoo-" if self.zoo else "") + f"{self.example}-{self.stages}-{self.schedule}{dtype}"
-                + ("" if self.tied_sync else "-untied"))
+                + ("" if self.tied_sync else "-untied")
+                + ("" if self.recompute == "none" else f"-recompute-{self.recompute}")
+                + ("" if self.max_blocks == DEFAULT_MAX_BLOCKS else f"-blocks{self.max_blocks}"))
 
     def spec(self) -> ModelSpec:
         if self.zoo:
@@ -87,7 +93,8 @@ class Case:
             else:
                 profile = estimate(graph, spec.example_inputs, spec.example_kwargs, progress=False)
             return plan_profile(profile, num_stages=self.stages, microbatches=self.microbatches,
-                                schedule=self.schedule, method="ilp")
+                                schedule=self.schedule, method="ilp", recompute=self.recompute,
+                                max_blocks=self.max_blocks)
         return hand_plan(graph, self.stages, microbatches=self.microbatches, schedule=self.schedule,
                          ranks=self.ranks)
 
@@ -110,6 +117,13 @@ CASES = {c.name: c for c in [
     Case("gpt2", 2, tied_sync=False),
     # bf16 weights: both sides train through fp32 master copies ([Note: master weights])
     Case("llama", 2, optimizer="adam", lr=1e-2, knobs={"dtype": "bfloat16"}),
+    # recomputation: every block that can be runs under checkpointing ([Note: recomputed
+    # regions]); tied weights, batch-norm statistics, skips
+    Case("gpt2", 2, recompute="full"),
+    Case("resnet", 2, "gpipe", recompute="full"),
+    Case("bert", 2, recompute="full"),
+    Case("llama", 4, recompute="full", max_blocks=32),  # blocks of many nodes
+    Case("unet", 4, recompute="full"),
 ]}
 
 

@@ -40,6 +40,9 @@ def add_parser(sub: Any) -> None:
                    help=f"pipeline schedule: {', '.join(SCHEDULES)}, or auto (default 1f1b)")
     p.add_argument("--method", default="ilp", metavar="NAME",
                    help=f"{', '.join(METHODS)} (default ilp)")
+    p.add_argument("--recompute", default="auto", metavar="MODE",
+                   help="activation recomputation: auto (where memory binds, the blocks the ILP "
+                        "chooses), none, or full (every block that can be); default auto")
     p.add_argument("--profile", metavar="PROFILE.json", help="use this profile instead of profiling")
     p.add_argument("--device-spec", metavar="NAME|FILE.json",
                    help="estimate costs for this device (h100, a100, ...) instead of measuring here; "
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     microbatches = _microbatches(args.microbatches)
-    check_options(args.stages, microbatches, args.schedule, args.method, args.batch_size)
+    check_options(args.stages, microbatches, args.schedule, args.method, args.batch_size, args.recompute)
     _check_flags(args)
     check_writable(args.output)
     knobs = parse_spec_args(args.spec_arg)
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             optimizer=args.optimizer, method=args.method, link_bandwidth=args.link_bandwidth,
             max_blocks=args.max_blocks, time_limit=60.0 if args.time_limit is None else args.time_limit,
             mip_gap=1e-3 if args.gap is None else args.gap, solver=args.solver or "highs",
-            deterministic=not args.timing)
+            deterministic=not args.timing, recompute=args.recompute)
 
     plan = solve(source)
     if graph is not None and spec is not None and isinstance(source, Profile) and not (
