@@ -31,6 +31,8 @@ RUN = (
     "autopipe show plan.json --png plan.png --trace trace.json",
     "autopipe plan examples/gpt2.py:build --stages 4 --microbatches 8 --device-spec h100 -o new-plan.json",
     "autopipe check new-plan.json --baseline plan-h100.json --tolerance 0.01",
+    "autopipe plan examples/gpt2.py:build --profile profiles/cpu/gpt2.json --stages 2 --microbatches 4 "
+    "--memory 51MiB -o plan-recompute.json",
 )
 
 # Commands not run here, keyed on how they start.

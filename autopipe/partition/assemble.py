@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from autopipe.partition.costs import Evaluation, optimizer_steps
+from autopipe.partition.costs import regions as regions_of
 from autopipe.partition.problem import Problem
 from autopipe.plan_format import Baseline, Send, Stage, StageMemory
 
@@ -68,8 +69,9 @@ def stages(problem: Problem, stage_of: Sequence[int], ev: Evaluation) -> tuple[S
     steps = optimizer_steps(problem, stage_of)
     order = {n: i for i, n in enumerate(problem.node_order)}
     regions: list[list[tuple[str, ...]]] = [[] for _ in range(problem.config.num_stages)]
-    for b in ev.recompute:  # one checkpointed region per block, in graph order
-        regions[stage_of[b]].append(tuple(sorted(problem.blocks[b].nodes, key=lambda n: order.get(n, 0))))
+    for region in regions_of(stage_of, ev.recompute):  # one checkpointed group each, in graph order
+        nodes = [n for b in region for n in problem.blocks[b].nodes]
+        regions[stage_of[region[0]]].append(tuple(sorted(nodes, key=lambda n: order.get(n, 0))))
     result = []
     for s, cost in enumerate(ev.stages):
         result.append(Stage(

@@ -28,23 +28,31 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
 
 [Note: recomputation]
 
-A recomputed block keeps only its inputs for backward (the bytes of the values it reads
-from other blocks, each once: ``Problem.input_bytes``) and runs its forward again at the
-start of its backward (``torch.utils.checkpoint``, one region per block). With R_s the
-blocks of stage s that are recomputed and S_b = activation_b − inputs_b > 0 what
-recomputing b frees per micro-batch:
+A stage's recomputed blocks form regions, the longest runs of consecutive blocks (in the
+topological block order) that it recomputes, each one ``torch.utils.checkpoint`` call. A
+region keeps for backward only its inputs, the values it reads that are made outside it,
+and runs its forward again when its backward starts: a Llama layer as one region keeps
+its input, 32 MiB at 4,096 tokens, instead of 760 MiB. With R_s the blocks stage s
+recomputes:
 
-    B_s       += Σ_{b ∈ R_s} forward_b / speed_s      (in the B task: the input gradients
-                                                     need the recomputed activations)
-    memory_s  −= inflight_s · Σ_{b ∈ R_s} S_b
-              + max_{b ∈ R_s} S_b                     (one block's activations live again
-                                                     while its backward runs)
+    B_s       += Σ_{b ∈ R_s} forward_b / speed_s          (the B task: the input gradients
+                                                         need them first)
+    memory_s  −= inflight_s · Σ_{b ∈ R_s} activation_b
+              += inflight_s · Σ_{v kept} bytes_v          (v is read by some b ∈ R_s and
+                                                         not made in b's region; each once)
+              +  Σ_{b ∈ R_s} activation_b                (alive again while the backward
+                                                         runs: one micro-batch's)
 
-Counting each block's inputs as its own errs high where two recomputed blocks read the
-same value or a kept block already saves it: the plan fits with room to spare there.
-Blocks that write a tensor in place, and the model's inputs and output (the loss), are
-never recomputed. ``config.recompute`` says which blocks may be: none, the ILP's choice
-(``auto``: R_s is a decision), or every one that can (``full``).
+The last term is exact when the stage's recomputed blocks form one region and errs high
+otherwise (a backward holds one region's at a time). The ILP encodes it with one binary
+per block and stage: v, made in block u and read in block d, is kept unless every block
+u … d is recomputed in the stage, which is linear (w ≥ r[d] − r[k] for u ≤ k < d). A
+value read REGION_SPAN blocks or more after it is made counts as kept (few rows; such
+values are rare and small: position tables, masks). Counting values that a kept block
+saves already (or that the stage received) errs high too. Blocks that write a tensor in
+place, and the model's inputs and output (the loss), are never recomputed.
+``config.recompute`` says what may be: none, the ILP's choice (``auto``), or every block
+that can be (``full``).
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from autopipe.partition.problem import Problem
+from autopipe.partition.problem import REGION_SPAN, Problem
 from autopipe.partition.timeline import Count, longest_path
 
 MEMORY_HEADROOM = 1e-6
@@ -94,8 +102,8 @@ class StageCost:
     recompute_s: float = 0.0
     """The recomputed blocks' forward, per micro-batch: part of ``backward_s``."""
     recompute_bytes: int = 0
-    """The largest recomputed block's freed bytes, alive again during its backward: part
-    of ``activations``."""
+    """The recomputed blocks' activations, alive again during a backward (one micro-batch's):
+    part of ``activations``."""
 
     @property
     def busy_s(self) -> float:
@@ -206,13 +214,24 @@ def held_params(problem: Problem, stage_of: Sequence[int]) -> list[set[str]]:
 
 
 def recomputed(problem: Problem, recompute: Collection[int] | None) -> tuple[int, ...]:
-    """The blocks a partition recomputes: ``recompute`` if given (each must be a candidate
-    of ``problem``), else ``config.recompute``'s default (``full``: every candidate)."""
+    """The blocks a partition recomputes: ``recompute`` if given (candidates of
+    ``problem``), else ``config.recompute``'s default (``full``: every candidate)."""
     if recompute is None:
         return problem.recompute_candidates() if problem.config.recompute == "full" else ()
     out = tuple(sorted(set(recompute)))
     assert set(out) <= set(problem.recompute_candidates()), "recomputed blocks must be candidates"
     return out
+
+
+def regions(stage_of: Sequence[int], recompute: Collection[int]) -> tuple[tuple[int, ...], ...]:
+    """The recomputed regions: the longest runs of consecutive recomputed blocks in one stage."""
+    out: list[list[int]] = []
+    for b in sorted(recompute):
+        if out and out[-1][-1] == b - 1 and stage_of[b - 1] == stage_of[b]:
+            out[-1].append(b)
+        else:
+            out.append([b])
+    return tuple(tuple(r) for r in out)
 
 
 def evaluate(problem: Problem, stage_of: Sequence[int],
@@ -239,12 +258,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
     again = [0.0] * p
     live = [0] * p
     if chosen:
-        savings = problem.recompute_savings()
-        for i in chosen:
-            s = stage_of[i]
-            again[s] += problem.blocks[i].forward_s
-            act[s] -= savings[i]
-            live[s] = max(live[s], savings[i])
+        _recompute(problem, stage_of, chosen, again, act, live)
     x = boundary_bytes(problem, stage_of)
     held = held_params(problem, stage_of)
     stages = []
@@ -274,6 +288,27 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
                                   [s.send_s for s in stages[:-1]], cfg.microbatches, steps)
     return Evaluation(stages=tuple(stages), objective_s=step + tied + cfg.step_overhead_s, step_s=step,
                       tied_sync_s=tied, critical=critical, optimizer_s=tuple(steps), recompute=chosen)
+
+
+def _recompute(problem: Problem, stage_of: Sequence[int], chosen: Sequence[int], again: list[float],
+               act: list[int], live: list[int]) -> None:
+    """Add the recomputed blocks' forward time, kept inputs and live bytes per stage."""
+    region_of = {b: k for k, region in enumerate(regions(stage_of, chosen)) for b in region}
+    for b in chosen:
+        s = stage_of[b]
+        again[s] += problem.blocks[b].forward_s
+        act[s] -= problem.blocks[b].activation_bytes
+        live[s] += problem.blocks[b].activation_bytes
+    for v in problem.values:
+        kept: set[int] = set()
+        made_in = region_of.get(v.src)
+        for d in v.dsts:
+            reader = region_of.get(d)
+            if reader is None or (reader == made_in and d - v.src < REGION_SPAN):
+                continue
+            if stage_of[d] not in kept:
+                kept.add(stage_of[d])
+                act[stage_of[d]] += v.bytes
 
 
 def violations(problem: Problem, stage_of: Sequence[int]) -> list[str]:

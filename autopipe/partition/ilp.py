@@ -22,8 +22,8 @@ B_s is the B task's time: the whole backward, or only the input gradients where 
 schedule runs the weight gradients W_s as tasks of their own (zb-h1; elsewhere nW = 0).
 With recomputation ([Note: recomputation] in ``autopipe.partition.costs``) each candidate
 block has r[b,s] ≤ x[b,s], binary under ``auto`` and x[b,s] itself under ``full``: B_s
-gains forward_b · r[b,s], memory_s loses inflight_s · S_b · r[b,s] and gains L_s, a
-variable ≥ S_b · r[b,s] for each b (the one block alive again in its backward).
+gains forward_b · r[b,s], memory_s loses (inflight_s − 1) · activation_b · r[b,s] and gains
+inflight_s · bytes_v · w[v,s] for the values kept, w[v,s] ≥ r[d,s] − r[k,s] (u ≤ k < d).
     minimise T + Σ_q bytes_q/bandwidth · (Σ_s z[q,s] − 1)
 
 The step time is the longest path of the schedule's task DAG ([Note: the step time
@@ -86,7 +86,7 @@ from autopipe.partition.costs import (
     tie_key,
     violations,
 )
-from autopipe.partition.problem import Problem
+from autopipe.partition.problem import REGION_SPAN, Problem
 from autopipe.partition.recompute import prune
 from autopipe.partition.timeline import Count, nearby_paths, seed_paths, splits_backward
 from autopipe.partition.windows import BoolMatrix, ancestors, fits_windows, windows
@@ -157,6 +157,12 @@ class _Lin:
     def value(self, values: dict[str, float]) -> float:
         return self.const + sum(c * values[v.name] for v, c in self.coef.items())
 
+    @staticmethod
+    def of(term: Term) -> _Lin:
+        lin = _Lin()
+        lin.add(term, 1.0)
+        return lin
+
     def is_const(self) -> bool:
         return not any(abs(c) > 1e-13 for c in self.coef.values())
 
@@ -173,6 +179,8 @@ class _Model:
         self.prob = pulp.LpProblem("autopipe", pulp.LpMinimize)
         self.rows: dict[str, _Lin] = {}
         """Every constraint's left-hand side, by name (for tests and diagnosis)."""
+        self.rhs: dict[str, float] = {}
+        """The right-hand sides that are not 0, by name."""
         self.infeasible = False
         """A row that the windows alone decide is violated (e.g. a pinned block overflows)."""
         per_tensor, per_byte = problem.config.optimizer_step
@@ -200,6 +208,8 @@ class _Model:
         self.crossing_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
         self.holder_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
         self.candidates = problem.recompute_candidates()
+        self.probing = not self.candidates
+        """Whether HiGHS may probe in presolve (not with recomputation: ``_solvers.NO_PROBING``)."""
         self.r: dict[tuple[int, int], Term] = {}
         """r[b,s] = "block b is in stage s and recomputed" (``auto`` only; ≤ x[b,s])."""
         if cfg.recompute == "auto":
@@ -207,7 +217,8 @@ class _Model:
                 for s in range(lo[b], hi[b] + 1):
                     self.r[(b, s)] = self._var(f"r_{b}_{s}", cat=pulp.LpBinary)
                     self.binaries += 1
-        self.live_vars: list[tuple[pulp.LpVariable, list[tuple[float, _Lin]]]] = []
+        self.kept_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
+        """w[v,s], the largest of its terms: value v is kept by a region of stage s."""
         self._order(anc)
         x_bytes = self._crossings(anc)
         held = self._holders()
@@ -243,6 +254,8 @@ class _Model:
 
     def _add(self, lin: _Lin, sense: str, rhs: float, name: str) -> None:
         self.rows[name] = lin
+        if rhs:
+            self.rhs[name] = rhs
         if lin.is_const():  # decided by the windows alone: the solvers may drop empty rows
             tol = 1e-9 * max(1.0, abs(rhs))
             holds = {"<=": lin.const <= rhs + tol, ">=": lin.const >= rhs - tol,
@@ -383,12 +396,9 @@ class _Model:
             self.sends.append(self._named(c, f"C_{b}"))
         self.memory: list[_Lin] = []
         """Each stage's memory as a share of ``memory_scales`` (its device's limit, if any)."""
-        savings = problem.recompute_savings()
-        candidates = set(self.candidates)
         for s, scale in enumerate(memory_scales(problem)):
             dev = cfg.devices[s]
             fwd, bwd, wgt, mem, real, opt = _Lin(), _Lin(), _Lin(), _Lin(), _Lin(), _Lin()
-            live: list[tuple[float, _Lin]] = []
             # the runtime's work around each action: the B task carries it when split too
             fwd.const += cfg.forward_overhead_s / tau
             bwd.const += cfg.backward_overhead_s / tau
@@ -406,25 +416,8 @@ class _Model:
                 real.add(x, float(blk.real))
                 if single_step[b]:
                     opt.add(x, single_step[b] / dev.speed / tau)
-                if b in candidates:
-                    again = self.recomputes(b, s)
-                    if cfg.recompute == "auto":
-                        row = _Lin()
-                        row.add(again, 1.0)
-                        row.add(x, -1.0)
-                        self._add(row, "<=", 0.0, f"rec_{b}_{s}")
-                    bwd.add(again, blk.forward_s / dev.speed / tau)
-                    mem.add(again, -cfg.inflight(s) * savings[b] / scale)
-                    live.append((savings[b] / scale, again))
-            if live:  # the largest recomputed block's bytes, alive again in its backward
-                peak = self._var(f"L_{s}")
-                for b, (k, again) in enumerate(live):
-                    row = _Lin()
-                    row.add(again, k)
-                    row.add(peak, -1.0)
-                    self._add(row, "<=", 0.0, f"live_{s}_{b}")
-                self.live_vars.append((peak, live))
-                mem.add(peak, 1.0)
+            if self.candidates:
+                self._recompute(s, scale, bwd, mem)
             for q, per_stage in held.items():
                 mem.add(per_stage[s], problem.param_mem[q].total / scale)
                 if step_of[q]:
@@ -453,6 +446,46 @@ class _Model:
             objective.const -= problem.param_bytes[q] * inv_bw / tau
         self.objective = objective
         self.prob += objective.expr()
+
+    def _recompute(self, s: int, scale: float, bwd: _Lin, mem: _Lin) -> None:
+        """Stage s's recomputation terms ([Note: recomputation] in ``autopipe.partition.costs``):
+        the forward again in B, the activations dropped (all but one micro-batch's), and the
+        values kept for the regions, w[v,s] ≥ r[d,s] − r[k,s] for u ≤ k < d."""
+        problem, cfg, tau = self.problem, self.problem.config, self.tau
+        speed, inflight = cfg.devices[s].speed, cfg.inflight(s)
+        here = {b for b in self.candidates if self.lo[b] <= s <= self.hi[b]}
+        if not here:
+            return
+        for b in sorted(here):
+            again = self.recomputes(b, s)
+            if cfg.recompute == "auto":
+                self._row([(again, 1.0), (self.x(b, s), -1.0)], "<=", f"rec_{b}_{s}")
+            bwd.add(again, problem.blocks[b].forward_s / speed / tau)
+            mem.add(again, (1 - inflight) * problem.blocks[b].activation_bytes / scale)
+        for i, v in enumerate(problem.values):
+            readers = [d for d in v.dsts if d in here]
+            if not readers or v.bytes == 0:
+                continue
+            kept = self._var(f"w_{i}_{s}", upBound=1)
+            terms: list[_Lin] = []
+            for d in readers:
+                inside = range(v.src, d)
+                if d - v.src >= REGION_SPAN or any(k not in here for k in inside):
+                    inside = range(0)  # never made in d's region: kept whenever d recomputes
+                for k in inside or [None]:
+                    diff = self.recomputes(d, s)
+                    if k is not None:
+                        diff.add(self.recomputes(k, s), -1.0)
+                    terms.append(diff)
+                    self._row([(diff, 1.0), (kept, -1.0)], "<=", f"kept_{i}_{s}_{d}_{k}")
+            self.kept_vars.append((kept, terms))
+            mem.add(kept, inflight * v.bytes / scale)
+
+    def _row(self, terms: list[tuple[Term | _Lin, float]], sense: str, name: str, rhs: float = 0.0) -> None:
+        row = _Lin()
+        for term, k in terms:
+            row.add(term, k)
+        self._add(row, sense, rhs, name)
 
     def add_path(self, count: Count) -> None:
         """Cut: the step is at least this path's length (see [Note: the step time is a longest path])."""
@@ -483,10 +516,8 @@ class _Model:
         chosen = set(recompute)
         for (b, s), var in self.r.items():
             values[var.name] = 1.0 if b in chosen and stage_of[b] == s else 0.0
-        for var, terms in self.crossing_vars + self.holder_vars:
+        for var, terms in self.crossing_vars + self.holder_vars + self.kept_vars:
             values[var.name] = max(0.0, max(t.value(values) for t in terms))
-        for var, live in self.live_vars:
-            values[var.name] = max(0.0, max(k * again.value(values) for k, again in live))
         for var, lin in self.defined:
             values[var.name] = lin.value(values)
         values[self.step.name] = max([0.0, *(path.value(values) for path in self.paths)])
@@ -499,12 +530,10 @@ class _Model:
         return tuple(out)
 
     def solution(self, values: dict[str, float]) -> Solution:
-        """The partition of a solution and the blocks it recomputes (``full``: every candidate)."""
+        """The partition of a solution and the blocks it recomputes."""
         stage_of = self.stage_of(values)
-        if self.problem.config.recompute == "full":
-            return stage_of, self.candidates
-        return stage_of, tuple(sorted(b for (b, s), var in self.r.items()
-                                      if stage_of[b] == s and values[var.name] > 0.5))
+        return stage_of, tuple(b for b in self.candidates
+                               if self.recomputes(b, stage_of[b]).value(values) > 0.5)
 
 
 def _within(objective: float, lower: float, gap: float) -> bool:
@@ -586,7 +615,7 @@ def _break_ties(model: _Model, problem: Problem, incumbent: Solution, cap: float
         model.prob.setObjective(goal.expr())
         while spent < rounds and time.perf_counter() < deadline:
             spent += 1
-            raw = _solvers.solve(model.prob, solver=solver, warm=warm(best), gap=gap,
+            raw = _solvers.solve(model.prob, solver=solver, warm=warm(best), gap=gap, probing=model.probing,
                                  time_limit=deadline - time.perf_counter(), max_nodes=max_nodes)
             if not raw.values:
                 return None
@@ -694,7 +723,8 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None,
             break
         rounds += 1
         warm = model.warm(*best[1]) if best is not None and use_warm else None
-        raw = _solvers.solve(model.prob, solver=solver, warm=warm, time_limit=left, gap=gap)
+        raw = _solvers.solve(model.prob, solver=solver, warm=warm, time_limit=left, gap=gap,
+                             probing=model.probing)
         if raw.status == "infeasible":
             if best is None:
                 status = "infeasible"

@@ -418,7 +418,14 @@ def _plan(problem: Problem, profile: Profile, options: _Options, *,
         "uniform": baselines.uniform(problem),
         "params": baselines.params(problem),
     }
-    extra = incumbents or {}
+    extra = dict(incumbents or {})
+    cfg = problem.config
+    if cfg.recompute != "none":
+        # the fastest chain split with no memory limit often fits once it recomputes
+        free = replace(cfg, recompute="none", devices=tuple(replace(d, memory=0) for d in cfg.devices))
+        fastest = min_bottleneck(Chain(problem.with_config(free)))
+        if fastest is not None:
+            extra["unlimited"] = fastest
     # each partition recomputes what it needs to fit, where the problem allows it
     chosen = {k: fit(problem, v) for k, v in {**cands, **extra}.items() if v is not None}
     evals = {k: evaluate(problem, v, chosen[k]) for k, v in {**cands, **extra}.items() if v is not None}
@@ -482,7 +489,6 @@ def _plan(problem: Problem, profile: Profile, options: _Options, *,
         others[k] = baseline(problem, kv, ke,
                              predict(problem, ke, kv).iteration_s
                              if ke is not None and kv is not None else None)
-    cfg = problem.config
     return Plan(
         graph_fingerprint=profile.graph_fingerprint, schedule=cfg.schedule,
         microbatches=cfg.microbatches, devices=cfg.devices, stages=stages(problem, stage_of, ev),

@@ -20,6 +20,10 @@ from autopipe.schedule.actions import check_schedule, schedule_order
 
 SCHEDULES = ("1f1b", "gpipe", "zb-h1")
 """Schedules whose iteration time and memory the planner models exactly (one stage per rank)."""
+REGION_SPAN = 64
+"""A value read more than this many blocks after the block that makes it counts as kept
+by any recomputed region that reads it, even one that makes it too (it keeps the ILP's
+rows few; such values are rare and small: position tables, masks)."""
 RECOMPUTE = ("none", "auto", "full")
 """What a partition may recompute ([Note: recomputation] in ``autopipe.partition.costs``):
 nothing, the blocks the ILP chooses, or every block that can be."""
@@ -196,19 +200,22 @@ class Problem:
         return out
 
     def recompute_savings(self) -> list[int]:
-        """Per block, the activation bytes per micro-batch that recomputing it frees: its
-        saved bytes less its inputs (0 where it cannot be recomputed or would not save)."""
-        return [max(0, b.activation_bytes - i) if b.recomputable and not b.pin else 0
-                for b, i in zip(self.blocks, self.input_bytes())]
+        """Per block, what recomputing it alone (a region of its own) frees per micro-batch
+        at least: its saved bytes less its inputs, 0 where that is not positive or it is no
+        candidate (``recompute_candidates``). For heuristics; the ILP prices regions exactly."""
+        candidates = set(self.recompute_candidates())
+        return [max(0, b.activation_bytes - i) if k in candidates else 0
+                for k, (b, i) in enumerate(zip(self.blocks, self.input_bytes()))]
 
     def recompute_candidates(self) -> tuple[int, ...]:
-        """Blocks that recomputation applies to under ``config.recompute`` (none: no block).
+        """Blocks that may be recomputed under ``config.recompute`` (none: no block): they
+        compute something, write nothing in place, and are neither an input nor the output.
 
         None under a schedule that splits the backward (zb-h1): its weight-gradient pass
         is a second backward, which would run every recomputed forward once more."""
         if self.config.recompute == "none" or schedule_order(self.config.schedule, 1, 1).split_backward:
             return ()
-        return tuple(i for i, saving in enumerate(self.recompute_savings()) if saving > 0)
+        return tuple(i for i, b in enumerate(self.blocks) if b.recomputable and not b.pin and b.real)
 
     def with_config(self, config: Config) -> Problem:
         """The same graph for another pipeline."""
