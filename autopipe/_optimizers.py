@@ -12,6 +12,8 @@ from typing import Any, Protocol
 import torch
 
 OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw")
+DEVICES = ("auto", "cpu", "cuda")
+"""Where ``autopipe train`` runs (``auto``: CUDA when there is one)."""
 
 
 class Stepper(Protocol):

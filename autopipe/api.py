@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
@@ -31,12 +31,12 @@ def plan(
     example_inputs: tuple[Any, ...],
     *,
     example_kwargs: dict[str, Any] | None = None,
-    num_stages: int,
+    num_stages: int | None = None,
     memory_limit: str | int | None = None,
     devices: DevicesArg | None = None,
     microbatches: int | str | None = None,
     batch_size: int | None = None,
-    schedule: str = "1f1b",
+    schedule: str | None = None,
     profile: str | os.PathLike[str] | Profile = "measure",
     optimizer: str = "adam",
     method: str = "ilp",
@@ -53,6 +53,14 @@ def plan(
     target: Any = None,
     runtime_costs: bool = True,
     recompute: str = "auto",
+    granularity: str = "node",
+    cut_at: str | None = None,
+    gpus: int | None = None,
+    gpus_per_node: int | None = None,
+    intra_node_bandwidth: float | str | None = None,
+    inter_node_bandwidth: float | str | None = None,
+    microbatch_sizes: Sequence[int] | None = None,
+    shard_optimizer: bool = False,
 ) -> Plan:
     """Plan pipeline stages for ``model``.
 
@@ -60,7 +68,7 @@ def plan(
         model: the model (may live on the meta device with ``profile="estimate"``).
         example_inputs: positional inputs of one micro-batch.
         example_kwargs: keyword inputs of one micro-batch.
-        num_stages: pipeline stages.
+        num_stages: pipeline stages (with ``gpus``: try only this many).
         memory_limit: one memory limit per stage (``"80GiB"`` or bytes); None = unlimited.
         devices: per-stage devices: a devices.json path or a list (see
             ``autopipe.partition.devices``); excludes ``memory_limit``.
@@ -70,7 +78,8 @@ def plan(
         batch_size: samples per optimizer step; ``example_inputs`` are one micro-batch
             whose size is dim 0 of their first tensor (see ``autopipe.batching``), and
             are cut or tiled along dim 0 to ``batch_size / microbatches`` samples.
-        schedule: ``1f1b``, ``gpipe``, ``zb-h1``, or ``auto`` (the fastest that fits).
+        schedule: ``1f1b``, ``gpipe``, ``zb-h1``, or ``auto`` (the fastest that fits); default
+            ``1f1b``, ``auto`` with ``gpus``.
         profile: ``"measure"`` (time the nodes here), ``"estimate"`` (FLOPs and bytes on
             ``device_spec``), a Profile, or the path of a saved profile.
         optimizer: for optimizer-state memory (``adam``, ``adamw``, ``sgd``, ``sgd-momentum``, ``none``).
@@ -99,6 +108,21 @@ def plan(
         recompute: activation recomputation ([Note: recomputation] in
             ``autopipe.partition.costs``): ``auto`` (only where memory binds: the blocks the
             ILP chooses with the cuts), ``none``, or ``full`` (every block that can be).
+        granularity: ``node`` (cut anywhere) or ``layer``: cut only between the model's
+            repeated blocks (its longest module list ``X.0, X.1, …`` by work), as torchtitan,
+            DeepSpeed and Megatron-LM do; ``plan.options["granularity"]`` records the
+            units, the unrestricted step and the ratio (``autopipe.partition.layers``).
+        cut_at: the blocks to cut between, a glob or regex over module paths
+            (``model.layers.*``); implies ``granularity="layer"``.
+        gpus: instead of ``num_stages``, the GPUs to train on: every pipeline degree ``p``
+            dividing it, with ``gpus / p`` data-parallel replicas that split ``batch_size``,
+            is searched (``autopipe.partition.degrees.plan_degrees``; ``microbatches`` then
+            counts per replica, ``method`` plans the fastest candidates, the chain DP the rest).
+        gpus_per_node: GPUs per node (default: all on one).
+        intra_node_bandwidth: bytes/s between GPUs of a node (default: the device spec's link).
+        inter_node_bandwidth: bytes/s per GPU between nodes (default 50 GB/s).
+        microbatch_sizes: with ``gpus``, the micro-batch sizes to try (default: all divisors).
+        shard_optimizer: with ``gpus``, shard optimizer states over the replicas (ZeRO-1).
 
     Returns:
         The plan; ``plan.save(path)`` writes it.
@@ -108,7 +132,17 @@ def plan(
         PlanMismatchError: a given profile belongs to another model or input shape.
         TraceError, ProfileError, DeviceSpecError: from tracing, profiling, the devices.
     """
-    check_options(num_stages, microbatches, schedule, method, batch_size, recompute)
+    if gpus is None:
+        if num_stages is None:
+            raise PlanError("autopipe.plan needs num_stages (pipeline stages) or gpus (the planner "
+                            "chooses stages x data-parallel replicas)", hint="pass num_stages=4 or gpus=8")
+        schedule = schedule or "1f1b"
+        check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute)
+        extra = {"gpus_per_node": gpus_per_node, "intra_node_bandwidth": intra_node_bandwidth,
+                 "inter_node_bandwidth": inter_node_bandwidth, "microbatch_sizes": microbatch_sizes}
+        given = [k for k, v in {**extra, "shard_optimizer": shard_optimizer or None}.items() if v is not None]
+        if given:
+            raise PlanError(f"{given[0]} applies with gpus=N only", hint=f"drop {given[0]}, or pass gpus")
 
     loss = {"loss_fn": loss_fn, "target": target} if loss_fn is not None and target is not None else {}
 
@@ -116,13 +150,36 @@ def plan(
         return _profile(trace(model, args, kwargs), profile, args, kwargs,
                         device_spec=device_spec, dtype=dtype, loss=loss)
 
+    if gpus is not None:
+        from autopipe.partition.degrees import plan_degrees
+
+        if devices is not None or link_bandwidth is not None:
+            raise PlanError("gpus=N takes no devices or link_bandwidth: the GPUs are alike",
+                            hint="give memory_limit, intra_node_bandwidth and inter_node_bandwidth")
+        if batch_size is None:
+            raise PlanError("gpus=N needs batch_size: the samples per step over all GPUs, which the "
+                            "data-parallel replicas split", hint="e.g. gpus=8, batch_size=64")
+        fixed = not (isinstance(profile, str) and profile in PROFILE_MODES)
+        return plan_degrees(
+            profile_at(example_inputs, example_kwargs) if fixed else (
+                lambda size: profile_at(*resize_batch(example_inputs, example_kwargs, size))),
+            gpus=gpus, batch_size=batch_size, gpus_per_node=gpus_per_node,
+            intra_node_bandwidth=intra_node_bandwidth, inter_node_bandwidth=inter_node_bandwidth,
+            stages=num_stages, microbatches=microbatches, microbatch_sizes=microbatch_sizes,
+            schedule=schedule or "auto", shard_optimizer=shard_optimizer, memory_limit=memory_limit,
+            optimizer=optimizer, method=method, max_blocks=max_blocks, time_limit=time_limit,
+            mip_gap=mip_gap, solver=solver, deterministic=deterministic, dtype=dtype,
+            granularity=granularity, cut_at=cut_at, recompute=recompute)
+    assert num_stages is not None and schedule is not None
+
     def solve(source: ProfileSource) -> Plan:
         return plan_profile(source, num_stages=num_stages, memory_limit=memory_limit, devices=devices,
                             microbatches=microbatches, batch_size=batch_size, schedule=schedule,
                             optimizer=optimizer,
                             method=method, link_bandwidth=link_bandwidth, max_blocks=max_blocks,
                             time_limit=time_limit, mip_gap=mip_gap, solver=solver,
-                            deterministic=deterministic, recompute=recompute)
+                            deterministic=deterministic, granularity=granularity, cut_at=cut_at,
+                            recompute=recompute)
 
     if batch_size is not None and isinstance(profile, str) and profile in PROFILE_MODES:
         def source(size: int) -> Profile:

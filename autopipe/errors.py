@@ -56,3 +56,11 @@ class PlanMismatchError(PlanError):
 
 class RuntimeStageError(AutopipeError, RuntimeError):
     """Pipeline training failed on some rank (peer died, timeout)."""
+
+
+class ExportError(AutopipeError, ValueError):
+    """A plan cannot be handed to another engine (it cuts inside a layer, an unknown format)."""
+
+
+class CheckpointError(AutopipeError, ValueError):
+    """A checkpoint or state dict is missing, incomplete, or does not fit the model."""

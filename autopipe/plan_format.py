@@ -128,6 +128,52 @@ class Baseline:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DataParallel:
+    """The plan's pipeline replicated over data-parallel ranks (``autopipe.partition.degrees``).
+
+    A plan without it runs one pipeline (``degree`` 1).
+    """
+
+    degree: int
+    """Replicas of the pipeline; the plan runs on ``num_stages × degree`` ranks."""
+    ranks: tuple[tuple[int, ...], ...]
+    """``ranks[stage][replica]``: the global rank that runs that stage of that replica."""
+    batch_size: int
+    """Samples per optimizer step over all replicas (each replica takes ``1/degree``)."""
+    placement: str = "pipelines"
+    """``pipelines`` (a pipeline's stages on consecutive ranks) or ``replicas`` (a stage's
+    replicas on consecutive ranks); see ``autopipe.partition.replicas``."""
+    gpus_per_node: int = 0
+    """Ranks per node (rank ``r`` on node ``r // gpus_per_node``); 0 = not given."""
+    allreduce_bandwidth: float = 0.0
+    """Bytes/s each stage's gradient all-reduce over its replicas was priced at."""
+    allreduce_s: tuple[float, ...] = ()
+    """Per stage, seconds of that all-reduce: part of the stage's ``optimizer_s``."""
+    shard_optimizer: bool = False
+    """Optimizer states sharded over the replicas (ZeRO-1); False = each replica holds all."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.degree, bool) or not isinstance(self.degree, int) or self.degree < 1:
+            raise PlanError(f"data_parallel.degree = {self.degree!r}", hint="use at least 1 replica")
+        if self.batch_size < 1 or self.batch_size % self.degree:
+            raise PlanError(f"data_parallel.batch_size {self.batch_size} does not split over "
+                            f"{self.degree} replicas", hint="regenerate the plan")
+        bad = [i for i, r in enumerate(self.ranks) if len(r) != self.degree]
+        if bad:
+            raise PlanError(f"data_parallel.ranks[{bad[0]}] lists {len(self.ranks[bad[0]])} ranks for "
+                            f"{self.degree} replicas", hint="regenerate the plan")
+        flat = sorted(r for rs in self.ranks for r in rs)
+        if flat != list(range(len(flat))):
+            raise PlanError(f"data_parallel.ranks are not each of the {len(flat)} ranks once",
+                            hint="regenerate the plan")
+
+    @property
+    def world_size(self) -> int:
+        """Ranks the plan runs on."""
+        return len(self.ranks) * self.degree
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
     """A pipeline-parallel plan for one model, micro-batch shape and device set."""
 
@@ -141,6 +187,8 @@ class Plan:
     baselines: dict[str, Baseline] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     """Planner options that shaped the plan: dtype, optimizer, link bandwidth, profile device."""
+    data_parallel: DataParallel | None = None
+    """Data-parallel replicas of the pipeline; None = one pipeline."""
 
     def __post_init__(self) -> None:
         if self.microbatches < 1:
@@ -162,6 +210,18 @@ class Plan:
                     raise PlanError(f"stage {i} recomputes "
                                     + (f"node {stray[0]!r}, which it does not hold" if stray
                                        else "an empty group"), hint="regenerate the plan")
+        dp = self.data_parallel
+        if dp is not None and len(dp.ranks) != len(self.stages):
+            raise PlanError(f"data_parallel.ranks has {len(dp.ranks)} stages, the plan {len(self.stages)}",
+                            hint="regenerate the plan")
+        if dp is not None and dp.allreduce_s and len(dp.allreduce_s) != len(self.stages):
+            raise PlanError(f"data_parallel.allreduce_s has {len(dp.allreduce_s)} entries for "
+                            f"{len(self.stages)} stages", hint="regenerate the plan")
+
+    @property
+    def replicas(self) -> int:
+        """Data-parallel replicas of the pipeline (1 without ``data_parallel``)."""
+        return self.data_parallel.degree if self.data_parallel is not None else 1
 
     @property
     def num_stages(self) -> int:
@@ -186,6 +246,7 @@ class Plan:
             "solver": asdict(self.solver),
             "baselines": {k: asdict(v) for k, v in self.baselines.items()},
             "options": self.options,
+            **({"data_parallel": asdict(self.data_parallel)} if self.data_parallel is not None else {}),
         }
 
     @classmethod
@@ -210,6 +271,7 @@ class Plan:
                 baselines={k: Baseline(**{**v, "stage_nodes": tuple(v.get("stage_nodes", ()))})
                            for k, v in data.get("baselines", {}).items()},
                 options=dict(data.get("options", {})),
+                data_parallel=_data_parallel(data.get("data_parallel")),
             )
         except PlanError as e:
             raise PlanError(f"{source}: {e.message}", hint=e.hint) from None
@@ -245,3 +307,10 @@ def _stage_json(stage: Stage) -> dict[str, Any]:
     if not stage.recompute_s:
         del out["recompute_s"]
     return out
+
+
+def _data_parallel(data: Any) -> DataParallel | None:
+    if data is None:
+        return None
+    return DataParallel(**{**data, "ranks": tuple(tuple(int(r) for r in rs) for rs in data["ranks"]),
+                           "allreduce_s": tuple(float(x) for x in data.get("allreduce_s", ()))})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from autopipe._units import format_seconds, format_size
 from autopipe.plan_format import Plan, Stage
 
@@ -35,11 +37,15 @@ def headline(plan: Plan) -> list[str]:
     """The summary lines above the table."""
     sv = plan.solver
     size = plan.options.get("microbatch_size")
+    dp = plan.data_parallel
+    step = plan.predicted.iteration_s
     lines = [
         f"{plan.num_stages} stages, {plan.schedule}, {plan.microbatches} micro-batches"
-        + (f" of {size} (batch {plan.options.get('batch_size')})" if size else ""),
-        f"predicted step {format_seconds(plan.predicted.iteration_s)}, "
-        f"bubble {plan.predicted.bubble_fraction:.1%}",
+        + (f" of {size} (batch {plan.options.get('batch_size')})" if size else "")
+        + (f"; x {dp.degree} data-parallel replicas on {dp.world_size} GPUs ({dp.placement} "
+           f"placement), batch {dp.batch_size} in all" if dp is not None else ""),
+        f"predicted step {format_seconds(step)}, bubble {plan.predicted.bubble_fraction:.1%}"
+        + (f", {dp.batch_size / step:.2f} samples/s" if dp is not None and step > 0 else ""),
         f"solver {sv.method}: {sv.status}, objective {format_seconds(sv.objective_s)}, "
         f"lower bound {format_seconds(sv.lower_bound_s)}, gap {sv.gap:.2%}"
         + (f", {sv.seconds:.2f} s" if sv.seconds else ""),
@@ -53,7 +59,8 @@ def headline(plan: Plan) -> list[str]:
                 ratio = b.iteration_s / plan.predicted.iteration_s - 1 if plan.predicted.iteration_s else 0.0
                 parts.append(f"{name} {format_seconds(b.iteration_s)} ({ratio:+.1%})")
         lines.append("baselines: " + ", ".join(parts))
-    return lines + recompute_lines(plan) + breakdown_lines(plan) + search_lines(plan)
+    return (lines + recompute_lines(plan) + granularity_lines(plan) + breakdown_lines(plan)
+            + search_lines(plan) + degree_lines(plan))
 
 
 def recompute_lines(plan: Plan) -> list[str]:
@@ -72,6 +79,18 @@ def recompute_lines(plan: Plan) -> list[str]:
     return [line]
 
 
+def granularity_lines(plan: Plan) -> list[str]:
+    """For a layer-granular plan: the layers each stage holds and what the restriction costs."""
+    info = plan.options.get("granularity")
+    if not isinstance(info, dict):
+        return []
+    count = int(info["layers"])
+    per = [max(0, min(b, count + 1) - max(a, 1)) for a, b in info["stage_units"]]
+    return [f"cuts between whole layers ({info['pattern']}, {count} layers; per stage "
+            f"{' | '.join(map(str, per))}): {float(info['cost']) - 1:+.1%} against cutting anywhere "
+            f"({format_seconds(float(info['unrestricted_s']))})"]
+
+
 def breakdown_lines(plan: Plan) -> list[str]:
     """What the predicted step counts beyond the stages' compute: the loss, each stage's
     optimizer step, and the runtime's own work (where the plan was priced with them)."""
@@ -80,9 +99,14 @@ def breakdown_lines(plan: Plan) -> list[str]:
     if isinstance(loss, dict):
         parts.append(f"loss {format_seconds(float(loss['forward_s']) + float(loss['backward_s']))} "
                      f"per micro-batch (in the last stage's times)")
-    steps = [s.optimizer_s for s in plan.stages]
+    synced = _dp_allreduce(plan)
+    steps = [s.optimizer_s - a for s, a in zip(plan.stages, synced)]
     if any(steps):
         parts.append("optimizer step " + " / ".join(format_seconds(x) for x in steps) + " per stage")
+    if any(synced) and plan.data_parallel is not None:
+        dp = plan.data_parallel
+        parts.append(f"gradient all-reduce over {dp.degree} replicas at {dp.allreduce_bandwidth / 1e9:.3g} GB/s "
+                     + " / ".join(format_seconds(x) for x in synced) + " per stage (before its optimizer step)")
     rt = plan.options.get("runtime")
     if isinstance(rt, dict) and rt:
         parts.append(f"runtime {format_seconds(float(rt.get('forward_overhead_s', 0)))} / "
@@ -112,6 +136,51 @@ def search_lines(plan: Plan) -> list[str]:
         rows.setdefault(int(t["microbatches"]), []).append(f"{t['schedule']} {cell}{mark}")
     for m, cells in rows.items():
         out.append(f"  {m:>4}: " + ", ".join(cells))
+    return out
+
+
+def _dp_allreduce(plan: Plan) -> tuple[float, ...]:
+    """Per stage, the data-parallel all-reduce counted in its ``optimizer_s`` (zeros without)."""
+    dp = plan.data_parallel
+    return dp.allreduce_s if dp is not None and dp.allreduce_s else (0.0,) * plan.num_stages
+
+
+def degree_row(row: dict[str, Any], chosen: bool = False) -> str:
+    """One candidate of a data × pipeline search (``plan.options["degrees"]``), one line."""
+    head = f"{'*' if chosen else ' '} {row['stages']:>3} x {row['replicas']:<3}"
+    if "placement" not in row:
+        return f"{head}  {row['why']}"
+    what = (f"{head}  {row['placement']:<9}  {row['microbatches']:>4} x {row['microbatch_size']:<3} "
+            f"{row['schedule']:<5}")
+    step = row.get("iteration_s")
+    if not isinstance(step, (int, float)):
+        why = str(row["why"])
+        return f"{what}  {why if len(why) <= 100 else why[:99] + '…'}"
+    limit = row.get("memory_limit")
+    memory = format_size(row["memory"]) + (f" ({row['memory'] / limit:.1%})" if limit else "")
+    return (f"{what}  {format_seconds(step):>11}  {row['samples_per_s']:>10.2f}  {memory:>20}  "
+            f"{row.get('method', '')}")
+
+
+def degree_lines(plan: Plan) -> list[str]:
+    """What a data × pipeline search tried: one line per candidate, the chosen one starred."""
+    rows = plan.options.get("degrees")
+    info = plan.options.get("cluster")
+    if not isinstance(rows, list) or not rows or not isinstance(info, dict):
+        return []
+    dp = plan.data_parallel
+    limit = info.get("memory_limit")
+    out = [f"searched {info['gpus']} GPUs ({info['gpus_per_node']} per node; "
+           f"{float(info['intra_node_bandwidth']) / 1e9:.3g} GB/s in a node, "
+           f"{float(info['inter_node_bandwidth']) / 1e9:.3g} GB/s between nodes), batch {info['batch_size']}, "
+           f"{format_size(limit) if limit else 'unlimited memory'} per GPU; every candidate planned "
+           f"with {info['screen']}, the {info['finalists']} fastest again with {info['method']}:",
+           "      pp x dp   placement     m x mb  sched         step   samples/s      peak memory  method"]
+    for row in rows:
+        chosen = (dp is not None and "placement" in row and row["stages"] == plan.num_stages
+                  and row["replicas"] == dp.degree and row["placement"] == dp.placement
+                  and row["microbatches"] == plan.microbatches and row["schedule"] == plan.schedule)
+        out.append("  " + degree_row(row, chosen))
     return out
 
 
@@ -161,12 +230,13 @@ def step_parts(plan: Plan) -> list[dict[str, float]]:
     rt = rt if isinstance(rt, dict) else {}
     per_action = float(rt.get("forward_overhead_s", 0.0)) + float(rt.get("backward_overhead_s", 0.0))
     sync = float(plan.options.get("tied_sync_s", 0.0) or 0.0)
+    synced = _dp_allreduce(plan)
     out = []
     for s in plan.stages:
         own_loss = m * loss_mb if s.index == plan.num_stages - 1 else 0.0
         part = {"compute": max(0.0, m * (s.forward_s + s.backward_s - per_action) - own_loss),
                 "loss": own_loss, "runtime": m * per_action + float(rt.get("step_overhead_s", 0.0)),
-                "optimizer": s.optimizer_s, "sync": sync}
+                "optimizer": s.optimizer_s - synced[s.index], "sync": sync + synced[s.index]}
         part["idle"] = max(0.0, plan.predicted.iteration_s - sum(part.values()))
         out.append(part)
     return out

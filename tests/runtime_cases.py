@@ -7,7 +7,7 @@ and from contiguous hand cuts for the schedules with several stages per rank.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,13 @@ def compare_with_one_process(case: Case, out: Path) -> None:
     assert set(initial) <= seen, f"parameters no rank trained: {sorted(set(initial) - seen)}"
     moved = sum(not torch.equal(initial[k], expected[k]) for k in initial)
     assert moved >= len(initial) // 2, "training changed too few parameters to test anything"
+
+
+def trained_state(modules: Iterable[torch.nn.Module], graph: Graph) -> dict[str, torch.Tensor]:
+    """Copies of the parameters and buffers of a rank's stage modules, by canonical name."""
+    canonical = canonical_names(graph)
+    return {canonical.get(k, k): v.detach().cpu().clone() for module in modules
+            for k, v in [*module.named_parameters(remove_duplicate=False), *module.named_buffers()]}
 
 
 def _attr(module: torch.nn.Module, dotted: str) -> torch.Tensor:

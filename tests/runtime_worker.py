@@ -18,10 +18,10 @@ import torch.distributed as dist
 from autopipe import trace
 from autopipe.plan_format import Plan
 from autopipe.runtime.optim import TrainConfig
-from autopipe.runtime.tied import TiedParams, canonical_names
+from autopipe.runtime.tied import TiedParams
 from autopipe.runtime.train import prepare, train
 
-from .runtime_cases import CASES
+from .runtime_cases import CASES, trained_state
 from .zoo import ZOO_CASES
 
 
@@ -45,11 +45,7 @@ def main(argv: list[str]) -> int:
             result = train(spec, plan, config, prepared=prepared, log=lambda s: None)
         finally:
             TiedParams.all_reduce_grads = sync  # type: ignore[method-assign]
-        canonical = canonical_names(graph)
-        state = {}
-        for module in result.modules.values():
-            for k, v in [*module.named_parameters(remove_duplicate=False), *module.named_buffers()]:
-                state[canonical.get(k, k)] = v.detach().cpu().clone()
+        state = trained_state(result.modules.values(), graph)
         torch.save({"losses": result.losses, "state": state, "stages": result.stages},
                    out / f"{name}.rank{rank}.pt")
     dist.destroy_process_group()

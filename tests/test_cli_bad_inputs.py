@@ -93,6 +93,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 OUT = ["-o", "{tmp}/out.json"]
 PLAN = ["plan", MLP, "--stages", "2", *OUT]
+GPUS = ["plan", MLP, "--gpus", "4", "--profile", "{profile}", *OUT, "--batch-size", "32"]
 PLAN_P = [*PLAN, "--profile", "{profile}"]
 
 # (id, argv with {file} placeholders, message fragment)
@@ -143,6 +144,15 @@ CASES: list[tuple[str, list[str], str]] = [
     ("plan: build function fails on a knob", [*PLAN_P, "--spec-arg", "hidden=-3"],
      "failed: RuntimeError: Trying to create tensor with negative dimension"),
     ("plan: missing devices file", [*PLAN_P, "--devices", "{tmp}/devices.json"], "devices.json"),
+    ("plan: neither --stages nor --gpus", ["plan", MLP, "--profile", "{profile}", *OUT], "give --stages N"),
+    ("plan: --gpus-per-node without --gpus", [*PLAN_P, "--gpus-per-node", "8"],
+     "--gpus-per-node applies only with --gpus"),
+    ("plan: --gpus without --batch-size", [*GPUS[:-2], *OUT], "--gpus needs --batch-size"),
+    ("plan: --gpus with --link-bandwidth", [*GPUS, "--link-bandwidth", "1e9"],
+     "--link-bandwidth applies only with --stages"),
+    ("plan: --gpus that do not fill nodes", [*GPUS, "--gpus-per-node", "3"], "4 GPUs do not fill nodes of 3"),
+    ("plan: --stages not dividing --gpus", [*GPUS, "--stages", "3"], "3 stages do not divide 4 GPUs"),
+    ("plan: --microbatch-sizes not numbers", [*GPUS, "--microbatch-sizes", "one"], "not a list of numbers"),
     # autopipe show
     ("show: nonexistent plan path", ["show", "{tmp}/nosuch.json"], "nosuch.json: no such file"),
     ("show: malformed JSON", ["show", "{broken}"], "not valid JSON"),

@@ -21,6 +21,17 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("autopipe ")
 
 
+def test_the_parser_leaves_the_runtime_unloaded() -> None:
+    """Building the CLI (every command does) must not import torch.distributed.pipelining:
+    that alone took ~1.4 s of CPU from each `autopipe plan`."""
+    code = ("import sys; from autopipe.cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('autopipe.runtime', "
+            "'torch.distributed.pipelining'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "[]"
+
+
 def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     for name in SUBCOMMANDS:
         with pytest.raises(SystemExit) as info:

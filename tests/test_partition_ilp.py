@@ -18,6 +18,7 @@ from autopipe.partition.problem import Config, from_profile
 from autopipe.partition.synthetic import synthetic_profile
 from autopipe.partition.windows import ancestors, pinned_windows
 from autopipe.plan_format import Device
+from autopipe.profile.profile import NodeProfile, Profile
 from tests.partition_cases import Case, cases
 
 EXACT = 1e-9
@@ -53,8 +54,10 @@ def test_model_encodes_the_cost_model(case: Case) -> None:
                 assert close(row.value(values), ev.stages[s].memory / ev.stages[s].limit, 1e-9)
             elif name.startswith("nonempty_"):
                 assert row.value(values) >= 1 - 1e-9
+            elif name.startswith("tied_count_"):  # at least k - 1 levels for k holders
+                assert row.value(values) >= -1 - 1e-9
             else:  # every other row holds as ">= 0" or "<= 0" at the warm values
-                assert row.value(values) >= -1e-9 if name.startswith(("cross", "hold")) \
+                assert row.value(values) >= -1e-9 if name.startswith(("cross", "hold", "tied_order")) \
                     else row.value(values) <= 1e-9
 
 
@@ -222,3 +225,45 @@ def test_every_method_agrees_at_a_limit_filled_exactly(schedule: str) -> None:
     else:
         assert res.stage_of is not None and evaluate(problem, res.stage_of).fits
         assert math.isclose(res.objective_s, exact[0], rel_tol=1e-9)
+
+
+def test_tied_sync_over_three_stages_is_a_ring() -> None:
+    """A weight read on all three stages syncs over a 3-rank ring (4/3 of its bytes through
+    each rank), two stages over 2 ranks (its bytes once): the MIP prices both as
+    ``costs.evaluate`` does, and its optimum is brute force's."""
+    def node(name: str, **kw: object) -> NodeProfile:
+        base = dict(name=name, op="call_function", target="f", module=name, forward_s=1.0,
+                    backward_input_s=2.0, backward_weight_s=0.0, activation_bytes=8,
+                    output_bytes=8, param_bytes=0)
+        base.update(kw)
+        return NodeProfile(**base)  # type: ignore[arg-type]
+
+    nodes = (node("x", op="placeholder", target="x", module="", forward_s=0.0,
+                  backward_input_s=0.0, activation_bytes=0),
+             node("a", param_bytes=4000, params=("w",)), node("b", shared_params=("w",)),
+             node("c"), node("d", shared_params=("w",)),
+             NodeProfile(name="output", op="output", target="output", module="", forward_s=0.0,
+                         backward_input_s=0.0, backward_weight_s=0.0, activation_bytes=0,
+                         output_bytes=0, param_bytes=0, is_tensor=False))
+    names = [n.name for n in nodes]
+    edges = tuple((u, v, 8) for u, v in zip(names, names[1:]))
+    profile = Profile(device="t", dtype="float32", microbatch_shape=[[1]], nodes=nodes,
+                      edges=edges, params={"w": 4000})
+    config = Config(num_stages=3, microbatches=3, schedule="1f1b", link_bandwidth=1000.0,
+                    devices=tuple(Device(name=f"d{i}", memory=0) for i in range(3)))
+    problem = from_profile(profile, config, optimizer="sgd")
+    anc = ancestors(problem)
+    lo, hi = pinned_windows(problem)
+    model = _Model(problem, anc, lo, hi)
+    syncs = set()
+    for stage_of in brute.partitions(problem):
+        ev = evaluate(problem, stage_of)
+        model.add_path(ev.critical)
+        values = model.warm(stage_of)
+        assert close(model.objective.value(values) * model.tau, ev.objective_s)
+        syncs.add(round(ev.tied_sync_s, 9))
+    assert syncs == {4.0, round(4000 * 4 / 3 / 1000, 9)}  # 2 holders: 4 s; 3 holders: 5.33 s
+    exact = brute.best(problem)
+    assert exact is not None
+    res = solve_ilp(problem, gap=EXACT)
+    assert res.stage_of is not None and close(res.objective_s, exact[0])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from autopipe.partition.costs import evaluate, regions, violations
 from autopipe.partition.dp import min_bottleneck, min_memory
 from autopipe.partition.ilp import _Model, solve_ilp
 from autopipe.partition.planner import plan_profile
-from autopipe.partition.problem import Config, Problem, from_profile, writes_in_place
+from autopipe.partition.problem import Config, from_profile, writes_in_place
 from autopipe.partition.recompute import fit, prune
 from autopipe.partition.synthetic import synthetic_profile
 from autopipe.partition.windows import ancestors, pinned_windows
@@ -56,17 +55,10 @@ def test_ilp_equals_brute_force(case: Case) -> None:
     ev = evaluate(problem, res.stage_of, res.recompute)
     assert ev.fits
     assert close(ev.objective_s, exact[0])
-    if not math.isnan(res.model_objective_s) and _holders(problem, res.stage_of) < 3:
+    if not math.isnan(res.model_objective_s):
         assert close(res.model_objective_s, res.objective_s)
     if problem.config.recompute == "full":
         assert res.recompute == problem.recompute_candidates()
-
-
-def _holders(problem: Problem, stage_of: Sequence[int]) -> int:
-    """The most stages that hold one parameter. (The ILP prices a tied parameter's
-    all-reduce over k ≥ 3 stages as (k−1)·bytes, costs.evaluate as 2(k−1)/k·bytes since
-    0be7fca: not these tests' subject.)"""
-    return max([len({stage_of[r] for r in rs}) for rs in problem.readers().values()] or [0])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -92,8 +84,7 @@ def test_model_encodes_recomputation(case: Case) -> None:
         model.add_path(ev.critical)
         values = model.warm(stage_of, ev.recompute)
         assert model.solution(values) == (tuple(stage_of), ev.recompute)
-        if _holders(problem, stage_of) < 3:
-            assert close(model.objective.value(values) * model.tau, ev.objective_s)
+        assert close(model.objective.value(values) * model.tau, ev.objective_s)
         for s in range(problem.config.num_stages):
             assert close(model.backward[s].value(values) * model.tau, ev.stages[s].backward_s)
         for name, row in model.rows.items():

@@ -33,6 +33,12 @@ RUN = (
     "autopipe check new-plan.json --baseline plan-h100.json --tolerance 0.01",
     "autopipe plan examples/gpt2.py:build --profile profiles/cpu/gpt2.json --stages 2 --microbatches 4 "
     "--memory 51MiB -o plan-recompute.json",
+    "autopipe plan examples/gpt2.py:build --stages 4 --microbatches 8 --profile profiles/cpu/gpt2.json "
+    "--granularity layer -o plan-layers.json",
+    "autopipe export plan-layers.json --format torchtitan -o torchtitan.json",
+    "autopipe export plan-layers.json --format megatron",
+    "autopipe plan examples/gpt2.py:build --gpus 4 --batch-size 32 --profile profiles/cpu/gpt2.json "
+    "-o plan-gpus.json",
 )
 
 # Commands not run here, keyed on how they start.
@@ -44,9 +50,11 @@ SKIP = {
     "export PYTHONPATH=": "sets up a GPU machine's carried wheels",
     "python -m pytest": "is the test suite itself",
     "autopipe plan examples/llama.py:build --spec-arg preset=70b ": "plans a 70B shape (30-80 s)",
+    "autopipe plan examples/llama.py:build --spec-arg preset=7b ": "searches a 7B shape on 16 GPUs (about a minute)",
     "autopipe train ": "trains on 4 ranks (tests/test_runtime_train.py trains every example)",
     "torchrun ": "trains on 4 ranks (tests/test_runtime_train.py trains every example)",
     "python -m benchmarks.gpu_suite ": "needs a GPU",
+    "autopipe consolidate ": "needs a checkpoint of a training run (tests/test_runtime_checkpoint.py runs it)",
 }
 
 # Arguments naming a file the command writes; it must exist afterwards.

@@ -17,7 +17,9 @@ SUBCOMMANDS = {
     "plan": "autopipe.cli.plan_cmd",
     "show": "autopipe.cli.show_cmd",
     "train": "autopipe.cli.train_cmd",
+    "consolidate": "autopipe.cli.consolidate_cmd",
     "check": "autopipe.cli.check_cmd",
+    "export": "autopipe.cli.export_cmd",
 }
 
 

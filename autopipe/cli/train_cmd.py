@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+# not autopipe.runtime: its package imports torch.distributed.pipelining (~1.6 s of CPU
+# here), which building this parser made every command pay
+from autopipe._optimizers import DEVICES, OPTIMIZERS
 from autopipe.cli._common import add_spec_args, load_plan, plan_knobs
-from autopipe.errors import AutopipeError, SpecError
+from autopipe.errors import AutopipeError, PlanError, SpecError
 from autopipe.plan_format import Plan
-from autopipe.runtime.optim import DEVICES, OPTIMIZERS, TrainConfig
 from autopipe.spec import ModelSpec, load_spec, parse_spec_args
+
+if TYPE_CHECKING:
+    from autopipe.runtime.optim import TrainConfig
 
 
 def add_parser(sub: Any) -> None:
@@ -37,6 +42,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-pin-cores", dest="pin_cores", action="store_false",
                    help="let CPU ranks share all the cores (default: each local rank keeps to its "
                         "own share, unless already bound with taskset or numactl)")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="save a checkpoint (model, optimizer, step) into DIR at the end; DIR/latest names "
+                        "the newest complete one")
+    p.add_argument("--save-every", type=int, default=None, metavar="K",
+                   help="with --save: also save every K steps (the two newest checkpoints are kept)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue from the newest complete checkpoint in DIR (--steps counts from the start)")
     p.add_argument("--launch", type=int, default=None, metavar="P",
                    help="start P ranks on this machine (instead of torchrun) and wait for them")
     p.set_defaults(run=run)
@@ -44,14 +56,20 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
+    from autopipe.runtime.optim import TrainConfig
     from autopipe.runtime.train import train
 
     plan = load_plan(args.plan)  # and against the model in prepare(), before any rank starts
+    if plan.replicas > 1:
+        raise PlanError(f"{args.plan} runs {plan.replicas} data-parallel replicas of its "
+                        f"{plan.num_stages}-stage pipeline, and autopipe train runs one pipeline so far",
+                        hint=f"plan with --stages {plan.num_stages} (one pipeline) to train it now")
     config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, device=args.device,
-                         timeout_s=args.timeout, pin_malloc=args.pin_malloc, pin_cores=args.pin_cores)
+                         timeout_s=args.timeout, pin_malloc=args.pin_malloc, pin_cores=args.pin_cores,
+                         save=args.save, save_every=args.save_every, resume=args.resume)
     spec = _spec(args, plan)
     if args.launch is not None:
-        return _launch(args, spec, plan)
+        return _launch(args, spec, plan, config)
     train(spec, plan, config, log=lambda line: print(line, flush=True))
     return 0
 
@@ -71,13 +89,16 @@ def _spec(args: argparse.Namespace, plan: Plan) -> ModelSpec:
     return load_spec(args.spec, **plan_knobs(knobs, plan))
 
 
-def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan) -> int:
+def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: TrainConfig) -> int:
     from autopipe.runtime.launch import launch
-    from autopipe.runtime.train import prepare
+    from autopipe.runtime.prepare import prepare
+    from autopipe.runtime.train import check_resume
 
     if args.launch < 1:
         raise AutopipeError(f"--launch {args.launch}", hint="start at least one rank")
     prepare(spec, plan, args.launch)  # a wrong plan stops here, before any rank starts
+    if config.resume is not None:
+        check_resume(config)  # and so does a checkpoint that cannot continue
     cmd = [sys.executable, "-m", "autopipe", "train", args.spec, "--plan", args.plan,
            "--steps", str(args.steps), "--lr", repr(args.lr), "--optimizer", args.optimizer,
            "--device", args.device, "--timeout", repr(args.timeout)]
@@ -89,6 +110,9 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan) -> int:
         cmd.append("--no-pin-cores")
     if args.batch_size is not None:
         cmd += ["--batch-size", str(args.batch_size)]
+    for flag, value in (("--save", args.save), ("--save-every", args.save_every), ("--resume", args.resume)):
+        if value is not None:
+            cmd += [flag, str(value)]
     result = launch(cmd, args.launch, grace_s=min(30.0, args.timeout))
     if result.code:
         failed = result.first_failed if result.first_failed is not None else "?"

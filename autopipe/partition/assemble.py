@@ -15,8 +15,13 @@ def node_stages(problem: Problem, stage_of: Sequence[int]) -> dict[str, int]:
     return {n: stage_of[i] for i, b in enumerate(problem.blocks) for n in b.nodes}
 
 
-def owned_modules(problem: Problem, node_stage: dict[str, int]) -> list[list[str]]:
-    """Per stage, the outermost module paths whose nodes all lie in it, in graph order."""
+def owned_modules(problem: Problem, node_stage: dict[str, int], *, groups: int | None = None,
+                  split: frozenset[str] = frozenset()) -> list[list[str]]:
+    """Per stage, the outermost module paths whose nodes all lie in it, in graph order.
+
+    ``groups``: how many groups ``node_stage`` numbers (default the stages); modules in
+    ``split`` are never listed whole (their children are).
+    """
     stages_of: dict[str, set[int]] = {}
     order: dict[str, int] = {}
     for name in problem.node_order:
@@ -28,12 +33,12 @@ def owned_modules(problem: Problem, node_stage: dict[str, int]) -> list[list[str
             prefix = ".".join(parts[:k])
             stages_of.setdefault(prefix, set()).add(node_stage[name])
             order.setdefault(prefix, len(order))
-    out: list[list[str]] = [[] for _ in range(problem.config.num_stages)]
+    out: list[list[str]] = [[] for _ in range(groups or problem.config.num_stages)]
     for module in sorted(stages_of, key=order.__getitem__):
-        if len(stages_of[module]) != 1:
+        if len(stages_of[module]) != 1 or module in split:
             continue
         parent = module.rpartition(".")[0]
-        if parent and len(stages_of.get(parent, ())) == 1:
+        if parent and len(stages_of.get(parent, ())) == 1 and parent not in split:
             continue  # the parent is listed instead
         out[next(iter(stages_of[module]))].append(module)
     return out

@@ -76,6 +76,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import pulp
 
+from autopipe._phases import phase
 from autopipe.partition import _solvers
 from autopipe.partition.costs import (
     MEMORY_HEADROOM,
@@ -86,7 +87,7 @@ from autopipe.partition.costs import (
     tie_key,
     violations,
 )
-from autopipe.partition.problem import REGION_SPAN, Problem
+from autopipe.partition.problem import REGION_SPAN, Problem, ring_allreduce_per_byte
 from autopipe.partition.recompute import prune
 from autopipe.partition.timeline import Count, nearby_paths, seed_paths, splits_backward
 from autopipe.partition.windows import BoolMatrix, ancestors, fits_windows, windows
@@ -440,10 +441,7 @@ class _Model:
         objective = _Lin()
         objective.add(self.step, 1.0)
         objective.const += problem.config.step_overhead_s / tau
-        for q, per_stage in held.items():
-            for h in per_stage:
-                objective.add(h, problem.param_bytes[q] * inv_bw / tau)
-            objective.const -= problem.param_bytes[q] * inv_bw / tau
+        self._tied_sync(objective, held)
         self.objective = objective
         self.prob += objective.expr()
 
@@ -487,6 +485,46 @@ class _Model:
             row.add(term, k)
         self._add(row, sense, rhs, name)
 
+    def _tied_sync(self, objective: _Lin, held: dict[str, list[_Lin]]) -> None:
+        """Add each tied parameter's gradient all-reduce over its k holding stages.
+
+        A ring costs ``ring_allreduce_per_byte(k)`` a byte: 0, 1, 4/3, 3/2… of bytes/bw for
+        k = 1, 2, 3, 4: increasing and concave in k, so a minimisation needs binaries to
+        price it. ``a_j`` ("at least j holders", j ≥ 2) are ordered (a_j ≥ a_{j+1}) and
+        Σ a_j ≥ k − 1; the objective adds the increments f(j) − f(j−1) times a_j, which the
+        minimum sets to exactly the first k − 1 of them (see ``Config.allreduce_s``)."""
+        cfg, tau = self.problem.config, self.tau
+        self.tied_levels: list[tuple[list[_Lin], list[Term]]] = []
+        bw = cfg.allreduce_bandwidth if cfg.allreduce_bandwidth > 0 else cfg.link_bandwidth
+        if math.isinf(bw):
+            return
+        for k, (q, per_stage) in enumerate(held.items()):
+            nbytes = self.problem.param_bytes[q]
+            most = min(self.p, len(self.problem.readers()[q]))
+            count = _Lin()
+            for h in per_stage:
+                count.add(h, 1.0)
+            levels: list[Term] = []
+            for j in range(2, most + 1):
+                cat = pulp.LpContinuous if most == 2 else pulp.LpBinary
+                a = self._var(f"a_{k}_{j}", upBound=1, cat=cat)
+                if cat == pulp.LpBinary:
+                    self.binaries += 1
+                if levels:
+                    row = _Lin()
+                    row.add(levels[-1], 1.0)
+                    row.add(a, -1.0)
+                    self._add(row, ">=", 0.0, f"tied_order_{k}_{j}")
+                levels.append(a)
+                step = ring_allreduce_per_byte(j, bw) - ring_allreduce_per_byte(j - 1, bw)
+                objective.add(a, nbytes * step / tau)
+            row = _Lin()
+            for a in levels:
+                row.add(a, 1.0)
+            row.add(count, -1.0)
+            self._add(row, ">=", -1.0, f"tied_count_{k}")
+            self.tied_levels.append((per_stage, levels))
+
     def add_path(self, count: Count) -> None:
         """Cut: the step is at least this path's length (see [Note: the step time is a longest path])."""
         nf, nb, nw, nc, no = count
@@ -518,6 +556,11 @@ class _Model:
             values[var.name] = 1.0 if b in chosen and stage_of[b] == s else 0.0
         for var, terms in self.crossing_vars + self.holder_vars + self.kept_vars:
             values[var.name] = max(0.0, max(t.value(values) for t in terms))
+        for per_stage, levels in self.tied_levels:
+            holders = round(sum(h.value(values) for h in per_stage))
+            for j, a in enumerate(levels, start=2):
+                if not isinstance(a, int):
+                    values[a.name] = 1.0 if holders >= j else 0.0
         for var, lin in self.defined:
             values[var.name] = lin.value(values)
         values[self.step.name] = max([0.0, *(path.value(values) for path in self.paths)])
@@ -765,12 +808,13 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None,
         cap = max(best[0], lower / (1 - min(gap, TIE_WINDOW)))
         certified = (lower + 1e-12) / (1 - max(gap, 1e-6))  # the largest step _within the gap
         took = time.perf_counter() - start
-        chosen, spent = _break_ties(model, problem, best[1], cap, solver=solver,
-                                    accept=max(best[0], min(cap * (1 + _STEP_SLACK), certified)),
-                                    gap=min(gap, TIE_GAP), rounds=max_rounds - rounds,
-                                    deadline=min(start + time_limit,
-                                                 time.perf_counter()
-                                                 + max(TIE_TIME[0], TIE_TIME[1] * took)))
+        with phase("plan.ties"):
+            chosen, spent = _break_ties(
+                model, problem, best[1], cap, solver=solver,
+                accept=max(best[0], min(cap * (1 + _STEP_SLACK), certified)),
+                gap=min(gap, TIE_GAP), rounds=max_rounds - rounds,
+                deadline=min(start + time_limit,
+                             time.perf_counter() + max(TIE_TIME[0], TIE_TIME[1] * took)))
         rounds += spent
         if chosen != best[1]:
             best = (evaluate(problem, *chosen).objective_s, chosen)

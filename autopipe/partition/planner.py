@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from autopipe._phases import phase
 from autopipe.errors import AutopipeError, InfeasiblePlanError, PlanError
 from autopipe.partition import baselines
 from autopipe.partition.assemble import baseline, stages
@@ -24,6 +25,7 @@ from autopipe.partition.devices import DevicesArg, resolve_devices
 from autopipe.partition.dp import min_bottleneck
 from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.infeasible import explain
+from autopipe.partition.layers import GRANULARITIES, record, restrict
 from autopipe.partition.problem import (
     RECOMPUTE,
     SCHEDULES,
@@ -33,6 +35,7 @@ from autopipe.partition.problem import (
     from_profile,
 )
 from autopipe.partition.recompute import fit
+from autopipe.partition.replicas import GradSync
 from autopipe.partition.timeline import splits_backward
 from autopipe.plan_format import Plan, Predicted, SolverInfo
 from autopipe.profile.profile import Profile
@@ -55,17 +58,7 @@ ProfileSource = Profile | Callable[[int], Profile]
 def link_bandwidth_for(profile: Profile, link_bandwidth: float | str | None) -> float:
     """The link bandwidth to plan with: given, else the profile's device spec's, else the default."""
     if link_bandwidth is not None:
-        from autopipe._units import parse_size
-
-        try:
-            bw = float(parse_size(link_bandwidth)) if isinstance(link_bandwidth, str) else float(link_bandwidth)
-        except Exception as e:
-            raise PlanError(f"link bandwidth {link_bandwidth!r} is not a number of bytes/s",
-                            hint="write e.g. 25e9 or 25GB (per second)") from e
-        if not bw > 0:
-            raise PlanError(f"link bandwidth {link_bandwidth!r} is not positive",
-                            hint="write e.g. 25e9 or 25GB (per second); inf makes sends free")
-        return bw
+        return parse_bandwidth(link_bandwidth)
     spec = profile.meta.get("device_spec")
     if isinstance(spec, dict) and isinstance(spec.get("link_bandwidth"), (int, float)):
         return float(spec["link_bandwidth"])
@@ -74,6 +67,25 @@ def link_bandwidth_for(profile: Profile, link_bandwidth: float | str | None) -> 
     if profile.runtime.get("link_bandwidth", 0.0) > 0:  # measured with the runtime's backend
         return float(profile.runtime["link_bandwidth"])
     return DEFAULT_LINK_BANDWIDTH
+
+
+def parse_bandwidth(value: float | str, what: str = "link bandwidth") -> float:
+    """Bytes/s from ``25e9``, ``"25GB"`` or ``inf``.
+
+    Raises:
+        PlanError: not a positive number of bytes/s.
+    """
+    from autopipe._units import parse_size
+
+    try:
+        bw = float(parse_size(value)) if isinstance(value, str) else float(value)
+    except Exception as e:
+        raise PlanError(f"{what} {value!r} is not a number of bytes/s",
+                        hint="write e.g. 25e9 or 25GB (per second)") from e
+    if not bw > 0:
+        raise PlanError(f"{what} {value!r} is not positive",
+                        hint="write e.g. 25e9 or 25GB (per second); inf makes sends free")
+    return bw
 
 
 def simple_bound(problem: Problem) -> float:
@@ -94,8 +106,11 @@ def simple_bound(problem: Problem) -> float:
 
 
 def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str,
-                  batch_size: Any = None, recompute: str = "auto") -> None:
+                  batch_size: Any = None, granularity: str = "node", recompute: str = "auto") -> None:
     """Raise PlanError for options no plan can have (before anything is traced or profiled)."""
+    if granularity not in GRANULARITIES:
+        raise PlanError(f"unknown granularity {granularity!r}",
+                        hint=f"choose one of {', '.join(GRANULARITIES)}")
     if recompute not in RECOMPUTE:
         raise PlanError(f"unknown recompute mode {recompute!r}",
                         hint="use auto (recompute where memory binds), none or full")
@@ -147,6 +162,9 @@ def plan_profile(
     solver: str = "highs",
     deterministic: bool = True,
     dtype: str | None = None,
+    granularity: str = "node",
+    cut_at: str | None = None,
+    grad_sync: GradSync | None = None,
     recompute: str = "auto",
 ) -> Plan:
     """Partition a profiled model into pipeline stages.
@@ -172,17 +190,26 @@ def plan_profile(
         solver: ``highs`` (default) or ``cbc``.
         deterministic: record 0 solve seconds, so equal inputs give byte-identical plans.
         dtype: parameter dtype; default the profile's.
+        granularity: ``node`` (cut anywhere) or ``layer``: cut only between the model's
+            repeated blocks (``autopipe.partition.layers``), as torchtitan, DeepSpeed and
+            Megatron-LM do; the plan records the unrestricted step and the ratio.
+        cut_at: the blocks to cut between, a glob or regex over module paths
+            (``model.layers.*``); implies ``granularity="layer"``.
+        grad_sync: the pipeline is one of ``grad_sync.replicas`` data-parallel replicas:
+            each stage all-reduces its gradients over them before its optimizer step
+            (``autopipe.partition.replicas``; ``autopipe.partition.degrees`` chooses it).
         recompute: activation recomputation: ``auto`` (recompute the blocks the ILP chooses,
             only where memory binds), ``none``, or ``full`` (every block that can be).
 
     Raises:
-        PlanError: bad options, more stages than blocks, nothing found in the time limit.
+        PlanError: bad options, more stages than blocks (or layers), nothing found in the
+            time limit, no repeated layers, a ``cut_at`` that matches no module.
         InfeasiblePlanError: no partition fits in memory (with any candidate, when searching).
         DeviceSpecError: a bad devices list or file.
     """
     if microbatches is None and batch_size is not None:
         microbatches = "auto"
-    check_options(num_stages, microbatches, schedule, method, batch_size, recompute)
+    check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute)
     if microbatches == "auto" and isinstance(profile, Profile):
         raise PlanError("microbatches='auto' profiles the model at each micro-batch size, "
                         "but only one profile was given",
@@ -195,7 +222,8 @@ def plan_profile(
     options = _Options(method=method, time_limit=time_limit, mip_gap=mip_gap, solver=solver,
                        deterministic=deterministic, optimizer=optimizer, dtype=dtype, max_blocks=max_blocks,
                        link_bandwidth=link_bandwidth, memory_limit=memory_limit, devices=devices,
-                       recompute=recompute)
+                       layered=granularity == "layer" or cut_at is not None, cut_at=cut_at,
+                       grad_sync=grad_sync, recompute=recompute)
     if isinstance(microbatches, int):
         counts = [microbatches]
     elif microbatches is None:
@@ -239,7 +267,10 @@ class _Options:
     link_bandwidth: float | str | None
     memory_limit: str | int | None
     devices: DevicesArg | None
-    recompute: str
+    recompute: str = "none"
+    layered: bool = False
+    cut_at: str | None = None
+    grad_sync: GradSync | None = None
 
 
 def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: str,
@@ -250,6 +281,9 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
                            profile=profile)
     per_tensor, per_element = profile.optimizer.get(options.optimizer, (0.0, 0.0))
     per_byte = per_element / element_size(options.dtype or profile.dtype)
+    sync = options.grad_sync if options.optimizer != "none" else None  # no gradients, no sync
+    if sync is not None:
+        per_byte = sync.step_per_byte(per_byte, devs)
     rt = profile.runtime
     cfg = Config(num_stages=num_stages, microbatches=microbatches, schedule=schedule,
                  devices=devs, link_bandwidth=bw, optimizer_step=(per_tensor, per_byte),
@@ -258,14 +292,25 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
                  send_latency_s=rt.get("send_latency_s", 0.0) if num_stages > 1 else 0.0,
                  step_overhead_s=rt.get("step_overhead_s", 0.0),
                  allreduce_bandwidth=rt.get("allreduce_bandwidth", 0.0))
-    forced = merge_forced(from_profile(profile, cfg, optimizer=options.optimizer, dtype=options.dtype))
+    with phase("plan.problem"):
+        base = from_profile(profile, cfg, optimizer=options.optimizer, dtype=options.dtype)
+        if sync is not None:
+            base = sync.shard(base)
+        forced = merge_forced(base)
     if forced.num_real < num_stages:
         raise PlanError(
             f"cannot cut the model into {num_stages} stages: it has only {forced.num_real} "
             f"blocks that can be separated ({len(profile.nodes)} nodes)",
             hint=f"use at most {forced.num_real} stages")
-    problem = coarsen(forced, max(options.max_blocks, 8 * num_stages))
+    limit = max(options.max_blocks, 8 * num_stages)
+    with phase("plan.coarsen"):
+        problem = free = coarsen(forced, limit)
+        if options.layered:
+            layered, layers = restrict(base, options.cut_at)
+            problem = coarsen(layered, limit)
     plan = _plan_recompute(problem, profile, options)
+    if options.layered:  # what the restriction costs: the same solve without it
+        plan = record(plan, layers, lambda: _plan_recompute(free, profile, options))
     extra = {"optimizer": options.optimizer, "dtype": options.dtype or profile.dtype,
              "link_bandwidth": None if math.isinf(bw) else bw,
              "profile_device": profile.device, "profile_method": profile.method,
@@ -274,6 +319,7 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
              "mip_gap": options.mip_gap, "time_limit": options.time_limit,
              "solver": options.solver, "deterministic": options.deterministic,
              **({"runtime": dict(profile.runtime)} if profile.runtime else {}),
+             **({"grad_sync": sync.to_json()} if sync is not None else {}),
              **({"loss": {"forward_s": profile.loss.forward_s, "backward_s": profile.loss.backward_s}}
                 if profile.loss is not None else {})}
     return replace(plan, options={**extra, **plan.options})
@@ -413,22 +459,23 @@ def _plan(problem: Problem, profile: Profile, options: _Options, *,
     nothing fits raises a bare InfeasiblePlanError (no search for what would fit).
     """
     method = options.method
-    cands: dict[str, list[int] | None] = {
-        "dp": min_bottleneck(Chain(problem)),
-        "uniform": baselines.uniform(problem),
-        "params": baselines.params(problem),
-    }
-    extra = dict(incumbents or {})
-    cfg = problem.config
-    if cfg.recompute != "none":
-        # the fastest chain split with no memory limit often fits once it recomputes
-        free = replace(cfg, recompute="none", devices=tuple(replace(d, memory=0) for d in cfg.devices))
-        fastest = min_bottleneck(Chain(problem.with_config(free)))
-        if fastest is not None:
-            extra["unlimited"] = fastest
-    # each partition recomputes what it needs to fit, where the problem allows it
-    chosen = {k: fit(problem, v) for k, v in {**cands, **extra}.items() if v is not None}
-    evals = {k: evaluate(problem, v, chosen[k]) for k, v in {**cands, **extra}.items() if v is not None}
+    with phase("plan.baselines"):
+        cands: dict[str, list[int] | None] = {
+            "dp": min_bottleneck(Chain(problem)),
+            "uniform": baselines.uniform(problem),
+            "params": baselines.params(problem),
+        }
+        extra = dict(incumbents or {})
+        cfg = problem.config
+        if cfg.recompute != "none":
+            # the fastest chain split with no memory limit often fits once it recomputes
+            free = replace(cfg, recompute="none", devices=tuple(replace(d, memory=0) for d in cfg.devices))
+            fastest = min_bottleneck(Chain(problem.with_config(free)))
+            if fastest is not None:
+                extra["unlimited"] = fastest
+        # each partition recomputes what it needs to fit, where the problem allows it
+        chosen = {k: fit(problem, v) for k, v in {**cands, **extra}.items() if v is not None}
+        evals = {k: evaluate(problem, v, chosen[k]) for k, v in {**cands, **extra}.items() if v is not None}
     for k, v in cands.items():
         assert v is None or not violations(problem, v), f"{k} made an invalid partition"
     lower = simple_bound(problem)
@@ -443,8 +490,9 @@ def _plan(problem: Problem, profile: Profile, options: _Options, *,
     if method == "ilp":
         fitting = sorted((evals[k].objective_s, k) for k in evals if evals[k].fits)
         start = {**cands, **extra}[fitting[0][1]] if fitting else None
-        res = solve_ilp(problem, incumbent=start, recompute=chosen[fitting[0][1]] if fitting else None,
-                        time_limit=options.time_limit, gap=options.mip_gap, solver=options.solver)
+        with phase("plan.solve"):
+            res = solve_ilp(problem, incumbent=start, recompute=chosen[fitting[0][1]] if fitting else None,
+                            time_limit=options.time_limit, gap=options.mip_gap, solver=options.solver)
         binaries = res.binaries
         if res.stage_of is None:
             if res.status == "infeasible":
@@ -477,18 +525,19 @@ def _plan(problem: Problem, profile: Profile, options: _Options, *,
         stage_of = found
         recompute = chosen[method]
         status = "heuristic"
-    ev = evaluate(problem, stage_of, recompute)
-    objective = ev.objective_s
-    lower = min(lower, objective)
-    predicted = predict(problem, ev, stage_of)
-    others = {}
-    for k in ("dp", "uniform", "params"):
-        if k == method:
-            continue
-        kv, ke = cands[k], evals.get(k)
-        others[k] = baseline(problem, kv, ke,
-                             predict(problem, ke, kv).iteration_s
-                             if ke is not None and kv is not None else None)
+    with phase("plan.simulate"):
+        ev = evaluate(problem, stage_of, recompute)
+        objective = ev.objective_s
+        lower = min(lower, objective)
+        predicted = predict(problem, ev, stage_of)
+        others = {}
+        for k in ("dp", "uniform", "params"):
+            if k == method:
+                continue
+            kv, ke = cands[k], evals.get(k)
+            others[k] = baseline(problem, kv, ke,
+                                 predict(problem, ke, kv).iteration_s
+                                 if ke is not None and kv is not None else None)
     return Plan(
         graph_fingerprint=profile.graph_fingerprint, schedule=cfg.schedule,
         microbatches=cfg.microbatches, devices=cfg.devices, stages=stages(problem, stage_of, ev),

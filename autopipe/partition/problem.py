@@ -32,6 +32,14 @@ _ELEMENT_SIZE = {"float64": 8, "float32": 4, "tf32": 4, "float16": 2, "bfloat16"
                  "float8_e4m3fn": 1, "float8_e5m2": 1}
 
 
+def ring_allreduce_per_byte(ranks: int, bandwidth: float) -> float:
+    """Seconds per byte of a ring all-reduce over ``ranks`` ranks at ``bandwidth`` bytes/s:
+    2(k−1)/k of the bytes pass through each rank (0 for one rank or an infinite bandwidth)."""
+    if ranks < 2:
+        return 0.0
+    return 2 * (ranks - 1) / ranks / bandwidth
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The pipeline a partition is made for."""
@@ -102,10 +110,8 @@ class Config:
     def allreduce_s(self, nbytes: float, ranks: int) -> float:
         """Seconds to all-reduce ``nbytes`` over ``ranks`` ranks: a ring moves 2(k−1)/k of the
         bytes through each rank (once, for two ranks), at ``allreduce_bandwidth``."""
-        if ranks < 2:
-            return 0.0
         bw = self.allreduce_bandwidth if self.allreduce_bandwidth > 0 else self.link_bandwidth
-        return 0.0 if math.isinf(bw) else 2 * (ranks - 1) / ranks * nbytes / bw
+        return nbytes * ring_allreduce_per_byte(ranks, bw)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -46,6 +46,9 @@ class CostMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         self.bytes = 0
         self.kernels = 0
         self.seconds = 0.0
+        self.decomposed = 0
+        """Kernels run as their decomposition: only then does what runs differ from a run
+        without this mode (see [Note: reusing the costs of repeated nodes])."""
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -55,6 +58,7 @@ class CostMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
             with self:
                 r = func.decompose(*args, **kwargs)
             if r is not NotImplemented:
+                self.decomposed += 1
                 return r
         out = func(*args, **kwargs)
         if func.is_view or func in _FREE or not _touches_tensors(func, out):

@@ -54,6 +54,11 @@ class NodeCall:
         self._current: tuple[tuple[Any, ...], dict[str, Any]] | None = None if written else self._tree
         self._landing: list[tuple[torch.Tensor, torch.Tensor]] = []
 
+    @property
+    def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """``(args, kwargs)`` as the node runs them: leaves for inputs that need a gradient."""
+        return self._tree
+
     def _copied(self, *, leaves_only: bool) -> tuple[tuple[Any, ...], dict[str, Any], dict[int, torch.Tensor]]:
         """The arguments with written tensors replaced by copies (one per tensor), and the copies."""
         leaves = {id(t) for t in self.inputs}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
 from typing import Any
 
 import torch
 import torch.fx as fx
 
+from autopipe._gc import collections_paused
+from autopipe._phases import phase
 from autopipe._version import __version__
 from autopipe.profile._assemble import assemble
 from autopipe.profile._attention import fused_sdpa, is_sdpa
@@ -15,6 +18,7 @@ from autopipe.profile._copy import module_tensors
 from autopipe.profile._cost import CostMode
 from autopipe.profile._node import NodeCall, Op
 from autopipe.profile._progress import Progress
+from autopipe.profile._reuse import call_key
 from autopipe.profile._saved import SavedBytes
 from autopipe.profile._setup import setup
 from autopipe.profile._walk import NodeCost, NodeWalker
@@ -27,6 +31,7 @@ from autopipe.trace.graph import Graph
 _PHASES = ("forward", "backward_input", "backward_weight")
 
 
+@collections_paused  # [Note: no collections while tracing]
 def estimate(
     graph: Graph,
     args: tuple[Any, ...],
@@ -69,16 +74,16 @@ def estimate(
     computing = sum(1 for n in s.gm.graph.nodes if n.op.startswith("call_"))
     bar = Progress(computing, f"estimating {len(graph)} nodes on {spec.name}", enabled=progress)
     walker = _Estimator(s.gm, device=meta_dev, progress=bar, spec=spec)
-    with torch.enable_grad():
+    with torch.enable_grad(), phase("estimate.nodes"):
         try:
-            walker.run(*s.flat)
+            outs = walker.run(*s.flat)
         finally:
             bar.close()
             walker.saved.release()
     loss = None
     if loss_fn is not None and target is not None:
-        with torch.enable_grad():
-            loss = estimate_loss(graph, s.gm, s.flat, loss_fn, target, lambda fn: _seconds(spec, fn))
+        with torch.enable_grad(), phase("estimate.loss"):
+            loss = estimate_loss(graph, list(outs), loss_fn, target, lambda fn: _seconds(spec, fn))
     meta = {
         "autopipe": __version__, "torch": torch.__version__, "device_spec": spec.to_json(),
         "flops": dict(walker.flops), "bytes_moved": dict(walker.moved), "kernels": dict(walker.kernels),
@@ -96,6 +101,28 @@ def _seconds(spec: DeviceSpec, fn: Any) -> float:
     return float(mode.seconds)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Priced:
+    """What pricing a run found: seconds, FLOPs, bytes and kernels."""
+
+    seconds: float
+    flops: int
+    moved: int
+    kernels: int
+    decomposed: int = 0
+    """Kernels the CostMode ran as their decomposition. With none, a run without the
+    mode runs the very same kernels (see [Note: reusing the costs of repeated nodes])."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Known:
+    """The prices of a node key ([Note: reusing the costs of repeated nodes])."""
+
+    forward: _Priced
+    backward_input: _Priced
+    backward_weight: _Priced
+
+
 class _Estimator(NodeWalker):
     def __init__(self, gm: fx.GraphModule, *, device: torch.device, progress: Progress,
                  spec: DeviceSpec) -> None:
@@ -105,36 +132,54 @@ class _Estimator(NodeWalker):
         self.flops = dict.fromkeys(_PHASES, 0)
         self.moved = dict.fromkeys(_PHASES, 0)
         self.kernels = dict.fromkeys(_PHASES, 0)
+        self.known: dict[Hashable, _Known] = {}
+        """Prices by node key, for nodes that repeat."""
 
     def op_for(self, n: fx.Node) -> Op:
         if is_sdpa(n):
             return lambda a, k: fused_sdpa(*a, **k)
         return super().op_for(n)
 
-    def _price(self, phase: str, fn: Any) -> CostMode:
+    def _price(self, fn: Any) -> _Priced:
         mode = CostMode(self.spec)
         if fn is not None:
             with mode:
                 fn()
-        self.flops[phase] += mode.flops
-        self.moved[phase] += mode.bytes
-        self.kernels[phase] += mode.kernels
-        return mode
+        return _Priced(mode.seconds, mode.flops, mode.bytes, mode.kernels, mode.decomposed)
+
+    def _count(self, phase: str, priced: _Priced) -> float:
+        self.flops[phase] += priced.flops
+        self.moved[phase] += priced.moved
+        self.kernels[phase] += priced.kernels
+        return priced.seconds
 
     def cost(self, call: NodeCall) -> tuple[Any, NodeCost]:
+        key = call_key(call.node, call)
+        known = self.known.get(key) if key is not None else None
         before = self.saved.total
         box: list[Any] = []
-        with self.saved.count():
-            fwd = self._price("forward", lambda: box.append(call.run()))
+        with self.saved.count():  # on every run: what a node saves depends on earlier nodes
+            if known is not None and known.forward.decomposed == 0:
+                box.append(call.run())  # the kernels of the priced run, so its price
+                fwd = known.forward
+            else:
+                fwd = self._price(lambda: box.append(call.run()))
         out = box[0]
         activation = self.saved.total - before
-        bi, bw = self._backward(call, out)
-        return out, NodeCost(forward_s=fwd.seconds, backward_input_s=bi, backward_weight_s=bw,
+        if known is None or known.forward != fwd:
+            inp, wgt = self._backward(call, out)
+            known = _Known(forward=fwd, backward_input=inp, backward_weight=wgt)
+            if key is not None:
+                self.known[key] = known
+        return out, NodeCost(forward_s=self._count("forward", fwd),
+                             backward_input_s=self._count("backward_input", known.backward_input),
+                             backward_weight_s=self._count("backward_weight", known.backward_weight),
                              activation_bytes=activation)
 
-    def _backward(self, call: NodeCall, out: Any) -> tuple[float, float]:
+    def _backward(self, call: NodeCall, out: Any) -> tuple[_Priced, _Priced]:
         if call.backward(out, "all") is None:
-            return 0.0, 0.0
-        inp = self._price("backward_input", call.backward(out, "input"))
-        wgt = self._price("backward_weight", call.backward(out, "weight"))
-        return inp.seconds, wgt.seconds
+            return _NOTHING, _NOTHING
+        return self._price(call.backward(out, "input")), self._price(call.backward(out, "weight"))
+
+
+_NOTHING = _Priced(0.0, 0, 0, 0)

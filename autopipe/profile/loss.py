@@ -88,11 +88,11 @@ def measure_loss(graph: Graph, gm: fx.GraphModule, flat: list[Any], loss_fn: Los
                     input_bytes=_input_bytes(outs))
 
 
-def estimate_loss(graph: Graph, gm: fx.GraphModule, flat: list[Any], loss_fn: LossFn,
-                  target: torch.Tensor, price: Callable[[Callable[[], Any]], float]) -> LossCost:
-    """Price ``loss_fn`` on the (meta) output of ``gm``: ``price(fn)`` runs ``fn`` and returns
-    its seconds on the device spec's roofline."""
-    outs = _outputs(gm, flat)
+def estimate_loss(graph: Graph, outs: list[Any], loss_fn: LossFn, target: torch.Tensor,
+                  price: Callable[[Callable[[], Any]], float]) -> LossCost:
+    """Price ``loss_fn`` on the model's (meta) flat outputs ``outs`` (the estimator's run
+    of the graph; running it again would double the estimate): ``price(fn)`` runs ``fn``
+    and returns its seconds on the device spec's roofline."""
     target = torch.empty_like(target, device="meta")
     box: list[torch.Tensor] = []
     saved = SavedBytes()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from autopipe.errors import PlanError
 from autopipe.partition.planner import DEFAULT_MAX_BLOCKS
 from autopipe.plan_format import Plan
@@ -30,16 +32,39 @@ def replan(spec: ModelSpec, old: Plan) -> Plan:
     recorded = opts.get("recompute")
     return plan(
         spec.model, spec.example_inputs, example_kwargs=spec.example_kwargs,
-        num_stages=old.num_stages, devices=list(old.devices), microbatches=old.microbatches,
-        batch_size=opts["batch_size"] if isinstance(opts.get("batch_size"), int) else None,
+        num_stages=old.num_stages, microbatches=old.microbatches,
         schedule=old.schedule, profile=method, optimizer=str(opts.get("optimizer", "adam")),
         method=old.solver.method, device_spec=device_spec,
         dtype=str(opts["dtype"]) if opts.get("dtype") else None,
-        # a plan records None for infinitely fast links (free sends)
-        link_bandwidth=opts.get("link_bandwidth") or float("inf"),
+        **(_replicas(old) or {
+            "devices": list(old.devices),
+            "batch_size": opts["batch_size"] if isinstance(opts.get("batch_size"), int) else None,
+            # a plan records None for infinitely fast links (free sends)
+            "link_bandwidth": opts.get("link_bandwidth") or float("inf")}),
         max_blocks=int(opts.get("max_blocks", DEFAULT_MAX_BLOCKS)),
         time_limit=float(opts.get("time_limit", 60.0)),
         mip_gap=float(opts.get("mip_gap", 1e-3)), solver=str(opts.get("solver", "highs")),
-        loss_fn=spec.loss_fn, target=example_target(spec),
+        loss_fn=spec.loss_fn, target=example_target(spec), **_granularity(opts),
         # a plan records its recomputation only where it recomputes (else: auto's choice)
         recompute=str(recorded.get("mode", "auto")) if isinstance(recorded, dict) else "auto")
+
+
+def _granularity(opts: dict[str, Any]) -> dict[str, Any]:
+    """The layer restriction a plan was made with (none for plans that cut anywhere)."""
+    info = opts.get("granularity")
+    if not isinstance(info, dict):
+        return {}
+    return {"granularity": "layer", "cut_at": None if info.get("auto") else str(info["pattern"])}
+
+
+def _replicas(old: Plan) -> dict[str, Any] | None:
+    """The GPUs a data-parallel plan was searched for, its pipeline degree fixed (None for one
+    pipeline): the search re-plans its micro-batch count and schedule on both placements."""
+    dp, info = old.data_parallel, old.options.get("cluster")
+    if dp is None or not isinstance(info, dict):
+        return None
+    return {"gpus": dp.world_size, "gpus_per_node": int(info["gpus_per_node"]),
+            "intra_node_bandwidth": info.get("intra_node_bandwidth_given"),  # None: the profile's
+            "inter_node_bandwidth": float(info["inter_node_bandwidth"]),
+            "memory_limit": info.get("memory_limit"), "batch_size": dp.batch_size,
+            "shard_optimizer": dp.shard_optimizer}

@@ -155,8 +155,8 @@ def _stage_overheads(rank: int, microbatches: tuple[int, int] = (2, 8),
     counts, and the work around the calls is fitted as a per-step constant plus
     a per-micro-batch part. See [Note: per-action overhead].
     """
+    from autopipe.runtime.prepare import prepare
     from autopipe.runtime.stage import build_pipeline
-    from autopipe.runtime.train import prepare
     from autopipe.spec import ModelSpec
     from autopipe.trace import trace
 
@@ -398,8 +398,8 @@ def measure_stage_compute(spec: ModelSpec, graph: Graph, plan: Plan, repeats: in
         (forward seconds per stage, backward seconds per stage).
     """
     from autopipe.runtime.placement import num_ranks
+    from autopipe.runtime.prepare import prepare
     from autopipe.runtime.timing import time_stages
-    from autopipe.runtime.train import prepare
 
     prep = prepare(spec, plan, num_ranks(plan), graph)
     flat = graph.flat_inputs(spec.example_inputs, spec.example_kwargs)
@@ -419,9 +419,9 @@ def measure_optimizer_s(spec: ModelSpec, graph: Graph, plan: Plan, optimizer: st
     """
     from autopipe.runtime.optim import TrainConfig, make_optimizer
     from autopipe.runtime.placement import num_ranks
+    from autopipe.runtime.prepare import prepare
     from autopipe.runtime.tied import canonical_names, stage_params
     from autopipe.runtime.timing import stage_clock
-    from autopipe.runtime.train import prepare
 
     prep = prepare(spec, plan, num_ranks(plan), graph)
     canonical = canonical_names(graph)

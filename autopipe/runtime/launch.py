@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from autopipe.runtime.train import free_port
+from autopipe.runtime.group import free_port
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,17 +7,15 @@ from dataclasses import dataclass
 
 import torch
 
-from autopipe._optimizers import OPTIMIZERS, MasterWeights, Stepper, build_optimizer
+from autopipe._optimizers import DEVICES, OPTIMIZERS, MasterWeights, Stepper, build_optimizer
 from autopipe.errors import AutopipeError
 
 __all__ = ["DEVICES", "OPTIMIZERS", "MasterWeights", "Stepper", "TrainConfig", "make_optimizer"]
 
-DEVICES = ("auto", "cpu", "cuda")
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainConfig:
-    """How to train: steps, optimizer, device choice, failure timeout."""
+    """How to train: steps, optimizer, device choice, failure timeout, checkpoints."""
 
     steps: int
     """Optimizer steps to run."""
@@ -35,6 +33,14 @@ class TrainConfig:
     pin_cores: bool = True
     """CPU ranks on one machine each keep to their own share of its cores
     (``autopipe.runtime.affinity``; skipped where the process is already bound)."""
+    save: str | None = None
+    """Checkpoint directory to save into (``autopipe.runtime.checkpoint``), at the end and
+    every ``save_every`` steps; None: no checkpoints."""
+    save_every: int | None = None
+    """Save every this many steps too (needs ``save``)."""
+    resume: str | None = None
+    """Checkpoint directory to continue from (its newest complete checkpoint); ``steps``
+    counts the steps done before too."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -48,6 +54,10 @@ class TrainConfig:
             raise AutopipeError(f"unknown device {self.device!r}", hint=f"use one of {', '.join(DEVICES)}")
         if not self.timeout_s > 0:
             raise AutopipeError(f"--timeout is {self.timeout_s}", hint="use a positive number of seconds")
+        if self.save_every is not None and self.save is None:
+            raise AutopipeError("--save-every needs --save DIR", hint="name the checkpoint directory with --save")
+        if self.save_every is not None and self.save_every < 1:
+            raise AutopipeError(f"--save-every is {self.save_every}", hint="save every 1 or more steps")
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], config: TrainConfig) -> Stepper | None:

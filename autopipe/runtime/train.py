@@ -1,48 +1,35 @@
-"""One rank of pipeline training: check the plan, split the model, run the schedule, report."""
+"""``autopipe train``: one rank of pipeline training through ``Pipe``, with checkpoints, and its report."""
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import os
-import socket
+import gc
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from autopipe._malloc import pin_malloc
 from autopipe._units import format_size
-from autopipe.errors import AutopipeError, PlanMismatchError, RuntimeStageError, SpecError
+from autopipe.errors import CheckpointError
 from autopipe.plan_format import Plan
-from autopipe.runtime.affinity import pin_cores
-from autopipe.runtime.meta import StageMeta, stage_metas
-from autopipe.runtime.optim import TrainConfig, make_optimizer
-from autopipe.runtime.placement import check_world_size, rank_of_stages
-from autopipe.runtime.split import Split
-from autopipe.runtime.stage import Pipeline, build_pipeline
-from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage_params
-from autopipe.runtime.validate import model_constants, validate_plan
+from autopipe.runtime.checkpoint import (
+    CheckpointInfo,
+    find_checkpoint,
+    load_checkpoint,
+    read_info,
+    save_checkpoint,
+)
+from autopipe.runtime.group import distributed_env, failures, free_port, rank_device
+from autopipe.runtime.optim import Stepper, TrainConfig, make_optimizer
+from autopipe.runtime.pipe import Pipe, build
+from autopipe.runtime.placement import rank_of_stages
+from autopipe.runtime.prepare import Prepared, prepare
 from autopipe.spec import ModelSpec
-from autopipe.trace import Graph, trace
 
-
-@dataclass
-class Prepared:
-    """Everything a rank needs before it joins the process group; built identically on every rank."""
-
-    graph: Graph
-    split: Split
-    metas: list[StageMeta]
-    constants: dict[str, Any]
-    """Model inputs that are not tensors, baked into stage 0."""
-    input_names: list[str]
-    """Placeholder names of the model's flat inputs, in order."""
+__all__ = ["Prepared", "TrainResult", "check_resume", "free_port", "prepare", "rank_device", "train"]
 
 
 @dataclass
@@ -64,43 +51,14 @@ class TrainResult:
     """Rank → peak CUDA memory allocated, bytes (CUDA only; gathered on the last stage's rank)."""
     modules: dict[int, nn.Module] = field(default_factory=dict)
     """Stage index → this rank's trained stage module."""
+    start_step: int = 0
+    """Steps done before this run (resumed from a checkpoint); ``losses`` start after them."""
 
     @property
     def steps_per_s(self) -> float:
         """Steps per second after the first (warm-up) step; over all steps if there is one."""
         times = self.step_s[1:] or self.step_s
         return len(times) / sum(times) if times and sum(times) > 0 else 0.0
-
-
-def prepare(spec: ModelSpec, plan: Plan, world_size: int, graph: Graph | None = None) -> Prepared:
-    """Trace the model and check the plan against it and the world size; split it into stages.
-
-    Runs before any process group exists, so a wrong plan stops every rank (or the
-    launcher) with a clear error instead of failing mid-step.
-
-    The plan is checked with ``validate_plan``, as every command that reads a plan does.
-
-    Raises:
-        PlanMismatchError: the plan was made for another model, micro-batch shape or world size.
-        PlanError: the plan cannot be run (a non-tensor crosses a cut, unknown schedule, ...).
-        SpecError: the spec has tensor keyword inputs (batches are positional).
-    """
-    check_world_size(plan, world_size)
-    tensor_kwargs = sorted(k for k, v in spec.example_kwargs.items() if isinstance(v, torch.Tensor))
-    if tensor_kwargs:
-        raise SpecError(f"example keyword input {tensor_kwargs[0]!r} is a tensor, but spec.batch() "
-                        f"gives positional inputs only",
-                        hint="make the model take its tensors positionally")
-    if graph is None:
-        graph = trace(spec.model, spec.example_inputs, spec.example_kwargs)
-    constants = model_constants(graph, spec)
-    split = validate_plan(plan, graph, constants=constants)
-    assert split is not None
-    flat = graph.flat_inputs(spec.example_inputs, spec.example_kwargs)
-    names = [n.name for n in graph.gm.graph.nodes if n.op == "placeholder"]
-    # the model's inputs go in contiguous (see _step_data): torch checks their strides
-    metas = stage_metas(split, [v.contiguous() for v in flat if isinstance(v, torch.Tensor)])
-    return Prepared(graph=graph, split=split, metas=metas, constants=constants, input_names=names)
 
 
 def train(
@@ -125,69 +83,42 @@ def train(
         PlanMismatchError: wrong model, micro-batch shape or world size (before any rank starts).
         RuntimeStageError: a peer died or stopped answering within ``config.timeout_s``.
     """
-    rank, world, local_rank = _distributed_env()
+    rank, world, local_rank = distributed_env()
     prepared = prepared or prepare(spec, plan, world)
     device = rank_device(plan, rank, local_rank, config.device)
-    if device.type == "cpu" and config.pin_malloc:
-        pin_malloc()  # [Note: pinned malloc on CPU ranks]
-    if device.type == "cpu" and config.pin_cores:
-        # before the process group, so that gloo's threads start on the rank's cores
-        pin_cores(local_rank, _local_world(world))  # [Note: pinned cores on CPU ranks]
-    created = _init_process_group(rank, world, device, config.timeout_s)
-    try:
-        return _run(spec, plan, config, prepared, rank, world, device, log)
-    finally:
-        if created:
-            dist.destroy_process_group()
+    if config.resume is not None:
+        check_resume(config)  # a wrong checkpoint stops every rank before the rendezvous
+    with build(plan, spec, device=device, timeout_s=config.timeout_s, prepared=prepared,
+               pin_malloc=config.pin_malloc, pin_cores=config.pin_cores) as pipe:
+        return _run(spec, plan, config, pipe, log)
 
 
-def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, prep: Prepared, rank: int, world: int,
-         device: torch.device, log: Callable[[str], None]) -> TrainResult:
-    graph, split = prep.graph, prep.split
-
-    def loss_fn(out: Any, target: torch.Tensor) -> torch.Tensor:
-        flat = split.rebuild_outputs(out if isinstance(out, (tuple, list)) else (out,))
-        return spec.loss_fn(graph.unflatten_output(flat), target)
-
-    pipe = build_pipeline(split, prep.metas, plan, rank, device, loss_fn)
-    where = f"rank {rank} (stage{'s' if len(pipe.stages) > 1 else ''} {', '.join(map(str, pipe.indices))})"
-    canonical = canonical_names(graph)
-    ranks = rank_of_stages(plan)
-    holders: dict[str, list[int]] = {}
-    for st in split.stages:
-        for name in stage_params(st.module, canonical):
-            holders.setdefault(name, []).append(ranks[st.index])
-    mine: dict[str, nn.Parameter] = {}
-    for module in pipe.modules():
-        mine.update(stage_params(module, canonical))
-    with _failures(where, "while syncing tied parameters", config.timeout_s):
-        tied = TiedParams(replicated(holders), mine)
-        tied.broadcast_values()
-    optimizer = make_optimizer(mine.values(), config)
+def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
+         log: Callable[[str], None]) -> TrainResult:
+    device = pipe.device
+    optimizer = make_optimizer(pipe.parameters(), config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    result = TrainResult(rank=rank, world_size=world, stages=pipe.indices, device=str(device),
-                         modules={s.stage_index: s.submod for s in pipe.stages})
-    step_kwargs = {"return_outputs": False} if _accepts(pipe.schedule.step, "return_outputs") else {}
+    result = TrainResult(rank=pipe.rank, world_size=pipe.world_size, stages=pipe.stages, device=str(device),
+                         modules=pipe.modules())
     m = plan.microbatches
     if pipe.has_last:
-        log(f"training {spec.name}: {plan.num_stages} stages on {world} ranks, schedule "
+        log(f"training {spec.name}: {plan.num_stages} stages on {pipe.world_size} ranks, schedule "
             f"{plan.schedule}, {m} micro-batches, {config.steps} steps, {config.optimizer} lr {config.lr:g}")
-    for step in range(config.steps):
-        args, target = _step_data(spec, prep, m, step, device)
+    if config.resume is not None:
+        result.start_step = _resume(config, pipe, optimizer, log)
+    gc.collect()
+    gc.freeze()  # the model, its graph and the optimizer live all run: no collection walks them
+    for step in range(result.start_step, config.steps):
+        inputs, target = spec.batch(m, step)
+        inputs = tuple(v.to(device) if isinstance(v, torch.Tensor) else v for v in inputs)
+        target = target.to(device)
         t0, c0 = time.perf_counter(), time.process_time()
-        losses: list[torch.Tensor] = []
-        with _failures(where, f"in step {step + 1}", config.timeout_s):
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-            pipe.schedule.step(*(args if pipe.has_first else ()),
-                               target=target if pipe.has_last else None,
-                               losses=losses if pipe.has_last else None, **step_kwargs)
-            for p in mine.values():
-                if p.grad is not None:
-                    p.grad.div_(m)  # the mean over micro-batches, once per parameter
-            tied.all_reduce_grads()
+        with failures(pipe.where, f"in step {step + 1}", config.timeout_s):
+            pipe.zero_grad(set_to_none=True)
+            losses = pipe.step(inputs, target)
+            pipe.sync_tied_grads()
             if optimizer is not None:
                 optimizer.step()
             if device.type == "cuda":
@@ -196,36 +127,64 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, prep: Prepared, rank:
         result.step_s.append(dt)
         result.step_cpu_s.append(time.process_time() - c0)
         if pipe.has_last:
-            loss = torch.stack([x.detach().float() for x in losses]).mean().item()
+            loss = torch.stack([x.float() for x in losses]).mean().item()
             result.losses.append(loss)
             log(f"step {step + 1}/{config.steps}  loss {loss:.6f}  time {dt * 1e3:.1f} ms")
-    with _failures(where, "while gathering the summary", config.timeout_s):
-        _summary(plan, pipe, result, device, ranks, log)
+        done = step + 1
+        if config.save is not None and (done == config.steps or (config.save_every and done % config.save_every == 0)):
+            t0 = time.perf_counter()
+            path = save_checkpoint(config.save, pipe, optimizer, step=done, extra=_extra(config, plan))
+            if pipe.has_last:
+                size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+                log(f"saved checkpoint {path} ({format_size(size)}, {time.perf_counter() - t0:.2f} s)")
+    with failures(pipe.where, "while gathering the summary", config.timeout_s):
+        _summary(plan, pipe.has_last, result, device, rank_of_stages(plan), log)
     return result
 
 
-@contextlib.contextmanager
-def _failures(where: str, when: str, timeout_s: float) -> Iterator[None]:
-    """Turn a failure of torch or a peer into a RuntimeStageError that says where and when."""
-    try:
-        yield
-    except AutopipeError:
-        raise
-    except Exception as e:
-        what = (f"lost a peer rank (it died, or was silent for longer than --timeout {timeout_s:g} s)"
-                if _peer_lost(e) else "failed")
-        raise RuntimeStageError(f"{where} {what} {when}: {_short(e)}",
-                                hint="the rank that failed first names the cause in its own output") from e
+def _extra(config: TrainConfig, plan: Plan) -> dict[str, Any]:
+    """What ``autopipe train`` keeps with a checkpoint: the optimizer, and where the data stand."""
+    return {"optimizer": config.optimizer, "lr": config.lr,
+            "data": {"microbatches": plan.microbatches, "next_batch": "spec.batch(microbatches, step)"}}
 
 
-def _summary(plan: Plan, pipe: Pipeline, result: TrainResult, device: torch.device,
+def check_resume(config: TrainConfig) -> CheckpointInfo:
+    """The checkpoint ``config.resume`` continues from, checked as far as its files show.
+
+    Raises:
+        CheckpointError: no complete checkpoint; one trained with another optimizer; or
+            one that has done ``config.steps`` steps already.
+    """
+    assert config.resume is not None
+    info = read_info(find_checkpoint(config.resume))
+    saved = info.extra.get("optimizer")
+    if saved is not None and saved != config.optimizer:
+        raise CheckpointError(f"checkpoint {info.path} was trained with --optimizer {saved}, not "
+                              f"{config.optimizer}", hint=f"resume with --optimizer {saved}")
+    if info.step >= config.steps:
+        raise CheckpointError(f"checkpoint {info.path} has done {info.step} steps already, --steps is "
+                              f"{config.steps}", hint=f"--steps counts from the start: pass more than {info.step}")
+    return info
+
+
+def _resume(config: TrainConfig, pipe: Pipe, optimizer: Stepper | None, log: Callable[[str], None]) -> int:
+    """Load ``config.resume`` into the pipe and optimizer; the step to continue from."""
+    assert config.resume is not None
+    check_resume(config)
+    info = load_checkpoint(config.resume, pipe, optimizer)
+    if pipe.has_last:
+        log(f"resumed from {info.path} after step {info.step}")
+    return info.step
+
+
+def _summary(plan: Plan, has_last: bool, result: TrainResult, device: torch.device,
              ranks: Sequence[int], log: Callable[[str], None]) -> None:
     peaks: list[Any] = [None] * result.world_size
     mine = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     dist.all_gather_object(peaks, mine)
     if mine is not None:
         result.peak_memory = {r: int(v) for r, v in enumerate(peaks) if v is not None}
-    if not pipe.has_last:
+    if not has_last:
         return
     total = sum(result.step_s)
     log(f"done: {len(result.step_s)} steps in {total:.3f} s, {result.steps_per_s:.3f} steps/s "
@@ -240,144 +199,3 @@ def _summary(plan: Plan, pipe: Pipeline, result: TrainResult, device: torch.devi
 def _predicted_peak(plan: Plan, stage: int) -> int:
     peaks = plan.predicted.peak_memory
     return int(peaks[stage]) if stage < len(peaks) else plan.stages[stage].memory.total
-
-
-def _step_data(spec: ModelSpec, prep: Prepared, m: int, step: int,
-               device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The step's micro-batches as the model's flat tensor inputs (on ``device``) and the target."""
-    inputs, target = spec.batch(m, step)
-    flat = prep.graph.flat_inputs(tuple(inputs), spec.example_kwargs)
-    tensors = []
-    for name, v in zip(prep.input_names, flat):
-        if name in prep.constants:
-            if not _same(v, prep.constants[name]):
-                raise SpecError(f"input {name!r} is {v!r} in step {step + 1} but {prep.constants[name]!r} "
-                                f"in the example micro-batch",
-                                hint="non-tensor inputs must stay the same in every batch")
-            continue
-        # contiguous wherever they come from: a copy to CUDA makes a sliced batch contiguous
-        # while it stays strided on the CPU, and torch 2.11 refuses a stride it did not expect
-        tensors.append(v.to(device).contiguous())
-    return tensors, target.to(device)
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b)
-    except Exception:
-        return a is b
-
-
-def rank_device(plan: Plan, rank: int, local_rank: int, choice: str = "auto") -> torch.device:
-    """The device this rank computes on.
-
-    ``auto`` follows the plan: a stage device ``cuda``/``cuda:k`` runs on this node's GPU
-    number ``LOCAL_RANK`` (modulo the GPU count), ``cpu`` on the CPU, and any other label
-    (``gpu-a``) on CUDA where there is one.
-
-    Raises:
-        PlanMismatchError: CUDA is asked for but torch sees none.
-    """
-    if choice == "auto":
-        ranks = rank_of_stages(plan)
-        label = next(s.device for s in plan.stages if ranks[s.index] == rank)
-        try:
-            kind = torch.device(label).type
-        except (RuntimeError, ValueError):
-            kind = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        kind = choice
-    if kind == "cpu":
-        return torch.device("cpu")
-    if kind != "cuda" or not torch.cuda.is_available():
-        raise PlanMismatchError(f"rank {rank} should run on {kind} but torch sees no CUDA device",
-                                hint="pass --device cpu to train this plan on CPUs")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
-
-
-def _local_world(world: int) -> int:
-    """Ranks on this machine: torchrun's ``LOCAL_WORLD_SIZE``, else 1 (unknown: pin nothing)."""
-    try:
-        return min(world, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
-
-
-def _distributed_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the default process group or the torchrun environment."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-    try:
-        rank = int(os.environ.get("RANK", "0"))
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    except ValueError as e:
-        raise AutopipeError(f"bad torchrun environment: {e}",
-                            hint="RANK, WORLD_SIZE and LOCAL_RANK must be integers") from None
-    if not 0 <= rank < world:
-        raise AutopipeError(f"RANK {rank} is outside WORLD_SIZE {world}",
-                            hint="start the ranks with torchrun or autopipe train --launch")
-    return rank, world, local
-
-
-def _init_process_group(rank: int, world: int, device: torch.device, timeout_s: float) -> bool:
-    """Join (or create) the default process group; True when this call created it."""
-    if dist.is_initialized():
-        return False
-    if world == 1:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-    elif "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-        raise AutopipeError(f"WORLD_SIZE is {world} but MASTER_ADDR/MASTER_PORT are not set",
-                            hint="start the ranks with torchrun or autopipe train --launch")
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    try:
-        dist.init_process_group(backend, rank=rank, world_size=world,
-                                timeout=timedelta(seconds=timeout_s))
-    except Exception as e:
-        raise RuntimeStageError(f"rank {rank} could not join the {world}-rank process group: {_short(e)}",
-                                hint=f"all {world} ranks must start within --timeout "
-                                     f"({timeout_s:g} s) and reach MASTER_ADDR:MASTER_PORT") from e
-    return True
-
-
-def free_port() -> int:
-    """A TCP port on localhost that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _accepts(fn: Callable[..., Any], name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-_PEER_LOST = ("closed by peer", "reset by peer", "timed out", "timeout", "broken pipe",
-              "connection refused", "communicator was aborted", "remote process exited")
-
-
-def _peer_lost(e: BaseException) -> bool:
-    """Whether an error from the communication layer means another rank is gone or hung."""
-    seen: BaseException | None = e
-    while seen is not None:
-        if any(t in str(seen).lower() for t in _PEER_LOST):
-            return True
-        seen = seen.__cause__
-    return False
-
-
-def _short(e: BaseException) -> str:
-    """First line of an error, and of what caused it (torch wraps stage failures)."""
-    parts: list[str] = []
-    seen: BaseException | None = e
-    while seen is not None and len(parts) < 3:
-        lines = [ln.strip() for ln in str(seen).strip().splitlines() if ln.strip()]
-        parts.append(f"{type(seen).__name__}: {lines[0] if lines else ''}".strip())
-        seen = seen.__cause__
-    text = "; caused by ".join(parts)
-    return text if len(text) <= 400 else text[:400] + "…"

@@ -13,12 +13,16 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch import nn
 
+from autopipe._gc import collections_paused
+from autopipe._phases import phase
 from autopipe.errors import ExampleInputError, TraceError
+from autopipe.trace._quick import quick_export, unguarded_module
 from autopipe.trace.graph import Graph, NodeInfo, target_name
 
 _MAX_REASON = 300
 
 
+@collections_paused  # [Note: no collections while tracing]
 def trace(
     model: nn.Module,
     example_inputs: tuple[Any, ...],
@@ -136,10 +140,11 @@ def _trace_fx(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -
 
 
 def _trace_export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Graph:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), phase("trace.export"):
         warnings.simplefilter("ignore")
-        ep = torch.export.export(model, args, kwargs, strict=False)
-        gm = ep.module()
+        with quick_export():  # [Note: a quicker export]
+            ep = torch.export.export(model, args, kwargs, strict=False)
+        gm = unguarded_module(ep)
     assert isinstance(gm, fx.GraphModule)
     codegen = gm.graph._codegen
     info = getattr(codegen, "pytree_info", None)
@@ -150,10 +155,11 @@ def _trace_export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
         # the input guards are a call into a generated submodule; shapes are checked elsewhere
         if n.op == "call_module" and str(n.target).startswith("_guards"):
             gm.graph.erase_node(n)
-    gm.graph._codegen = fx.graph.CodeGen()
-    gm.recompile()
-    names = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
-    return _build(gm, model, "export", names, info.in_spec, info.out_spec, None)
+    with phase("trace.graph"):
+        gm.graph._codegen = fx.graph.CodeGen()
+        gm.recompile()
+        names = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
+        return _build(gm, model, "export", names, info.in_spec, info.out_spec, None)
 
 
 def _flatten_output(gm: fx.GraphModule) -> pytree.TreeSpec:

@@ -1,0 +1,42 @@
+"""Hand a layer-granular Plan to the engines users run: torchtitan, DeepSpeed, Megatron-LM.
+
+Reads a Plan only (no model, no solver, no runtime): ``export_plan(plan, "megatron")``
+gives a JSON object (``"schema": "autopipe.export/1"``) with what that engine takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from autopipe.errors import ExportError
+from autopipe.export import deepspeed, megatron, torchtitan
+from autopipe.export.split import LayerSplit, layer_split
+from autopipe.plan_format import Plan
+
+SCHEMA = "autopipe.export/1"
+FORMATS: dict[str, Callable[[Plan, LayerSplit], dict[str, Any]]] = {
+    "torchtitan": torchtitan.export,
+    "deepspeed": deepspeed.export,
+    "megatron": megatron.export,
+}
+
+
+def export_plan(plan: Plan, fmt: str) -> dict[str, Any]:
+    """``plan``'s stages in the terms of engine ``fmt`` (one of ``FORMATS``).
+
+    Raises:
+        ExportError: an unknown format, or a plan that does not give every stage whole
+            layers (planned without ``granularity="layer"``).
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
+    split = layer_split(plan)
+    return {"schema": SCHEMA, "format": fmt,
+            "plan": {"graph_fingerprint": plan.graph_fingerprint, "pattern": split.pattern,
+                     "layers": split.num_layers, "layers_per_stage": split.layers_per_stage(),
+                     "predicted_step_s": plan.predicted.iteration_s},
+            **FORMATS[fmt](plan, split)}
+
+
+__all__ = ["FORMATS", "SCHEMA", "LayerSplit", "export_plan", "layer_split"]

@@ -1,0 +1,33 @@
+"""DeepSpeed: ``PipelineModule`` layer boundaries (its ``parts``).
+
+DeepSpeed's ``PipelineModule(layers=[…])`` runs a flat list of layers; stage i
+holds ``layers[parts[i]:parts[i+1]]`` (``_partition_layers``, which sets
+``self.parts`` from ``partition_method``: ``uniform``, ``parameters`` or
+``type:REGEX``). No method takes explicit boundaries, so the export gives the list
+autopipe assumes — one entry per unit: what runs before the first layer, each
+layer, what runs after the last — and ``parts`` over it; a subclass sets them:
+
+    class PlannedPipe(PipelineModule):
+        def _partition_layers(self, method="parameters"):
+            self.parts = PARTS
+            stage = self._topo.get_coord(self.global_rank).pipe
+            self._set_bounds(start=self.parts[stage], stop=self.parts[stage + 1])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autopipe.export.split import LayerSplit
+from autopipe.plan_format import Plan
+
+
+def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
+    """``layers`` (each entry: the modules of one ``PipelineModule`` layer) and ``parts``."""
+    layers: list[list[str]] = []
+    parts = [0]
+    for a, b in split.stage_units:
+        # a unit that owns no module (the inputs alone, the output alone) is no layer
+        layers += [list(u) for u in split.units[a:b] if u]
+        parts.append(len(layers))
+    return {"num_stages": plan.num_stages, "parts": parts, "layers": layers}

@@ -1,0 +1,48 @@
+"""Megatron-LM: transformer layers per pipeline stage, as its command-line arguments.
+
+``--pipeline-model-parallel-layout`` names every stage's layers: ``E`` the embedding
+(first stage), ``t`` a transformer layer, ``L`` the loss with the output layer (last
+stage), ``|`` between stages, ``t*3`` for ``ttt`` (``PipelineParallelLayerLayout``).
+``--decoder-first-pipeline-num-layers`` / ``--decoder-last-pipeline-num-layers``
+say the same when the middle stages hold equal counts and the first and last hold
+at least one layer each (Megatron's ``TransformerConfig`` rules); they are given
+then, as an alternative to the layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autopipe.export.split import LayerSplit
+from autopipe.plan_format import Plan
+
+
+def _stage(count: int) -> str:
+    return "t" * count if count < 3 else f"t*{count}"
+
+
+def layout(counts: list[int]) -> str:
+    """The layout string for ``counts`` layers per stage: ``[0, 2, 2, 0]`` → ``E|t*2|t*2|L``."""
+    stages = [_stage(n) for n in counts]
+    stages[0] = "E" + stages[0]
+    stages[-1] += "L"
+    return "|".join(stages)
+
+
+def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
+    """Layers per stage, the layout, and the arguments that set it."""
+    counts = split.layers_per_stage()
+    text = layout(counts)
+    base = ["--pipeline-model-parallel-size", str(plan.num_stages),
+            "--num-layers", str(split.num_layers)]
+    out: dict[str, Any] = {
+        "pipeline_model_parallel_size": plan.num_stages, "num_layers": split.num_layers,
+        "layers_per_stage": counts, "pipeline_model_parallel_layout": text,
+        "args": [*base, "--pipeline-model-parallel-layout", text],
+    }
+    middle = counts[1:-1]
+    if len(counts) > 1 and counts[0] > 0 and counts[-1] > 0 and len(set(middle)) <= 1 \
+            and all(middle):
+        out["uneven_args"] = [*base, "--decoder-first-pipeline-num-layers", str(counts[0]),
+                              "--decoder-last-pipeline-num-layers", str(counts[-1])]
+    return out

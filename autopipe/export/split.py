@@ -1,0 +1,121 @@
+"""The layer split of a Plan: which whole units (embeddings, layers, head) each stage holds.
+
+A plan made with ``--granularity layer`` records its units in
+``plan.options["granularity"]`` (``autopipe.partition.layers``): per unit the modules
+it owns — unit 0 what runs before the first layer, units 1…L the layers, unit L+1 what
+runs after the last — and per stage the half-open range of units it holds. This module
+reads that record back, checks it against the stages' own module lists, and explains
+a plan that has none (most often: one that cuts inside a layer).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from autopipe.errors import ExportError
+from autopipe.plan_format import Plan
+
+HINT = "plan it again with `autopipe plan SPEC ... --granularity layer` (or --cut-at PATTERN)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayerSplit:
+    """Whole units per stage."""
+
+    pattern: str
+    """The module pattern the layers match (``model.layers.*``)."""
+    units: tuple[tuple[str, ...], ...]
+    """Per unit, its modules: unit 0 before the layers, 1…L the layers, L+1 after them."""
+    stage_units: tuple[tuple[int, int], ...]
+    """Per stage, the half-open range of units it holds (consecutive, covering all)."""
+
+    @property
+    def num_layers(self) -> int:
+        """Number of layers L."""
+        return len(self.units) - 2
+
+    def layers_per_stage(self) -> list[int]:
+        """How many layers (units 1…L) each stage holds."""
+        return [max(0, min(b, self.num_layers + 1) - max(a, 1)) for a, b in self.stage_units]
+
+    def stage_modules(self, stage: int) -> list[str]:
+        """The modules of stage ``stage``'s units, in order."""
+        a, b = self.stage_units[stage]
+        return [m for u in self.units[a:b] for m in u]
+
+
+def layer_split(plan: Plan) -> LayerSplit:
+    """The layer split ``plan`` records, checked against its stages.
+
+    Raises:
+        ExportError: the plan has no layer split (it cuts inside a layer, or was planned
+            without ``--granularity layer``), or its record contradicts its stages.
+    """
+    info = plan.options.get("granularity")
+    if not isinstance(info, dict):
+        raise ExportError(_unrecorded(plan), hint=HINT)
+    try:
+        split = LayerSplit(pattern=str(info["pattern"]),
+                           units=tuple(tuple(str(m) for m in u) for u in info["units"]),
+                           stage_units=tuple((int(a), int(b)) for a, b in info["stage_units"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ExportError(f"the plan's layer record is malformed ({type(e).__name__}: {e})",
+                          hint=HINT) from None
+    _check(plan, split)
+    return split
+
+
+def _check(plan: Plan, split: LayerSplit) -> None:
+    ranges = split.stage_units
+    starts = [a for a, _ in ranges]
+    if (len(ranges) != plan.num_stages or starts[0] != 0 or starts != sorted(starts)
+            or list(ranges) != list(itertools.pairwise([*starts, len(split.units)]))):
+        raise ExportError(f"the plan's layer record does not cover its {plan.num_stages} stages "
+                          f"with consecutive units (stage_units {[list(r) for r in ranges]})",
+                          hint=HINT)
+    owner = {m: s for s in range(plan.num_stages) for m in split.stage_modules(s)}
+    for stage in plan.stages:
+        for module in stage.modules:
+            unit = _enclosing(module, owner)
+            if unit is not None and unit != module:
+                raise ExportError(f"the plan cuts inside {unit}: stage {stage.index} holds only "
+                                  f"its part {module}", hint=HINT)
+    held = {m: stage.index for stage in plan.stages for m in stage.modules}
+    for unit, s in owner.items():
+        where = _enclosing(unit, held)
+        if where is None or held[where] != s:
+            found = "no stage holds it whole" if where is None else f"stage {held[where]} holds it"
+            raise ExportError(f"the plan's layer record puts {unit} in stage {s}, but {found}",
+                              hint=HINT)
+
+
+def _enclosing(module: str, owner: dict[str, Any]) -> str | None:
+    """The unit module ``module`` is or lies in, if any."""
+    parts = module.split(".")
+    for k in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:k])
+        if prefix in owner:
+            return prefix
+    return None
+
+
+def _unrecorded(plan: Plan) -> str:
+    """Why a plan without a layer record cannot be exported: the layer it cuts, if one shows."""
+    cut: dict[str, dict[int, list[str]]] = {}
+    for stage in plan.stages:
+        for module in stage.modules:
+            parts = module.split(".")
+            digit = next((k for k, p in enumerate(parts) if p.isdigit()), None)
+            if digit is not None and digit + 1 < len(parts):  # a part of layer X.i, not X.i
+                layer = ".".join(parts[:digit + 1])
+                cut.setdefault(layer, {}).setdefault(stage.index, []).append(module)
+    if cut:
+        layer, held = next(iter(cut.items()))
+        where = "; ".join(f"stage {s}: {', '.join(m[:2])}{', …' if len(m) > 2 else ''}"
+                          for s, m in held.items())
+        return (f"the plan cuts inside a layer: {layer} is split across stages ({where}); "
+                f"torchtitan, DeepSpeed and Megatron-LM give each stage whole layers")
+    return ("the plan records no layer boundaries (it was planned without --granularity "
+            "layer); torchtitan, DeepSpeed and Megatron-LM give each stage whole layers")

@@ -1,0 +1,33 @@
+"""torchtitan: the module FQNs of each model part (``parallelism.module_fqns_per_model_part``).
+
+torchtitan's ``pipeline_module_split`` deep-copies the whole model per stage and
+keeps only the modules its part lists (``_split_module``): a part is
+``["tok_embeddings", "layers.0", …]`` for the first stage, ``[…, "norm", "output"]``
+for the last. The names here are the model's own module paths, as autopipe traced
+them (``model.embed_tokens``, ``model.layers.0``, …, ``lm_head`` for a Hugging Face
+Llama); torchtitan's ``_split_module`` walks one level of nesting, so a model whose
+layers sit deeper needs names relative to the module it splits (its Hugging Face
+backend maps ``model.layers`` to ``layers``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autopipe.export.split import LayerSplit
+from autopipe.plan_format import Plan
+
+SCHEDULES = {"1f1b": "1F1B", "gpipe": "GPipe", "zb-h1": "InterleavedZeroBubble",
+             "interleaved-1f1b": "Interleaved1F1B", "looped-bfs": "LoopedBFS",
+             "zbv": "ZBVZeroBubble", "dualpipev": "DualPipeV"}
+"""autopipe's schedule names → torch.distributed.pipelining's (which torchtitan takes)."""
+
+
+def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
+    """The fields of torchtitan's ``ParallelismConfig`` that carry the plan."""
+    return {"parallelism": {
+        "pipeline_parallel_degree": plan.num_stages,
+        "module_fqns_per_model_part": [split.stage_modules(s) for s in range(plan.num_stages)],
+        "pipeline_parallel_schedule": SCHEDULES.get(plan.schedule, plan.schedule),
+        "num_pp_microbatches": plan.microbatches,
+    }}

@@ -1,0 +1,230 @@
+"""Layer granularity: cut only between a model's repeated blocks (``transformer.h.3``).
+
+torchtitan, DeepSpeed and Megatron-LM build a pipeline stage from whole layers. With
+``granularity="layer"`` (or ``cut_at=PATTERN``) the planner solves a Problem whose
+blocks are *units*: what runs before the first layer (embeddings, rotary tables), each
+layer, what runs after the last (final norm, head, loss). Every partition of it is one
+those engines can express, and the partitioners solve it unchanged.
+
+    node order   in emb pos | h.0 ... | h.1 ... | h.2 ... | ln_f head out
+    unit         0          | 1       | 2       | 3       | 4
+    a cut may fall between two blocks only where every node before it belongs to an
+    earlier unit than every node after it (then each group is a run of a topological
+    order, hence convex)
+
+A node belongs to the layer of the shortest prefix of its module path that matches
+the pattern; nodes before the first layer node to unit 0, after the last to the last
+unit; others (glue between layers) to the unit of the node before them. The input
+placeholders pin unit 0 to the first stage and the output pins the last unit to the
+last stage, as Megatron-LM's ``E…|…|…L`` layouts require.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from autopipe.errors import PlanError
+from autopipe.partition.assemble import owned_modules
+from autopipe.partition.coarsen import merge_forced, regroup
+from autopipe.partition.problem import Problem
+from autopipe.plan_format import Baseline, Plan
+
+GRANULARITIES = ("node", "layer")
+_REGEX_CHARS = set("^$()|+\\{}")
+_HINT = "plan without --granularity layer, or name the layers with --cut-at PATTERN"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Layers:
+    """How a model's nodes fall into units (the blocks of a layer-granular Problem)."""
+
+    pattern: str
+    """The module pattern the layers match (``transformer.h.*``)."""
+    auto: bool
+    """True when the pattern was found, not given."""
+    node_unit: dict[str, int]
+    """Node name → unit: 0 before the layers, 1…L the layers, L+1 after them."""
+    units: tuple[tuple[str, ...], ...]
+    """Per unit, the outermost modules whose nodes all lie in it (layers by their path)."""
+
+
+def repeated_lists(problem: Problem) -> list[tuple[str, int, float]]:
+    """Module lists ``X`` whose children ``X.0, X.1, …`` run nodes, as (X, children, work
+    seconds), the heaviest first (then the longest, the shallowest)."""
+    items: dict[str, set[int]] = {}
+    work: dict[str, float] = {}
+    for b in problem.blocks:
+        share = b.work_s / len(b.nodes)
+        for n in b.nodes:
+            module = problem.node_module.get(n, "")
+            parts = module.split(".") if module else []
+            for k, part in enumerate(parts):
+                if part.isdigit():
+                    x = ".".join(parts[:k])
+                    items.setdefault(x, set()).add(int(part))
+                    work[x] = work.get(x, 0.0) + share
+    found = [(x, len(items[x]), work[x]) for x in items if len(items[x]) >= 2]
+    return sorted(found, key=lambda f: (-f[2], -f[1], f[0].count("."), f[0]))
+
+
+def _glob(x: str) -> str:
+    return f"{x}.*" if x else "*"
+
+
+def _candidates(problem: Problem) -> str:
+    found = repeated_lists(problem)
+    if found:
+        return "repeated blocks here: " + ", ".join(f"{_glob(x)} ({n})" for x, n, _ in found[:5])
+    tops = sorted({m.split(".")[0] for m in problem.node_module.values() if m})
+    return "top-level modules here: " + ", ".join(tops[:10])
+
+
+def matcher(pattern: str) -> Callable[[str], bool]:
+    """``pattern`` as a predicate on module paths: a glob (``model.layers.*``), or a regular
+    expression (full match) when it holds any of ``^$()|+\\{}``.
+
+    Raises:
+        PlanError: an invalid regular expression.
+    """
+    if not _REGEX_CHARS.intersection(pattern):
+        return lambda m: fnmatch.fnmatchcase(m, pattern)
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise PlanError(f"--cut-at {pattern!r} is not a valid regular expression ({e})",
+                        hint="write a glob such as 'model.layers.*', or a valid regex") from None
+    return lambda m: rx.fullmatch(m) is not None
+
+
+def _layer_paths(problem: Problem, match: Callable[[str], bool]) -> dict[str, str]:
+    """Module path → the layer it lies in (its shortest matching prefix), for paths in one."""
+    out: dict[str, str] = {}
+    for module in dict.fromkeys(problem.node_module.values()):
+        parts = module.split(".") if module else []
+        for k in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:k])
+            if match(prefix):
+                out[module] = prefix
+                break
+    return out
+
+
+def _node_units(problem: Problem, layer_of: dict[str, str]) -> tuple[dict[str, int], list[str]]:
+    """Node → unit (see the module docstring) and the layer paths in order."""
+    names = problem.node_order
+    layer = [layer_of.get(problem.node_module.get(n, "")) for n in names]
+    paths = list(dict.fromkeys(x for x in layer if x is not None))
+    index = {x: i + 1 for i, x in enumerate(paths)}
+    inside = [i for i, x in enumerate(layer) if x is not None]
+    first, last = inside[0], inside[-1]
+    unit: dict[str, int] = {}
+    current = 0
+    for i, n in enumerate(names):
+        x = layer[i]
+        current = index[x] if x is not None else 0 if i < first else len(paths) + 1 if i > last \
+            else current
+        unit[n] = current
+    return unit, paths
+
+
+def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
+    """``problem`` with cuts only between units; ``cut_at`` None finds the layers itself.
+
+    Lossless on top of the restriction: every partition of the result is one of
+    ``problem``'s (non-tensor values are merged as ``merge_forced`` does).
+
+    Raises:
+        PlanError: no repeated layers, a pattern that matches no module, more stages
+            than the units allow.
+    """
+    auto = cut_at is None
+    if cut_at is None:
+        found = repeated_lists(problem)
+        if not found:
+            raise PlanError("--granularity layer found no repeated layers (no module list "
+                            "X.0, X.1, … runs nodes)",
+                            hint=f"name the blocks to cut between with --cut-at PATTERN "
+                                 f"({_candidates(problem)}), or plan without --granularity layer")
+        cut_at = _glob(found[0][0])
+    layer_of = _layer_paths(problem, matcher(cut_at))
+    if not layer_of:
+        raise PlanError(f"--cut-at {cut_at!r} matches no module of the model",
+                        hint=f"{_candidates(problem)}; patterns are globs over module paths, "
+                             f"or regular expressions")
+    node_unit, paths = _node_units(problem, layer_of)
+    lo = [min(node_unit[n] for n in b.nodes) for b in problem.blocks]
+    hi = [max(node_unit[n] for n in b.nodes) for b in problem.blocks]
+    behind = lo[:]  # behind[i]: the least unit of blocks i, i+1, …
+    for i in range(problem.size - 2, -1, -1):
+        behind[i] = min(behind[i], behind[i + 1])
+    groups: list[list[int]] = [[]]
+    ahead = -1
+    for i in range(problem.size):
+        if groups[-1] and ahead < behind[i]:
+            groups.append([])
+        groups[-1].append(i)
+        ahead = max(ahead, hi[i])
+    units = len(paths) + 2
+    split = frozenset(x.rsplit(".", k)[0] for x in paths for k in range(1, x.count(".") + 1))
+    modules = owned_modules(problem, node_unit, groups=units, split=split)
+    layers = Layers(pattern=cut_at, auto=auto, node_unit=node_unit,
+                    units=tuple(tuple(m) for m in modules))
+    out = merge_forced(regroup(problem, groups))
+    p = problem.config.num_stages
+    if out.num_real < p:
+        what = "found" if auto else "matched by"
+        raise PlanError(
+            f"cannot cut the model into {p} stages at layer boundaries: the {len(paths)} layers "
+            f"{what} {cut_at} leave {out.num_real} pieces that can be separated "
+            f"(with what runs before and after them)",
+            hint=f"use at most {out.num_real} stages, or {_HINT}")
+    return out, layers
+
+
+def stage_units(plan: Plan, layers: Layers) -> list[list[int]]:
+    """Per stage of ``plan``, the half-open range of units it holds."""
+    held = [{layers.node_unit[n] for n in s.nodes} for s in plan.stages]
+    starts = [0] + [min(h) for h in held[1:]] + [len(layers.units)]
+    out = [[a, b] for a, b in itertools.pairwise(starts)]
+    for (a, b), h in zip(out, held):
+        assert a <= min(h) and max(h) < b, f"stage holds units {sorted(h)}, outside [{a}, {b})"
+    return out
+
+
+def _as_baseline(plan: Plan) -> Baseline:
+    times = [s.time_s for s in plan.stages]
+    worst = times.index(max(times))
+    return Baseline(iteration_s=plan.predicted.iteration_s, bottleneck_stage=worst,
+                    max_memory=max(s.memory.total for s in plan.stages),
+                    stage_nodes=tuple(len(s.nodes) for s in plan.stages), bottleneck_s=times[worst])
+
+
+def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan]) -> Plan:
+    """``plan`` (layer-granular) with its units and what the restriction costs.
+
+    ``solve_free()`` plans the same model without the restriction. The restricted
+    partition is one of the unrestricted ones too, so the unrestricted figure is the
+    faster of the two (the solver's gap, coarsening or a time limit can leave the free
+    solve a little slower, or without an answer).
+    """
+    try:
+        free: Plan | None = solve_free()
+    except PlanError:
+        free = None
+    best = plan if free is None or free.predicted.iteration_s > plan.predicted.iteration_s else free
+    step = best.predicted.iteration_s
+    info: dict[str, Any] = {
+        "mode": "layer", "pattern": layers.pattern, "auto": layers.auto,
+        "layers": len(layers.units) - 2,
+        "units": [list(u) for u in layers.units],
+        "stage_units": stage_units(plan, layers),
+        "unrestricted_s": step,
+        "cost": plan.predicted.iteration_s / step if step > 0 else 1.0,
+    }
+    return replace(plan, baselines={**plan.baselines, "unrestricted": _as_baseline(best)},
+                   options={**plan.options, "granularity": info})

@@ -1,0 +1,240 @@
+"""Checkpoints of a pipeline: save and load with torch.distributed.checkpoint, never half-written.
+
+A checkpoint directory holds one folder per saved step and a pointer to the newest::
+
+    ckpt/
+      step-000004/          DCP files (.metadata, __0_0.distcp, ...) and autopipe.json
+      step-000008/
+      latest                "step-000008"
+
+[Note: atomic checkpoints]
+
+Every rank writes its own tensors, keyed by the unsplit model's names, into
+``.step-000008.partial``. Only when ``dcp.save`` has returned on every rank (DCP writes
+its ``.metadata`` last, after a collective) does rank 0 add ``autopipe.json``, rename the
+folder to ``step-000008`` and replace ``latest`` (a temp file and ``os.replace``). A rank
+that dies anywhere before the rename leaves a ``.partial`` folder that nothing reads, and
+``latest`` still names the previous complete checkpoint; older checkpoints are removed
+only after the new one is complete. Because entries are named, not numbered by rank, a
+checkpoint loads into another plan of the same model (DCP reshards by key).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+from autopipe._jsonio import atomic_output, read_json, write_json_atomic
+from autopipe.errors import CheckpointError
+from autopipe.runtime.group import failures
+from autopipe.runtime.optim_state import GROUP, MASTER, STATE, load_optimizer_state, optimizer_state
+from autopipe.runtime.pipe import Pipe
+from autopipe.runtime.state_keys import match_state
+
+SCHEMA = "autopipe.checkpoint/1"
+META = "autopipe.json"
+LATEST = "latest"
+_PREFIX = "step-"
+_RNG = "rng/"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointInfo:
+    """What ``autopipe.json`` of one checkpoint says."""
+
+    path: Path
+    """The checkpoint's folder (``DIR/step-000008``)."""
+    step: int
+    """Optimizer steps done when it was saved."""
+    world_size: int
+    """Ranks that saved it."""
+    fingerprint: str
+    """The graph fingerprint of the plan it was trained with."""
+    state_keys: tuple[str, ...]
+    """The unsplit model's ``state_dict()`` keys, in order."""
+    tied: tuple[tuple[str, ...], ...]
+    """Names of one parameter; the checkpoint holds it under the first."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """What the saver added (``autopipe train``: optimizer, lr, micro-batches)."""
+
+
+def _step_name(step: int) -> str:
+    return f"{_PREFIX}{step:06d}"
+
+
+def _complete(path: Path) -> bool:
+    return (path / ".metadata").is_file() and (path / META).is_file()
+
+
+def find_checkpoint(directory: str | Path) -> Path:
+    """The newest complete checkpoint in ``directory`` (or ``directory`` itself, if it is one).
+
+    ``latest`` names it; without that file (a save killed between the rename and the
+    pointer), the complete ``step-*`` folder of the highest step.
+
+    Raises:
+        CheckpointError: no such directory, or no complete checkpoint in it.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: no such checkpoint directory",
+                              hint="pass the DIR that `autopipe train --save DIR` wrote")
+    if _complete(root):
+        return root
+    pointer = root / LATEST
+    if pointer.is_file():
+        named = root / pointer.read_text(encoding="utf-8").strip()
+        if _complete(named):
+            return named
+    found = sorted((p for p in root.glob(f"{_PREFIX}*") if _complete(p)), key=lambda p: p.name)
+    if found:
+        return found[-1]
+    partial = sorted(p.name for p in root.glob(f".{_PREFIX}*.partial"))
+    seen = f" (only the unfinished {', '.join(partial)})" if partial else ""
+    raise CheckpointError(f"{root} holds no complete checkpoint{seen}",
+                          hint="a save that was interrupted leaves no checkpoint; resume from an earlier "
+                               "directory, or start without --resume")
+
+
+def read_info(path: Path) -> CheckpointInfo:
+    """The ``autopipe.json`` of the checkpoint folder ``path``.
+
+    Raises:
+        CheckpointError: missing, unreadable or of another schema.
+    """
+    data = read_json(path / META, SCHEMA, CheckpointError)
+    try:
+        return CheckpointInfo(path=path, step=int(data["step"]), world_size=int(data["world_size"]),
+                              fingerprint=str(data["graph_fingerprint"]),
+                              state_keys=tuple(data["state_keys"]),
+                              tied=tuple(tuple(g) for g in data["tied"]), extra=dict(data.get("extra", {})))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / META}: malformed ({type(e).__name__}: {e})",
+                              hint="the checkpoint is corrupt; use an earlier one") from None
+
+
+def save_checkpoint(directory: str | Path, pipe: Pipe, optimizer: Any = None, *, step: int,
+                    extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
+    """Save the pipe's model and the optimizer's state as ``directory/step-NNNNNN`` (collective).
+
+    Atomic (see [Note: atomic checkpoints]); every rank must call it with the same
+    arguments. The ``keep`` newest complete checkpoints stay, older ones are removed
+    once the new one is complete.
+
+    Args:
+        directory: the checkpoint directory (created if missing).
+        pipe: the pipeline.
+        optimizer: a torch optimizer over ``pipe.parameters()`` (or autopipe's), or None.
+        step: optimizer steps done (names the folder; ``load_checkpoint`` returns it).
+        extra: JSON-serialisable facts to keep with it (a scheduler's state, a data position).
+        keep: how many complete checkpoints to keep (at least 1).
+
+    Returns:
+        The new checkpoint's folder.
+
+    Raises:
+        RuntimeStageError: a rank failed during the save (the previous checkpoint stays).
+    """
+    root = Path(directory)
+    final = root / _step_name(step)
+    partial = root / f".{final.name}.partial"
+    state = pipe.state_dict()
+    if optimizer is not None:
+        state.update(optimizer_state(optimizer, dict(pipe.named_parameters())))
+    state[f"{_RNG}cpu/{pipe.rank}"] = torch.get_rng_state()
+    if pipe.device.type == "cuda":
+        state[f"{_RNG}cuda/{pipe.rank}"] = torch.cuda.get_rng_state(pipe.device)
+    with failures(pipe.where, f"while saving {final}", pipe.timeout_s):
+        if pipe.rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            if partial.exists():
+                shutil.rmtree(partial)
+        dist.barrier()
+        dcp_save(state, storage_writer=FileSystemWriter(partial))
+        if pipe.rank == 0:
+            write_json_atomic(partial / META, {
+                "schema": SCHEMA, "step": step, "world_size": pipe.world_size,
+                "graph_fingerprint": pipe.plan.graph_fingerprint, "num_stages": pipe.plan.num_stages,
+                "schedule": pipe.plan.schedule, "microbatches": pipe.plan.microbatches,
+                "state_keys": list(pipe.state_keys), "tied": [list(g) for g in pipe.tied],
+                "extra": extra or {}})
+            _commit(root, partial, final, max(1, keep))
+        dist.barrier()  # nobody reads or saves again before the checkpoint is in place
+    return final
+
+
+def _commit(root: Path, partial: Path, final: Path, keep: int) -> None:
+    """Rank 0: make ``partial`` the checkpoint ``final``, point ``latest`` at it, drop old ones."""
+    old = root / f".{final.name}.old"
+    if final.exists():  # the same step saved again: the new one replaces it
+        final.rename(old)
+    partial.rename(final)
+    with atomic_output(root / LATEST) as tmp:
+        Path(tmp).write_text(final.name + "\n", encoding="utf-8")
+    if old.exists():
+        shutil.rmtree(old)
+    done = sorted((p for p in root.glob(f"{_PREFIX}*") if _complete(p)), key=lambda p: p.name)
+    for stale in [p for p in done if p != final][:max(0, len(done) - keep)]:
+        shutil.rmtree(stale)
+    for stale in root.glob(f".{_PREFIX}*.partial"):  # of saves that died; none is running now
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def load_checkpoint(directory: str | Path, pipe: Pipe, optimizer: Any = None) -> CheckpointInfo:
+    """Load the newest complete checkpoint in ``directory`` into the pipe and optimizer (collective).
+
+    The checkpoint may come from another plan of the same model (entries are named).
+    Sets ``pipe.steps`` to the checkpoint's step. The random state of each rank is
+    restored when the world size is the one that saved it.
+
+    Returns:
+        What the checkpoint says (its step, and the ``extra`` given to ``save_checkpoint``).
+
+    Raises:
+        CheckpointError: no complete checkpoint, or one of another model (the keys or
+            shapes that differ are named).
+        RuntimeStageError: a rank failed while loading.
+    """
+    path = find_checkpoint(directory)
+    info = read_info(path)
+    reader = FileSystemReader(path)
+    saved = reader.read_metadata().state_dict_metadata
+    model = pipe.state_dict()
+    shapes = {k: tuple(m.size) for k, m in saved.items() if "/" not in k and isinstance(m, TensorStorageMetadata)}
+    match_state(model, shapes, tied=(), known=pipe.model_keys(), strict=True, what=f"checkpoint {path}",
+                source="checkpoint")
+    state: dict[str, Any] = dict(model)
+    mine = {name for name, _ in pipe.named_parameters()}
+    wanted = [f"{_RNG}cpu/{pipe.rank}", f"{_RNG}cuda/{pipe.rank}"] if info.world_size == pipe.world_size else []
+    for key, meta in saved.items():
+        name = key.split("/")[1] if key.startswith((STATE, GROUP, MASTER)) else None
+        if (name in mine and optimizer is not None) or key in wanted:
+            state[key] = _empty(meta)
+    with failures(pipe.where, f"while loading {path}", pipe.timeout_s):
+        dcp_load(state, storage_reader=reader)
+    if optimizer is not None:
+        load_optimizer_state(optimizer, dict(pipe.named_parameters()), state)
+    rng = state.get(f"{_RNG}cpu/{pipe.rank}")
+    if isinstance(rng, torch.Tensor):
+        torch.set_rng_state(rng)
+    cuda_rng = state.get(f"{_RNG}cuda/{pipe.rank}")
+    if isinstance(cuda_rng, torch.Tensor) and pipe.device.type == "cuda":
+        torch.cuda.set_rng_state(cuda_rng, pipe.device)
+    pipe.steps = info.step
+    return info
+
+
+def _empty(meta: Any) -> Any:
+    """A tensor to load a saved entry into (None for a pickled object: DCP puts it in place)."""
+    if isinstance(meta, BytesStorageMetadata):
+        return None
+    return torch.empty(tuple(meta.size), dtype=meta.properties.dtype)

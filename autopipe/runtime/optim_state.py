@@ -1,0 +1,110 @@
+"""An optimizer's state keyed by the unsplit model's parameter names, and back.
+
+torch's ``Optimizer.state_dict()`` numbers parameters by their position in this rank's
+param groups, which means nothing to another rank or another plan. Here every entry is
+named by the parameter it belongs to, so a checkpoint saved by one plan loads into another:
+
+    optim/<fqn>/<state>       a state entry (Adam's ``exp_avg``, ``step``; SGD's ``momentum_buffer``)
+    optim_group/<fqn>         the hyperparameters of the parameter's group (lr, betas, ...)
+    master/<fqn>              the fp32 master copy of a 16-bit parameter ([Note: master weights])
+
+Parameter names never hold ``/``, so the keys split unambiguously.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from autopipe._optimizers import MasterWeights
+from autopipe.errors import CheckpointError
+
+STATE, GROUP, MASTER = "optim/", "optim_group/", "master/"
+
+
+def _parts(optimizer: Any) -> tuple[torch.optim.Optimizer, dict[int, nn.Parameter]]:
+    """(the torch optimizer, id of each tensor it updates → the model parameter it stands for)."""
+    if isinstance(optimizer, MasterWeights):
+        return optimizer.inner, {id(m): p for p, m in zip(optimizer.params, optimizer.masters)}
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer, {id(p): p for g in optimizer.param_groups for p in g["params"]}
+    raise CheckpointError(f"cannot save the state of a {type(optimizer).__name__}",
+                          hint="use a torch.optim optimizer (or autopipe's own)")
+
+
+def _names(optimizer: Any, named: Mapping[str, nn.Parameter]) -> tuple[torch.optim.Optimizer, list[list[tuple[str, torch.Tensor]]]]:
+    """The torch optimizer and, per param group, (name, the tensor it updates) in order."""
+    inner, stands_for = _parts(optimizer)
+    name_of = {id(p): name for name, p in named.items()}
+    groups = []
+    for group in inner.param_groups:
+        pairs = []
+        for t in group["params"]:
+            name = name_of.get(id(stands_for[id(t)]))
+            if name is None:
+                raise CheckpointError(f"the optimizer updates a tensor of shape {tuple(t.shape)} that is "
+                                      f"not a parameter of this rank's stages",
+                                      hint="build the optimizer over pipe.parameters()")
+            pairs.append((name, t))
+        groups.append(pairs)
+    return inner, groups
+
+
+def optimizer_state(optimizer: Any, named: Mapping[str, nn.Parameter]) -> dict[str, Any]:
+    """The optimizer's state, every entry named by its parameter (see the module docstring).
+
+    Args:
+        optimizer: a ``torch.optim.Optimizer`` or autopipe's ``MasterWeights``.
+        named: this rank's parameters by name (``pipe.named_parameters()``).
+
+    Raises:
+        CheckpointError: the optimizer updates tensors that are not among ``named``.
+    """
+    inner, groups = _names(optimizer, named)
+    out: dict[str, Any] = {}
+    for group, pairs in zip(inner.param_groups, groups):
+        hyper = {k: v for k, v in group.items() if k != "params"}
+        for name, t in pairs:
+            out[GROUP + name] = hyper
+            for key, value in inner.state.get(t, {}).items():
+                out[f"{STATE}{name}/{key}"] = value
+            if isinstance(optimizer, MasterWeights) and t is not named[name]:
+                out[MASTER + name] = t.detach()
+    return out
+
+
+def load_optimizer_state(optimizer: Any, named: Mapping[str, nn.Parameter], state: Mapping[str, Any]) -> None:
+    """Load what ``optimizer_state`` made (possibly on another plan) into ``optimizer``.
+
+    Entries of parameters this rank does not hold are ignored; a parameter without
+    entries keeps a fresh state. Hyperparameters of a group come from its first
+    parameter's entry.
+    """
+    inner, groups = _names(optimizer, named)
+    per_param: dict[str, dict[str, Any]] = {}
+    for key, value in state.items():
+        if key.startswith(STATE):
+            name, _, entry = key[len(STATE):].rpartition("/")
+            per_param.setdefault(name, {})[entry] = value
+    torch_state = inner.state_dict()
+    flat_ids = iter(range(sum(len(p) for p in groups)))
+    torch_state["state"] = {}
+    for group, pairs in zip(torch_state["param_groups"], groups):
+        hyper = state.get(GROUP + pairs[0][0]) if pairs else None
+        if isinstance(hyper, Mapping):
+            group.update({k: v for k, v in hyper.items() if k != "params"})
+        for name, _t in pairs:
+            index = next(flat_ids)
+            if name in per_param:
+                torch_state["state"][index] = per_param[name]
+    inner.load_state_dict(torch_state)
+    if isinstance(optimizer, MasterWeights):
+        with torch.no_grad():
+            for pairs in groups:
+                for name, t in pairs:
+                    master = state.get(MASTER + name)
+                    if isinstance(master, torch.Tensor) and t is not named[name]:
+                        t.copy_(master)

@@ -1,0 +1,420 @@
+"""``build(plan, spec)``: this rank's share of a pipeline, driven by a training loop of your own.
+
+::
+
+    pipe = autopipe.runtime.build(plan, spec)          # under torchrun: one rank
+    opt = torch.optim.AdamW(pipe.parameters(), lr=3e-4)
+    for step in range(steps):
+        inputs, target = spec.batch(plan.microbatches, step)
+        losses = pipe.step(inputs, target)             # micro-batch losses (last stage's rank)
+        pipe.sync_tied_grads()                         # tied copies: sum their gradients
+        pipe.clip_grad_norm_(1.0)                      # one norm over every stage
+        opt.step()
+        pipe.zero_grad()
+
+Parameters and state keep the original model's names (``transformer.h.0.attn.c_attn.weight``),
+whichever stage holds them; a tied parameter is named once, by its first name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from autopipe._malloc import pin_malloc as _pin_malloc
+from autopipe.errors import AutopipeError
+from autopipe.plan_format import Plan
+from autopipe.runtime.affinity import pin_cores as _pin_cores
+from autopipe.runtime.group import (
+    distributed_env,
+    failures,
+    init_process_group,
+    local_world,
+    rank_device,
+)
+from autopipe.runtime.placement import rank_of_stages
+from autopipe.runtime.prepare import Prepared, prepare
+from autopipe.runtime.stage import build_pipeline
+from autopipe.runtime.state_keys import match_state
+from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage_params
+from autopipe.spec import ModelSpec
+
+_NONE, _LOCAL, _SUMMED = "none", "local", "summed"
+
+
+@dataclass
+class Evaluation:
+    """What ``Pipe.evaluate`` returns."""
+
+    losses: list[torch.Tensor]
+    """Micro-batch losses (on the last stage's rank; empty elsewhere)."""
+    output: Any
+    """The model's output for the whole batch, as the unsplit model returns it (last stage's
+    rank; None elsewhere)."""
+
+
+class Pipe:
+    """One rank's share of a pipeline-parallel model: its stages, their schedule, their state.
+
+    Made by ``build``; every rank of the job makes one, with the same plan and spec, and
+    calls the same methods in the same order (several of them are collective).
+    """
+
+    def __init__(self, spec: ModelSpec, plan: Plan, prepared: Prepared, rank: int, world_size: int,
+                 device: torch.device, timeout_s: float, owns_group: bool,
+                 init: Mapping[str, torch.Tensor] | None = None) -> None:
+        self.spec = spec
+        self.plan = plan
+        self.prepared = prepared
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device
+        self.timeout_s = timeout_s
+        self.steps = 0
+        """``step`` calls so far (restored from a checkpoint by ``load_checkpoint``)."""
+        self._owns_group = owns_group
+        graph, split = prepared.graph, prepared.split
+
+        def loss_fn(out: Any, target: torch.Tensor) -> torch.Tensor:
+            flat = split.rebuild_outputs(out if isinstance(out, (tuple, list)) else (out,))
+            return spec.loss_fn(graph.unflatten_output(flat), target)
+
+        self._pipeline = build_pipeline(split, prepared.metas, plan, rank, device, loss_fn)
+        stages = self._pipeline.indices
+        self.where = f"rank {rank} (stage{'s' if len(stages) > 1 else ''} {', '.join(map(str, stages))})"
+        canonical = canonical_names(graph)
+        ranks = rank_of_stages(plan)
+        holders: dict[str, list[int]] = {}
+        for st in split.stages:
+            for name in stage_params(st.module, canonical):
+                holders.setdefault(name, []).append(ranks[st.index])
+        self._params: dict[str, nn.Parameter] = {}
+        for module in self._pipeline.modules():
+            self._params.update(stage_params(module, canonical))
+        self._replicated = replicated(holders)
+        self.state_keys: tuple[str, ...] = tuple(spec.model.state_dict(keep_vars=True))
+        """The unsplit model's ``state_dict()`` keys, in its order (tied aliases included)."""
+        self.tied: tuple[tuple[str, ...], ...] = tuple(tuple(g) for g in graph.tied)
+        """Names that refer to one parameter, the name this pipe uses first."""
+        keys = set(self.state_keys)
+        # persistent buffers only: what the unsplit model's state_dict holds
+        self._buffers = {name: b for module in self._pipeline.modules()
+                         for name, b in module.named_buffers() if name in keys}
+        self._tied_grads = _NONE
+        self._step_kwargs = ({"return_outputs": False}
+                             if _accepts(self._pipeline.schedule.step, "return_outputs") else {})
+        if init is not None:
+            self.load_state_dict(init)
+        with failures(self.where, "while syncing tied parameters", timeout_s):
+            self._tied = TiedParams(self._replicated, self._params)
+            self._tied.broadcast_values()
+
+    # --- what this rank holds ------------------------------------------------------------------
+
+    @property
+    def has_first(self) -> bool:
+        """This rank runs stage 0 (feeds the inputs)."""
+        return self._pipeline.has_first
+
+    @property
+    def has_last(self) -> bool:
+        """This rank runs the last stage (computes the loss)."""
+        return self._pipeline.has_last
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        """Plan stage indices on this rank."""
+        return self._pipeline.indices
+
+    @property
+    def microbatches(self) -> int:
+        """Micro-batches per step (the plan's)."""
+        return self.plan.microbatches
+
+    def modules(self) -> dict[int, nn.Module]:
+        """Stage index → this rank's stage module."""
+        return {s.stage_index: s.submod for s in self._pipeline.stages}
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """This rank's parameters under the unsplit model's names, each once."""
+        yield from self._params.items()
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """This rank's parameters, each once (hand them to your optimizer)."""
+        yield from self._params.values()
+
+    def train(self, mode: bool = True) -> Pipe:
+        """Put this rank's stage modules in training (or evaluation) mode, as ``nn.Module.train``."""
+        for module in self._pipeline.modules():
+            module.train(mode)
+        return self
+
+    # --- a step --------------------------------------------------------------------------------
+
+    def step(self, inputs: Sequence[Any] | None, target: torch.Tensor | None) -> list[torch.Tensor]:
+        """Forward and backward of one batch through the pipeline (collective).
+
+        The batch holds ``microbatches`` micro-batches stacked on dim 0, as ``spec.batch``
+        gives them; every rank may pass the same batch (only stage 0 reads ``inputs``, only
+        the last stage ``target``). Gradients are the mean over the micro-batches, added to
+        whatever ``.grad`` held before (call ``zero_grad`` between optimizer steps). A
+        parameter held by several ranks (tied) still has only this rank's share of its
+        gradient: call ``sync_tied_grads`` before the optimizer step.
+
+        Returns:
+            Detached micro-batch losses on the last stage's rank; an empty list elsewhere.
+
+        Raises:
+            RuntimeStageError: a peer died or stopped answering; names this rank and the step.
+            SpecError: a non-tensor input differs from the example micro-batch's.
+        """
+        self.steps += 1
+        m = self.plan.microbatches
+        losses: list[torch.Tensor] = []
+        with failures(self.where, f"in step {self.steps}", self.timeout_s):
+            args = self._first_inputs(inputs)
+            held = {name: p.grad for name, p in self._params.items()}
+            for p in self._params.values():
+                p.grad = None  # this step's gradients alone, so that only they are averaged
+            self._pipeline.schedule.step(*args, target=self._target(target),
+                                         losses=losses if self.has_last else None, **self._step_kwargs)
+            for p in self._params.values():
+                if p.grad is not None:
+                    p.grad.div_(m)  # the mean over micro-batches, once per parameter
+            if self._tied_grads == _SUMMED:
+                self._tied.all_reduce_grads()  # what was held is summed already: sum only this
+            else:
+                self._tied_grads = _LOCAL
+            for name, p in self._params.items():
+                before = held[name]
+                if before is not None:
+                    p.grad = before if p.grad is None else before.add_(p.grad)
+        return [x.detach() for x in losses]
+
+    @torch.no_grad()
+    def evaluate(self, inputs: Sequence[Any] | None, target: torch.Tensor | None) -> Evaluation:
+        """Forward only, no gradients (collective): the batch's losses and the model's output.
+
+        Modules stay in the mode they are in (``pipe.train(False)`` for evaluation mode).
+
+        Raises:
+            AutopipeError: this torch's schedules have no forward-only ``eval`` (torch < 2.8).
+            RuntimeStageError: a peer died or stopped answering.
+        """
+        schedule = self._pipeline.schedule
+        run = getattr(schedule, "eval", None)
+        if run is None:
+            raise AutopipeError(f"torch {torch.__version__}'s schedules cannot run forward only",
+                                hint="upgrade torch to 2.8 or newer")
+        losses: list[torch.Tensor] = []
+        with failures(self.where, "in a forward-only step", self.timeout_s):
+            out = run(*self._first_inputs(inputs), target=self._target(target),
+                      losses=losses if self.has_last else None)
+        if not self.has_last:
+            return Evaluation(losses=[], output=None)
+        split, graph = self.prepared.split, self.prepared.graph
+        flat = split.rebuild_outputs(out if isinstance(out, (tuple, list)) else (out,))
+        return Evaluation(losses=[x.detach() for x in losses], output=graph.unflatten_output(flat))
+
+    def _first_inputs(self, inputs: Sequence[Any] | None) -> list[torch.Tensor]:
+        if not self.has_first:
+            return []
+        if inputs is None:
+            raise AutopipeError(f"{self.where} runs stage 0 but was given no inputs",
+                                hint="pass the batch's inputs on every rank (or at least on stage 0's)")
+        return self.prepared.flat_batch(self.spec, inputs, self.device, self.steps or None)
+
+    def _target(self, target: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.has_last:
+            return None
+        if target is None:
+            raise AutopipeError(f"{self.where} runs the last stage but was given no target",
+                                hint="pass the batch's target on every rank (or at least on the last stage's)")
+        return target.to(self.device)
+
+    # --- gradients -----------------------------------------------------------------------------
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear this rank's gradients (as ``optimizer.zero_grad``)."""
+        for p in self._params.values():
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+        self._tied_grads = _NONE
+
+    def sync_tied_grads(self) -> None:
+        """Sum the gradients of every tied parameter over the ranks holding a copy (collective).
+
+        Call it once after the last ``step`` before the optimizer step, on every rank; a
+        second call, or a call with nothing new to sum, does nothing (``step`` sums at once
+        what it adds to gradients that were summed already).
+        """
+        if self._tied_grads != _LOCAL:
+            return
+        with failures(self.where, "while summing tied gradients", self.timeout_s):
+            self._tied.all_reduce_grads()
+        self._tied_grads = _SUMMED
+
+    @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+        """Scale every gradient so that their norm over the whole model is at most ``max_norm``.
+
+        What ``torch.nn.utils.clip_grad_norm_`` does on the unsplit model (collective): each
+        rank takes its parameters' norms, a tied parameter counted on one of its holders only,
+        and the ranks combine them (sum of ``norm ** p``; max for ``inf``). Tied gradients are
+        summed first (``sync_tied_grads``).
+
+        Returns:
+            The total norm before clipping (a 0-dim tensor on this rank's device).
+        """
+        self.sync_tied_grads()
+        p_norm = float(norm_type)
+        counted = [p.grad for name, p in self._params.items() if p.grad is not None
+                   and min(self._replicated.get(name, (self.rank,))) == self.rank]
+        norms = [torch.linalg.vector_norm(g, p_norm, dtype=torch.float32) for g in counted]
+        local = torch.zeros((), dtype=torch.float32, device=self.device)
+        if norms:
+            stacked = torch.stack(norms)
+            local = stacked.max() if math.isinf(p_norm) else stacked.pow(p_norm).sum()
+        with failures(self.where, "while taking the gradient norm", self.timeout_s):
+            dist.all_reduce(local, op=dist.ReduceOp.MAX if math.isinf(p_norm) else dist.ReduceOp.SUM)
+        total = local if math.isinf(p_norm) else local.pow(1.0 / p_norm)
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        for p in self._params.values():
+            if p.grad is not None:
+                p.grad.mul_(coef.to(p.grad.device, p.grad.dtype))
+        return total
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """This rank's parameters and persistent buffers under the unsplit model's names.
+
+        The tensors share memory with the model (as ``nn.Module.state_dict``); a tied
+        parameter appears once, under the first of its names.
+        """
+        out = {name: p.detach() for name, p in self._params.items()}
+        out.update({name: b.detach() for name, b in self._buffers.items()})
+        return out
+
+    def model_keys(self) -> set[str]:
+        """Every name a state dict of the unsplit model may use (tied aliases included)."""
+        return set(self.state_keys) | {n for group in self.tied for n in group}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+        """Copy this rank's tensors from a state dict of the unsplit model (not collective).
+
+        Keys are the unsplit model's names; a tied parameter may be given under any of
+        its names. With ``strict``, a key the model does not have, or one of this rank's
+        tensors missing from ``state``, is an error.
+
+        Raises:
+            CheckpointError: keys missing or unknown (strict), or shapes that differ (named).
+        """
+        own = self.state_dict()
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        for name, key in match_state(own, shapes, tied=self.tied, known=self.model_keys(), strict=strict,
+                                     what="the state dict", source="given"):
+            own[name].copy_(state[key])
+
+    # --- the process group ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Leave the process group if ``build`` created it."""
+        if self._owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+        self._owns_group = False
+
+    def __enter__(self) -> Pipe:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def build(
+    plan: Plan,
+    spec: ModelSpec,
+    rank: int | None = None,
+    device: torch.device | str | None = None,
+    *,
+    init: Mapping[str, torch.Tensor] | None = None,
+    timeout_s: float = 300.0,
+    prepared: Prepared | None = None,
+    pin_malloc: bool = False,
+    pin_cores: bool = False,
+) -> Pipe:
+    """This rank's share of ``plan`` run on ``spec``'s model: its stages and their schedule.
+
+    Joins the default process group from the torchrun environment (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) unless one exists
+    already, after checking the plan against the model and the world size (so a wrong
+    plan stops every rank before the rendezvous). Copies of tied parameters start equal
+    (the lowest holder's value).
+
+    Args:
+        plan: the plan (``autopipe.Plan.load``).
+        spec: the model spec the plan was made for.
+        rank: this process's rank; None: from the process group or ``RANK``.
+        device: where this rank computes; None or ``"auto"``: the plan's device
+            (``cuda`` stages on GPU ``LOCAL_RANK``), or ``"cpu"``, ``"cuda"``, a torch.device.
+        init: a state dict of the unsplit model to start from (keys as
+            ``model.state_dict()``; strict), loaded before the tied copies are synced.
+        timeout_s: how long a rank waits on a silent peer before it fails.
+        prepared: ``prepare(spec, plan, world)`` done already (skips tracing again).
+        pin_malloc: keep freed CPU memory for reuse (``autopipe._malloc``; CPU ranks).
+        pin_cores: keep each local rank to its own share of the cores (CPU ranks).
+
+    Raises:
+        PlanMismatchError: the plan was made for another model, micro-batch shape or world size.
+        AutopipeError: a bad torchrun environment, or ``rank`` is not the process group's.
+        RuntimeStageError: the rendezvous failed.
+        CheckpointError: ``init`` does not fit the model.
+    """
+    env_rank, world, local_rank = distributed_env()
+    if rank is not None and rank != env_rank:
+        raise AutopipeError(f"build(rank={rank}) but this process is rank {env_rank} of {world}",
+                            hint="leave rank=None, or start the process as that rank")
+    prepared = prepared or prepare(spec, plan, world)
+    where = _device(plan, env_rank, local_rank, device)
+    if where.type == "cpu" and pin_malloc:
+        _pin_malloc()  # [Note: pinned malloc on CPU ranks]
+    if where.type == "cpu" and pin_cores:
+        # before the process group, so that gloo's threads start on the rank's cores
+        _pin_cores(local_rank, local_world(world))  # [Note: pinned cores on CPU ranks]
+    created = init_process_group(env_rank, world, where, timeout_s)
+    try:
+        return Pipe(spec, plan, prepared, env_rank, world, where, timeout_s, created, init)
+    except BaseException:
+        if created:
+            dist.destroy_process_group()
+        raise
+
+
+def _device(plan: Plan, rank: int, local_rank: int, device: torch.device | str | None) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device is None or device in ("auto", "cpu", "cuda"):
+        return rank_device(plan, rank, local_rank, device or "auto")
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError):
+        raise AutopipeError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N") from None
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,97 @@
+"""What every rank does before it joins the process group: trace, check the plan, split the model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from autopipe.errors import SpecError
+from autopipe.plan_format import Plan
+from autopipe.runtime.meta import StageMeta, stage_metas
+from autopipe.runtime.placement import check_world_size
+from autopipe.runtime.split import Split
+from autopipe.runtime.validate import model_constants, validate_plan
+from autopipe.spec import ModelSpec
+from autopipe.trace import Graph, trace
+
+
+@dataclass
+class Prepared:
+    """Everything a rank needs before it joins the process group; built identically on every rank."""
+
+    graph: Graph
+    split: Split
+    metas: list[StageMeta]
+    constants: dict[str, Any]
+    """Model inputs that are not tensors, baked into stage 0."""
+    input_names: list[str]
+    """Placeholder names of the model's flat inputs, in order."""
+
+    def flat_batch(self, spec: ModelSpec, inputs: Sequence[Any], device: torch.device,
+                   step: int | None = None) -> list[torch.Tensor]:
+        """A batch's inputs as the model's flat tensor inputs on ``device`` (what stage 0 is fed).
+
+        Args:
+            spec: the spec (its example keyword inputs complete the batch's positional ones).
+            inputs: the batch's positional model inputs, micro-batches stacked on dim 0.
+            device: where stage 0 runs.
+            step: the step number, for messages (1-based); None where unknown.
+
+        Raises:
+            SpecError: a non-tensor input differs from the example micro-batch's.
+        """
+        flat = self.graph.flat_inputs(tuple(inputs), spec.example_kwargs)
+        tensors = []
+        for name, v in zip(self.input_names, flat):
+            if name in self.constants:
+                if not _same(v, self.constants[name]):
+                    when = f" in step {step}" if step is not None else ""
+                    raise SpecError(f"input {name!r} is {v!r}{when} but {self.constants[name]!r} "
+                                    f"in the example micro-batch",
+                                    hint="non-tensor inputs must stay the same in every batch")
+                continue
+            # contiguous wherever they come from: a copy to CUDA makes a sliced batch contiguous
+            # while it stays strided on the CPU, and torch 2.11 refuses a stride it did not expect
+            tensors.append(v.to(device).contiguous())
+        return tensors
+
+
+def prepare(spec: ModelSpec, plan: Plan, world_size: int, graph: Graph | None = None) -> Prepared:
+    """Trace the model and check the plan against it and the world size; split it into stages.
+
+    Runs before any process group exists, so a wrong plan stops every rank (or the
+    launcher) with a clear error instead of failing mid-step.
+
+    The plan is checked with ``validate_plan``, as every command that reads a plan does.
+
+    Raises:
+        PlanMismatchError: the plan was made for another model, micro-batch shape or world size.
+        PlanError: the plan cannot be run (a non-tensor crosses a cut, unknown schedule, ...).
+        SpecError: the spec has tensor keyword inputs (batches are positional).
+    """
+    check_world_size(plan, world_size)
+    tensor_kwargs = sorted(k for k, v in spec.example_kwargs.items() if isinstance(v, torch.Tensor))
+    if tensor_kwargs:
+        raise SpecError(f"example keyword input {tensor_kwargs[0]!r} is a tensor, but spec.batch() "
+                        f"gives positional inputs only",
+                        hint="make the model take its tensors positionally")
+    if graph is None:
+        graph = trace(spec.model, spec.example_inputs, spec.example_kwargs)
+    constants = model_constants(graph, spec)
+    split = validate_plan(plan, graph, constants=constants)
+    assert split is not None
+    flat = graph.flat_inputs(spec.example_inputs, spec.example_kwargs)
+    names = [n.name for n in graph.gm.graph.nodes if n.op == "placeholder"]
+    # the model's inputs go in contiguous (see Prepared.flat_batch): torch checks their strides
+    metas = stage_metas(split, [v.contiguous() for v in flat if isinstance(v, torch.Tensor)])
+    return Prepared(graph=graph, split=split, metas=metas, constants=constants, input_names=names)
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b

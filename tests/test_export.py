@@ -1,0 +1,192 @@
+"""Tests for autopipe/export: the exported stages, applied to the real models, are the plan's.
+
+Layer-granular plans of the GPT-2 (tied embeddings) and Llama examples are exported;
+the torchtitan FQN lists split the model the way torchtitan's ``_split_module`` does,
+and every stage must then hold exactly the parameters the plan's nodes read. The
+DeepSpeed parts and the Megatron layer counts are checked against the layers each
+stage's nodes run, read from the profile, not from the export.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from functools import cache
+
+import pytest
+from torch import nn
+
+from autopipe.errors import ExportError
+from autopipe.export import FORMATS, SCHEMA, export_plan
+from autopipe.export.megatron import layout
+from autopipe.partition.planner import plan_profile
+from autopipe.plan_format import Plan
+from autopipe.profile.profile import Profile
+from tests.conftest import ROOT, example_spec
+
+CASES = {"gpt2": ("transformer.h", 4), "llama": ("model.layers", 3), "gpt2-2": ("transformer.h", 2)}
+"""Case → (the layer list, stages)."""
+
+
+@cache
+def planned(case: str) -> tuple[Plan, Profile]:
+    name = case.split("-")[0]
+    profile = Profile.load(ROOT / "profiles" / "cpu" / f"{name}.json")
+    plan = plan_profile(profile, num_stages=CASES[case][1], microbatches=8, granularity="layer",
+                        time_limit=30)
+    return plan, profile
+
+
+def split_module(whole: nn.Module, fqns: list[str]) -> nn.Module:
+    """torchtitan's ``_split_module``, for nested paths: a deep copy that keeps the listed
+    modules and drops every other child on the way to them (dropped entries of a
+    ModuleList become None, so the kept parameters keep their original names)."""
+    model = copy.deepcopy(whole)
+    keep = set(fqns)
+
+    def prune(module: nn.Module, prefix: str) -> None:
+        for name, child in list(module.named_children()):
+            path = prefix + name
+            if path in keep:
+                continue
+            if any(k.startswith(path + ".") for k in keep):
+                prune(child, path + ".")
+            else:
+                setattr(module, name, None)
+
+    prune(model, "")
+    return model
+
+
+def canonical(model: nn.Module) -> dict[str, str]:
+    """Every parameter name (tied aliases too) → the first name of its Parameter."""
+    first: dict[int, str] = {}
+    out = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        out[name] = first.setdefault(id(p), name)
+    return out
+
+
+def stage_params(plan: Plan, profile: Profile) -> list[set[str]]:
+    """Per stage, the parameters its nodes read (owned or tied), from the profile."""
+    by = profile.by_name
+    return [{q for n in s.nodes for q in (*by[n].params, *by[n].shared_params)} for s in plan.stages]
+
+
+def stage_layers(plan: Plan, profile: Profile, layers: str) -> list[list[int]]:
+    """Per stage, the layers its nodes run in (each layer must lie in one stage)."""
+    rx = re.compile(re.escape(layers) + r"\.(\d+)(\.|$)")
+    out: list[list[int]] = []
+    seen: dict[int, int] = {}
+    for s in plan.stages:
+        mine = sorted({int(m.group(1)) for n in s.nodes
+                       if (m := rx.match(profile.by_name[n].module))})
+        for i in mine:
+            assert seen.setdefault(i, s.index) == s.index, f"layer {i} in stages {seen[i]} and {s.index}"
+        out.append(mine)
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_torchtitan_fqns_split_the_model_into_the_plans_stages(case: str) -> None:
+    plan, profile = planned(case)
+    spec = example_spec(case.split("-")[0])
+    data = export_plan(plan, "torchtitan")
+    assert data["schema"] == SCHEMA and data["format"] == "torchtitan"
+    par = data["parallelism"]
+    assert par["pipeline_parallel_degree"] == plan.num_stages
+    assert par["pipeline_parallel_schedule"] == "1F1B" and par["num_pp_microbatches"] == 8
+    parts = par["module_fqns_per_model_part"]
+    assert len(parts) == plan.num_stages
+    names = canonical(spec.model)
+    want = stage_params(plan, profile)
+    held: set[str] = set()
+    for s, fqns in enumerate(parts):
+        stage = split_module(spec.model, fqns)
+        got = {names[n] for n, _ in stage.named_parameters(remove_duplicate=False)}
+        assert got == want[s], f"stage {s}: extra {sorted(got - want[s])[:3]}, missing {sorted(want[s] - got)[:3]}"
+        held |= got
+        for module in plan.stages[s].modules:  # the plan's whole modules are in this part
+            assert stage.get_submodule(module) is not None
+    assert held == set(names.values())  # every parameter somewhere
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_deepspeed_parts_and_megatron_counts_are_the_plans_layers(case: str) -> None:
+    plan, profile = planned(case)
+    layers, _ = CASES[case]
+    per_stage = stage_layers(plan, profile, layers)
+    counts = [len(x) for x in per_stage]
+    assert sum(counts) == plan.options["granularity"]["layers"]
+
+    ds = export_plan(plan, "deepspeed")
+    parts, items = ds["parts"], ds["layers"]
+    assert ds["num_stages"] == plan.num_stages and parts[0] == 0 and parts[-1] == len(items)
+    assert parts == sorted(parts) and len(parts) == plan.num_stages + 1
+    for s, mine in enumerate(per_stage):  # DeepSpeed: stage s runs items parts[s] .. parts[s+1]-1
+        run = [m for item in items[parts[s]:parts[s + 1]] for m in item]
+        assert [m for m in run if m.startswith(layers + ".")] == [f"{layers}.{i}" for i in mine]
+    assert items[0] == list(plan.stages[0].modules)[:len(items[0])]  # embeddings first
+    assert items[-1][-1] == "lm_head"
+
+    mg = export_plan(plan, "megatron")
+    assert mg["layers_per_stage"] == counts and mg["num_layers"] == sum(counts)
+    parsed = megatron_layout(mg["pipeline_model_parallel_layout"])
+    assert [st.count("t") for st in parsed] == counts
+    assert parsed[0][0] == "E" and parsed[-1][-1] == "L" and "".join(parsed).count("E") == 1
+    args = mg["args"]
+    assert args[args.index("--pipeline-model-parallel-size") + 1] == str(plan.num_stages)
+    if "uneven_args" in mg:
+        u = mg["uneven_args"]
+        first = int(u[u.index("--decoder-first-pipeline-num-layers") + 1])
+        last = int(u[u.index("--decoder-last-pipeline-num-layers") + 1])
+        assert (first, last) == (counts[0], counts[-1]) and len(set(counts[1:-1])) <= 1
+
+
+def megatron_layout(text: str) -> list[str]:
+    """Megatron-LM's ``PipelineParallelLayerLayout.parse_str_to_list``, as characters per stage."""
+    text = text.replace(",", "")
+    for pattern in (r"\(([^)]+)\)\*(\d+)", r"(.)\*(\d+)"):
+        text = re.sub(pattern, lambda x: x.group(1) * int(x.group(2)), text)
+    assert set(text) <= set("ELtm|"), text
+    return text.split("|")
+
+
+@pytest.mark.parametrize("counts,text", [
+    ([0, 2, 2, 0], "E|tt|tt|L"), ([1, 3, 3, 1], "Et|t*3|t*3|tL"), ([4], "Et*4L"), ([2, 0, 3], "Ett||t*3L")])
+def test_megatron_layout_strings(counts: list[int], text: str) -> None:
+    assert layout(counts) == text
+    assert [st.count("t") for st in megatron_layout(text)] == counts
+
+
+def test_megatron_uneven_args_only_where_megatron_takes_them() -> None:
+    plan, _ = planned("gpt2")  # E|tt|tt|L: the first and last stages hold no layer
+    assert "uneven_args" not in export_plan(plan, "megatron")
+
+
+def test_refuses_a_plan_that_cuts_inside_a_layer() -> None:
+    profile = Profile.load(ROOT / "profiles" / "cpu" / "llama.json")
+    plan = plan_profile(profile, num_stages=2, microbatches=8, time_limit=30)
+    for fmt in FORMATS:
+        with pytest.raises(ExportError, match=r"the plan cuts inside a layer: model\.layers\.\d+ is split") as e:
+            export_plan(plan, fmt)
+        assert "--granularity layer" in str(e.value.hint)
+
+
+def test_refuses_a_record_that_contradicts_the_stages() -> None:
+    plan, _ = planned("gpt2")
+    info = dict(plan.options["granularity"])
+    info["stage_units"] = [[0, 2], [2, 3], [3, 5], [5, 6]]  # the stages hold 0 | 1-2 | 3-4 | 5
+    bad = Plan.from_json({**plan.to_json(), "options": {**plan.options, "granularity": info}})
+    with pytest.raises(ExportError, match="puts transformer.h.0 in stage 0, but stage 1 holds it"):
+        export_plan(bad, "torchtitan")
+    info["stage_units"] = [[0, 1], [1, 3], [3, 5]]
+    bad = Plan.from_json({**plan.to_json(), "options": {**plan.options, "granularity": info}})
+    with pytest.raises(ExportError, match="does not cover its 4 stages"):
+        export_plan(bad, "megatron")
+
+
+def test_unknown_format() -> None:
+    plan, _ = planned("gpt2")
+    with pytest.raises(ExportError, match="unknown export format 'colossal'"):
+        export_plan(plan, "colossal")

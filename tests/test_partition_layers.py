@@ -1,0 +1,177 @@
+"""Tests for autopipe/partition/layers.py: cuts only between whole layers, checked by brute force."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import pytest
+
+from autopipe.errors import PlanError
+from autopipe.partition import brute
+from autopipe.partition.coarsen import merge_forced
+from autopipe.partition.costs import evaluate, violations
+from autopipe.partition.planner import plan_profile
+from autopipe.partition.problem import Config, Problem, from_profile
+from autopipe.partition.synthetic import synthetic_profile
+from autopipe.plan_format import Device, Plan
+from autopipe.profile.profile import Profile
+from tests.conftest import ROOT
+
+
+def layered_profile(seed: int, layers: int = 4, per_layer: int = 2, skip_prob: float = 0.3,
+                    nontensor: float = 0.0) -> Profile:
+    """A synthetic chain with skips whose first node is an embedding, last a head, and the
+    others ``layers`` modules ``h.<i>`` of ``per_layer`` nodes; odd seeds put glue ``h``
+    between layers; ``nontensor``: the chance of an output that cannot be sent (forced merges)."""
+    blocks = 2 + layers * per_layer
+    prof = synthetic_profile(blocks, seed=seed, skip_prob=skip_prob, max_skip=4, layer_size=per_layer,
+                             nontensor_prob=nontensor)
+    nodes = []
+    for n in prof.nodes:
+        if n.op != "call_function":
+            nodes.append(n)
+            continue
+        i = int(n.name[1:])
+        module = "emb" if i == 0 else "head" if i == blocks - 1 else f"h.{(i - 1) // per_layer}.op"
+        if 0 < i < blocks - 1 and (i - 1) % per_layer == 0 and i > 1 and seed % 2:
+            module = "h"  # glue between layers, at the list's own level
+        nodes.append(dataclasses.replace(n, module=module))
+    return dataclasses.replace(prof, nodes=tuple(nodes))
+
+
+def config(p: int, m: int = 4) -> Config:
+    return Config(num_stages=p, microbatches=m, schedule="1f1b",
+                  devices=tuple(Device(name=f"d{i}", memory=0) for i in range(p)), link_bandwidth=1e9)
+
+
+def unit_of(module: str) -> str:
+    """The unit a node belongs to, by its module alone (independent of layers.py)."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "h" and len(parts) > 1 else module
+
+
+def layer_boundary_best(problem: Problem, profile: Profile) -> float:
+    """Brute force over the layer boundaries: every way to give each stage consecutive whole
+    units (nodes before the first layer in stage 0, after the last in the last stage)."""
+    names = [n.name for n in profile.nodes]
+    first = next(i for i, n in enumerate(profile.nodes) if n.module.startswith("h."))
+    last = max(i for i, n in enumerate(profile.nodes) if n.module.startswith("h."))
+    unit: list[int] = []
+    seen: list[str] = []
+    for i, n in enumerate(profile.nodes):
+        if i < first:
+            unit.append(0)
+        elif i > last:
+            unit.append(10_000)
+        elif n.module.startswith("h."):
+            key = unit_of(n.module)
+            if key not in seen:
+                seen.append(key)
+            unit.append(seen.index(key) + 1)
+        else:
+            unit.append(unit[-1])
+    count = len(seen) + 2
+    unit = [min(u, count - 1) for u in unit]
+    index = {n: i for i, n in enumerate(names)}
+    p = problem.config.num_stages
+    best = math.inf
+    for cuts in itertools.combinations(range(1, count), p - 1):
+        bounds = [0, *cuts, count]
+        stage_of_unit = [s for s in range(p) for _ in range(bounds[s], bounds[s + 1])]
+        stage_of = [stage_of_unit[unit[index[b.nodes[0]]]] for b in problem.blocks]
+        if any(stage_of_unit[unit[index[n]]] != stage_of[i]
+               for i, b in enumerate(problem.blocks) for n in b.nodes):
+            continue  # a forced block straddles this boundary
+        if not violations(problem, stage_of):
+            best = min(best, evaluate(problem, stage_of).objective_s)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("p", [2, 3])
+def test_restricted_plan_is_the_best_layer_split_and_never_beats_cutting_anywhere(seed: int, p: int) -> None:
+    profile = layered_profile(seed, layers=3 if p == 3 else 4, nontensor=0.25 if seed >= 3 and p == 2 else 0.0)
+    problem = merge_forced(from_profile(profile, config(p)))
+    plan = plan_profile(profile, num_stages=p, microbatches=4, link_bandwidth=1e9,
+                        granularity="layer", mip_gap=1e-6)
+    info = plan.options["granularity"]
+    assert info["pattern"] == "h.*" and info["auto"]
+    # every stage holds whole units: each layer's nodes in one stage
+    where: dict[str, set[int]] = {}
+    for s in plan.stages:
+        for n in s.nodes:
+            where.setdefault(unit_of(profile.by_name[n].module), set()).add(s.index)
+    assert all(len(v) == 1 for k, v in where.items() if k.startswith("h.")), where
+    # the restricted optimum equals brute force over the layer boundaries
+    expected = layer_boundary_best(problem, profile)
+    assert plan.solver.objective_s == pytest.approx(expected, rel=1e-6)
+    # and is never faster than the unrestricted optimum (brute force over every partition)
+    free = brute.best(problem)
+    assert free is not None
+    assert free[0] <= plan.solver.objective_s * (1 + 1e-9)
+    assert info["unrestricted_s"] <= plan.predicted.iteration_s
+    assert info["cost"] == pytest.approx(plan.predicted.iteration_s / info["unrestricted_s"])
+    assert info["cost"] >= 1.0
+    assert plan.baselines["unrestricted"].iteration_s == info["unrestricted_s"]
+    # the record: units in order, per stage a consecutive range of them
+    assert info["units"][0] == ["emb"] and info["units"][-1] == ["head"]
+    assert [u for u in info["units"][1:-1]] == [[f"h.{i}"] for i in range(info["layers"])]
+    bounds = [a for a, _ in info["stage_units"]] + [info["stage_units"][-1][1]]
+    assert bounds[0] == 0 and bounds[-1] == len(info["units"]) and bounds == sorted(bounds)
+
+
+def test_cut_at_regex_and_glob_agree() -> None:
+    profile = layered_profile(1)
+    glob = plan_profile(profile, num_stages=3, microbatches=4, cut_at="h.*")
+    regex = plan_profile(profile, num_stages=3, microbatches=4, cut_at=r"h\.\d+")
+    assert [s.nodes for s in glob.stages] == [s.nodes for s in regex.stages]
+    assert regex.options["granularity"]["pattern"] == r"h\.\d+"
+    assert not regex.options["granularity"]["auto"]
+
+
+def test_node_plans_are_unchanged() -> None:
+    """Plans that cut anywhere record nothing new (golden files stay byte-identical)."""
+    plan = plan_profile(layered_profile(0), num_stages=2, microbatches=4)
+    assert "granularity" not in plan.options and "unrestricted" not in plan.baselines
+
+
+def test_layer_plan_round_trips(tmp_path: object) -> None:
+    from pathlib import Path
+
+    plan = plan_profile(layered_profile(2), num_stages=3, microbatches=4, granularity="layer")
+    path = Path(str(tmp_path)) / "plan.json"
+    plan.save(path)
+    assert Plan.load(path) == plan
+
+
+@pytest.mark.parametrize("name,layers", [("gpt2", "transformer.h"), ("llama", "model.layers"),
+                                         ("bert", "bert.encoder.layer"), ("mlp", "blocks")])
+def test_finds_each_examples_layers(name: str, layers: str) -> None:
+    profile = Profile.load(ROOT / "profiles" / "cpu" / f"{name}.json")
+    plan = plan_profile(profile, num_stages=2, microbatches=4, granularity="layer", time_limit=20)
+    info = plan.options["granularity"]
+    assert info["pattern"] == f"{layers}.*"
+    assert [u for u in info["units"][1:-1]] == [[f"{layers}.{i}"] for i in range(info["layers"])]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"cut_at": "nosuch.*"}, r"--cut-at 'nosuch.\*' matches no module.*h\.\* \(4\)"),
+    ({"cut_at": "h.(("}, "not a valid regular expression"),
+    ({"granularity": "block"}, "unknown granularity 'block'"),
+    ({"granularity": "layer", "num_stages": 7}, "cannot cut the model into 7 stages at layer boundaries"),
+])
+def test_bad_options(kwargs: dict[str, object], match: str) -> None:
+    args: dict[str, object] = {"num_stages": 2, "microbatches": 8, **kwargs}
+    with pytest.raises(PlanError, match=match):
+        plan_profile(layered_profile(0), **args)  # type: ignore[arg-type]
+
+
+def test_no_repeated_layers() -> None:
+    profile = layered_profile(0)
+    flat = dataclasses.replace(profile, nodes=tuple(
+        dataclasses.replace(n, module=n.module.replace(".", "_")) for n in profile.nodes))
+    with pytest.raises(PlanError, match="found no repeated layers") as e:
+        plan_profile(flat, num_stages=2, microbatches=4, granularity="layer")
+    assert "--cut-at" in str(e.value.hint) and "h_0_op" in str(e.value.hint)
