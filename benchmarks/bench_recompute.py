@@ -40,6 +40,7 @@ from autopipe.partition import plan_profile
 from autopipe.partition.chain import Chain
 from autopipe.partition.coarsen import coarsen, merge_forced
 from autopipe.partition.dp import min_memory
+from autopipe.partition.planner import DEFAULT_MAX_BLOCKS
 from autopipe.partition.problem import Config, from_profile
 from autopipe.plan_format import Device, Plan
 from autopipe.profile import Profile
@@ -88,13 +89,14 @@ def _profile(estimate_again: bool) -> Profile:
     return estimate(graph, spec.example_inputs, device_spec="h100", progress=False)
 
 
-def least_without(prof: Profile) -> float:
-    """The largest stage's memory in the most memory-balanced chain split, no recomputation."""
-    cfg = Config(num_stages=STAGES, microbatches=MICROBATCHES, schedule="1f1b", link_bandwidth=450e9,
-                 devices=tuple(Device(name=f"d{i}", memory=1 << 40) for i in range(STAGES)))
-    found = min_memory(Chain(coarsen(merge_forced(from_profile(prof, cfg)), 400)))
+def least_without_recompute(profile: Profile, stages: int, m: int) -> float:
+    """Bytes on the largest stage of the most memory-balanced chain split without recomputation
+    (1F1B, Adam): about the least any plan without it needs."""
+    cfg = Config(num_stages=stages, microbatches=m, schedule="1f1b", link_bandwidth=float("inf"),
+                 devices=tuple(Device(name=f"d{i}", memory=1 << 50) for i in range(stages)))
+    found = min_memory(Chain(coarsen(merge_forced(from_profile(profile, cfg)), max(DEFAULT_MAX_BLOCKS, 8 * stages))))
     assert found is not None
-    return found[0] * (1 << 40)
+    return found[0] * (1 << 50)
 
 
 def _plan(prof: Profile, name: str, limit: int, m: int, recompute: str, schedule: str,
@@ -120,18 +122,17 @@ def main() -> int:
     print(f"== Llama-2-7B (4,096 tokens, bf16, Adam) estimated for H100: {STAGES} stages, "
           f"{MICROBATCHES} micro-batches, {format_size(limit)} per device")
     print(f"without recomputation the most memory-balanced chain split needs "
-          f"{format_size(least_without(prof))} on its largest stage")
-    rows = [_plan(prof, mode, limit, MICROBATCHES, mode, "1f1b", args.time_limit)
-            for mode in ("none", "full", "auto")]
-    fewer = [_plan(prof, f"none, m={m}", limit, m, "none", "auto", args.time_limit)
-             for m in (8, 4, 2, 1)]
-    rows += fewer
+          f"{format_size(least_without_recompute(prof, STAGES, MICROBATCHES))} on its largest stage")
     head = ["recompute", "predicted step", f"{MICROBATCHES} sequences", "fits", "peak memory",
             "solver", "solve", "recomputed"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for row in rows:
-        print("| " + " | ".join(row.cells()) + " |")
+    rows = []
+    for name, m, mode, schedule in [*((mode, MICROBATCHES, mode, "1f1b") for mode in ("none", "full", "auto")),
+                                    *((f"none, m={m}", m, "none", "auto") for m in (8, 4, 2, 1))]:
+        rows.append(_plan(prof, name, limit, m, mode, schedule, args.time_limit))
+        print("| " + " | ".join(rows[-1].cells()) + " |", flush=True)
+    fewer = rows[3:]
     none, full, auto = rows[:3]
     best_alternative = min(r.per_batch for r in fewer)
     ok = (none.plan is None and auto.plan is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 
@@ -246,7 +247,7 @@ def test_tied_sync_over_three_stages_is_a_ring() -> None:
                          backward_input_s=0.0, backward_weight_s=0.0, activation_bytes=0,
                          output_bytes=0, param_bytes=0, is_tensor=False))
     names = [n.name for n in nodes]
-    edges = tuple((u, v, 8) for u, v in zip(names, names[1:]))
+    edges = tuple((u, v, 8) for u, v in itertools.pairwise(names))
     profile = Profile(device="t", dtype="float32", microbatch_shape=[[1]], nodes=nodes,
                       edges=edges, params={"w": 4000})
     config = Config(num_stages=3, microbatches=3, schedule="1f1b", link_bandwidth=1000.0,
