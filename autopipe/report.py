@@ -59,7 +59,24 @@ def headline(plan: Plan) -> list[str]:
                 ratio = b.iteration_s / plan.predicted.iteration_s - 1 if plan.predicted.iteration_s else 0.0
                 parts.append(f"{name} {format_seconds(b.iteration_s)} ({ratio:+.1%})")
         lines.append("baselines: " + ", ".join(parts))
-    return lines + granularity_lines(plan) + breakdown_lines(plan) + search_lines(plan) + degree_lines(plan)
+    return (lines + recompute_lines(plan) + granularity_lines(plan) + breakdown_lines(plan)
+            + search_lines(plan) + degree_lines(plan))
+
+
+def recompute_lines(plan: Plan) -> list[str]:
+    """Which stages recompute activations, and what it costs (none: no line)."""
+    if not plan.recomputes:
+        return []
+    info = plan.options.get("recompute")
+    mode = info.get("mode", "") if isinstance(info, dict) else ""
+    without = info.get("without_s") if isinstance(info, dict) else None
+    where = ", ".join(f"{len(s.recompute)} in stage {s.index}" for s in plan.stages if s.recompute)
+    line = (f"recompute{f' ({mode})' if mode else ''}: blocks {where}, their forward run again in "
+            f"backward (R below)")
+    if mode == "auto":
+        line += ("; without recomputation nothing fits" if without is None else
+                 f"; without it the best plan takes {format_seconds(float(without))}")
+    return [line]
 
 
 def granularity_lines(plan: Plan) -> list[str]:
@@ -192,6 +209,10 @@ def stage_table(plan: Plan) -> list[str]:
         out.append(line(r))
         out.append(f"{'':>{width[0]}}  modules: {_modules(s)}")
         out.append(f"{'':>{width[0]}}  sends:   {_sends(s)}")
+        if s.recompute:
+            nodes = sum(len(g) for g in s.recompute)
+            out.append(f"{'':>{width[0]}}  R recompute: {len(s.recompute)} blocks, {nodes} nodes, "
+                       f"+{format_seconds(s.recompute_s)} per micro-batch (part of its backward)")
     return out
 
 

@@ -18,7 +18,7 @@ import torch
 
 from autopipe import Graph, ModelSpec, trace
 from autopipe.partition.degrees import plan_degrees
-from autopipe.partition.planner import plan_profile
+from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, plan_profile
 from autopipe.partition.problem import SCHEDULES as PLANNER_SCHEDULES
 from autopipe.plan_format import Plan
 from autopipe.profile import estimate, measure
@@ -69,13 +69,19 @@ class Case:
     the global batch ``replicas × microbatches`` micro-batches)."""
     placement: str = "pipelines"
     """With replicas: the rank order (``autopipe.partition.replicas.PLACEMENTS``)."""
+    recompute: str = "none"
+    """The planner's recomputation (``full``: every block that can be runs under checkpointing)."""
+    max_blocks: int = DEFAULT_MAX_BLOCKS
+    """The planner's coarsening target (fewer: blocks of many nodes)."""
 
     @property
     def name(self) -> str:
         dtype = {"bfloat16": "-bf16"}.get(str(self.knobs.get("dtype")), "")
         dp = f"x{self.replicas}-{self.placement}" if self.replicas > 1 else ""
         return (("zoo-" if self.zoo else "") + f"{self.example}-{self.stages}{dp}-{self.schedule}{dtype}"
-                + ("" if self.tied_sync else "-untied"))
+                + ("" if self.tied_sync else "-untied")
+                + ("" if self.recompute == "none" else f"-recompute-{self.recompute}")
+                + ("" if self.max_blocks == DEFAULT_MAX_BLOCKS else f"-blocks{self.max_blocks}"))
 
     @property
     def world_size(self) -> int:
@@ -108,7 +114,8 @@ class Case:
                                     microbatches=self.microbatches, schedule=self.schedule,
                                     placements=(self.placement,), method="ilp")
             return plan_profile(profile, num_stages=self.stages, microbatches=self.microbatches,
-                                schedule=self.schedule, method="ilp")
+                                schedule=self.schedule, method="ilp", recompute=self.recompute,
+                                max_blocks=self.max_blocks)
         return hand_plan(graph, self.stages, microbatches=self.microbatches, schedule=self.schedule,
                          ranks=self.ranks)
 
@@ -136,6 +143,13 @@ CASES = {c.name: c for c in [
     Case("llama", 2, replicas=2, placement="replicas"),
     Case("gpt2", 1, replicas=2),
     Case("mlp", 2, "zb-h1", replicas=2),  # split backward: weight gradients as separate actions
+    # recomputation: every block that can be runs under checkpointing ([Note: recomputed
+    # regions]); tied weights, batch-norm statistics, skips
+    Case("gpt2", 2, recompute="full"),
+    Case("resnet", 2, "gpipe", recompute="full"),
+    Case("bert", 2, recompute="full"),
+    Case("llama", 4, recompute="full", max_blocks=32),  # blocks of many nodes
+    Case("unet", 4, recompute="full"),
 ]}
 
 

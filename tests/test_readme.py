@@ -32,6 +32,8 @@ RUN = (
     "autopipe plan examples/gpt2.py:build --stages 4 --microbatches 8 --device-spec h100 -o new-plan.json",
     "autopipe check new-plan.json --baseline plan-h100.json --tolerance 0.01",
     "autopipe plan examples/llama.py:build --spec-arg device=meta --stages 2 -o llama-plan.json",
+    "autopipe plan examples/gpt2.py:build --profile profiles/cpu/gpt2.json --stages 2 --microbatches 4 "
+    "--memory 51MiB -o plan-recompute.json",
     "autopipe plan examples/gpt2.py:build --stages 4 --microbatches 8 --profile profiles/cpu/gpt2.json "
     "--granularity layer -o plan-layers.json",
     "autopipe export plan-layers.json --format torchtitan -o torchtitan.json",
