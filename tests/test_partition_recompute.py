@@ -87,15 +87,18 @@ def test_model_encodes_recomputation(case: Case) -> None:
         assert close(model.objective.value(values) * model.tau, ev.objective_s)
         for s in range(problem.config.num_stages):
             assert close(model.backward[s].value(values) * model.tau, ev.stages[s].backward_s)
+        peaks: dict[int, float] = {}  # the larger of the activations' and the optimizer step's rows
         for name, row in model.rows.items():
-            if name.startswith("mem_"):
+            if name.startswith(("mem_", "memstep_")):
                 s = int(name.split("_")[1])
-                assert close(row.value(values), ev.stages[s].memory / ev.stages[s].limit, 1e-9)
+                peaks[s] = max(peaks.get(s, 0.0), row.value(values))
             elif name.startswith("nonempty_"):
                 assert row.value(values) >= 1 - 1e-9
             else:
                 assert row.value(values) >= -1e-9 if name.startswith(("cross", "hold")) \
                     else row.value(values) <= 1e-9, name
+        for s, peak in peaks.items():
+            assert close(peak, ev.stages[s].memory / ev.stages[s].limit, 1e-9)
 
 
 def _chain_problem(mode: str, memory: int = 0, p: int = 4, m: int = 8) -> tuple[Profile, Config]:
@@ -116,7 +119,9 @@ def _need(mode: str) -> float:
 def test_a_limit_between_the_needs_gives_a_mixed_plan() -> None:
     """Below what any partition needs without recomputation, but not below what full
     recomputation needs: auto recomputes some blocks, not all, and is faster than full."""
-    limit = int(0.85 * _need("none"))  # exact for none: on a chain every partition is a chain split
+    # exact for none (on a chain every partition is a chain split); full fits at its own
+    # need (Adam's step temporaries bind there, which recomputation does not shrink)
+    limit = int(0.5 * (_need("none") + _need("full")))
     prof, _ = _chain_problem("none")
     with pytest.raises(InfeasiblePlanError, match="fits in memory") as info:
         plan_profile(prof, num_stages=4, memory_limit=limit, microbatches=8, recompute="none")
