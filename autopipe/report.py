@@ -59,7 +59,20 @@ def headline(plan: Plan) -> list[str]:
                 ratio = b.iteration_s / plan.predicted.iteration_s - 1 if plan.predicted.iteration_s else 0.0
                 parts.append(f"{name} {format_seconds(b.iteration_s)} ({ratio:+.1%})")
         lines.append("baselines: " + ", ".join(parts))
-    return lines + granularity_lines(plan) + breakdown_lines(plan) + search_lines(plan) + degree_lines(plan)
+    return (lines + chunk_lines(plan) + granularity_lines(plan) + breakdown_lines(plan)
+            + search_lines(plan) + degree_lines(plan))
+
+
+def chunk_lines(plan: Plan) -> list[str]:
+    """For stages placed several to a rank (virtual stages): which rank runs which."""
+    ranks = [s.rank for s in plan.stages]
+    if any(r is None for r in ranks) or ranks == list(range(plan.num_stages)):
+        return []
+    held: dict[int, list[int]] = {}
+    for s in plan.stages:
+        held.setdefault(int(s.rank or 0), []).append(s.index)
+    return [f"{len(held)} ranks x {plan.num_stages // len(held)} chunks (virtual stages): "
+            + "; ".join(f"rank {r} runs stages {', '.join(map(str, c))}" for r, c in sorted(held.items()))]
 
 
 def granularity_lines(plan: Plan) -> list[str]:
@@ -116,7 +129,8 @@ def search_lines(plan: Plan) -> list[str]:
         step = t.get("iteration_s")
         mark = "*" if (t["microbatches"] == plan.microbatches and t["schedule"] == plan.schedule) else ""
         cell = format_seconds(step) if isinstance(step, (int, float)) else "-"
-        rows.setdefault(int(t["microbatches"]), []).append(f"{t['schedule']} {cell}{mark}")
+        name = t["schedule"] + (f" (x{t['virtual_stages']} chunks)" if t.get("virtual_stages") else "")
+        rows.setdefault(int(t["microbatches"]), []).append(f"{name} {cell}{mark}")
     for m, cells in rows.items():
         out.append(f"  {m:>4}: " + ", ".join(cells))
     return out

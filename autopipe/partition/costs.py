@@ -104,10 +104,15 @@ class Evaluation:
     """Task counts of a critical path of the step."""
     optimizer_s: tuple[float, ...] = ()
     """Per stage, its optimizer step (``optimizer_steps``), part of the step."""
+    ranks: tuple[RankMemory, ...] = ()
+    """With virtual stages, each rank's peak memory over its chunks ([Note: chunks]); the
+    limits hold per rank then. Empty with one stage per rank."""
 
     @property
     def fits(self) -> bool:
-        """Every stage fits its device."""
+        """Every stage fits its device (every rank, with virtual stages)."""
+        if self.ranks:
+            return all(r.fits for r in self.ranks)
         return all(s.fits for s in self.stages)
 
     @property
@@ -118,13 +123,59 @@ class Evaluation:
 
     @property
     def max_memory(self) -> int:
-        """Largest stage memory."""
+        """Largest stage memory (rank memory, with virtual stages)."""
+        if self.ranks:
+            return max(r.memory for r in self.ranks)
         return max(s.memory for s in self.stages)
 
     @property
     def overflow(self) -> tuple[int, ...]:
-        """Stages that do not fit."""
+        """Stages that do not fit (with virtual stages: the chunks of ranks that do not)."""
+        if self.ranks:
+            return tuple(c for r in self.ranks if not r.fits for c in r.chunks)
         return tuple(i for i, s in enumerate(self.stages) if not s.fits)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RankMemory:
+    """One rank's peak memory over the chunks it runs ([Note: chunks])."""
+
+    chunks: tuple[int, ...]
+    """The chunks (stages) the rank runs."""
+    static: int
+    """Parameters, gradients, optimizer states and send/receive buffers of its chunks."""
+    activations: int
+    """The most activation bytes its chunks hold at once: max over the moments of
+    ``Config.live_sets`` of Σ held micro-batches × the chunk's bytes per micro-batch."""
+    moment: tuple[int, ...]
+    """Micro-batches held per chunk (all chunks) at that peak."""
+    limit: float
+
+    @property
+    def memory(self) -> int:
+        """Total predicted peak bytes."""
+        return self.static + self.activations
+
+    @property
+    def fits(self) -> bool:
+        """Whether the rank fits its device."""
+        return self.memory <= usable(self.limit)
+
+
+def rank_memory(problem: Problem, stages: Sequence[StageCost], act: Sequence[int]) -> tuple[RankMemory, ...]:
+    """Per rank, its peak memory over its chunks (``act``: saved bytes per micro-batch of each
+    chunk); empty without virtual stages."""
+    cfg = problem.config
+    if cfg.virtual_stages == 1:
+        return ()
+    out = []
+    for r, moments in enumerate(cfg.live_sets()):
+        chunks = tuple(c for c in range(cfg.num_stages) if cfg.rank_of(c) == r)
+        peak, moment = max((sum(k * a for k, a in zip(held, act)), held) for held in moments)
+        static = sum(stages[c].memory - stages[c].activations for c in chunks)
+        out.append(RankMemory(chunks=chunks, static=static, activations=peak, moment=moment,
+                              limit=stages[chunks[0]].limit))
+    return tuple(out)
 
 
 def memory_scales(problem: Problem) -> list[float]:
@@ -155,6 +206,9 @@ def tie_key(problem: Problem, ev: Evaluation) -> tuple[float, float, float]:
     """
     busy = [s.busy_s for s in ev.stages]
     share = max(s.memory / scale for s, scale in zip(ev.stages, memory_scales(problem)))
+    if ev.ranks:  # with virtual stages the ranks hold the memory
+        scales = memory_scales(problem)
+        share = max(r.memory / scales[r.chunks[0]] for r in ev.ranks)
     return max(busy), -min(busy), share
 
 
@@ -220,9 +274,11 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
     step, critical = longest_path(cfg.schedule, [s.forward_s for s in stages],
                                   [s.backward_s for s in stages],
                                   [s.backward_weight_s for s in stages],
-                                  [s.send_s for s in stages[:-1]], cfg.microbatches, steps)
+                                  [s.send_s for s in stages[:-1]], cfg.microbatches, steps,
+                                  cfg.virtual_stages)
     return Evaluation(stages=tuple(stages), objective_s=step + tied + cfg.step_overhead_s, step_s=step,
-                      tied_sync_s=tied, critical=critical, optimizer_s=tuple(steps))
+                      tied_sync_s=tied, critical=critical, optimizer_s=tuple(steps),
+                      ranks=rank_memory(problem, stages, act))
 
 
 def violations(problem: Problem, stage_of: Sequence[int]) -> list[str]:

@@ -357,10 +357,16 @@ class _Model:
             c.const += cfg.send_latency_s / tau
             self.sends.append(self._named(c, f"C_{b}"))
         self.memory: list[_Lin] = []
-        """Each stage's memory as a share of ``memory_scales`` (its device's limit, if any)."""
+        """Each stage's memory as a share of ``memory_scales`` (its device's limit, if any);
+        with virtual stages, each rank's at each moment of ``Config.live_sets``."""
+        chunked = cfg.virtual_stages > 1
+        activations: list[_Lin] = []
+        """With virtual stages: per chunk, its saved bytes per micro-batch (as a share)."""
         for s, scale in enumerate(memory_scales(problem)):
             dev = cfg.devices[s]
             fwd, bwd, wgt, mem, real, opt = _Lin(), _Lin(), _Lin(), _Lin(), _Lin(), _Lin()
+            act = _Lin()
+            held_mb = 0 if chunked else cfg.inflight(s)  # chunks: per rank, below
             # the runtime's work around each action: the B task carries it when split too
             fwd.const += cfg.forward_overhead_s / tau
             bwd.const += cfg.backward_overhead_s / tau
@@ -374,7 +380,8 @@ class _Model:
                     wgt.add(x, blk.backward_weight_s / dev.speed / tau)
                 else:
                     bwd.add(x, (blk.backward_input_s + blk.backward_weight_s) / dev.speed / tau)
-                mem.add(x, (single_mem[b] + cfg.inflight(s) * blk.activation_bytes) / scale)
+                mem.add(x, (single_mem[b] + held_mb * blk.activation_bytes) / scale)
+                act.add(x, blk.activation_bytes / scale)
                 real.add(x, float(blk.real))
                 if single_step[b]:
                     opt.add(x, single_step[b] / dev.speed / tau)
@@ -390,10 +397,13 @@ class _Model:
                 mem.add(x_bytes[s - 1], 2.0 / scale)
             if s < p - 1:
                 mem.add(x_bytes[s], 2.0 / scale)
+            activations.append(act)
             self.memory.append(mem)
-            if dev.memory > 0:  # the scale is the limit
+            if dev.memory > 0 and not chunked:  # the scale is the limit
                 self._add(mem, "<=", 1.0 - MEMORY_HEADROOM, f"mem_{s}")
             self._add(real, ">=", 1.0, f"nonempty_{s}")
+        if chunked:
+            self.memory = self._rank_memory(self.memory, activations)
         self.step = self._var("T")
         self.paths: list[_Lin] = []
         self.counts: set[Count] = set()
@@ -403,6 +413,24 @@ class _Model:
         self._tied_sync(objective, held)
         self.objective = objective
         self.prob += objective.expr()
+
+    def _rank_memory(self, static: list[_Lin], activations: list[_Lin]) -> list[_Lin]:
+        """Per rank and moment of its program ([Note: chunks]): its chunks' static memory plus
+        the micro-batches each holds then times its activations, as a share of the rank's
+        device; the rows ``mem_r{rank}_{k}`` keep each under the limit."""
+        cfg = self.problem.config
+        rows = []
+        for r, moments in enumerate(cfg.live_sets()):
+            chunks = [c for c in range(cfg.num_stages) if cfg.rank_of(c) == r]
+            for k, held in enumerate(moments):
+                row = _Lin()
+                for c in chunks:
+                    row.add(static[c], 1.0)
+                    row.add(activations[c], float(held[c]))
+                rows.append(row)
+                if cfg.devices[chunks[0]].memory > 0:
+                    self._add(row, "<=", 1.0 - MEMORY_HEADROOM, f"mem_r{r}_{k}")
+        return rows
 
     def _tied_sync(self, objective: _Lin, held: dict[str, list[_Lin]]) -> None:
         """Add each tied parameter's gradient all-reduce over its k holding stages.
@@ -499,7 +527,7 @@ def _nearby(problem: Problem, ev: Evaluation) -> list[Count]:
     return nearby_paths(cfg.schedule, [s.forward_s for s in ev.stages],
                         [s.backward_s for s in ev.stages], [s.backward_weight_s for s in ev.stages],
                         [s.send_s for s in ev.stages[:-1]], cfg.microbatches,
-                        optimizer=ev.optimizer_s)
+                        optimizer=ev.optimizer_s, virtual_stages=cfg.virtual_stages)
 
 
 TIE_WINDOW = 1e-3
@@ -541,9 +569,10 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
     row.add(model.objective, 1.0)
     model._add(row, "<=", cap / tau, "tie_step")
     most, least, share = model._var("tie_most"), model._var("tie_least"), model._var("tie_share")
-    for s in range(p):
-        for name, var, lin, sign in (("most", most, busy[s], 1.0), ("least", least, busy[s], -1.0),
-                                     ("share", share, model.memory[s], 1.0)):
+    ties = [("most", most, busy, 1.0), ("least", least, busy, -1.0),
+            ("share", share, model.memory, 1.0)]  # memory: per rank and moment with chunks
+    for name, var, lins, sign in ties:
+        for s, lin in enumerate(lins):
             row = _Lin()
             row.add(var, sign)
             row.add(lin, -sign)
@@ -638,7 +667,7 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
     start = time.perf_counter()
     cfg = problem.config
     best: tuple[float, tuple[int, ...]] | None = None
-    seeds = seed_paths(cfg.schedule, cfg.num_stages, cfg.microbatches)
+    seeds = seed_paths(cfg.schedule, cfg.num_stages, cfg.microbatches, cfg.virtual_stages)
     if incumbent is not None:
         assert not violations(problem, incumbent), "the incumbent must be a valid partition"
         inc_eval = evaluate(problem, incumbent)

@@ -26,7 +26,15 @@ from autopipe.partition.dp import min_bottleneck
 from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.infeasible import explain
 from autopipe.partition.layers import GRANULARITIES, record, restrict
-from autopipe.partition.problem import SCHEDULES, Config, Problem, element_size, from_profile
+from autopipe.partition.problem import (
+    MULTI_CHUNK,
+    SCHEDULES,
+    Config,
+    Problem,
+    check_virtual_stages,
+    element_size,
+    from_profile,
+)
 from autopipe.partition.replicas import GradSync
 from autopipe.partition.timeline import splits_backward
 from autopipe.plan_format import Plan, Predicted, SolverInfo
@@ -42,6 +50,12 @@ DEFAULT_LINK_BANDWIDTH = 25e9
 DEFAULT_MAX_BLOCKS = 400
 AUTO_SCHEDULES = ("1f1b", "zb-h1", "gpipe")
 """``schedule="auto"`` tries these (those the planner models), preferring earlier ones on ties."""
+AUTO_INTERLEAVED = ("interleaved-1f1b", 2)
+"""``schedule="auto"`` (in ``plan_profile``) also tries this schedule with this many chunks
+per rank, after ``AUTO_SCHEDULES``, where the model has blocks enough for p × 2 chunks
+([Note: chunks] in ``autopipe.partition.chunks``)."""
+DEFAULT_VIRTUAL_STAGES = 2
+"""Chunks per rank of ``interleaved-1f1b`` when none are given."""
 
 ProfileSource = Profile | Callable[[int], Profile]
 """A Profile of one micro-batch, or ``b -> Profile`` for a micro-batch of ``b`` samples."""
@@ -98,7 +112,8 @@ def simple_bound(problem: Problem) -> float:
 
 
 def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str,
-                  batch_size: Any = None, granularity: str = "node") -> None:
+                  batch_size: Any = None, granularity: str = "node",
+                  virtual_stages: Any = None) -> None:
     """Raise PlanError for options no plan can have (before anything is traced or profiled)."""
     if granularity not in GRANULARITIES:
         raise PlanError(f"unknown granularity {granularity!r}",
@@ -125,8 +140,25 @@ def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str
         raise PlanError(f"{microbatches} micro-batches do not divide the batch of {batch_size}",
                         hint=f"use a divisor of {batch_size} "
                              f"(e.g. {_divisor_near(batch_size, microbatches)}), or auto")
+    v = chunks_per_rank(schedule, virtual_stages)
+    if schedule != "auto":
+        check_virtual_stages(schedule, num_stages * v, v)
     if isinstance(microbatches, int) and schedule != "auto":
-        check_runnable(schedule, num_stages, microbatches)  # what torch refuses, e.g. 1F1B with m < p
+        check_runnable(schedule, num_stages, microbatches, v)  # what torch refuses, e.g. 1F1B with m < p
+
+
+def chunks_per_rank(schedule: str, virtual_stages: Any) -> int:
+    """The chunks per rank to plan ``schedule`` with: as given, else 2 for ``interleaved-1f1b``
+    and 1 for the others (with ``auto``, the interleaved candidate's).
+
+    Raises:
+        PlanError: ``virtual_stages`` is not a positive number.
+    """
+    if virtual_stages is None:
+        return DEFAULT_VIRTUAL_STAGES if schedule in MULTI_CHUNK else 1
+    if isinstance(virtual_stages, bool) or not isinstance(virtual_stages, int) or virtual_stages < 1:
+        raise PlanError(f"virtual_stages = {virtual_stages!r}", hint="use a positive number, e.g. 2")
+    return virtual_stages
 
 
 def _divisor_near(n: int, m: int) -> int:
@@ -154,6 +186,7 @@ def plan_profile(
     granularity: str = "node",
     cut_at: str | None = None,
     grad_sync: GradSync | None = None,
+    virtual_stages: int | None = None,
 ) -> Plan:
     """Partition a profiled model into pipeline stages.
 
@@ -186,6 +219,9 @@ def plan_profile(
         grad_sync: the pipeline is one of ``grad_sync.replicas`` data-parallel replicas:
             each stage all-reduces its gradients over them before its optimizer step
             (``autopipe.partition.replicas``; ``autopipe.partition.degrees`` chooses it).
+        virtual_stages: chunks per rank for ``interleaved-1f1b`` (default 2): the model is cut
+            into ``num_stages`` × this many chunks, chunk c on rank c mod ``num_stages``
+            ([Note: chunks]); with ``auto``, the interleaved candidate's.
 
     Raises:
         PlanError: bad options, more stages than blocks (or layers), nothing found in the
@@ -195,7 +231,7 @@ def plan_profile(
     """
     if microbatches is None and batch_size is not None:
         microbatches = "auto"
-    check_options(num_stages, microbatches, schedule, method, batch_size, granularity)
+    check_options(num_stages, microbatches, schedule, method, batch_size, granularity, virtual_stages)
     if microbatches == "auto" and isinstance(profile, Profile):
         raise PlanError("microbatches='auto' profiles the model at each micro-batch size, "
                         "but only one profile was given",
@@ -218,6 +254,11 @@ def plan_profile(
         assert batch_size is not None
         counts = [m for m in range(1, batch_size + 1) if batch_size % m == 0]
     schedules = [s for s in AUTO_SCHEDULES if s in SCHEDULES] if schedule == "auto" else [schedule]
+    chunked = {s: chunks_per_rank(s, virtual_stages) for s in schedules}
+    if schedule == "auto" and num_stages > 1:
+        name, v = AUTO_INTERLEAVED
+        schedules.append(name)
+        chunked[name] = virtual_stages or v
     cache: dict[int, Profile] = {}
 
     def profile_of(m: int) -> Profile:
@@ -230,9 +271,10 @@ def plan_profile(
         return cache[b]
 
     if len(counts) * len(schedules) == 1:
-        plan = _plan_one(profile_of(counts[0]), num_stages, counts[0], schedules[0], options)
+        plan = _plan_one(profile_of(counts[0]), num_stages, counts[0], schedules[0], options,
+                         chunked[schedules[0]])
     else:
-        plan = _search(profile_of, num_stages, counts, schedules, options, batch_size)
+        plan = _search(profile_of, num_stages, counts, schedules, options, batch_size, chunked)
     if batch_size is not None:
         plan = replace(plan, options={**plan.options, "batch_size": batch_size,
                                       "microbatch_size": batch_size // plan.microbatches})
@@ -259,11 +301,14 @@ class _Options:
 
 
 def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: str,
-              options: _Options) -> Plan:
-    """Plan one profile for one schedule and micro-batch count."""
+              options: _Options, virtual_stages: int = 1) -> Plan:
+    """Plan one profile for one schedule and micro-batch count (``num_stages`` ranks, each
+    running ``virtual_stages`` chunks)."""
     bw = link_bandwidth_for(profile, options.link_bandwidth)
     devs = resolve_devices(num_stages, memory_limit=options.memory_limit, devices=options.devices,
                            profile=profile)
+    ranks = num_stages
+    num_stages *= virtual_stages  # the chunks are the ILP's stages ([Note: chunks])
     per_tensor, per_element = profile.optimizer.get(options.optimizer, (0.0, 0.0))
     per_byte = per_element / element_size(options.dtype or profile.dtype)
     sync = options.grad_sync if options.optimizer != "none" else None  # no gradients, no sync
@@ -271,7 +316,8 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
         per_byte = sync.step_per_byte(per_byte, devs)
     rt = profile.runtime
     cfg = Config(num_stages=num_stages, microbatches=microbatches, schedule=schedule,
-                 devices=devs, link_bandwidth=bw, optimizer_step=(per_tensor, per_byte),
+                 devices=tuple(devs[c % ranks] for c in range(num_stages)), link_bandwidth=bw,
+                 optimizer_step=(per_tensor, per_byte), virtual_stages=virtual_stages,
                  forward_overhead_s=rt.get("forward_overhead_s", 0.0),
                  backward_overhead_s=rt.get("backward_overhead_s", 0.0),
                  send_latency_s=rt.get("send_latency_s", 0.0) if num_stages > 1 else 0.0,
@@ -283,10 +329,12 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
             base = sync.shard(base)
         forced = merge_forced(base)
     if forced.num_real < num_stages:
+        chunks = f" ({ranks} ranks × {virtual_stages} chunks)" if virtual_stages > 1 else ""
         raise PlanError(
-            f"cannot cut the model into {num_stages} stages: it has only {forced.num_real} "
+            f"cannot cut the model into {num_stages} stages{chunks}: it has only {forced.num_real} "
             f"blocks that can be separated ({len(profile.nodes)} nodes)",
-            hint=f"use at most {forced.num_real} stages")
+            hint=f"use at most {forced.num_real} stages"
+                 + (" in all, or fewer --virtual-stages" if virtual_stages > 1 else ""))
     limit = max(options.max_blocks, 8 * num_stages)
     with phase("plan.coarsen"):
         problem = free = coarsen(forced, limit)
@@ -311,31 +359,43 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
 
 
 def _search(profile_of: Callable[[int], Profile], num_stages: int, counts: list[int],
-            schedules: list[str], options: _Options, batch_size: int | None) -> Plan:
+            schedules: list[str], options: _Options, batch_size: int | None,
+            chunked: dict[str, int] | None = None) -> Plan:
     """The fastest plan over micro-batch counts × schedules; every try is recorded.
 
     ``options["search"]`` lists each candidate with its predicted step, or why it has none
     (torch cannot run it, or nothing fits). Ties go to fewer micro-batches, then to the
     earlier schedule in ``AUTO_SCHEDULES`` (1F1B holds fewer activations than GPipe).
+    ``chunked``: chunks per rank of each schedule (default 1); a candidate with several
+    whose model has too few blocks for them is recorded as such.
     """
+    chunked = chunked or {}
     tried: list[dict[str, Any]] = []
     best: Plan | None = None
     first_error: tuple[int, InfeasiblePlanError] | None = None
     for m in counts:
         for schedule in schedules:
+            v = chunked.get(schedule, 1)
             row: dict[str, Any] = {"microbatches": m, "schedule": schedule}
+            if v > 1:
+                row["virtual_stages"] = v
             if batch_size is not None:
                 row["microbatch_size"] = batch_size // m
             try:
-                check_runnable(schedule, num_stages, m)
+                check_runnable(schedule, num_stages, m, v)
             except PlanError as e:
                 tried.append({**row, "iteration_s": None, "why": e.message})
                 continue
             try:
-                plan = _plan_one(profile_of(m), num_stages, m, schedule, options)
+                plan = _plan_one(profile_of(m), num_stages, m, schedule, options, v)
             except InfeasiblePlanError as e:
                 first_error = first_error or (m, e)
                 tried.append({**row, "iteration_s": None, "why": e.message})
+                continue
+            except PlanError as e:
+                if v == 1:
+                    raise
+                tried.append({**row, "iteration_s": None, "why": e.message})  # too few blocks
                 continue
             tried.append({**row, "iteration_s": plan.predicted.iteration_s,
                           "bubble_fraction": plan.predicted.bubble_fraction})
@@ -367,9 +427,15 @@ def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predic
                      backward_weight_s=s.backward_weight_s, send_s=s.send_s,
                      activation_bytes=s.activations // cfg.inflight(i), optimizer_s=steps[i])
              for i, s in enumerate(ev.stages)]
-    sim = simulate(costs, schedule=cfg.schedule, microbatches=cfg.microbatches)
-    peak = tuple(s.params + s.grads + s.optimizer + s.buffers + sim.peak_activation_bytes[i]
-                 for i, s in enumerate(ev.stages))
+    sim = simulate(costs, schedule=cfg.schedule, microbatches=cfg.microbatches,
+                   virtual_stages=cfg.virtual_stages)
+    if ev.ranks:  # per chunk: its static memory and what it holds at its rank's peak
+        at_peak = {c: r.moment[c] for r in ev.ranks for c in r.chunks}
+        peak = tuple(s.params + s.grads + s.optimizer + s.buffers + at_peak[i] * costs[i].activation_bytes
+                     for i, s in enumerate(ev.stages))
+    else:
+        peak = tuple(s.params + s.grads + s.optimizer + s.buffers + sim.peak_activation_bytes[i]
+                     for i, s in enumerate(ev.stages))
     return Predicted(iteration_s=sim.iteration_s + ev.tied_sync_s + cfg.step_overhead_s,
                      bubble_fraction=sim.bubble_fraction, peak_memory=peak)
 
@@ -439,7 +505,8 @@ def _plan(problem: Problem, profile: Profile, options: _Options) -> Plan:
     cfg = problem.config
     return Plan(
         graph_fingerprint=profile.graph_fingerprint, schedule=cfg.schedule,
-        microbatches=cfg.microbatches, devices=cfg.devices, stages=stages(problem, stage_of, ev),
+        microbatches=cfg.microbatches, devices=cfg.devices[:cfg.num_ranks],
+        stages=stages(problem, stage_of, ev),
         predicted=predicted,
         solver=SolverInfo(method=method, status=status, objective_s=objective, lower_bound_s=lower,
                           gap=(objective - lower) / objective if objective > 0 else 0.0, seconds=0.0),
