@@ -38,42 +38,45 @@ def close(a: float, b: float, rel: float = 1e-6) -> bool:
     return abs(a - b) <= rel * max(1.0, abs(a), abs(b))
 
 
-def _shapes() -> list[tuple[int, int, int]]:
+def _shapes() -> list[tuple[str, int, int, int]]:
     out = []
-    for p in (2, 3, 4):
-        for v in (2, 3):
-            for m in range(1, 9):
-                try:
-                    check_schedule("interleaved-1f1b", p, m, v)
-                except PlanError:
-                    continue
-                out.append((p, v, m))
+    for schedule, vs in (("interleaved-1f1b", (2, 3)), ("zbv", (2,))):
+        for p in (2, 3, 4):
+            for v in vs:
+                for m in range(1, 9):
+                    try:
+                        check_schedule(schedule, p, m, v)
+                    except PlanError:
+                        continue
+                    out.append((schedule, p, v, m))
     return out
 
 
 def test_memory_moments_and_longest_path_equal_the_simulator() -> None:
     """Per rank, the largest Σ held × bytes over ``live_sets`` is the simulator's activation
     peak; per chunk ``chunk_inflight`` its peak count; and the timeline's longest path (chunk
-    to chunk sends, each rank's optimizer steps after its last action) its step."""
+    to chunk sends, zbv's split backward, each rank's optimizer steps after its last action)
+    its step."""
     rng = random.Random(0)
-    for p, v, m in _shapes():
+    for schedule, p, v, m in _shapes():
         n = p * v
         for _ in range(3):
             costs = [StageCost(forward_s=rng.uniform(0.1, 1), backward_input_s=rng.uniform(0.1, 2),
-                               backward_weight_s=0.0, send_s=rng.uniform(0, 0.3) if c < n - 1 else 0.0,
+                               backward_weight_s=rng.uniform(0, 1) if schedule == "zbv" else 0.0,
+                               send_s=rng.uniform(0, 0.3) if c < n - 1 else 0.0,
                                activation_bytes=rng.randint(1, 1000), optimizer_s=rng.uniform(0, 0.2))
                      for c in range(n)]
-            sim = simulate(costs, schedule="interleaved-1f1b", microbatches=m, virtual_stages=v)
-            moments = live_sets("interleaved-1f1b", p, m, v)
+            sim = simulate(costs, schedule=schedule, microbatches=m, virtual_stages=v)
+            moments = live_sets(schedule, p, m, v)
             act = [c.activation_bytes for c in costs]
             peaks = tuple(max(sum(k * a for k, a in zip(held, act)) for held in rank) for rank in moments)
-            assert peaks == sim.peak_activation_bytes, (p, v, m)
-            assert chunk_inflight("interleaved-1f1b", p, m, v) == sim.stage_peak_inflight
-            step, _ = longest_path("interleaved-1f1b", [c.forward_s for c in costs],
-                                   [c.backward_s for c in costs], [0.0] * n,
+            assert peaks == sim.peak_activation_bytes, (schedule, p, v, m)
+            assert chunk_inflight(schedule, p, m, v) == sim.stage_peak_inflight
+            step, _ = longest_path(schedule, [c.forward_s for c in costs],
+                                   [c.backward_s for c in costs], [c.backward_weight_s for c in costs],
                                    [c.send_s for c in costs[:-1]], m,
                                    [c.optimizer_s for c in costs], virtual_stages=v)
-            assert close(step, sim.iteration_s, 1e-12), (p, v, m)
+            assert close(step, sim.iteration_s, 1e-12), (schedule, p, v, m)
 
 
 def test_interleaving_holds_more_than_1f1b() -> None:
@@ -131,19 +134,23 @@ def mlp_profile() -> Profile:
     return Profile.load(MLP_PROFILE)
 
 
-@pytest.mark.parametrize("m", [2, 8])
-def test_planned_chunks_simulate_to_the_ilp_step(mlp_profile: Profile, m: int) -> None:
-    """The plan records 4 chunks on ranks 0, 1, 0, 1 (what the runtime places), and the
-    simulator on the plan alone gives the ILP's step; per-rank memory adds up."""
-    plan = plan_profile(mlp_profile, num_stages=2, microbatches=m, schedule="interleaved-1f1b",
+@pytest.mark.parametrize("schedule, m, ranks", [
+    ("interleaved-1f1b", 2, [0, 1, 0, 1]), ("interleaved-1f1b", 8, [0, 1, 0, 1]),
+    ("zbv", 2, [0, 1, 1, 0]), ("zbv", 5, [0, 1, 1, 0])])
+def test_planned_chunks_simulate_to_the_ilp_step(mlp_profile: Profile, schedule: str, m: int,
+                                                 ranks: list[int]) -> None:
+    """The plan records 4 chunks on the ranks the runtime places them on, and the simulator
+    on the plan alone gives the ILP's step (zbv: no send between the chunks at the V's tip)."""
+    plan = plan_profile(mlp_profile, num_stages=2, microbatches=m, schedule=schedule,
                         virtual_stages=2, memory_limit="1GiB")
     assert plan.num_stages == 4 and len(plan.devices) == 2
-    assert [s.rank for s in plan.stages] == [0, 1, 0, 1] == rank_of_stages(plan)
+    assert [s.rank for s in plan.stages] == ranks == rank_of_stages(plan)
     assert plan.solver.status == "optimal"
     assert close(plan.predicted.iteration_s, plan.solver.objective_s, 1e-9)
     again = Plan.from_json(plan.to_json())
     assert close(simulate_plan(again).iteration_s, plan.predicted.iteration_s, 1e-9)
-    assert "rank 0 runs stages 0, 2; rank 1 runs stages 1, 3" in format_plan(plan)
+    held = {r: ", ".join(str(s) for s, q in enumerate(ranks) if q == r) for r in (0, 1)}
+    assert f"rank 0 runs stages {held[0]}; rank 1 runs stages {held[1]}" in format_plan(plan)
     assert all(peak <= 2**30 for peak in plan.predicted.peak_memory)
 
 
@@ -170,6 +177,7 @@ def test_a_rank_limit_binds_on_the_sum_of_its_chunks(mlp_profile: Profile) -> No
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(schedule="1f1b", virtual_stages=2), "one stage per rank"),
+    (dict(schedule="zbv", virtual_stages=3), "exactly 2 chunks per rank"),
     (dict(schedule="interleaved-1f1b", virtual_stages=0), "virtual_stages = 0"),
     (dict(schedule="interleaved-1f1b", virtual_stages=2, microbatches=5), "multiple of its 2 rounds"),
     (dict(schedule="interleaved-1f1b", virtual_stages=40), "cannot cut the model into 80 stages"),

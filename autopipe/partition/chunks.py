@@ -3,13 +3,16 @@
 [Note: chunks]
 
 An interleaved schedule cuts the model depth-wise into n = p·V chunks and runs V of them
-on each of p ranks; torch's ``ScheduleInterleaved1F1B`` places chunk c on rank c mod p::
+on each of p ranks; torch's ``ScheduleInterleaved1F1B`` places chunk c on rank c mod p,
+``ScheduleZBVZeroBubble`` (V = 2) in a V, rank r holding chunks r and 2p−1−r::
 
-    p = 2, V = 2      chunk 0   chunk 1   chunk 2   chunk 3
-                      rank 0    rank 1    rank 0    rank 1
+    p = 2, V = 2           chunk 0   chunk 1   chunk 2   chunk 3
+    interleaved-1f1b       rank 0    rank 1    rank 0    rank 1
+    zbv                    rank 0    rank 1    rank 1    rank 0
 
 The planner treats the chunks as its "stages" in depth order: each has its own F, B and W,
-each boundary between chunks is a send (consecutive chunks always sit on different ranks),
+each boundary between chunks on different ranks is a send (in a V, the two chunks at the
+tip share a rank, which hands the tensors over in memory: no send),
 and the step is the longest path through torch's action order for the schedule, where a
 rank's actions run one at a time ([Note: the step time is a longest path]). Memory, though,
 is per *rank*: the parameters, gradients and optimizer states of all its chunks, their
@@ -27,20 +30,21 @@ from __future__ import annotations
 
 import functools
 
-from autopipe.schedule.actions import schedule_order
+from autopipe.schedule.actions import placed_rank, rank_stages, schedule_order
 
 Live = tuple[int, ...]
 """Micro-batches held per chunk (all n chunks; zero for other ranks' chunks) at one moment."""
 
 
-def rank_of(chunk: int, num_ranks: int) -> int:
-    """The rank that runs ``chunk`` (torch's loop-around placement of interleaved schedules)."""
-    return chunk % num_ranks
+def rank_of(chunk: int, num_ranks: int, schedule: str = "interleaved-1f1b") -> int:
+    """The rank that runs ``chunk`` under ``schedule`` (loop-around, or V-shaped for zbv)."""
+    return placed_rank(schedule, chunk, num_ranks)
 
 
-def chunks_of(rank: int, num_ranks: int, virtual_stages: int) -> tuple[int, ...]:
+def chunks_of(rank: int, num_ranks: int, virtual_stages: int,
+              schedule: str = "interleaved-1f1b") -> tuple[int, ...]:
     """The chunks ``rank`` runs, in depth order."""
-    return tuple(rank + k * num_ranks for k in range(virtual_stages))
+    return tuple(rank_stages(schedule, rank, num_ranks, virtual_stages))
 
 
 @functools.lru_cache(maxsize=256)

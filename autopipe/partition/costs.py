@@ -252,16 +252,19 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
     x = boundary_bytes(problem, stage_of)
     held = held_params(problem, stage_of)
     stages = []
+    # a boundary between two chunks of one rank (zbv's tip) is handed over in memory
+    linked = [cfg.rank_of(b) != cfg.rank_of(b + 1) for b in range(p - 1)]
     for s in range(p):
         dev = cfg.devices[s]
         recv = x[s - 1] if s > 0 else 0
         send = x[s] if s < p - 1 else 0
+        wired = (recv if s > 0 and linked[s - 1] else 0) + (send if s < p - 1 and linked[s] else 0)
         mem = [problem.param_mem[q] for q in sorted(held[s])]
         stages.append(StageCost(
             forward_s=fwd[s] / dev.speed + cfg.forward_overhead_s,
             backward_s=bwd[s] / dev.speed + cfg.backward_overhead_s,
-            backward_weight_s=bw_w[s] / dev.speed, comm_s=2 * cfg.comm_s(recv + send),
-            send_s=cfg.comm_s(send) + (cfg.send_latency_s if s < p - 1 else 0.0),
+            backward_weight_s=bw_w[s] / dev.speed, comm_s=2 * cfg.comm_s(wired),
+            send_s=cfg.comm_s(send) + cfg.send_latency_s if s < p - 1 and linked[s] else 0.0,
             recv_bytes=recv, send_bytes=send,
             params=sum(m.params for m in mem), grads=sum(m.grads for m in mem),
             optimizer=sum(m.optimizer for m in mem),

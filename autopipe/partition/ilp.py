@@ -353,8 +353,9 @@ class _Model:
         self.defined: list[tuple[pulp.LpVariable, _Lin]] = []
         for b in range(p - 1):
             c = _Lin()
-            c.add(x_bytes[b], inv_bw / tau)
-            c.const += cfg.send_latency_s / tau
+            if cfg.rank_of(b) != cfg.rank_of(b + 1):  # else one rank hands it over in memory
+                c.add(x_bytes[b], inv_bw / tau)
+                c.const += cfg.send_latency_s / tau
             self.sends.append(self._named(c, f"C_{b}"))
         self.memory: list[_Lin] = []
         """Each stage's memory as a share of ``memory_scales`` (its device's limit, if any);

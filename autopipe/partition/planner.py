@@ -39,7 +39,7 @@ from autopipe.partition.replicas import GradSync
 from autopipe.partition.timeline import splits_backward
 from autopipe.plan_format import Plan, Predicted, SolverInfo
 from autopipe.profile.profile import Profile
-from autopipe.schedule.actions import check_runnable
+from autopipe.schedule.actions import V_SHAPED, check_runnable, placed_rank
 from autopipe.schedule.simulate import StageCost as SimCost
 from autopipe.schedule.simulate import simulate
 
@@ -50,12 +50,12 @@ DEFAULT_LINK_BANDWIDTH = 25e9
 DEFAULT_MAX_BLOCKS = 400
 AUTO_SCHEDULES = ("1f1b", "zb-h1", "gpipe")
 """``schedule="auto"`` tries these (those the planner models), preferring earlier ones on ties."""
-AUTO_INTERLEAVED = ("interleaved-1f1b", 2)
-"""``schedule="auto"`` (in ``plan_profile``) also tries this schedule with this many chunks
-per rank, after ``AUTO_SCHEDULES``, where the model has blocks enough for p × 2 chunks
-([Note: chunks] in ``autopipe.partition.chunks``)."""
+AUTO_CHUNKED = (("interleaved-1f1b", 2), ("zbv", 2))
+"""``schedule="auto"`` (in ``plan_profile``) also tries these schedules with these many
+chunks per rank, after ``AUTO_SCHEDULES``, where the model has blocks enough for p × 2
+chunks ([Note: chunks] in ``autopipe.partition.chunks``)."""
 DEFAULT_VIRTUAL_STAGES = 2
-"""Chunks per rank of ``interleaved-1f1b`` when none are given."""
+"""Chunks per rank of ``interleaved-1f1b`` (and ``zbv``, which needs 2) when none are given."""
 
 ProfileSource = Profile | Callable[[int], Profile]
 """A Profile of one micro-batch, or ``b -> Profile`` for a micro-batch of ``b`` samples."""
@@ -200,7 +200,8 @@ def plan_profile(
             ``batch_size`` is given; ``"auto"`` = every divisor of ``batch_size`` that the
             schedule can run, each with its own profile: the fastest predicted step wins.
         batch_size: samples per optimizer step (recorded with the micro-batch size).
-        schedule: ``1f1b``, ``gpipe``, ``zb-h1``, or ``auto`` (the fastest that fits).
+        schedule: ``1f1b``, ``gpipe``, ``zb-h1``, ``interleaved-1f1b``, ``zbv``, or ``auto``
+            (the fastest that fits of ``AUTO_SCHEDULES`` and ``AUTO_CHUNKED``).
         optimizer: for optimizer-state memory: ``adam``, ``adamw``, ``sgd``, ``sgd-momentum``, ``none``.
         method: ``ilp`` (optimal convex cuts), ``dp`` (optimal chain cuts for the slowest
             stage), ``uniform`` (equal layers), ``params`` (balanced parameters).
@@ -219,9 +220,10 @@ def plan_profile(
         grad_sync: the pipeline is one of ``grad_sync.replicas`` data-parallel replicas:
             each stage all-reduces its gradients over them before its optimizer step
             (``autopipe.partition.replicas``; ``autopipe.partition.degrees`` chooses it).
-        virtual_stages: chunks per rank for ``interleaved-1f1b`` (default 2): the model is cut
-            into ``num_stages`` × this many chunks, chunk c on rank c mod ``num_stages``
-            ([Note: chunks]); with ``auto``, the interleaved candidate's.
+        virtual_stages: chunks per rank for ``interleaved-1f1b`` (default 2) and ``zbv`` (2
+            only): the model is cut into ``num_stages`` × this many chunks, chunk c on rank
+            c mod ``num_stages`` (zbv: in a V; [Note: chunks]); with ``auto``, the
+            interleaved candidate's.
 
     Raises:
         PlanError: bad options, more stages than blocks (or layers), nothing found in the
@@ -256,9 +258,9 @@ def plan_profile(
     schedules = [s for s in AUTO_SCHEDULES if s in SCHEDULES] if schedule == "auto" else [schedule]
     chunked = {s: chunks_per_rank(s, virtual_stages) for s in schedules}
     if schedule == "auto" and num_stages > 1:
-        name, v = AUTO_INTERLEAVED
-        schedules.append(name)
-        chunked[name] = virtual_stages or v
+        for name, v in AUTO_CHUNKED:
+            schedules.append(name)
+            chunked[name] = 2 if name in V_SHAPED else virtual_stages or v
     cache: dict[int, Profile] = {}
 
     def profile_of(m: int) -> Profile:
@@ -316,7 +318,8 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
         per_byte = sync.step_per_byte(per_byte, devs)
     rt = profile.runtime
     cfg = Config(num_stages=num_stages, microbatches=microbatches, schedule=schedule,
-                 devices=tuple(devs[c % ranks] for c in range(num_stages)), link_bandwidth=bw,
+                 devices=tuple(devs[placed_rank(schedule, c, ranks)] for c in range(num_stages)),
+                 link_bandwidth=bw,
                  optimizer_step=(per_tensor, per_byte), virtual_stages=virtual_stages,
                  forward_overhead_s=rt.get("forward_overhead_s", 0.0),
                  backward_overhead_s=rt.get("backward_overhead_s", 0.0),

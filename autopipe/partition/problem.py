@@ -17,18 +17,19 @@ from autopipe.partition.chunks import Live, chunk_inflight, live_sets, rank_of
 from autopipe.plan_format import Device
 from autopipe.profile.memory import ParamMemory, param_memory
 from autopipe.profile.profile import Profile
-from autopipe.schedule.actions import check_schedule, schedule_order
+from autopipe.schedule.actions import V_SHAPED, check_schedule, schedule_order
 
-SCHEDULES = ("1f1b", "gpipe", "zb-h1", "interleaved-1f1b")
+SCHEDULES = ("1f1b", "gpipe", "zb-h1", "interleaved-1f1b", "zbv")
 """Schedules whose iteration time and memory the planner models exactly (one stage per rank,
-or ``virtual_stages`` chunks per rank for ``interleaved-1f1b``; [Note: chunks])."""
+or ``virtual_stages`` chunks per rank for ``interleaved-1f1b`` and ``zbv``; [Note: chunks])."""
 
 _ELEMENT_SIZE = {"float64": 8, "float32": 4, "tf32": 4, "float16": 2, "bfloat16": 2,
                  "float8_e4m3fn": 1, "float8_e5m2": 1}
 
 
-MULTI_CHUNK = ("interleaved-1f1b",)
-"""Schedules the planner can give several chunks per rank (loop-around placement)."""
+MULTI_CHUNK = ("interleaved-1f1b", "zbv")
+"""Schedules the planner gives several chunks per rank (loop-around placement; zbv: exactly
+2, V-shaped)."""
 
 
 def check_virtual_stages(schedule: str, num_stages: int, virtual_stages: int) -> None:
@@ -45,6 +46,9 @@ def check_virtual_stages(schedule: str, num_stages: int, virtual_stages: int) ->
     if schedule not in MULTI_CHUNK:
         raise PlanError(f"schedule {schedule} runs one stage per rank, got {virtual_stages} virtual stages",
                         hint=f"use --schedule {MULTI_CHUNK[0]} for several chunks per rank")
+    if schedule in V_SHAPED and virtual_stages != 2:
+        raise PlanError(f"schedule {schedule} runs exactly 2 chunks per rank, got {virtual_stages}",
+                        hint="use --virtual-stages 2 (the default)")
     if num_stages % virtual_stages or num_stages // virtual_stages < 2:
         raise PlanError(f"{num_stages} chunks cannot run as {virtual_stages} per rank on at least 2 ranks",
                         hint="use at least 2 stages (ranks)")
@@ -67,7 +71,7 @@ class Config:
     microbatches: int
     """Micro-batches per optimizer step ``m``."""
     schedule: str
-    """``1f1b``, ``gpipe``, ``zb-h1`` or ``interleaved-1f1b``."""
+    """``1f1b``, ``gpipe``, ``zb-h1``, ``interleaved-1f1b`` or ``zbv``."""
     devices: tuple[Device, ...]
     """One device per stage (memory limit and speed); with virtual stages, per chunk: the
     device of the chunk's rank."""
@@ -90,8 +94,8 @@ class Config:
     ring all-reduce over the links would reach."""
     virtual_stages: int = 1
     """Chunks per rank ([Note: chunks] in ``autopipe.partition.chunks``): ``num_stages``
-    counts the chunks, chunk c runs on rank c mod ``num_ranks``, and memory limits hold
-    per rank."""
+    counts the chunks, chunk c runs on rank c mod ``num_ranks`` (zbv: in a V, ``rank_of``),
+    and memory limits hold per rank."""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -117,7 +121,7 @@ class Config:
 
     def rank_of(self, stage: int) -> int:
         """The rank that runs ``stage`` (a chunk, with virtual stages)."""
-        return rank_of(stage, self.num_ranks)
+        return rank_of(stage, self.num_ranks, self.schedule)
 
     def live_sets(self) -> tuple[tuple[Live, ...], ...]:
         """Per rank, the moments whose held micro-batches per chunk bound its activation

@@ -33,7 +33,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from autopipe.schedule.actions import schedule_order
+from autopipe.schedule.actions import V_SHAPED, rank_stages, schedule_order
 
 Count = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 """(nF per stage, nB per stage, nW per stage, nC per boundary, nO per stage); nW is all 0
@@ -59,7 +59,7 @@ class _Dag:
 
 def splits_backward(schedule: str) -> bool:
     """Whether ``schedule`` runs the weight gradients as separate W tasks (zero bubble)."""
-    return schedule_order(schedule, 1, 1).split_backward
+    return schedule_order(schedule, 1, 1, 2 if schedule in V_SHAPED else 1).split_backward
 
 
 @functools.lru_cache(maxsize=64)
@@ -119,8 +119,8 @@ def _dag(schedule: str, p: int, m: int, v: int = 1) -> _Dag:
     for r in range(p):
         if pointer[r]:
             last = index[("c", r, pointer[r] - 1)]
-            for k in range(v):
-                last = add(("o", r, k), _OPTIMIZER, r + k * p, [last])
+            for k, s in enumerate(rank_stages(schedule, r, p, v)):
+                last = add(("o", r, k), _OPTIMIZER, s, [last])
     return _Dag(kinds=tuple(kinds), where=tuple(where), preds=tuple(preds),
                 split=order.split_backward)
 
