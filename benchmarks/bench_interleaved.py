@@ -2,9 +2,10 @@
 
 For every example with a committed CPU profile (``profiles/cpu/*.json``, measured on one
 thread, runtime costs included), plan it for p = 2 ranks with 1F1B and with interleaved
-1F1B at V = 2 chunks per rank ([Note: chunks] in ``autopipe.partition.chunks``), at
-m = 2 micro-batches (the bubble dominates) and m = 8, and print both predicted steps
-(each the ILP's objective; the simulator on the plan alone gives the same, checked here).
+1F1B at V = 2 chunks per rank ([Note: chunks] in ``autopipe.partition.chunks``), and with
+ZBV (2 chunks per rank in a V, zero bubble), at m = 2 micro-batches (the bubble dominates)
+and m = 8, and print the predicted steps (each the ILP's objective; the simulator on the
+plan alone gives the same, checked here).
 Then train one example both ways on 2 gloo ranks (1 thread each, the ranks of
 ``benchmarks.bench_simulator``) and print the predicted step next to the measured one.
 
@@ -29,11 +30,11 @@ from autopipe.schedule import simulate_plan
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ["mlp", "gpt2", "llama", "resnet", "unet", "bert"]
 """As ``benchmarks.bench_simulator``: the examples with a committed CPU profile."""
-SCHEDULES = (("1f1b", 1), ("interleaved-1f1b", 2))
+SCHEDULES = (("1f1b", 1), ("interleaved-1f1b", 2), ("zbv", 2))
 
 
 def plan_both(profile: Profile, m: int, time_limit: float) -> dict[str, tuple[Plan, float]]:
-    """The 1F1B and the interleaved plan of ``profile`` for 2 ranks and ``m`` micro-batches,
+    """The 1F1B, interleaved and ZBV plans of ``profile`` for 2 ranks and ``m`` micro-batches,
     each with its planning seconds."""
     out = {}
     for schedule, v in SCHEDULES:
@@ -48,23 +49,25 @@ def plan_both(profile: Profile, m: int, time_limit: float) -> dict[str, tuple[Pl
 
 def table(names: list[str], counts: list[int], time_limit: float) -> dict[tuple[str, int], dict[str, Plan]]:
     """Print the predicted-step table; return the plans."""
-    print("predicted step, p = 2 ranks, planned 1F1B vs planned interleaved 1F1B (V = 2, 4 chunks), "
-          "CPU profiles (profiles/cpu)")
+    print("predicted step, p = 2 ranks, planned 1F1B vs planned interleaved 1F1B (V = 2, 4 chunks) "
+          "and ZBV (4 chunks in a V), CPU profiles (profiles/cpu); gap and plan seconds of the "
+          "interleaved plan")
     head = (f"{'model':7s} {'m':>2s} {'1f1b':>10s} {'bubble':>6s} {'interleaved':>11s} {'bubble':>6s} "
-            f"{'ratio':>6s} {'gap':>6s} {'plan s':>7s}")
+            f"{'ratio':>6s} {'gap':>6s} {'plan s':>7s} {'zbv':>10s} {'ratio':>6s}")
     print(head)
     plans: dict[tuple[str, int], dict[str, Plan]] = {}
     for name in names:
         profile = Profile.load(ROOT / "profiles" / "cpu" / f"{name}.json")
         for m in counts:
             both = plan_both(profile, m, time_limit)
-            one, inter = both["1f1b"][0], both["interleaved-1f1b"][0]
-            plans[name, m] = {k: v[0] for k, v in both.items()}
+            one, inter, vee = both["1f1b"][0], both["interleaved-1f1b"][0], both["zbv"][0]
+            plans[name, m] = {k: v[0] for k, v in both.items() if k != "zbv"}
             ratio = inter.predicted.iteration_s / one.predicted.iteration_s
             print(f"{name:7s} {m:2d} {one.predicted.iteration_s * 1e3:8.3f}ms "
                   f"{one.predicted.bubble_fraction:6.1%} {inter.predicted.iteration_s * 1e3:9.3f}ms "
                   f"{inter.predicted.bubble_fraction:6.1%} {ratio:6.3f} {inter.solver.gap:6.2%} "
-                  f"{both['interleaved-1f1b'][1]:7.1f}", flush=True)
+                  f"{both['interleaved-1f1b'][1]:7.1f} {vee.predicted.iteration_s * 1e3:8.3f}ms "
+                  f"{vee.predicted.iteration_s / one.predicted.iteration_s:6.3f}", flush=True)
     return plans
 
 
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         key = (args.train, counts[0])
         if key not in plans:
             profile = Profile.load(ROOT / "profiles" / "cpu" / f"{args.train}.json")
-            plans[key] = {k: v[0] for k, v in plan_both(profile, counts[0], args.time_limit).items()}
+            plans[key] = {k: v[0] for k, v in plan_both(profile, counts[0], args.time_limit).items()
+                          if k != "zbv"}
         train_both(args.train, plans[key], args.steps)
     return 0
 

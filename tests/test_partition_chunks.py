@@ -208,3 +208,10 @@ def test_cli_plans_and_shows_chunks(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["plan", MLP, "--stages", "2", "--profile", str(MLP_PROFILE), "--schedule", "1f1b",
                  "--virtual-stages", "2", "-o", str(tmp_path / "bad.json")]) == 2
     assert "one stage per rank" in capsys.readouterr().err
+
+
+def test_degree_search_refuses_chunks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--gpus places one stage per GPU: a chunked schedule there is a clear error."""
+    assert main(["plan", MLP, "--gpus", "4", "--batch-size", "8", "--profile", str(MLP_PROFILE),
+                 "--schedule", "zbv", "-o", str(tmp_path / "p.json")]) == 2
+    assert "several chunks per rank" in capsys.readouterr().err

@@ -25,6 +25,12 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
                 by k stages (its gradients are all-reduced once per step, as a ring would;
                 the bandwidth measured with the runtime's backend, else the link's:
                 ``Config.allreduce_s``)
+
+    With virtual stages (interleaved-1f1b, zbv; [Note: chunks] in ``autopipe.partition.chunks``)
+    the stages above are chunks, several per rank: a boundary between two chunks of one rank
+    sends nothing, and memory holds per rank (``RankMemory``): its chunks' parameters,
+    gradients, optimizer states and buffers, plus max over the moments of its program of
+    Σ_c held_c · activation bytes_c.
 """
 
 from __future__ import annotations
