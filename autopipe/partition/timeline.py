@@ -199,7 +199,25 @@ def seed_paths(schedule: str, p: int, m: int, virtual_stages: int = 1) -> list[C
     for b in range(p - 1):
         add([1.0] * p, [100.0 if i == b else 0.01 for i in range(p - 1)])
     add([1.0] * p, [0.0] * (p - 1))
+    if virtual_stages > 1:
+        seeds.update(rank_paths(schedule, p // virtual_stages, m, virtual_stages))
     return sorted(seeds)
+
+
+def rank_paths(schedule: str, ranks: int, m: int, virtual_stages: int) -> list[Count]:
+    """Per rank, the path through all its actions and then its optimizer steps: a rank runs
+    them one at a time, so the step is at least its chunks' whole work. With several chunks
+    per rank no extreme cost pattern above need make it critical, and without it the MIP
+    would learn each rank's load one cut at a time ([Note: chunks])."""
+    n = ranks * virtual_stages
+    split = splits_backward(schedule)
+    out = []
+    for r in range(ranks):
+        mine = set(rank_stages(schedule, r, ranks, virtual_stages))
+        count = tuple(m if c in mine else 0 for c in range(n))
+        out.append((count, count, count if split else (0,) * n, (0,) * (n - 1),
+                    tuple(1 if c in mine else 0 for c in range(n))))
+    return out
 
 
 NEARBY_BUMPS = (1.02, 1.05, 1.1)
