@@ -235,12 +235,34 @@ def step_parts(plan: Plan) -> list[dict[str, float]]:
     return out
 
 
+def rank_parts(plan: Plan) -> list[tuple[str, dict[str, float]]]:
+    """``step_parts`` per rank: one row per stage, or, where ranks run several stages
+    (virtual stages), their stages' parts summed, the per-step work and the tied-gradient
+    sync once, and idle what is left of the step."""
+    parts = step_parts(plan)
+    held: dict[int, list[int]] = {}
+    for s in plan.stages:
+        held.setdefault(s.index if s.rank is None else int(s.rank), []).append(s.index)
+    if all(len(c) == 1 for c in held.values()):
+        return [(f"stage {i}", part) for i, part in enumerate(parts)]
+    rt = plan.options.get("runtime")
+    once = {"runtime": float(rt.get("step_overhead_s", 0.0)) if isinstance(rt, dict) else 0.0,
+            "sync": float(plan.options.get("tied_sync_s", 0.0) or 0.0)}
+    out = []
+    for r, chunks in sorted(held.items()):
+        part = {k: sum(parts[c][k] for c in chunks) - once.get(k, 0.0) * (len(chunks) - 1)
+                for k in STEP_PARTS if k != "idle"}
+        part["idle"] = max(0.0, plan.predicted.iteration_s - sum(part.values()))
+        out.append((f"rank {r}", part))
+    return out
+
+
 def step_table(plan: Plan) -> list[str]:
-    """``step_parts`` as a table, one row per stage."""
+    """``step_parts`` as a table, one row per rank (``rank_parts``)."""
     cols = ("per step", *STEP_PARTS, "step")
-    rows = [(f"stage {i}", *(format_seconds(x) if x else "-" for x in (
+    rows = [(label, *(format_seconds(x) if x else "-" for x in (
         *(part[k] for k in STEP_PARTS), plan.predicted.iteration_s)))
-        for i, part in enumerate(step_parts(plan))]
+        for label, part in rank_parts(plan)]
     width = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, width))).rstrip()
             for r in (cols, *rows)]

@@ -23,7 +23,7 @@ from autopipe.partition.timeline import longest_path
 from autopipe.partition.windows import ancestors, pinned_windows
 from autopipe.plan_format import Device, Plan
 from autopipe.profile.profile import Profile
-from autopipe.report import format_plan
+from autopipe.report import format_plan, rank_parts
 from autopipe.runtime.placement import rank_of_stages
 from autopipe.schedule.actions import check_schedule
 from autopipe.schedule.simulate import StageCost, simulate, simulate_plan
@@ -151,6 +151,11 @@ def test_planned_chunks_simulate_to_the_ilp_step(mlp_profile: Profile, schedule:
     held = {r: ", ".join(str(s) for s, q in enumerate(ranks) if q == r) for r in (0, 1)}
     assert f"rank 0 runs stages {held[0]}; rank 1 runs stages {held[1]}" in format_plan(plan)
     assert all(peak <= 2**30 for peak in plan.predicted.peak_memory)
+    # where each rank's step goes: its chunks together, the parts adding up to the step
+    rows = rank_parts(plan)
+    assert [label for label, _ in rows] == ["rank 0", "rank 1"]
+    for _, part in rows:
+        assert close(sum(part.values()), plan.predicted.iteration_s, 1e-9)
 
 
 def test_a_rank_limit_binds_on_the_sum_of_its_chunks(mlp_profile: Profile) -> None:
