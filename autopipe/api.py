@@ -53,6 +53,7 @@ def plan(
     loss_fn: Callable[[Any, Any], Any] | None = None,
     target: Any = None,
     runtime_costs: bool = True,
+    recompute: str = "auto",
     granularity: str = "node",
     cut_at: str | None = None,
     gpus: int | None = None,
@@ -108,6 +109,9 @@ def plan(
         runtime_costs: with ``profile="measure"`` on the CPU, measure the runtime's fixed
             costs here too (``autopipe.runtime.calibrate``, about 10 s: per action, per
             send, per step) and plan with them.
+        recompute: activation recomputation ([Note: recomputation] in
+            ``autopipe.partition.costs``): ``auto`` (only where memory binds: the blocks the
+            ILP chooses with the cuts), ``none``, or ``full`` (every block that can be).
         granularity: ``node`` (cut anywhere) or ``layer``: cut only between the model's
             repeated blocks (its longest module list ``X.0, X.1, …`` by work), as torchtitan,
             DeepSpeed and Megatron-LM do; ``plan.options["granularity"]`` records the
@@ -137,7 +141,8 @@ def plan(
             raise PlanError("autopipe.plan needs num_stages (pipeline stages) or gpus (the planner "
                             "chooses stages x data-parallel replicas)", hint="pass num_stages=4 or gpus=8")
         schedule = schedule or "1f1b"
-        check_options(num_stages, microbatches, schedule, method, batch_size, granularity, virtual_stages)
+        check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute,
+                      virtual_stages)
         extra = {"gpus_per_node": gpus_per_node, "intra_node_bandwidth": intra_node_bandwidth,
                  "inter_node_bandwidth": inter_node_bandwidth, "microbatch_sizes": microbatch_sizes}
         given = [k for k, v in {**extra, "shard_optimizer": shard_optimizer or None}.items() if v is not None]
@@ -172,7 +177,7 @@ def plan(
             schedule=schedule or "auto", shard_optimizer=shard_optimizer, memory_limit=memory_limit,
             optimizer=optimizer, method=method, max_blocks=max_blocks, time_limit=time_limit,
             mip_gap=mip_gap, solver=solver, deterministic=deterministic, dtype=dtype,
-            granularity=granularity, cut_at=cut_at)
+            granularity=granularity, cut_at=cut_at, recompute=recompute)
     assert num_stages is not None and schedule is not None
 
     def solve(source: ProfileSource) -> Plan:
@@ -182,7 +187,7 @@ def plan(
                             method=method, link_bandwidth=link_bandwidth, max_blocks=max_blocks,
                             time_limit=time_limit, mip_gap=mip_gap, solver=solver,
                             deterministic=deterministic, granularity=granularity, cut_at=cut_at,
-                            virtual_stages=virtual_stages)
+                            recompute=recompute, virtual_stages=virtual_stages)
 
     if batch_size is not None and isinstance(profile, str) and profile in PROFILE_MODES:
         def source(size: int) -> Profile:

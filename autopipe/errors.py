@@ -54,6 +54,10 @@ class PlanMismatchError(PlanError):
     """A plan was made for another model, input shape or world size."""
 
 
+class WeightsError(AutopipeError, ValueError):
+    """A weights file cannot be read, or its tensors do not fit the model."""
+
+
 class RuntimeStageError(AutopipeError, RuntimeError):
     """Pipeline training failed on some rank (peer died, timeout)."""
 

@@ -39,6 +39,11 @@ class StageMemory:
     buffers: int
     """Send/receive buffers at the stage's boundaries."""
     total: int
+    """The peak: params + grads + optimizer + buffers + the larger of activations and
+    optimizer_step."""
+    optimizer_step: int = 0
+    """What the optimizer step allocates while it runs, when no activation is held
+    (Adam's multi-tensor temporaries; fp32 gradients for 16-bit masters)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +80,11 @@ class Stage:
     optimizer_s: float = 0.0
     """Once per step, after its last backward: the optimizer step over the parameters the
     stage holds, at the profile's rates (0 in plans from profiles without them)."""
+    recompute: tuple[tuple[str, ...], ...] = ()
+    """Groups of this stage's nodes whose forward runs again in backward, each one
+    checkpointed region (only its inputs are kept); written only when there are some."""
+    recompute_s: float = 0.0
+    """Their forward again, per micro-batch: part of ``backward_s`` (written only when > 0)."""
 
     @property
     def time_s(self) -> float:
@@ -198,6 +208,13 @@ class Plan:
             if dup:
                 raise PlanError(f"node {sorted(dup)[0]} is in two stages", hint="regenerate the plan")
             seen.update(s.nodes)
+            held = set(s.nodes)
+            for group in s.recompute:
+                stray = [n for n in group if n not in held]
+                if stray or not group:
+                    raise PlanError(f"stage {i} recomputes "
+                                    + (f"node {stray[0]!r}, which it does not hold" if stray
+                                       else "an empty group"), hint="regenerate the plan")
         dp = self.data_parallel
         if dp is not None and len(dp.ranks) != len(self.stages):
             raise PlanError(f"data_parallel.ranks has {len(dp.ranks)} stages, the plan {len(self.stages)}",
@@ -229,7 +246,7 @@ class Plan:
             "schedule": self.schedule,
             "microbatches": self.microbatches,
             "devices": [asdict(d) for d in self.devices],
-            "stages": [asdict(s) for s in self.stages],
+            "stages": [_stage_json(s) for s in self.stages],
             "predicted": asdict(self.predicted),
             "solver": asdict(self.solver),
             "baselines": {k: asdict(v) for k, v in self.baselines.items()},
@@ -244,7 +261,8 @@ class Plan:
             stages = tuple(
                 Stage(**{**s, "nodes": tuple(s["nodes"]), "modules": tuple(s["modules"]),
                          "memory": StageMemory(**s["memory"]),
-                         "sends": tuple(Send(**x) for x in s.get("sends", ()))})
+                         "sends": tuple(Send(**x) for x in s.get("sends", ())),
+                         "recompute": tuple(tuple(g) for g in s.get("recompute", ()))})
                 for s in data["stages"])
             return cls(
                 graph_fingerprint=str(data["graph_fingerprint"]),
@@ -270,6 +288,11 @@ class Plan:
         """Write atomically as JSON."""
         write_json_atomic(path, self.to_json())
 
+    @property
+    def recomputes(self) -> bool:
+        """Whether any stage recomputes activations."""
+        return any(s.recompute for s in self.stages)
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Plan:
         """Read a plan file.
@@ -278,6 +301,17 @@ class Plan:
             PlanError: missing, corrupt or wrong-schema file (the message names it).
         """
         return cls.from_json(read_json(path, SCHEMA, PlanError), source=str(path))
+
+
+def _stage_json(stage: Stage) -> dict[str, Any]:
+    """A stage's JSON object; the recomputation fields only where it recomputes, so plans
+    without recomputation read as they did before it existed."""
+    out = asdict(stage)
+    if not stage.recompute:
+        del out["recompute"]
+    if not stage.recompute_s:
+        del out["recompute_s"]
+    return out
 
 
 def _data_parallel(data: Any) -> DataParallel | None:

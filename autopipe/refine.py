@@ -37,7 +37,7 @@ MAX_FACTOR = 4.0
 
 
 def _cuts(plan: Plan) -> tuple[tuple[str, ...], ...]:
-    return tuple(s.nodes for s in plan.stages)
+    return tuple(s.nodes for s in plan.stages) + tuple(g for s in plan.stages for g in s.recompute)
 
 
 def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
@@ -111,15 +111,17 @@ def _recorded(plan: Plan, record: list[dict[str, Any]], *, converged: bool) -> P
 def stage_factors(profile: Profile, plan: Plan, forward_s: Sequence[float],
                   backward_s: Sequence[float]) -> list[tuple[float, float]]:
     """Per stage of ``plan``, measured / summed forward and backward (1 where a sum is zero),
-    kept within ``1/MAX_FACTOR``..``MAX_FACTOR``."""
+    kept within ``1/MAX_FACTOR``..``MAX_FACTOR``. A recomputed node's forward runs again in
+    its stage's backward ([Note: recomputed regions]) and counts in the backward's sum."""
     stage_of = plan.stage_of
+    again = {n for s in plan.stages for group in s.recompute for n in group}
     fsum = [0.0] * plan.num_stages
     bsum = [0.0] * plan.num_stages
     for n in profile.nodes:
         s = stage_of.get(n.name)
         if s is not None:
             fsum[s] += n.forward_s
-            bsum[s] += n.backward_s
+            bsum[s] += n.backward_s + (n.forward_s if n.name in again else 0.0)
 
     def ratio(measured: float, summed: float) -> float:
         return min(MAX_FACTOR, max(1 / MAX_FACTOR, measured / summed)) if summed > 0 else 1.0

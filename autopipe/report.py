@@ -59,8 +59,8 @@ def headline(plan: Plan) -> list[str]:
                 ratio = b.iteration_s / plan.predicted.iteration_s - 1 if plan.predicted.iteration_s else 0.0
                 parts.append(f"{name} {format_seconds(b.iteration_s)} ({ratio:+.1%})")
         lines.append("baselines: " + ", ".join(parts))
-    return (lines + chunk_lines(plan) + granularity_lines(plan) + breakdown_lines(plan)
-            + search_lines(plan) + degree_lines(plan))
+    return (lines + chunk_lines(plan) + recompute_lines(plan) + granularity_lines(plan)
+            + breakdown_lines(plan) + search_lines(plan) + degree_lines(plan))
 
 
 def chunk_lines(plan: Plan) -> list[str]:
@@ -73,6 +73,23 @@ def chunk_lines(plan: Plan) -> list[str]:
         held.setdefault(int(s.rank or 0), []).append(s.index)
     return [f"{len(held)} ranks x {plan.num_stages // len(held)} chunks (virtual stages): "
             + "; ".join(f"rank {r} runs stages {', '.join(map(str, c))}" for r, c in sorted(held.items()))]
+
+
+
+def recompute_lines(plan: Plan) -> list[str]:
+    """Which stages recompute activations, and what it costs (none: no line)."""
+    if not plan.recomputes:
+        return []
+    info = plan.options.get("recompute")
+    mode = info.get("mode", "") if isinstance(info, dict) else ""
+    without = info.get("without_s") if isinstance(info, dict) else None
+    where = ", ".join(f"{len(s.recompute)} in stage {s.index}" for s in plan.stages if s.recompute)
+    line = (f"recompute{f' ({mode})' if mode else ''}: blocks {where}, their forward run again in "
+            f"backward (R below)")
+    if mode == "auto":
+        line += ("; without recomputation nothing fits" if without is None else
+                 f"; without it the best plan takes {format_seconds(float(without))}")
+    return [line]
 
 
 def granularity_lines(plan: Plan) -> list[str]:
@@ -184,14 +201,15 @@ def degree_lines(plan: Plan) -> list[str]:
 def stage_table(plan: Plan) -> list[str]:
     """One row per stage, then its modules and sends."""
     cols = ("stage", "device", "nodes", "forward", "backward", "comm", "per mb", "params",
-            "grads", "optim", "activ", "buffers", "total", "limit")
+            "grads", "optim", "activ", "step tmp", "buffers", "total", "limit")
     rows = []
     for s in plan.stages:
         m = s.memory
         rows.append((str(s.index), s.device, str(len(s.nodes)), format_seconds(s.forward_s),
                      format_seconds(s.backward_s), format_seconds(s.comm_s), format_seconds(s.time_s),
                      format_size(m.params), format_size(m.grads), format_size(m.optimizer),
-                     format_size(m.activations), format_size(m.buffers), format_size(m.total),
+                     format_size(m.activations), format_size(m.optimizer_step), format_size(m.buffers),
+                     format_size(m.total),
                      _limit(plan, s)))
     width = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     left = {1}
@@ -205,6 +223,10 @@ def stage_table(plan: Plan) -> list[str]:
         out.append(line(r))
         out.append(f"{'':>{width[0]}}  modules: {_modules(s)}")
         out.append(f"{'':>{width[0]}}  sends:   {_sends(s)}")
+        if s.recompute:
+            nodes = sum(len(g) for g in s.recompute)
+            out.append(f"{'':>{width[0]}}  R recompute: {len(s.recompute)} blocks, {nodes} nodes, "
+                       f"+{format_seconds(s.recompute_s)} per micro-batch (part of its backward)")
     return out
 
 

@@ -38,6 +38,12 @@ class ModelSpec:
     the same for the same ``(n, step)`` (so every rank draws identical data)."""
     name: str = "model"
     """A short name for reports."""
+    init_weights: Callable[[nn.Module], None] | None = None
+    """``init_weights(module)`` initialises the tensors a module holds itself (not its
+    children's), in place; for a model built on the meta device, each rank calls it on the
+    modules of its own stages once their tensors exist (``autopipe.runtime.materialize``).
+    None: each module's ``reset_parameters()``. A Hugging Face model's is its
+    ``_init_weights``."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
@@ -58,6 +64,9 @@ class ModelSpec:
         for what in ("loss_fn", "batch"):
             if not callable(getattr(self, what)):
                 raise SpecError(f"ModelSpec.{what} must be callable", hint=f"pass a function as {what}=")
+        if self.init_weights is not None and not callable(self.init_weights):
+            raise SpecError("ModelSpec.init_weights must be callable or None",
+                            hint="pass a function init_weights(module) that fills the module's own tensors")
 
 
 def _import_file(path: Path) -> Any:

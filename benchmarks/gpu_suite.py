@@ -155,9 +155,6 @@ def step_part(row: dict[str, Any], spec: Any, graph: Any, p: Any, e: Any, device
     """Plan, predict the one-GPU step and its memory, train it, record both in ``row``."""
     from autopipe.partition import plan_profile
     from autopipe.runtime.calibrate import measure_model_costs
-    from autopipe.schedule import simulate, simulate_plan
-    from autopipe.schedule.plan_costs import plan_costs
-    from autopipe.schedule.runtime_costs import RuntimeCosts
 
     plan = plan_profile(p, num_stages=STAGES, microbatches=MICROBATCHES, schedule="1f1b")
     plan.save(folder / f"{row['model']}-plan.json")
@@ -171,13 +168,7 @@ def step_part(row: dict[str, Any], spec: Any, graph: Any, p: Any, e: Any, device
     row["stages"] = [{"nodes": len(s.nodes), "measured_fb_s": m, "estimate_fb_s": x}
                      for s, m, x in zip(plan.stages, meas, est)]
     row["plan_1f1b_s"] = plan.predicted.iteration_s
-    # the per-micro-batch activations under 1F1B's in-flight counts
-    first = simulate_plan(plan)
-    per_mb = [s.memory.activations // max(1, first.stage_peak_inflight[s.index]) for s in plan.stages]
-    one = dataclasses.replace(plan, schedule="interleaved-1f1b", stages=tuple(
-        dataclasses.replace(s, rank=0) for s in plan.stages))
-    # one process: the stages hand tensors over in memory, no link
-    local = RuntimeCosts(device=device, backend="local", link_bandwidth=1e18)
+    one, per_mb = one_process(plan)
     t0 = time.perf_counter()
     model = measure_model_costs(spec, graph, one, p, optimizer="adam")
     row["model_costs_s"] = time.perf_counter() - t0
@@ -185,19 +176,12 @@ def step_part(row: dict[str, Any], spec: Any, graph: Any, p: Any, e: Any, device
     row["optimizer_s"] = list(model.stage_optimizer_s)
     row["stage_module_fb_s"] = [f + b for f, b in zip(model.stage_forward_s, model.stage_backward_s)]
     row["compute_scale"] = model.compute_scale
-    predicted = {}
-    for label, extra in (("compute_only", None), ("full", model)):
-        costs, virtual = plan_costs(one, runtime=local, model=extra)
-        costs = [dataclasses.replace(c, activation_bytes=b) for c, b in zip(costs, per_mb)]
-        predicted[label] = simulate(costs, schedule=one.schedule, microbatches=one.microbatches,
-                                    virtual_stages=virtual)
+    predicted = {label: simulate_one_process(one, per_mb, device, extra)
+                 for label, extra in (("compute_only", None), ("full", model))}
     row["predicted_compute_only_s"] = predicted["compute_only"].iteration_s
     row["predicted_s"] = predicted["full"].iteration_s
-    static = sum(s.memory.total - s.memory.activations for s in plan.stages)
-    row["predicted_peak_bytes"] = static + predicted["full"].peak_activation_bytes[0]
-    row["predicted_memory"] = {k: sum(getattr(s.memory, k) for s in plan.stages)
-                               for k in ("params", "grads", "optimizer", "buffers")}
-    row["predicted_memory"]["activations_peak"] = predicted["full"].peak_activation_bytes[0]
+    row["predicted_memory"] = peak_memory(plan, predicted["full"].peak_activation_bytes[0])
+    row["predicted_peak_bytes"] = row["predicted_memory"]["peak"]
 
     # training runs in a process of its own, so its peak memory is training's alone
     one.save(folder / f"{row['model']}-plan-one-process.json")
@@ -217,6 +201,43 @@ def step_part(row: dict[str, Any], spec: Any, graph: Any, p: Any, e: Any, device
     row["losses"] = trained["losses"]
     row["train_peak_bytes"] = trained["peak_bytes"]
     row["train_model_bytes"] = trained.get("model_bytes")
+
+
+def one_process(plan: Any) -> tuple[Any, list[int]]:
+    """``plan`` with every stage on one rank (torch's interleaved 1F1B order), and each
+    stage's activations per micro-batch (the plan's are for 1F1B's in-flight counts)."""
+    from autopipe.schedule import simulate_plan
+
+    first = simulate_plan(plan)
+    per_mb = [s.memory.activations // max(1, first.stage_peak_inflight[s.index]) for s in plan.stages]
+    one = dataclasses.replace(plan, schedule="interleaved-1f1b", stages=tuple(
+        dataclasses.replace(s, rank=0) for s in plan.stages))
+    return one, per_mb
+
+
+def simulate_one_process(one: Any, per_mb: list[int], device: str, model: Any = None) -> Any:
+    """The one-process plan simulated: the stages hand tensors over in memory, no link;
+    ``model`` adds the costs measured on the GPU (``measure_model_costs``)."""
+    from autopipe.schedule import simulate
+    from autopipe.schedule.plan_costs import plan_costs
+    from autopipe.schedule.runtime_costs import RuntimeCosts
+
+    local = RuntimeCosts(device=device, backend="local", link_bandwidth=1e18)
+    costs, virtual = plan_costs(one, runtime=local, model=model)
+    costs = [dataclasses.replace(c, activation_bytes=b) for c, b in zip(costs, per_mb)]
+    return simulate(costs, schedule=one.schedule, microbatches=one.microbatches, virtual_stages=virtual)
+
+
+def peak_memory(plan: Any, activations_peak: int) -> dict[str, int]:
+    """The one process's predicted peak: every stage's held bytes plus the larger of the
+    simulated activation peak and the optimizer step's temporaries (one optimizer steps
+    every stage's parameters at once: [Note: the optimizer step's temporaries])."""
+    out = {k: sum(getattr(s.memory, k) for s in plan.stages)
+           for k in ("params", "grads", "optimizer", "buffers", "optimizer_step")}
+    out["activations_peak"] = activations_peak
+    held = out["params"] + out["grads"] + out["optimizer"] + out["buffers"]
+    out["peak"] = held + max(activations_peak, out["optimizer_step"])
+    return out
 
 
 def worker(job_text: str) -> int:

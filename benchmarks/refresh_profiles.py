@@ -45,6 +45,9 @@ class Reference:
     stages: tuple[int, ...] = (2, 4)
     binding: tuple[int, ...] | None = None
     """Stage counts that also get a case with a binding memory limit (None: all)."""
+    recompute: tuple[int, ...] = ()
+    """Stage counts that also get a case whose limit only recomputation meets
+    (``recompute_limit``), planned with ``--recompute auto``."""
 
     def command(self) -> str:
         knobs = " ".join(f"--spec-arg {shlex.quote(f'{k}={v if isinstance(v, str) else repr(v)}')}"
@@ -61,18 +64,18 @@ BERT_LARGE = dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16
 LLAMA = dict(seq_len=4096, batch_size=1, dtype="bfloat16")
 
 REFERENCES = [
-    *(Reference(f"cpu/{n}", f"examples/{n}.py:build") for n in
-      ("mlp", "gpt2", "llama", "resnet", "unet", "bert")),
+    *(Reference(f"cpu/{n}", f"examples/{n}.py:build", recompute=r) for n, r in
+      (("mlp", ()), ("gpt2", (2, 4)), ("llama", (4,)), ("resnet", ()), ("unet", ()), ("bert", (4,)))),
     Reference("h100/mlp", "examples/mlp.py:build",
               dict(in_dim=4096, hidden=8192, layers=32, batch_size=512), "h100", "bf16"),
-    Reference("h100/gpt2-medium", "examples/gpt2.py:build", GPT2_MEDIUM, "h100", "bf16"),
+    Reference("h100/gpt2-medium", "examples/gpt2.py:build", GPT2_MEDIUM, "h100", "bf16", recompute=(4,)),
     Reference("h100/bert-large", "examples/bert.py:build", BERT_LARGE, "h100", "bf16"),
     Reference("h100/resnet34", "examples/resnet.py:build",
               dict(width=64, blocks=(3, 4, 6, 3), classes=1000, image=224, batch_size=64), "h100", "bf16"),
     Reference("h100/unet", "examples/unet.py:build",
               dict(width=64, depth=4, image=256, batch_size=8), "h100", "bf16"),
     Reference("h100/llama2-7b", "examples/llama.py:build", dict(preset="7b", **LLAMA), "h100",
-              stages=(4, 8)),
+              stages=(4, 8)),  # its recompute case's solve ran into the 60 s limit here
     Reference("a100/llama2-7b", "examples/llama.py:build", dict(preset="7b", **LLAMA), "a100",
               stages=(4, 8)),
     Reference("h100/llama2-70b", "examples/llama.py:build", dict(preset="70b", **LLAMA), "h100",
@@ -101,16 +104,54 @@ def make_profile(ref: Reference) -> Profile:
 def binding_limit(profile: Profile, stages: int, m: int) -> str | None:
     """A memory limit that binds: 90% (then 97%) of the unconstrained optimum's peak stage;
     None when no such limit fits (the optimum is already as lean as any split)."""
-    free = plan_profile(profile, num_stages=stages, microbatches=m)
+    free = plan_profile(profile, num_stages=stages, microbatches=m, recompute="none")
     peak = max(s.memory.total for s in free.stages)
     for frac in (0.90, 0.97):
         limit = f"{-(-int(peak * frac) // MIB)}MiB"
         try:
-            plan_profile(profile, num_stages=stages, microbatches=m, memory_limit=limit)
+            plan_profile(profile, num_stages=stages, microbatches=m, memory_limit=limit, recompute="none")
             return limit
         except InfeasiblePlanError:
             continue
     return None
+
+
+def recompute_limit(profile: Profile, stages: int, m: int) -> str | None:
+    """A memory limit at which ``--recompute auto`` plans with recomputation: the tightest of
+    70%, 75% … 90% of the unconstrained optimum's peak stage where it finds a plan and that
+    plan recomputes (None when none does: recomputation frees nothing on the stage that
+    binds, e.g. a last stage holding the head and the loss)."""
+    free = plan_profile(profile, num_stages=stages, microbatches=m, recompute="none")
+    peak = max(s.memory.total for s in free.stages)
+    for frac in (0.70, 0.75, 0.80, 0.85, 0.90):
+        limit = f"{-(-int(peak * frac) // MIB)}MiB"
+        try:
+            plan = plan_profile(profile, num_stages=stages, microbatches=m, memory_limit=limit)
+        except InfeasiblePlanError:
+            continue
+        if plan.recomputes:
+            return limit
+    return None
+
+
+def recompute_cases(refs: list[Reference]) -> list[GoldenCase]:
+    """The cases whose memory limit only recomputation meets (``Reference.recompute``)."""
+    cases = []
+    for ref in refs:
+        profile = Profile.load(PROFILES / f"{ref.name}.json")
+        for p in ref.recompute:
+            limit = recompute_limit(profile, p, 2 * p)
+            if limit is not None:
+                cases.append(GoldenCase(profile=f"{ref.name}.json", stages=p, memory=limit,
+                                        microbatches=2 * p, recompute="auto"))
+            print(f"{ref.name}: p={p} m={2 * p} recompute-only limit {limit or 'none found'}", flush=True)
+    return cases
+
+
+def _sorted(cases: list[GoldenCase]) -> list[GoldenCase]:
+    order = {f"{r.name}.json": i for i, r in enumerate(REFERENCES)}
+    return sorted(cases, key=lambda c: (order.get(c.profile, len(order)), c.stages, c.memory is not None,
+                                        c.recompute != "none"))
 
 
 def write_readme() -> None:
@@ -140,8 +181,18 @@ def main() -> None:
                     help="keep the stored profiles; only make the golden cases again")
     ap.add_argument("--keep-golden", action="store_true",
                     help="keep the golden cases (limits) and only re-record their results")
+    ap.add_argument("--add-recompute", action="store_true",
+                    help="keep every other case as recorded; make the recompute-only cases again")
     args = ap.parse_args()
     refs = [r for r in REFERENCES if not args.only or r.name in args.only]
+    if args.add_recompute:
+        tol, kept = load_golden(GOLDEN)
+        new = refresh_golden(GOLDEN, recompute_cases(refs))  # writes only these; all below
+        names = {f"{r.name}.json" for r in refs}
+        kept = [c for c in kept if c.recompute == "none" or c.profile not in names]
+        save_golden(GOLDEN, tol, _sorted(kept + new))
+        print(table(new))
+        return
     write_readme()
     for ref in refs if not args.no_profile else []:
         t0 = time.perf_counter()
@@ -165,9 +216,8 @@ def main() -> None:
                     cases.append(GoldenCase(profile=f"{ref.name}.json", stages=p, memory=limit,
                                             microbatches=m))
                 print(f"{ref.name}: p={p} m={m} binding memory limit {limit or 'none found'}", flush=True)
-        order = {f"{r.name}.json": i for i, r in enumerate(REFERENCES)}
-        cases.sort(key=lambda c: (order.get(c.profile, len(order)), c.stages, c.memory is not None))
-        save_golden(GOLDEN, 0.01, cases)
+        cases += recompute_cases(refs)
+        save_golden(GOLDEN, 0.01, _sorted(cases))
         fresh = refresh_golden(GOLDEN)
     print()
     print(table(fresh))

@@ -5,8 +5,11 @@ Each process is one rank of the pipeline; start them with torchrun::
     autopipe plan examples/gpt2.py:build --stages 2 --microbatches 4 -o plan.json
     torchrun --nproc-per-node 2 examples/custom_loop.py --plan plan.json --steps 20
 
+A plan with data-parallel replicas (``autopipe plan --gpus N --batch-size B``) runs on
+stages × replicas ranks; each replica trains on its share of the global batch.
+
 ``autopipe.runtime.build`` gives this rank's stages (``pipe``); the loop is plain PyTorch.
-The rank of the last stage prints each step's loss, gradient norm and learning rate.
+The rank of the last stage (of replica 0) prints each step's loss, gradient norm and learning rate.
 """
 
 from __future__ import annotations
@@ -43,21 +46,23 @@ def main(argv: list[str] | None = None) -> int:
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.steps)
         record: dict[str, list[float]] = {"loss": [], "norm": [], "lr": []}
         for step in range(args.steps):
-            inputs, target = spec.batch(plan.microbatches, step)  # every rank draws the same batch
+            replicas = pipe.replicas  # data-parallel replicas of the pipeline (dp = 1: one)
+            batch = spec.batch(plan.microbatches * replicas.dp, step)  # every rank draws the same batch
+            inputs, target = replicas.share(*batch)  # and keeps its replica's share
             losses = pipe.step(inputs, target)  # forward + backward of all micro-batches
-            pipe.sync_tied_grads()              # tied weights: sum the copies' gradients
+            pipe.sync_tied_grads()              # tied weights: sum the copies; replicas: average
             norm = pipe.clip_grad_norm_(args.max_norm)  # one norm over all stages
             lr = schedule.get_last_lr()[0]
             optimizer.step()
             schedule.step()
             pipe.zero_grad()
-            if pipe.has_last:
-                loss = torch.stack(losses).mean().item()
+            loss = replicas.mean_loss(losses) if pipe.has_last else 0.0  # over every replica
+            if pipe.has_last and replicas.replica == 0:
                 for key, value in (("loss", loss), ("norm", norm.item()), ("lr", lr)):
                     record[key].append(value)
                 print(f"step {step + 1}/{args.steps}  loss {loss:.6f}  grad norm {norm.item():.4f}  "
                       f"lr {lr:.3g}", flush=True)
-        if pipe.has_last and args.out:
+        if pipe.has_last and pipe.replicas.replica == 0 and args.out:
             with open(args.out, "w", encoding="utf-8") as f:
                 json.dump(record, f)
     return 0

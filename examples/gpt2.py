@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -20,10 +22,22 @@ def build(*, n_layer: int = 4, n_embd: int = 128, n_head: int = 4, vocab_size: i
     with torch.device(device):
         model = GPT2LMHeadModel(cfg)
 
+    data = "cpu" if device == "meta" else device  # a meta model trains on real batches
+
     def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
         g = generator(n, step, seed)
         tokens = torch.randint(0, vocab_size, (n * batch_size, seq_len + 1), generator=g)
-        return (tokens[:, :-1].to(device),), tokens[:, 1:].to(device)
+        return (tokens[:, :-1].to(data),), tokens[:, 1:].to(data)
+
+    # GPT-2 scales its residual projections by 1/sqrt(2 n_layer) at init; transformers does
+    # it from the parent block, so a module-by-module init names them itself
+    residual = {id(m) for name, m in model.named_modules() if name.endswith(".c_proj")}
+    scaled = cfg.initializer_range / math.sqrt(2 * n_layer)
+
+    def init_weights(module: torch.nn.Module) -> None:
+        model._init_weights(module)
+        if id(module) in residual:
+            torch.nn.init.normal_(module.weight, mean=0.0, std=scaled)
 
     return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy,
-                     batch=batch, name="gpt2")
+                     batch=batch, name="gpt2", init_weights=init_weights)

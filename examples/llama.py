@@ -25,7 +25,12 @@ def build(*, preset: str | None = None, num_hidden_layers: int = 4, hidden_size:
           intermediate_size: int = 344, num_attention_heads: int = 4, num_key_value_heads: int = 2,
           vocab_size: int = 8192, seq_len: int = 64, batch_size: int = 4, device: str = "cpu",
           dtype: str = "float32", seed: int = 0) -> ModelSpec:
-    """A Llama; ``preset="7b"``/``"70b"`` with ``device="meta"`` gives the real shapes, no memory."""
+    """A Llama; ``preset="7b"``/``"70b"`` with ``device="meta"`` gives the real shapes, no memory.
+
+    On ``device="meta"`` only the weights are meta: batches are made on the CPU, and
+    ``autopipe train`` gives each rank real weights for its own stages (``--init`` or
+    ``init_weights``).
+    """
     shape = dict(num_hidden_layers=num_hidden_layers, hidden_size=hidden_size,
                  intermediate_size=intermediate_size, num_attention_heads=num_attention_heads,
                  num_key_value_heads=num_key_value_heads, vocab_size=vocab_size)
@@ -40,11 +45,14 @@ def build(*, preset: str | None = None, num_hidden_layers: int = 4, hidden_size:
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(getattr(torch, dtype))
     vocab = int(shape["vocab_size"])
+    data = "cpu" if device == "meta" else device  # a meta model trains on real batches
 
     def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
         g = generator(n, step, seed)
         tokens = torch.randint(0, vocab, (n * batch_size, seq_len + 1), generator=g)
-        return (tokens[:, :-1].to(device),), tokens[:, 1:].to(device)
+        return (tokens[:, :-1].to(data),), tokens[:, 1:].to(data)
 
+    # per module, as transformers initialises a model it loads on the meta device
     return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy,
-                     batch=batch, name=f"llama-{preset}" if preset else "llama")
+                     batch=batch, name=f"llama-{preset}" if preset else "llama",
+                     init_weights=model._init_weights)

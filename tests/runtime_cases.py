@@ -7,6 +7,8 @@ interleaved 1F1B and ZBV with 2 chunks per rank), and from contiguous hand cuts 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,17 +17,19 @@ from typing import Any
 import torch
 
 from autopipe import Graph, ModelSpec, trace
-from autopipe.partition.planner import plan_profile
+from autopipe.partition.degrees import plan_degrees
+from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, plan_profile
 from autopipe.partition.problem import SCHEDULES as PLANNER_SCHEDULES
 from autopipe.plan_format import Plan
 from autopipe.profile import estimate, measure
+from autopipe.runtime.launch import launch
 from autopipe.runtime.optim import TrainConfig
 from autopipe.runtime.reference import reference_train
 from autopipe.runtime.split import Split
 from autopipe.runtime.tied import canonical_names
 from autopipe.spec import example_target
 
-from .conftest import example_spec
+from .conftest import ROOT, example_spec
 from .runtime_plans import hand_plan
 
 TINY: dict[str, dict[str, Any]] = {
@@ -60,12 +64,29 @@ class Case:
     profile: str = "estimate"
     """How the planner's profile is made: ``estimate`` (deterministic) or ``measure`` (on this
     CPU, the loss included)."""
+    replicas: int = 1
+    """Data-parallel replicas (> 1: planned by ``plan_degrees`` on ``stages × replicas`` GPUs,
+    the global batch ``replicas × microbatches`` micro-batches)."""
+    placement: str = "pipelines"
+    """With replicas: the rank order (``autopipe.partition.replicas.PLACEMENTS``)."""
+    recompute: str = "none"
+    """The planner's recomputation (``full``: every block that can be runs under checkpointing)."""
+    max_blocks: int = DEFAULT_MAX_BLOCKS
+    """The planner's coarsening target (fewer: blocks of many nodes)."""
 
     @property
     def name(self) -> str:
         dtype = {"bfloat16": "-bf16"}.get(str(self.knobs.get("dtype")), "")
-        return (("zoo-" if self.zoo else "") + f"{self.example}-{self.stages}-{self.schedule}{dtype}"
-                + ("" if self.tied_sync else "-untied"))
+        dp = f"x{self.replicas}-{self.placement}" if self.replicas > 1 else ""
+        return (("zoo-" if self.zoo else "") + f"{self.example}-{self.stages}{dp}-{self.schedule}{dtype}"
+                + ("" if self.tied_sync else "-untied")
+                + ("" if self.recompute == "none" else f"-recompute-{self.recompute}")
+                + ("" if self.max_blocks == DEFAULT_MAX_BLOCKS else f"-blocks{self.max_blocks}"))
+
+    @property
+    def world_size(self) -> int:
+        """Ranks the case runs on."""
+        return len(set(self.ranks or range(self.stages))) * self.replicas
 
     def spec(self) -> ModelSpec:
         if self.zoo:
@@ -86,8 +107,15 @@ class Case:
                                   loss_fn=spec.loss_fn, target=example_target(spec))
             else:
                 profile = estimate(graph, spec.example_inputs, spec.example_kwargs, progress=False)
+            if self.replicas > 1:
+                size = int(spec.example_inputs[0].shape[0])
+                return plan_degrees(profile, gpus=self.world_size, stages=self.stages,
+                                    batch_size=self.replicas * self.microbatches * size,
+                                    microbatches=self.microbatches, schedule=self.schedule,
+                                    placements=(self.placement,), method="ilp")
             return plan_profile(profile, num_stages=self.stages, microbatches=self.microbatches,
-                                schedule=self.schedule, method="ilp")
+                                schedule=self.schedule, method="ilp", recompute=self.recompute,
+                                max_blocks=self.max_blocks)
         return hand_plan(graph, self.stages, microbatches=self.microbatches, schedule=self.schedule,
                          ranks=self.ranks)
 
@@ -113,7 +141,36 @@ CASES = {c.name: c for c in [
     Case("gpt2", 2, tied_sync=False),
     # bf16 weights: both sides train through fp32 master copies ([Note: master weights])
     Case("llama", 2, optimizer="adam", lr=1e-2, knobs={"dtype": "bfloat16"}),
+    # pipeline x data parallel (tests/test_runtime_data_parallel.py)
+    Case("gpt2", 2, replicas=2),
+    Case("llama", 2, replicas=2, placement="replicas"),
+    Case("gpt2", 1, replicas=2),
+    Case("mlp", 2, "zb-h1", replicas=2),  # split backward: weight gradients as separate actions
+    # recomputation: every block that can be runs under checkpointing ([Note: recomputed
+    # regions]); tied weights, batch-norm statistics, skips
+    Case("gpt2", 2, recompute="full"),
+    Case("resnet", 2, "gpipe", recompute="full"),
+    Case("bert", 2, recompute="full"),
+    Case("llama", 4, recompute="full", max_blocks=32),  # blocks of many nodes
+    Case("unet", 4, recompute="full"),
 ]}
+
+
+WORKER_ENV = {"PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
+"""The environment of the ranks the tests start."""
+
+
+def run_job(out: Path, ranks: int, cases: list[Case]) -> None:
+    """Save each case's plan in ``out`` and train them all on ``ranks`` gloo ranks
+    (tests/runtime_worker.py); each rank's results land in ``out``."""
+    for case in cases:
+        case.build()[2].save(out / f"{case.name}.plan.json")
+    log = out / "log.txt"
+    with open(log, "w") as f:
+        result = launch([sys.executable, "-m", "tests.runtime_worker", str(out), *(c.name for c in cases)],
+                        ranks, env=WORKER_ENV, timeout_s=400, grace_s=20,
+                        stdout=f, stderr=subprocess.STDOUT, log=f)
+    assert result.code == 0, log.read_text()[-3000:]
 
 
 def compare_with_one_process(case: Case, out: Path) -> None:
@@ -123,9 +180,10 @@ def compare_with_one_process(case: Case, out: Path) -> None:
     graph = trace(spec.model, spec.example_inputs)
     config = TrainConfig(steps=case.steps, lr=case.lr, optimizer=case.optimizer)
     initial = {k: v.detach().clone() for k, v in graph.gm.named_parameters()}
-    ref_losses = reference_train(spec, graph, case.microbatches, config)
+    # one process trains on the whole global batch: every replica's micro-batches
+    ref_losses = reference_train(spec, graph, case.microbatches * case.replicas, config)
     results = [torch.load(f) for f in sorted(out.glob(f"{case.name}.rank*.pt"))]
-    assert len(results) == len({*(case.ranks or range(case.stages))})
+    assert len(results) == case.world_size
     losses = [r["losses"] for r in results if r["losses"]]
     assert len(losses) == 1, "exactly one rank (the last stage's) reports losses"
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(ref_losses), rtol=1e-6, atol=1e-6)

@@ -57,18 +57,6 @@ def test_plan_on_gpus_then_show(tmp_path: Path, mlp_profile: Path, capsys: pytes
             assert sum(part.values()) == pytest.approx(plan.predicted.iteration_s)
 
 
-def test_train_refuses_replicas_for_now(tmp_path: Path, mlp_profile: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "plan.json"
-    assert main(["plan", MLP, "--profile", str(mlp_profile), "--gpus", "4", "--stages", "2",
-                 "--batch-size", "32", "--method", "dp", "-o", str(out)]) == 0
-    assert autopipe.Plan.load(out).replicas == 2
-    capsys.readouterr()
-    assert main(["train", MLP, "--plan", str(out), "--steps", "1", "--launch", "4"]) == 2
-    err = capsys.readouterr().err
-    assert "runs 2 data-parallel replicas of its 2-stage pipeline" in err and "--stages 2" in err
-
-
 def test_api_plans_on_gpus() -> None:
     spec = example_spec("mlp")
     plan = autopipe.plan(spec.model, spec.example_inputs, gpus=2, batch_size=32, profile="estimate",

@@ -121,6 +121,7 @@ def test_batch_size_needs_the_knob(tmp_path: Path, capsys: pytest.CaptureFixture
     (["--schedule", "1f1b", "--microbatches", "1"], "1F1B needs at least"),
     (["--devices", "missing.json"], "no such devices file"),
     (["--memory", "lots"], "cannot read size"),
+    (["--recompute", "some"], "unknown recompute mode"),
 ])
 def test_bad_input_exits_2(extra: list[str], message: str, tmp_path: Path, mlp_profile: Path,
                            capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,6 +131,23 @@ def test_bad_input_exits_2(extra: list[str], message: str, tmp_path: Path, mlp_p
     assert message in err and "hint:" in err
     assert "Traceback" not in err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_recompute_plan_then_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Where memory binds, the default plan recomputes some blocks, and plan and show say
+    which (R lines); --recompute none plans as before, without them."""
+    gpt2 = [str(ROOT / "examples" / "gpt2.py") + ":build", "--stages", "2", "--microbatches", "4",
+            "--memory", "51MiB", "--profile", str(ROOT / "profiles" / "cpu" / "gpt2.json")]
+    code, text, err = _run(["plan", *gpt2, "-o", str(tmp_path / "auto.json")], capsys)
+    assert code == 0, err
+    plan = autopipe.Plan.load(tmp_path / "auto.json")
+    assert plan.recomputes and plan.options["recompute"]["mode"] == "auto"
+    assert "recompute (auto): blocks" in text and "without it the best plan takes" in text
+    code, shown, _ = _run(["show", str(tmp_path / "auto.json")], capsys)
+    assert code == 0 and shown.count("R recompute:") == sum(1 for s in plan.stages if s.recompute)
+    code, text, err = _run(["plan", *gpt2, "--recompute", "none", "-o", str(tmp_path / "none.json")], capsys)
+    assert code == 0, err
+    assert "recompute" not in text and not autopipe.Plan.load(tmp_path / "none.json").recomputes
 
 
 def test_bad_devices_files(tmp_path: Path, mlp_profile: Path, capsys: pytest.CaptureFixture[str]) -> None:

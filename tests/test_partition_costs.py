@@ -96,3 +96,19 @@ def test_violations() -> None:
     assert any("input block" in v for v in violations(problem, [1, 1, 1, 2, 2]))
     assert any("output block" in v for v in violations(problem, [0, 0, 1, 2, 1]))
     assert violations(problem, [0, 0, 1]) == ["3 stages given for 5 blocks"]
+
+
+def test_the_optimizer_step_runs_without_activations() -> None:
+    """A stage's peak is what it holds plus the larger of its activations and the step's
+    temporaries ([Note: the optimizer step's temporaries])."""
+    problem = from_profile(skip_profile(), config(), optimizer="adam")
+    ev = evaluate(problem, [0, 0, 1, 2, 2])
+    s0, s1, s2 = ev.stages
+    assert (s0.optimizer_step, s1.optimizer_step, s2.optimizer_step) == (400, 0, 400)
+    # stage 0 holds 3 micro-batches of activations (300 < 400): the step is its peak
+    assert s0.memory == 400 + 400 + 800 + s0.buffers + 400
+    # stage 2 holds one (100): the step again
+    assert s2.memory == 400 + 400 + 800 + s2.buffers + 400
+    assert s1.memory == s1.buffers + s1.activations
+    sgd = evaluate(from_profile(skip_profile(), config(), optimizer="sgd"), [0, 0, 1, 2, 2])
+    assert sgd.stages[0].optimizer_step == 0 and sgd.stages[0].memory == 800 + sgd.stages[0].buffers + 300

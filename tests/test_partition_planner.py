@@ -47,8 +47,10 @@ def recompute_memory(profile: Profile, plan: Plan, optimizer: str) -> list[int]:
         # GPipe holds every micro-batch, zb-h1 min(m, p) on every stage (until each W), 1F1B min(m, p - s)
         inflight = {"gpipe": m, "zb-h1": min(m, p)}.get(plan.schedule, min(m, p - s))
         params = sum(param_memory(profile.params[q], optimizer=optimizer).total for q in held[s])
+        # the optimizer step's temporaries, held while no activation is (Adam: fp32 sqrt of v)
+        step = sum(4 * (profile.params[q] // 4) for q in held[s]) if optimizer in ("adam", "adamw") else 0
         around = (cross[s - 1] if s else 0) + (cross[s] if s < p - 1 else 0)
-        out.append(params + act[s] * inflight + 2 * around)
+        out.append(params + max(act[s] * inflight, step) + 2 * around)
     return out
 
 
@@ -68,15 +70,17 @@ def check_valid(profile: Profile, plan: Plan) -> None:
 
 
 @settings(max_examples=190, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cases(schedules=tuple(s for s in SCHEDULES if s not in MULTI_CHUNK)))  # chunks: test_partition_chunks
+@given(cases(schedules=tuple(s for s in SCHEDULES if s not in MULTI_CHUNK),  # chunks: test_partition_chunks
+             recompute=("none", "auto")))
 def test_plans_on_random_dags(case: Case) -> None:
-    """Plans as brute force finds them, within memory at each schedule's in-flight counts,
-    with the solver's objective equal to the simulated step."""
+    """Plans as brute force finds them (with recomputation where ``auto`` may choose it),
+    within memory at each schedule's in-flight counts, with the solver's objective equal to
+    the simulated step."""
     cfg = case.config
     problem = case.problem()
     kwargs = dict(num_stages=cfg.num_stages, devices=list(cfg.devices),
                   microbatches=cfg.microbatches, schedule=cfg.schedule, optimizer=case.optimizer,
-                  link_bandwidth=cfg.link_bandwidth, mip_gap=1e-9)
+                  link_bandwidth=cfg.link_bandwidth, mip_gap=1e-9, recompute=cfg.recompute)
     if cfg.schedule == "1f1b" and cfg.microbatches < cfg.num_stages:
         with pytest.raises(PlanError, match="1F1B needs at least"):
             plan_profile(case.profile, **kwargs)  # type: ignore[arg-type]
@@ -92,8 +96,9 @@ def test_plans_on_random_dags(case: Case) -> None:
         return
     plan = plan_profile(case.profile, **kwargs)  # type: ignore[arg-type]
     check_valid(case.profile, plan)
-    memory = recompute_memory(case.profile, plan, case.optimizer)
-    assert [s.memory.total for s in plan.stages] == memory
+    memory = [s.memory.total for s in plan.stages]
+    if not plan.recomputes:  # (recomputation's memory: tests/test_partition_recompute.py)
+        assert memory == recompute_memory(case.profile, plan, case.optimizer)
     for d, used, peak in zip(plan.devices, memory, plan.predicted.peak_memory):
         assert d.memory == 0 or (used <= d.memory and peak <= d.memory)
     if cfg.schedule == "zb-h1":  # its runtime needs each stage's rank

@@ -60,3 +60,69 @@ def test_composite_ops_are_priced_by_their_kernels() -> None:
     w = torch.empty(16, 32, device="meta")
     m = _price(torch.nn.functional.linear, x, w)
     assert m.flops == 2 * 8 * 32 * 16
+
+
+def test_every_call_costs_the_host_views_included() -> None:
+    a = torch.empty(64, 64, device="meta")
+    mode = CostMode(SPEC, host_s=1e-3)
+    with mode:
+        (a.t(), a.view(-1), a * 2)
+    assert len(mode.calls) == 3 and mode.kernels == 1
+    assert [d is None for _, d in mode.calls] == [True, True, False]
+    assert mode.seconds == pytest.approx(3e-3 + 64 * 64 * 4 * 2 / 1e11 + 1e-6)
+
+
+def _conv_seconds(spec: DeviceSpec, dtype: torch.dtype = torch.float32) -> float:
+    x = torch.empty(8, 64, 32, 32, device="meta", dtype=dtype)
+    w = torch.empty(64, 64, 3, 3, device="meta", dtype=dtype)
+    mode = CostMode(spec)
+    with mode:
+        torch.nn.functional.conv2d(x, w, padding=1)
+    return mode.seconds
+
+
+def test_fp32_convolutions_run_as_tf32_as_cudnn_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = DeviceSpec(name="tc", peak_flops={"float32": 1e12, "tf32": 8e12, "bfloat16": 16e12},
+                      memory_bandwidth=1e15, memory=2**30, link_bandwidth=1e10,
+                      efficiency={"convolution": {"tf32": 0.5, "bfloat16": 0.25}},
+                      call_overhead_s={"convolution": 1e-5})
+    flops = 2 * 8 * 32 * 32 * 64 * 64 * 9
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert _conv_seconds(spec) == pytest.approx(flops / 4e12 + 1e-5, rel=1e-3)
+    assert _conv_seconds(spec, torch.bfloat16) == pytest.approx(flops / 4e12 + 1e-5, rel=1e-3)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert _conv_seconds(spec) == pytest.approx(flops / 1e12 + 1e-5, rel=1e-3)
+
+
+def test_fp32_matmul_stays_off_tf32_by_default() -> None:
+    spec = DeviceSpec(name="tc", peak_flops={"float32": 1e12, "tf32": 8e12}, memory_bandwidth=1e15,
+                      memory=2**30, link_bandwidth=1e10, efficiency={"matmul": {"float32": 0.5}})
+    a = torch.empty(1024, 1024, device="meta")
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False  # torch's default
+        assert _price_on(spec, a).seconds == pytest.approx(2 * 1024**3 / 0.5e12, rel=1e-3)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert _price_on(spec, a).seconds == pytest.approx(2 * 1024**3 / 8e12, rel=1e-3)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _price_on(spec: DeviceSpec, a: torch.Tensor) -> CostMode:
+    mode = CostMode(spec)
+    with mode:
+        a @ a
+    return mode
+
+
+def test_normalizations_are_priced_on_their_share_of_the_bandwidth() -> None:
+    spec = DeviceSpec(name="bw", peak_flops={"float32": 1e12}, memory_bandwidth=1e11, memory=2**30,
+                      link_bandwidth=1e10, efficiency={"group_norm": {"float32": 0.25}})
+    x = torch.empty(8, 32, 64, 64, device="meta")
+    plain, grouped = CostMode(spec), CostMode(spec)
+    with plain:
+        x * 2
+    with grouped:
+        torch.nn.functional.group_norm(x, 4)
+    assert grouped.bytes >= plain.bytes
+    assert grouped.seconds == pytest.approx(grouped.bytes / 0.25e11)

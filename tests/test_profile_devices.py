@@ -55,6 +55,11 @@ def test_dtype_lookup() -> None:
     ({"memory": "lots"}, "memory: cannot read size 'lots'"),
     ({"link_bandwidth": "fast"}, "malformed device spec"),
     ({"kernel_overhead_s": -1}, "kernel_overhead_s = -1.0"),
+    ({"dispatch_forward_s": -1e-6}, "dispatch_forward_s = -1e-06 is not a host time"),
+    ({"efficiency": {"matmul": {"float32": 1.5}}}, r"efficiency\['matmul'\]\['float32'\] = 1.5"),
+    ({"efficiency": {"gemm": {"float32": 0.5}}}, "unknown kernel class 'gemm'"),
+    ({"efficiency": {"matmul": 0.5}}, "efficiency is not an object of objects"),
+    ({"call_overhead_s": {"convolution": -1}}, r"call_overhead_s\['convolution'\] = -1.0"),
 ])
 def test_bad_values(tmp_path: Path, change: dict[str, object], match: str) -> None:
     data = load_device_spec("h100").to_json() | change
@@ -90,3 +95,24 @@ def test_constructor_checks() -> None:
     with pytest.raises(DeviceSpecError, match="empty name"):
         DeviceSpec(name="", peak_flops={"float32": 1.0}, memory_bandwidth=1.0, memory=1,
                    link_bandwidth=1.0)
+
+
+def test_host_and_kernel_figures() -> None:
+    """The H200's host dispatch is what the GPU suite measured; H100 and A100 default to it."""
+    h200 = load_device_spec("h200")
+    assert h200.dispatch_forward_s == pytest.approx(18.6e-6)
+    assert h200.dispatch_backward_s == pytest.approx(14.4e-6)
+    for name in ("h100", "a100"):
+        spec = load_device_spec(name)
+        assert (spec.dispatch_forward_s, spec.dispatch_backward_s) == (h200.dispatch_forward_s,
+                                                                       h200.dispatch_backward_s)
+    assert h200.dispatch_s("forward") > h200.dispatch_s("backward_input") > 0
+    # fp32 convolutions on the TF32 units at the measured fraction of their peak
+    assert h200.kernel_rate("convolution", "float32", tf32=True) == pytest.approx(0.4 * 494.7e12)
+    assert h200.kernel_rate("convolution", "float32") == pytest.approx(66.9e12)
+    assert h200.kernel_rate("matmul", "float32") == pytest.approx(0.68 * 66.9e12)
+    assert h200.kernel_rate("other", "bfloat16") == pytest.approx(989.4e12)
+    assert h200.bandwidth_for("group_norm", "bfloat16") == pytest.approx(0.042 * 4.8e12)
+    assert h200.bandwidth_for("matmul", "bfloat16") == h200.memory_bandwidth
+    assert h200.overhead_for("convolution") == pytest.approx(150e-6) and h200.overhead_for("matmul") == 0
+    assert DeviceSpec.from_json(h200.to_json()) == h200

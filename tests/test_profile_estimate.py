@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -125,3 +127,42 @@ def test_spec_by_name_or_object(traced: Traced) -> None:
     assert a.to_json()["nodes"] == b.to_json()["nodes"]
     with pytest.raises(DeviceSpecError, match="unknown device spec"):
         estimate(graph, spec.example_inputs, device_spec="nope")
+
+
+class _Views(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(16, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(torch.mm(x.view(16, 16), self.w).t())
+
+
+def test_host_dispatch_counts_views() -> None:
+    """Every aten call costs the host its dispatch time, views too ([Note: the launch queue])."""
+    spec = DeviceSpec(name="host", peak_flops={"float32": 1e30}, memory_bandwidth=1e30, memory=2**30,
+                      link_bandwidth=1e10, dispatch_forward_s=1e-3, dispatch_backward_s=2e-3)
+    x = torch.randn(256)
+    graph = autopipe.trace(_Views(), (x,))
+    p = estimate(graph, (x,), device_spec=spec)
+    assert p.meta["aten_calls"]["forward"] == 4  # view, mm, transpose, relu
+    assert [round(n.forward_s * 1e3, 6) for n in p.nodes if n.op.startswith("call")] == [1, 1, 1, 1]
+    assert p.meta["kernels"]["forward"] == 2  # only mm and relu run kernels
+    # backward: relu's kernel, the transpose's gradient (a view), mm's weight gradient
+    calls = p.meta["aten_calls"]["backward"]
+    assert calls >= 3 and p.backward_s == pytest.approx(2e-3 * calls)
+
+
+def test_queue_lies_between_host_and_device(traced: Traced) -> None:
+    """Through the launch queue a phase takes at least its host time and its device time, and at
+    most their sum; every node's share is non-negative."""
+    spec, graph = traced["mlp"]
+    h200 = load_device_spec("h200")
+    p = estimate(graph, spec.example_inputs, device_spec=h200)
+    device = estimate(graph, spec.example_inputs,
+                      device_spec=dataclasses.replace(h200, dispatch_forward_s=0.0, dispatch_backward_s=0.0))
+    assert all(n.forward_s >= 0 and n.backward_s >= 0 for n in p.nodes)
+    calls = p.meta["aten_calls"]
+    for got, dev, host in ((p.forward_s, device.forward_s, calls["forward"] * h200.dispatch_forward_s),
+                           (p.backward_s, device.backward_s, calls["backward"] * h200.dispatch_backward_s)):
+        assert max(host, dev) * (1 - 1e-9) <= got <= (host + dev) * (1 + 1e-9)

@@ -27,3 +27,15 @@ def test_sgd_variants() -> None:
 def test_unknown_optimizer() -> None:
     with pytest.raises(AutopipeError, match="unknown optimizer 'lion'"):
         param_memory(4, optimizer="lion")
+
+
+def test_the_optimizer_steps_temporaries() -> None:
+    """[Note: the optimizer step's temporaries]: Adam's foreach sqrt of its fp32 states, and
+    the fp32 gradients of 16-bit masters; not part of what is held all the time."""
+    assert param_memory(400, element_size=4, optimizer="adam").step == 400
+    assert param_memory(400, element_size=4, optimizer="adamw").step == 400
+    assert param_memory(200, element_size=2, optimizer="adam").step == 100 * 8
+    assert param_memory(400, optimizer="sgd-momentum").step == 0
+    assert param_memory(200, element_size=2, optimizer="sgd").step == 100 * 4
+    assert param_memory(400, optimizer="none").step == 0
+    assert param_memory(400, optimizer="adam").total == 1600

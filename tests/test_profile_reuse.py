@@ -31,9 +31,9 @@ def test_reused_costs_equal_per_node_estimates(monkeypatch: pytest.MonkeyPatch, 
     priced: list[str] = []
     backward = estimate_module._Estimator._backward
 
-    def counted(self: Any, call: Any, out: Any) -> Any:
+    def counted(self: Any, call: Any, out: Any, fwd: Any) -> Any:
         priced.append(call.node.name)
-        return backward(self, call, out)
+        return backward(self, call, out, fwd)
 
     monkeypatch.setattr(estimate_module._Estimator, "_backward", counted)
     reused = _estimate(spec, graph)
@@ -46,6 +46,37 @@ def test_reused_costs_equal_per_node_estimates(monkeypatch: pytest.MonkeyPatch, 
     if name in ("llama", "gpt2", "bert"):  # repeated layers: most backward prices are reused
         assert with_reuse < computing / 2
     assert reused.to_json() == alone.to_json()
+
+
+@pytest.mark.parametrize(("name", "device_spec", "dtype", "tf32"), [
+    ("llama", "h200", "bf16", False), ("gpt2", "h100", None, True), ("resnet", "a100", None, False)])
+def test_reuse_gives_the_queue_a_fresh_estimate_would(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                      device_spec: str, dtype: str | None, tf32: bool) -> None:
+    """Each node's forward and backward halves, float-equal, through the launch queue
+    (host time per call, views, kernel efficiencies, TF32): the reused calls are the fresh ones."""
+    spec = example_spec(name)
+    graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+
+    def run() -> autopipe.Profile:
+        before = torch.backends.cuda.matmul.allow_tf32  # a property of torch's, not an attribute
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            return estimate_fn(graph, spec.example_inputs, spec.example_kwargs, device_spec=device_spec,
+                               dtype=dtype, progress=False, loss_fn=spec.loss_fn, target=example_target(spec))
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+
+    reused = run()
+    monkeypatch.setattr(estimate_module, "call_key", lambda node, call: None)
+    alone = run()
+    assert reused.meta["aten_calls"]["forward"] > 0 and reused.meta["kernels"]["forward"] > 0
+    assert reused.meta == alone.meta
+    assert reused.loss == alone.loss
+    for a, b in zip(reused.nodes, alone.nodes, strict=True):
+        assert a.name == b.name
+        assert (a.forward_s, a.backward_input_s, a.backward_weight_s, a.activation_bytes) == \
+            (b.forward_s, b.backward_input_s, b.backward_weight_s, b.activation_bytes), a.name
 
 
 def _key(fn: Any, args: list[Any], params: set[int] | None = None) -> Any:

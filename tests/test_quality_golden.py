@@ -49,11 +49,12 @@ def test_gate_catches_a_worse_planner(tmp_path: Path, monkeypatch: pytest.Monkey
     golden = _cpu_cases(tmp_path)
     assert not [f for r in check_golden(golden) for f in r.failures]
 
-    def no_search(problem: object, *, incumbent: tuple[int, ...] | None = None, **_: object) -> IlpResult:
+    def no_search(problem: object, *, incumbent: tuple[int, ...] | None = None,
+                  recompute: tuple[int, ...] | None = None, **_: object) -> IlpResult:
         assert incumbent is not None
         return IlpResult(stage_of=tuple(incumbent), status="optimal", objective_s=0.0,
                          lower_bound_s=0.0, model_objective_s=float("nan"), seconds=0.0,
-                         solver="none", binaries=0, rounds=0)
+                         solver="none", binaries=0, rounds=0, recompute=tuple(recompute or ()))
 
     monkeypatch.setattr(planner, "solve_ilp", no_search)
     worse = [f for r in check_golden(golden) for f in r.failures]

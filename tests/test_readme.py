@@ -31,6 +31,9 @@ RUN = (
     "autopipe show plan.json --png plan.png --trace trace.json",
     "autopipe plan examples/gpt2.py:build --stages 4 --microbatches 8 --device-spec h100 -o new-plan.json",
     "autopipe check new-plan.json --baseline plan-h100.json --tolerance 0.01",
+    "autopipe plan examples/llama.py:build --spec-arg device=meta --stages 2 -o llama-plan.json",
+    "autopipe plan examples/gpt2.py:build --profile profiles/cpu/gpt2.json --stages 2 --microbatches 4 "
+    "--memory 51MiB -o plan-recompute.json",
     "autopipe plan examples/gpt2.py:build --stages 4 --microbatches 8 --profile profiles/cpu/gpt2.json "
     "--granularity layer -o plan-layers.json",
     "autopipe export plan-layers.json --format torchtitan -o torchtitan.json",
@@ -52,7 +55,9 @@ SKIP = {
     "autopipe train ": "trains on 4 ranks (tests/test_runtime_train.py trains every example)",
     "torchrun ": "trains on 4 ranks (tests/test_runtime_train.py trains every example)",
     "python -m benchmarks.gpu_suite ": "needs a GPU",
+    "python -m benchmarks.bench_estimator_h200": "a minute of estimates at GPU shapes (CI runs its tests)",
     "autopipe consolidate ": "needs a checkpoint of a training run (tests/test_runtime_checkpoint.py runs it)",
+    "python -m benchmarks.bench_init_memory": "trains a 1 GB Llama on 2 ranks (3-4 min)",
 }
 
 # Arguments naming a file the command writes; it must exist afterwards.

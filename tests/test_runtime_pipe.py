@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from autopipe import ModelSpec, trace
-from autopipe.errors import CheckpointError
+from autopipe.errors import CheckpointError, WeightsError
 from autopipe.runtime import Pipe, build, launch, load_checkpoint, save_checkpoint
 
 from .conftest import ROOT, example_spec
@@ -115,6 +115,31 @@ def test_checkpoint_of_another_model_is_refused_by_name(tmp_path: Path) -> None:
         assert len(fresh.state) == len(list(pipe.parameters()))
 
 
+def test_build_materialises_a_meta_model_from_a_state_dict_or_its_initialiser() -> None:
+    """``build(init=...)`` on a meta-built spec: the rank's tensors become real, from the given
+    state dict (the tied head under either name) or, without one, from ``init_weights``."""
+    source = example_spec("gpt2", **GPT2, seed=3).model.state_dict()
+    state = {k: v.clone() for k, v in source.items() if k != "transformer.wte.weight"}  # the head's name only
+    meta = example_spec("gpt2", **GPT2, seed=3, device="meta")  # (the seed also draws the batches)
+    plan = plan_from_cuts(trace(meta.model, meta.example_inputs), [], microbatches=2)
+    with build(plan, meta, device="cpu", init=state) as pipe:
+        assert all(p.device.type == "cpu" for p in pipe.parameters())
+        assert all(p.device.type == "meta" for p in meta.model.parameters())  # the model stays meta
+        for k, v in pipe.state_dict().items():
+            assert torch.equal(v, source[k]), k
+        losses = pipe.step(*meta.batch(2, 0))
+    cpu = example_spec("gpt2", **GPT2, seed=3)
+    (tokens,), target = cpu.batch(2, 0)
+    with torch.no_grad():
+        expected = [cpu.loss_fn(cpu.model(x), t) for x, t in zip(tokens.chunk(2), target.chunk(2))]
+    torch.testing.assert_close(torch.stack(losses), torch.stack(expected))
+    with build(plan, example_spec("gpt2", **GPT2, device="meta"), device="cpu") as pipe:
+        assert all(torch.isfinite(v).all() for v in pipe.state_dict().values())  # init_weights filled all
+    bad = {k: v for k, v in state.items() if k != "transformer.wpe.weight"}
+    with pytest.raises(WeightsError, match=r"1 missing \(transformer\.wpe\.weight\)"):
+        build(plan, example_spec("gpt2", **GPT2, device="meta"), device="cpu", init=bad)
+
+
 # --- examples/custom_loop.py on two ranks ------------------------------------------------------
 
 STEPS, LR, MAX_NORM, DECAY = 6, 1e-2, 0.5, 0.01
@@ -146,8 +171,13 @@ def _one_process(spec: ModelSpec, microbatches: int) -> dict[str, list[float]]:
 
 
 @pytest.mark.distributed
-def test_custom_loop_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
-    case = CASES["gpt2-2-1f1b"]  # the tied embedding is split across the two ranks
+@pytest.mark.parametrize("name", [
+    "gpt2-2-1f1b",  # the tied embedding is split across the two ranks
+    "gpt2-1x2-pipelines-1f1b",  # one stage, two data-parallel replicas: one norm, not two
+    pytest.param("gpt2-2x2-pipelines-1f1b", marks=pytest.mark.slow),  # tied copies in both replicas
+])
+def test_custom_loop_equals_one_process(tmp_path: Path, name: str) -> None:
+    case = CASES[name]
     spec, _, plan = case.build()
     plan.save(tmp_path / "plan.json")
     knobs = [f"--spec-arg={k}={v}" for k, v in GPT2.items()]
@@ -156,14 +186,14 @@ def test_custom_loop_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
            "--weight-decay", str(DECAY), "--max-norm", str(MAX_NORM), "--device", "cpu",
            "--out", str(tmp_path / "record.json")]
     with open(tmp_path / "log.txt", "w") as f:
-        result = launch(cmd, 2, env={"PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error",
+        result = launch(cmd, case.world_size, env={"PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error",
                                      "OMP_NUM_THREADS": "1"},
                         timeout_s=300, grace_s=20, stdout=f, stderr=subprocess.STDOUT, log=f)
     log = (tmp_path / "log.txt").read_text()
     assert result.code == 0, log[-3000:]
     assert "step 6/6  loss" in log and "grad norm" in log
     got = json.loads((tmp_path / "record.json").read_text())
-    expected = _one_process(spec, plan.microbatches)
+    expected = _one_process(spec, plan.microbatches * plan.replicas)  # the global batch
     assert max(expected["norm"]) > MAX_NORM, "clipping must act for the test to mean anything"
     assert expected["lr"][0] == LR and expected["lr"][-1] < LR / 10  # the cosine schedule runs
     for key in ("loss", "norm", "lr"):

@@ -16,33 +16,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from autopipe.runtime.launch import launch
 from autopipe.runtime.optim import TrainConfig
 from autopipe.runtime.reference import reference_train
 from autopipe.runtime.train import free_port
 
 from .conftest import ROOT
-from .runtime_cases import CASES, TINY, Case, compare_with_one_process
+from .runtime_cases import CASES, TINY, WORKER_ENV, Case, compare_with_one_process, run_job
 
 pytestmark = pytest.mark.distributed
 
-JOBS = {
-    2: [c for c in CASES.values() if len(set(c.ranks or range(c.stages))) == 2],
-    4: [c for c in CASES.values() if len(set(c.ranks or range(c.stages))) == 4],
-}
+# one pipeline each; the data-parallel cases run in tests/test_runtime_data_parallel.py
+JOBS = {n: [c for c in CASES.values() if c.replicas == 1 and c.world_size == n] for n in (2, 4)}
 UNTIED = CASES["gpt2-2-1f1b-untied"]
-ENV = {"PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
-
-
-def _run_job(out: Path, ranks: int, cases: list[Case]) -> None:
-    for case in cases:
-        case.build()[2].save(out / f"{case.name}.plan.json")
-    log = out / "log.txt"
-    with open(log, "w") as f:
-        result = launch([sys.executable, "-m", "tests.runtime_worker", str(out), *(c.name for c in cases)],
-                        ranks, env=ENV, timeout_s=400, grace_s=20,
-                        stdout=f, stderr=subprocess.STDOUT, log=f)
-    assert result.code == 0, log.read_text()[-3000:]
+ENV = WORKER_ENV
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +37,7 @@ def job_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     dirs = {}
     for ranks, cases in JOBS.items():
         dirs[ranks] = tmp_path_factory.mktemp(f"ranks{ranks}")
-        _run_job(dirs[ranks], ranks, cases)
+        run_job(dirs[ranks], ranks, cases)
     return dirs
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 # here), which building this parser made every command pay
 from autopipe._optimizers import DEVICES, OPTIMIZERS
 from autopipe.cli._common import add_spec_args, load_plan, plan_knobs
-from autopipe.errors import AutopipeError, PlanError, SpecError
+from autopipe.errors import AutopipeError, SpecError
 from autopipe.plan_format import Plan
 from autopipe.spec import ModelSpec, load_spec, parse_spec_args
 
@@ -31,8 +31,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="default adam")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
-                   help="samples per step; the spec's batch_size knob becomes B / micro-batches "
-                        "(the plan must have been made for that micro-batch)")
+                   help="samples per step over all replicas; the spec's batch_size knob becomes "
+                        "B / (micro-batches x replicas) (the plan must have been made for that micro-batch)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto: the plan's devices (default); cpu; cuda (GPU LOCAL_RANK of this node)")
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
@@ -42,6 +42,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-pin-cores", dest="pin_cores", action="store_false",
                    help="let CPU ranks share all the cores (default: each local rank keeps to its "
                         "own share, unless already bound with taskset or numactl)")
+    p.add_argument("--init", default=None, metavar="PATH",
+                   help="start from these weights of the unsplit model: a .safetensors file, a "
+                        "Hugging Face checkpoint folder or a torch .pt; each rank reads only its "
+                        "own stages' tensors (default: the spec's model as built)")
     p.add_argument("--save", default=None, metavar="DIR",
                    help="save a checkpoint (model, optimizer, step) into DIR at the end; DIR/latest names "
                         "the newest complete one")
@@ -60,13 +64,10 @@ def run(args: argparse.Namespace) -> int:
     from autopipe.runtime.train import train
 
     plan = load_plan(args.plan)  # and against the model in prepare(), before any rank starts
-    if plan.replicas > 1:
-        raise PlanError(f"{args.plan} runs {plan.replicas} data-parallel replicas of its "
-                        f"{plan.num_stages}-stage pipeline, and autopipe train runs one pipeline so far",
-                        hint=f"plan with --stages {plan.num_stages} (one pipeline) to train it now")
     config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, device=args.device,
                          timeout_s=args.timeout, pin_malloc=args.pin_malloc, pin_cores=args.pin_cores,
-                         save=args.save, save_every=args.save_every, resume=args.resume)
+                         save=args.save, save_every=args.save_every, resume=args.resume,
+                         init=args.init)
     spec = _spec(args, plan)
     if args.launch is not None:
         return _launch(args, spec, plan, config)
@@ -77,10 +78,11 @@ def run(args: argparse.Namespace) -> int:
 def _spec(args: argparse.Namespace, plan: Plan) -> ModelSpec:
     knobs = parse_spec_args(args.spec_arg)
     if args.batch_size is not None:
-        m = plan.microbatches
+        m = plan.microbatches * plan.replicas  # micro-batches over all replicas
         if args.batch_size < 1 or args.batch_size % m:
+            each = f" x {plan.replicas} replicas" if plan.replicas > 1 else ""
             raise SpecError(f"--batch-size {args.batch_size} is not a positive multiple of the plan's "
-                            f"{m} micro-batches", hint=f"use a multiple of {m}, e.g. {m * 4}")
+                            f"{plan.microbatches} micro-batches{each}", hint=f"use a multiple of {m}, e.g. {m * 4}")
         if "batch_size" in knobs and knobs["batch_size"] != args.batch_size // m:
             raise SpecError(f"--batch-size {args.batch_size} asks for micro-batches of "
                             f"{args.batch_size // m} but --spec-arg batch_size={knobs['batch_size']}",
@@ -91,12 +93,15 @@ def _spec(args: argparse.Namespace, plan: Plan) -> ModelSpec:
 
 def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: TrainConfig) -> int:
     from autopipe.runtime.launch import launch
+    from autopipe.runtime.materialize import check_init
     from autopipe.runtime.prepare import prepare
     from autopipe.runtime.train import check_resume
 
     if args.launch < 1:
         raise AutopipeError(f"--launch {args.launch}", hint="start at least one rank")
     prepare(spec, plan, args.launch)  # a wrong plan stops here, before any rank starts
+    if config.init is not None and config.resume is None:
+        check_init(spec, config.init)  # and weights that do not fit the model
     if config.resume is not None:
         check_resume(config)  # and so does a checkpoint that cannot continue
     cmd = [sys.executable, "-m", "autopipe", "train", args.spec, "--plan", args.plan,
@@ -110,7 +115,8 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
         cmd.append("--no-pin-cores")
     if args.batch_size is not None:
         cmd += ["--batch-size", str(args.batch_size)]
-    for flag, value in (("--save", args.save), ("--save-every", args.save_every), ("--resume", args.resume)):
+    for flag, value in (("--save", args.save), ("--save-every", args.save_every), ("--resume", args.resume),
+                        ("--init", args.init)):
         if value is not None:
             cmd += [flag, str(value)]
     result = launch(cmd, args.launch, grace_s=min(30.0, args.timeout))

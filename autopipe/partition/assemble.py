@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from autopipe.partition.costs import Evaluation, optimizer_steps
+from autopipe.partition.costs import regions as regions_of
 from autopipe.partition.problem import Problem
 from autopipe.plan_format import Baseline, Send, Stage, StageMemory
 
@@ -71,15 +72,23 @@ def stages(problem: Problem, stage_of: Sequence[int], ev: Evaluation) -> tuple[S
     out_sends = sends(problem, stage_of)
     write_rank = problem.config.schedule not in _RANKS_INFERRED
     steps = optimizer_steps(problem, stage_of)
+    order = {n: i for i, n in enumerate(problem.node_order)}
+    regions: list[list[tuple[str, ...]]] = [[] for _ in range(problem.config.num_stages)]
+    for region in regions_of(stage_of, ev.recompute):  # one checkpointed group each, in graph order
+        nodes = [n for b in region for n in problem.blocks[b].nodes]
+        regions[stage_of[region[0]]].append(tuple(sorted(nodes, key=lambda n: order.get(n, 0))))
     result = []
     for s, cost in enumerate(ev.stages):
         result.append(Stage(
             index=s, device=problem.config.devices[s].name, nodes=tuple(members[s]),
             modules=tuple(modules[s]), forward_s=cost.forward_s, backward_s=cost.backward_s,
             memory=StageMemory(params=cost.params, grads=cost.grads, optimizer=cost.optimizer,
-                               activations=cost.activations, buffers=cost.buffers, total=cost.memory),
+                               activations=cost.activations, buffers=cost.buffers, total=cost.memory,
+                               optimizer_step=cost.optimizer_step),
             sends=tuple(out_sends[s]), backward_weight_s=cost.backward_weight_s, comm_s=cost.comm_s,
-            optimizer_s=steps[s], rank=problem.config.rank_of(s) if write_rank else None))
+            optimizer_s=steps[s], rank=problem.config.rank_of(s) if write_rank else None,
+            recompute=tuple(sorted(regions[s], key=lambda g: order.get(g[0], 0))),
+            recompute_s=cost.recompute_s))
     return tuple(result)
 
 

@@ -8,6 +8,8 @@ from autopipe.partition.costs import TIE_BANDS, evaluate, tie_key, violations
 from autopipe.partition.problem import Problem
 
 MAX_ASSIGNMENTS = 200_000
+MAX_RECOMPUTED = 8
+"""Most recompute candidates whose every subset ``solutions`` tries."""
 
 
 def partitions(problem: Problem) -> Iterator[list[int]]:
@@ -37,6 +39,25 @@ def partitions(problem: Problem) -> Iterator[list[int]]:
     yield from place(0)
 
 
+def solutions(problem: Problem) -> Iterator[tuple[list[int], tuple[int, ...] | None]]:
+    """Every valid partition with every choice of recomputed blocks (``config.recompute``
+    ``auto``: each subset of the candidates; else only its default, None).
+
+    Raises:
+        ValueError: the problem is too big to enumerate.
+    """
+    choices: list[tuple[int, ...] | None] = [None]
+    if problem.config.recompute == "auto":
+        candidates = problem.recompute_candidates()
+        if len(candidates) > MAX_RECOMPUTED:
+            raise ValueError(f"2^{len(candidates)} recompute choices per partition are too many")
+        choices = [tuple(c for k, c in enumerate(candidates) if mask >> k & 1)
+                   for mask in range(2 ** len(candidates))]
+    for stage_of in partitions(problem):
+        for chosen in choices:
+            yield stage_of, chosen
+
+
 def best(problem: Problem, *, ties: float = 1e-9) -> tuple[float, list[int]] | None:
     """The fastest valid partition that fits in memory, or None.
 
@@ -46,8 +67,8 @@ def best(problem: Problem, *, ties: float = 1e-9) -> tuple[float, list[int]] | N
     least key).
     """
     found: list[tuple[float, tuple[float, float, float], list[int]]] = []
-    for stage_of in partitions(problem):
-        ev = evaluate(problem, stage_of)
+    for stage_of, chosen in solutions(problem):
+        ev = evaluate(problem, stage_of, chosen)
         if ev.fits:
             found.append((ev.objective_s, tie_key(problem, ev), stage_of))
     if not found:

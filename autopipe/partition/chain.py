@@ -26,20 +26,39 @@ class Chain:
         n = problem.size
         self.n = n
         blocks = problem.blocks
-        self.work = np.concatenate([[0.0], np.cumsum([b.work_s for b in blocks])])
+        # recomputation ([Note: recomputation]): "full" pays its forwards again; both price
+        # each recomputed block alone (its inputs kept, its activations alive once), an
+        # upper bound on its memory; "auto" recomputes the blocks that free memory so, a
+        # bound both ways (least memory, no extra time)
+        work = np.array([b.work_s for b in blocks], dtype=np.float64)
+        self._candidates = np.zeros(n, dtype=np.bool_)
+        self._inputs = np.array(problem.input_bytes(), dtype=np.float64)
+        if cfg.recompute != "none":
+            for b in problem.recompute_candidates():
+                self._candidates[b] = True
+                if cfg.recompute == "full":
+                    work[b] += blocks[b].forward_s
+        self._freed: dict[int, FloatArray] = {}
+        self.work = np.concatenate([[0.0], np.cumsum(work)])
         self.fwd = np.concatenate([[0.0], np.cumsum([b.forward_s for b in blocks])])
         self.act = np.concatenate([[0.0], np.cumsum([float(b.activation_bytes) for b in blocks])])
         self.real = np.concatenate([[0], np.cumsum([b.real for b in blocks])])
         readers = problem.readers()
         single = np.zeros(n)
+        step = np.zeros(n)
         self.shared: list[tuple[float, tuple[int, ...]]] = []
+        self.shared_step: list[tuple[float, tuple[int, ...]]] = []
         for q, r in sorted(readers.items()):
             total = float(problem.param_mem[q].total)
             if len(r) == 1:
                 single[r[0]] += total
+                step[r[0]] += problem.param_mem[q].step
             else:
                 self.shared.append((total, r))
+                self.shared_step.append((float(problem.param_mem[q].step), r))
         self.pmem = np.concatenate([[0.0], np.cumsum(single)])
+        self.pstep = np.concatenate([[0.0], np.cumsum(step)])
+        """The optimizer step's temporaries ([Note: the optimizer step's temporaries])."""
         # X[i]: bytes crossing the cut in front of block i (and whether a non-tensor does)
         diff = np.zeros(n + 1)
         bad = np.zeros(n + 1, dtype=np.int64)
@@ -90,25 +109,59 @@ class Chain:
         """Per-micro-batch busy time of segments [j, i) on stage ``s``, or the link after
         them when that is slower (both are pipeline resources)."""
         work: FloatArray = (self.work[i] - self.work[j.start:j.stop]) / self.speed[s]
+        if self.problem.config.recompute == "auto" and self._candidates.any():
+            work = work + self._again(s, i, j) / self.speed[s]
         if i < self.n and not np.isinf(self.bw):
             work = np.maximum(work, self.cross[i] / self.bw)
         return work
 
+    def _again(self, s: int, i: int, j: range) -> FloatArray:
+        """``auto``: the forward that segments [j, i) recompute to fit stage ``s``, estimated
+        at the segment's average forward per byte freed (what fitting it would cost)."""
+        js = slice(j.start, j.stop)
+        k = self.problem.config.inflight(s)
+        freed, again = self.freed(k), self._forward(k)
+        over = np.maximum(self._memory(s, i, j, recompute=False) - self.limit[s], 0.0)
+        can = freed[i] - freed[js]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out: FloatArray = np.where(over > 0, over * (again[i] - again[js]) / np.maximum(can, 1.0), 0.0)
+        return out
+
     def memory(self, s: int, i: int, j: range) -> FloatArray:
         """Peak memory of segments [j, i) on stage ``s``."""
+        return self._memory(s, i, j, recompute=True)
+
+    def _memory(self, s: int, i: int, j: range, *, recompute: bool) -> FloatArray:
         js = slice(j.start, j.stop)
         cfg = self.problem.config
-        mem: FloatArray = self.pmem[i] - self.pmem[js] + cfg.inflight(s) * (self.act[i] - self.act[js])
-        mem = mem + 2.0 * self.comm(i, j)
-        for total, readers in self.shared:
-            # held when some reader r has j <= r < i: j at or below the last reader before i
-            last = -1
-            for r in readers:
-                if r < i:
-                    last = r
-            if last >= j.start:
-                mem[: last - j.start + 1] += total
+        held = self.pmem[i] - self.pmem[js] + 2.0 * self.comm(i, j) + _shared(self.shared, i, j)
+        act: FloatArray = cfg.inflight(s) * (self.act[i] - self.act[js])
+        if recompute and self._candidates.any():
+            freed = self.freed(cfg.inflight(s))
+            act = act - (freed[i] - freed[js])
+        step = self.pstep[i] - self.pstep[js] + _shared(self.shared_step, i, j)
+        mem: FloatArray = held + np.maximum(act, step)
         return mem
+
+    def freed(self, inflight: int) -> FloatArray:
+        """Prefix sums of the bytes recomputation frees per block on a stage holding
+        ``inflight`` micro-batches."""
+        if inflight not in self._freed:
+            act = np.array([float(b.activation_bytes) for b in self.problem.blocks])
+            freed = np.where(self._candidates, inflight * (act - self._inputs) - act, 0.0)
+            if self.problem.config.recompute == "auto":
+                freed = np.maximum(freed, 0.0)
+            self._freed[inflight] = np.concatenate([[0.0], np.cumsum(freed)])
+        return self._freed[inflight]
+
+    def _forward(self, inflight: int) -> FloatArray:
+        """Prefix sums of the forward of the blocks that ``freed`` counts."""
+        key = -inflight - 1
+        if key not in self._freed:
+            freed = np.diff(self.freed(inflight))
+            fwd = np.array([b.forward_s for b in self.problem.blocks])
+            self._freed[key] = np.concatenate([[0.0], np.cumsum(np.where(freed > 0, fwd, 0.0))])
+        return self._freed[key]
 
     def stage_of(self, cuts: list[int]) -> list[int]:
         """Block → stage for segment ends ``cuts`` (one per stage, the last is ``n``)."""
@@ -118,3 +171,17 @@ class Chain:
             out += [s] * (end - start)
             start = end
         return out
+
+
+def _shared(shared: list[tuple[float, tuple[int, ...]]], i: int, j: range) -> FloatArray:
+    """Bytes of parameters read by several blocks that segments [j, i) hold."""
+    out: FloatArray = np.zeros(len(j))
+    for total, readers in shared:
+        # held when some reader r has j <= r < i: j at or below the last reader before i
+        last = -1
+        for r in readers:
+            if r < i:
+                last = r
+        if last >= j.start:
+            out[: last - j.start + 1] += total
+    return out

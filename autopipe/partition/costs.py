@@ -13,9 +13,11 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
     stage s:  F_s = Σ forward / speed_s           B_s = Σ (backward input + weight) / speed_s
                                                   W_s = Σ backward weight / speed_s (part of B_s)
               memory_s = Σ_{params read} (param + grad + optimizer states)
-                       + activation bytes × in-flight micro-batches (``Config.inflight``,
-                         from the schedule's order: 1F1B min(m, p−s); GPipe m; zb-h1 min(m, p))
                        + 2·(X_{s-1} + X_s)           (send/receive buffers, activation and gradient)
+                       + max(activation bytes × in-flight micro-batches (``Config.inflight``,
+                               from the schedule's order: 1F1B min(m, p−s); GPipe m; zb-h1 min(m, p)),
+                             Σ_{params read} optimizer step's temporaries)   (the step runs when no
+                               activation is held: [Note: the optimizer step's temporaries])
 
     iteration = the schedule's step time with these F_s, B_s, W_s and c_b — the longest
                 path of its task DAG ([Note: the step time is a longest path]; only zb-h1
@@ -31,15 +33,42 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
     sends nothing, and memory holds per rank (``RankMemory``): its chunks' parameters,
     gradients, optimizer states and buffers, plus max over the moments of its program of
     Σ_c held_c · activation bytes_c.
+[Note: recomputation]
+
+A stage's recomputed blocks form regions, the longest runs of consecutive blocks (in the
+topological block order) that it recomputes, each one ``torch.utils.checkpoint`` call. A
+region keeps for backward only its inputs, the values it reads that are made outside it,
+and runs its forward again when its backward starts: a Llama layer as one region keeps
+its input, 32 MiB at 4,096 tokens, instead of 760 MiB. With R_s the blocks stage s
+recomputes:
+
+    B_s       += Σ_{b ∈ R_s} forward_b / speed_s          (the B task: the input gradients
+                                                         need them first)
+    memory_s  −= inflight_s · Σ_{b ∈ R_s} activation_b
+              += inflight_s · Σ_{v kept} bytes_v          (v is read by some b ∈ R_s and
+                                                         not made in b's region; each once)
+              +  Σ_{b ∈ R_s} activation_b                (alive again while the backward
+                                                         runs: one micro-batch's)
+
+The last term is exact when the stage's recomputed blocks form one region and errs high
+otherwise (a backward holds one region's at a time). The ILP encodes it with one binary
+per block and stage: v, made in block u and read in block d, is kept unless every block
+u … d is recomputed in the stage, which is linear (w ≥ r[d] − r[k] for u ≤ k < d). A
+value read REGION_SPAN blocks or more after it is made counts as kept (few rows; such
+values are rare and small: position tables, masks). Counting values that a kept block
+saves already (or that the stage received) errs high too. Blocks that write a tensor in
+place, and the model's inputs and output (the loss), are never recomputed.
+``config.recompute`` says what may be: none, the ILP's choice (``auto``), or every block
+that can be (``full``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from autopipe.partition.problem import Problem
+from autopipe.partition.problem import REGION_SPAN, Problem
 from autopipe.partition.timeline import Count, longest_path
 
 MEMORY_HEADROOM = 1e-6
@@ -77,16 +106,25 @@ class StageCost:
     buffers: int
     limit: float
     """The device's memory, bytes (``inf`` when unlimited)."""
+    recompute_s: float = 0.0
+    """The recomputed blocks' forward, per micro-batch: part of ``backward_s``."""
+    recompute_bytes: int = 0
+    """The recomputed blocks' activations, alive again during a backward (one micro-batch's):
+    part of ``activations``."""
 
     @property
     def busy_s(self) -> float:
         """Compute time per micro-batch: forward + backward."""
         return self.forward_s + self.backward_s
 
+    optimizer_step: int = 0
+    """Bytes the optimizer step allocates while it runs (held with no activations)."""
+
     @property
     def memory(self) -> int:
         """Total predicted peak bytes."""
-        return self.params + self.grads + self.optimizer + self.activations + self.buffers
+        return self.params + self.grads + self.optimizer + self.buffers + max(self.activations,
+                                                                                self.optimizer_step)
 
     @property
     def fits(self) -> bool:
@@ -113,6 +151,8 @@ class Evaluation:
     ranks: tuple[RankMemory, ...] = ()
     """With virtual stages, each rank's peak memory over its chunks ([Note: chunks]); the
     limits hold per rank then. Empty with one stage per rank."""
+    recompute: tuple[int, ...] = ()
+    """The blocks recomputed ([Note: recomputation]), sorted."""
 
     @property
     def fits(self) -> bool:
@@ -156,11 +196,13 @@ class RankMemory:
     moment: tuple[int, ...]
     """Micro-batches held per chunk (all chunks) at that peak."""
     limit: float
+    optimizer_step: int = 0
+    """Bytes its chunks' optimizer steps allocate (held with no activations)."""
 
     @property
     def memory(self) -> int:
         """Total predicted peak bytes."""
-        return self.static + self.activations
+        return self.static + max(self.activations, self.optimizer_step)
 
     @property
     def fits(self) -> bool:
@@ -178,9 +220,11 @@ def rank_memory(problem: Problem, stages: Sequence[StageCost], act: Sequence[int
     for r, moments in enumerate(cfg.live_sets()):
         chunks = tuple(c for c in range(cfg.num_stages) if cfg.rank_of(c) == r)
         peak, moment = max((sum(k * a for k, a in zip(held, act)), held) for held in moments)
-        static = sum(stages[c].memory - stages[c].activations for c in chunks)
+        static = sum(stages[c].params + stages[c].grads + stages[c].optimizer + stages[c].buffers
+                     for c in chunks)
         out.append(RankMemory(chunks=chunks, static=static, activations=peak, moment=moment,
-                              limit=stages[chunks[0]].limit))
+                              limit=stages[chunks[0]].limit,
+                              optimizer_step=sum(stages[c].optimizer_step for c in chunks)))
     return tuple(out)
 
 
@@ -238,10 +282,34 @@ def held_params(problem: Problem, stage_of: Sequence[int]) -> list[set[str]]:
     return held
 
 
-def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
+def recomputed(problem: Problem, recompute: Collection[int] | None) -> tuple[int, ...]:
+    """The blocks a partition recomputes: ``recompute`` if given (candidates of
+    ``problem``), else ``config.recompute``'s default (``full``: every candidate)."""
+    if recompute is None:
+        return problem.recompute_candidates() if problem.config.recompute == "full" else ()
+    out = tuple(sorted(set(recompute)))
+    assert set(out) <= set(problem.recompute_candidates()), "recomputed blocks must be candidates"
+    return out
+
+
+def regions(stage_of: Sequence[int], recompute: Collection[int]) -> tuple[tuple[int, ...], ...]:
+    """The recomputed regions: the longest runs of consecutive recomputed blocks in one stage."""
+    out: list[list[int]] = []
+    for b in sorted(recompute):
+        if out and out[-1][-1] == b - 1 and stage_of[b - 1] == stage_of[b]:
+            out[-1].append(b)
+        else:
+            out.append([b])
+    return tuple(tuple(r) for r in out)
+
+
+def evaluate(problem: Problem, stage_of: Sequence[int],
+             recompute: Collection[int] | None = None) -> Evaluation:
     """Score a partition (``stage_of[i]`` = stage of block ``i``); see [Note: the cost model].
 
-    The partition is not checked for validity here; use ``violations`` for that.
+    ``recompute``: the blocks recomputed ([Note: recomputation]); default
+    ``config.recompute``'s (every candidate for ``full``, else none). The partition is not
+    checked for validity here; use ``violations`` for that.
     """
     cfg = problem.config
     p = cfg.num_stages
@@ -255,6 +323,11 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
         bwd[s] += b.backward_input_s + b.backward_weight_s
         bw_w[s] += b.backward_weight_s
         act[s] += b.activation_bytes
+    chosen = recomputed(problem, recompute)
+    again = [0.0] * p
+    live = [0] * p
+    if chosen:
+        _recompute(problem, stage_of, chosen, again, act, live)
     x = boundary_bytes(problem, stage_of)
     held = held_params(problem, stage_of)
     stages = []
@@ -268,14 +341,16 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
         mem = [problem.param_mem[q] for q in sorted(held[s])]
         stages.append(StageCost(
             forward_s=fwd[s] / dev.speed + cfg.forward_overhead_s,
-            backward_s=bwd[s] / dev.speed + cfg.backward_overhead_s,
+            backward_s=(bwd[s] + again[s]) / dev.speed + cfg.backward_overhead_s,
             backward_weight_s=bw_w[s] / dev.speed, comm_s=2 * cfg.comm_s(wired),
             send_s=cfg.comm_s(send) + cfg.send_latency_s if s < p - 1 and linked[s] else 0.0,
             recv_bytes=recv, send_bytes=send,
             params=sum(m.params for m in mem), grads=sum(m.grads for m in mem),
             optimizer=sum(m.optimizer for m in mem),
-            activations=act[s] * cfg.inflight(s), buffers=2 * (recv + send),
-            limit=float(dev.memory) if dev.memory > 0 else math.inf))
+            activations=act[s] * cfg.inflight(s) + live[s], buffers=2 * (recv + send),
+            limit=float(dev.memory) if dev.memory > 0 else math.inf,
+            optimizer_step=sum(m.step for m in mem),
+            recompute_s=again[s] / dev.speed, recompute_bytes=live[s]))
     tied = 0.0
     for q, readers in problem.readers().items():
         tied += cfg.allreduce_s(problem.param_bytes[q], len({stage_of[r] for r in readers}))
@@ -287,7 +362,28 @@ def evaluate(problem: Problem, stage_of: Sequence[int]) -> Evaluation:
                                   cfg.virtual_stages)
     return Evaluation(stages=tuple(stages), objective_s=step + tied + cfg.step_overhead_s, step_s=step,
                       tied_sync_s=tied, critical=critical, optimizer_s=tuple(steps),
-                      ranks=rank_memory(problem, stages, act))
+                      ranks=rank_memory(problem, stages, act), recompute=chosen)
+
+
+def _recompute(problem: Problem, stage_of: Sequence[int], chosen: Sequence[int], again: list[float],
+               act: list[int], live: list[int]) -> None:
+    """Add the recomputed blocks' forward time, kept inputs and live bytes per stage."""
+    region_of = {b: k for k, region in enumerate(regions(stage_of, chosen)) for b in region}
+    for b in chosen:
+        s = stage_of[b]
+        again[s] += problem.blocks[b].forward_s
+        act[s] -= problem.blocks[b].activation_bytes
+        live[s] += problem.blocks[b].activation_bytes
+    for v in problem.values:
+        kept: set[int] = set()
+        made_in = region_of.get(v.src)
+        for d in v.dsts:
+            reader = region_of.get(d)
+            if reader is None or (reader == made_in and d - v.src < REGION_SPAN):
+                continue
+            if stage_of[d] not in kept:
+                kept.add(stage_of[d])
+                act[stage_of[d]] += v.bytes
 
 
 def violations(problem: Problem, stage_of: Sequence[int]) -> list[str]:

@@ -22,6 +22,10 @@ B_s is the B task's time: the whole backward, or only the input gradients where 
 schedule runs the weight gradients W_s as tasks of their own (zb-h1, zbv; elsewhere nW = 0).
 With virtual stages the s above are chunks, and the memory rows are per rank and moment
 of its program (``_rank_memory``, [Note: chunks]).
+With recomputation ([Note: recomputation] in ``autopipe.partition.costs``) each candidate
+block has r[b,s] ≤ x[b,s], binary under ``auto`` and x[b,s] itself under ``full``: B_s
+gains forward_b · r[b,s], memory_s loses (inflight_s − 1) · activation_b · r[b,s] and gains
+inflight_s · bytes_v · w[v,s] for the values kept, w[v,s] ≥ r[d,s] − r[k,s] (u ≤ k < d).
     minimise T + Σ_q bytes_q/bandwidth · (Σ_s z[q,s] − 1)
 
 The step time is the longest path of the schedule's task DAG ([Note: the step time
@@ -85,12 +89,15 @@ from autopipe.partition.costs import (
     tie_key,
     violations,
 )
-from autopipe.partition.problem import Problem, ring_allreduce_per_byte
+from autopipe.partition.problem import REGION_SPAN, Problem, ring_allreduce_per_byte
+from autopipe.partition.recompute import prune
 from autopipe.partition.timeline import Count, nearby_paths, seed_paths, splits_backward
 from autopipe.partition.windows import BoolMatrix, ancestors, fits_windows, windows
 
 Term: TypeAlias = Any
 """A ``pulp.LpVariable`` or one of the constants 0 and 1 (PuLP has no type hints)."""
+Solution: TypeAlias = tuple[tuple[int, ...], tuple[int, ...]]
+"""A partition (block → stage) and the blocks it recomputes."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,6 +121,8 @@ class IlpResult:
     """Binary variables left after stage windows fixed the others."""
     rounds: int
     """MIP solves (each after adding a critical-path cut)."""
+    recompute: tuple[int, ...] = ()
+    """Blocks recomputed in ``stage_of`` ([Note: recomputation] in ``autopipe.partition.costs``)."""
 
 
 def _clean(x: float) -> float:
@@ -151,6 +160,12 @@ class _Lin:
     def value(self, values: dict[str, float]) -> float:
         return self.const + sum(c * values[v.name] for v, c in self.coef.items())
 
+    @staticmethod
+    def of(term: Term) -> _Lin:
+        lin = _Lin()
+        lin.add(term, 1.0)
+        return lin
+
     def is_const(self) -> bool:
         return not any(abs(c) > 1e-13 for c in self.coef.values())
 
@@ -167,6 +182,8 @@ class _Model:
         self.prob = pulp.LpProblem("autopipe", pulp.LpMinimize)
         self.rows: dict[str, _Lin] = {}
         """Every constraint's left-hand side, by name (for tests and diagnosis)."""
+        self.rhs: dict[str, float] = {}
+        """The right-hand sides that are not 0, by name."""
         self.infeasible = False
         """A row that the windows alone decide is violated (e.g. a pinned block overflows)."""
         per_tensor, per_byte = problem.config.optimizer_step
@@ -193,6 +210,18 @@ class _Model:
             self.y.append(row)
         self.crossing_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
         self.holder_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
+        self.candidates = problem.recompute_candidates()
+        self.probing = not self.candidates
+        """Whether HiGHS may probe in presolve (not with recomputation: ``_solvers.NO_PROBING``)."""
+        self.r: dict[tuple[int, int], Term] = {}
+        """r[b,s] = "block b is in stage s and recomputed" (``auto`` only; ≤ x[b,s])."""
+        if cfg.recompute == "auto":
+            for b in self.candidates:
+                for s in range(lo[b], hi[b] + 1):
+                    self.r[(b, s)] = self._var(f"r_{b}_{s}", cat=pulp.LpBinary)
+                    self.binaries += 1
+        self.kept_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
+        """w[v,s], the largest of its terms: value v is kept by a region of stage s."""
         self._order(anc)
         x_bytes = self._crossings(anc)
         held = self._holders()
@@ -218,8 +247,18 @@ class _Model:
         lin.add(self.Y(b, s - 1), -1.0)
         return lin
 
+    def recomputes(self, b: int, s: int) -> _Lin:
+        """1 when candidate block b is in stage s and recomputed ([Note: recomputation])."""
+        if self.problem.config.recompute == "full":
+            return self.x(b, s)
+        lin = _Lin()
+        lin.add(self.r[(b, s)], 1.0)
+        return lin
+
     def _add(self, lin: _Lin, sense: str, rhs: float, name: str) -> None:
         self.rows[name] = lin
+        if rhs:
+            self.rhs[name] = rhs
         if lin.is_const():  # decided by the windows alone: the solvers may drop empty rows
             tol = 1e-9 * max(1.0, abs(rhs))
             holds = {"<=": lin.const <= rhs + tol, ">=": lin.const >= rhs - tol,
@@ -335,12 +374,14 @@ class _Model:
         cfg = problem.config
         readers = problem.readers()
         single_mem = [0.0] * problem.size
+        single_temp = [0.0] * problem.size
         per_tensor, per_byte = cfg.optimizer_step
         step_of = {q: per_tensor + per_byte * problem.param_bytes.get(q, 0) for q in readers}
         single_step = [0.0] * problem.size
         for q, r in readers.items():
             if len(r) == 1:
                 single_mem[r[0]] += problem.param_mem[q].total
+                single_temp[r[0]] += problem.param_mem[q].step
                 single_step[r[0]] += step_of[q]
         inv_bw = 0.0 if math.isinf(cfg.link_bandwidth) else 1.0 / cfg.link_bandwidth
         split = splits_backward(cfg.schedule)
@@ -362,13 +403,17 @@ class _Model:
         self.memory: list[_Lin] = []
         """Each stage's memory as a share of ``memory_scales`` (its device's limit, if any);
         with virtual stages, each rank's at each moment of ``Config.live_sets``."""
+        self.step_memory: list[_Lin] = []
+        """The same during the optimizer step: no activations, the step's temporaries
+        ([Note: the optimizer step's temporaries]); the peak is the larger of the two (with
+        virtual stages, per rank)."""
         chunked = cfg.virtual_stages > 1
         activations: list[_Lin] = []
         """With virtual stages: per chunk, its saved bytes per micro-batch (as a share)."""
         for s, scale in enumerate(memory_scales(problem)):
             dev = cfg.devices[s]
             fwd, bwd, wgt, mem, real, opt = _Lin(), _Lin(), _Lin(), _Lin(), _Lin(), _Lin()
-            act = _Lin()
+            act, temp = _Lin(), _Lin()
             held_mb = 0 if chunked else cfg.inflight(s)  # chunks: per rank, below
             # the runtime's work around each action: the B task carries it when split too
             fwd.const += cfg.forward_overhead_s / tau
@@ -385,28 +430,38 @@ class _Model:
                     bwd.add(x, (blk.backward_input_s + blk.backward_weight_s) / dev.speed / tau)
                 mem.add(x, (single_mem[b] + held_mb * blk.activation_bytes) / scale)
                 act.add(x, blk.activation_bytes / scale)
+                temp.add(x, (single_mem[b] + single_temp[b]) / scale)
                 real.add(x, float(blk.real))
                 if single_step[b]:
                     opt.add(x, single_step[b] / dev.speed / tau)
+            if self.candidates:
+                self._recompute(s, scale, bwd, mem)
             for q, per_stage in held.items():
                 mem.add(per_stage[s], problem.param_mem[q].total / scale)
+                temp.add(per_stage[s], (problem.param_mem[q].total + problem.param_mem[q].step) / scale)
                 if step_of[q]:
                     opt.add(per_stage[s], step_of[q] / dev.speed / tau)
             self.forward.append(self._named(fwd, f"F_{s}"))
             self.backward.append(self._named(bwd, f"B_{s}"))
             self.weight.append(self._named(wgt, f"W_{s}"))
             self.optimizer.append(self._named(opt, f"O_{s}"))
-            if s > 0:
-                mem.add(x_bytes[s - 1], 2.0 / scale)
-            if s < p - 1:
-                mem.add(x_bytes[s], 2.0 / scale)
+            for lin in (mem, temp):
+                if s > 0:
+                    lin.add(x_bytes[s - 1], 2.0 / scale)
+                if s < p - 1:
+                    lin.add(x_bytes[s], 2.0 / scale)
             activations.append(act)
             self.memory.append(mem)
+            self.step_memory.append(temp)
             if dev.memory > 0 and not chunked:  # the scale is the limit
                 self._add(mem, "<=", 1.0 - MEMORY_HEADROOM, f"mem_{s}")
+                # twice the headroom: HiGHS accepts rows violated by its 1e-6 MIP tolerance,
+                # and a stage exactly at its limit must stay out as ``evaluate`` keeps it out
+                self._add(temp, "<=", 1.0 - 2 * MEMORY_HEADROOM, f"memstep_{s}")
             self._add(real, ">=", 1.0, f"nonempty_{s}")
         if chunked:
             self.memory = self._rank_memory(self.memory, activations)
+            self.step_memory = self._rank_step_memory(self.step_memory)
         self.step = self._var("T")
         self.paths: list[_Lin] = []
         self.counts: set[Count] = set()
@@ -435,6 +490,61 @@ class _Model:
                     self._add(row, "<=", 1.0 - MEMORY_HEADROOM, f"mem_r{r}_{k}")
         return rows
 
+    def _rank_step_memory(self, temps: list[_Lin]) -> list[_Lin]:
+        """Per rank: its chunks' memory during the optimizer step (no activations), as a share
+        of the rank's device; the rows ``memstep_r{rank}`` keep each under the limit."""
+        cfg = self.problem.config
+        rows = []
+        for r in range(cfg.num_ranks):
+            chunks = [c for c in range(cfg.num_stages) if cfg.rank_of(c) == r]
+            row = _Lin()
+            for c in chunks:
+                row.add(temps[c], 1.0)
+            rows.append(row)
+            if cfg.devices[chunks[0]].memory > 0:
+                self._add(row, "<=", 1.0 - 2 * MEMORY_HEADROOM, f"memstep_r{r}")
+        return rows
+
+    def _recompute(self, s: int, scale: float, bwd: _Lin, mem: _Lin) -> None:
+        """Stage s's recomputation terms ([Note: recomputation] in ``autopipe.partition.costs``):
+        the forward again in B, the activations dropped (all but one micro-batch's), and the
+        values kept for the regions, w[v,s] ≥ r[d,s] − r[k,s] for u ≤ k < d."""
+        problem, cfg, tau = self.problem, self.problem.config, self.tau
+        speed, inflight = cfg.devices[s].speed, cfg.inflight(s)
+        here = {b for b in self.candidates if self.lo[b] <= s <= self.hi[b]}
+        if not here:
+            return
+        for b in sorted(here):
+            again = self.recomputes(b, s)
+            if cfg.recompute == "auto":
+                self._row([(again, 1.0), (self.x(b, s), -1.0)], "<=", f"rec_{b}_{s}")
+            bwd.add(again, problem.blocks[b].forward_s / speed / tau)
+            mem.add(again, (1 - inflight) * problem.blocks[b].activation_bytes / scale)
+        for i, v in enumerate(problem.values):
+            readers = [d for d in v.dsts if d in here]
+            if not readers or v.bytes == 0:
+                continue
+            kept = self._var(f"w_{i}_{s}", upBound=1)
+            terms: list[_Lin] = []
+            for d in readers:
+                inside = range(v.src, d)
+                if d - v.src >= REGION_SPAN or any(k not in here for k in inside):
+                    inside = range(0)  # never made in d's region: kept whenever d recomputes
+                for k in inside or [None]:
+                    diff = self.recomputes(d, s)
+                    if k is not None:
+                        diff.add(self.recomputes(k, s), -1.0)
+                    terms.append(diff)
+                    self._row([(diff, 1.0), (kept, -1.0)], "<=", f"kept_{i}_{s}_{d}_{k}")
+            self.kept_vars.append((kept, terms))
+            mem.add(kept, inflight * v.bytes / scale)
+
+    def _row(self, terms: list[tuple[Term | _Lin, float]], sense: str, name: str, rhs: float = 0.0) -> None:
+        row = _Lin()
+        for term, k in terms:
+            row.add(term, k)
+        self._add(row, sense, rhs, name)
+
     def _tied_sync(self, objective: _Lin, held: dict[str, list[_Lin]]) -> None:
         """Add each tied parameter's gradient all-reduce over its k holding stages.
 
@@ -448,15 +558,16 @@ class _Model:
         bw = cfg.allreduce_bandwidth if cfg.allreduce_bandwidth > 0 else cfg.link_bandwidth
         if math.isinf(bw):
             return
+        readers = self.problem.readers()
         for k, (q, per_stage) in enumerate(held.items()):
             nbytes = self.problem.param_bytes[q]
-            most = min(self.p, len(self.problem.readers()[q]))
+            most = min(self.p, len(readers[q]))
+            cat = pulp.LpContinuous if most == 2 else pulp.LpBinary
             count = _Lin()
             for h in per_stage:
                 count.add(h, 1.0)
             levels: list[Term] = []
             for j in range(2, most + 1):
-                cat = pulp.LpContinuous if most == 2 else pulp.LpBinary
                 a = self._var(f"a_{k}_{j}", upBound=1, cat=cat)
                 if cat == pulp.LpBinary:
                     self.binaries += 1
@@ -493,14 +604,18 @@ class _Model:
         row.add(self.step, -1.0)
         self._add(row, "<=", 0.0, f"path_{len(self.paths) - 1}")
 
-    def warm(self, stage_of: Sequence[int]) -> dict[str, float]:
-        """Every variable's value for a given partition (a starting solution)."""
+    def warm(self, stage_of: Sequence[int], recompute: Sequence[int] = ()) -> dict[str, float]:
+        """Every variable's value for a given partition and its recomputed blocks (a
+        starting solution)."""
         values: dict[str, float] = {}
         for b, row in enumerate(self.y):
             for s, t in enumerate(row):
                 if not isinstance(t, int):
                     values[t.name] = 1.0 if stage_of[b] <= s else 0.0
-        for var, terms in self.crossing_vars + self.holder_vars:
+        chosen = set(recompute)
+        for (b, s), var in self.r.items():
+            values[var.name] = 1.0 if b in chosen and stage_of[b] == s else 0.0
+        for var, terms in self.crossing_vars + self.holder_vars + self.kept_vars:
             values[var.name] = max(0.0, max(t.value(values) for t in terms))
         for per_stage, levels in self.tied_levels:
             holders = round(sum(h.value(values) for h in per_stage))
@@ -517,6 +632,12 @@ class _Model:
         for row in self.y:
             out.append(sum(1 for t in row if (t if isinstance(t, int) else values[t.name]) < 0.5))
         return tuple(out)
+
+    def solution(self, values: dict[str, float]) -> Solution:
+        """The partition of a solution and the blocks it recomputes."""
+        stage_of = self.stage_of(values)
+        return stage_of, tuple(b for b in self.candidates
+                               if self.recomputes(b, stage_of[b]).value(values) > 0.5)
 
 
 def _within(objective: float, lower: float, gap: float) -> bool:
@@ -549,9 +670,9 @@ _STEP_SLACK = 1e-6
 closer than their tolerances apart (``_within`` allows the same)."""
 
 
-def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap: float, *,
+def _break_ties(model: _Model, problem: Problem, incumbent: Solution, cap: float, *,
                 solver: str, gap: float, deadline: float, rounds: int, accept: float | None = None,
-                max_nodes: int | None = TIE_NODES) -> tuple[tuple[int, ...], int]:
+                max_nodes: int | None = TIE_NODES) -> tuple[Solution, int]:
     """The most robust partition among those with a step ≤ ``cap`` (the incumbent is one),
     by ``tie_key`` within ``TIE_BANDS``, then the fastest; see [Note: ties]. Returns it and
     the MIP solves spent.
@@ -573,7 +694,8 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
     model._add(row, "<=", cap / tau, "tie_step")
     most, least, share = model._var("tie_most"), model._var("tie_least"), model._var("tie_share")
     ties = [("most", most, busy, 1.0), ("least", least, busy, -1.0),
-            ("share", share, model.memory, 1.0)]  # memory: per rank and moment with chunks
+            ("share", share, model.memory, 1.0),  # memory: per rank and moment with chunks
+            ("share_step", share, model.step_memory, 1.0)]
     for name, var, lins, sign in ties:
         for s, lin in enumerate(lins):
             row = _Lin()
@@ -581,31 +703,31 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
             row.add(lin, -sign)
             model._add(row, ">=", 0.0, f"tie_{name}_{s}")
 
-    def warm(stage_of: Sequence[int]) -> dict[str, float]:
-        values = model.warm(stage_of)
+    def warm(solution: Solution) -> dict[str, float]:
+        values = model.warm(*solution)
         values[most.name] = max(b.value(values) for b in busy)
         values[least.name] = max(0.0, min(b.value(values) for b in busy))
-        values[share.name] = max(0.0, max(m.value(values) for m in model.memory))
+        values[share.name] = max(0.0, max(m.value(values) for m in model.memory + model.step_memory))
         return values
 
-    best = tuple(incumbent)
-    best_ev = evaluate(problem, best)
+    best = incumbent
+    best_ev = evaluate(problem, *best)
     key = tie_key(problem, best_ev)
     spent = 0
 
-    def search(goal: _Lin) -> tuple[tuple[int, ...], Evaluation] | None:
+    def search(goal: _Lin) -> tuple[Solution, Evaluation] | None:
         """The MIP's answer for ``goal``, started from ``best``, if one within the cap."""
         nonlocal spent
         model.prob.setObjective(goal.expr())
         while spent < rounds and time.perf_counter() < deadline:
             spent += 1
-            raw = _solvers.solve(model.prob, solver=solver, warm=warm(best), gap=gap,
+            raw = _solvers.solve(model.prob, solver=solver, warm=warm(best), gap=gap, probing=model.probing,
                                  time_limit=deadline - time.perf_counter(), max_nodes=max_nodes)
             if not raw.values:
                 return None
-            found = model.stage_of(raw.values)
-            ev = evaluate(problem, found)
-            if violations(problem, found) or not ev.fits:
+            found = model.solution(raw.values)
+            ev = evaluate(problem, *found)
+            if violations(problem, found[0]) or not ev.fits:
                 return None
             new = [count for count in _nearby(problem, ev) if count not in model.counts]
             for count in new:
@@ -649,8 +771,10 @@ def _break_ties(model: _Model, problem: Problem, incumbent: tuple[int, ...], cap
     return best, spent
 
 
-def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_limit: float = 60.0,
-              gap: float = 1e-4, solver: str = "highs", max_rounds: int = 60) -> IlpResult:
+def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None,
+              recompute: Sequence[int] | None = None, time_limit: float = 60.0,
+              gap: float = 1e-4, solver: str = "highs", max_rounds: int = 60,
+              break_ties: bool = True) -> IlpResult:
     """Find the convex partition of ``problem``'s blocks with the shortest step that fits in memory.
 
     The MIP starts with the critical paths of a few extreme cost patterns and of the
@@ -662,25 +786,27 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
         problem: blocks, values and pipeline.
         incumbent: a valid partition that fits (the DP's); it starts the solver and sets
             the stage windows. Without one the model is bigger but still exact.
+        recompute: the blocks the incumbent recomputes (default: ``config.recompute``'s).
         time_limit: seconds for all MIP rounds together.
         gap: relative gap at which the search stops and calls the answer optimal.
         solver: ``highs`` or ``cbc``.
         max_rounds: most MIP solves (each adds one cut).
+        break_ties: pick the most robust of the partitions that tie ([Note: ties]).
     """
     start = time.perf_counter()
     cfg = problem.config
-    best: tuple[float, tuple[int, ...]] | None = None
+    best: tuple[float, Solution] | None = None
     seeds = seed_paths(cfg.schedule, cfg.num_stages, cfg.microbatches, cfg.virtual_stages)
     if incumbent is not None:
         assert not violations(problem, incumbent), "the incumbent must be a valid partition"
-        inc_eval = evaluate(problem, incumbent)
+        inc_eval = evaluate(problem, incumbent, recompute)
         assert inc_eval.fits, "the incumbent must fit in memory"
-        best = (inc_eval.objective_s, tuple(incumbent))
+        best = (inc_eval.objective_s, (tuple(incumbent), inc_eval.recompute))
         seeds += _nearby(problem, inc_eval)
     anc = ancestors(problem)
     lo, hi = windows(problem, anc, best[0] if best else None, seeds)
     if best is not None:
-        assert fits_windows(lo, hi, list(best[1])), "stage windows must contain the incumbent"
+        assert fits_windows(lo, hi, list(best[1][0])), "stage windows must contain the incumbent"
     if any(a > b for a, b in zip(lo, hi)):
         return IlpResult(stage_of=None, status="infeasible", objective_s=math.inf,
                          lower_bound_s=math.inf, model_objective_s=math.nan, seconds=0.0,
@@ -702,8 +828,9 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
         if left <= 0:
             break
         rounds += 1
-        warm = model.warm(best[1]) if best is not None and use_warm else None
-        raw = _solvers.solve(model.prob, solver=solver, warm=warm, time_limit=left, gap=gap)
+        warm = model.warm(*best[1]) if best is not None and use_warm else None
+        raw = _solvers.solve(model.prob, solver=solver, warm=warm, time_limit=left, gap=gap,
+                             probing=model.probing)
         if raw.status == "infeasible":
             if best is None:
                 status = "infeasible"
@@ -712,9 +839,9 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
             lower = max(lower, raw.bound * model.tau)
         if not raw.values:
             break
-        found = model.stage_of(raw.values)
-        ev = evaluate(problem, found)
-        if violations(problem, found) or not ev.fits:  # solver tolerance trouble: never keep it
+        found = model.solution(raw.values)
+        ev = evaluate(problem, *found)
+        if violations(problem, found[0]) or not ev.fits:  # solver tolerance trouble: never keep it
             break
         if best is None or ev.objective_s < best[0]:
             best = (ev.objective_s, found)
@@ -739,7 +866,7 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
         for count in _nearby(problem, ev):
             if count not in model.counts:
                 model.add_path(count)
-    if status == "optimal" and best is not None and model.p > 1:
+    if break_ties and status == "optimal" and best is not None and model.p > 1:
         # any partition up to cap is as proven as best: prefer the most robust of them
         cap = max(best[0], lower / (1 - min(gap, TIE_WINDOW)))
         certified = (lower + 1e-12) / (1 - max(gap, 1e-6))  # the largest step _within the gap
@@ -753,8 +880,14 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
                              time.perf_counter() + max(TIE_TIME[0], TIE_TIME[1] * took)))
         rounds += spent
         if chosen != best[1]:
-            best = (evaluate(problem, chosen).objective_s, chosen)
-            model_objective = model.objective.value(model.warm(chosen)) * model.tau
+            best = (evaluate(problem, *chosen).objective_s, chosen)
+            model_objective = model.objective.value(model.warm(*chosen)) * model.tau
+    if best is not None and best[1][1] and cfg.recompute == "auto":
+        # recomputation the answer does not need (free on a stage off the critical path)
+        kept = prune(problem, best[1][0], best[1][1])
+        if kept != best[1][1]:
+            best = (evaluate(problem, best[1][0], kept).objective_s, (best[1][0], kept))
+            model_objective = model.objective.value(model.warm(*best[1])) * model.tau
     seconds = time.perf_counter() - start
     if best is None:
         return IlpResult(stage_of=None, status=status if status == "infeasible" else "unsolved",
@@ -766,6 +899,6 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None, time_
     lower = max(0.0, min(lower, best[0]))
     if status == "optimal" and not _within(best[0], lower, gap * (1 + 1e-6)):
         status = "feasible"  # never call a partition optimal beyond the gap we can show
-    return IlpResult(stage_of=best[1], status=status, objective_s=best[0], lower_bound_s=lower,
+    return IlpResult(stage_of=best[1][0], status=status, objective_s=best[0], lower_bound_s=lower,
                      model_objective_s=model_objective, seconds=seconds, solver=solver,
-                     binaries=model.binaries, rounds=rounds)
+                     binaries=model.binaries, rounds=rounds, recompute=best[1][1])

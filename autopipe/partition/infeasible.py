@@ -3,23 +3,49 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 from autopipe._units import format_size
 from autopipe.errors import InfeasiblePlanError, PlanError
+from autopipe.partition import baselines
 from autopipe.partition.chain import Chain
 from autopipe.partition.costs import evaluate
 from autopipe.partition.dp import min_memory
+from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.problem import Config, Problem
+from autopipe.partition.recompute import fit
 from autopipe.plan_format import Device
 from autopipe.schedule.actions import check_runnable, check_schedule
 
 _SEARCH_SECONDS = 20.0
+_RECOMPUTE_SECONDS = 10.0
 
 
 def _fits(problem: Problem, config: Config) -> bool:
     found = min_memory(Chain(problem.with_config(config)))
     return found is not None and found[0] <= 1.0
+
+
+def _recompute_hint(problem: Problem) -> str:
+    """``--recompute auto`` with what a split would need, where recomputing makes one fit:
+    a heuristic split's, else the ILP's within ``_RECOMPUTE_SECONDS``."""
+    auto = problem.with_config(replace(problem.config, recompute="auto"))
+    splits = [found[1] for found in (min_memory(Chain(auto)),) if found is not None]
+    splits += [s for s in (baselines.uniform(auto), baselines.params(auto)) if s is not None]
+    for stage_of in splits:
+        regions = fit(auto, stage_of)
+        if regions is not None:
+            return _needs(auto, stage_of, regions)
+    res = solve_ilp(auto, time_limit=_RECOMPUTE_SECONDS, gap=0.05, break_ties=False)
+    if res.stage_of is None:
+        return ""
+    return _needs(auto, res.stage_of, res.recompute)
+
+
+def _needs(problem: Problem, stage_of: Sequence[int], recompute: Sequence[int]) -> str:
+    sizes = ", ".join(format_size(s.memory) for s in evaluate(problem, stage_of, recompute).stages)
+    return f"--recompute auto (recomputing activations, a split needs [{sizes}])"
 
 
 def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
@@ -43,10 +69,16 @@ def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
     dev = cfg.devices[worst]
     needs = ", ".join(format_size(s.memory) for s in ev.stages)
     what = "a chain split" if method != "ilp" else "any partition"
+    if cfg.recompute != "none":
+        what += ", recomputing every block that can be"
     message = (f"no partition into {p} stages fits in memory ({what} searched): the most "
                f"memory-balanced split needs [{needs}]; stage {worst} needs "
                f"{format_size(ev.stages[worst].memory)} but {dev.name} has {format_size(dev.memory)}")
     hints: list[str] = []
+    if cfg.recompute == "none":
+        hint = _recompute_hint(problem)
+        if hint:
+            hints.append(hint)
     deadline = time.monotonic() + _SEARCH_SECONDS
     smallest = min(cfg.devices, key=lambda d: d.memory)
     for p2 in range(p + 1, min(problem.num_real, 4 * p + 8) + 1):

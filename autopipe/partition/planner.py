@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from autopipe._phases import phase
-from autopipe.errors import InfeasiblePlanError, PlanError
+from autopipe.errors import AutopipeError, InfeasiblePlanError, PlanError
 from autopipe.partition import baselines
 from autopipe.partition.assemble import baseline, stages
 from autopipe.partition.chain import Chain
@@ -28,6 +28,7 @@ from autopipe.partition.infeasible import explain
 from autopipe.partition.layers import GRANULARITIES, record, restrict
 from autopipe.partition.problem import (
     MULTI_CHUNK,
+    RECOMPUTE,
     SCHEDULES,
     Config,
     Problem,
@@ -35,6 +36,7 @@ from autopipe.partition.problem import (
     element_size,
     from_profile,
 )
+from autopipe.partition.recompute import fit
 from autopipe.partition.replicas import GradSync
 from autopipe.partition.timeline import splits_backward
 from autopipe.plan_format import Plan, Predicted, SolverInfo
@@ -112,12 +114,15 @@ def simple_bound(problem: Problem) -> float:
 
 
 def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str,
-                  batch_size: Any = None, granularity: str = "node",
+                  batch_size: Any = None, granularity: str = "node", recompute: str = "auto",
                   virtual_stages: Any = None) -> None:
     """Raise PlanError for options no plan can have (before anything is traced or profiled)."""
     if granularity not in GRANULARITIES:
         raise PlanError(f"unknown granularity {granularity!r}",
                         hint=f"choose one of {', '.join(GRANULARITIES)}")
+    if recompute not in RECOMPUTE:
+        raise PlanError(f"unknown recompute mode {recompute!r}",
+                        hint="use auto (recompute where memory binds), none or full")
     if schedule != "auto" and schedule not in SCHEDULES:
         raise PlanError(f"unknown schedule {schedule!r}",
                         hint=f"the planner models {', '.join(SCHEDULES)}; or auto to try each")
@@ -186,6 +191,7 @@ def plan_profile(
     granularity: str = "node",
     cut_at: str | None = None,
     grad_sync: GradSync | None = None,
+    recompute: str = "auto",
     virtual_stages: int | None = None,
 ) -> Plan:
     """Partition a profiled model into pipeline stages.
@@ -220,11 +226,13 @@ def plan_profile(
         grad_sync: the pipeline is one of ``grad_sync.replicas`` data-parallel replicas:
             each stage all-reduces its gradients over them before its optimizer step
             (``autopipe.partition.replicas``; ``autopipe.partition.degrees`` chooses it).
+        recompute: activation recomputation: ``auto`` (recompute the blocks the ILP chooses,
+            only where memory binds), ``none``, or ``full`` (every block that can be); with
+            virtual stages only ``none`` (``auto`` plans none).
         virtual_stages: chunks per rank for ``interleaved-1f1b`` (default 2) and ``zbv`` (2
             only): the model is cut into ``num_stages`` × this many chunks, chunk c on rank
             c mod ``num_stages`` (zbv: in a V; [Note: chunks]); with ``auto``, the
             interleaved candidate's.
-
     Raises:
         PlanError: bad options, more stages than blocks (or layers), nothing found in the
             time limit, no repeated layers, a ``cut_at`` that matches no module.
@@ -233,7 +241,8 @@ def plan_profile(
     """
     if microbatches is None and batch_size is not None:
         microbatches = "auto"
-    check_options(num_stages, microbatches, schedule, method, batch_size, granularity, virtual_stages)
+    check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute,
+                  virtual_stages)
     if microbatches == "auto" and isinstance(profile, Profile):
         raise PlanError("microbatches='auto' profiles the model at each micro-batch size, "
                         "but only one profile was given",
@@ -247,7 +256,7 @@ def plan_profile(
                        deterministic=deterministic, optimizer=optimizer, dtype=dtype, max_blocks=max_blocks,
                        link_bandwidth=link_bandwidth, memory_limit=memory_limit, devices=devices,
                        layered=granularity == "layer" or cut_at is not None, cut_at=cut_at,
-                       grad_sync=grad_sync)
+                       grad_sync=grad_sync, recompute=recompute)
     if isinstance(microbatches, int):
         counts = [microbatches]
     elif microbatches is None:
@@ -297,6 +306,7 @@ class _Options:
     link_bandwidth: float | str | None
     memory_limit: str | int | None
     devices: DevicesArg | None
+    recompute: str = "none"
     layered: bool = False
     cut_at: str | None = None
     grad_sync: GradSync | None = None
@@ -344,9 +354,9 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
         if options.layered:
             layered, layers = restrict(base, options.cut_at)
             problem = coarsen(layered, limit)
-    plan = _plan(problem, profile, options)
+    plan = _plan_recompute(problem, profile, options)
     if options.layered:  # what the restriction costs: the same solve without it
-        plan = record(plan, layers, lambda: _plan(free, profile, options))
+        plan = record(plan, layers, lambda: _plan_recompute(free, profile, options))
     extra = {"optimizer": options.optimizer, "dtype": options.dtype or profile.dtype,
              "link_bandwidth": None if math.isinf(bw) else bw,
              "profile_device": profile.device, "profile_method": profile.method,
@@ -359,6 +369,68 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
              **({"loss": {"forward_s": profile.loss.forward_s, "backward_s": profile.loss.backward_s}}
                 if profile.loss is not None else {})}
     return replace(plan, options={**extra, **plan.options})
+
+
+def _with_recompute(problem: Problem, mode: str) -> Problem:
+    return problem.with_config(replace(problem.config, recompute=mode))
+
+
+def _plan_recompute(problem: Problem, profile: Profile, options: _Options) -> Plan:
+    """The plan for ``options.recompute`` ([Note: recomputation] in ``autopipe.partition.costs``).
+
+    ``none`` and ``full`` plan once. ``auto`` plans without recomputation first and keeps
+    that plan unless memory binds: nothing fits, or (ILP) the best partition with no memory
+    limits is faster than it. Then it plans again with the ILP choosing which blocks to
+    recompute, started from the first plan, and keeps the faster of the two.
+    """
+    mode = options.recompute
+    if mode == "auto" and not _with_recompute(problem, "auto").recompute_candidates():
+        mode = "none"  # nothing may be recomputed here (a split backward, virtual stages)
+    if mode != "auto":
+        plan = _plan(_with_recompute(problem, mode), profile, options)
+        if mode == "full":
+            plan = replace(plan, options={**plan.options, "recompute": {"mode": "full"}})
+        return plan
+    try:
+        plain: Plan | None = _plan(problem, profile, options, quiet=True)
+    except InfeasiblePlanError:
+        plain = None
+    if plain is not None and not _memory_binds(problem, plain, options):
+        return plain
+    start = {} if plain is None else {"plain": _block_stages(problem, plain)}
+    try:
+        chosen = _plan(_with_recompute(problem, "auto"), profile, options, incumbents=start)
+    except InfeasiblePlanError:
+        if plain is None:
+            raise
+        return plain
+    if plain is not None and not (chosen.recomputes and chosen.solver.objective_s
+                                  < plain.solver.objective_s * (1 - options.mip_gap)):
+        return plain  # recomputation gains nothing beyond the solver's gap
+    return replace(chosen, options={**chosen.options, "recompute": {
+        "mode": "auto", "without_s": None if plain is None else plain.predicted.iteration_s}})
+
+
+def _block_stages(problem: Problem, plan: Plan) -> list[int]:
+    """Block → stage of a plan made for ``problem``."""
+    where = plan.stage_of
+    return [where[b.nodes[0]] for b in problem.blocks]
+
+
+def _memory_binds(problem: Problem, plan: Plan, options: _Options) -> bool:
+    """Whether some partition is faster than ``plan``'s (by more than the gap) once memory
+    is no limit: only then can recomputation, which only adds time, give a faster plan."""
+    cfg = problem.config
+    if options.method != "ilp" or not any(d.memory > 0 for d in cfg.devices):
+        return False  # a heuristic's split that fits is its answer; no limit never binds
+    free = problem.with_config(replace(cfg, devices=tuple(replace(d, memory=0) for d in cfg.devices)))
+    bar = plan.solver.objective_s * (1 - options.mip_gap)
+    quick = min_bottleneck(Chain(free))  # often shows it at once
+    if quick is not None and evaluate(free, quick).objective_s < bar:
+        return True
+    res = solve_ilp(free, incumbent=_block_stages(problem, plan), time_limit=options.time_limit,
+                    gap=options.mip_gap, solver=options.solver, break_ties=False)
+    return res.objective_s < bar
 
 
 def _search(profile_of: Callable[[int], Profile], num_stages: int, counts: list[int],
@@ -428,22 +500,32 @@ def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predic
     costs = [SimCost(forward_s=s.forward_s,
                      backward_input_s=max(0.0, s.backward_s - s.backward_weight_s),
                      backward_weight_s=s.backward_weight_s, send_s=s.send_s,
-                     activation_bytes=s.activations // cfg.inflight(i), optimizer_s=steps[i])
+                     activation_bytes=(s.activations - s.recompute_bytes) // cfg.inflight(i),
+                     optimizer_s=steps[i])
              for i, s in enumerate(ev.stages)]
     sim = simulate(costs, schedule=cfg.schedule, microbatches=cfg.microbatches,
                    virtual_stages=cfg.virtual_stages)
     if ev.ranks:  # per chunk: its static memory and what it holds at its rank's peak
         at_peak = {c: r.moment[c] for r in ev.ranks for c in r.chunks}
-        peak = tuple(s.params + s.grads + s.optimizer + s.buffers + at_peak[i] * costs[i].activation_bytes
+        peak = tuple(s.params + s.grads + s.optimizer + s.buffers
+                     + max(at_peak[i] * costs[i].activation_bytes, s.optimizer_step)
                      for i, s in enumerate(ev.stages))
     else:
-        peak = tuple(s.params + s.grads + s.optimizer + s.buffers + sim.peak_activation_bytes[i]
+        # a recomputed block's activations live again while its backward runs ([Note: recomputation])
+        peak = tuple(s.params + s.grads + s.optimizer + s.buffers
+                     + max(sim.peak_activation_bytes[i] + s.recompute_bytes, s.optimizer_step)
                      for i, s in enumerate(ev.stages))
     return Predicted(iteration_s=sim.iteration_s + ev.tied_sync_s + cfg.step_overhead_s,
                      bubble_fraction=sim.bubble_fraction, peak_memory=peak)
 
 
-def _plan(problem: Problem, profile: Profile, options: _Options) -> Plan:
+def _plan(problem: Problem, profile: Profile, options: _Options, *,
+          incumbents: dict[str, list[int]] | None = None, quiet: bool = False) -> Plan:
+    """The plan of ``options.method`` for ``problem`` (its ``config.recompute`` included).
+
+    ``incumbents``: more partitions to start the ILP from. ``quiet``: a problem that
+    nothing fits raises a bare InfeasiblePlanError (no search for what would fit).
+    """
     method = options.method
     with phase("plan.baselines"):
         cands: dict[str, list[int] | None] = {
@@ -451,37 +533,55 @@ def _plan(problem: Problem, profile: Profile, options: _Options) -> Plan:
             "uniform": baselines.uniform(problem),
             "params": baselines.params(problem),
         }
-        evals = {k: evaluate(problem, v) for k, v in cands.items() if v is not None}
+        extra = dict(incumbents or {})
+        cfg = problem.config
+        if cfg.recompute != "none":
+            # the fastest chain split with no memory limit often fits once it recomputes
+            free = replace(cfg, recompute="none", devices=tuple(replace(d, memory=0) for d in cfg.devices))
+            fastest = min_bottleneck(Chain(problem.with_config(free)))
+            if fastest is not None:
+                extra["unlimited"] = fastest
+        # each partition recomputes what it needs to fit, where the problem allows it
+        chosen = {k: fit(problem, v) for k, v in {**cands, **extra}.items() if v is not None}
+        evals = {k: evaluate(problem, v, chosen[k]) for k, v in {**cands, **extra}.items() if v is not None}
     for k, v in cands.items():
         assert v is None or not violations(problem, v), f"{k} made an invalid partition"
     lower = simple_bound(problem)
     binaries = 0
+    recompute: tuple[int, ...] | None = None
+
+    def infeasible(method: str) -> AutopipeError:
+        if quiet:
+            return InfeasiblePlanError(f"no partition fits in memory ({method})", hint="")
+        return explain(problem, method)
+
     if method == "ilp":
         fitting = sorted((evals[k].objective_s, k) for k in evals if evals[k].fits)
-        incumbent = cands[fitting[0][1]] if fitting else None
+        start = {**cands, **extra}[fitting[0][1]] if fitting else None
         with phase("plan.solve"):
-            res = solve_ilp(problem, incumbent=incumbent, time_limit=options.time_limit,
-                            gap=options.mip_gap, solver=options.solver)
+            res = solve_ilp(problem, incumbent=start, recompute=chosen[fitting[0][1]] if fitting else None,
+                            time_limit=options.time_limit, gap=options.mip_gap, solver=options.solver)
         binaries = res.binaries
         if res.stage_of is None:
             if res.status == "infeasible":
-                raise explain(problem, "ilp")
+                raise infeasible("ilp")
             raise PlanError(f"the MIP solver found no partition in {options.time_limit:g} s",
                             hint="raise the time limit (--time-limit), or lower --max-blocks")
         stage_of = list(res.stage_of)
+        recompute = res.recompute
         status = res.status
         lower = max(lower, res.lower_bound_s)
     else:
         found = cands[method]
         if found is None and method == "dp" and problem.num_real >= problem.config.num_stages:
-            raise explain(problem, "dp")  # the DP finds no chain split that fits in memory
+            raise infeasible("dp")  # the DP finds no chain split that fits in memory
         if found is None:
             raise PlanError(f"method {method!r} has no split into {problem.config.num_stages} "
                             f"stages for this model (too few layers)",
                             hint="use fewer stages, or method ilp or dp")
         if not evals[method].fits:
             if method == "dp":
-                raise explain(problem, "dp")
+                raise infeasible("dp")
             over = evals[method].overflow[0]
             cost = evals[method].stages[over]
             from autopipe._units import format_size
@@ -491,9 +591,10 @@ def _plan(problem: Problem, profile: Profile, options: _Options) -> Plan:
                 f"but {problem.config.devices[over].name} has {format_size(cost.limit)}",
                 hint="use method ilp, which respects memory limits")
         stage_of = found
+        recompute = chosen[method]
         status = "heuristic"
     with phase("plan.simulate"):
-        ev = evaluate(problem, stage_of)
+        ev = evaluate(problem, stage_of, recompute)
         objective = ev.objective_s
         lower = min(lower, objective)
         predicted = predict(problem, ev, stage_of)
@@ -505,7 +606,6 @@ def _plan(problem: Problem, profile: Profile, options: _Options) -> Plan:
             others[k] = baseline(problem, kv, ke,
                                  predict(problem, ke, kv).iteration_s
                                  if ke is not None and kv is not None else None)
-    cfg = problem.config
     return Plan(
         graph_fingerprint=profile.graph_fingerprint, schedule=cfg.schedule,
         microbatches=cfg.microbatches, devices=cfg.devices[:cfg.num_ranks],

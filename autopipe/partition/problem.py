@@ -22,6 +22,13 @@ from autopipe.schedule.actions import V_SHAPED, check_schedule, schedule_order
 SCHEDULES = ("1f1b", "gpipe", "zb-h1", "interleaved-1f1b", "zbv")
 """Schedules whose iteration time and memory the planner models exactly (one stage per rank,
 or ``virtual_stages`` chunks per rank for ``interleaved-1f1b`` and ``zbv``; [Note: chunks])."""
+REGION_SPAN = 64
+"""A value read more than this many blocks after the block that makes it counts as kept
+by any recomputed region that reads it, even one that makes it too (it keeps the ILP's
+rows few; such values are rare and small: position tables, masks)."""
+RECOMPUTE = ("none", "auto", "full")
+"""What a partition may recompute ([Note: recomputation] in ``autopipe.partition.costs``):
+nothing, the blocks the ILP chooses, or every block that can be."""
 
 _ELEMENT_SIZE = {"float64": 8, "float32": 4, "tf32": 4, "float16": 2, "bfloat16": 2,
                  "float8_e4m3fn": 1, "float8_e5m2": 1}
@@ -96,6 +103,9 @@ class Config:
     """Chunks per rank ([Note: chunks] in ``autopipe.partition.chunks``): ``num_stages``
     counts the chunks, chunk c runs on rank c mod ``num_ranks`` (zbv: in a V, ``rank_of``),
     and memory limits hold per rank."""
+    recompute: str = "none"
+    """Activation recomputation (``RECOMPUTE``): ``none``; ``auto``, each block's choice is a
+    decision of the partition; ``full``, every block that can be is recomputed."""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -113,6 +123,12 @@ class Config:
                             hint="give bytes/s, e.g. 25e9")
         check_virtual_stages(self.schedule, self.num_stages, self.virtual_stages)
         check_schedule(self.schedule, self.num_ranks, self.microbatches, self.virtual_stages)  # rounds
+        if self.recompute not in RECOMPUTE:
+            raise PlanError(f"unknown recompute mode {self.recompute!r}",
+                            hint=f"choose one of {', '.join(RECOMPUTE)}")
+        if self.recompute == "full" and self.virtual_stages > 1:
+            raise PlanError(f"recomputation is not planned with virtual stages ({self.schedule})",
+                            hint="use --recompute none, or a schedule with one stage per rank")
 
     @property
     def num_ranks(self) -> int:
@@ -169,6 +185,9 @@ class Block:
     """Number of nodes that compute something (not placeholders, not the output)."""
     pin: str = ""
     """``"first"``: must be in stage 0 (model inputs); ``"last"``: in the last stage (the output)."""
+    recomputable: bool = False
+    """Whether the block's forward may run again in its backward: it computes something and
+    no node of it writes a tensor in place (a second run would write it twice)."""
 
     @property
     def work_s(self) -> float:
@@ -231,6 +250,35 @@ class Problem:
             for p in b.params:
                 out.setdefault(p, []).append(i)
         return {p: tuple(r) for p, r in out.items()}
+
+    def input_bytes(self) -> list[int]:
+        """Per block, the bytes of the values it reads from other blocks, each counted once:
+        what a recomputed block keeps for its backward."""
+        out = [0] * self.size
+        for v in self.values:
+            for d in v.dsts:
+                out[d] += v.bytes
+        return out
+
+    def recompute_savings(self) -> list[int]:
+        """Per block, what recomputing it alone (a region of its own) frees per micro-batch
+        at least: its saved bytes less its inputs, 0 where that is not positive or it is no
+        candidate (``recompute_candidates``). For heuristics; the ILP prices regions exactly."""
+        candidates = set(self.recompute_candidates())
+        return [max(0, b.activation_bytes - i) if k in candidates else 0
+                for k, (b, i) in enumerate(zip(self.blocks, self.input_bytes()))]
+
+    def recompute_candidates(self) -> tuple[int, ...]:
+        """Blocks that may be recomputed under ``config.recompute`` (none: no block): they
+        compute something, write nothing in place, and are neither an input nor the output.
+
+        None under a schedule that splits the backward (zb-h1, zbv): its weight-gradient pass
+        is a second backward, which would run every recomputed forward once more; none with
+        virtual stages (not planned: a rank's memory moments would need each chunk's)."""
+        cfg = self.config
+        if cfg.recompute == "none" or cfg.virtual_stages > 1 or schedule_order(cfg.schedule, 1, 1).split_backward:
+            return ()
+        return tuple(i for i, b in enumerate(self.blocks) if b.recomputable and not b.pin and b.real)
 
     def with_config(self, config: Config) -> Problem:
         """The same graph for another pipeline."""
@@ -314,7 +362,8 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
             backward_weight_s=n.backward_weight_s,
             activation_bytes=n.activation_bytes + (extra.activation_bytes if extra else 0),
             params=tuple(sorted(set(n.params) | set(n.shared_params))),
-            real=0 if n.op in ("placeholder", "output") else 1, pin=pin))
+            real=0 if n.op in ("placeholder", "output") else 1, pin=pin,
+            recomputable=n.op not in ("placeholder", "output") and not writes_in_place(n.target)))
         dsts = readers.get(n.name)
         if dsts:
             # a non-tensor model input is a constant baked into the stages: it costs nothing
@@ -341,4 +390,17 @@ def merge_blocks(blocks: Sequence[Block]) -> Block:
         params=tuple(sorted({p for b in blocks for p in b.params})),
         real=sum(b.real for b in blocks),
         pin="first" if "first" in pins else "last" if pins else "",
+        recomputable=all(b.recomputable for b in blocks),
     )
+
+
+def writes_in_place(target: str) -> bool:
+    """Whether a profiled node's target names an in-place operator (``aten.add_.Tensor``,
+    ``copy_``, a method ``mul_``): by torch's convention its name ends in one ``_``."""
+    parts = target.split(".")
+    return parts[-1] in _IN_PLACE_OPERATORS or any(
+        part.endswith("_") and not part.endswith("__") for part in parts)
+
+
+_IN_PLACE_OPERATORS = frozenset({"setitem", "iadd", "isub", "imul", "itruediv", "ifloordiv",
+                                 "imod", "ipow", "iand", "ior", "ixor", "imatmul"})

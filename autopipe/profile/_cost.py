@@ -1,7 +1,8 @@
-"""A dispatch mode that prices every aten kernel on a DeviceSpec: FLOPs, bytes, roofline time."""
+"""A dispatch mode that prices every aten call on a DeviceSpec: FLOPs, bytes, roofline and host time."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -9,6 +10,7 @@ import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from autopipe.profile._queue import Call, queue_seconds
 from autopipe.profile.devices import DeviceSpec
 
 aten = torch.ops.aten
@@ -24,37 +26,73 @@ _FREE = {
 _GATHER = {
     aten.embedding.default, aten.index.Tensor, aten.index_select.default, aten.gather.default,
 }
+_CONVOLUTION = {aten.convolution, aten.convolution_backward, aten._convolution,
+                aten.cudnn_convolution, aten.cudnn_convolution_transpose}
+_MATMUL = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten._scaled_mm}
+# image normalizations: statistics per channel or group, reduced over the batch and the image
+_BATCH_NORM = {aten.native_batch_norm, aten._native_batch_norm_legit, aten._native_batch_norm_legit_functional,
+               aten.native_batch_norm_backward, aten.cudnn_batch_norm, aten.cudnn_batch_norm_backward}
+_GROUP_NORM = {aten.native_group_norm, aten.native_group_norm_backward}
+_ATTENTION = {aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_efficient_attention_backward,
+              aten._scaled_dot_product_flash_attention, aten._scaled_dot_product_flash_attention_backward,
+              aten._scaled_dot_product_cudnn_attention, aten._scaled_dot_product_cudnn_attention_backward,
+              aten._efficient_attention_forward, aten._efficient_attention_backward,
+              aten._flash_attention_forward, aten._flash_attention_backward}
 
 
 class CostMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
-    """Accumulates FLOPs, bytes moved, kernels and roofline seconds of what runs inside it.
+    """Accumulates FLOPs, bytes moved, kernels and the calls of what runs inside it.
 
     [Note: the roofline]
-    Each kernel takes ``max(flops / peak_flops[dtype], bytes / memory_bandwidth)`` plus
+    Each kernel's device time is ``max(flops / rate, bytes / memory_bandwidth)`` plus
     the spec's fixed ``kernel_overhead_s``. FLOPs come from PyTorch's own formulas
     (``torch.utils.flop_counter.flop_registry``: matmuls, convolutions, attention);
     kernels it does not list are priced by their bytes alone, which is what bounds
     element-wise work. Bytes are every tensor read plus every tensor written, with no
-    fusion assumed; views and allocations are free; an embedding or index reads only
-    the rows it gathers. The dtype of a kernel is that of its first floating input.
+    fusion assumed; an embedding or index reads only the rows it gathers. The dtype
+    of a kernel is that of its first floating input. The rate is the spec's peak for
+    that dtype times its ``efficiency`` for the kernel's class (a normalization's
+    efficiency scales the bandwidth instead: it is bound by bytes); a float32 convolution
+    runs on the TF32 units when ``torch.backends.cudnn.allow_tf32`` (cuDNN's default:
+    True), a float32 matmul when ``torch.backends.cuda.matmul.allow_tf32`` (default:
+    False), read when the mode is made.
+
+    Every call, views and allocations included, also costs the host ``host_s``
+    (the phase's dispatch time), and ``seconds`` is the calls' time through the
+    launch queue from idle ([Note: the launch queue] in ``_queue.py``): with
+    ``host_s = 0`` that is the plain sum of the kernels' device times.
+
+    Args:
+        spec: the device spec to price on.
+        host_s: host seconds per aten call (``spec.dispatch_forward_s`` or ``_backward_s``).
+        tf32: per kernel class, whether float32 runs on the TF32 units; None reads
+            ``tf32_flags()`` now.
     """
 
-    def __init__(self, spec: DeviceSpec) -> None:
+    def __init__(self, spec: DeviceSpec, host_s: float = 0.0, tf32: Mapping[str, bool] | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.spec = spec
+        self.host_s = host_s
+        self.tf32 = dict(tf32_flags() if tf32 is None else tf32)
         self.flops = 0
         self.bytes = 0
         self.kernels = 0
-        self.seconds = 0.0
+        self.calls: list[Call] = []
+        """(host seconds, device seconds or None) per aten call, in order."""
         self.decomposed = 0
         """Kernels run as their decomposition: only then does what runs differ from a run
         without this mode (see [Note: reusing the costs of repeated nodes])."""
+
+    @property
+    def seconds(self) -> float:
+        """The calls' time through an idle launch queue."""
+        return queue_seconds(self.calls)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         packet = func._overloadpacket
         if packet not in flop_registry and not func.is_view and func not in _FREE:
-            # like FlopCounterMode: a composite op is priced by the kernels it becomes
+            # like FlopCounterMode: a composite op is priced by the calls it becomes
             with self:
                 r = func.decompose(*args, **kwargs)
             if r is not NotImplemented:
@@ -62,17 +100,37 @@ class CostMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
                 return r
         out = func(*args, **kwargs)
         if func.is_view or func in _FREE or not _touches_tensors(func, out):
+            self.calls.append((self.host_s, None))
             return out
         flops = int(flop_registry[packet](*args, **kwargs, out_val=out)) if packet in flop_registry else 0
         moved = _bytes(func, args, kwargs, out)
-        t = moved / self.spec.memory_bandwidth
+        kind, dtype = _kind(packet), _dtype(args, out)
+        t = moved / self.spec.bandwidth_for(kind, dtype)
         if flops:
-            t = max(t, flops / self.spec.flops_for(_dtype(args, out)))
+            t = max(t, flops / self.spec.kernel_rate(kind, dtype, tf32=self.tf32.get(kind, False)))
         self.flops += flops
         self.bytes += moved
         self.kernels += 1
-        self.seconds += t + self.spec.kernel_overhead_s
+        self.calls.append((self.host_s, t + self.spec.kernel_overhead_s + self.spec.overhead_for(kind)))
         return out
+
+
+def tf32_flags() -> dict[str, bool]:
+    """Per kernel class, whether torch's backends let float32 run on the TF32 units now."""
+    return {"convolution": bool(torch.backends.cudnn.allow_tf32),
+            "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
+
+
+def _kind(packet: Any) -> str:
+    if packet in _CONVOLUTION:
+        return "convolution"
+    if packet in _BATCH_NORM:
+        return "batch_norm"
+    if packet in _GROUP_NORM:
+        return "group_norm"
+    if packet in _ATTENTION:
+        return "attention"
+    return "matmul" if packet in _MATMUL else "other"
 
 
 def _nbytes(t: torch.Tensor) -> int:

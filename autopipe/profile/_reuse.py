@@ -15,8 +15,15 @@ the pricing mode ran a kernel as its decomposition (``CostMode.decomposed``); fo
 keys the forward is priced on every run and the entry is reused only where it priced
 the same. Nodes whose key cannot be made safely (``call_module`` leaves, whose
 hyper-parameters are not in their shapes; nodes that write their inputs; arguments of
-unknown types) are priced every time. tests/test_profile_reuse.py checks that reused
-costs equal per-node ones; Llama-2-70B's profile is byte-identical either way.
+unknown types) are priced every time. What is kept per key is everything the launch
+queue ([Note: the launch queue] in ``_queue.py``) takes from a node: the aten calls of
+its forward and of its whole backward, views included, each with its host and device
+seconds, and the input gradients' fraction of the backward. Those depend on the key
+and on what one estimate holds fixed: the device spec, its host seconds per call in
+each phase, and the TF32 flags (read once per estimate), so the queue replays a
+reused node exactly as a freshly priced one. tests/test_profile_reuse.py checks that
+reused costs equal per-node ones, float for float, with and without TF32, in bf16;
+Llama-2-70B's profile is byte-identical either way.
 """
 
 from __future__ import annotations

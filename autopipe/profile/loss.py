@@ -89,10 +89,11 @@ def measure_loss(graph: Graph, gm: fx.GraphModule, flat: list[Any], loss_fn: Los
 
 
 def estimate_loss(graph: Graph, outs: list[Any], loss_fn: LossFn, target: torch.Tensor,
-                  price: Callable[[Callable[[], Any]], float]) -> LossCost:
+                  price: Callable[[Callable[[], Any], str], float]) -> LossCost:
     """Price ``loss_fn`` on the model's (meta) flat outputs ``outs`` (the estimator's run
-    of the graph; running it again would double the estimate): ``price(fn)`` runs ``fn``
-    and returns its seconds on the device spec's roofline."""
+    of the graph; running it again would double the estimate): ``price(fn, phase)`` runs
+    ``fn`` and returns its seconds on the device spec, ``phase`` being ``forward`` or
+    ``backward``."""
     target = torch.empty_like(target, device="meta")
     box: list[torch.Tensor] = []
     saved = SavedBytes()
@@ -101,7 +102,7 @@ def estimate_loss(graph: Graph, outs: list[Any], loss_fn: LossFn, target: torch.
         with saved.count():
             box.append(loss_fn(graph.unflatten_output(_leaves(outs)), target))
 
-    f = price(forward)
-    b = price(lambda: torch.autograd.backward(box.pop()))
+    f = price(forward, "forward")
+    b = price(lambda: torch.autograd.backward(box.pop()), "backward")
     saved.release()
     return LossCost(forward_s=f, backward_s=b, activation_bytes=saved.total, input_bytes=_input_bytes(outs))

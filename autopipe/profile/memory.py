@@ -24,10 +24,13 @@ class ParamMemory:
     params: int
     grads: int
     optimizer: int
+    step: int = 0
+    """Bytes the optimizer step allocates while it runs and frees after it ([Note: the
+    optimizer step's temporaries]); not part of ``total``."""
 
     @property
     def total(self) -> int:
-        """params + grads + optimizer."""
+        """params + grads + optimizer: what is held all the time."""
         return self.params + self.grads + self.optimizer
 
 
@@ -37,6 +40,17 @@ def param_memory(param_bytes: int, *, element_size: int = 4, optimizer: str = "a
     Gradients have the parameters' dtype. Optimizer states are fp32; under mixed
     precision (``element_size < 4``) an fp32 master copy of the weights is kept too
     (what Megatron and DeepSpeed do), unless the optimizer is ``none``.
+
+    [Note: the optimizer step's temporaries]
+    torch.optim's multi-tensor (foreach) Adam and AdamW compute ``sqrt(exp_avg_sq)`` for
+    every parameter at once into a new list of fp32 tensors, one the size of the fp32
+    states (``torch._foreach_sqrt`` in ``_multi_tensor_adam``); SGD updates in place.
+    With 16-bit parameters ``MasterWeights`` also widens every gradient to fp32 for the
+    step. These live only during the step, when no activation is held, so a stage's
+    peak is its held bytes plus the larger of its activations and this ``step``
+    (``autopipe.partition.costs.StageCost.memory``). Measured on an H200 (docs/gpu.md):
+    the MLP's training peak was 0.52 GiB over the prediction without it, its fp32
+    parameters 0.52 GiB.
 
     Raises:
         AutopipeError: unknown optimizer.
@@ -49,4 +63,7 @@ def param_memory(param_bytes: int, *, element_size: int = 4, optimizer: str = "a
     if element_size < 4 and optimizer != "none":
         states += 4 * numel  # fp32 master weights
     grads = 0 if optimizer == "none" else param_bytes
-    return ParamMemory(params=param_bytes, grads=grads, optimizer=states)
+    step = 4 * numel if optimizer in ("adam", "adamw") else 0
+    if element_size < 4 and optimizer != "none":
+        step += 4 * numel  # the gradients widened to fp32 for the masters
+    return ParamMemory(params=param_bytes, grads=grads, optimizer=states, step=step)

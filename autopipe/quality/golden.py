@@ -53,11 +53,15 @@ class GoldenCase:
     """The uniform-layer baseline's iteration time (None: it does not fit)."""
     params_s: float | None = None
     """The parameter-balanced baseline's iteration time (None: it does not fit)."""
+    recompute: str = "none"
+    """Activation recomputation to plan with (``autopipe plan --recompute``); written only
+    when not ``none``, the mode of the cases recorded before it existed."""
 
     @property
     def label(self) -> str:
         """Short name for reports."""
-        return f"{self.profile} p={self.stages} mem={self.memory or 'inf'} m={self.microbatches}"
+        return (f"{self.profile} p={self.stages} mem={self.memory or 'inf'} m={self.microbatches}"
+                + ("" if self.recompute == "none" else f" recompute={self.recompute}"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,7 +92,14 @@ def load_golden(path: str | os.PathLike[str]) -> tuple[float, list[GoldenCase]]:
 def save_golden(path: str | os.PathLike[str], tolerance: float, cases: list[GoldenCase]) -> None:
     """Write a golden file atomically."""
     write_json_atomic(path, {"schema": SCHEMA, "tolerance": tolerance,
-                             "cases": [asdict(c) for c in cases]})
+                             "cases": [_case_json(c) for c in cases]})
+
+
+def _case_json(case: GoldenCase) -> dict[str, object]:
+    out = asdict(case)
+    if case.recompute == "none":
+        del out["recompute"]
+    return out
 
 
 def plan_case(case: GoldenCase, root: Path) -> tuple[Plan, float]:
@@ -99,7 +110,7 @@ def plan_case(case: GoldenCase, root: Path) -> tuple[Plan, float]:
     t0 = time.perf_counter()
     plan = plan_profile(profile, num_stages=case.stages, memory_limit=case.memory,
                         microbatches=case.microbatches, schedule=case.schedule,
-                        optimizer=case.optimizer, method="ilp")
+                        optimizer=case.optimizer, method="ilp", recompute=case.recompute)
     return plan, time.perf_counter() - t0
 
 
@@ -154,7 +165,8 @@ def table(cases: list[GoldenCase]) -> str:
     rows = ["| profile | stages | memory/stage | m | autopipe | uniform (× autopipe) | params (× autopipe) | gap | solve |",
             "|---|---|---|---|---|---|---|---|---|"]
     for c in cases:
-        rows.append(f"| {c.profile} | {c.stages} | {c.memory or 'unlimited'} | {c.microbatches} | "
+        memory = (c.memory or "unlimited") + ("" if c.recompute == "none" else f", recompute {c.recompute}")
+        rows.append(f"| {c.profile} | {c.stages} | {memory} | {c.microbatches} | "
                     f"{format_seconds(c.iteration_s)} | {cell(c.uniform_s, c.iteration_s)} | "
                     f"{cell(c.params_s, c.iteration_s)} | {c.gap:.2%} | {c.solve_s:.2f} s |")
     return "\n".join(rows)

@@ -29,6 +29,7 @@ def replan(spec: ModelSpec, old: Plan) -> Plan:
     device_spec = "h100"
     if method == "estimate":
         device_spec = str(opts.get("profile_device", "estimate:h100")).removeprefix("estimate:")
+    recorded = opts.get("recompute")
     return plan(
         spec.model, spec.example_inputs, example_kwargs=spec.example_kwargs,
         num_stages=old.num_stages, microbatches=old.microbatches,
@@ -43,7 +44,9 @@ def replan(spec: ModelSpec, old: Plan) -> Plan:
         max_blocks=int(opts.get("max_blocks", DEFAULT_MAX_BLOCKS)),
         time_limit=float(opts.get("time_limit", 60.0)),
         mip_gap=float(opts.get("mip_gap", 1e-3)), solver=str(opts.get("solver", "highs")),
-        loss_fn=spec.loss_fn, target=example_target(spec), **_granularity(opts))
+        loss_fn=spec.loss_fn, target=example_target(spec), **_granularity(opts),
+        # a plan records its recomputation only where it recomputes (else: auto's choice)
+        recompute=str(recorded.get("mode", "auto")) if isinstance(recorded, dict) else "auto")
 
 
 def _granularity(opts: dict[str, Any]) -> dict[str, Any]:

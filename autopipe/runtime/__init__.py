@@ -8,6 +8,7 @@ from autopipe.runtime.checkpoint import (
 )
 from autopipe.runtime.consolidate import consolidate, write_state_dict
 from autopipe.runtime.launch import LaunchResult, launch
+from autopipe.runtime.materialize import Materialized, check_init, materialize_stages
 from autopipe.runtime.optim import TrainConfig
 from autopipe.runtime.pipe import Evaluation, Pipe, build
 from autopipe.runtime.prepare import Prepared, prepare
@@ -19,6 +20,7 @@ __all__ = [
     "CheckpointInfo",
     "Evaluation",
     "LaunchResult",
+    "Materialized",
     "Pipe",
     "Prepared",
     "Split",
@@ -26,10 +28,12 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build",
+    "check_init",
     "consolidate",
     "find_checkpoint",
     "launch",
     "load_checkpoint",
+    "materialize_stages",
     "prepare",
     "reference_train",
     "save_checkpoint",

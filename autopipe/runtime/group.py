@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from autopipe.errors import AutopipeError, PlanMismatchError, RuntimeStageError
 from autopipe.plan_format import Plan
-from autopipe.runtime.placement import rank_of_stages
+from autopipe.runtime.placement import grid_position, rank_of_stages
 
 
 def distributed_env() -> tuple[int, int, int]:
@@ -85,7 +85,8 @@ def rank_device(plan: Plan, rank: int, local_rank: int, choice: str = "auto") ->
     """
     if choice == "auto":
         ranks = rank_of_stages(plan)
-        label = next(s.device for s in plan.stages if ranks[s.index] == rank)
+        position = grid_position(plan, rank)[0]
+        label = next(s.device for s in plan.stages if ranks[s.index] == position)
         try:
             kind = torch.device(label).type
         except (RuntimeError, ValueError):

@@ -32,7 +32,8 @@ def stage_metas(split: Split, inputs: Sequence[torch.Tensor]) -> list[StageMeta]
 
     Args:
         split: the stages.
-        inputs: one micro-batch of the model's tensor inputs (real or meta tensors).
+        inputs: one micro-batch of the model's tensor inputs (real or meta tensors; taken as
+            meta tensors where the stages hold meta parameters).
 
     Raises:
         PlanError: a stage cannot run on the values its predecessor sends.
@@ -45,6 +46,8 @@ def stage_metas(split: Split, inputs: Sequence[torch.Tensor]) -> list[StageMeta]
             fakes[id(t)] = mode.from_tensor(t)
         return fakes[id(t)]
 
+    if any(t.is_meta for st in split.stages for t in st.module.parameters()):
+        inputs = [x.to("meta") for x in inputs]  # a meta-built model: the batches stay real
     values: tuple[Any, ...] = tuple(mode.from_tensor(x) for x in inputs)
     out: list[StageMeta] = []
     for st in split.stages:

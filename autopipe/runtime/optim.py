@@ -41,6 +41,11 @@ class TrainConfig:
     resume: str | None = None
     """Checkpoint directory to continue from (its newest complete checkpoint); ``steps``
     counts the steps done before too."""
+    init: str | None = None
+    """Weights of the unsplit model (``.safetensors``, a Hugging Face folder, a torch ``.pt``):
+    each rank reads its own stages' tensors (``autopipe.runtime.materialize``). None: the
+    model's own weights, or for a meta-built model the spec's initialiser. Not read when
+    ``resume`` is set: the checkpoint holds the weights."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -5,9 +5,9 @@
     pipe = autopipe.runtime.build(plan, spec)          # under torchrun: one rank
     opt = torch.optim.AdamW(pipe.parameters(), lr=3e-4)
     for step in range(steps):
-        inputs, target = spec.batch(plan.microbatches, step)
+        inputs, target = pipe.replicas.share(*spec.batch(plan.microbatches * pipe.replicas.dp, step))
         losses = pipe.step(inputs, target)             # micro-batch losses (last stage's rank)
-        pipe.sync_tied_grads()                         # tied copies: sum their gradients
+        pipe.sync_tied_grads()                         # tied copies: sum; replicas: average
         pipe.clip_grad_norm_(1.0)                      # one norm over every stage
         opt.step()
         pipe.zero_grad()
@@ -33,6 +33,7 @@ from autopipe._malloc import pin_malloc as _pin_malloc
 from autopipe.errors import AutopipeError
 from autopipe.plan_format import Plan
 from autopipe.runtime.affinity import pin_cores as _pin_cores
+from autopipe.runtime.data_parallel import Replicas, ReplicaSync
 from autopipe.runtime.group import (
     distributed_env,
     failures,
@@ -40,11 +41,13 @@ from autopipe.runtime.group import (
     local_world,
     rank_device,
 )
+from autopipe.runtime.materialize import materialize_stages
 from autopipe.runtime.placement import rank_of_stages
 from autopipe.runtime.prepare import Prepared, prepare
 from autopipe.runtime.stage import build_pipeline
 from autopipe.runtime.state_keys import match_state
 from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage_params
+from autopipe.runtime.weights import WeightsSource
 from autopipe.spec import ModelSpec
 
 _NONE, _LOCAL, _SUMMED = "none", "local", "summed"
@@ -69,8 +72,7 @@ class Pipe:
     """
 
     def __init__(self, spec: ModelSpec, plan: Plan, prepared: Prepared, rank: int, world_size: int,
-                 device: torch.device, timeout_s: float, owns_group: bool,
-                 init: Mapping[str, torch.Tensor] | None = None) -> None:
+                 device: torch.device, timeout_s: float, owns_group: bool) -> None:
         self.spec = spec
         self.plan = plan
         self.prepared = prepared
@@ -87,9 +89,14 @@ class Pipe:
             flat = split.rebuild_outputs(out if isinstance(out, (tuple, list)) else (out,))
             return spec.loss_fn(graph.unflatten_output(flat), target)
 
-        self._pipeline = build_pipeline(split, prepared.metas, plan, rank, device, loss_fn)
+        with failures(f"rank {rank}", "while building the device mesh", timeout_s):
+            self.replicas = Replicas(plan, rank, device)
+            """This rank's pipeline rank and data-parallel replica, and their process groups."""
+        self._pipeline = build_pipeline(split, prepared.metas, plan, self.replicas.position, device, loss_fn,
+                                        self.replicas.pp_group)
         stages = self._pipeline.indices
-        self.where = f"rank {rank} (stage{'s' if len(stages) > 1 else ''} {', '.join(map(str, stages))})"
+        replica = f", replica {self.replicas.replica}" if self.replicas.dp > 1 else ""
+        self.where = f"rank {rank} (stage{'s' if len(stages) > 1 else ''} {', '.join(map(str, stages))}{replica})"
         canonical = canonical_names(graph)
         ranks = rank_of_stages(plan)
         holders: dict[str, list[int]] = {}
@@ -111,11 +118,10 @@ class Pipe:
         self._tied_grads = _NONE
         self._step_kwargs = ({"return_outputs": False}
                              if _accepts(self._pipeline.schedule.step, "return_outputs") else {})
-        if init is not None:
-            self.load_state_dict(init)
         with failures(self.where, "while syncing tied parameters", timeout_s):
-            self._tied = TiedParams(self._replicated, self._params)
-            self._tied.broadcast_values()
+            self._tied = TiedParams(self.replicas.spread(self._replicated), self._params)
+            self._sync = ReplicaSync(self.replicas, self._tied, self._params, self._buffers)
+            self._sync.broadcast_values()
 
     # --- what this rank holds ------------------------------------------------------------------
 
@@ -167,7 +173,9 @@ class Pipe:
         the last stage ``target``). Gradients are the mean over the micro-batches, added to
         whatever ``.grad`` held before (call ``zero_grad`` between optimizer steps). A
         parameter held by several ranks (tied) still has only this rank's share of its
-        gradient: call ``sync_tied_grads`` before the optimizer step.
+        gradient: call ``sync_tied_grads`` before the optimizer step. With data-parallel
+        replicas, each replica passes its own share of the global batch
+        (``pipe.replicas.share``) and ``sync_tied_grads`` averages the gradients over them.
 
         Returns:
             Detached micro-batch losses on the last stage's rank; an empty list elsewhere.
@@ -190,7 +198,7 @@ class Pipe:
                 if p.grad is not None:
                     p.grad.div_(m)  # the mean over micro-batches, once per parameter
             if self._tied_grads == _SUMMED:
-                self._tied.all_reduce_grads()  # what was held is summed already: sum only this
+                self._sync.all_reduce_grads()  # what was held is summed already: sum only this
             else:
                 self._tied_grads = _LOCAL
             for name, p in self._params.items():
@@ -252,7 +260,9 @@ class Pipe:
         self._tied_grads = _NONE
 
     def sync_tied_grads(self) -> None:
-        """Sum the gradients of every tied parameter over the ranks holding a copy (collective).
+        """Sum the gradients of every tied parameter over the ranks holding a copy, and
+        average every gradient over the data-parallel replicas (collective;
+        [Note: the data-parallel gradient sync] in ``autopipe.runtime.data_parallel``).
 
         Call it once after the last ``step`` before the optimizer step, on every rank; a
         second call, or a call with nothing new to sum, does nothing (``step`` sums at once
@@ -261,7 +271,7 @@ class Pipe:
         if self._tied_grads != _LOCAL:
             return
         with failures(self.where, "while summing tied gradients", self.timeout_s):
-            self._tied.all_reduce_grads()
+            self._sync.all_reduce_grads()
         self._tied_grads = _SUMMED
 
     @torch.no_grad()
@@ -278,15 +288,17 @@ class Pipe:
         """
         self.sync_tied_grads()
         p_norm = float(norm_type)
+        mine = self.replicas.position  # replicas agree after the sync: one pipeline's norm
         counted = [p.grad for name, p in self._params.items() if p.grad is not None
-                   and min(self._replicated.get(name, (self.rank,))) == self.rank]
+                   and min(self._replicated.get(name, (mine,))) == mine]
         norms = [torch.linalg.vector_norm(g, p_norm, dtype=torch.float32) for g in counted]
         local = torch.zeros((), dtype=torch.float32, device=self.device)
         if norms:
             stacked = torch.stack(norms)
             local = stacked.max() if math.isinf(p_norm) else stacked.pow(p_norm).sum()
         with failures(self.where, "while taking the gradient norm", self.timeout_s):
-            dist.all_reduce(local, op=dist.ReduceOp.MAX if math.isinf(p_norm) else dist.ReduceOp.SUM)
+            dist.all_reduce(local, op=dist.ReduceOp.MAX if math.isinf(p_norm) else dist.ReduceOp.SUM,
+                            group=self.replicas.pp_group)
         total = local if math.isinf(p_norm) else local.pow(1.0 / p_norm)
         coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
         for p in self._params.values():
@@ -349,7 +361,7 @@ def build(
     rank: int | None = None,
     device: torch.device | str | None = None,
     *,
-    init: Mapping[str, torch.Tensor] | None = None,
+    init: WeightsSource | None = None,
     timeout_s: float = 300.0,
     prepared: Prepared | None = None,
     pin_malloc: bool = False,
@@ -360,8 +372,11 @@ def build(
     Joins the default process group from the torchrun environment (``RANK``,
     ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) unless one exists
     already, after checking the plan against the model and the world size (so a wrong
-    plan stops every rank before the rendezvous). Copies of tied parameters start equal
-    (the lowest holder's value).
+    plan stops every rank before the rendezvous). Before it joins, the rank gives real
+    tensors to its own stages, on its device, and to nothing else: a spec may build its
+    model on the meta device, and each rank then holds only its stages' weights
+    (``autopipe.runtime.materialize``). Copies of tied parameters start equal (the lowest
+    holder's value).
 
     Args:
         plan: the plan (``autopipe.Plan.load``).
@@ -369,8 +384,12 @@ def build(
         rank: this process's rank; None: from the process group or ``RANK``.
         device: where this rank computes; None or ``"auto"``: the plan's device
             (``cuda`` stages on GPU ``LOCAL_RANK``), or ``"cpu"``, ``"cuda"``, a torch.device.
-        init: a state dict of the unsplit model to start from (keys as
-            ``model.state_dict()``; strict), loaded before the tied copies are synced.
+        init: the unsplit model's weights to start from, keys as ``model.state_dict()``
+            (strict; a tied parameter under any of its names): a ``.safetensors`` file, a
+            Hugging Face checkpoint folder, a torch ``.pt`` (each rank reads only its own
+            tensors), or a state dict in memory. None: the model as built, its meta
+            tensors filled by ``spec.init_weights`` (or ``reset_parameters``) under a seed
+            per module, the same whatever the plan.
         timeout_s: how long a rank waits on a silent peer before it fails.
         prepared: ``prepare(spec, plan, world)`` done already (skips tracing again).
         pin_malloc: keep freed CPU memory for reuse (``autopipe._malloc``; CPU ranks).
@@ -380,7 +399,8 @@ def build(
         PlanMismatchError: the plan was made for another model, micro-batch shape or world size.
         AutopipeError: a bad torchrun environment, or ``rank`` is not the process group's.
         RuntimeStageError: the rendezvous failed.
-        CheckpointError: ``init`` does not fit the model.
+        WeightsError: ``init`` cannot be read or does not fit the model (names, shapes, dtypes).
+        SpecError: a meta tensor of this rank's stages has no initialiser.
     """
     env_rank, world, local_rank = distributed_env()
     if rank is not None and rank != env_rank:
@@ -393,9 +413,12 @@ def build(
     if where.type == "cpu" and pin_cores:
         # before the process group, so that gloo's threads start on the rank's cores
         _pin_cores(local_rank, local_world(world))  # [Note: pinned cores on CPU ranks]
+    ranks = rank_of_stages(plan)
+    materialize_stages([st.module for st in prepared.split.stages if ranks[st.index] == env_rank],
+                       spec, where, init=init)
     created = init_process_group(env_rank, world, where, timeout_s)
     try:
-        return Pipe(spec, plan, prepared, env_rank, world, where, timeout_s, created, init)
+        return Pipe(spec, plan, prepared, env_rank, world, where, timeout_s, created)
     except BaseException:
         if created:
             dist.destroy_process_group()

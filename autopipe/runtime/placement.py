@@ -106,9 +106,47 @@ def _placed(kind: ScheduleKind, stage: int, ranks: int) -> int:
     return stage if stage < ranks else 2 * ranks - 1 - stage
 
 
+def rank_grid(plan: Plan) -> list[list[int]]:
+    """``grid[q][r]``: the global rank of pipeline rank ``q`` in data-parallel replica ``r``.
+
+    Pipeline rank ``q`` runs the stages ``rank_of_stages`` gives it; a plan without
+    ``data_parallel`` is one replica on ranks ``0 … p−1``, else its ``ranks[stage][replica]``
+    place every replica (``autopipe.partition.replicas``: ``pipelines`` or ``replicas``).
+
+    Raises:
+        PlanError: a replica's pipeline ranks are not in increasing global rank order (its
+            process group numbers them that way, as the stages must be).
+    """
+    positions = rank_of_stages(plan)
+    dp = plan.data_parallel
+    if dp is None:
+        return [[q] for q in range(len(set(positions)))]
+    # data_parallel names every rank once (DataParallel checks it): one stage per pipeline rank
+    out = [list(dp.ranks[positions.index(q)]) for q in range(len(positions))]
+    for r in range(dp.degree):
+        column = [row[r] for row in out]
+        if column != sorted(column):
+            raise PlanError(f"replica {r} runs its pipeline on ranks {column}, not in increasing order",
+                            hint="regenerate the plan (placement pipelines or replicas)")
+    return out
+
+
+def grid_position(plan: Plan, rank: int) -> tuple[int, int]:
+    """(pipeline rank, replica) of global ``rank`` (``rank_grid``).
+
+    Raises:
+        PlanError: as ``rank_grid``, or ``rank`` runs nothing of the plan.
+    """
+    for q, row in enumerate(rank_grid(plan)):
+        if rank in row:
+            return q, row.index(rank)
+    raise PlanError(f"rank {rank} runs no stage of the plan ({num_ranks(plan)} ranks)",
+                    hint="run as many processes as the plan has ranks")
+
+
 def num_ranks(plan: Plan) -> int:
-    """How many processes (ranks) run the plan."""
-    return len(set(rank_of_stages(plan)))
+    """How many processes (ranks) run the plan: pipeline ranks × data-parallel replicas."""
+    return len(set(rank_of_stages(plan))) * plan.replicas
 
 
 def check_world_size(plan: Plan, world_size: int) -> None:
@@ -119,8 +157,9 @@ def check_world_size(plan: Plan, world_size: int) -> None:
     """
     need = num_ranks(plan)
     if world_size != need:
+        replicas = f" x {plan.replicas} data-parallel replicas" if plan.replicas > 1 else ""
         raise PlanMismatchError(
-            f"the plan runs on {need} ranks ({plan.num_stages} stages, schedule {plan.schedule}) "
+            f"the plan runs on {need} ranks ({plan.num_stages} stages{replicas}, schedule {plan.schedule}) "
             f"but the world size is {world_size}",
             hint=f"start {need} processes: torchrun --nproc-per-node {need} -m autopipe train ... "
                  f"or autopipe train ... --launch {need}")

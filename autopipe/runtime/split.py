@@ -13,6 +13,7 @@ import torch.fx as fx
 from autopipe.errors import PlanError, PlanMismatchError
 from autopipe.plan_format import Plan
 from autopipe.runtime.placement import schedule_kind
+from autopipe.runtime.recompute import checkpoint_groups
 from autopipe.trace.graph import Graph
 
 # [Note: pass-through of skip values]
@@ -244,7 +245,8 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
         body = [n for n in fx_nodes if stage_of[n.name] == s and n.op not in ("placeholder", "output")]
         floats = {v for v in ins if s > 0 and _is_float(infos[v].dtype)}
         gm = _stage_graph_module(graph.gm, s, ins, body, outs, constants if s == 0 else {},
-                                 sends=s != last, copy=copy, grad_inputs=floats)
+                                 sends=s != last, copy=copy, grad_inputs=floats,
+                                 recompute=plan.stages[s].recompute)
         made_here = {n.name for n in body}
         passthrough = tuple(v for v in outs if v in ins and v not in made_here)
         stages.append(StageModule(index=s, module=gm, inputs=tuple(ins), outputs=tuple(outs),
@@ -285,11 +287,14 @@ def _stage_graph_module(
     sends: bool,
     copy: bool,
     grad_inputs: set[str],
+    recompute: Sequence[Sequence[str]] = (),
 ) -> fx.GraphModule:
     """A GraphModule that takes ``inputs``, runs ``body`` and returns ``outputs`` as a tuple.
 
     ``sends``: the outputs go to another stage (made sendable; pass-through inputs are
     returned as received unless ``copy``); ``copy``: every sent output is a fresh tensor.
+    ``recompute``: groups of node names that run under checkpointing ([Note: recomputed
+    regions] in ``autopipe.runtime.recompute``).
     """
     g = fx.Graph()
     env: dict[str, Any] = dict(constants)
@@ -320,6 +325,9 @@ def _stage_graph_module(
     g.output(tuple(results))
     gm = fx.GraphModule(root, g, class_name=f"Stage{index}")
     gm.graph.lint()
+    if recompute:
+        groups = [[env[name] for name in group if isinstance(env.get(name), fx.Node)] for group in recompute]
+        checkpoint_groups(gm, groups, stage=index)
     return gm
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.distributed.pipelining import PipelineStage
 
 from autopipe._torch_pipelining import pipeline_stage_class, schedule_class
@@ -47,6 +48,7 @@ def build_pipeline(
     rank: int,
     device: torch.device,
     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
+    group: dist.ProcessGroup | None = None,
 ) -> Pipeline:
     """Build the PipelineStages of ``rank`` on ``device`` and the plan's schedule over them.
 
@@ -59,9 +61,11 @@ def build_pipeline(
         split: the model's stages.
         metas: each stage's input/output tensors for one micro-batch.
         plan: the plan (schedule, micro-batches, placement).
-        rank: this process's rank.
+        rank: this process's rank in the pipeline (its rank in ``group``).
         device: where this rank computes.
         loss_fn: ``loss(last_stage_output_tuple, target)``.
+        group: the pipeline's process group (one replica's ranks, in stage order); None:
+            the default group.
 
     Raises:
         PlanError: torch refuses the schedule for this plan (e.g. too few micro-batches).
@@ -75,7 +79,7 @@ def build_pipeline(
         module = split.stages[s].module.to(device)
         retarget_devices(module, device)
         stages.append(stage_class(module, s, n, device,
-                                    input_args=metas[s].inputs, output_args=metas[s].outputs))
+                                    input_args=metas[s].inputs, output_args=metas[s].outputs, group=group))
     if not stages:
         raise PlanError(f"rank {rank} runs no stage of the plan (stage ranks {ranks})",
                         hint="run as many processes as the plan has ranks")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from autopipe.runtime.checkpoint import (
 from autopipe.runtime.group import distributed_env, failures, free_port, rank_device
 from autopipe.runtime.optim import Stepper, TrainConfig, make_optimizer
 from autopipe.runtime.pipe import Pipe, build
-from autopipe.runtime.placement import rank_of_stages
+from autopipe.runtime.placement import grid_position, rank_of_stages
 from autopipe.runtime.prepare import Prepared, prepare
 from autopipe.spec import ModelSpec
 
@@ -42,7 +42,8 @@ class TrainResult:
     """Stage indices this rank ran."""
     device: str
     losses: list[float] = field(default_factory=list)
-    """Mean micro-batch loss per step (only on the rank that runs the last stage)."""
+    """Mean micro-batch loss per step over every replica (only on the rank that runs the
+    last stage of replica 0)."""
     step_s: list[float] = field(default_factory=list)
     """Wall time of each step on this rank."""
     step_cpu_s: list[float] = field(default_factory=list)
@@ -74,10 +75,11 @@ def train(
     The rank, world size and rendezvous come from the torchrun environment (``RANK``,
     ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), or from an
     already initialised default process group; without either, this is a world of one.
-    Every rank draws the same ``spec.batch(microbatches, step)``; stage 0 feeds the
+    Every rank draws the same ``spec.batch(microbatches × replicas, step)`` and each
+    data-parallel replica keeps its share (``Replicas.share``); stage 0 feeds the
     inputs, the last stage computes ``spec.loss_fn`` per micro-batch, and gradients are
-    averaged over micro-batches (the mean loss), so training equals one process running
-    the same micro-batches. The rank of the last stage logs each step and a summary.
+    averaged over micro-batches and replicas (the mean loss), so training equals one
+    process running all the micro-batches. The rank of the last stage logs each step and a summary.
 
     Raises:
         PlanMismatchError: wrong model, micro-batch shape or world size (before any rank starts).
@@ -88,7 +90,9 @@ def train(
     device = rank_device(plan, rank, local_rank, config.device)
     if config.resume is not None:
         check_resume(config)  # a wrong checkpoint stops every rank before the rendezvous
-    with build(plan, spec, device=device, timeout_s=config.timeout_s, prepared=prepared,
+    # a resumed run takes its weights from the checkpoint: --init is not read then
+    init = config.init if config.resume is None else None
+    with build(plan, spec, device=device, init=init, timeout_s=config.timeout_s, prepared=prepared,
                pin_malloc=config.pin_malloc, pin_cores=config.pin_cores) as pipe:
         return _run(spec, plan, config, pipe, log)
 
@@ -102,43 +106,51 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
 
     result = TrainResult(rank=pipe.rank, world_size=pipe.world_size, stages=pipe.stages, device=str(device),
                          modules=pipe.modules())
-    m = plan.microbatches
-    if pipe.has_last:
-        log(f"training {spec.name}: {plan.num_stages} stages on {pipe.world_size} ranks, schedule "
+    m, dp = plan.microbatches, pipe.replicas.dp
+    reports = pipe.has_last and pipe.replicas.replica == 0  # the global loss, once
+    if reports:
+        replicas = f" x {dp} data-parallel replicas" if dp > 1 else ""
+        stages = f"{plan.num_stages} stage{'s' if plan.num_stages > 1 else ''}"
+        log(f"training {spec.name}: {stages}{replicas} on {pipe.world_size} ranks, schedule "
             f"{plan.schedule}, {m} micro-batches, {config.steps} steps, {config.optimizer} lr {config.lr:g}")
     if config.resume is not None:
         result.start_step = _resume(config, pipe, optimizer, log)
     gc.collect()
     gc.freeze()  # the model, its graph and the optimizer live all run: no collection walks them
-    for step in range(result.start_step, config.steps):
-        inputs, target = spec.batch(m, step)
-        inputs = tuple(v.to(device) if isinstance(v, torch.Tensor) else v for v in inputs)
-        target = target.to(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        with failures(pipe.where, f"in step {step + 1}", config.timeout_s):
-            pipe.zero_grad(set_to_none=True)
-            losses = pipe.step(inputs, target)
-            pipe.sync_tied_grads()
-            if optimizer is not None:
-                optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
-        result.step_s.append(dt)
-        result.step_cpu_s.append(time.process_time() - c0)
-        if pipe.has_last:
-            loss = torch.stack([x.float() for x in losses]).mean().item()
-            result.losses.append(loss)
-            log(f"step {step + 1}/{config.steps}  loss {loss:.6f}  time {dt * 1e3:.1f} ms")
-        done = step + 1
-        if config.save is not None and (done == config.steps or (config.save_every and done % config.save_every == 0)):
-            t0 = time.perf_counter()
-            path = save_checkpoint(config.save, pipe, optimizer, step=done, extra=_extra(config, plan))
+    try:
+        for step in range(result.start_step, config.steps):
+            inputs, target = pipe.replicas.share(*spec.batch(m * dp, step))  # this replica's share
+            inputs = tuple(v.to(device) if isinstance(v, torch.Tensor) else v for v in inputs)
+            target = target.to(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            with failures(pipe.where, f"in step {step + 1}", config.timeout_s):
+                pipe.zero_grad(set_to_none=True)
+                losses = pipe.step(inputs, target)
+                pipe.sync_tied_grads()
+                if optimizer is not None:
+                    optimizer.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+            dt = time.perf_counter() - t0
+            result.step_s.append(dt)
+            result.step_cpu_s.append(time.process_time() - c0)
             if pipe.has_last:
-                size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-                log(f"saved checkpoint {path} ({format_size(size)}, {time.perf_counter() - t0:.2f} s)")
+                with failures(pipe.where, f"while averaging the loss of step {step + 1}", config.timeout_s):
+                    loss = pipe.replicas.mean_loss(losses)
+            if reports:
+                result.losses.append(loss)
+                log(f"step {step + 1}/{config.steps}  loss {loss:.6f}  time {dt * 1e3:.1f} ms")
+            done = step + 1
+            if config.save is not None and (done == config.steps or (config.save_every and done % config.save_every == 0)):
+                t0 = time.perf_counter()
+                path = save_checkpoint(config.save, pipe, optimizer, step=done, extra=_extra(config, plan))
+                if reports:
+                    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+                    log(f"saved checkpoint {path} ({format_size(size)}, {time.perf_counter() - t0:.2f} s)")
+    finally:
+        gc.unfreeze()
     with failures(pipe.where, "while gathering the summary", config.timeout_s):
-        _summary(plan, pipe.has_last, result, device, rank_of_stages(plan), log)
+        _summary(plan, reports, result, device, log)
     return result
 
 
@@ -172,13 +184,13 @@ def _resume(config: TrainConfig, pipe: Pipe, optimizer: Stepper | None, log: Cal
     assert config.resume is not None
     check_resume(config)
     info = load_checkpoint(config.resume, pipe, optimizer)
-    if pipe.has_last:
+    if pipe.has_last and pipe.replicas.replica == 0:
         log(f"resumed from {info.path} after step {info.step}")
     return info.step
 
 
 def _summary(plan: Plan, has_last: bool, result: TrainResult, device: torch.device,
-             ranks: Sequence[int], log: Callable[[str], None]) -> None:
+             log: Callable[[str], None]) -> None:
     peaks: list[Any] = [None] * result.world_size
     mine = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     dist.all_gather_object(peaks, mine)
@@ -186,11 +198,12 @@ def _summary(plan: Plan, has_last: bool, result: TrainResult, device: torch.devi
         result.peak_memory = {r: int(v) for r, v in enumerate(peaks) if v is not None}
     if not has_last:
         return
+    ranks = rank_of_stages(plan)
     total = sum(result.step_s)
     log(f"done: {len(result.step_s)} steps in {total:.3f} s, {result.steps_per_s:.3f} steps/s "
         f"after the first step (first step {result.step_s[0]:.3f} s)")
     for r, peak in sorted(result.peak_memory.items()):
-        stages = [s for s in range(plan.num_stages) if ranks[s] == r]
+        stages = [s for s in range(plan.num_stages) if ranks[s] == grid_position(plan, r)[0]]
         predicted = sum(_predicted_peak(plan, s) for s in stages)
         log(f"  rank {r} (stage {', '.join(map(str, stages))}): peak {format_size(peak)} CUDA memory, "
             f"plan predicted {format_size(predicted)}")

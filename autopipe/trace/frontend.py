@@ -56,7 +56,7 @@ def trace(
     kwargs = dict(example_kwargs or {})
     if frontend not in ("auto", "fx", "export"):
         raise TraceError(f"unknown frontend {frontend!r}", hint="use auto, fx or export")
-    _check_devices(model, example_inputs, kwargs)
+    example_inputs, kwargs = _check_devices(model, example_inputs, kwargs)
     reasons: list[str] = []
     if frontend in ("auto", "fx"):
         try:
@@ -86,14 +86,20 @@ def _short(e: BaseException) -> str:
     return first if len(first) <= _MAX_REASON else first[:_MAX_REASON] + "…"
 
 
-def _check_devices(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+def _check_devices(model: nn.Module, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The example inputs to trace with: as given, or meta copies for a model on the meta device
+    (whose batches stay real: training feeds them once each rank holds real weights)."""
     devices = {p.device.type for p in model.parameters()}
     leaves = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
     inputs = {x.device.type for x in leaves}
+    if devices == {"meta"} and inputs - devices:
+        return pytree.tree_map_only(torch.Tensor, lambda t: t.to("meta"), (args, kwargs))  # type: ignore[no-any-return]
     if len(devices) == 1 and inputs and not inputs <= devices:
         raise ExampleInputError(
             f"model parameters are on {devices.pop()} but example inputs are on {', '.join(sorted(inputs))}",
             hint="create the example inputs on the model's device")
+    return args, kwargs
 
 
 def _raise_if_inputs_wrong(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

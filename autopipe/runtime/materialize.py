@@ -1,0 +1,278 @@
+"""Give a rank's stage modules real tensors: only theirs, on the rank's device, from a file or an initialiser.
+
+A spec may build its model on the meta device: tracing, planning and splitting then
+cost no memory, and every stage module holds meta tensors under the original module
+paths (torch.export's ``get_attr`` targets and fx's ``call_module`` submodules keep
+the model's FQNs). ``materialize_stages`` replaces the meta tensors of the stages one
+rank runs, so that a rank's host memory is about its stages' size, not the model's.
+
+[Note: initialising a meta-built model]
+
+Without a weights file, every module that holds a tensor a rank needs is initialised
+by ``spec.init_weights(module)`` (default: ``module.reset_parameters()``), after its
+own tensors have been swapped for real ones on the device, under a random seed of its
+own: ``seed`` mixed with the module's path. A module's values therefore depend only on
+its path, shapes and the device type, never on which stages or ranks exist: a plan
+with 2 stages, one with 4, and one process materialising the whole model (``modules=
+[graph.gm]``) all start from the same weights, which makes pipeline training
+comparable with one process. They are not the values of the same model built on the
+CPU after ``torch.manual_seed``, which draws every module from one stream in
+construction order. A tensor tied to another (GPT-2's head and embedding) takes the
+value its first name's module gives it; the other module initialises only its own.
+Whatever the initialiser leaves untouched is an error, not garbage: float tensors
+start as NaN and are checked afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from autopipe.errors import SpecError
+from autopipe.runtime.weights import TensorInfo, WeightsSource, check_fit, open_weights
+from autopipe.spec import ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Materialized:
+    """What ``materialize_stages`` did on one rank."""
+
+    loaded: tuple[str, ...]
+    """Tensors read from the weights file (canonical names)."""
+    initialised: tuple[str, ...]
+    """Tensors filled by the spec's initialiser or ``reset_parameters`` (canonical names)."""
+    bytes: int
+    """Bytes of the tensors created (each tied tensor once)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """One place a stage module holds a tensor: ``owner._parameters[field]`` or ``_buffers``."""
+
+    owner: nn.Module
+    field: str
+    is_param: bool
+
+
+def materialize_stages(
+    modules: Sequence[nn.Module],
+    spec: ModelSpec,
+    device: torch.device | str,
+    *,
+    init: WeightsSource | None = None,
+    seed: int = 0,
+) -> Materialized:
+    """Put real tensors on ``device`` into ``modules`` (one rank's stage modules), in place.
+
+    With ``init``, every parameter and persistent buffer the modules hold is read from
+    that file (``autopipe.runtime.weights``; only these tensors are read), after the
+    file's names, shapes and dtypes are checked against the whole model. Tensors still
+    on the meta device that the file cannot hold (non-persistent buffers, such as rotary
+    frequencies) and, without ``init``, all of them, are initialised by ``spec.init_weights``
+    or ``reset_parameters`` (see [Note: initialising a meta-built model]). Real tensors
+    are left as they are unless ``init`` overwrites them. A tensor that several of the
+    modules hold (tied) becomes one tensor, held by all.
+
+    Args:
+        modules: stage modules whose parameter and buffer names are paths of
+            ``spec.model`` (``Split.stages[i].module``; or ``graph.gm``: the whole model).
+        spec: the spec whose model the modules were split from.
+        device: where the tensors go.
+        init: a weights file or Hugging Face folder of the unsplit model, its state dict
+            in memory, or None.
+        seed: mixed into each module's initialisation seed.
+
+    Returns:
+        What was read, what was initialised and the bytes created.
+
+    Raises:
+        WeightsError: the file is unreadable or does not fit the model (names, shapes, dtypes).
+        SpecError: a meta tensor has no initialiser, the initialiser left one unset, or a
+            stage holds a meta tensor that is not the model's (a constant made in tracing).
+    """
+    device = torch.device(device)
+    names = _model_tensors(spec.model)
+    canonical = _canonical(names)
+    slots = _slots(modules, names, canonical, load=init is not None)
+    if init is None and not slots:
+        return Materialized(loaded=(), initialised=(), bytes=0)
+    reads: dict[str, str] = {}
+    values: dict[str, torch.Tensor] = {}
+    if init is not None:
+        with open_weights(init) as weights:
+            reads = check_fit(weights, _expected(spec.model), _groups(canonical))
+            values = {c: _as_own(weights.read(reads[c]), names[c], device) for c in slots if c in reads}
+    todo = [c for c in slots if c not in values and names[c].is_meta]
+    _initialise(spec, names, canonical, todo, values, device, seed)
+    for c, places in slots.items():
+        value = values.get(c)
+        if value is None:
+            continue
+        for slot in places:
+            table: dict[str, Any] = slot.owner._parameters if slot.is_param else slot.owner._buffers
+            table[slot.field] = value
+    loaded = tuple(c for c in values if c in reads)
+    return Materialized(loaded=loaded, initialised=tuple(todo),
+                        bytes=sum(v.numel() * v.element_size() for v in values.values()))
+
+
+def check_init(spec: ModelSpec, init: WeightsSource) -> None:
+    """Check that ``init`` holds exactly ``spec.model``'s state dict (names, shapes, dtypes).
+
+    Reads only the file's headers (or a torch file's mapping), no tensor data: ``autopipe
+    train --launch`` runs it before starting any rank.
+
+    Raises:
+        WeightsError: as ``materialize_stages`` would.
+    """
+    canonical = _canonical(_model_tensors(spec.model))
+    with open_weights(init) as weights:
+        check_fit(weights, _expected(spec.model), _groups(canonical))
+
+
+def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of the model under every name it has."""
+    out: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
+    out.update(model.named_buffers(remove_duplicate=False))
+    return out
+
+
+def _canonical(names: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Name → the first name of the same tensor (tied tensors share one)."""
+    first: dict[int, str] = {}
+    return {name: first.setdefault(id(t), name) for name, t in names.items()}
+
+
+def _groups(canonical: Mapping[str, str]) -> list[tuple[str, ...]]:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name, c in canonical.items():
+        groups[c].append(name)
+    return [tuple(g) for g in groups.values() if len(g) > 1]
+
+
+def _expected(model: nn.Module) -> dict[str, TensorInfo]:
+    """The state dict's names (parameters, persistent buffers) with shapes and dtypes."""
+    return {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def _slots(modules: Sequence[nn.Module], names: Mapping[str, torch.Tensor],
+           canonical: Mapping[str, str], *, load: bool) -> dict[str, list[_Slot]]:
+    """Canonical name → where the modules hold it, for the tensors to make: those on the
+    meta device, and with ``load`` every tensor of the model."""
+    out: dict[str, list[_Slot]] = defaultdict(list)
+    for module in modules:
+        for kind in ("_parameters", "_buffers"):
+            for path, sub in module.named_modules(remove_duplicate=False):
+                for field, t in getattr(sub, kind).items():
+                    if t is None:
+                        continue
+                    name = f"{path}.{field}" if path else field
+                    if name not in names:
+                        if t.is_meta:
+                            raise SpecError(
+                                f"stage tensor {name!r} is on the meta device but is not a parameter "
+                                f"or buffer of the model (a constant made while tracing)",
+                                hint="build this model on a real device (not meta)")
+                        continue
+                    if t.is_meta or load:
+                        out[canonical[name]].append(_Slot(sub, field, kind == "_parameters"))
+    return dict(out)
+
+
+def _as_own(t: torch.Tensor, like: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A copy of ``t`` (a view of a file) on ``device``, a Parameter where ``like`` is one."""
+    value = t.to(device, copy=True)
+    if isinstance(like, nn.Parameter):
+        return nn.Parameter(value, requires_grad=like.requires_grad)
+    return value
+
+
+def _empty(like: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor shaped as ``like`` on ``device``: NaN if float (so that what no one sets shows)."""
+    value = torch.empty_like(like, device=device)
+    if value.is_floating_point() or value.is_complex():
+        value.fill_(float("nan"))
+    if isinstance(like, nn.Parameter):
+        return nn.Parameter(value, requires_grad=like.requires_grad)
+    return value
+
+
+def _initialise(spec: ModelSpec, names: Mapping[str, torch.Tensor], canonical: Mapping[str, str],
+                todo: Sequence[str], values: dict[str, torch.Tensor], device: torch.device,
+                seed: int) -> None:
+    """Fill ``values`` for the canonical names ``todo`` by initialising their modules
+    (see [Note: initialising a meta-built model])."""
+    made = {c: _empty(names[c], device) for c in todo}
+    values.update(made)
+    by_module: dict[str, list[str]] = defaultdict(list)
+    for c in todo:
+        by_module[c.rpartition(".")[0]].append(c)
+    for path in sorted(by_module):
+        module = spec.model.get_submodule(path)
+        fn = _initialiser(spec, module, path, by_module[path])
+        with _real_tensors(module, path, canonical, made, device), _seeded(seed, path, device), \
+                torch.no_grad():
+            fn(module)
+        unset = sorted(c.rpartition(".")[2] for c in by_module[path]
+                       if made[c].is_floating_point() and bool(made[c].isnan().any()))
+        if unset:
+            raise SpecError(f"initialising {path or 'the model'} ({type(module).__name__}) left "
+                            f"{', '.join(unset)} unset",
+                            hint="make ModelSpec.init_weights(module) fill every tensor the module "
+                                 "holds itself, or pass --init weights.safetensors")
+
+
+def _initialiser(spec: ModelSpec, module: nn.Module, path: str,
+                 needed: Sequence[str]) -> Callable[[nn.Module], None]:
+    if spec.init_weights is not None:
+        return spec.init_weights
+    reset = getattr(module, "reset_parameters", None)
+    if callable(reset):
+        return lambda m: reset()
+    fields = ", ".join(sorted(c.rpartition(".")[2] for c in needed))
+    raise SpecError(f"{path or 'the model'} ({type(module).__name__}) holds {fields} on "
+                    f"the meta device and has no reset_parameters()",
+                    hint="give the ModelSpec an init_weights(module) function (a Hugging Face "
+                         "model's _init_weights), or pass --init with the weights")
+
+
+@contextlib.contextmanager
+def _real_tensors(module: nn.Module, path: str, canonical: Mapping[str, str],
+                  todo: Mapping[str, torch.Tensor], device: torch.device) -> Iterator[None]:
+    """Swap the module's own tensors for real ones while it is initialised; restore them after.
+
+    Every tensor whose first name is here gets a real tensor, ``todo``'s or a scratch one
+    (a tensor read from the file, or one this rank does not keep), so that the random
+    draws never depend on what a rank keeps; tensors first named elsewhere (tied) keep
+    their meta stand-ins and are set by their own module.
+    """
+    saved: list[tuple[dict[str, Any], str, torch.Tensor]] = []
+    tables: tuple[dict[str, Any], ...] = (module._parameters, module._buffers)
+    for table in tables:
+        for field, t in list(table.items()):
+            name = f"{path}.{field}" if path else field
+            if t is None or canonical.get(name) != name:
+                continue
+            saved.append((table, field, t))
+            table[field] = todo[name] if name in todo else _empty(t, device)
+    try:
+        yield
+    finally:
+        for table, field, t in saved:
+            table[field] = t
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, path: str, device: torch.device) -> Iterator[None]:
+    """The module's own random stream: ``seed`` mixed with its path; the caller's restored after."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed((seed * 1_000_003 + zlib.crc32(path.encode())) % (1 << 63))
+        yield

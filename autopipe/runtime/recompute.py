@@ -1,0 +1,156 @@
+"""Recomputation in a stage: the plan's node groups run under non-reentrant activation checkpointing.
+
+[Note: recomputed regions]
+
+A plan's stage lists groups of its nodes to recompute ([Note: recomputation] in
+``autopipe.partition.costs``), one per planned block. Each group becomes one call of
+``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)`` inside the stage's
+GraphModule: autograd keeps only the group's inputs, and the group's forward runs again
+when the backward first needs one of its saved tensors::
+
+    before   a ─► [mul ─► gelu ─► mul] ─► add ─► out        (the group in brackets)
+    after    a ─► recompute_0(a, w) ─► getitem ─► add ─► out
+                  └ checkpoint(body, a, w): body = mul ─► gelu ─► mul
+
+The body is a GraphModule of its own with no attributes: parameters, buffers and
+submodules the group uses enter as arguments (``call_module`` nodes become calls of
+the module passed in), so the stage's parameters keep their names and the body is
+registered as a submodule without holding a second copy of anything. A module that
+updates its own state in forward (batch norm's running statistics) would update it
+twice; its buffers are restored after the recomputation. A group that writes a value it
+did not make in place (an input, a buffer) cannot run twice and is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch.utils.checkpoint import checkpoint
+
+from autopipe.errors import PlanError
+
+
+def _call_module(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """A ``call_module`` node of a recomputed group, with its module as an argument."""
+    return module(*args, **kwargs)
+
+
+class Recompute(torch.nn.Module):
+    """Runs a group of a stage's nodes under non-reentrant checkpointing ([Note: recomputed regions])."""
+
+    def __init__(self, body: fx.GraphModule) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, *args: Any) -> Any:
+        modules = [a for a in args if isinstance(a, torch.nn.Module)]
+
+        def contexts() -> tuple[contextlib.AbstractContextManager[None], _BuffersRestored]:
+            return contextlib.nullcontext(), _BuffersRestored(modules)
+
+        return checkpoint(self.body, *args, use_reentrant=False, context_fn=contexts)
+
+
+class _BuffersRestored:
+    """Around a recomputation: the modules' buffers are as before it once it is done (a
+    backward that runs in two passes, as the zero-bubble schedules' do, recomputes twice)."""
+
+    def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
+        self.modules = modules
+        self.saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __enter__(self) -> None:
+        self.saved = [(b, b.detach().clone()) for m in self.modules for b in m.buffers()]
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            for buf, copy in self.saved:
+                buf.copy_(copy)
+        self.saved = []
+
+
+def checkpoint_groups(gm: fx.GraphModule, groups: Sequence[Sequence[fx.Node]], *, stage: int) -> None:
+    """Rewrite ``gm`` so that each group of its nodes runs under checkpointing, in place.
+
+    Each group must be convex in ``gm``'s graph (no path leaves it and comes back), as
+    the planner's blocks are.
+
+    Raises:
+        PlanError: a group writes a value made outside it in place.
+    """
+    from autopipe.runtime.split import written_in_place
+
+    graph = gm.graph
+    for k, group in enumerate(groups):
+        members = [n for n in group if n.op in ("call_function", "call_method", "call_module")]
+        if not members:
+            continue
+        inside = set(members)
+        inputs: list[fx.Node] = []
+        for n in members:
+            for a in n.all_input_nodes:
+                if a not in inside and a not in inputs:
+                    inputs.append(a)
+        written = written_in_place(gm, members, [a.name for a in inputs])
+        if written:
+            raise PlanError(f"stage {stage} recomputes a group of nodes from {members[0].name!r} on "
+                            f"that writes {sorted(written)[0]!r}, made outside it, in place: the "
+                            f"group cannot run twice", hint="plan again with --recompute none")
+        outputs = [n for n in members if any(u not in inside for u in n.users)]
+        if not outputs:
+            continue
+        order = {n: i for i, n in enumerate(graph.nodes)}
+        members.sort(key=order.__getitem__)
+        anchor = members[-1].next
+        # nodes between the group's ends that read its results move after it (convexity:
+        # none of them is also read by the group)
+        moved: list[fx.Node] = []
+        tainted = set(members)
+        n = members[0]
+        while n is not anchor:
+            if n not in inside and any(a in tainted for a in n.all_input_nodes):
+                moved.append(n)
+                tainted.add(n)
+            n = n.next
+        body, module_targets = _body(members, inputs, outputs, f"Stage{stage}Recompute{k}")
+        name = f"recompute_{k}"
+        gm.add_submodule(name, Recompute(body))
+        with graph.inserting_before(anchor):
+            mods = [graph.get_attr(t) for t in module_targets]
+            call = graph.call_module(name, tuple(inputs) + tuple(mods))
+            results = [graph.call_function(operator.getitem, (call, i)) for i in range(len(outputs))]
+        for n in moved:
+            anchor.prepend(n)
+        for out, res in zip(outputs, results):
+            for user in list(out.users):
+                if user not in inside:
+                    user.replace_input_with(out, res)
+        for n in reversed(members):
+            graph.erase_node(n)
+    graph.lint()
+    gm.recompile()
+
+
+def _body(members: Sequence[fx.Node], inputs: Sequence[fx.Node],
+          outputs: Sequence[fx.Node], class_name: str) -> tuple[fx.GraphModule, list[str]]:
+    """The group as a GraphModule without attributes, and the targets of the modules it
+    calls (passed to it after ``inputs``)."""
+    g = fx.Graph()
+    env: dict[fx.Node, Any] = {a: g.placeholder(a.name) for a in inputs}
+    targets = list(dict.fromkeys(str(n.target) for n in members if n.op == "call_module"))
+    modules = {t: g.placeholder(f"module_{i}") for i, t in enumerate(targets)}
+    for n in members:
+        if n.op == "call_module":
+            args = fx.map_arg(n.args, env.__getitem__)
+            kwargs = fx.map_arg(n.kwargs, env.__getitem__)
+            env[n] = g.call_function(_call_module, (modules[str(n.target)], *args), kwargs)
+        else:
+            env[n] = g.node_copy(n, env.__getitem__)
+    g.output(tuple(env[o] for o in outputs))
+    body = fx.GraphModule(torch.nn.Module(), g, class_name=class_name)
+    return body, targets

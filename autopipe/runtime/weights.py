@@ -1,0 +1,276 @@
+"""Weights in: a state dict of the unsplit model, read tensor by tensor from the formats people save.
+
+``open_weights(path)`` opens, without reading any tensor data:
+
+- a ``.safetensors`` file (``safetensors.safe_open``: the header now, each tensor when asked);
+- a Hugging Face checkpoint folder: ``model.safetensors.index.json`` and the shards its
+  ``weight_map`` names, or a single ``model.safetensors``;
+- a torch ``.pt``/``.pth``/``.bin`` file of ``torch.save(model.state_dict())`` (or of a
+  dict holding it under ``"state_dict"`` or ``"model"``), loaded with ``mmap=True`` and
+  ``weights_only=True``, so that only the tensors read are paged in.
+
+Names are the original model's state-dict keys (module FQNs). ``check_fit`` compares a
+file's names, shapes and dtypes with what a model expects, counting tied names as one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autopipe.errors import WeightsError
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+_GIVEN = Path("<the state dict given>")
+"""What messages call a state dict passed in memory (``build(..., init=state_dict)``)."""
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+WeightsSource = str | os.PathLike[str] | Mapping[str, torch.Tensor]
+"""Where a model's weights come from: a file or folder (see the module's docstring), or a
+state dict in memory."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """Shape and dtype of one tensor, known without reading its data."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def __str__(self) -> str:
+        return f"{list(self.shape)} {str(self.dtype).removeprefix('torch.')}"
+
+
+class Weights:
+    """An opened weights file or folder: each tensor's shape and dtype, and the tensors on demand.
+
+    Use as a context manager, or call ``close()``: open safetensors files and a torch
+    file's mapping are released there.
+    """
+
+    def __init__(self, path: Path, info: dict[str, TensorInfo], readers: dict[str, Any],
+                 where: dict[str, str]) -> None:
+        self.path = path
+        self.info = info
+        """Tensor name → shape and dtype, for every tensor in the file(s)."""
+        self._readers = readers  # file name → safe_open handle, or a torch state dict
+        self._where = where  # tensor name → file name
+
+    def read(self, name: str) -> torch.Tensor:
+        """Tensor ``name`` as a CPU tensor (viewing the file's mapping: copy what you keep).
+
+        Raises:
+            WeightsError: the file has no tensor ``name``, or it cannot be read.
+        """
+        if name not in self._where:
+            raise WeightsError(f"{self.path} has no tensor {name!r}", hint="check the name")
+        reader = self._readers[self._where[name]]
+        if isinstance(reader, dict):
+            return reader[name]  # type: ignore[no-any-return]
+        try:
+            return reader.get_tensor(name)  # type: ignore[no-any-return]
+        except Exception as e:
+            raise WeightsError(f"{self.path}: cannot read tensor {name!r}: {e}",
+                               hint="the file is damaged or truncated; write it again") from None
+
+    def close(self) -> None:
+        """Release the files (tensors already copied stay valid)."""
+        self._readers.clear()
+
+    def __enter__(self) -> Weights:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_weights(path: WeightsSource) -> Weights:
+    """Open a ``.safetensors`` file, a Hugging Face checkpoint folder or a torch ``.pt`` file;
+    or take a state dict already in memory.
+
+    Raises:
+        WeightsError: nothing there, an unknown format, a damaged file or index, or a
+            mapping that holds something else than tensors under string keys.
+    """
+    if isinstance(path, Mapping):
+        return _of_mapping(path)
+    p = Path(path)
+    if p.is_dir():
+        return _open_folder(p)
+    if not p.is_file():
+        raise WeightsError(f"weights {p}: no such file or folder", hint="check the --init path")
+    if p.suffix == ".safetensors":
+        info, readers, where = _open_safetensors([p], {})
+        return Weights(p, info, readers, where)
+    if p.suffix in TORCH_SUFFIXES:
+        return _open_torch(p)
+    raise WeightsError(f"weights {p}: unknown format {p.suffix or '(no suffix)'!r}",
+                       hint="pass a .safetensors file, a Hugging Face checkpoint folder or a torch "
+                            ".pt file")
+
+
+def _open_folder(folder: Path) -> Weights:
+    index = folder / INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError("weight_map is not an object")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise WeightsError(f"{index}: not a safetensors index ({type(e).__name__}: {e})",
+                               hint="it must hold a \"weight_map\" of tensor name → shard file") from None
+        shards = sorted(set(map(str, weight_map.values())))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise WeightsError(f"{index} names {len(missing)} shard(s) that are not in {folder}: "
+                               f"{_some(missing)}", hint="copy the whole checkpoint folder")
+        info, readers, where = _open_safetensors([folder / s for s in shards], weight_map)
+        return Weights(folder, info, readers, where)
+    if (folder / SINGLE).is_file():
+        info, readers, where = _open_safetensors([folder / SINGLE], {})
+        return Weights(folder, info, readers, where)
+    raise WeightsError(f"{folder} holds neither {INDEX} nor {SINGLE}",
+                       hint="save the model with save_pretrained(folder) (safetensors), or pass "
+                            "a .safetensors or .pt file")
+
+
+def _open_safetensors(files: Sequence[Path], weight_map: Mapping[str, Any]
+                      ) -> tuple[dict[str, TensorInfo], dict[str, Any], dict[str, str]]:
+    """Open each file's header; with ``weight_map`` (an index), check it against the files."""
+    from safetensors import safe_open
+
+    info: dict[str, TensorInfo] = {}
+    readers: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    for f in files:
+        try:
+            handle: Any = safe_open(str(f), framework="pt", device="cpu")
+            names = list(handle.keys())
+            for name in names:
+                piece = handle.get_slice(name)
+                dtype = _SAFETENSORS_DTYPES.get(piece.get_dtype())
+                if dtype is None:
+                    raise WeightsError(f"{f}: tensor {name!r} has dtype {piece.get_dtype()}, "
+                                       f"which autopipe does not read", hint="convert the file")
+                info[name] = TensorInfo(tuple(int(s) for s in piece.get_shape()), dtype)
+                where[name] = f.name
+        except WeightsError:
+            raise
+        except Exception as e:
+            raise WeightsError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e})",
+                               hint="the file is damaged or truncated; write it again") from None
+        readers[f.name] = handle
+    if weight_map:
+        wrong = sorted(k for k, v in weight_map.items() if where.get(k) != Path(str(v)).name)
+        if wrong:
+            raise WeightsError(f"{INDEX} puts {len(wrong)} tensor(s) in a shard that does not hold "
+                               f"them: {_some(wrong)}", hint="the index and the shards are from "
+                                                             "different saves; save the model again")
+    return info, readers, where
+
+
+def _open_torch(p: Path) -> Weights:
+    try:
+        loaded = torch.load(p, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"{p}: torch.load(weights_only=True) fails ({type(e).__name__}: "
+                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})",
+                           hint="save plain tensors: torch.save(model.state_dict(), path)") from None
+    state = loaded
+    if isinstance(loaded, dict) and not _all_tensors(loaded):
+        state = next((loaded[k] for k in ("state_dict", "model") if isinstance(loaded.get(k), dict)),
+                     loaded)
+    if not isinstance(state, dict) or not _all_tensors(state):
+        raise WeightsError(f"{p} is not a state dict of tensors ({type(state).__name__})",
+                           hint="save it with torch.save(model.state_dict(), path)")
+    info = {str(k): TensorInfo(tuple(v.shape), v.dtype) for k, v in state.items()}
+    return Weights(p, info, {p.name: state}, dict.fromkeys(info, p.name))
+
+
+def _of_mapping(state: Mapping[Any, Any]) -> Weights:
+    if not _all_tensors(state):
+        bad = next(k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor)))
+        raise WeightsError(f"the state dict given as init holds {type(state[bad]).__name__} under {bad!r}",
+                           hint="pass tensors keyed by the model's names, as model.state_dict() gives")
+    info = {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in state.items()}
+    return Weights(_GIVEN, info, {_GIVEN.name: dict(state)}, dict.fromkeys(info, _GIVEN.name))
+
+
+def _all_tensors(d: Mapping[Any, Any]) -> bool:
+    return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+
+def check_fit(weights: Weights, expected: Mapping[str, TensorInfo],
+              groups: Iterable[Sequence[str]] = ()) -> dict[str, str]:
+    """Check that a file holds exactly the tensors a model expects; say where to read each.
+
+    Names in one of ``groups`` (tied: several names of one tensor) count as one tensor:
+    the file may hold any of them (Hugging Face saves one name of a tied pair), and the
+    first it holds is read.
+
+    Args:
+        weights: the opened file.
+        expected: the model's state-dict names with their shapes and dtypes.
+        groups: names that refer to one tensor, first name canonical.
+
+    Returns:
+        The first name of each group (or the lone name) → the name to read in the file.
+
+    Raises:
+        WeightsError: tensors are missing or unexpected, or differ in shape or dtype; the
+            message names them.
+    """
+    group_of = {name: tuple(g) for g in groups for name in g}
+    read: dict[str, str] = {}
+    missing: list[str] = []
+    seen: set[str] = set()
+    for name in expected:
+        group = group_of.get(name, (name,))
+        if group[0] in seen:
+            continue
+        seen.add(group[0])
+        members = [n for n in group if n in expected]
+        found = next((n for n in members if n in weights.info), None)
+        if found is None:
+            missing.append(members[0])
+        else:
+            read[group[0]] = found
+    unexpected = sorted(set(weights.info) - set(expected))
+    wrong = [f"{n} is {weights.info[n]} in the file but {expected[n]} in the model"
+             for n in expected if n in weights.info and weights.info[n] != expected[n]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing ({_some(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected ({_some(unexpected)})")
+    if wrong:
+        problems.append(f"{len(wrong)} of another shape or dtype ({_some(wrong, 3)})")
+    if problems:
+        hint = ("save the state dict of the same model, built with the same --spec-arg knobs "
+                "(names are the model's own module paths, e.g. from model.state_dict())")
+        if wrong and not missing and not unexpected:
+            hint = "build the model in the file's dtype and shapes (--spec-arg dtype=...), or convert the file"
+        raise WeightsError(f"weights {weights.path} do not fit the model: {'; '.join(problems)}",
+                           hint=hint)
+    return read
+
+
+def _some(names: Sequence[str], shown: int = 5) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f", … and {more} more" if more > 0 else "")

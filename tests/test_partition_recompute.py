@@ -1,0 +1,227 @@
+"""Tests for recomputation in the planner: autopipe/partition/recompute.py, the ILP's
+recompute variables (ilp.py), the cost model's terms (costs.py) and ``plan_profile``'s
+``recompute`` modes."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from autopipe.errors import InfeasiblePlanError, PlanError
+from autopipe.partition import brute
+from autopipe.partition.chain import Chain
+from autopipe.partition.costs import evaluate, regions, violations
+from autopipe.partition.dp import min_bottleneck, min_memory
+from autopipe.partition.ilp import _Model, solve_ilp
+from autopipe.partition.planner import plan_profile
+from autopipe.partition.problem import Config, from_profile, writes_in_place
+from autopipe.partition.recompute import fit, prune
+from autopipe.partition.synthetic import synthetic_profile
+from autopipe.partition.windows import ancestors, pinned_windows
+from autopipe.plan_format import Device, Plan
+from autopipe.profile.profile import Profile
+from tests.partition_cases import Case, cases
+
+from .conftest import ROOT
+
+EXACT = 1e-9
+DATA = Path(__file__).parent / "data"
+
+
+def close(a: float, b: float, rel: float = 1e-6) -> bool:
+    return abs(a - b) <= rel * max(1.0, abs(a), abs(b))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(max_nodes=5, schedules=("1f1b", "gpipe"), recompute=("auto", "full")))
+def test_ilp_equals_brute_force(case: Case) -> None:
+    """Cuts and recomputation chosen together: the ILP's step equals the best of every
+    partition with every subset of recomputed blocks (``auto``), or with all (``full``)."""
+    problem = case.problem()
+    if problem.num_real < problem.config.num_stages:
+        return
+    exact = brute.best(problem)
+    res = solve_ilp(problem, gap=EXACT)
+    if exact is None:
+        assert res.stage_of is None and res.status == "infeasible"
+        return
+    assert res.stage_of is not None and res.status == "optimal"
+    assert not violations(problem, res.stage_of)
+    ev = evaluate(problem, res.stage_of, res.recompute)
+    assert ev.fits
+    assert close(ev.objective_s, exact[0])
+    if not math.isnan(res.model_objective_s):
+        assert close(res.model_objective_s, res.objective_s)
+    if problem.config.recompute == "full":
+        assert res.recompute == problem.recompute_candidates()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(max_nodes=5, schedules=("1f1b", "gpipe"), recompute=("auto", "full")))
+def test_model_encodes_recomputation(case: Case) -> None:
+    """For partitions with any recomputed blocks, the MIP's rows and objective at their
+    values equal costs.evaluate: memory (kept inputs, the activations alive again), B."""
+    problem = case.problem()
+    anc = ancestors(problem)
+    lo, hi = pinned_windows(problem)
+    if any(a > b for a, b in zip(lo, hi)) or len(problem.recompute_candidates()) > brute.MAX_RECOMPUTED:
+        return
+    model = _Model(problem, anc, lo, hi)
+    rng = random.Random(0)
+    tried = 0
+    for stage_of, chosen in brute.solutions(problem):
+        if rng.random() > 0.1:
+            continue
+        tried += 1
+        if tried > 25:
+            break
+        ev = evaluate(problem, stage_of, chosen)
+        model.add_path(ev.critical)
+        values = model.warm(stage_of, ev.recompute)
+        assert model.solution(values) == (tuple(stage_of), ev.recompute)
+        assert close(model.objective.value(values) * model.tau, ev.objective_s)
+        for s in range(problem.config.num_stages):
+            assert close(model.backward[s].value(values) * model.tau, ev.stages[s].backward_s)
+        for name, row in model.rows.items():
+            if name.startswith("mem_"):
+                s = int(name.split("_")[1])
+                assert close(row.value(values), ev.stages[s].memory / ev.stages[s].limit, 1e-9)
+            elif name.startswith("nonempty_"):
+                assert row.value(values) >= 1 - 1e-9
+            else:
+                assert row.value(values) >= -1e-9 if name.startswith(("cross", "hold")) \
+                    else row.value(values) <= 1e-9, name
+
+
+def _chain_problem(mode: str, memory: int = 0, p: int = 4, m: int = 8) -> tuple[Profile, Config]:
+    prof = synthetic_profile(60, seed=3, skip_prob=0.0)  # a chain: its chain splits are all
+    cfg = Config(num_stages=p, microbatches=m, schedule="1f1b", link_bandwidth=25e9,
+                 devices=tuple(Device(name=f"d{i}", memory=memory) for i in range(p)), recompute=mode)
+    return prof, cfg
+
+
+def _need(mode: str) -> float:
+    """The least memory any partition needs on its largest stage."""
+    prof, cfg = _chain_problem(mode)
+    found = min_memory(Chain(from_profile(prof, cfg)))
+    assert found is not None
+    return found[0]
+
+
+def test_a_limit_between_the_needs_gives_a_mixed_plan() -> None:
+    """Below what any partition needs without recomputation, but not below what full
+    recomputation needs: auto recomputes some blocks, not all, and is faster than full."""
+    limit = int(0.85 * _need("none"))  # exact for none: on a chain every partition is a chain split
+    prof, _ = _chain_problem("none")
+    with pytest.raises(InfeasiblePlanError, match="fits in memory") as info:
+        plan_profile(prof, num_stages=4, memory_limit=limit, microbatches=8, recompute="none")
+    assert "--recompute auto" in info.value.hint  # the hint names what fits
+    auto = plan_profile(prof, num_stages=4, memory_limit=limit, microbatches=8)  # the default
+    everything = plan_profile(prof, num_stages=4, memory_limit=limit, microbatches=8, recompute="full")
+    nodes = sum(len(g) for s in auto.stages for g in s.recompute)
+    assert 0 < nodes < sum(len(g) for s in everything.stages for g in s.recompute)
+    assert auto.predicted.iteration_s < everything.predicted.iteration_s
+    assert auto.options["recompute"] == {"mode": "auto", "without_s": None}
+    assert auto.solver.status == "optimal"
+    assert all(s.memory.total <= limit for s in auto.stages)
+    assert all(peak <= limit for peak in auto.predicted.peak_memory)
+    for s in auto.stages:  # each group's forward again is in the stage's backward
+        assert (s.recompute_s > 0) == bool(s.recompute)
+
+
+def test_none_keeps_the_plans_byte_identical(tmp_path: Path) -> None:
+    """``recompute="none"`` writes the plan autopipe wrote before recomputation existed
+    (tests/data/plan_gpt2_51MiB.json, written by that version), where auto recomputes."""
+    prof = Profile.load(ROOT / "profiles" / "cpu" / "gpt2.json")
+    options = dict(num_stages=2, memory_limit="51MiB", microbatches=4)
+    none = plan_profile(prof, **options, recompute="none")  # type: ignore[arg-type]
+    none.save(tmp_path / "none.json")
+    assert (tmp_path / "none.json").read_bytes() == (DATA / "plan_gpt2_51MiB.json").read_bytes()
+    assert "recompute" not in json.dumps(none.to_json())
+    auto = plan_profile(prof, **options)  # type: ignore[arg-type]
+    assert auto.recomputes and auto.predicted.iteration_s < none.predicted.iteration_s
+    # without memory limits auto is none
+    free = {**options, "memory_limit": None}
+    assert plan_profile(prof, **free).to_json() == plan_profile(prof, **free, recompute="none").to_json()  # type: ignore[arg-type]
+
+
+def test_fit_and_prune() -> None:
+    """fit makes a heuristic partition fit by recomputing; prune drops what a solution does
+    not need and never makes it slower or unfit."""
+    limit = int(0.95 * _need("none"))
+    prof, cfg = _chain_problem("auto", memory=limit)
+    problem = from_profile(prof, cfg)
+    dp = min_bottleneck(Chain(problem))
+    assert dp is not None
+    assert not evaluate(problem, dp, ()).fits
+    chosen = fit(problem, dp)
+    assert chosen is not None and evaluate(problem, dp, chosen).fits
+    assert 0 < len(chosen) < len(problem.recompute_candidates())
+    every = problem.recompute_candidates()
+    kept = prune(problem, dp, every)
+    assert set(kept) < set(every)
+    before, after = evaluate(problem, dp, every), evaluate(problem, dp, kept)
+    assert after.fits and after.objective_s <= before.objective_s
+    assert regions([0] * 4 + [1] * 5, [5, 1, 2, 3, 4, 7, 8]) == ((1, 2, 3), (4, 5), (7, 8))
+    # full and none are what they say
+    assert fit(problem.with_config(cfg.__class__(**{**_fields(cfg), "recompute": "none"})), dp) is None
+    full = problem.with_config(cfg.__class__(**{**_fields(cfg), "recompute": "full"}))
+    assert fit(full, dp) in (None, full.recompute_candidates())
+
+
+def test_a_region_keeps_only_its_inputs() -> None:
+    """Consecutive recomputed blocks are one region: it keeps the value entering it, and
+    its activations live again (one micro-batch's); every other block is a region of its
+    own, each keeping its input."""
+    prof, cfg = _chain_problem("full", p=1, m=1)
+    problem = from_profile(prof, cfg)
+    blocks = problem.recompute_candidates()[:6]
+    stage_of = [0] * problem.size
+    assert blocks == tuple(range(blocks[0], blocks[0] + 6))
+    none = evaluate(problem, stage_of, ())
+    acts = [problem.blocks[b].activation_bytes for b in blocks]
+    inputs = problem.input_bytes()  # a chain: one value enters each block
+    one = evaluate(problem, stage_of, blocks)
+    assert one.stages[0].recompute_bytes == sum(acts)
+    assert one.stages[0].activations == none.stages[0].activations + inputs[blocks[0]]
+    alternate = blocks[::2]
+    apart = evaluate(problem, stage_of, alternate)
+    assert len(regions(stage_of, alternate)) == 3
+    assert apart.stages[0].activations == none.stages[0].activations + sum(inputs[b] for b in alternate)
+    assert one.stages[0].recompute_s == sum(problem.blocks[b].forward_s for b in blocks)
+    assert one.stages[0].backward_s == none.stages[0].backward_s + one.stages[0].recompute_s
+
+
+def _fields(cfg: Config) -> dict[str, object]:
+    return {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
+
+
+def test_which_blocks_can_be_recomputed() -> None:
+    assert writes_in_place("aten.add_.Tensor") and writes_in_place("aten.copy_.default")
+    assert writes_in_place("mul_") and writes_in_place("operator.setitem")
+    assert not writes_in_place("aten.__and__.Tensor") and not writes_in_place("aten.add.Tensor")
+    assert not writes_in_place("aten._assert_tensor_metadata.default")
+    prof, cfg = _chain_problem("full")
+    problem = from_profile(prof, cfg)
+    candidates = problem.recompute_candidates()
+    assert candidates and all(not problem.blocks[b].pin for b in candidates)
+    # zero bubble: its weight-gradient pass would recompute again; never chosen there
+    zb = problem.with_config(cfg.__class__(**{**_fields(cfg), "schedule": "zb-h1"}))
+    assert zb.recompute_candidates() == ()
+    with pytest.raises(PlanError, match="recompute mode"):
+        plan_profile(prof, num_stages=2, recompute="some")
+
+
+def test_old_plans_load_and_write_the_same() -> None:
+    """A plan written before recomputation loads and writes back unchanged."""
+    data = json.loads((DATA / "plan_gpt2_51MiB.json").read_text())
+    assert json.loads(json.dumps(Plan.from_json(data).to_json())) == data
+    bad = json.loads(json.dumps(data))
+    bad["stages"][0]["recompute"] = [["no_such_node"]]
+    with pytest.raises(PlanError, match="recomputes node 'no_such_node'"):
+        Plan.from_json(bad)

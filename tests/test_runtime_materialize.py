@@ -1,0 +1,171 @@
+"""Tests for autopipe/runtime/materialize.py: each rank makes only its own stages' tensors, from a
+file or an initialiser, and a meta-built model starts from the same weights on any layout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_model
+from torch import nn
+
+import autopipe
+from autopipe import ModelSpec
+from autopipe.errors import SpecError, WeightsError
+from autopipe.runtime.materialize import check_init, materialize_stages
+from autopipe.runtime.split import Split, split_graph
+
+from .conftest import example_spec
+from .runtime_cases import TINY
+from .runtime_plans import hand_plan
+
+
+def _meta_split(example: str, stages: int = 2, **knobs: Any) -> tuple[ModelSpec, Split]:
+    """A meta-built example split into ``stages`` (a fresh model: what one rank holds)."""
+    spec = example_spec(example, **{**TINY[example], "device": "meta", **knobs})
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    return spec, split_graph(graph, hand_plan(graph, stages))
+
+
+def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    return dict([*module.named_parameters(remove_duplicate=False), *module.named_buffers()])
+
+
+@pytest.fixture(scope="module")
+def gpt2_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """A CPU-built tiny GPT-2 (another seed than any test's) saved in each format."""
+    model = example_spec("gpt2", **TINY["gpt2"], seed=5).model
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out = tmp_path_factory.mktemp("weights")
+    save_model(model, str(out / "gpt2.safetensors"))  # keeps one name of the tied pair
+    torch.save(model.state_dict(), out / "gpt2.pt")  # keeps both
+    model.save_pretrained(out / "hf", max_shard_size="100KB")  # sharded, with its index
+    assert len(list((out / "hf").glob("*.safetensors"))) >= 2
+    assert (out / "hf" / "model.safetensors.index.json").is_file()
+    return state, {"safetensors": out / "gpt2.safetensors", "pt": out / "gpt2.pt", "hf": out / "hf"}
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt", "hf"])
+def test_each_rank_reads_only_its_own_tensors(fmt: str, gpt2_weights: tuple[dict[str, torch.Tensor],
+                                                                             dict[str, Path]]) -> None:
+    state, files = gpt2_weights
+    for s in range(2):  # each stage as a rank of its own, with a model of its own
+        spec, split = _meta_split("gpt2")
+        module = split.stages[s].module
+        done = materialize_stages([module], spec, "cpu", init=files[fmt])
+        mine = _tensors(module)
+        assert not any(t.is_meta for t in mine.values())
+        for name, t in mine.items():
+            torch.testing.assert_close(t, state[name], rtol=0, atol=0)
+        # read: the stage's own tensors (the tied head under the embedding's name), nothing else
+        canonical = {"lm_head.weight": "transformer.wte.weight"}
+        assert sorted(done.loaded) == sorted({canonical.get(k, k) for k in mine})
+        assert done.bytes == sum(t.numel() * t.element_size() for t in {id(t): t for t in mine.values()}.values())
+        assert done.initialised == ()
+        assert all(p.device.type == "meta" for p in spec.model.parameters())  # the model stays meta
+
+
+def test_a_tied_tensor_is_one_tensor_per_rank(gpt2_weights: tuple[dict[str, torch.Tensor],
+                                                                  dict[str, Path]]) -> None:
+    _state, files = gpt2_weights
+    spec, split = _meta_split("gpt2")
+    first, last = split.stages[0].module, split.stages[1].module
+    done = materialize_stages([first, last], spec, "cpu", init=files["safetensors"])
+    # torch.export reads the tied weight under one name (the head's) in both stages
+    assert first.get_parameter("lm_head.weight") is last.get_parameter("lm_head.weight")
+    assert done.loaded.count("transformer.wte.weight") == 1
+
+
+@pytest.mark.slow
+def test_meta_init_is_the_same_on_any_layout() -> None:
+    """Per-module seeds: two ranks of 2 stages, four of 4 and one process holding the whole model
+    start equal ([Note: initialising a meta-built model])."""
+    spec = example_spec("llama", **TINY["llama"], device="meta")
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    done = materialize_stages([graph.gm], spec, "cpu")
+    whole = _tensors(graph.gm)
+    assert "model.rotary_emb.inv_freq" in done.initialised  # a non-persistent buffer, set by init_weights
+    for stages in (2, 4):
+        for s in range(stages):
+            spec, split = _meta_split("llama", stages)
+            module = split.stages[s].module
+            materialize_stages([module], spec, "cpu")
+            for name, t in _tensors(module).items():
+                assert torch.equal(t, whole[name]), name
+    # what transformers gives: norms at one, linear layers N(0, 0.02), the rotary frequencies
+    cpu = _tensors(example_spec("llama", **TINY["llama"]).model)
+    torch.testing.assert_close(whole["model.rotary_emb.inv_freq"], cpu["model.rotary_emb.inv_freq"])
+    assert torch.equal(whole["model.norm.weight"], torch.ones_like(cpu["model.norm.weight"]))
+    assert abs(float(whole["lm_head.weight"].detach().std()) - 0.02) < 0.002
+    again = example_spec("llama", **TINY["llama"], device="meta")
+    g2 = autopipe.trace(again.model, again.example_inputs)
+    materialize_stages([g2.gm], again, "cpu", seed=1)
+    assert not torch.equal(_tensors(g2.gm)["lm_head.weight"], whole["lm_head.weight"])
+
+
+def test_init_weights_missing_or_incomplete() -> None:
+    spec, split = _meta_split("gpt2")
+    spec.init_weights = None  # GPT-2's Conv1D has no reset_parameters
+    with pytest.raises(SpecError, match=r"transformer\.h\.0\.attn\.c_attn \(Conv1D\) holds bias, weight "
+                                        r"on the meta device and has no reset_parameters"):
+        materialize_stages([split.stages[0].module], spec, "cpu")
+    spec.init_weights = lambda module: None
+    with pytest.raises(SpecError, match=r"initialising transformer\.h\.0\.attn\.c_attn \(Conv1D\) left bias, weight unset") as e:
+        materialize_stages([split.stages[0].module], spec, "cpu")
+    assert "init_weights" in str(e.value.hint)
+
+
+def test_reset_parameters_is_the_default() -> None:
+    spec = example_spec("mlp", **TINY["mlp"], device="meta")
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    materialize_stages([graph.gm], spec, "cpu")
+    assert not any(t.is_meta for t in graph.gm.parameters())
+    weights = [t.detach() for n, t in graph.gm.named_parameters() if n.endswith("weight")]
+    assert all(float(w.abs().max()) <= 1 / w.shape[1] ** 0.5 + 1e-6 for w in weights)  # Linear's bound
+
+
+def test_real_model_kept_unless_init_given(gpt2_weights: tuple[dict[str, torch.Tensor],
+                                                               dict[str, Path]]) -> None:
+    state, files = gpt2_weights
+    spec = example_spec("gpt2", **TINY["gpt2"])
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    before = {k: v.clone() for k, v in _tensors(graph.gm).items()}
+    assert materialize_stages([graph.gm], spec, "cpu").bytes == 0
+    assert all(torch.equal(v, before[k]) for k, v in _tensors(graph.gm).items())
+    materialize_stages([graph.gm], spec, "cpu", init=files["pt"])
+    assert all(torch.equal(v, state[k]) for k, v in _tensors(graph.gm).items())
+
+
+def test_weights_of_another_model_are_refused_before_any_work(tmp_path: Path) -> None:
+    spec = example_spec("llama", **TINY["llama"], device="meta")
+    other = example_spec("llama", **{**TINY["llama"], "num_hidden_layers": 1})
+    save_model(other.model, str(tmp_path / "small.safetensors"))
+    with pytest.raises(WeightsError, match=r"9 missing \(model\.layers\.1\.self_attn\.q_proj\.weight"):
+        check_init(spec, tmp_path / "small.safetensors")
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    with pytest.raises(WeightsError, match="do not fit the model"):
+        materialize_stages([graph.gm], spec, "cpu", init=tmp_path / "small.safetensors")
+
+
+class _WithConstant(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.scale = torch.ones(4)  # a plain attribute: no parameter, no buffer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * self.scale
+
+
+def test_a_meta_constant_that_is_not_the_models_is_an_error() -> None:
+    with torch.device("meta"):
+        model = _WithConstant()
+    x = torch.zeros(2, 4)
+    loss: Callable[[Any, torch.Tensor], torch.Tensor] = lambda out, t: out.sum()  # noqa: E731
+    spec = ModelSpec(model=model, example_inputs=(x,), loss_fn=loss, batch=lambda n, step=0: ((x,), x))
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    with pytest.raises(SpecError, match="stage tensor 'scale' is on the meta device but is not a parameter"):
+        materialize_stages([graph.gm], spec, "cpu")

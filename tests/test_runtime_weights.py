@@ -1,0 +1,135 @@
+"""Tests for autopipe/runtime/weights.py: reading state dicts tensor by tensor, and checking they fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from autopipe.errors import WeightsError
+from autopipe.runtime.weights import INDEX, TensorInfo, check_fit, open_weights
+
+STATE = {
+    "emb.weight": torch.randn(10, 4),
+    "mid.weight": torch.randn(4, 4),
+    "mid.bias": torch.randn(4),
+    "norm.steps": torch.tensor([3, 1], dtype=torch.int64),
+    "head.weight": torch.randn(10, 4).to(torch.bfloat16),
+}
+EXPECTED = {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in STATE.items()}
+
+
+def _check_reads(path: Path, state: dict[str, torch.Tensor] = STATE) -> None:
+    with open_weights(path) as w:
+        assert w.info == {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in state.items()}
+        for k, v in state.items():
+            assert torch.equal(w.read(k), v)
+
+
+def test_safetensors_file(tmp_path: Path) -> None:
+    save_file(STATE, tmp_path / "w.safetensors")
+    _check_reads(tmp_path / "w.safetensors")
+
+
+def test_torch_file_plain_and_nested(tmp_path: Path) -> None:
+    torch.save(STATE, tmp_path / "w.pt")
+    _check_reads(tmp_path / "w.pt")
+    torch.save({"state_dict": STATE, "step": 3}, tmp_path / "nested.pth")
+    _check_reads(tmp_path / "nested.pth")
+
+
+def test_hugging_face_folder_with_sharded_index(tmp_path: Path) -> None:
+    save_file({k: STATE[k] for k in ("emb.weight", "mid.bias")}, tmp_path / "model-00001-of-00002.safetensors")
+    save_file({k: STATE[k] for k in ("mid.weight", "norm.steps", "head.weight")},
+              tmp_path / "model-00002-of-00002.safetensors")
+    index = {"metadata": {"total_size": 0}, "weight_map": {
+        k: "model-00001-of-00002.safetensors" if k in ("emb.weight", "mid.bias")
+        else "model-00002-of-00002.safetensors" for k in STATE}}
+    (tmp_path / INDEX).write_text(json.dumps(index))
+    _check_reads(tmp_path)
+
+
+def test_hugging_face_folder_with_one_file(tmp_path: Path) -> None:
+    save_file(STATE, tmp_path / "model.safetensors")
+    _check_reads(tmp_path)
+
+
+def test_check_fit_reads_a_tied_tensor_under_either_name(tmp_path: Path) -> None:
+    tied = {**EXPECTED, "head.weight": EXPECTED["emb.weight"]}
+    saved = {k: v for k, v in STATE.items() if k != "emb.weight"}
+    saved["head.weight"] = STATE["emb.weight"]
+    save_file(saved, tmp_path / "w.safetensors")
+    with open_weights(tmp_path / "w.safetensors") as w:
+        reads = check_fit(w, tied, [("emb.weight", "head.weight")])
+    assert reads == {"emb.weight": "head.weight", "mid.weight": "mid.weight", "mid.bias": "mid.bias",
+                     "norm.steps": "norm.steps"}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda s: s.pop("mid.bias"), "1 missing (mid.bias)"),
+    (lambda s: s.update(extra=torch.zeros(1)), "1 unexpected (extra)"),
+    (lambda s: s.update({"mid.weight": torch.zeros(4, 5)}),
+     "mid.weight is [4, 5] float32 in the file but [4, 4] float32 in the model"),
+    (lambda s: s.update({"head.weight": STATE["head.weight"].float()}),
+     "head.weight is [10, 4] float32 in the file but [10, 4] bfloat16 in the model"),
+], ids=["missing", "unexpected", "shape", "dtype"])
+def test_check_fit_names_what_does_not_fit(tmp_path: Path, change: object, message: str) -> None:
+    state = dict(STATE)
+    change(state)  # type: ignore[operator]
+    save_file(state, tmp_path / "w.safetensors")
+    with open_weights(tmp_path / "w.safetensors") as w, pytest.raises(WeightsError) as e:
+        check_fit(w, EXPECTED)
+    assert message in str(e.value) and "do not fit the model" in str(e.value)
+    assert e.value.hint
+
+
+def test_many_missing_names_are_counted_not_all_listed(tmp_path: Path) -> None:
+    save_file({"emb.weight": STATE["emb.weight"]}, tmp_path / "w.safetensors")
+    expected = {**EXPECTED, **{f"layer.{i}.weight": TensorInfo((2,), torch.float32) for i in range(20)}}
+    with open_weights(tmp_path / "w.safetensors") as w, pytest.raises(WeightsError) as e:
+        check_fit(w, expected)
+    assert "24 missing (mid.weight, mid.bias, norm.steps, head.weight, layer.0.weight, … and 19 more)" \
+        in str(e.value)
+
+
+def test_bad_paths_and_files(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="no such file or folder"):
+        open_weights(tmp_path / "nope.safetensors")
+    (tmp_path / "w.npz").write_bytes(b"x")
+    with pytest.raises(WeightsError, match="unknown format '.npz'"):
+        open_weights(tmp_path / "w.npz")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(WeightsError, match="not a readable safetensors file"):
+        open_weights(tmp_path / "bad.safetensors")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(WeightsError, match="not a state dict of tensors"):
+        open_weights(tmp_path / "list.pt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WeightsError, match=f"holds neither {INDEX}"):
+        open_weights(tmp_path / "empty")
+
+
+def test_index_problems(tmp_path: Path) -> None:
+    (tmp_path / INDEX).write_text("{")
+    with pytest.raises(WeightsError, match="not a safetensors index"):
+        open_weights(tmp_path)
+    (tmp_path / INDEX).write_text(json.dumps({"weight_map": {"a": "gone.safetensors"}}))
+    with pytest.raises(WeightsError, match="1 shard"):
+        open_weights(tmp_path)
+    save_file({"a": torch.zeros(1)}, tmp_path / "one.safetensors")
+    (tmp_path / INDEX).write_text(json.dumps({"weight_map": {"a": "one.safetensors",
+                                                             "b": "one.safetensors"}}))
+    with pytest.raises(WeightsError, match="does not hold them: b"):
+        open_weights(tmp_path)
+
+
+def test_a_state_dict_in_memory() -> None:
+    with open_weights(STATE) as w:
+        assert w.info == EXPECTED
+        assert all(torch.equal(w.read(k), v) for k, v in STATE.items())
+        assert check_fit(w, EXPECTED) == {k: k for k in STATE}
+    with pytest.raises(WeightsError, match="holds int under 'step'"):
+        open_weights({**STATE, "step": 3})  # type: ignore[dict-item]
