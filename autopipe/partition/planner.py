@@ -505,10 +505,14 @@ def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predic
              for i, s in enumerate(ev.stages)]
     sim = simulate(costs, schedule=cfg.schedule, microbatches=cfg.microbatches,
                    virtual_stages=cfg.virtual_stages)
-    if ev.ranks:  # per chunk: its static memory and what it holds at its rank's peak
-        at_peak = {c: r.moment[c] for r in ev.ranks for c in r.chunks}
+    if ev.ranks:
+        # per chunk: its static memory and its part of its rank's peak, the activations it
+        # holds at the rank's worst moment or its optimizer step's temporaries, whichever
+        # phase is the rank's peak (a rank's chunks' figures add up to its peak)
+        held = {c: r.moment[c] for r in ev.ranks for c in r.chunks}
+        stepping = {c for r in ev.ranks if r.activations < r.optimizer_step for c in r.chunks}
         peak = tuple(s.params + s.grads + s.optimizer + s.buffers
-                     + max(at_peak[i] * costs[i].activation_bytes, s.optimizer_step)
+                     + (s.optimizer_step if i in stepping else held[i] * costs[i].activation_bytes)
                      for i, s in enumerate(ev.stages))
     else:
         # a recomputed block's activations live again while its backward runs ([Note: recomputation])
