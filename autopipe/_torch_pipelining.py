@@ -24,7 +24,10 @@ __all__ = ["FakeTensorMode", "pipeline_stage_class", "schedule_class", "torch_co
 _TORCH_ORDERS = {
     "interleaved-1f1b": "ScheduleInterleaved1F1B",
     "zb-h1": "ScheduleInterleavedZeroBubble",
+    "zbv": "ScheduleZBVZeroBubble",
 }
+_V_SHAPED = ("zbv",)
+"""Schedules whose rank r runs stages r and 2p−1−r (the others: r, r + p, …)."""
 _COMPUTE = ("F", "B", "I", "W")
 
 
@@ -60,7 +63,8 @@ def torch_compute_order(schedule: str, num_ranks: int, microbatches: int,
     if cls is None:
         return None
     num_stages = num_ranks * virtual_stages
-    stages = [_StandInStage(k * num_ranks, num_stages, num_ranks) for k in range(virtual_stages)]
+    first = [0, num_stages - 1] if schedule in _V_SHAPED else [k * num_ranks for k in range(virtual_stages)]
+    stages = [_StandInStage(index, num_stages, num_ranks) for index in first]
     try:
         order = cls(stages, microbatches).pipeline_order
     except Exception:  # a torch whose constructor needs more of a stage: fall back to the mirror

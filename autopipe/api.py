@@ -37,6 +37,7 @@ def plan(
     microbatches: int | str | None = None,
     batch_size: int | None = None,
     schedule: str | None = None,
+    virtual_stages: int | None = None,
     profile: str | os.PathLike[str] | Profile = "measure",
     optimizer: str = "adam",
     method: str = "ilp",
@@ -78,8 +79,11 @@ def plan(
         batch_size: samples per optimizer step; ``example_inputs`` are one micro-batch
             whose size is dim 0 of their first tensor (see ``autopipe.batching``), and
             are cut or tiled along dim 0 to ``batch_size / microbatches`` samples.
-        schedule: ``1f1b``, ``gpipe``, ``zb-h1``, or ``auto`` (the fastest that fits); default
+        schedule: ``1f1b``, ``gpipe``, ``zb-h1``, ``interleaved-1f1b``, or ``auto`` (the
+            fastest that fits, interleaved with 2 chunks per rank among them); default
             ``1f1b``, ``auto`` with ``gpus``.
+        virtual_stages: ``interleaved-1f1b``: chunks per rank (default 2); the model is cut
+            into ``num_stages`` × this many chunks, chunk c on rank c mod ``num_stages``.
         profile: ``"measure"`` (time the nodes here), ``"estimate"`` (FLOPs and bytes on
             ``device_spec``), a Profile, or the path of a saved profile.
         optimizer: for optimizer-state memory (``adam``, ``adamw``, ``sgd``, ``sgd-momentum``, ``none``).
@@ -137,7 +141,8 @@ def plan(
             raise PlanError("autopipe.plan needs num_stages (pipeline stages) or gpus (the planner "
                             "chooses stages x data-parallel replicas)", hint="pass num_stages=4 or gpus=8")
         schedule = schedule or "1f1b"
-        check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute)
+        check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute,
+                      virtual_stages)
         extra = {"gpus_per_node": gpus_per_node, "intra_node_bandwidth": intra_node_bandwidth,
                  "inter_node_bandwidth": inter_node_bandwidth, "microbatch_sizes": microbatch_sizes}
         given = [k for k, v in {**extra, "shard_optimizer": shard_optimizer or None}.items() if v is not None]
@@ -156,6 +161,9 @@ def plan(
         if devices is not None or link_bandwidth is not None:
             raise PlanError("gpus=N takes no devices or link_bandwidth: the GPUs are alike",
                             hint="give memory_limit, intra_node_bandwidth and inter_node_bandwidth")
+        if virtual_stages is not None:
+            raise PlanError("gpus=N plans one stage per rank: it takes no virtual_stages",
+                            hint="drop virtual_stages, or pass num_stages instead of gpus")
         if batch_size is None:
             raise PlanError("gpus=N needs batch_size: the samples per step over all GPUs, which the "
                             "data-parallel replicas split", hint="e.g. gpus=8, batch_size=64")
@@ -179,7 +187,7 @@ def plan(
                             method=method, link_bandwidth=link_bandwidth, max_blocks=max_blocks,
                             time_limit=time_limit, mip_gap=mip_gap, solver=solver,
                             deterministic=deterministic, granularity=granularity, cut_at=cut_at,
-                            recompute=recompute)
+                            recompute=recompute, virtual_stages=virtual_stages)
 
     if batch_size is not None and isinstance(profile, str) and profile in PROFILE_MODES:
         def source(size: int) -> Profile:

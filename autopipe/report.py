@@ -59,8 +59,21 @@ def headline(plan: Plan) -> list[str]:
                 ratio = b.iteration_s / plan.predicted.iteration_s - 1 if plan.predicted.iteration_s else 0.0
                 parts.append(f"{name} {format_seconds(b.iteration_s)} ({ratio:+.1%})")
         lines.append("baselines: " + ", ".join(parts))
-    return (lines + recompute_lines(plan) + granularity_lines(plan) + breakdown_lines(plan)
-            + search_lines(plan) + degree_lines(plan))
+    return (lines + chunk_lines(plan) + recompute_lines(plan) + granularity_lines(plan)
+            + breakdown_lines(plan) + search_lines(plan) + degree_lines(plan))
+
+
+def chunk_lines(plan: Plan) -> list[str]:
+    """For stages placed several to a rank (virtual stages): which rank runs which."""
+    ranks = [s.rank for s in plan.stages]
+    if any(r is None for r in ranks) or ranks == list(range(plan.num_stages)):
+        return []
+    held: dict[int, list[int]] = {}
+    for s in plan.stages:
+        held.setdefault(int(s.rank or 0), []).append(s.index)
+    return [f"{len(held)} ranks x {plan.num_stages // len(held)} chunks (virtual stages): "
+            + "; ".join(f"rank {r} runs stages {', '.join(map(str, c))}" for r, c in sorted(held.items()))]
+
 
 
 def recompute_lines(plan: Plan) -> list[str]:
@@ -133,7 +146,8 @@ def search_lines(plan: Plan) -> list[str]:
         step = t.get("iteration_s")
         mark = "*" if (t["microbatches"] == plan.microbatches and t["schedule"] == plan.schedule) else ""
         cell = format_seconds(step) if isinstance(step, (int, float)) else "-"
-        rows.setdefault(int(t["microbatches"]), []).append(f"{t['schedule']} {cell}{mark}")
+        name = t["schedule"] + (f" (x{t['virtual_stages']} chunks)" if t.get("virtual_stages") else "")
+        rows.setdefault(int(t["microbatches"]), []).append(f"{name} {cell}{mark}")
     for m, cells in rows.items():
         out.append(f"  {m:>4}: " + ", ".join(cells))
     return out
@@ -243,12 +257,34 @@ def step_parts(plan: Plan) -> list[dict[str, float]]:
     return out
 
 
+def rank_parts(plan: Plan) -> list[tuple[str, dict[str, float]]]:
+    """``step_parts`` per rank: one row per stage, or, where ranks run several stages
+    (virtual stages), their stages' parts summed, the per-step work and the tied-gradient
+    sync once, and idle what is left of the step."""
+    parts = step_parts(plan)
+    held: dict[int, list[int]] = {}
+    for s in plan.stages:
+        held.setdefault(s.index if s.rank is None else int(s.rank), []).append(s.index)
+    if all(len(c) == 1 for c in held.values()):
+        return [(f"stage {i}", part) for i, part in enumerate(parts)]
+    rt = plan.options.get("runtime")
+    once = {"runtime": float(rt.get("step_overhead_s", 0.0)) if isinstance(rt, dict) else 0.0,
+            "sync": float(plan.options.get("tied_sync_s", 0.0) or 0.0)}
+    out = []
+    for r, chunks in sorted(held.items()):
+        part = {k: sum(parts[c][k] for c in chunks) - once.get(k, 0.0) * (len(chunks) - 1)
+                for k in STEP_PARTS if k != "idle"}
+        part["idle"] = max(0.0, plan.predicted.iteration_s - sum(part.values()))
+        out.append((f"rank {r}", part))
+    return out
+
+
 def step_table(plan: Plan) -> list[str]:
-    """``step_parts`` as a table, one row per stage."""
+    """``step_parts`` as a table, one row per rank (``rank_parts``)."""
     cols = ("per step", *STEP_PARTS, "step")
-    rows = [(f"stage {i}", *(format_seconds(x) if x else "-" for x in (
+    rows = [(label, *(format_seconds(x) if x else "-" for x in (
         *(part[k] for k in STEP_PARTS), plan.predicted.iteration_s)))
-        for i, part in enumerate(step_parts(plan))]
+        for label, part in rank_parts(plan)]
     width = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, width))).rstrip()
             for r in (cols, *rows)]

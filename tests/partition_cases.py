@@ -125,3 +125,21 @@ def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
     # the profile's rates for the plan's optimizer give the same step (float32: 4 bytes an element)
     profile = dataclasses.replace(profile, optimizer={optimizer: (step[0], step[1] * 4)}, runtime=runtime)
     return Case(profile=profile, config=config, optimizer=optimizer)
+
+
+@st.composite
+def chunked_cases(draw: st.DrawFn, max_nodes: int = 6,
+                  schedules: tuple[str, ...] = ("interleaved-1f1b", "zbv")) -> Case:
+    """A random profile planned as 2 ranks × 2 chunks ([Note: chunks]) with one of
+    ``schedules``, each rank's device (memory limit and speed) shared by its chunks; a
+    micro-batch count the schedule's rounds divide."""
+    case = draw(cases(max_nodes=max_nodes, max_stages=2, schedules=("1f1b",)))
+    cfg = case.config
+    ranks = cfg.devices if len(cfg.devices) == 2 else (cfg.devices[0], draw(st.sampled_from(
+        [cfg.devices[0], dataclasses.replace(cfg.devices[0], name="d1", speed=0.5)])))
+    m = draw(st.sampled_from([1, 2, 3, 4, 6]))
+    schedule = draw(st.sampled_from(schedules))
+    chunks = (*ranks, *ranks) if schedule == "interleaved-1f1b" else (*ranks, *ranks[::-1])
+    config = dataclasses.replace(cfg, num_stages=4, virtual_stages=2, microbatches=m,
+                                 schedule=schedule, devices=chunks)
+    return Case(profile=case.profile, config=config, optimizer=case.optimizer)

@@ -1,8 +1,8 @@
 """The runtime test cases: tiny example models, plans and training settings shared by tests and ranks.
 
 Plans come from autopipe's planner (the ILP on an estimated profile, which is
-deterministic) where it models the schedule (1F1B, GPipe, zb-h1 with one stage per rank),
-and from contiguous hand cuts for the schedules with several stages per rank.
+deterministic) where it models the schedule (1F1B, GPipe, zb-h1 with one stage per rank,
+interleaved 1F1B and ZBV with 2 chunks per rank), and from contiguous hand cuts for the others.
 """
 
 from __future__ import annotations
@@ -131,6 +131,9 @@ CASES = {c.name: c for c in [
     Case("resnet", 2, "gpipe"),
     Case("mlp", 2, "zb-h1"),
     Case("gpt2", 4, "interleaved-1f1b", ranks=(0, 1, 0, 1)),
+    # planned: 2 ranks x 2 chunks, cut by the ILP ([Note: chunks])
+    Case("gpt2", 2, "interleaved-1f1b"),
+    Case("bert", 2, "zbv"),
     Case("unet", 4, "zb-h1", ranks=(0, 1, 0, 1)),
     Case("gpt2", 4, "zbv", ranks=(0, 1, 1, 0)),
     Case("llama", 4, "looped-bfs", ranks=(0, 1, 0, 1)),

@@ -20,12 +20,16 @@ from torch.distributed.pipelining import (
     ScheduleGPipe,
     ScheduleInterleaved1F1B,
     ScheduleInterleavedZeroBubble,
+    ScheduleZBVZeroBubble,
 )
 
 WIDTH, ROWS, MICROBATCHES = 8, 2, 4
 # name → (torch class, virtual stages per rank)
 RUNS = {"gpipe": (ScheduleGPipe, 1), "1f1b": (Schedule1F1B, 1),
-        "interleaved-1f1b": (ScheduleInterleaved1F1B, 2), "zb-h1": (ScheduleInterleavedZeroBubble, 1)}
+        "interleaved-1f1b": (ScheduleInterleaved1F1B, 2), "zb-h1": (ScheduleInterleavedZeroBubble, 1),
+        "zbv": (ScheduleZBVZeroBubble, 2)}
+V_SHAPED = ("zbv",)
+"""Rank r holds stages r and 2p−1−r (the others: r, r + p, …)."""
 
 
 def _recording_stage(index: int, num_stages: int, log: list[list[Any]]) -> PipelineStage:
@@ -62,7 +66,8 @@ def main(out: Path) -> int:
     for name, (cls, v) in RUNS.items():
         log: list[list[Any]] = []
         n = world * v
-        stages = [_recording_stage(rank + i * world, n, log) for i in range(v)]
+        indices = [rank, n - 1 - rank] if name in V_SHAPED else [rank + i * world for i in range(v)]
+        stages = [_recording_stage(index, n, log) for index in indices]
         loss = lambda out, target: (out - target).square().mean()  # noqa: E731
         schedule = cls(stages[0] if cls in (ScheduleGPipe, Schedule1F1B) else stages, MICROBATCHES,
                        loss_fn=loss)

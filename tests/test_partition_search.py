@@ -83,12 +83,14 @@ def test_schedule_auto_is_the_fastest_schedule() -> None:
     plan = plan_profile(at_size(4), num_stages=3, microbatches=6, schedule="auto", method="dp")
     each = {s: plan_profile(at_size(4), num_stages=3, microbatches=6, schedule=s, method="dp")
             for s in SCHEDULES}
-    assert [t["schedule"] for t in plan.options["search"]] == [
-        s for s in ("1f1b", "zb-h1", "gpipe") if s in SCHEDULES]
+    # interleaved 1F1B and ZBV last, with 2 chunks per rank ([Note: chunks])
+    tried = ("1f1b", "zb-h1", "gpipe", "interleaved-1f1b", "zbv")
+    assert [t["schedule"] for t in plan.options["search"]] == [s for s in tried if s in SCHEDULES]
+    assert [t.get("virtual_stages") for t in plan.options["search"]] == [None] * 3 + [2, 2]
+    assert each["interleaved-1f1b"].num_stages == each["zbv"].num_stages == 6
     fastest = min(each.values(), key=lambda p: p.predicted.iteration_s)
     assert plan.predicted.iteration_s == fastest.predicted.iteration_s
-    assert plan.schedule == min(each, key=lambda s: (each[s].predicted.iteration_s,
-                                                     ("1f1b", "zb-h1", "gpipe").index(s)))
+    assert plan.schedule == min(each, key=lambda s: (each[s].predicted.iteration_s, tried.index(s)))
 
 
 def test_fixed_count_profiles_its_micro_batch() -> None:

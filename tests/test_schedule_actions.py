@@ -50,7 +50,7 @@ def test_every_order_is_valid(schedule: str) -> None:
         try:
             order = schedule_order(schedule, p, m, v)
         except PlanError:
-            assert schedule in ("interleaved-1f1b", "zb-h1")
+            assert schedule in ("interleaved-1f1b", "zb-h1") or (schedule == "zbv" and v != 2)
             continue
         assert order_problems(order) == [], (schedule, p, m, v)
 
@@ -129,3 +129,13 @@ def test_torch_runs_exactly_the_simulated_orders(tmp_path: Path) -> None:
         order = schedule_order(name, 2, MICROBATCHES, v)
         for r in range(2):
             assert [Action(s, k, mb) for s, k, mb in ran[r][name]] == list(order.ranks[r]), (name, r)
+
+
+def test_zbv_comes_from_torch_in_a_v() -> None:
+    """torch's ZBV order, read with the stages of rank r at r and 2p−1−r: rank 0 runs the
+    first and the last stage, and splits each backward into B and W."""
+    order = schedule_order("zbv", 2, 4, 2)
+    assert order.source == "torch" and order.split_backward
+    assert [order.rank_of(s) for s in range(4)] == [0, 1, 1, 0]
+    assert {a.stage for a in order.ranks[0]} == {0, 3} and {a.stage for a in order.ranks[1]} == {1, 2}
+    assert order_problems(order) == []

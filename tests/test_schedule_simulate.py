@@ -128,6 +128,7 @@ costs = st.builds(
 @given(st.sampled_from(SCHEDULES), st.integers(1, 5), st.integers(1, 10), st.data())
 def test_simulated_orders_are_valid_schedules(schedule: str, p: int, m: int, data: st.DataObject) -> None:
     v = data.draw(st.sampled_from([1, 2])) if schedule in ("interleaved-1f1b", "zb-h1") else 1
+    v = 2 if schedule == "zbv" else v  # two stages per rank, in a V
     stages = data.draw(st.lists(costs, min_size=p * v, max_size=p * v))
     try:
         r = simulate(stages, schedule=schedule, microbatches=m, virtual_stages=v)
@@ -135,7 +136,7 @@ def test_simulated_orders_are_valid_schedules(schedule: str, p: int, m: int, dat
         assert "rounds" in e.message
         return
     _check_valid(r, p)
-    kinds = 3 if schedule == "zb-h1" else 2
+    kinds = 3 if schedule in ("zb-h1", "zbv") else 2
     assert len(r.events) == kinds * m * p * v + sum(c.optimizer_s > 0 for c in stages)
     assert 0.0 <= r.bubble_fraction <= 1.0
     # no schedule beats the busiest rank's compute

@@ -52,7 +52,8 @@ def check_degree_flags(args: argparse.Namespace) -> None:
                             "stages x data-parallel replicas)", hint="e.g. --stages 4, or --gpus 8 --batch-size 64")
         args.schedule = args.schedule or "1f1b"
         return
-    for flag, value in (("--devices", args.devices), ("--link-bandwidth", args.link_bandwidth)):
+    for flag, value in (("--devices", args.devices), ("--link-bandwidth", args.link_bandwidth),
+                        ("--virtual-stages", getattr(args, "virtual_stages", None))):
         reject_flag(value is not None, flag, "with --stages",
                     hint=f"with --gpus, give --memory and --intra-node-bandwidth / --inter-node-bandwidth; drop {flag}")
     check_nodes(args.gpus, args.gpus if args.gpus_per_node is None else args.gpus_per_node)

@@ -44,6 +44,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--schedule", default=None, metavar="NAME",
                    help=f"pipeline schedule: {', '.join(SCHEDULES)}, or auto (default 1f1b); with --gpus "
                         "also a list (1f1b,zb-h1), default auto")
+    p.add_argument("--virtual-stages", type=_positive(int), default=None, metavar="V",
+                   help="--schedule interleaved-1f1b: chunks per rank; the model is cut into "
+                        "stages x V chunks, chunk c on rank c mod stages (default 2)")
     p.add_argument("--method", default="ilp", metavar="NAME",
                    help=f"{', '.join(METHODS)} (default ilp)")
     p.add_argument("--recompute", default="auto", metavar="MODE",
@@ -127,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     check_degree_flags(args)
     if args.gpus is None:
         check_options(args.stages, microbatches, args.schedule, args.method, args.batch_size,
-                      recompute=args.recompute)
+                      recompute=args.recompute, virtual_stages=args.virtual_stages)
     _check_flags(args)
     if args.cut_at is not None:
         matcher(args.cut_at)  # a bad regex fails before minutes of profiling
@@ -160,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             max_blocks=args.max_blocks, time_limit=60.0 if args.time_limit is None else args.time_limit,
             mip_gap=1e-3 if args.gap is None else args.gap, solver=args.solver or "highs",
             deterministic=not args.timing, granularity=args.granularity, cut_at=args.cut_at,
-            recompute=args.recompute)
+            recompute=args.recompute, virtual_stages=args.virtual_stages)
 
     plan = plan_on_gpus(args, source, microbatches) if args.gpus is not None else solve(source)
     if graph is not None and spec is not None and isinstance(source, Profile) and not (

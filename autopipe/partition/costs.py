@@ -28,6 +28,11 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
                 the bandwidth measured with the runtime's backend, else the link's:
                 ``Config.allreduce_s``)
 
+    With virtual stages (interleaved-1f1b, zbv; [Note: chunks] in ``autopipe.partition.chunks``)
+    the stages above are chunks, several per rank: a boundary between two chunks of one rank
+    sends nothing, and memory holds per rank (``RankMemory``): its chunks' parameters,
+    gradients, optimizer states and buffers, plus max over the moments of its program of
+    Σ_c held_c · activation bytes_c.
 [Note: recomputation]
 
 A stage's recomputed blocks form regions, the longest runs of consecutive blocks (in the
@@ -143,12 +148,17 @@ class Evaluation:
     """Task counts of a critical path of the step."""
     optimizer_s: tuple[float, ...] = ()
     """Per stage, its optimizer step (``optimizer_steps``), part of the step."""
+    ranks: tuple[RankMemory, ...] = ()
+    """With virtual stages, each rank's peak memory over its chunks ([Note: chunks]); the
+    limits hold per rank then. Empty with one stage per rank."""
     recompute: tuple[int, ...] = ()
     """The blocks recomputed ([Note: recomputation]), sorted."""
 
     @property
     def fits(self) -> bool:
-        """Every stage fits its device."""
+        """Every stage fits its device (every rank, with virtual stages)."""
+        if self.ranks:
+            return all(r.fits for r in self.ranks)
         return all(s.fits for s in self.stages)
 
     @property
@@ -159,13 +169,63 @@ class Evaluation:
 
     @property
     def max_memory(self) -> int:
-        """Largest stage memory."""
+        """Largest stage memory (rank memory, with virtual stages)."""
+        if self.ranks:
+            return max(r.memory for r in self.ranks)
         return max(s.memory for s in self.stages)
 
     @property
     def overflow(self) -> tuple[int, ...]:
-        """Stages that do not fit."""
+        """Stages that do not fit (with virtual stages: the chunks of ranks that do not)."""
+        if self.ranks:
+            return tuple(c for r in self.ranks if not r.fits for c in r.chunks)
         return tuple(i for i, s in enumerate(self.stages) if not s.fits)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RankMemory:
+    """One rank's peak memory over the chunks it runs ([Note: chunks])."""
+
+    chunks: tuple[int, ...]
+    """The chunks (stages) the rank runs."""
+    static: int
+    """Parameters, gradients, optimizer states and send/receive buffers of its chunks."""
+    activations: int
+    """The most activation bytes its chunks hold at once: max over the moments of
+    ``Config.live_sets`` of Σ held micro-batches × the chunk's bytes per micro-batch."""
+    moment: tuple[int, ...]
+    """Micro-batches held per chunk (all chunks) at that peak."""
+    limit: float
+    optimizer_step: int = 0
+    """Bytes its chunks' optimizer steps allocate (held with no activations)."""
+
+    @property
+    def memory(self) -> int:
+        """Total predicted peak bytes."""
+        return self.static + max(self.activations, self.optimizer_step)
+
+    @property
+    def fits(self) -> bool:
+        """Whether the rank fits its device."""
+        return self.memory <= usable(self.limit)
+
+
+def rank_memory(problem: Problem, stages: Sequence[StageCost], act: Sequence[int]) -> tuple[RankMemory, ...]:
+    """Per rank, its peak memory over its chunks (``act``: saved bytes per micro-batch of each
+    chunk); empty without virtual stages."""
+    cfg = problem.config
+    if cfg.virtual_stages == 1:
+        return ()
+    out = []
+    for r, moments in enumerate(cfg.live_sets()):
+        chunks = tuple(c for c in range(cfg.num_stages) if cfg.rank_of(c) == r)
+        peak, moment = max((sum(k * a for k, a in zip(held, act)), held) for held in moments)
+        static = sum(stages[c].params + stages[c].grads + stages[c].optimizer + stages[c].buffers
+                     for c in chunks)
+        out.append(RankMemory(chunks=chunks, static=static, activations=peak, moment=moment,
+                              limit=stages[chunks[0]].limit,
+                              optimizer_step=sum(stages[c].optimizer_step for c in chunks)))
+    return tuple(out)
 
 
 def memory_scales(problem: Problem) -> list[float]:
@@ -196,6 +256,9 @@ def tie_key(problem: Problem, ev: Evaluation) -> tuple[float, float, float]:
     """
     busy = [s.busy_s for s in ev.stages]
     share = max(s.memory / scale for s, scale in zip(ev.stages, memory_scales(problem)))
+    if ev.ranks:  # with virtual stages the ranks hold the memory
+        scales = memory_scales(problem)
+        share = max(r.memory / scales[r.chunks[0]] for r in ev.ranks)
     return max(busy), -min(busy), share
 
 
@@ -268,16 +331,19 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
     x = boundary_bytes(problem, stage_of)
     held = held_params(problem, stage_of)
     stages = []
+    # a boundary between two chunks of one rank (zbv's tip) is handed over in memory
+    linked = [cfg.rank_of(b) != cfg.rank_of(b + 1) for b in range(p - 1)]
     for s in range(p):
         dev = cfg.devices[s]
         recv = x[s - 1] if s > 0 else 0
         send = x[s] if s < p - 1 else 0
+        wired = (recv if s > 0 and linked[s - 1] else 0) + (send if s < p - 1 and linked[s] else 0)
         mem = [problem.param_mem[q] for q in sorted(held[s])]
         stages.append(StageCost(
             forward_s=fwd[s] / dev.speed + cfg.forward_overhead_s,
             backward_s=(bwd[s] + again[s]) / dev.speed + cfg.backward_overhead_s,
-            backward_weight_s=bw_w[s] / dev.speed, comm_s=2 * cfg.comm_s(recv + send),
-            send_s=cfg.comm_s(send) + (cfg.send_latency_s if s < p - 1 else 0.0),
+            backward_weight_s=bw_w[s] / dev.speed, comm_s=2 * cfg.comm_s(wired),
+            send_s=cfg.comm_s(send) + cfg.send_latency_s if s < p - 1 and linked[s] else 0.0,
             recv_bytes=recv, send_bytes=send,
             params=sum(m.params for m in mem), grads=sum(m.grads for m in mem),
             optimizer=sum(m.optimizer for m in mem),
@@ -292,9 +358,11 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
     step, critical = longest_path(cfg.schedule, [s.forward_s for s in stages],
                                   [s.backward_s for s in stages],
                                   [s.backward_weight_s for s in stages],
-                                  [s.send_s for s in stages[:-1]], cfg.microbatches, steps)
+                                  [s.send_s for s in stages[:-1]], cfg.microbatches, steps,
+                                  cfg.virtual_stages)
     return Evaluation(stages=tuple(stages), objective_s=step + tied + cfg.step_overhead_s, step_s=step,
-                      tied_sync_s=tied, critical=critical, optimizer_s=tuple(steps), recompute=chosen)
+                      tied_sync_s=tied, critical=critical, optimizer_s=tuple(steps),
+                      ranks=rank_memory(problem, stages, act), recompute=chosen)
 
 
 def _recompute(problem: Problem, stage_of: Sequence[int], chosen: Sequence[int], again: list[float],

@@ -10,7 +10,7 @@ from typing import Any
 from autopipe._units import parse_size
 from autopipe.errors import AutopipeError, PlanError
 from autopipe.partition.planner import AUTO_SCHEDULES, METHODS, ProfileSource, parse_bandwidth
-from autopipe.partition.problem import SCHEDULES
+from autopipe.partition.problem import MULTI_CHUNK, SCHEDULES
 from autopipe.partition.replicas import PLACEMENTS, check_nodes
 from autopipe.profile.profile import Profile
 
@@ -71,6 +71,10 @@ def search_options(gpus: int, batch_size: int, gpus_per_node: int | None, intra:
         if name not in SCHEDULES:
             raise PlanError(f"unknown schedule {name!r}",
                             hint=f"the planner models {', '.join(SCHEDULES)}; or auto to try each")
+        if name in MULTI_CHUNK:  # a degree search places one stage per GPU
+            raise PlanError(f"schedule {name} runs several chunks per rank, which the search over "
+                            "pipeline x data-parallel degrees does not plan",
+                            hint="plan it with --stages N instead of --gpus, or use 1f1b, zb-h1 or gpipe")
     for name in (method, screen or method):
         if name not in METHODS:
             raise PlanError(f"unknown method {name!r}", hint=f"choose one of {', '.join(METHODS)}")

@@ -19,7 +19,9 @@ by stage s). Then, with the formulas of [Note: the cost model]:
     T ≥ Σ_s nF_s·F_s + nB_s·B_s + nW_s·W_s + Σ_b nC_b·c_b   for each path cut (nF, nB, nW, nC)
 
 B_s is the B task's time: the whole backward, or only the input gradients where the
-schedule runs the weight gradients W_s as tasks of their own (zb-h1; elsewhere nW = 0).
+schedule runs the weight gradients W_s as tasks of their own (zb-h1, zbv; elsewhere nW = 0).
+With virtual stages the s above are chunks, and the memory rows are per rank and moment
+of its program (``_rank_memory``, [Note: chunks]).
 With recomputation ([Note: recomputation] in ``autopipe.partition.costs``) each candidate
 block has r[b,s] ≤ x[b,s], binary under ``auto`` and x[b,s] itself under ``full``: B_s
 gains forward_b · r[b,s], memory_s loses (inflight_s − 1) · activation_b · r[b,s] and gains
@@ -394,18 +396,25 @@ class _Model:
         self.defined: list[tuple[pulp.LpVariable, _Lin]] = []
         for b in range(p - 1):
             c = _Lin()
-            c.add(x_bytes[b], inv_bw / tau)
-            c.const += cfg.send_latency_s / tau
+            if cfg.rank_of(b) != cfg.rank_of(b + 1):  # else one rank hands it over in memory
+                c.add(x_bytes[b], inv_bw / tau)
+                c.const += cfg.send_latency_s / tau
             self.sends.append(self._named(c, f"C_{b}"))
         self.memory: list[_Lin] = []
-        """Each stage's memory as a share of ``memory_scales`` (its device's limit, if any)."""
+        """Each stage's memory as a share of ``memory_scales`` (its device's limit, if any);
+        with virtual stages, each rank's at each moment of ``Config.live_sets``."""
         self.step_memory: list[_Lin] = []
         """The same during the optimizer step: no activations, the step's temporaries
-        ([Note: the optimizer step's temporaries]); the peak is the larger of the two."""
+        ([Note: the optimizer step's temporaries]); the peak is the larger of the two (with
+        virtual stages, per rank)."""
+        chunked = cfg.virtual_stages > 1
+        activations: list[_Lin] = []
+        """With virtual stages: per chunk, its saved bytes per micro-batch (as a share)."""
         for s, scale in enumerate(memory_scales(problem)):
             dev = cfg.devices[s]
             fwd, bwd, wgt, mem, real, opt = _Lin(), _Lin(), _Lin(), _Lin(), _Lin(), _Lin()
-            temp = _Lin()
+            act, temp = _Lin(), _Lin()
+            held_mb = 0 if chunked else cfg.inflight(s)  # chunks: per rank, below
             # the runtime's work around each action: the B task carries it when split too
             fwd.const += cfg.forward_overhead_s / tau
             bwd.const += cfg.backward_overhead_s / tau
@@ -419,7 +428,8 @@ class _Model:
                     wgt.add(x, blk.backward_weight_s / dev.speed / tau)
                 else:
                     bwd.add(x, (blk.backward_input_s + blk.backward_weight_s) / dev.speed / tau)
-                mem.add(x, (single_mem[b] + cfg.inflight(s) * blk.activation_bytes) / scale)
+                mem.add(x, (single_mem[b] + held_mb * blk.activation_bytes) / scale)
+                act.add(x, blk.activation_bytes / scale)
                 temp.add(x, (single_mem[b] + single_temp[b]) / scale)
                 real.add(x, float(blk.real))
                 if single_step[b]:
@@ -440,14 +450,18 @@ class _Model:
                     lin.add(x_bytes[s - 1], 2.0 / scale)
                 if s < p - 1:
                     lin.add(x_bytes[s], 2.0 / scale)
+            activations.append(act)
             self.memory.append(mem)
             self.step_memory.append(temp)
-            if dev.memory > 0:  # the scale is the limit
+            if dev.memory > 0 and not chunked:  # the scale is the limit
                 self._add(mem, "<=", 1.0 - MEMORY_HEADROOM, f"mem_{s}")
                 # twice the headroom: HiGHS accepts rows violated by its 1e-6 MIP tolerance,
                 # and a stage exactly at its limit must stay out as ``evaluate`` keeps it out
                 self._add(temp, "<=", 1.0 - 2 * MEMORY_HEADROOM, f"memstep_{s}")
             self._add(real, ">=", 1.0, f"nonempty_{s}")
+        if chunked:
+            self.memory = self._rank_memory(self.memory, activations)
+            self.step_memory = self._rank_step_memory(self.step_memory)
         self.step = self._var("T")
         self.paths: list[_Lin] = []
         self.counts: set[Count] = set()
@@ -457,6 +471,39 @@ class _Model:
         self._tied_sync(objective, held)
         self.objective = objective
         self.prob += objective.expr()
+
+    def _rank_memory(self, static: list[_Lin], activations: list[_Lin]) -> list[_Lin]:
+        """Per rank and moment of its program ([Note: chunks]): its chunks' static memory plus
+        the micro-batches each holds then times its activations, as a share of the rank's
+        device; the rows ``mem_r{rank}_{k}`` keep each under the limit."""
+        cfg = self.problem.config
+        rows = []
+        for r, moments in enumerate(cfg.live_sets()):
+            chunks = [c for c in range(cfg.num_stages) if cfg.rank_of(c) == r]
+            for k, held in enumerate(moments):
+                row = _Lin()
+                for c in chunks:
+                    row.add(static[c], 1.0)
+                    row.add(activations[c], float(held[c]))
+                rows.append(row)
+                if cfg.devices[chunks[0]].memory > 0:
+                    self._add(row, "<=", 1.0 - MEMORY_HEADROOM, f"mem_r{r}_{k}")
+        return rows
+
+    def _rank_step_memory(self, temps: list[_Lin]) -> list[_Lin]:
+        """Per rank: its chunks' memory during the optimizer step (no activations), as a share
+        of the rank's device; the rows ``memstep_r{rank}`` keep each under the limit."""
+        cfg = self.problem.config
+        rows = []
+        for r in range(cfg.num_ranks):
+            chunks = [c for c in range(cfg.num_stages) if cfg.rank_of(c) == r]
+            row = _Lin()
+            for c in chunks:
+                row.add(temps[c], 1.0)
+            rows.append(row)
+            if cfg.devices[chunks[0]].memory > 0:
+                self._add(row, "<=", 1.0 - 2 * MEMORY_HEADROOM, f"memstep_r{r}")
+        return rows
 
     def _recompute(self, s: int, scale: float, bwd: _Lin, mem: _Lin) -> None:
         """Stage s's recomputation terms ([Note: recomputation] in ``autopipe.partition.costs``):
@@ -604,7 +651,7 @@ def _nearby(problem: Problem, ev: Evaluation) -> list[Count]:
     return nearby_paths(cfg.schedule, [s.forward_s for s in ev.stages],
                         [s.backward_s for s in ev.stages], [s.backward_weight_s for s in ev.stages],
                         [s.send_s for s in ev.stages[:-1]], cfg.microbatches,
-                        optimizer=ev.optimizer_s)
+                        optimizer=ev.optimizer_s, virtual_stages=cfg.virtual_stages)
 
 
 TIE_WINDOW = 1e-3
@@ -646,10 +693,11 @@ def _break_ties(model: _Model, problem: Problem, incumbent: Solution, cap: float
     row.add(model.objective, 1.0)
     model._add(row, "<=", cap / tau, "tie_step")
     most, least, share = model._var("tie_most"), model._var("tie_least"), model._var("tie_share")
-    for s in range(p):
-        for name, var, lin, sign in (("most", most, busy[s], 1.0), ("least", least, busy[s], -1.0),
-                                     ("share", share, model.memory[s], 1.0),
-                                     ("share_step", share, model.step_memory[s], 1.0)):
+    ties = [("most", most, busy, 1.0), ("least", least, busy, -1.0),
+            ("share", share, model.memory, 1.0),  # memory: per rank and moment with chunks
+            ("share_step", share, model.step_memory, 1.0)]
+    for name, var, lins, sign in ties:
+        for s, lin in enumerate(lins):
             row = _Lin()
             row.add(var, sign)
             row.add(lin, -sign)
@@ -748,7 +796,7 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None,
     start = time.perf_counter()
     cfg = problem.config
     best: tuple[float, Solution] | None = None
-    seeds = seed_paths(cfg.schedule, cfg.num_stages, cfg.microbatches)
+    seeds = seed_paths(cfg.schedule, cfg.num_stages, cfg.microbatches, cfg.virtual_stages)
     if incumbent is not None:
         assert not violations(problem, incumbent), "the incumbent must be a valid partition"
         inc_eval = evaluate(problem, incumbent, recompute)

@@ -57,6 +57,8 @@ def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
     that would fit, where fewer micro-batches hold fewer in flight (GPipe; zb-h1 below p).
     """
     cfg = problem.config
+    if cfg.virtual_stages > 1:
+        return _explain_chunks(problem, method)
     p, m = cfg.num_stages, cfg.microbatches
     found = min_memory(Chain(problem))
     assert found is not None, "a problem with at least p computing blocks has a chain partition"
@@ -109,3 +111,22 @@ def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
             break
     hints.append("smaller micro-batches (--batch-size B --microbatches auto tries each size)")
     return InfeasiblePlanError(message, hint=f"try {' or '.join(hints)}; or devices with more memory")
+
+
+def _explain_chunks(problem: Problem, method: str) -> InfeasiblePlanError:
+    """``explain`` for chunks on ranks ([Note: chunks]): what the most memory-balanced chain
+    split needs per rank; interleaving holds more micro-batches in flight than 1F1B."""
+    cfg = problem.config
+    found = min_memory(Chain(problem))
+    assert found is not None, "a problem with at least p computing blocks has a chain partition"
+    ev = evaluate(problem, found[1])
+    worst = max(ev.ranks, key=lambda r: r.memory / r.limit)
+    r = ev.ranks.index(worst)
+    what = "a chain split" if method != "ilp" else "any partition"
+    return InfeasiblePlanError(
+        f"no partition into {cfg.num_ranks} ranks × {cfg.virtual_stages} chunks fits in memory "
+        f"({what} searched): the most memory-balanced split needs "
+        f"[{', '.join(format_size(x.memory) for x in ev.ranks)}] per rank; rank {r} needs "
+        f"{format_size(worst.memory)} but {cfg.devices[r].name} has {format_size(worst.limit)}",
+        hint="try --schedule 1f1b (it holds fewer micro-batches in flight), more --stages, "
+             "or devices with more memory")

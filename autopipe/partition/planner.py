@@ -27,10 +27,12 @@ from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.infeasible import explain
 from autopipe.partition.layers import GRANULARITIES, record, restrict
 from autopipe.partition.problem import (
+    MULTI_CHUNK,
     RECOMPUTE,
     SCHEDULES,
     Config,
     Problem,
+    check_virtual_stages,
     element_size,
     from_profile,
 )
@@ -39,7 +41,7 @@ from autopipe.partition.replicas import GradSync
 from autopipe.partition.timeline import splits_backward
 from autopipe.plan_format import Plan, Predicted, SolverInfo
 from autopipe.profile.profile import Profile
-from autopipe.schedule.actions import check_runnable
+from autopipe.schedule.actions import V_SHAPED, check_runnable, placed_rank
 from autopipe.schedule.simulate import StageCost as SimCost
 from autopipe.schedule.simulate import simulate
 
@@ -50,6 +52,12 @@ DEFAULT_LINK_BANDWIDTH = 25e9
 DEFAULT_MAX_BLOCKS = 400
 AUTO_SCHEDULES = ("1f1b", "zb-h1", "gpipe")
 """``schedule="auto"`` tries these (those the planner models), preferring earlier ones on ties."""
+AUTO_CHUNKED = (("interleaved-1f1b", 2), ("zbv", 2))
+"""``schedule="auto"`` (in ``plan_profile``) also tries these schedules with these many
+chunks per rank, after ``AUTO_SCHEDULES``, where the model has blocks enough for p × 2
+chunks ([Note: chunks] in ``autopipe.partition.chunks``)."""
+DEFAULT_VIRTUAL_STAGES = 2
+"""Chunks per rank of ``interleaved-1f1b`` (and ``zbv``, which needs 2) when none are given."""
 
 ProfileSource = Profile | Callable[[int], Profile]
 """A Profile of one micro-batch, or ``b -> Profile`` for a micro-batch of ``b`` samples."""
@@ -106,7 +114,8 @@ def simple_bound(problem: Problem) -> float:
 
 
 def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str,
-                  batch_size: Any = None, granularity: str = "node", recompute: str = "auto") -> None:
+                  batch_size: Any = None, granularity: str = "node", recompute: str = "auto",
+                  virtual_stages: Any = None) -> None:
     """Raise PlanError for options no plan can have (before anything is traced or profiled)."""
     if granularity not in GRANULARITIES:
         raise PlanError(f"unknown granularity {granularity!r}",
@@ -136,8 +145,25 @@ def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str
         raise PlanError(f"{microbatches} micro-batches do not divide the batch of {batch_size}",
                         hint=f"use a divisor of {batch_size} "
                              f"(e.g. {_divisor_near(batch_size, microbatches)}), or auto")
+    v = chunks_per_rank(schedule, virtual_stages)
+    if schedule != "auto":
+        check_virtual_stages(schedule, num_stages * v, v)
     if isinstance(microbatches, int) and schedule != "auto":
-        check_runnable(schedule, num_stages, microbatches)  # what torch refuses, e.g. 1F1B with m < p
+        check_runnable(schedule, num_stages, microbatches, v)  # what torch refuses, e.g. 1F1B with m < p
+
+
+def chunks_per_rank(schedule: str, virtual_stages: Any) -> int:
+    """The chunks per rank to plan ``schedule`` with: as given, else 2 for ``interleaved-1f1b``
+    and 1 for the others (with ``auto``, the interleaved candidate's).
+
+    Raises:
+        PlanError: ``virtual_stages`` is not a positive number.
+    """
+    if virtual_stages is None:
+        return DEFAULT_VIRTUAL_STAGES if schedule in MULTI_CHUNK else 1
+    if isinstance(virtual_stages, bool) or not isinstance(virtual_stages, int) or virtual_stages < 1:
+        raise PlanError(f"virtual_stages = {virtual_stages!r}", hint="use a positive number, e.g. 2")
+    return virtual_stages
 
 
 def _divisor_near(n: int, m: int) -> int:
@@ -166,6 +192,7 @@ def plan_profile(
     cut_at: str | None = None,
     grad_sync: GradSync | None = None,
     recompute: str = "auto",
+    virtual_stages: int | None = None,
 ) -> Plan:
     """Partition a profiled model into pipeline stages.
 
@@ -179,7 +206,8 @@ def plan_profile(
             ``batch_size`` is given; ``"auto"`` = every divisor of ``batch_size`` that the
             schedule can run, each with its own profile: the fastest predicted step wins.
         batch_size: samples per optimizer step (recorded with the micro-batch size).
-        schedule: ``1f1b``, ``gpipe``, ``zb-h1``, or ``auto`` (the fastest that fits).
+        schedule: ``1f1b``, ``gpipe``, ``zb-h1``, ``interleaved-1f1b``, ``zbv``, or ``auto``
+            (the fastest that fits of ``AUTO_SCHEDULES`` and ``AUTO_CHUNKED``).
         optimizer: for optimizer-state memory: ``adam``, ``adamw``, ``sgd``, ``sgd-momentum``, ``none``.
         method: ``ilp`` (optimal convex cuts), ``dp`` (optimal chain cuts for the slowest
             stage), ``uniform`` (equal layers), ``params`` (balanced parameters).
@@ -199,8 +227,12 @@ def plan_profile(
             each stage all-reduces its gradients over them before its optimizer step
             (``autopipe.partition.replicas``; ``autopipe.partition.degrees`` chooses it).
         recompute: activation recomputation: ``auto`` (recompute the blocks the ILP chooses,
-            only where memory binds), ``none``, or ``full`` (every block that can be).
-
+            only where memory binds), ``none``, or ``full`` (every block that can be); with
+            virtual stages only ``none`` (``auto`` plans none).
+        virtual_stages: chunks per rank for ``interleaved-1f1b`` (default 2) and ``zbv`` (2
+            only): the model is cut into ``num_stages`` × this many chunks, chunk c on rank
+            c mod ``num_stages`` (zbv: in a V; [Note: chunks]); with ``auto``, the
+            interleaved candidate's.
     Raises:
         PlanError: bad options, more stages than blocks (or layers), nothing found in the
             time limit, no repeated layers, a ``cut_at`` that matches no module.
@@ -209,7 +241,8 @@ def plan_profile(
     """
     if microbatches is None and batch_size is not None:
         microbatches = "auto"
-    check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute)
+    check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute,
+                  virtual_stages)
     if microbatches == "auto" and isinstance(profile, Profile):
         raise PlanError("microbatches='auto' profiles the model at each micro-batch size, "
                         "but only one profile was given",
@@ -232,6 +265,11 @@ def plan_profile(
         assert batch_size is not None
         counts = [m for m in range(1, batch_size + 1) if batch_size % m == 0]
     schedules = [s for s in AUTO_SCHEDULES if s in SCHEDULES] if schedule == "auto" else [schedule]
+    chunked = {s: chunks_per_rank(s, virtual_stages) for s in schedules}
+    if schedule == "auto" and num_stages > 1:
+        for name, v in AUTO_CHUNKED:
+            schedules.append(name)
+            chunked[name] = 2 if name in V_SHAPED else virtual_stages or v
     cache: dict[int, Profile] = {}
 
     def profile_of(m: int) -> Profile:
@@ -244,9 +282,10 @@ def plan_profile(
         return cache[b]
 
     if len(counts) * len(schedules) == 1:
-        plan = _plan_one(profile_of(counts[0]), num_stages, counts[0], schedules[0], options)
+        plan = _plan_one(profile_of(counts[0]), num_stages, counts[0], schedules[0], options,
+                         chunked[schedules[0]])
     else:
-        plan = _search(profile_of, num_stages, counts, schedules, options, batch_size)
+        plan = _search(profile_of, num_stages, counts, schedules, options, batch_size, chunked)
     if batch_size is not None:
         plan = replace(plan, options={**plan.options, "batch_size": batch_size,
                                       "microbatch_size": batch_size // plan.microbatches})
@@ -274,11 +313,14 @@ class _Options:
 
 
 def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: str,
-              options: _Options) -> Plan:
-    """Plan one profile for one schedule and micro-batch count."""
+              options: _Options, virtual_stages: int = 1) -> Plan:
+    """Plan one profile for one schedule and micro-batch count (``num_stages`` ranks, each
+    running ``virtual_stages`` chunks)."""
     bw = link_bandwidth_for(profile, options.link_bandwidth)
     devs = resolve_devices(num_stages, memory_limit=options.memory_limit, devices=options.devices,
                            profile=profile)
+    ranks = num_stages
+    num_stages *= virtual_stages  # the chunks are the ILP's stages ([Note: chunks])
     per_tensor, per_element = profile.optimizer.get(options.optimizer, (0.0, 0.0))
     per_byte = per_element / element_size(options.dtype or profile.dtype)
     sync = options.grad_sync if options.optimizer != "none" else None  # no gradients, no sync
@@ -286,7 +328,9 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
         per_byte = sync.step_per_byte(per_byte, devs)
     rt = profile.runtime
     cfg = Config(num_stages=num_stages, microbatches=microbatches, schedule=schedule,
-                 devices=devs, link_bandwidth=bw, optimizer_step=(per_tensor, per_byte),
+                 devices=tuple(devs[placed_rank(schedule, c, ranks)] for c in range(num_stages)),
+                 link_bandwidth=bw,
+                 optimizer_step=(per_tensor, per_byte), virtual_stages=virtual_stages,
                  forward_overhead_s=rt.get("forward_overhead_s", 0.0),
                  backward_overhead_s=rt.get("backward_overhead_s", 0.0),
                  send_latency_s=rt.get("send_latency_s", 0.0) if num_stages > 1 else 0.0,
@@ -298,10 +342,12 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
             base = sync.shard(base)
         forced = merge_forced(base)
     if forced.num_real < num_stages:
+        chunks = f" ({ranks} ranks × {virtual_stages} chunks)" if virtual_stages > 1 else ""
         raise PlanError(
-            f"cannot cut the model into {num_stages} stages: it has only {forced.num_real} "
+            f"cannot cut the model into {num_stages} stages{chunks}: it has only {forced.num_real} "
             f"blocks that can be separated ({len(profile.nodes)} nodes)",
-            hint=f"use at most {forced.num_real} stages")
+            hint=f"use at most {forced.num_real} stages"
+                 + (" in all, or fewer --virtual-stages" if virtual_stages > 1 else ""))
     limit = max(options.max_blocks, 8 * num_stages)
     with phase("plan.coarsen"):
         problem = free = coarsen(forced, limit)
@@ -338,6 +384,8 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options) -> Pl
     recompute, started from the first plan, and keeps the faster of the two.
     """
     mode = options.recompute
+    if mode == "auto" and not _with_recompute(problem, "auto").recompute_candidates():
+        mode = "none"  # nothing may be recomputed here (a split backward, virtual stages)
     if mode != "auto":
         plan = _plan(_with_recompute(problem, mode), profile, options)
         if mode == "full":
@@ -386,31 +434,43 @@ def _memory_binds(problem: Problem, plan: Plan, options: _Options) -> bool:
 
 
 def _search(profile_of: Callable[[int], Profile], num_stages: int, counts: list[int],
-            schedules: list[str], options: _Options, batch_size: int | None) -> Plan:
+            schedules: list[str], options: _Options, batch_size: int | None,
+            chunked: dict[str, int] | None = None) -> Plan:
     """The fastest plan over micro-batch counts × schedules; every try is recorded.
 
     ``options["search"]`` lists each candidate with its predicted step, or why it has none
     (torch cannot run it, or nothing fits). Ties go to fewer micro-batches, then to the
     earlier schedule in ``AUTO_SCHEDULES`` (1F1B holds fewer activations than GPipe).
+    ``chunked``: chunks per rank of each schedule (default 1); a candidate with several
+    whose model has too few blocks for them is recorded as such.
     """
+    chunked = chunked or {}
     tried: list[dict[str, Any]] = []
     best: Plan | None = None
     first_error: tuple[int, InfeasiblePlanError] | None = None
     for m in counts:
         for schedule in schedules:
+            v = chunked.get(schedule, 1)
             row: dict[str, Any] = {"microbatches": m, "schedule": schedule}
+            if v > 1:
+                row["virtual_stages"] = v
             if batch_size is not None:
                 row["microbatch_size"] = batch_size // m
             try:
-                check_runnable(schedule, num_stages, m)
+                check_runnable(schedule, num_stages, m, v)
             except PlanError as e:
                 tried.append({**row, "iteration_s": None, "why": e.message})
                 continue
             try:
-                plan = _plan_one(profile_of(m), num_stages, m, schedule, options)
+                plan = _plan_one(profile_of(m), num_stages, m, schedule, options, v)
             except InfeasiblePlanError as e:
                 first_error = first_error or (m, e)
                 tried.append({**row, "iteration_s": None, "why": e.message})
+                continue
+            except PlanError as e:
+                if v == 1:
+                    raise
+                tried.append({**row, "iteration_s": None, "why": e.message})  # too few blocks
                 continue
             tried.append({**row, "iteration_s": plan.predicted.iteration_s,
                           "bubble_fraction": plan.predicted.bubble_fraction})
@@ -443,11 +503,22 @@ def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predic
                      activation_bytes=(s.activations - s.recompute_bytes) // cfg.inflight(i),
                      optimizer_s=steps[i])
              for i, s in enumerate(ev.stages)]
-    sim = simulate(costs, schedule=cfg.schedule, microbatches=cfg.microbatches)
-    # a recomputed block's activations live again while its backward runs ([Note: recomputation])
-    peak = tuple(s.params + s.grads + s.optimizer + s.buffers
-                 + max(sim.peak_activation_bytes[i] + s.recompute_bytes, s.optimizer_step)
-                 for i, s in enumerate(ev.stages))
+    sim = simulate(costs, schedule=cfg.schedule, microbatches=cfg.microbatches,
+                   virtual_stages=cfg.virtual_stages)
+    if ev.ranks:
+        # per chunk: its static memory and its part of its rank's peak, the activations it
+        # holds at the rank's worst moment or its optimizer step's temporaries, whichever
+        # phase is the rank's peak (a rank's chunks' figures add up to its peak)
+        held = {c: r.moment[c] for r in ev.ranks for c in r.chunks}
+        stepping = {c for r in ev.ranks if r.activations < r.optimizer_step for c in r.chunks}
+        peak = tuple(s.params + s.grads + s.optimizer + s.buffers
+                     + (s.optimizer_step if i in stepping else held[i] * costs[i].activation_bytes)
+                     for i, s in enumerate(ev.stages))
+    else:
+        # a recomputed block's activations live again while its backward runs ([Note: recomputation])
+        peak = tuple(s.params + s.grads + s.optimizer + s.buffers
+                     + max(sim.peak_activation_bytes[i] + s.recompute_bytes, s.optimizer_step)
+                     for i, s in enumerate(ev.stages))
     return Predicted(iteration_s=sim.iteration_s + ev.tied_sync_s + cfg.step_overhead_s,
                      bubble_fraction=sim.bubble_fraction, peak_memory=peak)
 
@@ -541,7 +612,8 @@ def _plan(problem: Problem, profile: Profile, options: _Options, *,
                                  if ke is not None and kv is not None else None)
     return Plan(
         graph_fingerprint=profile.graph_fingerprint, schedule=cfg.schedule,
-        microbatches=cfg.microbatches, devices=cfg.devices, stages=stages(problem, stage_of, ev),
+        microbatches=cfg.microbatches, devices=cfg.devices[:cfg.num_ranks],
+        stages=stages(problem, stage_of, ev),
         predicted=predicted,
         solver=SolverInfo(method=method, status=status, objective_s=objective, lower_bound_s=lower,
                           gap=(objective - lower) / objective if objective > 0 else 0.0, seconds=0.0),

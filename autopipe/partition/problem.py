@@ -13,13 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from autopipe.errors import PlanError
+from autopipe.partition.chunks import Live, chunk_inflight, live_sets, rank_of
 from autopipe.plan_format import Device
 from autopipe.profile.memory import ParamMemory, param_memory
 from autopipe.profile.profile import Profile
-from autopipe.schedule.actions import check_schedule, schedule_order
+from autopipe.schedule.actions import V_SHAPED, check_schedule, schedule_order
 
-SCHEDULES = ("1f1b", "gpipe", "zb-h1")
-"""Schedules whose iteration time and memory the planner models exactly (one stage per rank)."""
+SCHEDULES = ("1f1b", "gpipe", "zb-h1", "interleaved-1f1b", "zbv")
+"""Schedules whose iteration time and memory the planner models exactly (one stage per rank,
+or ``virtual_stages`` chunks per rank for ``interleaved-1f1b`` and ``zbv``; [Note: chunks])."""
 REGION_SPAN = 64
 """A value read more than this many blocks after the block that makes it counts as kept
 by any recomputed region that reads it, even one that makes it too (it keeps the ILP's
@@ -30,6 +32,33 @@ nothing, the blocks the ILP chooses, or every block that can be."""
 
 _ELEMENT_SIZE = {"float64": 8, "float32": 4, "tf32": 4, "float16": 2, "bfloat16": 2,
                  "float8_e4m3fn": 1, "float8_e5m2": 1}
+
+
+MULTI_CHUNK = ("interleaved-1f1b", "zbv")
+"""Schedules the planner gives several chunks per rank (loop-around placement; zbv: exactly
+2, V-shaped)."""
+
+
+def check_virtual_stages(schedule: str, num_stages: int, virtual_stages: int) -> None:
+    """Check a chunk count for a schedule: V ≥ 1, V > 1 only for ``MULTI_CHUNK`` schedules,
+    and the same number of chunks on every rank, at least two ranks.
+
+    Raises:
+        PlanError: the counts do not fit.
+    """
+    if isinstance(virtual_stages, bool) or not isinstance(virtual_stages, int) or virtual_stages < 1:
+        raise PlanError(f"virtual_stages = {virtual_stages!r}", hint="use a positive number, e.g. 2")
+    if virtual_stages == 1:
+        return
+    if schedule not in MULTI_CHUNK:
+        raise PlanError(f"schedule {schedule} runs one stage per rank, got {virtual_stages} virtual stages",
+                        hint=f"use --schedule {MULTI_CHUNK[0]} for several chunks per rank")
+    if schedule in V_SHAPED and virtual_stages != 2:
+        raise PlanError(f"schedule {schedule} runs exactly 2 chunks per rank, got {virtual_stages}",
+                        hint="use --virtual-stages 2 (the default)")
+    if num_stages % virtual_stages or num_stages // virtual_stages < 2:
+        raise PlanError(f"{num_stages} chunks cannot run as {virtual_stages} per rank on at least 2 ranks",
+                        hint="use at least 2 stages (ranks)")
 
 
 def ring_allreduce_per_byte(ranks: int, bandwidth: float) -> float:
@@ -45,13 +74,14 @@ class Config:
     """The pipeline a partition is made for."""
 
     num_stages: int
-    """Number of pipeline stages ``p``."""
+    """Number of pipeline stages ``p`` (with virtual stages: of chunks, ranks × ``virtual_stages``)."""
     microbatches: int
     """Micro-batches per optimizer step ``m``."""
     schedule: str
-    """``1f1b``, ``gpipe`` or ``zb-h1``."""
+    """``1f1b``, ``gpipe``, ``zb-h1``, ``interleaved-1f1b`` or ``zbv``."""
     devices: tuple[Device, ...]
-    """One device per stage (memory limit and speed)."""
+    """One device per stage (memory limit and speed); with virtual stages, per chunk: the
+    device of the chunk's rank."""
     link_bandwidth: float
     """Bytes/s between neighbouring stages, one direction; ``math.inf`` makes sends free."""
     optimizer_step: tuple[float, float] = (0.0, 0.0)
@@ -69,6 +99,10 @@ class Config:
     """Bytes/s of an all-reduce between two ranks (seconds = bytes / this), as measured with
     the runtime's backend (``autopipe.runtime.calibrate``); 0: ``link_bandwidth``, what a
     ring all-reduce over the links would reach."""
+    virtual_stages: int = 1
+    """Chunks per rank ([Note: chunks] in ``autopipe.partition.chunks``): ``num_stages``
+    counts the chunks, chunk c runs on rank c mod ``num_ranks`` (zbv: in a V, ``rank_of``),
+    and memory limits hold per rank."""
     recompute: str = "none"
     """Activation recomputation (``RECOMPUTE``): ``none``; ``auto``, each block's choice is a
     decision of the partition; ``full``, every block that can be is recomputed."""
@@ -87,10 +121,28 @@ class Config:
         if not self.link_bandwidth > 0:
             raise PlanError(f"link bandwidth {self.link_bandwidth} is not positive",
                             hint="give bytes/s, e.g. 25e9")
-        check_schedule(self.schedule, self.num_stages, self.microbatches, 1)  # zb-h1's rounds
+        check_virtual_stages(self.schedule, self.num_stages, self.virtual_stages)
+        check_schedule(self.schedule, self.num_ranks, self.microbatches, self.virtual_stages)  # rounds
         if self.recompute not in RECOMPUTE:
             raise PlanError(f"unknown recompute mode {self.recompute!r}",
                             hint=f"choose one of {', '.join(RECOMPUTE)}")
+        if self.recompute == "full" and self.virtual_stages > 1:
+            raise PlanError(f"recomputation is not planned with virtual stages ({self.schedule})",
+                            hint="use --recompute none, or a schedule with one stage per rank")
+
+    @property
+    def num_ranks(self) -> int:
+        """Ranks (devices) of the pipeline: the stages, or the chunks / ``virtual_stages``."""
+        return self.num_stages // self.virtual_stages
+
+    def rank_of(self, stage: int) -> int:
+        """The rank that runs ``stage`` (a chunk, with virtual stages)."""
+        return rank_of(stage, self.num_ranks, self.schedule)
+
+    def live_sets(self) -> tuple[tuple[Live, ...], ...]:
+        """Per rank, the moments whose held micro-batches per chunk bound its activation
+        memory (``autopipe.partition.chunks.live_sets``)."""
+        return live_sets(self.schedule, self.num_ranks, self.microbatches, self.virtual_stages)
 
     def inflight(self, stage: int) -> int:
         """Micro-batches whose activations stage ``stage`` holds at its peak.
@@ -101,6 +153,9 @@ class Config:
         backward, so it holds min(m, p−s); GPipe runs all m forwards first; zb-h1 runs
         p−1−s forwards first and delays each W by s backwards, so every stage holds min(m, p).
         """
+        if self.virtual_stages > 1:  # a chunk's own peak ([Note: chunks])
+            return chunk_inflight(self.schedule, self.num_ranks, self.microbatches,
+                                  self.virtual_stages)[stage]
         return _inflight(self.schedule, self.num_stages, self.microbatches)[stage]
 
     def comm_s(self, nbytes: float) -> float:
@@ -217,9 +272,11 @@ class Problem:
         """Blocks that may be recomputed under ``config.recompute`` (none: no block): they
         compute something, write nothing in place, and are neither an input nor the output.
 
-        None under a schedule that splits the backward (zb-h1): its weight-gradient pass
-        is a second backward, which would run every recomputed forward once more."""
-        if self.config.recompute == "none" or schedule_order(self.config.schedule, 1, 1).split_backward:
+        None under a schedule that splits the backward (zb-h1, zbv): its weight-gradient pass
+        is a second backward, which would run every recomputed forward once more; none with
+        virtual stages (not planned: a rank's memory moments would need each chunk's)."""
+        cfg = self.config
+        if cfg.recompute == "none" or cfg.virtual_stages > 1 or schedule_order(cfg.schedule, 1, 1).split_backward:
             return ()
         return tuple(i for i, b in enumerate(self.blocks) if b.recomputable and not b.pin and b.real)
 

@@ -33,7 +33,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from autopipe.schedule.actions import schedule_order
+from autopipe.schedule.actions import V_SHAPED, rank_stages, schedule_order
 
 Count = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 """(nF per stage, nB per stage, nW per stage, nC per boundary, nO per stage); nW is all 0
@@ -59,12 +59,14 @@ class _Dag:
 
 def splits_backward(schedule: str) -> bool:
     """Whether ``schedule`` runs the weight gradients as separate W tasks (zero bubble)."""
-    return schedule_order(schedule, 1, 1).split_backward
+    return schedule_order(schedule, 1, 1, 2 if schedule in V_SHAPED else 1).split_backward
 
 
 @functools.lru_cache(maxsize=64)
-def _dag(schedule: str, p: int, m: int) -> _Dag:
-    order = schedule_order(schedule, p, m, 1)
+def _dag(schedule: str, p: int, m: int, v: int = 1) -> _Dag:
+    # p ranks, each running v chunks (stages); n = p·v stages in all ([Note: chunks])
+    order = schedule_order(schedule, p, m, v)
+    n = p * v
     index: dict[tuple[str, int, int], int] = {}
     kinds: list[int] = []
     where: list[int] = []
@@ -91,7 +93,7 @@ def _dag(schedule: str, p: int, m: int) -> _Dag:
                 if kind == "F":
                     need = ("sf", s - 1, k) if s > 0 else None
                 elif kind == "B":
-                    need = ("sb", s, k) if s < p - 1 else ("F", s, k)
+                    need = ("sb", s, k) if s < n - 1 else ("F", s, k)
                 else:
                     need = None  # W needs its B: earlier in this program
                 if need is not None and need not in index:
@@ -100,7 +102,7 @@ def _dag(schedule: str, p: int, m: int) -> _Dag:
                     before.append(index[need])
                 t = add(("c", r, pointer[r]), _KINDS[kind], s, before)
                 index[(kind, s, k)] = t
-                if kind == "F" and s < p - 1:
+                if kind == "F" and s < n - 1:
                     link = ("sf", s)
                     prev = [link_last[link]] if link in link_last else []
                     link_last[link] = add(("sf", s, k), _SEND, s, [t, *prev])
@@ -112,10 +114,13 @@ def _dag(schedule: str, p: int, m: int) -> _Dag:
                 remaining -= 1
                 progressed = True
         assert progressed, f"schedule {schedule} deadlocks"
-    # each stage's optimizer step runs once its rank is done (one stage per rank here)
+    # each stage's optimizer step runs once its rank is done; a rank's chunks one after
+    # another, in depth order (as the simulator runs them)
     for r in range(p):
         if pointer[r]:
-            add(("o", r, 0), _OPTIMIZER, r, [index[("c", r, pointer[r] - 1)]])
+            last = index[("c", r, pointer[r] - 1)]
+            for k, s in enumerate(rank_stages(schedule, r, p, v)):
+                last = add(("o", r, k), _OPTIMIZER, s, [last])
     return _Dag(kinds=tuple(kinds), where=tuple(where), preds=tuple(preds),
                 split=order.split_backward)
 
@@ -128,7 +133,8 @@ def _b_task(split: bool, backward: Sequence[float], weight: Sequence[float]) -> 
 
 def longest_path(schedule: str, forward: Sequence[float], backward: Sequence[float],
                  weight: Sequence[float], sends: Sequence[float],
-                 microbatches: int, optimizer: Sequence[float] = ()) -> tuple[float, Count]:
+                 microbatches: int, optimizer: Sequence[float] = (),
+                 virtual_stages: int = 1) -> tuple[float, Count]:
     """The step time of ``schedule`` and the task counts of one critical path.
 
     Args:
@@ -141,9 +147,11 @@ def longest_path(schedule: str, forward: Sequence[float], backward: Sequence[flo
         sends: c_b per boundary (one-way seconds per micro-batch), ``p − 1`` of them.
         microbatches: m.
         optimizer: O_s per stage, once per step after the stage's last task (default 0).
+        virtual_stages: chunks per rank ([Note: chunks]): the stages are ``len(forward)``
+            chunks, chunk c on rank c mod (``len(forward)`` / ``virtual_stages``).
     """
     p = len(forward)
-    dag = _dag(schedule, p, microbatches)
+    dag = _dag(schedule, p // virtual_stages, microbatches, virtual_stages)
     dur = (forward, _b_task(dag.split, backward, weight), weight, sends, optimizer or [0.0] * p)
     end = [0.0] * len(dag.kinds)
     via = [-1] * len(dag.kinds)
@@ -176,20 +184,40 @@ def path_length(schedule: str, count: Count, forward: Sequence[float], backward:
             + sum(a * x for a, x in zip(no, optimizer)))
 
 
-def seed_paths(schedule: str, p: int, m: int) -> list[Count]:
-    """Critical paths when one stage, or one link, dominates: good first cuts for the ILP."""
+def seed_paths(schedule: str, p: int, m: int, virtual_stages: int = 1) -> list[Count]:
+    """Critical paths when one stage, or one link, dominates: good first cuts for the ILP
+    (``p`` stages: chunks, with ``virtual_stages`` per rank)."""
     seeds: set[Count] = set()
 
     def add(forward: list[float], sends: list[float]) -> None:
         # backward twice the forward, half of it weight gradients (B and W as long as F)
-        seeds.add(longest_path(schedule, forward, [2 * f for f in forward], forward, sends, m)[1])
+        seeds.add(longest_path(schedule, forward, [2 * f for f in forward], forward, sends, m,
+                               virtual_stages=virtual_stages)[1])
 
     for k in range(p):
         add([100.0 if s == k else 1.0 for s in range(p)], [0.01] * (p - 1))
     for b in range(p - 1):
         add([1.0] * p, [100.0 if i == b else 0.01 for i in range(p - 1)])
     add([1.0] * p, [0.0] * (p - 1))
+    if virtual_stages > 1:
+        seeds.update(rank_paths(schedule, p // virtual_stages, m, virtual_stages))
     return sorted(seeds)
+
+
+def rank_paths(schedule: str, ranks: int, m: int, virtual_stages: int) -> list[Count]:
+    """Per rank, the path through all its actions and then its optimizer steps: a rank runs
+    them one at a time, so the step is at least its chunks' whole work. With several chunks
+    per rank no extreme cost pattern above need make it critical, and without it the MIP
+    would learn each rank's load one cut at a time ([Note: chunks])."""
+    n = ranks * virtual_stages
+    split = splits_backward(schedule)
+    out = []
+    for r in range(ranks):
+        mine = set(rank_stages(schedule, r, ranks, virtual_stages))
+        count = tuple(m if c in mine else 0 for c in range(n))
+        out.append((count, count, count if split else (0,) * n, (0,) * (n - 1),
+                    tuple(1 if c in mine else 0 for c in range(n))))
+    return out
 
 
 NEARBY_BUMPS = (1.02, 1.05, 1.1)
@@ -199,7 +227,7 @@ NEARBY_BUMPS = (1.02, 1.05, 1.1)
 def nearby_paths(schedule: str, forward: Sequence[float], backward: Sequence[float],
                  weight: Sequence[float], sends: Sequence[float], microbatches: int,
                  bumps: Sequence[float] = NEARBY_BUMPS,
-                 optimizer: Sequence[float] = ()) -> list[Count]:
+                 optimizer: Sequence[float] = (), virtual_stages: int = 1) -> list[Count]:
     """Critical paths of these costs and of each stage (and link) made each of ``bumps``
     times slower.
 
@@ -213,13 +241,14 @@ def nearby_paths(schedule: str, forward: Sequence[float], backward: Sequence[flo
     def slower(xs: Sequence[float], k: int, bump: float) -> list[float]:
         return [x * bump if i == k else x for i, x in enumerate(xs)]
 
-    out = {longest_path(schedule, forward, backward, weight, sends, microbatches, optimizer)[1]}
+    v = virtual_stages
+    out = {longest_path(schedule, forward, backward, weight, sends, microbatches, optimizer, v)[1]}
     for bump in bumps:
         for k in range(len(forward)):
             out.add(longest_path(schedule, slower(forward, k, bump), slower(backward, k, bump),
                                  slower(weight, k, bump), sends, microbatches,
-                                 slower(optimizer, k, bump) if optimizer else ())[1])
+                                 slower(optimizer, k, bump) if optimizer else (), v)[1])
         for k in range(len(sends)):
             out.add(longest_path(schedule, forward, backward, weight, slower(sends, k, bump),
-                                 microbatches, optimizer)[1])
+                                 microbatches, optimizer, v)[1])
     return sorted(out)

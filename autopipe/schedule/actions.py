@@ -23,10 +23,25 @@ from typing import NamedTuple
 
 from autopipe.errors import PlanError
 
-SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb-h1")
+SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb-h1", "zbv")
 """Schedule names autopipe can simulate and run."""
 
 _SINGLE_STAGE = ("gpipe", "1f1b")
+V_SHAPED = ("zbv",)
+"""Schedules with two stages per rank placed in a V: rank r runs stages r and 2p−1−r
+(torch's ``ScheduleZBVZeroBubble``; its order is read from torch)."""
+
+
+def rank_stages(schedule: str, rank: int, num_ranks: int, virtual_stages: int) -> list[int]:
+    """The stages ``rank`` runs, in depth order (see ``placed_rank``)."""
+    return [s for s in range(num_ranks * virtual_stages) if placed_rank(schedule, s, num_ranks) == rank]
+
+
+def placed_rank(schedule: str, stage: int, num_ranks: int) -> int:
+    """The rank that runs ``stage``: V-shaped (``V_SHAPED``) or loop-around (s mod p)."""
+    if schedule in V_SHAPED:
+        return stage if stage < num_ranks else 2 * num_ranks - 1 - stage
+    return stage % num_ranks
 
 
 class Action(NamedTuple):
@@ -60,8 +75,8 @@ class ScheduleOrder:
         return self.num_ranks * self.virtual_stages
 
     def rank_of(self, stage: int) -> int:
-        """The rank that runs ``stage`` (torch's loop-around placement)."""
-        return stage % self.num_ranks
+        """The rank that runs ``stage`` (torch's loop-around placement; V-shaped for ``V_SHAPED``)."""
+        return placed_rank(self.schedule, stage, self.num_ranks)
 
 
 def check_schedule(schedule: str, num_ranks: int, microbatches: int, virtual_stages: int) -> None:
@@ -83,7 +98,10 @@ def check_schedule(schedule: str, num_ranks: int, microbatches: int, virtual_sta
     if schedule in _SINGLE_STAGE and virtual_stages != 1:
         raise PlanError(f"schedule {schedule} runs one stage per rank, got {virtual_stages} virtual stages",
                         hint="use --schedule interleaved-1f1b for several stages per rank")
-    if schedule not in _SINGLE_STAGE:
+    if schedule in V_SHAPED and virtual_stages != 2:
+        raise PlanError(f"schedule {schedule} runs exactly two stages per rank, got {virtual_stages}",
+                        hint="use 2 virtual stages")
+    if schedule not in _SINGLE_STAGE and schedule not in V_SHAPED:
         rounds = max(1, microbatches // num_ranks)
         if microbatches % rounds:
             raise PlanError(
@@ -160,6 +178,9 @@ def autopipe_order(schedule: str, num_ranks: int, microbatches: int,
                    virtual_stages: int = 1) -> ScheduleOrder:
     """The order built here, without torch (used where torch does not expose it)."""
     check_schedule(schedule, num_ranks, microbatches, virtual_stages)
+    if schedule in V_SHAPED:
+        raise PlanError(f"schedule {schedule} needs torch.distributed.pipelining's order, "
+                        "which this torch does not have", hint="upgrade torch")
     p, m, v = num_ranks, microbatches, virtual_stages
     if schedule == "gpipe":
         ranks = [_gpipe(m, r) for r in range(p)]

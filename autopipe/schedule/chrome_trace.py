@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from autopipe._jsonio import write_json_atomic
+from autopipe.schedule.actions import rank_stages
 from autopipe.schedule.simulate import SimResult
 
 SCHEMA = "autopipe.trace/1"
@@ -23,7 +24,7 @@ def _us(seconds: float) -> float:
 def _track_name(result: SimResult, rank: int) -> str:
     if result.virtual_stages == 1:
         return f"stage {rank}"
-    stages = ", ".join(str(rank + i * result.num_ranks) for i in range(result.virtual_stages))
+    stages = ", ".join(map(str, rank_stages(result.schedule, rank, result.num_ranks, result.virtual_stages)))
     return f"rank {rank} (stages {stages})"
 
 

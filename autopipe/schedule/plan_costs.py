@@ -138,6 +138,9 @@ def plan_costs(plan: Plan, *, runtime: RuntimeCosts | None = None,
     if runtime is not None:
         measured = [runtime.send_s(x) for x in boundary_bytes(plan)]
         sends = [runtime.send_latency_s + c if m is None else m for c, m in zip(sends, measured)]
+    # a rank hands a tensor to its own next stage in memory (V-shaped placements): no send
+    on = [s.rank if s.rank is not None else s.index for s in plan.stages]
+    sends = [0.0 if on[b] == on[b + 1] else c for b, c in enumerate(sends)]
     sends.append(0.0)
     optimizer = _optimizer_s(plan, runtime, model)
     fo = runtime.forward_overhead_s if runtime is not None else 0.0

@@ -11,6 +11,7 @@ idle::
 from __future__ import annotations
 
 from autopipe._units import format_seconds
+from autopipe.schedule.actions import rank_stages
 from autopipe.schedule.simulate import SimResult
 
 IDLE = "."
@@ -19,7 +20,7 @@ IDLE = "."
 def _row_labels(result: SimResult) -> list[str]:
     if result.virtual_stages == 1:
         return [f"stage {r}" for r in range(result.num_ranks)]
-    return [f"rank {r} (stages {', '.join(str(r + i * result.num_ranks) for i in range(result.virtual_stages))})"
+    return [f"rank {r} (stages {', '.join(map(str, rank_stages(result.schedule, r, result.num_ranks, result.virtual_stages)))})"
             for r in range(result.num_ranks)]
 
 
