@@ -1,7 +1,10 @@
 """autopipe: automatic, provably optimal pipeline-parallel partitioning for PyTorch."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from autopipe._version import __version__
-from autopipe.api import plan
 from autopipe.errors import (
     AutopipeError,
     InfeasiblePlanError,
@@ -29,3 +32,16 @@ __all__ = [
     "plan",
     "trace",
 ]
+
+if TYPE_CHECKING:
+    from autopipe.api import plan
+
+
+def __getattr__(name: str) -> Any:
+    # ``plan`` is imported on first use: the planner (PuLP, HiGHS, the profilers) is ~10 MiB
+    # of host memory that a training rank, which imports autopipe too, never needs
+    if name == "plan":
+        from autopipe.api import plan
+
+        return plan
+    raise AttributeError(f"module 'autopipe' has no attribute {name!r}")

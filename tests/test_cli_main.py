@@ -32,6 +32,18 @@ def test_the_parser_leaves_the_runtime_unloaded() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_a_training_rank_leaves_the_planner_unloaded() -> None:
+    """`autopipe train` builds its own parser only, and `import autopipe` defers `autopipe.plan`:
+    PuLP, HiGHS, the partitioner and the profilers (~10 MiB) stay out of every rank."""
+    code = ("import sys; from autopipe.cli.main import build_parser; build_parser('train'); "
+            "import autopipe, autopipe.runtime.train, autopipe.runtime.launch, autopipe.runtime.prepare; "
+            "print(sorted(m for m in sys.modules if m.startswith(('pulp', 'highspy', 'autopipe.partition', "
+            "'autopipe.profile.estimate', 'autopipe.api')))); print(autopipe.plan.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.split() == ["[]", "autopipe.api"]
+
+
 def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     for name in SUBCOMMANDS:
         with pytest.raises(SystemExit) as info:

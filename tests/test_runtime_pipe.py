@@ -98,6 +98,28 @@ def test_step_clip_and_evaluate_equal_the_unsplit_model(gpt2_pipe: Pipe) -> None
     assert all(p.grad is None for p in pipe.parameters())
 
 
+def test_zeroed_gradient_buffers_are_accumulated_into_in_place(gpt2_pipe: Pipe) -> None:
+    """[Note: gradient buffers kept on CPU ranks]: after zero_grad(set_to_none=False) a step
+    fills the same buffers, bit for bit what it gives from None; a later step still adds."""
+    pipe = gpt2_pipe
+    spec = example_spec("gpt2", **GPT2)
+    first, second = spec.batch(2, 0), spec.batch(2, 1)
+    pipe.step(*first)
+    fresh = {name: p.grad.clone() for name, p in pipe.named_parameters()}
+    pipe.zero_grad(set_to_none=False)
+    buffers = {name: p.grad for name, p in pipe.named_parameters()}
+    assert all(not b.any() for b in buffers.values())
+    pipe.step(*first)
+    for name, p in pipe.named_parameters():
+        assert p.grad is buffers[name], name  # no second set of gradients
+        assert torch.equal(p.grad, fresh[name]), name
+    pipe.step(*second)  # not zeroed: its mean gradient is added, as from None
+    pipe.zero_grad()
+    pipe.step(*second)
+    for name, p in pipe.named_parameters():
+        torch.testing.assert_close(buffers[name], fresh[name] + p.grad, rtol=0, atol=0)
+
+
 def test_checkpoint_of_another_model_is_refused_by_name(tmp_path: Path) -> None:
     for pipe in _one_stage(example_spec("mlp", **MLP)):
         optimizer = torch.optim.AdamW(pipe.parameters())

@@ -23,22 +23,29 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser, one subparser per subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, one subparser per subcommand; with ``only``, that subcommand's alone.
+
+    ``main`` builds only the command it runs: each command's module imports what its
+    options need, and the planner's (PuLP, HiGHS, the profilers; ~10 MiB) is host memory
+    that every ``autopipe train`` rank would otherwise hold to its end.
+    """
     parser = argparse.ArgumentParser(
         prog="autopipe",
         description="Automatic pipeline-parallel partitioning and planning for PyTorch.")
     parser.add_argument("--version", action="version", version=f"autopipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for _name, module in SUBCOMMANDS.items():
-        importlib.import_module(module).add_parser(sub)
+    for name, module in SUBCOMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(module).add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 a check failed, 2 bad input)."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv and argv[0] in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     try:
         code: int = args.run(args)

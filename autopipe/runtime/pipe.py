@@ -116,6 +116,8 @@ class Pipe:
         self._buffers = {name: b for module in self._pipeline.modules()
                          for name, b in module.named_buffers() if name in keys}
         self._tied_grads = _NONE
+        self._grads_zeroed = False
+        """``zero_grad(set_to_none=False)`` ran since the last ``step``: accumulate in place."""
         self._step_kwargs = ({"return_outputs": False}
                              if _accepts(self._pipeline.schedule.step, "return_outputs") else {})
         with failures(self.where, "while syncing tied parameters", timeout_s):
@@ -189,9 +191,12 @@ class Pipe:
         losses: list[torch.Tensor] = []
         with failures(self.where, f"in step {self.steps}", self.timeout_s):
             args = self._first_inputs(inputs)
-            held = {name: p.grad for name, p in self._params.items()}
-            for p in self._params.values():
-                p.grad = None  # this step's gradients alone, so that only they are averaged
+            # this step's gradients alone, so that only they are averaged; zeroed buffers are
+            # accumulated into in place ([Note: gradient buffers kept on CPU ranks])
+            held = {} if self._grads_zeroed else {name: p.grad for name, p in self._params.items()}
+            self._grads_zeroed = False
+            for p in self._params.values() if held else ():
+                p.grad = None
             self._pipeline.schedule.step(*args, target=self._target(target),
                                          losses=losses if self.has_last else None, **self._step_kwargs)
             for p in self._params.values():
@@ -201,8 +206,8 @@ class Pipe:
                 self._sync.all_reduce_grads()  # what was held is summed already: sum only this
             else:
                 self._tied_grads = _LOCAL
-            for name, p in self._params.items():
-                before = held[name]
+            for name, before in held.items():
+                p = self._params[name]
                 if before is not None:
                     p.grad = before if p.grad is None else before.add_(p.grad)
         return [x.detach() for x in losses]
@@ -251,12 +256,22 @@ class Pipe:
     # --- gradients -----------------------------------------------------------------------------
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear this rank's gradients (as ``optimizer.zero_grad``)."""
+        """Clear this rank's gradients (as ``optimizer.zero_grad``).
+
+        [Note: gradient buffers kept on CPU ranks]
+        ``step`` averages only its own gradients, so it moves what ``.grad`` holds aside and
+        adds it back afterwards: a second full set of gradients while it runs. After
+        ``zero_grad(set_to_none=False)`` the buffers hold zeros, so ``step`` accumulates into
+        them in place instead (``0 + g`` is ``g`` exactly, then the same in-place sums as
+        from ``None``): no second set, the same gradients bit for bit. Change ``.grad``
+        between this call and ``step`` and that change is averaged with the step's.
+        """
         for p in self._params.values():
             if set_to_none:
                 p.grad = None
             elif p.grad is not None:
                 p.grad.zero_()
+        self._grads_zeroed = not set_to_none
         self._tied_grads = _NONE
 
     def sync_tied_grads(self) -> None:
