@@ -80,9 +80,9 @@ def torch_compute_order(schedule: str, num_ranks: int, microbatches: int,
     stages = [_StandInStage(index, num_stages, num_ranks) for index in first]
     try:
         program = cls(stages, microbatches).pipeline_order_with_comms
-    except Exception:  # a torch whose constructor needs more of a stage: fall back to the mirror
-        return None
-    return [_compute_actions(program.get(r, ())) for r in range(num_ranks)]
+        return [_compute_actions(program.get(r, ())) for r in range(num_ranks)]
+    except Exception:  # a torch whose constructor needs more of a stage, or whose lowered
+        return None    # program reads otherwise: fall back to the mirror
 
 
 def _compute_actions(program: Any) -> list[TorchAction]:
