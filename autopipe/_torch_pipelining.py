@@ -14,21 +14,29 @@ __all__ = ["FakeTensorMode", "pipeline_stage_class", "schedule_class", "torch_co
 
 # [Note: which torch orders are real]
 #
-# torch's multi-stage schedules (ScheduleInterleaved1F1B, ScheduleInterleavedZeroBubble)
-# are _PipelineScheduleRuntime subclasses: each rank executes exactly the actions of its
-# `pipeline_order`, so that order is read from torch here. The single-stage schedules
-# (Schedule1F1B, ScheduleGPipe) run a hand-written loop in `_step_microbatches`; their
-# `pipeline_order` is only a picture (with idle slots), so for them this returns None
-# and autopipe.schedule.actions mirrors the loop instead.
+# torch's multi-stage schedules (ScheduleInterleaved1F1B, ScheduleInterleavedZeroBubble,
+# ScheduleZBVZeroBubble, ScheduleDualPipeV) are _PipelineScheduleRuntime subclasses:
+# each rank executes exactly the actions of its `pipeline_order_with_comms` (its
+# `pipeline_order` lowered with the sends and receives), so that program is read from
+# torch here, the sends' places included. The single-stage schedules (Schedule1F1B,
+# ScheduleGPipe) run a hand-written loop in `_step_microbatches`; their `pipeline_order`
+# is only a picture (with idle slots), so for them this returns None and
+# autopipe.schedule.actions mirrors the loop instead.
 
 _TORCH_ORDERS = {
     "interleaved-1f1b": "ScheduleInterleaved1F1B",
     "zb-h1": "ScheduleInterleavedZeroBubble",
     "zbv": "ScheduleZBVZeroBubble",
+    "dualpipev": "ScheduleDualPipeV",
 }
-_V_SHAPED = ("zbv",)
+_V_SHAPED = ("zbv", "dualpipev")
 """Schedules whose rank r runs stages r and 2p−1−r (the others: r, r + p, …)."""
 _COMPUTE = ("F", "B", "I", "W")
+_SENDS = {"SEND_F": "F", "SEND_B": "B"}
+"""A send and the kind of compute action whose output it carries (``B``: ``B`` or ``I``)."""
+
+TorchAction = tuple[int, str, int, int]
+"""``(stage, kind, micro-batch, sent after)``: see ``torch_compute_order``."""
 
 
 class _StandInStage:
@@ -52,12 +60,17 @@ def schedule_class(name: str) -> type[Any] | None:
 
 
 def torch_compute_order(schedule: str, num_ranks: int, microbatches: int,
-                        virtual_stages: int) -> list[list[tuple[int, str, int]]] | None:
-    """Per rank, the ``(stage, kind, micro-batch)`` compute actions torch runs, in order.
+                        virtual_stages: int) -> list[list[TorchAction]] | None:
+    """Per rank, the compute actions torch runs, in order, and where it posts their sends.
 
-    ``kind`` is ``F``, ``B`` (full backward), ``I`` (input gradients) or ``W`` (weight
-    gradients). None where torch's order is not the one it runs (see the note above) or
-    this torch lacks the schedule.
+    Each is ``(stage, kind, micro-batch, sent after)``: ``kind`` is ``F``, ``B`` (full
+    backward), ``I`` (input gradients) or ``W`` (weight gradients); ``sent after`` is the
+    position (in the rank's list) of the action after which torch posts the action's send
+    (its own position where it posts none). An ``OVERLAP_F_B`` action (DualPipeV) is its
+    forward and its backward, which torch runs one after the other, and posts both sends
+    after the backward ([Note: DualPipeV] in ``autopipe.schedule.dualpipev``). None where
+    torch's order is not the one it runs (see the note above) or this torch lacks the
+    schedule.
     """
     cls = schedule_class(_TORCH_ORDERS.get(schedule, ""))
     if cls is None:
@@ -66,17 +79,31 @@ def torch_compute_order(schedule: str, num_ranks: int, microbatches: int,
     first = [0, num_stages - 1] if schedule in _V_SHAPED else [k * num_ranks for k in range(virtual_stages)]
     stages = [_StandInStage(index, num_stages, num_ranks) for index in first]
     try:
-        order = cls(stages, microbatches).pipeline_order
-    except Exception:  # a torch whose constructor needs more of a stage: fall back to the mirror
-        return None
-    out: list[list[tuple[int, str, int]]] = []
-    for r in range(num_ranks):
-        actions = []
-        for a in order.get(r, ()):
-            if a is None or a.computation_type.value not in _COMPUTE:
-                continue
-            actions.append((int(a.stage_index), str(a.computation_type.value), int(a.microbatch_index)))
-        out.append(actions)
+        program = cls(stages, microbatches).pipeline_order_with_comms
+        return [_compute_actions(program.get(r, ())) for r in range(num_ranks)]
+    except Exception:  # a torch whose constructor needs more of a stage, or whose lowered
+        return None    # program reads otherwise: fall back to the mirror
+
+
+def _compute_actions(program: Any) -> list[TorchAction]:
+    """One rank's lowered program as ``torch_compute_order`` gives it."""
+    out: list[TorchAction] = []
+    position: dict[tuple[int, str, int], int] = {}
+    for a in program:
+        kind = str(a.computation_type.value)
+        subs = a.sub_actions if a.sub_actions is not None else (a,)
+        if kind == "OVERLAP_F_B" or kind in _COMPUTE:
+            for sub in subs:
+                key = (int(sub.stage_index), str(sub.computation_type.value), int(sub.microbatch_index))
+                position[key] = len(out)
+                out.append((*key, len(out)))
+        elif kind in _SENDS:
+            sender = _SENDS[kind]
+            key = (int(a.stage_index), sender, int(a.microbatch_index))
+            if key not in position and sender == "B":
+                key = (key[0], "I", key[2])
+            i = position[key]
+            out[i] = (*out[i][:3], len(out) - 1)
     return out
 
 

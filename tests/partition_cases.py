@@ -132,13 +132,13 @@ def chunked_cases(draw: st.DrawFn, max_nodes: int = 6,
                   schedules: tuple[str, ...] = ("interleaved-1f1b", "zbv")) -> Case:
     """A random profile planned as 2 ranks × 2 chunks ([Note: chunks]) with one of
     ``schedules``, each rank's device (memory limit and speed) shared by its chunks; a
-    micro-batch count the schedule's rounds divide."""
+    micro-batch count the schedule's rounds divide (dualpipev: at least its 4 chunks)."""
     case = draw(cases(max_nodes=max_nodes, max_stages=2, schedules=("1f1b",)))
     cfg = case.config
     ranks = cfg.devices if len(cfg.devices) == 2 else (cfg.devices[0], draw(st.sampled_from(
         [cfg.devices[0], dataclasses.replace(cfg.devices[0], name="d1", speed=0.5)])))
-    m = draw(st.sampled_from([1, 2, 3, 4, 6]))
     schedule = draw(st.sampled_from(schedules))
+    m = draw(st.sampled_from([4, 5, 6] if schedule == "dualpipev" else [1, 2, 3, 4, 6]))
     chunks = (*ranks, *ranks) if schedule == "interleaved-1f1b" else (*ranks, *ranks[::-1])
     config = dataclasses.replace(cfg, num_stages=4, virtual_stages=2, microbatches=m,
                                  schedule=schedule, devices=chunks)

@@ -2,7 +2,8 @@
 
 Plans come from autopipe's planner (the ILP on an estimated profile, which is
 deterministic) where it models the schedule (1F1B, GPipe, zb-h1 with one stage per rank,
-interleaved 1F1B and ZBV with 2 chunks per rank), and from contiguous hand cuts for the others.
+interleaved 1F1B, ZBV and DualPipeV with 2 chunks per rank), and from contiguous hand cuts
+for the others.
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ CASES = {c.name: c for c in [
     # planned: 2 ranks x 2 chunks, cut by the ILP ([Note: chunks])
     Case("gpt2", 2, "interleaved-1f1b"),
     Case("bert", 2, "zbv"),
+    Case("bert", 2, "dualpipev"),  # overlapped forward and backward pairs ([Note: DualPipeV])
     Case("unet", 4, "zb-h1", ranks=(0, 1, 0, 1)),
     Case("gpt2", 4, "zbv", ranks=(0, 1, 1, 0)),
     Case("llama", 4, "looped-bfs", ranks=(0, 1, 0, 1)),

@@ -40,7 +40,7 @@ def close(a: float, b: float, rel: float = 1e-6) -> bool:
 
 def _shapes() -> list[tuple[str, int, int, int]]:
     out = []
-    for schedule, vs in (("interleaved-1f1b", (2, 3)), ("zbv", (2,))):
+    for schedule, vs in (("interleaved-1f1b", (2, 3)), ("zbv", (2,)), ("dualpipev", (2,))):
         for p in (2, 3, 4):
             for v in vs:
                 for m in range(1, 9):
@@ -55,14 +55,14 @@ def _shapes() -> list[tuple[str, int, int, int]]:
 def test_memory_moments_and_longest_path_equal_the_simulator() -> None:
     """Per rank, the largest Σ held × bytes over ``live_sets`` is the simulator's activation
     peak; per chunk ``chunk_inflight`` its peak count; and the timeline's longest path (chunk
-    to chunk sends, zbv's split backward, each rank's optimizer steps after its last action)
-    its step."""
+    to chunk sends, zbv's split backward, DualPipeV's sends after its overlapped pairs, each
+    rank's optimizer steps after its last action) its step."""
     rng = random.Random(0)
     for schedule, p, v, m in _shapes():
         n = p * v
         for _ in range(3):
             costs = [StageCost(forward_s=rng.uniform(0.1, 1), backward_input_s=rng.uniform(0.1, 2),
-                               backward_weight_s=rng.uniform(0, 1) if schedule == "zbv" else 0.0,
+                               backward_weight_s=rng.uniform(0, 1) if schedule != "interleaved-1f1b" else 0.0,
                                send_s=rng.uniform(0, 0.3) if c < n - 1 else 0.0,
                                activation_bytes=rng.randint(1, 1000), optimizer_s=rng.uniform(0, 0.2))
                      for c in range(n)]
@@ -85,9 +85,7 @@ def test_interleaving_holds_more_than_1f1b() -> None:
     assert live_sets("interleaved-1f1b", 2, 2, 2)[0] == ((2, 0, 2, 0),)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(chunked_cases())
-def test_model_encodes_the_cost_model(case: Case) -> None:
+def _check_model(case: Case) -> None:
     """For valid chunk assignments the MIP's objective equals costs.evaluate, and its largest
     memory row per rank the rank's memory over its limit."""
     problem = case.problem()
@@ -109,9 +107,7 @@ def test_model_encodes_the_cost_model(case: Case) -> None:
         assert not any(name.startswith("mem_0") for name in model.rows)  # no per-chunk limit
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(chunked_cases())
-def test_ilp_equals_brute_force(case: Case) -> None:
+def _check_ilp(case: Case) -> None:
     """Cold, and warm-started from the chain DP where it fits: the brute-force optimum."""
     problem = case.problem()
     if problem.num_real < problem.config.num_stages:
@@ -129,6 +125,27 @@ def test_ilp_equals_brute_force(case: Case) -> None:
         assert ev.fits and close(ev.objective_s, exact[0])
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunked_cases())
+def test_model_encodes_the_cost_model(case: Case) -> None:
+    _check_model(case)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunked_cases())
+def test_ilp_equals_brute_force(case: Case) -> None:
+    _check_ilp(case)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunked_cases(schedules=("dualpipev",)))
+def test_dualpipev_ilp_equals_brute_force_and_encodes_the_cost_model(case: Case) -> None:
+    """DualPipeV ([Note: DualPipeV]), m = 4–6 on 2 ranks × 2 chunks: as the others."""
+    assert case.config.schedule == "dualpipev" and case.config.microbatches >= 4
+    _check_model(case)
+    _check_ilp(case)
+
+
 @pytest.fixture(scope="module")
 def mlp_profile() -> Profile:
     return Profile.load(MLP_PROFILE)
@@ -136,7 +153,8 @@ def mlp_profile() -> Profile:
 
 @pytest.mark.parametrize("schedule, m, ranks", [
     ("interleaved-1f1b", 2, [0, 1, 0, 1]), ("interleaved-1f1b", 8, [0, 1, 0, 1]),
-    ("zbv", 2, [0, 1, 1, 0]), ("zbv", 5, [0, 1, 1, 0])])
+    ("zbv", 2, [0, 1, 1, 0]), ("zbv", 5, [0, 1, 1, 0]),
+    ("dualpipev", 4, [0, 1, 1, 0]), ("dualpipev", 7, [0, 1, 1, 0])])
 def test_planned_chunks_simulate_to_the_ilp_step(mlp_profile: Profile, schedule: str, m: int,
                                                  ranks: list[int]) -> None:
     """The plan records 4 chunks on the ranks the runtime places them on, and the simulator
@@ -185,6 +203,9 @@ def test_a_rank_limit_binds_on_the_sum_of_its_chunks(mlp_profile: Profile) -> No
 @pytest.mark.parametrize("kwargs, match", [
     (dict(schedule="1f1b", virtual_stages=2), "one stage per rank"),
     (dict(schedule="zbv", virtual_stages=3), "exactly 2 chunks per rank"),
+    (dict(schedule="dualpipev", virtual_stages=3), "exactly 2 chunks per rank"),
+    (dict(schedule="dualpipev", num_stages=1), "on at least 2 ranks"),
+    (dict(schedule="dualpipev", microbatches=3), r"needs at least as many micro-batches as stages \(3 micro-batches, 4 stages"),
     (dict(schedule="interleaved-1f1b", virtual_stages=0), "virtual_stages = 0"),
     (dict(schedule="interleaved-1f1b", virtual_stages=2, microbatches=5), "multiple of its 2 rounds"),
     (dict(schedule="interleaved-1f1b", virtual_stages=40), "cannot cut the model into 80 stages"),

@@ -83,14 +83,21 @@ def test_schedule_auto_is_the_fastest_schedule() -> None:
     plan = plan_profile(at_size(4), num_stages=3, microbatches=6, schedule="auto", method="dp")
     each = {s: plan_profile(at_size(4), num_stages=3, microbatches=6, schedule=s, method="dp")
             for s in SCHEDULES}
-    # interleaved 1F1B and ZBV last, with 2 chunks per rank ([Note: chunks])
-    tried = ("1f1b", "zb-h1", "gpipe", "interleaved-1f1b", "zbv")
+    # interleaved 1F1B, ZBV and DualPipeV last, with 2 chunks per rank ([Note: chunks])
+    tried = ("1f1b", "zb-h1", "gpipe", "interleaved-1f1b", "zbv", "dualpipev")
     assert [t["schedule"] for t in plan.options["search"]] == [s for s in tried if s in SCHEDULES]
-    assert [t.get("virtual_stages") for t in plan.options["search"]] == [None] * 3 + [2, 2]
-    assert each["interleaved-1f1b"].num_stages == each["zbv"].num_stages == 6
+    assert [t.get("virtual_stages") for t in plan.options["search"]] == [None] * 3 + [2, 2, 2]
+    assert each["interleaved-1f1b"].num_stages == each["zbv"].num_stages == each["dualpipev"].num_stages == 6
     fastest = min(each.values(), key=lambda p: p.predicted.iteration_s)
     assert plan.predicted.iteration_s == fastest.predicted.iteration_s
     assert plan.schedule == min(each, key=lambda s: (each[s].predicted.iteration_s, tried.index(s)))
+
+
+def test_schedule_auto_tries_dualpipev_only_where_torch_runs_it() -> None:
+    """DualPipeV needs m ≥ 2p: with 3 ranks and 4 micro-batches the search records why not."""
+    plan = plan_profile(at_size(4), num_stages=3, microbatches=4, schedule="auto", method="dp")
+    row = next(t for t in plan.options["search"] if t["schedule"] == "dualpipev")
+    assert row["iteration_s"] is None and "at least as many micro-batches as stages" in row["why"]
 
 
 def test_fixed_count_profiles_its_micro_batch() -> None:

@@ -50,7 +50,8 @@ def test_every_order_is_valid(schedule: str) -> None:
         try:
             order = schedule_order(schedule, p, m, v)
         except PlanError:
-            assert schedule in ("interleaved-1f1b", "zb-h1") or (schedule == "zbv" and v != 2)
+            assert schedule in ("interleaved-1f1b", "zb-h1") or (schedule == "zbv" and v != 2) \
+                or (schedule == "dualpipev" and (v != 2 or m < 2 * p))
             continue
         assert order_problems(order) == [], (schedule, p, m, v)
 
@@ -125,10 +126,19 @@ def test_torch_runs_exactly_the_simulated_orders(tmp_path: Path) -> None:
                     env={"OMP_NUM_THREADS": "1"}, timeout_s=120)
     assert result.code == 0
     ran = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    deferred = 0
     for name, (_, v) in RUNS.items():
         order = schedule_order(name, 2, MICROBATCHES, v)
         for r in range(2):
-            assert [Action(s, k, mb) for s, k, mb in ran[r][name]] == list(order.ranks[r]), (name, r)
+            assert [Action(s, k, mb) for s, k, mb in ran[r][name]["ran"]] == list(order.ranks[r]), (name, r)
+            # each send is posted once its action (DualPipeV: its overlapped pair) has run
+            program = list(order.ranks[r])
+            for s, kind, mb, before in ran[r][name]["sent"]:
+                i = program.index(Action(s, kind, mb))
+                after = order.send_after[r][i] if order.send_after else i
+                assert before == after + 1, (name, r, s, kind, mb)
+                deferred += after > i
+    assert deferred > 0  # DualPipeV's overlapped pairs: sends posted after the pair's backward
 
 
 def test_zbv_comes_from_torch_in_a_v() -> None:
@@ -139,3 +149,60 @@ def test_zbv_comes_from_torch_in_a_v() -> None:
     assert [order.rank_of(s) for s in range(4)] == [0, 1, 1, 0]
     assert {a.stage for a in order.ranks[0]} == {0, 3} and {a.stage for a in order.ranks[1]} == {1, 2}
     assert order_problems(order) == []
+
+
+def _pairs(schedule: str, p: int, m: int) -> list[str]:
+    """Each rank's program in torch's terms: a full backward (B then W, its send after the
+    W) as ``sB``, actions whose sends are posted together in parentheses."""
+    order = schedule_order(schedule, p, m, 2)
+    out = []
+    for r, program in enumerate(order.ranks):
+        words: list[str] = []
+        i = 0
+        while i < len(program):
+            a = program[i]
+            end = order.send_after[r][i] if order.send_after else i
+            if a.kind == "B" and end > i and program[end] == Action(a.stage, "W", a.microbatch):
+                words.append(f"{a.stage}B{a.microbatch}")
+            elif a.kind == "F" and end > i:
+                b = program[i + 1]
+                words.append(f"({a.stage}F{a.microbatch} {b.stage}B{b.microbatch})")
+            else:
+                words.append(f"{a.stage}{'I' if a.kind == 'B' else a.kind}{a.microbatch}")
+            i = end + 1 if end > i else i + 1
+        out.append(" ".join(words))
+    return out
+
+
+def test_dualpipev_matches_the_note_picture() -> None:
+    """[Note: DualPipeV]'s picture (p = 2, m = 4), with (..) where a forward's send waits for
+    the backward after it: the pairs whose forward sends something over a link (the last
+    stage's forward sends nothing, and 1F3 hands its output to stage 2 on its own rank)."""
+    assert _pairs("dualpipev", 2, 4) == [
+        "0F0 0F1 0F2 3F0 3I0 3W0 3F1 (0F3 3B1) 3F2 0B0 3B2 3F3 0B1 3B3 0I2 0W2 0I3 0W3",
+        "1F0 2F0 1F1 2F1 1F2 2B0 (2F2 1B0) 1F3 2B1 (2F3 1B1) 2B2 1B2 2I3 1I3 2W3 1W3",
+    ]
+
+
+def test_dualpipev_comes_from_torch_and_matches_our_mirror() -> None:
+    """torch's lowered program (OVERLAP_F_B expanded, the sends where torch posts them) and
+    autopipe/schedule/dualpipev.py give the same actions and send points."""
+    for p in range(1, 7):
+        for m in range(2 * p, 4 * p + 3):
+            theirs = schedule_order("dualpipev", p, m, 2)
+            ours = autopipe_order("dualpipev", p, m, 2)
+            assert theirs.source == "torch" and ours.source == "autopipe"
+            assert theirs.ranks == ours.ranks and theirs.send_after == ours.send_after, (p, m)
+            assert theirs.split_backward and theirs.send_after
+            assert order_problems(theirs) == [], (p, m)
+
+
+def test_dualpipev_needs_2p_microbatches() -> None:
+    with pytest.raises(PlanError, match=r"\(5 micro-batches, 6 stages on 3 ranks\)") as e:
+        schedule_order("dualpipev", 3, 5, 2)
+    assert e.value.hint == "use --microbatches 6 or more, or --schedule zbv"
+
+
+def test_only_dualpipev_posts_sends_after_a_later_action() -> None:
+    for schedule, v in (("interleaved-1f1b", 2), ("zb-h1", 1), ("zbv", 2), ("1f1b", 1)):
+        assert schedule_order(schedule, 2, 4, v).send_after == ()

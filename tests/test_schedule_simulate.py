@@ -128,19 +128,33 @@ costs = st.builds(
 @given(st.sampled_from(SCHEDULES), st.integers(1, 5), st.integers(1, 10), st.data())
 def test_simulated_orders_are_valid_schedules(schedule: str, p: int, m: int, data: st.DataObject) -> None:
     v = data.draw(st.sampled_from([1, 2])) if schedule in ("interleaved-1f1b", "zb-h1") else 1
-    v = 2 if schedule == "zbv" else v  # two stages per rank, in a V
+    v = 2 if schedule in ("zbv", "dualpipev") else v  # two stages per rank, in a V
     stages = data.draw(st.lists(costs, min_size=p * v, max_size=p * v))
     try:
         r = simulate(stages, schedule=schedule, microbatches=m, virtual_stages=v)
     except PlanError as e:
-        assert "rounds" in e.message
+        assert "rounds" in e.message or "DualPipeV needs at least as many micro-batches" in e.message
         return
     _check_valid(r, p)
-    kinds = 3 if schedule in ("zb-h1", "zbv") else 2
+    kinds = 3 if schedule in ("zb-h1", "zbv", "dualpipev") else 2
     assert len(r.events) == kinds * m * p * v + sum(c.optimizer_s > 0 for c in stages)
     assert 0.0 <= r.bubble_fraction <= 1.0
     # no schedule beats the busiest rank's compute
     assert r.iteration_s >= max(r.busy_s) - 1e-9
+
+
+def test_dualpipev_sends_an_overlapped_forward_when_its_backward_ends() -> None:
+    """torch runs an OVERLAP_F_B as its forward then its full backward and posts both sends
+    after the backward ([Note: DualPipeV]): rank 0's pair (0F3 3B1) sends F3's activations
+    to stage 1 only when 3B1 (written B then W) is done, and the gradient of 3B1 with them."""
+    stages = [StageCost(forward_s=1.0, backward_input_s=2.0, backward_weight_s=1.0, send_s=0.25)] * 4
+    r = simulate(stages, schedule="dualpipev", microbatches=4, virtual_stages=2)
+    end = {(e.stage, e.kind, e.microbatch): e.end for e in r.events}
+    sent = {(x.src_stage, x.kind, x.microbatch): x.start for x in r.transfers}
+    assert end[0, "F", 3] < end[3, "B", 1] < end[3, "W", 1]
+    assert sent[0, "F", 3] == sent[3, "B", 1] == end[3, "W", 1]
+    assert sent[0, "F", 0] == end[0, "F", 0]  # a forward alone sends at once
+    _check_valid(r, 2)
 
 
 def test_unknown_schedule_is_a_plan_error_naming_the_known_ones() -> None:

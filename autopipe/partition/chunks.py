@@ -4,11 +4,12 @@
 
 An interleaved schedule cuts the model depth-wise into n = p·V chunks and runs V of them
 on each of p ranks; torch's ``ScheduleInterleaved1F1B`` places chunk c on rank c mod p,
-``ScheduleZBVZeroBubble`` (V = 2) in a V, rank r holding chunks r and 2p−1−r::
+``ScheduleZBVZeroBubble`` and ``ScheduleDualPipeV`` (V = 2) in a V, rank r holding chunks r
+and 2p−1−r::
 
     p = 2, V = 2           chunk 0   chunk 1   chunk 2   chunk 3
     interleaved-1f1b       rank 0    rank 1    rank 0    rank 1
-    zbv                    rank 0    rank 1    rank 1    rank 0
+    zbv, dualpipev         rank 0    rank 1    rank 1    rank 0
 
 The planner treats the chunks as its "stages" in depth order: each has its own F, B and W,
 each boundary between chunks on different ranks is a send (in a V, the two chunks at the
@@ -37,7 +38,7 @@ Live = tuple[int, ...]
 
 
 def rank_of(chunk: int, num_ranks: int, schedule: str = "interleaved-1f1b") -> int:
-    """The rank that runs ``chunk`` under ``schedule`` (loop-around, or V-shaped for zbv)."""
+    """The rank that runs ``chunk`` under ``schedule`` (loop-around, or V-shaped for zbv and dualpipev)."""
     return placed_rank(schedule, chunk, num_ranks)
 
 

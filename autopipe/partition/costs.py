@@ -28,7 +28,7 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
                 the bandwidth measured with the runtime's backend, else the link's:
                 ``Config.allreduce_s``)
 
-    With virtual stages (interleaved-1f1b, zbv; [Note: chunks] in ``autopipe.partition.chunks``)
+    With virtual stages (interleaved-1f1b, zbv, dualpipev; [Note: chunks] in ``autopipe.partition.chunks``)
     the stages above are chunks, several per rank: a boundary between two chunks of one rank
     sends nothing, and memory holds per rank (``RankMemory``): its chunks' parameters,
     gradients, optimizer states and buffers, plus max over the moments of its program of
@@ -331,7 +331,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
     x = boundary_bytes(problem, stage_of)
     held = held_params(problem, stage_of)
     stages = []
-    # a boundary between two chunks of one rank (zbv's tip) is handed over in memory
+    # a boundary between two chunks of one rank (the V's tip) is handed over in memory
     linked = [cfg.rank_of(b) != cfg.rank_of(b + 1) for b in range(p - 1)]
     for s in range(p):
         dev = cfg.devices[s]

@@ -19,7 +19,8 @@ by stage s). Then, with the formulas of [Note: the cost model]:
     T ≥ Σ_s nF_s·F_s + nB_s·B_s + nW_s·W_s + Σ_b nC_b·c_b   for each path cut (nF, nB, nW, nC)
 
 B_s is the B task's time: the whole backward, or only the input gradients where the
-schedule runs the weight gradients W_s as tasks of their own (zb-h1, zbv; elsewhere nW = 0).
+schedule runs the weight gradients W_s as tasks of their own (zb-h1, zbv, dualpipev, whose
+full backwards are a B and a W back to back: [Note: DualPipeV]; elsewhere nW = 0).
 With virtual stages the s above are chunks, and the memory rows are per rank and moment
 of its program (``_rank_memory``, [Note: chunks]).
 With recomputation ([Note: recomputation] in ``autopipe.partition.costs``) each candidate

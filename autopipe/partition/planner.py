@@ -52,12 +52,13 @@ DEFAULT_LINK_BANDWIDTH = 25e9
 DEFAULT_MAX_BLOCKS = 400
 AUTO_SCHEDULES = ("1f1b", "zb-h1", "gpipe")
 """``schedule="auto"`` tries these (those the planner models), preferring earlier ones on ties."""
-AUTO_CHUNKED = (("interleaved-1f1b", 2), ("zbv", 2))
+AUTO_CHUNKED = (("interleaved-1f1b", 2), ("zbv", 2), ("dualpipev", 2))
 """``schedule="auto"`` (in ``plan_profile``) also tries these schedules with these many
 chunks per rank, after ``AUTO_SCHEDULES``, where the model has blocks enough for p × 2
-chunks ([Note: chunks] in ``autopipe.partition.chunks``)."""
+chunks ([Note: chunks] in ``autopipe.partition.chunks``) and torch runs them (dualpipev:
+at least 2p micro-batches)."""
 DEFAULT_VIRTUAL_STAGES = 2
-"""Chunks per rank of ``interleaved-1f1b`` (and ``zbv``, which needs 2) when none are given."""
+"""Chunks per rank of ``interleaved-1f1b`` (and ``zbv`` and ``dualpipev``, which need 2) when none are given."""
 
 ProfileSource = Profile | Callable[[int], Profile]
 """A Profile of one micro-batch, or ``b -> Profile`` for a micro-batch of ``b`` samples."""
@@ -206,7 +207,8 @@ def plan_profile(
             ``batch_size`` is given; ``"auto"`` = every divisor of ``batch_size`` that the
             schedule can run, each with its own profile: the fastest predicted step wins.
         batch_size: samples per optimizer step (recorded with the micro-batch size).
-        schedule: ``1f1b``, ``gpipe``, ``zb-h1``, ``interleaved-1f1b``, ``zbv``, or ``auto``
+        schedule: ``1f1b``, ``gpipe``, ``zb-h1``, ``interleaved-1f1b``, ``zbv``, ``dualpipev``
+            (m ≥ 2p; [Note: DualPipeV] in ``autopipe.schedule.dualpipev``), or ``auto``
             (the fastest that fits of ``AUTO_SCHEDULES`` and ``AUTO_CHUNKED``).
         optimizer: for optimizer-state memory: ``adam``, ``adamw``, ``sgd``, ``sgd-momentum``, ``none``.
         method: ``ilp`` (optimal convex cuts), ``dp`` (optimal chain cuts for the slowest
@@ -229,9 +231,9 @@ def plan_profile(
         recompute: activation recomputation: ``auto`` (recompute the blocks the ILP chooses,
             only where memory binds), ``none``, or ``full`` (every block that can be); with
             virtual stages only ``none`` (``auto`` plans none).
-        virtual_stages: chunks per rank for ``interleaved-1f1b`` (default 2) and ``zbv`` (2
-            only): the model is cut into ``num_stages`` × this many chunks, chunk c on rank
-            c mod ``num_stages`` (zbv: in a V; [Note: chunks]); with ``auto``, the
+        virtual_stages: chunks per rank for ``interleaved-1f1b`` (default 2), ``zbv`` and
+            ``dualpipev`` (2 only): the model is cut into ``num_stages`` × this many chunks,
+            chunk c on rank c mod ``num_stages`` (zbv, dualpipev: in a V; [Note: chunks]); with ``auto``, the
             interleaved candidate's.
     Raises:
         PlanError: bad options, more stages than blocks (or layers), nothing found in the

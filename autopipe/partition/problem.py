@@ -19,9 +19,10 @@ from autopipe.profile.memory import ParamMemory, param_memory
 from autopipe.profile.profile import Profile
 from autopipe.schedule.actions import V_SHAPED, check_schedule, schedule_order
 
-SCHEDULES = ("1f1b", "gpipe", "zb-h1", "interleaved-1f1b", "zbv")
+SCHEDULES = ("1f1b", "gpipe", "zb-h1", "interleaved-1f1b", "zbv", "dualpipev")
 """Schedules whose iteration time and memory the planner models exactly (one stage per rank,
-or ``virtual_stages`` chunks per rank for ``interleaved-1f1b`` and ``zbv``; [Note: chunks])."""
+or ``virtual_stages`` chunks per rank for ``interleaved-1f1b``, ``zbv`` and ``dualpipev``;
+[Note: chunks], [Note: DualPipeV])."""
 REGION_SPAN = 64
 """A value read more than this many blocks after the block that makes it counts as kept
 by any recomputed region that reads it, even one that makes it too (it keeps the ILP's
@@ -34,9 +35,9 @@ _ELEMENT_SIZE = {"float64": 8, "float32": 4, "tf32": 4, "float16": 2, "bfloat16"
                  "float8_e4m3fn": 1, "float8_e5m2": 1}
 
 
-MULTI_CHUNK = ("interleaved-1f1b", "zbv")
-"""Schedules the planner gives several chunks per rank (loop-around placement; zbv: exactly
-2, V-shaped)."""
+MULTI_CHUNK = ("interleaved-1f1b", "zbv", "dualpipev")
+"""Schedules the planner gives several chunks per rank (loop-around placement; zbv and
+dualpipev: exactly 2, V-shaped)."""
 
 
 def check_virtual_stages(schedule: str, num_stages: int, virtual_stages: int) -> None:
@@ -78,7 +79,7 @@ class Config:
     microbatches: int
     """Micro-batches per optimizer step ``m``."""
     schedule: str
-    """``1f1b``, ``gpipe``, ``zb-h1``, ``interleaved-1f1b`` or ``zbv``."""
+    """``1f1b``, ``gpipe``, ``zb-h1``, ``interleaved-1f1b``, ``zbv`` or ``dualpipev``."""
     devices: tuple[Device, ...]
     """One device per stage (memory limit and speed); with virtual stages, per chunk: the
     device of the chunk's rank."""
@@ -101,7 +102,7 @@ class Config:
     ring all-reduce over the links would reach."""
     virtual_stages: int = 1
     """Chunks per rank ([Note: chunks] in ``autopipe.partition.chunks``): ``num_stages``
-    counts the chunks, chunk c runs on rank c mod ``num_ranks`` (zbv: in a V, ``rank_of``),
+    counts the chunks, chunk c runs on rank c mod ``num_ranks`` (zbv, dualpipev: in a V, ``rank_of``),
     and memory limits hold per rank."""
     recompute: str = "none"
     """Activation recomputation (``RECOMPUTE``): ``none``; ``auto``, each block's choice is a
@@ -272,7 +273,7 @@ class Problem:
         """Blocks that may be recomputed under ``config.recompute`` (none: no block): they
         compute something, write nothing in place, and are neither an input nor the output.
 
-        None under a schedule that splits the backward (zb-h1, zbv): its weight-gradient pass
+        None under a schedule that splits the backward (zb-h1, zbv, dualpipev): its weight-gradient pass
         is a second backward, which would run every recomputed forward once more; none with
         virtual stages (not planned: a rank's memory moments would need each chunk's)."""
         cfg = self.config

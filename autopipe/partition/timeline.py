@@ -18,7 +18,9 @@ any one path P gives a lower bound that is *linear* in the per-stage costs:
     iteration ≥ Σ_s (nF_s(P)·F_s + nB_s(P)·B'_s + nW_s(P)·W_s + nO_s(P)·O_s) + Σ_b nC_b(P)·c_b
 
 with nF, nB, nW, nO, nC the path's task counts and B'_s the B task's time (B_s, or B_s − W_s
-when split). The ILP adds such cuts for critical paths until the longest path of its
+when split). DualPipeV posts the send of an overlapped forward when its paired backward
+ends ([Note: DualPipeV]): that send task waits for the backward's W, still a fixed DAG.
+The ILP adds such cuts for critical paths until the longest path of its
 answer is one of them, so it optimises the simulated step time itself, not a closed-form
 stand-in.
 
@@ -58,8 +60,10 @@ class _Dag:
 
 
 def splits_backward(schedule: str) -> bool:
-    """Whether ``schedule`` runs the weight gradients as separate W tasks (zero bubble)."""
-    return schedule_order(schedule, 1, 1, 2 if schedule in V_SHAPED else 1).split_backward
+    """Whether ``schedule`` runs the weight gradients as separate W tasks (zero bubble;
+    DualPipeV writes its full backwards as a B and a W too: [Note: DualPipeV])."""
+    v = 2 if schedule in V_SHAPED else 1
+    return schedule_order(schedule, 1, v, v).split_backward
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,6 +77,7 @@ def _dag(schedule: str, p: int, m: int, v: int = 1) -> _Dag:
     preds: list[tuple[int, ...]] = []
     link_last: dict[tuple[str, int], int] = {}
     pointer = [0] * p
+    posts = [order.posts(r) for r in range(p)]
     remaining = sum(len(r) for r in order.ranks)
 
     def add(key: tuple[str, int, int], kind: int, at: int, before: list[int]) -> int:
@@ -102,14 +107,16 @@ def _dag(schedule: str, p: int, m: int, v: int = 1) -> _Dag:
                     before.append(index[need])
                 t = add(("c", r, pointer[r]), _KINDS[kind], s, before)
                 index[(kind, s, k)] = t
-                if kind == "F" and s < n - 1:
-                    link = ("sf", s)
-                    prev = [link_last[link]] if link in link_last else []
-                    link_last[link] = add(("sf", s, k), _SEND, s, [t, *prev])
-                elif kind == "B" and s > 0:
-                    link = ("sb", s - 1)
-                    prev = [link_last[link]] if link in link_last else []
-                    link_last[link] = add(("sb", s - 1, k), _SEND, s - 1, [t, *prev])
+                # its send, or those posted after it ([Note: DualPipeV]): they wait for t
+                for js, jkind, jk in (program[j] for j in posts[r][pointer[r]]):
+                    if jkind == "F" and js < n - 1:
+                        link = ("sf", js)
+                        prev = [link_last[link]] if link in link_last else []
+                        link_last[link] = add(("sf", js, jk), _SEND, js, [t, *prev])
+                    elif jkind == "B" and js > 0:
+                        link = ("sb", js - 1)
+                        prev = [link_last[link]] if link in link_last else []
+                        link_last[link] = add(("sb", js - 1, jk), _SEND, js - 1, [t, *prev])
                 pointer[r] += 1
                 remaining -= 1
                 progressed = True

@@ -11,7 +11,8 @@ Each rank runs a fixed program of compute actions; the simulator only decides
     rank 3  F0 B0 F1 B1 F2 B2 F3 B3 F4 B4 F5 B5
 
 See [Note: which torch orders are real] in autopipe/_torch_pipelining.py for
-where each order comes from.
+where each order comes from, and [Note: DualPipeV] in autopipe/schedule/dualpipev.py for
+its overlapped pairs (``ScheduleOrder.send_after``).
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from autopipe.errors import PlanError
+from autopipe.schedule.dualpipev import TorchAction, dualpipev_rank
 
-SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb-h1", "zbv")
+SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb-h1", "zbv", "dualpipev")
 """Schedule names autopipe can simulate and run."""
 
 _SINGLE_STAGE = ("gpipe", "1f1b")
-V_SHAPED = ("zbv",)
+V_SHAPED = ("zbv", "dualpipev")
 """Schedules with two stages per rank placed in a V: rank r runs stages r and 2p−1−r
-(torch's ``ScheduleZBVZeroBubble``; its order is read from torch)."""
+(torch's ``ScheduleZBVZeroBubble`` and ``ScheduleDualPipeV``; their orders are read from
+torch, DualPipeV's mirrored in ``autopipe.schedule.dualpipev`` too)."""
 
 
 def rank_stages(schedule: str, rank: int, num_ranks: int, virtual_stages: int) -> list[int]:
@@ -68,6 +71,11 @@ class ScheduleOrder:
     """True when backward is split into ``B`` (input gradients) and ``W`` (weight gradients)."""
     source: str
     """``torch`` (taken from torch's schedule class) or ``autopipe`` (mirrors torch's loop)."""
+    send_after: tuple[tuple[int, ...], ...] = ()
+    """Per rank and action, the position of the action after which torch posts this
+    action's send: its own, or later where one torch action runs several of these
+    (DualPipeV's overlapped forward and backward, its full backward written as B then W;
+    [Note: DualPipeV]). Empty: every action's send is posted when it ends."""
 
     @property
     def num_stages(self) -> int:
@@ -77,6 +85,17 @@ class ScheduleOrder:
     def rank_of(self, stage: int) -> int:
         """The rank that runs ``stage`` (torch's loop-around placement; V-shaped for ``V_SHAPED``)."""
         return placed_rank(self.schedule, stage, self.num_ranks)
+
+    def posts(self, rank: int) -> tuple[tuple[int, ...], ...]:
+        """Per action of ``rank``'s program, the actions whose sends are posted when it
+        ends, in program order (see ``send_after``)."""
+        program = self.ranks[rank]
+        if not self.send_after:
+            return tuple((i,) for i in range(len(program)))
+        out: list[list[int]] = [[] for _ in program]
+        for i, j in enumerate(self.send_after[rank]):
+            out[j].append(i)
+        return tuple(tuple(x) for x in out)
 
 
 def check_schedule(schedule: str, num_ranks: int, microbatches: int, virtual_stages: int) -> None:
@@ -101,6 +120,11 @@ def check_schedule(schedule: str, num_ranks: int, microbatches: int, virtual_sta
     if schedule in V_SHAPED and virtual_stages != 2:
         raise PlanError(f"schedule {schedule} runs exactly two stages per rank, got {virtual_stages}",
                         hint="use 2 virtual stages")
+    if schedule == "dualpipev" and microbatches < 2 * num_ranks:
+        # torch's ScheduleDualPipeV refuses it too: its phases would run out of micro-batches
+        raise PlanError(f"DualPipeV needs at least as many micro-batches as stages "
+                        f"({microbatches} micro-batches, {2 * num_ranks} stages on {num_ranks} ranks)",
+                        hint=f"use --microbatches {2 * num_ranks} or more, or --schedule zbv")
     if schedule not in _SINGLE_STAGE and schedule not in V_SHAPED:
         rounds = max(1, microbatches // num_ranks)
         if microbatches % rounds:
@@ -178,6 +202,10 @@ def autopipe_order(schedule: str, num_ranks: int, microbatches: int,
                    virtual_stages: int = 1) -> ScheduleOrder:
     """The order built here, without torch (used where torch does not expose it)."""
     check_schedule(schedule, num_ranks, microbatches, virtual_stages)
+    if schedule == "dualpipev":
+        return _from_torch_kinds(schedule, num_ranks, microbatches, virtual_stages,
+                                 [dualpipev_rank(num_ranks, microbatches, r) for r in range(num_ranks)],
+                                 source="autopipe")
     if schedule in V_SHAPED:
         raise PlanError(f"schedule {schedule} needs torch.distributed.pipelining's order, "
                         "which this torch does not have", hint="upgrade torch")
@@ -194,7 +222,7 @@ def autopipe_order(schedule: str, num_ranks: int, microbatches: int,
 
 
 def _torch_order(schedule: str, num_ranks: int, microbatches: int,
-                 virtual_stages: int) -> list[list[tuple[int, str, int]]] | None:
+                 virtual_stages: int) -> list[list[TorchAction]] | None:
     """torch's order, imported only when needed (planning never needs torch.distributed)."""
     if schedule in _SINGLE_STAGE:
         return None  # see [Note: which torch orders are real]
@@ -217,12 +245,39 @@ def schedule_order(schedule: str, num_ranks: int, microbatches: int,
     torch_order = _torch_order(schedule, num_ranks, microbatches, virtual_stages)
     if torch_order is None:
         return autopipe_order(schedule, num_ranks, microbatches, virtual_stages)
-    split = any(kind in ("I", "W") for rank in torch_order for _, kind, _ in rank)
-    ranks = tuple(tuple(Action(s, "B" if kind == "I" else kind, mb) for s, kind, mb in rank)
-                  for rank in torch_order)
+    return _from_torch_kinds(schedule, num_ranks, microbatches, virtual_stages, torch_order,
+                             source="torch")
+
+
+def _from_torch_kinds(schedule: str, num_ranks: int, microbatches: int, virtual_stages: int,
+                      programs: list[list[TorchAction]], *, source: str) -> ScheduleOrder:
+    """An order from torch's kinds: ``I`` is a B (input gradients), and where the order
+    splits the backward a full backward ``B`` is a B then a W, its send after the W
+    ([Note: DualPipeV]); sends move with the action they are posted after."""
+    split = any(kind in ("I", "W") for rank in programs for _, kind, _, _ in rank)
+    ranks: list[tuple[Action, ...]] = []
+    send_after: list[tuple[int, ...]] = []
+    for program in programs:
+        actions: list[Action] = []
+        last: list[int] = []  # per torch action, the position of its last piece here
+        first: list[int] = []
+        for s, kind, mb, _ in program:
+            first.append(len(actions))
+            if kind == "B" and split:
+                actions += [Action(s, "B", mb), Action(s, "W", mb)]
+            else:
+                actions.append(Action(s, "B" if kind == "I" else kind, mb))
+            last.append(len(actions) - 1)
+        after = [0] * len(actions)
+        for j, (_, _, _, sent) in enumerate(program):
+            for i in range(first[j], last[j] + 1):
+                after[i] = last[sent]
+        ranks.append(tuple(actions))
+        send_after.append(tuple(after))
+    identity = all(a == tuple(range(len(a))) for a in send_after)
     return ScheduleOrder(schedule=schedule, num_ranks=num_ranks, virtual_stages=virtual_stages,
-                         microbatches=microbatches, ranks=ranks, split_backward=split,
-                         source="torch")
+                         microbatches=microbatches, ranks=tuple(ranks), split_backward=split,
+                         source=source, send_after=() if identity else tuple(send_after))
 
 
 def order_problems(order: ScheduleOrder) -> list[str]:
@@ -230,7 +285,8 @@ def order_problems(order: ScheduleOrder) -> list[str]:
 
     Valid: every (stage, kind, micro-batch) appears exactly once, on the rank
     that owns the stage; a stage's backward comes after its forward and its W
-    after its B in the rank's program.
+    after its B in the rank's program; a send is posted after its own action
+    ends (``send_after``), before the program does.
     """
     problems: list[str] = []
     kinds = ("F", "B", "W") if order.split_backward else ("F", "B")
@@ -252,6 +308,10 @@ def order_problems(order: ScheduleOrder) -> list[str]:
                 j = position.get(Action(a.stage, before, a.microbatch))
                 if j is None or j > i:
                     problems.append(f"rank {r}: {a} runs before {before}{a.microbatch} of stage {a.stage}")
+    for r, after in enumerate(order.send_after):
+        for i, j in enumerate(after):
+            if not i <= j < len(order.ranks[r]):
+                problems.append(f"rank {r}: the send of {order.ranks[r][i]} is posted after action {j}")
     problems.extend(f"missing {a}" for a in sorted(expected - seen))
     problems.extend(f"unexpected {a}" for a in sorted(seen - expected))
     return problems

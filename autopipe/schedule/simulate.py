@@ -9,7 +9,9 @@ starts when the rank is free *and* its input has arrived::
     W(s, k)  needs  B(s, k)
 
 Sends run on a link per boundary and direction, one at a time, overlapped
-with compute (torch posts them as asynchronous isend/irecv). Activations of
+with compute (torch posts them as asynchronous isend/irecv), from when their
+action ends (DualPipeV's overlapped pairs: when the pair ends, ``send_after``;
+[Note: DualPipeV] in autopipe/schedule/dualpipev.py). Activations of
 micro-batch k on stage s are held from the start of F(s, k) to the end of its
 last backward action (B, or W when the schedule splits it off). A rank's
 optimizer steps (``optimizer_s``) run after its last action; the step ends
@@ -165,8 +167,21 @@ def _run(order: ScheduleOrder, stages: Sequence[StageCost]) -> SimResult:
     link_b = [0.0] * n  # boundary s+1 → s free from
     free = [0.0] * p
     pointer = [0] * p
+    posts = [order.posts(r) for r in range(p)]
     events: list[list[Event]] = [[] for _ in range(p)]
     transfers: list[Transfer] = []
+
+    def post(action: tuple[int, str, int], ready: float) -> None:
+        s, kind, k = action
+        if kind == "F" and s < n - 1:
+            t0 = max(ready, link_f[s])
+            link_f[s] = arrive_f[s + 1][k] = t0 + send[s]
+            transfers.append(Transfer(s, s + 1, "F", k, t0, t0 + send[s]))
+        elif kind == "B" and s > 0:
+            t0 = max(ready, link_b[s - 1])
+            link_b[s - 1] = arrive_b[s - 1][k] = t0 + send[s - 1]
+            transfers.append(Transfer(s, s - 1, "B", k, t0, t0 + send[s - 1]))
+
     remaining = sum(len(r) for r in order.ranks)
     while remaining:
         progressed = False
@@ -190,14 +205,8 @@ def _run(order: ScheduleOrder, stages: Sequence[StageCost]) -> SimResult:
                 free[r] = finish
                 end[kind][s][k] = finish
                 events[r].append(Event(s, kind, k, start, finish, r))
-                if kind == "F" and s < n - 1:
-                    t0 = max(finish, link_f[s])
-                    link_f[s] = arrive_f[s + 1][k] = t0 + send[s]
-                    transfers.append(Transfer(s, s + 1, "F", k, t0, t0 + send[s]))
-                elif kind == "B" and s > 0:
-                    t0 = max(finish, link_b[s - 1])
-                    link_b[s - 1] = arrive_b[s - 1][k] = t0 + send[s - 1]
-                    transfers.append(Transfer(s, s - 1, "B", k, t0, t0 + send[s - 1]))
+                for j in posts[r][i]:  # this action's send, or those it was posted after
+                    post(program[j], finish)
                 i += 1
                 remaining -= 1
                 progressed = True
