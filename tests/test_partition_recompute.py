@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+import autopipe.partition.planner as planner
 from autopipe.errors import InfeasiblePlanError, PlanError
 from autopipe.partition import brute
 from autopipe.partition.chain import Chain
@@ -230,3 +232,21 @@ def test_old_plans_load_and_write_the_same() -> None:
     bad["stages"][0]["recompute"] = [["no_such_node"]]
     with pytest.raises(PlanError, match="recomputes node 'no_such_node'"):
         Plan.from_json(bad)
+
+
+def test_a_search_skips_recomputation_that_cannot_win() -> None:
+    """[Note: recomputation in a search]: with a step to beat at or under the candidate's
+    simple bound (0 is), it plans as ``none``; with one above, ``auto`` recomputes as alone,
+    within its search budget."""
+    prof = Profile.load(ROOT / "profiles" / "cpu" / "gpt2.json")
+    none = plan_profile(prof, num_stages=2, memory_limit="40MiB", microbatches=4, recompute="none")
+    options = planner._Options(method="ilp", time_limit=60.0, mip_gap=1e-3, solver="highs",
+                               deterministic=True, optimizer="adam", dtype=None,
+                               max_blocks=planner.DEFAULT_MAX_BLOCKS, link_bandwidth=None,
+                               memory_limit="40MiB", devices=None, recompute="auto")
+    beaten = planner._plan_one(prof, 2, 4, "1f1b", replace(options, recompute_beat=0.0))
+    assert not beaten.recomputes
+    assert beaten.predicted.iteration_s == none.predicted.iteration_s
+    chosen = planner._plan_one(prof, 2, 4, "1f1b", replace(options, recompute_beat=none.predicted.iteration_s,
+                                                                recompute_time_limit=5.0))
+    assert chosen.recomputes and chosen.predicted.iteration_s < none.predicted.iteration_s

@@ -312,6 +312,17 @@ class _Options:
     layered: bool = False
     cut_at: str | None = None
     grad_sync: GradSync | None = None
+    recompute_beat: float = math.inf
+    """``auto`` in a search: a step another candidate already has; recomputation is not
+    tried where even this candidate's ``simple_bound`` cannot beat it."""
+    recompute_time_limit: float | None = None
+    """``auto`` in a search: seconds for each of its extra solves (default ``time_limit``)."""
+
+
+RECOMPUTE_SEARCH_MIN_S = 5.0
+"""In a search over candidates, ``auto``'s extra solves get ``time_limit`` / candidates,
+at least this: each starts from the candidate's plan without recomputation, so a short
+budget costs gap, never a worse plan than that one ([Note: recomputation in a search])."""
 
 
 def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: str,
@@ -395,13 +406,20 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options) -> Pl
         return plan
     try:
         plain: Plan | None = _plan(problem, profile, options, quiet=True)
-    except InfeasiblePlanError:
-        plain = None
-    if plain is not None and not _memory_binds(problem, plain, options):
+    except InfeasiblePlanError as e:
+        plain, error = None, e
+    if simple_bound(problem) >= options.recompute_beat:  # recomputation only adds time
+        if plain is None:
+            raise error
+        return plain
+    extra = options
+    if options.recompute_time_limit is not None:
+        extra = replace(options, time_limit=options.recompute_time_limit)
+    if plain is not None and not _memory_binds(problem, plain, extra):
         return plain
     start = {} if plain is None else {"plain": _block_stages(problem, plain)}
     try:
-        chosen = _plan(_with_recompute(problem, "auto"), profile, options, incumbents=start)
+        chosen = _plan(_with_recompute(problem, "auto"), profile, extra, incumbents=start)
     except InfeasiblePlanError:
         if plain is None:
             raise
@@ -411,6 +429,20 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options) -> Pl
         return plain  # recomputation gains nothing beyond the solver's gap
     return replace(chosen, options={**chosen.options, "recompute": {
         "mode": "auto", "without_s": None if plain is None else plain.predicted.iteration_s}})
+
+
+# [Note: recomputation in a search]
+#
+# ``--microbatches auto``, ``--schedule auto`` and the degree search plan many candidates,
+# and ``auto`` recomputation can cost each two more MIP solves (is memory binding? which
+# blocks to recompute?), each up to ``time_limit``: a GPT-2 medium batch search went from
+# 88 s to past 25 minutes. In a search each candidate still plans without recomputation
+# in full; then recomputation is skipped where the candidate's ``simple_bound`` (all work
+# spread perfectly: recomputation only adds to it) is no better than the best step found
+# so far, and otherwise its two solves get ``time_limit`` / candidates each (at least
+# RECOMPUTE_SEARCH_MIN_S), started from the plan without recomputation. A candidate's
+# recomputing plan may then keep a larger gap (recorded in its solver block), never a
+# slower plan than the one without recomputation.
 
 
 def _block_stages(problem: Problem, plan: Plan) -> list[int]:
@@ -450,8 +482,12 @@ def _search(profile_of: Callable[[int], Profile], num_stages: int, counts: list[
     tried: list[dict[str, Any]] = []
     best: Plan | None = None
     first_error: tuple[int, InfeasiblePlanError] | None = None
+    budget = max(RECOMPUTE_SEARCH_MIN_S, options.time_limit / max(1, len(counts) * len(schedules)))
     for m in counts:
         for schedule in schedules:
+            if options.recompute == "auto":  # [Note: recomputation in a search]
+                options = replace(options, recompute_time_limit=min(options.time_limit, budget),
+                                  recompute_beat=math.inf if best is None else best.predicted.iteration_s)
             v = chunked.get(schedule, 1)
             row: dict[str, Any] = {"microbatches": m, "schedule": schedule}
             if v > 1:
