@@ -424,6 +424,14 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options) -> Pl
         if plain is None:
             raise
         return plain
+    except PlanError as e:  # the MIP found nothing in its time
+        if options.recompute_time_limit is None:
+            raise
+        if plain is not None:
+            return plain
+        raise InfeasiblePlanError(  # a search records the candidate as not fitting, and why
+            f"{error.message}; with recomputation: {e.message} (its share of the search's "
+            f"time)", hint=e.hint) from e
     if plain is not None and not (chosen.recomputes and chosen.solver.objective_s
                                   < plain.solver.objective_s * (1 - options.mip_gap)):
         return plain  # recomputation gains nothing beyond the solver's gap
