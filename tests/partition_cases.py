@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -143,3 +144,23 @@ def chunked_cases(draw: st.DrawFn, max_nodes: int = 6,
     config = dataclasses.replace(cfg, num_stages=4, virtual_stages=2, microbatches=m,
                                  schedule=schedule, devices=chunks)
     return Case(profile=case.profile, config=config, optimizer=case.optimizer)
+
+
+def check_rows(model: Any, values: dict[str, float], ev: Any) -> None:
+    """The MIP's rows at a warm start's values (``ilp._Model.warm``) agree with
+    ``costs.evaluate``'s ``ev``: each stage's peak memory is the larger of its activation
+    and optimizer-step rows (scaled by its limit), and every other row holds."""
+    peaks: dict[int, float] = {}
+    for name, row in model.rows.items():
+        if name.startswith(("mem_", "memstep_")):
+            s = int(name.split("_")[1])
+            peaks[s] = max(peaks.get(s, 0.0), row.value(values))
+        elif name.startswith("nonempty_"):
+            assert row.value(values) >= 1 - 1e-9
+        elif name.startswith("tied_count_"):  # at least k - 1 levels for k holders
+            assert row.value(values) >= -1 - 1e-9
+        else:  # every other row holds as ">= 0" or "<= 0" at the warm values
+            assert row.value(values) >= -1e-9 if name.startswith(("cross", "hold", "tied_order")) \
+                else row.value(values) <= 1e-9, name
+    for s, peak in peaks.items():
+        assert abs(peak - ev.stages[s].memory / ev.stages[s].limit) <= 1e-9 * max(1.0, abs(peak)), s

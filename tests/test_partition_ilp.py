@@ -20,7 +20,7 @@ from autopipe.partition.synthetic import synthetic_profile
 from autopipe.partition.windows import ancestors, pinned_windows
 from autopipe.plan_format import Device
 from autopipe.profile.profile import NodeProfile, Profile
-from tests.partition_cases import Case, cases
+from tests.partition_cases import Case, cases, check_rows
 
 EXACT = 1e-9
 
@@ -49,21 +49,7 @@ def test_model_encodes_the_cost_model(case: Case) -> None:
         values = model.warm(stage_of)
         # every path cut is at most the step, and the critical one is the step
         assert close(model.objective.value(values) * model.tau, ev.objective_s)
-        peaks: dict[int, float] = {}
-        for name, row in model.rows.items():
-            if name.startswith(("mem_", "memstep_")):  # rows are scaled by the limit
-                s = int(name.split("_")[1])
-                peaks[s] = max(peaks.get(s, 0.0), row.value(values))
-            elif name.startswith("nonempty_"):
-                assert row.value(values) >= 1 - 1e-9
-            elif name.startswith("tied_count_"):  # at least k - 1 levels for k holders
-                assert row.value(values) >= -1 - 1e-9
-            else:  # every other row holds as ">= 0" or "<= 0" at the warm values
-                assert row.value(values) >= -1e-9 if name.startswith(("cross", "hold", "tied_order")) \
-                    else row.value(values) <= 1e-9
-        # the peak is the larger of the memory with activations and during the optimizer step
-        for s, peak in peaks.items():
-            assert close(peak, ev.stages[s].memory / ev.stages[s].limit, 1e-9)
+        check_rows(model, values, ev)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

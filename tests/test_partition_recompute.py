@@ -27,7 +27,7 @@ from autopipe.partition.synthetic import synthetic_profile
 from autopipe.partition.windows import ancestors, pinned_windows
 from autopipe.plan_format import Device, Plan
 from autopipe.profile.profile import Profile
-from tests.partition_cases import Case, cases
+from tests.partition_cases import Case, cases, check_rows
 
 from .conftest import ROOT
 
@@ -89,20 +89,7 @@ def test_model_encodes_recomputation(case: Case) -> None:
         assert close(model.objective.value(values) * model.tau, ev.objective_s)
         for s in range(problem.config.num_stages):
             assert close(model.backward[s].value(values) * model.tau, ev.stages[s].backward_s)
-        peaks: dict[int, float] = {}  # the larger of the activations' and the optimizer step's rows
-        for name, row in model.rows.items():
-            if name.startswith(("mem_", "memstep_")):
-                s = int(name.split("_")[1])
-                peaks[s] = max(peaks.get(s, 0.0), row.value(values))
-            elif name.startswith("nonempty_"):
-                assert row.value(values) >= 1 - 1e-9
-            elif name.startswith("tied_count_"):  # at least k - 1 levels for k holders
-                assert row.value(values) >= -1 - 1e-9
-            else:  # every other row holds as ">= 0" or "<= 0" at the warm values
-                assert row.value(values) >= -1e-9 if name.startswith(("cross", "hold", "tied_order")) \
-                    else row.value(values) <= 1e-9, name
-        for s, peak in peaks.items():
-            assert close(peak, ev.stages[s].memory / ev.stages[s].limit, 1e-9)
+        check_rows(model, values, ev)
 
 
 def _chain_problem(mode: str, memory: int = 0, p: int = 4, m: int = 8) -> tuple[Profile, Config]:
