@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -194,6 +195,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
           f"({one['peak'] / one_state:.0%})")
     print(f"target: every rank ≤ {TARGET:.0%}: {'met' if worst <= TARGET else 'missed'} "
           f"(largest {worst:.0%})")
+    timed = [t for r in ranks if r["losses"] for t in r["step_s"][1:]] or [0.0]
+    print(f"step: predicted {plan.predicted.iteration_s:.3f} s (the plan's estimated profile, "
+          f"not this CPU's), measured median {statistics.median(timed):.3f} s after the first")
     equal = abs(first - one["losses"][0]) <= 1e-5 * max(1.0, abs(first))
     print(f"first loss: pipeline {first:.6f}, one process {one['losses'][0]:.6f}: "
           f"{'equal' if equal else 'DIFFERENT'}")

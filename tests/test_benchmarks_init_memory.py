@@ -26,3 +26,4 @@ def test_tiny_run_reports_each_rank(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert all(r["peak"] >= r["before"] > 0 and len(r["step_s"]) == 2 for r in ranks)
     out = capsys.readouterr().out
     assert "rank 0 (stage 0): peak resident" in out and "first loss: pipeline" in out
+    assert "step: predicted " in out and "measured median " in out
