@@ -135,22 +135,47 @@ def breakdown_lines(plan: Plan) -> list[str]:
 
 
 def search_lines(plan: Plan) -> list[str]:
-    """What ``microbatches``/``schedule="auto"`` tried: one line per micro-batch count."""
+    """What ``microbatches``/``schedule="auto"`` tried: one line per micro-batch count, then
+    how many candidates were solved, skipped by their bound or beaten by the MIP's cutoff
+    (``autopipe.partition.search``)."""
     tried = plan.options.get("search")
     if not isinstance(tried, list) or not tried:
         return []
     out = ["searched (micro-batches: predicted step per schedule; - = does not fit or torch "
-           "cannot run it):"]
+           "cannot run it; >= x: cannot win, its lower bound x is at least the best step):"]
     rows: dict[int, list[str]] = {}
     for t in tried:
-        step = t.get("iteration_s")
         mark = "*" if (t["microbatches"] == plan.microbatches and t["schedule"] == plan.schedule) else ""
-        cell = format_seconds(step) if isinstance(step, (int, float)) else "-"
         name = t["schedule"] + (f" (x{t['virtual_stages']} chunks)" if t.get("virtual_stages") else "")
-        rows.setdefault(int(t["microbatches"]), []).append(f"{name} {cell}{mark}")
+        rows.setdefault(int(t["microbatches"]), []).append(f"{name} {_search_cell(t)}{mark}")
     for m, cells in rows.items():
         out.append(f"  {m:>4}: " + ", ".join(cells))
-    return out
+    count = {k: sum(t.get("status") == k for t in tried) for k in ("skipped", "beaten", "unsolved")}
+    solved = sum(isinstance(t.get("iteration_s"), (int, float)) and t.get("status") != "beaten"
+                 for t in tried)
+    line = (f"  {len(tried)} candidates: {solved} solved, {count['skipped']} skipped by their lower "
+            f"bound, {count['beaten']} beaten (the MIP proved none of their partitions faster), "
+            f"{count['unsolved']} unsolved in their time, "
+            f"{len(tried) - solved - sum(count.values())} not run or not fitting")
+    lower = plan.options.get("search_lower_bound_s")
+    if isinstance(lower, (int, float)) and plan.predicted.iteration_s > 0:
+        gap = max(0.0, 1 - lower / plan.predicted.iteration_s)
+        line += f"; every candidate's bound >= {format_seconds(lower)} (search gap {gap:.2%})"
+    return [*out, line]
+
+
+def _search_cell(t: dict[str, Any]) -> str:
+    """One candidate of a search: its step (and gap where its MIP stopped early), or why none."""
+    step, status, lower = t.get("iteration_s"), t.get("status"), t.get("lower_bound_s")
+    if isinstance(step, (int, float)):
+        if status == "feasible" and isinstance(lower, (int, float)) and step > 0:
+            return f"{format_seconds(step)} (gap {max(0.0, 1 - lower / step):.1%})"
+        return format_seconds(step) + (" (beaten)" if status == "beaten" else "")
+    if status in ("skipped", "beaten") and isinstance(lower, (int, float)):
+        return f">= {format_seconds(lower)}" + (" (beaten)" if status == "beaten" else "")
+    if status == "unsolved":
+        return "? (none found in its time)"
+    return "-"
 
 
 def _dp_allreduce(plan: Plan) -> tuple[float, ...]:

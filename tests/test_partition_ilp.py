@@ -258,3 +258,30 @@ def test_tied_sync_over_three_stages_is_a_ring() -> None:
     assert exact is not None
     res = solve_ilp(problem, gap=EXACT)
     assert res.stage_of is not None and close(res.objective_s, exact[0])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(schedules=("1f1b", "gpipe", "zb-h1")), st.floats(0.5, 1.5), st.booleans())
+def test_a_cutoff_keeps_the_answer_exact(case: Case, ratio: float, warm: bool) -> None:
+    """[Note: a cutoff]: with a step to beat the ILP still finds the optimum where it is
+    under the cutoff; where it is over, the lower bound is the cutoff and the incumbent is
+    kept (``beaten`` without one)."""
+    problem = case.problem()
+    if problem.num_real < problem.config.num_stages:
+        return
+    exact = brute.best(problem)
+    if exact is None:
+        return
+    dp = min_bottleneck(Chain(problem)) if warm else None
+    cutoff = exact[0] * ratio
+    res = solve_ilp(problem, incumbent=dp, gap=EXACT, cutoff=cutoff)
+    if exact[0] <= cutoff * (1 - 1e-6):
+        assert res.status == "optimal" and close(res.objective_s, exact[0])
+    elif exact[0] >= cutoff * (1 + 1e-6):
+        assert res.lower_bound_s >= cutoff * (1 - 1e-6)
+        assert res.lower_bound_s <= exact[0] * (1 + 1e-9)
+        if res.stage_of is None:  # nothing to keep: neither a start nor a partition it met
+            assert res.status == "beaten" and dp is None
+        else:  # the start, or the best partition it met on the way (over the cutoff)
+            assert res.status == "feasible" and res.objective_s >= exact[0] * (1 - 1e-9)
+            assert dp is None or res.objective_s <= evaluate(problem, dp).objective_s * (1 + 1e-9)

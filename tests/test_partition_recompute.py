@@ -23,6 +23,7 @@ from autopipe.partition.ilp import _Model, solve_ilp
 from autopipe.partition.planner import plan_profile
 from autopipe.partition.problem import Config, from_profile, writes_in_place
 from autopipe.partition.recompute import fit, prune
+from autopipe.partition.search import Beaten
 from autopipe.partition.synthetic import synthetic_profile
 from autopipe.partition.windows import ancestors, pinned_windows
 from autopipe.plan_format import Device, Plan
@@ -224,18 +225,21 @@ def test_old_plans_load_and_write_the_same() -> None:
 
 
 def test_a_search_skips_recomputation_that_cannot_win() -> None:
-    """[Note: recomputation in a search]: with a step to beat at or under the candidate's
-    simple bound (0 is), it plans as ``none``; with one above, ``auto`` recomputes as alone,
-    within its search budget."""
+    """[Note: recomputation in a search]: with a step to beat under the candidate's bound
+    (0 is), recomputation is not tried; with one above, ``auto`` recomputes as alone,
+    within its search share."""
     prof = Profile.load(ROOT / "profiles" / "cpu" / "gpt2.json")
     none = plan_profile(prof, num_stages=2, memory_limit="40MiB", microbatches=4, recompute="none")
     options = planner._Options(method="ilp", time_limit=60.0, mip_gap=1e-3, solver="highs",
                                deterministic=True, optimizer="adam", dtype=None,
                                max_blocks=planner.DEFAULT_MAX_BLOCKS, link_bandwidth=None,
                                memory_limit="40MiB", devices=None, recompute="auto")
-    beaten = planner._plan_one(prof, 2, 4, "1f1b", replace(options, recompute_beat=0.0))
-    assert not beaten.recomputes
-    assert beaten.predicted.iteration_s == none.predicted.iteration_s
-    chosen = planner._plan_one(prof, 2, 4, "1f1b", replace(options, recompute_beat=none.predicted.iteration_s,
-                                                                recompute_time_limit=5.0))
+    beaten = planner._plan_one(prof, 2, 4, "1f1b", replace(options, beat=0.0, share=5.0))
+    assert not beaten.recomputes  # the heuristic start, kept: its MIP looked under 0 s only
+    assert beaten.predicted.iteration_s >= none.predicted.iteration_s
+    with pytest.raises(Beaten):  # with nothing to keep, it says it cannot win
+        planner._plan_one(prof, 2, 4, "1f1b", replace(options, beat=0.0, share=5.0,
+                                                      memory_limit="20MiB"))
+    chosen = planner._plan_one(prof, 2, 4, "1f1b", replace(options, beat=none.predicted.iteration_s,
+                                                                share=5.0))
     assert chosen.recomputes and chosen.predicted.iteration_s < none.predicted.iteration_s

@@ -4,14 +4,21 @@ each with its own profile, and ``schedule="auto"``."""
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Any
 
 import pytest
 
+import autopipe.partition.planner as planner
+from autopipe._units import format_seconds
 from autopipe.errors import InfeasiblePlanError, PlanError
+from autopipe.partition.ilp import IlpResult, solve_ilp
 from autopipe.partition.planner import plan_profile
 from autopipe.partition.problem import SCHEDULES
+from autopipe.partition.search import SEARCH_MIN_S
 from autopipe.partition.synthetic import synthetic_profile
 from autopipe.profile.profile import Profile
+from autopipe.report import search_lines
 
 BASE = synthetic_profile(40, seed=5)
 OVERHEAD_S = 2e-3
@@ -53,8 +60,14 @@ def test_auto_microbatches_is_the_best_divisor() -> None:
     assert plan.predicted.iteration_s == steps[best].predicted.iteration_s
     assert plan.options["microbatch_size"] == 24 // best and plan.options["batch_size"] == 24
     assert plan.graph_fingerprint == f"synthetic-size-{24 // best}"
-    for t in tried[1:]:
-        assert t["iteration_s"] == pytest.approx(steps[t["microbatches"]].predicted.iteration_s)
+    for t in tried[1:]:  # planned as alone, or skipped where it cannot win
+        alone = steps[t["microbatches"]].predicted.iteration_s
+        if t["iteration_s"] is None:
+            assert t["status"] == "skipped" and "cannot win" in t["why"]
+            assert alone >= t["lower_bound_s"] >= plan.predicted.iteration_s
+        else:
+            assert t["iteration_s"] == pytest.approx(alone)
+    assert any(t.get("status") == "skipped" for t in tried)
 
 
 def test_batch_size_alone_means_auto() -> None:
@@ -70,7 +83,9 @@ def test_memory_limit_makes_micro_batches_smaller() -> None:
     plan = plan_profile(at_size, num_stages=2, batch_size=32, memory_limit=limit, method="dp")
     assert plan.microbatches > 2
     assert all(s.memory.total <= limit for s in plan.stages)
-    assert any(t["iteration_s"] is None and "fits" in t["why"] for t in plan.options["search"])
+    two = next(t for t in plan.options["search"] if t["microbatches"] == 2)
+    assert two["iteration_s"] is None  # does not fit, or (bubble) cannot win
+    assert "fits" in two["why"] or two["status"] == "skipped"
 
 
 def test_nothing_fits_names_the_candidates() -> None:
@@ -125,3 +140,58 @@ def test_auto_needs_a_profile_per_size() -> None:
 def test_a_profile_function_needs_the_batch_size() -> None:
     with pytest.raises(PlanError, match="needs the batch size"):
         plan_profile(at_size, num_stages=2)
+
+
+def test_a_search_skips_a_chunked_candidate_that_cannot_win() -> None:
+    """[Note: the search's order and shares]: interleaved 1F1B at m = 4 on 2 ranks has a
+    lower bound over ZBV's step, so its MIP is never run; planned alone, it is indeed slower."""
+    plan = plan_profile(at_size(4), num_stages=2, microbatches=4, schedule="auto", time_limit=12)
+    rows = {t["schedule"]: t for t in plan.options["search"]}
+    skipped = rows["interleaved-1f1b"]
+    assert skipped["status"] == "skipped" and skipped["iteration_s"] is None
+    assert "cannot win" in skipped["why"] and skipped["virtual_stages"] == 2
+    assert skipped["lower_bound_s"] >= plan.predicted.iteration_s
+    alone = plan_profile(at_size(4), num_stages=2, microbatches=4, schedule="interleaved-1f1b")
+    assert alone.predicted.iteration_s >= skipped["lower_bound_s"] * (1 - 1e-9)
+    assert plan.options["search_lower_bound_s"] <= plan.predicted.iteration_s
+    lines = "\n".join(search_lines(plan))
+    assert f">= {format_seconds(skipped['lower_bound_s'])}" in lines and "skipped by their lower bound" in lines
+
+
+@pytest.mark.parametrize("time_limit, share", [(60.0, 10.0), (12.0, SEARCH_MIN_S), (3.0, 3.0)])
+def test_each_candidate_gets_its_share_of_the_time(monkeypatch: pytest.MonkeyPatch,
+                                                   time_limit: float, share: float) -> None:
+    """6 runnable candidates: each MIP solve gets time_limit / 6, at least SEARCH_MIN_S,
+    at most the time limit; the plan records its share."""
+    limits: list[float] = []
+
+    def solve(*args: Any, **kwargs: Any) -> IlpResult:
+        limits.append(kwargs["time_limit"])
+        return solve_ilp(*args, **kwargs)
+
+    monkeypatch.setattr(planner, "solve_ilp", solve)
+    plan = plan_profile(at_size(4), num_stages=2, microbatches=4, schedule="auto", time_limit=time_limit)
+    assert sum("status" in t for t in plan.options["search"]) == 6  # runnable
+    assert limits and all(x == pytest.approx(share) for x in limits)
+    assert plan.options["time_share_s"] == pytest.approx(share)
+    assert plan.options["time_limit"] == time_limit
+
+
+def test_a_candidate_with_no_partition_in_its_share_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunked MIP that finds nothing in its time: the row says so, the search goes on,
+    and the search's lower bound counts that candidate's bound (it might have won)."""
+    def solve(problem: Any, **kwargs: Any) -> IlpResult:
+        if problem.config.virtual_stages > 1:
+            return IlpResult(stage_of=None, status="unsolved", objective_s=math.inf, lower_bound_s=0.0,
+                             model_objective_s=math.nan, seconds=0.0, solver="highs", binaries=0, rounds=1)
+        return solve_ilp(problem, **kwargs)
+
+    monkeypatch.setattr(planner, "solve_ilp", solve)
+    plan = plan_profile(at_size(4), num_stages=2, microbatches=4, schedule="auto", time_limit=12)
+    rows = {t["schedule"]: t for t in plan.options["search"]}
+    chunked = [rows[s] for s in ("interleaved-1f1b", "zbv", "dualpipev")]
+    assert plan.schedule == "zb-h1" and all(t["status"] == "unsolved" for t in chunked)
+    assert all("found no partition in 5 s" in t["why"] for t in chunked)
+    assert plan.options["search_lower_bound_s"] == pytest.approx(min(t["lower_bound_s"] for t in chunked))
+    assert plan.options["search_lower_bound_s"] < plan.predicted.iteration_s
+    assert "3 unsolved in their time" in "\n".join(search_lines(plan))

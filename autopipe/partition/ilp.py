@@ -108,7 +108,8 @@ class IlpResult:
     stage_of: tuple[int, ...] | None
     """Block → stage, None without a solution."""
     status: str
-    """``optimal``, ``feasible``, ``infeasible`` or ``unsolved``."""
+    """``optimal``, ``feasible``, ``infeasible``, ``unsolved``, or ``beaten``: no partition
+    that fits has a step under the ``cutoff`` (proven), and none was given to keep."""
     objective_s: float
     """Iteration time of ``stage_of`` (``inf`` without a solution)."""
     lower_bound_s: float
@@ -641,6 +642,32 @@ class _Model:
                                if self.recomputes(b, stage_of[b]).value(values) > 0.5)
 
 
+# [Note: a cutoff]
+#
+# In a search (``autopipe.partition.search``) a candidate only matters if it beats the
+# best step found so far, Z. Its MIP then gets the row "step ≤ Z" and stage windows made
+# for Z rather than for its own (slower) incumbent: fewer free binaries, and a MIP with no
+# partition under Z is infeasible, which HiGHS proves far sooner than it closes the gap of
+# a slower optimum. The MIP's step is a longest path over the paths it knows, never more
+# than the true step, so "no MIP solution ≤ Z" means no partition's step is below Z: the
+# candidate's lower bound is Z, exactly. Where some partition beats Z, the row does not
+# bind at the optimum and the solve is the usual one.
+
+
+def _beaten(best: tuple[float, Solution] | None, cutoff: float, start: float,
+            solver: str, binaries: int, rounds: int = 0) -> IlpResult:
+    """The answer when no partition beats ``cutoff`` ([Note: a cutoff]): the incumbent if any."""
+    seconds = time.perf_counter() - start
+    if best is None:
+        return IlpResult(stage_of=None, status="beaten", objective_s=math.inf, lower_bound_s=cutoff,
+                         model_objective_s=math.nan, seconds=seconds, solver=solver,
+                         binaries=binaries, rounds=rounds)
+    return IlpResult(stage_of=best[1][0], status="feasible", objective_s=best[0],
+                     lower_bound_s=min(cutoff, best[0]), model_objective_s=math.nan,
+                     seconds=seconds, solver=solver, binaries=binaries, rounds=rounds,
+                     recompute=best[1][1])
+
+
 def _within(objective: float, lower: float, gap: float) -> bool:
     """Whether ``objective`` is proven within ``gap`` of the bound. The MIP solvers work to
     about 1e-6 relative (their feasibility tolerances), and a picosecond is always close."""
@@ -775,7 +802,7 @@ def _break_ties(model: _Model, problem: Problem, incumbent: Solution, cap: float
 def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None,
               recompute: Sequence[int] | None = None, time_limit: float = 60.0,
               gap: float = 1e-4, solver: str = "highs", max_rounds: int = 60,
-              break_ties: bool = True) -> IlpResult:
+              break_ties: bool = True, cutoff: float | None = None) -> IlpResult:
     """Find the convex partition of ``problem``'s blocks with the shortest step that fits in memory.
 
     The MIP starts with the critical paths of a few extreme cost patterns and of the
@@ -793,6 +820,10 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None,
         solver: ``highs`` or ``cbc``.
         max_rounds: most MIP solves (each adds one cut).
         break_ties: pick the most robust of the partitions that tie ([Note: ties]).
+        cutoff: a step to beat (a search's best so far): below the incumbent's, the MIP
+            looks only for partitions at most this fast ([Note: a cutoff]). Where it proves
+            there is none, the answer is the incumbent (status ``feasible``, or ``beaten``
+            without one) with the cutoff as its lower bound.
     """
     start = time.perf_counter()
     cfg = problem.config
@@ -805,20 +836,24 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None,
         best = (inc_eval.objective_s, (tuple(incumbent), inc_eval.recompute))
         seeds += _nearby(problem, inc_eval)
     anc = ancestors(problem)
-    lo, hi = windows(problem, anc, best[0] if best else None, seeds)
-    if best is not None:
+    beat = cutoff if cutoff is not None and (best is None or cutoff < best[0]) else None
+    lo, hi = windows(problem, anc, beat if beat is not None else best[0] if best else None, seeds)
+    if best is not None and beat is None:
         assert fits_windows(lo, hi, list(best[1][0])), "stage windows must contain the incumbent"
-    if any(a > b for a, b in zip(lo, hi)):
+    empty = any(a > b for a, b in zip(lo, hi))
+    model = None if empty else _Model(problem, anc, lo, hi)
+    if model is None or model.infeasible:
+        if beat is not None:  # the windows alone show that nothing beats the cutoff
+            return _beaten(best, beat, start, solver, 0 if model is None else model.binaries)
         return IlpResult(stage_of=None, status="infeasible", objective_s=math.inf,
                          lower_bound_s=math.inf, model_objective_s=math.nan, seconds=0.0,
-                         solver=solver, binaries=0, rounds=0)
-    model = _Model(problem, anc, lo, hi)
-    if model.infeasible:
-        return IlpResult(stage_of=None, status="infeasible", objective_s=math.inf,
-                         lower_bound_s=math.inf, model_objective_s=math.nan, seconds=0.0,
-                         solver=solver, binaries=model.binaries, rounds=0)
+                         solver=solver, binaries=0 if model is None else model.binaries, rounds=0)
     for count in sorted(set(seeds)):
         model.add_path(count)
+    if beat is not None:
+        row = _Lin()
+        row.add(model.objective, 1.0)
+        model._add(row, "<=", beat / model.tau, "cutoff")
     lower = 0.0
     status = "unsolved"
     model_objective = math.nan
@@ -829,10 +864,14 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None,
         if left <= 0:
             break
         rounds += 1
-        warm = model.warm(*best[1]) if best is not None and use_warm else None
+        # an incumbent over the cutoff breaks its row: no use as a start
+        warm = model.warm(*best[1]) if best is not None and use_warm and (
+            beat is None or best[0] <= beat) else None
         raw = _solvers.solve(model.prob, solver=solver, warm=warm, time_limit=left, gap=gap,
                              probing=model.probing)
         if raw.status == "infeasible":
+            if beat is not None and (best is None or best[0] > beat):
+                return _beaten(best, beat, start, solver, model.binaries, rounds)
             if best is None:
                 status = "infeasible"
             break

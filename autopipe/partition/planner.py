@@ -18,6 +18,7 @@ from autopipe._phases import phase
 from autopipe.errors import AutopipeError, InfeasiblePlanError, PlanError
 from autopipe.partition import baselines
 from autopipe.partition.assemble import baseline, stages
+from autopipe.partition.bounds import simple_bound, step_bound  # noqa: F401 (simple_bound: re-exported)
 from autopipe.partition.chain import Chain
 from autopipe.partition.coarsen import coarsen, merge_forced
 from autopipe.partition.costs import Evaluation, evaluate, optimizer_steps, violations
@@ -38,7 +39,7 @@ from autopipe.partition.problem import (
 )
 from autopipe.partition.recompute import fit
 from autopipe.partition.replicas import GradSync
-from autopipe.partition.timeline import splits_backward
+from autopipe.partition.search import Beaten, Candidate, search
 from autopipe.plan_format import Plan, Predicted, SolverInfo
 from autopipe.profile.profile import Profile
 from autopipe.schedule.actions import V_SHAPED, check_runnable, placed_rank
@@ -95,23 +96,6 @@ def parse_bandwidth(value: float | str, what: str = "link bandwidth") -> float:
         raise PlanError(f"{what} {value!r} is not positive",
                         hint="write e.g. 25e9 or 25GB (per second); inf makes sends free")
     return bw
-
-
-def simple_bound(problem: Problem) -> float:
-    """A lower bound on any partition's step: all work spread perfectly.
-
-    The first micro-batch's forward and backward path through every stage takes at
-    least its work on the path / (fastest speed): all of W, except the weight
-    gradients where the schedule splits them off (zero bubble: they wait off the
-    path). The busiest stage runs m micro-batches of at least W / Σ speeds each.
-    """
-    cfg = problem.config
-    speeds = [d.speed for d in cfg.devices]
-    work = math.fsum(b.work_s for b in problem.blocks)
-    path = work
-    if splits_backward(cfg.schedule):
-        path -= math.fsum(b.backward_weight_s for b in problem.blocks)
-    return max(path / max(speeds), cfg.microbatches * work / sum(speeds))
 
 
 def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str,
@@ -312,23 +296,58 @@ class _Options:
     layered: bool = False
     cut_at: str | None = None
     grad_sync: GradSync | None = None
-    recompute_beat: float = math.inf
-    """``auto`` in a search: a step another candidate already has; recomputation is not
-    tried where even this candidate's ``simple_bound`` cannot beat it."""
-    recompute_time_limit: float | None = None
-    """``auto`` in a search: seconds for each of its extra solves (default ``time_limit``)."""
+    beat: float = math.inf
+    """In a search: the best step found so far. The MIPs look only for partitions at most
+    this fast ([Note: a cutoff] in ``autopipe.partition.ilp``), recomputation is not tried
+    where the candidate's bound cannot beat it, and a candidate that cannot raises Beaten."""
+    share: float | None = None
+    """In a search: seconds for each of the candidate's MIP solves (``time_limit`` else); a
+    MIP that finds nothing in it makes the candidate unsolved, not an error of the search."""
+
+    @property
+    def mip_s(self) -> float:
+        """Seconds for one MIP solve."""
+        return self.time_limit if self.share is None else self.share
 
 
-RECOMPUTE_SEARCH_MIN_S = 5.0
-"""In a search over candidates, ``auto``'s extra solves get ``time_limit`` / candidates,
-at least this: each starts from the candidate's plan without recomputation, so a short
-budget costs gap, never a worse plan than that one ([Note: recomputation in a search])."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Built:
+    """A candidate's problem, built and coarsened, before any solve."""
+
+    profile: Profile
+    problem: Problem
+    free: Problem
+    """``problem`` without the layer restriction (the same without one)."""
+    layers: Any
+    """The restriction's layers (``layers.restrict``), None without one."""
+    extra: dict[str, Any]
+    """What the plan records of the options and the profile."""
 
 
 def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: str,
               options: _Options, virtual_stages: int = 1) -> Plan:
     """Plan one profile for one schedule and micro-batch count (``num_stages`` ranks, each
     running ``virtual_stages`` chunks)."""
+    return _solve(_build(profile, num_stages, microbatches, schedule, options, virtual_stages), options)
+
+
+def _solve(built: _Built, options: _Options) -> Plan:
+    """Plan a built candidate with ``options`` (its step to beat and time share included)."""
+    plan = _plan_recompute(built.problem, built.profile, options)
+    if built.layers is not None:  # what the restriction costs: the same solve without it
+        plan = record(plan, built.layers,
+                      lambda: _plan_recompute(built.free, built.profile, replace(options, beat=math.inf)))
+    extra = {**built.extra, **({"time_share_s": options.share} if options.share is not None else {})}
+    return replace(plan, options={**extra, **plan.options})
+
+
+def _build(profile: Profile, num_stages: int, microbatches: int, schedule: str,
+           options: _Options, virtual_stages: int = 1) -> _Built:
+    """The problem for one profile, schedule and micro-batch count.
+
+    Raises:
+        PlanError: the model has too few blocks for the stages (chunks).
+    """
     bw = link_bandwidth_for(profile, options.link_bandwidth)
     devs = resolve_devices(num_stages, memory_limit=options.memory_limit, devices=options.devices,
                            profile=profile)
@@ -362,14 +381,12 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
             hint=f"use at most {forced.num_real} stages"
                  + (" in all, or fewer --virtual-stages" if virtual_stages > 1 else ""))
     limit = max(options.max_blocks, 8 * num_stages)
+    layers = None
     with phase("plan.coarsen"):
         problem = free = coarsen(forced, limit)
         if options.layered:
             layered, layers = restrict(base, options.cut_at)
             problem = coarsen(layered, limit)
-    plan = _plan_recompute(problem, profile, options)
-    if options.layered:  # what the restriction costs: the same solve without it
-        plan = record(plan, layers, lambda: _plan_recompute(free, profile, options))
     extra = {"optimizer": options.optimizer, "dtype": options.dtype or profile.dtype,
              "link_bandwidth": None if math.isinf(bw) else bw,
              "profile_device": profile.device, "profile_method": profile.method,
@@ -381,7 +398,7 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
              **({"grad_sync": sync.to_json()} if sync is not None else {}),
              **({"loss": {"forward_s": profile.loss.forward_s, "backward_s": profile.loss.backward_s}}
                 if profile.loss is not None else {})}
-    return replace(plan, options={**extra, **plan.options})
+    return _Built(profile=profile, problem=problem, free=free, layers=layers, extra=extra)
 
 
 def _with_recompute(problem: Problem, mode: str) -> Problem:
@@ -406,30 +423,29 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options) -> Pl
         return plan
     try:
         plain: Plan | None = _plan(problem, profile, options, quiet=True)
-    except InfeasiblePlanError as e:
+    except (InfeasiblePlanError, Beaten) as e:
         plain, error = None, e
-    if simple_bound(problem) >= options.recompute_beat:  # recomputation only adds time
+    if step_bound(problem) >= options.beat:  # recomputation only adds time
         if plain is None:
             raise error
         return plain
-    extra = options
-    if options.recompute_time_limit is not None:
-        extra = replace(options, time_limit=options.recompute_time_limit)
-    if plain is not None and not _memory_binds(problem, plain, extra):
+    if plain is not None and not _memory_binds(problem, plain, options):
         return plain
     start = {} if plain is None else {"plain": _block_stages(problem, plain)}
     try:
-        chosen = _plan(_with_recompute(problem, "auto"), profile, extra, incumbents=start)
-    except InfeasiblePlanError:
+        chosen = _plan(_with_recompute(problem, "auto"), profile, options, incumbents=start)
+    except (InfeasiblePlanError, Beaten):
         if plain is None:
+            if isinstance(error, Beaten):
+                raise error from None  # nothing fits and beats the best: it cannot win
             raise
         return plain
     except PlanError as e:  # the MIP found nothing in its time
-        if options.recompute_time_limit is None:
+        if options.share is None:
             raise
         if plain is not None:
             return plain
-        raise InfeasiblePlanError(  # a search records the candidate as not fitting, and why
+        raise PlanError(  # a search records the candidate as unsolved, and why
             f"{error.message}; with recomputation: {e.message} (its share of the search's "
             f"time)", hint=e.hint) from e
     if plain is not None and not (chosen.recomputes and chosen.solver.objective_s
@@ -443,12 +459,11 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options) -> Pl
 #
 # ``--microbatches auto``, ``--schedule auto`` and the degree search plan many candidates,
 # and ``auto`` recomputation can cost each two more MIP solves (is memory binding? which
-# blocks to recompute?), each up to ``time_limit``: a GPT-2 medium batch search went from
-# 88 s to past 25 minutes. In a search each candidate still plans without recomputation
-# in full; then recomputation is skipped where the candidate's ``simple_bound`` (all work
-# spread perfectly: recomputation only adds to it) is no better than the best step found
-# so far, and otherwise its two solves get ``time_limit`` / candidates each (at least
-# RECOMPUTE_SEARCH_MIN_S), started from the plan without recomputation. A candidate's
+# blocks to recompute?): a GPT-2 medium batch search went from 88 s to past 25 minutes.
+# In a search (``autopipe.partition.search``) every solve of a candidate gets its share
+# of ``time_limit`` and the best step so far as its cutoff; recomputation is skipped where
+# the candidate's ``step_bound`` (recomputation only adds to it) is no better than that
+# step, and otherwise its solves start from the plan without recomputation. A candidate's
 # recomputing plan may then keep a larger gap (recorded in its solver block), never a
 # slower plan than the one without recomputation.
 
@@ -468,69 +483,55 @@ def _memory_binds(problem: Problem, plan: Plan, options: _Options) -> bool:
     free = problem.with_config(replace(cfg, devices=tuple(replace(d, memory=0) for d in cfg.devices)))
     bar = plan.solver.objective_s * (1 - options.mip_gap)
     quick = min_bottleneck(Chain(free))  # often shows it at once
-    if quick is not None and evaluate(free, quick).objective_s < bar:
+    if quick is not None and evaluate(free, quick).objective_s < min(bar, options.beat):
         return True
-    res = solve_ilp(free, incumbent=_block_stages(problem, plan), time_limit=options.time_limit,
-                    gap=options.mip_gap, solver=options.solver, break_ties=False)
-    return res.objective_s < bar
+    res = solve_ilp(free, incumbent=_block_stages(problem, plan), time_limit=options.mip_s,
+                    gap=options.mip_gap, solver=options.solver, break_ties=False,
+                    cutoff=None if math.isinf(options.beat) else options.beat)
+    return res.objective_s < min(bar, options.beat)  # only a winner is worth recomputing for
 
 
 def _search(profile_of: Callable[[int], Profile], num_stages: int, counts: list[int],
             schedules: list[str], options: _Options, batch_size: int | None,
             chunked: dict[str, int] | None = None) -> Plan:
-    """The fastest plan over micro-batch counts × schedules; every try is recorded.
+    """The fastest plan over micro-batch counts × schedules; every try is recorded
+    (``autopipe.partition.search``, [Note: the search's order and shares]).
 
     ``options["search"]`` lists each candidate with its predicted step, or why it has none
-    (torch cannot run it, or nothing fits). Ties go to fewer micro-batches, then to the
-    earlier schedule in ``AUTO_SCHEDULES`` (1F1B holds fewer activations than GPipe).
-    ``chunked``: chunks per rank of each schedule (default 1); a candidate with several
-    whose model has too few blocks for them is recorded as such.
+    (torch cannot run it, nothing fits, it cannot beat the best). Ties go to fewer
+    micro-batches, then to the earlier schedule in ``AUTO_SCHEDULES`` (1F1B holds fewer
+    activations than GPipe). ``chunked``: chunks per rank of each schedule (default 1); a
+    candidate with several whose model has too few blocks for them is recorded as such.
     """
     chunked = chunked or {}
-    tried: list[dict[str, Any]] = []
-    best: Plan | None = None
-    first_error: tuple[int, InfeasiblePlanError] | None = None
-    budget = max(RECOMPUTE_SEARCH_MIN_S, options.time_limit / max(1, len(counts) * len(schedules)))
+    candidates: list[Candidate] = []
     for m in counts:
         for schedule in schedules:
-            if options.recompute == "auto":  # [Note: recomputation in a search]
-                options = replace(options, recompute_time_limit=min(options.time_limit, budget),
-                                  recompute_beat=math.inf if best is None else best.predicted.iteration_s)
             v = chunked.get(schedule, 1)
             row: dict[str, Any] = {"microbatches": m, "schedule": schedule}
             if v > 1:
                 row["virtual_stages"] = v
             if batch_size is not None:
                 row["microbatch_size"] = batch_size // m
+            cand = Candidate(row=row, order=len(candidates), chunked=v > 1)
             try:
                 check_runnable(schedule, num_stages, m, v)
             except PlanError as e:
-                tried.append({**row, "iteration_s": None, "why": e.message})
+                candidates.append(replace(cand, why=e.message))
                 continue
             try:
-                plan = _plan_one(profile_of(m), num_stages, m, schedule, options, v)
-            except InfeasiblePlanError as e:
-                first_error = first_error or (m, e)
-                tried.append({**row, "iteration_s": None, "why": e.message})
-                continue
+                built = _build(profile_of(m), num_stages, m, schedule, options, v)
             except PlanError as e:
                 if v == 1:
                     raise
-                tried.append({**row, "iteration_s": None, "why": e.message})  # too few blocks
+                candidates.append(replace(cand, why=e.message))  # too few blocks for the chunks
                 continue
-            tried.append({**row, "iteration_s": plan.predicted.iteration_s,
-                          "bubble_fraction": plan.predicted.bubble_fraction})
-            if best is None or plan.predicted.iteration_s < best.predicted.iteration_s:
-                best = plan
-    if best is None:
-        if first_error is not None:
-            count, error = first_error
-            raise InfeasiblePlanError(
-                f"no candidate fits ({len(tried)} tried); with {count} micro-batches: "
-                f"{error.message}", hint=error.hint)
-        raise PlanError(f"torch runs none of the {len(tried)} candidates: {tried[0]['why']}",
-                        hint="use more micro-batches (a bigger batch), or fewer stages")
-    return replace(best, options={**best.options, "search": tried})
+
+            def solve(beat: float, share: float, built: _Built = built) -> Plan:
+                return _solve(built, replace(options, beat=beat, share=share))
+
+            candidates.append(replace(cand, bound=step_bound(built.problem), solve=solve))
+    return search(candidates, options.time_limit, timed=not options.deterministic)
 
 
 def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predicted:
@@ -596,7 +597,7 @@ def _plan(problem: Problem, profile: Profile, options: _Options, *,
         evals = {k: evaluate(problem, v, chosen[k]) for k, v in {**cands, **extra}.items() if v is not None}
     for k, v in cands.items():
         assert v is None or not violations(problem, v), f"{k} made an invalid partition"
-    lower = simple_bound(problem)
+    lower = step_bound(problem)
     binaries = 0
     recompute: tuple[int, ...] | None = None
 
@@ -610,12 +611,15 @@ def _plan(problem: Problem, profile: Profile, options: _Options, *,
         start = {**cands, **extra}[fitting[0][1]] if fitting else None
         with phase("plan.solve"):
             res = solve_ilp(problem, incumbent=start, recompute=chosen[fitting[0][1]] if fitting else None,
-                            time_limit=options.time_limit, gap=options.mip_gap, solver=options.solver)
+                            time_limit=options.mip_s, gap=options.mip_gap, solver=options.solver,
+                            cutoff=None if math.isinf(options.beat) else options.beat)
         binaries = res.binaries
         if res.stage_of is None:
+            if res.status == "beaten":
+                raise Beaten(res.lower_bound_s, options.beat)
             if res.status == "infeasible":
                 raise infeasible("ilp")
-            raise PlanError(f"the MIP solver found no partition in {options.time_limit:g} s",
+            raise PlanError(f"the MIP solver found no partition in {options.mip_s:g} s",
                             hint="raise the time limit (--time-limit), or lower --max-blocks")
         stage_of = list(res.stage_of)
         recompute = res.recompute

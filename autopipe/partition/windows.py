@@ -70,6 +70,70 @@ def _measures(problem: Problem) -> list[list[float]]:
     return [work, [b.forward_s + b.backward_input_s for b in problem.blocks]]
 
 
+def _path_lp(problem: Problem, paths: Sequence[Count], step: float | None,
+             sense: int) -> tuple[pulp.LpProblem, list[list[pulp.LpVariable]], pulp.LpVariable, float]:
+    """The LP of [Note: stage windows]: per measure of ``_measures``, each stage's share of
+    it (amounts / total work), every path ≤ z, z = ``step`` / total work when given, else
+    free (to be minimised: ``path_bound``). Returns it, the amounts, z and the total work."""
+    cfg = problem.config
+    p = cfg.num_stages
+    speeds = [d.speed for d in cfg.devices]
+    measures = _measures(problem)
+    total = float(sum(measures[0]))
+    # u_j = W_j / total keeps every coefficient near 1 (v_j = V_j / total likewise)
+    lp = pulp.LpProblem("caps", sense)
+
+    def variable(name: str, bound: float | None = None) -> pulp.LpVariable:
+        return (lp.add_variable(name, lowBound=bound or 0, upBound=bound) if hasattr(lp, "add_variable")
+                else pulp.LpVariable(name, lowBound=bound or 0, upBound=bound))
+
+    z = variable("z", None if step is None else step / total)
+    u = [variable(f"u{j}") for j in range(p)]
+    lp += (pulp.lpSum(speeds[j] * u[j] for j in range(p)) == 1.0, "work")
+    amounts = [u]
+    if len(measures) == 1:
+        for i, (nf, nb, *_) in enumerate(sorted(set(paths))):
+            lp += (pulp.lpSum(min(nf[j], nb[j]) * u[j] for j in range(p)) - z <= 0, f"path{i}")
+    else:
+        v = [variable(f"v{j}") for j in range(p)]
+        amounts.append(v)
+        lp += (pulp.lpSum(speeds[j] * v[j] for j in range(p)) == sum(measures[1]) / total, "rest")
+        ratios = [r / w for w, r in zip(*measures) if w > 0]
+        for j in range(p):
+            lp += (v[j] - min(ratios) * u[j] >= 0, f"least{j}")
+            lp += (v[j] - max(ratios) * u[j] <= 0, f"most{j}")
+        for i, (nf, nb, nw, *_) in enumerate(sorted(set(paths))):
+            lp += (pulp.lpSum(nw[j] * u[j] + (min(nf[j], nb[j]) - nw[j]) * v[j] for j in range(p))
+                   - z <= 0, f"path{i}")
+    quiet_highs()
+    return lp, amounts, z, total
+
+
+def _optimum(lp: pulp.LpProblem) -> float | None:
+    """The LP's optimal objective, None where the solver fails (only a bound or a narrowing is lost)."""
+    try:
+        lp.solve(pulp.HiGHS(msg=False) if pulp.HiGHS().available() else pulp.PULP_CBC_CMD(msg=False))
+        value = pulp.value(lp.objective)
+    except (IndexError, pulp.PulpSolverError):
+        return None
+    return float(value) if lp.status == pulp.LpStatusOptimal and value is not None else None
+
+
+def path_bound(problem: Problem, paths: Sequence[Count]) -> float:
+    """A lower bound on any partition's step: the least step at which the LP of [Note: stage
+    windows] over ``paths`` (real paths of the schedule's task DAG, e.g. ``seed_paths``)
+    can place all the work. It sees the schedule: 1F1B's fill and drain, GPipe's m
+    forwards before the backwards, the chunks of interleaved 1F1B. It leaves out sends,
+    the optimizer steps and the runtime's overheads (they only add), so ``simple_bound``'s
+    terms can still be larger. 0 when the LP fails."""
+    if problem.config.num_stages < 2 or not paths or not sum(b.work_s for b in problem.blocks) > 0:
+        return 0.0
+    lp, _, z, total = _path_lp(problem, paths, None, pulp.LpMinimize)
+    lp.setObjective(z)
+    got = _optimum(lp)
+    return 0.0 if got is None else got * total * (1 - 1e-7)
+
+
 def stage_caps(problem: Problem, paths: Sequence[Count],
                step_s: float) -> list[tuple[list[float], list[float]]]:
     """Per measure of ``_measures``, (cap_k, cap'_k): the most of it stages ≤ k, and
@@ -82,45 +146,14 @@ def stage_caps(problem: Problem, paths: Sequence[Count],
     if not total > 1e-12 * step_s or not total > 0:
         # nothing to balance: every stage can hold it all
         return [([np.inf] * p, [np.inf] * p) for _ in measures]
-    # u_j = W_j / total keeps every coefficient near 1 (v_j = V_j / total likewise)
-    lp = pulp.LpProblem("caps", pulp.LpMaximize)
-
-    def variable(name: str) -> pulp.LpVariable:
-        return (lp.add_variable(name, lowBound=0) if hasattr(lp, "add_variable")
-                else pulp.LpVariable(name, lowBound=0))
-
-    u = [variable(f"u{j}") for j in range(p)]
-    lp += (pulp.lpSum(speeds[j] * u[j] for j in range(p)) == 1.0, "work")
-    amounts = [u]
-    if len(measures) == 1:
-        for i, (nf, nb, *_) in enumerate(sorted(set(paths))):
-            lp += (pulp.lpSum(min(nf[j], nb[j]) * u[j] for j in range(p)) <= step_s / total,
-                   f"path{i}")
-    else:
-        v = [variable(f"v{j}") for j in range(p)]
-        amounts.append(v)
-        lp += (pulp.lpSum(speeds[j] * v[j] for j in range(p)) == sum(measures[1]) / total, "rest")
-        ratios = [r / w for w, r in zip(*measures) if w > 0]
-        for j in range(p):
-            lp += (v[j] - min(ratios) * u[j] >= 0, f"least{j}")
-            lp += (v[j] - max(ratios) * u[j] <= 0, f"most{j}")
-        for i, (nf, nb, nw, *_) in enumerate(sorted(set(paths))):
-            lp += (pulp.lpSum(nw[j] * u[j] + (min(nf[j], nb[j]) - nw[j]) * v[j] for j in range(p))
-                   <= step_s / total, f"path{i}")
-    quiet_highs()
+    lp, amounts, _, _ = _path_lp(problem, paths, step_s, pulp.LpMaximize)
     out: list[tuple[list[float], list[float]]] = []
     for x in amounts:
         caps: list[float] = []
         for part in [list(range(k + 1)) for k in range(p)] + [list(range(k, p)) for k in range(p)]:
             lp.setObjective(pulp.lpSum(speeds[j] * x[j] for j in part))
-            try:
-                lp.solve(pulp.HiGHS(msg=False) if pulp.HiGHS().available()
-                         else pulp.PULP_CBC_CMD(msg=False))
-                value = pulp.value(lp.objective)
-                ok = lp.status == pulp.LpStatusOptimal and value is not None
-            except (IndexError, pulp.PulpSolverError):  # a solver failure only loses the narrowing
-                ok = False
-            caps.append(float(value) * total * (1 + 1e-7) + 1e-12 if ok else np.inf)
+            value = _optimum(lp)
+            caps.append(value * total * (1 + 1e-7) + 1e-12 if value is not None else np.inf)
         out.append((caps[:p], caps[p:]))
     return out
 

@@ -1,0 +1,66 @@
+"""Tests for autopipe/partition/bounds.py: the bounds a search skips by are never above a
+partition's step (brute force on random DAGs, one stage per rank and chunked)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import HealthCheck, given, settings
+
+from autopipe.partition import brute
+from autopipe.partition.bounds import simple_bound, step_bound
+from autopipe.partition.costs import evaluate
+from autopipe.partition.planner import _build, _Options
+from autopipe.partition.problem import Problem
+from autopipe.partition.synthetic import synthetic_profile
+from autopipe.partition.timeline import seed_paths
+from autopipe.partition.windows import path_bound
+from tests.partition_cases import Case, cases, chunked_cases
+
+
+def fastest(problem: Problem) -> float | None:
+    """The least step of any valid partition, memory aside (None: no partition)."""
+    steps = [evaluate(problem, s).objective_s for s in brute.partitions(problem)]
+    return min(steps, default=None)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(schedules=("1f1b", "gpipe", "zb-h1")))
+def test_step_bound_is_a_lower_bound(case: Case) -> None:
+    problem = case.problem()
+    best = fastest(problem)
+    if best is not None:
+        assert step_bound(problem) <= best * (1 + 1e-9) + 1e-12
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunked_cases(schedules=("interleaved-1f1b", "zbv", "dualpipev")))
+def test_step_bound_is_a_lower_bound_with_chunks(case: Case) -> None:
+    problem = case.problem()
+    best = fastest(problem)
+    if best is not None:
+        assert step_bound(problem) <= best * (1 + 1e-9) + 1e-12
+
+
+def test_bounds_see_the_bubble_and_the_ranks() -> None:
+    """1F1B's fill and drain: with p = 4 equal stages and m = 8 the step is at least
+    (m + p − 1)/m of the even spread, and the path bound says so where the simple one
+    does not; with 2 chunks per rank the simple bound counts each rank's speed once."""
+    prof = synthetic_profile(64, seed=3)
+    options = _Options(method="ilp", time_limit=10.0, mip_gap=1e-3, solver="highs", deterministic=True,
+                       optimizer="adam", dtype=None, max_blocks=400, link_bandwidth=float("inf"),
+                       memory_limit=None, devices=None)
+    one = _build(prof, 4, 8, "1f1b", options).problem
+    spread = 8 * sum(b.work_s for b in one.blocks) / 4
+    assert simple_bound(one) <= spread * (1 + 1e-9)
+    cfg = one.config
+    seeds = seed_paths(cfg.schedule, cfg.num_stages, cfg.microbatches)
+    # the continuous optimum of max_s (work before s + m·T_s): T_s ∝ (1 − 1/m)^s
+    assert path_bound(one, seeds) >= spread * 4 / (8 * (1 - (1 - 1 / 8) ** 4)) * (1 - 1e-6)
+    assert path_bound(one, seeds) > 1.15 * simple_bound(one)
+    chunked = _build(prof, 4, 8, "interleaved-1f1b", options, 2).problem
+    assert simple_bound(chunked) >= spread * (1 - 1e-9)  # 4 ranks, not 8 chunks
+    assert step_bound(chunked) >= simple_bound(chunked)
+    slow = chunked.with_config(dataclasses.replace(chunked.config, devices=tuple(
+        dataclasses.replace(d, speed=0.5) for d in chunked.config.devices)))
+    assert simple_bound(slow) >= 2 * spread * (1 - 1e-9)
