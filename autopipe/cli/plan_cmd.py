@@ -153,7 +153,9 @@ def run(args: argparse.Namespace) -> int:
                             hint="pass one of the two")
 
         def source(size: int) -> Profile:
-            return _profile(args, _spec_at(args.spec, knobs, size))[1]
+            with phase("build"):
+                built = _spec_at(args.spec, knobs, size)
+            return _profile(args, built)[1]
 
     def solve(source: ProfileSource) -> Plan:
         return plan_profile(

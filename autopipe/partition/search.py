@@ -13,9 +13,9 @@ with a share of the time, and no MIP for a candidate that cannot beat the best s
 A GPT-2 medium batch search (H100 estimate, 4 stages, 20 GiB, batch 64) has 42
 candidates; with interleaved 1F1B, ZBV and DualPipeV each chunked MIP ran to its time
 limit (60 s, never proving its gap within 0.1%), and memory-bound 1F1B and GPipe
-candidates at m = 4–32 spent 20–60 s each choosing recomputation: past 32 minutes. Now
+candidates at m = 4–64 spent 23–62 s each choosing recomputation: past 32 minutes. Now
 the candidates with one stage per rank go first, in order of their lower bound: their
-MIPs are quick (0.2–4 s), and their best step becomes every later MIP's cutoff ([Note: a
+MIPs are quick (0.1–1.7 s), and their best step becomes every later MIP's cutoff ([Note: a
 cutoff] in ``autopipe.partition.ilp``). Then a candidate is skipped where its bound is at
 least the best step (the path bound sees 1F1B's and GPipe's fill and drain: all of them
 but m = 32 skip there), and every MIP gets the time limit / candidates, at least
