@@ -936,6 +936,8 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None,
                          binaries=model.binaries, rounds=rounds)
     if status != "optimal":
         status = "feasible"
+    if beat is not None:  # the MIP's bound holds under the cutoff row; partitions over it are over the cutoff
+        lower = min(lower, beat)
     lower = max(0.0, min(lower, best[0]))
     if status == "optimal" and not _within(best[0], lower, gap * (1 + 1e-6)):
         status = "feasible"  # never call a partition optimal beyond the gap we can show
