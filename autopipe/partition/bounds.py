@@ -46,9 +46,11 @@ def step_bound(problem: Problem) -> float:
 # ``--schedule auto`` / ``--microbatches auto`` plan many candidates; a candidate whose
 # lower bound is at least the best step found so far cannot win, so its MIP is skipped
 # (and the search records that, with the bound). ``simple_bound`` alone is weak: it has no
-# bubble (for 1F1B with p = 4, m = 8 it is 17% under the path bound, (1 − (1 − 1/m)^p)
-# of the work per stage), and before it summed the speeds of every chunk, half the truth
-# with 2 chunks per rank. ``path_bound`` solves the stage-window LP (p variables, a row
-# per seed path) for its least step: on GPT-2 medium (H100 estimate, 4 ranks, batch 64) it
-# is 1.216 s for 1F1B at m = 32 against 1.160 s, 1.179 s for interleaved 1F1B at m = 16
-# against 0.567 s, and takes milliseconds.
+# bubble (for 1F1B with p = 4, m = 8 it is 17% under the path bound: at best stage s
+# holds (1 − 1/m)^s of stage 0's work, and the step is at least W / (1 − (1 − 1/m)^p),
+# W one micro-batch's work, against m·W / p), and before it summed the speeds of every
+# chunk, half the truth with 2 chunks per rank. ``path_bound`` solves the stage-window
+# LP (p variables, a row per seed path) for its least step: on GPT-2 medium (H100
+# estimate, 4 ranks, batch 64) it is 1.216 s for 1F1B at m = 32 against 1.160 s, and
+# 1.179 s for interleaved 1F1B at m = 16 against 1.134 s (0.567 s counting chunks), in
+# milliseconds.

@@ -26,7 +26,7 @@ from autopipe.partition.devices import DevicesArg, resolve_devices
 from autopipe.partition.dp import min_bottleneck
 from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.infeasible import explain
-from autopipe.partition.layers import GRANULARITIES, record, restrict
+from autopipe.partition.layers import GRANULARITIES, Layers, record, restrict
 from autopipe.partition.problem import (
     MULTI_CHUNK,
     RECOMPUTE,
@@ -318,7 +318,7 @@ class _Built:
     problem: Problem
     free: Problem
     """``problem`` without the layer restriction (the same without one)."""
-    layers: Any
+    layers: Layers | None
     """The restriction's layers (``layers.restrict``), None without one."""
     extra: dict[str, Any]
     """What the plan records of the options and the profile."""
