@@ -42,7 +42,7 @@ def _cuts(plan: Plan) -> tuple[tuple[str, ...], ...]:
 
 def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
            kwargs: dict[str, Any] | None, replan: Callable[[Profile], Plan], *,
-           rounds: int = DEFAULT_ROUNDS, repeats: int = 5) -> Plan:
+           rounds: int = DEFAULT_ROUNDS, repeats: int = 5, together: bool = True) -> Plan:
     """Re-time ``plan``'s stages as whole modules and re-solve until the cuts stay.
 
     See [Note: whole stages, not node sums]. The stages run where the model's
@@ -56,6 +56,9 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
         replan: solves again on a (scaled) profile, with the same options.
         rounds: stage timings at most (each but a last converged one is followed by a solve).
         repeats: timed runs of each stage (medians are kept).
+        together: time every rank's stages at once, each rank in a process of its own
+            on its own cores (on the CPU; ``autopipe.runtime.timing_together``); else one
+            stage after another in this process.
 
     Returns:
         The refined plan, with ``options["refine"]``: per round the stages' measured /
@@ -63,6 +66,7 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
     """
     from autopipe.runtime.split import split_graph
     from autopipe.runtime.timing import time_stages
+    from autopipe.runtime.timing_together import together_reason
     from autopipe.schedule.plan_costs import plan_runtime
 
     flat = graph.flat_inputs(args, kwargs)
@@ -74,12 +78,15 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
     ratio: dict[str, tuple[float, float]] = {}
     idle_s = float(profile.runtime.get("send_latency_s", 0.0))
     current = plan
+    why_not = together_reason(tensors) if together else "not asked"
     for _ in range(max(1, rounds)):
         split = split_graph(graph, current, constants)
         with _conditions_of(profile, tensors):
             # each action after blocking one send latency, as a rank waits for its peer
             # ([Note: compute after a wait] in autopipe.runtime.calibrate)
-            forward_s, backward_s = time_stages(split, tensors, repeats=repeats, idle_s=idle_s)
+            # every rank's stages at once, as training runs them ([Note: stages timed together])
+            forward_s, backward_s = time_stages(split, tensors, repeats=repeats, idle_s=idle_s,
+                                                ranks=ranks_of(current), together=together)
         factors = stage_factors(profile, current, forward_s, backward_s)
         for name, s in current.stage_of.items():
             ratio[name] = factors[s]
@@ -97,15 +104,21 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
                        "backward_ratio": [round(b, 4) for _, b in factors],
                        "measured_step_s": measured[-1].predicted.iteration_s, "cuts_moved": moved})
         if not moved:
-            return _recorded(nxt, record, converged=True)
+            return _recorded(nxt, record, converged=True, why_not=why_not)
         current = nxt
     best = min(measured, key=lambda p: p.predicted.iteration_s)
-    return _recorded(best, record, converged=False)
+    return _recorded(best, record, converged=False, why_not=why_not)
 
 
-def _recorded(plan: Plan, record: list[dict[str, Any]], *, converged: bool) -> Plan:
-    return dataclasses.replace(plan, options={**plan.options,
-                                              "refine": {"rounds": record, "converged": converged}})
+def ranks_of(plan: Plan) -> list[int]:
+    """The rank each of ``plan``'s stages runs on (its ``rank``, else its index)."""
+    return [i if s.rank is None else s.rank for i, s in enumerate(plan.stages)]
+
+
+def _recorded(plan: Plan, record: list[dict[str, Any]], *, converged: bool, why_not: str | None) -> Plan:
+    timed = "together" if why_not is None else f"one at a time ({why_not})"
+    return dataclasses.replace(plan, options={**plan.options, "refine": {
+        "rounds": record, "converged": converged, "timed": timed}})
 
 
 def stage_factors(profile: Profile, plan: Plan, forward_s: Sequence[float],
