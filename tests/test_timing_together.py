@@ -89,3 +89,22 @@ def test_refine_times_the_stages_together_on_the_cpu() -> None:
     alone = refine(solve(profile), profile, graph, spec.example_inputs, {}, solve, rounds=1, repeats=2,
                    together=False)
     assert alone.options["refine"]["timed"] == "one at a time (not asked)"
+
+
+def test_the_last_stage_is_timed_with_the_loss() -> None:
+    from autopipe.runtime.split import split_graph
+    from autopipe.runtime.timing import time_stages
+
+    spec = example_spec("mlp", layers=4)
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    profile = measure(graph, spec.example_inputs, warmup=1, repeats=2, progress=False)
+    split = split_graph(graph, plan_profile(profile, num_stages=2, microbatches=4))
+    seen: list[tuple[int, ...]] = []
+
+    def loss(outs: tuple[Any, ...]) -> torch.Tensor:
+        seen.append(tuple(outs[0].shape))
+        return outs[0].square().mean()
+
+    time_stages(split, list(spec.example_inputs), repeats=3, warmup=1, loss=loss)
+    out = spec.model(*spec.example_inputs)
+    assert seen == [tuple(out.shape)] * 4  # every run of the last stage, on the model's output

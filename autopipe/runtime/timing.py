@@ -6,6 +6,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -35,15 +36,23 @@ def as_leaves(index: int, values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [v.detach().requires_grad_(index > 0 and v.is_floating_point()) for v in values]
 
 
+Loss = Callable[[tuple[Any, ...]], torch.Tensor]
+"""The training loss on the last stage's outputs (the runtime's ``loss_fn`` with one target)."""
+
+
 def run_once(module: torch.nn.Module, leaves: Sequence[torch.Tensor], clock: Callable[[], float],
-             idle_s: float = 0.0) -> tuple[float, float]:
-    """One forward and one backward (seeded with ones) of ``module``: their seconds on
-    ``clock``. With ``idle_s`` the thread sleeps that long before each, as a rank blocked
-    on its peer does."""
+             idle_s: float = 0.0, loss: Loss | None = None) -> tuple[float, float]:
+    """One forward and one backward of ``module``: their seconds on ``clock``.
+
+    The backward is seeded with ones, or with ``loss`` it starts from the loss, which
+    then counts in both (as on the runtime's last stage). With ``idle_s`` the thread
+    sleeps that long before each, as a rank blocked on its peer does."""
     if idle_s > 0:
         time.sleep(idle_s)
     t0 = clock()
     outs = tuple(module(*leaves))
+    if loss is not None:
+        outs = (loss(outs),)
     t1 = clock()
     grads = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
     seeds = [torch.ones_like(o) for o in grads]
@@ -56,8 +65,8 @@ def run_once(module: torch.nn.Module, leaves: Sequence[torch.Tensor], clock: Cal
 
 
 def time_stages(split: Split, inputs: Sequence[torch.Tensor], *, repeats: int = 11, warmup: int = 2,
-                idle_s: float = 0.0, ranks: Sequence[int] | None = None,
-                together: bool = False) -> tuple[tuple[float, ...], tuple[float, ...]]:
+                idle_s: float = 0.0, ranks: Sequence[int] | None = None, together: bool = False,
+                loss: Loss | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Each stage's forward and backward seconds for one micro-batch, as one module.
 
     The stages run on their predecessors' real outputs (``inputs`` are the model's
@@ -65,7 +74,8 @@ def time_stages(split: Split, inputs: Sequence[torch.Tensor], *, repeats: int = 
     the stage modules run, so the model's statistics and gradients are left alone.
     Medians of ``repeats`` after ``warmup`` runs, timed with ``stage_clock``. With
     ``idle_s`` the thread sleeps that long before each forward and each backward, as a
-    rank blocked on its peer does.
+    rank blocked on its peer does. With ``loss`` the last stage's times include the loss
+    (``run_once``).
 
     With ``together``, where ``together_reason`` finds nothing against it, every rank's
     stages (``ranks[i]``: the rank of stage ``i``, default ``i``) are timed at once, each
@@ -82,14 +92,15 @@ def time_stages(split: Split, inputs: Sequence[torch.Tensor], *, repeats: int = 
 
         if together_reason(inputs) is None:
             return time_together(modules, per_stage, ranks=ranks, repeats=repeats, warmup=warmup,
-                                 idle_s=idle_s)
+                                 idle_s=idle_s, loss=loss)
     device = inputs[0].device if inputs else torch.device("cpu")
     clock = stage_clock(device)
     forward_s: list[float] = []
     backward_s: list[float] = []
     for index, (module, values) in enumerate(zip(modules, per_stage)):
         leaves = as_leaves(index, values)
-        runs = [run_once(module, leaves, clock, idle_s) for _ in range(warmup + repeats)][warmup:]
+        last = loss if index == len(modules) - 1 else None
+        runs = [run_once(module, leaves, clock, idle_s, last) for _ in range(warmup + repeats)][warmup:]
         forward_s.append(statistics.median(f for f, _ in runs))
         backward_s.append(statistics.median(b for _, b in runs))
     return tuple(forward_s), tuple(backward_s)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import statistics
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ import torch
 
 from autopipe.errors import ProfileError
 from autopipe.runtime.affinity import allowed_cpus, core_share
-from autopipe.runtime.timing import as_leaves, run_once, stage_clock
+from autopipe.runtime.timing import Loss, as_leaves, run_once, stage_clock
 
 TIMEOUT_S = 300.0
 """How long the ranks may take to report, all together."""
@@ -57,7 +58,7 @@ def _cores(rank: int, world: int) -> list[int] | None:
     return core_share(rank, world, sorted(mine)) if mine == allowed_cpus() else None
 
 
-def _rank(rank: int, work: list[tuple[int, torch.nn.Module, list[torch.Tensor]]],
+def _rank(rank: int, work: list[tuple[int, torch.nn.Module, list[torch.Tensor], Loss | None]],
           cores: list[int] | None, idle_s: float, warmup: int, repeats: int,
           barrier: Any, done: Any, results: Any) -> None:
     """One rank's process: warm up, meet the others, time, report, keep the load on."""
@@ -65,10 +66,10 @@ def _rank(rank: int, work: list[tuple[int, torch.nn.Module, list[torch.Tensor]]]
         if cores is not None:
             os.sched_setaffinity(0, cores)
         clock = stage_clock(torch.device("cpu"))
-        runs = [(index, module, as_leaves(index, values)) for index, module, values in work]
+        runs = [(index, module, as_leaves(index, values), loss) for index, module, values, loss in work]
 
         def sweep() -> list[tuple[float, float]]:
-            return [run_once(module, leaves, clock, idle_s) for _, module, leaves in runs]
+            return [run_once(module, leaves, clock, idle_s, loss) for _, module, leaves, loss in runs]
 
         for _ in range(warmup):
             sweep()
@@ -76,9 +77,11 @@ def _rank(rank: int, work: list[tuple[int, torch.nn.Module, list[torch.Tensor]]]
         timed = [sweep() for _ in range(repeats)]
         results.put((rank, [(index, statistics.median(t[k][0] for t in timed),
                              statistics.median(t[k][1] for t in timed))
-                            for k, (index, _, _) in enumerate(runs)]))
+                            for k, (index, _, _, _) in enumerate(runs)]))
         while not done.is_set():
             sweep()
+    except threading.BrokenBarrierError:  # another rank failed (and says why), or the wait timed out
+        results.put((rank, None))
     except BaseException as e:  # reported to the parent, which raises it there
         barrier.abort()
         results.put((rank, f"{type(e).__name__}: {e}"))
@@ -86,7 +89,7 @@ def _rank(rank: int, work: list[tuple[int, torch.nn.Module, list[torch.Tensor]]]
 
 def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[torch.Tensor]], *,
                   ranks: Sequence[int] | None, repeats: int, warmup: int,
-                  idle_s: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+                  idle_s: float, loss: Loss | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Each stage's forward and backward seconds, every rank's stages timed at once
     ([Note: stages timed together]).
 
@@ -94,6 +97,7 @@ def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[
         modules: the stage modules (copies: they run in the forked processes).
         inputs: each stage's tensor inputs (``timing.stage_inputs``).
         ranks: the rank of each stage (default: stage ``i`` on rank ``i``).
+        loss: run after the last stage, inside its forward and backward (``timing.run_once``).
 
     Raises:
         ProfileError: a rank failed or did not report within ``TIMEOUT_S``.
@@ -104,11 +108,13 @@ def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[
     barrier, done, results = ctx.Barrier(len(world)), ctx.Event(), ctx.Queue()
     procs = []
     for r in world:
-        work = [(i, modules[i], list(inputs[i])) for i, q in enumerate(rank_of) if q == r]
+        work = [(i, modules[i], list(inputs[i]), loss if i == len(modules) - 1 else None)
+                for i, q in enumerate(rank_of) if q == r]
         procs.append(ctx.Process(target=_rank, daemon=True, args=(
             r, work, _cores(r, len(world)), idle_s, warmup, repeats, barrier, done, results)))
     forward_s = [0.0] * len(modules)
     backward_s = [0.0] * len(modules)
+    failures: dict[int, str | None] = {}
     try:
         for p in procs:
             p.start()
@@ -118,11 +124,16 @@ def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[
             except Exception:  # queue.Empty
                 raise ProfileError(f"timing the stages together: a rank did not report within {TIMEOUT_S:.0f} s",
                                    hint="plan with refine=False (--no-refine)") from None
-            if isinstance(answer, str):
-                raise ProfileError(f"timing the stages together failed on rank {rank}: {answer}",
-                                   hint="plan with refine=False (--no-refine)")
+            if answer is None or isinstance(answer, str):
+                failures[rank] = answer
+                continue
             for index, f, b in answer:
                 forward_s[index], backward_s[index] = f, b
+        if failures:
+            rank, why = min(failures.items(), key=lambda kv: (kv[1] is None, kv[0]))
+            raise ProfileError(f"timing the stages together failed on rank {rank}: "
+                               f"{why or 'the ranks did not all start within ' + format(TIMEOUT_S, '.0f') + ' s'}",
+                               hint="plan with refine=False (--no-refine)")
     finally:
         done.set()
         for p in procs:
