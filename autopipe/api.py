@@ -202,7 +202,7 @@ def plan(
         prof = profile_runtime(prof, optimizer if optimizer != "none" else "sgd")
     plan = solve(prof)
     if refine and profile == "measure" and can_refine(graph, prof) is None:
-        plan = refine_plan(plan, prof, graph, example_inputs, example_kwargs, solve)
+        plan = refine_plan(plan, prof, graph, example_inputs, example_kwargs, solve, **loss)
     return plan
 
 

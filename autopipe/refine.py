@@ -42,7 +42,8 @@ def _cuts(plan: Plan) -> tuple[tuple[str, ...], ...]:
 
 def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
            kwargs: dict[str, Any] | None, replan: Callable[[Profile], Plan], *,
-           rounds: int = DEFAULT_ROUNDS, repeats: int = 5) -> Plan:
+           rounds: int = DEFAULT_ROUNDS, repeats: int = 5, together: bool = True,
+           loss_fn: Callable[[Any, Any], Any] | None = None, target: Any = None) -> Plan:
     """Re-time ``plan``'s stages as whole modules and re-solve until the cuts stay.
 
     See [Note: whole stages, not node sums]. The stages run where the model's
@@ -56,6 +57,12 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
         replan: solves again on a (scaled) profile, with the same options.
         rounds: stage timings at most (each but a last converged one is followed by a solve).
         repeats: timed runs of each stage (medians are kept).
+        together: time every rank's stages at once, each rank in a process of its own
+            on its own cores (on the CPU; ``autopipe.runtime.timing_together``); else one
+            stage after another in this process.
+        loss_fn, target: the training loss and one micro-batch's target: the last stage is
+            timed with it, as the runtime's last stage runs it (else the profile's loss,
+            timed alone, is added to that stage).
 
     Returns:
         The refined plan, with ``options["refine"]``: per round the stages' measured /
@@ -63,6 +70,7 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
     """
     from autopipe.runtime.split import split_graph
     from autopipe.runtime.timing import time_stages
+    from autopipe.runtime.timing_together import together_reason
     from autopipe.schedule.plan_costs import plan_runtime
 
     flat = graph.flat_inputs(args, kwargs)
@@ -74,38 +82,59 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
     ratio: dict[str, tuple[float, float]] = {}
     idle_s = float(profile.runtime.get("send_latency_s", 0.0))
     current = plan
+    why_not = together_reason(tensors) if together else "not asked"
+    # the last stage also runs the loss, which the stage module leaves to the schedule
+    loss_f, loss_b = (profile.loss.forward_s, profile.loss.backward_s) if profile.loss else (0.0, 0.0)
+    with_loss = loss_fn is not None and target is not None and profile.loss is not None
     for _ in range(max(1, rounds)):
         split = split_graph(graph, current, constants)
+
+        def stage_loss(outs: tuple[Any, ...], split: Any = split) -> Any:
+            assert loss_fn is not None
+            return loss_fn(graph.unflatten_output(split.rebuild_outputs(outs)), target)
+
         with _conditions_of(profile, tensors):
             # each action after blocking one send latency, as a rank waits for its peer
-            # ([Note: compute after a wait] in autopipe.runtime.calibrate)
-            forward_s, backward_s = time_stages(split, tensors, repeats=repeats, idle_s=idle_s)
-        factors = stage_factors(profile, current, forward_s, backward_s)
+            # ([Note: compute after a wait] in autopipe.runtime.calibrate); every rank's
+            # stages at once, as training runs them ([Note: stages timed together])
+            forward_s, backward_s = time_stages(split, tensors, repeats=repeats, idle_s=idle_s,
+                                                ranks=ranks_of(current), together=together,
+                                                loss=stage_loss if with_loss else None)
+        last = len(forward_s) - 1
+        # stage times with the loss: the nodes take what the loss alone did not
+        # (the profile keeps the loss as timed alone), without it: the loss is added
+        node_f = [f - (loss_f if with_loss and i == last else 0.0) for i, f in enumerate(forward_s)]
+        node_b = [b - (loss_b if with_loss and i == last else 0.0) for i, b in enumerate(backward_s)]
+        factors = stage_factors(profile, current, node_f, node_b)
         for name, s in current.stage_of.items():
             ratio[name] = factors[s]
-        # the last stage also runs the loss, which the stage module leaves to the schedule,
-        # and every action pays the runtime's own work around the module (as planned)
-        loss_f, loss_b = (profile.loss.forward_s, profile.loss.backward_s) if profile.loss else (0.0, 0.0)
+        # every action pays the runtime's own work around the module (as planned)
         rt = plan_runtime(current)
         fo, bo = rt.get("forward_overhead_s", 0.0), rt.get("backward_overhead_s", 0.0)
         measured.append(with_stage_times(
-            current, [f + fo + (loss_f if i == len(forward_s) - 1 else 0.0) for i, f in enumerate(forward_s)],
-            [b + bo + (loss_b if i == len(backward_s) - 1 else 0.0) for i, b in enumerate(backward_s)]))
+            current, [f + fo + (loss_f if i == last else 0.0) for i, f in enumerate(node_f)],
+            [b + bo + (loss_b if i == last else 0.0) for i, b in enumerate(node_b)]))
         nxt = replan(scale_nodes(profile, ratio))
         moved = _cuts(nxt) != _cuts(current)
         record.append({"forward_ratio": [round(f, 4) for f, _ in factors],
                        "backward_ratio": [round(b, 4) for _, b in factors],
                        "measured_step_s": measured[-1].predicted.iteration_s, "cuts_moved": moved})
         if not moved:
-            return _recorded(nxt, record, converged=True)
+            return _recorded(nxt, record, converged=True, why_not=why_not)
         current = nxt
     best = min(measured, key=lambda p: p.predicted.iteration_s)
-    return _recorded(best, record, converged=False)
+    return _recorded(best, record, converged=False, why_not=why_not)
 
 
-def _recorded(plan: Plan, record: list[dict[str, Any]], *, converged: bool) -> Plan:
-    return dataclasses.replace(plan, options={**plan.options,
-                                              "refine": {"rounds": record, "converged": converged}})
+def ranks_of(plan: Plan) -> list[int]:
+    """The rank each of ``plan``'s stages runs on (its ``rank``, else its index)."""
+    return [i if s.rank is None else s.rank for i, s in enumerate(plan.stages)]
+
+
+def _recorded(plan: Plan, record: list[dict[str, Any]], *, converged: bool, why_not: str | None) -> Plan:
+    timed = "together" if why_not is None else f"one at a time ({why_not})"
+    return dataclasses.replace(plan, options={**plan.options, "refine": {
+        "rounds": record, "converged": converged, "timed": timed}})
 
 
 def stage_factors(profile: Profile, plan: Plan, forward_s: Sequence[float],

@@ -217,13 +217,15 @@ def _refined(plan: Plan, profile: Profile, graph: Graph, spec: ModelSpec,
 
     if can_refine(graph, profile) is not None:
         return plan
-    refined = refine(plan, profile, graph, spec.example_inputs, spec.example_kwargs, solve)
+    refined = refine(plan, profile, graph, spec.example_inputs, spec.example_kwargs, solve,
+                     loss_fn=spec.loss_fn, target=example_target(spec))
     info = refined.options["refine"]
     last = info["rounds"][-1]
     ratios = ", ".join(f"{f:.2f}/{b:.2f}" for f, b in zip(last["forward_ratio"], last["backward_ratio"]))
     print(f"refined on whole-stage times: {len(info['rounds'])} round(s)"
           f"{'' if info['converged'] else ' (cuts still moving: the fastest measured round kept)'}; "
-          f"stage forward/backward measured / node sums {ratios}", file=sys.stderr)
+          f"stage forward/backward measured / node sums {ratios}; stages timed {info['timed']}",
+          file=sys.stderr)
     return refined
 
 

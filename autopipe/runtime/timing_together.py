@@ -1,0 +1,144 @@
+"""Every rank's stages timed at once, each rank in a process of its own, as training runs them.
+
+[Note: stages timed together]
+On the CPU the ranks of a pipeline share one machine: its memory bandwidth and its
+last-level cache. A stage timed alone runs faster than the same stage while its
+peers compute beside it, and training's ranks compute beside each other for most
+of a step. On this 2-core VM a tied LM's 32,768-word head (a 128 × 128 by
+128 × 32,768 product and a softmax over it, one thread) took 12.5 ms alone and
+14.8–15.0 ms with a second process running the same on the other core: 1.19×.
+Stages timed one after another missed that, and the plans' predicted steps came
+out 12–20% under the measured ones (docs/cost-model.md).
+
+So the stages are timed together: one process per rank, forked from this one (the
+stage modules and their inputs are inherited, nothing is pickled), each held to the
+cores ``autopipe train`` gives that rank (``affinity.core_share``, nothing where
+there are fewer cores than ranks or the user bound this process), with this
+process's intra-op threads and subnormal setting. Each runs its warm-up, waits at a
+barrier for the others, times ``repeats`` runs of its stages, reports the medians
+and keeps running until every rank has reported, so each timed run has its peers
+computing alongside. In training a faster rank waits part of the step for a slower
+one; under constant load the slower rank's contention is priced a little high.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import statistics
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from autopipe.errors import ProfileError
+from autopipe.runtime.affinity import allowed_cpus, core_share
+from autopipe.runtime.timing import Loss, as_leaves, run_once, stage_clock
+
+TIMEOUT_S = 300.0
+"""How long the ranks may take to report, all together."""
+
+
+def together_reason(inputs: Sequence[torch.Tensor]) -> str | None:
+    """Why stages on ``inputs``' device cannot be timed together here; None when they can."""
+    device = inputs[0].device if inputs else torch.device("cpu")
+    if device.type != "cpu":
+        return f"the stages run on {device.type}, not on the CPU"
+    if "fork" not in mp.get_all_start_methods():
+        return "this platform cannot fork"
+    return None
+
+
+def _cores(rank: int, world: int) -> list[int] | None:
+    """The cores ``autopipe train`` holds rank ``rank`` of ``world`` to (``pin_cores``)."""
+    if not hasattr(os, "sched_getaffinity") or world < 2:
+        return None
+    mine = os.sched_getaffinity(0)
+    return core_share(rank, world, sorted(mine)) if mine == allowed_cpus() else None
+
+
+def _rank(rank: int, work: list[tuple[int, torch.nn.Module, list[torch.Tensor], Loss | None]],
+          cores: list[int] | None, idle_s: float, warmup: int, repeats: int,
+          barrier: Any, done: Any, results: Any) -> None:
+    """One rank's process: warm up, meet the others, time, report, keep the load on."""
+    try:
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+        clock = stage_clock(torch.device("cpu"))
+        runs = [(index, module, as_leaves(index, values), loss) for index, module, values, loss in work]
+
+        def sweep() -> list[tuple[float, float]]:
+            return [run_once(module, leaves, clock, idle_s, loss) for _, module, leaves, loss in runs]
+
+        for _ in range(warmup):
+            sweep()
+        barrier.wait(TIMEOUT_S)
+        timed = [sweep() for _ in range(repeats)]
+        results.put((rank, [(index, statistics.median(t[k][0] for t in timed),
+                             statistics.median(t[k][1] for t in timed))
+                            for k, (index, _, _, _) in enumerate(runs)]))
+        while not done.is_set():
+            sweep()
+    except threading.BrokenBarrierError:  # another rank failed (and says why), or the wait timed out
+        results.put((rank, None))
+    except BaseException as e:  # reported to the parent, which raises it there
+        barrier.abort()
+        results.put((rank, f"{type(e).__name__}: {e}"))
+
+
+def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[torch.Tensor]], *,
+                  ranks: Sequence[int] | None, repeats: int, warmup: int,
+                  idle_s: float, loss: Loss | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Each stage's forward and backward seconds, every rank's stages timed at once
+    ([Note: stages timed together]).
+
+    Args:
+        modules: the stage modules (copies: they run in the forked processes).
+        inputs: each stage's tensor inputs (``timing.stage_inputs``).
+        ranks: the rank of each stage (default: stage ``i`` on rank ``i``).
+        loss: run after the last stage, inside its forward and backward (``timing.run_once``).
+
+    Raises:
+        ProfileError: a rank failed or did not report within ``TIMEOUT_S``.
+    """
+    rank_of = list(ranks) if ranks is not None else list(range(len(modules)))
+    world = sorted(set(rank_of))
+    ctx = mp.get_context("fork")
+    barrier, done, results = ctx.Barrier(len(world)), ctx.Event(), ctx.Queue()
+    procs = []
+    for r in world:
+        work = [(i, modules[i], list(inputs[i]), loss if i == len(modules) - 1 else None)
+                for i, q in enumerate(rank_of) if q == r]
+        procs.append(ctx.Process(target=_rank, daemon=True, args=(
+            r, work, _cores(r, len(world)), idle_s, warmup, repeats, barrier, done, results)))
+    forward_s = [0.0] * len(modules)
+    backward_s = [0.0] * len(modules)
+    failures: dict[int, str | None] = {}
+    try:
+        for p in procs:
+            p.start()
+        for _ in world:
+            try:
+                rank, answer = results.get(timeout=TIMEOUT_S)
+            except Exception:  # queue.Empty
+                raise ProfileError(f"timing the stages together: a rank did not report within {TIMEOUT_S:.0f} s",
+                                   hint="plan with refine=False (--no-refine)") from None
+            if answer is None or isinstance(answer, str):
+                failures[rank] = answer
+                continue
+            for index, f, b in answer:
+                forward_s[index], backward_s[index] = f, b
+        if failures:
+            rank, why = min(failures.items(), key=lambda kv: (kv[1] is None, kv[0]))
+            raise ProfileError(f"timing the stages together failed on rank {rank}: "
+                               f"{why or 'the ranks did not all start within ' + format(TIMEOUT_S, '.0f') + ' s'}",
+                               hint="plan with refine=False (--no-refine)")
+    finally:
+        done.set()
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    return tuple(forward_s), tuple(backward_s)
