@@ -155,6 +155,8 @@ CASES = {c.name: c for c in [
     Case("bert", 2, recompute="full"),
     Case("llama", 4, recompute="full", max_blocks=32),  # blocks of many nodes
     Case("unet", 4, recompute="full"),
+    # 2 ranks x 2 interleaved chunks, each chunk's blocks checkpointed ([Note: chunks])
+    Case("gpt2", 2, "interleaved-1f1b", recompute="full"),
 ]}
 
 

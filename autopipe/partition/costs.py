@@ -32,7 +32,8 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
     the stages above are chunks, several per rank: a boundary between two chunks of one rank
     sends nothing, and memory holds per rank (``RankMemory``): its chunks' parameters,
     gradients, optimizer states and buffers, plus max over the moments of its program of
-    Σ_c held_c · activation bytes_c.
+    Σ_c held_c · activation bytes_c (with recomputation, the chunks' reduced saved bytes,
+    plus the largest of its chunks' recomputed activations alive again in a backward).
 [Note: recomputation]
 
 A stage's recomputed blocks form regions, the longest runs of consecutive blocks (in the
@@ -51,7 +52,12 @@ recomputes:
                                                          runs: one micro-batch's)
 
 The last term is exact when the stage's recomputed blocks form one region and errs high
-otherwise (a backward holds one region's at a time). The ILP encodes it with one binary
+otherwise (a backward holds one region's at a time). With virtual stages a chunk recomputes
+as a stage does, and its rank's memory (``RankMemory``) counts, at each moment of its
+program, every chunk's held micro-batches × its reduced saved bytes, plus the largest of
+its chunks' last terms (a rank runs one backward at a time; adding it at the rank's worst
+moment errs high, as the last term does). The ILP takes that largest term as a variable
+L_r ≥ the term of each chunk of rank r. The ILP encodes it with one binary
 per block and stage: v, made in block u and read in block d, is kept unless every block
 u … d is recomputed in the stage, which is linear (w ≥ r[d] − r[k] for u ≤ k < d). A
 value read REGION_SPAN blocks or more after it is made counts as kept (few rows; such
@@ -192,12 +198,17 @@ class RankMemory:
     """Parameters, gradients, optimizer states and send/receive buffers of its chunks."""
     activations: int
     """The most activation bytes its chunks hold at once: max over the moments of
-    ``Config.live_sets`` of Σ held micro-batches × the chunk's bytes per micro-batch."""
+    ``Config.live_sets`` of Σ held micro-batches × the chunk's bytes per micro-batch, plus
+    ``recompute_bytes``."""
     moment: tuple[int, ...]
     """Micro-batches held per chunk (all chunks) at that peak."""
     limit: float
     optimizer_step: int = 0
     """Bytes its chunks' optimizer steps allocate (held with no activations)."""
+    recompute_bytes: int = 0
+    """The most activation bytes a backward of one of its chunks makes alive again (the
+    largest of its chunks' recomputed blocks' activations, one micro-batch's; [Note:
+    recomputation]): part of ``activations``."""
 
     @property
     def memory(self) -> int:
@@ -212,7 +223,8 @@ class RankMemory:
 
 def rank_memory(problem: Problem, stages: Sequence[StageCost], act: Sequence[int]) -> tuple[RankMemory, ...]:
     """Per rank, its peak memory over its chunks (``act``: saved bytes per micro-batch of each
-    chunk); empty without virtual stages."""
+    chunk, ``stages[c].recompute_bytes`` what its backward makes alive again); empty without
+    virtual stages."""
     cfg = problem.config
     if cfg.virtual_stages == 1:
         return ()
@@ -220,10 +232,11 @@ def rank_memory(problem: Problem, stages: Sequence[StageCost], act: Sequence[int
     for r, moments in enumerate(cfg.live_sets()):
         chunks = tuple(c for c in range(cfg.num_stages) if cfg.rank_of(c) == r)
         peak, moment = max((sum(k * a for k, a in zip(held, act)), held) for held in moments)
+        again = max(stages[c].recompute_bytes for c in chunks)
         static = sum(stages[c].params + stages[c].grads + stages[c].optimizer + stages[c].buffers
                      for c in chunks)
-        out.append(RankMemory(chunks=chunks, static=static, activations=peak, moment=moment,
-                              limit=stages[chunks[0]].limit,
+        out.append(RankMemory(chunks=chunks, static=static, activations=peak + again, moment=moment,
+                              limit=stages[chunks[0]].limit, recompute_bytes=again,
                               optimizer_step=sum(stages[c].optimizer_step for c in chunks)))
     return tuple(out)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from autopipe.errors import PlanError
 from autopipe.partition.chunks import Live, chunk_inflight, live_sets, rank_of
+from autopipe.partition.timeline import splits_backward
 from autopipe.plan_format import Device
 from autopipe.profile.memory import ParamMemory, param_memory
 from autopipe.profile.profile import Profile
@@ -127,9 +128,6 @@ class Config:
         if self.recompute not in RECOMPUTE:
             raise PlanError(f"unknown recompute mode {self.recompute!r}",
                             hint=f"choose one of {', '.join(RECOMPUTE)}")
-        if self.recompute == "full" and self.virtual_stages > 1:
-            raise PlanError(f"recomputation is not planned with virtual stages ({self.schedule})",
-                            hint="use --recompute none, or a schedule with one stage per rank")
 
     @property
     def num_ranks(self) -> int:
@@ -273,11 +271,13 @@ class Problem:
         """Blocks that may be recomputed under ``config.recompute`` (none: no block): they
         compute something, write nothing in place, and are neither an input nor the output.
 
-        None under a schedule that splits the backward (zb-h1, zbv, dualpipev): its weight-gradient pass
-        is a second backward, which would run every recomputed forward once more; none with
-        virtual stages (not planned: a rank's memory moments would need each chunk's)."""
+        None under a schedule that splits the backward (zb-h1, zbv, dualpipev): torch's
+        weight-gradient pass runs one backward per parameter group, and each of them runs a
+        recomputed region's forward once more (a region of two linear layers runs its forward
+        three times in the backward instead of once). With virtual stages (interleaved-1f1b)
+        each chunk recomputes as a stage does ([Note: chunks] in ``autopipe.partition.chunks``)."""
         cfg = self.config
-        if cfg.recompute == "none" or cfg.virtual_stages > 1 or schedule_order(cfg.schedule, 1, 1).split_backward:
+        if cfg.recompute == "none" or splits_backward(cfg.schedule):
             return ()
         return tuple(i for i, b in enumerate(self.blocks) if b.recomputable and not b.pin and b.real)
 
