@@ -185,8 +185,10 @@ def test_a_limit_between_the_needs_gives_a_mixed_interleaved_plan(optimizer: str
     limit = (_chain_need(profile, "none", optimizer) + _chain_need(profile, "full", optimizer)) // 2
     options = dict(num_stages=2, microbatches=4, schedule="interleaved-1f1b", memory_limit=limit,
                    optimizer=optimizer)
-    with pytest.raises(InfeasiblePlanError, match="2 ranks × 2 chunks"):
+    with pytest.raises(InfeasiblePlanError, match="2 ranks × 2 chunks") as info:
         plan_profile(profile, **options, recompute="none")  # type: ignore[arg-type]
+    assert info.value.hint is not None and "--recompute auto" in info.value.hint  # what fits
+    assert "per rank" in info.value.hint
     full = plan_profile(profile, **options, recompute="full")  # type: ignore[arg-type]
     auto = plan_profile(profile, **options)  # type: ignore[arg-type]
     count = [sum(len(g) for s in p.stages for g in s.recompute) for p in (auto, full)]
