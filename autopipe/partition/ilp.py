@@ -25,7 +25,8 @@ With virtual stages the s above are chunks, and the memory rows are per rank and
 of its program (``_rank_memory``, [Note: chunks]).
 With recomputation ([Note: recomputation] in ``autopipe.partition.costs``) each candidate
 block has r[b,s] ≤ x[b,s], binary under ``auto`` and x[b,s] itself under ``full``: B_s
-gains forward_b · r[b,s], memory_s loses (inflight_s − 1) · activation_b · r[b,s] and gains
+gains forward_b · r[b,s] (so does W_s under a split backward: [Note: recomputation in a
+split backward]), memory_s loses (inflight_s − 1) · activation_b · r[b,s] and gains
 inflight_s · bytes_v · w[v,s] for the values kept, w[v,s] ≥ r[d,s] − r[k,s] (u ≤ k < d).
 With virtual stages the chunk's saved bytes per micro-batch lose activation_b · r[b,s] and
 gain bytes_v · w[v,s], and each rank's rows gain L_r ≥ Σ_b activation_b · r[b,c] for each
@@ -444,8 +445,9 @@ class _Model:
                     opt.add(x, single_step[b] / dev.speed / tau)
             live = _Lin()
             if self.candidates:  # chunks: their saved bytes per micro-batch, per rank below
-                self._recompute(s, scale, bwd, act if chunked else mem, 1 if chunked else held_mb,
-                                live if chunked else mem)
+                # [Note: recomputation in a split backward]: W runs the forward again too
+                self._recompute(s, scale, [bwd, wgt] if split else [bwd], act if chunked else mem,
+                                1 if chunked else held_mb, live if chunked else mem)
             for q, per_stage in held.items():
                 mem.add(per_stage[s], problem.param_mem[q].total / scale)
                 temp.add(per_stage[s], (problem.param_mem[q].total + problem.param_mem[q].step) / scale)
@@ -528,9 +530,10 @@ class _Model:
                 self._add(row, "<=", 1.0 - 2 * MEMORY_HEADROOM, f"memstep_r{r}")
         return rows
 
-    def _recompute(self, s: int, scale: float, bwd: _Lin, saved: _Lin, inflight: int, live: _Lin) -> None:
+    def _recompute(self, s: int, scale: float, passes: list[_Lin], saved: _Lin, inflight: int,
+                   live: _Lin) -> None:
         """Stage s's recomputation terms ([Note: recomputation] in ``autopipe.partition.costs``):
-        the forward again in B, the activations dropped from ``saved`` (× ``inflight``
+        the forward again in each backward pass (B; and W, split), the activations dropped from ``saved`` (× ``inflight``
         micro-batches) and alive again in ``live``, and the values kept for the regions,
         w[v,s] ≥ r[d,s] − r[k,s] for u ≤ k < d."""
         problem, cfg, tau = self.problem, self.problem.config, self.tau
@@ -542,7 +545,8 @@ class _Model:
             again = self.recomputes(b, s)
             if cfg.recompute == "auto":
                 self._row([(again, 1.0), (self.x(b, s), -1.0)], "<=", f"rec_{b}_{s}")
-            bwd.add(again, problem.blocks[b].forward_s / speed / tau)
+            for lin in passes:
+                lin.add(again, problem.blocks[b].forward_s / speed / tau)
             saved.add(again, -inflight * problem.blocks[b].activation_bytes / scale)
             live.add(again, problem.blocks[b].activation_bytes / scale)
         for i, v in enumerate(problem.values):

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from autopipe.errors import PlanError
 from autopipe.partition.chunks import Live, chunk_inflight, live_sets, rank_of
-from autopipe.partition.timeline import splits_backward
 from autopipe.plan_format import Device
 from autopipe.profile.memory import ParamMemory, param_memory
 from autopipe.profile.profile import Profile
@@ -271,13 +270,12 @@ class Problem:
         """Blocks that may be recomputed under ``config.recompute`` (none: no block): they
         compute something, write nothing in place, and are neither an input nor the output.
 
-        None under a schedule that splits the backward (zb-h1, zbv, dualpipev): torch's
-        weight-gradient pass runs one backward per parameter group, and each of them runs a
-        recomputed region's forward once more (a region of two linear layers runs its forward
-        three times in the backward instead of once). With virtual stages (interleaved-1f1b)
-        each chunk recomputes as a stage does ([Note: chunks] in ``autopipe.partition.chunks``)."""
+        With virtual stages each chunk recomputes as a stage does ([Note: chunks] in
+        ``autopipe.partition.chunks``); under a schedule that splits the backward (zb-h1, zbv,
+        dualpipev) both passes recompute ([Note: recomputation in a split backward] in
+        ``autopipe.partition.costs``)."""
         cfg = self.config
-        if cfg.recompute == "none" or splits_backward(cfg.schedule):
+        if cfg.recompute == "none":
             return ()
         return tuple(i for i, b in enumerate(self.blocks) if b.recomputable and not b.pin and b.real)
 
