@@ -494,15 +494,15 @@ class _Model:
         rows = []
         for r, moments in enumerate(cfg.live_sets()):
             chunks = [c for c in range(cfg.num_stages) if cfg.rank_of(c) == r]
-            again = [alive[c] for c in chunks if not alive[c].is_const()]
+            again = {c: alive[c] for c in chunks if not alive[c].is_const()}
             peak = _Lin()
             if len(again) == 1:
-                peak = again[0]
+                peak = next(iter(again.values()))
             elif again:
                 var = self._var(f"L_{r}")
-                self.peak_vars.append((var, again))
+                self.peak_vars.append((var, list(again.values())))
                 peak.add(var, 1.0)
-                for c, lin in zip(chunks, again):
+                for c, lin in again.items():
                     self._row([(lin, 1.0), (var, -1.0)], "<=", f"alive_{r}_{c}")
             for k, held in enumerate(moments):
                 row = _Lin()
@@ -533,9 +533,9 @@ class _Model:
     def _recompute(self, s: int, scale: float, passes: list[_Lin], saved: _Lin, inflight: int,
                    live: _Lin) -> None:
         """Stage s's recomputation terms ([Note: recomputation] in ``autopipe.partition.costs``):
-        the forward again in each backward pass (B; and W, split), the activations dropped from ``saved`` (× ``inflight``
-        micro-batches) and alive again in ``live``, and the values kept for the regions,
-        w[v,s] ≥ r[d,s] − r[k,s] for u ≤ k < d."""
+        the forward again in each of ``passes`` (B; and W where the backward is split), the
+        activations dropped from ``saved`` (× ``inflight`` micro-batches) and alive again in
+        ``live``, and the values kept for the regions, w[v,s] ≥ r[d,s] − r[k,s] for u ≤ k < d."""
         problem, cfg, tau = self.problem, self.problem.config, self.tau
         speed = cfg.devices[s].speed
         here = {b for b in self.candidates if self.lo[b] <= s <= self.hi[b]}
