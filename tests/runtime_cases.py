@@ -160,6 +160,7 @@ CASES = {c.name: c for c in [
     Case("gpt2", 2, "interleaved-1f1b", recompute="full"),
     Case("bert", 2, "zbv", recompute="full"),
     Case("bert", 2, "dualpipev", recompute="full"),
+    Case("gpt2", 2, "zb-h1", recompute="full"),
 ]}
 
 
