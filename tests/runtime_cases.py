@@ -155,6 +155,12 @@ CASES = {c.name: c for c in [
     Case("bert", 2, recompute="full"),
     Case("llama", 4, recompute="full", max_blocks=32),  # blocks of many nodes
     Case("unet", 4, recompute="full"),
+    # 2 ranks x 2 chunks, each chunk's blocks checkpointed ([Note: chunks]); zero bubble:
+    # each W action recomputes once ([Note: recomputation in a split backward])
+    Case("gpt2", 2, "interleaved-1f1b", recompute="full"),
+    Case("bert", 2, "zbv", recompute="full"),
+    Case("bert", 2, "dualpipev", recompute="full"),
+    Case("gpt2", 2, "zb-h1", recompute="full"),
 ]}
 
 

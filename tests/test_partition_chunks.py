@@ -3,6 +3,7 @@ against brute force, per-rank memory, and the simulator on the emitted plans."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from autopipe.partition.costs import evaluate, violations
 from autopipe.partition.dp import min_bottleneck
 from autopipe.partition.ilp import _Model, solve_ilp
 from autopipe.partition.planner import plan_profile
-from autopipe.partition.problem import Config
+from autopipe.partition.problem import Config, from_profile
+from autopipe.partition.synthetic import synthetic_profile
 from autopipe.partition.timeline import longest_path
 from autopipe.partition.windows import ancestors, pinned_windows
 from autopipe.plan_format import Device, Plan
@@ -86,31 +88,34 @@ def test_interleaving_holds_more_than_1f1b() -> None:
 
 
 def _check_model(case: Case) -> None:
-    """For valid chunk assignments the MIP's objective equals costs.evaluate, and its largest
-    memory row per rank the rank's memory over its limit."""
+    """For valid chunk assignments (with any recomputed blocks) the MIP's objective equals
+    costs.evaluate, and its largest memory row per rank the rank's memory over its limit."""
     problem = case.problem()
     lo, hi = pinned_windows(problem)
-    if any(a > b for a, b in zip(lo, hi)):
+    if any(a > b for a, b in zip(lo, hi)) or len(problem.recompute_candidates()) > brute.MAX_RECOMPUTED:
         return
     model = _Model(problem, ancestors(problem), lo, hi)
-    for k, stage_of in enumerate(brute.partitions(problem)):
+    rng = random.Random(0)
+    for k, (stage_of, chosen) in enumerate(s for s in brute.solutions(problem) if rng.random() < 0.3):
         if k >= 20:
             break
-        ev = evaluate(problem, stage_of)
+        ev = evaluate(problem, stage_of, chosen)
         model.add_path(ev.critical)
-        values = model.warm(stage_of)
+        values = model.warm(stage_of, ev.recompute)
+        assert model.solution(values) == (tuple(stage_of), ev.recompute)
         assert close(model.objective.value(values) * model.tau, ev.objective_s)
-        if problem.config.devices[0].memory > 0:
-            rows = [row.value(values) for name, row in model.rows.items()
-                    if name.startswith(("mem_r0_", "memstep_r0"))]
-            assert close(max(rows), ev.ranks[0].memory / ev.ranks[0].limit, 1e-9)
+        for r, rank in enumerate(ev.ranks):
+            if rank.limit < float("inf"):
+                rows = [row.value(values) for name, row in model.rows.items()
+                        if name.startswith((f"mem_r{r}_", f"memstep_r{r}"))]
+                assert close(max(rows), rank.memory / rank.limit, 1e-9)
         assert not any(name.startswith("mem_0") for name in model.rows)  # no per-chunk limit
 
 
 def _check_ilp(case: Case) -> None:
     """Cold, and warm-started from the chain DP where it fits: the brute-force optimum."""
     problem = case.problem()
-    if problem.num_real < problem.config.num_stages:
+    if problem.num_real < problem.config.num_stages or len(problem.recompute_candidates()) > brute.MAX_RECOMPUTED:
         return
     exact = brute.best(problem)
     dp = min_bottleneck(Chain(problem))
@@ -121,8 +126,10 @@ def _check_ilp(case: Case) -> None:
             continue
         assert res.stage_of is not None and res.status == "optimal"
         assert not violations(problem, res.stage_of)
-        ev = evaluate(problem, res.stage_of)
+        ev = evaluate(problem, res.stage_of, res.recompute)
         assert ev.fits and close(ev.objective_s, exact[0])
+        if problem.config.recompute == "full":
+            assert res.recompute == problem.recompute_candidates()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -144,6 +151,63 @@ def test_dualpipev_ilp_equals_brute_force_and_encodes_the_cost_model(case: Case)
     assert case.config.schedule == "dualpipev" and case.config.microbatches >= 4
     _check_model(case)
     _check_ilp(case)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunked_cases(max_nodes=5, schedules=("interleaved-1f1b", "zbv", "dualpipev"),
+                     recompute=("auto", "full")))
+def test_recomputing_chunks_ilp_equals_brute_force_and_encodes_the_cost_model(case: Case) -> None:
+    """Cuts and each chunk's recomputed blocks chosen together ([Note: recomputation]): the
+    ILP's step equals the best of every partition with every subset of recomputed blocks
+    (``auto``) or all of them (``full``), and its rows equal costs.evaluate's rank memory
+    (reduced saved bytes at each moment, plus the largest recomputed activations alive);
+    zbv and dualpipev run the recomputed forward in B and in W ([Note: recomputation in a
+    split backward])."""
+    assert case.config.recompute in ("auto", "full")
+    _check_model(case)
+    _check_ilp(case)
+
+
+def _chain_need(profile: Profile, schedule: str, mode: str, optimizer: str) -> int:
+    """The least rank memory of any split of a chain into 2 ranks × 2 chunks."""
+    cfg = Config(num_stages=4, microbatches=4, schedule=schedule, link_bandwidth=25e9,
+                 virtual_stages=2, devices=tuple(Device(name=f"d{c % 2}", memory=0) for c in range(4)),
+                 recompute=mode)
+    problem = from_profile(profile, cfg, optimizer=optimizer)
+    n = problem.size  # a chain: every convex partition is a chain split
+    return min(evaluate(problem, [s for s in range(4) for _ in range(b[s], b[s + 1])]).max_memory
+               for b in ((0, *cuts, n) for cuts in itertools.combinations(range(1, n), 3)))
+
+
+@pytest.mark.parametrize("schedule, optimizer", [("interleaved-1f1b", "adam"), ("interleaved-1f1b", "sgd"),
+                                                   ("zbv", "adam"), ("dualpipev", "sgd")])
+def test_a_limit_between_the_needs_gives_a_mixed_chunked_plan(schedule: str, optimizer: str) -> None:
+    """Below what any split into chunks needs without recomputation but not below what full
+    recomputation needs: none does not fit, full does, and auto recomputes some blocks, not
+    all, in a faster plan; every rank fits, and the simulator gives the MIP's step."""
+    profile = synthetic_profile(24, seed=3, skip_prob=0.0)
+    limit = (_chain_need(profile, schedule, "none", optimizer)
+             + _chain_need(profile, schedule, "full", optimizer)) // 2
+    options = dict(num_stages=2, microbatches=4, schedule=schedule, memory_limit=limit,
+                   optimizer=optimizer)
+    with pytest.raises(InfeasiblePlanError, match="2 ranks × 2 chunks") as info:
+        plan_profile(profile, **options, recompute="none")  # type: ignore[arg-type]
+    assert info.value.hint is not None and "--recompute auto" in info.value.hint  # what fits
+    assert "per rank" in info.value.hint
+    full = plan_profile(profile, **options, recompute="full")  # type: ignore[arg-type]
+    auto = plan_profile(profile, **options)  # type: ignore[arg-type]
+    count = [sum(len(g) for s in p.stages for g in s.recompute) for p in (auto, full)]
+    assert 0 < count[0] < count[1]
+    assert auto.predicted.iteration_s < full.predicted.iteration_s
+    assert auto.options["recompute"] == {"mode": "auto", "without_s": None}
+    for plan in (auto, full):
+        assert plan.solver.status == "optimal" and plan.num_stages == 4
+        assert close(plan.predicted.iteration_s, plan.solver.objective_s, 1e-9)
+        assert close(simulate_plan(Plan.from_json(plan.to_json())).iteration_s, plan.predicted.iteration_s, 1e-9)
+        for r in (0, 1):  # a rank's chunks' peaks add up to the rank's peak
+            assert sum(p for s, p in zip(plan.stages, plan.predicted.peak_memory) if s.rank == r) <= limit
+        for s in plan.stages:
+            assert (s.recompute_s > 0) == bool(s.recompute)
 
 
 @pytest.fixture(scope="module")

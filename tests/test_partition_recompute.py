@@ -25,6 +25,7 @@ from autopipe.partition.problem import Config, from_profile, writes_in_place
 from autopipe.partition.recompute import fit, prune
 from autopipe.partition.search import Beaten
 from autopipe.partition.synthetic import synthetic_profile
+from autopipe.partition.timeline import splits_backward
 from autopipe.partition.windows import ancestors, pinned_windows
 from autopipe.plan_format import Device, Plan
 from autopipe.profile.profile import Profile
@@ -41,7 +42,7 @@ def close(a: float, b: float, rel: float = 1e-6) -> bool:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cases(max_nodes=5, schedules=("1f1b", "gpipe"), recompute=("auto", "full")))
+@given(cases(max_nodes=5, schedules=("1f1b", "gpipe", "zb-h1"), recompute=("auto", "full")))
 def test_ilp_equals_brute_force(case: Case) -> None:
     """Cuts and recomputation chosen together: the ILP's step equals the best of every
     partition with every subset of recomputed blocks (``auto``), or with all (``full``)."""
@@ -65,7 +66,7 @@ def test_ilp_equals_brute_force(case: Case) -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cases(max_nodes=5, schedules=("1f1b", "gpipe"), recompute=("auto", "full")))
+@given(cases(max_nodes=5, schedules=("1f1b", "gpipe", "zb-h1"), recompute=("auto", "full")))
 def test_model_encodes_recomputation(case: Case) -> None:
     """For partitions with any recomputed blocks, the MIP's rows and objective at their
     values equal costs.evaluate: memory (kept inputs, the activations alive again), B."""
@@ -88,8 +89,9 @@ def test_model_encodes_recomputation(case: Case) -> None:
         values = model.warm(stage_of, ev.recompute)
         assert model.solution(values) == (tuple(stage_of), ev.recompute)
         assert close(model.objective.value(values) * model.tau, ev.objective_s)
-        for s in range(problem.config.num_stages):
-            assert close(model.backward[s].value(values) * model.tau, ev.stages[s].backward_s)
+        for s, cost in enumerate(ev.stages):  # B is the input gradients' task where W is split off
+            b_task = cost.backward_s - (cost.backward_weight_s if splits_backward(problem.config.schedule) else 0.0)
+            assert close(model.backward[s].value(values) * model.tau, b_task)
         check_rows(model, values, ev)
 
 
@@ -207,9 +209,20 @@ def test_which_blocks_can_be_recomputed() -> None:
     problem = from_profile(prof, cfg)
     candidates = problem.recompute_candidates()
     assert candidates and all(not problem.blocks[b].pin for b in candidates)
-    # zero bubble: its weight-gradient pass would recompute again; never chosen there
+    # zero bubble: the same blocks; both backward passes run the forward again
+    # ([Note: recomputation in a split backward])
     zb = problem.with_config(cfg.__class__(**{**_fields(cfg), "schedule": "zb-h1"}))
-    assert zb.recompute_candidates() == ()
+    assert zb.recompute_candidates() == candidates
+    stage_of = [0] * problem.size
+    plain, full = evaluate(problem, stage_of, ()), evaluate(problem, stage_of, candidates)
+    zb_plain, zb_full = evaluate(zb, stage_of, ()), evaluate(zb, stage_of, candidates)
+    again = math.fsum(problem.blocks[b].forward_s for b in candidates)
+    assert close(full.stages[0].backward_s - plain.stages[0].backward_s, again)
+    assert full.stages[0].backward_weight_s == plain.stages[0].backward_weight_s
+    assert close(zb_full.stages[0].backward_s - zb_plain.stages[0].backward_s, 2 * again)
+    assert close(zb_full.stages[0].backward_weight_s - zb_plain.stages[0].backward_weight_s, again)
+    assert close(zb_full.stages[0].recompute_s, 2 * again)
+    assert zb_full.stages[0].activations == full.stages[0].activations
     with pytest.raises(PlanError, match="recompute mode"):
         plan_profile(prof, num_stages=2, recompute="some")
 

@@ -15,7 +15,7 @@ from torch.utils._pytree import tree_leaves
 import autopipe
 from autopipe.errors import PlanError
 from autopipe.plan_format import Plan
-from autopipe.runtime.recompute import Recompute
+from autopipe.runtime.recompute import Recompute, recompute_once_per_weight_pass
 from autopipe.runtime.split import split_graph
 
 from .runtime_cases import CASES, pipeline_backward
@@ -149,3 +149,51 @@ def test_a_group_that_writes_its_input_is_refused() -> None:
     good = dataclasses.replace(plan, stages=(dataclasses.replace(stage, recompute=((maker, tanh, writer),)),
                                              *plan.stages[1:]))
     split_graph(graph, good)
+
+
+
+class _WeightPass:
+    """A stand-in for a PipelineStage's split backward: torch's own input and weight passes
+    (``stage_backward_input``, then ``stage_backward_weight``: one backward call per
+    parameter group) over three layers with parameters run as one checkpointed group."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.layers = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 8))
+        self.group = Recompute(torch.fx.symbolic_trace(self.layers))
+        self.runs = 0
+        self.layers[0].register_forward_pre_hook(self._count)
+        self.param_groups: list[dict[str, Any]] = []
+
+    def _count(self, *_: Any) -> None:
+        self.runs += 1
+
+    def backward_input(self, x: torch.Tensor) -> None:
+        from torch.distributed.pipelining._backward import stage_backward_input  # torch's I pass
+
+        loss = self.group(x).pow(2).sum()
+        _, self.param_groups = stage_backward_input([loss], None, [x], self.layers.parameters())
+
+    def backward_weight_one_chunk(self) -> None:
+        from torch.distributed.pipelining._backward import stage_backward_weight  # torch's W pass
+
+        stage_backward_weight(self.layers.parameters(), self.param_groups)
+
+
+def test_a_weight_pass_recomputes_once() -> None:
+    """[Note: recomputation in a split backward]: torch's weight pass recomputes a group once
+    per parameter group (3 here); under ``recompute_once_per_weight_pass`` once in all, with
+    the same gradients."""
+    x = torch.randn(4, 8)
+    grads = []
+    for once in (False, True):
+        stage = _WeightPass()
+        if once:
+            recompute_once_per_weight_pass(stage)
+        stage.backward_input(x.clone().requires_grad_())
+        assert stage.runs == 2  # the forward, and once in the input pass
+        stage.backward_weight_one_chunk()
+        assert stage.runs == (3 if once else 5)
+        grads.append([p.grad for p in stage.layers.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

@@ -32,7 +32,8 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
     the stages above are chunks, several per rank: a boundary between two chunks of one rank
     sends nothing, and memory holds per rank (``RankMemory``): its chunks' parameters,
     gradients, optimizer states and buffers, plus max over the moments of its program of
-    Σ_c held_c · activation bytes_c.
+    Σ_c held_c · activation bytes_c (with recomputation, the chunks' reduced saved bytes,
+    plus the largest of its chunks' recomputed activations alive again in a backward).
 [Note: recomputation]
 
 A stage's recomputed blocks form regions, the longest runs of consecutive blocks (in the
@@ -51,7 +52,29 @@ recomputes:
                                                          runs: one micro-batch's)
 
 The last term is exact when the stage's recomputed blocks form one region and errs high
-otherwise (a backward holds one region's at a time). The ILP encodes it with one binary
+otherwise (a backward holds one region's at a time). With virtual stages a chunk recomputes
+as a stage does, and its rank's memory (``RankMemory``) counts, at each moment of its
+program, every chunk's held micro-batches × its reduced saved bytes, plus the largest of
+its chunks' last terms (a rank runs one backward at a time; adding it at the rank's worst
+moment errs high, as the last term does). The ILP takes that largest term as a variable
+L_r ≥ the term of each chunk of rank r.
+
+[Note: recomputation in a split backward]
+
+Under zb-h1, zbv and dualpipev torch runs a stage's backward as two actions: I, the input
+gradients (``stage_backward_input``, one ``autograd.grad`` that keeps the graph), and later
+W, the weight gradients (``stage_backward_weight``, one ``autograd.grad`` per parameter
+group). Non-reentrant checkpointing recomputes a region once per backward call, so a region
+of two linear layers ran its forward three times in the backward (torch 2.13, measured: once
+in I, once per parameter group in W). The runtime runs each W under one
+``torch.utils.checkpoint.GraphExecGroup`` ([Note: recomputed regions] in
+``autopipe.runtime.recompute``), which recomputes once per group: then I and W each run the
+recomputed forward once, and the model adds it to both (B_s and W_s each gain Σ forward_b).
+Between I and W the region keeps only its inputs (I's recomputed tensors are freed as I
+uses them), so the memory terms are those above. Two of torch's actions run the backward in
+one call and recompute once where the model counts two: the first stage's (torch skips its
+I and runs the whole backward in W) and DualPipeV's full backwards (B, written as an I and a
+W back to back: [Note: DualPipeV]); there the model errs high by one recomputed forward. The ILP encodes it with one binary
 per block and stage: v, made in block u and read in block d, is kept unless every block
 u … d is recomputed in the stage, which is linear (w ≥ r[d] − r[k] for u ≤ k < d). A
 value read REGION_SPAN blocks or more after it is made counts as kept (few rows; such
@@ -69,7 +92,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from autopipe.partition.problem import REGION_SPAN, Problem
-from autopipe.partition.timeline import Count, longest_path
+from autopipe.partition.timeline import Count, longest_path, splits_backward
 
 MEMORY_HEADROOM = 1e-6
 """Every method leaves this fraction of each device free: the MIP solver's feasibility
@@ -107,7 +130,9 @@ class StageCost:
     limit: float
     """The device's memory, bytes (``inf`` when unlimited)."""
     recompute_s: float = 0.0
-    """The recomputed blocks' forward, per micro-batch: part of ``backward_s``."""
+    """The recomputed blocks' forward, per micro-batch, as often as the backward runs it
+    (twice under a split backward: [Note: recomputation in a split backward]): part of
+    ``backward_s``."""
     recompute_bytes: int = 0
     """The recomputed blocks' activations, alive again during a backward (one micro-batch's):
     part of ``activations``."""
@@ -192,12 +217,17 @@ class RankMemory:
     """Parameters, gradients, optimizer states and send/receive buffers of its chunks."""
     activations: int
     """The most activation bytes its chunks hold at once: max over the moments of
-    ``Config.live_sets`` of Σ held micro-batches × the chunk's bytes per micro-batch."""
+    ``Config.live_sets`` of Σ held micro-batches × the chunk's bytes per micro-batch, plus
+    ``recompute_bytes``."""
     moment: tuple[int, ...]
     """Micro-batches held per chunk (all chunks) at that peak."""
     limit: float
     optimizer_step: int = 0
     """Bytes its chunks' optimizer steps allocate (held with no activations)."""
+    recompute_bytes: int = 0
+    """The most activation bytes a backward of one of its chunks makes alive again (the
+    largest of its chunks' recomputed blocks' activations, one micro-batch's; [Note:
+    recomputation]): part of ``activations``."""
 
     @property
     def memory(self) -> int:
@@ -212,7 +242,8 @@ class RankMemory:
 
 def rank_memory(problem: Problem, stages: Sequence[StageCost], act: Sequence[int]) -> tuple[RankMemory, ...]:
     """Per rank, its peak memory over its chunks (``act``: saved bytes per micro-batch of each
-    chunk); empty without virtual stages."""
+    chunk, ``stages[c].recompute_bytes`` what its backward makes alive again); empty without
+    virtual stages."""
     cfg = problem.config
     if cfg.virtual_stages == 1:
         return ()
@@ -220,10 +251,11 @@ def rank_memory(problem: Problem, stages: Sequence[StageCost], act: Sequence[int
     for r, moments in enumerate(cfg.live_sets()):
         chunks = tuple(c for c in range(cfg.num_stages) if cfg.rank_of(c) == r)
         peak, moment = max((sum(k * a for k, a in zip(held, act)), held) for held in moments)
+        again = max(stages[c].recompute_bytes for c in chunks)
         static = sum(stages[c].params + stages[c].grads + stages[c].optimizer + stages[c].buffers
                      for c in chunks)
-        out.append(RankMemory(chunks=chunks, static=static, activations=peak, moment=moment,
-                              limit=stages[chunks[0]].limit,
+        out.append(RankMemory(chunks=chunks, static=static, activations=peak + again, moment=moment,
+                              limit=stages[chunks[0]].limit, recompute_bytes=again,
                               optimizer_step=sum(stages[c].optimizer_step for c in chunks)))
     return tuple(out)
 
@@ -328,6 +360,8 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
     live = [0] * p
     if chosen:
         _recompute(problem, stage_of, chosen, again, act, live)
+    # [Note: recomputation in a split backward]: the W pass runs the forward again too
+    passes = 2 if splits_backward(cfg.schedule) else 1
     x = boundary_bytes(problem, stage_of)
     held = held_params(problem, stage_of)
     stages = []
@@ -341,8 +375,8 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
         mem = [problem.param_mem[q] for q in sorted(held[s])]
         stages.append(StageCost(
             forward_s=fwd[s] / dev.speed + cfg.forward_overhead_s,
-            backward_s=(bwd[s] + again[s]) / dev.speed + cfg.backward_overhead_s,
-            backward_weight_s=bw_w[s] / dev.speed, comm_s=2 * cfg.comm_s(wired),
+            backward_s=(bwd[s] + passes * again[s]) / dev.speed + cfg.backward_overhead_s,
+            backward_weight_s=(bw_w[s] + (passes - 1) * again[s]) / dev.speed, comm_s=2 * cfg.comm_s(wired),
             send_s=cfg.comm_s(send) + cfg.send_latency_s if s < p - 1 and linked[s] else 0.0,
             recv_bytes=recv, send_bytes=send,
             params=sum(m.params for m in mem), grads=sum(m.grads for m in mem),
@@ -350,7 +384,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
             activations=act[s] * cfg.inflight(s) + live[s], buffers=2 * (recv + send),
             limit=float(dev.memory) if dev.memory > 0 else math.inf,
             optimizer_step=sum(m.step for m in mem),
-            recompute_s=again[s] / dev.speed, recompute_bytes=live[s]))
+            recompute_s=passes * again[s] / dev.speed, recompute_bytes=live[s]))
     tied = 0.0
     for q, readers in problem.readers().items():
         tied += cfg.allreduce_s(problem.param_bytes[q], len({stage_of[r] for r in readers}))

@@ -25,8 +25,12 @@ With virtual stages the s above are chunks, and the memory rows are per rank and
 of its program (``_rank_memory``, [Note: chunks]).
 With recomputation ([Note: recomputation] in ``autopipe.partition.costs``) each candidate
 block has r[b,s] ≤ x[b,s], binary under ``auto`` and x[b,s] itself under ``full``: B_s
-gains forward_b · r[b,s], memory_s loses (inflight_s − 1) · activation_b · r[b,s] and gains
+gains forward_b · r[b,s] (so does W_s under a split backward: [Note: recomputation in a
+split backward]), memory_s loses (inflight_s − 1) · activation_b · r[b,s] and gains
 inflight_s · bytes_v · w[v,s] for the values kept, w[v,s] ≥ r[d,s] − r[k,s] (u ≤ k < d).
+With virtual stages the chunk's saved bytes per micro-batch lose activation_b · r[b,s] and
+gain bytes_v · w[v,s], and each rank's rows gain L_r ≥ Σ_b activation_b · r[b,c] for each
+of its chunks c.
     minimise T + Σ_q bytes_q/bandwidth · (Σ_s z[q,s] − 1)
 
 The step time is the longest path of the schedule's task DAG ([Note: the step time
@@ -224,6 +228,8 @@ class _Model:
                     self.binaries += 1
         self.kept_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
         """w[v,s], the largest of its terms: value v is kept by a region of stage s."""
+        self.peak_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
+        """L_r, the largest of its terms: the recomputed activations alive again on rank r."""
         self._order(anc)
         x_bytes = self._crossings(anc)
         held = self._holders()
@@ -412,6 +418,8 @@ class _Model:
         chunked = cfg.virtual_stages > 1
         activations: list[_Lin] = []
         """With virtual stages: per chunk, its saved bytes per micro-batch (as a share)."""
+        alive: list[_Lin] = []
+        """With virtual stages: per chunk, its recomputed activations alive again in a backward."""
         for s, scale in enumerate(memory_scales(problem)):
             dev = cfg.devices[s]
             fwd, bwd, wgt, mem, real, opt = _Lin(), _Lin(), _Lin(), _Lin(), _Lin(), _Lin()
@@ -436,8 +444,11 @@ class _Model:
                 real.add(x, float(blk.real))
                 if single_step[b]:
                     opt.add(x, single_step[b] / dev.speed / tau)
-            if self.candidates:
-                self._recompute(s, scale, bwd, mem)
+            live = _Lin()
+            if self.candidates:  # chunks: their saved bytes per micro-batch, per rank below
+                # [Note: recomputation in a split backward]: W runs the forward again too
+                self._recompute(s, scale, [bwd, wgt] if split else [bwd], act if chunked else mem,
+                                1 if chunked else held_mb, live if chunked else mem)
             for q, per_stage in held.items():
                 mem.add(per_stage[s], problem.param_mem[q].total / scale)
                 temp.add(per_stage[s], (problem.param_mem[q].total + problem.param_mem[q].step) / scale)
@@ -453,6 +464,7 @@ class _Model:
                 if s < p - 1:
                     lin.add(x_bytes[s], 2.0 / scale)
             activations.append(act)
+            alive.append(live)
             self.memory.append(mem)
             self.step_memory.append(temp)
             if dev.memory > 0 and not chunked:  # the scale is the limit
@@ -462,7 +474,7 @@ class _Model:
                 self._add(temp, "<=", 1.0 - 2 * MEMORY_HEADROOM, f"memstep_{s}")
             self._add(real, ">=", 1.0, f"nonempty_{s}")
         if chunked:
-            self.memory = self._rank_memory(self.memory, activations)
+            self.memory = self._rank_memory(self.memory, activations, alive)
             self.step_memory = self._rank_step_memory(self.step_memory)
         self.step = self._var("T")
         self.paths: list[_Lin] = []
@@ -474,16 +486,28 @@ class _Model:
         self.objective = objective
         self.prob += objective.expr()
 
-    def _rank_memory(self, static: list[_Lin], activations: list[_Lin]) -> list[_Lin]:
+    def _rank_memory(self, static: list[_Lin], activations: list[_Lin], alive: list[_Lin]) -> list[_Lin]:
         """Per rank and moment of its program ([Note: chunks]): its chunks' static memory plus
-        the micro-batches each holds then times its activations, as a share of the rank's
-        device; the rows ``mem_r{rank}_{k}`` keep each under the limit."""
+        the micro-batches each holds then times its activations, plus L_r, the largest of its
+        chunks' recomputed activations alive again (``alive``; [Note: recomputation]), as a
+        share of the rank's device; the rows ``mem_r{rank}_{k}`` keep each under the limit."""
         cfg = self.problem.config
         rows = []
         for r, moments in enumerate(cfg.live_sets()):
             chunks = [c for c in range(cfg.num_stages) if cfg.rank_of(c) == r]
+            again = {c: alive[c] for c in chunks if not alive[c].is_const()}
+            peak = _Lin()
+            if len(again) == 1:
+                peak = next(iter(again.values()))
+            elif again:
+                var = self._var(f"L_{r}")
+                self.peak_vars.append((var, list(again.values())))
+                peak.add(var, 1.0)
+                for c, lin in again.items():
+                    self._row([(lin, 1.0), (var, -1.0)], "<=", f"alive_{r}_{c}")
             for k, held in enumerate(moments):
                 row = _Lin()
+                row.add(peak, 1.0)
                 for c in chunks:
                     row.add(static[c], 1.0)
                     row.add(activations[c], float(held[c]))
@@ -507,12 +531,14 @@ class _Model:
                 self._add(row, "<=", 1.0 - 2 * MEMORY_HEADROOM, f"memstep_r{r}")
         return rows
 
-    def _recompute(self, s: int, scale: float, bwd: _Lin, mem: _Lin) -> None:
+    def _recompute(self, s: int, scale: float, passes: list[_Lin], saved: _Lin, inflight: int,
+                   live: _Lin) -> None:
         """Stage s's recomputation terms ([Note: recomputation] in ``autopipe.partition.costs``):
-        the forward again in B, the activations dropped (all but one micro-batch's), and the
-        values kept for the regions, w[v,s] ≥ r[d,s] − r[k,s] for u ≤ k < d."""
+        the forward again in each of ``passes`` (B; and W where the backward is split), the
+        activations dropped from ``saved`` (× ``inflight`` micro-batches) and alive again in
+        ``live``, and the values kept for the regions, w[v,s] ≥ r[d,s] − r[k,s] for u ≤ k < d."""
         problem, cfg, tau = self.problem, self.problem.config, self.tau
-        speed, inflight = cfg.devices[s].speed, cfg.inflight(s)
+        speed = cfg.devices[s].speed
         here = {b for b in self.candidates if self.lo[b] <= s <= self.hi[b]}
         if not here:
             return
@@ -520,8 +546,10 @@ class _Model:
             again = self.recomputes(b, s)
             if cfg.recompute == "auto":
                 self._row([(again, 1.0), (self.x(b, s), -1.0)], "<=", f"rec_{b}_{s}")
-            bwd.add(again, problem.blocks[b].forward_s / speed / tau)
-            mem.add(again, (1 - inflight) * problem.blocks[b].activation_bytes / scale)
+            for lin in passes:
+                lin.add(again, problem.blocks[b].forward_s / speed / tau)
+            saved.add(again, -inflight * problem.blocks[b].activation_bytes / scale)
+            live.add(again, problem.blocks[b].activation_bytes / scale)
         for i, v in enumerate(problem.values):
             readers = [d for d in v.dsts if d in here]
             if not readers or v.bytes == 0:
@@ -539,7 +567,7 @@ class _Model:
                     terms.append(diff)
                     self._row([(diff, 1.0), (kept, -1.0)], "<=", f"kept_{i}_{s}_{d}_{k}")
             self.kept_vars.append((kept, terms))
-            mem.add(kept, inflight * v.bytes / scale)
+            saved.add(kept, inflight * v.bytes / scale)
 
     def _row(self, terms: list[tuple[Term | _Lin, float]], sense: str, name: str, rhs: float = 0.0) -> None:
         row = _Lin()
@@ -617,7 +645,7 @@ class _Model:
         chosen = set(recompute)
         for (b, s), var in self.r.items():
             values[var.name] = 1.0 if b in chosen and stage_of[b] == s else 0.0
-        for var, terms in self.crossing_vars + self.holder_vars + self.kept_vars:
+        for var, terms in self.crossing_vars + self.holder_vars + self.kept_vars + self.peak_vars:
             values[var.name] = max(0.0, max(t.value(values) for t in terms))
         for per_stage, levels in self.tied_levels:
             holders = round(sum(h.value(values) for h in per_stage))

@@ -44,8 +44,10 @@ def _recompute_hint(problem: Problem) -> str:
 
 
 def _needs(problem: Problem, stage_of: Sequence[int], recompute: Sequence[int]) -> str:
-    sizes = ", ".join(format_size(s.memory) for s in evaluate(problem, stage_of, recompute).stages)
-    return f"--recompute auto (recomputing activations, a split needs [{sizes}])"
+    ev = evaluate(problem, stage_of, recompute)
+    sizes = ", ".join(format_size(s.memory) for s in ev.ranks or ev.stages)
+    per = " per rank" if ev.ranks else ""
+    return f"--recompute auto (recomputing activations, a split needs [{sizes}]{per})"
 
 
 def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
@@ -123,10 +125,13 @@ def _explain_chunks(problem: Problem, method: str) -> InfeasiblePlanError:
     worst = max(ev.ranks, key=lambda r: r.memory / r.limit)
     r = ev.ranks.index(worst)
     what = "a chain split" if method != "ilp" else "any partition"
+    if cfg.recompute != "none":
+        what += ", recomputing every block that can be"
+    hint = _recompute_hint(problem) if cfg.recompute == "none" else ""
     return InfeasiblePlanError(
         f"no partition into {cfg.num_ranks} ranks × {cfg.virtual_stages} chunks fits in memory "
         f"({what} searched): the most memory-balanced split needs "
         f"[{', '.join(format_size(x.memory) for x in ev.ranks)}] per rank; rank {r} needs "
         f"{format_size(worst.memory)} but {cfg.devices[r].name} has {format_size(worst.limit)}",
-        hint="try --schedule 1f1b (it holds fewer micro-batches in flight), more --stages, "
-             "or devices with more memory")
+        hint=f"try {hint + ', ' if hint else ''}--schedule 1f1b (it holds fewer micro-batches "
+             f"in flight), more --stages, or devices with more memory")

@@ -214,7 +214,8 @@ def plan_profile(
             (``autopipe.partition.replicas``; ``autopipe.partition.degrees`` chooses it).
         recompute: activation recomputation: ``auto`` (recompute the blocks the ILP chooses,
             only where memory binds), ``none``, or ``full`` (every block that can be); with
-            virtual stages only ``none`` (``auto`` plans none).
+            virtual stages too (per chunk); none under a schedule that splits the backward
+            (zb-h1, zbv, dualpipev: ``autopipe.partition.problem.Problem.recompute_candidates``).
         virtual_stages: chunks per rank for ``interleaved-1f1b`` (default 2), ``zbv`` and
             ``dualpipev`` (2 only): the model is cut into ``num_stages`` × this many chunks,
             chunk c on rank c mod ``num_stages`` (zbv, dualpipev: in a V; [Note: chunks]); with ``auto``, the
@@ -415,7 +416,7 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options) -> Pl
     """
     mode = options.recompute
     if mode == "auto" and not _with_recompute(problem, "auto").recompute_candidates():
-        mode = "none"  # nothing may be recomputed here (a split backward, virtual stages)
+        mode = "none"  # nothing may be recomputed here (a split backward)
     if mode != "auto":
         plan = _plan(_with_recompute(problem, mode), profile, options)
         if mode == "full":
@@ -554,12 +555,17 @@ def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predic
                    virtual_stages=cfg.virtual_stages)
     if ev.ranks:
         # per chunk: its static memory and its part of its rank's peak, the activations it
-        # holds at the rank's worst moment or its optimizer step's temporaries, whichever
-        # phase is the rank's peak (a rank's chunks' figures add up to its peak)
+        # holds at the rank's worst moment (and, for the chunk whose recomputation makes the
+        # most alive again, those: [Note: recomputation]) or its optimizer step's
+        # temporaries, whichever phase is the rank's peak (a rank's chunks' figures add up
+        # to its peak)
         held = {c: r.moment[c] for r in ev.ranks for c in r.chunks}
         stepping = {c for r in ev.ranks if r.activations < r.optimizer_step for c in r.chunks}
+        again = {max(r.chunks, key=lambda c: ev.stages[c].recompute_bytes): r.recompute_bytes
+                 for r in ev.ranks}
         peak = tuple(s.params + s.grads + s.optimizer + s.buffers
-                     + (s.optimizer_step if i in stepping else held[i] * costs[i].activation_bytes)
+                     + (s.optimizer_step if i in stepping
+                        else held[i] * costs[i].activation_bytes + again.get(i, 0))
                      for i, s in enumerate(ev.stages))
     else:
         # a recomputed block's activations live again while its backward runs ([Note: recomputation])

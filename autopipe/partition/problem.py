@@ -127,9 +127,6 @@ class Config:
         if self.recompute not in RECOMPUTE:
             raise PlanError(f"unknown recompute mode {self.recompute!r}",
                             hint=f"choose one of {', '.join(RECOMPUTE)}")
-        if self.recompute == "full" and self.virtual_stages > 1:
-            raise PlanError(f"recomputation is not planned with virtual stages ({self.schedule})",
-                            hint="use --recompute none, or a schedule with one stage per rank")
 
     @property
     def num_ranks(self) -> int:
@@ -273,11 +270,12 @@ class Problem:
         """Blocks that may be recomputed under ``config.recompute`` (none: no block): they
         compute something, write nothing in place, and are neither an input nor the output.
 
-        None under a schedule that splits the backward (zb-h1, zbv, dualpipev): its weight-gradient pass
-        is a second backward, which would run every recomputed forward once more; none with
-        virtual stages (not planned: a rank's memory moments would need each chunk's)."""
+        With virtual stages each chunk recomputes as a stage does ([Note: chunks] in
+        ``autopipe.partition.chunks``); under a schedule that splits the backward (zb-h1, zbv,
+        dualpipev) both passes recompute ([Note: recomputation in a split backward] in
+        ``autopipe.partition.costs``)."""
         cfg = self.config
-        if cfg.recompute == "none" or cfg.virtual_stages > 1 or schedule_order(cfg.schedule, 1, 1).split_backward:
+        if cfg.recompute == "none":
             return ()
         return tuple(i for i, b in enumerate(self.blocks) if b.recomputable and not b.pin and b.real)
 

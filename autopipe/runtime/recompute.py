@@ -19,6 +19,12 @@ registered as a submodule without holding a second copy of anything. A module th
 updates its own state in forward (batch norm's running statistics) would update it
 twice; its buffers are restored after the recomputation. A group that writes a value it
 did not make in place (an input, a buffer) cannot run twice and is refused.
+
+Checkpointing recomputes a group once per backward call (graph task). A split backward's
+weight pass (zb-h1, zbv, dualpipev) makes one call per parameter group, so each stage's
+W action runs under one ``GraphExecGroup`` (``recompute_once_per_weight_pass``): the group
+then recomputes once in W, as the planner counts ([Note: recomputation in a split
+backward] in ``autopipe.partition.costs``).
 """
 
 from __future__ import annotations
@@ -72,6 +78,23 @@ class _BuffersRestored:
             for buf, copy in self.saved:
                 buf.copy_(copy)
         self.saved = []
+
+
+def recompute_once_per_weight_pass(stage: Any) -> None:
+    """Run ``stage``'s weight-gradient actions (a torch ``PipelineStage``'s
+    ``backward_weight_one_chunk``) under one ``GraphExecGroup`` each, in place: a recomputed
+    group runs its forward once per W action, not once per parameter group. A torch without
+    ``GraphExecGroup`` keeps its own behaviour (the same gradients, more recomputation)."""
+    group = getattr(torch.utils.checkpoint, "GraphExecGroup", None)
+    if group is None:
+        return
+    weight_pass = stage.backward_weight_one_chunk
+
+    def once(*args: Any, **kwargs: Any) -> Any:
+        with group():
+            return weight_pass(*args, **kwargs)
+
+    stage.backward_weight_one_chunk = once
 
 
 def checkpoint_groups(gm: fx.GraphModule, groups: Sequence[Sequence[fx.Node]], *, stage: int) -> None:

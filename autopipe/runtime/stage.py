@@ -15,6 +15,7 @@ from autopipe.errors import PlanError
 from autopipe.plan_format import Plan
 from autopipe.runtime.meta import StageMeta
 from autopipe.runtime.placement import rank_of_stages, schedule_kind
+from autopipe.runtime.recompute import recompute_once_per_weight_pass
 from autopipe.runtime.split import Split, retarget_devices
 
 
@@ -78,8 +79,11 @@ def build_pipeline(
     for s in (i for i in range(n) if ranks[i] == rank):
         module = split.stages[s].module.to(device)
         retarget_devices(module, device)
-        stages.append(stage_class(module, s, n, device,
-                                    input_args=metas[s].inputs, output_args=metas[s].outputs, group=group))
+        stage = stage_class(module, s, n, device,
+                            input_args=metas[s].inputs, output_args=metas[s].outputs, group=group)
+        if plan.stages[s].recompute:  # [Note: recomputed regions]
+            recompute_once_per_weight_pass(stage)
+        stages.append(stage)
     if not stages:
         raise PlanError(f"rank {rank} runs no stage of the plan (stage ranks {ranks})",
                         hint="run as many processes as the plan has ranks")
