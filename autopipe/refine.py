@@ -60,9 +60,9 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
         together: time every rank's stages at once, each rank in a process of its own
             on its own cores (on the CPU; ``autopipe.runtime.timing_together``); else one
             stage after another in this process.
-        loss_fn, target: the training loss and one micro-batch's target: the last stage is
-            timed with it, as the runtime's last stage runs it (else the profile's loss,
-            timed alone, is added to that stage).
+        loss_fn, target: the training loss and one micro-batch's target: the last stage's
+            rank runs it after the stage, as the runtime does, and the plan takes its times
+            from there (else the profile's loss, timed alone, is added to that stage).
 
     Returns:
         The refined plan, with ``options["refine"]``: per round the stages' measured /
@@ -97,28 +97,27 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
             # each action after blocking one send latency, as a rank waits for its peer
             # ([Note: compute after a wait] in autopipe.runtime.calibrate); every rank's
             # stages at once, as training runs them ([Note: stages timed together])
-            forward_s, backward_s = time_stages(split, tensors, repeats=repeats, idle_s=idle_s,
-                                                ranks=ranks_of(current), together=together,
-                                                loss=stage_loss if with_loss else None)
-        last = len(forward_s) - 1
-        # stage times with the loss: the nodes take what the loss alone did not
-        # (the profile keeps the loss as timed alone), without it: the loss is added
-        node_f = [f - (loss_f if with_loss and i == last else 0.0) for i, f in enumerate(forward_s)]
-        node_b = [b - (loss_b if with_loss and i == last else 0.0) for i, b in enumerate(backward_s)]
-        factors = stage_factors(profile, current, node_f, node_b)
+            times = time_stages(split, tensors, repeats=repeats, idle_s=idle_s, ranks=ranks_of(current),
+                                together=together, loss=stage_loss if with_loss else None)
+        forward_s, backward_s = times.forward_s, times.backward_s
+        factors = stage_factors(profile, current, forward_s, backward_s)
         for name, s in current.stage_of.items():
             ratio[name] = factors[s]
+        if times.loss_s is not None:  # the loss as timed on its rank among the others
+            loss_f, loss_b = times.loss_s
         # every action pays the runtime's own work around the module (as planned)
         rt = plan_runtime(current)
         fo, bo = rt.get("forward_overhead_s", 0.0), rt.get("backward_overhead_s", 0.0)
+        last = len(forward_s) - 1
         measured.append(with_stage_times(
-            current, [f + fo + (loss_f if i == last else 0.0) for i, f in enumerate(node_f)],
-            [b + bo + (loss_b if i == last else 0.0) for i, b in enumerate(node_b)]))
-        nxt = replan(scale_nodes(profile, ratio))
+            current, [f + fo + (loss_f if i == last else 0.0) for i, f in enumerate(forward_s)],
+            [b + bo + (loss_b if i == last else 0.0) for i, b in enumerate(backward_s)]))
+        nxt = replan(scale_nodes(profile, ratio, loss=(loss_f, loss_b) if times.loss_s else None))
         moved = _cuts(nxt) != _cuts(current)
         record.append({"forward_ratio": [round(f, 4) for f, _ in factors],
                        "backward_ratio": [round(b, 4) for _, b in factors],
-                       "measured_step_s": measured[-1].predicted.iteration_s, "cuts_moved": moved})
+                       "measured_step_s": measured[-1].predicted.iteration_s, "cuts_moved": moved,
+                       **({"loss_s": [round(t, 7) for t in times.loss_s]} if times.loss_s else {})})
         if not moved:
             return _recorded(nxt, record, converged=True, why_not=why_not)
         current = nxt
@@ -158,15 +157,21 @@ def stage_factors(profile: Profile, plan: Plan, forward_s: Sequence[float],
     return [(ratio(f, a), ratio(b, c)) for f, a, b, c in zip(forward_s, fsum, backward_s, bsum)]
 
 
-def scale_nodes(profile: Profile, ratio: dict[str, tuple[float, float]]) -> Profile:
-    """``profile`` with each named node's forward and backward times multiplied by its ratios."""
+def scale_nodes(profile: Profile, ratio: dict[str, tuple[float, float]],
+                loss: tuple[float, float] | None = None) -> Profile:
+    """``profile`` with each named node's forward and backward times multiplied by its ratios,
+    and with ``loss`` its loss's forward and backward seconds replaced."""
     nodes = []
     for n in profile.nodes:
         ff, fb = ratio.get(n.name, (1.0, 1.0))
         nodes.append(dataclasses.replace(n, forward_s=n.forward_s * ff,
                                          backward_input_s=n.backward_input_s * fb,
                                          backward_weight_s=n.backward_weight_s * fb))
-    return dataclasses.replace(profile, nodes=tuple(nodes), meta={**profile.meta, "scaled_to_stages": True})
+    timed_loss = profile.loss
+    if loss is not None and timed_loss is not None:
+        timed_loss = dataclasses.replace(timed_loss, forward_s=loss[0], backward_s=loss[1])
+    return dataclasses.replace(profile, nodes=tuple(nodes), loss=timed_loss,
+                               meta={**profile.meta, "scaled_to_stages": True})
 
 
 def with_stage_times(plan: Plan, forward_s: Sequence[float], backward_s: Sequence[float]) -> Plan:

@@ -24,6 +24,7 @@ from autopipe.refine import (
     with_stage_times,
 )
 from autopipe.runtime.split import Split
+from autopipe.runtime.timing import StageTimes
 from autopipe.schedule import simulate_plan
 
 from .conftest import ROOT, example_spec
@@ -81,13 +82,13 @@ def _fake_timer(monkeypatch: pytest.MonkeyPatch, profile: Profile,
     seen: list[tuple[tuple[str, ...], ...]] = []
     costs = profile.by_name
 
-    def fake(split: Split, inputs: Sequence[torch.Tensor], **_: Any) -> tuple[tuple[float, ...], ...]:
+    def fake(split: Split, inputs: Sequence[torch.Tensor], **_: Any) -> StageTimes:
         held = [[n.name for n in st.module.graph.nodes if n.name in costs and n.op != "placeholder"]
                 for st in split.stages]
         seen.append(tuple(tuple(n for n in h if costs[n].op.startswith("call")) for h in held))
         f = [sum(costs[n].forward_s for n in h) for h in held]
         b = [sum(costs[n].backward_s for n in h) for h in held]
-        return rule(seen[-1], f, b)
+        return StageTimes(*rule(seen[-1], f, b))
 
     monkeypatch.setattr(timing, "time_stages", fake)
     return seen
@@ -162,11 +163,11 @@ def test_stages_are_timed_after_a_wait_and_as_the_nodes_were(monkeypatch: pytest
     spec, graph, profile = mlp
     seen: list[tuple[float, int, bool]] = []
 
-    def fake(split: Split, inputs: Sequence[torch.Tensor], **kw: Any) -> tuple[tuple[float, ...], ...]:
+    def fake(split: Split, inputs: Sequence[torch.Tensor], **kw: Any) -> StageTimes:
         flushed = (torch.tensor([1e-39]) * 0.5).item() == 0.0
         seen.append((kw.get("idle_s", 0.0), torch.get_num_threads(), flushed))
         n = len(split.stages)
-        return (1e-3,) * n, (2e-3,) * n
+        return StageTimes((1e-3,) * n, (2e-3,) * n)
 
     monkeypatch.setattr(timing, "time_stages", fake)
     waited = dataclasses.replace(profile, runtime={**profile.runtime, "send_latency_s": 7e-5})

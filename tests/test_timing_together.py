@@ -53,7 +53,7 @@ def test_each_rank_runs_in_its_own_process_alongside_the_others(tmp_path: Path) 
     logs = [tmp_path / f"{i}.log" for i in range(3)]
     modules = [_Logged(log) for log in logs]
     x = torch.randn(32, 64)
-    f, b = time_together(modules, [[x], [x], [x]], ranks=[0, 1, 0], repeats=5, warmup=2, idle_s=0.0)
+    f, b, _ = time_together(modules, [[x], [x], [x]], ranks=[0, 1, 0], repeats=5, warmup=2, idle_s=0.0)
     assert len(f) == len(b) == 3 and all(t > 0 for t in (*f, *b))
     pids = [set(_runs(log)) for log in logs]
     assert all(len(p) == 1 for p in pids)
@@ -105,6 +105,10 @@ def test_the_last_stage_is_timed_with_the_loss() -> None:
         seen.append(tuple(outs[0].shape))
         return outs[0].square().mean()
 
-    time_stages(split, list(spec.example_inputs), repeats=3, warmup=1, loss=loss)
+    times = time_stages(split, list(spec.example_inputs), repeats=3, warmup=1, loss=loss)
     out = spec.model(*spec.example_inputs)
     assert seen == [tuple(out.shape)] * 4  # every run of the last stage, on the model's output
+    assert times.loss_s is not None and min(times.loss_s) > 0  # the loss timed apart
+    assert time_stages(split, list(spec.example_inputs), repeats=1, warmup=0).loss_s is None
+    together = time_stages(split, list(spec.example_inputs), repeats=2, warmup=1, loss=loss, together=True)
+    assert together.loss_s is not None and len(together.forward_s) == 2

@@ -404,7 +404,8 @@ def measure_stage_compute(spec: ModelSpec, graph: Graph, plan: Plan, repeats: in
     prep = prepare(spec, plan, num_ranks(plan), graph)
     flat = graph.flat_inputs(spec.example_inputs, spec.example_kwargs)
     values = [v for v in flat if isinstance(v, torch.Tensor)]
-    return time_stages(prep.split, values, repeats=repeats, idle_s=idle_s)
+    times = time_stages(prep.split, values, repeats=repeats, idle_s=idle_s)
+    return times.forward_s, times.backward_s
 
 
 def measure_optimizer_s(spec: ModelSpec, graph: Graph, plan: Plan, optimizer: str = "adam",

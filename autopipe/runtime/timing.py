@@ -6,7 +6,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -40,33 +40,67 @@ Loss = Callable[[tuple[Any, ...]], torch.Tensor]
 """The training loss on the last stage's outputs (the runtime's ``loss_fn`` with one target)."""
 
 
-def run_once(module: torch.nn.Module, leaves: Sequence[torch.Tensor], clock: Callable[[], float],
-             idle_s: float = 0.0, loss: Loss | None = None) -> tuple[float, float]:
-    """One forward and one backward of ``module``: their seconds on ``clock``.
+Run = tuple[float, float, float, float]
+"""One run's seconds: the stage's forward and backward, the loss's forward and backward."""
 
-    The backward is seeded with ones, or with ``loss`` it starts from the loss, which
-    then counts in both (as on the runtime's last stage). With ``idle_s`` the thread
-    sleeps that long before each, as a rank blocked on its peer does."""
+
+class StageTimes(NamedTuple):
+    """Medians of a stage timing."""
+
+    forward_s: tuple[float, ...]
+    """Each stage module's forward, seconds."""
+    backward_s: tuple[float, ...]
+    """Each stage module's backward (down to its inputs), seconds."""
+    loss_s: tuple[float, float] | None = None
+    """With a loss: its forward and its backward down to the last stage's outputs, seconds,
+    timed on that stage's rank right after it."""
+
+
+def run_once(module: torch.nn.Module, leaves: Sequence[torch.Tensor], clock: Callable[[], float],
+             idle_s: float = 0.0, loss: Loss | None = None) -> Run:
+    """One forward and one backward of ``module``, and of ``loss`` after it: their seconds
+    on ``clock`` (the loss's are 0 without one).
+
+    Without a loss the backward is seeded with ones; with one it starts from the loss, whose
+    own backward (down to the module's outputs) is timed apart, as on the runtime's last
+    stage. With ``idle_s`` the thread sleeps that long before each forward and backward, as
+    a rank blocked on its peer does."""
     if idle_s > 0:
         time.sleep(idle_s)
     t0 = clock()
-    outs = tuple(module(*leaves))
-    if loss is not None:
-        outs = (loss(outs),)
+    outs = [o for o in module(*leaves) if isinstance(o, torch.Tensor)]
     t1 = clock()
-    grads = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
-    seeds = [torch.ones_like(o) for o in grads]
+    value = loss(tuple(outs)) if loss is not None else None
+    t2 = clock()
+    grads = [o for o in outs if o.requires_grad]
     if idle_s > 0:
         time.sleep(idle_s)
-    t2 = clock()
+    t3 = clock()
+    if value is not None and grads:
+        found = torch.autograd.grad(value, grads, allow_unused=True)
+        seeds = [g for g in found if g is not None]
+        grads = [o for o, g in zip(grads, found) if g is not None]
+    else:
+        seeds = [torch.ones_like(o) for o in grads]
+    t4 = clock()
     if grads:
         torch.autograd.backward(grads, seeds)
-    return t1 - t0, clock() - t2
+    return t1 - t0, clock() - t4, t2 - t1, t4 - t3
+
+
+def medians(runs: Sequence[Sequence[Run]], with_loss: bool) -> StageTimes:
+    """``StageTimes`` of ``runs[k]``: the timed runs of stage ``k``; the loss's from the last."""
+    forward = tuple(statistics.median(r[0] for r in rs) for rs in runs)
+    backward = tuple(statistics.median(r[1] for r in rs) for rs in runs)
+    if not with_loss or not runs:
+        return StageTimes(forward, backward)
+    return StageTimes(forward, backward, (statistics.median(r[2] for r in runs[-1]),
+                                          statistics.median(r[3] for r in runs[-1])))
 
 
 def time_stages(split: Split, inputs: Sequence[torch.Tensor], *, repeats: int = 11, warmup: int = 2,
                 idle_s: float = 0.0, ranks: Sequence[int] | None = None, together: bool = False,
-                loss: Loss | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+                loss: Loss | None = None) -> StageTimes:
     """Each stage's forward and backward seconds for one micro-batch, as one module.
 
     The stages run on their predecessors' real outputs (``inputs`` are the model's
@@ -74,7 +108,7 @@ def time_stages(split: Split, inputs: Sequence[torch.Tensor], *, repeats: int = 
     the stage modules run, so the model's statistics and gradients are left alone.
     Medians of ``repeats`` after ``warmup`` runs, timed with ``stage_clock``. With
     ``idle_s`` the thread sleeps that long before each forward and each backward, as a
-    rank blocked on its peer does. With ``loss`` the last stage's times include the loss
+    rank blocked on its peer does. With ``loss`` the last stage runs it too, timed apart
     (``run_once``).
 
     With ``together``, where ``together_reason`` finds nothing against it, every rank's
@@ -83,7 +117,7 @@ def time_stages(split: Split, inputs: Sequence[torch.Tensor], *, repeats: int = 
     (``autopipe.runtime.timing_together``); else one after another in this thread.
 
     Returns:
-        (forward seconds per stage, backward seconds per stage).
+        Each stage's forward and backward seconds, and the loss's.
     """
     modules = [copy.deepcopy(st.module) for st in split.stages]
     per_stage = stage_inputs(modules, inputs)
@@ -95,12 +129,9 @@ def time_stages(split: Split, inputs: Sequence[torch.Tensor], *, repeats: int = 
                                  idle_s=idle_s, loss=loss)
     device = inputs[0].device if inputs else torch.device("cpu")
     clock = stage_clock(device)
-    forward_s: list[float] = []
-    backward_s: list[float] = []
+    runs: list[list[Run]] = []
     for index, (module, values) in enumerate(zip(modules, per_stage)):
         leaves = as_leaves(index, values)
         last = loss if index == len(modules) - 1 else None
-        runs = [run_once(module, leaves, clock, idle_s, last) for _ in range(warmup + repeats)][warmup:]
-        forward_s.append(statistics.median(f for f, _ in runs))
-        backward_s.append(statistics.median(b for _, b in runs))
-    return tuple(forward_s), tuple(backward_s)
+        runs.append([run_once(module, leaves, clock, idle_s, last) for _ in range(warmup + repeats)][warmup:])
+    return medians(runs, loss is not None)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import statistics
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -34,7 +33,7 @@ import torch
 
 from autopipe.errors import ProfileError
 from autopipe.runtime.affinity import allowed_cpus, core_share
-from autopipe.runtime.timing import Loss, as_leaves, run_once, stage_clock
+from autopipe.runtime.timing import Loss, Run, StageTimes, as_leaves, medians, run_once, stage_clock
 
 TIMEOUT_S = 300.0
 """How long the ranks may take to report, all together."""
@@ -68,16 +67,14 @@ def _rank(rank: int, work: list[tuple[int, torch.nn.Module, list[torch.Tensor], 
         clock = stage_clock(torch.device("cpu"))
         runs = [(index, module, as_leaves(index, values), loss) for index, module, values, loss in work]
 
-        def sweep() -> list[tuple[float, float]]:
+        def sweep() -> list[Run]:
             return [run_once(module, leaves, clock, idle_s, loss) for _, module, leaves, loss in runs]
 
         for _ in range(warmup):
             sweep()
         barrier.wait(TIMEOUT_S)
         timed = [sweep() for _ in range(repeats)]
-        results.put((rank, [(index, statistics.median(t[k][0] for t in timed),
-                             statistics.median(t[k][1] for t in timed))
-                            for k, (index, _, _, _) in enumerate(runs)]))
+        results.put((rank, [(index, [t[k] for t in timed]) for k, (index, _, _, _) in enumerate(runs)]))
         while not done.is_set():
             sweep()
     except threading.BrokenBarrierError:  # another rank failed (and says why), or the wait timed out
@@ -89,7 +86,7 @@ def _rank(rank: int, work: list[tuple[int, torch.nn.Module, list[torch.Tensor], 
 
 def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[torch.Tensor]], *,
                   ranks: Sequence[int] | None, repeats: int, warmup: int,
-                  idle_s: float, loss: Loss | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+                  idle_s: float, loss: Loss | None = None) -> StageTimes:
     """Each stage's forward and backward seconds, every rank's stages timed at once
     ([Note: stages timed together]).
 
@@ -97,7 +94,7 @@ def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[
         modules: the stage modules (copies: they run in the forked processes).
         inputs: each stage's tensor inputs (``timing.stage_inputs``).
         ranks: the rank of each stage (default: stage ``i`` on rank ``i``).
-        loss: run after the last stage, inside its forward and backward (``timing.run_once``).
+        loss: run after the last stage on its rank, timed apart (``timing.run_once``).
 
     Raises:
         ProfileError: a rank failed or did not report within ``TIMEOUT_S``.
@@ -112,8 +109,7 @@ def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[
                 for i, q in enumerate(rank_of) if q == r]
         procs.append(ctx.Process(target=_rank, daemon=True, args=(
             r, work, _cores(r, len(world)), idle_s, warmup, repeats, barrier, done, results)))
-    forward_s = [0.0] * len(modules)
-    backward_s = [0.0] * len(modules)
+    runs: list[list[Run]] = [[] for _ in modules]
     failures: dict[int, str | None] = {}
     try:
         for p in procs:
@@ -127,8 +123,8 @@ def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[
             if answer is None or isinstance(answer, str):
                 failures[rank] = answer
                 continue
-            for index, f, b in answer:
-                forward_s[index], backward_s[index] = f, b
+            for index, timed in answer:
+                runs[index] = timed
         if failures:
             rank, why = min(failures.items(), key=lambda kv: (kv[1] is None, kv[0]))
             raise ProfileError(f"timing the stages together failed on rank {rank}: "
@@ -141,4 +137,4 @@ def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[
             if p.is_alive():
                 p.terminate()
                 p.join()
-    return tuple(forward_s), tuple(backward_s)
+    return medians(runs, loss is not None)
