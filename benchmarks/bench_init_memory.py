@@ -37,7 +37,9 @@ import torch
 from safetensors.torch import load_model, save_model
 
 import autopipe
+from autopipe._units import parse_size
 from autopipe.errors import InfeasiblePlanError
+from autopipe.plan_format import Device
 from autopipe.runtime.launch import launch
 from autopipe.runtime.optim import TrainConfig, make_optimizer
 from autopipe.runtime.pipe import build
@@ -129,11 +131,15 @@ def _child(mode: str, work: Path) -> None:
 
 
 def _memory_balanced_plan(spec: autopipe.ModelSpec, args: argparse.Namespace) -> autopipe.Plan:
-    """The ILP plan under a per-stage memory limit just above half the model's planned memory
-    (raised by 5% until a split fits), as a user short of memory would plan; or ``--memory-limit``."""
+    """The ILP plan for 2 CPU devices (the ranks step Adam fused, with no temporaries: the
+    plan charges none) under a per-stage memory limit just above half the model's planned
+    memory (raised by 5% until a split fits), as a user short of memory would plan; or
+    ``--memory-limit``."""
     def plan(limit: int | str | None) -> autopipe.Plan:
+        memory = 0 if limit is None else parse_size(limit)
         return autopipe.plan(spec.model, spec.example_inputs, num_stages=2, microbatches=args.microbatches,
-                             profile="estimate", memory_limit=limit)
+                             profile="estimate", devices=[Device(name=f"cpu:{i}", memory=memory)
+                                                          for i in range(2)])
 
     if args.memory_limit is not None:
         return plan(args.memory_limit)
