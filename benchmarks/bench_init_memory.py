@@ -132,9 +132,9 @@ def _child(mode: str, work: Path) -> None:
 
 def _memory_balanced_plan(spec: autopipe.ModelSpec, args: argparse.Namespace) -> autopipe.Plan:
     """The ILP plan for 2 CPU devices (the ranks step Adam fused, with no temporaries: the
-    plan charges none) under a per-stage memory limit just above half the model's planned
-    memory (raised by 5% until a split fits), as a user short of memory would plan; or
-    ``--memory-limit``."""
+    plan charges none) under the smallest per-stage memory limit that a split fits, to 0.2%
+    (found by bisection from half the model's planned memory), as a user short of memory
+    would plan; or ``--memory-limit``."""
     def plan(limit: int | str | None) -> autopipe.Plan:
         memory = 0 if limit is None else parse_size(limit)
         return autopipe.plan(spec.model, spec.example_inputs, num_stages=2, microbatches=args.microbatches,
@@ -144,12 +144,21 @@ def _memory_balanced_plan(spec: autopipe.ModelSpec, args: argparse.Namespace) ->
     if args.memory_limit is not None:
         return plan(args.memory_limit)
     free = plan(None)
-    limit = 1.02 * sum(s.memory.total for s in free.stages) / 2
+    low = sum(s.memory.total for s in free.stages) / 2  # no split fits under it
+    high = low * 1.05
     while True:
         try:
-            return plan(int(limit))
+            best = plan(int(high))
+            break
         except InfeasiblePlanError:
-            limit *= 1.05
+            low, high = high, high * 1.05
+    while high / low > 1.002:
+        middle = (low + high) / 2
+        try:
+            best, high = plan(int(middle)), middle
+        except InfeasiblePlanError:
+            low = middle
+    return best
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
