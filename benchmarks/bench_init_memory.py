@@ -4,7 +4,7 @@ A Hugging Face Llama (``examples/llama.py``, random init) is built once on the C
 subprocess and saved as one ``.safetensors`` file; then, built on the meta device, it is
 planned into 2 stages (estimated profile) and trained for a few Adam steps on 2 gloo ranks
 from that file (``autopipe.runtime.build(plan, spec, init=PATH)`` and the calls ``autopipe
-train --init`` makes each step). Each rank reports its peak resident memory (``ru_maxrss``):
+train --init`` makes each step). Each rank reports its peak resident memory (``VmHWM``):
 at the end, before its stages' tensors existed (the process: Python, torch, transformers,
 the meta model traced), after materialising them, and after the first step's forward and
 backward and its optimizer step. Last, one
@@ -57,7 +57,20 @@ def _gb(n: float) -> str:
 
 
 def _peak_rss() -> int:
-    """This process's peak resident memory so far, bytes (Linux reports KiB)."""
+    """This process's peak resident memory so far, bytes: the kernel's ``VmHWM``.
+
+    Not ``ru_maxrss``: Linux carries it over ``exec`` from the process that forked, so a
+    rank started by the benchmark (which holds ~0.46 GB after planning) reported that as its
+    peak before any weight existed (a child of a 513 MiB process: ``ru_maxrss`` 513 MiB,
+    ``VmHWM`` 13 MiB). ``ru_maxrss`` (KiB) only where ``/proc`` is missing.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
