@@ -26,6 +26,11 @@ class Device:
     speed: float = 1.0
     """Compute speed relative to the profiled device (2.0 = twice as fast)."""
 
+    @property
+    def is_cpu(self) -> bool:
+        """Whether ``autopipe train`` runs this device's stages on the CPU (``cpu``, ``cpu:N``)."""
+        return self.name == "cpu" or self.name.startswith("cpu:")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StageMemory:

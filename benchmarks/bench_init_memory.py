@@ -4,7 +4,7 @@ A Hugging Face Llama (``examples/llama.py``, random init) is built once on the C
 subprocess and saved as one ``.safetensors`` file; then, built on the meta device, it is
 planned into 2 stages (estimated profile) and trained for a few Adam steps on 2 gloo ranks
 from that file (``autopipe.runtime.build(plan, spec, init=PATH)`` and the calls ``autopipe
-train --init`` makes each step). Each rank reports its peak resident memory (``ru_maxrss``):
+train --init`` makes each step). Each rank reports its peak resident memory (``VmHWM``):
 at the end, before its stages' tensors existed (the process: Python, torch, transformers,
 the meta model traced), after materialising them, and after the first step's forward and
 backward and its optimizer step. Last, one
@@ -37,7 +37,9 @@ import torch
 from safetensors.torch import load_model, save_model
 
 import autopipe
+from autopipe._units import parse_size
 from autopipe.errors import InfeasiblePlanError
+from autopipe.plan_format import Device
 from autopipe.runtime.launch import launch
 from autopipe.runtime.optim import TrainConfig, make_optimizer
 from autopipe.runtime.pipe import build
@@ -55,7 +57,20 @@ def _gb(n: float) -> str:
 
 
 def _peak_rss() -> int:
-    """This process's peak resident memory so far, bytes (Linux reports KiB)."""
+    """This process's peak resident memory so far, bytes: the kernel's ``VmHWM``.
+
+    Not ``ru_maxrss``: Linux carries it over ``exec`` from the process that forked, so a
+    rank started by the benchmark (which holds ~0.46 GB after planning) reported that as its
+    peak before any weight existed (a child of a 513 MiB process: ``ru_maxrss`` 513 MiB,
+    ``VmHWM`` 13 MiB). ``ru_maxrss`` (KiB) only where ``/proc`` is missing.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -129,21 +144,34 @@ def _child(mode: str, work: Path) -> None:
 
 
 def _memory_balanced_plan(spec: autopipe.ModelSpec, args: argparse.Namespace) -> autopipe.Plan:
-    """The ILP plan under a per-stage memory limit just above half the model's planned memory
-    (raised by 5% until a split fits), as a user short of memory would plan; or ``--memory-limit``."""
+    """The ILP plan for 2 CPU devices (the ranks step Adam fused, with no temporaries: the
+    plan charges none) under the smallest per-stage memory limit that a split fits, to 0.2%
+    (found by bisection from half the model's planned memory), as a user short of memory
+    would plan; or ``--memory-limit``."""
     def plan(limit: int | str | None) -> autopipe.Plan:
+        memory = 0 if limit is None else parse_size(limit)
         return autopipe.plan(spec.model, spec.example_inputs, num_stages=2, microbatches=args.microbatches,
-                             profile="estimate", memory_limit=limit)
+                             profile="estimate", devices=[Device(name=f"cpu:{i}", memory=memory)
+                                                          for i in range(2)])
 
     if args.memory_limit is not None:
         return plan(args.memory_limit)
     free = plan(None)
-    limit = 1.02 * sum(s.memory.total for s in free.stages) / 2
+    low = sum(s.memory.total for s in free.stages) / 2  # no split fits under it
+    high = low * 1.05
     while True:
         try:
-            return plan(int(limit))
+            best = plan(int(high))
+            break
         except InfeasiblePlanError:
-            limit *= 1.05
+            low, high = high, high * 1.05
+    while high / low > 1.002:
+        middle = (low + high) / 2
+        try:
+            best, high = plan(int(middle)), middle
+        except InfeasiblePlanError:
+            low = middle
+    return best
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:

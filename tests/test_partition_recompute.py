@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -135,12 +136,16 @@ def test_a_limit_between_the_needs_gives_a_mixed_plan() -> None:
 
 def test_none_keeps_the_plans_byte_identical(tmp_path: Path) -> None:
     """``recompute="none"`` writes the plan autopipe wrote before recomputation existed
-    (tests/data/plan_gpt2_51MiB.json, written by that version), where auto recomputes."""
+    (tests/data/plan_gpt2_51MiB.json, written by that version), where auto recomputes.
+    Since then CPU devices charge no optimizer-step temporaries (fused Adam, [Note: the
+    optimizer step's temporaries]): the only bytes that differ."""
     prof = Profile.load(ROOT / "profiles" / "cpu" / "gpt2.json")
     options = dict(num_stages=2, memory_limit="51MiB", microbatches=4)
     none = plan_profile(prof, **options, recompute="none")  # type: ignore[arg-type]
     none.save(tmp_path / "none.json")
-    assert (tmp_path / "none.json").read_bytes() == (DATA / "plan_gpt2_51MiB.json").read_bytes()
+    old = (DATA / "plan_gpt2_51MiB.json").read_text()
+    assert re.findall(r'"optimizer_step": [1-9]', old)
+    assert (tmp_path / "none.json").read_text() == re.sub(r'"optimizer_step": \d+', '"optimizer_step": 0', old)
     assert "recompute" not in json.dumps(none.to_json())
     auto = plan_profile(prof, **options)  # type: ignore[arg-type]
     assert auto.recomputes and auto.predicted.iteration_s < none.predicted.iteration_s

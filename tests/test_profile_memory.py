@@ -39,3 +39,30 @@ def test_the_optimizer_steps_temporaries() -> None:
     assert param_memory(200, element_size=2, optimizer="sgd").step == 100 * 4
     assert param_memory(400, optimizer="none").step == 0
     assert param_memory(400, optimizer="adam").total == 1600
+
+
+def test_fused_adam_makes_no_temporaries() -> None:
+    """CPU ranks step Adam fused, in place: nothing but the 16-bit masters' fp32 gradients."""
+    assert param_memory(400, element_size=4, optimizer="adam", fused=True).step == 0
+    assert param_memory(400, element_size=4, optimizer="adamw", fused=True).step == 0
+    assert param_memory(200, element_size=2, optimizer="adam", fused=True).step == 100 * 4
+    assert param_memory(400, optimizer="adam", fused=True).total == 1600
+
+
+def test_cpu_devices_plan_the_fused_step() -> None:
+    """The planner charges Adam's temporaries on GPUs only (what ``autopipe train`` runs)."""
+    from autopipe.partition.problem import Config, from_profile
+    from autopipe.plan_format import Device
+    from autopipe.profile.profile import Profile
+
+    from .conftest import ROOT
+
+    prof = Profile.load(ROOT / "profiles" / "cpu" / "gpt2.json")
+
+    def steps(kind: str) -> set[int]:
+        cfg = Config(num_stages=2, microbatches=2, schedule="1f1b", link_bandwidth=1e9,
+                     devices=tuple(Device(name=f"{kind}:{i}", memory=0) for i in range(2)))
+        return {m.step for m in from_profile(prof, cfg).param_mem.values()}
+
+    assert steps("cpu") == {0}
+    assert 0 not in steps("cuda")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from autopipe._optimizers import build_optimizer
 from autopipe.runtime.optim import MasterWeights, TrainConfig, make_optimizer
 
 
@@ -52,3 +53,23 @@ def test_fp32_parameters_use_torch_directly() -> None:
     assert isinstance(make_optimizer([p], TrainConfig(steps=1)), torch.optim.Adam)
     assert make_optimizer([torch.nn.Parameter(torch.ones(1), requires_grad=False)],
                           TrainConfig(steps=1)) is None
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_states_made_up_front_step_the_same_bits(name: str) -> None:
+    """[Note: Adam's states made up front]: CPU Adam holds its fresh state before any step,
+    and steps exactly as torch's own fused Adam that makes it in its first step."""
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(50, 30, generator=gen)), torch.nn.Parameter(torch.randn(7, generator=gen))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt = build_optimizer(ours, name, 1e-2)
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert all(not opt.state[p]["exp_avg"].any() and float(opt.state[p]["step"]) == 0.0 for p in ours)
+    ref = (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(theirs, lr=1e-2, fused=True)
+    for _ in range(3):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        opt.step()
+        ref.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs))

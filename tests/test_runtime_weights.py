@@ -34,6 +34,25 @@ def test_safetensors_file(tmp_path: Path) -> None:
     _check_reads(tmp_path / "w.safetensors")
 
 
+def test_safetensors_tensors_are_read_not_mapped(tmp_path: Path) -> None:
+    """[Note: weights read, not mapped]: each tensor is the reader's own, and no page of the
+    file is mapped into the process (where ``/proc/self/maps`` tells)."""
+    path = tmp_path / "w.safetensors"
+    save_file(STATE, path)
+    maps = Path("/proc/self/maps")
+    with open_weights(path) as w:
+        tensors = {k: w.read(k) for k in STATE}
+        assert all(w.owns(k) for k in STATE)
+        if maps.exists():
+            assert str(path) not in maps.read_text()
+    assert all(torch.equal(tensors[k], v) for k, v in STATE.items())
+    with open_weights(STATE) as w:
+        assert not w.owns("mid.weight")
+    torch.save(STATE, tmp_path / "w.pt")
+    with open_weights(tmp_path / "w.pt") as w:
+        assert not w.owns("mid.weight")  # a view of the torch file's mapping
+
+
 def test_torch_file_plain_and_nested(tmp_path: Path) -> None:
     torch.save(STATE, tmp_path / "w.pt")
     _check_reads(tmp_path / "w.pt")

@@ -370,7 +370,10 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
             values.append(Value(node=n.name, src=i, dsts=tuple(sorted(dsts)),
                                 bytes=0 if free else n.output_bytes,
                                 is_tensor=n.is_tensor or free))
-    mem = {p: param_memory(b, element_size=esize, optimizer=optimizer) for p, b in param_bytes.items()}
+    # CPU ranks step Adam fused, in place ([Note: the optimizer step's temporaries])
+    fused = bool(config.devices) and all(d.is_cpu for d in config.devices)
+    mem = {p: param_memory(b, element_size=esize, optimizer=optimizer, fused=fused)
+           for p, b in param_bytes.items()}
     return Problem(blocks=tuple(blocks), values=tuple(values), param_bytes=param_bytes,
                    param_mem=mem, config=config,
                    node_module={n.name: n.module for n in profile.nodes},

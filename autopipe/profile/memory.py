@@ -34,7 +34,8 @@ class ParamMemory:
         return self.params + self.grads + self.optimizer
 
 
-def param_memory(param_bytes: int, *, element_size: int = 4, optimizer: str = "adam") -> ParamMemory:
+def param_memory(param_bytes: int, *, element_size: int = 4, optimizer: str = "adam",
+                 fused: bool = False) -> ParamMemory:
     """Training memory of parameters that take ``param_bytes`` in a dtype of ``element_size`` bytes.
 
     Gradients have the parameters' dtype. Optimizer states are fp32; under mixed
@@ -51,6 +52,10 @@ def param_memory(param_bytes: int, *, element_size: int = 4, optimizer: str = "a
     (``autopipe.partition.costs.StageCost.memory``). Measured on an H200 (docs/gpu.md):
     the MLP's training peak was 0.52 GiB over the prediction without it, its fp32
     parameters 0.52 GiB.
+    On CPU ranks autopipe steps Adam with torch's fused kernel ([Note: fused Adam on CPU]
+    in ``autopipe._optimizers``), which updates parameters and states in place: no
+    temporaries (``fused=True``; measured with ``benchmarks/bench_init_memory.py``: a
+    rank's resident peak did not move in its Adam steps).
 
     Raises:
         AutopipeError: unknown optimizer.
@@ -63,7 +68,7 @@ def param_memory(param_bytes: int, *, element_size: int = 4, optimizer: str = "a
     if element_size < 4 and optimizer != "none":
         states += 4 * numel  # fp32 master weights
     grads = 0 if optimizer == "none" else param_bytes
-    step = 4 * numel if optimizer in ("adam", "adamw") else 0
+    step = 4 * numel if optimizer in ("adam", "adamw") and not fused else 0
     if element_size < 4 and optimizer != "none":
         step += 4 * numel  # the gradients widened to fp32 for the masters
     return ParamMemory(params=param_bytes, grads=grads, optimizer=states, step=step)

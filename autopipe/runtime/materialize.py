@@ -108,7 +108,8 @@ def materialize_stages(
     if init is not None:
         with open_weights(init) as weights:
             reads = check_fit(weights, _expected(spec.model), _groups(canonical))
-            values = {c: _as_own(weights.read(reads[c]), names[c], device) for c in slots if c in reads}
+            values = {c: _as_own(weights.read(reads[c]), names[c], device, copy=not weights.owns(reads[c]))
+                      for c in slots if c in reads}
     todo = [c for c in slots if c not in values and names[c].is_meta]
     _initialise(spec, names, canonical, todo, values, device, seed)
     for c, places in slots.items():
@@ -186,9 +187,10 @@ def _slots(modules: Sequence[nn.Module], names: Mapping[str, torch.Tensor],
     return dict(out)
 
 
-def _as_own(t: torch.Tensor, like: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A copy of ``t`` (a view of a file) on ``device``, a Parameter where ``like`` is one."""
-    value = t.to(device, copy=True)
+def _as_own(t: torch.Tensor, like: torch.Tensor, device: torch.device, *, copy: bool) -> torch.Tensor:
+    """``t`` on ``device``, copied if ``copy`` (a view of a file or the caller's tensor), a
+    Parameter where ``like`` is one."""
+    value = t.to(device, copy=copy)
     if isinstance(like, nn.Parameter):
         return nn.Parameter(value, requires_grad=like.requires_grad)
     return value

@@ -13,6 +13,7 @@ from torch.distributed.pipelining import PipelineStage
 from autopipe._torch_pipelining import pipeline_stage_class, schedule_class
 from autopipe.errors import PlanError
 from autopipe.plan_format import Plan
+from autopipe.runtime.grad_accum import fuse_weight_grads
 from autopipe.runtime.meta import StageMeta
 from autopipe.runtime.placement import rank_of_stages, schedule_kind
 from autopipe.runtime.recompute import recompute_once_per_weight_pass
@@ -56,7 +57,9 @@ def build_pipeline(
     The stages get their input and output shapes from ``metas`` (torch's static mode),
     so no shape-inference pass runs. Gradients are not scaled by the schedule: the
     trainer divides them once by the micro-batch count (a parameter that two stages of
-    one rank share would otherwise be divided twice).
+    one rank share would otherwise be divided twice). On CPU ranks the embeddings' and
+    linear layers' weight gradients are added into ``.grad`` in place, bit for bit as
+    autograd would (``autopipe.runtime.grad_accum``).
 
     Args:
         split: the model's stages.
@@ -76,8 +79,11 @@ def build_pipeline(
     n = plan.num_stages
     stages = []
     stage_class = pipeline_stage_class()
-    for s in (i for i in range(n) if ranks[i] == rank):
-        module = split.stages[s].module.to(device)
+    mine = [i for i in range(n) if ranks[i] == rank]
+    modules = {s: split.stages[s].module.to(device) for s in mine}
+    # [Note: weight gradients accumulated in place]
+    fuse_weight_grads(list(modules.values()), device, splits_backward=kind.splits_backward)
+    for s, module in modules.items():
         retarget_devices(module, device)
         stage = stage_class(module, s, n, device,
                             input_args=metas[s].inputs, output_args=metas[s].outputs, group=group)

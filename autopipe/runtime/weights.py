@@ -2,12 +2,23 @@
 
 ``open_weights(path)`` opens, without reading any tensor data:
 
-- a ``.safetensors`` file (``safetensors.safe_open``: the header now, each tensor when asked);
+- a ``.safetensors`` file (``safetensors.safe_open``: the header now; each tensor when asked,
+  read with plain file reads into a tensor of its own, so that no page of the file stays
+  mapped into the process: [Note: weights read, not mapped]);
 - a Hugging Face checkpoint folder: ``model.safetensors.index.json`` and the shards its
   ``weight_map`` names, or a single ``model.safetensors``;
 - a torch ``.pt``/``.pth``/``.bin`` file of ``torch.save(model.state_dict())`` (or of a
   dict holding it under ``"state_dict"`` or ``"model"``), loaded with ``mmap=True`` and
   ``weights_only=True``, so that only the tensors read are paged in.
+
+[Note: weights read, not mapped]
+``safe_open(...).get_tensor`` returns a view of the file mapped into memory, and every page
+that a copy out of it touches stays resident in the process until the file is closed: a
+rank loading its 475 MiB stage from ``benchmarks/bench_init_memory.py``'s file peaked at
+1,337 MiB while it did, 470 MiB over what it held afterwards. Reading each tensor's bytes
+from the file straight into its own tensor (the offsets are in the file's header) needs
+no mapping and no second copy: the same load peaked at what it kept. A torch ``.pt`` file
+is still loaded with ``mmap=True`` (its tensors are views of the mapping until copied).
 
 Names are the original model's state-dict keys (module FQNs). ``check_fit`` compares a
 file's names, shapes and dtypes with what a model expects, counting tied names as one.
@@ -73,7 +84,9 @@ class Weights:
         self._where = where  # tensor name → file name
 
     def read(self, name: str) -> torch.Tensor:
-        """Tensor ``name`` as a CPU tensor (viewing the file's mapping: copy what you keep).
+        """Tensor ``name`` as a CPU tensor: one of its own from a safetensors file ([Note:
+        weights read, not mapped]); else a view of a torch file's mapping or the tensor of
+        the state dict given (``owns`` says which: copy what you keep of a view).
 
         Raises:
             WeightsError: the file has no tensor ``name``, or it cannot be read.
@@ -84,10 +97,14 @@ class Weights:
         if isinstance(reader, dict):
             return reader[name]  # type: ignore[no-any-return]
         try:
-            return reader.get_tensor(name)  # type: ignore[no-any-return]
+            return reader.read(name, self.info[name])  # type: ignore[no-any-return]
         except Exception as e:
             raise WeightsError(f"{self.path}: cannot read tensor {name!r}: {e}",
                                hint="the file is damaged or truncated; write it again") from None
+
+    def owns(self, name: str) -> bool:
+        """Whether ``read(name)`` gives a tensor of its own (not a view of a mapping or the caller's)."""
+        return isinstance(self._readers.get(self._where.get(name, "")), _SafetensorsFile)
 
     def close(self) -> None:
         """Release the files (tensors already copied stay valid)."""
@@ -98,6 +115,38 @@ class Weights:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _SafetensorsFile:
+    """One safetensors file's tensors, read by offset ([Note: weights read, not mapped])."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+        start = 8 + size
+        self.spans: dict[str, tuple[int, int]] = {
+            k: (start + int(v["data_offsets"][0]), start + int(v["data_offsets"][1]))
+            for k, v in header.items() if k != "__metadata__"}
+
+    def read(self, name: str, info: TensorInfo) -> torch.Tensor:
+        begin, end = self.spans[name]
+        out = torch.empty(info.shape, dtype=info.dtype)
+        raw = out.reshape(-1).view(torch.uint8)
+        if raw.numel() != end - begin:
+            raise ValueError(f"{end - begin} bytes in the file for {info}")
+        with self.path.open("rb", buffering=0) as f:
+            f.seek(begin)
+            array: Any = raw.numpy()  # a writable buffer over the tensor's bytes
+            view = memoryview(array)
+            done = 0
+            while done < len(view):
+                n = f.readinto(view[done:])
+                if not n:
+                    raise ValueError(f"the file ends {len(view) - done} bytes early")
+                done += n
+        return out
 
 
 def open_weights(path: WeightsSource) -> Weights:
@@ -170,12 +219,14 @@ def _open_safetensors(files: Sequence[Path], weight_map: Mapping[str, Any]
                                        f"which autopipe does not read", hint="convert the file")
                 info[name] = TensorInfo(tuple(int(s) for s in piece.get_shape()), dtype)
                 where[name] = f.name
+            reader = _SafetensorsFile(f)
         except WeightsError:
             raise
         except Exception as e:
             raise WeightsError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e})",
                                hint="the file is damaged or truncated; write it again") from None
-        readers[f.name] = handle
+        del handle  # the header is read; tensors are read by offset, not through its mapping
+        readers[f.name] = reader
     if weight_map:
         wrong = sorted(k for k, v in weight_map.items() if where.get(k) != Path(str(v)).name)
         if wrong:

@@ -1,0 +1,177 @@
+"""Weight gradients added into ``.grad`` in place, without a gradient-sized temporary (CPU ranks).
+
+[Note: weight gradients accumulated in place]
+
+With several micro-batches, autograd makes each weight's gradient as a new tensor in
+every micro-batch's backward and then adds it to ``.grad``: for a moment a rank holds
+the whole gradient twice over. For most weights that moment is small, but a
+vocabulary matrix is the largest tensor of a language model: Llama's 32,000 × 1,024
+embedding (stage 0) and head (last stage) are 131 MB each, and in
+``benchmarks/bench_init_memory.py`` that temporary was a third of what a rank held
+beyond its parameters, gradients and Adam moments. So a stage's embeddings and linear
+layers run through ``fused_embedding`` and ``fused_linear`` instead (what Megatron-LM
+calls gradient-accumulation fusion)::
+
+    before   weight ─► AccumulateGrad: .grad += (new V × H tensor)
+    after    embedding: .grad.index_add_(0, rows, g[rows])   (only the rows the batch read)
+             linear:    .grad.addmm_(g.T, x)                 (one GEMM into .grad)
+
+Both give ``.grad`` bit for bit the values autograd gives it, so training still equals
+one process exactly: the embedding's backward sums each row's gradients in token order
+into zeros and then adds that row to ``.grad`` (``embedding_dense_backward``), which is
+what ``index_add_`` does with the rows the batch read (every other row gains +0); and
+adding ``g.T @ x`` to ``.grad`` inside the GEMM (``beta=1``) is, on the CPU BLAS torch
+ships, the same rounding as adding it after (``tests/test_runtime_grad_accum.py``
+checks both against autograd). The input's gradient still comes from autograd's own
+formula: the weight enters the op detached, and only its gradient takes the new path.
+
+Only where that holds: CPU stages, fp32 weights (a 16-bit GEMM rounds its sum once
+inside but twice outside), a weight read by exactly one node of the rank's stages
+(autograd sums a weight's gradients from several uses before it adds them to ``.grad``;
+adding each one in turn would round differently), and schedules whose backward is one
+pass (zero-bubble ones take weight gradients from ``torch.autograd.grad``, which needs
+the weight in the graph).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+_EMBEDDING = torch.ops.aten.embedding.default
+_LINEAR = torch.ops.aten.linear.default
+
+
+class _EmbeddingGrad(torch.autograd.Function):
+    """The embedding's output; its weight's gradient added into ``.grad`` row by row."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: nn.Parameter, indices: torch.Tensor, padding_idx: int) -> torch.Tensor:
+        ctx.weight = weight
+        ctx.padding_idx = padding_idx
+        ctx.save_for_backward(indices)
+        out: torch.Tensor = _EMBEDDING(weight.detach(), indices, padding_idx)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None]:
+        (indices,) = ctx.saved_tensors
+        weight: nn.Parameter = ctx.weight
+        rows = indices.reshape(-1)
+        g = grad.reshape(rows.numel(), -1)
+        if ctx.padding_idx >= 0:  # the padding row gets no gradient, as in embedding_dense_backward
+            keep = rows != ctx.padding_idx
+            rows, g = rows[keep], g[keep]
+        # each row's gradients summed in token order into zeros, then added to .grad once
+        unique, inverse = torch.unique(rows, return_inverse=True)
+        summed = torch.zeros((unique.numel(), g.shape[1]), dtype=g.dtype, device=g.device)
+        summed.index_add_(0, inverse, g)
+        if weight.grad is None:
+            weight.grad = torch.zeros_like(weight)
+        weight.grad.index_add_(0, unique, summed)
+        return None, None, None
+
+
+class _LinearGrad(torch.autograd.Function):
+    """The identity on the linear's output; its weight's gradient added into ``.grad`` by one GEMM."""
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, x: torch.Tensor, weight: nn.Parameter) -> torch.Tensor:
+        ctx.weight = weight
+        ctx.save_for_backward(x)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        weight: nn.Parameter = ctx.weight
+        g = grad.reshape(-1, grad.shape[-1])
+        if weight.grad is None:
+            weight.grad = torch.zeros_like(weight)
+        weight.grad.addmm_(g.t(), x.reshape(-1, x.shape[-1]))
+        return grad, None, None
+
+
+def fused_embedding(weight: nn.Parameter, indices: torch.Tensor, padding_idx: int = -1) -> torch.Tensor:
+    """``aten.embedding`` whose weight gradient is added into ``weight.grad`` in place."""
+    if not (weight.requires_grad and torch.is_grad_enabled()):
+        return _EMBEDDING(weight, indices, padding_idx)  # type: ignore[no-any-return]
+    out: torch.Tensor = _EmbeddingGrad.apply(weight, indices, padding_idx)  # type: ignore[no-untyped-call]
+    return out
+
+
+def fused_linear(x: torch.Tensor, weight: nn.Parameter, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``aten.linear`` whose weight gradient is added into ``weight.grad`` in place; the input's
+    and the bias's gradients are autograd's."""
+    if not (weight.requires_grad and torch.is_grad_enabled()):
+        return _LINEAR(x, weight, bias)  # type: ignore[no-any-return]
+    out = _LINEAR(x, weight.detach(), bias)
+    fused: torch.Tensor = _LinearGrad.apply(out, x, weight)  # type: ignore[no-untyped-call]
+    return fused
+
+
+def fuse_weight_grads(modules: Sequence[fx.GraphModule], device: torch.device, *,
+                      splits_backward: bool) -> list[str]:
+    """Route the embeddings and linear layers of one rank's stage modules through
+    ``fused_embedding`` and ``fused_linear`` where that is exact ([Note: weight gradients
+    accumulated in place]), in place.
+
+    Args:
+        modules: every stage module the rank runs (a weight read in two of them is left alone).
+        device: where the rank computes (only CPU stages are changed).
+        splits_backward: the schedule takes weight gradients in a pass of their own.
+
+    Returns:
+        The names of the weights whose gradients are now accumulated in place.
+    """
+    if device.type != "cpu" or splits_backward:
+        return []
+    uses: Counter[int] = Counter()
+    for gm in modules:
+        for node in gm.graph.nodes:
+            if node.op == "get_attr":
+                uses[id(_attr(gm, node.target))] += len(node.users)
+    fused = []
+    for gm in modules:
+        changed = False
+        for node in gm.graph.nodes:
+            name = _fusable(gm, node, uses)
+            if name is not None:
+                node.target = fused_embedding if node.target is _EMBEDDING else fused_linear
+                fused.append(name)
+                changed = True
+        if changed:
+            gm.recompile()
+    return fused
+
+
+def _fusable(gm: fx.GraphModule, node: fx.Node, uses: Counter[int]) -> str | None:
+    """The weight's name if ``node`` is an embedding or linear whose weight may be fused."""
+    if node.op != "call_function" or node.target not in (_EMBEDDING, _LINEAR) or node.kwargs:
+        return None
+    if node.target is _EMBEDDING:
+        weight = node.args[0]
+        # scale_grad_by_freq and sparse gradients keep autograd's path
+        if len(node.args) > 3 and any(bool(a) for a in node.args[3:]):
+            return None
+    else:
+        weight = node.args[1]
+    if not isinstance(weight, fx.Node) or weight.op != "get_attr":
+        return None
+    w = _attr(gm, str(weight.target))
+    if not (isinstance(w, nn.Parameter) and w.requires_grad and w.dtype == torch.float32
+            and w.device.type == "cpu" and uses[id(w)] == 1):
+        return None
+    return str(weight.target)
+
+
+def _attr(gm: fx.GraphModule, target: Any) -> Any:
+    obj: Any = gm
+    for part in str(target).split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,89 @@
+"""Tests for autopipe/runtime/grad_accum.py: weight gradients added in place equal autograd's, bit for bit."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import autopipe
+from autopipe.runtime.grad_accum import fuse_weight_grads, fused_embedding, fused_linear
+
+from .conftest import example_spec
+from .runtime_cases import TINY
+
+
+@pytest.mark.parametrize(("vocab", "width", "tokens", "padding_idx"),
+                         [(4096, 64, 64, 0), (300, 16, 400, -1), (20, 8, 500, 3)])
+def test_embedding_gradient_equals_autograd(vocab: int, width: int, tokens: int, padding_idx: int) -> None:
+    """Three micro-batches with repeated tokens (and the padding row) accumulate the same bits."""
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.nn.Parameter(torch.randn(vocab, width, generator=gen))
+    fused = torch.nn.Parameter(ref.detach().clone())
+    for _ in range(3):
+        ids = torch.randint(0, min(vocab, 50), (2, tokens), generator=gen)
+        grad = torch.randn(2, tokens, width, generator=gen)
+        out = fused_embedding(fused, ids, padding_idx)
+        torch.ops.aten.embedding.default(ref, ids, padding_idx).backward(grad)
+        out.backward(grad)
+        assert torch.equal(out, torch.ops.aten.embedding.default(ref.detach(), ids, padding_idx))
+        assert ref.grad is not None and fused.grad is not None
+        assert torch.equal(fused.grad, ref.grad)
+    if padding_idx >= 0:
+        assert not fused.grad[padding_idx].any()
+
+
+@pytest.mark.parametrize(("rows", "cols", "shape", "bias"),
+                         [(4096, 256, (1, 64), False), (256, 704, (2, 16), True), (17, 33, (5,), True)])
+def test_linear_gradients_equal_autograd(rows: int, cols: int, shape: tuple[int, ...], bias: bool) -> None:
+    """Output, input, weight and bias gradients over three micro-batches: the same bits."""
+    gen = torch.Generator().manual_seed(1)
+    w_ref = torch.nn.Parameter(torch.randn(rows, cols, generator=gen))
+    w = torch.nn.Parameter(w_ref.detach().clone())
+    b_ref = torch.nn.Parameter(torch.randn(rows, generator=gen)) if bias else None
+    b = torch.nn.Parameter(b_ref.detach().clone()) if b_ref is not None else None
+    for _ in range(3):
+        x_ref = torch.randn(*shape, cols, generator=gen, requires_grad=True)
+        x = x_ref.detach().clone().requires_grad_()
+        grad = torch.randn(*shape, rows, generator=gen)
+        y_ref = torch.ops.aten.linear.default(x_ref, w_ref, b_ref)
+        y = fused_linear(x, w, b)
+        y_ref.backward(grad)
+        y.backward(grad)
+        assert torch.equal(y, y_ref) and torch.equal(x.grad, x_ref.grad)
+        assert torch.equal(w.grad, w_ref.grad)
+        if b is not None and b_ref is not None:
+            assert torch.equal(b.grad, b_ref.grad)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_fused_model_gradients_equal_autograd(name: str) -> None:
+    """A traced model with its weights fused: every gradient after two micro-batches is autograd's.
+    GPT-2's token embedding, read again by its tied head, keeps autograd's path (its position
+    embedding is fused; its projections are ``Conv1D``s, ``addmm``, which keep theirs too)."""
+    spec = example_spec(name, **TINY[name])
+    graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
+    ref = graph.gm
+    gm = copy.deepcopy(ref)
+    fused = fuse_weight_grads([gm], torch.device("cpu"), splits_backward=False)
+    if name == "llama":
+        assert {"model.embed_tokens.weight", "lm_head.weight", "model.layers.0.mlp.up_proj.weight"} <= set(fused)
+    else:
+        assert fused == ["transformer.wpe.weight"]
+    for module in (ref, gm):
+        for i in range(2):
+            (inputs,), target = spec.batch(1, i)
+            out = module(*graph.flat_inputs((inputs,)))
+            spec.loss_fn(graph.unflatten_output(out), target).backward()
+    for (pname, p), q in zip(ref.named_parameters(), gm.parameters()):
+        assert (p.grad is None) == (q.grad is None), pname
+        if p.grad is not None:
+            assert torch.equal(p.grad, q.grad), pname
+
+
+def test_nothing_fused_off_cpu_or_with_split_backward() -> None:
+    spec = example_spec("llama", **TINY["llama"])
+    graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
+    assert fuse_weight_grads([graph.gm], torch.device("cpu"), splits_backward=True) == []
+    assert fuse_weight_grads([graph.gm], torch.device("meta"), splits_backward=False) == []
