@@ -199,7 +199,8 @@ def plan_profile(
             stage), ``uniform`` (equal layers), ``params`` (balanced parameters).
         link_bandwidth: bytes/s between stages; default the device spec's or 25 GB/s.
         max_blocks: coarsen graphs with more nodes to this many blocks (at least 8·p).
-        time_limit: seconds for the MIP solver (per candidate when searching).
+        time_limit: seconds for the MIP solver (a search: each candidate a share, what is
+            left to the candidates still open; ``autopipe.partition.search``).
         mip_gap: relative gap at which the MIP counts as solved.
         solver: ``highs`` (default) or ``cbc``.
         deterministic: record 0 solve seconds, so equal inputs give byte-identical plans.

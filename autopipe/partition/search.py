@@ -5,6 +5,8 @@ with a share of the time, and no MIP for a candidate that cannot beat the best s
                ─► the others, one chunk per rank first, then by lower bound (``step_bound``)
                ─► each in turn: bound ≥ best so far?  skip, record the bound
                                 else solve (time limit: its share; MIP cutoff: the best)
+               ─► time left? the open ones (bound < best step), lowest bound first, again:
+                  from their partition, cut off at the best ([Note: a second pass])
                ─► the fastest; ties to the earlier candidate (fewer micro-batches, then
                   the schedule order); every candidate's row in ``options["search"]``
 
@@ -77,8 +79,9 @@ class Candidate:
 
 def search(candidates: list[Candidate], time_limit: float, *, timed: bool = False) -> Plan:
     """The fastest plan over ``candidates``, with every candidate's row in ``options["search"]``
-    and the search's lower bound in ``options["search_lower_bound_s"]``. ``timed``: each
-    solved row records its ``seconds`` too (not byte-reproducible).
+    and the search's lower bound in ``options["search_lower_bound_s"]``. What is left of
+    ``time_limit`` after the first pass goes to the candidates still open ([Note: a second
+    pass]). ``timed``: each solved row records its ``seconds`` too (not byte-reproducible).
 
     Raises:
         InfeasiblePlanError: no candidate fits (the first one's error, in tie order).
