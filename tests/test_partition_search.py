@@ -195,3 +195,68 @@ def test_a_candidate_with_no_partition_in_its_share_is_recorded(monkeypatch: pyt
     assert plan.options["search_lower_bound_s"] == pytest.approx(min(t["lower_bound_s"] for t in chunked))
     assert plan.options["search_lower_bound_s"] < plan.predicted.iteration_s
     assert "3 unsolved in their time" in "\n".join(search_lines(plan))
+
+
+def _stopping_first(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, float | None]]:
+    """Make each candidate's first MIP stop at once with its start (a MIP out of time: status
+    ``feasible``, the bound ``step_bound``); later solves are real. Returns the solves made:
+    (schedule, chunks, cutoff)."""
+    from autopipe.partition.bounds import step_bound
+    from autopipe.partition.costs import evaluate
+
+    seen: set[tuple[str, int, str]] = set()
+    calls: list[tuple[str, int, float | None]] = []
+
+    def solve(problem: Any, **kwargs: Any) -> IlpResult:
+        cfg = problem.config
+        key = (cfg.schedule, cfg.virtual_stages, cfg.recompute)
+        calls.append((cfg.schedule, cfg.virtual_stages, kwargs.get("cutoff")))
+        start = kwargs.get("incumbent")
+        if key in seen or start is None:
+            return solve_ilp(problem, **kwargs)
+        seen.add(key)
+        return IlpResult(stage_of=tuple(start), status="feasible",
+                         objective_s=evaluate(problem, start).objective_s,
+                         lower_bound_s=step_bound(problem), model_objective_s=math.nan, seconds=0.0,
+                         solver="highs", binaries=0, rounds=1)
+
+    monkeypatch.setattr(planner, "solve_ilp", solve)
+    return calls
+
+
+def test_a_second_pass_closes_the_gap_with_the_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[Note: a second pass]: every first MIP stops early, so the candidates whose bound is
+    under the best step stay open; the time left re-solves them (lowest bound first, cut off
+    at the best step), and the search ends where a long solve of each candidate does."""
+    calls = _stopping_first(monkeypatch)
+    plan = plan_profile(at_size(4), num_stages=2, microbatches=4, schedule="auto", time_limit=30,
+                        deterministic=False)
+    monkeypatch.undo()
+    alone = {s: plan_profile(at_size(4), num_stages=2, microbatches=4, schedule=s)
+             for s in ("1f1b", "zb-h1", "gpipe", "interleaved-1f1b", "zbv", "dualpipev")}
+    fastest = min(p.predicted.iteration_s for p in alone.values())
+    assert plan.predicted.iteration_s == pytest.approx(fastest)
+    rows = [t for t in plan.options["search"] if "second_pass" in t]
+    assert rows, "no candidate was open after the first pass"
+    firsts = len({(s, v) for s, v, _ in calls})
+    assert len(calls) > firsts  # the open candidates were solved again
+    assert all(cut is not None for _, _, cut in calls[firsts:])  # cut off at the best step
+    for t in rows:
+        assert t["status"] in ("optimal", "beaten") and t["second_pass"]["status"] == t["status"]
+        assert t["second_pass"]["seconds"] <= t["second_pass"]["time_s"] + 1.0
+        solo = alone[t["schedule"]].predicted.iteration_s
+        assert t["lower_bound_s"] <= solo * (1 + 1e-9)
+        if t["status"] == "optimal":
+            assert t["iteration_s"] == pytest.approx(solo)
+    assert plan.solver.status == "optimal"
+    assert plan.options["search_lower_bound_s"] >= plan.predicted.iteration_s * (1 - 2e-3)
+
+
+def test_no_second_pass_without_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With under ``SECOND_PASS_MIN_S`` left the open candidates stay open, and the search's
+    gap says so."""
+    _stopping_first(monkeypatch)
+    plan = plan_profile(at_size(4), num_stages=2, microbatches=4, schedule="auto", time_limit=0.5)
+    assert not any("second_pass" in t for t in plan.options["search"])
+    assert any(t.get("status") == "feasible" for t in plan.options["search"])
+    assert plan.options["search_lower_bound_s"] < plan.predicted.iteration_s

@@ -13,13 +13,19 @@ from autopipe._jsonio import check_writable
 from autopipe._phases import phase
 from autopipe.cli._common import add_spec_args, reject_flag
 from autopipe.cli._degrees import add_degree_args, check_degree_flags, plan_on_gpus
-from autopipe.errors import PlanError, SpecError
+from autopipe.errors import AutopipeError, PlanError, SpecError
 from autopipe.partition.layers import GRANULARITIES, matcher
 from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, METHODS, ProfileSource, check_options
 from autopipe.partition.problem import SCHEDULES
 from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
-from autopipe.spec import ModelSpec, example_target, load_spec, parse_spec_args
+from autopipe.spec import (
+    ModelSpec,
+    example_target,
+    load_spec,
+    load_spec_for_estimate,
+    parse_spec_args,
+)
 from autopipe.trace import Graph
 
 
@@ -69,7 +75,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--link-bandwidth", metavar="BYTES_PER_S",
                    help="bandwidth between stages, e.g. 25e9 or 25GB (default: the device spec's, else 25 GB/s)")
     p.add_argument("--time-limit", type=_positive(float), default=None, metavar="S",
-                   help="--method ilp: MIP solver seconds (default 60)")
+                   help="--method ilp: MIP solver seconds (default 60; a search shares them out)")
     p.add_argument("--gap", type=_gap, default=None,
                    help="--method ilp: relative MIP gap counted as solved (default 0.001)")
     p.add_argument("--max-blocks", type=_positive(int), default=DEFAULT_MAX_BLOCKS,
@@ -138,10 +144,9 @@ def run(args: argparse.Namespace) -> int:
     knobs = parse_spec_args(args.spec_arg)
     source: ProfileSource
     graph = spec = None
+    said: list[str] = []  # why a build for an estimate had weights, said once
     if args.batch_size is None or args.profile:
-        with phase("build"):
-            spec = load_spec(args.spec, **knobs)
-        graph, source = _profile(args, spec)
+        graph, source, spec = _built_and_profiled(args, knobs, said=said)
         if source.method == "estimate":
             # the graph and the model on meta live until the command ends: move them out of the
             # collector's way (~0.8 s of full collections at 70B; [Note: no collections while tracing])
@@ -153,9 +158,7 @@ def run(args: argparse.Namespace) -> int:
                             hint="pass one of the two")
 
         def source(size: int) -> Profile:
-            with phase("build"):
-                built = _spec_at(args.spec, knobs, size)
-            return _profile(args, built)[1]
+            return _built_and_profiled(args, knobs, size, said=said)[1]
 
     def solve(source: ProfileSource) -> Plan:
         return plan_profile(
@@ -197,10 +200,39 @@ def _check_flags(args: argparse.Namespace) -> None:
                     hint=f"drop {flag}, or use --method ilp")
 
 
-def _spec_at(spec: str, knobs: dict[str, Any], size: int) -> ModelSpec:
-    """SPEC built for micro-batches of ``size`` samples (its ``batch_size`` knob)."""
+def _built_and_profiled(args: argparse.Namespace, knobs: dict[str, Any],
+                        size: int | None = None, *, said: list[str]) -> tuple[Graph, Profile, ModelSpec]:
+    """SPEC built (at micro-batch ``size`` where given) and profiled; for an estimate built
+    on the meta device where it can be ([Note: building for an estimate] in ``autopipe.spec``),
+    else with weights and a note on stderr why (once: ``said`` holds what was said)."""
+    spec: ModelSpec | None = None
+    if args.device_spec and not args.profile and "device" not in knobs:
+        with phase("build"):
+            spec, why = _spec_at(args.spec, knobs, size, estimate=True)
+        if why is None:
+            try:
+                return (*_profile(args, spec), spec)
+            except AutopipeError as e:
+                why, spec = f"estimating it on the meta device failed: {e.message}", None
+        if not said:
+            print(f"note: {args.spec} is built with weights, which the estimate does not read, "
+                  f"as {why}", file=sys.stderr)
+            said.append(why)
+    if spec is None:
+        with phase("build"):
+            spec = _spec_at(args.spec, knobs, size)[0]
+    return (*_profile(args, spec), spec)
+
+
+def _spec_at(spec: str, knobs: dict[str, Any], size: int | None,
+             estimate: bool = False) -> tuple[ModelSpec, str | None]:
+    """SPEC built for micro-batches of ``size`` samples (its ``batch_size`` knob; None: as
+    given), ``load_spec_for_estimate`` with ``estimate``: the spec, why not on meta."""
+    sized = {**knobs, **({"batch_size": size} if size is not None else {})}
     try:
-        return load_spec(spec, **knobs, batch_size=size)
+        if estimate:
+            return load_spec_for_estimate(spec, **sized)
+        return load_spec(spec, **sized), None
     except SpecError as e:
         if "batch_size" not in str(e):
             raise

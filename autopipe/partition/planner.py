@@ -199,7 +199,8 @@ def plan_profile(
             stage), ``uniform`` (equal layers), ``params`` (balanced parameters).
         link_bandwidth: bytes/s between stages; default the device spec's or 25 GB/s.
         max_blocks: coarsen graphs with more nodes to this many blocks (at least 8·p).
-        time_limit: seconds for the MIP solver (per candidate when searching).
+        time_limit: seconds for the MIP solver (a search: each candidate a share, what is
+            left to the candidates still open; ``autopipe.partition.search``).
         mip_gap: relative gap at which the MIP counts as solved.
         solver: ``highs`` (default) or ``cbc``.
         deterministic: record 0 solve seconds, so equal inputs give byte-identical plans.
@@ -332,9 +333,10 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
     return _solve(_build(profile, num_stages, microbatches, schedule, options, virtual_stages), options)
 
 
-def _solve(built: _Built, options: _Options) -> Plan:
-    """Plan a built candidate with ``options`` (its step to beat and time share included)."""
-    plan = _plan_recompute(built.problem, built.profile, options)
+def _solve(built: _Built, options: _Options, start: Plan | None = None) -> Plan:
+    """Plan a built candidate with ``options`` (its step to beat and time share included);
+    ``start``: a plan of it to start the MIP from (a search's second pass)."""
+    plan = _plan_recompute(built.problem, built.profile, options, start)
     if built.layers is not None:  # what the restriction costs: the same solve without it
         plan = record(plan, built.layers,
                       lambda: _plan_recompute(built.free, built.profile, replace(options, beat=math.inf)))
@@ -406,24 +408,27 @@ def _with_recompute(problem: Problem, mode: str) -> Problem:
     return problem.with_config(replace(problem.config, recompute=mode))
 
 
-def _plan_recompute(problem: Problem, profile: Profile, options: _Options) -> Plan:
+def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
+                    start: Plan | None = None) -> Plan:
     """The plan for ``options.recompute`` ([Note: recomputation] in ``autopipe.partition.costs``).
 
     ``none`` and ``full`` plan once. ``auto`` plans without recomputation first and keeps
     that plan unless memory binds: nothing fits, or (ILP) the best partition with no memory
     limits is faster than it. Then it plans again with the ILP choosing which blocks to
-    recompute, started from the first plan, and keeps the faster of the two.
+    recompute, started from the first plan, and keeps the faster of the two. ``start``:
+    a plan for ``problem`` that every solve also starts from.
     """
+    given = {} if start is None else {"start": _block_stages(problem, start)}
     mode = options.recompute
     if mode == "auto" and not _with_recompute(problem, "auto").recompute_candidates():
         mode = "none"  # nothing may be recomputed here (a split backward)
     if mode != "auto":
-        plan = _plan(_with_recompute(problem, mode), profile, options)
+        plan = _plan(_with_recompute(problem, mode), profile, options, incumbents=given)
         if mode == "full":
             plan = replace(plan, options={**plan.options, "recompute": {"mode": "full"}})
         return plan
     try:
-        plain: Plan | None = _plan(problem, profile, options, quiet=True)
+        plain: Plan | None = _plan(problem, profile, options, incumbents=given, quiet=True)
     except (InfeasiblePlanError, Beaten) as e:
         plain, error = None, e
     if step_bound(problem) >= options.beat:  # recomputation only adds time
@@ -432,9 +437,10 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options) -> Pl
         return plain
     if plain is not None and not _memory_binds(problem, plain, options):
         return plain
-    start = {} if plain is None else {"plain": _block_stages(problem, plain)}
+    if plain is not None:
+        given["plain"] = _block_stages(problem, plain)
     try:
-        chosen = _plan(_with_recompute(problem, "auto"), profile, options, incumbents=start)
+        chosen = _plan(_with_recompute(problem, "auto"), profile, options, incumbents=given)
     except (InfeasiblePlanError, Beaten):
         if plain is None:
             if isinstance(error, Beaten):
@@ -528,8 +534,8 @@ def _search(profile_of: Callable[[int], Profile], num_stages: int, counts: list[
                 candidates.append(replace(cand, why=e.message))  # too few blocks for the chunks
                 continue
 
-            def solve(beat: float, share: float, built: _Built = built) -> Plan:
-                return _solve(built, replace(options, beat=beat, share=share))
+            def solve(beat: float, share: float, start: Plan | None, built: _Built = built) -> Plan:
+                return _solve(built, replace(options, beat=beat, share=share), start)
 
             candidates.append(replace(cand, bound=step_bound(built.problem), solve=solve))
     return search(candidates, options.time_limit, timed=not options.deterministic)
