@@ -15,7 +15,7 @@ from autopipe.partition.chain import Chain
 from autopipe.partition.costs import TIE_BANDS, evaluate, tie_key, violations
 from autopipe.partition.dp import min_bottleneck
 from autopipe.partition.ilp import _Model, solve_ilp
-from autopipe.partition.problem import Config, from_profile
+from autopipe.partition.problem import Config, Problem, from_profile
 from autopipe.partition.synthetic import synthetic_profile
 from autopipe.partition.windows import ancestors, pinned_windows
 from autopipe.plan_format import Device
@@ -23,6 +23,15 @@ from autopipe.profile.profile import NodeProfile, Profile
 from tests.partition_cases import Case, cases, check_rows
 
 EXACT = 1e-9
+
+
+def _with_optimum(case: Case) -> tuple[Problem, tuple[float, list[int]]] | None:
+    """The case's problem and brute force's optimum; None where it has none to compare."""
+    problem = case.problem()
+    if problem.num_real < problem.config.num_stages:
+        return None
+    exact = brute.best(problem)
+    return None if exact is None else (problem, exact)
 
 
 def close(a: float, b: float, rel: float = 1e-6) -> bool:
@@ -85,12 +94,10 @@ def test_ties_go_to_the_most_robust_partition(case: Case) -> None:
     """Among the fastest partitions the ILP takes one within brute force's bands: the
     smallest bottleneck stage, then the heaviest lightest stage, then the least memory, each
     within TIE_BANDS of the best of those left (see [Note: ties])."""
-    problem = case.problem()
-    if problem.num_real < problem.config.num_stages:
+    found = _with_optimum(case)
+    if found is None:
         return
-    exact = brute.best(problem)
-    if exact is None:
-        return
+    problem, exact = found
     res = solve_ilp(problem, incumbent=min_bottleneck(Chain(problem)), gap=EXACT)
     assert res.stage_of is not None and res.status == "optimal"
     ev = evaluate(problem, res.stage_of)
@@ -266,12 +273,10 @@ def test_a_cutoff_keeps_the_answer_exact(case: Case, ratio: float, warm: bool) -
     """[Note: a cutoff]: with a step to beat the ILP still finds the optimum where it is
     under the cutoff; where it is over, the lower bound is the cutoff and the incumbent is
     kept (``beaten`` without one)."""
-    problem = case.problem()
-    if problem.num_real < problem.config.num_stages:
+    found = _with_optimum(case)
+    if found is None:
         return
-    exact = brute.best(problem)
-    if exact is None:
-        return
+    problem, exact = found
     dp = min_bottleneck(Chain(problem)) if warm else None
     cutoff = exact[0] * ratio
     res = solve_ilp(problem, incumbent=dp, gap=EXACT, cutoff=cutoff)
