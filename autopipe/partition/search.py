@@ -124,8 +124,7 @@ def search(candidates: list[Candidate], time_limit: float, *, timed: bool = Fals
             if timed:
                 seconds[c.order] = time.perf_counter() - start
         step, lower = plan.predicted.iteration_s, max(c.bound, plan.solver.lower_bound_s)
-        # its MIP proved nothing beats the cutoff: the step is its heuristic start's
-        status = "beaten" if lower >= beat and step > beat else plan.solver.status
+        status = _status(plan, lower, beat)
         rows[c.order] = {**c.row, "iteration_s": step, "bubble_fraction": plan.predicted.bubble_fraction,
                          "lower_bound_s": lower, "status": status}
         plans[c.order] = plan
@@ -193,7 +192,7 @@ def _second_pass(todo: list[Candidate], rows: dict[int, dict[str, Any]], plans: 
             plan = _with_bound(plan, lower)
             plans[c.order] = plan
             step = plan.predicted.iteration_s
-            status = "beaten" if lower >= beat and step > beat else plan.solver.status
+            status = _status(plan, lower, beat)
             row.update(iteration_s=step, bubble_fraction=plan.predicted.bubble_fraction,
                        lower_bound_s=lower, why=None)
             if best[1] is c or (step, c.order) < (beat, best[1].order):
@@ -205,6 +204,13 @@ def _second_pass(todo: list[Candidate], rows: dict[int, dict[str, Any]], plans: 
                               **({"seconds": time.perf_counter() - start, "time_s": share}
                                  if timed else {})}
     return best
+
+
+def _status(plan: Plan, lower: float, beat: float) -> str:
+    """A solved candidate's status: ``beaten`` where its MIP proved nothing beats the cutoff
+    ``beat`` (its step is then its heuristic start's), else its solver's."""
+    step = plan.predicted.iteration_s
+    return "beaten" if lower >= beat and step > beat else plan.solver.status
 
 
 def _with_bound(plan: Plan, lower: float) -> Plan:

@@ -68,11 +68,11 @@ def run_once(module: torch.nn.Module, leaves: Sequence[torch.Tensor], clock: Cal
     if idle_s > 0:
         time.sleep(idle_s)
     t0 = clock()
-    outs = [o for o in module(*leaves) if isinstance(o, torch.Tensor)]
+    outs = tuple(module(*leaves))
     t1 = clock()
-    value = loss(tuple(outs)) if loss is not None else None
+    value = loss(outs) if loss is not None else None  # on what the stage returned, as the runtime's
     t2 = clock()
-    grads = [o for o in outs if o.requires_grad]
+    grads = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
     if idle_s > 0:
         time.sleep(idle_s)
     t3 = clock()

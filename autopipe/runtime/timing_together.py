@@ -12,7 +12,7 @@ out 12–20% under the measured ones (docs/cost-model.md).
 
 So the stages are timed together: one process per rank, forked from this one (the
 stage modules and their inputs are inherited, nothing is pickled), each held to the
-cores ``autopipe train`` gives that rank (``affinity.core_share``, nothing where
+cores ``autopipe train`` gives that rank (``affinity.pin_cores``, nothing where
 there are fewer cores than ranks or the user bound this process), with this
 process's intra-op threads and subnormal setting. Each runs its warm-up, waits at a
 barrier for the others, times ``repeats`` runs of its stages, reports the medians
@@ -24,7 +24,7 @@ one; under constant load the slower rank's contention is priced a little high.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
+import queue
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from autopipe.errors import ProfileError
-from autopipe.runtime.affinity import allowed_cpus, core_share
+from autopipe.runtime.affinity import pin_cores
 from autopipe.runtime.timing import Loss, Run, StageTimes, as_leaves, medians, run_once, stage_clock
 
 TIMEOUT_S = 300.0
@@ -49,21 +49,12 @@ def together_reason(inputs: Sequence[torch.Tensor]) -> str | None:
     return None
 
 
-def _cores(rank: int, world: int) -> list[int] | None:
-    """The cores ``autopipe train`` holds rank ``rank`` of ``world`` to (``pin_cores``)."""
-    if not hasattr(os, "sched_getaffinity") or world < 2:
-        return None
-    mine = os.sched_getaffinity(0)
-    return core_share(rank, world, sorted(mine)) if mine == allowed_cpus() else None
-
-
 def _rank(rank: int, work: list[tuple[int, torch.nn.Module, list[torch.Tensor], Loss | None]],
-          cores: list[int] | None, idle_s: float, warmup: int, repeats: int,
+          world: int, idle_s: float, warmup: int, repeats: int,
           barrier: Any, done: Any, results: Any) -> None:
     """One rank's process: warm up, meet the others, time, report, keep the load on."""
     try:
-        if cores is not None:
-            os.sched_setaffinity(0, cores)
+        pin_cores(rank, world)  # as `autopipe train` holds its ranks
         clock = stage_clock(torch.device("cpu"))
         runs = [(index, module, as_leaves(index, values), loss) for index, module, values, loss in work]
 
@@ -108,7 +99,7 @@ def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[
         work = [(i, modules[i], list(inputs[i]), loss if i == len(modules) - 1 else None)
                 for i, q in enumerate(rank_of) if q == r]
         procs.append(ctx.Process(target=_rank, daemon=True, args=(
-            r, work, _cores(r, len(world)), idle_s, warmup, repeats, barrier, done, results)))
+            r, work, len(world), idle_s, warmup, repeats, barrier, done, results)))
     runs: list[list[Run]] = [[] for _ in modules]
     failures: dict[int, str | None] = {}
     try:
@@ -117,7 +108,7 @@ def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[
         for _ in world:
             try:
                 rank, answer = results.get(timeout=TIMEOUT_S)
-            except Exception:  # queue.Empty
+            except queue.Empty:
                 raise ProfileError(f"timing the stages together: a rank did not report within {TIMEOUT_S:.0f} s",
                                    hint="plan with refine=False (--no-refine)") from None
             if answer is None or isinstance(answer, str):
