@@ -6,17 +6,19 @@ stages refined as whole modules), once with the ILP and once with ``method="unif
 train each plan with Adam on 2 gloo ranks (one thread and one core each, as
 ``autopipe train`` runs) and print the plan's predicted step against the measured
 median and best steps, and autopipe's speedup over the uniform split, predicted and
-measured. No separate calibration runs: what the planner leaves out of a step shows
-as predicted / measured below 1.
+measured. The two plans train in turns (``--rounds`` runs each, their steps pooled),
+so a slow spell of the machine falls on both. No separate calibration runs: what
+the planner leaves out of a step shows as predicted / measured below 1.
 
     python -m benchmarks.bench_cost_model [--only mlp,tied_lm] [--microbatches 4]
-        [--min-seconds 3] [--quiet-wait 30]
+        [--min-seconds 3] [--quiet-wait 30] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -32,11 +34,15 @@ MODELS = [*EXAMPLES, "tied_lm"]
 METHODS = ("ilp", "uniform")
 
 
-def bench(name: str, microbatches: int, min_seconds: float, tmp: Path,
-          quiet_wait_s: float) -> dict[str, tuple[float, float, float]]:
-    """Per method: (predicted, measured median, measured best) seconds per step."""
+def bench(name: str, microbatches: int, min_seconds: float, tmp: Path, quiet_wait_s: float,
+          rounds: int) -> dict[str, tuple[float, float, float]]:
+    """Per method: (predicted, measured median, measured best) seconds per step.
+
+    Both plans are made first; then each trains ``rounds`` times, the two plans taking turns
+    (ilp, uniform, ilp, ...), so a slow spell of the machine falls on both; a plan's median
+    and best are over the steps of all its runs."""
     spec = autopipe.load_spec(_spec_path(name))
-    out: dict[str, tuple[float, float, float]] = {}
+    commands: dict[str, tuple[float, list[str], Path]] = {}
     for method in METHODS:
         # as `autopipe plan` does: the spec's loss on one micro-batch's target is a cost
         plan = autopipe.plan(spec.model, spec.example_inputs, example_kwargs=spec.example_kwargs,
@@ -46,11 +52,15 @@ def bench(name: str, microbatches: int, min_seconds: float, tmp: Path,
         steps = max(16, min(MAX_STEPS, SKIP_STEPS + math.ceil(min_seconds / predicted)))
         folder = Path(tempfile.mkdtemp(prefix=f"{name}-{method}.", dir=tmp))
         plan.save(folder / "plan.json")
-        cmd = [sys.executable, "-m", "benchmarks.bench_simulator", "--worker", _spec_path(name),
-               str(folder / "plan.json"), str(folder), str(steps), "malloc+cores"]
-        run = _train(f"{name} {method}", cmd, folder, quiet_wait_s)
-        out[method] = (predicted, run.median, run.best)
-    return out
+        commands[method] = (predicted, [sys.executable, "-m", "benchmarks.bench_simulator", "--worker",
+                                        _spec_path(name), str(folder / "plan.json"), str(folder), str(steps),
+                                        "malloc+cores"], folder)
+    timed: dict[str, list[float]] = {method: [] for method in METHODS}
+    for _ in range(max(1, rounds)):
+        for method, (_, cmd, folder) in commands.items():
+            timed[method].extend(_train(f"{name} {method}", cmd, folder, quiet_wait_s).steps)
+    return {method: (predicted, statistics.median(timed[method]), min(timed[method]))
+            for method, (predicted, _, _) in commands.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,16 +70,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--microbatches", type=int, default=4)
     ap.add_argument("--min-seconds", type=float, default=3.0)
     ap.add_argument("--quiet-wait", type=float, default=30.0, metavar="SECONDS")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="training runs of each plan, the two plans taking turns")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     print(f"2 stages, 1f1b, {args.microbatches} micro-batches, Adam, 2 gloo ranks on CPU; plans by "
-          f"autopipe.plan's defaults (measured here, stages refined); steps after the first {SKIP_STEPS}")
+          f"autopipe.plan's defaults (measured here, stages refined); steps after the first {SKIP_STEPS}, "
+          f"{args.rounds} run(s) of each plan in turns")
     print(f"{'model':8s} {'plan':8s} {'predicted':>10s} {'median':>10s} {'best':>10s} {'pred/med':>8s}")
     rows = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_cost_model.") as d:
         for name in [n for n in args.only.split(",") if n]:
-            rows[name] = bench(name, args.microbatches, args.min_seconds, Path(d), args.quiet_wait)
+            rows[name] = bench(name, args.microbatches, args.min_seconds, Path(d), args.quiet_wait,
+                               args.rounds)
             for method, (pred, med, best) in rows[name].items():
                 print(f"{name:8s} {method:8s} {pred * 1e3:8.2f}ms {med * 1e3:8.2f}ms {best * 1e3:8.2f}ms "
                       f"{pred / med:8.3f}", flush=True)

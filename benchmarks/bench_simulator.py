@@ -208,6 +208,8 @@ class _Run:
     cores: float
     busy: float
     others: float
+    steps: tuple[float, ...] = ()
+    """Every timed step (the slowest rank's), in order."""
 
 
 def _train(name: str, cmd: list[str], out: Path, quiet_wait_s: float) -> _Run:
@@ -226,7 +228,8 @@ def _train(name: str, cmd: list[str], out: Path, quiet_wait_s: float) -> _Run:
     slowest = [max(ts) for ts in zip(*(r["step_s"] for r in per_rank))]
     timed = slowest[SKIP_STEPS:] or slowest
     return _Run(best=min(timed), median=statistics.median(timed),
-                cores=sum(r["cpu_s"] for r in per_rank) / sum(slowest), busy=busy, others=others)
+                cores=sum(r["cpu_s"] for r in per_rank) / sum(slowest), busy=busy, others=others,
+                steps=tuple(timed))
 
 
 def bench_examples(names: list[str], microbatches: int, steps: int, min_seconds: float, rounds: int,
