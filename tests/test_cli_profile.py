@@ -110,4 +110,5 @@ def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert main(["profile", MLP, *argv, "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and "hint:" in err
+    assert "note:" not in err  # said before any build
     assert not out.exists()

@@ -19,6 +19,7 @@ from autopipe.partition.layers import GRANULARITIES, matcher
 from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, METHODS, ProfileSource, check_options
 from autopipe.partition.problem import SCHEDULES
 from autopipe.plan_format import Plan
+from autopipe.profile.devices import load_device_spec
 from autopipe.profile.profile import Profile
 from autopipe.spec import (
     ModelSpec,
@@ -142,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     if args.cut_at is not None:
         matcher(args.cut_at)  # a bad regex fails before minutes of profiling
     check_writable(args.output)
+    if args.device_spec:
+        load_device_spec(args.device_spec)  # a bad name fails before the build
     knobs = parse_spec_args(args.spec_arg)
     source: ProfileSource
     graph = spec = None

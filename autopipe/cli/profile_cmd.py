@@ -12,6 +12,7 @@ from autopipe.cli._common import add_spec_args, reject_flag
 from autopipe.cli._estimate_build import build_record, built_for_estimate
 from autopipe.profile._dtypes import DTYPES
 from autopipe.profile._timer import CLOCKS
+from autopipe.profile.devices import load_device_spec
 from autopipe.profile.memory import OPTIMIZERS, param_memory
 from autopipe.profile.profile import Profile
 from autopipe.spec import (
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     meta = args.device == "meta"
     _check_flags(args, meta)
     check_writable(args.output)
+    if meta:
+        load_device_spec(args.device_spec or "h100")  # a bad name fails before the build
     knobs = parse_spec_args(args.spec_arg)
     progress = False if args.no_progress else None
 
