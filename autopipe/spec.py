@@ -214,7 +214,11 @@ def _materialize(model: nn.Module, device: torch.device) -> None:
 # graph fingerprint than the model ``autopipe train`` builds. The build falls back to a
 # normal one, saying why, where it has no such knob, fails on meta, leaves its inputs on
 # meta, or where tracing or estimating fails; the plan is byte-identical either way
-# (``tests/test_cli_plan_meta.py``).
+# (``tests/test_cli_plan_meta.py``). ``autopipe profile --device meta`` builds the same
+# way (``autopipe.cli._estimate_build``), and so does ``plan --profile``, which reads no
+# weights either: the three trace one graph, so the profile fits and plans as
+# ``--device-spec`` does (a 70B shape without ``device=meta``: 0.5 GB resident, its
+# ~280 GB of fp32 storage never touched). Given ``device=meta``, all three trace on meta.
 
 
 def parse_spec_args(items: list[str] | None) -> dict[str, Any]:

@@ -50,8 +50,10 @@ class Reference:
     (``recompute_limit``), planned with ``--recompute auto``."""
 
     def command(self) -> str:
+        # make_profile builds an estimate's model with device=meta, and so traces it on meta
+        args = {**self.args, **({"device": "meta"} if self.device_spec else {})}
         knobs = " ".join(f"--spec-arg {shlex.quote(f'{k}={v if isinstance(v, str) else repr(v)}')}"
-                         for k, v in self.args.items())
+                         for k, v in args.items())
         where = (f"--device meta --device-spec {self.device_spec}" if self.device_spec
                  else "--device cpu")
         dtype = f" --dtype {self.dtype}" if self.dtype else ""

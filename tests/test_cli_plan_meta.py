@@ -17,9 +17,10 @@ LOAD = spec_module.load_spec
 
 
 def _plan(args: list[str], out: Path, monkeypatch: pytest.MonkeyPatch,
-          capsys: pytest.CaptureFixture[str]) -> tuple[str, list[str], str]:
-    """Run `autopipe plan`; the plan's bytes, the ``device`` knob of each build (``-``:
-    none given), stderr."""
+          capsys: pytest.CaptureFixture[str], costs: tuple[str, ...] = ("--device-spec", "h100"),
+          ) -> tuple[str, list[str], str]:
+    """Run `autopipe plan` with ``costs``; the plan's bytes, the ``device`` knob of each
+    build (``-``: none given), stderr."""
     devices: list[str] = []
 
     def load(where: str, **kwargs: Any) -> Any:
@@ -28,7 +29,7 @@ def _plan(args: list[str], out: Path, monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(spec_module, "load_spec", load)
     monkeypatch.setattr(plan_cmd, "load_spec", load)
-    code = main(["plan", *args, "--device-spec", "h100", "-o", str(out)])
+    code = main(["plan", *args, *costs, "-o", str(out)])
     err = capsys.readouterr().err
     assert code == 0, err
     return out.read_text(), devices, err
@@ -50,6 +51,21 @@ def test_an_estimate_builds_on_meta_with_the_same_plan(
                                monkeypatch, capsys)
     assert set(on_cpu) == {"cpu"} and len(on_cpu) == len(on_meta)  # the knob given: as told
     assert meta.replace("meta.json", "cpu.json") == weights
+
+
+def test_a_given_profile_builds_on_meta_with_the_same_plan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`plan --profile` reads no weights either (a 70B shape plans from its profile in
+    memory a laptop has), and plans what `plan --device-spec` plans."""
+    args = [str(ROOT / "examples" / "llama.py") + ":build", "--spec-arg", "num_hidden_layers=2",
+            "--spec-arg", "vocab_size=1024", "--stages", "2"]
+    profile = tmp_path / "p.json"
+    assert main(["profile", *args[:5], "--device", "meta", "--no-progress", "-o", str(profile)]) == 0
+    given, devices, err = _plan(args, tmp_path / "given.json", monkeypatch, capsys,
+                                costs=("--profile", str(profile)))
+    assert devices == ["meta"] and "note:" not in err
+    estimated, _, _ = _plan(args, tmp_path / "estimated.json", monkeypatch, capsys)
+    assert given.replace("given.json", "estimated.json") == estimated
 
 
 SPEC = '''

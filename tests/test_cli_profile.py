@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,49 @@ def test_build_without_device_argument(tmp_path: Path, capsys: pytest.CaptureFix
         "                     loss_fn=lambda o, t: o.sum(), batch=lambda n, step=0: ((torch.randn(2 * n, 4),), None))\n")
     out = tmp_path / "p.json"
     assert main(["profile", f"{src}:build", "--device", "meta", "-o", str(out)]) == 0
-    assert "takes no device=" in capsys.readouterr().err
+    assert "built with weights, which the estimate does not read, as its build function has no " \
+        "device knob" in capsys.readouterr().err
     assert Profile.load(out).method == "estimate"
+
+
+TINY = {"gpt2": ["--spec-arg", "n_layer=2", "--spec-arg", "vocab_size=1024"],
+        "llama": ["--spec-arg", "num_hidden_layers=2", "--spec-arg", "vocab_size=1024"]}
+
+
+@pytest.mark.parametrize("example", sorted(TINY))
+def test_an_estimate_is_a_profile_plan_takes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             example: str) -> None:
+    """Built as `plan --device-spec` builds it (on meta, traced with storage on the CPU):
+    `plan --profile` accepts it and makes the plan `plan --device-spec` makes."""
+    spec = [str(ROOT / "examples" / f"{example}.py") + ":build", *TINY[example]]
+    profile = tmp_path / "p.json"
+    assert main(["profile", *spec, "--device", "meta", "--device-spec", "h100", "--no-progress",
+                 "-o", str(profile)]) == 0
+    assert Profile.load(profile).meta["build"]["traced_on"] == "cpu"
+    plan = ["plan", *spec, "--stages", "2", "--memory", "1GiB", "-o"]
+    assert main([*plan, str(tmp_path / "given.json"), "--profile", str(profile)]) == 0, \
+        capsys.readouterr().err
+    assert main([*plan, str(tmp_path / "estimated.json"), "--device-spec", "h100"]) == 0
+    given = json.loads((tmp_path / "given.json").read_text())
+    assert given == json.loads((tmp_path / "estimated.json").read_text())
+    assert given["stages"][0]["nodes"] and given["predicted"]["iteration_s"] > 0
+
+
+def test_a_profile_of_another_build_names_the_difference(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A profile traced on meta (``--spec-arg device=meta``) has other nodes than a CPU build."""
+    spec = [str(ROOT / "examples" / "gpt2.py") + ":build", *TINY["gpt2"]]
+    profile = tmp_path / "p.json"
+    assert main(["profile", *spec, "--spec-arg", "device=meta", "--device", "meta", "--no-progress",
+                 "-o", str(profile)]) == 0
+    capsys.readouterr()
+    assert main(["plan", *spec, "--stages", "2", "--profile", str(profile),
+                 "-o", str(tmp_path / "plan.json")]) == 2
+    err = capsys.readouterr().err
+    assert "the profile is for another model" in err
+    assert "this command has --spec-arg n_layer=2 --spec-arg vocab_size=1024;" in err
+    assert "traced on meta, this build on cpu" in err
+    assert "hint: give plan the SPEC and knobs" in err and "--spec-arg device=meta)" in err
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -68,4 +110,5 @@ def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert main(["profile", MLP, *argv, "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and "hint:" in err
+    assert "note:" not in err  # said before any build
     assert not out.exists()

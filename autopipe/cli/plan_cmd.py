@@ -13,11 +13,13 @@ from autopipe._jsonio import check_writable
 from autopipe._phases import phase
 from autopipe.cli._common import add_spec_args, reject_flag
 from autopipe.cli._degrees import add_degree_args, check_degree_flags, plan_on_gpus
-from autopipe.errors import AutopipeError, PlanError, SpecError
+from autopipe.cli._estimate_build import build_record, built_for_estimate, explain_mismatch
+from autopipe.errors import PlanError, PlanMismatchError, SpecError
 from autopipe.partition.layers import GRANULARITIES, matcher
 from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, METHODS, ProfileSource, check_options
 from autopipe.partition.problem import SCHEDULES
 from autopipe.plan_format import Plan
+from autopipe.profile.devices import load_device_spec
 from autopipe.profile.profile import Profile
 from autopipe.spec import (
     ModelSpec,
@@ -141,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     if args.cut_at is not None:
         matcher(args.cut_at)  # a bad regex fails before minutes of profiling
     check_writable(args.output)
+    if args.device_spec:
+        load_device_spec(args.device_spec)  # a bad name fails before the build
     knobs = parse_spec_args(args.spec_arg)
     source: ProfileSource
     graph = spec = None
@@ -202,25 +206,22 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def _built_and_profiled(args: argparse.Namespace, knobs: dict[str, Any],
                         size: int | None = None, *, said: list[str]) -> tuple[Graph, Profile, ModelSpec]:
-    """SPEC built (at micro-batch ``size`` where given) and profiled; for an estimate built
-    on the meta device where it can be ([Note: building for an estimate] in ``autopipe.spec``),
-    else with weights and a note on stderr why (once: ``said`` holds what was said)."""
-    spec: ModelSpec | None = None
+    """SPEC built (at micro-batch ``size`` where given) and profiled; for an estimate or a
+    given profile built on the meta device where it can be ([Note: building for an estimate]
+    in ``autopipe.spec``), else with weights and, for an estimate, a note on stderr why (once:
+    ``said`` holds what was said)."""
     if args.device_spec and not args.profile and "device" not in knobs:
-        with phase("build"):
-            spec, why = _spec_at(args.spec, knobs, size, estimate=True)
-        if why is None:
-            try:
-                return (*_profile(args, spec), spec)
-            except AutopipeError as e:
-                why, spec = f"estimating it on the meta device failed: {e.message}", None
-        if not said:
-            print(f"note: {args.spec} is built with weights, which the estimate does not read, "
-                  f"as {why}", file=sys.stderr)
-            said.append(why)
-    if spec is None:
-        with phase("build"):
-            spec = _spec_at(args.spec, knobs, size)[0]
+        def load(estimate: bool) -> tuple[ModelSpec, str | None]:
+            with phase("build"):
+                return _spec_at(args.spec, knobs, size, estimate=estimate)
+
+        (graph, profile), spec = built_for_estimate(args.spec, load, lambda s: _profile(args, s),
+                                                    said=said)
+        return graph, profile, spec
+    with phase("build"):
+        # planning from a given profile reads no weights either: built as for an estimate, it
+        # traces the same graph (no note where it cannot be: nothing is estimated)
+        spec = _spec_at(args.spec, knobs, size, estimate=bool(args.profile))[0]
     return (*_profile(args, spec), spec)
 
 
@@ -272,7 +273,11 @@ def _profile(args: argparse.Namespace, spec: ModelSpec) -> tuple[Graph, Profile]
     on_meta = any(p.device.type == "meta" for p in spec.model.parameters())
     if args.profile:
         profile = Profile.load(args.profile)
-        check_profile(graph, profile)
+        try:
+            check_profile(graph, profile)
+        except PlanMismatchError as e:
+            raise explain_mismatch(
+                e, profile, args.profile, build_record(args.spec, args.spec_arg, spec.model)) from None
         return graph, profile
     loss = {"loss_fn": spec.loss_fn, "target": example_target(spec)}
     if args.device_spec or on_meta:

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from dataclasses import replace
 from typing import Any
 
 from autopipe._jsonio import check_writable
 from autopipe._units import format_seconds, format_size
 from autopipe.cli._common import add_spec_args, reject_flag
-from autopipe.errors import SpecError
+from autopipe.cli._estimate_build import build_record, built_for_estimate
 from autopipe.profile._dtypes import DTYPES
 from autopipe.profile._timer import CLOCKS
+from autopipe.profile.devices import load_device_spec
 from autopipe.profile.memory import OPTIMIZERS, param_memory
 from autopipe.profile.profile import Profile
-from autopipe.spec import ModelSpec, example_target, load_spec, parse_spec_args
+from autopipe.spec import (
+    ModelSpec,
+    example_target,
+    load_spec,
+    load_spec_for_estimate,
+    parse_spec_args,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -64,25 +71,38 @@ def run(args: argparse.Namespace) -> int:
     meta = args.device == "meta"
     _check_flags(args, meta)
     check_writable(args.output)
-    spec = _load(args.spec, parse_spec_args(args.spec_arg), meta)
-    graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
-    progress = False if args.no_progress else None
-    target = example_target(spec)
     if meta:
-        profile = estimate(graph, spec.example_inputs, spec.example_kwargs,
-                           device_spec=args.device_spec or "h100", dtype=args.dtype, progress=progress,
-                           loss_fn=spec.loss_fn, target=target)
+        load_device_spec(args.device_spec or "h100")  # a bad name fails before the build
+    knobs = parse_spec_args(args.spec_arg)
+    progress = False if args.no_progress else None
+
+    def estimated(spec: ModelSpec) -> Profile:
+        graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
+        return estimate(graph, spec.example_inputs, spec.example_kwargs,
+                        device_spec=args.device_spec or "h100", dtype=args.dtype, progress=progress,
+                        loss_fn=spec.loss_fn, target=example_target(spec))
+
+    if meta and "device" not in knobs:
+        # built as `plan --device-spec` builds it, so that `plan --profile` traces the same graph
+        profile, spec = built_for_estimate(args.spec, lambda e: _load(args.spec, knobs, e), estimated,
+                                           said=[])
+    elif meta:
+        spec = load_spec(args.spec, **knobs)
+        profile = estimated(spec)
     else:
+        spec = load_spec(args.spec, **knobs)
+        graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
         threads = 1 if args.threads is None else args.threads
         profile = measure(graph, spec.example_inputs, spec.example_kwargs, device=args.device,
                           dtype=args.dtype, warmup=2 if args.warmup is None else args.warmup,
                           repeats=5 if args.repeats is None else args.repeats,
                           threads=threads or None, progress=progress, clock=args.clock or "auto",
-                          pin_malloc=args.pin_malloc, loss_fn=spec.loss_fn, target=target)
+                          pin_malloc=args.pin_malloc, loss_fn=spec.loss_fn, target=example_target(spec))
         if not args.no_runtime_costs:
             from autopipe.runtime.calibrate import profile_runtime
 
             profile = profile_runtime(profile, args.optimizer if args.optimizer != "none" else "sgd")
+    profile = replace(profile, meta={**profile.meta, "build": build_record(args.spec, args.spec_arg, spec.model)})
     profile.save(args.output)
     print(summary(profile, spec.name, optimizer=args.optimizer))
     print(f"wrote {args.output}")
@@ -110,18 +130,9 @@ def _check_flags(args: argparse.Namespace, meta: bool) -> None:
                     hint=f"drop {flag}")
 
 
-def _load(where: str, kwargs: dict[str, Any], meta: bool) -> ModelSpec:
-    """Load the spec; for ``--device meta`` build it on the meta device when it takes ``device=``."""
-    if not meta or "device" in kwargs:
-        return load_spec(where, **kwargs)
-    try:
-        return load_spec(where, **kwargs, device="meta")
-    except SpecError as e:
-        if "unexpected keyword argument 'device'" not in e.message:
-            raise
-    print("note: the build function takes no device=; building it on its own device first",
-          file=sys.stderr)
-    return load_spec(where, **kwargs)
+def _load(where: str, knobs: dict[str, Any], estimate: bool) -> tuple[ModelSpec, str | None]:
+    """The spec for ``built_for_estimate``: ``load_spec_for_estimate``, or as usual."""
+    return load_spec_for_estimate(where, **knobs) if estimate else (load_spec(where, **knobs), None)
 
 
 def summary(p: Profile, name: str, *, optimizer: str = "adam") -> str:
