@@ -59,13 +59,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from autopipe.profile.memory import ZERO_PAGES_MIN
+
 _EMBEDDING = torch.ops.aten.embedding.default
 _LINEAR = torch.ops.aten.linear.default
 _ROWS = "_autopipe_rows_written"
 """Attribute of a gradient on zero pages: the row indices written into it, one tensor per
 backward ([Note: an embedding's gradient on zero pages])."""
-_ZERO_PAGES_MIN = 1 << 20
-"""Smaller gradients are plain ``zeros_like``: page-sized savings are not worth a mapping."""
 
 
 def zero_pages_like(t: torch.Tensor) -> torch.Tensor:
@@ -136,7 +136,7 @@ class _EmbeddingGrad(torch.autograd.Function):
 def _new_embedding_grad(weight: nn.Parameter) -> torch.Tensor:
     """A zero gradient for ``weight``: on zero pages where that saves memory, recording its rows."""
     if (weight.device.type != "cpu" or not weight.is_contiguous()
-            or weight.numel() * weight.element_size() < _ZERO_PAGES_MIN):
+            or weight.numel() * weight.element_size() < ZERO_PAGES_MIN):
         return torch.zeros_like(weight)
     grad = zero_pages_like(weight)
     setattr(grad, _ROWS, [])
