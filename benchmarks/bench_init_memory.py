@@ -45,6 +45,7 @@ from autopipe.runtime.optim import TrainConfig, make_optimizer
 from autopipe.runtime.pipe import build
 from autopipe.runtime.prepare import prepare
 from autopipe.runtime.reference import reference_train
+from autopipe.spec import example_target
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = f"{ROOT / 'examples' / 'llama.py'}:build"
@@ -145,14 +146,17 @@ def _child(mode: str, work: Path) -> None:
 
 def _memory_balanced_plan(spec: autopipe.ModelSpec, args: argparse.Namespace) -> autopipe.Plan:
     """The ILP plan for 2 CPU devices (the ranks step Adam fused, with no temporaries: the
-    plan charges none) under the smallest per-stage memory limit that a split fits, to 0.2%
-    (found by bisection from half the model's planned memory), as a user short of memory
-    would plan; or ``--memory-limit``."""
+    plan charges none), with the loss (as ``autopipe plan`` makes it: the last stage is
+    charged its scratch), under the smallest per-stage memory limit that a split fits, to
+    0.2% (found by bisection from half the model's planned memory), as a user short of
+    memory would plan; or ``--memory-limit``."""
+    target = example_target(spec)
+
     def plan(limit: int | str | None) -> autopipe.Plan:
         memory = 0 if limit is None else parse_size(limit)
         return autopipe.plan(spec.model, spec.example_inputs, num_stages=2, microbatches=args.microbatches,
-                             profile="estimate", devices=[Device(name=f"cpu:{i}", memory=memory)
-                                                          for i in range(2)])
+                             profile="estimate", loss_fn=spec.loss_fn, target=target,
+                             devices=[Device(name=f"cpu:{i}", memory=memory) for i in range(2)])
 
     if args.memory_limit is not None:
         return plan(args.memory_limit)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
 
 import autopipe
-from autopipe.runtime.grad_accum import fuse_weight_grads, fused_embedding, fused_linear
+from autopipe.runtime.grad_accum import (
+    forget_rows,
+    fuse_weight_grads,
+    fused_embedding,
+    fused_linear,
+    mean_grad_,
+)
 
 from .conftest import example_spec
 from .runtime_cases import TINY
@@ -87,3 +94,43 @@ def test_nothing_fused_off_cpu_or_with_split_backward() -> None:
     graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
     assert fuse_weight_grads([graph.gm], torch.device("cpu"), splits_backward=True) == []
     assert fuse_weight_grads([graph.gm], torch.device("meta"), splits_backward=False) == []
+
+
+def _resident() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_embedding_gradient_on_zero_pages_is_resident_where_written() -> None:
+    """A 64 MiB embedding's gradient over two micro-batches of 64 tokens: resident only where
+    rows were written; its mean (``mean_grad_``, then read whole as the optimizer does) equals
+    autograd's gradient divided by 2, bit for bit."""
+    gen = torch.Generator().manual_seed(2)
+    ref = torch.nn.Parameter(torch.randn(16384, 1024, generator=gen))
+    fused = torch.nn.Parameter(ref.detach().clone())
+    before = _resident()
+    for _ in range(2):
+        ids = torch.randint(0, 16384, (1, 64), generator=gen)
+        grad = torch.randn(1, 64, 1024, generator=gen)
+        fused_embedding(fused, ids).backward(grad)
+        torch.ops.aten.embedding.default(ref, ids).backward(grad)
+    assert fused.grad is not None and ref.grad is not None
+    mean_grad_(fused.grad, 2)
+    ref.grad.div_(2)
+    assert float(fused.grad.abs().sum()) > 0  # read whole: maps the zero page, not new memory
+    grown = _resident() - before - ref.grad.numel() * 4  # ref's gradient is resident in full
+    assert grown < 8 << 20, f"{grown / 2**20:.1f} MiB resident for 128 rows of 4 KiB"
+    assert torch.equal(fused.grad, ref.grad)
+
+
+def test_mean_grad_divides_whole_after_forget_rows() -> None:
+    """Rows written outside the fused backward (here: every element) are divided once zeroing
+    forgot which rows the fused backward wrote."""
+    w = torch.nn.Parameter(torch.zeros(512, 1024))
+    fused_embedding(w, torch.tensor([[3, 5]])).backward(torch.ones(1, 2, 1024))
+    assert w.grad is not None
+    forget_rows(w.grad)
+    w.grad.fill_(4.0)
+    mean_grad_(w.grad, 2)
+    assert torch.equal(w.grad, torch.full((512, 1024), 2.0))

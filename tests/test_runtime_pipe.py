@@ -221,3 +221,43 @@ def test_custom_loop_equals_one_process(tmp_path: Path, name: str) -> None:
     for key in ("loss", "norm", "lr"):
         torch.testing.assert_close(torch.tensor(got[key]), torch.tensor(expected[key]),
                                    msg=lambda m, k=key: f"{k}: {m}")  # measured: 9e-8 (loss), 3e-7 (norm)
+
+
+def _resident_bytes_at(address: int) -> tuple[int, int]:
+    """(size, resident bytes) of this process's mapping that holds ``address`` (``/proc/self/smaps``)."""
+    found, size = False, 0
+    with open("/proc/self/smaps", encoding="ascii") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                found, size = lo <= address < hi, hi - lo
+            elif found and head == "Rss:":
+                return size, int(line.split()[1]) * 1024
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_embedding_gradient_on_zero_pages_equals_the_unsplit_model() -> None:
+    """[Note: an embedding's gradient on zero pages]: a Llama whose 2 MiB embedding gets its
+    gradient on zero pages: the step's mean gradient is the unsplit model's, the mapping is
+    resident only where rows were written (rows of 128 bytes: a page or none per token), and
+    after ``zero_grad(set_to_none=False)`` the same step fills the same buffer, same bits."""
+    spec = example_spec("llama", **{**TINY["llama"], "vocab_size": 16384})
+    for pipe in _one_stage(spec):
+        spec.model.load_state_dict(pipe.state_dict())
+        batch = spec.batch(2, 0)
+        pipe.step(*batch)
+        grad = dict(pipe.named_parameters())["model.embed_tokens.weight"].grad
+        assert grad is not None
+        size, resident = _resident_bytes_at(grad.data_ptr())
+        tokens = batch[0][0].numel()
+        assert size >= grad.numel() * 4 == 2 << 20 and resident <= tokens * 4096 < size // 4, (size, resident)
+        expected = _model_grads(spec, 2, 0)
+        for name, p in pipe.named_parameters():
+            torch.testing.assert_close(p.grad, expected[name], msg=lambda m, n=name: f"{n}: {m}")
+        fresh = {name: p.grad.clone() for name, p in pipe.named_parameters()}
+        pipe.zero_grad(set_to_none=False)
+        pipe.step(*batch)
+        for name, p in pipe.named_parameters():
+            assert torch.equal(p.grad, fresh[name]), name

@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from autopipe.errors import PlanError
 from autopipe.partition.chunks import Live, chunk_inflight, live_sets, rank_of
+from autopipe.partition.timeline import splits_backward
 from autopipe.plan_format import Device
-from autopipe.profile.memory import ParamMemory, param_memory
+from autopipe.profile.memory import ZERO_PAGES_MIN, ParamMemory, embedding_grad_bytes, param_memory
 from autopipe.profile.profile import Profile
 from autopipe.schedule.actions import V_SHAPED, check_schedule, schedule_order
 
@@ -347,6 +348,11 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
         for p in (*n.params, *n.shared_params):
             if p not in param_bytes:
                 param_bytes[p] = n.param_bytes if p in n.params and len(n.params) == 1 else 0
+    # CPU ranks step Adam fused, in place ([Note: the optimizer step's temporaries])
+    fused = bool(config.devices) and all(d.is_cpu for d in config.devices)
+    zero_page_grads = (_embedding_grads(profile, param_bytes, config.microbatches)
+                       if fused and esize == 4 and optimizer != "none" and not splits_backward(config.schedule)
+                       else {})
     blocks: list[Block] = []
     values: list[Value] = []
     loss = profile.loss
@@ -362,7 +368,9 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
             activation_bytes=n.activation_bytes + (extra.activation_bytes if extra else 0),
             params=tuple(sorted(set(n.params) | set(n.shared_params))),
             real=0 if n.op in ("placeholder", "output") else 1, pin=pin,
-            recomputable=n.op not in ("placeholder", "output") and not writes_in_place(n.target)))
+            # a recomputed embedding keeps autograd's gradient, which is written whole
+            recomputable=n.op not in ("placeholder", "output") and not writes_in_place(n.target)
+            and not zero_page_grads.keys() & set(n.params)))
         dsts = readers.get(n.name)
         if dsts:
             # a non-tensor model input is a constant baked into the stages: it costs nothing
@@ -370,14 +378,33 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
             values.append(Value(node=n.name, src=i, dsts=tuple(sorted(dsts)),
                                 bytes=0 if free else n.output_bytes,
                                 is_tensor=n.is_tensor or free))
-    # CPU ranks step Adam fused, in place ([Note: the optimizer step's temporaries])
-    fused = bool(config.devices) and all(d.is_cpu for d in config.devices)
     mem = {p: param_memory(b, element_size=esize, optimizer=optimizer, fused=fused)
            for p, b in param_bytes.items()}
+    for p, grads in zero_page_grads.items():
+        mem[p] = replace(mem[p], grads=grads)
     return Problem(blocks=tuple(blocks), values=tuple(values), param_bytes=param_bytes,
                    param_mem=mem, config=config,
                    node_module={n.name: n.module for n in profile.nodes},
                    node_order=tuple(n.name for n in profile.nodes))
+
+
+def _embedding_grads(profile: Profile, param_bytes: dict[str, int], microbatches: int) -> dict[str, int]:
+    """Gradient bytes of the embedding weights that a CPU rank keeps on zero pages: fp32,
+    read by one node only, ``ZERO_PAGES_MIN`` or more ([Note: an embedding's gradient on
+    zero pages] in ``autopipe.runtime.grad_accum``; the caller checks devices, dtype and
+    schedule as ``fuse_weight_grads`` does)."""
+    readers: dict[str, int] = {}
+    for n in profile.nodes:
+        for p in {*n.params, *n.shared_params}:
+            readers[p] = readers.get(p, 0) + 1
+    out = {}
+    for n in profile.nodes:
+        if n.target != "aten.embedding.default" or len(n.params) != 1 or n.shared_params:
+            continue
+        (p,) = n.params
+        if readers[p] == 1 and param_bytes.get(p, 0) >= ZERO_PAGES_MIN:
+            out[p] = embedding_grad_bytes(param_bytes[p], n.output_bytes, n.activation_bytes, microbatches)
+    return out
 
 
 def merge_blocks(blocks: Sequence[Block]) -> Block:

@@ -88,10 +88,14 @@ class GradSync:
         return optimizer_per_byte / self.shards + self.per_byte * speeds.pop()
 
     def shard(self, problem: Problem) -> Problem:
-        """``problem`` with each parameter's optimizer states split over the shards."""
-        if self.shards == 1:
+        """``problem`` with each parameter's optimizer states split over the shards, and every
+        gradient whole (the all-reduce writes all of an embedding's gradient on zero pages:
+        [Note: an embedding's gradient on zero pages] in ``autopipe.runtime.grad_accum``)."""
+        if self.shards == 1 and self.replicas == 1:
             return problem
-        mem = {q: replace(m, optimizer=-(-m.optimizer // self.shards)) for q, m in problem.param_mem.items()}
+        mem = {q: replace(m, optimizer=-(-m.optimizer // self.shards),
+                          grads=m.params if self.replicas > 1 and 0 < m.grads < m.params else m.grads)
+               for q, m in problem.param_mem.items()}
         return replace(problem, param_mem=mem)
 
     def to_json(self) -> dict[str, Any]:

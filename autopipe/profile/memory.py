@@ -15,6 +15,31 @@ _STATES = {
     "none": 0,          # inference-style accounting: no optimizer
 }
 OPTIMIZERS = tuple(_STATES)
+ZERO_PAGES_MIN = 1 << 20
+"""An embedding weight's gradient of at least this many bytes lives on zero pages on a CPU
+rank ([Note: an embedding's gradient on zero pages] in ``autopipe.runtime.grad_accum``)."""
+_PAGE = 4096
+
+
+def embedding_grad_bytes(param_bytes: int, output_bytes: int, index_bytes: int, microbatches: int) -> int:
+    """Resident bytes of a CPU rank's embedding gradient on zero pages after a step's backwards.
+
+    Only the rows the step reads are written: at most ``microbatches`` × tokens rows, each
+    on its own pages plus at most two it shares with its neighbours, of ``output_bytes``
+    per micro-batch in all. Tokens are at most ``index_bytes / 4`` (the indices the
+    embedding saves for its backward, int32 or int64); with no saved indices the gradient
+    is charged whole.
+
+    Args:
+        param_bytes: the embedding weight's bytes (the most the gradient can take).
+        output_bytes: the embedding's output bytes, one micro-batch.
+        index_bytes: the bytes the embedding saves for backward (its indices), one micro-batch.
+        microbatches: micro-batches per step.
+    """
+    if index_bytes <= 0:
+        return param_bytes
+    tokens = index_bytes // 4
+    return min(param_bytes, microbatches * (output_bytes + tokens * 2 * _PAGE))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,10 +31,33 @@ inside but twice outside), a weight read by exactly one node of the rank's stage
 adding each one in turn would round differently), and schedules whose backward is one
 pass (zero-bubble ones take weight gradients from ``torch.autograd.grad``, which needs
 the weight in the graph).
+
+[Note: an embedding's gradient on zero pages]
+
+An embedding's gradient is zero but for the rows the step's batch read: 128 of Llama's
+32,000 rows in ``benchmarks/bench_init_memory.py``. Made with ``zeros_like`` it is
+131 MB of pages written with zeros; made on an anonymous private mapping instead
+(``zero_pages_like``), the kernel gives it a page only where a row is written, and
+reading the rest (the optimizer does) maps its one shared zero page, which is not
+resident memory of the process. So a gradient that ``_EmbeddingGrad`` makes itself (the
+first micro-batch's, on a CPU rank, when ``.grad`` was None) lives on zero pages and
+records the rows it wrote; ``mean_grad_`` then divides those rows only (every other
+element is +0, and +0 / m is +0: the same bits as dividing all). Whatever writes the
+whole gradient later (a data-parallel all-reduce, clipping, ``zero_()``) makes its
+pages resident, as a ``zeros_like`` gradient's were; nothing else changes. Huge pages
+are refused for the mapping (``MADV_NOHUGEPAGE``), or one written row could take 2 MiB.
+Plans for CPU devices charge such a gradient as the rows a step can write
+(``autopipe.profile.memory.embedding_grad_bytes``), as ``autopipe train`` runs it
+(``zero_grad(set_to_none=True)``), and do not recompute that embedding (inside a
+recomputed region ``fuse_weight_grads`` does not see it); with data-parallel replicas or
+a split backward they charge it whole. In ``benchmarks/bench_init_memory.py`` (a 125 MiB
+gradient, 128 rows of 4 KiB written) rank 0's peak fell by 127 MiB with the same plan,
+2,389 → 2,262 MiB.
 """
 
 from __future__ import annotations
 
+import mmap
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -43,8 +66,45 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from autopipe.profile.memory import ZERO_PAGES_MIN
+
 _EMBEDDING = torch.ops.aten.embedding.default
 _LINEAR = torch.ops.aten.linear.default
+_ROWS = "_autopipe_rows_written"
+"""Attribute of a gradient on zero pages: the row indices written into it, one tensor per
+backward ([Note: an embedding's gradient on zero pages])."""
+
+
+def zero_pages_like(t: torch.Tensor) -> torch.Tensor:
+    """Zeros shaped as ``t`` (contiguous, on the CPU) on pages the kernel supplies on first write.
+
+    ([Note: an embedding's gradient on zero pages].) The mapping lives as long as the tensor.
+    """
+    nbytes = t.numel() * t.element_size()
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+    return torch.frombuffer(buf, dtype=t.dtype, count=t.numel()).view(t.shape)
+
+
+def mean_grad_(grad: torch.Tensor, microbatches: int) -> None:
+    """Divide ``grad`` by ``microbatches`` in place, as ``grad.div_(microbatches)`` does.
+
+    A gradient on zero pages has only the rows written since it was made divided (the
+    others are zeros; [Note: an embedding's gradient on zero pages]); it is then an ordinary
+    gradient, divided whole the next time.
+    """
+    rows: list[torch.Tensor] | None = grad.__dict__.pop(_ROWS, None)
+    if rows is None:
+        grad.div_(microbatches)
+    elif rows:
+        written = torch.unique(torch.cat(rows))
+        grad.index_copy_(0, written, grad.index_select(0, written).div_(microbatches))
+
+
+def forget_rows(grad: torch.Tensor) -> None:
+    """Treat ``grad`` as written everywhere from now on (``mean_grad_`` divides all of it)."""
+    grad.__dict__.pop(_ROWS, None)
 
 
 class _EmbeddingGrad(torch.autograd.Function):
@@ -72,9 +132,22 @@ class _EmbeddingGrad(torch.autograd.Function):
         summed = torch.zeros((unique.numel(), g.shape[1]), dtype=g.dtype, device=g.device)
         summed.index_add_(0, inverse, g)
         if weight.grad is None:
-            weight.grad = torch.zeros_like(weight)
+            weight.grad = _new_embedding_grad(weight)
         weight.grad.index_add_(0, unique, summed)
+        written = weight.grad.__dict__.get(_ROWS)
+        if written is not None:
+            written.append(unique)
         return None, None, None
+
+
+def _new_embedding_grad(weight: nn.Parameter) -> torch.Tensor:
+    """A zero gradient for ``weight``: on zero pages where that saves memory, recording its rows."""
+    if (weight.device.type != "cpu" or not weight.is_contiguous()
+            or weight.numel() * weight.element_size() < ZERO_PAGES_MIN):
+        return torch.zeros_like(weight)
+    grad = zero_pages_like(weight)
+    setattr(grad, _ROWS, [])
+    return grad
 
 
 class _LinearGrad(torch.autograd.Function):

@@ -34,6 +34,7 @@ from autopipe.errors import AutopipeError
 from autopipe.plan_format import Plan
 from autopipe.runtime.affinity import pin_cores as _pin_cores
 from autopipe.runtime.data_parallel import Replicas, ReplicaSync
+from autopipe.runtime.grad_accum import forget_rows, mean_grad_
 from autopipe.runtime.group import (
     distributed_env,
     failures,
@@ -201,7 +202,7 @@ class Pipe:
                                          losses=losses if self.has_last else None, **self._step_kwargs)
             for p in self._params.values():
                 if p.grad is not None:
-                    p.grad.div_(m)  # the mean over micro-batches, once per parameter
+                    mean_grad_(p.grad, m)  # the mean over micro-batches, once per parameter
             if self._tied_grads == _SUMMED:
                 self._sync.all_reduce_grads()  # what was held is summed already: sum only this
             else:
@@ -270,6 +271,7 @@ class Pipe:
             if set_to_none:
                 p.grad = None
             elif p.grad is not None:
+                forget_rows(p.grad)  # zeroed whole: step divides it whole
                 p.grad.zero_()
         self._grads_zeroed = not set_to_none
         self._tied_grads = _NONE
