@@ -48,7 +48,8 @@ pages resident, as a ``zeros_like`` gradient's were; nothing else changes. Huge 
 are refused for the mapping (``MADV_NOHUGEPAGE``), or one written row could take 2 MiB.
 Plans for CPU devices charge such a gradient as the rows a step can write
 (``autopipe.profile.memory.embedding_grad_bytes``), as ``autopipe train`` runs it
-(``zero_grad(set_to_none=True)``), and do not recompute that embedding (inside a
+(``zero_grad(set_to_none=True)``, no clipping: a loop of one's own that clips or zeroes
+in place makes the gradient whole, beyond what the plan charged), and do not recompute that embedding (inside a
 recomputed region ``fuse_weight_grads`` does not see it); with data-parallel replicas or
 a split backward they charge it whole. In ``benchmarks/bench_init_memory.py`` (a 125 MiB
 gradient, 128 rows of 4 KiB written) rank 0's peak fell by 127 MiB with the same plan,
