@@ -34,6 +34,9 @@ from autopipe.trace import Graph
 
 DEFAULT_ROUNDS = 3
 MAX_FACTOR = 4.0
+WINDOW_S = 1.0
+"""Each round's stage timings spread over at least this many seconds ([Note: timing over
+a window] in ``autopipe.runtime.timing``), within ``MORE_RUNS`` × ``repeats`` runs."""
 
 
 def _cuts(plan: Plan) -> tuple[tuple[str, ...], ...]:
@@ -42,7 +45,7 @@ def _cuts(plan: Plan) -> tuple[tuple[str, ...], ...]:
 
 def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
            kwargs: dict[str, Any] | None, replan: Callable[[Profile], Plan], *,
-           rounds: int = DEFAULT_ROUNDS, repeats: int = 5, together: bool = True,
+           rounds: int = DEFAULT_ROUNDS, repeats: int = 5, window_s: float = WINDOW_S, together: bool = True,
            loss_fn: Callable[[Any, Any], Any] | None = None, target: Any = None) -> Plan:
     """Re-time ``plan``'s stages as whole modules and re-solve until the cuts stay.
 
@@ -56,7 +59,9 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
         graph: the traced model.
         replan: solves again on a (scaled) profile, with the same options.
         rounds: stage timings at most (each but a last converged one is followed by a solve).
-        repeats: timed runs of each stage (medians are kept).
+        repeats: timed runs of each stage (medians are kept), at least.
+        window_s: more runs while under this many seconds have passed (a machine's speed
+            drifts over seconds: [Note: timing over a window] in ``autopipe.runtime.timing``).
         together: time every rank's stages at once, each rank in a process of its own
             on its own cores (on the CPU; ``autopipe.runtime.timing_together``); else one
             stage after another in this process.
@@ -97,7 +102,8 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
             # each action after blocking one send latency, as a rank waits for its peer
             # ([Note: compute after a wait] in autopipe.runtime.calibrate); every rank's
             # stages at once, as training runs them ([Note: stages timed together])
-            times = time_stages(split, tensors, repeats=repeats, idle_s=idle_s, ranks=ranks_of(current),
+            times = time_stages(split, tensors, repeats=repeats, min_s=window_s, idle_s=idle_s,
+                                ranks=ranks_of(current),
                                 together=together, loss=stage_loss if with_loss else None)
         forward_s, backward_s = times.forward_s, times.backward_s
         factors = stage_factors(profile, current, forward_s, backward_s)

@@ -112,3 +112,16 @@ def test_the_last_stage_is_timed_with_the_loss() -> None:
     assert time_stages(split, list(spec.example_inputs), repeats=1, warmup=0).loss_s is None
     together = time_stages(split, list(spec.example_inputs), repeats=2, warmup=1, loss=loss, together=True)
     assert together.loss_s is not None and len(together.forward_s) == 2
+
+
+def test_timed_runs_spread_over_the_window() -> None:
+    """At least ``repeats`` runs; more while under ``min_s``; never over MORE_RUNS × repeats."""
+    import time
+
+    from autopipe.runtime.timing import MORE_RUNS, timed_runs
+
+    assert len(timed_runs(lambda: 1, 3)) == 3
+    assert len(timed_runs(lambda: 1, 3, min_s=60.0)) == MORE_RUNS * 3  # capped, not a minute
+    start = time.perf_counter()
+    runs = timed_runs(lambda: time.sleep(0.01), 2, min_s=0.1)
+    assert 2 < len(runs) <= MORE_RUNS * 2 and time.perf_counter() - start >= 0.1

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
@@ -15,6 +16,29 @@ from autopipe.runtime.split import Split
 
 stage_clock = step_clock
 """The clock stages are timed with (``autopipe.profile._timer.step_clock``)."""
+
+MORE_RUNS = 10
+"""With a minimum time, at most this many times ``repeats`` runs (``timed_runs``)."""
+
+T = TypeVar("T")
+
+
+def timed_runs(run: Callable[[], T], repeats: int, min_s: float = 0.0) -> list[T]:
+    """``run()`` ``repeats`` times, and again while under ``min_s`` seconds have passed
+    (at most ``MORE_RUNS × repeats`` runs in all).
+
+    [Note: timing over a window] A machine's speed drifts over seconds: on the shared
+    2-core VM this was measured on, a 128 × 128 by 128 × 32,768 product's median over 15
+    runs read 10.0 to 14.5 ms in six rounds two seconds apart, alone on the machine. A
+    training run takes seconds; five runs of a 60 ms stage sample 0.3 s of that drift, and
+    the plans predicted from them moved by ±20% between two ``autopipe plan`` calls. Runs
+    spread over a window of about a second give medians of the machine's usual speed.
+    """
+    out: list[T] = []
+    start = time.perf_counter()
+    while len(out) < repeats or (time.perf_counter() - start < min_s and len(out) < MORE_RUNS * repeats):
+        out.append(run())
+    return out
 
 
 def stage_inputs(modules: Sequence[torch.nn.Module],
@@ -100,13 +124,14 @@ def medians(runs: Sequence[Sequence[Run]], with_loss: bool) -> StageTimes:
 
 def time_stages(split: Split, inputs: Sequence[torch.Tensor], *, repeats: int = 11, warmup: int = 2,
                 idle_s: float = 0.0, ranks: Sequence[int] | None = None, together: bool = False,
-                loss: Loss | None = None) -> StageTimes:
+                loss: Loss | None = None, min_s: float = 0.0) -> StageTimes:
     """Each stage's forward and backward seconds for one micro-batch, as one module.
 
     The stages run on their predecessors' real outputs (``inputs`` are the model's
     tensor inputs, on the stages' device); a backward is seeded with ones. Copies of
     the stage modules run, so the model's statistics and gradients are left alone.
-    Medians of ``repeats`` after ``warmup`` runs, timed with ``stage_clock``. With
+    Medians of ``repeats`` after ``warmup`` runs, or of more while they took under
+    ``min_s`` seconds ([Note: timing over a window]), timed with ``stage_clock``. With
     ``idle_s`` the thread sleeps that long before each forward and each backward, as a
     rank blocked on its peer does. With ``loss`` the last stage runs it too, timed apart
     (``run_once``).
@@ -126,12 +151,14 @@ def time_stages(split: Split, inputs: Sequence[torch.Tensor], *, repeats: int = 
 
         if together_reason(inputs) is None:
             return time_together(modules, per_stage, ranks=ranks, repeats=repeats, warmup=warmup,
-                                 idle_s=idle_s, loss=loss)
+                                 idle_s=idle_s, loss=loss, min_s=min_s)
     device = inputs[0].device if inputs else torch.device("cpu")
     clock = stage_clock(device)
     runs: list[list[Run]] = []
     for index, (module, values) in enumerate(zip(modules, per_stage)):
         leaves = as_leaves(index, values)
         last = loss if index == len(modules) - 1 else None
-        runs.append([run_once(module, leaves, clock, idle_s, last) for _ in range(warmup + repeats)][warmup:])
+        for _ in range(warmup):
+            run_once(module, leaves, clock, idle_s, last)
+        runs.append(timed_runs(functools.partial(run_once, module, leaves, clock, idle_s, last), repeats, min_s))
     return medians(runs, loss is not None)

@@ -15,7 +15,8 @@ stage modules and their inputs are inherited, nothing is pickled), each held to 
 cores ``autopipe train`` gives that rank (``affinity.pin_cores``, nothing where
 there are fewer cores than ranks or the user bound this process), with this
 process's intra-op threads and subnormal setting. Each runs its warm-up, waits at a
-barrier for the others, times ``repeats`` runs of its stages, reports the medians
+barrier for the others, times ``repeats`` runs of its stages (more, over a window of
+``min_s``: [Note: timing over a window] in ``autopipe.runtime.timing``), reports the medians
 and keeps running until every rank has reported, so each timed run has its peers
 computing alongside. In training a faster rank waits part of the step for a slower
 one; under constant load the slower rank's contention is priced a little high.
@@ -33,7 +34,16 @@ import torch
 
 from autopipe.errors import ProfileError
 from autopipe.runtime.affinity import pin_cores
-from autopipe.runtime.timing import Loss, Run, StageTimes, as_leaves, medians, run_once, stage_clock
+from autopipe.runtime.timing import (
+    Loss,
+    Run,
+    StageTimes,
+    as_leaves,
+    medians,
+    run_once,
+    stage_clock,
+    timed_runs,
+)
 
 TIMEOUT_S = 300.0
 """How long the ranks may take to report, all together."""
@@ -50,7 +60,7 @@ def together_reason(inputs: Sequence[torch.Tensor]) -> str | None:
 
 
 def _rank(rank: int, work: list[tuple[int, torch.nn.Module, list[torch.Tensor], Loss | None]],
-          world: int, idle_s: float, warmup: int, repeats: int,
+          world: int, idle_s: float, warmup: int, repeats: int, min_s: float,
           barrier: Any, done: Any, results: Any) -> None:
     """One rank's process: warm up, meet the others, time, report, keep the load on."""
     try:
@@ -64,7 +74,7 @@ def _rank(rank: int, work: list[tuple[int, torch.nn.Module, list[torch.Tensor], 
         for _ in range(warmup):
             sweep()
         barrier.wait(TIMEOUT_S)
-        timed = [sweep() for _ in range(repeats)]
+        timed = timed_runs(sweep, repeats, min_s)
         results.put((rank, [(index, [t[k] for t in timed]) for k, (index, _, _, _) in enumerate(runs)]))
         while not done.is_set():
             sweep()
@@ -77,7 +87,7 @@ def _rank(rank: int, work: list[tuple[int, torch.nn.Module, list[torch.Tensor], 
 
 def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[torch.Tensor]], *,
                   ranks: Sequence[int] | None, repeats: int, warmup: int,
-                  idle_s: float, loss: Loss | None = None) -> StageTimes:
+                  idle_s: float, loss: Loss | None = None, min_s: float = 0.0) -> StageTimes:
     """Each stage's forward and backward seconds, every rank's stages timed at once
     ([Note: stages timed together]).
 
@@ -86,6 +96,8 @@ def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[
         inputs: each stage's tensor inputs (``timing.stage_inputs``).
         ranks: the rank of each stage (default: stage ``i`` on rank ``i``).
         loss: run after the last stage on its rank, timed apart (``timing.run_once``).
+        min_s: each rank times more than ``repeats`` sweeps while under this many seconds
+            have passed (``timing.timed_runs``).
 
     Raises:
         ProfileError: a rank failed or did not report within ``TIMEOUT_S``.
@@ -99,7 +111,7 @@ def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[
         work = [(i, modules[i], list(inputs[i]), loss if i == len(modules) - 1 else None)
                 for i, q in enumerate(rank_of) if q == r]
         procs.append(ctx.Process(target=_rank, daemon=True, args=(
-            r, work, len(world), idle_s, warmup, repeats, barrier, done, results)))
+            r, work, len(world), idle_s, warmup, repeats, min_s, barrier, done, results)))
     runs: list[list[Run]] = [[] for _ in modules]
     failures: dict[int, str | None] = {}
     try:
