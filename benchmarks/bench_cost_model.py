@@ -49,6 +49,10 @@ def bench(name: str, microbatches: int, min_seconds: float, tmp: Path, quiet_wai
                              num_stages=2, microbatches=microbatches, method=method, profile="measure",
                              loss_fn=spec.loss_fn, target=example_target(spec))
         predicted = plan.predicted.iteration_s
+        refined = plan.options.get("refine", {})
+        print(f"  {name} {method}: nodes per stage {[len(s.nodes) for s in plan.stages]}, predicted "
+              f"{predicted * 1e3:.2f} ms, refine rounds {len(refined.get('rounds', []))}"
+              f"{'' if refined.get('converged', True) else ' (cuts still moving)'}", flush=True)
         steps = max(16, min(MAX_STEPS, SKIP_STEPS + math.ceil(min_seconds / predicted)))
         folder = Path(tempfile.mkdtemp(prefix=f"{name}-{method}.", dir=tmp))
         plan.save(folder / "plan.json")
