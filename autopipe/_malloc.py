@@ -28,6 +28,9 @@ MMAP_THRESHOLD = 1 << 30
 """Blocks below this come from the heap (glibc before 2.35 caps it at 32 MiB; then that is used)."""
 TRIM_THRESHOLD = (1 << 31) - 1
 """Free heap top kept before trimming: in effect, never trim."""
+ZERO_PAGES_MIN = 1 << 20
+"""An embedding weight's gradient of at least this many bytes lives on zero pages on a CPU
+rank ([Note: an embedding's gradient on zero pages] in ``autopipe.runtime.grad_accum``)."""
 _ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 

@@ -134,3 +134,27 @@ def test_mean_grad_divides_whole_after_forget_rows() -> None:
     w.grad.fill_(4.0)
     mean_grad_(w.grad, 2)
     assert torch.equal(w.grad, torch.full((512, 1024), 2.0))
+
+
+def test_a_tied_embedding_gradient_is_not_on_zero_pages() -> None:
+    """GPT-2 (its head tied to the word embedding) split in two: the embedding's gradient is
+    summed with the head's copy after the backwards (written whole), so it is made as
+    ordinary zeros; untied, on zero pages."""
+    from autopipe.runtime.grad_accum import fused_embedding_whole
+    from autopipe.runtime.split import split_graph
+
+    spec = example_spec("gpt2", **TINY["gpt2"])
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    plan = autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile="estimate", method="uniform")
+    tied = {n for group in graph.tied for n in group}
+    assert tied, "GPT-2 has a tied group"
+
+    def embedding_targets(whole: set[str] | None) -> list[object]:
+        stage0 = copy.deepcopy(split_graph(graph, plan, {}).stages[0].module)
+        assert fuse_weight_grads([stage0], torch.device("cpu"), splits_backward=False, whole=whole)
+        return [n.target for n in stage0.graph.nodes if getattr(n.target, "__name__", "").startswith("fused_emb")]
+
+    # the word embedding tied, the position embedding not
+    assert sorted(map(str, embedding_targets(tied))) == sorted(map(str, [fused_embedding, fused_embedding_whole]))
+    assert embedding_targets(None) == [fused_embedding_whole] * 2  # replicas: every gradient whole
+    assert embedding_targets(set()) == [fused_embedding] * 2

@@ -12,11 +12,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from autopipe._malloc import ZERO_PAGES_MIN
 from autopipe.errors import PlanError
 from autopipe.partition.chunks import Live, chunk_inflight, live_sets, rank_of
 from autopipe.partition.timeline import splits_backward
 from autopipe.plan_format import Device
-from autopipe.profile.memory import ZERO_PAGES_MIN, ParamMemory, embedding_grad_bytes, param_memory
+from autopipe.profile.memory import ParamMemory, embedding_grad_bytes, param_memory
 from autopipe.profile.profile import Profile
 from autopipe.schedule.actions import V_SHAPED, check_schedule, schedule_order
 

@@ -15,9 +15,6 @@ _STATES = {
     "none": 0,          # inference-style accounting: no optimizer
 }
 OPTIMIZERS = tuple(_STATES)
-ZERO_PAGES_MIN = 1 << 20
-"""An embedding weight's gradient of at least this many bytes lives on zero pages on a CPU
-rank ([Note: an embedding's gradient on zero pages] in ``autopipe.runtime.grad_accum``)."""
 _PAGE = 4096
 
 

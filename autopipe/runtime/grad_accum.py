@@ -43,8 +43,12 @@ resident memory of the process. So a gradient that ``_EmbeddingGrad`` makes itse
 first micro-batch's, on a CPU rank, when ``.grad`` was None) lives on zero pages and
 records the rows it wrote; ``mean_grad_`` then divides those rows only (every other
 element is +0, and +0 / m is +0: the same bits as dividing all). Whatever writes the
-whole gradient later (a data-parallel all-reduce, clipping, ``zero_()``) makes its
-pages resident, as a ``zeros_like`` gradient's were; nothing else changes. Huge pages
+whole gradient later (clipping, ``zero_()``) makes its pages resident, as a
+``zeros_like`` gradient's were; nothing else changes. A gradient the runtime itself writes
+whole after the backwards (a tied weight's, summed with its copies; every one under
+data-parallel replicas) is made as ordinary zeros (``fused_embedding_whole``): on fresh
+zero pages it would fault in every 4 KiB page each step, where pinned malloc hands back
+the same block ([Note: pinned malloc on CPU ranks]). Huge pages
 are refused for the mapping (``MADV_NOHUGEPAGE``), or one written row could take 2 MiB.
 Plans for CPU devices charge such a gradient as the rows a step can write
 (``autopipe.profile.memory.embedding_grad_bytes``), as ``autopipe train`` runs it
@@ -60,14 +64,14 @@ from __future__ import annotations
 
 import mmap
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from autopipe.profile.memory import ZERO_PAGES_MIN
+from autopipe._malloc import ZERO_PAGES_MIN
 
 _EMBEDDING = torch.ops.aten.embedding.default
 _LINEAR = torch.ops.aten.linear.default
@@ -112,15 +116,17 @@ class _EmbeddingGrad(torch.autograd.Function):
     """The embedding's output; its weight's gradient added into ``.grad`` row by row."""
 
     @staticmethod
-    def forward(ctx: Any, weight: nn.Parameter, indices: torch.Tensor, padding_idx: int) -> torch.Tensor:
+    def forward(ctx: Any, weight: nn.Parameter, indices: torch.Tensor, padding_idx: int,
+                zero_pages: bool) -> torch.Tensor:
         ctx.weight = weight
         ctx.padding_idx = padding_idx
+        ctx.zero_pages = zero_pages
         ctx.save_for_backward(indices)
         out: torch.Tensor = _EMBEDDING(weight.detach(), indices, padding_idx)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None, None]:
         (indices,) = ctx.saved_tensors
         weight: nn.Parameter = ctx.weight
         rows = indices.reshape(-1)
@@ -133,17 +139,18 @@ class _EmbeddingGrad(torch.autograd.Function):
         summed = torch.zeros((unique.numel(), g.shape[1]), dtype=g.dtype, device=g.device)
         summed.index_add_(0, inverse, g)
         if weight.grad is None:
-            weight.grad = _new_embedding_grad(weight)
+            weight.grad = _new_embedding_grad(weight, ctx.zero_pages)
         weight.grad.index_add_(0, unique, summed)
         written = weight.grad.__dict__.get(_ROWS)
         if written is not None:
             written.append(unique)
-        return None, None, None
+        return None, None, None, None
 
 
-def _new_embedding_grad(weight: nn.Parameter) -> torch.Tensor:
-    """A zero gradient for ``weight``: on zero pages where that saves memory, recording its rows."""
-    if (weight.device.type != "cpu" or not weight.is_contiguous()
+def _new_embedding_grad(weight: nn.Parameter, zero_pages: bool) -> torch.Tensor:
+    """A zero gradient for ``weight``: on zero pages where asked and that saves memory,
+    recording its rows."""
+    if (not zero_pages or weight.device.type != "cpu" or not weight.is_contiguous()
             or weight.numel() * weight.element_size() < ZERO_PAGES_MIN):
         return torch.zeros_like(weight)
     grad = zero_pages_like(weight)
@@ -172,10 +179,23 @@ class _LinearGrad(torch.autograd.Function):
 
 
 def fused_embedding(weight: nn.Parameter, indices: torch.Tensor, padding_idx: int = -1) -> torch.Tensor:
-    """``aten.embedding`` whose weight gradient is added into ``weight.grad`` in place."""
+    """``aten.embedding`` whose weight gradient is added into ``weight.grad`` in place, made
+    on zero pages ([Note: an embedding's gradient on zero pages])."""
+    return _fused_embedding(weight, indices, padding_idx, zero_pages=True)
+
+
+def fused_embedding_whole(weight: nn.Parameter, indices: torch.Tensor, padding_idx: int = -1) -> torch.Tensor:
+    """``fused_embedding`` for a weight whose gradient is written whole after the backwards
+    (summed with a tied copy's or over replicas): ordinary zeros, which pinned malloc reuses
+    step after step, where zero pages would take a page fault on every 4 KiB each step."""
+    return _fused_embedding(weight, indices, padding_idx, zero_pages=False)
+
+
+def _fused_embedding(weight: nn.Parameter, indices: torch.Tensor, padding_idx: int, *,
+                     zero_pages: bool) -> torch.Tensor:
     if not (weight.requires_grad and torch.is_grad_enabled()):
         return _EMBEDDING(weight, indices, padding_idx)  # type: ignore[no-any-return]
-    out: torch.Tensor = _EmbeddingGrad.apply(weight, indices, padding_idx)  # type: ignore[no-untyped-call]
+    out: torch.Tensor = _EmbeddingGrad.apply(weight, indices, padding_idx, zero_pages)  # type: ignore[no-untyped-call]
     return out
 
 
@@ -190,7 +210,7 @@ def fused_linear(x: torch.Tensor, weight: nn.Parameter, bias: torch.Tensor | Non
 
 
 def fuse_weight_grads(modules: Sequence[fx.GraphModule], device: torch.device, *,
-                      splits_backward: bool) -> list[str]:
+                      splits_backward: bool, whole: Collection[str] | None = ()) -> list[str]:
     """Route the embeddings and linear layers of one rank's stage modules through
     ``fused_embedding`` and ``fused_linear`` where that is exact ([Note: weight gradients
     accumulated in place]), in place.
@@ -199,6 +219,9 @@ def fuse_weight_grads(modules: Sequence[fx.GraphModule], device: torch.device, *
         modules: every stage module the rank runs (a weight read in two of them is left alone).
         device: where the rank computes (only CPU stages are changed).
         splits_backward: the schedule takes weight gradients in a pass of their own.
+        whole: names (``get_attr`` targets) of the weights whose gradients are written whole
+            after the backwards (tied to another stage's copy), None for all of them
+            (averaged over replicas): their embeddings' gradients are not made on zero pages.
 
     Returns:
         The names of the weights whose gradients are now accumulated in place.
@@ -216,7 +239,11 @@ def fuse_weight_grads(modules: Sequence[fx.GraphModule], device: torch.device, *
         for node in gm.graph.nodes:
             name = _fusable(gm, node, uses)
             if name is not None:
-                node.target = fused_embedding if node.target is _EMBEDDING else fused_linear
+                if node.target is _EMBEDDING:
+                    zero_pages = whole is not None and name not in whole
+                    node.target = fused_embedding if zero_pages else fused_embedding_whole
+                else:
+                    node.target = fused_linear
                 fused.append(name)
                 changed = True
         if changed:

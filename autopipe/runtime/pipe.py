@@ -94,7 +94,7 @@ class Pipe:
             self.replicas = Replicas(plan, rank, device)
             """This rank's pipeline rank and data-parallel replica, and their process groups."""
         self._pipeline = build_pipeline(split, prepared.metas, plan, self.replicas.position, device, loss_fn,
-                                        self.replicas.pp_group)
+                                        self.replicas.pp_group, tied={n for g in graph.tied for n in g})
         stages = self._pipeline.indices
         replica = f", replica {self.replicas.replica}" if self.replicas.dp > 1 else ""
         self.where = f"rank {rank} (stage{'s' if len(stages) > 1 else ''} {', '.join(map(str, stages))}{replica})"

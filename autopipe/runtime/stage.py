@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ def build_pipeline(
     device: torch.device,
     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
     group: dist.ProcessGroup | None = None,
+    tied: Collection[str] = (),
 ) -> Pipeline:
     """Build the PipelineStages of ``rank`` on ``device`` and the plan's schedule over them.
 
@@ -70,6 +71,8 @@ def build_pipeline(
         loss_fn: ``loss(last_stage_output_tuple, target)``.
         group: the pipeline's process group (one replica's ranks, in stage order); None:
             the default group.
+        tied: names of parameters that share one tensor (``Graph.tied``, every alias):
+            their gradients are summed over their copies after the backwards.
 
     Raises:
         PlanError: torch refuses the schedule for this plan (e.g. too few micro-batches).
@@ -81,8 +84,10 @@ def build_pipeline(
     stage_class = pipeline_stage_class()
     mine = [i for i in range(n) if ranks[i] == rank]
     modules = {s: split.stages[s].module.to(device) for s in mine}
-    # [Note: weight gradients accumulated in place]
-    fuse_weight_grads(list(modules.values()), device, splits_backward=kind.splits_backward)
+    # [Note: weight gradients accumulated in place]; a tied weight's gradient is summed over
+    # its copies after the backwards, as every gradient is averaged over replicas
+    fuse_weight_grads(list(modules.values()), device, splits_backward=kind.splits_backward,
+                      whole=None if plan.replicas > 1 else tied)
     for s, module in modules.items():
         retarget_devices(module, device)
         stage = stage_class(module, s, n, device,
