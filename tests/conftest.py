@@ -40,3 +40,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def resident_bytes_at(address: int) -> tuple[int, int]:
+    """(size, resident bytes) of this process's mapping that holds ``address`` (``/proc/self/smaps``)."""
+    found, size = False, 0
+    with open("/proc/self/smaps", encoding="ascii") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                found, size = lo <= address < hi, hi - lo
+            elif found and head == "Rss:":
+                return size, int(line.split()[1]) * 1024
+    raise AssertionError(f"no mapping holds {address:#x}")

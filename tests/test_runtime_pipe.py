@@ -20,7 +20,7 @@ from autopipe import ModelSpec, trace
 from autopipe.errors import CheckpointError, WeightsError
 from autopipe.runtime import Pipe, build, launch, load_checkpoint, save_checkpoint
 
-from .conftest import ROOT, example_spec
+from .conftest import ROOT, example_spec, resident_bytes_at
 from .runtime_cases import CASES, TINY
 from .runtime_plans import plan_from_cuts
 
@@ -223,20 +223,6 @@ def test_custom_loop_equals_one_process(tmp_path: Path, name: str) -> None:
                                    msg=lambda m, k=key: f"{k}: {m}")  # measured: 9e-8 (loss), 3e-7 (norm)
 
 
-def _resident_bytes_at(address: int) -> tuple[int, int]:
-    """(size, resident bytes) of this process's mapping that holds ``address`` (``/proc/self/smaps``)."""
-    found, size = False, 0
-    with open("/proc/self/smaps", encoding="ascii") as f:
-        for line in f:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                found, size = lo <= address < hi, hi - lo
-            elif found and head == "Rss:":
-                return size, int(line.split()[1]) * 1024
-    raise AssertionError(f"no mapping holds {address:#x}")
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
 def test_embedding_gradient_on_zero_pages_equals_the_unsplit_model() -> None:
     """[Note: an embedding's gradient on zero pages]: a Llama whose 2 MiB embedding gets its
@@ -250,7 +236,7 @@ def test_embedding_gradient_on_zero_pages_equals_the_unsplit_model() -> None:
         pipe.step(*batch)
         grad = dict(pipe.named_parameters())["model.embed_tokens.weight"].grad
         assert grad is not None
-        size, resident = _resident_bytes_at(grad.data_ptr())
+        size, resident = resident_bytes_at(grad.data_ptr())
         tokens = batch[0][0].numel()
         assert size >= grad.numel() * 4 == 2 << 20 and resident <= tokens * 4096 < size // 4, (size, resident)
         expected = _model_grads(spec, 2, 0)
