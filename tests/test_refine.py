@@ -128,10 +128,13 @@ def test_refine_keeps_the_fastest_measured_round_when_cuts_keep_moving(
     refined = refine(plan, profile, graph, spec.example_inputs, {}, _solve, rounds=3)
     info = refined.options["refine"]
     steps = [r["measured_step_s"] for r in info["rounds"]]
-    assert len(seen) == len(steps) == 3 and not info["converged"]
+    # three rounds, then the fastest measured round's cuts timed once more for the prediction
+    assert len(seen) == 4 and len(steps) == 3 and not info["converged"]
     assert all(r["cuts_moved"] for r in info["rounds"])
-    assert refined.predicted.iteration_s == pytest.approx(min(steps))  # the fastest measured round
     best = seen[steps.index(min(steps))]
+    assert seen[-1] == best
+    again = info["rounds"][steps.index(min(steps))]["timed_again_step_s"]
+    assert refined.predicted.iteration_s == pytest.approx(again) != pytest.approx(min(steps))
     calls = {n.name for n in profile.nodes if n.op.startswith("call")}
     assert tuple(tuple(n for n in s.nodes if n in calls) for s in refined.stages) == best
 
@@ -174,5 +177,5 @@ def test_stages_are_timed_after_a_wait_and_as_the_nodes_were(monkeypatch: pytest
     refine(_solve(waited), waited, graph, spec.example_inputs, {}, _solve, rounds=1)
     # a rank blocks on its peer (one send latency at least) before an action; the profile's
     # one thread and flushed subnormals, as its nodes were timed
-    assert seen == [(7e-5, 1, True)]
+    assert seen and set(seen) == {(7e-5, 1, True)}  # every timing (a re-timing too, where cuts moved)
     assert (torch.tensor([1e-39]) * 0.5).item() > 0
