@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import HealthCheck, given, settings
+
+from autopipe.errors import PlanError
 
 from autopipe.partition import brute
 from autopipe.partition.coarsen import coarsen, merge_forced
 from autopipe.partition.costs import evaluate, violations
+from autopipe.partition.planner import plan_profile
 from autopipe.partition.problem import Config, Problem, from_profile
 from autopipe.partition.synthetic import synthetic_profile
 from autopipe.plan_format import Device
+from autopipe.profile.profile import NodeProfile, Profile
 from tests.partition_cases import Case, cases
 
 
@@ -60,3 +65,25 @@ def test_coarsen_to_target_along_modules() -> None:
     modules = [{fine.node_module[n] for n in b.nodes if fine.node_module[n]} for b in coarse.blocks]
     assert sum(len(m) > 1 for m in modules) < sum(len(m) == 1 for m in modules)
     assert coarsen(fine, 10**6) is fine
+
+
+def test_what_follows_the_output_joins_the_last_stage() -> None:
+    """Hypothesis found it: n4 reads n1, which a non-tensor value ties to the output, so n4
+    runs on the last stage too and nothing is left to cut — a clear "cannot cut", not an
+    assertion deep in the infeasibility report."""
+    def node(name: str, op: str = "call_function", tensor: bool = True) -> NodeProfile:
+        return NodeProfile(name=name, op=op, target="t", module="", forward_s=0.0,
+                           backward_input_s=0.0, backward_weight_s=0.0, activation_bytes=0,
+                           output_bytes=0, param_bytes=0, params=(), shared_params=(), is_tensor=tensor)
+
+    nodes = (node("x", "placeholder"), node("n0", tensor=False), node("n1"), node("n4", tensor=False),
+             node("n3", tensor=False), node("output", "output", tensor=False))
+    edges = (("x", "n0", 0), ("x", "n1", 0), ("n0", "n1", 0), ("n1", "n4", 0), ("n0", "n3", 0),
+             ("n3", "output", 0))
+    prof = Profile(device="t", dtype="float32", microbatch_shape=[[1]], nodes=nodes, edges=edges, params={})
+    cfg = Config(num_stages=2, microbatches=1, schedule="gpipe",
+                 devices=(Device(name="d0", memory=0), Device(name="d1", memory=0)), link_bandwidth=1e9)
+    merged = merge_forced(from_profile(prof, cfg))
+    assert merged.num_real == 1 and set(merged.blocks[-1].nodes) == {"n0", "n1", "n3", "n4", "output"}
+    with pytest.raises(PlanError, match="cannot cut the model into 2 stages"):
+        plan_profile(prof, num_stages=2, microbatches=1, schedule="gpipe")

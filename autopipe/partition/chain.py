@@ -79,7 +79,6 @@ class Chain:
         """Segments of stages < p−1 must end at or before this cut."""
         self.speed = [d.speed for d in cfg.devices]
         self.limit = [usable(float(d.memory)) if d.memory > 0 else np.inf for d in cfg.devices]
-        self.bw = cfg.link_bandwidth
 
     def starts(self, s: int, i: int) -> range:
         """Candidate segment starts j for stage ``s`` ending at cut ``i``."""
@@ -107,12 +106,15 @@ class Chain:
 
     def time(self, s: int, i: int, j: range) -> FloatArray:
         """Per-micro-batch busy time of segments [j, i) on stage ``s``, or the link after
-        them when that is slower (both are pipeline resources)."""
+        them when that is slower (both are pipeline resources), each as ``evaluate`` counts
+        it: a stage's per-action overheads, a link's send latency."""
+        cfg = self.problem.config
         work: FloatArray = (self.work[i] - self.work[j.start:j.stop]) / self.speed[s]
-        if self.problem.config.recompute == "auto" and self._candidates.any():
+        if cfg.recompute == "auto" and self._candidates.any():
             work = work + self._again(s, i, j) / self.speed[s]
-        if i < self.n and not np.isinf(self.bw):
-            work = np.maximum(work, self.cross[i] / self.bw)
+        work = work + (cfg.forward_overhead_s + cfg.backward_overhead_s)
+        if i < self.n:
+            work = np.maximum(work, cfg.comm_s(self.cross[i]) + cfg.send_latency_s)
         return work
 
     def _again(self, s: int, i: int, j: range) -> FloatArray:

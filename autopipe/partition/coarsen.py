@@ -6,7 +6,8 @@ Two steps, both giving a Problem whose blocks are convex in the DAG:
    so its producer shares a stage with every reader — and, by convexity, with every
    node on a path between them. Union the producer with its readers, then merge the
    strongly connected components of the block graph (a path that leaves a block and
-   comes back into it is such a cycle).
+   comes back into it is such a cycle). Whatever reads, directly or not, a value of the
+   last stage's blocks (the output's) runs on the last stage too, so it joins them.
 2. ``coarsen`` (lossy, only above ``max_blocks``): merge neighbouring blocks of the
    topological chain, the pair with the least work first (ties: across the
    highest-traffic boundary), and inside one module (``transformer.h.3``, at the
@@ -71,14 +72,35 @@ def merge_forced(problem: Problem) -> Problem:
         return i
 
     merged_any = False
+
+    def union(a: int, b: int) -> None:
+        nonlocal merged_any
+        a, b = find(a), find(b)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+            merged_any = True
+
     for v in problem.values:
         if v.is_tensor:
             continue
         for d in v.dsts:
-            a, b = find(v.src), find(d)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-                merged_any = True
+            union(v.src, d)
+    last = [i for i, b in enumerate(problem.blocks) if b.pin == "last"]
+    if last:
+        readers: dict[int, list[int]] = {}
+        for a, b in problem.edges():
+            readers.setdefault(a, []).append(b)
+        for i in last[1:]:
+            union(last[0], i)
+        # the last stage's descendants, to a fixpoint: a descendant's non-tensor partners
+        # joined it above, and their descendants must follow
+        while True:
+            group = [i for i in range(problem.size) if find(i) == find(last[0])]
+            after = {d for i in group for d in readers.get(i, ())} - set(group)
+            if not after:
+                break
+            for d in after:
+                union(last[0], d)
     if not merged_any:
         return problem
     quotient = nx.DiGraph()
