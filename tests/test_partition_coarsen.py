@@ -8,7 +8,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from autopipe.errors import PlanError
-
 from autopipe.partition import brute
 from autopipe.partition.coarsen import coarsen, merge_forced
 from autopipe.partition.costs import evaluate, violations
