@@ -44,11 +44,14 @@ class StageMemory:
     buffers: int
     """Send/receive buffers at the stage's boundaries."""
     total: int
-    """The peak: params + grads + optimizer + buffers + the larger of activations and
-    optimizer_step."""
+    """The peak: params + grads + optimizer + buffers + the larger of activations +
+    workspace and optimizer_step."""
     optimizer_step: int = 0
     """What the optimizer step allocates while it runs, when no activation is held
     (Adam's multi-tensor temporaries; fp32 gradients for 16-bit masters)."""
+    workspace: int = 0
+    """The last stage: what it holds while the loss runs beyond the saved activations (the
+    model's output it reads, the loss's gradients and scratch); 0 elsewhere."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -309,13 +312,15 @@ class Plan:
 
 
 def _stage_json(stage: Stage) -> dict[str, Any]:
-    """A stage's JSON object; the recomputation fields only where it recomputes, so plans
-    without recomputation read as they did before it existed."""
+    """A stage's JSON object; the recomputation fields only where it recomputes, and the
+    workspace only where there is one, so plans without them read as they did before."""
     out = asdict(stage)
     if not stage.recompute:
         del out["recompute"]
     if not stage.recompute_s:
         del out["recompute_s"]
+    if not stage.memory.workspace:
+        del out["memory"]["workspace"]
     return out
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from autopipe.partition.coarsen import merge_forced
 from autopipe.partition.problem import Config, Problem, from_profile
 from autopipe.plan_format import Device
+from autopipe.profile.loss import LossCost
 from autopipe.profile.memory import param_memory
 from autopipe.profile.profile import NodeProfile, Profile
 
@@ -82,8 +83,15 @@ def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6) -> Profile
     for s in sinks:
         if draw(st.booleans()) or s == names[-1]:
             edges.append((s, "output", out_bytes[s]))
+    # the loss (on the last stage): none, or one whose workspace the last stage holds
+    loss = None
+    if draw(st.booleans()):
+        saved = draw(st.integers(0, 4096))
+        loss = LossCost(forward_s=draw(times(0.5)), backward_s=draw(times(0.5)), activation_bytes=saved,
+                        input_bytes=draw(st.integers(0, 4096)), peak_bytes=saved + draw(st.integers(0, 8192)))
     return Profile(device="test", dtype="float32", microbatch_shape=[[1]], nodes=tuple(nodes),
-                   edges=tuple(edges), graph_fingerprint="random", method="synthetic", params=params)
+                   edges=tuple(edges), graph_fingerprint="random", method="synthetic", params=params,
+                   loss=loss)
 
 
 @st.composite

@@ -32,6 +32,14 @@ def recompute_memory(profile: Profile, plan: Plan, optimizer: str) -> list[int]:
     for n in profile.nodes:
         held[stage[n.name]].update(n.params + n.shared_params)
         act[stage[n.name]] += n.activation_bytes
+    # the loss, on the output's stage: its saved bytes per micro-batch in flight, and while
+    # it runs its input and its peak beyond them
+    loss = profile.loss
+    work = [0] * p
+    if loss is not None:
+        act[stage["output"]] += loss.activation_bytes
+        if loss.peak_bytes:
+            work[stage["output"]] = loss.input_bytes + max(0, loss.peak_bytes - loss.activation_bytes)
     last: dict[str, int] = {}
     for src, dst, _ in profile.edges:
         last[src] = max(last.get(src, 0), stage[dst])
@@ -50,7 +58,7 @@ def recompute_memory(profile: Profile, plan: Plan, optimizer: str) -> list[int]:
         # the optimizer step's temporaries, held while no activation is (Adam: fp32 sqrt of v)
         step = sum(4 * (profile.params[q] // 4) for q in held[s]) if optimizer in ("adam", "adamw") else 0
         around = (cross[s - 1] if s else 0) + (cross[s] if s < p - 1 else 0)
-        out.append(params + max(act[s] * inflight, step) + 2 * around)
+        out.append(params + max(act[s] * inflight + work[s], step) + 2 * around)
     return out
 
 

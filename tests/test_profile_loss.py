@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 import autopipe
+from autopipe.errors import InfeasiblePlanError
+from autopipe.partition.costs import MEMORY_HEADROOM
 from autopipe.partition.planner import plan_profile
+from autopipe.plan_format import Plan
 from autopipe.profile import Profile, estimate, measure
+from autopipe.profile._peak import PeakBytes
 from autopipe.spec import example_target
 
 from .conftest import EXAMPLES, example_spec
@@ -33,6 +40,54 @@ def test_a_32k_head_makes_the_loss_cost_more_than_a_block(tmp_path: Path) -> Non
                  progress=False)
     assert e.loss is not None and e.loss.forward_s > 0 and e.loss.backward_s > 0
     assert e.loss.activation_bytes == p.loss.activation_bytes
+    # its peak: the softmax it saves, the gradient of it and of the logits (one each), the
+    # same counted on the CPU and on meta tensors
+    assert 3 * p.loss.input_bytes <= p.loss.peak_bytes < 3 * p.loss.input_bytes + 2**20
+    assert e.loss.peak_bytes == p.loss.peak_bytes
+    assert p.loss.workspace_bytes == p.loss.input_bytes + p.loss.peak_bytes - p.loss.activation_bytes
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_peak_bytes_counts_what_is_made_until_it_is_freed(device: str) -> None:
+    logits = torch.randn(128, 4096, device=device, requires_grad=True)
+    target = torch.zeros(128, dtype=torch.long, device=device)
+    size = logits.numel() * 4
+    with PeakBytes(exclude=[logits, target]) as peak:
+        loss = F.cross_entropy(logits.detach().requires_grad_(), target)  # a view of an input: not counted
+        assert size <= peak.live < size + 1024  # the saved log-softmax
+        loss.backward()
+        del loss  # frees the log-softmax
+    assert 3 * size <= peak.peak < 3 * size + 1024  # log-softmax, its gradient, the logits'
+    assert peak.live == 0  # the leaf's gradient went with the leaf
+
+
+def test_the_last_stage_holds_the_loss_workspace() -> None:
+    """Its input and its peak beyond what it saves, alongside its saved activations; a
+    memory limit that the workspace breaks moves the cut or refuses the plan."""
+    spec = example_spec("tied_lm", layers=2)
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    p = estimate(graph, spec.example_inputs, loss_fn=spec.loss_fn, target=example_target(spec),
+                 progress=False)
+    assert p.loss is not None and p.loss.workspace_bytes > p.loss.input_bytes
+    unknown = dataclasses.replace(p, loss=dataclasses.replace(p.loss, peak_bytes=0))
+    plan = plan_profile(p, num_stages=2, microbatches=4, optimizer="sgd")
+    before = plan_profile(unknown, num_stages=2, microbatches=4, optimizer="sgd")
+    assert plan.stage_of == before.stage_of
+    last, was = plan.stages[-1].memory, before.stages[-1].memory
+    assert (last.workspace, was.workspace) == (p.loss.workspace_bytes, 0)
+    assert last.total == was.total + p.loss.workspace_bytes
+    assert plan.predicted.peak_memory[-1] == before.predicted.peak_memory[-1] + p.loss.workspace_bytes
+    assert plan.stages[0].memory == before.stages[0].memory
+    assert "workspace" not in json.dumps(before.to_json())  # plans without one read as before
+    assert Plan.from_json(plan.to_json()).stages[-1].memory.workspace == p.loss.workspace_bytes
+    # a limit the last stage met without the workspace, and not with it
+    limit = int(was.total / (1 - MEMORY_HEADROOM)) + 1
+    assert was.total + p.loss.workspace_bytes > limit * (1 - MEMORY_HEADROOM)
+    try:
+        moved = plan_profile(p, num_stages=2, microbatches=4, optimizer="sgd", memory_limit=limit)
+    except InfeasiblePlanError:
+        return
+    assert moved.stage_of != plan.stage_of and moved.stages[-1].memory.total <= limit
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

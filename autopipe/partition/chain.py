@@ -142,6 +142,8 @@ class Chain:
             freed = self.freed(cfg.inflight(s))
             act = act - (freed[i] - freed[js])
         step = self.pstep[i] - self.pstep[js] + _shared(self.shared_step, i, j)
+        if s == cfg.num_stages - 1:
+            act = act + self.problem.workspace
         mem: FloatArray = held + np.maximum(act, step)
         return mem
 

@@ -55,7 +55,8 @@ def regroup(problem: Problem, groups: Sequence[Sequence[int]]) -> Problem:
             values.append(Value(node=v.node, src=src, dsts=dsts, bytes=v.bytes, is_tensor=v.is_tensor))
     return Problem(blocks=tuple(blocks), values=tuple(values), param_bytes=problem.param_bytes,
                    param_mem=problem.param_mem, config=problem.config,
-                   node_module=problem.node_module, node_order=problem.node_order)
+                   node_module=problem.node_module, node_order=problem.node_order,
+                   workspace=problem.workspace)
 
 
 def merge_forced(problem: Problem) -> Problem:

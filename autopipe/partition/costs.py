@@ -15,7 +15,9 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
               memory_s = Σ_{params read} (param + grad + optimizer states)
                        + 2·(X_{s-1} + X_s)           (send/receive buffers, activation and gradient)
                        + max(activation bytes × in-flight micro-batches (``Config.inflight``,
-                               from the schedule's order: 1F1B min(m, p−s); GPipe m; zb-h1 min(m, p)),
+                               from the schedule's order: 1F1B min(m, p−s); GPipe m; zb-h1 min(m, p))
+                               + the loss's workspace on the last stage (its input and its
+                               peak beyond what it saves: ``Problem.workspace``),
                              Σ_{params read} optimizer step's temporaries)   (the step runs when no
                                activation is held: [Note: the optimizer step's temporaries])
 
@@ -144,12 +146,15 @@ class StageCost:
 
     optimizer_step: int = 0
     """Bytes the optimizer step allocates while it runs (held with no activations)."""
+    workspace: int = 0
+    """The last stage: what it holds while the loss runs beyond the saved activations
+    (``Problem.workspace``), alongside them; 0 elsewhere."""
 
     @property
     def memory(self) -> int:
         """Total predicted peak bytes."""
-        return self.params + self.grads + self.optimizer + self.buffers + max(self.activations,
-                                                                                self.optimizer_step)
+        return self.params + self.grads + self.optimizer + self.buffers + max(
+            self.activations + self.workspace, self.optimizer_step)
 
     @property
     def fits(self) -> bool:
@@ -218,7 +223,7 @@ class RankMemory:
     activations: int
     """The most activation bytes its chunks hold at once: max over the moments of
     ``Config.live_sets`` of Σ held micro-batches × the chunk's bytes per micro-batch, plus
-    ``recompute_bytes``."""
+    ``recompute_bytes``, plus the last chunk's ``workspace``."""
     moment: tuple[int, ...]
     """Micro-batches held per chunk (all chunks) at that peak."""
     limit: float
@@ -254,7 +259,8 @@ def rank_memory(problem: Problem, stages: Sequence[StageCost], act: Sequence[int
         again = max(stages[c].recompute_bytes for c in chunks)
         static = sum(stages[c].params + stages[c].grads + stages[c].optimizer + stages[c].buffers
                      for c in chunks)
-        out.append(RankMemory(chunks=chunks, static=static, activations=peak + again, moment=moment,
+        work = sum(stages[c].workspace for c in chunks)
+        out.append(RankMemory(chunks=chunks, static=static, activations=peak + again + work, moment=moment,
                               limit=stages[chunks[0]].limit, recompute_bytes=again,
                               optimizer_step=sum(stages[c].optimizer_step for c in chunks)))
     return tuple(out)
@@ -383,7 +389,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
             optimizer=sum(m.optimizer for m in mem),
             activations=act[s] * cfg.inflight(s) + live[s], buffers=2 * (recv + send),
             limit=float(dev.memory) if dev.memory > 0 else math.inf,
-            optimizer_step=sum(m.step for m in mem),
+            optimizer_step=sum(m.step for m in mem), workspace=problem.workspace if s == p - 1 else 0,
             recompute_s=passes * again[s] / dev.speed, recompute_bytes=live[s]))
     tied = 0.0
     for q, readers in problem.readers().items():

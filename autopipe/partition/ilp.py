@@ -458,6 +458,8 @@ class _Model:
             self.backward.append(self._named(bwd, f"B_{s}"))
             self.weight.append(self._named(wgt, f"W_{s}"))
             self.optimizer.append(self._named(opt, f"O_{s}"))
+            if s == p - 1:  # the loss runs alongside the activations, not the optimizer step
+                mem.const += problem.workspace / scale
             for lin in (mem, temp):
                 if s > 0:
                     lin.add(x_bytes[s - 1], 2.0 / scale)

@@ -224,6 +224,9 @@ class Problem:
     """Node name → owning module path (for baselines and reports)."""
     node_order: tuple[str, ...] = ()
     """Every node name in the profile's topological order."""
+    workspace: int = 0
+    """Bytes the last stage holds while the loss runs, beyond its saved activations
+    (``LossCost.workspace_bytes``; [Note: the loss is part of the last stage])."""
 
     def __post_init__(self) -> None:
         for v in self.values:
@@ -283,9 +286,7 @@ class Problem:
 
     def with_config(self, config: Config) -> Problem:
         """The same graph for another pipeline."""
-        return Problem(blocks=self.blocks, values=self.values, param_bytes=self.param_bytes,
-                       param_mem=self.param_mem, config=config, node_module=self.node_module,
-                       node_order=self.node_order)
+        return replace(self, config=config)
 
 
 @functools.lru_cache(maxsize=256)
@@ -386,7 +387,8 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
     return Problem(blocks=tuple(blocks), values=tuple(values), param_bytes=param_bytes,
                    param_mem=mem, config=config,
                    node_module={n.name: n.module for n in profile.nodes},
-                   node_order=tuple(n.name for n in profile.nodes))
+                   node_order=tuple(n.name for n in profile.nodes),
+                   workspace=loss.workspace_bytes if loss is not None else 0)
 
 
 def _embedding_grads(profile: Profile, param_bytes: dict[str, int], microbatches: int) -> dict[str, int]:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from autopipe.profile._peak import PeakBytes
 from autopipe.profile._saved import SavedBytes
 from autopipe.profile._timer import Timer
 from autopipe.trace.graph import Graph
@@ -36,6 +37,19 @@ class LossCost:
     """Bytes it saves for its backward (the softmax of a cross-entropy, say)."""
     input_bytes: int
     """Bytes of the model output it reads."""
+    peak_bytes: int = 0
+    """The most bytes its forward and backward hold at once, its input not counted: what it
+    saves, the gradients it makes (its input's included), its scratch (``PeakBytes``).
+    0 where unknown (profiles written before it was counted)."""
+
+    @property
+    def workspace_bytes(self) -> int:
+        """What the last stage holds for the loss while it runs, beyond the saved bytes it is
+        charged per micro-batch in flight: the model's output it reads and the loss's peak
+        above what it saves (0 where ``peak_bytes`` is unknown)."""
+        if not self.peak_bytes:
+            return 0
+        return self.input_bytes + max(0, self.peak_bytes - self.activation_bytes)
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict."""
@@ -45,7 +59,8 @@ class LossCost:
     def from_json(cls, data: dict[str, Any]) -> LossCost:
         """Inverse of ``to_json``."""
         return cls(forward_s=float(data["forward_s"]), backward_s=float(data["backward_s"]),
-                   activation_bytes=int(data["activation_bytes"]), input_bytes=int(data["input_bytes"]))
+                   activation_bytes=int(data["activation_bytes"]), input_bytes=int(data["input_bytes"]),
+                   peak_bytes=int(data.get("peak_bytes", 0)))
 
 
 def _outputs(gm: fx.GraphModule, flat: list[Any]) -> list[Any]:
@@ -85,7 +100,16 @@ def measure_loss(graph: Graph, gm: fx.GraphModule, flat: list[Any], loss_fn: Los
     del kept
     saved.release()
     return LossCost(forward_s=f, backward_s=max(0.0, fb - f), activation_bytes=saved.total,
-                    input_bytes=_input_bytes(outs))
+                    input_bytes=_input_bytes(outs), peak_bytes=_peak(graph, outs, loss_fn, target))
+
+
+def _peak(graph: Graph, outs: list[Any], loss_fn: LossFn, target: torch.Tensor) -> int:
+    """``LossCost.peak_bytes``: one forward and backward of the loss, counted by ``PeakBytes``."""
+    leaves = _leaves(outs)
+    tensors = [t for t in (*outs, *leaves, target) if isinstance(t, torch.Tensor)]
+    with PeakBytes(exclude=tensors) as peak:
+        torch.autograd.backward(loss_fn(graph.unflatten_output(leaves), target))
+    return int(peak.peak)
 
 
 def estimate_loss(graph: Graph, outs: list[Any], loss_fn: LossFn, target: torch.Tensor,
@@ -105,4 +129,5 @@ def estimate_loss(graph: Graph, outs: list[Any], loss_fn: LossFn, target: torch.
     f = price(forward, "forward")
     b = price(lambda: torch.autograd.backward(box.pop()), "backward")
     saved.release()
-    return LossCost(forward_s=f, backward_s=b, activation_bytes=saved.total, input_bytes=_input_bytes(outs))
+    return LossCost(forward_s=f, backward_s=b, activation_bytes=saved.total, input_bytes=_input_bytes(outs),
+                    peak_bytes=_peak(graph, outs, loss_fn, target))
