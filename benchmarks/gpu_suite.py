@@ -230,13 +230,14 @@ def simulate_one_process(one: Any, per_mb: list[int], device: str, model: Any = 
 
 def peak_memory(plan: Any, activations_peak: int) -> dict[str, int]:
     """The one process's predicted peak: every stage's held bytes plus the larger of the
-    simulated activation peak and the optimizer step's temporaries (one optimizer steps
-    every stage's parameters at once: [Note: the optimizer step's temporaries])."""
+    simulated activation peak with the loss's workspace and the optimizer step's
+    temporaries (one optimizer steps every stage's parameters at once: [Note: the
+    optimizer step's temporaries])."""
     out = {k: sum(getattr(s.memory, k) for s in plan.stages)
-           for k in ("params", "grads", "optimizer", "buffers", "optimizer_step")}
+           for k in ("params", "grads", "optimizer", "buffers", "optimizer_step", "workspace")}
     out["activations_peak"] = activations_peak
     held = out["params"] + out["grads"] + out["optimizer"] + out["buffers"]
-    out["peak"] = held + max(activations_peak, out["optimizer_step"])
+    out["peak"] = held + max(activations_peak + out["workspace"], out["optimizer_step"])
     return out
 
 
