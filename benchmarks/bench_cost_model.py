@@ -10,6 +10,11 @@ measured. The two plans train in turns (``--rounds`` runs each, their steps pool
 so a slow spell of the machine falls on both. No separate calibration runs: what
 the planner leaves out of a step shows as predicted / measured below 1.
 
+The host's own noise is printed with each model: a one-thread matmul (128 × 128 by
+128 × 32,768) timed back to back for 2 s before it plans, its median and its 90th
+percentile over the median; and each row's median step over its best. A row whose
+median sits far over its best step measured the machine's noise, not the plan.
+
     python -m benchmarks.bench_cost_model [--only mlp,tied_lm] [--microbatches 4]
         [--min-seconds 3] [--quiet-wait 30] [--rounds 2]
 """
@@ -32,6 +37,21 @@ from benchmarks.bench_simulator import EXAMPLES, MAX_STEPS, SKIP_STEPS, _spec_pa
 
 MODELS = [*EXAMPLES, "tied_lm"]
 METHODS = ("ilp", "uniform")
+
+
+def host_noise(seconds: float = 2.0) -> tuple[float, float]:
+    """(median seconds, 90th percentile / median) of a one-thread 128 × 128 by 128 × 32,768
+    matmul run back to back for ``seconds``: how steady the machine is right now."""
+    a, b = torch.randn(128, 128), torch.randn(128, 32768)
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    median = statistics.median(times)
+    return median, times[int(0.9 * (len(times) - 1))] / median
 
 
 def bench(name: str, microbatches: int, min_seconds: float, tmp: Path, quiet_wait_s: float,
@@ -81,16 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"2 stages, 1f1b, {args.microbatches} micro-batches, Adam, 2 gloo ranks on CPU; plans by "
           f"autopipe.plan's defaults (measured here, stages refined); steps after the first {SKIP_STEPS}, "
           f"{args.rounds} run(s) of each plan in turns")
-    print(f"{'model':8s} {'plan':8s} {'predicted':>10s} {'median':>10s} {'best':>10s} {'pred/med':>8s}")
+    print(f"{'model':8s} {'plan':8s} {'predicted':>10s} {'median':>10s} {'best':>10s} {'pred/med':>8s} "
+          f"{'med/best':>8s}")
     rows = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_cost_model.") as d:
         for name in [n for n in args.only.split(",") if n]:
+            median, tail = host_noise()
+            print(f"  host: reference matmul {median * 1e3:.2f} ms median, 90th percentile "
+                  f"{tail:.2f} × the median", flush=True)
             rows[name] = bench(name, args.microbatches, args.min_seconds, Path(d), args.quiet_wait,
                                args.rounds)
             for method, (pred, med, best) in rows[name].items():
                 print(f"{name:8s} {method:8s} {pred * 1e3:8.2f}ms {med * 1e3:8.2f}ms {best * 1e3:8.2f}ms "
-                      f"{pred / med:8.3f}", flush=True)
+                      f"{pred / med:8.3f} {med / best:8.3f}", flush=True)
     print(f"\nautopipe (ilp) over uniform, steps/s:\n{'model':8s} {'predicted':>9s} {'measured':>9s}")
     for name, r in rows.items():
         print(f"{name:8s} {r['uniform'][0] / r['ilp'][0]:9.3f} {r['uniform'][1] / r['ilp'][1]:9.3f}")
