@@ -11,7 +11,11 @@ backward: ``autopipe.runtime.timing``), every node takes the ratio measured /
 summed of the stage it was just measured in (forward and backward apart, within
 ``1/MAX_FACTOR``..``MAX_FACTOR``), and the planner solves again on the original
 profile times those ratios. When the cuts stay, the scaled profile is exact for
-them and that plan is the answer. Cuts that keep moving (ratios of small stages
+them and that plan is the answer. So is the plan just measured when the re-solve
+moves its cuts for less than ``MIN_GAIN`` of its measured step: the timings' noise
+is larger than that, and chasing it flips cuts between near-equal splits (in the
+noisy runs of 2026-12-01 four to five of seven ILP plans ended their three rounds
+with cuts still moving). Cuts that keep moving (ratios of small stages
 swing with their fixed call overhead) stop after ``rounds``: the answer is then
 the measured round with the fastest step, its stages timed once more: the fastest
 of a few noisy measurements reads low, so a prediction at the times it was chosen on
@@ -19,7 +23,7 @@ would be biased low (in one ``bench_cost_model`` run the four plans whose cuts k
 moving read 0.61–0.91 of their measured median steps).
 
     round k:  profile × ratios(k−1) ──solve──▶ cuts_k ──time stages──▶ ratios(k)
-              cuts_k = cuts_(k−1): done
+              cuts_k = cuts_(k−1), or cuts_k promising < MIN_GAIN: done
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from autopipe.trace import Graph
 
 DEFAULT_ROUNDS = 3
 MAX_FACTOR = 4.0
+MIN_GAIN = 0.02
+"""A re-solve that moves the cuts must promise at least this share off the step just
+measured; a smaller gain is within the timings' noise, and the measured cuts stay."""
 WINDOW_S = 1.0
 """Each round's stage timings spread over at least this many seconds ([Note: timing over
 a window] in ``autopipe.runtime.timing``), within ``MORE_RUNS`` × ``repeats`` runs."""
@@ -128,10 +135,15 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
             ratio[name] = factors[s]
         nxt = replan(scale_nodes(profile, ratio, loss=(loss_f, loss_b) if loss_s else None))
         moved = _cuts(nxt) != _cuts(current)
+        gain = 1.0 - nxt.predicted.iteration_s / at_times.predicted.iteration_s
+        small = moved and gain < MIN_GAIN  # within the noise: the measured cuts stay
         record.append({"forward_ratio": [round(f, 4) for f, _ in factors],
                        "backward_ratio": [round(b, 4) for _, b in factors],
-                       "measured_step_s": measured[-1].predicted.iteration_s, "cuts_moved": moved,
+                       "measured_step_s": measured[-1].predicted.iteration_s, "cuts_moved": moved and not small,
+                       **({"gain_kept_out": round(gain, 4)} if small else {}),
                        **({"loss_s": [round(t, 7) for t in loss_s]} if loss_s else {})})
+        if small:
+            return _recorded(at_times, record, converged=True, why_not=why_not)
         if not moved:
             return _recorded(nxt, record, converged=True, why_not=why_not)
         current = nxt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,34 @@ def test_stages_are_timed_after_a_wait_and_as_the_nodes_were(monkeypatch: pytest
     # one thread and flushed subnormals, as its nodes were timed
     assert seen and set(seen) == {(7e-5, 1, True)}  # every timing (a re-timing too, where cuts moved)
     assert (torch.tensor([1e-39]) * 0.5).item() > 0
+
+
+@pytest.mark.parametrize(("gain", "kept"), [(0.01, True), (0.10, False)])
+def test_a_move_that_gains_less_than_the_noise_keeps_the_measured_cuts(
+        monkeypatch: pytest.MonkeyPatch, mlp: tuple[Any, autopipe.Graph, Profile], gain: float,
+        kept: bool) -> None:
+    spec, graph, profile = mlp
+    plan = _solve(profile)
+    seen = _fake_timer(monkeypatch, profile, lambda cuts, f, b: (tuple(f), tuple(b)))
+    # other cuts: the split of a profile whose first stage runs three times slower
+    other = _solve(scale_nodes(profile, {n: (3.0, 3.0) for n in plan.stages[0].nodes}))
+    assert [s.nodes for s in other.stages] != [s.nodes for s in plan.stages]
+    measured = with_stage_times(plan, *_sums(profile, plan)).predicted.iteration_s
+
+    def replan(scaled: Profile) -> Plan:  # other cuts, promising ``gain`` off the measured step
+        if len(seen) > 1:
+            return _solve(scaled)
+        return dataclasses.replace(other, predicted=dataclasses.replace(
+            other.predicted, iteration_s=measured * (1 - gain)))
+
+    refined = refine(plan, profile, graph, spec.example_inputs, {}, replan, rounds=3)
+    info = refined.options["refine"]
+    first = info["rounds"][0]
+    assert first["cuts_moved"] is not kept and ("gain_kept_out" in first) is kept
+    if kept:
+        assert info["converged"] and len(seen) == 1
+        assert [s.nodes for s in refined.stages] == [s.nodes for s in plan.stages]
+        assert refined.predicted.iteration_s == pytest.approx(measured)
+        assert first["gain_kept_out"] == pytest.approx(gain, abs=1e-4)
+    else:
+        assert len(seen) >= 2 and seen[1] != seen[0]
