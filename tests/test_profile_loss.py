@@ -73,7 +73,6 @@ def test_the_last_stage_holds_the_loss_workspace() -> None:
     plan = plan_profile(p, num_stages=2, microbatches=4, optimizer="sgd")
     before = plan_profile(unknown, num_stages=2, microbatches=4, optimizer="sgd")
     assert plan.stage_of == before.stage_of
-    assert [n for n in plan.stages[-1].nodes if n != "output"] == [plan.stages[-1].nodes[0]]
     last, was = plan.stages[-1].memory, before.stages[-1].memory
     assert (last.workspace, was.workspace) == (p.loss.workspace_bytes, 0)
     assert last.total == was.total + p.loss.workspace_bytes
@@ -81,8 +80,9 @@ def test_the_last_stage_holds_the_loss_workspace() -> None:
     assert plan.stages[0].memory == before.stages[0].memory
     assert "workspace" not in json.dumps(before.to_json())  # plans without one read as before
     assert Plan.from_json(plan.to_json()).stages[-1].memory.workspace == p.loss.workspace_bytes
-    # a limit the last stage meets without the workspace and not with it: it holds the head
-    # alone already (the least a stage can hold), so nothing fits
+    # every device at the last stage's memory without the workspace: that plan fits, and
+    # with the workspace no split does (moving a block to stage 0, beside the embedding
+    # the head is tied to, makes that stage the one over)
     limit = int(was.total / (1 - MEMORY_HEADROOM)) + 1
     assert was.total + p.loss.workspace_bytes > limit * (1 - MEMORY_HEADROOM)
     plan_profile(unknown, num_stages=2, microbatches=4, optimizer="sgd", memory_limit=limit)
