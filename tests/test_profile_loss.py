@@ -81,8 +81,7 @@ def test_the_last_stage_holds_the_loss_workspace() -> None:
     assert "workspace" not in json.dumps(before.to_json())  # plans without one read as before
     assert Plan.from_json(plan.to_json()).stages[-1].memory.workspace == p.loss.workspace_bytes
     # every device at the last stage's memory without the workspace: that plan fits, and
-    # with the workspace no split does (moving a block to stage 0, beside the embedding
-    # the head is tied to, makes that stage the one over)
+    # with it no split does (the head's weight and gradient and the workspace alone are over)
     limit = int(was.total / (1 - MEMORY_HEADROOM)) + 1
     assert was.total + p.loss.workspace_bytes > limit * (1 - MEMORY_HEADROOM)
     plan_profile(unknown, num_stages=2, microbatches=4, optimizer="sgd", memory_limit=limit)
