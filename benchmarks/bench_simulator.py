@@ -63,6 +63,7 @@ from autopipe.plan_format import Plan
 from autopipe.profile import measure
 from autopipe.runtime.calibrate import measure_model_costs, measure_runtime_costs
 from autopipe.schedule import SCHEDULES, StageCost, simulate, simulate_plan
+from autopipe.schedule.actions import V_SHAPED
 from autopipe.schedule.runtime_costs import RuntimeCosts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -282,7 +283,7 @@ def bench_speed(repeats: int = 50) -> None:
                      activation_bytes=1)
     print("\nsimulate() wall time, 8 stages × 32 micro-batches (orders cached after the first call):")
     for schedule in SCHEDULES:
-        v = 2 if schedule == "interleaved-1f1b" else 1
+        v = 2 if schedule == "interleaved-1f1b" or schedule in V_SHAPED else 1
         stages = [cost] * (8 * v)
         simulate(stages, schedule=schedule, microbatches=32, virtual_stages=v)
         t0 = time.perf_counter()
