@@ -7,7 +7,6 @@ from typing import Any
 
 from autopipe.errors import AutopipeError, PlanError
 from autopipe.plan_format import Plan
-from autopipe.spec import ModelSpec, load_spec, parse_spec_args
 
 
 def add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -16,11 +15,6 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
                    help="path/to/file.py:function or package.module:function returning a ModelSpec")
     p.add_argument("--spec-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword argument for the build function (repeatable), e.g. n_layer=8")
-
-
-def spec_from_args(args: argparse.Namespace) -> ModelSpec:
-    """Load the ModelSpec that ``add_spec_args`` described."""
-    return load_spec(args.spec, **parse_spec_args(args.spec_arg))
 
 
 def plan_knobs(knobs: dict[str, Any], plan: Plan) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 
-from autopipe.schedule.actions import placed_rank, rank_stages, schedule_order
+from autopipe.schedule.actions import placed_rank, schedule_order
 
 Live = tuple[int, ...]
 """Micro-batches held per chunk (all n chunks; zero for other ranks' chunks) at one moment."""
@@ -40,12 +40,6 @@ Live = tuple[int, ...]
 def rank_of(chunk: int, num_ranks: int, schedule: str = "interleaved-1f1b") -> int:
     """The rank that runs ``chunk`` under ``schedule`` (loop-around, or V-shaped for zbv and dualpipev)."""
     return placed_rank(schedule, chunk, num_ranks)
-
-
-def chunks_of(rank: int, num_ranks: int, virtual_stages: int,
-              schedule: str = "interleaved-1f1b") -> tuple[int, ...]:
-    """The chunks ``rank`` runs, in depth order."""
-    return tuple(rank_stages(schedule, rank, num_ranks, virtual_stages))
 
 
 @functools.lru_cache(maxsize=256)

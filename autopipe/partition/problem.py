@@ -263,14 +263,6 @@ class Problem:
                 out[d] += v.bytes
         return out
 
-    def recompute_savings(self) -> list[int]:
-        """Per block, what recomputing it alone (a region of its own) frees per micro-batch
-        at least: its saved bytes less its inputs, 0 where that is not positive or it is no
-        candidate (``recompute_candidates``). For heuristics; the ILP prices regions exactly."""
-        candidates = set(self.recompute_candidates())
-        return [max(0, b.activation_bytes - i) if k in candidates else 0
-                for k, (b, i) in enumerate(zip(self.blocks, self.input_bytes()))]
-
     def recompute_candidates(self) -> tuple[int, ...]:
         """Blocks that may be recomputed under ``config.recompute`` (none: no block): they
         compute something, write nothing in place, and are neither an input nor the output.

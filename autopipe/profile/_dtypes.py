@@ -30,8 +30,3 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if key not in DTYPES:
         raise ProfileError(f"unknown dtype {dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
     return DTYPES[key]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` → ``"bfloat16"``."""
-    return str(dtype).removeprefix("torch.")

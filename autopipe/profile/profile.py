@@ -189,16 +189,6 @@ class Profile:
         return cls.from_json(read_json(path, SCHEMA, ProfileError), source=str(path))
 
 
-def skeleton(graph: Graph) -> dict[str, Any]:
-    """The structural fields of a Profile that come from the Graph alone (no costs)."""
-    return {
-        "graph_fingerprint": graph.fingerprint,
-        "params": dict(graph.param_bytes),
-        "tied": tuple(graph.tied),
-        "edges": tuple((s, d, int(b)) for s, d, b in graph.dag.edges(data="bytes")),
-    }
-
-
 def node_profile(graph: Graph, name: str, *, forward_s: float, backward_input_s: float,
                  backward_weight_s: float, activation_bytes: int) -> NodeProfile:
     """A NodeProfile whose structural fields come from ``graph``."""

@@ -29,12 +29,6 @@ def _peak(plan: Plan) -> int:
     return max(s.memory.total for s in plan.stages)
 
 
-def _utilisation(plan: Plan) -> float:
-    """Highest stage memory / its device's limit (1.0 = exactly full)."""
-    limits = {d.name: d.memory for d in plan.devices}
-    return max(s.memory.total / limits[s.device] if limits.get(s.device) else 0.0 for s in plan.stages)
-
-
 def compare_plans(new: Plan, old: Plan, *, tolerance: float = 0.01) -> Comparison:
     """Compare ``new`` against ``old`` (the baseline).
 
