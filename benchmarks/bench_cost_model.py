@@ -12,8 +12,12 @@ the planner leaves out of a step shows as predicted / measured below 1.
 
 The host's own noise is printed with each model: a one-thread matmul (128 × 128 by
 128 × 32,768) timed back to back for 2 s before it plans, its median and its 90th
-percentile over the median; and each row's median step over its best. A row whose
-median sits far over its best step measured the machine's noise, not the plan.
+percentile over the median; each row's median step over its best; and the host's drift
+between planning and training: the same matmul's median for 1 s just before each training
+run of the plan, over its median just before the plan was made (``host train/plan``
+above 1: the machine ran slower while it trained than while it was measured for the
+plan, and predicted / measured reads low by about as much). A row whose median sits far
+over its best step, or whose drift is far from 1, measured the machine, not the plan.
 
     python -m benchmarks.bench_cost_model [--only mlp,tied_lm] [--microbatches 4]
         [--min-seconds 3] [--quiet-wait 30] [--rounds 2]
@@ -37,6 +41,8 @@ from benchmarks.bench_simulator import EXAMPLES, MAX_STEPS, SKIP_STEPS, _spec_pa
 
 MODELS = [*EXAMPLES, "tied_lm"]
 METHODS = ("ilp", "uniform")
+HOST_CHECK_S = 1.0
+"""Seconds of the reference matmul before each plan is made and before each training run."""
 
 
 def host_noise(seconds: float = 2.0) -> tuple[float, float]:
@@ -55,15 +61,20 @@ def host_noise(seconds: float = 2.0) -> tuple[float, float]:
 
 
 def bench(name: str, microbatches: int, min_seconds: float, tmp: Path, quiet_wait_s: float,
-          rounds: int) -> dict[str, tuple[float, float, float]]:
-    """Per method: (predicted, measured median, measured best) seconds per step.
+          rounds: int) -> dict[str, tuple[float, float, float, float]]:
+    """Per method: (predicted, measured median, measured best) seconds per step, and the
+    host's drift: the reference matmul's median (``host_noise``) just before its training
+    runs over the same just before it was planned (above 1: the host was slower training).
 
     Both plans are made first; then each trains ``rounds`` times, the two plans taking turns
     (ilp, uniform, ilp, ...), so a slow spell of the machine falls on both; a plan's median
     and best are over the steps of all its runs."""
     spec = autopipe.load_spec(_spec_path(name))
     commands: dict[str, tuple[float, list[str], Path]] = {}
+    host_at_plan: dict[str, float] = {}
+    host_at_train: dict[str, list[float]] = {method: [] for method in METHODS}
     for method in METHODS:
+        host_at_plan[method] = host_noise(HOST_CHECK_S)[0]
         # as `autopipe plan` does: the spec's loss on one micro-batch's target is a cost
         plan = autopipe.plan(spec.model, spec.example_inputs, example_kwargs=spec.example_kwargs,
                              num_stages=2, microbatches=microbatches, method=method, profile="measure",
@@ -82,8 +93,10 @@ def bench(name: str, microbatches: int, min_seconds: float, tmp: Path, quiet_wai
     timed: dict[str, list[float]] = {method: [] for method in METHODS}
     for _ in range(max(1, rounds)):
         for method, (_, cmd, folder) in commands.items():
+            host_at_train[method].append(host_noise(HOST_CHECK_S)[0])
             timed[method].extend(_train(f"{name} {method}", cmd, folder, quiet_wait_s).steps)
-    return {method: (predicted, statistics.median(timed[method]), min(timed[method]))
+    return {method: (predicted, statistics.median(timed[method]), min(timed[method]),
+                     statistics.median(host_at_train[method]) / host_at_plan[method])
             for method, (predicted, _, _) in commands.items()}
 
 
@@ -102,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
           f"autopipe.plan's defaults (measured here, stages refined); steps after the first {SKIP_STEPS}, "
           f"{args.rounds} run(s) of each plan in turns")
     print(f"{'model':8s} {'plan':8s} {'predicted':>10s} {'median':>10s} {'best':>10s} {'pred/med':>8s} "
-          f"{'med/best':>8s}")
+          f"{'med/best':>8s} {'host train/plan':>15s}")
     rows = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_cost_model.") as d:
@@ -112,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{tail:.2f} × the median", flush=True)
             rows[name] = bench(name, args.microbatches, args.min_seconds, Path(d), args.quiet_wait,
                                args.rounds)
-            for method, (pred, med, best) in rows[name].items():
+            for method, (pred, med, best, drift) in rows[name].items():
                 print(f"{name:8s} {method:8s} {pred * 1e3:8.2f}ms {med * 1e3:8.2f}ms {best * 1e3:8.2f}ms "
-                      f"{pred / med:8.3f} {med / best:8.3f}", flush=True)
+                      f"{pred / med:8.3f} {med / best:8.3f} {drift:15.2f}", flush=True)
     print(f"\nautopipe (ilp) over uniform, steps/s:\n{'model':8s} {'predicted':>9s} {'measured':>9s}")
     for name, r in rows.items():
         print(f"{name:8s} {r['uniform'][0] / r['ilp'][0]:9.3f} {r['uniform'][1] / r['ilp'][1]:9.3f}")
