@@ -94,6 +94,31 @@ def falcon() -> ModelSpec:
     return _tokens(_seeded(lambda: hf.FalconForCausalLM(cfg)), "falcon")
 
 
+def gemma2() -> ModelSpec:
+    """Gemma 2: tanh soft-capping of the attention and final logits, alternating sliding-window
+    and global attention, pre- and post-norms around each sublayer, a scaled embedding."""
+    cfg = hf.Gemma2Config(**{**_DECODER, "tie_word_embeddings": True}, head_dim=8, sliding_window=4,
+                          attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
+    return _tokens(_seeded(lambda: hf.Gemma2ForCausalLM(cfg)), "gemma2")
+
+
+def bloom() -> ModelSpec:
+    """BLOOM: ALiBi position biases (no position embeddings), an embedding LayerNorm, fused QKV."""
+    cfg = hf.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4, hidden_dropout=0.0,
+                         attention_dropout=0.0, use_cache=False)
+    return _tokens(_seeded(lambda: hf.BloomForCausalLM(cfg)), "bloom")
+
+
+def deberta() -> ModelSpec:
+    """DeBERTa-v2 masked LM: disentangled attention (content-to-position and position-to-content
+    terms over log-bucketed relative positions)."""
+    cfg = hf.DebertaV2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                             attention_probs_dropout_prob=0.0, relative_attention=True, position_buckets=8,
+                             pos_att_type=["p2c", "c2p"])
+    return _tokens(_seeded(lambda: hf.DebertaV2ForMaskedLM(cfg)), "deberta", shift=False)
+
+
 def distilbert() -> ModelSpec:
     """DistilBERT masked LM: post-norm encoder, tied output projection, no token types."""
     cfg = hf.DistilBertConfig(vocab_size=VOCAB, dim=32, hidden_dim=64, n_layers=2, n_heads=4,
@@ -140,6 +165,38 @@ def t5() -> ModelSpec:
                      name="t5")
 
 
+class _BartPair(nn.Module):
+    """BART taking (source ids, decoder ids) positionally, returning the logits."""
+
+    def __init__(self, cfg: hf.BartConfig) -> None:
+        super().__init__()
+        self.bart = hf.BartForConditionalGeneration(cfg)
+
+    def forward(self, source: torch.Tensor, decoder_ids: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.bart(input_ids=source, decoder_input_ids=decoder_ids).logits
+        return out
+
+
+def bart() -> ModelSpec:
+    """BART: one embedding shared by the encoder, the decoder and the output projection
+    (three readers of one tied weight), learned positions, a final logits bias buffer."""
+    cfg = hf.BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                        decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0,
+                        attention_dropout=0.0, activation_dropout=0.0, use_cache=False)
+    model = _seeded(lambda: _BartPair(cfg))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        source = torch.randint(0, VOCAB, (n * BATCH, SEQ), generator=g)
+        target = source.flip(1)
+        decoder = torch.cat([torch.zeros_like(target[:, :1]), target[:, :-1]], dim=1)
+        return (source, decoder), target
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch,
+                     name="bart")
+
+
 # --- vision -------------------------------------------------------------------------------------
 
 def vit() -> ModelSpec:
@@ -164,6 +221,26 @@ def resnet() -> ModelSpec:
     cfg = hf.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
                           layer_type="bottleneck", downsample_in_first_stage=False, num_labels=5)
     return _classes(_seeded(lambda: hf.ResNetForImageClassification(cfg)), "resnet",
+                    (3, 16, 16), 5)
+
+
+def swin() -> ModelSpec:
+    """Swin: attention inside shifted windows (a roll of the feature map and a mask between
+    windows), patch merging between stages."""
+    cfg = hf.SwinConfig(image_size=16, patch_size=2, num_channels=3, embed_dim=8, depths=[1, 1],
+                        num_heads=[2, 2], window_size=4, drop_path_rate=0.0, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, num_labels=5)
+    return _classes(_seeded(lambda: hf.SwinForImageClassification(cfg)), "swin", (3, 16, 16), 5)
+
+
+def segformer() -> ModelSpec:
+    """SegFormer (MiT encoder): overlapping patch embeddings, attention over a spatially
+    reduced key/value map, a depthwise conv inside each MLP."""
+    cfg = hf.SegformerConfig(num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+                             hidden_sizes=[8, 16], patch_sizes=[3, 3], strides=[2, 2],
+                             num_attention_heads=[1, 2], mlp_ratios=[2, 2], hidden_dropout_prob=0.0,
+                             attention_probs_dropout_prob=0.0, drop_path_rate=0.0, num_labels=5)
+    return _classes(_seeded(lambda: hf.SegformerForImageClassification(cfg)), "segformer",
                     (3, 16, 16), 5)
 
 
@@ -221,7 +298,8 @@ def whisper() -> ModelSpec:
 ZOO: dict[str, Callable[[], ModelSpec]] = {
     "t5": t5, "mixtral": mixtral, "qwen2-moe": qwen2_moe, "vit": vit, "convnext": convnext,
     "resnet": resnet, "wav2vec2": wav2vec2, "whisper": whisper, "gpt-neox": gpt_neox, "mistral": mistral, "qwen2": qwen2,
-    "distilbert": distilbert, "falcon": falcon,
+    "distilbert": distilbert, "falcon": falcon, "gemma2": gemma2, "bloom": bloom, "deberta": deberta,
+    "bart": bart, "swin": swin, "segformer": segformer,
 }
 """Every zoo model by name: a fresh, identically initialised copy per call."""
 
