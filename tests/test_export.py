@@ -14,6 +14,7 @@ import re
 from functools import cache
 
 import pytest
+import torch
 from torch import nn
 
 from autopipe.errors import ExportError
@@ -190,3 +191,47 @@ def test_unknown_format() -> None:
     plan, _ = planned("gpt2")
     with pytest.raises(ExportError, match="unknown export format 'colossal'"):
         export_plan(plan, "colossal")
+
+
+@cache
+def encoder_decoder() -> tuple[Plan, Profile, nn.Module]:
+    """A T5 with 3 encoder and 4 decoder blocks, estimated, planned layer-granular into 4
+    stages: the layers found are both stacks' ([Note: every stack of an encoder-decoder])."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from autopipe import trace
+    from autopipe.profile.estimate import estimate
+    from tests.models import T5Pair
+
+    model = T5Pair()
+    model.t5 = T5ForConditionalGeneration(T5Config(
+        vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=3, num_decoder_layers=4, num_heads=4,
+        use_cache=False, dropout_rate=0.0, relative_attention_num_buckets=8,
+        relative_attention_max_distance=16))
+    x = (torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8)))
+    profile = estimate(trace(model, x), x, progress=False)
+    plan = plan_profile(profile, num_stages=4, microbatches=8, granularity="layer", time_limit=30)
+    return plan, profile, model
+
+
+def test_an_encoder_decoder_is_cut_between_the_layers_of_both_stacks() -> None:
+    plan, profile, model = encoder_decoder()
+    info = plan.options["granularity"]
+    stacks = ["t5.encoder.block", "t5.decoder.block"]
+    assert info["auto"] and info["lists"] == stacks and info["layers"] == 7
+    assert info["pattern"] == r"(?:t5\.encoder\.block|t5\.decoder\.block)\.\d+"
+    # each stack's block lies whole in one stage, whichever stack it is in
+    for stack in stacks:
+        stage_layers(plan, profile, stack)
+    names = canonical(model)
+    want = stage_params(plan, profile)
+    parts = export_plan(plan, "torchtitan")["parallelism"]["module_fqns_per_model_part"]
+    for s, fqns in enumerate(parts):
+        got = {names[n] for n, _ in split_module(model, fqns).named_parameters(remove_duplicate=False)}
+        assert got == want[s], f"stage {s}: extra {sorted(got - want[s])[:3]}, missing {sorted(want[s] - got)[:3]}"
+    ds = export_plan(plan, "deepspeed")
+    assert len(ds["layers"]) == 9 and len(ds["parts"]) == 5  # inputs, 7 blocks, head
+    with pytest.raises(ExportError, match=r"one stack of transformer layers.*2 module lists "
+                                          r"\(t5\.encoder\.block, t5\.decoder\.block\)") as e:
+        export_plan(plan, "megatron")
+    assert "--cut-at 't5.decoder.block.*'" in str(e.value.hint)

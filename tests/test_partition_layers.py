@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections.abc import Callable
 
 import pytest
 
@@ -175,3 +176,45 @@ def test_no_repeated_layers() -> None:
     with pytest.raises(PlanError, match="found no repeated layers") as e:
         plan_profile(flat, num_stages=2, microbatches=4, granularity="layer")
     assert "--cut-at" in str(e.value.hint) and "h_0_op" in str(e.value.hint)
+
+
+def _stacks(profile: Profile, module: Callable[[int], str], target: Callable[[int], str] = lambda i: "op") -> Profile:
+    """``profile`` (``layered_profile``, no glue) with layer ``i``'s nodes in ``module(i)``
+    calling ``target(i)``, and no parameters (each layer then runs the same calls)."""
+    nodes = []
+    for n in profile.nodes:
+        if n.module.startswith("h."):
+            i = int(n.module.split(".")[1])
+            n = dataclasses.replace(n, module=f"{module(i)}.op", target=target(i))
+        nodes.append(dataclasses.replace(n, params=(), shared_params=(), param_bytes=0))
+    return dataclasses.replace(profile, nodes=tuple(nodes), params={}, tied=())
+
+
+def test_finds_the_layers_of_every_stack() -> None:
+    """An encoder-decoder's two stacks are both cut between ([Note: every stack of an
+    encoder-decoder]): the same units, the same cuts, as one list of four layers."""
+    base = _stacks(layered_profile(0), lambda i: f"h.{i}")
+    two = _stacks(layered_profile(0), lambda i: f"enc.{i}" if i < 2 else f"dec.{i - 2}")
+    one = plan_profile(base, num_stages=3, microbatches=4, granularity="layer")
+    plan = plan_profile(two, num_stages=3, microbatches=4, granularity="layer")
+    info = plan.options["granularity"]
+    assert info["pattern"] == r"(?:enc|dec)\.\d+" and info["lists"] == ["enc", "dec"]
+    assert info["layers"] == 4 and info["stage_units"] == one.options["granularity"]["stage_units"]
+    assert [s.nodes for s in plan.stages] == [s.nodes for s in one.stages]
+    assert one.options["granularity"]["lists"] == ["h"]
+
+
+@pytest.mark.parametrize("module,target,lists", [
+    # the second list's children call different things: a Sequential stem, not a stack
+    (lambda i: f"stem.{i}" if i < 2 else f"h.{i}", lambda i: f"op{i}" if i < 2 else "op", ["h"]),
+    # a list inside a layer (an MoE layer's experts) is part of that layer's unit
+    (lambda i: f"h.0.experts.{i}" if i < 2 else f"h.{i - 1}", lambda i: "op", ["h"]),
+    # two alike children (or all but the first alike) make a stack
+    (lambda i: f"stem.{i}" if i < 2 else f"h.{i}", lambda i: "op", ["stem", "h"]),
+])
+def test_counts_a_second_list_only_where_it_is_a_stack(module: Callable[[int], str],
+                                                        target: Callable[[int], str],
+                                                        lists: list[str]) -> None:
+    profile = _stacks(layered_profile(0, layers=5), module, target)
+    plan = plan_profile(profile, num_stages=2, microbatches=4, granularity="layer")
+    assert plan.options["granularity"]["lists"] == lists

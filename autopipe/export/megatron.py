@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from autopipe.errors import ExportError
 from autopipe.export.split import LayerSplit
 from autopipe.plan_format import Plan
 
@@ -30,7 +31,19 @@ def layout(counts: list[int]) -> str:
 
 
 def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
-    """Layers per stage, the layout, and the arguments that set it."""
+    """Layers per stage, the layout, and the arguments that set it.
+
+    Raises:
+        ExportError: the plan's layers come from more than one module list (an
+            encoder-decoder's two stacks): the layout counts one stack of layers.
+    """
+    if len(split.lists) > 1:
+        raise ExportError(
+            f"Megatron-LM's pipeline layout counts one stack of transformer layers, but this "
+            f"plan cuts between the layers of {len(split.lists)} module lists "
+            f"({', '.join(split.lists)})",
+            hint=f"export it --format torchtitan or deepspeed, or plan it again with --cut-at "
+                 f"'{split.lists[-1]}.*' (that stack's layers only)")
     counts = split.layers_per_stage()
     text = layout(counts)
     base = ["--pipeline-model-parallel-size", str(plan.num_stages),

@@ -30,6 +30,9 @@ class LayerSplit:
     """Per unit, its modules: unit 0 before the layers, 1…L the layers, L+1 after them."""
     stage_units: tuple[tuple[int, int], ...]
     """Per stage, the half-open range of units it holds (consecutive, covering all)."""
+    lists: tuple[str, ...] = ()
+    """The module lists the layers belong to (recorded since plans cut between the layers
+    of several lists; empty in older plans, which had one)."""
 
     @property
     def num_layers(self) -> int:
@@ -59,7 +62,8 @@ def layer_split(plan: Plan) -> LayerSplit:
     try:
         split = LayerSplit(pattern=str(info["pattern"]),
                            units=tuple(tuple(str(m) for m in u) for u in info["units"]),
-                           stage_units=tuple((int(a), int(b)) for a, b in info["stage_units"]))
+                           stage_units=tuple((int(a), int(b)) for a, b in info["stage_units"]),
+                           lists=tuple(str(x) for x in info.get("lists", ())))
     except (KeyError, TypeError, ValueError) as e:
         raise ExportError(f"the plan's layer record is malformed ({type(e).__name__}: {e})",
                           hint=HINT) from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from dataclasses import replace
 
 import networkx as nx
 
@@ -53,10 +54,7 @@ def regroup(problem: Problem, groups: Sequence[Sequence[int]]) -> Problem:
         dsts = tuple(sorted({group_of[d] for d in v.dsts} - {src}))
         if dsts:
             values.append(Value(node=v.node, src=src, dsts=dsts, bytes=v.bytes, is_tensor=v.is_tensor))
-    return Problem(blocks=tuple(blocks), values=tuple(values), param_bytes=problem.param_bytes,
-                   param_mem=problem.param_mem, config=problem.config,
-                   node_module=problem.node_module, node_order=problem.node_order,
-                   workspace=problem.workspace)
+    return replace(problem, blocks=tuple(blocks), values=tuple(values))
 
 
 def merge_forced(problem: Problem) -> Problem:

@@ -51,6 +51,8 @@ class Layers:
     """Node name → unit: 0 before the layers, 1…L the layers, L+1 after them."""
     units: tuple[tuple[str, ...], ...]
     """Per unit, the outermost modules whose nodes all lie in it (layers by their path)."""
+    lists: tuple[str, ...]
+    """The module lists the layers belong to, in the order they first run (``model.layers``)."""
 
 
 def repeated_lists(problem: Problem) -> list[tuple[str, int, float]]:
@@ -74,6 +76,60 @@ def repeated_lists(problem: Problem) -> list[tuple[str, int, float]]:
 
 def _glob(x: str) -> str:
     return f"{x}.*" if x else "*"
+
+
+def _nested(x: str, y: str) -> bool:
+    """Whether module paths ``x`` and ``y`` are the same or one lies inside the other."""
+    return x == y or not x or not y or x.startswith(y + ".") or y.startswith(x + ".")
+
+
+def _repeats(problem: Problem, x: str) -> bool:
+    """Whether module list ``x`` is a stack of layers built alike: its children but the
+    first run the same calls in the same order (the first may differ: T5's first block
+    holds the relative position bias), the first too where there are only two. A
+    ``Sequential`` of different modules (a conv, a norm, an activation) is numbered too."""
+    calls: dict[str, list[tuple[str, str]]] = {}
+    for n in problem.node_order:
+        module = problem.node_module.get(n, "")
+        if module.startswith(x + "."):
+            child, _, inner = module[len(x) + 1:].partition(".")
+            if child.isdigit():
+                calls.setdefault(child, []).append((inner, problem.node_call.get(n, "")))
+    seen = [tuple(c) for c in calls.values()]
+    return len(seen) >= 2 and len(set(seen[1:])) == 1 and (len(seen) > 2 or seen[0] == seen[1])
+
+
+def auto_pattern(problem: Problem, lists: list[str]) -> str:
+    """The layers ``--granularity layer`` cuts between, given the repeated module lists
+    (``repeated_lists``, heaviest first): the heaviest, and every other list that lies
+    neither inside a chosen one nor around it.
+
+    [Note: every stack of an encoder-decoder]
+    An encoder-decoder has two stacks (BART's ``model.encoder.layers`` and
+    ``model.decoder.layers``, T5's ``encoder.block`` and ``decoder.block``); cutting
+    between the heavier stack's layers only would keep the other whole on one stage. Each
+    stack's layers are units of their own, in the order they run; a list nested in a
+    layer (Mixtral's experts, a ResNet stage's blocks) is inside a unit already. Beyond
+    the heaviest, a list counts only where its children run the same calls in the same
+    order (``_repeats``): a ``Sequential`` stem of a conv, a norm and an activation is
+    numbered too, but no stack of layers. One
+    list gives the glob ``X.*``, several a regular expression (``(?:X|Y)\\.\\d+``), both
+    in the plan's ``options["granularity"]["pattern"]``.
+    """
+    chosen: list[str] = []
+    for x in lists:
+        if not any(_nested(x, y) for y in chosen) and (not chosen or _repeats(problem, x)):
+            chosen.append(x)
+    if len(chosen) == 1:
+        return _glob(chosen[0])
+    first: dict[str, int] = {}
+    for n in problem.node_order:
+        module = problem.node_module.get(n, "")
+        for x in chosen:
+            if x not in first and module.startswith(x + "."):
+                first[x] = len(first)
+    chosen.sort(key=lambda x: first.get(x, len(first)))
+    return "(?:" + "|".join(re.escape(x) for x in chosen) + r")\.\d+"
 
 
 def _candidates(problem: Problem) -> str:
@@ -150,7 +206,7 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
                             "X.0, X.1, … runs nodes)",
                             hint=f"name the blocks to cut between with --cut-at PATTERN "
                                  f"({_candidates(problem)}), or plan without --granularity layer")
-        cut_at = _glob(found[0][0])
+        cut_at = auto_pattern(problem, [x for x, _, _ in found])
     layer_of = _layer_paths(problem, matcher(cut_at))
     if not layer_of:
         raise PlanError(f"--cut-at {cut_at!r} matches no module of the model",
@@ -172,8 +228,9 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
     units = len(paths) + 2
     split = frozenset(x.rsplit(".", k)[0] for x in paths for k in range(1, x.count(".") + 1))
     modules = owned_modules(problem, node_unit, groups=units, split=split)
+    lists = tuple(dict.fromkeys(x.rsplit(".", 1)[0] if "." in x else "" for x in paths))
     layers = Layers(pattern=cut_at, auto=auto, node_unit=node_unit,
-                    units=tuple(tuple(m) for m in modules))
+                    units=tuple(tuple(m) for m in modules), lists=lists)
     out = merge_forced(regroup(problem, groups))
     p = problem.config.num_stages
     if out.num_real < p:
@@ -220,7 +277,7 @@ def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan]) -> Plan:
     step = best.predicted.iteration_s
     info: dict[str, Any] = {
         "mode": "layer", "pattern": layers.pattern, "auto": layers.auto,
-        "layers": len(layers.units) - 2,
+        "layers": len(layers.units) - 2, "lists": list(layers.lists),
         "units": [list(u) for u in layers.units],
         "stage_units": stage_units(plan, layers),
         "unrestricted_s": step,

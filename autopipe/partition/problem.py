@@ -18,7 +18,7 @@ from autopipe.partition.chunks import Live, chunk_inflight, live_sets, rank_of
 from autopipe.partition.timeline import splits_backward
 from autopipe.plan_format import Device
 from autopipe.profile.memory import ParamMemory, embedding_grad_bytes, param_memory
-from autopipe.profile.profile import Profile
+from autopipe.profile.profile import NodeProfile, Profile
 from autopipe.schedule.actions import V_SHAPED, check_schedule, schedule_order
 
 SCHEDULES = ("1f1b", "gpipe", "zb-h1", "interleaved-1f1b", "zbv", "dualpipev")
@@ -224,6 +224,9 @@ class Problem:
     """Node name → owning module path (for baselines and reports)."""
     node_order: tuple[str, ...] = ()
     """Every node name in the profile's topological order."""
+    node_call: dict[str, str] = field(default_factory=dict)
+    """Node name → what it runs, its own module's path left out (``call_function
+    aten.addmm.default weight,bias``): equal in two layers built alike (``node_call``)."""
     workspace: int = 0
     """Bytes the last stage holds while the loss runs, beyond its saved activations
     (``LossCost.workspace_bytes``; [Note: the loss is part of the last stage])."""
@@ -380,7 +383,18 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
                    param_mem=mem, config=config,
                    node_module={n.name: n.module for n in profile.nodes},
                    node_order=tuple(n.name for n in profile.nodes),
+                   node_call={n.name: node_call(n) for n in profile.nodes},
                    workspace=loss.workspace_bytes if loss is not None else 0)
+
+
+def node_call(node: NodeProfile) -> str:
+    """What ``node`` runs, written without its module's path: its op, its target (none for
+    a ``call_module``, whose target is its own path) and the parameters it reads, named
+    within its module. Two layers built alike run the same calls in the same order."""
+    prefix = f"{node.module}." if node.module else ""
+    target = "" if node.op == "call_module" else node.target
+    params = ",".join(q.removeprefix(prefix) for q in node.params)
+    return f"{node.op} {target} {params}"
 
 
 def _embedding_grads(profile: Profile, param_bytes: dict[str, int], microbatches: int) -> dict[str, int]:
