@@ -149,10 +149,22 @@ def qwen2_moe() -> ModelSpec:
 
 # --- encoder-decoder ----------------------------------------------------------------------------
 
-def t5() -> ModelSpec:
-    """T5: encoder and decoder (cross-attention reads the encoder's output in every decoder
-    layer), relative position buckets, tied embeddings."""
-    model = _seeded(lambda: T5Pair(vocab=VOCAB))
+class _Seq2Seq(nn.Module):
+    """A Hugging Face encoder-decoder taking (encoder input, decoder ids) positionally,
+    returning the logits; ``source`` names the encoder input (``input_ids``, ``input_features``)."""
+
+    def __init__(self, model: nn.Module, source: str = "input_ids") -> None:
+        super().__init__()
+        self.model = model
+        self.source = source
+
+    def forward(self, source: torch.Tensor, decoder_ids: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(**{self.source: source}, decoder_input_ids=decoder_ids).logits
+        return out
+
+
+def _reversal(model: nn.Module, name: str) -> ModelSpec:
+    """An encoder-decoder over token ids that learns to write its source reversed."""
 
     def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         g = generator(n, step, 0)
@@ -162,19 +174,13 @@ def t5() -> ModelSpec:
         return (source, decoder), target
 
     return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch,
-                     name="t5")
+                     name=name)
 
 
-class _BartPair(nn.Module):
-    """BART taking (source ids, decoder ids) positionally, returning the logits."""
-
-    def __init__(self, cfg: hf.BartConfig) -> None:
-        super().__init__()
-        self.bart = hf.BartForConditionalGeneration(cfg)
-
-    def forward(self, source: torch.Tensor, decoder_ids: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.bart(input_ids=source, decoder_input_ids=decoder_ids).logits
-        return out
+def t5() -> ModelSpec:
+    """T5: encoder and decoder (cross-attention reads the encoder's output in every decoder
+    layer), relative position buckets, tied embeddings."""
+    return _reversal(_seeded(lambda: T5Pair(vocab=VOCAB)), "t5")
 
 
 def bart() -> ModelSpec:
@@ -184,17 +190,7 @@ def bart() -> ModelSpec:
                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
                         decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0,
                         attention_dropout=0.0, activation_dropout=0.0, use_cache=False)
-    model = _seeded(lambda: _BartPair(cfg))
-
-    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        g = generator(n, step, 0)
-        source = torch.randint(0, VOCAB, (n * BATCH, SEQ), generator=g)
-        target = source.flip(1)
-        decoder = torch.cat([torch.zeros_like(target[:, :1]), target[:, :-1]], dim=1)
-        return (source, decoder), target
-
-    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch,
-                     name="bart")
+    return _reversal(_seeded(lambda: _Seq2Seq(hf.BartForConditionalGeneration(cfg))), "bart")
 
 
 # --- vision -------------------------------------------------------------------------------------
@@ -261,18 +257,6 @@ def wav2vec2() -> ModelSpec:
                     (400,), 5)
 
 
-class _WhisperPair(nn.Module):
-    """Whisper taking (log-mel features, decoder ids) positionally, returning the logits."""
-
-    def __init__(self, cfg: hf.WhisperConfig) -> None:
-        super().__init__()
-        self.whisper = hf.WhisperForConditionalGeneration(cfg)
-
-    def forward(self, features: torch.Tensor, decoder_ids: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.whisper(input_features=features, decoder_input_ids=decoder_ids).logits
-        return out
-
-
 def whisper() -> ModelSpec:
     """Whisper: a conv front end on log-mel frames, an audio encoder, and a text decoder that
     cross-attends to it (encoder-decoder speech recognition)."""
@@ -283,7 +267,7 @@ def whisper() -> ModelSpec:
                            activation_dropout=0.0, use_cache=False, pad_token_id=0,
                            bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
                            suppress_tokens=None, begin_suppress_tokens=None)
-    model = _seeded(lambda: _WhisperPair(cfg))
+    model = _seeded(lambda: _Seq2Seq(hf.WhisperForConditionalGeneration(cfg), "input_features"))
 
     def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         g = generator(n, step, 0)
