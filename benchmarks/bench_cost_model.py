@@ -16,8 +16,10 @@ percentile over the median; each row's median step over its best; and the host's
 between planning and training: the same matmul's median for 1 s just before each training
 run of the plan, over its median just before the plan was made (``host train/plan``
 above 1: the machine ran slower while it trained than while it was measured for the
-plan, and predicted / measured reads low by about as much). A row whose median sits far
-over its best step, or whose drift is far from 1, measured the machine, not the plan.
+plan). A row whose median sits far over its best step measured the machine, not the
+plan. The drift is a record, not a correction: a 1 s sample before a run of several
+seconds misses a host whose speed changes within seconds, and in the runs of
+2026-12-01 it did not follow predicted / measured (docs/cost-model.md).
 
     python -m benchmarks.bench_cost_model [--only mlp,tied_lm] [--microbatches 4]
         [--min-seconds 3] [--quiet-wait 30] [--rounds 2]
