@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+from benchmarks import bench_layers
 
 
 class TiedMLP(nn.Module):
@@ -81,18 +85,15 @@ def in_place_inputs(batch: int = 4, dim: int = 8, table: int = 6) -> tuple[torch
     return torch.randn(batch, dim, generator=g), torch.randint(0, table // 2, (batch,), generator=g)
 
 
-class T5Pair(nn.Module):
-    """A Hugging Face T5ForConditionalGeneration taking (encoder_ids, decoder_ids) positionally."""
+class T5Pair(bench_layers.T5Pair):
+    """A tiny Hugging Face T5ForConditionalGeneration taking (encoder_ids, decoder_ids)
+    positionally; ``overrides`` change its ``T5Config`` (e.g. ``num_layers=3``)."""
 
-    def __init__(self, vocab: int = 64) -> None:
-        super().__init__()
+    def __init__(self, vocab: int = 64, **overrides: Any) -> None:
         from transformers import T5Config, T5ForConditionalGeneration
 
-        cfg = T5Config(vocab_size=vocab, d_model=16, d_kv=4, d_ff=32, num_layers=1,
-                       num_decoder_layers=1, num_heads=4, use_cache=False, dropout_rate=0.0,
-                       relative_attention_num_buckets=8, relative_attention_max_distance=16)
-        self.t5 = T5ForConditionalGeneration(cfg)
-
-    def forward(self, encoder_ids: torch.Tensor, decoder_ids: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.t5(input_ids=encoder_ids, decoder_input_ids=decoder_ids).logits
-        return out
+        cfg = T5Config(**{**dict(vocab_size=vocab, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                 num_decoder_layers=1, num_heads=4, use_cache=False, dropout_rate=0.0,
+                                 relative_attention_num_buckets=8, relative_attention_max_distance=16),
+                          **overrides})
+        super().__init__(T5ForConditionalGeneration(cfg))

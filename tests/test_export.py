@@ -197,17 +197,11 @@ def test_unknown_format() -> None:
 def encoder_decoder() -> tuple[Plan, Profile, nn.Module]:
     """A T5 with 3 encoder and 4 decoder blocks, estimated, planned layer-granular into 4
     stages: the layers found are both stacks' ([Note: every stack of an encoder-decoder])."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
     from autopipe import trace
     from autopipe.profile.estimate import estimate
     from tests.models import T5Pair
 
-    model = T5Pair()
-    model.t5 = T5ForConditionalGeneration(T5Config(
-        vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=3, num_decoder_layers=4, num_heads=4,
-        use_cache=False, dropout_rate=0.0, relative_attention_num_buckets=8,
-        relative_attention_max_distance=16))
+    model = T5Pair(num_layers=3, num_decoder_layers=4)
     x = (torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8)))
     profile = estimate(trace(model, x), x, progress=False)
     plan = plan_profile(profile, num_stages=4, microbatches=8, granularity="layer", time_limit=30)
