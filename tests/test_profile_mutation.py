@@ -13,6 +13,7 @@ import torch.utils._pytree as pytree
 import autopipe
 from autopipe.profile import estimate, measure
 from autopipe.profile._mutation import written_inputs
+from autopipe.profile._node import NodeCall
 from autopipe.profile._walk import NodeWalker
 from tests.models import InPlace, T5Pair, in_place_inputs
 
@@ -68,10 +69,21 @@ def _assert_same(seen: dict[str, Any], expected: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("frontend", ["fx", "export"])
-def test_measure_passes_on_a_single_forwards_values(frontend: str, passed_on: dict[str, Any]) -> None:
+def test_measure_passes_on_a_single_forwards_values(frontend: str, passed_on: dict[str, Any],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     model, inputs = InPlace(), in_place_inputs()
     graph = autopipe.trace(model, inputs, frontend=frontend)
     given = _snapshot(inputs)
+    differentiated: set[str] = set()  # nodes whose backward the profiler had to time
+    backward = NodeCall.backward
+
+    def spy(self: NodeCall, out: Any, which: str) -> Any:
+        fn = backward(self, out, which)
+        if fn is not None:
+            differentiated.add(self.node.name)
+        return fn
+
+    monkeypatch.setattr(NodeCall, "backward", spy)
     p = measure(graph, inputs, warmup=2, repeats=3, progress=False)
     _assert_same(passed_on, _expected(graph, inputs))
     with torch.no_grad():
@@ -80,10 +92,11 @@ def test_measure_passes_on_a_single_forwards_values(frontend: str, passed_on: di
         assert torch.equal(before, after)  # the user's example is not written
     assert all(n.forward_s >= 0 for n in p.nodes)
     written = "mul_" if frontend == "fx" else "relu_"
-    # a written leaf still has its gradient: autograd saved for it and its backward was timed
-    # (a time, so only >= 0: a microsecond kernel can read 0 after the timer's own overhead)
+    # a written leaf still has its gradient: its backward exists and was timed (the time
+    # itself only >= 0: a microsecond kernel reads 0 after the autograd call's overhead
+    # on a loaded machine, and fx's scalar mul_ saves nothing)
     node = p.by_name[written]
-    assert node.backward_input_s >= 0 and (node.backward_input_s > 0 or node.activation_bytes > 0)
+    assert written in differentiated and node.backward_input_s >= 0
 
 
 @pytest.mark.parametrize("frontend", ["fx", "export"])
