@@ -2,8 +2,9 @@
 
 Each builder returns a ModelSpec (model, one example micro-batch, loss, ``batch(n, step)``)
 built from a config object, small enough that tracing, measuring, planning and training
-all of them takes about a minute on two cores: one or two layers (or blocks) per stack,
-hidden size 32, sequences of 8 tokens, 16x16 images, 400 audio samples.
+all of them takes about two minutes on two cores: one to three layers (or blocks) per
+stack, hidden size 32 at most, sequences of 8 tokens, 16x16 images (MobileViT's 32x32), 400
+audio samples.
 """
 
 from __future__ import annotations
@@ -126,6 +127,26 @@ def distilbert() -> ModelSpec:
     return _tokens(_seeded(lambda: hf.DistilBertForMaskedLM(cfg)), "distilbert", shift=False)
 
 
+
+def modernbert() -> ModelSpec:
+    """ModernBERT masked LM: layers alternating between sliding-window (local) and global
+    attention, rotary embeddings with a base per kind, GeGLU, no biases."""
+    cfg = hf.ModernBertConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=64,
+                              local_attention=4, global_attn_every_n_layers=2, pad_token_id=0,
+                              bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    return _tokens(_seeded(lambda: hf.ModernBertForMaskedLM(cfg)), "modernbert", shift=False)
+
+
+def funnel() -> ModelSpec:
+    """Funnel Transformer masked LM: the encoder pools the sequence to half its length between
+    blocks (attention over the pooled queries), the decoder upsamples it back and adds the
+    first block's full-length output."""
+    cfg = hf.FunnelConfig(vocab_size=VOCAB, block_sizes=[1, 1], num_decoder_layers=1, d_model=32,
+                          n_head=4, d_head=8, d_inner=64, hidden_dropout=0.0, attention_dropout=0.0,
+                          activation_dropout=0.0, max_position_embeddings=64)
+    return _tokens(_seeded(lambda: hf.FunnelForMaskedLM(cfg)), "funnel", shift=False)
+
 # --- mixture of experts -------------------------------------------------------------------------
 
 _MOE = dict(num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.0,
@@ -146,6 +167,29 @@ def qwen2_moe() -> ModelSpec:
                             output_router_logits=False)
     return _tokens(_seeded(lambda: hf.Qwen2MoeForCausalLM(cfg)), "qwen2-moe")
 
+
+
+# --- state space --------------------------------------------------------------------------------
+
+def mamba() -> ModelSpec:
+    """Mamba: selective state-space layers (a causal depthwise conv, then an input-dependent
+    recurrence scanned token by token: no attention, no position embeddings)."""
+    cfg = hf.MambaConfig(vocab_size=VOCAB, hidden_size=32, state_size=8, num_hidden_layers=2,
+                         expand=2, conv_kernel=4, use_cache=False, use_mambapy=False)
+    return _tokens(_seeded(lambda: hf.MambaForCausalLM(cfg)), "mamba")
+
+
+def jamba() -> ModelSpec:
+    """Jamba: a hybrid of Mamba and attention layers, every other layer's MLP a mixture of
+    experts."""
+    cfg = hf.JambaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, num_experts=2,
+                         num_experts_per_tok=1, expert_layer_period=2, expert_layer_offset=1,
+                         attn_layer_period=2, attn_layer_offset=1, mamba_d_state=8, mamba_d_conv=4,
+                         mamba_expand=2, mamba_dt_rank=4, use_mamba_kernels=False, use_cache=False,
+                         router_aux_loss_coef=0.0, output_router_logits=False,
+                         tie_word_embeddings=False)
+    return _tokens(_seeded(lambda: hf.JambaForCausalLM(cfg)), "jamba")
 
 # --- encoder-decoder ----------------------------------------------------------------------------
 
@@ -240,6 +284,17 @@ def segformer() -> ModelSpec:
                     (3, 16, 16), 5)
 
 
+
+def mobilevit() -> ModelSpec:
+    """MobileViT: inverted-residual conv blocks with batch norm, and blocks that unfold the
+    feature map into patches, run a transformer across them and fold it back."""
+    cfg = hf.MobileViTConfig(image_size=32, patch_size=2, hidden_sizes=[16, 24, 32],
+                             neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64], num_attention_heads=2,
+                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                             classifier_dropout_prob=0.0, num_labels=5)
+    return _classes(_seeded(lambda: hf.MobileViTForImageClassification(cfg)), "mobilevit",
+                    (3, 32, 32), 5)
+
 # --- speech -------------------------------------------------------------------------------------
 
 def wav2vec2() -> ModelSpec:
@@ -283,7 +338,8 @@ ZOO: dict[str, Callable[[], ModelSpec]] = {
     "t5": t5, "mixtral": mixtral, "qwen2-moe": qwen2_moe, "vit": vit, "convnext": convnext,
     "resnet": resnet, "wav2vec2": wav2vec2, "whisper": whisper, "gpt-neox": gpt_neox, "mistral": mistral, "qwen2": qwen2,
     "distilbert": distilbert, "falcon": falcon, "gemma2": gemma2, "bloom": bloom, "deberta": deberta,
-    "bart": bart, "swin": swin, "segformer": segformer,
+    "bart": bart, "swin": swin, "segformer": segformer, "modernbert": modernbert, "funnel": funnel,
+    "mamba": mamba, "jamba": jamba, "mobilevit": mobilevit,
 }
 """Every zoo model by name: a fresh, identically initialised copy per call."""
 
