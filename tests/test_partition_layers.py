@@ -211,6 +211,12 @@ def test_finds_the_layers_of_every_stack() -> None:
     (lambda i: f"h.0.experts.{i}" if i < 2 else f"h.{i - 1}", lambda i: "op", ["h"]),
     # two alike children (or all but the first alike) make a stack
     (lambda i: f"stem.{i}" if i < 2 else f"h.{i}", lambda i: "op", ["stem", "h"]),
+    # stacks of one layer whose parts are numbered (T5's block.0.layer.0-2): the stacks are
+    # the lists, not the parts ([Note: the parts of a lone layer])
+    (lambda i: f"enc.0.layer.{i}" if i < 2 else f"dec.0.layer.{i - 2}", lambda i: f"op{i % 3}",
+     ["enc", "dec"]),
+    # a lone layer's parts built alike (one Swin stage's blocks) are the layers
+    (lambda i: f"stages.0.blocks.{i}", lambda i: "op", ["stages.0.blocks"]),
 ])
 def test_counts_a_second_list_only_where_it_is_a_stack(module: Callable[[int], str],
                                                         target: Callable[[int], str],

@@ -115,10 +115,24 @@ def auto_pattern(problem: Problem, lists: list[str]) -> str:
     numbered too, but no stack of layers. One
     list gives the glob ``X.*``, several a regular expression (``(?:X|Y)\\.\\d+``), both
     in the plan's ``options["granularity"]["pattern"]``.
+
+    [Note: the parts of a lone layer]
+    A stack of one layer is no repeated list (``X.0`` alone), but the layer's own parts
+    may be numbered: a T5 block holds ``layer.0`` self-attention, ``layer.1``
+    cross-attention, ``layer.2`` the MLP. Taken as the layers, a T5 of one block per stack
+    was cut between a block's sublayers, which no engine can express, and exported to
+    Megatron-LM as three layers. A list that lies in the only child of a list and whose
+    children are not built alike (``_repeats``) stands for that enclosing list: the stack
+    (``decoder.block``), its one layer a unit. A list built alike stays (a single Swin
+    stage's blocks are the layers).
     """
     chosen: list[str] = []
     for x in lists:
-        if not any(_nested(x, y) for y in chosen) and (not chosen or _repeats(problem, x)):
+        outer = _enclosing_list(x)
+        # [Note: the parts of a lone layer]
+        lone = outer is not None and outer not in lists and not _repeats(problem, x)
+        x = outer if lone and outer is not None else x
+        if not any(_nested(x, y) for y in chosen) and (not chosen or lone or _repeats(problem, x)):
             chosen.append(x)
     if len(chosen) == 1:
         return _glob(chosen[0])
@@ -130,6 +144,16 @@ def auto_pattern(problem: Problem, lists: list[str]) -> str:
                 first[x] = len(first)
     chosen.sort(key=lambda x: first.get(x, len(first)))
     return "(?:" + "|".join(re.escape(x) for x in chosen) + r")\.\d+"
+
+
+def _enclosing_list(x: str) -> str | None:
+    """The innermost module list that ``x`` lies in a numbered child of (``a.block`` for
+    ``a.block.0.layer``); None where there is none."""
+    parts = x.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        if parts[k].isdigit():
+            return ".".join(parts[:k])
+    return None
 
 
 def _candidates(problem: Problem) -> str:
