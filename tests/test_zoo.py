@@ -10,6 +10,7 @@ stages run one after another as the runtime runs them must give the model's grad
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from autopipe.runtime.validate import model_constants
 from .conftest import ROOT
 from .runtime_cases import Case, compare_with_one_process, pipeline_backward
 from .runtime_plans import plan_from_cuts, valid_cuts
-from .zoo import ZOO, ZOO_CASES
+from .zoo import HASH_ORDERED, ZOO, ZOO_CASES
 
 pytestmark = pytest.mark.slow
 
@@ -102,3 +103,23 @@ def test_zoo_model_splits_anywhere(name: str) -> None:
             else:
                 torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6,
                                            msg=lambda m, where=where: f"{where}: {m}")
+
+
+_FINGERPRINT = ("from autopipe import trace; from tests.zoo import ZOO; import sys; "
+                "spec = ZOO[sys.argv[1]](); "
+                "print(trace(spec.model, spec.example_inputs, spec.example_kwargs).fingerprint)")
+
+
+@pytest.mark.parametrize("name", sorted(HASH_ORDERED))
+def test_hash_ordered_models_still_trace_by_hash_seed(name: str) -> None:
+    """A model is kept out of the training job only while its traced order follows
+    PYTHONHASHSEED (tests/zoo.py HASH_ORDERED): when it stops, it belongs in the job again."""
+    prints = set()
+    for seed in range(1, 7):  # ModernBERT's two orders: seeds 1 and 3 give different ones
+        out = subprocess.run([sys.executable, "-c", _FINGERPRINT, name], cwd=ROOT, check=True,
+                             capture_output=True, text=True, timeout=300,
+                             env={**os.environ, **ENV, "PYTHONHASHSEED": str(seed)})
+        prints.add(out.stdout.split()[-1])
+        if len(prints) > 1:
+            return
+    pytest.fail(f"{name} traced alike under 6 hash seeds: take it out of HASH_ORDERED")

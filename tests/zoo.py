@@ -127,7 +127,6 @@ def distilbert() -> ModelSpec:
     return _tokens(_seeded(lambda: hf.DistilBertForMaskedLM(cfg)), "distilbert", shift=False)
 
 
-
 def modernbert() -> ModelSpec:
     """ModernBERT masked LM: layers alternating between sliding-window (local) and global
     attention, rotary embeddings with a base per kind, GeGLU, no biases."""
@@ -146,6 +145,7 @@ def funnel() -> ModelSpec:
                           n_head=4, d_head=8, d_inner=64, hidden_dropout=0.0, attention_dropout=0.0,
                           activation_dropout=0.0, max_position_embeddings=64)
     return _tokens(_seeded(lambda: hf.FunnelForMaskedLM(cfg)), "funnel", shift=False)
+
 
 # --- mixture of experts -------------------------------------------------------------------------
 
@@ -166,7 +166,6 @@ def qwen2_moe() -> ModelSpec:
                             decoder_sparse_step=1, router_aux_loss_coef=0.0,
                             output_router_logits=False)
     return _tokens(_seeded(lambda: hf.Qwen2MoeForCausalLM(cfg)), "qwen2-moe")
-
 
 
 # --- state space --------------------------------------------------------------------------------
@@ -190,6 +189,7 @@ def jamba() -> ModelSpec:
                          router_aux_loss_coef=0.0, output_router_logits=False,
                          tie_word_embeddings=False)
     return _tokens(_seeded(lambda: hf.JambaForCausalLM(cfg)), "jamba")
+
 
 # --- encoder-decoder ----------------------------------------------------------------------------
 
@@ -284,7 +284,6 @@ def segformer() -> ModelSpec:
                     (3, 16, 16), 5)
 
 
-
 def mobilevit() -> ModelSpec:
     """MobileViT: inverted-residual conv blocks with batch norm, and blocks that unfold the
     feature map into patches, run a transformer across them and fold it back."""
@@ -294,6 +293,7 @@ def mobilevit() -> ModelSpec:
                              classifier_dropout_prob=0.0, num_labels=5)
     return _classes(_seeded(lambda: hf.MobileViTForImageClassification(cfg)), "mobilevit",
                     (3, 32, 32), 5)
+
 
 # --- speech -------------------------------------------------------------------------------------
 
