@@ -17,7 +17,11 @@ submodules the group uses enter as arguments (``call_module`` nodes become calls
 the module passed in), so the stage's parameters keep their names and the body is
 registered as a submodule without holding a second copy of anything. A module that
 updates its own state in forward (batch norm's running statistics) would update it
-twice; its buffers are restored after the recomputation. A group that writes a value it
+twice; its buffers are restored after the recomputation, and so are the buffers the
+group reads as values: a graph from ``torch.export`` passes batch norm's statistics to
+``aten.batch_norm`` as arguments, which it updates although its schema does not say so
+(Hugging Face's ResNet and MobileViT trained with ``--recompute full`` moved their
+running means twice a step before). A group that writes a value it
 did not make in place (an input, a buffer) cannot run twice and is refused.
 
 Checkpointing recomputes a group once per backward call (graph task). A split backward's
@@ -49,34 +53,43 @@ def _call_module(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
 class Recompute(torch.nn.Module):
     """Runs a group of a stage's nodes under non-reentrant checkpointing ([Note: recomputed regions])."""
 
-    def __init__(self, body: fx.GraphModule) -> None:
+    def __init__(self, body: fx.GraphModule, buffer_args: Sequence[int] = ()) -> None:
         super().__init__()
         self.body = body
+        self.buffer_args = tuple(buffer_args)
+        """Positions of the arguments that are the stage's buffers (restored like modules' buffers)."""
 
     def forward(self, *args: Any) -> Any:
         modules = [a for a in args if isinstance(a, torch.nn.Module)]
+        buffers = [args[i] for i in self.buffer_args]
 
         def contexts() -> tuple[contextlib.AbstractContextManager[None], _BuffersRestored]:
-            return contextlib.nullcontext(), _BuffersRestored(modules)
+            return contextlib.nullcontext(), _BuffersRestored(modules, buffers)
 
         return checkpoint(self.body, *args, use_reentrant=False, context_fn=contexts)
 
 
 class _BuffersRestored:
-    """Around a recomputation: the modules' buffers are as before it once it is done (a
-    backward that runs in two passes, as the zero-bubble schedules' do, recomputes twice)."""
+    """Around a recomputation: the modules' buffers, and ``buffers``, are as before it once it
+    is done (a backward that runs in two passes, as the zero-bubble schedules' do,
+    recomputes twice)."""
 
-    def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
+    def __init__(self, modules: Sequence[torch.nn.Module], buffers: Sequence[torch.Tensor] = ()) -> None:
         self.modules = modules
+        self.buffers = buffers
         self.saved: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __enter__(self) -> None:
-        self.saved = [(b, b.detach().clone()) for m in self.modules for b in m.buffers()]
+        tensors = [*(b for m in self.modules for b in m.buffers()), *self.buffers]
+        self.saved = [(b, b.detach().clone()) for b in tensors]
 
     def __exit__(self, *exc: object) -> None:
+        # through .data: as if the recomputation never ran, version counter included (the
+        # first forward's batch norm saved the statistics it was given, and autograd
+        # refuses a saved tensor written since)
         with torch.no_grad():
             for buf, copy in self.saved:
-                buf.copy_(copy)
+                buf.data.copy_(copy)
         self.saved = []
 
 
@@ -109,6 +122,7 @@ def checkpoint_groups(gm: fx.GraphModule, groups: Sequence[Sequence[fx.Node]], *
     from autopipe.runtime.split import written_in_place
 
     graph = gm.graph
+    buffers = {name for name, _ in gm.named_buffers()}
     for k, group in enumerate(groups):
         members = [n for n in group if n.op in ("call_function", "call_method", "call_module")]
         if not members:
@@ -142,7 +156,8 @@ def checkpoint_groups(gm: fx.GraphModule, groups: Sequence[Sequence[fx.Node]], *
             n = n.next
         body, module_targets = _body(members, inputs, outputs, f"Stage{stage}Recompute{k}")
         name = f"recompute_{k}"
-        gm.add_submodule(name, Recompute(body))
+        buffer_args = [i for i, a in enumerate(inputs) if a.op == "get_attr" and str(a.target) in buffers]
+        gm.add_submodule(name, Recompute(body, buffer_args))
         with graph.inserting_before(anchor):
             mods = [graph.get_attr(t) for t in module_targets]
             call = graph.call_module(name, tuple(inputs) + tuple(mods))
