@@ -27,6 +27,7 @@ from autopipe.runtime.launch import launch
 from autopipe.runtime.optim import TrainConfig
 from autopipe.runtime.reference import reference_train
 from autopipe.runtime.split import Split
+from autopipe.runtime.split_backward import backward_input, backward_weight
 from autopipe.runtime.tied import canonical_names
 from autopipe.spec import example_target
 
@@ -229,10 +230,16 @@ def _attr(module: torch.nn.Module, dotted: str) -> torch.Tensor:
 
 
 def pipeline_backward(split: Split, flat: list[torch.Tensor],
-                       loss_fn: Callable[[list[Any]], torch.Tensor]) -> torch.Tensor:
+                       loss_fn: Callable[[list[Any]], torch.Tensor], *, split_backward: bool = False) -> torch.Tensor:
     """Run the stages as the runtime does (each receives fresh leaves, backward is sent
     back stage by stage); parameter gradients land in ``.grad``. ``loss_fn`` takes the
-    model's flat outputs. Returns the loss."""
+    model's flat outputs. Returns the loss.
+
+    ``split_backward``: as the zero-bubble schedules run it, every stage but the first
+    computes its input gradients first and its weight gradients after all of those
+    (``autopipe.runtime.split_backward``); split by a plan of such a schedule, whose sent
+    outputs are copies.
+    """
     values: tuple[torch.Tensor, ...] = tuple(flat)
     runs = []
     for k, st in enumerate(split.stages):
@@ -242,6 +249,19 @@ def pipeline_backward(split: Split, flat: list[torch.Tensor],
         runs.append((values, outs))
         values = outs
     loss = loss_fn(split.rebuild_outputs(values))
+    if split_backward:
+        works = []
+        outputs: list[torch.Tensor] = [loss]
+        grads: list[torch.Tensor] | None = None
+        for k in range(len(runs) - 1, 0, -1):
+            received = runs[k][0]
+            works.append(backward_input(outputs, grads, received, split.stages[k].module.parameters())[1])
+            sent = [(o, r.grad) for o, r in zip(runs[k - 1][1], received) if r.grad is not None]
+            outputs, grads = [o for o, _ in sent], [g for _, g in sent]
+        torch.autograd.backward(outputs, grads)  # the first stage: its inputs need no gradient
+        for work in works:
+            backward_weight(work)
+        return loss
     loss.backward()
     for k in range(len(runs) - 1, 0, -1):
         received = runs[k][0]

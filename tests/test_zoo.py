@@ -1,15 +1,18 @@
 """The model zoo (tests/zoo.py): every architecture traced, measured, planned and trained on 2 ranks.
 
-Each model is measured on this CPU and planned into 2 stages by the ILP here; one job of
-2 gloo ranks (tests/runtime_worker.py) then trains every model 2 steps with its plan, and
-each must equal one process training the traced model (losses and every parameter). A
+Each model is measured on this CPU and planned into 2 stages by the ILP here (and T5 and
+Whisper also into ZBV's 2 ranks × 2 chunks); one job of 2 gloo ranks
+(tests/runtime_worker.py) then trains every model 2 steps with its plan, and each must
+equal one process training the traced model (losses and every parameter). A
 measured plan cuts where this machine's timings say, so each model is also split at a
 spread of other cuts, and just before every node that writes a value in place, and the
-stages run one after another as the runtime runs them must give the model's gradients.
+stages run one after another as the runtime runs them must give the model's gradients,
+with one backward per stage and with the zero-bubble schedules' split one.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -22,6 +25,7 @@ import torch
 from autopipe import Graph, trace
 from autopipe.plan_format import Plan
 from autopipe.runtime.launch import launch
+from autopipe.runtime.placement import rank_of_stages
 from autopipe.runtime.split import split_graph, written_in_place
 from autopipe.runtime.validate import model_constants
 
@@ -55,10 +59,12 @@ def zoo_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("case", ZOO_CASES.values(), ids=lambda c: c.example)
+@pytest.mark.parametrize("case", ZOO_CASES.values(),
+                         ids=lambda c: c.example if c.schedule == "1f1b" else f"{c.example}-{c.schedule}")
 def test_zoo_model_trains_like_one_process(case: Case, zoo_job: Path) -> None:
     plan = Plan.load(zoo_job / f"{case.name}.plan.json")
-    assert plan.num_stages == 2 and plan.solver.status == "optimal"
+    # 2 ranks: one stage each, or two (ZBV's V)
+    assert len(set(rank_of_stages(plan))) == 2 and plan.solver.status == "optimal"
     assert all(s.forward_s > 0 for s in plan.stages)
     compare_with_one_process(case, zoo_job)
 
@@ -89,13 +95,17 @@ def test_zoo_model_splits_anywhere(name: str) -> None:
     tensors = [v for v in flat if isinstance(v, torch.Tensor)]
     cuts = _cuts(graph)
     assert len(cuts) >= 5
-    for cut in cuts:
-        where = f"{name} cut after {graph.nodes[cut].name}"
+    # the one backward of 1F1B, and the zero-bubble schedules' split one (input gradients,
+    # then weight gradients: [Note: split backward])
+    for cut, split_backward in itertools.product(cuts, (False, True)):
+        where = f"{name} cut after {graph.nodes[cut].name}{', split backward' if split_backward else ''}"
         for p in params:
             p.grad = None
-        split = split_graph(graph, plan_from_cuts(graph, [cut]), constants)
-        loss = pipeline_backward(split, tensors,
-                                 lambda outs: spec.loss_fn(graph.unflatten_output(outs), target))
+        plan = (plan_from_cuts(graph, [cut], schedule="zb-h1", ranks=[0, 1]) if split_backward
+                else plan_from_cuts(graph, [cut]))
+        split = split_graph(graph, plan, constants)
+        loss = pipeline_backward(split, tensors, lambda outs: spec.loss_fn(graph.unflatten_output(outs), target),
+                                 split_backward=split_backward)
         torch.testing.assert_close(loss, expected, msg=lambda m, where=where: f"{where}: {m}")
         for p, g in zip(params, grads):
             if g is None:

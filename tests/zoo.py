@@ -355,3 +355,11 @@ ZOO_CASES = {c.name: c for c in (Case(name, 2, zoo=True, profile="measure", step
                                  for name in ZOO if name not in HASH_ORDERED)}
 """Each zoo model measured on this CPU, planned into 2 stages (1F1B, 4 micro-batches) and
 trained 2 steps (tests/runtime_worker.py runs them by name)."""
+
+SPLIT_BACKWARD = ("t5", "whisper")
+"""Zoo models also trained with ZBV (split backward), planned on an estimated profile (the
+same cuts every run): their later stages send on values made from weights alone (T5's
+relative position bias, Whisper's decoder positions), which torch's own split backward
+left without gradient ([Note: split backward] in ``autopipe.runtime.split_backward``)."""
+ZOO_CASES.update({c.name: c for c in (Case(name, 2, "zbv", zoo=True, steps=2, microbatches=4)
+                                      for name in SPLIT_BACKWARD)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from autopipe.runtime.meta import StageMeta
 from autopipe.runtime.placement import rank_of_stages, schedule_kind
 from autopipe.runtime.recompute import recompute_once_per_weight_pass
 from autopipe.runtime.split import Split, retarget_devices
+from autopipe.runtime.split_backward import WeightWork, backward_input, backward_weight
 
 
 @dataclass
@@ -81,7 +83,7 @@ def build_pipeline(
     ranks = rank_of_stages(plan)
     n = plan.num_stages
     stages = []
-    stage_class = pipeline_stage_class()
+    stage_class = _stage_class()
     mine = [i for i in range(n) if ranks[i] == rank]
     modules = {s: split.stages[s].module.to(device) for s in mine}
     # [Note: weight gradients accumulated in place]; a tied weight's gradient is summed over
@@ -110,3 +112,27 @@ def build_pipeline(
                         hint="change --microbatches or --schedule and regenerate the plan") from e
     return Pipeline(stages=stages, schedule=schedule, has_first=ranks[0] == rank,
                     has_last=ranks[-1] == rank)
+
+
+@functools.cache
+def _stage_class() -> type[Any]:
+    """This torch's PipelineStage class, its split backward autopipe's ([Note: split backward])."""
+    base = pipeline_stage_class()
+
+    class Stage(base):  # type: ignore[misc, valid-type]
+        def backward_maybe_with_nosync(self, backward_type: str, bwd_kwargs: dict[str, Any],
+                                       last_backward: bool = False) -> Any:
+            # stage modules are never DDP- or FSDP-wrapped here (replicas sync their own way),
+            # so torch's wrapper handling has nothing to do for I and W
+            if backward_type == "input":
+                return backward_input(bwd_kwargs["stage_output"], bwd_kwargs["output_grads"],
+                                      bwd_kwargs["input_values"], self.submod.parameters())
+            if backward_type == "weight":
+                work = bwd_kwargs["param_groups"]
+                assert isinstance(work, WeightWork), "W follows this stage's own I"
+                backward_weight(work)
+                return (), None
+            return super().backward_maybe_with_nosync(backward_type, bwd_kwargs, last_backward=last_backward)
+
+    Stage.__name__ = Stage.__qualname__ = f"Autopipe{base.__name__}"
+    return Stage
