@@ -97,3 +97,35 @@ def test_closed_pipe_ends_output_quietly(tmp_path: Path) -> None:
     head = subprocess.run(f"{shlex.join(show)} | head -1", shell=True, capture_output=True,
                           text=True, cwd=ROOT)
     assert len(head.stdout.splitlines()) == 1 and head.stderr == "", head.stderr
+
+
+_SEED_SPEC = '''
+import os
+from examples.mlp import build as mlp
+
+
+def build(**knobs):
+    with open(os.environ["SEED_OUT"], "w") as f:
+        f.write(f"{os.environ.get('PYTHONHASHSEED')} {hash('a set of layer types')}")
+    return mlp(**knobs)
+'''
+
+
+@pytest.mark.parametrize("seed", [None, "7"])
+def test_tracing_commands_run_under_one_hash_seed(seed: str | None, tmp_path: Path) -> None:
+    """[Note: one hash seed]: `autopipe plan` traces under PYTHONHASHSEED=0 whatever this
+    process drew (so does every rank `autopipe train` starts), and a seed the user set is kept."""
+    spec = tmp_path / "seed_spec.py"
+    spec.write_text(_SEED_SPEC)
+    out = tmp_path / "seed.txt"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    env.update(SEED_OUT=str(out), PYTHONPATH=str(ROOT), **({"PYTHONHASHSEED": seed} if seed else {}))
+    done = subprocess.run([sys.executable, "-m", "autopipe", "plan", f"{spec}:build", "--stages", "2",
+                           "--device-spec", "h100", "--method", "uniform", "-o", str(tmp_path / "p.json")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    want = seed or "0"
+    expected = subprocess.run([sys.executable, "-c", "print(hash('a set of layer types'))"],
+                              env={**env, "PYTHONHASHSEED": want}, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    assert out.read_text() == f"{want} {expected}"

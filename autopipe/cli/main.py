@@ -42,8 +42,43 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+TRACING = ("profile", "plan", "train", "check")
+"""Subcommands that trace a spec's model: they run under one hash seed ([Note: one hash seed])."""
+
+
+def pin_hash_seed() -> None:
+    """Re-run this process with ``PYTHONHASHSEED=0`` unless the environment sets a seed itself.
+
+    # [Note: one hash seed]
+    A model whose forward iterates a ``set`` of strings (ModernBERT computes its rotary
+    tables ``for layer_type in set(config.layer_types)``) traces its nodes in an order
+    that follows Python's string hashes, which every process draws at random. A plan
+    made by one process then names another graph than the one a rank traces, and the
+    rank refuses it (the fingerprint differs). The seed is fixed only when the
+    interpreter starts, so the tracing commands start again, the same command line with
+    ``PYTHONHASHSEED=0``, before they trace; the ranks ``autopipe train --launch``
+    starts inherit it. A seed the user set, ``random`` included, is kept.
+    """
+    argv = getattr(sys, "orig_argv", None)
+    if "PYTHONHASHSEED" in os.environ or os.name != "posix" or not argv:
+        return
+    os.environ["PYTHONHASHSEED"] = "0"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, argv)
+    except OSError:  # cannot start again: trace under this process's seed
+        del os.environ["PYTHONHASHSEED"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 a check failed, 2 bad input)."""
+    """Run the CLI; returns the exit code (0 ok, 1 a check failed, 2 bad input).
+
+    Run as a program (``argv`` None), a tracing command first fixes the hash seed
+    ([Note: one hash seed]); called with ``argv``, as tests do, it runs as it is.
+    """
+    if argv is None and sys.argv[1:2] and sys.argv[1] in TRACING:
+        pin_hash_seed()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv[0] if argv and argv[0] in SUBCOMMANDS else None)
     args = parser.parse_args(argv)

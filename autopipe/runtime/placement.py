@@ -177,5 +177,5 @@ def check_fingerprint(plan: Plan, fingerprint: str) -> None:
             f"{plan.graph_fingerprint[:12]}, this model {fingerprint[:12]})",
             hint="pass the same SPEC, --spec-arg knobs and --batch-size the plan was made with, "
                  "or make a new plan with `autopipe plan`; a model whose code iterates a set "
-                 "(ModernBERT) traces in an order that follows PYTHONHASHSEED: set the same "
-                 "value for `autopipe plan` and every rank")
+                 "(ModernBERT) traces in an order that follows PYTHONHASHSEED (the autopipe "
+                 "commands use 0 unless it is set): give the plan's maker and every rank the same")
