@@ -35,7 +35,7 @@ backward in W.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,7 +48,7 @@ class _Group:
 
     params: list[torch.nn.Parameter]
     nodes: list[Node]
-    grads: list[tuple[torch.Tensor | None, ...] | None] = field(default_factory=list)
+    grads: list[tuple[torch.Tensor | None, ...] | None]
     """What I saw arriving at each node (None: the node did not run)."""
 
 
@@ -100,9 +100,10 @@ def _downstream(starts: Iterable[Node], consumers: dict[Node, list[Node]]) -> se
     return seen
 
 
-def _intersections(start: Node, reached: set[Node], consumers: dict[Node, list[Node]]) -> set[Node]:
-    """The first nodes in ``reached`` on each forward path from ``start``."""
-    found: set[Node] = set()
+def _intersections(start: Node, reached: set[Node], consumers: dict[Node, list[Node]]) -> dict[Node, None]:
+    """The first nodes in ``reached`` on each forward path from ``start``, in the order found
+    (the graph's own order, so every run and rank groups alike)."""
+    found: dict[Node, None] = {}
     seen = {start}
     stack = [start]
     while stack:
@@ -111,7 +112,7 @@ def _intersections(start: Node, reached: set[Node], consumers: dict[Node, list[N
                 continue
             seen.add(nxt)
             if nxt in reached:
-                found.add(nxt)
+                found[nxt] = None
             else:
                 stack.append(nxt)
     return found
@@ -129,22 +130,23 @@ def _groups(params: Sequence[torch.nn.Parameter], reached: set[Node],
             i = parent[i]
         return i
 
-    meets: list[set[Node]] = []
+    meets: list[dict[Node, None]] = []
     for i, p in enumerate(params):
         node = _node_of(p)
-        meets.append(_intersections(node, reached, consumers) if node is not None else set())
+        meets.append(_intersections(node, reached, consumers) if node is not None else {})
         for n in meets[i]:
             if n in owner:
                 parent[find(i)] = find(owner[n])
             else:
                 owner[n] = i
-    by_root: dict[int, _Group] = {}
+    params_of: dict[int, list[torch.nn.Parameter]] = {}
+    nodes_of: dict[int, dict[Node, None]] = {}
     for i, p in enumerate(params):
         if meets[i]:
-            group = by_root.setdefault(find(i), _Group(params=[], nodes=[]))
-            group.params.append(p)
-            group.nodes.extend(n for n in meets[i] if n not in group.nodes)
-    return list(by_root.values())
+            params_of.setdefault(find(i), []).append(p)
+            nodes_of.setdefault(find(i), {}).update(meets[i])
+    return [_Group(params=params_of[r], nodes=list(nodes_of[r]), grads=[None] * len(nodes_of[r]))
+            for r in params_of]
 
 
 def backward_input(outputs: Sequence[torch.Tensor], output_grads: Sequence[torch.Tensor | None] | None,
@@ -174,7 +176,6 @@ def backward_input(outputs: Sequence[torch.Tensor], output_grads: Sequence[torch
 
     handles = []
     for group in groups:
-        group.grads = [None] * len(group.nodes)
         for k, node in enumerate(group.nodes):
             def save(grad_outputs: tuple[torch.Tensor | None, ...], group: _Group = group, k: int = k) -> None:
                 group.grads[k] = grad_outputs
