@@ -229,3 +229,27 @@ def test_an_encoder_decoder_is_cut_between_the_layers_of_both_stacks() -> None:
                                           r"\(t5\.encoder\.block, t5\.decoder\.block\)") as e:
         export_plan(plan, "megatron")
     assert "--cut-at 't5.decoder.block.*'" in str(e.value.hint)
+
+
+def test_a_parameter_every_layer_reads_goes_with_every_part() -> None:
+    """DeBERTa's ``encoder.rel_embeddings.weight`` is read by each layer's attention, its own
+    module never called: the unit lists alone left it out of every part ([Note: parameters
+    held outside the units])."""
+    from autopipe import trace
+    from autopipe.profile.estimate import estimate
+    from autopipe.spec import example_target
+    from tests.zoo import deberta
+
+    spec = deberta()
+    profile = estimate(trace(spec.model, spec.example_inputs), spec.example_inputs, progress=False,
+                       loss_fn=spec.loss_fn, target=example_target(spec))
+    plan = plan_profile(profile, num_stages=2, microbatches=4, granularity="layer", time_limit=30)
+    holder = "deberta.encoder.rel_embeddings"
+    assert plan.options["granularity"]["holders"] == [[holder], [holder]]
+    names = canonical(spec.model)
+    want = stage_params(plan, profile)
+    parts = export_plan(plan, "torchtitan")["parallelism"]["module_fqns_per_model_part"]
+    for s, fqns in enumerate(parts):
+        assert holder in fqns
+        got = {names[n] for n, _ in split_module(spec.model, fqns).named_parameters(remove_duplicate=False)}
+        assert got == want[s], f"stage {s}: extra {sorted(got - want[s])[:3]}, missing {sorted(want[s] - got)[:3]}"

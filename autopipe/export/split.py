@@ -33,6 +33,10 @@ class LayerSplit:
     lists: tuple[str, ...] = ()
     """The module lists the layers belong to (recorded since plans cut between the layers
     of several lists; empty in older plans, which had one)."""
+    holders: tuple[tuple[str, ...], ...] = ()
+    """Per stage, the modules outside its units that hold parameters it reads ([Note:
+    parameters held outside the units] in ``autopipe.partition.layers``; empty in older
+    plans)."""
 
     @property
     def num_layers(self) -> int:
@@ -47,6 +51,10 @@ class LayerSplit:
         """The modules of stage ``stage``'s units, in order."""
         a, b = self.stage_units[stage]
         return [m for u in self.units[a:b] for m in u]
+
+    def stage_holders(self, stage: int) -> list[str]:
+        """The modules outside stage ``stage``'s units that hold parameters it reads."""
+        return list(self.holders[stage]) if self.holders else []
 
 
 def layer_split(plan: Plan) -> LayerSplit:
@@ -63,7 +71,8 @@ def layer_split(plan: Plan) -> LayerSplit:
         split = LayerSplit(pattern=str(info["pattern"]),
                            units=tuple(tuple(str(m) for m in u) for u in info["units"]),
                            stage_units=tuple((int(a), int(b)) for a, b in info["stage_units"]),
-                           lists=tuple(str(x) for x in info.get("lists", ())))
+                           lists=tuple(str(x) for x in info.get("lists", ())),
+                           holders=tuple(tuple(str(m) for m in h) for h in info.get("holders", ())))
     except (KeyError, TypeError, ValueError) as e:
         raise ExportError(f"the plan's layer record is malformed ({type(e).__name__}: {e})",
                           hint=HINT) from None
@@ -79,6 +88,9 @@ def _check(plan: Plan, split: LayerSplit) -> None:
         raise ExportError(f"the plan's layer record does not cover its {plan.num_stages} stages "
                           f"with consecutive units (stage_units {[list(r) for r in ranges]})",
                           hint=HINT)
+    if split.holders and len(split.holders) != plan.num_stages:
+        raise ExportError(f"the plan's layer record lists parameter holders for "
+                          f"{len(split.holders)} stages, but the plan has {plan.num_stages}", hint=HINT)
     owner = {m: s for s in range(plan.num_stages) for m in split.stage_modules(s)}
     for stage in plan.stages:
         for module in stage.modules:

@@ -7,7 +7,10 @@ for the last. The names here are the model's own module paths, as autopipe trace
 them (``model.embed_tokens``, ``model.layers.0``, …, ``lm_head`` for a Hugging Face
 Llama); torchtitan's ``_split_module`` walks one level of nesting, so a model whose
 layers sit deeper needs names relative to the module it splits (its Hugging Face
-backend maps ``model.layers`` to ``layers``).
+backend maps ``model.layers`` to ``layers``). A part also lists the modules outside its
+layers whose parameters its layers read ([Note: parameters held outside the units] in
+``autopipe.partition.layers``: DeBERTa's ``encoder.rel_embeddings``, read by every layer),
+each in every part that reads it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
     """The fields of torchtitan's ``ParallelismConfig`` that carry the plan."""
     return {"parallelism": {
         "pipeline_parallel_degree": plan.num_stages,
-        "module_fqns_per_model_part": [split.stage_modules(s) for s in range(plan.num_stages)],
+        "module_fqns_per_model_part": [split.stage_modules(s) + split.stage_holders(s)
+                                       for s in range(plan.num_stages)],
         "pipeline_parallel_schedule": SCHEDULES.get(plan.schedule, plan.schedule),
         "num_pp_microbatches": plan.microbatches,
     }}

@@ -33,6 +33,7 @@ from autopipe.partition.assemble import owned_modules
 from autopipe.partition.coarsen import merge_forced, regroup
 from autopipe.partition.problem import Problem
 from autopipe.plan_format import Baseline, Plan
+from autopipe.profile.profile import Profile
 
 GRANULARITIES = ("node", "layer")
 _REGEX_CHARS = set("^$()|+\\{}")
@@ -285,8 +286,46 @@ def _as_baseline(plan: Plan) -> Baseline:
                     stage_nodes=tuple(len(s.nodes) for s in plan.stages), bottleneck_s=times[worst])
 
 
-def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan]) -> Plan:
-    """``plan`` (layer-granular) with its units and what the restriction costs.
+def holders(plan: Plan, layers: Layers, profile: Profile) -> list[list[str]]:
+    """Per stage of ``plan``, the modules that hold a parameter its nodes read but no module
+    of its units holds, in the order the stage's nodes read them.
+
+    [Note: parameters held outside the units]
+    A unit owns the modules whose nodes all lie in it, but a parameter can be read by a
+    node of another module: DeBERTa's ``encoder.rel_embeddings.weight`` is read by every
+    layer's attention (its module is never called), so no unit lists its module and a
+    stage split by the unit lists alone (torchtitan's ``_split_module``) would lack it. The
+    module holding such a parameter (its first name's, the one the profile reads) goes
+    with every stage that reads it; a tied parameter that one of the stage's modules holds
+    under another name (GPT-2's ``lm_head.weight``, one Parameter with
+    ``transformer.wte.weight``) needs none. A parameter of the model itself (no module
+    path) cannot be kept apart from the model and is left out.
+    """
+    names = {p: group for group in profile.tied for p in group}
+    by = profile.by_name
+    out: list[list[str]] = []
+    for (a, b), stage in zip(stage_units(plan, layers), plan.stages):
+        kept = [m for u in layers.units[a:b] for m in u]
+        found: list[str] = []
+        for n in stage.nodes:
+            for param in (*by[n].params, *by[n].shared_params):
+                if any(_under(q, kept) for q in names.get(param, (param,))):
+                    continue
+                module = param.rpartition(".")[0]
+                if module and not _under(param, found):
+                    found.append(module)
+        out.append(found)
+    return out
+
+
+def _under(name: str, modules: list[str]) -> bool:
+    """Whether ``name`` lies inside one of ``modules``."""
+    return any(name.startswith(m + ".") for m in modules)
+
+
+def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan], profile: Profile) -> Plan:
+    """``plan`` (layer-granular) with its units, the modules each stage reads parameters of
+    beyond them (``holders``) and what the restriction costs.
 
     ``solve_free()`` plans the same model without the restriction. The restricted
     partition is one of the unrestricted ones too, so the unrestricted figure is the
@@ -304,6 +343,7 @@ def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan]) -> Plan:
         "layers": len(layers.units) - 2, "lists": list(layers.lists),
         "units": [list(u) for u in layers.units],
         "stage_units": stage_units(plan, layers),
+        "holders": holders(plan, layers, profile),
         "unrestricted_s": step,
         "cost": plan.predicted.iteration_s / step if step > 0 else 1.0,
     }

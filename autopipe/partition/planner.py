@@ -339,7 +339,8 @@ def _solve(built: _Built, options: _Options, start: Plan | None = None) -> Plan:
     plan = _plan_recompute(built.problem, built.profile, options, start)
     if built.layers is not None:  # what the restriction costs: the same solve without it
         plan = record(plan, built.layers,
-                      lambda: _plan_recompute(built.free, built.profile, replace(options, beat=math.inf)))
+                      lambda: _plan_recompute(built.free, built.profile, replace(options, beat=math.inf)),
+                      built.profile)
     extra = {**built.extra, **({"time_share_s": options.share} if options.share is not None else {})}
     return replace(plan, options={**extra, **plan.options})
 
