@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from autopipe.errors import SpecError
-from autopipe.runtime.weights import TensorInfo, WeightsSource, check_fit, open_weights
+from autopipe.runtime.hf_checkpoint import fit
+from autopipe.runtime.weights import TensorInfo, WeightsSource, open_weights
 from autopipe.spec import ModelSpec
 
 
@@ -106,8 +107,8 @@ def materialize_stages(
     reads: dict[str, str] = {}
     values: dict[str, torch.Tensor] = {}
     if init is not None:
-        with open_weights(init) as weights:
-            reads = check_fit(weights, _expected(spec.model), _groups(canonical))
+        with open_weights(init) as opened:
+            weights, reads = fit(opened, spec.model, _expected(spec.model), _groups(canonical))
             values = {c: _as_own(weights.read(reads[c]), names[c], device, copy=not weights.owns(reads[c]))
                       for c in slots if c in reads}
     todo = [c for c in slots if c not in values and names[c].is_meta]
@@ -135,7 +136,7 @@ def check_init(spec: ModelSpec, init: WeightsSource) -> None:
     """
     canonical = _canonical(_model_tensors(spec.model))
     with open_weights(init) as weights:
-        check_fit(weights, _expected(spec.model), _groups(canonical))
+        fit(weights, spec.model, _expected(spec.model), _groups(canonical))
 
 
 def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,91 @@
+"""Tests for autopipe/runtime/hf_checkpoint.py: a checkpoint folder written by transformers'
+``save_pretrained`` reads back under the model's own names, through the same conversions
+``from_pretrained`` applies ([Note: checkpoint names are not module names])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_model
+from torch import nn
+from transformers import PreTrainedModel
+
+from autopipe.errors import WeightsError
+from autopipe.runtime.hf_checkpoint import Converted, fit
+from autopipe.runtime.materialize import (
+    _canonical,
+    _expected,
+    _groups,
+    _model_tensors,
+    materialize_stages,
+)
+from autopipe.runtime.weights import check_fit, open_weights
+from tests.zoo import ZOO
+
+CASES = {
+    "mixtral": "model.layers.0.mlp.experts.gate_up_proj",  # one tensor from 2 × 4 experts' projections
+    "vit": "vit.layers.0.attention.q_proj.weight",  # renamed: vit.encoder.layer.0.attention.attention.query
+    "gpt-neox": "lm_head.weight",  # renamed: embed_out.weight
+    "bart": "model.model.shared.weight",  # the checkpoint of the transformers model inside a wrapper
+}
+
+
+def _saved(name: str, folder: Path) -> nn.Module:
+    """The zoo model, its transformers model saved to ``folder`` in small shards."""
+    model = ZOO[name]().model
+    inner = next(m for _, m in model.named_modules() if isinstance(m, PreTrainedModel))
+    inner.save_pretrained(folder, max_shard_size="10KB")
+    return model
+
+
+def _fit(model: nn.Module, folder: Path) -> tuple[object, dict[str, str]]:
+    weights = open_weights(folder)
+    canonical = _canonical(_model_tensors(model))
+    return fit(weights, model, _expected(model), _groups(canonical))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_saved_checkpoint_reads_back_under_the_models_names(name: str, tmp_path: Path) -> None:
+    model = _saved(name, tmp_path)
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1
+    canonical = _canonical(_model_tensors(model))
+    with open_weights(tmp_path) as raw, pytest.raises(WeightsError, match="do not fit"):
+        check_fit(raw, _expected(model), _groups(canonical))  # the names as saved
+    weights, reads = _fit(model, tmp_path)
+    assert isinstance(weights, Converted)
+    state = model.state_dict()
+    assert CASES[name] in reads
+    for c, key in reads.items():
+        got = weights.read(key)
+        assert got.shape == state[c].shape and got.dtype == state[c].dtype, c
+        assert torch.equal(got, state[c]), c
+
+
+def test_a_meta_built_model_materialises_from_the_folder(tmp_path: Path) -> None:
+    model = _saved("mixtral", tmp_path)
+    spec = ZOO["mixtral"]()
+    metas: dict[int, nn.Parameter] = {}
+    for module in spec.model.modules():  # parameters on meta, tied ones still one
+        for field, p in module._parameters.items():
+            if p is not None:
+                module._parameters[field] = metas.setdefault(id(p), nn.Parameter(torch.empty_like(p, device="meta")))
+    done = materialize_stages([spec.model], spec, "cpu", init=tmp_path)
+    assert "model.layers.1.mlp.experts.down_proj" in done.loaded
+    want = model.state_dict()
+    for key, value in spec.model.state_dict().items():
+        assert torch.equal(value, want[key]), key
+
+
+def test_names_that_fit_are_read_as_they_are(tmp_path: Path) -> None:
+    model = ZOO["mixtral"]().model
+    save_model(model, str(tmp_path / "w.safetensors"))  # the model's own names
+    weights, _ = _fit(model, tmp_path / "w.safetensors")
+    assert not isinstance(weights, Converted)
+
+
+def test_another_models_checkpoint_names_the_converted_misfits(tmp_path: Path) -> None:
+    _saved("qwen2-moe", tmp_path)
+    with pytest.raises(WeightsError, match=r"do not fit the model: .*missing \(model\.layers\.0\.mlp\.experts\.gate_up_proj"):
+        _fit(ZOO["mixtral"]().model, tmp_path)
