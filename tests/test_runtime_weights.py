@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from autopipe.errors import WeightsError
-from autopipe.runtime.weights import INDEX, TensorInfo, check_fit, open_weights
+from autopipe.runtime.weights import INDEX, TORCH_INDEX, TensorInfo, check_fit, open_weights
 
 STATE = {
     "emb.weight": torch.randn(10, 4),
@@ -71,6 +71,28 @@ def test_hugging_face_folder_with_sharded_index(tmp_path: Path) -> None:
     _check_reads(tmp_path)
 
 
+def test_hugging_face_folder_of_torch_shards(tmp_path: Path) -> None:
+    """A folder saved before safetensors: ``pytorch_model.bin.index.json`` and torch shards,
+    or one ``pytorch_model.bin``; safetensors win where a folder holds both."""
+    first = ("emb.weight", "mid.bias")
+    torch.save({k: STATE[k] for k in first}, tmp_path / "pytorch_model-00001-of-00002.bin")
+    torch.save({k: v for k, v in STATE.items() if k not in first}, tmp_path / "pytorch_model-00002-of-00002.bin")
+    index = {"weight_map": {k: f"pytorch_model-0000{1 if k in first else 2}-of-00002.bin" for k in STATE}}
+    (tmp_path / TORCH_INDEX).write_text(json.dumps(index))
+    _check_reads(tmp_path)
+    index["weight_map"]["mid.bias"] = "pytorch_model-00002-of-00002.bin"
+    (tmp_path / TORCH_INDEX).write_text(json.dumps(index))
+    with pytest.raises(WeightsError, match="does not hold them: mid.bias"):
+        open_weights(tmp_path)
+    single = tmp_path / "single"
+    single.mkdir()
+    torch.save(STATE, single / "pytorch_model.bin")
+    _check_reads(single)
+    save_file({"a": torch.zeros(1)}, single / "model.safetensors")
+    with open_weights(single) as w:
+        assert list(w.info) == ["a"]
+
+
 def test_hugging_face_folder_with_one_file(tmp_path: Path) -> None:
     save_file(STATE, tmp_path / "model.safetensors")
     _check_reads(tmp_path)
@@ -127,13 +149,13 @@ def test_bad_paths_and_files(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="not a state dict of tensors"):
         open_weights(tmp_path / "list.pt")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(WeightsError, match=f"holds neither {INDEX}"):
+    with pytest.raises(WeightsError, match=f"holds none of {INDEX}"):
         open_weights(tmp_path / "empty")
 
 
 def test_index_problems(tmp_path: Path) -> None:
     (tmp_path / INDEX).write_text("{")
-    with pytest.raises(WeightsError, match="not a safetensors index"):
+    with pytest.raises(WeightsError, match="not a checkpoint index"):
         open_weights(tmp_path)
     (tmp_path / INDEX).write_text(json.dumps({"weight_map": {"a": "gone.safetensors"}}))
     with pytest.raises(WeightsError, match="1 shard"):

@@ -6,7 +6,9 @@
   read with plain file reads into a tensor of its own, so that no page of the file stays
   mapped into the process: [Note: weights read, not mapped]);
 - a Hugging Face checkpoint folder: ``model.safetensors.index.json`` and the shards its
-  ``weight_map`` names, or a single ``model.safetensors``;
+  ``weight_map`` names, or a single ``model.safetensors``; where it has no safetensors, an
+  older folder's ``pytorch_model.bin.index.json`` and its torch shards, or one
+  ``pytorch_model.bin`` (each read as a torch file, below);
 - a torch ``.pt``/``.pth``/``.bin`` file of ``torch.save(model.state_dict())`` (or of a
   dict holding it under ``"state_dict"`` or ``"model"``), loaded with ``mmap=True`` and
   ``weights_only=True``, so that only the tensors read are paged in.
@@ -39,6 +41,10 @@ from autopipe.errors import WeightsError
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+TORCH_INDEX = "pytorch_model.bin.index.json"
+TORCH_SINGLE = "pytorch_model.bin"
+"""A checkpoint folder from before safetensors: torch shards and their index (read where no
+safetensors are there)."""
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 _GIVEN = Path("<the state dict given>")
@@ -175,28 +181,56 @@ def open_weights(path: WeightsSource) -> Weights:
 
 
 def _open_folder(folder: Path) -> Weights:
-    index = folder / INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            if not isinstance(weight_map, dict):
-                raise TypeError("weight_map is not an object")
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise WeightsError(f"{index}: not a safetensors index ({type(e).__name__}: {e})",
-                               hint="it must hold a \"weight_map\" of tensor name → shard file") from None
-        shards = sorted(set(map(str, weight_map.values())))
-        missing = [s for s in shards if not (folder / s).is_file()]
-        if missing:
-            raise WeightsError(f"{index} names {len(missing)} shard(s) that are not in {folder}: "
-                               f"{_some(missing)}", hint="copy the whole checkpoint folder")
+    if (folder / INDEX).is_file():
+        weight_map, shards = _index(folder, folder / INDEX)
         info, readers, where = _open_safetensors([folder / s for s in shards], weight_map)
         return Weights(folder, info, readers, where)
     if (folder / SINGLE).is_file():
         info, readers, where = _open_safetensors([folder / SINGLE], {})
         return Weights(folder, info, readers, where)
-    raise WeightsError(f"{folder} holds neither {INDEX} nor {SINGLE}",
+    if (folder / TORCH_INDEX).is_file():
+        weight_map, shards = _index(folder, folder / TORCH_INDEX)
+        return _open_torch_shards(folder, shards, weight_map)
+    if (folder / TORCH_SINGLE).is_file():
+        return _open_torch(folder / TORCH_SINGLE)
+    raise WeightsError(f"{folder} holds none of {INDEX}, {SINGLE}, {TORCH_INDEX} or {TORCH_SINGLE}",
                        hint="save the model with save_pretrained(folder) (safetensors), or pass "
                             "a .safetensors or .pt file")
+
+
+def _index(folder: Path, index: Path) -> tuple[dict[str, Any], list[str]]:
+    """A checkpoint index's ``weight_map`` and the shard files it names (all present)."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise WeightsError(f"{index}: not a checkpoint index ({type(e).__name__}: {e})",
+                           hint="it must hold a \"weight_map\" of tensor name → shard file") from None
+    shards = sorted(set(map(str, weight_map.values())))
+    missing = [s for s in shards if not (folder / s).is_file()]
+    if missing:
+        raise WeightsError(f"{index} names {len(missing)} shard(s) that are not in {folder}: "
+                           f"{_some(missing)}", hint="copy the whole checkpoint folder")
+    return weight_map, shards
+
+
+def _open_torch_shards(folder: Path, shards: Sequence[str], weight_map: Mapping[str, Any]) -> Weights:
+    """Torch shards of one checkpoint, each mapped as ``_open_torch`` maps one file."""
+    info: dict[str, TensorInfo] = {}
+    readers: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    for shard in shards:
+        one = _open_torch(folder / shard)
+        info.update(one.info)
+        readers.update(one._readers)
+        where.update(one._where)
+    wrong = sorted(k for k, v in weight_map.items() if where.get(k) != Path(str(v)).name)
+    if wrong:
+        raise WeightsError(f"{TORCH_INDEX} puts {len(wrong)} tensor(s) in a shard that does not hold "
+                           f"them: {_some(wrong)}", hint="the index and the shards are from "
+                                                         "different saves; save the model again")
+    return Weights(folder, info, readers, where)
 
 
 def _open_safetensors(files: Sequence[Path], weight_map: Mapping[str, Any]
