@@ -130,7 +130,7 @@ def converted(weights: Weights, model: nn.Module) -> Converted | None:
     renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
     converters = [t for t in transforms if isinstance(t, WeightConverter)]
     by_pattern = {k: c for c in converters for k in c.source_patterns}
-    own = {name: True for name in _names(hf)}
+    own = dict.fromkeys(hf.state_dict(), True)  # the names from_pretrained renames into
     base = hf.base_model_prefix
 
     plain: dict[str, str] = {}
@@ -174,9 +174,4 @@ def converted(weights: Weights, model: nn.Module) -> Converted | None:
             info[name] = TensorInfo(tuple(t.shape), t.dtype)
             made_by[name] = first
     return Converted(weights, info, plain, groups, made_by, convert)
-
-
-def _names(model: nn.Module) -> Iterable[str]:
-    """The model's state-dict names (what ``from_pretrained`` renames checkpoint names into)."""
-    return model.state_dict().keys()
 

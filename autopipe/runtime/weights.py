@@ -225,11 +225,7 @@ def _open_torch_shards(folder: Path, shards: Sequence[str], weight_map: Mapping[
         info.update(one.info)
         readers.update(one._readers)
         where.update(one._where)
-    wrong = sorted(k for k, v in weight_map.items() if where.get(k) != Path(str(v)).name)
-    if wrong:
-        raise WeightsError(f"{TORCH_INDEX} puts {len(wrong)} tensor(s) in a shard that does not hold "
-                           f"them: {_some(wrong)}", hint="the index and the shards are from "
-                                                         "different saves; save the model again")
+    _check_index(TORCH_INDEX, weight_map, where)
     return Weights(folder, info, readers, where)
 
 
@@ -262,12 +258,17 @@ def _open_safetensors(files: Sequence[Path], weight_map: Mapping[str, Any]
         del handle  # the header is read; tensors are read by offset, not through its mapping
         readers[f.name] = reader
     if weight_map:
-        wrong = sorted(k for k, v in weight_map.items() if where.get(k) != Path(str(v)).name)
-        if wrong:
-            raise WeightsError(f"{INDEX} puts {len(wrong)} tensor(s) in a shard that does not hold "
-                               f"them: {_some(wrong)}", hint="the index and the shards are from "
-                                                             "different saves; save the model again")
+        _check_index(INDEX, weight_map, where)
     return info, readers, where
+
+
+def _check_index(index: str, weight_map: Mapping[str, Any], where: Mapping[str, str]) -> None:
+    """Check that every tensor an index names is in the shard it says."""
+    wrong = sorted(k for k, v in weight_map.items() if where.get(k) != Path(str(v)).name)
+    if wrong:
+        raise WeightsError(f"{index} puts {len(wrong)} tensor(s) in a shard that does not hold "
+                           f"them: {_some(wrong)}", hint="the index and the shards are from "
+                                                         "different saves; save the model again")
 
 
 def _open_torch(p: Path) -> Weights:
