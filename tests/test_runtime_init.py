@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 import autopipe
 from autopipe.runtime.launch import launch
@@ -111,6 +111,16 @@ def test_cli_init_flag(job: Path) -> None:
     printed = list(_printed_losses(run).values())
     worker = next(r["losses"] for r in map(torch.load, sorted(job.glob("gpt2-init.rank*.pt"))) if r["losses"])
     torch.testing.assert_close(torch.tensor(printed), torch.tensor(worker), rtol=0, atol=1e-6)
+    assert f"weights from {job / 'gpt2.safetensors'}\n" in run.stdout
+
+    # a bfloat16 checkpoint (as most on the Hub) trains the float32 model, cast on reading
+    half = job / "gpt2-bf16.safetensors"
+    save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v
+               for k, v in load_file(job / "gpt2.safetensors").items()}, half)
+    cast = _train_gpt2(job, 1, "--init", str(half))
+    assert cast.returncode == 0, cast.stderr
+    assert f"weights from {half} (cast on reading: " in cast.stdout and "from bfloat16 to float32)" in cast.stdout
+    assert abs(_printed_losses(cast)[1] - printed[0]) < 0.05  # the same weights, rounded
 
     other = job / "llama.safetensors"
     save_model(example_spec("llama", **TINY["llama"]).model, str(other))

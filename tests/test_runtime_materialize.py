@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_model
+from safetensors.torch import save_file, save_model
 from torch import nn
 
 import autopipe
@@ -77,6 +77,23 @@ def test_a_tied_tensor_is_one_tensor_per_rank(gpt2_weights: tuple[dict[str, torc
     # torch.export reads the tied weight under one name (the head's) in both stages
     assert first.get_parameter("lm_head.weight") is last.get_parameter("lm_head.weight")
     assert done.loaded.count("transformer.wte.weight") == 1
+
+
+def test_a_bfloat16_checkpoint_is_cast_into_a_float32_model(tmp_path: Path) -> None:
+    model = example_spec("gpt2", **TINY["gpt2"], seed=5).model
+    half = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    half.pop("lm_head.weight")  # tied: saved once, as Hugging Face does
+    save_file(half, str(tmp_path / "bf16.safetensors"))
+    spec, split = _meta_split("gpt2")
+    floats = sum(v.is_floating_point() for v in half.values())
+    assert check_init(spec, tmp_path / "bf16.safetensors") == f"{floats} tensors from bfloat16 to float32"
+    module = split.stages[1].module
+    materialize_stages([module], spec, "cpu", init=tmp_path / "bf16.safetensors")
+    canonical = {"lm_head.weight": "transformer.wte.weight"}
+    for name, t in _tensors(module).items():
+        want = half[canonical.get(name, name)]
+        assert t.dtype == (torch.float32 if want.is_floating_point() else want.dtype)
+        torch.testing.assert_close(t, want.to(t.dtype), rtol=0, atol=0)
 
 
 @pytest.mark.slow

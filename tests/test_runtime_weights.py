@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from autopipe.errors import WeightsError
-from autopipe.runtime.weights import INDEX, TORCH_INDEX, TensorInfo, check_fit, open_weights
+from autopipe.runtime.weights import INDEX, TORCH_INDEX, TensorInfo, casts, check_fit, open_weights
 
 STATE = {
     "emb.weight": torch.randn(10, 4),
@@ -114,9 +114,11 @@ def test_check_fit_reads_a_tied_tensor_under_either_name(tmp_path: Path) -> None
     (lambda s: s.update(extra=torch.zeros(1)), "1 unexpected (extra)"),
     (lambda s: s.update({"mid.weight": torch.zeros(4, 5)}),
      "mid.weight is [4, 5] float32 in the file but [4, 4] float32 in the model"),
-    (lambda s: s.update({"head.weight": STATE["head.weight"].float()}),
-     "head.weight is [10, 4] float32 in the file but [10, 4] bfloat16 in the model"),
-], ids=["missing", "unexpected", "shape", "dtype"])
+    (lambda s: s.update({"norm.steps": STATE["norm.steps"].int()}),
+     "norm.steps is [2] int32 in the file but [2] int64 in the model"),
+    (lambda s: s.update({"mid.bias": STATE["mid.bias"].to(torch.bfloat16), "norm.steps": torch.ones(2)}),
+     "norm.steps is [2] float32 in the file but [2] int64 in the model"),
+], ids=["missing", "unexpected", "shape", "integer dtype", "float for an integer"])
 def test_check_fit_names_what_does_not_fit(tmp_path: Path, change: object, message: str) -> None:
     state = dict(STATE)
     change(state)  # type: ignore[operator]
@@ -125,6 +127,19 @@ def test_check_fit_names_what_does_not_fit(tmp_path: Path, change: object, messa
         check_fit(w, EXPECTED)
     assert message in str(e.value) and "do not fit the model" in str(e.value)
     assert e.value.hint
+
+
+def test_a_float_saved_in_another_float_dtype_fits_and_is_named(tmp_path: Path) -> None:
+    # the Hub's checkpoints are mostly bfloat16 or float16; a float32 model reads them cast
+    state = {k: (v.to(torch.bfloat16) if v.dtype == torch.float32 else v.float()) if v.is_floating_point() else v
+             for k, v in STATE.items()}
+    save_file(state, tmp_path / "w.safetensors")
+    with open_weights(tmp_path / "w.safetensors") as w:
+        read = check_fit(w, EXPECTED)
+        assert casts(w, EXPECTED, read) == ("3 tensors from bfloat16 to float32, 1 tensor from float32 to bfloat16")
+    save_file(STATE, tmp_path / "same.safetensors")
+    with open_weights(tmp_path / "same.safetensors") as w:
+        assert casts(w, EXPECTED, check_fit(w, EXPECTED)) is None
 
 
 def test_many_missing_names_are_counted_not_all_listed(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from torch import nn
 
 from autopipe.errors import SpecError
 from autopipe.runtime.hf_checkpoint import fit
-from autopipe.runtime.weights import TensorInfo, WeightsSource, open_weights
+from autopipe.runtime.weights import TensorInfo, WeightsSource, casts, open_weights
 from autopipe.spec import ModelSpec
 
 
@@ -125,18 +125,24 @@ def materialize_stages(
                         bytes=sum(v.numel() * v.element_size() for v in values.values()))
 
 
-def check_init(spec: ModelSpec, init: WeightsSource) -> None:
+def check_init(spec: ModelSpec, init: WeightsSource) -> str | None:
     """Check that ``init`` holds exactly ``spec.model``'s state dict (names, shapes, dtypes).
 
     Reads only the file's headers (or a torch file's mapping), no tensor data: ``autopipe
     train --launch`` runs it before starting any rank.
 
+    Returns:
+        What reading the file will cast, in words (floating-point tensors saved in another
+        floating-point dtype than the model's, ``weights.casts``), or None.
+
     Raises:
         WeightsError: as ``materialize_stages`` would.
     """
     canonical = _canonical(_model_tensors(spec.model))
-    with open_weights(init) as weights:
-        fit(weights, spec.model, _expected(spec.model), _groups(canonical))
+    expected = _expected(spec.model)
+    with open_weights(init) as opened:
+        weights, read = fit(opened, spec.model, expected, _groups(canonical))
+        return casts(weights, expected, read)
 
 
 def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -189,9 +195,9 @@ def _slots(modules: Sequence[nn.Module], names: Mapping[str, torch.Tensor],
 
 
 def _as_own(t: torch.Tensor, like: torch.Tensor, device: torch.device, *, copy: bool) -> torch.Tensor:
-    """``t`` on ``device``, copied if ``copy`` (a view of a file or the caller's tensor), a
-    Parameter where ``like`` is one."""
-    value = t.to(device, copy=copy)
+    """``t`` on ``device`` in ``like``'s dtype (a float saved in another float dtype is cast),
+    copied if ``copy`` (a view of a file or the caller's tensor), a Parameter where ``like`` is one."""
+    value = t.to(device, dtype=like.dtype, copy=copy)
     if isinstance(like, nn.Parameter):
         return nn.Parameter(value, requires_grad=like.requires_grad)
     return value

@@ -23,6 +23,7 @@ from autopipe.runtime.checkpoint import (
     save_checkpoint,
 )
 from autopipe.runtime.group import distributed_env, failures, free_port, rank_device
+from autopipe.runtime.materialize import check_init
 from autopipe.runtime.optim import Stepper, TrainConfig, make_optimizer
 from autopipe.runtime.pipe import Pipe, build
 from autopipe.runtime.placement import grid_position, rank_of_stages
@@ -113,6 +114,9 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
         stages = f"{plan.num_stages} stage{'s' if plan.num_stages > 1 else ''}"
         log(f"training {spec.name}: {stages}{replicas} on {pipe.world_size} ranks, schedule "
             f"{plan.schedule}, {m} micro-batches, {config.steps} steps, {config.optimizer} lr {config.lr:g}")
+        if config.init is not None and config.resume is None:
+            cast = check_init(spec, config.init)  # the headers only; the ranks have read their tensors
+            log(f"weights from {config.init}" + (f" (cast on reading: {cast})" if cast else ""))
     if config.resume is not None:
         result.start_step = _resume(config, pipe, optimizer, log)
     gc.collect()

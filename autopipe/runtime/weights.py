@@ -23,7 +23,10 @@ no mapping and no second copy: the same load peaked at what it kept. A torch ``.
 is still loaded with ``mmap=True`` (its tensors are views of the mapping until copied).
 
 Names are the original model's state-dict keys (module FQNs). ``check_fit`` compares a
-file's names, shapes and dtypes with what a model expects, counting tied names as one.
+file's names, shapes and dtypes with what a model expects, counting tied names as one. A
+floating-point tensor may be saved in another floating-point dtype than the model's (most
+checkpoints on the Hugging Face Hub are bfloat16 or float16): it is cast to the model's
+dtype as it is read, as ``load_state_dict`` and ``from_pretrained`` do (``casts`` says which).
 """
 
 from __future__ import annotations
@@ -71,7 +74,18 @@ class TensorInfo:
     dtype: torch.dtype
 
     def __str__(self) -> str:
-        return f"{list(self.shape)} {str(self.dtype).removeprefix('torch.')}"
+        return f"{list(self.shape)} {dtype_name(self.dtype)}"
+
+    def fits(self, model: TensorInfo) -> bool:
+        """True where a tensor saved as ``self`` can be read into ``model``'s: same shape, and
+        the same dtype or both floating point (cast on reading)."""
+        return self.shape == model.shape and (
+            self.dtype == model.dtype or (self.dtype.is_floating_point and model.dtype.is_floating_point))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` → ``bfloat16``."""
+    return str(dtype).removeprefix("torch.")
 
 
 class Weights:
@@ -319,7 +333,8 @@ def check_fit(weights: Weights, expected: Mapping[str, TensorInfo],
         The first name of each group (or the lone name) → the name to read in the file.
 
     Raises:
-        WeightsError: tensors are missing or unexpected, or differ in shape or dtype; the
+        WeightsError: tensors are missing or unexpected, or differ in shape, or in dtype
+            where the two are not both floating point (those are cast on reading); the
             message names them.
     """
     group_of = {name: tuple(g) for g in groups for name in g}
@@ -339,7 +354,7 @@ def check_fit(weights: Weights, expected: Mapping[str, TensorInfo],
             read[group[0]] = found
     unexpected = sorted(set(weights.info) - set(expected))
     wrong = [f"{n} is {weights.info[n]} in the file but {expected[n]} in the model"
-             for n in expected if n in weights.info and weights.info[n] != expected[n]]
+             for n in expected if n in weights.info and not weights.info[n].fits(expected[n])]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing ({_some(missing)})")
@@ -351,10 +366,25 @@ def check_fit(weights: Weights, expected: Mapping[str, TensorInfo],
         hint = ("save the state dict of the same model, built with the same --spec-arg knobs "
                 "(names are the model's own module paths, e.g. from model.state_dict())")
         if wrong and not missing and not unexpected:
-            hint = "build the model in the file's dtype and shapes (--spec-arg dtype=...), or convert the file"
+            hint = ("build the model with the file's shapes and kinds of dtype (--spec-arg ...), or "
+                    "convert the file (floating-point tensors are cast; integer ones must match)")
         raise WeightsError(f"weights {weights.path} do not fit the model: {'; '.join(problems)}",
                            hint=hint)
     return read
+
+
+def casts(weights: Weights, expected: Mapping[str, TensorInfo], read: Mapping[str, str]) -> str | None:
+    """What ``check_fit``'s fit casts, in words (``"12 tensors from bfloat16 to float32"``);
+    None where every tensor is read in its own dtype."""
+    pairs: dict[tuple[str, str], int] = {}
+    for name, source in read.items():
+        saved, model = weights.info[source].dtype, expected[name].dtype
+        if saved != model:
+            key = (dtype_name(saved), dtype_name(model))
+            pairs[key] = pairs.get(key, 0) + 1
+    if not pairs:
+        return None
+    return ", ".join(f"{n} tensor{'s' if n > 1 else ''} from {a} to {b}" for (a, b), n in sorted(pairs.items()))
 
 
 def _some(names: Sequence[str], shown: int = 5) -> str:
