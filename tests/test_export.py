@@ -10,6 +10,7 @@ stage's nodes run, read from the profile, not from the export.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from functools import cache
 
@@ -21,7 +22,7 @@ from autopipe.errors import ExportError
 from autopipe.export import FORMATS, SCHEMA, export_plan
 from autopipe.export.megatron import layout
 from autopipe.partition.planner import plan_profile
-from autopipe.plan_format import Plan
+from autopipe.plan_format import DataParallel, Plan
 from autopipe.profile.profile import Profile
 from tests.conftest import ROOT, example_spec
 
@@ -142,6 +143,57 @@ def test_deepspeed_parts_and_megatron_counts_are_the_plans_layers(case: str) -> 
         first = int(u[u.index("--decoder-first-pipeline-num-layers") + 1])
         last = int(u[u.index("--decoder-last-pipeline-num-layers") + 1])
         assert (first, last) == (counts[0], counts[-1]) and len(set(counts[1:-1])) <= 1
+
+
+def torchtitan_stage_ids(pp_rank: int, pp_degree: int, schedule: str, num_stages: int) -> tuple[int, ...]:
+    """torchtitan's ``stage_ids_this_rank``: the model parts one pipeline rank builds."""
+    per_rank = num_stages // pp_degree
+    if schedule in ("ZBVZeroBubble", "DualPipeV"):
+        pairs = list(zip(range(pp_degree), range(num_stages - 1, pp_degree - 1, -1)))
+        return tuple(pairs[pp_rank])
+    return tuple(pp_rank + s * pp_degree for s in range(per_rank))
+
+
+@cache
+def chunked(schedule: str) -> Plan:
+    """A layer-granular GPT-2 plan of 2 ranks with 2 stages each."""
+    profile = Profile.load(ROOT / "profiles" / "cpu" / "gpt2.json")
+    return plan_profile(profile, num_stages=2, microbatches=8, granularity="layer", schedule=schedule,
+                        virtual_stages=2 if schedule == "interleaved-1f1b" else None, time_limit=30)
+
+
+@pytest.mark.parametrize("schedule", ["interleaved-1f1b", "zbv", "dualpipev"])
+def test_several_stages_per_rank_go_where_the_plan_puts_them(schedule: str) -> None:
+    plan = chunked(schedule)
+    assert plan.num_stages == 4
+    mine = {r: sorted(s.index for s in plan.stages if s.rank == r) for r in range(2)}
+    tt = export_plan(plan, "torchtitan")
+    par = tt["parallelism"]
+    assert par["pipeline_parallel_degree"] == 2 and len(par["module_fqns_per_model_part"]) == 4
+    assert tt["plan"]["pipeline_ranks"] == 2 and tt["plan"]["stage_ranks"] == [s.rank for s in plan.stages]
+    for r in range(2):  # torchtitan builds, on each rank, the parts the plan put there
+        assert sorted(torchtitan_stage_ids(r, 2, par["pipeline_parallel_schedule"], 4)) == mine[r]
+    with pytest.raises(ExportError, match="one stage per rank.*4 stages on 2 ranks"):
+        export_plan(plan, "deepspeed")
+    if schedule != "interleaved-1f1b":
+        with pytest.raises(ExportError, match=r"Megatron-LM places .* mod P: ranks \[0, 1, 0, 1\]"):
+            export_plan(plan, "megatron")
+        return
+    mg = export_plan(plan, "megatron")
+    assert mg["pipeline_model_parallel_size"] == 2 and mg["virtual_pipeline_model_parallel_size"] == 2
+    assert "uneven_args" not in mg
+    parsed = megatron_layout(mg["pipeline_model_parallel_layout"])
+    assert len(parsed) == 4  # Megatron: layout stage v·P + r on rank r
+    assert {r: sorted(v * 2 + r for v in range(len(parsed) // 2)) for r in range(2)} == mine
+
+
+def test_data_parallel_replicas_are_whole_replicas_in_torchtitan() -> None:
+    plan, _ = planned("gpt2-2")
+    dp = DataParallel(degree=2, ranks=((0, 2), (1, 3)), batch_size=16)
+    par = export_plan(dataclasses.replace(plan, data_parallel=dp), "torchtitan")["parallelism"]
+    assert (par["pipeline_parallel_degree"], par["data_parallel_replicate_degree"],
+            par["data_parallel_shard_degree"]) == (2, 2, 1)
+    assert "data_parallel_replicate_degree" not in export_plan(plan, "torchtitan")["parallelism"]
 
 
 def megatron_layout(text: str) -> list[str]:

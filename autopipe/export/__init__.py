@@ -11,6 +11,7 @@ from typing import Any
 
 from autopipe.errors import ExportError
 from autopipe.export import deepspeed, megatron, torchtitan
+from autopipe.export.placement import pipeline_ranks, stage_ranks
 from autopipe.export.split import LayerSplit, layer_split
 from autopipe.plan_format import Plan
 
@@ -26,8 +27,9 @@ def export_plan(plan: Plan, fmt: str) -> dict[str, Any]:
     """``plan``'s stages in the terms of engine ``fmt`` (one of ``FORMATS``).
 
     Raises:
-        ExportError: an unknown format, or a plan that does not give every stage whole
-            layers (planned without ``granularity="layer"``).
+        ExportError: an unknown format, a plan that does not give every stage whole
+            layers (planned without ``granularity="layer"``), or one whose stages the engine
+            cannot place where the plan does (``autopipe.export.placement``).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
@@ -35,6 +37,8 @@ def export_plan(plan: Plan, fmt: str) -> dict[str, Any]:
     return {"schema": SCHEMA, "format": fmt,
             "plan": {"graph_fingerprint": plan.graph_fingerprint, "pattern": split.pattern,
                      "layers": split.num_layers, "layers_per_stage": split.layers_per_stage(),
+                     "schedule": plan.schedule, "stage_ranks": stage_ranks(plan),
+                     "pipeline_ranks": pipeline_ranks(plan), "data_parallel_replicas": plan.replicas,
                      "predicted_step_s": plan.predicted.iteration_s},
             **FORMATS[fmt](plan, split)}
 

@@ -12,18 +12,32 @@ layer, what runs after the last — and ``parts`` over it; a subclass sets them:
             self.parts = PARTS
             stage = self._topo.get_coord(self.global_rank).pipe
             self._set_bounds(start=self.parts[stage], stop=self.parts[stage + 1])
+
+A ``PipelineModule`` runs one stage per rank: plans with several (interleaved 1F1B, ZBV,
+DualPipeV) are refused.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from autopipe.errors import ExportError
+from autopipe.export.placement import pipeline_ranks
 from autopipe.export.split import LayerSplit
 from autopipe.plan_format import Plan
 
 
 def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
-    """``layers`` (each entry: the modules of one ``PipelineModule`` layer) and ``parts``."""
+    """``layers`` (each entry: the modules of one ``PipelineModule`` layer) and ``parts``.
+
+    Raises:
+        ExportError: the plan runs several stages on a rank.
+    """
+    ranks = pipeline_ranks(plan)
+    if ranks != plan.num_stages:
+        raise ExportError(f"DeepSpeed's PipelineModule runs one stage per rank, but this plan "
+                          f"({plan.schedule}) runs {plan.num_stages} stages on {ranks} ranks",
+                          hint="plan it again with --schedule 1f1b (or gpipe), or export it --format torchtitan")
     layers: list[list[str]] = []
     parts = [0]
     for a, b in split.stage_units:

@@ -7,6 +7,12 @@ stage), ``|`` between stages, ``t*3`` for ``ttt`` (``PipelineParallelLayerLayout
 say the same when the middle stages hold equal counts and the first and last hold
 at least one layer each (Megatron's ``TransformerConfig`` rules); they are given
 then, as an alternative to the layout.
+
+``--pipeline-model-parallel-size`` is the plan's pipeline ranks ``P``; an interleaved plan's
+layout lists all its ``V·P`` stages, from which Megatron takes ``V`` and puts layout stage
+``v·P + r`` on rank ``r``, where the plan puts it. Megatron has no schedule that places a
+rank's stages in a V (ZBV, DualPipeV): such plans are refused. Data parallelism is
+Megatron's world size over ``P`` (and the tensor-parallel size).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from autopipe.errors import ExportError
+from autopipe.export.placement import check_placement
 from autopipe.export.split import LayerSplit
 from autopipe.plan_format import Plan
 
@@ -35,7 +42,8 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
 
     Raises:
         ExportError: the plan's layers come from more than one module list (an
-            encoder-decoder's two stacks): the layout counts one stack of layers.
+            encoder-decoder's two stacks): the layout counts one stack of layers; or its
+            stages lie on the ranks in a V.
     """
     if len(split.lists) > 1:
         raise ExportError(
@@ -44,18 +52,21 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
             f"({', '.join(split.lists)})",
             hint=f"export it --format torchtitan or deepspeed, or plan it again with --cut-at "
                  f"'{split.lists[-1]}.*' (that stack's layers only)")
+    ranks = check_placement(plan, "loop", "Megatron-LM", "plan it with --schedule interleaved-1f1b "
+                            "for Megatron's interleaved schedule, or export it --format torchtitan")
     counts = split.layers_per_stage()
     text = layout(counts)
-    base = ["--pipeline-model-parallel-size", str(plan.num_stages),
-            "--num-layers", str(split.num_layers)]
+    base = ["--pipeline-model-parallel-size", str(ranks), "--num-layers", str(split.num_layers)]
     out: dict[str, Any] = {
-        "pipeline_model_parallel_size": plan.num_stages, "num_layers": split.num_layers,
+        "pipeline_model_parallel_size": ranks, "num_layers": split.num_layers,
         "layers_per_stage": counts, "pipeline_model_parallel_layout": text,
         "args": [*base, "--pipeline-model-parallel-layout", text],
     }
+    if plan.num_stages > ranks:
+        out["virtual_pipeline_model_parallel_size"] = plan.num_stages // ranks
     middle = counts[1:-1]
-    if len(counts) > 1 and counts[0] > 0 and counts[-1] > 0 and len(set(middle)) <= 1 \
-            and all(middle):
+    if plan.num_stages == ranks and len(counts) > 1 and counts[0] > 0 and counts[-1] > 0 \
+            and len(set(middle)) <= 1 and all(middle):
         out["uneven_args"] = [*base, "--decoder-first-pipeline-num-layers", str(counts[0]),
                               "--decoder-last-pipeline-num-layers", str(counts[-1])]
     return out

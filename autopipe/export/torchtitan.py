@@ -11,12 +11,19 @@ backend maps ``model.layers`` to ``layers``). A part also lists the modules outs
 layers whose parameters its layers read ([Note: parameters held outside the units] in
 ``autopipe.partition.layers``: DeBERTa's ``encoder.rel_embeddings``, read by every layer),
 each in every part that reads it.
+
+``pipeline_parallel_degree`` is the plan's pipeline ranks, not its stages: torchtitan puts a
+rank's model parts where the plan does (``autopipe.export.placement``; interleaved plans in
+a loop, ZBV and DualPipeV in a V). A plan with data-parallel replicas adds
+``data_parallel_replicate_degree`` (whole replicas, as autopipe planned their memory; no
+sharding).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from autopipe.export.placement import V_SCHEDULES, check_placement
 from autopipe.export.split import LayerSplit
 from autopipe.plan_format import Plan
 
@@ -27,11 +34,20 @@ SCHEDULES = {"1f1b": "1F1B", "gpipe": "GPipe", "zb-h1": "InterleavedZeroBubble",
 
 
 def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
-    """The fields of torchtitan's ``ParallelismConfig`` that carry the plan."""
-    return {"parallelism": {
-        "pipeline_parallel_degree": plan.num_stages,
+    """The fields of torchtitan's ``ParallelismConfig`` that carry the plan.
+
+    Raises:
+        ExportError: the plan places its stages on ranks otherwise than torchtitan would.
+    """
+    style = "v" if plan.schedule in V_SCHEDULES else "loop"
+    ranks = check_placement(plan, style, "torchtitan", "plan it again for this schedule")
+    parallelism: dict[str, Any] = {
+        "pipeline_parallel_degree": ranks,
         "module_fqns_per_model_part": [split.stage_modules(s) + split.stage_holders(s)
                                        for s in range(plan.num_stages)],
         "pipeline_parallel_schedule": SCHEDULES.get(plan.schedule, plan.schedule),
         "num_pp_microbatches": plan.microbatches,
-    }}
+    }
+    if plan.replicas > 1:
+        parallelism.update(data_parallel_replicate_degree=plan.replicas, data_parallel_shard_degree=1)
+    return {"parallelism": parallelism}
