@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import re
 from functools import cache
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from autopipe.cli.main import main
 from autopipe.errors import ExportError
 from autopipe.export import FORMATS, SCHEMA, export_plan
 from autopipe.export.megatron import layout
@@ -143,6 +146,64 @@ def test_deepspeed_parts_and_megatron_counts_are_the_plans_layers(case: str) -> 
         first = int(u[u.index("--decoder-first-pipeline-num-layers") + 1])
         last = int(u[u.index("--decoder-last-pipeline-num-layers") + 1])
         assert (first, last) == (counts[0], counts[-1]) and len(set(counts[1:-1])) <= 1
+
+
+@cache
+def recomputing() -> tuple[Plan, Profile]:
+    """A layer-granular Llama plan of 2 stages under a memory limit that only recomputation meets."""
+    profile = Profile.load(ROOT / "profiles" / "cpu" / "llama.json")
+    free = plan_profile(profile, num_stages=2, microbatches=8, granularity="layer", time_limit=30)
+    limit = int(0.7 * max(s.memory.total for s in free.stages))
+    return plan_profile(profile, num_stages=2, microbatches=8, granularity="layer", time_limit=30,
+                        memory_limit=limit), profile
+
+
+def test_a_plan_that_recomputes_exports_the_settings_that_cover_it() -> None:
+    plan, profile = recomputing()
+    assert plan.recomputes
+    rx = re.compile(r"model\.layers\.(\d+)(\.|$)")
+    want = [sorted({int(m.group(1)) for g in s.recompute for n in g
+                    if (m := rx.match(profile.by_name[n].module))}) for s in plan.stages]
+    counts = [len(w) for w in want]
+    assert max(counts) > 0
+    exports = {f: export_plan(plan, f) for f in FORMATS}
+    for data in exports.values():  # which layers each stage recomputes, from the profile's modules
+        assert data["plan"]["recompute"] == [[f"model.layers.{i}" for i in w] for w in want]
+    assert exports["torchtitan"]["activation_checkpoint"] == "full"
+    assert exports["deepspeed"]["activation_checkpoint_interval"] == 1
+    mg = exports["megatron"]
+    args = mg["args"]
+    assert args[args.index("--recompute-method") + 1] == "block"
+    assert args[args.index("--recompute-num-layers") + 1] == str(max(counts)) == str(mg["recompute_num_layers"])
+    layers = exports["torchtitan"]["plan"]["layers_per_stage"]
+    if layers != counts:  # full recomputation does more than the plan: each export says so
+        for data in exports.values():
+            assert any("take longer than the plan predicts" in n for n in data["notes"])
+
+    info = plan.options["granularity"]
+    older = dataclasses.replace(plan, options={**plan.options, "granularity": {
+        k: v for k, v in info.items() if k != "recompute_units"}})
+    with pytest.raises(ExportError, match="recomputes activations, but its layer record does not say"):
+        export_plan(older, "megatron")
+
+
+def test_the_cli_prints_the_notes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan, _ = recomputing()
+    plan.save(tmp_path / "plan.json")
+    assert main(["export", str(tmp_path / "plan.json"), "--format", "torchtitan", "-o", str(tmp_path / "t.json")]) == 0
+    err = capsys.readouterr().err
+    notes = json.loads((tmp_path / "t.json").read_text())["notes"]
+    assert notes  # full recomputation does more than this plan
+    assert [f"note: {n}" for n in notes] == [ln for ln in err.splitlines() if ln.startswith("note: ")]
+
+
+def test_a_plan_that_recomputes_nothing_turns_the_engines_recomputation_off() -> None:
+    plan, _ = planned("llama")
+    assert not plan.recomputes
+    tt, ds, mg = (export_plan(plan, f) for f in ("torchtitan", "deepspeed", "megatron"))
+    assert tt["activation_checkpoint"] == "none" and ds["activation_checkpoint_interval"] == 0
+    assert "--recompute-granularity" not in mg["args"] and "recompute_num_layers" not in mg
+    assert tt["plan"]["recompute"] is None and tt["notes"] == ds["notes"] == mg["notes"] == []
 
 
 def torchtitan_stage_ids(pp_rank: int, pp_degree: int, schedule: str, num_stages: int) -> tuple[int, ...]:

@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         check_writable(args.output)
     data = export_plan(Plan.load(args.plan), args.format)
+    for note in data.get("notes", ()):
+        print(f"note: {note}", file=sys.stderr)
     if not args.output:
         print(json.dumps(data, indent=1))
         return 0

@@ -39,6 +39,8 @@ def export_plan(plan: Plan, fmt: str) -> dict[str, Any]:
                      "layers": split.num_layers, "layers_per_stage": split.layers_per_stage(),
                      "schedule": plan.schedule, "stage_ranks": stage_ranks(plan),
                      "pipeline_ranks": pipeline_ranks(plan), "data_parallel_replicas": plan.replicas,
+                     "recompute": [split.recomputed(s) for s in range(plan.num_stages)]
+                     if split.recompute_units else None,
                      "predicted_step_s": plan.predicted.iteration_s},
             **FORMATS[fmt](plan, split)}
 

@@ -13,7 +13,8 @@ layer, what runs after the last — and ``parts`` over it; a subclass sets them:
             stage = self._topo.get_coord(self.global_rank).pipe
             self._set_bounds(start=self.parts[stage], stop=self.parts[stage + 1])
 
-A ``PipelineModule`` runs one stage per rank: plans with several (interleaved 1F1B, ZBV,
+``activation_checkpoint_interval`` (a ``PipelineModule`` argument) recomputes what the plan
+does (``autopipe.export.recompute``). A ``PipelineModule`` runs one stage per rank: plans with several (interleaved 1F1B, ZBV,
 DualPipeV) are refused.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from autopipe.errors import ExportError
+from autopipe.export import recompute
 from autopipe.export.placement import pipeline_ranks
 from autopipe.export.split import LayerSplit
 from autopipe.plan_format import Plan
@@ -44,4 +46,9 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
         # a unit that owns no module (the inputs alone, the output alone) is no layer
         layers += [list(u) for u in split.units[a:b] if u]
         parts.append(len(layers))
-    return {"num_stages": plan.num_stages, "parts": parts, "layers": layers}
+    every = bool(split.recompute_units)
+    counts = split.layers_per_stage() if every else [0] * plan.num_stages
+    return {"num_stages": plan.num_stages, "parts": parts, "layers": layers,
+            "activation_checkpoint_interval": 1 if every else 0,
+            "notes": recompute.notes(split, "DeepSpeed (activation_checkpoint_interval 1)", counts,
+                                     outside=every)}

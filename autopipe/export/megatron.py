@@ -12,7 +12,9 @@ then, as an alternative to the layout.
 layout lists all its ``V·P`` stages, from which Megatron takes ``V`` and puts layout stage
 ``v·P + r`` on rank ``r``, where the plan puts it. Megatron has no schedule that places a
 rank's stages in a V (ZBV, DualPipeV): such plans are refused. Data parallelism is
-Megatron's world size over ``P`` (and the tensor-parallel size).
+Megatron's world size over ``P`` (and the tensor-parallel size). Where the plan recomputes,
+``--recompute-method block --recompute-num-layers N`` recomputes the first ``N`` layers of
+every stage (``autopipe.export.recompute``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from autopipe.errors import ExportError
+from autopipe.export import recompute
 from autopipe.export.placement import check_placement
 from autopipe.export.split import LayerSplit
 from autopipe.plan_format import Plan
@@ -64,9 +67,18 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
     }
     if plan.num_stages > ranks:
         out["virtual_pipeline_model_parallel_size"] = plan.num_stages // ranks
+    n = max(recompute.per_stage(split))
+    if n:
+        flags = ["--recompute-granularity", "full", "--recompute-method", "block", "--recompute-num-layers", str(n)]
+        out["recompute_num_layers"] = n
+        out["args"] += flags
     middle = counts[1:-1]
     if plan.num_stages == ranks and len(counts) > 1 and counts[0] > 0 and counts[-1] > 0 \
             and len(set(middle)) <= 1 and all(middle):
         out["uneven_args"] = [*base, "--decoder-first-pipeline-num-layers", str(counts[0]),
                               "--decoder-last-pipeline-num-layers", str(counts[-1])]
+        if n:
+            out["uneven_args"] += flags
+    out["notes"] = recompute.notes(split, f"Megatron-LM (--recompute-num-layers {n})",
+                                   [min(n, c) for c in counts])
     return out

@@ -37,6 +37,9 @@ class LayerSplit:
     """Per stage, the modules outside its units that hold parameters it reads ([Note:
     parameters held outside the units] in ``autopipe.partition.layers``; empty in older
     plans)."""
+    recompute_units: tuple[tuple[int, ...], ...] = ()
+    """Per stage, the units whose nodes it recomputes in backward (empty where the plan
+    recomputes nothing)."""
 
     @property
     def num_layers(self) -> int:
@@ -51,6 +54,20 @@ class LayerSplit:
         """The modules of stage ``stage``'s units, in order."""
         a, b = self.stage_units[stage]
         return [m for u in self.units[a:b] for m in u]
+
+    def recomputed(self, stage: int) -> list[str]:
+        """The modules of the units stage ``stage`` recomputes (some of their nodes, at least)."""
+        return [m for u in self.recompute_units[stage] for m in self.units[u]] if self.recompute_units else []
+
+    def recomputed_layers(self, stage: int) -> int:
+        """How many layers (units 1…L) stage ``stage`` recomputes."""
+        units = self.recompute_units[stage] if self.recompute_units else ()
+        return sum(1 for u in units if 1 <= u <= self.num_layers)
+
+    def recomputes_outside_layers(self) -> list[str]:
+        """The modules outside the layers (embeddings, head) that some stage recomputes."""
+        return [m for units in self.recompute_units for u in units
+                if not 1 <= u <= self.num_layers for m in self.units[u]]
 
     def stage_holders(self, stage: int) -> list[str]:
         """The modules outside stage ``stage``'s units that hold parameters it reads."""
@@ -72,7 +89,9 @@ def layer_split(plan: Plan) -> LayerSplit:
                            units=tuple(tuple(str(m) for m in u) for u in info["units"]),
                            stage_units=tuple((int(a), int(b)) for a, b in info["stage_units"]),
                            lists=tuple(str(x) for x in info.get("lists", ())),
-                           holders=tuple(tuple(str(m) for m in h) for h in info.get("holders", ())))
+                           holders=tuple(tuple(str(m) for m in h) for h in info.get("holders", ())),
+                           recompute_units=tuple(tuple(int(u) for u in r)
+                                                 for r in info.get("recompute_units", ())))
     except (KeyError, TypeError, ValueError) as e:
         raise ExportError(f"the plan's layer record is malformed ({type(e).__name__}: {e})",
                           hint=HINT) from None
@@ -91,6 +110,14 @@ def _check(plan: Plan, split: LayerSplit) -> None:
     if split.holders and len(split.holders) != plan.num_stages:
         raise ExportError(f"the plan's layer record lists parameter holders for "
                           f"{len(split.holders)} stages, but the plan has {plan.num_stages}", hint=HINT)
+    if plan.recomputes and not split.recompute_units:
+        raise ExportError("the plan recomputes activations, but its layer record does not say in "
+                          "which layers (it was made before autopipe recorded them)",
+                          hint="plan it again with this version of autopipe")
+    if split.recompute_units and (len(split.recompute_units) != plan.num_stages or any(
+            not a <= u < b for (a, b), units in zip(ranges, split.recompute_units) for u in units)):
+        raise ExportError(f"the plan's layer record lists recomputed units outside their stages "
+                          f"({[list(r) for r in split.recompute_units]})", hint=HINT)
     owner = {m: s for s in range(plan.num_stages) for m in split.stage_modules(s)}
     for stage in plan.stages:
         for module in stage.modules:

@@ -16,13 +16,16 @@ each in every part that reads it.
 rank's model parts where the plan does (``autopipe.export.placement``; interleaved plans in
 a loop, ZBV and DualPipeV in a V). A plan with data-parallel replicas adds
 ``data_parallel_replicate_degree`` (whole replicas, as autopipe planned their memory; no
-sharding).
+sharding). ``activation_checkpoint`` names the policy (torchtitan's ``full`` or ``none``
+subcommand; ``[activation_checkpoint] mode`` in older versions) that recomputes what the
+plan does (``autopipe.export.recompute``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from autopipe.export import recompute
 from autopipe.export.placement import V_SCHEDULES, check_placement
 from autopipe.export.split import LayerSplit
 from autopipe.plan_format import Plan
@@ -50,4 +53,7 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
     }
     if plan.replicas > 1:
         parallelism.update(data_parallel_replicate_degree=plan.replicas, data_parallel_shard_degree=1)
-    return {"parallelism": parallelism}
+    full = bool(split.recompute_units)
+    layers = split.layers_per_stage() if full else [0] * plan.num_stages
+    return {"parallelism": parallelism, "activation_checkpoint": "full" if full else "none",
+            "notes": recompute.notes(split, "torchtitan (activation_checkpoint full)", layers)}

@@ -327,7 +327,8 @@ def _under(name: str, modules: list[str]) -> bool:
 
 def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan], profile: Profile) -> Plan:
     """``plan`` (layer-granular) with its units, the modules each stage reads parameters of
-    beyond them (``holders``) and what the restriction costs.
+    beyond them (``holders``), what the restriction costs, and where the plan recomputes,
+    the units its recomputed nodes lie in per stage (``recompute_units``).
 
     ``solve_free()`` plans the same model without the restriction. The restricted
     partition is one of the unrestricted ones too, so the unrestricted figure is the
@@ -349,5 +350,8 @@ def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan], profile: 
         "unrestricted_s": step,
         "cost": plan.predicted.iteration_s / step if step > 0 else 1.0,
     }
+    if plan.recomputes:  # which units the engines must recompute (autopipe.export)
+        info["recompute_units"] = [sorted({layers.node_unit[n] for g in s.recompute for n in g})
+                                   for s in plan.stages]
     return replace(plan, baselines={**plan.baselines, "unrestricted": _as_baseline(best)},
                    options={**plan.options, "granularity": info})
