@@ -46,8 +46,9 @@ def check_placement(plan: Plan, style: str, engine: str, hint: str) -> int:
     ranks, p = stage_ranks(plan), pipeline_ranks(plan)
     expected = [placed(style, s, p) for s in range(plan.num_stages)]
     if ranks != expected:
-        rule = "stage s on rank s mod P" if style == "loop" else "stages down the ranks and back up (a V)"
-        raise ExportError(f"{engine} places a rank's stages {rule}: ranks {expected} for these "
+        rule = ("stage s on rank s mod P" if style == "loop"
+                else "stages s < P on rank s and the others back up, on rank 2P-1-s (a V)")
+        raise ExportError(f"{engine} puts {rule}: ranks {expected} for these "
                           f"{plan.num_stages} stages, but the plan ({plan.schedule}) puts them on {ranks}",
                           hint=hint)
     return p
