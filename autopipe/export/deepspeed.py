@@ -14,8 +14,8 @@ layer, what runs after the last — and ``parts`` over it; a subclass sets them:
             self._set_bounds(start=self.parts[stage], stop=self.parts[stage + 1])
 
 ``activation_checkpoint_interval`` (a ``PipelineModule`` argument) recomputes what the plan
-does (``autopipe.export.recompute``). A ``PipelineModule`` runs one stage per rank: plans with several (interleaved 1F1B, ZBV,
-DualPipeV) are refused.
+does (``autopipe.export.recompute``). A ``PipelineModule`` runs one stage per rank: plans
+with several (interleaved 1F1B, ZBV, DualPipeV) are refused.
 """
 
 from __future__ import annotations
