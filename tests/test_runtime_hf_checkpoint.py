@@ -91,3 +91,44 @@ def test_another_models_checkpoint_names_the_converted_misfits(tmp_path: Path) -
     _saved("qwen2-moe", tmp_path)
     with pytest.raises(WeightsError, match=r"do not fit the model: .*missing \(model\.layers\.0\.mlp\.experts\.gate_up_proj"):
         _fit(ZOO["mixtral"]().model, tmp_path)
+
+
+def test_tensors_transformers_ignores_are_left_unread(tmp_path: Path) -> None:
+    """Llama-2's checkpoints hold a ``rotary_emb.inv_freq`` per layer, old BERTs an
+    ``embeddings.position_ids``: buffers their models no longer save, which ``from_pretrained``
+    skips ([Note: tensors transformers ignores]); ``--init`` skips them too, and says so."""
+    from safetensors.torch import save_file
+
+    from autopipe.runtime.materialize import check_init
+    from tests.zoo import ZOO as zoo
+
+    for name, extra in (("mistral", ["model.layers.0.self_attn.rotary_emb.inv_freq",
+                                     "model.layers.1.self_attn.rotary_emb.inv_freq"]),
+                        ("distilbert", ["distilbert.embeddings.position_ids"])):
+        spec = zoo[name]()
+        state = {k: v + 1 if v.is_floating_point() else v.clone() for k, v in spec.model.state_dict().items()}
+        old = {**state, **{k: torch.arange(8) for k in extra}}
+        save_file(old, tmp_path / f"{name}.safetensors")
+        said = check_init(spec, tmp_path / f"{name}.safetensors")
+        count = f"{len(extra)} tensor{'s' if len(extra) > 1 else ''} left unread, as transformers leaves"
+        assert said is not None and said.startswith(count) and extra[0] in said
+        materialize_stages([spec.model], spec, "cpu", init=tmp_path / f"{name}.safetensors")
+        for k, v in spec.model.state_dict().items():
+            assert torch.equal(v, state[k]), k
+        # any other name the model does not have is still refused
+        save_file({**old, "model.layers.0.extra": torch.zeros(1)}, tmp_path / "other.safetensors")
+        with pytest.raises(WeightsError, match=r"1 unexpected \(model\.layers\.0\.extra\)"):
+            check_init(spec, tmp_path / "other.safetensors")
+
+
+def test_a_model_of_ones_own_skips_nothing(tmp_path: Path) -> None:
+    """Without a transformers model inside, a ``position_ids`` the model does not have is unexpected."""
+    from safetensors.torch import save_file
+
+    from autopipe.runtime.materialize import check_init
+    from tests.conftest import example_spec
+
+    spec = example_spec("mlp")
+    save_file({**spec.model.state_dict(), "embeddings.position_ids": torch.arange(4)}, tmp_path / "w.safetensors")
+    with pytest.raises(WeightsError, match=r"1 unexpected \(embeddings\.position_ids\)"):
+        check_init(spec, tmp_path / "w.safetensors")

@@ -86,7 +86,7 @@ def test_a_bfloat16_checkpoint_is_cast_into_a_float32_model(tmp_path: Path) -> N
     save_file(half, str(tmp_path / "bf16.safetensors"))
     spec, split = _meta_split("gpt2")
     floats = sum(v.is_floating_point() for v in half.values())
-    assert check_init(spec, tmp_path / "bf16.safetensors") == f"{floats} tensors from bfloat16 to float32"
+    assert check_init(spec, tmp_path / "bf16.safetensors") == f"cast {floats} tensors from bfloat16 to float32"
     module = split.stages[1].module
     materialize_stages([module], spec, "cpu", init=tmp_path / "bf16.safetensors")
     canonical = {"lm_head.weight": "transformer.wte.weight"}

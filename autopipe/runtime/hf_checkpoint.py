@@ -22,11 +22,21 @@ stages need. A model that is not a transformers ``PreTrainedModel`` but holds on
 wrapper) gets the wrapper's path in front of each name. The view is used only where the
 names as they are do not fit the model (``fit``), so a state dict saved from the model
 itself loads exactly as before.
+
+[Note: tensors transformers ignores]
+Checkpoints on the Hub hold tensors their models no longer have: Llama-2's per-layer
+``rotary_emb.inv_freq`` (a buffer that moved and became non-persistent), BERT's
+``embeddings.position_ids`` (non-persistent since), and what a class lists in
+``_keys_to_ignore_on_load_unexpected``. ``from_pretrained`` leaves them unread without a
+word (``PreTrainedModel._adjust_missing_and_unexpected_keys``); ``ignored(model)`` gives
+the same patterns, under the same conditions, so ``--init`` leaves them unread too instead
+of refusing the file for unexpected names, and says how many it left.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -90,16 +100,39 @@ def fit(weights: Weights, model: nn.Module, expected: Mapping[str, TensorInfo],
             anything, else the one about the names as they are.
     """
     groups = list(groups)
+    skip = ignored(model)
     try:
-        return weights, check_fit(weights, expected, groups)
+        return weights, check_fit(weights, expected, groups, ignore=skip)
     except WeightsError as as_saved:
         view = converted(weights, model)
         if view is None:
             raise
         try:
-            return view, check_fit(view, expected, groups)
+            return view, check_fit(view, expected, groups, ignore=skip)
         except WeightsError as after:
             raise (after if set(view.info) != set(weights.info) else as_saved) from None
+
+
+def ignored(model: nn.Module) -> Callable[[str], bool] | None:
+    """Whether a checkpoint name is one that ``from_pretrained`` would leave unread ([Note:
+    tensors transformers ignores]); None where the model holds no transformers model."""
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:
+        return None
+    hf = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+    if hf is None:
+        return None
+    patterns = set(getattr(hf, "_keys_to_ignore_on_load_unexpected", None) or ())
+    buffers = [name for name, _ in hf.named_buffers()]
+    if any(b.endswith("rotary_emb.inv_freq") for b in buffers):
+        patterns.add(r"rotary_emb\.inv_freq")
+    if any(b.endswith("position_ids") for b in buffers):
+        patterns.add(r"(^|\.)position_ids$")
+    if not patterns:
+        return None
+    rx = re.compile("|".join(f"({p})" for p in sorted(patterns)))
+    return lambda name: rx.search(name) is not None
 
 
 def converted(weights: Weights, model: nn.Module) -> Converted | None:

@@ -37,7 +37,7 @@ from torch import nn
 
 from autopipe.errors import SpecError
 from autopipe.runtime.hf_checkpoint import fit
-from autopipe.runtime.weights import TensorInfo, WeightsSource, casts, open_weights
+from autopipe.runtime.weights import TensorInfo, WeightsSource, open_weights, remarks
 from autopipe.spec import ModelSpec
 
 
@@ -132,8 +132,9 @@ def check_init(spec: ModelSpec, init: WeightsSource) -> str | None:
     train --launch`` runs it before starting any rank.
 
     Returns:
-        What reading the file will cast, in words (floating-point tensors saved in another
-        floating-point dtype than the model's, ``weights.casts``), or None.
+        What reading the file does beyond copying, in words (``weights.remarks``: floating-point
+        tensors saved in another floating-point dtype, cast; tensors transformers leaves
+        unread, left), or None.
 
     Raises:
         WeightsError: as ``materialize_stages`` would.
@@ -142,7 +143,7 @@ def check_init(spec: ModelSpec, init: WeightsSource) -> str | None:
     expected = _expected(spec.model)
     with open_weights(init) as opened:
         weights, read = fit(opened, spec.model, expected, _groups(canonical))
-        return casts(weights, expected, read)
+        return remarks(weights, expected, read)
 
 
 def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

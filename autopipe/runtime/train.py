@@ -115,8 +115,8 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
         log(f"training {spec.name}: {stages}{replicas} on {pipe.world_size} ranks, schedule "
             f"{plan.schedule}, {m} micro-batches, {config.steps} steps, {config.optimizer} lr {config.lr:g}")
         if config.init is not None and config.resume is None:
-            cast = check_init(spec, config.init)  # the headers only; the ranks have read their tensors
-            log(f"weights from {config.init}" + (f" (cast on reading: {cast})" if cast else ""))
+            said = check_init(spec, config.init)  # the headers only; the ranks have read their tensors
+            log(f"weights from {config.init}" + (f" ({said})" if said else ""))
     if config.resume is not None:
         result.start_step = _resume(config, pipe, optimizer, log)
     gc.collect()

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -317,7 +317,8 @@ def _all_tensors(d: Mapping[Any, Any]) -> bool:
 
 
 def check_fit(weights: Weights, expected: Mapping[str, TensorInfo],
-              groups: Iterable[Sequence[str]] = ()) -> dict[str, str]:
+              groups: Iterable[Sequence[str]] = (), *,
+              ignore: Callable[[str], bool] | None = None) -> dict[str, str]:
     """Check that a file holds exactly the tensors a model expects; say where to read each.
 
     Names in one of ``groups`` (tied: several names of one tensor) count as one tensor:
@@ -328,6 +329,8 @@ def check_fit(weights: Weights, expected: Mapping[str, TensorInfo],
         weights: the opened file.
         expected: the model's state-dict names with their shapes and dtypes.
         groups: names that refer to one tensor, first name canonical.
+        ignore: names in the file that the model does not expect but may be left unread
+            (``hf_checkpoint.ignored``); any other name it does not expect is an error.
 
     Returns:
         The first name of each group (or the lone name) → the name to read in the file.
@@ -352,7 +355,7 @@ def check_fit(weights: Weights, expected: Mapping[str, TensorInfo],
             missing.append(members[0])
         else:
             read[group[0]] = found
-    unexpected = sorted(set(weights.info) - set(expected))
+    unexpected = sorted(n for n in set(weights.info) - set(expected) if ignore is None or not ignore(n))
     wrong = [f"{n} is {weights.info[n]} in the file but {expected[n]} in the model"
              for n in expected if n in weights.info and not weights.info[n].fits(expected[n])]
     problems = []
@@ -371,6 +374,18 @@ def check_fit(weights: Weights, expected: Mapping[str, TensorInfo],
         raise WeightsError(f"weights {weights.path} do not fit the model: {'; '.join(problems)}",
                            hint=hint)
     return read
+
+
+def remarks(weights: Weights, expected: Mapping[str, TensorInfo], read: Mapping[str, str]) -> str | None:
+    """What reading a file that ``check_fit`` passed does beyond copying each tensor, in words:
+    the tensors it casts (``"12 tensors cast from bfloat16 to float32"``) and those it leaves
+    unread (``check_fit``'s ``ignore``); None where neither."""
+    said = [f"cast {c}" for c in [casts(weights, expected, read)] if c]
+    left = sorted(set(weights.info) - set(expected))
+    if left:
+        said.append(f"{len(left)} tensor{'s' if len(left) > 1 else ''} left unread, as transformers "
+                    f"leaves {'them' if len(left) > 1 else 'it'} ({_some(left, 2)})")
+    return "; ".join(said) or None
 
 
 def casts(weights: Weights, expected: Mapping[str, TensorInfo], read: Mapping[str, str]) -> str | None:
