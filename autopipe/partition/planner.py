@@ -638,6 +638,15 @@ def _plan(problem: Problem, profile: Profile, options: _Options, *,
         recompute = res.recompute
         status = res.status
         lower = max(lower, res.lower_bound_s)
+        # a solution within the MIP's gap may simulate a hair slower than a split it started
+        # from; the plan is then that split (never slower than a baseline it reports)
+        step = predict(problem, evaluate(problem, stage_of, recompute), stage_of).iteration_s
+        for _, k in fitting:
+            part = {**cands, **extra}[k]
+            assert part is not None
+            mine = predict(problem, evals[k], part).iteration_s
+            if mine < step:
+                stage_of, recompute, step = list(part), chosen[k], mine
     else:
         found = cands[method]
         if found is None and method == "dp" and problem.num_real >= problem.config.num_stages:
