@@ -164,6 +164,29 @@ def test_sends_cover_every_boundary_crossing() -> None:
     assert plan.stages[-1].sends == ()
 
 
+def test_infeasible_where_no_split_in_run_order_exists() -> None:
+    """Found by ``test_plans_on_random_dags``: non-tensor values leave no cut in run order and
+    no partition fits, so the error explains that (it used to fail an assertion instead)."""
+    from autopipe.profile.profile import NodeProfile
+
+    def node(name: str, op: str = "call_function", *, params: tuple[str, ...] = (), size: int = 0,
+             shared: tuple[str, ...] = (), tensor: bool = False) -> NodeProfile:
+        return NodeProfile(name=name, op=op, target=name, module="", forward_s=0.0, backward_input_s=0.0,
+                           backward_weight_s=0.0, activation_bytes=0, output_bytes=0, param_bytes=size,
+                           params=params, shared_params=shared, is_tensor=tensor)
+
+    nodes = (node("x", "placeholder", tensor=True), node("n0", params=("w0",), size=4),
+             node("n1", shared=("w0",)), node("n2", shared=("w0",)), node("n3", shared=("w0",)),
+             node("n4", params=("w4",), size=956, shared=("w0",)),
+             node("n5", params=("w5",), size=336, tensor=True), node("output", "output"))
+    edges = (("x", "n0", 0), ("x", "n1", 0), ("x", "n2", 0), ("n0", "n2", 0), ("x", "n3", 0),
+             ("n0", "n4", 0), ("n4", "n5", 0), ("n2", "output", 0), ("n5", "output", 0))
+    prof = Profile(device="test", dtype="float32", microbatch_shape=[[1]], nodes=nodes, edges=edges,
+                   method="synthetic", params={"w0": 4, "w4": 956, "w5": 336})
+    with pytest.raises(InfeasiblePlanError, match="no partition into 2 stages fits in memory"):
+        plan_profile(prof, num_stages=2, microbatches=1, schedule="gpipe", memory_limit=6468)
+
+
 def test_baselines_recorded_and_never_better() -> None:
     prof = synthetic_profile(200, seed=7, branches=2, skip_prob=0.2)
     plan = plan_profile(prof, num_stages=4, memory_limit="4GiB")

@@ -63,7 +63,12 @@ def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
         return _explain_chunks(problem, method)
     p, m = cfg.num_stages, cfg.microbatches
     found = min_memory(Chain(problem))
-    assert found is not None, "a problem with at least p computing blocks has a chain partition"
+    if found is None:  # no split in run order: non-tensor values and pins leave no cut there
+        return InfeasiblePlanError(
+            f"no partition into {p} stages fits in memory, and no split of the model in the order "
+            f"it runs exists to compare against the devices (the values between its blocks are "
+            f"not tensors, so they cannot be sent)",
+            hint="use fewer stages, give the devices more memory, or make the values tensors")
     _, stage_of = found
     ev = evaluate(problem, stage_of)
     ratios = [s.memory / s.limit for s in ev.stages]
