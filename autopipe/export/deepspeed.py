@@ -46,9 +46,7 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
         # a unit that owns no module (the inputs alone, the output alone) is no layer
         layers += [list(u) for u in split.units[a:b] if u]
         parts.append(len(layers))
-    every = bool(split.recompute_units)
-    counts = split.layers_per_stage() if every else [0] * plan.num_stages
     return {"num_stages": plan.num_stages, "parts": parts, "layers": layers,
-            "activation_checkpoint_interval": 1 if every else 0,
-            "notes": recompute.notes(split, "DeepSpeed (activation_checkpoint_interval 1)", counts,
-                                     outside=every)}
+            "activation_checkpoint_interval": 1 if split.recompute_units else 0,
+            "notes": recompute.notes(split, "DeepSpeed (activation_checkpoint_interval 1)",
+                                     split.layers_per_stage(), outside=True)}

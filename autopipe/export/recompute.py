@@ -28,8 +28,9 @@ def per_stage(split: LayerSplit) -> list[int]:
 
 def notes(split: LayerSplit, engine: str, recomputes: list[int], *, outside: bool = False) -> list[str]:
     """What ``engine``, recomputing ``recomputes[s]`` layers in stage ``s`` (and with
-    ``outside`` what runs before and after the layers too), does otherwise than the plan:
-    more layers (slower), or modules outside the layers it does not recompute."""
+    ``outside`` what runs before and after the layers too) where the plan recomputes, does
+    otherwise than the plan: more layers (slower), or modules outside the layers it does not
+    recompute. None of it where the plan recomputes nothing (the engine then does neither)."""
     if not split.recompute_units:
         return []
     planned = per_stage(split)

@@ -53,7 +53,5 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
     }
     if plan.replicas > 1:
         parallelism.update(data_parallel_replicate_degree=plan.replicas, data_parallel_shard_degree=1)
-    full = bool(split.recompute_units)
-    layers = split.layers_per_stage() if full else [0] * plan.num_stages
-    return {"parallelism": parallelism, "activation_checkpoint": "full" if full else "none",
-            "notes": recompute.notes(split, "torchtitan (activation_checkpoint full)", layers)}
+    return {"parallelism": parallelism, "activation_checkpoint": "full" if split.recompute_units else "none",
+            "notes": recompute.notes(split, "torchtitan (activation_checkpoint full)", split.layers_per_stage())}

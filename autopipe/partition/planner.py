@@ -620,8 +620,9 @@ def _plan(problem: Problem, profile: Profile, options: _Options, *,
         return explain(problem, method)
 
     if method == "ilp":
+        parts = {**cands, **extra}
         fitting = sorted((evals[k].objective_s, k) for k in evals if evals[k].fits)
-        start = {**cands, **extra}[fitting[0][1]] if fitting else None
+        start = parts[fitting[0][1]] if fitting else None
         with phase("plan.solve"):
             res = solve_ilp(problem, incumbent=start, recompute=chosen[fitting[0][1]] if fitting else None,
                             time_limit=options.mip_s, gap=options.mip_gap, solver=options.solver,
@@ -642,7 +643,7 @@ def _plan(problem: Problem, profile: Profile, options: _Options, *,
         # from; the plan is then that split (never slower than a baseline it reports)
         step = predict(problem, evaluate(problem, stage_of, recompute), stage_of).iteration_s
         for _, k in fitting:
-            part = {**cands, **extra}[k]
+            part = parts[k]
             assert part is not None
             mine = predict(problem, evals[k], part).iteration_s
             if mine < step:

@@ -378,9 +378,10 @@ def check_fit(weights: Weights, expected: Mapping[str, TensorInfo],
 
 def remarks(weights: Weights, expected: Mapping[str, TensorInfo], read: Mapping[str, str]) -> str | None:
     """What reading a file that ``check_fit`` passed does beyond copying each tensor, in words:
-    the tensors it casts (``"12 tensors cast from bfloat16 to float32"``) and those it leaves
+    the tensors it casts (``"cast 12 tensors from bfloat16 to float32"``) and those it leaves
     unread (``check_fit``'s ``ignore``); None where neither."""
-    said = [f"cast {c}" for c in [casts(weights, expected, read)] if c]
+    cast = casts(weights, expected, read)
+    said = [f"cast {cast}"] if cast else []
     left = sorted(set(weights.info) - set(expected))
     if left:
         said.append(f"{len(left)} tensor{'s' if len(left) > 1 else ''} left unread, as transformers "
