@@ -237,6 +237,26 @@ def parse_spec_args(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def scalar_loss(loss: Any) -> torch.Tensor:
+    """``loss`` as ``loss_fn`` returned it, when it is a loss to differentiate: a one-element
+    floating-point tensor that autograd reaches from the model's output (where gradients are
+    on: ``Pipe.evaluate`` runs the loss without them).
+
+    Raises:
+        SpecError: anything else (a float, per-sample losses, a constant), naming it.
+    """
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.is_floating_point() \
+            and (loss.grad_fn is not None or not torch.is_grad_enabled()):
+        return loss
+    what = (f"a {type(loss).__name__}" if not isinstance(loss, torch.Tensor) else
+            f"a tensor of shape {tuple(loss.shape)}" if loss.numel() != 1 else
+            f"a {loss.dtype} tensor" if not loss.is_floating_point() else
+            "a tensor that does not depend on the model's output")
+    raise SpecError(f"loss_fn returned {what}, not a scalar loss to differentiate",
+                    hint="return one floating-point tensor computed from the output, e.g. the "
+                         "mean of the per-sample losses")
+
+
 def logits_of(output: Any) -> torch.Tensor:
     """The logits tensor of a model output: a tensor, a Hugging Face ModelOutput, a dict or a tuple."""
     if isinstance(output, torch.Tensor):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import autopipe
-from autopipe.errors import InfeasiblePlanError
+from autopipe.errors import InfeasiblePlanError, ProfileError, SpecError
 from autopipe.partition.costs import MEMORY_HEADROOM
 from autopipe.partition.planner import plan_profile
 from autopipe.plan_format import Plan
@@ -103,3 +104,56 @@ def test_the_loss_lands_on_the_last_stage(name: str) -> None:
         assert plan.stages[-1].backward_s == pytest.approx(without.stages[-1].backward_s + p.loss.backward_s)
         assert plan.stages[0].forward_s == pytest.approx(without.stages[0].forward_s)
     assert plan.predicted.iteration_s > without.predicted.iteration_s
+
+
+def _per_sample(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out, t, reduction="none")
+
+
+def _a_float(out: torch.Tensor, t: torch.Tensor) -> float:
+    return float(F.cross_entropy(out, t).detach())
+
+
+def _a_constant(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(1.0, requires_grad=True)
+
+
+def _made_on_the_cpu(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out, t) + (out * torch.ones(out.shape)).mean()
+
+
+def _wrong_output_type(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out.logits, t)
+
+
+@pytest.mark.parametrize(("loss_fn", "mode", "error", "message"), [
+    (_per_sample, "measure", SpecError, "loss_fn returned a tensor of shape (4,), not a scalar"),
+    (_per_sample, "estimate", SpecError, "loss_fn returned a tensor of shape (4,), not a scalar"),
+    (_a_float, "measure", SpecError, "loss_fn returned a float"),
+    (_a_float, "estimate", ProfileError, "loss_fn failed on the model's output (meta tensors)"),
+    (_a_constant, "measure", SpecError, "a tensor that does not depend on the model's output"),
+    (_a_constant, "estimate", SpecError, "a tensor that does not depend on the model's output"),
+    (_made_on_the_cpu, "measure", None, ""),
+    (_made_on_the_cpu, "estimate", ProfileError, "on device cpu is not on the expected device meta"),
+    (_wrong_output_type, "measure", ProfileError, "(cpu tensors): AttributeError"),
+    (_wrong_output_type, "estimate", ProfileError, "(meta tensors): AttributeError"),
+])
+def test_a_loss_fn_that_fails_or_is_no_scalar_is_named(loss_fn: Any, mode: str, error: type | None,
+                                                       message: str) -> None:
+    """Not a traceback from inside torch: what the loss did, and on an estimate's meta
+    tensors what it may not do there."""
+    spec = example_spec("mlp", **TINY["mlp"])
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    profile = measure if mode == "measure" else estimate
+    kwargs: dict[str, Any] = dict(warmup=0, repeats=1) if mode == "measure" else {}
+    run = lambda: profile(graph, spec.example_inputs, loss_fn=loss_fn,  # noqa: E731
+                          target=example_target(spec), progress=False, **kwargs)
+    if error is None:
+        assert run().loss is not None
+        return
+    with pytest.raises(error) as e:
+        run()
+    assert message in str(e.value)
+    assert e.value.hint
+    if error is ProfileError and mode == "estimate":
+        assert "device=logits.device" in e.value.hint and ".item()" in e.value.hint

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from autopipe import ModelSpec, trace
-from autopipe.errors import CheckpointError, WeightsError
+from autopipe.errors import CheckpointError, SpecError, WeightsError
 from autopipe.runtime import Pipe, build, launch, load_checkpoint, save_checkpoint
 
 from .conftest import ROOT, example_spec, resident_bytes_at
@@ -96,6 +96,16 @@ def test_step_clip_and_evaluate_equal_the_unsplit_model(gpt2_pipe: Pipe) -> None
         torch.testing.assert_close(p.grad, dict(spec.model.named_parameters())[name].grad)
     pipe.zero_grad()
     assert all(p.grad is None for p in pipe.parameters())
+
+
+def test_a_loss_that_is_no_scalar_is_named_in_step_and_evaluate() -> None:
+    spec = example_spec("mlp", **MLP)
+    spec.loss_fn = lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="none")
+    for pipe in _one_stage(spec):
+        inputs, target = spec.batch(2, 0)
+        for run in (pipe.step, pipe.evaluate):
+            with pytest.raises(SpecError, match=r"loss_fn returned a tensor of shape \(4,\), not a scalar"):
+                run(inputs, target)
 
 
 def test_zeroed_gradient_buffers_are_accumulated_into_in_place(gpt2_pipe: Pipe) -> None:

@@ -81,12 +81,12 @@ class NodeWalker(fx.Interpreter):
             raise
         except torch.OutOfMemoryError as e:
             raise ProfileError(
-                f"node {n.name} ({target_name(n)}) ran out of memory on {self.device}: {_first_line(e)}",
+                f"node {n.name} ({target_name(n)}) ran out of memory on {self.device}: {first_line(e)}",
                 hint="profile a smaller micro-batch, or use `--device meta` (estimate)") from None
         except Exception as e:
             raise ProfileError(
                 f"node {n.name} ({target_name(n)}) failed on {self.device}: "
-                f"{type(e).__name__}: {_first_line(e)}",
+                f"{type(e).__name__}: {first_line(e)}",
                 hint="check that the model runs in training mode on this device and dtype") from e
         self.costs[n.name] = cost
         self.output_bytes[n.name] = tensor_bytes(out)
@@ -94,6 +94,6 @@ class NodeWalker(fx.Interpreter):
         return out
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0][:300] if lines else ""

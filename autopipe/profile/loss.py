@@ -17,9 +17,12 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from autopipe.errors import AutopipeError, ProfileError
 from autopipe.profile._peak import PeakBytes
 from autopipe.profile._saved import SavedBytes
 from autopipe.profile._timer import Timer
+from autopipe.profile._walk import first_line
+from autopipe.spec import scalar_loss
 from autopipe.trace.graph import Graph
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
@@ -68,6 +71,31 @@ def _outputs(gm: fx.GraphModule, flat: list[Any]) -> list[Any]:
         return list(gm(*flat))
 
 
+def _call(loss_fn: LossFn, outs: list[Any], graph: Graph, target: torch.Tensor) -> torch.Tensor:
+    """``loss_fn`` on fresh leaves of the flat outputs ``outs``, as the model returns them:
+    a scalar that autograd can differentiate.
+
+    Raises:
+        ProfileError: it fails, naming the device it ran on (meta when estimating).
+        SpecError: it returns anything else (``scalar_loss``).
+    """
+    leaves = _leaves(outs)
+    device = next((o.device for o in outs if isinstance(o, torch.Tensor)), torch.device("cpu"))
+    try:
+        loss = loss_fn(graph.unflatten_output(leaves), target)
+    except AutopipeError:
+        raise
+    except Exception as e:
+        hint = "check that loss_fn(output, target) runs on the model's output and batch(1)'s target"
+        if device.type == "meta":
+            hint += ("; an estimate runs it on meta tensors, so each tensor it makes must be on its "
+                     "input's device (torch.arange(n, device=logits.device)) and it cannot read "
+                     "values (.item(), float()); or measure on a real device instead")
+        raise ProfileError(f"loss_fn failed on the model's output ({device} tensors): "
+                           f"{type(e).__name__}: {first_line(e)}", hint=hint) from e
+    return scalar_loss(loss)
+
+
 def _leaves(outs: list[Any]) -> list[Any]:
     return [o.detach().requires_grad_(o.is_floating_point()) if isinstance(o, torch.Tensor) else o
             for o in outs]
@@ -86,7 +114,7 @@ def measure_loss(graph: Graph, gm: fx.GraphModule, flat: list[Any], loss_fn: Los
     outs = _outputs(gm, flat)
 
     def forward() -> torch.Tensor:
-        loss: torch.Tensor = loss_fn(graph.unflatten_output(_leaves(outs)), target)
+        loss = _call(loss_fn, outs, graph, target)
         return loss
 
     def both() -> None:
@@ -105,10 +133,9 @@ def measure_loss(graph: Graph, gm: fx.GraphModule, flat: list[Any], loss_fn: Los
 
 def _peak(graph: Graph, outs: list[Any], loss_fn: LossFn, target: torch.Tensor) -> int:
     """``LossCost.peak_bytes``: one forward and backward of the loss, counted by ``PeakBytes``."""
-    leaves = _leaves(outs)
-    tensors = [t for t in (*outs, *leaves, target) if isinstance(t, torch.Tensor)]
+    tensors = [t for t in (*outs, target) if isinstance(t, torch.Tensor)]
     with PeakBytes(exclude=tensors) as peak:
-        torch.autograd.backward(loss_fn(graph.unflatten_output(leaves), target))
+        torch.autograd.backward(_call(loss_fn, outs, graph, target))
     return int(peak.peak)
 
 
@@ -124,7 +151,7 @@ def estimate_loss(graph: Graph, outs: list[Any], loss_fn: LossFn, target: torch.
 
     def forward() -> None:
         with saved.count():
-            box.append(loss_fn(graph.unflatten_output(_leaves(outs)), target))
+            box.append(_call(loss_fn, outs, graph, target))
 
     f = price(forward, "forward")
     b = price(lambda: torch.autograd.backward(box.pop()), "backward")

@@ -49,7 +49,7 @@ from autopipe.runtime.stage import build_pipeline
 from autopipe.runtime.state_keys import match_state
 from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage_params
 from autopipe.runtime.weights import WeightsSource
-from autopipe.spec import ModelSpec
+from autopipe.spec import ModelSpec, scalar_loss
 
 _NONE, _LOCAL, _SUMMED = "none", "local", "summed"
 
@@ -88,7 +88,7 @@ class Pipe:
 
         def loss_fn(out: Any, target: torch.Tensor) -> torch.Tensor:
             flat = split.rebuild_outputs(out if isinstance(out, (tuple, list)) else (out,))
-            return spec.loss_fn(graph.unflatten_output(flat), target)
+            return scalar_loss(spec.loss_fn(graph.unflatten_output(flat), target))
 
         with failures(f"rank {rank}", "while building the device mesh", timeout_s):
             self.replicas = Replicas(plan, rank, device)
