@@ -166,3 +166,27 @@ def test_queue_lies_between_host_and_device(traced: Traced) -> None:
     for got, dev, host in ((p.forward_s, device.forward_s, calls["forward"] * h200.dispatch_forward_s),
                            (p.backward_s, device.backward_s, calls["backward"] * h200.dispatch_backward_s)):
         assert max(host, dev) * (1 - 1e-9) <= got <= (host + dev) * (1 + 1e-9)
+
+
+def test_runtime_checks_are_skipped_on_meta_and_run_when_measured() -> None:
+    """LLaVA's exported graph checks its image tokens against its image features by value
+    ([Note: runtime checks on meta tensors]): an estimate skips that chain, a measurement
+    runs it, and both price every other node."""
+    from autopipe.trace.graph import checks_only
+    from tests.zoo import llava
+
+    spec = llava()
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    checks = checks_only(graph.gm)
+    targets = {str(n.target) for n in graph.gm.graph.nodes if n.name in checks}
+    assert "aten.item.default" in targets and "aten._assert_scalar.default" in targets
+    assert all(u.name in checks for n in graph.gm.graph.nodes if n.name in checks for u in n.users)
+    target = spec.batch(1)[1]
+    e = estimate(graph, spec.example_inputs, loss_fn=spec.loss_fn, target=target, progress=False)
+    m = measure(graph, spec.example_inputs, loss_fn=spec.loss_fn, target=target, warmup=0,
+                repeats=1, progress=False)
+    for n in e.nodes:
+        if n.name in checks:
+            assert n.forward_s == 0 and n.activation_bytes == 0
+    assert {n.name for n in e.nodes} == {n.name for n in m.nodes}
+    assert sum(n.forward_s for n in e.nodes) > 0 and e.loss is not None

@@ -10,8 +10,10 @@ audio samples.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 import transformers as hf
 from torch import nn
 
@@ -295,6 +297,69 @@ def mobilevit() -> ModelSpec:
                     (3, 32, 32), 5)
 
 
+# --- vision and language ------------------------------------------------------------------------
+
+IMAGE_TOKEN = VOCAB - 1
+"""LLaVA's placeholder token: the image's 16 patch features replace these in the text."""
+
+
+class _Llava(nn.Module):
+    """LLaVA taking (input ids, pixel values) positionally and returning the logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, pixel_values=pixel_values, use_cache=False).logits
+
+
+def llava() -> ModelSpec:
+    """LLaVA: a CLIP vision tower whose patch features, projected, take the place of the image
+    tokens in a Llama's input (a masked scatter), checked against their count at run time
+    (a data-dependent ``item`` in the exported graph)."""
+    vision = dict(model_type="clip_vision_model", image_size=16, patch_size=4, hidden_size=32,
+                  intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
+    cfg = hf.LlavaConfig(vision_config=vision, text_config=dict(_DECODER, model_type="llama"),
+                         image_token_index=IMAGE_TOKEN, vision_feature_layer=-1)
+    model = _seeded(lambda: _Llava(hf.LlavaForConditionalGeneration(cfg)))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        text = torch.randint(0, IMAGE_TOKEN, (n * BATCH, SEQ + 1), generator=g)
+        image = torch.full((n * BATCH, 16), IMAGE_TOKEN)
+        ignored = torch.full((n * BATCH, 16), -100)  # no loss on the image's positions
+        pixels = torch.randn(n * BATCH, 3, 16, 16, generator=g)
+        return (torch.cat([image, text[:, :-1]], 1), pixels), torch.cat([ignored, text[:, 1:]], 1)
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch,
+                     name="llava")
+
+
+def _contrastive(output: Any, target: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric loss: each image's own text among the micro-batch's, and back."""
+    logits = output["logits_per_image"]
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def clip() -> ModelSpec:
+    """CLIP: a text and a vision transformer side by side, joined only by the similarity of
+    their projected embeddings, trained contrastively within each micro-batch."""
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    cfg = hf.CLIPConfig(text_config=dict(tower, vocab_size=VOCAB, max_position_embeddings=SEQ),
+                        vision_config=dict(tower, image_size=16, patch_size=4), projection_dim=16)
+    model = _seeded(lambda: hf.CLIPModel(cfg))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        text = torch.randint(0, VOCAB, (n * BATCH, SEQ), generator=g)
+        pixels = torch.randn(n * BATCH, 3, 16, 16, generator=g)
+        return (text, pixels), torch.arange(BATCH).repeat(n)  # the i-th text goes with the i-th image
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_contrastive, batch=batch,
+                     name="clip")
+
+
 # --- speech -------------------------------------------------------------------------------------
 
 def wav2vec2() -> ModelSpec:
@@ -339,7 +404,7 @@ ZOO: dict[str, Callable[[], ModelSpec]] = {
     "resnet": resnet, "wav2vec2": wav2vec2, "whisper": whisper, "gpt-neox": gpt_neox, "mistral": mistral, "qwen2": qwen2,
     "distilbert": distilbert, "falcon": falcon, "gemma2": gemma2, "bloom": bloom, "deberta": deberta,
     "bart": bart, "swin": swin, "segformer": segformer, "modernbert": modernbert, "funnel": funnel,
-    "mamba": mamba, "jamba": jamba, "mobilevit": mobilevit,
+    "mamba": mamba, "jamba": jamba, "mobilevit": mobilevit, "llava": llava, "clip": clip,
 }
 """Every zoo model by name: a fresh, identically initialised copy per call."""
 

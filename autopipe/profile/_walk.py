@@ -13,7 +13,7 @@ import torch.utils._pytree as pytree
 from autopipe.errors import AutopipeError, ProfileError
 from autopipe.profile._node import NodeCall, Op, prepare
 from autopipe.profile._progress import Progress
-from autopipe.trace.graph import target_name
+from autopipe.trace.graph import checks_only, target_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,8 @@ class NodeWalker(fx.Interpreter):
         self.param_ids = {id(p) for p in gm.parameters()}
         self.costs: dict[str, NodeCost] = {}
         self.output_bytes: dict[str, int] = {}
+        self.skipped = checks_only(gm) if device.type == "meta" else set()
+        """Runtime checks, which read values that meta tensors do not have (not run, no cost)."""
 
     def cost(self, call: NodeCall) -> tuple[Any, NodeCost]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -70,6 +72,11 @@ class NodeWalker(fx.Interpreter):
                 self.costs[n.name] = NodeCost()
                 self.output_bytes[n.name] = tensor_bytes(out) if n.op == "placeholder" else 0
             return out
+        if n.name in self.skipped:
+            self.costs[n.name] = NodeCost()
+            self.output_bytes[n.name] = 0
+            self.progress.step(n.name)
+            return None
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         module = self.fetch_attr(str(n.target)) if n.op == "call_module" else None
         op = self.op_for(n)

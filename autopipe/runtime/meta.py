@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch.func import functional_call
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 from autopipe._torch_pipelining import FakeTensorMode
 from autopipe.errors import PlanError
@@ -38,7 +39,7 @@ def stage_metas(split: Split, inputs: Sequence[torch.Tensor]) -> list[StageMeta]
     Raises:
         PlanError: a stage cannot run on the values its predecessor sends.
     """
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv(), static_shapes=True)
     fakes: dict[int, torch.Tensor] = {}  # tied weights stay tied in the fake copies
 
     def fake(t: torch.Tensor) -> torch.Tensor:

@@ -154,6 +154,33 @@ def target_name(node: fx.Node) -> str:
     return f"{mod}.{name}" if mod else name
 
 
+# [Note: runtime checks on meta tensors]
+#
+# torch.export keeps a model's data-dependent checks as nodes: LLaVA checks that its image
+# tokens match the image features with ``_is_all_true`` → ``item`` → ``sym_ite`` →
+# ``_assert_scalar``. They read values, which meta tensors do not have, and feed nothing
+# but the assertions. An estimate skips them (they cost nothing worth pricing); the
+# runtime's fake-tensor pass (``autopipe.runtime.meta``) runs them on symbolic values;
+# training runs them for real.
+
+_ASSERTIONS = frozenset({"aten._assert_scalar.default", "aten._assert_async.default",
+                         "aten._assert_async.msg", "aten.sym_constrain_range.default",
+                         "aten.sym_constrain_range_for_size.default"})
+
+
+def checks_only(gm: fx.GraphModule) -> set[str]:
+    """Names of the nodes of ``gm`` that only serve runtime assertions: each an assertion,
+    or a computing node whose every user is one of these ([Note: runtime checks on meta
+    tensors])."""
+    found: set[str] = set()
+    for n in reversed(gm.graph.nodes):
+        if n.op != "call_function":
+            continue
+        if target_name(n) in _ASSERTIONS or (n.users and all(u.name in found for u in n.users)):
+            found.add(n.name)
+    return found
+
+
 def _fingerprint(graph: Graph) -> str:
     """Hash op structure, shapes and parameter shapes; independent of node and module names."""
     index = {n.name: i for i, n in enumerate(graph.nodes)}
