@@ -26,8 +26,9 @@ from autopipe import Graph, trace
 from autopipe.plan_format import Plan
 from autopipe.runtime.launch import launch
 from autopipe.runtime.placement import rank_of_stages
-from autopipe.runtime.split import split_graph, written_in_place
+from autopipe.runtime.split import split_graph
 from autopipe.runtime.validate import model_constants
+from autopipe.trace.aliasing import written_in_place
 
 from .conftest import ROOT
 from .runtime_cases import Case, compare_with_one_process, pipeline_backward

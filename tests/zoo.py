@@ -172,6 +172,18 @@ def qwen2_moe() -> ModelSpec:
 
 # --- state space --------------------------------------------------------------------------------
 
+def deepseek_v3() -> ModelSpec:
+    """DeepSeek-V3: multi-head latent attention (queries and keys through low-rank
+    projections, each key's rotary half written in place into an empty buffer) and experts
+    routed within groups, with a shared expert and a first dense layer."""
+    cfg = hf.DeepseekV3Config(**{**_DECODER, "num_hidden_layers": 3, "num_key_value_heads": 4},
+                              moe_intermediate_size=16, n_shared_experts=1, n_routed_experts=4,
+                              num_experts_per_tok=2, first_k_dense_replace=1, n_group=2,
+                              topk_group=1, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8,
+                              qk_nope_head_dim=8, v_head_dim=8)
+    return _tokens(_seeded(lambda: hf.DeepseekV3ForCausalLM(cfg)), "deepseek-v3")
+
+
 def mamba() -> ModelSpec:
     """Mamba: selective state-space layers (a causal depthwise conv, then an input-dependent
     recurrence scanned token by token: no attention, no position embeddings)."""
@@ -405,6 +417,7 @@ ZOO: dict[str, Callable[[], ModelSpec]] = {
     "distilbert": distilbert, "falcon": falcon, "gemma2": gemma2, "bloom": bloom, "deberta": deberta,
     "bart": bart, "swin": swin, "segformer": segformer, "modernbert": modernbert, "funnel": funnel,
     "mamba": mamba, "jamba": jamba, "mobilevit": mobilevit, "llava": llava, "clip": clip,
+    "deepseek-v3": deepseek_v3,
 }
 """Every zoo model by name: a fresh, identically initialised copy per call."""
 

@@ -49,7 +49,7 @@ def sends(problem: Problem, stage_of: Sequence[int]) -> list[list[Send]]:
     order = {n: i for i, n in enumerate(problem.node_order)}
     out: list[list[Send]] = [[] for _ in range(problem.config.num_stages)]
     for v in sorted(problem.values, key=lambda v: order.get(v.node, 0)):
-        if v.bytes == 0 and not v.is_tensor:
+        if (v.bytes == 0 and not v.is_tensor) or v.order_only:
             continue
         last = max(stage_of[d] for d in v.dsts)
         for s in range(stage_of[v.src], last):

@@ -207,6 +207,9 @@ class Value:
     """Reading blocks (other than ``src``), sorted."""
     bytes: int
     is_tensor: bool
+    order_only: bool = False
+    """Nothing is sent: ``src`` must only run no later than ``dsts``, as an in-place write
+    orders them ([Note: in-place writes order the graph] in ``autopipe.trace.aliasing``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -340,6 +343,12 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
             raise PlanError(f"profile edge {src}→{dst} goes against the node order",
                             hint="re-profile the model; nodes must be in topological order")
         readers.setdefault(src, set()).add(index[dst])
+    ordered: dict[str, set[int]] = {}
+    for a, b in profile.order:
+        if index[a] >= index[b]:
+            raise PlanError(f"profile order {a}→{b} goes against the node order",
+                            hint="re-profile the model; nodes must be in topological order")
+        ordered.setdefault(a, set()).add(index[b])
     param_bytes = dict(profile.params)
     for n in profile.nodes:
         for p in (*n.params, *n.shared_params):
@@ -375,6 +384,10 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
             values.append(Value(node=n.name, src=i, dsts=tuple(sorted(dsts)),
                                 bytes=0 if free else n.output_bytes,
                                 is_tensor=n.is_tensor or free))
+        after = ordered.get(n.name, set()) - (dsts or set())
+        if after:
+            values.append(Value(node=n.name, src=i, dsts=tuple(sorted(after)), bytes=0,
+                                is_tensor=True, order_only=True))
     mem = {p: param_memory(b, element_size=esize, optimizer=optimizer, fused=fused)
            for p, b in param_bytes.items()}
     for p, grads in zero_page_grads.items():

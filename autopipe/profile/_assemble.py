@@ -40,6 +40,7 @@ def assemble(
     return Profile(
         device=device, dtype=str(dtype).removeprefix("torch."), microbatch_shape=shapes,
         nodes=tuple(nodes), edges=tuple((s, d, out[s]) for s, d in graph.dag.edges),
+        order=tuple(graph.order),
         graph_fingerprint=graph.fingerprint, method=method, params=params,
         tied=tuple(graph.tied), meta=meta)
 

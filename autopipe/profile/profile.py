@@ -75,6 +75,9 @@ class Profile:
     """Per-node costs, in topological order."""
     edges: tuple[tuple[str, str, int], ...]
     """``(src, dst, bytes)`` data dependencies."""
+    order: tuple[tuple[str, str], ...] = ()
+    """``(a, b)``: ``a`` runs no later than ``b`` because of an in-place write, where no
+    data edge says so (``Graph.order``; [Note: in-place writes order the graph])."""
     graph_fingerprint: str = ""
     """Graph.fingerprint of the traced model."""
     method: str = "measure"
@@ -102,7 +105,7 @@ class Profile:
         if len(set(names)) != len(names):
             raise ProfileError("profile has duplicate node names", hint="re-profile the model")
         known = set(names)
-        for src, dst, _ in self.edges:
+        for src, dst in (*((s, d) for s, d, _ in self.edges), *self.order):
             if src not in known or dst not in known:
                 raise ProfileError(f"edge {src}→{dst} names an unknown node", hint="re-profile the model")
 
@@ -141,6 +144,7 @@ class Profile:
             "nodes": [{**asdict(n), "params": list(n.params), "shared_params": list(n.shared_params)}
                       for n in self.nodes],
             "edges": [list(e) for e in self.edges],
+            **({"order": [list(e) for e in self.order]} if self.order else {}),
             **({"loss": self.loss.to_json()} if self.loss is not None else {}),
             **({"optimizer": {k: list(v) for k, v in self.optimizer.items()}} if self.optimizer else {}),
             **({"runtime": dict(self.runtime)} if self.runtime else {}),
@@ -159,6 +163,7 @@ class Profile:
                 microbatch_shape=[list(s) for s in data["microbatch_shape"]],
                 nodes=nodes,
                 edges=tuple((str(s), str(d), int(b)) for s, d, b in data["edges"]),
+                order=tuple((str(a), str(b)) for a, b in data.get("order", ())),
                 graph_fingerprint=str(data.get("graph_fingerprint", "")),
                 method=str(data.get("method", "measure")),
                 params={str(k): int(v) for k, v in data.get("params", {}).items()},

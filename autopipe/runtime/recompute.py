@@ -43,6 +43,7 @@ import torch.fx as fx
 from torch.utils.checkpoint import checkpoint
 
 from autopipe.errors import PlanError
+from autopipe.trace.aliasing import written_in_place
 
 
 def _call_module(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -119,8 +120,6 @@ def checkpoint_groups(gm: fx.GraphModule, groups: Sequence[Sequence[fx.Node]], *
     Raises:
         PlanError: a group writes a value made outside it in place.
     """
-    from autopipe.runtime.split import written_in_place
-
     graph = gm.graph
     buffers = {name for name, _ in gm.named_buffers()}
     for k, group in enumerate(groups):

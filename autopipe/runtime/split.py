@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +13,7 @@ from autopipe.errors import PlanError, PlanMismatchError
 from autopipe.plan_format import Plan
 from autopipe.runtime.placement import schedule_kind
 from autopipe.runtime.recompute import checkpoint_groups
+from autopipe.trace.aliasing import written_in_place
 from autopipe.trace.graph import Graph
 
 # [Note: pass-through of skip values]
@@ -52,15 +52,6 @@ from autopipe.trace.graph import Graph
 # which clones it; and a stage that passes it on sends the written copy, as a later
 # reader of the value in the whole graph would see it written.
 
-_VIEW_METHODS = frozenset({
-    "view", "view_as", "reshape", "reshape_as", "transpose", "permute", "t", "unsqueeze",
-    "squeeze", "expand", "expand_as", "narrow", "select", "flatten", "unflatten", "as_strided",
-    "chunk", "split", "unbind", "contiguous", "detach", "__getitem__", "movedim", "swapaxes",
-    "diagonal", "unfold", "split_with_sizes", "tensor_split", "real", "imag",
-})
-"""Methods whose result may share its storage with the tensor they are called on."""
-
-
 class _ContiguousGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, copy: bool) -> torch.Tensor:
@@ -85,51 +76,6 @@ def contiguous_grad_copy(x: torch.Tensor) -> torch.Tensor:
     if not x.requires_grad:
         return x
     out: torch.Tensor = _ContiguousGrad.apply(x, True)  # type: ignore[no-untyped-call]
-    return out
-
-
-def _aliased_args(root: fx.GraphModule, n: fx.Node) -> tuple[list[fx.Node], list[fx.Node]]:
-    """(the arguments ``n`` writes in place, the arguments its output may be a view of)."""
-    target = n.target
-    if n.op == "call_function" and isinstance(target, torch._ops.OpOverload):
-        schema = target._schema
-        written: list[fx.Node] = []
-        viewed: list[fx.Node] = []
-        returns: set[str] = set()
-        for r in schema.returns:
-            if r.alias_info is not None:
-                returns |= set(r.alias_info.before_set)
-        for i, a in enumerate(schema.arguments):
-            if a.alias_info is None:
-                continue
-            value = n.args[i] if i < len(n.args) and not a.kwarg_only else n.kwargs.get(a.name)
-            values = value if isinstance(value, (list, tuple)) else [value]
-            nodes = [v for v in values if isinstance(v, fx.Node)]
-            if a.alias_info.is_write:
-                written += nodes
-            if set(a.alias_info.before_set) & returns:
-                viewed += nodes
-        return written, viewed
-    first = [n.args[0]] if n.args and isinstance(n.args[0], fx.Node) else []
-    name = str(target) if n.op == "call_method" else getattr(target, "__name__", "")
-    in_place = (name.endswith("_") and not name.endswith("__")) or n.kwargs.get("inplace") is True \
-        or target is operator.setitem
-    if n.op == "call_module":
-        in_place = getattr(root.get_submodule(str(target)), "inplace", False) is True
-    viewed = first if in_place or name in _VIEW_METHODS or target is operator.getitem else []
-    return (first if in_place else []), viewed
-
-
-def written_in_place(root: fx.GraphModule, body: Sequence[fx.Node], names: Sequence[str]) -> set[str]:
-    """Which of the values ``names`` the nodes ``body`` write in place, directly or through views."""
-    alias: dict[str, str] = {name: name for name in names}
-    out: set[str] = set()
-    for n in body:
-        written, viewed = _aliased_args(root, n)
-        out.update(alias[a.name] for a in written if a.name in alias)
-        for a in viewed:
-            if a.name in alias:
-                alias[n.name] = alias[a.name]
     return out
 
 
@@ -179,8 +125,10 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
 
     Raises:
         PlanMismatchError: the plan names nodes the graph does not have, or misses some.
-        PlanError: a stage reads a value from a later stage, a non-tensor value crosses a
-            cut, or the graph's output is not in the last stage.
+        PlanError: a stage reads a value from a later stage, runs a node before an in-place
+            write in a later stage that it must follow ([Note: in-place writes order the
+            graph]), a non-tensor value crosses a cut, or the graph's output is not in the
+            last stage.
     """
     constants = dict(constants or {})
     stage_of = _stage_of(graph, plan)
@@ -205,6 +153,13 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
                     f"node {n.name!r} in stage {stage_of[n.name]} reads {a.name!r} from the later "
                     f"stage {made[a.name]}", hint="stages must follow the data flow; regenerate the plan")
             needed_until[a.name] = max(needed_until.get(a.name, 0), stage_of[n.name])
+    for first, then in graph.order:  # [Note: in-place writes order the graph]
+        if stage_of[first] > stage_of[then]:
+            raise PlanError(
+                f"node {then!r} in stage {stage_of[then]} must run after {first!r} in the later "
+                f"stage {stage_of[first]}: one of them writes in place a tensor the other reads",
+                hint="plan it again with this autopipe (plans and profiles made before it did "
+                     "not keep this order); a profile given with --profile must be made again too")
 
     infos = graph.by_name
     placeholders = [n for n in fx_nodes if n.op == "placeholder"]

@@ -13,6 +13,8 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
+from autopipe.trace.aliasing import in_place_order
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeInfo:
@@ -95,6 +97,11 @@ class Graph:
         for n in self.nodes:
             for src in n.inputs:
                 self.dag.add_edge(src, n.name, bytes=self.by_name[src].output_bytes)
+        tensors = {n.name for n in self.nodes if n.is_tensor}
+        self.order = [(a, b) for a, b in in_place_order(gm, tensors)
+                      if a in self.by_name and b in self.by_name]
+        """Pairs ``(a, b)``: ``a`` runs no later than ``b`` because of an in-place write,
+        beyond the data edges ([Note: in-place writes order the graph])."""
         self.fingerprint = _fingerprint(self)
 
     def __len__(self) -> int:

@@ -1,0 +1,115 @@
+"""Which fx nodes write their arguments in place, which return views of them, and the order
+that this imposes beyond the data edges."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence, Set
+
+import torch
+import torch.fx as fx
+
+_VIEW_METHODS = frozenset({
+    "view", "view_as", "reshape", "reshape_as", "transpose", "permute", "t", "unsqueeze",
+    "squeeze", "expand", "expand_as", "narrow", "select", "flatten", "unflatten", "as_strided",
+    "chunk", "split", "unbind", "contiguous", "detach", "__getitem__", "movedim", "swapaxes",
+    "diagonal", "unfold", "split_with_sizes", "tensor_split", "real", "imag",
+})
+"""Methods whose result may share its storage with the tensor they are called on."""
+
+
+def aliased_args(root: fx.GraphModule, n: fx.Node) -> tuple[list[fx.Node], list[fx.Node]]:
+    """(the arguments ``n`` writes in place, the arguments its output may be a view of)."""
+    target = n.target
+    if n.op == "call_function" and isinstance(target, torch._ops.OpOverload):
+        schema = target._schema
+        written: list[fx.Node] = []
+        viewed: list[fx.Node] = []
+        returns: set[str] = set()
+        for r in schema.returns:
+            if r.alias_info is not None:
+                returns |= set(r.alias_info.before_set)
+        for i, a in enumerate(schema.arguments):
+            if a.alias_info is None:
+                continue
+            value = n.args[i] if i < len(n.args) and not a.kwarg_only else n.kwargs.get(a.name)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            nodes = [v for v in values if isinstance(v, fx.Node)]
+            if a.alias_info.is_write:
+                written += nodes
+            if set(a.alias_info.before_set) & returns:
+                viewed += nodes
+        return written, viewed
+    first = [n.args[0]] if n.args and isinstance(n.args[0], fx.Node) else []
+    name = str(target) if n.op == "call_method" else getattr(target, "__name__", "")
+    in_place = (name.endswith("_") and not name.endswith("__")) or n.kwargs.get("inplace") is True \
+        or target is operator.setitem
+    if n.op == "call_module":
+        in_place = getattr(root.get_submodule(str(target)), "inplace", False) is True
+    viewed = first if in_place or name in _VIEW_METHODS or target is operator.getitem else []
+    return (first if in_place else []), viewed
+
+
+def written_in_place(root: fx.GraphModule, body: Sequence[fx.Node], names: Sequence[str]) -> set[str]:
+    """Which of the values ``names`` the nodes ``body`` write in place, directly or through views."""
+    alias: dict[str, str] = {name: name for name in names}
+    out: set[str] = set()
+    for n in body:
+        written, viewed = aliased_args(root, n)
+        out.update(alias[a.name] for a in written if a.name in alias)
+        for a in viewed:
+            if a.name in alias:
+                alias[n.name] = alias[a.name]
+    return out
+
+
+
+# [Note: in-place writes order the graph]
+#
+# A node that writes a tensor in place changes what every later reader of that tensor,
+# or of any view of its storage, sees; and no earlier reader may see the write. The data
+# edges do not say so. DeepSeek-V3's attention, exported, makes its keys with new_empty,
+# writes both halves with copy_ into slices of it, and hands the new_empty node itself to
+# the attention: nothing joins the copy_ nodes to the attention, so a cut of the graph
+# could run the attention in stage 0 and one copy_ in stage 1, over memory never written
+# (NaN losses). ``in_place_order`` gives these orders as extra edges: the last write of
+# a storage before each later reader, and every reader since that write before the next
+# write. The planner keeps them like data edges that carry nothing
+# (``autopipe.partition.problem.Value.order_only``), and the runtime refuses a plan that
+# breaks one.
+
+
+def in_place_order(gm: fx.GraphModule, tensors: Set[str]) -> list[tuple[str, str]]:
+    """Pairs ``(a, b)`` of nodes where ``a`` must run no later than ``b`` because of an
+    in-place write and are not already joined by a data edge ([Note: in-place writes order
+    the graph]); in node order, ``a`` before ``b``. ``tensors``: the nodes whose value is
+    one tensor (an item of any other value, topk's values say, is a storage of its own
+    unless the node made views).
+    """
+    root: dict[str, str] = {}  # node → the node whose storage its value views
+    last_write: dict[str, str] = {}
+    readers: dict[str, list[str]] = {}  # storage → its readers since its last write
+    edges: dict[tuple[str, str], None] = {}
+    for n in gm.graph.nodes:
+        if n.op in ("placeholder", "get_attr"):
+            continue
+        inputs = {a.name for a in n.all_input_nodes}
+        read = {root.get(a, a) for a in inputs}
+        written, viewed = aliased_args(gm, n)
+        for r in sorted(read):
+            w = last_write.get(r)
+            if w is not None and w != n.name and w not in inputs:
+                edges[(w, n.name)] = None
+        for r in sorted({root.get(a.name, a.name) for a in written}):
+            for reader in readers.get(r, []):
+                if reader != n.name and reader not in inputs:
+                    edges[(reader, n.name)] = None
+            last_write[r] = n.name
+            readers[r] = []
+        for r in read:
+            readers.setdefault(r, []).append(n.name)
+        source = viewed[0].name if viewed else None
+        if source is not None and (n.target is not operator.getitem or source in tensors
+                                   or source in root):
+            root[n.name] = root.get(source, source)
+    return list(edges)

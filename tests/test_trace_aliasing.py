@@ -1,0 +1,99 @@
+"""Tests for autopipe/trace/aliasing.py: the order that in-place writes add to the data edges,
+kept by the planner and checked by the runtime ([Note: in-place writes order the graph])."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import autopipe
+from autopipe.errors import PlanError
+from autopipe.partition.assemble import sends
+from autopipe.partition.brute import partitions
+from autopipe.partition.problem import Config, from_profile
+from autopipe.plan_format import Device
+from autopipe.profile import estimate
+from autopipe.profile.profile import Profile
+from autopipe.runtime.split import split_graph
+
+from .runtime_plans import plan_from_cuts
+
+
+class Halves(nn.Module):
+    """DeepSeek-V3's key pattern: an empty buffer, both halves written in place, then read
+    through the buffer itself (no data edge from the writes to the reader)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left = nn.Linear(8, 8)
+        self.right = nn.Linear(8, 8)
+        self.mix = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        buf = x.new_empty(x.shape[0], 16)
+        buf[:, :8] = self.left(x)
+        buf[:, 8:] = self.right(x)
+        return self.head(torch.relu(self.mix(buf)))
+
+
+def _graph() -> autopipe.Graph:
+    torch.manual_seed(0)
+    return autopipe.trace(Halves(), (torch.randn(4, 8),))
+
+
+def _writes(graph: autopipe.Graph) -> list[str]:
+    """The two writes into the buffer (``copy_`` into a slice, as exported)."""
+    return [n.name for n in graph.nodes if n.target in ("aten.copy_.default", "operator.setitem")]
+
+
+def test_writes_are_ordered_before_the_later_readers_of_their_storage() -> None:
+    graph = _graph()
+    index = {n.name: i for i, n in enumerate(graph.nodes)}
+    writes = _writes(graph)
+    reader = next(n.name for n in graph.nodes if n.module == "mix")
+    assert len(writes) == 2 and set(graph.order) >= {(writes[0], writes[1]), (writes[1], reader)}
+    assert all(index[a] < index[b] for a, b in graph.order)
+    data = set(graph.dag.edges)
+    assert not data & set(graph.order)  # only what the data edges leave out
+    assert all((w, reader) not in data for w in writes)
+
+
+def test_the_planner_keeps_the_order_and_sends_nothing_for_it() -> None:
+    graph = _graph()
+    profile = estimate(graph, (torch.randn(4, 8),), progress=False)
+    assert profile.order == tuple(graph.order)
+    assert Profile.from_json(profile.to_json()).order == profile.order
+    config = Config(num_stages=2, microbatches=2, schedule="1f1b", link_bandwidth=1e9,
+                    devices=(Device(name="cpu", memory=2**30), Device(name="cpu", memory=2**30)))
+    problem = from_profile(profile, config)
+    block = {n: i for i, b in enumerate(problem.blocks) for n in b.nodes}
+    broken = lambda stage_of: any(stage_of[block[a]] > stage_of[block[b]]  # noqa: E731
+                                  for a, b in graph.order)
+    assert not any(broken(s) for s in partitions(problem))
+    # without it, a valid cut runs the reader in stage 0 and a write in stage 1
+    unordered = from_profile(dataclasses.replace(profile, order=()), config)
+    assert any(broken(s) for s in partitions(unordered))
+    for stage_of in partitions(problem):
+        assert all(s.bytes > 0 or s.tensor not in {a for a, _ in graph.order}
+                   for stage in sends(problem, stage_of) for s in stage)
+    plan = autopipe.plan(Halves(), (torch.randn(4, 8),), num_stages=2, microbatches=2,
+                         profile="estimate")
+    stage_of = plan.stage_of
+    assert all(stage_of[a] <= stage_of[b] for a, b in graph.order)
+
+
+def test_a_plan_that_breaks_the_order_is_refused() -> None:
+    graph = _graph()
+    writes = _writes(graph)
+    reader = next(n.name for n in graph.nodes if n.module == "mix")
+    plan = plan_from_cuts(graph, [[n.name for n in graph.nodes].index(reader)])
+    first, second = plan.stages
+    assert writes[1] in first.nodes
+    moved = (dataclasses.replace(first, nodes=tuple(n for n in first.nodes if n != writes[1])),
+             dataclasses.replace(second, nodes=(writes[1], *second.nodes)))
+    with pytest.raises(PlanError, match=f"must run after {writes[1]!r} in the later stage 1"):
+        split_graph(graph, dataclasses.replace(plan, stages=moved))
