@@ -53,7 +53,7 @@ def regroup(problem: Problem, groups: Sequence[Sequence[int]]) -> Problem:
         src = group_of[v.src]
         dsts = tuple(sorted({group_of[d] for d in v.dsts} - {src}))
         if dsts:
-            values.append(Value(node=v.node, src=src, dsts=dsts, bytes=v.bytes, is_tensor=v.is_tensor))
+            values.append(replace(v, src=src, dsts=dsts))
     return replace(problem, blocks=tuple(blocks), values=tuple(values))
 
 
