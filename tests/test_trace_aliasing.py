@@ -13,6 +13,7 @@ import autopipe
 from autopipe.errors import PlanError
 from autopipe.partition.assemble import sends
 from autopipe.partition.brute import partitions
+from autopipe.partition.coarsen import coarsen
 from autopipe.partition.problem import Config, from_profile
 from autopipe.plan_format import Device
 from autopipe.profile import estimate
@@ -77,6 +78,9 @@ def test_the_planner_keeps_the_order_and_sends_nothing_for_it() -> None:
     # without it, a valid cut runs the reader in stage 0 and a write in stage 1
     unordered = from_profile(dataclasses.replace(profile, order=()), config)
     assert any(broken(s) for s in partitions(unordered))
+    coarse = coarsen(problem, 4)  # merged blocks keep what is only an order
+    assert coarse.size == 4 and any(v.order_only for v in coarse.values)
+    assert all(v.bytes == 0 for v in coarse.values if v.order_only)
     for stage_of in partitions(problem):
         assert all(s.bytes > 0 or s.tensor not in {a for a, _ in graph.order}
                    for stage in sends(problem, stage_of) for s in stage)
