@@ -63,7 +63,6 @@ def written_in_place(root: fx.GraphModule, body: Sequence[fx.Node], names: Seque
     return out
 
 
-
 # [Note: in-place writes order the graph]
 #
 # A node that writes a tensor in place changes what every later reader of that tensor,
