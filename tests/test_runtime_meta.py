@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from autopipe.runtime.meta import stage_metas
@@ -36,3 +37,40 @@ def test_metas_leave_batch_norm_state_alone() -> None:
     stage_metas(split, graph.flat_inputs(spec.example_inputs))
     for k, v in graph.gm.named_buffers():
         assert torch.equal(v, before[k]), k
+
+
+class _Asserting(torch.nn.Module):
+    """A check by value in its forward, kept by symbolic_trace as a ``torch._assert`` node."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(8, 8)
+        self.b = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        torch._assert((h.abs() < 1e6).all(), "activations blew up")
+        return self.b(h)
+
+
+def test_metas_and_estimates_pass_over_checks_by_value() -> None:
+    """Fake and meta tensors have no values to check ([Note: runtime checks on meta
+    tensors]): at every cut, even one between the condition and its check, the stages get
+    their shapes, and the estimate prices the model; a real run still checks."""
+    import autopipe
+    from autopipe.profile import estimate
+    from autopipe.trace.graph import checks_only
+
+    from .runtime_plans import plan_from_cuts, valid_cuts
+
+    x = torch.randn(4, 8)
+    graph = autopipe.trace(_Asserting(), (x,))
+    assert graph.frontend == "fx" and "_assert" in checks_only(graph.gm)
+    for cut in valid_cuts(graph):
+        split = split_graph(graph, plan_from_cuts(graph, [cut]))
+        assert [tuple(t.shape) for t in stage_metas(split, [x])[-1].outputs] == [(4, 2)]
+    assert estimate(graph, (x,), progress=False).nodes
+    with torch.no_grad():
+        graph.gm.a.weight.fill_(1e9)
+    with pytest.raises(AssertionError, match="activations blew up"):
+        graph.gm(x)

@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.fx as fx
+from torch import nn
 from torch.func import functional_call
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 from autopipe._torch_pipelining import FakeTensorMode
 from autopipe.errors import PlanError
 from autopipe.runtime.split import Split
+from autopipe.trace.graph import checks_only
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +61,8 @@ def stage_metas(split: Split, inputs: Sequence[torch.Tensor]) -> list[StageMeta]
         values = tuple(_leaf(v) for v in values)
         try:
             with mode:
-                result = functional_call(st.module, state, values, tie_weights=False, strict=False)
+                result = functional_call(_Unchecked(st.module), {f"gm.{k}": v for k, v in state.items()},
+                                         values, tie_weights=False, strict=False)
         except Exception as e:
             raise PlanError(f"stage {st.index} fails on its inputs: {type(e).__name__}: {e}",
                             hint="the plan or the model is inconsistent; regenerate the plan") from e
@@ -67,6 +71,26 @@ def stage_metas(split: Split, inputs: Sequence[torch.Tensor]) -> list[StageMeta]
                              outputs=tuple(_meta(v) for v in outs)))
         values = outs
     return out
+
+
+class _Unchecked(nn.Module):
+    """Runs a stage but for its runtime checks ([Note: runtime checks on meta tensors]):
+    torch.export's assertions could run on symbolic values, but a ``torch._assert`` that
+    symbolic_trace keeps branches on its condition, which a fake tensor cannot decide."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__()
+        self.gm = gm
+        self.skip = checks_only(gm)
+
+    def forward(self, *args: Any) -> Any:
+        skip = self.skip
+
+        class Run(fx.Interpreter):
+            def run_node(self, n: fx.Node) -> Any:
+                return None if n.name in skip else super().run_node(n)
+
+        return Run(self.gm).run(*args)
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:

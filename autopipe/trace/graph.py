@@ -165,14 +165,15 @@ def target_name(node: fx.Node) -> str:
 #
 # torch.export keeps a model's data-dependent checks as nodes: LLaVA checks that its image
 # tokens match the image features with ``_is_all_true`` → ``item`` → ``sym_ite`` →
-# ``_assert_scalar``. They read values, which meta tensors do not have, and feed nothing
+# ``_assert_scalar``; symbolic_trace keeps a ``torch._assert``. They read values, which
+# meta tensors do not have, and feed nothing
 # but the assertions. An estimate skips them (they cost nothing worth pricing); the
 # runtime's fake-tensor pass (``autopipe.runtime.meta``) runs them on symbolic values;
 # training runs them for real.
 
 _ASSERTIONS = frozenset({"aten._assert_scalar.default", "aten._assert_async.default",
                          "aten._assert_async.msg", "aten.sym_constrain_range.default",
-                         "aten.sym_constrain_range_for_size.default"})
+                         "aten.sym_constrain_range_for_size.default", "torch._assert"})
 
 
 def checks_only(gm: fx.GraphModule) -> set[str]:
@@ -181,7 +182,7 @@ def checks_only(gm: fx.GraphModule) -> set[str]:
     tensors])."""
     found: set[str] = set()
     for n in reversed(gm.graph.nodes):
-        if n.op != "call_function":
+        if n.op not in ("call_function", "call_method"):
             continue
         if target_name(n) in _ASSERTIONS or (n.users and all(u.name in found for u in n.users)):
             found.add(n.name)
