@@ -166,10 +166,9 @@ def target_name(node: fx.Node) -> str:
 # torch.export keeps a model's data-dependent checks as nodes: LLaVA checks that its image
 # tokens match the image features with ``_is_all_true`` → ``item`` → ``sym_ite`` →
 # ``_assert_scalar``; symbolic_trace keeps a ``torch._assert``. They read values, which
-# meta tensors do not have, and feed nothing
-# but the assertions. An estimate skips them (they cost nothing worth pricing); the
-# runtime's fake-tensor pass (``autopipe.runtime.meta``) runs them on symbolic values;
-# training runs them for real.
+# meta and fake tensors do not have, and feed nothing but the assertions. An estimate and
+# the runtime's fake-tensor pass (``autopipe.runtime.meta``) skip them (they cost nothing
+# worth pricing, and shape nothing); training runs them for real.
 
 _ASSERTIONS = frozenset({"aten._assert_scalar.default", "aten._assert_async.default",
                          "aten._assert_async.msg", "aten.sym_constrain_range.default",
