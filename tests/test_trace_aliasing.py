@@ -20,7 +20,8 @@ from autopipe.profile import estimate
 from autopipe.profile.profile import Profile
 from autopipe.runtime.split import split_graph
 
-from .runtime_plans import plan_from_cuts
+from .runtime_cases import pipeline_backward
+from .runtime_plans import plan_from_cuts, valid_cuts
 
 
 class Halves(nn.Module):
@@ -101,3 +102,30 @@ def test_a_plan_that_breaks_the_order_is_refused() -> None:
              dataclasses.replace(second, nodes=(writes[1], *second.nodes)))
     with pytest.raises(PlanError, match=f"must run after {writes[1]!r} in the later stage 1"):
         split_graph(graph, dataclasses.replace(plan, stages=moved))
+
+
+@pytest.mark.parametrize("split_backward", [False, True])
+def test_a_buffer_and_its_slice_sent_together_stay_one_storage(split_backward: bool) -> None:
+    """Cut between the buffer's slice and the write into it: the next stage receives the
+    buffer alone and slices it again, so the write lands in what the reader reads, forward
+    and backward, at every cut ([Note: aliases received together] in runtime/split.py)."""
+    graph = _graph()
+    x = torch.randn(4, 8)
+    params = list(graph.gm.parameters())
+    expected = graph.gm(x)[0].square().mean()
+    grads = torch.autograd.grad(expected, params)
+    names = [n.name for n in graph.nodes]
+    first_slice = next(n.name for n in graph.nodes if n.target == "aten.slice.Tensor")
+    for cut in valid_cuts(graph):
+        plan = (plan_from_cuts(graph, [cut], schedule="zb-h1", ranks=[0, 1]) if split_backward
+                else plan_from_cuts(graph, [cut]))
+        split = split_graph(graph, plan)
+        if names[cut] == first_slice:
+            assert "new_empty" in split.stages[1].inputs and first_slice not in split.stages[1].inputs
+        for p in params:
+            p.grad = None
+        loss = pipeline_backward(split, [x], lambda outs: outs[0].square().mean(),
+                                 split_backward=split_backward)
+        torch.testing.assert_close(loss, expected, msg=f"cut after {names[cut]}")
+        for p, g in zip(params, grads):
+            torch.testing.assert_close(p.grad, g, msg=f"cut after {names[cut]}")

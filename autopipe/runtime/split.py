@@ -13,7 +13,7 @@ from autopipe.errors import PlanError, PlanMismatchError
 from autopipe.plan_format import Plan
 from autopipe.runtime.placement import schedule_kind
 from autopipe.runtime.recompute import checkpoint_groups
-from autopipe.trace.aliasing import written_in_place
+from autopipe.trace.aliasing import storage_of, view_sources, written_in_place, written_storages
 from autopipe.trace.graph import Graph
 
 # [Note: pass-through of skip values]
@@ -72,9 +72,11 @@ def contiguous_grad(x: torch.Tensor) -> torch.Tensor:
 
 def contiguous_grad_copy(x: torch.Tensor) -> torch.Tensor:
     """A copy of ``x`` that the stage may write in place, whose gradient is made contiguous
-    (see [Note: received values written in place])."""
+    (see [Note: received values written in place]). A value received without a gradient
+    is copied too: written with values that have one, the receive buffer itself would
+    join the graph and be asked for a gradient its sender never sends."""
     if not x.requires_grad:
-        return x
+        return x.clone()
     out: torch.Tensor = _ContiguousGrad.apply(x, True)  # type: ignore[no-untyped-call]
     return out
 
@@ -185,6 +187,8 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
                             hint="every stage must depend on the one before it; regenerate the plan")
         live.append(crossing)
 
+    derived = _derived_views(graph, stage_of, fx_nodes, live)
+
     flat_out = list(out_node.args[0]) if isinstance(out_node.args[0], (tuple, list)) else [out_node.args[0]]
     template = tuple(None if isinstance(v, fx.Node) else v for v in flat_out)
     for v in flat_out:
@@ -201,12 +205,55 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
         floats = {v for v in ins if s > 0 and _is_float(infos[v].dtype)}
         gm = _stage_graph_module(graph.gm, s, ins, body, outs, constants if s == 0 else {},
                                  sends=s != last, copy=copy, grad_inputs=floats,
-                                 recompute=plan.stages[s].recompute)
+                                 recompute=plan.stages[s].recompute,
+                                 derived=derived[s - 1] if s > 0 else ())
         made_here = {n.name for n in body}
         passthrough = tuple(v for v in outs if v in ins and v not in made_here)
         stages.append(StageModule(index=s, module=gm, inputs=tuple(ins), outputs=tuple(outs),
                                   passthrough=passthrough))
     return Split(stages=tuple(stages), output_template=template)
+
+
+# [Note: aliases received together]
+#
+# Values that cross a cut arrive as tensors of their own, so two that share a storage on
+# the sending side (DeepSeek-V3's key buffer from new_empty and the slice of it that a
+# copy_ fills) no longer share it on the receiving side: a write through one is not seen
+# through the other. Where a later stage writes such a storage in place and one crossing
+# value views another through nothing but view operations, only the viewed one is sent,
+# and the receiving stage makes the view again from it (the view nodes run in both
+# stages; they cost nothing). Its gradient then reaches the sent value through the view.
+
+
+def _derived_views(graph: Graph, stage_of: Mapping[str, int], fx_nodes: Sequence[fx.Node],
+                   live: list[list[str]]) -> list[list[fx.Node]]:
+    """Per cut b, the view nodes stage b + 1 makes again instead of receiving their values,
+    in graph order; drops those values from ``live[b]`` ([Note: aliases received together])."""
+    views = view_sources(graph.gm, {n.name for n in graph.nodes if n.is_tensor})
+    written: dict[int, set[str]] = {}
+    for n in fx_nodes:
+        if n.op not in ("placeholder", "output"):
+            written.setdefault(stage_of[n.name], set()).update(written_storages(graph.gm, [n], views))
+    nodes = {n.name: n for n in fx_nodes}
+    out: list[list[fx.Node]] = []
+    for b, crossing in enumerate(live):
+        later = set().union(*(w for s, w in written.items() if s > b))
+        sent = set(crossing)
+        chains: dict[str, list[fx.Node]] = {}
+        for v in crossing:
+            if storage_of(v, views) not in later:
+                continue
+            chain, x = [nodes[v]], views.get(v)
+            while x is not None and x.name not in sent:
+                chain.append(x)
+                x = views.get(x.name)
+            viewed_only = all(len(c.all_input_nodes) == 1 for c in chain)
+            if x is not None and viewed_only:
+                chains[v] = chain
+        live[b] = [v for v in crossing if v not in chains]
+        order = {n.name: i for i, n in enumerate(fx_nodes)}
+        out.append(sorted({c for chain in chains.values() for c in chain}, key=lambda c: order[c.name]))
+    return out
 
 
 def _is_float(dtype: str | None) -> bool:
@@ -243,20 +290,22 @@ def _stage_graph_module(
     copy: bool,
     grad_inputs: set[str],
     recompute: Sequence[Sequence[str]] = (),
+    derived: Sequence[fx.Node] = (),
 ) -> fx.GraphModule:
     """A GraphModule that takes ``inputs``, runs ``body`` and returns ``outputs`` as a tuple.
 
     ``sends``: the outputs go to another stage (made sendable; pass-through inputs are
     returned as received unless ``copy``); ``copy``: every sent output is a fresh tensor.
     ``recompute``: groups of node names that run under checkpointing ([Note: recomputed
-    regions] in ``autopipe.runtime.recompute``).
+    regions] in ``autopipe.runtime.recompute``). ``derived``: view nodes made again from the
+    inputs before ``body`` ([Note: aliases received together]).
     """
     g = fx.Graph()
     env: dict[str, Any] = dict(constants)
     received: dict[str, fx.Node] = {}
     for name in inputs:
         received[name] = env[name] = g.placeholder(name)
-    written = written_in_place(root, body, inputs) if index > 0 else set()
+    written = written_in_place(root, [*derived, *body], inputs) if index > 0 else set()
     for name in inputs:
         if name in grad_inputs:
             enter = contiguous_grad_copy if name in written else contiguous_grad
@@ -267,7 +316,7 @@ def _stage_graph_module(
             env[n.name] = g.get_attr(str(n.target))
         return env[n.name]
 
-    for n in body:
+    for n in (*derived, *body):
         env[n.name] = g.node_copy(n, value)
     results: list[Any] = []
     for name in outputs:

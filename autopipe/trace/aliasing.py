@@ -63,6 +63,39 @@ def written_in_place(root: fx.GraphModule, body: Sequence[fx.Node], names: Seque
     return out
 
 
+def view_sources(gm: fx.GraphModule, tensors: Set[str]) -> dict[str, fx.Node]:
+    """Node name → the node whose storage it views, for every node that only makes a view
+    (writes nothing in place); ``tensors`` as in ``in_place_order``."""
+    out: dict[str, fx.Node] = {}
+    for n in gm.graph.nodes:
+        if n.op not in ("call_function", "call_method"):
+            continue
+        written, viewed = aliased_args(gm, n)
+        if written or not viewed:
+            continue
+        source = viewed[0]
+        if n.target is not operator.getitem or source.name in tensors or source.name in out:
+            out[n.name] = source
+    return out
+
+
+def written_storages(gm: fx.GraphModule, body: Sequence[fx.Node],
+                     views: dict[str, fx.Node]) -> set[str]:
+    """The storages (named by the node that made them) that ``body`` writes in place."""
+    out: set[str] = set()
+    for n in body:
+        for a in aliased_args(gm, n)[0]:
+            out.add(storage_of(a.name, views))
+    return out
+
+
+def storage_of(name: str, views: dict[str, fx.Node]) -> str:
+    """The node that made the storage ``name`` views (``name`` itself if no view)."""
+    while name in views:
+        name = views[name].name
+    return name
+
+
 # [Note: in-place writes order the graph]
 #
 # A node that writes a tensor in place changes what every later reader of that tensor,
