@@ -235,6 +235,7 @@ def _derived_views(graph: Graph, stage_of: Mapping[str, int], fx_nodes: Sequence
         if n.op not in ("placeholder", "output"):
             written.setdefault(stage_of[n.name], set()).update(written_storages(graph.gm, [n], views))
     nodes = {n.name: n for n in fx_nodes}
+    order = {n.name: i for i, n in enumerate(fx_nodes)}
     out: list[list[fx.Node]] = []
     for b, crossing in enumerate(live):
         later = set().union(*(w for s, w in written.items() if s > b))
@@ -251,7 +252,6 @@ def _derived_views(graph: Graph, stage_of: Mapping[str, int], fx_nodes: Sequence
             if x is not None and viewed_only:
                 chains[v] = chain
         live[b] = [v for v in crossing if v not in chains]
-        order = {n.name: i for i, n in enumerate(fx_nodes)}
         out.append(sorted({c for chain in chains.values() for c in chain}, key=lambda c: order[c.name]))
     return out
 
