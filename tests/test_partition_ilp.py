@@ -81,7 +81,9 @@ def test_ilp_equals_brute_force(case: Case, warm: bool) -> None:
     assert close(ev.objective_s, exact[0])
     assert res.lower_bound_s <= res.objective_s * (1 + 1e-9)
     if not math.isnan(res.model_objective_s):
-        assert close(res.model_objective_s, res.objective_s)
+        # the MIP's own value of its answer, within HiGHS's feasibility tolerances (one
+        # drawn case read 3.99998 for a step of 3.99999)
+        assert close(res.model_objective_s, res.objective_s, rel=1e-5)
     for other in (dp, baselines.uniform(problem), baselines.params(problem)):
         if other is not None and evaluate(problem, other).fits:
             # within the MIP solver's own tolerances (about 1e-6 relative)
