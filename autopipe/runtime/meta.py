@@ -81,16 +81,20 @@ class _Unchecked(nn.Module):
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__()
         self.gm = gm
-        self.skip = checks_only(gm)
 
     def forward(self, *args: Any) -> Any:
-        skip = self.skip
+        return _Skipping(self.gm, checks_only(self.gm)).run(*args)
 
-        class Run(fx.Interpreter):
-            def run_node(self, n: fx.Node) -> Any:
-                return None if n.name in skip else super().run_node(n)
 
-        return Run(self.gm).run(*args)
+class _Skipping(fx.Interpreter):
+    """Runs a GraphModule node by node, but for the nodes named in ``skip`` (they give None)."""
+
+    def __init__(self, gm: fx.GraphModule, skip: set[str]) -> None:
+        super().__init__(gm)
+        self.skip = skip
+
+    def run_node(self, n: fx.Node) -> Any:
+        return None if n.name in self.skip else super().run_node(n)
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,18 @@ def written_in_place(root: fx.GraphModule, body: Sequence[fx.Node], names: Seque
     return out
 
 
+def _source(n: fx.Node, viewed: Sequence[fx.Node], tensors: Set[str], views: Set[str]) -> fx.Node | None:
+    """The node whose storage ``n``'s value shares, given the arguments it may view, or None.
+    An item of a value that is not one tensor (topk's values, say) is a storage of its own,
+    unless that value is itself made of views (``views``: the nodes known to be views)."""
+    if not viewed:
+        return None
+    source = viewed[0]
+    if n.target is operator.getitem and source.name not in tensors and source.name not in views:
+        return None
+    return source
+
+
 def view_sources(gm: fx.GraphModule, tensors: Set[str]) -> dict[str, fx.Node]:
     """Node name → the node whose storage it views, for every node that only makes a view
     (writes nothing in place); ``tensors`` as in ``in_place_order``."""
@@ -71,10 +83,8 @@ def view_sources(gm: fx.GraphModule, tensors: Set[str]) -> dict[str, fx.Node]:
         if n.op not in ("call_function", "call_method"):
             continue
         written, viewed = aliased_args(gm, n)
-        if written or not viewed:
-            continue
-        source = viewed[0]
-        if n.target is not operator.getitem or source.name in tensors or source.name in out:
+        source = None if written else _source(n, viewed, tensors, out.keys())
+        if source is not None:
             out[n.name] = source
     return out
 
@@ -115,8 +125,8 @@ def in_place_order(gm: fx.GraphModule, tensors: Set[str]) -> list[tuple[str, str
     """Pairs ``(a, b)`` of nodes where ``a`` must run no later than ``b`` because of an
     in-place write and are not already joined by a data edge ([Note: in-place writes order
     the graph]); in node order, ``a`` before ``b``. ``tensors``: the nodes whose value is
-    one tensor (an item of any other value, topk's values say, is a storage of its own
-    unless the node made views).
+    one tensor. A node that writes in place shares the storage it writes, as its value is
+    that tensor.
     """
     root: dict[str, str] = {}  # node → the node whose storage its value views
     last_write: dict[str, str] = {}
@@ -140,8 +150,7 @@ def in_place_order(gm: fx.GraphModule, tensors: Set[str]) -> list[tuple[str, str
             readers[r] = []
         for r in read:
             readers.setdefault(r, []).append(n.name)
-        source = viewed[0].name if viewed else None
-        if source is not None and (n.target is not operator.getitem or source in tensors
-                                   or source in root):
-            root[n.name] = root.get(source, source)
+        source = _source(n, viewed, tensors, root.keys())
+        if source is not None:
+            root[n.name] = root.get(source.name, source.name)
     return list(edges)
