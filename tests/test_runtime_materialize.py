@@ -186,3 +186,60 @@ def test_a_meta_constant_that_is_not_the_models_is_an_error() -> None:
     graph = autopipe.trace(spec.model, spec.example_inputs)
     with pytest.raises(SpecError, match="stage tensor 'scale' is on the meta device but is not a parameter"):
         materialize_stages([graph.gm], spec, "cpu")
+
+
+class _WeightNormed(nn.Module):
+    """A linear layer, then a weight-normed convolution (HuBERT's and WavLM's positional
+    convolution), then a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 8)
+        self.conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(8, 8, 3, padding=1), dim=2)
+        self.out = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.conv(self.inp(x).transpose(1, 2)).transpose(1, 2))
+
+
+def _weight_normed_spec(device: str, init_weights: Callable[[nn.Module], None] | None = None) -> ModelSpec:
+    with torch.device(device):
+        model = _WeightNormed()
+    return ModelSpec(model=model, example_inputs=(torch.randn(2, 5, 6),), loss_fn=lambda o, t: o.sum(),
+                     batch=lambda n, step=0: ((torch.randn(2 * n, 5, 6),), torch.zeros(1)),
+                     init_weights=init_weights)
+
+
+@pytest.mark.parametrize("initialiser", ["reset_parameters", "init_weights"])
+def test_a_parametrized_tensor_on_meta_is_initialised_through_its_module(initialiser: str) -> None:
+    # [Note: a parametrized tensor on the meta device]: no initialiser knows weight_norm's
+    # originals (the norms and the directions); they are made from the module's own
+    # initialisation, and each layout gets the same
+    def init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            nn.init.normal_(module.weight, std=0.5)
+            nn.init.zeros_(module.bias)
+
+    init = init_weights if initialiser == "init_weights" else None
+    whole = _weight_normed_spec("meta", init)
+    materialize_stages([whole.model], whole, "cpu")
+    plist = whole.model.conv.parametrizations.weight
+    g, v = plist.original0.detach(), plist.original1.detach()
+    assert torch.isfinite(g).all() and torch.isfinite(v).all()
+    # the originals are the weight's: g its norm over all but dim 2, v the weight itself
+    torch.testing.assert_close(g, v.norm(dim=(0, 1), keepdim=True))
+    if init is not None:
+        assert whole.model.conv.bias.abs().max() == 0 and 0.3 < float(v.std()) < 0.7
+    else:  # Conv1d.reset_parameters' bound, 1 / sqrt(fan_in)
+        assert float(v.abs().max()) <= 1 / 24 ** 0.5 + 1e-6
+
+    spec = _weight_normed_spec("meta", init)
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    split = split_graph(graph, hand_plan(graph, 2))
+    done = materialize_stages([st.module for st in split.stages], spec, "cpu")
+    assert any("parametrizations.weight.original1" in c for c in done.initialised)
+    staged = {k: v for st in split.stages for k, v in _tensors(st.module).items()}
+    expected = _tensors(whole.model)
+    assert {k for k in staged if "original" in k} == {k for k in expected if "original" in k}
+    for k, value in staged.items():
+        torch.testing.assert_close(value, expected[k], rtol=0, atol=0, msg=k)

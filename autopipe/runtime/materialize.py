@@ -26,6 +26,7 @@ start as NaN and are checked afterwards.
 from __future__ import annotations
 
 import contextlib
+import copy
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,6 +35,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from autopipe.errors import SpecError
 from autopipe.runtime.hf_checkpoint import fit
@@ -226,7 +228,7 @@ def _initialise(spec: ModelSpec, names: Mapping[str, torch.Tensor], canonical: M
         by_module[c.rpartition(".")[0]].append(c)
     for path in sorted(by_module):
         module = spec.model.get_submodule(path)
-        fn = _initialiser(spec, module, path, by_module[path])
+        fn = _initialiser(spec, module, path, by_module[path], device)
         with _real_tensors(module, path, canonical, made, device), _seeded(seed, path, device), \
                 torch.no_grad():
             fn(module)
@@ -239,8 +241,10 @@ def _initialise(spec: ModelSpec, names: Mapping[str, torch.Tensor], canonical: M
                                  "holds itself, or pass --init weights.safetensors")
 
 
-def _initialiser(spec: ModelSpec, module: nn.Module, path: str,
-                 needed: Sequence[str]) -> Callable[[nn.Module], None]:
+def _initialiser(spec: ModelSpec, module: nn.Module, path: str, needed: Sequence[str],
+                 device: torch.device) -> Callable[[nn.Module], None]:
+    if isinstance(module, parametrize.ParametrizationList):
+        return _parametrized_initialiser(spec, path, device)
     if spec.init_weights is not None:
         return spec.init_weights
     reset = getattr(module, "reset_parameters", None)
@@ -251,6 +255,40 @@ def _initialiser(spec: ModelSpec, module: nn.Module, path: str,
                     f"the meta device and has no reset_parameters()",
                     hint="give the ModelSpec an init_weights(module) function (a Hugging Face "
                          "model's _init_weights), or pass --init with the weights")
+
+
+def _parametrized_initialiser(spec: ModelSpec, path: str,
+                              device: torch.device) -> Callable[[nn.Module], None]:
+    """How to fill the originals of a parametrized tensor (``conv.parametrizations.weight``).
+
+    [Note: a parametrized tensor on the meta device]
+    ``weight_norm`` and its kind keep a module's tensor as originals (``original0``, the
+    norms, and ``original1``, the directions) in a ``ParametrizationList`` that no
+    initialiser knows: a model built on the CPU gets them from the module's own
+    initialisation, made before the parametrization was registered (HuBERT's and WavLM's
+    positional convolutions). So the module that holds the tensor is copied (on the meta
+    device, free) without its parametrization, its copy given real tensors and
+    initialised as any module is (``spec.init_weights``, else ``reset_parameters``), and
+    the tensor it made is turned into the originals by the parametrization's own
+    ``right_inverse``, as assigning it to the parametrized module would do.
+    """
+    owner_path, _, rest = path.rpartition(".parametrizations.")
+    owner_path = owner_path if rest else ""
+    field = rest or path.removeprefix("parametrizations.")
+    owner = spec.model.get_submodule(owner_path)
+
+    def init(plist: nn.Module) -> None:
+        assert isinstance(plist, parametrize.ParametrizationList)
+        plain = copy.deepcopy(owner)
+        parametrize.remove_parametrizations(plain, field, leave_parametrized=True)
+        plain.to_empty(device=device)
+        for t in plain.parameters():
+            if t.is_floating_point():
+                t.fill_(float("nan"))  # what the initialiser leaves shows, as in _empty
+        _initialiser(spec, plain, owner_path, [field], device)(plain)
+        plist.right_inverse(getattr(plain, field).detach())
+
+    return init
 
 
 @contextlib.contextmanager
