@@ -243,3 +243,13 @@ def test_a_parametrized_tensor_on_meta_is_initialised_through_its_module(initial
     assert {k for k in staged if "original" in k} == {k for k in expected if "original" in k}
     for k, value in staged.items():
         torch.testing.assert_close(value, expected[k], rtol=0, atol=0, msg=k)
+
+    with torch.device("meta"):  # the model itself parametrized: its tensor at parametrizations.weight
+        bare = nn.utils.parametrizations.weight_norm(nn.Linear(4, 4))
+    bare_spec = ModelSpec(model=bare, example_inputs=(torch.randn(2, 4),), loss_fn=lambda o, t: o.sum(),
+                          batch=lambda n, step=0: ((torch.randn(2 * n, 4),), torch.zeros(1)),
+                          init_weights=init)
+    materialize_stages([bare], bare_spec, "cpu")
+    g, v = bare.parametrizations.weight.original0.detach(), bare.parametrizations.weight.original1.detach()
+    assert torch.isfinite(v).all() and v.abs().max() > 0
+    torch.testing.assert_close(g, v.norm(dim=1, keepdim=True))

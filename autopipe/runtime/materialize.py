@@ -272,9 +272,8 @@ def _parametrized_initialiser(spec: ModelSpec, path: str,
     the tensor it made is turned into the originals by the parametrization's own
     ``right_inverse``, as assigning it to the parametrized module would do.
     """
-    owner_path, _, rest = path.rpartition(".parametrizations.")
-    owner_path = owner_path if rest else ""
-    field = rest or path.removeprefix("parametrizations.")
+    parts = path.split(".")  # OWNER.parametrizations.FIELD, OWNER empty for the model itself
+    owner_path, field = ".".join(parts[:-2]), parts[-1]
     owner = spec.model.get_submodule(owner_path)
 
     def init(plist: nn.Module) -> None:
@@ -282,9 +281,9 @@ def _parametrized_initialiser(spec: ModelSpec, path: str,
         plain = copy.deepcopy(owner)
         parametrize.remove_parametrizations(plain, field, leave_parametrized=True)
         plain.to_empty(device=device)
-        for t in plain.parameters():
-            if t.is_floating_point():
-                t.fill_(float("nan"))  # what the initialiser leaves shows, as in _empty
+        made = getattr(plain, field)
+        if made.is_floating_point():
+            made.detach().fill_(float("nan"))  # what the initialiser leaves shows, as in _empty
         _initialiser(spec, plain, owner_path, [field], device)(plain)
         plist.right_inverse(getattr(plain, field).detach())
 
