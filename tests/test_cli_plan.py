@@ -183,11 +183,16 @@ def test_show_a_broken_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_quick_start_stages_all_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The README's first command, as written (GPT-2 measured on this CPU): every stage does
-    at least a quarter of the bottleneck stage's work (ties go to even stages)."""
+    """The README's first command, as written (GPT-2 measured on this CPU): no stage is left
+    nearly empty (ties go to even stages; before they did, a stage held 17 us next to 10 ms).
+
+    The bound is a tenth, not more: on a slow host the measured optimum can give the loss
+    (cross-entropy over the 50,257-word logits) a stage of its own, at a quarter of the head's
+    stage, or keep stage 0 to one block for its 1F1B activations (CI measured 9 ms next to
+    50 ms)."""
     out = tmp_path / "plan.json"
     code, _, err = _run(["plan", str(ROOT / "examples" / "gpt2.py") + ":build", "--stages", "4",
                          "--microbatches", "8", "-o", str(out)], capsys)
     assert code == 0, err
     busy = [s.forward_s + s.backward_s for s in autopipe.Plan.load(out).stages]
-    assert min(busy) >= 0.25 * max(busy), busy
+    assert min(busy) >= 0.1 * max(busy), busy
