@@ -52,7 +52,7 @@ def zoo_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     log = out / "log.txt"
     with open(log, "w") as f:
         result = launch([sys.executable, "-m", "tests.runtime_worker", str(out), *names], 2,
-                        env=ENV, timeout_s=400, grace_s=20, stdout=f, stderr=subprocess.STDOUT, log=f)
+                        env=ENV, timeout_s=600, grace_s=20, stdout=f, stderr=subprocess.STDOUT, log=f)
     assert result.code == 0, log.read_text()[-3000:]
     print(f"zoo: planned {len(names)} models in {planned - started:.1f} s, "
           f"trained in {time.perf_counter() - planned:.1f} s")
@@ -61,10 +61,11 @@ def zoo_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("case", ZOO_CASES.values(),
-                         ids=lambda c: c.example if c.schedule == "1f1b" else f"{c.example}-{c.schedule}")
+                         ids=lambda c: c.example + ("" if c.schedule == "1f1b" else f"-{c.schedule}")
+                         + ("" if c.recompute == "none" else f"-recompute-{c.recompute}"))
 def test_zoo_model_trains_like_one_process(case: Case, zoo_job: Path) -> None:
     plan = Plan.load(zoo_job / f"{case.name}.plan.json")
-    # 2 ranks: one stage each, or two (ZBV's V)
+    # 2 ranks: one stage each, or two (ZBV's and DualPipeV's V, interleaved chunks)
     assert len(set(rank_of_stages(plan))) == 2 and plan.solver.status == "optimal"
     assert all(s.forward_s > 0 for s in plan.stages)
     compare_with_one_process(case, zoo_job)

@@ -442,3 +442,13 @@ relative position bias, Whisper's decoder positions), which torch's own split ba
 left without gradient ([Note: split backward] in ``autopipe.runtime.split_backward``)."""
 ZOO_CASES.update({c.name: c for c in (Case(name, 2, "zbv", zoo=True, steps=2, microbatches=4)
                                       for name in SPLIT_BACKWARD)})
+
+OTHER_SCHEDULES = (Case("deepseek-v3", 2, "interleaved-1f1b", zoo=True, steps=2, microbatches=4),
+                   Case("llava", 2, "dualpipev", zoo=True, steps=2, microbatches=4),
+                   Case("mamba", 2, zoo=True, steps=2, microbatches=4, recompute="full"))
+"""Zoo models also trained with the other planned schedules, on an estimated profile: 2 ranks
+of 2 chunks each (interleaved 1F1B: DeepSeek-V3's latent attention and routed experts),
+DualPipeV's overlapped pairs (LLaVA: a vision tower feeding a language model) and 1F1B with
+every block recomputed (Mamba's selective scan). A sweep of all 26 models with each of the
+three trained like one process (2026-12-02); these three keep it in the suite."""
+ZOO_CASES.update({c.name: c for c in OTHER_SCHEDULES})
