@@ -61,8 +61,7 @@ def zoo_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("case", ZOO_CASES.values(),
-                         ids=lambda c: c.example + ("" if c.schedule == "1f1b" else f"-{c.schedule}")
-                         + ("" if c.recompute == "none" else f"-recompute-{c.recompute}"))
+                         ids=lambda c: c.name.removeprefix("zoo-"))
 def test_zoo_model_trains_like_one_process(case: Case, zoo_job: Path) -> None:
     plan = Plan.load(zoo_job / f"{case.name}.plan.json")
     # 2 ranks: one stage each, or two (ZBV's and DualPipeV's V, interleaved chunks)

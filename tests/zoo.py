@@ -449,6 +449,6 @@ OTHER_SCHEDULES = (Case("deepseek-v3", 2, "interleaved-1f1b", zoo=True, steps=2,
 """Zoo models also trained with the other planned schedules, on an estimated profile: 2 ranks
 of 2 chunks each (interleaved 1F1B: DeepSeek-V3's latent attention and routed experts),
 DualPipeV's overlapped pairs (LLaVA: a vision tower feeding a language model) and 1F1B with
-every block recomputed (Mamba's selective scan). A sweep of the 26 models of ZOO_CASES, each
-with all three, trained like one process (2026-12-02); these three keep it in the suite."""
+every block recomputed (Mamba's selective scan). A sweep of the 26 models trained with 1F1B
+above, each with all three, trained like one process (2026-12-02); these three keep it in the suite."""
 ZOO_CASES.update({c.name: c for c in OTHER_SCHEDULES})
