@@ -159,3 +159,37 @@ def test_received_values_written_in_place(frontend: str, cuts: tuple[str, ...]) 
     torch.testing.assert_close(loss, expected[0].square().sum())
     for (pname, p), r in zip(gm.named_parameters(), grads_ref):
         torch.testing.assert_close(p.grad, r, msg=pname)
+
+
+class _Unread(torch.nn.Module):
+    """XLNet's pattern: parameters the forward does not read (its segment embeddings)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+        self.segment = torch.nn.Parameter(torch.zeros(3))
+        self.never = torch.nn.Linear(4, 2)
+        self.register_buffer("counted", torch.ones(2))  # persistent: in the state_dict
+        self.register_buffer("scratch", torch.ones(2), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_unread_parameters_are_held_by_the_last_stage(frontend: str) -> None:
+    """Every parameter and persistent buffer of the model is in some stage, read or not
+    ([Note: unread parameters]): a checkpoint of the stages has every key of the model's
+    state_dict."""
+    model = _Unread()
+    graph = autopipe.trace(model, (torch.randn(2, 4),), frontend=frontend)
+    unread = {"segment", "never.weight", "never.bias"}
+    assert unread <= set(graph.nodes[-1].params)
+    split = split_graph(graph, plan_from_cuts(graph, [len(graph.nodes) // 2]))
+    held = [{k for k, _ in s.module.named_parameters()} for s in split.stages]
+    assert unread <= held[-1] and not unread & held[0]
+    assert set().union(*held) == set(dict(model.named_parameters()))
+    assert split.stages[-1].module.segment is model.segment  # shared, as every stage's parameters
+    buffers = [{k for k, _ in s.module.named_buffers()} for s in split.stages]
+    assert buffers == [set(), {"counted"}]
+    assert set().union(*held, *buffers) == set(model.state_dict())

@@ -106,6 +106,69 @@ def test_untraceable_model_quotes_both_reasons() -> None:
     assert not isinstance(info.value, ExampleInputError)
 
 
+class _Reversible(torch.autograd.Function):
+    """Reformer's pattern: the forward runs its layer under no_grad, the backward recomputes it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:  # type: ignore[override]
+        ctx.layer = layer
+        ctx.save_for_backward(x.detach())
+        with torch.no_grad():
+            return layer(x) + x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            x = x.detach().requires_grad_()
+            torch.autograd.backward(ctx.layer(x) + x, grad)
+        return x.grad, None
+
+
+class _Differentiable(torch.autograd.Function):
+    """BLOOM's GeLUFunction pattern: a differentiable forward and its own exact backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+class _WithFunction(torch.nn.Module):
+    def __init__(self, function: type[torch.autograd.Function]) -> None:
+        super().__init__()
+        self.function = function
+        self.a, self.b, self.c = (torch.nn.Linear(4, 4) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        h = self.function.apply(h, self.b) if self.function is _Reversible else self.b(self.function.apply(h))
+        return self.c(h)
+
+
+def test_custom_function_without_gradient_is_refused() -> None:
+    """torch.export keeps only a Function's forward, and traces everything after it under the
+    no_grad of that forward too: no parameter would get a gradient ([Note: custom autograd
+    Functions])."""
+    model = _WithFunction(_Reversible)
+    assert model(torch.randn(2, 4)).requires_grad
+    with pytest.raises(TraceError, match="_Reversible.*6 of its parameters") as info:
+        autopipe.trace(model, (torch.randn(2, 4),), frontend="export")
+    assert info.value.hint
+    assert torch.autograd.Function.__dict__["apply"].__func__.__qualname__ == "Function.apply"  # restored
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_custom_function_with_differentiable_forward_traces(frontend: str) -> None:
+    g = autopipe.trace(_WithFunction(_Differentiable), (torch.randn(2, 4),), frontend=frontend)
+    assert g.gm(torch.randn(2, 4))[0].requires_grad
+
+
 @pytest.mark.parametrize("inputs, fragment", [
     ((torch.randn(4, 7),), "does not accept"),       # wrong feature size
     ((torch.randn(4, 64), torch.randn(1)), "do not match"),  # extra argument

@@ -197,6 +197,7 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
                             hint="pipeline training needs a model whose outputs are tensors")
 
     copy = schedule_kind(plan.schedule).splits_backward
+    unread = _unread_state(graph)
     stages = []
     for s in range(num):
         ins = tensor_inputs if s == 0 else live[s - 1]
@@ -206,12 +207,32 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
         gm = _stage_graph_module(graph.gm, s, ins, body, outs, constants if s == 0 else {},
                                  sends=s != last, copy=copy, grad_inputs=floats,
                                  recompute=plan.stages[s].recompute,
-                                 derived=derived[s - 1] if s > 0 else ())
+                                 derived=derived[s - 1] if s > 0 else (),
+                                 unread=unread if s == last else ())
         made_here = {n.name for n in body}
         passthrough = tuple(v for v in outs if v in ins and v not in made_here)
         stages.append(StageModule(index=s, module=gm, inputs=tuple(ins), outputs=tuple(outs),
                                   passthrough=passthrough))
     return Split(stages=tuple(stages), output_template=template)
+
+
+# [Note: unread parameters]
+#
+# A model may hold parameters its forward never reads on the example (XLNet's segment
+# embeddings and ``mask_emb``, read only with ``token_type_ids`` or ``target_mapping``), and
+# persistent buffers it never reads. The trace gives such parameters to the output node
+# (they count in its totals); the last stage holds them and those buffers, so that every
+# tensor of the unsplit model's ``state_dict()`` is in some stage: a checkpoint then has
+# every key (``consolidate`` refuses one without), and ``Pipe.load_state_dict`` finds each.
+# The parameters get no gradient, so the optimizer leaves them as one process would.
+
+
+def _unread_state(graph: Graph) -> list[str]:
+    """Parameters no node reads, then persistent buffers no node reads ([Note: unread parameters])."""
+    params = {name for name, _ in graph.gm.named_parameters(remove_duplicate=False)}
+    read = {b for info in graph.nodes for b in info.buffers}
+    buffers = [k for k in graph.gm.state_dict(keep_vars=True) if k not in params and k not in read]
+    return [*graph.nodes[-1].params, *buffers]
 
 
 # [Note: aliases received together]
@@ -291,6 +312,7 @@ def _stage_graph_module(
     grad_inputs: set[str],
     recompute: Sequence[Sequence[str]] = (),
     derived: Sequence[fx.Node] = (),
+    unread: Sequence[str] = (),
 ) -> fx.GraphModule:
     """A GraphModule that takes ``inputs``, runs ``body`` and returns ``outputs`` as a tuple.
 
@@ -298,7 +320,8 @@ def _stage_graph_module(
     returned as received unless ``copy``); ``copy``: every sent output is a fresh tensor.
     ``recompute``: groups of node names that run under checkpointing ([Note: recomputed
     regions] in ``autopipe.runtime.recompute``). ``derived``: view nodes made again from the
-    inputs before ``body`` ([Note: aliases received together]).
+    inputs before ``body`` ([Note: aliases received together]). ``unread``: parameters and
+    persistent buffers no node reads, held by the last stage ([Note: unread parameters]).
     """
     g = fx.Graph()
     env: dict[str, Any] = dict(constants)
@@ -326,6 +349,9 @@ def _stage_graph_module(
             results.append(received[name])  # a receive buffer: dense already
         else:
             results.append(g.call_function(sendable, (env[name], copy)))
+    for target in unread:
+        if target not in env:
+            g.get_attr(target)  # no users: it only makes GraphModule copy the parameter
     g.output(tuple(results))
     gm = fx.GraphModule(root, g, class_name=f"Stage{index}")
     gm.graph.lint()

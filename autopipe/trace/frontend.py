@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -57,6 +59,16 @@ def trace(
     if frontend not in ("auto", "fx", "export"):
         raise TraceError(f"unknown frontend {frontend!r}", hint="use auto, fx or export")
     example_inputs, kwargs = _check_devices(model, example_inputs, kwargs)
+    functions: list[type] = []
+    with _custom_functions(functions):
+        graph = _trace(model, example_inputs, kwargs, frontend)
+    if functions:
+        _check_gradients_reach(graph, functions)
+    return graph
+
+
+def _trace(model: nn.Module, example_inputs: tuple[Any, ...], kwargs: dict[str, Any],
+           frontend: str) -> Graph:
     reasons: list[str] = []
     if frontend in ("auto", "fx"):
         try:
@@ -78,6 +90,83 @@ def trace(
             hint=("make forward free of data-dependent Python control flow, build Hugging Face "
                   "models with use_cache=False, or pass inputs the model accepts"),
         ) from e
+
+
+@contextlib.contextmanager
+def _custom_functions(seen: list[type]) -> Iterator[None]:
+    """Record in ``seen`` each ``torch.autograd.Function`` outside torch that the model applies
+    while it is traced ([Note: custom autograd Functions])."""
+    original = torch.autograd.Function.__dict__["apply"]
+
+    def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+        if not cls.__module__.startswith("torch.") and cls not in seen:
+            seen.append(cls)
+        return original.__func__(cls, *args, **kwargs)
+
+    torch.autograd.Function.apply = classmethod(apply)  # type: ignore[assignment,method-assign]
+    try:
+        yield
+    finally:
+        torch.autograd.Function.apply = original  # type: ignore[method-assign]
+
+
+# [Note: custom autograd Functions]
+# Neither front end keeps a torch.autograd.Function: symbolic_trace and torch.export record
+# the ops of its forward, and the stages differentiate those; its own backward never runs.
+# Where the forward's ops are differentiable that is the forward's exact gradient (BLOOM's
+# GeLUFunction), but a forward that computes under no_grad and leaves the gradient to its
+# backward (Reformer's reversible layers) traces into a graph through which no gradient
+# flows; worse, torch.export does not record the grad mode that Function.apply restores on
+# return, so every op after it is traced under no_grad as well. Training such a graph fails
+# much later with a loss "that does not depend on the model's output"; the trace refuses it
+# here, naming the Function.
+
+_NO_GRAD = {"detach", "torch.detach", "aten.detach.default", "aten.detach"}
+
+
+def _check_gradients_reach(graph: Graph, functions: list[type]) -> None:
+    """Raise TraceError when some parameter the graph reads gets no gradient from its output,
+    the model having applied the custom autograd ``functions`` (whose backward is not traced)."""
+    gm = graph.gm
+    trainable = {name for name, p in gm.named_parameters(remove_duplicate=False) if p.requires_grad}
+    modules = dict(gm.named_modules())
+
+    def params_of(n: fx.Node) -> set[str]:
+        if n.op == "get_attr" and str(n.target) in trainable:
+            return {str(n.target)}
+        if n.op == "call_module":
+            prefix = f"{n.target}."
+            return {prefix + k for k, p in modules[str(n.target)].named_parameters(remove_duplicate=False)
+                    if p.requires_grad}
+        return set()
+
+    def blocks(n: fx.Node) -> bool:
+        """Whether no gradient flows from ``n``'s output back into its inputs."""
+        if n.op == "call_function" and n.target is torch.ops.higher_order.wrap_with_set_grad_enabled:
+            return not n.args[0]
+        return n.op in ("call_function", "call_method") and target_name(n) in _NO_GRAD
+
+    used = set().union(*(params_of(n) for n in gm.graph.nodes if n.op == "call_module" or n.users))
+    reached: set[str] = set()
+    seen: set[fx.Node] = set()
+    stack = [n for n in gm.graph.nodes if n.op == "output"]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        reached |= params_of(n)
+        if not blocks(n):
+            stack.extend(n.all_input_nodes)
+    missing = sorted(used - reached)
+    if missing:
+        names = ", ".join(f"{f.__module__}.{f.__qualname__}" for f in functions)
+        raise TraceError(
+            f"the model applies the custom autograd Function {names}, whose backward the "
+            f"traced graph cannot keep, and {len(missing)} of its parameters get no gradient "
+            f"through the graph ({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''})",
+            hint="trace a model whose forward is differentiable without the Function's own "
+                 "backward (its ops outside torch.no_grad)")
 
 
 def _short(e: BaseException) -> str:
@@ -126,8 +215,31 @@ class _MetaRecorder(fx.Interpreter):
         return out
 
 
+def _keep_unread(model: nn.Module, gm: fx.GraphModule) -> None:
+    """Put into ``gm`` the parameters and persistent buffers of ``model`` that its graph never
+    reads: ``symbolic_trace`` copies only what the graph reads, but they are the model's too
+    ([Note: unread parameters] in ``autopipe.runtime.split``), as torch.export keeps them."""
+    held = {id(t) for t in (*gm.parameters(), *gm.buffers())}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in held:
+            continue
+        held.add(id(t))
+        path, _, leaf = name.rpartition(".")
+        owner: nn.Module = gm
+        for part in path.split(".") if path else ():
+            if not hasattr(owner, part):
+                owner.add_module(part, nn.Module())
+            owner = getattr(owner, part)
+        if name in params:
+            owner.register_parameter(leaf, params[name])
+        else:
+            owner.register_buffer(leaf, t)
+
+
 def _trace_fx(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Graph:
     gm = fx.symbolic_trace(model)
+    _keep_unread(model, gm)
     signature = inspect.signature(model.forward)
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
     if any(str(n).startswith("*") for n in names):
