@@ -52,7 +52,7 @@ def zoo_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     log = out / "log.txt"
     with open(log, "w") as f:
         result = launch([sys.executable, "-m", "tests.runtime_worker", str(out), *names], 2,
-                        env=ENV, timeout_s=600, grace_s=20, stdout=f, stderr=subprocess.STDOUT, log=f)
+                        env=ENV, timeout_s=1200, grace_s=20, stdout=f, stderr=subprocess.STDOUT, log=f)
     assert result.code == 0, log.read_text()[-3000:]
     print(f"zoo: planned {len(names)} models in {planned - started:.1f} s, "
           f"trained in {time.perf_counter() - planned:.1f} s")

@@ -2,13 +2,20 @@
 
 Each builder returns a ModelSpec (model, one example micro-batch, loss, ``batch(n, step)``)
 built from a config object, small enough that tracing, measuring, planning and training
-all of them takes about two minutes on two cores: one to three layers (or blocks) per
-stack, hidden size 32 at most, sequences of 8 tokens, 16x16 images (MobileViT's 32x32), 400
-audio samples.
+each takes seconds on two cores (about 8 minutes for all of them): one to three layers (or
+blocks) per stack, hidden size 32 at most, sequences of 8 tokens, 16x16 images (MobileViT's
+32x32), 400 audio samples.
+
+Architectures that torch.export cannot trace, found by the sweep of 2026-12-02 and left out:
+DBRX (a Python loop over the experts a batch hits), Reformer (reversible layers: a custom
+autograd Function whose forward runs under no_grad, refused by ``trace``), Autoformer (rolls
+values by each top-k delay, ``int(index[i])``) and Qwen2-VL (its vision attention splits
+patches by ``lengths.tolist()``).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -411,6 +418,408 @@ def whisper() -> ModelSpec:
                      name="whisper")
 
 
+# --- more decoders, experts and recurrences (added by the sweep of 2026-12-02) ------------------
+
+def opt() -> ModelSpec:
+    """OPT: learned positions offset by 2 (computed from the attention mask's cumsum), pre-LN
+    decoder, ReLU MLP."""
+    cfg = hf.OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                       num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32,
+                       dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, layerdrop=0.0,
+                       use_cache=False, tie_word_embeddings=False)
+    return _tokens(_seeded(lambda: hf.OPTForCausalLM(cfg)), "opt")
+
+
+def phi3() -> ModelSpec:
+    """Phi-3: fused qkv and gate-up projections, RoPE, a sliding window."""
+    cfg = hf.Phi3Config(**{**_DECODER, "num_key_value_heads": 4}, sliding_window=4,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0,
+                        pad_token_id=0)
+    return _tokens(_seeded(lambda: hf.Phi3ForCausalLM(cfg)), "phi3")
+
+
+def gemma3() -> ModelSpec:
+    """Gemma 3 text: q/k norms, local (sliding, own RoPE base) and global layers, pre- and
+    post-norms, a scaled embedding."""
+    cfg = hf.Gemma3TextConfig(**{**_DECODER, "tie_word_embeddings": True}, head_dim=8,
+                              sliding_window=4, layer_types=["sliding_attention", "full_attention"])
+    return _tokens(_seeded(lambda: hf.Gemma3ForCausalLM(cfg)), "gemma3")
+
+
+def qwen3_moe() -> ModelSpec:
+    """Qwen3-MoE: q/k norms, every layer's MLP routed to 2 of 4 experts."""
+    cfg = hf.Qwen3MoeConfig(**_DECODER, head_dim=8, num_experts=4, num_experts_per_tok=2,
+                            moe_intermediate_size=32, decoder_sparse_step=1,
+                            router_aux_loss_coef=0.0, output_router_logits=False)
+    return _tokens(_seeded(lambda: hf.Qwen3MoeForCausalLM(cfg)), "qwen3-moe")
+
+
+def olmoe() -> ModelSpec:
+    """OLMoE: q/k norms over the whole projection, 2 of 4 experts per token."""
+    cfg = hf.OlmoeConfig(**_DECODER, num_experts=4, num_experts_per_tok=2,
+                         router_aux_loss_coef=0.0, output_router_logits=False)
+    return _tokens(_seeded(lambda: hf.OlmoeForCausalLM(cfg)), "olmoe")
+
+
+def granitemoe() -> ModelSpec:
+    """GraniteMoE: experts in one parallel linear (a grouped matmul by index), scaled
+    embeddings, residuals and logits."""
+    cfg = hf.GraniteMoeConfig(**_DECODER, num_local_experts=4, num_experts_per_tok=2,
+                              router_aux_loss_coef=0.0, output_router_logits=False,
+                              embedding_multiplier=2.0, residual_multiplier=0.5,
+                              logits_scaling=2.0, attention_multiplier=0.25)
+    return _tokens(_seeded(lambda: hf.GraniteMoeForCausalLM(cfg)), "granitemoe")
+
+
+def mamba2() -> ModelSpec:
+    """Mamba-2: multi-head state-space duality, scanned in chunks (torch path, no kernels)."""
+    cfg = hf.Mamba2Config(vocab_size=VOCAB, hidden_size=32, num_heads=8, head_dim=8, state_size=8,
+                          num_hidden_layers=2, expand=2, n_groups=2, conv_kernel=4, chunk_size=4,
+                          use_cache=False, tie_word_embeddings=False)
+    return _tokens(_seeded(lambda: hf.Mamba2ForCausalLM(cfg)), "mamba2")
+
+
+def falcon_mamba() -> ModelSpec:
+    """FalconMamba: Mamba with RMS-normalised B, C and time steps."""
+    cfg = hf.FalconMambaConfig(vocab_size=VOCAB, hidden_size=32, state_size=8, num_hidden_layers=2,
+                               expand=2, conv_kernel=4, use_cache=False, use_mambapy=False)
+    return _tokens(_seeded(lambda: hf.FalconMambaForCausalLM(cfg)), "falcon-mamba")
+
+
+def recurrent_gemma() -> ModelSpec:
+    """RecurrentGemma (Griffin): real-gated linear recurrent units with a causal conv, and a
+    local-attention layer."""
+    cfg = hf.RecurrentGemmaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                  lru_width=32, attention_window_size=4, conv1d_width=4,
+                                  block_types=("recurrent", "attention", "recurrent"),
+                                  use_cache=False, partial_rotary_factor=0.5)
+    return _tokens(_seeded(lambda: hf.RecurrentGemmaForCausalLM(cfg)), "recurrent-gemma")
+
+
+def zamba2() -> ModelSpec:
+    """Zamba2: Mamba-2 layers with a shared attention block (and its LoRA adapters) applied
+    to the concatenation of the hidden state and the original embeddings."""
+    cfg = hf.Zamba2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3,
+                          layers_block_type=["mamba", "hybrid", "mamba"], mamba_d_state=8,
+                          mamba_d_conv=4, mamba_expand=2, mamba_ngroups=1, n_mamba_heads=4,
+                          chunk_size=4, use_mamba_kernels=False, intermediate_size=64,
+                          num_attention_heads=4, num_key_value_heads=4, num_mem_blocks=1,
+                          use_shared_attention_adapter=True, adapter_rank=4, use_mem_rope=True,
+                          max_position_embeddings=64, use_cache=False, pad_token_id=0)
+    return _tokens(_seeded(lambda: hf.Zamba2ForCausalLM(cfg)), "zamba2")
+
+
+def rwkv() -> ModelSpec:
+    """RWKV (v4): token shift and the WKV linear-attention recurrence (torch loop, no kernel)."""
+    cfg = hf.RwkvConfig(vocab_size=VOCAB, context_length=SEQ, hidden_size=32, num_hidden_layers=2,
+                        attention_hidden_size=32, intermediate_size=64, use_cache=False,
+                        rescale_every=0)
+    return _tokens(_seeded(lambda: hf.RwkvForCausalLM(cfg)), "rwkv")
+
+
+def xlnet() -> ModelSpec:
+    """XLNet: bidirectional attention over sinusoidal relative positions (content and position
+    biases), no memory; its segment embeddings and ``mask_emb`` go unread without
+    ``token_type_ids`` and ``target_mapping`` ([Note: unread parameters])."""
+    cfg = hf.XLNetConfig(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_inner=64,
+                         dropout=0.0, mem_len=None, use_mems_train=False, use_mems_eval=False,
+                         tie_word_embeddings=True, pad_token_id=0)
+    return _tokens(_seeded(lambda: hf.XLNetLMHeadModel(cfg)), "xlnet", shift=False)
+
+
+# --- more encoder-decoders, speech and vision (added by the sweep of 2026-12-02) ----------------
+
+_S2S = dict(vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1,
+            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+            decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
+            activation_dropout=0.0, use_cache=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            decoder_start_token_id=0)
+
+
+def pegasus() -> ModelSpec:
+    """Pegasus: sinusoidal position embeddings (a fixed table), pre-norm encoder and decoder
+    with final layer norms, embeddings shared with the output projection."""
+    cfg = hf.PegasusConfig(**_S2S)
+    return _reversal(_seeded(lambda: _Seq2Seq(hf.PegasusForConditionalGeneration(cfg))), "pegasus")
+
+
+def m2m100() -> ModelSpec:
+    """M2M100: sinusoidal positions offset past the padding index, computed from the token ids
+    (a cumulative sum over the non-padding mask), scaled embeddings."""
+    cfg = hf.M2M100Config(**_S2S, encoder_layerdrop=0.0, decoder_layerdrop=0.0)
+    return _reversal(_seeded(lambda: _Seq2Seq(hf.M2M100ForConditionalGeneration(cfg))), "m2m100")
+
+
+def longt5() -> ModelSpec:
+    """LongT5: the encoder's transient-global attention (local blocks of tokens plus globally
+    aggregated block summaries, with relative position buckets for both)."""
+    cfg = hf.LongT5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                          num_decoder_layers=1, num_heads=4, use_cache=False, dropout_rate=0.0,
+                          relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                          encoder_attention_type="transient-global", local_radius=2,
+                          global_block_size=2, decoder_start_token_id=0, pad_token_id=0)
+    return _reversal(_seeded(lambda: _MaskedSeq2Seq(hf.LongT5ForConditionalGeneration(cfg))), "longt5")
+
+
+class _MaskedSeq2Seq(_Seq2Seq):
+    """An encoder-decoder given an all-ones attention mask: LongT5's stack makes one itself
+    only outside torch.export (``is_torchdynamo_compiling``), and its transient-global
+    attention without a mask concatenates a (1, ...) bias with a (batch, ...) one."""
+
+    def forward(self, source: torch.Tensor, decoder_ids: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(**{self.source: source}, attention_mask=torch.ones_like(source),
+                                       decoder_input_ids=decoder_ids).logits
+        return out
+
+
+def speech2text() -> ModelSpec:
+    """Speech2Text: a strided 1-d conv subsampler (GLU) over filterbank frames, sinusoidal
+    positions, an encoder-decoder transformer."""
+    cfg = hf.Speech2TextConfig(**{**_S2S, "max_position_embeddings": 16}, max_source_positions=16,
+                               max_target_positions=16, input_feat_per_channel=8, input_channels=1,
+                               num_conv_layers=2, conv_kernel_sizes=(5, 5), conv_channels=16,
+                               encoder_layerdrop=0.0, decoder_layerdrop=0.0)
+    model = _seeded(lambda: _Seq2Seq(hf.Speech2TextForConditionalGeneration(cfg), "input_features"))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        features = torch.randn(n * BATCH, 32, 8, generator=g)  # 32 frames of 8 filterbanks
+        text = torch.randint(3, VOCAB, (n * BATCH, SEQ + 1), generator=g)
+        return (features, text[:, :-1]), text[:, 1:]
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch,
+                     name="speech2text")
+
+
+def hubert() -> ModelSpec:
+    """HuBERT: Wav2Vec2's conv feature extractor and conv position embedding, post-norm
+    encoder (group-norm feature extractor), mean-pooled into an utterance classifier."""
+    cfg = hf.HubertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                          num_attention_heads=4, intermediate_size=64,
+                          conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+                          num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4,
+                          hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                          feat_proj_dropout=0.0, final_dropout=0.0, layerdrop=0.0,
+                          mask_time_prob=0.0, apply_spec_augment=False, classifier_proj_size=16,
+                          num_labels=5, do_stable_layer_norm=False, feat_extract_norm="group")
+    return _classes(_seeded(lambda: hf.HubertForSequenceClassification(cfg)), "hubert", (400,), 5)
+
+
+def speecht5() -> ModelSpec:
+    """SpeechT5 speech-to-text: a wav2vec2-style conv prenet on raw audio, relative position
+    bias in the encoder, a text decoder with scaled sinusoidal positions cross-attending."""
+    cfg = hf.SpeechT5Config(vocab_size=VOCAB, hidden_size=32, encoder_layers=1, decoder_layers=1,
+                            encoder_attention_heads=4, decoder_attention_heads=4,
+                            encoder_ffn_dim=64, decoder_ffn_dim=64, conv_dim=(16, 16),
+                            conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=8,
+                            num_conv_pos_embedding_groups=4, hidden_dropout=0.0,
+                            attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+                            speech_decoder_prenet_dropout=0.0, positional_dropout=0.0,
+                            encoder_layerdrop=0.0, decoder_layerdrop=0.0, mask_time_prob=0.0,
+                            apply_spec_augment=False, max_speech_positions=64,
+                            max_text_positions=64, encoder_max_relative_position=16,
+                            use_cache=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                            decoder_start_token_id=1)
+    model = _seeded(lambda: _Seq2Seq(hf.SpeechT5ForSpeechToText(cfg), "input_values"))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        audio = torch.randn(n * BATCH, 400, generator=g)
+        text = torch.randint(3, VOCAB, (n * BATCH, SEQ + 1), generator=g)
+        return (audio, text[:, :-1]), text[:, 1:]
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch,
+                     name="speecht5")
+
+
+def beit() -> ModelSpec:
+    """BEiT: a relative position bias table per layer (indexed by a fixed pairwise index
+    buffer, CLS rows and columns apart), layer scale, mean pooling of the patch tokens."""
+    cfg = hf.BeitConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32,
+                        num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                        drop_path_rate=0.0, use_relative_position_bias=True,
+                        use_absolute_position_embeddings=False, use_mean_pooling=True,
+                        layer_scale_init_value=0.1, num_labels=5)
+    return _classes(_seeded(lambda: hf.BeitForImageClassification(cfg)), "beit", (3, 16, 16), 5)
+
+
+def dinov2() -> ModelSpec:
+    """DINOv2: position embeddings interpolated (bicubic) to the image's patch grid, layer
+    scale, a classifier on the CLS token joined with the mean patch token."""
+    cfg = hf.Dinov2Config(image_size=16, patch_size=4, num_channels=3, hidden_size=32,
+                          num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
+                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                          drop_path_rate=0.0, num_labels=5)
+    return _classes(_seeded(lambda: hf.Dinov2ForImageClassification(cfg)), "dinov2", (3, 16, 16), 5)
+
+
+def swinv2() -> ModelSpec:
+    """Swin V2: scaled cosine attention with a learned per-head temperature, a continuous
+    position bias (an MLP over log-spaced relative coordinates), post-norm residuals."""
+    cfg = hf.Swinv2Config(image_size=16, patch_size=2, num_channels=3, embed_dim=8, depths=[1, 1],
+                          num_heads=[2, 2], window_size=4, drop_path_rate=0.0,
+                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=5)
+    return _classes(_seeded(lambda: hf.Swinv2ForImageClassification(cfg)), "swinv2", (3, 16, 16), 5)
+
+
+def efficientnet() -> ModelSpec:
+    """EfficientNet: mobile inverted bottlenecks with squeeze-and-excitation, depthwise convs
+    with "same" padding (a zero pad before the strided ones), batch norm, swish."""
+    # hidden_dim is the top conv's width, round_filters(1280) = 128 at width 0.1
+    cfg = hf.EfficientNetConfig(image_size=32, width_coefficient=0.1, depth_coefficient=0.1,
+                                hidden_dim=128, dropout_rate=0.0, drop_connect_rate=0.0,
+                                num_labels=5)
+
+    def build() -> nn.Module:
+        model = hf.EfficientNetForImageClassification(cfg)
+        # Hugging Face draws the batch norms' scales from N(0, 0.02) like its weights: 17 of
+        # them in a row shrink the signal (and every gradient below) to about 1e-37
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+        return model
+
+    return _classes(_seeded(build), "efficientnet", (3, 32, 32), 5)
+
+
+def regnet() -> ModelSpec:
+    """RegNet (Y): grouped-conv bottlenecks with squeeze-and-excitation, batch norm."""
+    cfg = hf.RegNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                          groups_width=8, layer_type="y", num_labels=5)
+    return _classes(_seeded(lambda: hf.RegNetForImageClassification(cfg)), "regnet", (3, 16, 16), 5)
+
+
+def mobilenet_v2() -> ModelSpec:
+    """MobileNetV2: inverted residuals with linear bottlenecks, ReLU6, batch norm, TensorFlow
+    "same" padding computed from the input size in every conv."""
+    cfg = hf.MobileNetV2Config(image_size=32, depth_multiplier=0.25, min_depth=8, finegrained_output=False,
+                               classifier_dropout_prob=0.0, num_labels=5)
+    return _classes(_seeded(lambda: hf.MobileNetV2ForImageClassification(cfg)), "mobilenet-v2",
+                    (3, 32, 32), 5)
+
+
+# --- time series --------------------------------------------------------------------------------
+
+def _mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(output, target)
+
+
+class _PatchTST(nn.Module):
+    """PatchTST for prediction taking the past values and returning the forecast."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, past_values: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(past_values=past_values).prediction_outputs
+        return out
+
+
+def patchtst() -> ModelSpec:
+    """PatchTST: each channel's series cut into overlapping patches (``unfold``), instance
+    normalised, a transformer over the patches, a flatten head forecasting 4 steps."""
+    cfg = hf.PatchTSTConfig(num_input_channels=2, context_length=16, prediction_length=4,
+                            patch_length=4, patch_stride=2, d_model=16, num_hidden_layers=2,
+                            num_attention_heads=2, ffn_dim=32, dropout=0.0, attention_dropout=0.0,
+                            positional_dropout=0.0, path_dropout=0.0, ff_dropout=0.0,
+                            head_dropout=0.0, scaling="std", loss="mse")
+    model = _seeded(lambda: _PatchTST(hf.PatchTSTForPrediction(cfg)))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        series = torch.randn(n * BATCH, 20, 2, generator=g).cumsum(1)
+        return (series[:, :16],), series[:, 16:]
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_mse, batch=batch,
+                     name="patchtst")
+
+
+# --- latent bottleneck --------------------------------------------------------------------------
+
+def perceiver() -> ModelSpec:
+    """Perceiver IO masked LM: byte embeddings with learned positions cross-attended by a
+    small learned latent array, self-attention among the latents only, and a decoder whose
+    per-position queries cross-attend back to the latents, logits through the tied embedding."""
+    cfg = hf.PerceiverConfig(num_latents=4, d_latents=16, d_model=32, num_blocks=1,
+                             num_self_attends_per_block=2, num_self_attention_heads=2,
+                             num_cross_attention_heads=2, vocab_size=VOCAB,
+                             max_position_embeddings=SEQ, attention_probs_dropout_prob=0.0)
+    return _tokens(_seeded(lambda: hf.PerceiverForMaskedLM(cfg)), "perceiver", shift=False)
+
+
+# --- detection ----------------------------------------------------------------------------------
+
+class _Detr(nn.Module):
+    """DETR taking pixel values and returning (class logits, predicted boxes)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(pixel_values=pixel_values)
+        return out.logits, out.pred_boxes
+
+
+DETR_CLASSES, DETR_QUERIES, DETR_OBJECTS = 3, 4, 2
+
+
+def _set_loss(output: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """DETR's set loss, small: each image's objects (rows of class, cx, cy, w, h) matched to
+    the queries by the cheapest assignment (all of them tried: 12 for 2 objects among 4
+    queries), cross-entropy against the matched classes ("no object" for the rest) plus the
+    matched boxes' L1 distance."""
+    logits, boxes = output
+    losses = []
+    for lg, bx, objects in zip(logits, boxes, target):
+        classes, wanted = objects[:, 0].long(), objects[:, 1:]
+        prob = lg.softmax(-1)
+        cost = (-prob[:, classes] + torch.cdist(bx, wanted, p=1)).detach()  # (queries, objects)
+        best = min(itertools.permutations(range(DETR_QUERIES), DETR_OBJECTS),
+                   key=lambda qs: float(sum(cost[q, o] for o, q in enumerate(qs))))
+        chosen = torch.tensor(best)
+        labels = torch.full((DETR_QUERIES,), DETR_CLASSES)  # the last logit: no object
+        labels[chosen] = classes
+        losses.append(F.cross_entropy(lg, labels) + F.l1_loss(bx[chosen], wanted))
+    return torch.stack(losses).mean()
+
+
+def detr() -> ModelSpec:
+    """DETR: a ResNet backbone (frozen batch norm: statistics and affine as buffers), sine
+    position embeddings from the pixel mask, an encoder-decoder whose learned object queries
+    attend to the feature map, class and box heads; a set loss (matching, then cross-entropy
+    and box L1) on the last stage."""
+    backbone = hf.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                               layer_type="basic", out_features=["stage2"])
+    cfg = hf.DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone=None,
+                        backbone_config=backbone, num_queries=DETR_QUERIES, d_model=32,
+                        encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                        encoder_layerdrop=0.0, decoder_layerdrop=0.0, auxiliary_loss=False,
+                        num_labels=DETR_CLASSES)
+    model = _seeded(lambda: _Detr(hf.DetrForObjectDetection(cfg)))
+    # in training mode each encoder layer clamps its output if any of it is not finite, a
+    # branch on the data that torch.export cannot trace; with no dropout, evaluation mode
+    # differs in nothing else
+    for layer in model.model.model.encoder.layers:
+        layer.eval()
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        pixels = torch.randn(n * BATCH, 3, 32, 32, generator=g)
+        classes = torch.randint(0, DETR_CLASSES, (n * BATCH, DETR_OBJECTS, 1), generator=g)
+        centre = torch.rand(n * BATCH, DETR_OBJECTS, 2, generator=g) * 0.6 + 0.2
+        size = torch.rand(n * BATCH, DETR_OBJECTS, 2, generator=g) * 0.3 + 0.1
+        return (pixels,), torch.cat([classes.float(), centre, size], -1)
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_set_loss, batch=batch,
+                     name="detr")
+
+
 ZOO: dict[str, Callable[[], ModelSpec]] = {
     "t5": t5, "mixtral": mixtral, "qwen2-moe": qwen2_moe, "vit": vit, "convnext": convnext,
     "resnet": resnet, "wav2vec2": wav2vec2, "whisper": whisper, "gpt-neox": gpt_neox, "mistral": mistral, "qwen2": qwen2,
@@ -418,14 +827,21 @@ ZOO: dict[str, Callable[[], ModelSpec]] = {
     "bart": bart, "swin": swin, "segformer": segformer, "modernbert": modernbert, "funnel": funnel,
     "mamba": mamba, "jamba": jamba, "mobilevit": mobilevit, "llava": llava, "clip": clip,
     "deepseek-v3": deepseek_v3,
+    "opt": opt, "phi3": phi3, "gemma3": gemma3, "qwen3-moe": qwen3_moe, "olmoe": olmoe,
+    "granitemoe": granitemoe, "mamba2": mamba2, "falcon-mamba": falcon_mamba,
+    "recurrent-gemma": recurrent_gemma, "zamba2": zamba2, "rwkv": rwkv, "xlnet": xlnet,
+    "pegasus": pegasus, "m2m100": m2m100, "longt5": longt5, "speech2text": speech2text,
+    "hubert": hubert, "speecht5": speecht5, "beit": beit, "dinov2": dinov2, "swinv2": swinv2,
+    "efficientnet": efficientnet, "regnet": regnet, "mobilenet-v2": mobilenet_v2,
+    "patchtst": patchtst, "perceiver": perceiver, "detr": detr,
 }
 """Every zoo model by name: a fresh, identically initialised copy per call."""
 
 
-HASH_ORDERED = {"modernbert"}
-"""Models whose traced node order depends on Python's string hashes: ModernBERT's forward
-computes its rotary tables ``for layer_type in set(config.layer_types)``, so two processes
-with different ``PYTHONHASHSEED`` trace the sliding and the global tables in either order,
+HASH_ORDERED = {"modernbert", "gemma3"}
+"""Models whose traced node order depends on Python's string hashes: ModernBERT's and Gemma
+3's forward compute their rotary tables ``for layer_type in set(config.layer_types)``, so two
+processes with different ``PYTHONHASHSEED`` trace the sliding and the global tables in either order,
 and a rank refuses the plan (a graph fingerprint of another order). The autopipe commands
 fix the seed ([Note: one hash seed] in ``autopipe.cli.main``), but this job plans in the test
 process, so these are traced and split in one process only."""
