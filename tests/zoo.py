@@ -381,17 +381,18 @@ def clip() -> ModelSpec:
 
 # --- speech -------------------------------------------------------------------------------------
 
+_AUDIO = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+              num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4, hidden_dropout=0.0,
+              attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0,
+              mask_time_prob=0.0, classifier_proj_size=16, num_labels=5, apply_spec_augment=False)
+"""Wav2Vec2's and HuBERT's shared config: a 2-layer conv feature extractor over 400 samples."""
+
+
 def wav2vec2() -> ModelSpec:
     """Wav2Vec2: a strided conv feature extractor on raw audio, a convolutional relative
     position embedding, a transformer encoder, mean-pooled into an utterance classifier."""
-    cfg = hf.Wav2Vec2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                            num_attention_heads=4, intermediate_size=64,
-                            conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
-                            num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4,
-                            hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                            feat_proj_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0,
-                            classifier_proj_size=16, num_labels=5, do_stable_layer_norm=True,
-                            feat_extract_norm="layer", apply_spec_augment=False)
+    cfg = hf.Wav2Vec2Config(**_AUDIO, do_stable_layer_norm=True, feat_extract_norm="layer")
     return _classes(_seeded(lambda: hf.Wav2Vec2ForSequenceClassification(cfg)), "wav2vec2",
                     (400,), 5)
 
@@ -595,14 +596,8 @@ def speech2text() -> ModelSpec:
 def hubert() -> ModelSpec:
     """HuBERT: Wav2Vec2's conv feature extractor and conv position embedding, post-norm
     encoder (group-norm feature extractor), mean-pooled into an utterance classifier."""
-    cfg = hf.HubertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                          num_attention_heads=4, intermediate_size=64,
-                          conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
-                          num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4,
-                          hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                          feat_proj_dropout=0.0, final_dropout=0.0, layerdrop=0.0,
-                          mask_time_prob=0.0, apply_spec_augment=False, classifier_proj_size=16,
-                          num_labels=5, do_stable_layer_norm=False, feat_extract_norm="group")
+    cfg = hf.HubertConfig(**_AUDIO, final_dropout=0.0, do_stable_layer_norm=False,
+                          feat_extract_norm="group")
     return _classes(_seeded(lambda: hf.HubertForSequenceClassification(cfg)), "hubert", (400,), 5)
 
 
