@@ -168,3 +168,26 @@ def test_t5_profiles(passed_on: dict[str, Any]) -> None:
     assert p.forward_s > 0 and p.backward_s > 0
     _assert_same(passed_on, _expected(graph, inputs))
     assert estimate(graph, inputs, progress=False).forward_s > 0
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_measure_lands_a_write_of_shape(frontend: str, passed_on: dict[str, Any]) -> None:
+    """BigBird's ``context.unsqueeze_(2)`` on an activation that needs a gradient: the
+    profiler runs it on a clone of its leaf and the input takes the clone's new shape
+    (copying the clone back into the input raised: its shape is not the input's)."""
+
+    class Unsqueezes(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp = torch.nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.inp(x)
+            h.unsqueeze_(1)  # h is (4, 1, 8) now, read below by its old name
+            return torch.cat([h, h * 2], dim=1).sum(1)
+
+    model, x = Unsqueezes(), torch.randn(4, 8)
+    graph = autopipe.trace(model, (x,), frontend=frontend)
+    p = measure(graph, (x,), warmup=1, repeats=2, progress=False)
+    assert p.forward_s > 0
+    _assert_same(passed_on, _expected(graph, (x,)))

@@ -10,7 +10,8 @@ Architectures that torch.export cannot trace, found by the sweep of 2026-12-02 a
 DBRX (a Python loop over the experts a batch hits), Reformer (reversible layers: a custom
 autograd Function whose forward runs under no_grad, refused by ``trace``), Autoformer (rolls
 values by each top-k delay, ``int(index[i])``) and Qwen2-VL (its vision attention splits
-patches by ``lengths.tolist()``).
+patches by ``lengths.tolist()``); by the sweep of 2026-12-02 (c): Longformer (whether any token
+is global, ``is_index_global_attn.flatten().any().item()``, picks the attention path).
 """
 
 from __future__ import annotations
@@ -815,6 +816,155 @@ def detr() -> ModelSpec:
                      name="detr")
 
 
+# --- architectures added by the sweep of 2026-12-02 (c) -----------------------------------------
+
+def qwen3_next() -> ModelSpec:
+    """Qwen3-Next: gated DeltaNet linear attention (a causal conv, then the delta rule scanned
+    in chunks, torch path) interleaved with gated full attention; every MLP routed to 2 of 4
+    experts plus a gated shared expert."""
+    cfg = hf.Qwen3NextConfig(**_DECODER, head_dim=8, linear_conv_kernel_dim=4,
+                             linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                             linear_num_value_heads=4, num_experts=4, num_experts_per_tok=2,
+                             moe_intermediate_size=16, shared_expert_intermediate_size=32,
+                             decoder_sparse_step=1, router_aux_loss_coef=0.0,
+                             output_router_logits=False,
+                             layer_types=["linear_attention", "full_attention"])
+    return _tokens(_seeded(lambda: hf.Qwen3NextForCausalLM(cfg)), "qwen3-next")
+
+
+def gemma3n() -> ModelSpec:
+    """Gemma 3n text: AltUp (2 predicted streams, one active, corrected after each layer),
+    per-layer embeddings (their own token table, projected and gated into every layer),
+    Laurel low-rank residuals, a Gaussian top-k activation sparsity in the first MLP, the
+    last layer reusing an earlier layer's keys and values, soft-capped logits. AltUp's
+    coefficient clip is off: in training it clamps ``weight.data`` in place inside forward,
+    which torch.export lifts as a fake constant and refuses. No padding token: its zero
+    embedding stays zero in the active stream (the AltUp coefficients start at zero), and
+    the final ``mean(x ** 2) ** 0.5`` of zero has a NaN gradient, in eager PyTorch too."""
+    cfg = hf.Gemma3nTextConfig(**{**_DECODER, "num_hidden_layers": 3, "tie_word_embeddings": True},
+                               head_dim=8, sliding_window=4,
+                               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                               vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8,
+                               altup_num_inputs=2, num_kv_shared_layers=1,
+                               laurel_rank=4, activation_sparsity_pattern=[0.95, 0.0, 0.0],
+                               pad_token_id=None)
+    object.__setattr__(cfg, "altup_coef_clip", None)  # the strict config refuses None
+    return _tokens(_seeded(lambda: hf.Gemma3nForCausalLM(cfg)), "gemma3n")
+
+
+def gpt_oss() -> ModelSpec:
+    """GPT-OSS: a learned attention sink per head (an extra logit in every softmax),
+    alternating sliding and full attention, YaRN RoPE, biased attention, experts routed
+    2 of 4 with a clamped SwiGLU (``gate * sigmoid(alpha * gate)``) in batched weights."""
+    cfg = hf.GptOssConfig(**_DECODER, head_dim=8, num_local_experts=4, num_experts_per_tok=2,
+                          sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+                          router_aux_loss_coef=0.0, output_router_logits=False)
+    return _tokens(_seeded(lambda: hf.GptOssForCausalLM(cfg)), "gpt-oss")
+
+
+def llama4() -> ModelSpec:
+    """Llama 4 text: chunked causal attention (4-token chunks) in RoPE layers with L2-normed
+    q/k, a global no-RoPE layer with position-dependent query temperature, every MLP routed
+    to 1 of 4 experts (sigmoid-scaled inputs) plus a shared expert, and a dense layer."""
+    cfg = hf.Llama4TextConfig(**{**_DECODER, "num_hidden_layers": 3}, head_dim=8,
+                              intermediate_size_mlp=64, num_local_experts=4, num_experts_per_tok=1,
+                              interleave_moe_layer_step=2, no_rope_layers=[1, 1, 0],
+                              attention_chunk_size=4, floor_scale=4, attn_scale=0.1,
+                              layer_types=["chunked_attention", "chunked_attention", "full_attention"],
+                              router_aux_loss_coef=0.0, output_router_logits=False, pad_token_id=None)
+    return _tokens(_seeded(lambda: hf.Llama4ForCausalLM(cfg)), "llama4")
+
+
+def bamba() -> ModelSpec:
+    """Bamba: Mamba-2 layers (chunked state-space scan, torch path) and a RoPE attention
+    layer, each followed by a SwiGLU MLP."""
+    cfg = hf.BambaConfig(**{**_DECODER, "num_hidden_layers": 3}, attn_layer_indices=[1],
+                         mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=8,
+                         mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=4, pad_token_id=0)
+    return _tokens(_seeded(lambda: hf.BambaForCausalLM(cfg)), "bamba")
+
+
+def lfm2() -> ModelSpec:
+    """LFM2: gated short causal convolutions (kernel 3, input- and output-gated) in most layers,
+    grouped-query attention with q/k norms in the rest."""
+    cfg = hf.Lfm2Config(**_DECODER, conv_L_cache=3, block_auto_adjust_ff_dim=False,
+                        layer_types=["conv", "full_attention"])
+    return _tokens(_seeded(lambda: hf.Lfm2ForCausalLM(cfg)), "lfm2")
+
+
+def ernie4_5_moe() -> ModelSpec:
+    """Ernie 4.5 MoE: a dense first layer, then 2 of 4 experts per token (a softmax router
+    with a bias correction) plus a shared expert."""
+    cfg = hf.Ernie4_5_MoeConfig(**_DECODER, moe_intermediate_size=16, moe_k=2, moe_num_experts=4,
+                                moe_num_shared_experts=1, moe_layer_start_index=1,
+                                router_aux_loss_coef=0.0, output_router_logits=False)
+    return _tokens(_seeded(lambda: hf.Ernie4_5_MoeForCausalLM(cfg)), "ernie4.5-moe")
+
+
+def smollm3() -> ModelSpec:
+    """SmolLM3: a Llama whose every third layer drops RoPE (no position information but the
+    causal mask)."""
+    cfg = hf.SmolLM3Config(**{**_DECODER, "num_hidden_layers": 3}, no_rope_layers=[1, 1, 0],
+                           pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return _tokens(_seeded(lambda: hf.SmolLM3ForCausalLM(cfg)), "smollm3")
+
+
+_ENCODER = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                max_position_embeddings=64)
+
+
+def big_bird() -> ModelSpec:
+    """BigBird masked LM: block-sparse attention (blocks of one token: the first and last
+    global, a sliding band of three, one random block per query, drawn by numpy seeded with the layer index) in the
+    torch path, which gathers the key blocks by index."""
+    cfg = hf.BigBirdConfig(**_ENCODER, attention_type="block_sparse", block_size=1,
+                           num_random_blocks=1, sep_token_id=3)
+    return _tokens(_seeded(lambda: hf.BigBirdForMaskedLM(cfg)), "big-bird", shift=False)
+
+
+def esm() -> ModelSpec:
+    """ESM-2 masked LM (protein): rotary attention, pre-norm layers, token dropout (the
+    embeddings rescaled by the share of mask tokens in each sequence)."""
+    cfg = hf.EsmConfig(**_ENCODER, position_embedding_type="rotary", token_dropout=True,
+                       mask_token_id=2, pad_token_id=1, emb_layer_norm_before=False)
+    return _tokens(_seeded(lambda: hf.EsmForMaskedLM(cfg)), "esm", shift=False)
+
+
+def fnet() -> ModelSpec:
+    """FNet masked LM: token mixing by a 2-d FFT (the real part of fftn over sequence and
+    hidden), no attention."""
+    cfg = hf.FNetConfig(**{k: v for k, v in _ENCODER.items()
+                           if k not in ("num_attention_heads", "attention_probs_dropout_prob")},
+                        use_tpu_fourier_optimizations=False)
+    return _tokens(_seeded(lambda: hf.FNetForMaskedLM(cfg)), "fnet", shift=False)
+
+
+def convbert() -> ModelSpec:
+    """ConvBERT masked LM: mixed attention, half the heads span-based dynamic convolution
+    (kernels predicted per token, applied through ``unfold``), a smaller embedding."""
+    cfg = hf.ConvBertConfig(**_ENCODER, embedding_size=16, head_ratio=2, conv_kernel_size=3,
+                            num_groups=1)
+    return _tokens(_seeded(lambda: hf.ConvBertForMaskedLM(cfg)), "convbert", shift=False)
+
+
+def mpnet() -> ModelSpec:
+    """MPNet masked LM: a T5-style bucketed relative position bias shared by the layers (32
+    buckets: ``compute_position_bias`` ignores the config's count and indexes 32)."""
+    cfg = hf.MPNetConfig(**_ENCODER)
+    return _tokens(_seeded(lambda: hf.MPNetForMaskedLM(cfg)), "mpnet", shift=False)
+
+
+def canine() -> ModelSpec:
+    """CANINE-S token classification over characters: hashed character embeddings (8 hash
+    functions into 16 buckets), a local transformer, a strided conv downsampling to molecules,
+    a deep transformer over those, and a conv upsampling back to characters."""
+    cfg = hf.CanineConfig(**{k: v for k, v in _ENCODER.items() if k != "vocab_size"},
+                          downsampling_rate=4, upsampling_kernel_size=3, num_hash_functions=4,
+                          num_hash_buckets=16, local_transformer_stride=4, num_labels=VOCAB)
+    return _tokens(_seeded(lambda: hf.CanineForTokenClassification(cfg)), "canine", shift=False)
+
+
 ZOO: dict[str, Callable[[], ModelSpec]] = {
     "t5": t5, "mixtral": mixtral, "qwen2-moe": qwen2_moe, "vit": vit, "convnext": convnext,
     "resnet": resnet, "wav2vec2": wav2vec2, "whisper": whisper, "gpt-neox": gpt_neox, "mistral": mistral, "qwen2": qwen2,
@@ -829,13 +979,18 @@ ZOO: dict[str, Callable[[], ModelSpec]] = {
     "hubert": hubert, "speecht5": speecht5, "beit": beit, "dinov2": dinov2, "swinv2": swinv2,
     "efficientnet": efficientnet, "regnet": regnet, "mobilenet-v2": mobilenet_v2,
     "patchtst": patchtst, "perceiver": perceiver, "detr": detr,
+    "qwen3-next": qwen3_next, "gemma3n": gemma3n, "gpt-oss": gpt_oss, "llama4": llama4,
+    "bamba": bamba, "lfm2": lfm2, "ernie4.5-moe": ernie4_5_moe, "smollm3": smollm3,
+    "big-bird": big_bird, "esm": esm, "fnet": fnet,
+    "convbert": convbert, "mpnet": mpnet, "canine": canine,
 }
 """Every zoo model by name: a fresh, identically initialised copy per call."""
 
 
-HASH_ORDERED = {"modernbert", "gemma3"}
+HASH_ORDERED = {"modernbert", "gemma3", "gemma3n", "llama4"}
 """Models whose traced node order depends on Python's string hashes: ModernBERT's and Gemma
-3's forward compute their rotary tables ``for layer_type in set(config.layer_types)``, so two
+3's (and Gemma 3n's) forward compute their rotary tables ``for layer_type in set(config.layer_types)``,
+and Llama 4's its chunked and full attention masks the same way, so two
 processes with different ``PYTHONHASHSEED`` trace the sliding and the global tables in either order,
 and a rank refuses the plan (a graph fingerprint of another order). The autopipe commands
 fix the seed ([Note: one hash seed] in ``autopipe.cli.main``), but this job plans in the test

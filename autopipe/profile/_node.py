@@ -103,7 +103,10 @@ class NodeCall:
         """After the node's backward: written leaves' values reach the inputs they stand for."""
         with torch.no_grad():
             for source, value in self._landing:
-                source.copy_(value)
+                if source.shape == value.shape:
+                    source.copy_(value)
+                else:  # a write of shape (``unsqueeze_``, ``squeeze_``, ``t_``): the input
+                    source.set_(value.detach())  # takes the new shape, as it does in the model
         self._landing = []
 
     def backward(self, out: Any, which: str) -> Callable[[], Any] | None:
