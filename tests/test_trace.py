@@ -139,6 +139,23 @@ class _Differentiable(torch.autograd.Function):
         return 2 * x * grad
 
 
+class _MaskedSoftmax(torch.autograd.Function):
+    """SEW-D's XSoftmax pattern: the forward zeroes entries of its softmax's output in place
+    (saved for its own backward, harmless while the forward records no graph)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = torch.softmax(x, -1)
+        out.masked_fill_(x < -1, 0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return torch._softmax_backward_data(grad, out, -1, out.dtype)
+
+
 class _WithFunction(torch.nn.Module):
     def __init__(self, function: type[torch.autograd.Function]) -> None:
         super().__init__()
@@ -161,6 +178,20 @@ def test_custom_function_without_gradient_is_refused() -> None:
         autopipe.trace(model, (torch.randn(2, 4),), frontend="export")
     assert info.value.hint
     assert torch.autograd.Function.__dict__["apply"].__func__.__qualname__ == "Function.apply"  # restored
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_custom_function_writing_a_saved_value_in_place_is_refused(frontend: str) -> None:
+    """Traced, the Function's softmax saves its output for backward and the masked_fill_ then
+    writes it: autograd would refuse the first backward of training ([Note: custom autograd
+    Functions]); the trace says so, naming the Function, and changes no weight."""
+    model = _WithFunction(_MaskedSoftmax)
+    model(torch.randn(2, 4)).sum().backward()  # eager: the Function's own backward
+    weight = model.a.weight.detach().clone()
+    with pytest.raises(TraceError, match="_MaskedSoftmax.*modified by an inplace") as info:
+        autopipe.trace(model, (torch.randn(2, 4),), frontend=frontend)
+    assert info.value.hint
+    assert torch.equal(model.a.weight, weight)
 
 
 @pytest.mark.parametrize("frontend", ["fx", "export"])

@@ -4,14 +4,17 @@ Each builder returns a ModelSpec (model, one example micro-batch, loss, ``batch(
 built from a config object, small enough that tracing, measuring, planning and training
 each takes seconds on two cores (about 8 minutes for all of them): one to three layers (or
 blocks) per stack, hidden size 32 at most, sequences of 8 tokens, 16x16 images (MobileViT's
-32x32), 400 audio samples.
+32x32; a few 64x64), 400 audio samples.
 
 Architectures that torch.export cannot trace, found by the sweep of 2026-12-02 and left out:
 DBRX (a Python loop over the experts a batch hits), Reformer (reversible layers: a custom
 autograd Function whose forward runs under no_grad, refused by ``trace``), Autoformer (rolls
-values by each top-k delay, ``int(index[i])``) and Qwen2-VL (its vision attention splits
-patches by ``lengths.tolist()``); by the sweep of 2026-12-02 (c): Longformer (whether any token
-is global, ``is_index_global_attn.flatten().any().item()``, picks the attention path).
+values by each top-k delay, ``int(index[i])``), Qwen2-VL (its vision attention splits
+patches by ``lengths.tolist()``), Longformer (whether any token is global,
+``is_index_global_attn.flatten().any().item()``, picks the attention path) and EnCodec (its
+convs' padding is computed as a tensor, ``torch.ceil(n_frames)``, then used as a size);
+and SEW-D, whose XSoftmax (a custom autograd Function) writes its softmax's output in place,
+refused by ``trace``.
 """
 
 from __future__ import annotations
@@ -964,6 +967,293 @@ def canine() -> ModelSpec:
                           num_hash_buckets=16, local_transformer_stride=4, num_labels=VOCAB)
     return _tokens(_seeded(lambda: hf.CanineForTokenClassification(cfg)), "canine", shift=False)
 
+# --- sweep 2026-12-02 (d): architectures new to the zoo ----------------------------------------
+
+def levit() -> ModelSpec:
+    """LeViT: a conv stem (4 strided 3x3 convs with batch norm), attention with a learned bias
+    per head indexed by each pair's offset (cached in evaluation mode only), shrinking
+    attention between stages, batch norm after every linear, a distillation classifier pair."""
+    # the config subsamples after stages 0 and 1 whatever the depths: 3 stages are needed
+    cfg = hf.LevitConfig(image_size=128, patch_size=16, hidden_sizes=[16, 24, 32],
+                         num_attention_heads=[2, 2, 2], depths=[1, 1, 1], key_dim=[8, 8, 8],
+                         mlp_ratio=[2, 2, 2], attention_ratio=[2, 2, 2], drop_path_rate=0,
+                         num_labels=5)
+    return _classes(_seeded(lambda: hf.LevitForImageClassification(cfg)), "levit", (3, 128, 128), 5)
+
+
+def cvt() -> ModelSpec:
+    """CvT: overlapping conv token embeddings per stage, queries, keys and values from
+    depthwise convs with batch norm (keys and values strided), a CLS token in the last stage.
+    Stage i's drop-path rate is read at index i of a list as long as its depth, hence 1, 2."""
+    cfg = hf.CvtConfig(num_channels=3, patch_sizes=[3, 3], patch_stride=[2, 2], patch_padding=[1, 1],
+                       embed_dim=[8, 16], num_heads=[1, 2], depth=[1, 2], mlp_ratio=[2.0, 2.0],
+                       attention_drop_rate=[0.0, 0.0], drop_rate=[0.0, 0.0], drop_path_rate=[0.0, 0.0],
+                       qkv_bias=[True, True], cls_token=[False, True],
+                       qkv_projection_method=["dw_bn", "dw_bn"], kernel_qkv=[3, 3],
+                       padding_kv=[1, 1], stride_kv=[2, 2], padding_q=[1, 1], stride_q=[1, 1],
+                       num_labels=5)
+    return _classes(_seeded(lambda: hf.CvtForImageClassification(cfg)), "cvt", (3, 16, 16), 5)
+
+
+def videomae() -> ModelSpec:
+    """VideoMAE: a 3-d conv patch embedding over tubelets of 2 frames, fixed sinusoidal
+    positions, q and v biases (k's zero, concatenated), mean pooling into a classifier."""
+    cfg = hf.VideoMAEConfig(image_size=16, patch_size=8, num_channels=3, num_frames=4, tubelet_size=2,
+                            hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, use_mean_pooling=True, num_labels=5)
+    return _classes(_seeded(lambda: hf.VideoMAEForVideoClassification(cfg)), "videomae",
+                    (4, 3, 16, 16), 5)
+
+
+def data2vec_vision() -> ModelSpec:
+    """Data2Vec vision: BEiT's encoder with a relative position bias shared by every layer
+    and absolute positions off, layer scale, mean pooling."""
+    cfg = hf.Data2VecVisionConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32,
+                                  num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                  drop_path_rate=0.0, use_shared_relative_position_bias=True,
+                                  use_mean_pooling=True, num_labels=5)
+    return _classes(_seeded(lambda: hf.Data2VecVisionForImageClassification(cfg)),
+                    "data2vec-vision", (3, 16, 16), 5)
+
+
+class _Depth(nn.Module):
+    """A depth estimator taking pixel values and returning the predicted depth map."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(pixel_values=pixel_values).predicted_depth
+        return out
+
+
+def dpt() -> ModelSpec:
+    """DPT: a ViT whose hidden states of 4 layers are reassembled into a feature pyramid
+    (readout projection of the CLS token, transposed and strided convs), fused coarse to fine
+    by residual conv units with bilinear upsampling, a conv head regressing depth (MSE)."""
+    cfg = hf.DPTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32,
+                       num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+                       backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 8, 16, 16],
+                       fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5], head_in_index=-1,
+                       use_auxiliary_head=False)
+    model = _seeded(lambda: _Depth(hf.DPTForDepthEstimation(cfg)))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        pixels = torch.randn(n * BATCH, 3, 16, 16, generator=g)
+        depth = pixels.mean(1).abs()  # a depth the model can learn from the pixels
+        return (pixels,), depth
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_depth_mse, batch=batch,
+                     name="dpt")
+
+
+def _depth_mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(output, F.interpolate(target[:, None], size=output.shape[-2:])[:, 0])
+
+
+def _sigmoid_pairs(output: Any, target: torch.Tensor) -> torch.Tensor:
+    """SigLIP's loss: every image-text pair of the micro-batch a binary label (its own: 1)."""
+    logits = output["logits_per_image"]
+    labels = 2 * (target[:, None] == target[None, :]).float() - 1
+    return -F.logsigmoid(labels * logits).sum() / logits.shape[0]
+
+
+def siglip() -> ModelSpec:
+    """SigLIP: CLIP's two towers (vision pooled by a multi-head attention probe, text by its
+    last token), image-text similarities with a learned scale and bias, a sigmoid loss over
+    every pair."""
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    cfg = hf.SiglipConfig(text_config=dict(tower, vocab_size=VOCAB, max_position_embeddings=SEQ),
+                          vision_config=dict(tower, image_size=16, patch_size=4))
+    model = _seeded(lambda: hf.SiglipModel(cfg))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        text = torch.randint(0, VOCAB, (n * BATCH, SEQ), generator=g)
+        pixels = torch.randn(n * BATCH, 3, 16, 16, generator=g)
+        return (text, pixels), torch.arange(BATCH).repeat(n)
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_sigmoid_pairs, batch=batch,
+                     name="siglip")
+
+
+def wav2vec2_conformer() -> ModelSpec:
+    """Wav2Vec2-Conformer: Wav2Vec2's conv feature extractor, then conformer blocks (two
+    half-step feed-forwards around relative-position self-attention with learned biases
+    u and v over a sinusoidal table, and a depthwise conv module with batch norm)."""
+    cfg = hf.Wav2Vec2ConformerConfig(**_AUDIO, position_embeddings_type="relative",
+                                     max_source_positions=64, conv_depthwise_kernel_size=7,
+                                     conformer_conv_dropout=0.0, final_dropout=0.0)
+    return _classes(_seeded(lambda: hf.Wav2Vec2ConformerForSequenceClassification(cfg)),
+                    "wav2vec2-conformer", (400,), 5)
+
+
+def unispeech() -> ModelSpec:
+    """UniSpeech: Wav2Vec2's encoder (group-norm feature extractor, post-norm layers) as an
+    utterance classifier (the quantizer trains only in pre-training)."""
+    cfg = hf.UniSpeechConfig(**_AUDIO, final_dropout=0.0, feat_quantizer_dropout=0.0,
+                             do_stable_layer_norm=False, feat_extract_norm="group")
+    return _classes(_seeded(lambda: hf.UniSpeechForSequenceClassification(cfg)), "unispeech",
+                    (400,), 5)
+
+
+class _Codec(nn.Module):
+    """An audio codec taking (batch, 1, samples) and returning its reconstruction, and for
+    DAC also its quantizer's commitment and codebook losses."""
+
+    def __init__(self, model: nn.Module, with_loss: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.with_loss = with_loss
+
+    def forward(self, audio: torch.Tensor) -> Any:
+        out = self.model(audio)
+        if self.with_loss:
+            return out.audio_values, out.loss
+        return out.audio_values
+
+
+def _reconstruction(output: Any, target: torch.Tensor) -> torch.Tensor:
+    if isinstance(output, tuple):
+        audio, vq = output
+        return F.mse_loss(audio.reshape(target.shape), target) + vq.mean()
+    return F.mse_loss(output.reshape(target.shape), target)
+
+
+def _audio_codec(model: nn.Module, name: str) -> ModelSpec:
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        t = torch.arange(400) / 400
+        freq = torch.rand(n * BATCH, 1, 1, generator=g) * 20 + 5
+        audio = torch.sin(2 * torch.pi * freq * t) + 0.1 * torch.randn(n * BATCH, 1, 400, generator=g)
+        return (audio,), audio
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_reconstruction, batch=batch,
+                     name=name)
+
+
+def dac() -> ModelSpec:
+    """DAC: a conv encoder with snake activations, a residual vector quantizer whose codes
+    pass gradients straight through (``z + (z_q - z).detach()``) with factorised, normalised
+    code lookup, the conv decoder; MSE reconstruction plus the commitment and codebook losses."""
+    cfg = hf.DacConfig(encoder_hidden_size=4, downsampling_ratios=[2, 2], decoder_hidden_size=16,
+                       n_codebooks=2, codebook_size=16, codebook_dim=4, quantizer_dropout=0.0,
+                       sampling_rate=400)
+    return _audio_codec(_seeded(lambda: _Codec(hf.DacModel(cfg), with_loss=True)), "dac")
+
+
+# --- time series, probabilistic --------------------------------------------------------------
+
+class _Forecaster(nn.Module):
+    """A probabilistic forecaster (Informer, Time Series Transformer) taking past values,
+    time features and the future values, returning the normal distribution it predicts for
+    each future step (mean, standard deviation): the likelihood is taken outside the graph,
+    as torch.distributions validates its arguments by branching on their values."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, past: torch.Tensor, past_time: torch.Tensor, future: torch.Tensor,
+                future_time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.model(past_values=past, past_time_features=past_time,
+                               past_observed_mask=torch.ones_like(past), future_values=future,
+                               future_time_features=future_time)
+        mean, std = self.model.output_params(out.last_hidden_state)  # Normal's domain map
+        return out.loc + out.scale * mean, out.scale * std  # the model's AffineTransformed
+
+
+def _nll(output: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    mean, std = output
+    return -torch.distributions.Normal(mean, std).log_prob(target).mean()
+
+
+_FORECAST = dict(prediction_length=4, context_length=8, lags_sequence=[1, 2], num_time_features=1,
+                 distribution_output="normal", d_model=16, encoder_layers=2, decoder_layers=1,
+                 encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                 decoder_ffn_dim=32, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                 encoder_layerdrop=0.0, decoder_layerdrop=0.0, use_cache=False)
+
+
+def _forecast(model: nn.Module, name: str) -> ModelSpec:
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        g = generator(n, step, 0)
+        series = torch.randn(n * BATCH, 14, generator=g).cumsum(1) + 10
+        time = (torch.arange(14, dtype=torch.float) / 14).expand(n * BATCH, 14)[..., None]
+        return (series[:, :10], time[:, :10], series[:, 10:], time[:, 10:]), series[:, 10:]
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_nll, batch=batch, name=name)
+
+
+def informer() -> ModelSpec:
+    """Informer: ProbSparse self-attention (each query's sparsity measured on randomly
+    sampled keys, only the top queries attend, the rest take the mean value), distilling
+    conv layers halving the sequence between encoder layers, a normal-distribution head."""
+    cfg = hf.InformerConfig(**_FORECAST, attention_type="prob", sampling_factor=2, distil=False)
+    return _forecast(_seeded(lambda: _Forecaster(hf.InformerForPrediction(cfg))), "informer")
+
+
+def time_series_transformer() -> ModelSpec:
+    """Time Series Transformer: lagged values and time features embedded, mean scaling, a
+    vanilla encoder-decoder, a normal-distribution head trained on the future's likelihood."""
+    cfg = hf.TimeSeriesTransformerConfig(**_FORECAST)
+    return _forecast(_seeded(lambda: _Forecaster(hf.TimeSeriesTransformerForPrediction(cfg))),
+                     "time-series-transformer")
+
+
+class _Mask2Former(nn.Module):
+    """Mask2Former's model (its universal-segmentation head builds a Hungarian-matching loss
+    that needs scipy) taking pixel values and returning the last decoder layer's mask logits
+    per query, (batch, queries, height / 4, width / 4)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(pixel_values=pixel_values).masks_queries_logits[-1]
+        return out
+
+
+def _query_segments(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each pixel labelled with one query: cross-entropy over the queries' mask logits."""
+    return F.cross_entropy(output, target)
+
+
+def mask2former() -> ModelSpec:
+    """Mask2Former: a Swin backbone, a pixel decoder of multi-scale deformable attention
+    (``grid_sample`` at learned offsets over 3 feature levels), and a transformer decoder
+    whose queries attend only inside their previous layer's predicted masks (masked attention,
+    levels in turn); per-query mask logits at 1/4 resolution."""
+    backbone = hf.SwinConfig(image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1],
+                             num_heads=[1, 1, 1, 1], window_size=2, drop_path_rate=0.0,
+                             out_features=["stage1", "stage2", "stage3", "stage4"])
+    # the pixel decoder's group norms have 32 groups: widths of 32. 64x64 images: at 32x32 the
+    # last feature map is 1x1, which torch takes for channels-last, and torch 2.13's CPU group
+    # norm backward crashes (a segmentation fault) on a channels-last input when only the
+    # weight and bias gradients are asked for, as zero-bubble's weight pass does
+    cfg = hf.Mask2FormerConfig(backbone_config=backbone, use_pretrained_backbone=False,
+                               feature_size=32, mask_feature_size=32, hidden_dim=32,
+                               encoder_feedforward_dim=32, encoder_layers=1, decoder_layers=2,
+                               num_attention_heads=2, dim_feedforward=32, num_queries=4,
+                               num_labels=3, use_auxiliary_loss=False, common_stride=4)
+    model = _seeded(lambda: _Mask2Former(hf.Mask2FormerModel(cfg)))
+    # as DETR's: in training mode each pixel-decoder encoder layer clamps its output if any
+    # of it is not finite, a branch on the data; with no dropout, evaluation mode is the same
+    for m in model.modules():
+        if type(m).__name__ == "Mask2FormerPixelDecoderEncoderLayer":
+            m.eval()
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        pixels = torch.randn(n * BATCH, 3, 64, 64, generator=g)
+        return (pixels,), torch.randint(0, 4, (n * BATCH, 16, 16), generator=g)
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_query_segments,
+                     batch=batch, name="mask2former")
+
 
 ZOO: dict[str, Callable[[], ModelSpec]] = {
     "t5": t5, "mixtral": mixtral, "qwen2-moe": qwen2_moe, "vit": vit, "convnext": convnext,
@@ -983,6 +1273,10 @@ ZOO: dict[str, Callable[[], ModelSpec]] = {
     "bamba": bamba, "lfm2": lfm2, "ernie4.5-moe": ernie4_5_moe, "smollm3": smollm3,
     "big-bird": big_bird, "esm": esm, "fnet": fnet,
     "convbert": convbert, "mpnet": mpnet, "canine": canine,
+    "levit": levit, "cvt": cvt, "videomae": videomae, "data2vec-vision": data2vec_vision,
+    "dpt": dpt, "siglip": siglip, "wav2vec2-conformer": wav2vec2_conformer,
+    "unispeech": unispeech, "dac": dac, "informer": informer,
+    "time-series-transformer": time_series_transformer, "mask2former": mask2former,
 }
 """Every zoo model by name: a fresh, identically initialised copy per call."""
 

@@ -106,7 +106,8 @@ class NodeCall:
                 if source.shape == value.shape:
                     source.copy_(value)
                 else:  # a write of shape (``unsqueeze_``, ``squeeze_``, ``t_``): the input
-                    source.set_(value.detach())  # takes the new shape, as it does in the model
+                    # takes the new shape, as it does in the model (torch's stubs lack set_(Tensor))
+                    source.set_(value.detach())  # type: ignore[call-overload]
         self._landing = []
 
     def backward(self, out: Any, which: str) -> Callable[[], Any] | None:

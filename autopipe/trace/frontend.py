@@ -64,6 +64,7 @@ def trace(
         graph = _trace(model, example_inputs, kwargs, frontend)
     if functions:
         _check_gradients_reach(graph, functions)
+        _check_backward_runs(graph, functions, example_inputs, kwargs)
     return graph
 
 
@@ -119,7 +120,12 @@ def _custom_functions(seen: list[type]) -> Iterator[None]:
 # flows; worse, torch.export does not record the grad mode that Function.apply restores on
 # return, so every op after it is traced under no_grad as well. Training such a graph fails
 # much later with a loss "that does not depend on the model's output"; the trace refuses it
-# here, naming the Function.
+# here, naming the Function. A forward may also write in place a value its own ops saved for
+# backward, harmless inside the Function (its forward records no graph) but not once traced:
+# SEW-D's XSoftmax zeroes the masked entries of its softmax's output with ``masked_fill_``,
+# and autograd refuses the backward through that softmax ("modified by an inplace
+# operation") at the first training step. The trace runs one forward and backward of the
+# example to find that here, and refuses it naming the Function too.
 
 _NO_GRAD = {"detach", "torch.detach", "aten.detach.default", "aten.detach"}
 
@@ -167,6 +173,46 @@ def _check_gradients_reach(graph: Graph, functions: list[type]) -> None:
             f"through the graph ({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''})",
             hint="trace a model whose forward is differentiable without the Function's own "
                  "backward (its ops outside torch.no_grad)")
+
+
+def _check_backward_runs(graph: Graph, functions: list[type], args: tuple[Any, ...],
+                         kwargs: dict[str, Any]) -> None:
+    """Raise TraceError when autograd refuses to differentiate the graph on the example because
+    an op wrote in place a value saved for backward, the model having applied the custom
+    autograd ``functions``. The graph's buffers (batch norm's statistics) and the random
+    state are restored after; a model on the meta device is not checked, and any other failure
+    gives no verdict (training reports it, if it is real)."""
+    gm = graph.gm
+    tensors = [*gm.parameters(), *gm.buffers()]
+    if any(t.device.type == "meta" for t in tensors):
+        return
+    params = [p for p in gm.parameters() if p.requires_grad]
+    saved = [(b, b.detach().clone()) for b in gm.buffers()]
+    cuda = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+    try:
+        with torch.random.fork_rng(devices=cuda), torch.enable_grad():
+            out = gm(*graph.flat_inputs(args, kwargs))
+            leaves = [t for t in pytree.tree_leaves(out)
+                      if isinstance(t, torch.Tensor) and t.requires_grad]
+            if leaves:
+                torch.autograd.grad(leaves, params, [torch.ones_like(t) for t in leaves],
+                                    allow_unused=True)
+    except RuntimeError as e:
+        if "modified by an inplace operation" not in str(e):
+            return
+        names = ", ".join(f"{f.__module__}.{f.__qualname__}" for f in functions)
+        raise TraceError(
+            f"the model applies the custom autograd Function {names}, whose backward the "
+            f"traced graph cannot keep, and the traced ops of its forward cannot be "
+            f"differentiated: {_short(e)}",
+            hint="trace a model whose forward is differentiable without the Function's own "
+                 "backward (no in-place writes to values its ops save for backward)") from e
+    except Exception:  # no verdict: see the docstring
+        return
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
 
 
 def _short(e: BaseException) -> str:
