@@ -1305,10 +1305,13 @@ ZOO_CASES.update({c.name: c for c in (Case(name, 2, "zbv", zoo=True, steps=2, mi
 
 OTHER_SCHEDULES = (Case("deepseek-v3", 2, "interleaved-1f1b", zoo=True, steps=2, microbatches=4),
                    Case("llava", 2, "dualpipev", zoo=True, steps=2, microbatches=4),
-                   Case("mamba", 2, zoo=True, steps=2, microbatches=4, recompute="full"))
+                   Case("mamba", 2, zoo=True, steps=2, microbatches=4, recompute="full"),
+                   Case("rwkv", 2, zoo=True, steps=2, microbatches=4, recompute="full"))
 """Zoo models also trained with the other planned schedules, on an estimated profile: 2 ranks
 of 2 chunks each (interleaved 1F1B: DeepSeek-V3's latent attention and routed experts),
 DualPipeV's overlapped pairs (LLaVA: a vision tower feeding a language model) and 1F1B with
-every block recomputed (Mamba's selective scan). A sweep of the 26 models trained with 1F1B
-above, each with all three, trained like one process (2026-12-02); these three keep it in the suite."""
+every block recomputed (Mamba's selective scan; RWKV, whose state is written slice by slice
+after the blocks that read it: [Note: recomputed regions] in ``autopipe.runtime.recompute``).
+A sweep of the 26 models trained with 1F1B above, each with all three, trained like one
+process (2026-12-02); these keep it in the suite."""
 ZOO_CASES.update({c.name: c for c in OTHER_SCHEDULES})

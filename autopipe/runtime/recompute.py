@@ -24,6 +24,16 @@ group reads as values: a graph from ``torch.export`` passes batch norm's statist
 running means twice a step before). A group that writes a value it
 did not make in place (an input, a buffer) cannot run twice and is refused.
 
+A group's input that a later node of the stage writes in place (RWKV's and RecurrentGemma's
+states, written slice by slice) would be read again after the write: autograd stops the
+backward ("modified by an inplace operation": checkpointing saved the input at an older
+version). The group gets a copy of such an input, made when it is called, which nothing
+writes: its recomputation reads what its first forward read, at the price of that input's
+size held until the backward (found by storage, so a write to other elements of a storage
+the group reads, as BEiT's and DeepSeek-V3's, costs a copy too). A view of that storage
+that the group hands to a node outside it (RWKV's next slot of the state) is made outside
+the group, so a write through it still lands in the stage's tensor, not in the copy.
+
 Checkpointing recomputes a group once per backward call (graph task). A split backward's
 weight pass (zb-h1, zbv, dualpipev) makes one call per parameter group, so each stage's
 W action runs under one ``GraphExecGroup`` (``recompute_once_per_weight_pass``): the group
@@ -35,7 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any
 
 import torch
@@ -43,7 +53,7 @@ import torch.fx as fx
 from torch.utils.checkpoint import checkpoint
 
 from autopipe.errors import PlanError
-from autopipe.trace.aliasing import written_in_place
+from autopipe.trace.aliasing import storage_of, view_sources, written_in_place, written_storages
 
 
 def _call_module(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -54,13 +64,19 @@ def _call_module(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
 class Recompute(torch.nn.Module):
     """Runs a group of a stage's nodes under non-reentrant checkpointing ([Note: recomputed regions])."""
 
-    def __init__(self, body: fx.GraphModule, buffer_args: Sequence[int] = ()) -> None:
+    def __init__(self, body: fx.GraphModule, buffer_args: Sequence[int] = (),
+                 copied_args: Sequence[int] = ()) -> None:
         super().__init__()
         self.body = body
         self.buffer_args = tuple(buffer_args)
         """Positions of the arguments that are the stage's buffers (restored like modules' buffers)."""
+        self.copied_args = tuple(copied_args)
+        """Positions of the arguments the stage writes in place after the group: the group
+        gets copies ([Note: recomputed regions])."""
 
     def forward(self, *args: Any) -> Any:
+        if self.copied_args:
+            args = tuple(a.clone() if i in self.copied_args else a for i, a in enumerate(args))
         modules = [a for a in args if isinstance(a, torch.nn.Module)]
         buffers = [args[i] for i in self.buffer_args]
 
@@ -111,11 +127,14 @@ def recompute_once_per_weight_pass(stage: Any) -> None:
     stage.backward_weight_one_chunk = once
 
 
-def checkpoint_groups(gm: fx.GraphModule, groups: Sequence[Sequence[fx.Node]], *, stage: int) -> None:
+def checkpoint_groups(gm: fx.GraphModule, groups: Sequence[Sequence[fx.Node]], *, stage: int,
+                      tensors: Set[str] | None = None) -> None:
     """Rewrite ``gm`` so that each group of its nodes runs under checkpointing, in place.
 
     Each group must be convex in ``gm``'s graph (no path leaves it and comes back), as
-    the planner's blocks are.
+    the planner's blocks are. ``tensors``: the names of ``gm``'s nodes whose value is one
+    tensor (as in ``autopipe.trace.aliasing.view_sources``); None takes every node for one,
+    which may copy an input that needs no copy, never miss one.
 
     Raises:
         PlanError: a group writes a value made outside it in place.
@@ -124,6 +143,11 @@ def checkpoint_groups(gm: fx.GraphModule, groups: Sequence[Sequence[fx.Node]], *
     buffers = {name for name, _ in gm.named_buffers()}
     for k, group in enumerate(groups):
         members = [n for n in group if n.op in ("call_function", "call_method", "call_module")]
+        if not members:
+            continue
+        order = {n: i for i, n in enumerate(graph.nodes)}
+        members.sort(key=order.__getitem__)
+        members, written_later = _written_later(gm, members, tensors)
         if not members:
             continue
         inside = set(members)
@@ -140,8 +164,7 @@ def checkpoint_groups(gm: fx.GraphModule, groups: Sequence[Sequence[fx.Node]], *
         outputs = [n for n in members if any(u not in inside for u in n.users)]
         if not outputs:
             continue
-        order = {n: i for i, n in enumerate(graph.nodes)}
-        members.sort(key=order.__getitem__)
+        copied = [i for i, a in enumerate(inputs) if a.op != "get_attr" and a.name in written_later]
         anchor = members[-1].next
         # nodes between the group's ends that read its results move after it (convexity:
         # none of them is also read by the group)
@@ -156,7 +179,7 @@ def checkpoint_groups(gm: fx.GraphModule, groups: Sequence[Sequence[fx.Node]], *
         body, module_targets = _body(members, inputs, outputs, f"Stage{stage}Recompute{k}")
         name = f"recompute_{k}"
         buffer_args = [i for i, a in enumerate(inputs) if a.op == "get_attr" and str(a.target) in buffers]
-        gm.add_submodule(name, Recompute(body, buffer_args))
+        gm.add_submodule(name, Recompute(body, buffer_args, copied))
         with graph.inserting_before(anchor):
             mods = [graph.get_attr(t) for t in module_targets]
             call = graph.call_module(name, tuple(inputs) + tuple(mods))
@@ -171,6 +194,38 @@ def checkpoint_groups(gm: fx.GraphModule, groups: Sequence[Sequence[fx.Node]], *
             graph.erase_node(n)
     graph.lint()
     gm.recompile()
+
+
+def _written_later(gm: fx.GraphModule, members: Sequence[fx.Node],
+                   tensors: Set[str] | None) -> tuple[list[fx.Node], set[str]]:
+    """The group (``members``, in graph order) without the views it makes of a storage that
+    a node after its first one writes in place, where a node outside the group reads them
+    (the write must land in that storage, not in the group's copy of it); and the names of
+    the nodes whose storage such a node writes ([Note: recomputed regions])."""
+    if tensors is None:
+        tensors = {n.name for n in gm.graph.nodes}
+    views = view_sources(gm, tensors)
+    inside = set(members)
+    later: list[fx.Node] = []
+    n = members[0].next
+    while n.op != "root":
+        if n not in inside:
+            later.append(n)
+        n = n.next
+    storages = written_storages(gm, later, views)
+    if not storages:
+        return list(members), set()
+    made = {m.name for m in members}
+    out: set[fx.Node] = set()
+    for m in members:
+        root = storage_of(m.name, views)
+        if m.name in views and root in storages and root not in made and any(u not in inside for u in m.users):
+            x = m
+            while x in inside and x.name in views:
+                out.add(x)
+                x = views[x.name]
+    written = {n.name for n in gm.graph.nodes if storage_of(n.name, views) in storages}
+    return [m for m in members if m not in out], written
 
 
 def _body(members: Sequence[fx.Node], inputs: Sequence[fx.Node],

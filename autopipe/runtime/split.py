@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,6 +198,7 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
 
     copy = schedule_kind(plan.schedule).splits_backward
     unread = _unread_state(graph)
+    tensors = {n.name for n in graph.nodes if n.is_tensor}
     stages = []
     for s in range(num):
         ins = tensor_inputs if s == 0 else live[s - 1]
@@ -208,7 +209,7 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
                                  sends=s != last, copy=copy, grad_inputs=floats,
                                  recompute=plan.stages[s].recompute,
                                  derived=derived[s - 1] if s > 0 else (),
-                                 unread=unread if s == last else ())
+                                 unread=unread if s == last else (), tensors=tensors)
         made_here = {n.name for n in body}
         passthrough = tuple(v for v in outs if v in ins and v not in made_here)
         stages.append(StageModule(index=s, module=gm, inputs=tuple(ins), outputs=tuple(outs),
@@ -313,6 +314,7 @@ def _stage_graph_module(
     recompute: Sequence[Sequence[str]] = (),
     derived: Sequence[fx.Node] = (),
     unread: Sequence[str] = (),
+    tensors: Set[str] | None = None,
 ) -> fx.GraphModule:
     """A GraphModule that takes ``inputs``, runs ``body`` and returns ``outputs`` as a tuple.
 
@@ -322,6 +324,7 @@ def _stage_graph_module(
     regions] in ``autopipe.runtime.recompute``). ``derived``: view nodes made again from the
     inputs before ``body`` ([Note: aliases received together]). ``unread``: parameters and
     persistent buffers no node reads, held by the last stage ([Note: unread parameters]).
+    ``tensors``: the names of the nodes whose value is one tensor (for ``recompute``).
     """
     g = fx.Graph()
     env: dict[str, Any] = dict(constants)
@@ -357,7 +360,7 @@ def _stage_graph_module(
     gm.graph.lint()
     if recompute:
         groups = [[env[name] for name in group if isinstance(env.get(name), fx.Node)] for group in recompute]
-        checkpoint_groups(gm, groups, stage=index)
+        checkpoint_groups(gm, groups, stage=index, tensors=tensors)
     return gm
 
 
