@@ -97,3 +97,21 @@ class T5Pair(bench_layers.T5Pair):
                                  relative_attention_num_buckets=8, relative_attention_max_distance=16),
                           **overrides})
         super().__init__(T5ForConditionalGeneration(cfg))
+
+
+class ChannelsLastGroupNorm(nn.Module):
+    """A convolution whose output, mixed by a linear layer in NHWC order and permuted back
+    (channels-last strides, as Mask2Former's Swin features are), goes into a group norm, then a head:
+    torch's CPU group-norm backward crashes on it when asked for the weight's gradient alone
+    ([Note: group norm in a weight pass])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.mix = nn.Linear(8, 8)
+        self.norm = nn.GroupNorm(4, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.mix(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(self.norm(h).mean((2, 3)))

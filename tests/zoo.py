@@ -3,8 +3,8 @@
 Each builder returns a ModelSpec (model, one example micro-batch, loss, ``batch(n, step)``)
 built from a config object, small enough that tracing, measuring, planning and training
 each takes seconds on two cores (about 8 minutes for all of them): one to three layers (or
-blocks) per stack, hidden size 32 at most, sequences of 8 tokens, 16x16 images (MobileViT's
-32x32; a few 64x64), 400 audio samples.
+blocks) per stack, hidden size 32 at most, sequences of 8 tokens, 16x16 images (a few 32x32,
+LeViT's 128x128), 400 audio samples.
 
 Architectures that torch.export cannot trace, found by the sweep of 2026-12-02 and left out:
 DBRX (a Python loop over the experts a batch hits), Reformer (reversible layers: a custom
@@ -1227,13 +1227,13 @@ def mask2former() -> ModelSpec:
     (``grid_sample`` at learned offsets over 3 feature levels), and a transformer decoder
     whose queries attend only inside their previous layer's predicted masks (masked attention,
     levels in turn); per-query mask logits at 1/4 resolution."""
-    backbone = hf.SwinConfig(image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1],
+    backbone = hf.SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1],
                              num_heads=[1, 1, 1, 1], window_size=2, drop_path_rate=0.0,
                              out_features=["stage1", "stage2", "stage3", "stage4"])
-    # the pixel decoder's group norms have 32 groups: widths of 32. 64x64 images: at 32x32 the
-    # last feature map is 1x1, which torch takes for channels-last, and torch 2.13's CPU group
-    # norm backward crashes (a segmentation fault) on a channels-last input when only the
-    # weight and bias gradients are asked for, as zero-bubble's weight pass does
+    # the pixel decoder's group norms have 32 groups: widths of 32. 32x32 images: the last
+    # feature map is 1x1, which torch takes for channels-last, and torch 2.13's CPU group norm
+    # backward crashes on it when asked for the weight's gradient alone, as zero-bubble's
+    # weight pass does ([Note: group norm in a weight pass] in autopipe/runtime/group_norm.py)
     cfg = hf.Mask2FormerConfig(backbone_config=backbone, use_pretrained_backbone=False,
                                feature_size=32, mask_feature_size=32, hidden_dim=32,
                                encoder_feedforward_dim=32, encoder_layers=1, decoder_layers=2,
@@ -1248,8 +1248,8 @@ def mask2former() -> ModelSpec:
 
     def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
         g = generator(n, step, 0)
-        pixels = torch.randn(n * BATCH, 3, 64, 64, generator=g)
-        return (pixels,), torch.randint(0, 4, (n * BATCH, 16, 16), generator=g)
+        pixels = torch.randn(n * BATCH, 3, 32, 32, generator=g)
+        return (pixels,), torch.randint(0, 4, (n * BATCH, 8, 8), generator=g)
 
     return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_query_segments,
                      batch=batch, name="mask2former")

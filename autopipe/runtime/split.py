@@ -11,6 +11,7 @@ import torch.fx as fx
 
 from autopipe.errors import PlanError, PlanMismatchError
 from autopipe.plan_format import Plan
+from autopipe.runtime.group_norm import guard_group_norms
 from autopipe.runtime.placement import schedule_kind
 from autopipe.runtime.recompute import checkpoint_groups
 from autopipe.trace.aliasing import storage_of, view_sources, written_in_place, written_storages
@@ -358,8 +359,12 @@ def _stage_graph_module(
     g.output(tuple(results))
     gm = fx.GraphModule(root, g, class_name=f"Stage{index}")
     gm.graph.lint()
+    dense = guard_group_norms(gm) if copy else {}  # [Note: group norm in a weight pass]
     if recompute:
-        groups = [[env[name] for name in group if isinstance(env.get(name), fx.Node)] for group in recompute]
+        groups = []
+        for group in recompute:
+            nodes = [env[name] for name in group if isinstance(env.get(name), fx.Node)]
+            groups.append([*nodes, *(dense[n] for n in nodes if n in dense)])
         checkpoint_groups(gm, groups, stage=index, tensors=tensors)
     return gm
 
