@@ -1233,7 +1233,7 @@ def mask2former() -> ModelSpec:
     # the pixel decoder's group norms have 32 groups: widths of 32. 32x32 images: the last
     # feature map is 1x1, which torch takes for channels-last, and torch 2.13's CPU group norm
     # backward crashes on it when asked for the weight's gradient alone, as zero-bubble's
-    # weight pass does ([Note: group norm in a weight pass] in autopipe/runtime/group_norm.py)
+    # weight pass does ([Note: group norm in a weight pass] in autopipe/runtime/norms.py)
     cfg = hf.Mask2FormerConfig(backbone_config=backbone, use_pretrained_backbone=False,
                                feature_size=32, mask_feature_size=32, hidden_dim=32,
                                encoder_feedforward_dim=32, encoder_layers=1, decoder_layers=2,

@@ -11,7 +11,8 @@ import torch.fx as fx
 
 from autopipe.errors import PlanError, PlanMismatchError
 from autopipe.plan_format import Plan
-from autopipe.runtime.group_norm import guard_group_norms
+from autopipe.runtime.layouts import relayout, traced_order
+from autopipe.runtime.norms import guard_norms
 from autopipe.runtime.placement import schedule_kind
 from autopipe.runtime.recompute import checkpoint_groups
 from autopipe.trace.aliasing import storage_of, view_sources, written_in_place, written_storages
@@ -337,6 +338,12 @@ def _stage_graph_module(
         if name in grad_inputs:
             enter = contiguous_grad_copy if name in written else contiguous_grad
             env[name] = g.call_function(enter, (env[name],))
+    if index > 0:  # [Note: received layouts]
+        traced = {n.name: n.meta.get("val") for n in root.graph.nodes if n.name in received}
+        for name in inputs:
+            order = traced_order(traced.get(name))
+            if order is not None:
+                env[name] = g.call_function(relayout, (env[name], order))
 
     def value(n: fx.Node) -> Any:
         if n.op == "get_attr" and n.name not in env:
@@ -359,12 +366,13 @@ def _stage_graph_module(
     g.output(tuple(results))
     gm = fx.GraphModule(root, g, class_name=f"Stage{index}")
     gm.graph.lint()
-    dense = guard_group_norms(gm) if copy else {}  # [Note: group norm in a weight pass]
+    # [Note: batch norm gradients laid out like its output], [Note: group norm in a weight pass]
+    guards = guard_norms(gm, split_backward=copy)
     if recompute:
         groups = []
         for group in recompute:
             nodes = [env[name] for name in group if isinstance(env.get(name), fx.Node)]
-            groups.append([*nodes, *(dense[n] for n in nodes if n in dense)])
+            groups.append([*nodes, *(guards[n] for n in nodes if n in guards)])
         checkpoint_groups(gm, groups, stage=index, tensors=tensors)
     return gm
 

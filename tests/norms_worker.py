@@ -1,5 +1,5 @@
-"""Run by tests/test_runtime_group_norm.py in a process of its own (torch's crash is a
-segmentation fault): ``python -m tests.group_norm_worker``. Splits ChannelsLastGroupNorm
+"""Run by tests/test_runtime_norms.py in a process of its own (torch's crash is a
+segmentation fault): ``python -m tests.norms_worker``. Splits ChannelsLastGroupNorm
 after its convolution for zb-h1, with and without the norm recomputed, runs the split
 backward and checks loss and gradients against the model, on 4 x 4 and on 1 x 1 feature maps;
 prints one line per case."""
