@@ -190,3 +190,34 @@ def test_runtime_checks_are_skipped_on_meta_and_run_when_measured() -> None:
             assert n.forward_s == 0 and n.activation_bytes == 0
     assert {n.name for n in e.nodes} == {n.name for n in m.nodes}
     assert sum(n.forward_s for n in e.nodes) > 0 and e.loss is not None
+
+
+class _MaskedWrite(torch.nn.Module):
+    """Kosmos-2's pattern: image features written into the text embeddings at the image
+    tokens' positions (``x[mask] = rows``: index_put_ with a boolean index), and a masked
+    fill of one value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.img = torch.nn.Embedding(10, 8), torch.nn.Linear(6, 8)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, ids: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        x = self.emb(ids)
+        x[ids == 9] = self.img(image).reshape(-1, 8)
+        x[ids == 0] = 0.0
+        return self.head(x)
+
+
+def test_masked_writes_are_estimated() -> None:
+    """A boolean-mask write runs on meta tensors as a masked scatter or fill (torch refuses
+    index_put with a boolean index there: [Note: masked writes on meta tensors]) and gets a
+    cost."""
+    ids, image = torch.tensor([[9, 1, 2, 0], [9, 4, 0, 6]]), torch.randn(2, 6)
+    graph = autopipe.trace(_MaskedWrite(), (ids, image))
+    writes = [n.name for n in graph.nodes if "index_put" in n.target]
+    assert writes
+    p = estimate(graph, (ids, image))
+    for name in writes:
+        node = next(n for n in p.nodes if n.name == name)
+        assert node.forward_s > 0

@@ -232,3 +232,31 @@ def test_meta_llama_7b_traces_fast() -> None:
     assert g.total_param_bytes / 4 == pytest.approx(6.74e9, rel=0.01)
     assert sum(1 for n in g.nodes if n.target == "aten.linear.default") == 32 * 7 + 1
     assert elapsed < 60, f"tracing took {elapsed:.1f} s"
+
+
+class _MaskedRows(torch.nn.Module):
+    """Idefics3's pattern: rows kept by a boolean mask (a size that depends on the data),
+    behind a loop over a tensor that torch.fx cannot trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = list(x.chunk(2, dim=1))
+        return self.lin(b[a.abs().sum(-1) > 0]).sum()
+
+
+def test_data_dependent_shape_is_refused_by_node() -> None:
+    """torch.export traces a boolean-mask index with an unbacked size; the refusal names the
+    node and its op (see [Note: data-dependent shapes] in autopipe.trace.frontend)."""
+    with pytest.raises(TraceError, match=r"index \(aten.index.Tensor\) has a shape that depends on the data") as info:
+        autopipe.trace(_MaskedRows(), (torch.randn(3, 8),))
+    assert info.value.hint
+
+
+def test_untraceable_model_names_the_line_of_model_code() -> None:
+    """Each reason ends with the innermost frame of the model's own code (torch's message
+    puts it far below its first line, which is all the reason quotes)."""
+    with pytest.raises(TraceError, match=r"\(at .*tests/models.py:\d+ in forward: .*\).*\(at .*tests/models.py:\d+ in forward"):
+        autopipe.trace(DataDependent(), (torch.randn(2, 4),))

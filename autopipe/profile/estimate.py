@@ -16,6 +16,7 @@ from autopipe.profile._assemble import assemble
 from autopipe.profile._attention import fused_sdpa, is_sdpa
 from autopipe.profile._copy import module_tensors
 from autopipe.profile._cost import CostMode, tf32_flags
+from autopipe.profile._masked import index_put_on_meta, is_index_put
 from autopipe.profile._node import NodeCall, Op
 from autopipe.profile._progress import Progress
 from autopipe.profile._queue import Call, queue_seconds, replay_training
@@ -163,6 +164,8 @@ class _Estimator(NodeWalker):
     def op_for(self, n: fx.Node) -> Op:
         if is_sdpa(n):
             return lambda a, k: fused_sdpa(*a, **k)
+        if is_index_put(n):  # [Note: masked writes on meta tensors]
+            return index_put_on_meta(n)
         return super().op_for(n)
 
     def _price(self, phase: str, fn: Any) -> _Priced:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
+import traceback
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -83,6 +85,8 @@ def _trace(model: nn.Module, example_inputs: tuple[Any, ...], kwargs: dict[str, 
                 raise TraceError(reasons[0], hint="try frontend='export'") from e
     try:
         return _trace_export(model, example_inputs, kwargs)
+    except _DataDependentShape:
+        raise  # traced, but a shape depends on the data: the diagnosis names the node
     except Exception as e:
         reasons.append(f"torch.export: {_short(e)}")
         _raise_if_inputs_wrong(model, example_inputs, kwargs)
@@ -218,7 +222,25 @@ def _check_backward_runs(graph: Graph, functions: list[type], args: tuple[Any, .
 def _short(e: BaseException) -> str:
     text = f"{type(e).__name__}: {e}".strip().splitlines()
     first = text[0] if text else type(e).__name__
-    return first if len(first) <= _MAX_REASON else first[:_MAX_REASON] + "…"
+    first = first if len(first) <= _MAX_REASON else first[:_MAX_REASON] + "…"
+    return first + _model_frame(e)
+
+
+_NOT_MODEL = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(__file__)))
+"""torch's and autopipe's own code: the frames that are not the model's."""
+
+
+def _model_frame(e: BaseException) -> str:
+    """`` (at FILE:LINE in FUNCTION: CODE)`` for the innermost frame of ``e``'s traceback in
+    the model's code (neither torch's nor autopipe's), or "". torch puts the same line far
+    down its message ("The following call raised this error"), which _short cuts off."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not f.filename.startswith(_NOT_MODEL) and not f.filename.startswith("<")]
+    if not frames:
+        return ""
+    f = frames[-1]
+    where = f.filename.split("site-packages/", 1)[-1]
+    return f" (at {where}:{f.lineno} in {f.name}: {(f.line or '').strip()[:80]})"
 
 
 def _check_devices(model: nn.Module, args: tuple[Any, ...],
@@ -335,6 +357,42 @@ def _flatten_output(gm: fx.GraphModule) -> pytree.TreeSpec:
     return spec
 
 
+class _DataDependentShape(TraceError):
+    """A traced node whose output's shape depends on tensor values ([Note: data-dependent shapes])."""
+
+
+# [Note: data-dependent shapes]
+#
+# torch.export traces an op whose output size depends on tensor values (a boolean-mask
+# index, nonzero, masked_select, unique) with an unbacked size symbol (u0). autopipe
+# records every node's shape as integers to plan memory and to size the buffers stages
+# exchange, and int(u0) raised torch's GuardOnDataDependentSymNode from _describe, which
+# _trace reported as if the model could not be traced at all ("make forward free of
+# data-dependent Python control flow"), naming neither the node nor the op (Idefics3 and
+# SmolVLM drop all-padding images with pixel_values[real_images_inds]). _build refuses
+# such a node by name, op and module instead.
+
+
+def _check_static(n: fx.Node, val: Any) -> None:
+    """Raise _DataDependentShape if a tensor ``n`` records has a size that depends on the data."""
+    for t in pytree.tree_leaves(val):
+        if not isinstance(t, torch.Tensor):
+            continue
+        for s in t.shape:
+            try:
+                int(s)
+            except Exception:
+                where = _module_of(n)
+                raise _DataDependentShape(
+                    f"{n.name} ({target_name(n)}{f' in {where}' if where else ''}) has a shape that "
+                    f"depends on the data: ({', '.join(str(x) for x in t.shape)}); autopipe plans and "
+                    "sends tensors whose shapes are known before the model runs",
+                    hint=("make the size independent of tensor values (a boolean-mask index, "
+                          "nonzero, a split by sizes computed as tensors), e.g. keep every "
+                          "element and mask it instead"),
+                ) from None
+
+
 def _describe(val: Any) -> tuple[tuple[int, ...] | None, str | None, int, bool]:
     """(shape, dtype, bytes, is_tensor) of a node's recorded output."""
     if isinstance(val, torch.Tensor):
@@ -400,6 +458,7 @@ def _build(
         params, buffers = reads(n)
         mine = [p for p in params if p not in owned]
         owned.update(mine)
+        _check_static(n, n.meta.get("val"))  # [Note: data-dependent shapes]
         shape, dtype, nbytes, is_tensor = _describe(n.meta.get("val"))
         if n.op == "output":
             shape, dtype, nbytes, is_tensor = None, None, 0, False
