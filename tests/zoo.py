@@ -14,7 +14,11 @@ patches by ``lengths.tolist()``), Longformer (whether any token is global,
 ``is_index_global_attn.flatten().any().item()``, picks the attention path) and EnCodec (its
 convs' padding is computed as a tensor, ``torch.ceil(n_frames)``, then used as a size);
 and SEW-D, whose XSoftmax (a custom autograd Function) writes its softmax's output in place,
-refused by ``trace``.
+refused by ``trace``. The sweep of 2026-12-03 left out Idefics3 and SmolVLM (a boolean index
+keeps the real images: a shape that depends on the data), ViLT (``interpolate`` to sizes read
+with ``.item()``) and Mistral 3 (image features split by sizes computed as tensors), each
+refused naming the node or the model's line; and Chameleon, which trains like one process but
+whose VQ image tokenizer (argmin codes) leaves most of its parameters without a gradient.
 """
 
 from __future__ import annotations
@@ -1255,6 +1259,206 @@ def mask2former() -> ModelSpec:
                      batch=batch, name="mask2former")
 
 
+# --- sweep of 2026-12-03: vision, audio, video and vision with language -------------------------
+
+_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+_VISION = dict(_TOWER, image_size=16, patch_size=4)
+
+
+def convnext_v2() -> ModelSpec:
+    """ConvNeXt V2: ConvNeXt's blocks with global response normalisation."""
+    cfg = hf.ConvNextV2Config(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], patch_size=2,
+                              num_stages=2, drop_path_rate=0.0, num_labels=5)
+    return _classes(_seeded(lambda: hf.ConvNextV2ForImageClassification(cfg)), "convnext-v2", (3, 16, 16), 5)
+
+
+def hiera() -> ModelSpec:
+    """Hiera: a hierarchical ViT whose first stage attends within masked units, with query
+    pooling between stages (tokens unrolled and rerolled by reshapes)."""
+    cfg = hf.HieraConfig(embed_dim=8, image_size=[32, 32], patch_size=[3, 3], patch_stride=[2, 2],
+                         patch_padding=[1, 1], mlp_ratio=2.0, depths=[1, 1], num_heads=[1, 2],
+                         num_query_pool=1, query_stride=[2, 2], masked_unit_size=[4, 4],
+                         masked_unit_attention=[True, False], drop_path_rate=0.0, num_labels=5)
+    return _classes(_seeded(lambda: hf.HieraForImageClassification(cfg)), "hiera", (3, 32, 32), 5)
+
+
+def ast() -> ModelSpec:
+    """Audio Spectrogram Transformer: a ViT over overlapping patches of a mel spectrogram."""
+    cfg = hf.ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                       patch_size=4, frequency_stride=4, time_stride=4, max_length=16, num_mel_bins=16,
+                       num_labels=5)
+    return _classes(_seeded(lambda: hf.ASTForAudioClassification(cfg)), "ast", (16, 16), 5)
+
+
+def wavlm() -> ModelSpec:
+    """WavLM: Wav2Vec2's encoder with gated relative position biases in its attention."""
+    cfg = hf.WavLMConfig(**_AUDIO, num_buckets=16, max_bucket_distance=32, final_dropout=0.0,
+                         do_stable_layer_norm=True, feat_extract_norm="layer")
+    return _classes(_seeded(lambda: hf.WavLMForSequenceClassification(cfg)), "wavlm", (400,), 5)
+
+
+def timesformer() -> ModelSpec:
+    """TimeSformer: video frames' patches, attention divided into time then space."""
+    cfg = hf.TimesformerConfig(image_size=16, patch_size=4, num_channels=3, num_frames=2, hidden_size=32,
+                               num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                               drop_path_rate=0, attention_type="divided_space_time", num_labels=5)
+    return _classes(_seeded(lambda: hf.TimesformerForVideoClassification(cfg)), "timesformer",
+                    (2, 3, 16, 16), 5)
+
+
+def clap() -> ModelSpec:
+    """CLAP: a text tower and an audio Swin over a mel spectrogram whose bins are transposed
+    onto channels for a batch norm and back (the layouts a cut changed: [Note: batch norm
+    gradients laid out like its output] in autopipe/runtime/norms.py), trained contrastively."""
+    text = dict(_TOWER, vocab_size=VOCAB, max_position_embeddings=SEQ + 2, hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0, projection_dim=16)
+    audio = dict(window_size=4, num_mel_bins=16, spec_size=32, patch_size=4, patch_stride=[4, 4],
+                 hidden_size=16, patch_embeds_hidden_size=8, depths=[1, 1], num_attention_heads=[1, 2],
+                 enable_fusion=False, projection_dim=16, hidden_dropout_prob=0.0, drop_path_rate=0.0)
+    cfg = hf.ClapConfig(text_config=text, audio_config=audio, projection_dim=16)
+    model = _seeded(lambda: hf.ClapModel(cfg))
+
+    def loss(output: Any, target: torch.Tensor) -> torch.Tensor:
+        logits = output["logits_per_audio"]
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        text = torch.randint(3, VOCAB, (n * BATCH, SEQ), generator=g)
+        mels = torch.randn(n * BATCH, 1, 64, 16, generator=g)
+        return (text, mels), torch.arange(BATCH).repeat(n)  # the i-th text goes with the i-th clip
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=loss, batch=batch, name="clap")
+
+
+class _Captioner(nn.Module):
+    """An image-conditioned text model called with (pixels, token ids) by position: its logits."""
+
+    def __init__(self, model: nn.Module, pixels: str = "pixel_values", ids: str = "input_ids",
+                 **fixed: Any) -> None:
+        super().__init__()
+        self.model, self.pixels, self.ids, self.fixed = model, pixels, ids, fixed
+
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(**{self.pixels: pixels, self.ids: ids}, **self.fixed).logits
+
+
+class _Kosmos2(nn.Module):
+    """Kosmos-2 with its first 4 tokens the image's: their embeddings are replaced by the
+    image features (``x[mask] = features``, a boolean-mask write)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        mask[:, :4] = True
+        return self.model(pixel_values=pixels, input_ids=ids, image_embeds_position_mask=mask,
+                          use_cache=False).logits
+
+
+def _caption(model: nn.Module, name: str, pixels: Callable[[int, torch.Generator], torch.Tensor],
+             prefix: int = 0) -> ModelSpec:
+    """Next-token loss on text after ``prefix`` image tokens (no loss on those)."""
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        text = torch.randint(3, IMAGE_TOKEN, (n * BATCH, SEQ + 1), generator=g)
+        images = pixels(n, g)
+        if not prefix:
+            return (images, text[:, :-1]), text[:, 1:]
+        image = torch.full((n * BATCH, prefix), IMAGE_TOKEN)
+        return ((images, torch.cat([image, text[:, :-1]], 1)),
+                torch.cat([torch.full((n * BATCH, prefix), -100), text[:, 1:]], 1))
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch, name=name)
+
+
+def _images(n: int, g: torch.Generator) -> torch.Tensor:
+    return torch.randn(n * BATCH, 3, 16, 16, generator=g)
+
+
+def blip2() -> ModelSpec:
+    """BLIP-2: a ViT, a Q-Former whose 4 learned queries cross-attend to the image, projected
+    into an OPT decoder in place of 4 image tokens."""
+    qformer = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                   encoder_hidden_size=32, vocab_size=VOCAB, hidden_dropout_prob=0.0,
+                   attention_probs_dropout_prob=0.0, max_position_embeddings=32)
+    text = dict(model_type="opt", vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=64, dropout=0.0,
+                attention_dropout=0.0, use_cache=False, bos_token_id=1, pad_token_id=0, eos_token_id=2)
+    cfg = hf.Blip2Config(vision_config=_VISION, qformer_config=qformer, text_config=text, num_query_tokens=4,
+                         image_token_index=IMAGE_TOKEN)
+    return _caption(_seeded(lambda: _Captioner(hf.Blip2ForConditionalGeneration(cfg))), "blip2", _images,
+                    prefix=4)
+
+
+def kosmos2() -> ModelSpec:
+    """Kosmos-2: a CLIP-style vision tower resampled to 4 latent queries, written into the
+    text embeddings at the image tokens (``x[mask] = features``, priced on meta tensors as
+    a masked scatter: [Note: masked writes on meta tensors] in autopipe/profile/_masked.py)."""
+    text = dict(vocab_size=VOCAB, max_position_embeddings=64, embed_dim=32, layers=2, ffn_dim=64,
+                attention_heads=4, dropout=0.0, attention_dropout=0.0, use_cache=False)
+    cfg = hf.Kosmos2Config(text_config=text, vision_config=dict(_VISION), latent_query_num=4)
+    return _caption(_seeded(lambda: _Kosmos2(hf.Kosmos2ForConditionalGeneration(cfg))), "kosmos2", _images,
+                    prefix=4)
+
+
+def _patches(n: int, g: torch.Generator) -> torch.Tensor:
+    """Pix2Struct's input: 16 patches of 2x2x3 values after their row and column (1-based)."""
+    rows = torch.arange(1, 5).repeat_interleave(4).float()
+    cols = torch.arange(1, 5).repeat(4).float()
+    pos = torch.stack([rows, cols], -1).expand(n * BATCH, 16, 2)
+    return torch.cat([pos, torch.randn(n * BATCH, 16, 12, generator=g)], -1)
+
+
+def pix2struct() -> ModelSpec:
+    """Pix2Struct: a T5-style encoder over flattened variable-resolution patches with their
+    row and column embedded, and a T5-style decoder."""
+    vision = dict(hidden_size=32, patch_embed_hidden_size=12, d_ff=64, d_kv=8, num_hidden_layers=1,
+                  num_attention_heads=4, dropout_rate=0.0, attention_dropout=0.0, seq_len=16,
+                  initializer_range=0.02)
+    text = dict(vocab_size=VOCAB, hidden_size=32, d_ff=64, d_kv=8, num_layers=1, num_heads=4,
+                dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, use_cache=False,
+                initializer_range=0.02)
+    cfg = hf.Pix2StructConfig(vision_config=vision, text_config=text, initializer_range=0.02)
+    model = _seeded(lambda: _Captioner(hf.Pix2StructForConditionalGeneration(cfg), "flattened_patches",
+                                       "decoder_input_ids"))
+    return _caption(model, "pix2struct", _patches)
+
+
+class _LayoutLM(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, bbox: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, bbox=bbox, pixel_values=pixels).logits
+
+
+def layoutlmv3() -> ModelSpec:
+    """LayoutLMv3: text tokens with 2-D box position embeddings and image patches in one
+    encoder, with spatial attention biases; a document classifier."""
+    cfg = hf.LayoutLMv3Config(vocab_size=VOCAB, **_TOWER, max_position_embeddings=SEQ + 4,
+                              coordinate_size=6, shape_size=4, input_size=16, patch_size=4,
+                              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                              max_2d_position_embeddings=128, num_labels=5, pad_token_id=1)
+    model = _seeded(lambda: _LayoutLM(hf.LayoutLMv3ForSequenceClassification(cfg)))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        ids = torch.randint(3, VOCAB, (n * BATCH, SEQ), generator=g)
+        xy = torch.randint(0, 64, (n * BATCH, SEQ, 2), generator=g)
+        wh = torch.randint(1, 60, (n * BATCH, SEQ, 2), generator=g)
+        return ((ids, torch.cat([xy, xy + wh], -1), torch.randn(n * BATCH, 3, 16, 16, generator=g)),
+                torch.randint(0, 5, (n * BATCH,), generator=g))
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch,
+                     name="layoutlmv3")
+
+
 ZOO: dict[str, Callable[[], ModelSpec]] = {
     "t5": t5, "mixtral": mixtral, "qwen2-moe": qwen2_moe, "vit": vit, "convnext": convnext,
     "resnet": resnet, "wav2vec2": wav2vec2, "whisper": whisper, "gpt-neox": gpt_neox, "mistral": mistral, "qwen2": qwen2,
@@ -1277,6 +1481,8 @@ ZOO: dict[str, Callable[[], ModelSpec]] = {
     "dpt": dpt, "siglip": siglip, "wav2vec2-conformer": wav2vec2_conformer,
     "unispeech": unispeech, "dac": dac, "informer": informer,
     "time-series-transformer": time_series_transformer, "mask2former": mask2former,
+    "convnext-v2": convnext_v2, "hiera": hiera, "ast": ast, "wavlm": wavlm, "timesformer": timesformer,
+    "clap": clap, "blip2": blip2, "kosmos2": kosmos2, "pix2struct": pix2struct, "layoutlmv3": layoutlmv3,
 }
 """Every zoo model by name: a fresh, identically initialised copy per call."""
 
