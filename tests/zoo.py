@@ -1459,6 +1459,65 @@ def layoutlmv3() -> ModelSpec:
                      name="layoutlmv3")
 
 
+# --- sweep of 2026-12-03: text models -----------------------------------------------------------
+
+
+def albert() -> ModelSpec:
+    """ALBERT: one layer's weights shared by every layer (tied parameters across stages
+    wherever a cut falls), a factorised embedding."""
+    cfg = hf.AlbertConfig(**_ENCODER, embedding_size=16, num_hidden_groups=1, inner_group_num=1,
+                          classifier_dropout_prob=0.0)
+    return _tokens(_seeded(lambda: hf.AlbertForMaskedLM(cfg)), "albert", shift=False)
+
+
+def prophetnet() -> ModelSpec:
+    """ProphetNet: an encoder-decoder whose decoder predicts 2 future tokens in n-gram
+    streams, with bucketed relative positions."""
+    cfg = hf.ProphetNetConfig(vocab_size=VOCAB, hidden_size=32, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                              num_encoder_layers=1, num_decoder_layers=1, num_encoder_attention_heads=4,
+                              num_decoder_attention_heads=4, max_position_embeddings=64, ngram=2,
+                              num_buckets=8, relative_max_distance=16, dropout=0.0,
+                              attention_dropout=0.0, activation_dropout=0.0, use_cache=False,
+                              pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=0)
+    return _reversal(_seeded(lambda: _Seq2Seq(hf.ProphetNetForConditionalGeneration(cfg))), "prophetnet")
+
+
+def t5gemma() -> ModelSpec:
+    """T5Gemma: Gemma 2 layers (sliding and full attention) as an encoder and a decoder."""
+    dec = dict(_DECODER, head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+               dropout_rate=0.0, attention_dropout=0.0)
+    cfg = hf.T5GemmaConfig(encoder=dict(dec), decoder=dict(dec), vocab_size=VOCAB, dropout_rate=0.0,
+                           attention_dropout=0.0, classifier_dropout_rate=0.0, use_cache=False,
+                           tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                           decoder_start_token_id=0)
+    return _reversal(_seeded(lambda: _Seq2Seq(hf.T5GemmaForConditionalGeneration(cfg))), "t5gemma")
+
+
+def deepseek_v2() -> ModelSpec:
+    """DeepSeek-V2: latent attention and group-limited routing over shared and routed experts."""
+    cfg = hf.DeepseekV2Config(**{**_DECODER, "num_hidden_layers": 2, "num_key_value_heads": 4},
+                              moe_intermediate_size=16, n_shared_experts=1, n_routed_experts=4,
+                              num_experts_per_tok=2, first_k_dense_replace=1, n_group=2,
+                              topk_group=1, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8,
+                              qk_nope_head_dim=8, v_head_dim=8, topk_method="group_limited_greedy")
+    return _tokens(_seeded(lambda: hf.DeepseekV2ForCausalLM(cfg)), "deepseek-v2")
+
+
+def minimax() -> ModelSpec:
+    """MiniMax: lightning (block linear) attention layers and full attention layers, experts."""
+    cfg = hf.MiniMaxConfig(**_DECODER, **_MOE, head_dim=8, block_size=4,
+                           layer_types=["linear_attention", "full_attention"])
+    return _tokens(_seeded(lambda: hf.MiniMaxForCausalLM(cfg)), "minimax")
+
+
+def falcon_h1() -> ModelSpec:
+    """Falcon-H1: attention and a Mamba-2 mixer side by side in every layer."""
+    cfg = hf.FalconH1Config(**_DECODER, head_dim=8, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8,
+                            mamba_n_groups=1, mamba_d_state=8, mamba_d_conv=4, mamba_expand=2,
+                            mamba_chunk_size=4, projectors_bias=False, mamba_rms_norm=True)
+    return _tokens(_seeded(lambda: hf.FalconH1ForCausalLM(cfg)), "falcon-h1")
+
+
 ZOO: dict[str, Callable[[], ModelSpec]] = {
     "t5": t5, "mixtral": mixtral, "qwen2-moe": qwen2_moe, "vit": vit, "convnext": convnext,
     "resnet": resnet, "wav2vec2": wav2vec2, "whisper": whisper, "gpt-neox": gpt_neox, "mistral": mistral, "qwen2": qwen2,
@@ -1483,6 +1542,8 @@ ZOO: dict[str, Callable[[], ModelSpec]] = {
     "time-series-transformer": time_series_transformer, "mask2former": mask2former,
     "convnext-v2": convnext_v2, "hiera": hiera, "ast": ast, "wavlm": wavlm, "timesformer": timesformer,
     "clap": clap, "blip2": blip2, "kosmos2": kosmos2, "pix2struct": pix2struct, "layoutlmv3": layoutlmv3,
+    "albert": albert, "prophetnet": prophetnet, "t5gemma": t5gemma, "deepseek-v2": deepseek_v2,
+    "minimax": minimax, "falcon-h1": falcon_h1,
 }
 """Every zoo model by name: a fresh, identically initialised copy per call."""
 
@@ -1512,12 +1573,14 @@ ZOO_CASES.update({c.name: c for c in (Case(name, 2, "zbv", zoo=True, steps=2, mi
 OTHER_SCHEDULES = (Case("deepseek-v3", 2, "interleaved-1f1b", zoo=True, steps=2, microbatches=4),
                    Case("llava", 2, "dualpipev", zoo=True, steps=2, microbatches=4),
                    Case("mamba", 2, zoo=True, steps=2, microbatches=4, recompute="full"),
-                   Case("rwkv", 2, zoo=True, steps=2, microbatches=4, recompute="full"))
+                   Case("rwkv", 2, zoo=True, steps=2, microbatches=4, recompute="full"),
+                   Case("albert", 2, "interleaved-1f1b", zoo=True, steps=2, microbatches=4))
 """Zoo models also trained with the other planned schedules, on an estimated profile: 2 ranks
 of 2 chunks each (interleaved 1F1B: DeepSeek-V3's latent attention and routed experts),
 DualPipeV's overlapped pairs (LLaVA: a vision tower feeding a language model) and 1F1B with
 every block recomputed (Mamba's selective scan; RWKV, whose state is written slice by slice
-after the blocks that read it: [Note: recomputed regions] in ``autopipe.runtime.recompute``).
+after the blocks that read it: [Note: recomputed regions] in ``autopipe.runtime.recompute``),
+and ALBERT, whose one shared layer every chunk of both ranks holds, interleaved.
 A sweep of the 26 models trained with 1F1B above, each with all three, trained like one
 process (2026-12-02); these keep it in the suite."""
 ZOO_CASES.update({c.name: c for c in OTHER_SCHEDULES})
