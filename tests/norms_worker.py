@@ -2,7 +2,8 @@
 segmentation fault): ``python -m tests.norms_worker``. Splits ChannelsLastGroupNorm
 after its convolution for zb-h1, with and without the norm recomputed, runs the split
 backward and checks loss and gradients against the model, on 4 x 4 and on 1 x 1 feature maps;
-prints one line per case."""
+then measures the model's profile (which times the norm's weight pass alone); prints one line
+per case."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import itertools
 import torch
 
 import autopipe
+from autopipe.profile.measure import measure
 from autopipe.runtime.split import split_graph
 
 from .models import ChannelsLastGroupNorm
@@ -25,6 +27,13 @@ def main() -> None:
     # 4 x 4 maps, and 1 x 1 ones, whose channels-last strides is_contiguous() accepts
     for x, frontend in itertools.product((torch.randn(2, 3, 4, 4), torch.randn(2, 3, 1, 1)), ("fx", "export")):
         _check(model, x, frontend)
+    # the profiler times the norm's weight pass alone too (Mask2Former crashed measure so)
+    for frontend in ("fx", "export"):
+        x = torch.randn(2, 3, 1, 1)
+        graph = autopipe.trace(model, (x,), frontend=frontend)
+        measured = measure(graph, (x,), warmup=0, repeats=1, progress=False)
+        norm = next(n for n in measured.nodes if n.name in ("norm", "group_norm"))
+        print(f"measured {frontend}: {'timed' if norm.backward_s > 0 else 'untimed'}", flush=True)
 
 
 def _check(model: ChannelsLastGroupNorm, x: torch.Tensor, frontend: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import autopipe
-from autopipe.runtime.norms import dense_on_cpu
+from autopipe._dense import dense_on_cpu
 from autopipe.runtime.split import split_graph
 
 from .conftest import ROOT
@@ -33,14 +33,14 @@ def test_dense_on_cpu_copies_only_what_has_other_strides() -> None:
 def test_a_channels_last_group_norm_survives_the_weight_pass() -> None:
     """Split before the norm for zb-h1 (its weight pass asks the norm for its weight's
     gradient alone), with and without the norm recomputed, on 4 x 4 and 1 x 1 maps: loss and
-    gradients as in the model. Without the guard torch's CPU kernel kills the process (a segmentation fault),
+    gradients as in the model; and measuring its profile times the norm's weight pass. Without the guard torch's CPU kernel kills the process (a segmentation fault),
     so the stages run in a process of their own."""
     out = subprocess.run([sys.executable, "-m", "tests.norms_worker"], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, f"exit code {out.returncode}\n{out.stdout}\n{out.stderr[-3000:]}"
     cases = [f"{size} {frontend}{recomputed}: equal" for size in ("(4, 4)", "(1, 1)")
              for frontend in ("fx", "export") for recomputed in ("", " recomputed")]
-    assert out.stdout.split("\n")[:8] == cases
+    assert out.stdout.split("\n")[:10] == [*cases, "measured fx: timed", "measured export: timed"]
 
 
 class _TransposedBatchNorm(torch.nn.Module):

@@ -10,6 +10,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
+from autopipe._dense import dense_on_cpu, is_group_norm
 from autopipe.errors import AutopipeError, ProfileError
 from autopipe.profile._node import NodeCall, Op, prepare
 from autopipe.profile._progress import Progress
@@ -63,6 +64,10 @@ class NodeWalker(fx.Interpreter):
     def op_for(self, n: fx.Node) -> Op:
         """How to run node ``n`` on argument values (subclasses may substitute kernels)."""
         method: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any] = getattr(self, n.op)
+        if isinstance(self.module, fx.GraphModule) and is_group_norm(self.module, n):
+            # torch's CPU kernel crashes timing the weight pass on a channels-last input
+            # ([Note: group norm in a weight pass] in autopipe.runtime.norms)
+            return lambda a, k: method(n.target, (dense_on_cpu(a[0]), *a[1:]), k)
         return lambda a, k: method(n.target, a, k)
 
     def run_node(self, n: fx.Node) -> Any:

@@ -12,7 +12,8 @@ it is contiguous, and torch picks channels-last for it (Mask2Former at 32 × 32 
 Checked on 1 × 1, 2 × 2 and 4 × 4 maps: input gradients alone, or all three, do not crash.
 
 In the stages of a schedule that splits its backward, each group norm's input passes
-through ``dense_on_cpu``, which returns a CPU tensor whose strides are not those of a
+through ``dense_on_cpu`` (``autopipe._dense``; the profiler times a group norm so too, as its
+weight pass crashed the same in ``measure``), which returns a CPU tensor whose strides are not those of a
 contiguous one as a contiguous copy (and anything else as it is); the group norm's backward
 then sees a contiguous input. Strides, not ``is_contiguous()``: a 1 × 1 map with
 channels-last strides is "contiguous" too, and crashed the same. The norm's forward computes
@@ -53,18 +54,11 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-_GROUP_NORMS = (torch.ops.aten.group_norm.default, torch.ops.aten.native_group_norm.default, F.group_norm)
+from autopipe._dense import dense_on_cpu, is_group_norm
+
 _BATCH_NORMS = (torch.ops.aten.batch_norm.default, F.batch_norm)
 """Batch norms that return one tensor (export gives ``aten.batch_norm``; fx ``F.batch_norm``
 or a module)."""
-
-
-def dense_on_cpu(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with a contiguous tensor's strides, where it is a CPU tensor with others
-    ([Note: group norm in a weight pass])."""
-    if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.stride() != _dense_strides(x.shape):
-        return x.clone(memory_format=torch.contiguous_format)
-    return x
 
 
 def grad_like_output(y: torch.Tensor) -> torch.Tensor:
@@ -91,14 +85,6 @@ def _order(shape: torch.Size, strides: tuple[int, ...]) -> tuple[tuple[int, int]
     return tuple((d, st) for d, (n, st) in enumerate(zip(shape, strides)) if n != 1)
 
 
-def _dense_strides(shape: torch.Size) -> tuple[int, ...]:
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= size
-    return tuple(reversed(strides))
-
-
 def _is(gm: fx.GraphModule, n: fx.Node, functions: tuple[object, ...], module: type) -> bool:
     return (n.op == "call_function" and n.target in functions) or (
         n.op == "call_module" and isinstance(gm.get_submodule(str(n.target)), module))
@@ -118,8 +104,7 @@ def guard_norms(gm: fx.GraphModule, *, split_backward: bool) -> dict[fx.Node, fx
                 added[n] = graph.call_function(grad_like_output, (n,))
             for user in users:
                 user.replace_input_with(n, added[n])
-        elif split_backward and _is(gm, n, _GROUP_NORMS, torch.nn.GroupNorm) and n.args \
-                and isinstance(n.args[0], fx.Node):
+        elif split_backward and is_group_norm(gm, n):
             with graph.inserting_before(n):
                 added[n] = graph.call_function(dense_on_cpu, (n.args[0],))
             n.update_arg(0, added[n])
