@@ -14,6 +14,7 @@ import torch
 
 import autopipe
 from autopipe._dense import dense_on_cpu
+from autopipe.runtime.norms import grad_like_output
 from autopipe.runtime.split import split_graph
 
 from .conftest import ROOT
@@ -89,3 +90,21 @@ def test_a_batch_norm_cut_from_its_layout_gets_its_gradients_right(frontend: str
             torch.testing.assert_close(p.grad, ref, msg=lambda m, where=where, name=name: f"{where}: {name}: {m}")
         for k, v in gm.named_buffers():
             torch.testing.assert_close(v, stats[k], msg=lambda m, where=where, k=k: f"{where}: {k}: {m}")
+
+
+@pytest.mark.parametrize("shape, relaid", [((2, 1, 64, 16), True), ((2, 16, 8, 8), False)])
+def test_only_a_batch_norm_output_with_a_dimension_of_one_has_its_gradient_relaid(
+        shape: tuple[int, ...], relaid: bool) -> None:
+    """A channels-last gradient reaches a contiguous output laid out like it only where the
+    output has a dimension of size 1 (the kernel's wrong case); elsewhere it arrives as the
+    whole graph would hand it (LeViT's stem: relaid, its gradients rounded otherwise)."""
+    seen: list[torch.Tensor] = []
+    x = torch.randn(shape, requires_grad=True)
+    y = grad_like_output(x * 1.0)
+    y.register_hook(seen.append)  # runs after the guard's hook: what the batch norm gets
+    g = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    if shape[1] == 1:  # channels-last of a 1-channel map is contiguous: transpose instead
+        g = torch.randn(shape[0], shape[3], shape[2], shape[1]).transpose(1, 3)
+    y.backward(g)
+    assert torch.equal(seen[0], g)
+    assert (seen[0].stride() == y.stride()) is relaid

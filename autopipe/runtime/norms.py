@@ -35,11 +35,18 @@ transposes back; cut after the first transpose, or after the batch norm, its wei
 gradients were off by 0.4 and 1.3 (found by a sweep of Hugging Face models, 2026-12-03).
 
 So in every stage each batch norm's output passes through ``grad_like_output``, which returns
-the tensor itself and, on the CPU, registers a hook that lays the gradient arriving at it out
-in the output's own strides (which follow the input's) where the two differ in a dimension
-of more than one element, so the kernel sees them alike. The forward is untouched, and a
-gradient laid out alike is not copied (nor one whose strides differ only on dimensions of
-size 1: on those the kernel was right, and the whole graph's own pairs are such). A received
+the tensor itself and, on the CPU, where the output has a dimension of size 1, registers a
+hook that lays the gradient arriving at it out in the output's own strides (which follow the
+input's) where the two differ in a dimension of more than one element, so the kernel sees
+them alike. The forward is untouched, and a gradient laid out alike is not copied (nor one
+whose strides differ only on dimensions of size 1: on those the kernel was right, and the
+whole graph's own pairs are such). Outputs without a dimension of size 1 are left alone:
+there the kernel is right on mixed layouts too, and the whole graph runs them mixed
+(LeViT's stem: a contiguous (2, 16, 8, 8) batch norm whose gradient comes back
+channels-last from ``flatten(2).transpose(1, 2)``). Laid out alike, its gradients rounded
+otherwise than the whole graph's: 2e-8 apart after one step of the zoo's 2-rank job, 4e-3
+(3%) in its stem's weights after two (CI, 2026-12-03; its classifier's batch norm normalises
+2 values a channel, which magnifies any rounding). A received
 input keeps the whole graph's layout too ([Note: received layouts] in
 ``autopipe.runtime.layouts``), so a cut before the batch norm leaves it as it was. A hook
 registered before a later in-place write to the output still receives the gradient of the
@@ -62,9 +69,10 @@ or a module)."""
 
 
 def grad_like_output(y: torch.Tensor) -> torch.Tensor:
-    """``y`` itself; on the CPU its gradient is laid out in ``y``'s strides before it reaches
-    the node that made ``y`` ([Note: batch norm gradients laid out like its output])."""
-    if isinstance(y, torch.Tensor) and y.requires_grad and y.device.type == "cpu":
+    """``y`` itself; on the CPU, where ``y`` has a dimension of size 1, its gradient is laid
+    out in ``y``'s strides before it reaches the node that made ``y`` ([Note: batch norm
+    gradients laid out like its output])."""
+    if isinstance(y, torch.Tensor) and y.requires_grad and y.device.type == "cpu" and 1 in y.shape:
         y.register_hook(_laid_out(y.shape, y.stride()))  # type: ignore[no-untyped-call]
     return y
 
