@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import dataclasses
 import math
-import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pulp
 
 from autopipe.errors import PlanError
+from autopipe.partition import _highs as _highs_process
 
 SOLVERS = ("highs", "cbc")
+OVERRUN, OVERRUN_S = 1.5, 5.0
+"""A HiGHS solve asked for ``t`` seconds is killed after ``OVERRUN * t + OVERRUN_S`` and CBC
+asked instead ([Note: a solver held to its deadline] in ``autopipe.partition._highs``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,73 +40,11 @@ def highs_available() -> bool:
     return bool(pulp.HiGHS().available())
 
 
-@contextlib.contextmanager
-def _stdout_silenced() -> Iterator[None]:
-    """Point file descriptor 1 at /dev/null (HiGHS prints a banner from C++ on first use)."""
-    saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
-
-
-@functools.cache
-def quiet_highs() -> None:
-    """Create the process's first HiGHS object with stdout silenced (it prints a banner)."""
-    if not highs_available():
-        return
-    import highspy
-
-    with _stdout_silenced():
-        highspy.Highs()  # type: ignore[no-untyped-call]
-
-
 NO_PROBING = 1 << 15
 """HiGHS's ``presolve_rule_off`` bit for probing. With recomputation's rows, HiGHS 1.16's
 probing ran for minutes past the time limit on the Llama-2-7B benchmark (400 blocks, 8
 stages: it stopped in presolve after 5 min at a 60 s limit); without it the same solve was
 optimal in 26 s."""
-
-
-class _WarmHiGHS(pulp.HiGHS):  # type: ignore[misc]
-    """pulp.HiGHS that hands HiGHS a starting solution before it runs."""
-
-    def __init__(self, warm: dict[str, float] | None, offset: float, *, probing: bool = True,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.warm = warm
-        self.offset = offset
-        self.probing = probing
-
-    def callSolver(self, lp: pulp.LpProblem) -> None:  # PuLP's name
-        # PuLP drops the objective's constant; HiGHS needs it for a true relative gap
-        lp.solverModel.changeObjectiveOffset(self.offset)
-        if not self.probing:
-            lp.solverModel.setOptionValue("presolve_rule_off", NO_PROBING)
-        if self.warm:
-            import highspy
-
-            variables = lp.variables()
-            col = [0.0] * len(variables)
-            for v in variables:
-                col[v.index] = float(self.warm.get(v.name, 0.0))
-            sol = highspy.HighsSolution()
-            sol.col_value = col
-            sol.value_valid = True
-            lp.solverModel.setSolution(sol)
-        lp.solverModel.run()
-
-    def findSolutionValues(self, lp: pulp.LpProblem) -> tuple[int, int]:  # PuLP's name
-        try:
-            return super().findSolutionValues(lp)  # type: ignore[no-any-return]
-        except KeyError:  # a node limit stops HiGHS with kSolutionLimit, which PuLP does not map
-            found = lp.solverModel.getInfo().primal_solution_status == 2
-            return ((pulp.LpStatusOptimal, pulp.LpSolutionIntegerFeasible) if found
-                    else (pulp.LpStatusNotSolved, pulp.LpSolutionNoSolutionFound))
 
 
 def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
@@ -125,73 +64,93 @@ def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
     if solver == "highs":
         if not highs_available():
             raise PlanError("the HiGHS solver is not installed", hint="pip install highspy, or use solver='cbc'")
-        quiet_highs()
-        import highspy
-
-        offset = float(prob.objective.constant)
+        try:  # [Note: a solver held to its deadline] in autopipe.partition._highs
+            found = _highs(prob, warm=warm, time_limit=time_limit, gap=gap, max_nodes=max_nodes,
+                           probing=probing)
+        except (_highs_process.Overran, RuntimeError):
+            found = None
+        if found is None:  # refused, failed numerically, or overran its limit: CBC instead
+            return solve(prob, solver="cbc", warm=warm, time_limit=time_limit, gap=gap)
+        return dataclasses.replace(found, seconds=time.perf_counter() - start)
+    bound = _lp_bound(prob)
+    for v in prob.variables():
+        if warm is not None and v.name in warm:
+            v.setInitialValue(warm[v.name])
+    # CBC 2.10's preprocessing declares some feasible models infeasible ("Cut
+    # generators found to be infeasible"), while without it CBC returns some models'
+    # non-optimal answers as optimal: so ask with it, and again without it only
+    # when it says infeasible (an answer without preprocessing is at least feasible)
+    cbc = dict(msg=False, timeLimit=time_limit, gapRel=gap, warmStart=warm is not None,
+               maxNodes=max_nodes)
+    prob.solve(pulp.PULP_CBC_CMD(**cbc))
+    if prob.status == pulp.LpStatusInfeasible:
         try:
-            limits = {} if max_nodes is None else {"mip_max_nodes": max_nodes}
-            prob.solve(_WarmHiGHS(warm, offset, msg=False, timeLimit=time_limit, gapRel=gap,
-                                  gapAbs=0.0, probing=probing, **limits))
-        except (IndexError, pulp.PulpSolverError):
-            # HiGHS refused the model (PuLP then fails reading back its solution): use CBC
-            return solve(prob, solver="cbc", warm=warm, time_limit=time_limit, gap=gap)
-        h = prob.solverModel
-        status = h.getModelStatus()
-        if status in (highspy.HighsModelStatus.kSolveError, highspy.HighsModelStatus.kModelError,
-                      highspy.HighsModelStatus.kPresolveError,
-                      highspy.HighsModelStatus.kPostsolveError):
-            # numerical trouble (seen with costs near the float range's ends): CBC instead
-            return solve(prob, solver="cbc", warm=warm, time_limit=time_limit, gap=gap)
-        info = h.getInfo()
-        has_sol = info.primal_solution_status == 2  # kSolutionStatusFeasible
-        bound = float(info.mip_dual_bound)
-        if status == highspy.HighsModelStatus.kOptimal:
-            kind = "optimal"
-        elif status in (highspy.HighsModelStatus.kInfeasible,
-                        highspy.HighsModelStatus.kUnboundedOrInfeasible):
-            kind = "infeasible"
-        else:
-            kind = "feasible" if has_sol else "unsolved"
-        if kind == "optimal" and (not prob.isMIP() or not math.isfinite(bound)):
-            bound = float(info.objective_function_value)  # an LP: its optimum is the bound
-        if not math.isfinite(bound):
-            bound = -math.inf
+            prob.solve(pulp.PULP_CBC_CMD(**cbc, options=["preprocess off"]))
+        except pulp.PulpSolverError:  # proven so early that CBC writes no solution file
+            prob.solve(pulp.PULP_CBC_CMD(**cbc))
+        if prob.status != pulp.LpStatusInfeasible and prob.sol_status == pulp.LpSolutionOptimal:
+            prob.sol_status = pulp.LpSolutionIntegerFeasible  # found, not proven best
+    if prob.status == pulp.LpStatusInfeasible:
+        kind = "infeasible"
+    elif prob.sol_status == pulp.LpSolutionOptimal:
+        kind = "optimal"
+    elif prob.sol_status == pulp.LpSolutionIntegerFeasible:
+        kind = "feasible"
     else:
-        bound = _lp_bound(prob)
+        kind = "unsolved"
+    result = _result(prob, kind, bound, start)
+    if kind == "optimal":  # CBC stopped within gapRel of its own bound, which PuLP does not report
+        result = dataclasses.replace(result, bound=max(bound, result.objective - gap * abs(result.objective)))
+    return result
+
+
+def _highs(prob: pulp.LpProblem, *, warm: dict[str, float] | None, time_limit: float, gap: float,
+           max_nodes: int | None, probing: bool) -> RawResult | None:
+    """HiGHS's answer for ``prob``; None where it failed numerically.
+
+    Raises:
+        Overran: HiGHS did not answer within ``OVERRUN * time_limit + OVERRUN_S`` seconds.
+        RuntimeError: HiGHS's process failed.
+    """
+    import highspy
+
+    start = time.perf_counter()
+    options: dict[str, Any] = {"time_limit": float(time_limit), "mip_rel_gap": gap, "mip_abs_gap": 0.0}
+    if max_nodes is not None:
+        options["mip_max_nodes"] = max_nodes
+    if not probing:
+        options["presolve_rule_off"] = NO_PROBING
+    reply = _highs_process.run(prob, options, warm, time_limit * OVERRUN + OVERRUN_S)
+    status = highspy.HighsModelStatus(reply["status"])
+    if status in (highspy.HighsModelStatus.kSolveError, highspy.HighsModelStatus.kModelError,
+                  highspy.HighsModelStatus.kPresolveError,
+                  highspy.HighsModelStatus.kPostsolveError):
+        return None  # numerical trouble (seen with costs near the float range's ends)
+    bound = reply["bound"]
+    if status == highspy.HighsModelStatus.kOptimal:
+        kind = "optimal"
+    elif status in (highspy.HighsModelStatus.kInfeasible,
+                    highspy.HighsModelStatus.kUnboundedOrInfeasible):
+        kind = "infeasible"
+    else:
+        kind = "feasible" if reply["has_solution"] else "unsolved"
+    if kind == "optimal" and (not prob.isMIP() or not math.isfinite(bound)):
+        bound = reply["objective"]  # an LP: its optimum is the bound
+    if not math.isfinite(bound):
+        bound = -math.inf
+    if kind in ("optimal", "feasible"):
         for v in prob.variables():
-            if warm is not None and v.name in warm:
-                v.setInitialValue(warm[v.name])
-        # CBC 2.10's preprocessing declares some feasible models infeasible ("Cut
-        # generators found to be infeasible"), while without it CBC returns some models'
-        # non-optimal answers as optimal: so ask with it, and again without it only
-        # when it says infeasible (an answer without preprocessing is at least feasible)
-        cbc = dict(msg=False, timeLimit=time_limit, gapRel=gap, warmStart=warm is not None,
-                   maxNodes=max_nodes)
-        prob.solve(pulp.PULP_CBC_CMD(**cbc))
-        if prob.status == pulp.LpStatusInfeasible:
-            try:
-                prob.solve(pulp.PULP_CBC_CMD(**cbc, options=["preprocess off"]))
-            except pulp.PulpSolverError:  # proven so early that CBC writes no solution file
-                prob.solve(pulp.PULP_CBC_CMD(**cbc))
-            if prob.status != pulp.LpStatusInfeasible and prob.sol_status == pulp.LpSolutionOptimal:
-                prob.sol_status = pulp.LpSolutionIntegerFeasible  # found, not proven best
-        if prob.status == pulp.LpStatusInfeasible:
-            kind = "infeasible"
-        elif prob.sol_status == pulp.LpSolutionOptimal:
-            kind = "optimal"
-        elif prob.sol_status == pulp.LpSolutionIntegerFeasible:
-            kind = "feasible"
-        else:
-            kind = "unsolved"
+            v.varValue = reply["values"][v.name]
+    return _result(prob, kind, bound, start)
+
+
+def _result(prob: pulp.LpProblem, kind: str, bound: float, start: float) -> RawResult:
+    """The answer of a solve that ended in ``kind``, read from ``prob``'s variables."""
     values: dict[str, float] = {}
     objective = math.inf
     if kind in ("optimal", "feasible"):
         values = {v.name: float(v.varValue or 0.0) for v in prob.variables()}
         objective = _value(prob)
-        if solver == "cbc" and kind == "optimal":
-            # CBC stopped within gapRel of its own bound, which PuLP does not report
-            bound = max(bound, objective - gap * abs(objective))
     return RawResult(status=kind, values=values, bound=bound, objective=objective,
                      seconds=time.perf_counter() - start)
 

@@ -32,9 +32,13 @@ import numpy as np
 import numpy.typing as npt
 import pulp
 
-from autopipe.partition._solvers import quiet_highs
+from autopipe.partition._solvers import highs_available, solve
 from autopipe.partition.problem import Problem
 from autopipe.partition.timeline import Count, splits_backward
+
+LP_SECONDS = 60.0
+"""Seconds for an LP of stage windows (HiGHS killed and CBC asked after about 1.5 times
+that: [Note: a solver held to its deadline] in ``autopipe.partition._highs``)."""
 
 BoolMatrix = npt.NDArray[np.bool_]
 
@@ -105,18 +109,15 @@ def _path_lp(problem: Problem, paths: Sequence[Count], step: float | None,
         for i, (nf, nb, nw, *_) in enumerate(sorted(set(paths))):
             lp += (pulp.lpSum(nw[j] * u[j] + (min(nf[j], nb[j]) - nw[j]) * v[j] for j in range(p))
                    - z <= 0, f"path{i}")
-    quiet_highs()
     return lp, amounts, z, total
 
 
 def _optimum(lp: pulp.LpProblem) -> float | None:
-    """The LP's optimal objective, None where the solver fails (only a bound or a narrowing is lost)."""
-    try:
-        lp.solve(pulp.HiGHS(msg=False) if pulp.HiGHS().available() else pulp.PULP_CBC_CMD(msg=False))
-        value = pulp.value(lp.objective)
-    except (IndexError, pulp.PulpSolverError):
-        return None
-    return float(value) if lp.status == pulp.LpStatusOptimal and value is not None else None
+    """The LP's optimal objective, None where the solver fails or overruns ``LP_SECONDS``
+    (only a bound or a narrowing is lost)."""
+    solver = "highs" if highs_available() else "cbc"
+    raw = solve(lp, solver=solver, warm=None, time_limit=LP_SECONDS, gap=0.0)
+    return raw.objective if raw.status == "optimal" else None
 
 
 def path_bound(problem: Problem, paths: Sequence[Count]) -> float:
