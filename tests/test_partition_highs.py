@@ -68,3 +68,26 @@ def test_a_highs_that_hangs_or_dies_is_answered_by_cbc(script: str, tmp_path: Pa
     again = _solvers.solve(_knapsack(), solver="highs", warm=None, time_limit=10, gap=0.0)
     assert again.objective == pytest.approx(expected.objective)
     _highs._WORKER.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_solves_with_a_worker_of_its_own() -> None:
+    """A process forked from a planner (timing_together's ranks are) neither writes to its
+    parent's worker nor kills it on leaving."""
+    first = _solvers.solve(_knapsack(), solver="highs", warm=None, time_limit=10, gap=0.0)
+    parent_worker = _highs._WORKER.proc
+    assert parent_worker is not None
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            got = _solvers.solve(_knapsack(), solver="highs", warm=None, time_limit=10, gap=0.0)
+            ok = got.objective == first.objective and _highs._WORKER.proc is not parent_worker
+            _highs._WORKER.close()
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _highs._WORKER.proc is parent_worker and parent_worker.poll() is None
+    again = _solvers.solve(_knapsack(), solver="highs", warm=None, time_limit=10, gap=0.0)
+    assert again.objective == first.objective

@@ -47,8 +47,11 @@ class _Worker:
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
+        self.owner = os.getpid()
 
     def ask(self, request: dict[str, Any], seconds: float) -> dict[str, Any]:
+        if self.owner != os.getpid():  # a forked child: the worker is its parent's
+            self.proc, self.owner = None, os.getpid()
         if self.proc is None or self.proc.poll() is not None:
             self.proc = subprocess.Popen([sys.executable, "-I", str(WORKER)], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -74,7 +77,7 @@ class _Worker:
         return reply
 
     def close(self) -> None:
-        if self.proc is not None:
+        if self.proc is not None and self.owner == os.getpid():
             self.proc.kill()
             self.proc.wait()
             self.proc = None
