@@ -53,7 +53,7 @@ class _Worker:
         if self.owner != os.getpid():  # a forked child: the worker is its parent's
             self.proc, self.owner = None, os.getpid()
         if self.proc is None or self.proc.poll() is not None:
-            self.proc = subprocess.Popen([sys.executable, "-I", str(WORKER)], stdin=subprocess.PIPE,
+            self.proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         proc = self.proc
         assert proc.stdin is not None and proc.stdout is not None
