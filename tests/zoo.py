@@ -1557,10 +1557,19 @@ and a rank refuses the plan (a graph fingerprint of another order). The autopipe
 fix the seed ([Note: one hash seed] in ``autopipe.cli.main``), but this job plans in the test
 process, so these are traced and split in one process only."""
 
-ZOO_CASES = {c.name: c for c in (Case(name, 2, zoo=True, profile="measure", steps=2, microbatches=4)
+ONE_STEP = ("levit",)
+"""Zoo models trained one step, not two: LeViT's batch norms normalise 2 rows a channel (its
+classifier's over the micro-batch), which turns rounding into large differences from the
+second step on. Cut where a measured plan of the suite cut it (2026-12-03, after
+``add__26``), its weights after one step differ from one process's by 7e-8 (a split model
+sums in another order) and after two by 3e-3, with stop 31's code (f48a6b2) as with
+today's; its other measured plans' cut (after ``add__24``) gave the same bits. Which cut a
+measured plan picks varies from run to run."""
+ZOO_CASES = {c.name: c for c in (Case(name, 2, zoo=True, profile="measure",
+                                      steps=1 if name in ONE_STEP else 2, microbatches=4)
                                  for name in ZOO if name not in HASH_ORDERED)}
 """Each zoo model measured on this CPU, planned into 2 stages (1F1B, 4 micro-batches) and
-trained 2 steps (tests/runtime_worker.py runs them by name)."""
+trained 2 steps, ``ONE_STEP`` ones 1 (tests/runtime_worker.py runs them by name)."""
 
 SPLIT_BACKWARD = ("t5", "whisper")
 """Zoo models also trained with ZBV (split backward), planned on an estimated profile (the
