@@ -1563,8 +1563,8 @@ classifier's over the micro-batch), which turns rounding into large differences 
 second step on. Cut where a measured plan of the suite cut it (2026-12-03, after
 ``add__26``), its weights after one step differ from one process's by 7e-8 (a split model
 sums in another order) and after two by 3e-3, with stop 31's code (f48a6b2) as with
-today's; its other measured plans' cut (after ``add__24``) gave the same bits. Which cut a
-measured plan picks varies from run to run."""
+today's; cut after ``add__24`` (CI's plan) two steps stay within the comparison's
+tolerance. Which cut a measured plan picks varies from run to run."""
 ZOO_CASES = {c.name: c for c in (Case(name, 2, zoo=True, profile="measure",
                                       steps=1 if name in ONE_STEP else 2, microbatches=4)
                                  for name in ZOO if name not in HASH_ORDERED)}
