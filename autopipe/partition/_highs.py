@@ -98,7 +98,7 @@ def run(prob: pulp.LpProblem, options: dict[str, Any], warm: dict[str, float] | 
     """
     variables = prob.variables()
     request = {"model": _arrays(prob, variables), "options": options,
-               "warm": None if warm is None else [float(warm.get(v.name, 0.0)) for v in variables]}
+               "warm": [float(warm.get(v.name, 0.0)) for v in variables] if warm else None}
     reply = _WORKER.ask(request, seconds)
     if "error" in reply:
         raise RuntimeError(f"HiGHS failed: {reply['error']}")
