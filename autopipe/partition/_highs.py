@@ -89,8 +89,9 @@ atexit.register(_WORKER.close)
 
 def run(prob: pulp.LpProblem, options: dict[str, Any], warm: dict[str, float] | None,
         seconds: float) -> dict[str, Any]:
-    """HiGHS's answer for ``prob`` (the worker's reply, ``values`` by variable name), from
-    a process killed after ``seconds`` ([Note: a solver held to its deadline]).
+    """HiGHS's answer for ``prob`` (the worker's reply; where it has a solution, each
+    variable's ``varValue`` is set, as PuLP's own solve sets it), from a process killed
+    after ``seconds`` ([Note: a solver held to its deadline]).
 
     Raises:
         Overran: no answer within ``seconds``.
@@ -102,7 +103,8 @@ def run(prob: pulp.LpProblem, options: dict[str, Any], warm: dict[str, float] | 
     reply = _WORKER.ask(request, seconds)
     if "error" in reply:
         raise RuntimeError(f"HiGHS failed: {reply['error']}")
-    reply["values"] = dict(zip((v.name for v in variables), reply["values"]))
+    for v, x in zip(variables, reply["values"]):
+        v.varValue = x
     return reply
 
 

@@ -72,7 +72,7 @@ def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
         if found is None:  # refused, failed numerically, or overran its limit: CBC instead
             return solve(prob, solver="cbc", warm=warm, time_limit=time_limit, gap=gap)
         return dataclasses.replace(found, seconds=time.perf_counter() - start)
-    bound = _lp_bound(prob)
+    bound = _lp_bound(prob) if prob.isMIP() else -math.inf  # an LP's is its optimum, below
     for v in prob.variables():
         if warm is not None and v.name in warm:
             v.setInitialValue(warm[v.name])
@@ -99,8 +99,10 @@ def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
     else:
         kind = "unsolved"
     result = _result(prob, kind, bound, start)
-    if kind == "optimal":  # CBC stopped within gapRel of its own bound, which PuLP does not report
-        result = dataclasses.replace(result, bound=max(bound, result.objective - gap * abs(result.objective)))
+    if kind == "optimal":  # a MIP: CBC stopped within gapRel of its own bound, which PuLP does not report
+        proven = (max(bound, result.objective - gap * abs(result.objective)) if prob.isMIP()
+                  else result.objective)
+        result = dataclasses.replace(result, bound=proven)
     return result
 
 
@@ -138,9 +140,6 @@ def _highs(prob: pulp.LpProblem, *, warm: dict[str, float] | None, time_limit: f
         bound = reply["objective"]  # an LP: its optimum is the bound
     if not math.isfinite(bound):
         bound = -math.inf
-    if kind in ("optimal", "feasible"):
-        for v in prob.variables():
-            v.varValue = reply["values"][v.name]
     return _result(prob, kind, bound, start)
 
 
