@@ -11,13 +11,14 @@ from autopipe.spec import cross_entropy, generator
 
 def build(*, num_hidden_layers: int = 4, hidden_size: int = 128, num_attention_heads: int = 4,
           intermediate_size: int = 512, vocab_size: int = 8192, seq_len: int = 64,
-          batch_size: int = 4, mask_fraction: float = 0.15, device: str = "cpu",
+          batch_size: int = 4, mask_fraction: float = 0.15, dropout: float = 0.0, device: str = "cpu",
           seed: int = 0) -> ModelSpec:
-    """A small BERT trained on masked-token prediction (unmasked positions are ignored)."""
+    """A small BERT trained on masked-token prediction (unmasked positions are ignored);
+    ``dropout`` on the hidden states and the attention weights (0: none)."""
     cfg = BertConfig(num_hidden_layers=num_hidden_layers, hidden_size=hidden_size,
                      num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
                      vocab_size=vocab_size, max_position_embeddings=max(seq_len, 128),
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     torch.manual_seed(seed)
     with torch.device(device):
         model = BertForMaskedLM(cfg)

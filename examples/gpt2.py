@@ -12,11 +12,13 @@ from autopipe.spec import cross_entropy, generator
 
 
 def build(*, n_layer: int = 4, n_embd: int = 128, n_head: int = 4, vocab_size: int = 8192,
-          seq_len: int = 64, batch_size: int = 4, device: str = "cpu", seed: int = 0) -> ModelSpec:
-    """A small GPT-2 whose vocabulary head is the heaviest layer (as in real LMs)."""
+          seq_len: int = 64, batch_size: int = 4, dropout: float = 0.0, device: str = "cpu",
+          seed: int = 0) -> ModelSpec:
+    """A small GPT-2 whose vocabulary head is the heaviest layer (as in real LMs); ``dropout``
+    on the embeddings, the residuals and the attention weights (0: none)."""
     cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size,
                      n_positions=max(seq_len, 64), bos_token_id=0, eos_token_id=0,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
                      use_cache=False, tie_word_embeddings=True)
     torch.manual_seed(seed)
     with torch.device(device):

@@ -80,6 +80,7 @@ class Case:
     def name(self) -> str:
         dtype = {"bfloat16": "-bf16"}.get(str(self.knobs.get("dtype")), "")
         dp = f"x{self.replicas}-{self.placement}" if self.replicas > 1 else ""
+        dtype += "-dropout" if self.knobs.get("dropout") else ""
         return (("zoo-" if self.zoo else "") + f"{self.example}-{self.stages}{dp}-{self.schedule}{dtype}"
                 + ("" if self.tied_sync else "-untied")
                 + ("" if self.recompute == "none" else f"-recompute-{self.recompute}")
@@ -162,6 +163,12 @@ CASES = {c.name: c for c in [
     Case("bert", 2, "zbv", recompute="full"),
     Case("bert", 2, "dualpipev", recompute="full"),
     Case("gpt2", 2, "zb-h1", recompute="full"),
+    # dropout: every random node draws per node, step and micro-batch, as one process does
+    # ([Note: random draws per node and micro-batch]); recomputed, split backward, replicas
+    Case("gpt2", 2, knobs={"dropout": 0.1}),
+    Case("gpt2", 2, recompute="full", knobs={"dropout": 0.1}),
+    Case("bert", 2, "zbv", knobs={"dropout": 0.1}),
+    Case("gpt2", 2, replicas=2, knobs={"dropout": 0.1}),
 ]}
 
 

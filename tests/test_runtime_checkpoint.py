@@ -210,14 +210,16 @@ def test_cli_bad_checkpoint_arguments(tmp_path: Path, capsys: pytest.CaptureFixt
          "no such checkpoint directory"),
         (["consolidate", str(tmp_path), "-o", str(tmp_path / "m.txt")], "unknown format .txt"),
     ]
-    for name, step, optimizer, message in (("done", 4, "adam", "has done 4 steps already, --steps is 2"),
-                                           ("sgd", 1, "sgd", "was trained with --optimizer sgd, not adam")):
+    for name, step, extra, message in (
+            ("done", 4, {"optimizer": "adam"}, "has done 4 steps already, --steps is 2"),
+            ("sgd", 1, {"optimizer": "sgd"}, "was trained with --optimizer sgd, not adam"),
+            ("seed", 1, {"optimizer": "adam", "seed": 7}, "was trained with --seed 7, not 0")):
         folder = tmp_path / name / "step-000004"
         folder.mkdir(parents=True)
         (folder / ".metadata").write_bytes(b"")
         write_json_atomic(folder / "autopipe.json", {
             "schema": "autopipe.checkpoint/1", "step": step, "world_size": 2, "graph_fingerprint": "",
-            "state_keys": [], "tied": [], "extra": {"optimizer": optimizer}})
+            "state_keys": [], "tied": [], "extra": extra})
         cases.append(([*train, "--resume", str(tmp_path / name)], message))
     for args, message in cases:
         code = main(args)

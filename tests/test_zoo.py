@@ -24,6 +24,7 @@ import torch
 
 from autopipe import Graph, trace
 from autopipe.plan_format import Plan
+from autopipe.runtime.draws import drawing, seed_draws, seeded_draws
 from autopipe.runtime.launch import launch
 from autopipe.runtime.placement import rank_of_stages
 from autopipe.runtime.split import split_graph
@@ -90,8 +91,10 @@ def test_zoo_model_splits_anywhere(name: str) -> None:
     inputs, target = spec.batch(1, 0)
     flat = graph.flat_inputs(tuple(inputs), spec.example_kwargs)
     params = [p for p in graph.gm.parameters() if p.requires_grad]
-    expected = spec.loss_fn(graph.unflatten_output(graph.gm(*flat)), target)
-    grads = torch.autograd.grad(expected, params, allow_unused=True)
+    # random nodes (PhiMoE's router) draw per node, as a pipeline's stages do
+    with seeded_draws(graph.gm), drawing(0, 1, 0):
+        expected = spec.loss_fn(graph.unflatten_output(graph.gm(*flat)), target)
+        grads = torch.autograd.grad(expected, params, allow_unused=True)
     constants = model_constants(graph, spec)
     tensors = [v for v in flat if isinstance(v, torch.Tensor)]
     cuts = _cuts(graph)
@@ -105,8 +108,12 @@ def test_zoo_model_splits_anywhere(name: str) -> None:
         plan = (plan_from_cuts(graph, [cut], schedule="zb-h1", ranks=[0, 1]) if split_backward
                 else plan_from_cuts(graph, [cut]))
         split = split_graph(graph, plan, constants)
-        loss = pipeline_backward(split, tensors, lambda outs: spec.loss_fn(graph.unflatten_output(outs), target),
-                                 split_backward=split_backward)
+        for st in split.stages:
+            seed_draws(st.module)
+        with drawing(0, 1, 0):
+            loss = pipeline_backward(split, tensors,
+                                     lambda outs: spec.loss_fn(graph.unflatten_output(outs), target),
+                                     split_backward=split_backward)
         torch.testing.assert_close(loss, expected, msg=lambda m, where=where: f"{where}: {m}")
         for p, g in zip(params, grads):
             if g is None:

@@ -463,6 +463,16 @@ def qwen3_moe() -> ModelSpec:
     return _tokens(_seeded(lambda: hf.Qwen3MoeForCausalLM(cfg)), "qwen3-moe")
 
 
+def phimoe() -> ModelSpec:
+    """PhiMoE: its sparse mixer samples the router in training, with jitter on the router's
+    logits and input, and dropout on the attention weights: every draw lined up with one
+    process ([Note: random draws per node and micro-batch] in ``autopipe.runtime.draws``)."""
+    cfg = hf.PhimoeConfig(**_DECODER, num_local_experts=4, num_experts_per_tok=2, router_jitter_noise=0.1,
+                          input_jitter_noise=0.1, attention_dropout=0.1, router_aux_loss_coef=0.0,
+                          output_router_logits=False)
+    return _tokens(_seeded(lambda: hf.PhimoeForCausalLM(cfg)), "phimoe")
+
+
 def olmoe() -> ModelSpec:
     """OLMoE: q/k norms over the whole projection, 2 of 4 experts per token."""
     cfg = hf.OlmoeConfig(**_DECODER, num_experts=4, num_experts_per_tok=2,
@@ -1525,7 +1535,7 @@ ZOO: dict[str, Callable[[], ModelSpec]] = {
     "bart": bart, "swin": swin, "segformer": segformer, "modernbert": modernbert, "funnel": funnel,
     "mamba": mamba, "jamba": jamba, "mobilevit": mobilevit, "llava": llava, "clip": clip,
     "deepseek-v3": deepseek_v3,
-    "opt": opt, "phi3": phi3, "gemma3": gemma3, "qwen3-moe": qwen3_moe, "olmoe": olmoe,
+    "opt": opt, "phi3": phi3, "gemma3": gemma3, "qwen3-moe": qwen3_moe, "phimoe": phimoe, "olmoe": olmoe,
     "granitemoe": granitemoe, "mamba2": mamba2, "falcon-mamba": falcon_mamba,
     "recurrent-gemma": recurrent_gemma, "zamba2": zamba2, "rwkv": rwkv, "xlnet": xlnet,
     "pegasus": pegasus, "m2m100": m2m100, "longt5": longt5, "speech2text": speech2text,

@@ -53,6 +53,9 @@ def add_parser(sub: Any) -> None:
                    help="with --save: also save every K steps (the two newest checkpoints are kept)")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from the newest complete checkpoint in DIR (--steps counts from the start)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the run's seed: dropout and the model's other random ops draw per node, step and "
+                        "micro-batch from it, the same whatever the plan (default 0)")
     p.add_argument("--launch", type=int, default=None, metavar="P",
                    help="start P ranks on this machine (instead of torchrun) and wait for them")
     p.set_defaults(run=run)
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, device=args.device,
                          timeout_s=args.timeout, pin_malloc=args.pin_malloc, pin_cores=args.pin_cores,
                          save=args.save, save_every=args.save_every, resume=args.resume,
-                         init=args.init)
+                         init=args.init, seed=args.seed)
     spec = _spec(args, plan)
     if args.launch is not None:
         return _launch(args, spec, plan, config)
@@ -106,7 +109,7 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
         check_resume(config)  # and so does a checkpoint that cannot continue
     cmd = [sys.executable, "-m", "autopipe", "train", args.spec, "--plan", args.plan,
            "--steps", str(args.steps), "--lr", repr(args.lr), "--optimizer", args.optimizer,
-           "--device", args.device, "--timeout", repr(args.timeout)]
+           "--device", args.device, "--timeout", repr(args.timeout), "--seed", str(args.seed)]
     for item in args.spec_arg:
         cmd += ["--spec-arg", item]
     if not args.pin_malloc:

@@ -46,6 +46,10 @@ class TrainConfig:
     each rank reads its own stages' tensors (``autopipe.runtime.materialize``). None: the
     model's own weights, or for a meta-built model the spec's initialiser. Not read when
     ``resume`` is set: the checkpoint holds the weights."""
+    seed: int = 0
+    """The run's seed: the model's random ops (dropout and the like) draw per node, step and
+    micro-batch from it, the same whatever the plan ([Note: random draws per node and
+    micro-batch] in ``autopipe.runtime.draws``), and a meta-built model's initialisers."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -34,6 +34,7 @@ from autopipe.errors import AutopipeError
 from autopipe.plan_format import Plan
 from autopipe.runtime.affinity import pin_cores as _pin_cores
 from autopipe.runtime.data_parallel import Replicas, ReplicaSync
+from autopipe.runtime.draws import Draws
 from autopipe.runtime.grad_accum import forget_rows, mean_grad_
 from autopipe.runtime.group import (
     distributed_env,
@@ -73,7 +74,7 @@ class Pipe:
     """
 
     def __init__(self, spec: ModelSpec, plan: Plan, prepared: Prepared, rank: int, world_size: int,
-                 device: torch.device, timeout_s: float, owns_group: bool) -> None:
+                 device: torch.device, timeout_s: float, owns_group: bool, seed: int = 0) -> None:
         self.spec = spec
         self.plan = plan
         self.prepared = prepared
@@ -93,8 +94,11 @@ class Pipe:
         with failures(f"rank {rank}", "while building the device mesh", timeout_s):
             self.replicas = Replicas(plan, rank, device)
             """This rank's pipeline rank and data-parallel replica, and their process groups."""
+        self.draws = Draws(seed=seed, offset=self.replicas.replica * plan.microbatches)
+        """The random nodes' seed and step ([Note: random draws per node and micro-batch])."""
         self._pipeline = build_pipeline(split, prepared.metas, plan, self.replicas.position, device, loss_fn,
-                                        self.replicas.pp_group, tied={n for g in graph.tied for n in g})
+                                        self.replicas.pp_group, tied={n for g in graph.tied for n in g},
+                                        draws=self.draws)
         stages = self._pipeline.indices
         replica = f", replica {self.replicas.replica}" if self.replicas.dp > 1 else ""
         self.where = f"rank {rank} (stage{'s' if len(stages) > 1 else ''} {', '.join(map(str, stages))}{replica})"
@@ -188,6 +192,7 @@ class Pipe:
             SpecError: a non-tensor input differs from the example micro-batch's.
         """
         self.steps += 1
+        self.draws.step = self.steps
         m = self.plan.microbatches
         losses: list[torch.Tensor] = []
         with failures(self.where, f"in step {self.steps}", self.timeout_s):
@@ -383,6 +388,7 @@ def build(
     prepared: Prepared | None = None,
     pin_malloc: bool = False,
     pin_cores: bool = False,
+    seed: int = 0,
 ) -> Pipe:
     """This rank's share of ``plan`` run on ``spec``'s model: its stages and their schedule.
 
@@ -411,6 +417,10 @@ def build(
         prepared: ``prepare(spec, plan, world)`` done already (skips tracing again).
         pin_malloc: keep freed CPU memory for reuse (``autopipe._malloc``; CPU ranks).
         pin_cores: keep each local rank to its own share of the cores (CPU ranks).
+        seed: the run's seed: of the meta tensors' initialisers (without ``init``) and of
+            the model's random ops (dropout and the like), which draw per node, step and
+            micro-batch, the same whatever the plan and as ``reference_train`` with this
+            seed ([Note: random draws per node and micro-batch]).
 
     Raises:
         PlanMismatchError: the plan was made for another model, micro-batch shape or world size.
@@ -432,10 +442,10 @@ def build(
         _pin_cores(local_rank, local_world(world))  # [Note: pinned cores on CPU ranks]
     ranks = rank_of_stages(plan)
     materialize_stages([st.module for st in prepared.split.stages if ranks[st.index] == env_rank],
-                       spec, where, init=init)
+                       spec, where, init=init, seed=seed)
     created = init_process_group(env_rank, world, where, timeout_s)
     try:
-        return Pipe(spec, plan, prepared, env_rank, world, where, timeout_s, created)
+        return Pipe(spec, plan, prepared, env_rank, world, where, timeout_s, created, seed=seed)
     except BaseException:
         if created:
             dist.destroy_process_group()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from torch.distributed.pipelining import PipelineStage
 from autopipe._torch_pipelining import pipeline_stage_class, schedule_class
 from autopipe.errors import PlanError
 from autopipe.plan_format import Plan
+from autopipe.runtime.draws import Draws, seed_draws
 from autopipe.runtime.grad_accum import fuse_weight_grads
 from autopipe.runtime.meta import StageMeta
 from autopipe.runtime.placement import rank_of_stages, schedule_kind
@@ -54,6 +56,7 @@ def build_pipeline(
     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
     group: dist.ProcessGroup | None = None,
     tied: Collection[str] = (),
+    draws: Draws | None = None,
 ) -> Pipeline:
     """Build the PipelineStages of ``rank`` on ``device`` and the plan's schedule over them.
 
@@ -75,6 +78,9 @@ def build_pipeline(
             the default group.
         tied: names of parameters that share one tensor (``Graph.tied``, every alias):
             their gradients are summed over their copies after the backwards.
+        draws: the run's seed and step for the stages' random nodes, which then draw per
+            node and micro-batch ([Note: random draws per node and micro-batch]); None:
+            from the process's generator.
 
     Raises:
         PlanError: torch refuses the schedule for this plan (e.g. too few micro-batches).
@@ -92,8 +98,11 @@ def build_pipeline(
                       whole=None if plan.replicas > 1 else tied)
     for s, module in modules.items():
         retarget_devices(module, device)
+        if draws is not None:
+            seed_draws(module)
         stage = stage_class(module, s, n, device,
                             input_args=metas[s].inputs, output_args=metas[s].outputs, group=group)
+        stage.draws = draws
         if plan.stages[s].recompute:  # [Note: recomputed regions]
             recompute_once_per_weight_pass(stage)
         stages.append(stage)
@@ -120,6 +129,24 @@ def _stage_class() -> type[Any]:
     base = pipeline_stage_class()
 
     class Stage(base):  # type: ignore[misc, valid-type]
+        draws: Draws | None = None
+        """The run's seed and step: each micro-batch's forward and backward draw for it."""
+
+        def _drawing(self, chunk: int) -> contextlib.AbstractContextManager[None]:
+            return contextlib.nullcontext() if self.draws is None else self.draws.microbatch(chunk)
+
+        def forward_one_chunk(self, fwd_chunk_id: int, *args: Any, **kwargs: Any) -> Any:
+            with self._drawing(fwd_chunk_id):
+                return super().forward_one_chunk(fwd_chunk_id, *args, **kwargs)
+
+        def backward_one_chunk(self, bwd_chunk_id: int, *args: Any, **kwargs: Any) -> Any:
+            with self._drawing(bwd_chunk_id):  # a recomputed region draws again as it did
+                return super().backward_one_chunk(bwd_chunk_id, *args, **kwargs)
+
+        def backward_weight_one_chunk(self, bwd_chunk_id: int, *args: Any, **kwargs: Any) -> Any:
+            with self._drawing(bwd_chunk_id):
+                return super().backward_weight_one_chunk(bwd_chunk_id, *args, **kwargs)
+
         def backward_maybe_with_nosync(self, backward_type: str, bwd_kwargs: dict[str, Any],
                                        last_backward: bool = False) -> Any:
             # stage modules are never DDP- or FSDP-wrapped here (replicas sync their own way),

@@ -94,7 +94,7 @@ def train(
     # a resumed run takes its weights from the checkpoint: --init is not read then
     init = config.init if config.resume is None else None
     with build(plan, spec, device=device, init=init, timeout_s=config.timeout_s, prepared=prepared,
-               pin_malloc=config.pin_malloc, pin_cores=config.pin_cores) as pipe:
+               pin_malloc=config.pin_malloc, pin_cores=config.pin_cores, seed=config.seed) as pipe:
         return _run(spec, plan, config, pipe, log)
 
 
@@ -159,8 +159,8 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
 
 
 def _extra(config: TrainConfig, plan: Plan) -> dict[str, Any]:
-    """What ``autopipe train`` keeps with a checkpoint: the optimizer, and where the data stand."""
-    return {"optimizer": config.optimizer, "lr": config.lr,
+    """What ``autopipe train`` keeps with a checkpoint: the optimizer, the seed, where the data stand."""
+    return {"optimizer": config.optimizer, "lr": config.lr, "seed": config.seed,
             "data": {"microbatches": plan.microbatches, "next_batch": "spec.batch(microbatches, step)"}}
 
 
@@ -168,8 +168,8 @@ def check_resume(config: TrainConfig) -> CheckpointInfo:
     """The checkpoint ``config.resume`` continues from, checked as far as its files show.
 
     Raises:
-        CheckpointError: no complete checkpoint; one trained with another optimizer; or
-            one that has done ``config.steps`` steps already.
+        CheckpointError: no complete checkpoint; one trained with another optimizer or seed;
+            or one that has done ``config.steps`` steps already.
     """
     assert config.resume is not None
     info = read_info(find_checkpoint(config.resume))
@@ -177,6 +177,10 @@ def check_resume(config: TrainConfig) -> CheckpointInfo:
     if saved is not None and saved != config.optimizer:
         raise CheckpointError(f"checkpoint {info.path} was trained with --optimizer {saved}, not "
                               f"{config.optimizer}", hint=f"resume with --optimizer {saved}")
+    seed = info.extra.get("seed", 0)  # saved before --seed existed: the seed was 0
+    if seed != config.seed:
+        raise CheckpointError(f"checkpoint {info.path} was trained with --seed {seed}, not {config.seed}",
+                              hint=f"resume with --seed {seed}: the random ops then draw as straight through")
     if info.step >= config.steps:
         raise CheckpointError(f"checkpoint {info.path} has done {info.step} steps already, --steps is "
                               f"{config.steps}", hint=f"--steps counts from the start: pass more than {info.step}")
