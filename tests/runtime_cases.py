@@ -168,6 +168,7 @@ CASES = {c.name: c for c in [
     Case("gpt2", 2, knobs={"dropout": 0.1}),
     Case("gpt2", 2, recompute="full", knobs={"dropout": 0.1}),
     Case("bert", 2, "zbv", knobs={"dropout": 0.1}),
+    Case("bert", 2, "dualpipev", knobs={"dropout": 0.1}),
     Case("gpt2", 2, replicas=2, knobs={"dropout": 0.1}),
 ]}
 
