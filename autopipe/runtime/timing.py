@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 
 from autopipe.profile._timer import step_clock
+from autopipe.runtime.draws import drawing, seed_draws
 from autopipe.runtime.split import Split
 
 stage_clock = step_clock
@@ -134,7 +135,7 @@ def time_stages(split: Split, inputs: Sequence[torch.Tensor], *, repeats: int = 
     ``min_s`` seconds ([Note: timing over a window]), timed with ``stage_clock``. With
     ``idle_s`` the thread sleeps that long before each forward and each backward, as a
     rank blocked on its peer does. With ``loss`` the last stage runs it too, timed apart
-    (``run_once``).
+    (``run_once``). Random nodes draw seeded, as the runtime's stages do.
 
     With ``together``, where ``together_reason`` finds nothing against it, every rank's
     stages (``ranks[i]``: the rank of stage ``i``, default ``i``) are timed at once, each
@@ -145,6 +146,16 @@ def time_stages(split: Split, inputs: Sequence[torch.Tensor], *, repeats: int = 
         Each stage's forward and backward seconds, and the loss's.
     """
     modules = [copy.deepcopy(st.module) for st in split.stages]
+    for module in modules:  # random nodes draw as in training ([Note: random draws per node and micro-batch])
+        seed_draws(module)
+    with drawing(0, 0, 0):
+        return _time_stages(modules, inputs, repeats=repeats, warmup=warmup, idle_s=idle_s, ranks=ranks,
+                            together=together, loss=loss, min_s=min_s)
+
+
+def _time_stages(modules: Sequence[torch.nn.Module], inputs: Sequence[torch.Tensor], *, repeats: int,
+                 warmup: int, idle_s: float, ranks: Sequence[int] | None, together: bool,
+                 loss: Loss | None, min_s: float) -> StageTimes:
     per_stage = stage_inputs(modules, inputs)
     if together:
         from autopipe.runtime.timing_together import time_together, together_reason
