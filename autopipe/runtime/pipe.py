@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -44,6 +45,7 @@ from autopipe.runtime.group import (
     rank_device,
 )
 from autopipe.runtime.materialize import materialize_stages
+from autopipe.runtime.modes import modeless_draws
 from autopipe.runtime.placement import rank_of_stages
 from autopipe.runtime.prepare import Prepared, prepare
 from autopipe.runtime.stage import build_pipeline
@@ -165,9 +167,20 @@ class Pipe:
         yield from self._params.values()
 
     def train(self, mode: bool = True) -> Pipe:
-        """Put this rank's stage modules in training (or evaluation) mode, as ``nn.Module.train``."""
+        """Put this rank's stage modules in training (or evaluation) mode, as ``nn.Module.train``.
+
+        Dropout, attention dropout and batch norm follow it, although the trace wrote the
+        training mode into them ([Note: traced modes follow train and eval]); random nodes
+        that a branch of the model's Python on ``self.training`` chose (drop path) still
+        draw in evaluation, and this warns, naming them.
+        """
         for module in self._pipeline.modules():
             module.train(mode)
+        on = [] if mode else [n for module in self._pipeline.modules() for n in modeless_draws(module)]
+        if on:
+            warnings.warn(f"{self.where}: {len(on)} random node(s) still draw in evaluation mode "
+                          f"({', '.join(on[:4])}{', ...' if len(on) > 4 else ''}): the model's code chose "
+                          "them for training when it was traced (drop path, router jitter)", stacklevel=2)
         return self
 
     # --- a step --------------------------------------------------------------------------------

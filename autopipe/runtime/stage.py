@@ -18,6 +18,7 @@ from autopipe.plan_format import Plan
 from autopipe.runtime.draws import Draws, seed_draws
 from autopipe.runtime.grad_accum import fuse_weight_grads
 from autopipe.runtime.meta import StageMeta
+from autopipe.runtime.modes import follow_modes
 from autopipe.runtime.placement import rank_of_stages, schedule_kind
 from autopipe.runtime.recompute import recompute_once_per_weight_pass
 from autopipe.runtime.split import Split, retarget_devices
@@ -100,6 +101,7 @@ def build_pipeline(
         retarget_devices(module, device)
         if draws is not None:
             seed_draws(module)
+        follow_modes(module)  # [Note: traced modes follow train and eval]
         stage = stage_class(module, s, n, device,
                             input_args=metas[s].inputs, output_args=metas[s].outputs, group=group)
         stage.draws = draws
