@@ -13,6 +13,7 @@ import torch
 
 from autopipe.profile._timer import step_clock
 from autopipe.runtime.draws import drawing, seed_draws
+from autopipe.runtime.modes import follow_modes
 from autopipe.runtime.split import Split
 
 stage_clock = step_clock
@@ -146,8 +147,9 @@ def time_stages(split: Split, inputs: Sequence[torch.Tensor], *, repeats: int = 
         Each stage's forward and backward seconds, and the loss's.
     """
     modules = [copy.deepcopy(st.module) for st in split.stages]
-    for module in modules:  # random nodes draw as in training ([Note: random draws per node and micro-batch])
+    for module in modules:  # as the runtime's stages run ([Note: random draws per node and micro-batch])
         seed_draws(module)
+        follow_modes(module)
     with drawing(0, 0, 0):
         return _time_stages(modules, inputs, repeats=repeats, warmup=warmup, idle_s=idle_s, ranks=ranks,
                             together=together, loss=loss, min_s=min_s)
