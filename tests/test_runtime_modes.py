@@ -102,3 +102,18 @@ class _DropPath(nn.Module):
             return x
         keep = (0.8 + torch.rand(x.shape[0], 1)).floor()
         return x / 0.8 * keep
+
+
+def test_a_mode_left_to_its_default_follows_too() -> None:
+    """``F.dropout(x, 0.5)`` (training by its default, as symbolic_trace records it)."""
+    class M(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.dropout(x, 0.5)
+
+    graph = autopipe.trace(M(), (torch.randn(8, 4),), frontend="fx")
+    assert follow_modes(graph.gm) == 1
+    x = torch.randn(8, 4)
+    graph.gm.train(False)
+    assert torch.equal(graph.gm(x)[0], x)
+    graph.gm.train(True)
+    assert not torch.equal(graph.gm(x)[0], x)
