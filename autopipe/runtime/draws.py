@@ -104,6 +104,8 @@ def _cuda_devices(args: Any, kwargs: dict[str, Any]) -> list[int]:
     found: set[int] = set()
 
     def visit(value: Any) -> None:
+        if isinstance(value, str) and value.startswith("cuda"):  # device="cuda:1" as symbolic_trace keeps it
+            value = torch.device(value)
         if isinstance(value, torch.Tensor) and value.device.type == "cuda":
             found.add(value.device.index or 0)
         elif isinstance(value, torch.device) and value.type == "cuda":
