@@ -172,10 +172,9 @@ def _draw_fn(gm: fx.GraphModule, node: fx.Node) -> Callable[..., Any] | None:
     return None
 
 
-def _draws_nothing(fn: Callable[..., Any], node: fx.Node) -> bool:
-    """An op that draws only with a nonzero probability or in training, given none: attention
-    without dropout (``dropout_p=0.0``), ``dropout(x, p, train=False)``, ``F.dropout(x,
-    training=False)``."""
+def traced_arguments(fn: Callable[..., Any], node: fx.Node) -> dict[str, Any]:
+    """What ``node`` passes ``fn``, by parameter name, defaults filled in (keywords only for a
+    builtin without a signature)."""
     values: dict[str, Any] = {}
     if isinstance(fn, torch._ops.OpOverload):
         arguments = fn._schema.arguments
@@ -184,12 +183,20 @@ def _draws_nothing(fn: Callable[..., Any], node: fx.Node) -> bool:
     else:
         try:
             bound = inspect.signature(fn).bind_partial(*node.args, **node.kwargs)
-        except (TypeError, ValueError):  # a builtin without a signature: its keywords only
+        except (TypeError, ValueError):
             pass
         else:
             bound.apply_defaults()
             values = dict(bound.arguments)
     values.update(node.kwargs)
+    return values
+
+
+def _draws_nothing(fn: Callable[..., Any], node: fx.Node) -> bool:
+    """An op that draws only with a nonzero probability or in training, given none: attention
+    without dropout (``dropout_p=0.0``), ``dropout(x, p, train=False)``, ``F.dropout(x,
+    training=False)``."""
+    values = traced_arguments(fn, node)
     p = values.get("dropout_p", values.get("p"))
     return (isinstance(p, (int, float)) and p == 0) or values.get("train") is False \
         or values.get("training") is False

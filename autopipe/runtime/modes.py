@@ -36,7 +36,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from autopipe.runtime.draws import SeededDraw
+from autopipe.runtime.draws import SeededDraw, traced_arguments
 
 __all__ = ["FollowsMode", "follow_modes", "modeless_draws"]
 
@@ -52,15 +52,6 @@ def _parameters(fn: Callable[..., Any]) -> list[str] | None:
         return list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         return None
-
-
-def _default(fn: Callable[..., Any], name: str) -> Any:
-    """The default of ``fn``'s parameter ``name``; None if it has none."""
-    if isinstance(fn, torch._ops.OpOverload):
-        arg = next(a for a in fn._schema.arguments if a.name == name)
-        return arg.default_value if arg.has_default_value() else None
-    default = inspect.signature(fn).parameters[name].default
-    return None if default is inspect.Parameter.empty else default
 
 
 class FollowsMode:
@@ -128,8 +119,7 @@ def _mode_argument(node: fx.Node) -> tuple[Callable[..., Any], list[str], str | 
         return None
     for argument in (*_FLAGS, "dropout_p"):
         if argument in names:
-            i = names.index(argument)
-            traced = node.kwargs.get(argument, node.args[i] if i < len(node.args) else _default(base, argument))
+            traced = traced_arguments(base, node).get(argument)
             # traced off (attention without dropout, a flag traced False): nothing to switch
             return None if traced is None or traced is False or traced == 0 else (fn, names, argument)
     return None
