@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -114,9 +115,13 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
             # each action after blocking one send latency, as a rank waits for its peer
             # ([Note: compute after a wait] in autopipe.runtime.calibrate); every rank's
             # stages at once, as training runs them ([Note: stages timed together])
+            # each rank's step in its schedule's order, its weight gradients added in place
+            # as the runtime's are ([Note: stages timed in their schedule's order])
             times = time_stages(split, tensors, repeats=repeats, min_s=window_s, idle_s=idle_s,
                                 ranks=ranks_of(plan), together=together,
-                                loss=stage_loss if with_loss else None)
+                                loss=stage_loss if with_loss else None, programs=rank_programs(plan),
+                                prepare=functools.partial(as_the_runtime_runs, plan, graph.tied,
+                                                          tensors[0].device if tensors else torch.device("cpu")))
         if times.loss_s is not None:  # the loss as timed on its rank among the others
             loss_f, loss_b = times.loss_s
         # every action pays the runtime's own work around the module (as planned)
@@ -153,6 +158,32 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
     again, _, _ = timed(best)
     record[measured.index(best)]["timed_again_step_s"] = again.predicted.iteration_s
     return _recorded(again, record, converged=False, why_not=why_not)
+
+
+def rank_programs(plan: Plan) -> dict[int, list[tuple[int, str, int]]]:
+    """Each rank's forwards and backwards in one step of ``plan``'s schedule, in order
+    (``autopipe.runtime.timing.Program``); a split-off weight pass runs inside its backward."""
+    from autopipe.schedule.actions import schedule_order
+    from autopipe.schedule.plan_costs import plan_costs
+
+    _, virtual = plan_costs(plan)
+    order = schedule_order(plan.schedule, plan.num_stages // virtual, plan.microbatches, virtual)
+    ranks = ranks_of(plan)
+    return {ranks[program[0].stage]: [(a.stage, a.kind, a.microbatch) for a in program if a.kind != "W"]
+            for program in order.ranks if program}
+
+
+def as_the_runtime_runs(plan: Plan, tied: Sequence[Sequence[str]], device: torch.device,
+                        modules: list[torch.nn.Module]) -> None:
+    """Make one rank's copies of its stage modules run as ``build_pipeline`` makes them: the
+    weight gradients of their embeddings and linear layers added in place (CPU ranks)."""
+    from autopipe.runtime.grad_accum import fuse_weight_grads
+    from autopipe.runtime.placement import schedule_kind
+
+    names = {n for group in tied for n in group}
+    fuse_weight_grads([m for m in modules if isinstance(m, torch.fx.GraphModule)], device,
+                      splits_backward=schedule_kind(plan.schedule).splits_backward,
+                      whole=None if plan.replicas > 1 else names)
 
 
 def ranks_of(plan: Plan) -> list[int]:

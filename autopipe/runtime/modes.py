@@ -29,6 +29,7 @@ that stay on so.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -136,7 +137,11 @@ def follow_modes(module: nn.Module) -> int:
         if not found:
             continue
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        with gm.graph.inserting_after(placeholders[-1]) if placeholders else gm.graph.inserting_before():
+        with gm.graph.inserting_after(placeholders[-1]) if placeholders else gm.graph.inserting_before(), \
+                warnings.catch_warnings():
+            # ``training`` is a plain attribute, not a parameter, buffer or submodule, so fx warns
+            # that it has "no underlying reference"; ``self.training`` is what the code reads
+            warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
             training = gm.graph.get_attr("training")
         for node, (fn, names, argument) in found:
             node.target = FollowsMode(fn, names, argument)

@@ -24,10 +24,11 @@ one; under constant load the slower rank's contention is priced a little high.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -36,13 +37,15 @@ from autopipe.errors import ProfileError
 from autopipe.runtime.affinity import pin_cores
 from autopipe.runtime.timing import (
     Loss,
+    Program,
     Run,
     StageTimes,
     as_leaves,
     medians,
-    run_once,
+    program_runs,
+    run_program,
+    single_program,
     stage_clock,
-    timed_runs,
 )
 
 TIMEOUT_S = 300.0
@@ -59,25 +62,19 @@ def together_reason(inputs: Sequence[torch.Tensor]) -> str | None:
     return None
 
 
-def _rank(rank: int, work: list[tuple[int, torch.nn.Module, list[torch.Tensor], Loss | None]],
-          world: int, idle_s: float, warmup: int, repeats: int, min_s: float,
-          barrier: Any, done: Any, results: Any) -> None:
+def _rank(rank: int, program: Program, modules: dict[int, torch.nn.Module],
+          inputs: dict[int, list[torch.Tensor]], loss: Loss | None, last: int, world: int, idle_s: float,
+          warmup: int, repeats: int, min_s: float, barrier: Any, done: Any, results: Any) -> None:
     """One rank's process: warm up, meet the others, time, report, keep the load on."""
     try:
         pin_cores(rank, world)  # as `autopipe train` holds its ranks
         clock = stage_clock(torch.device("cpu"))
-        runs = [(index, module, as_leaves(index, values), loss) for index, module, values, loss in work]
-
-        def sweep() -> list[Run]:
-            return [run_once(module, leaves, clock, idle_s, loss) for _, module, leaves, loss in runs]
-
-        for _ in range(warmup):
-            sweep()
-        barrier.wait(TIMEOUT_S)
-        timed = timed_runs(sweep, repeats, min_s)
-        results.put((rank, [(index, [t[k] for t in timed]) for k, (index, _, _, _) in enumerate(runs)]))
+        leaves = {i: as_leaves(i, values) for i, values in inputs.items()}
+        step = functools.partial(run_program, program, modules, leaves, clock, idle_s, loss, last)
+        timed = program_runs(program, repeats, warmup, min_s, step, before_timing=lambda: barrier.wait(TIMEOUT_S))
+        results.put((rank, sorted(timed.items())))
         while not done.is_set():
-            sweep()
+            step()
     except threading.BrokenBarrierError:  # another rank failed (and says why), or the wait timed out
         results.put((rank, None))
     except BaseException as e:  # reported to the parent, which raises it there
@@ -87,7 +84,8 @@ def _rank(rank: int, work: list[tuple[int, torch.nn.Module, list[torch.Tensor], 
 
 def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[torch.Tensor]], *,
                   ranks: Sequence[int] | None, repeats: int, warmup: int,
-                  idle_s: float, loss: Loss | None = None, min_s: float = 0.0) -> StageTimes:
+                  idle_s: float, loss: Loss | None = None, min_s: float = 0.0,
+                  programs: Mapping[int, Program] | None = None) -> StageTimes:
     """Each stage's forward and backward seconds, every rank's stages timed at once
     ([Note: stages timed together]).
 
@@ -95,9 +93,11 @@ def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[
         modules: the stage modules (copies: they run in the forked processes).
         inputs: each stage's tensor inputs (``timing.stage_inputs``).
         ranks: the rank of each stage (default: stage ``i`` on rank ``i``).
-        loss: run after the last stage on its rank, timed apart (``timing.run_once``).
-        min_s: each rank times more than ``repeats`` sweeps while under this many seconds
+        loss: run after the last stage on its rank, timed apart (``timing.run_program``).
+        min_s: each rank times more than ``repeats`` runs while under this many seconds
             have passed (``timing.timed_runs``).
+        programs: each rank's step (``timing.run_program``); default: each of its stages
+            forward then backward on one micro-batch.
 
     Raises:
         ProfileError: a rank failed or did not report within ``TIMEOUT_S``.
@@ -108,10 +108,11 @@ def time_together(modules: Sequence[torch.nn.Module], inputs: Sequence[Sequence[
     barrier, done, results = ctx.Barrier(len(world)), ctx.Event(), ctx.Queue()
     procs = []
     for r in world:
-        work = [(i, modules[i], list(inputs[i]), loss if i == len(modules) - 1 else None)
-                for i, q in enumerate(rank_of) if q == r]
+        mine = [i for i, q in enumerate(rank_of) if q == r]
+        program = list(programs[r]) if programs is not None and r in programs else single_program(mine)
         procs.append(ctx.Process(target=_rank, daemon=True, args=(
-            r, work, len(world), idle_s, warmup, repeats, min_s, barrier, done, results)))
+            r, program, {i: modules[i] for i in mine}, {i: list(inputs[i]) for i in mine}, loss,
+            len(modules) - 1, len(world), idle_s, warmup, repeats, min_s, barrier, done, results)))
     runs: list[list[Run]] = [[] for _ in modules]
     failures: dict[int, str | None] = {}
     try:
