@@ -82,18 +82,6 @@ class StageTimes(NamedTuple):
     timed on that stage's rank right after it."""
 
 
-def run_once(module: torch.nn.Module, leaves: Sequence[torch.Tensor], clock: Callable[[], float],
-             idle_s: float = 0.0, loss: Loss | None = None) -> Run:
-    """One forward and one backward of ``module``, and of ``loss`` after it: their seconds
-    on ``clock`` (the loss's are 0 without one).
-
-    Without a loss the backward is seeded with ones; with one it starts from the loss, whose
-    own backward (down to the module's outputs) is timed apart, as on the runtime's last
-    stage. With ``idle_s`` the thread sleeps that long before each forward and backward, as
-    a rank blocked on its peer does."""
-    return _backward(_forward(module, leaves, clock, idle_s, loss), clock, idle_s)
-
-
 class _Forward(NamedTuple):
     """A forward run and kept for its backward: the outputs, the loss's value, their seconds."""
 
@@ -105,6 +93,8 @@ class _Forward(NamedTuple):
 
 def _forward(module: torch.nn.Module, leaves: Sequence[torch.Tensor], clock: Callable[[], float],
              idle_s: float, loss: Loss | None) -> _Forward:
+    """One forward of ``module``, and of ``loss`` after it, timed apart (the loss's 0 without
+    one). With ``idle_s`` the thread sleeps that long first, as a rank blocked on its peer does."""
     if idle_s > 0:
         time.sleep(idle_s)
     t0 = clock()
@@ -115,6 +105,9 @@ def _forward(module: torch.nn.Module, leaves: Sequence[torch.Tensor], clock: Cal
 
 
 def _backward(done: _Forward, clock: Callable[[], float], idle_s: float) -> Run:
+    """The backward of a kept forward, and the ``Run`` of both. Without a loss it is seeded
+    with ones; with one it starts from the loss, whose own backward (down to the module's
+    outputs) is timed apart, as on the runtime's last stage."""
     grads = [o for o in done.outs if isinstance(o, torch.Tensor) and o.requires_grad]
     if idle_s > 0:
         time.sleep(idle_s)
@@ -155,7 +148,12 @@ def run_program(program: Program, modules: Mapping[int, torch.nn.Module],
     backward that way, and 9.3 and 12.8 ms in 1F1B's order (F0 F1 B0 F2 B1 F3 B2 B3: each
     backward after another micro-batch's forward has taken the cache), in one process, one
     thread. In training it took 9.8 and 13.9 ms (medians over 22 steps, the other rank
-    computing beside it), against 8.5 and 12.6 priced by the stages timed the old way.
+    computing beside it), against 8.5 and 12.6 priced by the stages timed the old way. (The
+    rest was the runtime's in-place weight gradients, about 20 µs more a linear layer's
+    forward, which the timed copies now get too: ``prepare`` in ``time_stages``.) So each
+    rank runs a whole step as its schedule orders it, and every plan of
+    ``benchmarks/bench_cost_model.py`` predicts its best measured step (0.99–1.00 on
+    average over two runs, 0.96 before; docs/cost-model.md).
 
     Returns:
         Per stage of the program, the ``Run`` of each of its backwards, in program order.
@@ -215,7 +213,7 @@ def time_stages(split: Split, inputs: Sequence[torch.Tensor], *, repeats: int = 
     ``min_s`` seconds ([Note: timing over a window]), timed with ``stage_clock``. With
     ``idle_s`` the thread sleeps that long before each forward and each backward, as a
     rank blocked on its peer does. With ``loss`` the last stage runs it too, timed apart
-    (``run_once``). Random nodes draw seeded, as the runtime's stages do.
+    (``run_program``). Random nodes draw seeded, as the runtime's stages do.
 
     Each rank runs ``programs[rank]`` as one step (``run_program``: its schedule's order
     of forwards and backwards over the step's micro-batches, [Note: stages timed in their

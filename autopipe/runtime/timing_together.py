@@ -15,8 +15,10 @@ stage modules and their inputs are inherited, nothing is pickled), each held to 
 cores ``autopipe train`` gives that rank (``affinity.pin_cores``, nothing where
 there are fewer cores than ranks or the user bound this process), with this
 process's intra-op threads and subnormal setting. Each runs its warm-up, waits at a
-barrier for the others, times ``repeats`` runs of its stages (more, over a window of
-``min_s``: [Note: timing over a window] in ``autopipe.runtime.timing``), reports the medians
+barrier for the others, times whole steps of its program (its forwards and backwards in
+its schedule's order: [Note: stages timed in their schedule's order]) until it has ``repeats``
+runs of each stage (more, over a window of ``min_s``: [Note: timing over a window] in
+``autopipe.runtime.timing``), reports the medians
 and keeps running until every rank has reported, so each timed run has its peers
 computing alongside. In training a faster rank waits part of the step for a slower
 one; under constant load the slower rank's contention is priced a little high.
