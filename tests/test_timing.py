@@ -65,9 +65,10 @@ def test_rank_programs_are_the_schedule_orders_torch_runs() -> None:
 
 def test_stages_are_timed_as_the_runtime_runs_them() -> None:
     """``prepare`` makes each rank's copies what ``build_pipeline`` makes: the linear layers'
-    weight gradients added in place, the modules handed over a rank at a time."""
+    weight gradients added in place, the modules handed over a rank at a time (exported:
+    the fused path takes aten's linear, not fx's ``call_module``)."""
     spec = example_spec("mlp")
-    graph = autopipe.trace(spec.model, spec.example_inputs)
+    graph = autopipe.trace(spec.model, spec.example_inputs, frontend="export")
     plan = hand_plan(graph, 2, microbatches=2, schedule="1f1b")
     split = split_graph(graph, plan, model_constants(graph, spec))
     seen: list[list[nn.Module]] = []
