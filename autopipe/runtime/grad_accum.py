@@ -50,8 +50,9 @@ resident memory of the process. Read page by page, each 4 KiB page's first read 
 fault: a 4 MiB gradient took 0.51 ms to sum on fresh zero pages against 0.14 ms dense
 (this VM, one thread), a cost the optimizer step paid every step. So the mapping is
 populated readable when it is made (``MADV_POPULATE_READ``: every page mapped to the
-zero page in one call, 0.12 ms for those 4 MiB; the sum then took 0.03 ms). So a gradient that ``_EmbeddingGrad`` makes itself (the
-first micro-batch's, on a CPU rank, when ``.grad`` was None) lives on zero pages and
+zero page in one call, 0.12 ms for those 4 MiB; the sum then took 0.03 ms).
+
+A gradient that ``_EmbeddingGrad`` makes itself (the first micro-batch's, on a CPU rank, when ``.grad`` was None) lives on zero pages and
 records the rows it wrote; ``mean_grad_`` then divides those rows only (every other
 element is +0, and +0 / m is +0: the same bits as dividing all). Whatever writes the
 whole gradient later (clipping, ``zero_()``) makes its pages resident, as a
@@ -89,10 +90,10 @@ from autopipe.trace.aliasing import written_in_place
 _EMBEDDING = torch.ops.aten.embedding.default
 _LINEAR = torch.ops.aten.linear.default
 _ROWS = "_autopipe_rows_written"
-_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
-"""Map every page of a range to the zero page now, in one call (Linux 5.14)."""
 """Attribute of a gradient on zero pages: the row indices written into it, one tensor per
 backward ([Note: an embedding's gradient on zero pages])."""
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+"""Map every page of a range to the zero page now, in one call (Linux 5.14)."""
 
 
 def zero_pages_like(t: torch.Tensor) -> torch.Tensor:
