@@ -85,6 +85,7 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
         summed ratios and whether the next solve moved the cuts, and ``converged``.
     """
     from autopipe.runtime.split import split_graph
+    from autopipe.runtime.stage import fuse_as_planned
     from autopipe.runtime.timing import time_stages
     from autopipe.runtime.timing_together import together_reason
     from autopipe.schedule.plan_costs import plan_runtime
@@ -97,6 +98,7 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
     measured: list[Plan] = []
     ratio: dict[str, tuple[float, float]] = {}
     idle_s = float(profile.runtime.get("send_latency_s", 0.0))
+    tied = {n for group in graph.tied for n in group}
     current = plan
     why_not = together_reason(tensors) if together else "not asked"
     # the last stage also runs the loss, which the stage module leaves to the schedule
@@ -120,8 +122,8 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
             times = time_stages(split, tensors, repeats=repeats, min_s=window_s, idle_s=idle_s,
                                 ranks=ranks_of(plan), together=together,
                                 loss=stage_loss if with_loss else None, programs=rank_programs(plan),
-                                prepare=functools.partial(as_the_runtime_runs, plan, graph.tied,
-                                                          tensors[0].device if tensors else torch.device("cpu")))
+                                prepare=functools.partial(fuse_as_planned, plan=plan, tied=tied,
+                                                          device=tensors[0].device if tensors else torch.device("cpu")))
         if times.loss_s is not None:  # the loss as timed on its rank among the others
             loss_f, loss_b = times.loss_s
         # every action pays the runtime's own work around the module (as planned)
@@ -164,26 +166,12 @@ def rank_programs(plan: Plan) -> dict[int, list[tuple[int, str, int]]]:
     """Each rank's forwards and backwards in one step of ``plan``'s schedule, in order
     (``autopipe.runtime.timing.Program``); a split-off weight pass runs inside its backward."""
     from autopipe.schedule.actions import schedule_order
-    from autopipe.schedule.plan_costs import plan_costs
 
-    _, virtual = plan_costs(plan)
-    order = schedule_order(plan.schedule, plan.num_stages // virtual, plan.microbatches, virtual)
     ranks = ranks_of(plan)
+    p = len(set(ranks))
+    order = schedule_order(plan.schedule, p, plan.microbatches, plan.num_stages // p)
     return {ranks[program[0].stage]: [(a.stage, a.kind, a.microbatch) for a in program if a.kind != "W"]
             for program in order.ranks if program}
-
-
-def as_the_runtime_runs(plan: Plan, tied: Sequence[Sequence[str]], device: torch.device,
-                        modules: list[torch.nn.Module]) -> None:
-    """Make one rank's copies of its stage modules run as ``build_pipeline`` makes them: the
-    weight gradients of their embeddings and linear layers added in place (CPU ranks)."""
-    from autopipe.runtime.grad_accum import fuse_weight_grads
-    from autopipe.runtime.placement import schedule_kind
-
-    names = {n for group in tied for n in group}
-    fuse_weight_grads([m for m in modules if isinstance(m, torch.fx.GraphModule)], device,
-                      splits_backward=schedule_kind(plan.schedule).splits_backward,
-                      whole=None if plan.replicas > 1 else names)
 
 
 def ranks_of(plan: Plan) -> list[int]:

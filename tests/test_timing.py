@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 import autopipe
-from autopipe.refine import as_the_runtime_runs, rank_programs
+from autopipe.refine import rank_programs
 from autopipe.runtime.grad_accum import _MADV_POPULATE_READ, fused_linear, zero_pages_like
 from autopipe.runtime.split import split_graph
+from autopipe.runtime.stage import fuse_as_planned
 from autopipe.runtime.timing import run_program, single_program, time_stages
 from autopipe.runtime.validate import model_constants
 
@@ -75,7 +76,7 @@ def test_stages_are_timed_as_the_runtime_runs_them() -> None:
 
     def prepare(modules: list[nn.Module]) -> None:
         seen.append(modules)
-        as_the_runtime_runs(plan, graph.tied, torch.device("cpu"), modules)
+        fuse_as_planned(modules, plan, torch.device("cpu"), {n for g in graph.tied for n in g})
 
     times = time_stages(split, list(spec.example_inputs), repeats=2, warmup=0, programs=rank_programs(plan),
                         prepare=prepare)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.fx as fx
 from torch.distributed.pipelining import PipelineStage
 
 from autopipe._torch_pipelining import pipeline_stage_class, schedule_class
@@ -93,10 +94,7 @@ def build_pipeline(
     stage_class = _stage_class()
     mine = [i for i in range(n) if ranks[i] == rank]
     modules = {s: split.stages[s].module.to(device) for s in mine}
-    # [Note: weight gradients accumulated in place]; a tied weight's gradient is summed over
-    # its copies after the backwards, as every gradient is averaged over replicas
-    fuse_weight_grads(list(modules.values()), device, splits_backward=kind.splits_backward,
-                      whole=None if plan.replicas > 1 else tied)
+    fuse_as_planned(list(modules.values()), plan, device, tied)
     for s, module in modules.items():
         retarget_devices(module, device)
         if draws is not None:
@@ -123,6 +121,21 @@ def build_pipeline(
                         hint="change --microbatches or --schedule and regenerate the plan") from e
     return Pipeline(stages=stages, schedule=schedule, has_first=ranks[0] == rank,
                     has_last=ranks[-1] == rank)
+
+
+def fuse_as_planned(modules: Sequence[torch.nn.Module], plan: Plan, device: torch.device,
+                    tied: Collection[str]) -> list[str]:
+    """Route one rank's stage modules' embedding and linear weight gradients in place, as
+    ``build_pipeline`` runs them for ``plan`` ([Note: weight gradients accumulated in place]);
+    returns the weights so routed.
+
+    A split backward takes weight gradients in a pass of its own, so it keeps autograd's; a
+    tied weight's gradient (``tied``: every alias's name) is summed over its copies after the
+    backwards, as every gradient is averaged over replicas, so it is made whole.
+    """
+    return fuse_weight_grads([m for m in modules if isinstance(m, fx.GraphModule)], device,
+                             splits_backward=schedule_kind(plan.schedule).splits_backward,
+                             whole=None if plan.replicas > 1 else tied)
 
 
 @functools.cache

@@ -6,6 +6,7 @@ import copy
 import functools
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -178,7 +179,7 @@ def program_runs(program: Program, repeats: int, warmup: int, min_s: float,
     """``step()`` (``run_program`` of ``program``) untimed for ``warmup`` runs of each stage,
     then ``before_timing()``, then enough times for ``repeats`` runs of every stage (at least
     one step) and over ``min_s`` seconds (``timed_runs``); each stage's runs, pooled."""
-    per_step = max(1, min(sum(1 for i, k, _ in program if k == "B" and i == j) for j, _, _ in program))
+    per_step = min(Counter(i for i, kind, _ in program if kind == "B").values(), default=1)
     for _ in range(-(-warmup // per_step)):
         step()
     if before_timing is not None:
