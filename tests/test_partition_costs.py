@@ -78,6 +78,10 @@ def test_tied_gradients_all_reduce_as_a_ring_at_the_all_reduce_bandwidth() -> No
     plain = evaluate(from_profile(skip_profile(), base), [0, 0, 1, 2, 2])
     assert math.isclose(ev.objective_s - plain.objective_s, 400 / 250 - 400 / 1000)
     assert dataclasses.replace(base, link_bandwidth=math.inf).allreduce_s(400, 3) == 0.0
+    late = dataclasses.replace(measured, allreduce_latency_s=0.25)  # a ring of k pays k − 1 latencies
+    assert (late.allreduce_s(400, 1), late.allreduce_s(400, 2)) == (0.0, 400 / 250 + 0.25)
+    assert math.isclose(late.allreduce_s(400, 4), 2 * 3 / 4 * 400 / 250 + 3 * 0.25)
+    assert math.isclose(evaluate(from_profile(skip_profile(), late), [0, 0, 1, 2, 2]).tied_sync_s, 400 / 250 + 0.25)
 
 
 def test_step_of_equal_stages_is_the_classic_formula() -> None:

@@ -227,10 +227,11 @@ def test_every_method_agrees_at_a_limit_filled_exactly(schedule: str) -> None:
         assert math.isclose(res.objective_s, exact[0], rel_tol=1e-9)
 
 
-def test_tied_sync_over_three_stages_is_a_ring() -> None:
+@pytest.mark.parametrize("latency", [0.0, 0.5])
+def test_tied_sync_over_three_stages_is_a_ring(latency: float) -> None:
     """A weight read on all three stages syncs over a 3-rank ring (4/3 of its bytes through
-    each rank), two stages over 2 ranks (its bytes once): the MIP prices both as
-    ``costs.evaluate`` does, and its optimum is brute force's."""
+    each rank, two latencies), two stages over 2 ranks (its bytes once, one latency): the
+    MIP prices both as ``costs.evaluate`` does, and its optimum is brute force's."""
     def node(name: str, **kw: object) -> NodeProfile:
         base = dict(name=name, op="call_function", target="f", module=name, forward_s=1.0,
                     backward_input_s=2.0, backward_weight_s=0.0, activation_bytes=8,
@@ -250,7 +251,8 @@ def test_tied_sync_over_three_stages_is_a_ring() -> None:
     profile = Profile(device="t", dtype="float32", microbatch_shape=[[1]], nodes=nodes,
                       edges=edges, params={"w": 4000})
     config = Config(num_stages=3, microbatches=3, schedule="1f1b", link_bandwidth=1000.0,
-                    devices=tuple(Device(name=f"d{i}", memory=0) for i in range(3)))
+                    devices=tuple(Device(name=f"d{i}", memory=0) for i in range(3)),
+                    allreduce_latency_s=latency)
     problem = from_profile(profile, config, optimizer="sgd")
     anc = ancestors(problem)
     lo, hi = pinned_windows(problem)
@@ -262,7 +264,8 @@ def test_tied_sync_over_three_stages_is_a_ring() -> None:
         values = model.warm(stage_of)
         assert close(model.objective.value(values) * model.tau, ev.objective_s)
         syncs.add(round(ev.tied_sync_s, 9))
-    assert syncs == {4.0, round(4000 * 4 / 3 / 1000, 9)}  # 2 holders: 4 s; 3 holders: 5.33 s
+    # 2 holders: 4 s and a latency; 3 holders: 5.33 s and two
+    assert syncs == {round(4.0 + latency, 9), round(4000 * 4 / 3 / 1000 + 2 * latency, 9)}
     exact = brute.best(problem)
     assert exact is not None
     res = solve_ilp(problem, gap=EXACT)

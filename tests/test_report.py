@@ -35,11 +35,12 @@ def test_headline_says_what_the_step_counts() -> None:
     assert "compute only" in breakdown_lines(plan)[0]
     stages = tuple(dataclasses.replace(s, optimizer_s=1e-3 * (i + 1)) for i, s in enumerate(plan.stages))
     priced = dataclasses.replace(plan, stages=stages, options={
-        **plan.options, "loss": {"forward_s": 1e-3, "backward_s": 2e-3},
+        **plan.options, "loss": {"forward_s": 1e-3, "backward_s": 2e-3}, "tied_sync_s": 4e-3,
         "runtime": {"forward_overhead_s": 1e-4, "backward_overhead_s": 2e-4, "send_latency_s": 5e-5,
                     "step_overhead_s": 1e-4}})
     line = breakdown_lines(priced)[0]
     assert "loss 3.000 ms per micro-batch" in line and "optimizer step 1.000 ms / 2.000 ms" in line
+    assert "tied gradients' all-reduce 4.000 ms per step" in line
     assert "per send" in line and "per step" in line
 
 

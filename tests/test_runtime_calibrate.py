@@ -120,6 +120,7 @@ def test_runtime_costs_are_measured_with_two_gloo_ranks() -> None:
     assert 0 <= costs.step_overhead_s < 0.05
     assert 0 < costs.send_latency_s < 0.1
     assert costs.link_bandwidth > 1e7 and costs.allreduce_bandwidth > 1e7
+    assert 0 <= costs.allreduce_latency_s < 0.05
     assert costs.optimizer_tensor_s > 0 and costs.optimizer_element_s > 0
 
 

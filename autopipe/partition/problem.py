@@ -99,9 +99,11 @@ class Config:
     step_overhead_s: float = 0.0
     """Per step and rank (splitting the batch, clearing state): every rank pays it once."""
     allreduce_bandwidth: float = 0.0
-    """Bytes/s of an all-reduce between two ranks (seconds = bytes / this), as measured with
-    the runtime's backend (``autopipe.runtime.calibrate``); 0: ``link_bandwidth``, what a
-    ring all-reduce over the links would reach."""
+    """Bytes/s of an all-reduce between two ranks (seconds = ``allreduce_latency_s`` + bytes /
+    this), as measured with the runtime's backend (``autopipe.runtime.calibrate``); 0:
+    ``link_bandwidth``, what a ring all-reduce over the links would reach."""
+    allreduce_latency_s: float = 0.0
+    """Fixed seconds of an all-reduce between two ranks; a ring over k ranks pays it k − 1 times."""
     virtual_stages: int = 1
     """Chunks per rank ([Note: chunks] in ``autopipe.partition.chunks``): ``num_stages``
     counts the chunks, chunk c runs on rank c mod ``num_ranks`` (zbv, dualpipev: in a V, ``rank_of``),
@@ -164,9 +166,12 @@ class Config:
 
     def allreduce_s(self, nbytes: float, ranks: int) -> float:
         """Seconds to all-reduce ``nbytes`` over ``ranks`` ranks: a ring moves 2(k−1)/k of the
-        bytes through each rank (once, for two ranks), at ``allreduce_bandwidth``."""
+        bytes through each rank (once, for two ranks), at ``allreduce_bandwidth``, and pays
+        ``allreduce_latency_s`` k − 1 times."""
         bw = self.allreduce_bandwidth if self.allreduce_bandwidth > 0 else self.link_bandwidth
-        return nbytes * ring_allreduce_per_byte(ranks, bw)
+        if ranks < 2 or math.isinf(bw):
+            return 0.0
+        return nbytes * ring_allreduce_per_byte(ranks, bw) + (ranks - 1) * self.allreduce_latency_s
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

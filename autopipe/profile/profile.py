@@ -95,7 +95,8 @@ class Profile:
     """The pipeline runtime's fixed costs where the profile was made, in seconds (and
     bytes/s): ``forward_overhead_s`` and ``backward_overhead_s`` per action,
     ``send_latency_s`` per send, ``step_overhead_s`` per step and rank,
-    ``link_bandwidth`` (``autopipe.runtime.calibrate``); empty where not measured."""
+    ``link_bandwidth``, ``allreduce_bandwidth`` and ``allreduce_latency_s``
+    (``autopipe.runtime.calibrate``); empty where not measured."""
     loss: LossCost | None = None
     """The loss function on the model's output for one micro-batch, where the profile was
     made with one ([Note: the loss is part of the last stage] in ``loss.py``)."""

@@ -2,9 +2,9 @@
 
 ``measure_runtime_costs`` starts two gloo ranks (one thread each) that time:
 
-* a ping-pong of a 1-float tensor (latency) and of a 4 MiB one (bandwidth), and an
-  all-reduce of 16 MiB (tied and replicated gradients: it reduces as well as moves
-  the bytes, and both ranks send at once);
+* a ping-pong of a 1-float tensor (latency) and of a 4 MiB one (bandwidth), and
+  all-reduces of 4 and 16 MiB (tied and replicated gradients: it reduces as well as
+  moves the bytes, and both ranks send at once), see [Note: the all-reduce's price];
 * a tiny two-layer model split in two and run by autopipe's runtime
   (``PipelineStage`` + ``Schedule1F1B``): the per-action and per-step
   overhead, see [Note: per-action overhead];
@@ -12,8 +12,19 @@
   and a few large tensors, solved for a per-tensor and a per-element cost
   (``measure_model_costs`` measures the real step of a model's stages instead).
 
-Each figure is the 10th percentile of its repeats: on a shared machine other
-processes only ever add time, so a low percentile is the undisturbed cost.
+Each figure but the all-reduce's is the 10th percentile of its repeats: on a shared
+machine other processes only ever add time, so a low percentile is the undisturbed cost.
+
+[Note: the all-reduce's price]
+A gloo all-reduce between two pinned CPU ranks varies by itself, not only when other
+processes run: on a quiet host 4 MiB took a median of 4.3 ms against a 10th percentile
+of 2.2, and 16 MiB 12.9 against 10.2. It is also not proportional to its size: 1 MiB
+took 0.43 ms at its 10th percentile (2.4 GB/s), 4 MiB and more about 1 ms a MiB at their
+medians. Priced at the 10th percentile of 16 MiB, bytes / bandwidth, a BERT stage's
+4 MiB tied gradient cost 3.1 ms in the plan and 5.6–6.3 ms in training. So the
+all-reduce is timed at 4 and 16 MiB, the sizes of tied embeddings, at the median of 15
+each, and priced ``allreduce_latency_s`` + bytes / ``allreduce_bandwidth`` through the
+two (a latency of 0 where the line would cross below it).
 
 [Note: per-action overhead]
 A rank's thread spends CPU time on each action beyond its stage module: inside
@@ -62,8 +73,9 @@ if TYPE_CHECKING:
 
 _WIDTH = 16
 _ROWS = 4
-_ALLREDUCE_FLOATS = 1 << 22
-"""16 MiB: the all-reduce is timed at the size of a tied embedding's gradient (a 32k × 128 one)."""
+_ALLREDUCE_FLOATS = (1 << 20, 1 << 22)
+"""4 and 16 MiB: the all-reduce is timed at the sizes of tied embeddings' gradients (a 32k × 128
+one is 16 MiB), [Note: the all-reduce's price]."""
 WHOLE_REPEATS = 11
 
 
@@ -138,6 +150,29 @@ def _tiny_plan(graph: Graph, microbatches: int) -> Plan:
                 predicted=Predicted(iteration_s=0.0, bubble_fraction=0.0),
                 solver=SolverInfo(method="uniform", status="heuristic", objective_s=0.0,
                                   lower_bound_s=0.0, gap=0.0, seconds=0.0))
+
+
+def _allreduce_line() -> tuple[float, float]:
+    """(latency s, bandwidth bytes/s) of the line through the median all-reduce times of
+    ``_ALLREDUCE_FLOATS`` ([Note: the all-reduce's price])."""
+    import torch.distributed as dist
+
+    points = []
+    for floats in _ALLREDUCE_FLOATS:
+        grads = torch.randn(floats)
+        times = []
+        for i in range(18):
+            dist.barrier()  # each all-reduce starts with both ranks there, as after a step's backwards
+            t0 = time.perf_counter()
+            dist.all_reduce(grads)
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+        points.append((float(floats * grads.element_size()), statistics.median(times)))
+    (b1, t1), (b2, t2) = points
+    per_byte = (t2 - t1) / (b2 - b1)
+    if per_byte <= 0 or t1 - per_byte * b1 < 0:  # noise: the larger one alone, through the origin
+        return 0.0, b2 / max(t2, 1e-9)
+    return t1 - per_byte * b1, 1.0 / per_byte
 
 
 def _stage_overheads(rank: int, microbatches: tuple[int, int] = (2, 8),
@@ -247,9 +282,7 @@ def _worker(out: str, optimizer: str) -> int:
         latency = _ping_pong(rank, torch.zeros(1), 200)
         big = torch.zeros(1 << 20)
         bandwidth = big.numel() * big.element_size() / max(_ping_pong(rank, big, 20) - latency, 1e-9)
-        grads = torch.zeros(_ALLREDUCE_FLOATS)
-        allreduce_s = _time(lambda: dist.all_reduce(grads), 10)
-        allreduce_bw = grads.numel() * grads.element_size() / max(allreduce_s - latency, 1e-9)
+        allreduce_latency, allreduce_bw = _allreduce_line()
         forward, backward, per_step = _stage_overheads(rank)
         dist.barrier()
         from autopipe.profile.optimizer import measure_rates
@@ -265,7 +298,8 @@ def _worker(out: str, optimizer: str) -> int:
         mean = [statistics.fmean(v) for v in zip(*gathered)]
         costs = RuntimeCosts(forward_overhead_s=mean[0], backward_overhead_s=mean[1], step_overhead_s=mean[4],
                              send_latency_s=latency, link_bandwidth=bandwidth,
-                             allreduce_bandwidth=allreduce_bw, optimizer=optimizer,
+                             allreduce_bandwidth=allreduce_bw, allreduce_latency_s=allreduce_latency,
+                             optimizer=optimizer,
                              optimizer_tensor_s=mean[2], optimizer_element_s=mean[3],
                              device="cpu", backend="gloo", threads=1)
         costs.save(out)
@@ -291,7 +325,7 @@ def measure_runtime_costs(optimizer: str = "adam", timeout_s: float = 300.0) -> 
 
 
 PLANNED = ("forward_overhead_s", "backward_overhead_s", "send_latency_s", "step_overhead_s",
-           "link_bandwidth", "allreduce_bandwidth")
+           "link_bandwidth", "allreduce_bandwidth", "allreduce_latency_s")
 """The RuntimeCosts fields a profile carries for the planner (``Profile.runtime``)."""
 
 

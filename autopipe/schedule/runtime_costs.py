@@ -46,7 +46,10 @@ class RuntimeCosts:
     link_bandwidth: float = 0.0
     """Bytes/s of one link in one direction; 0 keeps the plan's own send times."""
     allreduce_bandwidth: float = 0.0
-    """Bytes/s of an all-reduce between two ranks (seconds = latency + bytes / this); 0: not measured."""
+    """Bytes/s of an all-reduce between two ranks (seconds = ``allreduce_latency_s`` + bytes /
+    this); 0: not measured."""
+    allreduce_latency_s: float = 0.0
+    """Fixed seconds of an all-reduce between two ranks, whatever its size."""
     optimizer: str = "adam"
     """The optimizer the two ``optimizer_*`` figures were measured with."""
     optimizer_tensor_s: float = 0.0
