@@ -177,3 +177,14 @@ def test_the_plans_optimizer_is_priced_as_the_ranks_step_together(monkeypatch: p
     # a 16-bit profile keeps its own rates (the calibration steps fp32 parameters)
     half = dataclasses.replace(alone, dtype="bfloat16")
     assert calibrate.profile_runtime(half, "adam").optimizer == alone.optimizer
+
+
+def test_the_all_reduce_is_priced_on_the_line_through_its_two_sizes() -> None:
+    from autopipe.runtime.calibrate import _line
+
+    mib = float(1 << 20)
+    latency, bandwidth = _line((4 * mib, 5e-3), (16 * mib, 17e-3))  # 1 ms a MiB and 1 ms more
+    assert latency == pytest.approx(1e-3) and bandwidth == pytest.approx(mib / 1e-3)
+    # noise below the origin (or a larger size no slower): the larger size alone, no latency
+    assert _line((4 * mib, 3e-3), (16 * mib, 16e-3)) == (0.0, 16 * mib / 16e-3)
+    assert _line((4 * mib, 9e-3), (16 * mib, 8e-3)) == (0.0, 16 * mib / 8e-3)

@@ -168,9 +168,15 @@ def _allreduce_line() -> tuple[float, float]:
             if i >= 3:
                 times.append(time.perf_counter() - t0)
         points.append((float(floats * grads.element_size()), statistics.median(times)))
-    (b1, t1), (b2, t2) = points
+    return _line(points[0], points[1])
+
+
+def _line(small: tuple[float, float], large: tuple[float, float]) -> tuple[float, float]:
+    """(latency s, bandwidth bytes/s) of the line through two (bytes, seconds) points; where
+    noise tilts it below the origin or flat, the larger point's bandwidth and no latency."""
+    (b1, t1), (b2, t2) = small, large
     per_byte = (t2 - t1) / (b2 - b1)
-    if per_byte <= 0 or t1 - per_byte * b1 < 0:  # noise: the larger one alone, through the origin
+    if per_byte <= 0 or t1 - per_byte * b1 < 0:
         return 0.0, b2 / max(t2, 1e-9)
     return t1 - per_byte * b1, 1.0 / per_byte
 
