@@ -581,8 +581,8 @@ class _Model:
         """Add each tied parameter's gradient all-reduce over its k holding stages.
 
         A ring costs ``ring_allreduce_per_byte(k)`` a byte: 0, 1, 4/3, 3/2… of bytes/bw for
-        k = 1, 2, 3, 4, plus k − 1 latencies: increasing and concave in k, so a minimisation needs binaries to
-        price it. ``a_j`` ("at least j holders", j ≥ 2) are ordered (a_j ≥ a_{j+1}) and
+        k = 1, 2, 3, 4, plus k − 1 latencies: increasing and concave in k, so a
+        minimisation needs binaries to price it. ``a_j`` ("at least j holders", j ≥ 2) are ordered (a_j ≥ a_{j+1}) and
         Σ a_j ≥ k − 1; the objective adds the increments f(j) − f(j−1) times a_j, which the
         minimum sets to exactly the first k − 1 of them (see ``Config.allreduce_s``)."""
         cfg, tau = self.problem.config, self.tau
