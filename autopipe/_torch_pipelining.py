@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -10,7 +13,7 @@ import torch.distributed.pipelining as pipelining
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed.pipelining import PipelineStage
 
-__all__ = ["FakeTensorMode", "pipeline_stage_class", "schedule_class", "torch_compute_order"]
+__all__ = ["FakeTensorMode", "messages_within", "pipeline_stage_class", "schedule_class", "torch_compute_order"]
 
 # [Note: which torch orders are real]
 #
@@ -176,3 +179,35 @@ def pipeline_stage_class() -> type[Any]:
     """The PipelineStage class to build stages with on this torch (see the note above)."""
     params = inspect.signature(PipelineStage._prepare_forward_infra).parameters
     return PipelineStage if "has_backward" in params else _CompatStage
+
+
+_POST_AND_WAIT = ("_batch_p2p", "_wait_batch_p2p")
+"""The functions through which torch's schedules post their sends and receives, and wait on them."""
+
+
+@contextlib.contextmanager
+def messages_within(around: Callable[[], AbstractContextManager[Any]]) -> Iterator[None]:
+    """Inside this, torch's schedules post and wait on their messages inside ``around()``
+    ([Note: a busy core while a rank waits] in ``autopipe.runtime.busy_core``). Nothing
+    changes on a torch without those functions."""
+    from torch.distributed.pipelining import schedules
+
+    found = {name: getattr(schedules, name, None) for name in _POST_AND_WAIT}
+    originals = {name: f for name, f in found.items() if callable(f)}
+    if len(originals) < len(found):
+        yield
+        return
+
+    def wrapped(f: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with around():
+                return f(*args, **kwargs)
+        return call
+
+    for name, f in originals.items():
+        setattr(schedules, name, wrapped(f))
+    try:
+        yield
+    finally:
+        for name, f in originals.items():
+            setattr(schedules, name, f)

@@ -58,9 +58,11 @@ def test_python_dash_m() -> None:
     assert out.stdout.startswith("autopipe ")
 
 
-@pytest.mark.parametrize("flag, malloc, cores", [([], True, True), (["--no-pin-malloc"], False, True),
-                                                 (["--no-pin-cores"], True, False)])
-def test_train_passes_what_to_pin(flag: list[str], malloc: bool, cores: bool, tmp_path: Path,
+@pytest.mark.parametrize("flag, malloc, cores, flush", [([], True, True, True),
+                                                        (["--no-pin-malloc"], False, True, True),
+                                                        (["--no-pin-cores"], True, False, True),
+                                                        (["--no-flush-denormal"], True, True, False)])
+def test_train_passes_what_to_pin(flag: list[str], malloc: bool, cores: bool, flush: bool, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
@@ -76,7 +78,8 @@ def test_train_passes_what_to_pin(flag: list[str], malloc: bool, cores: bool, tm
     monkeypatch.setattr(runtime_train, "train", lambda spec, plan, config, log: seen.append(config))
     assert main(["train", str(ROOT / "examples" / "mlp.py") + ":build", "--plan",
                  str(tmp_path / "plan.json"), "--steps", "1", *flag]) == 0
-    assert [(c.pin_malloc, c.pin_cores) for c in seen] == [(malloc, cores)]  # type: ignore[attr-defined]
+    assert [(c.pin_malloc, c.pin_cores, c.flush_denormal)  # type: ignore[attr-defined]
+            for c in seen] == [(malloc, cores, flush)]
 
 
 def test_closed_pipe_ends_output_quietly(tmp_path: Path) -> None:

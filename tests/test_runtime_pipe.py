@@ -19,6 +19,7 @@ import torch
 from autopipe import ModelSpec, trace
 from autopipe.errors import CheckpointError, SpecError, WeightsError
 from autopipe.runtime import Pipe, build, launch, load_checkpoint, save_checkpoint
+from autopipe.runtime.subnormals import flushing
 
 from .conftest import ROOT, example_spec, resident_bytes_at
 from .runtime_cases import CASES, TINY
@@ -128,6 +129,25 @@ def test_zeroed_gradient_buffers_are_accumulated_into_in_place(gpt2_pipe: Pipe) 
     pipe.step(*second)
     for name, p in pipe.named_parameters():
         torch.testing.assert_close(buffers[name], fresh[name] + p.grad, rtol=0, atol=0)
+
+
+def test_build_flushes_subnormals_only_when_asked_and_close_stops() -> None:
+    """[Note: subnormals in training]: the gradients equal the unflushed ones where no
+    subnormal is involved, and the thread is left as it was found."""
+    spec = example_spec("mlp", **MLP)
+    plan = plan_from_cuts(trace(spec.model, spec.example_inputs), [], microbatches=2)
+    inputs, target = spec.batch(2, 0)
+    assert not flushing()
+    grads = []
+    for flush in (False, True):
+        with build(plan, spec, device="cpu", flush_denormal=flush) as pipe:
+            assert flushing() is flush
+            pipe.zero_grad()  # the model's parameters are the pipe's: no gradient of the last one
+            pipe.step(inputs, target)
+            grads.append({name: p.grad.clone() for name, p in pipe.named_parameters()})
+        assert not flushing()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=0, atol=0)
 
 
 def test_checkpoint_of_another_model_is_refused_by_name(tmp_path: Path) -> None:

@@ -42,6 +42,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-pin-cores", dest="pin_cores", action="store_false",
                    help="let CPU ranks share all the cores (default: each local rank keeps to its "
                         "own share, unless already bound with taskset or numactl)")
+    p.add_argument("--no-flush-denormal", dest="flush_denormal", action="store_false",
+                   help="CPU ranks compute with subnormal floats as they are (default: flushed to zero, "
+                        "as the profiles behind the plan were timed)")
     p.add_argument("--init", default=None, metavar="PATH",
                    help="start from these weights of the unsplit model: a .safetensors file, a "
                         "Hugging Face checkpoint folder or a torch .pt; each rank reads only its "
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)  # and against the model in prepare(), before any rank starts
     config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, device=args.device,
                          timeout_s=args.timeout, pin_malloc=args.pin_malloc, pin_cores=args.pin_cores,
+                         flush_denormal=args.flush_denormal,
                          save=args.save, save_every=args.save_every, resume=args.resume,
                          init=args.init, seed=args.seed)
     spec = _spec(args, plan)
@@ -116,6 +120,8 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
         cmd.append("--no-pin-malloc")
     if not args.pin_cores:
         cmd.append("--no-pin-cores")
+    if not args.flush_denormal:
+        cmd.append("--no-flush-denormal")
     if args.batch_size is not None:
         cmd += ["--batch-size", str(args.batch_size)]
     for flag, value in (("--save", args.save), ("--save-every", args.save_every), ("--resume", args.resume),

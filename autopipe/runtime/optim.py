@@ -33,6 +33,9 @@ class TrainConfig:
     pin_cores: bool = True
     """CPU ranks on one machine each keep to their own share of its cores
     (``autopipe.runtime.affinity``; skipped where the process is already bound)."""
+    flush_denormal: bool = True
+    """CPU ranks flush subnormal floats to zero, as the profiles the plan was made from
+    timed them ([Note: subnormals in training] in ``autopipe.runtime.subnormals``)."""
     save: str | None = None
     """Checkpoint directory to save into (``autopipe.runtime.checkpoint``), at the end and
     every ``save_every`` steps; None: no checkpoints."""

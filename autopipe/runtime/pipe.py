@@ -18,6 +18,7 @@ whichever stage holds them; a tied parameter is named once, by its first name.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import warnings
@@ -31,9 +32,11 @@ import torch.distributed as dist
 from torch import nn
 
 from autopipe._malloc import pin_malloc as _pin_malloc
+from autopipe._torch_pipelining import messages_within
 from autopipe.errors import AutopipeError
 from autopipe.plan_format import Plan
 from autopipe.runtime.affinity import pin_cores as _pin_cores
+from autopipe.runtime.busy_core import BusyCore
 from autopipe.runtime.data_parallel import Replicas, ReplicaSync
 from autopipe.runtime.draws import Draws
 from autopipe.runtime.grad_accum import forget_rows, mean_grad_
@@ -50,6 +53,7 @@ from autopipe.runtime.placement import rank_of_stages
 from autopipe.runtime.prepare import Prepared, prepare
 from autopipe.runtime.stage import build_pipeline
 from autopipe.runtime.state_keys import match_state
+from autopipe.runtime.subnormals import flush_subnormals
 from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage_params
 from autopipe.runtime.weights import WeightsSource
 from autopipe.spec import ModelSpec, scalar_loss
@@ -76,7 +80,8 @@ class Pipe:
     """
 
     def __init__(self, spec: ModelSpec, plan: Plan, prepared: Prepared, rank: int, world_size: int,
-                 device: torch.device, timeout_s: float, owns_group: bool, seed: int = 0) -> None:
+                 device: torch.device, timeout_s: float, owns_group: bool, seed: int = 0,
+                 busy_core: BusyCore | None = None, flushed: bool = False) -> None:
         self.spec = spec
         self.plan = plan
         self.prepared = prepared
@@ -87,6 +92,10 @@ class Pipe:
         self.steps = 0
         """``step`` calls so far (restored from a checkpoint by ``load_checkpoint``)."""
         self._owns_group = owns_group
+        self._busy_core = busy_core
+        """Spins while the schedule posts and waits ([Note: a busy core while a rank waits]); closed by ``close``."""
+        self._flushed = flushed
+        """``build`` turned the flushing of subnormals on ([Note: subnormals in training]); ``close`` turns it off."""
         graph, split = prepared.graph, prepared.split
 
         def loss_fn(out: Any, target: torch.Tensor) -> torch.Tensor:
@@ -216,8 +225,9 @@ class Pipe:
             self._grads_zeroed = False
             for p in self._params.values() if held else ():
                 p.grad = None
-            self._pipeline.schedule.step(*args, target=self._target(target),
-                                         losses=losses if self.has_last else None, **self._step_kwargs)
+            with self._messages():
+                self._pipeline.schedule.step(*args, target=self._target(target),
+                                             losses=losses if self.has_last else None, **self._step_kwargs)
             for p in self._params.values():
                 if p.grad is not None:
                     mean_grad_(p.grad, m)  # the mean over micro-batches, once per parameter
@@ -376,8 +386,22 @@ class Pipe:
 
     # --- the process group ---------------------------------------------------------------------
 
+    def _messages(self) -> contextlib.AbstractContextManager[None]:
+        """Where the schedule's messages are posted and waited on: with this rank's core
+        kept busy where ``build`` pinned it ([Note: a busy core while a rank waits])."""
+        if self._busy_core is None:
+            return contextlib.nullcontext()
+        return messages_within(self._busy_core.busy)
+
     def close(self) -> None:
-        """Leave the process group if ``build`` created it."""
+        """Undo what ``build`` set in this process (the busy-core thread, the flushing of
+        subnormals); leave the process group if ``build`` created it."""
+        if self._busy_core is not None:
+            self._busy_core.close()
+            self._busy_core = None
+        if self._flushed:
+            flush_subnormals(False)
+            self._flushed = False
         if self._owns_group and dist.is_initialized():
             dist.destroy_process_group()
         self._owns_group = False
@@ -401,6 +425,7 @@ def build(
     prepared: Prepared | None = None,
     pin_malloc: bool = False,
     pin_cores: bool = False,
+    flush_denormal: bool = False,
     seed: int = 0,
 ) -> Pipe:
     """This rank's share of ``plan`` run on ``spec``'s model: its stages and their schedule.
@@ -429,7 +454,12 @@ def build(
         timeout_s: how long a rank waits on a silent peer before it fails.
         prepared: ``prepare(spec, plan, world)`` done already (skips tracing again).
         pin_malloc: keep freed CPU memory for reuse (``autopipe._malloc``; CPU ranks).
-        pin_cores: keep each local rank to its own share of the cores (CPU ranks).
+        pin_cores: keep each local rank to its own share of the cores (CPU ranks), and
+            where that holds, keep them busy while the rank waits on its peers' messages
+            ([Note: a busy core while a rank waits]).
+        flush_denormal: on a CPU device, flush subnormal floats to zero from here on, as the
+            profiles a plan is made from time them ([Note: subnormals in training]);
+            ``close`` stops it.
         seed: the run's seed: of the meta tensors' initialisers (without ``init``) and of
             the model's random ops (dropout and the like), which draw per node, step and
             micro-batch, the same whatever the plan and as ``reference_train`` with this
@@ -450,16 +480,31 @@ def build(
     where = _device(plan, env_rank, local_rank, device)
     if where.type == "cpu" and pin_malloc:
         _pin_malloc()  # [Note: pinned malloc on CPU ranks]
+    pinned = None
     if where.type == "cpu" and pin_cores:
         # before the process group, so that gloo's threads start on the rank's cores
-        _pin_cores(local_rank, local_world(world))  # [Note: pinned cores on CPU ranks]
+        pinned = _pin_cores(local_rank, local_world(world))  # [Note: pinned cores on CPU ranks]
+    # before the process group too, so that gloo's threads (which sum the tied gradients) flush them
+    flushed = where.type == "cpu" and flush_denormal and flush_subnormals(True)
     ranks = rank_of_stages(plan)
-    materialize_stages([st.module for st in prepared.split.stages if ranks[st.index] == env_rank],
-                       spec, where, init=init, seed=seed)
-    created = init_process_group(env_rank, world, where, timeout_s)
     try:
-        return Pipe(spec, plan, prepared, env_rank, world, where, timeout_s, created, seed=seed)
+        materialize_stages([st.module for st in prepared.split.stages if ranks[st.index] == env_rank],
+                           spec, where, init=init, seed=seed)
+        created = init_process_group(env_rank, world, where, timeout_s)
     except BaseException:
+        if flushed:
+            flush_subnormals(False)
+        raise
+    # a rank alone on its cores keeps them busy while it waits ([Note: a busy core while a rank waits])
+    busy = BusyCore() if pinned else None
+    try:
+        return Pipe(spec, plan, prepared, env_rank, world, where, timeout_s, created, seed=seed, busy_core=busy,
+                    flushed=flushed)
+    except BaseException:
+        if busy is not None:
+            busy.close()
+        if flushed:
+            flush_subnormals(False)
         if created:
             dist.destroy_process_group()
         raise

@@ -94,7 +94,8 @@ def train(
     # a resumed run takes its weights from the checkpoint: --init is not read then
     init = config.init if config.resume is None else None
     with build(plan, spec, device=device, init=init, timeout_s=config.timeout_s, prepared=prepared,
-               pin_malloc=config.pin_malloc, pin_cores=config.pin_cores, seed=config.seed) as pipe:
+               pin_malloc=config.pin_malloc, pin_cores=config.pin_cores,
+               flush_denormal=config.flush_denormal, seed=config.seed) as pipe:
         return _run(spec, plan, config, pipe, log)
 
 
