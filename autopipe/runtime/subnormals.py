@@ -10,7 +10,7 @@ tied LM (``examples/tied_lm.py``: a 32,768-word head), 2 gloo ranks, one thread 
 
 - the softmax of its loss holds subnormal probabilities for most of the vocabulary,
   so most of the head's gradient is subnormal; Adam squares it. The optimizer step
-  took 14.7–20.4 ms on each rank (per step, averaged over runs of 12–30 steps, slower
+  took 14.7–21.6 ms on each rank (per step, averaged over runs of 12–30 steps, slower
   in the earlier steps) against 4.5–7.4 ms with subnormals flushed, which is what the
   plan priced (4.9 and 7.2 ms: ``measure_rates`` steps on random values);
 - the training step's median was 182.9 and 185.1 ms unflushed, 173.4 and 174.5 ms
