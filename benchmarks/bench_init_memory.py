@@ -102,7 +102,8 @@ def _rank(work: Path) -> None:
     losses: list[float] = []
     step_s: list[float] = []
     with build(plan, spec, device="cpu", init=train_config.init, prepared=prepared,
-               pin_malloc=train_config.pin_malloc, pin_cores=train_config.pin_cores) as pipe:
+               pin_malloc=train_config.pin_malloc, pin_cores=train_config.pin_cores,
+               flush_denormal=train_config.flush_denormal) as pipe:
         phases["materialised"] = _peak_rss()
         optimizer = make_optimizer(pipe.parameters(), train_config)
         assert optimizer is not None
