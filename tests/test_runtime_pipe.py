@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from autopipe import ModelSpec, trace
+from autopipe._subnormals import flushing
 from autopipe.errors import CheckpointError, SpecError, WeightsError
 from autopipe.runtime import Pipe, build, launch, load_checkpoint, save_checkpoint
-from autopipe.runtime.subnormals import flushing
 
 from .conftest import ROOT, example_spec, resident_bytes_at
 from .runtime_cases import CASES, TINY

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from autopipe._subnormals import flush_subnormals, flushing
 from autopipe.errors import ProfileError
 from autopipe.profile._copy import cast_input, copy_to, float_dtype, module_tensors
 from autopipe.profile._dtypes import parse_dtype
@@ -101,15 +102,18 @@ def cpu_threads(threads: int | None, device: torch.device) -> Iterator[None]:
 
 @contextmanager
 def denormals_flushed(device: torch.device) -> Iterator[bool]:
-    """On the CPU, treat subnormal floats as zero while timing; restored (to torch's default,
-    off) afterwards. Yields whether they are flushed. See [Note: subnormals at initialisation]."""
-    if device.type != "cpu" or not torch.set_flush_denormal(True):
+    """On the CPU, treat subnormal floats as zero while timing; afterwards as before (a
+    training process that flushes them keeps flushing). Yields whether they are flushed.
+    See [Note: subnormals at initialisation]."""
+    if device.type != "cpu":
         yield False
         return
+    changed = flush_subnormals(True)
     try:
-        yield True
+        yield flushing()
     finally:
-        torch.set_flush_denormal(False)
+        if changed:
+            flush_subnormals(False)
 
 
 # [Note: subnormals at initialisation]

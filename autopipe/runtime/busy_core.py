@@ -9,14 +9,13 @@ ranks]), the blocking cost more than the messages did. In Llama's (the example)
 
 - posting the last stage's sends and receives after each backward took 2–8 ms of
   wall time for 0.02 ms of CPU time: the thread slept inside gloo's ``writev`` of a
-  16-byte "ready to receive" notice, 7–9 ms a step in all;
+  16-byte "ready to receive" notice, 5–9 ms a step in all;
 - replaying each step's own measured forwards, backwards, loss and hops gave 6–11 ms
   less than the step took.
 
 With a second thread of the rank calling ``sched_yield`` in a loop while the rank posts
-and waits (so its core never idles), posting took 1.2–2.0 ms a step and the step's
-median 101.9–103.1 ms against 105.9–110.3 without, in three pairs of runs taken in
-turns. A thread that spins only while the rank blocks costs the rank's own compute
+and waits (so its core never idles), posting took 1.2–2.7 ms a step and the step's
+median 93.6–103.1 ms against 96.4–110.3 without, in five pairs of runs taken in turns. A thread that spins only while the rank blocks costs the rank's own compute
 nothing; the core is the rank's alone. (Not kept, same runs: gloo's threads on the
 other rank's core removed the slow posts but not the gap; a ``SCHED_IDLE`` process
 spinning on each core did neither.) The MLP example's steps were the same either way.

@@ -35,7 +35,7 @@ class TrainConfig:
     (``autopipe.runtime.affinity``; skipped where the process is already bound)."""
     flush_denormal: bool = True
     """CPU ranks flush subnormal floats to zero, as the profiles the plan was made from
-    timed them ([Note: subnormals in training] in ``autopipe.runtime.subnormals``)."""
+    timed them ([Note: subnormals in training] in ``autopipe._subnormals``)."""
     save: str | None = None
     """Checkpoint directory to save into (``autopipe.runtime.checkpoint``), at the end and
     every ``save_every`` steps; None: no checkpoints."""

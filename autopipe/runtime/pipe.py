@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from autopipe._malloc import pin_malloc as _pin_malloc
+from autopipe._subnormals import flush_subnormals
 from autopipe._torch_pipelining import messages_within
 from autopipe.errors import AutopipeError
 from autopipe.plan_format import Plan
@@ -53,7 +54,6 @@ from autopipe.runtime.placement import rank_of_stages
 from autopipe.runtime.prepare import Prepared, prepare
 from autopipe.runtime.stage import build_pipeline
 from autopipe.runtime.state_keys import match_state
-from autopipe.runtime.subnormals import flush_subnormals
 from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage_params
 from autopipe.runtime.weights import WeightsSource
 from autopipe.spec import ModelSpec, scalar_loss
@@ -487,17 +487,13 @@ def build(
     # before the process group too, so that gloo's threads (which sum the tied gradients) flush them
     flushed = where.type == "cpu" and flush_denormal and flush_subnormals(True)
     ranks = rank_of_stages(plan)
+    created, busy = False, None
     try:
         materialize_stages([st.module for st in prepared.split.stages if ranks[st.index] == env_rank],
                            spec, where, init=init, seed=seed)
         created = init_process_group(env_rank, world, where, timeout_s)
-    except BaseException:
-        if flushed:
-            flush_subnormals(False)
-        raise
-    # a rank alone on its cores keeps them busy while it waits ([Note: a busy core while a rank waits])
-    busy = BusyCore() if pinned else None
-    try:
+        # a rank alone on its cores keeps them busy while it waits ([Note: a busy core while a rank waits])
+        busy = BusyCore() if pinned else None
         return Pipe(spec, plan, prepared, env_rank, world, where, timeout_s, created, seed=seed, busy_core=busy,
                     flushed=flushed)
     except BaseException:

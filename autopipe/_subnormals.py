@@ -1,4 +1,4 @@
-"""CPU ranks flush subnormal floats to zero, as the profiles they were planned from time them.
+"""Flushing subnormal floats to zero on the CPU: profiles time with it, and CPU ranks train with it.
 
 # [Note: subnormals in training]
 Profiles and the stage timings of a plan run on the CPU with subnormal floats
@@ -23,8 +23,7 @@ tied LM (``examples/tied_lm.py``: a 32,768-word head), 2 gloo ranks, one thread 
 A subnormal is below 1.2e-38 in fp32; flushed, it counts as zero. Those 6 steps' losses
 were the same to the 6 decimals printed (101.992096 first, 38.501095 last): an Adam
 update of such an element is about 1e-34 unflushed and 0 flushed, against weights of
-1e-2. So ``autopipe train``
-flushes them on CPU ranks (``TrainConfig.flush_denormal``, ``--no-flush-denormal``);
+1e-2. So ``autopipe train`` flushes them on CPU ranks (``TrainConfig.flush_denormal``, ``--no-flush-denormal``);
 ``build(flush_denormal=True)`` does it for a loop of one's own, and ``Pipe.close``
 puts the thread back as it found it.
 """

@@ -1,17 +1,19 @@
-"""Flushing subnormal floats to zero on the CPU (autopipe/runtime/subnormals.py)."""
+"""Flushing subnormal floats to zero on the CPU (autopipe/_subnormals.py), for profiles and training."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import pytest
 import torch
 
-from autopipe.runtime.subnormals import flush_subnormals, flushing
+from autopipe._subnormals import flush_subnormals, flushing
+from autopipe.profile._setup import denormals_flushed
 
 
 @pytest.fixture(autouse=True)
-def _unflushed() -> None:
+def _unflushed() -> Iterator[None]:
     flush_subnormals(False)
     yield
     flush_subnormals(False)
@@ -34,3 +36,14 @@ def test_threads_started_afterwards_flush_too() -> None:
     thread.start()
     thread.join()
     assert seen == [True]
+
+
+def test_profiling_leaves_a_flushing_thread_flushing_and_an_unflushed_one_unflushed() -> None:
+    cpu = torch.device("cpu")
+    with denormals_flushed(cpu) as flushed:
+        assert flushed and flushing()
+    assert not flushing()
+    flush_subnormals(True)  # as a CPU rank's build does
+    with denormals_flushed(cpu) as flushed:
+        assert flushed
+    assert flushing()
