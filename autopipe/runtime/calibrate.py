@@ -3,8 +3,8 @@
 ``measure_runtime_costs`` starts two gloo ranks (one thread each) that time:
 
 * a ping-pong of a 1-float tensor (latency) and of a 4 MiB one (bandwidth), and
-  all-reduces of 4 and 16 MiB (tied and replicated gradients: it reduces as well as
-  moves the bytes, and both ranks send at once), see [Note: the all-reduce's price];
+  sums over the two ranks of 4 and 16 MiB (tied and replicated gradients: both ranks
+  send at once, and add), see [Note: the all-reduce's price];
 * a tiny two-layer model split in two and run by autopipe's runtime
   (``PipelineStage`` + ``Schedule1F1B``): the per-action and per-step
   overhead, see [Note: per-action overhead];
@@ -25,6 +25,12 @@ medians. Priced at the 10th percentile of 16 MiB, bytes / bandwidth, a BERT stag
 all-reduce is timed at 4 and 16 MiB, the sizes of tied embeddings, at the median of 15
 each, and priced ``allreduce_latency_s`` + bytes / ``allreduce_bandwidth`` through the
 two (a latency of 0 where the line would cross below it).
+
+That was gloo's all-reduce with both ranks arriving at once (after a barrier). Training
+arrives staggered, the last stage first, and a two-rank sum is now a swap, faster than
+the all-reduce ([Note: a pair's sum is a swap] in ``autopipe.runtime.sum_over``): the
+line is timed on what training runs, ``sum_over``, with rank 0 starting
+``_ALLREDUCE_STAGGER_S`` after rank 1 and its times kept, the median of 21 each.
 
 [Note: per-action overhead]
 A rank's thread spends CPU time on each action beyond its stage module: inside
@@ -76,6 +82,9 @@ _ROWS = 4
 _ALLREDUCE_FLOATS = (1 << 20, 1 << 22)
 """4 and 16 MiB: the all-reduce is timed at the sizes of tied embeddings' gradients (a 32k × 128
 one is 16 MiB), [Note: the all-reduce's price]."""
+_ALLREDUCE_STAGGER_S = 0.005
+"""How long after rank 1 rank 0 starts each timed sum: under 1F1B the last stage waits for the
+first one's last backward."""
 WHOLE_REPEATS = 11
 
 
@@ -153,18 +162,26 @@ def _tiny_plan(graph: Graph, microbatches: int) -> Plan:
 
 
 def _allreduce_line() -> tuple[float, float]:
-    """(latency s, bandwidth bytes/s) of the line through the median all-reduce times of
-    ``_ALLREDUCE_FLOATS`` ([Note: the all-reduce's price])."""
+    """(latency s, bandwidth bytes/s) of the line through the median times of the runtime's
+    sum over two ranks (``sum_over``) of ``_ALLREDUCE_FLOATS``, on rank 0, which arrives
+    ``_ALLREDUCE_STAGGER_S`` after rank 1 as a first stage does ([Note: the all-reduce's price])."""
     import torch.distributed as dist
 
+    from autopipe.runtime.sum_over import sum_over
+
+    late = dist.get_rank() == 0
+    busy = torch.randn(64, 64)
     points = []
     for floats in _ALLREDUCE_FLOATS:
         grads = torch.randn(floats)
         times = []
-        for i in range(18):
-            dist.barrier()  # each all-reduce starts with both ranks there, as after a step's backwards
+        for i in range(24):
+            dist.barrier()
+            end = time.perf_counter() + (_ALLREDUCE_STAGGER_S if late else 0.0)
+            while time.perf_counter() < end:  # computing, as the first stage's last backward
+                busy @ busy
             t0 = time.perf_counter()
-            dist.all_reduce(grads)
+            sum_over(grads)
             if i >= 3:
                 times.append(time.perf_counter() - t0)
         points.append((float(floats * grads.element_size()), statistics.median(times)))

@@ -2,7 +2,7 @@
 
 What DeepSpeed's ``TiedLayerSpec`` does: every rank whose stages read a replicated
 parameter keeps its own copy; the owners broadcast the lowest rank's value once, and
-after each backward they all-reduce (sum) the copies' gradients, so that identical
+after each backward they sum the copies' gradients (``sum_over``), so that identical
 optimizers then take identical steps and the copies never drift apart.
 """
 
@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from autopipe.runtime.sum_over import sum_over
 from autopipe.trace.graph import Graph
 
 
@@ -88,10 +89,10 @@ class TiedParams:
                         p.grad = torch.zeros_like(p)
                 grads = [p.grad for p in bucket if p.grad is not None]
                 if len(grads) == 1 and grads[0].is_contiguous():
-                    dist.all_reduce(grads[0], group=group)  # no copy for a lone tensor
+                    sum_over(grads[0], group)  # no copy for a lone tensor
                     continue
                 flat = torch.cat([g.reshape(-1) for g in grads])
-                dist.all_reduce(flat, group=group)
+                sum_over(flat, group)
                 for g, v in zip(grads, _split(flat, grads)):
                     g.copy_(v)
 
