@@ -30,7 +30,8 @@ That was gloo's all-reduce with both ranks arriving at once (after a barrier). T
 arrives staggered, the last stage first, and a two-rank sum is now a swap, faster than
 the all-reduce ([Note: a pair's sum is a swap] in ``autopipe.runtime.sum_over``): the
 line is timed on what training runs, ``sum_over``, with rank 0 starting
-``_ALLREDUCE_STAGGER_S`` after rank 1 and its times kept, the median of 21 each.
+``_ALLREDUCE_STAGGER_S`` after rank 1 and its times kept, on a tensor made anew each
+time as a step's gradients are, the median of 21 each.
 
 [Note: per-action overhead]
 A rank's thread spends CPU time on each action beyond its stage module: inside
@@ -173,9 +174,9 @@ def _allreduce_line() -> tuple[float, float]:
     busy = torch.randn(64, 64)
     points = []
     for floats in _ALLREDUCE_FLOATS:
-        grads = torch.randn(floats)
         times = []
         for i in range(24):
+            grads = torch.randn(floats)  # a new gradient each step, as training's
             dist.barrier()
             end = time.perf_counter() + (_ALLREDUCE_STAGGER_S if late else 0.0)
             while time.perf_counter() < end:  # computing, as the first stage's last backward
