@@ -71,11 +71,16 @@ def test_a_failing_rank_is_a_clear_error(tmp_path: Path) -> None:
         time_together(modules, [[x], [x]], ranks=None, repeats=2, warmup=1, idle_s=0.0)
 
 
-def test_only_cpu_stages_are_timed_together() -> None:
+def test_only_cpu_stages_are_timed_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
     assert together_reason([torch.zeros(1)]) is None
     assert "meta" in str(together_reason([torch.zeros(1, device="meta")]))
+    # with a GPU, any backward starts autograd's device threads, and a forked child's backward raises
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    assert "fork" in str(together_reason([torch.zeros(1)]))
 
 
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="with an accelerator, stages are timed one at a time")
 def test_refine_times_the_stages_together_on_the_cpu() -> None:
     spec = example_spec("mlp", layers=4)
     graph = autopipe.trace(spec.model, spec.example_inputs)
@@ -89,6 +94,20 @@ def test_refine_times_the_stages_together_on_the_cpu() -> None:
     alone = refine(solve(profile), profile, graph, spec.example_inputs, {}, solve, rounds=1, repeats=2,
                    together=False)
     assert alone.options["refine"]["timed"] == "one at a time (not asked)"
+
+
+def test_refine_times_one_stage_at_a_time_where_a_fork_cannot_run_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = example_spec("mlp", layers=4)
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    profile = measure(graph, spec.example_inputs, warmup=1, repeats=2, progress=False)
+
+    def solve(p: Any) -> Any:
+        return plan_profile(p, num_stages=2, microbatches=4)
+
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    plan = refine(solve(profile), profile, graph, spec.example_inputs, {}, solve, rounds=1, repeats=2)
+    assert plan.options["refine"]["timed"].startswith("one at a time")
+    assert "fork" in plan.options["refine"]["timed"]
 
 
 def test_the_last_stage_is_timed_with_the_loss() -> None:

@@ -61,6 +61,11 @@ def together_reason(inputs: Sequence[torch.Tensor]) -> str | None:
         return f"the stages run on {device.type}, not on the CPU"
     if "fork" not in mp.get_all_start_methods():
         return "this platform cannot fork"
+    if torch.accelerator.is_available():
+        # torch with an accelerator starts autograd's device threads at this process's first
+        # backward (even a CPU one), after which a forked child's backward raises
+        # "Unable to handle autograd's threading in combination with fork-based multiprocessing"
+        return "autograd here runs device threads (torch with an accelerator), which a fork cannot keep"
     return None
 
 
