@@ -152,9 +152,9 @@ def profile_part(row: dict[str, Any], graph: Any, spec: Any, device: str, dtype:
 
 def step_part(row: dict[str, Any], spec: Any, graph: Any, p: Any, e: Any, device: str,
               folder: Path, steps: int) -> None:
-    """Plan, predict the one-GPU step and its memory, train it, record both in ``row``."""
+    """Plan (autopipe's ILP and the uniform split), predict each one-GPU step and its
+    memory, train both, record them in ``row`` (the uniform plan's in ``row["uniform"]``)."""
     from autopipe.partition import plan_profile
-    from autopipe.runtime.calibrate import measure_model_costs
 
     plan = plan_profile(p, num_stages=STAGES, microbatches=MICROBATCHES, schedule="1f1b")
     plan.save(folder / f"{row['model']}-plan.json")
@@ -168,26 +168,42 @@ def step_part(row: dict[str, Any], spec: Any, graph: Any, p: Any, e: Any, device
     row["stages"] = [{"nodes": len(s.nodes), "measured_fb_s": m, "estimate_fb_s": x}
                      for s, m, x in zip(plan.stages, meas, est)]
     row["plan_1f1b_s"] = plan.predicted.iteration_s
+    predict_and_train(row, f"{row['model']}", spec, graph, p, plan, device, folder, steps)
+    uniform = plan_profile(p, num_stages=STAGES, microbatches=MICROBATCHES, schedule="1f1b",
+                           method="uniform")
+    uniform.save(folder / f"{row['model']}-uniform-plan.json")
+    row["uniform"] = {"knobs": row["knobs"], "plan_1f1b_s": uniform.predicted.iteration_s,
+                      "stage_nodes": [len(s.nodes) for s in uniform.stages]}
+    predict_and_train(row["uniform"], f"{row['model']}-uniform", spec, graph, p, uniform, device,
+                      folder, steps)
+
+
+def predict_and_train(rec: dict[str, Any], name: str, spec: Any, graph: Any, p: Any, plan: Any,
+                      device: str, folder: Path, steps: int) -> None:
+    """``plan`` run by one process: its step predicted from the profile alone and with the
+    costs measured on the GPU, its peak memory predicted, then trained; all into ``rec``."""
+    from autopipe.runtime.calibrate import measure_model_costs
+
     one, per_mb = one_process(plan)
     t0 = time.perf_counter()
     model = measure_model_costs(spec, graph, one, p, optimizer="adam")
-    row["model_costs_s"] = time.perf_counter() - t0
-    row["loss_fb_s"] = model.loss_forward_s + model.loss_backward_s
-    row["optimizer_s"] = list(model.stage_optimizer_s)
-    row["stage_module_fb_s"] = [f + b for f, b in zip(model.stage_forward_s, model.stage_backward_s)]
-    row["compute_scale"] = model.compute_scale
+    rec["model_costs_s"] = time.perf_counter() - t0
+    rec["loss_fb_s"] = model.loss_forward_s + model.loss_backward_s
+    rec["optimizer_s"] = list(model.stage_optimizer_s)
+    rec["stage_module_fb_s"] = [f + b for f, b in zip(model.stage_forward_s, model.stage_backward_s)]
+    rec["compute_scale"] = model.compute_scale
     predicted = {label: simulate_one_process(one, per_mb, device, extra)
                  for label, extra in (("compute_only", None), ("full", model))}
-    row["predicted_compute_only_s"] = predicted["compute_only"].iteration_s
-    row["predicted_s"] = predicted["full"].iteration_s
-    row["predicted_memory"] = peak_memory(plan, predicted["full"].peak_activation_bytes[0])
-    row["predicted_peak_bytes"] = row["predicted_memory"]["peak"]
+    rec["predicted_compute_only_s"] = predicted["compute_only"].iteration_s
+    rec["predicted_s"] = predicted["full"].iteration_s
+    rec["predicted_memory"] = peak_memory(plan, predicted["full"].peak_activation_bytes[0])
+    rec["predicted_peak_bytes"] = rec["predicted_memory"]["peak"]
 
     # training runs in a process of its own, so its peak memory is training's alone
-    one.save(folder / f"{row['model']}-plan-one-process.json")
-    job = {"model": row["model"], "knobs": row["knobs"], "steps": steps,
-           "plan": str(folder / f"{row['model']}-plan-one-process.json"),
-           "out": str(folder / f"{row['model']}-trained.json")}
+    one.save(folder / f"{name}-plan-one-process.json")
+    job = {"model": spec_name(name), "knobs": rec["knobs"], "steps": steps,
+           "plan": str(folder / f"{name}-plan-one-process.json"),
+           "out": str(folder / f"{name}-trained.json")}
     done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", "--worker", json.dumps(job)],
                           cwd=ROOT, capture_output=True, text=True, timeout=TRAIN_TIMEOUT_S)
     if done.returncode:
@@ -195,12 +211,17 @@ def step_part(row: dict[str, Any], spec: Any, graph: Any, p: Any, e: Any, device
         raise RuntimeError(f"training exited {done.returncode}: " + " | ".join(tail))
     trained = json.loads(Path(job["out"]).read_text())
     timed = trained["step_s"][WARMUP_STEPS:] or trained["step_s"]
-    row["steps"] = len(trained["step_s"])
-    row["measured_best_s"] = min(timed)
-    row["measured_median_s"] = statistics.median(timed)
-    row["losses"] = trained["losses"]
-    row["train_peak_bytes"] = trained["peak_bytes"]
-    row["train_model_bytes"] = trained.get("model_bytes")
+    rec["steps"] = len(trained["step_s"])
+    rec["measured_best_s"] = min(timed)
+    rec["measured_median_s"] = statistics.median(timed)
+    rec["losses"] = trained["losses"]
+    rec["train_peak_bytes"] = trained["peak_bytes"]
+    rec["train_model_bytes"] = trained.get("model_bytes")
+
+
+def spec_name(name: str) -> str:
+    """The example a plan's file name stands for (``gpt2-uniform`` is ``gpt2``)."""
+    return name.split("-")[0]
 
 
 def one_process(plan: Any) -> tuple[Any, list[int]]:
@@ -395,6 +416,22 @@ def tables(rows: list[dict[str, Any]], header: str) -> str:
                    f"{_ms(r['loss_fb_s'])} | {_ms(sum(r['optimizer_s']))} | "
                    f"{_gib(r.get('train_peak_bytes'))} | {_gib(r['predicted_peak_bytes'])} | "
                    f"{_r(r.get('train_peak_bytes'), r['predicted_peak_bytes'])} |")
+    out += ["", "### autopipe's plan against the uniform split (the same one-process runs)", "",
+            "| model | plan | plan's own ms | predicted ms | measured median ms | predicted/median |",
+            "|---|---|---|---|---|---|"]
+    speedups = []
+    for r in rows:
+        u = r.get("uniform", {})
+        for label, rec in (("autopipe", r), ("uniform", u)):
+            if "predicted_s" in rec:
+                out.append(f"| {r['model']} | {label} | {_ms(rec['predicted_compute_only_s'])} | "
+                           f"{_ms(rec['predicted_s'])} | {_ms(rec.get('measured_median_s'))} | "
+                           f"{_r(rec['predicted_s'], rec.get('measured_median_s'))} |")
+        if "measured_median_s" in r and "measured_median_s" in u:
+            speedups.append(f"| {r['model']} | {_r(u['predicted_s'], r['predicted_s'])} | "
+                            f"{_r(u['measured_median_s'], r['measured_median_s'])} |")
+    out += ["", "autopipe over uniform, steps/s:", "", "| model | predicted | measured |",
+            "|---|---|---|", *speedups]
     errors = [f"- {r['model']}: {e}" for r in rows for e in r["errors"]]
     if errors:
         out += ["", "### Errors", "", *errors]
