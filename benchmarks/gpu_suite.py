@@ -176,6 +176,12 @@ def step_part(row: dict[str, Any], spec: Any, graph: Any, p: Any, e: Any, device
                       "stage_nodes": [len(s.nodes) for s in uniform.stages]}
     predict_and_train(row["uniform"], f"{row['model']}-uniform", spec, graph, p, uniform, device,
                       folder, steps)
+    # the host's speed drifts over minutes: autopipe's stages timed again after the uniform
+    # plan's tells a property of the cut from the drift (2026-12-04: Llama's plans 1.6x apart)
+    from autopipe.runtime.calibrate import measure_model_costs
+
+    again = measure_model_costs(spec, graph, one_process(plan)[0], p, optimizer="adam")
+    row["stage_module_fb_again_s"] = [f + b for f, b in zip(again.stage_forward_s, again.stage_backward_s)]
 
 
 def predict_and_train(rec: dict[str, Any], name: str, spec: Any, graph: Any, p: Any, plan: Any,
@@ -374,6 +380,13 @@ def _ms(x: float | None) -> str:
     return f"{x * 1e3:.2f}" if x is not None else "—"
 
 
+def _stage_ms(first: list[float] | None, again: list[float] | None) -> str:
+    if not first:
+        return "—"
+    text = " + ".join(f"{x * 1e3:.1f}" for x in first)
+    return text + (" (" + " + ".join(f"{x * 1e3:.1f}" for x in again) + ")" if again else "")
+
+
 def _gib(x: float | None) -> str:
     return f"{x / 2**30:.2f}" if x is not None else "—"
 
@@ -417,8 +430,9 @@ def tables(rows: list[dict[str, Any]], header: str) -> str:
                    f"{_gib(r.get('train_peak_bytes'))} | {_gib(r['predicted_peak_bytes'])} | "
                    f"{_r(r.get('train_peak_bytes'), r['predicted_peak_bytes'])} |")
     out += ["", "### autopipe's plan against the uniform split (the same one-process runs)", "",
-            "| model | plan | plan's own ms | predicted ms | measured median ms | predicted/median |",
-            "|---|---|---|---|---|---|"]
+            "| model | plan | plan's own ms | predicted ms | measured median ms | predicted/median "
+            "| stage modules F+B ms (autopipe's again, after the uniform plan's) |",
+            "|---|---|---|---|---|---|---|"]
     speedups = []
     for r in rows:
         u = r.get("uniform", {})
@@ -426,7 +440,8 @@ def tables(rows: list[dict[str, Any]], header: str) -> str:
             if "predicted_s" in rec:
                 out.append(f"| {r['model']} | {label} | {_ms(rec['predicted_compute_only_s'])} | "
                            f"{_ms(rec['predicted_s'])} | {_ms(rec.get('measured_median_s'))} | "
-                           f"{_r(rec['predicted_s'], rec.get('measured_median_s'))} |")
+                           f"{_r(rec['predicted_s'], rec.get('measured_median_s'))} | "
+                           f"{_stage_ms(rec.get('stage_module_fb_s'), rec.get('stage_module_fb_again_s'))} |")
         if "measured_median_s" in r and "measured_median_s" in u:
             speedups.append(f"| {r['model']} | {_r(u['predicted_s'], r['predicted_s'])} | "
                             f"{_r(u['measured_median_s'], r['measured_median_s'])} |")
