@@ -176,12 +176,13 @@ def step_part(row: dict[str, Any], spec: Any, graph: Any, p: Any, e: Any, device
                       "stage_nodes": [len(s.nodes) for s in uniform.stages]}
     predict_and_train(row["uniform"], f"{row['model']}-uniform", spec, graph, p, uniform, device,
                       folder, steps)
-    # the host's speed drifts over minutes: autopipe's stages timed again after the uniform
-    # plan's tells a property of the cut from the drift (2026-12-04: Llama's plans 1.6x apart)
+    # the host's speed drifts over minutes: both plans' stages timed again, in turns, tell a
+    # property of the cut from the drift (2026-12-04: Llama's plans timed 1.6x apart)
     from autopipe.runtime.calibrate import measure_model_costs
 
-    again = measure_model_costs(spec, graph, one_process(plan)[0], p, optimizer="adam")
-    row["stage_module_fb_again_s"] = [f + b for f, b in zip(again.stage_forward_s, again.stage_backward_s)]
+    for rec, again_plan in ((row, plan), (row["uniform"], uniform)):
+        again = measure_model_costs(spec, graph, one_process(again_plan)[0], p, optimizer="adam")
+        rec["stage_module_fb_again_s"] = [f + b for f, b in zip(again.stage_forward_s, again.stage_backward_s)]
 
 
 def predict_and_train(rec: dict[str, Any], name: str, spec: Any, graph: Any, p: Any, plan: Any,
@@ -431,7 +432,7 @@ def tables(rows: list[dict[str, Any]], header: str) -> str:
                    f"{_r(r.get('train_peak_bytes'), r['predicted_peak_bytes'])} |")
     out += ["", "### autopipe's plan against the uniform split (the same one-process runs)", "",
             "| model | plan | plan's own ms | predicted ms | measured median ms | predicted/median "
-            "| stage modules F+B ms (autopipe's again, after the uniform plan's) |",
+            "| stage modules F+B ms (again, both plans in turns after both trained) |",
             "|---|---|---|---|---|---|---|"]
     speedups = []
     for r in rows:

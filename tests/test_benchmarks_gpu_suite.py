@@ -24,12 +24,18 @@ def test_dry_run_measures_every_example(tmp_path: Path, capsys: pytest.CaptureFi
         assert len(r["stages"]) == gpu_suite.STAGES
         assert r["predicted_s"] > 0 and r["predicted_compute_only_s"] > 0
         assert r["steps"] == 10 and r["measured_median_s"] > 0 and len(r["losses"]) == 10
+        u = r["uniform"]  # the uniform split, trained the same way
+        assert u["predicted_s"] > 0 and u["measured_median_s"] > 0 and len(u["losses"]) == 10
+        # the same weights and batches: the two plans' first losses agree
+        assert u["losses"][0] == pytest.approx(r["losses"][0], rel=1e-3)
+        assert len(r["stage_module_fb_again_s"]) == len(u["stage_module_fb_again_s"]) == gpu_suite.STAGES
     assert rows["llama"]["train_dtype"] == "bf16"  # the model's own dtype
     assert "pytest -m gpu: exit 0" in (tmp_path / "summary.md").read_text()
     with tarfile.open(tmp_path / "profiles.tar.gz") as tar:
         names = tar.getnames()
     assert "profiles/gpt2-bfloat16.json" in names and "profiles/unet-plan.json" in names
     assert "### Step" in capsys.readouterr().out
+    assert "autopipe over uniform" in (tmp_path / "summary.md").read_text()
 
 
 def test_missing_package_stops_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
