@@ -16,6 +16,7 @@ from autopipe.errors import ProfileError
 from autopipe.partition.planner import plan_profile
 from autopipe.profile import measure
 from autopipe.refine import refine
+from autopipe.runtime import timing_together
 from autopipe.runtime.timing_together import time_together, together_reason
 
 from .conftest import example_spec
@@ -80,7 +81,7 @@ def test_only_cpu_stages_are_timed_together(monkeypatch: pytest.MonkeyPatch) -> 
     assert "fork" in str(together_reason([torch.zeros(1)]))
 
 
-@pytest.mark.skipif(torch.accelerator.is_available(), reason="with an accelerator, stages are timed one at a time")
+@pytest.mark.skipif(timing_together._accelerator_present(), reason="with an accelerator, stages are timed one at a time")
 def test_refine_times_the_stages_together_on_the_cpu() -> None:
     spec = example_spec("mlp", layers=4)
     graph = autopipe.trace(spec.model, spec.example_inputs)

@@ -61,12 +61,18 @@ def together_reason(inputs: Sequence[torch.Tensor]) -> str | None:
         return f"the stages run on {device.type}, not on the CPU"
     if "fork" not in mp.get_all_start_methods():
         return "this platform cannot fork"
-    if torch.accelerator.is_available():
+    if _accelerator_present():
         # torch with an accelerator starts autograd's device threads at this process's first
         # backward (even a CPU one), after which a forked child's backward raises
         # "Unable to handle autograd's threading in combination with fork-based multiprocessing"
         return "autograd here runs device threads (torch with an accelerator), which a fork cannot keep"
     return None
+
+
+def _accelerator_present() -> bool:
+    """Whether torch here has a GPU (or another accelerator) it can use (torch < 2.6: CUDA only)."""
+    accelerator = getattr(torch, "accelerator", None)
+    return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
 
 
 def _rank(rank: int, program: Program, modules: dict[int, torch.nn.Module],
