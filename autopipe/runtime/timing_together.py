@@ -22,6 +22,12 @@ runs of each stage (more, over a window of ``min_s``: [Note: timing over a windo
 and keeps running until every rank has reported, so each timed run has its peers
 computing alongside. In training a faster rank waits part of the step for a slower
 one; under constant load the slower rank's contention is priced a little high.
+
+Not where torch has a GPU (or another accelerator): there autograd starts its device
+threads at a process's first backward, a CPU one too, and a forked child's backward
+raises ("Unable to handle autograd's threading in combination with fork-based
+multiprocessing"; found on an H200, 2026-12-04). ``together_reason`` says so, and the
+stages are timed one after another.
 """
 
 from __future__ import annotations
