@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -187,9 +188,9 @@ _POST_AND_WAIT = ("_batch_p2p", "_wait_batch_p2p")
 
 @contextlib.contextmanager
 def messages_within(around: Callable[[], AbstractContextManager[Any]]) -> Iterator[None]:
-    """Inside this, torch's schedules post and wait on their messages inside ``around()``
-    ([Note: a busy core while a rank waits] in ``autopipe.runtime.busy_core``). Nothing
-    changes on a torch without those functions."""
+    """Inside this, torch's schedules post and wait on their messages inside ``around()``,
+    and yield the core once before posting ([Note: a busy core while a rank waits] in
+    ``autopipe.runtime.busy_core``). Nothing changes on a torch without those functions."""
     from torch.distributed.pipelining import schedules
 
     found = {name: getattr(schedules, name, None) for name in _POST_AND_WAIT}
@@ -198,14 +199,16 @@ def messages_within(around: Callable[[], AbstractContextManager[Any]]) -> Iterat
         yield
         return
 
-    def wrapped(f: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapped(f: Callable[..., Any], posts: bool) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
             with around():
+                if posts:
+                    os.sched_yield()  # this core's gloo thread first, if a message woke it
                 return f(*args, **kwargs)
         return call
 
     for name, f in originals.items():
-        setattr(schedules, name, wrapped(f))
+        setattr(schedules, name, wrapped(f, posts=name == "_batch_p2p"))
     try:
         yield
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +54,7 @@ def test_close_ends_the_thread_even_while_busy_and_twice() -> None:
     assert not core.alive
 
 
-def test_torch_posts_and_waits_inside_it_and_only_there() -> None:
+def test_torch_posts_and_waits_inside_it_and_only_there(monkeypatch: pytest.MonkeyPatch) -> None:
     post, wait = schedules._batch_p2p, schedules._wait_batch_p2p
     entered: list[str] = []
 
@@ -63,10 +64,14 @@ def test_torch_posts_and_waits_inside_it_and_only_there() -> None:
         yield
         entered.append("out")
 
+    yields: list[int] = []
+    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(len(entered)))
     with messages_within(around):
         assert schedules._batch_p2p([]) == []  # nothing to post: what torch returns
         schedules._wait_batch_p2p([])
         assert entered == ["in", "out", "in", "out"]
+    monkeypatch.undo()
+    assert yields == [1]  # once, inside the busy spell, before posting; not before waiting
     assert (schedules._batch_p2p, schedules._wait_batch_p2p) == (post, wait)
     schedules._batch_p2p([])
     assert entered == ["in", "out", "in", "out"]

@@ -23,6 +23,19 @@ spinning on each core did neither.) The MLP example's steps were the same either
 So ``build`` starts a ``BusyCore`` on CPU ranks whose cores are pinned (never where
 ranks share cores: there the spinning would take their compute), and ``Pipe.step``
 runs torch's posting and waiting inside it.
+
+The MLP example's steps (6.2 ms at best) stayed slow in many runs: 16–83% of a run's
+steps took 1.4, 2.5, 4 or 5.5 ms more (2026-12-04, 300-step runs). In those steps the
+last rank's posts took 2–5.5 ms of wall time where they take 0.1, and the first rank waited
+for them; which steps were slow did not repeat from run to run (the same batches), so
+not the data. A ``sched_yield`` of the rank's own thread just before it posts (inside
+the busy spell, ``messages_within``) took that away: 5 runs of each in turns, median steps
+6.56–6.62 ms against 6.69–6.99 without, steps over 1.15 × the best 9% against 29%; an
+earlier set of 4 against 4, 6.53–6.80 against 6.69–10.47. (A 3 µs spin in Python before
+posting did about half as well, 6.76–8.07.) The reading that fits: a message that came
+while the rank computed woke gloo's thread on the rank's core, where it waits for its
+turn, and the rank's post then waits on that thread's lock or socket; yielding first
+lets gloo's thread run, and the post goes through.
 """
 
 from __future__ import annotations
