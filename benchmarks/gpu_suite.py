@@ -168,36 +168,43 @@ def step_part(row: dict[str, Any], spec: Any, graph: Any, p: Any, e: Any, device
     row["stages"] = [{"nodes": len(s.nodes), "measured_fb_s": m, "estimate_fb_s": x}
                      for s, m, x in zip(plan.stages, meas, est)]
     row["plan_1f1b_s"] = plan.predicted.iteration_s
-    predict_and_train(row, f"{row['model']}", spec, graph, p, plan, device, folder, steps)
+    predict_and_train(row, row, "", spec, graph, p, plan, device, folder, steps)
     uniform = plan_profile(p, num_stages=STAGES, microbatches=MICROBATCHES, schedule="1f1b",
                            method="uniform")
     uniform.save(folder / f"{row['model']}-uniform-plan.json")
-    row["uniform"] = {"knobs": row["knobs"], "plan_1f1b_s": uniform.predicted.iteration_s,
+    row["uniform"] = {"plan_1f1b_s": uniform.predicted.iteration_s,
                       "stage_nodes": [len(s.nodes) for s in uniform.stages]}
-    predict_and_train(row["uniform"], f"{row['model']}-uniform", spec, graph, p, uniform, device,
-                      folder, steps)
+    predict_and_train(row["uniform"], row, "-uniform", spec, graph, p, uniform, device, folder, steps)
     # the host's speed drifts over minutes: both plans' stages timed again, in turns, tell a
     # property of the cut from the drift (2026-12-04: Llama's plans timed 1.6x apart)
-    from autopipe.runtime.calibrate import measure_model_costs
-
     for rec, again_plan in ((row, plan), (row["uniform"], uniform)):
-        again = measure_model_costs(spec, graph, one_process(again_plan)[0], p, optimizer="adam")
-        rec["stage_module_fb_again_s"] = [f + b for f, b in zip(again.stage_forward_s, again.stage_backward_s)]
+        rec["stage_module_fb_again_s"] = stage_fb(model_costs(spec, graph, one_process(again_plan)[0], p))
 
 
-def predict_and_train(rec: dict[str, Any], name: str, spec: Any, graph: Any, p: Any, plan: Any,
-                      device: str, folder: Path, steps: int) -> None:
-    """``plan`` run by one process: its step predicted from the profile alone and with the
-    costs measured on the GPU, its peak memory predicted, then trained; all into ``rec``."""
+def model_costs(spec: Any, graph: Any, one: Any, p: Any) -> Any:
+    """The one-process plan's stages timed as modules, its loss and Adam steps, on the GPU."""
     from autopipe.runtime.calibrate import measure_model_costs
 
+    return measure_model_costs(spec, graph, one, p, optimizer="adam")
+
+
+def stage_fb(model: Any) -> list[float]:
+    """Each stage module's forward + backward seconds in ``model`` (``model_costs``)."""
+    return [f + b for f, b in zip(model.stage_forward_s, model.stage_backward_s)]
+
+
+def predict_and_train(rec: dict[str, Any], row: dict[str, Any], suffix: str, spec: Any, graph: Any,
+                      p: Any, plan: Any, device: str, folder: Path, steps: int) -> None:
+    """``plan`` of ``row``'s model run by one process: its step predicted from the profile
+    alone and with the costs measured on the GPU, its peak memory predicted, then trained;
+    all into ``rec``. Its files are named ``<model><suffix>-...``."""
     one, per_mb = one_process(plan)
     t0 = time.perf_counter()
-    model = measure_model_costs(spec, graph, one, p, optimizer="adam")
+    model = model_costs(spec, graph, one, p)
     rec["model_costs_s"] = time.perf_counter() - t0
     rec["loss_fb_s"] = model.loss_forward_s + model.loss_backward_s
     rec["optimizer_s"] = list(model.stage_optimizer_s)
-    rec["stage_module_fb_s"] = [f + b for f, b in zip(model.stage_forward_s, model.stage_backward_s)]
+    rec["stage_module_fb_s"] = stage_fb(model)
     rec["compute_scale"] = model.compute_scale
     predicted = {label: simulate_one_process(one, per_mb, device, extra)
                  for label, extra in (("compute_only", None), ("full", model))}
@@ -207,8 +214,9 @@ def predict_and_train(rec: dict[str, Any], name: str, spec: Any, graph: Any, p: 
     rec["predicted_peak_bytes"] = rec["predicted_memory"]["peak"]
 
     # training runs in a process of its own, so its peak memory is training's alone
+    name = f"{row['model']}{suffix}"
     one.save(folder / f"{name}-plan-one-process.json")
-    job = {"model": spec_name(name), "knobs": rec["knobs"], "steps": steps,
+    job = {"model": row["model"], "knobs": row["knobs"], "steps": steps,
            "plan": str(folder / f"{name}-plan-one-process.json"),
            "out": str(folder / f"{name}-trained.json")}
     done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", "--worker", json.dumps(job)],
@@ -224,11 +232,6 @@ def predict_and_train(rec: dict[str, Any], name: str, spec: Any, graph: Any, p: 
     rec["losses"] = trained["losses"]
     rec["train_peak_bytes"] = trained["peak_bytes"]
     rec["train_model_bytes"] = trained.get("model_bytes")
-
-
-def spec_name(name: str) -> str:
-    """The example a plan's file name stands for (``gpt2-uniform`` is ``gpt2``)."""
-    return name.split("-")[0]
 
 
 def one_process(plan: Any) -> tuple[Any, list[int]]:

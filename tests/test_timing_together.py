@@ -73,11 +73,11 @@ def test_a_failing_rank_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_only_cpu_stages_are_timed_together(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    monkeypatch.setattr(timing_together, "_accelerator_present", lambda: False)
     assert together_reason([torch.zeros(1)]) is None
     assert "meta" in str(together_reason([torch.zeros(1, device="meta")]))
     # with a GPU, any backward starts autograd's device threads, and a forked child's backward raises
-    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(timing_together, "_accelerator_present", lambda: True)
     assert "fork" in str(together_reason([torch.zeros(1)]))
 
 
@@ -105,7 +105,7 @@ def test_refine_times_one_stage_at_a_time_where_a_fork_cannot_run_autograd(monke
     def solve(p: Any) -> Any:
         return plan_profile(p, num_stages=2, microbatches=4)
 
-    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(timing_together, "_accelerator_present", lambda: True)
     plan = refine(solve(profile), profile, graph, spec.example_inputs, {}, solve, rounds=1, repeats=2)
     assert plan.options["refine"]["timed"].startswith("one at a time")
     assert "fork" in plan.options["refine"]["timed"]
