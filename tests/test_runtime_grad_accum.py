@@ -109,6 +109,60 @@ def test_fused_model_gradients_equal_autograd(name: str) -> None:
             assert torch.equal(p.grad, q.grad), pname
 
 
+class _Leaves(torch.nn.Module):
+    """Leaf modules as ``torch.fx.symbolic_trace`` keeps them: an embedding with a padding row,
+    a linear with and one without a bias, a linear written in place after it, and an
+    embedding that renormalises its rows (``max_norm``), which keeps autograd's path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(64, 16, padding_idx=1)
+        self.renorm = torch.nn.Embedding(64, 16, max_norm=1.0)
+        self.up = torch.nn.Linear(16, 32)
+        self.act = torch.nn.ReLU(inplace=True)
+        self.down = torch.nn.Linear(32, 16, bias=False)
+        self.out = torch.nn.Linear(16, 8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids) + self.renorm(ids)
+        return self.out(self.down(self.act(self.up(h))))
+
+
+def test_fx_leaf_modules_are_fused_and_equal_autograd() -> None:
+    """``nn.Linear`` and ``nn.Embedding`` called as leaf modules (fx traces: the tied LM, the
+    MLP) are fused too, on their weights, but for a linear whose output is written in place
+    and an embedding with ``max_norm``; every gradient after two micro-batches is autograd's."""
+    torch.manual_seed(0)
+    model = _Leaves()
+    ids = torch.randint(0, 64, (2, 8))
+    graph = autopipe.trace(model, (ids,), frontend="fx")
+    ref = graph.gm
+    gm = copy.deepcopy(ref)
+    fused = fuse_weight_grads([gm], torch.device("cpu"), splits_backward=False)
+    assert sorted(fused) == ["down.weight", "embed.weight", "out.weight"]
+    assert not [n for n in gm.graph.nodes if n.op == "call_module" and n.target in ("embed", "down", "out")]
+    for module in (ref, gm):
+        for i in range(2):
+            graph.unflatten_output(module(*graph.flat_inputs(((ids + i) % 64,)))).square().sum().backward()
+    for (pname, p), q in zip(ref.named_parameters(), gm.parameters()):
+        assert p.grad is not None and q.grad is not None and torch.equal(p.grad, q.grad), pname
+
+
+def test_a_tied_leaf_read_twice_on_one_rank_is_not_fused() -> None:
+    """The tied LM whole: its embedding and its head read one weight, so neither is fused; split
+    in two, each stage reads it once and both are."""
+    from autopipe.runtime.split import split_graph
+
+    spec = example_spec("tied_lm", vocab_size=512, width=16, layers=2, heads=2, seq_len=8, batch_size=1)
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    assert fuse_weight_grads([copy.deepcopy(graph.gm)], torch.device("cpu"), splits_backward=False) == []
+    plan = autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile="estimate", method="uniform")
+    stages = [copy.deepcopy(s.module) for s in split_graph(graph, plan, {}).stages]
+    tied = {n for group in graph.tied for n in group}
+    assert [fuse_weight_grads([m], torch.device("cpu"), splits_backward=False, whole=tied)
+            for m in stages] == [["embed.weight"], ["head.weight"]]
+
+
 def test_a_linear_written_in_place_keeps_autograd_path() -> None:
     """A linear whose output is then written in place (Swin V2's position-bias MLP: ``Linear``,
     ``ReLU(inplace=True)``, found by the model zoo sweep) is not fused: autograd refuses to

@@ -30,6 +30,15 @@ cases). The first micro-batch's gradient is always exact (added into zeros). The
 gradient still comes from autograd's own formula: the weight enters the op detached, and
 only its gradient takes the new path.
 
+Leaf modules count as their functions: ``torch.fx.symbolic_trace`` keeps ``nn.Linear``
+and ``nn.Embedding`` as calls of the module (the tied LM, the MLP), and ``fuse_weight_grads``
+replaces such a call by the fused function on the module's weights (only these exact
+classes; an embedding with ``max_norm`` renormalises its weight in place and keeps its
+module). On the tied LM (2 stages, its 32,768 × 128 head tied to the embedding) that took
+the median step from 184.0 to 179.2 ms (three pairs of 30-step runs taken in turns,
+2026-12-04): the last stage's head no longer makes and adds a 16 MiB weight gradient in
+each micro-batch's backward, nor the first stage's embedding.
+
 Only where that holds: CPU stages, fp32 weights (a 16-bit GEMM rounds its sum once
 inside but twice outside), a weight read by exactly one node of the rank's stages
 (autograd sums a weight's gradients from several uses before it adds them to ``.grad``;
@@ -54,7 +63,9 @@ zero page in one call, 0.12 ms for those 4 MiB; the sum then took 0.03 ms).
 
 A gradient that ``_EmbeddingGrad`` makes itself (the first micro-batch's, on a CPU rank, when ``.grad`` was None) lives on zero pages and
 records the rows it wrote; ``mean_grad_`` then divides those rows only (every other
-element is +0, and +0 / m is +0: the same bits as dividing all). Whatever writes the
+element is +0, and +0 / m is +0: the same bits as dividing all), and marks the gradient
+as zero but for them (``rows_only``, until anything writes it), which a tied weight's sum
+uses ([Note: a tied embedding's rows] in ``autopipe.runtime.sum_over``). Whatever writes the
 whole gradient later (clipping, ``zero_()``) makes its pages resident, as a
 ``zeros_like`` gradient's were; nothing else changes. A gradient the runtime itself writes
 whole after the backwards (a tied weight's, summed with its copies; every one under
@@ -92,6 +103,10 @@ _LINEAR = torch.ops.aten.linear.default
 _ROWS = "_autopipe_rows_written"
 """Attribute of a gradient on zero pages: the row indices written into it, one tensor per
 backward ([Note: an embedding's gradient on zero pages])."""
+_SPARSE = "_autopipe_rows_only"
+"""Attribute of a gradient that is zero but for some rows: (those rows, the tensor's
+``_version`` then), set by ``mean_grad_`` ([Note: a tied embedding's rows] in
+``autopipe.runtime.sum_over``)."""
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 """Map every page of a range to the zero page now, in one call (Linux 5.14)."""
 
@@ -120,14 +135,26 @@ def mean_grad_(grad: torch.Tensor, microbatches: int) -> None:
     rows: list[torch.Tensor] | None = grad.__dict__.pop(_ROWS, None)
     if rows is None:
         grad.div_(microbatches)
-    elif rows:
-        written = torch.unique(torch.cat(rows))
+        return
+    written = torch.unique(torch.cat(rows)) if rows else torch.zeros(0, dtype=torch.int64)
+    if rows:
         grad.index_copy_(0, written, grad.index_select(0, written).div_(microbatches))
+    setattr(grad, _SPARSE, (written, grad._version))
+
+
+def rows_only(grad: torch.Tensor) -> torch.Tensor | None:
+    """The rows (sorted int64 indices into dim 0) outside which ``grad`` is zero, where
+    ``mean_grad_`` left it so and nothing has written it since; else None."""
+    record: tuple[torch.Tensor, int] | None = grad.__dict__.get(_SPARSE)
+    if record is None or record[1] != grad._version:
+        return None
+    return record[0]
 
 
 def forget_rows(grad: torch.Tensor) -> None:
     """Treat ``grad`` as written everywhere from now on (``mean_grad_`` divides all of it)."""
     grad.__dict__.pop(_ROWS, None)
+    grad.__dict__.pop(_SPARSE, None)
 
 
 class _EmbeddingGrad(torch.autograd.Function):
@@ -170,8 +197,9 @@ def _new_embedding_grad(weight: nn.Parameter, zero_pages: bool) -> torch.Tensor:
     recording its rows."""
     if (not zero_pages or weight.device.type != "cpu" or not weight.is_contiguous()
             or weight.numel() * weight.element_size() < ZERO_PAGES_MIN):
-        return torch.zeros_like(weight)
-    grad = zero_pages_like(weight)
+        grad = torch.zeros_like(weight)
+    else:
+        grad = zero_pages_like(weight)
     setattr(grad, _ROWS, [])
     return grad
 
@@ -251,30 +279,76 @@ def fuse_weight_grads(modules: Sequence[fx.GraphModule], device: torch.device, *
         for node in gm.graph.nodes:
             if node.op == "get_attr":
                 uses[id(_attr(gm, node.target))] += len(node.users)
+            elif node.op == "call_module":
+                for p in gm.get_submodule(str(node.target)).parameters():
+                    uses[id(p)] += 1
     fused = []
     for gm in modules:
         changed = False
         # a fused linear's output is a view made inside a custom Function, which autograd
         # forbids writing in place (Swin V2's position-bias MLP: Linear, then ReLU(inplace=True))
-        linears = [n.name for n in gm.graph.nodes if n.op == "call_function" and n.target is _LINEAR]
+        linears = [n.name for n in gm.graph.nodes if _is_linear(gm, n)]
         written = written_in_place(gm, list(gm.graph.nodes), linears)
-        for node in gm.graph.nodes:
+        for node in list(gm.graph.nodes):
             name = None if node.name in written else _fusable(gm, node, uses)
-            if name is not None:
-                if node.target is _EMBEDDING:
-                    zero_pages = whole is not None and name not in whole
-                    node.target = fused_embedding if zero_pages else fused_embedding_whole
-                else:
-                    node.target = fused_linear
-                fused.append(name)
-                changed = True
+            if name is None:
+                continue
+            embedding = node.target is _EMBEDDING or _leaf(gm, node) is nn.Embedding
+            zero_pages = whole is not None and name not in whole
+            target = (fused_embedding if zero_pages else fused_embedding_whole) if embedding else fused_linear
+            if node.op == "call_module":
+                _inline_leaf(gm, node, target)
+            else:
+                node.target = target
+            fused.append(name)
+            changed = True
         if changed:
             gm.recompile()
     return fused
 
 
+def _leaf(gm: fx.GraphModule, node: fx.Node) -> type[nn.Module] | None:
+    """``nn.Linear`` or ``nn.Embedding`` where ``node`` calls one as a leaf module (as
+    ``torch.fx.symbolic_trace`` leaves them) with its one input; None otherwise. Only these
+    exact classes: a subclass may run another forward."""
+    if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+        return None
+    kind = type(gm.get_submodule(str(node.target)))
+    return kind if kind in (nn.Linear, nn.Embedding) else None
+
+
+def _is_linear(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target is _LINEAR) or _leaf(gm, node) is nn.Linear
+
+
+def _inline_leaf(gm: fx.GraphModule, node: fx.Node, target: Any) -> None:
+    """Replace a leaf ``nn.Linear`` / ``nn.Embedding`` call by ``target`` on its weights,
+    as the module's forward calls ``F.linear`` / ``F.embedding``."""
+    module = gm.get_submodule(str(node.target))
+    graph = gm.graph
+    with graph.inserting_before(node):
+        weight = graph.get_attr(f"{node.target}.weight")
+        if isinstance(module, nn.Embedding):
+            padding = -1 if module.padding_idx is None else int(module.padding_idx)
+            new = graph.call_function(target, (weight, node.args[0], padding))
+        else:
+            bias = graph.get_attr(f"{node.target}.bias") if module.bias is not None else None
+            new = graph.call_function(target, (node.args[0], weight, bias))
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+
+
 def _fusable(gm: fx.GraphModule, node: fx.Node, uses: Counter[int]) -> str | None:
     """The weight's name if ``node`` is an embedding or linear whose weight may be fused."""
+    leaf = _leaf(gm, node)
+    if leaf is not None:
+        module = gm.get_submodule(str(node.target))
+        # max_norm renormalises the weight in place; scale_grad_by_freq and sparse keep autograd's path
+        if leaf is nn.Embedding and (module.max_norm is not None or module.scale_grad_by_freq
+                                     or module.sparse):
+            return None
+        return _weight_name(module.weight, f"{node.target}.weight", uses)
     if node.op != "call_function" or node.target not in (_EMBEDDING, _LINEAR) or node.kwargs:
         return None
     if node.target is _EMBEDDING:
@@ -286,11 +360,15 @@ def _fusable(gm: fx.GraphModule, node: fx.Node, uses: Counter[int]) -> str | Non
         weight = node.args[1]
     if not isinstance(weight, fx.Node) or weight.op != "get_attr":
         return None
-    w = _attr(gm, str(weight.target))
+    return _weight_name(_attr(gm, str(weight.target)), str(weight.target), uses)
+
+
+def _weight_name(w: Any, name: str, uses: Counter[int]) -> str | None:
+    """``name`` if ``w`` is a CPU fp32 parameter that needs a gradient and is read once."""
     if not (isinstance(w, nn.Parameter) and w.requires_grad and w.dtype == torch.float32
             and w.device.type == "cpu" and uses[id(w)] == 1):
         return None
-    return str(weight.target)
+    return name
 
 
 def _attr(gm: fx.GraphModule, target: Any) -> Any:
