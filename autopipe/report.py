@@ -122,7 +122,7 @@ def breakdown_lines(plan: Plan) -> list[str]:
                      + " / ".join(format_seconds(x) for x in synced) + " per stage (before its optimizer step)")
     tied = float(plan.options.get("tied_sync_s", 0.0) or 0.0)
     if tied:
-        parts.append(f"tied gradients' all-reduce {format_seconds(tied)} per step")
+        parts.append(f"tied gradients' sum {format_seconds(tied)} per step")
     rt = plan.options.get("runtime")
     if isinstance(rt, dict) and rt:
         parts.append(f"runtime {format_seconds(float(rt.get('forward_overhead_s', 0)))} / "

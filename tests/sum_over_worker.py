@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from autopipe.runtime import sum_over as module
-from autopipe.runtime.sum_over import sum_over
+from autopipe.runtime.sum_over import sum_over, sum_rows_over
 
 
 def own(rank: int, n: int, dtype: torch.dtype = torch.float32, transposed: bool = False) -> torch.Tensor:
@@ -30,6 +30,41 @@ def check(out: torch.Tensor, ranks: list[int], group: dist.ProcessGroup | None, 
     gathered = [torch.empty_like(out) for _ in ranks]
     dist.all_gather(gathered, out.contiguous(), group=group)
     assert all(torch.equal(g, out) for g in gathered), f"{tag}: ranks disagree"
+
+
+ROWS = {"dense": None, "none": [], "some": [1, 4, 5, 30], "others": [0, 4, 31]}
+"""Rows a rank's tensor is zero outside (None: dense)."""
+
+
+def with_rows(rank: int, rows: list[int] | None) -> torch.Tensor:
+    """A 32 × 6 table as rank ``rank`` holds it: its own values, zero outside ``rows``."""
+    t = own(rank, 32 * 6).view(32, 6)
+    if rows is not None:
+        keep = torch.zeros(32, 1)
+        keep[rows] = 1.0
+        t = t * keep
+    return t
+
+
+def rows_cases(rank: int, pair: list[int], group: dist.ProcessGroup | None) -> None:
+    """Each pair of row sets: both ranks hold the dense sum of their tables, to the value
+    (and to the bit in every row that either wrote), and the same bits; a dense pair swaps."""
+    cases = [("dense", "dense"), ("some", "dense"), ("dense", "some"), ("some", "others"),
+             ("none", "dense"), ("none", "some"), ("none", "none")]
+    all_reduce = dist.all_reduce
+    for first, second in cases:
+        mine = first if rank == pair[0] else second
+        rows = ROWS[mine]
+        t = with_rows(rank, rows)
+        dist.all_reduce = None  # type: ignore[assignment]  # a CPU pair never all-reduces
+        sum_rows_over(t, None if rows is None else torch.tensor(rows, dtype=torch.int64), group)
+        dist.all_reduce = all_reduce
+        want = with_rows(pair[0], ROWS[first]) + with_rows(pair[1], ROWS[second])
+        tag = f"rows {first} + {second}"
+        assert torch.equal(t, want), tag
+        gathered = [torch.empty_like(t) for _ in pair]
+        dist.all_gather(gathered, t, group=group)
+        assert all(torch.equal(g, t) for g in gathered), f"{tag}: ranks disagree"
 
 
 def main() -> int:
@@ -55,6 +90,7 @@ def main() -> int:
         sum_over(a, group)
         dist.all_reduce(b, group=group)
         assert torch.equal(a, b), "swap against all-reduce"
+        rows_cases(rank, pair, group)
     if world > 2:  # a group of three all-reduces
         t = own(rank, 1000)
         sum_over(t)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from autopipe.partition.costs import boundary_bytes, evaluate, violations
@@ -82,6 +83,38 @@ def test_tied_gradients_all_reduce_as_a_ring_at_the_all_reduce_bandwidth() -> No
     assert (late.allreduce_s(400, 1), late.allreduce_s(400, 2)) == (0.0, 400 / 250 + 0.25)
     assert math.isclose(late.allreduce_s(400, 4), 2 * 3 / 4 * 400 / 250 + 3 * 0.25)
     assert math.isclose(evaluate(from_profile(skip_profile(), late), [0, 0, 1, 2, 2]).tied_sync_s, 400 / 250 + 0.25)
+
+
+def _embedding_profile() -> Profile:
+    """``skip_profile`` with node a an embedding: w is a tied embedding (read by a and c)."""
+    profile = skip_profile()
+    nodes = tuple(dataclasses.replace(n, embedding=True) if n.name == "a" else n for n in profile.nodes)
+    return dataclasses.replace(profile, nodes=nodes)
+
+
+def test_a_tied_embedding_is_summed_on_the_rows_line_on_cpu_ranks() -> None:
+    """w, read by an embedding and one other node, split over two CPU stages: priced on the
+    rows line ([Note: a tied embedding's rows]); on other devices, with a split backward or
+    without the line, as the all-reduce; an untied reading or a third reader keeps it dense."""
+    cpu = dataclasses.replace(config(), devices=tuple(Device(name=f"cpu:{i}", memory=10**6) for i in range(3)),
+                              allreduce_bandwidth=250.0, allreduce_latency_s=0.25,
+                              rows_sum_bandwidth=800.0, rows_sum_latency_s=0.125)
+    assert (cpu.tied_sum_s(400, 2, True), cpu.tied_sum_s(400, 2, False)) == (0.125 + 400 / 800, 400 / 250 + 0.25)
+    assert cpu.tied_sum_s(400, 1, True) == 0.0 and cpu.tied_sum_s(400, 3, True) == cpu.allreduce_s(400, 3)
+    problem = from_profile(_embedding_profile(), cpu)
+    assert problem.rows_params == {"w"}
+    ev = evaluate(problem, [0, 0, 1, 2, 2])
+    assert math.isclose(ev.tied_sync_s, 0.125 + 400 / 800)
+    plain = evaluate(from_profile(skip_profile(), cpu), [0, 0, 1, 2, 2])
+    assert math.isclose(plain.tied_sync_s, 400 / 250 + 0.25)
+    assert math.isclose(ev.objective_s - plain.objective_s, (0.125 + 400 / 800) - (400 / 250 + 0.25))
+    unmeasured = dataclasses.replace(cpu, rows_sum_bandwidth=0.0)
+    assert math.isclose(evaluate(from_profile(_embedding_profile(), unmeasured), [0, 0, 1, 2, 2]).tied_sync_s,
+                        400 / 250 + 0.25)
+    gpus = dataclasses.replace(cpu, devices=tuple(Device(name=f"cuda:{i}", memory=10**6) for i in range(3)))
+    assert from_profile(_embedding_profile(), gpus).rows_params == frozenset()
+    split = dataclasses.replace(cpu, schedule="zb-h1")
+    assert from_profile(_embedding_profile(), split).rows_params == frozenset()
 
 
 def test_step_of_equal_stages_is_the_classic_formula() -> None:

@@ -227,6 +227,45 @@ def test_every_method_agrees_at_a_limit_filled_exactly(schedule: str) -> None:
         assert math.isclose(res.objective_s, exact[0], rel_tol=1e-9)
 
 
+def test_a_tied_embedding_on_the_rows_line_is_priced_as_evaluate_prices_it() -> None:
+    """A tied embedding (an embedding node and one other reader) on CPU stages: the MIP's
+    objective equals ``costs.evaluate``'s on every partition, and its optimum is brute force's."""
+    def node(name: str, **kw: object) -> NodeProfile:
+        base = dict(name=name, op="call_function", target="f", module=name, forward_s=1.0,
+                    backward_input_s=2.0, backward_weight_s=0.0, activation_bytes=8,
+                    output_bytes=8, param_bytes=0)
+        base.update(kw)
+        return NodeProfile(**base)  # type: ignore[arg-type]
+
+    nodes = (node("x", op="placeholder", target="x", module="", forward_s=0.0,
+                  backward_input_s=0.0, activation_bytes=0),
+             node("a", param_bytes=4000, params=("w",), embedding=True), node("b"), node("c"),
+             node("d", shared_params=("w",), forward_s=3.0),
+             NodeProfile(name="output", op="output", target="output", module="", forward_s=0.0,
+                         backward_input_s=0.0, backward_weight_s=0.0, activation_bytes=0,
+                         output_bytes=0, param_bytes=0, is_tensor=False))
+    names = [n.name for n in nodes]
+    profile = Profile(device="t", dtype="float32", microbatch_shape=[[1]], nodes=nodes,
+                      edges=tuple((u, v, 8) for u, v in itertools.pairwise(names)), params={"w": 4000})
+    config = Config(num_stages=3, microbatches=3, schedule="1f1b", link_bandwidth=1000.0,
+                    devices=tuple(Device(name=f"cpu:{i}", memory=0) for i in range(3)),
+                    allreduce_latency_s=0.5, rows_sum_bandwidth=4000.0, rows_sum_latency_s=0.25)
+    problem = from_profile(profile, config, optimizer="sgd")
+    assert problem.rows_params == {"w"}
+    model = _Model(problem, ancestors(problem), *pinned_windows(problem))
+    syncs = set()
+    for stage_of in brute.partitions(problem):
+        ev = evaluate(problem, stage_of)
+        model.add_path(ev.critical)
+        assert close(model.objective.value(model.warm(stage_of)) * model.tau, ev.objective_s)
+        syncs.add(round(ev.tied_sync_s, 9))
+    assert syncs == {1.25}  # a and d on two stages in every partition: 0.25 + 4000 / 4000
+    exact = brute.best(problem)
+    res = solve_ilp(problem, gap=1e-9)
+    assert exact is not None and res.stage_of is not None
+    assert math.isclose(res.objective_s, exact[0], rel_tol=1e-9)
+
+
 @pytest.mark.parametrize("latency", [0.0, 0.5])
 def test_tied_sync_over_three_stages_is_a_ring(latency: float) -> None:
     """A weight read on all three stages syncs over a 3-rank ring (4/3 of its bytes through

@@ -76,3 +76,31 @@ def test_bad_contents(profiles: list[Profile], tmp_path: Path, edit: object, mat
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ProfileError, match="no such file"):
         Profile.load(tmp_path / "none.json")
+
+
+def test_embeddings_are_marked_and_saved_only_where_true(tmp_path: Path) -> None:
+    """A leaf ``nn.Embedding`` (fx) and ``aten.embedding`` (export) are embeddings; a leaf that
+    renormalises its rows (``max_norm``) is not (exported, it is a lookup whose weight a
+    renormalisation reads too), nor is anything else. The field is written
+    only where true (files of models without one are what they were) and read back."""
+    import torch
+
+    class Lookup(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(50, 8)
+            self.renorm = torch.nn.Embedding(50, 8, max_norm=1.0)
+            self.proj = torch.nn.Linear(8, 8)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.proj(self.embed(ids) + self.renorm(ids))
+
+    ids = torch.randint(0, 50, (2, 4))
+    for frontend, want in (("fx", ["embed"]), ("export", ["embedding", "embedding_1"])):
+        profile = estimate(autopipe.trace(Lookup(), (ids,), frontend=frontend), (ids,))
+        assert [n.name for n in profile.nodes if n.embedding] == want, frontend
+        assert [n.name for n in profile.nodes if n.is_embedding()] == want, frontend
+        profile.save(tmp_path / "p.json")
+        data = json.loads((tmp_path / "p.json").read_text())
+        assert [n["name"] for n in data["nodes"] if "embedding" in n] == want
+        assert Profile.load(tmp_path / "p.json") == profile

@@ -40,7 +40,7 @@ def test_headline_says_what_the_step_counts() -> None:
                     "step_overhead_s": 1e-4}})
     line = breakdown_lines(priced)[0]
     assert "loss 3.000 ms per micro-batch" in line and "optimizer step 1.000 ms / 2.000 ms" in line
-    assert "tied gradients' all-reduce 4.000 ms per step" in line
+    assert "tied gradients' sum 4.000 ms per step" in line
     assert "per send" in line and "per step" in line
 
 

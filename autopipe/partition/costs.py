@@ -393,7 +393,8 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
             recompute_s=passes * again[s] / dev.speed, recompute_bytes=live[s]))
     tied = 0.0
     for q, readers in problem.readers().items():
-        tied += cfg.allreduce_s(problem.param_bytes[q], len({stage_of[r] for r in readers}))
+        tied += cfg.tied_sum_s(problem.param_bytes[q], len({stage_of[r] for r in readers}),
+                               q in problem.rows_params)
     steps = optimizer_steps(problem, stage_of)
     step, critical = longest_path(cfg.schedule, [s.forward_s for s in stages],
                                   [s.backward_s for s in stages],

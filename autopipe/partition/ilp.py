@@ -94,7 +94,7 @@ from autopipe.partition.costs import (
     tie_key,
     violations,
 )
-from autopipe.partition.problem import REGION_SPAN, Problem, ring_allreduce_per_byte
+from autopipe.partition.problem import REGION_SPAN, Problem
 from autopipe.partition.recompute import prune
 from autopipe.partition.timeline import Count, nearby_paths, seed_paths, splits_backward
 from autopipe.partition.windows import BoolMatrix, ancestors, fits_windows, windows
@@ -584,7 +584,9 @@ class _Model:
         k = 1, 2, 3, 4, plus k − 1 latencies: increasing and concave in k, so a
         minimisation needs binaries to price it. ``a_j`` ("at least j holders", j ≥ 2) are ordered (a_j ≥ a_{j+1}) and
         Σ a_j ≥ k − 1; the objective adds the increments f(j) − f(j−1) times a_j, which the
-        minimum sets to exactly the first k − 1 of them (see ``Config.allreduce_s``)."""
+        minimum sets to exactly the first k − 1 of them (see ``Config.allreduce_s``). A tied
+        embedding over two holders (``Problem.rows_params``) is priced on the rows line
+        instead (``Config.tied_sum_s``)."""
         cfg, tau = self.problem.config, self.tau
         self.tied_levels: list[tuple[list[_Lin], list[Term]]] = []
         bw = cfg.allreduce_bandwidth if cfg.allreduce_bandwidth > 0 else cfg.link_bandwidth
@@ -609,8 +611,9 @@ class _Model:
                     row.add(a, -1.0)
                     self._add(row, ">=", 0.0, f"tied_order_{k}_{j}")
                 levels.append(a)
-                step = ring_allreduce_per_byte(j, bw) - ring_allreduce_per_byte(j - 1, bw)
-                objective.add(a, (nbytes * step + cfg.allreduce_latency_s) / tau)
+                rows = q in self.problem.rows_params
+                step = cfg.tied_sum_s(nbytes, j, rows) - cfg.tied_sum_s(nbytes, j - 1, rows)
+                objective.add(a, step / tau)
             row = _Lin()
             for a in levels:
                 row.add(a, 1.0)

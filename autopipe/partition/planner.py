@@ -372,7 +372,9 @@ def _build(profile: Profile, num_stages: int, microbatches: int, schedule: str,
                  send_latency_s=rt.get("send_latency_s", 0.0) if num_stages > 1 else 0.0,
                  step_overhead_s=rt.get("step_overhead_s", 0.0),
                  allreduce_bandwidth=rt.get("allreduce_bandwidth", 0.0),
-                 allreduce_latency_s=rt.get("allreduce_latency_s", 0.0))
+                 allreduce_latency_s=rt.get("allreduce_latency_s", 0.0),
+                 rows_sum_bandwidth=rt.get("rows_sum_bandwidth", 0.0),
+                 rows_sum_latency_s=rt.get("rows_sum_latency_s", 0.0))
     with phase("plan.problem"):
         base = from_profile(profile, cfg, optimizer=options.optimizer, dtype=options.dtype)
         if sync is not None:

@@ -104,6 +104,13 @@ class Config:
     ``link_bandwidth``, what a ring all-reduce over the links would reach."""
     allreduce_latency_s: float = 0.0
     """Fixed seconds of an all-reduce between two ranks; a ring over k ranks pays it k − 1 times."""
+    rows_sum_bandwidth: float = 0.0
+    """Bytes/s of the sum of a tied embedding's gradient over its two holders, one of them
+    sending only the rows a step wrote (``Problem.rows_params``; [Note: a tied embedding's
+    rows] in ``autopipe.runtime.sum_over``): the other's whole copy crosses once. 0: priced
+    as the all-reduce."""
+    rows_sum_latency_s: float = 0.0
+    """Fixed seconds of that sum."""
     virtual_stages: int = 1
     """Chunks per rank ([Note: chunks] in ``autopipe.partition.chunks``): ``num_stages``
     counts the chunks, chunk c runs on rank c mod ``num_ranks`` (zbv, dualpipev: in a V, ``rank_of``),
@@ -163,6 +170,14 @@ class Config:
     def comm_s(self, nbytes: float) -> float:
         """Seconds to move ``nbytes`` over one link."""
         return 0.0 if math.isinf(self.link_bandwidth) else nbytes / self.link_bandwidth
+
+    def tied_sum_s(self, nbytes: float, ranks: int, rows: bool) -> float:
+        """Seconds to sum a tied gradient of ``nbytes`` over ``ranks`` holders; ``rows``: a
+        pair of which one holds an embedding's gradient (``Problem.rows_params``), priced on
+        the rows line where measured."""
+        if rows and ranks == 2 and self.rows_sum_bandwidth > 0:
+            return self.rows_sum_latency_s + nbytes / self.rows_sum_bandwidth
+        return self.allreduce_s(nbytes, ranks)
 
     def allreduce_s(self, nbytes: float, ranks: int) -> float:
         """Seconds to all-reduce ``nbytes`` over ``ranks`` ranks: a ring moves 2(k−1)/k of the
@@ -238,6 +253,11 @@ class Problem:
     workspace: int = 0
     """Bytes the last stage holds while the loss runs, beyond its saved activations
     (``LossCost.workspace_bytes``; [Note: the loss is part of the last stage])."""
+    rows_params: frozenset[str] = frozenset()
+    """Tied parameters whose gradient, split over two stages, is summed with one side
+    sending only the rows a step wrote: read by exactly two nodes, one of them an
+    embedding reading it alone, on CPU ranks as ``fuse_weight_grads`` fuses it ([Note: a
+    tied embedding's rows] in ``autopipe.runtime.sum_over``); priced by ``Config.tied_sum_s``."""
 
     def __post_init__(self) -> None:
         for v in self.values:
@@ -361,9 +381,9 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
                 param_bytes[p] = n.param_bytes if p in n.params and len(n.params) == 1 else 0
     # CPU ranks step Adam fused, in place ([Note: the optimizer step's temporaries])
     fused = bool(config.devices) and all(d.is_cpu for d in config.devices)
-    zero_page_grads = (_embedding_grads(profile, param_bytes, config.microbatches)
-                       if fused and esize == 4 and optimizer != "none" and not splits_backward(config.schedule)
-                       else {})
+    # what a CPU rank accumulates row by row ([Note: weight gradients accumulated in place])
+    by_rows = fused and esize == 4 and optimizer != "none" and not splits_backward(config.schedule)
+    zero_page_grads = _embedding_grads(profile, param_bytes, config.microbatches) if by_rows else {}
     blocks: list[Block] = []
     values: list[Value] = []
     loss = profile.loss
@@ -402,7 +422,8 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
                    node_module={n.name: n.module for n in profile.nodes},
                    node_order=tuple(n.name for n in profile.nodes),
                    node_call={n.name: node_call(n) for n in profile.nodes},
-                   workspace=loss.workspace_bytes if loss is not None else 0)
+                   workspace=loss.workspace_bytes if loss is not None else 0,
+                   rows_params=_rows_params(profile) if by_rows else frozenset())
 
 
 def node_call(node: NodeProfile) -> str:
@@ -420,18 +441,39 @@ def _embedding_grads(profile: Profile, param_bytes: dict[str, int], microbatches
     read by one node only, ``ZERO_PAGES_MIN`` or more ([Note: an embedding's gradient on
     zero pages] in ``autopipe.runtime.grad_accum``; the caller checks devices, dtype and
     schedule as ``fuse_weight_grads`` does)."""
-    readers: dict[str, int] = {}
-    for n in profile.nodes:
-        for p in {*n.params, *n.shared_params}:
-            readers[p] = readers.get(p, 0) + 1
+    readers = _reader_counts(profile)
     out = {}
     for n in profile.nodes:
-        if n.target != "aten.embedding.default" or len(n.params) != 1 or n.shared_params:
+        if not n.is_embedding() or len(n.params) != 1 or n.shared_params:
             continue
         (p,) = n.params
         if readers[p] == 1 and param_bytes.get(p, 0) >= ZERO_PAGES_MIN:
             out[p] = embedding_grad_bytes(param_bytes[p], n.output_bytes, n.activation_bytes, microbatches)
     return out
+
+
+def _rows_params(profile: Profile) -> frozenset[str]:
+    """Tied parameters read by two nodes, one an embedding reading nothing else: split over
+    two stages, their gradients are summed with the embedding's side sending its rows only
+    ([Note: a tied embedding's rows] in ``autopipe.runtime.sum_over``)."""
+    readers = _reader_counts(profile)
+    out = set()
+    for n in profile.nodes:
+        reads = {*n.params, *n.shared_params}
+        if n.is_embedding() and len(reads) == 1:
+            (p,) = reads
+            if readers[p] == 2:
+                out.add(p)
+    return frozenset(out)
+
+
+def _reader_counts(profile: Profile) -> dict[str, int]:
+    """Parameter → how many nodes read it."""
+    readers: dict[str, int] = {}
+    for n in profile.nodes:
+        for p in {*n.params, *n.shared_params}:
+            readers[p] = readers.get(p, 0) + 1
+    return readers
 
 
 def merge_blocks(blocks: Sequence[Block]) -> Block:

@@ -44,6 +44,13 @@ class NodeProfile:
     """Parameters the node reads but another node owns (tied weights)."""
     is_tensor: bool = True
     """Whether the output is a single tensor (only those may cross a cut)."""
+    embedding: bool = False
+    """Whether the node is an embedding lookup (``aten.embedding``, or a leaf ``nn.Embedding``
+    that a CPU rank fuses): its weight's gradient is zero but for the rows it reads."""
+
+    def is_embedding(self) -> bool:
+        """An embedding lookup (profiles written before ``embedding`` existed: by its target)."""
+        return self.embedding or self.target == "aten.embedding.default"
 
     def __post_init__(self) -> None:
         for f in ("forward_s", "backward_input_s", "backward_weight_s"):
@@ -142,8 +149,7 @@ class Profile:
             "params": self.params,
             "tied": [list(t) for t in self.tied],
             "meta": self.meta,
-            "nodes": [{**asdict(n), "params": list(n.params), "shared_params": list(n.shared_params)}
-                      for n in self.nodes],
+            "nodes": [_node_json(n) for n in self.nodes],
             "edges": [list(e) for e in self.edges],
             **({"order": [list(e) for e in self.order]} if self.order else {}),
             **({"loss": self.loss.to_json()} if self.loss is not None else {}),
@@ -195,6 +201,13 @@ class Profile:
         return cls.from_json(read_json(path, SCHEMA, ProfileError), source=str(path))
 
 
+def _node_json(n: NodeProfile) -> dict[str, Any]:
+    out = {**asdict(n), "params": list(n.params), "shared_params": list(n.shared_params)}
+    if not n.embedding:  # the files of models without one stay as they were
+        del out["embedding"]
+    return out
+
+
 def node_profile(graph: Graph, name: str, *, forward_s: float, backward_input_s: float,
                  backward_weight_s: float, activation_bytes: int) -> NodeProfile:
     """A NodeProfile whose structural fields come from ``graph``."""
@@ -206,4 +219,5 @@ def node_profile(graph: Graph, name: str, *, forward_s: float, backward_input_s:
         output_bytes=info.output_bytes,
         param_bytes=sum(graph.param_bytes[p] for p in info.params),
         params=info.params, shared_params=info.shared_params, is_tensor=info.is_tensor,
+        embedding=info.embedding,
     )

@@ -86,6 +86,10 @@ one is 16 MiB), [Note: the all-reduce's price]."""
 _ALLREDUCE_STAGGER_S = 0.005
 """How long after rank 1 rank 0 starts each timed sum: under 1F1B the last stage waits for the
 first one's last backward."""
+_ROW_FLOATS = 128
+"""Width of the rows of the tables the rows line sums (the tied LM's)."""
+_ROWS_WRITTEN = 512
+"""Rows the embedding's side sends: the tied LM's step, 4 micro-batches of 128 tokens."""
 WHOLE_REPEATS = 11
 
 
@@ -166,9 +170,34 @@ def _allreduce_line() -> tuple[float, float]:
     """(latency s, bandwidth bytes/s) of the line through the median times of the runtime's
     sum over two ranks (``sum_over``) of ``_ALLREDUCE_FLOATS``, on rank 0, which arrives
     ``_ALLREDUCE_STAGGER_S`` after rank 1 as a first stage does ([Note: the all-reduce's price])."""
+    from autopipe.runtime.sum_over import sum_over
+
+    return _sum_line(lambda grads: sum_over(grads))
+
+
+def _rows_sum_line() -> tuple[float, float]:
+    """The same line for a tied embedding's sum ([Note: a tied embedding's rows] in
+    ``autopipe.runtime.sum_over``): rank 0, the late one, holds the embedding's gradient and
+    sends ``_ROWS_WRITTEN`` rows of it; rank 1 sends its whole copy."""
     import torch.distributed as dist
 
-    from autopipe.runtime.sum_over import sum_over
+    from autopipe.runtime.sum_over import sum_rows_over
+
+    def run(grads: torch.Tensor) -> None:
+        table = grads.view(-1, _ROW_FLOATS)
+        rows = None
+        if dist.get_rank() == 0:
+            rows = torch.randperm(table.shape[0])[:_ROWS_WRITTEN].sort().values
+        sum_rows_over(table, rows)
+
+    return _sum_line(run)
+
+
+def _sum_line(run: Callable[[torch.Tensor], None]) -> tuple[float, float]:
+    """(latency s, bandwidth bytes/s) through the median times ``run`` takes on rank 0 to sum
+    a new tensor of each of ``_ALLREDUCE_FLOATS`` over the two ranks, rank 0 arriving
+    ``_ALLREDUCE_STAGGER_S`` late."""
+    import torch.distributed as dist
 
     late = dist.get_rank() == 0
     busy = torch.randn(64, 64)
@@ -182,7 +211,7 @@ def _allreduce_line() -> tuple[float, float]:
             while time.perf_counter() < end:  # computing, as the first stage's last backward
                 busy @ busy
             t0 = time.perf_counter()
-            sum_over(grads)
+            run(grads)
             if i >= 3:
                 times.append(time.perf_counter() - t0)
         points.append((float(floats * grads.element_size()), statistics.median(times)))
@@ -307,6 +336,7 @@ def _worker(out: str, optimizer: str) -> int:
         big = torch.zeros(1 << 20)
         bandwidth = big.numel() * big.element_size() / max(_ping_pong(rank, big, 20) - latency, 1e-9)
         allreduce_latency, allreduce_bw = _allreduce_line()
+        rows_latency, rows_bw = _rows_sum_line()
         forward, backward, per_step = _stage_overheads(rank)
         dist.barrier()
         from autopipe.profile.optimizer import measure_rates
@@ -323,6 +353,7 @@ def _worker(out: str, optimizer: str) -> int:
         costs = RuntimeCosts(forward_overhead_s=mean[0], backward_overhead_s=mean[1], step_overhead_s=mean[4],
                              send_latency_s=latency, link_bandwidth=bandwidth,
                              allreduce_bandwidth=allreduce_bw, allreduce_latency_s=allreduce_latency,
+                             rows_sum_bandwidth=rows_bw, rows_sum_latency_s=rows_latency,
                              optimizer=optimizer,
                              optimizer_tensor_s=mean[2], optimizer_element_s=mean[3],
                              device="cpu", backend="gloo", threads=1)
@@ -349,7 +380,8 @@ def measure_runtime_costs(optimizer: str = "adam", timeout_s: float = 300.0) -> 
 
 
 PLANNED = ("forward_overhead_s", "backward_overhead_s", "send_latency_s", "step_overhead_s",
-           "link_bandwidth", "allreduce_bandwidth", "allreduce_latency_s")
+           "link_bandwidth", "allreduce_bandwidth", "allreduce_latency_s", "rows_sum_bandwidth",
+           "rows_sum_latency_s")
 """The RuntimeCosts fields a profile carries for the planner (``Profile.runtime``)."""
 
 

@@ -22,6 +22,27 @@ adds. Each rank computes ``mine + theirs``; floating-point addition commutes, so
 hold the same bits, the bits a two-rank all-reduce gives. Larger groups, and GPUs
 (where NCCL's all-reduce is what was measured: docs/gpu.md), all-reduce.
 ``autopipe.runtime.calibrate`` prices a sum over two ranks by timing this function.
+
+[Note: a tied embedding's rows]
+A tied embedding's gradient on the first stage is zero but for the rows the step's
+tokens read (the tied LM: 512 of 32,768; ``rows_only`` in ``autopipe.runtime.grad_accum``
+knows them), while the head's copy on the last stage is dense. Swapping whole tensors
+sends 16 MiB each way where one way carries nearly nothing. So a tied pair first swaps
+one number each, its row count (-1: dense), and then each rank sends what it holds:
+
+    sparse side ─► rows (int64) and their values ─► dense side: index_add_ them
+    dense side  ─► the whole tensor ──────────────► sparse side: received into its own
+                                                    gradient, its rows' values (kept
+                                                    aside first) index_add_ed back
+
+Both hold ``mine + theirs`` in every row written on either side, the bits of a dense
+sum (addition commutes), and elsewhere the dense copy's values (a dense sum would add
++0 to them: the same value, though a -0 would become +0). Two sparse sides swap rows
+only. The sparse side needs no receive buffer. Between two pinned gloo ranks, the tied
+LM's 16 MiB took 7.2 ms this way against 12.7–13.8 ms swapped whole (2026-12-04);
+``autopipe.runtime.calibrate`` prices it on its own line (``rows_sum_*``), and the planner
+uses that line for a tied weight read by one embedding and one other node
+(``Problem.rows_params``).
 """
 
 from __future__ import annotations
@@ -37,20 +58,70 @@ def sum_over(tensor: torch.Tensor, group: dist.ProcessGroup | None = None) -> No
     """Sum ``tensor`` over the ranks of ``group`` (default: every rank), in place on each
     ([Note: a pair's sum is a swap]). Collective: every rank of ``group`` calls it, with
     tensors of one shape and dtype."""
-    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
-    if len(ranks) != 2 or tensor.device.type != "cpu" or not tensor.is_contiguous():
+    peer = _peer(tensor, group)
+    if peer is None:
         dist.all_reduce(tensor, group=group)
         return
-    me = dist.get_rank()
-    peer = ranks[1] if me == ranks[0] else ranks[0]
+    _swap(tensor, peer, group)
+
+
+def sum_rows_over(tensor: torch.Tensor, rows: torch.Tensor | None,
+                  group: dist.ProcessGroup | None = None) -> None:
+    """``sum_over`` for a tensor that may be zero on this rank but for ``rows`` (sorted,
+    distinct int64 indices into dim 0; None: dense), in place on each rank ([Note: a tied
+    embedding's rows]). Collective: every rank of ``group`` calls it (each with its own
+    ``rows``). Groups other than a CPU pair sum the whole tensor."""
+    peer = _peer(tensor, group)
+    if peer is None or tensor.dim() == 0:
+        sum_over(tensor, group)
+        return
+    counts = torch.tensor([-1 if rows is None else rows.numel()], dtype=torch.int64)
+    theirs = torch.empty(1, dtype=torch.int64)
+    _exchange(peer, group, [counts], [theirs])
+    n = int(theirs.item())
+    if rows is None and n < 0:
+        _swap(tensor, peer, group)
+        return
+    table = tensor.view(tensor.shape[0], -1)
+    if rows is None:
+        sends = [tensor]
+    else:
+        kept = table.index_select(0, rows)
+        sends = [rows, kept]
+        if n < 0:
+            _exchange(peer, group, sends, [tensor])  # theirs, whole, into mine: my rows are kept
+            table.index_add_(0, rows, kept)
+            return
+    index = torch.empty(n, dtype=torch.int64)
+    values = torch.empty((n, table.shape[1]), dtype=tensor.dtype)
+    _exchange(peer, group, sends, [index, values])
+    table.index_add_(0, index, values)
+
+
+def _peer(tensor: torch.Tensor, group: dist.ProcessGroup | None) -> int | None:
+    """The other rank where ``group`` is a pair and ``tensor`` a contiguous CPU tensor, else None."""
+    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
+    if len(ranks) != 2 or tensor.device.type != "cpu" or not tensor.is_contiguous():
+        return None
+    return ranks[1] if dist.get_rank() == ranks[0] else ranks[0]
+
+
+def _exchange(peer: int, group: dist.ProcessGroup | None, sends: list[torch.Tensor],
+              recvs: list[torch.Tensor]) -> None:
+    """Send ``sends`` to ``peer`` and receive ``recvs`` from it, in order; empty tensors stay home."""
+    ops = [dist.P2POp(dist.isend, t, peer, group) for t in sends if t.numel()]
+    ops += [dist.P2POp(dist.irecv, t, peer, group) for t in recvs if t.numel()]
+    for work in dist.batch_isend_irecv(ops) if ops else ():
+        work.wait()
+
+
+def _swap(tensor: torch.Tensor, peer: int, group: dist.ProcessGroup | None) -> None:
+    """Send ``tensor`` whole, receive the peer's in pieces and add each ([Note: a pair's sum is a swap])."""
     flat = tensor.view(-1)
     piece = max(1, PIECE_BYTES // max(1, tensor.element_size()))
     inbox = torch.empty(min(piece, flat.numel()), dtype=tensor.dtype)
     for start in range(0, flat.numel(), piece):
         mine = flat[start:start + piece]
         theirs = inbox[:mine.numel()]
-        works = dist.batch_isend_irecv([dist.P2POp(dist.isend, mine, peer, group),
-                                        dist.P2POp(dist.irecv, theirs, peer, group)])
-        for work in works:
-            work.wait()
+        _exchange(peer, group, [mine], [theirs])
         mine.add_(theirs)

@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from autopipe.runtime.sum_over import sum_over
+from autopipe.runtime.grad_accum import rows_only
+from autopipe.runtime.sum_over import sum_over, sum_rows_over
 from autopipe.trace.graph import Graph
 
 
@@ -84,17 +85,25 @@ class TiedParams:
         """Sum the gradients of every copy, in place on each copy (a missing gradient counts as zero)."""
         for _ranks, group, params in self._groups:
             for bucket in _by_dtype(params):
+                missing = {id(p) for p in bucket if p.grad is None}
                 for p in bucket:
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
                 grads = [p.grad for p in bucket if p.grad is not None]
                 if len(grads) == 1 and grads[0].is_contiguous():
-                    sum_over(grads[0], group)  # no copy for a lone tensor
+                    # no copy for a lone tensor; an embedding's sends its rows only
+                    # ([Note: a tied embedding's rows] in autopipe.runtime.sum_over)
+                    rows = _NO_ROWS if missing else rows_only(grads[0])
+                    sum_rows_over(grads[0], rows, group)
                     continue
                 flat = torch.cat([g.reshape(-1) for g in grads])
                 sum_over(flat, group)
                 for g, v in zip(grads, _split(flat, grads)):
                     g.copy_(v)
+
+
+_NO_ROWS = torch.zeros(0, dtype=torch.int64)
+"""A missing gradient: zero in every row."""
 
 
 def _split(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -50,6 +50,13 @@ class RuntimeCosts:
     this); 0: not measured."""
     allreduce_latency_s: float = 0.0
     """Fixed seconds of an all-reduce between two ranks, whatever its size."""
+    rows_sum_bandwidth: float = 0.0
+    """Bytes/s of a tied pair's sum where one copy is an embedding's gradient, zero but for
+    a step's rows: the other copy crosses once ([Note: a tied embedding's rows] in
+    ``autopipe.runtime.sum_over``); seconds = ``rows_sum_latency_s`` + its bytes / this. 0:
+    not measured (priced as the all-reduce)."""
+    rows_sum_latency_s: float = 0.0
+    """Fixed seconds of that sum."""
     optimizer: str = "adam"
     """The optimizer the two ``optimizer_*`` figures were measured with."""
     optimizer_tensor_s: float = 0.0

@@ -468,6 +468,7 @@ def _build(
             params=tuple(mine), shared_params=tuple(p for p in params if p not in mine),
             buffers=tuple(buffers),
             inputs=tuple(dict.fromkeys(a.name for a in n.all_input_nodes if a.op != "get_attr")),
+            embedding=_is_embedding(n, modules),
         ))
     unused = [p for p in param_bytes if p not in owned]
     if unused:
@@ -476,6 +477,20 @@ def _build(
         infos[-1] = replace(out, params=out.params + tuple(unused))
     return Graph(gm=gm, nodes=infos, param_bytes=param_bytes, tied=tied, frontend=frontend,
                  input_names=input_names, in_spec=in_spec, out_spec=out_spec, signature=signature)
+
+
+def _is_embedding(n: fx.Node, modules: dict[str, torch.nn.Module]) -> bool:
+    """``aten.embedding``, or a leaf ``nn.Embedding`` whose weight's gradient autopipe's CPU
+    ranks accumulate row by row (``autopipe.runtime.grad_accum``). (An exported lookup that
+    renormalises its rows is an ``aten.embedding`` too, but its weight has a second reader,
+    the renormalisation, so neither the zero-page charge nor the rows line applies.)"""
+    if n.op == "call_function":
+        return n.target is torch.ops.aten.embedding.default
+    if n.op != "call_module":
+        return False
+    m = modules.get(str(n.target))
+    return (type(m) is torch.nn.Embedding and m.max_norm is None and not m.scale_grad_by_freq
+            and not m.sparse)
 
 
 def _nbytes(t: torch.Tensor) -> int:

@@ -44,6 +44,9 @@ class NodeInfo:
     """Buffers and constant tensors this node reads."""
     inputs: tuple[str, ...]
     """Names of the graph nodes whose outputs this node consumes, in argument order."""
+    embedding: bool = False
+    """An embedding lookup: ``aten.embedding``, or a leaf ``nn.Embedding`` that neither
+    renormalises its rows nor scales or sparsifies its gradient."""
 
     @property
     def top_level(self) -> bool:
