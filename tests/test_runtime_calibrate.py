@@ -104,6 +104,8 @@ def test_a_weight_tied_across_the_cut_is_counted_in_both_stages() -> None:
     costs = measure_model_costs(spec, graph, _split_plan(graph, head))
     weight_bytes = model.emb.weight.numel() * 4
     assert costs.stage_tied_bytes == (weight_bytes, weight_bytes)
+    # the embedding's side sends its rows ([Note: a tied embedding's rows])
+    assert costs.stage_tied_rows_bytes == (weight_bytes, weight_bytes)
     assert costs.stage_param_tensors == (3, 1)  # emb.weight, mid.weight, mid.bias | the tied head
 
 

@@ -81,6 +81,22 @@ def test_a_measured_optimizer_step_replaces_the_runtimes_estimate() -> None:
         plan_costs(plan, model=ModelCosts(stage_optimizer_s=(0.1, 0.2, 0.3)))
 
 
+def test_a_tied_sum_is_priced_on_the_measured_lines() -> None:
+    """The tied gradients' sum: a round trip over the link without a measured line; on the
+    all-reduce line where measured; a tied embedding's bytes on the rows line."""
+    plan = hand_plan()
+    model = ModelCosts(stage_optimizer_s=(0.1, 0.2, 0.3, 0.4), stage_tied_bytes=(1000, 0, 0, 1000),
+                       stage_tied_rows_bytes=(600, 0, 0, 600))
+    lines = dataclasses.replace(RUNTIME, allreduce_bandwidth=1e5, allreduce_latency_s=0.002,
+                                rows_sum_bandwidth=4e5, rows_sum_latency_s=0.003)
+    assert RUNTIME.tied_sum_s(1000) == pytest.approx(2 * (0.001 + 1000 / 1e6))
+    assert RUNTIME.tied_sum_s(1000, rows=True) == RUNTIME.tied_sum_s(1000)  # no rows line measured
+    assert lines.tied_sum_s(0) == 0.0
+    costs, _ = plan_costs(plan, runtime=lines, model=model)
+    tied = (0.002 + 400 / 1e5) + (0.003 + 600 / 4e5)
+    assert [c.optimizer_s for c in costs] == pytest.approx([0.1 + tied, 0.2, 0.3, 0.4 + tied])
+
+
 def test_the_optimizer_step_runs_after_the_ranks_last_backward() -> None:
     costs, _ = plan_costs(hand_plan(), runtime=RUNTIME)
     r = simulate(costs, schedule="1f1b", microbatches=4)

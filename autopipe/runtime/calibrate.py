@@ -77,6 +77,7 @@ if TYPE_CHECKING:
     from autopipe.profile.profile import Profile
     from autopipe.spec import ModelSpec
     from autopipe.trace import Graph
+    from autopipe.trace.graph import NodeInfo
 
 _WIDTH = 16
 _ROWS = 4
@@ -559,25 +560,35 @@ def measure_model_costs(spec: ModelSpec, graph: Graph, plan: Plan,
     (e.g. the calibrated ``RuntimeCosts.send_latency_s``) is how long the thread
     blocks before each timed stage action and optimizer step ([Note: compute after a wait]).
     """
+    from autopipe.runtime.placement import schedule_kind
+
     owner: dict[str, set[int]] = {}
+    readers: dict[str, list[NodeInfo]] = {}
     stage_of = plan.stage_of
     for info in graph.nodes:
         if info.name in stage_of:
             for name in (*info.params, *info.shared_params):
                 owner.setdefault(name, set()).add(stage_of[info.name])
+                readers.setdefault(name, []).append(info)
     params = dict(spec.model.named_parameters(remove_duplicate=False))
     tensors = [0] * plan.num_stages
     elements = [0] * plan.num_stages
     tied = [0] * plan.num_stages
+    rows = [0] * plan.num_stages
+    by_rows = _model_device(spec).type == "cpu" and not schedule_kind(plan.schedule).splits_backward
     for name, stages in owner.items():
         p = params.get(name)
         if p is None or not p.requires_grad:
             continue
+        # [Note: a tied embedding's rows] in autopipe.runtime.sum_over
+        embedding = (by_rows and len(stages) == 2 and p.dtype == torch.float32 and len(readers[name]) == 2
+                     and any(r.embedding and len({*r.params, *r.shared_params}) == 1 for r in readers[name]))
         for s in stages:
             tensors[s] += 1
             elements[s] += p.numel()
             if len(stages) > 1:
                 tied[s] += p.numel() * p.element_size()
+                rows[s] += p.numel() * p.element_size() if embedding else 0
     loss_f, loss_b = measure_loss_s(spec)
     scale = 1.0
     if profile is not None:
@@ -590,7 +601,7 @@ def measure_model_costs(spec: ModelSpec, graph: Graph, plan: Plan,
     stage_f, stage_b = measure_stage_compute(spec, graph, plan, idle_s=idle_s)
     return ModelCosts(loss_forward_s=loss_f, loss_backward_s=loss_b,
                       stage_param_tensors=tuple(tensors), stage_param_elements=tuple(elements),
-                      stage_tied_bytes=tuple(tied), compute_scale=scale,
+                      stage_tied_bytes=tuple(tied), stage_tied_rows_bytes=tuple(rows), compute_scale=scale,
                       stage_forward_s=stage_f, stage_backward_s=stage_b,
                       stage_optimizer_s=measure_optimizer_s(spec, graph, plan, optimizer, idle_s=idle_s))
 

@@ -75,11 +75,13 @@ def _optimizer_s(plan: Plan, runtime: RuntimeCosts | None, model: ModelCosts | N
     """
     n = plan.num_stages
     tied = model.stage_tied_bytes if model is not None and model.stage_tied_bytes else (0,) * n
+    rows = model.stage_tied_rows_bytes if model is not None and model.stage_tied_rows_bytes else (0,) * n
     ranks_seen: set[int] = set()
     out = []
     for s, step in enumerate(_step_s(plan, runtime, model)):
-        # the tied-gradient all-reduce between two holders: a round trip of the bytes
-        reduce = 2 * (runtime.send_s(tied[s]) or 0.0) if tied[s] and runtime is not None else 0.0
+        # the tied gradients' sum between two holders, as the runtime runs it
+        reduce = (runtime.tied_sum_s(tied[s] - rows[s]) + runtime.tied_sum_s(rows[s], rows=True)
+                  if runtime is not None else 0.0)
         rank = plan.stages[s].rank
         rank = s if rank is None else rank
         if runtime is not None:

@@ -77,6 +77,19 @@ class RuntimeCosts:
             return None
         return self.send_latency_s + nbytes / self.link_bandwidth
 
+    def tied_sum_s(self, nbytes: float, rows: bool = False) -> float:
+        """Seconds to sum ``nbytes`` of tied gradients between two holders, as the runtime
+        does: on the rows line where ``rows`` (one holder an embedding's gradient) and it was
+        measured, else on the all-reduce line where measured, else a round trip of the
+        bytes over the link (0 without a link bandwidth)."""
+        if nbytes <= 0:
+            return 0.0
+        if rows and self.rows_sum_bandwidth > 0:
+            return self.rows_sum_latency_s + nbytes / self.rows_sum_bandwidth
+        if self.allreduce_bandwidth > 0:
+            return self.allreduce_latency_s + nbytes / self.allreduce_bandwidth
+        return 2 * (self.send_s(nbytes) or 0.0)
+
     def optimizer_s(self, tensors: int, elements: int) -> float:
         """Seconds of one optimizer step over ``tensors`` parameters of ``elements`` in all."""
         return tensors * self.optimizer_tensor_s + elements * self.optimizer_element_s
@@ -114,7 +127,11 @@ class ModelCosts:
     stage_param_elements: tuple[int, ...] = ()
     """Per stage, parameter elements."""
     stage_tied_bytes: tuple[int, ...] = ()
-    """Per stage, bytes of gradients all-reduced with other stages holding the same weights."""
+    """Per stage, bytes of gradients summed with other stages holding the same weights."""
+    stage_tied_rows_bytes: tuple[int, ...] = ()
+    """Per stage, the part of ``stage_tied_bytes`` summed on the rows line: tied embeddings
+    whose embedding side sends only the rows its step wrote ([Note: a tied embedding's rows]
+    in ``autopipe.runtime.sum_over``)."""
     compute_scale: float = 1.0
     """Factor on the profiled stage times: the whole model's measured forward+backward over
     the sum of its nodes' (a node timed alone runs with warm caches; the profile keeps both)."""
@@ -131,7 +148,7 @@ class ModelCosts:
     def __post_init__(self) -> None:
         _check_non_negative(self)
         lengths = {len(t) for t in (self.stage_param_tensors, self.stage_param_elements,
-                                    self.stage_tied_bytes, self.stage_forward_s,
+                                    self.stage_tied_bytes, self.stage_tied_rows_bytes, self.stage_forward_s,
                                     self.stage_backward_s, self.stage_optimizer_s) if t}
         if len(lengths) > 1:
             raise PlanError(f"ModelCosts has per-stage tuples of lengths {sorted(lengths)}",
