@@ -227,9 +227,9 @@ def test_every_method_agrees_at_a_limit_filled_exactly(schedule: str) -> None:
         assert math.isclose(res.objective_s, exact[0], rel_tol=1e-9)
 
 
-def test_a_tied_embedding_on_the_rows_line_is_priced_as_evaluate_prices_it() -> None:
-    """A tied embedding (an embedding node and one other reader) on CPU stages: the MIP's
-    objective equals ``costs.evaluate``'s on every partition, and its optimum is brute force's."""
+def _tied_chain(**middle: dict[str, object]) -> Profile:
+    """x → the ``middle`` nodes (name → NodeProfile fields beyond the defaults) → output, a
+    chain of 8-byte values; each node 1 s forward and 2 s backward; w of 4000 bytes."""
     def node(name: str, **kw: object) -> NodeProfile:
         base = dict(name=name, op="call_function", target="f", module=name, forward_s=1.0,
                     backward_input_s=2.0, backward_weight_s=0.0, activation_bytes=8,
@@ -239,14 +239,20 @@ def test_a_tied_embedding_on_the_rows_line_is_priced_as_evaluate_prices_it() -> 
 
     nodes = (node("x", op="placeholder", target="x", module="", forward_s=0.0,
                   backward_input_s=0.0, activation_bytes=0),
-             node("a", param_bytes=4000, params=("w",), embedding=True), node("b"), node("c"),
-             node("d", shared_params=("w",), forward_s=3.0),
+             *(node(name, **kw) for name, kw in middle.items()),
              NodeProfile(name="output", op="output", target="output", module="", forward_s=0.0,
                          backward_input_s=0.0, backward_weight_s=0.0, activation_bytes=0,
                          output_bytes=0, param_bytes=0, is_tensor=False))
     names = [n.name for n in nodes]
-    profile = Profile(device="t", dtype="float32", microbatch_shape=[[1]], nodes=nodes,
-                      edges=tuple((u, v, 8) for u, v in itertools.pairwise(names)), params={"w": 4000})
+    return Profile(device="t", dtype="float32", microbatch_shape=[[1]], nodes=nodes,
+                   edges=tuple((u, v, 8) for u, v in itertools.pairwise(names)), params={"w": 4000})
+
+
+def test_a_tied_embedding_on_the_rows_line_is_priced_as_evaluate_prices_it() -> None:
+    """A tied embedding (an embedding node and one other reader) on CPU stages: the MIP's
+    objective equals ``costs.evaluate``'s on every partition, and its optimum is brute force's."""
+    profile = _tied_chain(a=dict(param_bytes=4000, params=("w",), embedding=True), b={}, c={},
+                          d=dict(shared_params=("w",), forward_s=3.0))
     config = Config(num_stages=3, microbatches=3, schedule="1f1b", link_bandwidth=1000.0,
                     devices=tuple(Device(name=f"cpu:{i}", memory=0) for i in range(3)),
                     allreduce_latency_s=0.5, rows_sum_bandwidth=4000.0, rows_sum_latency_s=0.25)
@@ -271,24 +277,8 @@ def test_tied_sync_over_three_stages_is_a_ring(latency: float) -> None:
     """A weight read on all three stages syncs over a 3-rank ring (4/3 of its bytes through
     each rank, two latencies), two stages over 2 ranks (its bytes once, one latency): the
     MIP prices both as ``costs.evaluate`` does, and its optimum is brute force's."""
-    def node(name: str, **kw: object) -> NodeProfile:
-        base = dict(name=name, op="call_function", target="f", module=name, forward_s=1.0,
-                    backward_input_s=2.0, backward_weight_s=0.0, activation_bytes=8,
-                    output_bytes=8, param_bytes=0)
-        base.update(kw)
-        return NodeProfile(**base)  # type: ignore[arg-type]
-
-    nodes = (node("x", op="placeholder", target="x", module="", forward_s=0.0,
-                  backward_input_s=0.0, activation_bytes=0),
-             node("a", param_bytes=4000, params=("w",)), node("b", shared_params=("w",)),
-             node("c"), node("d", shared_params=("w",)),
-             NodeProfile(name="output", op="output", target="output", module="", forward_s=0.0,
-                         backward_input_s=0.0, backward_weight_s=0.0, activation_bytes=0,
-                         output_bytes=0, param_bytes=0, is_tensor=False))
-    names = [n.name for n in nodes]
-    edges = tuple((u, v, 8) for u, v in itertools.pairwise(names))
-    profile = Profile(device="t", dtype="float32", microbatch_shape=[[1]], nodes=nodes,
-                      edges=edges, params={"w": 4000})
+    profile = _tied_chain(a=dict(param_bytes=4000, params=("w",)), b=dict(shared_params=("w",)), c={},
+                          d=dict(shared_params=("w",)))
     config = Config(num_stages=3, microbatches=3, schedule="1f1b", link_bandwidth=1000.0,
                     devices=tuple(Device(name=f"d{i}", memory=0) for i in range(3)),
                     allreduce_latency_s=latency)

@@ -20,6 +20,7 @@ from autopipe.plan_format import Device
 from autopipe.profile.memory import ParamMemory, embedding_grad_bytes, param_memory
 from autopipe.profile.profile import NodeProfile, Profile
 from autopipe.schedule.actions import V_SHAPED, check_schedule, schedule_order
+from autopipe.trace.graph import tied_embeddings
 
 SCHEDULES = ("1f1b", "gpipe", "zb-h1", "interleaved-1f1b", "zbv", "dualpipev")
 """Schedules whose iteration time and memory the planner models exactly (one stage per rank,
@@ -423,7 +424,7 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
                    node_order=tuple(n.name for n in profile.nodes),
                    node_call={n.name: node_call(n) for n in profile.nodes},
                    workspace=loss.workspace_bytes if loss is not None else 0,
-                   rows_params=_rows_params(profile) if by_rows else frozenset())
+                   rows_params=tied_embeddings(profile.nodes, NodeProfile.is_embedding) if by_rows else frozenset())
 
 
 def node_call(node: NodeProfile) -> str:
@@ -441,7 +442,10 @@ def _embedding_grads(profile: Profile, param_bytes: dict[str, int], microbatches
     read by one node only, ``ZERO_PAGES_MIN`` or more ([Note: an embedding's gradient on
     zero pages] in ``autopipe.runtime.grad_accum``; the caller checks devices, dtype and
     schedule as ``fuse_weight_grads`` does)."""
-    readers = _reader_counts(profile)
+    readers: dict[str, int] = {}
+    for n in profile.nodes:
+        for p in {*n.params, *n.shared_params}:
+            readers[p] = readers.get(p, 0) + 1
     out = {}
     for n in profile.nodes:
         if not n.is_embedding() or len(n.params) != 1 or n.shared_params:
@@ -450,30 +454,6 @@ def _embedding_grads(profile: Profile, param_bytes: dict[str, int], microbatches
         if readers[p] == 1 and param_bytes.get(p, 0) >= ZERO_PAGES_MIN:
             out[p] = embedding_grad_bytes(param_bytes[p], n.output_bytes, n.activation_bytes, microbatches)
     return out
-
-
-def _rows_params(profile: Profile) -> frozenset[str]:
-    """Tied parameters read by two nodes, one an embedding reading nothing else: split over
-    two stages, their gradients are summed with the embedding's side sending its rows only
-    ([Note: a tied embedding's rows] in ``autopipe.runtime.sum_over``)."""
-    readers = _reader_counts(profile)
-    out = set()
-    for n in profile.nodes:
-        reads = {*n.params, *n.shared_params}
-        if n.is_embedding() and len(reads) == 1:
-            (p,) = reads
-            if readers[p] == 2:
-                out.add(p)
-    return frozenset(out)
-
-
-def _reader_counts(profile: Profile) -> dict[str, int]:
-    """Parameter → how many nodes read it."""
-    readers: dict[str, int] = {}
-    for n in profile.nodes:
-        for p in {*n.params, *n.shared_params}:
-            readers[p] = readers.get(p, 0) + 1
-    return readers
 
 
 def merge_blocks(blocks: Sequence[Block]) -> Block:

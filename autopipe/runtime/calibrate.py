@@ -77,7 +77,6 @@ if TYPE_CHECKING:
     from autopipe.profile.profile import Profile
     from autopipe.spec import ModelSpec
     from autopipe.trace import Graph
-    from autopipe.trace.graph import NodeInfo
 
 _WIDTH = 16
 _ROWS = 4
@@ -561,28 +560,27 @@ def measure_model_costs(spec: ModelSpec, graph: Graph, plan: Plan,
     blocks before each timed stage action and optimizer step ([Note: compute after a wait]).
     """
     from autopipe.runtime.placement import schedule_kind
+    from autopipe.trace.graph import tied_embeddings
 
     owner: dict[str, set[int]] = {}
-    readers: dict[str, list[NodeInfo]] = {}
     stage_of = plan.stage_of
     for info in graph.nodes:
         if info.name in stage_of:
             for name in (*info.params, *info.shared_params):
                 owner.setdefault(name, set()).add(stage_of[info.name])
-                readers.setdefault(name, []).append(info)
     params = dict(spec.model.named_parameters(remove_duplicate=False))
     tensors = [0] * plan.num_stages
     elements = [0] * plan.num_stages
     tied = [0] * plan.num_stages
     rows = [0] * plan.num_stages
     by_rows = _model_device(spec).type == "cpu" and not schedule_kind(plan.schedule).splits_backward
+    # [Note: a tied embedding's rows] in autopipe.runtime.sum_over
+    embeddings = tied_embeddings(graph.nodes, lambda n: n.embedding) if by_rows else frozenset()
     for name, stages in owner.items():
         p = params.get(name)
         if p is None or not p.requires_grad:
             continue
-        # [Note: a tied embedding's rows] in autopipe.runtime.sum_over
-        embedding = (by_rows and len(stages) == 2 and p.dtype == torch.float32 and len(readers[name]) == 2
-                     and any(r.embedding and len({*r.params, *r.shared_params}) == 1 for r in readers[name]))
+        embedding = name in embeddings and len(stages) == 2 and p.dtype == torch.float32
         for s in stages:
             tensors[s] += 1
             elements[s] += p.numel()

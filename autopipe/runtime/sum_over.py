@@ -39,7 +39,8 @@ Both hold ``mine + theirs`` in every row written on either side, the bits of a d
 sum (addition commutes), and elsewhere the dense copy's values (a dense sum would add
 +0 to them: the same value, though a -0 would become +0). Two sparse sides swap rows
 only. The sparse side needs no receive buffer. Between two pinned gloo ranks, the tied
-LM's 16 MiB took 7.2 ms this way against 12.7–13.8 ms swapped whole (2026-12-04);
+LM's 16 MiB took 7.2 ms this way against 12.7–13.8 ms swapped whole (2026-12-04; timed as
+the calibration times it, the embedding's rank 5 ms late: 6.9 against 14.6 ms);
 ``autopipe.runtime.calibrate`` prices it on its own line (``rows_sum_*``), and the planner
 uses that line for a tied weight read by one embedding and one other node
 (``Problem.rows_params``).

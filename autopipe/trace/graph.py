@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,3 +206,25 @@ def _fingerprint(graph: Graph) -> str:
         line = f"{n.op}|{target}|{n.shape}|{n.dtype}|{[index[i] for i in n.inputs]}|{params}|{n.is_tensor}\n"
         h.update(line.encode())
     return h.hexdigest()
+
+
+def tied_embeddings(nodes: Iterable[Any], is_embedding: Callable[[Any], bool]) -> frozenset[str]:
+    """Parameters read by exactly two of ``nodes``, one of them an embedding (``is_embedding``)
+    that reads nothing else: split over two stages, a CPU pair sums their gradients with the
+    embedding's side sending only the rows its step wrote ([Note: a tied embedding's rows] in
+    ``autopipe.runtime.sum_over``). ``nodes`` carry ``params`` and ``shared_params``
+    (``NodeInfo``, ``NodeProfile``)."""
+    nodes = list(nodes)
+    readers: dict[str, int] = {}
+    for n in nodes:
+        for p in {*n.params, *n.shared_params}:
+            readers[p] = readers.get(p, 0) + 1
+    out = set()
+    for n in nodes:
+        reads = {*n.params, *n.shared_params}
+        if len(reads) == 1 and is_embedding(n):
+            (p,) = reads
+            if readers[p] == 2:
+                out.add(p)
+    return frozenset(out)
+
