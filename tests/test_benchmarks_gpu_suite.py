@@ -18,8 +18,9 @@ def test_dry_run_measures_every_example(tmp_path: Path, capsys: pytest.CaptureFi
     rows = {r["model"]: r for r in summary["rows"]}
     assert code == 0, [r["errors"] for r in rows.values()]
     assert sorted(rows) == sorted(c.name for c in gpu_suite.CASES)
+    dtypes = {c.name: set(c.dtypes) for c in gpu_suite.CASES}
     for r in rows.values():
-        assert set(r["profiles"]) == {"fp32", "bf16"}
+        assert set(r["profiles"]) == dtypes[r["model"]]
         assert all(q["estimate_fb_s"] > 0 and q["nodes_fb_s"] > 0 for q in r["profiles"].values())
         assert len(r["stages"]) == gpu_suite.STAGES
         assert r["predicted_s"] > 0 and r["predicted_compute_only_s"] > 0
@@ -45,3 +46,12 @@ def test_missing_package_stops_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path
     err = capsys.readouterr().err
     assert "no_such_package_here" in err and "wheels" in err
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_set_overrides_one_case_knob() -> None:
+    knobs = gpu_suite.parse_knobs(["llama.seq_len=2048", "llama.dtype=float32", "mlp.x=1.5"],
+                                  {"llama", "mlp"})
+    assert knobs == {"llama": {"seq_len": 2048, "dtype": "float32"}, "mlp": {"x": 1.5}}
+    for bad in ("llama.seq_len", "seq_len=1", "gpt9.seq_len=1", "llama.=1"):
+        with pytest.raises(ValueError, match="MODEL.KNOB=VALUE"):
+            gpu_suite.parse_knobs([bad], {"llama", "mlp"})
