@@ -17,7 +17,10 @@ bf16 at 2,048 tokens a sequence, a wide MLP, ResNet and U-Net at real image size
    stage's Adam step measured on the GPU
    (``autopipe.runtime.calibrate.measure_model_costs``); and the peak CUDA memory
    of training against the plan's predicted peak;
-4. ``pytest -m gpu``.
+4. run one forward, loss and backward under ``benchmarks.op_scratch``: the memory single
+   aten calls take and hand back before returning (a cuDNN workspace), which the plans
+   do not count, next to how far training's peak went over the predicted one;
+5. ``pytest -m gpu``.
 
 Everything goes to ``--out`` (``$OUT`` on the device machine): ``summary.md`` (the
 tables), ``summary.json`` (every figure), ``pytest_gpu.txt`` and ``profiles.tar.gz``
@@ -50,6 +53,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchmarks.op_scratch import op_scratch
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -379,6 +384,14 @@ def run_case(case: Case, args: argparse.Namespace, device: str, device_spec: str
     except Exception as err:
         row["errors"].append(f"plan/train: {type(err).__name__}: {err}")
         traceback.print_exc()
+    try:  # after the timings: its dispatch mode slows every call
+        from autopipe.spec import example_target
+
+        row["op_scratch"] = op_scratch(spec.model, spec.example_inputs, spec.example_kwargs, spec.loss_fn,
+                                       example_target(spec))
+    except Exception as err:
+        row["errors"].append(f"op scratch: {type(err).__name__}: {err}")
+        traceback.print_exc()
     row["case_s"] = time.perf_counter() - t0
     return row
 
@@ -458,6 +471,19 @@ def tables(rows: list[dict[str, Any]], header: str) -> str:
                             f"{_r(u['measured_median_s'], r['measured_median_s'])} |")
     out += ["", "autopipe over uniform, steps/s:", "", "| model | predicted | measured |",
             "|---|---|---|", *speedups]
+    out += ["", "### Scratch: memory an aten call takes and hands back before it returns", "",
+            "One forward, loss and backward in the model's dtype (`benchmarks/op_scratch.py`); the "
+            "plans do not count it. Against it, training's peak over the predicted one.", "",
+            "| model | largest scratch of one call, MiB (op, calls with any) | training peak − predicted, MiB |",
+            "|---|---|---|"]
+    for r in rows:
+        if "op_scratch" not in r:
+            continue
+        ops = ", ".join(f"{o['bytes'] / 2**20:.1f} ({o['op']}, {o['calls']})" for o in r["op_scratch"])
+        gap = (r["train_peak_bytes"] - r["predicted_peak_bytes"]) / 2**20 if r.get("train_peak_bytes") \
+            and r.get("predicted_peak_bytes") else None
+        out.append(f"| {r['model']} | {ops or 'none measured (no allocator counters on the CPU)'} | "
+                   f"{'—' if gap is None else f'{gap:.0f}'} |")
     errors = [f"- {r['model']}: {e}" for r in rows for e in r["errors"]]
     if errors:
         out += ["", "### Errors", "", *errors]

@@ -30,6 +30,7 @@ def test_dry_run_measures_every_example(tmp_path: Path, capsys: pytest.CaptureFi
         # the same weights and batches: the two plans' first losses agree
         assert u["losses"][0] == pytest.approx(r["losses"][0], rel=1e-3)
         assert len(r["stage_module_fb_again_s"]) == len(u["stage_module_fb_again_s"]) == gpu_suite.STAGES
+        assert r["op_scratch"] == []  # the CPU has no allocator counters to read
     assert rows["llama"]["train_dtype"] == "bf16"  # the model's own dtype
     assert "pytest -m gpu: exit 0" in (tmp_path / "summary.md").read_text()
     with tarfile.open(tmp_path / "profiles.tar.gz") as tar:
