@@ -50,8 +50,10 @@ class StageMemory:
     """What the optimizer step allocates while it runs, when no activation is held
     (Adam's multi-tensor temporaries; fp32 gradients for 16-bit masters)."""
     workspace: int = 0
-    """The last stage: what it holds while the loss runs beyond the saved activations (the
-    model's output it reads, the loss's gradients and scratch); 0 elsewhere."""
+    """What the stage holds beyond its saved activations while one of its calls runs: on
+    the last stage the loss's (the model's output it reads, the loss's gradients and
+    scratch), or the largest scratch one of its nodes' calls takes (a cuDNN workspace,
+    measured on CUDA: ``NodeProfile.scratch_bytes``), whichever is larger; 0 without."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

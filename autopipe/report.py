@@ -229,7 +229,7 @@ def degree_lines(plan: Plan) -> list[str]:
 def stage_table(plan: Plan) -> list[str]:
     """One row per stage, then its modules and sends."""
     cols = ("stage", "device", "nodes", "forward", "backward", "comm", "per mb", "params",
-            "grads", "optim", "activ", "loss ws", "step tmp", "buffers", "total", "limit")
+            "grads", "optim", "activ", "workspace", "step tmp", "buffers", "total", "limit")
     rows = []
     for s in plan.stages:
         m = s.memory

@@ -276,7 +276,8 @@ def peak_memory(plan: Any, activations_peak: int) -> dict[str, int]:
     temporaries (one optimizer steps every stage's parameters at once: [Note: the
     optimizer step's temporaries])."""
     out = {k: sum(getattr(s.memory, k) for s in plan.stages)
-           for k in ("params", "grads", "optimizer", "buffers", "optimizer_step", "workspace")}
+           for k in ("params", "grads", "optimizer", "buffers", "optimizer_step")}
+    out["workspace"] = max(s.memory.workspace for s in plan.stages)  # one call runs at a time
     out["activations_peak"] = activations_peak
     held = out["params"] + out["grads"] + out["optimizer"] + out["buffers"]
     out["peak"] = held + max(activations_peak + out["workspace"], out["optimizer_step"])

@@ -7,47 +7,20 @@ something is held only while a call runs. A cuDNN convolution takes a workspace 
 PyTorch's caching allocator for the call and frees it before returning; so might other
 kernels. This probe runs one forward, loss and backward under a dispatch mode that reads
 the allocator's counters around every aten call (host-side counters: no synchronisation)
-and reports, per op, the largest scratch a call of it took:
-
-    scratch = peak allocated during the call - max(allocated before, allocated after)
-
-On the CPU (no allocator counters) it reports nothing.
+and reports, per op, the largest scratch a call of it took ([Note: a call's scratch] in
+``autopipe.profile._scratch``; ``measure`` records it per graph node, this probe per aten
+op). On the CPU (no allocator counters) it reports nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-
-class Counters(Protocol):
-    """The allocator's counters the probe reads around each call."""
-
-    def allocated(self) -> int: ...
-
-    def peak(self) -> int: ...
-
-    def reset_peak(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class CudaCounters:
-    """``torch.cuda``'s caching-allocator counters of one device."""
-
-    device: torch.device
-
-    def allocated(self) -> int:
-        return int(torch.cuda.memory_allocated(self.device))
-
-    def peak(self) -> int:
-        return int(torch.cuda.max_memory_allocated(self.device))
-
-    def reset_peak(self) -> None:
-        torch.cuda.reset_peak_memory_stats(self.device)
+from autopipe.profile._scratch import Counters, counters_for, with_scratch
 
 
 class OpScratch(TorchDispatchMode):  # type: ignore[no-untyped-call]
@@ -61,10 +34,7 @@ class OpScratch(TorchDispatchMode):  # type: ignore[no-untyped-call]
         self.calls: dict[str, int] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        before = self.counters.allocated()
-        self.counters.reset_peak()
-        out = func(*args, **(kwargs or {}))
-        scratch = self.counters.peak() - max(before, self.counters.allocated())
+        out, scratch = with_scratch(self.counters, lambda: func(*args, **(kwargs or {})))
         if scratch > 0:
             name = str(func.overloadpacket.__name__)
             self.largest[name] = max(self.largest.get(name, 0), scratch)
@@ -80,10 +50,9 @@ def op_scratch(model: torch.nn.Module, inputs: tuple[Any, ...], kwargs: dict[str
     ``counters`` default to the CUDA device of the model's parameters; on a CPU model, []."""
     params = [p for p in model.parameters() if p.requires_grad]
     if counters is None:
-        device = params[0].device if params else torch.device("cpu")
-        if device.type != "cuda":
+        counters = counters_for(params[0].device if params else torch.device("cpu"))
+        if counters is None:
             return []
-        counters = CudaCounters(device)
     mode = OpScratch(counters)
     with mode:
         loss = loss_fn(model(*inputs, **(kwargs or {})), target)

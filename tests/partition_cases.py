@@ -72,7 +72,9 @@ def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6) -> Profile
             backward_weight_s=draw(times(1.0)) if own else 0.0,
             activation_bytes=draw(st.integers(0, 4096)), output_bytes=out_bytes[name],
             param_bytes=params.get(pname, 0) if own else 0, params=(pname,) if own else (),
-            shared_params=shared, is_tensor=is_tensor))
+            shared_params=shared, is_tensor=is_tensor,
+            # a call's scratch (a cuDNN workspace), held while it runs: none, or some
+            scratch_bytes=draw(st.one_of(st.just(0), st.integers(0, 16384)))))
         for s in srcs:
             edges.append((s, name, out_bytes[s]))
             read.add(s)

@@ -40,6 +40,9 @@ def recompute_memory(profile: Profile, plan: Plan, optimizer: str) -> list[int]:
         act[stage["output"]] += loss.activation_bytes
         if loss.peak_bytes:
             work[stage["output"]] = loss.input_bytes + max(0, loss.peak_bytes - loss.activation_bytes)
+    # a call's scratch, held while it runs, one call at a time: the larger of it and the loss's
+    for n in profile.nodes:
+        work[stage[n.name]] = max(work[stage[n.name]], n.scratch_bytes)
     last: dict[str, int] = {}
     for src, dst, _ in profile.edges:
         last[src] = max(last.get(src, 0), stage[dst])

@@ -16,8 +16,11 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
                        + 2·(X_{s-1} + X_s)           (send/receive buffers, activation and gradient)
                        + max(activation bytes × in-flight micro-batches (``Config.inflight``,
                                from the schedule's order: 1F1B min(m, p−s); GPipe m; zb-h1 min(m, p))
-                               + the loss's workspace on the last stage (its input and its
-                               peak beyond what it saves: ``Problem.workspace``),
+                               + what one call holds while it runs beyond what it saves:
+                               the loss's workspace on the last stage (its input and its peak
+                               beyond what it saves: ``Problem.workspace``) or the stage's
+                               largest call scratch (a cuDNN workspace), whichever is larger
+                               (``Problem.held_while_running``),
                              Σ_{params read} optimizer step's temporaries)   (the step runs when no
                                activation is held: [Note: the optimizer step's temporaries])
 
@@ -147,8 +150,9 @@ class StageCost:
     optimizer_step: int = 0
     """Bytes the optimizer step allocates while it runs (held with no activations)."""
     workspace: int = 0
-    """The last stage: what it holds while the loss runs beyond the saved activations
-    (``Problem.workspace``), alongside them; 0 elsewhere."""
+    """What the stage holds beyond its saved activations while one of its calls runs,
+    alongside them: the loss's workspace on the last stage or its calls' largest scratch
+    (``Problem.held_while_running``)."""
 
     @property
     def memory(self) -> int:
@@ -223,7 +227,8 @@ class RankMemory:
     activations: int
     """The most activation bytes its chunks hold at once: max over the moments of
     ``Config.live_sets`` of Σ held micro-batches × the chunk's bytes per micro-batch, plus
-    ``recompute_bytes``, plus the last chunk's ``workspace``."""
+    ``recompute_bytes``, plus its chunks' ``workspace`` (the loss's and the calls' scratch,
+    summed over its chunks: an upper bound the ILP's rows share)."""
     moment: tuple[int, ...]
     """Micro-batches held per chunk (all chunks) at that peak."""
     limit: float
@@ -389,7 +394,8 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
             optimizer=sum(m.optimizer for m in mem),
             activations=act[s] * cfg.inflight(s) + live[s], buffers=2 * (recv + send),
             limit=float(dev.memory) if dev.memory > 0 else math.inf,
-            optimizer_step=sum(m.step for m in mem), workspace=problem.workspace if s == p - 1 else 0,
+            optimizer_step=sum(m.step for m in mem),
+            workspace=problem.held_while_running(s, (i for i, t in enumerate(stage_of) if t == s)),
             recompute_s=passes * again[s] / dev.speed, recompute_bytes=live[s]))
     tied = 0.0
     for q, readers in problem.readers().items():

@@ -458,8 +458,7 @@ class _Model:
             self.backward.append(self._named(bwd, f"B_{s}"))
             self.weight.append(self._named(wgt, f"W_{s}"))
             self.optimizer.append(self._named(opt, f"O_{s}"))
-            if s == p - 1:  # the loss runs alongside the activations, not the optimizer step
-                mem.const += problem.workspace / scale
+            self._held_while_running(s, scale, mem)
             for lin in (mem, temp):
                 if s > 0:
                     lin.add(x_bytes[s - 1], 2.0 / scale)
@@ -487,6 +486,32 @@ class _Model:
         self._tied_sync(objective, held)
         self.objective = objective
         self.prob += objective.expr()
+
+    def _held_while_running(self, s: int, scale: float, mem: _Lin) -> None:
+        """Adds to stage s's memory (a share of ``scale``) what one of its calls holds while it
+        runs, alongside the activations and not the optimizer step
+        (``Problem.held_while_running``): the loss's workspace on the last stage, or K_s ≥
+        each of its blocks' scratch, when any block that may be on it has one."""
+        problem = self.problem
+        loss = problem.workspace / scale if s == self.p - 1 else 0.0
+        scratchy = [b for b, blk in enumerate(problem.blocks)
+                    if blk.scratch_bytes / scale > loss and self.lo[b] <= s <= self.hi[b]]
+        if not scratchy:
+            mem.const += loss
+            return
+        var = self._var(f"K_{s}")
+        terms = []
+        for b in scratchy:
+            term = _Lin()
+            term.add(self.x(b, s), problem.blocks[b].scratch_bytes / scale)
+            terms.append(term)
+            self._row([(term, 1.0), (var, -1.0)], "<=", f"scratch_{b}_{s}")
+        if loss:
+            terms.append(_Lin())
+            terms[-1].const = loss
+            self._row([(terms[-1], 1.0), (var, -1.0)], "<=", f"scratch_loss_{s}")
+        self.peak_vars.append((var, terms))
+        mem.add(var, 1.0)
 
     def _rank_memory(self, static: list[_Lin], activations: list[_Lin], alive: list[_Lin]) -> list[_Lin]:
         """Per rank and moment of its program ([Note: chunks]): its chunks' static memory plus

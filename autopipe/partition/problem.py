@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from autopipe._malloc import ZERO_PAGES_MIN
@@ -209,6 +209,10 @@ class Block:
     recomputable: bool = False
     """Whether the block's forward may run again in its backward: it computes something and
     no node of it writes a tensor in place (a second run would write it twice)."""
+    scratch_bytes: int = 0
+    """The largest scratch of one call of its nodes (``NodeProfile.scratch_bytes``): held
+    on top of the stage's activations while that call runs ([Note: a call's scratch] in
+    ``autopipe.profile._scratch``)."""
 
     @property
     def work_s(self) -> float:
@@ -253,7 +257,8 @@ class Problem:
     aten.addmm.default weight,bias``): equal in two layers built alike (``node_call``)."""
     workspace: int = 0
     """Bytes the last stage holds while the loss runs, beyond its saved activations
-    (``LossCost.workspace_bytes``; [Note: the loss is part of the last stage])."""
+    (``LossCost.workspace_bytes``; [Note: the loss is part of the last stage]); see
+    ``held_while_running``."""
     rows_params: frozenset[str] = frozenset()
     """Tied parameters whose gradient, split over two stages, is summed with one side
     sending only the rows a step wrote: read by exactly two nodes, one of them an
@@ -268,6 +273,13 @@ class Problem:
     def size(self) -> int:
         """Number of blocks."""
         return len(self.blocks)
+
+    def held_while_running(self, stage: int, blocks: Iterable[int]) -> int:
+        """What ``stage``, holding ``blocks``, holds at most beyond its saved activations while
+        one of its calls runs: the loss's workspace on the last stage, or the largest
+        scratch of its blocks' calls, whichever is larger (one call runs at a time)."""
+        loss = self.workspace if stage == self.config.num_stages - 1 else 0
+        return max(loss, max((self.blocks[b].scratch_bytes for b in blocks), default=0))
 
     @property
     def num_real(self) -> int:
@@ -402,7 +414,8 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
             real=0 if n.op in ("placeholder", "output") else 1, pin=pin,
             # a recomputed embedding keeps autograd's gradient, which is written whole
             recomputable=n.op not in ("placeholder", "output") and not writes_in_place(n.target)
-            and not zero_page_grads.keys() & set(n.params)))
+            and not zero_page_grads.keys() & set(n.params),
+            scratch_bytes=n.scratch_bytes))
         dsts = readers.get(n.name)
         if dsts:
             # a non-tensor model input is a constant baked into the stages: it costs nothing
@@ -469,6 +482,7 @@ def merge_blocks(blocks: Sequence[Block]) -> Block:
         real=sum(b.real for b in blocks),
         pin="first" if "first" in pins else "last" if pins else "",
         recomputable=all(b.recomputable for b in blocks),
+        scratch_bytes=max((b.scratch_bytes for b in blocks), default=0),
     )
 
 

@@ -32,14 +32,15 @@ def assemble(
     for info in graph.nodes:
         c = costs.get(info.name, NodeCost())
         p = node_profile(graph, info.name, forward_s=c.forward_s, backward_input_s=c.backward_input_s,
-                         backward_weight_s=c.backward_weight_s, activation_bytes=c.activation_bytes)
+                         backward_weight_s=c.backward_weight_s, activation_bytes=c.activation_bytes,
+                         scratch_bytes=c.scratch_bytes)
         nodes.append(replace(p, output_bytes=output_bytes.get(info.name, info.output_bytes),
                               param_bytes=sum(params[q] for q in info.params)))
     out = {n.name: n.output_bytes for n in nodes}
     shapes = [list(x.shape) if isinstance(x, torch.Tensor) else [] for x in flat_inputs]
     return Profile(
         device=device, dtype=str(dtype).removeprefix("torch."), microbatch_shape=shapes,
-        nodes=tuple(nodes), edges=tuple((s, d, out[s]) for s, d in graph.dag.edges),
+        nodes=tuple(nodes), edges=tuple((s, d, out[s]) for s, d in graph.edges()),
         order=tuple(graph.order),
         graph_fingerprint=graph.fingerprint, method=method, params=params,
         tied=tuple(graph.tied), meta=meta)

@@ -25,6 +25,7 @@ class NodeCost:
     backward_input_s: float = 0.0
     backward_weight_s: float = 0.0
     activation_bytes: int = 0
+    scratch_bytes: int = 0
 
 
 def tensor_bytes(value: Any) -> int:

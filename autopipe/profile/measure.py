@@ -18,6 +18,7 @@ from autopipe.profile._copy import buffers_restored, fresh_inputs, module_tensor
 from autopipe.profile._node import NodeCall
 from autopipe.profile._progress import Progress
 from autopipe.profile._saved import SavedBytes
+from autopipe.profile._scratch import counters_for, with_scratch
 from autopipe.profile._setup import (
     check_counts,
     cpu_threads,
@@ -58,7 +59,10 @@ def measure(
     w.r.t. its parameters; medians are kept. The backward time is the median of the
     joint backward, split between inputs and weights in proportion to the two
     separately timed halves. ``activation_bytes`` counts what autograd saves, per
-    [Note: attributing saved tensors to nodes] in ``_saved.py``. A whole-model
+    [Note: attributing saved tensors to nodes] in ``_saved.py``. On CUDA ``scratch_bytes``
+    is what the node's forward or backward took and handed back before returning, read
+    from the caching allocator's counters around one more call of each ([Note: a call's
+    scratch] in ``_scratch.py``). A whole-model
     forward+backward of the same micro-batch is timed too and stored in
     ``profile.meta["whole_model"]`` (with ``peak_bytes`` from
     ``torch.cuda.max_memory_allocated`` on CUDA), so that the per-node sum can be
@@ -153,17 +157,25 @@ class _Measurer(NodeWalker):
         self.timer = timer
         self.saved = SavedBytes(exclude=module_tensors(gm))
         self.grad_overhead = _grad_call_overhead(timer)
+        self.counters = counters_for(device)
 
     def cost(self, call: NodeCall) -> tuple[Any, NodeCost]:
         forward_s = self.timer.median(call.forward, before=call.fresh)
         before = self.saved.total
         with self.saved.count():
-            out = call.run()
+            if self.counters is None:
+                out, scratch = call.run(), 0
+            else:
+                out, scratch = with_scratch(self.counters, call.run)
         activation = self.saved.total - before
         bi, bw = self._backward(call, out)
+        if self.counters is not None:
+            both = call.backward(out, "all")
+            if both is not None:  # once more, its gradients held until it returns
+                scratch = max(scratch, with_scratch(self.counters, both)[1])
         self.timer.sync()
         return out, NodeCost(forward_s=forward_s, backward_input_s=bi, backward_weight_s=bw,
-                             activation_bytes=activation)
+                             activation_bytes=activation, scratch_bytes=scratch)
 
     def _time_grad(self, fn: Any) -> float:
         return max(self.timer.median(fn) - self.grad_overhead, 0.0)

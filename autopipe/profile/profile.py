@@ -48,6 +48,12 @@ class NodeProfile:
     """Whether the node is an embedding lookup (``aten.embedding``, or a leaf ``nn.Embedding``
     that a CPU rank fuses): its weight's gradient is zero but for the rows it reads."""
 
+    scratch_bytes: int = 0
+    """The most bytes one call of the node (its forward, or its backward) takes beyond what
+    it keeps and hands back before it returns: a cuDNN convolution's workspace. Read from
+    the CUDA caching allocator's counters when measuring there ([Note: a call's scratch] in
+    ``autopipe.profile.measure``); 0 on the CPU and in estimates."""
+
     def is_embedding(self) -> bool:
         """An embedding lookup (profiles written before ``embedding`` existed: by its target)."""
         return self.embedding or self.target == "aten.embedding.default"
@@ -58,7 +64,7 @@ class NodeProfile:
             if not v >= 0:  # also catches NaN
                 raise ProfileError(f"node {self.name}: {f} = {v} is not a non-negative time",
                                    hint="re-profile the model")
-        for f in ("activation_bytes", "output_bytes", "param_bytes"):
+        for f in ("activation_bytes", "output_bytes", "param_bytes", "scratch_bytes"):
             if getattr(self, f) < 0:
                 raise ProfileError(f"node {self.name}: {f} is negative", hint="re-profile the model")
 
@@ -203,13 +209,14 @@ class Profile:
 
 def _node_json(n: NodeProfile) -> dict[str, Any]:
     out = {**asdict(n), "params": list(n.params), "shared_params": list(n.shared_params)}
-    if not n.embedding:  # the files of models without one stay as they were
-        del out["embedding"]
+    for f in ("embedding", "scratch_bytes"):
+        if not out[f]:  # the files of models without one stay as they were
+            del out[f]
     return out
 
 
 def node_profile(graph: Graph, name: str, *, forward_s: float, backward_input_s: float,
-                 backward_weight_s: float, activation_bytes: int) -> NodeProfile:
+                 backward_weight_s: float, activation_bytes: int, scratch_bytes: int = 0) -> NodeProfile:
     """A NodeProfile whose structural fields come from ``graph``."""
     info = graph.by_name[name]
     return NodeProfile(
@@ -219,5 +226,5 @@ def node_profile(graph: Graph, name: str, *, forward_s: float, backward_input_s:
         output_bytes=info.output_bytes,
         param_bytes=sum(graph.param_bytes[p] for p in info.params),
         params=info.params, shared_params=info.shared_params, is_tensor=info.is_tensor,
-        embedding=info.embedding,
+        embedding=info.embedding, scratch_bytes=int(scratch_bytes),
     )

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from autopipe.trace.aliasing import in_place_order
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,7 +63,10 @@ class Graph:
     Attributes:
         gm: the GraphModule, with flat inputs (``flat_inputs``) and a flat tuple output.
         dag: networkx DiGraph over node names; node attribute ``info`` (NodeInfo), edge
-            attribute ``bytes`` (size of the value carried on that edge).
+            attribute ``bytes`` (size of the value carried on that edge); made when first
+            read, so that what never reads it (a training rank, the profiler) does not
+            import networkx for it (12 MiB resident; a ``torch.export`` trace imports it
+            anyway, through functorch).
         nodes: NodeInfo of every node except ``get_attr`` (folded into their readers),
             in the fx (topological) order.
         param_bytes: canonical parameter name → bytes.
@@ -94,12 +100,6 @@ class Graph:
         self.signature = signature
         self.by_name = {n.name: n for n in self.nodes}
         self.param_owner = {p: n.name for n in self.nodes for p in n.params}
-        self.dag: nx.DiGraph = nx.DiGraph()
-        for n in self.nodes:
-            self.dag.add_node(n.name, info=n)
-        for n in self.nodes:
-            for src in n.inputs:
-                self.dag.add_edge(src, n.name, bytes=self.by_name[src].output_bytes)
         tensors = {n.name for n in self.nodes if n.is_tensor}
         self.order = [(a, b) for a, b in in_place_order(gm, tensors)
                       if a in self.by_name and b in self.by_name]
@@ -109,6 +109,29 @@ class Graph:
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+    def edges(self) -> Iterator[tuple[str, str]]:
+        """Every data edge ``(src, dst)`` once, in the order ``dag.edges`` lists them: by
+        ``src`` in node order, each one's readers in node order."""
+        readers: dict[str, dict[str, None]] = {n.name: {} for n in self.nodes}
+        for n in self.nodes:
+            for src in n.inputs:
+                readers[src][n.name] = None
+        for src, dsts in readers.items():
+            for dst in dsts:
+                yield src, dst
+
+    @functools.cached_property
+    def dag(self) -> nx.DiGraph:
+        """The graph as a networkx DiGraph (see the class's attributes)."""
+        import networkx as nx
+
+        dag = nx.DiGraph()
+        for n in self.nodes:
+            dag.add_node(n.name, info=n)
+        for src, dst in self.edges():
+            dag.add_edge(src, dst, bytes=self.by_name[src].output_bytes)
+        return dag
 
     def __repr__(self) -> str:
         return (f"Graph({len(self.nodes)} nodes, {len(self.param_bytes)} parameters, "
