@@ -18,8 +18,9 @@ bf16 at 2,048 tokens a sequence, a wide MLP, ResNet and U-Net at real image size
    (``autopipe.runtime.calibrate.measure_model_costs``); and the peak CUDA memory
    of training against the plan's predicted peak;
 4. run one forward, loss and backward under ``benchmarks.op_scratch``: the memory single
-   aten calls take and hand back before returning (a cuDNN workspace), which the plans
-   do not count, next to how far training's peak went over the predicted one;
+   aten calls take and hand back before returning (a cuDNN workspace; a GPU profile
+   records it per node and plans hold it), next to how far training's peak went over
+   the predicted one;
 5. ``pytest -m gpu``.
 
 Everything goes to ``--out`` (``$OUT`` on the device machine): ``summary.md`` (the
@@ -473,8 +474,9 @@ def tables(rows: list[dict[str, Any]], header: str) -> str:
     out += ["", "autopipe over uniform, steps/s:", "", "| model | predicted | measured |",
             "|---|---|---|", *speedups]
     out += ["", "### Scratch: memory an aten call takes and hands back before it returns", "",
-            "One forward, loss and backward in the model's dtype (`benchmarks/op_scratch.py`); the "
-            "plans do not count it. Against it, training's peak over the predicted one.", "",
+            "One forward, loss and backward in the model's dtype (`benchmarks/op_scratch.py`), per aten "
+            "op (the profile records it per node, and the plans hold it). Against it, training's "
+            "peak over the predicted one.", "",
             "| model | largest scratch of one call, MiB (op, calls with any) | training peak − predicted, MiB |",
             "|---|---|---|"]
     for r in rows:

@@ -1,8 +1,8 @@
 """Which aten calls of a training step take memory they hand back before they return: CUDA scratch.
 
-The plans' memory counts what a stage keeps (parameters, gradients, optimizer state,
-saved activations, the loss's workspace). On the H200 the convolution nets peaked 1.19
-of that in training and 1.20-1.28 over it in one forward and backward (docs/gpu.md):
+The plans' memory used to count only what a stage keeps (parameters, gradients,
+optimizer state, saved activations, the loss's workspace). On the H200 the convolution
+nets peaked 1.19 of that in training and 1.20-1.28 over it in one forward and backward (docs/gpu.md):
 something is held only while a call runs. A cuDNN convolution takes a workspace from
 PyTorch's caching allocator for the call and frees it before returning; so might other
 kernels. This probe runs one forward, loss and backward under a dispatch mode that reads

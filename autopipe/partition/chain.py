@@ -145,7 +145,7 @@ class Chain:
         step = self.pstep[i] - self.pstep[js] + _shared(self.shared_step, i, j)
         # Problem.held_while_running: the loss's workspace or the calls' largest scratch
         work = np.full(len(j), float(self.problem.workspace) if s == cfg.num_stages - 1 else 0.0)
-        if self.scratch[js].size and self.scratch[:i].any():
+        if len(j) and self.scratch[:i].any():
             # the largest scratch of blocks [j, i) for every j: a running max from i down
             suffix = np.maximum.accumulate(self.scratch[:i][::-1])[::-1]
             work = np.maximum(work, suffix[js])

@@ -52,7 +52,7 @@ class NodeProfile:
     """The most bytes one call of the node (its forward, or its backward) takes beyond what
     it keeps and hands back before it returns: a cuDNN convolution's workspace. Read from
     the CUDA caching allocator's counters when measuring there ([Note: a call's scratch] in
-    ``autopipe.profile.measure``); 0 on the CPU and in estimates."""
+    ``autopipe.profile._scratch``); 0 on the CPU and in estimates."""
 
     def is_embedding(self) -> bool:
         """An embedding lookup (profiles written before ``embedding`` existed: by its target)."""
