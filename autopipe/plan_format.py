@@ -52,8 +52,10 @@ class StageMemory:
     workspace: int = 0
     """What the stage holds beyond its saved activations while one of its calls runs: on
     the last stage the loss's (the model's output it reads, the loss's gradients and
-    scratch), or the largest scratch one of its nodes' calls takes (a cuDNN workspace,
-    measured on CUDA: ``NodeProfile.scratch_bytes``), whichever is larger; 0 without."""
+    scratch), or the most one of its nodes' calls holds: its scratch (a cuDNN workspace,
+    measured on CUDA: ``NodeProfile.scratch_bytes``) plus the gradients alive around its
+    backward ([Note: gradients around a backward call] in ``autopipe.profile.gradients``),
+    whichever is larger."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -134,6 +134,7 @@ def profile_part(row: dict[str, Any], graph: Any, spec: Any, device: str, dtype:
                  device_spec: str, folder: Path, warmup: int, repeats: int) -> tuple[Any, Any]:
     """Measure and estimate one dtype; record totals and the whole-model check in ``row``."""
     from autopipe.profile import estimate, measure
+    from autopipe.profile.gradients import gradients_around
     from autopipe.spec import example_target
 
     t0 = time.perf_counter()
@@ -146,6 +147,7 @@ def profile_part(row: dict[str, Any], graph: Any, spec: Any, device: str, dtype:
     p.save(folder / f"{row['model']}-{p.dtype}.json")
     whole = p.meta["whole_model"]
     params = sum(n.param_bytes for n in p.nodes)
+    around = gradients_around(p)
     row["profiles"][dtype] = {
         "measure_s": took,
         "nodes_fb_s": p.forward_s + p.backward_s,
@@ -156,8 +158,10 @@ def profile_part(row: dict[str, Any], graph: Any, spec: Any, device: str, dtype:
         "estimate_activation_bytes": e.activation_bytes,
         "param_bytes": params,
         "whole_peak_bytes": whole.get("peak_bytes"),
-        # one forward+backward holds the saved activations and, at its end, every gradient
-        "predicted_whole_peak_bytes": p.activation_bytes + params,
+        # one forward+backward holds the saved activations and, at its end, every gradient;
+        # while a node's backward runs, its call's scratch and the gradients around it
+        "predicted_whole_peak_bytes": p.activation_bytes + params + max(
+            (n.scratch_bytes + around[n.name] for n in p.nodes), default=0),
     }
     return p, e
 
@@ -485,7 +489,8 @@ def tables(rows: list[dict[str, Any]], header: str) -> str:
         ops = ", ".join(f"{o['bytes'] / 2**20:.1f} ({o['op']}, {o['calls']})" for o in r["op_scratch"])
         gap = (r["train_peak_bytes"] - r["predicted_peak_bytes"]) / 2**20 if r.get("train_peak_bytes") \
             and r.get("predicted_peak_bytes") else None
-        out.append(f"| {r['model']} | {ops or 'none measured (no allocator counters on the CPU)'} | "
+        none = "none measured (no allocator counters on the CPU)" if r["knobs"]["device"] == "cpu" else "none"
+        out.append(f"| {r['model']} | {ops or none} | "
                    f"{'—' if gap is None else f'{gap:.0f}'} |")
     errors = [f"- {r['model']}: {e}" for r in rows for e in r["errors"]]
     if errors:

@@ -40,9 +40,17 @@ def recompute_memory(profile: Profile, plan: Plan, optimizer: str) -> list[int]:
         act[stage["output"]] += loss.activation_bytes
         if loss.peak_bytes:
             work[stage["output"]] = loss.input_bytes + max(0, loss.peak_bytes - loss.activation_bytes)
-    # a call's scratch, held while it runs, one call at a time: the larger of it and the loss's
+    # a call's scratch and the gradients alive around its backward (those of the values made
+    # at or before it and read after it, of its inputs and of its parameters), held while it runs, one call
+    # at a time: the larger of it and the loss's
+    pos = {n.name: i for i, n in enumerate(profile.nodes)}
+    grad = {n.name: 0 if n.op == "placeholder" or not n.is_tensor else n.output_bytes for n in profile.nodes}
     for n in profile.nodes:
-        work[stage[n.name]] = max(work[stage[n.name]], n.scratch_bytes)
+        wide = {src for src, dst, _ in profile.edges if pos[src] <= pos[n.name] < pos[dst]}
+        reads = {src for src, dst, _ in profile.edges if dst == n.name}
+        grads = (sum(grad[v] for v in wide) + sum(grad[v] for v in reads)
+                 + sum(profile.params[q] for q in set(n.params + n.shared_params)))
+        work[stage[n.name]] = max(work[stage[n.name]], n.scratch_bytes + grads)
     last: dict[str, int] = {}
     for src, dst, _ in profile.edges:
         last[src] = max(last.get(src, 0), stage[dst])

@@ -43,7 +43,7 @@ class Chain:
         self.fwd = np.concatenate([[0.0], np.cumsum([b.forward_s for b in blocks])])
         self.act = np.concatenate([[0.0], np.cumsum([float(b.activation_bytes) for b in blocks])])
         self.real = np.concatenate([[0], np.cumsum([b.real for b in blocks])])
-        self.scratch = np.array([float(b.scratch_bytes) for b in blocks], dtype=np.float64)
+        self.transient = np.array([float(b.transient_bytes) for b in blocks], dtype=np.float64)
         readers = problem.readers()
         single = np.zeros(n)
         step = np.zeros(n)
@@ -143,11 +143,11 @@ class Chain:
             freed = self.freed(cfg.inflight(s))
             act = act - (freed[i] - freed[js])
         step = self.pstep[i] - self.pstep[js] + _shared(self.shared_step, i, j)
-        # Problem.held_while_running: the loss's workspace or the calls' largest scratch
+        # Problem.held_while_running: the loss's workspace or the blocks' largest transient
         work = np.full(len(j), float(self.problem.workspace) if s == cfg.num_stages - 1 else 0.0)
-        if len(j) and self.scratch[:i].any():
-            # the largest scratch of blocks [j, i) for every j: a running max from i down
-            suffix = np.maximum.accumulate(self.scratch[:i][::-1])[::-1]
+        if len(j) and self.transient[:i].any():
+            # the largest transient of blocks [j, i) for every j: a running max from i down
+            suffix = np.maximum.accumulate(self.transient[:i][::-1])[::-1]
             work = np.maximum(work, suffix[js])
         mem: FloatArray = held + np.maximum(act + work, step)
         return mem

@@ -19,7 +19,8 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
                                + what one call holds while it runs beyond what it saves:
                                the loss's workspace on the last stage (its input and its peak
                                beyond what it saves: ``Problem.workspace``) or the stage's
-                               largest call scratch (a cuDNN workspace), whichever is larger
+                               largest of a call's scratch (a cuDNN workspace) plus the
+                               gradients alive around its backward, whichever is larger
                                (``Problem.held_while_running``),
                              Σ_{params read} optimizer step's temporaries)   (the step runs when no
                                activation is held: [Note: the optimizer step's temporaries])
@@ -152,7 +153,7 @@ class StageCost:
     workspace: int = 0
     """What the stage holds beyond its saved activations while one of its calls runs,
     alongside them: the loss's workspace on the last stage or its calls' largest scratch
-    (``Problem.held_while_running``)."""
+    with the gradients around it (``Problem.held_while_running``)."""
 
     @property
     def memory(self) -> int:
@@ -227,7 +228,7 @@ class RankMemory:
     activations: int
     """The most activation bytes its chunks hold at once: max over the moments of
     ``Config.live_sets`` of Σ held micro-batches × the chunk's bytes per micro-batch, plus
-    ``recompute_bytes``, plus its chunks' ``workspace`` (the loss's and the calls' scratch,
+    ``recompute_bytes``, plus its chunks' ``workspace`` (the loss's, or the calls' scratch and gradients,
     summed over its chunks: an upper bound the ILP's rows share)."""
     moment: tuple[int, ...]
     """Micro-batches held per chunk (all chunks) at that peak."""

@@ -491,25 +491,26 @@ class _Model:
         """Adds to stage s's memory (a share of ``scale``) what one of its calls holds while it
         runs, alongside the activations and not the optimizer step
         (``Problem.held_while_running``): the loss's workspace on the last stage, or K_s ≥
-        each of its blocks' scratch, when any block that may be on it has one."""
+        each of its blocks' ``transient_bytes`` (a call's scratch and the gradients around
+        it), when any block that may be on it has more."""
         problem = self.problem
         loss = problem.workspace / scale if s == self.p - 1 else 0.0
-        scratchy = [b for b, blk in enumerate(problem.blocks)
-                    if blk.scratch_bytes / scale > loss and self.lo[b] <= s <= self.hi[b]]
-        if not scratchy:
+        transient = [b for b, blk in enumerate(problem.blocks)
+                    if blk.transient_bytes / scale > loss and self.lo[b] <= s <= self.hi[b]]
+        if not transient:
             mem.const += loss
             return
         var = self._var(f"K_{s}")
         terms = []
-        for b in scratchy:
+        for b in transient:
             term = _Lin()
-            term.add(self.x(b, s), problem.blocks[b].scratch_bytes / scale)
+            term.add(self.x(b, s), problem.blocks[b].transient_bytes / scale)
             terms.append(term)
-            self._row([(term, 1.0), (var, -1.0)], "<=", f"scratch_{b}_{s}")
+            self._row([(term, 1.0), (var, -1.0)], "<=", f"transient_{b}_{s}")
         if loss:
             terms.append(_Lin())
             terms[-1].const = loss
-            self._row([(terms[-1], 1.0), (var, -1.0)], "<=", f"scratch_loss_{s}")
+            self._row([(terms[-1], 1.0), (var, -1.0)], "<=", f"transient_loss_{s}")
         self.peak_vars.append((var, terms))
         mem.add(var, 1.0)
 

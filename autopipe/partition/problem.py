@@ -17,6 +17,7 @@ from autopipe.errors import PlanError
 from autopipe.partition.chunks import Live, chunk_inflight, live_sets, rank_of
 from autopipe.partition.timeline import splits_backward
 from autopipe.plan_format import Device
+from autopipe.profile.gradients import gradients_around
 from autopipe.profile.memory import ParamMemory, embedding_grad_bytes, param_memory
 from autopipe.profile.profile import NodeProfile, Profile
 from autopipe.schedule.actions import V_SHAPED, check_schedule, schedule_order
@@ -209,10 +210,11 @@ class Block:
     recomputable: bool = False
     """Whether the block's forward may run again in its backward: it computes something and
     no node of it writes a tensor in place (a second run would write it twice)."""
-    scratch_bytes: int = 0
-    """The largest scratch of one call of its nodes (``NodeProfile.scratch_bytes``): held
-    on top of the stage's activations while that call runs ([Note: a call's scratch] in
-    ``autopipe.profile._scratch``)."""
+    transient_bytes: int = 0
+    """The most one call of its nodes holds on top of the stage's activations while it
+    runs: the call's scratch (``NodeProfile.scratch_bytes``, [Note: a call's scratch] in
+    ``autopipe.profile._scratch``) plus the gradients alive around its backward
+    ([Note: gradients around a backward call] in ``autopipe.profile.gradients``)."""
 
     @property
     def work_s(self) -> float:
@@ -277,9 +279,10 @@ class Problem:
     def held_while_running(self, stage: int, blocks: Iterable[int]) -> int:
         """What ``stage``, holding ``blocks``, holds at most beyond its saved activations while
         one of its calls runs: the loss's workspace on the last stage, or the largest
-        scratch of its blocks' calls, whichever is larger (one call runs at a time)."""
+        ``Block.transient_bytes`` of its blocks (a call's scratch and the gradients around
+        it), whichever is larger (one call runs at a time)."""
         loss = self.workspace if stage == self.config.num_stages - 1 else 0
-        return max(loss, max((self.blocks[b].scratch_bytes for b in blocks), default=0))
+        return max(loss, max((self.blocks[b].transient_bytes for b in blocks), default=0))
 
     @property
     def num_real(self) -> int:
@@ -400,6 +403,7 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
     blocks: list[Block] = []
     values: list[Value] = []
     loss = profile.loss
+    around = gradients_around(profile)
     for i, n in enumerate(profile.nodes):
         pin = "first" if n.op == "placeholder" else "last" if n.op == "output" else ""
         # the loss runs on the last stage, after its forward: charged to the output node
@@ -415,7 +419,7 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
             # a recomputed embedding keeps autograd's gradient, which is written whole
             recomputable=n.op not in ("placeholder", "output") and not writes_in_place(n.target)
             and not zero_page_grads.keys() & set(n.params),
-            scratch_bytes=n.scratch_bytes))
+            transient_bytes=n.scratch_bytes + around[n.name]))
         dsts = readers.get(n.name)
         if dsts:
             # a non-tensor model input is a constant baked into the stages: it costs nothing
@@ -482,7 +486,7 @@ def merge_blocks(blocks: Sequence[Block]) -> Block:
         real=sum(b.real for b in blocks),
         pin="first" if "first" in pins else "last" if pins else "",
         recomputable=all(b.recomputable for b in blocks),
-        scratch_bytes=max((b.scratch_bytes for b in blocks), default=0),
+        transient_bytes=max((b.transient_bytes for b in blocks), default=0),
     )
 
 
