@@ -136,16 +136,30 @@ def test_violations() -> None:
 
 
 def test_the_optimizer_step_runs_without_activations() -> None:
-    """A stage's peak is what it holds plus the larger of its activations and the step's
-    temporaries ([Note: the optimizer step's temporaries])."""
+    """A stage's peak is what it holds plus the larger of its step's temporaries ([Note:
+    the optimizer step's temporaries]) and its activations with what one call holds while
+    it runs ([Note: gradients around a backward call])."""
+    # x → a(w) → b(v) → c → output: stage 0 = x, a, b steps 2 × 4000 bytes at once, but one
+    # call holds only one weight's gradient
+    nodes = (_node("x", "placeholder", out=10), _node("a", act=100, out=10, params=("w",)),
+             _node("b", act=100, out=10, params=("v",)), _node("c", act=100, out=10),
+             _node("output", "output", tensor=False))
+    edges = (("x", "a", 10), ("a", "b", 10), ("b", "c", 10), ("c", "output", 10))
+    two = Profile(device="t", dtype="float32", microbatch_shape=[[1]], nodes=nodes, edges=edges,
+                  params={"w": 4000, "v": 4000})
+    ev = evaluate(from_profile(two, config(p=2), optimizer="adam"), [0, 0, 0, 1, 1])
+    s0, s1 = ev.stages
+    held = 2 * param_memory(4000, optimizer="adam").total
+    assert (s0.optimizer_step, s1.optimizer_step) == (8000, 0)
+    # b's backward: the width after it (10), its input a (10) and v's gradient (4000)
+    assert (s0.workspace, s0.activations) == (4020, 2 * 200)
+    assert s0.memory == held + s0.buffers + 8000  # 400 + 4020 < 8000: the step is the peak
+    assert (s1.workspace, s1.memory) == (20, s1.buffers + 100 + 20)  # c: its output and b's
+    # the skip: a's backward holds a's gradient (read again by c) and w's, 1000 + 400, on
+    # top of 3 micro-batches' activations (300), over the step's 400
     problem = from_profile(skip_profile(), config(), optimizer="adam")
-    ev = evaluate(problem, [0, 0, 1, 2, 2])
-    s0, s1, s2 = ev.stages
-    assert (s0.optimizer_step, s1.optimizer_step, s2.optimizer_step) == (400, 0, 400)
-    # stage 0 holds 3 micro-batches of activations (300 < 400): the step is its peak
-    assert s0.memory == 400 + 400 + 800 + s0.buffers + 400
-    # stage 2 holds one (100): the step again
-    assert s2.memory == 400 + 400 + 800 + s2.buffers + 400
-    assert s1.memory == s1.buffers + s1.activations
+    s0 = evaluate(problem, [0, 0, 1, 2, 2]).stages[0]
+    assert (s0.optimizer_step, s0.workspace) == (400, 1400)
+    assert s0.memory == 400 + 400 + 800 + s0.buffers + 300 + 1400
     sgd = evaluate(from_profile(skip_profile(), config(), optimizer="sgd"), [0, 0, 1, 2, 2])
-    assert sgd.stages[0].optimizer_step == 0 and sgd.stages[0].memory == 800 + sgd.stages[0].buffers + 300
+    assert sgd.stages[0].optimizer_step == 0 and sgd.stages[0].memory == 800 + sgd.stages[0].buffers + 300 + 1400
