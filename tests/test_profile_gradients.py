@@ -18,10 +18,10 @@ from autopipe.profile.profile import NodeProfile, Profile
 
 
 def _node(name: str, op: str = "call_function", out: int = 0, params: tuple[str, ...] = (),
-          shared: tuple[str, ...] = (), is_tensor: bool = True) -> NodeProfile:
+          shared: tuple[str, ...] = (), is_tensor: bool = True, linear: bool = False) -> NodeProfile:
     return NodeProfile(name=name, op=op, target="f", module="", forward_s=0.0, backward_input_s=0.0,
                        backward_weight_s=0.0, activation_bytes=0, output_bytes=out, param_bytes=0,
-                       params=params, shared_params=shared, is_tensor=is_tensor)
+                       params=params, shared_params=shared, is_tensor=is_tensor, linear=linear)
 
 
 def test_width_inputs_and_weights_by_hand() -> None:
@@ -42,6 +42,21 @@ def test_width_inputs_and_weights_by_hand() -> None:
         "d": 80 + 40 + 3,      # d crosses to the output; it reads c (and n) and w
         "output": 80,          # it reads d
     }
+
+
+def test_weights_added_in_place_make_no_copy() -> None:
+    """Where ranks add linear layers' weight gradients in place (CPU), a linear layer's own
+    weight makes no copy; a weight another node reads too still does."""
+    nodes = (_node("x", "placeholder", out=8), _node("a", out=10, params=("w",), linear=True),
+             _node("b", out=20, params=("v",), linear=True), _node("c", out=30, shared=("w",)),
+             _node("output", "output", is_tensor=False))
+    edges = (("x", "a", 8), ("a", "b", 10), ("b", "c", 20), ("c", "output", 30))
+    p = Profile(device="test", dtype="float32", microbatch_shape=[[1]], nodes=nodes, edges=edges,
+                method="synthetic", params={"w": 300, "v": 500})
+    copied, in_place = gradients_around(p), gradients_around(p, in_place=True)
+    assert (copied["a"], in_place["a"]) == (10 + 300, 10 + 300)  # w is read by c too
+    assert (copied["b"], in_place["b"]) == (20 + 10 + 500, 20 + 10)
+    assert copied["c"] == in_place["c"] == 30 + 20 + 300  # not a linear layer
 
 
 @pytest.mark.parametrize("name, knobs", [

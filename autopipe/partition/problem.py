@@ -403,7 +403,9 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
     blocks: list[Block] = []
     values: list[Value] = []
     loss = profile.loss
-    around = gradients_around(profile)
+    # CPU ranks add embeddings' and linear layers' weight gradients in place, as they
+    # accumulate rows ([Note: weight gradients accumulated in place])
+    around = gradients_around(profile, in_place=fused and not splits_backward(config.schedule))
     for i, n in enumerate(profile.nodes):
         pin = "first" if n.op == "placeholder" else "last" if n.op == "output" else ""
         # the loss runs on the last stage, after its forward: charged to the output node

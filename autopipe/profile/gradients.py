@@ -16,7 +16,8 @@ the saved activations, the stage holds
 is the call's output, which autograd adds into the first once the call returns (for a
 value read twice, a residual, both are alive until it does). The third is the weight
 gradient a call makes before autograd adds it into the one the earlier micro-batches
-left (every micro-batch but a step's first). Only tensors made by a node count: the
+left (every micro-batch but a step's first; not where a CPU rank adds an embedding's or a
+linear layer's into ``.grad`` in place). Only tensors made by a node count: the
 model's inputs get no gradient, and a non-tensor none either. Values that get no
 gradient all the same (a mask, a position table) are counted: the bound errs high, by
 their size.
@@ -43,14 +44,23 @@ from __future__ import annotations
 from autopipe.profile.profile import Profile
 
 
-def gradients_around(profile: Profile) -> dict[str, int]:
+def gradients_around(profile: Profile, *, in_place: bool = False) -> dict[str, int]:
     """Node name → bytes of gradients alive while its backward runs ([Note: gradients
     around a backward call]): the graph's width after it, its inputs and its parameters,
     counting only tensor values made by a node. Nodes must be in topological order (as
-    profiles keep them)."""
+    profiles keep them).
+
+    ``in_place``: the ranks add embeddings' and linear layers' weight gradients into
+    ``.grad`` in place (CPU ranks without a split backward: [Note: weight gradients
+    accumulated in place] in ``autopipe.runtime.grad_accum``), so those nodes make no
+    weight-gradient copy, where no other node reads the weight."""
     index = {n.name: i for i, n in enumerate(profile.nodes)}
     grad = {n.name: 0 if n.op == "placeholder" or not n.is_tensor else n.output_bytes
             for n in profile.nodes}
+    readers: dict[str, int] = {}
+    for n in profile.nodes:
+        for q in {*n.params, *n.shared_params}:
+            readers[q] = readers.get(q, 0) + 1
     last: dict[str, int] = {}
     inputs: dict[str, set[str]] = {}
     for src, dst, _ in profile.edges:
@@ -65,7 +75,9 @@ def gradients_around(profile: Profile) -> dict[str, int]:
     for i, n in enumerate(profile.nodes):
         width += grad[n.name] if n.name in last else 0
         width -= ends[i]
-        weights = sum(profile.params.get(q, 0) for q in {*n.params, *n.shared_params})
+        fused = in_place and (n.is_embedding() or n.is_linear())
+        weights = sum(profile.params.get(q, 0) for q in {*n.params, *n.shared_params}
+                      if not (fused and readers[q] == 1))
         out[n.name] = width + sum(grad[s] for s in inputs.get(n.name, ())) + weights
     assert width == 0, "every value is read by a later node"
     return out

@@ -47,12 +47,21 @@ class NodeProfile:
     embedding: bool = False
     """Whether the node is an embedding lookup (``aten.embedding``, or a leaf ``nn.Embedding``
     that a CPU rank fuses): its weight's gradient is zero but for the rows it reads."""
+    linear: bool = False
+    """Whether the node is a linear layer (``aten.linear``, or a leaf ``nn.Linear``): a CPU
+    rank adds its weight's gradient into ``.grad`` in place ([Note: weight gradients
+    accumulated in place] in ``autopipe.runtime.grad_accum``)."""
 
     scratch_bytes: int = 0
     """The most bytes one call of the node (its forward, or its backward) takes beyond what
     it keeps and hands back before it returns: a cuDNN convolution's workspace. Read from
     the CUDA caching allocator's counters when measuring there ([Note: a call's scratch] in
     ``autopipe.profile._scratch``); 0 on the CPU and in estimates."""
+
+    def is_linear(self) -> bool:
+        """A linear layer (profiles written before ``linear`` existed: by an ``aten.linear``
+        target; a leaf ``nn.Linear`` of those reads as not one)."""
+        return self.linear or self.target == "aten.linear.default"
 
     def is_embedding(self) -> bool:
         """An embedding lookup (profiles written before ``embedding`` existed: by its target)."""
@@ -209,7 +218,7 @@ class Profile:
 
 def _node_json(n: NodeProfile) -> dict[str, Any]:
     out = {**asdict(n), "params": list(n.params), "shared_params": list(n.shared_params)}
-    for f in ("embedding", "scratch_bytes"):
+    for f in ("embedding", "linear", "scratch_bytes"):
         if not out[f]:  # the files of models without one stay as they were
             del out[f]
     return out
@@ -226,5 +235,5 @@ def node_profile(graph: Graph, name: str, *, forward_s: float, backward_input_s:
         output_bytes=info.output_bytes,
         param_bytes=sum(graph.param_bytes[p] for p in info.params),
         params=info.params, shared_params=info.shared_params, is_tensor=info.is_tensor,
-        embedding=info.embedding, scratch_bytes=int(scratch_bytes),
+        embedding=info.embedding, linear=info.linear, scratch_bytes=int(scratch_bytes),
     )

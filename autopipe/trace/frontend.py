@@ -468,7 +468,7 @@ def _build(
             params=tuple(mine), shared_params=tuple(p for p in params if p not in mine),
             buffers=tuple(buffers),
             inputs=tuple(dict.fromkeys(a.name for a in n.all_input_nodes if a.op != "get_attr")),
-            embedding=_is_embedding(n, modules),
+            embedding=_is_embedding(n, modules), linear=_is_linear(n, modules),
         ))
     unused = [p for p in param_bytes if p not in owned]
     if unused:
@@ -491,6 +491,14 @@ def _is_embedding(n: fx.Node, modules: dict[str, torch.nn.Module]) -> bool:
     m = modules.get(str(n.target))
     return (type(m) is torch.nn.Embedding and m.max_norm is None and not m.scale_grad_by_freq
             and not m.sparse)
+
+
+def _is_linear(n: fx.Node, modules: dict[str, torch.nn.Module]) -> bool:
+    """``aten.linear``, or a leaf ``nn.Linear`` (exactly that class), as the CPU ranks'
+    ``fuse_weight_grads`` finds them (``autopipe.runtime.grad_accum``)."""
+    if n.op == "call_function":
+        return n.target is torch.ops.aten.linear.default
+    return n.op == "call_module" and type(modules.get(str(n.target))) is torch.nn.Linear
 
 
 def _nbytes(t: torch.Tensor) -> int:

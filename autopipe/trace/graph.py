@@ -50,6 +50,8 @@ class NodeInfo:
     embedding: bool = False
     """An embedding lookup: ``aten.embedding``, or a leaf ``nn.Embedding`` that neither
     renormalises its rows nor scales or sparsifies its gradient."""
+    linear: bool = False
+    """A linear layer: ``aten.linear``, or a leaf ``nn.Linear`` (that class exactly)."""
 
     @property
     def top_level(self) -> bool:
