@@ -142,7 +142,7 @@ def test_none_keeps_the_plans_byte_identical(tmp_path: Path, monkeypatch: pytest
     optimizer step's temporaries]): the only bytes that differ; and stages hold the
     gradients around a backward call ([Note: gradients around a backward call]), left out
     here, as that version did."""
-    monkeypatch.setattr(problem_module, "gradients_around", lambda p: {n.name: 0 for n in p.nodes})
+    monkeypatch.setattr(problem_module, "gradients_around", lambda p, **_: {n.name: 0 for n in p.nodes})
     prof = Profile.load(ROOT / "profiles" / "cpu" / "gpt2.json")
     options = dict(num_stages=2, memory_limit="51MiB", microbatches=4)
     none = plan_profile(prof, **options, recompute="none")  # type: ignore[arg-type]
