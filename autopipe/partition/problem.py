@@ -21,7 +21,7 @@ from autopipe.profile.gradients import gradients_around
 from autopipe.profile.memory import ParamMemory, embedding_grad_bytes, param_memory
 from autopipe.profile.profile import NodeProfile, Profile
 from autopipe.schedule.actions import V_SHAPED, check_schedule, schedule_order
-from autopipe.trace.graph import tied_embeddings
+from autopipe.trace.graph import param_readers, tied_embeddings
 
 SCHEDULES = ("1f1b", "gpipe", "zb-h1", "interleaved-1f1b", "zbv", "dualpipev")
 """Schedules whose iteration time and memory the planner models exactly (one stage per rank,
@@ -461,10 +461,7 @@ def _embedding_grads(profile: Profile, param_bytes: dict[str, int], microbatches
     read by one node only, ``ZERO_PAGES_MIN`` or more ([Note: an embedding's gradient on
     zero pages] in ``autopipe.runtime.grad_accum``; the caller checks devices, dtype and
     schedule as ``fuse_weight_grads`` does)."""
-    readers: dict[str, int] = {}
-    for n in profile.nodes:
-        for p in {*n.params, *n.shared_params}:
-            readers[p] = readers.get(p, 0) + 1
+    readers = param_readers(profile.nodes)
     out = {}
     for n in profile.nodes:
         if not n.is_embedding() or len(n.params) != 1 or n.shared_params:

@@ -42,6 +42,7 @@ small ResNet).
 from __future__ import annotations
 
 from autopipe.profile.profile import Profile
+from autopipe.trace.graph import param_readers
 
 
 def gradients_around(profile: Profile, *, in_place: bool = False) -> dict[str, int]:
@@ -57,10 +58,7 @@ def gradients_around(profile: Profile, *, in_place: bool = False) -> dict[str, i
     index = {n.name: i for i, n in enumerate(profile.nodes)}
     grad = {n.name: 0 if n.op == "placeholder" or not n.is_tensor else n.output_bytes
             for n in profile.nodes}
-    readers: dict[str, int] = {}
-    for n in profile.nodes:
-        for q in {*n.params, *n.shared_params}:
-            readers[q] = readers.get(q, 0) + 1
+    readers = param_readers(profile.nodes)
     last: dict[str, int] = {}
     inputs: dict[str, set[str]] = {}
     for src, dst, _ in profile.edges:

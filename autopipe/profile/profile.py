@@ -51,7 +51,6 @@ class NodeProfile:
     """Whether the node is a linear layer (``aten.linear``, or a leaf ``nn.Linear``): a CPU
     rank adds its weight's gradient into ``.grad`` in place ([Note: weight gradients
     accumulated in place] in ``autopipe.runtime.grad_accum``)."""
-
     scratch_bytes: int = 0
     """The most bytes one call of the node (its forward, or its backward) takes beyond what
     it keeps and hands back before it returns: a cuDNN convolution's workspace. Read from

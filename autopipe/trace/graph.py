@@ -233,6 +233,16 @@ def _fingerprint(graph: Graph) -> str:
     return h.hexdigest()
 
 
+def param_readers(nodes: Iterable[Any]) -> dict[str, int]:
+    """Parameter → how many of ``nodes`` read it (owned or shared; ``NodeInfo``,
+    ``NodeProfile``)."""
+    readers: dict[str, int] = {}
+    for n in nodes:
+        for p in {*n.params, *n.shared_params}:
+            readers[p] = readers.get(p, 0) + 1
+    return readers
+
+
 def tied_embeddings(nodes: Iterable[Any], is_embedding: Callable[[Any], bool]) -> frozenset[str]:
     """Parameters read by exactly two of ``nodes``, one of them an embedding (``is_embedding``)
     that reads nothing else: split over two stages, a CPU pair sums their gradients with the
@@ -240,10 +250,7 @@ def tied_embeddings(nodes: Iterable[Any], is_embedding: Callable[[Any], bool]) -
     ``autopipe.runtime.sum_over``). ``nodes`` carry ``params`` and ``shared_params``
     (``NodeInfo``, ``NodeProfile``)."""
     nodes = list(nodes)
-    readers: dict[str, int] = {}
-    for n in nodes:
-        for p in {*n.params, *n.shared_params}:
-            readers[p] = readers.get(p, 0) + 1
+    readers = param_readers(nodes)
     out = set()
     for n in nodes:
         reads = {*n.params, *n.shared_params}
