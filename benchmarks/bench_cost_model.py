@@ -21,7 +21,12 @@ plan. The drift is a record, not a correction: a 1 s sample before a run of seve
 seconds misses a host whose speed changes within seconds, and in the runs of
 2026-12-01 it did not follow predicted / measured (docs/cost-model.md).
 
-    python -m benchmarks.bench_cost_model [--only mlp,tied_lm] [--microbatches 4]
+Each plan runs 8 micro-batches a step (``--microbatches``; 4 × the stages, the usual
+advice for 1F1B, whose fill and drain then take 1 of 9 slots). With 4, they take 1 of 5
+and bound what any split of the tied LM can gain over another: its best plan predicts
+1.13–1.18 × the uniform split's steps/s at 4 micro-batches, 1.18–1.20 × at 8.
+
+    python -m benchmarks.bench_cost_model [--only mlp,tied_lm] [--microbatches 8]
         [--min-seconds 3] [--quiet-wait 30] [--rounds 2]
 """
 
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run it and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--only", default=",".join(MODELS))
-    ap.add_argument("--microbatches", type=int, default=4)
+    ap.add_argument("--microbatches", type=int, default=8)
     ap.add_argument("--min-seconds", type=float, default=3.0)
     ap.add_argument("--quiet-wait", type=float, default=30.0, metavar="SECONDS")
     ap.add_argument("--rounds", type=int, default=2,
