@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pulp
 import pytest
 
-from autopipe.partition import _solvers
+from autopipe.partition import _highs, _solvers
 
 
 def _knapsack() -> tuple[pulp.LpProblem, dict[str, float]]:
@@ -33,3 +34,31 @@ def test_node_limit_returns_the_best_found(solver: str) -> None:
     started = _solvers.solve(prob, solver=solver, warm=warm, time_limit=30, gap=0.0, max_nodes=0)
     assert started.status in ("feasible", "optimal")
     assert full.objective <= started.objective <= -sum(1 for v in warm.values() if v) * 10
+
+
+def test_values_that_miss_the_reported_objective_are_solved_again_cold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[Note: HiGHS's values from a warm start]: where the columns HiGHS returns do not give
+    the objective it reported, the model is solved again without the warm start."""
+    if not _solvers.highs_available():
+        pytest.skip("highspy is not installed")
+    prob, warm = _knapsack()
+    real = _highs.run
+    warmed: list[bool] = []
+
+    def run(prob: pulp.LpProblem, options: dict[str, Any], start: dict[str, float] | None,
+            seconds: float) -> dict[str, Any]:
+        reply: dict[str, Any] = real(prob, options, start, seconds)
+        warmed.append(start is not None)
+        if start is not None:  # the slip: its own optimum, reported with the warm start's columns
+            values = [start.get(v.name, 0.0) for v in prob.variables()]
+            for v, x in zip(prob.variables(), values):
+                v.varValue = x
+            reply = {**reply, "values": values}
+        return reply
+
+    monkeypatch.setattr(_highs, "run", run)
+    cold = _solvers.solve(prob, solver="highs", warm=None, time_limit=30, gap=0.0)
+    got = _solvers.solve(prob, solver="highs", warm=warm, time_limit=30, gap=0.0)
+    assert warmed == [False, True, False]
+    assert got.objective == pytest.approx(cold.objective) and got.values == cold.values
+    assert got.objective < -sum(1 for v in warm.values() if v) * 10  # not the warm start's

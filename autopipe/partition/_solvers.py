@@ -123,6 +123,14 @@ def _highs(prob: pulp.LpProblem, *, warm: dict[str, float] | None, time_limit: f
     if not probing:
         options["presolve_rule_off"] = NO_PROBING
     reply = _highs_process.run(prob, options, warm, time_limit * OVERRUN + OVERRUN_S)
+    if warm is not None and not _values_match(prob, reply):
+        # [Note: HiGHS's values from a warm start]
+        warmed = reply
+        reply = _highs_process.run(prob, options, None, time_limit * OVERRUN + OVERRUN_S)
+        if not reply["has_solution"] or not _values_match(prob, reply):
+            reply = warmed
+            for v, x in zip(prob.variables(), reply["values"]):
+                v.varValue = x
     status = highspy.HighsModelStatus(reply["status"])
     if status in (highspy.HighsModelStatus.kSolveError, highspy.HighsModelStatus.kModelError,
                   highspy.HighsModelStatus.kPresolveError,
@@ -141,6 +149,24 @@ def _highs(prob: pulp.LpProblem, *, warm: dict[str, float] | None, time_limit: f
     if not math.isfinite(bound):
         bound = -math.inf
     return _result(prob, kind, bound, start)
+
+
+def _values_match(prob: pulp.LpProblem, reply: dict[str, Any]) -> bool:
+    """Whether the values HiGHS returned (set on ``prob``'s variables) give the objective it
+    reported.
+
+    [Note: HiGHS's values from a warm start]
+    HiGHS 1.16, handed a warm start (``setSolution``), can report the objective of a better
+    solution it found while returning the warm start's values: a tie-breaking solve of a
+    6-block, 2-stage model said 3.0 (its bound too) and returned the columns of a partition
+    whose memory share is 6.0; solved cold it returned that 3.0 partition, as CBC did. Such
+    an answer is solved again without the warm start, and kept where that does not agree
+    either.
+    """
+    if not reply["has_solution"] or not math.isfinite(reply["objective"]):
+        return True
+    got, said = _value(prob), float(reply["objective"])
+    return abs(got - said) <= 1e-6 * max(1.0, abs(got), abs(said))
 
 
 def _result(prob: pulp.LpProblem, kind: str, bound: float, start: float) -> RawResult:
