@@ -68,8 +68,11 @@ def recompute_memory(profile: Profile, plan: Plan, optimizer: str) -> list[int]:
         params = sum(param_memory(profile.params[q], optimizer=optimizer).total for q in held[s])
         # the optimizer step's temporaries, held while no activation is (Adam: fp32 sqrt of v)
         step = sum(4 * (profile.params[q] // 4) for q in held[s]) if optimizer in ("adam", "adamw") else 0
-        around = (cross[s - 1] if s else 0) + (cross[s] if s < p - 1 else 0)
-        out.append(params + max(act[s] * inflight + work[s], step) + 2 * around)
+        # a receive buffer per micro-batch for what comes in and for the gradients of what
+        # goes out; what goes out is kept until its backward, per micro-batch in flight
+        sent = cross[s] if s < p - 1 else 0
+        around = (cross[s - 1] if s else 0) + sent
+        out.append(params + max((act[s] + sent) * inflight + work[s], step) + m * around)
     return out
 
 
@@ -170,7 +173,7 @@ def test_sends_cover_every_boundary_crossing() -> None:
         expect = {src for src, dst, _ in prof.edges
                   if (0 if by[src].op == "placeholder" else stage[src]) <= s.index < stage[dst]}
         assert sent == expect
-        assert sum(x.bytes for x in s.sends) == plan.stages[s.index + 1].memory.buffers // 2 - sum(
+        assert sum(x.bytes for x in s.sends) == plan.stages[s.index + 1].memory.buffers // plan.microbatches - sum(
             x.bytes for x in plan.stages[s.index + 1].sends)
     assert plan.stages[-1].sends == ()
 
@@ -251,7 +254,8 @@ def test_gpipe_holds_every_microbatch() -> None:
     one = plan_profile(prof, num_stages=2, microbatches=6, schedule="gpipe", method="dp")
     act = [s.memory.activations for s in one.stages]
     per_mb = [sum(prof.by_name[n].activation_bytes for n in s.nodes) for s in one.stages]
-    assert act == [6 * a for a in per_mb]
+    sent = [sum(x.bytes for x in s.sends) for s in one.stages]  # kept until its backward
+    assert act == [6 * (a + b) for a, b in zip(per_mb, sent)]
 
 
 def test_coarsening_big_graphs_keeps_plans_valid() -> None:

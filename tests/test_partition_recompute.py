@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -135,24 +134,23 @@ def test_a_limit_between_the_needs_gives_a_mixed_plan() -> None:
         assert (s.recompute_s > 0) == bool(s.recompute)
 
 
-def test_none_keeps_the_plans_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``recompute="none"`` writes the plan autopipe wrote before recomputation existed
-    (tests/data/plan_gpt2_51MiB.json, written by that version), where auto recomputes.
-    Since then CPU devices charge no optimizer-step temporaries (fused Adam, [Note: the
-    optimizer step's temporaries]): the only bytes that differ; and stages hold the
-    gradients around a backward call ([Note: gradients around a backward call]), left out
-    here, as that version did."""
-    monkeypatch.setattr(problem_module, "gradients_around", lambda p, **_: {n.name: 0 for n in p.nodes})
+def test_none_plans_as_if_nothing_could_be_recomputed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``recompute="none"`` plans as ``auto`` does where no block may be recomputed, and
+    writes no recomputation; where memory binds (51 MiB here) auto recomputes and is faster.
+    (Until 2026-12-04 this compared with tests/data/plan_gpt2_51MiB.json, the plan written
+    before recomputation existed; since the stages hold the pipeline's receive buffers
+    ([Note: the pipeline's buffers] in ``autopipe.partition.costs``) that limit's cut has
+    moved on purpose.)"""
     prof = Profile.load(ROOT / "profiles" / "cpu" / "gpt2.json")
     options = dict(num_stages=2, memory_limit="51MiB", microbatches=4)
     none = plan_profile(prof, **options, recompute="none")  # type: ignore[arg-type]
-    none.save(tmp_path / "none.json")
-    old = (DATA / "plan_gpt2_51MiB.json").read_text()
-    assert re.findall(r'"optimizer_step": [1-9]', old)
-    assert (tmp_path / "none.json").read_text() == re.sub(r'"optimizer_step": \d+', '"optimizer_step": 0', old)
     assert "recompute" not in json.dumps(none.to_json())
     auto = plan_profile(prof, **options)  # type: ignore[arg-type]
     assert auto.recomputes and auto.predicted.iteration_s < none.predicted.iteration_s
+    with monkeypatch.context() as m:
+        m.setattr(problem_module.Problem, "recompute_candidates", lambda self: ())
+        bare = plan_profile(prof, **options)  # type: ignore[arg-type]
+    assert bare.to_json() == none.to_json()
     # without memory limits auto is none
     free = {**options, "memory_limit": None}
     assert plan_profile(prof, **free).to_json() == plan_profile(prof, **free, recompute="none").to_json()  # type: ignore[arg-type]
@@ -251,11 +249,11 @@ def test_a_search_skips_recomputation_that_cannot_win() -> None:
     (0 is), recomputation is not tried; with one above, ``auto`` recomputes as alone,
     within its search share."""
     prof = Profile.load(ROOT / "profiles" / "cpu" / "gpt2.json")
-    none = plan_profile(prof, num_stages=2, memory_limit="48MiB", microbatches=4, recompute="none")
+    none = plan_profile(prof, num_stages=2, memory_limit="50MiB", microbatches=4, recompute="none")
     options = planner._Options(method="ilp", time_limit=60.0, mip_gap=1e-3, solver="highs",
                                deterministic=True, optimizer="adam", dtype=None,
                                max_blocks=planner.DEFAULT_MAX_BLOCKS, link_bandwidth=None,
-                               memory_limit="48MiB", devices=None, recompute="auto")
+                               memory_limit="50MiB", devices=None, recompute="auto")
     beaten = planner._plan_one(prof, 2, 4, "1f1b", replace(options, beat=0.0, share=5.0))
     assert not beaten.recomputes  # the heuristic start, kept: its MIP looked under 0 s only
     assert beaten.predicted.iteration_s >= none.predicted.iteration_s

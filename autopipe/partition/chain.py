@@ -137,8 +137,11 @@ class Chain:
     def _memory(self, s: int, i: int, j: range, *, recompute: bool) -> FloatArray:
         js = slice(j.start, j.stop)
         cfg = self.problem.config
-        held = self.pmem[i] - self.pmem[js] + 2.0 * self.comm(i, j) + _shared(self.shared, i, j)
-        act: FloatArray = cfg.inflight(s) * (self.act[i] - self.act[js])
+        # [Note: the pipeline's buffers]: a receive buffer per micro-batch each way, and the
+        # outputs sent kept until their backward
+        held = (self.pmem[i] - self.pmem[js] + cfg.microbatches * self.comm(i, j)
+                + _shared(self.shared, i, j))
+        act: FloatArray = cfg.inflight(s) * (self.act[i] - self.act[js] + self.cross[i])
         if recompute and self._candidates.any():
             freed = self.freed(cfg.inflight(s))
             act = act - (freed[i] - freed[js])

@@ -13,9 +13,12 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
     stage s:  F_s = Σ forward / speed_s           B_s = Σ (backward input + weight) / speed_s
                                                   W_s = Σ backward weight / speed_s (part of B_s)
               memory_s = Σ_{params read} (param + grad + optimizer states)
-                       + 2·(X_{s-1} + X_s)           (send/receive buffers, activation and gradient)
-                       + max(activation bytes × in-flight micro-batches (``Config.inflight``,
-                               from the schedule's order: 1F1B min(m, p−s); GPipe m; zb-h1 min(m, p))
+                       + m·(X_{s-1} + X_s)           (receive buffers, activations and gradients,
+                                                      one per micro-batch: [Note: the pipeline's buffers])
+                       + max((activation bytes + X_s) × in-flight micro-batches (X_s: the
+                               outputs sent, kept until their backward, but at a V's tip;
+                               in flight from the schedule's order, ``Config.inflight``:
+                               1F1B min(m, p−s); GPipe m; zb-h1 min(m, p))
                                + what one call holds while it runs beyond what it saves:
                                the loss's workspace on the last stage (its input and its peak
                                beyond what it saves: ``Problem.workspace``) or the stage's
@@ -89,6 +92,24 @@ saves already (or that the stage received) errs high too. Blocks that write a te
 place, and the model's inputs and output (the loss), are never recomputed.
 ``config.recompute`` says what may be: none, the ILP's choice (``auto``), or every block
 that can be (``full``).
+
+[Note: the pipeline's buffers]
+
+torch's ``PipelineStage`` makes, the first time it runs, a receive buffer per micro-batch
+for each tensor it receives: the activations from the stage before (``args_recv_info``)
+and the gradients from the stage after (``grad_recv_info``), and keeps them for the rest
+of training (a V's tip hands its tensors over in memory and fills the same slots). A
+stage therefore holds m·(X_{s-1} + X_s) whatever its schedule, during the optimizer step
+too. It also keeps each forward's outputs (``fwd_cache``) until that micro-batch's
+backward: X_s more per micro-batch in flight, counted with the activations (not at a V's
+tip, where the next chunk's slot is that tensor). Counted storage by storage on 2 gloo
+ranks (2026-12-04, 8 micro-batches; figures beyond the parameters, predicted with
+2·(X_{s-1} + X_s) → with these / measured): an MLP of width 2,048 with 256-sample
+micro-batches (X = 2 MiB) 234.6 → 250.6 / 252.1 MiB on its first rank, 220.3 → 232.3 /
+232.4 on its second; the U-Net (three skip tensors, 224 KiB) 5.3 → 7.1 / 7.2 and 3.0 →
+4.3 / 4.7 MiB. The receive buffers were 8 × X on each rank. A received input that the
+stage saves for its backward is the buffer itself, so that much is counted twice per
+micro-batch in flight; every rank also holds the whole batch, which nothing charges.
 """
 
 from __future__ import annotations
@@ -379,6 +400,9 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
     stages = []
     # a boundary between two chunks of one rank (the V's tip) is handed over in memory
     linked = [cfg.rank_of(b) != cfg.rank_of(b + 1) for b in range(p - 1)]
+    for s in range(p - 1):  # [Note: the pipeline's buffers]: what it sent, kept for its backward
+        if linked[s]:
+            act[s] += x[s]
     for s in range(p):
         dev = cfg.devices[s]
         recv = x[s - 1] if s > 0 else 0
@@ -393,7 +417,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
             recv_bytes=recv, send_bytes=send,
             params=sum(m.params for m in mem), grads=sum(m.grads for m in mem),
             optimizer=sum(m.optimizer for m in mem),
-            activations=act[s] * cfg.inflight(s) + live[s], buffers=2 * (recv + send),
+            activations=act[s] * cfg.inflight(s) + live[s], buffers=cfg.microbatches * (recv + send),
             limit=float(dev.memory) if dev.memory > 0 else math.inf,
             optimizer_step=sum(m.step for m in mem),
             workspace=problem.held_while_running(s, (i for i, t in enumerate(stage_of) if t == s)),

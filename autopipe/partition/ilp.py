@@ -459,11 +459,17 @@ class _Model:
             self.weight.append(self._named(wgt, f"W_{s}"))
             self.optimizer.append(self._named(opt, f"O_{s}"))
             self._held_while_running(s, scale, mem)
+            # [Note: the pipeline's buffers]: a receive buffer per micro-batch each way, and
+            # the outputs sent kept until their backward (activations; not at a V's tip)
+            m = float(cfg.microbatches)
             for lin in (mem, temp):
                 if s > 0:
-                    lin.add(x_bytes[s - 1], 2.0 / scale)
+                    lin.add(x_bytes[s - 1], m / scale)
                 if s < p - 1:
-                    lin.add(x_bytes[s], 2.0 / scale)
+                    lin.add(x_bytes[s], m / scale)
+            if s < p - 1 and cfg.rank_of(s) != cfg.rank_of(s + 1):
+                mem.add(x_bytes[s], held_mb / scale)
+                act.add(x_bytes[s], 1.0 / scale)
             activations.append(act)
             alive.append(live)
             self.memory.append(mem)
