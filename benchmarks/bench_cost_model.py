@@ -24,7 +24,8 @@ seconds misses a host whose speed changes within seconds, and in the runs of
 Each plan runs 8 micro-batches a step (``--microbatches``; 4 × the stages, the usual
 advice for 1F1B, whose fill and drain then take 1 of 9 slots). With 4, they take 1 of 5
 and bound what any split of the tied LM can gain over another: its best plan predicts
-1.13–1.18 × the uniform split's steps/s at 4 micro-batches, 1.18–1.20 × at 8.
+1.13–1.18 × the uniform split's steps/s at 4 micro-batches, 1.16–1.20 × at 8
+(docs/cost-model.md, 2026-12-04).
 
     python -m benchmarks.bench_cost_model [--only mlp,tied_lm] [--microbatches 8]
         [--min-seconds 3] [--quiet-wait 30] [--rounds 2]

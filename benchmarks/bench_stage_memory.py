@@ -7,7 +7,9 @@ example): plan 2 stages with ``autopipe.plan`` (profile measured here), train 3 
 makes on the rank from the optimizer's creation on (a ``TorchDispatchMode``; a finalizer on
 each storage uncounts it when it is freed). The stages' parameters and buffers, meta tensors
 and the trace's fake tensors are left out. It prints each stage's planned memory beyond its
-parameters next to its rank's counted peak, and what made the most of that peak.
+parameters next to its rank's counted peak, and what made the most of that peak; then as many
+more steps without the counter, timed, for the plan's predicted step against the measured
+median (the slower rank's each step).
 
 Not counted: an embedding's gradient on zero pages (made from an anonymous mapping by
 ``torch.frombuffer``, no aten call: the GPT-2 rank 0's planned figure holds the rows a step
@@ -23,19 +25,19 @@ import argparse
 import collections
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
-import weakref
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch._subclasses.fake_tensor import FakeTensor
 
 import autopipe
-from autopipe.profile._saved import storage_key
+from autopipe.profile._peak import PeakBytes
 from autopipe.spec import example_target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,47 +49,30 @@ MODELS: dict[str, dict[str, Any]] = {
 MIB = 2**20
 
 
-class StorageCounter(TorchDispatchMode):  # type: ignore[misc]
-    """Within it, ``peak`` is the most bytes of tensor storages that aten calls made and held at
-    once, and ``at_peak`` the bytes per maker (aten op) at that moment. Storages of
-    ``exclude``, meta tensors and fake tensors are not counted."""
+class StorageCounter(PeakBytes):  # type: ignore[no-untyped-call]
+    """``PeakBytes`` over real tensors only (not meta, not the trace's fake tensors), which
+    also keeps ``at_peak``: the bytes per maker (aten op) held at the peak."""
 
     def __init__(self, exclude: list[torch.Tensor]) -> None:
-        super().__init__()
-        self._held = {storage_key(t) for t in exclude}
+        super().__init__(exclude)
         self._made: dict[int, tuple[str, int]] = {}
-        self.live = self.peak = 0
         self.at_peak: dict[str, int] = {}
 
-    def _freed(self, key: int, nbytes: int) -> None:
-        self.live -= nbytes
-        self._held.discard(key)
-        self._made.pop(key, None)
+    def counts(self, t: torch.Tensor) -> bool:
+        return t.device.type != "meta" and not isinstance(t, FakeTensor)
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        grew = False
-        for t in tree_leaves(out):
-            if (not isinstance(t, torch.Tensor) or t.device.type == "meta"
-                    or type(t).__name__ == "FakeTensor"):
-                continue
-            key = storage_key(t)
-            if key in self._held:
-                continue
-            storage = t.untyped_storage()
-            nbytes = int(storage.nbytes())
-            self._held.add(key)
-            self._made[key] = (str(func).removeprefix("aten."), nbytes)
-            self.live += nbytes
-            weakref.finalize(storage, self._freed, key, nbytes)
-            if self.live > self.peak:
-                self.peak, grew = self.live, True
-        if grew:
-            by: collections.Counter[str] = collections.Counter()
-            for maker, nbytes in self._made.values():
-                by[maker] += nbytes
-            self.at_peak = dict(by.most_common(6))
-        return out
+    def made(self, func: Any, key: int, nbytes: int) -> None:
+        self._made[key] = (str(func).removeprefix("aten."), nbytes)
+
+    def new_peak(self) -> None:
+        by: collections.Counter[str] = collections.Counter()
+        for maker, nbytes in self._made.values():
+            by[maker] += nbytes
+        self.at_peak = dict(by.most_common(6))
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        super()._freed(key, nbytes)
+        self._made.pop(key, None)
 
 
 def worker(spec_path: str, knobs: str, plan_path: str, out: str, steps: int) -> int:
@@ -99,18 +84,28 @@ def worker(spec_path: str, knobs: str, plan_path: str, out: str, steps: int) -> 
     spec = autopipe.load_spec(spec_path, **json.loads(knobs))
     plan = autopipe.Plan.load(plan_path)
     config = TrainConfig(steps=steps, optimizer="adam")
-    with build(plan, spec, device="cpu") as pipe:
-        kept = [*pipe.parameters(), *(b for m in pipe._pipeline.modules() for b in m.buffers())]
+    with build(plan, spec, device="cpu", pin_malloc=config.pin_malloc, pin_cores=config.pin_cores,
+               flush_denormal=config.flush_denormal) as pipe:  # as autopipe train builds it
+        kept = [*pipe.parameters(), *(b for m in pipe.modules().values() for b in m.buffers())]
+
+        def one_step(step: int, optimizer: Any) -> None:  # as autopipe train runs a step
+            inputs, target = spec.batch(plan.microbatches, step)
+            pipe.zero_grad(set_to_none=True)
+            pipe.step(inputs, target)
+            pipe.sync_tied_grads()
+            optimizer.step()
+
         with StorageCounter(kept) as counter:
-            optimizer = make_optimizer(pipe.parameters(), config)
-            assert optimizer is not None
+            optimizer = make_optimizer(pipe.parameters(), config)  # its states made here: counted
             for step in range(steps):
-                inputs, target = spec.batch(plan.microbatches, step)
-                pipe.zero_grad(set_to_none=True)
-                pipe.step(inputs, target)
-                pipe.sync_tied_grads()
-                optimizer.step()
-        report = {"stages": list(pipe.stages), "peak": counter.peak, "at_peak": counter.at_peak}
+                one_step(step, optimizer)
+        step_s = []  # timed after, without the counter's work on every call
+        for step in range(steps, 2 * steps):
+            t = time.perf_counter()
+            one_step(step, optimizer)
+            step_s.append(time.perf_counter() - t)
+        report = {"stages": list(pipe.stages), "peak": counter.peak, "at_peak": counter.at_peak,
+                  "step_s": step_s}
     Path(out, f"rank{os.environ['RANK']}.json").write_text(json.dumps(report))
     return 0
 
@@ -134,8 +129,13 @@ def bench(name: str, microbatches: int, steps: int, tmp: Path) -> None:
                         stdout=log, stderr=subprocess.STDOUT)
     if result.code:
         raise RuntimeError(f"{name}: training failed: {(folder / 'log.txt').read_text()[-2000:]}")
-    for r in range(2):
-        got = json.loads((folder / f"rank{r}.json").read_text())
+    ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(2)]
+    slowest = [max(ts) for ts in zip(*(got["step_s"] for got in ranks))]
+    predicted, measured = plan.predicted.iteration_s, statistics.median(slowest)
+    print(f"{name:5s} step: predicted {predicted * 1e3:.2f} ms, measured median {measured * 1e3:.2f} ms "
+          f"(predicted/measured {predicted / measured:.3f}; {len(slowest)} steps after the counted ones)",
+          flush=True)
+    for got in ranks:
         for s in got["stages"]:
             mem = plan.stages[s].memory
             sent = sum(x.bytes for x in plan.stages[s].sends)

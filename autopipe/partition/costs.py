@@ -399,7 +399,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
     held = held_params(problem, stage_of)
     stages = []
     # a boundary between two chunks of one rank (the V's tip) is handed over in memory
-    linked = [cfg.rank_of(b) != cfg.rank_of(b + 1) for b in range(p - 1)]
+    linked = [cfg.linked(b) for b in range(p - 1)]
     for s in range(p - 1):  # [Note: the pipeline's buffers]: what it sent, kept for its backward
         if linked[s]:
             act[s] += x[s]

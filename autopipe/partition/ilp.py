@@ -404,7 +404,7 @@ class _Model:
         self.defined: list[tuple[pulp.LpVariable, _Lin]] = []
         for b in range(p - 1):
             c = _Lin()
-            if cfg.rank_of(b) != cfg.rank_of(b + 1):  # else one rank hands it over in memory
+            if cfg.linked(b):  # else one rank hands it over in memory
                 c.add(x_bytes[b], inv_bw / tau)
                 c.const += cfg.send_latency_s / tau
             self.sends.append(self._named(c, f"C_{b}"))
@@ -467,7 +467,7 @@ class _Model:
                     lin.add(x_bytes[s - 1], m / scale)
                 if s < p - 1:
                     lin.add(x_bytes[s], m / scale)
-            if s < p - 1 and cfg.rank_of(s) != cfg.rank_of(s + 1):
+            if s < p - 1 and cfg.linked(s):
                 mem.add(x_bytes[s], held_mb / scale)
                 act.add(x_bytes[s], 1.0 / scale)
             activations.append(act)

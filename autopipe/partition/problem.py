@@ -150,6 +150,11 @@ class Config:
         """The rank that runs ``stage`` (a chunk, with virtual stages)."""
         return rank_of(stage, self.num_ranks, self.schedule)
 
+    def linked(self, boundary: int) -> bool:
+        """Whether the boundary after stage ``boundary`` joins two ranks (at a V's tip one rank
+        hands the tensors over in memory: no send)."""
+        return self.rank_of(boundary) != self.rank_of(boundary + 1)
+
     def live_sets(self) -> tuple[tuple[Live, ...], ...]:
         """Per rank, the moments whose held micro-batches per chunk bound its activation
         memory (``autopipe.partition.chunks.live_sets``)."""

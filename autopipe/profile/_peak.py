@@ -30,14 +30,25 @@ class PeakBytes(TorchDispatchMode):  # type: ignore[no-untyped-call]
         self.peak = 0
         self._held: set[int] = {storage_key(t) for t in exclude}
 
+    def counts(self, t: torch.Tensor) -> bool:
+        """Whether ``t``'s storage is counted (every tensor's here; subclasses may say less)."""
+        return True
+
+    def made(self, func: Any, key: int, nbytes: int) -> None:
+        """``func`` made storage ``key`` and it is now counted (a hook for subclasses)."""
+
+    def new_peak(self) -> None:
+        """``peak`` has just grown (a hook for subclasses)."""
+
     def _freed(self, key: int, nbytes: int) -> None:
         self.live -= nbytes
         self._held.discard(key)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        grew = False
         for t in tree_leaves(out):
-            if not isinstance(t, torch.Tensor):
+            if not isinstance(t, torch.Tensor) or not self.counts(t):
                 continue
             storage = t.untyped_storage()
             key = storage_key(t)
@@ -47,5 +58,9 @@ class PeakBytes(TorchDispatchMode):  # type: ignore[no-untyped-call]
             self._held.add(key)
             self.live += nbytes
             weakref.finalize(storage, self._freed, key, nbytes)
-            self.peak = max(self.peak, self.live)
+            self.made(func, key, nbytes)
+            if self.live > self.peak:
+                self.peak, grew = self.live, True
+        if grew:
+            self.new_peak()
         return out
