@@ -44,7 +44,7 @@ class StageMemory:
     buffers: int
     """Send/receive buffers at the stage's boundaries."""
     total: int
-    """The peak: params + grads + optimizer + buffers + the larger of activations +
+    """The peak: params + grads + optimizer + buffers + batch + the larger of activations +
     workspace and optimizer_step."""
     optimizer_step: int = 0
     """What the optimizer step allocates while it runs, when no activation is held
@@ -56,6 +56,10 @@ class StageMemory:
     measured on CUDA: ``NodeProfile.scratch_bytes``) plus the gradients alive around its
     backward ([Note: gradients around a backward call] in ``autopipe.profile.gradients``),
     whichever is larger."""
+    batch: int = 0
+    """The part of the step's batch its rank holds through the step: the inputs of every
+    micro-batch on stage 0, their targets on the last stage (0 in plans written before it
+    was counted)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -317,7 +321,7 @@ class Plan:
 
 def _stage_json(stage: Stage) -> dict[str, Any]:
     """A stage's JSON object; the recomputation fields only where it recomputes, and the
-    workspace only where there is one, so plans without them read as they did before."""
+    workspace and batch only where there is one, so plans without them read as they did before."""
     out = asdict(stage)
     if not stage.recompute:
         del out["recompute"]
@@ -325,6 +329,8 @@ def _stage_json(stage: Stage) -> dict[str, Any]:
         del out["recompute_s"]
     if not stage.memory.workspace:
         del out["memory"]["workspace"]
+    if not stage.memory.batch:
+        del out["memory"]["batch"]
     return out
 
 

@@ -108,7 +108,7 @@ def _rank(work: Path) -> None:
         optimizer = make_optimizer(pipe.parameters(), train_config)
         assert optimizer is not None
         for step in range(train_config.steps):
-            inputs, target = spec.batch(plan.microbatches, step)
+            inputs, target = pipe.take(*spec.batch(plan.microbatches, step))
             t = time.perf_counter()
             pipe.zero_grad(set_to_none=True)
             out = pipe.step(inputs, target)

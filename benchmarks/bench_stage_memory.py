@@ -89,7 +89,7 @@ def worker(spec_path: str, knobs: str, plan_path: str, out: str, steps: int) -> 
         kept = [*pipe.parameters(), *(b for m in pipe.modules().values() for b in m.buffers())]
 
         def one_step(step: int, optimizer: Any) -> None:  # as autopipe train runs a step
-            inputs, target = spec.batch(plan.microbatches, step)
+            inputs, target = pipe.take(*spec.batch(plan.microbatches, step))
             pipe.zero_grad(set_to_none=True)
             pipe.step(inputs, target)
             pipe.sync_tied_grads()

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         for step in range(args.steps):
             replicas = pipe.replicas  # data-parallel replicas of the pipeline (dp = 1: one)
             batch = spec.batch(plan.microbatches * replicas.dp, step)  # every rank draws the same batch
-            inputs, target = replicas.share(*batch)  # and keeps its replica's share
+            inputs, target = pipe.take(*replicas.share(*batch))  # its replica's share, what it reads
             losses = pipe.step(inputs, target)  # forward + backward of all micro-batches
             pipe.sync_tied_grads()              # tied weights: sum the copies; replicas: average
             norm = pipe.clip_grad_norm_(args.max_norm)  # one norm over all stages

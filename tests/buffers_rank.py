@@ -1,6 +1,6 @@
 """One rank of ``tests/test_runtime_buffers.py``: trains two steps of a plan and writes the
-bytes its stages' receive buffers hold (``python tests/buffers_rank.py SPEC PLAN OUT``,
-under the launcher)."""
+bytes its stages' receive buffers hold, and those of the batch it takes (``python
+tests/buffers_rank.py SPEC PLAN OUT``, under the launcher)."""
 
 from __future__ import annotations
 
@@ -33,12 +33,15 @@ def main() -> int:
     spec = autopipe.load_spec(spec_path)
     with build(plan, spec, device="cpu") as pipe:
         for step in range(2):
-            inputs, target = spec.batch(plan.microbatches, step)
+            inputs, target = pipe.take(*spec.batch(plan.microbatches, step))  # as autopipe train
             pipe.step(inputs, target)
             pipe.zero_grad()
         held = {s.stage_index: _bytes(s.args_recv_info) + _bytes(s.grad_recv_info)
                 for s in pipe._pipeline.stages}
-    Path(out, f"rank{os.environ['RANK']}.json").write_text(json.dumps(held))
+        taken = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                 for t in (*(inputs or ()), target) if isinstance(t, torch.Tensor)}
+    Path(out, f"rank{os.environ['RANK']}.json").write_text(json.dumps(
+        {"buffers": held, "batch": sum(taken.values()), "has": [inputs is not None, target is not None]}))
     return 0
 
 

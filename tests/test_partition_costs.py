@@ -8,6 +8,7 @@ import math
 from autopipe.partition.costs import boundary_bytes, evaluate, violations
 from autopipe.partition.problem import Config, from_profile
 from autopipe.plan_format import Device
+from autopipe.profile.loss import LossCost
 from autopipe.profile.memory import param_memory
 from autopipe.profile.profile import NodeProfile, Profile
 
@@ -53,6 +54,24 @@ def test_pass_through_pays_every_boundary() -> None:
     # what it sends is kept until its backward: per in-flight micro-batch (1F1B, p − s = 2)
     assert s1.activations == 2 * (100 + 1050)
     assert ev.stages[2].activations == 1 * 100  # the last stage sends nothing
+
+
+def test_the_batch_is_held_by_the_first_and_last_stage() -> None:
+    """[Note: the batch a rank holds]: stage 0 holds every micro-batch's inputs, the last
+    stage their targets, a middle stage none of it; the step's memory counts it too."""
+    prof = dataclasses.replace(skip_profile(), loss=LossCost(forward_s=0.0, backward_s=0.0, activation_bytes=0,
+                                                            input_bytes=5, target_bytes=7))
+    problem = from_profile(prof, config())
+    assert (problem.batch_input_bytes, problem.batch_target_bytes) == (10, 7)
+    ev = evaluate(problem, [0, 0, 1, 2, 2])
+    assert [s.batch for s in ev.stages] == [4 * 10, 0, 4 * 7]
+    for s in ev.stages:
+        assert s.memory == s.params + s.grads + s.optimizer + s.buffers + s.batch + s.activations + s.workspace
+    one = evaluate(from_profile(prof, config(p=1)), [0] * 5)
+    assert one.stages[0].batch == 4 * (10 + 7)  # one stage: both
+    # a non-tensor model input is baked into the stages: no batch
+    consts = dataclasses.replace(prof, nodes=(_node("x", "placeholder", out=10, tensor=False), *prof.nodes[1:]))
+    assert from_profile(consts, config()).batch_input_bytes == 0
 
 
 def test_memory_breakdown_and_tied_parameters() -> None:
@@ -158,13 +177,14 @@ def test_the_optimizer_step_runs_without_activations() -> None:
     # b's backward: the width after it (10), its input a (10) and v's gradient (4000)
     # two micro-batches in flight of its saved bytes and of b's output sent (kept for its backward)
     assert (s0.workspace, s0.activations) == (4020, 2 * (200 + 10))
-    assert s0.memory == held + s0.buffers + 8000  # 420 + 4020 < 8000: the step is the peak
+    assert s0.batch == 4 * 10  # x, for each of the 4 micro-batches
+    assert s0.memory == held + s0.buffers + s0.batch + 8000  # 420 + 4020 < 8000: the step is the peak
     assert (s1.workspace, s1.memory) == (20, s1.buffers + 100 + 20)  # c: its output and b's
     # the skip: a's backward holds a's gradient (read again by c) and w's, 1000 + 400, on
     # top of 3 micro-batches' activations and of a's output sent (3 × 1,100), over the step's 400
     problem = from_profile(skip_profile(), config(), optimizer="adam")
     s0 = evaluate(problem, [0, 0, 1, 2, 2]).stages[0]
     assert (s0.optimizer_step, s0.workspace) == (400, 1400)
-    assert s0.memory == 400 + 400 + 800 + s0.buffers + 3300 + 1400
+    assert s0.memory == 400 + 400 + 800 + s0.buffers + s0.batch + 3300 + 1400
     sgd = evaluate(from_profile(skip_profile(), config(), optimizer="sgd"), [0, 0, 1, 2, 2])
-    assert sgd.stages[0].optimizer_step == 0 and sgd.stages[0].memory == 800 + sgd.stages[0].buffers + 3300 + 1400
+    assert sgd.stages[0].optimizer_step == 0 and sgd.stages[0].memory == 800 + sgd.stages[0].buffers + sgd.stages[0].batch + 3300 + 1400

@@ -72,7 +72,10 @@ def recompute_memory(profile: Profile, plan: Plan, optimizer: str) -> list[int]:
         # goes out; what goes out is kept until its backward, per micro-batch in flight
         sent = cross[s] if s < p - 1 else 0
         around = (cross[s - 1] if s else 0) + sent
-        out.append(params + max((act[s] + sent) * inflight + work[s], step) + m * around)
+        # the step's batch: every micro-batch's inputs on stage 0, targets on the last
+        batch = m * (sum(n.output_bytes for n in profile.nodes if n.op == "placeholder" and n.is_tensor)
+                     if s == 0 else 0) + m * (loss.target_bytes if loss is not None and s == p - 1 else 0)
+        out.append(params + max((act[s] + sent) * inflight + work[s], step) + m * around + batch)
     return out
 
 

@@ -35,12 +35,14 @@ def test_a_32k_head_makes_the_loss_cost_more_than_a_block(tmp_path: Path) -> Non
     assert loss > 0 and loss > max(blocks)
     assert p.loss.input_bytes == 2 * 64 * 32768 * 4  # the logits it reads
     assert p.loss.activation_bytes >= p.loss.input_bytes  # cross-entropy keeps its softmax
+    assert p.loss.target_bytes == example_target(spec).nbytes == 2 * 64 * 8  # int64 token ids
     p.save(tmp_path / "p.json")
     assert Profile.load(tmp_path / "p.json").loss == p.loss
     e = estimate(graph, spec.example_inputs, loss_fn=spec.loss_fn, target=example_target(spec),
                  progress=False)
     assert e.loss is not None and e.loss.forward_s > 0 and e.loss.backward_s > 0
     assert e.loss.activation_bytes == p.loss.activation_bytes
+    assert e.loss.target_bytes == p.loss.target_bytes
     # its peak: the softmax it saves, the gradient of it and of the logits (one each), the
     # same counted on the CPU and on meta tensors
     assert 3 * p.loss.input_bytes <= p.loss.peak_bytes < 3 * p.loss.input_bytes + 2**20

@@ -20,6 +20,7 @@ from autopipe import ModelSpec, trace
 from autopipe._subnormals import flushing
 from autopipe.errors import CheckpointError, SpecError, WeightsError
 from autopipe.runtime import Pipe, build, launch, load_checkpoint, save_checkpoint
+from autopipe.runtime.pipe import own
 
 from .conftest import ROOT, example_spec, resident_bytes_at
 from .runtime_cases import CASES, TINY
@@ -97,6 +98,19 @@ def test_step_clip_and_evaluate_equal_the_unsplit_model(gpt2_pipe: Pipe) -> None
         torch.testing.assert_close(p.grad, dict(spec.model.named_parameters())[name].grad)
     pipe.zero_grad()
     assert all(p.grad is None for p in pipe.parameters())
+
+
+def test_take_keeps_what_the_rank_reads_and_no_larger_batch(gpt2_pipe: Pipe) -> None:
+    """One stage reads both parts; a replica's share (a view of the global batch) is copied
+    so that the global batch can be freed, a whole batch is not ([Note: the batch a rank
+    holds])."""
+    inputs, target = gpt2_pipe.take((torch.arange(8).view(2, 4), 3), torch.ones(2))
+    assert inputs is not None and inputs[1] == 3 and target is not None
+    whole = torch.arange(12).view(3, 4)
+    assert own(whole, torch.device("cpu")) is whole
+    share = torch.tensor_split(whole, 3)[1]
+    mine = own(share, torch.device("cpu"))
+    assert torch.equal(mine, share) and mine.untyped_storage().nbytes() == share.nbytes
 
 
 def test_a_loss_that_is_no_scalar_is_named_in_step_and_evaluate() -> None:

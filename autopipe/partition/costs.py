@@ -15,6 +15,8 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
               memory_s = Σ_{params read} (param + grad + optimizer states)
                        + m·(X_{s-1} + X_s)           (receive buffers, activations and gradients,
                                                       one per micro-batch: [Note: the pipeline's buffers])
+                       + m·(inputs on stage 0, target on the last stage)  (the step's batch:
+                                                      [Note: the batch a rank holds])
                        + max((activation bytes + X_s) × in-flight micro-batches (X_s: the
                                outputs sent, kept until their backward, but at a V's tip;
                                in flight from the schedule's order, ``Config.inflight``:
@@ -109,7 +111,22 @@ micro-batches (X = 2 MiB) 234.6 → 250.6 / 252.1 MiB on its first rank, 220.3 �
 232.4 on its second; the U-Net (three skip tensors, 224 KiB) 5.3 → 7.1 / 7.2 and 3.0 →
 4.3 / 4.7 MiB. The receive buffers were 8 × X on each rank. A received input that the
 stage saves for its backward is the buffer itself, so that much is counted twice per
-micro-batch in flight; every rank also holds the whole batch, which nothing charges.
+micro-batch in flight.
+
+[Note: the batch a rank holds]
+
+A step's batch, all m micro-batches of it, is one tensor per input stacked on dim 0 that
+the schedule splits into views: it stays alive through the step. ``autopipe train`` hands
+each rank only the part it reads, the inputs to stage 0's rank and the target to the last
+stage's (each replica its own share, copied out of the global batch), and moves only that
+to the device; a middle rank holds none of it. So stage 0 is charged m × the model's
+tensor inputs of one micro-batch (``Problem.batch_input_bytes``, the placeholders' bytes) and
+the last stage m × one target (``LossCost.target_bytes``), beside the receive buffers and
+for the whole step: the next step's batch is drawn before this one is dropped, while no
+activation is held. A first block that saves its input for the backward saves a view of
+that batch, counted again with the activations: the charge errs high by that. Counted
+storage by storage (2026-12-05, ``python -m benchmarks.bench_stage_memory``; see
+``docs/cost-model.md``).
 """
 
 from __future__ import annotations
@@ -156,6 +173,8 @@ class StageCost:
     buffers: int
     limit: float
     """The device's memory, bytes (``inf`` when unlimited)."""
+    batch: int = 0
+    """The part of the step's batch the stage's rank holds ([Note: the batch a rank holds])."""
     recompute_s: float = 0.0
     """The recomputed blocks' forward, per micro-batch, as often as the backward runs it
     (twice under a split backward: [Note: recomputation in a split backward]): part of
@@ -179,7 +198,7 @@ class StageCost:
     @property
     def memory(self) -> int:
         """Total predicted peak bytes."""
-        return self.params + self.grads + self.optimizer + self.buffers + max(
+        return self.params + self.grads + self.optimizer + self.buffers + self.batch + max(
             self.activations + self.workspace, self.optimizer_step)
 
     @property
@@ -245,7 +264,7 @@ class RankMemory:
     chunks: tuple[int, ...]
     """The chunks (stages) the rank runs."""
     static: int
-    """Parameters, gradients, optimizer states and send/receive buffers of its chunks."""
+    """Parameters, gradients, optimizer states, send/receive buffers and batch of its chunks."""
     activations: int
     """The most activation bytes its chunks hold at once: max over the moments of
     ``Config.live_sets`` of Σ held micro-batches × the chunk's bytes per micro-batch, plus
@@ -285,7 +304,7 @@ def rank_memory(problem: Problem, stages: Sequence[StageCost], act: Sequence[int
         peak, moment = max((sum(k * a for k, a in zip(held, act)), held) for held in moments)
         again = max(stages[c].recompute_bytes for c in chunks)
         static = sum(stages[c].params + stages[c].grads + stages[c].optimizer + stages[c].buffers
-                     for c in chunks)
+                     + stages[c].batch for c in chunks)
         work = sum(stages[c].workspace for c in chunks)
         out.append(RankMemory(chunks=chunks, static=static, activations=peak + again + work, moment=moment,
                               limit=stages[chunks[0]].limit, recompute_bytes=again,
@@ -418,6 +437,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
             params=sum(m.params for m in mem), grads=sum(m.grads for m in mem),
             optimizer=sum(m.optimizer for m in mem),
             activations=act[s] * cfg.inflight(s) + live[s], buffers=cfg.microbatches * (recv + send),
+            batch=problem.batch_bytes(s),
             limit=float(dev.memory) if dev.memory > 0 else math.inf,
             optimizer_step=sum(m.step for m in mem),
             workspace=problem.held_while_running(s, (i for i, t in enumerate(stage_of) if t == s)),

@@ -266,6 +266,12 @@ class Problem:
     """Bytes the last stage holds while the loss runs, beyond its saved activations
     (``LossCost.workspace_bytes``; [Note: the loss is part of the last stage]); see
     ``held_while_running``."""
+    batch_input_bytes: int = 0
+    """Bytes of one micro-batch's tensor inputs (the placeholders'): stage 0's rank holds
+    the batch's (``batch_bytes``)."""
+    batch_target_bytes: int = 0
+    """Bytes of one micro-batch's target (``LossCost.target_bytes``): the last stage's rank
+    holds the batch's."""
     rows_params: frozenset[str] = frozenset()
     """Tied parameters whose gradient, split over two stages, is summed with one side
     sending only the rows a step wrote: read by exactly two nodes, one of them an
@@ -288,6 +294,14 @@ class Problem:
         it), whichever is larger (one call runs at a time)."""
         loss = self.workspace if stage == self.config.num_stages - 1 else 0
         return max(loss, max((self.blocks[b].transient_bytes for b in blocks), default=0))
+
+    def batch_bytes(self, stage: int) -> int:
+        """The part of a step's batch that ``stage`` holds through the step, one piece per
+        micro-batch: the inputs on stage 0, the target on the last stage ([Note: the batch
+        a rank holds] in ``autopipe.partition.costs``)."""
+        m = self.config.microbatches
+        return (m * self.batch_input_bytes if stage == 0 else 0) + (
+            m * self.batch_target_bytes if stage == self.config.num_stages - 1 else 0)
 
     @property
     def num_real(self) -> int:
@@ -448,6 +462,8 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
                    node_order=tuple(n.name for n in profile.nodes),
                    node_call={n.name: node_call(n) for n in profile.nodes},
                    workspace=loss.workspace_bytes if loss is not None else 0,
+                   batch_input_bytes=sum(n.output_bytes for n in profile.nodes if n.op == "placeholder" and n.is_tensor),
+                   batch_target_bytes=loss.target_bytes if loss is not None else 0,
                    rows_params=tied_embeddings(profile.nodes, NodeProfile.is_embedding) if by_rows else frozenset())
 
 

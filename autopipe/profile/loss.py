@@ -44,6 +44,10 @@ class LossCost:
     """The most bytes its forward and backward hold at once, its input not counted: what it
     saves, the gradients it makes (its input's included), its scratch (``PeakBytes``).
     0 where unknown (profiles written before it was counted)."""
+    target_bytes: int = 0
+    """Bytes of one micro-batch's target: the last stage's rank holds the batch's, one per
+    micro-batch ([Note: the batch a rank holds] in ``autopipe.partition.costs``). 0 where
+    unknown (profiles written before it was counted)."""
 
     @property
     def workspace_bytes(self) -> int:
@@ -63,7 +67,7 @@ class LossCost:
         """Inverse of ``to_json``."""
         return cls(forward_s=float(data["forward_s"]), backward_s=float(data["backward_s"]),
                    activation_bytes=int(data["activation_bytes"]), input_bytes=int(data["input_bytes"]),
-                   peak_bytes=int(data.get("peak_bytes", 0)))
+                   peak_bytes=int(data.get("peak_bytes", 0)), target_bytes=int(data.get("target_bytes", 0)))
 
 
 def _outputs(gm: fx.GraphModule, flat: list[Any]) -> list[Any]:
@@ -128,7 +132,8 @@ def measure_loss(graph: Graph, gm: fx.GraphModule, flat: list[Any], loss_fn: Los
     del kept
     saved.release()
     return LossCost(forward_s=f, backward_s=max(0.0, fb - f), activation_bytes=saved.total,
-                    input_bytes=_input_bytes(outs), peak_bytes=_peak(graph, outs, loss_fn, target))
+                    input_bytes=_input_bytes(outs), peak_bytes=_peak(graph, outs, loss_fn, target),
+                    target_bytes=_input_bytes([target]))
 
 
 def _peak(graph: Graph, outs: list[Any], loss_fn: LossFn, target: torch.Tensor) -> int:
@@ -157,4 +162,4 @@ def estimate_loss(graph: Graph, outs: list[Any], loss_fn: LossFn, target: torch.
     b = price(lambda: torch.autograd.backward(box.pop()), "backward")
     saved.release()
     return LossCost(forward_s=f, backward_s=b, activation_bytes=saved.total, input_bytes=_input_bytes(outs),
-                    peak_bytes=_peak(graph, outs, loss_fn, target))
+                    peak_bytes=_peak(graph, outs, loss_fn, target), target_bytes=_input_bytes([target]))

@@ -5,8 +5,8 @@
     pipe = autopipe.runtime.build(plan, spec)          # under torchrun: one rank
     opt = torch.optim.AdamW(pipe.parameters(), lr=3e-4)
     for step in range(steps):
-        inputs, target = pipe.replicas.share(*spec.batch(plan.microbatches * pipe.replicas.dp, step))
-        losses = pipe.step(inputs, target)             # micro-batch losses (last stage's rank)
+        batch = pipe.replicas.share(*spec.batch(plan.microbatches * pipe.replicas.dp, step))
+        losses = pipe.step(*pipe.take(*batch))         # micro-batch losses (last stage's rank)
         pipe.sync_tied_grads()                         # tied copies: sum; replicas: average
         pipe.clip_grad_norm_(1.0)                      # one norm over every stage
         opt.step()
@@ -152,6 +152,16 @@ class Pipe:
     def has_last(self) -> bool:
         """This rank runs the last stage (computes the loss)."""
         return self._pipeline.has_last
+
+    def take(self, inputs: Sequence[Any], target: torch.Tensor) -> tuple[tuple[Any, ...] | None, torch.Tensor | None]:
+        """The part of a batch this rank reads, on its device: the inputs on stage 0's rank,
+        the target on the last stage's, ``None`` for what it does not read. A tensor that is
+        a view of a larger batch (a replica's share of the global one) is copied, so that
+        dropping the batch frees it: the rank then holds what the plan charges it
+        ([Note: the batch a rank holds] in ``autopipe.partition.costs``).
+        """
+        return (tuple(own(v, self.device) for v in inputs) if self.has_first else None,
+                own(target, self.device) if self.has_last else None)
 
     @property
     def stages(self) -> tuple[int, ...]:
@@ -412,6 +422,18 @@ class Pipe:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def own(value: Any, device: torch.device) -> Any:
+    """``value`` on ``device``, holding no more memory than its own bytes: a tensor that is a
+    view into a larger storage (a replica's share of the global batch) and would not be
+    copied by moving it is cloned; anything else is moved (or returned, not a tensor)."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    moved = value.to(device)
+    if moved.data_ptr() == value.data_ptr() and value.untyped_storage().nbytes() > value.nbytes:
+        moved = moved.clone()
+    return moved
 
 
 def build(

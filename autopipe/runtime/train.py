@@ -77,7 +77,8 @@ def train(
     ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), or from an
     already initialised default process group; without either, this is a world of one.
     Every rank draws the same ``spec.batch(microbatches × replicas, step)`` and each
-    data-parallel replica keeps its share (``Replicas.share``); stage 0 feeds the
+    data-parallel replica keeps its share (``Replicas.share``), and of it each rank what its
+    stages read (``Pipe.take``); stage 0 feeds the
     inputs, the last stage computes ``spec.loss_fn`` per micro-batch, and gradients are
     averaged over micro-batches and replicas (the mean loss), so training equals one
     process running all the micro-batches. The rank of the last stage logs each step and a summary.
@@ -124,9 +125,8 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
     gc.freeze()  # the model, its graph and the optimizer live all run: no collection walks them
     try:
         for step in range(result.start_step, config.steps):
-            inputs, target = pipe.replicas.share(*spec.batch(m * dp, step))  # this replica's share
-            inputs = tuple(v.to(device) if isinstance(v, torch.Tensor) else v for v in inputs)
-            target = target.to(device)
+            # this replica's share, and of it what this rank reads ([Note: the batch a rank holds])
+            inputs, target = pipe.take(*pipe.replicas.share(*spec.batch(m * dp, step)))
             t0, c0 = time.perf_counter(), time.process_time()
             with failures(pipe.where, f"in step {step + 1}", config.timeout_s):
                 pipe.zero_grad(set_to_none=True)
@@ -137,6 +137,7 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
             dt = time.perf_counter() - t0
+            inputs = target = None  # the next batch is drawn after this one is dropped
             result.step_s.append(dt)
             result.step_cpu_s.append(time.process_time() - c0)
             if pipe.has_last:
