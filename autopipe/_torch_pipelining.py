@@ -214,3 +214,79 @@ def messages_within(around: Callable[[], AbstractContextManager[Any]]) -> Iterat
     finally:
         for name, f in originals.items():
             setattr(schedules, name, f)
+
+
+Record = Callable[[str, int, int, float, float], None]
+"""``record(kind, stage, micro-batch, start, end)``, times from ``time.perf_counter``."""
+
+_STAGE_ACTIONS = (("forward_one_chunk", "F"), ("backward_one_chunk", "B"), ("backward_weight_one_chunk", "W"))
+"""PipelineStage methods that run one compute action, and the action each is."""
+
+
+@contextlib.contextmanager
+def actions_timed(stages: list[Any], schedule: Any, record: Record,
+                  settle: Callable[[], None] | None = None) -> Iterator[None]:
+    """Inside this, each compute action of ``stages`` (a forward ``F``; a backward ``B``, or
+    ``I`` when it makes only the input gradients; ``W``), the loss ``L`` on the last stage,
+    and the schedule's posting (``post``) and waiting on messages (``wait``, stage and
+    micro-batch −1) call ``record`` when it ends, after ``settle()`` where given (a CUDA
+    synchronize: the kernels an action queued are then part of its time). Installed
+    innermost: the times are the actions' own. Nothing is timed that this torch does not
+    run through these names."""
+    import time
+
+    from torch.distributed.pipelining import schedules
+
+    def timed(f: Callable[..., Any], kind: Callable[[tuple[Any, ...], dict[str, Any]], tuple[str, int, int]]
+              ) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                if settle is not None:
+                    settle()
+                record(*kind(args, kwargs), t0, time.perf_counter())
+        return call
+
+    patched: list[tuple[Any, str]] = []
+    for stage in stages:
+        for name, kind in _STAGE_ACTIONS:
+            f = getattr(stage, name, None)
+            if not callable(f):
+                continue
+
+            def action(args: tuple[Any, ...], kwargs: dict[str, Any], kind: str = kind,
+                       index: int = stage.stage_index) -> tuple[str, int, int]:
+                full = kwargs.get("full_backward", args[2] if len(args) > 2 else True)
+                return ("I" if kind == "B" and not full else kind), index, int(args[0])
+            setattr(stage, name, timed(f, action))
+            patched.append((stage, name))
+    loss = getattr(schedule, "_maybe_compute_loss", None)
+    last = [stage for stage in stages if stage.is_last]
+    if callable(loss) and last:  # torch calls it after every forward; it computes on the last stage
+        def computed(args: tuple[Any, ...], kwargs: dict[str, Any], index: int = last[0].stage_index
+                     ) -> tuple[str, int, int]:
+            return "L", index, int(args[3])
+        original = loss
+
+        def on_last(stage: Any, *args: Any, **kwargs: Any) -> Any:
+            return timed_loss(stage, *args, **kwargs) if stage.is_last else original(stage, *args, **kwargs)
+        timed_loss = timed(loss, computed)
+        schedule._maybe_compute_loss = on_last
+        patched.append((schedule, "_maybe_compute_loss"))
+    def message(what: str) -> Callable[[tuple[Any, ...], dict[str, Any]], tuple[str, int, int]]:
+        return lambda args, kwargs: (what, -1, -1)
+
+    messages = {name: getattr(schedules, name, None) for name in _POST_AND_WAIT}
+    for name, f in messages.items():
+        if callable(f):
+            setattr(schedules, name, timed(f, message("post" if name == "_batch_p2p" else "wait")))
+    try:
+        yield
+    finally:
+        for obj, name in reversed(patched):
+            delattr(obj, name)  # the instance's own attribute; the class's method shows again
+        for name, f in messages.items():
+            if callable(f):
+                setattr(schedules, name, f)

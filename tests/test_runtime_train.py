@@ -6,18 +6,23 @@ the tests then compare each case with ``reference_train`` on a fresh copy of the
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from autopipe.runtime.optim import TrainConfig
 from autopipe.runtime.reference import reference_train
+from autopipe.runtime.timeline import STEPS_PID
 from autopipe.runtime.train import free_port
 
 from .conftest import ROOT
@@ -77,11 +82,17 @@ def _autopipe(*args: str, env: dict[str, str] | None = None, timeout: float = 12
                           timeout=timeout, cwd=ROOT, env={**os.environ, **ENV, **(env or {})})
 
 
-def test_cli_launch_trains_and_reports(mlp_plan: Path) -> None:
+def test_cli_launch_trains_and_reports(mlp_plan: Path, tmp_path: Path) -> None:
+    """Trains as one process does, and with ``--timeline`` writes every rank's actions
+    ([Note: a measured timeline]) without changing a loss."""
     out = _autopipe("train", "examples/mlp.py:build", *MLP, "--plan", str(mlp_plan), "--steps", "3",
-                    "--batch-size", "16", "--optimizer", "sgd-momentum", "--lr", "0.05", "--launch", "2")
+                    "--batch-size", "16", "--optimizer", "sgd-momentum", "--lr", "0.05", "--launch", "2",
+                    "--timeline", str(tmp_path / "timeline.json"))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
+    _check_timeline(json.loads((tmp_path / "timeline.json").read_text()), microbatches=4, steps=3)
+    assert any(ln.startswith("timeline, median after the first step") for ln in lines)
+    assert any(ln.startswith("  stage 1: F ") and ln.endswith("per micro-batch") for ln in lines)
     steps = [ln for ln in lines if ln.startswith("step ")]
     assert [ln.split()[1] for ln in steps] == ["1/3", "2/3", "3/3"]
     assert any(ln.startswith("done: 3 steps") and "steps/s" in ln for ln in lines)
@@ -90,6 +101,25 @@ def test_cli_launch_trains_and_reports(mlp_plan: Path) -> None:
     ref = reference_train(spec, graph, 4, TrainConfig(steps=3, lr=0.05, optimizer="sgd-momentum"))
     printed = [float(ln.split()[3]) for ln in steps]
     torch.testing.assert_close(torch.tensor(printed), torch.tensor(ref), rtol=0, atol=2e-6)
+
+
+def _check_timeline(trace: dict[str, Any], microbatches: int, steps: int) -> None:
+    """Each rank ran one forward and one backward of every micro-batch of its stage a step,
+    the loss on the last stage only, one optimizer step a step, one action at a time."""
+    timed = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["pid"] == STEPS_PID]
+    for rank in (0, 1):
+        mine = sorted((e for e in timed if e["tid"] == rank), key=lambda e: e["ts"])
+        for step in range(1, steps + 1):
+            kinds = Counter(e["cat"] for e in mine if e["args"]["step"] == step)
+            assert kinds["forward"] == kinds["backward"] == microbatches
+            assert kinds["loss"] == (microbatches if rank == 1 else 0)
+            assert kinds["optimizer"] == 1 and kinds["post"] > 0
+            assert {e["args"]["stage"] for e in mine if e["cat"] == "forward"} == {rank}
+        for a, b in itertools.pairwise(mine):
+            assert a["ts"] + a["dur"] <= b["ts"] + 1e-3, (a, b)  # (µs, rounded to 1 ns)
+    simulated = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["pid"] == 0]
+    assert len([e for e in simulated if e["cat"] == "forward"]) == 2 * microbatches
+    assert sorted(map(int, trace["otherData"]["measured"]["step_s"])) == list(range(1, steps + 1))
 
 
 def test_mismatched_plan_stops_before_any_rank_starts(mlp_plan: Path) -> None:

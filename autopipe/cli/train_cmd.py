@@ -59,6 +59,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="the run's seed: dropout and the model's other random ops draw per node, step and "
                         "micro-batch from it, the same whatever the plan (default 0)")
+    p.add_argument("--timeline", default=None, metavar="FILE.json",
+                   help="time every rank's actions (forward, backward, loss, posting and waiting on messages, "
+                        "optimizer step) and write them, with the plan's simulated step, as one Chrome trace "
+                        "(ui.perfetto.dev); the last stage prints each action's median against the plan's")
     p.add_argument("--launch", type=int, default=None, metavar="P",
                    help="start P ranks on this machine (instead of torchrun) and wait for them")
     p.set_defaults(run=run)
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                          timeout_s=args.timeout, pin_malloc=args.pin_malloc, pin_cores=args.pin_cores,
                          flush_denormal=args.flush_denormal,
                          save=args.save, save_every=args.save_every, resume=args.resume,
-                         init=args.init, seed=args.seed)
+                         init=args.init, seed=args.seed, timeline=args.timeline)
     spec = _spec(args, plan)
     if args.launch is not None:
         return _launch(args, spec, plan, config)
@@ -125,7 +129,7 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
     if args.batch_size is not None:
         cmd += ["--batch-size", str(args.batch_size)]
     for flag, value in (("--save", args.save), ("--save-every", args.save_every), ("--resume", args.resume),
-                        ("--init", args.init)):
+                        ("--init", args.init), ("--timeline", args.timeline)):
         if value is not None:
             cmd += [flag, str(value)]
     result = launch(cmd, args.launch, grace_s=min(30.0, args.timeout))

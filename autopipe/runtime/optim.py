@@ -49,6 +49,9 @@ class TrainConfig:
     each rank reads its own stages' tensors (``autopipe.runtime.materialize``). None: the
     model's own weights, or for a meta-built model the spec's initialiser. Not read when
     ``resume`` is set: the checkpoint holds the weights."""
+    timeline: str | None = None
+    """Write every rank's timed actions and the plan's simulated step here, as one Chrome
+    trace (``autopipe.runtime.timeline``; [Note: a measured timeline]); None: not timed."""
     seed: int = 0
     """The run's seed: the model's random ops (dropout and the like) draw per node, step and
     micro-batch from it, the same whatever the plan ([Note: random draws per node and

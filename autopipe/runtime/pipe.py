@@ -55,6 +55,7 @@ from autopipe.runtime.prepare import Prepared, prepare
 from autopipe.runtime.stage import build_pipeline
 from autopipe.runtime.state_keys import match_state
 from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage_params
+from autopipe.runtime.timeline import ActionLog
 from autopipe.runtime.weights import WeightsSource
 from autopipe.spec import ModelSpec, scalar_loss
 
@@ -91,6 +92,9 @@ class Pipe:
         self.timeout_s = timeout_s
         self.steps = 0
         """``step`` calls so far (restored from a checkpoint by ``load_checkpoint``)."""
+        self.timeline: ActionLog | None = None
+        """Where ``step`` records its actions, timed ([Note: a measured timeline] in
+        ``autopipe.runtime.timeline``); None: not timed."""
         self._owns_group = owns_group
         self._busy_core = busy_core
         """Spins while the schedule posts and waits ([Note: a busy core while a rank waits]); closed by ``close``."""
@@ -235,7 +239,7 @@ class Pipe:
             self._grads_zeroed = False
             for p in self._params.values() if held else ():
                 p.grad = None
-            with self._messages():
+            with self._messages(), self._timed():
                 self._pipeline.schedule.step(*args, target=self._target(target),
                                              losses=losses if self.has_last else None, **self._step_kwargs)
             for p in self._params.values():
@@ -402,6 +406,13 @@ class Pipe:
         if self._busy_core is None:
             return contextlib.nullcontext()
         return messages_within(self._busy_core.busy)
+
+    def _timed(self) -> contextlib.AbstractContextManager[None]:
+        """Inside ``_messages``: the schedule's actions recorded into ``timeline``, if set."""
+        if self.timeline is None:
+            return contextlib.nullcontext()
+        self.timeline.step = self.steps
+        return self.timeline.timing(list(self._pipeline.stages), self._pipeline.schedule)
 
     def close(self) -> None:
         """Undo what ``build`` set in this process (the busy-core thread, the flushing of

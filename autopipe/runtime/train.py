@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from autopipe.runtime.optim import Stepper, TrainConfig, make_optimizer
 from autopipe.runtime.pipe import Pipe, build
 from autopipe.runtime.placement import grid_position, rank_of_stages
 from autopipe.runtime.prepare import Prepared, prepare
+from autopipe.runtime.timeline import ActionLog, compare, gathered, write_trace
 from autopipe.spec import ModelSpec
 
 __all__ = ["Prepared", "TrainResult", "check_resume", "free_port", "prepare", "rank_device", "train"]
@@ -106,6 +108,9 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
     optimizer = make_optimizer(pipe.parameters(), config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    if config.timeline is not None:
+        pipe.timeline = ActionLog(rank=pipe.rank, settle=(lambda: torch.cuda.synchronize(device))
+                                  if device.type == "cuda" else None)
 
     result = TrainResult(rank=pipe.rank, world_size=pipe.world_size, stages=pipe.stages, device=str(device),
                          modules=pipe.modules())
@@ -131,9 +136,11 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
             with failures(pipe.where, f"in step {step + 1}", config.timeout_s):
                 pipe.zero_grad(set_to_none=True)
                 losses = pipe.step(inputs, target)
-                pipe.sync_tied_grads()
+                with _span(pipe, "sync"):
+                    pipe.sync_tied_grads()
                 if optimizer is not None:
-                    optimizer.step()
+                    with _span(pipe, "O"):
+                        optimizer.step()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
             dt = time.perf_counter() - t0
@@ -157,7 +164,32 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
         gc.unfreeze()
     with failures(pipe.where, "while gathering the summary", config.timeout_s):
         _summary(plan, reports, result, device, log)
+        if config.timeline is not None and pipe.timeline is not None:
+            _timeline(config.timeline, plan, pipe.timeline, result.world_size, reports, log)
     return result
+
+
+def _span(pipe: Pipe, kind: str) -> contextlib.AbstractContextManager[None]:
+    """One timed action of this rank's step, where the run is timed ([Note: a measured timeline])."""
+    return pipe.timeline.span(kind) if pipe.timeline is not None else contextlib.nullcontext()
+
+
+def _timeline(path: str, plan: Plan, mine: ActionLog, world: int, reports: bool,
+              log: Callable[[str], None]) -> None:
+    """Gather every rank's actions (collective); the reporting rank writes the trace and
+    prints the comparison with the plan."""
+    def gather(obj: Any) -> list[Any]:
+        out: list[Any] = [None] * world
+        dist.all_gather_object(out, obj)
+        return out
+
+    ranks = gathered(mine, gather)
+    if not reports:
+        return
+    write_trace(path, plan, ranks)
+    for line in compare(plan, ranks, {r: grid_position(plan, r)[0] for r in ranks}):
+        log(line)
+    log(f"timeline: {path} (open it in ui.perfetto.dev or chrome://tracing)")
 
 
 def _extra(config: TrainConfig, plan: Plan) -> dict[str, Any]:
