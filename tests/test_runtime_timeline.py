@@ -23,7 +23,8 @@ def _actions(step: int, t0: float, f: float, b: float, post: float) -> dict[int,
     """Two ranks, 2 micro-batches, GPipe-like order; stage 1 runs its loss after each forward."""
     r0 = [Action(step, "F", 0, 0, t0, t0 + f), Action(step, "post", -1, -1, t0 + f, t0 + f + post),
           Action(step, "F", 0, 1, t0 + 1, t0 + 1 + f), Action(step, "B", 0, 0, t0 + 3, t0 + 3 + b),
-          Action(step, "B", 0, 1, t0 + 5, t0 + 5 + b), Action(step, "O", -1, -1, t0 + 7, t0 + 7.5)]
+          Action(step, "B", 0, 1, t0 + 5, t0 + 5 + b), Action(step, "sync", -1, -1, t0 + 6.75, t0 + 7),
+          Action(step, "O", -1, -1, t0 + 7, t0 + 7.5)]
     r1 = [Action(step, "F", 1, 0, t0 + 1, t0 + 1 + f), Action(step, "L", 1, 0, t0 + 1 + f, t0 + 1.25 + f),
           Action(step, "B", 1, 0, t0 + 2, t0 + 2 + b), Action(step, "wait", -1, -1, t0 + 4, t0 + 4.5),
           Action(step, "F", 1, 1, t0 + 5, t0 + 5 + f), Action(step, "L", 1, 1, t0 + 5 + f, t0 + 5.25 + f),
@@ -46,7 +47,7 @@ def test_compare_takes_medians_after_the_first_step_against_the_simulated_step()
     assert lines[1] == "  stage 0: F 500.00 ms (500.00 ms), B 1000.00 ms (1000.00 ms) per micro-batch"
     # the last stage's loss (0.25) is counted with its forward, as the plan counts it
     assert lines[2] == "  stage 1: F 750.00 ms (500.00 ms), B 1000.00 ms (1000.00 ms) per micro-batch"
-    assert lines[3] == "  rank 0: post 250.00 ms, O 500.00 ms (250.00 ms) a step"
+    assert lines[3] == "  rank 0: post 250.00 ms, sync + O 750.00 ms (250.00 ms) a step"
     assert lines[4] == "  rank 1: wait 500.00 ms a step"
     assert compare(plan, _actions(1, 0, 1, 1, 1), {0: 0, 1: 1}, simulated=sim) == [
         "timeline: no step after the first to compare"]
@@ -63,9 +64,9 @@ def test_the_trace_holds_the_median_step_from_zero_and_every_step() -> None:
     assert steps == {"1": 18.0, "2": 7.5, "3": 7.5, "4": 9.0}  # first start to last end, any rank
     assert out["otherData"]["measured"]["median_step"] == 3
     median = [e for e in out["traceEvents"] if e["ph"] == "X" and e["pid"] == MEASURED_PID]
-    assert len(median) == 13 and min(e["ts"] for e in median) == 0.0
+    assert len(median) == 14 and min(e["ts"] for e in median) == 0.0
     every = [e for e in out["traceEvents"] if e["ph"] == "X" and e["pid"] == STEPS_PID]
-    assert len(every) == 4 * 13 and {e["args"]["step"] for e in every} == {1, 2, 3, 4}
+    assert len(every) == 4 * 14 and {e["args"]["step"] for e in every} == {1, 2, 3, 4}
     assert max(e["ts"] for e in every) == 47e6  # rank 0's optimizer step in step 4, from step 1's start
 
 

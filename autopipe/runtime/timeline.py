@@ -122,9 +122,10 @@ def compare(plan: Plan, ranks: dict[int, list[Action]], positions: dict[int, int
     """Per stage, each action's median duration after the first step against the simulated
     one (a last stage's ``L`` counted with its ``F``, as the plan counts the loss; a split
     backward's ``I`` against the simulated ``B``); per rank, what a step spent posting,
-    waiting, summing tied gradients and in its optimizer step, in median, the last against
-    the simulated step's (``positions``: each rank's place in its pipeline, the simulated
-    rank)."""
+    waiting, and summing tied gradients and stepping its optimizer, in median, the last
+    against the simulated ``O`` (which holds both and the runtime's per-step work; the sum
+    is a collective, so a rank that ends its backwards early waits in it: ``positions``,
+    each rank's place in its pipeline, the simulated rank)."""
     sim = simulated if simulated is not None else simulate_plan(plan)
     planned: dict[tuple[int, str], list[float]] = defaultdict(list)
     optimizer: dict[int, float] = defaultdict(float)
@@ -158,10 +159,13 @@ def compare(plan: Plan, ranks: dict[int, list[Action]], positions: dict[int, int
         lines.append(f"  stage {s}: " + ", ".join(parts) + " per micro-batch")
     for rank in sorted(ranks):
         parts = [f"{kind} {_ms(statistics.median(per_step[rank, kind].values()))}"
-                 for kind in ("post", "wait", "sync", "O") if per_step.get((rank, kind))]
-        stepped = optimizer.get(positions.get(rank, rank))
-        if parts and stepped and per_step.get((rank, "O")):
-            parts[-1] += f" ({_ms(stepped)})"
+                 for kind in ("post", "wait") if per_step.get((rank, kind))]
+        # the simulator's O: the tied sum, the optimizer step and the runtime's per-step work
+        after = [per_step[rank, "sync"].get(k, 0.0) + per_step[rank, "O"].get(k, 0.0)
+                 for k in set(per_step.get((rank, "sync"), {})) | set(per_step.get((rank, "O"), {}))]
+        if after:
+            stepped = optimizer.get(positions.get(rank, rank))
+            parts.append(f"sync + O {_ms(statistics.median(after))}" + (f" ({_ms(stepped)})" if stepped else ""))
         if parts:
             lines.append(f"  rank {rank}: " + ", ".join(parts) + " a step")
     return lines
