@@ -4,8 +4,15 @@ actions (the recording itself runs in tests/test_runtime_train.py)."""
 from __future__ import annotations
 
 from autopipe import Plan, trace
-from autopipe.runtime.timeline import MEASURED_PID, STEPS_PID, Action, ActionLog, compare, gathered
-from autopipe.runtime.timeline import trace as chrome
+from autopipe.runtime.timeline import (
+    MEASURED_PID,
+    STEPS_PID,
+    Action,
+    ActionLog,
+    compare,
+    gathered,
+    timeline_trace,
+)
 from autopipe.schedule import StageCost, simulate
 
 from .conftest import example_spec
@@ -59,7 +66,7 @@ def test_the_trace_holds_the_median_step_from_zero_and_every_step() -> None:
                    schedule="1f1b", microbatches=2)
     ranks = _merge(_actions(1, 0, 9.0, 9.0, 9.0), _actions(2, 20, 0.5, 1.0, 0.25),
                    _actions(3, 30, 0.75, 1.0, 0.25), _actions(4, 40, 0.5, 3.0, 0.25))
-    out = chrome(plan, ranks, simulated=sim)
+    out = timeline_trace(plan, ranks, simulated=sim)
     steps = out["otherData"]["measured"]["step_s"]
     assert steps == {"1": 18.0, "2": 7.5, "3": 7.5, "4": 9.0}  # first start to last end, any rank
     assert out["otherData"]["measured"]["median_step"] == 3

@@ -83,7 +83,7 @@ class ActionLog:
         return actions_timed(stages, schedule, self.record, self.settle)
 
 
-def trace(plan: Plan, ranks: dict[int, list[Action]], simulated: SimResult | None = None) -> dict[str, Any]:
+def timeline_trace(plan: Plan, ranks: dict[int, list[Action]], simulated: SimResult | None = None) -> dict[str, Any]:
     """The Chrome trace: the plan's simulated step (processes 0 and 1, ``chrome_trace``),
     the run's median step after the first, each rank's actions from its start, and every
     step from the first one's start (microseconds)."""
@@ -113,8 +113,8 @@ def trace(plan: Plan, ranks: dict[int, list[Action]], simulated: SimResult | Non
 
 
 def write_trace(path: str | os.PathLike[str], plan: Plan, ranks: dict[int, list[Action]]) -> None:
-    """Write ``trace`` atomically."""
-    write_json_atomic(path, trace(plan, ranks))
+    """Write ``timeline_trace`` atomically."""
+    write_json_atomic(path, timeline_trace(plan, ranks))
 
 
 def compare(plan: Plan, ranks: dict[int, list[Action]], positions: dict[int, int],
