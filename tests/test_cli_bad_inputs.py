@@ -199,6 +199,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("train: --batch-size not a multiple",
      ["train", MLP, "--plan", "{plan}", "--steps", "1", "--batch-size", "7"], "not a positive multiple"),
     ("train: --launch 0", ["train", MLP, "--plan", "{plan}", "--steps", "1", "--launch", "0"], "--launch 0"),
+    ("train: --timeline into a directory",
+     ["train", MLP, "--plan", "{plan}", "--steps", "1", "--timeline", "{tmp}"], "is a directory"),
 ]
 
 

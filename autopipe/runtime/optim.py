@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from autopipe._jsonio import check_writable
 from autopipe._optimizers import DEVICES, OPTIMIZERS, MasterWeights, Stepper, build_optimizer
 from autopipe.errors import AutopipeError
 
@@ -73,6 +74,8 @@ class TrainConfig:
             raise AutopipeError("--save-every needs --save DIR", hint="name the checkpoint directory with --save")
         if self.save_every is not None and self.save_every < 1:
             raise AutopipeError(f"--save-every is {self.save_every}", hint="save every 1 or more steps")
+        if self.timeline is not None:
+            check_writable(self.timeline)  # before the run, not after it
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], config: TrainConfig) -> Stepper | None:
