@@ -187,10 +187,9 @@ _POST_AND_WAIT = ("_batch_p2p", "_wait_batch_p2p")
 
 
 @contextlib.contextmanager
-def messages_within(around: Callable[[], AbstractContextManager[Any]]) -> Iterator[None]:
-    """Inside this, torch's schedules post and wait on their messages inside ``around()``,
-    and yield the core once before posting ([Note: a busy core while a rank waits] in
-    ``autopipe.runtime.busy_core``). Nothing changes on a torch without those functions."""
+def _messages_wrapped(wrap: Callable[[Callable[..., Any], bool], Callable[..., Any]]) -> Iterator[None]:
+    """Inside this, torch's schedules post (``wrap(f, True)``) and wait (``wrap(f, False)``)
+    through the wrapped functions; nothing changes on a torch without both of them."""
     from torch.distributed.pipelining import schedules
 
     found = {name: getattr(schedules, name, None) for name in _POST_AND_WAIT}
@@ -198,7 +197,19 @@ def messages_within(around: Callable[[], AbstractContextManager[Any]]) -> Iterat
     if len(originals) < len(found):
         yield
         return
+    for name, f in originals.items():
+        setattr(schedules, name, wrap(f, name == "_batch_p2p"))
+    try:
+        yield
+    finally:
+        for name, f in originals.items():
+            setattr(schedules, name, f)
 
+
+def messages_within(around: Callable[[], AbstractContextManager[Any]]) -> AbstractContextManager[None]:
+    """Inside this, torch's schedules post and wait on their messages inside ``around()``,
+    and yield the core once before posting ([Note: a busy core while a rank waits] in
+    ``autopipe.runtime.busy_core``). Nothing changes on a torch without those functions."""
     def wrapped(f: Callable[..., Any], posts: bool) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
             with around():
@@ -207,14 +218,7 @@ def messages_within(around: Callable[[], AbstractContextManager[Any]]) -> Iterat
                 return f(*args, **kwargs)
         return call
 
-    for name, f in originals.items():
-        setattr(schedules, name, wrapped(f, posts=name == "_batch_p2p"))
-    try:
-        yield
-    finally:
-        for name, f in originals.items():
-            setattr(schedules, name, f)
-
+    return _messages_wrapped(wrapped)
 
 Record = Callable[[str, int, int, float, float], None]
 """``record(kind, stage, micro-batch, start, end)``, times from ``time.perf_counter``."""
@@ -234,8 +238,6 @@ def actions_timed(stages: list[Any], schedule: Any, record: Record,
     innermost: the times are the actions' own. Nothing is timed that this torch does not
     run through these names."""
     import time
-
-    from torch.distributed.pipelining import schedules
 
     def timed(f: Callable[..., Any], kind: Callable[[tuple[Any, ...], dict[str, Any]], tuple[str, int, int]]
               ) -> Callable[..., Any]:
@@ -268,25 +270,20 @@ def actions_timed(stages: list[Any], schedule: Any, record: Record,
         def computed(args: tuple[Any, ...], kwargs: dict[str, Any], index: int = last[0].stage_index
                      ) -> tuple[str, int, int]:
             return "L", index, int(args[3])
-        original = loss
+        timed_loss = timed(loss, computed)
 
         def on_last(stage: Any, *args: Any, **kwargs: Any) -> Any:
-            return timed_loss(stage, *args, **kwargs) if stage.is_last else original(stage, *args, **kwargs)
-        timed_loss = timed(loss, computed)
+            return (timed_loss if stage.is_last else loss)(stage, *args, **kwargs)
         schedule._maybe_compute_loss = on_last
         patched.append((schedule, "_maybe_compute_loss"))
-    def message(what: str) -> Callable[[tuple[Any, ...], dict[str, Any]], tuple[str, int, int]]:
-        return lambda args, kwargs: (what, -1, -1)
 
-    messages = {name: getattr(schedules, name, None) for name in _POST_AND_WAIT}
-    for name, f in messages.items():
-        if callable(f):
-            setattr(schedules, name, timed(f, message("post" if name == "_batch_p2p" else "wait")))
+    def message(f: Callable[..., Any], posts: bool) -> Callable[..., Any]:
+        what = "post" if posts else "wait"
+        return timed(f, lambda args, kwargs: (what, -1, -1))
+
     try:
-        yield
+        with _messages_wrapped(message):
+            yield
     finally:
         for obj, name in reversed(patched):
             delattr(obj, name)  # the instance's own attribute; the class's method shows again
-        for name, f in messages.items():
-            if callable(f):
-                setattr(schedules, name, f)

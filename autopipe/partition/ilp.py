@@ -467,8 +467,7 @@ class _Model:
                     lin.add(x_bytes[s - 1], m / scale)
                 if s < p - 1:
                     lin.add(x_bytes[s], m / scale)
-            for lin in (mem, temp):  # [Note: the batch a rank holds]
-                lin.const += problem.batch_bytes(s) / scale
+                lin.const += problem.batch_bytes(s) / scale  # [Note: the batch a rank holds]
             if s < p - 1 and cfg.linked(s):
                 mem.add(x_bytes[s], held_mb / scale)
                 act.add(x_bytes[s], 1.0 / scale)

@@ -207,5 +207,4 @@ def _event(a: Action, pid: int, rank: int, zero: float) -> dict[str, Any]:
 
 def gathered(log: ActionLog, gather: Callable[[Any], list[Any]]) -> dict[int, list[Action]]:
     """Every rank's actions (``gather``: an all-gather of one object per rank)."""
-    return {rank: [Action(*a) for a in acts] for rank, acts in
-            gather((log.rank, [(a.step, a.kind, a.stage, a.microbatch, a.start, a.end) for a in log.actions]))}
+    return dict(gather((log.rank, log.actions)))
