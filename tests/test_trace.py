@@ -97,6 +97,30 @@ def test_falls_back_to_export() -> None:
         autopipe.trace(NeedsExport(), (torch.randn(3, 8),), frontend="fx")
 
 
+class _RouterCastEachForward(NeedsExport):
+    """Converts a layer to the dtype it has inside forward, as Switch Transformers' and
+    NLLB-MoE's routers do ([Note: a module's own dtype inside forward])."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.lin = self.lin.to(torch.float32)
+        return super().forward(x)
+
+
+def test_a_module_converted_to_its_own_dtype_inside_forward_exports() -> None:
+    model = _RouterCastEachForward()
+    weight = model.lin.weight
+    x = torch.randn(3, 8)
+    g = autopipe.trace(model, (x,))
+    assert g.frontend == "export" and model.lin.weight is weight
+    assert torch.nn.Module._apply.__qualname__ == "Module._apply"  # torch's own again
+    out = g.gm(x)[0]
+    torch.testing.assert_close(out, model(x))
+    grads = torch.autograd.grad(out.sum(), [p for p in g.gm.parameters()])
+    expected = torch.autograd.grad(model(x).sum(), [model.lin.weight, model.lin.bias])
+    for a, b in zip(grads, expected):
+        torch.testing.assert_close(a, b)
+
+
 def test_untraceable_model_quotes_both_reasons() -> None:
     with pytest.raises(TraceError) as info:
         autopipe.trace(DataDependent(), (torch.randn(2, 4),))

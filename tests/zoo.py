@@ -19,6 +19,10 @@ keeps the real images: a shape that depends on the data), ViLT (``interpolate`` 
 with ``.item()``) and Mistral 3 (image features split by sizes computed as tensors), each
 refused naming the node or the model's line; and Chameleon, which trains like one process but
 whose VQ image tokenizer (argmin codes) leaves most of its parameters without a gradient.
+The sweep of 2026-12-05 left out Switch Transformers and NLLB-MoE (a Python loop over the
+experts a batch hits, as DBRX; their routers' cast of the router layer to its own dtype in
+every forward, which export refused before, now traces: [Note: a module's own dtype inside
+forward]) and FSMT (``if not padding_mask.any()`` picks the mask).
 """
 
 from __future__ import annotations
@@ -1528,6 +1532,111 @@ def falcon_h1() -> ModelSpec:
     return _tokens(_seeded(lambda: hf.FalconH1ForCausalLM(cfg)), "falcon-h1")
 
 
+
+# --- the sweep of 2026-12-05 ------------------------------------------------------------------
+
+def gpt_bigcode() -> ModelSpec:
+    """GPTBigCode (StarCoder): multi-query attention, one key and value head fused into the
+    query projection's output and split off it, learned positions."""
+    cfg = hf.GPTBigCodeConfig(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                              multi_query=True, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                              use_cache=False)
+    return _tokens(_seeded(lambda: hf.GPTBigCodeForCausalLM(cfg)), "gpt-bigcode")
+
+
+def mpt() -> ModelSpec:
+    """MPT: ALiBi (a per-head linear bias on key distance, a buffer made from the slopes) in
+    place of position embeddings, no biases, the output projection tied to the embedding."""
+    cfg = hf.MptConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, expansion_ratio=2,
+                       max_seq_len=64, use_cache=False, attn_config={"alibi": True})
+    return _tokens(_seeded(lambda: hf.MptForCausalLM(cfg)), "mpt")
+
+
+def glm4_moe() -> ModelSpec:
+    """GLM-4 MoE: rotary on half of each head, a dense first layer, then sigmoid-scored experts
+    with a correction bias and a shared expert."""
+    cfg = hf.Glm4MoeConfig(**_DECODER, head_dim=8, moe_intermediate_size=16, n_routed_experts=4,
+                           num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1,
+                           n_group=1, topk_group=1, partial_rotary_factor=0.5)
+    return _tokens(_seeded(lambda: hf.Glm4MoeForCausalLM(cfg)), "glm4-moe")
+
+
+def longcat_flash() -> ModelSpec:
+    """LongCat-Flash: two latent attentions and two MLPs per layer around a shortcut MoE whose
+    router may pick "zero experts" (a token passed through unchanged)."""
+    cfg = hf.LongcatFlashConfig(vocab_size=VOCAB, hidden_size=32, ffn_hidden_size=64,
+                                expert_ffn_hidden_size=16, num_layers=2, num_attention_heads=4,
+                                kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+                                v_head_dim=8, head_dim=8, n_routed_experts=4, zero_expert_num=2,
+                                moe_topk=2, max_position_embeddings=64, use_cache=False)
+    return _tokens(_seeded(lambda: hf.LongcatFlashForCausalLM(cfg)), "longcat-flash")
+
+
+def squeezebert() -> ModelSpec:
+    """SqueezeBERT: attention and feed-forward as grouped 1x1 convolutions over channels-first
+    activations (permuted in and out of each layer), masked LM."""
+    cfg = hf.SqueezeBertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=4, intermediate_size=64, embedding_size=32,
+                               max_position_embeddings=64, hidden_dropout_prob=0.0,
+                               attention_probs_dropout_prob=0.0)
+    return _tokens(_seeded(lambda: hf.SqueezeBertForMaskedLM(cfg)), "squeezebert", shift=False)
+
+
+def pvt_v2() -> ModelSpec:
+    """PVTv2: overlapping patch embeddings, attention whose keys and values come from a
+    spatially reduced (strided conv) map, depthwise convs inside the MLPs."""
+    cfg = hf.PvtV2Config(num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+                         hidden_sizes=[8, 16], patch_sizes=[3, 3], strides=[2, 2],
+                         num_attention_heads=[1, 2], mlp_ratios=[2, 2], drop_path_rate=0.0,
+                         num_labels=5)
+    return _classes(_seeded(lambda: hf.PvtV2ForImageClassification(cfg)), "pvt-v2", (3, 16, 16), 5)
+
+
+def focalnet() -> ModelSpec:
+    """FocalNet: focal modulation (hierarchical depthwise-conv contexts gated and summed, then
+    a pointwise modulator) in place of attention."""
+    cfg = hf.FocalNetConfig(image_size=16, patch_size=2, num_channels=3, embed_dim=8, depths=[1, 1],
+                            focal_levels=[2, 2], focal_windows=[3, 3], drop_path_rate=0.0,
+                            num_labels=5)
+    return _classes(_seeded(lambda: hf.FocalNetForImageClassification(cfg)), "focalnet",
+                    (3, 16, 16), 5)
+
+
+class _Codes(nn.Module):
+    """MusicGen's decoder over (batch × codebooks, seq) audio codes: logits (batch, codebooks, seq, vocab)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(input_ids=codes).logits
+        return out
+
+
+def _codes_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
+
+
+def musicgen() -> ModelSpec:
+    """MusicGen's decoder: 2 parallel codebooks of audio tokens, their embeddings summed into
+    one sequence, sinusoidal positions, one LM head per codebook (stacked)."""
+    cfg = hf.MusicgenDecoderConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=4, ffn_dim=64, max_position_embeddings=64,
+                                   num_codebooks=2, dropout=0.0, attention_dropout=0.0,
+                                   activation_dropout=0.0, use_cache=False, pad_token_id=0,
+                                   bos_token_id=1)
+    model = _seeded(lambda: _Codes(hf.MusicgenForCausalLM(cfg)))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)  # each sample's codebooks are consecutive rows
+        codes = torch.randint(2, VOCAB, (n * BATCH * 2, SEQ + 1), generator=g)
+        return (codes[:, :-1],), codes[:, 1:].reshape(n * BATCH, 2, SEQ)
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_codes_loss, batch=batch,
+                     name="musicgen")
+
+
 ZOO: dict[str, Callable[[], ModelSpec]] = {
     "t5": t5, "mixtral": mixtral, "qwen2-moe": qwen2_moe, "vit": vit, "convnext": convnext,
     "resnet": resnet, "wav2vec2": wav2vec2, "whisper": whisper, "gpt-neox": gpt_neox, "mistral": mistral, "qwen2": qwen2,
@@ -1554,6 +1663,8 @@ ZOO: dict[str, Callable[[], ModelSpec]] = {
     "clap": clap, "blip2": blip2, "kosmos2": kosmos2, "pix2struct": pix2struct, "layoutlmv3": layoutlmv3,
     "albert": albert, "prophetnet": prophetnet, "t5gemma": t5gemma, "deepseek-v2": deepseek_v2,
     "minimax": minimax, "falcon-h1": falcon_h1,
+    "gpt-bigcode": gpt_bigcode, "mpt": mpt, "glm4-moe": glm4_moe, "longcat-flash": longcat_flash,
+    "squeezebert": squeezebert, "pvt-v2": pvt_v2, "focalnet": focalnet, "musicgen": musicgen,
 }
 """Every zoo model by name: a fresh, identically initialised copy per call."""
 
