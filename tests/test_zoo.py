@@ -26,6 +26,8 @@ from autopipe import Graph, trace
 from autopipe.plan_format import Plan
 from autopipe.runtime.draws import drawing, seed_draws, seeded_draws
 from autopipe.runtime.launch import launch
+from autopipe.runtime.meta import stage_metas
+from autopipe.runtime.packing import pack_cuts
 from autopipe.runtime.placement import rank_of_stages
 from autopipe.runtime.split import split_graph
 from autopipe.runtime.validate import model_constants
@@ -108,6 +110,7 @@ def test_zoo_model_splits_anywhere(name: str) -> None:
         plan = (plan_from_cuts(graph, [cut], schedule="zb-h1", ranks=[0, 1]) if split_backward
                 else plan_from_cuts(graph, [cut]))
         split = split_graph(graph, plan, constants)
+        pack_cuts(split, stage_metas(split, tensors))  # as the runtime sends: [Note: one message per cut]
         for st in split.stages:
             seed_draws(st.module)
         with drawing(0, 1, 0):

@@ -149,8 +149,8 @@ class _Tiny(nn.Module):
         return out
 
 
-def _tiny_plan(graph: Graph, microbatches: int) -> Plan:
-    """Two stages, cut after the first layer's activation."""
+def tiny_plan(graph: Graph, microbatches: int) -> Plan:
+    """Two stages of a model whose second layer is ``second``, cut before that layer's first node."""
     from autopipe.plan_format import Device, Plan, Predicted, SolverInfo, Stage, StageMemory
 
     names = [n.name for n in graph.nodes]
@@ -164,6 +164,19 @@ def _tiny_plan(graph: Graph, microbatches: int) -> Plan:
                 predicted=Predicted(iteration_s=0.0, bubble_fraction=0.0),
                 solver=SolverInfo(method="uniform", status="heuristic", objective_s=0.0,
                                   lower_bound_s=0.0, gap=0.0, seconds=0.0))
+
+
+def tiny_spec(model: nn.Module, rows: int = _ROWS, width: int = _WIDTH) -> ModelSpec:
+    """A spec for a model of ``rows`` × ``width`` inputs and outputs, trained to random targets
+    by the mean squared error."""
+    from autopipe.spec import ModelSpec
+
+    def loss(out: Any, target: torch.Tensor) -> torch.Tensor:
+        value: torch.Tensor = (out[0] - target).square().mean()
+        return value
+
+    return ModelSpec(model=model, example_inputs=(torch.randn(rows, width),), loss_fn=loss,
+                     batch=lambda n, step=0: ((torch.randn(rows * n, width),), torch.randn(rows * n, width)))
 
 
 def _allreduce_line() -> tuple[float, float]:
@@ -245,26 +258,18 @@ def _stage_overheads(rank: int, microbatches: tuple[int, int] = (2, 8),
     """
     from autopipe.runtime.prepare import prepare
     from autopipe.runtime.stage import build_pipeline
-    from autopipe.spec import ModelSpec
     from autopipe.trace import trace
 
     torch.manual_seed(0)
-    model = _Tiny()
-    example = torch.randn(_ROWS, _WIDTH)
-
-    def loss(out: Any, target: torch.Tensor) -> torch.Tensor:
-        value: torch.Tensor = (out[0] - target).square().mean()
-        return value
-
-    spec = ModelSpec(model=model, example_inputs=(example,), loss_fn=loss,
-                     batch=lambda n, step=0: ((torch.randn(_ROWS * n, _WIDTH),), torch.randn(_ROWS * n, _WIDTH)))
-    graph = trace(model, (example,))
+    spec = tiny_spec(_Tiny())
+    example, loss = spec.example_inputs[0], spec.loss_fn
+    graph = trace(spec.model, (example,))
     clock = time.thread_time
     module = None
     # per count: each step's (work around the calls, inside F per micro-batch, inside B per micro-batch)
     runs: list[list[tuple[float, float, float]]] = []
     for m in microbatches:
-        plan = _tiny_plan(graph, m)
+        plan = tiny_plan(graph, m)
         prep = prepare(spec, plan, 2, graph)
         pipe = build_pipeline(prep.split, prep.metas, plan, rank, torch.device("cpu"), loss)
         module = prep.split.stages[rank].module

@@ -11,6 +11,7 @@ import torch
 from autopipe.errors import SpecError
 from autopipe.plan_format import Plan
 from autopipe.runtime.meta import StageMeta, stage_metas
+from autopipe.runtime.packing import pack_cuts
 from autopipe.runtime.placement import check_world_size
 from autopipe.runtime.split import Split
 from autopipe.runtime.validate import model_constants, validate_plan
@@ -59,13 +60,17 @@ class Prepared:
         return tensors
 
 
-def prepare(spec: ModelSpec, plan: Plan, world_size: int, graph: Graph | None = None) -> Prepared:
+def prepare(spec: ModelSpec, plan: Plan, world_size: int, graph: Graph | None = None, *,
+            pack: bool = True) -> Prepared:
     """Trace the model and check the plan against it and the world size; split it into stages.
 
     Runs before any process group exists, so a wrong plan stops every rank (or the
     launcher) with a clear error instead of failing mid-step.
 
     The plan is checked with ``validate_plan``, as every command that reads a plan does.
+    ``pack``: each cut sends its values of one kind as one tensor ([Note: one message per
+    cut] in ``autopipe.runtime.packing``); False: one tensor per value, as torch's schedules
+    send them (``benchmarks/bench_cut_messages.py`` compares the two).
 
     Raises:
         PlanMismatchError: the plan was made for another model, micro-batch shape or world size.
@@ -86,7 +91,10 @@ def prepare(spec: ModelSpec, plan: Plan, world_size: int, graph: Graph | None = 
     flat = graph.flat_inputs(spec.example_inputs, spec.example_kwargs)
     names = [n.name for n in graph.gm.graph.nodes if n.op == "placeholder"]
     # the model's inputs go in contiguous (see Prepared.flat_batch): torch checks their strides
-    metas = stage_metas(split, [v.contiguous() for v in flat if isinstance(v, torch.Tensor)])
+    inputs = [v.contiguous() for v in flat if isinstance(v, torch.Tensor)]
+    metas = stage_metas(split, inputs)
+    if pack and pack_cuts(split, metas):  # [Note: one message per cut]
+        metas = stage_metas(split, inputs)
     return Prepared(graph=graph, split=split, metas=metas, constants=constants, input_names=names)
 
 
