@@ -67,8 +67,11 @@ def test_a_cut_sends_one_tensor_per_kind_and_the_stages_compute_the_model() -> N
     plan = plan_from_cuts(graph, [cut])
     loose, packed = split_graph(graph, plan), split_graph(graph, plan)
     loose_metas = stage_metas(loose, [x, ids])
-    assert pack_cuts(packed, stage_metas(packed, [x, ids]))
-    metas = stage_metas(packed, [x, ids])
+    metas = pack_cuts(packed, stage_metas(packed, [x, ids]))
+    found = stage_metas(packed, [x, ids])  # what the packed stages send and take, run on fakes
+    for mine, theirs in zip(metas, found):
+        for a, b in zip((*mine.inputs, *mine.outputs), (*theirs.inputs, *theirs.outputs), strict=True):
+            assert (a.shape, a.stride(), a.dtype, a.requires_grad) == (b.shape, b.stride(), b.dtype, b.requires_grad)
     assert len(packed.stages[1].inputs) == len(loose_metas[1].inputs) == 7  # h1, h2, h3, i1, i2, counts, x
     kinds = [(t.dtype, t.requires_grad) for t in metas[0].outputs]
     assert sorted(kinds, key=str) == sorted([(torch.float32, True), (torch.int64, False), (torch.float32, False)],

@@ -106,11 +106,12 @@ def unpack_inputs(gm: fx.GraphModule, groups: Sequence[Sequence[int]],
     gm.recompile()
 
 
-def pack_cuts(split: Split, metas: Sequence[StageMeta]) -> bool:
+def pack_cuts(split: Split, metas: Sequence[StageMeta]) -> list[StageMeta]:
     """Make each of ``split``'s cuts send its values as ``pack_groups`` of their dtypes and
-    gradients (``metas``: the split's stages as ``stage_metas`` finds them) into one tensor
-    each; whether any cut changed (its stages' metas are then to be found again)."""
-    changed = False
+    gradients into one tensor each. ``metas``: the split's stages as ``stage_metas`` finds
+    them; returns them as they are then (a message: its values' elements, 1-D)."""
+    inputs = [list(m.inputs) for m in metas]
+    outputs = [list(m.outputs) for m in metas]
     for b, meta in enumerate(metas[:-1]):
         sent = meta.outputs
         receiver = split.stages[b + 1].module
@@ -121,8 +122,17 @@ def pack_cuts(split: Split, metas: Sequence[StageMeta]) -> bool:
         written = written_in_place(receiver, body, [n.name for n in placeholders])
         groups = pack_groups([None if ph.name in written else (t.dtype, t.requires_grad)
                               for ph, t in zip(placeholders, sent)])
-        if groups:
-            pack_outputs(split.stages[b].module, groups)
-            unpack_inputs(split.stages[b + 1].module, groups, [tuple(t.shape) for t in sent])
-            changed = True
-    return changed
+        if not groups:
+            continue
+        pack_outputs(split.stages[b].module, groups)
+        unpack_inputs(receiver, groups, [tuple(t.shape) for t in sent])
+        messages: list[torch.Tensor] = []
+        for p in _positions(len(sent), groups):
+            if isinstance(p, tuple):
+                first = sent[p[0]]
+                message = torch.empty(sum(sent[i].numel() for i in p), dtype=first.dtype, device="meta")
+                messages.append(message.requires_grad_(first.requires_grad))
+            else:
+                messages.append(sent[p])
+        outputs[b] = inputs[b + 1] = messages
+    return [StageMeta(inputs=tuple(i), outputs=tuple(o)) for i, o in zip(inputs, outputs)]

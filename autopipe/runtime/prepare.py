@@ -93,8 +93,8 @@ def prepare(spec: ModelSpec, plan: Plan, world_size: int, graph: Graph | None = 
     # the model's inputs go in contiguous (see Prepared.flat_batch): torch checks their strides
     inputs = [v.contiguous() for v in flat if isinstance(v, torch.Tensor)]
     metas = stage_metas(split, inputs)
-    if pack and pack_cuts(split, metas):  # [Note: one message per cut]
-        metas = stage_metas(split, inputs)
+    if pack:  # [Note: one message per cut]
+        metas = pack_cuts(split, metas)
     return Prepared(graph=graph, split=split, metas=metas, constants=constants, input_names=names)
 
 
