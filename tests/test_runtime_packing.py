@@ -110,4 +110,5 @@ def test_the_benchmark_prints_each_way() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [ln for ln in out.stdout.splitlines() if " KiB " in ln]
     assert [r.split("KiB")[1].split("  ")[1].strip() for r in rows] == ["one tensor", "packed", "one by one"]
-    assert all(float(r.split()[-1]) > 0 for r in rows)
+    assert all(float(r.split()[-1]) > 0 and float(r.split()[-2]) > 0 for r in rows)  # / one tensor, pred/med
+    assert len({r.split(" ms")[0].split()[-1] for r in rows[1:]}) == 1  # packed, one by one: one plan, one prediction
