@@ -1,4 +1,4 @@
-"""What a cut of several tensors costs a pipeline step, packed into one message per dtype or sent one by one.
+"""What a cut of several tensors costs a pipeline step, packed into one message or sent one by one.
 
     python -m benchmarks.bench_cut_messages [--tensors 4] [--floats 64,16384] [--steps 40]
 

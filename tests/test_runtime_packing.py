@@ -11,7 +11,7 @@ from torch import nn
 
 import autopipe
 from autopipe.runtime.meta import stage_metas
-from autopipe.runtime.packing import pack, pack_cuts, pack_groups, unpack
+from autopipe.runtime.packing import Group, pack, pack_cuts, pack_groups, unpack
 from autopipe.runtime.prepare import prepare
 from autopipe.runtime.split import split_graph
 
@@ -20,26 +20,56 @@ from .runtime_cases import Case, pipeline_backward
 from .runtime_plans import plan_from_cuts
 
 
-def test_groups_are_the_kinds_two_or_more_values_share_in_order() -> None:
-    f, g, i = (torch.float32, True), (torch.float32, False), (torch.int64, False)
-    assert pack_groups([f, i, f, g, i, f, g]) == [[0, 2, 5], [1, 4], [3, 6]]
-    assert pack_groups([f, g, i]) == []
-    assert pack_groups([f, None, f, None]) == [[0, 2]]
+def test_a_cut_is_one_message_per_dtype_with_a_gradient_and_the_rest_travel_in_the_first() -> None:
+    f, g, i, b = (torch.float32, True), (torch.float32, False), (torch.int64, False), (torch.bool, False)
+    h = (torch.bfloat16, True)
+    # the values of another dtype first (as their bytes), then the message's own
+    assert pack_groups([f, i, f, g, i, f, g]) == [Group(torch.float32, (1, 4, 0, 2, 3, 5, 6))]
+    assert pack_groups([b, f]) == [Group(torch.float32, (0, 1))]
+    assert pack_groups([h, f, i, h]) == [Group(torch.bfloat16, (2, 0, 3)), ]  # f alone in its own
+    assert pack_groups([i, b]) == [Group(torch.uint8, (0, 1))]  # bytes where none has a gradient
+    assert pack_groups([i, i]) == [Group(torch.int64, (0, 1))]
+    assert pack_groups([f, None, g, None]) == [Group(torch.float32, (0, 2))]
+    assert pack_groups([f, None]) == [] and pack_groups([i]) == []
 
 
 def test_unpacked_values_are_views_whose_gradients_come_back_as_one_tensor() -> None:
     a, b, c = torch.randn(2, 3), torch.randn(4), torch.randn(())
-    packed = pack(a, b.view(2, 2).t(), c)  # a strided value packs by its elements
+    packed = pack(torch.float32, a, b.view(2, 2).t(), c)  # a strided value packs by its elements
     assert packed.shape == (11,)
     leaf = packed.detach().requires_grad_(True)
-    x, y, z = unpack(leaf, [(2, 3), (2, 2), ()])
-    assert all(v._base is leaf for v in (x, y, z))
+    layout = [(torch.float32, (2, 3), True), (torch.float32, (2, 2), True), (torch.float32, (), False)]
+    x, y, z = unpack(leaf, layout)
+    assert all(v.untyped_storage().data_ptr() == leaf.untyped_storage().data_ptr() for v in (x, y, z))
+    assert x._base is leaf and not z.requires_grad
     torch.testing.assert_close(x, a)
     torch.testing.assert_close(y, b.view(2, 2).t())
     torch.testing.assert_close(z, c)
-    (x.sum() * 1 + (y * 2).sum() + z * 3).backward()
+    (x.sum() * 1 + (y * 2).sum()).backward()
     assert leaf.grad is not None and leaf.grad.is_contiguous()
-    torch.testing.assert_close(leaf.grad, torch.tensor([1.0] * 6 + [2.0] * 4 + [3.0]))
+    torch.testing.assert_close(leaf.grad, torch.tensor([1.0] * 6 + [2.0] * 4 + [0.0]))
+
+
+def test_values_of_other_dtypes_travel_as_their_bytes_to_the_bit() -> None:
+    mask = torch.tensor([[True, False, True]]).expand(3, 3)  # strided: packs by its elements
+    ids = torch.tensor([-1, 2**40 + 7, 3])
+    odd = torch.tensor([float("nan"), -0.0, 1e-45, float("inf")], dtype=torch.float64)  # bits a float op would change
+    h = torch.randn(5, requires_grad=True)
+    packed = pack(torch.float32, mask, ids, odd, h)
+    assert packed.dtype == torch.float32 and packed.requires_grad
+    assert packed.numel() == 16 // 4 + 32 // 4 + 32 // 4 + 5  # each of another dtype padded to 16 bytes
+    leaf = packed.detach().requires_grad_(True)
+    layout = [(t.dtype, tuple(t.shape), t.requires_grad) for t in (mask, ids, odd, h)]
+    m, i, o, x = unpack(leaf, layout)
+    assert all(v.untyped_storage().data_ptr() == leaf.untyped_storage().data_ptr() for v in (m, i, o, x))
+    assert torch.equal(m, mask) and torch.equal(i, ids) and o.view(torch.int64).equal(odd.view(torch.int64))
+    assert (m.dtype, i.dtype, o.dtype) == (torch.bool, torch.int64, torch.float64)
+    assert not (m.requires_grad or i.requires_grad or o.requires_grad) and x.requires_grad
+    (x * torch.arange(5.0)).sum().backward()
+    assert leaf.grad is not None
+    torch.testing.assert_close(leaf.grad, torch.cat([torch.zeros(20), torch.arange(5.0)]))
+    packed.backward(leaf.grad)  # the sender's side: only the value with a gradient gets one
+    torch.testing.assert_close(h.grad, torch.arange(5.0))
 
 
 class _Mixed(nn.Module):
@@ -59,7 +89,7 @@ class _Mixed(nn.Module):
         return out * (i1 + i2).float().unsqueeze(1)
 
 
-def test_a_cut_sends_one_tensor_per_kind_and_the_stages_compute_the_model() -> None:
+def test_a_cut_sends_one_message_and_the_stages_compute_the_model() -> None:
     model = _Mixed()
     x, ids = torch.randn(4, 6), torch.arange(4)
     graph = autopipe.trace(model, (x, ids))
@@ -73,11 +103,10 @@ def test_a_cut_sends_one_tensor_per_kind_and_the_stages_compute_the_model() -> N
         for a, b in zip((*mine.inputs, *mine.outputs), (*theirs.inputs, *theirs.outputs), strict=True):
             assert (a.shape, a.stride(), a.dtype, a.requires_grad) == (b.shape, b.stride(), b.dtype, b.requires_grad)
     assert len(packed.stages[1].inputs) == len(loose_metas[1].inputs) == 7  # h1, h2, h3, i1, i2, counts, x
-    kinds = [(t.dtype, t.requires_grad) for t in metas[0].outputs]
-    assert sorted(kinds, key=str) == sorted([(torch.float32, True), (torch.int64, False), (torch.float32, False)],
-                                            key=str)
-    for kind, t in zip(kinds, metas[0].outputs):
-        assert t.numel() == sum(u.numel() for u in loose_metas[0].outputs if (u.dtype, u.requires_grad) == kind)
+    (message,) = metas[0].outputs  # floats with and without a gradient, and integers as their bytes
+    assert (message.dtype, message.requires_grad) == (torch.float32, True)
+    ints = sum(u.numel() for u in loose_metas[0].outputs if u.dtype == torch.int64)
+    assert message.numel() == sum(u.numel() for u in loose_metas[0].outputs if u.is_floating_point()) + 2 * ints
     assert [tuple(t.shape) for t in metas[1].inputs] == [tuple(t.shape) for t in metas[0].outputs]
     expected = graph.gm(x, ids)[0].square().sum()
     params = list(graph.gm.parameters())
@@ -101,6 +130,17 @@ def test_the_unets_skips_cross_a_cut_as_one_message() -> None:
     loose = prepare(spec, plan, 2, graph, pack=False)
     assert len(loose.metas[0].outputs) == len(prepared.split.stages[1].inputs)
     assert prepared.metas[0].outputs[0].numel() == sum(t.numel() for t in loose.metas[0].outputs)
+
+
+@pytest.mark.parametrize("example", ["gpt2", "llama"])
+def test_a_transformers_hidden_states_and_mask_cross_as_one_message(example: str) -> None:
+    spec, graph, plan = Case(example, 2).build()
+    loose = prepare(spec, plan, 2, graph, pack=False)
+    assert {t.dtype for t in loose.metas[0].outputs} >= {torch.bool, torch.float32}
+    prepared = prepare(spec, plan, 2, graph)
+    (message,) = prepared.metas[0].outputs
+    assert (message.dtype, message.requires_grad) == (torch.float32, True)
+    assert message.numel() * 4 >= sum(t.numel() * t.element_size() for t in loose.metas[0].outputs)
 
 
 @pytest.mark.distributed

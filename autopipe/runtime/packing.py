@@ -1,38 +1,45 @@
-"""One message per cut and dtype: the values a stage sends its successor travel packed.
+"""One message per cut: the values a stage sends its successor travel packed.
 
 [Note: one message per cut]
 torch's schedules post one send and one receive per tensor a stage returns, and its
 successor's backward one per gradient. The plan prices a cut as one message: the send
-latency once, and the bytes of all its values over the link. On the CPU ranks of a 2-core
+latency once, and the bytes of all its values over the link, both ways. On the CPU ranks of a 2-core
 VM over gloo, each message beyond the first cost far more than that (2026-12-05: a tiny
 two-stage model, 8 micro-batches under 1F1B, pinned ranks; the 10th percentile of 37
 steps): one 256-byte tensor a cut, 4.4 ms a step; four, 20 ms. The four messages of each
 forward and backward made the two ranks' posts meet their peers' (the slow posts of
 [Note: a busy core while a rank waits] in ``autopipe.runtime.busy_core``) in almost every
-step. The U-Net example's balanced plan sends three tensors (128, 64 and 32 KiB) at its cut.
+step. The U-Net example's balanced plan sends three tensors (128, 64 and 32 KiB) at its cut;
+the transformers' cuts send their hidden states with a boolean attention mask (GPT-2, BERT),
+and Llama's its rotary cos and sin too.
 
-So ``prepare`` makes the values that cross each cut with one dtype, and either all with a
-gradient or all without, into one tensor: the sending stage returns ``pack`` of them (their
-elements, concatenated) where it returned the first of them, and the receiving stage takes
-that one tensor where it took the first and reads each value as a view of it (``unpack``:
-one ``split``, whose backward makes one gradient of the whole message, sent back as one).
-Which values have a gradient is what the stages' fake run finds (``stage_metas``): a value
-without one (Mixtral's count of tokens per expert, a float it takes a cumulative sum of as
-integers) must arrive without one, so it never shares a message with values that have one.
-A value alone in its kind travels as it did, and so does one its stage writes in place as
-it came (LongT5's integer block count, ``detach_``-ed: a view cannot be). The sender pays a copy of what it packs (a
+So ``prepare`` makes the values that cross each cut into one tensor (``pack_groups``):
+the sending stage returns ``pack`` of them where it returned the first of them, and the
+receiving stage takes that one tensor where it took the first and reads each value as a
+view of it (``unpack``: one ``split``, whose backward makes one gradient of the whole
+message, sent back as one). A message has the dtype of the values with a gradient in it
+(one message per such dtype; with none, the dtype the values share, or bytes); a value of
+another dtype travels as its bytes, padded to 16 and placed first, so that each such value
+starts aligned in the message and is read back by a view of its bytes. Which values have
+a gradient is what the stages' fake run finds (``stage_metas``): a value without one
+(Mixtral's count of tokens per expert, a float it takes a cumulative sum of as integers)
+is read as a detached view, so it arrives without one; its part of the message's gradient
+is zeros, and goes back with the rest, as the plan prices it (the same bytes both ways).
+A value its stage writes in place as it came (LongT5's integer block count,
+``detach_``-ed: a view cannot be) travels alone, as it did. The sender pays a copy of what it packs (a
 ``cat``); the views cost nothing, and the receiving stage's ops see contiguous values, as
-they did ([Note: received layouts] in ``autopipe.runtime.layouts``). Gradients are the same
-to the bit: packing moves values and computes nothing. ``Split.stages[s].inputs`` and
-``.outputs`` still name the values; the stage modules' positional inputs and outputs are
-the messages.
+they did ([Note: received layouts] in ``autopipe.runtime.layouts``). Values and gradients
+are the same to the bit: packing moves bytes and computes nothing. ``Split.stages[s].inputs``
+and ``.outputs`` still name the values; the stage modules' positional inputs and outputs
+are the messages.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
@@ -41,75 +48,137 @@ from autopipe.runtime.meta import StageMeta
 from autopipe.runtime.split import Split
 from autopipe.trace.aliasing import written_in_place
 
+ALIGN = 16
+"""Bytes a value that travels as its bytes is padded to: any dtype's element size divides it."""
 
-def pack_groups(kinds: Sequence[Hashable | None]) -> list[list[int]]:
-    """Positions that travel as one message: each kind (dtype, gradient or not) that two or
-    more values share, in the order of their first value; None: a value that travels alone."""
-    by_kind: dict[Hashable, list[int]] = {}
+Kind = tuple[torch.dtype, bool]
+"""A value's dtype and whether it has a gradient."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """Values that cross a cut as one message: ``members`` by position, in the message's order."""
+
+    dtype: torch.dtype
+    """The message's dtype."""
+    members: tuple[int, ...]
+
+
+def pack_groups(kinds: Sequence[Kind | None]) -> list[Group]:
+    """The messages of a cut of values of these kinds (None: a value that travels alone),
+    two values or more each ([Note: one message per cut]): one per dtype of values with a
+    gradient, the values without one in the first of them (in the order of their first
+    value), or in one of their own where none has a gradient."""
+    grads: dict[torch.dtype, list[int]] = {}
+    rest: list[int] = []
     for i, kind in enumerate(kinds):
-        if kind is not None:
-            by_kind.setdefault(kind, []).append(i)
-    return [group for group in by_kind.values() if len(group) > 1]
+        if kind is None:
+            continue
+        if kind[1]:
+            grads.setdefault(kind[0], []).append(i)
+        else:
+            rest.append(i)
+    if grads:
+        first = next(iter(grads))
+        grads[first] = sorted(grads[first] + rest)
+        messages = list(grads.items())
+    else:
+        dtypes = {kinds[i][0] for i in rest}  # type: ignore[index]
+        messages = [(dtypes.pop() if len(dtypes) == 1 else torch.uint8, rest)]
+    out = []
+    for dtype, members in messages:
+        if len(members) > 1:
+            as_bytes = [i for i in members if kinds[i][0] != dtype]  # type: ignore[index]
+            out.append(Group(dtype, tuple(as_bytes + [i for i in members if i not in as_bytes])))
+    return sorted(out, key=lambda g: min(g.members))
 
 
-def pack(*tensors: torch.Tensor) -> torch.Tensor:
-    """The elements of ``tensors`` one after another, in one new 1-D tensor."""
-    return torch.cat([t.reshape(-1) for t in tensors])
+def _elements(numel: int, dtype: torch.dtype, message: torch.dtype) -> int:
+    """A value's elements in a message of dtype ``message``: its own, or its bytes padded to ``ALIGN``."""
+    if dtype == message:
+        return numel
+    return -(-numel * dtype.itemsize // ALIGN) * ALIGN // message.itemsize
 
 
-def unpack(packed: torch.Tensor, shapes: Sequence[Sequence[int]]) -> tuple[torch.Tensor, ...]:
-    """The tensors ``pack`` joined, as views of ``packed``, given their shapes."""
-    sizes = [math.prod(shape) for shape in shapes]
-    return tuple(part.view(tuple(shape)) for part, shape in zip(torch.split(packed, sizes), shapes))
+def pack(dtype: torch.dtype, *tensors: torch.Tensor) -> torch.Tensor:
+    """The elements of ``tensors`` one after another, in one new 1-D tensor of ``dtype``;
+    a tensor of another dtype as its bytes, padded to ``ALIGN``."""
+    parts = []
+    for t in tensors:
+        if t.dtype == dtype:
+            parts.append(t.reshape(-1))
+            continue
+        raw = t.detach().contiguous().view(-1).view(torch.uint8)
+        pad = _elements(t.numel(), t.dtype, dtype) * dtype.itemsize - raw.numel()
+        if pad:
+            raw = torch.cat([raw, raw.new_zeros(pad)])
+        parts.append(raw.view(dtype))
+    return torch.cat(parts)
 
 
-def _positions(count: int, groups: Sequence[Sequence[int]]) -> list[int | tuple[int, ...]]:
-    """The new positional order: a group where its first member was, the others dropped."""
-    first = {group[0]: tuple(group) for group in groups}
-    members = {i for group in groups for i in group}
+def unpack(packed: torch.Tensor, values: Sequence[tuple[torch.dtype, Sequence[int], bool]]) -> tuple[torch.Tensor, ...]:
+    """The tensors ``pack`` joined, as views of ``packed``, given each one's dtype, shape and
+    whether it has a gradient (one without is a detached view)."""
+    sizes = [_elements(math.prod(shape), dtype, packed.dtype) for dtype, shape, _ in values]
+    out = []
+    for part, (dtype, shape, grad) in zip(torch.split(packed, sizes), values):
+        if dtype != packed.dtype:
+            nbytes = math.prod(shape) * dtype.itemsize
+            part = part.detach().view(torch.uint8)[:nbytes].view(dtype)
+        elif not grad:
+            part = part.detach()
+        out.append(part.view(tuple(shape)))
+    return tuple(out)
+
+
+def _positions(count: int, groups: Sequence[Group]) -> list[int | Group]:
+    """The new positional order: a message where its first value (by position) was, the others dropped."""
+    first = {min(group.members): group for group in groups}
+    members = {i for group in groups for i in group.members}
     return [first.get(i, i) for i in range(count) if i in first or i not in members]
 
 
-def pack_outputs(gm: fx.GraphModule, groups: Sequence[Sequence[int]]) -> None:
+def pack_outputs(gm: fx.GraphModule, groups: Sequence[Group]) -> None:
     """Make ``gm`` return each group of its outputs as one ``pack``ed tensor ([Note: one message per cut])."""
     out = next(n for n in gm.graph.nodes if n.op == "output")
     results = list(out.args[0])
     new: list[object] = []
     with gm.graph.inserting_before(out):
         for p in _positions(len(results), groups):
-            new.append(gm.graph.call_function(pack, tuple(results[i] for i in p)) if isinstance(p, tuple)
-                       else results[p])
+            new.append(gm.graph.call_function(pack, (p.dtype, *(results[i] for i in p.members)))
+                       if isinstance(p, Group) else results[p])
     out.args = (tuple(new),)
     gm.graph.lint()
     gm.recompile()
 
 
-def unpack_inputs(gm: fx.GraphModule, groups: Sequence[Sequence[int]],
-                  shapes: Sequence[Sequence[int]]) -> None:
+def unpack_inputs(gm: fx.GraphModule, groups: Sequence[Group], values: Sequence[torch.Tensor]) -> None:
     """Make ``gm`` take each group of its inputs as one packed tensor and read the values as
-    views of it; ``shapes`` are the inputs' shapes, by position ([Note: one message per cut])."""
+    views of it; ``values``: the inputs as ``stage_metas`` finds them, by position ([Note: one
+    message per cut])."""
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     body = next(n for n in graph.nodes if n.op != "placeholder")
     for k, group in enumerate(groups):
-        with graph.inserting_before(placeholders[group[0]]):
+        with graph.inserting_before(placeholders[min(group.members)]):
             packed = graph.placeholder(f"packed_{k}")
         with graph.inserting_before(body):
-            views = graph.call_function(unpack, (packed, tuple(tuple(shapes[i]) for i in group)))
-            for j, i in enumerate(group):
+            layout = tuple((values[i].dtype, tuple(values[i].shape), values[i].requires_grad) for i in group.members)
+            views = graph.call_function(unpack, (packed, layout))
+            for j, i in enumerate(group.members):
                 value = graph.call_function(operator.getitem, (views, j))
                 placeholders[i].replace_all_uses_with(value)
     for group in groups:
-        for i in group:
+        for i in group.members:
             graph.erase_node(placeholders[i])
     graph.lint()
     gm.recompile()
 
 
 def pack_cuts(split: Split, metas: Sequence[StageMeta]) -> list[StageMeta]:
-    """Make each of ``split``'s cuts send its values as ``pack_groups`` of their dtypes and
-    gradients into one tensor each. ``metas``: the split's stages as ``stage_metas`` finds
-    them; returns them as they are then (a message: its values' elements, 1-D)."""
+    """Make each of ``split``'s cuts send its values as the messages of ``pack_groups``.
+    ``metas``: the split's stages as ``stage_metas`` finds them; returns them as they are
+    then (a message: 1-D, its values' elements or bytes)."""
     inputs = [list(m.inputs) for m in metas]
     outputs = [list(m.outputs) for m in metas]
     for b, meta in enumerate(metas[:-1]):
@@ -125,13 +194,13 @@ def pack_cuts(split: Split, metas: Sequence[StageMeta]) -> list[StageMeta]:
         if not groups:
             continue
         pack_outputs(split.stages[b].module, groups)
-        unpack_inputs(receiver, groups, [tuple(t.shape) for t in sent])
+        unpack_inputs(receiver, groups, sent)
         messages: list[torch.Tensor] = []
         for p in _positions(len(sent), groups):
-            if isinstance(p, tuple):
-                first = sent[p[0]]
-                message = torch.empty(sum(sent[i].numel() for i in p), dtype=first.dtype, device="meta")
-                messages.append(message.requires_grad_(first.requires_grad))
+            if isinstance(p, Group):
+                size = sum(_elements(sent[i].numel(), sent[i].dtype, p.dtype) for i in p.members)
+                message = torch.empty(size, dtype=p.dtype, device="meta")
+                messages.append(message.requires_grad_(any(sent[i].requires_grad for i in p.members)))
             else:
                 messages.append(sent[p])
         outputs[b] = inputs[b + 1] = messages
