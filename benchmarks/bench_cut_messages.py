@@ -32,7 +32,12 @@ WIDTH, ROWS, MICROBATCHES = 16, 4, 8
 WAYS = ("one tensor", "packed", "one by one")
 
 
-def _model(tensors: int, floats: int) -> Any:
+MIXED = ("bool", "int64", "float without a gradient")
+"""With ``--mixed``: what the cut's tensors after the first are, in turn (a mask, token ids, a
+constant), as a transformer's cut carries its hidden states with a mask and positions."""
+
+
+def _model(tensors: int, floats: int, mixed: bool = False) -> Any:
     import torch
     from torch import nn
 
@@ -42,7 +47,7 @@ def _model(tensors: int, floats: int) -> Any:
         def forward(self, *parts: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
             total = parts[0].reshape(ROWS, -1)[:, :WIDTH]
             for part in parts[1:]:
-                total = total + part.reshape(ROWS, -1)[:, :WIDTH]
+                total = total + part.reshape(ROWS, -1)[:, :WIDTH].to(total.dtype)
             out: torch.Tensor = super().forward(total)
             return out
 
@@ -54,13 +59,18 @@ def _model(tensors: int, floats: int) -> Any:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = torch.tanh(self.first(x)).repeat(1, max(1, floats // (ROWS * WIDTH)))
-            out: torch.Tensor = self.second(*[y * (i + 1) for i in range(tensors)])
+            parts = [y * (i + 1) for i in range(tensors)]
+            if mixed:
+                made = {"bool": lambda v: v > 0, "int64": lambda v: (v * 100).long(),
+                        "float without a gradient": lambda v: v.detach()}
+                parts[1:] = [made[MIXED[(i - 1) % len(MIXED)]](v) for i, v in enumerate(parts[1:], 1)]
+            out: torch.Tensor = self.second(*parts)
             return out
 
     return Tiny()
 
 
-def _setup(tensors: int, floats: int) -> tuple[Any, Any, Any]:
+def _setup(tensors: int, floats: int, mixed: bool = False) -> tuple[Any, Any, Any]:
     """The spec, its graph and the two-stage plan cut before the second layer (every tensor
     crosses it), with the cut's sends, as a planner would record them."""
     import dataclasses
@@ -72,7 +82,7 @@ def _setup(tensors: int, floats: int) -> tuple[Any, Any, Any]:
     from autopipe.trace import trace
 
     torch.manual_seed(0)
-    spec = tiny_spec(_model(tensors, floats), ROWS, WIDTH)
+    spec = tiny_spec(_model(tensors, floats, mixed), ROWS, WIDTH)
     graph = trace(spec.model, spec.example_inputs)
     plan = tiny_plan(graph, MICROBATCHES)
     first = set(plan.stages[0].nodes)
@@ -88,24 +98,32 @@ def _ways(tensors: int, floats: int) -> list[tuple[str, int, int, bool]]:
              way != "one by one") for way in WAYS]
 
 
-def _predicted(tensors: int, floats: int, runtime: Any) -> float:
+def _cut_bytes(tensors: int, floats: int, mixed: bool) -> int:
+    """The bytes the cut carries: ``tensors`` of ``floats`` elements, ``MIXED`` after the first if ``mixed``."""
+    if not mixed or tensors == 1:
+        return tensors * floats * 4
+    size = {"bool": 1, "int64": 8, "float without a gradient": 4}
+    return floats * (4 + sum(size[MIXED[i % len(MIXED)]] for i in range(tensors - 1)))
+
+
+def _predicted(tensors: int, floats: int, mixed: bool, runtime: Any) -> float:
     """The plan's step as the simulator predicts it: ``runtime``'s costs (measured here), each
     stage re-timed as one module, the loss and an SGD step (as ``bench_simulator``)."""
     from autopipe.runtime.calibrate import measure_model_costs
     from autopipe.schedule.simulate import simulate_plan
 
-    spec, graph, plan = _setup(tensors, floats)
+    spec, graph, plan = _setup(tensors, floats, mixed)
     model = measure_model_costs(spec, graph, plan, optimizer="sgd", idle_s=runtime.send_latency_s)
     return simulate_plan(plan, runtime=runtime, model=model).iteration_s
 
 
-def _steps(tensors: int, floats: int, pack: bool, steps: int) -> list[float]:
+def _steps(tensors: int, floats: int, mixed: bool, pack: bool, steps: int) -> list[float]:
     """This rank's training steps (the pipeline's step and an SGD step), seconds, after the first 3."""
     from autopipe.runtime.optim import TrainConfig, make_optimizer
     from autopipe.runtime.pipe import build
     from autopipe.runtime.prepare import prepare
 
-    spec, graph, plan = _setup(tensors, floats)
+    spec, graph, plan = _setup(tensors, floats, mixed)
     prepared = prepare(spec, plan, 2, graph, pack=pack)
     times = []
     with build(plan, spec, device="cpu", prepared=prepared, pin_malloc=True, pin_cores=True) as pipe:
@@ -121,10 +139,10 @@ def _steps(tensors: int, floats: int, pack: bool, steps: int) -> list[float]:
     return times[3:]
 
 
-def rank_main(tensors: int, sizes: list[int], steps: int, out: str) -> None:
+def rank_main(tensors: int, sizes: list[int], mixed: bool, steps: int, out: str) -> None:
     """One rank's part (under the launcher); rank 0 writes each way's step times to ``out``."""
     rank = int(os.environ["RANK"])
-    measured = {f"{floats} {way}": _steps(n, per, pack, steps)
+    measured = {f"{floats} {way}": _steps(n, per, mixed and n > 1, pack, steps)
                 for floats in sizes for way, n, per, pack in _ways(tensors, floats)}
     if rank == 0:
         Path(out).write_text(json.dumps(measured))
@@ -135,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tensors", type=int, default=4, help="tensors the cut carries (default 4)")
     ap.add_argument("--floats", default="64,16384",
                     help="elements of each tensor, comma-separated sizes (default 64,16384: 256 B and 64 KiB)")
+    ap.add_argument("--mixed", action="store_true",
+                    help="the tensors after the first are, in turn, a bool, an int64 and a float "
+                         "without a gradient (the same elements each)")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rank", metavar="OUT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -142,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tensors < 2 or args.steps < 4 or not sizes or min(sizes) < ROWS * WIDTH:
         ap.error(f"use --tensors 2 or more, --steps 4 or more and sizes of at least {ROWS * WIDTH} floats")
     if args.rank:
-        rank_main(args.tensors, sizes, args.steps, args.rank)
+        rank_main(args.tensors, sizes, args.mixed, args.steps, args.rank)
         return 0
     from autopipe.runtime.calibrate import measure_runtime_costs
     from autopipe.runtime.launch import launch
@@ -150,26 +171,28 @@ def main(argv: list[str] | None = None) -> int:
     runtime = measure_runtime_costs("sgd")
     # the plan of the same bytes in one tensor or several is one message either way: the
     # packed and the one-by-one runs share the several tensors' prediction
-    predicted = {(floats, n): _predicted(n, per, runtime) for floats in sizes
+    predicted = {(floats, n): _predicted(n, per, args.mixed and n > 1, runtime) for floats in sizes
                  for _way, n, per, _pack in _ways(args.tensors, floats)}
     with tempfile.TemporaryDirectory(prefix="autopipe-cut-messages.") as tmp:
         out = Path(tmp, "steps.json")
         result = launch([sys.executable, "-m", "benchmarks.bench_cut_messages", "--rank", str(out), "--tensors",
-                         str(args.tensors), "--floats", args.floats, "--steps", str(args.steps)], 2,
+                         str(args.tensors), "--floats", args.floats, "--steps", str(args.steps),
+                         *(["--mixed"] if args.mixed else [])], 2,
                         env={"OMP_NUM_THREADS": "1"}, timeout_s=600)
         if result.code or not out.exists():
             return result.code or 1
         measured = json.loads(out.read_text())
-    print(f"{args.tensors} float tensors at a cut, 2 gloo ranks on their own cores, 1F1B, "
+    what = f"1 float tensor and {args.tensors - 1} of {', '.join(MIXED)} in turn" if args.mixed else "float tensors"
+    print(f"{args.tensors} {what} at a cut (the same elements each), 2 gloo ranks on their own cores, 1F1B, "
           f"{MICROBATCHES} micro-batches and an SGD step a step, {args.steps - 3} steps timed a way")
     print(f"{'cut':>13s}  {'sent as':11s} {'predicted':>11s} {'10th pct':>11s} {'median':>11s} "
           f"{'pred/med':>8s} {'/ one tensor':>8s}")
     for floats in sizes:
         base = statistics.median(measured[f"{floats} one tensor"])
-        for way, n, _per, _pack in _ways(args.tensors, floats):
+        for way, n, per, _pack in _ways(args.tensors, floats):
             times = sorted(measured[f"{floats} {way}"])
             median, pred = statistics.median(times), predicted[floats, n]
-            print(f"{floats * args.tensors * 4 / 1024:9.1f} KiB  {way:11s} {pred * 1e3:8.2f} ms "
+            print(f"{_cut_bytes(n, per, args.mixed) / 1024:9.1f} KiB  {way:11s} {pred * 1e3:8.2f} ms "
                   f"{times[len(times) // 10] * 1e3:8.2f} ms {median * 1e3:8.2f} ms {pred / median:8.3f} "
                   f"{median / base:8.2f}")
     return 0

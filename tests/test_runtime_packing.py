@@ -144,9 +144,11 @@ def test_a_transformers_hidden_states_and_mask_cross_as_one_message(example: str
 
 
 @pytest.mark.distributed
-def test_the_benchmark_prints_each_way() -> None:
+@pytest.mark.parametrize("mixed", [[], ["--mixed"]], ids=["floats", "mixed"])
+def test_the_benchmark_prints_each_way(mixed: list[str]) -> None:
     out = subprocess.run([sys.executable, "-m", "benchmarks.bench_cut_messages", "--tensors", "3",
-                          "--floats", "64", "--steps", "5"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+                          "--floats", "64", "--steps", "5", *mixed], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [ln for ln in out.stdout.splitlines() if " KiB " in ln]
     assert [r.split("KiB")[1].split("  ")[1].strip() for r in rows] == ["one tensor", "packed", "one by one"]
