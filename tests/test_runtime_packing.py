@@ -135,6 +135,40 @@ def test_a_cut_sends_one_message_and_the_stages_compute_the_model() -> None:
     assert all(torch.equal(a, b) for a, b in zip(*found))  # packing moves values, computes nothing
 
 
+class _TwoPrecisions(nn.Module):
+    """A float32 and a bfloat16 value with gradients, and an integer one, cross its middle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 6).to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        h, low, i = self.a(x), self.b(x.to(torch.bfloat16)), ids * 3
+        x = torch.relu(x)  # the cut
+        return (h + low.float() + x) * i.float().unsqueeze(1)
+
+
+def test_values_with_gradients_of_two_dtypes_make_two_messages() -> None:
+    model = _TwoPrecisions()
+    x, ids = torch.randn(4, 6), torch.arange(4)
+    graph = autopipe.trace(model, (x, ids))
+    cut = next(i for i, n in enumerate(graph.nodes) if n.target.endswith("relu")) - 1
+    plan = plan_from_cuts(graph, [cut])
+    packed, loose = split_graph(graph, plan), split_graph(graph, plan)
+    metas = pack_cuts(packed, stage_metas(packed, [x, ids]))
+    assert len(stage_metas(loose, [x, ids])[0].outputs) == 4  # h, low, i and x
+    assert sorted(((t.dtype, t.requires_grad) for t in metas[0].outputs), key=str) == [(torch.bfloat16, True),
+                                                                             (torch.float32, True)]
+    params = list(graph.gm.parameters())
+    found = []
+    for split in (packed, loose):
+        for p in params:
+            p.grad = None
+        pipeline_backward(split, [x, ids], lambda outs: outs[0].square().sum())
+        found.append([p.grad.clone() for p in params if p.grad is not None])
+    assert len(found[0]) == len(params) and all(torch.equal(a, b) for a, b in zip(*found, strict=True))
+
+
 def test_the_unets_skips_cross_a_cut_as_one_message() -> None:
     spec, graph, plan = Case("unet", 2).build()
     prepared = prepare(spec, plan, 2, graph)
