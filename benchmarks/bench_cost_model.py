@@ -27,6 +27,11 @@ and bound what any split of the tied LM can gain over another: its best plan pre
 1.13–1.18 × the uniform split's steps/s at 4 micro-batches, 1.16–1.20 × at 8
 (docs/cost-model.md, 2026-12-04).
 
+It ends with its verdict (``verdict``): how many rows read predicted / median within
+0.85–1.15, how many measured speedups sit within 10% of the predicted ones, whether the
+tied LM's autopipe plan measured at least 1.15 × the uniform split; each miss named, with
+its row's median over its best ("noisy" over 1.15).
+
     python -m benchmarks.bench_cost_model [--only mlp,tied_lm] [--microbatches 8]
         [--min-seconds 3] [--quiet-wait 30] [--rounds 2]
 """
@@ -108,6 +113,42 @@ def bench(name: str, microbatches: int, min_seconds: float, tmp: Path, quiet_wai
             for method, (predicted, _, _) in commands.items()}
 
 
+BAND = (0.85, 1.15)
+"""Predicted / median step a plan should read."""
+SPEEDUP_TOLERANCE = 0.10
+"""How far the measured speedup may sit from the predicted one, as a share of the predicted."""
+TIED_LM_SPEEDUP = 1.15
+"""What the autopipe plan of the tied LM should measure over the uniform split, steps/s."""
+NOISY = 1.15
+"""A row whose median step is over its best by more than this measured the machine as much as the plan."""
+
+Row = tuple[float, float, float, float]
+"""Predicted, median and best step, seconds, and the host's drift (``bench``)."""
+
+
+def verdict(rows: dict[str, dict[str, Row]]) -> list[str]:
+    """The table against its targets: rows in ``BAND``, speedups within ``SPEEDUP_TOLERANCE``
+    and the tied LM's speedup; each miss named, with its row's median over its best."""
+    ratios = {(name, method): (pred / med, med / best)
+              for name, r in rows.items() for method, (pred, med, best, _) in r.items()}
+    out_band = {k: v for k, v in ratios.items() if not BAND[0] <= v[0] <= BAND[1]}
+    lines = [f"rows with predicted / median in {BAND[0]:.2f}-{BAND[1]:.2f}: {len(ratios) - len(out_band)} of "
+             f"{len(ratios)}"]
+    lines += [f"  out: {name} {method} {ratio:.3f}, its median {spread:.2f} x its best"
+              f"{' (noisy)' if spread > NOISY else ''}" for (name, method), (ratio, spread) in out_band.items()]
+    both = {name: r for name, r in rows.items() if {"ilp", "uniform"} <= set(r)}
+    speedups = {name: (r["uniform"][0] / r["ilp"][0], r["uniform"][1] / r["ilp"][1]) for name, r in both.items()}
+    off = {name: s for name, s in speedups.items() if abs(s[1] / s[0] - 1) > SPEEDUP_TOLERANCE}
+    lines.append(f"speedups within {SPEEDUP_TOLERANCE:.0%} of the predicted: {len(speedups) - len(off)} of "
+                 f"{len(speedups)}")
+    lines += [f"  out: {name} measured {m:.3f} against {p:.3f}" for name, (p, m) in off.items()]
+    if "tied_lm" in speedups:
+        measured = speedups["tied_lm"][1]
+        lines.append(f"tied LM, autopipe over uniform: {measured:.3f} x measured "
+                     f"({'at least' if measured >= TIED_LM_SPEEDUP else 'under'} {TIED_LM_SPEEDUP})")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run it and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -124,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rounds} run(s) of each plan in turns")
     print(f"{'model':8s} {'plan':8s} {'predicted':>10s} {'median':>10s} {'best':>10s} {'pred/med':>8s} "
           f"{'med/best':>8s} {'host train/plan':>15s}")
-    rows = {}
+    rows: dict[str, dict[str, Row]] = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_cost_model.") as d:
         for name in [n for n in args.only.split(",") if n]:
@@ -139,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nautopipe (ilp) over uniform, steps/s:\n{'model':8s} {'predicted':>9s} {'measured':>9s}")
     for name, r in rows.items():
         print(f"{name:8s} {r['uniform'][0] / r['ilp'][0]:9.3f} {r['uniform'][1] / r['ilp'][1]:9.3f}")
+    print("\n" + "\n".join(verdict(rows)))
     print(f"\n({time.perf_counter() - t0:.0f} s)")
     return 0
 
