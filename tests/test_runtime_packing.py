@@ -33,6 +33,18 @@ def test_a_cut_is_one_message_per_dtype_with_a_gradient_and_the_rest_travel_in_t
     assert pack_groups([f, None]) == [] and pack_groups([i]) == []
 
 
+def test_large_values_without_a_gradient_travel_in_a_message_of_their_own() -> None:
+    f, g, b = (torch.float32, True), (torch.float32, False), (torch.bool, False)
+    mib = 1 << 20
+    # a mask beside the hidden states joins them; an ALiBi bias larger than both does not
+    assert pack_groups([f, b], [4 * mib, mib]) == [Group(torch.float32, (1, 0))]
+    assert pack_groups([f, b], [mib // 2, mib]) == [Group(torch.float32, (1, 0))]  # up to 1 MiB
+    assert pack_groups([f, b], [mib, mib + 1]) == []  # each alone
+    assert pack_groups([f, b], [16 * mib, 2 * mib]) == [Group(torch.float32, (1, 0))]  # up to an eighth
+    assert pack_groups([f, b], [16 * mib, 2 * mib + 1]) == []
+    assert pack_groups([b, f, g], [16 * mib, 4 * mib, 4 * mib]) == [Group(torch.uint8, (0, 2))]
+
+
 def test_unpacked_values_are_views_whose_gradients_come_back_as_one_tensor() -> None:
     a, b, c = torch.randn(2, 3), torch.randn(4), torch.randn(())
     packed = pack(torch.float32, a, b.view(2, 2).t(), c)  # a strided value packs by its elements
@@ -165,6 +177,42 @@ def test_values_with_gradients_of_two_dtypes_make_two_messages() -> None:
         for p in params:
             p.grad = None
         pipeline_backward(split, [x, ids], lambda outs: outs[0].square().sum())
+        found.append([p.grad.clone() for p in params if p.grad is not None])
+    assert len(found[0]) == len(params) and all(torch.equal(a, b) for a, b in zip(*found, strict=True))
+
+
+class _LargeWithoutGradients(nn.Module):
+    """A small float with a gradient crosses its middle beside 2 MiB of a mask and 2 MiB of integers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        h, mask, many = self.a(x), (x.reshape(-1)[:1] > 0).expand(1 << 21), ids.repeat(1 << 16)
+        x = torch.relu(x)  # the cut
+        return (h + x) * (mask.float().mean() + many.float().mean())
+
+
+def test_large_values_without_gradients_cross_as_one_message_of_bytes() -> None:
+    model = _LargeWithoutGradients()
+    x, ids = torch.randn(4, 6), torch.arange(4)
+    graph = autopipe.trace(model, (x, ids))
+    cut = next(i for i, n in enumerate(graph.nodes) if n.target.endswith("relu")) - 1
+    plan = plan_from_cuts(graph, [cut])
+    packed, loose = split_graph(graph, plan), split_graph(graph, plan)
+    metas = pack_cuts(packed, stage_metas(packed, [x, ids]))
+    assert len(stage_metas(loose, [x, ids])[0].outputs) == 4  # h, mask, many and x
+    kinds = sorted(((t.dtype, t.requires_grad, t.numel()) for t in metas[0].outputs), key=str)
+    # h alone; the mask, the integers and x (an input: no gradient) as one message of their bytes
+    assert kinds == [(torch.float32, True, 24), (torch.uint8, False, 2 * (1 << 21) + 24 * 4)]
+    params = list(graph.gm.parameters())
+    found = []
+    for split in (packed, loose):
+        for p in params:
+            p.grad = None
+        loss = pipeline_backward(split, [x, ids], lambda outs: outs[0].square().sum())
+        torch.testing.assert_close(loss, graph.gm(x, ids)[0].square().sum())
         found.append([p.grad.clone() for p in params if p.grad is not None])
     assert len(found[0]) == len(params) and all(torch.equal(a, b) for a, b in zip(*found, strict=True))
 

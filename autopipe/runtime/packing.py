@@ -25,6 +25,10 @@ a gradient is what the stages' fake run finds (``stage_metas``): a value without
 (Mixtral's count of tokens per expert, a float it takes a cumulative sum of as integers)
 is read as a detached view, so it arrives without one; its part of the message's gradient
 is zeros, and goes back with the rest, as the plan prices it (the same bytes both ways).
+Where the values without a gradient are large (more than ``JOIN_BYTES`` and an eighth of
+those with one: an ALiBi bias of heads × sequence² floats next to hidden states of
+sequence × width), sending their zeros back would cost more than a message of their own,
+so they travel together in one, and no gradient comes back for them.
 A value its stage writes in place as it came (LongT5's integer block count,
 ``detach_``-ed: a view cannot be) travels alone, as it did. The sender pays a copy of what it packs (a
 ``cat``); the views cost nothing, and the receiving stage's ops see contiguous values, as
@@ -51,6 +55,12 @@ from autopipe.trace.aliasing import written_in_place
 ALIGN = 16
 """Bytes a value that travels as its bytes is padded to: any dtype's element size divides it."""
 
+JOIN_BYTES = 1 << 20
+"""Values without a gradient join the message of those with one up to this many bytes, or an
+eighth of theirs if more: their share of the gradient comes back as zeros, and beyond a
+send latency's worth of bytes (about 1 MB at 1.4 GB/s and 1 ms over gloo, 20 µs at 50 GB/s
+over NVLink) a message of their own costs less ([Note: one message per cut])."""
+
 Kind = tuple[torch.dtype, bool]
 """A value's dtype and whether it has a gradient."""
 
@@ -64,11 +74,13 @@ class Group:
     members: tuple[int, ...]
 
 
-def pack_groups(kinds: Sequence[Kind | None]) -> list[Group]:
+def pack_groups(kinds: Sequence[Kind | None], sizes: Sequence[int] | None = None) -> list[Group]:
     """The messages of a cut of values of these kinds (None: a value that travels alone),
     two values or more each ([Note: one message per cut]): one per dtype of values with a
     gradient, the values without one in the first of them (in the order of their first
-    value), or in one of their own where none has a gradient."""
+    value), or in one of their own where none has a gradient or where their ``sizes``
+    (bytes, by position; None: all small) are more than ``JOIN_BYTES`` and an eighth of
+    the values with a gradient."""
     grads: dict[torch.dtype, list[int]] = {}
     rest: list[int] = []
     for i, kind in enumerate(kinds):
@@ -78,13 +90,17 @@ def pack_groups(kinds: Sequence[Kind | None]) -> list[Group]:
             grads.setdefault(kind[0], []).append(i)
         else:
             rest.append(i)
-    if grads:
-        first = next(iter(grads))
-        grads[first] = sorted(grads[first] + rest)
-        messages = list(grads.items())
-    else:
+    messages = list(grads.items())
+
+    def size(group: Sequence[int]) -> int:
+        return 0 if sizes is None else sum(sizes[i] for i in group)
+
+    if grads and size(rest) <= max(JOIN_BYTES, sum(size(g) for g in grads.values()) // 8):
+        first = messages[0][0]
+        messages[0] = (first, sorted(grads[first] + rest))
+    elif rest:
         dtypes = {kinds[i][0] for i in rest}  # type: ignore[index]
-        messages = [(dtypes.pop() if len(dtypes) == 1 else torch.uint8, rest)]
+        messages.append((dtypes.pop() if len(dtypes) == 1 else torch.uint8, rest))
     out = []
     for dtype, members in messages:
         if len(members) > 1:
@@ -190,7 +206,7 @@ def pack_cuts(split: Split, metas: Sequence[StageMeta]) -> list[StageMeta]:
         # a copy, [Note: received values written in place]) keeps a tensor of its own
         written = written_in_place(receiver, body, [n.name for n in placeholders])
         groups = pack_groups([None if ph.name in written else (t.dtype, t.requires_grad)
-                              for ph, t in zip(placeholders, sent)])
+                              for ph, t in zip(placeholders, sent)], [t.numel() * t.element_size() for t in sent])
         if not groups:
             continue
         pack_outputs(split.stages[b].module, groups)
