@@ -11,7 +11,7 @@ from torch import nn
 
 import autopipe
 from autopipe.runtime.meta import stage_metas
-from autopipe.runtime.packing import Group, pack, pack_cuts, pack_groups, unpack
+from autopipe.runtime.packing import Group, messages_per_cut, pack, pack_cuts, pack_groups, unpack
 from autopipe.runtime.prepare import prepare
 from autopipe.runtime.split import split_graph
 
@@ -223,6 +223,8 @@ def test_the_unets_skips_cross_a_cut_as_one_message() -> None:
     assert len(prepared.split.stages[1].inputs) >= 3 and len(prepared.metas[0].outputs) == 1
     loose = prepare(spec, plan, 2, graph, pack=False)
     assert len(loose.metas[0].outputs) == len(prepared.split.stages[1].inputs)
+    assert messages_per_cut(prepared.metas) == [(1, 1)]
+    assert messages_per_cut(loose.metas) == [(len(loose.metas[0].outputs),) * 2]
     assert prepared.metas[0].outputs[0].numel() == sum(t.numel() for t in loose.metas[0].outputs)
 
 

@@ -26,6 +26,7 @@ from autopipe.runtime.checkpoint import (
 from autopipe.runtime.group import distributed_env, failures, free_port, rank_device
 from autopipe.runtime.materialize import check_init
 from autopipe.runtime.optim import Stepper, TrainConfig, make_optimizer
+from autopipe.runtime.packing import messages_per_cut
 from autopipe.runtime.pipe import Pipe, build
 from autopipe.runtime.placement import grid_position, rank_of_stages
 from autopipe.runtime.prepare import Prepared, prepare
@@ -121,6 +122,9 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
         stages = f"{plan.num_stages} stage{'s' if plan.num_stages > 1 else ''}"
         log(f"training {spec.name}: {stages}{replicas} on {pipe.world_size} ranks, schedule "
             f"{plan.schedule}, {m} micro-batches, {config.steps} steps, {config.optimizer} lr {config.lr:g}")
+        if plan.num_stages > 1:  # [Note: one message per cut]
+            log("messages a micro-batch at each cut, forward/back: "
+                + ", ".join(f"{f}/{b}" for f, b in messages_per_cut(pipe.prepared.metas)))
         if config.init is not None and config.resume is None:
             said = check_init(spec, config.init)  # the headers only; the ranks have read their tensors
             log(f"weights from {config.init}" + (f" ({said})" if said else ""))
