@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 import autopipe
-from autopipe.runtime.meta import stage_metas
+from autopipe.runtime.meta import StageMeta, stage_metas
 from autopipe.runtime.packing import Group, messages_per_cut, pack, pack_cuts, pack_groups, unpack
 from autopipe.runtime.prepare import prepare
-from autopipe.runtime.split import split_graph
+from autopipe.runtime.split import Split, split_graph
 
 from .conftest import ROOT
 from .runtime_cases import Case, pipeline_backward
@@ -160,25 +160,37 @@ class _TwoPrecisions(nn.Module):
         return (h + low.float() + x) * i.float().unsqueeze(1)
 
 
-def test_values_with_gradients_of_two_dtypes_make_two_messages() -> None:
-    model = _TwoPrecisions()
-    x, ids = torch.randn(4, 6), torch.arange(4)
-    graph = autopipe.trace(model, (x, ids))
+def _split_before_relu(model: nn.Module) -> tuple[Split, Split, list[StageMeta], list[StageMeta], list[torch.Tensor]]:
+    """``model`` traced at a batch of 4 and split in 2 before its relu: packed (and its metas),
+    and as it is (and its metas), and the inputs."""
+    inputs = [torch.randn(4, 6), torch.arange(4)]
+    graph = autopipe.trace(model, tuple(inputs))
     cut = next(i for i, n in enumerate(graph.nodes) if n.target.endswith("relu")) - 1
     plan = plan_from_cuts(graph, [cut])
     packed, loose = split_graph(graph, plan), split_graph(graph, plan)
-    metas = pack_cuts(packed, stage_metas(packed, [x, ids]))
-    assert len(stage_metas(loose, [x, ids])[0].outputs) == 4  # h, low, i and x
-    assert sorted(((t.dtype, t.requires_grad) for t in metas[0].outputs), key=str) == [(torch.bfloat16, True),
-                                                                             (torch.float32, True)]
-    params = list(graph.gm.parameters())
+    return packed, loose, pack_cuts(packed, stage_metas(packed, inputs)), stage_metas(loose, inputs), inputs
+
+
+def _same_gradients(model: nn.Module, packed: Split, loose: Split, inputs: list[torch.Tensor]) -> None:
+    """The packed and unpacked splits compute the model's loss and the same gradients, to the bit."""
+    params = list(model.parameters())
     found = []
     for split in (packed, loose):
         for p in params:
             p.grad = None
-        pipeline_backward(split, [x, ids], lambda outs: outs[0].square().sum())
+        loss = pipeline_backward(split, inputs, lambda outs: outs[0].square().sum())
+        torch.testing.assert_close(loss, model(*inputs).square().sum())
         found.append([p.grad.clone() for p in params if p.grad is not None])
     assert len(found[0]) == len(params) and all(torch.equal(a, b) for a, b in zip(*found, strict=True))
+
+
+def test_values_with_gradients_of_two_dtypes_make_two_messages() -> None:
+    model = _TwoPrecisions()
+    packed, loose, metas, loose_metas, inputs = _split_before_relu(model)
+    assert len(loose_metas[0].outputs) == 4  # h, low, i and x
+    assert sorted(((t.dtype, t.requires_grad) for t in metas[0].outputs), key=str) == [(torch.bfloat16, True),
+                                                                                     (torch.float32, True)]
+    _same_gradients(model, packed, loose, inputs)
 
 
 class _LargeWithoutGradients(nn.Module):
@@ -196,25 +208,12 @@ class _LargeWithoutGradients(nn.Module):
 
 def test_large_values_without_gradients_cross_as_one_message_of_bytes() -> None:
     model = _LargeWithoutGradients()
-    x, ids = torch.randn(4, 6), torch.arange(4)
-    graph = autopipe.trace(model, (x, ids))
-    cut = next(i for i, n in enumerate(graph.nodes) if n.target.endswith("relu")) - 1
-    plan = plan_from_cuts(graph, [cut])
-    packed, loose = split_graph(graph, plan), split_graph(graph, plan)
-    metas = pack_cuts(packed, stage_metas(packed, [x, ids]))
-    assert len(stage_metas(loose, [x, ids])[0].outputs) == 4  # h, mask, many and x
+    packed, loose, metas, loose_metas, inputs = _split_before_relu(model)
+    assert len(loose_metas[0].outputs) == 4  # h, mask, many and x
     kinds = sorted(((t.dtype, t.requires_grad, t.numel()) for t in metas[0].outputs), key=str)
     # h alone; the mask, the integers and x (an input: no gradient) as one message of their bytes
     assert kinds == [(torch.float32, True, 24), (torch.uint8, False, 2 * (1 << 21) + 24 * 4)]
-    params = list(graph.gm.parameters())
-    found = []
-    for split in (packed, loose):
-        for p in params:
-            p.grad = None
-        loss = pipeline_backward(split, [x, ids], lambda outs: outs[0].square().sum())
-        torch.testing.assert_close(loss, graph.gm(x, ids)[0].square().sum())
-        found.append([p.grad.clone() for p in params if p.grad is not None])
-    assert len(found[0]) == len(params) and all(torch.equal(a, b) for a, b in zip(*found, strict=True))
+    _same_gradients(model, packed, loose, inputs)
 
 
 def test_the_unets_skips_cross_a_cut_as_one_message() -> None:
