@@ -126,6 +126,12 @@ Row = tuple[float, float, float, float]
 """Predicted, median and best step, seconds, and the host's drift (``bench``)."""
 
 
+def speedups_of(rows: dict[str, dict[str, Row]]) -> dict[str, tuple[float, float]]:
+    """Per model with both plans: autopipe's steps/s over the uniform split's, predicted and measured."""
+    return {name: (r["uniform"][0] / r["ilp"][0], r["uniform"][1] / r["ilp"][1])
+            for name, r in rows.items() if {"ilp", "uniform"} <= set(r)}
+
+
 def verdict(rows: dict[str, dict[str, Row]]) -> list[str]:
     """The table against its targets: rows in ``BAND``, speedups within ``SPEEDUP_TOLERANCE``
     and the tied LM's speedup; each miss named, with its row's median over its best."""
@@ -136,8 +142,7 @@ def verdict(rows: dict[str, dict[str, Row]]) -> list[str]:
              f"{len(ratios)}"]
     lines += [f"  out: {name} {method} {ratio:.3f}, its median {spread:.2f} x its best"
               f"{' (noisy)' if spread > NOISY else ''}" for (name, method), (ratio, spread) in out_band.items()]
-    both = {name: r for name, r in rows.items() if {"ilp", "uniform"} <= set(r)}
-    speedups = {name: (r["uniform"][0] / r["ilp"][0], r["uniform"][1] / r["ilp"][1]) for name, r in both.items()}
+    speedups = speedups_of(rows)
     off = {name: s for name, s in speedups.items() if abs(s[1] / s[0] - 1) > SPEEDUP_TOLERANCE}
     lines.append(f"speedups within {SPEEDUP_TOLERANCE:.0%} of the predicted: {len(speedups) - len(off)} of "
                  f"{len(speedups)}")
@@ -178,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:8s} {method:8s} {pred * 1e3:8.2f}ms {med * 1e3:8.2f}ms {best * 1e3:8.2f}ms "
                       f"{pred / med:8.3f} {med / best:8.3f} {drift:15.2f}", flush=True)
     print(f"\nautopipe (ilp) over uniform, steps/s:\n{'model':8s} {'predicted':>9s} {'measured':>9s}")
-    for name, r in rows.items():
-        print(f"{name:8s} {r['uniform'][0] / r['ilp'][0]:9.3f} {r['uniform'][1] / r['ilp'][1]:9.3f}")
+    for name, (predicted, measured) in speedups_of(rows).items():
+        print(f"{name:8s} {predicted:9.3f} {measured:9.3f}")
     print("\n" + "\n".join(verdict(rows)))
     print(f"\n({time.perf_counter() - t0:.0f} s)")
     return 0

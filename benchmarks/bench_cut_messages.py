@@ -1,10 +1,11 @@
 """What a cut of several tensors costs a pipeline step, packed into one message or sent one by one.
 
-    python -m benchmarks.bench_cut_messages [--tensors 4] [--floats 64,16384] [--steps 40]
+    python -m benchmarks.bench_cut_messages [--tensors 4] [--floats 64,16384] [--mixed] [--steps 40]
 
 A tiny two-stage model (two 16-wide linear layers, 4 rows a micro-batch) whose first stage
 hands its successor ``--tensors`` float tensors of the same shape: ``floats`` elements each
-(the first layer's output, repeated). Two gloo ranks on their own cores train it under 1F1B,
+(the first layer's output, repeated; with ``--mixed``, the tensors after the first are in
+turn a bool, an int64 and a float without a gradient). Two gloo ranks on their own cores train it under 1F1B,
 8 micro-batches and an SGD step a step, through ``autopipe.runtime.build`` as ``autopipe train``
 runs it, in three ways per size: one tensor of all the bytes (the baseline), the tensors packed into one
 message ([Note: one message per cut] in ``autopipe.runtime.packing``, the runtime's default),
@@ -98,23 +99,16 @@ def _ways(tensors: int, floats: int) -> list[tuple[str, int, int, bool]]:
              way != "one by one") for way in WAYS]
 
 
-def _cut_bytes(tensors: int, floats: int, mixed: bool) -> int:
-    """The bytes the cut carries: ``tensors`` of ``floats`` elements, ``MIXED`` after the first if ``mixed``."""
-    if not mixed or tensors == 1:
-        return tensors * floats * 4
-    size = {"bool": 1, "int64": 8, "float without a gradient": 4}
-    return floats * (4 + sum(size[MIXED[i % len(MIXED)]] for i in range(tensors - 1)))
-
-
-def _predicted(tensors: int, floats: int, mixed: bool, runtime: Any) -> float:
+def _predicted(tensors: int, floats: int, mixed: bool, runtime: Any) -> tuple[float, int]:
     """The plan's step as the simulator predicts it: ``runtime``'s costs (measured here), each
-    stage re-timed as one module, the loss and an SGD step (as ``bench_simulator``)."""
+    stage re-timed as one module, the loss and an SGD step (as ``bench_simulator``); and the
+    bytes its cut carries (its sends)."""
     from autopipe.runtime.calibrate import measure_model_costs
     from autopipe.schedule.simulate import simulate_plan
 
     spec, graph, plan = _setup(tensors, floats, mixed)
     model = measure_model_costs(spec, graph, plan, optimizer="sgd", idle_s=runtime.send_latency_s)
-    return simulate_plan(plan, runtime=runtime, model=model).iteration_s
+    return simulate_plan(plan, runtime=runtime, model=model).iteration_s, sum(s.bytes for s in plan.stages[0].sends)
 
 
 def _steps(tensors: int, floats: int, mixed: bool, pack: bool, steps: int) -> list[float]:
@@ -189,10 +183,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{'pred/med':>8s} {'/ one tensor':>8s}")
     for floats in sizes:
         base = statistics.median(measured[f"{floats} one tensor"])
-        for way, n, per, _pack in _ways(args.tensors, floats):
+        for way, n, _per, _pack in _ways(args.tensors, floats):
             times = sorted(measured[f"{floats} {way}"])
-            median, pred = statistics.median(times), predicted[floats, n]
-            print(f"{_cut_bytes(n, per, args.mixed) / 1024:9.1f} KiB  {way:11s} {pred * 1e3:8.2f} ms "
+            median, (pred, nbytes) = statistics.median(times), predicted[floats, n]
+            print(f"{nbytes / 1024:9.1f} KiB  {way:11s} {pred * 1e3:8.2f} ms "
                   f"{times[len(times) // 10] * 1e3:8.2f} ms {median * 1e3:8.2f} ms {pred / median:8.3f} "
                   f"{median / base:8.2f}")
     return 0

@@ -1,4 +1,4 @@
-"""autopipe/runtime/packing.py: each cut's values of one dtype cross as one tensor ([Note: one message per cut])."""
+"""autopipe/runtime/packing.py: the values crossing a cut travel as one message ([Note: one message per cut])."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from torch import nn
 
 import autopipe
 from autopipe.runtime.meta import StageMeta, stage_metas
-from autopipe.runtime.packing import Group, messages_per_cut, pack, pack_cuts, pack_groups, unpack
+from autopipe.runtime.packing import (
+    Group,
+    Kind,
+    messages_per_cut,
+    pack,
+    pack_cuts,
+    pack_groups,
+    unpack,
+)
 from autopipe.runtime.prepare import prepare
 from autopipe.runtime.split import Split, split_graph
 
@@ -20,17 +28,22 @@ from .runtime_cases import Case, pipeline_backward
 from .runtime_plans import plan_from_cuts
 
 
+def _small(kinds: list[Kind | None]) -> list[Group]:
+    """``pack_groups`` of values of 8 bytes each."""
+    return pack_groups(kinds, [8] * len(kinds))
+
+
 def test_a_cut_is_one_message_per_dtype_with_a_gradient_and_the_rest_travel_in_the_first() -> None:
     f, g, i, b = (torch.float32, True), (torch.float32, False), (torch.int64, False), (torch.bool, False)
     h = (torch.bfloat16, True)
     # the values of another dtype first (as their bytes), then the message's own
-    assert pack_groups([f, i, f, g, i, f, g]) == [Group(torch.float32, (1, 4, 0, 2, 3, 5, 6))]
-    assert pack_groups([b, f]) == [Group(torch.float32, (0, 1))]
-    assert pack_groups([h, f, i, h]) == [Group(torch.bfloat16, (2, 0, 3)), ]  # f alone in its own
-    assert pack_groups([i, b]) == [Group(torch.uint8, (0, 1))]  # bytes where none has a gradient
-    assert pack_groups([i, i]) == [Group(torch.int64, (0, 1))]
-    assert pack_groups([f, None, g, None]) == [Group(torch.float32, (0, 2))]
-    assert pack_groups([f, None]) == [] and pack_groups([i]) == []
+    assert _small([f, i, f, g, i, f, g]) == [Group(torch.float32, (1, 4, 0, 2, 3, 5, 6))]
+    assert _small([b, f]) == [Group(torch.float32, (0, 1))]
+    assert _small([h, f, i, h]) == [Group(torch.bfloat16, (2, 0, 3))]  # f alone in its own
+    assert _small([i, b]) == [Group(torch.uint8, (0, 1))]  # bytes where none has a gradient
+    assert _small([i, i]) == [Group(torch.int64, (0, 1))]
+    assert _small([f, None, g, None]) == [Group(torch.float32, (0, 2))]
+    assert _small([f, None]) == [] and _small([i]) == []
 
 
 def test_large_values_without_a_gradient_travel_in_a_message_of_their_own() -> None:

@@ -74,37 +74,30 @@ class Group:
     members: tuple[int, ...]
 
 
-def pack_groups(kinds: Sequence[Kind | None], sizes: Sequence[int] | None = None) -> list[Group]:
-    """The messages of a cut of values of these kinds (None: a value that travels alone),
-    two values or more each ([Note: one message per cut]): one per dtype of values with a
-    gradient, the values without one in the first of them (in the order of their first
-    value), or in one of their own where none has a gradient or where their ``sizes``
-    (bytes, by position; None: all small) are more than ``JOIN_BYTES`` and an eighth of
-    the values with a gradient."""
+def pack_groups(kinds: Sequence[Kind | None], sizes: Sequence[int]) -> list[Group]:
+    """The messages of a cut of values of these kinds (None: a value that travels alone) and
+    ``sizes`` (bytes), two values or more each ([Note: one message per cut]): one per dtype
+    of values with a gradient, the values without one in the first of them (in the order of
+    their first value), or in one of their own where none has a gradient or where they are
+    more than ``JOIN_BYTES`` and an eighth of the values with one."""
+    dtype_of = {i: kind[0] for i, kind in enumerate(kinds) if kind is not None}
     grads: dict[torch.dtype, list[int]] = {}
-    rest: list[int] = []
     for i, kind in enumerate(kinds):
-        if kind is None:
-            continue
-        if kind[1]:
+        if kind is not None and kind[1]:
             grads.setdefault(kind[0], []).append(i)
-        else:
-            rest.append(i)
+    rest = [i for i, kind in enumerate(kinds) if kind is not None and not kind[1]]
     messages = list(grads.items())
-
-    def size(group: Sequence[int]) -> int:
-        return 0 if sizes is None else sum(sizes[i] for i in group)
-
-    if grads and size(rest) <= max(JOIN_BYTES, sum(size(g) for g in grads.values()) // 8):
+    grad_bytes = sum(sizes[i] for group in grads.values() for i in group)
+    if grads and sum(sizes[i] for i in rest) <= max(JOIN_BYTES, grad_bytes // 8):
         first = messages[0][0]
         messages[0] = (first, sorted(grads[first] + rest))
     elif rest:
-        dtypes = {kinds[i][0] for i in rest}  # type: ignore[index]
+        dtypes = {dtype_of[i] for i in rest}
         messages.append((dtypes.pop() if len(dtypes) == 1 else torch.uint8, rest))
     out = []
     for dtype, members in messages:
         if len(members) > 1:
-            as_bytes = [i for i in members if kinds[i][0] != dtype]  # type: ignore[index]
+            as_bytes = [i for i in members if dtype_of[i] != dtype]
             out.append(Group(dtype, tuple(as_bytes + [i for i in members if i not in as_bytes])))
     return sorted(out, key=lambda g: min(g.members))
 

@@ -68,9 +68,9 @@ def prepare(spec: ModelSpec, plan: Plan, world_size: int, graph: Graph | None = 
     launcher) with a clear error instead of failing mid-step.
 
     The plan is checked with ``validate_plan``, as every command that reads a plan does.
-    ``pack``: each cut sends its values of one kind as one tensor ([Note: one message per
-    cut] in ``autopipe.runtime.packing``); False: one tensor per value, as torch's schedules
-    send them (``benchmarks/bench_cut_messages.py`` compares the two).
+    ``pack``: each cut sends its values as one message ([Note: one message per cut] in
+    ``autopipe.runtime.packing``); False: one tensor per value, as torch's schedules send
+    them (``benchmarks/bench_cut_messages.py`` compares the two).
 
     Raises:
         PlanMismatchError: the plan was made for another model, micro-batch shape or world size.
