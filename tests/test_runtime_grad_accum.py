@@ -223,6 +223,29 @@ def test_mean_grad_divides_whole_after_forget_rows() -> None:
     assert torch.equal(w.grad, torch.full((512, 1024), 2.0))
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_mean_grad_of_an_embedding_read_by_any_index_dtype(dtype: torch.dtype) -> None:
+    """An embedding read by int32 indices (TimesFM's frequency embedding) records its rows as
+    int64, as ``index_copy_`` and the tied sum need: the mean over two micro-batches equals
+    autograd's gradient divided by 2, and ``rows_only`` names the rows read."""
+    from autopipe.runtime.grad_accum import rows_only
+    gen = torch.Generator().manual_seed(3)
+    for vocab in (4, 512):  # ordinary zeros, and zero pages (1 MiB and more)
+        ref = torch.nn.Parameter(torch.randn(vocab, 1024, generator=gen))
+        fused = torch.nn.Parameter(ref.detach().clone())
+        for _ in range(2):
+            ids = torch.randint(0, 3, (2, 5), generator=gen).to(dtype)
+            grad = torch.randn(2, 5, 1024, generator=gen)
+            fused_embedding(fused, ids).backward(grad)
+            torch.ops.aten.embedding.default(ref, ids).backward(grad)
+        assert fused.grad is not None and ref.grad is not None
+        mean_grad_(fused.grad, 2)
+        assert torch.equal(fused.grad, ref.grad / 2)
+        rows = rows_only(fused.grad)
+        assert rows is not None and rows.dtype == torch.int64
+        assert set(rows.tolist()) <= {0, 1, 2} and ref.grad[rows].abs().sum() == ref.grad.abs().sum()
+
+
 def test_a_tied_embedding_gradient_is_not_on_zero_pages() -> None:
     """GPT-2 (its head tied to the word embedding) split in two: the embedding's gradient is
     summed with the head's copy after the backwards (written whole), so it is made as

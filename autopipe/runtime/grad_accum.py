@@ -187,8 +187,8 @@ class _EmbeddingGrad(torch.autograd.Function):
             weight.grad = _new_embedding_grad(weight, ctx.zero_pages)
         weight.grad.index_add_(0, unique, summed)
         written = weight.grad.__dict__.get(_ROWS)
-        if written is not None:
-            written.append(unique)
+        if written is not None:  # int64 whatever the indices were (TimesFM reads int32 ones)
+            written.append(unique.long())
         return None, None, None, None
 
 
