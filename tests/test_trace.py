@@ -121,6 +121,26 @@ def test_a_module_converted_to_its_own_dtype_inside_forward_exports() -> None:
         torch.testing.assert_close(a, b)
 
 
+class _NoisyScale(NeedsExport):
+    """Builds a distribution in forward, as GroupViT's Gumbel noise does ([Note:
+    distributions built inside forward]): its scale from the input, its sample added."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.distributions.Normal(x.mean(), x.std()).log_prob(x)
+        noise = torch.distributions.Gumbel(torch.full((), 0.0), torch.full((), 1.0)).sample(x.shape)
+        return super().forward(x * scale + 0 * noise)
+
+
+def test_a_distribution_built_inside_forward_exports() -> None:
+    """Its argument checks (a branch on tensor values) are off while tracing, and on again after."""
+    before = torch.distributions.Distribution._validate_args
+    model, x = _NoisyScale(), torch.randn(3, 8)
+    g = autopipe.trace(model, (x,))
+    assert g.frontend == "export"
+    assert torch.distributions.Distribution._validate_args == before
+    torch.testing.assert_close(g.gm(x)[0], model(x))
+
+
 def test_untraceable_model_quotes_both_reasons() -> None:
     with pytest.raises(TraceError) as info:
         autopipe.trace(DataDependent(), (torch.randn(2, 4),))

@@ -20,6 +20,7 @@ from torch import nn
 from autopipe._gc import collections_paused
 from autopipe._phases import phase
 from autopipe.errors import ExampleInputError, TraceError
+from autopipe.trace._distributions import distribution_checks_off
 from autopipe.trace._module_to import own_dtype_conversions_kept
 from autopipe.trace._quick import quick_export, unguarded_module
 from autopipe.trace.graph import Graph, NodeInfo, target_name
@@ -329,8 +330,9 @@ def _trace_fx(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -
 def _trace_export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Graph:
     with warnings.catch_warnings(), phase("trace.export"):
         warnings.simplefilter("ignore")
-        # [Note: a quicker export], [Note: a module's own dtype inside forward]
-        with quick_export(), own_dtype_conversions_kept():
+        # [Note: a quicker export], [Note: a module's own dtype inside forward],
+        # [Note: distributions built inside forward]
+        with quick_export(), own_dtype_conversions_kept(), distribution_checks_off():
             ep = torch.export.export(model, args, kwargs, strict=False)
         gm = unguarded_module(ep)
     assert isinstance(gm, fx.GraphModule)
