@@ -27,7 +27,7 @@ from autopipe.runtime.launch import launch
 from autopipe.runtime.optim import TrainConfig
 from autopipe.runtime.reference import reference_train
 from autopipe.runtime.split import Split
-from autopipe.runtime.split_backward import backward_input, backward_weight
+from autopipe.runtime.split_backward import backward_input, backward_weight, loss_views
 from autopipe.runtime.tied import canonical_names
 from autopipe.spec import example_target
 
@@ -270,7 +270,7 @@ def pipeline_backward(split: Split, flat: list[torch.Tensor],
         outs = st.module(*values)
         runs.append((values, outs))
         values = outs
-    loss = loss_fn(split.rebuild_outputs(values))
+    loss = loss_fn(split.rebuild_outputs(loss_views(values) if split_backward else values))
     if split_backward:
         works = []
         outputs: list[torch.Tensor] = [loss]
@@ -278,6 +278,10 @@ def pipeline_backward(split: Split, flat: list[torch.Tensor],
         for k in range(len(runs) - 1, 0, -1):
             received = runs[k][0]
             works.append(backward_input(outputs, grads, received, split.stages[k].module.parameters())[1])
+            if k == len(runs) - 1:  # torch's last stage detaches the model's outputs after I
+                for out in runs[k][1]:
+                    if isinstance(out, torch.Tensor) and not out._is_view():
+                        out.detach_()
             sent = [(o, r.grad) for o, r in zip(runs[k - 1][1], received) if r.grad is not None]
             outputs, grads = [o for o, _ in sent], [g for _, g in sent]
         torch.autograd.backward(outputs, grads)  # the first stage: its inputs need no gradient

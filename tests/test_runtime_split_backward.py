@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from autopipe.runtime.split_backward import backward_input, backward_weight
+from autopipe.runtime.split_backward import backward_input, backward_weight, loss_views
 
 
 class _SharedMeet(nn.Module):
@@ -106,4 +106,40 @@ def test_a_loss_gets_gradient_one() -> None:
     backward_weight(work)
     torch.testing.assert_close(dinputs[0], expected[0])
     for p, e in zip(m.parameters(), expected[1:]):
+        torch.testing.assert_close(p.grad, e)
+
+
+class _Head(nn.Module):
+    """A last stage: a head on what it receives and a learned offset of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 4))
+        self.offset = nn.Parameter(torch.randn(4))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x @ self.w, torch.sigmoid(self.offset) * 3.0
+
+
+@pytest.mark.parametrize("received_grad", [True, False], ids=["reached", "nothing-reached"])
+def test_last_stage_weight_pass_after_torch_detaches_its_outputs(received_grad: bool) -> None:
+    """torch's last stage detaches the model's outputs in place once I is done, and W runs
+    ops of the loss (MSE saves its input) on a path from the loss that no input reaches
+    (the offset's; every weight's when nothing received has a gradient): the loss reads
+    views of the outputs, and W still runs."""
+    torch.manual_seed(0)
+    m = _Head()
+    x, target = torch.randn(3, 4), torch.randn(3, 4)
+
+    def loss_of(outs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return nn.functional.mse_loss(outs[0], target) + nn.functional.mse_loss(outs[1], target[0])
+
+    expected = torch.autograd.grad(loss_of(m(x)), list(m.parameters()))
+    x2 = x.clone().requires_grad_(received_grad)
+    outs = m(x2)
+    _, work = backward_input([loss_of(loss_views(outs))], None, [x2], m.parameters())
+    for out in outs:  # as torch.distributed.pipelining's backward_one_chunk does
+        out.detach_()
+    backward_weight(work)
+    for p, e in zip(m.parameters(), expected):
         torch.testing.assert_close(p.grad, e)

@@ -1922,11 +1922,14 @@ ZOO_CASES = {c.name: c for c in (Case(name, 2, zoo=True, profile="measure",
 """Each zoo model measured on this CPU, planned into 2 stages (1F1B, 4 micro-batches) and
 trained 2 steps, ``ONE_STEP`` ones 1 (tests/runtime_worker.py runs them by name)."""
 
-SPLIT_BACKWARD = ("t5", "whisper")
+SPLIT_BACKWARD = ("t5", "whisper", "clip")
 """Zoo models also trained with ZBV (split backward), planned on an estimated profile (the
 same cuts every run): their later stages send on values made from weights alone (T5's
 relative position bias, Whisper's decoder positions), which torch's own split backward
-left without gradient ([Note: split backward] in ``autopipe.runtime.split_backward``)."""
+left without gradient ([Note: split backward] in ``autopipe.runtime.split_backward``);
+CLIP's last stage returns its text and image embeddings, which its similarity's matmul
+also saves for the weight pass, and which torch detaches in place after the input pass
+(``sendable`` in ``autopipe.runtime.split``: the rank stopped in its first weight pass)."""
 ZOO_CASES.update({c.name: c for c in (Case(name, 2, "zbv", zoo=True, steps=2, microbatches=4)
                                       for name in SPLIT_BACKWARD)})
 

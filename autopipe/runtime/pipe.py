@@ -50,8 +50,9 @@ from autopipe.runtime.group import (
 )
 from autopipe.runtime.materialize import materialize_stages
 from autopipe.runtime.modes import modeless_draws
-from autopipe.runtime.placement import rank_of_stages
+from autopipe.runtime.placement import rank_of_stages, schedule_kind
 from autopipe.runtime.prepare import Prepared, prepare
+from autopipe.runtime.split_backward import loss_views
 from autopipe.runtime.stage import build_pipeline
 from autopipe.runtime.state_keys import match_state
 from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage_params
@@ -102,8 +103,11 @@ class Pipe:
         """``build`` turned the flushing of subnormals on ([Note: subnormals in training]); ``close`` turns it off."""
         graph, split = prepared.graph, prepared.split
 
+        views = schedule_kind(plan.schedule).splits_backward  # [Note: split backward]
+
         def loss_fn(out: Any, target: torch.Tensor) -> torch.Tensor:
-            flat = split.rebuild_outputs(out if isinstance(out, (tuple, list)) else (out,))
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            flat = split.rebuild_outputs(loss_views(outs) if views else outs)
             return scalar_loss(spec.loss_fn(graph.unflatten_output(flat), target))
 
         with failures(f"rank {rank}", "while building the device mesh", timeout_s):

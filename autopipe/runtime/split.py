@@ -355,7 +355,11 @@ def _stage_graph_module(
     results: list[Any] = []
     for name in outputs:
         if not sends:
-            results.append(env[name])
+            v = env[name]
+            # the zero-bubble schedules' last stage: torch detaches the model's outputs in
+            # place after I, so one that the stage's ops also read gets a copy (see sendable)
+            read = copy and isinstance(v, fx.Node) and bool(v.users)
+            results.append(g.call_function(sendable, (v, True)) if read else v)
         elif name in received and index > 0 and not copy and name not in written:
             results.append(received[name])  # a receive buffer: dense already
         else:
@@ -384,7 +388,10 @@ def sendable(x: torch.Tensor, copy: bool) -> torch.Tensor:
     gradients are computed, while the weight-gradient pass may still need the same
     tensor object (saved by an op of the stage that also read it, or the base of a
     view); an output of its own keeps that tensor intact. The other schedules need
-    no copy.
+    no copy. On the last stage torch detaches the model's outputs so
+    (``backward_one_chunk``), and only those the stage's ops read too get a copy:
+    GroupViT's, CLIP's and SigLIP's text and image embeddings, which their
+    similarity's matmul saves for the weight pass of the other tower.
     """
     if copy:
         return x.clone(memory_format=torch.contiguous_format)

@@ -28,6 +28,17 @@ one process):
   groups' (a path that touched a node the inputs reach would end at an output they
   reach), so nothing is counted twice.
 
+torch's last stage detaches the model's outputs in place once I is done
+(``backward_one_chunk``), so that the outputs it keeps for the step's caller hold no graph.
+An op that saved one of them as its input could then not run in W ("Trying to use a saved
+tensor that has been detached in-place"): the loss's (MSE saves its input; PatchTST cut
+before its first weight, W runs the whole loss), or the stage's own (CLIP's similarity
+matmul saves the text embeddings, an output too, for the image tower's weights). So under
+a split backward the loss reads views of the outputs (``loss_views``), which nothing
+detaches, and an output that the stage's ops read too leaves the stage as a copy
+(``sendable`` in ``autopipe.runtime.split``). (An op that saved its own result is not
+affected: autograd keeps a saved output apart from the tensor object.)
+
 The first stage is untouched: its inputs need no gradient, so torch runs its whole
 backward in W.
 """
@@ -147,6 +158,13 @@ def _groups(params: Sequence[torch.nn.Parameter], reached: set[Node],
             nodes_of.setdefault(find(i), {}).update(meets[i])
     return [_Group(params=params_of[r], nodes=list(nodes_of[r]), grads=[None] * len(nodes_of[r]))
             for r in params_of]
+
+
+def loss_views(outputs: Sequence[Any]) -> tuple[Any, ...]:
+    """The last stage's outputs as its loss reads them under a split backward: each tensor a
+    view of itself, which torch's in-place detach of the outputs leaves intact
+    ([Note: split backward])."""
+    return tuple(o.view_as(o) if isinstance(o, torch.Tensor) else o for o in outputs)
 
 
 def backward_input(outputs: Sequence[torch.Tensor], output_grads: Sequence[torch.Tensor | None] | None,
