@@ -384,16 +384,20 @@ def clip() -> ModelSpec:
     tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
     cfg = hf.CLIPConfig(text_config=dict(tower, vocab_size=VOCAB, max_position_embeddings=SEQ),
                         vision_config=dict(tower, image_size=16, patch_size=4), projection_dim=16)
-    model = _seeded(lambda: hf.CLIPModel(cfg))
+    return _text_image_pairs(_seeded(lambda: hf.CLIPModel(cfg)), "clip", _contrastive)
+
+
+def _text_image_pairs(model: nn.Module, name: str, loss_fn: Callable[[Any, torch.Tensor], torch.Tensor]) -> ModelSpec:
+    """A two-tower model taking (token ids, pixels) by position, trained on the i-th text
+    going with the i-th image of each micro-batch."""
 
     def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         g = generator(n, step, 0)
         text = torch.randint(0, VOCAB, (n * BATCH, SEQ), generator=g)
         pixels = torch.randn(n * BATCH, 3, 16, 16, generator=g)
-        return (text, pixels), torch.arange(BATCH).repeat(n)  # the i-th text goes with the i-th image
+        return (text, pixels), torch.arange(BATCH).repeat(n)
 
-    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_contrastive, batch=batch,
-                     name="clip")
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=loss_fn, batch=batch, name=name)
 
 
 # --- speech -------------------------------------------------------------------------------------
@@ -643,16 +647,21 @@ def speecht5() -> ModelSpec:
                             max_text_positions=64, encoder_max_relative_position=16,
                             use_cache=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
                             decoder_start_token_id=1)
-    model = _seeded(lambda: _Seq2Seq(hf.SpeechT5ForSpeechToText(cfg), "input_values"))
+    return _transcribe(_seeded(lambda: _Seq2Seq(hf.SpeechT5ForSpeechToText(cfg), "input_values")), "speecht5",
+                       samples=400, first_token=3)
+
+
+def _transcribe(model: nn.Module, name: str, *, samples: int, first_token: int) -> ModelSpec:
+    """A speech-to-text encoder-decoder taking (raw audio, decoder ids) by position, trained
+    on the next token (ids from ``first_token`` on, clear of the special ones)."""
 
     def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         g = generator(n, step, 0)
-        audio = torch.randn(n * BATCH, 400, generator=g)
-        text = torch.randint(3, VOCAB, (n * BATCH, SEQ + 1), generator=g)
+        audio = torch.randn(n * BATCH, samples, generator=g)
+        text = torch.randint(first_token, VOCAB, (n * BATCH, SEQ + 1), generator=g)
         return (audio, text[:, :-1]), text[:, 1:]
 
-    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch,
-                     name="speecht5")
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch, name=name)
 
 
 def beit() -> ModelSpec:
@@ -1090,16 +1099,7 @@ def siglip() -> ModelSpec:
     tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
     cfg = hf.SiglipConfig(text_config=dict(tower, vocab_size=VOCAB, max_position_embeddings=SEQ),
                           vision_config=dict(tower, image_size=16, patch_size=4))
-    model = _seeded(lambda: hf.SiglipModel(cfg))
-
-    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        g = generator(n, step, 0)
-        text = torch.randint(0, VOCAB, (n * BATCH, SEQ), generator=g)
-        pixels = torch.randn(n * BATCH, 3, 16, 16, generator=g)
-        return (text, pixels), torch.arange(BATCH).repeat(n)
-
-    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_sigmoid_pairs, batch=batch,
-                     name="siglip")
+    return _text_image_pairs(_seeded(lambda: hf.SiglipModel(cfg)), "siglip", _sigmoid_pairs)
 
 
 def wav2vec2_conformer() -> ModelSpec:
@@ -1706,16 +1706,7 @@ def groupvit() -> ModelSpec:
                   attention_dropout=0.0)
     cfg = hf.GroupViTConfig(text_config=text, vision_config=vision, projection_dim=16,
                             projection_intermediate_dim=32)
-    model = _seeded(lambda: hf.GroupViTModel(cfg))
-
-    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        g = generator(n, step, 0)
-        text = torch.randint(1, VOCAB, (n * BATCH, SEQ), generator=g)
-        pixels = torch.randn(n * BATCH, 3, 16, 16, generator=g)
-        return (text, pixels), torch.arange(BATCH).repeat(n)
-
-    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_contrastive, batch=batch,
-                     name="groupvit")
+    return _text_image_pairs(_seeded(lambda: hf.GroupViTModel(cfg)), "groupvit", _contrastive)
 
 
 def paligemma() -> ModelSpec:
@@ -1783,16 +1774,8 @@ def moonshine() -> ModelSpec:
                              decoder_num_hidden_layers=1, encoder_num_attention_heads=4,
                              decoder_num_attention_heads=4, max_position_embeddings=64, use_cache=False,
                              pad_token_id=0, bos_token_id=1, decoder_start_token_id=1)
-    model = _seeded(lambda: _Seq2Seq(hf.MoonshineForConditionalGeneration(cfg), "input_values"))
-
-    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        g = generator(n, step, 0)
-        audio = torch.randn(n * BATCH, 1600, generator=g)
-        text = torch.randint(2, VOCAB, (n * BATCH, SEQ + 1), generator=g)
-        return (audio, text[:, :-1]), text[:, 1:]
-
-    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch,
-                     name="moonshine")
+    return _transcribe(_seeded(lambda: _Seq2Seq(hf.MoonshineForConditionalGeneration(cfg), "input_values")),
+                       "moonshine", samples=1600, first_token=2)
 
 
 class _UnivNet(nn.Module):
