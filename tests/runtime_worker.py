@@ -24,7 +24,7 @@ from autopipe.runtime.train import TrainResult, prepare, train
 from autopipe.trace import Graph
 
 from .runtime_cases import CASES, trained_state
-from .zoo import ZOO_CASES
+from .zoo import LOSS_READS_ALL, ZOO_CASES
 
 
 def run_cases(argv: list[str], train_case: Callable[[Path, str], tuple[TrainResult, Graph]]) -> int:
@@ -45,7 +45,7 @@ def run_cases(argv: list[str], train_case: Callable[[Path, str], tuple[TrainResu
 
 
 def _train_case(out: Path, name: str) -> tuple[TrainResult, Graph]:
-    case = {**CASES, **ZOO_CASES}[name]
+    case = {**CASES, **ZOO_CASES, LOSS_READS_ALL.name: LOSS_READS_ALL}[name]
     spec = case.spec()
     graph = trace(spec.model, spec.example_inputs, spec.example_kwargs)
     plan = Plan.load(out / f"{name}.plan.json")

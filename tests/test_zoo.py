@@ -36,7 +36,7 @@ from autopipe.trace.aliasing import written_in_place
 from .conftest import ROOT
 from .runtime_cases import Case, compare_with_one_process, pipeline_backward
 from .runtime_plans import plan_from_cuts, valid_cuts
-from .zoo import HASH_ORDERED, ZOO, ZOO_CASES
+from .zoo import HASH_ORDERED, LOSS_READS_ALL, ZOO, ZOO_CASES
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +72,24 @@ def test_zoo_model_trains_like_one_process(case: Case, zoo_job: Path) -> None:
     assert all(s.forward_s > 0 for s in plan.stages)
     compare_with_one_process(case, zoo_job)
 
+
+
+@pytest.mark.distributed
+def test_zoo_split_backward_whose_last_stage_runs_the_whole_loss_in_w(tmp_path: Path) -> None:
+    """2 ranks, zb-h1, PatchTST cut after its first node: the loss reads views of the model's
+    outputs, so W still runs after torch detached them (it stopped there before)."""
+    case = LOSS_READS_ALL
+    spec = case.spec()
+    graph = trace(spec.model, spec.example_inputs)
+    cut = next(i for i, n in enumerate(graph.nodes) if n.name == "ones_like")
+    plan_from_cuts(graph, [cut], schedule=case.schedule, ranks=[0, 1],
+                   microbatches=case.microbatches).save(tmp_path / f"{case.name}.plan.json")
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        result = launch([sys.executable, "-m", "tests.runtime_worker", str(tmp_path), case.name], 2,
+                        env=ENV, timeout_s=300, grace_s=20, stdout=f, stderr=subprocess.STDOUT, log=f)
+    assert result.code == 0, log.read_text()[-3000:]
+    compare_with_one_process(case, tmp_path)
 
 def _cuts(graph: Graph, spread: int = 12) -> list[int]:
     """``spread`` valid 2-stage cuts evenly over the graph, and the last valid cut before

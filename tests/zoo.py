@@ -1930,3 +1930,10 @@ and ALBERT, whose one shared layer every chunk of both ranks holds, interleaved.
 A sweep of the 26 models trained with 1F1B above, each with all three, trained like one
 process (2026-12-02); these keep it in the suite."""
 ZOO_CASES.update({c.name: c for c in OTHER_SCHEDULES})
+
+LOSS_READS_ALL = Case("patchtst", 2, "zb-h1", zoo=True, steps=2, microbatches=4)
+"""PatchTST under zb-h1 cut after its first node (``ones_like``): the last stage receives
+nothing with a gradient, so its W runs the whole loss, whose MSE saved the model's output,
+which torch detaches in place after I ([Note: split backward]). ``test_zoo.py`` trains it so
+with its own plan, not in the zoo job."""
+
