@@ -42,6 +42,16 @@ pytestmark = pytest.mark.slow
 
 ENV = {"PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
 
+def _train_on_two_ranks(out: Path, names: list[str], timeout_s: float) -> None:
+    """Train the cases ``names``, each with its plan in ``out``, in one job of 2 gloo ranks
+    (tests/runtime_worker.py), which saves their results in ``out``."""
+    log = out / "log.txt"
+    with open(log, "w") as f:
+        result = launch([sys.executable, "-m", "tests.runtime_worker", str(out), *names], 2,
+                        env=ENV, timeout_s=timeout_s, grace_s=20, stdout=f, stderr=subprocess.STDOUT, log=f)
+    assert result.code == 0, log.read_text()[-3000:]
+
+
 @pytest.fixture(scope="module")
 def zoo_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Plan every zoo model and train them all in one 2-rank job; results land in one folder."""
@@ -52,11 +62,7 @@ def zoo_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
         case.build()[2].save(out / f"{name}.plan.json")
         names.append(name)
     planned = time.perf_counter()
-    log = out / "log.txt"
-    with open(log, "w") as f:
-        result = launch([sys.executable, "-m", "tests.runtime_worker", str(out), *names], 2,
-                        env=ENV, timeout_s=1200, grace_s=20, stdout=f, stderr=subprocess.STDOUT, log=f)
-    assert result.code == 0, log.read_text()[-3000:]
+    _train_on_two_ranks(out, names, timeout_s=1200)
     print(f"zoo: planned {len(names)} models in {planned - started:.1f} s, "
           f"trained in {time.perf_counter() - planned:.1f} s")
     return out
@@ -73,7 +79,6 @@ def test_zoo_model_trains_like_one_process(case: Case, zoo_job: Path) -> None:
     compare_with_one_process(case, zoo_job)
 
 
-
 @pytest.mark.distributed
 def test_zoo_split_backward_whose_last_stage_runs_the_whole_loss_in_w(tmp_path: Path) -> None:
     """2 ranks, zb-h1, PatchTST cut after its first node: the loss reads views of the model's
@@ -84,12 +89,9 @@ def test_zoo_split_backward_whose_last_stage_runs_the_whole_loss_in_w(tmp_path: 
     cut = next(i for i, n in enumerate(graph.nodes) if n.name == "ones_like")
     plan_from_cuts(graph, [cut], schedule=case.schedule, ranks=[0, 1],
                    microbatches=case.microbatches).save(tmp_path / f"{case.name}.plan.json")
-    log = tmp_path / "log.txt"
-    with open(log, "w") as f:
-        result = launch([sys.executable, "-m", "tests.runtime_worker", str(tmp_path), case.name], 2,
-                        env=ENV, timeout_s=300, grace_s=20, stdout=f, stderr=subprocess.STDOUT, log=f)
-    assert result.code == 0, log.read_text()[-3000:]
+    _train_on_two_ranks(tmp_path, [case.name], timeout_s=300)
     compare_with_one_process(case, tmp_path)
+
 
 def _cuts(graph: Graph, spread: int = 12) -> list[int]:
     """``spread`` valid 2-stage cuts evenly over the graph, and the last valid cut before

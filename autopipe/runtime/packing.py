@@ -220,4 +220,3 @@ def messages_per_cut(metas: Sequence[StageMeta]) -> list[tuple[int, int]]:
     """Each cut's messages a micro-batch as its stages send them: (forward, back), where the
     ones back are the gradients of the messages that have one."""
     return [(len(m.outputs), sum(1 for t in m.outputs if t.requires_grad)) for m in metas[:-1]]
-
