@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from autopipe._jsonio import read_json, write_json_atomic
@@ -56,6 +56,11 @@ class NodeProfile:
     it keeps and hands back before it returns: a cuDNN convolution's workspace. Read from
     the CUDA caching allocator's counters when measuring there ([Note: a call's scratch] in
     ``autopipe.profile._scratch``); 0 on the CPU and in estimates."""
+    remakable: bool = False
+    """Whether a later stage that reads the value may make it again instead of receiving it
+    (``NodeInfo.remakable``; [Note: values made again] in ``autopipe.trace.remade``).
+    Profiles written before it read as sending every value; a planner that has the model
+    reads it from the model (``with_remakable``)."""
 
     def is_linear(self) -> bool:
         """A linear layer (profiles written before ``linear`` existed: by an ``aten.linear``
@@ -130,6 +135,14 @@ class Profile:
         for src, dst in (*((s, d) for s, d, _ in self.edges), *self.order):
             if src not in known or dst not in known:
                 raise ProfileError(f"edge {src}→{dst} names an unknown node", hint="re-profile the model")
+
+    def with_remakable(self, graph: Graph) -> Profile:
+        """This profile, each node's ``remakable`` read from ``graph`` (the traced model it was
+        made for): a profile written before the field existed plans as a new one does."""
+        marked = {n.name for n in graph.nodes if n.remakable}
+        if all(n.remakable == (n.name in marked) for n in self.nodes):
+            return self
+        return replace(self, nodes=tuple(replace(n, remakable=n.name in marked) for n in self.nodes))
 
     @property
     def by_name(self) -> dict[str, NodeProfile]:
@@ -217,7 +230,7 @@ class Profile:
 
 def _node_json(n: NodeProfile) -> dict[str, Any]:
     out = {**asdict(n), "params": list(n.params), "shared_params": list(n.shared_params)}
-    for f in ("embedding", "linear", "scratch_bytes"):
+    for f in ("embedding", "linear", "scratch_bytes", "remakable"):
         if not out[f]:  # the files of models without one stay as they were
             del out[f]
     return out
@@ -235,4 +248,5 @@ def node_profile(graph: Graph, name: str, *, forward_s: float, backward_input_s:
         param_bytes=sum(graph.param_bytes[p] for p in info.params),
         params=info.params, shared_params=info.shared_params, is_tensor=info.is_tensor,
         embedding=info.embedding, linear=info.linear, scratch_bytes=int(scratch_bytes),
+        remakable=info.remakable,
     )

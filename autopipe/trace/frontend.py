@@ -24,6 +24,7 @@ from autopipe.trace._distributions import distribution_checks_off
 from autopipe.trace._module_to import own_dtype_conversions_kept
 from autopipe.trace._quick import quick_export, unguarded_module
 from autopipe.trace.graph import Graph, NodeInfo, target_name
+from autopipe.trace.remade import remakable_nodes
 
 _MAX_REASON = 300
 
@@ -474,6 +475,9 @@ def _build(
             inputs=tuple(dict.fromkeys(a.name for a in n.all_input_nodes if a.op != "get_attr")),
             embedding=_is_embedding(n, modules), linear=_is_linear(n, modules),
         ))
+    remakable = remakable_nodes(gm, (n.name for n in infos if n.params or n.shared_params),
+                                {n.name for n in infos if n.is_tensor})
+    infos = [replace(n, remakable=True) if n.name in remakable else n for n in infos]
     unused = [p for p in param_bytes if p not in owned]
     if unused:
         # parameters no node reads are owned by the output node so that totals stay true

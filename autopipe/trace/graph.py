@@ -52,6 +52,10 @@ class NodeInfo:
     renormalises its rows nor scales or sparsifies its gradient."""
     linear: bool = False
     """A linear layer: ``aten.linear``, or a leaf ``nn.Linear`` (that class exactly)."""
+    remakable: bool = False
+    """Depends on no model input, parameter or random draw, and nothing writes it in place
+    (a causal mask, rotary tables): a later stage that reads it may make it again instead of
+    receiving it ([Note: values made again] in ``autopipe.trace.remade``)."""
 
     @property
     def top_level(self) -> bool:
