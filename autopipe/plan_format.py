@@ -101,6 +101,11 @@ class Stage:
     checkpointed region (only its inputs are kept); written only when there are some."""
     recompute_s: float = 0.0
     """Their forward again, per micro-batch: part of ``backward_s`` (written only when > 0)."""
+    remade: tuple[str, ...] = ()
+    """Nodes of earlier stages this stage runs again, before its own, to make values that
+    depend on no input, parameter or random draw (a causal mask, rotary tables) instead of
+    receiving them; their time is part of ``forward_s`` ([Note: values made again] in
+    ``autopipe.trace.remade``). Written only when there are some."""
 
     @property
     def time_s(self) -> float:
@@ -278,7 +283,8 @@ class Plan:
                 Stage(**{**s, "nodes": tuple(s["nodes"]), "modules": tuple(s["modules"]),
                          "memory": StageMemory(**s["memory"]),
                          "sends": tuple(Send(**x) for x in s.get("sends", ())),
-                         "recompute": tuple(tuple(g) for g in s.get("recompute", ()))})
+                         "recompute": tuple(tuple(g) for g in s.get("recompute", ())),
+                         "remade": tuple(s.get("remade", ()))})
                 for s in data["stages"])
             return cls(
                 graph_fingerprint=str(data["graph_fingerprint"]),
@@ -327,6 +333,8 @@ def _stage_json(stage: Stage) -> dict[str, Any]:
         del out["recompute"]
     if not stage.recompute_s:
         del out["recompute_s"]
+    if not stage.remade:
+        del out["remade"]
     if not stage.memory.workspace:
         del out["memory"]["workspace"]
     if not stage.memory.batch:

@@ -49,7 +49,7 @@ def sends(problem: Problem, stage_of: Sequence[int]) -> list[list[Send]]:
     order = {n: i for i, n in enumerate(problem.node_order)}
     out: list[list[Send]] = [[] for _ in range(problem.config.num_stages)]
     for v in sorted(problem.values, key=lambda v: order.get(v.node, 0)):
-        if (v.bytes == 0 and not v.is_tensor) or v.order_only:
+        if (v.bytes == 0 and not v.is_tensor) or v.order_only or v.remade:
             continue
         last = max(stage_of[d] for d in v.dsts)
         for s in range(stage_of[v.src], last):
@@ -70,6 +70,7 @@ def stages(problem: Problem, stage_of: Sequence[int], ev: Evaluation) -> tuple[S
         members[node_stage[name]].append(name)
     modules = owned_modules(problem, node_stage)
     out_sends = sends(problem, stage_of)
+    remade = problem.remade_in(stage_of)
     write_rank = problem.config.schedule not in _RANKS_INFERRED
     steps = optimizer_steps(problem, stage_of)
     order = {n: i for i, n in enumerate(problem.node_order)}
@@ -89,7 +90,7 @@ def stages(problem: Problem, stage_of: Sequence[int], ev: Evaluation) -> tuple[S
             sends=tuple(out_sends[s]), backward_weight_s=cost.backward_weight_s, comm_s=cost.comm_s,
             optimizer_s=steps[s], rank=problem.config.rank_of(s) if write_rank else None,
             recompute=tuple(sorted(regions[s], key=lambda g: order.get(g[0], 0))),
-            recompute_s=cost.recompute_s))
+            recompute_s=cost.recompute_s, remade=remade[s]))
     return tuple(result)
 
 

@@ -407,6 +407,9 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
         bwd[s] += b.backward_input_s + b.backward_weight_s
         bw_w[s] += b.backward_weight_s
         act[s] += b.activation_bytes
+    if problem.remake_s:  # [Note: values made again] in autopipe.trace.remade
+        for s, names in enumerate(problem.remade_in(stage_of)):
+            fwd[s] += sum(problem.remake_s.get(n, 0.0) for n in names)
     chosen = recomputed(problem, recompute)
     again = [0.0] * p
     live = [0] * p

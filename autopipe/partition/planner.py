@@ -178,6 +178,7 @@ def plan_profile(
     grad_sync: GradSync | None = None,
     recompute: str = "auto",
     virtual_stages: int | None = None,
+    remake: str = "auto",
 ) -> Plan:
     """Partition a profiled model into pipeline stages.
 
@@ -221,6 +222,10 @@ def plan_profile(
             ``dualpipev`` (2 only): the model is cut into ``num_stages`` × this many chunks,
             chunk c on rank c mod ``num_stages`` (zbv, dualpipev: in a V; [Note: chunks]); with ``auto``, the
             interleaved candidate's.
+        remake: which values that depend on no input (a causal mask, rotary tables) a stage
+            that reads them makes again instead of receiving them: ``auto`` (each where that
+            is faster than sending it over a link), ``all`` or ``none`` ([Note: values made
+            again] in ``autopipe.trace.remade``).
     Raises:
         PlanError: bad options, more stages than blocks (or layers), nothing found in the
             time limit, no repeated layers, a ``cut_at`` that matches no module.
@@ -244,7 +249,7 @@ def plan_profile(
                        deterministic=deterministic, optimizer=optimizer, dtype=dtype, max_blocks=max_blocks,
                        link_bandwidth=link_bandwidth, memory_limit=memory_limit, devices=devices,
                        layered=granularity == "layer" or cut_at is not None, cut_at=cut_at,
-                       grad_sync=grad_sync, recompute=recompute)
+                       grad_sync=grad_sync, recompute=recompute, remake=remake)
     if isinstance(microbatches, int):
         counts = [microbatches]
     elif microbatches is None:
@@ -295,6 +300,7 @@ class _Options:
     memory_limit: str | int | None
     devices: DevicesArg | None
     recompute: str = "none"
+    remake: str = "auto"
     layered: bool = False
     cut_at: str | None = None
     grad_sync: GradSync | None = None
@@ -374,7 +380,7 @@ def _build(profile: Profile, num_stages: int, microbatches: int, schedule: str,
                  allreduce_bandwidth=rt.get("allreduce_bandwidth", 0.0),
                  allreduce_latency_s=rt.get("allreduce_latency_s", 0.0),
                  rows_sum_bandwidth=rt.get("rows_sum_bandwidth", 0.0),
-                 rows_sum_latency_s=rt.get("rows_sum_latency_s", 0.0))
+                 rows_sum_latency_s=rt.get("rows_sum_latency_s", 0.0), remake=options.remake)
     with phase("plan.problem"):
         base = from_profile(profile, cfg, optimizer=options.optimizer, dtype=options.dtype)
         if sync is not None:
@@ -401,6 +407,7 @@ def _build(profile: Profile, num_stages: int, microbatches: int, schedule: str,
              "coarsened": problem.size < forced.size, "max_blocks": options.max_blocks,
              "mip_gap": options.mip_gap, "time_limit": options.time_limit,
              "solver": options.solver, "deterministic": options.deterministic,
+             **({"remake": options.remake} if options.remake != "auto" else {}),
              **({"runtime": dict(profile.runtime)} if profile.runtime else {}),
              **({"grad_sync": sync.to_json()} if sync is not None else {}),
              **({"loss": {"forward_s": profile.loss.forward_s, "backward_s": profile.loss.backward_s}}

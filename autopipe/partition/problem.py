@@ -31,6 +31,10 @@ REGION_SPAN = 64
 """A value read more than this many blocks after the block that makes it counts as kept
 by any recomputed region that reads it, even one that makes it too (it keeps the ILP's
 rows few; such values are rare and small: position tables, masks)."""
+REMAKE = ("auto", "all", "none")
+"""Which values that depend on no input a reading stage makes again instead of receiving
+([Note: values made again] in ``autopipe.trace.remade``): each where that is faster, all, or
+none (every value is sent, as plans before the choice)."""
 RECOMPUTE = ("none", "auto", "full")
 """What a partition may recompute ([Note: recomputation] in ``autopipe.partition.costs``):
 nothing, the blocks the ILP chooses, or every block that can be."""
@@ -120,6 +124,8 @@ class Config:
     recompute: str = "none"
     """Activation recomputation (``RECOMPUTE``): ``none``; ``auto``, each block's choice is a
     decision of the partition; ``full``, every block that can be is recomputed."""
+    remake: str = "auto"
+    """Which values a reading stage makes again (``REMAKE``)."""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -140,6 +146,8 @@ class Config:
         if self.recompute not in RECOMPUTE:
             raise PlanError(f"unknown recompute mode {self.recompute!r}",
                             hint=f"choose one of {', '.join(RECOMPUTE)}")
+        if self.remake not in REMAKE:
+            raise PlanError(f"unknown remake mode {self.remake!r}", hint=f"choose one of {', '.join(REMAKE)}")
 
     @property
     def num_ranks(self) -> int:
@@ -242,6 +250,10 @@ class Value:
     order_only: bool = False
     """Nothing is sent: ``src`` must only run no later than ``dsts``, as an in-place write
     orders them ([Note: in-place writes order the graph] in ``autopipe.trace.aliasing``)."""
+    remade: tuple[str, ...] = ()
+    """Nothing is sent (``bytes`` is 0): a reading stage that ``src``'s does not hold runs
+    these nodes again, the producing node and what it reads, in node order, each
+    ``Problem.remake_s`` ([Note: values made again] in ``autopipe.trace.remade``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -262,6 +274,8 @@ class Problem:
     node_call: dict[str, str] = field(default_factory=dict)
     """Node name → what it runs, its own module's path left out (``call_function
     aten.addmm.default weight,bias``): equal in two layers built alike (``node_call``)."""
+    remake_s: dict[str, float] = field(default_factory=dict)
+    """Node name → forward seconds, for the nodes that a stage may run again (``Value.remade``)."""
     workspace: int = 0
     """Bytes the last stage holds while the loss runs, beyond its saved activations
     (``LossCost.workspace_bytes``; [Note: the loss is part of the last stage]); see
@@ -319,6 +333,18 @@ class Problem:
             for p in b.params:
                 out.setdefault(p, []).append(i)
         return {p: tuple(r) for p, r in out.items()}
+
+    def remade_in(self, stage_of: Sequence[int]) -> list[tuple[str, ...]]:
+        """Per stage, the nodes of earlier stages it runs again to make the values it reads
+        from them ([Note: values made again] in ``autopipe.trace.remade``), in node order."""
+        out: list[set[str]] = [set() for _ in range(self.config.num_stages)]
+        for v in self.values:
+            if v.remade:
+                for d in v.dsts:
+                    if stage_of[d] != stage_of[v.src]:
+                        out[stage_of[d]].update(v.remade)
+        order = {n: i for i, n in enumerate(self.node_order)}
+        return [tuple(sorted(names, key=lambda n: order.get(n, 0))) for names in out]
 
     def input_bytes(self) -> list[int]:
         """Per block, the bytes of the values it reads from other blocks, each counted once:
@@ -425,6 +451,7 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
     # CPU ranks add embeddings' and linear layers' weight gradients in place, as they
     # accumulate rows ([Note: weight gradients accumulated in place])
     around = gradients_around(profile, in_place=fused and not splits_backward(config.schedule))
+    remade = _remade(profile, config)
     for i, n in enumerate(profile.nodes):
         pin = "first" if n.op == "placeholder" else "last" if n.op == "output" else ""
         # the loss runs on the last stage, after its forward: charged to the output node
@@ -443,11 +470,13 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
             transient_bytes=n.scratch_bytes + around[n.name]))
         dsts = readers.get(n.name)
         if dsts:
-            # a non-tensor model input is a constant baked into the stages: it costs nothing
+            # a non-tensor model input is a constant baked into the stages, and a value made
+            # again is made by its readers ([Note: values made again]): neither is sent
             free = n.op == "placeholder" and not n.is_tensor
             values.append(Value(node=n.name, src=i, dsts=tuple(sorted(dsts)),
-                                bytes=0 if free else n.output_bytes,
-                                is_tensor=n.is_tensor or free))
+                                bytes=0 if free or n.name in remade else n.output_bytes,
+                                is_tensor=n.is_tensor or free or n.name in remade,
+                                remade=remade.get(n.name, ())))
         after = ordered.get(n.name, set()) - (dsts or set())
         if after:
             values.append(Value(node=n.name, src=i, dsts=tuple(sorted(after)), bytes=0,
@@ -461,10 +490,39 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
                    node_module={n.name: n.module for n in profile.nodes},
                    node_order=tuple(n.name for n in profile.nodes),
                    node_call={n.name: node_call(n) for n in profile.nodes},
+                   remake_s={n.name: n.forward_s for n in profile.nodes if n.name in remade},
                    workspace=loss.workspace_bytes if loss is not None else 0,
                    batch_input_bytes=sum(n.output_bytes for n in profile.nodes if n.op == "placeholder" and n.is_tensor),
                    batch_target_bytes=loss.target_bytes if loss is not None else 0,
                    rows_params=tied_embeddings(profile.nodes, NodeProfile.is_embedding) if by_rows else frozenset())
+
+
+def _remade(profile: Profile, config: Config) -> dict[str, tuple[str, ...]]:
+    """The values a reading stage makes again instead of receiving them → the nodes that make
+    each, itself included, in node order ([Note: values made again] in ``autopipe.trace.remade``).
+
+    Under ``config.remake == "auto"`` a remakable value is made again where running those
+    nodes on the slowest device costs less than sending it over one link; under ``all``
+    every one is, under ``none`` none. So is every remakable value those nodes make (a stage
+    that runs them has it), so that no stage both receives a value and makes it.
+    """
+    by_name = profile.by_name
+    marked = [n.name for n in profile.nodes if n.remakable]
+    if not marked or config.remake == "none" or (config.remake == "auto" and math.isinf(config.link_bandwidth)):
+        return {}
+    inputs: dict[str, list[str]] = {}
+    for src, dst, _ in profile.edges:
+        inputs.setdefault(dst, []).append(src)
+    makes: dict[str, set[str]] = {}
+    for name in marked:  # in node order: a node's inputs are done before it
+        makes[name] = {name}.union(*(makes.get(a, set()) for a in inputs.get(name, ())))
+    slowest = min(d.speed for d in config.devices)
+    chosen: set[str] = set()
+    for name in marked:
+        cost = sum(by_name[m].forward_s for m in makes[name]) / slowest
+        if config.remake == "all" or cost < config.comm_s(by_name[name].output_bytes):
+            chosen |= makes[name]
+    return {name: tuple(m for m in marked if m in makes[name]) for name in marked if name in chosen}
 
 
 def node_call(node: NodeProfile) -> str:
