@@ -75,6 +75,9 @@ class Case:
     """The planner's recomputation (``full``: every block that can be runs under checkpointing)."""
     max_blocks: int = DEFAULT_MAX_BLOCKS
     """The planner's coarsening target (fewer: blocks of many nodes)."""
+    remake: str = "auto"
+    """Which values that depend on no input the planner has a reading stage make again
+    ([Note: values made again]; ``all``: every one)."""
 
     @property
     def name(self) -> str:
@@ -84,7 +87,8 @@ class Case:
         return (("zoo-" if self.zoo else "") + f"{self.example}-{self.stages}{dp}-{self.schedule}{dtype}"
                 + ("" if self.tied_sync else "-untied")
                 + ("" if self.recompute == "none" else f"-recompute-{self.recompute}")
-                + ("" if self.max_blocks == DEFAULT_MAX_BLOCKS else f"-blocks{self.max_blocks}"))
+                + ("" if self.max_blocks == DEFAULT_MAX_BLOCKS else f"-blocks{self.max_blocks}")
+                + ("" if self.remake == "auto" else f"-remake-{self.remake}"))
 
     @property
     def world_size(self) -> int:
@@ -118,7 +122,7 @@ class Case:
                                     placements=(self.placement,), method="ilp")
             return plan_profile(profile, num_stages=self.stages, microbatches=self.microbatches,
                                 schedule=self.schedule, method="ilp", recompute=self.recompute,
-                                max_blocks=self.max_blocks)
+                                max_blocks=self.max_blocks, remake=self.remake)
         return hand_plan(graph, self.stages, microbatches=self.microbatches, schedule=self.schedule,
                          ranks=self.ranks)
 
@@ -170,6 +174,11 @@ CASES = {c.name: c for c in [
     Case("bert", 2, "zbv", knobs={"dropout": 0.1}),
     Case("bert", 2, "dualpipev", knobs={"dropout": 0.1}),
     Case("gpt2", 2, replicas=2, knobs={"dropout": 0.1}),
+    # the mask and rotary tables made again by each stage that reads them, not sent
+    # ([Note: values made again]); zb-h1: made again under a split backward
+    Case("llama", 2, remake="all"),
+    Case("llama", 2, "zb-h1", remake="all"),
+    Case("llama", 4, remake="all"),
 ]}
 
 

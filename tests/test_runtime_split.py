@@ -30,6 +30,51 @@ def test_stages_compute_the_model(name: str, stages: int, hand: bool) -> None:
     spec, graph, plan = Case(name, stages).build(hand=hand)
     split = split_graph(graph, plan)
     assert len(split.stages) == stages
+    _assert_computes_the_model(spec, graph, split)
+
+
+@pytest.mark.parametrize("stages", [2, 4])
+def test_stages_that_make_values_again_compute_the_model(stages: int) -> None:
+    """Llama's stages make its mask and rotary tables again ([Note: values made again]):
+    nothing of them crosses a cut, and the stages still give the loss and every gradient."""
+    spec, graph, plan = Case("llama", stages, remake="all").build()
+    remade = {v for s in plan.stages for v in s.remade}
+    split = split_graph(graph, plan)
+    sent = {v for st in split.stages[1:] for v in st.inputs}
+    assert remade and not sent & remade, sent & remade
+    masks = {str(n.args[3]) for n in graph.gm.graph.nodes
+             if n.target is torch.ops.aten.scaled_dot_product_attention.default}
+    assert masks <= remade | set(plan.stages[0].nodes), masks
+    for st, stage in zip(split.stages, plan.stages):
+        ran = {n.name for n in st.module.graph.nodes}
+        assert set(stage.remade) <= ran
+    assert all(st.inputs and not set(st.inputs) & remade for st in split.stages[1:])
+    _assert_computes_the_model(spec, graph, split)
+
+
+def test_a_plan_that_makes_again_what_it_may_not_is_refused() -> None:
+    _spec, graph, plan = Case("llama", 2, remake="all").build()
+    first, second = plan.stages
+    made_here = next(n for n in first.nodes if graph.by_name[n].op == "call_function"
+                     and not graph.by_name[n].remakable)
+    reader = next(v for v in second.remade if graph.by_name[v].inputs)
+    cases = {
+        "depends on an input": (*second.remade, made_here),
+        "but not": tuple(v for v in second.remade if v != graph.by_name[reader].inputs[0]),
+        "does not have": (*second.remade, "nope"),
+    }
+    for message, remade in cases.items():
+        bad = dataclasses.replace(plan, stages=(first, dataclasses.replace(second, remade=remade)))
+        with pytest.raises(PlanError, match=message):
+            split_graph(graph, bad)
+    later = dataclasses.replace(plan, stages=(dataclasses.replace(first, remade=second.remade[:1]), second))
+    with pytest.raises(PlanError, match="earlier stages"):
+        split_graph(graph, later)
+
+
+def _assert_computes_the_model(spec: autopipe.ModelSpec, graph: autopipe.Graph,
+                               split: autopipe.runtime.split.Split) -> None:
+    """The stages, run one after another, give the model's loss and every gradient."""
     (inputs,), target = spec.batch(1, 0)[0], spec.batch(1, 0)[1]
     flat = graph.flat_inputs((inputs,))
     gm = graph.gm

@@ -136,7 +136,9 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
     """
     constants = dict(constants or {})
     stage_of = _stage_of(graph, plan)
+    infos = graph.by_name
     fx_nodes = [n for n in graph.gm.graph.nodes if n.op != "get_attr"]
+    graph_nodes = {n.name: n for n in fx_nodes}
     order = {n.name: i for i, n in enumerate(fx_nodes)}
     num = plan.num_stages
     last = num - 1
@@ -145,6 +147,7 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
         raise PlanError(f"the model's output node is in stage {stage_of[out_node.name]}, not in the "
                         f"last stage {last}", hint="regenerate the plan")
 
+    remade_by, never_sent = _remade_by(graph, plan, stage_of)
     # where each value is made (inputs enter at stage 0) and the last stage that reads it
     made = {n.name: 0 if n.op == "placeholder" else stage_of[n.name] for n in fx_nodes}
     needed_until: dict[str, int] = {}
@@ -156,6 +159,12 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
                 raise PlanError(
                     f"node {n.name!r} in stage {stage_of[n.name]} reads {a.name!r} from the later "
                     f"stage {made[a.name]}", hint="stages must follow the data flow; regenerate the plan")
+            if a.name in remade_by[stage_of[n.name]]:
+                continue  # made again there ([Note: values made again])
+            if a.name in never_sent and made[a.name] != stage_of[n.name]:
+                raise PlanError(
+                    f"stage {stage_of[n.name]} reads {a.name!r} from stage {made[a.name]}, but "
+                    f"the plan neither sends it nor makes it again there", hint=_REPLAN)
             needed_until[a.name] = max(needed_until.get(a.name, 0), stage_of[n.name])
     for first, then in graph.order:  # [Note: in-place writes order the graph]
         if stage_of[first] > stage_of[then]:
@@ -165,7 +174,6 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
                 hint="plan it again with this autopipe (plans and profiles made before it did "
                      "not keep this order); a profile given with --profile must be made again too")
 
-    infos = graph.by_name
     placeholders = [n for n in fx_nodes if n.op == "placeholder"]
     tensor_inputs = [n.name for n in placeholders if n.name not in constants]
     for name in tensor_inputs:
@@ -207,16 +215,47 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
         outs = [v.name for v in flat_out if isinstance(v, fx.Node)] if s == last else live[s]
         body = [n for n in fx_nodes if stage_of[n.name] == s and n.op not in ("placeholder", "output")]
         floats = {v for v in ins if s > 0 and _is_float(infos[v].dtype)}
+        again = sorted((graph_nodes[v] for v in remade_by[s]), key=lambda n: order[n.name])
         gm = _stage_graph_module(graph.gm, s, ins, body, outs, constants if s == 0 else {},
                                  sends=s != last, copy=copy, grad_inputs=floats,
                                  recompute=plan.stages[s].recompute,
-                                 derived=derived[s - 1] if s > 0 else (),
+                                 derived=[*again, *(derived[s - 1] if s > 0 else ())],
                                  unread=unread if s == last else (), tensors=tensors)
         made_here = {n.name for n in body}
         passthrough = tuple(v for v in outs if v in ins and v not in made_here)
         stages.append(StageModule(index=s, module=gm, inputs=tuple(ins), outputs=tuple(outs),
                                   passthrough=passthrough))
     return Split(stages=tuple(stages), output_template=template)
+
+
+_REPLAN = "plan it again for this model with `autopipe plan`"
+
+
+def _remade_by(graph: Graph, plan: Plan, stage_of: Mapping[str, int]) -> tuple[list[set[str]], set[str]]:
+    """Per stage, the nodes of earlier stages it runs again (``Stage.remade``; [Note: values
+    made again] in ``autopipe.trace.remade``), and all of them: values never sent.
+
+    Raises:
+        PlanError: a listed node may not be made again, is not in an earlier stage, or reads
+            a node that is not listed too.
+    """
+    infos = graph.by_name
+    remade_by = [set(stage.remade) for stage in plan.stages]
+    for s, names in enumerate(remade_by):
+        for v in sorted(names):
+            info = infos.get(v)
+            if info is None or not info.remakable:
+                raise PlanError(f"stage {s} makes {v!r} again, which "
+                                f"{'the model does not have' if info is None else 'depends on an input, a parameter or a random draw, or is written in place'}",
+                                hint=_REPLAN)
+            if stage_of[v] >= s:
+                raise PlanError(f"stage {s} makes {v!r} again, which stage {stage_of[v]} makes",
+                                hint=f"a stage makes again only values of earlier stages; {_REPLAN}")
+            missing = [a for a in infos[v].inputs if a not in names]
+            if missing:
+                raise PlanError(f"stage {s} makes {v!r} again but not {missing[0]!r}, which it reads",
+                                hint=_REPLAN)
+    return remade_by, set().union(*remade_by)
 
 
 # [Note: unread parameters]
