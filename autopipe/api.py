@@ -54,6 +54,7 @@ def plan(
     target: Any = None,
     runtime_costs: bool = True,
     recompute: str = "auto",
+    remake: str = "auto",
     granularity: str = "node",
     cut_at: str | None = None,
     gpus: int | None = None,
@@ -112,6 +113,10 @@ def plan(
         recompute: activation recomputation ([Note: recomputation] in
             ``autopipe.partition.costs``): ``auto`` (only where memory binds: the blocks the
             ILP chooses with the cuts), ``none``, or ``full`` (every block that can be).
+        remake: which values that depend on no input (a causal mask, rotary tables) a stage
+            that reads them makes again instead of receiving them ([Note: values made again]
+            in ``autopipe.trace.remade``): ``auto`` (each where that is faster than sending it
+            over a link), ``all`` or ``none``; ``plan.stages[i].remade`` lists them.
         granularity: ``node`` (cut anywhere) or ``layer``: cut only between the model's
             repeated blocks (its longest module list ``X.0, X.1, …`` by work), as torchtitan,
             DeepSpeed and Megatron-LM do; ``plan.options["granularity"]`` records the
@@ -142,7 +147,7 @@ def plan(
                             "chooses stages x data-parallel replicas)", hint="pass num_stages=4 or gpus=8")
         schedule = schedule or "1f1b"
         check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute,
-                      virtual_stages)
+                      virtual_stages, remake)
         extra = {"gpus_per_node": gpus_per_node, "intra_node_bandwidth": intra_node_bandwidth,
                  "inter_node_bandwidth": inter_node_bandwidth, "microbatch_sizes": microbatch_sizes}
         given = [k for k, v in {**extra, "shard_optimizer": shard_optimizer or None}.items() if v is not None]
@@ -177,7 +182,7 @@ def plan(
             schedule=schedule or "auto", shard_optimizer=shard_optimizer, memory_limit=memory_limit,
             optimizer=optimizer, method=method, max_blocks=max_blocks, time_limit=time_limit,
             mip_gap=mip_gap, solver=solver, deterministic=deterministic, dtype=dtype,
-            granularity=granularity, cut_at=cut_at, recompute=recompute)
+            granularity=granularity, cut_at=cut_at, recompute=recompute, remake=remake)
     assert num_stages is not None and schedule is not None
 
     def solve(source: ProfileSource) -> Plan:
@@ -187,7 +192,7 @@ def plan(
                             method=method, link_bandwidth=link_bandwidth, max_blocks=max_blocks,
                             time_limit=time_limit, mip_gap=mip_gap, solver=solver,
                             deterministic=deterministic, granularity=granularity, cut_at=cut_at,
-                            recompute=recompute, virtual_stages=virtual_stages)
+                            recompute=recompute, virtual_stages=virtual_stages, remake=remake)
 
     if batch_size is not None and isinstance(profile, str) and profile in PROFILE_MODES:
         def source(size: int) -> Profile:

@@ -189,7 +189,9 @@ def stage_factors(profile: Profile, plan: Plan, forward_s: Sequence[float],
                   backward_s: Sequence[float]) -> list[tuple[float, float]]:
     """Per stage of ``plan``, measured / summed forward and backward (1 where a sum is zero),
     kept within ``1/MAX_FACTOR``..``MAX_FACTOR``. A recomputed node's forward runs again in
-    its stage's backward ([Note: recomputed regions]) and counts in the backward's sum."""
+    its stage's backward ([Note: recomputed regions]) and counts in the backward's sum; so
+    does a node of an earlier stage in the forward's sum of a stage that makes its value
+    again ([Note: values made again] in ``autopipe.trace.remade``)."""
     stage_of = plan.stage_of
     again = {n for s in plan.stages for group in s.recompute for n in group}
     fsum = [0.0] * plan.num_stages
@@ -199,6 +201,9 @@ def stage_factors(profile: Profile, plan: Plan, forward_s: Sequence[float],
         if s is not None:
             fsum[s] += n.forward_s
             bsum[s] += n.backward_s + (n.forward_s if n.name in again else 0.0)
+    by_name = profile.by_name
+    for stage in plan.stages:
+        fsum[stage.index] += sum(by_name[n].forward_s for n in stage.remade if n in by_name)
 
     def ratio(measured: float, summed: float) -> float:
         return min(MAX_FACTOR, max(1 / MAX_FACTOR, measured / summed)) if summed > 0 else 1.0

@@ -59,7 +59,7 @@ def headline(plan: Plan) -> list[str]:
                 ratio = b.iteration_s / plan.predicted.iteration_s - 1 if plan.predicted.iteration_s else 0.0
                 parts.append(f"{name} {format_seconds(b.iteration_s)} ({ratio:+.1%})")
         lines.append("baselines: " + ", ".join(parts))
-    return (lines + chunk_lines(plan) + recompute_lines(plan) + granularity_lines(plan)
+    return (lines + chunk_lines(plan) + recompute_lines(plan) + remade_lines(plan) + granularity_lines(plan)
             + breakdown_lines(plan) + search_lines(plan) + degree_lines(plan))
 
 
@@ -90,6 +90,16 @@ def recompute_lines(plan: Plan) -> list[str]:
         line += ("; without recomputation nothing fits" if without is None else
                  f"; without it the best plan takes {format_seconds(float(without))}")
     return [line]
+
+
+def remade_lines(plan: Plan) -> list[str]:
+    """Which stages make values of earlier stages again instead of receiving them (none: no
+    line; [Note: values made again] in ``autopipe.trace.remade``)."""
+    where = ", ".join(f"{len(s.remade)} in stage {s.index}" for s in plan.stages if s.remade)
+    if not where:
+        return []
+    return [f"made again, not sent (values of no input: masks, position tables): nodes {where}, "
+            f"their forward in the stage's F"]
 
 
 def granularity_lines(plan: Plan) -> list[str]:

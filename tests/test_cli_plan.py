@@ -122,6 +122,7 @@ def test_batch_size_needs_the_knob(tmp_path: Path, capsys: pytest.CaptureFixture
     (["--devices", "missing.json"], "no such devices file"),
     (["--memory", "lots"], "cannot read size"),
     (["--recompute", "some"], "unknown recompute mode"),
+    (["--remake", "some"], "unknown remake mode"),
 ])
 def test_bad_input_exits_2(extra: list[str], message: str, tmp_path: Path, mlp_profile: Path,
                            capsys: pytest.CaptureFixture[str]) -> None:
@@ -196,3 +197,20 @@ def test_quick_start_stages_all_work(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 0, err
     busy = [s.forward_s + s.backward_s for s in autopipe.Plan.load(out).stages]
     assert min(busy) >= 0.1 * max(busy), busy
+
+
+def test_remake_all_then_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--remake all: each stage that reads Llama's mask and rotary tables makes them again
+    and plan and show say which ([Note: values made again]); none sends them all."""
+    llama = [f"{ROOT / 'examples' / 'llama.py'}:build", "--stages", "2", "--device-spec", "h100",
+             "--spec-arg", "num_hidden_layers=2", "--spec-arg", "seq_len=16"]
+    code, text, err = _run(["plan", *llama, "--remake", "all", "-o", str(tmp_path / "all.json")], capsys)
+    assert code == 0, err
+    plan = autopipe.Plan.load(tmp_path / "all.json")
+    assert plan.stages[1].remade and plan.options["remake"] == "all"
+    assert f"nodes {len(plan.stages[1].remade)} in stage 1" in text
+    code, shown, err = _run(["show", str(tmp_path / "all.json")], capsys)
+    assert code == 0 and "made again, not sent" in shown, err
+    code, text, err = _run(["plan", *llama, "--remake", "none", "-o", str(tmp_path / "none.json")], capsys)
+    assert code == 0 and "made again" not in text, err
+    assert not any(s.remade for s in autopipe.Plan.load(tmp_path / "none.json").stages)

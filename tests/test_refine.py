@@ -74,6 +74,21 @@ def test_factors_scale_each_stage_to_its_measured_time(mlp: tuple[Any, autopipe.
     assert stage_factors(profile, plan, [0.0, 0.0], [0.0, 0.0])[0] == (1 / MAX_FACTOR, 1 / MAX_FACTOR)
 
 
+def test_a_stage_that_makes_values_again_is_summed_with_their_nodes(
+        mlp: tuple[Any, autopipe.Graph, Profile]) -> None:
+    """The module a stage runs holds the nodes it makes again ([Note: values made again]):
+    their forward counts in the stage's sum, so a stage timed at exactly its nodes' sum
+    keeps its own nodes' times."""
+    _, _, profile = mlp
+    plan = _solve(profile)
+    made = next(n for n in plan.stages[0].nodes if profile.by_name[n].forward_s > 0)
+    again = dataclasses.replace(plan, stages=(plan.stages[0], dataclasses.replace(plan.stages[1], remade=(made,))))
+    f, b = _sums(profile, plan)
+    timed = [f[0], f[1] + profile.by_name[made].forward_s]
+    assert [x for pair in stage_factors(profile, again, timed, b) for x in pair] == pytest.approx([1.0] * 4)
+    assert stage_factors(profile, plan, timed, b)[1][0] > 1.0
+
+
 def test_with_stage_times_simulates_the_measured_stages(mlp: tuple[Any, autopipe.Graph, Profile]) -> None:
     _, _, profile = mlp
     plan = _solve(profile)

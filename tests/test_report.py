@@ -67,3 +67,16 @@ def test_each_ranks_step_adds_up_from_its_parts() -> None:
         assert part["runtime"] == pytest.approx(m * 3e-4 + 5e-4)
         assert part["optimizer"] == pytest.approx(1e-3 * (i + 1)) and part["sync"] == 2e-3
     assert [p["loss"] for p in parts] == [0.0, 0.0, pytest.approx(m * 4e-3)]
+
+
+def test_headline_says_which_stages_make_values_again() -> None:
+    import dataclasses
+
+    from autopipe.report import remade_lines
+
+    plan = plan_profile(synthetic_profile(60, seed=1), num_stages=3, memory_limit="4GiB")
+    assert remade_lines(plan) == [] and "made again" not in format_plan(plan)
+    stages = (plan.stages[0], dataclasses.replace(plan.stages[1], remade=plan.stages[0].nodes[1:3]),
+              dataclasses.replace(plan.stages[2], remade=plan.stages[0].nodes[1:2]))
+    text = format_plan(dataclasses.replace(plan, stages=stages))
+    assert "made again, not sent" in text and "nodes 2 in stage 1, 1 in stage 2" in text

@@ -94,4 +94,4 @@ def plan_on_gpus(args: argparse.Namespace, source: ProfileSource, microbatches: 
         max_blocks=args.max_blocks, time_limit=60.0 if args.time_limit is None else args.time_limit,
         mip_gap=1e-3 if args.gap is None else args.gap, solver=args.solver or "highs",
         deterministic=not args.timing, granularity=args.granularity, cut_at=args.cut_at,
-        recompute=args.recompute)
+        recompute=args.recompute, remake=args.remake)

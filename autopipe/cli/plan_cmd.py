@@ -60,6 +60,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--recompute", default="auto", metavar="MODE",
                    help="activation recomputation: auto (where memory binds, the blocks the ILP "
                         "chooses), none, or full (every block that can be); default auto")
+    p.add_argument("--remake", default="auto", metavar="MODE",
+                   help="values that depend on no input (a causal mask, rotary tables): a stage "
+                        "that reads them makes them again instead of receiving them where that "
+                        "is faster than sending them (auto), always (all), or never (none); "
+                        "default auto")
     p.add_argument("--granularity", default="node", choices=GRANULARITIES,
                    help="node: cut anywhere (default); layer: only between the model's repeated "
                         "blocks (its longest module list X.0, X.1, ...), as torchtitan, DeepSpeed "
@@ -138,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     check_degree_flags(args)
     if args.gpus is None:
         check_options(args.stages, microbatches, args.schedule, args.method, args.batch_size,
-                      recompute=args.recompute, virtual_stages=args.virtual_stages)
+                      recompute=args.recompute, virtual_stages=args.virtual_stages, remake=args.remake)
     _check_flags(args)
     if args.cut_at is not None:
         matcher(args.cut_at)  # a bad regex fails before minutes of profiling
@@ -172,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
             max_blocks=args.max_blocks, time_limit=60.0 if args.time_limit is None else args.time_limit,
             mip_gap=1e-3 if args.gap is None else args.gap, solver=args.solver or "highs",
             deterministic=not args.timing, granularity=args.granularity, cut_at=args.cut_at,
-            recompute=args.recompute, virtual_stages=args.virtual_stages)
+            recompute=args.recompute, virtual_stages=args.virtual_stages, remake=args.remake)
 
     plan = plan_on_gpus(args, source, microbatches) if args.gpus is not None else solve(source)
     if graph is not None and spec is not None and isinstance(source, Profile) and not (

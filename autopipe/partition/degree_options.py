@@ -15,7 +15,7 @@ from autopipe.partition.replicas import PLACEMENTS, check_nodes
 from autopipe.profile.profile import Profile
 
 PLAN_ARGS = frozenset({"max_blocks", "time_limit", "mip_gap", "solver", "deterministic", "dtype",
-                       "granularity", "cut_at", "recompute"})
+                       "granularity", "cut_at", "recompute", "remake"})
 """``plan_profile``'s options that a degree search passes on unchanged."""
 DEFAULT_INTER_NODE_BANDWIDTH = 50e9
 """Bytes/s per GPU between nodes when not given: one 400 Gb/s InfiniBand NIC per GPU (DGX H100)."""

@@ -30,6 +30,7 @@ from autopipe.partition.layers import GRANULARITIES, Layers, record, restrict
 from autopipe.partition.problem import (
     MULTI_CHUNK,
     RECOMPUTE,
+    REMAKE,
     SCHEDULES,
     Config,
     Problem,
@@ -100,8 +101,10 @@ def parse_bandwidth(value: float | str, what: str = "link bandwidth") -> float:
 
 def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str,
                   batch_size: Any = None, granularity: str = "node", recompute: str = "auto",
-                  virtual_stages: Any = None) -> None:
+                  virtual_stages: Any = None, remake: str = "auto") -> None:
     """Raise PlanError for options no plan can have (before anything is traced or profiled)."""
+    if remake not in REMAKE:
+        raise PlanError(f"unknown remake mode {remake!r}", hint=f"choose one of {', '.join(REMAKE)}")
     if granularity not in GRANULARITIES:
         raise PlanError(f"unknown granularity {granularity!r}",
                         hint=f"choose one of {', '.join(GRANULARITIES)}")
@@ -235,7 +238,7 @@ def plan_profile(
     if microbatches is None and batch_size is not None:
         microbatches = "auto"
     check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute,
-                  virtual_stages)
+                  virtual_stages, remake)
     if microbatches == "auto" and isinstance(profile, Profile):
         raise PlanError("microbatches='auto' profiles the model at each micro-batch size, "
                         "but only one profile was given",
