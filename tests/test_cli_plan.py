@@ -207,7 +207,7 @@ def test_remake_all_then_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     code, text, err = _run(["plan", *llama, "--remake", "all", "-o", str(tmp_path / "all.json")], capsys)
     assert code == 0, err
     plan = autopipe.Plan.load(tmp_path / "all.json")
-    assert plan.stages[1].remade and plan.options["remake"] == "all"
+    assert plan.stages[1].remade and plan.options["remake"] == {"mode": "all"}
     assert f"nodes {len(plan.stages[1].remade)} in stage 1" in text
     code, shown, err = _run(["show", str(tmp_path / "all.json")], capsys)
     assert code == 0 and "made again, not sent" in shown, err

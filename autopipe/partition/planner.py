@@ -346,12 +346,37 @@ def _solve(built: _Built, options: _Options, start: Plan | None = None) -> Plan:
     """Plan a built candidate with ``options`` (its step to beat and time share included);
     ``start``: a plan of it to start the MIP from (a search's second pass)."""
     plan = _plan_recompute(built.problem, built.profile, options, start)
+    if options.remake == "auto" and any(s.remade for s in plan.stages):
+        plan = _or_sent(plan, built, options)
     if built.layers is not None:  # what the restriction costs: the same solve without it
         plan = record(plan, built.layers,
                       lambda: _plan_recompute(built.free, built.profile, replace(options, beat=math.inf)),
                       built.profile)
     extra = {**built.extra, **({"time_share_s": options.share} if options.share is not None else {})}
     return replace(plan, options={**extra, **plan.options})
+
+
+def _or_sent(plan: Plan, built: _Built, options: _Options) -> Plan:
+    """``plan``, which makes values again, or the plan that sends every value where it is
+    faster; the plan records the other's step (``options.remake``).
+
+    The ILP prices a cut without the bytes of a value made again but not the forward its
+    readers then run ([Note: values made again] in ``autopipe.trace.remade``; the prediction
+    counts it): its cuts may pay more for that forward than they save. The plan that sends
+    every value bounds what making them again may cost.
+    """
+    cfg = built.problem.config
+    sending = replace(options, remake="none")
+    try:
+        sent = _solve(_build(built.profile, cfg.num_ranks, cfg.microbatches, cfg.schedule, sending,
+                             cfg.virtual_stages), sending)
+    except (InfeasiblePlanError, Beaten):
+        return replace(plan, options={**plan.options, "remake": {"mode": "auto", "sent_s": None}})
+    if sent.predicted.iteration_s < plan.predicted.iteration_s:
+        return replace(sent, options={**sent.options, "remake": {
+            "mode": "auto", "remade_s": plan.predicted.iteration_s}})
+    return replace(plan, options={**plan.options, "remake": {
+        "mode": "auto", "sent_s": sent.predicted.iteration_s}})
 
 
 def _build(profile: Profile, num_stages: int, microbatches: int, schedule: str,
@@ -410,7 +435,7 @@ def _build(profile: Profile, num_stages: int, microbatches: int, schedule: str,
              "coarsened": problem.size < forced.size, "max_blocks": options.max_blocks,
              "mip_gap": options.mip_gap, "time_limit": options.time_limit,
              "solver": options.solver, "deterministic": options.deterministic,
-             **({"remake": options.remake} if options.remake != "auto" else {}),
+             **({"remake": {"mode": options.remake}} if options.remake != "auto" else {}),
              **({"runtime": dict(profile.runtime)} if profile.runtime else {}),
              **({"grad_sync": sync.to_json()} if sync is not None else {}),
              **({"loss": {"forward_s": profile.loss.forward_s, "backward_s": profile.loss.backward_s}}
