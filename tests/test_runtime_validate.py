@@ -51,6 +51,8 @@ def test_what_the_file_alone_shows(planned: tuple[autopipe.Graph, Plan]) -> None
          "which the later stage 1 makes"),
         (_stage(plan, 0, sends=(dataclasses.replace(first.sends[0], tensor="ghost"),)),
          "'ghost', which no stage makes"),
+        (_stage(plan, 0, remade=second.nodes[-1:]), "which stage 1 makes"),
+        (_stage(plan, 1, remade=("ghost",)), "'ghost' again, which no stage makes"),
         (_stage(plan, 2, backward_s=math.nan), "backward_s = nan"),
         (dataclasses.replace(plan, schedule="zigzag"), "unknown schedule"),
         (dataclasses.replace(plan, predicted=dataclasses.replace(plan.predicted, peak_memory=(1,))),

@@ -45,6 +45,7 @@ def validate_plan(plan: Plan, graph: Graph | None = None, *, world_size: int | N
     """
     _check_stages(plan)
     _check_sends(plan)
+    _check_remade(plan)
     _check_numbers(plan)
     rank_of_stages(plan)  # a known schedule whose placement fits the stages
     if world_size is not None:
@@ -98,6 +99,21 @@ def _check_sends(plan: Plan) -> None:
             if send.bytes < 0:
                 raise PlanError(f"stage {s.index} sends {send.tensor!r} of {send.bytes} bytes",
                                 hint=_REGENERATE)
+
+
+def _check_remade(plan: Plan) -> None:
+    """Each stage makes again only nodes of earlier stages ([Note: values made again] in
+    ``autopipe.trace.remade``; which of them may be made again, the model says: the split)."""
+    stage_of = plan.stage_of
+    for s in plan.stages:
+        for name in s.remade:
+            made = stage_of.get(name)
+            if made is None:
+                raise PlanError(f"stage {s.index} makes {name!r} again, which no stage makes",
+                                hint=_REGENERATE)
+            if made >= s.index:
+                raise PlanError(f"stage {s.index} makes {name!r} again, which stage {made} makes",
+                                hint=f"a stage makes again only values of earlier stages; {_REGENERATE}")
 
 
 def _check_numbers(plan: Plan) -> None:
