@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from autopipe import Graph
@@ -65,3 +66,23 @@ def plan_from_cuts(graph: Graph, cuts: Sequence[int], *, microbatches: int = 4,
 def hand_plan(graph: Graph, num_stages: int, **kwargs: object) -> Plan:
     """A balanced contiguous plan with ``num_stages`` stages."""
     return plan_from_cuts(graph, balanced_cuts(graph, num_stages), **kwargs)  # type: ignore[arg-type]
+
+
+def remaking(graph: Graph, plan: Plan) -> Plan:
+    """``plan`` with each stage making again every remakable value it reads from an earlier
+    stage, and the nodes that make it ([Note: values made again]), as ``remake="all"`` plans."""
+    stage_of = plan.stage_of
+    inputs = {n.name: n.inputs for n in graph.nodes}
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    remakable = {n.name for n in graph.nodes if n.remakable}
+    stages = []
+    for stage in plan.stages:
+        todo = [v for n in stage.nodes for v in inputs[n] if v in remakable and stage_of[v] < stage.index]
+        made: set[str] = set()
+        while todo:
+            v = todo.pop()
+            if v not in made:
+                made.add(v)
+                todo.extend(inputs[v])
+        stages.append(dataclasses.replace(stage, remade=tuple(sorted(made, key=order.__getitem__))))
+    return dataclasses.replace(plan, stages=tuple(stages))
