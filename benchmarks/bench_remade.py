@@ -16,8 +16,8 @@ the stages refined as whole modules) but split uniformly, so that the plans made
 cut; each trained on 2 gloo ranks with Adam, 8 micro-batches, as ``bench_cost_model`` trains
 (the two plans in turns, ``--rounds`` runs each): predicted step against the measured median
 and best, and all over none, predicted and measured. It prints which values ``auto`` makes
-again on this machine, where a cut moves memory at several GB/s and the mask takes some 20
-small kernels to make again.
+again on this machine, where a cut moves memory at several GB/s and the mask takes some 35
+nodes to make again.
 """
 
 from __future__ import annotations
