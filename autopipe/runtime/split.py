@@ -245,9 +245,9 @@ def _remade_by(graph: Graph, plan: Plan, stage_of: Mapping[str, int]) -> tuple[l
         for v in sorted(names):
             info = infos.get(v)
             if info is None or not info.remakable:
-                raise PlanError(f"stage {s} makes {v!r} again, which "
-                                f"{'the model does not have' if info is None else 'depends on an input, a parameter or a random draw, or is written in place'}",
-                                hint=_REPLAN)
+                why = ("the model does not have" if info is None else
+                       "depends on an input, a parameter or a random draw, or is written in place")
+                raise PlanError(f"stage {s} makes {v!r} again, which {why}", hint=_REPLAN)
             if stage_of[v] >= s:
                 raise PlanError(f"stage {s} makes {v!r} again, which stage {stage_of[v]} makes",
                                 hint=f"a stage makes again only values of earlier stages; {_REPLAN}")
@@ -362,9 +362,11 @@ def _stage_graph_module(
     ``sends``: the outputs go to another stage (made sendable; pass-through inputs are
     returned as received unless ``copy``); ``copy``: every sent output is a fresh tensor.
     ``recompute``: groups of node names that run under checkpointing ([Note: recomputed
-    regions] in ``autopipe.runtime.recompute``). ``derived``: view nodes made again from the
-    inputs before ``body`` ([Note: aliases received together]). ``unread``: parameters and
-    persistent buffers no node reads, held by the last stage ([Note: unread parameters]).
+    regions] in ``autopipe.runtime.recompute``). ``derived``: nodes run before ``body``: those
+    of earlier stages the stage makes again ([Note: values made again] in
+    ``autopipe.trace.remade``), then view nodes made again from the inputs ([Note: aliases
+    received together]). ``unread``: parameters and persistent buffers no node reads, held by
+    the last stage ([Note: unread parameters]).
     ``tensors``: the names of the nodes whose value is one tensor (for ``recompute``).
     """
     g = fx.Graph()
