@@ -147,7 +147,7 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
         raise PlanError(f"the model's output node is in stage {stage_of[out_node.name]}, not in the "
                         f"last stage {last}", hint="regenerate the plan")
 
-    remade_by, never_sent = _remade_by(graph, plan, stage_of)
+    remade_by, never_sent = _remade_by(graph, plan)
     # where each value is made (inputs enter at stage 0) and the last stage that reads it
     made = {n.name: 0 if n.op == "placeholder" else stage_of[n.name] for n in fx_nodes}
     needed_until: dict[str, int] = {}
@@ -231,26 +231,41 @@ def split_graph(graph: Graph, plan: Plan, constants: Mapping[str, Any] | None = 
 _REPLAN = "plan it again for this model with `autopipe plan`"
 
 
-def _remade_by(graph: Graph, plan: Plan, stage_of: Mapping[str, int]) -> tuple[list[set[str]], set[str]]:
+def check_remade(plan: Plan) -> None:
+    """Each stage makes again only nodes of earlier stages ([Note: values made again] in
+    ``autopipe.trace.remade``; which of them may be made again, the model says: ``split_graph``).
+
+    Raises:
+        PlanError: a stage makes again a node no stage makes, or one of its own or a later stage.
+    """
+    stage_of = plan.stage_of
+    for s in plan.stages:
+        for name in s.remade:
+            made = stage_of.get(name)
+            if made is None:
+                raise PlanError(f"stage {s.index} makes {name!r} again, which no stage makes "
+                                f"(the model does not have it)", hint=_REPLAN)
+            if made >= s.index:
+                raise PlanError(f"stage {s.index} makes {name!r} again, which stage {made} makes",
+                                hint=f"a stage makes again only values of earlier stages; {_REPLAN}")
+
+
+def _remade_by(graph: Graph, plan: Plan) -> tuple[list[set[str]], set[str]]:
     """Per stage, the nodes of earlier stages it runs again (``Stage.remade``; [Note: values
     made again] in ``autopipe.trace.remade``), and all of them: values never sent.
 
     Raises:
-        PlanError: a listed node may not be made again, is not in an earlier stage, or reads
-            a node that is not listed too.
+        PlanError: a listed node is not in an earlier stage (``check_remade``), may not be
+            made again, or reads a node that is not listed too.
     """
+    check_remade(plan)
     infos = graph.by_name
     remade_by = [set(stage.remade) for stage in plan.stages]
     for s, names in enumerate(remade_by):
         for v in sorted(names):
-            info = infos.get(v)
-            if info is None or not info.remakable:
-                why = ("the model does not have" if info is None else
-                       "depends on an input, a parameter or a random draw, or is written in place")
-                raise PlanError(f"stage {s} makes {v!r} again, which {why}", hint=_REPLAN)
-            if stage_of[v] >= s:
-                raise PlanError(f"stage {s} makes {v!r} again, which stage {stage_of[v]} makes",
-                                hint=f"a stage makes again only values of earlier stages; {_REPLAN}")
+            if not infos[v].remakable:
+                raise PlanError(f"stage {s} makes {v!r} again, which depends on an input, a "
+                                f"parameter or a random draw, or is written in place", hint=_REPLAN)
             missing = [a for a in infos[v].inputs if a not in names]
             if missing:
                 raise PlanError(f"stage {s} makes {v!r} again but not {missing[0]!r}, which it reads",

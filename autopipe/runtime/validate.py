@@ -9,7 +9,7 @@ from typing import Any
 from autopipe.errors import PlanError
 from autopipe.plan_format import Plan
 from autopipe.runtime.placement import check_fingerprint, check_world_size, rank_of_stages
-from autopipe.runtime.split import Split, split_graph
+from autopipe.runtime.split import Split, check_remade, split_graph
 from autopipe.spec import ModelSpec
 from autopipe.trace.graph import Graph
 
@@ -45,7 +45,7 @@ def validate_plan(plan: Plan, graph: Graph | None = None, *, world_size: int | N
     """
     _check_stages(plan)
     _check_sends(plan)
-    _check_remade(plan)
+    check_remade(plan)
     _check_numbers(plan)
     rank_of_stages(plan)  # a known schedule whose placement fits the stages
     if world_size is not None:
@@ -99,21 +99,6 @@ def _check_sends(plan: Plan) -> None:
             if send.bytes < 0:
                 raise PlanError(f"stage {s.index} sends {send.tensor!r} of {send.bytes} bytes",
                                 hint=_REGENERATE)
-
-
-def _check_remade(plan: Plan) -> None:
-    """Each stage makes again only nodes of earlier stages ([Note: values made again] in
-    ``autopipe.trace.remade``; which of them may be made again, the model says: the split)."""
-    stage_of = plan.stage_of
-    for s in plan.stages:
-        for name in s.remade:
-            made = stage_of.get(name)
-            if made is None:
-                raise PlanError(f"stage {s.index} makes {name!r} again, which no stage makes",
-                                hint=_REGENERATE)
-            if made >= s.index:
-                raise PlanError(f"stage {s.index} makes {name!r} again, which stage {made} makes",
-                                hint=f"a stage makes again only values of earlier stages; {_REGENERATE}")
 
 
 def _check_numbers(plan: Plan) -> None:
