@@ -6,6 +6,7 @@ in tests/test_runtime_split.py and the training cases of tests/runtime_cases.py.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from pathlib import Path
@@ -16,14 +17,18 @@ from torch import nn
 
 import autopipe
 from autopipe.errors import PlanError
-from autopipe.partition.costs import boundary_bytes, evaluate
+from autopipe.partition.coarsen import coarsen
+from autopipe.partition.costs import boundary_bytes, evaluate, violations
+from autopipe.partition.ilp import _Model
 from autopipe.partition.planner import plan_profile
 from autopipe.partition.problem import Config, Problem, from_profile
+from autopipe.partition.windows import ancestors, pinned_windows
 from autopipe.plan_format import Device, Plan
 from autopipe.profile import estimate
-from autopipe.profile.profile import Profile
+from autopipe.profile.profile import NodeProfile, Profile
 
 from .conftest import example_spec
+from .partition_cases import check_rows
 from .runtime_cases import TINY
 
 
@@ -113,6 +118,37 @@ def test_a_value_made_again_costs_its_reader_the_forward_and_the_cut_no_bytes(
     assert extra > 0
 
 
+@pytest.mark.parametrize("stages", [2, 3])
+def test_the_ilp_prices_what_its_readers_make_again_as_the_evaluation_does(
+        llama: tuple[autopipe.Graph, Profile], stages: int) -> None:
+    """At any partition, the MIP's forward of each stage counts the nodes it makes again, as
+    ``evaluate`` does (exact arithmetic), and so does its objective, once the partition's
+    critical path is among its rows."""
+    _, profile = llama
+    problem = coarsen(from_profile(profile, _config("all", p=stages)), 40)
+    assert problem.remakes()
+    model = _Model(problem, ancestors(problem), *pinned_windows(problem))
+    assert model.remake_vars
+    order = list(range(problem.size))  # the blocks' order is topological: any cut points are a partition
+    seen = 0
+    for first in range(1, problem.size - 1, 3):
+        cuts = [first] if stages == 2 else [first, min(problem.size - 1, first + (problem.size - first) // 2)]
+        stage_of = [sum(b >= c for c in cuts) for b in order]
+        if violations(problem, stage_of):
+            continue
+        ev = evaluate(problem, stage_of)
+        values = model.warm(stage_of)
+        for s in range(stages):
+            assert math.isclose(model.forward[s].value(values) * model.tau, ev.stages[s].forward_s,
+                                rel_tol=1e-9, abs_tol=1e-15), (stage_of, s)
+        model.add_path(ev.critical)
+        values = model.warm(stage_of)
+        assert math.isclose(model.objective.value(values) * model.tau, ev.objective_s, rel_tol=1e-9)
+        check_rows(model, values, ev)
+        seen += bool(any(problem.remade_in(stage_of)))
+    assert seen >= 3
+
+
 def test_auto_makes_again_where_faster_than_the_link(llama: tuple[autopipe.Graph, Profile]) -> None:
     _, profile = llama
     assert not any(v.remade for v in from_profile(profile, _config("auto", bw=math.inf)).values)
@@ -164,15 +200,47 @@ def test_profiles_keep_the_mark_and_old_ones_take_it_from_the_model(
 
 
 def test_auto_is_never_slower_than_sending_every_value(llama: tuple[autopipe.Graph, Profile]) -> None:
-    """The ILP prices a cut without the values made again but not their readers' forward:
-    where its cuts pay more for that than they save, the plan that sends every value is given."""
+    """Which values are made again is decided before the ILP, value by value: where the plan
+    that sends every value is faster, that plan is given."""
     _, profile = llama
     for bw in (1e3, 1e5, 1e7):
         sent = plan_profile(profile, num_stages=2, microbatches=4, remake="none", link_bandwidth=bw)
         auto = plan_profile(profile, num_stages=2, microbatches=4, link_bandwidth=bw)
         assert auto.predicted.iteration_s <= sent.predicted.iteration_s * (1 + 1e-9), bw
-        info = auto.options.get("remake")
-        if any(s.remade for s in auto.stages):
+        info = auto.options["remake"]  # the Llama has values to make again at these links
+        if any(s.remade for s in auto.stages) or "sent_s" in info:  # compared, and making again won
             assert info["mode"] == "auto" and info["sent_s"] == pytest.approx(sent.predicted.iteration_s)
-        elif info is not None:  # compared, and sending won
+        else:  # compared, and sending won
             assert info["remade_s"] >= auto.predicted.iteration_s
+
+
+def test_auto_compares_with_sending_even_where_no_stage_makes_a_value_again() -> None:
+    """A value cheaper to make again than to send one way (0.9 s against 1 s), read by a
+    heavy node: making it again there slows the bottleneck 8 times a step, so the MIP, which
+    must make it again wherever it crosses, cuts where it crosses nothing. Sending it at the
+    better cut is faster still, and ``auto`` gives that plan though its own made nothing again."""
+    chain = ["x", "a", "b", "c", "d"]
+
+    def node(name: str, **kw: object) -> NodeProfile:
+        base = dict(name=name, op="call_function", target="f", module=name, forward_s=1.0,
+                    backward_input_s=2.0, backward_weight_s=0.0, activation_bytes=8, output_bytes=8,
+                    param_bytes=0)
+        return NodeProfile(**{**base, **kw})  # type: ignore[arg-type]
+
+    nodes = (node("x", op="placeholder", target="x", module="", forward_s=0.0, backward_input_s=0.0,
+                  activation_bytes=0),
+             node("m", forward_s=0.9, backward_input_s=0.0, activation_bytes=0, output_bytes=1000,
+                  remakable=True),
+             *(node(n, forward_s=f, backward_input_s=2 * f) for n, f in zip(chain[1:], (1.0, 1.0, 2.0, 1.0))),
+             NodeProfile(name="output", op="output", target="output", module="", forward_s=0.0,
+                         backward_input_s=0.0, backward_weight_s=0.0, activation_bytes=0, output_bytes=0,
+                         param_bytes=0, is_tensor=False))
+    edges = (*((u, v, 8) for u, v in itertools.pairwise([*chain, "output"])), ("m", "c", 1000))
+    profile = Profile(device="t", dtype="float32", microbatch_shape=[[1]], nodes=nodes, edges=edges, params={})
+    plans = {mode: plan_profile(profile, num_stages=2, microbatches=8, link_bandwidth=1000.0, remake=mode)
+             for mode in ("none", "all", "auto")}
+    assert not any(s.remade for s in plans["all"].stages)  # it cut where m crosses nothing
+    assert plans["none"].predicted.iteration_s < plans["all"].predicted.iteration_s
+    assert plans["auto"].predicted.iteration_s == plans["none"].predicted.iteration_s
+    assert plans["auto"].options["remake"] == {"mode": "auto",
+                                               "remade_s": plans["all"].predicted.iteration_s}

@@ -23,6 +23,10 @@ schedule runs the weight gradients W_s as tasks of their own (zb-h1, zbv, dualpi
 full backwards are a B and a W back to back: [Note: DualPipeV]; elsewhere nW = 0).
 With virtual stages the s above are chunks, and the memory rows are per rank and moment
 of its program (``_rank_memory``, [Note: chunks]).
+Values made again ([Note: values made again] in ``autopipe.trace.remade``) cross no
+boundary; F_s gains forward_g/speed_s · m[g,s] for each group g of the nodes that make them
+(``Problem.remakes``), m[g,s] ≥ x[d,s] − x[u,s] for each of g's values, made in block u and
+read in block d.
 With recomputation ([Note: recomputation] in ``autopipe.partition.costs``) each candidate
 block has r[b,s] ≤ x[b,s], binary under ``auto`` and x[b,s] itself under ``full``: B_s
 gains forward_b · r[b,s] (so does W_s under a split backward: [Note: recomputation in a
@@ -416,6 +420,10 @@ class _Model:
         ([Note: the optimizer step's temporaries]); the peak is the larger of the two (with
         virtual stages, per rank)."""
         chunked = cfg.virtual_stages > 1
+        remakes = problem.remakes()
+        self.remake_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
+        """m[b,s], the largest of its terms: stage s runs block b's nodes again to make values
+        it reads from an earlier stage ([Note: values made again] in ``autopipe.trace.remade``)."""
         activations: list[_Lin] = []
         """With virtual stages: per chunk, its saved bytes per micro-batch (as a share)."""
         alive: list[_Lin] = []
@@ -444,6 +452,7 @@ class _Model:
                 real.add(x, float(blk.real))
                 if single_step[b]:
                     opt.add(x, single_step[b] / dev.speed / tau)
+            self._remakes(s, fwd, remakes)
             live = _Lin()
             if self.candidates:  # chunks: their saved bytes per micro-batch, per rank below
                 # [Note: recomputation in a split backward]: W runs the forward again too
@@ -493,6 +502,30 @@ class _Model:
         self._tied_sync(objective, held)
         self.objective = objective
         self.prob += objective.expr()
+
+    def _remakes(self, s: int, fwd: _Lin, remakes: list[tuple[float, tuple[tuple[int, int], ...]]]) -> None:
+        """Adds to stage s's forward the nodes it runs again ([Note: values made again] in
+        ``autopipe.trace.remade``): for each group of them (``Problem.remakes``),
+        m[g,s] ≥ x[d,s] − x[u,s] for each value made from it, produced in block u and read in
+        block d (a reader on s, its producer on an earlier stage), and F_s gains the group's
+        forward times m[g,s], as ``evaluate`` counts it."""
+        speed, tau = self.problem.config.devices[s].speed, self.tau
+        for g, (forward_s, pairs) in enumerate(remakes):
+            terms = []
+            for u, d in pairs:
+                if forward_s <= 0 or not self.lo[d] <= s <= self.hi[d] or self.lo[u] >= s:
+                    continue
+                diff = _Lin()
+                diff.add(self.x(d, s), 1.0)
+                diff.add(self.x(u, s), -1.0)
+                terms.append(diff)
+            if not terms:
+                continue
+            var = self._var(f"m_{g}_{s}", upBound=1)
+            for i, diff in enumerate(terms):
+                self._row([(var, 1.0), (diff, -1.0)], ">=", f"remake_{g}_{s}_{i}")
+            self.remake_vars.append((var, terms))
+            fwd.add(var, forward_s / speed / tau)
 
     def _held_while_running(self, s: int, scale: float, mem: _Lin) -> None:
         """Adds to stage s's memory (a share of ``scale``) what one of its calls holds while it
@@ -683,7 +716,8 @@ class _Model:
         chosen = set(recompute)
         for (b, s), var in self.r.items():
             values[var.name] = 1.0 if b in chosen and stage_of[b] == s else 0.0
-        for var, terms in self.crossing_vars + self.holder_vars + self.kept_vars + self.peak_vars:
+        for var, terms in (self.crossing_vars + self.holder_vars + self.kept_vars + self.peak_vars
+                           + self.remake_vars):
             values[var.name] = max(0.0, max(t.value(values) for t in terms))
         for per_stage, levels in self.tied_levels:
             holders = round(sum(h.value(values) for h in per_stage))

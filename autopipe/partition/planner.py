@@ -346,7 +346,9 @@ def _solve(built: _Built, options: _Options, start: Plan | None = None) -> Plan:
     """Plan a built candidate with ``options`` (its step to beat and time share included);
     ``start``: a plan of it to start the MIP from (a search's second pass)."""
     plan = _plan_recompute(built.problem, built.profile, options, start)
-    if options.remake == "auto" and any(s.remade for s in plan.stages):
+    # whether or not its stages make any value again: where making one again costs more than
+    # sending it, the MIP cuts where it crosses no cut, which sending may beat
+    if options.remake == "auto" and any(v.remade for v in built.problem.values):
         plan = _or_sent(plan, built, options)
     if built.layers is not None:  # what the restriction costs: the same solve without it
         plan = record(plan, built.layers,
@@ -360,10 +362,10 @@ def _or_sent(plan: Plan, built: _Built, options: _Options) -> Plan:
     """``plan``, which makes values again, or the plan that sends every value where it is
     faster; the plan records the other's step (``options.remake``).
 
-    The ILP prices a cut without the bytes of a value made again but not the forward its
-    readers then run ([Note: values made again] in ``autopipe.trace.remade``; the prediction
-    counts it): its cuts may pay more for that forward than they save. The plan that sends
-    every value bounds what making them again may cost.
+    The ILP prices a value made again, at its cuts and on its readers ([Note: values made
+    again] in ``autopipe.trace.remade``), but which values are made again is decided before
+    it, one value at a time, against one send over one link: a value read on many stages is
+    made again on each. The plan that sends every value bounds what that choice may cost.
     """
     cfg = built.problem.config
     sending = replace(options, remake="none")

@@ -346,6 +346,21 @@ class Problem:
         order = {n: i for i, n in enumerate(self.node_order)}
         return [tuple(sorted(names, key=lambda n: order.get(n, 0))) for names in out]
 
+    def remakes(self) -> list[tuple[float, tuple[tuple[int, int], ...]]]:
+        """The nodes a stage may run again, grouped by the values made from them: per group,
+        its nodes' forward seconds (``remake_s``) and the (producer, reader) block pairs of
+        those values. A stage runs a group again when it holds one of its readers and not
+        that reader's producer, which is exactly what ``remade_in`` lists ([Note: values
+        made again] in ``autopipe.trace.remade``)."""
+        pairs: dict[str, set[tuple[int, int]]] = {}
+        for v in self.values:
+            for n in v.remade:
+                pairs.setdefault(n, set()).update((v.src, d) for d in v.dsts)
+        groups: dict[tuple[tuple[int, int], ...], list[float]] = {}
+        for n, ps in pairs.items():
+            groups.setdefault(tuple(sorted(ps)), []).append(self.remake_s.get(n, 0.0))
+        return [(math.fsum(times), ps) for ps, times in sorted(groups.items())]
+
     def input_bytes(self) -> list[int]:
         """Per block, the bytes of the values it reads from other blocks, each counted once:
         what a recomputed block keeps for its backward."""
