@@ -119,7 +119,7 @@ class Case:
                 return plan_degrees(profile, gpus=self.world_size, stages=self.stages,
                                     batch_size=self.replicas * self.microbatches * size,
                                     microbatches=self.microbatches, schedule=self.schedule,
-                                    placements=(self.placement,), method="ilp")
+                                    placements=(self.placement,), method="ilp", remake=self.remake)
             return plan_profile(profile, num_stages=self.stages, microbatches=self.microbatches,
                                 schedule=self.schedule, method="ilp", recompute=self.recompute,
                                 max_blocks=self.max_blocks, remake=self.remake)
@@ -179,6 +179,11 @@ CASES = {c.name: c for c in [
     Case("llama", 2, remake="all"),
     Case("llama", 2, "zb-h1", remake="all"),
     Case("llama", 4, remake="all"),
+    Case("llama", 2, "interleaved-1f1b", remake="all"),  # chunks of one rank make them each
+    Case("llama", 2, "zbv", remake="all"),
+    Case("llama", 2, "dualpipev", remake="all"),
+    Case("llama", 2, recompute="full", remake="all"),  # next to recomputed regions
+    Case("llama", 2, replicas=2, remake="all"),  # each replica's stages
 ]}
 
 
