@@ -40,8 +40,10 @@ def times(most: float) -> st.SearchStrategy[float]:
 
 
 @st.composite
-def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6) -> Profile:
-    """A placeholder ``x``, ``n`` computing nodes on a random DAG, and an output node."""
+def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6, tables: bool = False) -> Profile:
+    """A placeholder ``x``, ``n`` computing nodes on a random DAG, and an output node.
+    ``tables``: some nodes read no input and no parameter, only other such nodes (or
+    nothing): values a stage may make again ([Note: values made again])."""
     n = draw(st.integers(min_nodes, max_nodes))
     names = ["x"] + [f"n{i}" for i in range(n)]
     nodes = [NodeProfile(name="x", op="placeholder", target="x", module="", forward_s=0.0,
@@ -51,9 +53,22 @@ def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6) -> Profile
     params: dict[str, int] = {}
     out_bytes = {"x": nodes[0].output_bytes}
     read: set[str] = set()
+    made: list[str] = []
     for i in range(n):
         name = names[i + 1]
         earlier = names[: i + 1]
+        if tables and i < n - 1 and draw(st.integers(0, 2)) == 0:  # a table: from other tables only
+            made.append(name)
+            srcs = draw(st.lists(st.sampled_from(made[:-1]), max_size=2, unique=True)) if made[:-1] else []
+            out_bytes[name] = draw(st.integers(1, 4096))
+            nodes.append(NodeProfile(
+                name=name, op="call_function", target="f", module=f"layers.{i // 2}",
+                forward_s=draw(times(0.2)), backward_input_s=0.0, backward_weight_s=0.0,
+                activation_bytes=0, output_bytes=out_bytes[name], param_bytes=0, remakable=True))
+            for src in srcs:
+                edges.append((src, name, out_bytes[src]))
+                read.add(src)
+            continue
         srcs = draw(st.lists(st.sampled_from(earlier), min_size=1, max_size=3, unique=True))
         is_tensor = draw(st.booleans()) or draw(st.booleans()) or i == n - 1
         out_bytes[name] = draw(st.integers(0, 4096)) if is_tensor else 0
@@ -98,13 +113,15 @@ def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6) -> Profile
 
 @st.composite
 def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
-          schedules: tuple[str, ...] = ("1f1b", "gpipe"), recompute: tuple[str, ...] = ("none",)) -> Case:
+          schedules: tuple[str, ...] = ("1f1b", "gpipe"), recompute: tuple[str, ...] = ("none",),
+          remake: tuple[str, ...] = ("none",)) -> Case:
     """A random profile and a random pipeline for it (memory limits sometimes too small).
 
     A zb-h1 pipeline gets a micro-batch count its rounds divide (``check_schedule``).
-    ``recompute``: the recomputation modes to draw from.
+    ``recompute``: the recomputation modes to draw from; ``remake``: the modes of values
+    made again to draw from (other than ``none``: the profile has some).
     """
-    profile = draw(profiles(max_nodes=max_nodes))
+    profile = draw(profiles(max_nodes=max_nodes, tables=remake != ("none",)))
     p = draw(st.sampled_from([2, 3, 1][: max_stages] if max_stages < 3 else [2, 3, 1]))
     optimizer = draw(st.sampled_from(["adam", "sgd"]))
     total = sum(param_memory(b, optimizer=optimizer).total for b in profile.params.values())
@@ -132,7 +149,7 @@ def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
                     backward_overhead_s=runtime.get("backward_overhead_s", 0.0),
                     send_latency_s=runtime.get("send_latency_s", 0.0) if p > 1 else 0.0,
                     step_overhead_s=runtime.get("step_overhead_s", 0.0),
-                    recompute=draw(st.sampled_from(list(recompute))))
+                    recompute=draw(st.sampled_from(list(recompute))), remake=draw(st.sampled_from(list(remake))))
     # the profile's rates for the plan's optimizer give the same step (float32: 4 bytes an element)
     profile = dataclasses.replace(profile, optimizer={optimizer: (step[0], step[1] * 4)}, runtime=runtime)
     return Case(profile=profile, config=config, optimizer=optimizer)
