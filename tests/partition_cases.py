@@ -158,12 +158,13 @@ def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
 @st.composite
 def chunked_cases(draw: st.DrawFn, max_nodes: int = 6,
                   schedules: tuple[str, ...] = ("interleaved-1f1b", "zbv"),
-                  recompute: tuple[str, ...] = ("none",)) -> Case:
+                  recompute: tuple[str, ...] = ("none",), remake: tuple[str, ...] = ("none",)) -> Case:
     """A random profile planned as 2 ranks × 2 chunks ([Note: chunks]) with one of
     ``schedules``, each rank's device (memory limit and speed) shared by its chunks; a
     micro-batch count the schedule's rounds divide (dualpipev: at least its 4 chunks).
-    ``recompute``: the recomputation modes to draw from."""
-    case = draw(cases(max_nodes=max_nodes, max_stages=2, schedules=("1f1b",), recompute=recompute))
+    ``recompute``, ``remake``: the modes to draw from (as ``cases``)."""
+    case = draw(cases(max_nodes=max_nodes, max_stages=2, schedules=("1f1b",), recompute=recompute,
+                      remake=remake))
     cfg = case.config
     ranks = cfg.devices if len(cfg.devices) == 2 else (cfg.devices[0], draw(st.sampled_from(
         [cfg.devices[0], dataclasses.replace(cfg.devices[0], name="d1", speed=0.5)])))

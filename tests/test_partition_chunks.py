@@ -307,3 +307,14 @@ def test_degree_search_refuses_chunks(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["plan", MLP, "--gpus", "4", "--batch-size", "8", "--profile", str(MLP_PROFILE),
                  "--schedule", "zbv", "-o", str(tmp_path / "p.json")]) == 2
     assert "several chunks per rank" in capsys.readouterr().err
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunked_cases(max_nodes=5, schedules=("interleaved-1f1b", "zbv", "dualpipev"),
+                     recompute=("none", "auto"), remake=("all", "auto")))
+def test_chunks_making_values_again_ilp_equals_brute_force_and_encodes_the_cost_model(case: Case) -> None:
+    """Tables (nodes of no input) that a chunk reading them from another chunk makes again
+    ([Note: values made again]), next to recomputed blocks: the MIP's rows equal
+    costs.evaluate's, and its optimum is brute force's."""
+    _check_model(case)
+    _check_ilp(case)
