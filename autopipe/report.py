@@ -93,13 +93,27 @@ def recompute_lines(plan: Plan) -> list[str]:
 
 
 def remade_lines(plan: Plan) -> list[str]:
-    """Which stages make values of earlier stages again instead of receiving them (none: no
-    line; [Note: values made again] in ``autopipe.trace.remade``)."""
+    """Which stages make values of earlier stages again instead of receiving them, and under
+    ``--remake auto`` the step of the plan it was weighed against (none of either: no line;
+    [Note: values made again] in ``autopipe.trace.remade``)."""
     where = ", ".join(f"{len(s.remade)} in stage {s.index}" for s in plan.stages if s.remade)
+    info = plan.options.get("remake")
+    info = info if isinstance(info, dict) else {}
+    step = plan.predicted.iteration_s
+
+    def against(other: Any) -> str:
+        return f"{format_seconds(float(other))} ({float(other) / step - 1:+.1%})"
+
     if not where:
-        return []
-    return [f"made again, not sent (values of no input: masks, position tables): nodes {where}, "
-            f"their forward in the stage's F"]
+        if info.get("remade_s") is None:
+            return []
+        return [f"values of no input sent: making them again where faster than a link, the best "
+                f"plan takes {against(info['remade_s'])}"]
+    line = (f"made again, not sent (values of no input: masks, position tables): nodes {where}, "
+            f"their forward in the stage's F")
+    if info.get("sent_s") is not None:
+        line += f"; sending every value instead, the best plan takes {against(info['sent_s'])}"
+    return [line]
 
 
 def granularity_lines(plan: Plan) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from autopipe._units import format_seconds
 from autopipe.partition import plan_profile
 from autopipe.partition.synthetic import synthetic_profile
 from autopipe.report import format_plan
@@ -80,3 +81,14 @@ def test_headline_says_which_stages_make_values_again() -> None:
               dataclasses.replace(plan.stages[2], remade=plan.stages[0].nodes[1:2]))
     text = format_plan(dataclasses.replace(plan, stages=stages))
     assert "made again, not sent" in text and "nodes 2 in stage 1, 1 in stage 2" in text
+    assert "sending every value" not in text
+    # --remake auto: the plan it was weighed against, either way
+    step = plan.predicted.iteration_s
+    remade = dataclasses.replace(plan, stages=stages, options={**plan.options, "remake": {
+        "mode": "auto", "sent_s": 1.25 * step}})
+    assert remade_lines(remade)[0].endswith(
+        f"; sending every value instead, the best plan takes {format_seconds(1.25 * step)} (+25.0%)")
+    sent = dataclasses.replace(plan, options={**plan.options, "remake": {"mode": "auto", "remade_s": 1.1 * step}})
+    assert remade_lines(sent) == [f"values of no input sent: making them again where faster than a link, "
+                                  f"the best plan takes {format_seconds(1.1 * step)} (+10.0%)"]
+    assert remade_lines(sent)[0] in format_plan(sent)
