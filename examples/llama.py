@@ -21,23 +21,29 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def build(*, preset: str | None = None, num_hidden_layers: int = 4, hidden_size: int = 128,
-          intermediate_size: int = 344, num_attention_heads: int = 4, num_key_value_heads: int = 2,
-          vocab_size: int = 8192, seq_len: int = 64, batch_size: int = 4, device: str = "cpu",
-          dtype: str = "float32", seed: int = 0) -> ModelSpec:
+TINY: dict[str, Any] = dict(num_hidden_layers=4, hidden_size=128, intermediate_size=344,
+                            num_attention_heads=4, num_key_value_heads=2, vocab_size=8192)
+"""The shape without a preset."""
+
+
+def build(*, preset: str | None = None, num_hidden_layers: int | None = None, hidden_size: int | None = None,
+          intermediate_size: int | None = None, num_attention_heads: int | None = None,
+          num_key_value_heads: int | None = None, vocab_size: int | None = None, seq_len: int = 64,
+          batch_size: int = 4, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> ModelSpec:
     """A Llama; ``preset="7b"``/``"70b"`` with ``device="meta"`` gives the real shapes, no memory.
 
-    On ``device="meta"`` only the weights are meta: batches are made on the CPU, and
-    ``autopipe train`` gives each rank real weights for its own stages (``--init`` or
-    ``init_weights``).
+    The shape is the preset's (else ``TINY``), where a size given here does not replace it
+    (``preset="7b", num_hidden_layers=4``: four of the 7B's layers). On ``device="meta"``
+    only the weights are meta: batches are made on the CPU, and ``autopipe train`` gives
+    each rank real weights for its own stages (``--init`` or ``init_weights``).
     """
-    shape = dict(num_hidden_layers=num_hidden_layers, hidden_size=hidden_size,
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    given = dict(num_hidden_layers=num_hidden_layers, hidden_size=hidden_size,
                  intermediate_size=intermediate_size, num_attention_heads=num_attention_heads,
                  num_key_value_heads=num_key_value_heads, vocab_size=vocab_size)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        shape = PRESETS[preset]
+    shape = {**(PRESETS[preset] if preset is not None else TINY),
+             **{k: v for k, v in given.items() if v is not None}}
     cfg = LlamaConfig(**shape, max_position_embeddings=max(seq_len, 128), use_cache=False,
                       attention_dropout=0.0, tie_word_embeddings=False,
                       bos_token_id=0, eos_token_id=0, pad_token_id=0)

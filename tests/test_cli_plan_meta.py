@@ -108,3 +108,13 @@ def test_inputs_left_on_meta_mean_a_build_with_weights(
     _, devices, err = _plan([str(ROOT / "examples" / "bert.py") + ":build", "--stages", "2"],
                             tmp_path / "plan.json", monkeypatch, capsys)
     assert devices == ["meta", "-"] and "its example inputs are on meta" in err
+
+
+def test_a_size_given_with_a_preset_replaces_the_presets() -> None:
+    """``--spec-arg preset=7b --spec-arg num_hidden_layers=2``: two of the 7B's layers, not 32
+    (the preset gave every size and the given one was dropped, silently)."""
+    spec = LOAD(f"{ROOT / 'examples' / 'llama.py'}:build", preset="7b", num_hidden_layers=2, device="meta")
+    config = spec.model.config
+    assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size) == (2, 4096, 11008)
+    with pytest.raises(ValueError, match="unknown preset '7B'"):
+        LOAD(f"{ROOT / 'examples' / 'llama.py'}:build", preset="7B", device="meta")
