@@ -23,6 +23,7 @@ from autopipe.errors import ExampleInputError, TraceError
 from autopipe.trace._distributions import distribution_checks_off
 from autopipe.trace._module_to import own_dtype_conversions_kept
 from autopipe.trace._quick import quick_export, unguarded_module
+from autopipe.trace._vmap import fold_vmap_regions
 from autopipe.trace.graph import Graph, NodeInfo, target_name
 from autopipe.trace.remade import remakable_nodes
 
@@ -348,6 +349,7 @@ def _trace_export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
             gm.graph.erase_node(n)
     with phase("trace.graph"):
         gm.graph._codegen = fx.graph.CodeGen()
+        fold_vmap_regions(gm)  # [Note: vmap regions]
         gm.recompile()
         names = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
         return _build(gm, model, "export", names, info.in_spec, info.out_spec, None)
