@@ -27,7 +27,9 @@ out Nystromformer (traced, its attention mask comes out (batch, 1, seq, seq), wh
 attention's (batch, heads, landmarks, seq) scores cannot be added to), JetMoE (its mixture of
 attention heads splits tokens by expert counts: a shape that depends on the data) and
 Conditional DETR (``if not torch.isfinite(hidden_states).all()``), each refused naming the node or
-the model's line.
+the model's line. The third sweep of 2026-12-05 left out BLT (its entropy patcher cuts bytes into
+patches of data-dependent lengths: a shape that depends on the data) and LED (Longformer's
+attention, ``if is_global_attn:``), each refused naming the node or the model's line.
 """
 
 from __future__ import annotations
@@ -1845,6 +1847,186 @@ def decision_transformer() -> ModelSpec:
                      name="decision-transformer")
 
 
+
+# --- the sweep of 2026-12-05, third ------------------------------------------------------------
+
+def diffllama() -> ModelSpec:
+    """DiffLlama: differential attention (two softmax maps over halves of each head, the second
+    subtracted with a weight made from four learned vectors, then a norm per head)."""
+    cfg = hf.DiffLlamaConfig(**_DECODER, head_dim=8)
+    return _tokens(_seeded(lambda: hf.DiffLlamaForCausalLM(cfg)), "diffllama")
+
+
+def doge() -> ModelSpec:
+    """Doge: dynamic mask attention (a mask made from the values, keeping each query's top 4
+    keys of 8) and a cross-domain mixture of 16 tiny experts held as embeddings, chosen by
+    product keys (the top 4 of each half's scores, then the top 4 of their sums)."""
+    cfg = hf.DogeConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, keep_window_size=4, is_moe=True,
+                        num_experts=16, num_experts_per_tok=4, max_position_embeddings=64, use_cache=False,
+                        router_aux_loss_coef=0.0)
+    return _tokens(_seeded(lambda: hf.DogeForCausalLM(cfg)), "doge")
+
+
+def deepseek_v32() -> ModelSpec:
+    """DeepSeek-V3.2: V3's latent attention and grouped experts, with a lightning indexer that
+    scores every key for every query and keeps the top 4 (a mask scattered from their
+    indices)."""
+    cfg = hf.DeepseekV32Config(**{**_DECODER, "num_key_value_heads": 4}, moe_intermediate_size=16,
+                               n_shared_experts=1, n_routed_experts=4, num_experts_per_tok=2,
+                               first_k_dense_replace=1, n_group=2, topk_group=1, kv_lora_rank=16,
+                               q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, head_dim=8,
+                               index_topk=4, index_head_dim=16, index_n_heads=2)
+    return _tokens(_seeded(lambda: hf.DeepseekV32ForCausalLM(cfg)), "deepseek-v3.2")
+
+
+def deepseek_v4() -> ModelSpec:
+    """DeepSeek-V4: hyper-connections (2 residual streams mixed by Sinkhorn-normalised
+    matrices), sliding, compressed-sparse (keys pooled 2 to 1, an indexer's top 2) and heavily
+    compressed attention, grouped low-rank output projections, and a first layer whose
+    experts are looked up from the token ids (hash routing)."""
+    cfg = hf.DeepseekV4Config(vocab_size=VOCAB, hidden_size=32, moe_intermediate_size=16, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=16, q_lora_rank=16,
+                              num_experts_per_tok=2, n_routed_experts=4, n_shared_experts=1,
+                              max_position_embeddings=64,
+                              layer_types=["sliding_attention", "compressed_sparse_attention",
+                                           "heavily_compressed_attention"],
+                              compress_rates={"compressed_sparse_attention": 2, "heavily_compressed_attention": 4},
+                              hc_mult=2, hc_sinkhorn_iters=3, mlp_layer_types=["hash_moe", "moe", "moe"],
+                              sliding_window=4, o_groups=2, o_lora_rank=16, index_n_heads=2, index_head_dim=8,
+                              index_topk=2, num_nextn_predict_layers=0, router_aux_loss_coef=0.0, use_cache=False,
+                              partial_rotary_factor=0.5)
+    return _tokens(_seeded(lambda: hf.DeepseekV4ForCausalLM(cfg)), "deepseek-v4")
+
+
+def kimi_linear() -> ModelSpec:
+    """Kimi Linear: Kimi delta attention (the delta rule with a forget gate per channel, its
+    chunk's rows solved one by one in place) alternating with latent attention, and a
+    routed mixture with a shared expert."""
+    cfg = hf.KimiLinearConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                              n_shared_experts=1, num_local_experts=4, num_experts_per_tok=2, kv_lora_rank=16,
+                              q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8,
+                              linear_head_dim=8, linear_num_heads=4, linear_conv_kernel_dim=4,
+                              layer_types=["linear_attention", "full_attention"], mlp_layer_types=["dense", "sparse"],
+                              max_position_embeddings=64, use_cache=False, pad_token_id=0, bos_token_id=1,
+                              eos_token_id=2)
+    return _tokens(_seeded(lambda: hf.KimiLinearForCausalLM(cfg)), "kimi-linear")
+
+
+def nemotron_h() -> ModelSpec:
+    """Nemotron-H: Mamba-2, attention and mixture-of-experts layers as separate blocks of one
+    stack (one residual block per kind), squared-ReLU experts with a shared one."""
+    cfg = hf.NemotronHConfig(vocab_size=VOCAB, hidden_size=32, layers_block_type=["mamba", "attention", "moe"],
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                             intermediate_size=64, use_mamba_kernels=False, ssm_state_size=8, mamba_num_heads=4,
+                             mamba_head_dim=16, n_groups=2, chunk_size=4, n_routed_experts=4, n_shared_experts=1,
+                             moe_intermediate_size=16, moe_shared_expert_intermediate_size=16,
+                             num_experts_per_tok=2, use_cache=False, num_logits_to_keep=0)
+    return _tokens(_seeded(lambda: hf.NemotronHForCausalLM(cfg)), "nemotron-h")
+
+
+def hrm_text() -> ModelSpec:
+    """HRM text: two stacks called again in nested cycles (the low-level stack twice per
+    high-level step), the first of them under ``torch.no_grad`` (gradients only through the
+    last cycles), a prefix-LM mask."""
+    cfg = hf.HrmTextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=4, head_dim=8, max_position_embeddings=64, use_cache=False,
+                           H_cycles=2, L_cycles=2)
+    return _tokens(_seeded(lambda: hf.HrmTextForCausalLM(cfg)), "hrm-text")
+
+
+def gemma4() -> ModelSpec:
+    """Gemma 4 text: a small embedding per layer looked up from the token ids and gated into
+    each layer's output, keys reused as values, and a mixture-of-experts block beside each
+    layer's MLP, on Gemma 3's sliding and global layers."""
+    cfg = hf.Gemma4TextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                              use_cache=False, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+                              vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8,
+                              enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=16,
+                              attention_k_eq_v=True)
+    return _tokens(_seeded(lambda: hf.Gemma4ForCausalLM(cfg)), "gemma4")
+
+
+def zaya() -> ModelSpec:
+    """ZAYA: compressed convolutional attention (queries and keys mixed along the sequence by
+    a causal conv, half of each value from the token before), and experts chosen by an MLP
+    router whose state is carried from layer to layer, with an expert that does nothing."""
+    cfg = hf.ZayaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=8, max_position_embeddings=64, use_cache=False,
+                        moe_intermediate_size=16, num_experts_per_tok=1, num_experts=4, router_hidden_size=16,
+                        tie_word_embeddings=True)
+    return _tokens(_seeded(lambda: hf.ZayaForCausalLM(cfg)), "zaya")
+
+
+def yoso() -> ModelSpec:
+    """YOSO masked LM: attention weights as the expected collision rate of random hyperplane
+    hashes of unit queries and keys (a power of 1 - angle / pi, no softmax)."""
+    cfg = hf.YosoConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                        max_position_embeddings=64, use_fast_hash=False, hash_code_len=4, num_hash=8)
+    return _tokens(_seeded(lambda: hf.YosoForMaskedLM(cfg)), "yoso", shift=False)
+
+
+def pegasus_x() -> ModelSpec:
+    """PEGASUS-X: an encoder of block-local attention (blocks of 4 tokens, staggered by half a
+    block every other layer) with 2 global tokens every block attends to."""
+    cfg = hf.PegasusXConfig(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=1,
+                            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                            decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0, num_global_tokens=2,
+                            block_size=4, stagger_local_blocks=True, use_cache=False)
+    return _reversal(_seeded(lambda: _Seq2Seq(hf.PegasusXForConditionalGeneration(cfg))), "pegasus-x")
+
+
+def swiftformer() -> ModelSpec:
+    """SwiftFormer: efficient additive attention (queries pooled by learned weights into one
+    global query that scales the keys: no query-key product), conv encoders, batch norm."""
+    cfg = hf.SwiftFormerConfig(image_size=16, num_channels=3, depths=[1, 1], embed_dims=[8, 16], mlp_ratio=2,
+                               downsamples=[True, True], num_labels=5)
+    return _classes(_seeded(lambda: hf.SwiftFormerForImageClassification(cfg)), "swiftformer", (3, 16, 16), 5)
+
+
+def mobilevitv2() -> ModelSpec:
+    """MobileViTV2: separable self-attention (a context vector from one score per patch, linear
+    in the number of patches) over unfolded patches, inverted residuals with batch norm."""
+    cfg = hf.MobileViTV2Config(image_size=64, patch_size=2, n_attn_blocks=[1, 1, 1], base_attn_unit_dims=[16, 16, 16],
+                               width_multiplier=0.25, classifier_dropout_prob=0.0, num_labels=5)
+    return _classes(_seeded(lambda: hf.MobileViTV2ForImageClassification(cfg)), "mobilevitv2", (3, 64, 64), 5)
+
+
+def wav2vec2_bert() -> ModelSpec:
+    """Wav2Vec2-BERT for CTC: conformer blocks over filterbank features (no conv feature
+    extractor), attention with learned relative key positions clipped 8 left and 4 right."""
+    cfg = hf.Wav2Vec2BertConfig(vocab_size=12, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, feature_projection_input_dim=16, layerdrop=0.0,
+                                final_dropout=0.0, apply_spec_augment=False, conv_depthwise_kernel_size=3,
+                                conformer_conv_dropout=0.0, left_max_position_embeddings=8,
+                                right_max_position_embeddings=4)
+    model = _seeded(lambda: _Frames(hf.Wav2Vec2BertForCTC(cfg), "input_features"))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        features = torch.randn(n * BATCH, SEQ, 16, generator=g)
+        return (features,), torch.randint(0, 12, (n * BATCH, SEQ), generator=g)
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=cross_entropy, batch=batch,
+                     name="wav2vec2-bert")
+
+
+def t5gemma2() -> ModelSpec:
+    """T5Gemma 2: a Gemma 3 encoder (bidirectional sliding-window attention, its mask made by
+    ``torch.vmap`` over positions: [Note: vmap regions]) and a decoder whose layers attend to
+    themselves and to the encoder in one merged attention; text only (its vision tower idle)."""
+    text = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8, max_position_embeddings=64, sliding_window=4,
+                layer_types=["sliding_attention"] * 2)  # 2 layers: most parameters train
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+                  patch_size=8)
+    cfg = hf.T5Gemma2Config(encoder=dict(text_config=text, vision_config=vision, mm_tokens_per_image=4),
+                            decoder=dict(text), image_token_index=IMAGE_TOKEN)
+    return _reversal(_seeded(lambda: _Seq2Seq(hf.T5Gemma2ForConditionalGeneration(cfg))), "t5gemma2")
+
 ZOO: dict[str, Callable[[], ModelSpec]] = {
     "t5": t5, "mixtral": mixtral, "qwen2-moe": qwen2_moe, "vit": vit, "convnext": convnext,
     "resnet": resnet, "wav2vec2": wav2vec2, "whisper": whisper, "gpt-neox": gpt_neox, "mistral": mistral, "qwen2": qwen2,
@@ -1876,13 +2058,17 @@ ZOO: dict[str, Callable[[], ModelSpec]] = {
     "xlstm": xlstm, "zamba": zamba, "timesfm": timesfm, "groupvit": groupvit, "paligemma": paligemma,
     "trocr": trocr, "parakeet": parakeet, "moonshine": moonshine, "univnet": univnet,
     "decision-transformer": decision_transformer,
+    "diffllama": diffllama, "doge": doge, "deepseek-v3.2": deepseek_v32, "deepseek-v4": deepseek_v4,
+    "kimi-linear": kimi_linear, "nemotron-h": nemotron_h, "hrm-text": hrm_text, "gemma4": gemma4, "zaya": zaya,
+    "yoso": yoso, "pegasus-x": pegasus_x, "swiftformer": swiftformer, "mobilevitv2": mobilevitv2,
+    "wav2vec2-bert": wav2vec2_bert, "t5gemma2": t5gemma2,
 }
 """Every zoo model by name: a fresh, identically initialised copy per call."""
 
 
-HASH_ORDERED = {"modernbert", "gemma3", "gemma3n", "llama4"}
+HASH_ORDERED = {"modernbert", "gemma3", "gemma3n", "llama4", "gemma4"}
 """Models whose traced node order depends on Python's string hashes: ModernBERT's and Gemma
-3's (and Gemma 3n's) forward compute their rotary tables ``for layer_type in set(config.layer_types)``,
+3's (and Gemma 3n's and 4's) forward compute their rotary tables ``for layer_type in set(config.layer_types)``,
 and Llama 4's its chunked and full attention masks the same way, so two
 processes with different ``PYTHONHASHSEED`` trace the sliding and the global tables in either order,
 and a rank refuses the plan (a graph fingerprint of another order). The autopipe commands
