@@ -43,6 +43,10 @@ def close(a: float, b: float, rel: float = 1e-6) -> bool:
 def test_model_encodes_the_cost_model(case: Case) -> None:
     """For valid partitions, the MIP's objective and rows equal costs.evaluate (under
     zb-h1 the B rows hold input gradients only and the W rows weight gradients)."""
+    _encodes(case)
+
+
+def _encodes(case: Case) -> None:
     problem = case.problem()
     anc = ancestors(problem)
     lo, hi = pinned_windows(problem)
@@ -64,6 +68,20 @@ def test_model_encodes_the_cost_model(case: Case) -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases(), st.booleans())
 def test_ilp_equals_brute_force(case: Case, warm: bool) -> None:
+    _finds_the_optimum(case, warm)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(schedules=("1f1b", "gpipe", "zb-h1"), remake=("all", "auto")), st.booleans())
+def test_values_made_again_are_encoded_and_optimal(case: Case, warm: bool) -> None:
+    """Random DAGs with tables (nodes that read only other tables, or nothing) that a stage
+    reading them makes again ([Note: values made again]): the MIP's rows equal
+    costs.evaluate's, and its optimum is brute force's."""
+    _encodes(case)
+    _finds_the_optimum(case, warm)
+
+
+def _finds_the_optimum(case: Case, warm: bool) -> None:
     problem = case.problem()
     if problem.num_real < problem.config.num_stages:
         return

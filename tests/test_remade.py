@@ -13,15 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
 from torch import nn
 
 import autopipe
 from autopipe.errors import PlanError
-from autopipe.partition import brute
 from autopipe.partition.coarsen import coarsen
 from autopipe.partition.costs import boundary_bytes, evaluate, violations
-from autopipe.partition.ilp import _Model, solve_ilp
+from autopipe.partition.ilp import _Model
 from autopipe.partition.planner import plan_profile
 from autopipe.partition.problem import Config, Problem, from_profile
 from autopipe.partition.windows import ancestors, pinned_windows
@@ -30,8 +28,7 @@ from autopipe.profile import estimate
 from autopipe.profile.profile import NodeProfile, Profile
 
 from .conftest import example_spec
-from .partition_cases import Case as PartitionCase
-from .partition_cases import cases, check_rows
+from .partition_cases import check_rows
 from .runtime_cases import TINY
 
 
@@ -150,35 +147,6 @@ def test_the_ilp_prices_what_its_readers_make_again_as_the_evaluation_does(
         check_rows(model, values, ev)
         seen += bool(any(problem.remade_in(stage_of)))
     assert seen >= 3
-
-
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cases(schedules=("1f1b", "gpipe", "zb-h1"), remake=("all", "auto")))
-def test_on_random_dags_the_ilp_prices_values_made_again_as_evaluate_and_finds_brute_forces_optimum(
-        case: PartitionCase) -> None:
-    """Random DAGs with tables (nodes that read only other tables, or nothing): at every
-    partition the MIP's rows and objective equal ``evaluate``'s, and its optimum is brute
-    force's, values made again included."""
-    problem = case.problem()
-    lo, hi = pinned_windows(problem)
-    if any(a > b for a, b in zip(lo, hi)) or problem.num_real < problem.config.num_stages:
-        return
-    model = _Model(problem, ancestors(problem), lo, hi)
-    for k, stage_of in enumerate(brute.partitions(problem)):
-        if k >= 30:
-            break
-        ev = evaluate(problem, stage_of)
-        model.add_path(ev.critical)
-        values = model.warm(stage_of)
-        assert math.isclose(model.objective.value(values) * model.tau, ev.objective_s, rel_tol=1e-6, abs_tol=1e-9)
-        check_rows(model, values, ev)
-    exact = brute.best(problem)
-    res = solve_ilp(problem, gap=1e-9)
-    if exact is None:
-        assert res.stage_of is None
-        return
-    assert res.stage_of is not None
-    assert math.isclose(res.objective_s, exact[0], rel_tol=1e-6, abs_tol=1e-9)
 
 
 def test_auto_makes_again_where_faster_than_the_link(llama: tuple[autopipe.Graph, Profile]) -> None:
