@@ -1,13 +1,14 @@
 """Values made again or sent: what each costs a Llama's step ([Note: values made again]).
 
     python -m benchmarks.bench_remade [--part plan,train] [--seqs 2048,8192]
-        [--links 450e9,50e9,12.5e9] [--layers 32] [--rounds 2] [--quiet-wait 30]
+        [--links 450e9,50e9,12.5e9] [--layers 32] [--stages 8] [--rounds 2] [--quiet-wait 30]
 
-``plan`` (predictions only; about 3 minutes): Llama-2-7B in bf16, estimated for an H100,
+``plan`` (predictions only; about 5 minutes): Llama-2-7B in bf16, estimated for an H100,
 8 stages, 16 micro-batches of one sequence, planned with ``remake="none"`` (every value
-sent, as plans were before the choice) and ``"auto"`` over links of each bandwidth
-(NVLink, one 400 Gb/s NIC per GPU, 100 Gb/s Ethernet): the predicted steps and their
-ratio, the nodes the stages make again, and the largest cut.
+sent, as plans were before the choice), ``"auto"`` and ``"all"`` over links of each
+bandwidth (NVLink, one 400 Gb/s NIC per GPU, 100 Gb/s Ethernet): the predicted steps, sent
+over auto, the nodes the stages make again, the largest cut, and the step with every value
+made again.
 
 ``train`` (about 3 minutes): the Llama of ``build`` below (4 layers of width 64, seq 256,
 micro-batches of 2), planned by ``autopipe.plan`` as ``autopipe plan`` does (measured here,
@@ -53,7 +54,7 @@ def plan_part(seqs: list[int], links: list[str], layers: int = 32, stages: int =
     print(f"Llama-2-7B bf16{'' if layers == 32 else f' ({layers} layers)'}, estimated for an H100, {stages} stages, "
           f"{2 * stages} micro-batches of 1 sequence (predictions)")
     print(f"{'seq':>5s} {'link GB/s':>9s} {'sent: step':>11s} {'auto: step':>11s} {'sent/auto':>9s} "
-          f"{'made again':>10s} {'largest cut sent / auto':>24s}")
+          f"{'made again':>10s} {'largest cut sent / auto':>24s} {'all: step':>11s}")
     for seq in seqs:
         shape = {**llama.PRESETS["7b"], "num_hidden_layers": layers}
         spec = llama.build(**shape, seq_len=seq, batch_size=1, device="meta", dtype="bfloat16")
@@ -61,13 +62,14 @@ def plan_part(seqs: list[int], links: list[str], layers: int = 32, stages: int =
         profile = estimate(graph, spec.example_inputs, device_spec="h100", dtype="bfloat16", progress=False)
         for link in links:
             plans = {mode: plan_profile(profile, num_stages=stages, microbatches=2 * stages,
-                                        link_bandwidth=link, remake=mode) for mode in ("none", "auto")}
+                                        link_bandwidth=link, remake=mode) for mode in ("none", "auto", "all")}
             cut = {mode: max(sum(x.bytes for x in s.sends) for s in p.stages[:-1]) / 2**20
                    for mode, p in plans.items()}
             sent, auto = (plans[m].predicted.iteration_s for m in ("none", "auto"))
             print(f"{seq:5d} {float(link) / 1e9:9.1f} {sent * 1e3:8.1f} ms {auto * 1e3:8.1f} ms {sent / auto:9.3f} "
                   f"{sum(len(s.remade) for s in plans['auto'].stages):10d} "
-                  f"{cut['none']:10.1f} / {cut['auto']:5.1f} MiB", flush=True)
+                  f"{cut['none']:10.1f} / {cut['auto']:5.1f} MiB {plans['all'].predicted.iteration_s * 1e3:8.1f} ms",
+                  flush=True)
 
 
 def train_part(rounds: int, quiet_wait_s: float) -> None:
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seqs", default="2048,8192", help="the plan part's sequence lengths")
     ap.add_argument("--links", default="450e9,50e9,12.5e9", help="the plan part's link bandwidths, bytes/s")
     ap.add_argument("--layers", type=int, default=32, help="the plan part's layers (the 7B has 32)")
+    ap.add_argument("--stages", type=int, default=8, help="the plan part's stages (2 × as many micro-batches)")
     ap.add_argument("--rounds", type=int, default=2, help="the train part's runs of each plan")
     ap.add_argument("--quiet-wait", type=float, default=30.0, metavar="SECONDS")
     args = ap.parse_args(argv)
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown part in {args.part!r}; use plan, train or plan,train")
     t0 = time.perf_counter()
     if "plan" in parts:
-        plan_part([int(s) for s in args.seqs.split(",")], args.links.split(","), args.layers)
+        plan_part([int(s) for s in args.seqs.split(",")], args.links.split(","), args.layers, args.stages)
     if "train" in parts:
         train_part(args.rounds, args.quiet_wait)
     print(f"({time.perf_counter() - t0:.0f} s)")
