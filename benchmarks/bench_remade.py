@@ -3,7 +3,7 @@
     python -m benchmarks.bench_remade [--part plan,train] [--seqs 2048,8192]
         [--links 450e9,50e9,12.5e9] [--layers 32] [--stages 8] [--rounds 2] [--quiet-wait 30]
 
-``plan`` (predictions only; about 5 minutes): Llama-2-7B in bf16, estimated for an H100,
+``plan`` (predictions only; several minutes): Llama-2-7B in bf16, estimated for an H100,
 8 stages, 16 micro-batches of one sequence, planned with ``remake="none"`` (every value
 sent, as plans were before the choice), ``"auto"`` and ``"all"`` over links of each
 bandwidth (NVLink, one 400 Gb/s NIC per GPU, 100 Gb/s Ethernet): the predicted steps, sent
