@@ -422,8 +422,9 @@ class _Model:
         chunked = cfg.virtual_stages > 1
         remakes = problem.remakes()
         self.remake_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
-        """m[b,s], the largest of its terms: stage s runs block b's nodes again to make values
-        it reads from an earlier stage ([Note: values made again] in ``autopipe.trace.remade``)."""
+        """m[g,s], the largest of its terms: stage s runs group g of ``Problem.remakes`` again to
+        make values it reads from an earlier stage ([Note: values made again] in
+        ``autopipe.trace.remade``)."""
         activations: list[_Lin] = []
         """With virtual stages: per chunk, its saved bytes per micro-batch (as a share)."""
         alive: list[_Lin] = []
@@ -511,9 +512,11 @@ class _Model:
         forward times m[g,s], as ``evaluate`` counts it."""
         speed, tau = self.problem.config.devices[s].speed, self.tau
         for g, (forward_s, pairs) in enumerate(remakes):
+            if forward_s <= 0:
+                continue
             terms = []
             for u, d in pairs:
-                if forward_s <= 0 or not self.lo[d] <= s <= self.hi[d] or self.lo[u] >= s:
+                if not self.lo[d] <= s <= self.hi[d] or self.lo[u] >= s:  # d not on s, or u surely on s
                     continue
                 diff = _Lin()
                 diff.add(self.x(d, s), 1.0)

@@ -359,8 +359,8 @@ def _solve(built: _Built, options: _Options, start: Plan | None = None) -> Plan:
 
 
 def _or_sent(plan: Plan, built: _Built, options: _Options) -> Plan:
-    """``plan``, which makes values again, or the plan that sends every value where it is
-    faster; the plan records the other's step (``options.remake``).
+    """``plan``, planned with values made again, or the plan that sends every value where
+    that is faster; the plan given records the other's step (``options.remake``).
 
     The ILP prices a value made again, at its cuts and on its readers ([Note: values made
     again] in ``autopipe.trace.remade``), but which values are made again is decided before
