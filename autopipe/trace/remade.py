@@ -30,8 +30,9 @@ from autopipe.trace.aliasing import aliased_args, storage_of, view_sources, writ
 # at seq 8,192 over a 100 Gb/s network its 64 MiB take 5.4 ms, as long as the hidden states.
 # A value made again costs its reading stage the forward time of those nodes and its cut no
 # bytes; the ILP prices both (``autopipe.partition.ilp``, ``_Model._remakes``), as the
-# evaluation and the prediction do. The plan lists, per stage, the nodes it runs again (``Stage.remade``); the runtime
-# does as the plan says, so a plan written before the choice existed sends every value.
+# evaluation and the prediction do. The plan lists, per stage, the nodes it runs again
+# (``Stage.remade``); the runtime does as the plan says, so a plan written before the choice
+# existed sends every value.
 #
 # A node's value may be made again (``NodeInfo.remakable``) when:
 #
