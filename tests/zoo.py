@@ -29,7 +29,16 @@ attention heads splits tokens by expert counts: a shape that depends on the data
 Conditional DETR (``if not torch.isfinite(hidden_states).all()``), each refused naming the node or
 the model's line. The third sweep of 2026-12-05 left out BLT (its entropy patcher cuts bytes into
 patches of data-dependent lengths: a shape that depends on the data) and LED (Longformer's
-attention, ``if is_global_attn:``), each refused naming the node or the model's line.
+attention, ``if is_global_attn:``), each refused naming the node or the model's line. The fourth
+sweep of 2026-12-05 left out VITS (its predicted durations set the waveform's length,
+``torch.arange(predicted_lengths.max())``: a shape that depends on the data), FastSpeech 2 Conformer
+(its length regulator, ``if duration_labels.sum() == 0:``), SuperPoint (it keeps the keypoints
+scoring above a threshold, ``if k >= len(keypoints):``) and Qwen2-Audio (its audio features cut to
+each clip's length, ``audio_features[audio_features_mask]``: a shape that depends on the data), each
+refused naming the node or the model's line; OLMo Hybrid and RT-DETR split anywhere and train like
+one process but are not kept, as each one's split test took a minute or more (OLMo Hybrid's gated
+DeltaNet solves its 64-row chunks row by row as Qwen3-Next's does; RT-DETR's 27 batch norms each
+add a cut before their counter's in-place update).
 """
 
 from __future__ import annotations
@@ -2027,6 +2036,400 @@ def t5gemma2() -> ModelSpec:
                             decoder=dict(text), image_token_index=IMAGE_TOKEN)
     return _reversal(_seeded(lambda: _Seq2Seq(hf.T5Gemma2ForConditionalGeneration(cfg))), "t5gemma2")
 
+
+# --- the sweep of 2026-12-05, fourth -----------------------------------------------------------
+
+class _Output(nn.Module):
+    """A model taking its inputs by position, named ``names``, and returning the outputs
+    ``fields`` of what it returns (one tensor for one field, else a tuple)."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...], fields: tuple[str, ...], **fixed: Any) -> None:
+        super().__init__()
+        self.model, self.names, self.fields, self.fixed = model, names, fields, fixed
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        out = self.model(**dict(zip(self.names, inputs)), **self.fixed)
+        got = tuple(getattr(out, f) for f in self.fields)
+        return got[0] if len(got) == 1 else got
+
+
+def patchtsmixer() -> ModelSpec:
+    """PatchTSMixer: each channel's series cut into patches, MLP-Mixer layers mixing along the
+    patches, within each patch and across the channels, each gated by a softmax over its
+    features, with a small self-attention over the patches beside it; a forecast of 4 steps."""
+    cfg = hf.PatchTSMixerConfig(num_input_channels=2, context_length=16, prediction_length=4, patch_length=4,
+                                patch_stride=2, d_model=16, num_layers=2, expansion_factor=2, dropout=0.0,
+                                head_dropout=0.0, mode="mix_channel", gated_attn=True, self_attn=True,
+                                self_attn_heads=2, scaling="std", loss="mse")
+    model = _seeded(lambda: _Output(hf.PatchTSMixerForPrediction(cfg), ("past_values",), ("prediction_outputs",)))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        series = torch.randn(n * BATCH, 20, 2, generator=g).cumsum(1)
+        return (series[:, :16],), series[:, 16:]
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_mse, batch=batch, name="patchtsmixer")
+
+
+def bigbird_pegasus() -> ModelSpec:
+    """BigBird-Pegasus: a Pegasus encoder-decoder whose encoder attends block-sparsely (blocks
+    of one token: the first and last global, a sliding band, one random block per query), the
+    decoder with full attention."""
+    cfg = hf.BigBirdPegasusConfig(**_S2S, attention_type="block_sparse", block_size=1, num_random_blocks=1)
+    return _reversal(_seeded(lambda: _Seq2Seq(hf.BigBirdPegasusForConditionalGeneration(cfg))), "bigbird-pegasus")
+
+
+def granitemoehybrid() -> ModelSpec:
+    """Granite 4 (GraniteMoeHybrid): Mamba-2 and attention layers, each followed by a routed
+    mixture of experts with a shared expert, and Granite's multipliers on the embeddings,
+    the residuals, the attention scores and the logits."""
+    cfg = hf.GraniteMoeHybridConfig(**_DECODER, layer_types=["mamba", "attention"], num_local_experts=4,
+                                    num_experts_per_tok=2, shared_intermediate_size=32, mamba_n_heads=4,
+                                    mamba_d_head=16, mamba_d_state=8, mamba_n_groups=1, mamba_chunk_size=4,
+                                    mamba_expand=2, router_aux_loss_coef=0.0, output_router_logits=False)
+    return _tokens(_seeded(lambda: hf.GraniteMoeHybridForCausalLM(cfg)), "granitemoehybrid")
+
+
+def dots1() -> ModelSpec:
+    """dots.llm1: DeepSeek-V3's mixture (a dense first layer, then 4 routed experts in 2 groups,
+    group-limited top 2 with a sigmoid router and a shared expert) on attention with norms on
+    the queries and keys."""
+    cfg = hf.Dots1Config(**_DECODER, moe_intermediate_size=16, n_shared_experts=1, n_routed_experts=4,
+                         num_experts_per_tok=2, first_k_dense_replace=1, n_group=2, topk_group=1)
+    return _tokens(_seeded(lambda: hf.Dots1ForCausalLM(cfg)), "dots1")
+
+
+def hunyuan_moe() -> ModelSpec:
+    """Hunyuan MoE V1: norms on the queries and keys after the rotary embedding, a softmax
+    router picking 2 of 4 experts beside a shared MLP in every layer."""
+    cfg = hf.HunYuanMoEV1Config(**_DECODER, num_experts=4, moe_topk=2, head_dim=8)
+    return _tokens(_seeded(lambda: hf.HunYuanMoEV1ForCausalLM(cfg)), "hunyuan-moe")
+
+
+def poolformer() -> ModelSpec:
+    """PoolFormer: MetaFormer blocks whose token mixer is an average pool minus its input
+    (no attention), group norm, layer scale, overlapping patch embeddings between stages."""
+    cfg = hf.PoolFormerConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], patch_sizes=[3, 3],
+                              strides=[2, 2], padding=[1, 1], num_encoder_blocks=2, pool_size=3, mlp_ratio=2.0,
+                              drop_path_rate=0.0, num_labels=5)
+    return _classes(_seeded(lambda: hf.PoolFormerForImageClassification(cfg)), "poolformer", (3, 16, 16), 5)
+
+
+def vivit() -> ModelSpec:
+    """ViViT: a video cut into tubelets (a 3-d conv over 2 frames × 4 × 4 pixels), a CLS token
+    and joint space-time attention over every tubelet."""
+    cfg = hf.VivitConfig(image_size=16, num_frames=4, tubelet_size=[2, 4, 4], num_channels=3, hidden_size=32,
+                         num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0, num_labels=5)
+    return _classes(_seeded(lambda: hf.VivitForVideoClassification(cfg)), "vivit", (4, 3, 16, 16), 5)
+
+
+def swin2sr() -> ModelSpec:
+    """Swin2SR super-resolution: the image padded to whole windows and its mean taken off, Swin
+    V2 blocks inside residual groups that end in a conv, a pixel-shuffle upsampler to twice
+    the size; trained on the MSE to the full-size image."""
+    cfg = hf.Swin2SRConfig(image_size=16, patch_size=1, num_channels=3, embed_dim=16, depths=[1, 1],
+                           num_heads=[2, 2], window_size=4, upscale=2, upsampler="pixelshuffle", drop_path_rate=0.0,
+                           hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = _seeded(lambda: _Output(hf.Swin2SRForImageSuperResolution(cfg), ("pixel_values",), ("reconstruction",)))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        full = torch.rand(n * BATCH, 3, 32, 32, generator=g)
+        return (F.avg_pool2d(full, 2),), full
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_mse, batch=batch, name="swin2sr")
+
+
+def _per_pixel(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(output, target)
+
+
+def upernet() -> ModelSpec:
+    """UperNet semantic segmentation: a ConvNeXt backbone's two stages, a pyramid pooling module
+    (adaptive average pools at 1 × 1 and 2 × 2, upsampled back) on the last, a feature pyramid
+    fusing top-down, logits per pixel upsampled to the image; trained on a class per pixel."""
+    backbone = hf.ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
+                                 out_features=["stage1", "stage2"])
+    cfg = hf.UperNetConfig(backbone_config=backbone, hidden_size=16, pool_scales=[1, 2], use_auxiliary_head=False,
+                           num_labels=5)
+    model = _seeded(lambda: _Output(hf.UperNetForSemanticSegmentation(cfg), ("pixel_values",), ("logits",)))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        pixels = torch.randn(n * BATCH, 3, 16, 16, generator=g)
+        return (pixels,), torch.randint(0, 5, (n * BATCH, 16, 16), generator=g)
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_per_pixel, batch=batch, name="upernet")
+
+
+def _masked_patches(output: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """ViT-MAE's loss: the MSE of the predicted pixels of each 4 × 4 patch it hid."""
+    pixels, hidden = output  # (batch, 16 patches, 48), (batch, 16): 1 where hidden
+    b = target.shape[0]
+    patches = target.reshape(b, 3, 4, 4, 4, 4).permute(0, 2, 4, 3, 5, 1).reshape(b, 16, 48)
+    return (((pixels - patches) ** 2).mean(-1) * hidden).sum() / hidden.sum()
+
+
+def vit_mae() -> ModelSpec:
+    """ViT-MAE pre-training: half of each image's patches hidden at random in every forward
+    (noise drawn per sample, argsorted, the kept patches gathered), a ViT over the rest, and a
+    small decoder over mask tokens put back in place predicting the hidden patches' pixels."""
+    cfg = hf.ViTMAEConfig(**_VISION, decoder_hidden_size=16, decoder_num_hidden_layers=1,
+                          decoder_num_attention_heads=2, decoder_intermediate_size=32, mask_ratio=0.5,
+                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+    def build() -> nn.Module:
+        model = hf.ViTMAEForPreTraining(cfg)
+        # Hugging Face leaves the fixed sin-cos positions and the mask token at zero when it
+        # draws the weights itself (every hidden patch's token alike: its decoder's queries
+        # and keys got no gradient); set them as MAE does
+        model.vit.embeddings.patch_embeddings.projection._is_hf_initialized = False
+        model.vit.embeddings.initialize_weights()
+        model.decoder.initialize_weights(model.vit.embeddings.patch_embeddings.num_patches)
+        nn.init.normal_(model.decoder.mask_token, std=0.02)
+        return _Output(model, ("pixel_values",), ("logits", "mask"))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        pixels = torch.randn(n * BATCH, 3, 16, 16, generator=g)
+        return (pixels,), pixels
+
+    return ModelSpec(model=_seeded(build), example_inputs=batch(1)[0], loss_fn=_masked_patches, batch=batch,
+                     name="vit-mae")
+
+
+def yolos() -> ModelSpec:
+    """YOLOS: a ViT with 4 learned detection tokens beside the patches (no backbone, no
+    decoder), class and box heads on those tokens; DETR's set loss."""
+    cfg = hf.YolosConfig(**{**_VISION, "image_size": [16, 16]}, num_detection_tokens=DETR_QUERIES,
+                         num_labels=DETR_CLASSES, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                         use_mid_position_embeddings=False, auxiliary_loss=False)
+    model = _seeded(lambda: _Detr(hf.YolosForObjectDetection(cfg)))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        pixels = torch.randn(n * BATCH, 3, 16, 16, generator=g)
+        classes = torch.randint(0, DETR_CLASSES, (n * BATCH, DETR_OBJECTS, 1), generator=g)
+        centre = torch.rand(n * BATCH, DETR_OBJECTS, 2, generator=g) * 0.6 + 0.2
+        size = torch.rand(n * BATCH, DETR_OBJECTS, 2, generator=g) * 0.3 + 0.1
+        return (pixels,), torch.cat([classes.float(), centre, size], -1)
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_set_loss, batch=batch, name="yolos")
+
+
+def sew() -> ModelSpec:
+    """SEW: Wav2Vec2's conv feature extractor, the sequence squeezed to half its length (an
+    average pool) for the encoder and upsampled back after it, mean-pooled into a classifier."""
+    cfg = hf.SEWConfig(**_AUDIO, squeeze_factor=2, final_dropout=0.0, feat_extract_norm="group")
+    return _classes(_seeded(lambda: hf.SEWForSequenceClassification(cfg)), "sew", (400,), 5)
+
+
+def xclip() -> ModelSpec:
+    """X-CLIP: a CLIP vision tower run on each frame with a message token per frame that
+    attends across frames, a transformer integrating the frames, a prompt generator whose
+    text queries cross-attend to the video; trained contrastively with the text tower."""
+    vision = dict(_VISION, num_frames=2, mit_hidden_size=32, mit_intermediate_size=64, mit_num_hidden_layers=1,
+                  mit_num_attention_heads=4)
+    cfg = hf.XCLIPConfig(text_config=dict(_TOWER, vocab_size=VOCAB, max_position_embeddings=SEQ),
+                         vision_config=vision, projection_dim=32, prompt_layers=1, prompt_num_attention_heads=4,
+                         prompt_attention_dropout=0.0, prompt_projection_dropout=0.0)
+    model = _seeded(lambda: _Output(hf.XCLIPModel(cfg), ("input_ids", "pixel_values"), ("logits_per_video",)))
+
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        text = torch.randint(0, VOCAB, (n * BATCH, SEQ), generator=g)
+        video = torch.randn(n * BATCH, 2, 3, 16, 16, generator=g)
+        return (text, video), torch.arange(BATCH).repeat(n)  # the i-th text goes with the i-th video
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=loss, batch=batch, name="xclip")
+
+
+class _Git(nn.Module):
+    """GIT taking (pixels, token ids) by position, returning the text positions' logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        logits = self.model(pixel_values=pixels, input_ids=ids, use_cache=False).logits
+        return logits[:, -ids.shape[1]:]
+
+
+def git() -> ModelSpec:
+    """GIT: a CLIP vision tower's patches projected and put before the text in one BERT-like
+    transformer, whose mask lets the image attend within itself and the text to the image and
+    causally to itself; captioning by the next token."""
+    cfg = hf.GitConfig(vision_config=dict(_VISION), vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, use_cache=False, bos_token_id=1,
+                       eos_token_id=2)
+    return _caption(_seeded(lambda: _Git(hf.GitForCausalLM(cfg))), "git", _images)
+
+
+def _patch_boxes(output: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """A sigmoid loss on each patch's score for each text query, and the L1 distance of the
+    box each patch predicts (``target``: per patch, a label per query, then a box)."""
+    logits, boxes = output  # (batch, patches, queries), (batch, patches, 4)
+    queries = logits.shape[-1]
+    return (F.binary_cross_entropy_with_logits(logits, target[..., :queries])
+            + F.l1_loss(boxes, target[..., queries:]))
+
+
+def owlvit() -> ModelSpec:
+    """OWL-ViT open-vocabulary detection: a CLIP vision tower whose every patch predicts a box
+    (an MLP plus a bias from its grid position) and scores it against the text tower's
+    embedding of each query (2 per image), with a learned shift and scale per patch."""
+    text = dict(_TOWER, vocab_size=VOCAB, max_position_embeddings=SEQ, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = hf.OwlViTConfig(text_config=text,
+                          vision_config=dict(_VISION), projection_dim=32)
+    model = _seeded(lambda: _Output(hf.OwlViTForObjectDetection(cfg), ("input_ids", "pixel_values"),
+                                    ("logits", "pred_boxes")))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        queries = torch.randint(3, VOCAB, (n * BATCH * 2, SEQ), generator=g)
+        pixels = torch.randn(n * BATCH, 3, 16, 16, generator=g)
+        labels = (torch.rand(n * BATCH, 16, 2, generator=g) > 0.8).float()
+        return (queries, pixels), torch.cat([labels, torch.rand(n * BATCH, 16, 4, generator=g)], -1)
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_patch_boxes, batch=batch, name="owlvit")
+
+
+class _Mllama(nn.Module):
+    """Mllama taking (pixels, token ids) by position: one image of one tile per sample, which
+    every text position may attend to."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        b, n = ids.shape
+        ones = torch.ones(b, 1, dtype=torch.long)
+        return self.model(pixel_values=pixels[:, None, None], input_ids=ids, aspect_ratio_ids=ones,
+                          aspect_ratio_mask=ones[:, :, None], cross_attention_mask=ones[:, None, :, None].expand(b, n, 1, 1),
+                          use_cache=False).logits
+
+
+def mllama() -> ModelSpec:
+    """Mllama (Llama 3.2 Vision): a vision tower over tiles (gated position and tile
+    embeddings, a local and a gated global encoder, the hidden states of chosen layers
+    concatenated) read by a text decoder through gated cross-attention layers between its
+    self-attention ones."""
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1, num_attention_heads=4,
+                  image_size=16, patch_size=8, max_num_tiles=1, intermediate_layers_indices=[0], vision_output_dim=64,
+                  supported_aspect_ratios=[[1, 1]])
+    text = dict(vocab_size=VOCAB + 1, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, cross_attention_layers=[1], max_position_embeddings=64, use_cache=False,
+                pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = hf.MllamaConfig(vision_config=vision, text_config=text, image_token_index=VOCAB)
+
+    def build() -> nn.Module:
+        model = hf.MllamaForConditionalGeneration(cfg)
+        # the gates start at zero (tanh(0) = 0: the image reaches nothing, no gradient reaches
+        # the vision tower); open them as a trained model has
+        for name, p in model.named_parameters():
+            if name.endswith("gate"):
+                nn.init.constant_(p, 0.5)
+        return _Mllama(model)
+
+    return _caption(_seeded(build), "mllama", _images)
+
+
+def _detections(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+    """32 × 32 images and each one's objects (rows of class, cx, cy, w, h), as DETR's."""
+    g = generator(n, step, 0)
+    pixels = torch.randn(n * BATCH, 3, 32, 32, generator=g)
+    classes = torch.randint(0, DETR_CLASSES, (n * BATCH, DETR_OBJECTS, 1), generator=g)
+    centre = torch.rand(n * BATCH, DETR_OBJECTS, 2, generator=g) * 0.6 + 0.2
+    size = torch.rand(n * BATCH, DETR_OBJECTS, 2, generator=g) * 0.3 + 0.1
+    return (pixels,), torch.cat([classes.float(), centre, size], -1)
+
+
+def _sigmoid_set_loss(output: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """DETR's set loss for sigmoid class logits, which have no "no object" class: each gets a
+    zero logit in that place."""
+    logits, boxes = output
+    return _set_loss((torch.cat([logits, torch.zeros_like(logits[..., :1])], -1), boxes), target)
+
+
+def deformable_detr() -> ModelSpec:
+    """Deformable DETR: a ResNet's two stages (frozen batch norm) as two feature levels, and
+    multi-scale deformable attention in the encoder and the decoder: each query samples 2
+    points per head and level around its reference point (bilinear, ``grid_sample``) at
+    offsets and with weights it predicts; sigmoid class logits, the set loss."""
+    backbone = hf.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                               layer_type="basic", out_features=["stage1", "stage2"])
+    # 2 decoder layers: with one, loading ties the box heads of no other layer and fails
+    cfg = hf.DeformableDetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone=None,
+                                  backbone_config=backbone, num_queries=DETR_QUERIES, d_model=32, encoder_layers=1,
+                                  decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                                  encoder_ffn_dim=32, decoder_ffn_dim=32, num_feature_levels=2, encoder_n_points=2,
+                                  decoder_n_points=2, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                                  auxiliary_loss=False, num_labels=DETR_CLASSES)
+    model = _seeded(lambda: _Detr(hf.DeformableDetrForObjectDetection(cfg)))
+    # as DETR's: in training each encoder layer clamps its output if any of it is not finite,
+    # a branch on the data; with no dropout, evaluation mode differs in nothing else
+    for layer in model.model.model.encoder.layers:
+        layer.eval()
+    return ModelSpec(model=model, example_inputs=_detections(1)[0], loss_fn=_sigmoid_set_loss, batch=_detections,
+                     name="deformable-detr")
+
+
+class _Sam(nn.Module):
+    """SAM taking (pixels, one point per image) by position, the point a foreground one;
+    returns its 3 masks' logits and their predicted IoU."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(pixel_values=pixels, input_points=points,
+                         input_labels=torch.ones(points.shape[:3], dtype=torch.long), multimask_output=True)
+        return out.pred_masks[:, 0], out.iou_scores[:, 0]
+
+
+def _masks_and_iou(output: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """SAM's loss, small: each mask's per-pixel BCE, and the MSE of its predicted IoU to the
+    IoU it got."""
+    masks, iou = output  # (batch, 3, 32, 32), (batch, 3)
+    wanted = F.interpolate(target, size=masks.shape[-2:]).expand_as(masks)
+    got = (masks > 0).float()
+    actual = (got * wanted).sum((-1, -2)) / ((got + wanted).clamp(max=1).sum((-1, -2))).clamp(min=1)
+    return F.binary_cross_entropy_with_logits(masks, wanted) + F.mse_loss(iou, actual)
+
+
+def sam() -> ModelSpec:
+    """SAM: a ViT image encoder (windowed attention with relative positions, a global layer, a
+    conv neck), a prompt encoder (a point by random Fourier features), a two-way transformer
+    between the prompt's tokens and the image embedding, 3 masks from hypernetwork MLPs over
+    the embedding upsampled by transposed convs, and their predicted IoU."""
+    vision = dict(hidden_size=16, output_channels=16, num_hidden_layers=2, num_attention_heads=2, mlp_dim=32,
+                  image_size=32, patch_size=4, window_size=2, global_attn_indexes=[1], num_pos_feats=8,
+                  initializer_range=0.2)
+    prompt = dict(hidden_size=16, image_size=32, patch_size=4, mask_input_channels=4, image_embedding_size=8)
+    mask = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32, iou_head_hidden_dim=16,
+                num_multimask_outputs=3)
+    # weights drawn with a std of 0.02 give masks' logits near 1e-5: every gradient below the
+    # comparison's tolerance
+    cfg = hf.SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=mask,
+                       initializer_range=0.2)
+    model = _seeded(lambda: _Sam(hf.SamModel(cfg)))
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        g = generator(n, step, 0)
+        pixels = torch.randn(n * BATCH, 3, 32, 32, generator=g)
+        points = torch.rand(n * BATCH, 1, 1, 2, generator=g) * 32
+        return (pixels, points), (pixels.mean(1, keepdim=True) > 0).float()
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_masks_and_iou, batch=batch, name="sam")
+
 ZOO: dict[str, Callable[[], ModelSpec]] = {
     "t5": t5, "mixtral": mixtral, "qwen2-moe": qwen2_moe, "vit": vit, "convnext": convnext,
     "resnet": resnet, "wav2vec2": wav2vec2, "whisper": whisper, "gpt-neox": gpt_neox, "mistral": mistral, "qwen2": qwen2,
@@ -2062,6 +2465,10 @@ ZOO: dict[str, Callable[[], ModelSpec]] = {
     "kimi-linear": kimi_linear, "nemotron-h": nemotron_h, "hrm-text": hrm_text, "gemma4": gemma4, "zaya": zaya,
     "yoso": yoso, "pegasus-x": pegasus_x, "swiftformer": swiftformer, "mobilevitv2": mobilevitv2,
     "wav2vec2-bert": wav2vec2_bert, "t5gemma2": t5gemma2,
+    "patchtsmixer": patchtsmixer, "bigbird-pegasus": bigbird_pegasus, "granitemoehybrid": granitemoehybrid,
+    "dots1": dots1, "hunyuan-moe": hunyuan_moe, "poolformer": poolformer, "vivit": vivit,
+    "swin2sr": swin2sr, "upernet": upernet, "vit-mae": vit_mae, "yolos": yolos, "sew": sew, "xclip": xclip,
+    "git": git, "owlvit": owlvit, "mllama": mllama, "deformable-detr": deformable_detr, "sam": sam,
 }
 """Every zoo model by name: a fresh, identically initialised copy per call."""
 
