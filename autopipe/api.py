@@ -232,7 +232,7 @@ def _profile(graph: Graph, profile: str | os.PathLike[str] | Profile, args: tupl
         raise PlanError(f"profile={profile!r} is neither a mode nor a file",
                         hint=f"use {' or '.join(PROFILE_MODES)}, a Profile, or a profile .json path")
     check_profile(graph, prof)
-    return prof.with_remakable(graph)
+    return prof.with_marks(graph)
 
 
 def check_profile(graph: Graph, profile: Profile) -> None:

@@ -189,13 +189,18 @@ def test_profiles_keep_the_mark_and_old_ones_take_it_from_the_model(
     graph, profile = llama
     marked = [n.name for n in profile.nodes if n.remakable]
     assert marked == [n.name for n in graph.nodes if n.remakable]
+    # and those without a gradient ([Note: values without a gradient]): more than those
+    gradless = [n.name for n in profile.nodes if n.no_grad]
+    assert gradless == [n.name for n in graph.nodes if n.no_grad] and set(marked) < set(gradless)
     profile.save(tmp_path / "p.json")
     data = json.loads((tmp_path / "p.json").read_text())
     assert [n["name"] for n in data["nodes"] if "remakable" in n] == marked
+    assert [n["name"] for n in data["nodes"] if "no_grad" in n] == gradless
     assert Profile.load(tmp_path / "p.json") == profile
-    old = dataclasses.replace(profile, nodes=tuple(dataclasses.replace(n, remakable=False) for n in profile.nodes))
-    assert old.with_remakable(graph) == profile
-    assert profile.with_remakable(graph) is profile
+    old = dataclasses.replace(profile, nodes=tuple(dataclasses.replace(n, remakable=False, no_grad=False)
+                                                   for n in profile.nodes))
+    assert old.with_marks(graph) == profile
+    assert profile.with_marks(graph) is profile
 
 
 def test_auto_is_never_slower_than_sending_every_value(llama: tuple[autopipe.Graph, Profile]) -> None:

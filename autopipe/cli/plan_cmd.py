@@ -283,7 +283,7 @@ def _profile(args: argparse.Namespace, spec: ModelSpec) -> tuple[Graph, Profile]
         except PlanMismatchError as e:
             raise explain_mismatch(
                 e, profile, args.profile, build_record(args.spec, args.spec_arg, spec.model)) from None
-        return graph, profile.with_remakable(graph)
+        return graph, profile.with_marks(graph)
     loss = {"loss_fn": spec.loss_fn, "target": example_target(spec)}
     if args.device_spec or on_meta:
         return graph, estimate(graph, spec.example_inputs, spec.example_kwargs,

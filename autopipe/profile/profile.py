@@ -60,7 +60,12 @@ class NodeProfile:
     """Whether a later stage that reads the value may make it again instead of receiving it
     (``NodeInfo.remakable``; [Note: values made again] in ``autopipe.trace.remade``).
     Profiles written before it read as sending every value; a planner that has the model
-    reads it from the model (``with_remakable``)."""
+    reads it from the model (``with_marks``)."""
+    no_grad: bool = False
+    """Whether its value surely has no gradient (``NodeInfo.no_grad``; [Note: values without
+    a gradient] in ``autopipe.trace.no_grad``): a cut may send it forward only. Profiles
+    written before it read as every value having one; a planner that has the model reads it
+    from the model (``with_marks``)."""
 
     def is_linear(self) -> bool:
         """A linear layer (profiles written before ``linear`` existed: by an ``aten.linear``
@@ -136,13 +141,16 @@ class Profile:
             if src not in known or dst not in known:
                 raise ProfileError(f"edge {src}→{dst} names an unknown node", hint="re-profile the model")
 
-    def with_remakable(self, graph: Graph) -> Profile:
-        """This profile, each node's ``remakable`` read from ``graph`` (the traced model it was
-        made for): a profile written before the field existed plans as a new one does."""
-        marked = {n.name for n in graph.nodes if n.remakable}
-        if all(n.remakable == (n.name in marked) for n in self.nodes):
-            return self
-        return replace(self, nodes=tuple(replace(n, remakable=n.name in marked) for n in self.nodes))
+    def with_marks(self, graph: Graph) -> Profile:
+        """This profile, each node's ``remakable`` and ``no_grad`` read from ``graph`` (the
+        traced model it was made for): a profile written before the fields existed plans as a
+        new one does."""
+        marks = {n.name: (n.remakable, n.no_grad) for n in graph.nodes}
+        nodes = []
+        for n in self.nodes:
+            remakable, no_grad = marks.get(n.name, (False, False))
+            nodes.append(replace(n, remakable=remakable, no_grad=no_grad))
+        return self if tuple(nodes) == self.nodes else replace(self, nodes=tuple(nodes))
 
     @property
     def by_name(self) -> dict[str, NodeProfile]:
@@ -230,7 +238,7 @@ class Profile:
 
 def _node_json(n: NodeProfile) -> dict[str, Any]:
     out = {**asdict(n), "params": list(n.params), "shared_params": list(n.shared_params)}
-    for f in ("embedding", "linear", "scratch_bytes", "remakable"):
+    for f in ("embedding", "linear", "scratch_bytes", "remakable", "no_grad"):
         if not out[f]:  # the files of models without one stay as they were
             del out[f]
     return out
@@ -248,5 +256,5 @@ def node_profile(graph: Graph, name: str, *, forward_s: float, backward_input_s:
         param_bytes=sum(graph.param_bytes[p] for p in info.params),
         params=info.params, shared_params=info.shared_params, is_tensor=info.is_tensor,
         embedding=info.embedding, linear=info.linear, scratch_bytes=int(scratch_bytes),
-        remakable=info.remakable,
+        remakable=info.remakable, no_grad=info.no_grad,
     )

@@ -25,6 +25,7 @@ from autopipe.trace._module_to import own_dtype_conversions_kept
 from autopipe.trace._quick import quick_export, unguarded_module
 from autopipe.trace._vmap import fold_vmap_regions
 from autopipe.trace.graph import Graph, NodeInfo, target_name
+from autopipe.trace.no_grad import no_grad_nodes
 from autopipe.trace.remade import remakable_nodes
 
 _MAX_REASON = 300
@@ -480,6 +481,8 @@ def _build(
     remakable = remakable_nodes(gm, (n.name for n in infos if n.params or n.shared_params),
                                 {n.name for n in infos if n.is_tensor})
     infos = [replace(n, remakable=True) if n.name in remakable else n for n in infos]
+    gradless = no_grad_nodes(infos)
+    infos = [replace(n, no_grad=True) if n.name in gradless else n for n in infos]
     unused = [p for p in param_bytes if p not in owned]
     if unused:
         # parameters no node reads are owned by the output node so that totals stay true

@@ -56,6 +56,10 @@ class NodeInfo:
     """Depends on no model input, parameter or random draw, and nothing writes it in place
     (a causal mask, rotary tables): a later stage that reads it may make it again instead of
     receiving it ([Note: values made again] in ``autopipe.trace.remade``)."""
+    no_grad: bool = False
+    """Its value surely has no gradient: not a floating-point tensor, or it reads no
+    parameter, directly or through the nodes it reads (a mask, position ids) ([Note: values
+    without a gradient] in ``autopipe.trace.no_grad``)."""
 
     @property
     def top_level(self) -> bool:
