@@ -70,6 +70,11 @@ class Send:
     """Name of the node that produces it."""
     bytes: int
     to_stage: int
+    forward_only: bool = False
+    """It has no gradient and travels in a message of its own, nothing coming back for it
+    (``autopipe.partition.problem.Problem.forward_only``); else in the message of the values
+    with a gradient ([Note: what a cut sends] in ``autopipe.schedule.traffic``). Written only
+    where True."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,7 +97,8 @@ class Stage:
     backward_weight_s: float = 0.0
     """The weight-gradient part of ``backward_s`` (zero-bubble schedules split it off)."""
     comm_s: float = 0.0
-    """Time to send and receive this stage's boundary tensors, per micro-batch."""
+    """Time to send and receive this stage's boundary tensors and their gradients, per
+    micro-batch: their bytes over the link, both ways (no latency)."""
     optimizer_s: float = 0.0
     """Once per step, after its last backward: the optimizer step over the parameters the
     stage holds, at the profile's rates (0 in plans from profiles without them)."""
@@ -339,6 +345,9 @@ def _stage_json(stage: Stage) -> dict[str, Any]:
         del out["memory"]["workspace"]
     if not stage.memory.batch:
         del out["memory"]["batch"]
+    for send in out["sends"]:
+        if not send["forward_only"]:
+            del send["forward_only"]
     return out
 
 

@@ -22,7 +22,10 @@ def _sends(stage: Stage) -> str:
     if not stage.sends:
         return "-"
     total = sum(s.bytes for s in stage.sends)
-    return f"{len(stage.sends)} → {stage.sends[0].to_stage} ({format_size(total)})"
+    alone = [s for s in stage.sends if s.forward_only]
+    # [Note: what a cut sends]: those without a gradient that go forward only, in a message of their own
+    own = f"; {len(alone)} forward only ({format_size(sum(s.bytes for s in alone))})" if alone else ""
+    return f"{len(stage.sends)} → {stage.sends[0].to_stage} ({format_size(total)}{own})"
 
 
 def _limit(plan: Plan, stage: Stage) -> str:

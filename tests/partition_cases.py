@@ -40,10 +40,14 @@ def times(most: float) -> st.SearchStrategy[float]:
 
 
 @st.composite
-def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6, tables: bool = False) -> Profile:
+def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6, tables: bool = False,
+             no_grad: bool = False) -> Profile:
     """A placeholder ``x``, ``n`` computing nodes on a random DAG, and an output node.
     ``tables``: some nodes read no input and no parameter, only other such nodes (or
-    nothing): values a stage may make again ([Note: values made again])."""
+    nothing): values a stage may make again ([Note: values made again]). ``no_grad``: the
+    nodes' values without a gradient are marked, as the trace marks them (the input, and
+    what reads no parameter and only such values), and some others (an integer result)
+    ([Note: values without a gradient])."""
     n = draw(st.integers(min_nodes, max_nodes))
     names = ["x"] + [f"n{i}" for i in range(n)]
     nodes = [NodeProfile(name="x", op="placeholder", target="x", module="", forward_s=0.0,
@@ -93,6 +97,16 @@ def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6, tables: bo
         for s in srcs:
             edges.append((s, name, out_bytes[s]))
             read.add(s)
+    if no_grad:
+        inputs: dict[str, list[str]] = {}
+        for src, dst, _ in edges:
+            inputs.setdefault(dst, []).append(src)
+        marked: set[str] = set()
+        for k, node in enumerate(nodes):
+            if (not node.params and not node.shared_params and all(a in marked for a in inputs.get(node.name, ()))) \
+                    or (node.op != "placeholder" and draw(st.integers(0, 3)) == 0):
+                marked.add(node.name)
+                nodes[k] = dataclasses.replace(node, no_grad=True)
     sinks = [nm for nm in names[1:] if nm not in read] or [names[-1]]
     nodes.append(NodeProfile(name="output", op="output", target="output", module="", forward_s=0.0,
                              backward_input_s=0.0, backward_weight_s=0.0, activation_bytes=0,
@@ -114,14 +128,15 @@ def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6, tables: bo
 @st.composite
 def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
           schedules: tuple[str, ...] = ("1f1b", "gpipe"), recompute: tuple[str, ...] = ("none",),
-          remake: tuple[str, ...] = ("none",)) -> Case:
+          remake: tuple[str, ...] = ("none",), no_grad: bool = False) -> Case:
     """A random profile and a random pipeline for it (memory limits sometimes too small).
 
     A zb-h1 pipeline gets a micro-batch count its rounds divide (``check_schedule``).
     ``recompute``: the recomputation modes to draw from; ``remake``: the modes of values
-    made again to draw from (other than ``none``: the profile has some).
+    made again to draw from (other than ``none``: the profile has some); ``no_grad``: the
+    profile marks values without a gradient, some of which go forward only.
     """
-    profile = draw(profiles(max_nodes=max_nodes, tables=remake != ("none",)))
+    profile = draw(profiles(max_nodes=max_nodes, tables=remake != ("none",), no_grad=no_grad))
     p = draw(st.sampled_from([2, 3, 1][: max_stages] if max_stages < 3 else [2, 3, 1]))
     optimizer = draw(st.sampled_from(["adam", "sgd"]))
     total = sum(param_memory(b, optimizer=optimizer).total for b in profile.params.values())
@@ -132,7 +147,8 @@ def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
         memory = 0 if kind == 0 else int(total * draw(st.floats(0.05, 1.0)))
         speed = draw(st.sampled_from([1.0, 1.0, 0.5, 2.0]))
         devices.append(Device(name=f"d{i}", memory=memory, speed=speed))
-    bw = draw(st.sampled_from([math.inf, 1e4, 1e5]))
+    # with values without a gradient, links that cost something, so that some go forward only
+    bw = draw(st.sampled_from([1e4, 1e5] if no_grad else [math.inf, 1e4, 1e5]))
     m = draw(st.integers(1, 6))
     schedule = draw(st.sampled_from(list(schedules)))
     if schedule == "zb-h1":
@@ -141,8 +157,8 @@ def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
     # each stage's optimizer step: none, per tensor only, or per tensor and per byte
     step = draw(st.sampled_from([(0.0, 0.0), (0.5, 0.0), (0.2, 1e-4)]))
     # the runtime's per-action work, send latency and per-step work: none, or some
-    runtime = draw(st.sampled_from([{}, {"forward_overhead_s": 0.05, "backward_overhead_s": 0.08,
-                                         "send_latency_s": 0.03, "step_overhead_s": 0.2}]))
+    some = {"forward_overhead_s": 0.05, "backward_overhead_s": 0.08, "send_latency_s": 0.03, "step_overhead_s": 0.2}
+    runtime = draw(st.sampled_from([some] if no_grad else [{}, some]))
     config = Config(num_stages=p, microbatches=m, schedule=schedule, devices=tuple(devices),
                     link_bandwidth=bw, optimizer_step=step,
                     forward_overhead_s=runtime.get("forward_overhead_s", 0.0),
@@ -158,13 +174,14 @@ def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
 @st.composite
 def chunked_cases(draw: st.DrawFn, max_nodes: int = 6,
                   schedules: tuple[str, ...] = ("interleaved-1f1b", "zbv"),
-                  recompute: tuple[str, ...] = ("none",), remake: tuple[str, ...] = ("none",)) -> Case:
+                  recompute: tuple[str, ...] = ("none",), remake: tuple[str, ...] = ("none",),
+                  no_grad: bool = False) -> Case:
     """A random profile planned as 2 ranks × 2 chunks ([Note: chunks]) with one of
     ``schedules``, each rank's device (memory limit and speed) shared by its chunks; a
     micro-batch count the schedule's rounds divide (dualpipev: at least its 4 chunks).
-    ``recompute``, ``remake``: the modes to draw from (as ``cases``)."""
+    ``recompute``, ``remake``, ``no_grad``: as ``cases``."""
     case = draw(cases(max_nodes=max_nodes, max_stages=2, schedules=("1f1b",), recompute=recompute,
-                      remake=remake))
+                      remake=remake, no_grad=no_grad))
     cfg = case.config
     ranks = cfg.devices if len(cfg.devices) == 2 else (cfg.devices[0], draw(st.sampled_from(
         [cfg.devices[0], dataclasses.replace(cfg.devices[0], name="d1", speed=0.5)])))
@@ -190,7 +207,7 @@ def check_rows(model: Any, values: dict[str, float], ev: Any) -> None:
         elif name.startswith("tied_count_"):  # at least k - 1 levels for k holders
             assert row.value(values) >= -1 - 1e-9
         else:  # every other row holds as ">= 0" or "<= 0" at the warm values
-            assert row.value(values) >= -1e-9 if name.startswith(("cross", "hold", "tied_order", "remake")) \
+            assert row.value(values) >= -1e-9 if name.startswith(("cross", "hold", "tied_order", "remake", "alone")) \
                 else row.value(values) <= 1e-9, name
     for s, peak in peaks.items():
         assert abs(peak - ev.stages[s].memory / ev.stages[s].limit) <= 1e-9 * max(1.0, abs(peak)), s

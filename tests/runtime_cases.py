@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,10 @@ class Case:
     remake: str = "auto"
     """Which values that depend on no input the planner has a reading stage make again
     ([Note: values made again]; ``all``: every one)."""
+    links: tuple[float, float] | None = None
+    """The send latency and link bandwidth the planner prices (else the estimate's: none and
+    the device's); (1e-7, 1e9) sends every value without a gradient of more than 100 bytes
+    forward only ([Note: values without a gradient])."""
 
     @property
     def name(self) -> str:
@@ -88,7 +92,8 @@ class Case:
                 + ("" if self.tied_sync else "-untied")
                 + ("" if self.recompute == "none" else f"-recompute-{self.recompute}")
                 + ("" if self.max_blocks == DEFAULT_MAX_BLOCKS else f"-blocks{self.max_blocks}")
-                + ("" if self.remake == "auto" else f"-remake-{self.remake}"))
+                + ("" if self.remake == "auto" else f"-remake-{self.remake}")
+                + ("" if self.links is None else "-forward-only"))
 
     @property
     def world_size(self) -> int:
@@ -114,6 +119,10 @@ class Case:
                                   loss_fn=spec.loss_fn, target=example_target(spec))
             else:
                 profile = estimate(graph, spec.example_inputs, spec.example_kwargs, progress=False)
+            bandwidth = None
+            if self.links is not None:
+                profile = replace(profile, runtime={**profile.runtime, "send_latency_s": self.links[0]})
+                bandwidth = self.links[1]
             if self.replicas > 1:
                 size = int(spec.example_inputs[0].shape[0])
                 return plan_degrees(profile, gpus=self.world_size, stages=self.stages,
@@ -122,7 +131,7 @@ class Case:
                                     placements=(self.placement,), method="ilp", remake=self.remake)
             return plan_profile(profile, num_stages=self.stages, microbatches=self.microbatches,
                                 schedule=self.schedule, method="ilp", recompute=self.recompute,
-                                max_blocks=self.max_blocks, remake=self.remake)
+                                max_blocks=self.max_blocks, remake=self.remake, link_bandwidth=bandwidth)
         return hand_plan(graph, self.stages, microbatches=self.microbatches, schedule=self.schedule,
                          ranks=self.ranks)
 
@@ -184,6 +193,12 @@ CASES = {c.name: c for c in [
     Case("llama", 2, "dualpipev", remake="all"),
     Case("llama", 2, recompute="full", remake="all"),  # next to recomputed regions
     Case("llama", 2, replicas=2, remake="all"),  # each replica's stages
+    # the mask, positions and rotary tables sent forward only, in a message of their own,
+    # nothing coming back for them ([Note: values without a gradient])
+    Case("llama", 2, remake="none", links=(1e-7, 1e9)),
+    Case("llama", 4, remake="none", links=(1e-7, 1e9)),
+    Case("bert", 2, "dualpipev", remake="none", links=(1e-7, 1e9)),
+    Case("gpt2", 2, "zb-h1", remake="none", links=(1e-7, 1e9)),
 ]}
 
 

@@ -318,3 +318,13 @@ def test_chunks_making_values_again_ilp_equals_brute_force_and_encodes_the_cost_
     costs.evaluate's, and its optimum is brute force's."""
     _check_model(case)
     _check_ilp(case)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunked_cases(max_nodes=5, schedules=("interleaved-1f1b", "zbv", "dualpipev"), no_grad=True))
+def test_chunks_sending_values_forward_only_ilp_equals_brute_force_and_encodes_the_cost_model(case: Case) -> None:
+    """Values without a gradient, those larger than a send latency's worth of bytes going
+    forward only ([Note: values without a gradient]), between chunks (a V's tip hands them
+    over in memory): the MIP's rows equal costs.evaluate's, and its optimum is brute force's."""
+    _check_model(case)
+    _check_ilp(case)

@@ -81,6 +81,17 @@ def test_values_made_again_are_encoded_and_optimal(case: Case, warm: bool) -> No
     _finds_the_optimum(case, warm)
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(schedules=("1f1b", "gpipe", "zb-h1"), no_grad=True), st.booleans())
+def test_values_sent_forward_only_are_encoded_and_optimal(case: Case, warm: bool) -> None:
+    """Random DAGs whose values without a gradient are marked; those larger than a send
+    latency's worth of bytes go forward only, in a message of their own, nothing coming
+    back ([Note: values without a gradient]): the MIP's rows equal costs.evaluate's, and its
+    optimum is brute force's."""
+    _encodes(case)
+    _finds_the_optimum(case, warm)
+
+
 def _finds_the_optimum(case: Case, warm: bool) -> None:
     problem = case.problem()
     if problem.num_real < problem.config.num_stages:

@@ -33,18 +33,34 @@ def test_longest_path_is_the_simulated_step(p: int, m: int, schedule: str, data:
     bi = data.draw(st.lists(costs, min_size=p, max_size=p))
     w = data.draw(st.lists(costs, min_size=p, max_size=p))
     c = data.draw(st.lists(costs, min_size=p - 1, max_size=p - 1))
+    # the gradients back take their own time, or (None) the same as the values forward
+    r = data.draw(st.none() | st.lists(costs, min_size=p - 1, max_size=p - 1))
     sim = simulate([StageCost(forward_s=f[s], backward_input_s=bi[s], backward_weight_s=w[s],
-                              send_s=c[s] if s < p - 1 else 0.0) for s in range(p)],
+                              send_s=c[s] if s < p - 1 else 0.0,
+                              return_s=None if r is None else r[s] if s < p - 1 else 0.0) for s in range(p)],
                    schedule=schedule, microbatches=m)
     b = [x + y for x, y in zip(bi, w)]  # the whole backward; the timeline splits W off itself
-    length, count = longest_path(schedule, f, b, w, c, m)
+    length, count = longest_path(schedule, f, b, w, c, m, returns=r)
     assert math.isclose(length, sim.iteration_s, rel_tol=1e-9, abs_tol=1e-9)
-    assert math.isclose(path_length(schedule, count, f, b, w, c), length, rel_tol=1e-12, abs_tol=1e-12)
+    assert math.isclose(path_length(schedule, count, f, b, w, c, returns=r), length, rel_tol=1e-12, abs_tol=1e-12)
+    assert len(count[3]) == 2 * (p - 1)  # sends forward, then back
+    if r is None:  # the same times both ways: as the costs were before they could differ
+        assert longest_path(schedule, f, b, w, c, m, returns=c) == (length, count)
     if not splits_backward(schedule):
         assert not any(count[2])
     # every other known path is a lower bound
-    for other in seed_paths(schedule, p, m) + nearby_paths(schedule, f, b, w, c, m):
-        assert path_length(schedule, other, f, b, w, c) <= length * (1 + 1e-12) + 1e-12
+    for other in seed_paths(schedule, p, m) + nearby_paths(schedule, f, b, w, c, m, returns=r):
+        assert path_length(schedule, other, f, b, w, c, returns=r) <= length * (1 + 1e-12) + 1e-12
+
+
+def test_the_way_forward_and_the_way_back_each_take_their_own_time() -> None:
+    """1F1B on 2 stages, 2 micro-batches, every F and B 1 s: the step is 6 s plus the second
+    micro-batch's send forward (c) and its gradients' send back (r), each once."""
+    f, b, w = [1.0, 1.0], [1.0, 1.0], [0.0, 0.0]
+    for c, r in [(0.0, 0.0), (0.0, 0.5), (0.5, 0.0), (0.25, 0.5)]:
+        step, count = longest_path("1f1b", f, b, w, [c], 2, returns=[r])
+        assert math.isclose(step, 6.0 + c + r)
+        assert count[3] == (1, 1) or c == r == 0.0
 
 
 def test_equal_stages_give_the_classic_formula() -> None:

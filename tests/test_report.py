@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autopipe._units import format_seconds
+from autopipe._units import format_seconds, format_size
 from autopipe.partition import plan_profile
 from autopipe.partition.synthetic import synthetic_profile
 from autopipe.report import format_plan
@@ -92,3 +92,15 @@ def test_headline_says_which_stages_make_values_again() -> None:
     assert remade_lines(sent) == [f"values of no input sent: making them again where faster than a link, "
                                   f"the best plan takes {format_seconds(1.1 * step)} (+10.0%)"]
     assert remade_lines(sent)[0] in format_plan(sent)
+
+
+def test_the_sends_say_which_go_forward_only() -> None:
+    import dataclasses
+
+    plan = plan_profile(synthetic_profile(60, seed=1), num_stages=3, memory_limit="4GiB")
+    first = plan.stages[0]
+    assert "forward only" not in format_plan(plan)
+    sends = (dataclasses.replace(first.sends[0], forward_only=True), *first.sends[1:])
+    text = format_plan(dataclasses.replace(plan, stages=(dataclasses.replace(first, sends=sends), *plan.stages[1:])))
+    line = next(x for x in text.splitlines() if x.strip().startswith("sends:"))
+    assert line.endswith(f"; 1 forward only ({format_size(first.sends[0].bytes)}))")

@@ -22,15 +22,16 @@ from autopipe.runtime.packing import (
 )
 from autopipe.runtime.prepare import prepare
 from autopipe.runtime.split import Split, split_graph
+from autopipe.schedule.plan_costs import traffic
 
 from .conftest import ROOT
-from .runtime_cases import Case, pipeline_backward
+from .runtime_cases import CASES, Case, pipeline_backward
 from .runtime_plans import plan_from_cuts
 
 
 def _small(kinds: list[Kind | None]) -> list[Group]:
-    """``pack_groups`` of values of 8 bytes each."""
-    return pack_groups(kinds, [8] * len(kinds))
+    """``pack_groups`` of values none of which the plan marks as going forward only."""
+    return pack_groups(kinds)
 
 
 def test_a_cut_is_one_message_per_dtype_with_a_gradient_and_the_rest_travel_in_the_first() -> None:
@@ -46,16 +47,16 @@ def test_a_cut_is_one_message_per_dtype_with_a_gradient_and_the_rest_travel_in_t
     assert _small([f, None]) == [] and _small([i]) == []
 
 
-def test_large_values_without_a_gradient_travel_in_a_message_of_their_own() -> None:
-    f, g, b = (torch.float32, True), (torch.float32, False), (torch.bool, False)
-    mib = 1 << 20
-    # a mask beside the hidden states joins them; an ALiBi bias larger than both does not
-    assert pack_groups([f, b], [4 * mib, mib]) == [Group(torch.float32, (1, 0))]
-    assert pack_groups([f, b], [mib // 2, mib]) == [Group(torch.float32, (1, 0))]  # up to 1 MiB
-    assert pack_groups([f, b], [mib, mib + 1]) == []  # each alone
-    assert pack_groups([f, b], [16 * mib, 2 * mib]) == [Group(torch.float32, (1, 0))]  # up to an eighth
-    assert pack_groups([f, b], [16 * mib, 2 * mib + 1]) == []
-    assert pack_groups([b, f, g], [16 * mib, 4 * mib, 4 * mib]) == [Group(torch.uint8, (0, 2))]
+def test_values_the_plan_sends_forward_only_travel_in_a_message_of_their_own() -> None:
+    f, g, i, b = (torch.float32, True), (torch.float32, False), (torch.int64, False), (torch.bool, False)
+    # unmarked, a mask joins the hidden states, however large; marked, it travels alone
+    assert pack_groups([f, b]) == pack_groups([f, b], [False, False]) == [Group(torch.float32, (1, 0))]
+    assert pack_groups([f, b], [False, True]) == []  # each alone
+    assert pack_groups([b, f, g], [True, False, False]) == [Group(torch.float32, (1, 2))]
+    assert pack_groups([b, f, g], [True, False, True]) == [Group(torch.uint8, (0, 2))]
+    # a mark on a value with a gradient is no mark; where none has one, all travel together
+    assert pack_groups([f, f, b], [True, False, False]) == [Group(torch.float32, (2, 0, 1))]
+    assert pack_groups([i, b], [True, False]) == [Group(torch.uint8, (0, 1))]
 
 
 def test_unpacked_values_are_views_whose_gradients_come_back_as_one_tensor() -> None:
@@ -173,15 +174,18 @@ class _TwoPrecisions(nn.Module):
         return (h + low.float() + x) * i.float().unsqueeze(1)
 
 
-def _split_before_relu(model: nn.Module) -> tuple[Split, Split, list[StageMeta], list[StageMeta], list[torch.Tensor]]:
-    """``model`` traced at a batch of 4 and split in 2 before its relu: packed (and its metas),
-    and as it is (and its metas), and the inputs."""
+def _split_before_relu(model: nn.Module, alone: frozenset[str] = frozenset()
+                       ) -> tuple[Split, Split, list[StageMeta], list[StageMeta], list[torch.Tensor]]:
+    """``model`` traced at a batch of 4 and split in 2 before its relu: packed (and its metas;
+    ``alone``: the values a plan marks as going forward only), and as it is (and its metas),
+    and the inputs."""
     inputs = [torch.randn(4, 6), torch.arange(4)]
     graph = autopipe.trace(model, tuple(inputs))
     cut = next(i for i, n in enumerate(graph.nodes) if n.target.endswith("relu")) - 1
     plan = plan_from_cuts(graph, [cut])
     packed, loose = split_graph(graph, plan), split_graph(graph, plan)
-    return packed, loose, pack_cuts(packed, stage_metas(packed, inputs)), stage_metas(loose, inputs), inputs
+    metas = pack_cuts(packed, stage_metas(packed, inputs), alone)
+    return packed, loose, metas, stage_metas(loose, inputs), inputs
 
 
 def _same_gradients(model: nn.Module, packed: Split, loose: Split, inputs: list[torch.Tensor]) -> None:
@@ -219,13 +223,19 @@ class _LargeWithoutGradients(nn.Module):
         return (h + x) * (mask.float().mean() + many.float().mean())
 
 
-def test_large_values_without_gradients_cross_as_one_message_of_bytes() -> None:
+@pytest.mark.parametrize("marked", [False, True], ids=["joined", "forward-only"])
+def test_large_values_without_gradients_cross_as_one_message_of_bytes(marked: bool) -> None:
     model = _LargeWithoutGradients()
-    packed, loose, metas, loose_metas, inputs = _split_before_relu(model)
+    probe = autopipe.trace(model, (torch.randn(4, 6), torch.arange(4)))
+    large = frozenset(n.name for n in probe.nodes if n.no_grad and n.output_bytes == 2 << 20)
+    assert len(large) == 2  # the mask and the integers, surely without a gradient
+    packed, loose, metas, loose_metas, inputs = _split_before_relu(model, large if marked else frozenset())
     assert len(loose_metas[0].outputs) == 4  # h, mask, many and x
     kinds = sorted(((t.dtype, t.requires_grad, t.numel()) for t in metas[0].outputs), key=str)
-    # h alone; the mask, the integers and x (an input: no gradient) as one message of their bytes
-    assert kinds == [(torch.float32, True, 24), (torch.uint8, False, 2 * (1 << 21) + 24 * 4)]
+    if marked:  # h with x (an input: no gradient, zeros back); the mask and the integers as bytes
+        assert kinds == [(torch.float32, True, 48), (torch.uint8, False, 2 * (1 << 21))]
+    else:  # one message: their zeros come back
+        assert kinds == [(torch.float32, True, 48 + (1 << 21) // 4 + (1 << 21) // 4)]
     _same_gradients(model, packed, loose, inputs)
 
 
@@ -262,3 +272,27 @@ def test_the_benchmark_prints_each_way(mixed: list[str]) -> None:
     assert [r.split("KiB")[1].split("  ")[1].strip() for r in rows] == ["one tensor", "packed", "one by one"]
     assert all(float(r.split()[-1]) > 0 and float(r.split()[-2]) > 0 for r in rows)  # / one tensor, pred/med
     assert len({r.split(" ms")[0].split()[-1] for r in rows[1:]}) == 1  # packed, one by one: one plan, one prediction
+
+
+FORWARD_ONLY = [c for c in CASES.values() if c.links is not None]
+
+
+@pytest.mark.parametrize("case", [*FORWARD_ONLY, CASES["unet-4-1f1b"], CASES["gpt2-2-1f1b"], CASES["bert-2-zbv"]],
+                         ids=lambda c: c.name)
+def test_each_cut_sends_the_messages_its_plan_prices(case: Case) -> None:
+    """The plan's traffic ([Note: what a cut sends]) is what the prepared stages send: per
+    cut, one message forward, two where a value the plan marks goes forward only, and one
+    back; the bytes back are those of the messages with a gradient."""
+    spec, graph, plan = case.build()
+    prepared = prepare(spec, plan, case.world_size, graph)
+    cuts = traffic(plan)
+    assert messages_per_cut(prepared.metas) == [(t.forward_messages, t.back_messages) for t in cuts]
+    for b, (meta, cut) in enumerate(zip(prepared.metas, cuts)):
+        sent = [t.numel() * t.element_size() for t in meta.outputs]
+        back = [n for n, t in zip(sent, meta.outputs) if t.requires_grad]
+        # a message pads each value of another dtype than its own to 16 bytes
+        pad = 16 * sum(1 for st in plan.stages for x in st.sends if st.index <= b < x.to_stage)
+        assert cut.forward_bytes <= sum(sent) <= cut.forward_bytes + pad
+        assert cut.back_bytes <= sum(back) <= cut.back_bytes + pad
+    if case.links is not None:  # the cases send some values forward only
+        assert any(t.forward_messages == 2 for t in cuts)

@@ -8,12 +8,15 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
 
     boundary b (between stages b and b+1) carries X_b bytes: every value made in a
     stage ≤ b and read in a stage > b (a skip value pays at each boundary it passes);
-    sending them takes c_b = X_b / bandwidth, on the link, each way.
+    sending them takes c_b = X_b / bandwidth + latency (twice the latency where a value
+    crosses that goes forward only: no gradient, more than ``Config.join_bytes``), and
+    their gradients come back in r_b = Y_b / bandwidth + latency, Y_b the bytes of X_b less
+    those that go forward only ([Note: what a cut sends] in ``autopipe.schedule.traffic``).
 
     stage s:  F_s = Σ forward / speed_s           B_s = Σ (backward input + weight) / speed_s
                                                   W_s = Σ backward weight / speed_s (part of B_s)
               memory_s = Σ_{params read} (param + grad + optimizer states)
-                       + m·(X_{s-1} + X_s)           (receive buffers, activations and gradients,
+                       + m·(X_{s-1} + Y_s)           (receive buffers, activations and gradients,
                                                       one per micro-batch: [Note: the pipeline's buffers])
                        + m·(inputs on stage 0, target on the last stage)  (the step's batch:
                                                       [Note: the batch a rank holds])
@@ -30,7 +33,7 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
                              Σ_{params read} optimizer step's temporaries)   (the step runs when no
                                activation is held: [Note: the optimizer step's temporaries])
 
-    iteration = the schedule's step time with these F_s, B_s, W_s and c_b — the longest
+    iteration = the schedule's step time with these F_s, B_s, W_s, c_b and r_b — the longest
                 path of its task DAG ([Note: the step time is a longest path]; only zb-h1
                 runs W_s as a task of its own), which is what the simulator computes; for
                 equal stages and 1F1B it is Σ_s T_s + (m−1)·max_s T_s
@@ -101,8 +104,8 @@ torch's ``PipelineStage`` makes, the first time it runs, a receive buffer per mi
 for each tensor it receives: the activations from the stage before (``args_recv_info``)
 and the gradients from the stage after (``grad_recv_info``), and keeps them for the rest
 of training (a V's tip hands its tensors over in memory and fills the same slots). A
-stage therefore holds m·(X_{s-1} + X_s) whatever its schedule, during the optimizer step
-too. It also keeps each forward's outputs (``fwd_cache``) until that micro-batch's
+stage therefore holds m·(X_{s-1} + Y_s) whatever its schedule, during the optimizer step
+too (Y_s: the gradients' bytes; a message that goes forward only has none). It also keeps each forward's outputs (``fwd_cache``) until that micro-batch's
 backward: X_s more per micro-batch in flight, counted with the activations (not at a V's
 tip, where the next chunk's slot is that tensor). Counted storage by storage on 2 gloo
 ranks (2026-12-04, 8 micro-batches; figures beyond the parameters, predicted with
@@ -137,6 +140,7 @@ from dataclasses import dataclass
 
 from autopipe.partition.problem import REGION_SPAN, Problem
 from autopipe.partition.timeline import Count, longest_path, splits_backward
+from autopipe.schedule.traffic import Traffic, cut_traffic
 
 MEMORY_HEADROOM = 1e-6
 """Every method leaves this fraction of each device free: the MIP solver's feasibility
@@ -158,10 +162,13 @@ class StageCost:
     """Input + weight gradients."""
     backward_weight_s: float
     comm_s: float
-    """Sending and receiving activations and gradients at both boundaries, per micro-batch:
-    2·(c_{s-1} + c_s)."""
+    """Sending and receiving activations and gradients at both boundaries, per micro-batch,
+    their bytes over the link (no latency): (X_{s-1} + Y_{s-1} + X_s + Y_s) / bandwidth."""
     send_s: float
-    """c_s: one-way link time to the next stage, per micro-batch."""
+    """c_s: link time to the next stage, per micro-batch (its messages' latencies included)."""
+    return_s: float = 0.0
+    """r_s: link time of the gradients back from the next stage, per micro-batch (Y_s: the
+    values that go forward only send nothing back)."""
     recv_bytes: int
     """X_{s-1}: bytes arriving from the previous stage per micro-batch."""
     send_bytes: int
@@ -348,14 +355,19 @@ def tie_key(problem: Problem, ev: Evaluation) -> tuple[float, float, float]:
 
 def boundary_bytes(problem: Problem, stage_of: Sequence[int]) -> list[int]:
     """X_b for b = 0 … p−2: bytes crossing the boundary after stage b."""
+    return [t.forward_bytes for t in traffic(problem, stage_of)]
+
+
+def traffic(problem: Problem, stage_of: Sequence[int]) -> list[Traffic]:
+    """Per boundary b = 0 … p−2, what a micro-batch sends over it each way ([Note: what a cut
+    sends] in ``autopipe.schedule.traffic``)."""
     p = problem.config.num_stages
-    x = [0] * max(p - 1, 0)
+    crossing: list[list[tuple[int, bool]]] = [[] for _ in range(max(p - 1, 0))]
     for v in problem.values:
-        first = stage_of[v.src]
-        last = max(stage_of[d] for d in v.dsts)
-        for b in range(first, last):
-            x[b] += v.bytes
-    return x
+        kind = (v.bytes, problem.forward_only(v))
+        for b in range(stage_of[v.src], max(stage_of[d] for d in v.dsts)):
+            crossing[b].append(kind)
+    return [cut_traffic(values) for values in crossing]
 
 
 def held_params(problem: Problem, stage_of: Sequence[int]) -> list[set[str]]:
@@ -417,7 +429,9 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
         _recompute(problem, stage_of, chosen, again, act, live)
     # [Note: recomputation in a split backward]: the W pass runs the forward again too
     passes = 2 if splits_backward(cfg.schedule) else 1
-    x = boundary_bytes(problem, stage_of)
+    cuts = traffic(problem, stage_of)
+    x = [t.forward_bytes for t in cuts]
+    y = [t.back_bytes for t in cuts]
     held = held_params(problem, stage_of)
     stages = []
     # a boundary between two chunks of one rank (the V's tip) is handed over in memory
@@ -429,17 +443,23 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
         dev = cfg.devices[s]
         recv = x[s - 1] if s > 0 else 0
         send = x[s] if s < p - 1 else 0
-        wired = (recv if s > 0 and linked[s - 1] else 0) + (send if s < p - 1 and linked[s] else 0)
+        # both ways over both links: values forward, their gradients back
+        wired = (recv + y[s - 1] if s > 0 and linked[s - 1] else 0) + (
+            send + y[s] if s < p - 1 and linked[s] else 0)
         mem = [problem.param_mem[q] for q in sorted(held[s])]
         stages.append(StageCost(
             forward_s=fwd[s] / dev.speed + cfg.forward_overhead_s,
             backward_s=(bwd[s] + passes * again[s]) / dev.speed + cfg.backward_overhead_s,
-            backward_weight_s=(bw_w[s] + (passes - 1) * again[s]) / dev.speed, comm_s=2 * cfg.comm_s(wired),
-            send_s=cfg.comm_s(send) + cfg.send_latency_s if s < p - 1 and linked[s] else 0.0,
+            backward_weight_s=(bw_w[s] + (passes - 1) * again[s]) / dev.speed, comm_s=cfg.comm_s(wired),
+            send_s=cfg.comm_s(send) + cuts[s].forward_messages * cfg.send_latency_s
+            if s < p - 1 and linked[s] else 0.0,
+            return_s=cfg.comm_s(y[s]) + cuts[s].back_messages * cfg.send_latency_s
+            if s < p - 1 and linked[s] else 0.0,
             recv_bytes=recv, send_bytes=send,
             params=sum(m.params for m in mem), grads=sum(m.grads for m in mem),
             optimizer=sum(m.optimizer for m in mem),
-            activations=act[s] * cfg.inflight(s) + live[s], buffers=cfg.microbatches * (recv + send),
+            activations=act[s] * cfg.inflight(s) + live[s],
+            buffers=cfg.microbatches * (recv + (y[s] if s < p - 1 else 0)),
             batch=problem.batch_bytes(s),
             limit=float(dev.memory) if dev.memory > 0 else math.inf,
             optimizer_step=sum(m.step for m in mem),
@@ -454,7 +474,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
                                   [s.backward_s for s in stages],
                                   [s.backward_weight_s for s in stages],
                                   [s.send_s for s in stages[:-1]], cfg.microbatches, steps,
-                                  cfg.virtual_stages)
+                                  cfg.virtual_stages, [s.return_s for s in stages[:-1]])
     return Evaluation(stages=tuple(stages), objective_s=step + tied + cfg.step_overhead_s, step_s=step,
                       tied_sync_s=tied, critical=critical, optimizer_s=tuple(steps),
                       ranks=rank_memory(problem, stages, act), recompute=chosen)

@@ -10,13 +10,18 @@ Binary y[b,s] = "block b is in a stage ≤ s" for s = 0 … p−2 (y[b,−1] = 0
 
 A value made in block u and last read in blocks D crosses boundary s when
 y[u,s] = 1 and y[d,s] = 0 for some d ∈ D; with one latest reader d that is exactly
-y[u,s] − y[d,s], else a variable c ≥ y[u,s] − y[d,s] for each d. X_s sums the bytes.
+y[u,s] − y[d,s], else a variable c ≥ y[u,s] − y[d,s] for each d. X_s sums the bytes, Y_s
+those of the values that do not go forward only (their gradients come back), and a_s ≥
+each crossing of one that does (its message: [Note: what a cut sends] in
+``autopipe.schedule.traffic``).
 A parameter read by several blocks gets z[q,s] ≥ x[b,s] for each reader b (it is held
 by stage s). Then, with the formulas of [Note: the cost model]:
 
-    F_s = Σ_b forward_b/speed_s · x[b,s],  B_s, W_s likewise,  c_b = X_b / bandwidth
+    F_s = Σ_b forward_b/speed_s · x[b,s],  B_s, W_s likewise,
+    c_b = X_b / bandwidth + (1 + a_b)·latency,  r_b = Y_b / bandwidth + latency
     memory_s ≤ limit_s,     Σ_b real_b · x[b,s] ≥ 1 (no empty stage)
-    T ≥ Σ_s nF_s·F_s + nB_s·B_s + nW_s·W_s + Σ_b nC_b·c_b   for each path cut (nF, nB, nW, nC)
+    T ≥ Σ_s nF_s·F_s + nB_s·B_s + nW_s·W_s + Σ_b nC_b·c_b + nR_b·r_b
+                                              for each path cut (nF, nB, nW, nC, nR)
 
 B_s is the B task's time: the whole backward, or only the input gradients where the
 schedule runs the weight gradients W_s as tasks of their own (zb-h1, zbv, dualpipev, whose
@@ -235,9 +240,9 @@ class _Model:
         self.peak_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
         """L_r, the largest of its terms: the recomputed activations alive again on rank r."""
         self._order(anc)
-        x_bytes = self._crossings(anc)
+        x_bytes, y_bytes, alone = self._crossings(anc)
         held = self._holders()
-        self._objective(x_bytes, held)
+        self._objective(x_bytes, y_bytes, alone, held)
 
     def _var(self, name: str, *, upBound: float | None = None,
              cat: str = pulp.LpContinuous) -> Term:
@@ -316,17 +321,24 @@ class _Model:
                 for s in range(self.lo[v], self.hi[u]):
                     self.prob += (self.y[v][s] <= self.y[u][s], f"prec_{u}_{v}_{s}")
 
-    def _crossings(self, anc: BoolMatrix) -> list[_Lin]:
-        """X_s (bytes over boundary s) as expressions; groups values by (producer, latest readers)."""
-        groups: dict[tuple[int, tuple[int, ...]], int] = {}
+    def _crossings(self, anc: BoolMatrix) -> tuple[list[_Lin], list[_Lin], list[_Lin]]:
+        """Per boundary s, as expressions: X_s (bytes over it), Y_s (bytes of their gradients
+        back: less those that go forward only) and a_s (1 where a value that goes forward only
+        crosses: its message's latency), as [Note: what a cut sends] in
+        ``autopipe.schedule.traffic`` counts them. Groups values by (producer, latest
+        readers, whether they go forward only)."""
+        groups: dict[tuple[int, tuple[int, ...], bool], int] = {}
         for v in self.problem.values:
             if v.bytes == 0:
                 continue
             ds = v.dsts
             latest = tuple(d for d in ds if not any(e != d and anc[e, d] for e in ds))
-            groups[(v.src, latest)] = groups.get((v.src, latest), 0) + v.bytes
+            key = (v.src, latest, self.problem.forward_only(v))
+            groups[key] = groups.get(key, 0) + v.bytes
         x_bytes = [_Lin() for _ in range(self.p - 1)]
-        for k, ((src, latest), nbytes) in enumerate(sorted(groups.items())):
+        y_bytes = [_Lin() for _ in range(self.p - 1)]
+        alone: list[list[_Lin]] = [[] for _ in range(self.p - 1)]
+        for k, ((src, latest, forward_only), nbytes) in enumerate(sorted(groups.items())):
             for s in range(self.lo[src], min(max(self.hi[d] for d in latest), self.p - 1)):
                 ysrc = self.Y(src, s)
                 ys = [self.Y(d, s) for d in latest]
@@ -354,7 +366,29 @@ class _Model:
                     self.crossing_vars.append((c, terms))
                     crossing.add(c, 1.0)
                 x_bytes[s].add(crossing, float(nbytes))
-        return x_bytes
+                if forward_only:
+                    alone[s].append(crossing)
+                else:
+                    y_bytes[s].add(crossing, float(nbytes))
+        return x_bytes, y_bytes, [self._alone(s, terms) for s, terms in enumerate(alone)]
+
+    def _alone(self, s: int, terms: list[_Lin]) -> _Lin:
+        """a_s ≥ each term (a value that goes forward only crosses boundary s; rows
+        ``alone_s_i``): at the optimum 1 where one does, as ``cut_traffic`` counts it (a
+        constant where the windows decide it)."""
+        out = _Lin()
+        if any(t.is_const() and t.const >= 1 for t in terms):
+            out.const = 1.0
+        elif any(not t.is_const() for t in terms):
+            a = self._var(f"a_{s}", upBound=1)
+            for i, t in enumerate(terms):
+                row = _Lin()
+                row.add(a, 1.0)
+                row.add(t, -1.0)
+                self._add(row, ">=", 0.0, f"alone_{s}_{i}")
+            self.crossing_vars.append((a, terms))
+            out.add(a, 1.0)
+        return out
 
     def _holders(self) -> dict[str, list[_Lin]]:
         """For each parameter read by several blocks, 'held by stage s' per stage."""
@@ -381,7 +415,8 @@ class _Model:
             out[q] = per_stage
         return out
 
-    def _objective(self, x_bytes: list[_Lin], held: dict[str, list[_Lin]]) -> None:
+    def _objective(self, x_bytes: list[_Lin], y_bytes: list[_Lin], alone: list[_Lin],
+                   held: dict[str, list[_Lin]]) -> None:
         problem, p, tau = self.problem, self.p, self.tau
         cfg = problem.config
         readers = problem.readers()
@@ -405,13 +440,20 @@ class _Model:
         self.optimizer: list[_Lin] = []
         """The optimizer step's time per stage (``autopipe.partition.costs.optimizer_steps``)."""
         self.sends: list[_Lin] = []
+        """c_b: the values forward over boundary b, a message's latency each."""
+        self.returns: list[_Lin] = []
+        """r_b: their gradients back ([Note: values without a gradient] in ``autopipe.trace.no_grad``)."""
         self.defined: list[tuple[pulp.LpVariable, _Lin]] = []
         for b in range(p - 1):
-            c = _Lin()
+            c, back = _Lin(), _Lin()
             if cfg.linked(b):  # else one rank hands it over in memory
                 c.add(x_bytes[b], inv_bw / tau)
                 c.const += cfg.send_latency_s / tau
+                c.add(alone[b], cfg.send_latency_s / tau)
+                back.add(y_bytes[b], inv_bw / tau)
+                back.const += cfg.send_latency_s / tau
             self.sends.append(self._named(c, f"C_{b}"))
+            self.returns.append(self._named(back, f"R_{b}"))
         self.memory: list[_Lin] = []
         """Each stage's memory as a share of ``memory_scales`` (its device's limit, if any);
         with virtual stages, each rank's at each moment of ``Config.live_sets``."""
@@ -476,7 +518,7 @@ class _Model:
                 if s > 0:
                     lin.add(x_bytes[s - 1], m / scale)
                 if s < p - 1:
-                    lin.add(x_bytes[s], m / scale)
+                    lin.add(y_bytes[s], m / scale)
                 lin.const += problem.batch_bytes(s) / scale  # [Note: the batch a rank holds]
             if s < p - 1 and cfg.linked(s):
                 mem.add(x_bytes[s], held_mb / scale)
@@ -701,6 +743,7 @@ class _Model:
             path.add(self.optimizer[s], float(no[s]))
         for b in range(self.p - 1):
             path.add(self.sends[b], float(nc[b]))
+            path.add(self.returns[b], float(nc[self.p - 1 + b]))
         self.paths.append(path)
         self.counts.add(count)
         row = _Lin()
@@ -789,7 +832,8 @@ def _nearby(problem: Problem, ev: Evaluation) -> list[Count]:
     return nearby_paths(cfg.schedule, [s.forward_s for s in ev.stages],
                         [s.backward_s for s in ev.stages], [s.backward_weight_s for s in ev.stages],
                         [s.send_s for s in ev.stages[:-1]], cfg.microbatches,
-                        optimizer=ev.optimizer_s, virtual_stages=cfg.virtual_stages)
+                        optimizer=ev.optimizer_s, virtual_stages=cfg.virtual_stages,
+                        returns=[s.return_s for s in ev.stages[:-1]])
 
 
 TIE_WINDOW = 1e-3

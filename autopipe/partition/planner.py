@@ -594,7 +594,7 @@ def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predic
     steps = ev.optimizer_s or tuple(optimizer_steps(problem, stage_of))
     costs = [SimCost(forward_s=s.forward_s,
                      backward_input_s=max(0.0, s.backward_s - s.backward_weight_s),
-                     backward_weight_s=s.backward_weight_s, send_s=s.send_s,
+                     backward_weight_s=s.backward_weight_s, send_s=s.send_s, return_s=s.return_s,
                      activation_bytes=(s.activations - s.recompute_bytes) // cfg.inflight(i),
                      optimizer_s=steps[i])
              for i, s in enumerate(ev.stages)]

@@ -39,6 +39,13 @@ RECOMPUTE = ("none", "auto", "full")
 """What a partition may recompute ([Note: recomputation] in ``autopipe.partition.costs``):
 nothing, the blocks the ILP chooses, or every block that can be."""
 
+JOIN_BYTES = 1 << 20
+"""Where the send latency is not known (0): a value without a gradient of up to this many
+bytes crosses a cut in the message of the values with one, its gradient of zeros coming
+back with theirs, and a larger one goes forward only, in a message of its own
+(``Config.join_bytes``; [Note: values without a gradient] in ``autopipe.trace.no_grad``;
+[Note: one message per cut] in ``autopipe.runtime.packing``)."""
+
 _ELEMENT_SIZE = {"float64": 8, "float32": 4, "tf32": 4, "float16": 2, "bfloat16": 2,
                  "float8_e4m3fn": 1, "float8_e5m2": 1}
 
@@ -182,6 +189,18 @@ class Config:
                                   self.virtual_stages)[stage]
         return _inflight(self.schedule, self.num_stages, self.microbatches)[stage]
 
+    @property
+    def join_bytes(self) -> float:
+        """The most bytes of a value without a gradient that cross a cut in the message of
+        those with one: what one more message's latency would move at the link's bandwidth
+        (a value beyond it costs less alone, forward only, than its zeros back), or
+        ``JOIN_BYTES`` where the latency is not known."""
+        if math.isinf(self.link_bandwidth):
+            return math.inf
+        if self.send_latency_s <= 0:
+            return float(JOIN_BYTES)
+        return self.send_latency_s * self.link_bandwidth
+
     def comm_s(self, nbytes: float) -> float:
         """Seconds to move ``nbytes`` over one link."""
         return 0.0 if math.isinf(self.link_bandwidth) else nbytes / self.link_bandwidth
@@ -254,6 +273,9 @@ class Value:
     """Nothing is sent (``bytes`` is 0): a reading stage that ``src``'s does not hold runs
     these nodes again, the producing node and what it reads, in node order, each
     ``Problem.remake_s`` ([Note: values made again] in ``autopipe.trace.remade``)."""
+    no_grad: bool = False
+    """The value surely has no gradient (``NodeProfile.no_grad``): nothing of it comes back
+    if it goes forward only (``Problem.forward_only``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -300,6 +322,12 @@ class Problem:
     def size(self) -> int:
         """Number of blocks."""
         return len(self.blocks)
+
+    def forward_only(self, value: Value) -> bool:
+        """Whether ``value`` crosses a cut forward only, in a message of its own: it has no
+        gradient and more than ``Config.join_bytes`` (the plan marks its sends so,
+        ``Send.forward_only``, and the runtime does as marked)."""
+        return value.no_grad and value.bytes > self.config.join_bytes
 
     def held_while_running(self, stage: int, blocks: Iterable[int]) -> int:
         """What ``stage``, holding ``blocks``, holds at most beyond its saved activations while
@@ -491,7 +519,7 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
             values.append(Value(node=n.name, src=i, dsts=tuple(sorted(dsts)),
                                 bytes=0 if free or n.name in remade else n.output_bytes,
                                 is_tensor=n.is_tensor or free or n.name in remade,
-                                remade=remade.get(n.name, ())))
+                                remade=remade.get(n.name, ()), no_grad=n.no_grad))
         after = ordered.get(n.name, set()) - (dsts or set())
         if after:
             values.append(Value(node=n.name, src=i, dsts=tuple(sorted(after)), bytes=0,

@@ -7,7 +7,9 @@ when the rank is free and its input has arrived, and each boundary's link carrie
 sends one at a time in the order they are issued — exactly the simulator's rules
 (``autopipe.schedule.simulate``). None of these orders depends on the costs, so the
 step is a fixed DAG of tasks: compute tasks F, B and W of each stage, and send tasks
-lasting c_b = X_b / bandwidth. Without a split backward (1F1B, GPipe) B lasts the whole
+lasting c_b (forward, the values crossing boundary b) and r_b (back, their gradients: less
+where a value without a gradient goes forward only, [Note: values without a gradient] in
+``autopipe.trace.no_grad``). Without a split backward (1F1B, GPipe) B lasts the whole
 backward B_s and there is no W; a zero-bubble schedule (zb-h1) splits it into B, the
 input gradients (B_s − W_s), and W, the weight gradients (W_s), which only needs its own
 B (its rank's program runs it later). Each rank ends with its stage's optimizer step O_s
@@ -15,9 +17,10 @@ B (its rank's program runs it later). Each rank ends with its stage's optimizer 
 longest path, and
 any one path P gives a lower bound that is *linear* in the per-stage costs:
 
-    iteration ≥ Σ_s (nF_s(P)·F_s + nB_s(P)·B'_s + nW_s(P)·W_s + nO_s(P)·O_s) + Σ_b nC_b(P)·c_b
+    iteration ≥ Σ_s (nF_s(P)·F_s + nB_s(P)·B'_s + nW_s(P)·W_s + nO_s(P)·O_s)
+                + Σ_b (nC_b(P)·c_b + nR_b(P)·r_b)
 
-with nF, nB, nW, nO, nC the path's task counts and B'_s the B task's time (B_s, or B_s − W_s
+with nF, nB, nW, nO, nC, nR the path's task counts and B'_s the B task's time (B_s, or B_s − W_s
 when split). DualPipeV posts the send of an overlapped forward when its paired backward
 ends ([Note: DualPipeV]): that send task waits for the backward's W, still a fixed DAG.
 The ILP adds such cuts for critical paths until the longest path of its
@@ -38,20 +41,22 @@ from dataclasses import dataclass
 from autopipe.schedule.actions import V_SHAPED, rank_stages, schedule_order
 
 Count = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
-"""(nF per stage, nB per stage, nW per stage, nC per boundary, nO per stage); nW is all 0
-without a split backward; nO marks the one optimizer step a path ends with, if any."""
+"""(nF per stage, nB per stage, nW per stage, nC per boundary then nR per boundary, nO per
+stage): nC counts sends forward, nR sends back (2(p − 1) in all); nW is all 0 without a
+split backward; nO marks the one optimizer step a path ends with, if any."""
 
 _KINDS = {"F": 0, "B": 1, "W": 2}
 _SEND = 3
 _OPTIMIZER = 4
+_RETURN = 5
 
 
 @dataclass(frozen=True, slots=True)
 class _Dag:
     kinds: tuple[int, ...]
     """Per task: 0 = forward, 1 = backward (input gradients when split), 2 = weight
-    gradients, 3 = send, 4 = the stage's optimizer step (after its rank's last task);
-    tasks are in topological order."""
+    gradients, 3 = send forward, 4 = the stage's optimizer step (after its rank's last task),
+    5 = send back; tasks are in topological order."""
     where: tuple[int, ...]
     """Per task: its stage (compute) or boundary (send)."""
     preds: tuple[tuple[int, ...], ...]
@@ -116,7 +121,7 @@ def _dag(schedule: str, p: int, m: int, v: int = 1) -> _Dag:
                     elif jkind == "B" and js > 0:
                         link = ("sb", js - 1)
                         prev = [link_last[link]] if link in link_last else []
-                        link_last[link] = add(("sb", js - 1, jk), _SEND, js - 1, [t, *prev])
+                        link_last[link] = add(("sb", js - 1, jk), _RETURN, js - 1, [t, *prev])
                 pointer[r] += 1
                 remaining -= 1
                 progressed = True
@@ -141,7 +146,7 @@ def _b_task(split: bool, backward: Sequence[float], weight: Sequence[float]) -> 
 def longest_path(schedule: str, forward: Sequence[float], backward: Sequence[float],
                  weight: Sequence[float], sends: Sequence[float],
                  microbatches: int, optimizer: Sequence[float] = (),
-                 virtual_stages: int = 1) -> tuple[float, Count]:
+                 virtual_stages: int = 1, returns: Sequence[float] | None = None) -> tuple[float, Count]:
     """The step time of ``schedule`` and the task counts of one critical path.
 
     Args:
@@ -151,15 +156,17 @@ def longest_path(schedule: str, forward: Sequence[float], backward: Sequence[flo
         backward: B_s per stage, the whole backward (input + weight gradients).
         weight: W_s per stage, the weight-gradient part of B_s; a split schedule runs it as
             a separate W task (and B_s − W_s as B), others ignore it.
-        sends: c_b per boundary (one-way seconds per micro-batch), ``p − 1`` of them.
+        sends: c_b per boundary (seconds per micro-batch forward), ``p − 1`` of them.
         microbatches: m.
         optimizer: O_s per stage, once per step after the stage's last task (default 0).
         virtual_stages: chunks per rank ([Note: chunks]): the stages are ``len(forward)``
             chunks, chunk c on rank c mod (``len(forward)`` / ``virtual_stages``).
+        returns: r_b per boundary (seconds per micro-batch back); default ``sends``.
     """
     p = len(forward)
     dag = _dag(schedule, p // virtual_stages, microbatches, virtual_stages)
-    dur = (forward, _b_task(dag.split, backward, weight), weight, sends, optimizer or [0.0] * p)
+    dur = (forward, _b_task(dag.split, backward, weight), weight, sends, optimizer or [0.0] * p,
+           sends if returns is None else returns)
     end = [0.0] * len(dag.kinds)
     via = [-1] * len(dag.kinds)
     for t, (kind, at, before) in enumerate(zip(dag.kinds, dag.where, dag.preds)):
@@ -170,24 +177,25 @@ def longest_path(schedule: str, forward: Sequence[float], backward: Sequence[flo
         via[t] = arg
         end[t] = start + dur[kind][at]
     last = max(range(len(end)), key=end.__getitem__)
-    counts = ([0] * p, [0] * p, [0] * p, [0] * max(p - 1, 0), [0] * p)
+    counts = ([0] * p, [0] * p, [0] * p, [0] * max(p - 1, 0), [0] * p, [0] * max(p - 1, 0))
     t = last
     while t >= 0:
         counts[dag.kinds[t]][dag.where[t]] += 1
         t = via[t]
-    nf, nb, nw, nc, no = counts
-    return end[last], (tuple(nf), tuple(nb), tuple(nw), tuple(nc), tuple(no))
+    nf, nb, nw, nc, no, nr = counts
+    return end[last], (tuple(nf), tuple(nb), tuple(nw), tuple(nc + nr), tuple(no))
 
 
 def path_length(schedule: str, count: Count, forward: Sequence[float], backward: Sequence[float],
                 weight: Sequence[float], sends: Sequence[float],
-                optimizer: Sequence[float] = ()) -> float:
+                optimizer: Sequence[float] = (), returns: Sequence[float] | None = None) -> float:
     """The length of a path of ``schedule`` with these task counts under these costs
     (arguments as ``longest_path``)."""
     nf, nb, nw, nc, no = count
     b_task = _b_task(splits_backward(schedule), backward, weight)
+    links = [*sends, *(sends if returns is None else returns)]
     return (sum(a * x for a, x in zip(nf, forward)) + sum(a * x for a, x in zip(nb, b_task))
-            + sum(a * x for a, x in zip(nw, weight)) + sum(a * x for a, x in zip(nc, sends))
+            + sum(a * x for a, x in zip(nw, weight)) + sum(a * x for a, x in zip(nc, links))
             + sum(a * x for a, x in zip(no, optimizer)))
 
 
@@ -222,7 +230,7 @@ def rank_paths(schedule: str, ranks: int, m: int, virtual_stages: int) -> list[C
     for r in range(ranks):
         mine = set(rank_stages(schedule, r, ranks, virtual_stages))
         count = tuple(m if c in mine else 0 for c in range(n))
-        out.append((count, count, count if split else (0,) * n, (0,) * (n - 1),
+        out.append((count, count, count if split else (0,) * n, (0,) * (2 * n - 2),
                     tuple(1 if c in mine else 0 for c in range(n))))
     return out
 
@@ -234,9 +242,10 @@ NEARBY_BUMPS = (1.02, 1.05, 1.1)
 def nearby_paths(schedule: str, forward: Sequence[float], backward: Sequence[float],
                  weight: Sequence[float], sends: Sequence[float], microbatches: int,
                  bumps: Sequence[float] = NEARBY_BUMPS,
-                 optimizer: Sequence[float] = (), virtual_stages: int = 1) -> list[Count]:
-    """Critical paths of these costs and of each stage (and link) made each of ``bumps``
-    times slower.
+                 optimizer: Sequence[float] = (), virtual_stages: int = 1,
+                 returns: Sequence[float] | None = None) -> list[Count]:
+    """Critical paths of these costs and of each stage (and link, both ways) made each of
+    ``bumps`` times slower.
 
     Near a balanced partition the critical path flips between such neighbours; adding
     them all at once saves the ILP rounds, and every path added also tightens the
@@ -249,13 +258,19 @@ def nearby_paths(schedule: str, forward: Sequence[float], backward: Sequence[flo
         return [x * bump if i == k else x for i, x in enumerate(xs)]
 
     v = virtual_stages
-    out = {longest_path(schedule, forward, backward, weight, sends, microbatches, optimizer, v)[1]}
+    back = sends if returns is None else returns
+    out = {longest_path(schedule, forward, backward, weight, sends, microbatches, optimizer, v, back)[1]}
     for bump in bumps:
         for k in range(len(forward)):
             out.add(longest_path(schedule, slower(forward, k, bump), slower(backward, k, bump),
                                  slower(weight, k, bump), sends, microbatches,
-                                 slower(optimizer, k, bump) if optimizer else (), v)[1])
+                                 slower(optimizer, k, bump) if optimizer else (), v, back)[1])
         for k in range(len(sends)):
             out.add(longest_path(schedule, forward, backward, weight, slower(sends, k, bump),
-                                 microbatches, optimizer, v)[1])
+                                 microbatches, optimizer, v, slower(back, k, bump))[1])
+            if list(back) != list(sends):  # each way alone too
+                out.add(longest_path(schedule, forward, backward, weight, slower(sends, k, bump),
+                                     microbatches, optimizer, v, back)[1])
+                out.add(longest_path(schedule, forward, backward, weight, sends,
+                                     microbatches, optimizer, v, slower(back, k, bump))[1])
     return sorted(out)

@@ -2,8 +2,10 @@
 
 [Note: one message per cut]
 torch's schedules post one send and one receive per tensor a stage returns, and its
-successor's backward one per gradient. The plan prices a cut as one message: the send
-latency once, and the bytes of all its values over the link, both ways. On the CPU ranks of a 2-core
+successor's backward one per gradient. The plan prices a cut as one message each way: the
+send latency once, and the bytes of all its values over the link, forward, and of their
+gradients back (a second message forward for the values it marks as going forward only,
+below; [Note: what a cut sends] in ``autopipe.schedule.traffic``). On the CPU ranks of a 2-core
 VM over gloo, each message beyond the first cost far more than that (2026-12-05: a tiny
 two-stage model, 8 micro-batches under 1F1B, pinned ranks; the 10th percentile of 37
 steps): one 256-byte tensor a cut, 4.4 ms a step; four, 20 ms. The four messages of each
@@ -24,11 +26,13 @@ starts aligned in the message and is read back by a view of its bytes. Which val
 a gradient is what the stages' fake run finds (``stage_metas``): a value without one
 (Mixtral's count of tokens per expert, a float it takes a cumulative sum of as integers)
 is read as a detached view, so it arrives without one; its part of the message's gradient
-is zeros, and goes back with the rest, as the plan prices it (the same bytes both ways).
-Where the values without a gradient are large (more than ``JOIN_BYTES`` and an eighth of
-those with one: an ALiBi bias of heads × sequence² floats next to hidden states of
-sequence × width), sending their zeros back would cost more than a message of their own,
-so they travel together in one, and no gradient comes back for them.
+is zeros, and goes back with the rest, as the plan prices it. The values the plan marks as
+going forward only (``Send.forward_only``: no gradient, and larger than a send latency's
+worth of bytes, ``autopipe.partition.problem.Config.join_bytes``: a causal mask at a long
+sequence, an ALiBi bias of heads × sequence² floats next to hidden states of sequence ×
+width), whose zeros back would cost more than a message of their own, travel together in
+one, and no gradient comes back for them ([Note: values without a gradient] in
+``autopipe.trace.no_grad``). A plan marks none where it was priced the same bytes both ways.
 A value its stage writes in place as it came (LongT5's integer block count,
 ``detach_``-ed: a view cannot be) travels alone, as it did. The sender pays a copy of what it packs (a
 ``cat``); the views cost nothing, and the receiving stage's ops see contiguous values, as
@@ -42,7 +46,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -54,12 +58,6 @@ from autopipe.trace.aliasing import written_in_place
 
 ALIGN = 16
 """Bytes a value that travels as its bytes is padded to: any dtype's element size divides it."""
-
-JOIN_BYTES = 1 << 20
-"""Values without a gradient join the message of those with one up to this many bytes, or an
-eighth of theirs if more: their share of the gradient comes back as zeros, and beyond a
-send latency's worth of bytes (about 1 MB at 1.4 GB/s and 1 ms over gloo, 20 µs at 50 GB/s
-over NVLink) a message of their own costs less ([Note: one message per cut])."""
 
 Kind = tuple[torch.dtype, bool]
 """A value's dtype and whether it has a gradient."""
@@ -74,26 +72,26 @@ class Group:
     members: tuple[int, ...]
 
 
-def pack_groups(kinds: Sequence[Kind | None], sizes: Sequence[int]) -> list[Group]:
-    """The messages of a cut of values of these kinds (None: a value that travels alone) and
-    ``sizes`` (bytes), two values or more each ([Note: one message per cut]): one per dtype
-    of values with a gradient, the values without one in the first of them (in the order of
-    their first value), or in one of their own where none has a gradient or where they are
-    more than ``JOIN_BYTES`` and an eighth of the values with one."""
+def pack_groups(kinds: Sequence[Kind | None], alone: Sequence[bool] = ()) -> list[Group]:
+    """The messages of a cut of values of these kinds (None: a value that travels as a tensor
+    of its own), two values or more each ([Note: one message per cut]): one per dtype of
+    values with a gradient, the values without one in the first of them (in the order of
+    their first value), but for those ``alone`` marks (the plan's ``Send.forward_only``),
+    which travel in one of their own, as do all of them where none has a gradient."""
     dtype_of = {i: kind[0] for i, kind in enumerate(kinds) if kind is not None}
     grads: dict[torch.dtype, list[int]] = {}
     for i, kind in enumerate(kinds):
         if kind is not None and kind[1]:
             grads.setdefault(kind[0], []).append(i)
     rest = [i for i, kind in enumerate(kinds) if kind is not None and not kind[1]]
+    lone = [i for i in rest if i < len(alone) and alone[i]] if grads else rest
     messages = list(grads.items())
-    grad_bytes = sum(sizes[i] for group in grads.values() for i in group)
-    if grads and sum(sizes[i] for i in rest) <= max(JOIN_BYTES, grad_bytes // 8):
+    if grads:
         first = messages[0][0]
-        messages[0] = (first, sorted(grads[first] + rest))
-    elif rest:
-        dtypes = {dtype_of[i] for i in rest}
-        messages.append((dtypes.pop() if len(dtypes) == 1 else torch.uint8, rest))
+        messages[0] = (first, sorted(grads[first] + [i for i in rest if i not in lone]))
+    if lone:
+        dtypes = {dtype_of[i] for i in lone}
+        messages.append((dtypes.pop() if len(dtypes) == 1 else torch.uint8, lone))
     out = []
     for dtype, members in messages:
         if len(members) > 1:
@@ -184,10 +182,11 @@ def unpack_inputs(gm: fx.GraphModule, groups: Sequence[Group], values: Sequence[
     gm.recompile()
 
 
-def pack_cuts(split: Split, metas: Sequence[StageMeta]) -> list[StageMeta]:
+def pack_cuts(split: Split, metas: Sequence[StageMeta], alone: Collection[str] = ()) -> list[StageMeta]:
     """Make each of ``split``'s cuts send its values as the messages of ``pack_groups``.
-    ``metas``: the split's stages as ``stage_metas`` finds them; returns them as they are
-    then (a message: 1-D, its values' elements or bytes)."""
+    ``metas``: the split's stages as ``stage_metas`` finds them; ``alone``: the values that go
+    forward only (the plan's ``Send.forward_only``). Returns the stages as they are then (a
+    message: 1-D, its values' elements or bytes)."""
     inputs = [list(m.inputs) for m in metas]
     outputs = [list(m.outputs) for m in metas]
     for b, meta in enumerate(metas[:-1]):
@@ -199,7 +198,8 @@ def pack_cuts(split: Split, metas: Sequence[StageMeta]) -> list[StageMeta]:
         # a copy, [Note: received values written in place]) keeps a tensor of its own
         written = written_in_place(receiver, body, [n.name for n in placeholders])
         groups = pack_groups([None if ph.name in written else (t.dtype, t.requires_grad)
-                              for ph, t in zip(placeholders, sent)], [t.numel() * t.element_size() for t in sent])
+                              for ph, t in zip(placeholders, sent)],
+                             [name in alone for name in split.stages[b].outputs])
         if not groups:
             continue
         pack_outputs(split.stages[b].module, groups)

@@ -94,7 +94,8 @@ def prepare(spec: ModelSpec, plan: Plan, world_size: int, graph: Graph | None = 
     inputs = [v.contiguous() for v in flat if isinstance(v, torch.Tensor)]
     metas = stage_metas(split, inputs)
     if pack:  # [Note: one message per cut]
-        metas = pack_cuts(split, metas)
+        alone = {send.tensor for stage in plan.stages for send in stage.sends if send.forward_only}
+        metas = pack_cuts(split, metas, alone)
     return Prepared(graph=graph, split=split, metas=metas, constants=constants, input_names=names)
 
 

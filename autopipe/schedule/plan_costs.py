@@ -6,6 +6,7 @@ from autopipe.errors import PlanError
 from autopipe.plan_format import Plan, Stage
 from autopipe.schedule.runtime_costs import ModelCosts, RuntimeCosts
 from autopipe.schedule.simulate import StageCost
+from autopipe.schedule.traffic import Traffic, cut_traffic
 
 _ELEMENT_BYTES = {"float64": 8, "float32": 4, "fp32": 4, "tf32": 4, "float16": 2, "fp16": 2,
                   "bfloat16": 2, "bf16": 2}
@@ -22,10 +23,11 @@ def plan_runtime(plan: Plan) -> dict[str, float]:
 
 
 def boundary_send_s(plan: Plan) -> list[float]:
-    """One-way send time of each boundary ``b`` (stage ``b`` → ``b + 1``) from the stages' ``comm_s``.
+    """One-way send time of each boundary ``b`` (stage ``b`` → ``b + 1``) from the stages'
+    ``comm_s``, for plans that do not record their link's bandwidth.
 
-    A stage's ``comm_s`` covers both directions of both its boundaries:
-    ``comm_s[s] = 2 (c[s−1] + c[s])``, so the chain unrolls from stage 0.
+    A stage's ``comm_s`` covers both directions of both its boundaries, the same bytes each
+    way in such plans: ``comm_s[s] = 2 (c[s−1] + c[s])``, so the chain unrolls from stage 0.
     """
     out: list[float] = []
     previous = 0.0
@@ -40,12 +42,36 @@ def boundary_bytes(plan: Plan) -> list[int]:
 
     A send from stage ``a`` to stage ``t`` crosses boundaries ``a … t−1``.
     """
-    out = [0] * (plan.num_stages - 1)
+    return [t.forward_bytes for t in traffic(plan)]
+
+
+def traffic(plan: Plan) -> list[Traffic]:
+    """Per boundary, what a micro-batch sends over it each way, from the stages' sends
+    ([Note: what a cut sends] in ``autopipe.schedule.traffic``)."""
+    crossing: list[list[tuple[int, bool]]] = [[] for _ in range(plan.num_stages - 1)]
     for stage in plan.stages:
         for send in stage.sends:
             for b in range(stage.index, min(send.to_stage, plan.num_stages - 1)):
-                out[b] += send.bytes
-    return out
+                crossing[b].append((send.bytes, send.forward_only))
+    return [cut_traffic(values) for values in crossing]
+
+
+def link_times(plan: Plan, runtime: RuntimeCosts | None = None) -> tuple[list[float], list[float]]:
+    """Per boundary, the seconds of a micro-batch's values forward and of their gradients
+    back, each message paying the send latency: ``runtime``'s latency and bandwidth where
+    given (the plan's bandwidth where it has none), else those the plan was priced with."""
+    cuts = traffic(plan)
+    latency = runtime.send_latency_s if runtime is not None else plan_runtime(plan).get("send_latency_s", 0.0)
+    if runtime is not None and runtime.link_bandwidth > 0:
+        per_byte = 1.0 / runtime.link_bandwidth
+    elif "link_bandwidth" in plan.options:
+        bandwidth = plan.options["link_bandwidth"]
+        per_byte = 0.0 if bandwidth is None else 1.0 / float(bandwidth)
+    else:  # a plan written before it recorded its bandwidth: the same bytes both ways
+        sends = [latency + c for c in boundary_send_s(plan)]
+        return sends, sends
+    return ([latency * t.forward_messages + per_byte * t.forward_bytes for t in cuts],
+            [latency * t.back_messages + per_byte * t.back_bytes for t in cuts])
 
 
 def _step_s(plan: Plan, runtime: RuntimeCosts | None, model: ModelCosts | None) -> tuple[float, ...]:
@@ -133,17 +159,13 @@ def plan_costs(plan: Plan, *, runtime: RuntimeCosts | None = None,
     if counts - {n}:
         raise PlanError(f"model costs are for {max(counts - {n})} stages, the plan has {n}",
                         hint="measure the model costs for this plan")
-    sends = boundary_send_s(plan)
-    planned = plan_runtime(plan)
-    if runtime is None and planned:  # the plan's own runtime costs: its stage times hold the rest
-        sends = [c + planned.get("send_latency_s", 0.0) for c in sends]
-    if runtime is not None:
-        measured = [runtime.send_s(x) for x in boundary_bytes(plan)]
-        sends = [runtime.send_latency_s + c if m is None else m for c, m in zip(sends, measured)]
+    sends, returns = link_times(plan, runtime)
     # a rank hands a tensor to its own next stage in memory (V-shaped placements): no send
     on = [s.rank if s.rank is not None else s.index for s in plan.stages]
     sends = [0.0 if on[b] == on[b + 1] else c for b, c in enumerate(sends)]
+    returns = [0.0 if on[b] == on[b + 1] else c for b, c in enumerate(returns)]
     sends.append(0.0)
+    returns.append(0.0)
     optimizer = _optimizer_s(plan, runtime, model)
     fo = runtime.forward_overhead_s if runtime is not None else 0.0
     bo = runtime.backward_overhead_s if runtime is not None else 0.0
@@ -157,5 +179,6 @@ def plan_costs(plan: Plan, *, runtime: RuntimeCosts | None = None,
         costs.append(StageCost(
             forward_s=forward + fo + (model.loss_forward_s if last and model else 0.0),
             backward_input_s=backward - weight + bo + (model.loss_backward_s if last and model else 0.0),
-            backward_weight_s=weight, send_s=sends[s.index], optimizer_s=optimizer[s.index]))
+            backward_weight_s=weight, send_s=sends[s.index], return_s=returns[s.index],
+            optimizer_s=optimizer[s.index]))
     return costs, n // len(ranks)

@@ -44,15 +44,22 @@ class StageCost:
     backward_weight_s: float
     """Backward time for the weight gradients (a separate W action only in zero-bubble schedules)."""
     send_s: float = 0.0
-    """Time to send this stage's output to the next stage (and, back, its gradient)."""
+    """Time to send this stage's output to the next stage (and, back, its gradient, unless
+    ``return_s`` says otherwise)."""
     activation_bytes: int = 0
     """Bytes saved for backward per micro-batch in flight."""
     optimizer_s: float = 0.0
     """Once per step: the optimizer step on this stage's parameters, after its last backward."""
+    return_s: float | None = None
+    """Time to send the gradient of this stage's output back to it from the next stage
+    (None: ``send_s``; less where a value goes forward only)."""
 
     def __post_init__(self) -> None:
-        for name in ("forward_s", "backward_input_s", "backward_weight_s", "send_s", "optimizer_s"):
+        for name in ("forward_s", "backward_input_s", "backward_weight_s", "send_s", "optimizer_s",
+                     "return_s"):
             value = getattr(self, name)
+            if value is None:
+                continue
             if not math.isfinite(value) or value < 0:
                 raise PlanError(f"stage cost {name} is {value}",
                                 hint="times must be finite and non-negative seconds")
@@ -159,6 +166,7 @@ def _run(order: ScheduleOrder, stages: Sequence[StageCost]) -> SimResult:
         "W": [c.backward_weight_s for c in stages],
     }
     send = [c.send_s for c in stages]
+    back = [c.send_s if c.return_s is None else c.return_s for c in stages]
     unset = -1.0
     end = {kind: [[unset] * m for _ in range(n)] for kind in ("F", "B", "W")}
     arrive_f = [[unset] * m for _ in range(n)]  # activations of k arrived at stage s
@@ -179,8 +187,8 @@ def _run(order: ScheduleOrder, stages: Sequence[StageCost]) -> SimResult:
             transfers.append(Transfer(s, s + 1, "F", k, t0, t0 + send[s]))
         elif kind == "B" and s > 0:
             t0 = max(ready, link_b[s - 1])
-            link_b[s - 1] = arrive_b[s - 1][k] = t0 + send[s - 1]
-            transfers.append(Transfer(s, s - 1, "B", k, t0, t0 + send[s - 1]))
+            link_b[s - 1] = arrive_b[s - 1][k] = t0 + back[s - 1]
+            transfers.append(Transfer(s, s - 1, "B", k, t0, t0 + back[s - 1]))
 
     remaining = sum(len(r) for r in order.ranks)
     while remaining:
