@@ -849,16 +849,7 @@ def detr() -> ModelSpec:
     # differs in nothing else
     for layer in model.model.model.encoder.layers:
         layer.eval()
-
-    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
-        g = generator(n, step, 0)
-        pixels = torch.randn(n * BATCH, 3, 32, 32, generator=g)
-        classes = torch.randint(0, DETR_CLASSES, (n * BATCH, DETR_OBJECTS, 1), generator=g)
-        centre = torch.rand(n * BATCH, DETR_OBJECTS, 2, generator=g) * 0.6 + 0.2
-        size = torch.rand(n * BATCH, DETR_OBJECTS, 2, generator=g) * 0.3 + 0.1
-        return (pixels,), torch.cat([classes.float(), centre, size], -1)
-
-    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_set_loss, batch=batch,
+    return ModelSpec(model=model, example_inputs=_detections(1)[0], loss_fn=_set_loss, batch=_detections,
                      name="detr")
 
 

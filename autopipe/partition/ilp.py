@@ -370,24 +370,27 @@ class _Model:
                     alone[s].append(crossing)
                 else:
                     y_bytes[s].add(crossing, float(nbytes))
-        return x_bytes, y_bytes, [self._alone(s, terms) for s, terms in enumerate(alone)]
+        # a_s: 1 where a value that goes forward only crosses boundary s, as ``cut_traffic`` counts it
+        return x_bytes, y_bytes, [self._any(f"a_{s}", f"alone_{s}", terms, self.crossing_vars)
+                                  for s, terms in enumerate(alone)]
 
-    def _alone(self, s: int, terms: list[_Lin]) -> _Lin:
-        """a_s ≥ each term (a value that goes forward only crosses boundary s; rows
-        ``alone_s_i``): at the optimum 1 where one does, as ``cut_traffic`` counts it (a
-        constant where the windows decide it)."""
+    def _any(self, name: str, rows: str, terms: list[_Lin],
+             registry: list[tuple[pulp.LpVariable, list[_Lin]]]) -> _Lin:
+        """A variable in [0, 1] ≥ each of ``terms`` (0/1 expressions; rows ``{rows}_{i}``), as
+        an expression: 1 at the optimum where one of them is, pushed down by the objective
+        (a constant where the windows decide it). It goes into ``registry`` for ``warm``."""
         out = _Lin()
         if any(t.is_const() and t.const >= 1 for t in terms):
             out.const = 1.0
         elif any(not t.is_const() for t in terms):
-            a = self._var(f"a_{s}", upBound=1)
+            var = self._var(name, upBound=1)
             for i, t in enumerate(terms):
                 row = _Lin()
-                row.add(a, 1.0)
+                row.add(var, 1.0)
                 row.add(t, -1.0)
-                self._add(row, ">=", 0.0, f"alone_{s}_{i}")
-            self.crossing_vars.append((a, terms))
-            out.add(a, 1.0)
+                self._add(row, ">=", 0.0, f"{rows}_{i}")
+            registry.append((var, terms))
+            out.add(var, 1.0)
         return out
 
     def _holders(self) -> dict[str, list[_Lin]]:
@@ -396,23 +399,9 @@ class _Model:
         for k, (q, readers) in enumerate(sorted(self.problem.readers().items())):
             if len(readers) < 2:
                 continue
-            per_stage = []
-            for s in range(self.p):
-                xs = [self.x(r, s) for r in readers if self.lo[r] <= s <= self.hi[r]]
-                held = _Lin()
-                if any(x.is_const() and x.const >= 1 for x in xs):
-                    held.const = 1.0
-                elif xs:
-                    z = self._var(f"z_{k}_{s}", upBound=1)
-                    for i, x in enumerate(xs):
-                        row = _Lin()
-                        row.add(z, 1.0)
-                        row.add(x, -1.0)
-                        self._add(row, ">=", 0.0, f"hold_{k}_{s}_{i}")
-                    self.holder_vars.append((z, xs))
-                    held.add(z, 1.0)
-                per_stage.append(held)
-            out[q] = per_stage
+            out[q] = [self._any(f"z_{k}_{s}", f"hold_{k}_{s}", [self.x(r, s) for r in readers
+                                                                 if self.lo[r] <= s <= self.hi[r]], self.holder_vars)
+                      for s in range(self.p)]
         return out
 
     def _objective(self, x_bytes: list[_Lin], y_bytes: list[_Lin], alone: list[_Lin],
