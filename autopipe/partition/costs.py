@@ -105,7 +105,8 @@ for each tensor it receives: the activations from the stage before (``args_recv_
 and the gradients from the stage after (``grad_recv_info``), and keeps them for the rest
 of training (a V's tip hands its tensors over in memory and fills the same slots). A
 stage therefore holds m·(X_{s-1} + Y_s) whatever its schedule, during the optimizer step
-too (Y_s: the gradients' bytes; a message that goes forward only has none). It also keeps each forward's outputs (``fwd_cache``) until that micro-batch's
+too (Y_s: the gradients' bytes; a message that goes forward only has none). It also keeps
+each forward's outputs (``fwd_cache``) until that micro-batch's
 backward: X_s more per micro-batch in flight, counted with the activations (not at a V's
 tip, where the next chunk's slot is that tensor). Counted storage by storage on 2 gloo
 ranks (2026-12-04, 8 micro-batches; figures beyond the parameters, predicted with
