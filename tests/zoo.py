@@ -43,6 +43,7 @@ add a cut before their counter's in-place update).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -2198,14 +2199,7 @@ def yolos() -> ModelSpec:
                          use_mid_position_embeddings=False, auxiliary_loss=False)
     model = _seeded(lambda: _Detr(hf.YolosForObjectDetection(cfg)))
 
-    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
-        g = generator(n, step, 0)
-        pixels = torch.randn(n * BATCH, 3, 16, 16, generator=g)
-        classes = torch.randint(0, DETR_CLASSES, (n * BATCH, DETR_OBJECTS, 1), generator=g)
-        centre = torch.rand(n * BATCH, DETR_OBJECTS, 2, generator=g) * 0.6 + 0.2
-        size = torch.rand(n * BATCH, DETR_OBJECTS, 2, generator=g) * 0.3 + 0.1
-        return (pixels,), torch.cat([classes.float(), centre, size], -1)
-
+    batch = functools.partial(_detections, image=16)
     return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=_set_loss, batch=batch, name="yolos")
 
 
@@ -2332,10 +2326,10 @@ def mllama() -> ModelSpec:
     return _caption(_seeded(build), "mllama", _images)
 
 
-def _detections(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
-    """32 × 32 images and each one's objects (rows of class, cx, cy, w, h), as DETR's."""
+def _detections(n: int, step: int = 0, image: int = 32) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+    """``image`` × ``image`` pictures and each one's objects (rows of class, cx, cy, w, h), as DETR's."""
     g = generator(n, step, 0)
-    pixels = torch.randn(n * BATCH, 3, 32, 32, generator=g)
+    pixels = torch.randn(n * BATCH, 3, image, image, generator=g)
     classes = torch.randint(0, DETR_CLASSES, (n * BATCH, DETR_OBJECTS, 1), generator=g)
     centre = torch.rand(n * BATCH, DETR_OBJECTS, 2, generator=g) * 0.6 + 0.2
     size = torch.rand(n * BATCH, DETR_OBJECTS, 2, generator=g) * 0.3 + 0.1
