@@ -454,8 +454,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
             backward_weight_s=(bw_w[s] + (passes - 1) * again[s]) / dev.speed, comm_s=cfg.comm_s(wired),
             send_s=cfg.comm_s(send) + cuts[s].forward_messages * cfg.send_latency_s
             if s < p - 1 and linked[s] else 0.0,
-            return_s=cfg.comm_s(y[s]) + cuts[s].back_messages * cfg.send_latency_s
-            if s < p - 1 and linked[s] else 0.0,
+            return_s=cfg.comm_s(y[s]) + cfg.send_latency_s if s < p - 1 and linked[s] else 0.0,
             recv_bytes=recv, send_bytes=send,
             params=sum(m.params for m in mem), grads=sum(m.grads for m in mem),
             optimizer=sum(m.optimizer for m in mem),

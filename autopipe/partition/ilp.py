@@ -399,9 +399,11 @@ class _Model:
         for k, (q, readers) in enumerate(sorted(self.problem.readers().items())):
             if len(readers) < 2:
                 continue
-            out[q] = [self._any(f"z_{k}_{s}", f"hold_{k}_{s}", [self.x(r, s) for r in readers
-                                                                 if self.lo[r] <= s <= self.hi[r]], self.holder_vars)
-                      for s in range(self.p)]
+            per_stage = []
+            for s in range(self.p):
+                held_by = [self.x(r, s) for r in readers if self.lo[r] <= s <= self.hi[r]]
+                per_stage.append(self._any(f"z_{k}_{s}", f"hold_{k}_{s}", held_by, self.holder_vars))
+            out[q] = per_stage
         return out
 
     def _objective(self, x_bytes: list[_Lin], y_bytes: list[_Lin], alone: list[_Lin],

@@ -71,7 +71,7 @@ def link_times(plan: Plan, runtime: RuntimeCosts | None = None) -> tuple[list[fl
         sends = [latency + c for c in boundary_send_s(plan)]
         return sends, sends
     return ([latency * t.forward_messages + per_byte * t.forward_bytes for t in cuts],
-            [latency * t.back_messages + per_byte * t.back_bytes for t in cuts])
+            [latency + per_byte * t.back_bytes for t in cuts])
 
 
 def _step_s(plan: Plan, runtime: RuntimeCosts | None, model: ModelCosts | None) -> tuple[float, ...]:

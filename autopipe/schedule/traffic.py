@@ -31,8 +31,8 @@ class Traffic:
 
     forward_bytes: int
     forward_messages: int
+    """One, or two where a value that goes forward only crosses (one message comes back)."""
     back_bytes: int
-    back_messages: int
 
 
 def cut_traffic(values: Iterable[tuple[int, bool]]) -> Traffic:
@@ -46,4 +46,4 @@ def cut_traffic(values: Iterable[tuple[int, bool]]) -> Traffic:
             alone = True
         else:
             back += nbytes
-    return Traffic(forward_bytes=forward, forward_messages=2 if alone else 1, back_bytes=back, back_messages=1)
+    return Traffic(forward_bytes=forward, forward_messages=2 if alone else 1, back_bytes=back)
