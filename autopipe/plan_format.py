@@ -44,8 +44,8 @@ class StageMemory:
     buffers: int
     """Send/receive buffers at the stage's boundaries."""
     total: int
-    """The peak: params + grads + optimizer + buffers + batch + the larger of activations +
-    workspace and optimizer_step."""
+    """The peak: params + grads + optimizer + buffers + batch + library + the larger of
+    activations + workspace and optimizer_step."""
     optimizer_step: int = 0
     """What the optimizer step allocates while it runs, when no activation is held
     (Adam's multi-tensor temporaries; fp32 gradients for 16-bit masters)."""
@@ -60,6 +60,10 @@ class StageMemory:
     """The part of the step's batch its rank holds through the step: the inputs of every
     micro-batch on stage 0, their targets on the last stage (0 in plans written before it
     was counted)."""
+    library: int = 0
+    """Device memory its rank's libraries hold beyond tensors, on the first stage its rank
+    runs: cuBLAS's workspaces on a GPU ([Note: the libraries' workspaces] in
+    ``autopipe.profile.libraries``; 0 on the CPU and in plans written before it was counted)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -333,7 +337,8 @@ class Plan:
 
 def _stage_json(stage: Stage) -> dict[str, Any]:
     """A stage's JSON object; the recomputation fields only where it recomputes, and the
-    workspace and batch only where there is one, so plans without them read as they did before."""
+    workspace, batch and library only where there is one, so plans without them read as they
+    did before."""
     out = asdict(stage)
     if not stage.recompute:
         del out["recompute"]
@@ -345,6 +350,8 @@ def _stage_json(stage: Stage) -> dict[str, Any]:
         del out["memory"]["workspace"]
     if not stage.memory.batch:
         del out["memory"]["batch"]
+    if not stage.memory.library:
+        del out["memory"]["library"]
     for send in out["sends"]:
         if not send["forward_only"]:
             del send["forward_only"]

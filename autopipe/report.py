@@ -256,7 +256,7 @@ def degree_lines(plan: Plan) -> list[str]:
 def stage_table(plan: Plan) -> list[str]:
     """One row per stage, then its modules and sends."""
     cols = ("stage", "device", "nodes", "forward", "backward", "comm", "per mb", "params",
-            "grads", "optim", "activ", "workspace", "step tmp", "buffers", "batch", "total", "limit")
+            "grads", "optim", "activ", "workspace", "step tmp", "buffers", "batch", "libs", "total", "limit")
     rows = []
     for s in plan.stages:
         m = s.memory
@@ -264,7 +264,7 @@ def stage_table(plan: Plan) -> list[str]:
                      format_seconds(s.backward_s), format_seconds(s.comm_s), format_seconds(s.time_s),
                      format_size(m.params), format_size(m.grads), format_size(m.optimizer),
                      format_size(m.activations), format_size(m.workspace), format_size(m.optimizer_step),
-                     format_size(m.buffers), format_size(m.batch),
+                     format_size(m.buffers), format_size(m.batch), format_size(m.library),
                      format_size(m.total),
                      _limit(plan, s)))
     width = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]

@@ -276,15 +276,17 @@ def simulate_one_process(one: Any, per_mb: list[int], device: str, model: Any = 
 
 
 def peak_memory(plan: Any, activations_peak: int) -> dict[str, int]:
-    """The one process's predicted peak: every stage's held bytes plus the larger of the
-    simulated activation peak with the loss's workspace and the optimizer step's
-    temporaries (one optimizer steps every stage's parameters at once: [Note: the
-    optimizer step's temporaries])."""
+    """The one process's predicted peak: every stage's held bytes (the libraries' workspaces
+    once) plus the larger of the simulated activation peak with the loss's workspace and
+    the optimizer step's temporaries (one optimizer steps every stage's parameters at
+    once: [Note: the optimizer step's temporaries])."""
     out = {k: sum(getattr(s.memory, k) for s in plan.stages)
-           for k in ("params", "grads", "optimizer", "buffers", "optimizer_step")}
+           for k in ("params", "grads", "optimizer", "buffers", "batch", "optimizer_step")}
     out["workspace"] = max(s.memory.workspace for s in plan.stages)  # one call runs at a time
+    # one process, one pair of cuBLAS workspaces ([Note: the libraries' workspaces])
+    out["library"] = max(s.memory.library for s in plan.stages)
     out["activations_peak"] = activations_peak
-    held = out["params"] + out["grads"] + out["optimizer"] + out["buffers"]
+    held = out["params"] + out["grads"] + out["optimizer"] + out["buffers"] + out["batch"] + out["library"]
     out["peak"] = held + max(activations_peak + out["workspace"], out["optimizer_step"])
     return out
 
@@ -481,8 +483,9 @@ def tables(rows: list[dict[str, Any]], header: str) -> str:
             "One forward, loss and backward in the model's dtype (`benchmarks/op_scratch.py`), per aten "
             "op (the profile records it per node, and the plans hold it). Against it, training's "
             "peak over the predicted one.", "",
-            "| model | largest scratch of one call, MiB (op, calls with any) | training peak − predicted, MiB |",
-            "|---|---|---|"]
+            "| model | largest scratch of one call, MiB (op, calls with any) | cuBLAS workspaces "
+            "measured and charged, MiB | training peak − predicted, MiB |",
+            "|---|---|---|---|"]
     for r in rows:
         if "op_scratch" not in r:
             continue
@@ -490,7 +493,9 @@ def tables(rows: list[dict[str, Any]], header: str) -> str:
         gap = (r["train_peak_bytes"] - r["predicted_peak_bytes"]) / 2**20 if r.get("train_peak_bytes") \
             and r.get("predicted_peak_bytes") else None
         none = "none measured (no allocator counters on the CPU)" if r["knobs"]["device"] == "cpu" else "none"
+        library = r.get("predicted_memory", {}).get("library")
         out.append(f"| {r['model']} | {ops or none} | "
+                   f"{'—' if library is None else f'{library / 2**20:.1f}'} | "
                    f"{'—' if gap is None else f'{gap:.0f}'} |")
     errors = [f"- {r['model']}: {e}" for r in rows for e in r["errors"]]
     if errors:

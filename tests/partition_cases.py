@@ -120,9 +120,11 @@ def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6, tables: bo
         saved = draw(st.integers(0, 4096))
         loss = LossCost(forward_s=draw(times(0.5)), backward_s=draw(times(0.5)), activation_bytes=saved,
                         input_bytes=draw(st.integers(0, 4096)), peak_bytes=saved + draw(st.integers(0, 8192)))
+    # the libraries' workspaces each rank holds (cuBLAS's on a GPU): none, or some
+    library = draw(st.sampled_from([0, 0, 4096]))
     return Profile(device="test", dtype="float32", microbatch_shape=[[1]], nodes=tuple(nodes),
                    edges=tuple(edges), graph_fingerprint="random", method="synthetic", params=params,
-                   loss=loss)
+                   loss=loss, library_bytes=library)
 
 
 @st.composite

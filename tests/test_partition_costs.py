@@ -74,6 +74,24 @@ def test_the_batch_is_held_by_the_first_and_last_stage() -> None:
     assert from_profile(consts, config()).batch_input_bytes == 0
 
 
+def test_each_rank_holds_the_libraries_workspaces_once() -> None:
+    """[Note: the libraries' workspaces]: every rank holds them, through the step and during
+    the optimizer step too; a rank running two chunks holds them once, on its first."""
+    prof = dataclasses.replace(skip_profile(), library_bytes=3000)
+    bare = evaluate(from_profile(skip_profile(), config()), [0, 0, 1, 2, 2])
+    ev = evaluate(from_profile(prof, config()), [0, 0, 1, 2, 2])
+    assert [s.library for s in ev.stages] == [3000] * 3
+    assert [s.memory - b.memory for s, b in zip(ev.stages, bare.stages)] == [3000] * 3
+    for v in ("interleaved-1f1b", "zbv"):
+        cfg = Config(num_stages=4, virtual_stages=2, microbatches=4, schedule=v, link_bandwidth=1000.0,
+                     devices=tuple(Device(name=f"d{i}", memory=10**6) for i in range(4)))
+        chunked = evaluate(from_profile(prof, cfg), [0, 1, 2, 3, 3])
+        without = evaluate(from_profile(skip_profile(), cfg), [0, 1, 2, 3, 3])
+        first = {r.chunks[0] for r in chunked.ranks}
+        assert [s.library for s in chunked.stages] == [3000 if c in first else 0 for c in range(4)], v
+        assert [r.memory - b.memory for r, b in zip(chunked.ranks, without.ranks)] == [3000, 3000], v
+
+
 def test_memory_breakdown_and_tied_parameters() -> None:
     problem = from_profile(skip_profile(), config(), optimizer="adam")
     ev = evaluate(problem, [0, 0, 1, 2, 2])

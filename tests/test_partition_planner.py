@@ -75,7 +75,9 @@ def recompute_memory(profile: Profile, plan: Plan, optimizer: str) -> list[int]:
         # the step's batch: every micro-batch's inputs on stage 0, targets on the last
         batch = m * (sum(n.output_bytes for n in profile.nodes if n.op == "placeholder" and n.is_tensor)
                      if s == 0 else 0) + m * (loss.target_bytes if loss is not None and s == p - 1 else 0)
-        out.append(params + max((act[s] + sent) * inflight + work[s], step) + m * around + batch)
+        # the libraries' workspaces (cuBLAS's), held by every rank: one stage per rank here
+        out.append(params + max((act[s] + sent) * inflight + work[s], step) + m * around + batch
+                   + profile.library_bytes)
     return out
 
 

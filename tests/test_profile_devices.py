@@ -41,6 +41,18 @@ def test_user_spec_from_path(tmp_path: Path) -> None:
     assert load_device_spec(str(tmp_path / "copy.json")) == spec
 
 
+def test_the_libraries_workspaces() -> None:
+    """[Note: the libraries' workspaces]: two threads' cuBLAS and cuBLASLt workspaces, 32 MiB
+    and 1 MiB each on Hopper, 8 MiB + 128 KiB and 1 MiB elsewhere; a user's spec may give
+    a size, none means 0; an estimate carries the spec's."""
+    assert load_device_spec("h100").library_bytes == load_device_spec("h200").library_bytes == 2 * 33 * 2**20
+    assert load_device_spec("a100").library_bytes == 2 * (8 * 2**20 + 128 * 2**10 + 2**20)
+    data = load_device_spec("h100").to_json()
+    assert DeviceSpec.from_json({**data, "library_bytes": "18MiB"}).library_bytes == 18 * 2**20
+    bare = DeviceSpec.from_json({k: v for k, v in data.items() if k != "library_bytes"})
+    assert bare.library_bytes == 0 and "library_bytes" not in bare.to_json()
+
+
 def test_dtype_lookup() -> None:
     spec = load_device_spec("a100")
     assert spec.flops_for("torch.float16") == spec.peak_flops["float16"]
@@ -60,6 +72,8 @@ def test_dtype_lookup() -> None:
     ({"efficiency": {"gemm": {"float32": 0.5}}}, "unknown kernel class 'gemm'"),
     ({"efficiency": {"matmul": 0.5}}, "efficiency is not an object of objects"),
     ({"call_overhead_s": {"convolution": -1}}, r"call_overhead_s\['convolution'\] = -1.0"),
+    ({"library_bytes": "some"}, "library_bytes: cannot read size 'some'"),
+    ({"library_bytes": -5}, "library_bytes: size -5 is negative"),
 ])
 def test_bad_values(tmp_path: Path, change: dict[str, object], match: str) -> None:
     data = load_device_spec("h100").to_json() | change

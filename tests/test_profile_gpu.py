@@ -7,7 +7,7 @@ import torch
 
 import autopipe
 from autopipe import ModelSpec
-from autopipe.profile import estimate, measure
+from autopipe.profile import estimate, load_device_spec, measure
 
 Traced = dict[str, tuple[ModelSpec, autopipe.Graph]]
 pytestmark = pytest.mark.gpu
@@ -42,3 +42,25 @@ def test_bf16_on_cuda_against_estimate(traced: Traced) -> None:
     e = estimate(graph, spec.example_inputs, dtype="bf16")
     assert p.dtype == e.dtype == "bfloat16"
     assert p.activation_bytes == pytest.approx(e.activation_bytes, rel=0.25)
+
+
+def test_the_libraries_workspaces_on_cuda(traced: Traced) -> None:
+    """[Note: the libraries' workspaces]: a measured profile carries two threads' cuBLAS
+    workspaces (and cuBLASLt's, where a biased linear takes that path), the size the
+    device specs give; once made, a training step's matmuls allocate no more of them."""
+    spec, graph = traced["mlp"]
+    p = measure(graph, spec.example_inputs, device="cuda", warmup=1, repeats=3)
+    hopper = torch.cuda.get_device_capability() == (9, 0)
+    cublas = 32 * 2**20 if hopper else 8 * 2**20 + 128 * 2**10
+    assert p.library_bytes in (2 * cublas, 2 * (cublas + 2**20))
+    if hopper:
+        assert p.library_bytes <= load_device_spec("h100").library_bytes
+    model = torch.nn.Linear(256, 256).cuda()
+    x = torch.randn(64, 256, device="cuda", requires_grad=True)
+    torch.autograd.grad(model(x).sum(), (x, *model.parameters()))  # workspaces exist now
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    grads = torch.autograd.grad(model(x).sum(), (x, *model.parameters()))
+    torch.cuda.synchronize()
+    del grads
+    assert torch.cuda.memory_allocated() == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pytest
 import autopipe
 from autopipe import ModelSpec
 from autopipe.errors import ProfileError
-from autopipe.profile import Profile, estimate, measure
+from autopipe.partition.planner import plan_profile
+from autopipe.plan_format import Plan
+from autopipe.profile import Profile, estimate, load_device_spec, measure
 
 Traced = dict[str, tuple[ModelSpec, autopipe.Graph]]
 
@@ -40,6 +43,22 @@ def test_json_has_the_documented_fields(profiles: list[Profile]) -> None:
     assert {"name", "op", "target", "module", "forward_s", "backward_input_s", "backward_weight_s",
             "activation_bytes", "output_bytes", "param_bytes", "params"} <= set(node)
     assert all(len(e) == 3 for e in data["edges"])
+
+
+def test_the_libraries_workspaces_come_with_the_profile(profiles: list[Profile]) -> None:
+    """[Note: the libraries' workspaces]: none on the CPU (nor a key for them), the device
+    spec's in an estimate; a plan charges each stage's rank them and writes them."""
+    measured, estimated = profiles
+    assert measured.library_bytes == 0 and "library_bytes" not in measured.to_json()
+    assert estimated.library_bytes == load_device_spec("h100").library_bytes > 0
+    assert estimated.to_json()["library_bytes"] == estimated.library_bytes
+    plan = plan_profile(estimated, num_stages=2, microbatches=4)
+    assert [s.memory.library for s in plan.stages] == [estimated.library_bytes] * 2
+    bare = plan_profile(dataclasses.replace(estimated, library_bytes=0), num_stages=2, microbatches=4)
+    assert [s.nodes for s in bare.stages] == [s.nodes for s in plan.stages]
+    assert [a.memory.total - b.memory.total for a, b in zip(plan.stages, bare.stages)] == [estimated.library_bytes] * 2
+    assert "library" not in bare.to_json()["stages"][0]["memory"]
+    assert Plan.from_json(plan.to_json()) == plan
 
 
 def test_corrupt_file_names_the_file(profiles: list[Profile], tmp_path: Path) -> None:

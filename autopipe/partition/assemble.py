@@ -87,7 +87,7 @@ def stages(problem: Problem, stage_of: Sequence[int], ev: Evaluation) -> tuple[S
             memory=StageMemory(params=cost.params, grads=cost.grads, optimizer=cost.optimizer,
                                activations=cost.activations, buffers=cost.buffers, total=cost.memory,
                                optimizer_step=cost.optimizer_step, workspace=cost.workspace,
-                               batch=cost.batch),
+                               batch=cost.batch, library=cost.library),
             sends=tuple(out_sends[s]), backward_weight_s=cost.backward_weight_s, comm_s=cost.comm_s,
             optimizer_s=steps[s], rank=problem.config.rank_of(s) if write_rank else None,
             recompute=tuple(sorted(regions[s], key=lambda g: order.get(g[0], 0))),

@@ -140,7 +140,8 @@ class Chain:
         # [Note: the pipeline's buffers]: a receive buffer per micro-batch each way, and the
         # outputs sent kept until their backward
         held = (self.pmem[i] - self.pmem[js] + cfg.microbatches * self.comm(i, j)
-                + _shared(self.shared, i, j) + self.problem.batch_bytes(s))  # [Note: the batch a rank holds]
+                + _shared(self.shared, i, j) + self.problem.batch_bytes(s)  # [Note: the batch a rank holds]
+                + self.problem.library(s))
         act: FloatArray = cfg.inflight(s) * (self.act[i] - self.act[js] + self.cross[i])
         if recompute and self._candidates.any():
             freed = self.freed(cfg.inflight(s))

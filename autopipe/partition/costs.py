@@ -183,6 +183,8 @@ class StageCost:
     """The device's memory, bytes (``inf`` when unlimited)."""
     batch: int = 0
     """The part of the step's batch the stage's rank holds ([Note: the batch a rank holds])."""
+    library: int = 0
+    """The libraries' workspaces its rank holds, on its first stage only (``Problem.library``)."""
     recompute_s: float = 0.0
     """The recomputed blocks' forward, per micro-batch, as often as the backward runs it
     (twice under a split backward: [Note: recomputation in a split backward]): part of
@@ -204,10 +206,15 @@ class StageCost:
     with the gradients around it (``Problem.held_while_running``)."""
 
     @property
+    def held(self) -> int:
+        """What the stage holds through the whole step: parameters, gradients, optimizer
+        states, buffers, batch and the libraries' workspaces."""
+        return self.params + self.grads + self.optimizer + self.buffers + self.batch + self.library
+
+    @property
     def memory(self) -> int:
         """Total predicted peak bytes."""
-        return self.params + self.grads + self.optimizer + self.buffers + self.batch + max(
-            self.activations + self.workspace, self.optimizer_step)
+        return self.held + max(self.activations + self.workspace, self.optimizer_step)
 
     @property
     def fits(self) -> bool:
@@ -272,7 +279,8 @@ class RankMemory:
     chunks: tuple[int, ...]
     """The chunks (stages) the rank runs."""
     static: int
-    """Parameters, gradients, optimizer states, send/receive buffers and batch of its chunks."""
+    """Parameters, gradients, optimizer states, send/receive buffers and batch of its chunks,
+    and the libraries' workspaces."""
     activations: int
     """The most activation bytes its chunks hold at once: max over the moments of
     ``Config.live_sets`` of Σ held micro-batches × the chunk's bytes per micro-batch, plus
@@ -311,8 +319,7 @@ def rank_memory(problem: Problem, stages: Sequence[StageCost], act: Sequence[int
         chunks = tuple(c for c in range(cfg.num_stages) if cfg.rank_of(c) == r)
         peak, moment = max((sum(k * a for k, a in zip(held, act)), held) for held in moments)
         again = max(stages[c].recompute_bytes for c in chunks)
-        static = sum(stages[c].params + stages[c].grads + stages[c].optimizer + stages[c].buffers
-                     + stages[c].batch for c in chunks)
+        static = sum(stages[c].held for c in chunks)
         work = sum(stages[c].workspace for c in chunks)
         out.append(RankMemory(chunks=chunks, static=static, activations=peak + again + work, moment=moment,
                               limit=stages[chunks[0]].limit, recompute_bytes=again,
@@ -460,7 +467,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
             optimizer=sum(m.optimizer for m in mem),
             activations=act[s] * cfg.inflight(s) + live[s],
             buffers=cfg.microbatches * (recv + (y[s] if s < p - 1 else 0)),
-            batch=problem.batch_bytes(s),
+            batch=problem.batch_bytes(s), library=problem.library(s),
             limit=float(dev.memory) if dev.memory > 0 else math.inf,
             optimizer_step=sum(m.step for m in mem),
             workspace=problem.held_while_running(s, (i for i, t in enumerate(stage_of) if t == s)),

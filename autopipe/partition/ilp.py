@@ -511,6 +511,7 @@ class _Model:
                 if s < p - 1:
                     lin.add(y_bytes[s], m / scale)
                 lin.const += problem.batch_bytes(s) / scale  # [Note: the batch a rank holds]
+                lin.const += problem.library(s) / scale  # [Note: the libraries' workspaces]
             if s < p - 1 and cfg.linked(s):
                 mem.add(x_bytes[s], held_mb / scale)
                 act.add(x_bytes[s], 1.0 / scale)

@@ -610,14 +610,12 @@ def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predic
         stepping = {c for r in ev.ranks if r.activations < r.optimizer_step for c in r.chunks}
         again = {max(r.chunks, key=lambda c: ev.stages[c].recompute_bytes): r.recompute_bytes
                  for r in ev.ranks}
-        peak = tuple(s.params + s.grads + s.optimizer + s.buffers + s.batch
-                     + (s.optimizer_step if i in stepping
-                        else held[i] * costs[i].activation_bytes + again.get(i, 0) + s.workspace)
+        peak = tuple(s.held + (s.optimizer_step if i in stepping
+                               else held[i] * costs[i].activation_bytes + again.get(i, 0) + s.workspace)
                      for i, s in enumerate(ev.stages))
     else:
         # a recomputed block's activations live again while its backward runs ([Note: recomputation])
-        peak = tuple(s.params + s.grads + s.optimizer + s.buffers + s.batch
-                     + max(sim.peak_activation_bytes[i] + s.recompute_bytes + s.workspace, s.optimizer_step)
+        peak = tuple(s.held + max(sim.peak_activation_bytes[i] + s.recompute_bytes + s.workspace, s.optimizer_step)
                      for i, s in enumerate(ev.stages))
     return Predicted(iteration_s=sim.iteration_s + ev.tied_sync_s + cfg.step_overhead_s,
                      bubble_fraction=sim.bubble_fraction, peak_memory=peak)

@@ -308,6 +308,9 @@ class Problem:
     batch_target_bytes: int = 0
     """Bytes of one micro-batch's target (``LossCost.target_bytes``): the last stage's rank
     holds the batch's."""
+    library_bytes: int = 0
+    """Device memory each rank's libraries hold beyond tensors (``Profile.library_bytes``,
+    [Note: the libraries' workspaces] in ``autopipe.profile.libraries``); see ``library``."""
     rows_params: frozenset[str] = frozenset()
     """Tied parameters whose gradient, split over two stages, is summed with one side
     sending only the rows a step wrote: read by exactly two nodes, one of them an
@@ -344,6 +347,15 @@ class Problem:
         m = self.config.microbatches
         return (m * self.batch_input_bytes if stage == 0 else 0) + (
             m * self.batch_target_bytes if stage == self.config.num_stages - 1 else 0)
+
+    def library(self, stage: int) -> int:
+        """The libraries' workspaces charged to ``stage``: all of them to the first stage
+        (chunk) its rank runs, none to its rank's other chunks, so that a rank holds them
+        once ([Note: the libraries' workspaces] in ``autopipe.profile.libraries``)."""
+        cfg = self.config
+        rank = cfg.rank_of(stage)
+        first = next(c for c in range(cfg.num_stages) if cfg.rank_of(c) == rank)
+        return self.library_bytes if stage == first else 0
 
     @property
     def num_real(self) -> int:
@@ -537,6 +549,7 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
                    workspace=loss.workspace_bytes if loss is not None else 0,
                    batch_input_bytes=sum(n.output_bytes for n in profile.nodes if n.op == "placeholder" and n.is_tensor),
                    batch_target_bytes=loss.target_bytes if loss is not None else 0,
+                   library_bytes=profile.library_bytes,
                    rows_params=tied_embeddings(profile.nodes, NodeProfile.is_embedding) if by_rows else frozenset())
 
 

@@ -49,6 +49,10 @@ class DeviceSpec:
     call_overhead_s: dict[str, float] = field(default_factory=dict)
     """Kernel class → device seconds each of its calls costs on top of its roofline time
     (a ``convolution`` call runs several kernels: layout changes, split reductions)."""
+    library_bytes: int = 0
+    """Device memory its libraries hold in a training process beyond any tensor: cuBLAS's
+    workspaces, one per thread that runs matmuls ([Note: the libraries' workspaces] in
+    ``autopipe.profile.libraries``); bytes, 0 where none."""
     source: str = ""
     """Where the numbers come from (datasheet, measurement)."""
     description: str = ""
@@ -85,6 +89,9 @@ class DeviceSpec:
                     raise DeviceSpecError(
                         f"device spec {self.name}: efficiency[{kind!r}][{key!r}] = {frac!r} is not a "
                         "fraction of the peak", hint="use a number in (0, 1], e.g. 0.1")
+        if not (isinstance(self.library_bytes, int) and self.library_bytes >= 0):
+            raise DeviceSpecError(f"device spec {self.name}: library_bytes = {self.library_bytes!r}",
+                                  hint="give the bytes its libraries hold per process, e.g. 69206016, or 0")
         for kind, extra in self.call_overhead_s.items():
             if kind not in KERNEL_CLASSES or not (isinstance(extra, (int, float)) and 0 <= extra < 1):
                 raise DeviceSpecError(f"device spec {self.name}: call_overhead_s[{kind!r}] = {extra!r}",
@@ -143,6 +150,7 @@ class DeviceSpec:
             "dispatch_backward_s": self.dispatch_backward_s,
             "efficiency": {k: dict(v) for k, v in self.efficiency.items()},
             "call_overhead_s": dict(self.call_overhead_s),
+            **({"library_bytes": self.library_bytes} if self.library_bytes else {}),
             "source": self.source, **self.extra,
         }
 
@@ -157,7 +165,7 @@ class DeviceSpec:
         """
         known = {"schema", "name", "description", "peak_flops", "memory_bandwidth", "memory",
                  "link_bandwidth", "kernel_overhead_s", "dispatch_forward_s", "dispatch_backward_s",
-                 "efficiency", "call_overhead_s", "source"}
+                 "efficiency", "call_overhead_s", "library_bytes", "source"}
         missing = [k for k in ("name", "peak_flops", "memory_bandwidth", "memory", "link_bandwidth")
                    if k not in data]
         if missing:
@@ -171,20 +179,21 @@ class DeviceSpec:
                 name=str(data["name"]), description=str(data.get("description", "")),
                 peak_flops={str(k): float(v) for k, v in flops.items()},
                 memory_bandwidth=float(data["memory_bandwidth"]),
-                memory=parse_size(data["memory"]),
+                memory=_size(data, "memory"),
                 link_bandwidth=float(data["link_bandwidth"]),
                 kernel_overhead_s=float(data.get("kernel_overhead_s", 0.0)),
                 dispatch_forward_s=float(data.get("dispatch_forward_s", 0.0)),
                 dispatch_backward_s=float(data.get("dispatch_backward_s", 0.0)),
                 efficiency=_efficiency(data.get("efficiency", {})),
                 call_overhead_s={str(k): float(v) for k, v in dict(data.get("call_overhead_s", {})).items()},
+                library_bytes=_size(data, "library_bytes"),
                 source=str(data.get("source", "")),
                 extra={k: v for k, v in data.items() if k not in known},
             )
         except DeviceSpecError as e:
             raise DeviceSpecError(f"{source}: {e.message}", hint=e.hint) from None
         except AutopipeError as e:  # a size that does not parse
-            raise DeviceSpecError(f"{source}: memory: {e.message}", hint=e.hint) from None
+            raise DeviceSpecError(f"{source}: {e.message}", hint=e.hint) from None
         except (TypeError, ValueError) as e:
             raise DeviceSpecError(f"{source}: malformed device spec ({e})",
                                   hint="numbers in FLOP/s, bytes/s and bytes") from None
@@ -192,6 +201,14 @@ class DeviceSpec:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically as JSON."""
         write_json_atomic(path, self.to_json())
+
+
+def _size(data: dict[str, Any], key: str) -> int:
+    """``data[key]`` as bytes (0 where absent); an ``AutopipeError`` that names the key."""
+    try:
+        return parse_size(data.get(key, 0))
+    except AutopipeError as e:
+        raise AutopipeError(f"{key}: {e.message}", hint=e.hint) from None
 
 
 def _efficiency(data: Any) -> dict[str, dict[str, float]]:

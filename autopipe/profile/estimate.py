@@ -98,7 +98,8 @@ def estimate(
     }
     profile = assemble(graph, s.gm, walker.costs, walker.output_bytes, device=f"estimate:{spec.name}",
                        dtype=s.dtype, method="estimate", flat_inputs=s.flat, meta=meta)
-    return dataclasses.replace(profile, loss=loss, optimizer=estimate_rates(spec, s.dtype))
+    return dataclasses.replace(profile, loss=loss, optimizer=estimate_rates(spec, s.dtype),
+                               library_bytes=spec.library_bytes)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

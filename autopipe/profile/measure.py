@@ -28,6 +28,7 @@ from autopipe.profile._setup import (
 )
 from autopipe.profile._timer import Timer
 from autopipe.profile._walk import NodeCost, NodeWalker
+from autopipe.profile.libraries import library_bytes
 from autopipe.profile.loss import LossFn, measure_loss
 from autopipe.profile.optimizer import measure_rates
 from autopipe.profile.profile import Profile
@@ -66,7 +67,8 @@ def measure(
     forward+backward of the same micro-batch is timed too and stored in
     ``profile.meta["whole_model"]`` (with ``peak_bytes`` from
     ``torch.cuda.max_memory_allocated`` on CUDA), so that the per-node sum can be
-    checked against it.
+    checked against it. On CUDA the libraries' workspaces are measured apart
+    (``Profile.library_bytes``, [Note: the libraries' workspaces] in ``libraries.py``).
 
     A node that writes an input in place gets fresh copies of it for every extra run and
     writes the real value once, so later nodes see what one forward makes ([Note: in-place
@@ -110,6 +112,7 @@ def measure(
     dev = resolve_device(device)
     pinned = dev.type == "cpu" and pin_malloc and _pin_malloc()
     s = setup(graph, args, kwargs, dev, dtype)
+    libraries = library_bytes(dev, s.dtype)  # [Note: the libraries' workspaces]
     computing = sum(1 for n in s.gm.graph.nodes if n.op.startswith("call_"))
     bar = Progress(computing, f"measuring {len(graph)} nodes on {dev}", enabled=progress)
     with cpu_threads(threads, dev), denormals_flushed(dev) as flushed, buffers_restored(s.gm), \
@@ -139,7 +142,7 @@ def measure(
                        method="measure", flat_inputs=s.flat, meta=meta)
     with cpu_threads(threads, dev), denormals_flushed(dev):
         rates = measure_rates(dev, s.dtype)
-    return dataclasses.replace(profile, loss=loss, optimizer=rates)
+    return dataclasses.replace(profile, loss=loss, optimizer=rates, library_bytes=libraries)
 
 
 def _cpus() -> int | None:

@@ -131,6 +131,10 @@ class Profile:
     loss: LossCost | None = None
     """The loss function on the model's output for one micro-batch, where the profile was
     made with one ([Note: the loss is part of the last stage] in ``loss.py``)."""
+    library_bytes: int = 0
+    """Device memory the libraries hold in a training process beyond any tensor the nodes
+    make, bytes: cuBLAS's workspaces ([Note: the libraries' workspaces] in
+    ``autopipe.profile.libraries``); 0 on the CPU and in profiles made before it was counted."""
 
     def __post_init__(self) -> None:
         names = [n.name for n in self.nodes]
@@ -190,6 +194,7 @@ class Profile:
             **({"loss": self.loss.to_json()} if self.loss is not None else {}),
             **({"optimizer": {k: list(v) for k, v in self.optimizer.items()}} if self.optimizer else {}),
             **({"runtime": dict(self.runtime)} if self.runtime else {}),
+            **({"library_bytes": self.library_bytes} if self.library_bytes else {}),
         }
 
     @classmethod
@@ -215,6 +220,7 @@ class Profile:
                 optimizer={str(k): (float(v[0]), float(v[1]))
                            for k, v in data.get("optimizer", {}).items()},
                 runtime={str(k): float(v) for k, v in data.get("runtime", {}).items()},
+                library_bytes=int(data.get("library_bytes", 0)),
             )
         except ProfileError as e:
             raise ProfileError(f"{source}: {e.message}", hint=e.hint) from None

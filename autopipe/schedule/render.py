@@ -6,7 +6,8 @@ Layout of the PNG::
     │ time per micro-batch     │ memory per stage         │
     │ F | B | W | comm bars,   │ params | grads | optim | │
     │ this plan's and the      │ activations | workspace  │
-    │ baselines' bottleneck    │ | buffers | batch, limits│
+    │ baselines' bottleneck    │ | buffers | batch |      │
+    │                          │ library, limits          │
     ├──────────────────────────┴──────────────────────────┤
     │ timeline: one row per stage, a block per F/B/W       │
     │ of each micro-batch; white is bubble                 │
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 COLOURS = {"F": "#4c72b0", "B": "#dd8452", "W": "#8172b3", "O": "#55a868", "comm": "#937860"}
 MEMORY_PARTS = (("params", "#4c72b0"), ("grads", "#55a868"), ("optimizer", "#c44e52"),
                 ("activations", "#dd8452"), ("workspace", "#da8bc3"), ("buffers", "#937860"),
-                ("batch", "#8c8c8c"))
+                ("batch", "#8c8c8c"), ("library", "#ccb974"))
 BASELINE_STYLES = ("--", ":", "-.")
 LIMIT_HEADROOM = 4.0
 """A device limit more than this many times the largest bar is written, not drawn."""
