@@ -52,7 +52,8 @@ def test_the_libraries_workspaces_on_cuda(traced: Traced) -> None:
     p = measure(graph, spec.example_inputs, device="cuda", warmup=1, repeats=3)
     hopper = torch.cuda.get_device_capability() == (9, 0)
     cublas = 32 * 2**20 if hopper else 8 * 2**20 + 128 * 2**10
-    assert p.library_bytes in (2 * cublas, 2 * (cublas + 2**20))
+    # cuBLASLt's 1 MiB on each thread whose matmuls take that path (the biased forward's)
+    assert 2 * cublas <= p.library_bytes <= 2 * (cublas + 2**20)
     if hopper:
         assert p.library_bytes <= load_device_spec("h100").library_bytes
     model = torch.nn.Linear(256, 256).cuda()

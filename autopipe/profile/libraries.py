@@ -8,8 +8,8 @@ in ``aten/src/ATen/cuda``): 32 MiB on a Hopper GPU (compute capability 9.0), 8 M
 (``CUBLASLT_WORKSPACE_SIZE``) where a matmul takes that path (a linear layer with a bias).
 Handles are per thread, and a training step runs its matmuls on two: the forward on the
 thread that calls the model, the backward on the autograd engine's thread for the device.
-So a process that trains holds two workspaces, 66 MiB on an H100 or H200, whatever its
-stages: on the H200 the GPU suite's one-process MLP trained about 67 MiB over a prediction
+So a process that trains holds two workspaces, 65–66 MiB on an H100 or H200 (the
+backward's matmuls need not take cuBLASLt), whatever its stages: on the H200 the GPU suite's one-process MLP trained about 67 MiB over a prediction
 that left them out. No node's profile sees them (they exist before the first node is
 timed), so a profile carries them apart (``Profile.library_bytes``): measured on CUDA by
 ``library_bytes`` below, from the device spec in an estimate (``DeviceSpec.library_bytes``),
