@@ -14,7 +14,8 @@ import torch.distributed.pipelining as pipelining
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed.pipelining import PipelineStage
 
-__all__ = ["FakeTensorMode", "messages_within", "pipeline_stage_class", "schedule_class", "torch_compute_order"]
+__all__ = ["FakeTensorMode", "ReceivedWhenNeeded", "messages_within", "pipeline_stage_class", "schedule_class",
+           "torch_compute_order"]
 
 # [Note: which torch orders are real]
 #
@@ -159,21 +160,146 @@ class _CompatStage(PipelineStage):  # type: ignore[misc]
 
     def get_local_bwd_output(self, mb_index: int) -> Any:
         grads = super().get_local_bwd_output(mb_index)  # type: ignore[no-untyped-call]
-        return tuple(_zeros_for(g, info) for g, info in zip(grads, self.args_recv_info[mb_index]))
+        return tuple(_zeros_for(g, info, self.device) for g, info in zip(grads, self.args_recv_info[mb_index]))
 
     def get_bwd_send_ops(self, bwd_chunk_id: int) -> Any:
         grads = self.bwd_cache.get(bwd_chunk_id)
         infos = self.args_recv_info.get(bwd_chunk_id, ())
         if grads is not None and not self.is_first:
             # the previous stage waits for one gradient per tensor it sent: zeros where none
-            self.bwd_cache[bwd_chunk_id] = tuple(_zeros_for(g, info) for g, info in zip(grads, infos))
+            self.bwd_cache[bwd_chunk_id] = tuple(_zeros_for(g, info, self.device) for g, info in zip(grads, infos))
         return super().get_bwd_send_ops(bwd_chunk_id)
 
 
-def _zeros_for(grad: Any, info: Any) -> Any:
-    """``grad``, or zeros shaped like the received buffer where there is none."""
+def _zeros_for(grad: Any, info: Any, device: torch.device) -> Any:
+    """``grad``, or zeros shaped like the received buffer where there is none (on ``device``:
+    the buffer may be a placeholder by then, [Note: receive buffers made when needed])."""
     buffer = getattr(info, "buffer", None)
-    return torch.zeros_like(buffer) if grad is None and isinstance(buffer, torch.Tensor) else grad
+    if grad is None and isinstance(buffer, torch.Tensor):
+        return torch.zeros(buffer.shape, dtype=buffer.dtype, device=device)
+    return grad
+
+
+# [Note: receive buffers made when needed]
+#
+# torch's PipelineStage makes, the first time it runs, a receive buffer for every
+# micro-batch: one for each tensor it receives from the stage before (``args_recv_info``)
+# and one for the gradient of each tensor it sends (``grad_recv_info``), and keeps all of
+# them for the rest of training: m·(X_in + Y_out) bytes a stage, the whole step's batch
+# of activations whatever the micro-batch size. For a Llama-2-70B stage with 32
+# micro-batches of 4 × 4,096 tokens that is 66 GiB, more than its parameters and their
+# Adam states together. autopipe's stages hold them only while they are needed:
+#
+# - while torch prepares a stage (``_prepare_forward_infra``, ``_prepare_backward_infra``)
+#   every receive buffer is made on the meta device: shape, strides and dtype, no memory;
+# - a buffer is made on the stage's device when its receive is posted
+#   (``get_fwd_recv_ops``, ``get_bwd_recv_ops``);
+# - the stage lets it go (a meta placeholder again) once used: an activation's after the
+#   micro-batch's forward, a gradient's after its backward. What still reads it keeps it
+#   alive: the forward's inputs stay in ``fwd_cache``, and autograd's saved tensors, until
+#   that micro-batch's backward.
+#
+# So a received activation lives from its receive to its micro-batch's backward, as the
+# outputs a stage sends do, and a received gradient for one backward. Where two stages of
+# a rank hand tensors over in memory (a V's tip), the placeholder is replaced by the
+# tensor itself and let go the same way. On a torch that makes the buffers elsewhere than
+# through ``_make_tensor_from_meta``, the first step makes them all as torch does; the
+# stage lets them go after use all the same.
+
+
+@contextlib.contextmanager
+def _buffers_on_meta() -> Iterator[None]:
+    """Inside this, torch's stage module makes every tensor from metadata on the meta device."""
+    from torch.distributed.pipelining import stage as stage_module
+
+    make = getattr(stage_module, "_make_tensor_from_meta", None)
+    if make is None:
+        yield
+        return
+
+    def on_meta(meta: Any, device: Any) -> torch.Tensor:
+        return make(meta, torch.device("meta"))  # type: ignore[no-any-return]
+
+    stage_module._make_tensor_from_meta = on_meta  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        stage_module._make_tensor_from_meta = make  # type: ignore[attr-defined]
+
+
+def _made(infos: Any, device: torch.device) -> None:
+    """Give every placeholder buffer among ``infos`` memory on ``device``."""
+    for info in infos:
+        buffer = getattr(info, "buffer", None)
+        if isinstance(buffer, torch.Tensor) and buffer.is_meta:
+            made = torch.empty_strided(buffer.shape, buffer.stride(), dtype=buffer.dtype, device=device)
+            info.buffer = made.requires_grad_(True) if buffer.requires_grad else made
+
+
+def _let_go(infos: Any) -> None:
+    """Replace every buffer among ``infos`` by a placeholder of its shape on the meta device."""
+    for info in infos:
+        buffer = getattr(info, "buffer", None)
+        if isinstance(buffer, torch.Tensor) and not buffer.is_meta:
+            placeholder = torch.empty_strided(buffer.shape, buffer.stride(), dtype=buffer.dtype, device="meta")
+            info.buffer = placeholder.requires_grad_(True) if buffer.requires_grad else placeholder
+
+
+class ReceivedWhenNeeded:
+    """A PipelineStage mix-in that holds receive buffers only while they are needed
+    ([Note: receive buffers made when needed])."""
+
+    args_recv_info: dict[int, Any]
+    grad_recv_info: dict[int, Any]
+    device: torch.device
+
+    def _prepare_forward_infra(self, *args: Any, **kwargs: Any) -> Any:
+        with _buffers_on_meta():
+            return super()._prepare_forward_infra(*args, **kwargs)  # type: ignore[misc]
+
+    def _prepare_backward_infra(self, *args: Any, **kwargs: Any) -> Any:
+        with _buffers_on_meta():
+            return super()._prepare_backward_infra(*args, **kwargs)  # type: ignore[misc]
+
+    def get_fwd_recv_ops(self, fwd_chunk_id: int) -> Any:
+        _made(self.args_recv_info.get(fwd_chunk_id, ()), self.device)
+        return super().get_fwd_recv_ops(fwd_chunk_id)  # type: ignore[misc]
+
+    def get_bwd_recv_ops(self, bwd_chunk_id: int) -> Any:
+        _made(getattr(self, "grad_recv_info", {}).get(bwd_chunk_id, ()), self.device)
+        return super().get_bwd_recv_ops(bwd_chunk_id)  # type: ignore[misc]
+
+    def forward_one_chunk(self, fwd_chunk_id: int, *args: Any, **kwargs: Any) -> Any:
+        out = super().forward_one_chunk(fwd_chunk_id, *args, **kwargs)  # type: ignore[misc]
+        _let_go(self.args_recv_info.get(fwd_chunk_id, ()))
+        return out
+
+    def backward_one_chunk(self, bwd_chunk_id: int, *args: Any, **kwargs: Any) -> Any:
+        out = super().backward_one_chunk(bwd_chunk_id, *args, **kwargs)  # type: ignore[misc]
+        _let_go(getattr(self, "grad_recv_info", {}).get(bwd_chunk_id, ()))
+        loss = kwargs.get("loss", args[0] if args else None)
+        if isinstance(loss, torch.Tensor):
+            if kwargs.get("full_backward", True):
+                _graph_dropped(loss)
+            else:  # after the weights' pass
+                self.__dict__.setdefault("_losses_before_w", {})[bwd_chunk_id] = loss
+        return out
+
+    def backward_weight_one_chunk(self, bwd_chunk_id: int, *args: Any, **kwargs: Any) -> Any:
+        out = super().backward_weight_one_chunk(bwd_chunk_id, *args, **kwargs)  # type: ignore[misc]
+        loss = self.__dict__.get("_losses_before_w", {}).pop(bwd_chunk_id, None)
+        if loss is not None:
+            _graph_dropped(loss)
+        return out
+
+
+def _graph_dropped(loss: torch.Tensor) -> None:
+    """Cut a micro-batch's loss, backward done, from its graph: the schedule keeps the loss
+    until the step ends, and its graph's nodes (their saved tensors freed, not the nodes)
+    would keep every input leaf of the last stage, the received activations, alive."""
+    if loss.grad_fn is None or loss._is_view():
+        return
+    loss.detach_()
 
 
 def pipeline_stage_class() -> type[Any]:

@@ -40,9 +40,11 @@ class StageMemory:
     grads: int
     optimizer: int
     activations: int
-    """Saved activations × micro-batches in flight under the schedule."""
+    """Saved activations × micro-batches in flight under the schedule, with what the stage
+    sends and receives (each kept until its micro-batch's backward)."""
     buffers: int
-    """Send/receive buffers at the stage's boundaries."""
+    """Receive buffers beyond those: two gradients and one activation ([Note: the
+    pipeline's buffers] in ``autopipe.partition.costs``)."""
     total: int
     """The peak: params + grads + optimizer + buffers + batch + library + the larger of
     activations + workspace and optimizer_step."""

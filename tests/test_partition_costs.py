@@ -49,11 +49,14 @@ def test_pass_through_pays_every_boundary() -> None:
     assert (s1.recv_bytes, s1.send_bytes) == (1000, 1050)
     assert math.isclose(s1.comm_s, 2 * (1000 + 1050) / 1000)
     assert math.isclose(s1.send_s, 1050 / 1000)
-    # a receive buffer per micro-batch each way ([Note: the pipeline's buffers]), m = 4
-    assert s1.buffers == 4 * (1000 + 1050)
-    # what it sends is kept until its backward: per in-flight micro-batch (1F1B, p − s = 2)
-    assert s1.activations == 2 * (100 + 1050)
-    assert ev.stages[2].activations == 1 * 100  # the last stage sends nothing
+    # beyond the activations: two gradients received and one activation ([Note: the
+    # pipeline's buffers])
+    assert s1.buffers == 2 * 1050 + 1000
+    # what it sends is kept until its backward, and what it received until its own: per
+    # in-flight micro-batch (1F1B, p − s = 2)
+    assert s1.activations == 2 * (100 + 1050 + 1000)
+    assert ev.stages[2].activations == 1 * (100 + 1050)  # the last stage sends nothing
+    assert (ev.stages[0].buffers, ev.stages[2].buffers) == (2 * 1000, 1050)
 
 
 def test_the_batch_is_held_by_the_first_and_last_stage() -> None:
@@ -99,11 +102,12 @@ def test_memory_breakdown_and_tied_parameters() -> None:
     # the tied w is read in stage 0 (a) and stage 2 (c): both hold a full copy
     assert (ev.stages[0].params, ev.stages[0].grads, ev.stages[0].optimizer) == (400, 400, w.optimizer)
     assert ev.stages[2].params == 400 and ev.stages[1].params == 0
-    # 1F1B: stage s holds min(m, p − s) micro-batches of activations, and of what it sent
-    assert [s.activations for s in ev.stages] == [(100 + 1000) * 3, (100 + 1050) * 2, 100 * 1]
+    # 1F1B: stage s holds min(m, p − s) micro-batches of activations, of what it sent and
+    # of what it received
+    assert [s.activations for s in ev.stages] == [(100 + 1000) * 3, (100 + 1000 + 1050) * 2, (100 + 1050) * 1]
     assert math.isclose(ev.tied_sync_s, 400 / 1000)
     gpipe = evaluate(from_profile(skip_profile(), config(schedule="gpipe")), [0, 0, 1, 2, 2])
-    assert [s.activations for s in gpipe.stages] == [(100 + 1000) * 4, (100 + 1050) * 4, 100 * 4]
+    assert [s.activations for s in gpipe.stages] == [(100 + 1000) * 4, (100 + 1000 + 1050) * 4, (100 + 1050) * 4]
 
 
 def test_tied_gradients_all_reduce_as_a_ring_at_the_all_reduce_bandwidth() -> None:
@@ -197,7 +201,8 @@ def test_the_optimizer_step_runs_without_activations() -> None:
     assert (s0.workspace, s0.activations) == (4020, 2 * (200 + 10))
     assert s0.batch == 4 * 10  # x, for each of the 4 micro-batches
     assert s0.memory == held + s0.buffers + s0.batch + 8000  # 420 + 4020 < 8000: the step is the peak
-    assert (s1.workspace, s1.memory) == (20, s1.buffers + 100 + 20)  # c: its output and b's
+    # c: its output and b's; one micro-batch in flight of its saved bytes and b's output received
+    assert (s1.workspace, s1.memory) == (20, s1.buffers + 100 + 10 + 20)
     # the skip: a's backward holds a's gradient (read again by c) and w's, 1000 + 400, on
     # top of 3 micro-batches' activations and of a's output sent (3 × 1,100), over the step's 400
     problem = from_profile(skip_profile(), config(), optimizer="adam")

@@ -68,15 +68,16 @@ def recompute_memory(profile: Profile, plan: Plan, optimizer: str) -> list[int]:
         params = sum(param_memory(profile.params[q], optimizer=optimizer).total for q in held[s])
         # the optimizer step's temporaries, held while no activation is (Adam: fp32 sqrt of v)
         step = sum(4 * (profile.params[q] // 4) for q in held[s]) if optimizer in ("adam", "adamw") else 0
-        # a receive buffer per micro-batch for what comes in and for the gradients of what
-        # goes out; what goes out is kept until its backward, per micro-batch in flight
+        # what goes out and what came in are kept until their backward, per micro-batch in
+        # flight; beyond them, two gradients of what goes out and one input received
         sent = cross[s] if s < p - 1 else 0
-        around = (cross[s - 1] if s else 0) + sent
+        came = cross[s - 1] if s else 0
+        kept = came + sent
         # the step's batch: every micro-batch's inputs on stage 0, targets on the last
         batch = m * (sum(n.output_bytes for n in profile.nodes if n.op == "placeholder" and n.is_tensor)
                      if s == 0 else 0) + m * (loss.target_bytes if loss is not None and s == p - 1 else 0)
         # the libraries' workspaces (cuBLAS's), held by every rank: one stage per rank here
-        out.append(params + max((act[s] + sent) * inflight + work[s], step) + m * around + batch
+        out.append(params + max((act[s] + kept) * inflight + work[s], step) + 2 * sent + came + batch
                    + profile.library_bytes)
     return out
 
@@ -178,8 +179,9 @@ def test_sends_cover_every_boundary_crossing() -> None:
         expect = {src for src, dst, _ in prof.edges
                   if (0 if by[src].op == "placeholder" else stage[src]) <= s.index < stage[dst]}
         assert sent == expect
-        assert sum(x.bytes for x in s.sends) == plan.stages[s.index + 1].memory.buffers // plan.microbatches - sum(
-            x.bytes for x in plan.stages[s.index + 1].sends)
+        # two gradients of what it sends (every value here has one) and one input received
+        came = sum(x.bytes for x in plan.stages[s.index - 1].sends) if s.index else 0
+        assert 2 * sum(x.bytes for x in s.sends) + came == s.memory.buffers
     assert plan.stages[-1].sends == ()
 
 
@@ -260,7 +262,8 @@ def test_gpipe_holds_every_microbatch() -> None:
     act = [s.memory.activations for s in one.stages]
     per_mb = [sum(prof.by_name[n].activation_bytes for n in s.nodes) for s in one.stages]
     sent = [sum(x.bytes for x in s.sends) for s in one.stages]  # kept until its backward
-    assert act == [6 * (a + b) for a, b in zip(per_mb, sent)]
+    received = [0, *sent[:-1]]  # and the copy received too
+    assert act == [6 * (a + b + c) for a, b, c in zip(per_mb, sent, received)]
 
 
 def test_coarsening_big_graphs_keeps_plans_valid() -> None:

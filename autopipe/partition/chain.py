@@ -137,12 +137,13 @@ class Chain:
     def _memory(self, s: int, i: int, j: range, *, recompute: bool) -> FloatArray:
         js = slice(j.start, j.stop)
         cfg = self.problem.config
-        # [Note: the pipeline's buffers]: a receive buffer per micro-batch each way, and the
-        # outputs sent kept until their backward
-        held = (self.pmem[i] - self.pmem[js] + cfg.microbatches * self.comm(i, j)
+        # [Note: the pipeline's buffers]: the outputs sent and the inputs received kept until
+        # their backward; beyond them two gradients received and one activation (all bytes:
+        # an upper bound)
+        held = (self.pmem[i] - self.pmem[js] + (2.0 * self.cross[i] if i < self.n else 0.0) + self.cross[js]
                 + _shared(self.shared, i, j) + self.problem.batch_bytes(s)  # [Note: the batch a rank holds]
                 + self.problem.library(s))
-        act: FloatArray = cfg.inflight(s) * (self.act[i] - self.act[js] + self.cross[i])
+        act: FloatArray = cfg.inflight(s) * (self.act[i] - self.act[js] + self.comm(i, j))
         if recompute and self._candidates.any():
             freed = self.freed(cfg.inflight(s))
             act = act - (freed[i] - freed[js])

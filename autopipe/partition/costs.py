@@ -101,21 +101,34 @@ that can be (``full``).
 [Note: the pipeline's buffers]
 
 torch's ``PipelineStage`` makes, the first time it runs, a receive buffer per micro-batch
-for each tensor it receives: the activations from the stage before (``args_recv_info``)
-and the gradients from the stage after (``grad_recv_info``), and keeps them for the rest
-of training (a V's tip hands its tensors over in memory and fills the same slots). A
-stage therefore holds m·(X_{s-1} + Y_s) whatever its schedule, during the optimizer step
-too (Y_s: the gradients' bytes; a message that goes forward only has none). It also keeps
-each forward's outputs (``fwd_cache``) until that micro-batch's
-backward: X_s more per micro-batch in flight, counted with the activations (not at a V's
-tip, where the next chunk's slot is that tensor). Counted storage by storage on 2 gloo
-ranks (2026-12-04, 8 micro-batches; figures beyond the parameters, predicted with
-2·(X_{s-1} + X_s) → with these / measured): an MLP of width 2,048 with 256-sample
-micro-batches (X = 2 MiB) 234.6 → 250.6 / 252.1 MiB on its first rank, 220.3 → 232.3 /
-232.4 on its second; the U-Net (three skip tensors, 224 KiB) 5.3 → 7.1 / 7.2 and 3.0 →
-4.3 / 4.7 MiB. The receive buffers were 8 × X on each rank. A received input that the
-stage saves for its backward is the buffer itself, so that much is counted twice per
-micro-batch in flight.
+for each tensor it receives, activations from the stage before and gradients from the
+stage after, and keeps them all: m·(X_{s-1} + Y_s), the step's whole batch of them
+whatever the micro-batch size (66 GiB a stage for a Llama-2-70B cut into 16 with 32
+micro-batches of 4 × 4,096 tokens). autopipe's stages make each when its receive is posted
+and let it go once used ([Note: receive buffers made when needed] in
+``autopipe._torch_pipelining``). So a stage holds:
+
+- what it sends (X_s), kept in torch's ``fwd_cache`` until that micro-batch's backward,
+  and, over a link, the copy it received (X_{s-1}), kept as long: per micro-batch in
+  flight, counted with the activations (at a V's tip the two are one tensor, counted on
+  the chunk that sends it, which holds it longer);
+- beyond them, ``buffers``: two gradients received (2·Y_s: torch's loop holds the list
+  of the last receive until it posts the next one, so the gradient before lives until
+  the next is made) and one activation received (X_{s-1}: the same for the last stage,
+  whose one micro-batch in flight is done when the next arrives). Counted on 2 gloo ranks
+  (``tests/test_runtime_buffers.py``), the received storages alive at once are exactly
+  that on both stages of a 1F1B pipeline, with 2 and 6 micro-batches; a middle stage
+  holds one activation less than charged.
+
+Y_s: the gradients' bytes; a message that goes forward only has none. The last stage's
+losses, which the schedule keeps until the step ends, are cut from their graphs after
+their backward, or the graph's nodes would keep every received activation alive. A
+received input that the stage saves for its backward is the buffer itself, so that much is
+counted twice per micro-batch in flight. Before (2026-12-04, torch's buffers, 8
+micro-batches): counted storage by storage on 2 gloo ranks, an MLP of width 2,048 with
+256-sample micro-batches (X = 2 MiB) held 252.1 MiB beyond its parameters on its first rank
+against 250.6 predicted, 232.4 against 232.3 on its second; the U-Net 7.2 against 7.1 and
+4.7 against 4.3 MiB.
 
 [Note: the batch a rank holds]
 
@@ -444,9 +457,10 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
     stages = []
     # a boundary between two chunks of one rank (the V's tip) is handed over in memory
     linked = [cfg.linked(b) for b in range(p - 1)]
-    for s in range(p - 1):  # [Note: the pipeline's buffers]: what it sent, kept for its backward
+    for s in range(p - 1):  # [Note: the pipeline's buffers]: what it sent, and a copy received, kept
+        act[s] += x[s]
         if linked[s]:
-            act[s] += x[s]
+            act[s + 1] += x[s]
     for s in range(p):
         dev = cfg.devices[s]
         recv = x[s - 1] if s > 0 else 0
@@ -466,7 +480,7 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
             params=sum(m.params for m in mem), grads=sum(m.grads for m in mem),
             optimizer=sum(m.optimizer for m in mem),
             activations=act[s] * cfg.inflight(s) + live[s],
-            buffers=cfg.microbatches * (recv + (y[s] if s < p - 1 else 0)),
+            buffers=(2 * y[s] if s < p - 1 and linked[s] else 0) + (recv if s > 0 and linked[s - 1] else 0),
             batch=problem.batch_bytes(s), library=problem.library(s),
             limit=float(dev.memory) if dev.memory > 0 else math.inf,
             optimizer_step=sum(m.step for m in mem),

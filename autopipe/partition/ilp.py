@@ -502,19 +502,20 @@ class _Model:
             self.weight.append(self._named(wgt, f"W_{s}"))
             self.optimizer.append(self._named(opt, f"O_{s}"))
             self._held_while_running(s, scale, mem)
-            # [Note: the pipeline's buffers]: a receive buffer per micro-batch each way, and
-            # the outputs sent kept until their backward (activations; not at a V's tip)
-            m = float(cfg.microbatches)
+            # [Note: the pipeline's buffers]: the outputs sent and, over a link, the copies
+            # received are kept until their micro-batch's backward (activations); beyond
+            # them two gradients received and one activation
             for lin in (mem, temp):
-                if s > 0:
-                    lin.add(x_bytes[s - 1], m / scale)
-                if s < p - 1:
-                    lin.add(y_bytes[s], m / scale)
+                if s < p - 1 and cfg.linked(s):
+                    lin.add(y_bytes[s], 2.0 / scale)
+                if s > 0 and cfg.linked(s - 1):
+                    lin.add(x_bytes[s - 1], 1.0 / scale)
                 lin.const += problem.batch_bytes(s) / scale  # [Note: the batch a rank holds]
                 lin.const += problem.library(s) / scale  # [Note: the libraries' workspaces]
-            if s < p - 1 and cfg.linked(s):
-                mem.add(x_bytes[s], held_mb / scale)
-                act.add(x_bytes[s], 1.0 / scale)
+            kept = ([x_bytes[s]] if s < p - 1 else []) + ([x_bytes[s - 1]] if s > 0 and cfg.linked(s - 1) else [])
+            for lin in kept:
+                mem.add(lin, held_mb / scale)
+                act.add(lin, 1.0 / scale)
             activations.append(act)
             alive.append(live)
             self.memory.append(mem)

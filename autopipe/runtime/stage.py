@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.fx as fx
 from torch.distributed.pipelining import PipelineStage
 
-from autopipe._torch_pipelining import pipeline_stage_class, schedule_class
+from autopipe._torch_pipelining import ReceivedWhenNeeded, pipeline_stage_class, schedule_class
 from autopipe.errors import PlanError
 from autopipe.plan_format import Plan
 from autopipe.runtime.draws import Draws, seed_draws
@@ -143,7 +143,7 @@ def _stage_class() -> type[Any]:
     """This torch's PipelineStage class, its split backward autopipe's ([Note: split backward])."""
     base = pipeline_stage_class()
 
-    class Stage(base):  # type: ignore[misc, valid-type]
+    class Stage(ReceivedWhenNeeded, base):  # type: ignore[misc, valid-type]
         draws: Draws | None = None
         """The run's seed and step: each micro-batch's forward and backward draw for it."""
 
