@@ -227,22 +227,18 @@ def _buffers_on_meta() -> Iterator[None]:
         stage_module._make_tensor_from_meta = make  # type: ignore[attr-defined]
 
 
-def _made(infos: Any, device: torch.device) -> None:
-    """Give every placeholder buffer among ``infos`` memory on ``device``."""
-    for info in infos:
-        buffer = getattr(info, "buffer", None)
-        if isinstance(buffer, torch.Tensor) and buffer.is_meta:
-            made = torch.empty_strided(buffer.shape, buffer.stride(), dtype=buffer.dtype, device=device)
-            info.buffer = made.requires_grad_(True) if buffer.requires_grad else made
+_META = torch.device("meta")
 
 
-def _let_go(infos: Any) -> None:
-    """Replace every buffer among ``infos`` by a placeholder of its shape on the meta device."""
+def _placed(infos: Any, device: torch.device) -> None:
+    """Give every buffer among ``infos`` that is not on ``device``'s side of the meta line an
+    empty one of its shape, strides and dtype on ``device``: memory for a placeholder when
+    ``device`` is real, a placeholder for a used buffer when it is the meta device."""
     for info in infos:
         buffer = getattr(info, "buffer", None)
-        if isinstance(buffer, torch.Tensor) and not buffer.is_meta:
-            placeholder = torch.empty_strided(buffer.shape, buffer.stride(), dtype=buffer.dtype, device="meta")
-            info.buffer = placeholder.requires_grad_(True) if buffer.requires_grad else placeholder
+        if isinstance(buffer, torch.Tensor) and buffer.is_meta != (device.type == "meta"):
+            new = torch.empty_strided(buffer.shape, buffer.stride(), dtype=buffer.dtype, device=device)
+            info.buffer = new.requires_grad_(True) if buffer.requires_grad else new
 
 
 class ReceivedWhenNeeded:
@@ -253,6 +249,11 @@ class ReceivedWhenNeeded:
     grad_recv_info: dict[int, Any]
     device: torch.device
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._losses_before_w: dict[int, torch.Tensor] = {}
+        """A split backward's losses, cut from their graphs after their W."""
+
     def _prepare_forward_infra(self, *args: Any, **kwargs: Any) -> Any:
         with _buffers_on_meta():
             return super()._prepare_forward_infra(*args, **kwargs)  # type: ignore[misc]
@@ -262,32 +263,32 @@ class ReceivedWhenNeeded:
             return super()._prepare_backward_infra(*args, **kwargs)  # type: ignore[misc]
 
     def get_fwd_recv_ops(self, fwd_chunk_id: int) -> Any:
-        _made(self.args_recv_info.get(fwd_chunk_id, ()), self.device)
+        _placed(self.args_recv_info.get(fwd_chunk_id, ()), self.device)
         return super().get_fwd_recv_ops(fwd_chunk_id)  # type: ignore[misc]
 
     def get_bwd_recv_ops(self, bwd_chunk_id: int) -> Any:
-        _made(getattr(self, "grad_recv_info", {}).get(bwd_chunk_id, ()), self.device)
+        _placed(getattr(self, "grad_recv_info", {}).get(bwd_chunk_id, ()), self.device)
         return super().get_bwd_recv_ops(bwd_chunk_id)  # type: ignore[misc]
 
     def forward_one_chunk(self, fwd_chunk_id: int, *args: Any, **kwargs: Any) -> Any:
         out = super().forward_one_chunk(fwd_chunk_id, *args, **kwargs)  # type: ignore[misc]
-        _let_go(self.args_recv_info.get(fwd_chunk_id, ()))
+        _placed(self.args_recv_info.get(fwd_chunk_id, ()), _META)
         return out
 
     def backward_one_chunk(self, bwd_chunk_id: int, *args: Any, **kwargs: Any) -> Any:
         out = super().backward_one_chunk(bwd_chunk_id, *args, **kwargs)  # type: ignore[misc]
-        _let_go(getattr(self, "grad_recv_info", {}).get(bwd_chunk_id, ()))
+        _placed(getattr(self, "grad_recv_info", {}).get(bwd_chunk_id, ()), _META)
         loss = kwargs.get("loss", args[0] if args else None)
         if isinstance(loss, torch.Tensor):
             if kwargs.get("full_backward", True):
                 _graph_dropped(loss)
             else:  # after the weights' pass
-                self.__dict__.setdefault("_losses_before_w", {})[bwd_chunk_id] = loss
+                self._losses_before_w[bwd_chunk_id] = loss
         return out
 
     def backward_weight_one_chunk(self, bwd_chunk_id: int, *args: Any, **kwargs: Any) -> Any:
         out = super().backward_weight_one_chunk(bwd_chunk_id, *args, **kwargs)  # type: ignore[misc]
-        loss = self.__dict__.get("_losses_before_w", {}).pop(bwd_chunk_id, None)
+        loss = self._losses_before_w.pop(bwd_chunk_id, None)
         if loss is not None:
             _graph_dropped(loss)
         return out

@@ -43,16 +43,16 @@ def main() -> int:
     plan = autopipe.Plan.load(plan_path)
     spec = autopipe.load_spec(spec_path)
     counter = Received()
-    make = _torch_pipelining._made
+    place = _torch_pipelining._placed
 
-    def made(infos: Any, device: torch.device) -> None:
+    def placed(infos: Any, device: torch.device) -> None:
         counter.on = True
         try:
-            make(infos, device)
+            place(infos, device)
         finally:
             counter.on = False
 
-    _torch_pipelining._made = made  # type: ignore[assignment]
+    _torch_pipelining._placed = placed  # type: ignore[assignment]
     with build(plan, spec, device="cpu") as pipe:
         with counter:
             for step in range(2):

@@ -351,11 +351,9 @@ class Problem:
     def library(self, stage: int) -> int:
         """The libraries' workspaces charged to ``stage``: all of them to the first stage
         (chunk) its rank runs, none to its rank's other chunks, so that a rank holds them
-        once ([Note: the libraries' workspaces] in ``autopipe.profile.libraries``)."""
-        cfg = self.config
-        rank = cfg.rank_of(stage)
-        first = next(c for c in range(cfg.num_stages) if cfg.rank_of(c) == rank)
-        return self.library_bytes if stage == first else 0
+        once ([Note: the libraries' workspaces] in ``autopipe.profile.libraries``). In
+        every layout chunk r < ranks is rank r's first."""
+        return self.library_bytes if stage < self.config.num_ranks else 0
 
     @property
     def num_real(self) -> int:
