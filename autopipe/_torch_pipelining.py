@@ -202,7 +202,9 @@ def _zeros_for(grad: Any, info: Any, device: torch.device) -> Any:
 # So a received activation lives from its receive to its micro-batch's backward, as the
 # outputs a stage sends do, and a received gradient for one backward. Where two stages of
 # a rank hand tensors over in memory (a V's tip), the placeholder is replaced by the
-# tensor itself and let go the same way. On a torch that makes the buffers elsewhere than
+# tensor itself and let go the same way; where the later stage has no gradient for a
+# tensor it was handed, torch zeroes the earlier one's buffer in place, so that buffer is
+# given memory first (``set_local_bwd_input``). On a torch that makes the buffers elsewhere than
 # through ``_make_tensor_from_meta``, the first step makes them all as torch does; the
 # stage lets them go after use all the same.
 
@@ -269,6 +271,13 @@ class ReceivedWhenNeeded:
     def get_bwd_recv_ops(self, bwd_chunk_id: int) -> Any:
         _placed(getattr(self, "grad_recv_info", {}).get(bwd_chunk_id, ()), self.device)
         return super().get_bwd_recv_ops(bwd_chunk_id)  # type: ignore[misc]
+
+    def set_local_bwd_input(self, next_stage_bwd_outputs: Any, mb_index: int) -> Any:
+        # where the next stage on this rank has no gradient for a tensor, torch zeroes the
+        # buffer in place: it needs memory then
+        infos = getattr(self, "grad_recv_info", {}).get(mb_index, ())
+        _placed([info for info, grad in zip(infos, next_stage_bwd_outputs) if grad is None], self.device)
+        return super().set_local_bwd_input(next_stage_bwd_outputs, mb_index)  # type: ignore[misc]
 
     def forward_one_chunk(self, fwd_chunk_id: int, *args: Any, **kwargs: Any) -> Any:
         out = super().forward_one_chunk(fwd_chunk_id, *args, **kwargs)  # type: ignore[misc]

@@ -24,7 +24,7 @@ from autopipe.runtime.pipe import own
 
 from .conftest import ROOT, example_spec, resident_bytes_at
 from .runtime_cases import CASES, TINY
-from .runtime_plans import plan_from_cuts
+from .runtime_plans import hand_plan, plan_from_cuts
 
 GPT2 = TINY["gpt2"]
 MLP = TINY["mlp"]
@@ -98,6 +98,30 @@ def test_step_clip_and_evaluate_equal_the_unsplit_model(gpt2_pipe: Pipe) -> None
         torch.testing.assert_close(p.grad, dict(spec.model.named_parameters())[name].grad)
     pipe.zero_grad()
     assert all(p.grad is None for p in pipe.parameters())
+
+
+def test_a_missing_gradient_handed_over_on_one_rank_is_real_zeros() -> None:
+    """Where two stages of one rank hand tensors over in memory and the later stage has no
+    gradient for one (a value it reads without differentiating), torch zeroes the earlier
+    stage's receive buffer in place: that buffer needs memory then, not a meta placeholder
+    ([Note: receive buffers made when needed]). The GPU suite's one-process Llama hit it."""
+    spec = example_spec("llama", **TINY["llama"])
+    graph = trace(spec.model, spec.example_inputs, spec.example_kwargs)
+    plan = hand_plan(graph, 2, microbatches=2, schedule="interleaved-1f1b", ranks=(0, 0))
+    with build(plan, spec, device="cpu") as pipe:
+        spec.model.load_state_dict(pipe.state_dict(), strict=False)
+        pipe.step(*spec.batch(2, 0))  # the stages' buffers are prepared: placeholders now
+        first = pipe._pipeline.stages[0]
+        infos = first.grad_recv_info[0]
+        assert infos and all(i.buffer.is_meta for i in infos)
+        first.set_local_bwd_input((None,) * len(infos), 0)
+        for info in infos:
+            assert info.buffer.device.type == "cpu" and not info.buffer.any()
+        pipe.zero_grad()
+        pipe.step(*spec.batch(2, 1))  # and training goes on as the unsplit model
+        expected = _model_grads(spec, 2, 1)
+        for name, p in pipe.named_parameters():
+            torch.testing.assert_close(p.grad, expected[name], msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_take_keeps_what_the_rank_reads_and_no_larger_batch(gpt2_pipe: Pipe) -> None:
