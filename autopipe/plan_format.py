@@ -81,6 +81,18 @@ class Send:
     (``autopipe.partition.problem.Problem.forward_only``); else in the message of the values
     with a gradient ([Note: what a cut sends] in ``autopipe.schedule.traffic``). Written only
     where True."""
+    no_grad: bool = False
+    """It surely has no gradient (``autopipe.partition.problem.Value.no_grad``): nothing
+    comes back for it. Written only where True; plans written before it read as every value
+    having one."""
+    dtype: str = "float32"
+    """Its dtype where it may have a gradient: the values with one travel as one message per
+    dtype. Written only where not float32."""
+
+    @property
+    def gradient(self) -> str | None:
+        """The message its gradient comes back in (its dtype); None where it has none."""
+        return None if self.no_grad or self.forward_only else self.dtype
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -355,8 +367,11 @@ def _stage_json(stage: Stage) -> dict[str, Any]:
     if not stage.memory.library:
         del out["memory"]["library"]
     for send in out["sends"]:
-        if not send["forward_only"]:
-            del send["forward_only"]
+        for key in ("forward_only", "no_grad"):
+            if not send[key]:
+                del send[key]
+        if send["dtype"] == "float32":
+            del send["dtype"]
     return out
 
 

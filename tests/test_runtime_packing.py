@@ -262,7 +262,7 @@ def test_a_transformers_hidden_states_and_mask_cross_as_one_message(example: str
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("mixed", [[], ["--mixed"]], ids=["floats", "mixed"])
+@pytest.mark.parametrize("mixed", [[], ["--mixed"], ["--bf16"]], ids=["floats", "mixed", "bf16"])
 def test_the_benchmark_prints_each_way(mixed: list[str]) -> None:
     out = subprocess.run([sys.executable, "-m", "benchmarks.bench_cut_messages", "--tensors", "3",
                           "--floats", "64", "--steps", "5", *mixed], capture_output=True, text=True, timeout=300,
@@ -272,6 +272,22 @@ def test_the_benchmark_prints_each_way(mixed: list[str]) -> None:
     assert [r.split("KiB")[1].split("  ")[1].strip() for r in rows] == ["one tensor", "packed", "one by one"]
     assert all(float(r.split()[-1]) > 0 and float(r.split()[-2]) > 0 for r in rows)  # / one tensor, pred/med
     assert len({r.split(" ms")[0].split()[-1] for r in rows[1:]}) == 1  # packed, one by one: one plan, one prediction
+
+
+@pytest.mark.parametrize("kinds", [False, True, "bf16"], ids=["floats", "mixed", "bf16"])
+def test_a_cut_of_two_dtypes_with_a_gradient_sends_two_messages_each_way(kinds: bool | str) -> None:
+    """bench_cut_messages' cut, its sends as a planner records them: floats with a gradient
+    (one message each way), with a bool, an int64 and a float without one (still one: they
+    join the first), with bfloat16 ones (two each way: one per dtype with a gradient), as
+    the plan prices it ([Note: what a cut sends])."""
+    from benchmarks.bench_cut_messages import _setup
+
+    spec, graph, plan = _setup(4, 64, kinds)
+    prepared = prepare(spec, plan, 2, graph)
+    expected = {False: (1, 1), True: (1, 1), "bf16": (2, 2)}[kinds]
+    assert messages_per_cut(prepared.metas) == [expected]
+    (cut,) = traffic(plan)
+    assert (cut.forward_messages, cut.back_messages) == expected
 
 
 FORWARD_ONLY = [c for c in CASES.values() if c.links is not None]
@@ -286,7 +302,7 @@ def test_each_cut_sends_the_messages_its_plan_prices(case: Case) -> None:
     spec, graph, plan = case.build()
     prepared = prepare(spec, plan, case.world_size, graph)
     cuts = traffic(plan)
-    assert messages_per_cut(prepared.metas) == [(t.forward_messages, 1) for t in cuts]
+    assert messages_per_cut(prepared.metas) == [(t.forward_messages, t.back_messages) for t in cuts]
     for b, (meta, cut) in enumerate(zip(prepared.metas, cuts)):
         sent = [t.numel() * t.element_size() for t in meta.outputs]
         back = [n for n, t in zip(sent, meta.outputs) if t.requires_grad]

@@ -383,9 +383,9 @@ def traffic(problem: Problem, stage_of: Sequence[int]) -> list[Traffic]:
     """Per boundary b = 0 … p−2, what a micro-batch sends over it each way ([Note: what a cut
     sends] in ``autopipe.schedule.traffic``)."""
     p = problem.config.num_stages
-    crossing: list[list[tuple[int, bool]]] = [[] for _ in range(max(p - 1, 0))]
+    crossing: list[list[tuple[int, bool, str | None]]] = [[] for _ in range(max(p - 1, 0))]
     for v in problem.values:
-        kind = (v.bytes, problem.forward_only(v))
+        kind = (v.bytes, problem.forward_only(v), problem.gradient(v))
         for b in range(stage_of[v.src], max(stage_of[d] for d in v.dsts)):
             crossing[b].append(kind)
     return [cut_traffic(values) for values in crossing]
@@ -475,7 +475,8 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
             backward_weight_s=(bw_w[s] + (passes - 1) * again[s]) / dev.speed, comm_s=cfg.comm_s(wired),
             send_s=cfg.comm_s(send) + cuts[s].forward_messages * cfg.send_latency_s
             if s < p - 1 and linked[s] else 0.0,
-            return_s=cfg.comm_s(y[s]) + cfg.send_latency_s if s < p - 1 and linked[s] else 0.0,
+            return_s=cfg.comm_s(y[s]) + cuts[s].back_messages * cfg.send_latency_s
+            if s < p - 1 and linked[s] else 0.0,
             recv_bytes=recv, send_bytes=send,
             params=sum(m.params for m in mem), grads=sum(m.grads for m in mem),
             optimizer=sum(m.optimizer for m in mem),

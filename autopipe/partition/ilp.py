@@ -240,9 +240,9 @@ class _Model:
         self.peak_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
         """L_r, the largest of its terms: the recomputed activations alive again on rank r."""
         self._order(anc)
-        x_bytes, y_bytes, alone = self._crossings(anc)
+        x_bytes, y_bytes, forward_messages, back_messages = self._crossings(anc)
         held = self._holders()
-        self._objective(x_bytes, y_bytes, alone, held)
+        self._objective(x_bytes, y_bytes, forward_messages, back_messages, held)
 
     def _var(self, name: str, *, upBound: float | None = None,
              cat: str = pulp.LpContinuous) -> Term:
@@ -321,24 +321,29 @@ class _Model:
                 for s in range(self.lo[v], self.hi[u]):
                     self.prob += (self.y[v][s] <= self.y[u][s], f"prec_{u}_{v}_{s}")
 
-    def _crossings(self, anc: BoolMatrix) -> tuple[list[_Lin], list[_Lin], list[_Lin]]:
+    def _crossings(self, anc: BoolMatrix) -> tuple[list[_Lin], list[_Lin], list[_Lin], list[_Lin]]:
         """Per boundary s, as expressions: X_s (bytes over it), Y_s (bytes of their gradients
-        back: less those that go forward only) and a_s (1 where a value that goes forward only
-        crosses: its message's latency), as [Note: what a cut sends] in
-        ``autopipe.schedule.traffic`` counts them. Groups values by (producer, latest
-        readers, whether they go forward only)."""
-        groups: dict[tuple[int, tuple[int, ...], bool], int] = {}
+        back: less those that go forward only), and its messages forward and back, as
+        [Note: what a cut sends] in ``autopipe.schedule.traffic`` counts them: with g_s,d (1
+        where a value with a gradient in dtype d crosses) and a_s (1 where a value that goes
+        forward only crosses), G_s = Σ_d g_s,d back, and max(1, G_s + a_s) forward, as
+        1 + e_s with e_s ≥ G_s + a_s − 1. Groups values by (producer, latest readers,
+        whether they go forward only, their gradient's dtype)."""
+        groups: dict[tuple[int, tuple[int, ...], bool, str], int] = {}
         for v in self.problem.values:
             if v.bytes == 0:
                 continue
             ds = v.dsts
             latest = tuple(d for d in ds if not any(e != d and anc[e, d] for e in ds))
-            key = (v.src, latest, self.problem.forward_only(v))
+            forward_only = self.problem.forward_only(v)
+            gradient = self.problem.gradient(v)
+            key = (v.src, latest, forward_only, "" if forward_only or gradient is None else gradient)
             groups[key] = groups.get(key, 0) + v.bytes
         x_bytes = [_Lin() for _ in range(self.p - 1)]
         y_bytes = [_Lin() for _ in range(self.p - 1)]
         alone: list[list[_Lin]] = [[] for _ in range(self.p - 1)]
-        for k, ((src, latest, forward_only), nbytes) in enumerate(sorted(groups.items())):
+        with_grad: list[dict[str, list[_Lin]]] = [{} for _ in range(self.p - 1)]
+        for k, ((src, latest, forward_only, gradient), nbytes) in enumerate(sorted(groups.items())):
             for s in range(self.lo[src], min(max(self.hi[d] for d in latest), self.p - 1)):
                 ysrc = self.Y(src, s)
                 ys = [self.Y(d, s) for d in latest]
@@ -370,20 +375,38 @@ class _Model:
                     alone[s].append(crossing)
                 else:
                     y_bytes[s].add(crossing, float(nbytes))
-        # a_s: 1 where a value that goes forward only crosses boundary s, as ``cut_traffic`` counts it
-        return x_bytes, y_bytes, [self._any(f"a_{s}", f"alone_{s}", terms, self.crossing_vars)
-                                  for s, terms in enumerate(alone)]
+                if gradient:
+                    with_grad[s].setdefault(gradient, []).append(crossing)
+        forward, back = [], []
+        for s in range(self.p - 1):
+            a = self._any(f"a_{s}", f"alone_{s}", alone[s], self.crossing_vars)
+            g = _Lin()
+            for j, (_, terms) in enumerate(sorted(with_grad[s].items())):
+                g.add(self._any(f"g_{s}_{j}", f"grad_{s}_{j}", terms, self.crossing_vars), 1.0)
+            extra = _Lin()
+            extra.add(g, 1.0)
+            extra.add(a, 1.0)
+            extra.const -= 1.0
+            messages = self._any(f"e_{s}", f"messages_{s}", [extra], self.crossing_vars, cap=None)
+            messages.const += 1.0
+            forward.append(messages)
+            back.append(g)
+        return x_bytes, y_bytes, forward, back
 
     def _any(self, name: str, rows: str, terms: list[_Lin],
-             registry: list[tuple[pulp.LpVariable, list[_Lin]]]) -> _Lin:
-        """A variable in [0, 1] ≥ each of ``terms`` (0/1 expressions; rows ``{rows}_{i}``), as
-        an expression: 1 at the optimum where one of them is, pushed down by the objective
-        (a constant where the windows decide it). It goes into ``registry`` for ``warm``."""
+             registry: list[tuple[pulp.LpVariable, list[_Lin]]], cap: float | None = 1.0) -> _Lin:
+        """A variable in [0, ``cap``] ≥ each of ``terms`` (rows ``{rows}_{i}``; with the
+        default cap, 0/1 expressions), and ≥ 0, as an expression: the largest of them at the
+        optimum, pushed down by the objective (a constant where the windows decide it). It
+        goes into ``registry`` for ``warm``."""
         out = _Lin()
-        if any(t.is_const() and t.const >= 1 for t in terms):
-            out.const = 1.0
-        elif any(not t.is_const() for t in terms):
-            var = self._var(name, upBound=1)
+        if all(t.is_const() for t in terms):
+            largest = max([0.0, *(t.const for t in terms)])
+            out.const = largest if cap is None else min(cap, largest)
+        elif cap is not None and any(t.is_const() and t.const >= cap for t in terms):
+            out.const = cap
+        else:
+            var = self._var(name, upBound=cap)
             for i, t in enumerate(terms):
                 row = _Lin()
                 row.add(var, 1.0)
@@ -406,8 +429,8 @@ class _Model:
             out[q] = per_stage
         return out
 
-    def _objective(self, x_bytes: list[_Lin], y_bytes: list[_Lin], alone: list[_Lin],
-                   held: dict[str, list[_Lin]]) -> None:
+    def _objective(self, x_bytes: list[_Lin], y_bytes: list[_Lin], forward_messages: list[_Lin],
+                   back_messages: list[_Lin], held: dict[str, list[_Lin]]) -> None:
         problem, p, tau = self.problem, self.p, self.tau
         cfg = problem.config
         readers = problem.readers()
@@ -439,10 +462,9 @@ class _Model:
             c, back = _Lin(), _Lin()
             if cfg.linked(b):  # else one rank hands it over in memory
                 c.add(x_bytes[b], inv_bw / tau)
-                c.const += cfg.send_latency_s / tau
-                c.add(alone[b], cfg.send_latency_s / tau)
+                c.add(forward_messages[b], cfg.send_latency_s / tau)
                 back.add(y_bytes[b], inv_bw / tau)
-                back.const += cfg.send_latency_s / tau
+                back.add(back_messages[b], cfg.send_latency_s / tau)
             self.sends.append(self._named(c, f"C_{b}"))
             self.returns.append(self._named(back, f"R_{b}"))
         self.memory: list[_Lin] = []

@@ -48,11 +48,11 @@ def boundary_bytes(plan: Plan) -> list[int]:
 def traffic(plan: Plan) -> list[Traffic]:
     """Per boundary, what a micro-batch sends over it each way, from the stages' sends
     ([Note: what a cut sends] in ``autopipe.schedule.traffic``)."""
-    crossing: list[list[tuple[int, bool]]] = [[] for _ in range(plan.num_stages - 1)]
+    crossing: list[list[tuple[int, bool, str | None]]] = [[] for _ in range(plan.num_stages - 1)]
     for stage in plan.stages:
         for send in stage.sends:
             for b in range(stage.index, min(send.to_stage, plan.num_stages - 1)):
-                crossing[b].append((send.bytes, send.forward_only))
+                crossing[b].append((send.bytes, send.forward_only, send.gradient))
     return [cut_traffic(values) for values in crossing]
 
 
@@ -71,7 +71,7 @@ def link_times(plan: Plan, runtime: RuntimeCosts | None = None) -> tuple[list[fl
         sends = [latency + c for c in boundary_send_s(plan)]
         return sends, sends
     return ([latency * t.forward_messages + per_byte * t.forward_bytes for t in cuts],
-            [latency + per_byte * t.back_bytes for t in cuts])
+            [latency * t.back_messages + per_byte * t.back_bytes for t in cuts])
 
 
 def _step_s(plan: Plan, runtime: RuntimeCosts | None, model: ModelCosts | None) -> tuple[float, ...]:
