@@ -95,7 +95,7 @@ def _setup(tensors: int, floats: int, mixed: bool | str = False) -> tuple[Any, A
     crossing = dict.fromkeys(v for n in graph.nodes if n.name not in first for v in n.inputs if v in first)
     info = graph.by_name
     sends = tuple(Send(tensor=v, bytes=info[v].output_bytes, to_stage=1, no_grad=info[v].no_grad,
-                       dtype="float32" if info[v].no_grad else info[v].dtype or "float32") for v in crossing)
+                       dtype=info[v].gradient_dtype) for v in crossing)
     stages = (dataclasses.replace(plan.stages[0], sends=sends), plan.stages[1])
     return spec, graph, dataclasses.replace(plan, stages=stages)
 

@@ -55,7 +55,7 @@ def sends(problem: Problem, stage_of: Sequence[int]) -> list[list[Send]]:
         for s in range(stage_of[v.src], last):
             out[s].append(Send(tensor=v.node, bytes=v.bytes, to_stage=s + 1,
                                forward_only=problem.forward_only(v), no_grad=v.no_grad,
-                               dtype="float32" if v.no_grad else v.dtype))
+                               dtype=problem.gradient(v) or "float32"))
     return out
 
 

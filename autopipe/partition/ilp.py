@@ -335,9 +335,8 @@ class _Model:
                 continue
             ds = v.dsts
             latest = tuple(d for d in ds if not any(e != d and anc[e, d] for e in ds))
-            forward_only = self.problem.forward_only(v)
-            gradient = self.problem.gradient(v)
-            key = (v.src, latest, forward_only, "" if forward_only or gradient is None else gradient)
+            # a value that goes forward only has no gradient
+            key = (v.src, latest, self.problem.forward_only(v), self.problem.gradient(v) or "")
             groups[key] = groups.get(key, 0) + v.bytes
         x_bytes = [_Lin() for _ in range(self.p - 1)]
         y_bytes = [_Lin() for _ in range(self.p - 1)]

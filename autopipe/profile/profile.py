@@ -270,5 +270,5 @@ def node_profile(graph: Graph, name: str, *, forward_s: float, backward_input_s:
         params=info.params, shared_params=info.shared_params, is_tensor=info.is_tensor,
         embedding=info.embedding, linear=info.linear, scratch_bytes=int(scratch_bytes),
         remakable=info.remakable, no_grad=info.no_grad,
-        dtype=info.dtype if info.dtype and not info.no_grad else "float32",
+        dtype=info.gradient_dtype,
     )
