@@ -85,14 +85,6 @@ class Send:
     """It surely has no gradient (``autopipe.partition.problem.Value.no_grad``): nothing
     comes back for it. Written only where True; plans written before it read as every value
     having one."""
-    dtype: str = "float32"
-    """Its dtype where it may have a gradient: the values with one travel as one message per
-    dtype. Written only where not float32."""
-
-    @property
-    def gradient(self) -> str | None:
-        """The message its gradient comes back in (its dtype); None where it has none."""
-        return None if self.no_grad or self.forward_only else self.dtype
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -306,7 +298,9 @@ class Plan:
             stages = tuple(
                 Stage(**{**s, "nodes": tuple(s["nodes"]), "modules": tuple(s["modules"]),
                          "memory": StageMemory(**s["memory"]),
-                         "sends": tuple(Send(**x) for x in s.get("sends", ())),
+                         # a send's "dtype": written on 2026-12-05 only ([Note: one message per cut])
+                         "sends": tuple(Send(**{k: v for k, v in x.items() if k != "dtype"})
+                                        for x in s.get("sends", ())),
                          "recompute": tuple(tuple(g) for g in s.get("recompute", ())),
                          "remade": tuple(s.get("remade", ()))})
                 for s in data["stages"])
@@ -370,8 +364,6 @@ def _stage_json(stage: Stage) -> dict[str, Any]:
         for key in ("forward_only", "no_grad"):
             if not send[key]:
                 del send[key]
-        if send["dtype"] == "float32":
-            del send["dtype"]
     return out
 
 

@@ -6,15 +6,16 @@ A tiny two-stage model (two 16-wide linear layers, 4 rows a micro-batch) whose f
 hands its successor ``--tensors`` float tensors of the same shape: ``floats`` elements each
 (the first layer's output, repeated; with ``--mixed``, the tensors after the first are in
 turn a bool, an int64 and a float without a gradient; with ``--bf16``, bfloat16 tensors with a
-gradient, as a bfloat16 model's cut inside a norm carries float32 and bfloat16 values: two
-messages each way, [Note: what a cut sends] in ``autopipe.schedule.traffic``). Two gloo ranks on their own cores train it under 1F1B,
+gradient, as a bfloat16 model's cut inside a norm carries float32 and bfloat16 values: still
+one message each way, [Note: what a cut sends] in ``autopipe.schedule.traffic``). Two gloo
+ranks on their own cores train it under 1F1B,
 8 micro-batches and an SGD step a step, through ``autopipe.runtime.build`` as ``autopipe train``
 runs it, in three ways per size: one tensor of all the bytes (the baseline), the tensors packed into one
 message ([Note: one message per cut] in ``autopipe.runtime.packing``, the runtime's default),
 and the tensors sent one by one as torch's schedules send them (``prepare(pack=False)``).
 Prints each one's step time (10th percentile and median after 3 steps) next to the plan's
 predicted step (the simulator's, with the runtime's costs and the stages re-timed here, as
-``bench_simulator``: one message a cut per dtype with a gradient, as the packed way sends it),
+``bench_simulator``: one message a cut each way, as the packed way sends it),
 and the two ways of sending
 several tensors over the baseline. See docs/cost-model.md, "2026-12-05: one message
 per cut".
@@ -94,8 +95,8 @@ def _setup(tensors: int, floats: int, mixed: bool | str = False) -> tuple[Any, A
     first = set(plan.stages[0].nodes)
     crossing = dict.fromkeys(v for n in graph.nodes if n.name not in first for v in n.inputs if v in first)
     info = graph.by_name
-    sends = tuple(Send(tensor=v, bytes=info[v].output_bytes, to_stage=1, no_grad=info[v].no_grad,
-                       dtype=info[v].gradient_dtype) for v in crossing)
+    sends = tuple(Send(tensor=v, bytes=info[v].output_bytes, to_stage=1, no_grad=info[v].no_grad)
+                  for v in crossing)
     stages = (dataclasses.replace(plan.stages[0], sends=sends), plan.stages[1])
     return spec, graph, dataclasses.replace(plan, stages=stages)
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the tensors after the first are, in turn, a bool, an int64 and a float "
                          "without a gradient (the same elements each)")
     ap.add_argument("--bf16", action="store_true",
-                    help="the tensors after the first are bfloat16, with a gradient (a second message each way)")
+                    help="the tensors after the first are bfloat16, with a gradient (in the float32 message, as its bytes)")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rank", metavar="OUT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -47,8 +47,7 @@ def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6, tables: bo
     nothing): values a stage may make again ([Note: values made again]). ``no_grad``: the
     nodes' values without a gradient are marked, as the trace marks them (the input, and
     what reads no parameter and only such values), and some others (an integer result)
-    ([Note: values without a gradient]); some of the others are bfloat16 (a message of
-    their own, [Note: what a cut sends])."""
+    ([Note: values without a gradient])."""
     n = draw(st.integers(min_nodes, max_nodes))
     names = ["x"] + [f"n{i}" for i in range(n)]
     nodes = [NodeProfile(name="x", op="placeholder", target="x", module="", forward_s=0.0,
@@ -108,8 +107,6 @@ def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6, tables: bo
                     or (node.op != "placeholder" and draw(st.integers(0, 3)) == 0):
                 marked.add(node.name)
                 nodes[k] = dataclasses.replace(node, no_grad=True)
-            elif node.op != "placeholder":  # a value with a gradient in a second dtype: a message of its own
-                nodes[k] = dataclasses.replace(node, dtype=draw(st.sampled_from(["float32", "float32", "bfloat16"])))
     sinks = [nm for nm in names[1:] if nm not in read] or [names[-1]]
     nodes.append(NodeProfile(name="output", op="output", target="output", module="", forward_s=0.0,
                              backward_input_s=0.0, backward_weight_s=0.0, activation_bytes=0,

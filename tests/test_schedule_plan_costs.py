@@ -30,36 +30,36 @@ def test_boundary_bytes_count_a_skip_on_every_boundary_it_crosses() -> None:
     assert boundary_bytes(_with_sends()) == [1500, 2500, 3500]
 
 
-def test_a_cut_sends_one_message_per_dtype_with_a_gradient() -> None:
-    """[Note: what a cut sends]: (bytes, forward only, the gradient's dtype or None)."""
+def test_a_cut_sends_one_message_each_way_and_one_more_forward_for_what_goes_forward_only() -> None:
+    """[Note: what a cut sends]: (bytes, forward only, whether it has a gradient)."""
     # hidden states and a small mask: one message each way, the mask's zeros come back
-    assert cut_traffic([(100, False, "float32"), (50, False, None)]) == Traffic(150, 1, 150, 1)
-    # bfloat16 hidden states and a float32 value of a norm: two messages each way
-    assert cut_traffic([(100, False, "bfloat16"), (40, False, "float32")]) == Traffic(140, 2, 140, 2)
+    assert cut_traffic([(100, False, True), (50, False, False)]) == Traffic(150, 1, 150, 1)
+    # bfloat16 hidden states and a float32 value of a norm: still one each way
+    assert cut_traffic([(100, False, True), (40, False, True)]) == Traffic(140, 1, 140, 1)
     # and a large mask forward only: one more forward, none of its bytes back
-    assert cut_traffic([(100, False, "bfloat16"), (1000, True, None)]) == Traffic(1100, 2, 100, 1)
+    assert cut_traffic([(100, False, True), (1000, True, False)]) == Traffic(1100, 2, 100, 1)
     # nothing with a gradient: one message forward, none back (the small value's bytes are
     # still counted back: the rule errs high there)
-    assert cut_traffic([(30, False, None), (1000, True, None)]) == Traffic(1030, 1, 30, 0)
-    assert cut_traffic([(0, False, "bfloat16"), (8, False, "float32")]) == Traffic(8, 1, 8, 1)
+    assert cut_traffic([(30, False, False), (1000, True, False)]) == Traffic(1030, 1, 30, 0)
+    assert cut_traffic([(0, False, True), (8, False, False)]) == Traffic(8, 1, 8, 0)
 
 
 def test_link_times_pay_a_latency_per_message() -> None:
     plan = dataclasses.replace(_with_sends(), options={"link_bandwidth": 1e6})
-    sends = [(Send(tensor="a", bytes=1000, to_stage=1, dtype="bfloat16"),
+    sends = [(Send(tensor="a", bytes=1000, to_stage=1, no_grad=True),
               Send(tensor="skip", bytes=500, to_stage=3)),
              (Send(tensor="b", bytes=2000, to_stage=2, no_grad=True),),
              (Send(tensor="c", bytes=3000, to_stage=3, forward_only=True, no_grad=True),), ()]
     plan = dataclasses.replace(plan, stages=tuple(dataclasses.replace(s, sends=x)
                                                   for s, x in zip(plan.stages, sends)))
     forward, back = link_times(plan, RUNTIME)
-    # cut 0: bfloat16 and float32 with gradients; cut 1: the skip with one, b without;
-    # cut 2: the skip, and c forward only
-    assert forward == pytest.approx([2 * 0.001 + 1.5e-3, 0.001 + 2.5e-3, 2 * 0.001 + 3.5e-3])
-    assert back == pytest.approx([2 * 0.001 + 1.5e-3, 0.001 + 2.5e-3, 0.001 + 0.5e-3])
+    # cut 0: a without a gradient (its bytes back: small) and the skip with one; cut 1: the
+    # skip, b without; cut 2: the skip, and c forward only
+    assert forward == pytest.approx([0.001 + 1.5e-3, 0.001 + 2.5e-3, 2 * 0.001 + 3.5e-3])
+    assert back == pytest.approx([0.001 + 1.5e-3, 0.001 + 2.5e-3, 0.001 + 0.5e-3])
     again = Plan.from_json(plan.to_json())
     assert again.stages[0].sends == plan.stages[0].sends and again.stages[2].sends == plan.stages[2].sends
-    assert "dtype" not in plan.to_json()["stages"][0]["sends"][1]  # float32: not written
+    assert "no_grad" not in plan.to_json()["stages"][0]["sends"][1]  # False: not written
 
 
 def test_without_extras_the_costs_are_the_plans_own() -> None:

@@ -54,8 +54,7 @@ def sends(problem: Problem, stage_of: Sequence[int]) -> list[list[Send]]:
         last = max(stage_of[d] for d in v.dsts)
         for s in range(stage_of[v.src], last):
             out[s].append(Send(tensor=v.node, bytes=v.bytes, to_stage=s + 1,
-                               forward_only=problem.forward_only(v), no_grad=v.no_grad,
-                               dtype=problem.gradient(v) or "float32"))
+                               forward_only=problem.forward_only(v), no_grad=v.no_grad))
     return out
 
 

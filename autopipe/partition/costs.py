@@ -383,9 +383,9 @@ def traffic(problem: Problem, stage_of: Sequence[int]) -> list[Traffic]:
     """Per boundary b = 0 … p−2, what a micro-batch sends over it each way ([Note: what a cut
     sends] in ``autopipe.schedule.traffic``)."""
     p = problem.config.num_stages
-    crossing: list[list[tuple[int, bool, str | None]]] = [[] for _ in range(max(p - 1, 0))]
+    crossing: list[list[tuple[int, bool, bool]]] = [[] for _ in range(max(p - 1, 0))]
     for v in problem.values:
-        kind = (v.bytes, problem.forward_only(v), problem.gradient(v))
+        kind = (v.bytes, problem.forward_only(v), not v.no_grad)
         for b in range(stage_of[v.src], max(stage_of[d] for d in v.dsts)):
             crossing[b].append(kind)
     return [cut_traffic(values) for values in crossing]

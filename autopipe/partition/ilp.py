@@ -324,24 +324,24 @@ class _Model:
     def _crossings(self, anc: BoolMatrix) -> tuple[list[_Lin], list[_Lin], list[_Lin], list[_Lin]]:
         """Per boundary s, as expressions: X_s (bytes over it), Y_s (bytes of their gradients
         back: less those that go forward only), and its messages forward and back, as
-        [Note: what a cut sends] in ``autopipe.schedule.traffic`` counts them: with g_s,d (1
-        where a value with a gradient in dtype d crosses) and a_s (1 where a value that goes
-        forward only crosses), G_s = Σ_d g_s,d back, and max(1, G_s + a_s) forward, as
-        1 + e_s with e_s ≥ G_s + a_s − 1. Groups values by (producer, latest readers,
-        whether they go forward only, their gradient's dtype)."""
-        groups: dict[tuple[int, tuple[int, ...], bool, str], int] = {}
+        [Note: what a cut sends] in ``autopipe.schedule.traffic`` counts them: with g_s (1
+        where a value with a gradient crosses) and a_s (1 where a value that goes forward
+        only crosses), g_s back, and 1 + e_s forward, e_s ≥ g_s + a_s − 1 (both cross).
+        Groups values by (producer, latest readers, whether they go forward only, whether
+        they have a gradient)."""
+        groups: dict[tuple[int, tuple[int, ...], bool, bool], int] = {}
         for v in self.problem.values:
             if v.bytes == 0:
                 continue
             ds = v.dsts
             latest = tuple(d for d in ds if not any(e != d and anc[e, d] for e in ds))
-            # a value that goes forward only has no gradient
-            key = (v.src, latest, self.problem.forward_only(v), self.problem.gradient(v) or "")
+            forward_only = self.problem.forward_only(v)
+            key = (v.src, latest, forward_only, not (forward_only or v.no_grad))
             groups[key] = groups.get(key, 0) + v.bytes
         x_bytes = [_Lin() for _ in range(self.p - 1)]
         y_bytes = [_Lin() for _ in range(self.p - 1)]
         alone: list[list[_Lin]] = [[] for _ in range(self.p - 1)]
-        with_grad: list[dict[str, list[_Lin]]] = [{} for _ in range(self.p - 1)]
+        with_grad: list[list[_Lin]] = [[] for _ in range(self.p - 1)]
         for k, ((src, latest, forward_only, gradient), nbytes) in enumerate(sorted(groups.items())):
             for s in range(self.lo[src], min(max(self.hi[d] for d in latest), self.p - 1)):
                 ysrc = self.Y(src, s)
@@ -375,37 +375,34 @@ class _Model:
                 else:
                     y_bytes[s].add(crossing, float(nbytes))
                 if gradient:
-                    with_grad[s].setdefault(gradient, []).append(crossing)
+                    with_grad[s].append(crossing)
         forward, back = [], []
         for s in range(self.p - 1):
             a = self._any(f"a_{s}", f"alone_{s}", alone[s], self.crossing_vars)
-            g = _Lin()
-            for j, (_, terms) in enumerate(sorted(with_grad[s].items())):
-                g.add(self._any(f"g_{s}_{j}", f"grad_{s}_{j}", terms, self.crossing_vars), 1.0)
-            extra = _Lin()
-            extra.add(g, 1.0)
-            extra.add(a, 1.0)
-            extra.const -= 1.0
-            messages = self._any(f"e_{s}", f"messages_{s}", [extra], self.crossing_vars, cap=None)
+            g = self._any(f"g_{s}", f"grad_{s}", with_grad[s], self.crossing_vars)
+            both = _Lin()
+            both.add(g, 1.0)
+            both.add(a, 1.0)
+            both.const -= 1.0
+            messages = self._any(f"e_{s}", f"messages_{s}", [both], self.crossing_vars)
             messages.const += 1.0
             forward.append(messages)
             back.append(g)
         return x_bytes, y_bytes, forward, back
 
     def _any(self, name: str, rows: str, terms: list[_Lin],
-             registry: list[tuple[pulp.LpVariable, list[_Lin]]], cap: float | None = 1.0) -> _Lin:
-        """A variable in [0, ``cap``] ≥ each of ``terms`` (rows ``{rows}_{i}``; with the
-        default cap, 0/1 expressions), and ≥ 0, as an expression: the largest of them at the
-        optimum, pushed down by the objective (a constant where the windows decide it). It
-        goes into ``registry`` for ``warm``."""
+             registry: list[tuple[pulp.LpVariable, list[_Lin]]]) -> _Lin:
+        """A variable in [0, 1] ≥ each of ``terms`` (expressions of at most 1; rows
+        ``{rows}_{i}``), as an expression: the largest of them and 0 at the optimum, pushed
+        down by the objective (a constant where the windows decide it). It goes into
+        ``registry`` for ``warm``."""
         out = _Lin()
         if all(t.is_const() for t in terms):
-            largest = max([0.0, *(t.const for t in terms)])
-            out.const = largest if cap is None else min(cap, largest)
-        elif cap is not None and any(t.is_const() and t.const >= cap for t in terms):
-            out.const = cap
+            out.const = min(1.0, max([0.0, *(t.const for t in terms)]))
+        elif any(t.is_const() and t.const >= 1 for t in terms):
+            out.const = 1.0
         else:
-            var = self._var(name, upBound=cap)
+            var = self._var(name, upBound=1)
             for i, t in enumerate(terms):
                 row = _Lin()
                 row.add(var, 1.0)

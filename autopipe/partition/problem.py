@@ -276,8 +276,6 @@ class Value:
     no_grad: bool = False
     """The value surely has no gradient (``NodeProfile.no_grad``): nothing of it comes back
     if it goes forward only (``Problem.forward_only``)."""
-    dtype: str = "float32"
-    """Its dtype where it may have a gradient (``NodeProfile.dtype``): its message's."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -333,11 +331,6 @@ class Problem:
         gradient and more than ``Config.join_bytes`` (the plan marks its sends so,
         ``Send.forward_only``, and the runtime does as marked)."""
         return value.no_grad and value.bytes > self.config.join_bytes
-
-    def gradient(self, value: Value) -> str | None:
-        """The message ``value``'s gradient comes back in (its dtype), None where it surely
-        has none ([Note: what a cut sends] in ``autopipe.schedule.traffic``)."""
-        return None if value.no_grad else value.dtype
 
     def held_while_running(self, stage: int, blocks: Iterable[int]) -> int:
         """What ``stage``, holding ``blocks``, holds at most beyond its saved activations while
@@ -536,7 +529,7 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
             values.append(Value(node=n.name, src=i, dsts=tuple(sorted(dsts)),
                                 bytes=0 if free or n.name in remade else n.output_bytes,
                                 is_tensor=n.is_tensor or free or n.name in remade,
-                                remade=remade.get(n.name, ()), no_grad=n.no_grad, dtype=n.dtype))
+                                remade=remade.get(n.name, ()), no_grad=n.no_grad))
         after = ordered.get(n.name, set()) - (dsts or set())
         if after:
             values.append(Value(node=n.name, src=i, dsts=tuple(sorted(after)), bytes=0,

@@ -66,11 +66,6 @@ class NodeProfile:
     a gradient] in ``autopipe.trace.no_grad``): a cut may send it forward only. Profiles
     written before it read as every value having one; a planner that has the model reads it
     from the model (``with_marks``)."""
-    dtype: str = "float32"
-    """The dtype of its value where it may have a gradient: the values with a gradient that
-    cross a cut travel as one message per dtype ([Note: what a cut sends] in
-    ``autopipe.schedule.traffic``). Written only where not float32; profiles written before
-    it read as every value being float32 (one message)."""
 
     def is_linear(self) -> bool:
         """A linear layer (profiles written before ``linear`` existed: by an ``aten.linear``
@@ -206,8 +201,10 @@ class Profile:
     def from_json(cls, data: dict[str, Any], source: str = "<profile>") -> Profile:
         """Build from a JSON object; ``source`` names the file in errors."""
         try:
+            # a node's "dtype": written on 2026-12-05 only, when a cut sent a message per
+            # dtype with a gradient ([Note: one message per cut]); read as nothing
             nodes = tuple(
-                NodeProfile(**{**n, "params": tuple(n.get("params", ())),
+                NodeProfile(**{**{k: v for k, v in n.items() if k != "dtype"}, "params": tuple(n.get("params", ())),
                                "shared_params": tuple(n.get("shared_params", ()))})
                 for n in data["nodes"])
             return cls(
@@ -252,8 +249,6 @@ def _node_json(n: NodeProfile) -> dict[str, Any]:
     for f in ("embedding", "linear", "scratch_bytes", "remakable", "no_grad"):
         if not out[f]:  # the files of models without one stay as they were
             del out[f]
-    if out["dtype"] == "float32":
-        del out["dtype"]
     return out
 
 
@@ -270,5 +265,4 @@ def node_profile(graph: Graph, name: str, *, forward_s: float, backward_input_s:
         params=info.params, shared_params=info.shared_params, is_tensor=info.is_tensor,
         embedding=info.embedding, linear=info.linear, scratch_bytes=int(scratch_bytes),
         remakable=info.remakable, no_grad=info.no_grad,
-        dtype=info.gradient_dtype,
     )

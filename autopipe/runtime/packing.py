@@ -19,10 +19,18 @@ So ``prepare`` makes the values that cross each cut into one tensor (``pack_grou
 the sending stage returns ``pack`` of them where it returned the first of them, and the
 receiving stage takes that one tensor where it took the first and reads each value as a
 view of it (``unpack``: one ``split``, whose backward makes one gradient of the whole
-message, sent back as one). A message has the dtype of the values with a gradient in it
-(one message per such dtype; with none, the dtype the values share, or bytes); a value of
-another dtype travels as its bytes, padded to 16 and placed first, so that each such value
-starts aligned in the message and is read back by a view of its bytes. Which values have
+message, sent back as one). The message has the dtype of the values with a gradient that
+weigh the most bytes (with none, the dtype the values share, or bytes); a value of another
+dtype travels as its bytes, padded to 16 and placed first, so that each such value starts
+aligned in the message and is read back by a view of its bytes. One with a gradient (a
+bfloat16 model's hidden states next to the float32 values of a norm) keeps it: its bytes go
+through a custom Function whose backward reads the message's gradient back as its bytes
+(``_AsBytes``, ``_FromBytes``), so the gradients of both dtypes come back in one message,
+each to the bit. The message's gradient is then no float32 number where bfloat16 bits fill
+it, and nothing computes on it: autograd's ``split`` and ``cat`` and the transport only move
+it, and its parts without a gradient are zeros, which are zeros in any dtype. (A second
+message per dtype, as the runtime sent until 2026-12-06, cost 14–16 ms a step on gloo
+against its 0.7 ms of latency: [Note: a busy core while a rank waits].) Which values have
 a gradient is what the stages' fake run finds (``stage_metas``): a value without one
 (Mixtral's count of tokens per expert, a float it takes a cumulative sum of as integers)
 is read as a detached view, so it arrives without one; its part of the message's gradient
@@ -48,6 +56,7 @@ import math
 import operator
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -72,23 +81,27 @@ class Group:
     members: tuple[int, ...]
 
 
-def pack_groups(kinds: Sequence[Kind | None], alone: Sequence[bool] = ()) -> list[Group]:
+def pack_groups(kinds: Sequence[Kind | None], alone: Sequence[bool] = (),
+                nbytes: Sequence[int] = ()) -> list[Group]:
     """The messages of a cut of values of these kinds (None: a value that travels as a tensor
-    of its own), two values or more each ([Note: one message per cut]): one per dtype of
-    values with a gradient, the values without one in the first of them (in the order of
-    their first value), but for those ``alone`` marks (the plan's ``Send.forward_only``),
-    which travel in one of their own, as do all of them where none has a gradient."""
+    of its own), two values or more each ([Note: one message per cut]): the values with a
+    gradient and those without one in one message, of the dtype whose values with a gradient
+    weigh the most (``nbytes``, each 1 where not given; the first such by position on a tie),
+    but for those ``alone`` marks (the plan's ``Send.forward_only``), which travel in one of
+    their own, as do all of them where none has a gradient."""
     dtype_of = {i: kind[0] for i, kind in enumerate(kinds) if kind is not None}
-    grads: dict[torch.dtype, list[int]] = {}
+    weight: dict[torch.dtype, int] = {}
     for i, kind in enumerate(kinds):
         if kind is not None and kind[1]:
-            grads.setdefault(kind[0], []).append(i)
+            weight[kind[0]] = weight.get(kind[0], 0) + (nbytes[i] if i < len(nbytes) else 1)
+    grads = [i for i, kind in enumerate(kinds) if kind is not None and kind[1]]
     rest = [i for i, kind in enumerate(kinds) if kind is not None and not kind[1]]
     lone = [i for i in rest if i < len(alone) and alone[i]] if grads else rest
-    messages = list(grads.items())
+    messages = []
     if grads:
-        first = messages[0][0]
-        messages[0] = (first, sorted(grads[first] + [i for i in rest if i not in lone]))
+        heaviest = max(weight.values())
+        carrier = next(dtype_of[i] for i in grads if weight[dtype_of[i]] == heaviest)
+        messages.append((carrier, sorted(grads + [i for i in rest if i not in lone])))
     if lone:
         dtypes = {dtype_of[i] for i in lone}
         messages.append((dtypes.pop() if len(dtypes) == 1 else torch.uint8, lone))
@@ -107,20 +120,69 @@ def _elements(numel: int, dtype: torch.dtype, message: torch.dtype) -> int:
     return -(-numel * dtype.itemsize // ALIGN) * ALIGN // message.itemsize
 
 
+def _to_bytes(t: torch.Tensor, message: torch.dtype) -> torch.Tensor:
+    """``t``'s bytes, padded to ``ALIGN``, as a 1-D tensor of dtype ``message``."""
+    raw = t.contiguous().view(-1).view(torch.uint8)
+    pad = _elements(t.numel(), t.dtype, message) * message.itemsize - raw.numel()
+    if pad:
+        raw = torch.cat([raw, raw.new_zeros(pad)])
+    return raw.view(message)
+
+
+def _from_bytes(part: torch.Tensor, dtype: torch.dtype, shape: Sequence[int]) -> torch.Tensor:
+    """The value of ``dtype`` and ``shape`` whose bytes (``_to_bytes``) begin the 1-D ``part``."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    return part.contiguous().view(torch.uint8)[:nbytes].view(dtype).view(tuple(shape))
+
+
+class _AsBytes(torch.autograd.Function):
+    """A value as its bytes in a message of another dtype; its gradient, read back from the
+    message's gradient as its bytes ([Note: one message per cut])."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor, message: torch.dtype) -> torch.Tensor:
+        ctx.value = (t.dtype, tuple(t.shape))
+        return _to_bytes(t.detach(), message)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _from_bytes(grad, *ctx.value), None
+
+
+class _FromBytes(torch.autograd.Function):
+    """A value read from its bytes in a message; its gradient goes back as its bytes."""
+
+    @staticmethod
+    def forward(ctx: Any, part: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        ctx.message = part.dtype
+        return _from_bytes(part.detach(), dtype, shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return _to_bytes(grad, ctx.message), None, None
+
+
+def _as_bytes(t: torch.Tensor, message: torch.dtype) -> torch.Tensor:
+    """``_to_bytes``, keeping ``t``'s gradient where it has one."""
+    if not t.requires_grad:
+        return _to_bytes(t.detach(), message)
+    out: torch.Tensor = _AsBytes.apply(t, message)  # type: ignore[no-untyped-call]
+    return out
+
+
+def _read_bytes(part: torch.Tensor, dtype: torch.dtype, shape: Sequence[int], grad: bool) -> torch.Tensor:
+    """``_from_bytes``, with a gradient back into ``part`` where ``grad``, else detached."""
+    if not grad:
+        return _from_bytes(part.detach(), dtype, shape)
+    out: torch.Tensor = _FromBytes.apply(part, dtype, tuple(shape))  # type: ignore[no-untyped-call]
+    return out
+
+
 def pack(dtype: torch.dtype, *tensors: torch.Tensor) -> torch.Tensor:
     """The elements of ``tensors`` one after another, in one new 1-D tensor of ``dtype``;
-    a tensor of another dtype as its bytes, padded to ``ALIGN``."""
-    parts = []
-    for t in tensors:
-        if t.dtype == dtype:
-            parts.append(t.reshape(-1))
-            continue
-        raw = t.detach().contiguous().view(-1).view(torch.uint8)
-        pad = _elements(t.numel(), t.dtype, dtype) * dtype.itemsize - raw.numel()
-        if pad:
-            raw = torch.cat([raw, raw.new_zeros(pad)])
-        parts.append(raw.view(dtype))
-    return torch.cat(parts)
+    a tensor of another dtype as its bytes, padded to ``ALIGN`` (with its gradient, where it
+    has one: read back from the message's as its bytes)."""
+    return torch.cat([t.reshape(-1) if t.dtype == dtype else _as_bytes(t, dtype) for t in tensors])
 
 
 def unpack(packed: torch.Tensor, values: Sequence[tuple[torch.dtype, Sequence[int], bool]]) -> tuple[torch.Tensor, ...]:
@@ -130,8 +192,7 @@ def unpack(packed: torch.Tensor, values: Sequence[tuple[torch.dtype, Sequence[in
     out = []
     for part, (dtype, shape, grad) in zip(torch.split(packed, sizes), values):
         if dtype != packed.dtype:
-            nbytes = math.prod(shape) * dtype.itemsize
-            part = part.detach().view(torch.uint8)[:nbytes].view(dtype)
+            part = _read_bytes(part, dtype, shape, grad)
         elif not grad:
             part = part.detach()
         out.append(part.view(tuple(shape)))
@@ -199,7 +260,8 @@ def pack_cuts(split: Split, metas: Sequence[StageMeta], alone: Collection[str] =
         written = written_in_place(receiver, body, [n.name for n in placeholders])
         groups = pack_groups([None if ph.name in written else (t.dtype, t.requires_grad)
                               for ph, t in zip(placeholders, sent)],
-                             [name in alone for name in split.stages[b].outputs])
+                             [name in alone for name in split.stages[b].outputs],
+                             [t.numel() * t.element_size() for t in sent])
         if not groups:
             continue
         pack_outputs(split.stages[b].module, groups)

@@ -48,11 +48,11 @@ def boundary_bytes(plan: Plan) -> list[int]:
 def traffic(plan: Plan) -> list[Traffic]:
     """Per boundary, what a micro-batch sends over it each way, from the stages' sends
     ([Note: what a cut sends] in ``autopipe.schedule.traffic``)."""
-    crossing: list[list[tuple[int, bool, str | None]]] = [[] for _ in range(plan.num_stages - 1)]
+    crossing: list[list[tuple[int, bool, bool]]] = [[] for _ in range(plan.num_stages - 1)]
     for stage in plan.stages:
         for send in stage.sends:
             for b in range(stage.index, min(send.to_stage, plan.num_stages - 1)):
-                crossing[b].append((send.bytes, send.forward_only, send.gradient))
+                crossing[b].append((send.bytes, send.forward_only, not send.no_grad))
     return [cut_traffic(values) for values in crossing]
 
 

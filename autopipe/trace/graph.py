@@ -62,13 +62,6 @@ class NodeInfo:
     without a gradient] in ``autopipe.trace.no_grad``)."""
 
     @property
-    def gradient_dtype(self) -> str:
-        """The dtype its value's message has where the value may have a gradient ([Note: what
-        a cut sends] in ``autopipe.schedule.traffic``); float32, the default, where it has
-        none or is no single tensor."""
-        return "float32" if self.no_grad or not self.dtype else self.dtype
-
-    @property
     def top_level(self) -> bool:
         """True when the node belongs to no submodule (inputs, outputs, glue code)."""
         return self.module == ""
