@@ -79,7 +79,7 @@ def test_estimate_for_a_meta_model(tmp_path: Path, capsys: pytest.CaptureFixture
     out = tmp_path / "llama.json"
     code, printed, err = _run(["plan", str(ROOT / "examples" / "llama.py") + ":build", "--spec-arg",
                          "device=meta", "--stages", "2", "--batch-size", "8", "--microbatches",
-                         "auto", "--schedule", "auto", "-o", str(out)], capsys)
+                         "auto", "--schedule", "auto", "--gap", "0.02", "-o", str(out)], capsys)
     assert code == 0, err
     plan = autopipe.Plan.load(out)
     assert plan.options["profile_device"] == "estimate:h100"

@@ -7,12 +7,12 @@ equal one process training the traced model (losses and every parameter). A
 measured plan cuts where this machine's timings say, so each model is also split at a
 spread of other cuts, and just before every node that writes a value in place, and the
 stages run one after another as the runtime runs them must give the model's gradients,
-with one backward per stage and with the zero-bubble schedules' split one.
+each cut in one of four ways in turn: one backward per stage or the zero-bubble schedules'
+split one, values sent or made again.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
 import sys
@@ -95,14 +95,19 @@ def test_zoo_split_backward_whose_last_stage_runs_the_whole_loss_in_w(tmp_path: 
 
 def _cuts(graph: Graph, spread: int = 12) -> list[int]:
     """``spread`` valid 2-stage cuts evenly over the graph, and the last valid cut before
-    each node that writes an input in place (its stage 1 receives the written value)."""
+    nodes that write an input in place (their stage 1 receives the written value): of each
+    op that does, its first, middle and last such node (Kimi Linear's and Qwen3-Next's
+    chunked attention write 64 slices by ``copy_``, each cut before one costing a split)."""
     cuts = valid_cuts(graph)
     chosen = set(cuts[:: max(1, len(cuts) // spread)])
     index = {n.name: i for i, n in enumerate(graph.nodes)}
+    writers: dict[object, list[int]] = {}
     for n in graph.gm.graph.nodes:
         if n.op != "get_attr" and written_in_place(graph.gm, [n], [a.name for a in n.all_input_nodes]):
-            before = [c for c in cuts if c < index[n.name]]
-            chosen.update(before[-1:])
+            writers.setdefault(n.target, []).append(index[n.name])
+    for at in writers.values():
+        for i in {at[0], at[len(at) // 2], at[-1]}:
+            chosen.update([c for c in cuts if c < i][-1:])
     return sorted(chosen)
 
 
@@ -121,11 +126,13 @@ def test_zoo_model_splits_anywhere(name: str) -> None:
     tensors = [v for v in flat if isinstance(v, torch.Tensor)]
     cuts = _cuts(graph)
     assert len(cuts) >= 5
-    # the one backward of 1F1B, and the zero-bubble schedules' split one (input gradients,
-    # then weight gradients: [Note: split backward])
-    # every other cut, stage 1 makes again the values of no input it reads, as remake="all"
-    # plans ([Note: values made again]; at 6 cuts each, 91 of the 115 models had some to make)
-    for (k, cut), split_backward in itertools.product(enumerate(cuts), (False, True)):
+    # each cut once, in turn: the one backward of 1F1B, or the zero-bubble schedules' split
+    # one (input gradients, then weight gradients: [Note: split backward]); and stage 1
+    # sending, or making again the values of no input it reads, as remake="all" plans
+    # ([Note: values made again]; at 6 cuts each, 91 of the 115 models had some to make).
+    # Every model meets the four ways (5 cuts or more), and every cut one of them.
+    for k, cut in enumerate(cuts):
+        split_backward = bool(k // 2 % 2)
         where = (f"{name} cut after {graph.nodes[cut].name}{', split backward' if split_backward else ''}"
                  f"{', values made again' if k % 2 else ''}")
         for p in params:
