@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -80,19 +81,20 @@ def test_unpacked_values_are_views_whose_gradients_come_back_as_one_tensor() -> 
     torch.testing.assert_close(leaf.grad, torch.tensor([1.0] * 6 + [2.0] * 4 + [0.0]))
 
 
-@pytest.mark.parametrize("flush", [False, True], ids=["subnormals", "flushed"])
-def test_values_of_other_dtypes_travel_as_their_bytes_to_the_bit(flush: bool) -> None:
-    # CPU ranks flush subnormal floats ([Note: subnormals in training]); an integer's bytes
-    # read as floats are mostly subnormal, and packing copies them, computing nothing
-    if flush and not torch.set_flush_denormal(True):
+@pytest.fixture(params=[False, True], ids=["subnormals", "flushed"])
+def flush(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The test as it is, and with subnormal floats flushed, as CPU ranks run ([Note:
+    subnormals in training]): an integer's bytes read as floats are mostly subnormal, and
+    packing copies them, computing nothing."""
+    if request.param and not torch.set_flush_denormal(True):
         pytest.skip("this CPU cannot flush subnormals")
     try:
-        _round_trip()
+        yield
     finally:
         torch.set_flush_denormal(False)
 
 
-def _round_trip() -> None:
+def test_values_of_other_dtypes_travel_as_their_bytes_to_the_bit(flush: None) -> None:
     mask = torch.tensor([[True, False, True]]).expand(3, 3)  # strided: packs by its elements
     ids = torch.tensor([-1, 2**40 + 7, 3])
     odd = torch.tensor([float("nan"), -0.0, 1e-45, float("inf")], dtype=torch.float64)  # bits a float op would change
@@ -114,20 +116,10 @@ def _round_trip() -> None:
     torch.testing.assert_close(h.grad, torch.arange(5.0))
 
 
-@pytest.mark.parametrize("flush", [False, True], ids=["subnormals", "flushed"])
-def test_a_value_of_another_dtype_keeps_its_gradient_to_the_bit(flush: bool) -> None:
+def test_a_value_of_another_dtype_keeps_its_gradient_to_the_bit(flush: None) -> None:
     """bfloat16 values with a gradient in a float32 message, and float32 ones in a bfloat16
     message: each side's gradients are those of the values sent alone, bit for bit, though
     the message's gradient holds bits of another dtype ([Note: one message per cut])."""
-    if flush and not torch.set_flush_denormal(True):
-        pytest.skip("this CPU cannot flush subnormals")
-    try:
-        _gradients_round_trip()
-    finally:
-        torch.set_flush_denormal(False)
-
-
-def _gradients_round_trip() -> None:
     torch.manual_seed(0)
     for carrier, other in [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)]:
         own = torch.randn(3, 4, dtype=carrier, requires_grad=True)
