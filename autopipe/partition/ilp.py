@@ -336,7 +336,7 @@ class _Model:
             ds = v.dsts
             latest = tuple(d for d in ds if not any(e != d and anc[e, d] for e in ds))
             forward_only = self.problem.forward_only(v)
-            key = (v.src, latest, forward_only, not (forward_only or v.no_grad))
+            key = (v.src, latest, forward_only, not v.no_grad)  # forward only: surely none
             groups[key] = groups.get(key, 0) + v.bytes
         x_bytes = [_Lin() for _ in range(self.p - 1)]
         y_bytes = [_Lin() for _ in range(self.p - 1)]

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 #
 # So a cut's forward is all its bytes and one latency per message; its way back is one
 # latency where a value with a gradient crosses, and the bytes of what does not go forward
-# only. Where it errs, it errs high: by the bytes of the small values without a gradient at
-# a cut no value with one crosses (counted back, though nothing comes back there), by the
-# padding of a value of another dtype than its message's (at most 15 bytes each), and where
-# the trace cannot tell that a value has no gradient (it is counted as having one). The
-# messages are 0/1 indicators of what crosses, so the ILP encodes the rule exactly.
+# only. Where it errs high: by the bytes of the small values without a gradient at a cut no
+# value with one crosses (counted back, though nothing comes back there), and where the trace
+# cannot tell that a value has no gradient (it is counted as having one). Where it errs low:
+# by the padding of a value of another dtype than its message's (at most 15 bytes each,
+# not counted). The messages are 0/1 indicators of what crosses, so the ILP encodes the rule
+# exactly.
 
 
 @dataclass(frozen=True, slots=True)
