@@ -124,6 +124,35 @@ def test_finalists_are_replanned_by_the_ilp() -> None:
     assert len(rows) == 2 * 3  # sizes 1 and 2 × three schedules; one node: one placement
 
 
+def test_finalists_share_the_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[Note: a candidate's time]: with each finalist's MIPs running to their limit, the
+    three share the time limit (until 2026-12-06 each had all of it); the plan records the
+    limit the user gave."""
+    import autopipe.partition.degree_options as degree_options
+    import autopipe.partition.degrees as degrees
+
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            return self.now
+
+    clock, limits = Clock(), []
+
+    def plan(*args: object, **kwargs: object) -> Plan:
+        got = plan_profile(*args, **kwargs)  # type: ignore[arg-type]
+        if kwargs["method"] == "ilp":
+            limits.append(kwargs["time_limit"])
+            clock.now += float(kwargs["time_limit"])  # type: ignore[arg-type]
+        return got
+
+    monkeypatch.setattr(degrees, "plan_profile", plan)
+    monkeypatch.setattr(degree_options, "time", clock)
+    chosen = plan_degrees(sized, gpus=4, batch_size=8, stages=2, microbatch_sizes=[1, 2], time_limit=30)
+    assert limits == [10.0, 10.0, 10.0] and clock.now == 30.0
+    assert chosen.solver.method == "ilp" and chosen.options["time_limit"] == 30
+
+
 def test_batch_and_gpu_counts_that_do_not_divide() -> None:
     with pytest.raises(PlanError, match="6 GPUs do not fill nodes of 4"):
         plan_degrees(sized, gpus=6, gpus_per_node=4, batch_size=12)

@@ -218,11 +218,9 @@ def test_auto_is_never_slower_than_sending_every_value(llama: tuple[autopipe.Gra
             assert not any(s.remade for s in auto.stages) and info["remade_s"] >= auto.predicted.iteration_s
 
 
-def test_auto_compares_with_sending_even_where_no_stage_makes_a_value_again() -> None:
-    """A value cheaper to make again than to send one way (0.9 s against 1 s), read by a
-    heavy node: making it again there slows the bottleneck 8 times a step, so the MIP, which
-    must make it again wherever it crosses, cuts where it crosses nothing. Sending it at the
-    better cut is faster still, and ``auto`` gives that plan though its own made nothing again."""
+def _heavy_reader() -> Profile:
+    """A chain x → a → b → c → d and a value m of no input (0.9 s to make, 1,000 bytes)
+    read by c, the heaviest node."""
     chain = ["x", "a", "b", "c", "d"]
 
     def node(name: str, **kw: object) -> NodeProfile:
@@ -240,7 +238,15 @@ def test_auto_compares_with_sending_even_where_no_stage_makes_a_value_again() ->
                          backward_input_s=0.0, backward_weight_s=0.0, activation_bytes=0, output_bytes=0,
                          param_bytes=0, is_tensor=False))
     edges = (*((u, v, 8) for u, v in itertools.pairwise([*chain, "output"])), ("m", "c", 1000))
-    profile = Profile(device="t", dtype="float32", microbatch_shape=[[1]], nodes=nodes, edges=edges, params={})
+    return Profile(device="t", dtype="float32", microbatch_shape=[[1]], nodes=nodes, edges=edges, params={})
+
+
+def test_auto_compares_with_sending_even_where_no_stage_makes_a_value_again() -> None:
+    """A value cheaper to make again than to send one way (0.9 s against 1 s), read by a
+    heavy node: making it again there slows the bottleneck 8 times a step, so the MIP, which
+    must make it again wherever it crosses, cuts where it crosses nothing. Sending it at the
+    better cut is faster still, and ``auto`` gives that plan though its own made nothing again."""
+    profile = _heavy_reader()
     plans = {mode: plan_profile(profile, num_stages=2, microbatches=8, link_bandwidth=1000.0, remake=mode)
              for mode in ("none", "all", "auto")}
     assert not any(s.remade for s in plans["all"].stages)  # it cut where m crosses nothing
@@ -248,3 +254,31 @@ def test_auto_compares_with_sending_even_where_no_stage_makes_a_value_again() ->
     assert plans["auto"].predicted.iteration_s == plans["none"].predicted.iteration_s
     assert plans["auto"].options["remake"] == {"mode": "auto",
                                                "remade_s": plans["all"].predicted.iteration_s}
+
+
+def test_the_plan_that_sends_every_value_shares_the_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[Note: a candidate's time] in autopipe/partition/planner.py: ``auto`` solves twice,
+    making values again and sending them all; with each MIP running to its limit, the first
+    gets half the time limit and the second the rest (each got all of it until 2026-12-06)."""
+    import autopipe.partition.planner as planner
+    from autopipe.partition.ilp import solve_ilp
+
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            return self.now
+
+    clock, limits = Clock(), []
+
+    def solve(*args: object, **kwargs: float) -> object:
+        limits.append(kwargs["time_limit"])
+        res = solve_ilp(*args, **kwargs)  # type: ignore[arg-type]
+        clock.now += kwargs["time_limit"]
+        return res
+
+    monkeypatch.setattr(planner, "solve_ilp", solve)
+    monkeypatch.setattr(planner, "time", clock)
+    plan = plan_profile(_heavy_reader(), num_stages=2, microbatches=8, link_bandwidth=1000.0, time_limit=10)
+    assert limits == [5.0, 5.0] and clock.now == 10.0
+    assert plan.options["remake"]["mode"] == "auto" and "remade_s" in plan.options["remake"]

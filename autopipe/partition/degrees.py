@@ -235,14 +235,23 @@ def _one(search: Search, memory: int | None, source: Callable[[int], Profile], c
 
 
 def _plan(search: Search, memory: int | None, source: Callable[[int], Profile], p: int, m: int,
-          b: int, schedule: str, cut_bw: float, group_bw: float, method: str) -> Plan:
+          b: int, schedule: str, cut_bw: float, group_bw: float, method: str, parts: int = 1) -> Plan:
+    """Plan one candidate with ``method``; the ILP with 1 / ``parts`` of the search's MIP
+    time left (``search.mip_time``)."""
     dp = search.gpus // p
-    return plan_profile(source, num_stages=p, microbatches=m, batch_size=m * b, schedule=schedule,
-                        memory_limit=memory, optimizer=search.optimizer, method=method,
-                        link_bandwidth=cut_bw,
-                        grad_sync=GradSync(replicas=dp, bandwidth=group_bw,
-                                           shard_optimizer=search.shard_optimizer),
-                        **search.plan_args)
+
+    def plan(seconds: float) -> Plan:
+        return plan_profile(source, num_stages=p, microbatches=m, batch_size=m * b, schedule=schedule,
+                            memory_limit=memory, optimizer=search.optimizer, method=method,
+                            link_bandwidth=cut_bw,
+                            grad_sync=GradSync(replicas=dp, bandwidth=group_bw,
+                                               shard_optimizer=search.shard_optimizer),
+                            **{**search.plan_args, "time_limit": seconds})
+    limit = float(search.plan_args.get("time_limit", 60.0))
+    if method != "ilp":
+        return plan(limit)
+    got = search.mip_time.give(parts, plan)  # it records the search's limit, not its part
+    return replace(got, options={**got.options, "time_limit": limit})
 
 
 def _figures(search: Search, memory: int | None, plan: Plan) -> Row:
@@ -270,13 +279,14 @@ def _finish(search: Search, cluster: Cluster, memory: int | None, source: Callab
     if not ranked:
         raise _nothing_fits(search, rows)
     if search.method != search.screen:
-        for i in ranked[:search.finalists]:
+        finals = ranked[:search.finalists]
+        for k, i in enumerate(finals):
             row = rows[i]
             placement = place(cluster, row["stages"], row["placement"])
-            try:
+            try:  # the finalists share the search's MIP time
                 plan = _plan(search, memory, source, row["stages"], row["microbatches"],
                              row["microbatch_size"], row["schedule"], placement.cut_bandwidth,
-                             placement.group_bandwidth, search.method)
+                             placement.group_bandwidth, search.method, parts=len(finals) - k)
             except AutopipeError as e:  # e.g. no MIP solution in the time limit: keep the screen's
                 row["note"] = f"{search.method}: {e.message}"
                 continue

@@ -203,8 +203,9 @@ def plan_profile(
             stage), ``uniform`` (equal layers), ``params`` (balanced parameters).
         link_bandwidth: bytes/s between stages; default the device spec's or 25 GB/s.
         max_blocks: coarsen graphs with more nodes to this many blocks (at least 8·p).
-        time_limit: seconds for the MIP solver (a search: each candidate a share, what is
-            left to the candidates still open; ``autopipe.partition.search``).
+        time_limit: seconds for all MIP solves together ([Note: a candidate's time]; a
+            search: each candidate a share, what is left to the candidates still open,
+            ``autopipe.partition.search``).
         mip_gap: relative gap at which the MIP counts as solved.
         solver: ``highs`` (default) or ``cbc``.
         deterministic: record 0 solve seconds, so equal inputs give byte-identical plans.
@@ -312,13 +313,23 @@ class _Options:
     this fast ([Note: a cutoff] in ``autopipe.partition.ilp``), recomputation is not tried
     where the candidate's bound cannot beat it, and a candidate that cannot raises Beaten."""
     share: float | None = None
-    """In a search: seconds for each of the candidate's MIP solves (``time_limit`` else); a
+    """In a search: the candidate's seconds for all its MIP solves (``time_limit`` else); a
     MIP that finds nothing in it makes the candidate unsolved, not an error of the search."""
+    until: float | None = None
+    """When the candidate's solves end (``time.perf_counter()``): ``_solve`` sets it from its
+    time ([Note: a candidate's time])."""
 
     @property
     def mip_s(self) -> float:
-        """Seconds for one MIP solve."""
+        """Seconds for the next MIP solve: what is left of the candidate's time."""
+        if self.until is not None:
+            return max(0.0, self.until - time.perf_counter())
         return self.time_limit if self.share is None else self.share
+
+    def halved(self) -> _Options:
+        """These options with half of what is left of the candidate's time: for a solve that
+        another of equal standing follows."""
+        return replace(self, until=time.perf_counter() + self.mip_s / 2)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -345,11 +356,15 @@ def _plan_one(profile: Profile, num_stages: int, microbatches: int, schedule: st
 def _solve(built: _Built, options: _Options, start: Plan | None = None) -> Plan:
     """Plan a built candidate with ``options`` (its step to beat and time share included);
     ``start``: a plan of it to start the MIP from (a search's second pass)."""
-    plan = _plan_recompute(built.problem, built.profile, options, start)
+    if options.until is None:
+        options = replace(options, until=time.perf_counter() + options.mip_s)
     # whether or not its stages make any value again: where making one again costs more than
     # sending it, the MIP cuts where it crosses no cut, which sending may beat
-    if options.remake == "auto" and any(v.remade for v in built.problem.values):
-        plan = _or_sent(plan, built, options)
+    sent = options.remake == "auto" and any(v.remade for v in built.problem.values)
+    plan = _plan_recompute(built.problem, built.profile,
+                           options.halved() if sent or built.layers is not None else options, start)
+    if sent:
+        plan = _or_sent(plan, built, options.halved() if built.layers is not None else options)
     if built.layers is not None:  # what the restriction costs: the same solve without it
         plan = record(plan, built.layers,
                       lambda: _plan_recompute(built.free, built.profile, replace(options, beat=math.inf)),
@@ -489,10 +504,10 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
             raise
         return plain
     except PlanError as e:  # the MIP found nothing in its time
-        if options.share is None:
-            raise
         if plain is not None:
             return plain
+        if options.share is None:
+            raise
         raise PlanError(  # a search records the candidate as unsolved, and why
             f"{error.message}; with recomputation: {e.message} (its share of the search's "
             f"time)", hint=e.hint) from e
@@ -508,12 +523,28 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
 # ``--microbatches auto``, ``--schedule auto`` and the degree search plan many candidates,
 # and ``auto`` recomputation can cost each two more MIP solves (is memory binding? which
 # blocks to recompute?): a GPT-2 medium batch search went from 88 s to past 25 minutes.
-# In a search (``autopipe.partition.search``) every solve of a candidate gets its share
-# of ``time_limit`` and the best step so far as its cutoff; recomputation is skipped where
-# the candidate's ``step_bound`` (recomputation only adds to it) is no better than that
-# step, and otherwise its solves start from the plan without recomputation. A candidate's
-# recomputing plan may then keep a larger gap (recorded in its solver block), never a
-# slower plan than the one without recomputation.
+# In a search (``autopipe.partition.search``) the solves of a candidate share its part
+# of ``time_limit`` ([Note: a candidate's time]) and take the best step so far as their
+# cutoff; recomputation is skipped where the candidate's ``step_bound`` (recomputation
+# only adds to it) is no better than that step, and otherwise its solves start from the
+# plan without recomputation. A candidate's recomputing plan may then keep a larger gap
+# (recorded in its solver block), never a slower plan than the one without recomputation.
+#
+# [Note: a candidate's time]
+#
+# A candidate (one plan, or one row of a search) may solve several MIPs: its partition,
+# with ``auto`` recomputation whether memory binds and what to recompute, with ``auto``
+# remaking the same again sending every value (``_or_sent``), with a layer restriction
+# the same without it. Until 2026-12-06 each solve had the candidate's whole time, so
+# ``autopipe plan examples/llama.py:build --spec-arg device=meta --stages 2 --batch-size 8
+# --microbatches auto --schedule auto`` took 82–100 s against the default 60 s limit: the
+# ZBV candidate's second pass was given 47 s and spent 62 s, in two solves. Now they share
+# one deadline (``_Options.until``, set by ``_solve``): where a solve of equal standing
+# follows (the plan that sends every value, the unrestricted plan), a solve gets half of
+# what is left; recomputation's solves, which start from the plan without it, get what is
+# left after it (none: the plan without recomputation stands). So a candidate's MIPs end
+# within its time, and a search's within ``time_limit`` ([Note: the search's order and
+# shares]), each solve's own tie-break included.
 
 
 def _block_stages(problem: Problem, plan: Plan) -> list[int]:
@@ -671,7 +702,8 @@ def _plan(problem: Problem, profile: Profile, options: _Options, *,
                 raise Beaten(res.lower_bound_s, options.beat)
             if res.status == "infeasible":
                 raise infeasible("ilp")
-            raise PlanError(f"the MIP solver found no partition in {options.mip_s:g} s",
+            given = options.time_limit if options.share is None else options.share
+            raise PlanError(f"the MIP solver found no partition in {given:g} s",
                             hint="raise the time limit (--time-limit), or lower --max-blocks")
         stage_of = list(res.stage_of)
         recompute = res.recompute

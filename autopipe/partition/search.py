@@ -20,8 +20,10 @@ the candidates with one stage per rank go first, in order of their lower bound: 
 MIPs are quick (0.1–1.7 s), and their best step becomes every later MIP's cutoff ([Note: a
 cutoff] in ``autopipe.partition.ilp``). Then a candidate is skipped where its bound is at
 least the best step (the path bound sees 1F1B's and GPipe's fill and drain: all of them
-but m = 32 skip there), and every MIP gets the time limit / candidates, at least
-``SEARCH_MIN_S``. So the answer is exact where a candidate was skipped or proven beaten,
+but m = 32 skip there), and every candidate's MIPs share the time limit / candidates, at
+least ``SEARCH_MIN_S`` and at most what is left of the time limit ([Note: a candidate's
+time] in ``autopipe.partition.planner``): the search's MIPs end within ``time_limit``.
+So the answer is exact where a candidate was skipped or proven beaten,
 and otherwise each candidate's row says its status and lower bound: ``lower_bound_s`` of
 the search is the least over the candidates not ruled out, what its gap is measured from.
 """
@@ -39,9 +41,9 @@ from autopipe.errors import AutopipeError, InfeasiblePlanError, PlanError
 from autopipe.plan_format import Plan
 
 SEARCH_MIN_S = 5.0
-"""Each candidate's MIP (and recomputation's extra solves) get ``time_limit`` / candidates,
-at least this: each starts from the best heuristic split, so a short share costs gap, not a
-plan that fits."""
+"""Each candidate's MIP solves share ``time_limit`` / candidates, at least this (but never
+more than is left of ``time_limit``): each starts from the best heuristic split, so a
+short share costs gap, not a plan that fits."""
 
 
 SECOND_PASS_MIN_S = 1.0
@@ -86,6 +88,8 @@ def search(candidates: list[Candidate], time_limit: float, *, timed: bool = Fals
     Raises:
         InfeasiblePlanError: no candidate fits (the first one's error, in tie order).
         PlanError: torch runs none of them, or no MIP found a partition in its share.
+
+    Each candidate's MIP solves end within its share, and the search's within ``time_limit``.
     """
     begun = time.perf_counter()
     todo = [c for c in candidates if c.why is None and c.solve is not None]
@@ -106,7 +110,7 @@ def search(candidates: list[Candidate], time_limit: float, *, timed: bool = Fals
             continue
         start = time.perf_counter()
         try:
-            plan = c.solve(beat, share, None)
+            plan = c.solve(beat, min(share, max(0.0, begun + time_limit - start)), None)
         except Beaten as e:
             rows[c.order] = {**c.row, "iteration_s": None, "lower_bound_s": max(c.bound, e.bound),
                              "status": "beaten", "why": e.message}
