@@ -19,6 +19,7 @@ from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
 from autopipe.runtime.validate import validate_plan
 from autopipe.schedule.actions import check_runnable
+from tests.mip_clock import Clock, to_the_limit
 from tests.test_partition_search import at_size
 
 RATES = {"adam": (1e-4, 2e-12)}
@@ -131,22 +132,9 @@ def test_finalists_share_the_time_limit(monkeypatch: pytest.MonkeyPatch) -> None
     import autopipe.partition.degree_options as degree_options
     import autopipe.partition.degrees as degrees
 
-    class Clock:
-        now = 0.0
-
-        def perf_counter(self) -> float:
-            return self.now
-
     clock, limits = Clock(), []
-
-    def plan(*args: object, **kwargs: object) -> Plan:
-        got = plan_profile(*args, **kwargs)  # type: ignore[arg-type]
-        if kwargs["method"] == "ilp":
-            limits.append(kwargs["time_limit"])
-            clock.now += float(kwargs["time_limit"])  # type: ignore[arg-type]
-        return got
-
-    monkeypatch.setattr(degrees, "plan_profile", plan)
+    monkeypatch.setattr(degrees, "plan_profile",
+                        to_the_limit(clock, limits, plan_profile, lambda kw: kw["method"] == "ilp"))
     monkeypatch.setattr(degree_options, "time", clock)
     chosen = plan_degrees(sized, gpus=4, batch_size=8, stages=2, microbatch_sizes=[1, 2], time_limit=30)
     assert limits == [10.0, 10.0, 10.0] and clock.now == 30.0

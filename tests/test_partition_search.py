@@ -20,6 +20,8 @@ from autopipe.partition.synthetic import synthetic_profile
 from autopipe.profile.profile import Profile
 from autopipe.report import search_lines
 
+from .mip_clock import Clock, to_the_limit
+
 BASE = synthetic_profile(40, seed=5)
 OVERHEAD_S = 2e-3
 """Per-node fixed time: small micro-batches pay it more often, so they are not free."""
@@ -178,31 +180,14 @@ def test_each_candidate_gets_its_share_of_the_time(monkeypatch: pytest.MonkeyPat
     assert plan.options["time_limit"] == time_limit
 
 
-class _Clock:
-    """The planner's and the search's clock, moved on by hand: a MIP "runs to its limit"."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def perf_counter(self) -> float:
-        return self.now
-
-
 def test_a_search_ends_within_its_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """[Note: a candidate's time]: with every MIP running to its limit, the candidates take
     their shares (5 s) while the time lasts, the next gets what is left and the rest none;
     a candidate with no time keeps its heuristic start, and the search's bound its own."""
     import autopipe.partition.search as search_mod
 
-    clock, limits = _Clock(), []
-
-    def solve(*args: Any, **kwargs: Any) -> IlpResult:
-        limits.append(kwargs["time_limit"])
-        res = solve_ilp(*args, **kwargs)
-        clock.now += kwargs["time_limit"]
-        return res
-
-    monkeypatch.setattr(planner, "solve_ilp", solve)
+    clock, limits = Clock(), []
+    monkeypatch.setattr(planner, "solve_ilp", to_the_limit(clock, limits, solve_ilp))
     monkeypatch.setattr(planner, "time", clock)
     monkeypatch.setattr(search_mod, "time", clock)
     plan = plan_profile(at_size(4), num_stages=2, microbatches=4, schedule="auto", time_limit=12)

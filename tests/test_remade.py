@@ -28,6 +28,7 @@ from autopipe.profile import estimate
 from autopipe.profile.profile import NodeProfile, Profile
 
 from .conftest import example_spec
+from .mip_clock import Clock, to_the_limit
 from .partition_cases import check_rows
 from .runtime_cases import TINY
 
@@ -263,21 +264,8 @@ def test_the_plan_that_sends_every_value_shares_the_time_limit(monkeypatch: pyte
     import autopipe.partition.planner as planner
     from autopipe.partition.ilp import solve_ilp
 
-    class Clock:
-        now = 0.0
-
-        def perf_counter(self) -> float:
-            return self.now
-
     clock, limits = Clock(), []
-
-    def solve(*args: object, **kwargs: float) -> object:
-        limits.append(kwargs["time_limit"])
-        res = solve_ilp(*args, **kwargs)  # type: ignore[arg-type]
-        clock.now += kwargs["time_limit"]
-        return res
-
-    monkeypatch.setattr(planner, "solve_ilp", solve)
+    monkeypatch.setattr(planner, "solve_ilp", to_the_limit(clock, limits, solve_ilp))
     monkeypatch.setattr(planner, "time", clock)
     plan = plan_profile(_heavy_reader(), num_stages=2, microbatches=8, link_bandwidth=1000.0, time_limit=10)
     assert limits == [5.0, 5.0] and clock.now == 10.0
