@@ -209,7 +209,7 @@ def check_rows(model: Any, values: dict[str, float], ev: Any) -> None:
         elif name.startswith("tied_count_"):  # at least k - 1 levels for k holders
             assert row.value(values) >= -1 - 1e-9
         else:  # every other row holds as ">= 0" or "<= 0" at the warm values
-            assert row.value(values) >= -1e-9 if name.startswith(("cross", "hold", "tied_order", "remake", "alone", "grad_", "messages_")) \
+            assert row.value(values) >= -1e-9 if name.startswith(("cross", "hold", "tied_order", "remake", "alone", "grad_", "messages_", "zeros_")) \
                 else row.value(values) <= 1e-9, name
     for s, peak in peaks.items():
         assert abs(peak - ev.stages[s].memory / ev.stages[s].limit) <= 1e-9 * max(1.0, abs(peak)), s

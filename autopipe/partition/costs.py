@@ -11,7 +11,8 @@ objective equals ``evaluate(...).objective_s`` for the partition it returns.
     sending them takes c_b = X_b / bandwidth + latency (twice the latency where a value
     crosses that goes forward only: no gradient, more than ``Config.join_bytes``), and
     their gradients come back in r_b = Y_b / bandwidth + latency, Y_b the bytes of X_b less
-    those that go forward only ([Note: what a cut sends] in ``autopipe.schedule.traffic``).
+    those that go forward only, where a value with a gradient crosses (else nothing comes
+    back: r_b = 0; [Note: what a cut sends] in ``autopipe.schedule.traffic``).
 
     stage s:  F_s = Σ forward / speed_s           B_s = Σ (backward input + weight) / speed_s
                                                   W_s = Σ backward weight / speed_s (part of B_s)

@@ -11,9 +11,10 @@ Binary y[b,s] = "block b is in a stage ≤ s" for s = 0 … p−2 (y[b,−1] = 0
 A value made in block u and last read in blocks D crosses boundary s when
 y[u,s] = 1 and y[d,s] = 0 for some d ∈ D; with one latest reader d that is exactly
 y[u,s] − y[d,s], else a variable c ≥ y[u,s] − y[d,s] for each d. X_s sums the bytes, Y_s
-those of the values that do not go forward only (their gradients come back), and a_s ≥
-each crossing of one that does (its message: [Note: what a cut sends] in
-``autopipe.schedule.traffic``).
+those of the values that do not go forward only (their gradients come back) where a value
+with a gradient crosses (g_s ≥ each crossing of one; a value without one counts through
+o ≥ its crossing + g_s − 1), and a_s ≥ each crossing of one that goes forward only (its
+message: [Note: what a cut sends] in ``autopipe.schedule.traffic``).
 A parameter read by several blocks gets z[q,s] ≥ x[b,s] for each reader b (it is held
 by stage s). Then, with the formulas of [Note: the cost model]:
 
@@ -326,9 +327,10 @@ class _Model:
         back: less those that go forward only), and its messages forward and back, as
         [Note: what a cut sends] in ``autopipe.schedule.traffic`` counts them: with g_s (1
         where a value with a gradient crosses) and a_s (1 where a value that goes forward
-        only crosses), g_s back, and 1 + e_s forward, e_s ≥ g_s + a_s − 1 (both cross).
-        Groups values by (producer, latest readers, whether they go forward only, whether
-        they have a gradient)."""
+        only crosses), g_s back, and 1 + e_s forward, e_s ≥ g_s + a_s − 1 (both cross);
+        the bytes back of a value without a gradient count only with g_s, through
+        o ≥ its crossing + g_s − 1. Groups values by (producer, latest readers, whether they
+        go forward only, whether they have a gradient)."""
         groups: dict[tuple[int, tuple[int, ...], bool, bool], int] = {}
         for v in self.problem.values:
             if v.bytes == 0:
@@ -342,6 +344,9 @@ class _Model:
         y_bytes = [_Lin() for _ in range(self.p - 1)]
         alone: list[list[_Lin]] = [[] for _ in range(self.p - 1)]
         with_grad: list[list[_Lin]] = [[] for _ in range(self.p - 1)]
+        # per boundary, the values without a gradient whose zeros come back with the
+        # gradients, where any cross: (group, crossing, bytes)
+        zeros: list[list[tuple[int, _Lin, int]]] = [[] for _ in range(self.p - 1)]
         for k, ((src, latest, forward_only, gradient), nbytes) in enumerate(sorted(groups.items())):
             for s in range(self.lo[src], min(max(self.hi[d] for d in latest), self.p - 1)):
                 ysrc = self.Y(src, s)
@@ -372,8 +377,10 @@ class _Model:
                 x_bytes[s].add(crossing, float(nbytes))
                 if forward_only:
                     alone[s].append(crossing)
-                else:
+                elif gradient:
                     y_bytes[s].add(crossing, float(nbytes))
+                else:
+                    zeros[s].append((k, crossing, nbytes))
                 if gradient:
                     with_grad[s].append(crossing)
         forward, back = [], []
@@ -388,6 +395,13 @@ class _Model:
             messages.const += 1.0
             forward.append(messages)
             back.append(g)
+            for k, crossing, nbytes in zeros[s]:  # back with the gradients, if any cross
+                both = _Lin()
+                both.add(crossing, 1.0)
+                both.add(g, 1.0)
+                both.const -= 1.0
+                y_bytes[s].add(self._any(f"o_{k}_{s}", f"zeros_{k}_{s}", [both], self.crossing_vars),
+                               float(nbytes))
         return x_bytes, y_bytes, forward, back
 
     def _any(self, name: str, rows: str, terms: list[_Lin],

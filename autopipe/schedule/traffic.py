@@ -19,11 +19,11 @@ from dataclasses import dataclass
 # - where no value with a gradient crosses, every value travels in one message, forward
 #   only: nothing comes back.
 #
-# So a cut's forward is all its bytes and one latency per message; its way back is one
-# latency where a value with a gradient crosses, and the bytes of what does not go forward
-# only. Where it errs high: by the bytes of the small values without a gradient at a cut no
-# value with one crosses (counted back, though nothing comes back there), and where the trace
-# cannot tell that a value has no gradient (it is counted as having one). Where it errs low:
+# So a cut's forward is all its bytes and one latency per message; its way back, where a
+# value with a gradient crosses, one latency and the bytes of what does not go forward only,
+# and elsewhere nothing (until 2026-12-06 the small values' bytes were counted back there
+# too). Where it errs high: where the trace cannot tell that a value has no gradient (it is
+# counted as having one). Where it errs low:
 # by the padding of a value of another dtype than its message's (at most 15 bytes each,
 # not counted). The messages are 0/1 indicators of what crosses, so the ILP encodes the rule
 # exactly.
@@ -37,6 +37,7 @@ class Traffic:
     forward_messages: int
     """One, two where a value that goes forward only crosses next to one with a gradient."""
     back_bytes: int
+    """What does not go forward only, where a value with a gradient crosses; else none."""
     back_messages: int = 1
     """One where a value with a gradient crosses, else none."""
 
@@ -53,5 +54,5 @@ def cut_traffic(values: Iterable[tuple[int, bool, bool]]) -> Traffic:
         else:
             back += nbytes
             gradient |= has_gradient and nbytes > 0
-    return Traffic(forward_bytes=forward, forward_messages=2 if gradient and alone else 1, back_bytes=back,
-                   back_messages=1 if gradient else 0)
+    return Traffic(forward_bytes=forward, forward_messages=2 if gradient and alone else 1,
+                   back_bytes=back if gradient else 0, back_messages=1 if gradient else 0)
