@@ -11,6 +11,7 @@ from torch import nn
 from autopipe.batching import resize_batch
 from autopipe.errors import PlanError, PlanMismatchError, ProfileError
 from autopipe.partition.devices import DevicesArg
+from autopipe.partition.mip_time import MipTime
 from autopipe.partition.planner import (
     DEFAULT_MAX_BLOCKS,
     ProfileSource,
@@ -185,14 +186,16 @@ def plan(
             granularity=granularity, cut_at=cut_at, recompute=recompute, remake=remake)
     assert num_stages is not None and schedule is not None
 
+    mip = MipTime(time_limit)  # refine's solves share it
+
     def solve(source: ProfileSource) -> Plan:
-        return plan_profile(source, num_stages=num_stages, memory_limit=memory_limit, devices=devices,
-                            microbatches=microbatches, batch_size=batch_size, schedule=schedule,
-                            optimizer=optimizer,
-                            method=method, link_bandwidth=link_bandwidth, max_blocks=max_blocks,
-                            time_limit=time_limit, mip_gap=mip_gap, solver=solver,
-                            deterministic=deterministic, granularity=granularity, cut_at=cut_at,
-                            recompute=recompute, virtual_stages=virtual_stages, remake=remake)
+        return mip.give(1, lambda seconds: plan_profile(
+            source, num_stages=num_stages, memory_limit=memory_limit, devices=devices,
+            microbatches=microbatches, batch_size=batch_size, schedule=schedule, optimizer=optimizer,
+            method=method, link_bandwidth=link_bandwidth, max_blocks=max_blocks,
+            time_limit=seconds, mip_gap=mip_gap, solver=solver,
+            deterministic=deterministic, granularity=granularity, cut_at=cut_at,
+            recompute=recompute, virtual_stages=virtual_stages, remake=remake))
 
     if batch_size is not None and isinstance(profile, str) and profile in PROFILE_MODES:
         def source(size: int) -> Profile:

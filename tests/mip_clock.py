@@ -19,13 +19,15 @@ class Clock:
 
 
 def to_the_limit(clock: Clock, limits: list[float], solve: Callable[..., Any],
-                 when: Callable[[dict[str, Any]], bool] = lambda kwargs: True) -> Callable[..., Any]:
-    """``solve`` as a MIP that runs to its ``time_limit`` (where ``when`` its keywords): each
-    call records its limit in ``limits`` and moves ``clock`` on by it."""
+                 when: Callable[[dict[str, Any]], bool] = lambda kwargs: True,
+                 most: float = float("inf")) -> Callable[..., Any]:
+    """``solve`` as a MIP that runs to its ``time_limit``, or to ``most`` seconds (where
+    ``when`` its keywords): each call records its limit in ``limits`` and moves ``clock``
+    on by what it ran."""
     def run(*args: Any, **kwargs: Any) -> Any:
         got = solve(*args, **kwargs)
         if when(kwargs):
             limits.append(kwargs["time_limit"])
-            clock.now += kwargs["time_limit"]
+            clock.now += min(most, kwargs["time_limit"])
         return got
     return run

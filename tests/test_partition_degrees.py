@@ -129,13 +129,13 @@ def test_finalists_share_the_time_limit(monkeypatch: pytest.MonkeyPatch) -> None
     """[Note: a candidate's time]: with each finalist's MIPs running to their limit, the
     three share the time limit (until 2026-12-06 each had all of it); the plan records the
     limit the user gave."""
-    import autopipe.partition.degree_options as degree_options
     import autopipe.partition.degrees as degrees
+    import autopipe.partition.mip_time as mip_time
 
     clock, limits = Clock(), []
     monkeypatch.setattr(degrees, "plan_profile",
                         to_the_limit(clock, limits, plan_profile, lambda kw: kw["method"] == "ilp"))
-    monkeypatch.setattr(degree_options, "time", clock)
+    monkeypatch.setattr(mip_time, "time", clock)
     chosen = plan_degrees(sized, gpus=4, batch_size=8, stages=2, microbatch_sizes=[1, 2], time_limit=30)
     assert limits == [10.0, 10.0, 10.0] and clock.now == 30.0
     assert chosen.solver.method == "ilp" and chosen.options["time_limit"] == 30

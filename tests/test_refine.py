@@ -29,6 +29,7 @@ from autopipe.runtime.timing import StageTimes
 from autopipe.schedule import simulate_plan
 
 from .conftest import ROOT, example_spec
+from .mip_clock import Clock, to_the_limit
 
 MLP = f"{ROOT / 'examples' / 'mlp.py'}:build"
 
@@ -160,6 +161,34 @@ def test_refine_keeps_the_fastest_measured_round_when_cuts_keep_moving(
     assert refined.predicted.iteration_s == pytest.approx(again) != pytest.approx(min(steps))
     calls = {n.name for n in profile.nodes if n.op.startswith("call")}
     assert tuple(tuple(n for n in s.nodes if n in calls) for s in refined.stages) == best
+
+
+def test_refine_shares_the_time_limit(monkeypatch: pytest.MonkeyPatch,
+                                      mlp: tuple[Any, autopipe.Graph, Profile]) -> None:
+    """[Note: a candidate's time]: the first solve may take all of ``time_limit``, and each
+    refine round's solve takes what is left (each had all of it until 2026-12-06); the
+    plan records the limit given."""
+    import autopipe.api as api
+    import autopipe.partition.mip_time as mip_time
+
+    spec, _, profile = mlp
+    clock, limits = Clock(), []
+    monkeypatch.setattr(api, "plan_profile", to_the_limit(clock, limits, plan_profile, most=10.0))
+    monkeypatch.setattr(mip_time, "time", clock)
+    calls: list[int] = []
+
+    def rule(cuts: Any, f: list[float], b: list[float]) -> tuple[tuple[float, ...], ...]:
+        calls.append(1)  # the slow stage alternates: the cuts keep moving
+        slow = len(calls) % 2
+        return (tuple(x * (4 if i == slow else 1) for i, x in enumerate(f)),
+                tuple(x * (4 if i == slow else 1) for i, x in enumerate(b)))
+
+    _fake_timer(monkeypatch, profile, rule)
+    monkeypatch.setattr(api, "_profile", lambda *args, **kwargs: profile)  # its fixed times
+    plan = autopipe.plan(spec.model, spec.example_inputs, num_stages=2, microbatches=4, time_limit=30,
+                         runtime_costs=False)
+    assert len(plan.options["refine"]["rounds"]) == 3
+    assert limits == [30.0, 20.0, 10.0, 0.0] and plan.options["time_limit"] == 30
 
 
 def test_only_a_profile_of_the_model_where_it_lives(mlp: tuple[Any, autopipe.Graph, Profile]) -> None:

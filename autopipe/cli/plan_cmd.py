@@ -16,6 +16,7 @@ from autopipe.cli._degrees import add_degree_args, check_degree_flags, plan_on_g
 from autopipe.cli._estimate_build import build_record, built_for_estimate, explain_mismatch
 from autopipe.errors import PlanError, PlanMismatchError, SpecError
 from autopipe.partition.layers import GRANULARITIES, matcher
+from autopipe.partition.mip_time import MipTime
 from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, METHODS, ProfileSource, check_options
 from autopipe.partition.problem import SCHEDULES
 from autopipe.plan_format import Plan
@@ -169,15 +170,17 @@ def run(args: argparse.Namespace) -> int:
         def source(size: int) -> Profile:
             return _built_and_profiled(args, knobs, size, said=said)[1]
 
+    mip = MipTime(60.0 if args.time_limit is None else args.time_limit)  # refine's solves share it
+
     def solve(source: ProfileSource) -> Plan:
-        return plan_profile(
+        return mip.give(1, lambda seconds: plan_profile(
             source, num_stages=args.stages, memory_limit=args.memory, devices=args.devices,
             microbatches=microbatches, batch_size=args.batch_size, schedule=args.schedule,
             optimizer=args.optimizer, method=args.method, link_bandwidth=args.link_bandwidth,
-            max_blocks=args.max_blocks, time_limit=60.0 if args.time_limit is None else args.time_limit,
+            max_blocks=args.max_blocks, time_limit=seconds,
             mip_gap=1e-3 if args.gap is None else args.gap, solver=args.solver or "highs",
             deterministic=not args.timing, granularity=args.granularity, cut_at=args.cut_at,
-            recompute=args.recompute, virtual_stages=args.virtual_stages, remake=args.remake)
+            recompute=args.recompute, virtual_stages=args.virtual_stages, remake=args.remake))
 
     plan = plan_on_gpus(args, source, microbatches) if args.gpus is not None else solve(source)
     if graph is not None and spec is not None and isinstance(source, Profile) and not (

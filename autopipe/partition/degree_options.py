@@ -3,17 +3,16 @@ profiled, and what they leave to try for each pipeline degree."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from autopipe._units import parse_size
 from autopipe.errors import AutopipeError, PlanError
+from autopipe.partition.mip_time import MipTime
 from autopipe.partition.planner import AUTO_SCHEDULES, METHODS, ProfileSource, parse_bandwidth
 from autopipe.partition.problem import MULTI_CHUNK, SCHEDULES
 from autopipe.partition.replicas import PLACEMENTS, check_nodes
-from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
 
 PLAN_ARGS = frozenset({"max_blocks", "time_limit", "mip_gap", "solver", "deterministic", "dtype",
@@ -26,23 +25,6 @@ Row = dict[str, Any]
 """One candidate of ``plan.options["degrees"]``: ``stages``, ``replicas`` and either
 ``placement``, ``microbatches``, ``microbatch_size``, ``schedule``, ``method``,
 ``iteration_s``, ``samples_per_s``, ``memory``, ``memory_limit``, or ``why`` it has none."""
-
-
-@dataclass(slots=True)
-class MipTime:
-    """What is left of ``time_limit`` for a degree search's MIP solves: the finalists share
-    it, and a screen by the ILP takes what is left ([Note: a candidate's time] in
-    ``autopipe.partition.planner``)."""
-
-    left: float
-
-    def give(self, parts: int, plan: Callable[[float], Plan]) -> Plan:
-        """``plan(seconds)`` with 1 / ``parts`` of what is left; what it takes is gone."""
-        start = time.perf_counter()
-        try:
-            return plan(self.left / parts)
-        finally:
-            self.left = max(0.0, self.left - (time.perf_counter() - start))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,7 +49,8 @@ class Search:
     finalists: int
     plan_args: dict[str, Any]
     mip_time: MipTime = field(default_factory=lambda: MipTime(60.0))
-    """The search's MIP seconds left (``plan_args``' ``time_limit``, 60 s by default)."""
+    """The search's MIP seconds (``plan_args``' ``time_limit``, 60 s by default): the
+    finalists share them, and a screen by the ILP takes what is left."""
 
 
 def search_options(gpus: int, batch_size: int, gpus_per_node: int | None, intra: float | str | None,

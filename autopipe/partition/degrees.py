@@ -247,11 +247,9 @@ def _plan(search: Search, memory: int | None, source: Callable[[int], Profile], 
                             grad_sync=GradSync(replicas=dp, bandwidth=group_bw,
                                                shard_optimizer=search.shard_optimizer),
                             **{**search.plan_args, "time_limit": seconds})
-    limit = float(search.plan_args.get("time_limit", 60.0))
     if method != "ilp":
-        return plan(limit)
-    got = search.mip_time.give(parts, plan)  # it records the search's limit, not its part
-    return replace(got, options={**got.options, "time_limit": limit})
+        return plan(search.mip_time.limit)
+    return search.mip_time.give(parts, plan)
 
 
 def _figures(search: Search, memory: int | None, plan: Plan) -> Row:

@@ -544,7 +544,10 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
 # what is left; recomputation's solves, which start from the plan without it, get what is
 # left after it (none: the plan without recomputation stands). So a candidate's MIPs end
 # within its time, and a search's within ``time_limit`` ([Note: the search's order and
-# shares]), each solve's own tie-break included.
+# shares]), each solve's own tie-break included. Plans solved one after another share it
+# through ``autopipe.partition.mip_time.MipTime``: a degree search's finalists, and the
+# re-solves of ``autopipe.refine`` after the first plan (``autopipe.plan``, ``autopipe
+# plan``), which get what the first left (none: refine keeps re-timing the cuts it has).
 
 
 def _block_stages(problem: Problem, plan: Plan) -> list[int]:
