@@ -538,7 +538,8 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
 # the same without it. Until 2026-12-06 each solve had the candidate's whole time, so
 # ``autopipe plan examples/llama.py:build --spec-arg device=meta --stages 2 --batch-size 8
 # --microbatches auto --schedule auto`` took 82–100 s against the default 60 s limit: the
-# ZBV candidate's second pass was given 47 s and spent 62 s, in two solves. Now they share
+# ZBV candidate's second pass was given 47 s and spent 62 s, in two solves (now 69 s, 60 s
+# of it in the candidates: docs/planning.md). Now they share
 # one deadline (``_Options.until``, set by ``_solve``): where a solve of equal standing
 # follows (the plan that sends every value, the unrestricted plan), a solve gets half of
 # what is left; recomputation's solves, which start from the plan without it, get what is
