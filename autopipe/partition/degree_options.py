@@ -4,7 +4,7 @@ profiled, and what they leave to try for each pipeline degree."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from autopipe._units import parse_size
@@ -48,7 +48,7 @@ class Search:
     method: str
     finalists: int
     plan_args: dict[str, Any]
-    mip_time: MipTime = field(default_factory=lambda: MipTime(60.0))
+    mip_time: MipTime
     """The search's MIP seconds (``plan_args``' ``time_limit``, 60 s by default): the
     finalists share them, and a screen by the ILP takes what is left."""
 

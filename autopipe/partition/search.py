@@ -84,12 +84,11 @@ def search(candidates: list[Candidate], time_limit: float, *, timed: bool = Fals
     and the search's lower bound in ``options["search_lower_bound_s"]``. What is left of
     ``time_limit`` after the first pass goes to the candidates still open ([Note: a second
     pass]). ``timed``: each solved row records its ``seconds`` too (not byte-reproducible).
+    Each candidate's MIP solves end within its share, and the search's within ``time_limit``.
 
     Raises:
         InfeasiblePlanError: no candidate fits (the first one's error, in tie order).
         PlanError: torch runs none of them, or no MIP found a partition in its share.
-
-    Each candidate's MIP solves end within its share, and the search's within ``time_limit``.
     """
     begun = time.perf_counter()
     todo = [c for c in candidates if c.why is None and c.solve is not None]

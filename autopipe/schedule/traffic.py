@@ -23,10 +23,9 @@ from dataclasses import dataclass
 # value with a gradient crosses, one latency and the bytes of what does not go forward only,
 # and elsewhere nothing (until 2026-12-06 the small values' bytes were counted back there
 # too). Where it errs high: where the trace cannot tell that a value has no gradient (it is
-# counted as having one). Where it errs low:
-# by the padding of a value of another dtype than its message's (at most 15 bytes each,
-# not counted). The messages are 0/1 indicators of what crosses, so the ILP encodes the rule
-# exactly.
+# counted as having one). Where it errs low: by the padding of a value of another dtype
+# than its message's (at most 15 bytes each, not counted). The messages are 0/1 indicators
+# of what crosses, so the ILP encodes the rule exactly.
 
 
 @dataclass(frozen=True, slots=True)
