@@ -141,6 +141,28 @@ def test_finalists_share_the_time_limit(monkeypatch: pytest.MonkeyPatch) -> None
     assert chosen.solver.method == "ilp" and chosen.options["time_limit"] == 30
 
 
+def test_a_screen_by_the_ilp_shares_the_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every candidate planned by the ILP and each MIP running to its limit, each gets an
+    equal part of the time limit (until 2026-12-06 the first had all of it, the rest none);
+    one that is never solved leaves its part to those after it."""
+    import autopipe.partition.degrees as degrees
+    import autopipe.partition.mip_time as mip_time
+
+    clock, limits = Clock(), []
+    monkeypatch.setattr(degrees, "plan_profile", to_the_limit(clock, limits, plan_profile, lambda kw: True))
+    monkeypatch.setattr(mip_time, "time", clock)
+    chosen = plan_degrees(sized, gpus=4, batch_size=8, stages=2, microbatch_sizes=[1, 2],
+                          schedule=["1f1b", "gpipe"], screen=None, time_limit=40)
+    tried = [r for r in chosen.options["degrees"] if "iteration_s" in r]
+    assert len(tried) == 4 and limits == [10.0] * 4 and clock.now == 40.0
+    assert chosen.solver.method == "ilp" and chosen.options["time_limit"] == 40
+    limits.clear()
+    clock.now = 0.0  # 1F1B cannot run 2 micro-batches (of 2) on 4 stages: its part goes to the last
+    plan_degrees(sized, gpus=4, batch_size=4, stages=4, microbatch_sizes=[2, 1],
+                 schedule=["1f1b", "gpipe"], screen=None, time_limit=30)
+    assert limits == [7.5, 7.5, 15.0]
+
+
 def test_batch_and_gpu_counts_that_do_not_divide() -> None:
     with pytest.raises(PlanError, match="6 GPUs do not fill nodes of 4"):
         plan_degrees(sized, gpus=6, gpus_per_node=4, batch_size=12)

@@ -50,7 +50,7 @@ class Search:
     plan_args: dict[str, Any]
     mip_time: MipTime
     """The search's MIP seconds (``plan_args``' ``time_limit``, 60 s by default): the
-    finalists share them, and a screen by the ILP takes what is left."""
+    finalists share them, as every candidate does under a screen by the ILP."""
 
 
 def search_options(gpus: int, batch_size: int, gpus_per_node: int | None, intra: float | str | None,

@@ -136,14 +136,27 @@ def plan_degrees(
     rows: list[Row] = []
     plans: dict[int, Plan] = {}
     say = progress or (lambda row: None)
+    degrees: list[tuple[int, int, str | list[Candidate]]] = []
     for p, dp, sizes in layout:
         why = sizes if isinstance(sizes, str) else _skip(base, p, dp, separable, memory, search)
-        if why:
-            rows.append({"stages": p, "replicas": dp, "why": why})
+        if why or isinstance(sizes, str):
+            degrees.append((p, dp, why))
+        else:
+            degrees.append((p, dp, _candidates(search, cluster, p, sizes)))
+    pending = sum(len(c) for _, _, c in degrees if not isinstance(c, str))
+    for p, dp, candidates in degrees:
+        if isinstance(candidates, str):
+            rows.append({"stages": p, "replicas": dp, "why": candidates})
             say(rows[-1])
             continue
-        assert isinstance(sizes, tuple)
-        _candidates(search, cluster, memory, source, p, sizes, rows, plans, say)
+        unfit: dict[tuple[int, str], str] = {}  # what does not fit p stages
+        for row, cut_bw, group_bw in candidates:
+            # a screen by the ILP: each candidate an equal part of the MIP time left
+            row.update(_one(search, memory, source, cut_bw, group_bw, row, unfit, plans, len(rows),
+                            parts=pending))
+            pending -= 1
+            rows.append(row)
+            say(row)
     best = _finish(search, cluster, memory, source, rows, plans, say)
     return _result(search, cluster, memory, plans[best], rows[best], rows)
 
@@ -181,38 +194,37 @@ def _skip(base: Problem, p: int, dp: int, separable: int, memory: int | None, se
     return ""
 
 
-def _candidates(search: Search, cluster: Cluster, memory: int | None, source: Callable[[int], Profile],
-                p: int, sizes: tuple[int, ...], rows: list[Row], plans: dict[int, Plan],
-                say: Callable[[Row], None]) -> None:
-    """Plan every placement × micro-batch size × schedule with ``p`` stages (``search.screen``)."""
-    dp = search.gpus // p
-    share = search.batch_size // dp
-    unfit: dict[tuple[int, str], str] = {}
+Candidate = tuple[Row, float, float]
+"""A candidate's row (its degree, placement, micro-batches, schedule) and its links' bandwidths:
+the cuts' and the gradient all-reduce's."""
+
+
+def _candidates(search: Search, cluster: Cluster, p: int, sizes: tuple[int, ...]) -> list[Candidate]:
+    """Every placement × micro-batch size × schedule with ``p`` stages, to plan in order."""
+    share = search.batch_size // (search.gpus // p)
     links: set[tuple[float, float]] = set()
     schedules = search.schedules
     if p == 1:  # one stage runs F, B per micro-batch under every schedule: 1F1B holds the fewest
         schedules = ("1f1b",) if "1f1b" in schedules else schedules[:1]
+    out: list[Candidate] = []
     for name in search.placements:
         placement = place(cluster, p, name)
         link = (placement.cut_bandwidth, placement.group_bandwidth)
         if link in links:
             continue  # another placement already priced these links
         links.add(link)
-        for b in sizes:
-            m = share // b
-            for schedule in schedules:
-                row: Row = {"stages": p, "replicas": dp, "placement": name, "microbatches": m,
-                            "microbatch_size": b, "schedule": schedule}
-                row.update(_one(search, memory, source, placement.cut_bandwidth,
-                                placement.group_bandwidth, row, unfit, plans, len(rows)))
-                rows.append(row)
-                say(row)
+        out += [({"stages": p, "replicas": search.gpus // p, "placement": name, "microbatches": share // b,
+                  "microbatch_size": b, "schedule": schedule}, *link)
+                for b in sizes for schedule in schedules]
+    return out
 
 
 def _one(search: Search, memory: int | None, source: Callable[[int], Profile], cut_bw: float,
          group_bw: float, row: Row, unfit: dict[tuple[int, str], str], plans: dict[int, Plan],
-         index: int) -> Row:
-    """Plan one candidate with ``search.screen``: what its row records."""
+         index: int, parts: int) -> Row:
+    """Plan one candidate with ``search.screen``: what its row records. A screen by the ILP
+    gets 1 / ``parts`` of the MIP time left (``parts``: the candidates left, this one
+    included; one skipped leaves its part to those after it)."""
     p, m, b, schedule = row["stages"], row["microbatches"], row["microbatch_size"], row["schedule"]
     try:
         check_runnable(schedule, p, m)
@@ -224,7 +236,7 @@ def _one(search: Search, memory: int | None, source: Callable[[int], Profile], c
         return {"why": f"does not fit: 1f1b with micro-batches of {b} does not, and {schedule} "
                        f"holds at least as many in flight"}
     try:
-        plan = _plan(search, memory, source, p, m, b, schedule, cut_bw, group_bw, search.screen)
+        plan = _plan(search, memory, source, p, m, b, schedule, cut_bw, group_bw, search.screen, parts)
     except InfeasiblePlanError as e:
         unfit[(b, schedule)] = e.message
         return {"why": e.message}
