@@ -80,6 +80,7 @@ class Chain:
         """Segments of stages < p−1 must end at or before this cut."""
         self.speed = [d.speed for d in cfg.devices]
         self.limit = [usable(float(d.memory)) if d.memory > 0 else np.inf for d in cfg.devices]
+        self._fitting: dict[tuple[int, int], BoolArray] = {}
 
     def starts(self, s: int, i: int) -> range:
         """Candidate segment starts j for stage ``s`` ending at cut ``i``."""
@@ -99,6 +100,16 @@ class Chain:
         if not self.cut_ok[i] or (s < p - 1 and i > self.before_last):
             ok[:] = False
         return ok
+
+    def fitting(self, s: int, i: int) -> BoolArray:
+        """Which segments [j, i), j in ``starts(s, i)``, may be stage ``s`` and fit its
+        memory: ``valid`` and ``memory`` within its limit. Kept: each pass of the DP asks."""
+        got = self._fitting.get((s, i))
+        if got is None:
+            j = self.starts(s, i)
+            got = self.valid(s, i, j) & (self.memory(s, i, j) <= self.limit[s])
+            self._fitting[(s, i)] = got
+        return got.copy()
 
     def comm(self, i: int, j: range) -> FloatArray:
         """Bytes in and out of segments [j, i)."""

@@ -42,9 +42,7 @@ def _minmax(chain: Chain, score: Score, *, cap: float | None = None, fits: bool 
             j = chain.starts(s, i)
             if len(j) == 0:
                 continue
-            ok = chain.valid(s, i, j)
-            if fits:
-                ok &= chain.memory(s, i, j) <= np.asarray(chain.limit[s])
+            ok = chain.fitting(s, i) if fits else chain.valid(s, i, j)
             if not ok.any():
                 continue
             t = score(s, i, j)
@@ -75,17 +73,24 @@ def min_bottleneck(chain: Chain) -> list[int] | None:
     squared stage times: the most even one (when one layer dominates, e.g. a vocabulary
     head, the other stages would otherwise be split arbitrarily, some nearly empty).
     """
-    found = _minmax(chain, chain.time)
+    times: dict[tuple[int, int], FloatArray] = {}  # both passes ask each (s, i)
+
+    def time(s: int, i: int, j: range) -> FloatArray:
+        if (s, i) not in times:
+            times[(s, i)] = chain.time(s, i, j)
+        return times[(s, i)]
+
+    found = _minmax(chain, time)
     if found is None:
         return None
     cap = found[0] * (1 + 1e-12)
 
     def squared(s: int, i: int, j: range) -> FloatArray:
-        t = chain.time(s, i, j)
+        t = time(s, i, j)
         out: FloatArray = t * t
         return out
 
-    refined = _minmax(chain, chain.time, cap=cap, weight=squared)
+    refined = _minmax(chain, time, cap=cap, weight=squared)
     cuts = refined[1] if refined is not None else found[1]
     return chain.stage_of(cuts)
 
