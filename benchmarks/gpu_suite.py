@@ -21,7 +21,10 @@ bf16 at 2,048 tokens a sequence, a wide MLP, ResNet and U-Net at real image size
    aten calls take and hand back before returning (a cuDNN workspace; a GPU profile
    records it per node and plans hold it), next to how far training's peak went over
    the predicted one;
-5. ``pytest -m gpu``.
+5. time each distinct attention call with the kernel torch picks for it, the mask made
+   contiguous and each backend forced (``benchmarks.attention_probe``: BERT's masked
+   attention ran 4-6 x its estimate on the H200);
+6. ``pytest -m gpu``.
 
 Everything goes to ``--out`` (``$OUT`` on the device machine): ``summary.md`` (the
 tables), ``summary.json`` (every figure), ``pytest_gpu.txt`` and ``profiles.tar.gz``
@@ -55,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks import attention_probe
 from benchmarks.op_scratch import op_scratch
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -400,6 +404,12 @@ def run_case(case: Case, args: argparse.Namespace, device: str, device_spec: str
     except Exception as err:
         row["errors"].append(f"op scratch: {type(err).__name__}: {err}")
         traceback.print_exc()
+    try:  # which kernel torch runs each attention with (the estimator prices the efficient one)
+        row["attention"] = attention_probe.probe(graph.gm, device, case.dtypes,
+                                                 repeats=3 if args.dry_run else 10)
+    except Exception as err:
+        row["errors"].append(f"attention probe: {type(err).__name__}: {err}")
+        traceback.print_exc()
     row["case_s"] = time.perf_counter() - t0
     return row
 
@@ -497,6 +507,14 @@ def tables(rows: list[dict[str, Any]], header: str) -> str:
         out.append(f"| {r['model']} | {ops or none} | "
                    f"{'—' if library is None else f'{library / 2**20:.1f}'} | "
                    f"{'—' if gap is None else f'{gap:.0f}'} |")
+    probed = {r["model"]: r["attention"] for r in rows if r.get("attention")}
+    if probed:
+        out += ["", "### Attention: the kernel torch picks for each SDPA call", "",
+                "Each distinct `scaled_dot_product_attention` call of the traced model, made again on the "
+                "device with its layout (`benchmarks/attention_probe.py`): torch's choice, one forward+backward "
+                "as traced, with the mask made contiguous, and with each backend forced (— where it refuses "
+                "the call). The estimator prices the efficient kernel.", "",
+                *attention_probe.table(probed)]
     errors = [f"- {r['model']}: {e}" for r in rows for e in r["errors"]]
     if errors:
         out += ["", "### Errors", "", *errors]

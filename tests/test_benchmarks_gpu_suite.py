@@ -31,6 +31,15 @@ def test_dry_run_measures_every_example(tmp_path: Path, capsys: pytest.CaptureFi
         assert u["losses"][0] == pytest.approx(r["losses"][0], rel=1e-3)
         assert len(r["stage_module_fb_again_s"]) == len(u["stage_module_fb_again_s"]) == gpu_suite.STAGES
         assert r["op_scratch"] == []  # the CPU has no allocator counters to read
+        # each distinct attention call, per profiled dtype: torch's kernel and its time
+        attention = r.get("attention", [])
+        assert len(attention) == (len(dtypes[r["model"]]) if r["model"] in ("gpt2", "llama", "bert") else 0)
+        for a in attention:
+            assert a["choice"] in ("MATH", "FLASH_ATTENTION", "EFFICIENT_ATTENTION") and a["chosen_s"] > 0
+            assert a["forced_s"]["MATH"] > 0 and a["calls"] == r["knobs"].get("num_hidden_layers",
+                                                                            r["knobs"].get("n_layer"))
+    bert = rows["bert"]["attention"][0]  # its padding mask is expanded: strides 0
+    assert 0 in bert["mask"]["stride"] and bert["contiguous_mask_s"] > 0
     assert rows["llama"]["train_dtype"] == "bf16"  # the model's own dtype
     assert "pytest -m gpu: exit 0" in (tmp_path / "summary.md").read_text()
     with tarfile.open(tmp_path / "profiles.tar.gz") as tar:
@@ -38,6 +47,7 @@ def test_dry_run_measures_every_example(tmp_path: Path, capsys: pytest.CaptureFi
     assert "profiles/gpt2-bfloat16.json" in names and "profiles/unet-plan.json" in names
     assert "### Step" in capsys.readouterr().out
     assert "autopipe over uniform" in (tmp_path / "summary.md").read_text()
+    assert "| bert | 2 | fp32 |" in (tmp_path / "summary.md").read_text()  # the attention table
 
 
 def test_missing_package_stops_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
