@@ -87,13 +87,13 @@ def _timer(device: torch.device) -> Callable[[Callable[[], None], int], float]:
     def cuda(fn: Callable[[], None], repeats: int) -> float:
         times = []
         for _ in range(repeats):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             a.record()
             fn()
             b.record()
             b.synchronize()
             times.append(a.elapsed_time(b) / 1e3)
-        return statistics.median(times)
+        return float(statistics.median(times))
 
     def wall(fn: Callable[[], None], repeats: int) -> float:
         times = []
@@ -101,7 +101,7 @@ def _timer(device: torch.device) -> Callable[[Callable[[], None], int], float]:
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        return float(statistics.median(times))
 
     return cuda if device.type == "cuda" else wall
 
