@@ -129,7 +129,7 @@ def _time_fb(args: list[Any], kwargs: dict[str, Any], qkv: list[torch.Tensor], d
                 with sdpa_kernel([chosen]):
                     fb()
             run()
-    except RuntimeError:
+    except (RuntimeError, NotImplementedError, ValueError):  # this backend refuses the call
         return None
     timer = _timer(device)
     timer(run, warmup)
@@ -143,7 +143,7 @@ def _choice(args: list[Any], kwargs: dict[str, Any]) -> str:
     names = {int(b.value): name for name, b in SDPBackend.__members__.items()}
     try:
         return names.get(int(torch._fused_sdp_choice(*args, **kwargs)), "?")
-    except RuntimeError as e:
+    except (RuntimeError, NotImplementedError, ValueError) as e:
         return f"error: {str(e).splitlines()[0][:80]}"
 
 
