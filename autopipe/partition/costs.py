@@ -266,12 +266,6 @@ class Evaluation:
         return all(s.fits for s in self.stages)
 
     @property
-    def bottleneck(self) -> int:
-        """Index of the busiest stage (first on ties)."""
-        times = [s.busy_s for s in self.stages]
-        return times.index(max(times))
-
-    @property
     def max_memory(self) -> int:
         """Largest stage memory (rank memory, with virtual stages)."""
         if self.ranks:

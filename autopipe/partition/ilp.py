@@ -176,12 +176,6 @@ class _Lin:
     def value(self, values: dict[str, float]) -> float:
         return self.const + sum(c * values[v.name] for v, c in self.coef.items())
 
-    @staticmethod
-    def of(term: Term) -> _Lin:
-        lin = _Lin()
-        lin.add(term, 1.0)
-        return lin
-
     def is_const(self) -> bool:
         return not any(abs(c) > 1e-13 for c in self.coef.values())
 
