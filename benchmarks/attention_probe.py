@@ -11,8 +11,10 @@ This probe takes each distinct SDPA call of a traced graph (shapes, strides, dty
 dropout, causality, scale), makes tensors of exactly that layout on the device, asks torch
 which backend it picks (``torch._fused_sdp_choice``, the dispatcher's own choice), and times
 one forward+backward of the call as traced, with each backend forced
-(``torch.nn.attention.sdpa_kernel``; those that refuse the call are left out), and with the
-mask made contiguous, in each dtype asked for.
+(``torch.nn.attention.sdpa_kernel``; those that refuse the call are left out), with the
+mask made contiguous, and with no mask at all, in each dtype asked for. BERT traced without an
+attention mask input still passes SDPA a mask: ``arange(seq) >= 0`` expanded, all True, which
+no model input sets (``mask_from_inputs``); the eager model would pass none.
 """
 
 from __future__ import annotations
@@ -174,8 +176,32 @@ def probe(gm: fx.GraphModule, device: torch.device | str, dtypes: Sequence[str] 
                 args, kwargs, qkv = _call(n, device, dtype, contiguous_mask=True)
                 row["contiguous_mask_choice"] = _choice(args, kwargs)
                 row["contiguous_mask_s"] = _time_fb(args, kwargs, qkv, device, None, warmup, repeats)
+            if m is not None:  # a mask that no model input sets may be all True: none at all
+                assert isinstance(mask, fx.Node)
+                row["mask_from_inputs"] = _from_inputs(mask)
+                args, kwargs, qkv = _call(n, device, dtype, contiguous_mask=False)
+                if len(args) > 3:
+                    args[3] = None
+                else:
+                    kwargs["attn_mask"] = None
+                row["no_mask_choice"] = _choice(args, kwargs)
+                row["no_mask_s"] = _time_fb(args, kwargs, qkv, device, None, warmup, repeats)
             rows.append(row)
     return rows
+
+
+def _from_inputs(node: fx.Node) -> bool:
+    """Whether ``node`` depends on a model input (a placeholder)."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n.op == "placeholder":
+            return True
+        for a in n.all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                todo.append(a)
+    return False
 
 
 def table(rows_by_model: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -184,15 +210,18 @@ def table(rows_by_model: dict[str, list[dict[str, Any]]]) -> list[str]:
         return "—" if x is None or not math.isfinite(x) else f"{x * 1e3:.3f}"
 
     out = ["| model | calls | dtype | query | mask (shape; strides; dtype) | torch picks | F+B ms as traced "
-           "| mask contiguous: picks, ms | " + " | ".join(f"{b.split('_')[0].lower()} ms" for b in BACKENDS) + " |",
-           "|---" * (8 + len(BACKENDS)) + "|"]
+           "| mask contiguous: picks, ms | no mask: picks, ms (mask from the inputs?) | "
+           + " | ".join(f"{b.split('_')[0].lower()} ms" for b in BACKENDS) + " |",
+           "|---" * (9 + len(BACKENDS)) + "|"]
     for model, rows in rows_by_model.items():
         for r in rows:
             m = r["mask"]
             mask = "none" if m is None else f"{m['shape']}; {m['stride']}; {m['dtype']}"
             cont = (f"{r['contiguous_mask_choice']}, {ms(r['contiguous_mask_s'])}"
                     if "contiguous_mask_s" in r else "—")
+            bare = (f"{r['no_mask_choice']}, {ms(r['no_mask_s'])} ({'yes' if r['mask_from_inputs'] else 'no'})"
+                    if "no_mask_s" in r else "—")
             out.append(f"| {model} | {r['calls']} | {r['dtype']} | {r['query']} | {mask} | {r['choice']} | "
-                       f"{ms(r['chosen_s'])} | {cont} | "
+                       f"{ms(r['chosen_s'])} | {cont} | {bare} | "
                        + " | ".join(ms(r["forced_s"][b]) for b in BACKENDS) + " |")
     return out

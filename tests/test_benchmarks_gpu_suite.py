@@ -40,6 +40,7 @@ def test_dry_run_measures_every_example(tmp_path: Path, capsys: pytest.CaptureFi
                                                                             r["knobs"].get("n_layer"))
     bert = rows["bert"]["attention"][0]  # its padding mask is expanded: strides 0
     assert 0 in bert["mask"]["stride"] and bert["contiguous_mask_s"] > 0
+    assert bert["mask_from_inputs"] is False and bert["no_mask_s"] > 0  # arange(seq) >= 0: no input sets it
     assert rows["llama"]["train_dtype"] == "bf16"  # the model's own dtype
     assert "pytest -m gpu: exit 0" in (tmp_path / "summary.md").read_text()
     with tarfile.open(tmp_path / "profiles.tar.gz") as tar:
