@@ -20,15 +20,14 @@ no model input sets (``mask_from_inputs``); the eager model would pass none.
 from __future__ import annotations
 
 import math
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.fx as fx
 
 from autopipe.profile._attention import is_sdpa
+from autopipe.profile._timer import Timer
 
 BACKENDS = ("MATH", "EFFICIENT_ATTENTION", "FLASH_ATTENTION", "CUDNN_ATTENTION")
 _FLOATS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -85,31 +84,8 @@ def _call(n: fx.Node, device: torch.device, dtype: torch.dtype | None,
     return list(args), dict(kwargs), made[:3]
 
 
-def _timer(device: torch.device) -> Callable[[Callable[[], None], int], float]:
-    def cuda(fn: Callable[[], None], repeats: int) -> float:
-        times = []
-        for _ in range(repeats):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        return float(statistics.median(times))
-
-    def wall(fn: Callable[[], None], repeats: int) -> float:
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return float(statistics.median(times))
-
-    return cuda if device.type == "cuda" else wall
-
-
-def _time_fb(args: list[Any], kwargs: dict[str, Any], qkv: list[torch.Tensor], device: torch.device,
-             backend: str | None, warmup: int, repeats: int) -> float | None:
+def _time_fb(args: list[Any], kwargs: dict[str, Any], qkv: list[torch.Tensor], timer: Timer,
+             backend: str | None) -> float | None:
     """Median seconds of one forward+backward, ``backend`` forced (None: torch's choice);
     None where that backend refuses the call."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -133,9 +109,7 @@ def _time_fb(args: list[Any], kwargs: dict[str, Any], qkv: list[torch.Tensor], d
             run()
     except (RuntimeError, NotImplementedError, ValueError):  # this backend refuses the call
         return None
-    timer = _timer(device)
-    timer(run, warmup)
-    return timer(run, repeats)
+    return timer.median(run)
 
 
 def _choice(args: list[Any], kwargs: dict[str, Any]) -> str:
@@ -153,8 +127,11 @@ def probe(gm: fx.GraphModule, device: torch.device | str, dtypes: Sequence[str] 
           warmup: int = 3, repeats: int = 10) -> list[dict[str, Any]]:
     """Per distinct SDPA call of ``gm`` and dtype: its layout, torch's choice and the
     forward+backward seconds of the call as traced (``chosen``), with the mask contiguous
-    (``contiguous_mask``, where it is not) and with each backend forced (``forced``)."""
+    (``contiguous_mask``, where it is not), with no mask (``no_mask``, where it has one; and
+    whether a model input sets it, ``mask_from_inputs``) and with each backend forced
+    (``forced``)."""
     device = torch.device(device)
+    timer = Timer(device, warmup=warmup, repeats=repeats, clock="wall")
     rows = []
     for n, count in sdpa_calls(gm):
         q = n.args[0].meta["val"] if isinstance(n.args[0], fx.Node) else None
@@ -169,13 +146,13 @@ def probe(gm: fx.GraphModule, device: torch.device | str, dtypes: Sequence[str] 
                 "mask": None if m is None else {"shape": list(m.shape), "stride": list(m.stride()),
                                                 "dtype": str(m.dtype).removeprefix("torch.")},
                 "choice": _choice(args, kwargs),
-                "chosen_s": _time_fb(args, kwargs, qkv, device, None, warmup, repeats),
-                "forced_s": {b: _time_fb(args, kwargs, qkv, device, b, warmup, repeats) for b in BACKENDS},
+                "chosen_s": _time_fb(args, kwargs, qkv, timer, None),
+                "forced_s": {b: _time_fb(args, kwargs, qkv, timer, b) for b in BACKENDS},
             }
             if m is not None and not m.is_contiguous():
                 args, kwargs, qkv = _call(n, device, dtype, contiguous_mask=True)
                 row["contiguous_mask_choice"] = _choice(args, kwargs)
-                row["contiguous_mask_s"] = _time_fb(args, kwargs, qkv, device, None, warmup, repeats)
+                row["contiguous_mask_s"] = _time_fb(args, kwargs, qkv, timer, None)
             if m is not None:  # a mask that no model input sets may be all True: none at all
                 assert isinstance(mask, fx.Node)
                 row["mask_from_inputs"] = _from_inputs(mask)
@@ -185,7 +162,7 @@ def probe(gm: fx.GraphModule, device: torch.device | str, dtypes: Sequence[str] 
                 else:
                     kwargs["attn_mask"] = None
                 row["no_mask_choice"] = _choice(args, kwargs)
-                row["no_mask_s"] = _time_fb(args, kwargs, qkv, device, None, warmup, repeats)
+                row["no_mask_s"] = _time_fb(args, kwargs, qkv, timer, None)
             rows.append(row)
     return rows
 

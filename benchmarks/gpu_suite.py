@@ -22,7 +22,7 @@ bf16 at 2,048 tokens a sequence, a wide MLP, ResNet and U-Net at real image size
    records it per node and plans hold it), next to how far training's peak went over
    the predicted one;
 5. time each distinct attention call with the kernel torch picks for it, the mask made
-   contiguous and each backend forced (``benchmarks.attention_probe``: BERT's masked
+   contiguous, no mask and each backend forced (``benchmarks.attention_probe``: BERT's masked
    attention ran 4-6 x its estimate on the H200);
 6. ``pytest -m gpu``.
 
@@ -512,8 +512,9 @@ def tables(rows: list[dict[str, Any]], header: str) -> str:
         out += ["", "### Attention: the kernel torch picks for each SDPA call", "",
                 "Each distinct `scaled_dot_product_attention` call of the traced model, made again on the "
                 "device with its layout (`benchmarks/attention_probe.py`): torch's choice, one forward+backward "
-                "as traced, with the mask made contiguous, and with each backend forced (— where it refuses "
-                "the call). The estimator prices the efficient kernel.", "",
+                "as traced, with the mask made contiguous, with no mask (and whether a model input sets it), and "
+                "with each backend forced (— where it refuses the call). The estimator prices the efficient "
+                "kernel.", "",
                 *attention_probe.table(probed)]
     errors = [f"- {r['model']}: {e}" for r in rows for e in r["errors"]]
     if errors:

@@ -138,11 +138,11 @@ def plan_degrees(
     say = progress or (lambda row: None)
     degrees: list[tuple[int, int, str | list[Candidate]]] = []
     for p, dp, sizes in layout:
-        why = sizes if isinstance(sizes, str) else _skip(base, p, dp, separable, memory, search)
-        if why or isinstance(sizes, str):
-            degrees.append((p, dp, why))
-        else:
-            degrees.append((p, dp, _candidates(search, cluster, p, sizes)))
+        if isinstance(sizes, str):  # why none split the batch
+            degrees.append((p, dp, sizes))
+            continue
+        why = _skip(base, p, dp, separable, memory, search)
+        degrees.append((p, dp, why or _candidates(search, cluster, p, sizes)))
     pending = sum(len(c) for _, _, c in degrees if not isinstance(c, str))
     for p, dp, candidates in degrees:
         if isinstance(candidates, str):
