@@ -32,7 +32,7 @@ from autopipe.runtime.tied import canonical_names
 from autopipe.spec import example_target
 
 from .conftest import ROOT, example_spec
-from .runtime_plans import hand_plan
+from .runtime_plans import balanced_cuts, hand_plan, plan_from_cuts
 
 TINY: dict[str, dict[str, Any]] = {
     "mlp": dict(in_dim=16, hidden=32, layers=4, batch_size=4),
@@ -78,6 +78,9 @@ class Case:
     remake: str = "auto"
     """Which values that depend on no input the planner has a reading stage make again
     ([Note: values made again]; ``all``: every one)."""
+    loss_alone: bool = False
+    """Hand cuts whose last stage holds only the model's output: it receives the logits and
+    runs the loss alone (a plan the planner makes where the loss outweighs a stage's share)."""
     links: tuple[float, float] | None = None
     """The send latency and link bandwidth the planner prices (else the estimate's: none and
     the device's); (1e-7, 1e9) sends every value without a gradient of more than 100 bytes
@@ -93,7 +96,8 @@ class Case:
                 + ("" if self.recompute == "none" else f"-recompute-{self.recompute}")
                 + ("" if self.max_blocks == DEFAULT_MAX_BLOCKS else f"-blocks{self.max_blocks}")
                 + ("" if self.remake == "auto" else f"-remake-{self.remake}")
-                + ("" if self.links is None else "-forward-only"))
+                + ("" if self.links is None else "-forward-only")
+                + ("-loss-alone" if self.loss_alone else ""))
 
     @property
     def world_size(self) -> int:
@@ -110,7 +114,7 @@ class Case:
     @property
     def planned(self) -> bool:
         """Whether autopipe's planner makes this case's plan (else: hand cuts)."""
-        return self.schedule in PLANNER_SCHEDULES and self.ranks is None
+        return self.schedule in PLANNER_SCHEDULES and self.ranks is None and not self.loss_alone
 
     def plan(self, spec: ModelSpec, graph: Graph, *, hand: bool = False) -> Plan:
         if self.planned and not hand:
@@ -132,6 +136,9 @@ class Case:
             return plan_profile(profile, num_stages=self.stages, microbatches=self.microbatches,
                                 schedule=self.schedule, method="ilp", recompute=self.recompute,
                                 max_blocks=self.max_blocks, remake=self.remake, link_bandwidth=bandwidth)
+        if self.loss_alone:
+            return plan_from_cuts(graph, [*balanced_cuts(graph, self.stages - 1), len(graph.nodes) - 2],
+                                  microbatches=self.microbatches, schedule=self.schedule)
         return hand_plan(graph, self.stages, microbatches=self.microbatches, schedule=self.schedule,
                          ranks=self.ranks)
 
@@ -199,6 +206,10 @@ CASES = {c.name: c for c in [
     Case("llama", 4, remake="none", links=(1e-7, 1e9)),
     Case("bert", 2, "dualpipev", remake="none", links=(1e-7, 1e9)),
     Case("gpt2", 2, "zb-h1", remake="none", links=(1e-7, 1e9)),
+    # the last stage runs the loss alone on the logits it receives ([Note: the loss is part
+    # of the last stage]); tied copies on the stages before it
+    Case("gpt2", 4, loss_alone=True),
+    Case("llama", 2, loss_alone=True),
 ]}
 
 

@@ -113,6 +113,24 @@ def test_the_loss_lands_on_the_last_stage(name: str) -> None:
     assert plan.predicted.iteration_s > without.predicted.iteration_s
 
 
+@pytest.mark.parametrize("method", ["ilp", "dp"])
+def test_a_loss_heavier_than_the_model_runs_alone_on_the_last_stage(method: str) -> None:
+    """The loss computes: a last stage may hold it alone (the model's output and nothing
+    else), for every method that searches; a model without a loss has no such stage."""
+    spec = example_spec("mlp", **TINY["mlp"])
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    p = estimate(graph, spec.example_inputs, loss_fn=spec.loss_fn, target=example_target(spec),
+                 progress=False)
+    assert p.loss is not None
+    work = sum(n.forward_s + n.backward_s for n in p.nodes)
+    heavy = dataclasses.replace(p, loss=dataclasses.replace(p.loss, forward_s=work, backward_s=work))
+    plan = plan_profile(heavy, num_stages=2, microbatches=4, method=method)
+    assert plan.stages[-1].nodes == ("output",)
+    assert plan.stages[-1].forward_s == pytest.approx(work)
+    without = plan_profile(dataclasses.replace(p, loss=None), num_stages=2, microbatches=4, method=method)
+    assert len(without.stages[-1].nodes) > 1
+
+
 def _per_sample(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out, t, reduction="none")
 

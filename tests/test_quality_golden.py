@@ -31,19 +31,22 @@ def test_golden_file_holds() -> None:
         assert r.now.gap <= 0.01, r.case.label
 
 
-# CPU profiles whose cases solve in about a second each: the tests of the gate's mechanics
+# Profiles whose cases solve in about a second each: the tests of the gate's mechanics
 # below re-plan them several times (the GPT-2 and Llama cases take 40-50 s a pass on CI's
-# host; test_golden_file_holds covers every case). Bert's 4-stage case is where a planner
-# without its ILP loses most (+36%).
+# host; test_golden_file_holds covers every case).
 QUICK = ("cpu/mlp.json", "cpu/resnet.json", "cpu/unet.json", "cpu/bert.json")
+BEATEN = ("h100/mlp.json",)
+"""Where a planner without its ILP (the best heuristic split) loses most beyond the
+tolerance: +2.0% at 4 stages. (Bert's 4-stage CPU case was, +36%, while the ILP alone could
+put the loss on a stage of its own: [Note: the loss is part of the last stage].)"""
 
 
-def _cpu_cases(tmp_path: Path, profiles: tuple[str, ...] = QUICK) -> Path:
+def _some_cases(tmp_path: Path, profiles: tuple[str, ...] = QUICK) -> Path:
     """A golden file with just the cases of ``profiles``, copied beside their profiles."""
     _, cases = load_golden(GOLDEN)
-    (tmp_path / "cpu").mkdir()
     for c in cases:
         if c.profile in profiles:
+            (tmp_path / c.profile).parent.mkdir(exist_ok=True)
             shutil.copy(GOLDEN.parent / c.profile, tmp_path / c.profile)
     data = json.loads(GOLDEN.read_text())
     data["cases"] = [c for c in data["cases"] if c["profile"] in profiles]
@@ -54,7 +57,7 @@ def _cpu_cases(tmp_path: Path, profiles: tuple[str, ...] = QUICK) -> Path:
 
 def test_gate_catches_a_worse_planner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Replace the ILP by its warm start (the best heuristic): the gate must notice."""
-    golden = _cpu_cases(tmp_path)
+    golden = _some_cases(tmp_path, BEATEN)
     assert not [f for r in check_golden(golden) for f in r.failures]
 
     def no_search(problem: object, *, incumbent: tuple[int, ...] | None = None,
@@ -71,7 +74,7 @@ def test_gate_catches_a_worse_planner(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_refresh_records_results_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    golden = _cpu_cases(tmp_path, ("cpu/mlp.json", "cpu/bert.json"))
+    golden = _some_cases(tmp_path, ("cpu/mlp.json", "cpu/bert.json"))
     data = json.loads(golden.read_text())
     for c in data["cases"]:
         c["iteration_s"] = 1e-9  # an impossible record: every case now "regresses"

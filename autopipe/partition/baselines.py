@@ -70,7 +70,7 @@ def layers(problem: Problem) -> list[int]:
         # no usable layer list: every computing block is a layer
         out, current = [], -1
         for b in problem.blocks:
-            if b.real:
+            if b.real and b.pin != "last":  # the loss is no layer
                 current += 1
             out.append(max(current, 0))
     return out

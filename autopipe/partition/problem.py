@@ -236,7 +236,8 @@ class Block:
     params: tuple[str, ...]
     """Parameters any node of the block reads (owned or shared), sorted."""
     real: int
-    """Number of nodes that compute something (not placeholders, not the output)."""
+    """Number of nodes that compute something: not placeholders, and the output only where
+    the loss runs there."""
     pin: str = ""
     """``"first"``: must be in stage 0 (model inputs); ``"last"``: in the last stage (the output)."""
     recomputable: bool = False
@@ -516,7 +517,9 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
             backward_weight_s=n.backward_weight_s,
             activation_bytes=n.activation_bytes + (extra.activation_bytes if extra else 0),
             params=tuple(sorted(set(n.params) | set(n.shared_params))),
-            real=0 if n.op in ("placeholder", "output") else 1, pin=pin,
+            # the loss computes: a last stage may run it alone ([Note: the loss is part of
+            # the last stage])
+            real=0 if n.op == "placeholder" or (n.op == "output" and extra is None) else 1, pin=pin,
             # a recomputed embedding keeps autograd's gradient, which is written whole
             recomputable=n.op not in ("placeholder", "output") and not writes_in_place(n.target)
             and not zero_page_grads.keys() & set(n.params),

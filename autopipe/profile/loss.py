@@ -6,6 +6,13 @@ forward; its backward starts that stage's backward. For a large vocabulary it is
 small part of the step (a cross-entropy over 128 × 32,768 logits took 21 ms a
 micro-batch on this CPU, more than the head before it), so a profile carries it and
 the planner charges it to the stage that holds the model's output.
+
+That stage may hold nothing else: the planner counts the loss as work of its own, so
+where it outweighs a stage's share, the last stage receives the logits and runs the loss
+alone (Megatron-LM's layouts name the loss as a layer too). The ILP and the chain DP may
+choose that; the uniform and parameter splits, which cut between layers, never do.
+Until 2026-12-06 only the ILP could, and only where the trace left a dead node (an
+unused ``arange`` of HF's mask code) to stand beside the loss.
 """
 
 from __future__ import annotations
