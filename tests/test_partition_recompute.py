@@ -9,6 +9,7 @@ import math
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +21,7 @@ from autopipe.partition import brute
 from autopipe.partition.chain import Chain
 from autopipe.partition.costs import evaluate, regions, violations
 from autopipe.partition.dp import min_bottleneck, min_memory
-from autopipe.partition.ilp import _Model, solve_ilp
+from autopipe.partition.ilp import IlpResult, _Model, solve_ilp
 from autopipe.partition.planner import plan_profile
 from autopipe.partition.problem import Config, from_profile, writes_in_place
 from autopipe.partition.recompute import fit, prune
@@ -30,6 +31,7 @@ from autopipe.partition.timeline import splits_backward
 from autopipe.partition.windows import ancestors, pinned_windows
 from autopipe.plan_format import Device, Plan
 from autopipe.profile.profile import Profile
+from tests.mip_clock import Clock
 from tests.partition_cases import Case, cases, check_rows
 
 from .conftest import ROOT
@@ -263,3 +265,48 @@ def test_a_search_skips_recomputation_that_cannot_win() -> None:
     chosen = planner._plan_one(prof, 2, 4, "1f1b", replace(options, beat=none.predicted.iteration_s,
                                                                 share=5.0))
     assert chosen.recomputes and chosen.predicted.iteration_s < none.predicted.iteration_s
+
+
+def _unsolved(limits: list[float], solve: Any = None) -> Any:
+    """``solve_ilp`` that finds nothing in its time where nothing is recomputed (and
+    everywhere without ``solve``), recording each solve's limit."""
+    def run(problem: Any, **kwargs: Any) -> IlpResult:
+        limits.append(kwargs["time_limit"])
+        if solve is not None and problem.config.recompute != "none":
+            return solve(problem, **kwargs)
+        return IlpResult(stage_of=None, status="unsolved", objective_s=math.inf, lower_bound_s=0.0,
+                         model_objective_s=math.nan, seconds=0.0, solver="highs", binaries=0, rounds=1)
+    return run
+
+
+def test_a_solve_without_recomputation_that_finds_nothing_leaves_time_to_recompute(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """[Note: a candidate's time]: where no chain split fits without recomputation, the
+    solve without it gets half the time, and finding nothing in it (no partition, no
+    proof) moves on to recomputation, which plans in the other half."""
+    clock, limits = Clock(), []
+    monkeypatch.setattr(planner, "time", clock)
+    monkeypatch.setattr(planner, "solve_ilp", _unsolved(limits, solve_ilp))
+    limit = int(0.5 * (_need("none") + _need("full")))
+    prof, _ = _chain_problem("none")
+    plan = plan_profile(prof, num_stages=4, memory_limit=limit, microbatches=8, time_limit=40)
+    assert plan.recomputes and all(s.memory.total <= limit for s in plan.stages)
+    assert limits[:2] == [20.0, 40.0]  # the hand clock stands still: the rest is all 40 s
+
+
+def test_no_partition_found_with_or_without_recomputation_names_what_would_fit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where neither solve finds a partition in its time and no chain split fits even
+    recomputing every block, the error says what that split needs and a stage count that
+    fits, not only to raise the time limit."""
+    monkeypatch.setattr(planner, "solve_ilp", _unsolved([]))
+    prof, _ = _chain_problem("none")
+    with pytest.raises(InfeasiblePlanError, match="with or without recomputation") as info:
+        plan_profile(prof, num_stages=4, memory_limit=int(0.9 * _need("full")), microbatches=8)
+    assert "recomputing every block" in info.value.message
+    assert "--stages" in info.value.hint and "--time-limit" in info.value.hint
+    # where full recomputation fits a chain split, the solver's own error stands
+    with pytest.raises(PlanError, match="found no partition") as info:
+        plan_profile(prof, num_stages=4, memory_limit=int(0.5 * (_need("none") + _need("full"))),
+                     microbatches=8, recompute="auto", method="ilp")
+    assert not isinstance(info.value, InfeasiblePlanError)

@@ -23,7 +23,7 @@ from autopipe.partition.chain import Chain
 from autopipe.partition.coarsen import coarsen, merge_forced
 from autopipe.partition.costs import Evaluation, evaluate, optimizer_steps, violations
 from autopipe.partition.devices import DevicesArg, resolve_devices
-from autopipe.partition.dp import min_bottleneck
+from autopipe.partition.dp import min_bottleneck, min_memory
 from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.infeasible import explain
 from autopipe.partition.layers import GRANULARITIES, Layers, record, restrict
@@ -483,9 +483,19 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
         if mode == "full":
             plan = replace(plan, options={**plan.options, "recompute": {"mode": "full"}})
         return plan
+    # where no chain split fits without recomputation, the solve without it is a long shot
+    # (it must find a partition no heuristic does) and may not even prove there is none in
+    # its time: it gets half, and recomputation's solve the rest ([Note: a candidate's time])
+    binds = not _chain_fits(problem)
+    error: AutopipeError
     try:
-        plain: Plan | None = _plan(problem, profile, options, incumbents=given, quiet=True)
+        plain: Plan | None = _plan(problem, profile, options.halved() if binds else options,
+                                   incumbents=given, quiet=True)
     except (InfeasiblePlanError, Beaten) as e:
+        plain, error = None, e
+    except PlanError as e:  # nothing found in its time: recomputation may find one
+        if not binds:
+            raise
         plain, error = None, e
     if step_bound(problem) >= options.beat:  # recomputation only adds time
         if plain is None:
@@ -507,7 +517,7 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
         if plain is not None:
             return plain
         if options.share is None:
-            raise
+            raise _unsolved(problem, e) from e
         raise PlanError(  # a search records the candidate as unsolved, and why
             f"{error.message}; with recomputation: {e.message} (its share of the search's "
             f"time)", hint=e.hint) from e
@@ -543,7 +553,13 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
 # one deadline (``_Options.until``, set by ``_solve``): where a solve of equal standing
 # follows (the plan that sends every value, the unrestricted plan), a solve gets half of
 # what is left; recomputation's solves, which start from the plan without it, get what is
-# left after it (none: the plan without recomputation stands). So a candidate's MIPs end
+# left after it (none: the plan without recomputation stands), but where no chain split
+# fits without recomputation: then the solve without it, which must find what no
+# heuristic did, gets half, and finding nothing in it moves on to recomputation. (A
+# Llama-2-70B shape with Adam on 16 H100s spent the whole 60 s there, found no partition
+# and proved none, and said to raise the time limit; now, where both solves find nothing,
+# the error names what the most memory-balanced split needs recomputing every block, and
+# a stage count that fits: ``_unsolved``.) So a candidate's MIPs end
 # within its time, and a search's within ``time_limit`` ([Note: the search's order and
 # shares]), each solve's own tie-break included. Plans solved one after another share it
 # through ``autopipe.partition.mip_time.MipTime``: a degree search's finalists, and the
@@ -555,6 +571,25 @@ def _block_stages(problem: Problem, plan: Plan) -> list[int]:
     """Block → stage of a plan made for ``problem``."""
     where = plan.stage_of
     return [where[b.nodes[0]] for b in problem.blocks]
+
+
+def _chain_fits(problem: Problem) -> bool:
+    """Whether some split of the chain (the blocks in run order) fits every device."""
+    found = min_memory(Chain(problem))
+    return found is not None and found[0] <= 1.0
+
+
+def _unsolved(problem: Problem, error: PlanError) -> PlanError:
+    """``error`` (no partition found in the time, with recomputation or without) with what
+    the most memory-balanced chain split recomputing every block needs and what would fit,
+    where no chain split fits even so: then it is as good as infeasible."""
+    full = _with_recompute(problem, "full")
+    if _chain_fits(full):
+        return error
+    why = explain(full, "dp")
+    return InfeasiblePlanError(f"{error.message}, with or without recomputation; and {why.message}",
+                               hint=f"{why.hint}; or raise the time limit (--time-limit) for a proof "
+                               f"that no other partition fits either")
 
 
 def _memory_binds(problem: Problem, plan: Plan, options: _Options) -> bool:
