@@ -1,7 +1,9 @@
 """Partition quality and planner speed: autopipe vs uniform vs parameter-balanced, and scale.
 
-1. Every example, profiled on this CPU, planned for 4 stages and 8 micro-batches under a
-   memory limit that forces a split (halfway between the most memory-balanced chain
+1. Every example and the tied LM, profiled on this CPU as ``autopipe plan`` profiles by
+   default (the loss as a node of the last stage, the optimizer's measured rates, the
+   runtime's per-action, per-send and per-step costs; Adam), planned for 4 stages and 8
+   micro-batches with no memory limit, and under a memory limit that forces a split (halfway between the most memory-balanced chain
    split's largest stage and the unconstrained optimum's): the simulated step of the
    ILP plan against the uniform layer split (Megatron, torchtitan), the
    parameter-balanced split (DeepSpeed) and the chain DP, with the ILP's status and gap.
@@ -36,9 +38,11 @@ from autopipe.partition.problem import Config, from_profile
 from autopipe.partition.synthetic import synthetic_profile
 from autopipe.plan_format import Device, Plan
 from autopipe.profile import Profile, estimate, measure
+from autopipe.runtime.calibrate import profile_runtime
+from autopipe.spec import example_target
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ["mlp", "gpt2", "llama", "resnet", "unet", "bert"]
+EXAMPLES = ["mlp", "gpt2", "llama", "resnet", "unet", "bert", "tied_lm"]
 STAGES, MICROBATCHES = 4, 8
 
 
@@ -47,7 +51,8 @@ def _profile(name: str, cache: Path | None) -> Profile:
         return Profile.load(cache / f"{name}.json")
     spec = autopipe.load_spec(f"{ROOT / 'examples' / name}.py:build")
     graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
-    prof = measure(graph, spec.example_inputs, spec.example_kwargs, progress=False)
+    prof = profile_runtime(measure(graph, spec.example_inputs, spec.example_kwargs, progress=False,
+                                   loss_fn=spec.loss_fn, target=example_target(spec)), "adam")
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         prof.save(cache / f"{name}.json")
@@ -133,7 +138,8 @@ def bench_70b() -> bool:
                               dtype="bfloat16", seq_len=2048, batch_size=1)
     graph = autopipe.trace(spec.model, spec.example_inputs)
     t_trace = time.perf_counter() - t0
-    prof = estimate(graph, spec.example_inputs, device_spec="h100", progress=False)
+    prof = estimate(graph, spec.example_inputs, device_spec="h100", progress=False,
+                    loss_fn=spec.loss_fn, target=example_target(spec))
     t_est = time.perf_counter() - t0 - t_trace
     print(f"build + trace {t_trace:.1f} s ({len(graph)} nodes, "
           f"{format_size(sum(prof.params.values()))} of parameters), estimate {t_est:.1f} s")
