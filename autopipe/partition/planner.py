@@ -574,7 +574,10 @@ def _block_stages(problem: Problem, plan: Plan) -> list[int]:
 
 
 def _chain_fits(problem: Problem) -> bool:
-    """Whether some split of the chain (the blocks in run order) fits every device."""
+    """Whether some split of the chain (the blocks in run order) fits every device (where
+    some devices have no limit and others do, it may say no where one fits)."""
+    if not any(d.memory > 0 for d in problem.config.devices):
+        return True
     found = min_memory(Chain(problem))
     return found is not None and found[0] <= 1.0
 
