@@ -13,7 +13,7 @@ from autopipe.partition.chain import Chain
 from autopipe.partition.costs import evaluate
 from autopipe.partition.dp import min_memory
 from autopipe.partition.ilp import solve_ilp
-from autopipe.partition.problem import Config, Problem
+from autopipe.partition.problem import Problem
 from autopipe.partition.recompute import fit
 from autopipe.plan_format import Device
 from autopipe.schedule.actions import check_runnable, check_schedule
@@ -22,8 +22,12 @@ _SEARCH_SECONDS = 20.0
 _RECOMPUTE_SECONDS = 10.0
 
 
-def _fits(problem: Problem, config: Config) -> bool:
-    found = min_memory(Chain(problem.with_config(config)))
+def chain_fits(problem: Problem) -> bool:
+    """Whether some split of the chain (the blocks in run order) fits every device (where
+    some devices have no limit and others do, it may say no where one fits)."""
+    if not any(d.memory > 0 for d in problem.config.devices):
+        return True
+    found = min_memory(Chain(problem))
     return found is not None and found[0] <= 1.0
 
 
@@ -97,7 +101,7 @@ def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
             continue
         devices = tuple(Device(name=f"{smallest.name}+{i}", memory=smallest.memory, speed=smallest.speed)
                         for i in range(p2))
-        if _fits(problem, replace(cfg, num_stages=p2, devices=devices)):
+        if chain_fits(problem.with_config(replace(cfg, num_stages=p2, devices=devices))):
             hints.append(f"--stages {p2}")
             break
     # 1F1B holds min(m, p−s) micro-batches and torch runs it only with m ≥ p: fewer
@@ -113,7 +117,7 @@ def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
         fewer = replace(cfg, microbatches=m2)
         if all(fewer.inflight(s) >= held[s] for s in range(p)):
             continue
-        if _fits(problem, fewer):
+        if chain_fits(problem.with_config(fewer)):
             hints.append(f"--microbatches {m2}")
             break
     hints.append("smaller micro-batches (--batch-size B --microbatches auto tries each size)")

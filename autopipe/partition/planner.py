@@ -23,9 +23,9 @@ from autopipe.partition.chain import Chain
 from autopipe.partition.coarsen import coarsen, merge_forced
 from autopipe.partition.costs import Evaluation, evaluate, optimizer_steps, violations
 from autopipe.partition.devices import DevicesArg, resolve_devices
-from autopipe.partition.dp import min_bottleneck, min_memory
+from autopipe.partition.dp import min_bottleneck
 from autopipe.partition.ilp import solve_ilp
-from autopipe.partition.infeasible import explain
+from autopipe.partition.infeasible import chain_fits, explain
 from autopipe.partition.layers import GRANULARITIES, Layers, record, restrict
 from autopipe.partition.problem import (
     MULTI_CHUNK,
@@ -486,7 +486,7 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
     # where no chain split fits without recomputation, the solve without it is a long shot
     # (it must find a partition no heuristic does) and may not even prove there is none in
     # its time: it gets half, and recomputation's solve the rest ([Note: a candidate's time])
-    binds = not _chain_fits(problem)
+    binds = not chain_fits(problem)
     error: AutopipeError
     try:
         plain: Plan | None = _plan(problem, profile, options.halved() if binds else options,
@@ -573,21 +573,12 @@ def _block_stages(problem: Problem, plan: Plan) -> list[int]:
     return [where[b.nodes[0]] for b in problem.blocks]
 
 
-def _chain_fits(problem: Problem) -> bool:
-    """Whether some split of the chain (the blocks in run order) fits every device (where
-    some devices have no limit and others do, it may say no where one fits)."""
-    if not any(d.memory > 0 for d in problem.config.devices):
-        return True
-    found = min_memory(Chain(problem))
-    return found is not None and found[0] <= 1.0
-
-
 def _unsolved(problem: Problem, error: PlanError) -> PlanError:
     """``error`` (no partition found in the time, with recomputation or without) with what
     the most memory-balanced chain split recomputing every block needs and what would fit,
     where no chain split fits even so: then it is as good as infeasible."""
     full = _with_recompute(problem, "full")
-    if _chain_fits(full):
+    if chain_fits(full):
         return error
     why = explain(full, "dp")
     return InfeasiblePlanError(f"{error.message}, with or without recomputation; and {why.message}",
