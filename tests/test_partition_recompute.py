@@ -294,6 +294,36 @@ def test_a_solve_without_recomputation_that_finds_nothing_leaves_time_to_recompu
     assert limits[:2] == [20.0, 40.0]  # the hand clock stands still: the rest is all 40 s
 
 
+def test_where_memory_binds_the_chain_the_solve_without_recomputation_takes_half(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """[Note: a candidate's time]: where a chain split fits without recomputation but the
+    fastest chain split with no limit does not, recomputation's solve is likely to win: the
+    solve without it gets half the time, recomputation's the rest. Where memory does not
+    bind, the solve without recomputation gets it all (and is the plan)."""
+    def limits_of(memory_limit: int | None) -> tuple[list[float], Plan]:
+        clock, limits = Clock(), []
+
+        def solve(problem: Any, **kwargs: Any) -> IlpResult:
+            limits.append(kwargs["time_limit"])
+            return solve_ilp(problem, **kwargs)
+        with monkeypatch.context() as m:
+            m.setattr(planner, "time", clock)
+            m.setattr(planner, "solve_ilp", solve)
+            plan = plan_profile(prof, num_stages=4, memory_limit=memory_limit, microbatches=8,
+                                time_limit=40)
+        return limits, plan
+
+    prof, _ = _chain_problem("none")
+    fits = int(1.05 * _need("none"))
+    problem = from_profile(prof, _chain_problem("none", memory=fits)[1])
+    assert planner._chain_binds(problem, 1e-3)  # the fastest split needs more: it binds
+    limits, plan = limits_of(fits)
+    assert limits[0] == 20.0 and limits[-1] == 40.0  # the hand clock stands still
+    assert plan.recomputes
+    unlimited, plan = limits_of(None)
+    assert unlimited == [40.0] and not plan.recomputes
+
+
 def test_no_partition_found_with_or_without_recomputation_names_what_would_fit(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Where neither solve finds a partition in its time and no chain split fits even
