@@ -316,7 +316,7 @@ def test_where_memory_binds_the_chain_the_solve_without_recomputation_takes_half
     prof, _ = _chain_problem("none")
     fits = int(1.05 * _need("none"))
     problem = from_profile(prof, _chain_problem("none", memory=fits)[1])
-    assert planner._chain_binds(problem, 1e-3)  # the fastest split needs more: it binds
+    assert planner._Chains(problem).bind(1e-3)  # the fastest split needs more: it binds
     limits, plan = limits_of(fits)
     assert limits[0] == 20.0 and limits[-1] == 40.0  # the hand clock stands still
     assert plan.recomputes

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -489,11 +490,12 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
     # beat it: either way it gets half, and recomputation's solve the rest ([Note: a
     # candidate's time])
     binds = not chain_fits(problem)
+    chains = _Chains(problem)
     error: AutopipeError
-    try:
-        halve = binds or _chain_binds(problem, options.mip_gap)
+    try:  # (a heuristic solves no MIP: no time to share)
+        halve = binds or (options.method == "ilp" and chains.bind(options.mip_gap))
         plain: Plan | None = _plan(problem, profile, options.halved() if halve else options,
-                                   incumbents=given, quiet=True)
+                                   incumbents=given, quiet=True, chains=chains)
     except (InfeasiblePlanError, Beaten) as e:
         plain, error = None, e
     except PlanError as e:  # nothing found in its time: recomputation may find one
@@ -504,12 +506,13 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
         if plain is None:
             raise error
         return plain
-    if plain is not None and not _memory_binds(problem, plain, options):
+    if plain is not None and not _memory_binds(problem, plain, options, chains):
         return plain
     if plain is not None:
         given["plain"] = _block_stages(problem, plain)
     try:
-        chosen = _plan(_with_recompute(problem, "auto"), profile, options, incumbents=given)
+        chosen = _plan(_with_recompute(problem, "auto"), profile, options, incumbents=given,
+                       chains=chains)
     except (InfeasiblePlanError, Beaten):
         if plain is None:
             if isinstance(error, Beaten):
@@ -559,7 +562,7 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
 # left after it (none: the plan without recomputation stands), but where no chain split
 # fits without recomputation: then the solve without it, which must find what no
 # heuristic did, gets half, and finding nothing in it moves on to recomputation. It gets
-# half too where memory binds the chain's splits (``_chain_binds``: the fastest with no
+# half too where memory binds the chain's splits (``_Chains.bind``: the fastest with no
 # limit beats the fastest that fits), for recomputation's solve is then likely to find the
 # faster plan: a Llama-2-70B shape with SGD on 16 H100s spent all 60 s proving its plan
 # without recomputation within 1% (4.116 s), and recomputation's solve, with no time left,
@@ -594,30 +597,48 @@ def _unsolved(problem: Problem, error: PlanError) -> PlanError:
                                f"that no other partition fits either")
 
 
-def _chain_binds(problem: Problem, gap: float) -> bool:
-    """Whether memory binds the splits of the chain (the blocks in run order): the fastest
-    with no memory limit is faster, by more than ``gap``, than the fastest that fits. A
-    sign, before any MIP, that recomputation's solve has a faster plan to find."""
-    cfg = problem.config
-    if not any(d.memory > 0 for d in cfg.devices):
-        return False
-    free = problem.with_config(replace(cfg, devices=tuple(replace(d, memory=0) for d in cfg.devices)))
-    fastest = min_bottleneck(Chain(free))
-    fitting = min_bottleneck(Chain(problem))
-    if fastest is None or fitting is None:
-        return fitting is None
-    return evaluate(free, fastest).objective_s < evaluate(problem, fitting).objective_s * (1 - gap)
+class _Chains:
+    """The chain DP's splits (``min_bottleneck``) of a problem without recomputation, made
+    once for the solves and checks of ``_plan_recompute`` that start from them."""
+
+    def __init__(self, problem: Problem) -> None:
+        cfg = problem.config
+        self.problem = problem
+        self.fitting = min_bottleneck(Chain(problem))
+        """The fastest chain split that fits (None: none does)."""
+        self.free = problem
+        """``problem`` with no memory limits."""
+        if any(d.memory > 0 for d in cfg.devices):
+            self.free = problem.with_config(replace(cfg, devices=tuple(replace(d, memory=0)
+                                                                       for d in cfg.devices)))
+
+    @functools.cached_property
+    def fastest(self) -> list[int] | None:
+        """The fastest chain split of ``free``."""
+        return self.fitting if self.free is self.problem else min_bottleneck(Chain(self.free))
+
+    def bind(self, gap: float) -> bool:
+        """Whether memory binds the chain's splits: the fastest with no memory limit is
+        faster, by more than ``gap``, than the fastest that fits. A sign, before any MIP,
+        that recomputation's solve has a faster plan to find."""
+        if self.free is self.problem or self.fastest is None:
+            return False
+        if self.fitting is None:
+            return True
+        return (evaluate(self.free, self.fastest).objective_s
+                < evaluate(self.problem, self.fitting).objective_s * (1 - gap))
 
 
-def _memory_binds(problem: Problem, plan: Plan, options: _Options) -> bool:
+def _memory_binds(problem: Problem, plan: Plan, options: _Options, chains: _Chains) -> bool:
     """Whether some partition is faster than ``plan``'s (by more than the gap) once memory
-    is no limit: only then can recomputation, which only adds time, give a faster plan."""
+    is no limit: only then can recomputation, which only adds time, give a faster plan.
+    ``chains``: ``problem``'s; the fastest chain split with no limit often shows it at once."""
     cfg = problem.config
     if options.method != "ilp" or not any(d.memory > 0 for d in cfg.devices):
         return False  # a heuristic's split that fits is its answer; no limit never binds
-    free = problem.with_config(replace(cfg, devices=tuple(replace(d, memory=0) for d in cfg.devices)))
+    free = chains.free
     bar = plan.solver.objective_s * (1 - options.mip_gap)
-    quick = min_bottleneck(Chain(free))  # often shows it at once
+    quick = chains.fastest
     if quick is not None and evaluate(free, quick).objective_s < min(bar, options.beat):
         return True
     res = solve_ilp(free, incumbent=_block_stages(problem, plan), time_limit=options.mip_s,
@@ -709,16 +730,19 @@ def predict(problem: Problem, ev: Evaluation, stage_of: Sequence[int]) -> Predic
 
 
 def _plan(problem: Problem, profile: Profile, options: _Options, *,
-          incumbents: dict[str, list[int]] | None = None, quiet: bool = False) -> Plan:
+          incumbents: dict[str, list[int]] | None = None, quiet: bool = False,
+          chains: _Chains | None = None) -> Plan:
     """The plan of ``options.method`` for ``problem`` (its ``config.recompute`` included).
 
     ``incumbents``: more partitions to start the ILP from. ``quiet``: a problem that
     nothing fits raises a bare InfeasiblePlanError (no search for what would fit).
+    ``chains``: the chain splits of ``problem`` without recomputation, made already.
     """
     method = options.method
     with phase("plan.baselines"):
         cands: dict[str, list[int] | None] = {
-            "dp": min_bottleneck(Chain(problem)),
+            "dp": chains.fitting if chains is not None and chains.problem is problem
+            else min_bottleneck(Chain(problem)),
             "uniform": baselines.uniform(problem),
             "params": baselines.params(problem),
         }
@@ -726,8 +750,11 @@ def _plan(problem: Problem, profile: Profile, options: _Options, *,
         cfg = problem.config
         if cfg.recompute != "none":
             # the fastest chain split with no memory limit often fits once it recomputes
-            free = replace(cfg, recompute="none", devices=tuple(replace(d, memory=0) for d in cfg.devices))
-            fastest = min_bottleneck(Chain(problem.with_config(free)))
+            if chains is not None:
+                fastest = chains.fastest
+            else:
+                free = replace(cfg, recompute="none", devices=tuple(replace(d, memory=0) for d in cfg.devices))
+                fastest = min_bottleneck(Chain(problem.with_config(free)))
             if fastest is not None:
                 extra["unlimited"] = fastest
         # each partition recomputes what it needs to fit, where the problem allows it
