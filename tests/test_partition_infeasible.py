@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
 from autopipe.errors import InfeasiblePlanError
-from autopipe.partition import plan_profile
+from autopipe.partition import infeasible, plan_profile
+from autopipe.partition.costs import usable
+from autopipe.partition.problem import Problem
 from autopipe.partition.synthetic import synthetic_profile
+from autopipe.plan_format import Device
 
 
 def test_names_the_overflow_and_a_stage_count_that_fits() -> None:
@@ -38,3 +42,31 @@ def test_gpipe_suggests_fewer_microbatches() -> None:
     assert "--recompute auto" in (info.value.hint or "")
     auto = plan_profile(prof, num_stages=2, microbatches=16, schedule="gpipe", memory_limit="800MiB")
     assert auto.recomputes and all(s.memory.total <= 800 << 20 for s in auto.stages)
+
+
+def test_the_stage_count_named_is_the_smallest_that_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hint names the fewest stages a chain split fits; counts whose parameters,
+    gradients and optimizer states alone exceed the devices' limits are not searched."""
+    prof = synthetic_profile(80, seed=2)
+    plan = plan_profile(prof, num_stages=2, microbatches=16)
+    states = sum(s.memory.params + s.memory.grads + s.memory.optimizer for s in plan.stages)
+    limit = int(states / 3.5 / 0.9)  # usable: states / 3.15, so 3 stages cannot hold them
+    searched: list[Problem] = []
+    real = infeasible.chain_fits
+
+    def counted(problem: Problem) -> bool:
+        searched.append(problem)
+        return real(problem)
+    monkeypatch.setattr(infeasible, "chain_fits", counted)
+    with pytest.raises(InfeasiblePlanError) as info:
+        plan_profile(prof, num_stages=2, microbatches=16, memory_limit=limit, recompute="none")
+    m = re.search(r"--stages (\d+)", info.value.hint or "")
+    assert m is not None
+    named = int(m.group(1))
+    problem = searched[0]
+    assert sum(pm.total for pm in problem.param_mem.values()) == states
+    below = [p for p in range(3, named) if states > p * usable(limit)]
+    assert below == [3] and 3 not in {q.config.num_stages for q in searched}  # never searched
+    for p in range(3, named):  # and no smaller count fits
+        devices = tuple(Device(name="d", memory=limit) for _ in range(p))
+        assert not real(problem.with_config(replace(problem.config, num_stages=p, devices=devices)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -10,7 +11,7 @@ from autopipe._units import format_size
 from autopipe.errors import InfeasiblePlanError, PlanError
 from autopipe.partition import baselines
 from autopipe.partition.chain import Chain
-from autopipe.partition.costs import evaluate
+from autopipe.partition.costs import evaluate, usable
 from autopipe.partition.dp import min_memory
 from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.problem import Problem
@@ -92,9 +93,15 @@ def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
             hints.append(hint)
     deadline = time.monotonic() + _SEARCH_SECONDS
     smallest = min(cfg.devices, key=lambda d: d.memory)
+    # every split holds each parameter's memory (with its gradient and optimizer state)
+    # on some stage: fewer stages than that needs, at the smallest device's limit, are
+    # skipped without a search
+    states = math.fsum(float(pm.total) for pm in problem.param_mem.values())
     for p2 in range(p + 1, min(problem.num_real, 4 * p + 8) + 1):
         if time.monotonic() > deadline:
             break
+        if smallest.memory > 0 and states > p2 * usable(float(smallest.memory)):
+            continue
         try:
             check_schedule(cfg.schedule, p2, m, 1)  # zb-h1's rounds must divide m
         except PlanError:
