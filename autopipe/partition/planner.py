@@ -490,7 +490,8 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
     # beat it: either way it gets half, and recomputation's solve the rest ([Note: a
     # candidate's time])
     binds = not chain_fits(problem)
-    chains = _Chains(problem)
+    with phase("plan.baselines"):
+        chains = _Chains(problem)
     error: AutopipeError
     try:  # (a heuristic solves no MIP: no time to share)
         halve = binds or (options.method == "ilp" and chains.bind(options.mip_gap))
