@@ -50,7 +50,7 @@ def test_the_stage_count_named_is_the_smallest_that_fits(monkeypatch: pytest.Mon
     prof = synthetic_profile(80, seed=2)
     plan = plan_profile(prof, num_stages=2, microbatches=16)
     states = sum(s.memory.params + s.memory.grads + s.memory.optimizer for s in plan.stages)
-    limit = int(states / 3.5 / 0.9)  # usable: states / 3.15, so 3 stages cannot hold them
+    limit = int(states / usable(3.5))  # usable: states / 3.5, so 3 stages cannot hold them
     searched: list[Problem] = []
     real = infeasible.chain_fits
 

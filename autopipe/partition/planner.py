@@ -605,13 +605,16 @@ class _Chains:
     def __init__(self, problem: Problem) -> None:
         cfg = problem.config
         self.problem = problem
-        self.fitting = min_bottleneck(Chain(problem))
-        """The fastest chain split that fits (None: none does)."""
         self.free = problem
         """``problem`` with no memory limits."""
         if any(d.memory > 0 for d in cfg.devices):
             self.free = problem.with_config(replace(cfg, devices=tuple(replace(d, memory=0)
                                                                        for d in cfg.devices)))
+
+    @functools.cached_property
+    def fitting(self) -> list[int] | None:
+        """The fastest chain split that fits (None: none does)."""
+        return min_bottleneck(Chain(self.problem))
 
     @functools.cached_property
     def fastest(self) -> list[int] | None:
@@ -751,11 +754,7 @@ def _plan(problem: Problem, profile: Profile, options: _Options, *,
         cfg = problem.config
         if cfg.recompute != "none":
             # the fastest chain split with no memory limit often fits once it recomputes
-            if chains is not None:
-                fastest = chains.fastest
-            else:
-                free = replace(cfg, recompute="none", devices=tuple(replace(d, memory=0) for d in cfg.devices))
-                fastest = min_bottleneck(Chain(problem.with_config(free)))
+            fastest = (chains or _Chains(_with_recompute(problem, "none"))).fastest
             if fastest is not None:
                 extra["unlimited"] = fastest
         # each partition recomputes what it needs to fit, where the problem allows it
