@@ -135,12 +135,14 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
             [b + bo + (loss_b if i == last else 0.0) for i, b in enumerate(times.backward_s)])
         return at_times, stage_factors(profile, plan, times.forward_s, times.backward_s), times.loss_s
 
+    solved: list[Plan] = []  # the solve on each round's measured costs
     for _ in range(max(1, rounds)):
         at_times, factors, loss_s = timed(current)
         measured.append(at_times)
         for name, s in current.stage_of.items():
             ratio[name] = factors[s]
         nxt = replan(scale_nodes(profile, ratio, loss=(loss_f, loss_b) if loss_s else None))
+        solved.append(nxt)
         moved = _cuts(nxt) != _cuts(current)
         gain = 1.0 - nxt.predicted.iteration_s / at_times.predicted.iteration_s
         small = moved and gain < MIN_GAIN  # within the noise: the measured cuts stay
@@ -150,7 +152,8 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
                        **({"gain_kept_out": round(gain, 4)} if small else {}),
                        **({"loss_s": [round(t, 7) for t in loss_s]} if loss_s else {})})
         if small:
-            return _recorded(at_times, record, converged=True, why_not=why_not)
+            return _recorded(_accounted(at_times, nxt, (loss_f, loss_b) if profile.loss else None),
+                             record, converged=True, why_not=why_not)
         if not moved:
             return _recorded(nxt, record, converged=True, why_not=why_not)
         current = nxt
@@ -159,7 +162,32 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
     best = min(measured, key=lambda p: p.predicted.iteration_s)
     again, _, _ = timed(best)
     record[measured.index(best)]["timed_again_step_s"] = again.predicted.iteration_s
-    return _recorded(again, record, converged=False, why_not=why_not)
+    kept = _accounted(again, solved[measured.index(best)], (loss_f, loss_b) if profile.loss else None)
+    return _recorded(kept, record, converged=False, why_not=why_not)
+
+
+def _accounted(timed: Plan, solved: Plan, loss: tuple[float, float] | None) -> Plan:
+    """``timed``, a plan at its stages' measured times, accounted on the costs of that
+    measurement, as its prediction is: the baselines and the lower bound of ``solved`` (the
+    solve on the profile scaled to it), the solver's objective its own predicted step, and
+    the loss's times as last timed.
+
+    Before (until 2026-12-06) such a plan kept the solver block and baselines of the solve
+    that had chosen its cuts, on the previous round's costs: ``autopipe plan`` on GPT-2 then
+    printed a predicted step of 334.8 ms beside an objective of 318.1 ms and the chain
+    DP's split at 318.8 ms, "-4.8%" against a plan that was the better one on both.
+    """
+    step = timed.predicted.iteration_s
+    sv = solved.solver
+    lower = min(sv.lower_bound_s, step)
+    gap = (step - lower) / step if step > 0 else 0.0
+    tolerance = float(timed.options.get("mip_gap", 0.0) or 0.0)
+    status = "feasible" if sv.status == "optimal" and gap > tolerance + 1e-12 else sv.status
+    solver = dataclasses.replace(sv, status=status, objective_s=step, lower_bound_s=lower, gap=gap)
+    options = dict(timed.options)
+    if loss is not None and "loss" in options:
+        options["loss"] = {"forward_s": loss[0], "backward_s": loss[1]}
+    return dataclasses.replace(timed, solver=solver, baselines=solved.baselines, options=options)
 
 
 def rank_programs(plan: Plan) -> dict[int, list[tuple[int, str, int]]]:

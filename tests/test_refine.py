@@ -149,9 +149,14 @@ def test_refine_keeps_the_fastest_measured_round_when_cuts_keep_moving(
                 tuple(x * (4 if i == slow else 1) for i, x in enumerate(b)))
 
     seen = _fake_timer(monkeypatch, profile, rule)
-    refined = refine(plan, profile, graph, spec.example_inputs, {}, _solve, rounds=3)
+    solves: list[Plan] = []
+    refined = refine(plan, profile, graph, spec.example_inputs, {},
+                     lambda scaled: solves.append(_solve(scaled)) or solves[-1], rounds=3)
     info = refined.options["refine"]
     steps = [r["measured_step_s"] for r in info["rounds"]]
+    # the baselines of the solve on the costs that round measured, as its prediction
+    assert refined.baselines == solves[steps.index(min(steps))].baselines
+    assert refined.solver.objective_s == refined.predicted.iteration_s >= refined.solver.lower_bound_s
     # three rounds, then the fastest measured round's cuts timed once more for the prediction
     assert len(seen) == 4 and len(steps) == 3 and not info["converged"]
     assert all(r["cuts_moved"] for r in info["rounds"])
@@ -262,3 +267,53 @@ def test_a_move_that_gains_less_than_the_noise_keeps_the_measured_cuts(
         assert first["gain_kept_out"] == pytest.approx(gain, abs=1e-4)
     else:
         assert len(seen) >= 2 and seen[1] != seen[0]
+
+
+def test_a_kept_plan_is_accounted_on_the_costs_it_was_measured_at(
+        monkeypatch: pytest.MonkeyPatch, mlp: tuple[Any, autopipe.Graph, Profile]) -> None:
+    """A plan refine keeps at its measured times carries what the solve on those times
+    found: its baselines, its lower bound (the gap measured from its own step), and the
+    loss's times as timed. It carried those of the solve before its timing, and ``autopipe
+    plan`` printed GPT-2's chain-DP baseline 4.8% under a plan timed 5% over its objective."""
+    from autopipe.profile.profile import LossCost
+    from autopipe.spec import example_target
+
+    spec, graph, base = mlp
+    profile = dataclasses.replace(base, loss=LossCost(forward_s=2e-3, backward_s=3e-3,
+                                                         activation_bytes=0, input_bytes=0))
+    plan = _solve(profile)
+    seen: list[Any] = []
+
+    def fake(split: Split, inputs: Sequence[torch.Tensor], **kw: Any) -> StageTimes:
+        seen.append(kw.get("loss") is not None)
+        f, b = _sums(profile, plan)  # every stage twice its nodes, the loss 5 + 7 ms
+        return StageTimes(tuple(2 * x for x in f), tuple(2 * x for x in b), loss_s=(5e-3, 7e-3))
+
+    monkeypatch.setattr(timing, "time_stages", fake)
+    other = _solve(scale_nodes(profile, {n: (3.0, 3.0) for n in plan.stages[0].nodes}))
+    assert [s.nodes for s in other.stages] != [s.nodes for s in plan.stages]
+    solves: list[Plan] = []
+
+    def replan(scaled: Profile) -> Plan:  # the true solve on the measured costs, its cuts
+        solved = _solve(scaled)  # swapped for others promising 1% off, bounded 3% under
+        assert scaled.loss is not None and (scaled.loss.forward_s, scaled.loss.backward_s) == (5e-3, 7e-3)
+        f, b = _sums(profile, plan)  # as refine times the plan: the loss on the last stage
+        measured = with_stage_times(plan, [2 * f[0], 2 * f[1] + 5e-3],
+                                    [2 * b[0], 2 * b[1] + 7e-3]).predicted.iteration_s
+        solves.append(dataclasses.replace(
+            other, baselines=solved.baselines,
+            predicted=dataclasses.replace(other.predicted, iteration_s=measured * 0.99),
+            solver=dataclasses.replace(solved.solver, lower_bound_s=measured * 0.97)))
+        return solves[-1]
+
+    refined = refine(plan, profile, graph, spec.example_inputs, {}, replan, rounds=3,
+                     loss_fn=spec.loss_fn, target=example_target(spec))
+    assert seen == [True] and len(solves) == 1
+    assert [s.nodes for s in refined.stages] == [s.nodes for s in plan.stages]  # kept
+    step = refined.predicted.iteration_s
+    assert refined.baselines == solves[0].baselines != plan.baselines
+    assert refined.solver.objective_s == step
+    assert refined.solver.lower_bound_s == solves[0].solver.lower_bound_s
+    assert refined.solver.gap == pytest.approx(1 - solves[0].solver.lower_bound_s / step)
+    assert refined.solver.status == "feasible"  # 3% over its bound: not within mip_gap
+    assert refined.options["loss"] == {"forward_s": 5e-3, "backward_s": 7e-3}
