@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from autopipe.batching import resize_batch
+from autopipe.batching import resize_batch, resize_target
 from autopipe.errors import PlanError, PlanMismatchError, ProfileError
 from autopipe.partition.devices import DevicesArg
 from autopipe.partition.mip_time import MipTime
@@ -20,7 +20,7 @@ from autopipe.partition.planner import (
 )
 from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
-from autopipe.refine import can_refine
+from autopipe.refine import can_refine, refine_choice
 from autopipe.refine import refine as refine_plan
 from autopipe.trace import Graph, trace
 
@@ -156,10 +156,23 @@ def plan(
             raise PlanError(f"{given[0]} applies with gpus=N only", hint=f"drop {given[0]}, or pass gpus")
 
     loss = {"loss_fn": loss_fn, "target": target} if loss_fn is not None and target is not None else {}
+    with_runtime = _runtime_costs(optimizer) if runtime_costs and profile == "measure" else None
 
-    def profile_at(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Profile:
-        return _profile(trace(model, args, kwargs), profile, args, kwargs,
-                        device_spec=device_spec, dtype=dtype, loss=loss)
+    def sized(size: int) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+        """The example inputs and the loss's target at micro-batches of ``size`` samples."""
+        args, kwargs = resize_batch(example_inputs, example_kwargs, size)
+        return args, kwargs, ({**loss, "target": resize_target(target, example_inputs, example_kwargs, size)}
+                              if loss else loss)
+
+    def profile_at(args: tuple[Any, ...], kwargs: dict[str, Any] | None,
+                   at: dict[str, Any] | None = None) -> Profile:
+        prof = _profile(trace(model, args, kwargs), profile, args, kwargs,
+                        device_spec=device_spec, dtype=dtype, loss=loss if at is None else at)
+        return with_runtime(prof) if with_runtime is not None else prof
+
+    def profile_of_size(size: int) -> Profile:
+        args, kwargs, at = sized(size)
+        return profile_at(args, kwargs, at)
 
     if gpus is not None:
         from autopipe.partition.degrees import plan_degrees
@@ -175,8 +188,7 @@ def plan(
                             "data-parallel replicas split", hint="e.g. gpus=8, batch_size=64")
         fixed = not (isinstance(profile, str) and profile in PROFILE_MODES)
         return plan_degrees(
-            profile_at(example_inputs, example_kwargs) if fixed else (
-                lambda size: profile_at(*resize_batch(example_inputs, example_kwargs, size))),
+            profile_at(example_inputs, example_kwargs) if fixed else profile_of_size,
             gpus=gpus, batch_size=batch_size, gpus_per_node=gpus_per_node,
             intra_node_bandwidth=intra_node_bandwidth, inter_node_bandwidth=inter_node_bandwidth,
             stages=num_stages, microbatches=microbatches, microbatch_sizes=microbatch_sizes,
@@ -188,30 +200,50 @@ def plan(
 
     mip = MipTime(time_limit)  # refine's solves share it
 
-    def solve(source: ProfileSource) -> Plan:
+    def solve(source: ProfileSource, **choice: Any) -> Plan:
+        """Plan ``source``; ``choice`` replaces options (``refine_choice``'s one candidate)."""
+        given = dict(num_stages=num_stages, microbatches=microbatches, batch_size=batch_size,
+                     schedule=schedule, virtual_stages=virtual_stages)
         return mip.give(1, lambda seconds: plan_profile(
-            source, num_stages=num_stages, memory_limit=memory_limit, devices=devices,
-            microbatches=microbatches, batch_size=batch_size, schedule=schedule, optimizer=optimizer,
-            method=method, link_bandwidth=link_bandwidth, max_blocks=max_blocks,
-            time_limit=seconds, mip_gap=mip_gap, solver=solver,
+            source, **{**given, **choice}, memory_limit=memory_limit, devices=devices,
+            optimizer=optimizer, method=method, link_bandwidth=link_bandwidth,
+            max_blocks=max_blocks, time_limit=seconds, mip_gap=mip_gap, solver=solver,
             deterministic=deterministic, granularity=granularity, cut_at=cut_at,
-            recompute=recompute, virtual_stages=virtual_stages, remake=remake))
+            recompute=recompute, remake=remake))
 
     if batch_size is not None and isinstance(profile, str) and profile in PROFILE_MODES:
+        profiles: dict[int, Profile] = {}
+
         def source(size: int) -> Profile:
-            return profile_at(*resize_batch(example_inputs, example_kwargs, size))
-        return solve(source)
+            profiles[size] = profile_of_size(size)
+            return profiles[size]
+
+        found = solve(source)
+        size = found.options["microbatch_size"]
+        if not (refine and profile == "measure" and size in profiles):
+            return found
+        args, kwargs, at = sized(size)
+        graph = trace(model, args, kwargs)
+        if can_refine(graph, profiles[size]) is not None:
+            return found
+        return refine_choice(found, profiles[size], graph, args, kwargs, solve, **at)
     graph = trace(model, example_inputs, example_kwargs)
     prof = _profile(graph, profile, example_inputs, example_kwargs, device_spec=device_spec, dtype=dtype,
                     loss=loss)
-    if runtime_costs and profile == "measure":
-        from autopipe.runtime.calibrate import profile_runtime
-
-        prof = profile_runtime(prof, optimizer if optimizer != "none" else "sgd")
+    if with_runtime is not None:
+        prof = with_runtime(prof)
     plan = solve(prof)
     if refine and profile == "measure" and can_refine(graph, prof) is None:
         plan = refine_plan(plan, prof, graph, example_inputs, example_kwargs, solve, **loss)
     return plan
+
+
+def _runtime_costs(optimizer: str) -> Callable[[Profile], Profile]:
+    """Gives a profile measured here the runtime's costs (``autopipe.runtime.calibrate``),
+    measured once for all the profiles of one call."""
+    from autopipe.runtime.calibrate import runtime_profiler
+
+    return runtime_profiler(optimizer if optimizer != "none" else "sgd")
 
 
 def _profile(graph: Graph, profile: str | os.PathLike[str] | Profile, args: tuple[Any, ...],

@@ -64,3 +64,9 @@ def resize_batch(args: tuple[Any, ...], kwargs: dict[str, Any] | None,
         raise SpecError(f"micro-batch size {size}", hint="use at least one sample per micro-batch")
     old = example_batch(args, kwargs)
     return _resize(tuple(args), old, size), _resize(dict(kwargs or {}), old, size)
+
+
+def resize_target(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, size: int) -> Any:
+    """``target`` (one micro-batch's, of the example inputs ``args, kwargs``) cut or tiled
+    along dim 0 as ``resize_batch`` resizes those inputs to ``size`` samples."""
+    return _resize(target, example_batch(args, kwargs), size)

@@ -54,3 +54,16 @@ def resident_bytes_at(address: int) -> tuple[int, int]:
             elif found and head == "Rss:":
                 return size, int(line.split()[1]) * 1024
     raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def calibrated_once(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """measure_runtime_costs answers fixed costs at once; returns the optimizers it was asked for."""
+    import autopipe.runtime.calibrate as calibrate
+    from autopipe.schedule.runtime_costs import RuntimeCosts
+
+    asked: list[str] = []
+    costs = RuntimeCosts(forward_overhead_s=1e-4, send_latency_s=5e-5, link_bandwidth=1e9,
+                         allreduce_bandwidth=4e8, optimizer="adam", optimizer_tensor_s=3e-5,
+                         optimizer_element_s=7e-9)
+    monkeypatch.setattr(calibrate, "measure_runtime_costs", lambda optimizer, **_: asked.append(optimizer) or costs)
+    return asked

@@ -11,7 +11,7 @@ from autopipe import ModelSpec
 from autopipe.errors import InfeasiblePlanError, PlanError, PlanMismatchError
 from autopipe.profile import Profile, measure
 from autopipe.runtime.split import split_graph
-from tests.conftest import example_spec
+from tests.conftest import calibrated_once, example_spec
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,27 @@ def test_batch_size_profiles_each_micro_batch_size() -> None:
         1, 2, 4, 8, 16]
     # the plan is for the spec built at that micro-batch size: the runtime will accept it
     at = example_spec("mlp", batch_size=size)
+    assert plan.graph_fingerprint == autopipe.trace(at.model, at.example_inputs).fingerprint
+
+
+def test_batch_size_measured_with_its_loss_is_refined(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch-size search on measured profiles: each size's loss reads its own target (the
+    example's, cut or tiled as the inputs are: a crash until 2026-12-06), the runtime's
+    costs are measured once for every size, and the chosen candidate is re-timed as whole
+    stages (as a plan of one size is), its search rows kept."""
+    from autopipe.spec import example_target
+
+    asked = calibrated_once(monkeypatch)
+    spec = example_spec("mlp", batch_size=4)
+    target = example_target(spec)
+    plan = autopipe.plan(spec.model, spec.example_inputs, num_stages=2, batch_size=8, microbatches="auto",
+                         loss_fn=spec.loss_fn, target=target, time_limit=10)
+    assert asked == ["adam"]  # one calibration for the four sizes
+    assert [t["microbatches"] for t in plan.options["search"]] == [1, 2, 4, 8]
+    assert plan.options["runtime"]["forward_overhead_s"] == 1e-4 and "loss" in plan.options
+    assert plan.options["refine"]["rounds"] and plan.options["microbatch_size"] * plan.microbatches == 8
+    assert plan.options["batch_size"] == 8 and "search_lower_bound_s" not in plan.options
+    at = example_spec("mlp", batch_size=plan.options["microbatch_size"])
     assert plan.graph_fingerprint == autopipe.trace(at.model, at.example_inputs).fingerprint
 
 

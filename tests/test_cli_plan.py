@@ -10,7 +10,7 @@ import pytest
 import autopipe
 from autopipe.cli.main import main
 from autopipe.profile import measure
-from tests.conftest import ROOT, example_spec
+from tests.conftest import ROOT, calibrated_once, example_spec
 
 MLP = str(ROOT / "examples" / "mlp.py") + ":build"
 
@@ -73,6 +73,21 @@ def test_methods_and_devices_file(tmp_path: Path, mlp_profile: Path,
         plan = autopipe.Plan.load(out)
         assert [d.name for d in plan.devices] == ["big", "small:0", "small:1"]
         assert plan.solver.method == method
+
+
+def test_a_measured_batch_size_search_calibrates_once_and_refines_its_choice(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = calibrated_once(monkeypatch)
+    out = tmp_path / "plan.json"
+    code, _, err = _run(["plan", MLP, "--stages", "2", "--batch-size", "8", "--microbatches", "auto",
+                         "--time-limit", "10", "-o", str(out)], capsys)
+    assert code == 0, err
+    assert asked == ["adam"]  # once, for the four micro-batch sizes (each measured it again)
+    assert "the search's choice (its candidates compared on their node sums) refined" in err
+    plan = autopipe.Plan.load(out)
+    assert plan.options["refine"]["rounds"] and len(plan.options["search"]) == 4
+    assert plan.microbatches * plan.options["microbatch_size"] == 8
+    assert plan.options["runtime"]["send_latency_s"] == 5e-5
 
 
 def test_estimate_for_a_meta_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -136,8 +136,10 @@ def _microbatches(text: str | None) -> int | str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
+    import autopipe
     from autopipe.partition.planner import plan_profile
     from autopipe.report import format_plan
+    from autopipe.runtime.calibrate import runtime_profiler
 
     start = time.perf_counter()
     microbatches = _microbatches(args.microbatches)
@@ -155,8 +157,11 @@ def run(args: argparse.Namespace) -> int:
     source: ProfileSource
     graph = spec = None
     said: list[str] = []  # why a build for an estimate had weights, said once
+    profiles: dict[int, Profile] = {}  # a batch-size search's, by micro-batch size
+    with_runtime = None if args.no_runtime_costs else runtime_profiler(
+        args.optimizer if args.optimizer != "none" else "sgd")
     if args.batch_size is None or args.profile:
-        graph, source, spec = _built_and_profiled(args, knobs, said=said)
+        graph, source, spec = _built_and_profiled(args, knobs, with_runtime, said=said)
         if source.method == "estimate":
             # the graph and the model on meta live until the command ends: move them out of the
             # collector's way (~0.8 s of full collections at 70B; [Note: no collections while tracing])
@@ -168,24 +173,32 @@ def run(args: argparse.Namespace) -> int:
                             hint="pass one of the two")
 
         def source(size: int) -> Profile:
-            return _built_and_profiled(args, knobs, size, said=said)[1]
+            profiles[size] = _built_and_profiled(args, knobs, with_runtime, size, said=said)[1]
+            return profiles[size]
 
     mip = MipTime(60.0 if args.time_limit is None else args.time_limit)  # refine's solves share it
 
-    def solve(source: ProfileSource) -> Plan:
+    def solve(source: ProfileSource, **choice: Any) -> Plan:
+        """Plan ``source``; ``choice`` replaces options (``refine_choice``'s one candidate)."""
+        given = dict(num_stages=args.stages, microbatches=microbatches, batch_size=args.batch_size,
+                     schedule=args.schedule, virtual_stages=args.virtual_stages)
         return mip.give(1, lambda seconds: plan_profile(
-            source, num_stages=args.stages, memory_limit=args.memory, devices=args.devices,
-            microbatches=microbatches, batch_size=args.batch_size, schedule=args.schedule,
+            source, **{**given, **choice}, memory_limit=args.memory, devices=args.devices,
             optimizer=args.optimizer, method=args.method, link_bandwidth=args.link_bandwidth,
             max_blocks=args.max_blocks, time_limit=seconds,
             mip_gap=1e-3 if args.gap is None else args.gap, solver=args.solver or "highs",
             deterministic=not args.timing, granularity=args.granularity, cut_at=args.cut_at,
-            recompute=args.recompute, virtual_stages=args.virtual_stages, remake=args.remake))
+            recompute=args.recompute, remake=args.remake))
 
     plan = plan_on_gpus(args, source, microbatches) if args.gpus is not None else solve(source)
-    if graph is not None and spec is not None and isinstance(source, Profile) and not (
-            args.no_refine or args.profile):
-        plan = _refined(plan, source, graph, spec, solve)
+    if not (args.no_refine or args.profile):
+        if graph is not None and spec is not None and isinstance(source, Profile):
+            plan = _refined(plan, source, graph, spec, solve)
+        elif args.gpus is None and plan.options.get("microbatch_size") in profiles:
+            size = plan.options["microbatch_size"]  # the search's choice, as its size traces
+            spec = _spec_at(args.spec, knobs, size)[0]
+            graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
+            plan = _refined(plan, profiles[size], graph, spec, solve, choice=True)
     with phase("save"):
         plan.save(args.output)
     print(format_plan(plan))
@@ -213,7 +226,8 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def _built_and_profiled(args: argparse.Namespace, knobs: dict[str, Any],
-                        size: int | None = None, *, said: list[str]) -> tuple[Graph, Profile, ModelSpec]:
+                        with_runtime: Callable[[Profile], Profile] | None, size: int | None = None, *,
+                        said: list[str]) -> tuple[Graph, Profile, ModelSpec]:
     """SPEC built (at micro-batch ``size`` where given) and profiled; for an estimate or a
     given profile built on the meta device where it can be ([Note: building for an estimate]
     in ``autopipe.spec``), else with weights and, for an estimate, a note on stderr why (once:
@@ -223,14 +237,14 @@ def _built_and_profiled(args: argparse.Namespace, knobs: dict[str, Any],
             with phase("build"):
                 return _spec_at(args.spec, knobs, size, estimate=estimate)
 
-        (graph, profile), spec = built_for_estimate(args.spec, load, lambda s: _profile(args, s),
+        (graph, profile), spec = built_for_estimate(args.spec, load, lambda s: _profile(args, s, None),
                                                     said=said)
         return graph, profile, spec
     with phase("build"):
         # planning from a given profile reads no weights either: built as for an estimate, it
         # traces the same graph (no note where it cannot be: nothing is estimated)
         spec = _spec_at(args.spec, knobs, size, estimate=bool(args.profile))[0]
-    return (*_profile(args, spec), spec)
+    return (*_profile(args, spec, with_runtime), spec)
 
 
 def _spec_at(spec: str, knobs: dict[str, Any], size: int | None,
@@ -252,18 +266,21 @@ def _spec_at(spec: str, knobs: dict[str, Any], size: int | None,
 
 
 def _refined(plan: Plan, profile: Profile, graph: Graph, spec: ModelSpec,
-             solve: Callable[[Profile], Plan]) -> Plan:
-    """``plan`` refined on whole-stage times where the profile was measured here (autopipe.refine)."""
-    from autopipe.refine import can_refine, refine
+             solve: Callable[..., Plan], *, choice: bool = False) -> Plan:
+    """``plan`` refined on whole-stage times where the profile was measured here
+    (autopipe.refine); with ``choice``, the candidate a batch-size search chose, alone."""
+    from autopipe.refine import can_refine, refine, refine_choice
 
     if can_refine(graph, profile) is not None:
         return plan
-    refined = refine(plan, profile, graph, spec.example_inputs, spec.example_kwargs, solve,
-                     loss_fn=spec.loss_fn, target=example_target(spec))
+    refined = (refine_choice if choice else refine)(
+        plan, profile, graph, spec.example_inputs, spec.example_kwargs, solve,
+        loss_fn=spec.loss_fn, target=example_target(spec))
     info = refined.options["refine"]
     last = info["rounds"][-1]
     ratios = ", ".join(f"{f:.2f}/{b:.2f}" for f, b in zip(last["forward_ratio"], last["backward_ratio"]))
-    print(f"refined on whole-stage times: {len(info['rounds'])} round(s)"
+    print(("the search's choice (its candidates compared on their node sums) " if choice else "")
+          + f"refined on whole-stage times: {len(info['rounds'])} round(s)"
           f"{'' if info['converged'] else ' (cuts still moving: the fastest measured round kept)'}; "
           f"stage forward/backward measured / node sums {ratios}; stages timed {info['timed']}"
           + (f"; the cuts measured kept (other cuts solved on their times promised "
@@ -272,9 +289,11 @@ def _refined(plan: Plan, profile: Profile, graph: Graph, spec: ModelSpec,
     return refined
 
 
-def _profile(args: argparse.Namespace, spec: ModelSpec) -> tuple[Graph, Profile]:
+def _profile(args: argparse.Namespace, spec: ModelSpec,
+             with_runtime: Callable[[Profile], Profile] | None) -> tuple[Graph, Profile]:
     """Trace ``spec`` and profile it: --profile, an estimate (--device-spec or a meta
-    model), else measured here."""
+    model), else measured here, with the runtime's costs (``with_runtime``, which measures
+    them once for every size of a search)."""
     import autopipe
     from autopipe.api import check_profile
     from autopipe.profile import estimate, measure
@@ -294,8 +313,4 @@ def _profile(args: argparse.Namespace, spec: ModelSpec) -> tuple[Graph, Profile]
         return graph, estimate(graph, spec.example_inputs, spec.example_kwargs,
                                device_spec=args.device_spec or "h100", dtype=args.dtype, **loss)
     profile = measure(graph, spec.example_inputs, spec.example_kwargs, dtype=args.dtype, **loss)
-    if not args.no_runtime_costs:
-        from autopipe.runtime.calibrate import profile_runtime
-
-        profile = profile_runtime(profile, args.optimizer if args.optimizer != "none" else "sgd")
-    return graph, profile
+    return graph, profile if with_runtime is None else with_runtime(profile)
