@@ -55,6 +55,20 @@ def test_more_memory_and_overflow_fail() -> None:
     assert any("has 1000 B" in r for r in result.reasons)
 
 
+def test_measured_plans_are_said_to_vary() -> None:
+    """A plan measured on a machine carries its noise: the report says so, and says when
+    the cuts are the same (the verdict is the tolerance's, as for any plan)."""
+    def measured(p: Plan) -> Plan:
+        return dataclasses.replace(p, options={"profile_method": "measure"})
+
+    old = measured(_plan([1.0, 2.0], [100, 100], cut=2))
+    same = compare_plans(measured(_plan([1.0, 2.2], [100, 100], cut=2)), old)
+    assert same.worse and "the cuts are the same, so the difference is that variation" in same.report()
+    moved = compare_plans(measured(_plan([1.5, 1.5], [100, 100], cut=3)), old).report()
+    assert "vary from run to run" in moved and "the cuts are the same" not in moved
+    assert "vary" not in compare_plans(_plan([1.0, 2.2], [100, 100]), _plan([1.0, 2.0], [100, 100])).report()
+
+
 def test_different_models_refused() -> None:
     with pytest.raises(PlanMismatchError, match="different models"):
         compare_plans(_plan([1.0, 1.0], [1, 1], fingerprint="x"), _plan([1.0, 1.0], [1, 1]))
@@ -94,3 +108,22 @@ def test_check_spec_replans_the_model(tmp_path: Path, capsys: pytest.CaptureFixt
     # another model (one more layer) is refused before re-planning, as train refuses it
     assert main(["check", str(plan), "--spec", spec, "--spec-arg", "layers=7"]) == 2
     assert "the plan was made for another model" in capsys.readouterr().err
+
+
+def test_check_spec_replans_a_measured_plan_as_it_was_made(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A plan measured with --no-refine --no-runtime-costs is re-planned so (both were on
+    whatever the plan said until 2026-12-06), and the report says its times vary."""
+    from .conftest import ROOT
+
+    spec = f"{ROOT}/examples/mlp.py:build"
+    plan, new = tmp_path / "plan.json", tmp_path / "new.json"
+    assert main(["plan", spec, "--spec-arg", "layers=4", "--stages", "2", "--no-refine",
+                 "--no-runtime-costs", "-o", str(plan)]) == 0
+    capsys.readouterr()
+    code = main(["check", str(plan), "--spec", spec, "--spec-arg", "layers=4", "-o", str(new)])
+    out = capsys.readouterr().out
+    assert code in (0, 1) and "vary from run to run" in out
+    again = Plan.load(new)
+    assert "refine" not in again.options and "runtime" not in again.options
+    assert again.options["profile_method"] == "measure"

@@ -81,8 +81,22 @@ def compare_plans(new: Plan, old: Plan, *, tolerance: float = 0.01) -> Compariso
         lines += [f"  {name}: stage {a} -> {b}" for name, a, b in moved[:20]]
         if len(moved) > 20:
             lines.append(f"  ... and {len(moved) - 20} more")
+    if "measure" in (new.options.get("profile_method"), old.options.get("profile_method")):
+        lines += ["", "note: a plan measured on a machine predicts with that machine's timings, which "
+                  "vary from run to run" + ("; the cuts are the same, so the difference is that "
+                  "variation" if _same_choice(new, old) else "") + ". For a gate, plan with "
+                  "--device-spec: an estimated plan is the same for the same model and options"]
     verdict = "WORSE: " + "; ".join(reasons) if reasons else "OK: not worse than the baseline"
     return Comparison(worse=bool(reasons), reasons=tuple(reasons), lines=(verdict, "", *lines))
+
+
+def _same_choice(new: Plan, old: Plan) -> bool:
+    """Whether both plans run the same stages the same way (schedule, micro-batches, what
+    each stage recomputes and makes again), whatever their times."""
+    def choice(p: Plan) -> tuple[object, ...]:
+        return (p.schedule, p.microbatches, p.num_stages,
+                tuple((s.nodes, s.recompute, s.remade) for s in p.stages))
+    return choice(new) == choice(old)
 
 
 def _moved(new: Plan, old: Plan) -> list[tuple[str, int, int]]:

@@ -45,6 +45,8 @@ def replan(spec: ModelSpec, old: Plan) -> Plan:
         time_limit=float(opts.get("time_limit", 60.0)),
         mip_gap=float(opts.get("mip_gap", 1e-3)), solver=str(opts.get("solver", "highs")),
         loss_fn=spec.loss_fn, target=example_target(spec), **_granularity(opts),
+        # measured here: priced and re-timed as the old plan was (--no-runtime-costs, --no-refine)
+        runtime_costs="runtime" in opts, refine="refine" in opts,
         # a plan records its recomputation only where it recomputes (else: auto's choice)
         recompute=str(recorded.get("mode", "auto")) if isinstance(recorded, dict) else "auto")
 
