@@ -129,6 +129,11 @@ def test_batch_size_with_a_saved_profile(profiled: dict[str, Profile]) -> None:
     plan = autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile=profiled["mlp"],
                          batch_size=32, microbatches=4)
     assert plan.options["microbatch_size"] == 8
+    # a plan records the size B / m, and train builds the model at it: the profile must be of it
+    with pytest.raises(PlanError, match="micro-batches hold 8 samples, but a batch of 32 in 2") as info:
+        autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile=profiled["mlp"],
+                      batch_size=32, microbatches=2)
+    assert "--microbatches 4" in str(info.value.hint)
     with pytest.raises(PlanError, match="only one profile was given"):
         autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile=profiled["mlp"],
                       batch_size=32, microbatches="auto")

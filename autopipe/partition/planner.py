@@ -141,6 +141,24 @@ def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str
         check_runnable(schedule, num_stages, microbatches, v)  # what torch refuses, e.g. 1F1B with m < p
 
 
+def _check_size(profile: Profile, batch_size: int, microbatches: int) -> None:
+    """Raise PlanError unless ``profile``'s micro-batch (dim 0 of its first input, where it
+    has one) holds ``batch_size / microbatches`` samples: a plan records that size, and
+    ``autopipe train`` builds the model at it (a plan of another size's profile was refused
+    there, as made for another model)."""
+    shape = profile.microbatch_shape[0] if profile.microbatch_shape else []
+    size = batch_size // microbatches
+    if shape and int(shape[0]) != size:
+        have = int(shape[0])
+        fits = batch_size // have if have and batch_size % have == 0 else None
+        raise PlanError(
+            f"the profile's micro-batches hold {have} samples, but a batch of {batch_size} in "
+            f"{microbatches} micro-batches makes micro-batches of {size}",
+            hint=(f"give --microbatches {fits} (micro-batches of the profile's size), or " if fits else "")
+            + f"profile the model at {size} samples (its batch_size knob), or plan from the model "
+              "(autopipe plan SPEC without --profile profiles each size)")
+
+
 def chunks_per_rank(schedule: str, virtual_stages: Any) -> int:
     """The chunks per rank to plan ``schedule`` with: as given, else 2 for ``interleaved-1f1b``
     and 1 for the others (with ``auto``, the interleaved candidate's).
@@ -249,6 +267,8 @@ def plan_profile(
     if not isinstance(profile, Profile) and batch_size is None:
         raise PlanError("a profile per micro-batch size needs the batch size",
                         hint="pass batch_size, or a Profile")
+    if isinstance(profile, Profile) and batch_size is not None and isinstance(microbatches, int):
+        _check_size(profile, batch_size, microbatches)
     start = time.perf_counter()
     options = _Options(method=method, time_limit=time_limit, mip_gap=mip_gap, solver=solver,
                        deterministic=deterministic, optimizer=optimizer, dtype=dtype, max_blocks=max_blocks,
