@@ -177,6 +177,13 @@ def _accounted(timed: Plan, solved: Plan, loss: tuple[float, float] | None) -> P
     printed a predicted step of 334.8 ms beside an objective of 318.1 ms and the chain
     DP's split at 318.8 ms, "-4.8%" against a plan that was the better one on both.
     """
+    options = dict(timed.options)
+    if loss is not None and "loss" in options:
+        options["loss"] = {"forward_s": loss[0], "backward_s": loss[1]}
+    if (solved.schedule, solved.microbatches, solved.num_stages) != (
+            timed.schedule, timed.microbatches, timed.num_stages):
+        # a search's re-solve chose another candidate: its bounds and baselines are not this one's
+        return dataclasses.replace(timed, options=options)
     step = timed.predicted.iteration_s
     sv = solved.solver
     lower = min(sv.lower_bound_s, step)
@@ -184,9 +191,6 @@ def _accounted(timed: Plan, solved: Plan, loss: tuple[float, float] | None) -> P
     tolerance = float(timed.options.get("mip_gap", 0.0) or 0.0)
     status = "feasible" if sv.status == "optimal" and gap > tolerance + 1e-12 else sv.status
     solver = dataclasses.replace(sv, status=status, objective_s=step, lower_bound_s=lower, gap=gap)
-    options = dict(timed.options)
-    if loss is not None and "loss" in options:
-        options["loss"] = {"forward_s": loss[0], "backward_s": loss[1]}
     return dataclasses.replace(timed, solver=solver, baselines=solved.baselines, options=options)
 
 

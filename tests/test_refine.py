@@ -317,3 +317,20 @@ def test_a_kept_plan_is_accounted_on_the_costs_it_was_measured_at(
     assert refined.solver.gap == pytest.approx(1 - solves[0].solver.lower_bound_s / step)
     assert refined.solver.status == "feasible"  # 3% over its bound: not within mip_gap
     assert refined.options["loss"] == {"forward_s": 5e-3, "backward_s": 7e-3}
+
+
+def test_a_kept_plan_takes_no_bounds_from_another_candidate(
+        monkeypatch: pytest.MonkeyPatch, mlp: tuple[Any, autopipe.Graph, Profile]) -> None:
+    """Where the re-solve is a search that chose another schedule, its bound and baselines
+    are of that candidate: the kept plan keeps its own."""
+    spec, graph, profile = mlp
+    plan = _solve(profile)
+    _fake_timer(monkeypatch, profile, lambda cuts, f, b: (tuple(f), tuple(b)))
+    other = _solve(scale_nodes(profile, {n: (3.0, 3.0) for n in plan.stages[0].nodes}))
+    measured = with_stage_times(plan, *_sums(profile, plan)).predicted.iteration_s
+    gpipe = dataclasses.replace(other, schedule="gpipe", baselines={},
+                                predicted=dataclasses.replace(other.predicted, iteration_s=measured * 0.99))
+    refined = refine(plan, profile, graph, spec.example_inputs, {}, lambda scaled: gpipe, rounds=3)
+    assert [s.nodes for s in refined.stages] == [s.nodes for s in plan.stages]
+    assert refined.schedule == plan.schedule and refined.baselines == plan.baselines
+    assert refined.solver == plan.solver
