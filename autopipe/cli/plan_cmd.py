@@ -194,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
     if not (args.no_refine or args.profile):
         if graph is not None and spec is not None and isinstance(source, Profile):
             plan = _refined(plan, source, graph, spec, solve)
-        elif args.gpus is None and plan.options.get("microbatch_size") in profiles:
+        elif (args.gpus is None and plan.options.get("microbatch_size") in profiles
+              and profiles[plan.options["microbatch_size"]].method == "measure"):
             size = plan.options["microbatch_size"]  # the search's choice, as its size traces
             spec = _spec_at(args.spec, knobs, size)[0]
             graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
