@@ -37,6 +37,16 @@ def test_estimate_on_meta(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "TFLOP forward+backward" in capsys.readouterr().out
 
 
+def test_a_model_on_meta_is_not_measured(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Built with ``device=meta`` but measured (no --device meta): a clear error naming the
+    estimate, where a traceback from copying meta tensors came out until 2026-12-06."""
+    out = tmp_path / "llama.json"
+    assert main(["profile", LLAMA, "--spec-arg", "device=meta", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "weights are on the meta device" in err and "--device meta" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_estimate_with_own_spec_file(tmp_path: Path) -> None:
     spec = ROOT / "autopipe" / "profile" / "devices" / "h200.json"
     out = tmp_path / "p.json"

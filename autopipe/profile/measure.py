@@ -109,6 +109,12 @@ def measure(
         raise ProfileError("measure cannot time meta tensors",
                            hint="use autopipe.profile.estimate (CLI: --device meta --device-spec h100)")
     check_counts(warmup, repeats, clock)
+    if any(t.device.type == "meta" for t in module_tensors(graph.gm)):
+        raise ProfileError("the model's weights are on the meta device (built with device=meta?): "
+                           "there is nothing to measure",
+                           hint="estimate it (autopipe.plan(..., profile=\"estimate\"); "
+                                "autopipe profile --device meta; autopipe plan --device-spec h100), "
+                                "or build it with weights")
     dev = resolve_device(device)
     pinned = dev.type == "cpu" and pin_malloc and _pin_malloc()
     s = setup(graph, args, kwargs, dev, dtype)
