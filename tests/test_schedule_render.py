@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,9 @@ def test_a_hand_built_plan_renders_to_a_png(tmp_path: Path, schedule: str) -> No
     width, height = _opens_as_png(path)
     assert width >= 1000 and height >= 500
     assert [p.name for p in path.parent.iterdir()] == ["plan.png"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain write makes it, not 0600
 
 
 def test_a_given_simulation_is_drawn_as_is(tmp_path: Path) -> None:

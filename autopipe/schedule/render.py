@@ -17,10 +17,9 @@ Layout of the PNG::
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autopipe._jsonio import atomic_output
 from autopipe._units import format_seconds, format_size
 from autopipe.errors import PlanError
 from autopipe.schedule.simulate import SimResult, simulate_plan
@@ -202,14 +201,8 @@ def render_plan(plan: Plan, path: str | os.PathLike[str], *, result: SimResult |
 
 
 def _save_png(fig: Any, path: str | os.PathLike[str]) -> None:
-    """Save via a temp file and ``os.replace`` so a failed draw never leaves half a PNG."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-    os.close(fd)
-    try:
+    """Save via a temp file and ``os.replace`` so a failed draw never leaves half a PNG
+    (``atomic_output``, which also gives it the mode a plain write would: a PNG was
+    private, 0600, until 2026-12-06)."""
+    with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
