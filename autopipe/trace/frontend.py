@@ -22,7 +22,7 @@ from autopipe._phases import phase
 from autopipe.errors import ExampleInputError, TraceError
 from autopipe.trace._distributions import distribution_checks_off
 from autopipe.trace._module_to import own_dtype_conversions_kept
-from autopipe.trace._quick import quick_export, unguarded_module
+from autopipe.trace._quick import failures_unlogged, quick_export, unguarded_module
 from autopipe.trace._vmap import fold_vmap_regions
 from autopipe.trace.graph import Graph, NodeInfo, target_name
 from autopipe.trace.no_grad import no_grad_nodes
@@ -335,7 +335,7 @@ def _trace_export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
         warnings.simplefilter("ignore")
         # [Note: a quicker export], [Note: a module's own dtype inside forward],
         # [Note: distributions built inside forward]
-        with quick_export(), own_dtype_conversions_kept(), distribution_checks_off():
+        with quick_export(), own_dtype_conversions_kept(), distribution_checks_off(), failures_unlogged():
             ep = torch.export.export(model, args, kwargs, strict=False)
         gm = unguarded_module(ep)
     assert isinstance(gm, fx.GraphModule)
