@@ -155,6 +155,11 @@ def plan(
         if given:
             raise PlanError(f"{given[0]} applies with gpus=N only", hint=f"drop {given[0]}, or pass gpus")
 
+    if (loss_fn is None) != (target is None):
+        have, missing = ("loss_fn", "target") if target is None else ("target", "loss_fn")
+        raise PlanError(f"{have} was given without {missing}: the loss is profiled as loss_fn(output, "
+                        "target) on one micro-batch", hint=f"pass {missing} too (e.g. spec.loss_fn and "
+                        "spec.batch(1)[1]), or neither to plan without the loss")
     loss = {"loss_fn": loss_fn, "target": target} if loss_fn is not None and target is not None else {}
     with_runtime = _runtime_costs(optimizer) if runtime_costs and profile == "measure" else None
 

@@ -124,6 +124,15 @@ def test_batch_size_measured_with_its_loss_is_refined(monkeypatch: pytest.Monkey
     assert plan.graph_fingerprint == autopipe.trace(at.model, at.example_inputs).fingerprint
 
 
+def test_a_loss_needs_its_target() -> None:
+    """loss_fn without target was planned without the loss, silently (until 2026-12-06)."""
+    spec = example_spec("mlp")
+    for given in ({"loss_fn": spec.loss_fn}, {"target": spec.batch(1)[1]}):
+        with pytest.raises(PlanError, match="without") as info:
+            autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile="estimate", **given)
+        assert info.value.hint is not None and "spec.batch(1)[1]" in info.value.hint
+
+
 def test_batch_size_with_a_saved_profile(profiled: dict[str, Profile]) -> None:
     spec = example_spec("mlp")
     plan = autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile=profiled["mlp"],
