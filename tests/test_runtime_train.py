@@ -96,6 +96,7 @@ def test_cli_launch_trains_and_reports(mlp_plan: Path, tmp_path: Path) -> None:
     steps = [ln for ln in lines if ln.startswith("step ")]
     assert [ln.split()[1] for ln in steps] == ["1/3", "2/3", "3/3"]
     assert any(ln.startswith("done: 3 steps") and "steps/s" in ln for ln in lines)
+    assert any(ln.startswith("  median step ") and "the plan predicted" in ln for ln in lines)
     assert "messages a micro-batch at each cut, forward/back: 1/1" in lines  # [Note: one message per cut]
     case = CASES["mlp-2-1f1b"]
     spec, graph, _ = case.build()

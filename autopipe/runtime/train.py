@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,9 +14,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from autopipe._units import format_size
+from autopipe._units import format_seconds, format_size
 from autopipe.errors import CheckpointError
 from autopipe.plan_format import Plan
+from autopipe.runtime.affinity import allowed_cpus
 from autopipe.runtime.checkpoint import (
     CheckpointInfo,
     find_checkpoint,
@@ -23,7 +25,7 @@ from autopipe.runtime.checkpoint import (
     read_info,
     save_checkpoint,
 )
-from autopipe.runtime.group import distributed_env, failures, free_port, rank_device
+from autopipe.runtime.group import distributed_env, failures, free_port, local_world, rank_device
 from autopipe.runtime.materialize import check_init
 from autopipe.runtime.optim import Stepper, TrainConfig, make_optimizer
 from autopipe.runtime.packing import messages_per_cut
@@ -248,11 +250,30 @@ def _summary(plan: Plan, has_last: bool, result: TrainResult, device: torch.devi
     total = sum(result.step_s)
     log(f"done: {len(result.step_s)} steps in {total:.3f} s, {result.steps_per_s:.3f} steps/s "
         f"after the first step (first step {result.step_s[0]:.3f} s)")
+    log(_against_plan(plan, result, device))
     for r, peak in sorted(result.peak_memory.items()):
         stages = [s for s in range(plan.num_stages) if ranks[s] == grid_position(plan, r)[0]]
         predicted = sum(_predicted_peak(plan, s) for s in stages)
         log(f"  rank {r} (stage {', '.join(map(str, stages))}): peak {format_size(peak)} CUDA memory, "
             f"plan predicted {format_size(predicted)}")
+
+
+def _against_plan(plan: Plan, result: TrainResult, device: torch.device) -> str:
+    """The median step after the first next to the plan's predicted step; their ratio where
+    the plan's costs are of this kind of device (measured on a CPU, trained on CPUs; on a
+    GPU, on GPUs), else for which device the plan predicted."""
+    median = statistics.median(result.step_s[1:] or result.step_s)
+    predicted = plan.predicted.iteration_s
+    where = str(plan.options.get("profile_device", ""))
+    line = f"  median step {format_seconds(median)}; the plan predicted {format_seconds(predicted)}"
+    if where.split(":")[0] == device.type and predicted > 0:
+        line += f" (measured / predicted {median / predicted:.2f})"
+        local, cores = local_world(result.world_size), len(allowed_cpus())
+        if device.type == "cpu" and local > cores:
+            line += (f"; {local} ranks share {cores} cores here, where the plan priced a core "
+                     "for each: run fewer ranks a machine, or on more cores")
+        return line
+    return line + (f" for {where.removeprefix('estimate:')}, not this {device.type}" if where else "")
 
 
 def _predicted_peak(plan: Plan, stage: int) -> int:
