@@ -68,6 +68,30 @@ def test_ilp_equals_brute_force(case: Case) -> None:
         assert res.recompute == problem.recompute_candidates()
 
 
+@pytest.mark.parametrize("solver", ["highs", "cbc"])
+@pytest.mark.parametrize("name, bandwidth, memory", [
+    # [Note: HiGHS's presolve says infeasible]: HiGHS 1.16 with presolve answered
+    # kInfeasible, and the planner would have said that nothing fits
+    ("highs_presolve_infeasible", math.inf, 38108),
+    # [Note: HiGHS's optimum above its own bound] in autopipe.partition.ilp: the right
+    # split, called optimal 3.6% above HiGHS's own bound, so planned as "feasible"
+    ("highs_bound_below_optimum", 1e4, 33163),
+])
+def test_the_models_hypothesis_found_highs_wrong_on_are_solved(solver: str, name: str, bandwidth: float,
+                                                               memory: int) -> None:
+    """Two cases hypothesis found on 2026-12-06: 5 nodes, 2 GPipe stages, the second with a
+    memory limit, recomputation ``auto``."""
+    case = Case(profile=Profile.load(DATA / f"{name}.json"), optimizer="adam",
+                config=Config(num_stages=2, microbatches=5, schedule="gpipe", link_bandwidth=bandwidth,
+                              devices=(Device(name="d0", memory=0), Device(name="d1", memory=memory)),
+                              recompute="auto", remake="none"))
+    problem = case.problem()
+    exact = brute.best(problem)
+    res = solve_ilp(problem, gap=EXACT, solver=solver)
+    assert exact is not None and res.status == "optimal" and res.stage_of is not None
+    assert close(evaluate(problem, res.stage_of, res.recompute).objective_s, exact[0])
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases(max_nodes=5, schedules=("1f1b", "gpipe", "zb-h1"), recompute=("auto", "full")))
 def test_model_encodes_recomputation(case: Case) -> None:

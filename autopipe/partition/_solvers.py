@@ -106,6 +106,23 @@ def solve(prob: pulp.LpProblem, *, solver: str, warm: dict[str, float] | None,
     return result
 
 
+CONFIRM_S = 1.0
+CONFIRM_SHARE = 0.25
+"""A model HiGHS's presolve calls infeasible is solved again without presolve for at most
+max(``CONFIRM_S``, ``CONFIRM_SHARE`` × its time limit), within what is left of it."""
+
+# [Note: HiGHS's presolve says infeasible]
+# HiGHS 1.16's presolve can call a feasible MIP infeasible. hypothesis found one
+# (tests/test_partition_recompute.py, 2026-12-06): 5 nodes of zero time, 2 stages under
+# GPipe, the second with a 38,108-byte limit, recomputation ``auto``. Brute force and CBC
+# found splits with room to spare (26.7 KB on the limited stage), and HiGHS with presolve
+# off solved it at once; with presolve on, its answer was kInfeasible. The planner would
+# then have said that no partition fits, though the chain DP had just found one. (CBC's
+# preprocessing has the same failing: the CBC branch of ``solve``.) So an infeasible answer is checked
+# by a solve without presolve, for a bounded share of the time limit: a solution found
+# there is the answer; none leaves the answer infeasible.
+
+
 def _highs(prob: pulp.LpProblem, *, warm: dict[str, float] | None, time_limit: float, gap: float,
            max_nodes: int | None, probing: bool) -> RawResult | None:
     """HiGHS's answer for ``prob``; None where it failed numerically.
@@ -132,6 +149,16 @@ def _highs(prob: pulp.LpProblem, *, warm: dict[str, float] | None, time_limit: f
             for v, x in zip(prob.variables(), reply["values"]):
                 v.varValue = x
     status = highspy.HighsModelStatus(reply["status"])
+    infeasible = (highspy.HighsModelStatus.kInfeasible, highspy.HighsModelStatus.kUnboundedOrInfeasible)
+    left = time_limit - (time.perf_counter() - start)
+    if status in infeasible and left > 0:
+        # [Note: HiGHS's presolve says infeasible]
+        again = _highs_process.run(prob, {**options, "presolve": "off",
+                                          "time_limit": min(left, max(CONFIRM_S, CONFIRM_SHARE * time_limit))},
+                                   warm, time_limit * OVERRUN + OVERRUN_S)
+        if again["has_solution"]:
+            reply = again
+            status = highspy.HighsModelStatus(reply["status"])
     if status in (highspy.HighsModelStatus.kSolveError, highspy.HighsModelStatus.kModelError,
                   highspy.HighsModelStatus.kPresolveError,
                   highspy.HighsModelStatus.kPostsolveError):
@@ -139,8 +166,7 @@ def _highs(prob: pulp.LpProblem, *, warm: dict[str, float] | None, time_limit: f
     bound = reply["bound"]
     if status == highspy.HighsModelStatus.kOptimal:
         kind = "optimal"
-    elif status in (highspy.HighsModelStatus.kInfeasible,
-                    highspy.HighsModelStatus.kUnboundedOrInfeasible):
+    elif status in infeasible:
         kind = "infeasible"
     else:
         kind = "feasible" if reply["has_solution"] else "unsolved"

@@ -972,6 +972,18 @@ def _break_ties(model: _Model, problem: Problem, incumbent: Solution, cap: float
     return best, spent
 
 
+# [Note: HiGHS's optimum above its own bound]
+# HiGHS 1.16 can call a MIP optimal while its dual bound lies well below the objective it
+# returns, and not from a warm start alone: hypothesis found a 5-node GPipe model with
+# recomputation `auto` (2026-12-06) where it answered 10.5784 "optimal" with the bound at
+# 10.1932, cold as well as warm. The answer was the true best split (brute force's
+# 5.2892 s), but neither HiGHS's status nor its bound proves that, and the plan came out
+# "feasible" with a 3.6% gap. So where HiGHS's optimum is a true step time (its critical
+# path is in the model) yet not within the gap of its bound, after a solve without a
+# warm start, the rounds go on with CBC, whose answer on the same model proved the
+# split optimal.
+
+
 def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None,
               recompute: Sequence[int] | None = None, time_limit: float = 60.0,
               gap: float = 1e-4, solver: str = "highs", max_rounds: int = 60,
@@ -1066,6 +1078,10 @@ def solve_ilp(problem: Problem, *, incumbent: Sequence[int] | None = None,
             # HiGHS (1.16) can map a starting solution into its presolved space wrongly and
             # then call it optimal; the bound is still right, so solve again without one
             use_warm = False
+            continue
+        if raw.status == "optimal" and exact and not proven and solver == "highs":
+            # [Note: HiGHS's optimum above its own bound]
+            solver = "cbc"
             continue
         if raw.status == "optimal" and exact:
             status = "optimal"  # the MIP's optimum is a true step time: within gap of the bound
