@@ -215,9 +215,9 @@ def refine_choice(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, .
               "virtual_stages": plan.num_stages // ranks if plan.num_stages > ranks else None,
               "batch_size": None}
     refined = refine(plan, profile, graph, args, kwargs, lambda p: solve(p, **choice), **options)
-    options = {k: v for k, v in refined.options.items() if k != "search_lower_bound_s"}
+    kept = {k: v for k, v in refined.options.items() if k != "search_lower_bound_s"}
     return dataclasses.replace(refined, options={
-        **options, **{k: plan.options[k] for k in SEARCH_RECORD if k in plan.options}})
+        **kept, **{k: plan.options[k] for k in SEARCH_RECORD if k in plan.options}})
 
 
 def rank_programs(plan: Plan) -> dict[int, list[tuple[int, str, int]]]:
