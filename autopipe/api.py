@@ -20,7 +20,7 @@ from autopipe.partition.planner import (
 )
 from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
-from autopipe.refine import can_refine, refine_choice
+from autopipe.refine import can_refine, choice_of, refine_candidate
 from autopipe.refine import refine as refine_plan
 from autopipe.trace import Graph, trace
 
@@ -101,8 +101,9 @@ def plan(
         deterministic: leave solve seconds out (0), so equal inputs give byte-identical JSON.
         refine: with ``profile="measure"``, re-time each planned stage as one module
             where the model lives and re-solve until the cuts stay
-            (``autopipe.refine``; recorded in ``plan.options["refine"]``). Not with
-            ``batch_size`` (each micro-batch count has a profile of its own).
+            (``autopipe.refine``; recorded in ``plan.options["refine"]``). A search's choice
+            (``batch_size`` or ``gpus``) is refined alone: its candidates are compared on
+            their node sums.
         loss_fn: with ``target`` (one micro-batch's), the training loss: profiled on the
             model's output and charged to the last stage (``spec.loss_fn`` and
             ``autopipe.spec.example_target(spec)`` for a spec). Without it the plan leaves
@@ -179,6 +180,23 @@ def plan(
         args, kwargs, at = sized(size)
         return profile_at(args, kwargs, at)
 
+    measured_here = isinstance(profile, str) and profile in PROFILE_MODES
+    profiles: dict[int, Profile] = {}  # a search's, by micro-batch size
+
+    def source(size: int) -> Profile:
+        profiles[size] = profile_of_size(size)
+        return profiles[size]
+
+    def refined_choice(found: Plan, size: int, replan: Callable[[Profile], Plan]) -> Plan:
+        """A search's choice of micro-batches of ``size``, refined where it was measured here."""
+        if not (refine and profile == "measure" and size in profiles):
+            return found
+        args, kwargs, at = sized(size)
+        graph = trace(model, args, kwargs)
+        if can_refine(graph, profiles[size]) is not None:
+            return found
+        return refine_candidate(found, profiles[size], graph, args, kwargs, replan, **at)
+
     if gpus is not None:
         from autopipe.partition.degrees import plan_degrees
 
@@ -191,16 +209,16 @@ def plan(
         if batch_size is None:
             raise PlanError("gpus=N needs batch_size: the samples per step over all GPUs, which the "
                             "data-parallel replicas split", hint="e.g. gpus=8, batch_size=64")
-        fixed = not (isinstance(profile, str) and profile in PROFILE_MODES)
         return plan_degrees(
-            profile_at(example_inputs, example_kwargs) if fixed else profile_of_size,
+            source if measured_here else profile_at(example_inputs, example_kwargs),
             gpus=gpus, batch_size=batch_size, gpus_per_node=gpus_per_node,
             intra_node_bandwidth=intra_node_bandwidth, inter_node_bandwidth=inter_node_bandwidth,
             stages=num_stages, microbatches=microbatches, microbatch_sizes=microbatch_sizes,
             schedule=schedule or "auto", shard_optimizer=shard_optimizer, memory_limit=memory_limit,
             optimizer=optimizer, method=method, max_blocks=max_blocks, time_limit=time_limit,
             mip_gap=mip_gap, solver=solver, deterministic=deterministic, dtype=dtype,
-            granularity=granularity, cut_at=cut_at, recompute=recompute, remake=remake)
+            granularity=granularity, cut_at=cut_at, recompute=recompute, remake=remake,
+            refine=refined_choice if measured_here else None)
     assert num_stages is not None and schedule is not None
 
     mip = MipTime(time_limit)  # refine's solves share it
@@ -216,22 +234,10 @@ def plan(
             deterministic=deterministic, granularity=granularity, cut_at=cut_at,
             recompute=recompute, remake=remake))
 
-    if batch_size is not None and isinstance(profile, str) and profile in PROFILE_MODES:
-        profiles: dict[int, Profile] = {}
-
-        def source(size: int) -> Profile:
-            profiles[size] = profile_of_size(size)
-            return profiles[size]
-
+    if batch_size is not None and measured_here:
         found = solve(source)
-        size = found.options["microbatch_size"]
-        if not (refine and profile == "measure" and size in profiles):
-            return found
-        args, kwargs, at = sized(size)
-        graph = trace(model, args, kwargs)
-        if can_refine(graph, profiles[size]) is not None:
-            return found
-        return refine_choice(found, profiles[size], graph, args, kwargs, solve, **at)
+        return refined_choice(found, found.options["microbatch_size"],
+                              lambda p: solve(p, **choice_of(found)))
     graph = trace(model, example_inputs, example_kwargs)
     prof = _profile(graph, profile, example_inputs, example_kwargs, device_spec=device_spec, dtype=dtype,
                     loss=loss)

@@ -195,26 +195,32 @@ def _accounted(timed: Plan, solved: Plan, loss: tuple[float, float] | None) -> P
 
 
 SEARCH_RECORD = ("search", "batch_size", "microbatch_size")
-"""What a search over micro-batch sizes records in a plan's options, kept by ``refine_choice``
-(not its lower bound: of node sums, it bounds no re-timed step)."""
+"""What a search records in a plan's options, kept by ``refine_candidate`` (not its lower
+bound: of node sums, it bounds no re-timed step)."""
 
 
-def refine_choice(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
-                  kwargs: dict[str, Any] | None, solve: Callable[..., Plan], **options: Any) -> Plan:
-    """``refine`` for the plan a search over micro-batch sizes chose (``batch_size=B``):
-    its candidate alone (its ranks, micro-batches, schedule and chunks) is re-timed and
-    re-solved on ``profile``, the profile of its micro-batch size, traced as ``graph`` from
-    ``args, kwargs``; ``solve(profile, **choice)`` solves one candidate. The search's
-    rows stay as they were: the candidates were compared on their node sums.
-
-    Until 2026-12-06 a plan of such a search was not refined at all, and predicted its
-    step on node sums.
-    """
+def choice_of(plan: Plan) -> dict[str, Any]:
+    """The options that make a search's ``plan`` its one candidate again: its ranks,
+    micro-batches, schedule and chunks (``plan_profile``'s keywords; no batch-size search)."""
     ranks = len(set(ranks_of(plan)))
-    choice = {"num_stages": ranks, "microbatches": plan.microbatches, "schedule": plan.schedule,
-              "virtual_stages": plan.num_stages // ranks if plan.num_stages > ranks else None,
-              "batch_size": None}
-    refined = refine(plan, profile, graph, args, kwargs, lambda p: solve(p, **choice), **options)
+    return {"num_stages": ranks, "microbatches": plan.microbatches, "schedule": plan.schedule,
+            "virtual_stages": plan.num_stages // ranks if plan.num_stages > ranks else None,
+            "batch_size": None}
+
+
+def refine_candidate(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
+                     kwargs: dict[str, Any] | None, replan: Callable[[Profile], Plan],
+                     **options: Any) -> Plan:
+    """``refine`` for the candidate a search chose (over micro-batch sizes, or over
+    pipeline × data-parallel degrees): ``replan`` solves that candidate alone, on
+    ``profile``, the profile of its micro-batch size, traced as ``graph`` from ``args,
+    kwargs``. The search's rows stay as they were: the candidates were compared on their
+    node sums.
+
+    Until 2026-12-06 a plan of a batch-size search was not refined at all, nor one of a
+    degree search (``--gpus``) until 2026-12-07: they predicted their steps on node sums.
+    """
+    refined = refine(plan, profile, graph, args, kwargs, replan, **options)
     kept = {k: v for k, v in refined.options.items() if k != "search_lower_bound_s"}
     return dataclasses.replace(refined, options={
         **kept, **{k: plan.options[k] for k in SEARCH_RECORD if k in plan.options}})

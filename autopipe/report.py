@@ -227,8 +227,10 @@ def degree_row(row: dict[str, Any], chosen: bool = False) -> str:
         return f"{what}  {why if len(why) <= 100 else why[:99] + '…'}"
     limit = row.get("memory_limit")
     memory = format_size(row["memory"]) + (f" ({row['memory'] / limit:.1%})" if limit else "")
+    refined = row.get("refined_s")  # the choice's step re-timed as whole stages
     return (f"{what}  {format_seconds(step):>11}  {row['samples_per_s']:>10.2f}  {memory:>20}  "
-            f"{row.get('method', '')}")
+            f"{row.get('method', '')}"
+            + (f"  (re-timed as whole stages: {format_seconds(refined)})" if isinstance(refined, (int, float)) else ""))
 
 
 def degree_lines(plan: Plan) -> list[str]:

@@ -12,7 +12,7 @@ from autopipe.cli.main import main
 from autopipe.errors import PlanError
 from autopipe.profile import measure
 from autopipe.report import step_parts
-from tests.conftest import ROOT, example_spec
+from tests.conftest import ROOT, calibrated_once, example_spec
 
 MLP = str(ROOT / "examples" / "mlp.py") + ":build"
 
@@ -70,6 +70,57 @@ def test_api_plans_on_gpus() -> None:
         autopipe.plan(spec.model, spec.example_inputs, gpus=2)
     with pytest.raises(PlanError, match="gpus_per_node applies with gpus=N only"):
         autopipe.plan(spec.model, spec.example_inputs, num_stages=2, gpus_per_node=8)
+
+
+def _chosen(plan: autopipe.Plan) -> dict[str, object]:
+    dp = plan.data_parallel
+    assert dp is not None
+    rows = [r for r in plan.options["degrees"] if r.get("stages") == plan.num_stages
+            and r.get("replicas") == dp.degree and r.get("microbatches") == plan.microbatches
+            and r.get("schedule") == plan.schedule and r.get("placement") == dp.placement]
+    assert len(rows) == 1
+    return rows[0]
+
+
+def test_a_measured_degree_search_refines_its_choice(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The candidate a search over degrees chose on measured node sums is re-timed as whole
+    stages, alone (not until 2026-12-07: its step stayed on node sums); the rows stay."""
+    asked = calibrated_once(monkeypatch)
+    out = tmp_path / "plan.json"
+    common = ["plan", MLP, "--gpus", "2", "--batch-size", "16", "--microbatch-sizes", "8",
+              "--schedule", "1f1b", "--time-limit", "10"]
+    code = main([*common, "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert asked == ["adam"]
+    assert "the search's choice (its candidates compared on their node sums) refined" in err
+    plan = autopipe.Plan.load(out)
+    assert plan.options["refine"]["rounds"] and plan.data_parallel is not None
+    assert {(r["stages"], r["microbatches"]) for r in plan.options["degrees"]} == {(1, 1), (2, 2)}
+    chosen = _chosen(plan)
+    assert chosen["refined_s"] == plan.predicted.iteration_s
+    assert plan.solver.objective_s == plan.predicted.iteration_s or plan.options["refine"]["converged"]
+    assert main(["show", str(out)]) == 0
+    assert "(re-timed as whole stages: " in capsys.readouterr().out
+    code = main([*common, "--no-refine", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    plan = autopipe.Plan.load(out)
+    assert "refine" not in plan.options and "refined_s" not in _chosen(plan)
+
+
+def test_the_api_refines_a_measured_degree_search_with_its_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autopipe.spec import example_target
+
+    calibrated_once(monkeypatch)
+    spec = example_spec("mlp", batch_size=4)
+    plan = autopipe.plan(spec.model, spec.example_inputs, gpus=2, batch_size=16, microbatch_sizes=[8],
+                         schedule="1f1b", loss_fn=spec.loss_fn,
+                         target=example_target(spec), time_limit=10)
+    assert plan.options["refine"]["rounds"] and "loss" in plan.options
+    assert _chosen(plan)["refined_s"] == plan.predicted.iteration_s
+    at = example_spec("mlp", batch_size=8)  # the chosen micro-batch size's graph
+    assert plan.graph_fingerprint == autopipe.trace(at.model, at.example_inputs).fingerprint
 
 
 def test_check_spec_replans_a_data_parallel_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from autopipe.cli._common import reject_flag
 from autopipe.errors import PlanError
+from autopipe.partition.degrees import Refine
 from autopipe.partition.planner import METHODS, ProfileSource
 from autopipe.partition.replicas import check_nodes
 from autopipe.plan_format import Plan
@@ -75,8 +76,10 @@ def _sizes(text: str | None) -> list[int] | None:
         raise PlanError(f"--microbatch-sizes {text!r} is not a list of numbers", hint="write e.g. 1,2,4") from None
 
 
-def plan_on_gpus(args: argparse.Namespace, source: ProfileSource, microbatches: int | str | None) -> Plan:
-    """Run the search for ``args`` (printing each candidate as it is decided)."""
+def plan_on_gpus(args: argparse.Namespace, source: ProfileSource, microbatches: int | str | None,
+                 refine: Refine | None = None) -> Plan:
+    """Run the search for ``args`` (printing each candidate as it is decided; ``refine``:
+    ``plan_degrees``'s, for its choice)."""
     from autopipe.partition.degrees import plan_degrees
     from autopipe.report import degree_row
 
@@ -94,4 +97,4 @@ def plan_on_gpus(args: argparse.Namespace, source: ProfileSource, microbatches: 
         max_blocks=args.max_blocks, time_limit=60.0 if args.time_limit is None else args.time_limit,
         mip_gap=1e-3 if args.gap is None else args.gap, solver=args.solver or "highs",
         deterministic=not args.timing, granularity=args.granularity, cut_at=args.cut_at,
-        recompute=args.recompute, remake=args.remake)
+        recompute=args.recompute, remake=args.remake, refine=refine)

@@ -190,16 +190,28 @@ def run(args: argparse.Namespace) -> int:
             deterministic=not args.timing, granularity=args.granularity, cut_at=args.cut_at,
             recompute=args.recompute, remake=args.remake))
 
-    plan = plan_on_gpus(args, source, microbatches) if args.gpus is not None else solve(source)
-    if not (args.no_refine or args.profile):
-        if graph is not None and spec is not None and isinstance(source, Profile):
-            plan = _refined(plan, source, graph, spec, solve)
-        elif (args.gpus is None and plan.options.get("microbatch_size") in profiles
-              and profiles[plan.options["microbatch_size"]].method == "measure"):
-            size = plan.options["microbatch_size"]  # the search's choice, as its size traces
-            spec = _spec_at(args.spec, knobs, size)[0]
-            graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
-            plan = _refined(plan, profiles[size], graph, spec, solve, choice=True)
+    def refined_choice(found: Plan, size: int, replan: Callable[[Profile], Plan]) -> Plan:
+        """A search's choice of micro-batches of ``size`` (over sizes, or over degrees),
+        refined where that size was measured here: its candidate alone."""
+        if args.no_refine or size not in profiles or profiles[size].method != "measure":
+            return found
+        sized = _spec_at(args.spec, knobs, size)[0]  # the search's choice, as its size traces
+        traced = autopipe.trace(sized.model, sized.example_inputs, sized.example_kwargs)
+        return _refined(found, profiles[size], traced, sized, replan, choice=True)
+
+    if args.gpus is not None:
+        plan = plan_on_gpus(args, source, microbatches, refine=refined_choice)
+    else:
+        plan = solve(source)
+        if not (args.no_refine or args.profile):
+            if graph is not None and spec is not None and isinstance(source, Profile):
+                plan = _refined(plan, source, graph, spec, solve)
+            elif "microbatch_size" in plan.options:
+                from autopipe.refine import choice_of
+
+                found = plan
+                plan = refined_choice(found, found.options["microbatch_size"],
+                                      lambda p: solve(p, **choice_of(found)))
     with phase("save"):
         plan.save(args.output)
     print(format_plan(plan))
@@ -267,15 +279,15 @@ def _spec_at(spec: str, knobs: dict[str, Any], size: int | None,
 
 
 def _refined(plan: Plan, profile: Profile, graph: Graph, spec: ModelSpec,
-             solve: Callable[..., Plan], *, choice: bool = False) -> Plan:
+             replan: Callable[[Profile], Plan], *, choice: bool = False) -> Plan:
     """``plan`` refined on whole-stage times where the profile was measured here
-    (autopipe.refine); with ``choice``, the candidate a batch-size search chose, alone."""
-    from autopipe.refine import can_refine, refine, refine_choice
+    (autopipe.refine); with ``choice``, the candidate a search chose, alone."""
+    from autopipe.refine import can_refine, refine, refine_candidate
 
     if can_refine(graph, profile) is not None:
         return plan
-    refined = (refine_choice if choice else refine)(
-        plan, profile, graph, spec.example_inputs, spec.example_kwargs, solve,
+    refined = (refine_candidate if choice else refine)(
+        plan, profile, graph, spec.example_inputs, spec.example_kwargs, replan,
         loss_fn=spec.loss_fn, target=example_target(spec))
     info = refined.options["refine"]
     last = info["rounds"][-1]

@@ -73,6 +73,7 @@ def plan_degrees(
     screen: str | None = "dp",
     finalists: int = 3,
     progress: Callable[[Row], None] | None = None,
+    refine: Refine | None = None,
     **plan_args: Any,
 ) -> Plan:
     """The fastest way to train on ``gpus`` GPUs: stages × replicas, micro-batches, schedule.
@@ -99,6 +100,10 @@ def plan_degrees(
         screen: the partitioner of every candidate first (``dp``); None: ``method`` for all.
         finalists: how many of the fastest candidates ``method`` plans again.
         progress: called with each row as it is decided.
+        refine: ``refine(plan, b, replan)`` gives the plan to keep for the chosen candidate
+            ``plan``, of micro-batches of ``b`` samples; ``replan(profile)`` plans that
+            candidate alone on ``profile`` (``autopipe.refine.refine_candidate``: its stages
+            re-timed as whole modules). Its row then records ``refined_s`` where it is another plan.
         **plan_args: ``plan_profile``'s other options (``max_blocks``, ``time_limit``,
             ``mip_gap``, ``solver``, ``deterministic``, ``dtype``, ``granularity``, ``cut_at``).
 
@@ -158,7 +163,13 @@ def plan_degrees(
             rows.append(row)
             say(row)
     best = _finish(search, cluster, memory, source, rows, plans, say)
-    return _result(search, cluster, memory, plans[best], rows[best], rows)
+    plan = plans[best]
+    if refine is not None:
+        refined = refine(plan, rows[best]["microbatch_size"], _replan(search, cluster, memory, rows[best], plan))
+        if refined is not plan:
+            rows[best]["refined_s"] = refined.predicted.iteration_s
+        plan = refined
+    return _result(search, cluster, memory, plan, rows[best], rows)
 
 
 def _memo(profile: ProfileSource) -> Callable[[int], Profile]:
@@ -193,6 +204,9 @@ def _skip(base: Problem, p: int, dp: int, separable: int, memory: int | None, se
                 f"{format_size(states / p)} on {where} {format_size(memory)}")
     return ""
 
+
+Refine = Callable[[Plan, int, Callable[[Profile], Plan]], Plan]
+"""``plan_degrees``'s ``refine``: the chosen plan, its micro-batch size and how to plan it again."""
 
 Candidate = tuple[Row, float, float]
 """A candidate's row (its degree, placement, micro-batches, schedule) and its links' bandwidths:
@@ -306,6 +320,20 @@ def _finish(search: Search, cluster: Cluster, memory: int | None, source: Callab
                 row.update(_figures(search, memory, plan))
             say(row)
     return min(plans, key=lambda i: _key(search, rows[i]))
+
+
+def _replan(search: Search, cluster: Cluster, memory: int | None, row: Row,
+            chosen: Plan) -> Callable[[Profile], Plan]:
+    """Plans ``row``'s candidate alone on a given profile, by the method that planned
+    ``chosen`` (the screen's, where ``search.method`` failed on it), in the MIP time left."""
+    placement = place(cluster, row["stages"], row["placement"])
+    method = chosen.solver.method if chosen.solver.method in (search.method, search.screen) else search.method
+
+    def replan(profile: Profile) -> Plan:
+        return _plan(search, memory, lambda size: profile, row["stages"], row["microbatches"],
+                     row["microbatch_size"], row["schedule"], placement.cut_bandwidth,
+                     placement.group_bandwidth, method)
+    return replan
 
 
 def _nothing_fits(search: Search, rows: list[Row]) -> InfeasiblePlanError:
