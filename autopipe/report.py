@@ -36,6 +36,10 @@ def _limit(plan: Plan, stage: Stage) -> str:
     return f"{format_size(limit)} ({stage.memory.total / limit:.0%})"
 
 
+def _counted(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('ch') else 's'}"
+
+
 def headline(plan: Plan) -> list[str]:
     """The summary lines above the table."""
     sv = plan.solver
@@ -43,8 +47,9 @@ def headline(plan: Plan) -> list[str]:
     dp = plan.data_parallel
     step = plan.predicted.iteration_s
     lines = [
-        f"{plan.num_stages} stages, {plan.schedule}, {plan.microbatches} micro-batches"
-        + (f" of {size} (batch {plan.options.get('batch_size')})" if size else "")
+        f"{_counted(plan.num_stages, 'stage')}, {plan.schedule}, {_counted(plan.microbatches, 'micro-batch')}"
+        + (f" of {size} (batch {plan.options.get('batch_size')}"
+           + (" per replica" if dp is not None and dp.degree > 1 else "") + ")" if size else "")
         + (f"; x {dp.degree} data-parallel replicas on {dp.world_size} GPUs ({dp.placement} "
            f"placement), batch {dp.batch_size} in all" if dp is not None else ""),
         f"predicted step {format_seconds(step)}, bubble {plan.predicted.bubble_fraction:.1%}"
