@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from torch import nn
 
@@ -23,10 +24,27 @@ from autopipe.profile.profile import Profile
 from autopipe.refine import can_refine, choice_of, refine_candidate
 from autopipe.refine import refine as refine_plan
 from autopipe.trace import Graph, trace
+from autopipe.trace._state import state_kept
 
 PROFILE_MODES = ("measure", "estimate")
 
+_Planner = TypeVar("_Planner", bound=Callable[..., Plan])
 
+
+def _model_left_as_it_was(planner: _Planner) -> _Planner:
+    """``planner(model, ...)`` leaves ``model``'s buffers and the random state as they were:
+    profiling runs the model (until 2026-12-07 a plan moved the random stream a seeded
+    training goes on with)."""
+    @functools.wraps(planner)
+    def kept(model: nn.Module, *args: Any, **kwargs: Any) -> Plan:
+        if not isinstance(model, nn.Module):
+            return planner(model, *args, **kwargs)  # the planner says what is wrong
+        with state_kept(model):
+            return planner(model, *args, **kwargs)
+    return cast(_Planner, kept)
+
+
+@_model_left_as_it_was
 def plan(
     model: nn.Module,
     example_inputs: tuple[Any, ...],

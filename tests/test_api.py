@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import autopipe
 from autopipe import ModelSpec
@@ -146,3 +147,19 @@ def test_batch_size_with_a_saved_profile(profiled: dict[str, Profile]) -> None:
     with pytest.raises(PlanError, match="only one profile was given"):
         autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile=profiled["mlp"],
                       batch_size=32, microbatches="auto")
+
+
+def test_planning_leaves_the_model_and_the_random_state_as_they_were() -> None:
+    """Profiling runs the model: until 2026-12-07 ``autopipe.plan`` moved the random stream
+    that a seeded training goes on with."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                                torch.nn.Linear(16, 4))
+    x = torch.randn(8, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(3)
+    autopipe.plan(model, (x,), num_stages=2, runtime_costs=False, refine=False, time_limit=10)
+    drawn = torch.rand(4)
+    torch.manual_seed(3)
+    assert torch.equal(drawn, torch.rand(4))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

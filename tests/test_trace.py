@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from torch import nn
 
 import autopipe
 from autopipe import Graph, ModelSpec
@@ -308,3 +309,22 @@ def test_untraceable_model_names_the_line_of_model_code() -> None:
     puts it far below its first line, which is all the reason quotes)."""
     with pytest.raises(TraceError, match=r"\(at .*tests/models.py:\d+ in forward: .*\).*\(at .*tests/models.py:\d+ in forward"):
         autopipe.trace(DataDependent(), (torch.randn(2, 4),))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_tracing_leaves_the_models_buffers_and_the_random_state(frontend: str) -> None:
+    """Tracing ran the model once in training mode on buffers it shares with the user's
+    model: batch norm's statistics moved (and ``num_batches_tracked`` counted one more
+    forward than training made), so checkpoints of a trained model held one forward too
+    many (until 2026-12-07); a dropout drew from the random stream the user seeds."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 2))
+    x = torch.randn(2, 3, 8, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(7)
+    autopipe.trace(model, (x,), frontend=frontend)
+    drawn = torch.rand(3)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)
+    torch.manual_seed(7)
+    torch.testing.assert_close(drawn, torch.rand(3), rtol=0, atol=0)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -93,15 +91,3 @@ def fresh_inputs(flat: list[Any]) -> list[Any]:
     """
     return [x.detach().clone().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
             for x in flat]
-
-
-@contextmanager
-def buffers_restored(gm: nn.Module) -> Iterator[None]:
-    """Undo what training-mode forwards do to buffers (batch-norm running statistics)."""
-    saved = [(b, b.detach().clone()) for b in gm.buffers() if b.device.type != "meta"]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, value in saved:
-                b.copy_(value)

@@ -14,7 +14,7 @@ from autopipe._malloc import pin_malloc as _pin_malloc
 from autopipe._version import __version__
 from autopipe.errors import ProfileError
 from autopipe.profile._assemble import assemble
-from autopipe.profile._copy import buffers_restored, fresh_inputs, module_tensors
+from autopipe.profile._copy import fresh_inputs, module_tensors
 from autopipe.profile._node import NodeCall
 from autopipe.profile._progress import Progress
 from autopipe.profile._saved import SavedBytes
@@ -33,6 +33,7 @@ from autopipe.profile.loss import LossFn, measure_loss
 from autopipe.profile.optimizer import measure_rates
 from autopipe.profile.profile import Profile
 from autopipe.profile.whole import run_whole
+from autopipe.trace._state import buffers_restored
 from autopipe.trace.graph import Graph
 
 

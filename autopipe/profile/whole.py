@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from autopipe.profile._copy import buffers_restored, fresh_inputs, module_tensors
+from autopipe.profile._copy import fresh_inputs, module_tensors
 from autopipe.profile._saved import SavedBytes
 from autopipe.profile._setup import (
     check_counts,
@@ -19,6 +19,7 @@ from autopipe.profile._setup import (
     setup,
 )
 from autopipe.profile._timer import Timer
+from autopipe.trace._state import buffers_restored
 from autopipe.trace.graph import Graph
 
 

@@ -23,6 +23,7 @@ from autopipe.errors import ExampleInputError, TraceError
 from autopipe.trace._distributions import distribution_checks_off
 from autopipe.trace._module_to import own_dtype_conversions_kept
 from autopipe.trace._quick import failures_unlogged, quick_export, unguarded_module
+from autopipe.trace._state import state_kept
 from autopipe.trace._vmap import fold_vmap_regions
 from autopipe.trace.graph import Graph, NodeInfo, target_name
 from autopipe.trace.no_grad import no_grad_nodes
@@ -196,10 +197,8 @@ def _check_backward_runs(graph: Graph, functions: list[type], args: tuple[Any, .
     if any(t.device.type == "meta" for t in tensors):
         return
     params = [p for p in gm.parameters() if p.requires_grad]
-    saved = [(b, b.detach().clone()) for b in gm.buffers()]
-    cuda = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
     try:
-        with torch.random.fork_rng(devices=cuda), torch.enable_grad():
+        with state_kept(gm), torch.enable_grad():
             out = gm(*graph.flat_inputs(args, kwargs))
             leaves = [t for t in pytree.tree_leaves(out)
                       if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -218,10 +217,6 @@ def _check_backward_runs(graph: Graph, functions: list[type], args: tuple[Any, .
                  "backward (no in-place writes to values its ops save for backward)") from e
     except Exception:  # no verdict: see the docstring
         return
-    finally:
-        with torch.no_grad():
-            for b, value in saved:
-                b.copy_(value)
 
 
 def _short(e: BaseException) -> str:
@@ -325,7 +320,9 @@ def _trace_fx(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     bound.apply_defaults()
     flat = [bound.arguments[str(n)] for n in names]
     out_spec = _flatten_output(gm)
-    with torch.no_grad():
+    # the run must not move batch norm's statistics or the random state: the graph shares
+    # the model's buffers, and training would start one forward late (until 2026-12-07)
+    with torch.no_grad(), state_kept(gm):
         _MetaRecorder(gm).run(*flat)
     return _build(gm, model, "fx", [str(n) for n in names], None, out_spec, signature)
 
