@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -42,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = autopipe.Plan.load(args.plan)
     spec = autopipe.load_spec(args.spec, **parse_spec_args(args.spec_arg))
     with build(plan, spec, device=args.device) as pipe:
-        optimizer = torch.optim.AdamW(pipe.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.steps)
+        params = list(pipe.parameters())  # none on a rank whose stage only runs the loss
+        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay) if params else None
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.steps) if optimizer else None
         record: dict[str, list[float]] = {"loss": [], "norm": [], "lr": []}
         for step in range(args.steps):
             replicas = pipe.replicas  # data-parallel replicas of the pipeline (dp = 1: one)
@@ -52,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             losses = pipe.step(inputs, target)  # forward + backward of all micro-batches
             pipe.sync_tied_grads()              # tied weights: sum the copies; replicas: average
             norm = pipe.clip_grad_norm_(args.max_norm)  # one norm over all stages
-            lr = schedule.get_last_lr()[0]
-            optimizer.step()
-            schedule.step()
+            if optimizer is not None and schedule is not None:
+                lr = schedule.get_last_lr()[0]
+                optimizer.step()
+                schedule.step()
+            else:  # the same cosine, for the record
+                lr = args.lr * (1 + math.cos(math.pi * step / args.steps)) / 2
             pipe.zero_grad()
             loss = replicas.mean_loss(losses) if pipe.has_last else 0.0  # over every replica
             if pipe.has_last and replicas.replica == 0:
