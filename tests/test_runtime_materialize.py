@@ -79,6 +79,22 @@ def test_a_tied_tensor_is_one_tensor_per_rank(gpt2_weights: tuple[dict[str, torc
     assert done.loaded.count("transformer.wte.weight") == 1
 
 
+def test_tied_names_with_different_values_are_refused(
+        tmp_path: Path, gpt2_weights: tuple[dict[str, torch.Tensor], dict[str, Path]]) -> None:
+    """A file with the tied embedding and head under both names, different: its model did
+    not tie them. Until 2026-12-07 the first name was read, silently (torch keeps the last)."""
+    state, _ = gpt2_weights
+    both = {k: v.clone() for k, v in state.items()}
+    both["transformer.wte.weight"] = torch.zeros_like(both["transformer.wte.weight"])
+    torch.save(both, tmp_path / "untied.pt")
+    torch.save(state, tmp_path / "tied.pt")  # both names, one value: read as before
+    spec, split = _meta_split("gpt2")
+    materialize_stages([split.stages[0].module], spec, "cpu", init=tmp_path / "tied.pt")
+    spec, split = _meta_split("gpt2")
+    with pytest.raises(WeightsError, match="transformer.wte.weight and lm_head.weight with different values"):
+        materialize_stages([split.stages[0].module], spec, "cpu", init=tmp_path / "untied.pt")
+
+
 def test_a_bfloat16_checkpoint_is_cast_into_a_float32_model(tmp_path: Path) -> None:
     model = example_spec("gpt2", **TINY["gpt2"], seed=5).model
     half = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in model.state_dict().items()}
@@ -253,3 +269,16 @@ def test_a_parametrized_tensor_on_meta_is_initialised_through_its_module(initial
     g, v = bare.parametrizations.weight.original0.detach(), bare.parametrizations.weight.original1.detach()
     assert torch.isfinite(v).all() and v.abs().max() > 0
     torch.testing.assert_close(g, v.norm(dim=1, keepdim=True))
+
+
+def test_a_state_dict_with_tied_names_of_different_values_is_refused() -> None:
+    """``Pipe.load_state_dict``'s check (``state_keys.check_tied_alike``)."""
+    from autopipe.errors import CheckpointError
+    from autopipe.runtime.state_keys import check_tied_alike
+
+    w = torch.randn(4, 3)
+    tied = [("wte.weight", "head.weight")]
+    check_tied_alike({"wte.weight": w, "head.weight": w.clone()}, tied, what="the state dict")
+    check_tied_alike({"head.weight": w}, tied, what="the state dict")
+    with pytest.raises(CheckpointError, match="wte.weight and head.weight with different values"):
+        check_tied_alike({"wte.weight": w, "head.weight": w + 1}, tied, what="the state dict")

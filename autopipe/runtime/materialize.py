@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autopipe.errors import SpecError
+from autopipe.errors import SpecError, WeightsError
 from autopipe.runtime.hf_checkpoint import fit
 from autopipe.runtime.weights import TensorInfo, WeightsSource, open_weights, remarks
 from autopipe.spec import ModelSpec
@@ -113,6 +113,7 @@ def materialize_stages(
             weights, reads = fit(opened, spec.model, _expected(spec.model), _groups(canonical))
             values = {c: _as_own(weights.read(reads[c]), names[c], device, copy=not weights.owns(reads[c]))
                       for c in slots if c in reads}
+            _check_tied_alike(weights, values, reads, _groups(canonical))
     todo = [c for c in slots if c not in values and names[c].is_meta]
     _initialise(spec, names, canonical, todo, values, device, seed)
     for c, places in slots.items():
@@ -153,6 +154,34 @@ def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     out.update(model.named_buffers(remove_duplicate=False))
     return out
+
+
+def _check_tied_alike(weights: Any, values: Mapping[str, torch.Tensor], reads: Mapping[str, str],
+                      groups: Sequence[tuple[str, ...]]) -> None:
+    """Raise WeightsError where the file holds one of the model's tied parameters under
+    several names with different values: the file's model did not tie them, and keeping
+    any one of them would train another model than the file's, silently.
+
+    Until 2026-12-07 the first name the file held was read; ``load_state_dict`` keeps the
+    last (GPT-2 with ``transformer.wte.weight`` all zeros and ``lm_head.weight`` real
+    started from the zeros: loss 6.931 against 6.938).
+    """
+    for group in groups:
+        c = group[0]
+        if c not in values or c not in reads:
+            continue
+        for other in group:
+            if other == reads[c] or other not in weights.info:
+                continue
+            value = weights.read(other)
+            if not torch.equal(value.to(device=values[c].device, dtype=values[c].dtype), values[c]):
+                raise WeightsError(
+                    f"weights {weights.path} hold {reads[c]} and {other} with different values, but "
+                    f"the model ties them (one parameter under {len(group)} names): the file's model "
+                    f"did not tie them",
+                    hint="build the model untied, as the file's was (e.g. --spec-arg "
+                         "tie_word_embeddings=False for a transformers model), or save one value "
+                         "under both names")
 
 
 def _canonical(names: Mapping[str, torch.Tensor]) -> dict[str, str]:

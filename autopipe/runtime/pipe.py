@@ -54,7 +54,7 @@ from autopipe.runtime.placement import rank_of_stages, schedule_kind
 from autopipe.runtime.prepare import Prepared, prepare
 from autopipe.runtime.split_backward import loss_views
 from autopipe.runtime.stage import build_pipeline
-from autopipe.runtime.state_keys import match_state
+from autopipe.runtime.state_keys import check_tied_alike, match_state
 from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage_params
 from autopipe.runtime.timeline import ActionLog
 from autopipe.runtime.weights import WeightsSource
@@ -394,12 +394,15 @@ class Pipe:
         tensors missing from ``state``, is an error.
 
         Raises:
-            CheckpointError: keys missing or unknown (strict), or shapes that differ (named).
+            CheckpointError: keys missing or unknown (strict), shapes that differ (named), or
+                a tied parameter given under two names with different values.
         """
         own = self.state_dict()
         shapes = {k: tuple(v.shape) for k, v in state.items()}
-        for name, key in match_state(own, shapes, tied=self.tied, known=self.model_keys(), strict=strict,
-                                     what="the state dict", source="given"):
+        pairs = match_state(own, shapes, tied=self.tied, known=self.model_keys(), strict=strict,
+                            what="the state dict", source="given")
+        check_tied_alike(state, self.tied, what="the state dict")
+        for name, key in pairs:
             own[name].copy_(state[key])
 
     # --- the process group ---------------------------------------------------------------------

@@ -63,6 +63,24 @@ def match_state(
     return pairs
 
 
+def check_tied_alike(state: Mapping[str, torch.Tensor], tied: Iterable[Sequence[str]], *, what: str) -> None:
+    """Raise CheckpointError where ``state`` holds one tied parameter under several names
+    with different values (its model did not tie them; ``match_state`` reads one of them).
+
+    Until 2026-12-07 the first name given was copied, silently; ``load_state_dict`` keeps the last.
+    """
+    for group in tied:
+        present = [n for n in group if n in state]
+        for other in present[1:]:
+            a, b = state[present[0]], state[other]
+            if a.shape == b.shape and not torch.equal(a, b.to(device=a.device, dtype=a.dtype)):
+                raise CheckpointError(
+                    f"{what} holds {present[0]} and {other} with different values, but the model "
+                    f"ties them (one parameter under {len(group)} names)",
+                    hint="give one value under both names (or one name), or build the model untied, "
+                         "as the state's was")
+
+
 def _names(items: Sequence[str], most: int = 5) -> str:
     shown = ", ".join(items[:most])
     return f"{len(items)}: {shown}" + (f" and {len(items) - most} more" if len(items) > most else "")
