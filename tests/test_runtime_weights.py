@@ -189,3 +189,15 @@ def test_a_state_dict_in_memory() -> None:
         assert check_fit(w, EXPECTED) == {k: k for k in STATE}
     with pytest.raises(WeightsError, match="holds int under 'step'"):
         open_weights({**STATE, "step": 3})  # type: ignore[dict-item]
+
+
+def test_a_pickled_module_is_named_as_such(tmp_path: Path) -> None:
+    """``torch.save(model)`` pickles the module: the message says so on one line, without the
+    terminal escapes and the cut-off paragraphs of torch's own (the tester's ``module.pt``)."""
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
+    with pytest.raises(WeightsError) as e:
+        open_weights(tmp_path / "module.pt")
+    text = f"{e.value} {e.value.hint}"
+    assert "holds a pickled object (torch.nn.modules.linear.Linear), not a state dict" in text
+    assert "torch.save(model.state_dict(), path)" in str(e.value.hint)
+    assert "\x1b" not in text and "\n" not in text

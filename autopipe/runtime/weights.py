@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,10 @@ _SAFETENSORS_DTYPES = {
 WeightsSource = str | os.PathLike[str] | Mapping[str, torch.Tensor]
 """Where a model's weights come from: a file or folder (see the module's docstring), or a
 state dict in memory."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+"""A terminal escape (bold, reset) as torch writes into some of its messages."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,9 +294,19 @@ def _check_index(index: str, weight_map: Mapping[str, Any], where: Mapping[str, 
 def _open_torch(p: Path) -> Weights:
     try:
         loaded = torch.load(p, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is paragraphs with terminal escapes, about loading it unsafely
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise WeightsError(f"{p} holds a pickled object{what}, not a state dict of tensors "
+                           f"(weights are read with torch.load(weights_only=True), which "
+                           f"unpickles no classes)",
+                           hint="save the weights, not the module: torch.save(model.state_dict(), "
+                                "path) (torch.save(model) pickles the whole module)") from None
     except Exception as e:
+        line = _ANSI.sub("", str(e)).strip().splitlines()
         raise WeightsError(f"{p}: torch.load(weights_only=True) fails ({type(e).__name__}: "
-                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})",
+                           f"{line[0] if line else ''})",
                            hint="save plain tensors: torch.save(model.state_dict(), path)") from None
     state = loaded
     if isinstance(loaded, dict) and not _all_tensors(loaded):
