@@ -275,6 +275,16 @@ def test_megatron_layout_strings(counts: list[int], text: str) -> None:
     assert [st.count("t") for st in megatron_layout(text)] == counts
 
 
+def test_the_layouts_the_docs_show_are_the_ones_export_writes() -> None:
+    """docs/export.md and ``layout``'s docstring showed ``E|t*2|t*2|L``, which Megatron-LM
+    reads as ``E|tt|tt|L`` too, but the export writes ``t*N`` only for N ≥ 3."""
+    docs = (ROOT / "docs" / "export.md").read_text() + (layout.__doc__ or "")
+    shown = re.findall(r"`(E[Et*\d|]*L)`", docs)
+    assert len(shown) >= 3, shown
+    for text in shown:
+        assert layout([st.count("t") for st in megatron_layout(text)]) == text
+
+
 def test_megatron_uneven_args_only_where_megatron_takes_them() -> None:
     plan, _ = planned("gpt2")  # E|tt|tt|L: the first and last stages hold no layer
     assert "uneven_args" not in export_plan(plan, "megatron")

@@ -2,7 +2,9 @@
 
 ``--pipeline-model-parallel-layout`` names every stage's layers: ``E`` the embedding
 (first stage), ``t`` a transformer layer, ``L`` the loss with the output layer (last
-stage), ``|`` between stages, ``t*3`` for ``ttt`` (``PipelineParallelLayerLayout``).
+stage), ``|`` between stages, ``t*3`` for ``ttt`` (``PipelineParallelLayerLayout``, whose
+``parse_str_to_list`` unrolls ``t*N`` for any N: ``tt`` and ``t*2`` are the same layout;
+runs of three or more are written ``t*N`` here, shorter ones spelled out).
 ``--decoder-first-pipeline-num-layers`` / ``--decoder-last-pipeline-num-layers``
 say the same when the middle stages hold equal counts and the first and last hold
 at least one layer each (Megatron's ``TransformerConfig`` rules); they are given
@@ -33,7 +35,7 @@ def _stage(count: int) -> str:
 
 
 def layout(counts: list[int]) -> str:
-    """The layout string for ``counts`` layers per stage: ``[0, 2, 2, 0]`` → ``E|t*2|t*2|L``."""
+    """The layout string for ``counts`` layers per stage: ``[0, 2, 2, 0]`` → ``E|tt|tt|L``."""
     stages = [_stage(n) for n in counts]
     stages[0] = "E" + stages[0]
     stages[-1] += "L"
