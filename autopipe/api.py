@@ -74,7 +74,7 @@ def plan(
     runtime_costs: bool = True,
     recompute: str = "auto",
     remake: str = "auto",
-    granularity: str = "node",
+    granularity: str | None = None,
     cut_at: str | None = None,
     gpus: int | None = None,
     gpus_per_node: int | None = None,
@@ -141,8 +141,10 @@ def plan(
             repeated blocks (its longest module list ``X.0, X.1, …`` by work), as torchtitan,
             DeepSpeed and Megatron-LM do; ``plan.options["granularity"]`` records the
             units, the unrestricted step and the ratio (``autopipe.partition.layers``).
+            None: ``layer`` where ``cut_at`` is given, else ``node``.
         cut_at: the blocks to cut between, a glob or regex over module paths
-            (``model.layers.*``); implies ``granularity="layer"``.
+            (``model.layers.*``); implies ``granularity="layer"`` (``"node"`` with it is an
+            error).
         gpus: instead of ``num_stages``, the GPUs to train on: every pipeline degree ``p``
             dividing it, with ``gpus / p`` data-parallel replicas that split ``batch_size``,
             is searched (``autopipe.partition.degrees.plan_degrees``; ``microbatches`` then
@@ -167,7 +169,7 @@ def plan(
                             "chooses stages x data-parallel replicas)", hint="pass num_stages=4 or gpus=8")
         schedule = schedule or "1f1b"
         check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute,
-                      virtual_stages, remake)
+                      virtual_stages, remake, cut_at)
         extra = {"gpus_per_node": gpus_per_node, "intra_node_bandwidth": intra_node_bandwidth,
                  "inter_node_bandwidth": inter_node_bandwidth, "microbatch_sizes": microbatch_sizes}
         given = [k for k, v in {**extra, "shard_optimizer": shard_optimizer or None}.items() if v is not None]

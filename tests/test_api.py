@@ -125,6 +125,19 @@ def test_batch_size_measured_with_its_loss_is_refined(monkeypatch: pytest.Monkey
     assert plan.graph_fingerprint == autopipe.trace(at.model, at.example_inputs).fingerprint
 
 
+def test_node_granularity_with_cut_at_is_refused() -> None:
+    """``granularity="node"`` with ``cut_at`` planned layer-granular, silently (until
+    2026-12-07); it is refused before anything is traced, on both paths. ``cut_at`` alone
+    still implies ``layer``."""
+    spec = example_spec("mlp")
+    for given in ({"num_stages": 2}, {"gpus": 2, "batch_size": 8}):
+        with pytest.raises(PlanError, match=r"granularity='node' cuts anywhere, but "
+                                            r"cut_at='blocks\.\*'") as info:
+            autopipe.plan(spec.model, spec.example_inputs, granularity="node", cut_at="blocks.*",
+                          profile="estimate", **given)  # type: ignore[arg-type]
+        assert "drop one" in (info.value.hint or "")
+
+
 def test_a_loss_needs_its_target() -> None:
     """loss_fn without target was planned without the loss, silently (until 2026-12-06)."""
     spec = example_spec("mlp")

@@ -70,6 +70,10 @@ CASES: list[tuple[str, list[str], str]] = [
      ["plan", MLP, "--stages", "11", "--microbatches", "11", "--profile", MLP_PROFILE,
       "--granularity", "layer", "-o", "{tmp}/o.json"],
      "cannot cut the model into 11 stages at layer boundaries: the 8 layers found blocks.*"),
+    ("plan: --granularity node with --cut-at",
+     ["plan", MLP, "--stages", "2", "--profile", MLP_PROFILE, "--granularity", "node", "--cut-at", "blocks.*",
+      "-o", "{tmp}/o.json"],
+     "--granularity node cuts anywhere, but --cut-at 'blocks.*' cuts only between the modules it matches"),
     ("plan: unknown granularity",
      ["plan", MLP, "--stages", "2", "--granularity", "block", "-o", "{tmp}/o.json"], "invalid choice: 'block'"),
 ]

@@ -161,6 +161,7 @@ def test_finds_each_examples_layers(name: str, layers: str) -> None:
     ({"cut_at": "nosuch.*"}, r"--cut-at 'nosuch.\*' matches no module.*h\.\* \(4\)"),
     ({"cut_at": "h.(("}, "not a valid regular expression"),
     ({"granularity": "block"}, "unknown granularity 'block'"),
+    ({"granularity": "node", "cut_at": "h.*"}, r"granularity='node' cuts anywhere, but cut_at='h\.\*'"),
     ({"granularity": "layer", "num_stages": 7}, "cannot cut the model into 7 stages at layer boundaries"),
 ])
 def test_bad_options(kwargs: dict[str, object], match: str) -> None:

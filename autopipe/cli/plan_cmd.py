@@ -66,10 +66,10 @@ def add_parser(sub: Any) -> None:
                         "that reads them makes them again instead of receiving them where that "
                         "is faster than sending them (auto), always (all), or never (none); "
                         "default auto")
-    p.add_argument("--granularity", default="node", choices=GRANULARITIES,
-                   help="node: cut anywhere (default); layer: only between the model's repeated "
-                        "blocks (its longest module list X.0, X.1, ...), as torchtitan, DeepSpeed "
-                        "and Megatron-LM do (for `autopipe export`)")
+    p.add_argument("--granularity", choices=GRANULARITIES,
+                   help="node: cut anywhere (the default without --cut-at); layer: only between "
+                        "the model's repeated blocks (its longest module list X.0, X.1, ...), as "
+                        "torchtitan, DeepSpeed and Megatron-LM do (for `autopipe export`)")
     p.add_argument("--cut-at", metavar="PATTERN",
                    help="cut only between the modules PATTERN matches: a glob over module paths "
                         "(model.layers.*) or a regex; implies --granularity layer")
@@ -220,7 +220,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    """Flags that a given --profile or a non-ILP --method would ignore are errors."""
+    """Flags that a given --profile or a non-ILP --method would ignore, or that contradict each
+    other, are errors. Sets --granularity where it was not given (layer with --cut-at)."""
+    if args.granularity == "node" and args.cut_at is not None:
+        raise PlanError(f"--granularity node cuts anywhere, but --cut-at {args.cut_at!r} cuts only "
+                        f"between the modules it matches",
+                        hint="drop one of them: --cut-at alone implies --granularity layer")
+    if args.granularity is None:
+        args.granularity = "node" if args.cut_at is None else "layer"
     for flag, value in (("--device-spec", args.device_spec), ("--dtype", args.dtype)):
         reject_flag(value is not None and bool(args.profile), flag,
                     "when autopipe profiles the model itself; --profile gives the costs",

@@ -9,6 +9,7 @@ from typing import Any
 
 from autopipe._units import parse_size
 from autopipe.errors import AutopipeError, PlanError
+from autopipe.partition.layers import check_granularity
 from autopipe.partition.mip_time import MipTime
 from autopipe.partition.planner import AUTO_SCHEDULES, METHODS, ProfileSource, parse_bandwidth
 from autopipe.partition.problem import MULTI_CHUNK, SCHEDULES
@@ -92,6 +93,7 @@ def search_options(gpus: int, batch_size: int, gpus_per_node: int | None, intra:
     if odd:
         raise PlanError(f"plan_degrees does not take {odd[0]!r}",
                         hint=f"besides its own options it passes on {', '.join(sorted(PLAN_ARGS))}")
+    check_granularity(plan_args.get("granularity"), plan_args.get("cut_at"))
     try:
         memory = parse_size(memory_limit) if memory_limit is not None else None
     except AutopipeError as e:

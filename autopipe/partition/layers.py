@@ -56,6 +56,20 @@ class Layers:
     """The module lists the layers belong to, in the order they first run (``model.layers``)."""
 
 
+def check_granularity(granularity: str | None, cut_at: str | None) -> None:
+    """Raise PlanError for an unknown granularity, or for ``node`` with a ``cut_at``: ``node``
+    cuts anywhere, ``cut_at`` only between the modules it matches. None is ``layer`` where
+    ``cut_at`` is given, else ``node``."""
+    if granularity is not None and granularity not in GRANULARITIES:
+        raise PlanError(f"unknown granularity {granularity!r}",
+                        hint=f"choose one of {', '.join(GRANULARITIES)}")
+    if granularity == "node" and cut_at is not None:
+        raise PlanError(f"granularity='node' cuts anywhere, but cut_at={cut_at!r} cuts only "
+                        f"between the modules it matches",
+                        hint="drop one: cut_at alone (it implies granularity='layer'), or "
+                             "granularity='node' alone")
+
+
 def repeated_lists(problem: Problem) -> list[tuple[str, int, float]]:
     """Module lists ``X`` whose children ``X.0, X.1, …`` run nodes, as (X, children, work
     seconds), the heaviest first (then the longest, the shallowest)."""

@@ -27,7 +27,7 @@ from autopipe.partition.devices import DevicesArg, resolve_devices
 from autopipe.partition.dp import min_bottleneck
 from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.infeasible import chain_fits, explain
-from autopipe.partition.layers import GRANULARITIES, Layers, record, restrict
+from autopipe.partition.layers import Layers, check_granularity, record, restrict
 from autopipe.partition.problem import (
     MULTI_CHUNK,
     RECOMPUTE,
@@ -101,14 +101,12 @@ def parse_bandwidth(value: float | str, what: str = "link bandwidth") -> float:
 
 
 def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str,
-                  batch_size: Any = None, granularity: str = "node", recompute: str = "auto",
-                  virtual_stages: Any = None, remake: str = "auto") -> None:
+                  batch_size: Any = None, granularity: str | None = None, recompute: str = "auto",
+                  virtual_stages: Any = None, remake: str = "auto", cut_at: str | None = None) -> None:
     """Raise PlanError for options no plan can have (before anything is traced or profiled)."""
     if remake not in REMAKE:
         raise PlanError(f"unknown remake mode {remake!r}", hint=f"choose one of {', '.join(REMAKE)}")
-    if granularity not in GRANULARITIES:
-        raise PlanError(f"unknown granularity {granularity!r}",
-                        hint=f"choose one of {', '.join(GRANULARITIES)}")
+    check_granularity(granularity, cut_at)
     if recompute not in RECOMPUTE:
         raise PlanError(f"unknown recompute mode {recompute!r}",
                         hint="use auto (recompute where memory binds), none or full")
@@ -195,7 +193,7 @@ def plan_profile(
     solver: str = "highs",
     deterministic: bool = True,
     dtype: str | None = None,
-    granularity: str = "node",
+    granularity: str | None = None,
     cut_at: str | None = None,
     grad_sync: GradSync | None = None,
     recompute: str = "auto",
@@ -231,9 +229,11 @@ def plan_profile(
         dtype: parameter dtype; default the profile's.
         granularity: ``node`` (cut anywhere) or ``layer``: cut only between the model's
             repeated blocks (``autopipe.partition.layers``), as torchtitan, DeepSpeed and
-            Megatron-LM do; the plan records the unrestricted step and the ratio.
+            Megatron-LM do; the plan records the unrestricted step and the ratio. None:
+            ``layer`` where ``cut_at`` is given, else ``node``.
         cut_at: the blocks to cut between, a glob or regex over module paths
-            (``model.layers.*``); implies ``granularity="layer"``.
+            (``model.layers.*``); implies ``granularity="layer"`` (``"node"`` with it is an
+            error).
         grad_sync: the pipeline is one of ``grad_sync.replicas`` data-parallel replicas:
             each stage all-reduces its gradients over them before its optimizer step
             (``autopipe.partition.replicas``; ``autopipe.partition.degrees`` chooses it).
@@ -258,7 +258,7 @@ def plan_profile(
     if microbatches is None and batch_size is not None:
         microbatches = "auto"
     check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute,
-                  virtual_stages, remake)
+                  virtual_stages, remake, cut_at)
     if microbatches == "auto" and isinstance(profile, Profile):
         raise PlanError("microbatches='auto' profiles the model at each micro-batch size, "
                         "but only one profile was given",
