@@ -18,12 +18,16 @@ MLP_PROFILE = str(ROOT / "profiles" / "cpu" / "mlp.json")
 
 @pytest.fixture(scope="module")
 def plans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The MLP example planned in 3 stages: cut anywhere, and between whole blocks only."""
+    """The MLP example planned in 3 stages: cut anywhere, between whole blocks only, and
+    between its top-level modules (``inp``, ``blocks``, ``head``: units no engine counts as
+    transformer layers)."""
     tmp = tmp_path_factory.mktemp("export")
-    out = {"tmp": str(tmp), "node": str(tmp / "node.json"), "layer": str(tmp / "layer.json")}
+    out = {"tmp": str(tmp), "node": str(tmp / "node.json"), "layer": str(tmp / "layer.json"),
+           "unlike": str(tmp / "unlike.json")}
     base = ["plan", MLP, "--stages", "3", "--microbatches", "6", "--profile", MLP_PROFILE]
     assert main([*base, "-o", out["node"]]) == 0
     assert main([*base, "--cut-at", "blocks.*", "-o", out["layer"]]) == 0
+    assert main([*base, "--cut-at", "*", "-o", out["unlike"]]) == 0
     return out
 
 
@@ -49,11 +53,27 @@ def test_plan_reports_the_restriction_and_export_writes_each_format(
     assert [m for p in parts for m in p if m.startswith("blocks.")] == [f"blocks.{i}" for i in range(8)]
 
 
+def test_unlike_units_export_where_the_engine_lists_modules(plans: dict[str, str],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A --cut-at over unlike modules is a plan (torchtitan's and DeepSpeed's module lists say
+    exactly what each stage holds); Megatron-LM, which counts transformer layers, refuses it
+    (above). Before 2026-12-07 it wrote `--num-layers 3` for an MLP of 8 blocks."""
+    for fmt, key in (("torchtitan", "parallelism"), ("deepspeed", "layers")):
+        code, out, err = _run(["export", plans["unlike"], "--format", fmt], capsys)
+        assert code == 0, err
+        assert "blocks" in json.dumps(json.loads(out)[key])
+    code, _, err = _run(["export", plans["unlike"], "--format", "megatron"], capsys)
+    assert code == 2 and "--granularity layer and no --cut-at" in err and "--format torchtitan" in err
+
+
 # (id, argv with {file} placeholders, message fragment)
 CASES: list[tuple[str, list[str], str]] = [
     ("export: plan cut anywhere", ["export", "{node}", "--format", "torchtitan"],
      "the plan records no layer boundaries"),
     ("export: unknown format", ["export", "{layer}", "--format", "colossal"], "invalid choice: 'colossal'"),
+    ("export: megatron of unlike units", ["export", "{unlike}", "--format", "megatron"],
+     "but the 3 layers this plan cuts between (matched by '*') are not the numbered blocks of a "
+     "module list (inp, blocks, head)"),
     ("export: no format", ["export", "{layer}"], "the following arguments are required: --format"),
     ("export: missing plan", ["export", "{tmp}/nosuch.json", "--format", "megatron"], "nosuch.json: no such file"),
     ("export: a profile as the plan", ["export", MLP_PROFILE, "--format", "megatron"],

@@ -318,6 +318,53 @@ def test_unknown_format() -> None:
         export_plan(plan, "colossal")
 
 
+def test_megatron_refuses_layers_that_are_no_stack_built_alike() -> None:
+    """``--cut-at 'transformer.*'`` cuts GPT-2 between its embeddings, its whole block list and
+    its final norm: a plan, which torchtitan's and DeepSpeed's module lists carry exactly, but
+    Megatron-LM was told ``--num-layers 5`` and ``Et*4|t|L`` for a GPT-2 of 4 blocks (until
+    2026-12-07)."""
+    profile = Profile.load(ROOT / "profiles" / "cpu" / "gpt2.json")
+    plan = plan_profile(profile, num_stages=3, microbatches=4, cut_at="transformer.*", time_limit=30)
+    info = plan.options["granularity"]
+    assert info["alike"] is False and info["layers"] == 5
+    unlike = (r"the 5 layers this plan cuts between \(matched by 'transformer\.\*'\) are not the "
+              r"numbered blocks of a module list \(transformer\.wte, transformer\.wpe, "
+              r"transformer\.drop, transformer\.h, transformer\.ln_f\)")
+    with pytest.raises(ExportError, match="Megatron-LM's pipeline layout counts the transformer "
+                                          "layers of one stack, but " + unlike) as e:
+        export_plan(plan, "megatron")
+    assert "--granularity layer and no --cut-at" in str(e.value.hint)
+    assert "--format torchtitan or deepspeed" in str(e.value.hint)
+    # a plan from before `alike` was recorded: the units' names tell
+    old = {k: v for k, v in info.items() if k != "alike"}
+    with pytest.raises(ExportError, match=unlike):
+        export_plan(Plan.from_json({**plan.to_json(), "options": {**plan.options, "granularity": old}}),
+                    "megatron")
+    # torchtitan's parts split the model into the plan's stages; DeepSpeed's layers are the units
+    spec = example_spec("gpt2")
+    names, want = canonical(spec.model), stage_params(plan, profile)
+    parts = export_plan(plan, "torchtitan")["parallelism"]["module_fqns_per_model_part"]
+    for s, fqns in enumerate(parts):
+        got = {names[n] for n, _ in split_module(spec.model, fqns).named_parameters(remove_duplicate=False)}
+        assert got == want[s]
+    assert ["transformer.h"] in export_plan(plan, "deepspeed")["layers"]
+
+
+def test_megatron_refuses_blocks_not_built_alike() -> None:
+    """A module list whose numbered children run different calls (a ``Sequential`` of unlike
+    modules), found as the heaviest list: the hint names --cut-at, not --granularity layer."""
+    from tests.test_partition_layers import _stacks, layered_profile
+
+    profile = _stacks(layered_profile(0, layers=5), lambda i: f"h.{i}", lambda i: f"op{i}")
+    plan = plan_profile(profile, num_stages=2, microbatches=4, granularity="layer")
+    with pytest.raises(ExportError, match=r"are blocks of h that are not built alike \(they run "
+                                          r"different calls: h\.0, h\.1, h\.2, h\.3, h\.4\)") as e:
+        export_plan(plan, "megatron")
+    assert str(e.value.hint).startswith("plan it again with --cut-at naming")
+    for case in CASES:  # the examples' layers are one stack built alike
+        assert planned(case)[0].options["granularity"]["alike"] is True
+
+
 @cache
 def encoder_decoder() -> tuple[Plan, Profile, nn.Module]:
     """A T5 with 3 encoder and 4 decoder blocks, estimated, planned layer-granular into 4

@@ -205,6 +205,22 @@ def test_finds_the_layers_of_every_stack() -> None:
     assert one.options["granularity"]["lists"] == ["h"]
 
 
+def test_records_whether_the_layers_are_one_stack_built_alike() -> None:
+    """``alike`` (for the exports that count transformer layers): numbered children of their
+    list, built alike; not a list of blocks that run different calls, nor a ``--cut-at``
+    over unlike modules (``*``: ``emb``, ``h``, ``head``)."""
+    base = layered_profile(0, layers=5)
+    same, other = _stacks(base, lambda i: f"h.{i}"), _stacks(base, lambda i: f"h.{i}", lambda i: f"op{i}")
+
+    def alike(profile: Profile, **kw: object) -> bool:
+        plan = plan_profile(profile, num_stages=2, microbatches=4, **kw)  # type: ignore[arg-type]
+        return bool(plan.options["granularity"]["alike"])
+
+    assert alike(same, granularity="layer") and alike(same, cut_at=r"h\.\d+")
+    assert not alike(other, granularity="layer")
+    assert not alike(same, cut_at="*")
+
+
 @pytest.mark.parametrize("module,target,lists", [
     # the second list's children call different things: a Sequential stem, not a stack
     (lambda i: f"stem.{i}" if i < 2 else f"h.{i}", lambda i: f"op{i}" if i < 2 else "op", ["h"]),

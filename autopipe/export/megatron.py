@@ -10,6 +10,10 @@ say the same when the middle stages hold equal counts and the first and last hol
 at least one layer each (Megatron's ``TransformerConfig`` rules); they are given
 then, as an alternative to the layout.
 
+The layout counts the transformer layers of one stack, built alike: a plan whose layers
+come from two lists, or are no such stack (a ``--cut-at`` over unlike modules,
+``LayerSplit.unlike``), is refused; torchtitan's and DeepSpeed's module lists carry it.
+
 ``--pipeline-model-parallel-size`` is the plan's pipeline ranks ``P``; an interleaved plan's
 layout lists all its ``V·P`` stages, from which Megatron takes ``V`` and puts layout stage
 ``v·P + r`` on rank ``r``, where the plan puts it. Megatron has no schedule that places a
@@ -47,8 +51,9 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
 
     Raises:
         ExportError: the plan's layers come from more than one module list (an
-            encoder-decoder's two stacks): the layout counts one stack of layers; or its
-            stages lie on the ranks in a V.
+            encoder-decoder's two stacks), or are no stack built alike (``--cut-at`` over
+            unlike modules: ``LayerSplit.unlike``): the layout counts one stack of
+            transformer layers; or its stages lie on the ranks in a V.
     """
     if len(split.lists) > 1:
         raise ExportError(
@@ -57,6 +62,16 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
             f"({', '.join(split.lists)})",
             hint=f"export it --format torchtitan or deepspeed, or plan it again with --cut-at "
                  f"'{split.lists[-1]}.*' (that stack's layers only)")
+    why = split.unlike()
+    if why is not None:
+        again = ("plan it again with --cut-at naming the blocks of one stack ('model.layers.*')"
+                 if split.auto else "plan it again with --granularity layer and no --cut-at (it "
+                 "finds the repeated blocks), or a --cut-at naming one stack's blocks ('model.layers.*')")
+        raise ExportError(
+            f"Megatron-LM's pipeline layout counts the transformer layers of one stack, but the "
+            f"{split.num_layers} layers this plan cuts between (matched by {split.pattern!r}) {why}",
+            hint=f"{again}; or export it --format torchtitan or deepspeed, whose module lists "
+                 f"say exactly what each stage holds")
     ranks = check_placement(plan, "loop", "Megatron-LM", "plan it with --schedule interleaved-1f1b "
                             "for Megatron's interleaved schedule, or export it --format torchtitan")
     counts = split.layers_per_stage()

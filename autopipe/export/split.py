@@ -40,6 +40,12 @@ class LayerSplit:
     recompute_units: tuple[tuple[int, ...], ...] = ()
     """Per stage, the units whose nodes it recomputes in backward (empty where the plan
     recomputes nothing)."""
+    auto: bool = False
+    """True when the planner found the layers, False when ``--cut-at`` named them."""
+    alike: bool | None = None
+    """Whether the layers are the numbered blocks of ``lists``, each list's built alike
+    (``Layers.alike`` in ``autopipe.partition.layers``; None in plans from before it was
+    recorded, 2026-12-07)."""
 
     @property
     def num_layers(self) -> int:
@@ -73,6 +79,30 @@ class LayerSplit:
         """The modules outside stage ``stage``'s units that hold parameters it reads."""
         return list(self.holders[stage]) if self.holders else []
 
+    def unlike(self) -> str | None:
+        """Why the layers are no stack of transformer layers built alike, as an engine that
+        counts them (Megatron-LM's ``t``) needs; None where they are one.
+
+        ``--cut-at`` may name any modules (``transformer.*``: the embeddings, the whole block
+        list, the final norm): a plan can cut between them, and torchtitan's and DeepSpeed's
+        module lists say exactly which each stage holds, but a count of such "layers" describes
+        another model. The layers must be numbered children of their lists (``X.3``), read
+        from the record also in older plans, and built alike (``alike``, recorded at planning
+        time, where the calls each runs are known).
+        """
+        layers = self.units[1:-1]
+        names = [u[0] if u else "(nothing)" for u in layers]
+        shown = ", ".join(names[:5]) + (f", … ({len(names)} in all)" if len(names) > 5 else "")
+        numbered = all(any(m.rpartition(".")[2].isdigit()
+                           and (not self.lists or m.rpartition(".")[0] in self.lists)  # older plans
+                           for m in u) for u in layers)
+        if not numbered:
+            return f"are not the numbered blocks of a module list ({shown})"
+        if self.alike is False:
+            return (f"are blocks of {', '.join(self.lists)} that are not built alike (they run "
+                    f"different calls: {shown})")
+        return None
+
 
 def layer_split(plan: Plan) -> LayerSplit:
     """The layer split ``plan`` records, checked against its stages.
@@ -91,7 +121,9 @@ def layer_split(plan: Plan) -> LayerSplit:
                            lists=tuple(str(x) for x in info.get("lists", ())),
                            holders=tuple(tuple(str(m) for m in h) for h in info.get("holders", ())),
                            recompute_units=tuple(tuple(int(u) for u in r)
-                                                 for r in info.get("recompute_units", ())))
+                                                 for r in info.get("recompute_units", ())),
+                           auto=bool(info.get("auto", False)),
+                           alike=None if info.get("alike") is None else bool(info["alike"]))
     except (KeyError, TypeError, ValueError) as e:
         raise ExportError(f"the plan's layer record is malformed ({type(e).__name__}: {e})",
                           hint=HINT) from None

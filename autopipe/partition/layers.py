@@ -54,6 +54,11 @@ class Layers:
     """Per unit, the outermost modules whose nodes all lie in it (layers by their path)."""
     lists: tuple[str, ...]
     """The module lists the layers belong to, in the order they first run (``model.layers``)."""
+    alike: bool
+    """True when the layers are the numbered children of ``lists``, each list's built alike
+    (``_repeats``, or one child): one stack of transformer layers per list, as Megatron-LM
+    counts them. False for a ``cut_at`` over unlike modules (``transformer.*``: the
+    embeddings, the whole block list, the final norm) or a ``Sequential`` of different ones."""
 
 
 def check_granularity(granularity: str | None, cut_at: str | None) -> None:
@@ -98,20 +103,34 @@ def _nested(x: str, y: str) -> bool:
     return x == y or not x or not y or x.startswith(y + ".") or y.startswith(x + ".")
 
 
+def _child_calls(problem: Problem, x: str) -> list[tuple[tuple[str, str], ...]]:
+    """Per numbered child of module list ``x`` that runs nodes, in order: the calls it runs
+    (the path within the child, ``node_call``)."""
+    prefix = f"{x}." if x else ""
+    calls: dict[str, list[tuple[str, str]]] = {}
+    for n in problem.node_order:
+        module = problem.node_module.get(n, "")
+        if module.startswith(prefix):
+            child, _, inner = module[len(prefix):].partition(".")
+            if child.isdigit():
+                calls.setdefault(child, []).append((inner, problem.node_call.get(n, "")))
+    return [tuple(c) for c in calls.values()]
+
+
 def _repeats(problem: Problem, x: str) -> bool:
     """Whether module list ``x`` is a stack of layers built alike: its children but the
     first run the same calls in the same order (the first may differ: T5's first block
     holds the relative position bias), the first too where there are only two. A
     ``Sequential`` of different modules (a conv, a norm, an activation) is numbered too."""
-    calls: dict[str, list[tuple[str, str]]] = {}
-    for n in problem.node_order:
-        module = problem.node_module.get(n, "")
-        if module.startswith(x + "."):
-            child, _, inner = module[len(x) + 1:].partition(".")
-            if child.isdigit():
-                calls.setdefault(child, []).append((inner, problem.node_call.get(n, "")))
-    seen = [tuple(c) for c in calls.values()]
+    seen = _child_calls(problem, x)
     return len(seen) >= 2 and len(set(seen[1:])) == 1 and (len(seen) > 2 or seen[0] == seen[1])
+
+
+def _alike(problem: Problem, paths: list[str], lists: tuple[str, ...]) -> bool:
+    """Whether the layers ``paths`` are numbered children of ``lists`` (``X.3``), each list a
+    stack built alike (``_repeats``) or of one child (``Layers.alike``)."""
+    return (all(x.rpartition(".")[2].isdigit() for x in paths)
+            and all(_repeats(problem, x) or len(_child_calls(problem, x)) < 2 for x in lists))
 
 
 def auto_pattern(problem: Problem, lists: list[str]) -> str:
@@ -269,7 +288,8 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
     modules = owned_modules(problem, node_unit, groups=units, split=split)
     lists = tuple(dict.fromkeys(x.rsplit(".", 1)[0] if "." in x else "" for x in paths))
     layers = Layers(pattern=cut_at, auto=auto, node_unit=node_unit,
-                    units=tuple(tuple(m) for m in modules), lists=lists)
+                    units=tuple(tuple(m) for m in modules), lists=lists,
+                    alike=_alike(problem, paths, lists))
     out = merge_forced(regroup(problem, groups))
     p = problem.config.num_stages
     if out.num_real < p:
@@ -357,7 +377,7 @@ def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan], profile: 
     step = best.predicted.iteration_s
     info: dict[str, Any] = {
         "mode": "layer", "pattern": layers.pattern, "auto": layers.auto,
-        "layers": len(layers.units) - 2, "lists": list(layers.lists),
+        "layers": len(layers.units) - 2, "lists": list(layers.lists), "alike": layers.alike,
         "units": [list(u) for u in layers.units],
         "stage_units": stage_units(plan, layers),
         "holders": holders(plan, layers, profile),
