@@ -72,7 +72,7 @@ CASES: list[tuple[str, list[str], str]] = [
      "the plan records no layer boundaries"),
     ("export: unknown format", ["export", "{layer}", "--format", "colossal"], "invalid choice: 'colossal'"),
     ("export: megatron of unlike units", ["export", "{unlike}", "--format", "megatron"],
-     "but the 3 layers this plan cuts between (matched by '*') are not the numbered blocks of a "
+     "but the layers this plan cuts between (3, matched by '*') are not the numbered blocks of a "
      "module list (inp, blocks, head)"),
     ("export: no format", ["export", "{layer}"], "the following arguments are required: --format"),
     ("export: missing plan", ["export", "{tmp}/nosuch.json", "--format", "megatron"], "nosuch.json: no such file"),

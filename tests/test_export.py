@@ -327,7 +327,7 @@ def test_megatron_refuses_layers_that_are_no_stack_built_alike() -> None:
     plan = plan_profile(profile, num_stages=3, microbatches=4, cut_at="transformer.*", time_limit=30)
     info = plan.options["granularity"]
     assert info["alike"] is False and info["layers"] == 5
-    unlike = (r"the 5 layers this plan cuts between \(matched by 'transformer\.\*'\) are not the "
+    unlike = (r"the layers this plan cuts between \(5, matched by 'transformer\.\*'\) are not the "
               r"numbered blocks of a module list \(transformer\.wte, transformer\.wpe, "
               r"transformer\.drop, transformer\.h, transformer\.ln_f\)")
     with pytest.raises(ExportError, match="Megatron-LM's pipeline layout counts the transformer "
@@ -348,6 +348,21 @@ def test_megatron_refuses_layers_that_are_no_stack_built_alike() -> None:
         got = {names[n] for n, _ in split_module(spec.model, fqns).named_parameters(remove_duplicate=False)}
         assert got == want[s]
     assert ["transformer.h"] in export_plan(plan, "deepspeed")["layers"]
+
+
+def test_megatron_refuses_some_blocks_of_a_stack() -> None:
+    """``--cut-at 'transformer.h.1'``: one block is the layer, the others lie in the units
+    around it; Megatron-LM was told ``--num-layers 1`` and ``Et|L`` (until 2026-12-07)."""
+    profile = Profile.load(ROOT / "profiles" / "cpu" / "gpt2.json")
+    plan = plan_profile(profile, num_stages=2, microbatches=4, cut_at="transformer.h.1", time_limit=30)
+    info = plan.options["granularity"]
+    assert info["alike"] is False
+    outside = (r"\(1, matched by 'transformer\.h\.1'\) are not all the blocks of transformer\.h "
+               r"\(transformer\.h\.0, transformer\.h\.2, transformer\.h\.3 lie outside them\)")
+    for record in (info, {k: v for k, v in info.items() if k != "alike"}):  # new and older plans
+        with pytest.raises(ExportError, match=outside):
+            export_plan(Plan.from_json({**plan.to_json(), "options": {**plan.options, "granularity": record}}),
+                        "megatron")
 
 
 def test_megatron_refuses_blocks_not_built_alike() -> None:

@@ -207,8 +207,9 @@ def test_finds_the_layers_of_every_stack() -> None:
 
 def test_records_whether_the_layers_are_one_stack_built_alike() -> None:
     """``alike`` (for the exports that count transformer layers): numbered children of their
-    list, built alike; not a list of blocks that run different calls, nor a ``--cut-at``
-    over unlike modules (``*``: ``emb``, ``h``, ``head``)."""
+    list, all of them, built alike; not a list of blocks that run different calls, nor a
+    ``--cut-at`` over unlike modules (``*``: ``emb``, ``h``, ``head``) or over some of a
+    list's blocks."""
     base = layered_profile(0, layers=5)
     same, other = _stacks(base, lambda i: f"h.{i}"), _stacks(base, lambda i: f"h.{i}", lambda i: f"op{i}")
 
@@ -219,6 +220,7 @@ def test_records_whether_the_layers_are_one_stack_built_alike() -> None:
     assert alike(same, granularity="layer") and alike(same, cut_at=r"h\.\d+")
     assert not alike(other, granularity="layer")
     assert not alike(same, cut_at="*")
+    assert not alike(same, cut_at="h.[1-3]")  # h.0 and h.4 lie in the units around them
 
 
 @pytest.mark.parametrize("module,target,lists", [

@@ -66,10 +66,11 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
     if why is not None:
         again = ("plan it again with --cut-at naming the blocks of one stack ('model.layers.*')"
                  if split.auto else "plan it again with --granularity layer and no --cut-at (it "
-                 "finds the repeated blocks), or a --cut-at naming one stack's blocks ('model.layers.*')")
+                 "finds the repeated blocks), or a --cut-at naming all the blocks of one stack "
+                 "('model.layers.*')")
         raise ExportError(
             f"Megatron-LM's pipeline layout counts the transformer layers of one stack, but the "
-            f"{split.num_layers} layers this plan cuts between (matched by {split.pattern!r}) {why}",
+            f"layers this plan cuts between ({split.num_layers}, matched by {split.pattern!r}) {why}",
             hint=f"{again}; or export it --format torchtitan or deepspeed, whose module lists "
                  f"say exactly what each stage holds")
     ranks = check_placement(plan, "loop", "Megatron-LM", "plan it with --schedule interleaved-1f1b "

@@ -84,20 +84,28 @@ class LayerSplit:
         counts them (Megatron-LM's ``t``) needs; None where they are one.
 
         ``--cut-at`` may name any modules (``transformer.*``: the embeddings, the whole block
-        list, the final norm): a plan can cut between them, and torchtitan's and DeepSpeed's
-        module lists say exactly which each stage holds, but a count of such "layers" describes
-        another model. The layers must be numbered children of their lists (``X.3``), read
-        from the record also in older plans, and built alike (``alike``, recorded at planning
-        time, where the calls each runs are known).
+        list, the final norm; ``transformer.h.1``: one block, the others in the units around
+        it): a plan can cut between them, and torchtitan's and DeepSpeed's module lists say
+        exactly which each stage holds, but a count of such "layers" describes another model.
+        The layers must be numbered children of their lists (``X.3``), every numbered child
+        a layer of its own (both read from the record, so older plans are judged too), and
+        built alike (``alike``, recorded at planning time, where the calls each runs are known).
         """
+
+        def block(m: str) -> bool:  # a numbered child of a list (any, in plans without lists)
+            parent, _, last = m.rpartition(".")
+            return last.isdigit() and (not self.lists or parent in self.lists)
+
         layers = self.units[1:-1]
         names = [u[0] if u else "(nothing)" for u in layers]
         shown = ", ".join(names[:5]) + (f", … ({len(names)} in all)" if len(names) > 5 else "")
-        numbered = all(any(m.rpartition(".")[2].isdigit()
-                           and (not self.lists or m.rpartition(".")[0] in self.lists)  # older plans
-                           for m in u) for u in layers)
-        if not numbered:
+        if not all(any(block(m) for m in u) for u in layers):
             return f"are not the numbered blocks of a module list ({shown})"
+        own = {next(m for m in u if block(m)) for u in layers}
+        stray = [m for u in self.units for m in u if block(m) and m not in own]
+        if stray:
+            return (f"are not all the blocks of {', '.join(self.lists) or 'their list'} "
+                    f"({', '.join(stray[:3])}{', …' if len(stray) > 3 else ''} lie outside them)")
         if self.alike is False:
             return (f"are blocks of {', '.join(self.lists)} that are not built alike (they run "
                     f"different calls: {shown})")

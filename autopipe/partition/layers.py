@@ -55,10 +55,12 @@ class Layers:
     lists: tuple[str, ...]
     """The module lists the layers belong to, in the order they first run (``model.layers``)."""
     alike: bool
-    """True when the layers are the numbered children of ``lists``, each list's built alike
-    (``_repeats``, or one child): one stack of transformer layers per list, as Megatron-LM
-    counts them. False for a ``cut_at`` over unlike modules (``transformer.*``: the
-    embeddings, the whole block list, the final norm) or a ``Sequential`` of different ones."""
+    """True when the layers are the numbered children of ``lists`` (all of them), each list's
+    built alike (``_repeats``, or one child): one stack of transformer layers per list, as
+    Megatron-LM counts them. False for a ``cut_at`` over unlike modules (``transformer.*``:
+    the embeddings, the whole block list, the final norm), over some blocks of a list only
+    (``transformer.h.1``: the others lie in the units around it), or over a ``Sequential``
+    of different modules."""
 
 
 def check_granularity(granularity: str | None, cut_at: str | None) -> None:
@@ -103,9 +105,9 @@ def _nested(x: str, y: str) -> bool:
     return x == y or not x or not y or x.startswith(y + ".") or y.startswith(x + ".")
 
 
-def _child_calls(problem: Problem, x: str) -> list[tuple[tuple[str, str], ...]]:
-    """Per numbered child of module list ``x`` that runs nodes, in order: the calls it runs
-    (the path within the child, ``node_call``)."""
+def _child_calls(problem: Problem, x: str) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Numbered child of module list ``x`` that runs nodes (``"3"``), in order → the calls it
+    runs (the path within the child, ``node_call``)."""
     prefix = f"{x}." if x else ""
     calls: dict[str, list[tuple[str, str]]] = {}
     for n in problem.node_order:
@@ -114,7 +116,7 @@ def _child_calls(problem: Problem, x: str) -> list[tuple[tuple[str, str], ...]]:
             child, _, inner = module[len(prefix):].partition(".")
             if child.isdigit():
                 calls.setdefault(child, []).append((inner, problem.node_call.get(n, "")))
-    return [tuple(c) for c in calls.values()]
+    return {child: tuple(c) for child, c in calls.items()}
 
 
 def _repeats(problem: Problem, x: str) -> bool:
@@ -122,15 +124,22 @@ def _repeats(problem: Problem, x: str) -> bool:
     first run the same calls in the same order (the first may differ: T5's first block
     holds the relative position bias), the first too where there are only two. A
     ``Sequential`` of different modules (a conv, a norm, an activation) is numbered too."""
-    seen = _child_calls(problem, x)
+    seen = list(_child_calls(problem, x).values())
     return len(seen) >= 2 and len(set(seen[1:])) == 1 and (len(seen) > 2 or seen[0] == seen[1])
 
 
 def _alike(problem: Problem, paths: list[str], lists: tuple[str, ...]) -> bool:
-    """Whether the layers ``paths`` are numbered children of ``lists`` (``X.3``), each list a
-    stack built alike (``_repeats``) or of one child (``Layers.alike``)."""
-    return (all(x.rpartition(".")[2].isdigit() for x in paths)
-            and all(_repeats(problem, x) or len(_child_calls(problem, x)) < 2 for x in lists))
+    """Whether the layers ``paths`` are numbered children of ``lists`` (``X.3``), all of each
+    list's children that run nodes, and each list a stack built alike (``_repeats``) or of
+    one child (``Layers.alike``)."""
+    if not all(x.rpartition(".")[2].isdigit() for x in paths):
+        return False
+    for x in lists:
+        children = _child_calls(problem, x)
+        mine = {p.rpartition(".")[2] for p in paths if p.rpartition(".")[0] == x}
+        if set(children) != mine or (len(children) >= 2 and not _repeats(problem, x)):
+            return False
+    return True
 
 
 def auto_pattern(problem: Problem, lists: list[str]) -> str:
