@@ -71,8 +71,24 @@ def _step_name(step: int) -> str:
     return f"{_PREFIX}{step:06d}"
 
 
+def _step_of(path: Path) -> int | None:
+    """The step a ``step-NNNNNN`` folder holds (None for another name)."""
+    digits = path.name[len(_PREFIX):]
+    return int(digits) if path.name.startswith(_PREFIX) and digits.isdigit() else None
+
+
 def _complete(path: Path) -> bool:
     return (path / ".metadata").is_file() and (path / META).is_file()
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    """The complete ``step-*`` folders of ``root``, oldest step first.
+
+    By the step as a number: past step 999999 the name has more digits, and the
+    names no longer sort as the steps do.
+    """
+    found = [(step, p) for p in root.glob(f"{_PREFIX}*") if (step := _step_of(p)) is not None and _complete(p)]
+    return [p for _, p in sorted(found)]
 
 
 def find_checkpoint(directory: str | Path) -> Path:
@@ -95,7 +111,7 @@ def find_checkpoint(directory: str | Path) -> Path:
         named = root / pointer.read_text(encoding="utf-8").strip()
         if _complete(named):
             return named
-    found = sorted((p for p in root.glob(f"{_PREFIX}*") if _complete(p)), key=lambda p: p.name)
+    found = _checkpoints(root)
     if found:
         return found[-1]
     partial = sorted(p.name for p in root.glob(f".{_PREFIX}*.partial"))
@@ -182,7 +198,7 @@ def _commit(root: Path, partial: Path, final: Path, keep: int) -> None:
         Path(tmp).write_text(final.name + "\n", encoding="utf-8")
     if old.exists():
         shutil.rmtree(old)
-    done = sorted((p for p in root.glob(f"{_PREFIX}*") if _complete(p)), key=lambda p: p.name)
+    done = _checkpoints(root)
     for stale in [p for p in done if p != final][:max(0, len(done) - keep)]:
         shutil.rmtree(stale)
     for stale in root.glob(f".{_PREFIX}*.partial"):  # of saves that died; none is running now
