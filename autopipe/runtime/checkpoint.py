@@ -22,20 +22,26 @@ checkpoint loads into another plan of the same model (DCP reshards by key).
 from __future__ import annotations
 
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    Metadata,
+    TensorStorageMetadata,
+)
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from autopipe._jsonio import atomic_output, read_json, write_json_atomic
-from autopipe.errors import CheckpointError
-from autopipe.runtime.group import failures
+from autopipe.errors import CheckpointError, RuntimeStageError
+from autopipe.runtime.group import failures, short_error
 from autopipe.runtime.optim_state import GROUP, MASTER, STATE, load_optimizer_state, optimizer_state
 from autopipe.runtime.pipe import Pipe
 from autopipe.runtime.state_keys import match_state
@@ -98,9 +104,13 @@ def find_checkpoint(directory: str | Path) -> Path:
     pointer), the complete ``step-*`` folder of the highest step.
 
     Raises:
-        CheckpointError: no such directory, or no complete checkpoint in it.
+        CheckpointError: no such directory, a file, or no complete checkpoint in it.
     """
     root = Path(directory)
+    if root.is_file():
+        raise CheckpointError(f"{root} is a file, not a checkpoint directory",
+                              hint="pass the DIR that `autopipe train --save DIR` wrote (or one of its "
+                                   "step-NNNNNN folders)")
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such checkpoint directory",
                               hint="pass the DIR that `autopipe train --save DIR` wrote")
@@ -117,8 +127,8 @@ def find_checkpoint(directory: str | Path) -> Path:
     partial = sorted(p.name for p in root.glob(f".{_PREFIX}*.partial"))
     seen = f" (only the unfinished {', '.join(partial)})" if partial else ""
     raise CheckpointError(f"{root} holds no complete checkpoint{seen}",
-                          hint="a save that was interrupted leaves no checkpoint; resume from an earlier "
-                               "directory, or start without --resume")
+                          hint="a save that was interrupted leaves no checkpoint; name a directory "
+                               "(or step-NNNNNN folder) that holds a complete one")
 
 
 def read_info(path: Path) -> CheckpointInfo:
@@ -135,7 +145,65 @@ def read_info(path: Path) -> CheckpointInfo:
                               tied=tuple(tuple(g) for g in data["tied"]), extra=dict(data.get("extra", {})))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / META}: malformed ({type(e).__name__}: {e})",
-                              hint="the checkpoint is corrupt; use an earlier one") from None
+                              hint=f"the checkpoint is damaged; {earlier_hint(path)}") from None
+
+
+def read_metadata(path: Path) -> Metadata:
+    """DCP's ``.metadata`` of the checkpoint folder ``path``, after checking that every data
+    file it names is there and holds the bytes it names (reads no tensor data).
+
+    Raises:
+        CheckpointError: ``.metadata`` cannot be read, or a data file is missing or short;
+            the message names the file, the hint an earlier checkpoint.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            metadata = FileSystemReader(path).read_metadata()
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is damaged: its .metadata cannot be read ({short_error(e)})",
+                              hint=earlier_hint(path)) from None
+    ends: dict[str, int] = {}
+    for item in (metadata.storage_data or {}).values():
+        name = getattr(item, "relative_path", None)
+        if isinstance(name, str):
+            ends[name] = max(ends.get(name, 0), int(item.offset) + int(item.length))
+    for name, end in sorted(ends.items()):
+        try:
+            size = (path / name).stat().st_size
+        except OSError as e:
+            raise CheckpointError(f"checkpoint {path} is damaged: its file {name} is missing ({e.strerror})",
+                                  hint=earlier_hint(path)) from None
+        if size < end:
+            raise CheckpointError(f"checkpoint {path} is damaged: its file {name} holds {size} bytes, "
+                                  f"its .metadata names {end}", hint=earlier_hint(path))
+    return metadata
+
+
+def earlier_hint(path: Path) -> str:
+    """The hint for a damaged checkpoint: the complete ones saved before it, by folder."""
+    others = [p for p in _checkpoints(path.parent) if p != path and (_step_of(p) or 0) < (_step_of(path) or 0)]
+    if others:
+        return f"use an earlier checkpoint: pass its step folder, e.g. {others[-1]}"
+    return "no earlier checkpoint is kept beside it; use another checkpoint directory, or train from the start"
+
+
+def _first_failure(e: CheckpointException) -> str:
+    """The first rank's error in DCP's exception (every rank gets every rank's), as one line."""
+    for rank, wrapped in sorted((getattr(e, "failures", None) or {}).items()):
+        cause = wrapped[0] if isinstance(wrapped, tuple) and wrapped else wrapped
+        if isinstance(cause, BaseException):
+            text = short_error(cause)
+            # torch's own advice can run on for lines (weights_only=False: not for a damaged file)
+            text = text[:text.index(". ") + 1] if ". " in text else text
+            return f"on rank {rank}, {text}" if dist.is_initialized() else text
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def unreadable(path: Path, e: CheckpointException) -> CheckpointError:
+    """A load that DCP failed, as a one-line error naming the checkpoint."""
+    return CheckpointError(f"checkpoint {path} is damaged: DCP cannot read it ({_first_failure(e)})",
+                           hint=earlier_hint(path))
 
 
 def save_checkpoint(directory: str | Path, pipe: Pipe, optimizer: Any = None, *, step: int,
@@ -175,7 +243,12 @@ def save_checkpoint(directory: str | Path, pipe: Pipe, optimizer: Any = None, *,
             if partial.exists():
                 shutil.rmtree(partial)
         dist.barrier()
-        dcp_save(state, storage_writer=FileSystemWriter(partial))
+        try:
+            dcp_save(state, storage_writer=FileSystemWriter(partial))
+        except CheckpointException as e:  # a BaseException: failures() does not see it
+            raise RuntimeStageError(f"{pipe.where} failed while saving {final}: {_first_failure(e)}",
+                                    hint=f"the previous checkpoint in {root} stays; free space or "
+                                         "permissions there, or save elsewhere") from None
         if pipe.rank == 0:
             write_json_atomic(partial / META, {
                 "schema": SCHEMA, "step": step, "world_size": pipe.world_size,
@@ -222,8 +295,8 @@ def load_checkpoint(directory: str | Path, pipe: Pipe, optimizer: Any = None) ->
     """
     path = find_checkpoint(directory)
     info = read_info(path)
+    saved = read_metadata(path).state_dict_metadata  # a missing file stops every rank here, not in DCP
     reader = FileSystemReader(path)
-    saved = reader.read_metadata().state_dict_metadata
     model = pipe.state_dict()
     shapes = {k: tuple(m.size) for k, m in saved.items() if "/" not in k and isinstance(m, TensorStorageMetadata)}
     match_state(model, shapes, tied=(), known=pipe.model_keys(), strict=True, what=f"checkpoint {path}",
@@ -236,7 +309,10 @@ def load_checkpoint(directory: str | Path, pipe: Pipe, optimizer: Any = None) ->
         if (name in mine and optimizer is not None) or key in wanted:
             state[key] = _empty(meta)
     with failures(pipe.where, f"while loading {path}", pipe.timeout_s):
-        dcp_load(state, storage_reader=reader)
+        try:
+            dcp_load(state, storage_reader=reader)
+        except CheckpointException as e:  # a BaseException: failures() does not see it
+            raise unreadable(path, e) from None
     if optimizer is not None:
         load_optimizer_state(optimizer, dict(pipe.named_parameters()), state)
     rng = state.get(f"{_RNG}cpu/{pipe.rank}")

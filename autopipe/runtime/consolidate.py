@@ -6,13 +6,21 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
 from autopipe._jsonio import atomic_output
 from autopipe.errors import AutopipeError, CheckpointError
-from autopipe.runtime.checkpoint import CheckpointInfo, find_checkpoint, read_info
+from autopipe.runtime.checkpoint import (
+    CheckpointInfo,
+    earlier_hint,
+    find_checkpoint,
+    read_info,
+    read_metadata,
+    unreadable,
+)
 
 FORMATS = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -26,19 +34,19 @@ def consolidate(directory: str | Path) -> tuple[dict[str, torch.Tensor], Checkpo
     process, without a process group.
 
     Raises:
-        CheckpointError: no complete checkpoint, or one that lacks some of the model's tensors.
+        CheckpointError: no complete checkpoint, or a damaged one (a data file missing or
+            short, tensors missing or unreadable); the hint names an earlier checkpoint.
     """
     path = find_checkpoint(directory)
     info = read_info(path)
-    reader = FileSystemReader(path)
-    saved = reader.read_metadata().state_dict_metadata
+    saved = read_metadata(path).state_dict_metadata  # and every file it names is there
     canonical = {name: group[0] for group in info.tied for name in group}
     wanted = {canonical.get(k, k) for k in info.state_keys}
     missing = sorted(k for k in wanted if not isinstance(saved.get(k), TensorStorageMetadata))
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {len(missing)} of the model's tensors "
                               f"(e.g. {', '.join(missing[:3])})",
-                              hint="the checkpoint is damaged or not of this model; use another one")
+                              hint=f"the checkpoint is damaged; {earlier_hint(path)}")
     state: dict[str, torch.Tensor] = {}
     for k in sorted(wanted):
         meta = saved[k]
@@ -46,7 +54,10 @@ def consolidate(directory: str | Path) -> tuple[dict[str, torch.Tensor], Checkpo
         state[k] = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
-        dcp_load(state, storage_reader=reader, no_dist=True)
+        try:
+            dcp_load(state, storage_reader=FileSystemReader(path), no_dist=True)
+        except CheckpointException as e:  # a BaseException, and a traceback of many lines
+            raise unreadable(path, e) from None
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     for key in info.state_keys:
