@@ -1,5 +1,6 @@
-"""Tests for the checks of autopipe/runtime/checkpoint.py and consolidate.py: damaged files,
-paths that are no checkpoint, steps past 999999.
+"""Tests for the checks of autopipe/runtime/checkpoint.py, consolidate.py and train.py's resume:
+damaged files, a checkpoint of another model, steps past 999999, where --save can go, and
+what a resumed run notes.
 
 Checkpoints here are saved by a world of one rank in this process (a one-stage plan), so
 the checks run without starting ranks; tests/test_runtime_checkpoint.py runs the gloo jobs.
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,16 +26,23 @@ from autopipe.runtime import (
     build,
     consolidate,
     find_checkpoint,
+    launch,
     load_checkpoint,
     save_checkpoint,
 )
-from autopipe.runtime.checkpoint import _commit
+from autopipe.runtime.checkpoint import _commit, check_save
+from autopipe.runtime.optim import TrainConfig
+from autopipe.runtime.train import check_resume
 
-from .conftest import example_spec
-from .runtime_cases import TINY
+from .conftest import ROOT, example_spec
+from .runtime_cases import TINY, Case
 from .runtime_plans import plan_from_cuts
 
 MLP = TINY["mlp"]
+MLP_FILE = str(ROOT / "examples" / "mlp.py") + ":build"
+# the model of MLP, as `autopipe train` builds it (--batch-size 16 = 4 micro-batches of 4)
+CLI = ["--spec-arg=in_dim=16", "--spec-arg=hidden=32", "--spec-arg=layers=4", "--device=cpu",
+       "--batch-size=16", "--optimizer=adam", "--lr=0.01"]
 
 
 def _save(directory: Path, steps: tuple[int, ...], **knobs: object) -> None:
@@ -78,6 +88,8 @@ def test_a_missing_data_file_is_named_with_an_earlier_checkpoint(ckpt: Path) -> 
     with pytest.raises(CheckpointError, match=message) as e:
         consolidate(ckpt)
     assert e.value.hint is not None and str(ckpt / "step-000001") in e.value.hint
+    with pytest.raises(CheckpointError, match=message):
+        check_resume(TrainConfig(steps=5, optimizer="adam", lr=0.01, resume=str(ckpt)))
     for pipe in _pipe():
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint(ckpt, pipe)
@@ -124,6 +136,54 @@ def test_a_file_or_an_empty_folder_is_no_checkpoint(tmp_path: Path) -> None:
     assert e.value.hint is not None and "--resume" not in e.value.hint  # consolidate has none
 
 
+def test_ranks_stop_on_a_damaged_checkpoint_with_one_line_each(ckpt: Path, tmp_path: Path) -> None:
+    """Under torchrun (here: the launcher without --launch), every rank finds it before the
+    rendezvous, as a bad --init: no traceback, no rank that lost a peer."""
+    (ckpt / "step-000002" / "__0_0.distcp").unlink()
+    plan = tmp_path / "plan.json"
+    Case("mlp", 2).build(hand=True)[2].save(plan)
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        result = launch([sys.executable, "-m", "autopipe", "train", MLP_FILE, *CLI, "--plan", str(plan),
+                         "--steps", "4", "--resume", str(ckpt)], 2,
+                        env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, timeout_s=240, grace_s=30,
+                        stdout=f, stderr=subprocess.STDOUT, log=f)
+    text = log.read_text()
+    assert result.codes == (2, 2), text
+    assert text.count("is damaged: its file __0_0.distcp is missing") == 2, text
+    assert "Traceback" not in text and "lost a peer" not in text and "training" not in text, text
+
+
+# --- a checkpoint of another model ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("knobs", "message"), [
+    ({"layers": 5}, r"missing 2: blocks\.4\.0\.bias, blocks\.4\.0\.weight"),
+    ({"layers": 3}, r"not in the model 2: blocks\.3\.0\.bias, blocks\.3\.0\.weight"),
+    ({"hidden": 48}, r"other shapes 11: inp\.weight \(checkpoint \(32, 16\), model \(48, 16\)\)"),
+])
+def test_check_resume_names_the_keys_of_another_model(saved: Path, knobs: dict[str, int], message: str) -> None:
+    model = example_spec("mlp", **{**MLP, **knobs}).model
+    config = TrainConfig(steps=5, optimizer="adam", lr=0.01, resume=str(saved))
+    with pytest.raises(CheckpointError, match=rf"checkpoint .*step-000002 does not fit the model: {message}"):
+        check_resume(config, model)
+    assert check_resume(config, example_spec("mlp", **MLP).model).step == 2
+
+
+def test_check_resume_takes_a_tied_model_on_meta(tmp_path: Path) -> None:
+    """GPT-2's head is tied to the embedding: autopipe.json lists both names, DCP holds one."""
+    knobs = dict(n_layer=1, n_embd=16, n_head=2, vocab_size=64, seq_len=8, batch_size=2)
+    spec = example_spec("gpt2", **knobs)
+    plan = plan_from_cuts(trace(spec.model, spec.example_inputs), [], microbatches=2)
+    with build(plan, spec, device="cpu") as pipe:
+        save_checkpoint(tmp_path, pipe, step=1)
+    config = TrainConfig(steps=2, resume=str(tmp_path))
+    assert check_resume(config, example_spec("gpt2", **knobs, device="meta").model).step == 1
+    with pytest.raises(CheckpointError, match=r"other shapes 16: transformer\.wte\.weight \(checkpoint \(64, 16\), "
+                                              r"model \(64, 32\)\)"):
+        check_resume(config, example_spec("gpt2", **{**knobs, "n_embd": 32}, device="meta").model)
+
+
 # --- steps past 999999 ---------------------------------------------------------------------------
 
 
@@ -142,3 +202,44 @@ def test_steps_past_999999_sort_as_numbers(tmp_path: Path) -> None:
     partial = _fake(tmp_path / ".step-1000002.partial")
     _commit(tmp_path, partial, tmp_path / "step-1000002", keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-1000000", "step-1000002"]
+
+
+# --- --save, --resume and consolidate arguments -------------------------------------------------
+
+
+def test_check_save_refuses_what_cannot_hold_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(CheckpointError, match=r"afile: it is a file, not a directory"):
+        check_save(tmp_path / "afile")
+    with pytest.raises(CheckpointError, match=r"afile/ck: .*afile is a file"):
+        check_save(tmp_path / "afile" / "ck")
+    check_save(tmp_path / "new" / "ck")  # made at the first save
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(CheckpointError, match=rf"{tmp_path} is not writable"):
+        check_save(tmp_path / "new" / "ck")
+
+
+def test_cli_bad_arguments_before_any_rank(saved: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Each stops with exit code 2 and one line naming the problem, before any rank starts."""
+    plan = tmp_path / "plan.json"
+    Case("mlp", 2).build(hand=True)[2].save(plan)
+    other = tmp_path / "other"
+    _save(other, (1,), layers=5)
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "notckpt").mkdir()
+    train = ["train", MLP_FILE, *CLI, "--plan", str(plan), "--steps", "4", "--launch", "2"]
+    cases = [
+        ([*train, "--save", str(tmp_path / "afile")], "it is a file, not a directory", None),
+        ([*train, "--save", str(tmp_path / "afile" / "ck")], "afile is a file", None),
+        ([*train, "--resume", str(tmp_path / "afile")], "afile is a file, not a checkpoint directory", None),
+        ([*train, "--resume", str(other)], "does not fit the model: not in the model 2: blocks.4.0.bias", None),
+        (["consolidate", str(tmp_path / "notckpt"), "-o", str(tmp_path / "m.pt")], "holds no complete checkpoint",
+         "--resume"),
+    ]
+    for args, message, absent in cases:
+        code = main(args)
+        out = capsys.readouterr()
+        assert code == 2 and message in out.err, (args, out.err)
+        assert "hint:" in out.err and "Traceback" not in out.err and "training" not in out.out, out
+        assert absent is None or absent not in out.err, out.err

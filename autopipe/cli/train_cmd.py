@@ -106,7 +106,7 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
     from autopipe.runtime.launch import launch
     from autopipe.runtime.materialize import check_init
     from autopipe.runtime.prepare import prepare
-    from autopipe.runtime.train import check_resume
+    from autopipe.runtime.train import check_resume, check_save
 
     if args.launch < 1:
         raise AutopipeError(f"--launch {args.launch}", hint="start at least one rank")
@@ -114,7 +114,9 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
     if config.init is not None and config.resume is None:
         check_init(spec, config.init)  # and weights that do not fit the model
     if config.resume is not None:
-        check_resume(config)  # and so does a checkpoint that cannot continue
+        check_resume(config, spec.model)  # and so does a checkpoint that cannot continue
+    if config.save is not None:
+        check_save(config.save)  # and a place checkpoints cannot go
     cmd = [sys.executable, "-m", "autopipe", "train", args.spec, "--plan", args.plan,
            "--steps", str(args.steps), "--lr", repr(args.lr), "--optimizer", args.optimizer,
            "--device", args.device, "--timeout", repr(args.timeout), "--seed", str(args.seed)]

@@ -21,14 +21,17 @@ checkpoint loads into another plan of the same model (DCP reshards by key).
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import (
@@ -186,6 +189,52 @@ def earlier_hint(path: Path) -> str:
     if others:
         return f"use an earlier checkpoint: pass its step folder, e.g. {others[-1]}"
     return "no earlier checkpoint is kept beside it; use another checkpoint directory, or train from the start"
+
+
+def check_model(path: Path, info: CheckpointInfo, metadata: Metadata, model: nn.Module) -> None:
+    """Raise unless the checkpoint holds the state of ``model`` (the unsplit module; may be on meta).
+
+    Compares the ``state_dict()`` keys ``autopipe.json`` lists, and the shapes DCP's
+    metadata records, with the model's: what ``load_checkpoint`` would refuse on every
+    rank, found from the files alone (before any rank starts).
+
+    Raises:
+        CheckpointError: keys missing or not in the model, or of another shape (named).
+    """
+    own = model.state_dict(keep_vars=True)
+    first: dict[int, str] = {}
+    groups: dict[str, list[str]] = {}
+    for name, t in own.items():
+        groups.setdefault(first.setdefault(id(t), name), []).append(name)
+    tied = [tuple(g) for g in groups.values() if len(g) > 1]
+    saved = metadata.state_dict_metadata
+    shapes = {k: tuple(m.size) for k, m in saved.items() if "/" not in k and isinstance(m, TensorStorageMetadata)}
+    # autopipe.json lists each name of a tied parameter; DCP holds it under one of them
+    aliases = {name: group for group in info.tied for name in group}
+    given = {k: shapes.get(k) or next((shapes[a] for a in aliases.get(k, ()) if a in shapes), None)
+             for k in info.state_keys}
+    given.update(shapes)
+    listed: Mapping[str, tuple[int, ...]] = {k: v for k, v in given.items() if v is not None}
+    match_state({k: own[k] for k in groups}, listed, tied=tied, known=set(own), strict=True,
+                what=f"checkpoint {path}", source="checkpoint")
+
+
+def check_save(directory: str | Path) -> None:
+    """Raise unless checkpoints can be saved into ``directory`` (checked before training).
+
+    Raises:
+        CheckpointError: it is a file, a parent of it is a file, or the nearest existing
+            folder cannot be written to.
+    """
+    root = Path(directory)
+    hint = "name a directory for the checkpoints (created if missing) where you can write"
+    if root.exists() and not root.is_dir():
+        raise CheckpointError(f"cannot save checkpoints in {root}: it is a file, not a directory", hint=hint)
+    here = next((p for p in (root, *root.parents) if p.exists()), Path("."))
+    if not here.is_dir():
+        raise CheckpointError(f"cannot save checkpoints in {root}: {here} is a file", hint=hint)
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot save checkpoints in {root}: {here} is not writable", hint=hint)
 
 
 def _first_failure(e: CheckpointException) -> str:

@@ -20,9 +20,12 @@ from autopipe.plan_format import Plan
 from autopipe.runtime.affinity import allowed_cpus
 from autopipe.runtime.checkpoint import (
     CheckpointInfo,
+    check_model,
+    check_save,
     find_checkpoint,
     load_checkpoint,
     read_info,
+    read_metadata,
     save_checkpoint,
 )
 from autopipe.runtime.group import distributed_env, failures, free_port, local_world, rank_device
@@ -35,7 +38,8 @@ from autopipe.runtime.prepare import Prepared, prepare
 from autopipe.runtime.timeline import ActionLog, compare, gathered, write_trace
 from autopipe.spec import ModelSpec
 
-__all__ = ["Prepared", "TrainResult", "check_resume", "free_port", "prepare", "rank_device", "train"]
+__all__ = ["Prepared", "TrainResult", "check_resume", "check_save", "free_port", "prepare", "rank_device",
+           "train"]
 
 
 @dataclass
@@ -95,8 +99,10 @@ def train(
     rank, world, local_rank = distributed_env()
     prepared = prepared or prepare(spec, plan, world)
     device = rank_device(plan, rank, local_rank, config.device)
+    if config.save is not None:
+        check_save(config.save)  # not found only at the first save, after the training
     if config.resume is not None:
-        check_resume(config)  # a wrong checkpoint stops every rank before the rendezvous
+        check_resume(config, spec.model)  # a wrong checkpoint stops every rank before the rendezvous
     # a resumed run takes its weights from the checkpoint: --init is not read then
     init = config.init if config.resume is None else None
     with build(plan, spec, device=device, init=init, timeout_s=config.timeout_s, prepared=prepared,
@@ -204,12 +210,18 @@ def _extra(config: TrainConfig, plan: Plan) -> dict[str, Any]:
             "data": {"microbatches": plan.microbatches, "next_batch": "spec.batch(microbatches, step)"}}
 
 
-def check_resume(config: TrainConfig) -> CheckpointInfo:
+def check_resume(config: TrainConfig, model: nn.Module | None = None) -> CheckpointInfo:
     """The checkpoint ``config.resume`` continues from, checked as far as its files show.
+
+    Args:
+        config: the run (``config.resume`` is set).
+        model: the unsplit model (``spec.model``, may be on meta): with it, the checkpoint's
+            keys and shapes must be the model's.
 
     Raises:
         CheckpointError: no complete checkpoint; one trained with another optimizer or seed;
-            or one that has done ``config.steps`` steps already.
+            one that has done ``config.steps`` steps already; a damaged one (a data file
+            missing or short); or one of another model (the keys that differ named).
     """
     assert config.resume is not None
     info = read_info(find_checkpoint(config.resume))
@@ -224,6 +236,9 @@ def check_resume(config: TrainConfig) -> CheckpointInfo:
     if info.step >= config.steps:
         raise CheckpointError(f"checkpoint {info.path} has done {info.step} steps already, --steps is "
                               f"{config.steps}", hint=f"--steps counts from the start: pass more than {info.step}")
+    metadata = read_metadata(info.path)
+    if model is not None:
+        check_model(info.path, info, metadata, model)
     return info
 
 
