@@ -32,7 +32,7 @@ from autopipe.runtime import (
 )
 from autopipe.runtime.checkpoint import _commit, check_save
 from autopipe.runtime.optim import TrainConfig
-from autopipe.runtime.train import check_resume
+from autopipe.runtime.train import _extra, check_resume, resume_notes
 
 from .conftest import ROOT, example_spec
 from .runtime_cases import TINY, Case
@@ -49,14 +49,14 @@ def _save(directory: Path, steps: tuple[int, ...], **knobs: object) -> None:
     """Checkpoints of ``examples/mlp.py`` after each of ``steps`` (a world of one rank, Adam)."""
     spec = example_spec("mlp", **{**MLP, **knobs})
     plan = plan_from_cuts(trace(spec.model, spec.example_inputs), [], microbatches=4)
+    config = TrainConfig(steps=max(steps), lr=0.01, optimizer="adam", device="cpu")
     with build(plan, spec, device="cpu") as pipe:
         optimizer = torch.optim.Adam(pipe.parameters(), lr=0.01)
         for step in range(1, max(steps) + 1):
             pipe.step(*spec.batch(4, step - 1))
             optimizer.step()
             if step in steps:
-                save_checkpoint(directory, pipe, optimizer, step=step, extra={"optimizer": "adam", "lr": 0.01},
-                                keep=9)
+                save_checkpoint(directory, pipe, optimizer, step=step, extra=_extra(config, plan, spec), keep=9)
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +243,23 @@ def test_cli_bad_arguments_before_any_rank(saved: Path, tmp_path: Path,
         assert code == 2 and message in out.err, (args, out.err)
         assert "hint:" in out.err and "Traceback" not in out.err and "training" not in out.out, out
         assert absent is None or absent not in out.err, out.err
+
+
+# --- what a resumed run notes --------------------------------------------------------------------
+
+
+def test_resume_notes_name_what_differs_from_the_checkpoint(saved: Path) -> None:
+    spec = example_spec("mlp", **MLP)
+    graph = trace(spec.model, spec.example_inputs)
+    info = check_resume(TrainConfig(steps=5, optimizer="adam", lr=0.01, resume=str(saved)))
+    assert info.extra["data"] == {"microbatches": 4, "replicas": 1, "microbatch_size": 4,
+                                  "next_batch": "spec.batch(microbatches * replicas, step)"}
+    same = TrainConfig(steps=5, optimizer="adam", lr=0.01, resume=str(saved))
+    assert resume_notes(info, same, plan_from_cuts(graph, [], microbatches=4), spec) == []
+    other = TrainConfig(steps=5, optimizer="adam", lr=0.5, resume=str(saved), init="w.safetensors")
+    halves = example_spec("mlp", **{**MLP, "batch_size": 2})
+    notes = resume_notes(info, other, plan_from_cuts(graph, [], microbatches=8), halves)
+    assert notes == [
+        f"note: --init w.safetensors is not read: the weights come from checkpoint {info.path}",
+        f"note: this run differs from checkpoint {info.path}: --lr 0.5 (it had 0.01); 8 micro-batches of 2 "
+        "a step (it had 4 micro-batches of 4: the data may differ from a run straight through)"]

@@ -39,7 +39,7 @@ from autopipe.runtime.timeline import ActionLog, compare, gathered, write_trace
 from autopipe.spec import ModelSpec
 
 __all__ = ["Prepared", "TrainResult", "check_resume", "check_save", "free_port", "prepare", "rank_device",
-           "train"]
+           "resume_notes", "train"]
 
 
 @dataclass
@@ -137,7 +137,7 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
             said = check_init(spec, config.init)  # the headers only; the ranks have read their tensors
             log(f"weights from {config.init}" + (f" ({said})" if said else ""))
     if config.resume is not None:
-        result.start_step = _resume(config, pipe, optimizer, log)
+        result.start_step = _resume(spec, plan, config, pipe, optimizer, log)
     gc.collect()
     gc.freeze()  # the model, its graph and the optimizer live all run: no collection walks them
     try:
@@ -168,7 +168,7 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
             done = step + 1
             if config.save is not None and (done == config.steps or (config.save_every and done % config.save_every == 0)):
                 t0 = time.perf_counter()
-                path = save_checkpoint(config.save, pipe, optimizer, step=done, extra=_extra(config, plan))
+                path = save_checkpoint(config.save, pipe, optimizer, step=done, extra=_extra(config, plan, spec))
                 if reports:
                     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
                     log(f"saved checkpoint {path} ({format_size(size)}, {time.perf_counter() - t0:.2f} s)")
@@ -204,10 +204,21 @@ def _timeline(path: str, plan: Plan, mine: ActionLog, world: int, reports: bool,
     log(f"timeline: {path} (open it in ui.perfetto.dev or chrome://tracing)")
 
 
-def _extra(config: TrainConfig, plan: Plan) -> dict[str, Any]:
+def _extra(config: TrainConfig, plan: Plan, spec: ModelSpec) -> dict[str, Any]:
     """What ``autopipe train`` keeps with a checkpoint: the optimizer, the seed, where the data stand."""
-    return {"optimizer": config.optimizer, "lr": config.lr, "seed": config.seed,
-            "data": {"microbatches": plan.microbatches, "next_batch": "spec.batch(microbatches, step)"}}
+    data: dict[str, Any] = {"microbatches": plan.microbatches, "replicas": plan.replicas}
+    size = _microbatch_size(spec)
+    if size is not None:
+        data["microbatch_size"] = size
+    data["next_batch"] = "spec.batch(microbatches * replicas, step)"
+    return {"optimizer": config.optimizer, "lr": config.lr, "seed": config.seed, "data": data}
+
+
+def _microbatch_size(spec: ModelSpec) -> int | None:
+    """Samples in one micro-batch: the first dimension of the spec's example micro-batch."""
+    first = next((x for x in (*spec.example_inputs, *spec.example_kwargs.values()) if isinstance(x, torch.Tensor)),
+                 None)
+    return int(first.shape[0]) if first is not None and first.dim() > 0 else None
 
 
 def check_resume(config: TrainConfig, model: nn.Module | None = None) -> CheckpointInfo:
@@ -242,13 +253,46 @@ def check_resume(config: TrainConfig, model: nn.Module | None = None) -> Checkpo
     return info
 
 
-def _resume(config: TrainConfig, pipe: Pipe, optimizer: Stepper | None, log: Callable[[str], None]) -> int:
+def resume_notes(info: CheckpointInfo, config: TrainConfig, plan: Plan, spec: ModelSpec) -> list[str]:
+    """What a resumed run does otherwise than the run that saved ``info``, one line each
+    (none where it continues as straight through).
+
+    The learning rate, the micro-batches and their size may change on resume (the run
+    is then no longer the run straight through, but it is sound); ``--init`` is not read.
+    """
+    notes = []
+    if config.init is not None:
+        notes.append(f"note: --init {config.init} is not read: the weights come from checkpoint {info.path}")
+    differ = []
+    lr = info.extra.get("lr")
+    if isinstance(lr, (int, float)) and lr != config.lr:
+        differ.append(f"--lr {config.lr:g} (it had {lr:g})")
+    data = info.extra.get("data")
+    if isinstance(data, dict) and isinstance(data.get("microbatches"), int):
+        was = (data["microbatches"] * int(data.get("replicas", 1)), data.get("microbatch_size"))
+        now = (plan.microbatches * plan.replicas, _microbatch_size(spec))
+        if was[0] != now[0] or (was[1] is not None and now[1] is not None and was[1] != now[1]):
+            differ.append(f"{_batches(*now)} a step (it had {_batches(*was)}: the data may differ "
+                          "from a run straight through)")
+    if differ:
+        notes.append(f"note: this run differs from checkpoint {info.path}: {'; '.join(differ)}")
+    return notes
+
+
+def _batches(m: int, size: Any) -> str:
+    return f"{m} micro-batches" + (f" of {size}" if isinstance(size, int) else "")
+
+
+def _resume(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe, optimizer: Stepper | None,
+            log: Callable[[str], None]) -> int:
     """Load ``config.resume`` into the pipe and optimizer; the step to continue from."""
     assert config.resume is not None
     check_resume(config)
     info = load_checkpoint(config.resume, pipe, optimizer)
     if pipe.has_last and pipe.replicas.replica == 0:
         log(f"resumed from {info.path} after step {info.step}")
+        for line in resume_notes(info, config, plan, spec):
+            log(line)
     return info.step
 
 
