@@ -176,3 +176,21 @@ def test_planning_leaves_the_model_and_the_random_state_as_they_were() -> None:
     torch.manual_seed(3)
     assert torch.equal(drawn, torch.rand(4))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+class _DictIn(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(16, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.b(torch.relu(self.a(inputs["x"] + inputs["y"])))
+
+
+@pytest.mark.parametrize("how", [{"profile": "estimate"}, {"dtype": "bf16", "refine": False, "runtime_costs": False}])
+def test_tensors_inside_a_dict_input_are_estimated_and_cast(how: dict[str, object]) -> None:
+    """Until 2026-12-07 the profile moved and cast only inputs that were tensors themselves:
+    a dict of tensors stayed on the CPU for an estimate on meta, and in fp32 for a bf16 one."""
+    x = torch.randn(8, 16)
+    plan = autopipe.plan(_DictIn(), ({"x": x, "y": x},), num_stages=2, **how)  # type: ignore[arg-type]
+    assert plan.num_stages == 2 and plan.predicted.iteration_s > 0
