@@ -136,3 +136,19 @@ def test_replicas_plan_an_embedding_gradient_whole() -> None:
     synced = GradSync(replicas=2, bandwidth=1e9).shard(problem)
     assert synced.param_mem["emb.weight"].grads == 131_072_000
     assert GradSync(replicas=1, bandwidth=1e9).shard(problem) is problem
+
+
+def test_float64_parameters_have_float64_optimizer_states() -> None:
+    """Adam keeps exp_avg and exp_avg_sq in the parameter's dtype: 16 bytes each of a float64
+    parameter, counted as 8 (fp32) until 2026-12-07."""
+    import torch
+
+    from autopipe.profile.memory import param_memory
+
+    p = torch.nn.Parameter(torch.randn(10, dtype=torch.float64))
+    p.grad = torch.zeros_like(p)
+    adam = torch.optim.Adam([p])
+    adam.step()
+    held = sum(t.numel() * t.element_size() for t in adam.state[p].values() if t.dim() > 0)
+    assert param_memory(80, element_size=8, optimizer="adam").optimizer == held == 160
+    assert param_memory(40, element_size=4, optimizer="adam").optimizer == 80

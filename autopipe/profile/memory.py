@@ -60,7 +60,8 @@ def param_memory(param_bytes: int, *, element_size: int = 4, optimizer: str = "a
                  fused: bool = False) -> ParamMemory:
     """Training memory of parameters that take ``param_bytes`` in a dtype of ``element_size`` bytes.
 
-    Gradients have the parameters' dtype. Optimizer states are fp32; under mixed
+    Gradients have the parameters' dtype. Optimizer states are fp32 (fp64 for fp64
+    parameters, as torch keeps them: until 2026-12-07 they were counted at half); under mixed
     precision (``element_size < 4``) an fp32 master copy of the weights is kept too
     (what Megatron and DeepSpeed do), unless the optimizer is ``none``.
 
@@ -86,11 +87,12 @@ def param_memory(param_bytes: int, *, element_size: int = 4, optimizer: str = "a
         raise AutopipeError(f"unknown optimizer {optimizer!r}",
                             hint=f"choose one of {', '.join(OPTIMIZERS)}")
     numel = param_bytes // element_size
-    states = _STATES[optimizer] * 4 * numel
+    wide = max(4, element_size)  # torch keeps a float64 parameter's states in float64
+    states = _STATES[optimizer] * wide * numel
     if element_size < 4 and optimizer != "none":
         states += 4 * numel  # fp32 master weights
     grads = 0 if optimizer == "none" else param_bytes
-    step = 4 * numel if optimizer in ("adam", "adamw") and not fused else 0
+    step = wide * numel if optimizer in ("adam", "adamw") and not fused else 0
     if element_size < 4 and optimizer != "none":
         step += 4 * numel  # the gradients widened to fp32 for the masters
     return ParamMemory(params=param_bytes, grads=grads, optimizer=states, step=step)
