@@ -229,10 +229,12 @@ def _check_flags(args: argparse.Namespace) -> None:
     if args.granularity is None:
         args.granularity = "node" if args.cut_at is None else "layer"
     for flag, value in (("--device-spec", args.device_spec), ("--dtype", args.dtype)):
+        # an estimate is of a model on meta: `autopipe profile` refuses --device-spec without it
+        made = f"--device meta {flag} {value}" if flag == "--device-spec" else f"{flag} {value}"
         reject_flag(value is not None and bool(args.profile), flag,
                     "when autopipe profiles the model itself; --profile gives the costs",
                     hint=f"drop {flag}, or drop --profile (or make the profile with "
-                         f"`autopipe profile ... {flag} {value}`)")
+                         f"`autopipe profile ... {made}`)")
     reject_flag(args.no_runtime_costs and bool(args.profile or args.device_spec), "--no-runtime-costs",
                 "when autopipe measures the model itself", hint="drop --no-runtime-costs")
     reject_flag(args.no_refine and bool(args.profile or args.device_spec), "--no-refine",

@@ -129,7 +129,13 @@ def plan_degrees(
         raise PlanError(f"the batch of {batch_size} splits into micro-batches for none of the "
                         f"{len(layout)} pipeline degrees tried: "
                         + "; ".join(f"{p} x {dp}: {why}" for p, dp, why in layout),
-                        hint="use a batch size divisible by the GPU count")
+                        hint=f"a saved profile fixes the micro-batch size at {fixed}: drop "
+                             "--microbatch-sizes (microbatch_sizes), or profile the model at a size "
+                             "you ask for" if fixed is not None and search.sizes is not None
+                             and fixed not in search.sizes else
+                             "use a batch size divisible by the GPU count"
+                             + (", and micro-batch sizes (--microbatch-sizes) that divide its shares"
+                                if search.sizes is not None else ""))
     first = source(min(needed))
     cluster = Cluster(gpus=gpus, gpus_per_node=search.gpus_per_node, inter_bandwidth=search.inter,
                       intra_bandwidth=search.intra or link_bandwidth_for(first, None),

@@ -82,10 +82,11 @@ def link_bandwidth_for(profile: Profile, link_bandwidth: float | str | None) -> 
 
 
 def parse_bandwidth(value: float | str, what: str = "link bandwidth") -> float:
-    """Bytes/s from ``25e9``, ``"25GB"`` or ``inf``.
+    """Bytes/s from ``25e9`` or ``"25GB"``.
 
     Raises:
-        PlanError: not a positive number of bytes/s.
+        PlanError: not a positive, finite number of bytes/s (until 2026-12-07 the hint offered
+            ``inf``, which the CLI refused and a plan could not record in JSON).
     """
     from autopipe._units import parse_size
 
@@ -94,9 +95,10 @@ def parse_bandwidth(value: float | str, what: str = "link bandwidth") -> float:
     except Exception as e:
         raise PlanError(f"{what} {value!r} is not a number of bytes/s",
                         hint="write e.g. 25e9 or 25GB (per second)") from e
-    if not bw > 0:
-        raise PlanError(f"{what} {value!r} is not positive",
-                        hint="write e.g. 25e9 or 25GB (per second); inf makes sends free")
+    if not 0 < bw < math.inf:
+        raise PlanError(f"{what} {value!r} is not a positive, finite number of bytes/s",
+                        hint="write e.g. 25e9 or 25GB (per second); a very large one, e.g. 1e15, "
+                             "makes sends all but free")
     return bw
 
 
