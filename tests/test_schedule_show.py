@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from autopipe.errors import AutopipeError
-from autopipe.schedule.show import add_show_args, show_schedule
+from autopipe.schedule.show import add_show_args, check_show_args, show_schedule
 from tests.test_schedule_simulate import hand_plan
 
 
@@ -39,9 +39,15 @@ def test_no_timeline_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == ""
 
 
-def test_a_too_narrow_timeline_is_refused() -> None:
+def test_a_too_narrow_timeline_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(AutopipeError, match="--width 3 is too narrow"):
-        show_schedule(hand_plan(), _args("--width", "3"))
+        check_show_args(_args("--width", "3"))
+    from autopipe.cli.main import main
+
+    hand_plan().save(tmp_path / "plan.json")
+    assert main(["show", str(tmp_path / "plan.json"), "--width", "3"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "too narrow" in out.err  # before the table (after it until 2026-12-07)
 
 
 def test_runtime_costs_slow_the_simulated_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -50,7 +56,8 @@ def test_runtime_costs_slow_the_simulated_step(tmp_path: Path, capsys: pytest.Ca
     RuntimeCosts(forward_overhead_s=0.5, send_latency_s=0.1).save(tmp_path / "c.json")
     show_schedule(hand_plan(), _args("--width", "40"))
     plain = capsys.readouterr().out
-    show_schedule(hand_plan(), _args("--width", "40", "--runtime-costs", str(tmp_path / "c.json")))
+    args = _args("--width", "40", "--runtime-costs", str(tmp_path / "c.json"))
+    show_schedule(hand_plan(), args, check_show_args(args))
     costed = capsys.readouterr().out
     assert "with the runtime costs of" in costed and "with the runtime costs" not in plain
 

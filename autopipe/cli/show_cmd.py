@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from autopipe.cli._common import load_plan
-from autopipe.schedule.show import add_show_args, show_schedule
+from autopipe.schedule.show import add_show_args, check_show_args, show_schedule
 
 
 def add_parser(sub: Any) -> None:
@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from autopipe.report import format_plan
 
     plan = load_plan(args.plan)
+    runtime = check_show_args(args)
     print(format_plan(plan))
-    show_schedule(plan, args)
+    show_schedule(plan, args, runtime)
     return 0

@@ -9,6 +9,7 @@ from autopipe.errors import AutopipeError
 
 if TYPE_CHECKING:
     from autopipe.plan_format import Plan
+    from autopipe.schedule.runtime_costs import RuntimeCosts
 
 DEFAULT_WIDTH = 96
 
@@ -28,15 +29,15 @@ def add_show_args(p: argparse.ArgumentParser) -> None:
                         "`python -m autopipe.runtime.calibrate` to the simulation")
 
 
-def show_schedule(plan: Plan, args: argparse.Namespace) -> None:
-    """Simulate ``plan``; print its timeline and write the files ``args`` asks for.
+def check_show_args(args: argparse.Namespace) -> RuntimeCosts | None:
+    """Check ``args`` before anything is printed (until 2026-12-07 a bad ``--width`` or
+    ``--png`` place was refused after the plan's table); the runtime costs to add, if asked.
 
     Raises:
-        AutopipeError: a bad ``--width``, or one with ``--no-timeline``; PlanError: the plan
-            cannot be simulated, or ``--png`` without matplotlib.
+        AutopipeError: a bad ``--width``, or one with ``--no-timeline``; a file that cannot be
+            written; a bad ``--runtime-costs`` file.
     """
     from autopipe._jsonio import check_writable
-    from autopipe.schedule.simulate import simulate_plan
 
     for out in (args.png, args.trace):
         if out:
@@ -47,11 +48,23 @@ def show_schedule(plan: Plan, args: argparse.Namespace) -> None:
                             hint="drop --width or --no-timeline")
     if width < 8:
         raise AutopipeError(f"--width {width} is too narrow", hint="use at least 8 columns")
-    runtime = None
     if getattr(args, "runtime_costs", None):
         from autopipe.schedule.runtime_costs import RuntimeCosts
 
-        runtime = RuntimeCosts.load(args.runtime_costs)
+        return RuntimeCosts.load(args.runtime_costs)
+    return None
+
+
+def show_schedule(plan: Plan, args: argparse.Namespace, runtime: RuntimeCosts | None = None) -> None:
+    """Simulate ``plan`` (with ``runtime``, ``check_show_args``'s); print its timeline and
+    write the files ``args`` asks for.
+
+    Raises:
+        PlanError: the plan cannot be simulated, or ``--png`` without matplotlib.
+    """
+    from autopipe.schedule.simulate import simulate_plan
+
+    width = DEFAULT_WIDTH if args.width is None else args.width
     result = simulate_plan(plan, runtime=runtime)
     if not args.no_timeline:
         from autopipe.schedule.text import text_timeline
