@@ -42,7 +42,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--stages", type=int, metavar="N",
                    help="number of pipeline stages (with --gpus: try only this many)")
     mem = p.add_mutually_exclusive_group()
-    mem.add_argument("--memory", metavar="SIZE", help="memory per stage, e.g. 80GiB (default: unlimited)")
+    mem.add_argument("--memory", metavar="SIZE", help="memory per stage, e.g. 80GiB (default: unlimited; with --gpus, the "
+                          "--device-spec's memory where it has one)")
     mem.add_argument("--devices", metavar="FILE.json",
                      help='per-stage devices: [{"name", "memory", "speed" | "spec", "count"}, ...]')
     p.add_argument("--microbatches", default=None, metavar="M",
@@ -87,7 +88,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--gap", type=_gap, default=None,
                    help="--method ilp: relative MIP gap counted as solved (default 0.001)")
     p.add_argument("--max-blocks", type=_positive(int), default=DEFAULT_MAX_BLOCKS,
-                   help=f"coarsen bigger graphs to this many blocks (default {DEFAULT_MAX_BLOCKS})")
+                   help=f"coarsen bigger graphs to this many blocks, at least 8 per stage "
+                        f"(default {DEFAULT_MAX_BLOCKS})")
     p.add_argument("--solver", default=None, help="--method ilp: MIP solver, highs (default) or cbc")
     p.add_argument("--timing", action="store_true",
                    help="record solve seconds in the plan (the file is then not byte-reproducible)")
