@@ -7,11 +7,13 @@ from typing import Any
 from autopipe.errors import PlanError
 from autopipe.partition.planner import DEFAULT_MAX_BLOCKS
 from autopipe.plan_format import Plan
+from autopipe.refine import ranks_of
 from autopipe.spec import ModelSpec, example_target
 
 
 def replan(spec: ModelSpec, old: Plan) -> Plan:
-    """Re-plan ``spec`` with ``old``'s stages, devices, schedule, method and memory model.
+    """Re-plan ``spec`` with ``old``'s ranks and chunks, devices, schedule, method, memory
+    model, recomputation and values made again.
 
     The profile is made the way ``old``'s was: measured here, or estimated for the same
     device spec (``options.profile_device == "estimate:<spec>"``).
@@ -30,13 +32,14 @@ def replan(spec: ModelSpec, old: Plan) -> Plan:
     if method == "estimate":
         device_spec = str(opts.get("profile_device", "estimate:h100")).removeprefix("estimate:")
     recorded = opts.get("recompute")
+    replicas = _replicas(old)
     return plan(
         spec.model, spec.example_inputs, example_kwargs=spec.example_kwargs,
-        num_stages=old.num_stages, microbatches=old.microbatches,
-        schedule=old.schedule, profile=method, optimizer=str(opts.get("optimizer", "adam")),
+        microbatches=old.microbatches, schedule=old.schedule, profile=method,
+        **(_ranks(old) if replicas is None else {"num_stages": old.num_stages}), optimizer=str(opts.get("optimizer", "adam")),
         method=old.solver.method, device_spec=device_spec,
         dtype=str(opts["dtype"]) if opts.get("dtype") else None,
-        **(_replicas(old) or {
+        **(replicas or {
             "devices": list(old.devices),
             "batch_size": opts["batch_size"] if isinstance(opts.get("batch_size"), int) else None,
             # a plan records None for infinitely fast links (free sends)
@@ -44,11 +47,26 @@ def replan(spec: ModelSpec, old: Plan) -> Plan:
         max_blocks=int(opts.get("max_blocks", DEFAULT_MAX_BLOCKS)),
         time_limit=float(opts.get("time_limit", 60.0)),
         mip_gap=float(opts.get("mip_gap", 1e-3)), solver=str(opts.get("solver", "highs")),
+        deterministic=bool(opts.get("deterministic", True)),
         loss_fn=spec.loss_fn, target=example_target(spec), **_granularity(opts),
         # measured here: priced and re-timed as the old plan was (--no-runtime-costs, --no-refine)
         runtime_costs="runtime" in opts, refine="refine" in opts,
         # a plan records its recomputation only where it recomputes (else: auto's choice)
-        recompute=str(recorded.get("mode", "auto")) if isinstance(recorded, dict) else "auto")
+        recompute=str(recorded.get("mode", "auto")) if isinstance(recorded, dict) else "auto",
+        remake=_recorded_mode(opts.get("remake")))
+
+
+def _ranks(old: Plan) -> dict[str, Any]:
+    """The pipeline ranks and chunks per rank of a one-pipeline plan: its stages are chunks
+    (``stage.rank`` says where each runs; ``old.devices`` holds one device per rank)."""
+    ranks = len(set(ranks_of(old)))
+    return {"num_stages": ranks,
+            "virtual_stages": old.num_stages // ranks if old.num_stages > ranks else None}
+
+
+def _recorded_mode(info: Any) -> str:
+    """The ``--remake`` mode a plan was made with: ``{"mode": M, ...}``, absent for auto."""
+    return str(info.get("mode", "auto")) if isinstance(info, dict) else "auto"
 
 
 def _granularity(opts: dict[str, Any]) -> dict[str, Any]:
