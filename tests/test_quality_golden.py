@@ -96,3 +96,25 @@ def test_corrupt_golden_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         load_golden(bad)
     assert main(["check", "--golden", str(bad)]) == 2
     assert "malformed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("tolerance", -1, "tolerance -1 is not a non-negative fraction"),
+    ("tolerance", "1%", "tolerance '1%' is not a non-negative fraction"),
+    ("memory", "lots", "case 0 (cpu/mlp.json p=2 mem=lots m=4): memory: cannot read size 'lots'"),
+    ("stages", "two", "golden case cpu/mlp.json p=two"),
+])
+def test_bad_values_are_refused_naming_them(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            field: str, value: object, says: str) -> None:
+    """A negative tolerance read every case WORSE (+0.00%, exit 1); a bad case value failed
+    without naming the case. Now: exit 2, naming the file's tolerance or the case."""
+    golden = _some_cases(tmp_path, ("cpu/mlp.json",))
+    data = json.loads(golden.read_text())
+    data["cases"] = data["cases"][:1]
+    if field == "tolerance":
+        data["tolerance"] = value
+    else:
+        data["cases"][0][field] = value
+    golden.write_text(json.dumps(data))
+    assert main(["check", "--golden", str(golden)]) == 2
+    assert says in capsys.readouterr().err

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from autopipe._jsonio import read_json, write_json_atomic
-from autopipe._units import format_seconds
-from autopipe.errors import PlanError
+from autopipe._units import format_seconds, parse_size
+from autopipe.errors import AutopipeError, PlanError
 from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
 
@@ -83,10 +83,24 @@ def load_golden(path: str | os.PathLike[str]) -> tuple[float, list[GoldenCase]]:
     """
     data = read_json(path, SCHEMA, PlanError)
     try:
-        return float(data.get("tolerance", 0.01)), [GoldenCase(**c) for c in data["cases"]]
+        cases = [GoldenCase(**c) for c in data["cases"]]
     except (KeyError, TypeError) as e:
         raise PlanError(f"{path}: malformed golden file ({e})",
                         hint="regenerate it with --refresh") from None
+    for i, case in enumerate(cases):
+        try:
+            if case.memory is not None:
+                parse_size(case.memory)
+        except AutopipeError as e:
+            raise PlanError(f"{path}: case {i} ({case.label}): memory: {e.message}",
+                            hint=e.hint) from None
+    tolerance = data.get("tolerance", 0.01)
+    # a negative tolerance fails every case (+0.00%), a string fails in float() or compares
+    # as text: either is a broken file, not a regression
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise PlanError(f"{path}: tolerance {tolerance!r} is not a non-negative fraction",
+                        hint='write e.g. "tolerance": 0.01 for 1%')
+    return float(tolerance), cases
 
 
 def save_golden(path: str | os.PathLike[str], tolerance: float, cases: list[GoldenCase]) -> None:
@@ -103,14 +117,21 @@ def _case_json(case: GoldenCase) -> dict[str, object]:
 
 
 def plan_case(case: GoldenCase, root: Path) -> tuple[Plan, float]:
-    """Plan a case from its stored profile; returns (plan, solve seconds)."""
+    """Plan a case from its stored profile; returns (plan, solve seconds).
+
+    Raises:
+        AutopipeError: the case's profile or options are bad (of its type, naming the case).
+    """
     from autopipe.partition.planner import plan_profile
 
-    profile = Profile.load(root / case.profile)
-    t0 = time.perf_counter()
-    plan = plan_profile(profile, num_stages=case.stages, memory_limit=case.memory,
-                        microbatches=case.microbatches, schedule=case.schedule,
-                        optimizer=case.optimizer, method="ilp", recompute=case.recompute)
+    try:
+        profile = Profile.load(root / case.profile)
+        t0 = time.perf_counter()
+        plan = plan_profile(profile, num_stages=case.stages, memory_limit=case.memory,
+                            microbatches=case.microbatches, schedule=case.schedule,
+                            optimizer=case.optimizer, method="ilp", recompute=case.recompute)
+    except AutopipeError as e:
+        raise type(e)(f"golden case {case.label}: {e.message}", hint=e.hint) from e
     return plan, time.perf_counter() - t0
 
 
