@@ -503,8 +503,8 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
         mode = "none"  # nothing may be recomputed here (a split backward)
     if mode != "auto":
         plan = _plan(_with_recompute(problem, mode), profile, options, incumbents=given)
-        if mode == "full":
-            plan = replace(plan, options={**plan.options, "recompute": {"mode": "full"}})
+        if mode == "full" or options.recompute == "none":  # none asked for, not auto's choice
+            plan = replace(plan, options={**plan.options, "recompute": {"mode": mode}})
         return plan
     # where no chain split fits without recomputation, the solve without it is a long shot
     # (it must find a partition no heuristic does) and may not even prove there is none in

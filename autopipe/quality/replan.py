@@ -51,7 +51,7 @@ def replan(spec: ModelSpec, old: Plan) -> Plan:
         loss_fn=spec.loss_fn, target=example_target(spec), **_granularity(opts),
         # measured here: priced and re-timed as the old plan was (--no-runtime-costs, --no-refine)
         runtime_costs="runtime" in opts, refine="refine" in opts,
-        # a plan records its recomputation only where it recomputes (else: auto's choice)
+        # a plan records its recomputation (none recorded only since 2026-12-07: else auto's choice)
         recompute=str(recorded.get("mode", "auto")) if isinstance(recorded, dict) else "auto",
         remake=_recorded_mode(opts.get("remake")))
 
