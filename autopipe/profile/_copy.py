@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from torch import nn
 
 
@@ -74,20 +75,24 @@ def _retarget(gm: fx.GraphModule, device: torch.device, dtypes: dict[torch.dtype
 
 
 def cast_input(x: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
-    """An input moved to ``device``; floating tensors cast to ``dtype``."""
-    if not isinstance(x, torch.Tensor):
-        return x
-    cast = dtype if (dtype is not None and x.is_floating_point()) else x.dtype
-    if device.type == "meta":
-        return torch.empty_like(x, device=device, dtype=cast)
-    return x.detach().to(device=device, dtype=cast)
+    """An input moved to ``device``; floating tensors cast to ``dtype``. The tensors inside a
+    dict, list or tuple input too (until 2026-12-07 they stayed where they were: an estimate
+    of a model taking a dict of tensors failed with "Tensor on device meta is not on the
+    expected device cpu")."""
+    def one(t: torch.Tensor) -> torch.Tensor:
+        cast = dtype if (dtype is not None and t.is_floating_point()) else t.dtype
+        if device.type == "meta":
+            return torch.empty_like(t, device=device, dtype=cast)
+        return t.detach().to(device=device, dtype=cast)
+    return pytree.tree_map_only(torch.Tensor, one, x)
 
 
 def fresh_inputs(flat: list[Any]) -> list[Any]:
-    """Copies of the tensors of one micro-batch, for a run that may write its inputs in place.
+    """Copies of the tensors of one micro-batch (inside dicts and lists too), for a run that
+    may write its inputs in place.
 
     The user's example tensors, and the inputs of the next run, keep their values
     ([Note: in-place writes while profiling] in ``_mutation.py``).
     """
-    return [x.detach().clone().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
+    return [pytree.tree_map_only(torch.Tensor, lambda t: t.detach().clone().requires_grad_(t.requires_grad), x)
             for x in flat]
