@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,8 +56,23 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[str]:
 
     What every file autopipe writes goes through: a crash mid-write leaves the old file
     (or none), never a half-written one; on an error the temp file is removed.
+
+    A symlink is followed: its target is replaced (the temp file made next to the target,
+    so the rename stays on one file system) and the link kept. A path that exists and is
+    not a regular file or a directory (``/dev/null``, a FIFO, a socket) is yielded itself,
+    to be written in place: there is nothing there a rename could keep whole, and a rename
+    would put a plain file where the device or pipe was.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
+    if path.is_symlink():  # realpath stops at a loop
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        mode = stat.S_IFREG  # not there (yet): made by the rename below
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        yield str(path)
+        return
     parent = path.parent if str(path.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
