@@ -145,6 +145,7 @@ CASES: list[tuple[str, list[str], str]] = [
      "is not a positive, finite number of bytes/s"),
     ("plan: --microbatch-sizes without the profile's size", [*GPUS, "--microbatch-sizes", "3,5"],
      "which is none of the micro-batch sizes [3, 5] asked for"),
+    ("plan: infinite --time-limit", [*PLAN_P, "--time-limit", "inf"], "inf is not a finite number"),
     ("plan: --gap above 1", [*PLAN_P, "--gap", "5"], "gap 5 is not a fraction"),
     ("plan: --max-blocks 0", [*PLAN_P, "--max-blocks", "0"], "0 is not positive"),
     ("plan: build function fails on a knob", [*PLAN_P, "--spec-arg", "hidden=-3"],

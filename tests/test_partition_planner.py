@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from autopipe.errors import InfeasiblePlanError, PlanError
 from autopipe.partition import brute
 from autopipe.partition.costs import evaluate
-from autopipe.partition.planner import plan_profile, simple_bound
+from autopipe.partition.planner import check_options, plan_profile, simple_bound
 from autopipe.partition.problem import MULTI_CHUNK, SCHEDULES
 from autopipe.partition.synthetic import synthetic_profile
 from autopipe.plan_format import Plan
@@ -283,6 +283,12 @@ def test_coarsening_big_graphs_keeps_plans_valid() -> None:
     (dict(microbatches=0), "microbatches"),
     (dict(num_stages=500), "cannot cut"),
     (dict(link_bandwidth=-1.0), "link bandwidth"),
+    (dict(time_limit=math.inf), "time_limit = inf"),
+    (dict(time_limit=-1.0), "time_limit = -1"),
+    (dict(time_limit=math.nan), "time_limit = nan"),
+    (dict(mip_gap=-1.0), "mip_gap = -1"),
+    (dict(mip_gap=5), "mip_gap = 5"),
+    (dict(mip_gap=1.0), "mip_gap = 1.0"),
 ])
 def test_bad_options(bad: dict[str, object], match: str) -> None:
     prof = synthetic_profile(30, seed=1)
@@ -290,6 +296,13 @@ def test_bad_options(bad: dict[str, object], match: str) -> None:
     with pytest.raises(PlanError, match=match) as info:
         plan_profile(prof, **kwargs)  # type: ignore[arg-type]
     assert info.value.hint
+
+
+def test_check_options_refuses_a_zero_time_limit_that_plan_profile_takes_when_spent() -> None:
+    check_options(2, 4, "1f1b", "ilp", time_limit=60.0, mip_gap=0.0)
+    with pytest.raises(PlanError, match="time_limit = 0"):
+        check_options(2, 4, "1f1b", "ilp", time_limit=0)
+    plan_profile(synthetic_profile(30, seed=1), num_stages=2, time_limit=0)  # a spent MipTime's share
 
 
 def test_quick_start_plan_has_no_idle_stage() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -112,6 +113,8 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if not value > 0:
             raise argparse.ArgumentTypeError(f"{text} is not positive")
+        if not math.isfinite(value):  # inf: the plan was made, then could not be written as JSON
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
         return value
 
     return parse

@@ -104,8 +104,14 @@ def parse_bandwidth(value: float | str, what: str = "link bandwidth") -> float:
 
 def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str,
                   batch_size: Any = None, granularity: str | None = None, recompute: str = "auto",
-                  virtual_stages: Any = None, remake: str = "auto", cut_at: str | None = None) -> None:
-    """Raise PlanError for options no plan can have (before anything is traced or profiled)."""
+                  virtual_stages: Any = None, remake: str = "auto", cut_at: str | None = None,
+                  time_limit: Any = None, mip_gap: Any = None) -> None:
+    """Raise PlanError for options no plan can have (before anything is traced or profiled).
+
+    ``time_limit`` and ``mip_gap`` are checked where given: a user's time limit must be
+    positive and finite (``plan_profile`` also takes 0, what is left once a limit is spent).
+    """
+    check_mip_options(time_limit, mip_gap, spent=False)
     if remake not in REMAKE:
         raise PlanError(f"unknown remake mode {remake!r}", hint=f"choose one of {', '.join(REMAKE)}")
     check_granularity(granularity, cut_at)
@@ -139,6 +145,25 @@ def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str
         check_virtual_stages(schedule, num_stages * v, v)
     if isinstance(microbatches, int) and schedule != "auto":
         check_runnable(schedule, num_stages, microbatches, v)  # what torch refuses, e.g. 1F1B with m < p
+
+
+def check_mip_options(time_limit: Any, mip_gap: Any, *, spent: bool) -> None:
+    """Raise PlanError for a MIP time limit that is not a finite number of seconds (a
+    negative one; 0 unless ``spent``, the share left to a solve once the limit is used up)
+    or a gap outside [0, 1). ``None`` is not checked.
+
+    An infinite limit was taken until 2026-12-07: the whole plan ran, then its file could not
+    be written ("Out of range float values are not JSON compliant: inf").
+    """
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if time_limit is not None and not (number(time_limit)
+                                       and (time_limit >= 0 if spent else time_limit > 0)):
+        raise PlanError(f"time_limit = {time_limit!r}",
+                        hint="give the seconds for the MIP solves, a positive finite number, e.g. 60")
+    if mip_gap is not None and not (number(mip_gap) and 0 <= mip_gap < 1):
+        raise PlanError(f"mip_gap = {mip_gap!r}", hint="give a fraction in [0, 1), e.g. 0.001")
 
 
 def _check_size(profile: Profile, batch_size: int, microbatches: int) -> None:
@@ -261,6 +286,7 @@ def plan_profile(
         microbatches = "auto"
     check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute,
                   virtual_stages, remake, cut_at)
+    check_mip_options(time_limit, mip_gap, spent=True)
     if microbatches == "auto" and isinstance(profile, Profile):
         raise PlanError("microbatches='auto' profiles the model at each micro-batch size, "
                         "but only one profile was given",
