@@ -8,7 +8,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +129,66 @@ def read_json(
             hint=f"pass a file written by autopipe with schema {schema}",
         )
     return data
+
+
+_REQUIRED: Any = object()
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of ``value``'s type, for errors: null, true, false, number, string, array, object."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return "object" if isinstance(value, dict) else type(value).__name__
+
+
+def as_object(value: Any, name: str) -> dict[str, Any]:
+    """``value`` if it is a JSON object.
+
+    Raises:
+        TypeError: it is not; the message names ``name`` (a reader's ``malformed`` error
+            carries it, where ``None.items()`` gave an AttributeError naming nothing).
+    """
+    if not isinstance(value, dict):
+        raise TypeError(f"'{name}' is {json_type(value)}, expected an object")
+    return value
+
+
+def as_array(value: Any, name: str) -> Sequence[Any]:
+    """``value`` if it is a JSON array.
+
+    Raises:
+        TypeError: it is not; the message names ``name``.
+    """
+    if not isinstance(value, (list, tuple)):  # a tuple: from_json of a to_json in memory
+        raise TypeError(f"'{name}' is {json_type(value)}, expected an array")
+    return value
+
+
+def object_field(data: dict[str, Any], key: str, default: Any = _REQUIRED, *, where: str = "") -> dict[str, Any]:
+    """``data[key]``, a JSON object; ``default`` where it is absent (a KeyError without one).
+
+    Raises:
+        KeyError: absent, with no default. TypeError: present and not an object (``null`` too).
+    """
+    if key not in data and default is not _REQUIRED:
+        return dict(default)
+    return as_object(data[key], f"{where}{key}")
+
+
+def array_field(data: dict[str, Any], key: str, default: Any = _REQUIRED, *, where: str = "") -> Sequence[Any]:
+    """``data[key]``, a JSON array; ``default`` where it is absent (a KeyError without one).
+
+    Raises:
+        KeyError: absent, with no default. TypeError: present and not an array (``null`` too).
+    """
+    if key not in data and default is not _REQUIRED:
+        return list(default)
+    return as_array(data[key], f"{where}{key}")

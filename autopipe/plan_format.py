@@ -9,7 +9,14 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from autopipe._jsonio import read_json, write_json_atomic
+from autopipe._jsonio import (
+    array_field,
+    as_array,
+    as_object,
+    object_field,
+    read_json,
+    write_json_atomic,
+)
 from autopipe.errors import PlanError
 
 SCHEMA = "autopipe.plan/1"
@@ -295,27 +302,23 @@ class Plan:
     def from_json(cls, data: dict[str, Any], source: str = "<plan>") -> Plan:
         """Build from a JSON object; ``source`` names the file in errors."""
         try:
-            stages = tuple(
-                Stage(**{**s, "nodes": tuple(s["nodes"]), "modules": tuple(s["modules"]),
-                         "memory": StageMemory(**s["memory"]),
-                         # a send's "dtype": written on 2026-12-05 only ([Note: one message per cut])
-                         "sends": tuple(Send(**{k: v for k, v in x.items() if k != "dtype"})
-                                        for x in s.get("sends", ())),
-                         "recompute": tuple(tuple(g) for g in s.get("recompute", ())),
-                         "remade": tuple(s.get("remade", ()))})
-                for s in data["stages"])
+            stages = tuple(_stage(as_object(st, f"stages[{i}]"), f"stages[{i}].")
+                           for i, st in enumerate(array_field(data, "stages")))
+            predicted = object_field(data, "predicted")
             return cls(
                 graph_fingerprint=str(data["graph_fingerprint"]),
                 schedule=str(data["schedule"]),
                 microbatches=int(data["microbatches"]),
-                devices=tuple(Device(**d) for d in data["devices"]),
+                devices=tuple(Device(**as_object(d, f"devices[{i}]"))
+                              for i, d in enumerate(array_field(data, "devices"))),
                 stages=stages,
-                predicted=Predicted(**{**data["predicted"],
-                                       "peak_memory": tuple(data["predicted"].get("peak_memory", ()))}),
-                solver=SolverInfo(**data["solver"]),
-                baselines={k: Baseline(**{**v, "stage_nodes": tuple(v.get("stage_nodes", ()))})
-                           for k, v in data.get("baselines", {}).items()},
-                options=dict(data.get("options", {})),
+                predicted=Predicted(**{**predicted, "peak_memory": tuple(
+                    array_field(predicted, "peak_memory", (), where="predicted."))}),
+                solver=SolverInfo(**object_field(data, "solver")),
+                baselines={k: Baseline(**{**as_object(v, f"baselines.{k}"), "stage_nodes": tuple(
+                               array_field(v, "stage_nodes", (), where=f"baselines.{k}."))})
+                           for k, v in object_field(data, "baselines", {}).items()},
+                options=dict(object_field(data, "options", {})),
                 data_parallel=_data_parallel(data.get("data_parallel")),
             )
         except PlanError as e:
@@ -367,8 +370,26 @@ def _stage_json(stage: Stage) -> dict[str, Any]:
     return out
 
 
+def _stage(s: dict[str, Any], where: str) -> Stage:
+    """A stage read from JSON; ``where`` (``stages[i].``) prefixes the fields named in errors."""
+    # a send's "dtype": written on 2026-12-05 only ([Note: one message per cut])
+    sends = (as_object(x, f"{where}sends[{j}]")
+             for j, x in enumerate(array_field(s, "sends", (), where=where)))
+    return Stage(**{**s, "nodes": tuple(array_field(s, "nodes", where=where)),
+                    "modules": tuple(array_field(s, "modules", where=where)),
+                    "memory": StageMemory(**object_field(s, "memory", where=where)),
+                    "sends": tuple(Send(**{k: v for k, v in x.items() if k != "dtype"}) for x in sends),
+                    "recompute": tuple(tuple(as_array(g, f"{where}recompute[{j}]")) for j, g in
+                                       enumerate(array_field(s, "recompute", (), where=where))),
+                    "remade": tuple(array_field(s, "remade", (), where=where))})
+
+
 def _data_parallel(data: Any) -> DataParallel | None:
     if data is None:
         return None
-    return DataParallel(**{**data, "ranks": tuple(tuple(int(r) for r in rs) for rs in data["ranks"]),
-                           "allreduce_s": tuple(float(x) for x in data.get("allreduce_s", ()))})
+    data = as_object(data, "data_parallel")
+    return DataParallel(**{**data, "ranks": tuple(tuple(int(r) for r in as_array(rs, f"data_parallel.ranks[{i}]"))
+                                                  for i, rs in enumerate(array_field(data, "ranks",
+                                                                                     where="data_parallel."))),
+                           "allreduce_s": tuple(float(x) for x in array_field(
+                               data, "allreduce_s", (), where="data_parallel."))})

@@ -81,6 +81,16 @@ def test_wrong_schema(tmp_path: Path) -> None:
     (lambda d: d["nodes"][3].update(forward_s=-1.0), "forward_s = -1.0 is not a non-negative time"),
     (lambda d: d["nodes"][3].update(colour="red"), "malformed profile .*colour"),
     (lambda d: d["edges"].append(["nope", "x", 4]), "edge nope→x names an unknown node"),
+    # null where an object or array belongs: an AttributeError (None.items()) naming nothing
+    (lambda d: d.update(params=None), "malformed profile .*'params' is null, expected an object"),
+    (lambda d: d.update(meta=None), "malformed profile .*'meta' is null, expected an object"),
+    (lambda d: d.update(optimizer=None), "malformed profile .*'optimizer' is null, expected an object"),
+    (lambda d: d.update(runtime=None), "malformed profile .*'runtime' is null, expected an object"),
+    (lambda d: d.update(tied=None), "malformed profile .*'tied' is null, expected an array"),
+    (lambda d: d.update(nodes=None), "malformed profile .*'nodes' is null, expected an array"),
+    (lambda d: d["nodes"].__setitem__(3, None), "malformed profile .*'nodes\\[3\\]' is null"),
+    (lambda d: d["nodes"][3].update(params=None), "malformed profile .*'nodes\\[3\\].params' is null"),
+    (lambda d: d.update(loss=[]), "malformed profile .*'loss' is array, expected an object"),
 ])
 def test_bad_contents(profiles: list[Profile], tmp_path: Path, edit: object, match: str) -> None:
     data = profiles[0].to_json()

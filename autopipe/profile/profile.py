@@ -6,7 +6,14 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from autopipe._jsonio import read_json, write_json_atomic
+from autopipe._jsonio import (
+    array_field,
+    as_array,
+    as_object,
+    object_field,
+    read_json,
+    write_json_atomic,
+)
 from autopipe.errors import ProfileError
 from autopipe.profile.loss import LossCost
 from autopipe.trace.graph import Graph
@@ -201,27 +208,25 @@ class Profile:
     def from_json(cls, data: dict[str, Any], source: str = "<profile>") -> Profile:
         """Build from a JSON object; ``source`` names the file in errors."""
         try:
-            # a node's "dtype": written on 2026-12-05 only, when a cut sent a message per
-            # dtype with a gradient ([Note: one message per cut]); read as nothing
-            nodes = tuple(
-                NodeProfile(**{**{k: v for k, v in n.items() if k != "dtype"}, "params": tuple(n.get("params", ())),
-                               "shared_params": tuple(n.get("shared_params", ()))})
-                for n in data["nodes"])
+            nodes = tuple(_node(as_object(n, f"nodes[{i}]"), f"nodes[{i}].")
+                          for i, n in enumerate(array_field(data, "nodes")))
             return cls(
                 device=str(data["device"]), dtype=str(data["dtype"]),
-                microbatch_shape=[list(s) for s in data["microbatch_shape"]],
+                microbatch_shape=[list(as_array(s, f"microbatch_shape[{i}]"))
+                                  for i, s in enumerate(array_field(data, "microbatch_shape"))],
                 nodes=nodes,
-                edges=tuple((str(s), str(d), int(b)) for s, d, b in data["edges"]),
-                order=tuple((str(a), str(b)) for a, b in data.get("order", ())),
+                edges=tuple((str(s), str(d), int(b)) for s, d, b in array_field(data, "edges")),
+                order=tuple((str(a), str(b)) for a, b in array_field(data, "order", ())),
                 graph_fingerprint=str(data.get("graph_fingerprint", "")),
                 method=str(data.get("method", "measure")),
-                params={str(k): int(v) for k, v in data.get("params", {}).items()},
-                tied=tuple(tuple(t) for t in data.get("tied", ())),
-                meta=dict(data.get("meta", {})),
-                loss=LossCost.from_json(data["loss"]) if data.get("loss") is not None else None,
+                params={str(k): int(v) for k, v in object_field(data, "params", {}).items()},
+                tied=tuple(tuple(as_array(t, f"tied[{i}]")) for i, t in enumerate(array_field(data, "tied", ()))),
+                meta=dict(object_field(data, "meta", {})),
+                loss=(LossCost.from_json(object_field(data, "loss"))
+                      if data.get("loss") is not None else None),
                 optimizer={str(k): (float(v[0]), float(v[1]))
-                           for k, v in data.get("optimizer", {}).items()},
-                runtime={str(k): float(v) for k, v in data.get("runtime", {}).items()},
+                           for k, v in object_field(data, "optimizer", {}).items()},
+                runtime={str(k): float(v) for k, v in object_field(data, "runtime", {}).items()},
                 library_bytes=int(data.get("library_bytes", 0)),
             )
         except ProfileError as e:
@@ -266,3 +271,12 @@ def node_profile(graph: Graph, name: str, *, forward_s: float, backward_input_s:
         embedding=info.embedding, linear=info.linear, scratch_bytes=int(scratch_bytes),
         remakable=info.remakable, no_grad=info.no_grad,
     )
+
+
+def _node(n: dict[str, Any], where: str) -> NodeProfile:
+    """A node read from JSON; ``where`` (``nodes[i].``) prefixes the fields named in errors."""
+    # a node's "dtype": written on 2026-12-05 only, when a cut sent a message per
+    # dtype with a gradient ([Note: one message per cut]); read as nothing
+    return NodeProfile(**{**{k: v for k, v in n.items() if k != "dtype"},
+                          "params": tuple(array_field(n, "params", (), where=where)),
+                          "shared_params": tuple(array_field(n, "shared_params", (), where=where))})
