@@ -27,6 +27,38 @@ def test_send_and_optimizer_times() -> None:
     assert costs.optimizer_s(3, 8) == pytest.approx(8.0)
 
 
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("send_latency_s", "fast", "RuntimeCosts.send_latency_s is 'fast', not a number"),
+    ("link_bandwidth", None, "RuntimeCosts.link_bandwidth is None, not a number"),
+    ("forward_overhead_s", True, "RuntimeCosts.forward_overhead_s is True, not a number"),
+    ("optimizer", 3, "RuntimeCosts.optimizer is 3, not a string"),
+])
+def test_a_costs_file_with_a_field_of_the_wrong_type_is_malformed(
+        tmp_path: Path, field: str, value: object, message: str) -> None:
+    path = tmp_path / "costs.json"
+    RuntimeCosts(link_bandwidth=2e9).save(path)
+    data = json.loads(path.read_text())
+    data[field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(PlanError, match="malformed runtime costs") as info:
+        RuntimeCosts.load(path)
+    assert message in info.value.message and str(path) in info.value.message
+    assert info.value.hint
+
+
+def test_a_zero_link_bandwidth_means_unmeasured_and_keeps_the_plans_send_times(tmp_path: Path) -> None:
+    path = tmp_path / "costs.json"
+    RuntimeCosts(link_bandwidth=0.0).save(path)
+    assert RuntimeCosts.load(path).send_s(100) is None
+
+
+def test_model_costs_per_stage_figures_must_be_numbers() -> None:
+    with pytest.raises(PlanError, match="ModelCosts.stage_forward_s is \\(0.1, 'x'\\), not a number"):
+        ModelCosts(stage_forward_s=(0.1, "x"))  # type: ignore[arg-type]
+    with pytest.raises(PlanError, match="ModelCosts.stage_forward_s is 0.1, not a list"):
+        ModelCosts(stage_forward_s=0.1)  # type: ignore[arg-type]
+
+
 def test_bad_files_and_values_are_plan_errors(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text(json.dumps({"schema": SCHEMA, "speed": 3}))
     with pytest.raises(PlanError, match="malformed runtime costs"):

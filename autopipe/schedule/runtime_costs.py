@@ -11,6 +11,7 @@ optimizer step. ``RuntimeCosts`` holds the machine's share (measured once by
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -22,11 +23,25 @@ SCHEMA = "autopipe.runtime-costs/1"
 
 
 def _check_non_negative(obj: Any) -> None:
+    """Raise PlanError for a figure of ``obj`` that is not a finite non-negative number (a
+    string, null or true from a costs file too: until 2026-12-07 those were let through,
+    to fail later as a TypeError in the simulator), or a name that is not a string."""
     for f in fields(obj):
         value = getattr(obj, f.name)
-        for v in value if isinstance(value, tuple) else (value,):
-            if isinstance(v, (int, float)) and not (math.isfinite(v) and v >= 0):
-                raise PlanError(f"{type(obj).__name__}.{f.name} is {value}",
+        name = f"{type(obj).__name__}.{f.name}"
+        if isinstance(f.default, str):
+            if not isinstance(value, str):
+                raise PlanError(f"{name} is {value!r}, not a string", hint=f"give a name, e.g. {f.default!r}")
+            continue
+        many = isinstance(f.default, tuple)
+        if many and not isinstance(value, (tuple, list)):
+            raise PlanError(f"{name} is {value!r}, not a list of numbers", hint="give one number per stage")
+        for v in value if many else (value,):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):  # numpy's too
+                raise PlanError(f"{name} is {value!r}, not a number",
+                                hint="times, sizes and rates are numbers, e.g. 0.0")
+            if not (math.isfinite(v) and float(v) >= 0):
+                raise PlanError(f"{name} is {value}",
                                 hint="times, sizes and rates must be finite and non-negative")
 
 
@@ -112,6 +127,8 @@ class RuntimeCosts:
         except TypeError as e:
             raise PlanError(f"{path}: malformed runtime costs ({e})",
                             hint="measure them again with `python -m autopipe.runtime.calibrate`") from None
+        except PlanError as e:
+            raise PlanError(f"{path}: malformed runtime costs ({e.message})", hint=e.hint) from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
