@@ -194,3 +194,13 @@ def test_tensors_inside_a_dict_input_are_estimated_and_cast(how: dict[str, objec
     x = torch.randn(8, 16)
     plan = autopipe.plan(_DictIn(), ({"x": x, "y": x},), num_stages=2, **how)  # type: ignore[arg-type]
     assert plan.num_stages == 2 and plan.predicted.iteration_s > 0
+
+
+@pytest.mark.parametrize("bad", [{"time_limit": 0}, {"time_limit": float("inf")}, {"mip_gap": 5}])
+def test_bad_solver_options_are_refused_before_profiling(bad: dict[str, float], monkeypatch: pytest.MonkeyPatch) -> None:
+    import autopipe.api as api
+
+    monkeypatch.setattr(api, "trace", lambda *a, **k: pytest.fail("traced before the options were checked"))
+    spec = example_spec("mlp")
+    with pytest.raises(PlanError):
+        autopipe.plan(spec.model, spec.example_inputs, num_stages=2, **bad)  # type: ignore[arg-type]
