@@ -229,3 +229,15 @@ def test_remake_all_then_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     code, text, err = _run(["plan", *llama, "--remake", "none", "-o", str(tmp_path / "none.json")], capsys)
     assert code == 0 and "made again" not in text, err
     assert not any(s.remade for s in autopipe.Plan.load(tmp_path / "none.json").stages)
+
+
+def test_an_infinite_link_bandwidth_makes_sends_free(tmp_path: Path, mlp_profile: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The hint of a zero bandwidth offers ``inf``, which the CLI refused until 2026-12-07;
+    the plan records None (JSON has no inf)."""
+    out = tmp_path / "free.json"
+    code, _, err = _run(["plan", MLP, "--profile", str(mlp_profile), "--stages", "2",
+                         "--link-bandwidth", "inf", "-o", str(out)], capsys)
+    assert code == 0, err
+    plan = autopipe.Plan.load(out)
+    assert plan.options["link_bandwidth"] is None and all(s.comm_s == 0 for s in plan.stages)

@@ -82,23 +82,24 @@ def link_bandwidth_for(profile: Profile, link_bandwidth: float | str | None) -> 
 
 
 def parse_bandwidth(value: float | str, what: str = "link bandwidth") -> float:
-    """Bytes/s from ``25e9`` or ``"25GB"``.
+    """Bytes/s from ``25e9``, ``"25GB"`` or ``inf`` (free sends; a plan records None).
 
     Raises:
-        PlanError: not a positive, finite number of bytes/s (until 2026-12-07 the hint offered
-            ``inf``, which the CLI refused and a plan could not record in JSON).
+        PlanError: not a positive number of bytes/s (the hint offered ``inf``, which the CLI
+            refused until 2026-12-07).
     """
     from autopipe._units import parse_size
 
     try:
+        if isinstance(value, str) and value.strip().lower() in ("inf", "infinity"):
+            return math.inf
         bw = float(parse_size(value)) if isinstance(value, str) else float(value)
     except Exception as e:
         raise PlanError(f"{what} {value!r} is not a number of bytes/s",
                         hint="write e.g. 25e9 or 25GB (per second)") from e
-    if not 0 < bw < math.inf:
-        raise PlanError(f"{what} {value!r} is not a positive, finite number of bytes/s",
-                        hint="write e.g. 25e9 or 25GB (per second); a very large one, e.g. 1e15, "
-                             "makes sends all but free")
+    if not bw > 0:
+        raise PlanError(f"{what} {value!r} is not positive",
+                        hint="write e.g. 25e9 or 25GB (per second); inf makes sends free")
     return bw
 
 
