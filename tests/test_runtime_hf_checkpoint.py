@@ -14,13 +14,8 @@ from transformers import PreTrainedModel
 
 from autopipe.errors import WeightsError
 from autopipe.runtime.hf_checkpoint import Converted, fit
-from autopipe.runtime.materialize import (
-    _canonical,
-    _expected,
-    _groups,
-    _model_tensors,
-    materialize_stages,
-)
+from autopipe.runtime.materialize import _expected, _model_tensors, materialize_stages
+from autopipe.runtime.state_keys import canonical_names, tied_groups
 from autopipe.runtime.weights import check_fit, open_weights
 from tests.zoo import ZOO
 
@@ -44,17 +39,17 @@ def _saved(name: str, folder: Path) -> nn.Module:
 
 def _fit(model: nn.Module, folder: Path) -> tuple[object, dict[str, str]]:
     weights = open_weights(folder)
-    canonical = _canonical(_model_tensors(model))
-    return fit(weights, model, _expected(model), _groups(canonical))
+    canonical = canonical_names(_model_tensors(model))
+    return fit(weights, model, _expected(model), tied_groups(canonical))
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_a_saved_checkpoint_reads_back_under_the_models_names(name: str, tmp_path: Path) -> None:
     model = _saved(name, tmp_path)
     assert len(list(tmp_path.glob("*.safetensors"))) > 1
-    canonical = _canonical(_model_tensors(model))
+    canonical = canonical_names(_model_tensors(model))
     with open_weights(tmp_path) as raw, pytest.raises(WeightsError, match="do not fit"):
-        check_fit(raw, _expected(model), _groups(canonical))  # the names as saved
+        check_fit(raw, _expected(model), tied_groups(canonical))  # the names as saved
     weights, reads = _fit(model, tmp_path)
     assert isinstance(weights, Converted)
     state = model.state_dict()

@@ -333,7 +333,7 @@ def _replan(search: Search, cluster: Cluster, memory: int | None, row: Row,
     """Plans ``row``'s candidate alone on a given profile, by the method that planned
     ``chosen`` (the screen's, where ``search.method`` failed on it), in the MIP time left."""
     placement = place(cluster, row["stages"], row["placement"])
-    method = chosen.solver.method if chosen.solver.method in (search.method, search.screen) else search.method
+    method = chosen.solver.method
 
     def replan(profile: Profile) -> Plan:
         return _plan(search, memory, lambda size: profile, row["stages"], row["microbatches"],

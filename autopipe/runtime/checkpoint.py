@@ -47,7 +47,7 @@ from autopipe.errors import CheckpointError, RuntimeStageError
 from autopipe.runtime.group import failures, short_error
 from autopipe.runtime.optim_state import GROUP, MASTER, STATE, load_optimizer_state, optimizer_state
 from autopipe.runtime.pipe import Pipe
-from autopipe.runtime.state_keys import match_state
+from autopipe.runtime.state_keys import canonical_names, match_state, tied_groups
 
 SCHEMA = "autopipe.checkpoint/1"
 META = "autopipe.json"
@@ -202,11 +202,7 @@ def check_model(path: Path, info: CheckpointInfo, metadata: Metadata, model: nn.
         CheckpointError: keys missing or not in the model, or of another shape (named).
     """
     own = model.state_dict(keep_vars=True)
-    first: dict[int, str] = {}
-    groups: dict[str, list[str]] = {}
-    for name, t in own.items():
-        groups.setdefault(first.setdefault(id(t), name), []).append(name)
-    tied = [tuple(g) for g in groups.values() if len(g) > 1]
+    canonical = canonical_names(own)
     saved = metadata.state_dict_metadata
     shapes = {k: tuple(m.size) for k, m in saved.items() if "/" not in k and isinstance(m, TensorStorageMetadata)}
     # autopipe.json lists each name of a tied parameter; DCP holds it under one of them
@@ -215,7 +211,8 @@ def check_model(path: Path, info: CheckpointInfo, metadata: Metadata, model: nn.
              for k in info.state_keys}
     given.update(shapes)
     listed: Mapping[str, tuple[int, ...]] = {k: v for k, v in given.items() if v is not None}
-    match_state({k: own[k] for k in groups}, listed, tied=tied, known=set(own), strict=True,
+    match_state({k: own[k] for k, c in canonical.items() if k == c}, listed, tied=tied_groups(canonical),
+                known=set(own), strict=True,
                 what=f"checkpoint {path}", source="checkpoint")
 
 

@@ -39,6 +39,7 @@ from torch.nn.utils import parametrize
 
 from autopipe.errors import SpecError, WeightsError
 from autopipe.runtime.hf_checkpoint import fit
+from autopipe.runtime.state_keys import canonical_names, tied_groups
 from autopipe.runtime.weights import TensorInfo, WeightsSource, open_weights, remarks
 from autopipe.spec import ModelSpec
 
@@ -102,7 +103,8 @@ def materialize_stages(
     """
     device = torch.device(device)
     names = _model_tensors(spec.model)
-    canonical = _canonical(names)
+    canonical = canonical_names(names)
+    groups = tied_groups(canonical)
     slots = _slots(modules, names, canonical, load=init is not None)
     if init is None and not slots:
         return Materialized(loaded=(), initialised=(), bytes=0)
@@ -110,10 +112,10 @@ def materialize_stages(
     values: dict[str, torch.Tensor] = {}
     if init is not None:
         with open_weights(init) as opened:
-            weights, reads = fit(opened, spec.model, _expected(spec.model), _groups(canonical))
+            weights, reads = fit(opened, spec.model, _expected(spec.model), groups)
             values = {c: _as_own(weights.read(reads[c]), names[c], device, copy=not weights.owns(reads[c]))
                       for c in slots if c in reads}
-            _check_tied_alike(weights, values, reads, _groups(canonical))
+            _check_tied_alike(weights, values, reads, groups)
     todo = [c for c in slots if c not in values and names[c].is_meta]
     _initialise(spec, names, canonical, todo, values, device, seed)
     for c, places in slots.items():
@@ -142,10 +144,10 @@ def check_init(spec: ModelSpec, init: WeightsSource) -> str | None:
     Raises:
         WeightsError: as ``materialize_stages`` would.
     """
-    canonical = _canonical(_model_tensors(spec.model))
+    groups = tied_groups(canonical_names(_model_tensors(spec.model)))
     expected = _expected(spec.model)
     with open_weights(init) as opened:
-        weights, read = fit(opened, spec.model, expected, _groups(canonical))
+        weights, read = fit(opened, spec.model, expected, groups)
         return remarks(weights, expected, read)
 
 
@@ -182,19 +184,6 @@ def _check_tied_alike(weights: Any, values: Mapping[str, torch.Tensor], reads: M
                     hint="build the model untied, as the file's was (e.g. --spec-arg "
                          "tie_word_embeddings=False for a transformers model), or save one value "
                          "under both names")
-
-
-def _canonical(names: Mapping[str, torch.Tensor]) -> dict[str, str]:
-    """Name → the first name of the same tensor (tied tensors share one)."""
-    first: dict[int, str] = {}
-    return {name: first.setdefault(id(t), name) for name, t in names.items()}
-
-
-def _groups(canonical: Mapping[str, str]) -> list[tuple[str, ...]]:
-    groups: dict[str, list[str]] = defaultdict(list)
-    for name, c in canonical.items():
-        groups[c].append(name)
-    return [tuple(g) for g in groups.values() if len(g) > 1]
 
 
 def _expected(model: nn.Module) -> dict[str, TensorInfo]:

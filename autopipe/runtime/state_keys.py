@@ -9,6 +9,20 @@ import torch
 from autopipe.errors import CheckpointError
 
 
+def canonical_names(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Name → the first name of the same tensor (tied tensors share one)."""
+    first: dict[int, str] = {}
+    return {name: first.setdefault(id(t), name) for name, t in tensors.items()}
+
+
+def tied_groups(canonical: Mapping[str, str]) -> list[tuple[str, ...]]:
+    """The names of each tensor held under several (``canonical_names``'s), first name first."""
+    groups: dict[str, list[str]] = {}
+    for name, c in canonical.items():
+        groups.setdefault(c, []).append(name)
+    return [tuple(g) for g in groups.values() if len(g) > 1]
+
+
 def match_state(
     own: Mapping[str, torch.Tensor],
     given: Mapping[str, tuple[int, ...]],

@@ -15,7 +15,8 @@ import torch.distributed as dist
 from torch import nn
 
 from autopipe._units import format_seconds, format_size
-from autopipe.errors import CheckpointError
+from autopipe.batching import example_batch
+from autopipe.errors import CheckpointError, SpecError
 from autopipe.plan_format import Plan
 from autopipe.runtime.affinity import allowed_cpus
 from autopipe.runtime.checkpoint import (
@@ -215,10 +216,11 @@ def _extra(config: TrainConfig, plan: Plan, spec: ModelSpec) -> dict[str, Any]:
 
 
 def _microbatch_size(spec: ModelSpec) -> int | None:
-    """Samples in one micro-batch: the first dimension of the spec's example micro-batch."""
-    first = next((x for x in (*spec.example_inputs, *spec.example_kwargs.values()) if isinstance(x, torch.Tensor)),
-                 None)
-    return int(first.shape[0]) if first is not None and first.dim() > 0 else None
+    """Samples in one micro-batch (``example_batch``), None where no input has a batch dimension."""
+    try:
+        return example_batch(spec.example_inputs, spec.example_kwargs)
+    except SpecError:
+        return None
 
 
 def check_resume(config: TrainConfig, model: nn.Module | None = None) -> CheckpointInfo:
@@ -286,8 +288,7 @@ def _batches(m: int, size: Any) -> str:
 def _resume(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe, optimizer: Stepper | None,
             log: Callable[[str], None]) -> int:
     """Load ``config.resume`` into the pipe and optimizer; the step to continue from."""
-    assert config.resume is not None
-    check_resume(config)
+    assert config.resume is not None  # checked by train before the rendezvous (check_resume)
     info = load_checkpoint(config.resume, pipe, optimizer)
     if pipe.has_last and pipe.replicas.replica == 0:
         log(f"resumed from {info.path} after step {info.step}")
