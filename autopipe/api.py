@@ -21,7 +21,7 @@ from autopipe.partition.planner import (
 )
 from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
-from autopipe.refine import can_refine, choice_of, refine_candidate
+from autopipe.refine import can_refine, refine_candidate, refine_search
 from autopipe.refine import refine as refine_plan
 from autopipe.trace import Graph, trace
 from autopipe.trace._state import state_kept
@@ -119,9 +119,10 @@ def plan(
         deterministic: leave solve seconds out (0), so equal inputs give byte-identical JSON.
         refine: with ``profile="measure"``, re-time each planned stage as one module
             where the model lives and re-solve until the cuts stay
-            (``autopipe.refine``; recorded in ``plan.options["refine"]``). A search's choice
-            (``batch_size`` or ``gpus``) is refined alone: its candidates are compared on
-            their node sums.
+            (``autopipe.refine``; recorded in ``plan.options["refine"]``). A search
+            (``batch_size`` or ``gpus``) compares its candidates on their node sums, then
+            refines its finalists and keeps the fastest refined ([Note: finalists re-timed]
+            in ``autopipe.partition.finalists``).
         loss_fn: with ``target`` (one micro-batch's), the training loss: profiled on the
             model's output and charged to the last stage (``spec.loss_fn`` and
             ``autopipe.spec.example_target(spec)`` for a spec). Without it the plan leaves
@@ -256,8 +257,9 @@ def plan(
 
     if batch_size is not None and measured_here:
         found = solve(source)
-        return refined_choice(found, found.options["microbatch_size"],
-                              lambda p: solve(p, **choice_of(found)))
+        if not (refine and profile == "measure"):
+            return found
+        return refine_search(found, profiles, solve, refined_choice)
     graph = trace(model, example_inputs, example_kwargs)
     prof = _profile(graph, profile, example_inputs, example_kwargs, device_spec=device_spec, dtype=dtype,
                     loss=loss)

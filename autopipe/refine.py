@@ -31,11 +31,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from autopipe.partition.finalists import finalists, refined_best
 from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
 from autopipe.trace import Graph
@@ -45,6 +46,8 @@ MAX_FACTOR = 4.0
 MIN_GAIN = 0.02
 """A re-solve that moves the cuts must promise at least this share off the step just
 measured; a smaller gain is within the timings' noise, and the measured cuts stay."""
+DEFAULT_FINALISTS = 3
+"""A measured batch-size search re-times at most this many of its fastest candidates."""
 WINDOW_S = 1.0
 """Each round's stage timings spread over at least this many seconds ([Note: timing over
 a window] in ``autopipe.runtime.timing``), within ``MORE_RUNS`` × ``repeats`` runs."""
@@ -215,15 +218,68 @@ def refine_candidate(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any
     pipeline × data-parallel degrees): ``replan`` solves that candidate alone, on
     ``profile``, the profile of its micro-batch size, traced as ``graph`` from ``args,
     kwargs``. The search's rows stay as they were: the candidates were compared on their
-    node sums.
+    node sums. A ``plan`` refined before is timed again: its rounds are kept before the new
+    ones, from ``timed_again_from`` ([Note: finalists re-timed] in ``autopipe.partition.finalists``).
 
     Until 2026-12-06 a plan of a batch-size search was not refined at all, nor one of a
     degree search (``--gpus``) until 2026-12-07: they predicted their steps on node sums.
     """
     refined = refine(plan, profile, graph, args, kwargs, replan, **options)
     kept = {k: v for k, v in refined.options.items() if k != "search_lower_bound_s"}
+    earlier = plan.options.get("refine")
+    if isinstance(earlier, dict):  # refined before: timed again ([Note: finalists re-timed])
+        kept["refine"] = {**kept["refine"], "rounds": [*earlier["rounds"], *kept["refine"]["rounds"]],
+                          "timed_again_from": len(earlier["rounds"])}
     return dataclasses.replace(refined, options={
         **kept, **{k: plan.options[k] for k in SEARCH_RECORD if k in plan.options}})
+
+
+def refine_search(found: Plan, profiles: Mapping[int, Profile], solve: Callable[..., Plan],
+                  refine_one: Callable[[Plan, int, Callable[[Profile], Plan]], Plan],
+                  limit: int = DEFAULT_FINALISTS) -> Plan:
+    """A batch-size search's ``found`` plan, with its finalists re-timed as whole stages and
+    the fastest re-timed one kept ([Note: finalists re-timed] in ``autopipe.partition.finalists``).
+
+    Args:
+        found: the search's plan (``options["search"]``: every candidate's row).
+        profiles: the measured profile of each micro-batch size.
+        solve: ``solve(profile, **choice)`` plans one candidate alone (``choice_of``'s keywords).
+        refine_one: ``refine_one(plan, size, replan)``, the refined plan of a candidate of
+            micro-batches of ``size`` (``plan`` itself where it cannot be refined).
+        limit: finalists at most.
+
+    Returns:
+        The winner, refined, with the search's rows (each finalist's ``refined_s``, the
+        winner's ``retimed_s`` where it was timed again) and its own micro-batch size.
+    """
+    ranks = len(set(ranks_of(found)))
+    rows = [dict(r) for r in found.options["search"]]
+    solved = [r for r in rows if isinstance(r.get("iteration_s"), (int, float))]
+    ranked = sorted(solved, key=lambda r: r["iteration_s"])  # stable: ties in the search's order
+    finals = [ranked[k] for k in finalists([r["iteration_s"] for r in ranked], limit)]
+
+    def choice(row: dict[str, Any]) -> dict[str, Any]:
+        return {"num_stages": ranks, "microbatches": row["microbatches"], "schedule": row["schedule"],
+                "virtual_stages": row.get("virtual_stages"), "batch_size": None}
+
+    starts = [found if choice(r) == choice_of(found) else solve(profiles[r["microbatch_size"]], **choice(r))
+              for r in finals]
+
+    def refined(k: int, plan: Plan) -> Plan:
+        row = finals[k]
+        return refine_one(plan, row["microbatch_size"], lambda p: solve(p, **choice(row)))
+
+    k, done, again = refined_best(starts, refined)
+    for row, start, plan in zip(finals, starts, done):
+        if plan is not start:
+            row["refined_s"] = plan.predicted.iteration_s
+    if again is not None:
+        finals[k]["retimed_s"] = again.predicted.iteration_s
+    kept = again or done[k]
+    return dataclasses.replace(kept, options={
+        **{o: v for o, v in kept.options.items() if o != "search_lower_bound_s"},
+        "search": rows, "batch_size": found.options["batch_size"],
+        "microbatch_size": finals[k]["microbatch_size"]})
 
 
 def rank_programs(plan: Plan) -> dict[int, list[tuple[int, str, int]]]:

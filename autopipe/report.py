@@ -204,13 +204,23 @@ def _search_cell(t: dict[str, Any]) -> str:
     step, status, lower = t.get("iteration_s"), t.get("status"), t.get("lower_bound_s")
     if isinstance(step, (int, float)):
         if status == "feasible" and isinstance(lower, (int, float)) and step > 0:
-            return f"{format_seconds(step)} (gap {max(0.0, 1 - lower / step):.1%})"
-        return format_seconds(step) + (" (beaten)" if status == "beaten" else "")
+            return f"{format_seconds(step)} (gap {max(0.0, 1 - lower / step):.1%})" + _retimed(t)
+        return format_seconds(step) + (" (beaten)" if status == "beaten" else "") + _retimed(t)
     if status in ("skipped", "beaten") and isinstance(lower, (int, float)):
         return f">= {format_seconds(lower)}" + (" (beaten)" if status == "beaten" else "")
     if status == "unsolved":
         return "? (none found in its time)"
     return "-"
+
+
+def _retimed(row: dict[str, Any]) -> str:
+    """A finalist's step re-timed as whole stages ([Note: finalists re-timed] in
+    ``autopipe.partition.finalists``), and the winner's timed once more; "" for the others."""
+    refined, again = row.get("refined_s"), row.get("retimed_s")
+    if not isinstance(refined, (int, float)):
+        return ""
+    more = f"; again: {format_seconds(again)}" if isinstance(again, (int, float)) else ""
+    return f" (re-timed as whole stages: {format_seconds(refined)}{more})"
 
 
 def _dp_allreduce(plan: Plan) -> tuple[float, ...]:
@@ -232,10 +242,8 @@ def degree_row(row: dict[str, Any], chosen: bool = False) -> str:
         return f"{what}  {why if len(why) <= 100 else why[:99] + '…'}"
     limit = row.get("memory_limit")
     memory = format_size(row["memory"]) + (f" ({row['memory'] / limit:.1%})" if limit else "")
-    refined = row.get("refined_s")  # the choice's step re-timed as whole stages
     return (f"{what}  {format_seconds(step):>11}  {row['samples_per_s']:>10.2f}  {memory:>20}  "
-            f"{row.get('method', '')}"
-            + (f"  (re-timed as whole stages: {format_seconds(refined)})" if isinstance(refined, (int, float)) else ""))
+            f"{row.get('method', '')}" + (f" {_retimed(row)}" if _retimed(row) else ""))
 
 
 def degree_lines(plan: Plan) -> list[str]:

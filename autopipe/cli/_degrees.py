@@ -37,7 +37,8 @@ def add_degree_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--screen", metavar="METHOD",
                    help=f"plan every candidate with this method first: {', '.join(METHODS)} (default dp)")
     g.add_argument("--finalists", type=int, metavar="K",
-                   help="re-plan the K fastest candidates with --method (default 3)")
+                   help="re-plan the K fastest candidates with --method and, measured here, re-time "
+                        "them as whole stages (default 3)")
 
 
 def check_degree_flags(args: argparse.Namespace) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from autopipe._jsonio import check_writable
 from autopipe._phases import phase
+from autopipe._units import format_seconds
 from autopipe.cli._common import add_spec_args, reject_flag
 from autopipe.cli._degrees import add_degree_args, check_degree_flags, plan_on_gpus
 from autopipe.cli._estimate_build import build_record, built_for_estimate, explain_mismatch
@@ -211,12 +212,10 @@ def run(args: argparse.Namespace) -> int:
         if not (args.no_refine or args.profile):
             if graph is not None and spec is not None and isinstance(source, Profile):
                 plan = _refined(plan, source, graph, spec, solve)
-            elif "microbatch_size" in plan.options:
-                from autopipe.refine import choice_of
+            elif "microbatch_size" in plan.options and all(p.method == "measure" for p in profiles.values()):
+                from autopipe.refine import refine_search
 
-                found = plan
-                plan = refined_choice(found, found.options["microbatch_size"],
-                                      lambda p: solve(p, **choice_of(found)))
+                plan = refine_search(plan, profiles, solve, refined_choice)
     with phase("save"):
         plan.save(args.output)
     print(format_plan(plan))
@@ -296,7 +295,7 @@ def _refined(plan: Plan, profile: Profile, graph: Graph, spec: ModelSpec,
              replan: Callable[[Profile], Plan], *, choice: bool = False) -> Plan:
     """``plan`` refined on whole-stage times where the profile was measured here
     (autopipe.refine); with ``choice``, the candidate a search chose, alone."""
-    from autopipe.refine import can_refine, refine, refine_candidate
+    from autopipe.refine import can_refine, ranks_of, refine, refine_candidate
 
     if can_refine(graph, profile) is not None:
         return plan
@@ -306,10 +305,20 @@ def _refined(plan: Plan, profile: Profile, graph: Graph, spec: ModelSpec,
     info = refined.options["refine"]
     last = info["rounds"][-1]
     ratios = ", ".join(f"{f:.2f}/{b:.2f}" for f, b in zip(last["forward_ratio"], last["backward_ratio"]))
-    print(("the search's choice (its candidates compared on their node sums) " if choice else "")
-          + f"refined on whole-stage times: {len(info['rounds'])} round(s)"
+    again = int(info.get("timed_again_from", 0))
+    what = ""
+    if choice:
+        dp = plan.data_parallel
+        ranks = len(set(ranks_of(plan)))
+        what = (f"the search's candidate of {ranks} stage{'s' * (ranks != 1)}"
+                + (f" x {dp.degree} replicas" if dp is not None else "")
+                + f", {plan.microbatches} x {plan.options.get('microbatch_size', '?')} {plan.schedule}, "
+                + ("timed again as the fastest re-timed finalist; " if again else ""))
+    print(what + f"refined on whole-stage times: {len(info['rounds']) - again} round(s)"
           f"{'' if info['converged'] else ' (cuts still moving: the fastest measured round kept)'}; "
-          f"stage forward/backward measured / node sums {ratios}; stages timed {info['timed']}"
+          f"stage forward/backward measured / node sums {ratios}; stages timed {info['timed']}; "
+          f"step {format_seconds(refined.predicted.iteration_s)} ("
+          f"{'timed before' if again else 'node sums'} {format_seconds(plan.predicted.iteration_s)})"
           + (f"; the cuts measured kept (other cuts solved on their times promised "
              f"{last['gain_kept_out']:.1%} less, within the timings' noise)" if "gain_kept_out" in last else ""),
           file=sys.stderr)

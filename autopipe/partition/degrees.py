@@ -43,6 +43,7 @@ from autopipe.partition.degree_options import (
     search_options,
     sizes_for,
 )
+from autopipe.partition.finalists import finalists, refined_best
 from autopipe.partition.planner import ProfileSource, link_bandwidth_for, plan_profile
 from autopipe.partition.problem import Config, Problem, from_profile
 from autopipe.partition.replicas import PLACEMENTS, Cluster, GradSync, place
@@ -100,10 +101,11 @@ def plan_degrees(
         screen: the partitioner of every candidate first (``dp``); None: ``method`` for all.
         finalists: how many of the fastest candidates ``method`` plans again.
         progress: called with each row as it is decided.
-        refine: ``refine(plan, b, replan)`` gives the plan to keep for the chosen candidate
-            ``plan``, of micro-batches of ``b`` samples; ``replan(profile)`` plans that
-            candidate alone on ``profile`` (``autopipe.refine.refine_candidate``: its stages
-            re-timed as whole modules). Its row then records ``refined_s`` where it is another plan.
+        refine: ``refine(plan, b, replan)`` gives the plan to keep for candidate ``plan``, of
+            micro-batches of ``b`` samples; ``replan(profile)`` plans that candidate alone on
+            ``profile`` (``autopipe.refine.refine_candidate``: its stages re-timed as whole
+            modules). The finalists are refined and the fastest refined wins ([Note: finalists
+            re-timed] in ``autopipe.partition.finalists``); each row records ``refined_s`` where it is another plan.
         **plan_args: ``plan_profile``'s other options (``max_blocks``, ``time_limit``,
             ``mip_gap``, ``solver``, ``deterministic``, ``dtype``, ``granularity``, ``cut_at``).
 
@@ -171,10 +173,7 @@ def plan_degrees(
     best = _finish(search, cluster, memory, source, rows, plans, say)
     plan = plans[best]
     if refine is not None:
-        refined = refine(plan, rows[best]["microbatch_size"], _replan(search, cluster, memory, rows[best], plan))
-        if refined is not plan:
-            rows[best]["refined_s"] = refined.predicted.iteration_s
-        plan = refined
+        best, plan = _refined_best(search, cluster, memory, rows, plans, refine)
     return _result(search, cluster, memory, plan, rows[best], rows)
 
 
@@ -326,6 +325,28 @@ def _finish(search: Search, cluster: Cluster, memory: int | None, source: Callab
                 row.update(_figures(search, memory, plan))
             say(row)
     return min(plans, key=lambda i: _key(search, rows[i]))
+
+
+def _refined_best(search: Search, cluster: Cluster, memory: int | None, rows: list[Row],
+                  plans: dict[int, Plan], refine: Refine) -> tuple[int, Plan]:
+    """The finalists re-timed as whole stages by ``refine``, and the fastest of them: its
+    index and plan ([Note: finalists re-timed] in ``autopipe.partition.finalists``). Each row
+    re-timed records ``refined_s``; the chosen one, where it was chosen among several,
+    ``retimed_s`` too."""
+    ranked = sorted(plans, key=lambda i: _key(search, rows[i]))
+    finals = [ranked[k] for k in finalists([rows[i]["iteration_s"] for i in ranked], search.finalists)]
+
+    def refined(k: int, plan: Plan) -> Plan:
+        row = rows[finals[k]]
+        return refine(plan, row["microbatch_size"], _replan(search, cluster, memory, row, plan))
+
+    k, done, again = refined_best([plans[i] for i in finals], refined)
+    for i, plan in zip(finals, done):
+        if plan is not plans[i]:
+            rows[i]["refined_s"] = plan.predicted.iteration_s
+    if again is not None:
+        rows[finals[k]]["retimed_s"] = again.predicted.iteration_s
+    return finals[k], again or done[k]
 
 
 def _replan(search: Search, cluster: Cluster, memory: int | None, row: Row,
