@@ -170,7 +170,8 @@ def plan(
                             "chooses stages x data-parallel replicas)", hint="pass num_stages=4 or gpus=8")
         schedule = schedule or "1f1b"
         check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute,
-                      virtual_stages, remake, cut_at, time_limit=time_limit, mip_gap=mip_gap)
+                      virtual_stages, remake, cut_at, time_limit=time_limit, mip_gap=mip_gap,
+                      one_profile=not (isinstance(profile, str) and profile in PROFILE_MODES))
         extra = {"gpus_per_node": gpus_per_node, "intra_node_bandwidth": intra_node_bandwidth,
                  "inter_node_bandwidth": inter_node_bandwidth, "microbatch_sizes": microbatch_sizes}
         given = [k for k, v in {**extra, "shard_optimizer": shard_optimizer or None}.items() if v is not None]

@@ -160,6 +160,15 @@ def test_batch_size_with_a_saved_profile(profiled: dict[str, Profile]) -> None:
     with pytest.raises(PlanError, match="only one profile was given"):
         autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile=profiled["mlp"],
                       batch_size=32, microbatches="auto")
+    # a count that does not divide the batch: the hint offers no auto, which one profile refuses
+    # (it did until 2026-12-07)
+    with pytest.raises(PlanError, match="3 micro-batches do not divide the batch of 32") as info:
+        autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile=profiled["mlp"],
+                      batch_size=32, microbatches=3)
+    assert "auto" not in str(info.value.hint) and "profile's size" in str(info.value.hint)
+    with pytest.raises(PlanError, match="3 micro-batches do not divide") as info:
+        autopipe.plan(spec.model, spec.example_inputs, num_stages=2, batch_size=32, microbatches=3)
+    assert "or auto" in str(info.value.hint)
 
 
 def test_planning_leaves_the_model_and_the_random_state_as_they_were() -> None:

@@ -152,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     check_degree_flags(args)
     if args.gpus is None:
         check_options(args.stages, microbatches, args.schedule, args.method, args.batch_size,
-                      recompute=args.recompute, virtual_stages=args.virtual_stages, remake=args.remake)
+                      recompute=args.recompute, virtual_stages=args.virtual_stages, remake=args.remake,
+                      one_profile=bool(args.profile))
     _check_flags(args)
     if args.cut_at is not None:
         matcher(args.cut_at)  # a bad regex fails before minutes of profiling

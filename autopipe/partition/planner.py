@@ -106,11 +106,13 @@ def parse_bandwidth(value: float | str, what: str = "link bandwidth") -> float:
 def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str,
                   batch_size: Any = None, granularity: str | None = None, recompute: str = "auto",
                   virtual_stages: Any = None, remake: str = "auto", cut_at: str | None = None,
-                  time_limit: Any = None, mip_gap: Any = None) -> None:
+                  time_limit: Any = None, mip_gap: Any = None, one_profile: bool = False) -> None:
     """Raise PlanError for options no plan can have (before anything is traced or profiled).
 
     ``time_limit`` and ``mip_gap`` are checked where given: a user's time limit must be
     positive and finite (``plan_profile`` also takes 0, what is left once a limit is spent).
+    ``one_profile``: the plan is made from one given profile, where ``auto`` micro-batches
+    (a profile per size) cannot be offered.
     """
     check_mip_options(time_limit, mip_gap, spent=False)
     if remake not in REMAKE:
@@ -140,7 +142,9 @@ def check_options(num_stages: Any, microbatches: Any, schedule: str, method: str
     if isinstance(microbatches, int) and batch_size is not None and batch_size % microbatches:
         raise PlanError(f"{microbatches} micro-batches do not divide the batch of {batch_size}",
                         hint=f"use a divisor of {batch_size} "
-                             f"(e.g. {_divisor_near(batch_size, microbatches)}), or auto")
+                             f"(e.g. {_divisor_near(batch_size, microbatches)})"
+                             + (": the one whose micro-batches are the given profile's size"
+                                if one_profile else ", or auto"))
     v = chunks_per_rank(schedule, virtual_stages)
     if schedule != "auto":
         check_virtual_stages(schedule, num_stages * v, v)
@@ -286,7 +290,7 @@ def plan_profile(
     if microbatches is None and batch_size is not None:
         microbatches = "auto"
     check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute,
-                  virtual_stages, remake, cut_at)
+                  virtual_stages, remake, cut_at, one_profile=isinstance(profile, Profile))
     check_mip_options(time_limit, mip_gap, spent=True)
     if microbatches == "auto" and isinstance(profile, Profile):
         raise PlanError("microbatches='auto' profiles the model at each micro-batch size, "
