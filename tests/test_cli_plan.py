@@ -83,9 +83,11 @@ def test_a_measured_batch_size_search_calibrates_once_and_refines_its_choice(
                          "--time-limit", "10", "-o", str(out)], capsys)
     assert code == 0, err
     assert asked == ["adam"]  # once, for the four micro-batch sizes (each measured it again)
-    assert "the search's choice (its candidates compared on their node sums) refined" in err
+    assert "the search's candidate of 2 stages, " in err and "refined on whole-stage times" in err
     plan = autopipe.Plan.load(out)
     assert plan.options["refine"]["rounds"] and len(plan.options["search"]) == 4
+    chosen = [r for r in plan.options["search"] if r["microbatches"] == plan.microbatches]
+    assert chosen[0].get("retimed_s", chosen[0]["refined_s"]) == plan.predicted.iteration_s
     assert plan.microbatches * plan.options["microbatch_size"] == 8
     assert plan.options["runtime"]["send_latency_s"] == 5e-5
 
