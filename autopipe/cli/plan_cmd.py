@@ -22,6 +22,7 @@ from autopipe.partition.mip_time import MipTime
 from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, METHODS, ProfileSource, check_options
 from autopipe.partition.problem import SCHEDULES
 from autopipe.plan_format import Plan
+from autopipe.profile._dtypes import DTYPES
 from autopipe.profile.devices import load_device_spec
 from autopipe.profile.profile import Profile
 from autopipe.spec import (
@@ -80,7 +81,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--device-spec", metavar="NAME|FILE.json",
                    help="estimate costs for this device (h100, a100, ...) instead of measuring here; "
                         "implied (h100) for a model on the meta device")
-    p.add_argument("--dtype", default=None, help="compute dtype to profile in (default: the model's)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="compute dtype to profile in (default: the model's)")
     p.add_argument("--optimizer", default="adam",
                    help="optimizer whose states count in memory: adam, adamw, sgd, sgd-momentum, none")
     p.add_argument("--link-bandwidth", metavar="BYTES_PER_S",
