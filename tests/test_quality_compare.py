@@ -155,3 +155,29 @@ def test_check_spec_replans_a_measured_plan_as_it_was_made(tmp_path: Path,
     again = Plan.load(new)
     assert "refine" not in again.options and "runtime" not in again.options
     assert again.options["profile_method"] == "measure"
+
+
+def test_check_spec_replans_on_the_saved_profile_given(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A plan made from a saved profile records it (name and digest); ``check --spec
+    --profile`` re-plans on it: the same plan, and no note that measured times vary (until
+    2026-12-07 ``check --spec`` could only measure the model again)."""
+    from .conftest import ROOT
+
+    spec, saved = f"{ROOT}/examples/mlp.py:build", str(ROOT / "profiles" / "cpu" / "mlp.json")
+    plan, new = tmp_path / "plan.json", tmp_path / "new.json"
+    assert main(["plan", spec, "--profile", saved, "--stages", "2", "-o", str(plan)]) == 0
+    made = Plan.load(plan)
+    assert made.options["profile_file"] == "mlp.json" and len(made.options["profile_sha256"]) == 16
+    capsys.readouterr()
+    assert main(["check", str(plan), "--spec", spec, "--profile", saved, "-o", str(new)]) == 0
+    out, err = capsys.readouterr()
+    assert "OK" in out and "vary from run to run" not in out and "note:" not in err
+    again = Plan.load(new)
+    assert [s.nodes for s in again.stages] == [s.nodes for s in made.stages]
+    assert again.predicted.iteration_s == made.predicted.iteration_s
+    # another file (a copy with one more byte): compared, with a note that they differ
+    other = tmp_path / "other.json"
+    other.write_text(Path(saved).read_text() + "\n")
+    assert main(["check", str(plan), "--spec", spec, "--profile", str(other)]) in (0, 1)
+    assert "is not the profile" in capsys.readouterr().err

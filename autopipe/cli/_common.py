@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from autopipe.errors import AutopipeError, PlanError
@@ -56,3 +57,13 @@ def reject_flag(given: bool, flag: str, applies: str, hint: str) -> None:
     """
     if given:
         raise AutopipeError(f"{flag} applies only {applies}", hint=hint)
+
+
+def profile_record(path: str) -> dict[str, str]:
+    """What a plan made from the saved profile at ``path`` records of it: its file name and
+    the SHA-256 of its bytes (16 hex digits), so ``check --spec`` can re-plan on the same costs."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    return {"profile_file": os.path.basename(path), "profile_sha256": digest}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 from typing import Any
 
 from autopipe._jsonio import check_writable
-from autopipe.cli._common import load_plan, plan_knobs, reject_flag
+from autopipe.cli._common import load_plan, plan_knobs, profile_record, reject_flag
 from autopipe.errors import AutopipeError, PlanError
 from autopipe.plan_format import Plan
 from autopipe.quality.compare import compare_plans
@@ -39,6 +41,9 @@ def add_parser(sub: Any) -> None:
                    help="keyword argument for the build function (with --spec)")
     p.add_argument("--tolerance", type=_tolerance, default=None,
                    help="allowed relative regression (default 0.01 = 1%%; with --golden, the file's)")
+    p.add_argument("--profile", metavar="PROFILE.json",
+                   help="with --spec: re-plan on this saved profile (as `autopipe plan --profile` "
+                        "made PLAN) instead of profiling the model again")
     p.add_argument("-o", "--output", metavar="NEW.json", help="with --spec: write the new plan here")
     p.add_argument("--refresh", action="store_true",
                    help="with --golden: record today's results in the file (on purpose only)")
@@ -69,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
 def _check_flags(args: argparse.Namespace) -> None:
     reject_flag(bool(args.spec_arg) and args.spec is None, "--spec-arg",
                 "with --spec (knobs of the model to re-plan)", hint="drop --spec-arg, or add --spec SPEC")
+    reject_flag(args.profile is not None and args.spec is None, "--profile",
+                "with --spec (the costs to re-plan on)", hint="drop --profile, or add --spec SPEC")
     reject_flag(args.output is not None and args.spec is None, "-o/--output",
                 "with --spec (where the re-planned plan goes)", hint="drop -o, or add --spec SPEC")
     reject_flag(args.refresh and args.golden is None, "--refresh", "with --golden",
@@ -92,7 +99,19 @@ def _replan(args: argparse.Namespace, old: Plan) -> Plan:
         validate_plan(old, graph, constants=model_constants(graph, spec))
     except PlanError as e:
         raise type(e)(f"{args.plan}: {e.message}", hint=e.hint) from None
-    return replan(spec, old)
+    given = old.options.get("profile_file")
+    if given and args.profile is None:
+        print(f"note: {args.plan} was planned on a saved profile ({given}); it is re-planned on a "
+              f"profile made again here, whose costs differ: give --profile {given} to re-plan on "
+              f"the same costs", file=sys.stderr)
+    if args.profile is None:
+        return replan(spec, old)
+    record = profile_record(args.profile)
+    new = replan(spec, old, profile=args.profile)
+    if old.options.get("profile_sha256") not in (None, record["profile_sha256"]):
+        print(f"note: {args.profile} is not the profile {args.plan} was planned on ({given}, "
+              f"another content): the plans are compared on different costs", file=sys.stderr)
+    return dataclasses.replace(new, options={**new.options, **record})
 
 
 def _golden(args: argparse.Namespace) -> int:

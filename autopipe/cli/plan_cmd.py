@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import math
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 from autopipe._jsonio import check_writable
 from autopipe._phases import phase
 from autopipe._units import format_seconds
-from autopipe.cli._common import add_spec_args, reject_flag
+from autopipe.cli._common import add_spec_args, profile_record, reject_flag
 from autopipe.cli._degrees import add_degree_args, check_degree_flags, plan_on_gpus
 from autopipe.cli._estimate_build import build_record, built_for_estimate, explain_mismatch
 from autopipe.errors import PlanError, PlanMismatchError, SpecError
@@ -219,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
                 from autopipe.refine import refine_search
 
                 plan = refine_search(plan, profiles, solve, refined_choice)
+    if args.profile:  # `check --spec` re-plans on the same costs given this file again
+        plan = dataclasses.replace(plan, options={**plan.options, **profile_record(args.profile)})
     with phase("save"):
         plan.save(args.output)
     print(format_plan(plan))

@@ -96,7 +96,9 @@ def compare_plans(new: Plan, old: Plan, *, tolerance: float = 0.01) -> Compariso
         lines += [f"  {name}: stage {a} -> {b}" for name, a, b in moved[:20]]
         if len(moved) > 20:
             lines.append(f"  ... and {len(moved) - 20} more")
-    if "measure" in (new.options.get("profile_method"), old.options.get("profile_method")):
+    same_costs = new.options.get("profile_sha256") is not None and (
+        new.options.get("profile_sha256") == old.options.get("profile_sha256"))
+    if "measure" in (new.options.get("profile_method"), old.options.get("profile_method")) and not same_costs:
         lines += ["", "note: a plan measured on a machine predicts with that machine's timings, which "
                   "vary from run to run" + ("; the cuts are the same, so the difference is that "
                   "variation" if _same_choice(new, old) else "") + ". For a gate, plan with "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from autopipe.errors import PlanError
@@ -11,12 +12,13 @@ from autopipe.refine import ranks_of
 from autopipe.spec import ModelSpec, example_target
 
 
-def replan(spec: ModelSpec, old: Plan) -> Plan:
+def replan(spec: ModelSpec, old: Plan, profile: str | os.PathLike[str] | None = None) -> Plan:
     """Re-plan ``spec`` with ``old``'s ranks and chunks, devices, schedule, method, memory
     model, recomputation and values made again.
 
-    The profile is made the way ``old``'s was: measured here, or estimated for the same
-    device spec (``options.profile_device == "estimate:<spec>"``).
+    The profile is ``profile`` (a saved profile's path) where given, else made the way
+    ``old``'s was: measured here, or estimated for the same device spec
+    (``options.profile_device == "estimate:<spec>"``).
 
     Raises:
         PlanError: ``old`` lacks the options needed (it was not written by ``autopipe plan``).
@@ -35,7 +37,7 @@ def replan(spec: ModelSpec, old: Plan) -> Plan:
     replicas = _replicas(old)
     return plan(
         spec.model, spec.example_inputs, example_kwargs=spec.example_kwargs,
-        microbatches=old.microbatches, schedule=old.schedule, profile=method,
+        microbatches=old.microbatches, schedule=old.schedule, profile=method if profile is None else profile,
         **(_ranks(old) if replicas is None else {"num_stages": old.num_stages}), optimizer=str(opts.get("optimizer", "adam")),
         method=old.solver.method, device_spec=device_spec,
         dtype=str(opts["dtype"]) if opts.get("dtype") else None,
