@@ -209,12 +209,16 @@ def plan(
         profiles[size] = profile_of_size(size)
         return profiles[size]
 
+    traced: dict[int, Graph] = {}
+
     def refined_choice(found: Plan, size: int, replan: Callable[[Profile], Plan]) -> Plan:
-        """A search's choice of micro-batches of ``size``, refined where it was measured here."""
+        """A search's candidate of micro-batches of ``size``, refined where it was measured here."""
         if not (refine and profile == "measure" and size in profiles):
             return found
         args, kwargs, at = sized(size)
-        graph = trace(model, args, kwargs)
+        if size not in traced:  # each finalist of this size, and the winner again, on one trace
+            traced[size] = trace(model, args, kwargs)
+        graph = traced[size]
         if can_refine(graph, profiles[size]) is not None:
             return found
         return refine_candidate(found, profiles[size], graph, args, kwargs, replan, **at)

@@ -200,13 +200,17 @@ def run(args: argparse.Namespace) -> int:
             deterministic=not args.timing, granularity=args.granularity, cut_at=args.cut_at,
             recompute=args.recompute, remake=args.remake))
 
+    built: dict[int, tuple[ModelSpec, Graph]] = {}
+
     def refined_choice(found: Plan, size: int, replan: Callable[[Profile], Plan]) -> Plan:
-        """A search's choice of micro-batches of ``size`` (over sizes, or over degrees),
-        refined where that size was measured here: its candidate alone."""
+        """A search's candidate of micro-batches of ``size`` (over sizes, or over degrees),
+        refined where that size was measured here: that candidate alone."""
         if args.no_refine or size not in profiles or profiles[size].method != "measure":
             return found
-        sized = _spec_at(args.spec, knobs, size)[0]  # the search's choice, as its size traces
-        traced = autopipe.trace(sized.model, sized.example_inputs, sized.example_kwargs)
+        if size not in built:  # each finalist of this size, and the winner again, refine on one build
+            sized = _spec_at(args.spec, knobs, size)[0]
+            built[size] = (sized, autopipe.trace(sized.model, sized.example_inputs, sized.example_kwargs))
+        sized, traced = built[size]
         return _refined(found, profiles[size], traced, sized, replan, choice=True)
 
     if args.gpus is not None:
