@@ -84,6 +84,7 @@ def test_a_measured_batch_size_search_calibrates_once_and_refines_its_choice(
     assert code == 0, err
     assert asked == ["adam"]  # once, for the four micro-batch sizes (each measured it again)
     assert "the search's candidate of 2 stages, " in err and "refined on whole-stage times" in err
+    assert " x ? " not in err  # each finalist's micro-batch size is named
     plan = autopipe.Plan.load(out)
     assert plan.options["refine"]["rounds"] and len(plan.options["search"]) == 4
     chosen = [r for r in plan.options["search"] if r["microbatches"] == plan.microbatches]

@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
             sized = _spec_at(args.spec, knobs, size)[0]
             built[size] = (sized, autopipe.trace(sized.model, sized.example_inputs, sized.example_kwargs))
         sized, traced = built[size]
-        return _refined(found, profiles[size], traced, sized, replan, choice=True)
+        return _refined(found, profiles[size], traced, sized, replan, size=size)
 
     if args.gpus is not None:
         plan = plan_on_gpus(args, source, microbatches, refine=refined_choice)
@@ -302,13 +302,14 @@ def _spec_at(spec: str, knobs: dict[str, Any], size: int | None,
 
 
 def _refined(plan: Plan, profile: Profile, graph: Graph, spec: ModelSpec,
-             replan: Callable[[Profile], Plan], *, choice: bool = False) -> Plan:
+             replan: Callable[[Profile], Plan], *, size: int | None = None) -> Plan:
     """``plan`` refined on whole-stage times where the profile was measured here
-    (autopipe.refine); with ``choice``, the candidate a search chose, alone."""
+    (autopipe.refine); with ``size``, a search's candidate of micro-batches of ``size``, alone."""
     from autopipe.refine import can_refine, ranks_of, refine, refine_candidate
 
     if can_refine(graph, profile) is not None:
         return plan
+    choice = size is not None
     refined = (refine_candidate if choice else refine)(
         plan, profile, graph, spec.example_inputs, spec.example_kwargs, replan,
         loss_fn=spec.loss_fn, target=example_target(spec))
@@ -322,7 +323,7 @@ def _refined(plan: Plan, profile: Profile, graph: Graph, spec: ModelSpec,
         ranks = len(set(ranks_of(plan)))
         what = (f"the search's candidate of {ranks} stage{'s' * (ranks != 1)}"
                 + (f" x {dp.degree} replicas" if dp is not None else "")
-                + f", {plan.microbatches} x {plan.options.get('microbatch_size', '?')} {plan.schedule}, "
+                + f", {plan.microbatches} x {size} {plan.schedule}, "
                 + ("timed again as the fastest re-timed finalist; " if again else ""))
     print(what + f"refined on whole-stage times: {len(info['rounds']) - again} round(s)"
           f"{'' if info['converged'] else ' (cuts still moving: the fastest measured round kept)'}; "
