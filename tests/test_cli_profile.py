@@ -88,6 +88,8 @@ def test_an_estimate_is_a_profile_plan_takes(tmp_path: Path, capsys: pytest.Capt
         capsys.readouterr().err
     assert main([*plan, str(tmp_path / "estimated.json"), "--device-spec", "h100"]) == 0
     given = json.loads((tmp_path / "given.json").read_text())
+    # the plan of a saved profile records it, for `check --spec --profile`; the rest is the same
+    assert given["options"].pop("profile_file") == "p.json" and given["options"].pop("profile_sha256")
     assert given == json.loads((tmp_path / "estimated.json").read_text())
     assert given["stages"][0]["nodes"] and given["predicted"]["iteration_s"] > 0
 
