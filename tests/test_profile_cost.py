@@ -126,3 +126,27 @@ def test_normalizations_are_priced_on_their_share_of_the_bandwidth() -> None:
         torch.nn.functional.group_norm(x, 4)
     assert grouped.bytes >= plain.bytes
     assert grouped.seconds == pytest.approx(grouped.bytes / 0.25e11)
+
+
+def test_grouped_matmuls_count_the_routed_experts_flops() -> None:
+    # [Note: grouped matmuls]: a mixture of experts' grouped matmul was priced by its bytes
+    # alone, as if element-wise (a Mixtral's experts next to free)
+    import transformers.integrations.moe  # noqa: F401  (registers transformers::grouped_mm_fallback)
+
+    tokens, k, n, experts = 64, 32, 48, 4
+    x = torch.empty(tokens, k, device="meta")
+    w = torch.empty(experts, k, n, device="meta")
+    offs = torch.tensor([16, 32, 48, 64], device="meta", dtype=torch.int32)
+    m = _price(torch.ops.transformers.grouped_mm_fallback, x, w, offs)
+    assert m.flops == 2 * tokens * k * n
+    assert m.seconds >= 2 * tokens * k * n / 1e12
+    bf16 = torch.bfloat16  # torch's own grouped matmul takes bfloat16 only
+    m = _price(torch.ops.aten._grouped_mm, x.to(bf16), w.to(bf16), offs)
+    assert m.flops == 2 * tokens * k * n
+    grad = torch.empty(tokens, n, device="meta")
+    m = _price(torch.ops.transformers.grouped_mm_fallback_backward, x, w, offs, grad)
+    assert m.flops == 2 * 2 * tokens * k * n
+    # a weight gradient's grouped matmul: both operands 2-D, the groups split the contraction
+    m = _price(torch.ops.aten._grouped_mm, torch.empty(k, tokens, device="meta", dtype=bf16),
+               torch.empty(tokens, n, device="meta", dtype=bf16), offs)
+    assert m.flops == 2 * k * tokens * n

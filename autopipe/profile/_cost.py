@@ -29,6 +29,10 @@ _GATHER = {
 _CONVOLUTION = {aten.convolution, aten.convolution_backward, aten._convolution,
                 aten.cudnn_convolution, aten.cudnn_convolution_transpose}
 _MATMUL = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten._scaled_mm}
+# grouped matmuls (a mixture of experts' experts), which torch's flop_registry lacks, by
+# qualified name: transformers registers its op only once imported
+_GROUPED_MM = {"aten::_grouped_mm", "transformers::grouped_mm_fallback",
+               "transformers::grouped_mm_fallback_backward"}
 # image normalizations: statistics per channel or group, reduced over the batch and the image
 _BATCH_NORM = {aten.native_batch_norm, aten._native_batch_norm_legit, aten._native_batch_norm_legit_functional,
                aten.native_batch_norm_backward, aten.cudnn_batch_norm, aten.cudnn_batch_norm_backward}
@@ -91,7 +95,8 @@ class CostMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         packet = func._overloadpacket
-        if packet not in flop_registry and not func.is_view and func not in _FREE:
+        grouped = packet._qualified_op_name in _GROUPED_MM
+        if packet not in flop_registry and not grouped and not func.is_view and func not in _FREE:
             # like FlopCounterMode: a composite op is priced by the calls it becomes
             with self:
                 r = func.decompose(*args, **kwargs)
@@ -102,9 +107,12 @@ class CostMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         if func.is_view or func in _FREE or not _touches_tensors(func, out):
             self.calls.append((self.host_s, None))
             return out
-        flops = int(flop_registry[packet](*args, **kwargs, out_val=out)) if packet in flop_registry else 0
+        if grouped:
+            flops = _grouped_mm_flops(packet._qualified_op_name, args, out)
+        else:
+            flops = int(flop_registry[packet](*args, **kwargs, out_val=out)) if packet in flop_registry else 0
         moved = _bytes(func, args, kwargs, out)
-        kind, dtype = _kind(packet), _dtype(args, out)
+        kind, dtype = "matmul" if grouped else _kind(packet), _dtype(args, out)
         t = moved / self.spec.bandwidth_for(kind, dtype)
         if flops:
             t = max(t, flops / self.spec.kernel_rate(kind, dtype, tf32=self.tf32.get(kind, False)))
@@ -119,6 +127,29 @@ def tf32_flags() -> dict[str, bool]:
     """Per kernel class, whether torch's backends let float32 run on the TF32 units now."""
     return {"convolution": bool(torch.backends.cudnn.allow_tf32),
             "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
+
+
+def _grouped_mm_flops(name: str, args: Any, out: Any) -> int:
+    """FLOPs of a grouped matmul: each row of the input meets the one expert it was routed to.
+
+    [Note: grouped matmuls]
+    A mixture of experts sorts its tokens by expert and multiplies each group by its own
+    expert's matrix in one call: ``aten._grouped_mm(a, b, offs)`` or transformers' opaque
+    ``grouped_mm_fallback(input (S, K), weight (E, K, N), offs)`` (a loop of ``mm``, a
+    custom op so that torch.export keeps it whole), 2·S·K·N FLOPs, the work of the routed
+    (active) experts only, whatever E. Neither is in torch's flop_registry and neither
+    decomposes, so before this both were priced by their bytes, as if element-wise: a
+    Mixtral's experts cost next to nothing. transformers' backward op returns the input's
+    and the weight's gradients together, 2·2·S·K·N. For ``_grouped_mm`` with both operands
+    2-D (a weight gradient: the groups split the contraction) each output element sums
+    over its group's share of ``a``'s columns, so the groups' sum is 2·M·N·K_total.
+    """
+    a, b = _tensors(args)[:2]
+    if name == "transformers::grouped_mm_fallback_backward":  # -> (grad_input, grad_weight)
+        return 2 * 2 * a.shape[0] * a.shape[1] * b.shape[2]
+    if a.dim() == 2 and b.dim() == 2:
+        return 2 * a.shape[0] * b.shape[1] * a.shape[1]
+    return 2 * _tensors(out)[0].numel() * a.shape[-1]
 
 
 def _kind(packet: Any) -> str:
