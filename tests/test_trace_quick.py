@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import pytest
 import torch
 from torch.fx import config as fx_config
 
 import autopipe
+from autopipe.errors import TraceError
 from autopipe.trace import frontend
-from autopipe.trace._quick import quick_export
+from autopipe.trace._quick import failures_unlogged, quick_export
 
 from .conftest import example_spec
+from .models import DataDependent
 
 
 def _plain(monkeypatch: pytest.MonkeyPatch, spec: autopipe.ModelSpec) -> autopipe.Graph:
@@ -48,3 +51,16 @@ def test_switches_are_restored() -> None:
     with pytest.raises(RuntimeError), quick_export():
         raise RuntimeError("inside")
     assert fx_config.do_not_emit_stack_traces == before
+
+
+def test_a_failed_export_prints_no_partial_graph(capfd: pytest.CaptureFixture[str]) -> None:
+    """torch.export printed the graph it had traced so far to stderr when it stopped on a
+    data-dependent branch (58 kB of code, four times, for Switch Transformers' loop over the
+    experts a batch hits) above autopipe's one-line error; other output still passes."""
+    with pytest.raises(TraceError, match="cannot trace the model"):
+        autopipe.trace(DataDependent(), (torch.randn(2, 4),))
+    err = capfd.readouterr().err
+    assert "def forward" not in err and "torch.ops.aten" not in err, err[:300]
+    with failures_unlogged():
+        print("kept", file=sys.stderr)
+    assert capfd.readouterr().err == "kept\n"

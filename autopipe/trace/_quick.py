@@ -19,7 +19,9 @@ graph is the same (tests/test_trace_quick.py compares node by node).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,15 +64,31 @@ before torch.export raises the same error (e.g. example inputs of the wrong shap
 
 @contextlib.contextmanager
 def failures_unlogged() -> Iterator[None]:
-    """Within this block, torch's fake-tensor logger keeps quiet: an export that fails
-    raises, and the trace reports that error in one line."""
+    """Within this block, torch's fake-tensor logger keeps quiet and a failed export's
+    partial graph is not printed: an export that fails raises, and the trace reports
+    that error in one line.
+
+    torch.export prints the graph it had traced so far to stderr (``print(e.partial_fx_graph,
+    file=sys.stderr)`` in ``torch/export/_trace.py``) when it stops on a data-dependent
+    branch, once per nested export call: a DBRX-like loop over the experts a batch hits
+    (Switch Transformers) printed 58 kB of generated code, four times, above the one-line
+    error (until 2026-12-07). What else the export writes to stderr is passed on after it.
+    """
     loggers = [logging.getLogger(name) for name in _NOISY]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
+    captured = io.StringIO()
     try:
-        yield
+        with contextlib.redirect_stderr(captured):
+            yield
+    except BaseException as e:
+        graph = getattr(e, "partial_fx_graph", None)
+        text = captured.getvalue()
+        sys.stderr.write(text.replace(f"{graph}\n", "") if graph is not None else text)
+        raise
+    else:
+        sys.stderr.write(captured.getvalue())
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
