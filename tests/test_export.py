@@ -440,3 +440,38 @@ def test_a_parameter_every_layer_reads_goes_with_every_part() -> None:
         assert holder in fqns
         got = {names[n] for n, _ in split_module(spec.model, fqns).named_parameters(remove_duplicate=False)}
         assert got == want[s], f"stage {s}: extra {sorted(got - want[s])[:3]}, missing {sorted(want[s] - got)[:3]}"
+
+
+class _Enclosing(nn.Module):
+    """LayoutLMv3's pattern: a parameter set directly on the module that encloses the layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(8))
+        self.embed = nn.Linear(4, 8)
+        self.layers = nn.ModuleList(nn.Linear(8, 8) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x) + self.cls_token
+        for layer in self.layers:
+            h = torch.relu(layer(h))
+        return h
+
+
+def test_torchtitan_refuses_a_part_that_would_keep_another_stages_layers() -> None:
+    """A stage reading a parameter set directly on a module that encloses layers got that
+    module as a holder, and torchtitan's part kept it whole: stage 0 of a LayoutLMv3 (and of a
+    BLIP-2, whose ``query_tokens`` sit on the model itself) kept every layer ([Note: a holder
+    that encloses layers] in autopipe/export/split.py)."""
+    from autopipe import trace
+    from autopipe.profile.estimate import estimate
+
+    model = nn.Sequential(_Enclosing(), nn.Linear(8, 2))
+    x = torch.randn(2, 4)
+    profile = estimate(trace(model, (x,)), (x,), progress=False)
+    plan = plan_profile(profile, num_stages=2, microbatches=4, cut_at="0.layers.*", time_limit=30)
+    assert "0" in plan.options["granularity"]["holders"][0]
+    with pytest.raises(ExportError, match=r"stage 0 holds a parameter set directly on 0, which "
+                                          r"encloses modules of stage 1 \(0\.layers\.\d"):
+        export_plan(plan, "torchtitan")
+    export_plan(plan, "deepspeed")  # its layer list names each stage's own modules

@@ -79,6 +79,27 @@ class LayerSplit:
         """The modules outside stage ``stage``'s units that hold parameters it reads."""
         return list(self.holders[stage]) if self.holders else []
 
+    def swallowed(self, stage: int) -> tuple[str, int, list[str]] | None:
+        """A holder of stage ``stage`` that encloses modules of another stage's units: the
+        holder, that stage and its modules under the holder; None where there is none.
+
+        [Note: a holder that encloses layers]
+        A parameter set directly on a module that also encloses layers (LayoutLMv3's
+        ``layoutlmv3.cls_token`` and ``pos_embed``, BLIP-2's ``query_tokens`` on the model
+        itself) makes that module a holder ([Note: parameters held outside the units] in
+        ``autopipe.partition.layers``), and a part that lists it keeps it whole: the layers of
+        every other stage under it too. torchtitan was told that stage 0 of a 2-stage
+        LayoutLMv3 keeps ``model.layoutlmv3``, the whole encoder with it (until 2026-12-07).
+        """
+        for holder in self.stage_holders(stage):
+            for other in range(len(self.stage_units)):
+                if other == stage:
+                    continue
+                under = [m for m in self.stage_modules(other) if m.startswith(holder + ".")]
+                if under:
+                    return holder, other, under
+        return None
+
     def unlike(self) -> str | None:
         """Why the layers are no stack of transformer layers built alike, as an engine that
         counts them (Megatron-LM's ``t``) needs; None where they are one.

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from autopipe.errors import ExportError
 from autopipe.export import recompute
 from autopipe.export.placement import V_SCHEDULES, check_placement
 from autopipe.export.split import LayerSplit
@@ -42,6 +43,17 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
     Raises:
         ExportError: the plan places its stages on ranks otherwise than torchtitan would.
     """
+    for stage in range(plan.num_stages):
+        found = split.swallowed(stage)
+        if found is not None:  # [Note: a holder that encloses layers]
+            holder, other, under = found
+            more = ", …" if len(under) > 2 else ""
+            raise ExportError(
+                f"stage {stage} holds a parameter set directly on {holder}, which encloses "
+                f"modules of stage {other} ({', '.join(under[:2])}{more}); torchtitan's part "
+                f"for stage {stage} would keep {holder} whole, and those with it",
+                hint=f"hold that parameter in a submodule of {holder} that encloses no layer, or "
+                     f"export it --format deepspeed, whose layer list names each stage's own modules")
     style = "v" if plan.schedule in V_SCHEDULES else "loop"
     ranks = check_placement(plan, style, "torchtitan", "plan it again for this schedule")
     parallelism: dict[str, Any] = {
