@@ -475,3 +475,16 @@ def test_torchtitan_refuses_a_part_that_would_keep_another_stages_layers() -> No
                                           r"encloses modules of stage 1 \(0\.layers\.\d"):
         export_plan(plan, "torchtitan")
     export_plan(plan, "deepspeed")  # its layer list names each stage's own modules
+
+
+@pytest.mark.parametrize("fmt", ["torchtitan", "deepspeed", "megatron"])
+def test_tied_parameters_in_several_stages_are_noted(fmt: str) -> None:
+    """GPT-2's embedding and head (one tied weight) in the first and the last stage: each
+    engine makes a copy per stage and, unless told, trains them apart; the exports said
+    nothing ([Note: tied parameters in an export] in autopipe/export/tied.py)."""
+    plan, _ = planned("gpt2-2")
+    assert plan.options["tied_sync_s"] > 0
+    notes = export_plan(plan, fmt)["notes"]
+    assert [n for n in notes if "tied parameters in several stages" in n and "train apart" in n]
+    untied, _ = planned("llama")
+    assert export_plan(untied, fmt)["notes"] == []

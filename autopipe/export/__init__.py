@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from autopipe.errors import ExportError
-from autopipe.export import deepspeed, megatron, torchtitan
+from autopipe.export import deepspeed, megatron, tied, torchtitan
 from autopipe.export.placement import pipeline_ranks, stage_ranks
 from autopipe.export.split import LayerSplit, layer_split
 from autopipe.plan_format import Plan
@@ -34,6 +34,8 @@ def export_plan(plan: Plan, fmt: str) -> dict[str, Any]:
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
     split = layer_split(plan)
+    out = FORMATS[fmt](plan, split)
+    out["notes"] = [*out["notes"], *tied.notes(plan, fmt)]  # [Note: tied parameters in an export]
     return {"schema": SCHEMA, "format": fmt,
             "plan": {"graph_fingerprint": plan.graph_fingerprint, "pattern": split.pattern,
                      "layers": split.num_layers, "layers_per_stage": split.layers_per_stage(),
@@ -42,7 +44,7 @@ def export_plan(plan: Plan, fmt: str) -> dict[str, Any]:
                      "recompute": [split.recomputed(s) for s in range(plan.num_stages)]
                      if split.recompute_units else None,
                      "predicted_step_s": plan.predicted.iteration_s},
-            **FORMATS[fmt](plan, split)}
+            **out}
 
 
 __all__ = ["FORMATS", "SCHEMA", "LayerSplit", "export_plan", "layer_split"]
