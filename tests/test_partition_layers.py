@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 
 import pytest
+import torch
 
 from autopipe.errors import PlanError
 from autopipe.partition import brute
@@ -243,3 +244,59 @@ def test_counts_a_second_list_only_where_it_is_a_stack(module: Callable[[int], s
     profile = _stacks(layered_profile(0, layers=5), module, target)
     plan = plan_profile(profile, num_stages=2, microbatches=4, granularity="layer")
     assert plan.options["granularity"]["lists"] == lists
+
+
+class _SideBySide(torch.nn.Module):
+    """Two layers in a row, then four side by side on the same features (a pyramid pooling
+    module's branches), summed, then a head; the branches' costs differ."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(64, 64) for _ in range(2))
+        self.branches = torch.nn.ModuleList(torch.nn.Sequential(
+            *(torch.nn.Linear(64, 64) for _ in range(1 + 3 * (i % 2)))) for i in range(4))
+        self.head = torch.nn.Linear(64, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return self.head(sum(b(x) for b in self.branches))
+
+
+@pytest.mark.parametrize("p", [2, 3, 4])
+def test_layers_side_by_side_stay_in_order(p: int) -> None:
+    """[Note: layers side by side]: each block of the restricted problem reads the one
+    before it, so the partitioners cannot put a later unit in an earlier stage; every
+    stage's units are a run. Until 2026-12-07 branches that do not read each other were
+    blocks of their own, and UperNet's plan of 3 stages failed an assertion
+    (``stage holds units [2, 4], outside [2, 3)``)."""
+    import autopipe
+    from autopipe.partition.layers import restrict
+    from autopipe.profile import estimate
+
+    model, x = _SideBySide(), torch.randn(16, 64)
+    profile = estimate(autopipe.trace(model, (x,)), (x,), device_spec="h100")
+    problem, layers = restrict(merge_forced(from_profile(profile, config(p))), r"(layers|branches)\.\d+")
+    reads = {d: {v.src for v in problem.values if d in v.dsts} for d in range(problem.size)}
+    behind: list[set[int]] = []
+    for k in range(problem.size):
+        behind.append(reads[k].union(*(behind[j] for j in reads[k])))
+        assert k == 0 or k - 1 in behind[k], f"block {k} does not read block {k - 1}"
+    plan = plan_profile(profile, num_stages=p, microbatches=4, granularity="layer",
+                        cut_at=r"(layers|branches)\.\d+")
+    held = [{layers.node_unit[n] for n in s.nodes} for s in plan.stages]
+    assert all(max(a) <= min(b) for a, b in itertools.pairwise(held))
+
+
+def test_upernet_plans_three_stages_at_layer_boundaries() -> None:
+    """The model the assertion was found on (zoo sweep of 2026-12-07)."""
+    import autopipe
+    from autopipe.profile import estimate
+    from tests import zoo
+
+    spec = zoo.upernet()
+    graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
+    profile = estimate(graph, spec.example_inputs, spec.example_kwargs, device_spec="h100")
+    plan = plan_profile(profile, num_stages=3, microbatches=4, granularity="layer")
+    starts = [a for a, _ in plan.options["granularity"]["stage_units"]]
+    assert starts == sorted(starts) and len(plan.stages) == 3

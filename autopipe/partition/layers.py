@@ -292,6 +292,7 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
             groups.append([])
         groups[-1].append(i)
         ahead = max(ahead, hi[i])
+    groups = _in_order(problem, groups)
     units = len(paths) + 2
     split = frozenset(x.rsplit(".", k)[0] for x in paths for k in range(1, x.count(".") + 1))
     modules = owned_modules(problem, node_unit, groups=units, split=split)
@@ -309,6 +310,42 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
             f"(with what runs before and after them)",
             hint=f"use at most {out.num_real} stages, or {_HINT}")
     return out, layers
+
+
+def _in_order(problem: Problem, groups: list[list[int]]) -> list[list[int]]:
+    """``groups`` (runs of ``problem``'s blocks in order), each merged with the next where
+    that one does not read it, directly or through the groups between: then every stage
+    holds a run of units ([Note: layers side by side]).
+
+    [Note: layers side by side]
+    The partitioners keep every value's reader at or after its maker's stage, nothing more:
+    two groups neither of which reads the other may go to stages in either order. Where
+    layers run side by side (UperNet's pyramid pooling, ``psp_modules.0`` … ``.3``, each
+    pooling the same features) the ILP put ``psp_modules.1`` in stage 1 and
+    ``psp_modules.0`` in stage 2, a split by unit ranges cannot say, and the plan failed
+    an assertion (until 2026-12-07). So each group must read the one before it: where it
+    does not, the two are one group (convex: neither reads the other, and every group
+    between them is one of the two), and the units of a stage are a range.
+    """
+    group_of = {b: g for g, members in enumerate(groups) for b in members}
+    reads: list[set[int]] = [set() for _ in groups]  # per group, the groups it reads directly
+    for v in problem.values:
+        for d in v.dsts:
+            if group_of[d] != group_of[v.src]:
+                reads[group_of[d]].add(group_of[v.src])
+    behind: list[set[int]] = []  # per group, every group it reads, directly or not
+    for g in range(len(groups)):
+        behind.append(set(reads[g]).union(*(behind[k] for k in reads[g])))
+    out: list[list[int]] = []
+    held: set[int] = set()  # the groups merged into out[-1]
+    for g, members in enumerate(groups):
+        if out and not behind[g] & held:  # it does not read the run before it: one group
+            out[-1] += members
+            held.add(g)
+        else:
+            out.append(list(members))
+            held = {g}
+    return out
 
 
 def stage_units(plan: Plan, layers: Layers) -> list[list[int]]:
