@@ -300,3 +300,21 @@ def test_upernet_plans_three_stages_at_layer_boundaries() -> None:
     plan = plan_profile(profile, num_stages=3, microbatches=4, granularity="layer")
     starts = [a for a, _ in plan.options["granularity"]["stage_units"]]
     assert starts == sorted(starts) and len(plan.stages) == 3
+
+
+def test_a_parameter_no_node_reads_needs_no_holder() -> None:
+    """DINOv2's ``embeddings.mask_token`` is read only with a mask: the output node owns it
+    (``autopipe.trace``), and until 2026-12-07 that made ``dinov2.embeddings`` a holder of
+    the last stage, whose torchtitan part then kept the whole embeddings module."""
+    import autopipe
+    from autopipe.profile import estimate
+    from tests import zoo
+
+    spec = zoo.dinov2()
+    graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
+    profile = estimate(graph, spec.example_inputs, spec.example_kwargs, device_spec="h100")
+    assert "dinov2.embeddings.mask_token" in profile.by_name["output"].params
+    plan = plan_profile(profile, num_stages=2, microbatches=4, granularity="layer")
+    info = plan.options["granularity"]
+    assert info["holders"] == [[], []]
+    assert "dinov2.embeddings" in info["units"][0]  # the module stays with the first stage's unit

@@ -379,9 +379,13 @@ def holders(plan: Plan, layers: Layers, profile: Profile) -> list[list[str]]:
     with every stage that reads it; a tied parameter that one of the stage's modules holds
     under another name (GPT-2's ``lm_head.weight``, one Parameter with
     ``transformer.wte.weight``) needs none. A parameter of the model itself (no module
-    path) cannot be kept apart from the model and is left out. Not handled: a parameter set
-    directly on a module that also encloses layers; listing that module would keep its
-    layers in the part too (none of the 23 architectures of ``tests/zoo.py`` has one).
+    path) cannot be kept apart from the model and is left out, and so is one that no node
+    reads (the output node owns it, ``autopipe.trace``: DINOv2's ``embeddings.mask_token``
+    without a mask), which stays with its module wherever that is; until 2026-12-07 it
+    put the whole ``dinov2.embeddings`` in the last stage's part. A parameter set directly
+    on a module that also encloses layers would keep those layers in the part too:
+    ``autopipe.export`` refuses such a plan for torchtitan (LayoutLMv3's ``cls_token``,
+    BLIP-2's ``query_tokens``).
     """
     names = {p: group for group in profile.tied for p in group}
     by = profile.by_name
@@ -390,6 +394,8 @@ def holders(plan: Plan, layers: Layers, profile: Profile) -> list[list[str]]:
         kept = [m for u in layers.units[a:b] for m in u]
         found: list[str] = []
         for n in stage.nodes:
+            if by[n].op == "output":  # it owns the parameters no node reads: they need no holder
+                continue
             for param in (*by[n].params, *by[n].shared_params):
                 if any(_under(q, kept) for q in names.get(param, (param,))):
                     continue
