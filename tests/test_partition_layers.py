@@ -178,6 +178,13 @@ def test_no_repeated_layers() -> None:
     with pytest.raises(PlanError, match="found no repeated layers") as e:
         plan_profile(flat, num_stages=2, microbatches=4, granularity="layer")
     assert "--cut-at" in str(e.value.hint) and "h_0_op" in str(e.value.hint)
+    # inside a wrapper of one child (a Hugging Face model's `model`), the hint names the
+    # modules where they part: it named only `model` until 2026-12-07
+    wrapped = dataclasses.replace(flat, nodes=tuple(
+        dataclasses.replace(n, module=f"model.inner.{n.module}" if n.module else "") for n in flat.nodes))
+    with pytest.raises(PlanError, match="found no repeated layers") as e:
+        plan_profile(wrapped, num_stages=2, microbatches=4, granularity="layer")
+    assert "(modules here: model.inner.emb, model.inner.h_0_op" in str(e.value.hint)
 
 
 def _stacks(profile: Profile, module: Callable[[int], str], target: Callable[[int], str] = lambda i: "op") -> Profile:

@@ -203,8 +203,13 @@ def _candidates(problem: Problem) -> str:
     found = repeated_lists(problem)
     if found:
         return "repeated blocks here: " + ", ".join(f"{_glob(x)} ({n})" for x, n, _ in found[:5])
-    tops = sorted({m.split(".")[0] for m in problem.node_module.values() if m})
-    return "top-level modules here: " + ", ".join(tops[:10])
+    modules = {m for m in problem.node_module.values() if m}
+    depth, tops = 1, sorted({m.split(".")[0] for m in modules})
+    # through wrappers of one child (a Hugging Face model's `model`): where the modules part
+    while len(tops) == 1 and any(m.count(".") >= depth for m in modules):
+        depth += 1
+        tops = sorted({".".join(m.split(".")[:depth]) for m in modules})
+    return ("top-level modules here: " if depth == 1 else "modules here: ") + ", ".join(tops[:10])
 
 
 def matcher(pattern: str) -> Callable[[str], bool]:
