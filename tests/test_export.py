@@ -415,7 +415,7 @@ def test_an_encoder_decoder_is_cut_between_the_layers_of_both_stacks() -> None:
     with pytest.raises(ExportError, match=r"one stack of transformer layers.*2 module lists "
                                           r"\(t5\.encoder\.block, t5\.decoder\.block\)") as e:
         export_plan(plan, "megatron")
-    assert "--cut-at 't5.decoder.block.*'" in str(e.value.hint)
+    assert "--cut-at" not in str(e.value.hint)  # one stack alone would leave the other inside E or L
 
 
 def test_a_parameter_every_layer_reads_goes_with_every_part() -> None:
@@ -488,3 +488,39 @@ def test_tied_parameters_in_several_stages_are_noted(fmt: str) -> None:
     assert [n for n in notes if "tied parameters in several stages" in n and "train apart" in n]
     untied, _ = planned("llama")
     assert export_plan(untied, fmt)["notes"] == []
+
+
+def test_megatron_refuses_a_stack_left_inside_e_or_l() -> None:
+    """A BART cut between its decoder's layers only (the hint of the two-stack refusal said
+    to plan so until 2026-12-07) has its whole encoder in unit 0: Megatron-LM would read
+    the layout ``E|ttL`` with E as the embedding alone. The plan records the stack it does
+    not cut (``uncut``); Megatron is refused, torchtitan's lists hold it."""
+    import autopipe
+    from autopipe.partition.planner import plan_profile
+    from autopipe.profile import estimate
+    from tests import zoo
+
+    import transformers as hf
+
+    cfg = hf.BartConfig(vocab_size=zoo.VOCAB, d_model=32, encoder_layers=2, decoder_layers=2,
+                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                        decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0,
+                        attention_dropout=0.0, activation_dropout=0.0, use_cache=False)
+    spec = zoo._reversal(zoo._seeded(lambda: zoo._Seq2Seq(hf.BartForConditionalGeneration(cfg))), "bart")
+    graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
+    profile = estimate(graph, spec.example_inputs, spec.example_kwargs, device_spec="h100")
+    both = plan_profile(profile, num_stages=2, microbatches=4, granularity="layer")
+    with pytest.raises(ExportError, match="2 module lists") as e:
+        export_plan(both, "megatron")
+    assert "--cut-at" not in str(e.value.hint)
+    decoder = next(x for x in both.options["granularity"]["lists"] if "decoder" in x)
+    plan = plan_profile(profile, num_stages=2, microbatches=4, cut_at=f"{decoder}.*")
+    info = plan.options["granularity"]
+    encoder = decoder.replace("decoder", "encoder")
+    assert info["lists"] == [decoder] and info["uncut"] == [[encoder, 2]]
+    with pytest.raises(ExportError, match=f"{encoder} \\(2 blocks\\) runs before or after them"):
+        export_plan(plan, "megatron")
+    parts = export_plan(plan, "torchtitan")["parallelism"]["module_fqns_per_model_part"]
+    assert any(m == encoder or m.startswith(encoder + ".") or encoder.startswith(m + ".")
+               for m in parts[0])  # the first part holds the encoder
+    assert "uncut" not in both.options["granularity"]

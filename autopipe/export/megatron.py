@@ -51,7 +51,8 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
 
     Raises:
         ExportError: the plan's layers come from more than one module list (an
-            encoder-decoder's two stacks), or are no stack built alike (``--cut-at`` over
+            encoder-decoder's two stacks), another stack runs outside them (inside E or
+            L: an encoder where only the decoder is cut), or they are no stack built alike (``--cut-at`` over
             unlike modules: ``LayerSplit.unlike``): the layout counts one stack of
             transformer layers; or its stages lie on the ranks in a V.
     """
@@ -60,8 +61,17 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
             f"Megatron-LM's pipeline layout counts one stack of transformer layers, but this "
             f"plan cuts between the layers of {len(split.lists)} module lists "
             f"({', '.join(split.lists)})",
-            hint=f"export it --format torchtitan or deepspeed, or plan it again with --cut-at "
-                 f"'{split.lists[-1]}.*' (that stack's layers only)")
+            hint="export it --format torchtitan or deepspeed, whose module lists hold both "
+                 "stacks (cutting one stack only leaves the other inside E or L)")
+    if split.uncut:
+        stacks = ", ".join(f"{x} ({n} blocks)" for x, n in split.uncut)
+        raise ExportError(
+            f"Megatron-LM's pipeline layout reads E as the embedding and L as the output layer "
+            f"and loss, but this plan cuts only between the layers of "
+            f"{', '.join(split.lists) or split.pattern!r}, and {stacks} runs before or after them, "
+            f"inside E or L",
+            hint="export it --format torchtitan or deepspeed, whose module lists say what each "
+                 "stage holds")
     why = split.unlike()
     if why is not None:
         again = ("plan it again with --cut-at naming the blocks of one stack ('model.layers.*')"

@@ -40,6 +40,9 @@ class LayerSplit:
     recompute_units: tuple[tuple[int, ...], ...] = ()
     """Per stage, the units whose nodes it recomputes in backward (empty where the plan
     recomputes nothing)."""
+    uncut: tuple[tuple[str, int], ...] = ()
+    """Other lists of repeated blocks that the plan does not cut between, outside its layers
+    (``Layers.uncut`` in ``autopipe.partition.layers``; empty in plans from before 2026-12-07)."""
     auto: bool = False
     """True when the planner found the layers, False when ``--cut-at`` named them."""
     alike: bool | None = None
@@ -151,6 +154,7 @@ def layer_split(plan: Plan) -> LayerSplit:
                            holders=tuple(tuple(str(m) for m in h) for h in info.get("holders", ())),
                            recompute_units=tuple(tuple(int(u) for u in r)
                                                  for r in info.get("recompute_units", ())),
+                           uncut=tuple((str(x), int(n)) for x, n in info.get("uncut", ())),
                            auto=bool(info.get("auto", False)),
                            alike=None if info.get("alike") is None else bool(info["alike"]))
     except (KeyError, TypeError, ValueError) as e:

@@ -54,6 +54,10 @@ class Layers:
     """Per unit, the outermost modules whose nodes all lie in it (layers by their path)."""
     lists: tuple[str, ...]
     """The module lists the layers belong to, in the order they first run (``model.layers``)."""
+    uncut: tuple[tuple[str, int], ...] = ()
+    """Other module lists of repeated blocks (path, children), outside the layers cut
+    between: an encoder's layers where only the decoder's are (``--cut-at``); they run
+    inside the units before or after the layers, which Megatron-LM's layout cannot say."""
     alike: bool
     """True when the layers are the numbered children of ``lists`` (all of them), each list's
     built alike (``_repeats``, or one child): one stack of transformer layers per list, as
@@ -304,7 +308,7 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
     lists = tuple(dict.fromkeys(x.rsplit(".", 1)[0] if "." in x else "" for x in paths))
     layers = Layers(pattern=cut_at, auto=auto, node_unit=node_unit,
                     units=tuple(tuple(m) for m in modules), lists=lists,
-                    alike=_alike(problem, paths, lists))
+                    uncut=_uncut(problem, paths, lists), alike=_alike(problem, paths, lists))
     out = merge_forced(regroup(problem, groups))
     p = problem.config.num_stages
     if out.num_real < p:
@@ -315,6 +319,16 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
             f"(with what runs before and after them)",
             hint=f"use at most {out.num_real} stages, or {_HINT}")
     return out, layers
+
+
+def _uncut(problem: Problem, paths: list[str], lists: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """The lists of repeated blocks that are not cut between and lie outside the layers
+    (``Layers.uncut``): not one of ``lists``, not inside a layer of ``paths`` (a layer's
+    experts), not enclosing one."""
+    def related(x: str) -> bool:
+        return any(p == x or p.startswith(x + ".") or x.startswith(p + ".") for p in paths)
+    return tuple((x, n) for x, n, _ in repeated_lists(problem)
+                 if n > 1 and x not in lists and not related(x))
 
 
 def _in_order(problem: Problem, groups: list[list[int]]) -> list[list[int]]:
@@ -436,6 +450,7 @@ def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan], profile: 
         "mode": "layer", "pattern": layers.pattern, "auto": layers.auto,
         "layers": len(layers.units) - 2, "lists": list(layers.lists), "alike": layers.alike,
         "units": [list(u) for u in layers.units],
+        **({"uncut": [[x, n] for x, n in layers.uncut]} if layers.uncut else {}),
         "stage_units": stage_units(plan, layers),
         "holders": holders(plan, layers, profile),
         "unrestricted_s": step,
