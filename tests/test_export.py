@@ -495,12 +495,12 @@ def test_megatron_refuses_a_stack_left_inside_e_or_l() -> None:
     to plan so until 2026-12-07) has its whole encoder in unit 0: Megatron-LM would read
     the layout ``E|ttL`` with E as the embedding alone. The plan records the stack it does
     not cut (``uncut``); Megatron is refused, torchtitan's lists hold it."""
+    import transformers as hf
+
     import autopipe
     from autopipe.partition.planner import plan_profile
     from autopipe.profile import estimate
     from tests import zoo
-
-    import transformers as hf
 
     cfg = hf.BartConfig(vocab_size=zoo.VOCAB, d_model=32, encoder_layers=2, decoder_layers=2,
                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
