@@ -88,14 +88,48 @@ def test_a_missing_data_file_is_named_with_an_earlier_checkpoint(ckpt: Path) -> 
     with pytest.raises(CheckpointError, match=message) as e:
         consolidate(ckpt)
     assert e.value.hint is not None and str(ckpt / "step-000001") in e.value.hint
+    # the step folder named itself is refused; resuming the directory takes step 1 (below)
     with pytest.raises(CheckpointError, match=message):
-        check_resume(TrainConfig(steps=5, optimizer="adam", lr=0.01, resume=str(ckpt)))
+        check_resume(TrainConfig(steps=5, optimizer="adam", lr=0.01, resume=str(ckpt / "step-000002")))
     for pipe in _pipe():
         with pytest.raises(CheckpointError, match=message):
-            load_checkpoint(ckpt, pipe)
+            load_checkpoint(ckpt / "step-000002", pipe)
     # the earlier one, named as the hint says, is whole
     state, info = consolidate(ckpt / "step-000001")
     assert info.step == 1 and len(state) == len(example_spec("mlp", **MLP).model.state_dict())
+
+
+def test_resuming_a_directory_passes_over_a_damaged_or_unfinished_newest(ckpt: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """[Note: resuming past a damaged checkpoint]: the newest whole one, and a note saying why."""
+    (ckpt / "step-000002" / "__0_0.distcp").unlink()
+    notes: list[str] = []
+    info = check_resume(TrainConfig(steps=5, optimizer="adam", lr=0.01, resume=str(ckpt)), note=notes.append)
+    assert info.path == ckpt / "step-000001", info
+    assert notes == [f"resuming from {ckpt / 'step-000001'}, the newest whole checkpoint in {ckpt}: checkpoint "
+                     f"{ckpt / 'step-000002'} is damaged: its file __0_0.distcp is missing (No such file or directory)"]
+    for pipe in _pipe():
+        with pytest.warns(UserWarning, match=r"resuming from .*step-000001.*step-000002 is damaged"):
+            assert load_checkpoint(ckpt, pipe).step == 1
+    # an unfinished newest (latest names a folder without autopipe.json) was taken over silently
+    shutil.rmtree(ckpt / "step-000002")
+    (ckpt / "step-000002").mkdir()
+    notes.clear()
+    assert check_resume(TrainConfig(steps=5, optimizer="adam", lr=0.01, resume=str(ckpt)),
+                        note=notes.append).step == 1
+    assert notes and notes[0].endswith(f"{ckpt / 'step-000002'} is unfinished (no autopipe.json)"), notes
+    # the CLI (a world of one: the plan's one stage) says so on stderr, and trains on from step 1
+    plan = tmp_path / "plan.json"
+    spec = example_spec("mlp", **MLP)
+    plan_from_cuts(trace(spec.model, spec.example_inputs), [], microbatches=4).save(plan)
+    assert main(["train", MLP_FILE, *CLI, "--plan", str(plan), "--steps", "2", "--resume", str(ckpt)]) == 0
+    out = capsys.readouterr()
+    assert out.err.startswith(f"note: resuming from {ckpt / 'step-000001'}"), out.err
+    assert f"resumed from {ckpt / 'step-000001'} after step 1" in out.out and "step 2/2" in out.out, out.out
+    # none whole: the newest's error
+    (ckpt / "step-000001" / "__0_0.distcp").unlink()
+    with pytest.raises(CheckpointError, match=r"step-000001 is damaged"):
+        check_resume(TrainConfig(steps=5, optimizer="adam", lr=0.01, resume=str(ckpt)))
 
 
 def test_a_short_or_garbled_data_file_is_named(ckpt: Path) -> None:
@@ -109,7 +143,7 @@ def test_a_short_or_garbled_data_file_is_named(ckpt: Path) -> None:
         consolidate(ckpt)
     for pipe in _pipe():  # DCP's CheckpointException is a BaseException: it escaped as a traceback
         with pytest.raises(CheckpointError, match="DCP cannot read it"):
-            load_checkpoint(ckpt, pipe)
+            load_checkpoint(ckpt, pipe)  # whole by its lengths: found by DCP, not passed over
     (ckpt / "step-000002" / ".metadata").write_bytes(b"not a pickle")
     with pytest.raises(CheckpointError, match=r"its .metadata cannot be read"):
         consolidate(ckpt)
@@ -145,7 +179,7 @@ def test_ranks_stop_on_a_damaged_checkpoint_with_one_line_each(ckpt: Path, tmp_p
     log = tmp_path / "log.txt"
     with open(log, "w") as f:
         result = launch([sys.executable, "-m", "autopipe", "train", MLP_FILE, *CLI, "--plan", str(plan),
-                         "--steps", "4", "--resume", str(ckpt)], 2,
+                         "--steps", "4", "--resume", str(ckpt / "step-000002")], 2,
                         env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, timeout_s=240, grace_s=30,
                         stdout=f, stderr=subprocess.STDOUT, log=f)
     text = log.read_text()

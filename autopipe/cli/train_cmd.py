@@ -113,8 +113,10 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
     prepare(spec, plan, args.launch)  # a wrong plan stops here, before any rank starts
     if config.init is not None and config.resume is None:
         check_init(spec, config.init)  # and weights that do not fit the model
-    if config.resume is not None:
-        check_resume(config, spec.model)  # and so does a checkpoint that cannot continue
+    resume = args.resume
+    if config.resume is not None:  # and so does a checkpoint that cannot continue
+        resume = str(check_resume(config, spec.model, note=lambda line: print(f"note: {line}", file=sys.stderr,
+                                                                             flush=True)).path)
     if config.save is not None:
         check_save(config.save)  # and a place checkpoints cannot go
     cmd = [sys.executable, "-m", "autopipe", "train", args.spec, "--plan", args.plan,
@@ -130,7 +132,7 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
         cmd.append("--no-flush-denormal")
     if args.batch_size is not None:
         cmd += ["--batch-size", str(args.batch_size)]
-    for flag, value in (("--save", args.save), ("--save-every", args.save_every), ("--resume", args.resume),
+    for flag, value in (("--save", args.save), ("--save-every", args.save_every), ("--resume", resume),
                         ("--init", args.init), ("--timeline", args.timeline)):
         if value is not None:
             cmd += [flag, str(value)]

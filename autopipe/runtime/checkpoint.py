@@ -17,6 +17,19 @@ that dies anywhere before the rename leaves a ``.partial`` folder that nothing r
 ``latest`` still names the previous complete checkpoint; older checkpoints are removed
 only after the new one is complete. Because entries are named, not numbered by rank, a
 checkpoint loads into another plan of the same model (DCP reshards by key).
+
+[Note: resuming past a damaged checkpoint]
+
+A save never leaves ``latest`` naming a half-written checkpoint, but a file can be lost
+or cut short afterwards (a disk, a copy, a clean-up script), and a restart script that
+passes the same ``--resume DIR`` every time would then stop for good. So resuming from a
+*directory* of checkpoints takes the newest one whose files are whole (``autopipe.json``
+and every data file ``.metadata`` names, at their lengths), walking back from the one
+``latest`` names, and says which it passed over and why; the previous checkpoint is kept
+for this. A step folder named itself is taken as it is (a damaged one is an error), and so
+is ``autopipe consolidate``'s: writing out older weights is not what it was asked for.
+A file that DCP cannot read although it is whole is found only while loading, by every
+rank together, and is an error.
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +145,47 @@ def find_checkpoint(directory: str | Path) -> Path:
     raise CheckpointError(f"{root} holds no complete checkpoint{seen}",
                           hint="a save that was interrupted leaves no checkpoint; name a directory "
                                "(or step-NNNNNN folder) that holds a complete one")
+
+
+def find_resumable(directory: str | Path, note: Callable[[str], None] | None = None) -> Path:
+    """The checkpoint to resume from: ``find_checkpoint``'s, or the newest earlier one whose
+    files are whole where that one's are not ([Note: resuming past a damaged checkpoint]).
+
+    Args:
+        directory: a checkpoint directory, or one checkpoint's step folder (taken as it is).
+        note: told, in one line, which checkpoints were passed over and why (not called
+            where the newest is taken).
+
+    Raises:
+        CheckpointError: no complete checkpoint, or none whose files are whole (the newest's
+            error, with its hint).
+    """
+    root = Path(directory)
+    first = find_checkpoint(root)
+    if first == root:
+        return root
+    passed: list[str] = []
+    pointer = root / LATEST
+    if pointer.is_file():
+        named = root / pointer.read_text(encoding="utf-8").strip()
+        if named != first and _step_of(named) is not None:
+            passed.append(f"{named} is unfinished (no {META})" if named.is_dir() else f"{named} is missing")
+    step = _step_of(first) or 0
+    earlier = [p for p in reversed(_checkpoints(root)) if (_step_of(p) or 0) < step]
+    error: CheckpointError | None = None
+    for path in (first, *earlier):
+        try:
+            read_info(path)
+            read_metadata(path)
+        except CheckpointError as e:
+            error = error or e
+            passed.append(e.message)
+            continue
+        if passed and note is not None:
+            note(f"resuming from {path}, the newest whole checkpoint in {root}: {'; '.join(passed)}")
+        return path
+    assert error is not None
+    raise error
 
 
 def read_info(path: Path) -> CheckpointInfo:
@@ -325,7 +379,10 @@ def _commit(root: Path, partial: Path, final: Path, keep: int) -> None:
 
 
 def load_checkpoint(directory: str | Path, pipe: Pipe, optimizer: Any = None) -> CheckpointInfo:
-    """Load the newest complete checkpoint in ``directory`` into the pipe and optimizer (collective).
+    """Load the newest whole checkpoint in ``directory`` into the pipe and optimizer (collective).
+
+    Where the newest is damaged, the newest earlier one whose files are whole, and rank 0
+    warns which it passed over ([Note: resuming past a damaged checkpoint]).
 
     The checkpoint may come from another plan of the same model (entries are named).
     Sets ``pipe.steps`` to the checkpoint's step. The random state of each rank is
@@ -339,7 +396,7 @@ def load_checkpoint(directory: str | Path, pipe: Pipe, optimizer: Any = None) ->
             shapes that differ are named).
         RuntimeStageError: a rank failed while loading.
     """
-    path = find_checkpoint(directory)
+    path = find_resumable(directory, (lambda line: warnings.warn(line, stacklevel=3)) if pipe.rank == 0 else None)
     info = read_info(path)
     saved = read_metadata(path).state_dict_metadata  # a missing file stops every rank here, not in DCP
     reader = FileSystemReader(path)

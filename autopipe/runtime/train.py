@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from autopipe.runtime.checkpoint import (
     CheckpointInfo,
     check_model,
     check_save,
-    find_checkpoint,
+    find_resumable,
     load_checkpoint,
     read_info,
     read_metadata,
@@ -102,8 +104,9 @@ def train(
     device = rank_device(plan, rank, local_rank, config.device)
     if config.save is not None:
         check_save(config.save)  # not found only at the first save, after the training
-    if config.resume is not None:
-        check_resume(config, spec.model)  # a wrong checkpoint stops every rank before the rendezvous
+    if config.resume is not None:  # a wrong checkpoint stops every rank before the rendezvous
+        info = check_resume(config, spec.model, note=_stderr if rank == 0 else None)
+        config = dataclasses.replace(config, resume=str(info.path))  # every rank loads that one
     # a resumed run takes its weights from the checkpoint: --init is not read then
     init = config.init if config.resume is None else None
     with build(plan, spec, device=device, init=init, timeout_s=config.timeout_s, prepared=prepared,
@@ -223,13 +226,22 @@ def _microbatch_size(spec: ModelSpec) -> int | None:
         return None
 
 
-def check_resume(config: TrainConfig, model: nn.Module | None = None) -> CheckpointInfo:
+def _stderr(line: str) -> None:
+    print(f"note: {line}", file=sys.stderr, flush=True)
+
+
+def check_resume(config: TrainConfig, model: nn.Module | None = None,
+                 note: Callable[[str], None] | None = None) -> CheckpointInfo:
     """The checkpoint ``config.resume`` continues from, checked as far as its files show.
+
+    Of a directory whose newest checkpoint is damaged or unfinished, the newest whole one
+    before it ([Note: resuming past a damaged checkpoint]).
 
     Args:
         config: the run (``config.resume`` is set).
         model: the unsplit model (``spec.model``, may be on meta): with it, the checkpoint's
             keys and shapes must be the model's.
+        note: told which checkpoints were passed over and why, where any were.
 
     Raises:
         CheckpointError: no complete checkpoint; one trained with another optimizer or seed;
@@ -237,7 +249,7 @@ def check_resume(config: TrainConfig, model: nn.Module | None = None) -> Checkpo
             missing or short); or one of another model (the keys that differ named).
     """
     assert config.resume is not None
-    info = read_info(find_checkpoint(config.resume))
+    info = read_info(find_resumable(config.resume, note))
     saved = info.extra.get("optimizer")
     if saved is not None and saved != config.optimizer:
         raise CheckpointError(f"checkpoint {info.path} was trained with --optimizer {saved}, not "
