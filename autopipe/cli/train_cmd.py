@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 # not autopipe.runtime: its package imports torch.distributed.pipelining (~1.6 s of CPU
 # here), which building this parser made every command pay
 from autopipe._optimizers import DEVICES, OPTIMIZERS
 from autopipe.cli._common import add_spec_args, load_plan, plan_knobs
-from autopipe.errors import AutopipeError, SpecError
+from autopipe.errors import AutopipeError, RuntimeStageError, SpecError
 from autopipe.plan_format import Plan
 from autopipe.spec import ModelSpec, load_spec, parse_spec_args
 
@@ -70,6 +71,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
+    from autopipe.runtime.group import peer_lost
     from autopipe.runtime.optim import TrainConfig
     from autopipe.runtime.train import train
 
@@ -82,8 +84,23 @@ def run(args: argparse.Namespace) -> int:
     spec = _spec(args, plan)
     if args.launch is not None:
         return _launch(args, spec, plan, config)
-    train(spec, plan, config, log=lambda line: print(line, flush=True))
+    try:
+        train(spec, plan, config, log=lambda line: print(line, flush=True))
+    except RuntimeStageError as e:
+        if e.__cause__ is not None and peer_lost(e.__cause__):
+            time.sleep(CAUSE_FIRST_S)  # [Note: the cause first]
+        raise
     return 0
+
+
+# [Note: the cause first]
+#
+# When one rank fails (a spec's loss raises), its peers fail a moment later with "lost a
+# peer rank", and all of them print at once: the peers' lines often came first, and
+# --launch, finding several ranks dead at one poll, blamed the lowest. A rank that lost a
+# peer waits this long before it says so and exits, so the failing rank's own error is
+# printed first and is the one --launch names.
+CAUSE_FIRST_S = 2.0
 
 
 def _spec(args: argparse.Namespace, plan: Plan) -> ModelSpec:
@@ -139,6 +156,6 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
     result = launch(cmd, args.launch, grace_s=min(30.0, args.timeout))
     if result.code:
         failed = result.first_failed if result.first_failed is not None else "?"
-        print(f"autopipe train: error: rank {failed} failed (exit codes {list(result.codes)}); "
-              f"the ranks' messages above say why", file=sys.stderr)
+        print(f"autopipe train: error: rank {failed} failed first (exit codes {list(result.codes)}); "
+              f"its message above says why", file=sys.stderr)
     return result.code

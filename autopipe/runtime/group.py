@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
+import traceback
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -116,10 +119,30 @@ def failures(where: str, when: str, timeout_s: float) -> Iterator[None]:
     except AutopipeError:
         raise
     except Exception as e:
-        what = (f"lost a peer rank (it died, or was silent for longer than --timeout {timeout_s:g} s)"
-                if peer_lost(e) else "failed")
-        raise RuntimeStageError(f"{where} {what} {when}: {short_error(e)}",
-                                hint="the rank that failed first names the cause in its own output") from e
+        if peer_lost(e):
+            # gloo's "[.../pair.cc:553] Connection closed by peer [127.0.0.1]:50894. This is typically ..."
+            said = re.sub(r"\[[^\]]*\.cc:\d+\] ", "", short_error(e)).split(". This is typically")[0]
+            raise RuntimeStageError(f"{where} lost a peer rank (it died, or was silent for longer than --timeout "
+                                    f"{timeout_s:g} s) {when}: {said}",
+                                    hint="the rank that failed first names the cause in its own output") from e
+        at = code_line(e)
+        raise RuntimeStageError(f"{where} failed {when}: {short_error(e)}" + (f" (at {at})" if at else ""),
+                                hint="this is the cause; the other ranks stop when they lose this one") from e
+
+
+def code_line(e: BaseException) -> str | None:
+    """``file:line in function`` of the innermost frame of the error's own code (a spec's loss, a
+    model's forward): neither torch's nor autopipe's nor Python's; None where all are theirs."""
+    skip = tuple(str(d) + os.sep for d in (Path(torch.__file__).resolve().parent, Path(__file__).resolve().parents[1],
+                                           Path(contextlib.__file__).resolve().parent))
+    seen: BaseException | None = e
+    while seen is not None and seen.__cause__ is not None:  # torch wraps a stage's failure
+        seen = seen.__cause__
+    for frame in reversed(traceback.extract_tb(seen.__traceback__) if seen is not None else []):
+        path = str(Path(frame.filename).resolve())
+        if not path.startswith(skip) and not frame.filename.startswith("<"):
+            return f"{frame.filename}:{frame.lineno} in {frame.name}"
+    return None
 
 
 _PEER_LOST = ("closed by peer", "reset by peer", "timed out", "timeout", "broken pipe",

@@ -1,0 +1,24 @@
+"""A spec for tests/test_train_failures.py: examples/mlp.py, whose loss raises on rank 1."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from autopipe.spec import ModelSpec
+
+from .conftest import example_spec
+
+
+def build(**knobs: Any) -> ModelSpec:
+    """The MLP, its loss failing on the rank ``RANK=1`` (the last stage of a 2-stage plan)."""
+    spec = example_spec("mlp", **knobs)
+    inner = spec.loss_fn
+
+    def loss_fn(output: Any, target: Any) -> Any:
+        if os.environ.get("RANK") == "1":
+            raise ValueError("this loss fails on purpose")
+        return inner(output, target)
+
+    spec.loss_fn = loss_fn
+    return spec
