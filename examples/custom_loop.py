@@ -23,12 +23,13 @@ import sys
 import torch
 
 import autopipe
+from autopipe.errors import AutopipeError
 from autopipe.runtime import build
 from autopipe.spec import parse_spec_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="custom_loop.py", description=__doc__.split("\n")[0])
     p.add_argument("--plan", required=True, help="plan made by `autopipe plan` for SPEC")
     p.add_argument("--spec", default="examples/gpt2.py:build", help="the model (default GPT-2)")
     p.add_argument("--spec-arg", action="append", default=[], metavar="KEY=VALUE", help="build knobs")
@@ -39,7 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto (the plan's), cpu or cuda")
     p.add_argument("--out", default=None, help="write losses, norms and learning rates here (JSON)")
     args = p.parse_args(argv)
+    for name, ok, want in (("--steps", args.steps >= 1, "at least 1"), ("--lr", args.lr > 0, "a positive rate"),
+                           ("--max-norm", args.max_norm >= 0, "0 or more"),
+                           ("--weight-decay", args.weight_decay >= 0, "0 or more")):
+        if not ok:  # NaN too
+            p.error(f"{name} is {getattr(args, name[2:].replace('-', '_'))}; use {want}")
+    try:
+        return train(args)
+    except AutopipeError as e:  # a wrong plan, spec, device or checkpoint: one line, as the CLI says it
+        print(f"{p.prog}: error: {e.message}" + (f"\n  hint: {e.hint}" if e.hint else ""), file=sys.stderr)
+        return 2
 
+
+def train(args: argparse.Namespace) -> int:
     plan = autopipe.Plan.load(args.plan)
     spec = autopipe.load_spec(args.spec, **parse_spec_args(args.spec_arg))
     with build(plan, spec, device=args.device) as pipe:

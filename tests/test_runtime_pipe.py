@@ -18,7 +18,13 @@ import torch
 
 from autopipe import ModelSpec, trace
 from autopipe._subnormals import flushing
-from autopipe.errors import CheckpointError, SpecError, WeightsError
+from autopipe.errors import (
+    AutopipeError,
+    CheckpointError,
+    PlanMismatchError,
+    SpecError,
+    WeightsError,
+)
 from autopipe.runtime import Pipe, build, launch, load_checkpoint, save_checkpoint
 from autopipe.runtime.pipe import own
 
@@ -205,6 +211,33 @@ def test_checkpoint_of_another_model_is_refused_by_name(tmp_path: Path) -> None:
         assert len(fresh.state) == len(list(pipe.parameters()))
 
 
+def test_odd_devices_state_and_norms_are_refused_by_name() -> None:
+    """build(device="meta") trained until its first step; a meta or non-tensor value in
+    load_state_dict, torch's NotImplementedError or an AttributeError; a negative max_norm
+    turned every gradient round, NaN made them NaN."""
+    spec = example_spec("mlp", **MLP)
+    plan = plan_from_cuts(trace(spec.model, spec.example_inputs), [], microbatches=2)
+    for device in ("meta", torch.device("meta")):
+        with pytest.raises(AutopipeError, match=r"rank 0 cannot compute on meta"):
+            build(plan, spec, device=device)
+    if not torch.cuda.is_available():
+        with pytest.raises(PlanMismatchError, match=r"torch sees no CUDA device"):
+            build(plan, spec, device=torch.device("cuda", 1))
+    for pipe in _one_stage(spec):
+        state = pipe.state_dict()
+        for value, said in ((state["inp.weight"].to("meta"), "on the meta device"), (3, "int")):
+            with pytest.raises(CheckpointError, match=rf"no tensor data under 1: inp.weight \({said}\)"):
+                pipe.load_state_dict({**state, "inp.weight": value})
+        pipe.load_state_dict({**state, "not.read": 3}, strict=False)  # a key it does not read: no matter
+        pipe.step(*spec.batch(2, 0))
+        grads = [p.grad.clone() for p in pipe.parameters()]
+        for bad in (-1.0, float("nan")):
+            with pytest.raises(AutopipeError, match=rf"max_norm is {bad}"):
+                pipe.clip_grad_norm_(bad)
+        for p, g in zip(pipe.parameters(), grads, strict=True):
+            assert torch.equal(p.grad, g)
+
+
 def test_build_materialises_a_meta_model_from_a_state_dict_or_its_initialiser() -> None:
     """``build(init=...)`` on a meta-built spec: the rank's tensors become real, from the given
     state dict (the tied head under either name) or, without one, from ``init_weights``."""
@@ -258,6 +291,28 @@ def _one_process(spec: ModelSpec, microbatches: int) -> dict[str, list[float]]:
         optimizer.zero_grad()
         record["loss"].append(torch.stack(losses).mean().item())
     return record
+
+
+def test_custom_loop_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Tracebacks until 2026-12-07: a plan of another world size, --lr -1 (torch's AdamW);
+    --max-norm -1 turned every gradient round."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import custom_loop
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    Case("mlp", 2).build(hand=True)[2].save(tmp_path / "plan.json")
+    base = ["--plan", str(tmp_path / "plan.json"), "--spec", f"{ROOT / 'examples' / 'mlp.py'}:build",
+            *[f"--spec-arg={k}={v}" for k, v in MLP.items()], "--device", "cpu"]
+    assert custom_loop.main(base) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("custom_loop.py: error: the plan runs on 2 ranks (2 stages, schedule 1f1b) but the world "
+                          "size is 1\n  hint: start 2 processes"), err
+    for bad, said in ((["--lr", "-1"], "--lr is -1.0; use a positive rate"), (["--steps", "0"], "--steps is 0"),
+                      (["--max-norm", "nan"], "--max-norm is nan; use 0 or more")):
+        with pytest.raises(SystemExit) as e:
+            custom_loop.main([*base, *bad])
+        assert e.value.code == 2 and said in capsys.readouterr().err
 
 
 @pytest.mark.distributed

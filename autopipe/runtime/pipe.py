@@ -34,7 +34,7 @@ from torch import nn
 from autopipe._malloc import pin_malloc as _pin_malloc
 from autopipe._subnormals import flush_subnormals
 from autopipe._torch_pipelining import messages_within
-from autopipe.errors import AutopipeError
+from autopipe.errors import AutopipeError, CheckpointError
 from autopipe.plan_format import Plan
 from autopipe.runtime.affinity import pin_cores as _pin_cores
 from autopipe.runtime.busy_core import BusyCore
@@ -54,7 +54,7 @@ from autopipe.runtime.placement import rank_of_stages, schedule_kind
 from autopipe.runtime.prepare import Prepared, prepare
 from autopipe.runtime.split_backward import loss_views
 from autopipe.runtime.stage import build_pipeline
-from autopipe.runtime.state_keys import check_tied_alike, match_state
+from autopipe.runtime.state_keys import check_tied_alike, match_state, names
 from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage_params
 from autopipe.runtime.timeline import ActionLog
 from autopipe.runtime.weights import WeightsSource
@@ -349,6 +349,8 @@ class Pipe:
         Returns:
             The total norm before clipping (a 0-dim tensor on this rank's device).
         """
+        if not max_norm >= 0:  # a negative one turned every gradient round, NaN made them NaN
+            raise AutopipeError(f"clip_grad_norm_: max_norm is {max_norm}", hint="clip to a norm of 0 or more")
         self.sync_tied_grads()
         p_norm = float(norm_type)
         mine = self.replicas.position  # replicas agree after the sync: one pipeline's norm
@@ -398,7 +400,14 @@ class Pipe:
                 a tied parameter given under two names with different values.
         """
         own = self.state_dict()
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        read = set(own) | {name for group in self.tied if set(group) & set(own) for name in group}
+        empty = [f"{k} ({'on the meta device' if isinstance(v, torch.Tensor) else type(v).__name__})"
+                 for k, v in state.items() if k in read and (not isinstance(v, torch.Tensor) or v.is_meta)]
+        if empty:  # torch's own errors said neither which key nor why
+            raise CheckpointError(f"the state dict holds no tensor data under {names(empty)}",
+                                  hint="pass real tensors (a model built on meta has none: load its "
+                                       "weights first, or build with init=...)")
+        shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else () for k, v in state.items()}
         pairs = match_state(own, shapes, tied=self.tied, known=self.model_keys(), strict=strict,
                             what="the state dict", source="given")
         check_tied_alike(state, self.tied, what="the state dict")
@@ -547,14 +556,20 @@ def build(
 
 
 def _device(plan: Plan, rank: int, local_rank: int, device: torch.device | str | None) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
     if device is None or device in ("auto", "cpu", "cuda"):
         return rank_device(plan, rank, local_rank, device or "auto")
     try:
-        return torch.device(device)
-    except (RuntimeError, ValueError):
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
         raise AutopipeError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N") from None
+    # neither computes: a meta stage trained "fine" until its first step, cuda:N failed in torch
+    if chosen.type == "meta":
+        raise AutopipeError(f"rank {rank} cannot compute on {chosen}",
+                            hint="use auto, cpu, cuda or cuda:N (a model built on meta gets its tensors on that "
+                                 "device)")
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        return rank_device(plan, rank, local_rank, "cuda")  # its error: no CUDA device
+    return chosen
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:

@@ -66,11 +66,11 @@ def match_state(
     unknown = sorted(set(given) - known) if strict else []
     parts = []
     if missing and strict:
-        parts.append(f"missing {_names(sorted(missing))}")
+        parts.append(f"missing {names(sorted(missing))}")
     if unknown:
-        parts.append(f"not in the model {_names(unknown)}")
+        parts.append(f"not in the model {names(unknown)}")
     if wrong:
-        parts.append(f"other shapes {_names(wrong)}")
+        parts.append(f"other shapes {names(wrong)}")
     if parts:
         raise CheckpointError(f"{what} does not fit the model: " + "; ".join(parts),
                               hint="load state saved from this model (same spec and --spec-arg knobs)")
@@ -95,6 +95,6 @@ def check_tied_alike(state: Mapping[str, torch.Tensor], tied: Iterable[Sequence[
                          "as the state's was")
 
 
-def _names(items: Sequence[str], most: int = 5) -> str:
+def names(items: Sequence[str], most: int = 5) -> str:
     shown = ", ".join(items[:most])
     return f"{len(items)}: {shown}" + (f" and {len(items) - most} more" if len(items) > most else "")
