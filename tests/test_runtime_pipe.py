@@ -238,6 +238,20 @@ def test_odd_devices_state_and_norms_are_refused_by_name() -> None:
             assert torch.equal(p.grad, g)
 
 
+def test_a_batch_of_another_shape_is_refused_before_any_message() -> None:
+    """Three micro-batches for a plan of two trained silently on one rank (micro-batches of 6);
+    on two, the last stage's rank aborted in gloo (a message longer than its buffer) or its
+    loss failed on the shapes."""
+    spec = example_spec("mlp", **MLP)
+    for pipe in _one_stage(spec):
+        with pytest.raises(SpecError, match=r"input 'x' in step 1 has shape \(12, 16\), but the plan's stages "
+                                            r"take 2 micro-batches of \(4, 16\): \(8, 16\)"):
+            pipe.step(*spec.batch(3, 0))
+        with pytest.raises(SpecError, match=r"has shape \(4, 16\)"):
+            pipe.evaluate(*spec.batch(1, 0))
+        assert len(pipe.step(*spec.batch(2, 0))) == 2
+
+
 def test_build_materialises_a_meta_model_from_a_state_dict_or_its_initialiser() -> None:
     """``build(init=...)`` on a meta-built spec: the rank's tensors become real, from the given
     state dict (the tied head under either name) or, without one, from ``init_weights``."""

@@ -290,7 +290,8 @@ class Pipe:
         if inputs is None:
             raise AutopipeError(f"{self.where} runs stage 0 but was given no inputs",
                                 hint="pass the batch's inputs on every rank (or at least on stage 0's)")
-        return self.prepared.flat_batch(self.spec, inputs, self.device, self.steps or None)
+        return self.prepared.flat_batch(self.spec, inputs, self.device, self.steps or None,
+                                        self.plan.microbatches)
 
     def _target(self, target: torch.Tensor | None) -> torch.Tensor | None:
         if not self.has_last:

@@ -32,7 +32,7 @@ class Prepared:
     """Placeholder names of the model's flat inputs, in order."""
 
     def flat_batch(self, spec: ModelSpec, inputs: Sequence[Any], device: torch.device,
-                   step: int | None = None) -> list[torch.Tensor]:
+                   step: int | None = None, microbatches: int | None = None) -> list[torch.Tensor]:
         """A batch's inputs as the model's flat tensor inputs on ``device`` (what stage 0 is fed).
 
         Args:
@@ -40,20 +40,33 @@ class Prepared:
             inputs: the batch's positional model inputs, micro-batches stacked on dim 0.
             device: where stage 0 runs.
             step: the step number, for messages (1-based); None where unknown.
+            microbatches: with it, each tensor input must be that many of the example
+                micro-batch's, stacked on dim 0: the shapes the stages were built for.
 
         Raises:
-            SpecError: a non-tensor input differs from the example micro-batch's.
+            SpecError: a non-tensor input differs from the example micro-batch's, or a tensor
+                input has another shape than ``microbatches`` example micro-batches.
         """
         flat = self.graph.flat_inputs(tuple(inputs), spec.example_kwargs)
+        example = self.graph.flat_inputs(tuple(spec.example_inputs), spec.example_kwargs)
+        when = f" in step {step}" if step is not None else ""
         tensors = []
-        for name, v in zip(self.input_names, flat):
+        for name, v, ex in zip(self.input_names, flat, example):
             if name in self.constants:
                 if not _same(v, self.constants[name]):
-                    when = f" in step {step}" if step is not None else ""
                     raise SpecError(f"input {name!r} is {v!r}{when} but {self.constants[name]!r} "
                                     f"in the example micro-batch",
                                     hint="non-tensor inputs must stay the same in every batch")
                 continue
+            # another shape made a peer abort in gloo ("Received data size doesn't match") or the
+            # loss fail on its shapes: the stages' buffers are built for the example's
+            if (microbatches is not None and isinstance(v, torch.Tensor) and isinstance(ex, torch.Tensor)
+                    and ex.dim() > 0 and tuple(v.shape) != (ex.shape[0] * microbatches, *ex.shape[1:])):
+                want = (ex.shape[0] * microbatches, *ex.shape[1:])
+                raise SpecError(f"input {name!r}{when} has shape {tuple(v.shape)}, but the plan's stages take "
+                                f"{microbatches} micro-batches of {tuple(ex.shape)}: {want}",
+                                hint=f"pass {microbatches} micro-batches as spec.batch gives them (with replicas, "
+                                     "each replica's share: pipe.replicas.share), or make a plan for this shape")
             # contiguous wherever they come from: a copy to CUDA makes a sliced batch contiguous
             # while it stays strided on the CPU, and torch 2.11 refuses a stride it did not expect
             tensors.append(v.to(device).contiguous())
