@@ -3,6 +3,8 @@ actions (the recording itself runs in tests/test_runtime_train.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from autopipe import Plan, trace
 from autopipe.runtime.timeline import (
     MEASURED_PID,
@@ -58,6 +60,13 @@ def test_compare_takes_medians_after_the_first_step_against_the_simulated_step()
     assert lines[4] == "  rank 1: wait 500.00 ms a step"
     assert compare(plan, _actions(1, 0, 1, 1, 1), {0: 0, 1: 1}, simulated=sim) == [
         "timeline: no step after the first to compare"]
+    # a plan priced for another device says so (the summary's median step did; these did not)
+    assert lines[0] == "timeline, median after the first step, measured (plan's simulated step):"
+    h100 = dataclasses.replace(plan, options={**plan.options, "profile_device": "estimate:h100"})
+    assert compare(h100, ranks, {0: 0, 1: 1}, simulated=sim, device="cpu")[0] == (
+        "timeline, median after the first step, measured (plan's simulated step, for h100, not this cpu):")
+    measured = dataclasses.replace(plan, options={**plan.options, "profile_device": "cuda:0"})
+    assert compare(measured, ranks, {0: 0, 1: 1}, simulated=sim, device="cuda")[0] == lines[0]
 
 
 def test_the_trace_holds_the_median_step_from_zero_and_every_step() -> None:

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from autopipe.cli.main import main
 
+from .conftest import ROOT
 from .runtime_cases import TINY, Case
 
 
@@ -30,3 +33,21 @@ def test_the_failing_ranks_error_comes_first_with_its_line(tmp_path: Path, capfd
     assert errors[0].endswith(" in loss_fn)"), err
     assert "rank 0 (stage 0) lost a peer rank" in errors[1] and "This is typically" not in errors[1], err
     assert errors[-1].startswith("autopipe train: error: rank 1 failed first"), err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA plan trains here")
+def test_launch_refuses_a_cuda_plan_without_cuda_before_any_rank(tmp_path: Path,
+                                                                 capfd: pytest.CaptureFixture[str]) -> None:
+    """Each of the ranks started for it said so, and the launcher after them."""
+    plan = tmp_path / "plan.json"
+    Case("mlp", 2).build(hand=True)[2].save(plan)
+    data = json.loads(plan.read_text())
+    for stage in data["stages"]:
+        stage["device"] = "cuda"
+    plan.write_text(json.dumps(data))
+    knobs = [f"--spec-arg={k}={v}" for k, v in TINY["mlp"].items()]
+    args = ["train", f"{ROOT / 'examples' / 'mlp.py'}:build", *knobs, "--plan", str(plan), "--steps", "2"]
+    assert main([*args, "--launch", "2"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("error:") == 1 and "rank 0 should run on cuda but torch sees no CUDA device" in err, err
+    assert "hint: pass --device cpu" in err

@@ -120,6 +120,7 @@ def _spec(args: argparse.Namespace, plan: Plan) -> ModelSpec:
 
 
 def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: TrainConfig) -> int:
+    from autopipe.runtime.group import rank_device
     from autopipe.runtime.launch import launch
     from autopipe.runtime.materialize import check_init
     from autopipe.runtime.prepare import prepare
@@ -128,6 +129,8 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
     if args.launch < 1:
         raise AutopipeError(f"--launch {args.launch}", hint="start at least one rank")
     prepare(spec, plan, args.launch)  # a wrong plan stops here, before any rank starts
+    for rank in range(args.launch):  # and a device this machine lacks (each rank said so, started for nothing)
+        rank_device(plan, rank, rank, args.device)
     if config.init is not None and config.resume is None:
         check_init(spec, config.init)  # and weights that do not fit the model
     resume = args.resume

@@ -118,14 +118,15 @@ def write_trace(path: str | os.PathLike[str], plan: Plan, ranks: dict[int, list[
 
 
 def compare(plan: Plan, ranks: dict[int, list[Action]], positions: dict[int, int],
-            simulated: SimResult | None = None) -> list[str]:
+            simulated: SimResult | None = None, device: str | None = None) -> list[str]:
     """Per stage, each action's median duration after the first step against the simulated
     one (a last stage's ``L`` counted with its ``F``, as the plan counts the loss; a split
     backward's ``I`` against the simulated ``B``); per rank, what a step spent posting,
     waiting, and summing tied gradients and stepping its optimizer, in median, the last
     against the simulated ``O`` (which holds both and the runtime's per-step work; the sum
     is a collective, so a rank that ends its backwards early waits in it: ``positions``,
-    each rank's place in its pipeline, the simulated rank)."""
+    each rank's place in its pipeline, the simulated rank). ``device``: the kind this run
+    trained on (``cpu``, ``cuda``); the header says where the plan priced another."""
     sim = simulated if simulated is not None else simulate_plan(plan)
     planned: dict[tuple[int, str], list[float]] = defaultdict(list)
     optimizer: dict[int, float] = defaultdict(float)
@@ -147,7 +148,11 @@ def compare(plan: Plan, ranks: dict[int, list[Action]], positions: dict[int, int
                 per_step[rank, a.kind][a.step] += a.end - a.start
     if not measured:
         return ["timeline: no step after the first to compare"]
-    lines = ["timeline, median after the first step, measured (plan's simulated step):"]
+    # a plan estimated for an H100 and trained on CPUs: its numbers are not this device's
+    where = str(plan.options.get("profile_device", ""))
+    other = f", for {where.removeprefix('estimate:')}, not this {device}" if (
+        device is not None and where and where.split(":")[0] != device) else ""
+    lines = [f"timeline, median after the first step, measured (plan's simulated step{other}):"]
     for s in range(plan.num_stages):
         parts = []
         for kind in ("F", "B", "I", "W"):

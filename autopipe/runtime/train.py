@@ -181,7 +181,7 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
     with failures(pipe.where, "while gathering the summary", config.timeout_s):
         _summary(plan, reports, result, device, log)
         if config.timeline is not None and pipe.timeline is not None:
-            _timeline(config.timeline, plan, pipe.timeline, result.world_size, reports, log)
+            _timeline(config.timeline, plan, pipe.timeline, result.world_size, reports, log, device)
     return result
 
 
@@ -191,7 +191,7 @@ def _span(pipe: Pipe, kind: str) -> contextlib.AbstractContextManager[None]:
 
 
 def _timeline(path: str, plan: Plan, mine: ActionLog, world: int, reports: bool,
-              log: Callable[[str], None]) -> None:
+              log: Callable[[str], None], device: torch.device) -> None:
     """Gather every rank's actions (collective); the reporting rank writes the trace and
     prints the comparison with the plan."""
     def gather(obj: Any) -> list[Any]:
@@ -203,7 +203,7 @@ def _timeline(path: str, plan: Plan, mine: ActionLog, world: int, reports: bool,
     if not reports:
         return
     write_trace(path, plan, ranks)
-    for line in compare(plan, ranks, {r: grid_position(plan, r)[0] for r in ranks}):
+    for line in compare(plan, ranks, {r: grid_position(plan, r)[0] for r in ranks}, device=device.type):
         log(line)
     log(f"timeline: {path} (open it in ui.perfetto.dev or chrome://tracing)")
 
