@@ -1,4 +1,4 @@
-"""A spec for tests/test_train_failures.py: examples/mlp.py, whose loss raises on rank 1."""
+"""Specs for tests/test_train_failures.py: examples/mlp.py, whose loss or batch raises on rank 1."""
 
 from __future__ import annotations
 
@@ -21,4 +21,18 @@ def build(**knobs: Any) -> ModelSpec:
         return inner(output, target)
 
     spec.loss_fn = loss_fn
+    return spec
+
+
+def build_batch(**knobs: Any) -> ModelSpec:
+    """The MLP, its batch of step 2 failing on the rank ``RANK=1``."""
+    spec = example_spec("mlp", **knobs)
+    inner = spec.batch
+
+    def batch(n: int, step: int = 0) -> Any:
+        if os.environ.get("RANK") == "1" and step == 1:
+            raise KeyError("no such shard")
+        return inner(n, step)
+
+    spec.batch = batch
     return spec

@@ -15,22 +15,26 @@ from .conftest import ROOT
 from .runtime_cases import TINY, Case
 
 
+@pytest.mark.parametrize(("build", "failed"), [
+    ("build", "in step 1: ValueError: this loss fails on purpose"),
+    ("build_batch", "while drawing the batch of step 2: KeyError: 'no such shard'"),  # was a traceback
+])
 def test_the_failing_ranks_error_comes_first_with_its_line(tmp_path: Path, capfd: pytest.CaptureFixture[str],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                                            monkeypatch: pytest.MonkeyPatch, build: str,
+                                                            failed: str) -> None:
     """Its peer lost it and said so too, often first, and --launch blamed the lowest rank."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     plan = tmp_path / "plan.json"
     Case("mlp", 2).build(hand=True)[2].save(plan)
     knobs = [f"--spec-arg={k}={v}" for k, v in TINY["mlp"].items()]
-    code = main(["train", "tests.failing_loss_worker:build", *knobs, "--plan", str(plan), "--steps", "2",
+    code = main(["train", f"tests.failing_loss_worker:{build}", *knobs, "--plan", str(plan), "--steps", "2",
                  "--device", "cpu", "--launch", "2"])
     err = capfd.readouterr().err
     assert code == 2 and "Traceback" not in err, err
     errors = [line for line in err.splitlines() if "error:" in line]
     source = Path(__file__).parent / "failing_loss_worker.py"
-    assert errors[0].startswith("autopipe train: error: rank 1 (stage 1) failed in step 1: ValueError: this loss "
-                                f"fails on purpose (at {source}:"), err
-    assert errors[0].endswith(" in loss_fn)"), err
+    assert errors[0].startswith(f"autopipe train: error: rank 1 (stage 1) failed {failed} (at {source}:"), err
+    assert errors[0].endswith(" in loss_fn)" if build == "build" else " in batch)"), err
     assert "rank 0 (stage 0) lost a peer rank" in errors[1] and "This is typically" not in errors[1], err
     assert errors[-1].startswith("autopipe train: error: rank 1 failed first"), err
 

@@ -147,7 +147,8 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
     try:
         for step in range(result.start_step, config.steps):
             # this replica's share, and of it what this rank reads ([Note: the batch a rank holds])
-            inputs, target = pipe.take(*pipe.replicas.share(*spec.batch(m * dp, step)))
+            with failures(pipe.where, f"while drawing the batch of step {step + 1}", config.timeout_s):
+                inputs, target = pipe.take(*pipe.replicas.share(*spec.batch(m * dp, step)))
             t0, c0 = time.perf_counter(), time.process_time()
             with failures(pipe.where, f"in step {step + 1}", config.timeout_s):
                 pipe.zero_grad(set_to_none=True)
