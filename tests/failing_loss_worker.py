@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 from autopipe.spec import ModelSpec
@@ -35,4 +36,18 @@ def build_batch(**knobs: Any) -> ModelSpec:
         return inner(n, step)
 
     spec.batch = batch
+    return spec
+
+
+def build_killed(**knobs: Any) -> ModelSpec:
+    """The MLP, the rank ``RANK=1`` killed (SIGKILL, as the kernel's OOM killer does) in its loss."""
+    spec = example_spec("mlp", **knobs)
+    inner = spec.loss_fn
+
+    def loss_fn(output: Any, target: Any) -> Any:
+        if os.environ.get("RANK") == "1":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return inner(output, target)
+
+    spec.loss_fn = loss_fn
     return spec

@@ -55,3 +55,18 @@ def test_launch_refuses_a_cuda_plan_without_cuda_before_any_rank(tmp_path: Path,
     err = capfd.readouterr().err
     assert err.count("error:") == 1 and "rank 0 should run on cuda but torch sees no CUDA device" in err, err
     assert "hint: pass --device cpu" in err
+
+
+def test_a_killed_rank_is_named_with_its_signal(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """It prints nothing; the last line said "its message above says why"."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    plan = tmp_path / "plan.json"
+    Case("mlp", 2).build(hand=True)[2].save(plan)
+    knobs = [f"--spec-arg={k}={v}" for k, v in TINY["mlp"].items()]
+    code = main(["train", "tests.failing_loss_worker:build_killed", *knobs, "--plan", str(plan), "--steps", "2",
+                 "--device", "cpu", "--launch", "2"])
+    err = capfd.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == ("autopipe train: error: rank 1 failed first (exit codes [2, -9]); it was killed "
+                                    "by SIGKILL (out of memory? the kernel's log says)"), err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -158,7 +159,13 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
             cmd += [flag, str(value)]
     result = launch(cmd, args.launch, grace_s=min(30.0, args.timeout))
     if result.code:
-        failed = result.first_failed if result.first_failed is not None else "?"
-        print(f"autopipe train: error: rank {failed} failed first (exit codes {list(result.codes)}); "
-              f"its message above says why", file=sys.stderr)
+        failed = result.first_failed
+        code = result.codes[failed] if failed is not None else 0
+        why = "its message above says why"
+        if code < 0:  # it printed nothing: say how it ended
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+            why = f"it was killed by {name}" + (" (out of memory? the kernel's log says)"
+                                                 if -code == signal.SIGKILL else "")
+        print(f"autopipe train: error: rank {failed if failed is not None else '?'} failed first (exit codes "
+              f"{list(result.codes)}); {why}", file=sys.stderr)
     return result.code
