@@ -132,6 +132,25 @@ def test_resuming_a_directory_passes_over_a_damaged_or_unfinished_newest(ckpt: P
         check_resume(TrainConfig(steps=5, optimizer="adam", lr=0.01, resume=str(ckpt)))
 
 
+def test_another_optimizers_state_and_a_negative_step_are_refused(saved: Path, tmp_path: Path) -> None:
+    """Adam given the checkpoint's Adam state is fine; given SGD's momenta it was torch's
+    KeyError 'step'; step=-1 was saved as step--00001, and loaded."""
+    momentum = tmp_path / "momentum"
+    for pipe in _pipe():
+        sgd = torch.optim.SGD(pipe.parameters(), lr=0.1, momentum=0.9)
+        pipe.step(*example_spec("mlp", **MLP).batch(4, 0))
+        sgd.step()
+        save_checkpoint(momentum, pipe, sgd, step=1)
+        with pytest.raises(CheckpointError, match=r"optimizer state \(momentum_buffer\) does not fit this Adam"):
+            load_checkpoint(momentum, pipe, torch.optim.Adam(pipe.parameters()))
+        assert load_checkpoint(momentum, pipe).step == 1  # the model alone
+        assert load_checkpoint(saved, pipe, torch.optim.Adam(pipe.parameters())).step == 2
+        for step in (-1, 1.5, True):
+            with pytest.raises(CheckpointError, match=rf"save_checkpoint\(step={step!r}\)"):
+                save_checkpoint(tmp_path / "bad", pipe, step=step)  # type: ignore[arg-type]
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_short_or_garbled_data_file_is_named(ckpt: Path) -> None:
     data = ckpt / "step-000002" / "__0_0.distcp"
     size = data.stat().st_size

@@ -326,8 +326,11 @@ def save_checkpoint(directory: str | Path, pipe: Pipe, optimizer: Any = None, *,
         The new checkpoint's folder.
 
     Raises:
+        CheckpointError: ``step`` is not an int of 0 or more.
         RuntimeStageError: a rank failed during the save (the previous checkpoint stays).
     """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:  # step--00001 was saved, and loaded
+        raise CheckpointError(f"save_checkpoint(step={step!r})", hint="pass the optimizer steps done: an int, 0 or more")
     root = Path(directory)
     final = root / _step_name(step)
     partial = root / f".{final.name}.partial"

@@ -82,6 +82,9 @@ def load_optimizer_state(optimizer: Any, named: Mapping[str, nn.Parameter], stat
     Entries of parameters this rank does not hold are ignored; a parameter without
     entries keeps a fresh state. Hyperparameters of a group come from its first
     parameter's entry.
+
+    Raises:
+        CheckpointError: the state is another kind of optimizer's (Adam given SGD's momenta).
     """
     inner, groups = _names(optimizer, named)
     per_param: dict[str, dict[str, Any]] = {}
@@ -100,7 +103,14 @@ def load_optimizer_state(optimizer: Any, named: Mapping[str, nn.Parameter], stat
             index = next(flat_ids)
             if name in per_param:
                 torch_state["state"][index] = per_param[name]
-    inner.load_state_dict(torch_state)
+    try:
+        inner.load_state_dict(torch_state)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:  # Adam given SGD's state: KeyError 'step'
+        saved = sorted({entry for entries in per_param.values() for entry in entries})
+        raise CheckpointError(f"the checkpoint's optimizer state ({', '.join(saved)}) does not fit this "
+                              f"{type(inner).__name__} ({type(e).__name__}: {e})",
+                              hint="load it into the kind of optimizer that saved it (autopipe train: the "
+                                   "same --optimizer), or pass optimizer=None to load the model alone") from None
     if isinstance(optimizer, MasterWeights):
         with torch.no_grad():
             for pairs in groups:
