@@ -220,7 +220,8 @@ def test_cli_bad_checkpoint_arguments(tmp_path: Path, capsys: pytest.CaptureFixt
         write_json_atomic(folder / "autopipe.json", {
             "schema": "autopipe.checkpoint/1", "step": step, "world_size": 2, "graph_fingerprint": "",
             "state_keys": [], "tied": [], "extra": extra})
-        cases.append(([*train, "--resume", str(tmp_path / name)], message))
+        # the folder itself: of a directory, its empty .metadata is a damaged newest checkpoint
+        cases.append(([*train, "--resume", str(folder)], message))
     for args, message in cases:
         code = main(args)
         out = capsys.readouterr()
