@@ -126,8 +126,10 @@ def failures(where: str, when: str, timeout_s: float) -> Iterator[None]:
                                     f"{timeout_s:g} s) {when}: {said}",
                                     hint="the rank that failed first names the cause in its own output") from e
         at = code_line(e)
+        alone = not dist.is_initialized() or dist.get_world_size() == 1
         raise RuntimeStageError(f"{where} failed {when}: {short_error(e)}" + (f" (at {at})" if at else ""),
-                                hint="this is the cause; the other ranks stop when they lose this one") from e
+                                hint=None if alone else "this is the cause; the other ranks stop when they "
+                                                        "lose this one") from e
 
 
 def code_line(e: BaseException) -> str | None:
