@@ -234,6 +234,9 @@ def test_odd_devices_state_and_norms_are_refused_by_name() -> None:
         for bad in (-1.0, float("nan")):
             with pytest.raises(AutopipeError, match=rf"max_norm is {bad}"):
                 pipe.clip_grad_norm_(bad)
+        for p_norm in (0.0, -1.0):  # a ZeroDivisionError; nothing clipped
+            with pytest.raises(AutopipeError, match=rf"norm_type is {p_norm}"):
+                pipe.clip_grad_norm_(1.0, norm_type=p_norm)
         for p, g in zip(pipe.parameters(), grads, strict=True):
             assert torch.equal(p.grad, g)
 

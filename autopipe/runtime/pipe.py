@@ -352,6 +352,8 @@ class Pipe:
         """
         if not max_norm >= 0:  # a negative one turned every gradient round, NaN made them NaN
             raise AutopipeError(f"clip_grad_norm_: max_norm is {max_norm}", hint="clip to a norm of 0 or more")
+        if not float(norm_type) > 0:  # 0: a ZeroDivisionError; a negative p clipped nothing
+            raise AutopipeError(f"clip_grad_norm_: norm_type is {norm_type}", hint="use a positive p (2.0) or inf")
         self.sync_tied_grads()
         p_norm = float(norm_type)
         mine = self.replicas.position  # replicas agree after the sync: one pipeline's norm
