@@ -267,6 +267,13 @@ def test_check_save_refuses_what_cannot_hold_checkpoints(tmp_path: Path, monkeyp
     with pytest.raises(CheckpointError, match=r"afile/ck: .*afile is a file"):
         check_save(tmp_path / "afile" / "ck")
     check_save(tmp_path / "new" / "ck")  # made at the first save
+    (tmp_path / "old" / "step-000001").mkdir(parents=True)
+    for name in (".metadata", "autopipe.json"):
+        (tmp_path / "old" / "step-000001" / name).write_text("")
+    with pytest.raises(CheckpointError, match=r"old: it holds another run's, up to step-000001") as e:
+        check_save(tmp_path / "old", resuming=False)
+    assert e.value.hint is not None and e.value.hint.startswith(f"pass --resume {tmp_path / 'old'} to continue")
+    check_save(tmp_path / "old")  # resuming: its own checkpoints
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
     with pytest.raises(CheckpointError, match=rf"{tmp_path} is not writable"):
         check_save(tmp_path / "new" / "ck")
@@ -285,6 +292,10 @@ def test_cli_bad_arguments_before_any_rank(saved: Path, tmp_path: Path,
     cases = [
         ([*train, "--save", str(tmp_path / "afile")], "it is a file, not a directory", None),
         ([*train, "--save", str(tmp_path / "afile" / "ck")], "afile is a file", None),
+        # a run from step 0 saving among another run's checkpoints: its first save took `latest`, and
+        # keeping the two newest removed the other run's older one
+        ([*train, "--save", str(saved)], "it holds another run's, up to step-000002, and this run starts from step 0",
+         None),
         ([*train, "--resume", str(tmp_path / "afile")], "afile is a file, not a checkpoint directory", None),
         ([*train, "--resume", str(other)], "does not fit the model: not in the model 2: blocks.4.0.bias", None),
         (["consolidate", str(tmp_path / "notckpt"), "-o", str(tmp_path / "m.pt")], "holds no complete checkpoint",

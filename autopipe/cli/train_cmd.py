@@ -139,7 +139,7 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
         resume = str(check_resume(config, spec.model, note=lambda line: print(f"note: {line}", file=sys.stderr,
                                                                              flush=True)).path)
     if config.save is not None:
-        check_save(config.save)  # and a place checkpoints cannot go
+        check_save(config.save, resuming=config.resume is not None)  # and a place checkpoints cannot go
     cmd = [sys.executable, "-m", "autopipe", "train", args.spec, "--plan", args.plan,
            "--steps", str(args.steps), "--lr", repr(args.lr), "--optimizer", args.optimizer,
            "--device", args.device, "--timeout", repr(args.timeout), "--seed", str(args.seed)]

@@ -270,14 +270,26 @@ def check_model(path: Path, info: CheckpointInfo, metadata: Metadata, model: nn.
                 what=f"checkpoint {path}", source="checkpoint")
 
 
-def check_save(directory: str | Path) -> None:
+def check_save(directory: str | Path, *, resuming: bool = True) -> None:
     """Raise unless checkpoints can be saved into ``directory`` (checked before training).
+
+    Args:
+        directory: where the run saves.
+        resuming: whether the run resumes a checkpoint; a run that starts from step 0 may
+            not save among another run's checkpoints.
 
     Raises:
         CheckpointError: it is a file, a parent of it is a file, or the nearest existing
-            folder cannot be written to.
+            folder cannot be written to; or it holds complete checkpoints and the run does
+            not resume.
     """
     root = Path(directory)
+    found = _checkpoints(root) if root.is_dir() and not resuming else []
+    if found:  # its saves would take `latest`, and keeping two newest removed the other run's
+        raise CheckpointError(f"cannot save checkpoints in {root}: it holds another run's, up to {found[-1].name}, "
+                              "and this run starts from step 0",
+                              hint=f"pass --resume {root} to continue that run, or save into another directory "
+                                   "(or remove that one) to start over")
     hint = "name a directory for the checkpoints (created if missing) where you can write"
     if root.exists() and not root.is_dir():
         raise CheckpointError(f"cannot save checkpoints in {root}: it is a file, not a directory", hint=hint)

@@ -103,7 +103,7 @@ def train(
     prepared = prepared or prepare(spec, plan, world)
     device = rank_device(plan, rank, local_rank, config.device)
     if config.save is not None:
-        check_save(config.save)  # not found only at the first save, after the training
+        check_save(config.save, resuming=config.resume is not None)  # not found at the first save, after training
     if config.resume is not None:  # a wrong checkpoint stops every rank before the rendezvous
         info = check_resume(config, spec.model, note=_stderr if rank == 0 else None)
         config = dataclasses.replace(config, resume=str(info.path))  # every rank loads that one
