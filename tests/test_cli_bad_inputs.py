@@ -121,6 +121,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("profile: output is a directory", ["profile", MLP, "--device", "meta", "-o", "{tmp}"],
      "cannot write (is a directory)"),
     # autopipe plan
+    ("plan: --device", ["plan", MLP, "--stages", "2", "--device", "meta", "-o", "{tmp}/out.json"],
+     "autopipe plan takes no --device (meta)"),
     # until 2026-12-07 refused only after a note that building on meta had failed, and a build
     ("plan: unknown --dtype", ["plan", MLP, "--stages", "2", "--device-spec", "h100", "--dtype", "int8",
                                "-o", "{tmp}/out.json"], "invalid choice: 'int8'"),

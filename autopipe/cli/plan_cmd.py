@@ -79,6 +79,9 @@ def add_parser(sub: Any) -> None:
                    help="cut only between the modules PATTERN matches: a glob over module paths "
                         "(model.layers.*) or a regex; implies --granularity layer")
     p.add_argument("--profile", metavar="PROFILE.json", help="use this profile instead of profiling")
+    # `autopipe profile --device meta` estimates; plan has no such flag, and argparse read
+    # `--device` as an ambiguous abbreviation of --devices and --device-spec
+    p.add_argument("--device", help=argparse.SUPPRESS)
     p.add_argument("--device-spec", metavar="NAME|FILE.json",
                    help="estimate costs for this device (h100, a100, ...) instead of measuring here; "
                         "implied (h100) for a model on the meta device")
@@ -236,6 +239,12 @@ def run(args: argparse.Namespace) -> int:
 def _check_flags(args: argparse.Namespace) -> None:
     """Flags that a given --profile or a non-ILP --method would ignore, or that contradict each
     other, are errors. Sets --granularity where it was not given (layer with --cut-at)."""
+    if args.device is not None:
+        raise PlanError(f"autopipe plan takes no --device ({args.device}): it plans for the device "
+                        f"its costs come from",
+                        hint="--device-spec NAME estimates for a device (h100, a100, h200, or a "
+                             "JSON file; a spec that builds on meta with --spec-arg device=meta); "
+                             "without it the model is measured on this machine")
     if args.granularity == "node" and args.cut_at is not None:
         raise PlanError(f"--granularity node cuts anywhere, but --cut-at {args.cut_at!r} cuts only "
                         f"between the modules it matches",
