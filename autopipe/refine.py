@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from autopipe.partition.finalists import finalists, refined_best
+from autopipe.partition.finalists import DEFAULT_FINALISTS, finalists, mark_rows, refined_best
 from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
 from autopipe.trace import Graph
@@ -46,8 +46,6 @@ MAX_FACTOR = 4.0
 MIN_GAIN = 0.02
 """A re-solve that moves the cuts must promise at least this share off the step just
 measured; a smaller gain is within the timings' noise, and the measured cuts stay."""
-DEFAULT_FINALISTS = 3
-"""A measured batch-size search re-times at most this many of its fastest candidates."""
 WINDOW_S = 1.0
 """Each round's stage timings spread over at least this many seconds ([Note: timing over
 a window] in ``autopipe.runtime.timing``), within ``MORE_RUNS`` × ``repeats`` runs."""
@@ -270,12 +268,7 @@ def refine_search(found: Plan, profiles: Mapping[int, Profile], solve: Callable[
         return refine_one(plan, row["microbatch_size"], lambda p: solve(p, **choice(row)))
 
     k, done, again = refined_best(starts, refined)
-    for row, start, plan in zip(finals, starts, done):
-        if plan is not start:
-            row["refined_s"] = plan.predicted.iteration_s
-    if again is not None:
-        finals[k]["retimed_s"] = again.predicted.iteration_s
-    kept = again or done[k]
+    kept = mark_rows(finals, starts, done, k, again)
     return dataclasses.replace(kept, options={
         **{o: v for o, v in kept.options.items() if o != "search_lower_bound_s"},
         "search": rows, "batch_size": found.options["batch_size"],

@@ -242,8 +242,9 @@ def degree_row(row: dict[str, Any], chosen: bool = False) -> str:
         return f"{what}  {why if len(why) <= 100 else why[:99] + '…'}"
     limit = row.get("memory_limit")
     memory = format_size(row["memory"]) + (f" ({row['memory'] / limit:.1%})" if limit else "")
+    retimed = _retimed(row)
     return (f"{what}  {format_seconds(step):>11}  {row['samples_per_s']:>10.2f}  {memory:>20}  "
-            f"{row.get('method', '')}" + (f" {_retimed(row)}" if _retimed(row) else ""))
+            f"{row.get('method', '')}" + (f" {retimed}" if retimed else ""))
 
 
 def degree_lines(plan: Plan) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any
 from autopipe.cli._common import reject_flag
 from autopipe.errors import PlanError
 from autopipe.partition.degrees import Refine
+from autopipe.partition.finalists import DEFAULT_FINALISTS
 from autopipe.partition.planner import METHODS, ProfileSource
 from autopipe.partition.replicas import check_nodes
 from autopipe.plan_format import Plan
@@ -94,7 +95,7 @@ def plan_on_gpus(args: argparse.Namespace, source: ProfileSource, microbatches: 
         schedule=args.schedule.split(",") if "," in args.schedule else args.schedule,
         shard_optimizer=args.shard_optimizer, memory_limit=args.memory,
         optimizer=args.optimizer, method=args.method, screen=args.screen or "dp",
-        finalists=3 if args.finalists is None else args.finalists, progress=say,
+        finalists=DEFAULT_FINALISTS if args.finalists is None else args.finalists, progress=say,
         max_blocks=args.max_blocks, time_limit=60.0 if args.time_limit is None else args.time_limit,
         mip_gap=1e-3 if args.gap is None else args.gap, solver=args.solver or "highs",
         deterministic=not args.timing, granularity=args.granularity, cut_at=args.cut_at,

@@ -43,7 +43,7 @@ from autopipe.partition.degree_options import (
     search_options,
     sizes_for,
 )
-from autopipe.partition.finalists import finalists, refined_best
+from autopipe.partition.finalists import DEFAULT_FINALISTS, finalists, mark_rows, refined_best
 from autopipe.partition.planner import ProfileSource, link_bandwidth_for, plan_profile
 from autopipe.partition.problem import Config, Problem, from_profile
 from autopipe.partition.replicas import PLACEMENTS, Cluster, GradSync, place
@@ -72,7 +72,7 @@ def plan_degrees(
     optimizer: str = "adam",
     method: str = "ilp",
     screen: str | None = "dp",
-    finalists: int = 3,
+    finalists: int = DEFAULT_FINALISTS,
     progress: Callable[[Row], None] | None = None,
     refine: Refine | None = None,
     **plan_args: Any,
@@ -340,13 +340,9 @@ def _refined_best(search: Search, cluster: Cluster, memory: int | None, rows: li
         row = rows[finals[k]]
         return refine(plan, row["microbatch_size"], _replan(search, cluster, memory, row, plan))
 
-    k, done, again = refined_best([plans[i] for i in finals], refined)
-    for i, plan in zip(finals, done):
-        if plan is not plans[i]:
-            rows[i]["refined_s"] = plan.predicted.iteration_s
-    if again is not None:
-        rows[finals[k]]["retimed_s"] = again.predicted.iteration_s
-    return finals[k], again or done[k]
+    starts = [plans[i] for i in finals]
+    k, done, again = refined_best(starts, refined)
+    return finals[k], mark_rows([rows[i] for i in finals], starts, done, k, again)
 
 
 def _replan(search: Search, cluster: Cluster, memory: int | None, row: Row,

@@ -16,9 +16,12 @@ Until 2026-12-07 only the node sums' winner was re-timed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from autopipe.plan_format import Plan
 
+DEFAULT_FINALISTS = 3
+"""Finalists at most: a degree search's ``--finalists`` default, a batch-size search's limit."""
 REFINE_WITHIN = 1.5
 """Finalists re-timed: those whose node-sum step is within this factor of the fastest."""
 
@@ -40,3 +43,16 @@ def refined_best(plans: Sequence[Plan],
     if len(plans) > 1 and refined[best] is not plans[best]:
         again = refine(best, refined[best])
     return best, refined, again
+
+
+def mark_rows(rows: Sequence[dict[str, Any]], starts: Sequence[Plan], done: Sequence[Plan], best: int,
+              again: Plan | None) -> Plan:
+    """Record in the finalists' search ``rows`` their re-timed steps (``refined_s``, where
+    refining gave another plan than ``starts``) and the winner's second timing
+    (``retimed_s``); the plan kept: the winner timed again, else the winner refined."""
+    for row, start, plan in zip(rows, starts, done):
+        if plan is not start:
+            row["refined_s"] = plan.predicted.iteration_s
+    if again is not None:
+        rows[best]["retimed_s"] = again.predicted.iteration_s
+    return again or done[best]

@@ -275,8 +275,8 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
             than the units allow.
     """
     auto = cut_at is None
+    found = repeated_lists(problem)
     if cut_at is None:
-        found = repeated_lists(problem)
         if not found:
             raise PlanError("--granularity layer found no repeated layers (no module list "
                             "X.0, X.1, … runs nodes)",
@@ -308,7 +308,7 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
     lists = tuple(dict.fromkeys(x.rsplit(".", 1)[0] if "." in x else "" for x in paths))
     layers = Layers(pattern=cut_at, auto=auto, node_unit=node_unit,
                     units=tuple(tuple(m) for m in modules), lists=lists,
-                    uncut=_uncut(problem, paths, lists), alike=_alike(problem, paths, lists))
+                    uncut=_uncut(found, paths, lists), alike=_alike(problem, paths, lists))
     out = merge_forced(regroup(problem, groups))
     p = problem.config.num_stages
     if out.num_real < p:
@@ -321,13 +321,14 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
     return out, layers
 
 
-def _uncut(problem: Problem, paths: list[str], lists: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
-    """The lists of repeated blocks that are not cut between and lie outside the layers
-    (``Layers.uncut``): not one of ``lists``, not inside a layer of ``paths`` (a layer's
-    experts), not enclosing one."""
+def _uncut(found: list[tuple[str, int, float]], paths: list[str],
+           lists: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """Of the lists of repeated blocks ``found`` (``repeated_lists``), those not cut between
+    and outside the layers (``Layers.uncut``): not one of ``lists``, not inside a layer of
+    ``paths`` (a layer's experts), not enclosing one."""
     def related(x: str) -> bool:
         return any(p == x or p.startswith(x + ".") or x.startswith(p + ".") for p in paths)
-    return tuple((x, n) for x, n, _ in repeated_lists(problem)
+    return tuple((x, n) for x, n, _ in found
                  if n > 1 and x not in lists and not related(x))
 
 
