@@ -12,7 +12,7 @@ from torch import nn
 from autopipe.batching import resize_batch, resize_target
 from autopipe.errors import PlanError, PlanMismatchError, ProfileError
 from autopipe.partition.devices import DevicesArg
-from autopipe.partition.mip_time import MipTime
+from autopipe.partition.mip_time import ROUNDS_SHARE, MipTime
 from autopipe.partition.planner import (
     DEFAULT_MAX_BLOCKS,
     ProfileSource,
@@ -203,6 +203,7 @@ def plan(
         return profile_at(args, kwargs, at)
 
     measured_here = isinstance(profile, str) and profile in PROFILE_MODES
+    refining = refine and profile == "measure"  # the re-solves get their share of time_limit
     profiles: dict[int, Profile] = {}  # a search's, by micro-batch size
 
     def source(size: int) -> Profile:
@@ -213,7 +214,7 @@ def plan(
 
     def refined_choice(found: Plan, size: int, replan: Callable[[Profile], Plan]) -> Plan:
         """A search's candidate of micro-batches of ``size``, refined where it was measured here."""
-        if not (refine and profile == "measure" and size in profiles):
+        if not (refining and size in profiles):
             return found
         args, kwargs, at = sized(size)
         if size not in traced:  # each finalist of this size, and the winner again, on one trace
@@ -244,7 +245,7 @@ def plan(
             optimizer=optimizer, method=method, max_blocks=max_blocks, time_limit=time_limit,
             mip_gap=mip_gap, solver=solver, deterministic=deterministic, dtype=dtype,
             granularity=granularity, cut_at=cut_at, recompute=recompute, remake=remake,
-            refine=refined_choice if measured_here else None)
+            refine=refined_choice if refining else None)
     assert num_stages is not None and schedule is not None
 
     mip = MipTime(time_limit)  # refine's solves share it
@@ -261,17 +262,23 @@ def plan(
             recompute=recompute, remake=remake))
 
     if batch_size is not None and measured_here:
+        if refining:
+            mip.hold()
         found = solve(source)
-        if not (refine and profile == "measure"):
+        if not refining:
             return found
-        return refine_search(found, profiles, solve, refined_choice)
+        return refine_search(found, profiles, solve, refined_choice, mip=mip)
     graph = trace(model, example_inputs, example_kwargs)
     prof = _profile(graph, profile, example_inputs, example_kwargs, device_spec=device_spec, dtype=dtype,
                     loss=loss)
     if with_runtime is not None:
         prof = with_runtime(prof)
+    refining = refining and can_refine(graph, prof) is None
+    if refining:
+        mip.hold()
     plan = solve(prof)
-    if refine and profile == "measure" and can_refine(graph, prof) is None:
+    if refining:
+        mip.share_among(ROUNDS_SHARE)
         plan = refine_plan(plan, prof, graph, example_inputs, example_kwargs, solve, **loss)
     return plan
 

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from autopipe.partition.finalists import DEFAULT_FINALISTS, finalists, mark_rows, refined_best
+from autopipe.partition.mip_time import ROUNDS_SHARE, MipTime
 from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
 from autopipe.trace import Graph
@@ -234,7 +235,7 @@ def refine_candidate(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any
 
 def refine_search(found: Plan, profiles: Mapping[int, Profile], solve: Callable[..., Plan],
                   refine_one: Callable[[Plan, int, Callable[[Profile], Plan]], Plan],
-                  limit: int = DEFAULT_FINALISTS) -> Plan:
+                  limit: int = DEFAULT_FINALISTS, mip: MipTime | None = None) -> Plan:
     """A batch-size search's ``found`` plan, with its finalists re-timed as whole stages and
     the fastest re-timed one kept ([Note: finalists re-timed] in ``autopipe.partition.finalists``).
 
@@ -245,6 +246,8 @@ def refine_search(found: Plan, profiles: Mapping[int, Profile], solve: Callable[
         refine_one: ``refine_one(plan, size, replan)``, the refined plan of a candidate of
             micro-batches of ``size`` (``plan`` itself where it cannot be refined).
         limit: finalists at most.
+        mip: the command's MIP time, held for the solves here ([Note: time kept for the
+            re-solves] in ``autopipe.partition.mip_time``): released to them.
 
     Returns:
         The winner, refined, with the search's rows (each finalist's ``refined_s``, the
@@ -255,6 +258,8 @@ def refine_search(found: Plan, profiles: Mapping[int, Profile], solve: Callable[
     solved = [r for r in rows if isinstance(r.get("iteration_s"), (int, float))]
     ranked = sorted(solved, key=lambda r: r["iteration_s"])  # stable: ties in the search's order
     finals = [ranked[k] for k in finalists([r["iteration_s"] for r in ranked], limit)]
+    if mip is not None:  # each finalist but the search's own plan solved alone first
+        mip.share_among(ROUNDS_SHARE * (len(finals) + (len(finals) > 1)))
 
     def choice(row: dict[str, Any]) -> dict[str, Any]:
         return {"num_stages": ranks, "microbatches": row["microbatches"], "schedule": row["schedule"],
@@ -267,7 +272,7 @@ def refine_search(found: Plan, profiles: Mapping[int, Profile], solve: Callable[
         row = finals[k]
         return refine_one(plan, row["microbatch_size"], lambda p: solve(p, **choice(row)))
 
-    k, done, again = refined_best(starts, refined)
+    k, done, again = refined_best(starts, refined, mip)
     kept = mark_rows(finals, starts, done, k, again)
     return dataclasses.replace(kept, options={
         **{o: v for o, v in kept.options.items() if o != "search_lower_bound_s"},

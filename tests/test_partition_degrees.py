@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,35 @@ def test_finalists_share_the_time_limit(monkeypatch: pytest.MonkeyPatch) -> None
     chosen = plan_degrees(sized, gpus=4, batch_size=8, stages=2, microbatch_sizes=[1, 2], time_limit=30)
     assert limits == [10.0, 10.0, 10.0] and clock.now == 30.0
     assert chosen.solver.method == "ilp" and chosen.options["time_limit"] == 30
+
+
+def test_a_refined_search_keeps_time_for_the_re_solves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[Note: time kept for the re-solves]: with the finalists' MIPs running to their limit,
+    a search to be refined leaves a quarter of the limit to the re-solves of its refined
+    finalists and of the winner timed again, in equal parts, each round at most half of its
+    part (until 2026-12-07 they got what the finalists left: nothing)."""
+    import autopipe.partition.degrees as degrees
+    import autopipe.partition.mip_time as mip_time
+
+    clock, limits = Clock(), []
+    monkeypatch.setattr(degrees, "plan_profile",
+                        to_the_limit(clock, limits, plan_profile, lambda kw: kw["method"] == "ilp"))
+    monkeypatch.setattr(mip_time, "time", clock)
+
+    def refine(plan: Plan, size: int, replan: Callable[[Profile], Plan]) -> Plan:
+        return replan(sized(size))  # one re-solve per finalist, as a round of refine's
+
+    chosen = plan_degrees(sized, gpus=4, batch_size=8, stages=2, microbatch_sizes=[1, 2], time_limit=40,
+                          refine=refine)
+    refined = [r for r in chosen.options["degrees"] if "refined_s" in r]
+    # three finalists in 30 s; their re-solves, and the winner's again, in the 10 s kept
+    assert len(refined) == 3 and any("retimed_s" in r for r in refined)
+    # each finalist's rounds at most half of its equal part of what is left: 10 s among 4
+    left, kept = 10.0, []
+    for parts in (8, 6, 4, 2):
+        kept.append(left / parts)
+        left -= kept[-1]
+    assert limits == pytest.approx([10.0, 10.0, 10.0, *kept]) and chosen.options["time_limit"] == 40
 
 
 def test_a_screen_by_the_ilp_shares_the_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:

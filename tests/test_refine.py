@@ -170,9 +170,10 @@ def test_refine_keeps_the_fastest_measured_round_when_cuts_keep_moving(
 
 def test_refine_shares_the_time_limit(monkeypatch: pytest.MonkeyPatch,
                                       mlp: tuple[Any, autopipe.Graph, Profile]) -> None:
-    """[Note: a candidate's time]: the first solve may take all of ``time_limit``, and each
-    refine round's solve takes what is left (each had all of it until 2026-12-06); the
-    plan records the limit given."""
+    """[Note: time kept for the re-solves]: the first solve may take all of ``time_limit``
+    but the share kept for refine's rounds (until 2026-12-07 all of it, and the rounds got
+    what it left); each round's solve gets at most half of what is left (each had all of
+    it until 2026-12-06); the plan records the limit given."""
     import autopipe.api as api
     import autopipe.partition.mip_time as mip_time
 
@@ -193,7 +194,7 @@ def test_refine_shares_the_time_limit(monkeypatch: pytest.MonkeyPatch,
     plan = autopipe.plan(spec.model, spec.example_inputs, num_stages=2, microbatches=4, time_limit=30,
                          runtime_costs=False)
     assert len(plan.options["refine"]["rounds"]) == 3
-    assert limits == [30.0, 20.0, 10.0, 0.0] and plan.options["time_limit"] == 30
+    assert limits == [22.5, 10.0, 5.0, 2.5] and plan.options["time_limit"] == 30
 
 
 def test_only_a_profile_of_the_model_where_it_lives(mlp: tuple[Any, autopipe.Graph, Profile]) -> None:

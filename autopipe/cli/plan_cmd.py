@@ -19,7 +19,7 @@ from autopipe.cli._degrees import add_degree_args, check_degree_flags, plan_on_g
 from autopipe.cli._estimate_build import build_record, built_for_estimate, explain_mismatch
 from autopipe.errors import PlanError, PlanMismatchError, SpecError
 from autopipe.partition.layers import GRANULARITIES, matcher
-from autopipe.partition.mip_time import MipTime
+from autopipe.partition.mip_time import ROUNDS_SHARE, MipTime
 from autopipe.partition.planner import DEFAULT_MAX_BLOCKS, METHODS, ProfileSource, check_options
 from autopipe.partition.problem import SCHEDULES
 from autopipe.plan_format import Plan
@@ -190,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
             return profiles[size]
 
     mip = MipTime(60.0 if args.time_limit is None else args.time_limit)  # refine's solves share it
+    # measured here, refined: the re-solves get their share ([Note: time kept for the re-solves])
+    refining = not (args.no_refine or args.profile or args.device_spec)
 
     def solve(source: ProfileSource, **choice: Any) -> Plan:
         """Plan ``source``; ``choice`` replaces options (``refine_choice``'s one candidate)."""
@@ -217,16 +219,19 @@ def run(args: argparse.Namespace) -> int:
         return _refined(found, profiles[size], traced, sized, replan, size=size)
 
     if args.gpus is not None:
-        plan = plan_on_gpus(args, source, microbatches, refine=refined_choice)
+        plan = plan_on_gpus(args, source, microbatches, refine=refined_choice if refining else None)
     else:
+        if refining:
+            mip.hold()
         plan = solve(source)
-        if not (args.no_refine or args.profile):
+        if refining:
             if graph is not None and spec is not None and isinstance(source, Profile):
+                mip.share_among(ROUNDS_SHARE)
                 plan = _refined(plan, source, graph, spec, solve)
             elif "microbatch_size" in plan.options and all(p.method == "measure" for p in profiles.values()):
                 from autopipe.refine import refine_search
 
-                plan = refine_search(plan, profiles, solve, refined_choice)
+                plan = refine_search(plan, profiles, solve, refined_choice, mip=mip)
     if args.profile:  # `check --spec` re-plans on the same costs given this file again
         plan = dataclasses.replace(plan, options={**plan.options, **profile_record(args.profile)})
     with phase("save"):

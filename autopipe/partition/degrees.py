@@ -106,6 +106,8 @@ def plan_degrees(
             ``profile`` (``autopipe.refine.refine_candidate``: its stages re-timed as whole
             modules). The finalists are refined and the fastest refined wins ([Note: finalists
             re-timed] in ``autopipe.partition.finalists``); each row records ``refined_s`` where it is another plan.
+            The search leaves them a share of its MIP time ([Note: time kept for the re-solves]
+            in ``autopipe.partition.mip_time``): None where nothing will be refined.
         **plan_args: ``plan_profile``'s other options (``max_blocks``, ``time_limit``,
             ``mip_gap``, ``solver``, ``deterministic``, ``dtype``, ``granularity``, ``cut_at``).
 
@@ -122,6 +124,8 @@ def plan_degrees(
     search = search_options(gpus, batch_size, gpus_per_node, intra_node_bandwidth, inter_node_bandwidth,
                       stages, microbatches, microbatch_sizes, schedule, placements, shard_optimizer,
                       memory_limit, optimizer, method, screen, finalists, plan_args)
+    if refine is not None:  # the finalists' re-solves get their share ([Note: time kept for the re-solves])
+        search.mip_time.hold()
     fixed = fixed_size(profile)
     source = _memo(profile)
     layout = [(p, gpus // p, sizes_for(search, p, fixed)) for p in divisors(gpus)
@@ -341,7 +345,7 @@ def _refined_best(search: Search, cluster: Cluster, memory: int | None, rows: li
         return refine(plan, row["microbatch_size"], _replan(search, cluster, memory, row, plan))
 
     starts = [plans[i] for i in finals]
-    k, done, again = refined_best(starts, refined)
+    k, done, again = refined_best(starts, refined, search.mip_time)
     return finals[k], mark_rows([rows[i] for i in finals], starts, done, k, again)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from autopipe.partition.mip_time import MipTime, share_for_finalists
 from autopipe.plan_format import Plan
 
 DEFAULT_FINALISTS = 3
@@ -31,16 +32,21 @@ def finalists(steps: Sequence[float], limit: int) -> list[int]:
     return [i for i, s in enumerate(steps[:max(1, limit)]) if s <= REFINE_WITHIN * steps[0]]
 
 
-def refined_best(plans: Sequence[Plan],
-                 refine: Callable[[int, Plan], Plan]) -> tuple[int, list[Plan], Plan | None]:
+def refined_best(plans: Sequence[Plan], refine: Callable[[int, Plan], Plan],
+                 mip: MipTime | None = None) -> tuple[int, list[Plan], Plan | None]:
     """``plans`` (finalists in node-sum order) each refined (``refine(k, plan)`` for the
     ``k``-th): the index of the fastest refined (ties to the earlier), every refined plan,
     and the winner timed again (``refine`` of its refined plan) where it was chosen among
-    several refined ones, else None."""
-    refined = [refine(k, p) for k, p in enumerate(plans)]
+    several refined ones, else None. ``mip``: the MIP time their re-solves share
+    ([Note: time kept for the re-solves] in ``autopipe.partition.mip_time``)."""
+    refined = []
+    for k, p in enumerate(plans):
+        share_for_finalists(mip, len(plans), k)
+        refined.append(refine(k, p))
     best = min(range(len(plans)), key=lambda k: (refined[k].predicted.iteration_s, k))
     again = None
     if len(plans) > 1 and refined[best] is not plans[best]:
+        share_for_finalists(mip, len(plans), len(plans), again=True)
         again = refine(best, refined[best])
     return best, refined, again
 

@@ -28,6 +28,7 @@ from autopipe.partition.dp import min_bottleneck
 from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.infeasible import chain_fits, explain
 from autopipe.partition.layers import Layers, check_granularity, record, restrict
+from autopipe.partition.mip_time import not_solving
 from autopipe.partition.problem import (
     MULTI_CHUNK,
     RECOMPUTE,
@@ -329,7 +330,8 @@ def plan_profile(
         assert batch_size is not None
         b = batch_size // m
         if b not in cache:
-            cache[b] = profile(b)
+            with not_solving():  # the MIP time is the solves' ([Note: time kept for the re-solves])
+                cache[b] = profile(b)
         return cache[b]
 
     if len(counts) * len(schedules) == 1:
