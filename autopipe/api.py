@@ -113,7 +113,9 @@ def plan(
             memory is counted in the profile's dtype.
         link_bandwidth: bytes/s between stages; default the device spec's, else 25 GB/s.
         max_blocks: graphs with more nodes are coarsened to this many blocks.
-        time_limit: seconds for all MIP solves together (a search shares them out).
+        time_limit: seconds for all MIP solves together (a search shares them out; with
+            ``refine``, a quarter is kept for the re-solves on whole-stage times; profiling
+            is not counted: [Note: time kept for the re-solves]).
         mip_gap: relative gap at which the MIP counts as solved.
         solver: ``highs`` or ``cbc``.
         deterministic: leave solve seconds out (0), so equal inputs give byte-identical JSON.

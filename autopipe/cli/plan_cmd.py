@@ -92,7 +92,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--link-bandwidth", metavar="BYTES_PER_S",
                    help="bandwidth between stages, e.g. 25e9 or 25GB (default: the device spec's, else 25 GB/s)")
     p.add_argument("--time-limit", type=_positive(float), default=None, metavar="S",
-                   help="--method ilp: MIP solver seconds, all solves together (default 60; a search shares them out)")
+                   help="--method ilp: MIP solver seconds, all solves together (default 60; a search shares "
+                        "them out; a measured plan keeps a quarter for its re-solves on whole-stage times)")
     p.add_argument("--gap", type=_gap, default=None,
                    help="--method ilp: relative MIP gap counted as solved (default 0.001)")
     p.add_argument("--max-blocks", type=_positive(int), default=DEFAULT_MAX_BLOCKS,
