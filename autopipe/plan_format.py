@@ -5,21 +5,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from autopipe._jsonio import (
-    array_field,
-    as_array,
-    as_object,
-    object_field,
-    read_json,
-    write_json_atomic,
-)
+from autopipe._jsonio import read_json, write_json_atomic
+from autopipe._typed_json import MalformedError, read_dataclass
 from autopipe.errors import PlanError
 
 SCHEMA = "autopipe.plan/1"
+
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,8 +280,8 @@ class Plan:
         return {n: s.index for s in self.stages for n in s.nodes}
 
     def to_json(self) -> dict[str, Any]:
-        """The ``autopipe.plan/1`` JSON object."""
-        return {
+        """The ``autopipe.plan/1`` JSON object, with the checksums of what the planner wrote."""
+        out = {
             "schema": SCHEMA,
             "graph_fingerprint": self.graph_fingerprint,
             "schedule": self.schedule,
@@ -297,32 +294,24 @@ class Plan:
             "options": self.options,
             **({"data_parallel": asdict(self.data_parallel)} if self.data_parallel is not None else {}),
         }
+        out[CHECKSUMS] = checksums(out)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "<plan>") -> Plan:
-        """Build from a JSON object; ``source`` names the file in errors."""
+        """Build from a JSON object; ``source`` names the file in errors.
+
+        Every field is checked against its type (``autopipe._typed_json``), so a file edited
+        by hand is refused naming the field rather than failing later in arithmetic.
+        """
         try:
-            stages = tuple(_stage(as_object(st, f"stages[{i}]"), f"stages[{i}].")
-                           for i, st in enumerate(array_field(data, "stages")))
-            predicted = object_field(data, "predicted")
-            return cls(
-                graph_fingerprint=str(data["graph_fingerprint"]),
-                schedule=str(data["schedule"]),
-                microbatches=int(data["microbatches"]),
-                devices=tuple(Device(**as_object(d, f"devices[{i}]"))
-                              for i, d in enumerate(array_field(data, "devices"))),
-                stages=stages,
-                predicted=Predicted(**{**predicted, "peak_memory": tuple(
-                    array_field(predicted, "peak_memory", (), where="predicted."))}),
-                solver=SolverInfo(**object_field(data, "solver")),
-                baselines={k: Baseline(**{**as_object(v, f"baselines.{k}"), "stage_nodes": tuple(
-                               array_field(v, "stage_nodes", (), where=f"baselines.{k}."))})
-                           for k, v in object_field(data, "baselines", {}).items()},
-                options=dict(object_field(data, "options", {})),
-                data_parallel=_data_parallel(data.get("data_parallel")),
-            )
+            plan: Plan = read_dataclass(cls, data, "", ignore=_IGNORED)
+            return plan
         except PlanError as e:
             raise PlanError(f"{source}: {e.message}", hint=e.hint) from None
+        except MalformedError as e:
+            raise PlanError(f"{source}: malformed plan: {e}",
+                            hint="regenerate it with `autopipe plan`") from None
         except (KeyError, TypeError, ValueError) as e:
             raise PlanError(f"{source}: malformed plan ({type(e).__name__}: {e})",
                             hint="regenerate it with `autopipe plan`") from None
@@ -370,26 +359,75 @@ def _stage_json(stage: Stage) -> dict[str, Any]:
     return out
 
 
-def _stage(s: dict[str, Any], where: str) -> Stage:
-    """A stage read from JSON; ``where`` (``stages[i].``) prefixes the fields named in errors."""
-    # a send's "dtype": written on 2026-12-05 only ([Note: one message per cut])
-    sends = (as_object(x, f"{where}sends[{j}]")
-             for j, x in enumerate(array_field(s, "sends", (), where=where)))
-    return Stage(**{**s, "nodes": tuple(array_field(s, "nodes", where=where)),
-                    "modules": tuple(array_field(s, "modules", where=where)),
-                    "memory": StageMemory(**object_field(s, "memory", where=where)),
-                    "sends": tuple(Send(**{k: v for k, v in x.items() if k != "dtype"}) for x in sends),
-                    "recompute": tuple(tuple(as_array(g, f"{where}recompute[{j}]")) for j, g in
-                                       enumerate(array_field(s, "recompute", (), where=where))),
-                    "remade": tuple(array_field(s, "remade", (), where=where))})
+CHECKSUMS = "checksums"
+"""The plan's key for ``checksums()`` of what the planner wrote ([Note: a plan edited by hand])."""
+
+_IGNORED = {Plan: frozenset({"schema", CHECKSUMS}), Send: frozenset({"dtype"})}
+"""Keys ``from_json`` reads elsewhere or no longer: a send's ``dtype`` was written on
+2026-12-05 only ([Note: one message per cut])."""
+
+_SEALED = ("schedule", "microbatches", "predicted", "solver", "baselines", "data_parallel")
+"""Top-level fields the checksums cover, besides each stage."""
 
 
-def _data_parallel(data: Any) -> DataParallel | None:
-    if data is None:
-        return None
-    data = as_object(data, "data_parallel")
-    return DataParallel(**{**data, "ranks": tuple(tuple(int(r) for r in as_array(rs, f"data_parallel.ranks[{i}]"))
-                                                  for i, rs in enumerate(array_field(data, "ranks",
-                                                                                     where="data_parallel."))),
-                           "allreduce_s": tuple(float(x) for x in array_field(
-                               data, "allreduce_s", (), where="data_parallel."))})
+def checksums(data: dict[str, Any]) -> dict[str, str]:
+    """Per part of a plan's JSON, the first 16 hex digits of the SHA-256 of its canonical JSON.
+
+    # [Note: a plan edited by hand]
+    A plan's stages, predictions and baselines are one solution of one problem: a cut moved
+    by hand, a node renamed or a stage dropped leaves times, memory and sends that belong
+    to another partition, and ``autopipe show`` would draw them as if they were this one's.
+    What the file alone can check (``autopipe.runtime.validate``) misses most such edits
+    (a moved cut whose sends still look plausible). The planner therefore records, per
+    stage (``stages[i]``) and per other part (``_SEALED``), a checksum of what it wrote;
+    the commands that present or consume the predictions (show, check, export) refuse a
+    plan whose parts no longer match, naming the part. A stage's ``device`` label is left
+    out: pointing a stage at another device of the same kind is not a new partition.
+    Plans written before the checksums have none and are read as they are.
+    """
+    parts: dict[str, Any] = {k: data[k] for k in _SEALED if k in data}
+    stages = data.get("stages")
+    if isinstance(stages, list):
+        parts["stages"] = len(stages)
+        for i, stage in enumerate(stages):
+            parts[f"stages[{i}]"] = ({k: v for k, v in stage.items() if k != "device"}
+                                     if isinstance(stage, dict) else stage)
+    return {k: hashlib.sha256(json.dumps(v, sort_keys=True, separators=(",", ":")).encode()
+                              ).hexdigest()[:16] for k, v in parts.items()}
+
+
+def check_as_written(data: dict[str, Any], source: str = "<plan>") -> None:
+    """Raise if a part of the plan ``data`` differs from what ``autopipe plan`` wrote
+    ([Note: a plan edited by hand]); a plan without checksums passes.
+
+    Raises:
+        PlanError: naming the first part that differs and the fix.
+    """
+    recorded = data.get(CHECKSUMS)
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise PlanError(f"{source}: malformed plan: '{CHECKSUMS}' is not an object",
+                        hint="regenerate it with `autopipe plan`")
+    now = checksums(data)
+    for part in sorted(set(recorded) | set(now), key=_part_order):
+        if recorded.get(part) != now.get(part):
+            what = (f"has {len(data['stages'])} stages, not the {_recorded_stages(recorded)} it was "
+                    f"written with" if part == "stages" else f"{part} differs from what `autopipe plan` wrote")
+            raise PlanError(f"{source}: {what} (edited by hand?), so its times, memory and sends "
+                            "are not this partition's",
+                            hint="make the partition you want with `autopipe plan` (e.g. --stages, "
+                                 "--method, --memory) instead of editing the file; a stage's device "
+                                 "may be edited")
+
+
+def _part_order(part: str) -> tuple[int, int, str]:
+    if part == "stages":
+        return (0, 0, part)
+    if part.startswith("stages["):
+        return (1, int(part[7:-1]) if part[7:-1].isdigit() else 0, part)
+    return (2, 0, part)
+
+
+def _recorded_stages(recorded: dict[str, Any]) -> str:
+    return str(sum(1 for k in recorded if k.startswith("stages[")))

@@ -70,6 +70,30 @@ def _unknown_schedule(d: dict[str, Any]) -> None:
     d["schedule"] = "zigzag"
 
 
+def _cut_moved(d: dict[str, Any]) -> None:  # until 2026-12-07 shown with the old cut's times
+    d["stages"][0]["nodes"].append(d["stages"][1]["nodes"].pop(0))
+
+
+def _node_renamed(d: dict[str, Any]) -> None:  # until 2026-12-07 shown as it was
+    d["stages"][0]["nodes"][2] = "nosuch_node"
+
+
+def _memory_a_string(d: dict[str, Any]) -> None:  # until 2026-12-07 a TypeError traceback in abs()
+    d["stages"][0]["memory"]["params"] = "lots"
+
+
+def _gap_null(d: dict[str, Any]) -> None:  # until 2026-12-07 a TypeError traceback in a format
+    d["solver"]["gap"] = None
+
+
+def _microbatches_a_string(d: dict[str, Any]) -> None:  # until 2026-12-07 read as int("4")
+    d["microbatches"] = "4"
+
+
+def _stage_time_edited(d: dict[str, Any]) -> None:
+    d["stages"][1]["forward_s"] *= 0.5
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """One planned MLP (2 stages, estimated), its profile, and broken variants of both."""
@@ -86,7 +110,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     for name, change in [("empty_stage", _empty_stage), ("node_twice", _node_twice),
                          ("node_dropped", _node_dropped), ("send_from_later", _send_from_later),
                          ("output_first", _output_first), ("negative_time", _negative_time),
-                         ("no_stages_key", _no_stages_key), ("unknown_schedule", _unknown_schedule)]:
+                         ("no_stages_key", _no_stages_key), ("unknown_schedule", _unknown_schedule),
+                         ("cut_moved", _cut_moved), ("node_renamed", _node_renamed),
+                         ("memory_a_string", _memory_a_string), ("gap_null", _gap_null),
+                         ("microbatches_a_string", _microbatches_a_string),
+                         ("stage_time_edited", _stage_time_edited)]:
         files[name] = _edit(plan, tmp / f"{name}.json", change)
     return files
 
@@ -174,6 +202,14 @@ CASES: list[tuple[str, list[str], str]] = [
     ("show: output not in the last stage", ["show", "{output_first}"], "not in the last stage"),
     ("show: negative time", ["show", "{negative_time}"], "forward_s = -1.0"),
     ("show: unknown schedule", ["show", "{unknown_schedule}"], "unknown schedule 'zigzag'"),
+    ("show: a cut moved by hand", ["show", "{cut_moved}"], "stages[0] differs from what `autopipe plan` wrote"),
+    ("show: a node renamed by hand", ["show", "{node_renamed}"], "stages[0] differs from what"),
+    ("show: a stage's time edited", ["show", "{stage_time_edited}"], "stages[1] differs from what"),
+    ("show: memory a string", ["show", "{memory_a_string}"],
+     "'stages[0].memory.params' is string 'lots', expected an integer"),
+    ("show: gap null", ["show", "{gap_null}"], "'solver.gap' is null, expected a finite number"),
+    ("show: micro-batches a string", ["show", "{microbatches_a_string}"],
+     "'microbatches' is string '4', expected an integer"),
     ("show: --width with --no-timeline",
      ["show", "{plan}", "--no-timeline", "--width", "50"], "--width applies only to the text timeline"),
     ("show: --png into a directory", ["show", "{plan}", "--png", "{tmp}"], "is a directory"),
@@ -183,6 +219,8 @@ CASES: list[tuple[str, list[str], str]] = [
      "stage 0 has no nodes"),
     ("check: empty stage in the baseline", ["check", "{plan}", "--baseline", "{empty_stage}"],
      "stage 0 has no nodes"),
+    ("check: a baseline edited by hand", ["check", "{plan}", "--baseline", "{cut_moved}"],
+     "stages[0] differs from what"),
     ("check: missing baseline", ["check", "{plan}", "--baseline", "{tmp}/old.json"], "old.json: no such file"),
     ("check: baseline of another model", ["check", "{plan}", "--baseline", "{other}"], "different models"),
     ("check: plan/model mismatch", ["check", "{plan}", "--spec", MLP, "--spec-arg", "layers=3"],

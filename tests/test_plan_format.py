@@ -12,7 +12,7 @@ import pytest
 from autopipe.errors import PlanError
 from autopipe.partition.planner import plan_profile
 from autopipe.partition.synthetic import synthetic_profile
-from autopipe.plan_format import Plan
+from autopipe.plan_format import CHECKSUMS, Plan, check_as_written
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,17 @@ def _first_baseline(data: dict[str, Any]) -> None:
     (_set("stages", 0, "recompute", value=[None]), "'stages[0].recompute[0]' is null, expected an array"),
     (_set("data_parallel", value=[]), "'data_parallel' is array, expected an object"),
     (_first_baseline, "stage_nodes' is null, expected an array"),
+    # until 2026-12-07 these were read as they were, and failed later in arithmetic or formats
+    (_set("stages", 0, "forward_s", value="fast"), "'stages[0].forward_s' is string 'fast', expected a finite"),
+    (_set("stages", 0, "memory", "total", value=True), "'stages[0].memory.total' is true, expected an integer"),
+    (_set("stages", 0, "nodes", value=[1]), "'stages[0].nodes[0]' is number 1, expected a string"),
+    (_set("stages", 0, "sends", 0, "to_stage", value="1"), "'stages[0].sends[0].to_stage' is string '1'"),
+    (_set("microbatches", value=4.5), "'microbatches' is number 4.5, expected an integer"),
+    (_set("solver", "gap", value=None), "'solver.gap' is null, expected a finite number"),
+    (_set("predicted", "peak_memory", value=["a"]), "'predicted.peak_memory[0]' is string 'a'"),
+    (_set("devices", 0, "memory", value="80GiB"), "'devices[0].memory' is string '80GiB', expected an integer"),
+    (_set("stages", 0, "extra", value=1), "'stages[0].extra' is not a field of stages[0]"),
+    (_set("stages", 0, "rank", value="0"), "'stages[0].rank' is string '0', expected an integer"),
 ])
 def test_a_field_of_the_wrong_type_is_a_malformed_plan_naming_it(
         plan_json: dict[str, Any], tmp_path: Path, edit: Callable[[dict[str, Any]], None],
@@ -74,3 +85,30 @@ def test_absent_optional_fields_still_read(plan_json: dict[str, Any]) -> None:
             stage.pop(key, None)
     plan = Plan.from_json(data)
     assert plan.baselines == {} and plan.options == {} and plan.stages[0].sends == ()
+
+
+def test_a_plan_edited_by_hand_is_named_by_its_part(plan_json: dict[str, Any]) -> None:
+    """[Note: a plan edited by hand]: the checksums name the part that changed; a stage's
+    device may change; a plan written before the checksums passes."""
+    data = json.loads(json.dumps(plan_json))
+    check_as_written(data)  # as written
+    data["stages"][0]["device"] = "cuda:5"
+    check_as_written(data)
+    data["stages"][1]["nodes"] = data["stages"][1]["nodes"][::-1]
+    with pytest.raises(PlanError, match=r"stages\[1\] differs from what `autopipe plan` wrote"):
+        check_as_written(data, "p.json")
+    data = json.loads(json.dumps(plan_json))
+    data["stages"].pop()
+    with pytest.raises(PlanError, match="has 1 stages, not the 2 it was written with"):
+        check_as_written(data)
+    data = json.loads(json.dumps(plan_json))
+    data["predicted"]["iteration_s"] /= 2
+    with pytest.raises(PlanError, match="predicted differs"):
+        check_as_written(data)
+    del data[CHECKSUMS]
+    check_as_written(data)
+
+
+def test_a_written_plan_reads_back_equal(plan_json: dict[str, Any]) -> None:
+    plan = Plan.from_json(json.loads(json.dumps(plan_json)))
+    assert plan.to_json() == plan_json

@@ -6,8 +6,9 @@ import argparse
 import os
 from typing import Any
 
+from autopipe._jsonio import read_json
 from autopipe.errors import AutopipeError, PlanError
-from autopipe.plan_format import Plan
+from autopipe.plan_format import SCHEMA, Plan, check_as_written
 
 
 def add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -30,16 +31,26 @@ def plan_knobs(knobs: dict[str, Any], plan: Plan) -> dict[str, Any]:
     return knobs
 
 
-def load_plan(path: str) -> Plan:
+def load_plan(path: str, *, as_written: bool = False) -> Plan:
     """Read a plan file and check it as ``autopipe train`` does, as far as the file alone can
-    show (``autopipe.runtime.validate.validate_plan``); errors name the file."""
+    show (``autopipe.runtime.validate.validate_plan``); errors name the file.
+
+    Args:
+        path: the plan file.
+        as_written: also refuse a plan whose stages or predictions differ from what
+            ``autopipe plan`` wrote ([Note: a plan edited by hand]): for the commands that
+            present or compare its predictions.
+    """
     from autopipe.runtime.validate import validate_plan
 
-    plan = Plan.load(path)
+    data = read_json(path, SCHEMA, PlanError)
+    plan = Plan.from_json(data, source=path)
     try:
         validate_plan(plan)
     except PlanError as e:
         raise type(e)(f"{path}: {e.message}", hint=e.hint) from None
+    if as_written:
+        check_as_written(data, path)
     return plan
 
 

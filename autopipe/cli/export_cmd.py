@@ -8,8 +8,8 @@ import sys
 from typing import Any
 
 from autopipe._jsonio import check_writable, write_json_atomic
+from autopipe.cli._common import load_plan
 from autopipe.export import FORMATS, export_plan
-from autopipe.plan_format import Plan
 
 
 def add_parser(sub: Any) -> None:
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
     if args.output:
         check_writable(args.output)
-    data = export_plan(Plan.load(args.plan), args.format)
+    data = export_plan(load_plan(args.plan, as_written=True), args.format)
     for note in data.get("notes", ()):
         print(f"note: {note}", file=sys.stderr)
     if not args.output:

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
     from autopipe.report import format_plan
 
-    plan = load_plan(args.plan)
+    plan = load_plan(args.plan, as_written=True)
     runtime = check_show_args(args)
     print(format_plan(plan))
     show_schedule(plan, args, runtime)
