@@ -12,6 +12,7 @@ from torch import nn
 from autopipe.batching import resize_batch, resize_target
 from autopipe.errors import PlanError, PlanMismatchError, ProfileError
 from autopipe.partition.devices import DevicesArg
+from autopipe.partition.finalists import DEFAULT_FINALISTS
 from autopipe.partition.mip_time import ROUNDS_SHARE, MipTime
 from autopipe.partition.planner import (
     DEFAULT_MAX_BLOCKS,
@@ -55,7 +56,7 @@ def plan(
     devices: DevicesArg | None = None,
     microbatches: int | str | None = None,
     batch_size: int | None = None,
-    schedule: str | None = None,
+    schedule: str | Sequence[str] | None = None,
     virtual_stages: int | None = None,
     profile: str | os.PathLike[str] | Profile = "measure",
     optimizer: str = "adam",
@@ -82,6 +83,8 @@ def plan(
     inter_node_bandwidth: float | str | None = None,
     microbatch_sizes: Sequence[int] | None = None,
     shard_optimizer: bool = False,
+    screen: str | None = "dp",
+    finalists: int | None = None,
 ) -> Plan:
     """Plan pipeline stages for ``model``.
 
@@ -101,7 +104,7 @@ def plan(
             are cut or tiled along dim 0 to ``batch_size / microbatches`` samples.
         schedule: ``1f1b``, ``gpipe``, ``zb-h1``, ``interleaved-1f1b``, or ``auto`` (the
             fastest that fits, interleaved with 2 chunks per rank among them); default
-            ``1f1b``, ``auto`` with ``gpus``.
+            ``1f1b``, ``auto`` with ``gpus``; with ``gpus`` also a list of them to try.
         virtual_stages: ``interleaved-1f1b``: chunks per rank (default 2); the model is cut
             into ``num_stages`` × this many chunks, chunk c on rank c mod ``num_stages``.
         profile: ``"measure"`` (time the nodes here), ``"estimate"`` (FLOPs and bytes on
@@ -157,6 +160,10 @@ def plan(
         inter_node_bandwidth: bytes/s per GPU between nodes (default 50 GB/s).
         microbatch_sizes: with ``gpus``, the micro-batch sizes to try (default: all divisors).
         shard_optimizer: with ``gpus``, shard optimizer states over the replicas (ZeRO-1).
+        screen: with ``gpus``, the method every candidate is planned with first (``dp``;
+            None: ``method`` for all), as ``autopipe plan --screen``.
+        finalists: with ``gpus``, how many of the fastest screened candidates ``method``
+            plans again (default ``DEFAULT_FINALISTS``), as ``autopipe plan --finalists``.
 
     Returns:
         The plan; ``plan.save(path)`` writes it.
@@ -170,13 +177,18 @@ def plan(
         if num_stages is None:
             raise PlanError("autopipe.plan needs num_stages (pipeline stages) or gpus (the planner "
                             "chooses stages x data-parallel replicas)", hint="pass num_stages=4 or gpus=8")
+        if schedule is not None and not isinstance(schedule, str):
+            raise PlanError(f"schedule={list(schedule)!r}: a list of schedules is searched only "
+                            "with gpus=N", hint="pass one schedule, or 'auto', or pass gpus")
         schedule = schedule or "1f1b"
         check_options(num_stages, microbatches, schedule, method, batch_size, granularity, recompute,
                       virtual_stages, remake, cut_at, time_limit=time_limit, mip_gap=mip_gap,
                       one_profile=not (isinstance(profile, str) and profile in PROFILE_MODES))
         extra = {"gpus_per_node": gpus_per_node, "intra_node_bandwidth": intra_node_bandwidth,
                  "inter_node_bandwidth": inter_node_bandwidth, "microbatch_sizes": microbatch_sizes}
-        given = [k for k, v in {**extra, "shard_optimizer": shard_optimizer or None}.items() if v is not None]
+        given = [k for k, v in {**extra, "shard_optimizer": shard_optimizer or None,
+                                "finalists": finalists, "screen": None if screen == "dp" else screen}.items()
+                 if v is not None]
         if given:
             raise PlanError(f"{given[0]} applies with gpus=N only", hint=f"drop {given[0]}, or pass gpus")
 
@@ -244,6 +256,7 @@ def plan(
             intra_node_bandwidth=intra_node_bandwidth, inter_node_bandwidth=inter_node_bandwidth,
             stages=num_stages, microbatches=microbatches, microbatch_sizes=microbatch_sizes,
             schedule=schedule or "auto", shard_optimizer=shard_optimizer, memory_limit=memory_limit,
+            screen=screen, finalists=DEFAULT_FINALISTS if finalists is None else finalists,
             optimizer=optimizer, method=method, max_blocks=max_blocks, time_limit=time_limit,
             mip_gap=mip_gap, solver=solver, deterministic=deterministic, dtype=dtype,
             granularity=granularity, cut_at=cut_at, recompute=recompute, remake=remake,

@@ -181,3 +181,21 @@ def test_check_spec_replans_on_the_saved_profile_given(tmp_path: Path,
     other.write_text(Path(saved).read_text() + "\n")
     assert main(["check", str(plan), "--spec", spec, "--profile", str(other)]) in (0, 1)
     assert "is not the profile" in capsys.readouterr().err
+
+
+def test_a_search_choosing_another_micro_batch_size_compares_per_step() -> None:
+    """`check --spec` of a search plan (same_model): the search run again may choose micro-batches
+    of another size, whose graph has another fingerprint; compared per step of one batch."""
+    import autopipe
+    from tests.conftest import example_spec
+
+    spec = example_spec("mlp")
+    common = dict(gpus=2, batch_size=8, profile="estimate", method="dp")
+    eights = autopipe.plan(spec.model, spec.example_inputs, microbatch_sizes=[8], **common)
+    fours = autopipe.plan(spec.model, spec.example_inputs, microbatch_sizes=[4], **common)
+    assert eights.graph_fingerprint != fours.graph_fingerprint
+    with pytest.raises(PlanMismatchError):
+        compare_plans(fours, eights)
+    result = compare_plans(fours, eights, same_model=True, tolerance=0.0)
+    assert result.worse == (fours.predicted.iteration_s > eights.predicted.iteration_s)
+    assert "micro-batch                8 ->            4" in result.report(), result.report()

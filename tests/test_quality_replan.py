@@ -42,3 +42,29 @@ def test_remake_mode_is_kept(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     capsys.readouterr()
     assert Plan.load(new).options["remake"] == {"mode": "all"}
     assert new.read_bytes() == plan.read_bytes()
+
+
+def test_a_batch_size_search_is_run_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """[Note: re-planning a search]: a --batch-size plan is re-planned by the same search over
+    micro-batch counts (until 2026-12-07 its chosen count alone: the new plan had no search)."""
+    plan, new = _plan_and_check(tmp_path, "--batch-size", "16")
+    err = capsys.readouterr().err
+    assert "is the choice of a --batch-size search; the same search" in err, err
+    rows = Plan.load(new).options["search"]
+    assert sorted({r["microbatches"] for r in rows}) == [1, 2, 4, 8, 16]
+    assert rows == Plan.load(plan).options["search"]
+
+
+def test_a_gpus_search_is_run_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A --gpus plan is re-planned over every pipeline degree and micro-batch size its search
+    tried (until 2026-12-07 over its chosen degree alone), and compared per step."""
+    plan, new = tmp_path / "plan.json", tmp_path / "new.json"
+    assert main(["plan", MLP, "--spec-arg", "layers=4", "--gpus", "2", "--batch-size", "8",
+                 "--device-spec", "h100", "-o", str(plan)]) == 0
+    assert main(["check", str(plan), "--spec", MLP, "--spec-arg", "layers=4", "-o", str(new)]) == 0
+    out = capsys.readouterr()
+    assert "OK: not worse" in out.out and "the choice of a --gpus search" in out.err, out.err
+    old_rows, new_rows = Plan.load(plan).options["degrees"], Plan.load(new).options["degrees"]
+    assert {r["stages"] for r in new_rows} == {1, 2}
+    assert sorted((r["stages"], r["microbatch_size"], r["schedule"]) for r in new_rows) == sorted(
+        (r["stages"], r["microbatch_size"], r["schedule"]) for r in old_rows)

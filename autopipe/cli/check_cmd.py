@@ -60,13 +60,14 @@ def run(args: argparse.Namespace) -> int:
     if args.spec is not None:
         if args.output:
             check_writable(args.output)
-        old = load_plan(args.plan)
+        old = load_plan(args.plan, as_written=True)
         new = _replan(args, old)
         if args.output:
             new.save(args.output)
     else:
-        new, old = load_plan(args.plan), load_plan(args.baseline)
-    result = compare_plans(new, old, tolerance=0.01 if args.tolerance is None else args.tolerance)
+        new, old = load_plan(args.plan, as_written=True), load_plan(args.baseline, as_written=True)
+    result = compare_plans(new, old, tolerance=0.01 if args.tolerance is None else args.tolerance,
+                           same_model=args.spec is not None)
     print(result.report())
     return 1 if result.worse else 0
 
@@ -104,6 +105,7 @@ def _replan(args: argparse.Namespace, old: Plan) -> Plan:
         print(f"note: {args.plan} was planned on a saved profile ({given}); it is re-planned on a "
               f"profile made again here, whose costs differ: give --profile {given} to re-plan on "
               f"the same costs", file=sys.stderr)
+    _say_search(args.plan, old)
     if args.profile is None:
         return replan(spec, old)
     record = profile_record(args.profile)
@@ -112,6 +114,20 @@ def _replan(args: argparse.Namespace, old: Plan) -> Plan:
         print(f"note: {args.profile} is not the profile {args.plan} was planned on ({given}, "
               f"another content): the plans are compared on different costs", file=sys.stderr)
     return dataclasses.replace(new, options={**new.options, **record})
+
+
+def _say_search(path: str, old: Plan) -> None:
+    """Say what is re-planned: a search's choice is compared with the same search run again."""
+    from autopipe.quality.replan import searched
+
+    again = searched(old)
+    if again is None:
+        return
+    tried = ", ".join(f"{k} {'/'.join(map(str, v)) if isinstance(v, list) else v}"
+                      for k, v in again.items() if v is not None and k not in ("screen", "finalists"))
+    what = "--gpus" if old.data_parallel is not None else "--batch-size"
+    print(f"note: {path} is the choice of a {what} search; the same search ({tried}) is run "
+          f"again and its choice compared with {path}'s", file=sys.stderr)
 
 
 def _golden(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ def _peak(plan: Plan) -> int:
     return max(s.memory.total for s in plan.stages)
 
 
-def compare_plans(new: Plan, old: Plan, *, tolerance: float = 0.01) -> Comparison:
+def compare_plans(new: Plan, old: Plan, *, tolerance: float = 0.01, same_model: bool = False) -> Comparison:
     """Compare ``new`` against ``old`` (the baseline).
 
     The new plan is worse when its predicted iteration time exceeds the old one by more
@@ -39,10 +39,17 @@ def compare_plans(new: Plan, old: Plan, *, tolerance: float = 0.01) -> Compariso
     one size, as the fingerprints match), the times are compared per sample: a step of
     more samples may take longer ([Note: plans of different batches]).
 
+    With ``same_model`` (the caller checked both are of one model, as ``check --spec``
+    does), plans whose micro-batches differ in size (a search re-run chose another: [Note:
+    re-planning a search] in ``autopipe.quality.replan``) are compared per sample, each
+    plan's samples per step counted from its recorded micro-batch size.
+
     Raises:
         PlanMismatchError: the plans are for different models or micro-batch shapes.
     """
-    if new.graph_fingerprint != old.graph_fingerprint:
+    resized = (same_model and new.graph_fingerprint != old.graph_fingerprint
+               and _step_samples(new) is not None and _step_samples(old) is not None)
+    if new.graph_fingerprint != old.graph_fingerprint and not resized:
         raise PlanMismatchError(
             f"the plans are for different models (fingerprint {new.graph_fingerprint[:12]} vs "
             f"{old.graph_fingerprint[:12]})",
@@ -52,11 +59,16 @@ def compare_plans(new: Plan, old: Plan, *, tolerance: float = 0.01) -> Compariso
     reasons: list[str] = []
     t_new, t_old = new.predicted.iteration_s, old.predicted.iteration_s
     b_new, b_old = _batch(new), _batch(old)
+    if resized:  # micro-batches of other sizes: count samples, not micro-batches
+        b_new, b_old = _step_samples(new) or b_new, _step_samples(old) or b_old
     if b_new == b_old and t_new > t_old * (1 + tolerance):
         reasons.append(f"predicted iteration time {format_seconds(t_new)} is {t_new / t_old - 1:+.1%} "
                        f"against the baseline {format_seconds(t_old)} (tolerance {tolerance:.1%})")
     s_new, s_old = t_new / b_new, t_old / b_old  # per micro-batch, of one size: per sample
     per_sample = []
+    if resized:
+        per_sample = [f"micro-batch     {_size(old):>12} -> {_size(new):>12}  (samples; the "
+                      f"search chose another size: compared per step of {_samples(new)})"]
     if b_new != b_old:
         trains = f"a step trains {_samples(new)}, the baseline's {_samples(old)}"
         per_sample = [f"per micro-batch {format_seconds(s_old):>12} -> {format_seconds(s_new):>12}  "
@@ -120,6 +132,18 @@ def compare_plans(new: Plan, old: Plan, *, tolerance: float = 0.01) -> Compariso
 def _batch(plan: Plan) -> int:
     """Micro-batches a step trains, over all data-parallel replicas."""
     return plan.microbatches * plan.replicas
+
+
+def _step_samples(plan: Plan) -> int | None:
+    """Samples a step trains over all replicas, where the plan records its micro-batch size."""
+    size = plan.options.get("microbatch_size")
+    if not isinstance(size, int) or isinstance(size, bool):
+        return None
+    return _batch(plan) * size
+
+
+def _size(plan: Plan) -> str:
+    return str(plan.options.get("microbatch_size", "?"))
 
 
 def _samples(plan: Plan) -> str:

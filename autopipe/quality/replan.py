@@ -14,7 +14,8 @@ from autopipe.spec import ModelSpec, example_target
 
 def replan(spec: ModelSpec, old: Plan, profile: str | os.PathLike[str] | None = None) -> Plan:
     """Re-plan ``spec`` with ``old``'s ranks and chunks, devices, schedule, method, memory
-    model, recomputation and values made again.
+    model, recomputation and values made again; a plan a search chose, by the same search
+    ([Note: re-planning a search]).
 
     The profile is ``profile`` (a saved profile's path) where given, else made the way
     ``old``'s was: measured here, or estimated for the same device spec
@@ -35,10 +36,11 @@ def replan(spec: ModelSpec, old: Plan, profile: str | os.PathLike[str] | None = 
         device_spec = str(opts.get("profile_device", "estimate:h100")).removeprefix("estimate:")
     recorded = opts.get("recompute")
     replicas = _replicas(old)
+    choice = searched(old) or {"microbatches": old.microbatches, "schedule": old.schedule,
+                               **(_ranks(old) if replicas is None else {"num_stages": old.num_stages})}
     return plan(
         spec.model, spec.example_inputs, example_kwargs=spec.example_kwargs,
-        microbatches=old.microbatches, schedule=old.schedule, profile=method if profile is None else profile,
-        **(_ranks(old) if replicas is None else {"num_stages": old.num_stages}), optimizer=str(opts.get("optimizer", "adam")),
+        profile=method if profile is None else profile, **choice, optimizer=str(opts.get("optimizer", "adam")),
         method=old.solver.method, device_spec=device_spec,
         dtype=str(opts["dtype"]) if opts.get("dtype") else None,
         **(replicas or {
@@ -56,6 +58,51 @@ def replan(spec: ModelSpec, old: Plan, profile: str | os.PathLike[str] | None = 
         # a plan records its recomputation (none recorded only since 2026-12-07: else auto's choice)
         recompute=str(recorded.get("mode", "auto")) if isinstance(recorded, dict) else "auto",
         remake=_recorded_mode(opts.get("remake")))
+
+
+# [Note: re-planning a search]
+#
+# A plan made with --batch-size (micro-batch counts x schedules) or --gpus (pipeline
+# degrees x micro-batch sizes x schedules) is the winner of a search, whose rows the plan
+# records (options["search"], options["degrees"]). Until 2026-12-07 `check --spec`
+# re-planned only the winner's own choice, so a change that made the search pick worse, or
+# that a candidate the search had beaten now wins, went unseen: it compared one candidate
+# with itself. The search is now run again over what the rows show it tried: the stage
+# counts, schedules, micro-batch counts or sizes, with the recorded screen and finalists.
+# Its winner may have micro-batches of another size; the plans are then compared per step
+# of the same batch (`compare_plans(same_model=True)`).
+
+
+def searched(old: Plan) -> dict[str, Any] | None:
+    """The options that run ``old``'s search again (None: ``old`` was not a search's choice).
+
+    Raises:
+        PlanError: the search record is malformed.
+    """
+    opts = old.options
+    rows = opts.get("degrees") if old.data_parallel is not None else opts.get("search")
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        return None
+    try:
+        schedules = sorted({str(r["schedule"]) for r in rows})
+        counts = sorted({int(r["microbatches"]) for r in rows})
+        if old.data_parallel is None:
+            return {"schedule": "auto" if len(schedules) > 1 else schedules[0],
+                    "microbatches": "auto" if len(counts) > 1 else counts[0],
+                    **({"virtual_stages": None, "num_stages": len(set(ranks_of(old)))}
+                       if len(schedules) > 1 else _ranks(old))}
+        stages = sorted({int(r["stages"]) for r in rows})
+        sizes = sorted({int(r["microbatch_size"]) for r in rows})
+    except (KeyError, TypeError, ValueError) as e:
+        raise PlanError(f"the plan's search record is malformed ({type(e).__name__}: {e})",
+                        hint="regenerate the plan with `autopipe plan`") from None
+    info = opts.get("cluster", {})
+    return {"num_stages": stages[0] if len(stages) == 1 else None,
+            # several: as the CLI's default (a list given to --schedule is not recorded)
+            "schedule": "auto" if len(schedules) > 1 else schedules[0],
+            **({"microbatches": counts[0]} if len(counts) == 1 else {"microbatch_sizes": sizes}),
+            "screen": info.get("screen", "dp") if isinstance(info, dict) else "dp",
+            **({"finalists": int(info["finalists"])} if isinstance(info, dict) and "finalists" in info else {})}
 
 
 def _ranks(old: Plan) -> dict[str, Any]:
