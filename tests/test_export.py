@@ -523,4 +523,28 @@ def test_megatron_refuses_a_stack_left_inside_e_or_l() -> None:
     parts = export_plan(plan, "torchtitan")["parallelism"]["module_fqns_per_model_part"]
     assert any(m == encoder or m.startswith(encoder + ".") or encoder.startswith(m + ".")
                for m in parts[0])  # the first part holds the encoder
-    assert "uncut" not in both.options["granularity"]
+    assert both.options["granularity"]["uncut"] == []
+
+
+def _without_uncut(plan: Plan) -> Plan:
+    info = {k: v for k, v in plan.options["granularity"].items() if k != "uncut"}
+    return dataclasses.replace(plan, options={**plan.options, "granularity": info})
+
+
+def test_megatron_refuses_a_plan_that_does_not_record_its_uncut_stacks() -> None:
+    """[Note: a layer record without uncut]: a plan from before ``uncut`` was recorded passed
+    Megatron's E/L check whatever stack its E or L held; it is refused, naming a stack where its
+    units' module paths show one, else saying to plan again. The other formats still export it."""
+    old = _without_uncut(planned("gpt2-2")[0])
+    with pytest.raises(ExportError, match="does not record which stacks") as e:
+        export_plan(old, "megatron")
+    assert "plan it again" in str(e.value.hint)
+    export_plan(old, "torchtitan")
+    assert export_plan(planned("gpt2-2")[0], "megatron")["layers_per_stage"]
+    units = old.options["granularity"]["units"]
+    blocks = ["enc.block.0", "enc.block.1"]  # as a BART cut at its decoder shows its encoder
+    first = dataclasses.replace(old.stages[0], modules=(*old.stages[0].modules, *blocks))
+    shown = dataclasses.replace(old, stages=(first, *old.stages[1:]), options={**old.options, "granularity": {
+        **old.options["granularity"], "units": [[*units[0], *blocks], *units[1:]]}})
+    with pytest.raises(ExportError, match=r"enc\.block \(2 blocks\) runs before or after them"):
+        export_plan(shown, "megatron")

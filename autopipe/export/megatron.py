@@ -33,6 +33,16 @@ from autopipe.export.placement import check_placement
 from autopipe.export.split import LayerSplit
 from autopipe.plan_format import Plan
 
+# [Note: a layer record without uncut]
+#
+# A plan's layer record says since 2026-12-07 which other stacks of blocks the plan leaves
+# uncut outside its layers (``uncut``: a BART cut at its decoder keeps its encoder in unit 0,
+# which Megatron-LM would read as E, the embedding alone). Until 2026-12-07 a record
+# without the key passed that check: older plans never wrote it, and plans with no such
+# stack left it out. The planner now always writes it (``[]`` for none); a record without
+# it is checked for the stacks its units' module paths show, and otherwise refused, since
+# a stack inside a module held whole (``model.encoder``) does not show in them.
+
 
 def _stage(count: int) -> str:
     return "t" * count if count < 3 else f"t*{count}"
@@ -63,8 +73,9 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
             f"({', '.join(split.lists)})",
             hint="export it --format torchtitan or deepspeed, whose module lists hold both "
                  "stacks (cutting one stack only leaves the other inside E or L)")
-    if split.uncut:
-        stacks = ", ".join(f"{x} ({n} blocks)" for x, n in split.uncut)
+    uncut = split.uncut if split.uncut is not None else split.visible_stacks()
+    if uncut:
+        stacks = ", ".join(f"{x} ({n} blocks)" for x, n in uncut)
         raise ExportError(
             f"Megatron-LM's pipeline layout reads E as the embedding and L as the output layer "
             f"and loss, but this plan cuts only between the layers of "
@@ -72,6 +83,13 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
             f"inside E or L",
             hint="export it --format torchtitan or deepspeed, whose module lists say what each "
                  "stage holds")
+    if split.uncut is None:  # [Note: a layer record without uncut]
+        raise ExportError(
+            "the plan does not record which stacks of blocks it leaves uncut outside its layers "
+            "(it was made before 2026-12-07, or its record was edited), so Megatron-LM's E and L "
+            "cannot be checked to hold only the embedding and the output layer",
+            hint="plan it again with this version of autopipe (`autopipe plan SPEC ... "
+                 "--granularity layer`), or export it --format torchtitan or deepspeed")
     why = split.unlike()
     if why is not None:
         again = ("plan it again with --cut-at naming the blocks of one stack ('model.layers.*')"

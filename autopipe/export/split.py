@@ -40,9 +40,10 @@ class LayerSplit:
     recompute_units: tuple[tuple[int, ...], ...] = ()
     """Per stage, the units whose nodes it recomputes in backward (empty where the plan
     recomputes nothing)."""
-    uncut: tuple[tuple[str, int], ...] = ()
+    uncut: tuple[tuple[str, int], ...] | None = ()
     """Other lists of repeated blocks that the plan does not cut between, outside its layers
-    (``Layers.uncut`` in ``autopipe.partition.layers``; empty in plans from before 2026-12-07)."""
+    (``Layers.uncut`` in ``autopipe.partition.layers``); None where the plan does not say
+    (written before 2026-12-07, or then without stacks left uncut: the two read alike)."""
     auto: bool = False
     """True when the planner found the layers, False when ``--cut-at`` named them."""
     alike: bool | None = None
@@ -54,6 +55,19 @@ class LayerSplit:
     def num_layers(self) -> int:
         """Number of layers L."""
         return len(self.units) - 2
+
+    def visible_stacks(self) -> list[tuple[str, int]]:
+        """Lists of numbered blocks (``X.0``, ``X.1``, …, two or more) among the modules of
+        the units outside the layers, not among ``lists``: stacks the plan leaves inside the
+        first or last unit, as far as their module paths show them (a stack inside a module
+        held whole, ``model.encoder``, does not show)."""
+        found: dict[str, set[str]] = {}
+        for module in (*self.units[0], *self.units[-1]):
+            parts = module.split(".")
+            for k, part in enumerate(parts[1:], start=1):
+                if part.isdigit():
+                    found.setdefault(".".join(parts[:k]), set()).add(part)
+        return [(x, len(n)) for x, n in sorted(found.items()) if len(n) >= 2 and x not in self.lists]
 
     def layers_per_stage(self) -> list[int]:
         """How many layers (units 1…L) each stage holds."""
@@ -154,7 +168,7 @@ def layer_split(plan: Plan) -> LayerSplit:
                            holders=tuple(tuple(str(m) for m in h) for h in info.get("holders", ())),
                            recompute_units=tuple(tuple(int(u) for u in r)
                                                  for r in info.get("recompute_units", ())),
-                           uncut=tuple((str(x), int(n)) for x, n in info.get("uncut", ())),
+                           uncut=tuple((str(x), int(n)) for x, n in info["uncut"]) if "uncut" in info else None,
                            auto=bool(info.get("auto", False)),
                            alike=None if info.get("alike") is None else bool(info["alike"]))
     except (KeyError, TypeError, ValueError) as e:

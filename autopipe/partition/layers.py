@@ -451,7 +451,9 @@ def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan], profile: 
         "mode": "layer", "pattern": layers.pattern, "auto": layers.auto,
         "layers": len(layers.units) - 2, "lists": list(layers.lists), "alike": layers.alike,
         "units": [list(u) for u in layers.units],
-        **({"uncut": [[x, n] for x, n in layers.uncut]} if layers.uncut else {}),
+        # always, [] for none: a record without it cannot say ([Note: a layer record without
+        # uncut] in autopipe.export.megatron)
+        "uncut": [[x, n] for x, n in layers.uncut],
         "stage_units": stage_units(plan, layers),
         "holders": holders(plan, layers, profile),
         "unrestricted_s": step,
