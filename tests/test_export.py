@@ -548,3 +548,24 @@ def test_megatron_refuses_a_plan_that_does_not_record_its_uncut_stacks() -> None
         **old.options["granularity"], "units": [[*units[0], *blocks], *units[1:]]}})
     with pytest.raises(ExportError, match=r"enc\.block \(2 blocks\) runs before or after them"):
         export_plan(shown, "megatron")
+
+
+def test_a_parameter_of_the_model_itself_is_noted() -> None:
+    """CLIP's ``logit_scale`` lies on the model itself: torchtitan keeps it in every part, DeepSpeed
+    in none, and the exports said nothing ([Note: the model's own parameters in an export])."""
+    from autopipe import trace
+    from autopipe.profile.estimate import estimate
+    from autopipe.spec import example_target
+    from tests.zoo import clip
+
+    spec = clip()
+    profile = estimate(trace(spec.model, spec.example_inputs), spec.example_inputs, progress=False,
+                       loss_fn=spec.loss_fn, target=example_target(spec))
+    plan = plan_profile(profile, num_stages=2, microbatches=4, granularity="layer", time_limit=30)
+    readers = [s for s, names in enumerate(plan.options["granularity"]["root_params"]) if "logit_scale" in names]
+    assert readers == [1]
+    titan = [n for n in export_plan(plan, "torchtitan")["notes"] if n.startswith("logit_scale")]
+    assert len(titan) == 1 and "stage 1 reads it" in titan[0] and "copy in stage 0 never trains" in titan[0]
+    ds = [n for n in export_plan(plan, "deepspeed")["notes"] if n.startswith("logit_scale")]
+    assert len(ds) == 1 and "in none of DeepSpeed's layers" in ds[0]
+    assert "root_params" not in planned("llama")[0].options["granularity"]  # none: no note

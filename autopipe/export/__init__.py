@@ -35,7 +35,8 @@ def export_plan(plan: Plan, fmt: str) -> dict[str, Any]:
         raise ExportError(f"unknown export format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
     split = layer_split(plan)
     out = FORMATS[fmt](plan, split)
-    out["notes"] = [*out["notes"], *tied.notes(plan, fmt)]  # [Note: tied parameters in an export]
+    # [Note: tied parameters in an export], [Note: the model's own parameters in an export]
+    out["notes"] = [*out["notes"], *tied.notes(plan, fmt), *tied.root_notes(plan, fmt)]
     return {"schema": SCHEMA, "format": fmt,
             "plan": {"graph_fingerprint": plan.graph_fingerprint, "pattern": split.pattern,
                      "layers": split.num_layers, "layers_per_stage": split.layers_per_stage(),

@@ -426,6 +426,29 @@ def holders(plan: Plan, layers: Layers, profile: Profile) -> list[list[str]]:
     return out
 
 
+def root_params(plan: Plan, profile: Profile) -> list[list[str]]:
+    """Per stage of ``plan``, the parameters of the model itself (no module path: CLIP's
+    ``logit_scale``) its nodes read, none of them held under a module path too.
+
+    An engine that builds a stage from a copy of the model and keeps the listed modules
+    (torchtitan) keeps these in every part, and one that builds a stage from its modules
+    (DeepSpeed) in none ([Note: the model's own parameters in an export] in
+    ``autopipe.export.tied``); ``holders`` cannot name a module for them.
+    """
+    names = {p: group for group in profile.tied for p in group}
+    by = profile.by_name
+    out: list[list[str]] = []
+    for stage in plan.stages:
+        found: list[str] = []
+        for n in stage.nodes:
+            for param in (*by[n].params, *by[n].shared_params):
+                group = names.get(param, (param,))
+                if all("." not in q for q in group) and param not in found:
+                    found.append(param)
+        out.append(found)
+    return out
+
+
 def _under(name: str, modules: list[str]) -> bool:
     """Whether ``name`` lies inside one of ``modules``."""
     return any(name.startswith(m + ".") for m in modules)
@@ -456,6 +479,7 @@ def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan], profile: 
         "uncut": [[x, n] for x, n in layers.uncut],
         "stage_units": stage_units(plan, layers),
         "holders": holders(plan, layers, profile),
+        **({"root_params": roots} if any(roots := root_params(plan, profile)) else {}),
         "unrestricted_s": step,
         "cost": plan.predicted.iteration_s / step if step > 0 else 1.0,
     }
