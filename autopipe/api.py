@@ -192,6 +192,10 @@ def plan(
         if given:
             raise PlanError(f"{given[0]} applies with gpus=N only", hint=f"drop {given[0]}, or pass gpus")
 
+    if isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or max_blocks < 1:
+        # the CLI's --max-blocks refuses it; the API planned on as if it were not given
+        raise PlanError(f"max_blocks = {max_blocks!r}", hint="give a positive number of blocks to "
+                        f"coarsen to, e.g. the default {DEFAULT_MAX_BLOCKS}")
     if (loss_fn is None) != (target is None):
         have, missing = ("loss_fn", "target") if target is None else ("target", "loss_fn")
         raise PlanError(f"{have} was given without {missing}: the loss is profiled as loss_fn(output, "

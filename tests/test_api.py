@@ -213,3 +213,21 @@ def test_bad_solver_options_are_refused_before_profiling(bad: dict[str, float], 
     spec = example_spec("mlp")
     with pytest.raises(PlanError):
         autopipe.plan(spec.model, spec.example_inputs, num_stages=2, **bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [{"max_blocks": 0}, {"max_blocks": -3}, {"max_blocks": 2.5}])
+def test_a_bad_max_blocks_is_refused(bad: dict[str, float]) -> None:
+    """The CLI refused --max-blocks 0; the API planned on as if it were not given (until 2026-12-07)."""
+    spec = example_spec("mlp")
+    with pytest.raises(PlanError, match="max_blocks = "):
+        autopipe.plan(spec.model, spec.example_inputs, num_stages=2, profile="estimate", **bad)  # type: ignore[arg-type]
+
+
+def test_example_kwargs_that_are_no_dict_are_refused() -> None:
+    """A list gave a TypeError from dict() inside autopipe.trace (until 2026-12-07)."""
+    from autopipe.errors import ExampleInputError
+
+    spec = example_spec("mlp")
+    with pytest.raises(ExampleInputError, match="example_kwargs must be a dict"):
+        autopipe.plan(spec.model, spec.example_inputs, example_kwargs=[1],  # type: ignore[arg-type]
+                      num_stages=2, profile="estimate")

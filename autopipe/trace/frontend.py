@@ -8,7 +8,7 @@ import os
 import traceback
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -63,6 +63,11 @@ def trace(
         raise ExampleInputError(
             f"example_inputs must be a tuple, got {type(example_inputs).__name__}",
             hint="wrap a single tensor as (x,)")
+    if example_kwargs is not None and not (isinstance(example_kwargs, Mapping)
+                                           and all(isinstance(k, str) for k in example_kwargs)):
+        raise ExampleInputError(
+            f"example_kwargs must be a dict of keyword arguments by name, got "
+            f"{type(example_kwargs).__name__}", hint="pass e.g. {'attention_mask': mask}, or None")
     kwargs = dict(example_kwargs or {})
     if frontend not in ("auto", "fx", "export"):
         raise TraceError(f"unknown frontend {frontend!r}", hint="use auto, fx or export")
