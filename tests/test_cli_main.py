@@ -102,6 +102,27 @@ def test_closed_pipe_ends_output_quietly(tmp_path: Path) -> None:
     assert len(head.stdout.splitlines()) == 1 and head.stderr == "", head.stderr
 
 
+
+def test_a_gpus_search_into_a_closed_pipe_ends_quietly_with_its_plan_written(tmp_path: Path) -> None:
+    """`autopipe plan ... --gpus 2 --batch-size 8 | head -3` (reported as a BrokenPipeError
+    traceback): the search prints its rows on stderr and the plan on stdout after writing the
+    file; a reader gone before the first line ends it as SIGPIPE would, silently."""
+    out = tmp_path / "plan.json"
+    plan = [sys.executable, "-m", "autopipe", "plan", f"{ROOT}/examples/mlp.py:build", "--gpus", "2",
+            "--batch-size", "8", "--device-spec", "h100", "-o", str(out)]
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        gone = subprocess.run(plan, stdout=write, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    finally:
+        os.close(write)
+    assert gone.returncode == 141 and "Traceback" not in gone.stderr and "Error" not in gone.stderr, gone.stderr
+    assert out.exists()
+    head = subprocess.run(f"{shlex.join(plan)} 2>&1 | head -3", shell=True, capture_output=True,
+                          text=True, cwd=ROOT)
+    assert len(head.stdout.splitlines()) == 3 and "Traceback" not in head.stdout, head.stdout
+
+
 _SEED_SPEC = '''
 import os
 from examples.mlp import build as mlp
