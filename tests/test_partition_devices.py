@@ -48,6 +48,12 @@ def test_bad_entries(entries: list[object], message: str) -> None:
     assert info.value.hint
 
 
+def test_no_devices_is_not_a_plan_of_no_stages() -> None:
+    with pytest.raises(DeviceSpecError, match="lists 0 devices") as info:
+        resolve_devices(2, devices=[])
+    assert info.value.hint == 'list 2 devices ("count" repeats one)'  # it offered "or plan 0 stages"
+
+
 def test_limit_and_devices_together() -> None:
     with pytest.raises(DeviceSpecError, match="not both|both"):
         resolve_devices(2, memory_limit="1GiB", devices=[Device(name="a", memory=1)] * 2)

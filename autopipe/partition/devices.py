@@ -73,8 +73,8 @@ def resolve_devices(num_stages: int, *, memory_limit: str | int | None = None,
                                   hint='write {"name": "gpu0", "memory": "80GiB"}')
     if len(out) != num_stages:
         raise DeviceSpecError(f"{source} lists {len(out)} devices but the plan has {num_stages} stages",
-                              hint=f"list {num_stages} devices (\"count\" repeats one), or plan "
-                                   f"{len(out)} stages")
+                              hint=f"list {num_stages} devices (\"count\" repeats one)"
+                                   + (f", or plan {len(out)} stages" if out else ""))
     names = [d.name for d in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
