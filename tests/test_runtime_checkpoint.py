@@ -237,7 +237,11 @@ def test_find_checkpoint_without_latest(tmp_path: Path) -> None:
         (tmp_path / name / "autopipe.json").write_text("{}")
     (tmp_path / "step-000011").mkdir()  # no .metadata: incomplete
     assert find_checkpoint(tmp_path) == tmp_path / "step-000010"
+    # [Note: a stale latest]: a pointer behind a newer complete checkpoint took the older one
     (tmp_path / "latest").write_text("step-000002\n")
-    assert find_checkpoint(tmp_path) == tmp_path / "step-000002"
+    notes: list[str] = []
+    assert find_checkpoint(tmp_path, notes.append) == tmp_path / "step-000010"
+    assert notes == [f"{tmp_path / 'latest'} names step-000002, but step-000010 is newer and complete (a save "
+                     "stopped before it moved latest); taking step-000010"]
     with pytest.raises(CheckpointError, match="malformed|schema"):
         consolidate(tmp_path)

@@ -237,6 +237,31 @@ def test_check_resume_takes_a_tied_model_on_meta(tmp_path: Path) -> None:
         check_resume(config, example_spec("gpt2", **{**knobs, "n_embd": 32}, device="meta").model)
 
 
+def test_a_stale_latest_resumes_the_newest_whole_checkpoint(ckpt: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """[Note: a stale latest]: killed after step 2's rename, before `latest` moved on from step 1."""
+    (ckpt / "latest").write_text("step-000001\n")
+    notes: list[str] = []
+    info = check_resume(TrainConfig(steps=5, optimizer="adam", lr=0.01, resume=str(ckpt)), note=notes.append)
+    assert info.path == ckpt / "step-000002" and info.step == 2, info  # was step-000001: step 2 trained again
+    assert len(notes) == 1 and "names step-000001, but step-000002 is newer" in notes[0], notes
+    for pipe in _pipe():
+        with pytest.warns(UserWarning, match="names step-000001, but step-000002 is newer"):
+            assert load_checkpoint(ckpt, pipe).step == 2
+    assert consolidate(ckpt)[1].step == 2
+    # the CLI says so on stderr and trains on from step 2
+    plan = tmp_path / "plan.json"
+    spec = example_spec("mlp", **MLP)
+    plan_from_cuts(trace(spec.model, spec.example_inputs), [], microbatches=4).save(plan)
+    assert main(["train", MLP_FILE, *CLI, "--plan", str(plan), "--steps", "3", "--resume", str(ckpt)]) == 0
+    out = capsys.readouterr()
+    assert out.err.startswith(f"note: {ckpt / 'latest'} names step-000001, but step-000002"), out.err
+    assert f"resumed from {ckpt / 'step-000002'} after step 2" in out.out and "step 3/3" in out.out, out.out
+    assert main(["consolidate", str(ckpt), "-o", str(tmp_path / "m.pt")]) == 0
+    out = capsys.readouterr()
+    assert "names step-000001, but step-000002 is newer" in out.err and "(step 2," in out.out, out
+
+
 # --- steps past 999999 ---------------------------------------------------------------------------
 
 

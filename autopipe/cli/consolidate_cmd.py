@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_writable(args.output)
     check_format(args.output)
-    state, info = consolidate(args.dir)
+    state, info = consolidate(args.dir, note=lambda line: print(f"note: {line}", file=sys.stderr, flush=True))
     write_state_dict(state, args.output)
     size = sum(t.numel() * t.element_size() for t in state.values())
     print(f"wrote {args.output}: {len(state)} tensors, {format_size(size)}, from {info.path} "

@@ -18,14 +18,23 @@ that dies anywhere before the rename leaves a ``.partial`` folder that nothing r
 only after the new one is complete. Because entries are named, not numbered by rank, a
 checkpoint loads into another plan of the same model (DCP reshards by key).
 
+[Note: a stale latest]
+
+``latest`` is replaced after the rename, so a rank killed between the two leaves it naming
+the previous checkpoint while a newer complete one is beside it. Finding a checkpoint
+therefore takes the complete folder of the highest step, not the one ``latest`` names,
+and says so where the two differ: the newer one is whole (its rename came after every
+rank's ``dcp.save`` and its ``autopipe.json``), and resuming the older one would train
+its steps again.
+
 [Note: resuming past a damaged checkpoint]
 
 A save never leaves ``latest`` naming a half-written checkpoint, but a file can be lost
 or cut short afterwards (a disk, a copy, a clean-up script), and a restart script that
 passes the same ``--resume DIR`` every time would then stop for good. So resuming from a
 *directory* of checkpoints takes the newest one whose files are whole (``autopipe.json``
-and every data file ``.metadata`` names, at their lengths), walking back from the one
-``latest`` names, and says which it passed over and why; the previous checkpoint is kept
+and every data file ``.metadata`` names, at their lengths), walking back from the newest
+complete one ([Note: a stale latest]), and says which it passed over and why; the previous checkpoint is kept
 for this. A step folder named itself is taken as it is (a damaged one is an error), and so
 is ``autopipe consolidate``'s: writing out older weights is not what it was asked for.
 A file that DCP cannot read although it is whole is found only while loading, by every
@@ -113,11 +122,15 @@ def _checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def find_checkpoint(directory: str | Path) -> Path:
+def find_checkpoint(directory: str | Path, note: Callable[[str], None] | None = None) -> Path:
     """The newest complete checkpoint in ``directory`` (or ``directory`` itself, if it is one).
 
-    ``latest`` names it; without that file (a save killed between the rename and the
-    pointer), the complete ``step-*`` folder of the highest step.
+    The complete ``step-*`` folder of the highest step, which ``latest`` names unless a save
+    was killed between the rename and the pointer ([Note: a stale latest]).
+
+    Args:
+        directory: a checkpoint directory, or one checkpoint's step folder.
+        note: told, in one line, where ``latest`` names another checkpoint than the one taken.
 
     Raises:
         CheckpointError: no such directory, a file, or no complete checkpoint in it.
@@ -132,19 +145,26 @@ def find_checkpoint(directory: str | Path) -> Path:
                               hint="pass the DIR that `autopipe train --save DIR` wrote")
     if _complete(root):
         return root
-    pointer = root / LATEST
-    if pointer.is_file():
-        named = root / pointer.read_text(encoding="utf-8").strip()
-        if _complete(named):
-            return named
     found = _checkpoints(root)
     if found:
+        named = _latest(root)
+        if named is not None and named != found[-1] and _complete(named) and note is not None:
+            note(f"{root / LATEST} names {named.name}, but {found[-1].name} is newer and complete (a save "
+                 f"stopped before it moved {LATEST}); taking {found[-1].name}")
         return found[-1]
     partial = sorted(p.name for p in root.glob(f".{_PREFIX}*.partial"))
     seen = f" (only the unfinished {', '.join(partial)})" if partial else ""
     raise CheckpointError(f"{root} holds no complete checkpoint{seen}",
                           hint="a save that was interrupted leaves no checkpoint; name a directory "
                                "(or step-NNNNNN folder) that holds a complete one")
+
+
+def _latest(root: Path) -> Path | None:
+    """The folder ``root/latest`` names (None without that file)."""
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    return root / pointer.read_text(encoding="utf-8").strip()
 
 
 def find_resumable(directory: str | Path, note: Callable[[str], None] | None = None) -> Path:
@@ -161,15 +181,13 @@ def find_resumable(directory: str | Path, note: Callable[[str], None] | None = N
             error, with its hint).
     """
     root = Path(directory)
-    first = find_checkpoint(root)
+    first = find_checkpoint(root, note)
     if first == root:
         return root
     passed: list[str] = []
-    pointer = root / LATEST
-    if pointer.is_file():
-        named = root / pointer.read_text(encoding="utf-8").strip()
-        if named != first and _step_of(named) is not None:
-            passed.append(f"{named} is unfinished (no {META})" if named.is_dir() else f"{named} is missing")
+    named = _latest(root)
+    if named is not None and named != first and _step_of(named) is not None and not _complete(named):
+        passed.append(f"{named} is unfinished (no {META})" if named.is_dir() else f"{named} is missing")
     step = _step_of(first) or 0
     earlier = [p for p in reversed(_checkpoints(root)) if (_step_of(p) or 0) < step]
     error: CheckpointError | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,7 +26,8 @@ from autopipe.runtime.checkpoint import (
 FORMATS = (".safetensors", ".pt", ".pth", ".bin")
 
 
-def consolidate(directory: str | Path) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
+def consolidate(directory: str | Path,
+                note: Callable[[str], None] | None = None) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
     """The unsplit model's state dict from the newest complete checkpoint in ``directory``.
 
     Keys and their order are those of the original model's ``state_dict()``: a tied
@@ -33,11 +35,15 @@ def consolidate(directory: str | Path) -> tuple[dict[str, torch.Tensor], Checkpo
     value), so ``model.load_state_dict(state, strict=True)`` takes it. Runs in one
     process, without a process group.
 
+    Args:
+        directory: a checkpoint directory, or one checkpoint's step folder.
+        note: told, in one line, where ``latest`` names an older checkpoint than the one read.
+
     Raises:
         CheckpointError: no complete checkpoint, or a damaged one (a data file missing or
             short, tensors missing or unreadable); the hint names an earlier checkpoint.
     """
-    path = find_checkpoint(directory)
+    path = find_checkpoint(directory, note)
     info = read_info(path)
     saved = read_metadata(path).state_dict_metadata  # and every file it names is there
     canonical = {name: group[0] for group in info.tied for name in group}
