@@ -15,20 +15,22 @@ from .conftest import ROOT
 from .runtime_cases import TINY, Case
 
 
-@pytest.mark.parametrize(("build", "failed"), [
-    ("build", "in step 1: ValueError: this loss fails on purpose"),
-    ("build_batch", "while drawing the batch of step 2: KeyError: 'no such shard'"),  # was a traceback
+@pytest.mark.parametrize(("build", "failed", "timeout"), [
+    ("build", "in step 1: ValueError: this loss fails on purpose", "300"),
+    ("build_batch", "while drawing the batch of step 2: KeyError: 'no such shard'", "300"),  # was a traceback
+    # the peer waits CAUSE_FIRST_S (2 s) before it says so: --launch stopped it after --timeout
+    ("build", "in step 1: ValueError: this loss fails on purpose", "1"),
 ])
 def test_the_failing_ranks_error_comes_first_with_its_line(tmp_path: Path, capfd: pytest.CaptureFixture[str],
                                                             monkeypatch: pytest.MonkeyPatch, build: str,
-                                                            failed: str) -> None:
+                                                            failed: str, timeout: str) -> None:
     """Its peer lost it and said so too, often first, and --launch blamed the lowest rank."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     plan = tmp_path / "plan.json"
     Case("mlp", 2).build(hand=True)[2].save(plan)
     knobs = [f"--spec-arg={k}={v}" for k, v in TINY["mlp"].items()]
     code = main(["train", f"tests.failing_loss_worker:{build}", *knobs, "--plan", str(plan), "--steps", "2",
-                 "--device", "cpu", "--launch", "2"])
+                 "--device", "cpu", "--launch", "2", "--timeout", timeout])
     err = capfd.readouterr().err
     assert code == 2 and "Traceback" not in err, err
     errors = [line for line in err.splitlines() if "error:" in line]
@@ -36,7 +38,7 @@ def test_the_failing_ranks_error_comes_first_with_its_line(tmp_path: Path, capfd
     assert errors[0].startswith(f"autopipe train: error: rank 1 (stage 1) failed {failed} (at {source}:"), err
     assert errors[0].endswith(" in loss_fn)" if build == "build" else " in batch)"), err
     assert "rank 0 (stage 0) lost a peer rank" in errors[1] and "This is typically" not in errors[1], err
-    assert errors[-1].startswith("autopipe train: error: rank 1 failed first"), err
+    assert errors[-1].startswith("autopipe train: error: rank 1 failed first (exit codes [2, 2])"), err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA plan trains here")

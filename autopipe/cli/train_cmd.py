@@ -102,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
 # peer waits this long before it says so and exits, so the failing rank's own error is
 # printed first and is the one --launch names.
 CAUSE_FIRST_S = 2.0
+# --launch gives the peers this long, after they have waited, to print and exit: with
+# only --timeout as the grace (under CAUSE_FIRST_S for --timeout 1), it stopped them
+# before they said what they lost, and their exit codes read as killed (-15).
+EXIT_S = 3.0
 
 
 def _spec(args: argparse.Namespace, plan: Plan) -> ModelSpec:
@@ -157,7 +161,8 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
                         ("--init", args.init), ("--timeline", args.timeline)):
         if value is not None:
             cmd += [flag, str(value)]
-    result = launch(cmd, args.launch, grace_s=min(30.0, args.timeout))
+    # a peer notices the loss within --timeout, then waits CAUSE_FIRST_S before it says so
+    result = launch(cmd, args.launch, grace_s=min(30.0, args.timeout) + CAUSE_FIRST_S + EXIT_S)
     if result.code:
         failed = result.first_failed
         code = result.codes[failed] if failed is not None else 0
