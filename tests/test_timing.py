@@ -51,6 +51,38 @@ def test_a_program_runs_its_order_with_microbatches_in_flight_and_drops_the_grad
     assert single_program([0, 2]) == [(0, "F", 0), (0, "B", 0), (2, "F", 0), (2, "B", 0)]
 
 
+class _EncoderDecoder(nn.Module):
+    """Returns its encoder's output and the decoder's, which reads it (as T5's last stage)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder, self.decoder = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.encoder(x)
+        return self.decoder(hidden), hidden
+
+
+def test_the_loss_is_timed_apart_where_one_output_is_computed_from_another() -> None:
+    """[Note: the loss's backward on its own]: its backward ran through the decoder too, and the
+    stage's then raised "Trying to backward through the graph a second time"."""
+    module = _EncoderDecoder()
+    x = torch.randn(2, 4, requires_grad=True)
+    target = torch.tensor([0, 2])
+
+    def loss(outs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return nn.functional.cross_entropy(outs[0], target)
+
+    runs = run_program(single_program([0]), {0: module}, {0: [x]}, clock=lambda: 0.0, loss=loss, last=0)
+    assert len(runs[0]) == 1
+    # the gradients are the loss's, each once
+    expected = _EncoderDecoder()
+    expected.load_state_dict(module.state_dict())
+    loss(expected(x)).backward()
+    for (name, p), q in zip(module.named_parameters(), expected.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
 def test_rank_programs_are_the_schedule_orders_torch_runs() -> None:
     spec = example_spec("mlp")
     graph = autopipe.trace(spec.model, spec.example_inputs)

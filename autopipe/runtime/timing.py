@@ -84,12 +84,14 @@ class StageTimes(NamedTuple):
 
 
 class _Forward(NamedTuple):
-    """A forward run and kept for its backward: the outputs, the loss's value, their seconds."""
+    """A forward run and kept for its backward: the outputs, the loss's value, their seconds,
+    and the detached outputs the loss read ([Note: the loss's backward on its own])."""
 
     outs: tuple[Any, ...]
     value: torch.Tensor | None
     forward_s: float
     loss_s: float
+    read: tuple[Any, ...] = ()
 
 
 def _forward(module: torch.nn.Module, leaves: Sequence[torch.Tensor], clock: Callable[[], float],
@@ -101,20 +103,39 @@ def _forward(module: torch.nn.Module, leaves: Sequence[torch.Tensor], clock: Cal
     t0 = clock()
     outs = tuple(module(*leaves))
     t1 = clock()
-    value = loss(outs) if loss is not None else None  # on what the stage returned, as the runtime's
-    return _Forward(outs, value, t1 - t0, clock() - t1)
+    if loss is None:
+        return _Forward(outs, None, t1 - t0, 0.0)
+    # on what the stage returned, as the runtime's, cut from the stage's graph
+    read = tuple(o.detach().requires_grad_(o.requires_grad) if isinstance(o, torch.Tensor) else o for o in outs)
+    value = loss(read)
+    return _Forward(outs, value, t1 - t0, clock() - t1, read)
+
+
+# [Note: the loss's backward on its own]
+#
+# The loss is timed apart from the last stage, its backward down to the stage's outputs.
+# Taken as ``autograd.grad(loss, outputs)`` on the outputs themselves, that backward also
+# ran through the stage wherever one output is computed from another (T5 returns its
+# encoder's last hidden state, which its decoder reads: the loss's gradient reaches it
+# through the decoder too), freeing that part of the graph, and the stage's own backward
+# then raised "Trying to backward through the graph a second time" (`autopipe plan` of a
+# T5: "timing the stages together failed on rank 1"). The loss therefore reads detached
+# copies of the outputs: its backward stops at them, and the gradients it leaves there seed
+# the stage's backward, which adds them up through the stage as training's does.
 
 
 def _backward(done: _Forward, clock: Callable[[], float], idle_s: float) -> Run:
     """The backward of a kept forward, and the ``Run`` of both. Without a loss it is seeded
     with ones; with one it starts from the loss, whose own backward (down to the module's
     outputs) is timed apart, as on the runtime's last stage."""
-    grads = [o for o in done.outs if isinstance(o, torch.Tensor) and o.requires_grad]
+    wanted = [k for k, o in enumerate(done.outs) if isinstance(o, torch.Tensor) and o.requires_grad]
+    grads = [done.outs[k] for k in wanted]
     if idle_s > 0:
         time.sleep(idle_s)
     t3 = clock()
-    if done.value is not None and grads:
-        found = torch.autograd.grad(done.value, grads, allow_unused=True)
+    if done.value is not None and grads:  # [Note: the loss's backward on its own]
+        read = [done.read[k] for k in wanted]
+        found = torch.autograd.grad(done.value, read, allow_unused=True)
         seeds = [g for g in found if g is not None]
         grads = [o for o, g in zip(grads, found) if g is not None]
     else:
