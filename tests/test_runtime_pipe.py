@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from autopipe import ModelSpec, trace
 from autopipe._subnormals import flushing
@@ -253,6 +254,45 @@ def test_a_batch_of_another_shape_is_refused_before_any_message() -> None:
         with pytest.raises(SpecError, match=r"has shape \(4, 16\)"):
             pipe.evaluate(*spec.batch(1, 0))
         assert len(pipe.step(*spec.batch(2, 0))) == 2
+
+
+def test_a_target_of_other_rows_is_refused_before_any_message() -> None:
+    """Half the rows: the loss failed deep in torch ("Expected input batch_size (4) to match target
+    batch_size (2)", on the last stage's rank); one row per micro-batch with a loss that broadcasts
+    (mse_loss) trained on another loss without an error."""
+    spec = example_spec("mlp", **MLP)
+    inputs, target = spec.batch(2, 0)
+    for pipe in _one_stage(spec):
+        with pytest.raises(SpecError, match=r"the target in step 1 has shape \(4,\), but the plan's 2 micro-batches "
+                                            r"of 4 samples need 8 rows: \(8,\)"):
+            pipe.step(inputs, target[:4])
+        with pytest.raises(SpecError, match=r"0-dim tensor, which cannot be cut into 2 micro-batches"):
+            pipe.step(inputs, target[0])
+        assert len(pipe.step(inputs, target)) == 2
+    classes = spec.model(inputs[0][:1]).shape[-1]
+
+    def batch(n: int, step: int = 0) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        x, y = spec.batch(n, step)
+        return x, nn.functional.one_hot(y, classes).float()
+
+    regression = ModelSpec(model=spec.model, example_inputs=spec.example_inputs, batch=batch,
+                           loss_fn=nn.functional.mse_loss)
+    inputs, target = regression.batch(2, 0)
+    for pipe in _one_stage(regression):
+        with pytest.raises(SpecError, match=r"has shape \(2, 10\), but the plan's 2 micro-batches of 4 samples "
+                                            r"need 8 rows: \(8, 10\)"):
+            pipe.step(inputs, target[::4])  # one row each: broadcast against 4
+
+
+def test_a_closed_pipe_says_so() -> None:
+    """It raised torch's "Default process group has not been initialized" from inside the schedule."""
+    spec = example_spec("mlp", **MLP)
+    for pipe in _one_stage(spec):
+        pipe.step(*spec.batch(2, 0))
+    for call in (lambda: pipe.step(*spec.batch(2, 0)), lambda: pipe.evaluate(*spec.batch(2, 0)),
+                 lambda: pipe.clip_grad_norm_(1.0)):
+        with pytest.raises(AutopipeError, match=r"rank 0 \(stage 0\): this pipe was closed"):
+            call()
 
 
 def test_build_materialises_a_meta_model_from_a_state_dict_or_its_initialiser() -> None:

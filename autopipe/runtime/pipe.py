@@ -51,14 +51,14 @@ from autopipe.runtime.group import (
 from autopipe.runtime.materialize import materialize_stages
 from autopipe.runtime.modes import modeless_draws
 from autopipe.runtime.placement import rank_of_stages, schedule_kind
-from autopipe.runtime.prepare import Prepared, prepare
+from autopipe.runtime.prepare import Prepared, check_target, prepare
 from autopipe.runtime.split_backward import loss_views
 from autopipe.runtime.stage import build_pipeline
 from autopipe.runtime.state_keys import check_tied_alike, match_state, names
 from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage_params
 from autopipe.runtime.timeline import ActionLog
 from autopipe.runtime.weights import WeightsSource
-from autopipe.spec import ModelSpec, scalar_loss
+from autopipe.spec import ModelSpec, example_target, scalar_loss
 
 _NONE, _LOCAL, _SUMMED = "none", "local", "summed"
 
@@ -97,6 +97,9 @@ class Pipe:
         """Where ``step`` records its actions, timed ([Note: a measured timeline] in
         ``autopipe.runtime.timeline``); None: not timed."""
         self._owns_group = owns_group
+        self._closed = False
+        self._one_target: Any = None
+        """One micro-batch's target (``spec.batch(1)``'s), which a step's target is checked against."""
         self._busy_core = busy_core
         """Spins while the schedule posts and waits ([Note: a busy core while a rank waits]); closed by ``close``."""
         self._flushed = flushed
@@ -229,8 +232,11 @@ class Pipe:
 
         Raises:
             RuntimeStageError: a peer died or stopped answering; names this rank and the step.
-            SpecError: a non-tensor input differs from the example micro-batch's.
+            SpecError: a non-tensor input differs from the example micro-batch's, or an input
+                or the target has another number of rows than the plan's micro-batches.
+            AutopipeError: the pipe was closed.
         """
+        self._open()
         self.steps += 1
         self.draws.step = self.steps
         m = self.plan.microbatches
@@ -269,6 +275,7 @@ class Pipe:
             AutopipeError: this torch's schedules have no forward-only ``eval`` (torch < 2.8).
             RuntimeStageError: a peer died or stopped answering.
         """
+        self._open()
         schedule = self._pipeline.schedule
         run = getattr(schedule, "eval", None)
         if run is None:
@@ -299,7 +306,17 @@ class Pipe:
         if target is None:
             raise AutopipeError(f"{self.where} runs the last stage but was given no target",
                                 hint="pass the batch's target on every rank (or at least on the last stage's)")
+        if self._one_target is None:  # drawn once: spec.batch(1)
+            self._one_target = example_target(self.spec)
+        check_target(self.spec, target, self.plan.microbatches, self.steps or None, self._one_target)
         return target.to(self.device)
+
+    def _open(self) -> None:
+        """Raise where ``close`` left no process group to run in."""
+        if self._closed and not dist.is_initialized():  # torch said "Default process group has not been initialized"
+            raise AutopipeError(f"{self.where}: this pipe was closed (its `with build(...)` block ended, or "
+                                "close() was called), which left the process group",
+                                hint="step a pipe inside its `with build(...)` block, or build a new one")
 
     # --- gradients -----------------------------------------------------------------------------
 
@@ -334,6 +351,7 @@ class Pipe:
         """
         if self._tied_grads != _LOCAL:
             return
+        self._open()
         with failures(self.where, "while summing tied gradients", self.timeout_s):
             self._sync.all_reduce_grads()
         self._tied_grads = _SUMMED
@@ -354,6 +372,7 @@ class Pipe:
             raise AutopipeError(f"clip_grad_norm_: max_norm is {max_norm}", hint="clip to a norm of 0 or more")
         if not float(norm_type) > 0:  # 0: a ZeroDivisionError; a negative p clipped nothing
             raise AutopipeError(f"clip_grad_norm_: norm_type is {norm_type}", hint="use a positive p (2.0) or inf")
+        self._open()
         self.sync_tied_grads()
         p_norm = float(norm_type)
         mine = self.replicas.position  # replicas agree after the sync: one pipeline's norm
@@ -445,6 +464,7 @@ class Pipe:
         if self._owns_group and dist.is_initialized():
             dist.destroy_process_group()
         self._owns_group = False
+        self._closed = True
 
     def __enter__(self) -> Pipe:
         return self

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from autopipe.batching import example_batch
 from autopipe.errors import SpecError
 from autopipe.plan_format import Plan
 from autopipe.runtime.meta import StageMeta, stage_metas
@@ -15,7 +16,7 @@ from autopipe.runtime.packing import pack_cuts
 from autopipe.runtime.placement import check_world_size
 from autopipe.runtime.split import Split
 from autopipe.runtime.validate import model_constants, validate_plan
-from autopipe.spec import ModelSpec
+from autopipe.spec import ModelSpec, example_target
 from autopipe.trace import Graph, trace
 
 
@@ -71,6 +72,44 @@ class Prepared:
             # while it stays strided on the CPU, and torch 2.11 refuses a stride it did not expect
             tensors.append(v.to(device).contiguous())
         return tensors
+
+
+def check_target(spec: ModelSpec, target: Any, microbatches: int, step: int | None = None,
+                 one: Any = None) -> None:
+    """Raise unless a batch's ``target`` splits into ``microbatches`` targets of one micro-batch.
+
+    The schedule cuts the target along dim 0 into ``microbatches`` pieces, as the inputs.
+    A target of other rows than ``microbatches`` times one micro-batch's (``spec.batch(1)``'s,
+    where its dim 0 is the example's batch) paired each micro-batch's output with the
+    wrong rows: torch's loss failed on the shapes deep in a step, or, where they
+    broadcast (``mse_loss`` against one row), gave another loss without an error.
+
+    Args:
+        spec: the spec (its example inputs give the micro-batch's samples).
+        target: the batch's target.
+        microbatches: micro-batches per step.
+        step: the step number, for messages (1-based); None where unknown.
+        one: one micro-batch's target, where known (``example_target(spec)``; drawn if None).
+
+    Raises:
+        SpecError: a 0-dim target, or one of the wrong number of rows.
+    """
+    if not isinstance(target, torch.Tensor):
+        return
+    when = f" in step {step}" if step is not None else ""
+    if target.dim() == 0:
+        raise SpecError(f"the target{when} is a 0-dim tensor, which cannot be cut into {microbatches} micro-batches",
+                        hint="give each sample its target, stacked on dim 0 as the inputs are")
+    one = example_target(spec) if one is None else one
+    batch = example_batch(spec.example_inputs, spec.example_kwargs)
+    if not isinstance(one, torch.Tensor) or one.dim() == 0 or one.shape[0] != batch:
+        return  # not one row per sample: nothing to count against
+    want = batch * microbatches
+    if target.shape[0] != want:
+        raise SpecError(f"the target{when} has shape {tuple(target.shape)}, but the plan's {microbatches} "
+                        f"micro-batches of {batch} samples need {want} rows: {(want, *one.shape[1:])}",
+                        hint="pass the target spec.batch gives with the inputs (with replicas, each "
+                             "replica's share: pipe.replicas.share)")
 
 
 def prepare(spec: ModelSpec, plan: Plan, world_size: int, graph: Graph | None = None, *,
