@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
                            ("--weight-decay", args.weight_decay >= 0, "0 or more")):
         if not ok:  # NaN too
             p.error(f"{name} is {getattr(args, name[2:].replace('-', '_'))}; use {want}")
+    if args.out is not None:  # found only after training until 2026-12-07, as a traceback
+        folder = os.path.dirname(os.path.abspath(args.out))
+        if os.path.isdir(args.out) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            why = "is a directory" if os.path.isdir(args.out) else f"{folder} is not a folder you can write to"
+            p.error(f"--out {args.out}: {why}; name a JSON file in an existing folder")
     try:
         return train(args)
     except AutopipeError as e:  # a wrong plan, spec, device or checkpoint: one line, as the CLI says it
@@ -81,8 +86,10 @@ def train(args: argparse.Namespace) -> int:
                 print(f"step {step + 1}/{args.steps}  loss {loss:.6f}  grad norm {norm.item():.4f}  "
                       f"lr {lr:.3g}", flush=True)
         if pipe.has_last and pipe.replicas.replica == 0 and args.out:
-            with open(args.out, "w", encoding="utf-8") as f:
+            tmp = f"{args.out}.tmp{os.getpid()}"  # whole or not at all: a temp file, then a rename
+            with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(record, f)
+            os.replace(tmp, args.out)
     return 0
 
 

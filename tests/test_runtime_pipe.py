@@ -366,7 +366,10 @@ def test_custom_loop_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytes
     assert err.startswith("custom_loop.py: error: the plan runs on 2 ranks (2 stages, schedule 1f1b) but the world "
                           "size is 1\n  hint: start 2 processes"), err
     for bad, said in ((["--lr", "-1"], "--lr is -1.0; use a positive rate"), (["--steps", "0"], "--steps is 0"),
-                      (["--max-norm", "nan"], "--max-norm is nan; use 0 or more")):
+                      (["--max-norm", "nan"], "--max-norm is nan; use 0 or more"),
+                      # a FileNotFoundError traceback after the training until 2026-12-07
+                      (["--out", str(tmp_path / "no" / "r.json")], f"{tmp_path / 'no'} is not a folder you can write"),
+                      (["--out", str(tmp_path)], f"--out {tmp_path}: is a directory")):
         with pytest.raises(SystemExit) as e:
             custom_loop.main([*base, *bad])
         assert e.value.code == 2 and said in capsys.readouterr().err
