@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto (the plan's), cpu or cuda")
     p.add_argument("--out", default=None, help="write losses, norms and learning rates here (JSON)")
     args = p.parse_args(argv)
-    for name, ok, want in (("--steps", args.steps >= 1, "at least 1"), ("--lr", args.lr > 0, "a positive rate"),
+    for name, ok, want in (("--steps", args.steps >= 1, "at least 1"), ("--lr", 0 < args.lr < math.inf, "a positive rate"),
                            ("--max-norm", args.max_norm >= 0, "0 or more"),
                            ("--weight-decay", args.weight_decay >= 0, "0 or more")):
         if not ok:  # NaN too

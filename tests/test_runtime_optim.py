@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from autopipe._optimizers import build_optimizer
+from autopipe.errors import AutopipeError
 from autopipe.runtime.optim import MasterWeights, TrainConfig, make_optimizer
 
 
@@ -73,3 +76,14 @@ def test_adam_states_made_up_front_step_the_same_bits(name: str) -> None:
         opt.step()
         ref.step()
     assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+
+
+@pytest.mark.parametrize(("field", "value", "said"), [
+    ("lr", math.inf, "--lr is inf"),  # trained on: every loss after the first NaN
+    ("lr", 0.0, "--lr is 0.0"),
+    ("timeout_s", math.inf, "--timeout is inf"),  # an OverflowError from the rendezvous, on every rank
+    ("timeout_s", math.nan, "--timeout is nan"),
+])
+def test_train_config_refuses_what_cannot_train(field: str, value: float, said: str) -> None:
+    with pytest.raises(AutopipeError, match=said):
+        TrainConfig(steps=2, **{field: value})

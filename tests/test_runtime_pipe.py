@@ -367,6 +367,7 @@ def test_custom_loop_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytes
                           "size is 1\n  hint: start 2 processes"), err
     for bad, said in ((["--lr", "-1"], "--lr is -1.0; use a positive rate"), (["--steps", "0"], "--steps is 0"),
                       (["--max-norm", "nan"], "--max-norm is nan; use 0 or more"),
+                      (["--lr", "inf"], "--lr is inf; use a positive rate"),  # every loss after the first NaN
                       # a FileNotFoundError traceback after the training until 2026-12-07
                       (["--out", str(tmp_path / "no" / "r.json")], f"{tmp_path / 'no'} is not a folder you can write"),
                       (["--out", str(tmp_path)], f"--out {tmp_path}: is a directory")):

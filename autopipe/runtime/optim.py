@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -61,14 +62,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise AutopipeError(f"--steps is {self.steps}", hint="train at least 1 step")
-        if not self.lr > 0:
+        if not 0 < self.lr < math.inf:  # inf made every loss after the first NaN, without an error
             raise AutopipeError(f"--lr is {self.lr}", hint="use a positive learning rate, e.g. 1e-3")
         if self.optimizer not in OPTIMIZERS:
             raise AutopipeError(f"unknown optimizer {self.optimizer!r}",
                                 hint=f"use one of {', '.join(OPTIMIZERS)}")
         if self.device not in DEVICES:
             raise AutopipeError(f"unknown device {self.device!r}", hint=f"use one of {', '.join(DEVICES)}")
-        if not self.timeout_s > 0:
+        if not 0 < self.timeout_s < math.inf:  # inf: an OverflowError from the rendezvous on every rank
             raise AutopipeError(f"--timeout is {self.timeout_s}", hint="use a positive number of seconds")
         if self.save_every is not None and self.save is None:
             raise AutopipeError("--save-every needs --save DIR", hint="name the checkpoint directory with --save")
