@@ -299,6 +299,16 @@ def test_check_save_refuses_what_cannot_hold_checkpoints(tmp_path: Path, monkeyp
         check_save(tmp_path / "old", resuming=False)
     assert e.value.hint is not None and e.value.hint.startswith(f"pass --resume {tmp_path / 'old'} to continue")
     check_save(tmp_path / "old")  # resuming: its own checkpoints
+    check_save(tmp_path / "old", from_step=1)
+    # [Note: a stale latest]: resuming ckpt/step-000001 and saving step 2 beside a step 3 left
+    # `latest` at step 2, and `--resume old` took step 3, of the run this one replaced
+    (tmp_path / "old" / "step-000003").mkdir()
+    for name in (".metadata", "autopipe.json"):
+        (tmp_path / "old" / "step-000003" / name).write_text("")
+    with pytest.raises(CheckpointError, match=r"old: it holds step-000003, beyond step 1 that this run resumes "
+                                              r"from, and resuming .*old takes the highest step") as e:
+        check_save(tmp_path / "old", from_step=1)
+    assert e.value.hint == f"save into another directory, or remove step-000003 from {tmp_path / 'old'} first"
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
     with pytest.raises(CheckpointError, match=rf"{tmp_path} is not writable"):
         check_save(tmp_path / "new" / "ck")
@@ -322,6 +332,8 @@ def test_cli_bad_arguments_before_any_rank(saved: Path, tmp_path: Path,
         ([*train, "--save", str(saved)], "it holds another run's, up to step-000002, and this run starts from step 0",
          None),
         ([*train, "--resume", str(tmp_path / "afile")], "afile is a file, not a checkpoint directory", None),
+        ([*train, "--resume", str(saved / "step-000001"), "--save", str(saved)],
+         "it holds step-000002, beyond step 1 that this run resumes from", None),
         ([*train, "--resume", str(other)], "does not fit the model: not in the model 2: blocks.4.0.bias", None),
         (["consolidate", str(tmp_path / "notckpt"), "-o", str(tmp_path / "m.pt")], "holds no complete checkpoint",
          "--resume"),

@@ -138,12 +138,12 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
         rank_device(plan, rank, rank, args.device)
     if config.init is not None and config.resume is None:
         check_init(spec, config.init)  # and weights that do not fit the model
-    resume = args.resume
+    resume, from_step = args.resume, None
     if config.resume is not None:  # and so does a checkpoint that cannot continue
-        resume = str(check_resume(config, spec.model, note=lambda line: print(f"note: {line}", file=sys.stderr,
-                                                                             flush=True)).path)
-    if config.save is not None:
-        check_save(config.save, resuming=config.resume is not None)  # and a place checkpoints cannot go
+        info = check_resume(config, spec.model, note=lambda line: print(f"note: {line}", file=sys.stderr, flush=True))
+        resume, from_step = str(info.path), info.step
+    if config.save is not None:  # and a place checkpoints cannot go
+        check_save(config.save, resuming=config.resume is not None, from_step=from_step)
     cmd = [sys.executable, "-m", "autopipe", "train", args.spec, "--plan", args.plan,
            "--steps", str(args.steps), "--lr", repr(args.lr), "--optimizer", args.optimizer,
            "--device", args.device, "--timeout", repr(args.timeout), "--seed", str(args.seed)]

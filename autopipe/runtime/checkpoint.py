@@ -288,18 +288,21 @@ def check_model(path: Path, info: CheckpointInfo, metadata: Metadata, model: nn.
                 what=f"checkpoint {path}", source="checkpoint")
 
 
-def check_save(directory: str | Path, *, resuming: bool = True) -> None:
+def check_save(directory: str | Path, *, resuming: bool = True, from_step: int | None = None) -> None:
     """Raise unless checkpoints can be saved into ``directory`` (checked before training).
 
     Args:
         directory: where the run saves.
         resuming: whether the run resumes a checkpoint; a run that starts from step 0 may
             not save among another run's checkpoints.
+        from_step: the step of the checkpoint it resumes, where known: it may not save
+            among checkpoints of later steps ([Note: a stale latest]: resuming the
+            directory takes the highest step, which would be theirs, not this run's).
 
     Raises:
         CheckpointError: it is a file, a parent of it is a file, or the nearest existing
             folder cannot be written to; or it holds complete checkpoints and the run does
-            not resume.
+            not resume, or ones of later steps than the one it resumes.
     """
     root = Path(directory)
     found = _checkpoints(root) if root.is_dir() and not resuming else []
@@ -308,6 +311,14 @@ def check_save(directory: str | Path, *, resuming: bool = True) -> None:
                               "and this run starts from step 0",
                               hint=f"pass --resume {root} to continue that run, or save into another directory "
                                    "(or remove that one) to start over")
+    later = [p for p in _checkpoints(root) if (_step_of(p) or 0) > from_step] \
+        if root.is_dir() and from_step is not None else []
+    if later:  # `--resume DIR` would take the later one, of the run this one replaces
+        raise CheckpointError(f"cannot save checkpoints in {root}: it holds {', '.join(p.name for p in later)}, "
+                              f"beyond step {from_step} that this run resumes from, and resuming {root} takes "
+                              "the highest step",
+                              hint=f"save into another directory, or remove {later[0].name}"
+                                   f"{' and later' if len(later) > 1 else ''} from {root} first")
     hint = "name a directory for the checkpoints (created if missing) where you can write"
     if root.exists() and not root.is_dir():
         raise CheckpointError(f"cannot save checkpoints in {root}: it is a file, not a directory", hint=hint)

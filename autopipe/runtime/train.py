@@ -102,11 +102,13 @@ def train(
     rank, world, local_rank = distributed_env()
     prepared = prepared or prepare(spec, plan, world)
     device = rank_device(plan, rank, local_rank, config.device)
-    if config.save is not None:
-        check_save(config.save, resuming=config.resume is not None)  # not found at the first save, after training
+    from_step = None
     if config.resume is not None:  # a wrong checkpoint stops every rank before the rendezvous
         info = check_resume(config, spec.model, note=_stderr if rank == 0 else None)
         config = dataclasses.replace(config, resume=str(info.path))  # every rank loads that one
+        from_step = info.step
+    if config.save is not None:  # not found at the first save, after training
+        check_save(config.save, resuming=config.resume is not None, from_step=from_step)
     # a resumed run takes its weights from the checkpoint: --init is not read then
     init = config.init if config.resume is None else None
     with build(plan, spec, device=device, init=init, timeout_s=config.timeout_s, prepared=prepared,
