@@ -260,6 +260,12 @@ def test_a_stale_latest_resumes_the_newest_whole_checkpoint(ckpt: Path, tmp_path
     assert main(["consolidate", str(ckpt), "-o", str(tmp_path / "m.pt")]) == 0
     out = capsys.readouterr()
     assert "names step-000001, but step-000002 is newer" in out.err and "(step 2," in out.out, out
+    # the newer one damaged as well: one note, for the one passed over (not "taking step-000002")
+    (ckpt / "step-000002" / "__0_0.distcp").unlink()
+    notes.clear()
+    assert check_resume(TrainConfig(steps=5, optimizer="adam", lr=0.01, resume=str(ckpt)),
+                        note=notes.append).step == 1
+    assert len(notes) == 1 and notes[0].startswith(f"resuming from {ckpt / 'step-000001'}"), notes
 
 
 # --- steps past 999999 ---------------------------------------------------------------------------

@@ -149,14 +149,19 @@ def find_checkpoint(directory: str | Path, note: Callable[[str], None] | None = 
     if found:
         named = _latest(root)
         if named is not None and named != found[-1] and _complete(named) and note is not None:
-            note(f"{root / LATEST} names {named.name}, but {found[-1].name} is newer and complete (a save "
-                 f"stopped before it moved {LATEST}); taking {found[-1].name}")
+            note(_stale(root, named, found[-1]))
         return found[-1]
     partial = sorted(p.name for p in root.glob(f".{_PREFIX}*.partial"))
     seen = f" (only the unfinished {', '.join(partial)})" if partial else ""
     raise CheckpointError(f"{root} holds no complete checkpoint{seen}",
                           hint="a save that was interrupted leaves no checkpoint; name a directory "
                                "(or step-NNNNNN folder) that holds a complete one")
+
+
+def _stale(root: Path, named: Path, taken: Path) -> str:
+    """The note for a ``latest`` that names an older complete checkpoint than the one taken."""
+    return (f"{root / LATEST} names {named.name}, but {taken.name} is newer and complete (a save "
+            f"stopped before it moved {LATEST}); taking {taken.name}")
 
 
 def _latest(root: Path) -> Path | None:
@@ -181,7 +186,7 @@ def find_resumable(directory: str | Path, note: Callable[[str], None] | None = N
             error, with its hint).
     """
     root = Path(directory)
-    first = find_checkpoint(root, note)
+    first = find_checkpoint(root)
     if first == root:
         return root
     passed: list[str] = []
@@ -201,6 +206,8 @@ def find_resumable(directory: str | Path, note: Callable[[str], None] | None = N
             continue
         if passed and note is not None:
             note(f"resuming from {path}, the newest whole checkpoint in {root}: {'; '.join(passed)}")
+        elif note is not None and named is not None and named != path and _complete(named):
+            note(_stale(root, named, path))
         return path
     assert error is not None
     raise error
