@@ -72,3 +72,22 @@ def test_a_killed_rank_is_named_with_its_signal(tmp_path: Path, capfd: pytest.Ca
     assert code == 1 and "Traceback" not in err, err
     assert err.splitlines()[-1] == ("autopipe train: error: rank 1 failed first (exit codes [2, -9]); it was killed "
                                     "by SIGKILL (out of memory? the kernel's log says)"), err
+
+
+def test_the_first_loss_that_is_not_finite_is_noted(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A learning rate far too large: the run went on printing ``loss nan`` and said nothing."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    plan = tmp_path / "plan.json"
+    Case("mlp", 2).build(hand=True)[2].save(plan)
+    knobs = [f"--spec-arg={k}={v}" for k, v in TINY["mlp"].items()]
+    code = main(["train", f"{ROOT / 'examples' / 'mlp.py'}:build", *knobs, "--plan", str(plan), "--steps", "4",
+                 "--device", "cpu", "--launch", "2", "--optimizer", "sgd", "--lr", "1e30"])
+    out, err = capfd.readouterr()
+    assert code == 0
+    bad = [line for line in out.splitlines() if line.startswith("step ") and "loss nan" in line]
+    assert len(bad) >= 2, out
+    step = bad[0].split()[1].split("/")[0]
+    notes = [line for line in err.splitlines() if "is nan" in line]
+    assert notes == [f"note: the loss of step {step} is nan; training goes on, its updates likely nan too: "
+                     "try a lower --lr (now 1e+30), or check that step's batch"], err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import math
 import statistics
 import sys
 import time
@@ -172,6 +173,10 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
             if reports:
                 result.losses.append(loss)
                 log(f"step {step + 1}/{config.steps}  loss {loss:.6f}  time {dt * 1e3:.1f} ms")
+                if not math.isfinite(loss) and all(math.isfinite(x) for x in result.losses[:-1]):
+                    # said once, on the first: a run that goes on prints every later loss anyway
+                    _stderr(f"the loss of step {step + 1} is {loss}; training goes on, its updates likely "
+                            f"{loss} too: try a lower --lr (now {config.lr:g}), or check that step's batch")
             done = step + 1
             if config.save is not None and (done == config.steps or (config.save_every and done % config.save_every == 0)):
                 t0 = time.perf_counter()
