@@ -191,6 +191,21 @@ def test_a_state_dict_in_memory() -> None:
         open_weights({**STATE, "step": 3})  # type: ignore[dict-item]
 
 
+@pytest.mark.parametrize("keep", [0, 100, 0.5, -10])
+def test_a_truncated_torch_file_is_named_as_such(tmp_path: Path, keep: float) -> None:
+    """A ``.pt`` cut short (a copy that stopped): the message said "torch.load fails" and
+    hinted to "save plain tensors", as if the file held something else."""
+    whole = tmp_path / "whole.pt"
+    torch.save(STATE, whole)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[:int(keep * len(data)) if isinstance(keep, float) else keep])
+    with pytest.raises(WeightsError, match="is not a whole torch.save file: it is damaged or truncated") as e:
+        open_weights(cut)
+    assert e.value.hint == "save it again: torch.save(model.state_dict(), path)"
+    assert "\n" not in str(e.value)
+
+
 def test_a_pickled_module_is_named_as_such(tmp_path: Path) -> None:
     """``torch.save(model)`` pickles the module: the message says so on one line, without the
     terminal escapes and the cut-off paragraphs of torch's own (the tester's ``module.pt``)."""

@@ -305,8 +305,13 @@ def _open_torch(p: Path) -> Weights:
                                 "path) (torch.save(model) pickles the whole module)") from None
     except Exception as e:
         line = _ANSI.sub("", str(e)).strip().splitlines()
-        raise WeightsError(f"{p}: torch.load(weights_only=True) fails ({type(e).__name__}: "
-                           f"{line[0] if line else ''})",
+        first = line[0] if line else ""
+        if isinstance(e, OSError) or "PytorchStreamReader" in first or p.stat().st_size == 0:
+            # a file cut short: its zip directory, at the end, is missing (an OSError under mmap)
+            raise WeightsError(f"{p} is not a whole torch.save file: it is damaged or truncated "
+                               f"({p.stat().st_size:,} bytes; {type(e).__name__}: {first[:120]})",
+                               hint="save it again: torch.save(model.state_dict(), path)") from None
+        raise WeightsError(f"{p}: torch.load(weights_only=True) fails ({type(e).__name__}: {first})",
                            hint="save plain tensors: torch.save(model.state_dict(), path)") from None
     state = loaded
     if isinstance(loaded, dict) and not _all_tensors(loaded):
