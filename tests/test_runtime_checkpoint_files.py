@@ -119,10 +119,7 @@ def test_resuming_a_directory_passes_over_a_damaged_or_unfinished_newest(ckpt: P
                         note=notes.append).step == 1
     assert notes and notes[0].endswith(f"{ckpt / 'step-000002'} is unfinished (no autopipe.json)"), notes
     # the CLI (a world of one: the plan's one stage) says so on stderr, and trains on from step 1
-    plan = tmp_path / "plan.json"
-    spec = example_spec("mlp", **MLP)
-    plan_from_cuts(trace(spec.model, spec.example_inputs), [], microbatches=4).save(plan)
-    assert main(["train", MLP_FILE, *CLI, "--plan", str(plan), "--steps", "2", "--resume", str(ckpt)]) == 0
+    assert _train_one_stage(tmp_path, ckpt, steps=2) == 0
     out = capsys.readouterr()
     assert out.err.startswith(f"note: resuming from {ckpt / 'step-000001'}"), out.err
     assert f"resumed from {ckpt / 'step-000001'} after step 1" in out.out and "step 2/2" in out.out, out.out
@@ -250,10 +247,7 @@ def test_a_stale_latest_resumes_the_newest_whole_checkpoint(ckpt: Path, tmp_path
             assert load_checkpoint(ckpt, pipe).step == 2
     assert consolidate(ckpt)[1].step == 2
     # the CLI says so on stderr and trains on from step 2
-    plan = tmp_path / "plan.json"
-    spec = example_spec("mlp", **MLP)
-    plan_from_cuts(trace(spec.model, spec.example_inputs), [], microbatches=4).save(plan)
-    assert main(["train", MLP_FILE, *CLI, "--plan", str(plan), "--steps", "3", "--resume", str(ckpt)]) == 0
+    assert _train_one_stage(tmp_path, ckpt, steps=3) == 0
     out = capsys.readouterr()
     assert out.err.startswith(f"note: {ckpt / 'latest'} names step-000001, but step-000002"), out.err
     assert f"resumed from {ckpt / 'step-000002'} after step 2" in out.out and "step 3/3" in out.out, out.out
@@ -370,3 +364,11 @@ def test_resume_notes_name_what_differs_from_the_checkpoint(saved: Path) -> None
         f"note: --init w.safetensors is not read: the weights come from checkpoint {info.path}",
         f"note: this run differs from checkpoint {info.path}: --lr 0.5 (it had 0.01); 8 micro-batches of 2 "
         "a step (it had 4 micro-batches of 4: the data may differ from a run straight through)"]
+
+
+def _train_one_stage(tmp_path: Path, ckpt: Path, *, steps: int) -> int:
+    """``autopipe train`` of the MLP as one stage (a world of one), resuming ``ckpt``."""
+    plan = tmp_path / "plan.json"
+    spec = example_spec("mlp", **MLP)
+    plan_from_cuts(trace(spec.model, spec.example_inputs), [], microbatches=4).save(plan)
+    return main(["train", MLP_FILE, *CLI, "--plan", str(plan), "--steps", str(steps), "--resume", str(ckpt)])

@@ -15,6 +15,14 @@ from .conftest import ROOT
 from .runtime_cases import TINY, Case
 
 
+def _mlp_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
+    """The tiny MLP's hand-made 2-stage plan, saved, and its spec knobs; one thread a rank."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    plan = tmp_path / "plan.json"
+    Case("mlp", 2).build(hand=True)[2].save(plan)
+    return plan, [f"--spec-arg={k}={v}" for k, v in TINY["mlp"].items()]
+
+
 @pytest.mark.parametrize(("build", "failed", "timeout"), [
     ("build", "in step 1: ValueError: this loss fails on purpose", "300"),
     ("build_batch", "while drawing the batch of step 2: KeyError: 'no such shard'", "300"),  # was a traceback
@@ -25,10 +33,7 @@ def test_the_failing_ranks_error_comes_first_with_its_line(tmp_path: Path, capfd
                                                             monkeypatch: pytest.MonkeyPatch, build: str,
                                                             failed: str, timeout: str) -> None:
     """Its peer lost it and said so too, often first, and --launch blamed the lowest rank."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    plan = tmp_path / "plan.json"
-    Case("mlp", 2).build(hand=True)[2].save(plan)
-    knobs = [f"--spec-arg={k}={v}" for k, v in TINY["mlp"].items()]
+    plan, knobs = _mlp_plan(tmp_path, monkeypatch)
     code = main(["train", f"tests.failing_loss_worker:{build}", *knobs, "--plan", str(plan), "--steps", "2",
                  "--device", "cpu", "--launch", "2", "--timeout", timeout])
     err = capfd.readouterr().err
@@ -62,10 +67,7 @@ def test_launch_refuses_a_cuda_plan_without_cuda_before_any_rank(tmp_path: Path,
 def test_a_killed_rank_is_named_with_its_signal(tmp_path: Path, capfd: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """It prints nothing; the last line said "its message above says why"."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    plan = tmp_path / "plan.json"
-    Case("mlp", 2).build(hand=True)[2].save(plan)
-    knobs = [f"--spec-arg={k}={v}" for k, v in TINY["mlp"].items()]
+    plan, knobs = _mlp_plan(tmp_path, monkeypatch)
     code = main(["train", "tests.failing_loss_worker:build_killed", *knobs, "--plan", str(plan), "--steps", "2",
                  "--device", "cpu", "--launch", "2"])
     err = capfd.readouterr().err
@@ -77,10 +79,7 @@ def test_a_killed_rank_is_named_with_its_signal(tmp_path: Path, capfd: pytest.Ca
 def test_the_first_loss_that_is_not_finite_is_noted(tmp_path: Path, capfd: pytest.CaptureFixture[str],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A learning rate far too large: the run went on printing ``loss nan`` and said nothing."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    plan = tmp_path / "plan.json"
-    Case("mlp", 2).build(hand=True)[2].save(plan)
-    knobs = [f"--spec-arg={k}={v}" for k, v in TINY["mlp"].items()]
+    plan, knobs = _mlp_plan(tmp_path, monkeypatch)
     code = main(["train", f"{ROOT / 'examples' / 'mlp.py'}:build", *knobs, "--plan", str(plan), "--steps", "4",
                  "--device", "cpu", "--launch", "2", "--optimizer", "sgd", "--lr", "1e30"])
     out, err = capfd.readouterr()
