@@ -142,3 +142,26 @@ def test_cli_trains_a_gpus_plan_as_made_and_resumes(tmp_path: Path) -> None:
     assert info.step == 3 and info.world_size == 4
     for name, value in graph.gm.state_dict().items():
         torch.testing.assert_close(state[name], value, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+# --- a plan that shards the optimizer (ZeRO-1) -------------------------------------------------
+
+def test_a_sharded_optimizer_plan_is_not_trained_unsharded(mlp_plan, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Trained as DDP, every replica would hold the whole optimizer state the plan split."""
+    from autopipe.runtime.train import check_unsharded
+
+    _, _, plan = mlp_plan
+    plain = _with_replicas(plan, ((0, 2), (1, 3)))
+    check_unsharded(plain)
+    assert plain.data_parallel is not None
+    sharded = dataclasses.replace(plain, data_parallel=dataclasses.replace(plain.data_parallel,
+                                                                           shard_optimizer=True))
+    with pytest.raises(PlanError, match=r"shards each stage's optimizer states over its 2 data-parallel") as e:
+        check_unsharded(sharded)
+    assert e.value.hint and "--shard-optimizer" in e.value.hint
+    sharded.save(tmp_path / "plan.json")
+    knobs = [f"--spec-arg={k}={v}" for k, v in TINY["mlp"].items()]
+    run = _autopipe("train", MLP, *knobs, "--plan", str(tmp_path / "plan.json"), "--steps", "1",
+                    "--device", "cpu", "--launch", "4")
+    assert run.returncode == 2, run.stderr
+    assert "data_parallel.shard_optimizer" in run.stderr and "Traceback" not in run.stderr

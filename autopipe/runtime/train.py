@@ -19,7 +19,7 @@ from torch import nn
 
 from autopipe._units import format_seconds, format_size
 from autopipe.batching import example_batch
-from autopipe.errors import CheckpointError, SpecError
+from autopipe.errors import CheckpointError, PlanError, SpecError
 from autopipe.plan_format import Plan
 from autopipe.runtime.affinity import allowed_cpus
 from autopipe.runtime.checkpoint import (
@@ -42,8 +42,8 @@ from autopipe.runtime.prepare import Prepared, prepare
 from autopipe.runtime.timeline import ActionLog, compare, gathered, write_trace
 from autopipe.spec import ModelSpec
 
-__all__ = ["Prepared", "TrainResult", "check_resume", "check_save", "free_port", "prepare", "rank_device",
-           "resume_notes", "train"]
+__all__ = ["Prepared", "TrainResult", "check_resume", "check_save", "check_unsharded", "free_port", "prepare",
+           "rank_device", "resume_notes", "train"]
 
 
 @dataclass
@@ -100,6 +100,7 @@ def train(
         PlanMismatchError: wrong model, micro-batch shape or world size (before any rank starts).
         RuntimeStageError: a peer died or stopped answering within ``config.timeout_s``.
     """
+    check_unsharded(plan)  # before the rendezvous: every rank stops
     rank, world, local_rank = distributed_env()
     prepared = prepared or prepare(spec, plan, world)
     device = rank_device(plan, rank, local_rank, config.device)
@@ -191,6 +192,24 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
         if config.timeline is not None and pipe.timeline is not None:
             _timeline(config.timeline, plan, pipe.timeline, result.world_size, reports, log, device)
     return result
+
+
+def check_unsharded(plan: Plan) -> None:
+    """Raise unless every replica of ``plan`` is to hold its stage's whole optimizer state.
+
+    A plan made with ``--shard-optimizer`` charges each rank 1/dp of its stage's optimizer
+    states (ZeRO-1); trained as DDP, every rank would hold all of them, more memory than
+    the plan promised.
+
+    Raises:
+        PlanError: the plan shards the optimizer over its replicas.
+    """
+    dp = plan.data_parallel
+    if dp is not None and dp.shard_optimizer and dp.degree > 1:
+        raise PlanError(f"the plan shards each stage's optimizer states over its {dp.degree} data-parallel "
+                        "replicas (data_parallel.shard_optimizer, ZeRO-1), which autopipe train does not do: "
+                        "every replica would hold the whole optimizer state, more memory than the plan charges",
+                        hint="make the plan without --shard-optimizer (shard_optimizer=False)")
 
 
 def _span(pipe: Pipe, kind: str) -> contextlib.AbstractContextManager[None]:
