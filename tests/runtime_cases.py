@@ -71,6 +71,8 @@ class Case:
     the global batch ``replicas × microbatches`` micro-batches)."""
     placement: str = "pipelines"
     """With replicas: the rank order (``autopipe.partition.replicas.PLACEMENTS``)."""
+    shard_optimizer: bool = False
+    """With replicas: the plan shards each stage's optimizer states over them (ZeRO-1)."""
     recompute: str = "none"
     """The planner's recomputation (``full``: every block that can be runs under checkpointing)."""
     max_blocks: int = DEFAULT_MAX_BLOCKS
@@ -97,7 +99,9 @@ class Case:
                 + ("" if self.max_blocks == DEFAULT_MAX_BLOCKS else f"-blocks{self.max_blocks}")
                 + ("" if self.remake == "auto" else f"-remake-{self.remake}")
                 + ("" if self.links is None else "-forward-only")
-                + ("-loss-alone" if self.loss_alone else ""))
+                + ("-loss-alone" if self.loss_alone else "")
+                + (f"-{self.optimizer}" if self.replicas > 1 and self.optimizer != "sgd-momentum" else "")
+                + ("-zero1" if self.shard_optimizer else ""))
 
     @property
     def world_size(self) -> int:
@@ -132,7 +136,8 @@ class Case:
                 return plan_degrees(profile, gpus=self.world_size, stages=self.stages,
                                     batch_size=self.replicas * self.microbatches * size,
                                     microbatches=self.microbatches, schedule=self.schedule,
-                                    placements=(self.placement,), method="ilp", remake=self.remake)
+                                    placements=(self.placement,), method="ilp", remake=self.remake,
+                                    shard_optimizer=self.shard_optimizer)
             return plan_profile(profile, num_stages=self.stages, microbatches=self.microbatches,
                                 schedule=self.schedule, method="ilp", recompute=self.recompute,
                                 max_blocks=self.max_blocks, remake=self.remake, link_bandwidth=bandwidth)
@@ -170,6 +175,15 @@ CASES = {c.name: c for c in [
     Case("llama", 2, replicas=2, placement="replicas"),
     Case("gpt2", 1, replicas=2),
     Case("mlp", 2, "zb-h1", replicas=2),  # split backward: weight gradients as separate actions
+    # ZeRO-1: each stage's optimizer states split over its replicas ([Note: the sharded
+    # optimizer step]); tied embedding against one process; Adam, and bf16 through master
+    # weights, against the same plan unsharded (Adam's updates of gradients near 0 follow
+    # the all-reduce's rounding, which one process does not share)
+    Case("gpt2", 2, replicas=2, shard_optimizer=True),
+    Case("mlp", 2, replicas=2, optimizer="adam"),
+    Case("mlp", 2, replicas=2, optimizer="adam", shard_optimizer=True),
+    Case("llama", 2, replicas=2, optimizer="adam", lr=1e-2, knobs={"dtype": "bfloat16"}),
+    Case("llama", 2, replicas=2, optimizer="adam", lr=1e-2, knobs={"dtype": "bfloat16"}, shard_optimizer=True),
     # recomputation: every block that can be runs under checkpointing ([Note: recomputed
     # regions]); tied weights, batch-norm statistics, skips
     Case("gpt2", 2, recompute="full"),

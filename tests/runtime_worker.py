@@ -38,7 +38,8 @@ def run_cases(argv: list[str], train_case: Callable[[Path, str], tuple[TrainResu
     for name in argv[1:]:
         result, graph = train_case(out, name)
         state = trained_state(result.modules.values(), graph)
-        torch.save({"losses": result.losses, "state": state, "stages": result.stages},
+        torch.save({"losses": result.losses, "state": state, "stages": result.stages,
+                    "optimizer_params": result.optimizer_params, "optimizer_bytes": result.optimizer_bytes},
                    out / f"{name}.rank{rank}.pt")
     dist.destroy_process_group()
     return 0

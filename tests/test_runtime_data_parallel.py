@@ -8,7 +8,9 @@ import dataclasses
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,11 +23,14 @@ from autopipe.runtime.data_parallel import replica_share
 from autopipe.runtime.optim import TrainConfig
 from autopipe.runtime.placement import check_world_size, grid_position, rank_grid
 from autopipe.runtime.reference import reference_train
+from autopipe.runtime.tied import canonical_names
 
 from .conftest import ROOT
 from .runtime_cases import CASES, TINY, WORKER_ENV, Case, compare_with_one_process, run_job
 
-JOBS = {n: [c for c in CASES.values() if c.replicas > 1 and c.world_size == n] for n in (2, 4)}
+ZERO = [c for c in CASES.values() if c.replicas > 1 and (c.shard_optimizer or c.optimizer == "adam")]
+"""ZeRO-1 cases and the unsharded ones they are compared with (one 4-rank job)."""
+JOBS = {n: [c for c in CASES.values() if c.replicas > 1 and c.world_size == n and c not in ZERO] for n in (2, 4)}
 
 
 @pytest.fixture(scope="module")
@@ -109,13 +114,18 @@ def _autopipe(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_cli_trains_a_gpus_plan_as_made_and_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shard", [False, True], ids=["ddp", "zero1"])
+def test_cli_trains_a_gpus_plan_as_made_and_resumes(tmp_path: Path, shard: bool) -> None:
+    """Sharded (--shard-optimizer): each owner saves its parameters' momenta, and the resumed
+    run continues as straight through."""
     plan_path, ckpt = tmp_path / "plan.json", tmp_path / "ckpt"
     made = _autopipe("plan", MLP, *KNOBS, "--device-spec", "h100", "--gpus", "4", "--batch-size", "32",
-                     "--schedule", "1f1b", "--method", "dp", "-o", str(plan_path))
+                     "--schedule", "1f1b", "--method", "dp", "-o", str(plan_path),
+                     *(["--shard-optimizer"] if shard else []))
     assert made.returncode == 0, made.stderr
     plan = autopipe.Plan.load(plan_path)
     assert plan.data_parallel is not None and plan.data_parallel.world_size == 4 and plan.replicas > 1
+    assert plan.data_parallel.shard_optimizer == shard
 
     wrong = _autopipe("train", MLP, *KNOBS, "--plan", str(plan_path), "--steps", "1", "--device", "cpu",
                       "--launch", "2")
@@ -129,6 +139,7 @@ def test_cli_trains_a_gpus_plan_as_made_and_resumes(tmp_path: Path) -> None:
     resumed = _autopipe("train", *common, "--steps", "3", "--resume", str(ckpt))
     assert resumed.returncode == 0, resumed.stderr
     assert f"{plan.replicas} data-parallel replicas" in first.stdout
+    assert (f"sharded over {plan.replicas} replicas" in first.stdout) == shard
     printed = [float(ln.split()[3]) for out in (first, resumed) for ln in out.stdout.splitlines()
                if ln.startswith("step ")]
     assert len(printed) == 3  # one rank reports: the last stage of replica 0
@@ -146,22 +157,71 @@ def test_cli_trains_a_gpus_plan_as_made_and_resumes(tmp_path: Path) -> None:
 
 # --- a plan that shards the optimizer (ZeRO-1) -------------------------------------------------
 
-def test_a_sharded_optimizer_plan_is_not_trained_unsharded(mlp_plan, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Trained as DDP, every replica would hold the whole optimizer state the plan split."""
-    from autopipe.runtime.train import check_unsharded
+@pytest.fixture(scope="module")
+def zero_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("zero")
+    run_job(out, 4, ZERO)
+    return out
 
-    _, _, plan = mlp_plan
-    plain = _with_replicas(plan, ((0, 2), (1, 3)))
-    check_unsharded(plain)
-    assert plain.data_parallel is not None
-    sharded = dataclasses.replace(plain, data_parallel=dataclasses.replace(plain.data_parallel,
-                                                                           shard_optimizer=True))
-    with pytest.raises(PlanError, match=r"shards each stage's optimizer states over its 2 data-parallel") as e:
-        check_unsharded(sharded)
-    assert e.value.hint and "--shard-optimizer" in e.value.hint
-    sharded.save(tmp_path / "plan.json")
-    knobs = [f"--spec-arg={k}={v}" for k, v in TINY["mlp"].items()]
-    run = _autopipe("train", MLP, *knobs, "--plan", str(tmp_path / "plan.json"), "--steps", "1",
-                    "--device", "cpu", "--launch", "4")
-    assert run.returncode == 2, run.stderr
-    assert "data_parallel.shard_optimizer" in run.stderr and "Traceback" not in run.stderr
+
+def _check_owners(case: Case, out: Path) -> list[dict[str, Any]]:
+    """Each rank's optimizer stepped the parameters it owns only, and every parameter of a
+    stage is owned by exactly one of its replicas. Returns the ranks' results."""
+    results = [torch.load(out / f"{case.name}.rank{r}.pt") for r in range(case.world_size)]
+    plan = autopipe.Plan.load(out / f"{case.name}.plan.json")
+    assert plan.data_parallel is not None and plan.data_parallel.shard_optimizer
+    spec = case.spec()
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    canonical = canonical_names(graph)
+    params = {canonical.get(k, k) for k, _ in graph.gm.named_parameters(remove_duplicate=False)}
+    for stage, ranks in enumerate(plan.data_parallel.ranks):
+        held = set(results[ranks[0]]["state"]) & params  # the stage's parameters, on every replica
+        owned = [set(results[r]["optimizer_params"]) for r in ranks]
+        assert all(owned), f"stage {stage}: a replica owns no parameter"
+        assert not owned[0] & owned[1], f"stage {stage}: parameters stepped twice: {owned[0] & owned[1]}"
+        assert owned[0] | owned[1] == held, f"stage {stage}: {held ^ (owned[0] | owned[1])}"
+    return results
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("case", [c for c in ZERO if c.shard_optimizer and c.optimizer == "sgd-momentum"],
+                         ids=lambda c: c.name)
+def test_sharded_optimizer_trains_as_one_process(case: Case, zero_dir: Path) -> None:
+    """pp 2 × dp 2, each stage's momenta split over its 2 replicas, GPT-2's embedding tied
+    across the stages: the losses and the trained model equal one process's."""
+    compare_with_one_process(case, zero_dir)
+    _check_owners(case, zero_dir)
+
+
+PAIRS = [(c, replace(c, shard_optimizer=True)) for c in ZERO if not c.shard_optimizer]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: p[1].name)
+def test_sharded_optimizer_equals_the_unsharded_run(pair: tuple[Case, Case], zero_dir: Path) -> None:
+    """The same model and batches with and without ZeRO-1 (Adam; bf16 Llama through fp32
+    master weights): the same losses and trained model bit for bit, the optimizer states
+    (and masters) split exactly in two over the replicas."""
+    plain, zero = pair
+    a = [torch.load(zero_dir / f"{plain.name}.rank{r}.pt") for r in range(4)]
+    b = _check_owners(zero, zero_dir)
+    assert [x["losses"] for x in a] == [x["losses"] for x in b]
+    for x, y in zip(a, b):
+        assert x["state"].keys() == y["state"].keys()
+        for name in x["state"]:
+            assert torch.equal(x["state"][name], y["state"][name]), name
+        assert set(y["optimizer_params"]) < set(x["optimizer_params"])
+        assert 0 < y["optimizer_bytes"] < x["optimizer_bytes"]
+    assert 2 * sum(y["optimizer_bytes"] for y in b) == sum(x["optimizer_bytes"] for x in a)
+
+
+def test_owners_are_whole_tensors_balanced_by_bytes() -> None:
+    """The largest first, each to the replica owning the fewest bytes (ties: the lower one,
+    then the earlier name), the same whatever the call."""
+    from autopipe.runtime.zero import owners
+
+    sizes = {"a": 4, "b": 3, "c": 2, "d": 2, "e": 1}
+    assert owners(sizes, 2) == {"a": 0, "b": 1, "c": 1, "d": 0, "e": 1}  # 6 and 6 bytes
+    assert list(owners(sizes, 2)) == list(sizes)
+    assert owners({"x": 1, "y": 1}, 3) == {"x": 0, "y": 1}  # replica 2 owns nothing
+    assert owners(sizes, 1) == dict.fromkeys(sizes, 0)

@@ -129,11 +129,10 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
     from autopipe.runtime.launch import launch
     from autopipe.runtime.materialize import check_init
     from autopipe.runtime.prepare import prepare
-    from autopipe.runtime.train import check_resume, check_save, check_unsharded
+    from autopipe.runtime.train import check_resume, check_save
 
     if args.launch < 1:
         raise AutopipeError(f"--launch {args.launch}", hint="start at least one rank")
-    check_unsharded(plan)
     prepare(spec, plan, args.launch)  # a wrong plan stops here, before any rank starts
     for rank in range(args.launch):  # and a device this machine lacks (each rank said so, started for nothing)
         rank_device(plan, rank, rank, args.device)

@@ -21,6 +21,7 @@ from torch import nn
 
 from autopipe._optimizers import MasterWeights
 from autopipe.errors import CheckpointError
+from autopipe.runtime.zero import ShardedOptimizer
 
 STATE, GROUP, MASTER = "optim/", "optim_group/", "master/"
 
@@ -63,6 +64,10 @@ def optimizer_state(optimizer: Any, named: Mapping[str, nn.Parameter]) -> dict[s
     Raises:
         CheckpointError: the optimizer updates tensors that are not among ``named``.
     """
+    if isinstance(optimizer, ShardedOptimizer):  # its owner's states: each rank saves its own
+        optimizer = optimizer.inner
+        if optimizer is None:
+            return {}
     inner, groups = _names(optimizer, named)
     out: dict[str, Any] = {}
     for group, pairs in zip(inner.param_groups, groups):
@@ -86,6 +91,10 @@ def load_optimizer_state(optimizer: Any, named: Mapping[str, nn.Parameter], stat
     Raises:
         CheckpointError: the state is another kind of optimizer's (Adam given SGD's momenta).
     """
+    if isinstance(optimizer, ShardedOptimizer):  # the states of the parameters this rank owns
+        optimizer = optimizer.inner
+        if optimizer is None:
+            return
     inner, groups = _names(optimizer, named)
     per_param: dict[str, dict[str, Any]] = {}
     for key, value in state.items():

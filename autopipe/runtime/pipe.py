@@ -3,7 +3,7 @@
 ::
 
     pipe = autopipe.runtime.build(plan, spec)          # under torchrun: one rank
-    opt = torch.optim.AdamW(pipe.parameters(), lr=3e-4)
+    opt = pipe.optimizer(lambda ps: torch.optim.AdamW(ps, lr=3e-4))  # sharded where the plan says
     for step in range(steps):
         batch = pipe.replicas.share(*spec.batch(plan.microbatches * pipe.replicas.dp, step))
         losses = pipe.step(*pipe.take(*batch))         # micro-batch losses (last stage's rank)
@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from autopipe._malloc import pin_malloc as _pin_malloc
+from autopipe._optimizers import Stepper
 from autopipe._subnormals import flush_subnormals
 from autopipe._torch_pipelining import messages_within
 from autopipe.errors import AutopipeError, CheckpointError
@@ -58,6 +59,7 @@ from autopipe.runtime.state_keys import check_tied_alike, match_state, names
 from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage_params
 from autopipe.runtime.timeline import ActionLog
 from autopipe.runtime.weights import WeightsSource
+from autopipe.runtime.zero import ShardedOptimizer
 from autopipe.spec import ModelSpec, example_target, scalar_loss
 
 _NONE, _LOCAL, _SUMMED = "none", "local", "summed"
@@ -195,6 +197,31 @@ class Pipe:
     def parameters(self) -> Iterator[nn.Parameter]:
         """This rank's parameters, each once (hand them to your optimizer)."""
         yield from self._params.values()
+
+    @property
+    def shards_optimizer(self) -> bool:
+        """The plan splits each stage's optimizer states over its replicas (ZeRO-1)."""
+        dp = self.plan.data_parallel
+        return dp is not None and dp.shard_optimizer and self.replicas.dp > 1
+
+    def optimizer(self, make: Callable[[list[nn.Parameter]], Stepper | None]) -> Stepper | None:
+        """This rank's optimizer, as the plan charges it: ``make`` over this rank's parameters;
+        with a plan that shards the optimizer (``data_parallel.shard_optimizer``), over the
+        ones this rank owns only, its ``step`` broadcasting each parameter from its owner to
+        the other replicas (collective; [Note: the sharded optimizer step] in
+        ``autopipe.runtime.zero``).
+
+        Args:
+            make: builds an optimizer over the parameters given, e.g.
+                ``lambda ps: torch.optim.AdamW(ps, lr=3e-4)``; may return None.
+
+        Returns:
+            The optimizer to step after ``sync_tied_grads`` (and ``clip_grad_norm_``); None
+            where ``make`` made none (a rank without parameters).
+        """
+        if not self.shards_optimizer:
+            return make(list(self._params.values()))
+        return ShardedOptimizer(self.replicas, self._params, make)
 
     def train(self, mode: bool = True) -> Pipe:
         """Put this rank's stage modules in training (or evaluation) mode, as ``nn.Module.train``.

@@ -19,7 +19,7 @@ from torch import nn
 
 from autopipe._units import format_seconds, format_size
 from autopipe.batching import example_batch
-from autopipe.errors import CheckpointError, PlanError, SpecError
+from autopipe.errors import CheckpointError, SpecError
 from autopipe.plan_format import Plan
 from autopipe.runtime.affinity import allowed_cpus
 from autopipe.runtime.checkpoint import (
@@ -40,9 +40,10 @@ from autopipe.runtime.pipe import Pipe, build
 from autopipe.runtime.placement import grid_position, rank_of_stages
 from autopipe.runtime.prepare import Prepared, prepare
 from autopipe.runtime.timeline import ActionLog, compare, gathered, write_trace
+from autopipe.runtime.zero import ShardedOptimizer, optimizer_bytes
 from autopipe.spec import ModelSpec
 
-__all__ = ["Prepared", "TrainResult", "check_resume", "check_save", "check_unsharded", "free_port", "prepare",
+__all__ = ["Prepared", "TrainResult", "check_resume", "check_save", "free_port", "prepare",
            "rank_device", "resume_notes", "train"]
 
 
@@ -68,6 +69,11 @@ class TrainResult:
     """Stage index → this rank's trained stage module."""
     start_step: int = 0
     """Steps done before this run (resumed from a checkpoint); ``losses`` start after them."""
+    optimizer_params: tuple[str, ...] = ()
+    """Names of the parameters this rank's optimizer steps: all of its stages', or with a
+    plan that shards the optimizer, those it owns ([Note: the sharded optimizer step])."""
+    optimizer_bytes: int = 0
+    """Bytes of this rank's optimizer states and fp32 master copies after the last step."""
 
     @property
     def steps_per_s(self) -> float:
@@ -100,7 +106,6 @@ def train(
         PlanMismatchError: wrong model, micro-batch shape or world size (before any rank starts).
         RuntimeStageError: a peer died or stopped answering within ``config.timeout_s``.
     """
-    check_unsharded(plan)  # before the rendezvous: every rank stops
     rank, world, local_rank = distributed_env()
     prepared = prepared or prepare(spec, plan, world)
     device = rank_device(plan, rank, local_rank, config.device)
@@ -122,7 +127,7 @@ def train(
 def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
          log: Callable[[str], None]) -> TrainResult:
     device = pipe.device
-    optimizer = make_optimizer(pipe.parameters(), config)
+    optimizer = pipe.optimizer(lambda params: make_optimizer(params, config))  # sharded where the plan says
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if config.timeline is not None:
@@ -187,29 +192,14 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
                     log(f"saved checkpoint {path} ({format_size(size)}, {time.perf_counter() - t0:.2f} s)")
     finally:
         gc.unfreeze()
+    result.optimizer_bytes = optimizer_bytes(optimizer)
+    result.optimizer_params = (optimizer.owned_names if isinstance(optimizer, ShardedOptimizer) else
+                               tuple(n for n, p in pipe.named_parameters() if p.requires_grad) if optimizer else ())
     with failures(pipe.where, "while gathering the summary", config.timeout_s):
         _summary(plan, reports, result, device, log)
         if config.timeline is not None and pipe.timeline is not None:
             _timeline(config.timeline, plan, pipe.timeline, result.world_size, reports, log, device)
     return result
-
-
-def check_unsharded(plan: Plan) -> None:
-    """Raise unless every replica of ``plan`` is to hold its stage's whole optimizer state.
-
-    A plan made with ``--shard-optimizer`` charges each rank 1/dp of its stage's optimizer
-    states (ZeRO-1); trained as DDP, every rank would hold all of them, more memory than
-    the plan promised.
-
-    Raises:
-        PlanError: the plan shards the optimizer over its replicas.
-    """
-    dp = plan.data_parallel
-    if dp is not None and dp.shard_optimizer and dp.degree > 1:
-        raise PlanError(f"the plan shards each stage's optimizer states over its {dp.degree} data-parallel "
-                        "replicas (data_parallel.shard_optimizer, ZeRO-1), which autopipe train does not do: "
-                        "every replica would hold the whole optimizer state, more memory than the plan charges",
-                        hint="make the plan without --shard-optimizer (shard_optimizer=False)")
 
 
 def _span(pipe: Pipe, kind: str) -> contextlib.AbstractContextManager[None]:
@@ -338,13 +328,19 @@ def _resume(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe, optimi
 
 def _summary(plan: Plan, has_last: bool, result: TrainResult, device: torch.device,
              log: Callable[[str], None]) -> None:
-    peaks: list[Any] = [None] * result.world_size
+    gathered_: list[Any] = [None] * result.world_size
     mine = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    dist.all_gather_object(peaks, mine)
+    dist.all_gather_object(gathered_, (mine, result.optimizer_bytes))
+    peaks = [g[0] for g in gathered_]
     if mine is not None:
         result.peak_memory = {r: int(v) for r, v in enumerate(peaks) if v is not None}
     if not has_last:
         return
+    held = [g[1] for g in gathered_]
+    if any(held):
+        dp = plan.data_parallel
+        how = f", sharded over {dp.degree} replicas" if dp is not None and dp.shard_optimizer and dp.degree > 1 else ""
+        log(f"optimizer states per rank{how}: " + ", ".join(f"rank {r} {format_size(b)}" for r, b in enumerate(held)))
     ranks = rank_of_stages(plan)
     total = sum(result.step_s)
     log(f"done: {len(result.step_s)} steps in {total:.3f} s, {result.steps_per_s:.3f} steps/s "
