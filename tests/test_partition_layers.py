@@ -325,3 +325,33 @@ def test_a_parameter_no_node_reads_needs_no_holder() -> None:
     info = plan.options["granularity"]
     assert info["holders"] == [[], []]
     assert "dinov2.embeddings" in info["units"][0]  # the module stays with the first stage's unit
+
+
+@pytest.mark.parametrize("blocks,module,lists,layers", [
+    # an encoder and a decoder of one layer each (Whisper, BART from tiny configs): it
+    # found no repeated layers until 2026-12-07
+    (2, lambda i: f"enc.layers.{i}" if i < 1 else f"dec.layers.{i - 1}", ["enc.layers", "dec.layers"], 2),
+    # a stack of one layer beside a stack of two, named alike: both are cut between
+    (3, lambda i: f"enc.layers.{i}" if i < 2 else f"dec.layers.{i - 2}", ["enc.layers", "dec.layers"], 3),
+    # a list of one block named like no stack (a head) stays inside the units around them
+    (3, lambda i: f"h.{i}" if i < 2 else f"proj.{i - 2}", ["h"], 2),
+    # a model of one layer
+    (1, lambda i: f"h.{i}", ["h"], 1),
+])
+def test_stacks_of_one_layer(blocks: int, module: Callable[[int], str], lists: list[str],
+                             layers: int) -> None:
+    """[Note: stacks of one layer]."""
+    profile = _stacks(layered_profile(0, layers=blocks), module)
+    plan = plan_profile(profile, num_stages=2, microbatches=4, granularity="layer")
+    info = plan.options["granularity"]
+    assert info["lists"] == lists and info["layers"] == layers and info["alike"]
+
+
+def test_a_one_module_list_is_no_stack() -> None:
+    """A ``Sequential`` of one module (``h.0`` runs nodes of its own, holds no module that
+    runs any) is no stack of one layer: the model still has no layers."""
+    profile = layered_profile(0, layers=1)
+    flat = dataclasses.replace(profile, nodes=tuple(
+        dataclasses.replace(n, module=n.module.removesuffix(".op")) for n in profile.nodes))
+    with pytest.raises(PlanError, match="found no repeated layers"):
+        plan_profile(flat, num_stages=2, microbatches=4, granularity="layer")

@@ -100,6 +100,24 @@ def repeated_lists(problem: Problem) -> list[tuple[str, int, float]]:
     return sorted(found, key=lambda f: (-f[2], -f[1], f[0].count("."), f[0]))
 
 
+def single_lists(problem: Problem) -> list[str]:
+    """Module lists ``X`` of one block: ``X.0`` runs nodes of modules inside it
+    (``X.0.mlp``), no other child of ``X`` runs nodes, and no numbered module encloses
+    ``X``; in the order they first run ([Note: stacks of one layer] in ``auto_lists``)."""
+    children: dict[str, set[str]] = {}
+    nested: set[str] = set()
+    for n in problem.node_order:
+        module = problem.node_module.get(n, "")
+        parts = module.split(".") if module else []
+        k = next((k for k, part in enumerate(parts) if part.isdigit()), None)
+        if k is not None:
+            x = ".".join(parts[:k])
+            children.setdefault(x, set()).add(parts[k])
+            if k + 1 < len(parts):
+                nested.add(x)
+    return [x for x, c in children.items() if c == {"0"} and x in nested]
+
+
 def _glob(x: str) -> str:
     return f"{x}.*" if x else "*"
 
@@ -147,9 +165,15 @@ def _alike(problem: Problem, paths: list[str], lists: tuple[str, ...]) -> bool:
 
 
 def auto_pattern(problem: Problem, lists: list[str]) -> str:
-    """The layers ``--granularity layer`` cuts between, given the repeated module lists
+    """The layers ``--granularity layer`` cuts between, as a pattern (``auto_lists``)."""
+    return _pattern(problem, auto_lists(problem, lists))
+
+
+def auto_lists(problem: Problem, lists: list[str]) -> list[str]:
+    """The module lists ``--granularity layer`` cuts between, given the repeated module lists
     (``repeated_lists``, heaviest first): the heaviest, and every other list that lies
-    neither inside a chosen one nor around it.
+    neither inside a chosen one nor around it; then the stacks of one layer
+    (``single_lists``) that count beside them ([Note: stacks of one layer]).
 
     [Note: every stack of an encoder-decoder]
     An encoder-decoder has two stacks (BART's ``model.encoder.layers`` and
@@ -172,6 +196,17 @@ def auto_pattern(problem: Problem, lists: list[str]) -> str:
     children are not built alike (``_repeats``) stands for that enclosing list: the stack
     (``decoder.block``), its one layer a unit. A list built alike stays (a single Swin
     stage's blocks are the layers).
+
+    [Note: stacks of one layer]
+    A Whisper or BART of one encoder and one decoder layer has no list of two blocks
+    (``model.encoder.layers.0`` alone), and ``--granularity layer`` found no layers, while
+    a node-granular plan of it could not be exported (the export sent the user back to
+    ``--granularity layer``, until 2026-12-07). A list whose only child ``X.0`` is a block
+    (it holds modules of its own, unlike a ``Sequential`` of one ``Linear``), outside
+    every numbered child, is a stack of one layer. It counts where no list of repeated
+    blocks is found, and beside those found where it bears the name of one
+    (``decoder.layers`` of one layer beside ``encoder.layers`` of six); a list of one
+    elsewhere (a one-block ``head.0``) stays inside the units around the layers.
     """
     chosen: list[str] = []
     for x in lists:
@@ -181,6 +216,16 @@ def auto_pattern(problem: Problem, lists: list[str]) -> str:
         x = outer if lone and outer is not None else x
         if not any(_nested(x, y) for y in chosen) and (not chosen or lone or _repeats(problem, x)):
             chosen.append(x)
+    # [Note: stacks of one layer]
+    names = {x.rpartition(".")[2] for x in chosen}
+    chosen += [x for x in single_lists(problem) if not any(_nested(x, y) for y in chosen)
+               and (not names or x.rpartition(".")[2] in names)]
+    return chosen
+
+
+def _pattern(problem: Problem, chosen: list[str]) -> str:
+    """The layers of the module lists ``chosen`` as a pattern: one list gives the glob
+    ``X.*``, several a regular expression (``(?:X|Y)\\.\\d+``) in the order they first run."""
     if len(chosen) == 1:
         return _glob(chosen[0])
     first: dict[str, int] = {}
@@ -277,12 +322,13 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
     auto = cut_at is None
     found = repeated_lists(problem)
     if cut_at is None:
-        if not found:
+        chosen = auto_lists(problem, [x for x, _, _ in found])
+        if not chosen:
             raise PlanError("--granularity layer found no repeated layers (no module list "
-                            "X.0, X.1, … runs nodes)",
+                            "X.0, X.1, … runs nodes, nor X.0 alone holding a block)",
                             hint=f"name the blocks to cut between with --cut-at PATTERN "
                                  f"({_candidates(problem)}), or plan without --granularity layer")
-        cut_at = auto_pattern(problem, [x for x, _, _ in found])
+        cut_at = _pattern(problem, chosen)
     layer_of = _layer_paths(problem, matcher(cut_at))
     if not layer_of:
         raise PlanError(f"--cut-at {cut_at!r} matches no module of the model",
