@@ -21,6 +21,7 @@ from autopipe._gc import collections_paused
 from autopipe._phases import phase
 from autopipe.errors import ExampleInputError, TraceError
 from autopipe.trace._distributions import distribution_checks_off
+from autopipe.trace._layerdrop import layerdrop_hint
 from autopipe.trace._module_to import own_dtype_conversions_kept
 from autopipe.trace._quick import failures_unlogged, quick_export, unguarded_module
 from autopipe.trace._state import state_kept
@@ -101,11 +102,12 @@ def _trace(model: nn.Module, example_inputs: tuple[Any, ...], kwargs: dict[str, 
     except Exception as e:
         reasons.append(f"torch.export: {_short(e)}")
         _raise_if_inputs_wrong(model, example_inputs, kwargs)
-        raise TraceError(
-            "cannot trace the model; " + "; ".join(reasons),
-            hint=("make forward free of data-dependent Python control flow, build Hugging Face "
-                  "models with use_cache=False, or pass inputs the model accepts"),
-        ) from e
+        # [Note: layerdrop] in autopipe.trace._layerdrop
+        drop = layerdrop_hint(model)
+        general = ("make forward free of data-dependent Python control flow, build Hugging Face "
+                   "models with use_cache=False, or pass inputs the model accepts")
+        raise TraceError("cannot trace the model; " + "; ".join(reasons),
+                         hint=f"{drop}; otherwise {general}" if drop else general) from e
 
 
 @contextlib.contextmanager
