@@ -297,6 +297,7 @@ def test_refuses_a_plan_that_cuts_inside_a_layer() -> None:
         with pytest.raises(ExportError, match=r"the plan cuts inside a layer: model\.layers\.\d+ is split") as e:
             export_plan(plan, fmt)
         assert "--granularity layer" in str(e.value.hint)
+        assert "--cut-at PATTERN naming the blocks to cut between where it finds no layers" in str(e.value.hint)
 
 
 def test_refuses_a_record_that_contradicts_the_stages() -> None:

@@ -178,6 +178,9 @@ def test_no_repeated_layers() -> None:
     with pytest.raises(PlanError, match="found no repeated layers") as e:
         plan_profile(flat, num_stages=2, microbatches=4, granularity="layer")
     assert "--cut-at" in str(e.value.hint) and "h_0_op" in str(e.value.hint)
+    # it said "or plan without --granularity layer", whose plan the export refuses with a hint
+    # back to --granularity layer (a loop, until 2026-12-07)
+    assert "autopipe export refuses" in str(e.value.hint)
     # inside a wrapper of one child (a Hugging Face model's `model`), the hint names the
     # modules where they part: it named only `model` until 2026-12-07
     wrapped = dataclasses.replace(flat, nodes=tuple(
@@ -355,3 +358,22 @@ def test_a_one_module_list_is_no_stack() -> None:
         dataclasses.replace(n, module=n.module.removesuffix(".op")) for n in profile.nodes))
     with pytest.raises(PlanError, match="found no repeated layers"):
         plan_profile(flat, num_stages=2, microbatches=4, granularity="layer")
+
+
+def test_whisper_of_one_layer_per_stack_plans_and_exports() -> None:
+    """The model the defect was found on: a Whisper of one encoder and one decoder layer
+    found no repeated layers, and its node-granular plan could not be exported."""
+    import autopipe
+    from autopipe.export import export_plan
+    from autopipe.profile import estimate
+    from tests import zoo
+
+    spec = zoo.whisper()
+    graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
+    profile = estimate(graph, spec.example_inputs, spec.example_kwargs, device_spec="h100")
+    plan = plan_profile(profile, num_stages=2, microbatches=4, granularity="layer")
+    info = plan.options["granularity"]
+    assert info["lists"] == ["model.model.encoder.layers", "model.model.decoder.layers"]
+    assert info["layers"] == 2 and info["alike"]
+    for fmt in ("torchtitan", "deepspeed"):
+        assert export_plan(plan, fmt)

@@ -17,7 +17,8 @@ from typing import Any
 from autopipe.errors import ExportError
 from autopipe.plan_format import Plan
 
-HINT = "plan it again with `autopipe plan SPEC ... --granularity layer` (or --cut-at PATTERN)"
+HINT = ("plan it again with `autopipe plan SPEC ... --granularity layer`, or with --cut-at PATTERN "
+        "naming the blocks to cut between where it finds no layers")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -327,7 +327,9 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
             raise PlanError("--granularity layer found no repeated layers (no module list "
                             "X.0, X.1, … runs nodes, nor X.0 alone holding a block)",
                             hint=f"name the blocks to cut between with --cut-at PATTERN "
-                                 f"({_candidates(problem)}), or plan without --granularity layer")
+                                 f"({_candidates(problem)}); a plan without --granularity layer "
+                                 f"cuts anywhere, which autopipe train runs but autopipe export "
+                                 f"refuses")
         cut_at = _pattern(problem, chosen)
     layer_of = _layer_paths(problem, matcher(cut_at))
     if not layer_of:
