@@ -193,7 +193,10 @@ CASES: list[tuple[str, list[str], str]] = [
     # autopipe show
     ("show: nonexistent plan path", ["show", "{tmp}/nosuch.json"], "nosuch.json: no such file"),
     ("show: malformed JSON", ["show", "{broken}"], "not valid JSON"),
-    ("show: wrong schema", ["show", "{profile}"], "expected 'autopipe.plan/1'"),
+    # a profile alone is shown (its summary, tests/test_cli_show.py); with a flag that draws a
+    # plan's schedule it is refused
+    ("show: a profile with --png", ["show", "{profile}", "--png", "{tmp}/x.png"],
+     "is a profile, which has no schedule for --png to draw"),
     ("show: plan without stages", ["show", "{no_stages_key}"], "malformed plan"),
     ("show: empty stage", ["show", "{empty_stage}"], "stage 0 has no nodes"),
     ("show: node in two stages", ["show", "{node_twice}"], "is in two stages"),

@@ -65,3 +65,30 @@ def test_runtime_costs_slow_the_simulated_step(tmp_path: Path, capsys: pytest.Ca
         return float(text.split("simulated step ")[1].split(" s,")[0])
 
     assert step(costed) > step(plain)
+
+
+def test_runtime_costs_are_not_counted_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """[Note: runtime costs counted once]: a plan priced with its profile's runtime costs
+    showed them added a second time (a ViT plan of 8.166 ms simulated at 9.190 ms)."""
+    import dataclasses
+
+    from autopipe.cli.main import main
+    from autopipe.schedule.runtime_costs import RuntimeCosts
+    from autopipe.schedule.show import check_runtime_costs
+
+    RuntimeCosts(forward_overhead_s=0.5, send_latency_s=0.1).save(tmp_path / "c.json")
+    priced = dataclasses.replace(hand_plan(), options={
+        **hand_plan().options, "runtime": {"forward_overhead_s": 2e-4, "backward_overhead_s": 1e-4}})
+    with pytest.raises(AutopipeError, match=r"already counts the runtime costs of its profile "
+                                            r"\(200\.0 µs / 100\.0 µs per forward / backward"):
+        check_runtime_costs(priced, _args("--runtime-costs", str(tmp_path / "c.json")))
+    # a plan priced without them takes them, where something shows the simulation
+    check_runtime_costs(hand_plan(), _args("--runtime-costs", str(tmp_path / "c.json")))
+    with pytest.raises(AutopipeError, match="which --no-timeline turns off"):
+        check_runtime_costs(hand_plan(), _args("--runtime-costs", str(tmp_path / "c.json"), "--no-timeline"))
+    check_runtime_costs(hand_plan(), _args("--runtime-costs", str(tmp_path / "c.json"), "--no-timeline",
+                                           "--trace", str(tmp_path / "t.json")))
+    hand_plan().save(tmp_path / "plan.json")
+    assert main(["show", str(tmp_path / "plan.json"), "--runtime-costs", str(tmp_path / "c.json"),
+                 "--no-timeline"]) == 2
+    assert capsys.readouterr().out == ""  # refused before the table

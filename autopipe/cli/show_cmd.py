@@ -9,7 +9,12 @@ from typing import Any
 
 from autopipe.cli._common import load_plan
 from autopipe.errors import AutopipeError
-from autopipe.schedule.show import add_show_args, check_show_args, show_schedule
+from autopipe.schedule.show import (
+    add_show_args,
+    check_runtime_costs,
+    check_show_args,
+    show_schedule,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -33,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if _schema(args.plan) == "autopipe.profile/1":
         return _show_profile(args)
     plan = load_plan(args.plan, as_written=True)
+    check_runtime_costs(plan, args)  # [Note: runtime costs counted once] in autopipe.schedule.show
     runtime = check_show_args(args)
     print(format_plan(plan))
     show_schedule(plan, args, runtime)
