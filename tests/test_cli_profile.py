@@ -114,7 +114,10 @@ def test_a_profile_of_another_build_names_the_difference(
 @pytest.mark.parametrize(("argv", "message"), [
     (["--device", "meta", "--device-spec", "tpu9"], "unknown device spec 'tpu9'"),
     (["--device", "tpu"], "unknown device 'tpu'"),
-    (["--repeats", "0"], "repeats = 0"),
+    (["--repeats", "0"], "--repeats 0 is out of range"),
+    (["--warmup", "-1"], "--warmup -1 is out of range"),
+    # it hinted "use threads >= 1, or None for torch's default" (None: no command-line value)
+    (["--threads", "-2"], "hint: use --threads 1 or more, or 0 for torch's default"),
 ])
 def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                            argv: list[str], message: str) -> None:

@@ -10,6 +10,7 @@ from autopipe._jsonio import check_writable
 from autopipe._units import format_seconds, format_size
 from autopipe.cli._common import add_spec_args, reject_flag
 from autopipe.cli._estimate_build import build_record, built_for_estimate
+from autopipe.errors import ProfileError
 from autopipe.profile._dtypes import DTYPES
 from autopipe.profile._timer import CLOCKS
 from autopipe.profile.devices import load_device_spec
@@ -121,6 +122,13 @@ def _check_flags(args: argparse.Namespace, meta: bool) -> None:
         reject_flag(value is not None and meta, flag,
                     "when measuring (--device cpu or cuda); --device meta estimates and runs nothing",
                     hint=f"drop {flag}, or measure with --device cpu")
+    # in the flags' own words: the library's "threads = -2 … or None for torch's default"
+    # named a value the command line cannot give (until 2026-12-07)
+    for flag, value, least, fix in (("--warmup", args.warmup, 0, "0 or more"),
+                                    ("--repeats", args.repeats, 1, "1 or more"),
+                                    ("--threads", args.threads, 0, "1 or more, or 0 for torch's default")):
+        if value is not None and value < least:
+            raise ProfileError(f"{flag} {value} is out of range", hint=f"use {flag} {fix}")
     cuda = args.device.startswith("cuda")
     for flag, value in (("--threads", args.threads), ("--clock", args.clock),
                         ("--no-pin-malloc", None if args.pin_malloc else True),
