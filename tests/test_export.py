@@ -570,3 +570,34 @@ def test_a_parameter_of_the_model_itself_is_noted() -> None:
     ds = [n for n in export_plan(plan, "deepspeed")["notes"] if n.startswith("logit_scale")]
     assert len(ds) == 1 and "in none of DeepSpeed's layers" in ds[0]
     assert "root_params" not in planned("llama")[0].options["granularity"]  # none: no note
+
+
+def test_a_hint_to_another_format_says_whether_it_takes_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[Note: a hint to another format]: a Wav2Vec2 plan Megatron-LM refused was sent to
+    torchtitan, which refused it too."""
+    import autopipe.export as export
+
+    plan, _ = planned("gpt2")
+
+    def refuse(why: str, hint: str | None = None):  # type: ignore[no-untyped-def]
+        def exporter(*_: object) -> dict[str, object]:
+            raise ExportError(why, hint=hint)
+        return exporter
+
+    formats = dict(FORMATS)
+    monkeypatch.setitem(export.FORMATS, "megatron", refuse("E holds a stack", "export it --format torchtitan or deepspeed"))
+    monkeypatch.setitem(export.FORMATS, "torchtitan", refuse("a parameter on the root"))
+    with pytest.raises(ExportError, match="E holds a stack") as e:
+        export_plan(plan, "megatron")
+    assert e.value.hint == ("export it --format torchtitan or deepspeed (only deepspeed takes this "
+                            "plan; torchtitan: a parameter on the root)")
+    monkeypatch.setitem(export.FORMATS, "deepspeed", refuse("no 1f1b"))
+    with pytest.raises(ExportError) as e:
+        export_plan(plan, "megatron")
+    assert str(e.value.hint).endswith("(but torchtitan and deepspeed refuse this plan too: "
+                                      "torchtitan: a parameter on the root; deepspeed: no 1f1b)")
+    monkeypatch.setitem(export.FORMATS, "torchtitan", formats["torchtitan"])
+    monkeypatch.setitem(export.FORMATS, "deepspeed", formats["deepspeed"])
+    with pytest.raises(ExportError) as e:
+        export_plan(plan, "megatron")
+    assert e.value.hint == "export it --format torchtitan or deepspeed"  # both take it: unchanged

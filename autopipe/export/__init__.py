@@ -34,7 +34,10 @@ def export_plan(plan: Plan, fmt: str) -> dict[str, Any]:
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
     split = layer_split(plan)
-    out = FORMATS[fmt](plan, split)
+    try:
+        out = FORMATS[fmt](plan, split)
+    except ExportError as e:
+        raise ExportError(e.message, hint=_checked_hint(plan, split, fmt, e.hint)) from None
     # [Note: tied parameters in an export], [Note: the model's own parameters in an export]
     out["notes"] = [*out["notes"], *tied.notes(plan, fmt), *tied.root_notes(plan, fmt)]
     return {"schema": SCHEMA, "format": fmt,
@@ -46,6 +49,34 @@ def export_plan(plan: Plan, fmt: str) -> dict[str, Any]:
                      if split.recompute_units else None,
                      "predicted_step_s": plan.predicted.iteration_s},
             **out}
+
+
+def _checked_hint(plan: Plan, split: LayerSplit, fmt: str, hint: str | None) -> str | None:
+    """``hint`` (format ``fmt``'s refusal of ``plan``), told which of the other formats it
+    sends the user to refuse the plan too.
+
+    [Note: a hint to another format]
+    Megatron-LM's refusals send the user to torchtitan or DeepSpeed, and torchtitan's to
+    DeepSpeed, without asking them: a Wav2Vec2 plan that Megatron-LM refused (its conv
+    feature extractor inside E) was sent to torchtitan, which refused it too (a parameter
+    on ``wav2vec2`` itself, which encloses layers of another stage), until 2026-12-07.
+    """
+    if not hint:
+        return hint
+    named = [f for f in FORMATS if f != fmt and f in hint]
+    refused: dict[str, str] = {}
+    for other in named:
+        try:
+            FORMATS[other](plan, split)
+        except ExportError as e:
+            refused[other] = e.message
+    if not refused:
+        return hint
+    why = "; ".join(f"{f}: {m}" for f, m in refused.items())
+    took = [f for f in named if f not in refused]
+    if took:
+        return f"{hint} (only {', '.join(took)} takes this plan; {why})"
+    return f"{hint} (but {' and '.join(refused)} refuse{'s' if len(refused) == 1 else ''} this plan too: {why})"
 
 
 __all__ = ["FORMATS", "SCHEMA", "LayerSplit", "export_plan", "layer_split"]
