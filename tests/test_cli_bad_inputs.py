@@ -138,7 +138,7 @@ CASES: list[tuple[str, list[str], str]] = [
      ["profile", MLP, "--device", "meta", "--repeats", "3", *OUT], "--repeats applies only when measuring"),
     ("profile: --threads on cuda",
      ["profile", MLP, "--device", "cuda", "--threads", "2", *OUT], "--threads applies only with --device cpu"),
-    ("profile: repeats 0", ["profile", MLP, "--repeats", "0", *OUT], "repeats = 0"),
+    ("profile: repeats 0", ["profile", MLP, "--repeats", "0", *OUT], "--repeats 0 is out of range"),
     ("profile: unknown device", ["profile", MLP, "--device", "tpu", *OUT], "unknown device 'tpu'"),
     ("profile: missing spec file", ["profile", "{tmp}/nosuch.py:build", *OUT], "does not exist"),
     ("profile: spec function missing", ["profile", MLP_FILE + ":nosuch", *OUT], "no function 'nosuch'"),
