@@ -24,6 +24,15 @@ class Stepper(Protocol):
     def step(self) -> Any: ...
 
 
+def clear_grads(params: Iterable[torch.nn.Parameter], set_to_none: bool = True) -> None:
+    """Every parameter's gradient dropped (``set_to_none``) or zeroed, as ``zero_grad`` does."""
+    for p in params:
+        if set_to_none:
+            p.grad = None
+        elif p.grad is not None:
+            p.grad.zero_()
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float) -> Stepper | None:
     """The optimizer ``name`` over ``params`` (duplicates removed, order kept); None if none.
 
@@ -117,11 +126,7 @@ class MasterWeights:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the parameters' gradients (the masters' are cleared after each step)."""
-        for p in self.params:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
+        clear_grads(self.params, set_to_none)
 
     def step(self) -> None:
         """One step on the masters with the parameters' gradients, rounded back into the parameters."""

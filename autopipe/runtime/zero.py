@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from autopipe._optimizers import Stepper
+from autopipe._optimizers import Stepper, clear_grads
 from autopipe.runtime.data_parallel import Replicas, _buckets, _unflatten
 
 
@@ -82,11 +82,7 @@ class ShardedOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear every parameter's gradient, owned or not."""
-        for p in self.params:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
+        clear_grads(self.params, set_to_none)
 
     def step(self) -> None:
         """Step the owned parameters, then give every replica each owner's values (collective
