@@ -18,7 +18,6 @@ from autopipe.errors import PlanError
 SCHEMA = "autopipe.plan/1"
 
 
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Device:
     """One pipeline device."""

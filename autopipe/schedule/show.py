@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from autopipe._units import format_seconds
 from autopipe.errors import AutopipeError
 
 if TYPE_CHECKING:
@@ -73,8 +74,6 @@ def check_runtime_costs(plan: Plan, args: argparse.Namespace) -> None:
         return
     rt = plan.options.get("runtime")
     if isinstance(rt, dict):
-        from autopipe._units import format_seconds
-
         fo, bo = (float(rt.get(k, 0.0)) for k in ("forward_overhead_s", "backward_overhead_s"))
         raise AutopipeError(
             f"the plan's prediction already counts the runtime costs of its profile "
@@ -104,8 +103,6 @@ def show_schedule(plan: Plan, args: argparse.Namespace, runtime: RuntimeCosts | 
 
         print()
         if runtime is not None:
-            from autopipe._units import format_seconds
-
             print(f"with the runtime costs of {args.runtime_costs} "
                   f"(plan's own prediction: {format_seconds(plan.predicted.iteration_s)})")
         print(text_timeline(result, width=width))
