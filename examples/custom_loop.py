@@ -6,7 +6,8 @@ Each process is one rank of the pipeline; start them with torchrun::
     torchrun --nproc-per-node 2 examples/custom_loop.py --plan plan.json --steps 20
 
 A plan with data-parallel replicas (``autopipe plan --gpus N --batch-size B``) runs on
-stages × replicas ranks; each replica trains on its share of the global batch.
+stages × replicas ranks; each replica trains on its share of the global batch, and with
+``--shard-optimizer`` each holds AdamW's states for its share of the parameters only.
 
 ``autopipe.runtime.build`` gives this rank's stages (``pipe``); the loop is plain PyTorch.
 The rank of the last stage (of replica 0) prints each step's loss, gradient norm and learning rate.
@@ -61,9 +62,13 @@ def train(args: argparse.Namespace) -> int:
     plan = autopipe.Plan.load(args.plan)
     spec = autopipe.load_spec(args.spec, **parse_spec_args(args.spec_arg))
     with build(plan, spec, device=args.device) as pipe:
-        params = list(pipe.parameters())  # none on a rank whose stage only runs the loss
-        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay) if params else None
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.steps) if optimizer else None
+        # this rank's optimizer as the plan charges it: over the share of its stage's parameters
+        # it owns where the plan shards the optimizer over replicas (ZeRO-1), else over all of
+        # them; none on a rank whose stage only runs the loss
+        optimizer = pipe.optimizer(lambda ps: torch.optim.AdamW(ps, lr=args.lr, weight_decay=args.weight_decay)
+                                   if ps else None)
+        inner = getattr(optimizer, "inner", optimizer)  # the torch optimizer (None: it owns nothing)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(inner, T_max=args.steps) if inner else None
         record: dict[str, list[float]] = {"loss": [], "norm": [], "lr": []}
         for step in range(args.steps):
             replicas = pipe.replicas  # data-parallel replicas of the pipeline (dp = 1: one)
@@ -72,12 +77,12 @@ def train(args: argparse.Namespace) -> int:
             losses = pipe.step(inputs, target)  # forward + backward of all micro-batches
             pipe.sync_tied_grads()              # tied weights: sum the copies; replicas: average
             norm = pipe.clip_grad_norm_(args.max_norm)  # one norm over all stages
-            if optimizer is not None and schedule is not None:
-                lr = schedule.get_last_lr()[0]
-                optimizer.step()
+            # the same cosine, for the record, where this rank steps nothing
+            lr = schedule.get_last_lr()[0] if schedule else args.lr * (1 + math.cos(math.pi * step / args.steps)) / 2
+            if optimizer is not None:
+                optimizer.step()  # sharded: every replica steps its share, then they exchange them
+            if schedule is not None:
                 schedule.step()
-            else:  # the same cosine, for the record
-                lr = args.lr * (1 + math.cos(math.pi * step / args.steps)) / 2
             pipe.zero_grad()
             loss = replicas.mean_loss(losses) if pipe.has_last else 0.0  # over every replica
             if pipe.has_last and replicas.replica == 0:

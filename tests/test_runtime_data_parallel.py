@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 import autopipe
 from autopipe.errors import PlanError, PlanMismatchError, SpecError
@@ -164,9 +165,22 @@ def zero_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _ranges(labels: Any) -> dict[str, list[tuple[int, int | None]]]:
+    """Piece labels (``w`` or ``w[0:64]``) → per parameter, the element ranges (None: to the end)."""
+    out: dict[str, list[tuple[int, int | None]]] = {}
+    for label in labels:
+        name, bracket, rest = label.partition("[")
+        lo, hi = rest.rstrip("]").split(":") if bracket else ("0", None)
+        out.setdefault(name, []).append((int(lo), None if hi is None else int(hi)))
+    return out
+
+
 def _check_owners(case: Case, out: Path) -> list[dict[str, Any]]:
-    """Each rank's optimizer stepped the parameters it owns only, and every parameter of a
-    stage is owned by exactly one of its replicas. Returns the ranks' results."""
+    """Each rank's optimizer stepped the pieces it owns only; every element of a stage's
+    parameters is stepped by exactly one of its replicas, and each replica steps half of
+    them to within a cut's rounding. Returns the ranks' results."""
+    from autopipe.runtime.zero import ALIGN
+
     results = [torch.load(out / f"{case.name}.rank{r}.pt") for r in range(case.world_size)]
     plan = autopipe.Plan.load(out / f"{case.name}.plan.json")
     assert plan.data_parallel is not None and plan.data_parallel.shard_optimizer
@@ -175,11 +189,20 @@ def _check_owners(case: Case, out: Path) -> list[dict[str, Any]]:
     canonical = canonical_names(graph)
     params = {canonical.get(k, k) for k, _ in graph.gm.named_parameters(remove_duplicate=False)}
     for stage, ranks in enumerate(plan.data_parallel.ranks):
-        held = set(results[ranks[0]]["state"]) & params  # the stage's parameters, on every replica
-        owned = [set(results[r]["optimizer_params"]) for r in ranks]
+        state = results[ranks[0]]["state"]
+        held = set(state) & params  # the stage's parameters, on every replica
+        owned = [_ranges(results[r]["optimizer_params"]) for r in ranks]
         assert all(owned), f"stage {stage}: a replica owns no parameter"
-        assert not owned[0] & owned[1], f"stage {stage}: parameters stepped twice: {owned[0] & owned[1]}"
-        assert owned[0] | owned[1] == held, f"stage {stage}: {held ^ (owned[0] | owned[1])}"
+        assert set(owned[0]) | set(owned[1]) == held, f"stage {stage}: {held ^ (set(owned[0]) | set(owned[1]))}"
+        steps = [0, 0]
+        for name in held:
+            numel = state[name].numel()
+            parts = sorted((lo, numel if hi is None else hi, k) for k in (0, 1) for lo, hi in owned[k].get(name, ()))
+            assert [lo for lo, _, _ in parts] == [0] + [hi for _, hi, _ in parts[:-1]], f"{name}: {parts}"
+            assert parts[-1][1] == numel, f"{name}: {parts} do not cover {numel} elements"
+            for lo, hi, k in parts:
+                steps[k] += hi - lo
+        assert abs(steps[0] - steps[1]) <= 2 * ALIGN, f"stage {stage}: {steps} elements stepped"
     return results
 
 
@@ -210,9 +233,59 @@ def test_sharded_optimizer_equals_the_unsharded_run(pair: tuple[Case, Case], zer
         assert x["state"].keys() == y["state"].keys()
         for name in x["state"]:
             assert torch.equal(x["state"][name], y["state"][name]), name
-        assert set(y["optimizer_params"]) < set(x["optimizer_params"])
+        assert set(_ranges(y["optimizer_params"])) <= set(x["optimizer_params"])
         assert 0 < y["optimizer_bytes"] < x["optimizer_bytes"]
-    assert 2 * sum(y["optimizer_bytes"] for y in b) == sum(x["optimizer_bytes"] for x in a)
+        # half, to within a cut's rounding (64 elements of fp32 master and two moments) and
+        # the step counter of the part of a parameter cut in two
+        assert abs(2 * y["optimizer_bytes"] - x["optimizer_bytes"]) <= 2 * 64 * 12 + 8, (y, x)
+    assert 0 <= 2 * sum(y["optimizer_bytes"] for y in b) - sum(x["optimizer_bytes"] for x in a) <= 16
+    assert any("[" in label for y in b for label in y["optimizer_params"]), "no parameter was cut in two"
+
+
+def test_split_cuts_the_parameters_laid_end_to_end_into_equal_ranges() -> None:
+    """ZeRO's flat split: each replica's range of the concatenation, a cut inside a tensor
+    rounded to the alignment; the pieces cover every parameter once, in order."""
+    from autopipe.runtime.zero import Piece, split
+
+    got = split({"a": 4096, "b": 3000, "c": 1000}, 2)  # 8,096 elements: 4,048 each
+    assert got == [Piece("a", 0, 4032, 0, False), Piece("a", 4032, 4096, 1, False),
+                   Piece("b", 0, 3000, 1, True), Piece("c", 0, 1000, 1, True)]
+    assert [x.label for x in got[:2]] == ["a[0:4032]", "a[4032:4096]"]
+    four = split({"a": 1000, "b": 64, "c": 500}, 4)  # 391 each
+    assert [(x.label, x.replica) for x in four] == [
+        ("a[0:384]", 0), ("a[384:768]", 1), ("a[768:1000]", 2), ("b", 2), ("c[0:128]", 2), ("c[128:500]", 3)]
+    assert [(x.label, x.replica) for x in split({"x": 3, "y": 0}, 1)] == [("x", 0), ("y", 0)]
+    big = split({f"w{i}": 1_000_003 + 7 * i for i in range(5)}, 8)
+    load = [sum(x.stop - x.start for x in big if x.replica == r) for r in range(8)]
+    total = sum(1_000_003 + 7 * i for i in range(5))
+    assert sum(load) == total and all(abs(n - total / 8) <= 64 for n in load), load  # each end ±32
+
+
+def test_a_sharded_state_loads_whole_into_another_split() -> None:
+    """Pieces saved by two replicas are put back together, and each loading optimizer takes
+    its own part: what one optimizer over the whole parameter would hold."""
+    from autopipe.runtime.optim_state import load_optimizer_state, optimizer_state
+
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(10, 20))
+    whole = torch.optim.Adam([w], lr=0.1)
+    w.grad = torch.randn(10, 20)
+    whole.step()
+    saved = optimizer_state(whole, {"w": w})
+    pieces = {}  # what replicas owning w[0:128] and w[128:200] save
+    for lo, hi in ((0, 128), (128, 200)):
+        view = nn.Parameter(w.detach().view(-1)[lo:hi].clone())
+        part = torch.optim.Adam([view], lr=0.1)
+        part.load_state_dict({"state": {0: {k: v.reshape(-1)[lo:hi].clone() if v.dim() else v
+                                            for k, v in whole.state[w].items()}},
+                              "param_groups": part.state_dict()["param_groups"]})
+        pieces.update(optimizer_state(part, {f"w[{lo}:{hi}]": view}))
+    assert "optim/w[128:200]/exp_avg" in pieces and "optim/w/exp_avg" not in pieces
+    again = torch.optim.Adam([nn.Parameter(w.detach().clone())], lr=0.5)
+    load_optimizer_state(again, {"w": again.param_groups[0]["params"][0]}, pieces)
+    for key, value in whole.state[w].items():
+        assert torch.equal(next(iter(again.state.values()))[key], value), key
+    assert again.param_groups[0]["lr"] == 0.1 and saved["optim_group/w"]["lr"] == 0.1
 
 
 def test_owners_are_whole_tensors_balanced_by_bytes() -> None:

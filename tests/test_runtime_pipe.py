@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -382,9 +383,11 @@ def test_custom_loop_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytes
     "gpt2-1x2-pipelines-1f1b",  # one stage, two data-parallel replicas: one norm, not two
     pytest.param("gpt2-2x2-pipelines-1f1b", marks=pytest.mark.slow),  # tied copies in both replicas
     "gpt2-2-1f1b-loss-alone",  # the last rank has no parameters: no optimizer (a crash until 2026-12-07)
+    "gpt2-1x2-pipelines-1f1b-zero1",  # AdamW's states split over the replicas (pipe.optimizer)
 ])
 def test_custom_loop_equals_one_process(tmp_path: Path, name: str) -> None:
-    case = CASES[name] if name in CASES else Case("gpt2", 2, loss_alone=True)
+    case = (CASES[name] if name in CASES else Case("gpt2", 2, loss_alone=True) if "loss-alone" in name
+            else replace(CASES[name.removesuffix("-zero1")], shard_optimizer=True))
     assert case.name == name
     spec, _, plan = case.build()
     plan.save(tmp_path / "plan.json")
@@ -400,6 +403,7 @@ def test_custom_loop_equals_one_process(tmp_path: Path, name: str) -> None:
     log = (tmp_path / "log.txt").read_text()
     assert result.code == 0, log[-3000:]
     assert "step 6/6  loss" in log and "grad norm" in log
+    assert "no optimizer was built by pipe.optimizer" not in log  # it holds what the plan charges
     got = json.loads((tmp_path / "record.json").read_text())
     expected = _one_process(spec, plan.microbatches * plan.replicas)  # the global batch
     assert max(expected["norm"]) > MAX_NORM, "clipping must act for the test to mean anything"

@@ -67,7 +67,14 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from autopipe._jsonio import atomic_output, read_json, write_json_atomic
 from autopipe.errors import CheckpointError, RuntimeStageError
 from autopipe.runtime.group import failures, short_error
-from autopipe.runtime.optim_state import GROUP, MASTER, STATE, load_optimizer_state, optimizer_state
+from autopipe.runtime.optim_state import (
+    GROUP,
+    MASTER,
+    STATE,
+    load_optimizer_state,
+    optimizer_state,
+    param_of,
+)
 from autopipe.runtime.pipe import Pipe
 from autopipe.runtime.state_keys import canonical_names, match_state, tied_groups
 
@@ -459,7 +466,7 @@ def load_checkpoint(directory: str | Path, pipe: Pipe, optimizer: Any = None) ->
     mine = {name for name, _ in pipe.named_parameters()}
     wanted = [f"{_RNG}cpu/{pipe.rank}", f"{_RNG}cuda/{pipe.rank}"] if info.world_size == pipe.world_size else []
     for key, meta in saved.items():
-        name = key.split("/")[1] if key.startswith((STATE, GROUP, MASTER)) else None
+        name = param_of(key.split("/")[1]) if key.startswith((STATE, GROUP, MASTER)) else None
         if (name in mine and optimizer is not None) or key in wanted:
             state[key] = _empty(meta)
     with failures(pipe.where, f"while loading {path}", pipe.timeout_s):

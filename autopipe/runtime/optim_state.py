@@ -8,7 +8,13 @@ named by the parameter it belongs to, so a checkpoint saved by one plan loads in
     optim_group/<fqn>         the hyperparameters of the parameter's group (lr, betas, ...)
     master/<fqn>              the fp32 master copy of a 16-bit parameter ([Note: master weights])
 
-Parameter names never hold ``/``, so the keys split unambiguously.
+A sharded optimizer ([Note: the sharded optimizer step] in ``autopipe.runtime.zero``) that
+steps part of a parameter names its entries ``<fqn>[start:stop]``: the elements of the
+flattened parameter that piece covers, its tensors flat. Loading puts a parameter's pieces
+back together, whichever replicas saved them, and takes from the whole what the loading
+optimizer steps, so a checkpoint loads into another plan, sharded or not.
+
+Parameter names never hold ``/`` or ``[``, so the keys split unambiguously.
 """
 
 from __future__ import annotations
@@ -64,7 +70,8 @@ def optimizer_state(optimizer: Any, named: Mapping[str, nn.Parameter]) -> dict[s
     Raises:
         CheckpointError: the optimizer updates tensors that are not among ``named``.
     """
-    if isinstance(optimizer, ShardedOptimizer):  # its owner's states: each rank saves its own
+    if isinstance(optimizer, ShardedOptimizer):  # its owner's states: each rank saves its own pieces'
+        named = optimizer.named_pieces()
         optimizer = optimizer.inner
         if optimizer is None:
             return {}
@@ -91,27 +98,36 @@ def load_optimizer_state(optimizer: Any, named: Mapping[str, nn.Parameter], stat
     Raises:
         CheckpointError: the state is another kind of optimizer's (Adam given SGD's momenta).
     """
-    if isinstance(optimizer, ShardedOptimizer):  # the states of the parameters this rank owns
+    whole = {name: p.numel() for name, p in named.items()}
+    shapes = {name: p.shape for name, p in named.items()}
+    pieces: dict[str, range] = {}
+    if isinstance(optimizer, ShardedOptimizer):  # the states of the pieces this rank steps
+        named = optimizer.named_pieces()
+        pieces = {x.label: range(x.start, x.stop) for x in optimizer.pieces if not x.whole}
         optimizer = optimizer.inner
         if optimizer is None:
             return
     inner, groups = _names(optimizer, named)
-    per_param: dict[str, dict[str, Any]] = {}
-    for key, value in state.items():
-        if key.startswith(STATE):
-            name, _, entry = key[len(STATE):].rpartition("/")
-            per_param.setdefault(name, {})[entry] = value
+    per_param, masters, hypers = _whole(state, whole, shapes)
+
+    def take(label: str, value: Any) -> Any:  # a piece's part of a whole parameter's tensor
+        rows = pieces.get(label)
+        name = param_of(label)
+        if rows is None or not isinstance(value, torch.Tensor) or value.numel() != whole[name]:
+            return value
+        return value.reshape(-1)[rows.start:rows.stop].clone()
+
     torch_state = inner.state_dict()
     flat_ids = iter(range(sum(len(p) for p in groups)))
     torch_state["state"] = {}
     for group, pairs in zip(torch_state["param_groups"], groups):
-        hyper = state.get(GROUP + pairs[0][0]) if pairs else None
+        hyper = hypers.get(param_of(pairs[0][0])) if pairs else None
         if isinstance(hyper, Mapping):
             group.update({k: v for k, v in hyper.items() if k != "params"})
-        for name, _t in pairs:
+        for label, _t in pairs:
             index = next(flat_ids)
-            if name in per_param:
-                torch_state["state"][index] = per_param[name]
+            if param_of(label) in per_param:
+                torch_state["state"][index] = {k: take(label, v) for k, v in per_param[param_of(label)].items()}
     try:
         inner.load_state_dict(torch_state)
     except (KeyError, ValueError, TypeError, RuntimeError) as e:  # Adam given SGD's state: KeyError 'step'
@@ -123,7 +139,48 @@ def load_optimizer_state(optimizer: Any, named: Mapping[str, nn.Parameter], stat
     if isinstance(optimizer, MasterWeights):
         with torch.no_grad():
             for pairs in groups:
-                for name, t in pairs:
-                    master = state.get(MASTER + name)
-                    if isinstance(master, torch.Tensor) and t is not named[name]:
-                        t.copy_(master)
+                for label, t in pairs:
+                    master = masters.get(param_of(label))
+                    if isinstance(master, torch.Tensor) and t is not named[label]:
+                        t.copy_(take(label, master).view_as(t))
+
+
+def param_of(label: str) -> str:
+    """The parameter a key's name part is of: ``w[0:64]`` → ``w``."""
+    return label.split("[", 1)[0]
+
+
+def _whole(state: Mapping[str, Any], numels: Mapping[str, int], shapes: Mapping[str, torch.Size]
+           ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Per parameter: its states, its master copy and its group's hyperparameters, each
+    parameter's pieces put back together (flat tensors concatenated by their ranges, in
+    the parameter's shape; a scalar entry, as Adam's ``step``, from its first piece)."""
+    entries: dict[str, dict[str, dict[int, Any]]] = {}
+    masters: dict[str, dict[int, Any]] = {}
+    hypers: dict[str, Any] = {}
+    for key, value in state.items():
+        if key.startswith(STATE):
+            label, _, entry = key[len(STATE):].rpartition("/")
+            entries.setdefault(param_of(label), {}).setdefault(entry, {})[_start(label)] = value
+        elif key.startswith(MASTER):
+            label = key[len(MASTER):]
+            masters.setdefault(param_of(label), {})[_start(label)] = value
+        elif key.startswith(GROUP) and _start(key[len(GROUP):]) == 0:
+            hypers[param_of(key[len(GROUP):])] = value
+
+    def join(name: str, parts: dict[int, Any]) -> Any:
+        values = [parts[k] for k in sorted(parts)]
+        if len(values) == 1 or not all(isinstance(v, torch.Tensor) and v.dim() == 1 for v in values):
+            return values[0]
+        flat = torch.cat(values)
+        return flat.view(shapes[name]) if name in shapes and flat.numel() == numels[name] else flat
+
+    per_param = {name: {entry: join(name, parts) for entry, parts in by_entry.items()}
+                 for name, by_entry in entries.items()}
+    return per_param, {name: join(name, parts) for name, parts in masters.items()}, hypers
+
+
+def _start(label: str) -> int:
+    """Where a piece's range starts (0 for a whole parameter)."""
+    _, bracket, rest = label.partition("[")
+    return int(rest.split(":", 1)[0]) if bracket else 0

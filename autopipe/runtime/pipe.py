@@ -146,6 +146,9 @@ class Pipe:
                          for name, b in module.named_buffers() if name in keys}
         self._tied_grads = _NONE
         self._grads_zeroed = False
+        self._own_optimizer = False
+        """``optimizer`` was called (the optimizer holds what the plan charges), or ``step``
+        said it was not."""
         """``zero_grad(set_to_none=False)`` ran since the last ``step``: accumulate in place."""
         self._step_kwargs = ({"return_outputs": False}
                              if _accepts(self._pipeline.schedule.step, "return_outputs") else {})
@@ -219,6 +222,7 @@ class Pipe:
             The optimizer to step after ``sync_tied_grads`` (and ``clip_grad_norm_``); None
             where ``make`` made none (a rank without parameters).
         """
+        self._own_optimizer = True
         if not self.shards_optimizer:
             return make(list(self._params.values()))
         return ShardedOptimizer(self.replicas, self._params, make)
@@ -264,6 +268,12 @@ class Pipe:
             AutopipeError: the pipe was closed.
         """
         self._open()
+        if self.shards_optimizer and not self._own_optimizer:
+            self._own_optimizer = True  # said once
+            warnings.warn(f"{self.where}: the plan shards the optimizer over {self.replicas.dp} replicas "
+                          "(data_parallel.shard_optimizer), but no optimizer was built by pipe.optimizer(make): "
+                          f"one built on pipe.parameters() holds {self.replicas.dp}x the states the plan "
+                          "charges this rank; build it with pipe.optimizer(make)", stacklevel=2)
         self.steps += 1
         self.draws.step = self.steps
         m = self.plan.microbatches

@@ -2,39 +2,102 @@
 
 ::
 
-    one stage's dp group, 2 replicas         after the gradient all-reduce (every replica
-      params  a (4 MiB)  b (3 MiB)  c (2 MiB)  holds every gradient, averaged):
-      owner   replica 0  replica 1  replica 1    replica 0 steps a, replica 1 steps b, c
-                                                 (its optimizer holds their states only),
-                                                 then a is broadcast from replica 0, b and
-                                                 c from replica 1
+    one stage's dp group, 2 replicas: its parameters laid end to end, in the order every
+    replica holds them, and cut into equal element ranges
+
+      a (4 Mi elements)    b (3 Mi)      c (1 Mi)
+      [=========|=========][============][=====]        replica 0 steps a[0:4Mi], b[0:0.5Mi]
+      replica 0                  | replica 1            replica 1 steps b[0.5Mi:3Mi], c
+                          (b is cut into two pieces)
 
 [Note: the sharded optimizer step]
 A plan made with ``--shard-optimizer`` (``data_parallel.shard_optimizer``) charges each
 rank 1/dp of its stage's optimizer states and fp32 master weights, and 1/dp of the step
-([Note: the data-parallel sync] in ``autopipe.partition.replicas``). Each parameter has one
-owner among the stage's replicas (``owners``: whole tensors, the largest first, each to
-the replica that owns the fewest bytes so far, ties to the lower replica: the same on
-every replica); a rank's optimizer is built on the parameters it owns only, so its
-states and masters exist there alone. The gradients stay whole: gloo has no
-reduce-scatter, so the all-reduce of ``ReplicaSync`` stays, which also keeps
-``Pipe.clip_grad_norm_`` the norm over the whole model as before. After the owners step,
-each parameter is broadcast from its owner over the group (in buckets of one dtype, one
-owner each), so every replica holds the value the owner computed: the value an unsharded
-replica computes itself from the same gradient and state, bit for bit.
+([Note: the data-parallel sync] in ``autopipe.partition.replicas``): each parameter's
+states divided by dp. The runtime keeps that promise as ZeRO does (``split``): the
+stage's trained parameters, laid end to end in the order every replica holds them, are cut
+into dp equal ranges of elements (boundaries rounded to ``ALIGN`` elements inside a
+tensor), so at most dp − 1 tensors are cut in two, and replica r's optimizer is built on
+its range's pieces: each a 1-D ``nn.Parameter`` that is a view of its parameter's storage,
+whose gradient is the same view of the parameter's gradient. An element-wise optimizer
+(``ELEMENTWISE``: SGD, Adam, AdamW, ...) computes on a piece exactly what it computes on
+those elements of the whole tensor (checked bit for bit, fused CPU Adam included), and
+writes its update into the parameter through the view. Any other optimizer (one whose
+update mixes elements, as Adafactor's factored moments do) is built on whole tensors
+instead (``owners``: the largest first, each to the replica that owns the fewest bytes
+so far), whose split may exceed 1/dp by up to one tensor's states; it warns.
+
+The gradients stay whole: gloo has no reduce-scatter, so the all-reduce of
+``ReplicaSync`` stays, which also keeps ``Pipe.clip_grad_norm_`` the norm over the whole
+model as before. After the owners step, each piece is broadcast from its owner over the
+group (in buckets of one dtype, one owner each), so every replica holds the value the
+owner computed: the value an unsharded replica computes itself from the same gradient and
+state, bit for bit. A checkpoint names states by parameter, whole: the owners of a cut
+parameter's pieces gather its states to the first of them for the save
+(``ShardedOptimizer.named_states``), and each owner loads its piece's rows back
+(``ShardedOptimizer.load_named_states``), so a sharded checkpoint resumes into any plan.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from autopipe._optimizers import Stepper, clear_grads
+from autopipe._optimizers import MasterWeights, Stepper, clear_grads
 from autopipe.runtime.data_parallel import Replicas, _buckets, _unflatten
+
+ALIGN = 64
+"""A cut inside a tensor falls on a multiple of this many elements (aligned vector loads)."""
+
+ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adagrad,
+               torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam, torch.optim.RMSprop)
+"""torch optimizers whose update of an element reads that element's state alone."""
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Elements ``start:stop`` of a parameter flattened, stepped by ``replica``."""
+
+    name: str
+    start: int
+    stop: int
+    replica: int
+    whole: bool
+    """The piece is the whole parameter."""
+
+    @property
+    def label(self) -> str:
+        """``name``, or ``name[start:stop]`` for part of it."""
+        return self.name if self.whole else f"{self.name}[{self.start}:{self.stop}]"
+
+
+def split(numels: Mapping[str, int], replicas: int, align: int = ALIGN) -> list[Piece]:
+    """The parameters laid end to end (in the mapping's order) and cut into ``replicas``
+    equal ranges of elements, each cut inside a tensor rounded to ``align`` elements.
+
+    Returns:
+        The pieces in order: each parameter's in ascending ranges, covering it exactly.
+    """
+    total = sum(numels.values())
+    bounds = [r * total // replicas for r in range(replicas)]
+    out: list[Piece] = []
+    start = 0
+    for name, n in numels.items():
+        # where each replica's range begins inside this tensor, rounded and clamped to it
+        at = [min(n, max(0, round((b - start) / align) * align)) for b in bounds]
+        cuts = sorted({0, n, *at})
+        for lo, hi in pairwise(cuts) if n else [(0, 0)]:
+            owner = max(r for r in range(replicas) if at[r] <= lo)
+            out.append(Piece(name, lo, hi, owner, lo == 0 and hi == n))
+        start += n
+    return out
 
 
 def owners(sizes: Mapping[str, int], replicas: int) -> dict[str, int]:
@@ -56,6 +119,11 @@ def owners(sizes: Mapping[str, int], replicas: int) -> dict[str, int]:
     return {name: out[name] for name in sizes}
 
 
+def _elementwise(optimizer: Any) -> bool:
+    return isinstance(getattr(optimizer, "inner", optimizer) if isinstance(optimizer, MasterWeights)
+                      else optimizer, ELEMENTWISE)
+
+
 class ShardedOptimizer:
     """One rank's share of its stage's optimizer ([Note: the sharded optimizer step]).
 
@@ -68,40 +136,74 @@ class ShardedOptimizer:
     def __init__(self, replicas: Replicas, params: Mapping[str, nn.Parameter],
                  build: Callable[[list[nn.Parameter]], Stepper | None]) -> None:
         self.replicas = replicas
-        trained = {n: p for n, p in params.items() if p.requires_grad}
-        self.owner = owners({n: p.numel() * p.element_size() for n, p in trained.items()}, replicas.dp)
-        """Parameter name → the replica that steps it."""
-        self.params = list(trained.values())
-        self.owned_names = tuple(n for n in trained if self.owner[n] == replicas.replica)
-        """Names of the parameters this rank steps."""
-        self.owned = [trained[n] for n in self.owned_names]
-        """The parameters this rank steps (its optimizer's)."""
-        self._by_owner = [[p for n, p in trained.items() if self.owner[n] == r] for r in range(replicas.dp)]
-        self.inner: Stepper | None = build(self.owned) if self.owned else None
-        """The optimizer over ``owned`` (None where this rank owns none)."""
+        self._named = {n: p for n, p in params.items() if p.requires_grad}
+        self.params = list(self._named.values())
+        # every replica must lay out the same pieces: the kind of optimizer decides, asked of a
+        # one-element probe, as a replica that owns nothing could not ask its own
+        kind = build([nn.Parameter(torch.zeros(1))])
+        if kind is None or _elementwise(kind):
+            whole = {n for n, p in self._named.items() if not p.is_contiguous()}  # no flat view
+            pieces = [Piece(x.name, 0, self._named[x.name].numel(), x.replica, True) if x.name in whole else x
+                      for x in split({n: 0 if n in whole else p.numel() for n, p in self._named.items()},
+                                     replicas.dp)]
+        else:
+            warnings.warn(f"{type(getattr(kind, 'inner', kind)).__name__} is not an element-wise optimizer "
+                          "autopipe knows: its states are split over the replicas by whole tensors, and a "
+                          "replica may hold up to one tensor's states more than the plan's 1/dp",
+                          stacklevel=3)
+            owner = owners({n: p.numel() * p.element_size() for n, p in self._named.items()}, replicas.dp)
+            pieces = [Piece(n, 0, p.numel(), owner[n], True) for n, p in self._named.items()]
+        del kind
+        self.pieces = pieces
+        """Every replica's pieces, in order."""
+        mine = replicas.replica
+        self._mine = [x for x in pieces if x.replica == mine]
+        self._views = [self._named[x.name] if x.whole else nn.Parameter(self._slice(self._named[x.name].detach(), x))
+                       for x in self._mine]
+        self._by_owner = [[self._slice(self._named[x.name], x) for x in pieces if x.replica == r]
+                          for r in range(replicas.dp)]
+        self.inner: Stepper | None = build(self._views) if self._views else None
+        """The optimizer over this rank's pieces (None where it owns none)."""
+        self.owned_names = tuple(x.label for x in self.pieces if x.replica == replicas.replica)
+        """Labels of the pieces this rank steps (``name``, or ``name[start:stop]`` for part of one)."""
+
+    def named_pieces(self) -> dict[str, nn.Parameter]:
+        """This rank's pieces by label (``Piece.label``): what its optimizer steps."""
+        return {x.label: view for x, view in zip(self._mine, self._views)}
+
+    @staticmethod
+    def _slice(t: torch.Tensor, x: Piece) -> torch.Tensor:
+        return t if x.whole else t.view(-1)[x.start:x.stop]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear every parameter's gradient, owned or not."""
         clear_grads(self.params, set_to_none)
 
     def step(self) -> None:
-        """Step the owned parameters, then give every replica each owner's values (collective
+        """Step the owned pieces, then give every replica each owner's values (collective
         over the dp group: every replica calls it)."""
         if self.inner is not None:
+            for x, view in zip(self._mine, self._views):
+                if not x.whole:
+                    grad = self._named[x.name].grad
+                    view.grad = None if grad is None else grad.reshape(-1)[x.start:x.stop]
             self.inner.step()
+            for x, view in zip(self._mine, self._views):
+                if not x.whole:
+                    view.grad = None  # the whole gradient stays the parameter's
         self.broadcast()
 
     @torch.no_grad()
     def broadcast(self) -> None:
-        """Each parameter from its owner to the other replicas of the group."""
+        """Each piece from its owner to the other replicas of the group."""
         r = self.replicas
         for replica, held in enumerate(self._by_owner):
             src = r.grid[r.position][replica]
-            for bucket in _buckets(held):
+            for bucket in _buckets(t.detach() for t in held):
                 if len(bucket) == 1 and bucket[0].is_contiguous():
-                    dist.broadcast(bucket[0].detach(), src=src, group=r.dp_group)  # in place, no copy
+                    dist.broadcast(bucket[0], src=src, group=r.dp_group)  # in place, no copy
                     continue
-                flat = torch.cat([t.detach().reshape(-1) for t in bucket])
+                flat = torch.cat([t.reshape(-1) for t in bucket])
                 dist.broadcast(flat, src=src, group=r.dp_group)
                 if replica != r.replica:
                     _unflatten(flat, bucket)
