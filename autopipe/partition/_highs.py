@@ -121,7 +121,8 @@ def _arrays(prob: pulp.LpProblem, variables: list[pulp.LpVariable]) -> dict[str,
         "integer": [v.cat == pulp.LpInteger for v in variables],
         "offset": sign * float(prob.objective.constant),
         "row_lower": [], "row_upper": [], "start": [0], "index": [], "value": []}
-    for c in prob.constraints.values():
+    rows = prob.constraints  # a mapping before PuLP 3.3, which deprecates reading it as one
+    for c in rows() if callable(rows) else rows.values():
         for v, a in c.items():
             if a != 0:
                 model["index"].append(index[v.name])
