@@ -384,7 +384,8 @@ def _result(search: Search, cluster: Cluster, memory: int | None, plan: Plan, ro
     """The chosen plan with its replicas and the whole search."""
     placement = place(cluster, plan.num_stages, row["placement"])
     dp = search.gpus // plan.num_stages
-    per_byte = GradSync(replicas=dp, bandwidth=placement.group_bandwidth).per_byte
+    per_byte = GradSync(replicas=dp, bandwidth=placement.group_bandwidth,
+                        shard_optimizer=search.shard_optimizer).sync_per_byte
     synced = search.optimizer != "none"
     data_parallel = DataParallel(
         degree=dp, ranks=placement.ranks, batch_size=search.batch_size, placement=placement.name,

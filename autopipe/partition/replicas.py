@@ -49,8 +49,8 @@ class GradSync:
     shard_optimizer: bool = False
     """Optimizer states (and fp32 master weights) sharded over the replicas (ZeRO-1, FSDP2
     with parameters kept whole in the step): 1/dp of them per GPU, the optimizer step on 1/dp
-    of the parameters; the gradients' reduce-scatter and the parameters' all-gather move the
-    same bytes as the all-reduce."""
+    of the parameters, then each replica's updated share sent to the others
+    (``gather_per_byte``; [Note: the sharded sync's price])."""
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -66,6 +66,30 @@ class GradSync:
         return ring_allreduce_per_byte(self.replicas, self.bandwidth)
 
     @property
+    def gather_per_byte(self) -> float:
+        """Seconds per parameter byte of sending each replica's updated share to the others,
+        after a sharded step (0 unsharded).
+
+        [Note: the sharded sync's price]
+        ZeRO-1 as DeepSpeed runs it on NCCL reduce-scatters the gradients and all-gathers
+        the parameters: together the bytes of one all-reduce. autopipe's runtime
+        (``autopipe/runtime/zero.py``) all-reduces the gradients whole (gloo has no
+        reduce-scatter, and every rank's gradient norm stays whole) and then broadcasts
+        each owner's share: an all-gather on top of the all-reduce, (dp − 1)/dp of the
+        stage's parameter bytes through each rank, at the group's link. The plan prices
+        what the runtime does: a sharded step's sync is 1.5 all-reduces' worth for dp = 2.
+        """
+        if not self.shard_optimizer or self.replicas == 1:
+            return 0.0
+        return (self.replicas - 1) / self.replicas / self.bandwidth
+
+    @property
+    def sync_per_byte(self) -> float:
+        """Seconds per parameter byte of a stage's sync: the gradients' all-reduce, and
+        the sharded step's gather."""
+        return self.per_byte + self.gather_per_byte
+
+    @property
     def shards(self) -> int:
         """How many ways each stage's optimizer states are split."""
         return self.replicas if self.shard_optimizer else 1
@@ -75,7 +99,7 @@ class GradSync:
 
         The timeline runs one task per stage after its last backward (``O`` in
         ``autopipe.partition.timeline``), linear in the stage's parameter bytes and divided by
-        the device's speed: the all-reduce joins it there, at the device speed's multiple so
+        the device's speed: the sync (``sync_per_byte``) joins it there, at the device speed's multiple so
         that the division leaves it whole.
 
         Raises:
@@ -85,7 +109,7 @@ class GradSync:
         if len(speeds) > 1:
             raise PlanError(f"data-parallel planning needs identical devices; these run at speeds "
                             f"{sorted(speeds)}", hint="give one memory limit for every stage")
-        return optimizer_per_byte / self.shards + self.per_byte * speeds.pop()
+        return optimizer_per_byte / self.shards + self.sync_per_byte * speeds.pop()
 
     def shard(self, problem: Problem) -> Problem:
         """``problem`` with each parameter's optimizer states split over the shards, and every
@@ -101,7 +125,8 @@ class GradSync:
     def to_json(self) -> dict[str, Any]:
         """What a plan records (``plan.options["grad_sync"]``)."""
         return {"replicas": self.replicas, "bandwidth": self.bandwidth,
-                "seconds_per_byte": self.per_byte, "shard_optimizer": self.shard_optimizer}
+                "seconds_per_byte": self.per_byte, "shard_optimizer": self.shard_optimizer,
+                **({"gather_seconds_per_byte": self.gather_per_byte} if self.gather_per_byte else {})}
 
 
 def check_nodes(gpus: int, gpus_per_node: int) -> None:
