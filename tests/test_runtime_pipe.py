@@ -413,6 +413,45 @@ def test_custom_loop_equals_one_process(tmp_path: Path, name: str) -> None:
                                    msg=lambda m, k=key: f"{k}: {m}")  # measured: 9e-8 (loss), 3e-7 (norm)
 
 
+UNSHARDED_LOOP = """
+import sys, warnings
+import torch
+import autopipe
+from autopipe.runtime import build
+from autopipe.spec import parse_spec_args
+plan = autopipe.Plan.load(sys.argv[1])
+spec = autopipe.load_spec(sys.argv[2], **parse_spec_args(sys.argv[3:]))
+with build(plan, spec, device="cpu") as pipe, warnings.catch_warnings(record=True) as seen:
+    warnings.simplefilter("always")
+    opt = torch.optim.SGD(pipe.parameters(), lr=0.1)  # not pipe.optimizer: every state here
+    for step in range(2):
+        pipe.step(*pipe.take(*pipe.replicas.share(*spec.batch(plan.microbatches * 2, step))))
+        pipe.sync_tied_grads()
+        opt.step()
+        pipe.zero_grad()
+    print("WARNED", sum("no optimizer was built by pipe.optimizer" in str(w.message) for w in seen))
+"""
+
+
+@pytest.mark.distributed
+def test_a_sharding_plan_warns_once_of_an_optimizer_not_built_by_the_pipe(tmp_path: Path) -> None:
+    """A loop of one's own that builds its optimizer on ``pipe.parameters()`` holds dp times
+    the states a ``--shard-optimizer`` plan charges: the first step says so, once a rank."""
+    _, _, plan = replace(CASES["gpt2-1x2-pipelines-1f1b"], shard_optimizer=True).build()
+    assert plan.data_parallel is not None and plan.data_parallel.shard_optimizer
+    plan.save(tmp_path / "plan.json")
+    (tmp_path / "loop.py").write_text(UNSHARDED_LOOP)
+    cmd = [sys.executable, str(tmp_path / "loop.py"), str(tmp_path / "plan.json"),
+           f"{ROOT / 'examples' / 'gpt2.py'}:build", *[f"{k}={v}" for k, v in GPT2.items()]]
+    with open(tmp_path / "log.txt", "w") as f:
+        result = launch(cmd, 2, env={"PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error",
+                                     "OMP_NUM_THREADS": "1"},
+                        timeout_s=300, grace_s=20, stdout=f, stderr=subprocess.STDOUT, log=f)
+    log = (tmp_path / "log.txt").read_text()
+    assert result.code == 0, log[-3000:]
+    assert log.count("WARNED 1") == 2, log[-3000:]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
 def test_embedding_gradient_on_zero_pages_equals_the_unsplit_model() -> None:
     """[Note: an embedding's gradient on zero pages]: a Llama whose 2 MiB embedding gets its
