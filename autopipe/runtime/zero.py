@@ -5,10 +5,10 @@
     one stage's dp group, 2 replicas: its parameters laid end to end, in the order every
     replica holds them, and cut into equal element ranges
 
-      a (4 Mi elements)    b (3 Mi)      c (1 Mi)
-      [=========|=========][============][=====]        replica 0 steps a[0:4Mi], b[0:0.5Mi]
-      replica 0                  | replica 1            replica 1 steps b[0.5Mi:3Mi], c
-                          (b is cut into two pieces)
+      a (4 Mi elements)      b (3 Mi)       c (2 Mi)
+      [==================][==|==========][========]    replica 0 steps a, b[0:0.5 Mi]
+      replica 0 (4.5 Mi)     | replica 1 (4.5 Mi)      replica 1 steps b[0.5 Mi:3 Mi], c
+                          (b is cut in two)
 
 [Note: the sharded optimizer step]
 A plan made with ``--shard-optimizer`` (``data_parallel.shard_optimizer``) charges each
@@ -32,10 +32,10 @@ The gradients stay whole: gloo has no reduce-scatter, so the all-reduce of
 model as before. After the owners step, each piece is broadcast from its owner over the
 group (in buckets of one dtype, one owner each), so every replica holds the value the
 owner computed: the value an unsharded replica computes itself from the same gradient and
-state, bit for bit. A checkpoint names states by parameter, whole: the owners of a cut
-parameter's pieces gather its states to the first of them for the save
-(``ShardedOptimizer.named_states``), and each owner loads its piece's rows back
-(``ShardedOptimizer.load_named_states``), so a sharded checkpoint resumes into any plan.
+state, bit for bit. A checkpoint names states by parameter: each owner saves its pieces'
+(``<fqn>[start:stop]`` for part of a parameter), and loading puts a parameter's pieces
+back together and takes the loading optimizer's part of them (``autopipe.runtime.optim_state``),
+so a sharded checkpoint resumes into any plan, sharded or not.
 """
 
 from __future__ import annotations
