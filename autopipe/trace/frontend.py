@@ -24,6 +24,7 @@ from autopipe.trace._distributions import distribution_checks_off
 from autopipe.trace._layerdrop import layerdrop_hint
 from autopipe.trace._module_to import own_dtype_conversions_kept
 from autopipe.trace._quick import failures_unlogged, quick_export, unguarded_module
+from autopipe.trace._random import symbolic_trace
 from autopipe.trace._state import state_kept
 from autopipe.trace._vmap import fold_vmap_regions
 from autopipe.trace.graph import Graph, NodeInfo, target_name
@@ -313,7 +314,7 @@ def _keep_unread(model: nn.Module, gm: fx.GraphModule) -> None:
 
 
 def _trace_fx(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Graph:
-    gm = fx.symbolic_trace(model)
+    gm = symbolic_trace(model)  # [Note: draws from constant arguments]
     _keep_unread(model, gm)
     signature = inspect.signature(model.forward)
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
