@@ -288,6 +288,26 @@ def test_a_sharded_state_loads_whole_into_another_split() -> None:
     assert again.param_groups[0]["lr"] == 0.1 and saved["optim_group/w"]["lr"] == 0.1
 
 
+def test_an_optimizer_that_mixes_elements_gets_whole_tensors() -> None:
+    """Adam steps pieces (views of the parameters, the split's ranges); Adafactor, whose
+    factored moments mix a matrix's rows and columns, gets whole tensors, and warns."""
+    from types import SimpleNamespace
+
+    from autopipe.runtime.zero import ShardedOptimizer
+
+    params = {"a": nn.Parameter(torch.zeros(64, 64)), "b": nn.Parameter(torch.zeros(64, 32)),
+              "c": nn.Parameter(torch.zeros(32))}
+    mine = SimpleNamespace(dp=2, replica=0, position=0, grid=[[0, 1]], dp_group=None)
+    adam = ShardedOptimizer(mine, params, lambda ps: torch.optim.Adam(ps))  # type: ignore[arg-type]
+    assert adam.owned_names == ("a[0:3072]",)  # (4,096 + 2,048 + 32) / 2 = 3,088, rounded to 64
+    view = adam.named_pieces()["a[0:3072]"]
+    assert view.data_ptr() == params["a"].data_ptr() and view.shape == (3072,)
+    with pytest.warns(UserWarning, match="Adafactor is not an element-wise optimizer"):
+        factored = ShardedOptimizer(mine, params, lambda ps: torch.optim.Adafactor(ps))  # type: ignore[arg-type]
+    assert factored.owned_names == ("a",)  # the largest whole; b and c go to replica 1
+    assert factored.named_pieces() == {"a": params["a"]}
+
+
 def test_owners_are_whole_tensors_balanced_by_bytes() -> None:
     """The largest first, each to the replica owning the fewest bytes (ties: the lower one,
     then the earlier name), the same whatever the call."""
