@@ -50,12 +50,56 @@ def aliased_args(root: fx.GraphModule, n: fx.Node) -> tuple[list[fx.Node], list[
     return (first if in_place else []), viewed
 
 
+_AS_IS_OPS = frozenset({
+    torch.ops.aten.dropout.default, torch.ops.aten.feature_dropout.default,
+    torch.ops.aten.alpha_dropout.default, torch.ops.aten.feature_alpha_dropout.default,
+})
+"""ATen ops whose schema says their output is new but which return their input itself
+where they do nothing: a dropout with ``p = 0`` or outside training ([Note: ops that
+return their input as is])."""
+_AS_IS_NAMES = frozenset({
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+    "feature_dropout",
+})
+"""The same as functions or methods (``F.dropout``, ``torch.dropout``), as torch.fx keeps them."""
+
+# [Note: ops that return their input as is]
+#
+# ATen's dropouts return their input tensor itself, not a copy, when p is 0 or they run
+# outside training (``_dropout_impl``); their schemas still declare a new tensor, so
+# ``aliased_args`` does not count them as views. A write in place after one writes the
+# dropout's input: Hubert's and Wav2Vec2's encoders zero the padded frames of their feature
+# projection's output (``hidden_states[~mask] = 0``) after a dropout of ``feat_proj_dropout
+# = 0.0``. Where that input was a linear routed through ``fused_linear``, autograd refused
+# the write ("Output 0 of _LinearGrad is a view and is being modified inplace"), which
+# stopped ``autopipe plan`` (timing the stages together) and ``autopipe train`` on
+# HubertForCTC fed an attention mask. ``written_in_place`` follows these ops as views; the
+# order edges and storages elsewhere keep the schemas' word, as a dropout with p > 0 makes
+# a new tensor.
+
+
+def _as_is(root: fx.GraphModule, n: fx.Node) -> list[fx.Node]:
+    """The argument ``n`` may return itself ([Note: ops that return their input as is])."""
+    first = [n.args[0]] if n.args and isinstance(n.args[0], fx.Node) else []
+    if n.op == "call_module":
+        module = root.get_submodule(str(n.target))
+        return first if isinstance(module, torch.nn.modules.dropout._DropoutNd) else []
+    if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload):
+        return first if n.target in _AS_IS_OPS else []
+    if n.op in ("call_function", "call_method"):
+        name = str(n.target) if n.op == "call_method" else getattr(n.target, "__name__", "")
+        return first if name in _AS_IS_NAMES else []
+    return []
+
+
 def written_in_place(root: fx.GraphModule, body: Sequence[fx.Node], names: Sequence[str]) -> set[str]:
-    """Which of the values ``names`` the nodes ``body`` write in place, directly or through views."""
+    """Which of the values ``names`` the nodes ``body`` write in place, directly or through
+    views or ops that may return their input as is ([Note: ops that return their input as is])."""
     alias: dict[str, str] = {name: name for name in names}
     out: set[str] = set()
     for n in body:
         written, viewed = aliased_args(root, n)
+        viewed = [*viewed, *_as_is(root, n)]
         out.update(alias[a.name] for a in written if a.name in alias)
         for a in viewed:
             if a.name in alias:
