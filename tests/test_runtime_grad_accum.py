@@ -183,28 +183,31 @@ def test_a_linear_written_in_place_keeps_autograd_path() -> None:
 
 class _ZeroPadded(torch.nn.Module):
     """Hubert's feature projection: a linear, a dropout of p = 0 (which returns its input
-    itself), then the padded frames zeroed in place through the dropout's output."""
+    itself; ``type_as`` to the same type does too), then the padded frames zeroed in place
+    through its output."""
 
-    def __init__(self) -> None:
+    def __init__(self, as_is: str) -> None:
         super().__init__()
+        self.as_is = as_is
         self.proj = torch.nn.Linear(16, 32)
         self.drop = torch.nn.Dropout(0.0)
         self.out = torch.nn.Linear(32, 16)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.drop(self.proj(x))
+        h = self.drop(self.proj(x)) if self.as_is == "dropout" else self.proj(x).type_as(x)
         h.masked_fill_(~mask.unsqueeze(-1), 0.0)  # Hubert writes h[~mask] = 0, which fx cannot trace
         return self.out(h)  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("as_is", ["dropout", "type_as"])
 @pytest.mark.parametrize("frontend", ["fx", "export"])
-def test_a_linear_written_in_place_through_a_dropout_keeps_autograd_path(frontend: str) -> None:
+def test_a_linear_written_in_place_through_an_op_returning_its_input_keeps_autograd_path(frontend: str, as_is: str) -> None:
     """A dropout of p = 0 hands on its input itself, so a write after it writes the linear
     before it (HubertForCTC with an attention mask stopped ``autopipe plan`` and ``train``:
     "Output 0 of _LinearGrad is a view and is being modified inplace"); that linear is
     not fused ([Note: ops that return their input as is] in ``autopipe/trace/aliasing.py``)."""
     torch.manual_seed(0)
-    model = _ZeroPadded()
+    model = _ZeroPadded(as_is)
     x, mask = torch.randn(2, 5, 16), torch.rand(2, 5) > 0.3
     graph = autopipe.trace(model, (x, mask), frontend=frontend)
     ref = graph.gm

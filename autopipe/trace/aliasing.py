@@ -53,20 +53,22 @@ def aliased_args(root: fx.GraphModule, n: fx.Node) -> tuple[list[fx.Node], list[
 _AS_IS_OPS = frozenset({
     torch.ops.aten.dropout.default, torch.ops.aten.feature_dropout.default,
     torch.ops.aten.alpha_dropout.default, torch.ops.aten.feature_alpha_dropout.default,
+    torch.ops.aten.type_as.default,
 })
 """ATen ops whose schema says their output is new but which return their input itself
-where they do nothing: a dropout with ``p = 0`` or outside training ([Note: ops that
-return their input as is])."""
+where they do nothing: a dropout with ``p = 0`` or outside training, ``type_as`` to its
+own type ([Note: ops that return their input as is])."""
 _AS_IS_NAMES = frozenset({
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
-    "feature_dropout",
+    "feature_dropout", "type_as",
 })
 """The same as functions or methods (``F.dropout``, ``torch.dropout``), as torch.fx keeps them."""
 
 # [Note: ops that return their input as is]
 #
 # ATen's dropouts return their input tensor itself, not a copy, when p is 0 or they run
-# outside training (``_dropout_impl``); their schemas still declare a new tensor, so
+# outside training (``_dropout_impl``), and ``type_as`` does when the type is the same;
+# their schemas still declare a new tensor, so
 # ``aliased_args`` does not count them as views. A write in place after one writes the
 # dropout's input: Hubert's and Wav2Vec2's encoders zero the padded frames of their feature
 # projection's output (``hidden_states[~mask] = 0``) after a dropout of ``feat_proj_dropout
