@@ -294,4 +294,20 @@ def example_target(spec: ModelSpec) -> Any:
     except Exception as e:
         raise SpecError(f"spec.batch(1) failed: {type(e).__name__}: {e}",
                         hint="batch(n, step=0) must return (inputs, target) for n micro-batches") from e
-    return target
+    return tensor_target(target, "spec.batch(1)")
+
+
+def tensor_target(target: Any, where: str) -> torch.Tensor:
+    """``target`` where it is one tensor, which the schedules cut into micro-batches along dim 0.
+
+    Raises:
+        SpecError: anything else (a tuple of labels and lengths, a dict), naming it.
+    """
+    if isinstance(target, torch.Tensor):
+        return target
+    what = (f"a {type(target).__name__} of {len(target)}" if isinstance(target, (tuple, list, dict))
+            else f"a {type(target).__name__}")
+    raise SpecError(f"{where} gave {what} as the target, but a target must be one tensor "
+                    f"(the pipeline cuts it into micro-batches along dim 0)",
+                    hint="stack the target's parts into one tensor, one row per sample (e.g. "
+                         "torch.cat([labels, lengths[:, None]], 1)), and take them apart in loss_fn")

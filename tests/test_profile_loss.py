@@ -182,3 +182,50 @@ def test_a_loss_fn_that_fails_or_is_no_scalar_is_named(loss_fn: Any, mode: str, 
     assert e.value.hint
     if error is ProfileError and mode == "estimate":
         assert "device=logits.device" in e.value.hint and ".item()" in e.value.hint
+
+
+_TUPLE_TARGET = '''
+import torch
+from autopipe import ModelSpec
+
+def build():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+
+    def batch(n, step=0):
+        g = torch.Generator().manual_seed(n + 7 * step)
+        x = torch.randn(2 * n, 8, generator=g)
+        return (x,), (torch.randint(0, 4, (2 * n,), generator=g), torch.full((2 * n,), 4))
+
+    def loss_fn(out, target):
+        labels, _ = target
+        return torch.nn.functional.cross_entropy(out, labels)
+
+    return ModelSpec(model=model, example_inputs=batch(1)[0], loss_fn=loss_fn, batch=batch)
+'''
+
+
+def test_a_target_that_is_not_one_tensor_is_refused_naming_it(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A target of (labels, lengths), as a CTC loss takes them (HubertForCTC), stopped
+    ``autopipe plan`` with "AttributeError: 'tuple' object has no attribute 'to'" from the
+    profile; the schedules cut one tensor into micro-batches, so it is refused by name."""
+    from autopipe.cli.main import main
+
+    path = tmp_path / "tuple_target.py"
+    path.write_text(_TUPLE_TARGET)
+    spec = autopipe.load_spec(f"{path}:build")
+    with pytest.raises(SpecError, match=r"spec.batch\(1\) gave a tuple of 2 as the target"):
+        example_target(spec)
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    target = spec.batch(1)[1]
+    for profile in (lambda: measure(graph, spec.example_inputs, loss_fn=spec.loss_fn, target=target,
+                                    warmup=0, repeats=1, progress=False),
+                    lambda: estimate(graph, spec.example_inputs, device_spec="h100", loss_fn=spec.loss_fn,
+                                     target=target, progress=False)):
+        with pytest.raises(SpecError, match="the example gave a tuple of 2 as the target"):
+            profile()
+    assert main(["plan", f"{path}:build", "--stages", "2", "-o", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert "a target must be one tensor" in err and "hint: stack the target's parts" in err
+    assert "Traceback" not in err and not (tmp_path / "p.json").exists()

@@ -14,7 +14,7 @@ from autopipe._optimizers import DEVICES, OPTIMIZERS
 from autopipe.cli._common import add_spec_args, load_plan, plan_knobs
 from autopipe.errors import AutopipeError, RuntimeStageError, SpecError
 from autopipe.plan_format import Plan
-from autopipe.spec import ModelSpec, load_spec, parse_spec_args
+from autopipe.spec import ModelSpec, example_target, load_spec, parse_spec_args
 
 if TYPE_CHECKING:
     from autopipe.runtime.optim import TrainConfig
@@ -134,6 +134,7 @@ def _launch(args: argparse.Namespace, spec: ModelSpec, plan: Plan, config: Train
     if args.launch < 1:
         raise AutopipeError(f"--launch {args.launch}", hint="start at least one rank")
     prepare(spec, plan, args.launch)  # a wrong plan stops here, before any rank starts
+    example_target(spec)  # and a target the schedules cannot cut (a tuple of labels and lengths)
     for rank in range(args.launch):  # and a device this machine lacks (each rank said so, started for nothing)
         rank_device(plan, rank, rank, args.device)
     if config.init is not None and config.resume is None:

@@ -28,6 +28,7 @@ from autopipe.profile.devices import DeviceSpec, load_device_spec
 from autopipe.profile.loss import LossFn, estimate_loss
 from autopipe.profile.optimizer import estimate_rates
 from autopipe.profile.profile import Profile
+from autopipe.spec import tensor_target
 from autopipe.trace.graph import Graph
 
 _PHASES = ("forward", "backward_input", "backward_weight")
@@ -90,7 +91,8 @@ def estimate(
     loss = None
     if loss_fn is not None and target is not None:
         with torch.enable_grad(), phase("estimate.loss"):
-            loss = estimate_loss(graph, list(outs), loss_fn, target, walker.seconds)
+            loss = estimate_loss(graph, list(outs), loss_fn, tensor_target(target, "the example"),
+                                 walker.seconds)
     meta = {
         "autopipe": __version__, "torch": torch.__version__, "device_spec": spec.to_json(),
         "flops": dict(walker.flops), "bytes_moved": dict(walker.moved), "kernels": dict(walker.kernels),

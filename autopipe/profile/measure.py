@@ -33,6 +33,7 @@ from autopipe.profile.loss import LossFn, measure_loss
 from autopipe.profile.optimizer import measure_rates
 from autopipe.profile.profile import Profile
 from autopipe.profile.whole import run_whole
+from autopipe.spec import tensor_target
 from autopipe.trace._state import buffers_restored
 from autopipe.trace.graph import Graph
 
@@ -134,7 +135,7 @@ def measure(
         whole = run_whole(s.gm, s.flat, timer)
         loss = None
         if loss_fn is not None and target is not None:
-            loss = measure_loss(graph, s.gm, s.flat, loss_fn, target.to(dev), timer)
+            loss = measure_loss(graph, s.gm, s.flat, loss_fn, tensor_target(target, "the example").to(dev), timer)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     meta = {
         "autopipe": __version__, "torch": torch.__version__, "device_name": name,

@@ -60,7 +60,7 @@ from autopipe.runtime.tied import TiedParams, canonical_names, replicated, stage
 from autopipe.runtime.timeline import ActionLog
 from autopipe.runtime.weights import WeightsSource
 from autopipe.runtime.zero import ShardedOptimizer
-from autopipe.spec import ModelSpec, example_target, scalar_loss
+from autopipe.spec import ModelSpec, example_target, scalar_loss, tensor_target
 
 _NONE, _LOCAL, _SUMMED = "none", "local", "summed"
 
@@ -343,6 +343,7 @@ class Pipe:
         if target is None:
             raise AutopipeError(f"{self.where} runs the last stage but was given no target",
                                 hint="pass the batch's target on every rank (or at least on the last stage's)")
+        target = tensor_target(target, f"the batch of step {self.steps}" if self.steps else "the batch")
         if self._one_target is None:  # drawn once: spec.batch(1)
             self._one_target = example_target(self.spec)
         check_target(self.spec, target, self.plan.microbatches, self.steps or None, self._one_target)
