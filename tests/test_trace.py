@@ -328,3 +328,29 @@ def test_tracing_leaves_the_models_buffers_and_the_random_state(frontend: str) -
         torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)
     torch.manual_seed(7)
     torch.testing.assert_close(drawn, torch.rand(3), rtol=0, atol=0)
+
+
+class _MaskOutsideCompile(nn.Module):
+    """Switch Transformers' encoder: a missing attention mask is made only outside compilation
+    (``if attention_mask is None and not is_torchdynamo_compiling()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None and not torch.compiler.is_compiling():
+            mask = torch.ones(x.shape[:2])
+        assert mask is not None or torch.compiler.is_compiling()
+        return self.proj(x) * mask[:, :, None]  # type: ignore[index]
+
+
+def test_a_none_input_the_model_fills_in_only_eagerly_is_named() -> None:
+    """The model runs on ``(x, None)`` but torch.export stops on the ``None`` ("'NoneType' object
+    is not subscriptable"); the hint names the input to pass, not "inputs the model accepts"."""
+    model = _MaskOutsideCompile()
+    x = torch.randn(2, 3, 4)
+    model(x, None)
+    with pytest.raises(TraceError, match="NoneType") as info:
+        autopipe.trace(model, (x, None), frontend="export")
+    assert info.value.hint is not None and info.value.hint.startswith("the example passes None as mask")

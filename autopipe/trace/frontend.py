@@ -107,8 +107,32 @@ def _trace(model: nn.Module, example_inputs: tuple[Any, ...], kwargs: dict[str, 
         drop = layerdrop_hint(model)
         general = ("make forward free of data-dependent Python control flow, build Hugging Face "
                    "models with use_cache=False, or pass inputs the model accepts")
+        specific = drop or _none_input_hint(model, example_inputs, kwargs, e)
         raise TraceError("cannot trace the model; " + "; ".join(reasons),
-                         hint=f"{drop}; otherwise {general}" if drop else general) from e
+                         hint=f"{specific}; otherwise {general}" if specific else general) from e
+
+
+def _none_input_hint(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     e: BaseException) -> str | None:
+    """A hint naming the example's ``None`` inputs where torch.export stopped on a ``None``.
+
+    A Hugging Face model builds a default for some inputs only outside compilation
+    (Switch Transformers: ``if attention_mask is None and not is_torchdynamo_compiling()``),
+    so an example that runs eagerly with ``None`` stops torch.export with "'NoneType' object
+    is not subscriptable", and "pass inputs the model accepts" sent its user looking for
+    an input the model refuses."""
+    if not isinstance(e, (TypeError, AttributeError)) or "NoneType" not in str(e):
+        return None
+    try:
+        bound = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        bound = {f"argument {i}": a for i, a in enumerate(args)} | dict(kwargs)
+    nones = [name for name, value in bound.items() if value is None]
+    if not nones:
+        return None
+    return (f"the example passes None as {', '.join(nones)}, which the model fills in itself when run "
+            f"but not while torch.export traces it: pass a tensor (e.g. an attention mask of "
+            f"torch.ones_like(input_ids))")
 
 
 @contextlib.contextmanager
