@@ -354,3 +354,26 @@ def test_a_none_input_the_model_fills_in_only_eagerly_is_named() -> None:
     with pytest.raises(TraceError, match="NoneType") as info:
         autopipe.trace(model, (x, None), frontend="export")
     assert info.value.hint is not None and info.value.hint.startswith("the example passes None as mask")
+
+
+class _OwnLoss(nn.Module):
+    """Wav2Vec2ForCTC given labels: it checks their values, then computes its own loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.head(x)
+        if labels is not None and labels.max() >= 3:
+            raise ValueError("label values must be <= vocab_size")
+        return logits if labels is None else nn.functional.cross_entropy(logits, labels)
+
+
+def test_labels_given_to_a_model_that_cannot_be_traced_with_them_point_to_loss_fn() -> None:
+    """torch.export stops on the check of the labels' values; the hint says to compute the loss
+    in loss_fn instead of "make forward free of data-dependent Python control flow"."""
+    with pytest.raises(TraceError, match="data-dependent") as info:
+        autopipe.trace(_OwnLoss(), (torch.randn(2, 4), torch.tensor([0, 2])), frontend="export")
+    assert info.value.hint is not None
+    assert info.value.hint.startswith("the example gives the model labels, from which it computes its own loss")

@@ -107,9 +107,33 @@ def _trace(model: nn.Module, example_inputs: tuple[Any, ...], kwargs: dict[str, 
         drop = layerdrop_hint(model)
         general = ("make forward free of data-dependent Python control flow, build Hugging Face "
                    "models with use_cache=False, or pass inputs the model accepts")
-        specific = drop or _none_input_hint(model, example_inputs, kwargs, e)
+        specific = drop or _none_input_hint(model, example_inputs, kwargs, e) or _labels_hint(
+            model, example_inputs, kwargs)
         raise TraceError("cannot trace the model; " + "; ".join(reasons),
                          hint=f"{specific}; otherwise {general}" if specific else general) from e
+
+
+_LABELS = ("labels", "label", "start_positions", "end_positions")
+"""The inputs from which Hugging Face models compute their own loss."""
+
+
+def _labels_hint(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """A hint to compute the loss in ``loss_fn`` where the example gives the model its labels.
+
+    A Hugging Face model handed ``labels`` computes its own loss, often after a check on
+    their values that torch.export cannot trace (Wav2Vec2ForCTC: ``if labels.max() >=
+    self.config.vocab_size``, then a CTC loss over ``labels.masked_select(...)``, whose shape
+    depends on the data); the pipeline runs the loss on the last stage anyway."""
+    try:
+        bound = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        return None
+    given = [name for name in _LABELS if isinstance(bound.get(name), torch.Tensor)]
+    if not given:
+        return None
+    return (f"the example gives the model {', '.join(given)}, from which it computes its own loss: "
+            f"pass them as spec.batch's target instead and compute the loss from the output's logits "
+            f"in loss_fn (it runs on the last stage)")
 
 
 def _none_input_hint(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
