@@ -129,6 +129,22 @@ def test_check_fit_names_what_does_not_fit(tmp_path: Path, change: object, messa
     assert e.value.hint
 
 
+@pytest.mark.parametrize(("file_prefix", "model_prefix", "hint"), [
+    ("model.", "", "the file's names are the model's with 'model.' in front"),
+    ("", "net.", "the model's names are the file's with 'net.' in front"),
+], ids=["file prefixed", "model prefixed"])
+def test_names_one_prefix_apart_are_named_in_the_hint(tmp_path: Path, file_prefix: str, model_prefix: str,
+                                                     hint: str) -> None:
+    """A state dict saved from a wrapper (``{"model." + name: ...}``, a user's own .pt) was
+    refused with every name missing and every name unexpected and a hint to save the state
+    dict of the same model; the hint now names the prefix."""
+    save_file({file_prefix + k: v for k, v in STATE.items()}, tmp_path / "w.safetensors")
+    expected = {model_prefix + k: v for k, v in EXPECTED.items()}
+    with open_weights(tmp_path / "w.safetensors") as w, pytest.raises(WeightsError) as e:
+        check_fit(w, expected)
+    assert e.value.hint is not None and e.value.hint.startswith(hint), e.value.hint
+
+
 def test_a_float_saved_in_another_float_dtype_fits_and_is_named(tmp_path: Path) -> None:
     # the Hub's checkpoints are mostly bfloat16 or float16; a float32 model reads them cast
     state = {k: (v.to(torch.bfloat16) if v.dtype == torch.float32 else v.float()) if v.is_floating_point() else v

@@ -392,9 +392,31 @@ def check_fit(weights: Weights, expected: Mapping[str, TensorInfo],
         if wrong and not missing and not unexpected:
             hint = ("build the model with the file's shapes and kinds of dtype (--spec-arg ...), or "
                     "convert the file (floating-point tensors are cast; integer ones must match)")
+        hint = _prefix_hint(missing, unexpected) or hint
         raise WeightsError(f"weights {weights.path} do not fit the model: {'; '.join(problems)}",
                            hint=hint)
     return read
+
+
+def _prefix_hint(missing: Sequence[str], unexpected: Sequence[str]) -> str | None:
+    """Where the file's names are the model's with one prefix more or less (a state dict
+    saved from a wrapper, ``{"model." + name: ...}``, or from the inner model of a wrapper),
+    a hint saying which prefix to strip or add."""
+    if not missing or not unexpected:
+        return None
+    first, names = missing[0], set(unexpected)
+    for name in unexpected:
+        if name.endswith("." + first):  # the file's names carry a prefix
+            prefix = name[:-len(first)]
+            if all(prefix + m in names for m in missing):
+                return (f"the file's names are the model's with {prefix!r} in front: save "
+                        f"{{name.removeprefix({prefix!r}): tensor}} for each of its tensors")
+        if first.endswith("." + name):  # the model's names carry a prefix
+            prefix = first[:-len(name)]
+            if all(m.startswith(prefix) and m[len(prefix):] in names for m in missing):
+                return (f"the model's names are the file's with {prefix!r} in front: save "
+                        f"{{{prefix!r} + name: tensor}} for each of the file's tensors")
+    return None
 
 
 def remarks(weights: Weights, expected: Mapping[str, TensorInfo], read: Mapping[str, str]) -> str | None:
