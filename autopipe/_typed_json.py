@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from autopipe._jsonio import json_type
+from autopipe.errors import AutopipeError
 
 
 class MalformedError(ValueError):
@@ -46,6 +47,8 @@ def read_dataclass(cls: type[Any], data: Any, where: str, *,
     Raises:
         MalformedError: ``data`` is not an object, lacks a field without a default, holds a
             key ``cls`` has no field for, or a value of another type (the message names it).
+        AutopipeError: a nested dataclass refuses its values (its ``__post_init__``); the
+            message is prefixed with its JSON path.
     """
     if not isinstance(data, Mapping):
         raise MalformedError(f"'{where}' is {json_type(data)}, expected an object")
@@ -62,7 +65,12 @@ def read_dataclass(cls: type[Any], data: Any, where: str, *,
                 raise MalformedError(f"'{_join(where, name)}' is missing")
             continue
         values[name] = read_value(hints[name], data[name], _join(where, name), ignore)
-    return cls(**values)
+    if not where:
+        return cls(**values)
+    try:
+        return cls(**values)
+    except AutopipeError as e:  # a nested object's own check (``__post_init__``): name where it is
+        raise type(e)(f"'{where}': {e.message}", hint=e.hint) from None
 
 
 def read_value(hint: Any, value: Any, where: str,

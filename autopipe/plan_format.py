@@ -29,10 +29,61 @@ class Device:
     speed: float = 1.0
     """Compute speed relative to the profiled device (2.0 = twice as fast)."""
 
+    def __post_init__(self) -> None:
+        problem = device_problem(self.name, self.memory, self.speed)
+        if problem is not None:
+            raise PlanError(f"device {self.name!r} {problem[0]}", hint=problem[1])
+
     @property
     def is_cpu(self) -> bool:
         """Whether ``autopipe train`` runs this device's stages on the CPU (``cpu``, ``cpu:N``)."""
         return self.name == "cpu" or self.name.startswith("cpu:")
+
+
+_TORCH_TYPES = frozenset({"cpu", "cuda", "ipu", "xpu", "mkldnn", "opengl", "opencl", "ideep", "hip", "ve",
+                          "fpga", "maia", "xla", "lazy", "vulkan", "mps", "meta", "hpu", "mtia",
+                          "privateuseone"})
+"""The device types ``torch.device`` parses (torch 2.13), kept here so reading a plan needs no torch."""
+
+
+def label_problem(label: str) -> tuple[str, str] | None:
+    """Why ``autopipe train`` cannot run a stage on the device labelled ``label`` (a predicate:
+    "has ...", "is ..."), and the fix; None where it can.
+
+    # [Note: device labels]
+    ``cpu`` and ``cuda`` (``cpu:N``, ``cuda:N``) name where a rank runs; any other label
+    (``gpu-a``, ``h100:3``) is a name for a GPU, run on CUDA where there is one. A label
+    that torch reads as another device type (``mps``, ``xla:0``, ``meta``) would be run on
+    CUDA too while the planner priced it as a GPU and the user meant something else, and a
+    ``cpu:``/``cuda:`` label whose index is no number (``cpu:0:1``, ``cuda:x``) is priced
+    as the CPU (``Device.is_cpu``) but run where torch cannot parse it: both are refused.
+    """
+    if not isinstance(label, str) or not label:
+        return ("has no name", 'name it, e.g. "cuda:0", "cpu:0" or "gpu0"')
+    kind, _, index = label.partition(":")
+    if kind in ("cpu", "cuda"):
+        if _ and not index.isdigit():
+            return (f"has the {kind} index {index!r}, not a number",
+                    f'write "{kind}" or "{kind}:N" (e.g. "{kind}:0"), or a name of your own such as "gpu0"')
+        return None
+    if kind in _TORCH_TYPES:
+        return (f"is torch's {kind!r} device type, which autopipe does not run on (only cpu and cuda)",
+                'use "cpu:N" for the CPU, or "cuda:N" (or a name of your own, such as "gpu0") for a GPU')
+    return None
+
+
+def device_problem(name: str, memory: int, speed: float) -> tuple[str, str] | None:
+    """What is wrong with a device of this name, memory limit and speed, and the fix; None if nothing."""
+    label = label_problem(name)
+    if label is not None:
+        return label
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+        return (f"has memory {memory!r}, not a size in bytes",
+                "give the limit in bytes (0 = no limit), e.g. 85899345920 for 80 GiB")
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0 < speed < float("inf"):
+        return (f"has speed {speed!r}, not a positive number",
+                "speed is compute speed relative to the profiled device, e.g. 1.0 (the same) or 0.5 (half)")
+    return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,6 +297,9 @@ class Plan:
         for i, s in enumerate(self.stages):
             if s.index != i:
                 raise PlanError(f"stage {i} has index {s.index}", hint="regenerate the plan")
+            label = label_problem(s.device)
+            if label is not None:
+                raise PlanError(f"stages[{i}].device {s.device!r} {label[0]}", hint=label[1])
             dup = seen.intersection(s.nodes)
             if dup:
                 raise PlanError(f"node {sorted(dup)[0]} is in two stages", hint="regenerate the plan")

@@ -41,6 +41,9 @@ def test_file_with_count_and_spec(tmp_path: Path) -> None:
     ([{"name": "a", "memory": "lots"}, {"name": "b", "memory": 1}], "memory"),
     ([{"memory": 1}, {"name": "b", "memory": 1}], "no name"),
     (["gpu0", "gpu1"], "not an object"),
+    # until 2026-12-07 these made plans that train ran elsewhere than the planner priced them
+    ([{"name": "mps", "memory": 1}, {"name": "b", "memory": 1}], "device 'mps' is torch's 'mps' device type"),
+    ([{"name": "cuda:0", "memory": 1, "count": 2}], r"device 'cuda:0:0' \(name 'cuda:0' with count 2\) has the cuda"),
 ])
 def test_bad_entries(entries: list[object], message: str) -> None:
     with pytest.raises(DeviceSpecError, match=message) as info:
@@ -57,3 +60,12 @@ def test_no_devices_is_not_a_plan_of_no_stages() -> None:
 def test_limit_and_devices_together() -> None:
     with pytest.raises(DeviceSpecError, match="not both|both"):
         resolve_devices(2, memory_limit="1GiB", devices=[Device(name="a", memory=1)] * 2)
+
+
+def test_a_device_of_no_speed_is_refused_from_python_too() -> None:
+    """``autopipe.plan(devices=[Device(...)])`` took it as it was, and divided by it."""
+    from autopipe.errors import PlanError
+
+    with pytest.raises(PlanError, match="device 'a' has speed 0, not a positive number") as info:
+        Device(name="a", memory=0, speed=0)
+    assert info.value.hint and "relative to the profiled device" in info.value.hint

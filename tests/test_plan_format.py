@@ -112,3 +112,41 @@ def test_a_plan_edited_by_hand_is_named_by_its_part(plan_json: dict[str, Any]) -
 def test_a_written_plan_reads_back_equal(plan_json: dict[str, Any]) -> None:
     plan = Plan.from_json(json.loads(json.dumps(plan_json)))
     assert plan.to_json() == plan_json
+
+
+@pytest.mark.parametrize(("edit", "field", "hint"), [
+    # until 2026-12-07 these were read as they were: show and check printed the plan, and
+    # check --spec divided by the speed (ZeroDivisionError) or priced the label as a GPU
+    (_set("devices", 0, "speed", value=0), "'devices[0]': device 'd0' has speed 0.0, not a positive number",
+     "relative to the profiled device"),
+    (_set("devices", 1, "speed", value=-2.0), "'devices[1]': device 'd1' has speed -2.0", "e.g. 1.0"),
+    (_set("devices", 0, "memory", value=-5), "device 'd0' has memory -5, not a size in bytes", "0 = no limit"),
+    (_set("devices", 0, "name", value=""), "'devices[0]': device '' has no name", "name it"),
+    (_set("devices", 0, "name", value="mps"), "device 'mps' is torch's 'mps' device type, which autopipe "
+     "does not run on", '"cuda:N"'),
+    (_set("devices", 1, "name", value="cuda:0:1"), "device 'cuda:0:1' has the cuda index '0:1', not a number",
+     '"cuda:N"'),
+    (_set("stages", 1, "device", value="xla:0"), "stages[1].device 'xla:0' is torch's 'xla' device type",
+     '"cpu:N"'),
+])
+def test_a_device_autopipe_cannot_run_or_price_is_refused_naming_the_field(
+        plan_json: dict[str, Any], tmp_path: Path, edit: Callable[[dict[str, Any]], None],
+        field: str, hint: str) -> None:
+    data = json.loads(json.dumps(plan_json))
+    data["devices"] = [{"name": "d0", "memory": 0, "speed": 1.0}, {"name": "d1", "memory": 0, "speed": 1.0}]
+    edit(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(PlanError) as info:
+        Plan.load(path)
+    assert field in info.value.message and str(path) in info.value.message, info.value.message
+    assert info.value.hint and hint in info.value.hint, info.value.hint
+
+
+def test_a_label_of_your_own_or_a_numbered_cpu_still_reads(plan_json: dict[str, Any]) -> None:
+    """[Note: device labels]: only torch's other device types and malformed indices are refused."""
+    data = json.loads(json.dumps(plan_json))
+    data["devices"] = [{"name": "gpu-a", "memory": 0, "speed": 0.5}, {"name": "cpu:3", "memory": 1, "speed": 2}]
+    data["stages"][0]["device"], data["stages"][1]["device"] = "h100:7", "cuda"
+    plan = Plan.from_json(data)
+    assert [d.name for d in plan.devices] == ["gpu-a", "cpu:3"] and plan.devices[1].is_cpu

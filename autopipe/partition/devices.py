@@ -22,7 +22,7 @@ from typing import Any
 
 from autopipe._units import parse_size
 from autopipe.errors import AutopipeError, DeviceSpecError
-from autopipe.plan_format import Device
+from autopipe.plan_format import Device, label_problem
 from autopipe.profile.profile import Profile
 
 DevicesArg = str | os.PathLike[str] | Sequence[Device | dict[str, Any]]
@@ -141,9 +141,16 @@ def _entry(e: dict[str, Any], where: str, profile: Profile | None) -> list[Devic
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise DeviceSpecError(f"{where} ({name}): count {count!r} is not a positive integer",
                               hint='"count": 4 repeats the entry four times')
-    if count == 1:
-        return [Device(name=name, memory=memory, speed=speed)]
-    return [Device(name=f"{name}:{i}", memory=memory, speed=speed) for i in range(count)]
+    names = [name] if count == 1 else [f"{name}:{i}" for i in range(count)]
+    problem = label_problem(names[0])
+    if problem is not None:
+        raise DeviceSpecError(f"{where}: device {names[0]!r}"
+                              + (f" (name {name!r} with count {count})" if count > 1 else "")
+                              + f" {problem[0]}",
+                              hint=problem[1] + ("; with a count, name the kind alone (\"cuda\", "
+                                                 "\"gpu\"): its copies are numbered :0, :1, …"
+                                                 if count > 1 else ""))
+    return [Device(name=n, memory=memory, speed=speed) for n in names]
 
 
 def _spec_speed(spec: Any, profile: Profile | None, where: str, name: str) -> float:

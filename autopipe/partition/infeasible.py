@@ -16,7 +16,6 @@ from autopipe.partition.dp import min_memory
 from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.problem import Problem
 from autopipe.partition.recompute import fit
-from autopipe.plan_format import Device
 from autopipe.schedule.actions import check_runnable, check_schedule
 
 _SEARCH_SECONDS = 20.0
@@ -106,8 +105,7 @@ def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
             check_schedule(cfg.schedule, p2, m, 1)  # zb-h1's rounds must divide m
         except PlanError:
             continue
-        devices = tuple(Device(name=f"{smallest.name}+{i}", memory=smallest.memory, speed=smallest.speed)
-                        for i in range(p2))
+        devices = (smallest,) * p2  # its name too: "cpu:0+1" is no device ([Note: device labels])
         if chain_fits(problem.with_config(replace(cfg, num_stages=p2, devices=devices))):
             hints.append(f"--stages {p2}")
             break
