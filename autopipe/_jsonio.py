@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from autopipe._file_kinds import wrong_kind
 from autopipe.errors import AutopipeError
 
 
@@ -112,6 +113,10 @@ def read_json(
         raise error(f"{path}: no such file", hint="check the path") from None
     except OSError as e:
         raise error(f"{path}: cannot read ({e.strerror})", hint="check the path") from None
+    if not text.strip():
+        raise error(f"{path}: the file is empty",
+                    hint="autopipe writes every file whole (a temp file renamed into place): this "
+                         "one was made otherwise; write it again with the command that makes it")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -123,6 +128,9 @@ def read_json(
         raise error(f"{path}: expected a JSON object, found {type(data).__name__}",
                     hint="regenerate the file")
     found = data.get("schema")
+    other = wrong_kind(str(path), found, schema) if found != schema else None
+    if other is not None:
+        raise error(other[0], hint=other[1])
     if found != schema:
         raise error(
             f"{path}: schema is {found!r}, expected {schema!r}",

@@ -62,6 +62,14 @@ def _negative_time(d: dict[str, Any]) -> None:
     d["stages"][1]["forward_s"] = -1.0
 
 
+def _speed_zero(d: dict[str, Any]) -> None:  # until 2026-12-07 read as it was (check --spec divided by it)
+    d["devices"][1]["speed"] = 0
+
+
+def _stage_on_mps(d: dict[str, Any]) -> None:  # until 2026-12-07 priced as a GPU, run on CUDA
+    d["stages"][0]["device"] = "mps"
+
+
 def _no_stages_key(d: dict[str, Any]) -> None:
     del d["stages"]
 
@@ -105,8 +113,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                  "-o", str(other)]) == 0
     (tmp / "broken.json").write_text('{"schema": "autopipe.plan/1", "stages": [')
     (tmp / "spec_no_build.py").write_text("X = 1\n")
+    (tmp / "empty.json").write_text("")
+    (tmp / "golden.json").write_text('{"schema": "autopipe.golden/1", "cases": []}')
     files = {"tmp": str(tmp), "plan": str(plan), "profile": str(profile), "other": str(other),
-             "broken": str(tmp / "broken.json"), "no_build": str(tmp / "spec_no_build.py")}
+             "broken": str(tmp / "broken.json"), "no_build": str(tmp / "spec_no_build.py"),
+             "empty": str(tmp / "empty.json"), "golden": str(tmp / "golden.json")}
     for name, change in [("empty_stage", _empty_stage), ("node_twice", _node_twice),
                          ("node_dropped", _node_dropped), ("send_from_later", _send_from_later),
                          ("output_first", _output_first), ("negative_time", _negative_time),
@@ -114,7 +125,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                          ("cut_moved", _cut_moved), ("node_renamed", _node_renamed),
                          ("memory_a_string", _memory_a_string), ("gap_null", _gap_null),
                          ("microbatches_a_string", _microbatches_a_string),
-                         ("stage_time_edited", _stage_time_edited)]:
+                         ("stage_time_edited", _stage_time_edited), ("speed_zero", _speed_zero),
+                         ("stage_on_mps", _stage_on_mps)]:
         files[name] = _edit(plan, tmp / f"{name}.json", change)
     return files
 
@@ -164,7 +176,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("plan: bad link bandwidth", [*PLAN_P, "--link-bandwidth", "fast"], "fast"),
     ("plan: missing profile", [*PLAN, "--profile", "{tmp}/missing.json"], "missing.json: no such file"),
     ("plan: malformed profile", [*PLAN, "--profile", "{broken}"], "not valid JSON"),
-    ("plan: a plan as the profile", [*PLAN, "--profile", "{plan}"], "expected 'autopipe.profile/1'"),
+    ("plan: a plan as the profile", [*PLAN, "--profile", "{plan}"], "expected 'autopipe.profile/1': it is a plan, not a profile"),
     ("plan: profile of another model",
      [*PLAN_P, "--spec-arg", "layers=3"], "another model"),
     ("plan: --device-spec with --profile",
@@ -193,6 +205,20 @@ CASES: list[tuple[str, list[str], str]] = [
     # autopipe show
     ("show: nonexistent plan path", ["show", "{tmp}/nosuch.json"], "nosuch.json: no such file"),
     ("show: malformed JSON", ["show", "{broken}"], "not valid JSON"),
+    # until 2026-12-07 "not valid JSON (Expecting value at line 1)", and another kind of
+    # autopipe file "schema is ..., expected ...", naming neither what it is nor what to pass
+    ("show: an empty file", ["show", "{empty}"], "empty.json: the file is empty"),
+    ("show: a golden file", ["show", "{golden}"], "it is a golden record of partition quality, not a plan"),
+    ("show: a device of speed 0", ["show", "{speed_zero}"], "'devices[1]': device 'cuda:1' has speed 0.0"),
+    ("show: a stage on mps", ["show", "{stage_on_mps}"], "stages[0].device 'mps' is torch's 'mps' device type"),
+    ("check: a profile as the baseline", ["check", "{plan}", "--baseline", "{profile}"],
+     "it is a profile, not a plan"),
+    ("check: a plan as the golden file", ["check", "--golden", "{plan}"],
+     "it is a plan, not a golden record of partition quality"),
+    ("check: a device of speed 0 re-planned", ["check", "{speed_zero}", "--spec", MLP, "--profile", "{profile}"],
+     "has speed 0.0, not a positive number"),
+    ("train: a profile as the plan", ["train", MLP, "--plan", "{profile}", "--steps", "1"],
+     "it is a profile, not a plan"),
     # a profile alone is shown (its summary, tests/test_cli_show.py); with a flag that draws a
     # plan's schedule it is refused
     ("show: a profile with --png", ["show", "{profile}", "--png", "{tmp}/x.png"],

@@ -76,8 +76,9 @@ CASES: list[tuple[str, list[str], str]] = [
      "module list (inp, blocks, head)"),
     ("export: no format", ["export", "{layer}"], "the following arguments are required: --format"),
     ("export: missing plan", ["export", "{tmp}/nosuch.json", "--format", "megatron"], "nosuch.json: no such file"),
+    # until 2026-12-07 it said only "schema is 'autopipe.profile/1', expected 'autopipe.plan/1'"
     ("export: a profile as the plan", ["export", MLP_PROFILE, "--format", "megatron"],
-     "expected 'autopipe.plan/1'"),
+     "expected 'autopipe.plan/1': it is a profile, not a plan"),
     ("export: output is a directory", ["export", "{layer}", "--format", "megatron", "-o", "{tmp}"],
      "cannot write (is a directory)"),
     ("plan: --cut-at matches nothing",
@@ -122,3 +123,10 @@ def test_check_spec_replans_with_the_same_restriction(tmp_path: Path,
     first, second = json.loads(plan.read_text()), json.loads(again.read_text())
     assert second["options"]["granularity"]["pattern"] == r"blocks\.\d+"
     assert second["options"]["granularity"]["stage_units"] == first["options"]["granularity"]["stage_units"]
+
+
+def test_a_profile_passed_as_the_plan_says_what_to_pass_instead(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["export", MLP_PROFILE, "--format", "torchtitan"], capsys)
+    assert code == 2 and err.count("error:") == 1, err
+    assert f"hint: pass a plan, written by `autopipe plan SPEC ... -o PLAN.json`; plan with it: " \
+           f"`autopipe plan SPEC --profile {MLP_PROFILE} --stages N -o PLAN.json`" in err, err
