@@ -259,6 +259,26 @@ def test_data_parallel_replicas_are_whole_replicas_in_torchtitan() -> None:
     assert "data_parallel_replicate_degree" not in export_plan(plan, "torchtitan")["parallelism"]
 
 
+def test_a_plan_that_shards_its_optimizer_states_exports_zero_1() -> None:
+    """[Note: sharded optimizer states in an export]: until 2026-12-07 a --shard-optimizer plan
+    exported as if each replica held every state (more memory than it was planned with)."""
+    plan, _ = planned("gpt2-2")
+    whole = DataParallel(degree=2, ranks=((0, 2), (1, 3)), batch_size=16)
+    shard = dataclasses.replace(whole, shard_optimizer=True)
+    for dp, zero in ((whole, False), (shard, True)):
+        p = dataclasses.replace(plan, data_parallel=dp)
+        mg = export_plan(p, "megatron")
+        assert ("--use-distributed-optimizer" in mg["args"]) is zero
+        if "uneven_args" in mg:
+            assert ("--use-distributed-optimizer" in mg["uneven_args"]) is zero
+        assert export_plan(p, "deepspeed").get("zero_optimization") == ({"stage": 1} if zero else None)
+        notes = export_plan(p, "torchtitan")["notes"]
+        assert any("shards the optimizer states over its 2 replicas" in n for n in notes) is zero
+    one = dataclasses.replace(plan, data_parallel=dataclasses.replace(shard, degree=1, ranks=((0,), (1,)),
+                                                                       batch_size=8))
+    assert "--use-distributed-optimizer" not in export_plan(one, "megatron")["args"]  # nothing to shard over
+
+
 def megatron_layout(text: str) -> list[str]:
     """Megatron-LM's ``PipelineParallelLayerLayout.parse_str_to_list``, as characters per stage."""
     text = text.replace(",", "")

@@ -14,8 +14,10 @@ layer, what runs after the last — and ``parts`` over it; a subclass sets them:
             self._set_bounds(start=self.parts[stage], stop=self.parts[stage + 1])
 
 ``activation_checkpoint_interval`` (a ``PipelineModule`` argument) recomputes what the plan
-does (``autopipe.export.recompute``). A ``PipelineModule`` runs one stage per rank: plans
-with several (interleaved 1F1B, ZBV, DualPipeV) are refused.
+does (``autopipe.export.recompute``). A plan that shards its optimizer states over its
+replicas (``--shard-optimizer``) adds ``zero_optimization: {"stage": 1}`` for the DeepSpeed
+config (ZeRO-1, which its pipeline engine runs). A ``PipelineModule`` runs one stage per
+rank: plans with several (interleaved 1F1B, ZBV, DualPipeV) are refused.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 from autopipe.errors import ExportError
 from autopipe.export import recompute
-from autopipe.export.placement import pipeline_ranks
+from autopipe.export.placement import pipeline_ranks, sharded
 from autopipe.export.split import LayerSplit
 from autopipe.plan_format import Plan
 
@@ -46,7 +48,10 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
         # a unit that owns no module (the inputs alone, the output alone) is no layer
         layers += [list(u) for u in split.units[a:b] if u]
         parts.append(len(layers))
-    return {"num_stages": plan.num_stages, "parts": parts, "layers": layers,
-            "activation_checkpoint_interval": 1 if split.recompute_units else 0,
-            "notes": recompute.notes(split, "DeepSpeed (activation_checkpoint_interval 1)",
-                                     split.layers_per_stage(), outside=True)}
+    out: dict[str, Any] = {"num_stages": plan.num_stages, "parts": parts, "layers": layers,
+                           "activation_checkpoint_interval": 1 if split.recompute_units else 0}
+    if sharded(plan):  # [Note: sharded optimizer states in an export]
+        out["zero_optimization"] = {"stage": 1}
+    out["notes"] = recompute.notes(split, "DeepSpeed (activation_checkpoint_interval 1)",
+                                   split.layers_per_stage(), outside=True)
+    return out

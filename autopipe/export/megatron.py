@@ -29,7 +29,7 @@ from typing import Any
 
 from autopipe.errors import ExportError
 from autopipe.export import recompute
-from autopipe.export.placement import check_placement
+from autopipe.export.placement import check_placement, sharded
 from autopipe.export.split import LayerSplit
 from autopipe.plan_format import Plan
 
@@ -118,6 +118,8 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
         flags = ["--recompute-granularity", "full", "--recompute-method", "block", "--recompute-num-layers", str(n)]
         out["recompute_num_layers"] = n
         out["args"] += flags
+    if sharded(plan):  # [Note: sharded optimizer states in an export]
+        out["args"].append("--use-distributed-optimizer")
     middle = counts[1:-1]
     if plan.num_stages == ranks and len(counts) > 1 and counts[0] > 0 and counts[-1] > 0 \
             and len(set(middle)) <= 1 and all(middle):
@@ -125,6 +127,8 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
                               "--decoder-last-pipeline-num-layers", str(counts[-1])]
         if n:
             out["uneven_args"] += flags
+        if sharded(plan):
+            out["uneven_args"].append("--use-distributed-optimizer")
     out["notes"] = recompute.notes(split, f"Megatron-LM (--recompute-num-layers {n})",
                                    [min(n, c) for c in counts])
     return out

@@ -52,3 +52,17 @@ def check_placement(plan: Plan, style: str, engine: str, hint: str) -> int:
                           f"{plan.num_stages} stages, but the plan ({plan.schedule}) puts them on {ranks}",
                           hint=hint)
     return p
+
+
+def sharded(plan: Plan) -> bool:
+    """Whether ``plan`` shards its optimizer states over data-parallel replicas (ZeRO-1).
+
+    # [Note: sharded optimizer states in an export]
+    A ``--shard-optimizer`` plan priced each replica's share of the optimizer states, not
+    all of them: an export without the engine's ZeRO-1 setting runs a plan that needs more
+    memory than it was given (and until 2026-12-07 every export left it out). Megatron-LM
+    gets ``--use-distributed-optimizer``, DeepSpeed ``zero_optimization.stage`` 1 (which its
+    pipeline engine runs); torchtitan has no ZeRO-1, and a note says what it does instead.
+    """
+    dp = plan.data_parallel
+    return dp is not None and dp.shard_optimizer and dp.degree > 1

@@ -16,7 +16,8 @@ each in every part that reads it.
 rank's model parts where the plan does (``autopipe.export.placement``; interleaved plans in
 a loop, ZBV and DualPipeV in a V). A plan with data-parallel replicas adds
 ``data_parallel_replicate_degree`` (whole replicas, as autopipe planned their memory; no
-sharding). ``activation_checkpoint`` names the policy (torchtitan's ``full`` or ``none``
+sharding; a plan that shards its optimizer states, ZeRO-1, says in a note what torchtitan,
+which has no ZeRO-1, does instead). ``activation_checkpoint`` names the policy (torchtitan's ``full`` or ``none``
 subcommand; ``[activation_checkpoint] mode`` in older versions) that recomputes what the
 plan does (``autopipe.export.recompute``).
 """
@@ -25,9 +26,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from autopipe._units import format_size
 from autopipe.errors import ExportError
 from autopipe.export import recompute
-from autopipe.export.placement import V_SCHEDULES, check_placement
+from autopipe.export.placement import V_SCHEDULES, check_placement, sharded
 from autopipe.export.split import LayerSplit
 from autopipe.plan_format import Plan
 
@@ -65,5 +67,14 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
     }
     if plan.replicas > 1:
         parallelism.update(data_parallel_replicate_degree=plan.replicas, data_parallel_shard_degree=1)
+    notes = recompute.notes(split, "torchtitan (activation_checkpoint full)", split.layers_per_stage())
+    if sharded(plan):  # [Note: sharded optimizer states in an export]
+        more = max(s.memory.optimizer for s in plan.stages) * (plan.replicas - 1)
+        notes.append(f"the plan shards the optimizer states over its {plan.replicas} replicas "
+                     f"(--shard-optimizer, ZeRO-1), which torchtitan has no setting for: with "
+                     f"data_parallel_replicate_degree {plan.replicas} each replica holds all of "
+                     f"them, up to {format_size(more)} a rank more than planned; "
+                     f"data_parallel_shard_degree {plan.replicas} (FSDP) shards the parameters "
+                     f"and gradients too, at a cost in communication the plan did not price")
     return {"parallelism": parallelism, "activation_checkpoint": "full" if split.recompute_units else "none",
-            "notes": recompute.notes(split, "torchtitan (activation_checkpoint full)", split.layers_per_stage())}
+            "notes": notes}
