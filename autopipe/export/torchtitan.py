@@ -69,11 +69,11 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
         parallelism.update(data_parallel_replicate_degree=plan.replicas, data_parallel_shard_degree=1)
     notes = recompute.notes(split, "torchtitan (activation_checkpoint full)", split.layers_per_stage())
     if sharded(plan):  # [Note: sharded optimizer states in an export]
-        more = max(s.memory.optimizer for s in plan.stages) * (plan.replicas - 1)
+        extra = max(s.memory.optimizer for s in plan.stages) * (plan.replicas - 1)
         notes.append(f"the plan shards the optimizer states over its {plan.replicas} replicas "
                      f"(--shard-optimizer, ZeRO-1), which torchtitan has no setting for: with "
                      f"data_parallel_replicate_degree {plan.replicas} each replica holds all of "
-                     f"them, up to {format_size(more)} a rank more than planned; "
+                     f"them, up to {format_size(extra)} a rank more than planned; "
                      f"data_parallel_shard_degree {plan.replicas} (FSDP) shards the parameters "
                      f"and gradients too, at a cost in communication the plan did not price")
     return {"parallelism": parallelism, "activation_checkpoint": "full" if split.recompute_units else "none",
