@@ -61,7 +61,7 @@ def plan(
     profile: str | os.PathLike[str] | Profile = "measure",
     optimizer: str = "adam",
     method: str = "ilp",
-    device_spec: str = "h100",
+    device_spec: str | None = None,
     dtype: str | None = None,
     link_bandwidth: float | str | None = None,
     max_blocks: int = DEFAULT_MAX_BLOCKS,
@@ -111,9 +111,11 @@ def plan(
             ``device_spec``), a Profile, or the path of a saved profile.
         optimizer: for optimizer-state memory (``adam``, ``adamw``, ``sgd``, ``sgd-momentum``, ``none``).
         method: ``ilp``, ``dp``, ``uniform`` or ``params``.
-        device_spec: the device to estimate for (with ``profile="estimate"``).
+        device_spec: the device to estimate for (with ``profile="estimate"`` only; default
+            ``h100``).
         dtype: compute dtype to profile in (``bf16``…); None keeps the model's. Parameter
-            memory is counted in the profile's dtype.
+            memory is counted in the profile's dtype. With ``"measure"`` or ``"estimate"``
+            only: a given profile has its own.
         link_bandwidth: bytes/s between stages; default the device spec's, else 25 GB/s.
         max_blocks: graphs with more nodes are coarsened to this many blocks.
         time_limit: seconds for all MIP solves together (a search shares them out; with
@@ -192,6 +194,8 @@ def plan(
         if given:
             raise PlanError(f"{given[0]} applies with gpus=N only", hint=f"drop {given[0]}, or pass gpus")
 
+    _check_profiling_options(profile, device_spec, dtype)
+    device_spec = device_spec or "h100"
     if isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or max_blocks < 1:
         # the CLI's --max-blocks refuses it; the API planned on as if it were not given
         raise PlanError(f"max_blocks = {max_blocks!r}", hint="give a positive number of blocks to "
@@ -300,6 +304,29 @@ def plan(
         mip.share_among(ROUNDS_SHARE)
         plan = refine_plan(plan, prof, graph, example_inputs, example_kwargs, solve, **loss)
     return plan
+
+
+def _check_profiling_options(profile: str | os.PathLike[str] | Profile, device_spec: str | None,
+                             dtype: str | None) -> None:
+    """Refuse profiling options that the chosen profile does not use, as the CLI refuses
+    ``--device-spec`` or ``--dtype`` with ``--profile`` (until 2026-12-07 the API planned on
+    without them, as if they had been applied).
+
+    Raises:
+        PlanError: ``device_spec`` without ``profile="estimate"``, or ``dtype`` with a given profile.
+    """
+    mode = profile if isinstance(profile, str) and profile in PROFILE_MODES else None
+    given = "a Profile" if isinstance(profile, Profile) else f"profile={str(profile)!r}"
+    if device_spec is not None and mode != "estimate":
+        raise PlanError(f"device_spec={device_spec!r} applies only with profile='estimate', but "
+                        f"{given} " + ("times the model here" if mode == "measure" else "gives the costs"),
+                        hint="drop device_spec, or pass profile='estimate'"
+                             + ("" if mode else " (or estimate the profile for that device: "
+                                                "autopipe profile SPEC --device meta --device-spec NAME)"))
+    if dtype is not None and mode is None:
+        raise PlanError(f"dtype={dtype!r} applies only when autopipe profiles the model "
+                        f"(profile='measure' or 'estimate'), but {given} gives the costs",
+                        hint="drop dtype, or profile in that dtype (autopipe profile SPEC --dtype ...)")
 
 
 def _runtime_costs(optimizer: str) -> Callable[[Profile], Profile]:

@@ -231,3 +231,24 @@ def test_example_kwargs_that_are_no_dict_are_refused() -> None:
     with pytest.raises(ExampleInputError, match="example_kwargs must be a dict"):
         autopipe.plan(spec.model, spec.example_inputs, example_kwargs=[1],  # type: ignore[arg-type]
                       num_stages=2, profile="estimate")
+
+
+@pytest.mark.parametrize(("how", "message"), [
+    ({"profile": "measure", "device_spec": "h200"},
+     "device_spec='h200' applies only with profile='estimate', but profile='measure' times the model here"),
+    ({"profile": "PROFILE", "device_spec": "a100"}, "device_spec='a100' applies only with profile='estimate'"),
+    ({"profile": "PROFILE", "dtype": "bf16"}, "dtype='bf16' applies only when autopipe profiles the model"),
+])
+def test_profiling_options_the_profile_does_not_use_are_refused(how: dict[str, str], message: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI refuses --device-spec or --dtype with --profile; until 2026-12-07 the API planned
+    on the saved profile (or measured here) as if they had been applied."""
+    import autopipe.api as api
+
+    monkeypatch.setattr(api, "trace", lambda *a, **k: pytest.fail("traced before the options were checked"))
+    spec = example_spec("mlp")
+    given = {k: (str(Path(__file__).parents[1] / "profiles" / "cpu" / "mlp.json") if v == "PROFILE" else v)
+             for k, v in how.items()}
+    with pytest.raises(PlanError, match=message.replace("(", r"\(")) as info:
+        autopipe.plan(spec.model, spec.example_inputs, num_stages=2, **given)  # type: ignore[arg-type]
+    assert info.value.hint and info.value.hint.startswith("drop ")

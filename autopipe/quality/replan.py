@@ -31,8 +31,8 @@ def replan(spec: ModelSpec, old: Plan, profile: str | os.PathLike[str] | None = 
         raise PlanError("the plan records no planner options (profile_method missing)",
                         hint="regenerate the baseline with `autopipe plan`")
     method = str(opts["profile_method"])
-    device_spec = "h100"
-    if method == "estimate":
+    device_spec = None
+    if method == "estimate" and profile is None:
         device_spec = str(opts.get("profile_device", "estimate:h100")).removeprefix("estimate:")
     recorded = opts.get("recompute")
     replicas = _replicas(old)
@@ -42,7 +42,7 @@ def replan(spec: ModelSpec, old: Plan, profile: str | os.PathLike[str] | None = 
         spec.model, spec.example_inputs, example_kwargs=spec.example_kwargs,
         profile=method if profile is None else profile, **choice, optimizer=str(opts.get("optimizer", "adam")),
         method=old.solver.method, device_spec=device_spec,
-        dtype=str(opts["dtype"]) if opts.get("dtype") else None,
+        dtype=str(opts["dtype"]) if opts.get("dtype") and profile is None else None,
         **(replicas or {
             "devices": list(old.devices),
             "batch_size": opts["batch_size"] if isinstance(opts.get("batch_size"), int) else None,
