@@ -263,6 +263,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("check: --refresh without --golden", ["check", "{plan}", "--baseline", "{plan}", "--refresh"],
      "--refresh applies only with --golden"),
     ("check: no plan", ["check", "--baseline", "{plan}"], "no PLAN.json given"),
+    # until 2026-12-07 argparse named the parsing function: "invalid _tolerance value: '1%'"
+    ("check: a percentage as the tolerance", ["check", "{plan}", "--baseline", "{plan}", "--tolerance", "1%"],
+     "argument --tolerance: tolerance '1%' is not a number: write a fraction, e.g. 0.01 for 1%"),
     ("check: negative tolerance", ["check", "{plan}", "--baseline", "{plan}", "--tolerance", "-1"],
      "not a non-negative fraction"),
     # autopipe train

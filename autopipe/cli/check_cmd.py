@@ -15,7 +15,11 @@ from autopipe.quality.compare import compare_plans
 
 
 def _tolerance(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:  # argparse said "invalid _tolerance value: '1%'" (until 2026-12-07)
+        raise argparse.ArgumentTypeError(f"tolerance {text!r} is not a number: write a fraction, "
+                                         f"e.g. 0.01 for 1%") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"tolerance {text} is not a non-negative fraction")
     return value
