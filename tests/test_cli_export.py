@@ -23,11 +23,12 @@ def plans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     transformer layers)."""
     tmp = tmp_path_factory.mktemp("export")
     out = {"tmp": str(tmp), "node": str(tmp / "node.json"), "layer": str(tmp / "layer.json"),
-           "unlike": str(tmp / "unlike.json")}
+           "unlike": str(tmp / "unlike.json"), "inner": str(tmp / "inner.json")}
     base = ["plan", MLP, "--stages", "3", "--microbatches", "6", "--profile", MLP_PROFILE]
     assert main([*base, "-o", out["node"]]) == 0
     assert main([*base, "--cut-at", "blocks.*", "-o", out["layer"]]) == 0
     assert main([*base, "--cut-at", "*", "-o", out["unlike"]]) == 0
+    assert main([*base, "--cut-at", "blocks.*.0", "-o", out["inner"]]) == 0
     return out
 
 
@@ -74,6 +75,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("export: megatron of unlike units", ["export", "{unlike}", "--format", "megatron"],
      "but the layers this plan cuts between (3, matched by '*') are not the numbered blocks of a "
      "module list (inp, blocks, head)"),
+    # until 2026-12-07: "... cuts between the layers of 8 module lists (blocks.0, blocks.1, ...)",
+    # with a hint about an encoder-decoder's two stacks
+    ("export: megatron of modules inside the blocks", ["export", "{inner}", "--format", "megatron"],
+     "the layers this plan cuts between (8, matched by 'blocks.*.0') are not all the blocks of blocks.0, "
+     "blocks.1"),
     ("export: no format", ["export", "{layer}"], "the following arguments are required: --format"),
     ("export: missing plan", ["export", "{tmp}/nosuch.json", "--format", "megatron"], "nosuch.json: no such file"),
     # until 2026-12-07 it said only "schema is 'autopipe.profile/1', expected 'autopipe.plan/1'"

@@ -66,6 +66,8 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
             unlike modules: ``LayerSplit.unlike``): the layout counts one stack of
             transformer layers; or its stages lie on the ranks in a V.
     """
+    if len(split.lists) > 1 and not split.stacked():  # modules inside the blocks ('model.layers.*.mlp'):
+        _refuse_unlike(split)  # "the layers of 6 module lists (model.layers.0, …)" until 2026-12-07
     if len(split.lists) > 1:
         raise ExportError(
             f"Megatron-LM's pipeline layout counts one stack of transformer layers, but this "
@@ -90,17 +92,7 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
             "cannot be checked to hold only the embedding and the output layer",
             hint="plan it again with this version of autopipe (`autopipe plan SPEC ... "
                  "--granularity layer`), or export it --format torchtitan or deepspeed")
-    why = split.unlike()
-    if why is not None:
-        again = ("plan it again with --cut-at naming the blocks of one stack ('model.layers.*')"
-                 if split.auto else "plan it again with --granularity layer and no --cut-at (it "
-                 "finds the repeated blocks), or a --cut-at naming all the blocks of one stack "
-                 "('model.layers.*')")
-        raise ExportError(
-            f"Megatron-LM's pipeline layout counts the transformer layers of one stack, but the "
-            f"layers this plan cuts between ({split.num_layers}, matched by {split.pattern!r}) {why}",
-            hint=f"{again}; or export it --format torchtitan or deepspeed, whose module lists "
-                 f"say exactly what each stage holds")
+    _refuse_unlike(split)
     ranks = check_placement(plan, "loop", "Megatron-LM", "plan it with --schedule interleaved-1f1b "
                             "for Megatron's interleaved schedule, or export it --format torchtitan")
     counts = split.layers_per_stage()
@@ -132,3 +124,24 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
     out["notes"] = recompute.notes(split, f"Megatron-LM (--recompute-num-layers {n})",
                                    [min(n, c) for c in counts])
     return out
+
+
+def _refuse_unlike(split: LayerSplit) -> None:
+    """Raise where the plan's layers are no stack of transformer layers built alike
+    (``LayerSplit.unlike``), which Megatron-LM's layout counts.
+
+    Raises:
+        ExportError: naming why, with the --cut-at that would make one.
+    """
+    why = split.unlike()
+    if why is None:
+        return
+    again = ("plan it again with --cut-at naming the blocks of one stack ('model.layers.*')"
+             if split.auto else "plan it again with --granularity layer and no --cut-at (it "
+             "finds the repeated blocks), or a --cut-at naming all the blocks of one stack "
+             "('model.layers.*')")
+    raise ExportError(
+        f"Megatron-LM's pipeline layout counts the transformer layers of one stack, but the "
+        f"layers this plan cuts between ({split.num_layers}, matched by {split.pattern!r}) {why}",
+        hint=f"{again}; or export it --format torchtitan or deepspeed, whose module lists "
+             f"say exactly what each stage holds")

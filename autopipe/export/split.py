@@ -118,6 +118,30 @@ class LayerSplit:
                     return holder, other, under
         return None
 
+    def _block(self, m: str) -> bool:
+        """Whether module ``m`` is a numbered child of a list (of any, in plans without lists)."""
+        parent, _, last = m.rpartition(".")
+        return last.isdigit() and (not self.lists or parent in self.lists)
+
+    def numbered(self) -> bool:
+        """Whether every layer holds a numbered block of its list (``X.3``): False where the
+        pattern matched modules inside the blocks (``model.layers.*.mlp``), whose parents
+        (``model.layers.0``, …) are then recorded as ``lists``."""
+        return all(any(self._block(m) for m in u) for u in self.units[1:-1])
+
+    def stacked(self) -> bool:
+        """Whether the layers are the numbered blocks of their lists, two or more of each:
+        stacks of layers (an encoder's and a decoder's). False for a ``--cut-at`` that names
+        modules inside the blocks (``model.layers.*.mlp``, ``blocks.*.0``), whose parents are
+        then recorded as lists of one layer each."""
+        if not self.numbered():
+            return False
+        counts: dict[str, int] = {}
+        for u in self.units[1:-1]:
+            parent = next(m for m in u if self._block(m)).rpartition(".")[0]
+            counts[parent] = counts.get(parent, 0) + 1
+        return all(n >= 2 for n in counts.values())
+
     def unlike(self) -> str | None:
         """Why the layers are no stack of transformer layers built alike, as an engine that
         counts them (Megatron-LM's ``t``) needs; None where they are one.
@@ -131,14 +155,11 @@ class LayerSplit:
         built alike (``alike``, recorded at planning time, where the calls each runs are known).
         """
 
-        def block(m: str) -> bool:  # a numbered child of a list (any, in plans without lists)
-            parent, _, last = m.rpartition(".")
-            return last.isdigit() and (not self.lists or parent in self.lists)
-
+        block = self._block
         layers = self.units[1:-1]
         names = [u[0] if u else "(nothing)" for u in layers]
         shown = ", ".join(names[:5]) + (f", … ({len(names)} in all)" if len(names) > 5 else "")
-        if not all(any(block(m) for m in u) for u in layers):
+        if not self.numbered():
             return f"are not the numbered blocks of a module list ({shown})"
         own = {next(m for m in u if block(m)) for u in layers}
         stray = [m for u in self.units for m in u if block(m) and m not in own]
