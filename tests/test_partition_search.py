@@ -110,6 +110,20 @@ def test_schedule_auto_is_the_fastest_schedule() -> None:
     assert plan.schedule == min(each, key=lambda s: (each[s].predicted.iteration_s, tried.index(s)))
 
 
+def test_schedule_auto_gives_virtual_stages_to_the_interleaved_candidate_only() -> None:
+    """Until 2026-12-07 `--schedule auto --virtual-stages 3` tried 1f1b, zb-h1 and gpipe with 3
+    chunks a rank, which each refused, and picked among the multi-chunk schedules alone."""
+    plan = plan_profile(at_size(4), num_stages=2, microbatches=4, schedule="auto", method="dp",
+                        virtual_stages=3)
+    rows = {t["schedule"]: t for t in plan.options["search"]}
+    assert {s: rows[s].get("virtual_stages") for s in rows} == {
+        "1f1b": None, "zb-h1": None, "gpipe": None, "interleaved-1f1b": 3, "zbv": 2, "dualpipev": 2}
+    assert not any("virtual stages" in str(rows[s].get("why")) for s in ("1f1b", "zb-h1", "gpipe")), rows
+    assert rows["1f1b"]["iteration_s"] is not None, rows
+    plain = plan_profile(at_size(4), num_stages=2, microbatches=4, schedule="auto", method="dp")
+    assert plan.predicted.iteration_s <= plain.predicted.iteration_s
+
+
 def test_schedule_auto_tries_dualpipev_only_where_torch_runs_it() -> None:
     """DualPipeV needs m ≥ 2p: with 3 ranks and 4 micro-batches the search records why not."""
     plan = plan_profile(at_size(4), num_stages=3, microbatches=4, schedule="auto", method="dp")

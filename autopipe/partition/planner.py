@@ -317,7 +317,9 @@ def plan_profile(
         assert batch_size is not None
         counts = [m for m in range(1, batch_size + 1) if batch_size % m == 0]
     schedules = [s for s in AUTO_SCHEDULES if s in SCHEDULES] if schedule == "auto" else [schedule]
-    chunked = {s: chunks_per_rank(s, virtual_stages) for s in schedules}
+    # auto: virtual_stages is the interleaved candidate's only (until 2026-12-07 1f1b, zb-h1
+    # and gpipe were given it too, and each refused as a schedule of one chunk per rank)
+    chunked = {s: 1 if schedule == "auto" else chunks_per_rank(s, virtual_stages) for s in schedules}
     if schedule == "auto" and num_stages > 1:
         for name, v in AUTO_CHUNKED:
             schedules.append(name)
