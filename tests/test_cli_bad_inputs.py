@@ -182,7 +182,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("plan: --device-spec with --profile",
      [*PLAN_P, "--device-spec", "h100"], "--device-spec applies only when autopipe profiles"),
     ("plan: --time-limit with --method dp",
-     [*PLAN_P, "--method", "dp", "--time-limit", "5"], "--time-limit applies only with --method ilp"),
+     [*PLAN_P, "--method", "dp", "--time-limit", "5"], "--time-limit applies only with --method ilp (the MIP solver)"),
     ("plan: negative --time-limit", [*PLAN_P, "--time-limit=-1"], "-1 is not positive"),
     ("plan: zero --link-bandwidth", [*PLAN_P, "--link-bandwidth", "0"], "'0' is not positive"),
     ("plan: --microbatch-sizes without the profile's size", [*GPUS, "--microbatch-sizes", "3,5"],

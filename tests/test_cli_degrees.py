@@ -141,3 +141,19 @@ def test_check_spec_replans_a_data_parallel_plan(tmp_path: Path, capsys: pytest.
     old, again = autopipe.Plan.load(plan), autopipe.Plan.load(new)
     assert again.stage_of == old.stage_of and again.data_parallel == old.data_parallel
     assert again.predicted == old.predicted
+
+
+def test_a_screen_by_the_ilp_takes_the_mip_options(tmp_path: Path, mlp_profile: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`--screen ilp --method dp` solves every candidate's MIP: until 2026-12-07 its --time-limit
+    was refused as applying "only with --method ilp"."""
+    out = tmp_path / "plan.json"
+    code = main(["plan", MLP, "--profile", str(mlp_profile), "--gpus", "2", "--batch-size", "16",
+                 "--schedule", "1f1b", "--screen", "ilp", "--method", "dp", "--time-limit", "4",
+                 "--gap", "0.01", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    plan = autopipe.Plan.load(out)
+    assert plan.options["cluster"]["screen"] == "ilp" and plan.options["time_limit"] == 4
+    code = main(["plan", MLP, "--profile", str(mlp_profile), "--gpus", "2", "--batch-size", "16",
+                 "--method", "dp", "--time-limit", "4", "-o", str(out)])
+    assert code == 2 and "--time-limit applies only with --method ilp or --screen ilp" in capsys.readouterr().err

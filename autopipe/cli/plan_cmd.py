@@ -269,11 +269,13 @@ def _check_flags(args: argparse.Namespace) -> None:
     reject_flag(args.no_refine and bool(args.profile or args.device_spec), "--no-refine",
                 "when autopipe measures the model itself (only measured stages are re-timed)",
                 hint="drop --no-refine")
+    # a --gpus search screens by the ILP too with --screen ilp (refused here until 2026-12-07)
+    mip = args.method == "ilp" or (args.gpus is not None and args.screen == "ilp")
     for flag, value in (("--time-limit", args.time_limit), ("--gap", args.gap),
                         ("--solver", args.solver)):
-        reject_flag(value is not None and args.method != "ilp", flag,
-                    f"with --method ilp (the MIP solver); --method {args.method} does not use it",
-                    hint=f"drop {flag}, or use --method ilp")
+        reject_flag(value is not None and not mip, flag,
+                    f"with --method ilp{' or --screen ilp' if args.gpus is not None else ''} (the MIP "
+                    f"solver); --method {args.method} does not use it", hint=f"drop {flag}, or use --method ilp")
 
 
 def _built_and_profiled(args: argparse.Namespace, knobs: dict[str, Any],
