@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from autopipe.errors import AutopipeError
@@ -30,6 +31,8 @@ def parse_size(value: str | int | float) -> int:
     if isinstance(value, bool):
         raise AutopipeError(f"size {value!r} is not a number of bytes", hint="write e.g. 80GiB")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):  # int() of it raised OverflowError or ValueError (until 2026-12-07)
+            raise AutopipeError(f"size {value} is not a finite number of bytes", hint="write e.g. 80GiB")
         if value < 0:
             raise AutopipeError(f"size {value} is negative", hint="write e.g. 80GiB")
         return int(value)
@@ -40,7 +43,11 @@ def parse_size(value: str | int | float) -> int:
             f"cannot read size {value!r}",
             hint="write a number of bytes or a number with a unit: 80GiB, 512MiB, 40GB",
         )
-    return int(float(m.group(1)) * _UNITS[unit])
+    size = float(m.group(1)) * _UNITS[unit]
+    if not math.isfinite(size):  # "1e400": an OverflowError traceback until 2026-12-07
+        raise AutopipeError(f"size {value!r} is too large to be a number of bytes",
+                            hint="write e.g. 80GiB")
+    return int(size)
 
 
 def format_size(n: float) -> str:

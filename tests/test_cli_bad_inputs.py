@@ -171,6 +171,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("plan: unknown schedule", [*PLAN_P, "--schedule", "zigzag"], "unknown schedule 'zigzag'"),
     ("plan: bad size string", [*PLAN_P, "--memory", "12XB"], "12XB"),
     ("plan: negative size", [*PLAN_P, "--memory=-1GiB"], "-1GiB"),
+    # an OverflowError traceback until 2026-12-07
+    ("plan: a size past any float", [*PLAN_P, "--memory", "1e400"], "size '1e400' is too large to be a number of bytes"),
     ("plan: output under a file", ["plan", MLP, "--stages", "2", "--profile", "{profile}",
                                    "-o", "{plan}/new.json"], "plan.json is a file"),
     ("plan: bad link bandwidth", [*PLAN_P, "--link-bandwidth", "fast"], "fast"),
