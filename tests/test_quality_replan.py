@@ -55,6 +55,20 @@ def test_a_batch_size_search_is_run_again(tmp_path: Path, capsys: pytest.Capture
     assert rows == Plan.load(plan).options["search"]
 
 
+def test_a_schedule_search_is_run_again_with_its_chunks(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`--schedule auto --virtual-stages 3` is re-planned with 3 chunks for the interleaved
+    candidate (until 2026-12-07 the default 2), and named a --schedule auto search (it was
+    called a --batch-size search)."""
+    plan, new = _plan_and_check(tmp_path, "--schedule", "auto", "--virtual-stages", "3", "--microbatches", "4")
+    err = capsys.readouterr().err
+    assert "is the choice of a --schedule auto search; the same search (schedule auto, microbatches 4, " \
+           "virtual_stages 3" in err, err
+    rows = Plan.load(new).options["search"]
+    assert {r["schedule"]: r.get("virtual_stages") for r in rows}["interleaved-1f1b"] == 3
+    assert rows == Plan.load(plan).options["search"]
+
+
 def test_a_gpus_search_is_run_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A --gpus plan is re-planned over every pipeline degree and micro-batch size its search
     tried (until 2026-12-07 over its chosen degree alone), and compared per step."""

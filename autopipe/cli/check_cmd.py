@@ -129,7 +129,9 @@ def _say_search(path: str, old: Plan) -> None:
         return
     tried = ", ".join(f"{k} {'/'.join(map(str, v)) if isinstance(v, list) else v}"
                       for k, v in again.items() if v is not None and k not in ("screen", "finalists"))
-    what = "--gpus" if old.data_parallel is not None else "--batch-size"
+    # a search of schedules alone was called a --batch-size search until 2026-12-07
+    what = ("--gpus" if old.data_parallel is not None else
+            "--batch-size" if again.get("microbatches") == "auto" else "--schedule auto")
     print(f"note: {path} is the choice of a {what} search; the same search ({tried}) is run "
           f"again and its choice compared with {path}'s", file=sys.stderr)
 

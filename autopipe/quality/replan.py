@@ -87,9 +87,14 @@ def searched(old: Plan) -> dict[str, Any] | None:
         schedules = sorted({str(r["schedule"]) for r in rows})
         counts = sorted({int(r["microbatches"]) for r in rows})
         if old.data_parallel is None:
+            # the interleaved candidate's chunks, as --virtual-stages gave them (until
+            # 2026-12-07 the search was re-run with the default 2)
+            chunks = [int(r["virtual_stages"]) for r in rows
+                      if r.get("schedule") == "interleaved-1f1b" and r.get("virtual_stages")]
             return {"schedule": "auto" if len(schedules) > 1 else schedules[0],
                     "microbatches": "auto" if len(counts) > 1 else counts[0],
-                    **({"virtual_stages": None, "num_stages": len(set(ranks_of(old)))}
+                    **({"virtual_stages": chunks[0] if chunks and chunks[0] != 2 else None,
+                        "num_stages": len(set(ranks_of(old)))}
                        if len(schedules) > 1 else _ranks(old))}
         stages = sorted({int(r["stages"]) for r in rows})
         sizes = sorted({int(r["microbatch_size"]) for r in rows})
