@@ -264,6 +264,27 @@ def test_a_rank_limit_binds_on_the_sum_of_its_chunks(mlp_profile: Profile) -> No
     assert e.value.hint is not None and "1f1b" in e.value.hint
 
 
+def test_check_holds_a_rank_to_its_limit_with_all_its_chunks(mlp_profile: Profile) -> None:
+    """``check --baseline`` compared each chunk's memory alone with its device (until
+    2026-12-07): a rank whose two chunks together exceed its device passed. Now a device
+    of several chunks is held to the sum of their predicted peaks, and its line says so."""
+    from dataclasses import replace
+
+    from autopipe.quality.compare import compare_plans, device_peaks
+
+    free = plan_profile(mlp_profile, num_stages=2, microbatches=4, schedule="interleaved-1f1b",
+                        optimizer="sgd")
+    peaks = device_peaks(free)
+    assert sorted(stages for _, stages in peaks.values()) == [(0, 2), (1, 3)]
+    limit = int(0.99 * max(peak for peak, _ in peaks.values()))
+    assert limit > max(s.memory.total for s in free.stages)  # every chunk alone fits
+    tight = replace(free, devices=tuple(replace(d, memory=limit) for d in free.devices))
+    result = compare_plans(tight, free)
+    assert result.worse and any("the rank of stages" in r and "needs" in r for r in result.reasons), result.reasons
+    assert result.lines[3].startswith("largest rank")
+    assert not compare_plans(free, free).worse
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(schedule="1f1b", virtual_stages=2), "one stage per rank"),
     (dict(schedule="zbv", virtual_stages=3), "exactly 2 chunks per rank"),

@@ -25,8 +25,35 @@ class Comparison:
         return "\n".join(self.lines)
 
 
+def device_peaks(plan: Plan) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """Per device: its predicted peak bytes and the stages it holds.
+
+    A device of one stage peaks at that stage's ``memory.total``. A device of several
+    (the chunks of an interleaved or V-shaped schedule) holds them all at once: its peak
+    is the sum of their ``predicted.peak_memory``, which the planner splits so that a
+    rank's chunks add up to its peak (``autopipe.partition.planner.predict``); each chunk's
+    ``memory.total`` alone would miss the others it holds.
+    """
+    held: dict[str, list[int]] = {}
+    for st in plan.stages:
+        held.setdefault(st.device, []).append(st.index)
+    peaks = plan.predicted.peak_memory
+    out = {}
+    for device, stages in held.items():
+        if len(stages) > 1 and len(peaks) == plan.num_stages:
+            out[device] = (sum(peaks[i] for i in stages), tuple(stages))
+        else:
+            out[device] = (max(plan.stages[i].memory.total for i in stages), tuple(stages))
+    return out
+
+
 def _peak(plan: Plan) -> int:
-    return max(s.memory.total for s in plan.stages)
+    return max(peak for peak, _ in device_peaks(plan).values())
+
+
+def _largest(plan: Plan) -> str:
+    """What ``_peak`` measures: a stage, or a rank of several."""
+    return "largest rank" if any(len(s) > 1 for _, s in device_peaks(plan).values()) else "largest stage"
 
 
 def compare_plans(new: Plan, old: Plan, *, tolerance: float = 0.01, same_model: bool = False) -> Comparison:
@@ -78,19 +105,21 @@ def compare_plans(new: Plan, old: Plan, *, tolerance: float = 0.01, same_model: 
                            f"baseline's ({format_seconds(s_new)} against {format_seconds(s_old)} a "
                            f"micro-batch; {trains}; tolerance {tolerance:.1%})")
     m_new, m_old = _peak(new), _peak(old)
+    largest = _largest(new) if _largest(new) == _largest(old) else "largest stage or rank"
     if m_new > m_old * (1 + tolerance):
-        reasons.append(f"largest stage needs {format_size(m_new)}, {m_new / m_old - 1:+.1%} against "
+        reasons.append(f"{largest} needs {format_size(m_new)}, {m_new / m_old - 1:+.1%} against "
                        f"the baseline's {format_size(m_old)} (tolerance {tolerance:.1%})")
     limits = {d.name: d.memory for d in new.devices}
-    for s in new.stages:
-        limit = limits.get(s.device)
-        if limit and s.memory.total > limit:
-            reasons.append(f"stage {s.index} needs {format_size(s.memory.total)} but {s.device} "
-                           f"has {format_size(limit)}")
+    for device, (peak, stages) in device_peaks(new).items():
+        limit = limits.get(device)
+        if limit and peak > limit:
+            holder = (f"stage {stages[0]}" if len(stages) == 1 else
+                      f"the rank of stages {', '.join(map(str, stages))}")
+            reasons.append(f"{holder} needs {format_size(peak)} but {device} has {format_size(limit)}")
     lines = [
         f"iteration time  {format_seconds(t_old):>12} -> {format_seconds(t_new):>12}  ({t_new / t_old - 1:+.1%})",
         *per_sample,
-        f"largest stage   {format_size(m_old):>12} -> {format_size(m_new):>12}  ({m_new / m_old - 1:+.1%})",
+        f"{largest + ' ':<16}{format_size(m_old):>12} -> {format_size(m_new):>12}  ({m_new / m_old - 1:+.1%})",
         f"stages          {old.num_stages:>12} -> {new.num_stages:>12}",
         "",
         f"{'stage':>5}  {'time old':>12}  {'time new':>12}  {'memory old':>12}  {'memory new':>12}  nodes old->new",
