@@ -284,17 +284,19 @@ def generator(n: int, step: int, seed: int = 0) -> torch.Generator:
 
 
 def example_target(spec: ModelSpec) -> Any:
-    """The target of one micro-batch (``spec.batch(1)``'s), for profiling the loss.
+    """The target of one micro-batch (``spec.batch(1)``'s), for profiling the loss; None
+    where the spec gives none (a loss of the output alone: it is profiled without one).
 
     Raises:
-        SpecError: ``spec.batch`` fails or returns no ``(inputs, target)`` pair.
+        SpecError: ``spec.batch`` fails or returns no ``(inputs, target)`` pair, or a target
+            that is not one tensor.
     """
     try:
         _, target = spec.batch(1)
     except Exception as e:
         raise SpecError(f"spec.batch(1) failed: {type(e).__name__}: {e}",
                         hint="batch(n, step=0) must return (inputs, target) for n micro-batches") from e
-    return tensor_target(target, "spec.batch(1)")
+    return None if target is None else tensor_target(target, "spec.batch(1)")
 
 
 def tensor_target(target: Any, where: str) -> torch.Tensor:
