@@ -104,3 +104,18 @@ def test_the_sends_say_which_go_forward_only() -> None:
     text = format_plan(dataclasses.replace(plan, stages=(dataclasses.replace(first, sends=sends), *plan.stages[1:])))
     line = next(x for x in text.splitlines() if x.strip().startswith("sends:"))
     assert line.endswith(f"; 1 forward only ({format_size(first.sends[0].bytes)}))")
+
+
+def test_a_faster_baseline_beside_an_unsettled_refinement_is_said_to_be_unmeasured() -> None:
+    """[Note: baselines beside a re-timed step]: a refined plan whose cuts kept moving,
+    beside a baseline priced faster, says that baseline was never measured."""
+    from dataclasses import replace
+
+    plan = plan_profile(synthetic_profile(60, seed=1), num_stages=3, memory_limit="4GiB")
+    slow = replace(plan.baselines["dp"], iteration_s=plan.predicted.iteration_s * 0.8)
+    moving = replace(plan, baselines={**plan.baselines, "dp": slow},
+                     options={**plan.options, "refine": {"converged": False, "rounds": []}})
+    assert "a faster baseline here is not measured" in format_plan(moving)
+    settled = replace(moving, options={**plan.options, "refine": {"converged": True, "rounds": []}})
+    assert "not measured" not in format_plan(settled)
+    assert "not measured" not in format_plan(plan)
