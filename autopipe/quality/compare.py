@@ -47,13 +47,10 @@ def device_peaks(plan: Plan) -> dict[str, tuple[int, tuple[int, ...]]]:
     return out
 
 
-def _peak(plan: Plan) -> int:
-    return max(peak for peak, _ in device_peaks(plan).values())
-
-
-def _largest(plan: Plan) -> str:
-    """What ``_peak`` measures: a stage, or a rank of several."""
-    return "largest rank" if any(len(s) > 1 for _, s in device_peaks(plan).values()) else "largest stage"
+def _peak(peaks: dict[str, tuple[int, tuple[int, ...]]]) -> tuple[int, str]:
+    """The largest of ``device_peaks``, and what it is: a stage, or a rank of several."""
+    several = any(len(stages) > 1 for _, stages in peaks.values())
+    return max(peak for peak, _ in peaks.values()), "largest rank" if several else "largest stage"
 
 
 def compare_plans(new: Plan, old: Plan, *, tolerance: float = 0.01, same_model: bool = False) -> Comparison:
@@ -104,13 +101,14 @@ def compare_plans(new: Plan, old: Plan, *, tolerance: float = 0.01, same_model: 
             reasons.append(f"predicted time per sample is {s_new / s_old - 1:+.1%} against the "
                            f"baseline's ({format_seconds(s_new)} against {format_seconds(s_old)} a "
                            f"micro-batch; {trains}; tolerance {tolerance:.1%})")
-    m_new, m_old = _peak(new), _peak(old)
-    largest = _largest(new) if _largest(new) == _largest(old) else "largest stage or rank"
+    held = device_peaks(new)
+    (m_new, what_new), (m_old, what_old) = _peak(held), _peak(device_peaks(old))
+    largest = what_new if what_new == what_old else "largest stage or rank"
     if m_new > m_old * (1 + tolerance):
         reasons.append(f"{largest} needs {format_size(m_new)}, {m_new / m_old - 1:+.1%} against "
                        f"the baseline's {format_size(m_old)} (tolerance {tolerance:.1%})")
     limits = {d.name: d.memory for d in new.devices}
-    for device, (peak, stages) in device_peaks(new).items():
+    for device, (peak, stages) in held.items():
         limit = limits.get(device)
         if limit and peak > limit:
             holder = (f"stage {stages[0]}" if len(stages) == 1 else

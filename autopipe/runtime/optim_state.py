@@ -98,7 +98,6 @@ def load_optimizer_state(optimizer: Any, named: Mapping[str, nn.Parameter], stat
     Raises:
         CheckpointError: the state is another kind of optimizer's (Adam given SGD's momenta).
     """
-    whole = {name: p.numel() for name, p in named.items()}
     shapes = {name: p.shape for name, p in named.items()}
     pieces: dict[str, range] = {}
     if isinstance(optimizer, ShardedOptimizer):  # the states of the pieces this rank steps
@@ -108,12 +107,12 @@ def load_optimizer_state(optimizer: Any, named: Mapping[str, nn.Parameter], stat
         if optimizer is None:
             return
     inner, groups = _names(optimizer, named)
-    per_param, masters, hypers = _whole(state, whole, shapes)
+    per_param, masters, hypers = _whole(state, shapes)
 
     def take(label: str, value: Any) -> Any:  # a piece's part of a whole parameter's tensor
         rows = pieces.get(label)
         name = param_of(label)
-        if rows is None or not isinstance(value, torch.Tensor) or value.numel() != whole[name]:
+        if rows is None or not isinstance(value, torch.Tensor) or value.numel() != shapes[name].numel():
             return value
         return value.reshape(-1)[rows.start:rows.stop].clone()
 
@@ -150,7 +149,7 @@ def param_of(label: str) -> str:
     return label.split("[", 1)[0]
 
 
-def _whole(state: Mapping[str, Any], numels: Mapping[str, int], shapes: Mapping[str, torch.Size]
+def _whole(state: Mapping[str, Any], shapes: Mapping[str, torch.Size]
            ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Per parameter: its states, its master copy and its group's hyperparameters, each
     parameter's pieces put back together (flat tensors concatenated by their ranges, in
@@ -173,7 +172,7 @@ def _whole(state: Mapping[str, Any], numels: Mapping[str, int], shapes: Mapping[
         if len(values) == 1 or not all(isinstance(v, torch.Tensor) and v.dim() == 1 for v in values):
             return values[0]
         flat = torch.cat(values)
-        return flat.view(shapes[name]) if name in shapes and flat.numel() == numels[name] else flat
+        return flat.view(shapes[name]) if name in shapes and flat.numel() == shapes[name].numel() else flat
 
     per_param = {name: {entry: join(name, parts) for entry, parts in by_entry.items()}
                  for name, by_entry in entries.items()}

@@ -120,8 +120,7 @@ def owners(sizes: Mapping[str, int], replicas: int) -> dict[str, int]:
 
 
 def _elementwise(optimizer: Any) -> bool:
-    return isinstance(getattr(optimizer, "inner", optimizer) if isinstance(optimizer, MasterWeights)
-                      else optimizer, ELEMENTWISE)
+    return isinstance(optimizer.inner if isinstance(optimizer, MasterWeights) else optimizer, ELEMENTWISE)
 
 
 class ShardedOptimizer:
@@ -156,15 +155,14 @@ class ShardedOptimizer:
         del kind
         self.pieces = pieces
         """Every replica's pieces, in order."""
-        mine = replicas.replica
-        self._mine = [x for x in pieces if x.replica == mine]
+        self._mine = [x for x in pieces if x.replica == replicas.replica]
         self._views = [self._named[x.name] if x.whole else nn.Parameter(self._slice(self._named[x.name].detach(), x))
                        for x in self._mine]
         self._by_owner = [[self._slice(self._named[x.name], x) for x in pieces if x.replica == r]
                           for r in range(replicas.dp)]
         self.inner: Stepper | None = build(self._views) if self._views else None
         """The optimizer over this rank's pieces (None where it owns none)."""
-        self.owned_names = tuple(x.label for x in self.pieces if x.replica == replicas.replica)
+        self.owned_names = tuple(x.label for x in self._mine)
         """Labels of the pieces this rank steps (``name``, or ``name[start:stop]`` for part of one)."""
 
     def named_pieces(self) -> dict[str, nn.Parameter]:

@@ -124,16 +124,21 @@ def _labels_hint(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     their values that torch.export cannot trace (Wav2Vec2ForCTC: ``if labels.max() >=
     self.config.vocab_size``, then a CTC loss over ``labels.masked_select(...)``, whose shape
     depends on the data); the pipeline runs the loss on the last stage anyway."""
-    try:
-        bound = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
-    except (TypeError, ValueError):
-        return None
+    bound = _bound(model, args, kwargs)
     given = [name for name in _LABELS if isinstance(bound.get(name), torch.Tensor)]
     if not given:
         return None
     return (f"the example gives the model {', '.join(given)}, from which it computes its own loss: "
             f"pass them as spec.batch's target instead and compute the loss from the output's logits "
             f"in loss_fn (it runs on the last stage)")
+
+
+def _bound(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The example's inputs by the name ``forward`` gives them (``argument i`` where they do not bind)."""
+    try:
+        return dict(inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments)
+    except (TypeError, ValueError):
+        return {f"argument {i}": a for i, a in enumerate(args)} | dict(kwargs)
 
 
 def _none_input_hint(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -147,11 +152,7 @@ def _none_input_hint(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
     an input the model refuses."""
     if not isinstance(e, (TypeError, AttributeError)) or "NoneType" not in str(e):
         return None
-    try:
-        bound = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
-    except (TypeError, ValueError):
-        bound = {f"argument {i}": a for i, a in enumerate(args)} | dict(kwargs)
-    nones = [name for name, value in bound.items() if value is None]
+    nones = [name for name, value in _bound(model, args, kwargs).items() if value is None]
     if not nones:
         return None
     return (f"the example passes None as {', '.join(nones)}, which the model fills in itself when run "
