@@ -244,8 +244,8 @@ class DataParallel:
     allreduce_bandwidth: float = 0.0
     """Bytes/s each stage's gradient all-reduce over its replicas was priced at."""
     allreduce_s: tuple[float, ...] = ()
-    """Per stage, seconds of that all-reduce (and, sharded, of sending each replica's updated
-    share to the others: [Note: the sharded sync's price] in ``autopipe.partition.replicas``):
+    """Per stage, seconds of that all-reduce (sharded, of the reduce-scatter and all-gather
+    that move its bytes: [Note: the sharded sync's price] in ``autopipe.partition.replicas``):
     part of the stage's ``optimizer_s``."""
     shard_optimizer: bool = False
     """Optimizer states sharded over the replicas (ZeRO-1); False = each replica holds all."""

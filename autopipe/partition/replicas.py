@@ -49,8 +49,8 @@ class GradSync:
     shard_optimizer: bool = False
     """Optimizer states (and fp32 master weights) sharded over the replicas (ZeRO-1, FSDP2
     with parameters kept whole in the step): 1/dp of them per GPU, the optimizer step on 1/dp
-    of the parameters, then each replica's updated share sent to the others
-    (``gather_per_byte``; [Note: the sharded sync's price])."""
+    of the parameters: the gradients reduce-scattered and the parameters all-gathered, the
+    bytes of one all-reduce ([Note: the sharded sync's price])."""
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -66,28 +66,19 @@ class GradSync:
         return ring_allreduce_per_byte(self.replicas, self.bandwidth)
 
     @property
-    def gather_per_byte(self) -> float:
-        """Seconds per parameter byte of sending each replica's updated share to the others,
-        after a sharded step (0 unsharded).
+    def sync_per_byte(self) -> float:
+        """Seconds per parameter byte of a stage's sync.
 
         [Note: the sharded sync's price]
-        ZeRO-1 as DeepSpeed runs it on NCCL reduce-scatters the gradients and all-gathers
-        the parameters: together the bytes of one all-reduce. autopipe's runtime
-        (``autopipe/runtime/zero.py``) all-reduces the gradients whole (gloo has no
-        reduce-scatter, and every rank's gradient norm stays whole) and then broadcasts
-        each owner's share: an all-gather on top of the all-reduce, (dp − 1)/dp of the
-        stage's parameter bytes through each rank, at the group's link. The plan prices
-        what the runtime does: a sharded step's sync is 1.5 all-reduces' worth for dp = 2.
+        Sharded or not, the bytes of one all-reduce of the gradients: ZeRO-1 (DeepSpeed's, and
+        autopipe's runtime: [Note: reduce-scatter and all-gather in rounds] in
+        ``autopipe.runtime.shard_comm``) reduce-scatters the gradients and all-gathers the
+        updated parameters, (dp − 1)/dp of the bytes each, which is what a ring all-reduce
+        moves. Until 2026-12-07 the runtime all-reduced whole gradients and then broadcast
+        each owner's share, and the plan priced that gather on top (1.5 all-reduces' worth
+        for dp = 2).
         """
-        if not self.shard_optimizer or self.replicas == 1:
-            return 0.0
-        return (self.replicas - 1) / self.replicas / self.bandwidth
-
-    @property
-    def sync_per_byte(self) -> float:
-        """Seconds per parameter byte of a stage's sync: the gradients' all-reduce, and
-        the sharded step's gather."""
-        return self.per_byte + self.gather_per_byte
+        return self.per_byte
 
     @property
     def shards(self) -> int:
@@ -125,8 +116,7 @@ class GradSync:
     def to_json(self) -> dict[str, Any]:
         """What a plan records (``plan.options["grad_sync"]``)."""
         return {"replicas": self.replicas, "bandwidth": self.bandwidth,
-                "seconds_per_byte": self.per_byte, "shard_optimizer": self.shard_optimizer,
-                **({"gather_seconds_per_byte": self.gather_per_byte} if self.gather_per_byte else {})}
+                "seconds_per_byte": self.per_byte, "shard_optimizer": self.shard_optimizer}
 
 
 def check_nodes(gpus: int, gpus_per_node: int) -> None:

@@ -24,7 +24,9 @@ what one process computes on it:
    those over the replicas is the global one. Doing it in one all-reduce instead of a
    tied sum and then a dp mean moves each tied gradient once.
 2. every other parameter: an all-reduce (sum) over its stage's dp group, in flat buckets
-   of one dtype (at most ``BUCKET_BYTES``), then ``/ dp``.
+   of one dtype (at most ``BUCKET_BYTES``), then ``/ dp``. Where the optimizer is sharded
+   over the replicas (ZeRO-1), a reduce-scatter instead: each replica receives the mean
+   of the pieces it steps ([Note: the sharded optimizer step] in ``autopipe.runtime.zero``).
 
 Each sum is ``sum_over``: a group of two CPU ranks swaps its tensors and adds, faster
 than gloo's all-reduce and bitwise the same ([Note: a pair's sum is a swap]).
@@ -42,7 +44,7 @@ last backward, before its optimizer step ([Note: the data-parallel sync] in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -157,6 +159,9 @@ class ReplicaSync:
         self._tied_params = [p for n, p in params.items() if n in names]
         self._own = [p for n, p in params.items() if n not in names]
         self._buffers = list(buffers.values())
+        self.scatter: Callable[[], None] | None = None
+        """Averages the other gradients over the replicas in place of the all-reduce (a
+        sharded optimizer's ``reduce_scatter_grads``); None: the all-reduce."""
 
     @torch.no_grad()
     def broadcast_values(self) -> None:
@@ -181,6 +186,9 @@ class ReplicaSync:
         for p in self._tied_params:
             if p.grad is not None:
                 p.grad.div_(dp)
+        if self.scatter is not None:
+            self.scatter()
+            return
         grads = [p.grad for p in self._own if p.grad is not None]
         for bucket in _buckets(grads):
             if len(bucket) == 1 and bucket[0].is_contiguous():

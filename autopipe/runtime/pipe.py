@@ -147,6 +147,8 @@ class Pipe:
         self._tied_grads = _NONE
         self._grads_zeroed = False
         self._own_optimizer = False
+        self._sharded: ShardedOptimizer | None = None
+        """The sharded optimizer ``optimizer`` built: the gradients are reduce-scattered to it."""
         """``optimizer`` was called (the optimizer holds what the plan charges), or ``step``
         said it was not."""
         """``zero_grad(set_to_none=False)`` ran since the last ``step``: accumulate in place."""
@@ -210,9 +212,12 @@ class Pipe:
     def optimizer(self, make: Callable[[list[nn.Parameter]], Stepper | None]) -> Stepper | None:
         """This rank's optimizer, as the plan charges it: ``make`` over this rank's parameters;
         with a plan that shards the optimizer (``data_parallel.shard_optimizer``), over the
-        ones this rank owns only, its ``step`` broadcasting each parameter from its owner to
-        the other replicas (collective; [Note: the sharded optimizer step] in
-        ``autopipe.runtime.zero``).
+        pieces this rank owns only, its ``step`` giving each piece from its owner to the other
+        replicas (collective; [Note: the sharded optimizer step] in ``autopipe.runtime.zero``).
+        Then ``sync_tied_grads`` reduce-scatters the gradients, as ZeRO does: a rank's
+        gradients are the replicas' mean on the pieces it owns only (``clip_grad_norm_``
+        takes the norm over every rank's owned pieces; a norm of ``pipe.parameters()``'s
+        gradients would not be the model's).
 
         Args:
             make: builds an optimizer over the parameters given, e.g.
@@ -225,7 +230,10 @@ class Pipe:
         self._own_optimizer = True
         if not self.shards_optimizer:
             return make(list(self._params.values()))
-        return ShardedOptimizer(self.replicas, self._params, make)
+        sharded = ShardedOptimizer(self.replicas, self._params, make, summed=self._tied.names)
+        self._sharded = sharded
+        self._sync.scatter = sharded.reduce_scatter_grads
+        return sharded
 
     def train(self, mode: bool = True) -> Pipe:
         """Put this rank's stage modules in training (or evaluation) mode, as ``nn.Module.train``.
@@ -413,9 +421,13 @@ class Pipe:
         self._open()
         self.sync_tied_grads()
         p_norm = float(norm_type)
-        mine = self.replicas.position  # replicas agree after the sync: one pipeline's norm
-        counted = [p.grad for name, p in self._params.items() if p.grad is not None
-                   and min(self._replicated.get(name, (mine,))) == mine]
+        mine = self.replicas.position
+        if self._sharded is None:  # replicas agree after the sync: one pipeline's norm
+            group = self.replicas.pp_group
+            named = [(name, p.grad) for name, p in self._params.items() if p.grad is not None]
+        else:  # each replica's pieces: their norms over every rank
+            group, named = None, self._sharded.owned_grads()
+        counted = [g for name, g in named if min(self._replicated.get(name, (mine,))) == mine]
         norms = [torch.linalg.vector_norm(g, p_norm, dtype=torch.float32) for g in counted]
         local = torch.zeros((), dtype=torch.float32, device=self.device)
         if norms:
@@ -423,7 +435,7 @@ class Pipe:
             local = stacked.max() if math.isinf(p_norm) else stacked.pow(p_norm).sum()
         with failures(self.where, "while taking the gradient norm", self.timeout_s):
             dist.all_reduce(local, op=dist.ReduceOp.MAX if math.isinf(p_norm) else dist.ReduceOp.SUM,
-                            group=self.replicas.pp_group)
+                            group=group)
         total = local if math.isinf(p_norm) else local.pow(1.0 / p_norm)
         coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
         for p in self._params.values():

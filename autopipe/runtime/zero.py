@@ -27,12 +27,17 @@ update mixes elements, as Adafactor's factored moments do) is built on whole ten
 instead (``owners``: the largest first, each to the replica that owns the fewest bytes
 so far), whose split may exceed 1/dp by up to one tensor's states; it warns.
 
-The gradients stay whole: gloo has no reduce-scatter, so the all-reduce of
-``ReplicaSync`` stays, which also keeps ``Pipe.clip_grad_norm_`` the norm over the whole
-model as before. After the owners step, each piece is broadcast from its owner over the
-group (in buckets of one dtype, one owner each), so every replica holds the value the
-owner computed: the value an unsharded replica computes itself from the same gradient and
-state, bit for bit. A checkpoint names states by parameter: each owner saves its pieces'
+The gradients of a stage's own parameters are reduce-scattered instead of all-reduced
+(``reduce_scatter_grads``, once a ``Pipe`` builds the optimizer): each replica receives the
+mean over the replicas of the pieces it steps only, and keeps its own gradient elsewhere.
+After the owners step, every replica receives each owner's pieces (``all_gather``): the
+value an unsharded replica computes itself from the same gradient and state, bit for bit
+with two replicas ([Note: reduce-scatter and all-gather in rounds] in
+``autopipe.runtime.shard_comm``). Together the two move the bytes of one all-reduce. Tied
+parameters are summed over all their holders first ([Note: the data-parallel gradient
+sync]) and are whole on every replica; they join the all-gather only. ``Pipe.clip_grad_norm_``
+takes the norm of the owned pieces on each rank and sums them over every rank.
+A checkpoint names states by parameter: each owner saves its pieces'
 (``<fqn>[start:stop]`` for part of a parameter), and loading puts a parameter's pieces
 back together and takes the loading optimizer's part of them (``autopipe.runtime.optim_state``),
 so a sharded checkpoint resumes into any plan, sharded or not.
@@ -41,17 +46,17 @@ so a sharded checkpoint resumes into any plan, sharded or not.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from autopipe._optimizers import MasterWeights, Stepper, clear_grads
-from autopipe.runtime.data_parallel import Replicas, _buckets, _unflatten
+from autopipe.runtime.data_parallel import Replicas
+from autopipe.runtime.shard_comm import Segment, all_gather, reduce_scatter_mean
 
 ALIGN = 64
 """A cut inside a tensor falls on a multiple of this many elements (aligned vector loads)."""
@@ -130,11 +135,14 @@ class ShardedOptimizer:
         replicas: this rank's place in the pp × dp grid (its dp group shares the states).
         params: this rank's parameters by canonical name, in the order every replica holds them.
         build: makes an optimizer over the parameters given (None where it makes none).
+        summed: names whose gradients are averaged over the replicas elsewhere (tied ones),
+            left out of ``reduce_scatter_grads``.
     """
 
     def __init__(self, replicas: Replicas, params: Mapping[str, nn.Parameter],
-                 build: Callable[[list[nn.Parameter]], Stepper | None]) -> None:
+                 build: Callable[[list[nn.Parameter]], Stepper | None], summed: Collection[str] = ()) -> None:
         self.replicas = replicas
+        self._summed = frozenset(summed)
         self._named = {n: p for n, p in params.items() if p.requires_grad}
         self.params = list(self._named.values())
         # every replica must lay out the same pieces: the kind of optimizer decides, asked of a
@@ -158,8 +166,6 @@ class ShardedOptimizer:
         self._mine = [x for x in pieces if x.replica == replicas.replica]
         self._views = [self._named[x.name] if x.whole else nn.Parameter(self._slice(self._named[x.name].detach(), x))
                        for x in self._mine]
-        self._by_owner = [[self._slice(self._named[x.name], x) for x in pieces if x.replica == r]
-                          for r in range(replicas.dp)]
         self.inner: Stepper | None = build(self._views) if self._views else None
         """The optimizer over this rank's pieces (None where it owns none)."""
         self.owned_names = tuple(x.label for x in self._mine)
@@ -189,22 +195,35 @@ class ShardedOptimizer:
             for x, view in zip(self._mine, self._views):
                 if not x.whole:
                     view.grad = None  # the whole gradient stays the parameter's
-        self.broadcast()
+        self.all_gather()
 
-    @torch.no_grad()
-    def broadcast(self) -> None:
-        """Each piece from its owner to the other replicas of the group."""
-        r = self.replicas
-        for replica, held in enumerate(self._by_owner):
-            src = r.grid[r.position][replica]
-            for bucket in _buckets(t.detach() for t in held):
-                if len(bucket) == 1 and bucket[0].is_contiguous():
-                    dist.broadcast(bucket[0], src=src, group=r.dp_group)  # in place, no copy
-                    continue
-                flat = torch.cat([t.reshape(-1) for t in bucket])
-                dist.broadcast(flat, src=src, group=r.dp_group)
-                if replica != r.replica:
-                    _unflatten(flat, bucket)
+    def _segments(self, grads: bool) -> list[list[Segment]]:
+        """Per replica, its pieces' gradients (those not summed elsewhere, and not None) or values."""
+        out: list[list[Segment]] = [[] for _ in range(self.replicas.dp)]
+        for x in self.pieces:
+            p = self._named[x.name]
+            t = p.grad if grads else p.detach()
+            if t is not None and not (grads and x.name in self._summed):
+                out[x.replica].append((t, x.start, x.stop))
+        return out
+
+    def reduce_scatter_grads(self) -> None:
+        """Average the gradients of this rank's pieces over the replicas (collective over the
+        dp group); elsewhere each gradient stays this rank's own."""
+        reduce_scatter_mean(self._segments(grads=True), self.replicas.replica, self.replicas.dp_group)
+
+    def all_gather(self) -> None:
+        """Each piece from its owner to the other replicas of the group (collective)."""
+        all_gather(self._segments(grads=False), self.replicas.replica, self.replicas.dp_group)
+
+    def owned_grads(self) -> list[tuple[str, torch.Tensor]]:
+        """This rank's pieces' gradients (1-D; whole parameters as they are), by parameter name."""
+        out = []
+        for x in self._mine:
+            grad = self._named[x.name].grad
+            if grad is not None:
+                out.append((x.name, self._slice(grad, x)))
+        return out
 
     def state_bytes(self) -> int:
         """Bytes of this rank's optimizer states and fp32 master copies."""
