@@ -384,9 +384,13 @@ def test_custom_loop_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytes
     pytest.param("gpt2-2x2-pipelines-1f1b", marks=pytest.mark.slow),  # tied copies in both replicas
     "gpt2-2-1f1b-loss-alone",  # the last rank has no parameters: no optimizer (a crash until 2026-12-07)
     "gpt2-1x2-pipelines-1f1b-zero1",  # AdamW's states split over the replicas (pipe.optimizer)
+    # three replicas: gloo's reduce-scatter and all-gather (a pair exchanges instead), the
+    # collectives NCCL runs ([Note: reduce-scatter and all-gather in rounds])
+    "gpt2-1x3-pipelines-1f1b-zero1",
 ])
 def test_custom_loop_equals_one_process(tmp_path: Path, name: str) -> None:
     case = (CASES[name] if name in CASES else Case("gpt2", 2, loss_alone=True) if "loss-alone" in name
+            else Case("gpt2", 1, replicas=3, shard_optimizer=True) if "1x3" in name
             else replace(CASES[name.removesuffix("-zero1")], shard_optimizer=True))
     assert case.name == name
     spec, _, plan = case.build()
