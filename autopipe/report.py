@@ -59,17 +59,22 @@ def headline(plan: Plan) -> list[str]:
         + (f", {sv.seconds:.2f} s" if sv.seconds else ""),
     ]
     if plan.baselines:
+        refine = plan.options.get("refine")
+        timed = refine.get("baseline_timed") if isinstance(refine, dict) else None
+        measured = timed.get("name") if isinstance(timed, dict) else None
         parts = []
         for name, b in plan.baselines.items():
             if b.iteration_s is None:
                 parts.append(f"{name} does not fit" if b.stage_nodes else f"{name} n/a")
             else:
                 ratio = b.iteration_s / plan.predicted.iteration_s - 1 if plan.predicted.iteration_s else 0.0
-                parts.append(f"{name} {format_seconds(b.iteration_s)} ({ratio:+.1%})")
+                parts.append(f"{name} {format_seconds(b.iteration_s)} ({ratio:+.1%}"
+                             + (", measured)" if name == measured else ")"))
         lines.append("baselines: " + ", ".join(parts))
-        refine = plan.options.get("refine")
-        faster = [b for b in plan.baselines.values()
-                  if b.iteration_s is not None and b.iteration_s < plan.predicted.iteration_s]
+        if isinstance(timed, dict):
+            lines.append(baseline_timed_line(timed))
+        faster = [b for name, b in plan.baselines.items()
+                  if b.iteration_s is not None and b.iteration_s < plan.predicted.iteration_s and name != measured]
         if isinstance(refine, dict) and refine.get("converged") is False and faster:
             # [Note: baselines beside a re-timed step]
             lines.append("  (the baselines are priced on the stage times measured in the round kept; the step "
@@ -86,7 +91,26 @@ def headline(plan: Plan) -> list[str]:
 # round's measurement. Where the timings drift between rounds (a busy host), the two
 # differ by the drift: a new user's Gemma 2 plan (2026-12-07, 2 stages, three sessions on
 # two cores) read 29.092 ms re-timed beside "dp 24.931 ms (-14.3%)", a model of the same
-# costs that was never measured, and nothing said so. ``format_plan`` says so now.
+# costs that was never measured, and nothing said so. ``format_plan`` says so. Since
+# 2026-12-07 ``autopipe plan`` times the fastest such baseline beside the kept cuts and
+# keeps the faster ([Note: a faster baseline timed] in ``autopipe.refine``): its entry
+# carries its measured step, marked "measured", with a line saying what was timed; the
+# caveat stays for a faster baseline that was not timed.
+
+
+def baseline_timed_line(timed: dict[str, Any]) -> str:
+    """What ``options["refine"]["baseline_timed"]`` records, in words."""
+    name, kept = timed.get("name"), bool(timed.get("kept"))
+    step, against = timed.get("step_s"), timed.get("against_s")
+    figures = (f"{format_seconds(step)} against {format_seconds(against)}"
+               if isinstance(step, (int, float)) and isinstance(against, (int, float)) else "(no figures)")
+    priced = timed.get("priced_s")
+    was = f", priced {format_seconds(priced)}" if isinstance(priced, (int, float)) else ""
+    if kept:
+        return (f"  (the refinement did not settle; the {name} split{was}, timed as whole stages back to back "
+                f"with the cuts it kept, measured {figures}: these stages are the {name} split's)")
+    return (f"  (the refinement did not settle; the {name} split{was}, timed as whole stages back to back "
+            f"with these stages, measured {figures}: these stages kept)")
 
 
 def chunk_lines(plan: Plan) -> list[str]:
