@@ -276,10 +276,10 @@ def plan(
     def solve(source: ProfileSource, **choice: Any) -> Plan:
         """Plan ``source``; ``choice`` replaces options (``refine_choice``'s one candidate)."""
         given = dict(num_stages=num_stages, microbatches=microbatches, batch_size=batch_size,
-                     schedule=schedule, virtual_stages=virtual_stages)
+                     schedule=schedule, virtual_stages=virtual_stages, method=method)
         return mip.give(1, lambda seconds: plan_profile(
             source, **{**given, **choice}, memory_limit=memory_limit, devices=devices,
-            optimizer=optimizer, method=method, link_bandwidth=link_bandwidth,
+            optimizer=optimizer, link_bandwidth=link_bandwidth,
             max_blocks=max_blocks, time_limit=seconds, mip_gap=mip_gap, solver=solver,
             deterministic=deterministic, granularity=granularity, cut_at=cut_at,
             recompute=recompute, remake=remake))
@@ -302,7 +302,8 @@ def plan(
     plan = solve(prof)
     if refining:
         mip.share_among(ROUNDS_SHARE)
-        plan = refine_plan(plan, prof, graph, example_inputs, example_kwargs, solve, **loss)
+        plan = refine_plan(plan, prof, graph, example_inputs, example_kwargs, solve,
+                           baseline_plan=lambda p, m: solve(p, method=m), **loss)
     return plan
 
 

@@ -36,7 +36,15 @@ from typing import Any
 
 import torch
 
-from autopipe.partition.finalists import DEFAULT_FINALISTS, finalists, mark_rows, refined_best
+from autopipe.errors import AutopipeError
+from autopipe.partition.finalists import (
+    DEFAULT_FINALISTS,
+    faster_baselines,
+    finalists,
+    mark_rows,
+    measured_entry,
+    refined_best,
+)
 from autopipe.partition.mip_time import ROUNDS_SHARE, MipTime
 from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
@@ -59,7 +67,8 @@ def _cuts(plan: Plan) -> tuple[tuple[str, ...], ...]:
 def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
            kwargs: dict[str, Any] | None, replan: Callable[[Profile], Plan], *,
            rounds: int = DEFAULT_ROUNDS, repeats: int = 5, window_s: float = WINDOW_S, together: bool = True,
-           loss_fn: Callable[[Any, Any], Any] | None = None, target: Any = None) -> Plan:
+           loss_fn: Callable[[Any, Any], Any] | None = None, target: Any = None,
+           baseline_plan: Callable[[Profile, str], Plan] | None = None) -> Plan:
     """Re-time ``plan``'s stages as whole modules and re-solve until the cuts stay.
 
     See [Note: whole stages, not node sums]. The stages run where the model's
@@ -81,10 +90,16 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
         loss_fn, target: the training loss and one micro-batch's target: the last stage's
             rank runs it after the stage, as the runtime does, and the plan takes its times
             from there (else the profile's loss, timed alone, is added to that stage).
+        baseline_plan: ``baseline_plan(profile, method)`` plans ``profile`` by a baseline
+            method (``dp``, ``uniform``, ``params``) with ``replan``'s other options; given,
+            where the cuts did not settle, a baseline priced faster than the plan kept is
+            timed beside it ([Note: a faster baseline timed]).
 
     Returns:
         The refined plan, with ``options["refine"]``: per round the stages' measured /
-        summed ratios and whether the next solve moved the cuts, and ``converged``.
+        summed ratios and whether the next solve moved the cuts, ``converged``, and a
+        baseline timed beside the plan kept (``baseline_timed``) or passed over
+        (``baseline_skipped``).
     """
     from autopipe.runtime.split import split_graph
     from autopipe.runtime.stage import fuse_as_planned
@@ -138,12 +153,14 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
         return at_times, stage_factors(profile, plan, times.forward_s, times.backward_s), times.loss_s
 
     solved: list[Plan] = []  # the solve on each round's measured costs
+    costs: list[Profile] = []  # each round's measured costs
     for _ in range(max(1, rounds)):
         at_times, factors, loss_s = timed(current)
         measured.append(at_times)
         for name, s in current.stage_of.items():
             ratio[name] = factors[s]
-        nxt = replan(scale_nodes(profile, ratio, loss=(loss_f, loss_b) if loss_s else None))
+        costs.append(scale_nodes(profile, ratio, loss=(loss_f, loss_b) if loss_s else None))
+        nxt = replan(costs[-1])
         solved.append(nxt)
         moved = _cuts(nxt) != _cuts(current)
         gain = 1.0 - nxt.predicted.iteration_s / at_times.predicted.iteration_s
@@ -162,10 +179,100 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
     # the fastest of noisy measurements reads low: its cuts are timed once more for the
     # prediction ([Note: whole stages, not node sums])
     best = min(measured, key=lambda p: p.predicted.iteration_s)
+    k = measured.index(best)
     again, _, _ = timed(best)
-    record[measured.index(best)]["timed_again_step_s"] = again.predicted.iteration_s
-    kept = _accounted(again, solved[measured.index(best)], (loss_f, loss_b) if profile.loss else None)
-    return _recorded(kept, record, converged=False, why_not=why_not)
+    record[k]["timed_again_step_s"] = again.predicted.iteration_s
+    kept = _accounted(again, solved[k], (loss_f, loss_b) if profile.loss else None)
+    if baseline_plan is None:
+        return _recorded(kept, record, converged=False, why_not=why_not)
+    # [Note: a faster baseline timed]
+    chosen, extra, theirs = _beside_baseline(kept, best, again, lambda p: timed(p)[0],
+                                             functools.partial(baseline_plan, costs[k]))
+    if theirs is not None:  # at the mean of its two timings, as the plan kept is
+        kept = _accounted(chosen, solved[k], (loss_f, loss_b) if profile.loss else None)
+        name = extra["baseline_timed"]["name"]
+        kept = dataclasses.replace(kept, baselines=measured_entry(kept.baselines, name, theirs))
+    return _recorded(kept, record, converged=False, why_not=why_not, extra=extra)
+
+
+# [Note: a faster baseline timed]
+#
+# A refinement that did not settle keeps its fastest measured round, timed once more, and
+# takes its baselines from the solve on that round's measurement: they are priced, not
+# measured. On a busy host the timings drift between rounds by more than the baselines'
+# margins: a user's Gemma 2 plan (2026-12-07, --stages 2 --microbatches 2) was re-timed at
+# 29.092 ms beside "dp 24.931 ms (-14.3%)" and "uniform 25.307 ms", and until then only a
+# line in ``autopipe show`` said so. Now, where the caller can plan by a baseline's method
+# (``baseline_plan``: ``autopipe plan`` and ``autopipe.plan`` for one plan; a search's
+# candidates do not yet), the fastest baseline priced under the kept plan's re-timed step
+# is planned on that round's measured costs (the same options, schedule, micro-batches,
+# ranks and devices; recomputation where its method's plan needs it to fit, chunks where
+# the schedule has them: it is a plan like any other) and timed as whole stages by the
+# same routine, on the same conditions, with the same loss. The two are timed back to
+# back in the order A B B A (A: the kept cuts, whose first timing is the one just taken),
+# so a drift that is linear over the four timings weighs on both alike; each is priced at
+# the mean of its two timings (stage by stage, simulated), and the faster is kept, the
+# kept cuts on a tie. Only one baseline is timed (three more timings, each at least
+# ``window_s``): the fastest priced, or where it cannot be planned (it does not fit, too
+# few layers) or is no other plan (its cuts are the kept ones', another schedule or
+# ranks), the next one, each passed over recorded with why in ``baseline_skipped``.
+#
+# ``options["refine"]["baseline_timed"]`` records its name, priced step, both timings and
+# their mean, the kept cuts' two and mean (``against``), and ``kept``. Either way its
+# entry in ``baselines`` carries its measured step (memory and node counts as priced);
+# where it is kept, the plan's stages, prediction and options are that baseline's plan at
+# its measured times, its solver block the solve that was asked for (``--method``; so
+# ``check --spec`` re-plans the same way), accounted on that step, and its own entry then
+# reads +0.0%: the plan is that split. A plan that converged, a ``--no-refine`` plan, and
+# one with no baseline priced faster are as before: nothing more is timed.
+
+
+def _beside_baseline(kept: Plan, best: Plan, first: Plan, timed: Callable[[Plan], Plan],
+                     build: Callable[[str], Plan]) -> tuple[Plan, dict[str, Any], Plan | None]:
+    """[Note: a faster baseline timed]: ``kept`` (the refined plan at ``first``, the timing of
+    the cuts ``best`` just taken) or the fastest baseline priced under it that can be planned
+    (``build(method)``), whichever measures faster back to back (``timed``): the plan chosen,
+    at its measured times; what ``options["refine"]`` records; the baseline at its measured
+    times (None where none was timed, and then the plan chosen is ``first``)."""
+    skipped: dict[str, str] = {}
+    for name in faster_baselines(kept):
+        try:
+            other = build(name)
+        except AutopipeError as e:
+            skipped[name] = e.message
+            continue
+        why = _not_comparable(other, best)
+        if why is not None:
+            skipped[name] = why
+            continue
+        ours = [first]
+        theirs = [timed(other), timed(other)]
+        ours.append(timed(best))
+        mine, their = _mean_timed(*ours), _mean_timed(*theirs)
+        won = their.predicted.iteration_s < mine.predicted.iteration_s
+        info = {"name": name, "priced_s": kept.baselines[name].iteration_s,
+                "step_s": their.predicted.iteration_s, "steps_s": [p.predicted.iteration_s for p in theirs],
+                "against_s": mine.predicted.iteration_s, "against_steps_s": [p.predicted.iteration_s for p in ours],
+                "kept": won}
+        return (their if won else mine), {"baseline_timed": info,
+                                          **({"baseline_skipped": skipped} if skipped else {})}, their
+    return first, {"baseline_skipped": skipped} if skipped else {}, None
+
+
+def _not_comparable(other: Plan, kept: Plan) -> str | None:
+    """Why a baseline's plan ``other`` is no rival to ``kept``'s cuts; None when it is one."""
+    if (other.schedule, other.microbatches, ranks_of(other), other.devices, other.data_parallel) != (
+            kept.schedule, kept.microbatches, ranks_of(kept), kept.devices, kept.data_parallel):
+        return "planned with another schedule, micro-batches, ranks or devices"
+    if _cuts(other) == _cuts(kept):
+        return "the same cuts as the plan kept"
+    return None
+
+
+def _mean_timed(a: Plan, b: Plan) -> Plan:
+    """``a`` at the mean of its stages' times and ``b``'s (two timings of the same plan)."""
+    return with_stage_times(a, [(x.forward_s + y.forward_s) / 2 for x, y in zip(a.stages, b.stages)],
+                            [(x.backward_s + y.backward_s) / 2 for x, y in zip(a.stages, b.stages)])
 
 
 def _accounted(timed: Plan, solved: Plan, loss: tuple[float, float] | None) -> Plan:
@@ -297,10 +404,11 @@ def ranks_of(plan: Plan) -> list[int]:
     return [i if s.rank is None else s.rank for i, s in enumerate(plan.stages)]
 
 
-def _recorded(plan: Plan, record: list[dict[str, Any]], *, converged: bool, why_not: str | None) -> Plan:
+def _recorded(plan: Plan, record: list[dict[str, Any]], *, converged: bool, why_not: str | None,
+              extra: dict[str, Any] | None = None) -> Plan:
     timed = "together" if why_not is None else f"one at a time ({why_not})"
     return dataclasses.replace(plan, options={**plan.options, "refine": {
-        "rounds": record, "converged": converged, "timed": timed}})
+        "rounds": record, "converged": converged, "timed": timed, **(extra or {})}})
 
 
 def stage_factors(profile: Profile, plan: Plan, forward_s: Sequence[float],

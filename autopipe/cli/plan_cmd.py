@@ -197,10 +197,10 @@ def run(args: argparse.Namespace) -> int:
     def solve(source: ProfileSource, **choice: Any) -> Plan:
         """Plan ``source``; ``choice`` replaces options (``refine_choice``'s one candidate)."""
         given = dict(num_stages=args.stages, microbatches=microbatches, batch_size=args.batch_size,
-                     schedule=args.schedule, virtual_stages=args.virtual_stages)
+                     schedule=args.schedule, virtual_stages=args.virtual_stages, method=args.method)
         return mip.give(1, lambda seconds: plan_profile(
             source, **{**given, **choice}, memory_limit=args.memory, devices=args.devices,
-            optimizer=args.optimizer, method=args.method, link_bandwidth=args.link_bandwidth,
+            optimizer=args.optimizer, link_bandwidth=args.link_bandwidth,
             max_blocks=args.max_blocks, time_limit=seconds,
             mip_gap=1e-3 if args.gap is None else args.gap, solver=args.solver or "highs",
             deterministic=not args.timing, granularity=args.granularity, cut_at=args.cut_at,
@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         if refining:
             if graph is not None and spec is not None and isinstance(source, Profile):
                 mip.share_among(ROUNDS_SHARE)
-                plan = _refined(plan, source, graph, spec, solve)
+                plan = _refined(plan, source, graph, spec, solve, by_method=lambda p, m: solve(p, method=m))
             elif "microbatch_size" in plan.options and all(p.method == "measure" for p in profiles.values()):
                 from autopipe.refine import refine_search
 
@@ -319,9 +319,11 @@ def _spec_at(spec: str, knobs: dict[str, Any], size: int | None,
 
 
 def _refined(plan: Plan, profile: Profile, graph: Graph, spec: ModelSpec,
-             replan: Callable[[Profile], Plan], *, size: int | None = None) -> Plan:
+             replan: Callable[[Profile], Plan], *, size: int | None = None,
+             by_method: Callable[[Profile, str], Plan] | None = None) -> Plan:
     """``plan`` refined on whole-stage times where the profile was measured here
-    (autopipe.refine); with ``size``, a search's candidate of micro-batches of ``size``, alone."""
+    (autopipe.refine); with ``size``, a search's candidate of micro-batches of ``size``, alone;
+    ``by_method(profile, method)`` plans by a baseline's method (``refine``'s ``baseline_plan``)."""
     from autopipe.refine import can_refine, ranks_of, refine, refine_candidate
 
     if can_refine(graph, profile) is not None:
@@ -329,7 +331,7 @@ def _refined(plan: Plan, profile: Profile, graph: Graph, spec: ModelSpec,
     choice = size is not None
     refined = (refine_candidate if choice else refine)(
         plan, profile, graph, spec.example_inputs, spec.example_kwargs, replan,
-        loss_fn=spec.loss_fn, target=example_target(spec))
+        loss_fn=spec.loss_fn, target=example_target(spec), baseline_plan=by_method)
     info = refined.options["refine"]
     last = info["rounds"][-1]
     ratios = ", ".join(f"{f:.2f}/{b:.2f}" for f, b in zip(last["forward_ratio"], last["backward_ratio"]))

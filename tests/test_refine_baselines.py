@@ -1,0 +1,214 @@
+"""Tests for [Note: a faster baseline timed] in autopipe/refine.py: where the refinement did
+not settle, a baseline priced faster than the kept plan is timed beside it, and the faster kept."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import autopipe
+import autopipe.runtime.timing as timing
+from autopipe.cli.main import main
+from autopipe.errors import InfeasiblePlanError
+from autopipe.partition.planner import plan_profile
+from autopipe.plan_format import Plan
+from autopipe.profile import Profile
+from autopipe.refine import refine, with_stage_times
+from autopipe.runtime.split import Split
+from autopipe.runtime.timing import StageTimes
+
+from .test_refine import MLP, fixed_mlp
+
+Setup = tuple[Any, autopipe.Graph, Profile]
+
+
+@pytest.fixture(scope="module")
+def mlp() -> Setup:
+    return fixed_mlp()
+
+
+def _solve(profile: Profile, method: str = "ilp") -> Plan:
+    return plan_profile(profile, num_stages=2, microbatches=4, method=method)
+
+
+def _timer(monkeypatch: pytest.MonkeyPatch, profile: Profile,
+           later: Sequence[float]) -> list[tuple[tuple[str, ...], ...]]:
+    """time_stages answers: three rounds whose slow stage alternates (4x its node sums, so
+    the cuts keep moving), then each later timing at ``later[k]`` times its node sums (the
+    kept cuts timed again, then whatever comes next); returns the cuts each timing ran."""
+    seen: list[tuple[tuple[str, ...], ...]] = []
+    costs = profile.by_name
+
+    def fake(split: Split, inputs: Sequence[torch.Tensor], **_: Any) -> StageTimes:
+        held = [tuple(n.name for n in st.module.graph.nodes if n.name in costs and n.op != "placeholder")
+                for st in split.stages]
+        seen.append(tuple(tuple(n for n in h if costs[n].op.startswith("call")) for h in held))
+        k = len(seen)
+        scale = [4.0 if i == k % 2 else 1.0 for i in range(len(held))] if k <= 3 else [later[k - 4]] * len(held)
+        return StageTimes(tuple(x * sum(costs[n].forward_s for n in h) for x, h in zip(scale, held)),
+                          tuple(x * sum(costs[n].backward_s for n in h) for x, h in zip(scale, held)))
+
+    monkeypatch.setattr(timing, "time_stages", fake)
+    return seen
+
+
+def _by_method(built: list[tuple[str, Plan]]) -> Any:
+    def plan(profile: Profile, method: str) -> Plan:
+        built.append((method, _solve(profile, method)))
+        return built[-1][1]
+    return plan
+
+
+def _cuts(plan: Plan) -> tuple[tuple[str, ...], ...]:
+    return tuple(s.nodes for s in plan.stages)
+
+
+def _calls(plan: Plan, profile: Profile) -> tuple[tuple[str, ...], ...]:
+    """Each stage's nodes that compute (those the timer's ``seen`` lists)."""
+    return tuple(tuple(n for n in s.nodes if profile.by_name[n].op.startswith("call")) for s in plan.stages)
+
+
+@pytest.mark.parametrize("baseline_scale", [1.0, 5.0])
+def test_a_baseline_priced_faster_is_timed_back_to_back_and_kept_only_if_it_measures_faster(
+        monkeypatch: pytest.MonkeyPatch, mlp: Setup, baseline_scale: float) -> None:
+    """The kept cuts re-timed at 3x and 2x their node sums (a host that slowed): the
+    baselines priced on the round's 1x/4x times are faster on paper. The fastest is planned
+    on those costs and timed in the order A B B A; at 1x it measures faster and the plan
+    becomes its split, at 5x it does not and the kept cuts stay, at the mean of their two
+    timings. Until 2026-12-07 neither was timed: the plan read slower than "dp"."""
+    spec, graph, profile = mlp
+    plan = _solve(profile)
+    seen = _timer(monkeypatch, profile, [3.0, baseline_scale, baseline_scale, 2.0])
+    built: list[tuple[str, Plan]] = []
+    refined = refine(plan, profile, graph, spec.example_inputs, {}, _solve, rounds=3,
+                     baseline_plan=_by_method(built))
+    info = refined.options["refine"]
+    timed = info["baseline_timed"]
+    assert not info["converged"] and [m for m, _ in built] == ["dp"] and timed["name"] == "dp"
+    baseline = built[0][1]
+    steps = [r["measured_step_s"] for r in info["rounds"]]
+    kept_cuts = seen[steps.index(min(steps))]
+    # A B B A: the kept cuts, the baseline twice, the kept cuts
+    assert len(seen) == 7 and seen[3] == seen[6] == kept_cuts and seen[4] == seen[5] != kept_cuts
+    assert _calls(baseline, profile) == seen[4]
+    priced = timed["priced_s"]
+    assert priced < timed["against_steps_s"][0] == info["rounds"][steps.index(min(steps))]["timed_again_step_s"]
+    assert timed["steps_s"][0] == pytest.approx(timed["steps_s"][1])
+    step = refined.predicted.iteration_s
+    assert refined.baselines["dp"].iteration_s == pytest.approx(timed["step_s"])  # measured, either way
+    assert refined.solver.method == "ilp" and refined.solver.objective_s == step
+    if baseline_scale == 1.0:
+        assert timed["kept"] and timed["step_s"] < timed["against_s"]
+        assert _cuts(refined) == _cuts(baseline) and step == pytest.approx(timed["step_s"])
+        assert refined.baselines["dp"].iteration_s == pytest.approx(step)  # the plan is that split
+    else:
+        assert not timed["kept"] and timed["step_s"] > timed["against_s"]
+        assert _cuts(refined) != _cuts(baseline)
+        assert _calls(refined, profile) == kept_cuts
+        # the kept cuts at the mean of their two timings (3x and 2x): 2.5x their node sums
+        sums = [[sum(profile.by_name[n].forward_s for n in s.nodes), sum(profile.by_name[n].backward_s
+                                                                         for n in s.nodes)] for s in refined.stages]
+        assert step == pytest.approx(with_stage_times(refined, [2.5 * f for f, _ in sums],
+                                                      [2.5 * b for _, b in sums]).predicted.iteration_s)
+        assert step == pytest.approx(timed["against_s"]) != pytest.approx(timed["against_steps_s"][0])
+
+
+def test_a_kept_baseline_round_trips_and_shows(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch, mlp: Setup) -> None:
+    spec, graph, profile = mlp
+    _timer(monkeypatch, profile, [3.0, 1.0, 1.0, 3.0])
+    refined = refine(_solve(profile), profile, graph, spec.example_inputs, {}, _solve, rounds=3,
+                     baseline_plan=_by_method([]))
+    assert refined.options["refine"]["baseline_timed"]["kept"]
+    path = tmp_path / "plan.json"
+    refined.save(path)
+    assert Plan.load(path) == refined
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "(+0.0%, measured)" in out and "these stages are the dp split's" in out
+    assert "not measured" not in out
+    assert main(["check", str(path), "--baseline", str(path)]) == 0
+
+
+def _settled(monkeypatch: pytest.MonkeyPatch, profile: Profile) -> list[Any]:
+    """time_stages answers every stage at 1.5x its node sums: the cuts settle."""
+    seen: list[Any] = []
+    costs = profile.by_name
+
+    def fake(split: Split, inputs: Sequence[torch.Tensor], **_: Any) -> StageTimes:
+        held = [[n.name for n in st.module.graph.nodes if n.name in costs] for st in split.stages]
+        seen.append(held)
+        return StageTimes(tuple(1.5 * sum(costs[n].forward_s for n in h) for h in held),
+                          tuple(1.5 * sum(costs[n].backward_s for n in h) for h in held))
+
+    monkeypatch.setattr(timing, "time_stages", fake)
+    return seen
+
+
+@pytest.mark.parametrize("again", [1.5, 0.25])
+def test_nothing_more_is_timed_where_the_cuts_settle_or_no_baseline_is_priced_faster(
+        monkeypatch: pytest.MonkeyPatch, mlp: Setup, again: float) -> None:
+    """Cuts that settle (every stage 1.5x its nodes), or cuts that keep moving but re-time
+    under every baseline's price (0.25x): no baseline is planned or timed, and the plan is
+    the one refined without a baseline planner, to the byte."""
+    spec, graph, profile = mlp
+    plan = _solve(profile)
+    built: list[tuple[str, Plan]] = []
+    runs = []
+    for planner in (None, _by_method(built)):
+        seen = _settled(monkeypatch, profile) if again == 1.5 else _timer(monkeypatch, profile, [again])
+        refined = refine(plan, profile, graph, spec.example_inputs, {}, _solve, rounds=3, baseline_plan=planner)
+        runs.append((refined, len(seen)))
+    (without, n0), (with_planner, n1) = runs
+    assert built == [] and n0 == n1 and with_planner.to_json() == without.to_json()
+    info = with_planner.options["refine"]
+    assert info["converged"] is (again == 1.5) and "baseline_timed" not in info
+    if again == 0.25:  # did not settle: the re-time under every price
+        assert n1 == 4 and all(b.iteration_s is None or b.iteration_s >= with_planner.predicted.iteration_s
+                               for b in with_planner.baselines.values())
+
+
+def test_baselines_that_cannot_be_planned_or_are_the_kept_cuts_are_passed_over(
+        monkeypatch: pytest.MonkeyPatch, mlp: Setup) -> None:
+    """The kept cuts re-timed at 10x: every baseline is priced faster. dp does not fit (its
+    planner raises), uniform and params are the kept cuts: none is timed, and the plan says
+    why each was passed over."""
+    spec, graph, profile = mlp
+    seen = _timer(monkeypatch, profile, [10.0])
+    asked: list[str] = []
+
+    def planner(costs: Profile, method: str) -> Plan:
+        asked.append(method)
+        if method == "dp":
+            raise InfeasiblePlanError("no partition fits in memory (dp)", hint="")
+        return _solve(costs, method)
+
+    refined = refine(_solve(profile), profile, graph, spec.example_inputs, {}, _solve, rounds=3,
+                     baseline_plan=planner)
+    info = refined.options["refine"]
+    assert sorted(asked) == ["dp", "params", "uniform"] and len(seen) == 4
+    assert info["baseline_skipped"]["dp"] == "no partition fits in memory (dp)"
+    assert {info["baseline_skipped"][k] for k in ("uniform", "params")} == {"the same cuts as the plan kept"}
+    assert "baseline_timed" not in info
+
+
+def test_the_cli_plans_baselines_by_their_method(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch, mlp: Setup) -> None:
+    """``autopipe plan`` hands refine a planner by method (the fixed node times profiled, the
+    stages timed as in the first test): the dp split is timed, kept, and said so."""
+    import autopipe.cli.plan_cmd as plan_cmd
+
+    _, _, profile = mlp
+    monkeypatch.setattr(plan_cmd, "_profile", lambda args, spec, with_runtime: (
+        autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs), profile))
+    _timer(monkeypatch, profile, [3.0, 1.0, 1.0, 3.0])
+    out = tmp_path / "plan.json"
+    assert main(["plan", MLP, "--spec-arg", "layers=6", "--stages", "2", "--microbatches", "4",
+                 "--no-runtime-costs", "-o", str(out)]) == 0
+    assert "these stages are the dp split's" in capsys.readouterr().out
+    plan = Plan.load(out)
+    assert plan.options["refine"]["baseline_timed"]["kept"] and plan.solver.method == "ilp"
