@@ -38,6 +38,7 @@ import torch
 
 from autopipe.errors import AutopipeError
 from autopipe.partition.finalists import (
+    BASELINE_METHODS,
     DEFAULT_FINALISTS,
     faster_baselines,
     finalists,
@@ -186,12 +187,12 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
     if baseline_plan is None:
         return _recorded(kept, record, converged=False, why_not=why_not)
     # [Note: a faster baseline timed]
-    chosen, extra, theirs = _beside_baseline(kept, best, again, lambda p: timed(p)[0],
-                                             functools.partial(baseline_plan, costs[k]))
-    if theirs is not None:  # at the mean of its two timings, as the plan kept is
+    chosen, extra, theirs = _beside_baselines(kept, best, again, lambda p: timed(p)[0],
+                                              functools.partial(baseline_plan, costs[k]))
+    if theirs:  # each at the mean of its two timings, as the plan kept is
         kept = _accounted(chosen, solved[k], (loss_f, loss_b) if profile.loss else None)
-        name = extra["baseline_timed"]["name"]
-        kept = dataclasses.replace(kept, baselines=measured_entry(kept.baselines, name, theirs))
+        for name, at in theirs.items():
+            kept = dataclasses.replace(kept, baselines=measured_entry(kept.baselines, name, at))
     return _recorded(kept, record, converged=False, why_not=why_not, extra=extra)
 
 
@@ -204,69 +205,88 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
 # 29.092 ms beside "dp 24.931 ms (-14.3%)" and "uniform 25.307 ms", and until then only a
 # line in ``autopipe show`` said so. Now, where the caller can plan by a baseline's method
 # (``baseline_plan``: ``autopipe plan`` and ``autopipe.plan`` for one plan; a search's
-# candidates do not yet), the fastest baseline priced under the kept plan's re-timed step
-# is planned on that round's measured costs (the same options, schedule, micro-batches,
-# ranks and devices; recomputation where its method's plan needs it to fit, chunks where
-# the schedule has them: it is a plan like any other) and timed as whole stages by the
-# same routine, on the same conditions, with the same loss. The two are timed back to
-# back in the order A B B A (A: the kept cuts, whose first timing is the one just taken),
-# so a drift that is linear over the four timings weighs on both alike; each is priced at
-# the mean of its two timings (stage by stage, simulated), and the faster is kept, the
-# kept cuts on a tie. Only one baseline is timed (three more timings, each at least
-# ``window_s``): the fastest priced, or where it cannot be planned (it does not fit, too
-# few layers) or is no other plan (its cuts are the kept ones', another schedule or
-# ranks), the next one, each passed over recorded with why in ``baseline_skipped``.
+# candidates do not yet), every baseline priced under the kept plan's re-timed step is
+# planned on that round's measured costs (the same options, schedule, micro-batches, ranks
+# and devices; recomputation where its method's plan needs it to fit, chunks where the
+# schedule has them: it is a plan like any other) and timed as whole stages by the same
+# routine, on the same conditions, with the same loss. A baseline is passed over, with
+# why (``baseline_skipped``), where it cannot be planned (it does not fit, too few layers)
+# or is planned for another schedule, ranks or devices; one with the cuts of the kept plan
+# or of a baseline already taken (uniform and params often cut alike) is not timed again
+# but takes that plan's measured step (``same_cuts_as``: the kept cuts' priced step may
+# sit under their re-timed one by the drift alone).
 #
-# ``options["refine"]["baseline_timed"]`` records its name, priced step, both timings and
-# their mean, the kept cuts' two and mean (``against``), and ``kept``. Either way its
-# entry in ``baselines`` carries its measured step (memory and node counts as priced);
-# where it is kept, the plan's stages, prediction and options are that baseline's plan at
-# its measured times, its solver block the solve that was asked for (``--method``; so
-# ``check --spec`` re-plans the same way), accounted on that step, and its own entry then
-# reads +0.0%: the plan is that split. A plan that converged, a ``--no-refine`` plan, and
-# one with no baseline priced faster are as before: nothing more is timed.
+# The plans are timed back to back in a palindrome, A B C C B A (A: the kept cuts, whose
+# first timing is the one just taken), so every plan's two timings sit around the same
+# middle and a drift that is linear over them weighs on all alike; each is priced at the
+# mean of its two timings (stage by stage, simulated), and the fastest is kept, the kept
+# cuts on a tie. (Timing each baseline alone after the kept plan would charge a slowing
+# host to the baseline.) It costs two more timings per baseline and one for the kept
+# cuts, each at least ``window_s``: seven at most, for three baselines.
+#
+# ``options["refine"]`` records ``baseline_timed`` (per baseline: its priced step, both
+# timings and their mean, or ``same_cuts_as``), ``baseline_against`` (the kept cuts'
+# timings and mean) and ``baseline_kept`` (the baseline whose split the plan is, None
+# where the kept cuts stay). Each measured baseline's entry in ``baselines`` carries its
+# measured step (memory and node counts as priced); where one is kept, the plan's stages,
+# prediction and options are that baseline's plan at its measured times, its solver block
+# the solve that was asked for (``--method``; so ``check --spec`` re-plans the same way),
+# accounted on that step, and its own entry reads +0.0%: the plan is that split. A plan
+# that converged, a ``--no-refine`` plan, and one with no baseline priced faster are as
+# before: nothing more is timed.
 
 
-def _beside_baseline(kept: Plan, best: Plan, first: Plan, timed: Callable[[Plan], Plan],
-                     build: Callable[[str], Plan]) -> tuple[Plan, dict[str, Any], Plan | None]:
-    """[Note: a faster baseline timed]: ``kept`` (the refined plan at ``first``, the timing of
-    the cuts ``best`` just taken) or the fastest baseline priced under it that can be planned
-    (``build(method)``), whichever measures faster back to back (``timed``): the plan chosen,
-    at its measured times; what ``options["refine"]`` records; the baseline at its measured
-    times (None where none was timed, and then the plan chosen is ``first``)."""
+def _beside_baselines(kept: Plan, best: Plan, first: Plan, timed: Callable[[Plan], Plan],
+                      build: Callable[[str], Plan]) -> tuple[Plan, dict[str, Any], dict[str, Plan]]:
+    """[Note: a faster baseline timed]: of ``kept`` (the refined plan at ``first``, the timing
+    of the cuts ``best`` just taken) and the baselines priced under it that can be planned
+    (``build(method)``), the one that measures fastest back to back (``timed``), at its
+    measured times; what ``options["refine"]`` records; each baseline measured, at its
+    measured times (none: the plan is ``first``)."""
     skipped: dict[str, str] = {}
+    rivals: dict[str, Plan] = {}
+    same: dict[str, str] = {}  # a baseline of the same cuts as the kept plan's or another's
     for name in faster_baselines(kept):
+        if name not in BASELINE_METHODS:  # the layer restriction's "unrestricted" split
+            skipped[name] = f"no method of its own (the methods: {', '.join(BASELINE_METHODS)})"
+            continue
         try:
             other = build(name)
         except AutopipeError as e:
             skipped[name] = e.message
             continue
-        why = _not_comparable(other, best)
-        if why is not None:
-            skipped[name] = why
+        if (other.schedule, other.microbatches, ranks_of(other), other.devices, other.data_parallel) != (
+                best.schedule, best.microbatches, ranks_of(best), best.devices, best.data_parallel):
+            skipped[name] = "planned with another schedule, micro-batches, ranks or devices"
             continue
-        ours = [first]
-        theirs = [timed(other), timed(other)]
-        ours.append(timed(best))
-        mine, their = _mean_timed(*ours), _mean_timed(*theirs)
-        won = their.predicted.iteration_s < mine.predicted.iteration_s
-        info = {"name": name, "priced_s": kept.baselines[name].iteration_s,
-                "step_s": their.predicted.iteration_s, "steps_s": [p.predicted.iteration_s for p in theirs],
-                "against_s": mine.predicted.iteration_s, "against_steps_s": [p.predicted.iteration_s for p in ours],
-                "kept": won}
-        return (their if won else mine), {"baseline_timed": info,
-                                          **({"baseline_skipped": skipped} if skipped else {})}, their
-    return first, {"baseline_skipped": skipped} if skipped else {}, None
-
-
-def _not_comparable(other: Plan, kept: Plan) -> str | None:
-    """Why a baseline's plan ``other`` is no rival to ``kept``'s cuts; None when it is one."""
-    if (other.schedule, other.microbatches, ranks_of(other), other.devices, other.data_parallel) != (
-            kept.schedule, kept.microbatches, ranks_of(kept), kept.devices, kept.data_parallel):
-        return "planned with another schedule, micro-batches, ranks or devices"
-    if _cuts(other) == _cuts(kept):
-        return "the same cuts as the plan kept"
-    return None
+        twins = [n for n, p in {"kept": best, **rivals}.items() if _cuts(p) == _cuts(other)]
+        if twins:
+            same[name] = twins[0]
+        else:
+            rivals[name] = other
+    said = {"baseline_skipped": skipped} if skipped else {}
+    if not rivals and not same:
+        return first, said, {}
+    runs: dict[str, list[Plan]] = {name: [timed(p)] for name, p in rivals.items()}
+    for name in reversed(rivals):  # A B C C B A
+        runs[name].append(timed(rivals[name]))
+    ours = [first, timed(best)] if rivals else [first]
+    mine = _mean_timed(*ours) if rivals else first
+    theirs = {name: _mean_timed(*r) for name, r in runs.items()}
+    won = min(theirs, key=lambda n: theirs[n].predicted.iteration_s, default=None)
+    if won is not None and not theirs[won].predicted.iteration_s < mine.predicted.iteration_s:
+        won = None
+    info: dict[str, Any] = {name: {"priced_s": kept.baselines[name].iteration_s,
+                                   "step_s": theirs[name].predicted.iteration_s,
+                                   "steps_s": [p.predicted.iteration_s for p in runs[name]]} for name in rivals}
+    for name, twin in same.items():
+        theirs[name] = mine if twin == "kept" else theirs[twin]
+        info[name] = {"priced_s": kept.baselines[name].iteration_s, "step_s": theirs[name].predicted.iteration_s,
+                      "same_cuts_as": twin}
+    return (mine if won is None else theirs[won]), {
+        "baseline_timed": info, "baseline_against": {
+            "step_s": mine.predicted.iteration_s, "steps_s": [p.predicted.iteration_s for p in ours]},
+        "baseline_kept": won, **said}, theirs
 
 
 def _mean_timed(a: Plan, b: Plan) -> Plan:

@@ -61,7 +61,7 @@ def headline(plan: Plan) -> list[str]:
     if plan.baselines:
         refine = plan.options.get("refine")
         timed = refine.get("baseline_timed") if isinstance(refine, dict) else None
-        measured = timed.get("name") if isinstance(timed, dict) else None
+        measured = set(timed) if isinstance(timed, dict) else set()
         parts = []
         for name, b in plan.baselines.items():
             if b.iteration_s is None:
@@ -69,12 +69,12 @@ def headline(plan: Plan) -> list[str]:
             else:
                 ratio = b.iteration_s / plan.predicted.iteration_s - 1 if plan.predicted.iteration_s else 0.0
                 parts.append(f"{name} {format_seconds(b.iteration_s)} ({ratio:+.1%}"
-                             + (", measured)" if name == measured else ")"))
+                             + (", measured)" if name in measured else ")"))
         lines.append("baselines: " + ", ".join(parts))
-        if isinstance(timed, dict):
-            lines.append(baseline_timed_line(timed))
+        if isinstance(refine, dict) and measured:
+            lines.append(baseline_timed_line(refine))
         faster = [b for name, b in plan.baselines.items()
-                  if b.iteration_s is not None and b.iteration_s < plan.predicted.iteration_s and name != measured]
+                  if b.iteration_s is not None and b.iteration_s < plan.predicted.iteration_s and name not in measured]
         if isinstance(refine, dict) and refine.get("converged") is False and faster:
             # [Note: baselines beside a re-timed step]
             lines.append("  (the baselines are priced on the stage times measured in the round kept; the step "
@@ -92,25 +92,31 @@ def headline(plan: Plan) -> list[str]:
 # differ by the drift: a new user's Gemma 2 plan (2026-12-07, 2 stages, three sessions on
 # two cores) read 29.092 ms re-timed beside "dp 24.931 ms (-14.3%)", a model of the same
 # costs that was never measured, and nothing said so. ``format_plan`` says so. Since
-# 2026-12-07 ``autopipe plan`` times the fastest such baseline beside the kept cuts and
-# keeps the faster ([Note: a faster baseline timed] in ``autopipe.refine``): its entry
-# carries its measured step, marked "measured", with a line saying what was timed; the
-# caveat stays for a faster baseline that was not timed.
+# 2026-12-07 ``autopipe plan`` times such baselines beside the kept cuts and keeps the
+# fastest ([Note: a faster baseline timed] in ``autopipe.refine``): their entries carry
+# their measured steps, marked "measured", with a line saying what was timed and which
+# stages were kept; the caveat stays for a faster baseline that was not measured (one
+# that could not be planned alone, or a plan made by a search).
 
 
-def baseline_timed_line(timed: dict[str, Any]) -> str:
-    """What ``options["refine"]["baseline_timed"]`` records, in words."""
-    name, kept = timed.get("name"), bool(timed.get("kept"))
-    step, against = timed.get("step_s"), timed.get("against_s")
-    figures = (f"{format_seconds(step)} against {format_seconds(against)}"
-               if isinstance(step, (int, float)) and isinstance(against, (int, float)) else "(no figures)")
-    priced = timed.get("priced_s")
-    was = f", priced {format_seconds(priced)}" if isinstance(priced, (int, float)) else ""
-    if kept:
-        return (f"  (the refinement did not settle; the {name} split{was}, timed as whole stages back to back "
-                f"with the cuts it kept, measured {figures}: these stages are the {name} split's)")
-    return (f"  (the refinement did not settle; the {name} split{was}, timed as whole stages back to back "
-            f"with these stages, measured {figures}: these stages kept)")
+def baseline_timed_line(refine: dict[str, Any]) -> str:
+    """What ``options["refine"]`` records of the baselines timed beside the kept cuts, in words."""
+    def seconds(x: Any) -> str:
+        return format_seconds(x) if isinstance(x, (int, float)) else "?"
+
+    said = []
+    for name, info in refine["baseline_timed"].items():
+        twin = info.get("same_cuts_as") if isinstance(info, dict) else None
+        if twin is not None:
+            said.append(f"{name} the same cuts as {'the kept ones' if twin == 'kept' else twin}")
+        elif isinstance(info, dict):
+            said.append(f"{name} {seconds(info.get('step_s'))} (priced {seconds(info.get('priced_s'))})")
+    against = refine.get("baseline_against")
+    mine = seconds(against.get("step_s")) if isinstance(against, dict) else "?"
+    kept = refine.get("baseline_kept")
+    return (f"  (the refinement did not settle: the baselines priced faster, timed as whole stages back to "
+            f"back with the cuts it kept, measured {', '.join(said)}; the kept cuts {mine}: "
+            + (f"these stages are the {kept} split's)" if kept else "these stages stay)"))
 
 
 def chunk_lines(plan: Plan) -> list[str]:

@@ -17,7 +17,8 @@ from autopipe.errors import InfeasiblePlanError
 from autopipe.partition.planner import plan_profile
 from autopipe.plan_format import Plan
 from autopipe.profile import Profile
-from autopipe.refine import refine, with_stage_times
+from autopipe.refine import refine, scale_nodes, with_stage_times
+from autopipe.report import format_plan
 from autopipe.runtime.split import Split
 from autopipe.runtime.timing import StageTimes
 
@@ -75,11 +76,11 @@ def _calls(plan: Plan, profile: Profile) -> tuple[tuple[str, ...], ...]:
 @pytest.mark.parametrize("baseline_scale", [1.0, 5.0])
 def test_a_baseline_priced_faster_is_timed_back_to_back_and_kept_only_if_it_measures_faster(
         monkeypatch: pytest.MonkeyPatch, mlp: Setup, baseline_scale: float) -> None:
-    """The kept cuts re-timed at 3x and 2x their node sums (a host that slowed): the
-    baselines priced on the round's 1x/4x times are faster on paper. The fastest is planned
-    on those costs and timed in the order A B B A; at 1x it measures faster and the plan
-    becomes its split, at 5x it does not and the kept cuts stay, at the mean of their two
-    timings. Until 2026-12-07 neither was timed: the plan read slower than "dp"."""
+    """The kept cuts re-timed at 3x and 2x their node sums (a host that slowed): dp, priced
+    on the round's 1x/4x times, is faster on paper (uniform and params are not). It is
+    planned on those costs and timed in the order A B B A; at 1x it measures faster and the
+    plan becomes its split, at 5x it does not and the kept cuts stay, at the mean of their
+    two timings. Until 2026-12-07 neither was timed: the plan read slower than "dp"."""
     spec, graph, profile = mlp
     plan = _solve(profile)
     seen = _timer(monkeypatch, profile, [3.0, baseline_scale, baseline_scale, 2.0])
@@ -87,26 +88,25 @@ def test_a_baseline_priced_faster_is_timed_back_to_back_and_kept_only_if_it_meas
     refined = refine(plan, profile, graph, spec.example_inputs, {}, _solve, rounds=3,
                      baseline_plan=_by_method(built))
     info = refined.options["refine"]
-    timed = info["baseline_timed"]
-    assert not info["converged"] and [m for m, _ in built] == ["dp"] and timed["name"] == "dp"
+    timed, against = info["baseline_timed"]["dp"], info["baseline_against"]
+    assert not info["converged"] and [m for m, _ in built] == ["dp"] and list(info["baseline_timed"]) == ["dp"]
     baseline = built[0][1]
     steps = [r["measured_step_s"] for r in info["rounds"]]
     kept_cuts = seen[steps.index(min(steps))]
     # A B B A: the kept cuts, the baseline twice, the kept cuts
     assert len(seen) == 7 and seen[3] == seen[6] == kept_cuts and seen[4] == seen[5] != kept_cuts
     assert _calls(baseline, profile) == seen[4]
-    priced = timed["priced_s"]
-    assert priced < timed["against_steps_s"][0] == info["rounds"][steps.index(min(steps))]["timed_again_step_s"]
+    assert timed["priced_s"] < against["steps_s"][0] == info["rounds"][steps.index(min(steps))]["timed_again_step_s"]
     assert timed["steps_s"][0] == pytest.approx(timed["steps_s"][1])
     step = refined.predicted.iteration_s
     assert refined.baselines["dp"].iteration_s == pytest.approx(timed["step_s"])  # measured, either way
     assert refined.solver.method == "ilp" and refined.solver.objective_s == step
     if baseline_scale == 1.0:
-        assert timed["kept"] and timed["step_s"] < timed["against_s"]
+        assert info["baseline_kept"] == "dp" and timed["step_s"] < against["step_s"]
         assert _cuts(refined) == _cuts(baseline) and step == pytest.approx(timed["step_s"])
         assert refined.baselines["dp"].iteration_s == pytest.approx(step)  # the plan is that split
     else:
-        assert not timed["kept"] and timed["step_s"] > timed["against_s"]
+        assert info["baseline_kept"] is None and timed["step_s"] > against["step_s"]
         assert _cuts(refined) != _cuts(baseline)
         assert _calls(refined, profile) == kept_cuts
         # the kept cuts at the mean of their two timings (3x and 2x): 2.5x their node sums
@@ -114,7 +114,38 @@ def test_a_baseline_priced_faster_is_timed_back_to_back_and_kept_only_if_it_meas
                                                                          for n in s.nodes)] for s in refined.stages]
         assert step == pytest.approx(with_stage_times(refined, [2.5 * f for f, _ in sums],
                                                       [2.5 * b for _, b in sums]).predicted.iteration_s)
-        assert step == pytest.approx(timed["against_s"]) != pytest.approx(timed["against_steps_s"][0])
+        assert step == pytest.approx(against["step_s"]) != pytest.approx(against["steps_s"][0])
+
+
+def test_several_baselines_are_timed_in_a_palindrome_and_the_fastest_kept(
+        monkeypatch: pytest.MonkeyPatch, mlp: Setup) -> None:
+    """The kept cuts re-timed at 10x: every baseline is priced faster. dp and uniform
+    (planned here on other cuts) are timed kept, dp, uniform, uniform, dp, kept; params,
+    of uniform's cuts, is not timed again but takes uniform's step. uniform measures
+    fastest (1x against dp's 2x) and is kept."""
+    spec, graph, profile = mlp
+    plan = _solve(profile)
+    seen = _timer(monkeypatch, profile, [10.0, 2.0, 1.0, 1.0, 2.0, 10.0])
+
+    def planner(costs: Profile, method: str) -> Plan:
+        if method == "dp":
+            return _solve(costs, "dp")
+        # uniform and params: the split of costs whose first stage runs three times slower
+        return _solve(scale_nodes(costs, {n: (3.0, 3.0) for n in plan.stages[0].nodes}))
+
+    refined = refine(plan, profile, graph, spec.example_inputs, {}, _solve, rounds=3, baseline_plan=planner)
+    info = refined.options["refine"]
+    timed = info["baseline_timed"]
+    assert len(seen) == 9 and seen[3] == seen[8] and seen[4] == seen[7] and seen[5] == seen[6]
+    assert len({seen[3], seen[4], seen[5]}) == 3
+    assert list(timed) == ["dp", "uniform", "params"] and timed["params"]["same_cuts_as"] == "uniform"
+    assert info["baseline_kept"] == "uniform" and "baseline_skipped" not in info
+    step = refined.predicted.iteration_s
+    assert step == pytest.approx(timed["uniform"]["step_s"])
+    assert timed["uniform"]["step_s"] < timed["dp"]["step_s"] < info["baseline_against"]["step_s"]
+    assert _calls(refined, profile) == seen[5]
+    assert [refined.baselines[k].iteration_s for k in ("uniform", "params")] == pytest.approx([step, step])
+    assert refined.baselines["dp"].iteration_s == pytest.approx(timed["dp"]["step_s"])
 
 
 def test_a_kept_baseline_round_trips_and_shows(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -123,7 +154,7 @@ def test_a_kept_baseline_round_trips_and_shows(tmp_path: Path, capsys: pytest.Ca
     _timer(monkeypatch, profile, [3.0, 1.0, 1.0, 3.0])
     refined = refine(_solve(profile), profile, graph, spec.example_inputs, {}, _solve, rounds=3,
                      baseline_plan=_by_method([]))
-    assert refined.options["refine"]["baseline_timed"]["kept"]
+    assert refined.options["refine"]["baseline_kept"] == "dp"
     path = tmp_path / "plan.json"
     refined.save(path)
     assert Plan.load(path) == refined
@@ -172,11 +203,11 @@ def test_nothing_more_is_timed_where_the_cuts_settle_or_no_baseline_is_priced_fa
                                for b in with_planner.baselines.values())
 
 
-def test_baselines_that_cannot_be_planned_or_are_the_kept_cuts_are_passed_over(
+def test_baselines_that_cannot_be_planned_are_passed_over_and_the_kept_cuts_are_not_timed_again(
         monkeypatch: pytest.MonkeyPatch, mlp: Setup) -> None:
     """The kept cuts re-timed at 10x: every baseline is priced faster. dp does not fit (its
-    planner raises), uniform and params are the kept cuts: none is timed, and the plan says
-    why each was passed over."""
+    planner raises) and is passed over, with why; uniform and params are the kept cuts:
+    nothing more is timed, and they take the kept cuts' measured step."""
     spec, graph, profile = mlp
     seen = _timer(monkeypatch, profile, [10.0])
     asked: list[str] = []
@@ -191,9 +222,13 @@ def test_baselines_that_cannot_be_planned_or_are_the_kept_cuts_are_passed_over(
                      baseline_plan=planner)
     info = refined.options["refine"]
     assert sorted(asked) == ["dp", "params", "uniform"] and len(seen) == 4
-    assert info["baseline_skipped"]["dp"] == "no partition fits in memory (dp)"
-    assert {info["baseline_skipped"][k] for k in ("uniform", "params")} == {"the same cuts as the plan kept"}
-    assert "baseline_timed" not in info
+    assert info["baseline_skipped"] == {"dp": "no partition fits in memory (dp)"}
+    assert {info["baseline_timed"][k]["same_cuts_as"] for k in ("uniform", "params")} == {"kept"}
+    step = refined.predicted.iteration_s
+    assert info["baseline_kept"] is None and info["baseline_against"]["steps_s"] == [step]
+    assert [refined.baselines[k].iteration_s for k in ("uniform", "params")] == pytest.approx([step, step])
+    assert refined.baselines["dp"].iteration_s < step  # priced, and said not measured
+    assert "a faster baseline here is not measured" in format_plan(refined)
 
 
 def test_the_cli_plans_baselines_by_their_method(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -211,4 +246,4 @@ def test_the_cli_plans_baselines_by_their_method(tmp_path: Path, capsys: pytest.
                  "--no-runtime-costs", "-o", str(out)]) == 0
     assert "these stages are the dp split's" in capsys.readouterr().out
     plan = Plan.load(out)
-    assert plan.options["refine"]["baseline_timed"]["kept"] and plan.solver.method == "ilp"
+    assert plan.options["refine"]["baseline_kept"] == "dp" and plan.solver.method == "ilp"

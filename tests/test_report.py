@@ -122,27 +122,32 @@ def test_a_faster_baseline_beside_an_unsettled_refinement_is_said_to_be_unmeasur
 
 
 @pytest.mark.parametrize("kept", [True, False])
-def test_a_baseline_timed_beside_an_unsettled_refinement_reads_measured(kept: bool) -> None:
-    """[Note: a faster baseline timed]: a baseline refine timed beside the plan reads its
-    measured step, marked so, with a line saying what was timed and which stages were kept;
-    the caveat stays only for a faster baseline that was not timed."""
+def test_baselines_timed_beside_an_unsettled_refinement_read_measured(kept: bool) -> None:
+    """[Note: a faster baseline timed]: the baselines refine timed beside the plan read their
+    measured steps, marked so, with a line saying what was timed and which stages were kept;
+    the caveat stays only for a faster baseline that was not measured."""
     from dataclasses import replace
 
     plan = plan_profile(synthetic_profile(60, seed=1), num_stages=3, memory_limit="4GiB")
     step = plan.predicted.iteration_s
     measured = step if kept else 1.1 * step
-    timed = {"name": "dp", "priced_s": 0.8 * step, "step_s": measured, "steps_s": [measured] * 2,
-             "against_s": 1.2 * step if kept else step, "against_steps_s": [step] * 2, "kept": kept}
-    dp = replace(plan.baselines["dp"], iteration_s=measured)
-    slower = {k: replace(b, iteration_s=2 * step) for k, b in plan.baselines.items() if k != "dp"}
-    done = replace(plan, baselines={"dp": dp, **slower},
-                   options={**plan.options, "refine": {"converged": False, "rounds": [], "baseline_timed": timed}})
+    against = 1.2 * step if kept else step
+    refine = {"converged": False, "rounds": [], "baseline_kept": "dp" if kept else None,
+              "baseline_timed": {"dp": {"priced_s": 0.8 * step, "step_s": measured, "steps_s": [measured] * 2},
+                                 "params": {"priced_s": 0.9 * step, "step_s": measured, "same_cuts_as": "dp"}},
+              "baseline_against": {"step_s": against, "steps_s": [against] * 2}}
+    entries = {k: replace(b, iteration_s=measured if k in ("dp", "params") else 2 * step)
+               for k, b in plan.baselines.items()}
+    done = replace(plan, baselines=entries, options={**plan.options, "refine": refine})
     text = format_plan(done)
-    figure = f"dp {format_seconds(measured)} ({'+0.0%' if kept else '+10.0%'}, measured)"
-    assert figure in text and "not measured" not in text
-    said = f"measured {format_seconds(measured)} against {format_seconds(timed['against_s'])}"
-    assert said in text and f"priced {format_seconds(0.8 * step)}" in text
-    assert ("these stages are the dp split's" in text) is kept and ("these stages kept" in text) is not kept
-    # another baseline priced faster, not timed: the caveat for it stays
-    faster = replace(done, baselines={**done.baselines, "uniform": replace(dp, iteration_s=0.9 * step)})
+    ratio = "+0.0%" if kept else "+10.0%"
+    assert f"dp {format_seconds(measured)} ({ratio}, measured)" in text
+    assert f"params {format_seconds(measured)} ({ratio}, measured)" in text
+    assert "not measured" not in text
+    said = (f"measured dp {format_seconds(measured)} (priced {format_seconds(0.8 * step)}), params the same "
+            f"cuts as dp; the kept cuts {format_seconds(against)}: ")
+    assert said in text
+    assert ("these stages are the dp split's" in text) is kept and ("these stages stay" in text) is not kept
+    # another baseline priced faster, not measured: the caveat for it stays
+    faster = replace(done, baselines={**done.baselines, "uniform": replace(entries["dp"], iteration_s=0.9 * step)})
     assert "a faster baseline here is not measured" in format_plan(faster)

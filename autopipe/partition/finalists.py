@@ -26,6 +26,8 @@ from autopipe.plan_format import Baseline, Plan
 
 DEFAULT_FINALISTS = 3
 """Finalists at most: a degree search's ``--finalists`` default, a batch-size search's limit."""
+BASELINE_METHODS = ("dp", "uniform", "params")
+"""The baselines a plan can be planned by alone (``plan_profile``'s ``method``)."""
 REFINE_WITHIN = 1.5
 """Finalists re-timed: those whose node-sum step is within this factor of the fastest."""
 
