@@ -40,7 +40,7 @@ from autopipe.errors import AutopipeError
 from autopipe.partition.finalists import (
     BASELINE_METHODS,
     DEFAULT_FINALISTS,
-    faster_baselines,
+    baselines_to_time,
     finalists,
     mark_rows,
     measured_entry,
@@ -205,12 +205,16 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
 # 29.092 ms beside "dp 24.931 ms (-14.3%)" and "uniform 25.307 ms", and until then only a
 # line in ``autopipe show`` said so. Now, where the caller can plan by a baseline's method
 # (``baseline_plan``: ``autopipe plan`` and ``autopipe.plan`` for one plan; a search's
-# candidates do not yet), every baseline priced under the kept plan's re-timed step is
-# planned on that round's measured costs (the same options, schedule, micro-batches, ranks
-# and devices; recomputation where its method's plan needs it to fit, chunks where the
-# schedule has them: it is a plan like any other) and timed as whole stages by the same
-# routine, on the same conditions, with the same loss. A baseline is passed over, with
-# why (``baseline_skipped``), where it cannot be planned (it does not fit, too few layers)
+# candidates do not yet), where a baseline is priced under the kept plan's re-timed step,
+# every baseline is planned on that round's measured costs (the same options, schedule,
+# micro-batches, ranks and devices; recomputation where its method's plan needs it to fit,
+# chunks where the schedule has them: it is a plan like any other) and timed as whole
+# stages by the same routine, on the same conditions, with the same loss. All of them, not
+# only those priced under the first re-timing: the timings after it drift too, and one
+# priced a little over it may be priced under the step finally kept (in one run on the
+# MLP example, 2026-12-07, that timed only those, the plan read 6.677 ms beside "uniform
+# 6.518 ms", never timed). A baseline is passed over, with why (``baseline_skipped``),
+# where it cannot be planned (it does not fit, too few layers)
 # or is planned for another schedule, ranks or devices; one with the cuts of the kept plan
 # or of a baseline already taken (uniform and params often cut alike) is not timed again
 # but takes that plan's measured step (``same_cuts_as``: the kept cuts' priced step may
@@ -239,14 +243,14 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
 def _beside_baselines(kept: Plan, best: Plan, first: Plan, timed: Callable[[Plan], Plan],
                       build: Callable[[str], Plan]) -> tuple[Plan, dict[str, Any], dict[str, Plan]]:
     """[Note: a faster baseline timed]: of ``kept`` (the refined plan at ``first``, the timing
-    of the cuts ``best`` just taken) and the baselines priced under it that can be planned
-    (``build(method)``), the one that measures fastest back to back (``timed``), at its
-    measured times; what ``options["refine"]`` records; each baseline measured, at its
-    measured times (none: the plan is ``first``)."""
+    of the cuts ``best`` just taken) and, where one is priced under it, the baselines that
+    can be planned (``build(method)``), the one that measures fastest back to back
+    (``timed``), at its measured times; what ``options["refine"]`` records; each baseline
+    measured, at its measured times (none: the plan is ``first``)."""
     skipped: dict[str, str] = {}
     rivals: dict[str, Plan] = {}
     same: dict[str, str] = {}  # a baseline of the same cuts as the kept plan's or another's
-    for name in faster_baselines(kept):
+    for name in baselines_to_time(kept):
         if name not in BASELINE_METHODS:  # the layer restriction's "unrestricted" split
             skipped[name] = f"no method of its own (the methods: {', '.join(BASELINE_METHODS)})"
             continue

@@ -108,15 +108,15 @@ def baseline_timed_line(refine: dict[str, Any]) -> str:
     for name, info in refine["baseline_timed"].items():
         twin = info.get("same_cuts_as") if isinstance(info, dict) else None
         if twin is not None:
-            said.append(f"{name} the same cuts as {'the kept ones' if twin == 'kept' else twin}")
+            said.append(f"{name} {'that round' if twin == 'kept' else twin}'s cuts")
         elif isinstance(info, dict):
             said.append(f"{name} {seconds(info.get('step_s'))} (priced {seconds(info.get('priced_s'))})")
     against = refine.get("baseline_against")
     mine = seconds(against.get("step_s")) if isinstance(against, dict) else "?"
     kept = refine.get("baseline_kept")
-    return (f"  (the refinement did not settle: the baselines priced faster, timed as whole stages back to "
-            f"back with the cuts it kept, measured {', '.join(said)}; the kept cuts {mine}: "
-            + (f"these stages are the {kept} split's)" if kept else "these stages stay)"))
+    return (f"  (the refinement did not settle; timed as whole stages back to back with the cuts of its "
+            f"fastest round ({mine}): {', '.join(said)}; these stages are "
+            + (f"the {kept} split's)" if kept else "that round's)"))
 
 
 def chunk_lines(plan: Plan) -> list[str]:

@@ -77,10 +77,11 @@ def _calls(plan: Plan, profile: Profile) -> tuple[tuple[str, ...], ...]:
 def test_a_baseline_priced_faster_is_timed_back_to_back_and_kept_only_if_it_measures_faster(
         monkeypatch: pytest.MonkeyPatch, mlp: Setup, baseline_scale: float) -> None:
     """The kept cuts re-timed at 3x and 2x their node sums (a host that slowed): dp, priced
-    on the round's 1x/4x times, is faster on paper (uniform and params are not). It is
-    planned on those costs and timed in the order A B B A; at 1x it measures faster and the
-    plan becomes its split, at 5x it does not and the kept cuts stay, at the mean of their
-    two timings. Until 2026-12-07 neither was timed: the plan read slower than "dp"."""
+    on the round's 1x/4x times, is faster on paper. Every baseline is planned on those
+    costs; uniform and params have the kept cuts and take their step; dp is timed in the
+    order A B B A. At 1x it measures faster and the plan becomes its split, at 5x it does
+    not and the kept cuts stay, at the mean of their two timings. Until 2026-12-07 nothing
+    was timed: the plan read slower than "dp"."""
     spec, graph, profile = mlp
     plan = _solve(profile)
     seen = _timer(monkeypatch, profile, [3.0, baseline_scale, baseline_scale, 2.0])
@@ -89,7 +90,9 @@ def test_a_baseline_priced_faster_is_timed_back_to_back_and_kept_only_if_it_meas
                      baseline_plan=_by_method(built))
     info = refined.options["refine"]
     timed, against = info["baseline_timed"]["dp"], info["baseline_against"]
-    assert not info["converged"] and [m for m, _ in built] == ["dp"] and list(info["baseline_timed"]) == ["dp"]
+    assert not info["converged"] and [m for m, _ in built] == ["dp", "uniform", "params"]
+    assert [info["baseline_timed"][k].get("same_cuts_as") for k in ("dp", "uniform", "params")] == [
+        None, "kept", "kept"]
     baseline = built[0][1]
     steps = [r["measured_step_s"] for r in info["rounds"]]
     kept_cuts = seen[steps.index(min(steps))]
@@ -115,6 +118,8 @@ def test_a_baseline_priced_faster_is_timed_back_to_back_and_kept_only_if_it_meas
         assert step == pytest.approx(with_stage_times(refined, [2.5 * f for f, _ in sums],
                                                       [2.5 * b for _, b in sums]).predicted.iteration_s)
         assert step == pytest.approx(against["step_s"]) != pytest.approx(against["steps_s"][0])
+    # of the kept cuts: measured at their mean, the kept plan or not
+    assert [refined.baselines[k].iteration_s for k in ("uniform", "params")] == pytest.approx([against["step_s"]] * 2)
 
 
 def test_several_baselines_are_timed_in_a_palindrome_and_the_fastest_kept(

@@ -144,10 +144,10 @@ def test_baselines_timed_beside_an_unsettled_refinement_read_measured(kept: bool
     assert f"dp {format_seconds(measured)} ({ratio}, measured)" in text
     assert f"params {format_seconds(measured)} ({ratio}, measured)" in text
     assert "not measured" not in text
-    said = (f"measured dp {format_seconds(measured)} (priced {format_seconds(0.8 * step)}), params the same "
-            f"cuts as dp; the kept cuts {format_seconds(against)}: ")
+    said = (f"with the cuts of its fastest round ({format_seconds(against)}): dp {format_seconds(measured)} "
+            f"(priced {format_seconds(0.8 * step)}), params dp's cuts; these stages are ")
     assert said in text
-    assert ("these stages are the dp split's" in text) is kept and ("these stages stay" in text) is not kept
+    assert ("these stages are the dp split's" in text) is kept and ("these stages are that round's" in text) is not kept
     # another baseline priced faster, not measured: the caveat for it stays
     faster = replace(done, baselines={**done.baselines, "uniform": replace(entries["dp"], iteration_s=0.9 * step)})
     assert "a faster baseline here is not measured" in format_plan(faster)

@@ -69,13 +69,14 @@ def mark_rows(rows: Sequence[dict[str, Any]], starts: Sequence[Plan], done: Sequ
     return again or done[best]
 
 
-def faster_baselines(plan: Plan) -> list[str]:
-    """The names of ``plan``'s baselines priced faster than its predicted step, fastest first
-    (ties in the plan's order)."""
+def baselines_to_time(plan: Plan) -> list[str]:
+    """Where one of ``plan``'s baselines is priced faster than its predicted step, the names
+    of all those with a priced step (that fit), fastest first, ties in the plan's order;
+    else none."""
     step = plan.predicted.iteration_s
-    priced = [(b.iteration_s, k, name) for k, (name, b) in enumerate(plan.baselines.items())
-              if b.iteration_s is not None and b.iteration_s < step]
-    return [name for _, _, name in sorted(priced)]
+    priced = sorted((b.iteration_s, k, name) for k, (name, b) in enumerate(plan.baselines.items())
+                    if b.iteration_s is not None)
+    return [name for _, _, name in priced] if priced and priced[0][0] < step else []
 
 
 def measured_entry(baselines: dict[str, Baseline], name: str, timed: Plan) -> dict[str, Baseline]:
