@@ -303,7 +303,7 @@ def plan(
     if refining:
         mip.share_among(ROUNDS_SHARE)
         plan = refine_plan(plan, prof, graph, example_inputs, example_kwargs, solve,
-                           baseline_plan=lambda p, m: solve(p, method=m), **loss)
+                           baseline_plan=lambda p, m, **c: solve(p, method=m, **c), **loss)
     return plan
 
 

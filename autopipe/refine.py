@@ -69,7 +69,7 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
            kwargs: dict[str, Any] | None, replan: Callable[[Profile], Plan], *,
            rounds: int = DEFAULT_ROUNDS, repeats: int = 5, window_s: float = WINDOW_S, together: bool = True,
            loss_fn: Callable[[Any, Any], Any] | None = None, target: Any = None,
-           baseline_plan: Callable[[Profile, str], Plan] | None = None) -> Plan:
+           baseline_plan: Callable[..., Plan] | None = None) -> Plan:
     """Re-time ``plan``'s stages as whole modules and re-solve until the cuts stay.
 
     See [Note: whole stages, not node sums]. The stages run where the model's
@@ -91,8 +91,10 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
         loss_fn, target: the training loss and one micro-batch's target: the last stage's
             rank runs it after the stage, as the runtime does, and the plan takes its times
             from there (else the profile's loss, timed alone, is added to that stage).
-        baseline_plan: ``baseline_plan(profile, method)`` plans ``profile`` by a baseline
-            method (``dp``, ``uniform``, ``params``) with ``replan``'s other options; given,
+        baseline_plan: ``baseline_plan(profile, method, **choice)`` plans ``profile`` by a
+            baseline method (``dp``, ``uniform``, ``params``) for the ranks, micro-batches,
+            schedule and chunks in ``choice`` (``choice_of``'s keywords but the batch size),
+            with ``replan``'s other options; given,
             where the cuts did not settle, a baseline priced faster than the plan kept is
             timed beside it ([Note: a faster baseline timed]).
 
@@ -187,8 +189,9 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
     if baseline_plan is None:
         return _recorded(kept, record, converged=False, why_not=why_not)
     # [Note: a faster baseline timed]
+    one = {key: v for key, v in choice_of(best).items() if key != "batch_size"}  # not a schedule search's
     chosen, extra, theirs = _beside_baselines(kept, best, again, lambda p: timed(p)[0],
-                                              functools.partial(baseline_plan, costs[k]))
+                                              functools.partial(baseline_plan, costs[k], **one))
     if theirs:  # each at the mean of its two timings, as the plan kept is
         kept = _accounted(chosen, solved[k], (loss_f, loss_b) if profile.loss else None)
         for name, at in theirs.items():
@@ -206,9 +209,10 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
 # line in ``autopipe show`` said so. Now, where the caller can plan by a baseline's method
 # (``baseline_plan``: ``autopipe plan`` and ``autopipe.plan`` for one plan; a search's
 # candidates do not yet), where a baseline is priced under the kept plan's re-timed step,
-# every baseline is planned on that round's measured costs (the same options, schedule,
-# micro-batches, ranks and devices; recomputation where its method's plan needs it to fit,
-# chunks where the schedule has them: it is a plan like any other) and timed as whole
+# every baseline is planned on that round's measured costs (the same options, and the
+# kept cuts' ranks, micro-batches, schedule and chunks: a ``--schedule auto`` search is not
+# run again; recomputation where its method's plan needs it to fit, chunks where the
+# schedule has them: it is a plan like any other) and timed as whole
 # stages by the same routine, on the same conditions, with the same loss. All of them, not
 # only those priced under the first re-timing: the timings after it drift too, and one
 # priced a little over it may be priced under the step finally kept (in one run on the

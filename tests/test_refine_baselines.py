@@ -40,7 +40,8 @@ def _timer(monkeypatch: pytest.MonkeyPatch, profile: Profile,
            later: Sequence[float]) -> list[tuple[tuple[str, ...], ...]]:
     """time_stages answers: three rounds whose slow stage alternates (4x its node sums, so
     the cuts keep moving), then each later timing at ``later[k]`` times its node sums (the
-    kept cuts timed again, then whatever comes next); returns the cuts each timing ran."""
+    kept cuts timed again, then whatever comes next; past its end, its last); returns the
+    cuts each timing ran."""
     seen: list[tuple[tuple[str, ...], ...]] = []
     costs = profile.by_name
 
@@ -49,7 +50,7 @@ def _timer(monkeypatch: pytest.MonkeyPatch, profile: Profile,
                 for st in split.stages]
         seen.append(tuple(tuple(n for n in h if costs[n].op.startswith("call")) for h in held))
         k = len(seen)
-        scale = [4.0 if i == k % 2 else 1.0 for i in range(len(held))] if k <= 3 else [later[k - 4]] * len(held)
+        scale = [4.0 if i == k % 2 else 1.0 for i in range(len(held))] if k <= 3 else [later[min(k - 4, len(later) - 1)]] * len(held)
         return StageTimes(tuple(x * sum(costs[n].forward_s for n in h) for x, h in zip(scale, held)),
                           tuple(x * sum(costs[n].backward_s for n in h) for x, h in zip(scale, held)))
 
@@ -57,8 +58,13 @@ def _timer(monkeypatch: pytest.MonkeyPatch, profile: Profile,
     return seen
 
 
+CHOICE = {"num_stages": 2, "microbatches": 4, "schedule": "1f1b", "virtual_stages": None}
+"""What refine asks a baseline planner for: the kept cuts' ranks, micro-batches, schedule, chunks."""
+
+
 def _by_method(built: list[tuple[str, Plan]]) -> Any:
-    def plan(profile: Profile, method: str) -> Plan:
+    def plan(profile: Profile, method: str, **choice: Any) -> Plan:
+        assert choice == CHOICE
         built.append((method, _solve(profile, method)))
         return built[-1][1]
     return plan
@@ -132,7 +138,8 @@ def test_several_baselines_are_timed_in_a_palindrome_and_the_fastest_kept(
     plan = _solve(profile)
     seen = _timer(monkeypatch, profile, [10.0, 2.0, 1.0, 1.0, 2.0, 10.0])
 
-    def planner(costs: Profile, method: str) -> Plan:
+    def planner(costs: Profile, method: str, **choice: Any) -> Plan:
+        assert choice == CHOICE
         if method == "dp":
             return _solve(costs, "dp")
         # uniform and params: the split of costs whose first stage runs three times slower
@@ -217,7 +224,8 @@ def test_baselines_that_cannot_be_planned_are_passed_over_and_the_kept_cuts_are_
     seen = _timer(monkeypatch, profile, [10.0])
     asked: list[str] = []
 
-    def planner(costs: Profile, method: str) -> Plan:
+    def planner(costs: Profile, method: str, **choice: Any) -> Plan:
+        assert choice == CHOICE
         asked.append(method)
         if method == "dp":
             raise InfeasiblePlanError("no partition fits in memory (dp)", hint="")
@@ -236,10 +244,13 @@ def test_baselines_that_cannot_be_planned_are_passed_over_and_the_kept_cuts_are_
     assert "a faster baseline here is not measured" in format_plan(refined)
 
 
+@pytest.mark.parametrize("schedule", ["1f1b", "auto"])
 def test_the_cli_plans_baselines_by_their_method(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                 monkeypatch: pytest.MonkeyPatch, mlp: Setup) -> None:
+                                                 monkeypatch: pytest.MonkeyPatch, mlp: Setup,
+                                                 schedule: str) -> None:
     """``autopipe plan`` hands refine a planner by method (the fixed node times profiled, the
-    stages timed as in the first test): the dp split is timed, kept, and said so."""
+    stages timed as in the first test): the dp split is timed, kept, and said so. Under
+    ``--schedule auto`` the baselines are planned for the schedule chosen, not searched again."""
     import autopipe.cli.plan_cmd as plan_cmd
 
     _, _, profile = mlp
@@ -248,7 +259,12 @@ def test_the_cli_plans_baselines_by_their_method(tmp_path: Path, capsys: pytest.
     _timer(monkeypatch, profile, [3.0, 1.0, 1.0, 3.0])
     out = tmp_path / "plan.json"
     assert main(["plan", MLP, "--spec-arg", "layers=6", "--stages", "2", "--microbatches", "4",
-                 "--no-runtime-costs", "-o", str(out)]) == 0
-    assert "these stages are the dp split's" in capsys.readouterr().out
+                 "--schedule", schedule, "--no-runtime-costs", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
     plan = Plan.load(out)
-    assert plan.options["refine"]["baseline_kept"] == "dp" and plan.solver.method == "ilp"
+    info = plan.options["refine"]
+    # planned for the schedule and chunks chosen (zbv here: two chunks a rank), none passed over
+    assert "baseline_skipped" not in info and any("steps_s" in v for v in info["baseline_timed"].values())
+    if schedule == "1f1b":
+        assert "these stages are the dp split's" in text
+        assert info["baseline_kept"] == "dp" and plan.solver.method == "ilp"

@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         if refining:
             if graph is not None and spec is not None and isinstance(source, Profile):
                 mip.share_among(ROUNDS_SHARE)
-                plan = _refined(plan, source, graph, spec, solve, by_method=lambda p, m: solve(p, method=m))
+                plan = _refined(plan, source, graph, spec, solve, by_method=lambda p, m, **c: solve(p, method=m, **c))
             elif "microbatch_size" in plan.options and all(p.method == "measure" for p in profiles.values()):
                 from autopipe.refine import refine_search
 
@@ -320,10 +320,10 @@ def _spec_at(spec: str, knobs: dict[str, Any], size: int | None,
 
 def _refined(plan: Plan, profile: Profile, graph: Graph, spec: ModelSpec,
              replan: Callable[[Profile], Plan], *, size: int | None = None,
-             by_method: Callable[[Profile, str], Plan] | None = None) -> Plan:
+             by_method: Callable[..., Plan] | None = None) -> Plan:
     """``plan`` refined on whole-stage times where the profile was measured here
     (autopipe.refine); with ``size``, a search's candidate of micro-batches of ``size``, alone;
-    ``by_method(profile, method)`` plans by a baseline's method (``refine``'s ``baseline_plan``)."""
+    ``by_method(profile, method, **choice)`` plans by a baseline's method (``refine``'s ``baseline_plan``)."""
     from autopipe.refine import can_refine, ranks_of, refine, refine_candidate
 
     if can_refine(graph, profile) is not None:
