@@ -36,11 +36,8 @@ from typing import Any
 
 import torch
 
-from autopipe.errors import AutopipeError
 from autopipe.partition.finalists import (
-    BASELINE_METHODS,
     DEFAULT_FINALISTS,
-    baselines_to_time,
     finalists,
     mark_rows,
     measured_entry,
@@ -96,7 +93,7 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
             schedule and chunks in ``choice`` (``choice_of``'s keywords but the batch size),
             with ``replan``'s other options; given,
             where the cuts did not settle, a baseline priced faster than the plan kept is
-            timed beside it ([Note: a faster baseline timed]).
+            timed beside it ([Note: a faster baseline timed] in ``autopipe.refine_baselines``).
 
     Returns:
         The refined plan, with ``options["refine"]``: per round the stages' measured /
@@ -188,119 +185,17 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
     kept = _accounted(again, solved[k], (loss_f, loss_b) if profile.loss else None)
     if baseline_plan is None:
         return _recorded(kept, record, converged=False, why_not=why_not)
-    # [Note: a faster baseline timed]
+    # [Note: a faster baseline timed] in autopipe.refine_baselines
     one = {key: v for key, v in choice_of(best).items() if key != "batch_size"}  # not a schedule search's
-    chosen, extra, theirs = _beside_baselines(kept, best, again, lambda p: timed(p)[0],
+    from autopipe.refine_baselines import beside_baselines
+
+    chosen, extra, theirs = beside_baselines(kept, best, again, lambda p: timed(p)[0],
                                               functools.partial(baseline_plan, costs[k], **one))
     if theirs:  # each at the mean of its two timings, as the plan kept is
         kept = _accounted(chosen, solved[k], (loss_f, loss_b) if profile.loss else None)
         for name, at in theirs.items():
             kept = dataclasses.replace(kept, baselines=measured_entry(kept.baselines, name, at))
     return _recorded(kept, record, converged=False, why_not=why_not, extra=extra)
-
-
-# [Note: a faster baseline timed]
-#
-# A refinement that did not settle keeps its fastest measured round, timed once more, and
-# takes its baselines from the solve on that round's measurement: they are priced, not
-# measured. On a busy host the timings drift between rounds by more than the baselines'
-# margins: a user's Gemma 2 plan (2026-12-07, --stages 2 --microbatches 2) was re-timed at
-# 29.092 ms beside "dp 24.931 ms (-14.3%)" and "uniform 25.307 ms", and until then only a
-# line in ``autopipe show`` said so. Now, where the caller can plan by a baseline's method
-# (``baseline_plan``: ``autopipe plan`` and ``autopipe.plan`` for one plan; a search's
-# candidates do not yet), where a baseline is priced under the kept plan's re-timed step,
-# every baseline is planned on that round's measured costs (the same options, and the
-# kept cuts' ranks, micro-batches, schedule and chunks: a ``--schedule auto`` search is not
-# run again; recomputation where its method's plan needs it to fit, chunks where the
-# schedule has them: it is a plan like any other) and timed as whole
-# stages by the same routine, on the same conditions, with the same loss. All of them, not
-# only those priced under the first re-timing: the timings after it drift too, and one
-# priced a little over it may be priced under the step finally kept (in one run on the
-# MLP example, 2026-12-07, that timed only those, the plan read 6.677 ms beside "uniform
-# 6.518 ms", never timed). A baseline is passed over, with why (``baseline_skipped``),
-# where it cannot be planned (it does not fit, too few layers)
-# or is planned for another schedule, ranks or devices; one with the cuts of the kept plan
-# or of a baseline already taken (uniform and params often cut alike) is not timed again
-# but takes that plan's measured step (``same_cuts_as``: the kept cuts' priced step may
-# sit under their re-timed one by the drift alone).
-#
-# The plans are timed back to back in a palindrome, A B C C B A (A: the kept cuts, whose
-# first timing is the one just taken), so every plan's two timings sit around the same
-# middle and a drift that is linear over them weighs on all alike; each is priced at the
-# mean of its two timings (stage by stage, simulated), and the fastest is kept, the kept
-# cuts on a tie. (Timing each baseline alone after the kept plan would charge a slowing
-# host to the baseline.) It costs two more timings per baseline and one for the kept
-# cuts, each at least ``window_s``: seven at most, for three baselines.
-#
-# ``options["refine"]`` records ``baseline_timed`` (per baseline: its priced step, both
-# timings and their mean, or ``same_cuts_as``), ``baseline_against`` (the kept cuts'
-# timings and mean) and ``baseline_kept`` (the baseline whose split the plan is, None
-# where the kept cuts stay). Each measured baseline's entry in ``baselines`` carries its
-# measured step (memory and node counts as priced); where one is kept, the plan's stages,
-# prediction and options are that baseline's plan at its measured times, its solver block
-# the solve that was asked for (``--method``; so ``check --spec`` re-plans the same way),
-# accounted on that step, and its own entry reads +0.0%: the plan is that split. A plan
-# that converged, a ``--no-refine`` plan, and one with no baseline priced faster are as
-# before: nothing more is timed.
-
-
-def _beside_baselines(kept: Plan, best: Plan, first: Plan, timed: Callable[[Plan], Plan],
-                      build: Callable[[str], Plan]) -> tuple[Plan, dict[str, Any], dict[str, Plan]]:
-    """[Note: a faster baseline timed]: of ``kept`` (the refined plan at ``first``, the timing
-    of the cuts ``best`` just taken) and, where one is priced under it, the baselines that
-    can be planned (``build(method)``), the one that measures fastest back to back
-    (``timed``), at its measured times; what ``options["refine"]`` records; each baseline
-    measured, at its measured times (none: the plan is ``first``)."""
-    skipped: dict[str, str] = {}
-    rivals: dict[str, Plan] = {}
-    same: dict[str, str] = {}  # a baseline of the same cuts as the kept plan's or another's
-    for name in baselines_to_time(kept):
-        if name not in BASELINE_METHODS:  # the layer restriction's "unrestricted" split
-            skipped[name] = f"no method of its own (the methods: {', '.join(BASELINE_METHODS)})"
-            continue
-        try:
-            other = build(name)
-        except AutopipeError as e:
-            skipped[name] = e.message
-            continue
-        if (other.schedule, other.microbatches, ranks_of(other), other.devices, other.data_parallel) != (
-                best.schedule, best.microbatches, ranks_of(best), best.devices, best.data_parallel):
-            skipped[name] = "planned with another schedule, micro-batches, ranks or devices"
-            continue
-        twins = [n for n, p in {"kept": best, **rivals}.items() if _cuts(p) == _cuts(other)]
-        if twins:
-            same[name] = twins[0]
-        else:
-            rivals[name] = other
-    said = {"baseline_skipped": skipped} if skipped else {}
-    if not rivals and not same:
-        return first, said, {}
-    runs: dict[str, list[Plan]] = {name: [timed(p)] for name, p in rivals.items()}
-    for name in reversed(rivals):  # A B C C B A
-        runs[name].append(timed(rivals[name]))
-    ours = [first, timed(best)] if rivals else [first]
-    mine = _mean_timed(*ours) if rivals else first
-    theirs = {name: _mean_timed(*r) for name, r in runs.items()}
-    won = min(theirs, key=lambda n: theirs[n].predicted.iteration_s, default=None)
-    if won is not None and not theirs[won].predicted.iteration_s < mine.predicted.iteration_s:
-        won = None
-    info: dict[str, Any] = {name: {"priced_s": kept.baselines[name].iteration_s,
-                                   "step_s": theirs[name].predicted.iteration_s,
-                                   "steps_s": [p.predicted.iteration_s for p in runs[name]]} for name in rivals}
-    for name, twin in same.items():
-        theirs[name] = mine if twin == "kept" else theirs[twin]
-        info[name] = {"priced_s": kept.baselines[name].iteration_s, "step_s": theirs[name].predicted.iteration_s,
-                      "same_cuts_as": twin}
-    return (mine if won is None else theirs[won]), {
-        "baseline_timed": info, "baseline_against": {
-            "step_s": mine.predicted.iteration_s, "steps_s": [p.predicted.iteration_s for p in ours]},
-        "baseline_kept": won, **said}, theirs
-
-
-def _mean_timed(a: Plan, b: Plan) -> Plan:
-    """``a`` at the mean of its stages' times and ``b``'s (two timings of the same plan)."""
-    return with_stage_times(a, [(x.forward_s + y.forward_s) / 2 for x, y in zip(a.stages, b.stages)],
-                            [(x.backward_s + y.backward_s) / 2 for x, y in zip(a.stages, b.stages)])
 
 
 def _accounted(timed: Plan, solved: Plan, loss: tuple[float, float] | None) -> Plan:

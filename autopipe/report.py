@@ -93,7 +93,7 @@ def headline(plan: Plan) -> list[str]:
 # two cores) read 29.092 ms re-timed beside "dp 24.931 ms (-14.3%)", a model of the same
 # costs that was never measured, and nothing said so. ``format_plan`` says so. Since
 # 2026-12-07 ``autopipe plan`` times such baselines beside the kept cuts and keeps the
-# fastest ([Note: a faster baseline timed] in ``autopipe.refine``): their entries carry
+# fastest ([Note: a faster baseline timed] in ``autopipe.refine_baselines``): their entries carry
 # their measured steps, marked "measured", with a line saying what was timed and which
 # stages were kept; the caveat stays for a faster baseline that was not measured (one
 # that could not be planned alone, or a plan made by a search).

@@ -1,4 +1,4 @@
-"""Tests for [Note: a faster baseline timed] in autopipe/refine.py: where the refinement did
+"""Tests for [Note: a faster baseline timed] in autopipe/refine_baselines.py: where the refinement did
 not settle, a baseline priced faster than the kept plan is timed beside it, and the faster kept."""
 
 from __future__ import annotations

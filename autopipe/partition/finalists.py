@@ -1,6 +1,6 @@
 """The finalists of a measured search re-timed as whole stages, and the fastest of them;
 the baselines a refined plan times beside itself ([Note: a faster baseline timed] in
-``autopipe.refine``).
+``autopipe.refine_baselines``).
 
 [Note: finalists re-timed]
 A measured search compares its candidates on their node sums, which on the CPU run
