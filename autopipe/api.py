@@ -244,7 +244,11 @@ def plan(
         graph = traced[size]
         if can_refine(graph, profiles[size]) is not None:
             return found
-        return refine_candidate(found, profiles[size], graph, args, kwargs, replan, **at)
+        # a batch-size search's candidate: its baselines planned for its micro-batches alone (a
+        # degree search's plans carry replicas this planner does not make: none)
+        by_method = None if gpus is not None else (
+            lambda p, m, **c: solve(p, **{**c, "method": m, "batch_size": None}))
+        return refine_candidate(found, profiles[size], graph, args, kwargs, replan, baseline_plan=by_method, **at)
 
     if gpus is not None:
         from autopipe.partition.degrees import plan_degrees

@@ -22,8 +22,9 @@ from autopipe.refine import _cuts, ranks_of, with_stage_times
 # margins: a user's Gemma 2 plan (2026-12-07, --stages 2 --microbatches 2) was re-timed at
 # 29.092 ms beside "dp 24.931 ms (-14.3%)" and "uniform 25.307 ms", and until then only a
 # line in ``autopipe show`` said so. Now, where the caller can plan by a baseline's method
-# (``baseline_plan``: ``autopipe plan`` and ``autopipe.plan`` for one plan; a search's
-# candidates do not yet), where a baseline is priced under the kept plan's re-timed step,
+# (``baseline_plan``: ``autopipe plan`` and ``autopipe.plan`` for one plan and for each
+# finalist of a batch-size search, at its own micro-batch size; a degree search's candidates,
+# which carry replicas, do not yet), where a baseline is priced under the kept plan's re-timed step,
 # every baseline is planned on that round's measured costs (the same options, and the
 # kept cuts' ranks, micro-batches, schedule and chunks: a ``--schedule auto`` search is not
 # run again; recomputation where its method's plan needs it to fit, chunks where the

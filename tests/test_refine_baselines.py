@@ -3,6 +3,7 @@ not settle, a baseline priced faster than the kept plan is timed beside it, and 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from autopipe.report import format_plan
 from autopipe.runtime.split import Split
 from autopipe.runtime.timing import StageTimes
 
+from .conftest import example_spec
 from .test_refine import MLP, fixed_mlp
 
 Setup = tuple[Any, autopipe.Graph, Profile]
@@ -268,3 +270,50 @@ def test_the_cli_plans_baselines_by_their_method(tmp_path: Path, capsys: pytest.
     if schedule == "1f1b":
         assert "these stages are the dp split's" in text
         assert info["baseline_kept"] == "dp" and plan.solver.method == "ilp"
+
+
+def _spy(seen: list[Any]) -> Any:
+    """A ``refine_candidate`` that plans the uniform baseline with the planner it is handed
+    (recorded in ``seen``) and returns its plan as refined once, its cuts settled (no timing)."""
+    from autopipe.refine import choice_of
+
+    def spy(plan: Plan, profile: Profile, graph: Any, args: Any, kwargs: Any, replan: Any,
+            **options: Any) -> Plan:
+        planner = options.get("baseline_plan")
+        choice = {k: v for k, v in choice_of(plan).items() if k != "batch_size"}
+        seen.append(None if planner is None else planner(profile, "uniform", **choice))
+        n = plan.num_stages
+        return dataclasses.replace(plan, options={**plan.options, "refine": {
+            "rounds": [{"forward_ratio": [1.0] * n, "backward_ratio": [1.0] * n,
+                        "measured_step_s": plan.predicted.iteration_s, "cuts_moved": False}],
+            "converged": True, "timed": "together"}})
+    return spy
+
+
+@pytest.mark.parametrize("via", ["cli", "api"])
+def test_a_batch_size_search_hands_its_candidates_a_planner_by_method(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, via: str) -> None:
+    """The finalists of a measured ``--batch-size`` search are refined with a baseline planner
+    too (until 2026-12-07 only a single plan's were): it plans the candidate's micro-batches of
+    its own size by the method asked, without searching the batch size again."""
+    import autopipe.api as api
+    import autopipe.refine as refine_module
+
+    seen: list[Plan | None] = []
+    monkeypatch.setattr(refine_module if via == "cli" else api, "refine_candidate", _spy(seen))
+    if via == "cli":
+        assert main(["plan", MLP, "--spec-arg", "layers=6", "--stages", "2", "--batch-size", "8",
+                     "--no-runtime-costs", "--time-limit", "10", "-o", str(tmp_path / "plan.json")]) == 0
+        plan = Plan.load(tmp_path / "plan.json")
+    else:
+        from autopipe.spec import example_target
+
+        spec = example_spec("mlp", layers=6, batch_size=4)
+        plan = autopipe.plan(spec.model, spec.example_inputs, num_stages=2, batch_size=8,
+                             loss_fn=spec.loss_fn, target=example_target(spec), runtime_costs=False,
+                             time_limit=10)
+    assert seen and all(p is not None for p in seen), seen
+    for baseline in seen:
+        assert baseline is not None and baseline.solver.method == "uniform"
+        assert "search" not in baseline.options and baseline.num_stages == 2
+    assert plan.options["search"] and plan.microbatches * plan.options["microbatch_size"] == 8
