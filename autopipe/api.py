@@ -244,10 +244,9 @@ def plan(
         graph = traced[size]
         if can_refine(graph, profiles[size]) is not None:
             return found
-        # a batch-size search's candidate: its baselines planned for its micro-batches alone (a
-        # degree search's plans carry replicas this planner does not make: none)
-        by_method = None if gpus is not None else (
-            lambda p, m, **c: solve(p, **{**c, "method": m, "batch_size": None}))
+        # its baselines planned as the candidate alone: a degree search's by its own replan
+        by_method = ((lambda p, m, **c: replan(p, method=m)) if gpus is not None  # type: ignore[call-arg]
+                     else (lambda p, m, **c: solve(p, **{**c, "method": m, "batch_size": None})))
         return refine_candidate(found, profiles[size], graph, args, kwargs, replan, baseline_plan=by_method, **at)
 
     if gpus is not None:

@@ -6,12 +6,13 @@ after its last round.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from autopipe.errors import AutopipeError
 from autopipe.partition.finalists import BASELINE_METHODS, baselines_to_time
-from autopipe.plan_format import Plan
+from autopipe.plan_format import DataParallel, Plan
 from autopipe.refine import _cuts, ranks_of, with_stage_times
 
 # [Note: a faster baseline timed]
@@ -22,9 +23,9 @@ from autopipe.refine import _cuts, ranks_of, with_stage_times
 # margins: a user's Gemma 2 plan (2026-12-07, --stages 2 --microbatches 2) was re-timed at
 # 29.092 ms beside "dp 24.931 ms (-14.3%)" and "uniform 25.307 ms", and until then only a
 # line in ``autopipe show`` said so. Now, where the caller can plan by a baseline's method
-# (``baseline_plan``: ``autopipe plan`` and ``autopipe.plan`` for one plan and for each
-# finalist of a batch-size search, at its own micro-batch size; a degree search's candidates,
-# which carry replicas, do not yet), where a baseline is priced under the kept plan's re-timed step,
+# (``baseline_plan``: ``autopipe plan`` and ``autopipe.plan`` for one plan, and for each
+# finalist of a batch-size or a degree search, planned alone at its own micro-batch size and
+# degrees), where a baseline is priced under the kept plan's re-timed step,
 # every baseline is planned on that round's measured costs (the same options, and the
 # kept cuts' ranks, micro-batches, schedule and chunks: a ``--schedule auto`` search is not
 # run again; recomputation where its method's plan needs it to fit, chunks where the
@@ -79,8 +80,8 @@ def beside_baselines(kept: Plan, best: Plan, first: Plan, timed: Callable[[Plan]
         except AutopipeError as e:
             skipped[name] = e.message
             continue
-        if (other.schedule, other.microbatches, ranks_of(other), other.devices, other.data_parallel) != (
-                best.schedule, best.microbatches, ranks_of(best), best.devices, best.data_parallel):
+        if (other.schedule, other.microbatches, ranks_of(other), other.devices, _replicas(other)) != (
+                best.schedule, best.microbatches, ranks_of(best), best.devices, _replicas(best)):
             skipped[name] = "planned with another schedule, micro-batches, ranks or devices"
             continue
         twins = [n for n, p in {"kept": best, **rivals}.items() if _cuts(p) == _cuts(other)]
@@ -111,6 +112,12 @@ def beside_baselines(kept: Plan, best: Plan, first: Plan, timed: Callable[[Plan]
         "baseline_timed": info, "baseline_against": {
             "step_s": mine.predicted.iteration_s, "steps_s": [p.predicted.iteration_s for p in ours]},
         "baseline_kept": won, **said}, theirs
+
+
+def _replicas(plan: Plan) -> DataParallel | None:
+    """``plan``'s replicas, but for the seconds of their sync (those follow the cuts)."""
+    dp = plan.data_parallel
+    return None if dp is None else dataclasses.replace(dp, allreduce_s=())
 
 
 def _mean_timed(a: Plan, b: Plan) -> Plan:

@@ -96,7 +96,7 @@ def headline(plan: Plan) -> list[str]:
 # fastest ([Note: a faster baseline timed] in ``autopipe.refine_baselines``): their entries carry
 # their measured steps, marked "measured", with a line saying what was timed and which
 # stages were kept; the caveat stays for a faster baseline that was not measured (one
-# that could not be planned alone, or a plan made by a degree search).
+# that could not be planned alone).
 
 
 def baseline_timed_line(refine: dict[str, Any]) -> str:

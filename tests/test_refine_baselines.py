@@ -290,19 +290,21 @@ def _spy(seen: list[Any]) -> Any:
     return spy
 
 
-@pytest.mark.parametrize("via", ["cli", "api"])
-def test_a_batch_size_search_hands_its_candidates_a_planner_by_method(
+@pytest.mark.parametrize("via", ["cli", "api", "cli-gpus"])
+def test_a_search_hands_its_candidates_a_planner_by_method(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, via: str) -> None:
-    """The finalists of a measured ``--batch-size`` search are refined with a baseline planner
-    too (until 2026-12-07 only a single plan's were): it plans the candidate's micro-batches of
-    its own size by the method asked, without searching the batch size again."""
+    """The finalists of a measured ``--batch-size`` search, or of a ``--gpus`` one, are
+    refined with a baseline planner too (until 2026-12-07 only a single plan's were): it plans
+    the candidate alone, at its own micro-batch size and degrees, by the method asked, without
+    searching again."""
     import autopipe.api as api
     import autopipe.refine as refine_module
 
     seen: list[Plan | None] = []
-    monkeypatch.setattr(refine_module if via == "cli" else api, "refine_candidate", _spy(seen))
-    if via == "cli":
-        assert main(["plan", MLP, "--spec-arg", "layers=6", "--stages", "2", "--batch-size", "8",
+    monkeypatch.setattr(refine_module if via.startswith("cli") else api, "refine_candidate", _spy(seen))
+    if via.startswith("cli"):
+        degrees = ["--gpus", "4", "--stages", "2"] if via == "cli-gpus" else ["--stages", "2"]
+        assert main(["plan", MLP, "--spec-arg", "layers=6", *degrees, "--batch-size", "8",
                      "--no-runtime-costs", "--time-limit", "10", "-o", str(tmp_path / "plan.json")]) == 0
         plan = Plan.load(tmp_path / "plan.json")
     else:
@@ -316,4 +318,7 @@ def test_a_batch_size_search_hands_its_candidates_a_planner_by_method(
     for baseline in seen:
         assert baseline is not None and baseline.solver.method == "uniform"
         assert "search" not in baseline.options and baseline.num_stages == 2
-    assert plan.options["search"] and plan.microbatches * plan.options["microbatch_size"] == 8
+        # a degree search's candidate: planned with its replicas' gradient sync
+        assert ("grad_sync" in baseline.options) == (via == "cli-gpus")
+    assert plan.options["search" if via != "cli-gpus" else "degrees"]
+    assert plan.microbatches * plan.replicas * plan.options["microbatch_size"] == 8

@@ -217,10 +217,9 @@ def run(args: argparse.Namespace) -> int:
             sized = _spec_at(args.spec, knobs, size)[0]
             built[size] = (sized, autopipe.trace(sized.model, sized.example_inputs, sized.example_kwargs))
         sized, traced = built[size]
-        # a batch-size search's candidate: its baselines planned for its micro-batches alone (a
-        # degree search's plans carry replicas this planner does not make: none)
-        by_method = None if args.gpus is not None else (
-            lambda p, m, **c: solve(p, **{**c, "method": m, "batch_size": None}))
+        # its baselines planned as the candidate alone: a degree search's by its own replan
+        by_method = ((lambda p, m, **c: replan(p, method=m)) if args.gpus is not None  # type: ignore[call-arg]
+                     else (lambda p, m, **c: solve(p, **{**c, "method": m, "batch_size": None})))
         return _refined(found, profiles[size], traced, sized, replan, size=size, by_method=by_method)
 
     if args.gpus is not None:

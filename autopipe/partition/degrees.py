@@ -352,11 +352,13 @@ def _refined_best(search: Search, cluster: Cluster, memory: int | None, rows: li
 def _replan(search: Search, cluster: Cluster, memory: int | None, row: Row,
             chosen: Plan) -> Callable[[Profile], Plan]:
     """Plans ``row``'s candidate alone on a given profile, by the method that planned
-    ``chosen`` (the screen's, where ``search.method`` failed on it), in the MIP time left."""
+    ``chosen`` (the screen's, where ``search.method`` failed on it), or by the ``method``
+    given (a baseline's: [Note: a faster baseline timed] in ``autopipe.refine_baselines``),
+    in the MIP time left."""
     placement = place(cluster, row["stages"], row["placement"])
     method = chosen.solver.method
 
-    def replan(profile: Profile) -> Plan:
+    def replan(profile: Profile, method: str = method) -> Plan:
         return _plan(search, memory, lambda size: profile, row["stages"], row["microbatches"],
                      row["microbatch_size"], row["schedule"], placement.cut_bandwidth,
                      placement.group_bandwidth, method)
