@@ -389,7 +389,9 @@ class Pipe:
     def sync_tied_grads(self) -> None:
         """Sum the gradients of every tied parameter over the ranks holding a copy, and
         average every gradient over the data-parallel replicas (collective;
-        [Note: the data-parallel gradient sync] in ``autopipe.runtime.data_parallel``).
+        [Note: the data-parallel gradient sync] in ``autopipe.runtime.data_parallel``). Once
+        ``optimizer`` built a sharded optimizer, the replicas' average is a reduce-scatter:
+        each rank's gradients are averaged on the pieces it steps only.
 
         Call it once after the last ``step`` before the optimizer step, on every rank; a
         second call, or a call with nothing new to sum, does nothing (``step`` sums at once
@@ -408,7 +410,8 @@ class Pipe:
 
         What ``torch.nn.utils.clip_grad_norm_`` does on the unsplit model (collective): each
         rank takes its parameters' norms, a tied parameter counted on one of its holders only,
-        and the ranks combine them (sum of ``norm ** p``; max for ``inf``). Tied gradients are
+        and the ranks combine them (sum of ``norm ** p``; max for ``inf``); under a sharded
+        optimizer each rank its own pieces', combined over every rank. Tied gradients are
         summed first (``sync_tied_grads``).
 
         Returns:
