@@ -147,7 +147,9 @@ class ShardedOptimizer:
         self.params = list(self._named.values())
         # every replica must lay out the same pieces: the kind of optimizer decides, asked of a
         # one-element probe, as a replica that owns nothing could not ask its own
-        kind = build([nn.Parameter(torch.zeros(1))])
+        # on the parameters' device, of their dtype: an optimizer made for the GPU (fused) may refuse others
+        like = next(iter(self._named.values()), None)
+        kind = build([nn.Parameter(torch.zeros(1) if like is None else like.new_zeros(1))])
         if kind is None or _elementwise(kind):
             whole = {n for n, p in self._named.items() if not p.is_contiguous()}  # no flat view
             pieces = [Piece(x.name, 0, self._named[x.name].numel(), x.replica, True) if x.name in whole else x
