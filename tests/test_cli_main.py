@@ -153,3 +153,34 @@ def test_tracing_commands_run_under_one_hash_seed(seed: str | None, tmp_path: Pa
                               env={**env, "PYTHONHASHSEED": want}, capture_output=True, text=True,
                               check=True).stdout.strip()
     assert out.read_text() == f"{want} {expected}"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, where no file can be made")
+def test_a_file_that_cannot_be_written_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`autopipe consolidate ckpt -o /proc/x.safetensors` (or a full disk) ended in a traceback
+    of the temp file beside it (`FileNotFoundError: ... '/proc/.x.safetensors.cnwwz6it.tmp'`,
+    exit 1) until 2026-12-07: now the file asked for, the reason, a hint and exit code 2."""
+    import argparse
+
+    from autopipe._jsonio import atomic_output
+    from autopipe.cli import consolidate_cmd
+
+    def run(args: argparse.Namespace) -> int:
+        with atomic_output(args.output) as tmp:
+            Path(tmp).write_bytes(b"x")
+        return 0
+
+    monkeypatch.setattr(consolidate_cmd, "run", run)
+    assert main(["consolidate", "ckpt", "-o", "/proc/x.safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == ("autopipe consolidate: error: /proc/x.safetensors: "
+                                   "No such file or directory")
+    assert "hint: check the path" in err and "Traceback" not in err
+
+    def bug(args: argparse.Namespace) -> int:
+        raise OSError("not about a file")
+
+    monkeypatch.setattr(consolidate_cmd, "run", bug)
+    with pytest.raises(OSError, match="not about a file"):  # a bug stays a traceback
+        main(["consolidate", "ckpt", "-o", "m.safetensors"])

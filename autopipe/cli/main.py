@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -95,7 +96,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autopipe: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.filename is None:  # not a file's problem: a bug to see whole
+            raise
+        print(f"autopipe {args.command}: error: {_file_error(e)}", file=sys.stderr)
+        print("  hint: check the path: its folder must exist and be writable, on a file system "
+              "with room", file=sys.stderr)
+        return 2
     return code
+
+
+def _file_error(e: OSError) -> str:
+    """``PATH: reason`` for a file the command could not read or write, naming the file asked
+    for rather than the temp file beside it that ``atomic_output`` writes first
+    (``/proc/.x.safetensors.k2j4_9ab.tmp`` is ``/proc/x.safetensors``)."""
+    path = os.fsdecode(e.filename)
+    head, name = os.path.split(path)
+    temp = re.fullmatch(r"\.(.+)\.[A-Za-z0-9_]+\.tmp", name)
+    if temp:
+        path = os.path.join(head, temp.group(1))
+    return f"{path}: {e.strerror or type(e).__name__}"
 
 
 def _closed_pipe() -> int:
