@@ -181,3 +181,53 @@ def test_a_dead_or_hung_rank_stops_the_others(mlp_plan: Path, sig: int, limit: f
         for p in procs:
             p.kill()
             p.wait()
+
+
+class _ByDevice(torch.nn.Module):
+    """Chooses by the device type, as transformers' grouped_mm MoE experts do: int32 ids for
+    torch.histc off the CPU (which has no int histc), float ones on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lin(x)
+        ids = h.argmax(-1)
+        ids = ids.float() if h.device.type == "cpu" else ids.int()
+        counts = torch.histc(ids, bins=4, min=0, max=3)
+        return h * counts.sum().float()
+
+
+def test_a_meta_built_model_whose_code_chose_by_the_device_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Qwen2-MoE built on meta (`--spec-arg device=meta`) failed its first CPU step with
+    `"histogram_cpu" not implemented for 'Int'` and no word of why: the graph traced on meta
+    holds the int32 branch. Until 2026-12-07; now the hint names the trace on meta and the
+    ways out. A model built on the CPU trains."""
+    import autopipe
+    from autopipe.errors import RuntimeStageError
+    from autopipe.runtime.train import train
+    from autopipe.spec import ModelSpec
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+
+    def spec(device: str) -> ModelSpec:
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = _ByDevice()
+        return ModelSpec(model=model, example_inputs=(torch.randn(2, 4),),
+                         loss_fn=lambda out, y: ((out - y) ** 2).mean(),
+                         batch=lambda n, step=0: ((torch.randn(2 * n, 4),), torch.randn(2 * n, 4)))
+
+    config = TrainConfig(steps=1, device="cpu", pin_malloc=False, pin_cores=False, flush_denormal=False)
+    meta = spec("meta")
+    plan = autopipe.plan(meta.model, meta.example_inputs, num_stages=1, microbatches=1, profile="estimate")
+    with pytest.raises(RuntimeStageError, match="not implemented for 'Int'") as info:
+        train(meta, plan, config, log=lambda line: None)
+    assert info.value.hint is not None and "traced on the meta device" in info.value.hint
+    assert "_experts_implementation" in info.value.hint
+
+    cpu = spec("cpu")
+    plan = autopipe.plan(cpu.model, cpu.example_inputs, num_stages=1, microbatches=1, profile="estimate")
+    assert len(train(cpu, plan, config, log=lambda line: None).step_s) == 1

@@ -9,7 +9,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ from torch import nn
 
 from autopipe._units import format_seconds, format_size
 from autopipe.batching import example_batch
-from autopipe.errors import CheckpointError, SpecError
+from autopipe.errors import CheckpointError, RuntimeStageError, SpecError
 from autopipe.plan_format import Plan
 from autopipe.runtime.affinity import allowed_cpus
 from autopipe.runtime.checkpoint import (
@@ -118,14 +118,15 @@ def train(
         check_save(config.save, resuming=config.resume is not None, from_step=from_step)
     # a resumed run takes its weights from the checkpoint: --init is not read then
     init = config.init if config.resume is None else None
+    on_meta = any(t.is_meta for t in [*spec.model.parameters(), *spec.model.buffers()])
     with build(plan, spec, device=device, init=init, timeout_s=config.timeout_s, prepared=prepared,
                pin_malloc=config.pin_malloc, pin_cores=config.pin_cores,
                flush_denormal=config.flush_denormal, seed=config.seed) as pipe:
-        return _run(spec, plan, config, pipe, log)
+        return _run(spec, plan, config, pipe, log, on_meta=on_meta)
 
 
 def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
-         log: Callable[[str], None]) -> TrainResult:
+         log: Callable[[str], None], *, on_meta: bool = False) -> TrainResult:
     device = pipe.device
     optimizer = pipe.optimizer(lambda params: make_optimizer(params, config))  # sharded where the plan says
     if device.type == "cuda":
@@ -159,7 +160,8 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
             with failures(pipe.where, f"while drawing the batch of step {step + 1}", config.timeout_s):
                 inputs, target = pipe.take(*pipe.replicas.share(*spec.batch(m * dp, step)))
             t0, c0 = time.perf_counter(), time.process_time()
-            with failures(pipe.where, f"in step {step + 1}", config.timeout_s):
+            with _traced_on_meta(on_meta and step == result.start_step, device), \
+                    failures(pipe.where, f"in step {step + 1}", config.timeout_s):
                 pipe.zero_grad(set_to_none=True)
                 losses = pipe.step(inputs, target)
                 with _span(pipe, "sync"):
@@ -200,6 +202,39 @@ def _run(spec: ModelSpec, plan: Plan, config: TrainConfig, pipe: Pipe,
         if config.timeline is not None and pipe.timeline is not None:
             _timeline(config.timeline, plan, pipe.timeline, result.world_size, reports, log, device)
     return result
+
+
+# torch's words for an op its device or dtype has no kernel for
+_KERNEL_MISSING = ("NotImplementedError", "not implemented for", "Could not run")
+
+
+@contextlib.contextmanager
+def _traced_on_meta(first: bool, device: torch.device) -> Iterator[None]:
+    """A first step that fails in the model's own ops, of a model built on meta: say that its
+    graph holds what the model's code chose for the meta device.
+
+    [Note: a graph traced on meta holds the meta branch] Tracing runs the model's Python
+    once, on meta tensors, and the graph keeps the ops of each branch it took. Code that
+    chooses by the device type takes the branch for no CPU and no GPU: transformers' MoE
+    experts (``grouped_mm``, the default of Mixtral and Qwen2-MoE since transformers 5) cast
+    the expert ids to int32 for ``torch.histc`` where the device is not the CPU, and a CPU
+    rank then fails in its first step with ``"histogram_cpu" not implemented for 'Int'``.
+    The graph cannot be mended here (the branch not taken was never traced), so the hint
+    names the two ways out.
+    """
+    try:
+        yield
+    except RuntimeStageError as e:
+        if not first or not any(t in e.message for t in _KERNEL_MISSING):
+            raise
+        raise RuntimeStageError(
+            e.message,
+            hint=f"the model was built and traced on the meta device, and code that chooses by "
+                 f"the device type keeps the meta choice in the graph, which {device.type} may not "
+                 f"run (transformers' grouped_mm MoE experts: torch.histc on int32): trace it on "
+                 f"the device it trains on (build it on {device.type}, without device=meta), or "
+                 f"take the choice away (MoE: config._experts_implementation = 'batched_mm')"
+                 + (f"; {e.hint}" if e.hint else "")) from e.__cause__
 
 
 def _span(pipe: Pipe, kind: str) -> contextlib.AbstractContextManager[None]:
