@@ -186,6 +186,33 @@ def test_a_file_or_an_empty_folder_is_no_checkpoint(tmp_path: Path) -> None:
     assert e.value.hint is not None and "--resume" not in e.value.hint  # consolidate has none
 
 
+def test_weights_are_no_checkpoint_and_the_hint_names_init(tmp_path: Path) -> None:
+    """`--resume hf-folder` (save_pretrained's) was "holds no complete checkpoint; a save that
+    was interrupted leaves no checkpoint", and `--resume w.safetensors` "is a file", until
+    2026-12-07: now each says it holds weights, to start from with --init. A checkpoint
+    directory that holds a consolidated model.safetensors is still a checkpoint."""
+    from safetensors.torch import save_file
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    save_file({"w": torch.zeros(2)}, hf / "model.safetensors")
+    for given, kind in ((hf, "a folder of a model's weights"), (hf / "model.safetensors", "a model's weights file")):
+        with pytest.raises(CheckpointError, match=f"is {kind}, not a checkpoint") as e:
+            find_checkpoint(given)
+        assert e.value.hint is not None and f"--init {given}" in e.value.hint
+    torch.save({"w": torch.zeros(2)}, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match="is a model's weights file"):
+        consolidate(tmp_path / "w.pt")
+
+
+def test_a_consolidated_file_inside_the_checkpoint_directory(ckpt: Path) -> None:
+    """`autopipe consolidate ckpt -o ckpt/model.safetensors` leaves ckpt a checkpoint."""
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, ckpt / "model.safetensors")
+    assert find_checkpoint(ckpt) == ckpt / "step-000002"
+
+
 def test_ranks_stop_on_a_damaged_checkpoint_with_one_line_each(ckpt: Path, tmp_path: Path) -> None:
     """Under torchrun (here: the launcher without --launch), every rank finds it before the
     rendezvous, as a bad --init: no traceback, no rank that lost a peer."""

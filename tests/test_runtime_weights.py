@@ -184,6 +184,20 @@ def test_bad_paths_and_files(tmp_path: Path) -> None:
         open_weights(tmp_path / "empty")
 
 
+def test_a_checkpoint_directory_as_weights_names_resume_and_consolidate(tmp_path: Path) -> None:
+    """`--init ckpt` (what --save wrote) was "holds none of model.safetensors.index.json, ...;
+    save the model with save_pretrained" until 2026-12-07: now it says what the folder is."""
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "step-000002").mkdir(parents=True)
+    (ckpt / "step-000002" / "autopipe.json").write_text("{}")
+    (ckpt / "latest").write_text("step-000002")
+    for given in (ckpt, ckpt / "step-000002"):
+        with pytest.raises(WeightsError, match="is a checkpoint directory of `autopipe train --save`") as e:
+            open_weights(given)
+        assert e.value.hint is not None
+        assert f"--resume {given}" in e.value.hint and f"autopipe consolidate {given}" in e.value.hint
+
+
 def test_index_problems(tmp_path: Path) -> None:
     (tmp_path / INDEX).write_text("{")
     with pytest.raises(WeightsError, match="not a checkpoint index"):

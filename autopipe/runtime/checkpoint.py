@@ -77,6 +77,7 @@ from autopipe.runtime.optim_state import (
 )
 from autopipe.runtime.pipe import Pipe
 from autopipe.runtime.state_keys import canonical_names, match_state, tied_groups
+from autopipe.runtime.weights import is_weights_path
 
 SCHEMA = "autopipe.checkpoint/1"
 META = "autopipe.json"
@@ -143,6 +144,8 @@ def find_checkpoint(directory: str | Path, note: Callable[[str], None] | None = 
         CheckpointError: no such directory, a file, or no complete checkpoint in it.
     """
     root = Path(directory)
+    if root.is_file() and is_weights_path(root):
+        raise _weights_given(root, "a model's weights file")
     if root.is_file():
         raise CheckpointError(f"{root} is a file, not a checkpoint directory",
                               hint="pass the DIR that `autopipe train --save DIR` wrote (or one of its "
@@ -159,10 +162,20 @@ def find_checkpoint(directory: str | Path, note: Callable[[str], None] | None = 
             note(_stale(root, named, found[-1]))
         return found[-1]
     partial = sorted(p.name for p in root.glob(f".{_PREFIX}*.partial"))
+    if not partial and is_weights_path(root):  # not a checkpoint dir beside a consolidated file
+        raise _weights_given(root, "a folder of a model's weights")
     seen = f" (only the unfinished {', '.join(partial)})" if partial else ""
     raise CheckpointError(f"{root} holds no complete checkpoint{seen}",
                           hint="a save that was interrupted leaves no checkpoint; name a directory "
                                "(or step-NNNNNN folder) that holds a complete one")
+
+
+def _weights_given(root: Path, kind: str) -> CheckpointError:
+    """``--resume`` (or ``consolidate``) of weights to start from, where a checkpoint belongs."""
+    return CheckpointError(f"{root} is {kind}, not a checkpoint of `autopipe train --save`",
+                           hint=f"start training from these weights with `autopipe train --init {root}`; "
+                                f"a checkpoint is the DIR that `autopipe train --save DIR` wrote (or one "
+                                f"of its step-NNNNNN folders)")
 
 
 def _stale(root: Path, named: Path, taken: Path) -> str:

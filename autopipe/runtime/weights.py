@@ -213,9 +213,34 @@ def _open_folder(folder: Path) -> Weights:
         return _open_torch_shards(folder, shards, weight_map)
     if (folder / TORCH_SINGLE).is_file():
         return _open_torch(folder / TORCH_SINGLE)
+    if _is_checkpoint_dir(folder):  # `--init ckpt`, where ckpt is what --save wrote
+        raise WeightsError(f"{folder} is a checkpoint directory of `autopipe train --save`, not a "
+                           f"model's weights (it holds none of {INDEX}, {SINGLE}, {TORCH_INDEX} or "
+                           f"{TORCH_SINGLE})",
+                           hint=f"continue that run with --resume {folder}, or start a new one from its "
+                                f"weights: `autopipe consolidate {folder} -o model.safetensors`, then "
+                                f"--init model.safetensors")
     raise WeightsError(f"{folder} holds none of {INDEX}, {SINGLE}, {TORCH_INDEX} or {TORCH_SINGLE}",
                        hint="save the model with save_pretrained(folder) (safetensors), or pass "
                             "a .safetensors or .pt file")
+
+
+def _is_checkpoint_dir(folder: Path) -> bool:
+    """Whether ``folder`` is what ``autopipe train --save`` writes: the directory (``latest``,
+    ``step-NNNNNN/``) or one checkpoint's step folder (``autopipe.json``, ``.metadata``)."""
+    def one(step: Path) -> bool:
+        return (step / "autopipe.json").is_file() or (step / ".metadata").is_file()
+
+    return (one(folder) or (folder / "latest").is_file()
+            or any(one(p) for p in folder.glob("step-*")) or any(folder.glob(".step-*.partial")))
+
+
+def is_weights_path(path: Path) -> bool:
+    """Whether ``path`` looks like a model's weights (what ``--init`` reads): a .safetensors or
+    torch file, or a folder of ``save_pretrained``'s."""
+    if path.is_file():
+        return path.suffix in (".safetensors", *TORCH_SUFFIXES)
+    return any((path / name).is_file() for name in (INDEX, SINGLE, TORCH_INDEX, TORCH_SINGLE))
 
 
 def _index(folder: Path, index: Path) -> tuple[dict[str, Any], list[str]]:
