@@ -282,3 +282,48 @@ def test_a_state_dict_with_tied_names_of_different_values_is_refused() -> None:
     check_tied_alike({"head.weight": w}, tied, what="the state dict")
     with pytest.raises(CheckpointError, match="wte.weight and head.weight with different values"):
         check_tied_alike({"wte.weight": w, "head.weight": w + 1}, tied, what="the state dict")
+
+
+def _whisper_encoder(device: str) -> ModelSpec:
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    cfg = WhisperConfig(num_mel_bins=8, encoder_layers=2, encoder_attention_heads=2, d_model=16,
+                        encoder_ffn_dim=32, max_source_positions=16)
+    with torch.device(device):
+        model = WhisperEncoder(cfg)
+    return ModelSpec(model=model, example_inputs=(torch.randn(1, 8, 32),),
+                     loss_fn=lambda out, y: out.last_hidden_state.pow(2).mean(),
+                     batch=lambda n, step=0: ((torch.randn(n, 8, 32),), torch.zeros(n)),
+                     init_weights=model._init_weights)
+
+
+def test_a_parent_module_sets_its_childrens_tensors_as_transformers_does() -> None:
+    """Whisper's encoder copies sinusoids into its frozen `embed_positions.weight` from its own
+    `_init_weights`, not the embedding's: built on meta, it trained with random positions that
+    never learn (requires_grad False) until 2026-12-07 ([Note: a parent's initialisation of its
+    children]). Now the sinusoids, on every layout alike; an initialiser of one's own is
+    left as it is."""
+    from transformers.models.whisper.modeling_whisper import sinusoids
+
+    spec = _whisper_encoder("meta")
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    materialize_stages([graph.gm], spec, "cpu")
+    whole = _tensors(graph.gm)
+    positions = whole["embed_positions.weight"]
+    torch.testing.assert_close(positions, sinusoids(*positions.shape), rtol=0, atol=0)
+    for stages in (1, 2):
+        spec = _whisper_encoder("meta")
+        graph = autopipe.trace(spec.model, spec.example_inputs)
+        split = split_graph(graph, hand_plan(graph, stages))
+        for s in range(stages):
+            module = split.stages[s].module
+            materialize_stages([module], spec, "cpu")
+            for name, t in _tensors(module).items():
+                assert torch.equal(t, whole[name]), name
+    own = _whisper_encoder("meta")
+    hf = own.init_weights
+    own.init_weights = lambda module: hf(module) if module is not own.model else None
+    graph = autopipe.trace(own.model, own.example_inputs)
+    materialize_stages([graph.gm], own, "cpu")
+    assert not torch.allclose(_tensors(graph.gm)["embed_positions.weight"], positions)

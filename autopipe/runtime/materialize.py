@@ -247,9 +247,12 @@ def _initialise(spec: ModelSpec, names: Mapping[str, torch.Tensor], canonical: M
     for path in sorted(by_module):
         module = spec.model.get_submodule(path)
         fn = _initialiser(spec, module, path, by_module[path], device)
-        with _real_tensors(module, path, canonical, made, device), _seeded(seed, path, device), \
-                torch.no_grad():
-            fn(module)
+        with _real_tensors(module, path, canonical, made, device), torch.no_grad():
+            with _seeded(seed, path, device):
+                fn(module)
+            for above, init in _hf_ancestors(spec, path):
+                with _seeded(seed, f"{above}|{path}", device):
+                    init(spec.model.get_submodule(above))
         unset = sorted(c.rpartition(".")[2] for c in by_module[path]
                        if made[c].is_floating_point() and bool(made[c].isnan().any()))
         if unset:
@@ -257,6 +260,53 @@ def _initialise(spec: ModelSpec, names: Mapping[str, torch.Tensor], canonical: M
                             f"{', '.join(unset)} unset",
                             hint="make ModelSpec.init_weights(module) fill every tensor the module "
                                  "holds itself, or pass --init weights.safetensors")
+
+
+def _hf_ancestors(spec: ModelSpec, path: str) -> list[tuple[str, Callable[[nn.Module], None]]]:
+    """The modules above ``path`` that a transformers model initialises after it, nearest
+    first, each with the ``_init_weights`` that transformers gives it; none unless the spec's
+    ``init_weights`` is a transformers model's own ``_init_weights``.
+
+    [Note: a parent's initialisation of its children] transformers initialises a model by
+    ``_init_weights`` on every module, children before their parent (``smart_apply``, each
+    module by the nearest ``PreTrainedModel`` above it), and a parent may set its children's
+    tensors: Whisper's encoder copies sinusoids into its (frozen) ``embed_positions.weight``,
+    GPT-2's attention and MLP scale their ``c_proj.weight``. A module initialised alone
+    misses that (until 2026-12-07 a Whisper built on meta trained with random, frozen
+    positions), so after a module's own initialiser, each such ancestor's is run too, with
+    only the module's own tensors real (the rest of the ancestor stays on meta, where ops
+    write nothing and draw nothing) under a seed of the ancestor's path and the module's:
+    the values still depend on the module's path alone, never on what a rank holds.
+    Only where the spec asks for transformers' initialisation (``init_weights=
+    model._init_weights``): an initialiser of your own (GPT-2's example, which scales
+    ``c_proj`` itself) is all there is. Ancestors outside a transformers model (a wrapper of
+    yours) are left alone, and so is a parametrization's list (made by [Note: a
+    parametrized tensor on the meta device]).
+    """
+    asked = spec.init_weights
+    if (not path or ".parametrizations." in f".{path}."
+            or getattr(asked, "__name__", None) != "_init_weights"
+            or not _is_pretrained(getattr(asked, "__self__", None))):
+        return []
+    model = spec.model
+    parts = path.split(".")
+    chain = [".".join(parts[:i]) for i in range(len(parts))]  # the model, ..., the parent
+    found: list[tuple[str, Callable[[nn.Module], None]]] = []
+    owner: Callable[[nn.Module], None] | None = None
+    for above in chain:  # from the top, so each knows the nearest transformers model over it
+        module = model.get_submodule(above)
+        init = getattr(module, "_init_weights", None)
+        if _is_pretrained(module) and callable(init):
+            owner = init
+        if owner is not None:
+            found.append((above, owner))
+    return found[::-1]
+
+
+def _is_pretrained(module: object) -> bool:
+    """Whether ``module`` is a transformers ``PreTrainedModel`` (without importing transformers)."""
+    return any(c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.")
+               for c in type(module).__mro__)
 
 
 def _initialiser(spec: ModelSpec, module: nn.Module, path: str, needed: Sequence[str],
