@@ -32,8 +32,8 @@ SIZES = "4M,16M,64M"
 TENSORS = 8
 
 
-def rank_main(sizes: list[int], repeats: int) -> None:
-    """One rank's part (under the launcher: ``RANK``, ``WORLD_SIZE``, ``MASTER_*``)."""
+def _medians(size: int, rank: int, dp: int, repeats: int) -> dict[str, float]:
+    """This rank's median seconds of each sync of ``size`` bytes of parameters."""
     import torch
     import torch.distributed as dist
 
@@ -42,50 +42,58 @@ def rank_main(sizes: list[int], repeats: int) -> None:
     from autopipe.runtime.sum_over import sum_over
     from autopipe.runtime.zero import split
 
+    n = size // 4 // TENSORS
+    params = {f"w{i}": torch.randn(n + 97 * i) for i in range(TENSORS)}
+    grads = {k: torch.randn_like(v) for k, v in params.items()}
+    pieces = split({k: v.numel() for k, v in params.items()}, dp)
+
+    def segments(of: dict[str, torch.Tensor]) -> list[list[Segment]]:
+        out: list[list[Segment]] = [[] for _ in range(dp)]
+        for x in pieces:
+            out[x.replica].append((of[x.name], x.start, x.stop))
+        return out
+
+    def ddp() -> None:
+        for bucket in _buckets(grads.values()):
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            sum_over(flat)
+            _unflatten(flat.div_(dp), bucket)
+
+    def zero1() -> None:
+        reduce_scatter_mean(segments(grads), rank, None)
+        all_gather(segments(params), rank, None)
+
+    def before() -> None:
+        ddp()
+        all_gather(segments(params), rank, None)
+
+    runs: dict[str, list[float]] = {"ddp": [], "zero1": [], "before": []}
+    for k in range(repeats + 1):
+        for name, fn in (("ddp", ddp), ("zero1", zero1), ("before", before)):
+            dist.barrier()
+            t = time.perf_counter()
+            fn()
+            if k:
+                runs[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in runs.items()}
+
+
+def rank_main(sizes: list[int], repeats: int) -> None:
+    """One rank's part (under the launcher: ``RANK``, ``WORLD_SIZE``, ``MASTER_*``)."""
+    import torch
+    import torch.distributed as dist
+
     rank = int(os.environ["RANK"])
     os.sched_setaffinity(0, {rank % (os.cpu_count() or 1)})
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     dp = dist.get_world_size()
     for size in sizes:
-        n = size // 4 // TENSORS
-        params = {f"w{i}": torch.randn(n + 97 * i) for i in range(TENSORS)}
-        grads = {k: torch.randn_like(v) for k, v in params.items()}
-        pieces = split({k: v.numel() for k, v in params.items()}, dp)
-
-        def segments(of: dict[str, torch.Tensor]) -> list[list[Segment]]:
-            out: list[list[Segment]] = [[] for _ in range(dp)]
-            for x in pieces:
-                out[x.replica].append((of[x.name], x.start, x.stop))
-            return out
-
-        def ddp() -> None:
-            for bucket in _buckets(grads.values()):
-                flat = torch.cat([g.reshape(-1) for g in bucket])
-                sum_over(flat)
-                _unflatten(flat.div_(dp), bucket)
-
-        def zero1() -> None:
-            reduce_scatter_mean(segments(grads), rank, None)
-            all_gather(segments(params), rank, None)
-
-        def before() -> None:
-            ddp()
-            all_gather(segments(params), rank, None)
-
-        runs: dict[str, list[float]] = {"ddp": [], "zero1": [], "before": []}
-        for k in range(repeats + 1):
-            for name, fn in (("ddp", ddp), ("zero1", zero1), ("before", before)):
-                dist.barrier()
-                t = time.perf_counter()
-                fn()
-                if k:
-                    runs[name].append(time.perf_counter() - t)
-        medians = {name: statistics.median(v) for name, v in runs.items()}
+        medians = _medians(size, rank, dp, repeats)
         everyone: list[dict[str, float]] = [{} for _ in range(dp)]
         dist.all_gather_object(everyone, medians)
         if rank == 0:
-            slowest = {name: max(m[name] for m in everyone) for name in runs}
+            slowest = {name: max(m[name] for m in everyone) for name in medians}
             print(f"{size / 2**20:7.1f} MiB  ddp {slowest['ddp'] * 1e3:8.2f} ms  zero1 {slowest['zero1'] * 1e3:8.2f} ms "
                   f"({slowest['zero1'] / slowest['ddp']:.2f}x)  before {slowest['before'] * 1e3:8.2f} ms "
                   f"({slowest['before'] / slowest['ddp']:.2f}x)", flush=True)
