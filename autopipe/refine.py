@@ -36,13 +36,7 @@ from typing import Any
 
 import torch
 
-from autopipe.partition.finalists import (
-    DEFAULT_FINALISTS,
-    finalists,
-    mark_rows,
-    measured_entry,
-    refined_best,
-)
+from autopipe.partition.finalists import DEFAULT_FINALISTS, finalists, mark_rows, refined_best
 from autopipe.partition.mip_time import ROUNDS_SHARE, MipTime
 from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
@@ -187,14 +181,13 @@ def refine(plan: Plan, profile: Profile, graph: Graph, args: tuple[Any, ...],
         return _recorded(kept, record, converged=False, why_not=why_not)
     # [Note: a faster baseline timed] in autopipe.refine_baselines
     one = {key: v for key, v in choice_of(best).items() if key != "batch_size"}  # not a schedule search's
-    from autopipe.refine_baselines import beside_baselines
+    from autopipe.refine_baselines import beside_baselines, measured_entries
 
     chosen, extra, theirs = beside_baselines(kept, best, again, lambda p: timed(p)[0],
                                               functools.partial(baseline_plan, costs[k], **one))
     if theirs:  # each at the mean of its two timings, as the plan kept is
         kept = _accounted(chosen, solved[k], (loss_f, loss_b) if profile.loss else None)
-        for name, at in theirs.items():
-            kept = dataclasses.replace(kept, baselines=measured_entry(kept.baselines, name, at))
+        kept = dataclasses.replace(kept, baselines=measured_entries(kept.baselines, theirs))
     return _recorded(kept, record, converged=False, why_not=why_not, extra=extra)
 
 

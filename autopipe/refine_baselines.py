@@ -11,9 +11,35 @@ from collections.abc import Callable
 from typing import Any
 
 from autopipe.errors import AutopipeError
-from autopipe.partition.finalists import BASELINE_METHODS, baselines_to_time
-from autopipe.plan_format import DataParallel, Plan
+from autopipe.plan_format import Baseline, DataParallel, Plan
 from autopipe.refine import _cuts, ranks_of, with_stage_times
+
+BASELINE_METHODS = ("dp", "uniform", "params")
+"""The baselines a plan can be planned by alone (``plan_profile``'s ``method``)."""
+
+
+def baselines_to_time(plan: Plan) -> list[str]:
+    """Where one of ``plan``'s baselines is priced faster than its predicted step, the names
+    of all those with a priced step (that fit), fastest first, ties in the plan's order;
+    else none."""
+    step = plan.predicted.iteration_s
+    priced = sorted((b.iteration_s, k, name) for k, (name, b) in enumerate(plan.baselines.items())
+                    if b.iteration_s is not None)
+    return [name for _, _, name in priced] if priced and priced[0][0] < step else []
+
+
+def measured_entries(baselines: dict[str, Baseline], timed: dict[str, Plan]) -> dict[str, Baseline]:
+    """``baselines`` with each entry named in ``timed`` at the figures of its plan there, that
+    baseline's plan at its stages' measured times. Memory (a model, not measured) and node
+    counts stay as priced."""
+    def entry(b: Baseline, plan: Plan) -> Baseline:
+        times = [s.time_s for s in plan.stages]
+        worst = times.index(max(times))
+        return dataclasses.replace(b, iteration_s=plan.predicted.iteration_s, bottleneck_stage=worst,
+                                   bottleneck_s=times[worst])
+
+    return {k: entry(b, timed[k]) if k in timed else b for k, b in baselines.items()}
+
 
 # [Note: a faster baseline timed]
 #

@@ -1,6 +1,4 @@
-"""The finalists of a measured search re-timed as whole stages, and the fastest of them;
-the baselines a refined plan times beside itself ([Note: a faster baseline timed] in
-``autopipe.refine_baselines``).
+"""The finalists of a measured search re-timed as whole stages, and the fastest of them.
 
 [Note: finalists re-timed]
 A measured search compares its candidates on their node sums, which on the CPU run
@@ -18,16 +16,13 @@ Until 2026-12-07 only the node sums' winner was re-timed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from autopipe.partition.mip_time import MipTime, share_for_finalists
-from autopipe.plan_format import Baseline, Plan
+from autopipe.plan_format import Plan
 
 DEFAULT_FINALISTS = 3
 """Finalists at most: a degree search's ``--finalists`` default, a batch-size search's limit."""
-BASELINE_METHODS = ("dp", "uniform", "params")
-"""The baselines a plan can be planned by alone (``plan_profile``'s ``method``)."""
 REFINE_WITHIN = 1.5
 """Finalists re-timed: those whose node-sum step is within this factor of the fastest."""
 
@@ -68,23 +63,3 @@ def mark_rows(rows: Sequence[dict[str, Any]], starts: Sequence[Plan], done: Sequ
         rows[best]["retimed_s"] = again.predicted.iteration_s
     return again or done[best]
 
-
-def baselines_to_time(plan: Plan) -> list[str]:
-    """Where one of ``plan``'s baselines is priced faster than its predicted step, the names
-    of all those with a priced step (that fit), fastest first, ties in the plan's order;
-    else none."""
-    step = plan.predicted.iteration_s
-    priced = sorted((b.iteration_s, k, name) for k, (name, b) in enumerate(plan.baselines.items())
-                    if b.iteration_s is not None)
-    return [name for _, _, name in priced] if priced and priced[0][0] < step else []
-
-
-def measured_entry(baselines: dict[str, Baseline], name: str, timed: Plan) -> dict[str, Baseline]:
-    """``baselines`` with ``name``'s entry at ``timed``'s figures: ``timed`` is that baseline's
-    plan at its stages' measured times. Its memory (a model, not measured) and node counts stay
-    as priced."""
-    times = [s.time_s for s in timed.stages]
-    worst = times.index(max(times))
-    entry = replace(baselines[name], iteration_s=timed.predicted.iteration_s, bottleneck_stage=worst,
-                    bottleneck_s=times[worst])
-    return {k: entry if k == name else b for k, b in baselines.items()}

@@ -146,12 +146,12 @@ class Pipe:
                          for name, b in module.named_buffers() if name in keys}
         self._tied_grads = _NONE
         self._grads_zeroed = False
+        """``zero_grad(set_to_none=False)`` ran since the last ``step``: accumulate in place."""
         self._own_optimizer = False
-        self._sharded: ShardedOptimizer | None = None
-        """The sharded optimizer ``optimizer`` built: the gradients are reduce-scattered to it."""
         """``optimizer`` was called (the optimizer holds what the plan charges), or ``step``
         said it was not."""
-        """``zero_grad(set_to_none=False)`` ran since the last ``step``: accumulate in place."""
+        self._sharded: ShardedOptimizer | None = None
+        """The sharded optimizer ``optimizer`` built: the gradients are reduce-scattered to it."""
         self._step_kwargs = ({"return_outputs": False}
                              if _accepts(self._pipeline.schedule.step, "return_outputs") else {})
         with failures(self.where, "while syncing tied parameters", timeout_s):

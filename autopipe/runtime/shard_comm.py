@@ -47,7 +47,7 @@ import torch
 import torch.distributed as dist
 
 from autopipe.runtime.data_parallel import BUCKET_BYTES
-from autopipe.runtime.sum_over import _exchange
+from autopipe.runtime.sum_over import _exchange, _peer
 
 Segment = tuple[torch.Tensor, int, int]
 """A tensor, and elements ``start:stop`` of it flattened."""
@@ -127,14 +127,6 @@ def _spread(src: torch.Tensor, views: Sequence[torch.Tensor]) -> None:
         at += v.numel()
 
 
-def _pair(group: dist.ProcessGroup | None, device: torch.device) -> int | None:
-    """The other rank where ``group`` is two CPU ranks, else None."""
-    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
-    if len(ranks) != 2 or device.type != "cpu":
-        return None
-    return ranks[1] if dist.get_rank() == ranks[0] else ranks[0]
-
-
 @torch.no_grad()
 def reduce_scatter_mean(segments: Sequence[Sequence[Segment]], me: int, group: dist.ProcessGroup | None) -> None:
     """Write into each of replica ``me``'s segments the mean of it over the replicas
@@ -145,11 +137,12 @@ def reduce_scatter_mean(segments: Sequence[Sequence[Segment]], me: int, group: d
     for parts in _rounds(segments, flat):
         sizes = [_length(p) for p in parts]
         mine = parts[me]
-        probe = next(v for p in parts for v in p)
-        peer = _pair(group, probe.device)
+        probe = next(v for p in parts for v in p)  # a slice of a 1-D view: contiguous
+        peer = _peer(probe, group)
+        in_place = peer is not None and len(mine) == 1  # the sum lands in the gradient itself
         if peer is not None:
             theirs = parts[1 - me]
-            out = mine[0] if len(mine) == 1 else _cat(mine, probe.new_empty(sizes[me]))
+            out = mine[0] if in_place else _cat(mine, probe.new_empty(sizes[me]))
             inbox = probe.new_empty(sizes[me])
             _exchange(peer, group, [_cat(theirs, probe.new_empty(sizes[1 - me]))], [inbox])
             out.add_(inbox)
@@ -162,7 +155,7 @@ def reduce_scatter_mean(segments: Sequence[Sequence[Segment]], me: int, group: d
             dist.reduce_scatter_tensor(out, buffer, group=group)
             out = out[:sizes[me]]
         out.div_(dp)
-        if not (peer is not None and len(mine) == 1):
+        if not in_place:
             _spread(out, mine)
     flat.write_back()
 
@@ -176,7 +169,7 @@ def all_gather(segments: Sequence[Sequence[Segment]], me: int, group: dist.Proce
     for parts in _rounds(segments, flat):
         sizes = [_length(p) for p in parts]
         probe = next(v for p in parts for v in p)
-        peer = _pair(group, probe.device)
+        peer = _peer(probe, group)
         if peer is not None:
             theirs = probe.new_empty(sizes[1 - me])
             _exchange(peer, group, [_cat(parts[me], probe.new_empty(sizes[me]))], [theirs])
