@@ -12,7 +12,7 @@ from safetensors.torch import save_model
 from torch import nn
 from transformers import PreTrainedModel
 
-from autopipe.errors import WeightsError
+from autopipe.errors import CheckpointError, WeightsError
 from autopipe.runtime.hf_checkpoint import Converted, fit
 from autopipe.runtime.materialize import _expected, _model_tensors, materialize_stages
 from autopipe.runtime.state_keys import canonical_names, tied_groups
@@ -127,3 +127,32 @@ def test_a_model_of_ones_own_skips_nothing(tmp_path: Path) -> None:
     save_file({**spec.model.state_dict(), "embeddings.position_ids": torch.arange(4)}, tmp_path / "w.safetensors")
     with pytest.raises(WeightsError, match=r"1 unexpected \(embeddings\.position_ids\)"):
         check_init(spec, tmp_path / "w.safetensors")
+
+
+def test_pipe_loads_a_state_dict_in_the_checkpoints_layout(tmp_path: Path) -> None:
+    """``Pipe.load_state_dict`` of a ``save_pretrained`` folder's tensors (Mixtral's experts
+    one tensor per expert and projection; a Llama-2 ``inv_freq`` beside them) loads what
+    ``build(init=FOLDER)`` loads; until 2026-12-07 it refused the checkpoint's names."""
+    from safetensors.torch import load_file
+
+    from autopipe import trace
+    from autopipe.runtime import build
+    from tests.runtime_plans import plan_from_cuts
+
+    model = _saved("mixtral", tmp_path)
+    state = {k: v for f in sorted(tmp_path.glob("*.safetensors")) for k, v in load_file(f).items()}
+    assert "model.layers.0.block_sparse_moe.experts.0.w1.weight" in state
+    state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.arange(4.0)  # transformers leaves it unread
+    spec = ZOO["mixtral"]()
+    plan = plan_from_cuts(trace(spec.model, spec.example_inputs, spec.example_kwargs), [], microbatches=1)
+    with build(plan, spec, device="cpu") as pipe:
+        pipe.load_state_dict(state)
+        want = model.state_dict()
+        loaded = pipe.state_dict()
+        assert set(loaded) == {k for k in want if k in loaded} and "model.layers.1.mlp.experts.down_proj" in loaded
+        for k, v in loaded.items():
+            assert torch.equal(v, want[k]), k
+        with pytest.raises(CheckpointError, match=r"not in the model 1: model\.layers\.0\.extra"):
+            pipe.load_state_dict({**state, "model.layers.0.extra": torch.zeros(1)})
+        # a state under the model's own names, with a tensor transformers leaves unread
+        pipe.load_state_dict({**want, "model.layers.1.self_attn.rotary_emb.inv_freq": torch.arange(4.0)})

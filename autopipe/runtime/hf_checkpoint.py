@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from autopipe.errors import WeightsError
-from autopipe.runtime.weights import TensorInfo, Weights, check_fit
+from autopipe.runtime.weights import TensorInfo, Weights, check_fit, open_weights
 
 
 class Converted(Weights):
@@ -111,6 +111,32 @@ def fit(weights: Weights, model: nn.Module, expected: Mapping[str, TensorInfo],
             return view, check_fit(view, expected, groups, ignore=skip)
         except WeightsError as after:
             raise (after if set(view.info) != set(weights.info) else as_saved) from None
+
+
+def in_model_names(state: Mapping[str, Any], model: nn.Module, known: set[str],
+                   wanted: set[str]) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]] | None:
+    """A state dict for ``Pipe.load_state_dict`` read as ``fit`` reads a folder: in a
+    transformers checkpoint's layout (a ``save_pretrained`` shard read with
+    ``safetensors.torch.load_file``), under ``model``'s names ([Note: checkpoint names are
+    not module names]), the tensors named in ``wanted`` converted; and the tensors
+    transformers leaves unread ([Note: tensors transformers ignores]) left out. Returns the
+    values and every name's shape; None where the names are the model's (``known``) as
+    they are. Names that fit neither way are left to the caller's error: the converted
+    ones where the conversions renamed anything, else those given.
+    """
+    if set(state) <= known:
+        return None
+    skip = ignored(model) or (lambda _: False)
+    try:
+        view = converted(open_weights(state), model)
+    except WeightsError:  # not all tensors: the caller names what is not
+        view = None
+    if view is None or set(view.info) == set(state):
+        kept = {k: v for k, v in state.items() if k in known or not skip(k)}
+        shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else () for k, v in kept.items()}
+        return None if len(kept) == len(state) else (kept, shapes)
+    shapes = {n: tuple(t.shape) for n, t in view.info.items() if n in known or not skip(n)}
+    return {n: view.read(n) for n in shapes if n in wanted}, shapes
 
 
 def ignored(model: nn.Module) -> Callable[[str], bool] | None:

@@ -49,6 +49,7 @@ from autopipe.runtime.group import (
     local_world,
     rank_device,
 )
+from autopipe.runtime.hf_checkpoint import in_model_names
 from autopipe.runtime.materialize import materialize_stages
 from autopipe.runtime.modes import modeless_draws
 from autopipe.runtime.placement import rank_of_stages, schedule_kind
@@ -467,8 +468,11 @@ class Pipe:
         """Copy this rank's tensors from a state dict of the unsplit model (not collective).
 
         Keys are the unsplit model's names; a tied parameter may be given under any of
-        its names. With ``strict``, a key the model does not have, or one of this rank's
-        tensors missing from ``state``, is an error.
+        its names. A Hugging Face model's state may also come in its checkpoint's layout (a
+        ``save_pretrained`` shard read with ``safetensors.torch.load_file``), as ``build(...,
+        init=FOLDER)`` reads it: converted as ``from_pretrained`` converts it, the tensors it
+        leaves unread left out. With ``strict``, a key the model does not have, or one of
+        this rank's tensors missing from ``state``, is an error.
 
         Raises:
             CheckpointError: keys missing or unknown (strict), shapes that differ (named), or
@@ -482,12 +486,16 @@ class Pipe:
             raise CheckpointError(f"the state dict holds no tensor data under {names(empty)}",
                                   hint="pass real tensors (a model built on meta has none: load its "
                                        "weights first, or build with init=...)")
+        values: Mapping[str, torch.Tensor] = state
         shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else () for k, v in state.items()}
+        laid_out = in_model_names(state, self.spec.model, self.model_keys(), read)
+        if laid_out is not None:
+            values, shapes = laid_out
         pairs = match_state(own, shapes, tied=self.tied, known=self.model_keys(), strict=strict,
                             what="the state dict", source="given")
-        check_tied_alike(state, self.tied, what="the state dict")
+        check_tied_alike(values, self.tied, what="the state dict")
         for name, key in pairs:
-            own[name].copy_(state[key])
+            own[name].copy_(values[key])
 
     # --- the process group ---------------------------------------------------------------------
 
