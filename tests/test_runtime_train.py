@@ -184,8 +184,9 @@ def test_a_dead_or_hung_rank_stops_the_others(mlp_plan: Path, sig: int, limit: f
 
 
 class _ByDevice(torch.nn.Module):
-    """Chooses by the device type, as transformers' grouped_mm MoE experts do: int32 ids for
-    torch.histc off the CPU (which has no int histc), float ones on it."""
+    """Chooses by the device type, as transformers' grouped_mm MoE experts do for
+    torch.histc (mended since: [Note: the meta branch's histc]): int32 ids for
+    ``logcumsumexp`` off the CPU, which has no int ``logcumsumexp``, float ones on it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -195,15 +196,15 @@ class _ByDevice(torch.nn.Module):
         h = self.lin(x)
         ids = h.argmax(-1)
         ids = ids.float() if h.device.type == "cpu" else ids.int()
-        counts = torch.histc(ids, bins=4, min=0, max=3)
-        return h * counts.sum().float()
+        return h * torch.logcumsumexp(ids, 0)[-1].float()
 
 
 def test_a_meta_built_model_whose_code_chose_by_the_device_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     """Qwen2-MoE built on meta (`--spec-arg device=meta`) failed its first CPU step with
     `"histogram_cpu" not implemented for 'Int'` and no word of why: the graph traced on meta
     holds the int32 branch. Until 2026-12-07; now the hint names the trace on meta and the
-    ways out. A model built on the CPU trains."""
+    ways out (and that op is mended: ``tests/test_runtime_kernels.py``). A model built on
+    the CPU trains."""
     import autopipe
     from autopipe.errors import RuntimeStageError
     from autopipe.runtime.train import train
@@ -223,7 +224,7 @@ def test_a_meta_built_model_whose_code_chose_by_the_device_says_so(monkeypatch: 
     config = TrainConfig(steps=1, device="cpu", pin_malloc=False, pin_cores=False, flush_denormal=False)
     meta = spec("meta")
     plan = autopipe.plan(meta.model, meta.example_inputs, num_stages=1, microbatches=1, profile="estimate")
-    with pytest.raises(RuntimeStageError, match="not implemented for 'Int'") as info:
+    with pytest.raises(RuntimeStageError, match="logcumsumexp_out_cpu\" not implemented for 'Int'") as info:
         train(meta, plan, config, log=lambda line: None)
     assert info.value.hint is not None and "traced on the meta device" in info.value.hint
     assert "_experts_implementation" in info.value.hint

@@ -11,6 +11,7 @@ import torch.fx as fx
 
 from autopipe.errors import PlanError, PlanMismatchError
 from autopipe.plan_format import Plan
+from autopipe.runtime.kernels import mend_kernels
 from autopipe.runtime.layouts import relayout, traced_order
 from autopipe.runtime.norms import guard_norms
 from autopipe.runtime.placement import schedule_kind
@@ -428,6 +429,7 @@ def _stage_graph_module(
     gm.graph.lint()
     # [Note: batch norm gradients laid out like its output], [Note: group norm in a weight pass]
     guards = guard_norms(gm, split_backward=copy)
+    mend_kernels(gm)  # [Note: the meta branch's histc]
     if recompute:
         groups = []
         for group in recompute:

@@ -215,12 +215,11 @@ def _traced_on_meta(first: bool, device: torch.device) -> Iterator[None]:
 
     [Note: a graph traced on meta holds the meta branch] Tracing runs the model's Python
     once, on meta tensors, and the graph keeps the ops of each branch it took. Code that
-    chooses by the device type takes the branch for no CPU and no GPU: transformers' MoE
-    experts (``grouped_mm``, the default of Mixtral and Qwen2-MoE since transformers 5) cast
-    the expert ids to int32 for ``torch.histc`` where the device is not the CPU, and a CPU
-    rank then fails in its first step with ``"histogram_cpu" not implemented for 'Int'``.
-    The graph cannot be mended here (the branch not taken was never traced), so the hint
-    names the two ways out.
+    chooses by the device type takes the branch for no CPU and no GPU, which the device
+    that trains may have no kernel for. The one met so far is mended where stages are made
+    (transformers' ``grouped_mm`` MoE experts' integer ``torch.histc``: [Note: the meta
+    branch's histc] in ``autopipe.runtime.kernels``); for any other, the branch not taken
+    was never traced, so the hint names the two ways out.
     """
     try:
         yield
@@ -231,7 +230,7 @@ def _traced_on_meta(first: bool, device: torch.device) -> Iterator[None]:
             e.message,
             hint=f"the model was built and traced on the meta device, and code that chooses by "
                  f"the device type keeps the meta choice in the graph, which {device.type} may not "
-                 f"run (transformers' grouped_mm MoE experts: torch.histc on int32): trace it on "
+                 f"run: trace it on "
                  f"the device it trains on (build it on {device.type}, without device=meta), or "
                  f"take the choice away (MoE: config._experts_implementation = 'batched_mm')"
                  + (f"; {e.hint}" if e.hint else "")) from e.__cause__
