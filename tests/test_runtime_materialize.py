@@ -327,3 +327,50 @@ def test_a_parent_module_sets_its_childrens_tensors_as_transformers_does() -> No
     graph = autopipe.trace(own.model, own.example_inputs)
     materialize_stages([graph.gm], own, "cpu")
     assert not torch.allclose(_tensors(graph.gm)["embed_positions.weight"], positions)
+
+
+def test_each_module_gets_the_init_of_the_transformers_model_it_is_in() -> None:
+    """A LLaVA's CLIP vision tower is a transformers model of its own: transformers
+    initialises its modules by CLIP's `_init_weights` (`smart_apply`), which sets the
+    embeddings' `position_ids`; LLaVA's does not. Built on meta, the tower read its patch
+    positions from uninitialised memory until 2026-12-07 ("index out of range in self")."""
+    from transformers import PreTrainedModel
+
+    from .zoo import ZOO
+
+    spec = ZOO["llava"]()
+    with torch.device("meta"):
+        meta = ZOO["llava"]().model
+    outer = next(m for m in meta.modules() if isinstance(m, PreTrainedModel))
+    spec.model, spec.init_weights = meta, outer._init_weights
+    graph = autopipe.trace(meta, spec.example_inputs)
+    materialize_stages([graph.gm], spec, "cpu")
+    positions = dict(graph.gm.named_buffers())["model.model.vision_tower.embeddings.position_ids"]
+    assert torch.equal(positions, torch.arange(positions.shape[-1]).expand_as(positions))
+
+
+def test_an_integer_tensor_no_initialiser_sets_is_an_error() -> None:
+    """Integer tensors start as their dtype's least value and are checked, as float ones
+    start as NaN: an initialiser that leaves one unset is named, not read as garbage."""
+
+    class Counts(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.register_buffer("ids", torch.arange(4), persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x)[:, self.ids]
+
+    with torch.device("meta"):
+        model = Counts()
+    spec = ModelSpec(model=model, example_inputs=(torch.randn(2, 4),), loss_fn=lambda out, y: out.sum(),
+                     batch=lambda n, step=0: ((torch.randn(2 * n, 4),), torch.zeros(2 * n)),
+                     init_weights=lambda m: m.reset_parameters() if isinstance(m, nn.Linear) else None)
+    graph = autopipe.trace(model, spec.example_inputs)
+    with pytest.raises(SpecError, match=r"initialising the model \(Counts\) left ids unset"):
+        materialize_stages([graph.gm], spec, "cpu")
+    spec.init_weights = lambda m: (m.reset_parameters() if isinstance(m, nn.Linear)
+                                   else m.ids.copy_(torch.arange(4)))
+    materialize_stages([graph.gm], spec, "cpu")
+    assert torch.equal(dict(graph.gm.named_buffers())["ids"], torch.arange(4))

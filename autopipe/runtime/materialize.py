@@ -20,7 +20,10 @@ CPU after ``torch.manual_seed``, which draws every module from one stream in
 construction order. A tensor tied to another (GPT-2's head and embedding) takes the
 value its first name's module gives it; the other module initialises only its own.
 Whatever the initialiser leaves untouched is an error, not garbage: float tensors
-start as NaN and are checked afterwards.
+start as NaN and integer ones as their dtype's least value, and are checked afterwards
+(an integer tensor still wholly that value is unset; until 2026-12-07 integer tensors were
+not checked, and LLaVA's vision tower built on meta read its patches' positions from
+uninitialised memory: "index out of range in self").
 """
 
 from __future__ import annotations
@@ -225,10 +228,13 @@ def _as_own(t: torch.Tensor, like: torch.Tensor, device: torch.device, *, copy: 
 
 
 def _empty(like: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A tensor shaped as ``like`` on ``device``: NaN if float (so that what no one sets shows)."""
+    """A tensor shaped as ``like`` on ``device``: NaN if float, the dtype's least value if an
+    integer (so that what no one sets shows: ``_unset``)."""
     value = torch.empty_like(like, device=device)
     if value.is_floating_point() or value.is_complex():
         value.fill_(float("nan"))
+    elif value.dtype != torch.bool:
+        value.fill_(torch.iinfo(value.dtype).min)
     if isinstance(like, nn.Parameter):
         return nn.Parameter(value, requires_grad=like.requires_grad)
     return value
@@ -253,13 +259,45 @@ def _initialise(spec: ModelSpec, names: Mapping[str, torch.Tensor], canonical: M
             for above, init in _hf_ancestors(spec, path):
                 with _seeded(seed, f"{above}|{path}", device):
                     init(spec.model.get_submodule(above))
-        unset = sorted(c.rpartition(".")[2] for c in by_module[path]
-                       if made[c].is_floating_point() and bool(made[c].isnan().any()))
+        unset = sorted(c.rpartition(".")[2] for c in by_module[path] if _unset(made[c]))
         if unset:
             raise SpecError(f"initialising {path or 'the model'} ({type(module).__name__}) left "
                             f"{', '.join(unset)} unset",
                             hint="make ModelSpec.init_weights(module) fill every tensor the module "
                                  "holds itself, or pass --init weights.safetensors")
+
+
+def _unset(t: torch.Tensor) -> bool:
+    """Whether an initialiser left ``t`` as ``_empty`` made it: any NaN in a float tensor;
+    every element the least value in an integer one (a boolean tensor cannot tell)."""
+    if t.is_floating_point() or t.is_complex():
+        return bool(t.isnan().any())
+    if t.dtype == torch.bool or t.numel() == 0:
+        return False
+    return bool((t == torch.iinfo(t.dtype).min).all())
+
+
+def _transformers_asked(spec: ModelSpec) -> bool:
+    """Whether the spec's ``init_weights`` is a transformers model's own ``_init_weights``."""
+    asked = spec.init_weights
+    return getattr(asked, "__name__", None) == "_init_weights" and _is_pretrained(getattr(asked, "__self__", None))
+
+
+def _hf_owner(spec: ModelSpec, path: str) -> Callable[[nn.Module], None] | None:
+    """The ``_init_weights`` transformers initialises the module at ``path`` with: that of
+    the nearest ``PreTrainedModel`` at or above it (``smart_apply``: a CLIP vision tower's
+    embeddings inside a LLaVA get CLIP's, which sets their ``position_ids``, not LLaVA's);
+    None where the spec does not ask for transformers' initialisation, or no such model
+    is above it."""
+    if not _transformers_asked(spec):
+        return None
+    parts = path.split(".") if path else []
+    for i in range(len(parts), -1, -1):
+        module = spec.model.get_submodule(".".join(parts[:i]))
+        init = getattr(module, "_init_weights", None)
+        if _is_pretrained(module) and callable(init):
+            return init  # type: ignore[no-any-return]
+    return None
 
 
 def _hf_ancestors(spec: ModelSpec, path: str) -> list[tuple[str, Callable[[nn.Module], None]]]:
@@ -283,10 +321,7 @@ def _hf_ancestors(spec: ModelSpec, path: str) -> list[tuple[str, Callable[[nn.Mo
     yours) are left alone, and so is a parametrization's list (made by [Note: a
     parametrized tensor on the meta device]).
     """
-    asked = spec.init_weights
-    if (not path or ".parametrizations." in f".{path}."
-            or getattr(asked, "__name__", None) != "_init_weights"
-            or not _is_pretrained(getattr(asked, "__self__", None))):
+    if not path or ".parametrizations." in f".{path}." or not _transformers_asked(spec):
         return []
     model = spec.model
     parts = path.split(".")
@@ -314,7 +349,7 @@ def _initialiser(spec: ModelSpec, module: nn.Module, path: str, needed: Sequence
     if isinstance(module, parametrize.ParametrizationList):
         return _parametrized_initialiser(spec, path, device)
     if spec.init_weights is not None:
-        return spec.init_weights
+        return _hf_owner(spec, path) or spec.init_weights
     reset = getattr(module, "reset_parameters", None)
     if callable(reset):
         return lambda m: reset()
