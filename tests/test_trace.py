@@ -377,3 +377,25 @@ def test_labels_given_to_a_model_that_cannot_be_traced_with_them_point_to_loss_f
         autopipe.trace(_OwnLoss(), (torch.randn(2, 4), torch.tensor([0, 2])), frontend="export")
     assert info.value.hint is not None
     assert info.value.hint.startswith("the example gives the model labels, from which it computes its own loss")
+
+
+def test_a_meta_model_that_makes_cpu_tensors_in_forward_is_told_why() -> None:
+    """SAM built on meta makes its point labels on the CPU in forward; torch.export then
+    met them with meta tensors and said only "found at least two devices, cpu and meta",
+    under a hint about control flow (until 2026-12-07)."""
+
+    class MakesOnes(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            ones = torch.ones(x.shape[0], 4)  # on the CPU, whatever the weights' device
+            return torch.where(ones > 0, self.lin(x), x)
+
+    with torch.device("meta"):
+        model = MakesOnes()
+    with pytest.raises(TraceError, match="cpu and meta|meta and cpu") as e:
+        autopipe.trace(model, (torch.randn(2, 4),))
+    assert e.value.hint is not None and e.value.hint.startswith("the model is on the meta device, but its forward")
+    autopipe.trace(MakesOnes(), (torch.randn(2, 4),))  # built on the CPU it traces

@@ -107,10 +107,23 @@ def _trace(model: nn.Module, example_inputs: tuple[Any, ...], kwargs: dict[str, 
         drop = layerdrop_hint(model)
         general = ("make forward free of data-dependent Python control flow, build Hugging Face "
                    "models with use_cache=False, or pass inputs the model accepts")
-        specific = drop or _none_input_hint(model, example_inputs, kwargs, e) or _labels_hint(
-            model, example_inputs, kwargs)
+        specific = drop or _meta_mix_hint(model, e) or _none_input_hint(model, example_inputs, kwargs, e) \
+            or _labels_hint(model, example_inputs, kwargs)
         raise TraceError("cannot trace the model; " + "; ".join(reasons),
                          hint=f"{specific}; otherwise {general}" if specific else general) from e
+
+
+def _meta_mix_hint(model: nn.Module, e: BaseException) -> str | None:
+    """A hint where a model built on meta makes a tensor on the CPU in ``forward`` and an op
+    meets it with the meta weights (SAM's point labels, a wrapper's ``torch.ones(b, 1)``):
+    torch's message names the two devices, not why there are two."""
+    if type(e).__name__ != "FakeTensorDeviceMismatchError" or not any(
+            p.device.type == "meta" for p in model.parameters()):
+        return None
+    return ("the model is on the meta device, but its forward makes a tensor on another device "
+            "(a torch.ones, torch.tensor or arange without device=), which the trace meets with "
+            "meta tensors: build the model on a real device, or make forward create its tensors "
+            "on its inputs' or weights' device")
 
 
 _LABELS = ("labels", "label", "start_positions", "end_positions")
