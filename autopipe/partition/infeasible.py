@@ -47,6 +47,29 @@ def _recompute_hint(problem: Problem) -> str:
     return _needs(auto, res.stage_of, res.recompute)
 
 
+def _least_recompute(problem: Problem, stage_of: Sequence[int]) -> tuple[int, ...]:
+    """The blocks to recompute in ``stage_of`` for the least memory a stage, of three
+    choices per stage: none, the candidates that ``Chain`` prices as recomputed
+    (``Chain.freed``: each that frees more than it brings back, alone), or every candidate
+    (``config.recompute`` allowing). ``evaluate`` recomputes none for ``auto``: a Gemma-2-27B
+    shape in 8 stages was said to need up to 338 GiB a stage "recomputing every block that
+    can be", priced without recomputation, where recomputing every block needs 100 GiB; and
+    ``Chain``'s choice keeps every block's input where a region of them keeps its first's."""
+    cfg = problem.config
+    if cfg.recompute == "none":
+        return ()
+    candidates = problem.recompute_candidates()
+    inputs = problem.input_bytes()
+    acts = [b.activation_bytes for b in problem.blocks]
+    chain = tuple(b for b in candidates
+                  if cfg.recompute == "full"
+                  or cfg.inflight(stage_of[b]) * (acts[b] - inputs[b]) - acts[b] > 0)
+    choices = [(), chain, tuple(candidates)]
+    memory = [[s.memory for s in evaluate(problem, stage_of, c).stages] for c in choices]
+    best = [min(range(len(choices)), key=lambda k: memory[k][s]) for s in range(cfg.num_stages)]
+    return tuple(b for b in candidates if b in choices[best[stage_of[b]]])
+
+
 def _needs(problem: Problem, stage_of: Sequence[int], recompute: Sequence[int]) -> str:
     ev = evaluate(problem, stage_of, recompute)
     sizes = ", ".join(format_size(s.memory) for s in ev.ranks or ev.stages)
@@ -74,7 +97,7 @@ def explain(problem: Problem, method: str = "ilp") -> InfeasiblePlanError:
             f"not tensors, so they cannot be sent)",
             hint="use fewer stages, give the devices more memory, or make the values tensors")
     _, stage_of = found
-    ev = evaluate(problem, stage_of)
+    ev = evaluate(problem, stage_of, _least_recompute(problem, stage_of))
     ratios = [s.memory / s.limit for s in ev.stages]
     worst = ratios.index(max(ratios))
     dev = cfg.devices[worst]
@@ -135,7 +158,7 @@ def _explain_chunks(problem: Problem, method: str) -> InfeasiblePlanError:
     cfg = problem.config
     found = min_memory(Chain(problem))
     assert found is not None, "a problem with at least p computing blocks has a chain partition"
-    ev = evaluate(problem, found[1])
+    ev = evaluate(problem, found[1], _least_recompute(problem, found[1]))
     worst = max(ev.ranks, key=lambda r: r.memory / r.limit)
     r = ev.ranks.index(worst)
     what = "a chain split" if method != "ilp" else "any partition"
