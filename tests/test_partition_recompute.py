@@ -375,3 +375,18 @@ def test_no_partition_found_with_or_without_recomputation_names_what_would_fit(
         plan_profile(prof, num_stages=4, memory_limit=int(0.5 * (_need("none") + _need("full"))),
                      microbatches=8, recompute="auto", method="ilp")
     assert not isinstance(info.value, InfeasiblePlanError)
+
+
+def test_no_partition_found_is_not_called_infeasible_where_recomputing_less_fits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where neither solve finds a partition in its time, a chain split that fits recomputing
+    only the blocks that free memory (auto's chain) leaves the solver's own error standing:
+    recomputing every block (full's chain) costs memory on a stage holding one micro-batch,
+    and its split not fitting is no sign that none does."""
+    monkeypatch.setattr(planner, "solve_ilp", _unsolved([]))
+    prof, _ = _chain_problem("none")
+    assert _need("auto") < _need("full")
+    with pytest.raises(PlanError, match="found no partition") as info:
+        plan_profile(prof, num_stages=4, memory_limit=int(0.5 * (_need("auto") + _need("full"))),
+                     microbatches=8)
+    assert not isinstance(info.value, InfeasiblePlanError)

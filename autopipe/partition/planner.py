@@ -645,11 +645,16 @@ def _block_stages(problem: Problem, plan: Plan) -> list[int]:
 def _unsolved(problem: Problem, error: PlanError) -> PlanError:
     """``error`` (no partition found in the time, with recomputation or without) with what
     the most memory-balanced chain split recomputing every block needs and what would fit,
-    where no chain split fits even so: then it is as good as infeasible."""
-    full = _with_recompute(problem, "full")
-    if chain_fits(full):
+    where no chain split fits even so: then it is as good as infeasible. The chain is
+    ``auto``'s, which recomputes a block only where that frees memory: ``full``'s also
+    recomputes where that costs some (a stage holding one micro-batch keeps each block's
+    input besides its activations alive again), and a chain split that fit recomputing
+    less was not found, the error said nothing fit, and its hint named more stages than
+    needed (a Gemma-2-27B shape on 80 GB H100s: 17, where 16 fit)."""
+    some = _with_recompute(problem, "auto")
+    if chain_fits(some):
         return error
-    why = explain(full, "dp")
+    why = explain(some, "dp")
     return InfeasiblePlanError(f"{error.message}, with or without recomputation; and {why.message}",
                                hint=f"{why.hint}; or raise the time limit (--time-limit) for a proof "
                                f"that no other partition fits either")
