@@ -377,3 +377,27 @@ def test_whisper_of_one_layer_per_stack_plans_and_exports() -> None:
     assert info["layers"] == 2 and info["alike"]
     for fmt in ("torchtitan", "deepspeed"):
         assert export_plan(plan, fmt)
+
+
+def test_t5_of_two_layers_per_stack_cuts_both_stacks() -> None:
+    """A Hugging Face T5 of two blocks a stack: the encoder's first block runs the relative
+    position bias's embedding, which its second is given, so the encoder was no stack of
+    layers built alike and ``--granularity layer`` kept it whole on the first stage."""
+    import transformers
+
+    import autopipe
+    from autopipe.profile import estimate
+    from tests import zoo
+
+    cfg = transformers.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2,
+                                num_decoder_layers=2, num_heads=2, use_cache=False,
+                                decoder_start_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    model = zoo._Seq2Seq(transformers.T5ForConditionalGeneration(cfg))
+    inputs = (torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8)))
+    graph = autopipe.trace(model, inputs)
+    profile = estimate(graph, inputs, None, device_spec="h100")
+    plan = plan_profile(profile, num_stages=4, microbatches=4, granularity="layer", method="dp")
+    info = plan.options["granularity"]
+    assert info["lists"] == ["model.encoder.block", "model.decoder.block"]
+    assert info["layers"] == 4 and info["alike"] and not info["uncut"]

@@ -144,10 +144,20 @@ def _child_calls(problem: Problem, x: str) -> dict[str, tuple[tuple[str, str], .
 def _repeats(problem: Problem, x: str) -> bool:
     """Whether module list ``x`` is a stack of layers built alike: its children but the
     first run the same calls in the same order (the first may differ: T5's first block
-    holds the relative position bias), the first too where there are only two. A
+    holds the relative position bias), the first too where there are only two, or those
+    and more (``_within``: the bias again). A
     ``Sequential`` of different modules (a conv, a norm, an activation) is numbered too."""
     seen = list(_child_calls(problem, x).values())
-    return len(seen) >= 2 and len(set(seen[1:])) == 1 and (len(seen) > 2 or seen[0] == seen[1])
+    return len(seen) >= 2 and len(set(seen[1:])) == 1 and (len(seen) > 2 or _within(seen[1], seen[0]))
+
+
+def _within(calls: tuple[tuple[str, str], ...], first: tuple[tuple[str, str], ...]) -> bool:
+    """Whether ``calls`` run in ``first`` in the same order, ``first`` running some more:
+    the first of two layers built alike, where it makes what the second is given (T5's
+    relative position bias). A stack of two T5 blocks was no stack, for its first runs
+    the bias's embedding, and ``--granularity layer`` kept a two-layer encoder whole."""
+    it = iter(first)
+    return bool(calls) and all(c in it for c in calls)
 
 
 def _alike(problem: Problem, paths: list[str], lists: tuple[str, ...]) -> bool:
