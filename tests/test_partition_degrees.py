@@ -68,6 +68,9 @@ def test_sharded_optimizer_states_and_step() -> None:
     for a, b in zip(ddp.stages, zero.stages):
         # fp32 Adam keeps 8 bytes per 4-byte parameter: half of it on each of 2 replicas
         assert a.memory.optimizer == 2 * a.memory.params and b.memory.optimizer == b.memory.params
+        # and a replica's step widens only its own pieces' states: half the temporaries
+        assert a.memory.optimizer_step > 0
+        assert b.memory.optimizer_step == pytest.approx(a.memory.optimizer_step / 2, abs=len(sized(1).params))
         # half the step; the sync moves one all-reduce's bytes either way (a reduce-scatter
         # and an all-gather sharded: [Note: the sharded sync's price])
         assert a.optimizer_s - b.optimizer_s == pytest.approx(a.memory.params / 4 * 2e-12 / 2, rel=1e-9)

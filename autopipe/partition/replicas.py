@@ -103,12 +103,15 @@ class GradSync:
         return optimizer_per_byte / self.shards + self.sync_per_byte * speeds.pop()
 
     def shard(self, problem: Problem) -> Problem:
-        """``problem`` with each parameter's optimizer states split over the shards, and every
-        gradient whole (the all-reduce writes all of an embedding's gradient on zero pages:
-        [Note: an embedding's gradient on zero pages] in ``autopipe.runtime.grad_accum``)."""
+        """``problem`` with each parameter's optimizer states split over the shards, and the
+        step's temporaries too (a replica steps only its pieces: [Note: the sharded optimizer
+        step] in ``autopipe.runtime.zero``; charged whole, they kept a Mixtral-8x7B shape out
+        of 8 stages × 4 replicas on 80 GB), and every gradient whole (the all-reduce writes
+        all of an embedding's gradient on zero pages: [Note: an embedding's gradient on zero
+        pages] in ``autopipe.runtime.grad_accum``)."""
         if self.shards == 1 and self.replicas == 1:
             return problem
-        mem = {q: replace(m, optimizer=-(-m.optimizer // self.shards),
+        mem = {q: replace(m, optimizer=-(-m.optimizer // self.shards), step=-(-m.step // self.shards),
                           grads=m.params if self.replicas > 1 and 0 < m.grads < m.params else m.grads)
                for q, m in problem.param_mem.items()}
         return replace(problem, param_mem=mem)
