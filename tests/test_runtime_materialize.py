@@ -374,3 +374,32 @@ def test_an_integer_tensor_no_initialiser_sets_is_an_error() -> None:
                                    else m.ids.copy_(torch.arange(4)))
     materialize_stages([graph.gm], spec, "cpu")
     assert torch.equal(dict(graph.gm.named_buffers())["ids"], torch.arange(4))
+
+
+def test_what_transformers_leaves_to_the_constructor_comes_from_reset_parameters() -> None:
+    """RegNet's `_init_weights` draws a convolution's weight alone, leaving its bias to the
+    constructor, which a meta build never ran: built on meta, it was refused until
+    2026-12-07 ([Note: what transformers leaves to the constructor]). Now the bias is what
+    `reset_parameters` draws (PyTorch's bound 1/sqrt(fan_in)), on every layout alike."""
+    from transformers import PreTrainedModel
+
+    from .zoo import ZOO
+
+    def materialised(stages: int) -> dict[str, torch.Tensor]:
+        spec = ZOO["regnet"]()
+        with torch.device("meta"):
+            meta = ZOO["regnet"]().model
+        outer = next(m for m in meta.modules() if isinstance(m, PreTrainedModel))
+        spec.model, spec.init_weights = meta, outer._init_weights
+        graph = autopipe.trace(meta, spec.example_inputs)
+        split = split_graph(graph, hand_plan(graph, stages))
+        for s in range(stages):
+            materialize_stages([split.stages[s].module], spec, "cpu")
+        return {n: t for s in range(stages) for n, t in _tensors(split.stages[s].module).items()}
+
+    whole = materialised(1)
+    name = "regnet.encoder.stages.0.layers.0.layer.2.attention.0"
+    bias, weight = whole[f"{name}.bias"], whole[f"{name}.weight"]
+    assert not bias.isnan().any() and bias.abs().max() <= 1 / weight[0].numel() ** 0.5
+    for n, t in materialised(2).items():
+        assert torch.equal(t, whole[n]), n

@@ -259,6 +259,7 @@ def _initialise(spec: ModelSpec, names: Mapping[str, torch.Tensor], canonical: M
             for above, init in _hf_ancestors(spec, path):
                 with _seeded(seed, f"{above}|{path}", device):
                     init(spec.model.get_submodule(above))
+            _left_to_the_constructor(spec, module, path, {c: made[c] for c in by_module[path]}, seed, device)
         unset = sorted(c.rpartition(".")[2] for c in by_module[path] if _unset(made[c]))
         if unset:
             raise SpecError(f"initialising {path or 'the model'} ({type(module).__name__}) left "
@@ -275,6 +276,32 @@ def _unset(t: torch.Tensor) -> bool:
     if t.dtype == torch.bool or t.numel() == 0:
         return False
     return bool((t == torch.iinfo(t.dtype).min).all())
+
+
+def _left_to_the_constructor(spec: ModelSpec, module: nn.Module, path: str, made: Mapping[str, torch.Tensor],
+                             seed: int, device: torch.device) -> None:
+    """Fill the tensors of ``made`` that transformers' ``_init_weights`` left unset from the
+    module's own ``reset_parameters``, as its constructor gives them on a real device.
+
+    [Note: what transformers leaves to the constructor] Built on a real device, a module's
+    constructor initialises it (``reset_parameters``) and transformers' ``_init_weights``
+    then overwrites what it knows; built on meta the constructor drew nothing, so what
+    ``_init_weights`` skips stayed unset: RegNet's squeeze-and-excitation convolutions'
+    biases (``_init_weights`` draws a convolution's weight alone) were refused until
+    2026-12-07. Now such a module's ``reset_parameters`` runs on a copy under a seed of its
+    own and only the tensors left unset are taken from it, so every other value is what it
+    was. Only where the spec asks for transformers' initialisation: an initialiser of your
+    own is all there is.
+    """
+    left = {c: t for c, t in made.items() if _unset(t)}
+    if not left or not callable(getattr(module, "reset_parameters", None)) or not _transformers_asked(spec):
+        return
+    scratch = copy.deepcopy(module)  # its own tensors real, those below it on meta
+    reset: Callable[[], None] = scratch.reset_parameters  # type: ignore[assignment]
+    with _seeded(seed, f"{path}|reset_parameters", device):
+        reset()
+    for c, t in left.items():
+        t.copy_(getattr(scratch, c.rpartition(".")[2]))
 
 
 def _transformers_asked(spec: ModelSpec) -> bool:
