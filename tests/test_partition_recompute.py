@@ -63,7 +63,10 @@ def test_ilp_equals_brute_force(case: Case) -> None:
     assert ev.fits
     assert close(ev.objective_s, exact[0])
     if not math.isnan(res.model_objective_s):
-        assert close(res.model_objective_s, res.objective_s)
+        # the MIP's own value of its answer, within HiGHS's feasibility tolerances, as in
+        # test_partition_ilp (a drawn case, 1-byte sends at 1e5 B/s, read 5.00002 for a
+        # step of 5.00003: a row's tolerance of the model's time unit, [Note] of ilp._within)
+        assert close(res.model_objective_s, res.objective_s, rel=1e-5)
     if problem.config.recompute == "full":
         assert res.recompute == problem.recompute_candidates()
 
