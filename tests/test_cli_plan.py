@@ -101,6 +101,7 @@ def test_estimate_for_a_meta_model(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 0, err
     plan = autopipe.Plan.load(out)
     assert plan.options["profile_device"] == "estimate:h100"
+    assert "the model is on the meta device, so its costs are estimated for h100" in err  # said since 2026-12-07
     assert plan.microbatches in (1, 2, 4, 8)
     assert plan.microbatches * plan.options["microbatch_size"] == 8
     assert "searched (micro-batches" in printed

@@ -300,6 +300,11 @@ def _built_and_profiled(args: argparse.Namespace, knobs: dict[str, Any],
         # planning from a given profile reads no weights either: built as for an estimate, it
         # traces the same graph (no note where it cannot be: nothing is estimated)
         spec = _spec_at(args.spec, knobs, size, estimate=bool(args.profile))[0]
+    meta = "the model is on the meta device, so its costs are estimated for h100 (--device-spec NAME for another)"
+    if not args.profile and not args.device_spec and meta not in said and any(
+            p.device.type == "meta" for p in spec.model.parameters()):
+        said.append(meta)  # a meta model cannot be measured: say what it is priced for
+        print(meta, file=sys.stderr)
     return (*_profile(args, spec, with_runtime), spec)
 
 
