@@ -139,8 +139,8 @@ PLAN_P = [*PLAN, "--profile", "{profile}"]
 # (id, argv with {file} placeholders, message fragment)
 CASES: list[tuple[str, list[str], str]] = [
     # autopipe profile
-    ("profile: --device-spec without meta",
-     ["profile", MLP, "--device-spec", "nosuchgpu", *OUT], "--device-spec applies only with --device meta"),
+    ("profile: --device-spec alone estimates (since 2026-12-07), for a spec that exists",
+     ["profile", MLP, "--device-spec", "nosuchgpu", *OUT], "unknown device spec 'nosuchgpu'"),
     ("profile: --device-spec with --device cpu",
      ["profile", MLP, "--device", "cpu", "--device-spec", "h100", *OUT], "--device-spec applies only"),
     ("profile: unknown device spec",

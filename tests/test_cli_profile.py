@@ -52,6 +52,9 @@ def test_estimate_with_own_spec_file(tmp_path: Path) -> None:
     out = tmp_path / "p.json"
     assert main(["profile", MLP, "--device", "meta", "--device-spec", str(spec), "-o", str(out)]) == 0
     assert Profile.load(out).meta["device_spec"]["name"] == "h200"
+    # --device-spec alone estimates, as `plan --device-spec` does (refused until 2026-12-07)
+    assert main(["profile", MLP, "--device-spec", "a100", "-o", str(out)]) == 0
+    assert Profile.load(out).meta["device_spec"]["name"] == "a100"
 
 
 def test_build_without_device_argument(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

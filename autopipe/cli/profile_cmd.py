@@ -34,11 +34,12 @@ def add_parser(sub: Any) -> None:
                     "--device cpu/cuda measures on real tensors; --device meta estimates from "
                     "FLOPs and bytes on a --device-spec roofline without allocating the model.")
     add_spec_args(p)
-    p.add_argument("--device", default="cpu", metavar="DEVICE",
-                   help="cpu, cuda, cuda:N (measure) or meta (estimate); default cpu")
+    p.add_argument("--device", default=None, metavar="DEVICE",
+                   help="cpu, cuda, cuda:N (measure) or meta (estimate); default cpu, or meta "
+                        "where --device-spec is given")
     p.add_argument("--device-spec", default=None, metavar="NAME|FILE.json",
-                   help="with --device meta: a shipped spec (a100, h100, h200) or your own JSON "
-                        "file; default h100")
+                   help="estimate (--device meta) for a shipped spec (a100, h100, h200) or your "
+                        "own JSON file; default h100")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="compute dtype; default: the model's")
     p.add_argument("--warmup", type=int, default=None,
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     import autopipe
     from autopipe.profile import estimate, measure
 
+    if args.device is None:  # --device-spec alone estimates, as `autopipe plan --device-spec` does
+        args.device = "meta" if args.device_spec is not None else "cpu"
     meta = args.device == "meta"
     _check_flags(args, meta)
     check_writable(args.output)
