@@ -433,7 +433,8 @@ with build(plan, spec, device="cpu") as pipe, warnings.catch_warnings(record=Tru
         pipe.sync_tied_grads()
         opt.step()
         pipe.zero_grad()
-    print("WARNED", sum("no optimizer was built by pipe.optimizer" in str(w.message) for w in seen))
+    # one write: the two ranks share the log, and print's pieces interleaved ("WARNEDWARNED  11")
+    sys.stdout.write(f"WARNED {sum('no optimizer was built by pipe.optimizer' in str(w.message) for w in seen)}\\n")
 """
 
 
