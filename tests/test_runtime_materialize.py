@@ -329,21 +329,27 @@ def test_a_parent_module_sets_its_childrens_tensors_as_transformers_does() -> No
     assert not torch.allclose(_tensors(graph.gm)["embed_positions.weight"], positions)
 
 
+def _zoo_on_meta(name: str) -> ModelSpec:
+    """The zoo's ``name`` built on meta, initialised as transformers initialises it."""
+    from transformers import PreTrainedModel
+
+    from .zoo import ZOO
+
+    spec = ZOO[name]()
+    with torch.device("meta"):
+        meta = ZOO[name]().model
+    outer = next(m for m in meta.modules() if isinstance(m, PreTrainedModel))
+    spec.model, spec.init_weights = meta, outer._init_weights
+    return spec
+
+
 def test_each_module_gets_the_init_of_the_transformers_model_it_is_in() -> None:
     """A LLaVA's CLIP vision tower is a transformers model of its own: transformers
     initialises its modules by CLIP's `_init_weights` (`smart_apply`), which sets the
     embeddings' `position_ids`; LLaVA's does not. Built on meta, the tower read its patch
     positions from uninitialised memory until 2026-12-07 ("index out of range in self")."""
-    from transformers import PreTrainedModel
-
-    from .zoo import ZOO
-
-    spec = ZOO["llava"]()
-    with torch.device("meta"):
-        meta = ZOO["llava"]().model
-    outer = next(m for m in meta.modules() if isinstance(m, PreTrainedModel))
-    spec.model, spec.init_weights = meta, outer._init_weights
-    graph = autopipe.trace(meta, spec.example_inputs)
+    spec = _zoo_on_meta("llava")
+    graph = autopipe.trace(spec.model, spec.example_inputs)
     materialize_stages([graph.gm], spec, "cpu")
     positions = dict(graph.gm.named_buffers())["model.model.vision_tower.embeddings.position_ids"]
     assert torch.equal(positions, torch.arange(positions.shape[-1]).expand_as(positions))
@@ -381,17 +387,9 @@ def test_what_transformers_leaves_to_the_constructor_comes_from_reset_parameters
     constructor, which a meta build never ran: built on meta, it was refused until
     2026-12-07 ([Note: what transformers leaves to the constructor]). Now the bias is what
     `reset_parameters` draws (PyTorch's bound 1/sqrt(fan_in)), on every layout alike."""
-    from transformers import PreTrainedModel
-
-    from .zoo import ZOO
-
     def materialised(stages: int) -> dict[str, torch.Tensor]:
-        spec = ZOO["regnet"]()
-        with torch.device("meta"):
-            meta = ZOO["regnet"]().model
-        outer = next(m for m in meta.modules() if isinstance(m, PreTrainedModel))
-        spec.model, spec.init_weights = meta, outer._init_weights
-        graph = autopipe.trace(meta, spec.example_inputs)
+        spec = _zoo_on_meta("regnet")
+        graph = autopipe.trace(spec.model, spec.example_inputs)
         split = split_graph(graph, hand_plan(graph, stages))
         for s in range(stages):
             materialize_stages([split.stages[s].module], spec, "cpu")
