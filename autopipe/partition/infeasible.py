@@ -59,11 +59,13 @@ def _least_recompute(problem: Problem, stage_of: Sequence[int]) -> tuple[int, ..
     if cfg.recompute == "none":
         return ()
     candidates = problem.recompute_candidates()
-    inputs = problem.input_bytes()
-    acts = [b.activation_bytes for b in problem.blocks]
-    chain = tuple(b for b in candidates
-                  if cfg.recompute == "full"
-                  or cfg.inflight(stage_of[b]) * (acts[b] - inputs[b]) - acts[b] > 0)
+    prices = Chain(problem)
+
+    def frees(b: int) -> bool:  # recomputing b alone frees memory on its stage (Chain.freed)
+        freed = prices.freed(cfg.inflight(stage_of[b]))
+        return bool(freed[b + 1] > freed[b])
+
+    chain = tuple(b for b in candidates if cfg.recompute == "full" or frees(b))
     choices = [(), chain, tuple(candidates)]
     memory = [[s.memory for s in evaluate(problem, stage_of, c).stages] for c in choices]
     best = [min(range(len(choices)), key=lambda k: memory[k][s]) for s in range(cfg.num_stages)]

@@ -644,8 +644,8 @@ def _block_stages(problem: Problem, plan: Plan) -> list[int]:
 
 def _unsolved(problem: Problem, error: PlanError) -> PlanError:
     """``error`` (no partition found in the time, with recomputation or without) with what
-    the most memory-balanced chain split recomputing every block needs and what would fit,
-    where no chain split fits even so: then it is as good as infeasible. The chain is
+    the most memory-balanced chain split recomputing where that frees memory needs and what
+    would fit, where no chain split fits even so: then it is as good as infeasible. The chain is
     ``auto``'s, which recomputes a block only where that frees memory: ``full``'s also
     recomputes where that costs some (a stage holding one micro-batch keeps each block's
     input besides its activations alive again), and a chain split that fit recomputing

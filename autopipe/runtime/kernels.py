@@ -33,11 +33,10 @@ def histc(x: torch.Tensor, bins: int = 100, min: float = 0, max: float = 0) -> t
     return torch.histc(x, bins, min, max)
 
 
-def mend_kernels(gm: fx.GraphModule) -> bool:
-    """Route ``gm``'s ``histc`` nodes through ``histc``, in place; whether any was."""
+def mend_kernels(gm: fx.GraphModule) -> None:
+    """Route ``gm``'s ``histc`` nodes through ``histc``, in place."""
     found = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in _HISTC]
     for n in found:
         n.target = histc
     if found:
         gm.recompile()
-    return bool(found)

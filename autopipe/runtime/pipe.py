@@ -488,10 +488,11 @@ class Pipe:
                                        "weights first, or build with init=...)")
         values: Mapping[str, torch.Tensor] = state
         shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else () for k, v in state.items()}
-        laid_out = in_model_names(state, self.spec.model, self.model_keys(), read)
+        known = self.model_keys()
+        laid_out = in_model_names(state, self.spec.model, known, read)
         if laid_out is not None:
             values, shapes = laid_out
-        pairs = match_state(own, shapes, tied=self.tied, known=self.model_keys(), strict=strict,
+        pairs = match_state(own, shapes, tied=self.tied, known=known, strict=strict,
                             what="the state dict", source="given")
         check_tied_alike(values, self.tied, what="the state dict")
         for name, key in pairs:
