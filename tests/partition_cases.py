@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +25,12 @@ class Case:
     profile: Profile
     config: Config
     optimizer: str
+    node_layer: dict[str, int] = dataclasses.field(default_factory=dict)
+    """The layers recomputed regions may not span (``Problem.node_layer``)."""
 
     def problem(self) -> Problem:
-        return merge_forced(from_profile(self.profile, self.config, optimizer=self.optimizer))
+        problem = merge_forced(from_profile(self.profile, self.config, optimizer=self.optimizer))
+        return dataclasses.replace(problem, node_layer=self.node_layer)
 
 
 def times(most: float) -> st.SearchStrategy[float]:
@@ -130,13 +134,15 @@ def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6, tables: bo
 @st.composite
 def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
           schedules: tuple[str, ...] = ("1f1b", "gpipe"), recompute: tuple[str, ...] = ("none",),
-          remake: tuple[str, ...] = ("none",), no_grad: bool = False) -> Case:
+          remake: tuple[str, ...] = ("none",), no_grad: bool = False, layered: bool = False) -> Case:
     """A random profile and a random pipeline for it (memory limits sometimes too small).
 
     A zb-h1 pipeline gets a micro-batch count its rounds divide (``check_schedule``).
     ``recompute``: the recomputation modes to draw from; ``remake``: the modes of values
     made again to draw from (other than ``none``: the profile has some); ``no_grad``: the
-    profile marks values without a gradient, some of which go forward only.
+    profile marks values without a gradient, some of which go forward only; ``layered``:
+    half the cases put the nodes in layers, runs of the node order that no recomputed
+    region spans ([Note: a region per layer]).
     """
     profile = draw(profiles(max_nodes=max_nodes, tables=remake != ("none",), no_grad=no_grad))
     p = draw(st.sampled_from([2, 3, 1][: max_stages] if max_stages < 3 else [2, 3, 1]))
@@ -170,7 +176,11 @@ def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
                     recompute=draw(st.sampled_from(list(recompute))), remake=draw(st.sampled_from(list(remake))))
     # the profile's rates for the plan's optimizer give the same step (float32: 4 bytes an element)
     profile = dataclasses.replace(profile, optimizer={optimizer: (step[0], step[1] * 4)}, runtime=runtime)
-    return Case(profile=profile, config=config, optimizer=optimizer)
+    node_layer: dict[str, int] = {}
+    if layered and draw(st.booleans()):
+        starts = draw(st.lists(st.booleans(), min_size=len(profile.nodes), max_size=len(profile.nodes)))
+        node_layer = {n.name: k for n, k in zip(profile.nodes, itertools.accumulate(starts))}
+    return Case(profile=profile, config=config, optimizer=optimizer, node_layer=node_layer)
 
 
 @st.composite

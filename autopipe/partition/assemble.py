@@ -76,7 +76,7 @@ def stages(problem: Problem, stage_of: Sequence[int], ev: Evaluation) -> tuple[S
     steps = optimizer_steps(problem, stage_of)
     order = {n: i for i, n in enumerate(problem.node_order)}
     regions: list[list[tuple[str, ...]]] = [[] for _ in range(problem.config.num_stages)]
-    for region in regions_of(stage_of, ev.recompute):  # one checkpointed group each, in graph order
+    for region in regions_of(stage_of, ev.recompute, problem.region_breaks()):  # one checkpointed group each
         nodes = [n for b in region for n in problem.blocks[b].nodes]
         regions[stage_of[region[0]]].append(tuple(sorted(nodes, key=lambda n: order.get(n, 0))))
     result = []

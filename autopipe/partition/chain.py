@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from autopipe.partition.costs import usable
-from autopipe.partition.problem import Problem
+from autopipe.partition.costs import layers_of, usable
+from autopipe.partition.problem import REGION_SPAN, Problem
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -26,10 +26,12 @@ class Chain:
         n = problem.size
         self.n = n
         blocks = problem.blocks
-        # recomputation ([Note: recomputation]): "full" pays its forwards again; both price
-        # each recomputed block alone (its inputs kept, its activations alive once), an
-        # upper bound on its memory; "auto" recomputes the blocks that free memory so, a
-        # bound both ways (least memory, no extra time)
+        # recomputation ([Note: recomputation]): "full" pays its forwards again and keeps
+        # what each block reads from outside the run of candidates of its layer it lies in,
+        # bringing back its largest layer's activations (``_full``: upper bounds of both);
+        # "auto" prices each recomputed block alone (its inputs kept, its activations alive
+        # again) and recomputes the blocks that free memory so, a bound both ways (least
+        # memory, no extra time)
         work = np.array([b.work_s for b in blocks], dtype=np.float64)
         self._candidates = np.zeros(n, dtype=np.bool_)
         self._inputs = np.array(problem.input_bytes(), dtype=np.float64)
@@ -38,6 +40,9 @@ class Chain:
                 self._candidates[b] = True
                 if cfg.recompute == "full":
                     work[b] += blocks[b].forward_s
+        if cfg.recompute == "full":
+            self._inputs, self._layer_act, cand_act = _full(problem, self._candidates)
+            self._cand_act = np.concatenate([[0.0], np.cumsum(cand_act)])
         self._freed: dict[int, FloatArray] = {}
         self.work = np.concatenate([[0.0], np.cumsum(work)])
         self.fwd = np.concatenate([[0.0], np.cumsum([b.forward_s for b in blocks])])
@@ -158,6 +163,9 @@ class Chain:
         if recompute and self._candidates.any():
             freed = self.freed(cfg.inflight(s))
             act = act - (freed[i] - freed[js])
+            if cfg.recompute == "full" and i > 0:  # one layer's back at a time, at most all of them
+                most = np.maximum.accumulate(self._layer_act[:i][::-1])[::-1]
+                act = act + np.minimum(self._cand_act[i] - self._cand_act[js], most[js])
         step = self.pstep[i] - self.pstep[js] + _shared(self.shared_step, i, j)
         # Problem.held_while_running: the loss's workspace or the blocks' largest transient
         work = np.full(len(j), float(self.problem.workspace) if s == cfg.num_stages - 1 else 0.0)
@@ -173,9 +181,10 @@ class Chain:
         ``inflight`` micro-batches."""
         if inflight not in self._freed:
             act = np.array([float(b.activation_bytes) for b in self.problem.blocks])
-            freed = np.where(self._candidates, inflight * (act - self._inputs) - act, 0.0)
-            if self.problem.config.recompute == "auto":
-                freed = np.maximum(freed, 0.0)
+            if self.problem.config.recompute == "full":  # the alive again term: ``_memory``
+                freed = np.where(self._candidates, inflight * (act - self._inputs), 0.0)
+            else:
+                freed = np.maximum(np.where(self._candidates, inflight * (act - self._inputs) - act, 0.0), 0.0)
             self._freed[inflight] = np.concatenate([[0.0], np.cumsum(freed)])
         return self._freed[inflight]
 
@@ -196,6 +205,27 @@ class Chain:
             out += [s] * (end - start)
             start = end
         return out
+
+
+def _full(problem: Problem, candidates: BoolArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """``full`` recomputation's prices per block, upper bounds of ``costs.evaluate``'s in any
+    segment: the bytes a candidate keeps (what it reads from another run of candidates
+    than its own, runs ending at every other block and at ``Problem.region_breaks``, or
+    from ``REGION_SPAN`` blocks back; what it reads from an earlier stage is counted as
+    received already), its layer's candidates' activations (the most its stage can bring
+    back at once from that layer), and its own activations where it is a candidate."""
+    breaks = problem.region_breaks()
+    run = np.cumsum([b in breaks or not candidates[b] or (b > 0 and not candidates[b - 1])
+                     for b in range(problem.size)])
+    kept = np.zeros(problem.size)
+    for v in problem.values:
+        for d in v.dsts:
+            if candidates[d] and (run[d] != run[v.src] or not candidates[v.src] or d - v.src >= REGION_SPAN):
+                kept[d] += v.bytes
+    act = np.where(candidates, [float(b.activation_bytes) for b in problem.blocks], 0.0)
+    layer = np.array(layers_of(problem.size, breaks))
+    per_layer = np.bincount(layer, weights=act)
+    return kept, per_layer[layer], act
 
 
 def _shared(shared: list[tuple[float, tuple[int, ...]]], i: int, j: range) -> FloatArray:

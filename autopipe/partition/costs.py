@@ -63,16 +63,33 @@ recomputes:
     memory_s  −= inflight_s · Σ_{b ∈ R_s} activation_b
               += inflight_s · Σ_{v kept} bytes_v          (v is read by some b ∈ R_s and
                                                          not made in b's region; each once)
-              +  Σ_{b ∈ R_s} activation_b                (alive again while the backward
+              +  max_u Σ_{b ∈ R_s ∩ u} activation_b      (alive again while the backward
                                                          runs: one micro-batch's)
 
-The last term is exact when the stage's recomputed blocks form one region and errs high
-otherwise (a backward holds one region's at a time). With virtual stages a chunk recomputes
+where u ranges over the stage's layers ([Note: a region per layer]), or is every block
+where the model has none. The last term is exact when each layer's recomputed blocks form one
+region and errs high otherwise (a backward holds one region's at a time). With virtual stages a chunk recomputes
 as a stage does, and its rank's memory (``RankMemory``) counts, at each moment of its
 program, every chunk's held micro-batches × its reduced saved bytes, plus the largest of
 its chunks' last terms (a rank runs one backward at a time; adding it at the rank's worst
 moment errs high, as the last term does). The ILP takes that largest term as a variable
 L_r ≥ the term of each chunk of rank r.
+
+[Note: a region per layer]
+
+A stage that recomputed every block as one region (the longest run) kept only its input,
+but its backward brought back the activations of all its layers at once: Gemma 2 at 4,096
+tokens under ``full``, 2 layers and a half on a stage, 17.7 GiB (11.1 GiB now).
+torchtitan's and Megatron-LM's full recomputation checkpoints each transformer layer
+alone, which keeps each layer's input (its hidden state, 32 MiB a micro-batch there) and
+brings back one layer's activations at a time. So does autopipe's: where the model has
+repeated layers (``Problem.node_layer``: the layers ``--granularity layer`` cuts between,
+each holding modules of its own), no region spans two (``Problem.region_breaks``, the
+blocks that begin another layer than the block before them ends), and a layer keeps the
+values it reads from an earlier one. What runs before the first layer and after the last
+forms regions of its own. A coarsened block that spans two layers recomputes as one
+region, in the plan as in the runtime. Under ``auto`` too, so that recomputing every
+candidate, ``full``'s choice, stays one of ``auto``'s.
 
 [Note: recomputation in a split backward]
 
@@ -404,15 +421,26 @@ def recomputed(problem: Problem, recompute: Collection[int] | None) -> tuple[int
     return out
 
 
-def regions(stage_of: Sequence[int], recompute: Collection[int]) -> tuple[tuple[int, ...], ...]:
-    """The recomputed regions: the longest runs of consecutive recomputed blocks in one stage."""
+def regions(stage_of: Sequence[int], recompute: Collection[int],
+            breaks: Collection[int] = frozenset()) -> tuple[tuple[int, ...], ...]:
+    """The recomputed regions: the longest runs of consecutive recomputed blocks in one
+    stage, none reaching over a block of ``breaks`` (``Problem.region_breaks``)."""
     out: list[list[int]] = []
     for b in sorted(recompute):
-        if out and out[-1][-1] == b - 1 and stage_of[b - 1] == stage_of[b]:
+        if out and out[-1][-1] == b - 1 and stage_of[b - 1] == stage_of[b] and b not in breaks:
             out[-1].append(b)
         else:
             out.append([b])
     return tuple(tuple(r) for r in out)
+
+
+def layers_of(size: int, breaks: Collection[int]) -> list[int]:
+    """Per block, its layer for recomputation: how many of ``breaks`` lie at or before it."""
+    out, k = [], 0
+    for b in range(size):
+        k += b in breaks
+        out.append(k)
+    return out
 
 
 def evaluate(problem: Problem, stage_of: Sequence[int],
@@ -500,12 +528,17 @@ def evaluate(problem: Problem, stage_of: Sequence[int],
 def _recompute(problem: Problem, stage_of: Sequence[int], chosen: Sequence[int], again: list[float],
                act: list[int], live: list[int]) -> None:
     """Add the recomputed blocks' forward time, kept inputs and live bytes per stage."""
-    region_of = {b: k for k, region in enumerate(regions(stage_of, chosen)) for b in region}
+    breaks = problem.region_breaks()
+    region_of = {b: k for k, region in enumerate(regions(stage_of, chosen, breaks)) for b in region}
+    layer = layers_of(problem.size, breaks)
+    alive: dict[tuple[int, int], int] = {}  # (stage, layer) → its recomputed activations
     for b in chosen:
         s = stage_of[b]
         again[s] += problem.blocks[b].forward_s
         act[s] -= problem.blocks[b].activation_bytes
-        live[s] += problem.blocks[b].activation_bytes
+        alive[s, layer[b]] = alive.get((s, layer[b]), 0) + problem.blocks[b].activation_bytes
+    for (s, _), n in alive.items():  # [Note: a region per layer]: one layer's at a time
+        live[s] = max(live[s], n)
     for v in problem.values:
         kept: set[int] = set()
         made_in = region_of.get(v.src)

@@ -100,6 +100,7 @@ from autopipe.partition.costs import (
     TIE_BANDS,
     Evaluation,
     evaluate,
+    layers_of,
     memory_scales,
     tie_key,
     violations,
@@ -234,6 +235,9 @@ class _Model:
         """w[v,s], the largest of its terms: value v is kept by a region of stage s."""
         self.peak_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
         """L_r, the largest of its terms: the recomputed activations alive again on rank r."""
+        self.layer_vars: list[tuple[pulp.LpVariable, list[_Lin]]] = []
+        """A_s, the largest of its terms: the recomputed activations of stage s's largest
+        layer ([Note: a region per layer] in ``autopipe.partition.costs``)."""
         self._order(anc)
         x_bytes, y_bytes, forward_messages, back_messages = self._crossings(anc)
         held = self._holders()
@@ -674,6 +678,9 @@ class _Model:
         here = {b for b in self.candidates if self.lo[b] <= s <= self.hi[b]}
         if not here:
             return
+        breaks = problem.region_breaks()
+        layer = layers_of(problem.size, breaks)
+        alive: dict[int, _Lin] = {}  # per layer ([Note: a region per layer])
         for b in sorted(here):
             again = self.recomputes(b, s)
             if cfg.recompute == "auto":
@@ -681,7 +688,15 @@ class _Model:
             for lin in passes:
                 lin.add(again, problem.blocks[b].forward_s / speed / tau)
             saved.add(again, -inflight * problem.blocks[b].activation_bytes / scale)
-            live.add(again, problem.blocks[b].activation_bytes / scale)
+            alive.setdefault(layer[b], _Lin()).add(again, problem.blocks[b].activation_bytes / scale)
+        if len(alive) == 1:
+            live.add(next(iter(alive.values())), 1.0)
+        else:  # the largest layer's: L_s ≥ each
+            most = self._var(f"A_{s}")
+            self.layer_vars.append((most, list(alive.values())))
+            live.add(most, 1.0)
+            for u, lin in alive.items():
+                self._row([(lin, 1.0), (most, -1.0)], "<=", f"layer_{s}_{u}")
         for i, v in enumerate(problem.values):
             readers = [d for d in v.dsts if d in here]
             if not readers or v.bytes == 0:
@@ -690,7 +705,7 @@ class _Model:
             terms: list[_Lin] = []
             for d in readers:
                 inside = range(v.src, d)
-                if d - v.src >= REGION_SPAN or any(k not in here for k in inside):
+                if d - v.src >= REGION_SPAN or layer[d] != layer[v.src] or any(k not in here for k in inside):
                     inside = range(0)  # never made in d's region: kept whenever d recomputes
                 for k in inside or [None]:
                     diff = self.recomputes(d, s)
@@ -781,7 +796,7 @@ class _Model:
         chosen = set(recompute)
         for (b, s), var in self.r.items():
             values[var.name] = 1.0 if b in chosen and stage_of[b] == s else 0.0
-        for var, terms in (self.crossing_vars + self.holder_vars + self.kept_vars + self.peak_vars
+        for var, terms in (self.crossing_vars + self.holder_vars + self.kept_vars + self.layer_vars + self.peak_vars
                            + self.remake_vars):
             values[var.name] = max(0.0, max(t.value(values) for t in terms))
         for per_stage, levels in self.tied_levels:

@@ -319,6 +319,23 @@ def _node_units(problem: Problem, layer_of: dict[str, str]) -> tuple[dict[str, i
     return unit, paths
 
 
+def node_layers(problem: Problem, pattern: str | None = None) -> dict[str, int]:
+    """Node → its layer for ``full`` recomputation's regions (``Problem.node_layer``; [Note:
+    a region per layer] in ``autopipe.partition.costs``): the units of the layers that
+    ``pattern`` matches, or that ``--granularity layer`` would find (``auto_lists``). Empty
+    where there are none, or where no layer holds a module of its own (a ``Sequential``
+    of a ``Linear`` and an activation: a region per layer would keep what each saves)."""
+    if pattern is None:
+        chosen = auto_lists(problem, [x for x, _, _ in repeated_lists(problem)])
+        if not chosen:
+            return {}
+        pattern = _pattern(problem, chosen)
+    layer_of = _layer_paths(problem, matcher(pattern))
+    if all(module == layer for module, layer in layer_of.items()):
+        return {}
+    return _node_units(problem, layer_of)[0]
+
+
 def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
     """``problem`` with cuts only between units; ``cut_at`` None finds the layers itself.
 

@@ -27,7 +27,7 @@ from autopipe.partition.devices import DevicesArg, resolve_devices
 from autopipe.partition.dp import min_bottleneck
 from autopipe.partition.ilp import solve_ilp
 from autopipe.partition.infeasible import chain_fits, explain
-from autopipe.partition.layers import Layers, check_granularity, record, restrict
+from autopipe.partition.layers import Layers, check_granularity, node_layers, record, restrict
 from autopipe.partition.mip_time import not_solving
 from autopipe.partition.problem import (
     MULTI_CHUNK,
@@ -503,6 +503,9 @@ def _build(profile: Profile, num_stages: int, microbatches: int, schedule: str,
         if options.layered:
             layered, layers = restrict(base, options.cut_at)
             problem = coarsen(layered, limit)
+        if options.recompute != "none":  # [Note: a region per layer] in autopipe.partition.costs
+            node_layer = node_layers(base, layers.pattern if layers is not None else None)
+            problem, free = replace(problem, node_layer=node_layer), replace(free, node_layer=node_layer)
     extra = {"optimizer": options.optimizer, "dtype": options.dtype or profile.dtype,
              "link_bandwidth": None if math.isinf(bw) else bw,
              "profile_device": profile.device, "profile_method": profile.method,
@@ -650,9 +653,12 @@ def _unsolved(problem: Problem, error: PlanError) -> PlanError:
     recomputes where that costs some (a stage holding one micro-batch keeps each block's
     input besides its activations alive again), and a chain split that fit recomputing
     less was not found, the error said nothing fit, and its hint named more stages than
-    needed (a Gemma-2-27B shape on 80 GB H100s: 17, where 16 fit)."""
+    needed (a Gemma-2-27B shape on 80 GB H100s: 17, where 16 fit). ``full``'s is asked too:
+    recomputing every candidate is one of ``auto``'s choices, and ``full``'s chain prices a
+    run of recomputed blocks as one region, keeping its first block's inputs only, where
+    ``auto``'s keeps every block's."""
     some = _with_recompute(problem, "auto")
-    if chain_fits(some):
+    if chain_fits(some) or chain_fits(_with_recompute(problem, "full")):  # full's is auto's too
         return error
     why = explain(some, "dp")
     return InfeasiblePlanError(f"{error.message}, with or without recomputation; and {why.message}",

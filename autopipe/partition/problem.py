@@ -317,6 +317,10 @@ class Problem:
     sending only the rows a step wrote: read by exactly two nodes, one of them an
     embedding reading it alone, on CPU ranks as ``fuse_weight_grads`` fuses it ([Note: a
     tied embedding's rows] in ``autopipe.runtime.sum_over``); priced by ``Config.tied_sum_s``."""
+    node_layer: dict[str, int] = field(default_factory=dict)
+    """Node name → the layer it runs in: 0 before the model's first repeated layer, 1…L
+    the layers, L+1 after the last (``autopipe.partition.layers.node_layers``). Empty where
+    no layers were found. No recomputed region spans two layers (``region_breaks``)."""
 
     def __post_init__(self) -> None:
         for v in self.values:
@@ -408,6 +412,17 @@ class Problem:
             for d in v.dsts:
                 out[d] += v.bytes
         return out
+
+    def region_breaks(self) -> frozenset[int]:
+        """Blocks that begin a recomputed region whatever the block before them does: each
+        whose first node runs in another layer than the last node of the block before it
+        ([Note: a region per layer] in ``autopipe.partition.costs``). Empty where no layers
+        are known: regions are the longest runs."""
+        if self.config.recompute == "none" or not self.node_layer:
+            return frozenset()
+        layer = self.node_layer
+        return frozenset(b for b in range(1, self.size)
+                         if layer.get(self.blocks[b].nodes[0]) != layer.get(self.blocks[b - 1].nodes[-1]))
 
     def recompute_candidates(self) -> tuple[int, ...]:
         """Blocks that may be recomputed under ``config.recompute`` (none: no block): they
