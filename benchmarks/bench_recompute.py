@@ -36,7 +36,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from autopipe._units import format_seconds, format_size, parse_size
-from autopipe.errors import InfeasiblePlanError
+from autopipe.errors import InfeasiblePlanError, PlanError
 from autopipe.partition import plan_profile
 from autopipe.partition.chain import Chain
 from autopipe.partition.coarsen import coarsen, merge_forced
@@ -108,6 +108,8 @@ def _plan(prof: Profile, name: str, limit: int, m: int, recompute: str, schedule
                             schedule=schedule, recompute=recompute, time_limit=time_limit)
     except InfeasiblePlanError as e:
         return Row(name, m, None, time.perf_counter() - t, why=e.message.split(":")[0])
+    except PlanError as e:  # nothing found in the time (a busy host): a row, not a traceback
+        return Row(name, m, None, time.perf_counter() - t, why=e.message)
     return Row(name, m, plan, time.perf_counter() - t)
 
 
