@@ -77,11 +77,11 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
                  "stacks (cutting one stack only leaves the other inside E or L)")
     uncut = split.uncut if split.uncut is not None else split.visible_stacks()
     if uncut:
-        stacks = ", ".join(f"{x} ({n} blocks)" for x, n in uncut)
+        stacks = ", ".join(f"{x} ({n} block{'s' * (n != 1)})" for x, n in uncut)
         raise ExportError(
             f"Megatron-LM's pipeline layout reads E as the embedding and L as the output layer "
             f"and loss, but this plan cuts only between the layers of "
-            f"{', '.join(split.lists) or split.pattern!r}, and {stacks} runs before or after them, "
+            f"{', '.join(split.lists) or split.pattern!r}, and {stacks} run{'s' * (len(uncut) == 1)} before or after them, "
             f"inside E or L",
             hint="export it --format torchtitan or deepspeed, whose module lists say what each "
                  "stage holds")

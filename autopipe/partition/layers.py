@@ -55,9 +55,10 @@ class Layers:
     lists: tuple[str, ...]
     """The module lists the layers belong to, in the order they first run (``model.layers``)."""
     uncut: tuple[tuple[str, int], ...] = ()
-    """Other module lists of repeated blocks (path, children), outside the layers cut
-    between: an encoder's layers where only the decoder's are (``--cut-at``); they run
-    inside the units before or after the layers, which Megatron-LM's layout cannot say."""
+    """Other stacks of blocks (path, blocks), outside the layers cut between: an encoder's
+    layers where only the decoder's are (``--cut-at``), a stack of one layer beside the list
+    found ([Note: which lists are uncut stacks]); they run inside the units before or after
+    the layers, which Megatron-LM's layout cannot say."""
     alike: bool
     """True when the layers are the numbered children of ``lists`` (all of them), each list's
     built alike (``_repeats``, or one child): one stack of transformer layers per list, as
@@ -383,7 +384,7 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
     lists = tuple(dict.fromkeys(x.rsplit(".", 1)[0] if "." in x else "" for x in paths))
     layers = Layers(pattern=cut_at, auto=auto, node_unit=node_unit,
                     units=tuple(tuple(m) for m in modules), lists=lists,
-                    uncut=_uncut(found, paths, lists), alike=_alike(problem, paths, lists))
+                    uncut=_uncut(problem, found, paths, lists), alike=_alike(problem, paths, lists))
     out = merge_forced(regroup(problem, groups))
     p = problem.config.num_stages
     if out.num_real < p:
@@ -396,15 +397,35 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
     return out, layers
 
 
-def _uncut(found: list[tuple[str, int, float]], paths: list[str],
+def _uncut(problem: Problem, found: list[tuple[str, int, float]], paths: list[str],
            lists: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
-    """Of the lists of repeated blocks ``found`` (``repeated_lists``), those not cut between
-    and outside the layers (``Layers.uncut``): not one of ``lists``, not inside a layer of
-    ``paths`` (a layer's experts), not enclosing one."""
+    """Of the stacks of blocks, those not cut between and outside the layers
+    (``Layers.uncut``): not one of ``lists``, not inside a layer of ``paths`` (a layer's
+    experts), not enclosing one.
+
+    [Note: which lists are uncut stacks]
+    A stack is a list of ``found`` (``repeated_lists``) built alike (``_repeats``) or whose
+    blocks all hold modules of their own (a hybrid's unlike layers, ``_nested_blocks``), or a
+    stack of one layer (``single_lists``). Until 2026-12-07 every numbered list counted: a
+    ``Sequential`` head (ResNet's ``classifier``: ``Flatten``, ``Linear``; GIT's
+    ``visual_projection``) was "a stack of 2 blocks inside E or L" in Megatron-LM's refusal,
+    while one-layer stacks did not count at all: a Speech2Text of one encoder and one decoder
+    layer, cut between its two subsampling convs (the only list of two), was exported to
+    Megatron-LM as ``E|t|t|L``, the whole transformer inside L.
+    """
     def related(x: str) -> bool:
         return any(p == x or p.startswith(x + ".") or x.startswith(p + ".") for p in paths)
-    return tuple((x, n) for x, n, _ in found
-                 if n > 1 and x not in lists and not related(x))
+    stacks = [(x, n) for x, n, _ in found
+              if n > 1 and (_repeats(problem, x) or _nested_blocks(problem, x))]
+    stacks += [(x, 1) for x in single_lists(problem)]
+    return tuple((x, n) for x, n in stacks if x not in lists and not related(x))
+
+
+def _nested_blocks(problem: Problem, x: str) -> bool:
+    """Whether every numbered child of list ``x`` that runs nodes runs them in modules of its
+    own (``x.3.mlp``): blocks, not the leaf modules of a ``Sequential`` (``x.1``, a ``Linear``)."""
+    calls = _child_calls(problem, x)
+    return bool(calls) and all(all(inner for inner, _ in c) for c in calls.values())
 
 
 def _in_order(problem: Problem, groups: list[list[int]]) -> list[list[int]]:

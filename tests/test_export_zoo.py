@@ -1,0 +1,90 @@
+"""Tests for autopipe/export on Hugging Face models of the zoo (tests/zoo.py) that nobody here
+wrote: each defect the export sweep of 2026-12-07 found, planned layer-granular from an
+estimated profile (the same cuts every run), and held to what a user of each engine expects.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+
+import autopipe
+from autopipe.errors import ExportError
+from autopipe.export import export_plan
+from autopipe.partition.planner import plan_profile
+from autopipe.plan_format import Plan
+from autopipe.profile.estimate import estimate
+from autopipe.profile.profile import Profile
+from autopipe.spec import ModelSpec, example_target
+from tests import zoo
+from tests.test_export import canonical, split_module, stage_params
+
+
+@cache
+def profiled(name: str) -> tuple[ModelSpec, Profile]:
+    """Zoo model ``name`` and its estimated profile (H100), once per test process."""
+    spec = zoo.ZOO[name]()
+    graph = autopipe.trace(spec.model, spec.example_inputs, spec.example_kwargs)
+    profile = estimate(graph, spec.example_inputs, spec.example_kwargs, progress=False,
+                       loss_fn=spec.loss_fn, target=example_target(spec))
+    return spec, profile
+
+
+@cache
+def planned(name: str, stages: int = 2, cut_at: str | None = None) -> Plan:
+    """``name`` planned layer-granular (or between ``cut_at``) into ``stages`` stages."""
+    return plan_profile(profiled(name)[1], num_stages=stages, microbatches=2 * stages,
+                        granularity="layer", cut_at=cut_at, time_limit=30)
+
+
+def assert_torchtitan_splits_into_the_plan(name: str, plan: Plan) -> None:
+    """torchtitan's parts, split as its ``_split_module`` does, hold each stage's parameters."""
+    spec, profile = profiled(name)
+    names, want = canonical(spec.model), stage_params(plan, profile)
+    parts = export_plan(plan, "torchtitan")["parallelism"]["module_fqns_per_model_part"]
+    for s, fqns in enumerate(parts):
+        got = {names[n] for n, _ in split_module(spec.model, fqns).named_parameters(remove_duplicate=False)}
+        assert got == want[s], f"stage {s}: extra {sorted(got - want[s])[:3]}, missing {sorted(want[s] - got)[:3]}"
+
+
+def test_megatron_refuses_one_layer_stacks_left_inside_e_or_l() -> None:
+    """A Speech2Text of one encoder and one decoder layer: its only list of two blocks is the
+    conv subsampler's, so the layers are its two convs and the transformer runs whole after
+    them. Megatron-LM was given ``Ett|L`` (until 2026-12-07), the encoder-decoder inside L,
+    which it reads as the output layer and loss ([Note: which lists are uncut stacks])."""
+    plan = planned("speech2text")
+    info = plan.options["granularity"]
+    assert info["lists"] == ["model.model.encoder.conv.conv_layers"]
+    assert info["uncut"] == [["model.model.encoder.layers", 1], ["model.model.decoder.layers", 1]]
+    with pytest.raises(ExportError, match=r"model\.model\.encoder\.layers \(1 block\), "
+                                          r"model\.model\.decoder\.layers \(1 block\) run before "
+                                          r"or after them, inside E or L"):
+        export_plan(plan, "megatron")
+    assert_torchtitan_splits_into_the_plan("speech2text", plan)
+    ds = export_plan(plan, "deepspeed")  # the two convs; the transformer after them
+    assert ds["parts"] == [0, 2, 3] and "model.model.encoder.layers" in ds["layers"][-1]
+
+
+def test_megatron_refuses_a_one_layer_encoder_left_inside_e() -> None:
+    """A BART of one layer per stack cut at its decoder alone: its encoder, a stack of one
+    layer, runs inside E; Megatron-LM was given ``Et|L`` for it (until 2026-12-07)."""
+    plan = planned("bart", cut_at="model.model.decoder.layers.*")
+    assert plan.options["granularity"]["uncut"] == [["model.model.encoder.layers", 1]]
+    with pytest.raises(ExportError, match=r"model\.model\.encoder\.layers \(1 block\) runs before"):
+        export_plan(plan, "megatron")
+    assert planned("bart").options["granularity"]["uncut"] == []  # both stacks cut between
+
+
+@pytest.mark.parametrize("name,head", [("resnet", "classifier"), ("git", "model.git.visual_projection.visual_projection")])
+def test_a_sequential_head_is_no_stack_left_uncut(name: str, head: str) -> None:
+    """ResNet's ``classifier`` (``Flatten``, ``Linear``) and GIT's ``visual_projection``
+    (``Linear``, ``LayerNorm``) are numbered, but no stack of blocks: Megatron-LM's refusal of
+    a ResNet said ``classifier (2 blocks) runs before or after them, inside E or L`` (until
+    2026-12-07); it now says what it refuses for (ResNet's stages are not built alike)."""
+    plan = planned(name)
+    assert plan.options["granularity"]["uncut"] == []
+    with pytest.raises(ExportError) as e:
+        export_plan(plan, "megatron")
+    assert head not in e.value.message
+    assert_torchtitan_splits_into_the_plan(name, plan)
