@@ -88,3 +88,36 @@ def test_a_sequential_head_is_no_stack_left_uncut(name: str, head: str) -> None:
         export_plan(plan, "megatron")
     assert head not in e.value.message
     assert_torchtitan_splits_into_the_plan(name, plan)
+
+
+def test_a_layer_run_several_times_is_no_megatron_layer_and_several_deepspeed_entries() -> None:
+    """ALBERT runs its one layer group once per hidden layer (2 here), its weights shared.
+    Megatron-LM was given ``--num-layers 1`` and ``Et|L`` and DeepSpeed's layer list ran the
+    group once (until 2026-12-07): a model of half the depth ([Note: a layer run several
+    times] in autopipe/partition/layers.py)."""
+    plan = planned("albert")
+    group = "albert.encoder.albert_layer_groups.0"
+    info = plan.options["granularity"]
+    assert info["lists"] == ["albert.encoder.albert_layer_groups"] and info["runs"] == [1, 1]
+    with pytest.raises(ExportError, match=rf"\({group} runs 2 times\): --num-layers 1 would build "
+                                          r"1 layer where the model runs 2") as e:
+        export_plan(plan, "megatron")
+    assert "--format torchtitan" in str(e.value.hint) and "only" not in str(e.value.hint)  # both take it
+    ds = export_plan(plan, "deepspeed")
+    assert [entry for entry in ds["layers"] if group in entry] == [[group], [group]]
+    assert ds["parts"][-1] == len(ds["layers"])
+    assert_torchtitan_splits_into_the_plan("albert", plan)
+    for name in ("bart", "resnet"):  # a layer of its own weights runs once: no record
+        assert "runs" not in planned(name).options["granularity"]
+
+
+def test_deepspeed_lists_alternating_runs_in_the_order_they_come() -> None:
+    """HRM-Text runs its low-level layer and its high-level layer in alternating cycles:
+    DeepSpeed's layer list named each once (until 2026-12-07), a model of two layers where
+    the plan priced five runs; it now gives each run, in the model's order."""
+    plan = planned("hrm-text")
+    low, high = "model.L_module.layers.0", "model.H_module.layers.0"
+    assert plan.options["granularity"]["runs"] == [1, 2, 1, 1, 2]
+    ds = export_plan(plan, "deepspeed")
+    assert [e[0] for e in ds["layers"] if e[0] in (low, high)] == [low, high, low, low, high]
+    assert ds["parts"][-1] == len(ds["layers"])

@@ -5,7 +5,9 @@ holds ``layers[parts[i]:parts[i+1]]`` (``_partition_layers``, which sets
 ``self.parts`` from ``partition_method``: ``uniform``, ``parameters`` or
 ``type:REGEX``). No method takes explicit boundaries, so the export gives the list
 autopipe assumes — one entry per unit: what runs before the first layer, each
-layer, what runs after the last — and ``parts`` over it; a subclass sets them:
+layer (as often as the model runs it, in the order the runs come: ALBERT's one shared layer
+group once per hidden layer, the same module in each entry), what runs after the last — and
+``parts`` over it; a subclass sets them:
 
     class PlannedPipe(PipelineModule):
         def _partition_layers(self, method="parameters"):
@@ -44,9 +46,11 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
                           hint="plan it again with --schedule 1f1b (or gpipe), or export it --format torchtitan")
     layers: list[list[str]] = []
     parts = [0]
-    for a, b in split.stage_units:
-        # a unit that owns no module (the inputs alone, the output alone) is no layer
-        layers += [list(u) for u in split.units[a:b] if u]
+    for stage in range(plan.num_stages):
+        # a unit that owns no module (the inputs alone, the output alone) is no layer; a layer
+        # the model runs k times is k entries, in the order the runs come ([Note: a layer run
+        # several times] in autopipe.partition.layers)
+        layers += [list(split.units[u]) for u in split.stage_runs(stage) if split.units[u]]
         parts.append(len(layers))
     out: dict[str, Any] = {"num_stages": plan.num_stages, "parts": parts, "layers": layers,
                            "activation_checkpoint_interval": 1 if split.recompute_units else 0}

@@ -64,7 +64,8 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
             encoder-decoder's two stacks), another stack runs outside them (inside E or
             L: an encoder where only the decoder is cut), or they are no stack built alike (``--cut-at`` over
             unlike modules: ``LayerSplit.unlike``): the layout counts one stack of
-            transformer layers; or its stages lie on the ranks in a V.
+            transformer layers; the model runs a layer several times, its weights shared
+            (ALBERT); or its stages lie on the ranks in a V.
     """
     if len(split.lists) > 1 and not split.stacked():  # modules inside the blocks ('model.layers.*.mlp'):
         _refuse_unlike(split)  # "the layers of 6 module lists (model.layers.0, …)" until 2026-12-07
@@ -93,6 +94,7 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
             hint="plan it again with this version of autopipe (`autopipe plan SPEC ... "
                  "--granularity layer`), or export it --format torchtitan or deepspeed")
     _refuse_unlike(split)
+    _refuse_shared(split)
     ranks = check_placement(plan, "loop", "Megatron-LM", "plan it with --schedule interleaved-1f1b "
                             "for Megatron's interleaved schedule, or export it --format torchtitan")
     counts = split.layers_per_stage()
@@ -145,3 +147,25 @@ def _refuse_unlike(split: LayerSplit) -> None:
         f"layers this plan cuts between ({split.num_layers}, matched by {split.pattern!r}) {why}",
         hint=f"{again}; or export it --format torchtitan or deepspeed, whose module lists "
              f"say exactly what each stage holds")
+
+
+def _refuse_shared(split: LayerSplit) -> None:
+    """Raise where the model runs one of the plan's layers several times, its weights shared
+    ([Note: a layer run several times] in ``autopipe.partition.layers``): Megatron-LM's
+    layers each hold their own weights, and ``--num-layers`` would count it once.
+
+    Raises:
+        ExportError: naming the layer and how many times it runs.
+    """
+    shared = split.shared()
+    if not shared:
+        return
+    runs = ", ".join(f"{x} runs {k} times" for x, k in shared)
+    total = len(split.runs)
+    raise ExportError(
+        f"Megatron-LM's layers each hold their own weights and run once, but this model runs a "
+        f"layer several times over, its weights shared ({runs}): --num-layers {split.num_layers} "
+        f"would build {split.num_layers} layer{'s' * (split.num_layers != 1)} where the model "
+        f"runs {total}",
+        hint="export it --format torchtitan (whose parts keep the modules, and the model's own "
+             "loop over them) or deepspeed (whose layer list gives the layer once per run)")

@@ -47,6 +47,10 @@ class LayerSplit:
     (written before 2026-12-07, or then without stacks left uncut: the two read alike)."""
     auto: bool = False
     """True when the planner found the layers, False when ``--cut-at`` named them."""
+    runs: tuple[int, ...] = ()
+    """The layers (units 1…L) in the order their runs start, where the model runs one several
+    times (``Layers.runs``: ALBERT's one shared layer group, once per hidden layer); empty
+    where each runs once, in order, or in plans from before it was recorded (2026-12-07)."""
     alike: bool | None = None
     """Whether the layers are the numbered blocks of ``lists``, each list's built alike
     (``Layers.alike`` in ``autopipe.partition.layers``; None in plans from before it was
@@ -69,6 +73,21 @@ class LayerSplit:
                 if part.isdigit():
                     found.setdefault(".".join(parts[:k]), set()).add(part)
         return [(x, len(n)) for x, n in sorted(found.items()) if len(n) >= 2 and x not in self.lists]
+
+    def shared(self) -> list[tuple[str, int]]:
+        """The layers the model runs several times, each with how many ([Note: a layer run
+        several times] in ``autopipe.partition.layers``)."""
+        counts = [self.runs.count(u) for u in range(1, self.num_layers + 1)]
+        return [(u[0] if u else "(nothing)", k) for u, k in zip(self.units[1:-1], counts) if k > 1]
+
+    def stage_runs(self, stage: int) -> list[int]:
+        """The units stage ``stage`` runs, in order, a unit the model runs ``k`` times ``k``
+        times ([Note: a layer run several times] in ``autopipe.partition.layers``)."""
+        a, b = self.stage_units[stage]
+        if not self.runs:
+            return list(range(a, b))
+        inner = [u for u in self.runs if a <= u < b]
+        return [*([0] if a == 0 else []), *inner, *([b - 1] if b == len(self.units) else [])]
 
     def layers_per_stage(self) -> list[int]:
         """How many layers (units 1…L) each stage holds."""
@@ -192,6 +211,7 @@ def layer_split(plan: Plan) -> LayerSplit:
                                                  for r in info.get("recompute_units", ())),
                            uncut=tuple((str(x), int(n)) for x, n in info["uncut"]) if "uncut" in info else None,
                            auto=bool(info.get("auto", False)),
+                           runs=tuple(int(k) for k in info.get("runs", ())),
                            alike=None if info.get("alike") is None else bool(info["alike"]))
     except (KeyError, TypeError, ValueError) as e:
         raise ExportError(f"the plan's layer record is malformed ({type(e).__name__}: {e})",
@@ -215,6 +235,9 @@ def _check(plan: Plan, split: LayerSplit) -> None:
         raise ExportError("the plan recomputes activations, but its layer record does not say in "
                           "which layers (it was made before autopipe recorded them)",
                           hint="plan it again with this version of autopipe")
+    if split.runs and set(split.runs) != set(range(1, split.num_layers + 1)):
+        raise ExportError(f"the plan's layer record gives the runs of layers {sorted(set(split.runs))}, "
+                          f"but its layers are units 1 to {split.num_layers}", hint=HINT)
     if split.recompute_units and (len(split.recompute_units) != plan.num_stages or any(
             not a <= u < b for (a, b), units in zip(ranges, split.recompute_units) for u in units)):
         raise ExportError(f"the plan's layer record lists recomputed units outside their stages "

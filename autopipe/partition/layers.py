@@ -66,6 +66,10 @@ class Layers:
     the embeddings, the whole block list, the final norm), over some blocks of a list only
     (``transformer.h.1``: the others lie in the units around it), or over a ``Sequential``
     of different modules."""
+    runs: tuple[int, ...] = ()
+    """The layers (units 1…L) in the order their runs start, where the model runs one several
+    times (ALBERT's one shared layer group, once per hidden layer: ``(1, 1)``); empty where
+    every layer runs once, in order (``_runs``)."""
 
 
 def check_granularity(granularity: str | None, cut_at: str | None) -> None:
@@ -384,7 +388,8 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
     lists = tuple(dict.fromkeys(x.rsplit(".", 1)[0] if "." in x else "" for x in paths))
     layers = Layers(pattern=cut_at, auto=auto, node_unit=node_unit,
                     units=tuple(tuple(m) for m in modules), lists=lists,
-                    uncut=_uncut(problem, found, paths, lists), alike=_alike(problem, paths, lists))
+                    uncut=_uncut(problem, found, paths, lists), alike=_alike(problem, paths, lists),
+                    runs=_runs(problem, paths))
     out = merge_forced(regroup(problem, groups))
     p = problem.config.num_stages
     if out.num_real < p:
@@ -419,6 +424,41 @@ def _uncut(problem: Problem, found: list[tuple[str, int, float]], paths: list[st
               if n > 1 and (_repeats(problem, x) or _nested_blocks(problem, x))]
     stacks += [(x, 1) for x in single_lists(problem)]
     return tuple((x, n) for x, n in stacks if x not in lists and not related(x))
+
+
+def _runs(problem: Problem, paths: list[str]) -> tuple[int, ...]:
+    """The layers of ``paths`` (units 1…L) in the order their runs start (``Layers.runs``);
+    empty where each runs once.
+
+    [Note: a layer run several times]
+    ALBERT shares one layer's weights among all its hidden layers: ``albert_layer_groups.0``
+    is the only layer found, and its calls run once per hidden layer. Megatron-LM was told
+    ``--num-layers 1`` (until 2026-12-07), a model of one layer where the plan priced two,
+    and DeepSpeed's layer list ran it once. A layer's calls, in order, that are one sequence
+    repeated ``k`` times are one layer run ``k`` times (the calls name the module within the
+    layer that makes them, so a layer of its own weights repeats none; the parameters they
+    read are left out, for only the first run owns them). Runs may alternate between layers
+    (HRM's ``L_module`` and ``H_module``: L, L, H, L, H), so the record is the order the runs
+    start in, which DeepSpeed's layer list follows.
+    """
+    calls: dict[int, list[tuple[str, str]]] = {}
+    at: dict[int, list[int]] = {}  # per layer, the position in node order of each call
+    index = {x: u for u, x in enumerate(paths, start=1)}
+    for i, n in enumerate(problem.node_order):
+        m = problem.node_module.get(n, "")
+        parts = m.split(".")
+        x = next((p for k in range(1, len(parts) + 1) if (p := ".".join(parts[:k])) in index), None)
+        if x is not None:
+            # op and target, not the parameters: a later run reads them as shared (``node_call``)
+            calls.setdefault(index[x], []).append((m[len(x):], problem.node_call.get(n, "").rsplit(" ", 1)[0]))
+            at.setdefault(index[x], []).append(i)
+    starts: list[tuple[int, int]] = []
+    for u, c in calls.items():
+        period = next((p for p in range(1, len(c) // 2 + 1)
+                       if len(c) % p == 0 and c == c[:p] * (len(c) // p)), len(c))
+        starts += [(at[u][k], u) for k in range(0, len(c), period)]
+    order = tuple(u for _, u in sorted(starts))
+    return order if len(order) > len(paths) else ()
 
 
 def _nested_blocks(problem: Problem, x: str) -> bool:
@@ -570,6 +610,8 @@ def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan], profile: 
         "mode": "layer", "pattern": layers.pattern, "auto": layers.auto,
         "layers": len(layers.units) - 2, "lists": list(layers.lists), "alike": layers.alike,
         "units": [list(u) for u in layers.units],
+        # [Note: a layer run several times]
+        **({"runs": list(layers.runs)} if layers.runs else {}),
         # always, [] for none: a record without it cannot say ([Note: a layer record without
         # uncut] in autopipe.export.megatron)
         "uncut": [[x, n] for x, n in layers.uncut],
