@@ -5,11 +5,15 @@ estimated profile (the same cuts every run), and held to what a user of each eng
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from functools import cache
+from pathlib import Path
 
 import pytest
 
 import autopipe
+from autopipe.cli.main import main
 from autopipe.errors import ExportError
 from autopipe.export import export_plan
 from autopipe.partition.planner import plan_profile
@@ -121,3 +125,44 @@ def test_deepspeed_lists_alternating_runs_in_the_order_they_come() -> None:
     ds = export_plan(plan, "deepspeed")
     assert [e[0] for e in ds["layers"] if e[0] in (low, high)] == [low, high, low, low, high]
     assert ds["parts"][-1] == len(ds["layers"])
+
+
+def test_a_plan_cut_inside_a_layer_names_where() -> None:
+    """T5 planned anywhere in 2 stages may cut inside decoder block 0's first layer norm: then
+    only stage 1 lists parts of the block (stage 0 runs the rest inside modules cut between
+    the two), and the refusal said "split across stages (stage 1: …)", one stage (until
+    2026-12-07); it now says where the rest of the block runs. The stages' module lists are
+    written here as that plan's were (which cut the solver picks varies with its time)."""
+    plan = planned("t5")
+    options = {k: v for k, v in plan.options.items() if k != "granularity"}
+    block = "t5.decoder.block.0"
+    first = dataclasses.replace(plan.stages[0], modules=("t5.encoder", "t5.decoder.embed_tokens"))
+    last = dataclasses.replace(plan.stages[1], modules=(f"{block}.layer.0.SelfAttention.q", f"{block}.layer.1",
+                                                        f"{block}.layer.2", "t5.decoder.final_layer_norm", "lm_head"))
+    cut = dataclasses.replace(plan, stages=(first, last), options=options)
+    with pytest.raises(ExportError, match=rf"the plan cuts inside a layer: {re.escape(block)} is split "
+                                          rf"across stages \(stage 1: {re.escape(block)}\.layer\.0\.SelfAttention\.q, "
+                                          r".*; the rest of it runs in modules the plan cuts between stage 1 "
+                                          r"and another\)") as e:
+        export_plan(cut, "torchtitan")
+    assert "--granularity layer" in str(e.value.hint)
+    both = dataclasses.replace(cut, stages=(dataclasses.replace(first, modules=(*first.modules, f"{block}.layer.0.layer_norm")), last))
+    with pytest.raises(ExportError, match=r"\(stage 0: .*; stage 1: .*\); torchtitan"):  # two stages name it
+        export_plan(both, "torchtitan")
+
+
+@pytest.mark.parametrize("fmt,code", [("torchtitan", 0), ("deepspeed", 0), ("megatron", 2)])
+def test_the_cli_exports_or_refuses_a_zoo_plan(fmt: str, code: int, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`autopipe export` of the ALBERT plan: two formats write it, Megatron-LM refuses it
+    with exit 2, a one-line error and a hint, never a traceback."""
+    path = tmp_path / "albert.json"
+    planned("albert").save(path)
+    assert main(["export", str(path), "--format", fmt, "-o", str(tmp_path / "out.json")]) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if code:
+        assert "error: Megatron-LM's layers each hold their own weights" in err and "hint:" in err
+        assert not (tmp_path / "out.json").exists()
+    else:
+        assert f"wrote {tmp_path / 'out.json'}: {fmt}, 2 stages, layers per stage 1 | 0" in err

@@ -279,9 +279,16 @@ def _unrecorded(plan: Plan) -> str:
                 layer = ".".join(parts[:digit + 1])
                 cut.setdefault(layer, {}).setdefault(stage.index, []).append(module)
     if cut:
-        layer, held = next(iter(cut.items()))
+        # a layer whose parts two stages list; else one stage lists its parts, and the rest of
+        # it lies in modules that no stage holds whole (T5's decoder block 0 cut inside its
+        # first layer norm: "split across stages (stage 1: …)" named one stage, until 2026-12-07)
+        layer, held = max(cut.items(), key=lambda item: len(item[1]) > 1)
         where = "; ".join(f"stage {s}: {', '.join(m[:2])}{', …' if len(m) > 2 else ''}"
                           for s, m in held.items())
+        if len(held) == 1:
+            only = next(iter(held))
+            where += (f"; the rest of it runs in modules the plan cuts between stage {only} "
+                      f"and another")
         return (f"the plan cuts inside a layer: {layer} is split across stages ({where}); "
                 f"torchtitan, DeepSpeed and Megatron-LM give each stage whole layers")
     return ("the plan records no layer boundaries (it was planned without --granularity "
