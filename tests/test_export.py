@@ -396,7 +396,9 @@ def test_megatron_refuses_blocks_not_built_alike() -> None:
     with pytest.raises(ExportError, match=r"are blocks of h that are not built alike \(they run "
                                           r"different calls: h\.0, h\.1, h\.2, h\.3, h\.4\)") as e:
         export_plan(plan, "megatron")
-    assert str(e.value.hint).startswith("plan it again with --cut-at naming")
+    assert str(e.value.hint).startswith("--granularity layer found these (h): where another module "
+                                        "list of the model holds blocks built alike, plan it again "
+                                        "with --cut-at naming them")
     for case in CASES:  # the examples' layers are one stack built alike
         assert planned(case)[0].options["granularity"]["alike"] is True
 

@@ -166,3 +166,16 @@ def test_the_cli_exports_or_refuses_a_zoo_plan(fmt: str, code: int, tmp_path: Pa
         assert not (tmp_path / "out.json").exists()
     else:
         assert f"wrote {tmp_path / 'out.json'}: {fmt}, 2 stages, layers per stage 1 | 0" in err
+
+
+def test_megatron_does_not_send_a_hybrid_back_to_its_own_blocks() -> None:
+    """Jamba's ``model.layers`` mixes Mamba and attention layers, not built alike: Megatron-LM's
+    refusal hinted "plan it again with --cut-at naming the blocks of one stack
+    ('model.layers.*')", the pattern it had just refused (until 2026-12-07)."""
+    plan = planned("jamba")
+    assert plan.options["granularity"]["pattern"] == "model.layers.*"
+    with pytest.raises(ExportError, match="are blocks of model.layers that are not built alike") as e:
+        export_plan(plan, "megatron")
+    hint = str(e.value.hint)
+    assert "'model.layers.*'" not in hint and "found these (model.layers)" in hint
+    assert "--format torchtitan or deepspeed" in hint

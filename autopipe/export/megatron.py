@@ -138,7 +138,12 @@ def _refuse_unlike(split: LayerSplit) -> None:
     why = split.unlike()
     if why is None:
         return
-    again = ("plan it again with --cut-at naming the blocks of one stack ('model.layers.*')"
+    # the blocks --granularity layer found are the model's heaviest: "--cut-at naming the blocks
+    # of one stack ('model.layers.*')" sent a Jamba (model.layers.*, Mamba and attention layers)
+    # back to the pattern it was refused for, until 2026-12-07
+    again = (f"--granularity layer found these ({', '.join(split.lists) or split.pattern}): where "
+             f"another module list of the model holds blocks built alike, plan it again with "
+             f"--cut-at naming them"
              if split.auto else "plan it again with --granularity layer and no --cut-at (it "
              "finds the repeated blocks), or a --cut-at naming all the blocks of one stack "
              "('model.layers.*')")
