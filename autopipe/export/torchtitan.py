@@ -68,6 +68,7 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
     if plan.replicas > 1:
         parallelism.update(data_parallel_replicate_degree=plan.replicas, data_parallel_shard_degree=1)
     notes = recompute.notes(split, "torchtitan (activation_checkpoint full)", split.layers_per_stage())
+    notes += _empty_parts(plan)
     if sharded(plan):  # [Note: sharded optimizer states in an export]
         extra = max(s.memory.optimizer for s in plan.stages) * (plan.replicas - 1)
         notes.append(f"the plan shards the optimizer states over its {plan.replicas} replicas "
@@ -78,3 +79,23 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
                      f"and gradients too, at a cost in communication the plan did not price")
     return {"parallelism": parallelism, "activation_checkpoint": "full" if split.recompute_units else "none",
             "notes": notes}
+
+
+def _empty_parts(plan: Plan) -> list[str]:
+    """A note where a stage holds no parameter.
+
+    [Note: a part without parameters]
+    A plan may give a stage no parameter: a 4-stage Speech2Text of two subsampling convs has
+    4 units, the first its inputs alone, so stage 0 receives the inputs and sends them on.
+    torchtitan builds one optimizer per model part, and torch's optimizers refuse an empty
+    parameter list (``ValueError: optimizer got an empty parameter list``); until 2026-12-07
+    the export handed it an empty part without a word.
+    """
+    empty = [s.index for s in plan.stages if s.memory.params == 0]
+    if not empty:
+        return []
+    which = f"stage {empty[0]}" if len(empty) == 1 else "stages " + ", ".join(map(str, empty))
+    return [f"{which} of the plan hold{'s' * (len(empty) == 1)} no parameter, and torchtitan builds "
+            f"an optimizer per model part, which torch refuses for a part without parameters "
+            f"('optimizer got an empty parameter list'): plan it with "
+            f"{plan.num_stages - len(empty)} stages, or skip that part's optimizer"]
