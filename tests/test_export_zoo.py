@@ -194,3 +194,28 @@ def test_torchtitan_is_told_of_a_part_without_parameters() -> None:
     assert [n for n in data["notes"] if n.startswith("stage 0 of the plan holds no parameter")
             and "plan it with 3 stages" in n]
     assert not [n for n in export_plan(planned("speech2text"), "torchtitan")["notes"] if "no parameter" in n]
+
+
+def test_a_stack_of_unlike_blocks_left_inside_e_is_named() -> None:
+    """A hybrid stack (Jamba's Mamba and attention blocks, each with its residual add at the
+    block's own level) is no list built alike, but a stack of blocks all the same: cut at the
+    other stack alone, it runs inside E, and Megatron-LM's refusal names it ([Note: which lists
+    are uncut stacks]). Synthetic: ``enc.0`` and ``enc.1`` unlike, then ``dec.0`` and ``dec.1``."""
+    from tests.test_partition_layers import layered_profile
+
+    base = layered_profile(0)  # 4 layers h.<i> of 2 nodes each, no glue
+    nodes = []
+    for n in base.nodes:
+        if n.module.startswith("h."):
+            i, first = int(n.module.split(".")[1]), int(n.name[1:]) % 2 == 1
+            if i < 2:
+                module = f"enc.{i}.{('mamba', 'attn')[i]}" if first else f"enc.{i}"
+                n = dataclasses.replace(n, module=module, target=f"op{i}" if first else "add")
+            else:
+                n = dataclasses.replace(n, module=f"dec.{i - 2}.op", target="op")
+        nodes.append(dataclasses.replace(n, params=(), shared_params=(), param_bytes=0))
+    profile = dataclasses.replace(base, nodes=tuple(nodes), params={}, tied=())
+    plan = plan_profile(profile, num_stages=2, microbatches=4, cut_at="dec.*", time_limit=30)
+    assert plan.options["granularity"]["uncut"] == [["enc", 2]]
+    with pytest.raises(ExportError, match=r"enc \(2 blocks\) runs before or after them"):
+        export_plan(plan, "megatron")

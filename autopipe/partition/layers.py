@@ -462,10 +462,11 @@ def _runs(problem: Problem, paths: list[str]) -> tuple[int, ...]:
 
 
 def _nested_blocks(problem: Problem, x: str) -> bool:
-    """Whether every numbered child of list ``x`` that runs nodes runs them in modules of its
-    own (``x.3.mlp``): blocks, not the leaf modules of a ``Sequential`` (``x.1``, a ``Linear``)."""
+    """Whether every numbered child of list ``x`` that runs nodes runs some in modules of its
+    own (``x.3.mlp``; the residual adds run in ``x.3`` itself): blocks, not the leaf modules
+    of a ``Sequential`` (``x.1``, a ``Linear``)."""
     calls = _child_calls(problem, x)
-    return bool(calls) and all(all(inner for inner, _ in c) for c in calls.values())
+    return bool(calls) and all(any(inner for inner, _ in c) for c in calls.values())
 
 
 def _in_order(problem: Problem, groups: list[list[int]]) -> list[list[int]]:
