@@ -181,19 +181,23 @@ def test_megatron_does_not_send_a_hybrid_back_to_its_own_blocks() -> None:
     assert "--format torchtitan or deepspeed" in hint
 
 
-def test_torchtitan_is_told_of_a_part_without_parameters() -> None:
+def test_torchtitan_and_deepspeed_are_told_of_a_part_without_parameters() -> None:
     """Speech2Text in 4 stages: 4 units, the first its inputs alone, so stage 0 holds no
-    parameter; torchtitan's optimizer for that part would raise 'optimizer got an empty
-    parameter list', and the export said nothing ([Note: a part without parameters]). The
+    parameter; torchtitan's and DeepSpeed's optimizer for that part would raise 'optimizer got
+    an empty parameter list', and the exports said nothing ([Note: a part without parameters]). The
     chain DP: the ILP's unrestricted solve of 4 stages takes a minute here."""
     plan = plan_profile(profiled("speech2text")[1], num_stages=4, microbatches=8, granularity="layer",
                         method="dp")
     assert plan.stages[0].memory.params == 0 and all(s.memory.params for s in plan.stages[1:])
     data = export_plan(plan, "torchtitan")
     assert data["parallelism"]["module_fqns_per_model_part"][0] == []
-    assert [n for n in data["notes"] if n.startswith("stage 0 of the plan holds no parameter")
+    assert [n for n in data["notes"] if n.startswith("stage 0 of the plan holds no parameter, and "
+                                                     "torchtitan builds an optimizer per model part")
             and "plan it with 3 stages" in n]
-    assert not [n for n in export_plan(planned("speech2text"), "torchtitan")["notes"] if "no parameter" in n]
+    ds = export_plan(plan, "deepspeed")
+    assert ds["parts"][:2] == [0, 0] and [n for n in ds["notes"] if n.startswith("stage 0 of the plan holds no parameter")]
+    for fmt in ("torchtitan", "deepspeed"):
+        assert not [n for n in export_plan(planned("speech2text"), fmt)["notes"] if "no parameter" in n]
 
 
 def test_a_stack_of_unlike_blocks_left_inside_e_is_named() -> None:

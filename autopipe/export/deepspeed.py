@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from autopipe.errors import ExportError
-from autopipe.export import recompute
+from autopipe.export import empty, recompute
 from autopipe.export.placement import pipeline_ranks, sharded
 from autopipe.export.split import LayerSplit
 from autopipe.plan_format import Plan
@@ -56,6 +56,7 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
                            "activation_checkpoint_interval": 1 if split.recompute_units else 0}
     if sharded(plan):  # [Note: sharded optimizer states in an export]
         out["zero_optimization"] = {"stage": 1}
-    out["notes"] = recompute.notes(split, "DeepSpeed (activation_checkpoint_interval 1)",
-                                   split.layers_per_stage(), outside=True)
+    out["notes"] = [*recompute.notes(split, "DeepSpeed (activation_checkpoint_interval 1)",
+                                     split.layers_per_stage(), outside=True),
+                    *empty.notes(plan, "DeepSpeed builds each rank's optimizer over its stage's layers")]
     return out

@@ -28,7 +28,7 @@ from typing import Any
 
 from autopipe._units import format_size
 from autopipe.errors import ExportError
-from autopipe.export import recompute
+from autopipe.export import empty, recompute
 from autopipe.export.placement import V_SCHEDULES, check_placement, sharded
 from autopipe.export.split import LayerSplit
 from autopipe.plan_format import Plan
@@ -68,7 +68,7 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
     if plan.replicas > 1:
         parallelism.update(data_parallel_replicate_degree=plan.replicas, data_parallel_shard_degree=1)
     notes = recompute.notes(split, "torchtitan (activation_checkpoint full)", split.layers_per_stage())
-    notes += _empty_parts(plan)
+    notes += empty.notes(plan, "torchtitan builds an optimizer per model part")
     if sharded(plan):  # [Note: sharded optimizer states in an export]
         extra = max(s.memory.optimizer for s in plan.stages) * (plan.replicas - 1)
         notes.append(f"the plan shards the optimizer states over its {plan.replicas} replicas "
@@ -80,22 +80,3 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
     return {"parallelism": parallelism, "activation_checkpoint": "full" if split.recompute_units else "none",
             "notes": notes}
 
-
-def _empty_parts(plan: Plan) -> list[str]:
-    """A note where a stage holds no parameter.
-
-    [Note: a part without parameters]
-    A plan may give a stage no parameter: a 4-stage Speech2Text of two subsampling convs has
-    4 units, the first its inputs alone, so stage 0 receives the inputs and sends them on.
-    torchtitan builds one optimizer per model part, and torch's optimizers refuse an empty
-    parameter list (``ValueError: optimizer got an empty parameter list``); until 2026-12-07
-    the export handed it an empty part without a word.
-    """
-    empty = [s.index for s in plan.stages if s.memory.params == 0]
-    if not empty:
-        return []
-    which = f"stage {empty[0]}" if len(empty) == 1 else "stages " + ", ".join(map(str, empty))
-    return [f"{which} of the plan hold{'s' * (len(empty) == 1)} no parameter, and torchtitan builds "
-            f"an optimizer per model part, which torch refuses for a part without parameters "
-            f"('optimizer got an empty parameter list'): plan it with "
-            f"{plan.num_stages - len(empty)} stages, or skip that part's optimizer"]
