@@ -33,6 +33,7 @@ from autopipe.plan_format import CHECKSUMS, Device, Plan
 from autopipe.profile.profile import Profile
 from tests.mip_clock import Clock
 from tests.partition_cases import Case, cases, check_rows
+from tests.test_partition_dp import _chain_partitions
 
 from .conftest import ROOT
 
@@ -276,6 +277,25 @@ def test_a_region_per_layer() -> None:
     model.add_path(ev.critical)
     check_rows(model, model.warm(stage_of, ev.recompute), ev)
     assert Chain(limited).memory(0, limited.size, range(0, 1))[0] >= ev.stages[0].memory
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(max_nodes=6, schedules=("1f1b", "gpipe", "zb-h1"), recompute=("full",), layered=True))
+def test_the_chain_prices_full_recomputation_high(case: Case) -> None:
+    """The chain's price of every stage of every chain split under ``full`` is at least
+    ``evaluate``'s ([Note: a region per layer]): its DP then never offers a split that does
+    not fit (a small Qwen2-MoE's split fitted by the chain's price and not by evaluate's,
+    which also keeps a received value that a recomputed block reads)."""
+    problem = case.problem()
+    chain = Chain(problem)
+    for split in _chain_partitions(problem.size, problem.config.num_stages):
+        if violations(problem, split):
+            continue
+        ev = evaluate(problem, split)
+        for s, stage in enumerate(ev.stages):
+            blocks = [b for b, t in enumerate(split) if t == s]
+            priced = chain.memory(s, blocks[-1] + 1, range(blocks[0], blocks[0] + 1))[0]
+            assert priced >= stage.memory * (1 - 1e-9) - 1e-6, (split, s)
 
 
 def test_a_transformer_recomputes_layer_by_layer(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -166,6 +166,9 @@ class Chain:
             if cfg.recompute == "full" and i > 0:  # one layer's back at a time, at most all of them
                 most = np.maximum.accumulate(self._layer_act[:i][::-1])[::-1]
                 act = act + np.minimum(self._cand_act[i] - self._cand_act[js], most[js])
+                # a value received that a recomputed block reads is kept by its region too,
+                # as evaluate counts it (beside the received copy): at most what crosses j
+                act = act + cfg.inflight(s) * self.cross[js]
         step = self.pstep[i] - self.pstep[js] + _shared(self.shared_step, i, j)
         # Problem.held_while_running: the loss's workspace or the blocks' largest transient
         work = np.full(len(j), float(self.problem.workspace) if s == cfg.num_stages - 1 else 0.0)
@@ -211,9 +214,10 @@ def _full(problem: Problem, candidates: BoolArray) -> tuple[FloatArray, FloatArr
     """``full`` recomputation's prices per block, upper bounds of ``costs.evaluate``'s in any
     segment: the bytes a candidate keeps (what it reads from another run of candidates
     than its own, runs ending at every other block and at ``Problem.region_breaks``, or
-    from ``REGION_SPAN`` blocks back; what it reads from an earlier stage is counted as
-    received already), its layer's candidates' activations (the most its stage can bring
-    back at once from that layer), and its own activations where it is a candidate."""
+    from ``REGION_SPAN`` blocks back; what it reads from an earlier stage ``Chain._memory``
+    adds, at most the bytes crossing the segment's first cut), its layer's candidates'
+    activations (the most its stage can bring back at once from that layer), and its own
+    activations where it is a candidate."""
     breaks = problem.region_breaks()
     run = np.cumsum([b in breaks or not candidates[b] or (b > 0 and not candidates[b - 1])
                      for b in range(problem.size)])
