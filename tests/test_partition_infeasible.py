@@ -16,6 +16,18 @@ from autopipe.partition.synthetic import synthetic_profile
 from autopipe.plan_format import Device
 
 
+def remedies(err: InfeasiblePlanError) -> list[str]:
+    """The remedies a hint names: ``try A; or B; or C``."""
+    hint = err.hint or ""
+    assert hint.startswith("try "), hint
+    return hint[len("try "):].split("; or ")
+
+
+def remedy(err: InfeasiblePlanError, pattern: str) -> re.Match[str] | None:
+    """The first remedy that starts with ``pattern`` (a regex), matched."""
+    return next((m for r in remedies(err) if (m := re.match(pattern, r))), None)
+
+
 def test_names_the_overflow_and_a_stage_count_that_fits() -> None:
     prof = synthetic_profile(80, seed=2)
     fits = plan_profile(prof, num_stages=8, microbatches=16)
@@ -35,7 +47,7 @@ def test_gpipe_suggests_fewer_microbatches() -> None:
     with pytest.raises(InfeasiblePlanError) as info:
         plan_profile(prof, num_stages=2, microbatches=16, schedule="gpipe", memory_limit="800MiB",
                      recompute="none")
-    m = re.search(r"--microbatches (\d+)", info.value.hint or "")
+    m = remedy(info.value, r"--microbatches (\d+)$")
     assert m is not None
     plan_profile(prof, num_stages=2, microbatches=int(m.group(1)), schedule="gpipe",
                  memory_limit="800MiB", recompute="none")
@@ -46,31 +58,32 @@ def test_gpipe_suggests_fewer_microbatches() -> None:
 
 
 def test_the_stage_count_named_is_the_smallest_that_fits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The hint names the fewest stages a chain split fits; counts whose parameters,
-    gradients and optimizer states alone exceed the devices' limits are not searched."""
+    """The hint names the fewest stages found to fit; counts whose parameters, gradients and
+    optimizer states alone exceed the devices' limits are not searched."""
     prof = synthetic_profile(80, seed=2)
     plan = plan_profile(prof, num_stages=2, microbatches=16)
     states = sum(s.memory.params + s.memory.grads + s.memory.optimizer for s in plan.stages)
     limit = int(states / usable(3.5))  # usable: states / 3.5, so 3 stages cannot hold them
     searched: list[Problem] = []
-    real = infeasible.chain_fits
+    real = infeasible._found
 
-    def counted(problem: Problem) -> bool:
+    def counted(problem: Problem, method: str) -> bool:
         searched.append(problem)
-        return real(problem)
-    monkeypatch.setattr(infeasible, "chain_fits", counted)
+        return real(problem, method)
+    monkeypatch.setattr(infeasible, "_found", counted)
     with pytest.raises(InfeasiblePlanError) as info:
         plan_profile(prof, num_stages=2, microbatches=16, memory_limit=limit, recompute="none")
-    m = re.search(r"--stages (\d+)", info.value.hint or "")
+    m = remedy(info.value, r"--stages (\d+)$")
     assert m is not None
     named = int(m.group(1))
     problem = searched[0]
     assert sum(pm.total for pm in problem.param_mem.values()) == states
     below = [p for p in range(3, named) if states > p * usable(limit)]
-    assert below == [3] and 3 not in {q.config.num_stages for q in searched}  # never searched
+    counts = {q.config.num_stages for q in searched}
+    assert below == [3] and 3 not in counts  # never searched
     for p in range(3, named):  # and no smaller count fits
         devices = tuple(Device(name="d", memory=limit) for _ in range(p))
-        assert not real(problem.with_config(replace(problem.config, num_stages=p, devices=devices)))
+        assert not real(problem.with_config(replace(problem.config, num_stages=p, devices=devices)), "ilp")
 
 
 @pytest.mark.parametrize("method", ["ilp", "dp"])

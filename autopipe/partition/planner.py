@@ -26,7 +26,7 @@ from autopipe.partition.costs import Evaluation, evaluate, optimizer_steps, viol
 from autopipe.partition.devices import DevicesArg, resolve_devices
 from autopipe.partition.dp import min_bottleneck
 from autopipe.partition.ilp import solve_ilp
-from autopipe.partition.infeasible import chain_fits, explain
+from autopipe.partition.infeasible import Setting, chain_fits, explain
 from autopipe.partition.layers import Layers, check_granularity, node_layers, record, restrict
 from autopipe.partition.mip_time import not_solving
 from autopipe.partition.problem import (
@@ -584,7 +584,7 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
         if plain is not None:
             return plain
         if options.share is None:
-            raise _unsolved(problem, e) from e
+            raise _unsolved(problem, e, _setting(profile, options)) from e
         raise PlanError(  # a search records the candidate as unsolved, and why
             f"{error.message}; with recomputation: {e.message} (its share of the search's "
             f"time)", hint=e.hint) from e
@@ -645,7 +645,14 @@ def _block_stages(problem: Problem, plan: Plan) -> list[int]:
     return [where[b.nodes[0]] for b in problem.blocks]
 
 
-def _unsolved(problem: Problem, error: PlanError) -> PlanError:
+def _setting(profile: Profile, options: _Options) -> Setting:
+    """What an infeasible problem's hints rebuild it from (``autopipe.partition.infeasible``)."""
+    shape = profile.microbatch_shape
+    return Setting(optimizer=options.optimizer, element_size=element_size(options.dtype or profile.dtype),
+                   samples=int(shape[0][0]) if shape and shape[0] else None)
+
+
+def _unsolved(problem: Problem, error: PlanError, setting: Setting) -> PlanError:
     """``error`` (no partition found in the time, with recomputation or without) with what
     the most memory-balanced chain split recomputing where that frees memory needs and what
     would fit, where no chain split fits even so: then it is as good as infeasible. The chain is
@@ -660,7 +667,7 @@ def _unsolved(problem: Problem, error: PlanError) -> PlanError:
     some = _with_recompute(problem, "auto")
     if chain_fits(some) or chain_fits(_with_recompute(problem, "full")):  # full's is auto's too
         return error
-    why = explain(some, "dp")
+    why = explain(some, "dp", setting)
     return InfeasiblePlanError(f"{error.message}, with or without recomputation; and {why.message}",
                                hint=f"{why.hint}; or raise the time limit (--time-limit) for a proof "
                                f"that no other partition fits either")
@@ -837,7 +844,7 @@ def _plan(problem: Problem, profile: Profile, options: _Options, *,
     def infeasible(method: str) -> AutopipeError:
         if quiet:
             return InfeasiblePlanError(f"no partition fits in memory ({method})", hint="")
-        return explain(problem, method)
+        return explain(problem, method, _setting(profile, options))
 
     if method == "ilp":
         parts = {**cands, **extra}
