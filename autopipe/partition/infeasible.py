@@ -25,6 +25,7 @@ _RECOMPUTE_SECONDS = 10.0
 _LIGHTER = ("sgd-momentum", "sgd")
 """Optimizers a hint may name, by the states they keep, most first."""
 _GIB = 2**30
+_MIB = 2**20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,7 +189,9 @@ def _with_recompute(problem: Problem, mode: str) -> Problem:
 def _found(problem: Problem, method: str) -> bool:
     """Whether ``plan`` with ``method`` finds a partition of ``problem`` that fits by one of
     its starting points ([Note: remedies that fit])."""
-    splits = [min_bottleneck(Chain(problem))]
+    # the DP's split exists where the chain's most memory-balanced one fits (one pass of
+    # its DP, not the two of the fastest, each pricing time too)
+    splits = [min_bottleneck(Chain(problem)) if chain_fits(problem) else None]
     if method != "dp":
         splits += [baselines.uniform(problem), baselines.params(problem)]
     return any(s is not None and fit(problem, s) is not None for s in splits)
@@ -324,22 +327,31 @@ def _samples_hint(problem: Problem, method: str, setting: Setting, deadline: flo
 
 
 def _memory_hint(problem: Problem, method: str, deadline: float) -> str:
-    """``--memory SIZE``: whole GiB for every device that fit this many stages, from the most
-    memory-balanced chain split's need up by tenths until one is found to fit."""
+    """``--memory SIZE`` for every device that fits this many stages: from the most
+    memory-balanced chain split's need, rounded up (``_round_up``), raised by tenths until
+    one is found to fit."""
     cfg = problem.config
     found = min_memory(Chain(problem))
     if found is None or not all(d.memory > 0 for d in cfg.devices):
         return ""
-    most = max(float(d.memory) for d in cfg.devices)
-    size = math.ceil(found[0] * most / _GIB)
+    size = found[0] * max(float(d.memory) for d in cfg.devices)
     for _ in range(8):
         if time.monotonic() > deadline:
             break
-        devices = tuple(Device(name=d.name, memory=size * _GIB, speed=d.speed) for d in cfg.devices)
+        count, unit = _round_up(size)
+        size = count * (_GIB if unit == "GiB" else _MIB)
+        devices = tuple(Device(name=d.name, memory=size, speed=d.speed) for d in cfg.devices)
         if _found(problem.with_config(replace(cfg, devices=devices)), method):
-            return f"devices with {size} GiB each (--memory {size}GiB)"
-        size = math.ceil(size * 1.1)
+            return f"devices with {count} {unit} each (--memory {count}{unit})"
+        size = int(size * 1.1)
     return ""
+
+
+def _round_up(size: float) -> tuple[int, str]:
+    """``size`` bytes rounded up to whole MiB below 10 GiB, else whole GiB: (count, unit)."""
+    if size >= 10 * _GIB:
+        return math.ceil(size / _GIB), "GiB"
+    return math.ceil(size / _MIB), "MiB"
 
 
 def _explain_chunks(problem: Problem, method: str) -> InfeasiblePlanError:
