@@ -540,7 +540,14 @@ def _plan_recompute(problem: Problem, profile: Profile, options: _Options,
     if mode == "auto" and not _with_recompute(problem, "auto").recompute_candidates():
         mode = "none"  # nothing may be recomputed here (a split backward)
     if mode != "auto":
-        plan = _plan(_with_recompute(problem, mode), profile, options, incumbents=given)
+        try:
+            plan = _plan(_with_recompute(problem, mode), profile, options, incumbents=given)
+        except InfeasiblePlanError:
+            raise
+        except PlanError as e:  # the MIP found nothing in its time: and the chain?
+            if options.share is not None or options.method != "ilp":
+                raise
+            raise _unsolved(problem, e, _setting(profile, options), mode) from e
         if mode == "full" or options.recompute == "none":  # none asked for, not auto's choice
             plan = replace(plan, options={**plan.options, "recompute": {"mode": mode}})
         return plan
@@ -652,7 +659,7 @@ def _setting(profile: Profile, options: _Options) -> Setting:
                    samples=int(shape[0][0]) if shape and shape[0] else None)
 
 
-def _unsolved(problem: Problem, error: PlanError, setting: Setting) -> PlanError:
+def _unsolved(problem: Problem, error: PlanError, setting: Setting, mode: str = "auto") -> PlanError:
     """``error`` (no partition found in the time, with recomputation or without) with what
     the most memory-balanced chain split recomputing where that frees memory needs and what
     would fit, where no chain split fits even so: then it is as good as infeasible. The chain is
@@ -660,15 +667,18 @@ def _unsolved(problem: Problem, error: PlanError, setting: Setting) -> PlanError
     recomputes where that costs some (a stage holding one micro-batch keeps each block's
     input besides its activations alive again), and a chain split that fit recomputing
     less was not found, the error said nothing fit, and its hint named more stages than
-    needed (a Gemma-2-27B shape on 80 GB H100s: 17, where 16 fit). ``full``'s is asked too:
-    recomputing every candidate is one of ``auto``'s choices, and ``full``'s chain prices a
-    run of recomputed blocks as one region, keeping its first block's inputs only, where
-    ``auto``'s keeps every block's."""
-    some = _with_recompute(problem, "auto")
-    if chain_fits(some) or chain_fits(_with_recompute(problem, "full")):  # full's is auto's too
+    needed (a Gemma-2-27B shape on 80 GB H100s: 17, where 16 fit). Under ``auto``, ``full``'s
+    is asked too: recomputing every candidate is one of ``auto``'s choices, and ``full``'s
+    chain prices a run of recomputed blocks as one region, keeping its first block's inputs
+    only, where ``auto``'s keeps every block's. ``mode``, where the user chose ``none`` or
+    ``full``: that mode's chain (a Qwen2-57B-A14B shape on 16 × 80 GB, ``--recompute
+    full``, was told only to raise the time limit, where no chain split fits)."""
+    some = _with_recompute(problem, mode)
+    if chain_fits(some) or (mode == "auto" and chain_fits(_with_recompute(problem, "full"))):
         return error
     why = explain(some, "dp", setting)
-    return InfeasiblePlanError(f"{error.message}, with or without recomputation; and {why.message}",
+    besides = ", with or without recomputation" if mode == "auto" else ""
+    return InfeasiblePlanError(f"{error.message}{besides}; and {why.message}",
                                hint=f"{why.hint}; or raise the time limit (--time-limit) for a proof "
                                f"that no other partition fits either")
 
