@@ -147,7 +147,7 @@ def explain(problem: Problem, method: str = "ilp", setting: Setting | None = Non
     needs = ", ".join(format_size(s.memory) for s in ev.stages)
     what = "a chain split" if method != "ilp" else "any partition"
     if cfg.recompute != "none":
-        what += ", recomputing every block that can be"
+        what += ", recomputing every block that can be,"
     message = (f"no partition into {p} stages fits in memory ({what} searched): the most "
                f"memory-balanced split needs [{needs}]; stage {worst} needs "
                f"{format_size(ev.stages[worst].memory)} but {dev.name} has {format_size(dev.memory)}")
@@ -365,7 +365,7 @@ def _explain_chunks(problem: Problem, method: str) -> InfeasiblePlanError:
     r = ev.ranks.index(worst)
     what = "a chain split" if method != "ilp" else "any partition"
     if cfg.recompute != "none":
-        what += ", recomputing every block that can be"
+        what += ", recomputing every block that can be,"
     hint = _recompute_hint(problem) if cfg.recompute == "none" else ""
     return InfeasiblePlanError(
         f"no partition into {cfg.num_ranks} ranks × {cfg.virtual_stages} chunks fits in memory "
