@@ -4,6 +4,7 @@ applied, plans ([Note: remedies that fit])."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,7 +14,8 @@ from autopipe import ModelSpec
 from autopipe._units import parse_size
 from autopipe.cli.main import main
 from autopipe.errors import InfeasiblePlanError
-from autopipe.partition import plan_profile
+from autopipe.partition import plan_profile, planner
+from autopipe.partition.ilp import IlpResult
 from autopipe.partition.synthetic import synthetic_profile
 from autopipe.profile.profile import Profile
 from autopipe.spec import cross_entropy
@@ -116,3 +118,30 @@ def test_a_tiny_device_is_told_the_memory_that_fits() -> None:
     """On a tiny device the only remedy is memory, a size ``--memory`` reads."""
     named = check_remedies(synthetic_profile(40, seed=2), dict(num_stages=4, microbatches=8, memory_limit="20MiB"))
     assert len(named) == 1 and re.fullmatch(r"devices with \d+ MiB each \(--memory \d+MiB\)", named[0])
+
+
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_a_mip_that_finds_nothing_where_no_chain_split_fits_explains(
+        moe: Profile, recompute: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--recompute none`` or ``full`` whose MIP finds nothing in its time, where no chain
+    split fits either: the error explains and names what fits (it said only "raise the time
+    limit, or lower --max-blocks", as on the Qwen2-57B-A14B shape, ``full``)."""
+    real = planner.solve_ilp
+
+    def unsolved(*args: Any, **kwargs: Any) -> IlpResult:
+        return replace(real(*args, **kwargs), stage_of=None, status="unsolved")
+
+    options = dict(num_stages=4, memory_limit="350MB", recompute=recompute, max_blocks=100, time_limit=10.0)
+    with monkeypatch.context() as patched:
+        patched.setattr(planner, "solve_ilp", unsolved)
+        with pytest.raises(InfeasiblePlanError) as info:
+            plan_profile(moe, **options)
+    err = info.value
+    assert err.message.startswith("the MIP solver found no partition in ")
+    assert "no partition into 4 stages fits in memory" in err.message
+    named = remedies(err)
+    assert named[-1] == "raise the time limit (--time-limit) for a proof that no other partition fits either"
+    for remedy in named[:-1]:
+        plan = plan_profile(moe, **{**options, **applied(remedy)})
+        limit = parse_size(applied(remedy).get("memory_limit", options["memory_limit"]))
+        assert all(s.memory.total <= limit for s in plan.stages), remedy
