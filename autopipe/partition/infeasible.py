@@ -50,16 +50,17 @@ def chain_fits(problem: Problem) -> bool:
     return found is not None and found[0] <= 1.0
 
 
-def _recompute_hint(problem: Problem) -> str:
+def _recompute_hint(problem: Problem, method: str) -> str:
     """``--recompute auto`` with what a split would need, where recomputing makes one fit:
-    a heuristic split's, else the ILP's within ``_RECOMPUTE_SECONDS``."""
-    auto = problem.with_config(replace(problem.config, recompute="auto"))
-    splits = [found[1] for found in (min_memory(Chain(auto)),) if found is not None]
-    splits += [s for s in (baselines.uniform(auto), baselines.params(auto)) if s is not None]
-    for stage_of in splits:
+    one of the splits ``plan`` starts from ([Note: remedies that fit]), else, for the ILP,
+    the ILP's own within ``_RECOMPUTE_SECONDS`` (``plan``'s MIP has more)."""
+    auto = _with_recompute(problem, "auto")
+    for stage_of in _starts(auto, method):
         regions = fit(auto, stage_of)
         if regions is not None:
             return _needs(auto, stage_of, regions)
+    if method != "ilp":
+        return ""
     res = solve_ilp(auto, time_limit=_RECOMPUTE_SECONDS, gap=0.05, break_ties=False)
     if res.stage_of is None:
         return ""
@@ -166,7 +167,7 @@ def _remedies(problem: Problem, method: str, setting: Setting) -> list[str]:
     hints: list[str] = []
     auto = _with_recompute(problem, "auto")
     if cfg.recompute == "none":
-        hints.append(_recompute_hint(problem))
+        hints.append(_recompute_hint(problem, method))
     elif cfg.recompute == "full" and auto.recompute_candidates() and _found(auto, method):
         hints.append("--recompute auto (it recomputes only where that frees memory)")
     deadline = time.monotonic() + _SEARCH_SECONDS
@@ -188,13 +189,19 @@ def _with_recompute(problem: Problem, mode: str) -> Problem:
 
 def _found(problem: Problem, method: str) -> bool:
     """Whether ``plan`` with ``method`` finds a partition of ``problem`` that fits by one of
-    its starting points ([Note: remedies that fit])."""
+    the splits it starts from ([Note: remedies that fit])."""
+    return any(fit(problem, s) is not None for s in _starts(problem, method))
+
+
+def _starts(problem: Problem, method: str) -> list[list[int]]:
+    """The splits ``plan`` with ``method`` starts from: the chain DP's fastest that fits,
+    for the ILP also the uniform and parameter-balanced layer splits."""
     # the DP's split exists where the chain's most memory-balanced one fits (one pass of
     # its DP, not the two of the fastest, each pricing time too)
     splits = [min_bottleneck(Chain(problem)) if chain_fits(problem) else None]
     if method != "dp":
         splits += [baselines.uniform(problem), baselines.params(problem)]
-    return any(s is not None and fit(problem, s) is not None for s in splits)
+    return [s for s in splits if s is not None]
 
 
 def _stage_hint(problem: Problem, method: str, deadline: float) -> str:
@@ -366,7 +373,7 @@ def _explain_chunks(problem: Problem, method: str) -> InfeasiblePlanError:
     what = "a chain split" if method != "ilp" else "any partition"
     if cfg.recompute != "none":
         what += ", recomputing every block that can be,"
-    hint = _recompute_hint(problem) if cfg.recompute == "none" else ""
+    hint = _recompute_hint(problem, method) if cfg.recompute == "none" else ""
     return InfeasiblePlanError(
         f"no partition into {cfg.num_ranks} ranks × {cfg.virtual_stages} chunks fits in memory "
         f"({what} searched): the most memory-balanced split needs "
