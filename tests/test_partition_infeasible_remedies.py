@@ -145,3 +145,19 @@ def test_a_mip_that_finds_nothing_where_no_chain_split_fits_explains(
         plan = plan_profile(moe, **{**options, **applied(remedy)})
         limit = parse_size(applied(remedy).get("memory_limit", options["memory_limit"]))
         assert all(s.memory.total <= limit for s in plan.stages), remedy
+
+
+def test_one_sample_micro_batches_are_named_only_where_they_hold_more() -> None:
+    """Micro-batches of one sample are named (an estimate: the profile's activations scaled
+    down) where the profile's hold more than one, and never at one already."""
+    options = dict(num_stages=2, microbatches=4, schedule="gpipe", memory_limit="250MiB", recompute="none")
+    one = synthetic_profile(40, seed=2, param_prob=0.1)  # activations most of each stage
+    with pytest.raises(InfeasiblePlanError) as info:
+        plan_profile(one, **options)
+    assert not any("sample" in r for r in remedies(info.value))
+    four = replace(one, microbatch_shape=[[4]])
+    with pytest.raises(InfeasiblePlanError) as info:
+        plan_profile(four, **options)
+    named = [r for r in remedies(info.value) if "sample" in r]
+    assert named == ["micro-batches of 1 sample, not 4 (--batch-size 4 --microbatches 4; estimated: "
+                     "this profile's activations scaled down)"]
