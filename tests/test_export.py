@@ -136,6 +136,14 @@ def test_deepspeed_parts_and_megatron_counts_are_the_plans_layers(case: str) -> 
 
     mg = export_plan(plan, "megatron")
     assert mg["layers_per_stage"] == counts and mg["num_layers"] == sum(counts)
+    # [Note: an output layer of its own]: Megatron-LM ties them unless told; Llama's head is its own
+    untie = "--untie-embeddings-and-output-weights"
+    assert (untie in mg["args"]) == (case == "llama") and plan.options["granularity"]["tied_ends"] == (case != "llama")
+    assert untie not in mg.get("uneven_args", []) or case == "llama"
+    older = dataclasses.replace(plan, options={**plan.options, "granularity": {
+        k: v for k, v in plan.options["granularity"].items() if k != "tied_ends"}})
+    mg_older = export_plan(older, "megatron")
+    assert untie not in mg_older["args"] and any("ties its embedding" in n for n in mg_older["notes"])
     parsed = megatron_layout(mg["pipeline_model_parallel_layout"])
     assert [st.count("t") for st in parsed] == counts
     assert parsed[0][0] == "E" and parsed[-1][-1] == "L" and "".join(parsed).count("E") == 1

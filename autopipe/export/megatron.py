@@ -44,6 +44,16 @@ from autopipe.plan_format import Plan
 # a stack inside a module held whole (``model.encoder``) does not show in them.
 
 
+# [Note: an output layer of its own]
+#
+# Megatron-LM's GPT model ties its word embedding to its output layer unless
+# ``--untie-embeddings-and-output-weights``: a Llama exported without that flag trains a
+# different model, its head the embedding's transpose (until 2026-12-07 the export never
+# said so). The plan's layer record says whether a parameter is read both before the
+# layers and after them (``tied_ends``); where it is not, the arguments untie them; where
+# the record does not say (older plans), a note asks.
+
+
 def _stage(count: int) -> str:
     return "t" * count if count < 3 else f"t*{count}"
 
@@ -114,6 +124,8 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
         out["args"] += flags
     if sharded(plan):  # [Note: sharded optimizer states in an export]
         out["args"].append("--use-distributed-optimizer")
+    untie = ["--untie-embeddings-and-output-weights"] if split.tied_ends is False else []
+    out["args"] += untie  # [Note: an output layer of its own]
     middle = counts[1:-1]
     if plan.num_stages == ranks and len(counts) > 1 and counts[0] > 0 and counts[-1] > 0 \
             and len(set(middle)) <= 1 and all(middle):
@@ -123,8 +135,14 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
             out["uneven_args"] += flags
         if sharded(plan):
             out["uneven_args"].append("--use-distributed-optimizer")
+        out["uneven_args"] += untie
     out["notes"] = recompute.notes(split, f"Megatron-LM (--recompute-num-layers {n})",
                                    [min(n, c) for c in counts])
+    if split.tied_ends is None:
+        out["notes"].append("the plan does not record whether the model ties its embedding to its "
+                            "output layer (planned before 2026-12-07): Megatron-LM ties them unless "
+                            "--untie-embeddings-and-output-weights, which a model whose output layer "
+                            "has its own weight needs")
     return out
 
 

@@ -47,6 +47,10 @@ class LayerSplit:
     (written before 2026-12-07, or then without stacks left uncut: the two read alike)."""
     auto: bool = False
     """True when the planner found the layers, False when ``--cut-at`` named them."""
+    tied_ends: bool | None = None
+    """Whether a parameter is read both before the layers and after them (an embedding tied
+    to the output layer: ``layers.tied_ends``); None in plans from before it was recorded
+    (2026-12-07)."""
     runs: tuple[int, ...] = ()
     """The layers (units 1…L) in the order their runs start, where the model runs one several
     times (``Layers.runs``: ALBERT's one shared layer group, once per hidden layer); empty
@@ -212,6 +216,7 @@ def layer_split(plan: Plan) -> LayerSplit:
                            uncut=tuple((str(x), int(n)) for x, n in info["uncut"]) if "uncut" in info else None,
                            auto=bool(info.get("auto", False)),
                            runs=tuple(int(k) for k in info.get("runs", ())),
+                           tied_ends=None if info.get("tied_ends") is None else bool(info["tied_ends"]),
                            alike=None if info.get("alike") is None else bool(info["alike"]))
     except (KeyError, TypeError, ValueError) as e:
         raise ExportError(f"the plan's layer record is malformed ({type(e).__name__}: {e})",

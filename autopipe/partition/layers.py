@@ -591,6 +591,19 @@ def _under(name: str, modules: list[str]) -> bool:
     return any(name.startswith(m + ".") for m in modules)
 
 
+def tied_ends(layers: Layers, profile: Profile) -> bool:
+    """Whether a parameter is read both before the layers and after them: an embedding tied
+    to the output layer (GPT-2's ``wte``), as Megatron-LM builds its models by default."""
+    last = len(layers.units) - 1
+    ends: dict[str, set[int]] = {}
+    for n in profile.nodes:
+        unit = layers.node_unit.get(n.name)
+        if unit in (0, last):
+            for q in (*n.params, *n.shared_params):
+                ends.setdefault(q, set()).add(unit)
+    return any(len(u) == 2 for u in ends.values())
+
+
 def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan], profile: Profile) -> Plan:
     """``plan`` (layer-granular) with its units, the modules each stage reads parameters of
     beyond them (``holders``), what the restriction costs, and where the plan recomputes,
@@ -621,6 +634,7 @@ def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan], profile: 
         **({"root_params": roots} if any(roots := root_params(plan, profile)) else {}),
         "unrestricted_s": step,
         "cost": plan.predicted.iteration_s / step if step > 0 else 1.0,
+        "tied_ends": tied_ends(layers, profile),  # [Note: an output layer of its own] in autopipe.export.megatron
     }
     if plan.recomputes:  # which units the engines must recompute (autopipe.export)
         info["recompute_units"] = [sorted({layers.node_unit[n] for g in s.recompute for n in g})
