@@ -95,18 +95,34 @@ def min_bottleneck(chain: Chain) -> list[int] | None:
     return chain.stage_of(cuts)
 
 
-def min_memory(chain: Chain) -> tuple[float, list[int]] | None:
+def min_memory(chain: Chain, *, balanced: bool = False) -> tuple[float, list[int]] | None:
     """The chain partition with the smallest max_s memory_s / limit_s, ignoring the limits.
 
     Returns (that ratio, block → stage), or None when the chain has no valid partition
-    (fewer blocks than stages, or pins and non-tensor values leave no cut).
+    (fewer blocks than stages, or pins and non-tensor values leave no cut). ``balanced``:
+    among the partitions with that ratio, the one with the least sum of squared ratios, as
+    ``min_bottleneck`` does for time (a second pass; without it the stages other than the
+    largest are split arbitrarily, and an infeasible plan's message listed them so: a
+    Qwen2-MoE's "most memory-balanced split" read 57 GiB beside 116).
     """
     limits = [lim if np.isfinite(lim) else 1.0 for lim in chain.limit]
+    ratios: dict[tuple[int, int], FloatArray] = {}  # both passes ask each (s, i)
 
     def ratio(s: int, i: int, j: range) -> FloatArray:
-        return chain.memory(s, i, j) / limits[s]
+        if (s, i) not in ratios:
+            ratios[(s, i)] = chain.memory(s, i, j) / limits[s]
+        return ratios[(s, i)]
 
     found = _minmax(chain, ratio, fits=False)
     if found is None:
         return None
+    if balanced:
+        def squared(s: int, i: int, j: range) -> FloatArray:
+            r = ratio(s, i, j)
+            out: FloatArray = r * r
+            return out
+
+        refined = _minmax(chain, ratio, cap=found[0] * (1 + 1e-12), fits=False, weight=squared)
+        if refined is not None:
+            return found[0], chain.stage_of(refined[1])
     return found[0], chain.stage_of(found[1])

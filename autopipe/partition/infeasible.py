@@ -133,7 +133,7 @@ def explain(problem: Problem, method: str = "ilp", setting: Setting | None = Non
     if cfg.virtual_stages > 1:
         return _explain_chunks(problem, method)
     p = cfg.num_stages
-    found = min_memory(Chain(problem))
+    found = min_memory(Chain(problem), balanced=True)
     if found is None:  # no split in run order: non-tensor values and pins leave no cut there
         return InfeasiblePlanError(
             f"no partition into {p} stages fits in memory, and no split of the model in the order "
@@ -365,7 +365,7 @@ def _explain_chunks(problem: Problem, method: str) -> InfeasiblePlanError:
     """``explain`` for chunks on ranks ([Note: chunks]): what the most memory-balanced chain
     split needs per rank; interleaving holds more micro-batches in flight than 1F1B."""
     cfg = problem.config
-    found = min_memory(Chain(problem))
+    found = min_memory(Chain(problem), balanced=True)
     assert found is not None, "a problem with at least p computing blocks has a chain partition"
     ev = evaluate(problem, found[1], _least_recompute(problem, found[1]))
     worst = max(ev.ranks, key=lambda r: r.memory / r.limit)
