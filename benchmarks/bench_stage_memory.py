@@ -16,7 +16,13 @@ Not counted: an embedding's gradient on zero pages (made from an anonymous mappi
 writes), and the process itself (malloc's holes, the interpreter, torch:
 ``benchmarks/bench_init_memory.py`` measures resident memory).
 
-    python -m benchmarks.bench_stage_memory [--only mlp,unet,gpt2] [--microbatches 8] [--steps 3]
+``--recompute full`` plans every block that can be recomputed (one region per layer of a
+model's repeated layers, [Note: a region per layer] in ``autopipe.partition.costs``);
+``--longest-runs`` plans the regions as the longest runs of blocks instead, as before
+2026-12-07 (a stage's layers one region), for comparison.
+
+    python -m benchmarks.bench_stage_memory [--only mlp,unet,gpt2,llama] [--microbatches 8] [--steps 3]
+                                            [--recompute auto|none|full] [--longest-runs]
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "mlp": {"in_dim": 256, "hidden": 2048, "batch_size": 256},
     "unet": {},
     "gpt2": {},
+    "llama": {},
 }
 MIB = 2**20
 
@@ -110,7 +117,7 @@ def worker(spec_path: str, knobs: str, plan_path: str, out: str, steps: int) -> 
     return 0
 
 
-def bench(name: str, microbatches: int, steps: int, tmp: Path) -> None:
+def bench(name: str, microbatches: int, steps: int, tmp: Path, recompute: str = "auto") -> None:
     """Plan ``name``, train it on 2 ranks, print planned against counted per stage."""
     from autopipe.runtime.launch import launch
 
@@ -119,7 +126,7 @@ def bench(name: str, microbatches: int, steps: int, tmp: Path) -> None:
     spec = autopipe.load_spec(spec_path, **knobs)
     plan = autopipe.plan(spec.model, spec.example_inputs, example_kwargs=spec.example_kwargs, num_stages=2,
                          microbatches=microbatches, profile="measure", loss_fn=spec.loss_fn,
-                         target=example_target(spec))
+                         target=example_target(spec), recompute=recompute)
     folder = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=tmp))
     plan.save(folder / "plan.json")
     with open(folder / "log.txt", "w") as log:
@@ -152,18 +159,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(MODELS))
     ap.add_argument("--microbatches", type=int, default=8)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--recompute", default="auto", choices=("auto", "none", "full"))
+    ap.add_argument("--longest-runs", action="store_true",
+                    help="recomputed regions as the longest runs of blocks, as planned before 2026-12-07")
     ap.add_argument("--worker", nargs=5, metavar=("SPEC", "KNOBS", "PLAN", "OUT", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         spec_path, knobs, plan_path, out, steps = args.worker
         return worker(spec_path, knobs, plan_path, out, int(steps))
     torch.set_num_threads(1)
-    print(f"2 stages, 1f1b, {args.microbatches} micro-batches, Adam, {args.steps} steps on 2 gloo ranks; "
+    if args.longest_runs:
+        from autopipe.partition import planner
+        planner.node_layers = lambda *_: {}  # no layers known: regions are the longest runs
+    print(f"2 stages, 1f1b, {args.microbatches} micro-batches, Adam, {args.steps} steps on 2 gloo ranks, "
+          f"--recompute {args.recompute}{' (longest runs)' if args.longest_runs else ''}; "
           "planned: the plan's stage memory beyond its parameters; counted: the rank's peak of tensor "
           "storages beyond them")
     with tempfile.TemporaryDirectory(prefix="bench_stage_memory.") as d:
         for name in [n for n in args.only.split(",") if n]:
-            bench(name, args.microbatches, args.steps, Path(d))
+            bench(name, args.microbatches, args.steps, Path(d), args.recompute)
     return 0
 
 
