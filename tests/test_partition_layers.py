@@ -171,6 +171,15 @@ def test_bad_options(kwargs: dict[str, object], match: str) -> None:
         plan_profile(layered_profile(0), **args)  # type: ignore[arg-type]
 
 
+def test_too_many_stages_for_the_layers_says_what_export_takes() -> None:
+    """The hint for more stages than the layers allow names finer layers first and says that
+    a plan cut anywhere is refused by export (it said "plan without --granularity layer",
+    whose plan the export sends back to --granularity layer, until 2026-12-07)."""
+    with pytest.raises(PlanError, match="at layer boundaries: the 4 layers found") as e:
+        plan_profile(layered_profile(0), num_stages=7, microbatches=8, granularity="layer")
+    assert "--cut-at" in str(e.value.hint) and "autopipe export refuses" in str(e.value.hint)
+
+
 def test_no_repeated_layers() -> None:
     profile = layered_profile(0)
     flat = dataclasses.replace(profile, nodes=tuple(

@@ -37,7 +37,8 @@ from autopipe.profile.profile import Profile
 
 GRANULARITIES = ("node", "layer")
 _REGEX_CHARS = set("^$()|+\\{}")
-_HINT = "plan without --granularity layer, or name the layers with --cut-at PATTERN"
+_HINT = ("name finer layers with --cut-at PATTERN; a plan without --granularity layer cuts "
+         "anywhere, which autopipe train runs but autopipe export refuses")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -395,8 +396,9 @@ def restrict(problem: Problem, cut_at: str | None) -> tuple[Problem, Layers]:
     if out.num_real < p:
         what = "found" if auto else "matched by"
         raise PlanError(
-            f"cannot cut the model into {p} stages at layer boundaries: the {len(paths)} layers "
-            f"{what} {cut_at} leave {out.num_real} pieces that can be separated "
+            f"cannot cut the model into {p} stages at layer boundaries: the {len(paths)} "
+            f"layer{'s' * (len(paths) != 1)} {what} {cut_at} leave{'s' * (len(paths) == 1)} "
+            f"{out.num_real} pieces that can be separated "
             f"(with what runs before and after them)",
             hint=f"use at most {out.num_real} stages, or {_HINT}")
     return out, layers
