@@ -36,11 +36,12 @@ read in block d.
 With recomputation ([Note: recomputation] in ``autopipe.partition.costs``) each candidate
 block has r[b,s] ≤ x[b,s], binary under ``auto`` and x[b,s] itself under ``full``: B_s
 gains forward_b · r[b,s] (so does W_s under a split backward: [Note: recomputation in a
-split backward]), memory_s loses (inflight_s − 1) · activation_b · r[b,s] and gains
-inflight_s · bytes_v · w[v,s] for the values kept, w[v,s] ≥ r[d,s] − r[k,s] (u ≤ k < d).
+split backward]), memory_s loses inflight_s · activation_b · r[b,s] and gains
+inflight_s · bytes_v · w[v,s] for the values kept, w[v,s] ≥ r[d,s] − r[k,s] (u ≤ k < d,
+u and d in one layer; else w[v,s] ≥ r[d,s]), and A_s ≥ Σ_{b in layer l} activation_b ·
+r[b,s] for each layer l ([Note: a region per layer]; one layer: that sum itself).
 With virtual stages the chunk's saved bytes per micro-batch lose activation_b · r[b,s] and
-gain bytes_v · w[v,s], and each rank's rows gain L_r ≥ Σ_b activation_b · r[b,c] for each
-of its chunks c.
+gain bytes_v · w[v,s], and each rank's rows gain L_r ≥ A_c for each of its chunks c.
     minimise T + Σ_q bytes_q/bandwidth · (Σ_s z[q,s] − 1)
 
 The step time is the longest path of the schedule's task DAG ([Note: the step time
@@ -691,7 +692,7 @@ class _Model:
             alive.setdefault(layer[b], _Lin()).add(again, problem.blocks[b].activation_bytes / scale)
         if len(alive) == 1:
             live.add(next(iter(alive.values())), 1.0)
-        else:  # the largest layer's: L_s ≥ each
+        else:  # the largest layer's: A_s ≥ each
             most = self._var(f"A_{s}")
             self.layer_vars.append((most, list(alive.values())))
             live.add(most, 1.0)
