@@ -134,7 +134,8 @@ def profiles(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 6, tables: bo
 @st.composite
 def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
           schedules: tuple[str, ...] = ("1f1b", "gpipe"), recompute: tuple[str, ...] = ("none",),
-          remake: tuple[str, ...] = ("none",), no_grad: bool = False, layered: bool = False) -> Case:
+          remake: tuple[str, ...] = ("none",), no_grad: bool = False, layered: bool = False,
+          views: bool = False) -> Case:
     """A random profile and a random pipeline for it (memory limits sometimes too small).
 
     A zb-h1 pipeline gets a micro-batch count its rounds divide (``check_schedule``).
@@ -142,7 +143,8 @@ def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
     made again to draw from (other than ``none``: the profile has some); ``no_grad``: the
     profile marks values without a gradient, some of which go forward only; ``layered``:
     half the cases put the nodes in layers, runs of the node order that no recomputed
-    region spans ([Note: a region per layer]).
+    region spans ([Note: a region per layer]); ``views``: some nodes that read a parameter
+    hand on a view of it ([Note: a parameter's view is kept free]).
     """
     profile = draw(profiles(max_nodes=max_nodes, tables=remake != ("none",), no_grad=no_grad))
     p = draw(st.sampled_from([2, 3, 1][: max_stages] if max_stages < 3 else [2, 3, 1]))
@@ -176,6 +178,11 @@ def cases(draw: st.DrawFn, max_nodes: int = 6, max_stages: int = 3,
                     recompute=draw(st.sampled_from(list(recompute))), remake=draw(st.sampled_from(list(remake))))
     # the profile's rates for the plan's optimizer give the same step (float32: 4 bytes an element)
     profile = dataclasses.replace(profile, optimizer={optimizer: (step[0], step[1] * 4)}, runtime=runtime)
+    if views:
+        marks = draw(st.lists(st.booleans(), min_size=len(profile.nodes), max_size=len(profile.nodes)))
+        profile = dataclasses.replace(profile, nodes=tuple(
+            dataclasses.replace(n, param_view=True) if mark and n.params else n
+            for n, mark in zip(profile.nodes, marks)))
     node_layer: dict[str, int] = {}
     if layered and draw(st.booleans()):
         starts = draw(st.lists(st.booleans(), min_size=len(profile.nodes), max_size=len(profile.nodes)))

@@ -46,7 +46,7 @@ def close(a: float, b: float, rel: float = 1e-6) -> bool:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cases(max_nodes=5, schedules=("1f1b", "gpipe", "zb-h1"), recompute=("auto", "full"), layered=True))
+@given(cases(max_nodes=5, schedules=("1f1b", "gpipe", "zb-h1"), recompute=("auto", "full"), layered=True, views=True))
 def test_ilp_equals_brute_force(case: Case) -> None:
     """Cuts and recomputation chosen together: the ILP's step equals the best of every
     partition with every subset of recomputed blocks (``auto``), or with all (``full``),
@@ -98,7 +98,7 @@ def test_the_models_hypothesis_found_highs_wrong_on_are_solved(solver: str, name
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cases(max_nodes=5, schedules=("1f1b", "gpipe", "zb-h1"), recompute=("auto", "full"), layered=True))
+@given(cases(max_nodes=5, schedules=("1f1b", "gpipe", "zb-h1"), recompute=("auto", "full"), layered=True, views=True))
 def test_model_encodes_recomputation(case: Case) -> None:
     """For partitions with any recomputed blocks, the MIP's rows and objective at their
     values equal costs.evaluate: memory (kept inputs, the activations alive again, one
@@ -280,7 +280,7 @@ def test_a_region_per_layer() -> None:
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cases(max_nodes=6, schedules=("1f1b", "gpipe", "zb-h1"), recompute=("full",), layered=True))
+@given(cases(max_nodes=6, schedules=("1f1b", "gpipe", "zb-h1"), recompute=("full",), layered=True, views=True))
 def test_the_chain_prices_full_recomputation_high(case: Case) -> None:
     """The chain's price of every stage of every chain split under ``full`` is at least
     ``evaluate``'s ([Note: a region per layer]): its DP then never offers a split that does

@@ -4,6 +4,7 @@ kept by the planner and checked by the runtime ([Note: in-place writes order the
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from autopipe.runtime.split import split_graph
 
 from .runtime_cases import pipeline_backward
 from .runtime_plans import plan_from_cuts, valid_cuts
+from .zoo import qwen2_moe
 
 
 class Halves(nn.Module):
@@ -129,3 +131,29 @@ def test_a_buffer_and_its_slice_sent_together_stay_one_storage(split_backward: b
         torch.testing.assert_close(loss, expected, msg=f"cut after {names[cut]}")
         for p, g in zip(params, grads):
             torch.testing.assert_close(p.grad, g, msg=f"cut after {names[cut]}")
+
+
+class _TransposedWeight(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(8, 16))
+        self.lin = torch.nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(self.lin(x), self.w.t()).transpose(0, 1)
+
+
+def test_views_of_parameters_are_marked() -> None:
+    """A view of a parameter (``w.t()``) is marked ``param_view``, a view of an activation is
+    not, through fx and through an exported Hugging Face MoE's experts (``gate_up_proj``
+    transposed for ``_grouped_mm``); a profile carries the mark ([Note: a parameter's view is
+    kept free] in ``autopipe.partition.costs``)."""
+    graph = autopipe.trace(_TransposedWeight(), (torch.randn(4, 16),))
+    assert {n.name for n in graph.nodes if n.param_view} == {"t"}
+    spec = qwen2_moe()
+    moe = autopipe.trace(spec.model, spec.example_inputs, example_kwargs=spec.example_kwargs)
+    marked = [n for n in moe.nodes if n.param_view]
+    assert moe.frontend == "export" and marked
+    assert all(n.target == "aten.transpose.int" and n.shared_params + n.params for n in marked)
+    prof = Profile.from_json(json.loads(json.dumps(estimate(graph, (torch.randn(4, 16),), progress=False).to_json())), source="test")
+    assert [n.name for n in prof.nodes if n.param_view] == ["t"]

@@ -223,6 +223,8 @@ def _full(problem: Problem, candidates: BoolArray) -> tuple[FloatArray, FloatArr
                      for b in range(problem.size)])
     kept = np.zeros(problem.size)
     for v in problem.values:
+        if v.param_view:  # [Note: a parameter's view is kept free]
+            continue
         for d in v.dsts:
             if candidates[d] and (run[d] != run[v.src] or not candidates[v.src] or d - v.src >= REGION_SPAN):
                 kept[d] += v.bytes

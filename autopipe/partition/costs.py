@@ -91,6 +91,18 @@ forms regions of its own. A coarsened block that spans two layers recomputes as 
 region, in the plan as in the runtime. Under ``auto`` too, so that recomputing every
 candidate, ``full``'s choice, stays one of ``auto``'s.
 
+[Note: a parameter's view is kept free]
+
+A region that reads a view of a parameter made outside it (Qwen2-MoE's experts hand
+``gate_up_proj.transpose(1, 2)`` to ``_grouped_mm``: 2.19 GiB at the 57B-A14B shape) keeps
+that view for its backward, which holds the parameter's storage, alive anyway: nothing.
+Counted as kept (for every micro-batch in flight), a region starting at the expert call
+cost a stage of that shape 21 GiB it never holds, and ``full``'s chain priced a layer a
+stage at 84 GiB where ``evaluate`` read 45 (found by a sweep of infeasible hints,
+2026-12-07). ``Value.param_view`` marks such values (``NodeInfo.param_view``, from the
+trace's views); ``evaluate``, the ILP and the chain keep them free. Sent to another stage,
+the view is a copy like any value, and the cut pays for it.
+
 [Note: recomputation in a split backward]
 
 Under zb-h1, zbv and dualpipev torch runs a stage's backward as two actions: I, the input
@@ -540,6 +552,8 @@ def _recompute(problem: Problem, stage_of: Sequence[int], chosen: Sequence[int],
     for (s, _), n in alive.items():  # [Note: a region per layer]: one layer's at a time
         live[s] = max(live[s], n)
     for v in problem.values:
+        if v.param_view:  # [Note: a parameter's view is kept free]
+            continue
         kept: set[int] = set()
         made_in = region_of.get(v.src)
         for d in v.dsts:

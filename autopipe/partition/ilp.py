@@ -700,7 +700,7 @@ class _Model:
                 self._row([(lin, 1.0), (most, -1.0)], "<=", f"layer_{s}_{u}")
         for i, v in enumerate(problem.values):
             readers = [d for d in v.dsts if d in here]
-            if not readers or v.bytes == 0:
+            if not readers or v.bytes == 0 or v.param_view:  # [Note: a parameter's view is kept free]
                 continue
             kept = self._var(f"w_{i}_{s}", upBound=1)
             terms: list[_Lin] = []

@@ -277,6 +277,10 @@ class Value:
     no_grad: bool = False
     """The value surely has no gradient (``NodeProfile.no_grad``): nothing of it comes back
     if it goes forward only (``Problem.forward_only``)."""
+    param_view: bool = False
+    """The value is a view of a parameter's storage (``NodeProfile.param_view``): a
+    recomputed region keeps it free ([Note: a parameter's view is kept free] in
+    ``autopipe.partition.costs``); sent, it is a copy like any other."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -406,11 +410,12 @@ class Problem:
 
     def input_bytes(self) -> list[int]:
         """Per block, the bytes of the values it reads from other blocks, each counted once:
-        what a recomputed block keeps for its backward."""
+        what a recomputed block keeps for its backward (a parameter's view free: [Note: a
+        parameter's view is kept free] in ``autopipe.partition.costs``)."""
         out = [0] * self.size
         for v in self.values:
             for d in v.dsts:
-                out[d] += v.bytes
+                out[d] += 0 if v.param_view else v.bytes
         return out
 
     def region_breaks(self) -> frozenset[int]:
@@ -547,7 +552,8 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
             values.append(Value(node=n.name, src=i, dsts=tuple(sorted(dsts)),
                                 bytes=0 if free or n.name in remade else n.output_bytes,
                                 is_tensor=n.is_tensor or free or n.name in remade,
-                                remade=remade.get(n.name, ()), no_grad=n.no_grad))
+                                remade=remade.get(n.name, ()), no_grad=n.no_grad,
+                                param_view=n.param_view))
         after = ordered.get(n.name, set()) - (dsts or set())
         if after:
             values.append(Value(node=n.name, src=i, dsts=tuple(sorted(after)), bytes=0,

@@ -73,6 +73,11 @@ class NodeProfile:
     a gradient] in ``autopipe.trace.no_grad``): a cut may send it forward only. Profiles
     written before it read as every value having one; a planner that has the model reads it
     from the model (``with_marks``)."""
+    param_view: bool = False
+    """Whether its value is a view of a parameter's storage (``NodeInfo.param_view``): a
+    recomputed region keeps it free ([Note: a parameter's view is kept free] in
+    ``autopipe.partition.costs``). Profiles written before it read as none; a planner that
+    has the model reads it from the model (``with_marks``)."""
 
     def is_linear(self) -> bool:
         """A linear layer (profiles written before ``linear`` existed: by an ``aten.linear``
@@ -153,14 +158,14 @@ class Profile:
                 raise ProfileError(f"edge {src}→{dst} names an unknown node", hint="re-profile the model")
 
     def with_marks(self, graph: Graph) -> Profile:
-        """This profile, each node's ``remakable`` and ``no_grad`` read from ``graph`` (the
-        traced model it was made for): a profile written before the fields existed plans as a
-        new one does."""
-        marks = {n.name: (n.remakable, n.no_grad) for n in graph.nodes}
+        """This profile, each node's ``remakable``, ``no_grad`` and ``param_view`` read from
+        ``graph`` (the traced model it was made for): a profile written before the fields
+        existed plans as a new one does."""
+        marks = {n.name: (n.remakable, n.no_grad, n.param_view) for n in graph.nodes}
         nodes = []
         for n in self.nodes:
-            remakable, no_grad = marks.get(n.name, (False, False))
-            nodes.append(replace(n, remakable=remakable, no_grad=no_grad))
+            remakable, no_grad, param_view = marks.get(n.name, (False, False, False))
+            nodes.append(replace(n, remakable=remakable, no_grad=no_grad, param_view=param_view))
         return self if tuple(nodes) == self.nodes else replace(self, nodes=tuple(nodes))
 
     @property
@@ -251,7 +256,7 @@ class Profile:
 
 def _node_json(n: NodeProfile) -> dict[str, Any]:
     out = {**asdict(n), "params": list(n.params), "shared_params": list(n.shared_params)}
-    for f in ("embedding", "linear", "scratch_bytes", "remakable", "no_grad"):
+    for f in ("embedding", "linear", "scratch_bytes", "remakable", "no_grad", "param_view"):
         if not out[f]:  # the files of models without one stay as they were
             del out[f]
     return out
@@ -269,7 +274,7 @@ def node_profile(graph: Graph, name: str, *, forward_s: float, backward_input_s:
         param_bytes=sum(graph.param_bytes[p] for p in info.params),
         params=info.params, shared_params=info.shared_params, is_tensor=info.is_tensor,
         embedding=info.embedding, linear=info.linear, scratch_bytes=int(scratch_bytes),
-        remakable=info.remakable, no_grad=info.no_grad,
+        remakable=info.remakable, no_grad=info.no_grad, param_view=info.param_view,
     )
 
 

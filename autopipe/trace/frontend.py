@@ -27,6 +27,7 @@ from autopipe.trace._quick import failures_unlogged, quick_export, unguarded_mod
 from autopipe.trace._random import symbolic_trace
 from autopipe.trace._state import state_kept
 from autopipe.trace._vmap import fold_vmap_regions
+from autopipe.trace.aliasing import storage_of, view_sources
 from autopipe.trace.graph import Graph, NodeInfo, target_name
 from autopipe.trace.no_grad import no_grad_nodes
 from autopipe.trace.remade import remakable_nodes
@@ -550,6 +551,14 @@ def _build(
     infos = [replace(n, remakable=True) if n.name in remakable else n for n in infos]
     gradless = no_grad_nodes(infos)
     infos = [replace(n, no_grad=True) if n.name in gradless else n for n in infos]
+    views = view_sources(gm, {n.name for n in infos if n.is_tensor})
+    nodes = {n.name: n for n in gm.graph.nodes}
+
+    def param_view(name: str) -> bool:  # its storage is a parameter's (NodeInfo.param_view)
+        source = nodes[storage_of(name, views)]
+        return source.op == "get_attr" and str(source.target) in canonical
+
+    infos = [replace(n, param_view=True) if n.name in views and param_view(n.name) else n for n in infos]
     unused = [p for p in param_bytes if p not in owned]
     if unused:
         # parameters no node reads are owned by the output node so that totals stay true

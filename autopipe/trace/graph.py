@@ -60,6 +60,11 @@ class NodeInfo:
     """Its value surely has no gradient: not a floating-point tensor, or it reads no
     parameter, directly or through the nodes it reads (a mask, position ids) ([Note: values
     without a gradient] in ``autopipe.trace.no_grad``)."""
+    param_view: bool = False
+    """Its value is a view of a parameter's storage (a transposed weight: Qwen2-MoE's experts
+    hand ``gate_up_proj.transpose(1, 2)`` to ``_grouped_mm``): a recomputed region that
+    keeps it for its backward holds nothing the parameter does not ([Note: a parameter's
+    view is kept free] in ``autopipe.partition.costs``)."""
 
     @property
     def top_level(self) -> bool:
