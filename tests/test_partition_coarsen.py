@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -86,3 +87,33 @@ def test_what_follows_the_output_joins_the_last_stage() -> None:
     assert merged.num_real == 1 and set(merged.blocks[-1].nodes) == {"n0", "n1", "n3", "n4", "output"}
     with pytest.raises(PlanError, match="cannot cut the model into 2 stages"):
         plan_profile(prof, num_stages=2, microbatches=1, schedule="gpipe")
+
+
+def test_a_parameters_view_stays_with_its_readers_in_its_module() -> None:
+    """A view of a parameter is never sent to a reader in its module (a copy of the weight
+    each micro-batch: Qwen2-MoE's transposed experts, [Note: a parameter's view stays with
+    its readers]); a reader elsewhere (a tied head) may still receive it."""
+    def node(name: str, module: str, op: str = "call_function", view: bool = False,
+             params: tuple[str, ...] = ()) -> NodeProfile:
+        return NodeProfile(name=name, op=op, target="t", module=module, forward_s=1.0,
+                           backward_input_s=1.0, backward_weight_s=0.0, activation_bytes=0,
+                           output_bytes=64, param_bytes=64 if params else 0, params=params,
+                           shared_params=(), is_tensor=True, param_view=view)
+
+    nodes = (node("x", "", "placeholder"), node("a", "l0"), node("w_t", "l1.experts", view=True, params=("l1.w",)),
+             node("mm", "l1.experts"), node("b", "l1"), node("c", "l2"), node("head", "head"),
+             node("output", "", "output"))
+    edges = (("x", "a", 0), ("a", "mm", 0), ("w_t", "mm", 0), ("mm", "b", 0), ("b", "c", 0),
+             ("c", "head", 0), ("w_t", "head", 0), ("head", "output", 0))
+    prof = Profile(device="t", dtype="float32", microbatch_shape=[[1]], nodes=nodes, edges=edges,
+                   params={"l1.w": 64})
+    cfg = Config(num_stages=2, microbatches=2, schedule="1f1b",
+                 devices=(Device(name="d0", memory=0), Device(name="d1", memory=0)), link_bandwidth=1e9)
+    merged = merge_forced(from_profile(prof, cfg))
+    groups = [set(b.nodes) for b in merged.blocks]
+    assert {"w_t", "mm"} in groups  # made and read in l1.experts: one block
+    assert {"head"} in groups and {"c"} in groups  # read by the head: still free to be sent
+    # without the mark, nothing is merged
+    plain = Profile(device="t", dtype="float32", microbatch_shape=[[1]], edges=edges, params={"l1.w": 64},
+                    nodes=tuple(dataclasses.replace(n, param_view=False) for n in nodes))
+    assert merge_forced(from_profile(plain, cfg)).size == len(nodes)

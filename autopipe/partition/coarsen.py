@@ -2,12 +2,14 @@
 
 Two steps, both giving a Problem whose blocks are convex in the DAG:
 
-1. ``merge_forced`` (lossless): a value that is not a single tensor cannot be sent,
-   so its producer shares a stage with every reader — and, by convexity, with every
-   node on a path between them. Union the producer with its readers, then merge the
-   strongly connected components of the block graph (a path that leaves a block and
-   comes back into it is such a cycle). Whatever reads, directly or not, a value of the
-   last stage's blocks (the output's) runs on the last stage too, so it joins them.
+1. ``merge_forced`` (lossless but for one rule): a value that is not a single tensor
+   cannot be sent, so its producer shares a stage with every reader — and, by convexity,
+   with every node on a path between them. Union the producer with its readers, then
+   merge the strongly connected components of the block graph (a path that leaves a block
+   and comes back into it is such a cycle). Whatever reads, directly or not, a value of
+   the last stage's blocks (the output's) runs on the last stage too, so it joins them.
+   The rule: a view of a parameter is never sent to a reader in its module ([Note: a
+   parameter's view stays with its readers]).
 2. ``coarsen`` (lossy, only above ``max_blocks``): merge neighbouring blocks of the
    topological chain, the pair with the least work first (ties: across the
    highest-traffic boundary), and inside one module (``transformer.h.3``, at the
@@ -60,7 +62,9 @@ def regroup(problem: Problem, groups: Sequence[Sequence[int]]) -> Problem:
 def merge_forced(problem: Problem) -> Problem:
     """Merge every non-tensor value's producer with its readers and make the blocks convex.
 
-    Lossless: every valid partition of ``problem`` is a valid partition of the result.
+    Lossless: every valid partition of ``problem`` is a valid partition of the result,
+    but for those that send a parameter's view inside its module ([Note: a parameter's
+    view stays with its readers]).
     """
     parent = list(range(problem.size))
 
@@ -80,10 +84,13 @@ def merge_forced(problem: Problem) -> Problem:
             merged_any = True
 
     for v in problem.values:
-        if v.is_tensor:
-            continue
-        for d in v.dsts:
-            union(v.src, d)
+        if not v.is_tensor:
+            for d in v.dsts:
+                union(v.src, d)
+        elif v.param_view:
+            # [Note: a parameter's view stays with its readers]
+            for d in _near(problem, v):
+                union(v.src, d)
     last = [i for i, b in enumerate(problem.blocks) if b.pin == "last"]
     if last:
         readers: dict[int, list[int]] = {}
@@ -113,6 +120,33 @@ def merge_forced(problem: Problem) -> Problem:
         members.setdefault(cond.graph["mapping"][find(i)], []).append(i)
     order = list(nx.lexicographical_topological_sort(cond, key=lambda c: min(members[c])))
     return regroup(problem, [sorted(members[c]) for c in order])
+
+
+def _near(problem: Problem, value: Value) -> list[int]:
+    """The readers of ``value`` (a view of a parameter) inside the module that makes it, or
+    around it ([Note: a parameter's view stays with its readers])."""
+
+    def modules(i: int) -> set[str]:
+        return {problem.node_module.get(n, "") for n in problem.blocks[i].nodes}
+
+    def inside(a: str, b: str) -> bool:  # one module holds the other
+        return a == b or (bool(a) and b.startswith(a + ".")) or (bool(b) and a.startswith(b + "."))
+
+    made = modules(value.src)
+    return [d for d in value.dsts if any(inside(a, b) for a in made for b in modules(d))]
+
+
+# Note: a parameter's view stays with its readers
+# ------------------------------------------------
+# A view of a parameter (``Value.param_view``: Qwen2-MoE's experts hand
+# ``gate_up_proj.transpose(1, 2)`` to ``_grouped_mm``) costs nothing where it is made and
+# read, but sent across a cut it is a copy of the weight each micro-batch, and its
+# gradient one coming back: 2.19 GiB each way at the Qwen2-57B-A14B shape, where the chain
+# DP cut between the two and its split ran 11% slower than the parameter-balanced one. So
+# the view joins its readers in ``merge_forced``, as a value that cannot be sent does.
+# Only readers in the module that makes it (or one holding it, or held by it): a view read
+# across the model (a tied weight's transpose read by a distant head) would pull every
+# block between into one, and there sending it may be the price to pay.
 
 
 def _key(problem: Problem, block: Block, depth: int) -> str:
