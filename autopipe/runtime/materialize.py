@@ -45,6 +45,7 @@ from autopipe.runtime.hf_checkpoint import fit
 from autopipe.runtime.state_keys import canonical_names, tied_groups
 from autopipe.runtime.weights import TensorInfo, WeightsSource, open_weights, remarks
 from autopipe.spec import ModelSpec
+from autopipe.trace._constants import constant_value
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,9 @@ class Materialized:
     """Tensors filled by the spec's initialiser or ``reset_parameters`` (canonical names)."""
     bytes: int
     """Bytes of the tensors created (each tied tensor once)."""
+    constants: tuple[str, ...] = ()
+    """Constants made while tracing on meta, given their values ([Note: constants made while
+    tracing on meta] in ``autopipe.trace._constants``), by their names in the modules."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,15 +106,18 @@ def materialize_stages(
     Raises:
         WeightsError: the file is unreadable or does not fit the model (names, shapes, dtypes).
         SpecError: a meta tensor has no initialiser, the initialiser left one unset, or a
-            stage holds a meta tensor that is not the model's (a constant made in tracing).
+            stage holds a meta tensor that is not the model's and has no value (a constant of
+            the graph: a module's plain tensor attribute). Constants that ``forward`` made
+            from Python values while tracing get the values recorded then.
     """
     device = torch.device(device)
     names = _model_tensors(spec.model)
     canonical = canonical_names(names)
     groups = tied_groups(canonical)
+    constants, constant_bytes = _fill_constants(modules, names, device)
     slots = _slots(modules, names, canonical, load=init is not None)
     if init is None and not slots:
-        return Materialized(loaded=(), initialised=(), bytes=0)
+        return Materialized(loaded=(), initialised=(), bytes=constant_bytes, constants=constants)
     reads: dict[str, str] = {}
     values: dict[str, torch.Tensor] = {}
     if init is not None:
@@ -129,8 +136,8 @@ def materialize_stages(
             table: dict[str, Any] = slot.owner._parameters if slot.is_param else slot.owner._buffers
             table[slot.field] = value
     loaded = tuple(c for c in values if c in reads)
-    return Materialized(loaded=loaded, initialised=tuple(todo),
-                        bytes=sum(v.numel() * v.element_size() for v in values.values()))
+    return Materialized(loaded=loaded, initialised=tuple(todo), constants=constants,
+                        bytes=constant_bytes + sum(v.numel() * v.element_size() for v in values.values()))
 
 
 def check_init(spec: ModelSpec, init: WeightsSource) -> str | None:
@@ -194,6 +201,33 @@ def _expected(model: nn.Module) -> dict[str, TensorInfo]:
     return {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in model.state_dict(keep_vars=True).items()}
 
 
+def _fill_constants(modules: Sequence[nn.Module], names: Mapping[str, torch.Tensor],
+                    device: torch.device) -> tuple[tuple[str, ...], int]:
+    """Give the modules' meta constants made while tracing their values on ``device`` ([Note:
+    constants made while tracing on meta] in ``autopipe.trace._constants``): a stage module
+    holds them as buffers, the whole traced module as plain attributes. Returns their names
+    and bytes."""
+    filled: list[str] = []
+    made: dict[int, torch.Tensor] = {}  # one value per constant, however many modules hold it
+    for module in modules:
+        for path, sub in module.named_modules(remove_duplicate=False):
+            held = [*((f, t, True) for f, t in sub._buffers.items()),
+                    *((f, t, False) for f, t in vars(sub).items() if isinstance(t, torch.Tensor))]
+            for field, t, is_buffer in held:
+                name = f"{path}.{field}" if path else field
+                value = None if t is None or not t.is_meta or name in names else constant_value(t)
+                if value is None:
+                    continue
+                if id(t) not in made:
+                    made[id(t)] = value.to(device, copy=True)
+                if is_buffer:
+                    sub._buffers[field] = made[id(t)]
+                else:
+                    setattr(sub, field, made[id(t)])
+                filled.append(name)
+    return tuple(filled), sum(v.numel() * v.element_size() for v in made.values())
+
+
 def _slots(modules: Sequence[nn.Module], names: Mapping[str, torch.Tensor],
            canonical: Mapping[str, str], *, load: bool) -> dict[str, list[_Slot]]:
     """Canonical name → where the modules hold it, for the tensors to make: those on the
@@ -210,8 +244,13 @@ def _slots(modules: Sequence[nn.Module], names: Mapping[str, torch.Tensor],
                         if t.is_meta:
                             raise SpecError(
                                 f"stage tensor {name!r} is on the meta device but is not a parameter "
-                                f"or buffer of the model (a constant made while tracing)",
-                                hint="build this model on a real device (not meta)")
+                                f"or buffer of the model: a constant of the traced graph whose values a "
+                                f"meta build does not have (a plain tensor attribute its module made "
+                                f"on meta, which the trace holds as a constant; [Note: constants made "
+                                f"while tracing on meta])",
+                                hint="register it as a buffer of its module (register_buffer(..., "
+                                     "persistent=False)) so that init_weights can set it, or build "
+                                     "this model on a real device (not meta)")
                         continue
                     if t.is_meta or load:
                         out[canonical[name]].append(_Slot(sub, field, kind == "_parameters"))

@@ -20,6 +20,7 @@ from torch import nn
 from autopipe._gc import collections_paused
 from autopipe._phases import phase
 from autopipe.errors import ExampleInputError, TraceError
+from autopipe.trace._constants import constants_recorded, remember_constants
 from autopipe.trace._distributions import distribution_checks_off
 from autopipe.trace._layerdrop import layerdrop_hint
 from autopipe.trace._module_to import own_dtype_conversions_kept
@@ -403,10 +404,14 @@ def _trace_export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
         warnings.simplefilter("ignore")
         # [Note: a quicker export], [Note: a module's own dtype inside forward],
         # [Note: distributions built inside forward]
-        with quick_export(), own_dtype_conversions_kept(), distribution_checks_off(), failures_unlogged():
+        # [Note: constants made while tracing on meta]
+        on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+        with quick_export(), own_dtype_conversions_kept(), distribution_checks_off(), failures_unlogged(), \
+                constants_recorded(on_meta) as made:
             ep = torch.export.export(model, args, kwargs, strict=False)
         gm = unguarded_module(ep)
     assert isinstance(gm, fx.GraphModule)
+    remember_constants(gm, made)
     codegen = gm.graph._codegen
     info = getattr(codegen, "pytree_info", None)
     if info is None:  # pragma: no cover - depends on the torch version
