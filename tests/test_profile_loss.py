@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import autopipe
+from autopipe.cli.main import main
 from autopipe.errors import InfeasiblePlanError, ProfileError, SpecError
 from autopipe.partition.costs import MEMORY_HEADROOM
 from autopipe.partition.planner import plan_profile
@@ -155,7 +156,8 @@ def _wrong_output_type(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     (_per_sample, "measure", SpecError, "loss_fn returned a tensor of shape (4,), not a scalar"),
     (_per_sample, "estimate", SpecError, "loss_fn returned a tensor of shape (4,), not a scalar"),
     (_a_float, "measure", SpecError, "loss_fn returned a float"),
-    (_a_float, "estimate", ProfileError, "loss_fn failed on the model's output (meta tensors)"),
+    # float() on meta, then again on CPU stand-ins ([Note: a loss that reads values, estimated])
+    (_a_float, "estimate", SpecError, "loss_fn returned a float"),
     (_a_constant, "measure", SpecError, "a tensor that does not depend on the model's output"),
     (_a_constant, "estimate", SpecError, "a tensor that does not depend on the model's output"),
     (_made_on_the_cpu, "measure", None, ""),
@@ -182,6 +184,55 @@ def test_a_loss_fn_that_fails_or_is_no_scalar_is_named(loss_fn: Any, mode: str, 
     assert e.value.hint
     if error is ProfileError and mode == "estimate":
         assert "device=logits.device" in e.value.hint and ".item()" in e.value.hint
+
+
+@pytest.mark.parametrize("name", ["detr", "informer", "time-series-transformer"])
+def test_a_loss_that_reads_values_is_estimated_on_stand_ins(name: str, tmp_path: Path) -> None:
+    """DETR's set loss (``float`` of each matching's cost) and Informer's and the Time Series
+    Transformer's likelihood (``Normal`` validates its scale, ``.item()``) cannot run on meta
+    tensors; until 2026-12-07 an estimate stopped on them. Now they run on CPU stand-ins of the
+    output, priced on the device spec, and their bytes are those a measurement counts on the
+    real output. ``autopipe profile --device meta`` writes the loss too."""
+    from .zoo import ZOO
+
+    spec = ZOO[name]()
+    graph = autopipe.trace(spec.model, spec.example_inputs)
+    target = example_target(spec)
+    e = estimate(graph, spec.example_inputs, loss_fn=spec.loss_fn, target=target, progress=False)
+    assert e.loss is not None and e.loss.forward_s > 0 and e.loss.backward_s > 0
+    assert e.meta["loss_on"] == "cpu stand-ins"
+    m = measure(graph, spec.example_inputs, loss_fn=spec.loss_fn, target=target, warmup=0, repeats=1,
+                progress=False)
+    assert m.loss is not None
+    for field in ("activation_bytes", "input_bytes", "peak_bytes", "target_bytes"):
+        assert getattr(e.loss, field) == getattr(m.loss, field) > 0, field
+    if name == "detr":  # the command line, as the issue ran it
+        out = tmp_path / "detr.json"
+        assert main(["profile", "tests.zoo:detr", "--device", "meta", "--device-spec", "h100",
+                     "--no-progress", "-o", str(out)]) == 0
+        written = Profile.load(out)
+        assert written.loss is not None and written.loss.forward_s > 0 and written.meta["loss_on"] == "cpu stand-ins"
+
+
+def test_a_forward_that_reads_values_is_named_when_estimated() -> None:
+    """The model's forward itself reads a value: no stand-in for a node, a clear error that
+    says so (not the loss), naming the node."""
+
+    class Normalised(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.lin(x)
+            return y / y.detach().abs().max().item()
+
+    x = torch.randn(2, 4)
+    graph = autopipe.trace(Normalised(), (x,))
+    with pytest.raises(ProfileError, match=r"node item \(item\) cannot run on meta tensors: the model's "
+                                           r"forward reads a tensor's values") as e:
+        estimate(graph, (x,), loss_fn=lambda out, t: out.sum(), target=torch.zeros(2), progress=False)
+    assert "--device cpu" in str(e.value.hint)
 
 
 _TUPLE_TARGET = '''

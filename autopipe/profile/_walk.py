@@ -14,6 +14,7 @@ from autopipe._dense import dense_on_cpu, is_group_norm
 from autopipe.errors import AutopipeError, ProfileError
 from autopipe.profile._node import NodeCall, Op, prepare
 from autopipe.profile._progress import Progress
+from autopipe.profile._values import reads_values
 from autopipe.trace.graph import checks_only, target_name
 
 
@@ -97,6 +98,14 @@ class NodeWalker(fx.Interpreter):
                 f"node {n.name} ({target_name(n)}) ran out of memory on {self.device}: {first_line(e)}",
                 hint="profile a smaller micro-batch, or use `--device meta` (estimate)") from None
         except Exception as e:
+            if self.device.type == "meta" and reads_values(e):  # [Note: a loss that reads values, estimated]
+                raise ProfileError(
+                    f"node {n.name} ({target_name(n)}) cannot run on meta tensors: the model's forward "
+                    f"reads a tensor's values there (.item(), float(), .tolist(), a shape that depends "
+                    f"on the data) or calls an op with no meta kernel, which an estimate cannot price "
+                    f"(its loss could run on stand-ins; a node cannot): {type(e).__name__}: {first_line(e)}",
+                    hint="measure on a real device (--device cpu or cuda), or make forward compute "
+                         "without reading values") from e
             raise ProfileError(
                 f"node {n.name} ({target_name(n)}) failed on {self.device}: "
                 f"{type(e).__name__}: {first_line(e)}",

@@ -89,15 +89,18 @@ def estimate(
             walker.saved.release()
     walker.share_queue()
     loss = None
+    stand_ins = False
     if loss_fn is not None and target is not None:
         with torch.enable_grad(), phase("estimate.loss"):
-            loss = estimate_loss(graph, list(outs), loss_fn, tensor_target(target, "the example"),
-                                 walker.seconds)
+            loss, stand_ins = estimate_loss(graph, list(outs), loss_fn, tensor_target(target, "the example"),
+                                            walker.seconds)
     meta = {
         "autopipe": __version__, "torch": torch.__version__, "device_spec": spec.to_json(),
         "flops": dict(walker.flops), "bytes_moved": dict(walker.moved), "kernels": dict(walker.kernels),
         "aten_calls": dict(walker.dispatched),
     }
+    if stand_ins:  # [Note: a loss that reads values, estimated]
+        meta["loss_on"] = "cpu stand-ins"
     profile = assemble(graph, s.gm, walker.costs, walker.output_bytes, device=f"estimate:{spec.name}",
                        dtype=s.dtype, method="estimate", flat_inputs=s.flat, meta=meta)
     return dataclasses.replace(profile, loss=loss, optimizer=estimate_rates(spec, s.dtype),

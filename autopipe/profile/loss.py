@@ -28,6 +28,7 @@ from autopipe.errors import AutopipeError, ProfileError
 from autopipe.profile._peak import PeakBytes
 from autopipe.profile._saved import SavedBytes
 from autopipe.profile._timer import Timer
+from autopipe.profile._values import reads_values
 from autopipe.profile._walk import first_line
 from autopipe.spec import scalar_loss
 from autopipe.trace.graph import Graph
@@ -100,8 +101,9 @@ def _call(loss_fn: LossFn, outs: list[Any], graph: Graph, target: torch.Tensor) 
         hint = "check that loss_fn(output, target) runs on the model's output and batch(1)'s target"
         if device.type == "meta":
             hint += ("; an estimate runs it on meta tensors, so each tensor it makes must be on its "
-                     "input's device (torch.arange(n, device=logits.device)) and it cannot read "
-                     "values (.item(), float()); or measure on a real device instead")
+                     "input's device (torch.arange(n, device=logits.device)); one that reads values "
+                     "(.item(), float()) runs again on CPU stand-ins of the output; or measure on a "
+                     "real device instead")
         raise ProfileError(f"loss_fn failed on the model's output ({device} tensors): "
                            f"{type(e).__name__}: {first_line(e)}", hint=hint) from e
     return scalar_loss(loss)
@@ -152,12 +154,37 @@ def _peak(graph: Graph, outs: list[Any], loss_fn: LossFn, target: torch.Tensor) 
 
 
 def estimate_loss(graph: Graph, outs: list[Any], loss_fn: LossFn, target: torch.Tensor,
-                  price: Callable[[Callable[[], Any], str], float]) -> LossCost:
+                  price: Callable[[Callable[[], Any], str], float]) -> tuple[LossCost, bool]:
     """Price ``loss_fn`` on the model's (meta) flat outputs ``outs`` (the estimator's run
     of the graph; running it again would double the estimate): ``price(fn, phase)`` runs
     ``fn`` and returns its seconds on the device spec, ``phase`` being ``forward`` or
-    ``backward``."""
-    target = torch.empty_like(target, device="meta")
+    ``backward``. A loss that reads values runs on CPU stand-ins of ``outs`` and the
+    example's ``target`` instead ([Note: a loss that reads values, estimated]).
+
+    Returns:
+        The loss's costs, and whether it ran on stand-ins.
+
+    Raises:
+        ProfileError: it fails on meta tensors for another reason than reading values, or on
+            the stand-ins too.
+    """
+    try:
+        return _estimate_on(graph, outs, loss_fn, torch.empty_like(target, device="meta"), price), False
+    except ProfileError as e:
+        if not reads_values(e.__cause__):
+            raise
+        on_meta = e
+    stand_ins = [_stand_in(o) if isinstance(o, torch.Tensor) else o for o in outs]
+    real_target = _stand_in(target) if target.is_meta else target.detach().cpu()
+    try:
+        return _estimate_on(graph, stand_ins, loss_fn, real_target, price), True
+    except ProfileError as e:
+        raise ProfileError(f"{on_meta.message}; on CPU stand-ins of the output (uniform in [0.25, 0.75)) "
+                           f"it failed too: {e.message}", hint=on_meta.hint) from e
+
+
+def _estimate_on(graph: Graph, outs: list[Any], loss_fn: LossFn, target: torch.Tensor,
+                 price: Callable[[Callable[[], Any], str], float]) -> LossCost:
     box: list[torch.Tensor] = []
     saved = SavedBytes()
 
@@ -170,3 +197,33 @@ def estimate_loss(graph: Graph, outs: list[Any], loss_fn: LossFn, target: torch.
     saved.release()
     return LossCost(forward_s=f, backward_s=b, activation_bytes=saved.total, input_bytes=_input_bytes(outs),
                     peak_bytes=_peak(graph, outs, loss_fn, target), target_bytes=_input_bytes([target]))
+
+
+# [Note: a loss that reads values, estimated]
+# An estimate runs the loss on the model's meta output, where nothing has a value: a loss
+# that reads one fails there. DETR's set loss picks the cheapest matching of queries to
+# objects with ``float(sum(cost[q, o] ...))``; Informer's and the Time Series Transformer's
+# likelihood builds ``torch.distributions.Normal(mean, std)``, which validates its scale by
+# ``if not constraint.check(value).all()``: ``.item()`` on meta tensors, and until 2026-12-07
+# `autopipe profile --device meta` (and `autopipe plan --device-spec`) stopped on them.
+# Where the loss fails on meta by reading values (``.item()``, ``float()``, ``.tolist()``,
+# ``nonzero`` and boolean indexing, an op with no meta kernel), it runs again on CPU
+# stand-ins of the output: real tensors of its shapes and dtypes, floating ones uniform in
+# [0.25, 0.75) from a fixed seed (positive and below 1: a valid scale, probability or box
+# coordinate), integer ones 0; and on the example's own target. Its kernels are priced on the
+# device spec from their shapes, as on meta (``CostMode``), and its saved bytes and peak are
+# counted the same way, so the profile's loss costs what the meta run would have; a loss
+# whose work depends on the values (DETR's matching) is priced for these values. The CPU
+# holds the output once, at the micro-batch's size; the profile records that the loss ran so
+# (``meta["loss_on"]``). A loss that fails on meta for another reason (a tensor made on the
+# CPU, as ``torch.ones(shape)`` without ``device=``) is an error still: on a GPU rank it
+# would fail the same way. The model's own forward is never run so: a node of the graph that
+# reads a value fails the estimate, naming the node.
+
+def _stand_in(t: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor of ``t``'s shape and dtype: floating values uniform in [0.25, 0.75) (a
+    fixed seed), others 0 ([Note: a loss that reads values, estimated])."""
+    if not (t.is_floating_point() or t.is_complex()):
+        return torch.zeros(t.shape, dtype=t.dtype)
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(t.shape, generator=g) * 0.5 + 0.25).to(t.dtype)
