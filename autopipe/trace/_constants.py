@@ -7,17 +7,18 @@ that made it. A model built on the meta device makes such tensors on meta too wh
 asks for its weights' device, and a meta tensor has no values: a rank could not
 materialise them (nor any initialiser set them; they are no parameter or buffer of the
 model), and a meta-built LongT5, Gemma 3n or Decision Transformer was refused until
-2026-12-07:
+2026-12-07 (lines of transformers 5.25.0):
 
 - LongT5's transient-global attention, ``torch.tensor(global_seq_len, dtype=block_ids.dtype,
-  device=block_ids.device)`` (``_create_global_aggregates`` in ``modeling_longt5.py``): the
+  device=block_ids.device)`` (``_create_global_aggregates``, ``modeling_longt5.py:244``): the
   block id of padding, an int32 scalar;
 - Gemma 3n's sparse MLP, ``torch.tensor(self.activation_sparsity, dtype=torch.float32,
-  device=inputs.device)`` (``Gemma3nTextMLP._gaussian_topk``): the sparsity whose normal
-  quantile is the cut-off (the ``Normal(0, 1)`` beside it makes its own on the CPU, real);
-- the Decision Transformer's GPT-2 attention, ``torch.tensor([], dtype=..., device=...)``
-  (``DynamicLayer.lazy_initialization`` in ``cache_utils.py``: its config asks for a cache,
-  and the empty keys and values start it), empty.
+  device=inputs.device)`` (``Gemma3nTextMLP._gaussian_topk``, ``modeling_gemma3n.py:960``): the
+  sparsity whose normal quantile is the cut-off (the ``Normal(0, 1)`` beside it makes its own
+  on the CPU, real);
+- the Decision Transformer's GPT-2 attention, ``torch.tensor([], dtype=..., device=self.device)``
+  (``DynamicLayer.lazy_initialization``, ``cache_utils.py:115-116``: its config asks for a
+  cache, and these empty keys and values start it, each layer's two), empty.
 
 So while a meta-built model is traced, each such call made on meta is made a second time
 on the CPU, from the same Python values, and after the export every lifted constant that
