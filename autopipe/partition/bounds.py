@@ -12,7 +12,6 @@ Both count what every partition pays ([Note: what every partition pays]).
 from __future__ import annotations
 
 import math
-
 from dataclasses import replace
 
 from autopipe.partition.problem import Problem
