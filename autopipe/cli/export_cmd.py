@@ -10,6 +10,7 @@ from typing import Any
 from autopipe._jsonio import check_writable, write_json_atomic
 from autopipe.cli._common import load_plan
 from autopipe.export import FORMATS, export_plan
+from autopipe.profile.profile import Profile
 
 
 def add_parser(sub: Any) -> None:
@@ -21,6 +22,9 @@ def add_parser(sub: Any) -> None:
                     "each stage whole layers: make it with `autopipe plan ... --granularity layer`.")
     p.add_argument("plan", metavar="PLAN.json", help="a plan made with --granularity layer")
     p.add_argument("--format", required=True, choices=sorted(FORMATS), help="the engine to export to")
+    p.add_argument("--profile", metavar="PROFILE.json",
+                   help="the profile the plan was made from: torchtitan's and DeepSpeed's parts then "
+                        "hold every parameter, those no node reads too (a module the forward never calls)")
     p.add_argument("-o", "--output", metavar="FILE.json", help="write here (default: stdout)")
     p.set_defaults(run=run)
 
@@ -29,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the subcommand."""
     if args.output:
         check_writable(args.output)
-    data = export_plan(load_plan(args.plan, as_written=True), args.format)
+    profile = Profile.load(args.profile) if args.profile else None
+    data = export_plan(load_plan(args.plan, as_written=True), args.format, profile)
     for note in data.get("notes", ()):
         print(f"note: {note}", file=sys.stderr)
     if not args.output:

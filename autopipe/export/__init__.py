@@ -1,7 +1,10 @@
 """Hand a layer-granular Plan to the engines users run: torchtitan, DeepSpeed, Megatron-LM.
 
-Reads a Plan only (no model, no solver, no runtime): ``export_plan(plan, "megatron")``
-gives a JSON object (``"schema": "autopipe.export/1"``) with what that engine takes.
+Reads a Plan (no model, no solver, no runtime): ``export_plan(plan, "megatron")`` gives a
+JSON object (``"schema": "autopipe.export/1"``) with what that engine takes. Given the profile
+the plan was made from, the torchtitan and DeepSpeed parts also hold the parameters no node
+reads, and notes name the copies a part keeps without reading them ([Note: every parameter
+in a part] in ``autopipe.export.params``).
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from autopipe.errors import ExportError
-from autopipe.export import deepspeed, megatron, tied, torchtitan
+from autopipe.export import deepspeed, megatron, params, tied, torchtitan
 from autopipe.export.placement import pipeline_ranks, stage_ranks
 from autopipe.export.split import LayerSplit, layer_split
 from autopipe.plan_format import Plan
+from autopipe.profile.profile import Profile
 
 SCHEMA = "autopipe.export/1"
 FORMATS: dict[str, Callable[[Plan, LayerSplit], dict[str, Any]]] = {
@@ -23,8 +27,14 @@ FORMATS: dict[str, Callable[[Plan, LayerSplit], dict[str, Any]]] = {
 }
 
 
-def export_plan(plan: Plan, fmt: str) -> dict[str, Any]:
+def export_plan(plan: Plan, fmt: str, profile: Profile | None = None) -> dict[str, Any]:
     """``plan``'s stages in the terms of engine ``fmt`` (one of ``FORMATS``).
+
+    Args:
+        plan: a plan made with ``granularity="layer"``.
+        fmt: the engine.
+        profile: the profile ``plan`` was made from: the parts then hold every parameter of
+            the model ([Note: every parameter in a part] in ``autopipe.export.params``).
 
     Raises:
         ExportError: an unknown format, a plan that does not give every stage whole
@@ -38,6 +48,8 @@ def export_plan(plan: Plan, fmt: str) -> dict[str, Any]:
         out = FORMATS[fmt](plan, split)
     except ExportError as e:
         raise ExportError(e.message, hint=_checked_hint(plan, split, fmt, e.hint)) from None
+    if profile is not None and fmt in COMPLETE:
+        COMPLETE[fmt](plan, profile, out)
     # [Note: tied parameters in an export], [Note: the model's own parameters in an export]
     out["notes"] = [*out["notes"], *tied.notes(plan, fmt), *tied.root_notes(plan, fmt)]
     return {"schema": SCHEMA, "format": fmt,
@@ -49,6 +61,44 @@ def export_plan(plan: Plan, fmt: str) -> dict[str, Any]:
                      if split.recompute_units else None,
                      "predicted_step_s": plan.predicted.iteration_s},
             **out}
+
+
+def _complete_torchtitan(plan: Plan, profile: Profile, out: dict[str, Any]) -> None:
+    parts: list[list[str]] = out["parallelism"]["module_fqns_per_model_part"]
+    found = params.audit(plan, profile, parts, containers=True, engine="torchtitan's")
+    parts[-1] += found.unplaced
+    out["notes"] += [*_unplaced_notes(found.unplaced, "the last part"), *found.notes]
+
+
+def _complete_deepspeed(plan: Plan, profile: Profile, out: dict[str, Any]) -> None:
+    layers: list[list[str]] = out["layers"]
+    bounds: list[int] = out["parts"]
+    held = [[m for entry in layers[a:b] for m in entry] + list(h)
+            for a, b, h in zip(bounds, bounds[1:], out["holders"])]
+    found = params.audit(plan, profile, held, containers=False, engine="DeepSpeed's")
+    if found.unplaced:
+        if bounds[-1] > bounds[-2]:
+            layers[-1] += found.unplaced
+        else:  # the last stage has no layer: the modules make one
+            layers.append(list(found.unplaced))
+            bounds[-1] += 1
+    out["notes"] += [*_unplaced_notes(found.unplaced, "the last stage's last layer"), *found.notes]
+
+
+def _unplaced_notes(unplaced: list[str], where: str) -> list[str]:
+    if not unplaced:
+        return []
+    more = f", … ({len(unplaced)} modules)" if len(unplaced) > 3 else ""
+    return [f"no node of the plan reads the parameters of {', '.join(unplaced[:3])}{more} (the "
+            f"forward never calls {'it' if len(unplaced) == 1 else 'them'}), so no unit holds "
+            f"{'it' if len(unplaced) == 1 else 'them'}: {where} keeps "
+            f"{'it' if len(unplaced) == 1 else 'them'}, where the plan priced the parameters, so "
+            f"that a checkpoint of the parts holds every weight"]
+
+
+COMPLETE: dict[str, Callable[[Plan, Profile, dict[str, Any]], None]] = {
+    "torchtitan": _complete_torchtitan, "deepspeed": _complete_deepspeed}
+"""The formats whose parts name modules: with a profile, their parts hold every parameter."""
 
 
 def _checked_hint(plan: Plan, split: LayerSplit, fmt: str, hint: str | None) -> str | None:

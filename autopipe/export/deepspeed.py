@@ -15,7 +15,8 @@ group once per hidden layer, the same module in each entry), what runs after the
             stage = self._topo.get_coord(self.global_rank).pipe
             self._set_bounds(start=self.parts[stage], stop=self.parts[stage + 1])
 
-``activation_checkpoint_interval`` (a ``PipelineModule`` argument) recomputes what the plan
+``holders`` lists per stage the modules outside its layers whose parameters they read ([Note:
+holders in DeepSpeed's layers]). ``activation_checkpoint_interval`` (a ``PipelineModule`` argument) recomputes what the plan
 does (``autopipe.export.recompute``). A plan that shards its optimizer states over its
 replicas (``--shard-optimizer``) adds ``zero_optimization: {"stage": 1}`` for the DeepSpeed
 config (ZeRO-1, which its pipeline engine runs). A ``PipelineModule`` runs one stage per
@@ -52,11 +53,41 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
         # several times] in autopipe.partition.layers)
         layers += [list(split.units[u]) for u in split.stage_runs(stage) if split.units[u]]
         parts.append(len(layers))
+    holders = [split.stage_holders(s) for s in range(plan.num_stages)]
     out: dict[str, Any] = {"num_stages": plan.num_stages, "parts": parts, "layers": layers,
+                           "holders": holders,
                            "activation_checkpoint_interval": 1 if split.recompute_units else 0}
     if sharded(plan):  # [Note: sharded optimizer states in an export]
         out["zero_optimization"] = {"stage": 1}
     out["notes"] = [*recompute.notes(split, "DeepSpeed (activation_checkpoint_interval 1)",
                                      split.layers_per_stage(), outside=True),
+                    *_holder_notes(holders),
                     *empty.notes(plan, "DeepSpeed builds each rank's optimizer over its stage's layers")]
+    return out
+
+
+def _holder_notes(holders: list[list[str]]) -> list[str]:
+    """A note per module that holds parameters a stage's layers read but lies in none of them.
+
+    [Note: holders in DeepSpeed's layers]
+    A stage's layers can read a parameter held outside them: DeBERTa's every layer reads
+    ``encoder.rel_embeddings`` (a module never called), Data2Vec-Vision's the shared
+    ``relative_position_bias``. torchtitan's parts list such modules (the layer record's
+    ``holders``); DeepSpeed's layer list named none until 2026-12-07, so a ``PipelineModule``
+    built from it lacked them. The export lists them per stage (``holders``) and says how a
+    stage gets them: built into its layers, as one ``TiedLayerSpec`` where several stages read
+    them (or their copies train apart).
+    """
+    readers: dict[str, list[int]] = {}
+    for stage, modules in enumerate(holders):
+        for module in modules:
+            readers.setdefault(module, []).append(stage)
+    out = []
+    for module, stages in readers.items():
+        which = (f"stage {stages[0]}" if len(stages) == 1
+                 else "stages " + ", ".join(map(str, stages[:-1])) + f" and {stages[-1]}")
+        out.append(f"the layers of {which} read parameters of {module}, which lies in none of "
+                   f"DeepSpeed's layers (holders): build it into "
+                   + ("that stage's layers" if len(stages) == 1
+                      else "those stages' layers with one TiedLayerSpec, or their copies train apart"))
     return out

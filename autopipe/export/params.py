@@ -1,0 +1,168 @@
+"""Which of the model's parameters each exported part keeps, checked against the plan's profile.
+
+[Note: every parameter in a part]
+A part is a module list, and an engine keeps what lies under the modules it lists: the
+parameters of a module the forward never calls lie in no unit of the plan's layer record, so
+in no part. ESM's ``contact_head`` (its masked-LM forward never reads it), T5Gemma2's vision
+tower on text-only inputs and Decision Transformer's unused GPT-2 ``wte`` were dropped by
+torchtitan's split, and a checkpoint of the parts lacked their weights (the export sweep of
+2026-12-07). The plan gives such parameters to its last stage (the output node owns them,
+``autopipe.trace``) and prices them there, so the export adds their modules to the last part,
+each the outermost module that holds nothing else (``esm.contact_head``, not its
+``regression``). A part can also keep a parameter its stage never reads, set directly on a
+module it lists: T5Gemma2's decoder embedding carries ``eoi_embedding``, a second name of the
+encoder's, which only the encoder reads, so a 4-stage plan's part 1 held a copy that never
+trains and a checkpoint of the parts saved it, stale, beside the trained one (which wins on
+loading depends on the order). A part cannot list less than a module, so a note names each
+such copy. The plan records neither (its layer record names modules, not parameters): the
+check needs the profile the plan was made from (``--profile``), whose nodes say which
+parameters each stage reads and which names are one Parameter. A parameter of the model
+itself is noted already ([Note: the model's own parameters in an export]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from autopipe.errors import ExportError
+from autopipe.plan_format import Plan
+from autopipe.profile.profile import Profile
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Audit:
+    """What the parts of an export lack, and what they keep without reading it."""
+
+    unplaced: list[str]
+    """Modules whose parameters lie in no part, to add to the last part (outermost only)."""
+    notes: list[str]
+    """One per parameter in no part that no module can bring in, and one per parameter that
+    a part keeps but its stage never reads, where that matters."""
+
+
+def names(profile: Profile) -> dict[str, str]:
+    """Every parameter name of the model (tied aliases too) → its canonical name."""
+    out = {p: p for p in profile.params}
+    for group in profile.tied:
+        out.update({q: group[0] for q in group})
+    return out
+
+
+def kept(fqns: Iterable[str], params: Iterable[str], *, containers: bool) -> set[str]:
+    """The names in ``params`` that a part listing modules ``fqns`` keeps: those under a listed
+    module, and with ``containers`` (torchtitan's ``_split_module``, which deep-copies the model
+    and drops the children it does not need) those set directly on a module on the way to one,
+    or on the model itself."""
+    keep = set(fqns)
+    way = {".".join(f.split(".")[:k]) for f in keep for k in range(1, f.count(".") + 1)}
+    out = set()
+    for name in params:
+        parts = name.split(".")
+        module = ".".join(parts[:-1])
+        if any(".".join(parts[:k]) in keep for k in range(1, len(parts))) or (
+                containers and (not module or module in way)):
+            out.add(name)
+    return out
+
+
+def audit(plan: Plan, profile: Profile, parts: Sequence[Sequence[str]], *, containers: bool,
+          engine: str) -> Audit:
+    """Check ``parts`` (per stage, the modules its part keeps) against ``profile``.
+
+    Raises:
+        ExportError: the profile is of another model than the plan's.
+    """
+    if profile.graph_fingerprint and profile.graph_fingerprint != plan.graph_fingerprint:
+        raise ExportError(f"the profile is of another model or input shape than the plan "
+                          f"(fingerprint {profile.graph_fingerprint[:12]}, the plan's "
+                          f"{plan.graph_fingerprint[:12]})",
+                          hint="pass the profile the plan was made from (autopipe plan ... --profile)")
+    canon = names(profile)
+    by = profile.by_name
+    read: list[set[str]] = [{canon.get(q, q) for n in s.nodes if by[n].op != "output"
+                             for q in (*by[n].params, *by[n].shared_params)} for s in plan.stages]
+    anywhere = set().union(*(kept(p, canon, containers=containers) for p in parts))
+    missing = [q for q in canon if q not in anywhere and "." in q]
+    listed = [m for p in parts for m in p]
+    unplaced: list[str] = []
+    orphans: list[str] = []
+    for q in missing:
+        if not any(q.startswith(m + ".") for m in unplaced):
+            module = _outermost(q, set(missing), canon, listed)
+            if module is None:
+                orphans.append(q)
+            else:
+                unplaced.append(module)
+    complete = [*parts[:-1], [*parts[-1], *unplaced]]
+    held = [kept(p, canon, containers=containers) for p in complete]
+    return Audit(unplaced=unplaced, notes=[*_orphan_notes(orphans, read, engine),
+                                           *_stale(canon, held, read, engine)])
+
+
+def _orphan_notes(orphans: list[str], read: list[set[str]], engine: str) -> list[str]:
+    """A note per parameter in no part that no module can bring in: set directly on a module
+    that encloses listed ones (XLNet's ``transformer.mask_emb`` for DeepSpeed, whose layers
+    hold the modules they name and nothing on the way to them)."""
+    out = []
+    for q in orphans:
+        readers = [s for s, r in enumerate(read) if q in r]
+        module = q.rpartition(".")[0]
+        out.append(f"{q} is set directly on {module}, which encloses modules of the parts, so "
+                   f"none of {engine} parts holds it; "
+                   + (f"{_parts(readers, 'stage')} read{'s' * (len(readers) == 1)} it: hold it in "
+                      f"a module of {'that stage' if len(readers) == 1 else 'each'}'s layers"
+                      if readers else "no stage reads it: hold it in a module of the last stage's "
+                                      "layers")
+                   + ", or a checkpoint of the parts lacks it")
+    return out
+
+
+def _outermost(name: str, missing: set[str], canon: Iterable[str], listed: list[str]) -> str | None:
+    """The outermost module holding ``name`` all of whose parameters are ``missing`` and that
+    encloses no listed module (``esm.contact_head`` for ``esm.contact_head.regression.weight``);
+    None where the parameter is set directly on a module that encloses listed ones."""
+    parts = name.split(".")
+    for k in range(1, len(parts)):
+        module = ".".join(parts[:k])
+        under = [q for q in canon if q.startswith(module + ".")]
+        if all(q in missing for q in under) and not any(
+                m == module or m.startswith(module + ".") for m in listed):
+            return module
+    return None
+
+
+def _stale(canon: dict[str, str], held: list[set[str]], read: list[set[str]], engine: str) -> list[str]:
+    """A note per parameter that parts keep but their stages never read, where that leaves a
+    copy apart from the one that trains, or several copies of one that none trains."""
+    groups: dict[str, list[str]] = {}
+    for q, c in canon.items():
+        groups.setdefault(c, []).append(q)
+    out = []
+    for param, group in groups.items():
+        if all("." not in q for q in group):
+            continue  # the model's own: [Note: the model's own parameters in an export]
+        keepers = {s: [q for q in group if q in h] for s, h in enumerate(held)}
+        keepers = {s: qs for s, qs in keepers.items() if qs}
+        readers = [s for s in range(len(read)) if param in read[s]]
+        idle = [s for s in keepers if s not in readers]
+        if not idle or (not readers and len(keepers) == 1):
+            continue
+        kept_names = sorted({q for s in idle for q in keepers[s]})
+        shown = ", ".join(kept_names) + ("" if kept_names == [param] else f" (one Parameter with {param})")
+        if readers:
+            out.append(f"{engine} {_parts(idle)} {'keeps' if len(idle) == 1 else 'keep'} {shown}, "
+                       f"which only {_parts(readers, 'stage')} read{'s' * (len(readers) == 1)}: "
+                       f"the copy there never trains, and a checkpoint of the parts saves it beside "
+                       f"the trained one; drop it from {_parts(idle)}'s state dict")
+        else:
+            rest = [s for s in keepers if s != min(keepers)]
+            out.append(f"{engine} {_parts(list(keepers))} each keep {shown}, which no stage reads: "
+                       f"keep it in part {min(keepers)} and drop it from {_parts(rest)}'s state dict, "
+                       f"or a checkpoint of the parts saves it {len(keepers)} times")
+    return out
+
+
+def _parts(indices: list[int], word: str = "part") -> str:
+    return (f"{word} {indices[0]}" if len(indices) == 1
+            else f"{word}s " + ", ".join(map(str, indices[:-1])) + f" and {indices[-1]}")
