@@ -8,6 +8,7 @@ so a part's parameters are read off the model, not off the export.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -148,6 +149,24 @@ def test_kept_follows_torchtitans_split() -> None:
     assert kept(["a.b"], params, containers=True) == {"a.w", "a.b.w", "r"}
     assert kept(["a.b"], params, containers=False) == {"a.b.w"}
     assert kept(["a", "d"], params, containers=False) == {"a.w", "a.b.w", "a.c.w", "d.w"}
+
+
+def test_a_tied_alias_in_no_part_adds_nothing() -> None:
+    """A Parameter is held where any of its names is: a second name of a held weight under a
+    module no part lists adds no module (it would bring that module into the last part), while
+    a parameter that no name of which is held does. GPT-NeoX's profile, given a second name of
+    its first layer's weight under ``ghost`` and an unread ``lost.weight`` (the output node owns
+    what no node reads)."""
+    profile = profiled("gpt-neox")[1]
+    plan = planned("gpt-neox")
+    first = next(q for n in profile.nodes for q in n.params if ".layers.0." in q)
+    out = profile.nodes[-1]
+    assert out.op == "output"
+    edited = dataclasses.replace(
+        profile, tied=(*profile.tied, (first, "ghost.weight")), params={**profile.params, "lost.weight": 4},
+        nodes=(*profile.nodes[:-1], dataclasses.replace(out, params=(*out.params, "lost.weight"))))
+    parts = export_plan(plan, "torchtitan", edited)["parallelism"]["module_fqns_per_model_part"]
+    assert parts[-1][-1] == "lost" and "ghost" not in [m for p in parts for m in p]
 
 
 def test_a_profile_of_another_model_is_refused() -> None:

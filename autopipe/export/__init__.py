@@ -89,9 +89,8 @@ def _unplaced_notes(unplaced: list[str], where: str) -> list[str]:
     if not unplaced:
         return []
     more = f", … ({len(unplaced)} modules)" if len(unplaced) > 3 else ""
-    return [f"no node of the plan reads the parameters of {', '.join(unplaced[:3])}{more} (the "
-            f"forward never calls {'it' if len(unplaced) == 1 else 'them'}), so no unit holds "
-            f"{'it' if len(unplaced) == 1 else 'them'}: {where} keeps "
+    return [f"no node of the plan reads the parameters of {', '.join(unplaced[:3])}{more}, so no "
+            f"unit holds {'it' if len(unplaced) == 1 else 'them'}: {where} keeps "
             f"{'it' if len(unplaced) == 1 else 'them'}, where the plan priced the parameters, so "
             f"that a checkpoint of the parts holds every weight"]
 

@@ -80,10 +80,16 @@ def audit(plan: Plan, profile: Profile, parts: Sequence[Sequence[str]], *, conta
                           hint="pass the profile the plan was made from (autopipe plan ... --profile)")
     canon = names(profile)
     by = profile.by_name
+    unknown = [n for s in plan.stages for n in s.nodes if n not in by]
+    if unknown:
+        raise ExportError(f"the plan's nodes {', '.join(unknown[:3])} are not in the profile: it is "
+                          f"of another model than the plan",
+                          hint="pass the profile the plan was made from (autopipe plan ... --profile)")
     read: list[set[str]] = [{canon.get(q, q) for n in s.nodes if by[n].op != "output"
                              for q in (*by[n].params, *by[n].shared_params)} for s in plan.stages]
-    anywhere = set().union(*(kept(p, canon, containers=containers) for p in parts))
-    missing = [q for q in canon if q not in anywhere and "." in q]
+    # a Parameter is held where any of its names is (a tied alias in no part is no loss)
+    anywhere = {canon[q] for p in parts for q in kept(p, canon, containers=containers)}
+    missing = [q for q, c in canon.items() if c not in anywhere and "." in q]
     listed = [m for p in parts for m in p]
     unplaced: list[str] = []
     orphans: list[str] = []
