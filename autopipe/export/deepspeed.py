@@ -53,7 +53,11 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
         # several times] in autopipe.partition.layers)
         layers += [list(split.units[u]) for u in split.stage_runs(stage) if split.units[u]]
         parts.append(len(layers))
-    holders = [split.stage_holders(s) for s in range(plan.num_stages)]
+    # a holder that encloses layers would bring them along: named in a note instead
+    every = [m for u in split.units for m in u]
+    enclosing = {h for s in range(plan.num_stages) for h in split.stage_holders(s)
+                 if any(m.startswith(h + ".") for m in every)}
+    holders = [[h for h in split.stage_holders(s) if h not in enclosing] for s in range(plan.num_stages)]
     out: dict[str, Any] = {"num_stages": plan.num_stages, "parts": parts, "layers": layers,
                            "holders": holders,
                            "activation_checkpoint_interval": 1 if split.recompute_units else 0}
@@ -62,6 +66,7 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
     out["notes"] = [*recompute.notes(split, "DeepSpeed (activation_checkpoint_interval 1)",
                                      split.layers_per_stage(), outside=True),
                     *_holder_notes(holders),
+                    *_enclosing_notes(split, enclosing),
                     *empty.notes(plan, "DeepSpeed builds each rank's optimizer over its stage's layers")]
     return out
 
@@ -76,7 +81,11 @@ def _holder_notes(holders: list[list[str]]) -> list[str]:
     ``holders``); DeepSpeed's layer list named none until 2026-12-07, so a ``PipelineModule``
     built from it lacked them. The export lists them per stage (``holders``) and says how a
     stage gets them: built into its layers, as one ``TiedLayerSpec`` where several stages read
-    them (or their copies train apart).
+    them (or their copies train apart). A holder that encloses layers (BLIP-2's ``query_tokens``
+    is set on ``model`` itself, LayoutLMv3's ``cls_token`` on ``layoutlmv3``) is no module a
+    stage can take: it is left out of ``holders``, and a note says to hold the parameter in a
+    module of the stage's layers (torchtitan refuses such a plan: [Note: a holder that encloses
+    layers] in ``autopipe.export.split``).
     """
     readers: dict[str, list[int]] = {}
     for stage, modules in enumerate(holders):
@@ -90,4 +99,18 @@ def _holder_notes(holders: list[list[str]]) -> list[str]:
                    f"DeepSpeed's layers (holders): build it into "
                    + ("that stage's layers" if len(stages) == 1
                       else "those stages' layers with one TiedLayerSpec, or their copies train apart"))
+    return out
+
+
+def _enclosing_notes(split: LayerSplit, enclosing: set[str]) -> list[str]:
+    """A note per holder that encloses layers ([Note: holders in DeepSpeed's layers])."""
+    out = []
+    for holder in sorted(enclosing):
+        stages = [s for s in range(len(split.stage_units)) if holder in split.stage_holders(s)]
+        which = (f"stage {stages[0]}" if len(stages) == 1
+                 else "stages " + ", ".join(map(str, stages[:-1])) + f" and {stages[-1]}")
+        out.append(f"{which} read{'s' * (len(stages) == 1)} a parameter set directly on {holder}, "
+                   f"which encloses layers, so no DeepSpeed layer can hold it without them: hold "
+                   f"that parameter in a module of {'that stage' if len(stages) == 1 else 'each'}'s "
+                   f"layers (tied with TiedLayerSpec where several read it), or it is not trained")
     return out

@@ -107,21 +107,15 @@ def audit(plan: Plan, profile: Profile, parts: Sequence[Sequence[str]], *, conta
 
 
 def _orphan_notes(orphans: list[str], read: list[set[str]], engine: str) -> list[str]:
-    """A note per parameter in no part that no module can bring in: set directly on a module
-    that encloses listed ones (XLNet's ``transformer.mask_emb`` for DeepSpeed, whose layers
-    hold the modules they name and nothing on the way to them)."""
-    out = []
-    for q in orphans:
-        readers = [s for s, r in enumerate(read) if q in r]
-        module = q.rpartition(".")[0]
-        out.append(f"{q} is set directly on {module}, which encloses modules of the parts, so "
-                   f"none of {engine} parts holds it; "
-                   + (f"{_parts(readers, 'stage')} read{'s' * (len(readers) == 1)} it: hold it in "
-                      f"a module of {'that stage' if len(readers) == 1 else 'each'}'s layers"
-                      if readers else "no stage reads it: hold it in a module of the last stage's "
-                                      "layers")
-                   + ", or a checkpoint of the parts lacks it")
-    return out
+    """A note per parameter that no stage reads and no part holds, nor can by a module: set
+    directly on a module that encloses listed ones (XLNet's ``transformer.mask_emb`` for
+    DeepSpeed, whose layers hold the modules they name and nothing on the way to them). One
+    that a stage reads is a holder that encloses layers, noted with the plan's holders
+    ([Note: holders in DeepSpeed's layers])."""
+    return [f"{q} is set directly on {q.rpartition('.')[0]}, which encloses modules of the parts, "
+            f"so none of {engine} parts holds it, and no stage reads it: hold it in a module of "
+            f"the last stage's layers, or a checkpoint of the parts lacks it"
+            for q in orphans if not any(q in r for r in read)]
 
 
 def _outermost(name: str, missing: set[str], canon: Iterable[str], listed: list[str]) -> str | None:
