@@ -136,3 +136,20 @@ def test_a_profile_passed_as_the_plan_says_what_to_pass_instead(capsys: pytest.C
     assert code == 2 and err.count("error:") == 1, err
     assert f"hint: pass a plan, written by `autopipe plan SPEC ... -o PLAN.json`; plan with it: " \
            f"`autopipe plan SPEC --profile {MLP_PROFILE} --stages N -o PLAN.json`" in err, err
+
+
+def test_the_cli_exports_with_the_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`autopipe export PLAN --format torchtitan --profile PROFILE.json` completes the parts
+    (ESM's contact_head, which no node reads: [Note: every parameter in a part]); a profile
+    file that is not there exits 2 with a message, never a traceback."""
+    from tests.test_export_zoo import planned, profiled  # the zoo imports transformers: here only
+
+    plan, profile = tmp_path / "plan.json", tmp_path / "profile.json"
+    planned("esm").save(plan)
+    profiled("esm")[1].save(profile)
+    out = tmp_path / "tt.json"
+    assert main(["export", str(plan), "--format", "torchtitan", "--profile", str(profile), "-o", str(out)]) == 0
+    assert "note: no node of the plan reads the parameters of esm.contact_head" in capsys.readouterr().err
+    assert json.loads(out.read_text())["parallelism"]["module_fqns_per_model_part"][-1][-1] == "esm.contact_head"
+    assert main(["export", str(plan), "--format", "torchtitan", "--profile", str(tmp_path / "none.json")]) == 2
+    assert "Traceback" not in capsys.readouterr().err

@@ -10,12 +10,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from torch import nn
 
-from autopipe.cli.main import main
 from autopipe.errors import AutopipeError, ExportError
 from autopipe.export import export_plan
 from autopipe.export.params import kept
@@ -192,18 +190,6 @@ def test_a_profile_of_another_model_is_refused() -> None:
     with pytest.raises(ExportError, match="the profile is of another model") as e:
         export_plan(planned("esm"), "torchtitan", profiled("gpt-neox")[1])
     assert "--profile" in str(e.value.hint)
-
-
-def test_the_cli_exports_with_the_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`autopipe export PLAN --format torchtitan --profile PROFILE.json` completes the parts."""
-    plan, profile = tmp_path / "plan.json", tmp_path / "profile.json"
-    planned("esm").save(plan)
-    profiled("esm")[1].save(profile)
-    out = tmp_path / "tt.json"
-    assert main(["export", str(plan), "--format", "torchtitan", "--profile", str(profile), "-o", str(out)]) == 0
-    assert "note: no node of the plan reads the parameters of esm.contact_head" in capsys.readouterr().err
-    assert main(["export", str(plan), "--format", "torchtitan", "--profile", str(tmp_path / "none.json")]) == 2
-    assert "Traceback" not in capsys.readouterr().err
 
 
 @pytest.mark.slow
