@@ -89,7 +89,7 @@ def audit(plan: Plan, profile: Profile, parts: Sequence[Sequence[str]], *, conta
                              for q in (*by[n].params, *by[n].shared_params)} for s in plan.stages]
     # a Parameter is held where any of its names is (a tied alias in no part is no loss)
     anywhere = {canon[q] for p in parts for q in kept(p, canon, containers=containers)}
-    missing = [q for q, c in canon.items() if c not in anywhere and "." in q]
+    missing = [q for q, c in canon.items() if c not in anywhere]
     listed = [m for p in parts for m in p]
     unplaced: list[str] = []
     orphans: list[str] = []
@@ -109,12 +109,14 @@ def audit(plan: Plan, profile: Profile, parts: Sequence[Sequence[str]], *, conta
 def _orphan_notes(orphans: list[str], read: list[set[str]], engine: str) -> list[str]:
     """A note per parameter that no stage reads and no part holds, nor can by a module: set
     directly on a module that encloses listed ones (XLNet's ``transformer.mask_emb`` for
-    DeepSpeed, whose layers hold the modules they name and nothing on the way to them). One
-    that a stage reads is a holder that encloses layers, noted with the plan's holders
-    ([Note: holders in DeepSpeed's layers])."""
-    return [f"{q} is set directly on {q.rpartition('.')[0]}, which encloses modules of the parts, "
-            f"so none of {engine} parts holds it, and no stage reads it: hold it in a module of "
-            f"the last stage's layers, or a checkpoint of the parts lacks it"
+    DeepSpeed, whose layers hold the modules they name and nothing on the way to them), or on
+    the model itself. One that a stage reads is a holder that encloses layers, noted with the
+    plan's holders ([Note: holders in DeepSpeed's layers]), or a parameter of the model itself,
+    noted with the plan's ``root_params`` ([Note: the model's own parameters in an export])."""
+    where = {q: (f"set directly on {q.rpartition('.')[0]}, which encloses modules of the parts"
+                 if "." in q else "a parameter of the model itself") for q in orphans}
+    return [f"{q} is {where[q]}, so none of {engine} parts holds it, and no stage reads it: hold "
+            f"it in a module of the last stage's layers, or a checkpoint of the parts lacks it"
             for q in orphans if not any(q in r for r in read)]
 
 
