@@ -48,8 +48,8 @@ def export_plan(plan: Plan, fmt: str, profile: Profile | None = None) -> dict[st
         out = FORMATS[fmt](plan, split)
     except ExportError as e:
         raise ExportError(e.message, hint=_checked_hint(plan, split, fmt, e.hint)) from None
-    if profile is not None and fmt in COMPLETE:
-        COMPLETE[fmt](plan, profile, out)
+    if profile is not None:  # [Note: every parameter in a part]
+        params.complete(fmt, plan, profile, out)
     # [Note: tied parameters in an export], [Note: the model's own parameters in an export]
     out["notes"] = [*out["notes"], *tied.notes(plan, fmt), *tied.root_notes(plan, fmt)]
     return {"schema": SCHEMA, "format": fmt,
@@ -61,43 +61,6 @@ def export_plan(plan: Plan, fmt: str, profile: Profile | None = None) -> dict[st
                      if split.recompute_units else None,
                      "predicted_step_s": plan.predicted.iteration_s},
             **out}
-
-
-def _complete_torchtitan(plan: Plan, profile: Profile, out: dict[str, Any]) -> None:
-    parts: list[list[str]] = out["parallelism"]["module_fqns_per_model_part"]
-    found = params.audit(plan, profile, parts, containers=True, engine="torchtitan's")
-    parts[-1] += found.unplaced
-    out["notes"] += [*_unplaced_notes(found.unplaced, "the last part"), *found.notes]
-
-
-def _complete_deepspeed(plan: Plan, profile: Profile, out: dict[str, Any]) -> None:
-    layers: list[list[str]] = out["layers"]
-    bounds: list[int] = out["parts"]
-    held = [[m for entry in layers[a:b] for m in entry] + list(h)
-            for a, b, h in zip(bounds, bounds[1:], out["holders"])]
-    found = params.audit(plan, profile, held, containers=False, engine="DeepSpeed's")
-    if found.unplaced:
-        if bounds[-1] > bounds[-2]:
-            layers[-1] += found.unplaced
-        else:  # the last stage has no layer: the modules make one
-            layers.append(list(found.unplaced))
-            bounds[-1] += 1
-    out["notes"] += [*_unplaced_notes(found.unplaced, "the last stage's last layer"), *found.notes]
-
-
-def _unplaced_notes(unplaced: list[str], where: str) -> list[str]:
-    if not unplaced:
-        return []
-    more = f", … ({len(unplaced)} modules)" if len(unplaced) > 3 else ""
-    return [f"no node of the plan reads the parameters of {', '.join(unplaced[:3])}{more}, so no "
-            f"unit holds {'it' if len(unplaced) == 1 else 'them'}: {where} keeps "
-            f"{'it' if len(unplaced) == 1 else 'them'}, where the plan priced the parameters, so "
-            f"that a checkpoint of the parts holds every weight"]
-
-
-COMPLETE: dict[str, Callable[[Plan, Profile, dict[str, Any]], None]] = {
-    "torchtitan": _complete_torchtitan, "deepspeed": _complete_deepspeed}
-"""The formats whose parts name modules: with a profile, their parts hold every parameter."""
 
 
 def _checked_hint(plan: Plan, split: LayerSplit, fmt: str, hint: str | None) -> str | None:

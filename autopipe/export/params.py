@@ -22,8 +22,9 @@ itself is noted already ([Note: the model's own parameters in an export]).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from autopipe.errors import ExportError
 from autopipe.plan_format import Plan
@@ -64,6 +65,17 @@ def kept(fqns: Iterable[str], params: Iterable[str], *, containers: bool) -> set
                 containers and (not module or module in way)):
             out.add(name)
     return out
+
+
+def complete(fmt: str, plan: Plan, profile: Profile, out: dict[str, Any]) -> None:
+    """Add to ``out`` (format ``fmt``'s export of ``plan``) the modules whose parameters lie in
+    no part, and the notes of ``audit``; formats without module lists are left as they are.
+
+    Raises:
+        ExportError: the profile is of another model than the plan's.
+    """
+    if fmt in COMPLETE:
+        COMPLETE[fmt](plan, profile, out)
 
 
 def audit(plan: Plan, profile: Profile, parts: Sequence[Sequence[str]], *, containers: bool,
@@ -168,3 +180,40 @@ def _stale(canon: dict[str, str], held: list[set[str]], read: list[set[str]], en
 def _parts(indices: list[int], word: str = "part") -> str:
     return (f"{word} {indices[0]}" if len(indices) == 1
             else f"{word}s " + ", ".join(map(str, indices[:-1])) + f" and {indices[-1]}")
+
+
+def _complete_torchtitan(plan: Plan, profile: Profile, out: dict[str, Any]) -> None:
+    parts: list[list[str]] = out["parallelism"]["module_fqns_per_model_part"]
+    found = audit(plan, profile, parts, containers=True, engine="torchtitan's")
+    parts[-1] += found.unplaced
+    out["notes"] += [*_unplaced_notes(found.unplaced, "the last part"), *found.notes]
+
+
+def _complete_deepspeed(plan: Plan, profile: Profile, out: dict[str, Any]) -> None:
+    layers: list[list[str]] = out["layers"]
+    bounds: list[int] = out["parts"]
+    held = [[m for entry in layers[a:b] for m in entry] + list(h)
+            for a, b, h in zip(bounds, bounds[1:], out["holders"])]
+    found = audit(plan, profile, held, containers=False, engine="DeepSpeed's")
+    if found.unplaced:
+        if bounds[-1] > bounds[-2]:
+            layers[-1] += found.unplaced
+        else:  # the last stage has no layer: the modules make one
+            layers.append(list(found.unplaced))
+            bounds[-1] += 1
+    out["notes"] += [*_unplaced_notes(found.unplaced, "the last stage's last layer"), *found.notes]
+
+
+def _unplaced_notes(unplaced: list[str], where: str) -> list[str]:
+    if not unplaced:
+        return []
+    more = f", … ({len(unplaced)} modules)" if len(unplaced) > 3 else ""
+    return [f"no node of the plan reads the parameters of {', '.join(unplaced[:3])}{more}, so no "
+            f"unit holds {'it' if len(unplaced) == 1 else 'them'}: {where} keeps "
+            f"{'it' if len(unplaced) == 1 else 'them'}, where the plan priced the parameters, so "
+            f"that a checkpoint of the parts holds every weight"]
+
+
+COMPLETE: dict[str, Callable[[Plan, Profile, dict[str, Any]], None]] = {
+    "torchtitan": _complete_torchtitan, "deepspeed": _complete_deepspeed}
+"""The formats whose parts name modules: with a profile, their parts hold every parameter."""
