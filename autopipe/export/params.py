@@ -36,7 +36,13 @@ class Audit:
     """What the parts of an export lack, and what they keep without reading it."""
 
     unplaced: list[str]
-    """Modules whose parameters lie in no part, to add to the last part (outermost only)."""
+    """Modules whose parameters lie in no part and no node reads, to add to the last part
+    (outermost only)."""
+    unheld: list[list[str]]
+    """Per stage, modules whose parameters its nodes read but lie in no part, to add to its
+    part: the plan's holders name a module that encloses them and layers (LayoutLMv3's
+    ``layoutlmv3`` for its ``cls_token`` covers ``encoder.rel_pos_bias``), which DeepSpeed's
+    holders leave out ([Note: holders in DeepSpeed's layers])."""
     notes: list[str]
     """One per parameter in no part that no module can bring in, and one per parameter that
     a part keeps but its stage never reads, where that matters."""
@@ -104,18 +110,27 @@ def audit(plan: Plan, profile: Profile, parts: Sequence[Sequence[str]], *, conta
     missing = [q for q, c in canon.items() if c not in anywhere]
     listed = [m for p in parts for m in p]
     unplaced: list[str] = []
+    unheld: list[list[str]] = [[] for _ in plan.stages]
     orphans: list[str] = []
     for q in missing:
-        if not any(q.startswith(m + ".") for m in unplaced):
-            module = _outermost(q, set(missing), canon, listed)
-            if module is None:
-                orphans.append(q)
-            else:
-                unplaced.append(module)
-    complete = [*parts[:-1], [*parts[-1], *unplaced]]
+        readers = [s for s, r in enumerate(read) if canon[q] in r]
+        if any(q.startswith(m + ".") for m in unplaced) or (readers and all(
+                any(q.startswith(m + ".") for m in unheld[s]) for s in readers)):
+            continue
+        module = _outermost(q, set(missing), canon, listed)
+        if module is None:
+            orphans.append(q)
+            continue
+        if not readers:
+            unplaced.append(module)
+        for s in readers:
+            if module not in unheld[s]:
+                unheld[s].append(module)
+    complete = [[*p, *extra] for p, extra in zip(parts, unheld)]
+    complete[-1] += unplaced
     held = [kept(p, canon, containers=containers) for p in complete]
-    return Audit(unplaced=unplaced, notes=[*_orphan_notes(orphans, read, engine),
-                                           *_stale(canon, held, read, engine)])
+    return Audit(unplaced=unplaced, unheld=unheld,
+                 notes=[*_orphan_notes(orphans, read, engine), *_stale(canon, held, read, engine)])
 
 
 def _orphan_notes(orphans: list[str], read: list[set[str]], engine: str) -> list[str]:
@@ -185,8 +200,11 @@ def _parts(indices: list[int], word: str = "part") -> str:
 def _complete_torchtitan(plan: Plan, profile: Profile, out: dict[str, Any]) -> None:
     parts: list[list[str]] = out["parallelism"]["module_fqns_per_model_part"]
     found = audit(plan, profile, parts, containers=True, engine="torchtitan's")
+    for part, extra in zip(parts, found.unheld):
+        part += extra
     parts[-1] += found.unplaced
-    out["notes"] += [*_unplaced_notes(found.unplaced, "the last part"), *found.notes]
+    out["notes"] += [*_unplaced_notes(found.unplaced, "the last part"),
+                     *_unheld_notes(found.unheld, "its part lists"), *found.notes]
 
 
 def _complete_deepspeed(plan: Plan, profile: Profile, out: dict[str, Any]) -> None:
@@ -195,13 +213,22 @@ def _complete_deepspeed(plan: Plan, profile: Profile, out: dict[str, Any]) -> No
     held = [[m for entry in layers[a:b] for m in entry] + list(h)
             for a, b, h in zip(bounds, bounds[1:], out["holders"])]
     found = audit(plan, profile, held, containers=False, engine="DeepSpeed's")
+    for holders, extra in zip(out["holders"], found.unheld):
+        holders += extra
     if found.unplaced:
         if bounds[-1] > bounds[-2]:
             layers[-1] += found.unplaced
         else:  # the last stage has no layer: the modules make one
             layers.append(list(found.unplaced))
             bounds[-1] += 1
-    out["notes"] += [*_unplaced_notes(found.unplaced, "the last stage's last layer"), *found.notes]
+    out["notes"] += [*_unplaced_notes(found.unplaced, "the last stage's last layer"),
+                     *_unheld_notes(found.unheld, "its holders list"), *found.notes]
+
+
+def _unheld_notes(unheld: list[list[str]], where: str) -> list[str]:
+    return [f"stage {s} reads parameters of {', '.join(modules)}, which the plan's holders name only "
+            f"with a module that encloses layers: {where} {'it' if len(modules) == 1 else 'them'}"
+            for s, modules in enumerate(unheld) if modules]
 
 
 def _unplaced_notes(unplaced: list[str], where: str) -> list[str]:
