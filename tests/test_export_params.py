@@ -25,7 +25,7 @@ from tests.test_export_zoo import planned, profiled
 
 DEFECTS = {"esm": 2, "t5gemma2": 4, "decision-transformer": 2, "wav2vec2-conformer": 2, "xlnet": 4,
            "deberta": 2, "dinov2": 2, "clip": 2, "mllama": 2, "blip2": 2, "layoutlmv3": 2,
-           "gpt-neox": 2, "bart": 2}
+           "hrm-text": 2, "gpt-neox": 2, "bart": 2}
 """Zoo models and stage counts the export sweep of 2026-12-07 found a parameter in no part, a
 copy nobody reads, a holder DeepSpeed's layers lacked, or one that encloses layers (BLIP-2) in
 (with two that had none)."""
@@ -96,7 +96,9 @@ def test_every_parameter_lands_in_a_part(name: str) -> None:
     T5Gemma2, Decision Transformer, Wav2Vec2-Conformer), copies no note named (T5Gemma2,
     XLNet), holders DeepSpeed's layers lacked (DeBERTa, MLlama) or that enclose layers
     (BLIP-2; LayoutLMv3's ``layoutlmv3`` also stood for the ``encoder.rel_pos_bias`` tables
-    under it, which stage 0 reads and DeepSpeed's holders then lacked), and some that had none."""
+    under it, which stage 0 reads and DeepSpeed's holders then lacked; HRM's ``model``, for its
+    ``z_L_init``, stood for the low-level layer whose no-grad cycle stage 0 runs), and some that
+    had none."""
     assert_every_parameter_in_a_part(name, DEFECTS[name])
 
 
@@ -201,11 +203,16 @@ def test_the_zoo_sweep(stages: int) -> None:
     """Every zoo model that plans layer-granular in ``stages`` stages from an estimate exports
     to each format or is refused with an ExportError, and every parameter lands in a part
     (a few minutes for each stage count on two cores)."""
+    failed = []
     for name in zoo.ZOO:
         try:
             plan = planned(name, stages)
         except AutopipeError:  # too few layers, a loss that reads values on meta tensors
             continue
-        with contextlib.suppress(ExportError):  # refused with a message, or written
-            export_plan(plan, "megatron", profiled(name)[1])
-        assert_every_parameter_in_a_part(name, stages)
+        try:
+            with contextlib.suppress(ExportError):  # refused with a message, or written
+                export_plan(plan, "megatron", profiled(name)[1])
+            assert_every_parameter_in_a_part(name, stages)
+        except AssertionError as e:
+            failed.append(str(e).splitlines()[0])
+    assert not failed, "\n".join(failed)

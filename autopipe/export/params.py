@@ -39,10 +39,11 @@ class Audit:
     """Modules whose parameters lie in no part and no node reads, to add to the last part
     (outermost only)."""
     unheld: list[list[str]]
-    """Per stage, modules whose parameters its nodes read but lie in no part, to add to its
+    """Per stage, modules whose parameters its nodes read but its part lacks, to add to its
     part: the plan's holders name a module that encloses them and layers (LayoutLMv3's
-    ``layoutlmv3`` for its ``cls_token`` covers ``encoder.rel_pos_bias``), which DeepSpeed's
-    holders leave out ([Note: holders in DeepSpeed's layers])."""
+    ``layoutlmv3``, for its ``cls_token``, stands for ``encoder.rel_pos_bias`` too; HRM's
+    ``model`` for a layer whose no-grad cycle stage 0 runs), which DeepSpeed's holders leave
+    out ([Note: holders in DeepSpeed's layers])."""
     notes: list[str]
     """One per parameter in no part that no module can bring in, and one per parameter that
     a part keeps but its stage never reads, where that matters."""
@@ -106,31 +107,36 @@ def audit(plan: Plan, profile: Profile, parts: Sequence[Sequence[str]], *, conta
     read: list[set[str]] = [{canon.get(q, q) for n in s.nodes if by[n].op != "output"
                              for q in (*by[n].params, *by[n].shared_params)} for s in plan.stages]
     # a Parameter is held where any of its names is (a tied alias in no part is no loss)
-    anywhere = {canon[q] for p in parts for q in kept(p, canon, containers=containers)}
-    missing = [q for q, c in canon.items() if c not in anywhere]
-    listed = [m for p in parts for m in p]
-    unplaced: list[str] = []
-    unheld: list[list[str]] = [[] for _ in plan.stages]
+    held = [{canon[q] for q in kept(p, canon, containers=containers)} for p in parts]
+    unheld: list[list[str]] = []
     orphans: list[str] = []
-    for q in missing:
-        readers = [s for s, r in enumerate(read) if canon[q] in r]
-        if any(q.startswith(m + ".") for m in unplaced) or (readers and all(
-                any(q.startswith(m + ".") for m in unheld[s]) for s in readers)):
-            continue
-        module = _outermost(q, set(missing), canon, listed)
-        if module is None:
-            orphans.append(q)
-            continue
-        if not readers:
-            unplaced.append(module)
-        for s in readers:
-            if module not in unheld[s]:
-                unheld[s].append(module)
+    for s, part in enumerate(parts):  # what the stage reads but its part lacks: its holders
+        lacking = read[s] - held[s]
+        pool = {q for q in canon if canon[q] in lacking}
+        found: list[str] = []
+        for q in [q for q in canon if q in pool]:
+            if not any(q.startswith(m + ".") for m in found):
+                module = _outermost(q, pool, canon, part)
+                if module is not None:
+                    found.append(module)
+                elif q == canon[q] and q not in orphans:
+                    orphans.append(q)
+        unheld.append(found)
+    anywhere = set().union(*held, *read)
+    missing = {q for q, c in canon.items() if c not in anywhere}  # no node reads it, no part holds it
+    unplaced: list[str] = []
+    for q in [q for q in canon if q in missing]:
+        if not any(q.startswith(m + ".") for m in unplaced):
+            module = _outermost(q, missing, canon, [m for p in parts for m in p])
+            if module is not None:
+                unplaced.append(module)
+            elif q not in orphans:
+                orphans.append(q)
     complete = [[*p, *extra] for p, extra in zip(parts, unheld)]
     complete[-1] += unplaced
-    held = [kept(p, canon, containers=containers) for p in complete]
+    final = [kept(p, canon, containers=containers) for p in complete]
     return Audit(unplaced=unplaced, unheld=unheld,
-                 notes=[*_orphan_notes(orphans, read, engine), *_stale(canon, held, read, engine)])
+                 notes=[*_orphan_notes(orphans, read, engine), *_stale(canon, final, read, engine)])
 
 
 def _orphan_notes(orphans: list[str], read: list[set[str]], engine: str) -> list[str]:
@@ -147,7 +153,7 @@ def _orphan_notes(orphans: list[str], read: list[set[str]], engine: str) -> list
             for q in orphans if not any(q in r for r in read)]
 
 
-def _outermost(name: str, missing: set[str], canon: Iterable[str], listed: list[str]) -> str | None:
+def _outermost(name: str, missing: set[str], canon: Iterable[str], listed: Sequence[str]) -> str | None:
     """The outermost module holding ``name`` all of whose parameters are ``missing`` and that
     encloses no listed module (``esm.contact_head`` for ``esm.contact_head.regression.weight``);
     None where the parameter is set directly on a module that encloses listed ones."""
