@@ -55,7 +55,8 @@ def regroup(problem: Problem, groups: Sequence[Sequence[int]]) -> Problem:
         src = group_of[v.src]
         dsts = tuple(sorted({group_of[d] for d in v.dsts} - {src}))
         if dsts:
-            values.append(replace(v, src=src, dsts=dsts))
+            values.append(replace(v, src=src, dsts=dsts,
+                                  joined=tuple(sorted({group_of[d] for d in v.joined} - {src}))))
     return replace(problem, blocks=tuple(blocks), values=tuple(values))
 
 
@@ -87,10 +88,8 @@ def merge_forced(problem: Problem) -> Problem:
         if not v.is_tensor:
             for d in v.dsts:
                 union(v.src, d)
-        elif v.param_view:
-            # [Note: a parameter's view stays with its readers]
-            for d in _near(problem, v):
-                union(v.src, d)
+        for d in v.joined:  # [Note: a parameter's view stays with its readers]
+            union(v.src, d)
     last = [i for i, b in enumerate(problem.blocks) if b.pin == "last"]
     if last:
         readers: dict[int, list[int]] = {}
@@ -122,20 +121,6 @@ def merge_forced(problem: Problem) -> Problem:
     return regroup(problem, [sorted(members[c]) for c in order])
 
 
-def _near(problem: Problem, value: Value) -> list[int]:
-    """The readers of ``value`` (a view of a parameter) inside the module that makes it, or
-    around it ([Note: a parameter's view stays with its readers])."""
-
-    def modules(i: int) -> set[str]:
-        return {problem.node_module.get(n, "") for n in problem.blocks[i].nodes}
-
-    def inside(a: str, b: str) -> bool:  # one module holds the other
-        return a == b or (bool(a) and b.startswith(a + ".")) or (bool(b) and a.startswith(b + "."))
-
-    made = modules(value.src)
-    return [d for d in value.dsts if any(inside(a, b) for a in made for b in modules(d))]
-
-
 # Note: a parameter's view stays with its readers
 # ------------------------------------------------
 # A view of a parameter (``Value.param_view``: Qwen2-MoE's experts hand
@@ -143,10 +128,14 @@ def _near(problem: Problem, value: Value) -> list[int]:
 # read, but sent across a cut it is a copy of the weight each micro-batch, and its
 # gradient one coming back: 2.19 GiB each way at the Qwen2-57B-A14B shape, where the chain
 # DP cut between the two and its split ran 11% slower than the parameter-balanced one. So
-# the view joins its readers in ``merge_forced``, as a value that cannot be sent does.
-# Only readers in the module that makes it (or one holding it, or held by it): a view read
-# across the model (a tied weight's transpose read by a distant head) would pull every
-# block between into one, and there sending it may be the price to pay.
+# the view joins its readers in ``merge_forced``, as a value that cannot be sent does:
+# those whose node lies in the very module whose node makes it (``Value.joined``, decided
+# node by node in ``from_profile``, carried through ``regroup``). Not a reader in another
+# module, nor in one it holds: a view a decoder makes and each of its layers reads would
+# pull every layer into one block, and T5Gemma 2's encoder embedding hands its weight's
+# dtype cast (an alias) to the decoder's embedding too. Deciding it on whole blocks instead
+# merged a layer-granular T5Gemma 2 (its units hold nodes of enclosing modules) into fewer
+# units: its 4-stage plan ran 43% slower (126.6 against 88.6 ms).
 
 
 def _key(problem: Problem, block: Block, depth: int) -> str:

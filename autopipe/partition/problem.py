@@ -281,6 +281,10 @@ class Value:
     """The value is a view of a parameter's storage (``NodeProfile.param_view``): a
     recomputed region keeps it free ([Note: a parameter's view is kept free] in
     ``autopipe.partition.costs``); sent, it is a copy like any other."""
+    joined: tuple[int, ...] = ()
+    """Readers (of ``dsts``) that must share ``src``'s stage: those of a parameter's view in
+    the module that makes it ([Note: a parameter's view stays with its readers] in
+    ``autopipe.partition.coarsen``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -553,7 +557,10 @@ def from_profile(profile: Profile, config: Config, *, optimizer: str = "adam",
                                 bytes=0 if free or n.name in remade else n.output_bytes,
                                 is_tensor=n.is_tensor or free or n.name in remade,
                                 remade=remade.get(n.name, ()), no_grad=n.no_grad,
-                                param_view=n.param_view))
+                                param_view=n.param_view,
+                                # [Note: a parameter's view stays with its readers]
+                                joined=tuple(sorted(d for d in dsts if profile.nodes[d].module == n.module))
+                                if n.param_view else ()))
         after = ordered.get(n.name, set()) - (dsts or set())
         if after:
             values.append(Value(node=n.name, src=i, dsts=tuple(sorted(after)), bytes=0,
