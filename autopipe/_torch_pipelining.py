@@ -13,9 +13,8 @@ import torch
 import torch.distributed.pipelining as pipelining
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed.pipelining import PipelineStage
-from torch.utils._python_dispatch import _disable_current_modes as dispatch_modes_off
 
-__all__ = ["FakeTensorMode", "ReceivedWhenNeeded", "dispatch_modes_off", "messages_within", "pipeline_stage_class", "schedule_class",
+__all__ = ["FakeTensorMode", "ReceivedWhenNeeded", "messages_within", "pipeline_stage_class", "schedule_class",
            "torch_compute_order"]
 
 # [Note: which torch orders are real]

@@ -48,9 +48,8 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import _disable_current_modes as dispatch_modes_off
 from torch.utils.weak import WeakIdKeyDictionary
-
-from autopipe._torch_pipelining import dispatch_modes_off
 
 _FROM_VALUES: tuple[Callable[..., Any], ...] = (torch.tensor, torch.as_tensor, torch.asarray)
 """The calls that make a tensor from Python values (export lifts their results)."""
