@@ -29,6 +29,7 @@ from typing import Any
 
 from autopipe.errors import ExportError
 from autopipe.export import empty, recompute
+from autopipe.export._words import indices
 from autopipe.export.placement import pipeline_ranks, sharded
 from autopipe.export.split import LayerSplit
 from autopipe.plan_format import Plan
@@ -93,9 +94,7 @@ def _holder_notes(holders: list[list[str]]) -> list[str]:
             readers.setdefault(module, []).append(stage)
     out = []
     for module, stages in readers.items():
-        which = (f"stage {stages[0]}" if len(stages) == 1
-                 else "stages " + ", ".join(map(str, stages[:-1])) + f" and {stages[-1]}")
-        out.append(f"the layers of {which} read parameters of {module}, which lies in none of "
+        out.append(f"the layers of {indices('stage', stages)} read parameters of {module}, which lies in none of "
                    f"DeepSpeed's layers (holders): build it into "
                    + ("that stage's layers" if len(stages) == 1
                       else "those stages' layers with one TiedLayerSpec, or their copies train apart"))
@@ -107,9 +106,7 @@ def _enclosing_notes(split: LayerSplit, enclosing: set[str]) -> list[str]:
     out = []
     for holder in sorted(enclosing):
         stages = [s for s in range(len(split.stage_units)) if holder in split.stage_holders(s)]
-        which = (f"stage {stages[0]}" if len(stages) == 1
-                 else "stages " + ", ".join(map(str, stages[:-1])) + f" and {stages[-1]}")
-        out.append(f"{which} read{'s' * (len(stages) == 1)} a parameter set directly on {holder}, "
+        out.append(f"{indices('stage', stages)} read{'s' * (len(stages) == 1)} a parameter set directly on {holder}, "
                    f"which encloses layers, so no DeepSpeed layer can hold it without them: hold "
                    f"that parameter in a module of {'that stage' if len(stages) == 1 else 'each'}'s "
                    f"layers (tied with TiedLayerSpec where several read it), or it is not trained")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autopipe.errors import ExportError
+from autopipe.export._words import indices
 from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
 
@@ -186,21 +187,17 @@ def _stale(canon: dict[str, str], held: list[set[str]], read: list[set[str]], en
         kept_names = sorted({q for s in idle for q in keepers[s]})
         shown = ", ".join(kept_names) + ("" if kept_names == [param] else f" (one Parameter with {param})")
         if readers:
-            out.append(f"{engine} {_parts(idle)} {'keeps' if len(idle) == 1 else 'keep'} {shown}, "
-                       f"which only {_parts(readers, 'stage')} read{'s' * (len(readers) == 1)}: "
+            out.append(f"{engine} {indices('part', idle)} {'keeps' if len(idle) == 1 else 'keep'} {shown}, "
+                       f"which only {indices('stage', readers)} read{'s' * (len(readers) == 1)}: "
                        f"the copy there never trains, and a checkpoint of the parts saves it beside "
-                       f"the trained one; drop it from {_parts(idle)}'s state dict")
+                       f"the trained one; drop it from {indices('part', idle)}'s state dict")
         else:
             rest = [s for s in keepers if s != min(keepers)]
-            out.append(f"{engine} {_parts(list(keepers))} each keep {shown}, which no stage reads: "
-                       f"keep it in part {min(keepers)} and drop it from {_parts(rest)}'s state dict, "
+            out.append(f"{engine} {indices('part', list(keepers))} each keep {shown}, which no stage reads: "
+                       f"keep it in part {min(keepers)} and drop it from {indices('part', rest)}'s state dict, "
                        f"or a checkpoint of the parts saves it {len(keepers)} times")
     return out
 
-
-def _parts(indices: list[int], word: str = "part") -> str:
-    return (f"{word} {indices[0]}" if len(indices) == 1
-            else f"{word}s " + ", ".join(map(str, indices[:-1])) + f" and {indices[-1]}")
 
 
 def _complete_torchtitan(plan: Plan, profile: Profile, out: dict[str, Any]) -> None:

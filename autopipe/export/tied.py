@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from autopipe.export._words import indices
 from autopipe.plan_format import Plan
 
 ADVICE = {
@@ -56,13 +57,13 @@ def root_notes(plan: Plan, fmt: str) -> list[str]:
             readers.setdefault(str(name), []).append(stage)
     out = []
     for name, stages in readers.items():
-        which = _stages(stages)
+        which = indices("stage", stages)
         if fmt == "torchtitan":
             idle = [s for s in range(plan.num_stages) if s not in stages]
             out.append(
                 f"{name} is a parameter of the model itself, which torchtitan keeps in every part "
                 f"(its module lists cannot name it); {which} read{'s' * (len(stages) == 1)} it"
-                + (f", so the copy in {_stages(idle)} never trains and is saved, stale, under "
+                + (f", so the copy in {indices('stage', idle)} never trains and is saved, stale, under "
                    f"the same name: delete it from {'that part' if len(idle) == 1 else 'those parts'} "
                    f"after the split" if idle else "")
                 + (f"; the copies of {which} train apart unless you sum their gradients"
@@ -74,7 +75,3 @@ def root_notes(plan: Plan, fmt: str) -> list[str]:
                        f"(tied with TiedLayerSpec where several read it), or it is not trained")
     return out
 
-
-def _stages(stages: list[int]) -> str:
-    return (f"stage {stages[0]}" if len(stages) == 1
-            else "stages " + ", ".join(map(str, stages[:-1])) + f" and {stages[-1]}")

@@ -121,8 +121,8 @@ def merge_forced(problem: Problem) -> Problem:
     return regroup(problem, [sorted(members[c]) for c in order])
 
 
-# Note: a parameter's view stays with its readers
-# ------------------------------------------------
+# [Note: a parameter's view stays with its readers]
+#
 # A view of a parameter (``Value.param_view``: Qwen2-MoE's experts hand
 # ``gate_up_proj.transpose(1, 2)`` to ``_grouped_mm``) costs nothing where it is made and
 # read, but sent across a cut it is a copy of the weight each micro-batch, and its
