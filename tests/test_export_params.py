@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from torch import nn
 
 from autopipe.errors import AutopipeError, ExportError
 from autopipe.export import export_plan
-from autopipe.export.params import kept
+from autopipe.export.params import UNRECORDED, kept
 from autopipe.plan_format import Plan
 from autopipe.profile.profile import Profile
 from tests import zoo
@@ -71,6 +73,9 @@ def assert_every_parameter_in_a_part(name: str, stages: int) -> None:
             data = export_plan(plan, fmt, profile)
         except ExportError:
             continue
+        # the plan's own record says what the profile does ([Note: the parameters in a plan's
+        # layer record])
+        assert export_plan(plan, fmt) == data, f"{name} {fmt}: the plan alone exports otherwise"
         parts = (torchtitan_parts(name, plan, profile) if fmt == "torchtitan"
                  else deepspeed_parts(spec.model, data))
         notes = " ".join(data["notes"])
@@ -115,8 +120,57 @@ def test_esm_contact_head_goes_with_the_last_part() -> None:
                                                      "esm.contact_head")]
     ds = export_plan(plan, "deepspeed", profile)
     assert ds["layers"][-1][-1] == "esm.contact_head" and ds["parts"][-1] == len(ds["layers"])
-    without = export_plan(plan, "torchtitan")["parallelism"]["module_fqns_per_model_part"]
-    assert "esm.contact_head" not in [m for p in without for m in p]  # the plan alone cannot say
+    assert export_plan(plan, "torchtitan") == data  # the plan alone says so since 2026-12-08
+
+
+def test_a_plan_without_its_parameters_recorded_is_noted() -> None:
+    """A plan made before its layer record named the parameters each stage reads cannot say
+    that ESM's ``contact_head`` lies in no part: exported without the profile, its parts lack
+    it, and a note says so and how to fix it; with the profile they hold it."""
+    profile = profiled("esm")[1]
+    plan = planned("esm")
+    older = _without_params(plan)
+    for fmt in ("torchtitan", "deepspeed"):
+        data = export_plan(older, fmt)
+        assert "esm.contact_head" not in str(data["parallelism" if fmt == "torchtitan" else "layers"])
+        assert UNRECORDED in data["notes"]
+        assert export_plan(older, fmt, profile) == export_plan(plan, fmt)
+    assert UNRECORDED not in export_plan(older, "megatron")["notes"]  # Megatron's layers hold no modules
+
+
+def _without_params(plan: Plan) -> Plan:
+    info = {k: v for k, v in plan.options["granularity"].items() if k != "params"}
+    return dataclasses.replace(plan, options={**plan.options, "granularity": info})
+
+
+def test_the_plan_records_what_each_stage_reads() -> None:
+    """The record names every parameter once (canonical names), the tied groups, and per stage
+    the canonical names its nodes read: GPT-NeoX in 2 stages, from its profile."""
+    profile = profiled("gpt-neox")[1]
+    plan = planned("gpt-neox")
+    record = plan.options["granularity"]["params"]
+    assert record["names"] == list(profile.params) and record["tied"] == [list(g) for g in profile.tied]
+    by = profile.by_name
+    for s, stage in enumerate(plan.stages):
+        want = {q for n in stage.nodes if by[n].op != "output" for q in (*by[n].params, *by[n].shared_params)}
+        assert set(record["reads"][s]) == want and len(record["reads"][s]) == len(want)
+    assert set().union(*map(set, record["reads"])) <= set(record["names"])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: {**r, "reads": r["reads"][:1]}, "lists the reads of 1 stages, but the plan has 2"),
+    (lambda r: {**r, "reads": [[*r["reads"][0], "nowhere.weight"], r["reads"][1]]},
+     "names nowhere.weight, none of its parameters"),
+    (lambda r: {k: v for k, v in r.items() if k != "tied"}, "malformed"),
+    (lambda r: {**r, "reads": 3}, "malformed"),
+])
+def test_a_malformed_record_of_parameters_is_refused(edit: Callable[[dict[str, Any]], Any], message: str) -> None:
+    plan = planned("gpt-neox")
+    info = plan.options["granularity"]
+    edited = dataclasses.replace(plan, options={**plan.options, "granularity": {**info, "params": edit(info["params"])}})
+    with pytest.raises(ExportError, match=message) as e:
+        export_plan(edited, "torchtitan")
+    assert "--profile" in str(e.value.hint)
 
 
 def test_t5gemma2_names_the_tied_alias_a_part_keeps_unread() -> None:

@@ -36,7 +36,7 @@ RUN = (
     "--memory 51MiB -o plan-recompute.json",
     "autopipe plan examples/gpt2.py:build --stages 4 --microbatches 8 --profile profiles/cpu/gpt2.json "
     "--granularity layer -o plan-layers.json",
-    "autopipe export plan-layers.json --format torchtitan --profile profiles/cpu/gpt2.json -o torchtitan.json",
+    "autopipe export plan-layers.json --format torchtitan -o torchtitan.json",
     "autopipe export plan-layers.json --format megatron",
     "autopipe plan examples/gpt2.py:build --gpus 4 --batch-size 32 --profile profiles/cpu/gpt2.json "
     "-o plan-gpus.json",

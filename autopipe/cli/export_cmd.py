@@ -23,8 +23,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("plan", metavar="PLAN.json", help="a plan made with --granularity layer")
     p.add_argument("--format", required=True, choices=sorted(FORMATS), help="the engine to export to")
     p.add_argument("--profile", metavar="PROFILE.json",
-                   help="the profile the plan was made from: torchtitan's and DeepSpeed's parts then "
-                        "hold every parameter, those no node reads too (a module the forward never calls)")
+                   help="the profile the plan was made from, for a plan made before 2026-12-08: "
+                        "torchtitan's and DeepSpeed's parts then hold every parameter, those no node "
+                        "reads too (newer plans record what this needs)")
     p.add_argument("-o", "--output", metavar="FILE.json", help="write here (default: stdout)")
     p.set_defaults(run=run)
 

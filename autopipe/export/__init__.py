@@ -1,10 +1,10 @@
 """Hand a layer-granular Plan to the engines users run: torchtitan, DeepSpeed, Megatron-LM.
 
 Reads a Plan (no model, no solver, no runtime): ``export_plan(plan, "megatron")`` gives a
-JSON object (``"schema": "autopipe.export/1"``) with what that engine takes. Given the profile
-the plan was made from, the torchtitan and DeepSpeed parts also hold the parameters no node
-reads, and notes name the copies a part keeps without reading them ([Note: every parameter
-in a part] in ``autopipe.export.params``).
+JSON object (``"schema": "autopipe.export/1"``) with what that engine takes. The torchtitan
+and DeepSpeed parts also hold the parameters no node reads, and notes name the copies a part
+keeps without reading them, from the plan's record of the parameters each stage reads (or the
+profile the plan was made from: [Note: every parameter in a part] in ``autopipe.export.params``).
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ def export_plan(plan: Plan, fmt: str, profile: Profile | None = None) -> dict[st
     Args:
         plan: a plan made with ``granularity="layer"``.
         fmt: the engine.
-        profile: the profile ``plan`` was made from: the parts then hold every parameter of
-            the model ([Note: every parameter in a part] in ``autopipe.export.params``).
+        profile: the profile ``plan`` was made from, for a plan made before its layer record
+            named the parameters each stage reads (2026-12-08): the parts then hold every
+            parameter of the model ([Note: every parameter in a part] in
+            ``autopipe.export.params``); checked against the plan where given.
 
     Raises:
         ExportError: an unknown format, a plan that does not give every stage whole
@@ -48,8 +50,7 @@ def export_plan(plan: Plan, fmt: str, profile: Profile | None = None) -> dict[st
         out = FORMATS[fmt](plan, split)
     except ExportError as e:
         raise ExportError(e.message, hint=_checked_hint(plan, split, fmt, e.hint)) from None
-    if profile is not None:  # [Note: every parameter in a part]
-        params.complete(fmt, plan, profile, out)
+    params.complete(fmt, plan, profile, out)  # [Note: every parameter in a part]
     # [Note: tied parameters in an export], [Note: the model's own parameters in an export]
     out["notes"] = [*out["notes"], *tied.notes(plan, fmt), *tied.root_notes(plan, fmt)]
     return {"schema": SCHEMA, "format": fmt,

@@ -14,10 +14,12 @@ module it lists: T5Gemma2's decoder embedding carries ``eoi_embedding``, a secon
 encoder's, which only the encoder reads, so a 4-stage plan's part 1 held a copy that never
 trains and a checkpoint of the parts saved it, stale, beside the trained one (which wins on
 loading depends on the order). A part cannot list less than a module, so a note names each
-such copy. The plan records neither (its layer record names modules, not parameters): the
-check needs the profile the plan was made from (``--profile``), whose nodes say which
-parameters each stage reads and which names are one Parameter. A parameter of the model
-itself is noted already ([Note: the model's own parameters in an export]).
+such copy. The check needs every parameter's name, which names are one Parameter, and which
+parameters each stage's nodes read: a plan's layer record carries them since 2026-12-08
+([Note: the parameters in a plan's layer record] in ``autopipe.partition.param_reads``), the
+profile the plan was made from (``--profile``) always did; an older plan without the profile
+gets a note that its parts may lack such parameters. A parameter of the model itself is
+noted already ([Note: the model's own parameters in an export]).
 """
 
 from __future__ import annotations
@@ -50,12 +52,77 @@ class Audit:
     a part keeps but its stage never reads, where that matters."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reads:
+    """The model's parameters, and which of them each stage of the plan reads."""
+
+    canon: dict[str, str]
+    """Every parameter name of the model (tied aliases too) → its canonical name."""
+    read: list[set[str]]
+    """Per stage, the canonical names its nodes read (the output node's left out: it owns the
+    parameters no node reads)."""
+
+
 def names(profile: Profile) -> dict[str, str]:
     """Every parameter name of the model (tied aliases too) → its canonical name."""
-    out = {p: p for p in profile.params}
-    for group in profile.tied:
+    return _canon(profile.params, profile.tied)
+
+
+def _canon(params: Iterable[str], tied: Iterable[Sequence[str]]) -> dict[str, str]:
+    out = {p: p for p in params}
+    for group in tied:
         out.update({q: group[0] for q in group})
     return out
+
+
+def profile_reads(plan: Plan, profile: Profile) -> Reads:
+    """What ``profile`` (the one ``plan`` was made from) says each stage reads.
+
+    Raises:
+        ExportError: the profile is of another model than the plan's.
+    """
+    if profile.graph_fingerprint and profile.graph_fingerprint != plan.graph_fingerprint:
+        raise ExportError(f"the profile is of another model or input shape than the plan "
+                          f"(fingerprint {profile.graph_fingerprint[:12]}, the plan's "
+                          f"{plan.graph_fingerprint[:12]})",
+                          hint="pass the profile the plan was made from (autopipe plan ... --profile)")
+    canon = names(profile)
+    by = profile.by_name
+    unknown = [n for s in plan.stages for n in s.nodes if n not in by]
+    if unknown:
+        raise ExportError(f"the plan's nodes {', '.join(unknown[:3])} are not in the profile: it is "
+                          f"of another model than the plan",
+                          hint="pass the profile the plan was made from (autopipe plan ... --profile)")
+    return Reads(canon=canon, read=[{canon.get(q, q) for n in s.nodes if by[n].op != "output"
+                                     for q in (*by[n].params, *by[n].shared_params)} for s in plan.stages])
+
+
+def plan_reads(plan: Plan) -> Reads | None:
+    """What ``plan``'s layer record says each stage reads ([Note: the parameters in a plan's
+    layer record]); None for a plan made before it said (2026-12-08).
+
+    Raises:
+        ExportError: the record is malformed, or does not match the plan's stages.
+    """
+    info = plan.options.get("granularity")
+    record = info.get("params") if isinstance(info, dict) else None
+    if record is None:
+        return None
+    hint = "plan it again with this version of autopipe, or pass the profile it was made from (--profile)"
+    try:
+        params = [str(q) for q in record["names"]]
+        tied = [[str(q) for q in group] for group in record["tied"]]
+        read = [{str(q) for q in r} for r in record["reads"]]
+    except (KeyError, TypeError) as e:
+        raise ExportError(f"the parameters in the plan's layer record are malformed "
+                          f"({type(e).__name__}: {e})", hint=hint) from None
+    canon = _canon(params, tied)
+    strays = sorted(q for r in read for q in r if canon.get(q) != q)
+    if len(read) != plan.num_stages or strays or any(not g for g in tied):
+        why = (f"names {', '.join(strays[:3])}, none of its parameters" if strays
+               else f"lists the reads of {len(read)} stages, but the plan has {plan.num_stages}")
+        raise ExportError(f"the plan's layer record {why}", hint=hint)
+    return Reads(canon=canon, read=read)
 
 
 def kept(fqns: Iterable[str], params: Iterable[str], *, containers: bool) -> set[str]:
@@ -75,38 +142,34 @@ def kept(fqns: Iterable[str], params: Iterable[str], *, containers: bool) -> set
     return out
 
 
-def complete(fmt: str, plan: Plan, profile: Profile, out: dict[str, Any]) -> None:
+def complete(fmt: str, plan: Plan, profile: Profile | None, out: dict[str, Any]) -> None:
     """Add to ``out`` (format ``fmt``'s export of ``plan``) the modules whose parameters lie in
-    no part, and the notes of ``audit``; formats without module lists are left as they are.
+    no part, and the notes of ``audit``, from ``profile`` where given (the one the plan was
+    made from), else from the plan's layer record; formats without module lists are left as
+    they are. An older plan without the profile gets a note that its parts may lack some.
 
     Raises:
-        ExportError: the profile is of another model than the plan's.
+        ExportError: the profile is of another model than the plan's, or the plan's record of
+            its parameters is malformed.
     """
-    if fmt in COMPLETE:
-        COMPLETE[fmt](plan, profile, out)
+    if fmt not in COMPLETE:
+        return
+    reads = profile_reads(plan, profile) if profile is not None else plan_reads(plan)
+    if reads is None:
+        out["notes"] = [*out["notes"], UNRECORDED]
+    else:
+        COMPLETE[fmt](reads, out)
 
 
-def audit(plan: Plan, profile: Profile, parts: Sequence[Sequence[str]], *, containers: bool,
-          engine: str) -> Audit:
-    """Check ``parts`` (per stage, the modules its part keeps) against ``profile``.
+UNRECORDED = ("the plan does not record which parameters its stages read (it was made before "
+              "2026-12-08), so a module no node reads (ESM's contact_head) may lie in no part, and a "
+              "part may keep a copy of a tied parameter it never reads: plan it again, or export it "
+              "with the profile it was made from (--profile)")
 
-    Raises:
-        ExportError: the profile is of another model than the plan's.
-    """
-    if profile.graph_fingerprint and profile.graph_fingerprint != plan.graph_fingerprint:
-        raise ExportError(f"the profile is of another model or input shape than the plan "
-                          f"(fingerprint {profile.graph_fingerprint[:12]}, the plan's "
-                          f"{plan.graph_fingerprint[:12]})",
-                          hint="pass the profile the plan was made from (autopipe plan ... --profile)")
-    canon = names(profile)
-    by = profile.by_name
-    unknown = [n for s in plan.stages for n in s.nodes if n not in by]
-    if unknown:
-        raise ExportError(f"the plan's nodes {', '.join(unknown[:3])} are not in the profile: it is "
-                          f"of another model than the plan",
-                          hint="pass the profile the plan was made from (autopipe plan ... --profile)")
-    read: list[set[str]] = [{canon.get(q, q) for n in s.nodes if by[n].op != "output"
-                             for q in (*by[n].params, *by[n].shared_params)} for s in plan.stages]
+
+def audit(reads: Reads, parts: Sequence[Sequence[str]], *, containers: bool, engine: str) -> Audit:
+    """Check ``parts`` (per stage, the modules its part keeps) against ``reads``."""
+    canon, read = reads.canon, reads.read
     # a Parameter is held where any of its names is (a tied alias in no part is no loss)
     held = [{canon[q] for q in kept(p, canon, containers=containers)} for p in parts]
     unheld: list[list[str]] = []
@@ -200,9 +263,9 @@ def _stale(canon: dict[str, str], held: list[set[str]], read: list[set[str]], en
 
 
 
-def _complete_torchtitan(plan: Plan, profile: Profile, out: dict[str, Any]) -> None:
+def _complete_torchtitan(reads: Reads, out: dict[str, Any]) -> None:
     parts: list[list[str]] = out["parallelism"]["module_fqns_per_model_part"]
-    found = audit(plan, profile, parts, containers=True, engine="torchtitan's")
+    found = audit(reads, parts, containers=True, engine="torchtitan's")
     for part, extra in zip(parts, found.unheld):
         part += extra
     parts[-1] += found.unplaced
@@ -210,12 +273,12 @@ def _complete_torchtitan(plan: Plan, profile: Profile, out: dict[str, Any]) -> N
                      *_unheld_notes(found.unheld, "its part lists"), *found.notes]
 
 
-def _complete_deepspeed(plan: Plan, profile: Profile, out: dict[str, Any]) -> None:
+def _complete_deepspeed(reads: Reads, out: dict[str, Any]) -> None:
     layers: list[list[str]] = out["layers"]
     bounds: list[int] = out["parts"]
     held = [[m for entry in layers[a:b] for m in entry] + list(h)
             for a, b, h in zip(bounds, bounds[1:], out["holders"])]
-    found = audit(plan, profile, held, containers=False, engine="DeepSpeed's")
+    found = audit(reads, held, containers=False, engine="DeepSpeed's")
     for holders, extra in zip(out["holders"], found.unheld):
         holders += extra
     if found.unplaced:
@@ -244,6 +307,6 @@ def _unplaced_notes(unplaced: list[str], where: str) -> list[str]:
             f"that a checkpoint of the parts holds every weight"]
 
 
-COMPLETE: dict[str, Callable[[Plan, Profile, dict[str, Any]], None]] = {
+COMPLETE: dict[str, Callable[[Reads, dict[str, Any]], None]] = {
     "torchtitan": _complete_torchtitan, "deepspeed": _complete_deepspeed}
-"""The formats whose parts name modules: with a profile, their parts hold every parameter."""
+"""The formats whose parts name modules: their parts hold every parameter."""

@@ -31,6 +31,7 @@ from typing import Any
 from autopipe.errors import PlanError
 from autopipe.partition.assemble import owned_modules
 from autopipe.partition.coarsen import merge_forced, regroup
+from autopipe.partition.param_reads import param_reads
 from autopipe.partition.problem import Problem
 from autopipe.plan_format import Baseline, Plan
 from autopipe.profile.profile import Profile
@@ -608,8 +609,9 @@ def tied_ends(layers: Layers, profile: Profile) -> bool:
 
 def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan], profile: Profile) -> Plan:
     """``plan`` (layer-granular) with its units, the modules each stage reads parameters of
-    beyond them (``holders``), what the restriction costs, and where the plan recomputes,
-    the units its recomputed nodes lie in per stage (``recompute_units``).
+    beyond them (``holders``), the parameters each stage reads (``params``: [Note: the
+    parameters in a plan's layer record]), what the restriction costs, and where the plan
+    recomputes, the units its recomputed nodes lie in per stage (``recompute_units``).
 
     ``solve_free()`` plans the same model without the restriction. The restricted
     partition is one of the unrestricted ones too, so the unrestricted figure is the
@@ -637,6 +639,7 @@ def record(plan: Plan, layers: Layers, solve_free: Callable[[], Plan], profile: 
         "unrestricted_s": step,
         "cost": plan.predicted.iteration_s / step if step > 0 else 1.0,
         "tied_ends": tied_ends(layers, profile),  # [Note: an output layer of its own] in autopipe.export.megatron
+        "params": param_reads(plan, profile),  # [Note: the parameters in a plan's layer record]
     }
     if plan.recomputes:  # which units the engines must recompute (autopipe.export)
         info["recompute_units"] = [sorted({layers.node_unit[n] for g in s.recompute for n in g})
