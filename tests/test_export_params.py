@@ -38,6 +38,8 @@ def torchtitan_parts(name: str, plan: Plan, profile: Profile) -> list[set[str]]:
     model = profiled(name)[0].model
     names = canonical(model)
     parts = export_plan(plan, "torchtitan", profile)["parallelism"]["module_fqns_per_model_part"]
+    modules = dict(model.named_modules(remove_duplicate=False))
+    assert {m for p in parts for m in p} <= set(modules), "a part names no module of the model"
     return [{names[n] for n, _ in split_module(model, fqns).named_parameters(remove_duplicate=False)}
             for fqns in parts]
 
@@ -50,9 +52,10 @@ def deepspeed_parts(model: nn.Module, data: dict[str, object]) -> list[set[str]]
     out = []
     for a, b, held in zip(bounds, bounds[1:], holders):
         paths = [m for entry in layers[a:b] for m in entry] + held
-        # T5Gemma2's units name ``vmap_0``, no module of the model (the trace's name for its
-        # mask's torch.vmap): it holds no parameter
-        out.append({names[f"{m}.{n}"] for m in paths if m in modules
+        # every name a module of the model: T5Gemma2's units named ``vmap_0`` (the trace's
+        # submodule for its mask's torch.vmap) until 2026-12-08 ([Note: vmap regions])
+        assert set(paths) <= set(modules), sorted(set(paths) - set(modules))
+        out.append({names[f"{m}.{n}"] for m in paths
                     for n, _ in modules[m].named_parameters(remove_duplicate=False)})
     return out
 

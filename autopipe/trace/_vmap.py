@@ -13,6 +13,10 @@ values made again]) ran ``_add_batch_dim`` without its level. ``fold_vmap_region
 moves each outermost region, from its first increment to the decrement that matches it,
 into a submodule called by one node, whose outputs the region's readers take with
 ``getitem``: the planner, the profiler and the split see one op that makes the mask.
+The node is owned by the module whose forward made the mask (``model.encoder.text_model``),
+not by ``vmap_K``: that submodule is the trace's, so an export naming it (T5Gemma 2's
+layer record listed ``vmap_0`` as a module of its first unit until 2026-12-08) named a module
+that the user's model lacks, and DeepSpeed's ``get_submodule`` would fail on it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import operator
 import torch.fx as fx
 
 _ENTER, _EXIT = "_vmap_increment_nesting", "_vmap_decrement_nesting"
+FOLDED = "autopipe_vmap_region"
+"""Meta key of a node that calls a folded region: its module is its ``nn_module_stack``'s."""
 
 
 def fold_vmap_regions(gm: fx.GraphModule) -> None:
@@ -69,6 +75,7 @@ def _fold(gm: fx.GraphModule, region: list[fx.Node], name: str) -> None:
     with gm.graph.inserting_before(body[0]):
         call = gm.graph.call_module(name, tuple(inputs))
         call.meta = {k: v for k, v in body[-1].meta.items() if k != "val"}
+        call.meta[FOLDED] = True
         call.meta["val"] = tuple(n.meta.get("val") for n in outputs)
         for i, n in enumerate(outputs):
             item = gm.graph.call_function(operator.getitem, (call, i))

@@ -27,7 +27,7 @@ from autopipe.trace._module_to import own_dtype_conversions_kept
 from autopipe.trace._quick import failures_unlogged, quick_export, unguarded_module
 from autopipe.trace._random import symbolic_trace
 from autopipe.trace._state import state_kept
-from autopipe.trace._vmap import fold_vmap_regions
+from autopipe.trace._vmap import FOLDED, fold_vmap_regions
 from autopipe.trace.aliasing import storage_of, view_sources
 from autopipe.trace.graph import Graph, NodeInfo, target_name
 from autopipe.trace.no_grad import no_grad_nodes
@@ -484,7 +484,7 @@ def _describe(val: Any) -> tuple[tuple[int, ...] | None, str | None, int, bool]:
 
 
 def _module_of(n: fx.Node) -> str:
-    if n.op == "call_module":
+    if n.op == "call_module" and not n.meta.get(FOLDED):  # [Note: vmap regions]
         return str(n.target)
     if n.op in ("placeholder", "output"):
         return ""
