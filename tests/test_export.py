@@ -489,23 +489,68 @@ class _Enclosing(nn.Module):
         return h
 
 
-def test_torchtitan_refuses_a_part_that_would_keep_another_stages_layers() -> None:
-    """A stage reading a parameter set directly on a module that encloses layers got that
-    module as a holder, and torchtitan's part kept it whole: stage 0 of a LayoutLMv3 (and of a
-    BLIP-2, whose ``query_tokens`` sit on the model itself) kept every layer ([Note: a holder
-    that encloses layers] in autopipe/export/split.py)."""
+def _enclosing_plan(model: nn.Module, stages: int, cut_at: str) -> tuple[Plan, Profile]:
     from autopipe import trace
     from autopipe.profile.estimate import estimate
 
-    model = nn.Sequential(_Enclosing(), nn.Linear(8, 2))
     x = torch.randn(2, 4)
     profile = estimate(trace(model, (x,)), (x,), progress=False)
-    plan = plan_profile(profile, num_stages=2, microbatches=4, cut_at="0.layers.*", time_limit=30)
+    return plan_profile(profile, num_stages=stages, microbatches=max(4, stages), cut_at=cut_at,
+                        time_limit=30), profile
+
+
+def test_torchtitan_keeps_a_holder_that_encloses_layers_by_the_modules_inside() -> None:
+    """A stage reading a parameter set directly on a module that encloses layers got that
+    module as a holder, and torchtitan's part kept it whole: stage 0 of a LayoutLMv3 (and of a
+    BLIP-2, whose ``query_tokens`` sit on the model itself) kept every layer, then such plans
+    were refused. torchtitan's split keeps what is set on a module on the way to one it lists,
+    so part 0, listing ``0.embed`` and layers inside ``0``, keeps ``0.cls_token`` without
+    naming ``0``; part 1 keeps a copy it never reads, which a note names ([Note: a holder
+    that encloses layers] in autopipe/export/split.py)."""
+    model = nn.Sequential(_Enclosing(), nn.Linear(8, 2))
+    plan, profile = _enclosing_plan(model, 2, "0.layers.*")
     assert "0" in plan.options["granularity"]["holders"][0]
-    with pytest.raises(ExportError, match=r"stage 0 holds a parameter set directly on 0, which "
-                                          r"encloses modules of stage 1 \(0\.layers\.\d"):
-        export_plan(plan, "torchtitan")
+    data = export_plan(plan, "torchtitan")
+    parts = data["parallelism"]["module_fqns_per_model_part"]
+    assert "0" not in [m for p in parts for m in p]
+    names, want = canonical(model), stage_params(plan, profile)
+    for s, fqns in enumerate(parts):
+        got = {names[n] for n, _ in split_module(model, fqns).named_parameters(remove_duplicate=False)}
+        assert want[s] <= got and got - want[s] <= {"0.cls_token"}, (s, got ^ want[s])
+    assert [n for n in data["notes"] if n.startswith("stage 0 reads parameters set directly on 0, which "
+                                                     "encloses other stages' layers")]
+    assert [n for n in data["notes"] if n.startswith("torchtitan's part 1 keeps 0.cls_token, which only "
+                                                     "stage 0 reads")]
     export_plan(plan, "deepspeed")  # its layer list names each stage's own modules
+    info = {k: v for k, v in plan.options["granularity"].items() if k != "params"}
+    older = dataclasses.replace(plan, options={**plan.options, "granularity": info})
+    with pytest.raises(ExportError, match=r"stage 0 holds a parameter set directly on 0, which encloses "
+                                          r"modules of stage 1 \(0\.layers\.\d.*does not record") as e:
+        export_plan(older, "torchtitan")
+    assert "plan it again" in str(e.value.hint)
+
+
+class _Scaled(nn.Module):
+    """A head that reads a parameter set directly on the module that encloses the layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _Enclosing()
+        self.head = nn.Linear(8, 4096)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x) * self.body.cls_token)
+
+
+def test_torchtitan_refuses_a_holder_that_no_listed_module_lies_in() -> None:
+    """The last stage holds only the head, and reads ``body.cls_token``: its part lists no
+    module inside ``body``, so torchtitan's split cannot keep that parameter without the
+    layers of the other stages."""
+    plan, _ = _enclosing_plan(_Scaled(), 6, "body.layers.*")  # a unit per stage
+    assert plan.options["granularity"]["stage_units"][-1] == [5, 6]  # the head alone
+    with pytest.raises(ExportError, match=r"stage 5 holds a parameter set directly on body, which encloses "
+                                          r"modules of stage 0 .*part 5 lists no module inside it"):
+        export_plan(plan, "torchtitan")
 
 
 @pytest.mark.parametrize("fmt", ["torchtitan", "deepspeed", "megatron"])

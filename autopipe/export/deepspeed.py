@@ -85,8 +85,8 @@ def _holder_notes(holders: list[list[str]]) -> list[str]:
     them (or their copies train apart). A holder that encloses layers (BLIP-2's ``query_tokens``
     is set on ``model`` itself, LayoutLMv3's ``cls_token`` on ``layoutlmv3``) is no module a
     stage can take: it is left out of ``holders``, and a note says to hold the parameter in a
-    module of the stage's layers (torchtitan refuses such a plan: [Note: a holder that encloses
-    layers] in ``autopipe.export.split``).
+    module of the stage's layers (torchtitan's split keeps it with the modules its part lists
+    inside the holder: [Note: a holder that encloses layers] in ``autopipe.export.split``).
     """
     readers: dict[str, list[int]] = {}
     for stage, modules in enumerate(holders):

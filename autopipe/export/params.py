@@ -97,6 +97,13 @@ def profile_reads(plan: Plan, profile: Profile) -> Reads:
                                      for q in (*by[n].params, *by[n].shared_params)} for s in plan.stages])
 
 
+def recorded(plan: Plan) -> bool:
+    """Whether ``plan``'s layer record names the parameters each stage reads ([Note: the
+    parameters in a plan's layer record])."""
+    info = plan.options.get("granularity")
+    return isinstance(info, dict) and info.get("params") is not None
+
+
 def plan_reads(plan: Plan) -> Reads | None:
     """What ``plan``'s layer record says each stage reads ([Note: the parameters in a plan's
     layer record]); None for a plan made before it said (2026-12-08).

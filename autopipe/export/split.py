@@ -120,9 +120,9 @@ class LayerSplit:
         """The modules outside stage ``stage``'s units that hold parameters it reads."""
         return list(self.holders[stage]) if self.holders else []
 
-    def swallowed(self, stage: int) -> tuple[str, int, list[str]] | None:
-        """A holder of stage ``stage`` that encloses modules of another stage's units: the
-        holder, that stage and its modules under the holder; None where there is none.
+    def swallowing(self, stage: int) -> list[tuple[str, int, list[str]]]:
+        """The holders of stage ``stage`` that enclose modules of another stage's units: each
+        holder, the first such stage and its modules under the holder.
 
         [Note: a holder that encloses layers]
         A parameter set directly on a module that also encloses layers (LayoutLMv3's
@@ -130,16 +130,24 @@ class LayerSplit:
         itself) makes that module a holder ([Note: parameters held outside the units] in
         ``autopipe.partition.layers``), and a part that lists it keeps it whole: the layers of
         every other stage under it too. torchtitan was told that stage 0 of a 2-stage
-        LayoutLMv3 keeps ``model.layoutlmv3``, the whole encoder with it (until 2026-12-07).
+        LayoutLMv3 keeps ``model.layoutlmv3``, the whole encoder with it (until 2026-12-07),
+        then refused such plans. Its split keeps what is set directly on a module on the way
+        to one it lists, so a part that lists a module under the holder keeps those
+        parameters without naming it; what the holder stood for deeper inside it
+        (LayoutLMv3's ``encoder.rel_pos_bias``) the plan's record of the parameters each
+        stage reads names ([Note: every parameter in a part] in ``autopipe.export.params``).
+        Since 2026-12-08 torchtitan's export leaves such a holder out where both hold, and
+        refuses the plan only where the part lists nothing under it, or the plan does not
+        record what its stages read.
         """
+        out = []
         for holder in self.stage_holders(stage):
             for other in range(len(self.stage_units)):
-                if other == stage:
-                    continue
                 under = [m for m in self.stage_modules(other) if m.startswith(holder + ".")]
-                if under:
-                    return holder, other, under
-        return None
+                if other != stage and under:
+                    out.append((holder, other, under))
+                    break
+        return out
 
     def _block(self, m: str) -> bool:
         """Whether module ``m`` is a numbered child of a list (of any, in plans without lists)."""

@@ -29,6 +29,7 @@ from typing import Any
 from autopipe._units import format_size
 from autopipe.errors import ExportError
 from autopipe.export import empty, recompute
+from autopipe.export.params import recorded
 from autopipe.export.placement import V_SCHEDULES, check_placement, sharded
 from autopipe.export.split import LayerSplit
 from autopipe.plan_format import Plan
@@ -45,29 +46,40 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
     Raises:
         ExportError: the plan places its stages on ranks otherwise than torchtitan would.
     """
-    for stage in range(plan.num_stages):
-        found = split.swallowed(stage)
-        if found is not None:  # [Note: a holder that encloses layers]
-            holder, other, under = found
-            more = ", …" if len(under) > 2 else ""
-            raise ExportError(
-                f"stage {stage} holds a parameter set directly on {holder}, which encloses "
-                f"modules of stage {other} ({', '.join(under[:2])}{more}); torchtitan's part "
-                f"for stage {stage} would keep {holder} whole, and those with it",
-                hint=f"hold that parameter in a submodule of {holder} that encloses no layer, or "
-                     f"export it --format deepspeed, whose layer list names each stage's own modules")
+    parts, notes = [], []
+    for stage in range(plan.num_stages):  # [Note: a holder that encloses layers]
+        own = split.stage_modules(stage)
+        dropped = []
+        for holder, other, under in split.swallowing(stage):
+            if not recorded(plan) or not any(m.startswith(holder + ".") for m in own):
+                more = ", …" if len(under) > 2 else ""
+                why = ("the plan does not record which parameters its stages read" if not recorded(plan)
+                       else f"part {stage} lists no module inside it that would keep them")
+                raise ExportError(
+                    f"stage {stage} holds a parameter set directly on {holder}, which encloses "
+                    f"modules of stage {other} ({', '.join(under[:2])}{more}); torchtitan's part "
+                    f"for stage {stage} would keep {holder} whole, and those with it ({why})",
+                    hint=f"hold that parameter in a submodule of {holder} that encloses no layer, "
+                         + ("plan it again with this version of autopipe, " if not recorded(plan) else "")
+                         + "or export it --format deepspeed, whose layer list names each stage's own modules")
+            dropped.append(holder)
+        parts.append(own + [h for h in split.stage_holders(stage) if h not in dropped])
+        if dropped:
+            notes.append(f"stage {stage} reads parameters set directly on {', '.join(dropped)}, which "
+                         f"{'encloses' if len(dropped) == 1 else 'enclose'} other stages' layers: "
+                         f"torchtitan's split keeps them in part {stage} with the modules it lists "
+                         f"inside, without listing {'it' if len(dropped) == 1 else 'them'}")
     style = "v" if plan.schedule in V_SCHEDULES else "loop"
     ranks = check_placement(plan, style, "torchtitan", "plan it again for this schedule")
     parallelism: dict[str, Any] = {
         "pipeline_parallel_degree": ranks,
-        "module_fqns_per_model_part": [split.stage_modules(s) + split.stage_holders(s)
-                                       for s in range(plan.num_stages)],
+        "module_fqns_per_model_part": parts,
         "pipeline_parallel_schedule": SCHEDULES.get(plan.schedule, plan.schedule),
         "num_pp_microbatches": plan.microbatches,
     }
     if plan.replicas > 1:
         parallelism.update(data_parallel_replicate_degree=plan.replicas, data_parallel_shard_degree=1)
-    notes = recompute.notes(split, "torchtitan (activation_checkpoint full)", split.layers_per_stage())
+    notes += recompute.notes(split, "torchtitan (activation_checkpoint full)", split.layers_per_stage())
     notes += empty.notes(plan, "torchtitan builds an optimizer per model part")
     if sharded(plan):  # [Note: sharded optimizer states in an export]
         extra = max(s.memory.optimizer for s in plan.stages) * (plan.replicas - 1)
