@@ -311,6 +311,32 @@ def test_untraceable_model_names_the_line_of_model_code() -> None:
         autopipe.trace(DataDependent(), (torch.randn(2, 4),))
 
 
+class _PaddedByABuffer(torch.nn.Module):
+    """Mimi's pattern: padding computed from an int64 buffer as a tensor and read back by
+    ``.item()`` (an unbacked size), then a Python check on a shape made from it, later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("extra", torch.tensor(2))
+        self.lin = torch.nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.pad(x, (0, (self.extra * 1).item()))
+        if x.shape[-1] > 1:
+            x = x * 2
+        return self.lin(x)
+
+
+def test_a_size_read_from_a_tensor_is_named_where_it_is_read() -> None:
+    """The export stops at the check on a shape; the refusal also names the line that read
+    the size from a tensor ([Note: sizes read from tensors] in autopipe.trace._unbacked)."""
+    with pytest.raises(TraceError, match=r"u0, a size in the failed check, is read from a tensor's value by "
+                                         r"aten\.item\.default at .*tests/test_trace\.py:\d+ in forward: "
+                                         r"x = torch\.nn\.functional\.pad\(x") as info:
+        autopipe.trace(_PaddedByABuffer(), (torch.randn(2, 4),))
+    assert "compute it from Python numbers" in str(info.value.hint)
+
+
 @pytest.mark.parametrize("frontend", ["fx", "export"])
 def test_tracing_leaves_the_models_buffers_and_the_random_state(frontend: str) -> None:
     """Tracing ran the model once in training mode on buffers it shares with the user's

@@ -27,6 +27,8 @@ from autopipe.trace._module_to import own_dtype_conversions_kept
 from autopipe.trace._quick import failures_unlogged, quick_export, unguarded_module
 from autopipe.trace._random import symbolic_trace
 from autopipe.trace._state import state_kept
+from autopipe.trace._unbacked import HINT as unbacked_hint
+from autopipe.trace._unbacked import unbacked_origin
 from autopipe.trace._vmap import FOLDED, fold_vmap_regions
 from autopipe.trace.aliasing import storage_of, view_sources
 from autopipe.trace.graph import Graph, NodeInfo, target_name
@@ -103,14 +105,16 @@ def _trace(model: nn.Module, example_inputs: tuple[Any, ...], kwargs: dict[str, 
     except _DataDependentShape:
         raise  # traced, but a shape depends on the data: the diagnosis names the node
     except Exception as e:
-        reasons.append(f"torch.export: {_short(e)}")
+        # [Note: sizes read from tensors]
+        origin = unbacked_origin(e, lambda: _export_failure(model, example_inputs, kwargs))
+        reasons.append(f"torch.export: {_short(e)}{origin}")
         _raise_if_inputs_wrong(model, example_inputs, kwargs)
         # [Note: layerdrop] in autopipe.trace._layerdrop
         drop = layerdrop_hint(model)
         general = ("make forward free of data-dependent Python control flow, build Hugging Face "
                    "models with use_cache=False, or pass inputs the model accepts")
         specific = drop or _meta_mix_hint(model, e) or _none_input_hint(model, example_inputs, kwargs, e) \
-            or _labels_hint(model, example_inputs, kwargs)
+            or _labels_hint(model, example_inputs, kwargs) or (unbacked_hint if origin else None)
         raise TraceError("cannot trace the model; " + "; ".join(reasons),
                          hint=f"{specific}; otherwise {general}" if specific else general) from e
 
@@ -427,6 +431,19 @@ def _trace_export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
         gm.recompile()
         names = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
         return _build(gm, model, "export", names, info.in_spec, info.out_spec, None)
+
+
+def _export_failure(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BaseException | None:
+    """The error of exporting ``model`` as ``_trace_export`` does but with stack traces on, or
+    None if it exports ([Note: sizes read from tensors] in ``autopipe.trace._unbacked``)."""
+    try:  # outside failures_unlogged, which leaves out the partial graph it prints only as it raises
+        with warnings.catch_warnings(), own_dtype_conversions_kept(), distribution_checks_off(), \
+                failures_unlogged():
+            warnings.simplefilter("ignore")
+            torch.export.export(model, args, kwargs, strict=False)
+    except Exception as e:
+        return e
+    return None
 
 
 def _flatten_output(gm: fx.GraphModule) -> pytree.TreeSpec:
