@@ -43,15 +43,16 @@ sample's language adapter picked by a boolean index, ``lang_ids == lang``: a sha
 the data) and Mimi (each conv padded by ``.item()`` of a padding computed from its int64 buffers,
 ``modeling_mimi.py:378``), each refused naming the node or the line; CLIPSeg trains like one process
 but runs its CLIP towers under ``no_grad``, so fewer than half its parameters train, which the
-comparison refuses; ZoeDepth's losses and parameters equal one process's but fewer than half
-of them moved (not looked into), and at 12 s its split test was too slow to keep, as were the
-passing Qwen3.5 (gated DeltaNet, 11 s, as Qwen3-Next's) and BridgeTower (8 s); 45 more that passed (Qwen3, OLMo 2 and 3, ERNIE 4.5, GLM-4, Cohere 2, Phi,
+comparison refuses; ZoeDepth's losses and parameters equal one process's but fewer than half of them
+moved (84 of 193 in two eager SGD steps too: the rest's gradients round away), and at 12 s its split
+test was too slow to keep, as were the passing Qwen3.5 (gated DeltaNet, 11 s, as Qwen3-Next's) and
+BridgeTower (8 s); 45 more that passed (Qwen3, OLMo 2 and 3, ERNIE 4.5, GLM-4, Cohere 2, Phi,
 StableLM, Starcoder2, Nemotron, XGLM, EXAONE 4, Helium, VaultGemma, BitNet, MiniCPM3,
 GraniteMoeShared, LFM2-MoE, CodeGen, Persimmon, BioGPT, CTRL, GPT-Neo, GPT-J, mBART, Marian,
 Blenderbot, SeamlessM4T text-to-text, ELECTRA, RoBERTa-PreLayerNorm, RemBERT, RoFormer, LayoutLM,
 TAPAS, DeiT, DINOv2 with registers, I-JEPA, PVT, GLPN, Depth Anything, TextNet, HGNet-V2, AIMv2,
-ViTPose, BLIP; OLMo 3 traces in an order that follows the hash seed, as Gemma 3) are variants
-of families kept here, left out for the suite's time.
+ViTPose, BLIP; OLMo 3 traces in an order that follows the hash seed, as Gemma 3) are variants of
+families kept here, left out for the suite's time.
 """
 
 from __future__ import annotations
