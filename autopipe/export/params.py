@@ -31,7 +31,7 @@ from typing import Any
 from autopipe.errors import ExportError
 from autopipe.export._words import indices
 from autopipe.plan_format import Plan
-from autopipe.profile.profile import Profile
+from autopipe.profile.profile import Profile, canonical_names
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,18 +63,6 @@ class Reads:
     parameters no node reads)."""
 
 
-def names(profile: Profile) -> dict[str, str]:
-    """Every parameter name of the model (tied aliases too) → its canonical name."""
-    return _canon(profile.params, profile.tied)
-
-
-def _canon(params: Iterable[str], tied: Iterable[Sequence[str]]) -> dict[str, str]:
-    out = {p: p for p in params}
-    for group in tied:
-        out.update({q: group[0] for q in group})
-    return out
-
-
 def profile_reads(plan: Plan, profile: Profile) -> Reads:
     """What ``profile`` (the one ``plan`` was made from) says each stage reads.
 
@@ -86,15 +74,14 @@ def profile_reads(plan: Plan, profile: Profile) -> Reads:
                           f"(fingerprint {profile.graph_fingerprint[:12]}, the plan's "
                           f"{plan.graph_fingerprint[:12]})",
                           hint="pass the profile the plan was made from (autopipe plan ... --profile)")
-    canon = names(profile)
     by = profile.by_name
     unknown = [n for s in plan.stages for n in s.nodes if n not in by]
     if unknown:
         raise ExportError(f"the plan's nodes {', '.join(unknown[:3])} are not in the profile: it is "
                           f"of another model than the plan",
                           hint="pass the profile the plan was made from (autopipe plan ... --profile)")
-    return Reads(canon=canon, read=[{canon.get(q, q) for n in s.nodes if by[n].op != "output"
-                                     for q in (*by[n].params, *by[n].shared_params)} for s in plan.stages])
+    return Reads(canon=canonical_names(profile.params, profile.tied),
+                 read=[set(profile.param_reads(s.nodes)) for s in plan.stages])
 
 
 def recorded(plan: Plan) -> bool:
@@ -111,10 +98,9 @@ def plan_reads(plan: Plan) -> Reads | None:
     Raises:
         ExportError: the record is malformed, or does not match the plan's stages.
     """
-    info = plan.options.get("granularity")
-    record = info.get("params") if isinstance(info, dict) else None
-    if record is None:
+    if not recorded(plan):
         return None
+    record = plan.options["granularity"]["params"]
     hint = "plan it again with this version of autopipe, or pass the profile it was made from (--profile)"
     try:
         params = [str(q) for q in record["names"]]
@@ -123,7 +109,7 @@ def plan_reads(plan: Plan) -> Reads | None:
     except (KeyError, TypeError) as e:
         raise ExportError(f"the parameters in the plan's layer record are malformed "
                           f"({type(e).__name__}: {e})", hint=hint) from None
-    canon = _canon(params, tied)
+    canon = canonical_names(params, tied)
     strays = sorted(q for r in read for q in r if canon.get(q) != q)
     if len(read) != plan.num_stages or strays or any(not g for g in tied):
         why = (f"names {', '.join(strays[:3])}, none of its parameters" if strays

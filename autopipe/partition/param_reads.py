@@ -27,15 +27,5 @@ def param_reads(plan: Plan, profile: Profile) -> dict[str, Any]:
     layer record: ``names`` every parameter (canonical names, the profile's order), ``tied``
     the profile's groups of names for one Parameter (canonical first), ``reads`` per stage
     the canonical names its nodes read, in the order they read them."""
-    canon = {q: group[0] for group in profile.tied for q in group}
-    by = profile.by_name
-    reads: list[list[str]] = []
-    for stage in plan.stages:
-        seen: dict[str, None] = {}
-        for n in stage.nodes:
-            if by[n].op == "output":  # it owns the parameters no node reads
-                continue
-            for q in (*by[n].params, *by[n].shared_params):
-                seen.setdefault(canon.get(q, q))
-        reads.append(list(seen))
-    return {"names": list(profile.params), "tied": [list(g) for g in profile.tied], "reads": reads}
+    return {"names": list(profile.params), "tied": [list(g) for g in profile.tied],
+            "reads": [profile.param_reads(stage.nodes) for stage in plan.stages]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -173,6 +174,19 @@ class Profile:
         """Node name → NodeProfile."""
         return {n.name: n for n in self.nodes}
 
+    def param_reads(self, nodes: Iterable[str]) -> list[str]:
+        """The canonical names of the parameters ``nodes`` read (owned or shared), in the order
+        they read them; the output node's left out, as it owns the parameters no node reads
+        (``autopipe.trace``)."""
+        canon = canonical_names(self.params, self.tied)
+        by = self.by_name
+        seen: dict[str, None] = {}
+        for n in nodes:
+            if by[n].op != "output":
+                for q in (*by[n].params, *by[n].shared_params):
+                    seen.setdefault(canon.get(q, q))
+        return list(seen)
+
     @property
     def forward_s(self) -> float:
         """Sum of forward times."""
@@ -285,3 +299,12 @@ def _node(n: dict[str, Any], where: str) -> NodeProfile:
     return NodeProfile(**{**{k: v for k, v in n.items() if k != "dtype"},
                           "params": tuple(array_field(n, "params", (), where=where)),
                           "shared_params": tuple(array_field(n, "shared_params", (), where=where))})
+
+
+def canonical_names(params: Iterable[str], tied: Iterable[Sequence[str]]) -> dict[str, str]:
+    """Every parameter name (``params``, the distinct ones, and the aliases in ``tied``'s
+    groups, canonical first) → its canonical name."""
+    out = {p: p for p in params}
+    for group in tied:
+        out.update({q: group[0] for q in group})
+    return out
