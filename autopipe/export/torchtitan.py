@@ -46,21 +46,21 @@ def export(plan: Plan, split: LayerSplit) -> dict[str, Any]:
     Raises:
         ExportError: the plan places its stages on ranks otherwise than torchtitan would.
     """
-    parts, notes = [], []
+    parts, notes, reads = [], [], recorded(plan)
     for stage in range(plan.num_stages):  # [Note: a holder that encloses layers]
         own = split.stage_modules(stage)
         dropped = []
         for holder, other, under in split.swallowing(stage):
-            if not recorded(plan) or not any(m.startswith(holder + ".") for m in own):
+            if not reads or not any(m.startswith(holder + ".") for m in own):
                 more = ", …" if len(under) > 2 else ""
-                why = ("the plan does not record which parameters its stages read" if not recorded(plan)
+                why = ("the plan does not record which parameters its stages read" if not reads
                        else f"part {stage} lists no module inside it that would keep them")
                 raise ExportError(
                     f"stage {stage} holds a parameter set directly on {holder}, which encloses "
                     f"modules of stage {other} ({', '.join(under[:2])}{more}); torchtitan's part "
                     f"for stage {stage} would keep {holder} whole, and those with it ({why})",
                     hint=f"hold that parameter in a submodule of {holder} that encloses no layer, "
-                         + ("plan it again with this version of autopipe, " if not recorded(plan) else "")
+                         + ("plan it again with this version of autopipe, " if not reads else "")
                          + "or export it --format deepspeed, whose layer list names each stage's own modules")
             dropped.append(holder)
         parts.append(own + [h for h in split.stage_holders(stage) if h not in dropped])
